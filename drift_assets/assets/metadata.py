@@ -1,0 +1,52 @@
+"""Metadata every table reports, so the UI answers "what is in it" without a notebook.
+
+dagster-deltalake-polars records neither ``dagster/row_count`` nor ``dagster/column_schema``;
+these helpers add them, plus a markdown preview.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+from dagster import MetadataValue, TableColumn, TableSchema
+
+
+def _cell(value: Any, width: int = 48) -> str:
+    if isinstance(value, list):
+        value = f"[{len(value)} values]"
+    text = str(value).replace("\n", "⏎").replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def markdown_table(frame: pl.DataFrame, rows: int = 5) -> str:
+    head = frame.head(rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in head.iter_rows()]
+    return "\n".join(lines)
+
+
+def table_metadata(frame: pl.DataFrame, preview_rows: int = 5, preview_columns: list[str] | None = None) -> dict[str, Any]:
+    schema = TableSchema(columns=[TableColumn(name=name, type=str(dtype)) for name, dtype in frame.schema.items()])
+    preview = frame.select(preview_columns) if preview_columns else frame
+    return {
+        "dagster/row_count": frame.height,
+        "dagster/column_schema": schema,
+        "preview": MetadataValue.md(markdown_table(preview, preview_rows)),
+    }
+
+
+def finite_or_none(value: float) -> float | None:
+    """Dagster metadata rejects NaN; report it as missing instead."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def histogram_markdown(bins: list[tuple[float, float, int]], label: str) -> str:
+    if not bins:
+        return f"no finite {label}"
+    peak = max(count for _, _, count in bins) or 1
+    lines = [f"| {label} | count | |", "|---|---|---|"]
+    for left, right, count in bins:
+        lines.append(f"| {left:.3g} … {right:.3g} | {count} | {'█' * round(20 * count / peak)} |")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Observable sources (input files, the model directory) and the tables normalized from them.
+
+A source's data version is a content hash: new data marks exactly its downstream stale, and an
+unchanged file observed again changes nothing.
+"""
+
+
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetOut, DataVersion, Output, multi_asset, observable_source_asset
+
+from drift_assets.assets.metadata import table_metadata
+from drift_assets.core.fingerprint import content_hash, model_fingerprint
+from drift_assets.core.grading import validate_grader
+from drift_assets.core.pool import load_queries, normalize_pool, read_rows
+from drift_assets.resources import ModelResource
+from drift_assets.settings import Settings, code_version
+
+SOURCES_VERSION = "1"
+
+
+def _observe(path: str, what: str) -> DataVersion:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist (check the settings file, or materialize the demo group first)")
+    return DataVersion(content_hash(path))
+
+
+def build_source_assets(settings: Settings) -> list:
+    pool_path = settings.resolve(settings.data.training_pool)
+    validation_path = settings.resolve(settings.data.validation_queries)
+
+    @observable_source_asset(group_name="sources", description=f"The training pool input: {settings.data.training_pool}")
+    def training_pool_source() -> DataVersion:
+        return _observe(pool_path, "data.training_pool")
+
+    @observable_source_asset(group_name="sources", description=f"The validation queries input: {settings.data.validation_queries}")
+    def validation_queries_source() -> DataVersion:
+        return _observe(validation_path, "data.validation_queries")
+
+    @observable_source_asset(group_name="sources", description=f"The base model directory: {settings.model.path}")
+    def base_model() -> DataVersion:
+        if not Path(settings.model_path).exists():
+            raise FileNotFoundError(f"model.path: {settings.model_path} does not exist")
+        return DataVersion(model_fingerprint(settings.model_path))
+
+    @multi_asset(
+        outs={
+            "training_pool": AssetOut(
+                group_name="inputs", kinds={"delta"},
+                code_version=code_version("training_pool", SOURCES_VERSION, settings),
+                description="The SFT pool, one row per usable example, with stable example_id and token counts.",
+            ),
+            "training_pool_rejects": AssetOut(
+                group_name="inputs", kinds={"delta"},
+                code_version=code_version("training_pool", SOURCES_VERSION, settings),
+                description="Quarantined pool rows: row number, raw text, and the reason.",
+            ),
+        },
+        deps=[training_pool_source, base_model],  # token counts use the model's tokenizer
+    )
+    def training_pool(context: AssetExecutionContext, model: ModelResource):
+        normalized = normalize_pool(
+            read_rows(pool_path), model.load_tokenizer(), settings.data.max_example_tokens, source=Path(pool_path).name
+        )
+        examples, rejects = normalized.examples, normalized.rejects
+        context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
+        reasons = rejects.with_columns(pl.col("reason").str.replace(r" \(.*| of row \d+", "")).group_by("reason").len()
+        yield Output(
+            examples, output_name="training_pool",
+            metadata={
+                **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
+                "rejected_rows": rejects.height,
+                "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
+            },
+        )
+        yield Output(
+            rejects, output_name="training_pool_rejects",
+            metadata={**table_metadata(rejects), "reasons": {r: int(n) for r, n in reasons.iter_rows()}},
+        )
+
+    def _queries_asset(name: str, relative_path: str, deps: list, description: str):
+        path = settings.resolve(relative_path)
+
+        @multi_asset(
+            name=name,
+            outs={name: AssetOut(group_name="inputs", kinds={"delta"}, description=description,
+                                 code_version=code_version(name, SOURCES_VERSION, settings))},
+            deps=deps,
+        )
+        def _queries(context: AssetExecutionContext) -> pl.DataFrame:
+            queries, rejects = load_queries(path, settings.grading.default_grader)
+            for row in rejects.iter_rows(named=True):
+                context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
+            for grader in queries["grader"].unique().to_list():
+                validate_grader(grader)  # fail here, not after an hour of rollouts
+            if queries.is_empty():
+                raise ValueError(f"{path}: no usable queries ({rejects.height} rejected)")
+            context.add_output_metadata({**table_metadata(queries), "rejected_rows": rejects.height})
+            return queries
+
+        return _queries
+
+    assets = [
+        training_pool_source, validation_queries_source, base_model, training_pool,
+        _queries_asset("validation_queries", settings.data.validation_queries, [validation_queries_source],
+                       "Validation queries: query_id, prompt, reference (answer), reference_response, grader."),
+    ]
+    if settings.data.test_queries:
+        test_path = settings.resolve(settings.data.test_queries)
+
+        @observable_source_asset(group_name="sources", description=f"Held-out test queries input: {settings.data.test_queries}")
+        def test_queries_source() -> DataVersion:
+            return _observe(test_path, "data.test_queries")
+
+        assets += [
+            test_queries_source,
+            _queries_asset("test_queries", settings.data.test_queries, [test_queries_source],
+                           "Held-out test queries for evaluating fine-tuned models."),
+        ]
+    return assets

@@ -1,0 +1,139 @@
+"""The embedded demo task: small-number addition and subtraction with an exact answer checker.
+
+Everything is generated deterministically from a seed:
+
+- a *pre-training corpus* (all correct) that teaches the tiny base model the task only partly,
+- a *training pool* for SFT that mixes correct examples with realistic noise: corrupted examples
+  whose final answer is wrong the way careless annotators get it wrong (a dropped carry, an
+  off-by-one, transposed digits) and off-task examples (string chores that teach nothing about
+  arithmetic). Each row carries a hidden ``is_corrupted`` flag (true for corrupted *and*
+  off-task rows) and a ``category`` used only to evaluate attribution, never to score,
+- validation queries (with references) for on-policy rollouts, and held-out test queries.
+
+The generators draw each split from its own seeded stream so that, for instance, asking for more
+test queries does not change the training pool.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+ANSWER_MARKER = "Answer:"
+# Small operands keep the task learnable by a 0.5M-parameter model in minutes on 2 cores.
+OPERAND_RANGE = (0, 20)
+OFF_TASK_WORDS = (
+    "table", "river", "garden", "pencil", "window", "orange", "silver", "planet", "bridge", "castle",
+    "forest", "rocket", "candle", "basket", "meadow", "mirror", "harbor", "violet", "summer", "thunder",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    left: int
+    right: int
+    operator: str  # "+" or "-"
+
+    @property
+    def answer(self) -> int:
+        return self.left + self.right if self.operator == "+" else self.left - self.right
+
+    @property
+    def prompt(self) -> str:
+        return f"What is {self.left} {self.operator} {self.right}?\n"
+
+
+def draw_problem(rng: random.Random) -> Problem:
+    operator = rng.choice("+-")
+    left, right = rng.randint(*OPERAND_RANGE), rng.randint(*OPERAND_RANGE)
+    if operator == "-" and right > left:
+        left, right = right, left
+    return Problem(left, right, operator)
+
+
+def format_response(problem: Problem, answer: int, style: int) -> str:
+    """Three response styles of different lengths, all ending in the final number."""
+    if style == 0:
+        return f"{ANSWER_MARKER} {answer}"
+    if style == 1:
+        return f"{problem.left} {problem.operator} {problem.right} = {answer}. {ANSWER_MARKER} {answer}"
+    return f"We compute {problem.left} {problem.operator} {problem.right} and get {answer}. {ANSWER_MARKER} {answer}"
+
+
+def plausible_wrong_answer(problem: Problem, rng: random.Random) -> int:
+    """A wrong answer of the kind people write: dropped carry/borrow, off by one or ten, digit swap."""
+    correct = problem.answer
+    candidates = []
+    ones_left, ones_right = problem.left % 10, problem.right % 10
+    if problem.operator == "+" and ones_left + ones_right >= 10:
+        candidates.append(correct - 10)  # forgot the carry
+    if problem.operator == "-" and ones_left < ones_right:
+        candidates.append(correct + 10)  # forgot the borrow
+    candidates += [correct + 1, correct - 1, correct + 10, correct - 10]
+    if correct >= 10 and str(correct)[::-1] != str(correct):
+        candidates.append(int(str(correct)[::-1]))  # transposed digits
+    candidates = [value for value in candidates if value != correct and value >= 0]
+    return rng.choice(candidates)
+
+
+def off_task_example(rng: random.Random) -> tuple[str, str]:
+    word = rng.choice(OFF_TASK_WORDS)
+    kind = rng.randrange(3)
+    if kind == 0:
+        return f"Spell backwards: {word}\n", word[::-1]
+    if kind == 1:
+        return f"Write in capitals: {word}\n", word.upper()
+    return f"Repeat twice: {word}\n", f"{word} {word}"
+
+
+def pretraining_corpus(n_examples: int, seed: int) -> list[tuple[str, str]]:
+    """Correct (prompt, response) pairs for training the base model."""
+    rng = random.Random(f"pretrain-{seed}")
+    corpus = []
+    for _ in range(n_examples):
+        problem = draw_problem(rng)
+        corpus.append((problem.prompt, format_response(problem, problem.answer, rng.randrange(3))))
+    return corpus
+
+
+def training_pool_rows(n_examples: int, corrupted_fraction: float, off_task_fraction: float, seed: int) -> list[dict]:
+    """SFT pool rows: ``prompt``, ``response``, ``category`` (correct/corrupted/off_task), ``is_corrupted``."""
+    rng = random.Random(f"pool-{seed}")
+    n_corrupted = round(n_examples * corrupted_fraction)
+    n_off_task = round(n_examples * off_task_fraction)
+    categories = ["corrupted"] * n_corrupted + ["off_task"] * n_off_task
+    categories += ["correct"] * (n_examples - len(categories))
+    rng.shuffle(categories)
+    rows = []
+    for category in categories:
+        if category == "off_task":
+            prompt, response = off_task_example(rng)
+        else:
+            problem = draw_problem(rng)
+            answer = problem.answer if category == "correct" else plausible_wrong_answer(problem, rng)
+            prompt, response = problem.prompt, format_response(problem, answer, rng.randrange(3))
+        rows.append({"prompt": prompt, "response": response, "category": category, "is_corrupted": category != "correct"})
+    return rows
+
+
+def query_rows(n_queries: int, seed: int, split: str) -> list[dict]:
+    """Distinct queries: ``query_id``, ``prompt``, ``reference`` (answer), ``reference_response``, ``grader``."""
+    rng = random.Random(f"{split}-{seed}")
+    seen: set[Problem] = set()
+    rows = []
+    while len(rows) < n_queries:
+        problem = draw_problem(rng)
+        if problem in seen:
+            continue
+        seen.add(problem)
+        rows.append(
+            {
+                "query_id": f"{split}-{len(rows):04d}",
+                "prompt": problem.prompt,
+                "reference": str(problem.answer),
+                # A worked reference response: the off-policy (LESS-style) target.
+                "reference_response": format_response(problem, problem.answer, 0),
+                "grader": "numeric",
+            }
+        )
+    return rows

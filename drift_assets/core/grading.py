@@ -1,0 +1,152 @@
+"""Answer checkers. Each grader maps (completion text, reference) to a :class:`Grade`.
+
+- ``exact``: normalized strings are equal (case, surrounding whitespace and punctuation, inner
+  whitespace runs ignored).
+- ``numeric``: the number after the answer marker (``Answer:`` by default) when there is one, else
+  the last number in the text, equals the reference within a tolerance. Unicode minus signs,
+  thousands separators and ``\\boxed{…}`` are understood.
+- ``math``: the math-verify package (LaTeX and symbolic equivalence).
+- ``regex``: the first group of a pattern (or the whole match) compared as ``exact``.
+- ``module:function``: a user-supplied callable ``f(completion, reference) -> bool | float | Grade``;
+  a float is taken as the reward and counts as correct when > 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+BUILTIN_GRADERS = ("exact", "numeric", "math", "regex")
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+_MINUS_SIGNS = dict.fromkeys(map(ord, "\u2212\u2012\u2013\u2014\ufe63\uff0d"), "-")
+
+
+class GraderError(ValueError):
+    """A grader name or callable that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    reward: float
+    extracted_answer: str | None
+
+
+@dataclass(frozen=True)
+class GradingOptions:
+    numeric_tolerance: float = 1e-6
+    answer_marker: str = "Answer:"
+    regex: str | None = None
+
+
+def normalize_text(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).translate(_MINUS_SIGNS)
+    text = re.sub(r"\s+", " ", text).strip().lower()
+    return text.strip(" .,;:!?\"'`")
+
+
+def _unbox(text: str) -> str:
+    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
+    return boxed[-1] if boxed else text
+
+
+def extract_number(text: str, answer_marker: str = "Answer:") -> str | None:
+    """The number after the last answer marker if present, else the last number in the text."""
+    text = _unbox(unicodedata.normalize("NFKC", text).translate(_MINUS_SIGNS))
+    if answer_marker and answer_marker.lower() in text.lower():
+        tail = text[text.lower().rfind(answer_marker.lower()) + len(answer_marker) :]
+        found = _NUMBER.search(tail)
+        if found:
+            return found.group(0)
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def _to_float(number: str) -> float:
+    return float(number.replace(",", ""))
+
+
+def _grade_numeric(completion: str, reference: str, options: GradingOptions) -> Grade:
+    answer = extract_number(completion, options.answer_marker)
+    expected = extract_number(reference, options.answer_marker)
+    if answer is None or expected is None:
+        return Grade(False, 0.0, answer)
+    got, want = _to_float(answer), _to_float(expected)
+    correct = math.isclose(got, want, rel_tol=options.numeric_tolerance, abs_tol=options.numeric_tolerance)
+    return Grade(correct, float(correct), answer)
+
+
+def _grade_exact(completion: str, reference: str, options: GradingOptions) -> Grade:
+    answer = completion
+    if options.answer_marker and options.answer_marker.lower() in completion.lower():
+        answer = completion[completion.lower().rfind(options.answer_marker.lower()) + len(options.answer_marker) :]
+    correct = normalize_text(answer) == normalize_text(reference)
+    return Grade(correct, float(correct), normalize_text(answer))
+
+
+def _grade_regex(completion: str, reference: str, options: GradingOptions) -> Grade:
+    if not options.regex:
+        raise GraderError("grader 'regex' needs grading.regex (a pattern whose first group is the answer)")
+    found = re.search(options.regex, completion)
+    if not found:
+        return Grade(False, 0.0, None)
+    answer = found.group(1) if found.groups() else found.group(0)
+    correct = normalize_text(answer) == normalize_text(reference)
+    return Grade(correct, float(correct), answer)
+
+
+def _grade_math(completion: str, reference: str, options: GradingOptions) -> Grade:
+    from math_verify import parse, verify
+
+    gold = parse(reference if "$" in reference or "\\" in reference else f"${reference}$")
+    answer = parse(completion)
+    correct = bool(answer) and bool(verify(gold, answer))
+    return Grade(correct, float(correct), str(answer[-1]) if answer else None)
+
+
+_BUILTIN: dict[str, Callable[[str, str, GradingOptions], Grade]] = {
+    "exact": _grade_exact,
+    "numeric": _grade_numeric,
+    "math": _grade_math,
+    "regex": _grade_regex,
+}
+
+
+@lru_cache(maxsize=32)
+def load_callable(spec: str) -> Callable:
+    """Import ``module:function``; errors name the spec and what went wrong."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise GraderError(f"grader {spec!r}: expected one of {BUILTIN_GRADERS} or 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise GraderError(f"grader {spec!r}: cannot import module {module_name!r} ({error})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise GraderError(f"grader {spec!r}: module {module_name!r} has no callable {function_name!r}")
+    return function
+
+
+def validate_grader(name: str) -> None:
+    """Raise :class:`GraderError` unless ``name`` is a built-in grader or an importable callable."""
+    if name not in _BUILTIN:
+        load_callable(name)
+
+
+def grade_answer(completion: str, reference: str, grader: str, options: GradingOptions = GradingOptions()) -> Grade:
+    if grader in _BUILTIN:
+        return _BUILTIN[grader](completion, reference, options)
+    result = load_callable(grader)(completion, reference)
+    if isinstance(result, Grade):
+        return result
+    if isinstance(result, bool):
+        return Grade(result, float(result), None)
+    if isinstance(result, int | float):
+        return Grade(float(result) > 0, float(result), None)
+    raise GraderError(f"grader {grader!r} returned {type(result).__name__}; expected bool, float or Grade")

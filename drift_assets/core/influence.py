@@ -1,0 +1,131 @@
+"""Influence scores s_i = gᵀ H⁻¹ ĥ_i and their debiasing against gradient norm (DESIGN.md §3).
+
+g = Σ_jk w_jk ĝ_jk is the weighted validation gradient (k-dim); H⁻¹g is solved once, then every
+training example costs one dot product, so the pool is scored streaming, batch by batch, and
+memory never holds more than one batch of vectors plus a k × k matrix.
+
+Hessians:
+- ``identity``: H = I.
+- ``fisher``: projected empirical Fisher over the training pool, F = ΦᵀΦ/N + λI with
+  λ = damping · mean eigenvalue of ΦᵀΦ/N (= damping · trace/k), as Kronfluence damps.
+
+Debiasing (``score`` from ``score_raw``):
+- ``none``: score = raw.
+- ``unit``: raw / ‖ĥ_i‖ (cosine-like, as LESS does).
+- ``self_influence``: raw / √(ĥ_iᵀ H⁻¹ ĥ_i) (RelatIF).
+- ``residual``: the residual of an OLS fit raw ≈ a + b·log‖ĥ_i‖.
+
+A positive score means a gradient step on the example raises the weighted validation objective
+J = Σ w_jk log π(y_jk | q_j): higher is better, keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+HESSIANS = ("identity", "fisher")
+DEBIAS_METHODS = ("none", "unit", "self_influence", "residual")
+_TINY = 1e-12
+
+
+@dataclass
+class Curvature:
+    """H as a Cholesky factor (None for the identity)."""
+
+    kind: str
+    dimension: int
+    cholesky: np.ndarray | None = None
+    damping_value: float = 0.0
+    n_examples: int = 0
+
+    def solve(self, vector: np.ndarray) -> np.ndarray:
+        """H⁻¹ v."""
+        if self.cholesky is None:
+            return vector.astype(np.float64)
+        y = np.linalg.solve(self.cholesky, vector)
+        return np.linalg.solve(self.cholesky.T, y)
+
+    def inverse_quadratic(self, rows: np.ndarray) -> np.ndarray:
+        """ĥᵀ H⁻¹ ĥ for every row of ``rows`` (n, k)."""
+        rows = rows.astype(np.float64)
+        if self.cholesky is None:
+            return np.einsum("ij,ij->i", rows, rows)
+        whitened = np.linalg.solve(self.cholesky, rows.T)  # L⁻¹ĥ, so ‖L⁻¹ĥ‖² = ĥᵀH⁻¹ĥ
+        return np.einsum("ij,ij->j", whitened, whitened)
+
+
+def fit_curvature(kind: str, batches: Iterable[np.ndarray], dimension: int, damping: float = 0.1) -> Curvature:
+    if kind not in HESSIANS:
+        raise ValueError(f"influence.hessian must be one of {HESSIANS} (got {kind!r})")
+    if kind == "identity":
+        return Curvature("identity", dimension)
+    gram = np.zeros((dimension, dimension), dtype=np.float64)
+    n = 0
+    for batch in batches:
+        batch = batch.astype(np.float64)
+        gram += batch.T @ batch
+        n += batch.shape[0]
+    if n == 0:
+        raise ValueError("the fisher Hessian needs training gradients, and the pool is empty")
+    fisher = gram / n
+    damping_value = damping * float(np.trace(fisher)) / dimension
+    if damping_value <= 0:
+        damping_value = _TINY  # all-zero gradients: keep the factor defined
+    cholesky = np.linalg.cholesky(fisher + damping_value * np.eye(dimension))
+    return Curvature("fisher", dimension, cholesky, damping_value, n)
+
+
+@dataclass
+class PoolScores:
+    example_ids: list[str]
+    score_raw: np.ndarray
+    score: np.ndarray
+    grad_norm: np.ndarray
+    self_influence: np.ndarray
+
+
+def debias(raw: np.ndarray, grad_norm: np.ndarray, self_influence: np.ndarray, method: str) -> np.ndarray:
+    if method not in DEBIAS_METHODS:
+        raise ValueError(f"influence.debias must be one of {DEBIAS_METHODS} (got {method!r})")
+    if method == "none":
+        return raw.copy()
+    if method == "unit":
+        return raw / np.maximum(grad_norm, _TINY)
+    if method == "self_influence":
+        return raw / np.sqrt(np.maximum(self_influence, _TINY))
+    log_norm = np.log(np.maximum(grad_norm, _TINY))
+    design = np.column_stack([np.ones_like(log_norm), log_norm])
+    coefficients, *_ = np.linalg.lstsq(design, raw, rcond=None)
+    return raw - design @ coefficients
+
+
+def score_pool(
+    batches: Callable[[], Iterator[tuple[list[str], np.ndarray]]],
+    target_gradient: np.ndarray,
+    curvature: Curvature,
+    debias_method: str,
+) -> PoolScores:
+    """Stream (example_ids, gradients (n, k)) batches once and score every example."""
+    if target_gradient.shape != (curvature.dimension,):
+        raise ValueError(
+            f"dimension mismatch: the validation gradient has shape {target_gradient.shape}, "
+            f"the training gradients have k={curvature.dimension} (were both computed with the same projection settings?)"
+        )
+    direction = curvature.solve(target_gradient.astype(np.float64))  # H⁻¹g, solved once
+    ids: list[str] = []
+    raw, norms, self_influence = [], [], []
+    for batch_ids, gradients in batches():
+        if gradients.shape[1] != curvature.dimension:
+            raise ValueError(f"dimension mismatch: training gradients have k={gradients.shape[1]}, expected {curvature.dimension}")
+        gradients = gradients.astype(np.float64)
+        ids.extend(batch_ids)
+        raw.append(gradients @ direction)
+        norms.append(np.linalg.norm(gradients, axis=1))
+        self_influence.append(curvature.inverse_quadratic(gradients))
+    if not ids:
+        raise ValueError("the training pool is empty: nothing to score")
+    raw_all, norms_all, self_all = np.concatenate(raw), np.concatenate(norms), np.concatenate(self_influence)
+    return PoolScores(ids, raw_all, debias(raw_all, norms_all, self_all, debias_method), norms_all, self_all)

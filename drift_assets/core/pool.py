@@ -1,0 +1,211 @@
+"""Reading and normalizing a training pool; quarantining the rows that cannot be used.
+
+Accepted inputs: JSONL, Parquet, or a ``datasets`` dataset saved with ``save_to_disk``. A row is
+either chat ``messages`` (a list of ``{"role", "content"}`` ending with the assistant's turn) or
+``prompt`` + ``response`` strings. Every other column is carried through unchanged.
+
+Each kept example gets a stable ``example_id``: a content hash of its messages, so the same example
+keeps its id (and its cached gradient) wherever it sits in the file. Bad rows are never dropped
+silently: they go to the rejects table with their row number and a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt
+
+CORE_COLUMNS = ("example_id", "row_number", "prompt", "response", "messages", "n_prompt_tokens", "n_response_tokens", "source")
+INPUT_TEXT_COLUMNS = ("prompt", "response", "messages")
+REJECT_SCHEMA = {"row_number": pl.Int64, "raw": pl.String, "reason": pl.String}
+
+
+class InputFileError(ValueError):
+    """An input file that cannot be read at all (missing, unknown format)."""
+
+
+@dataclass
+class RawRow:
+    row_number: int  # 1-based line number for JSONL, 0-based row index otherwise
+    record: dict[str, Any] | None
+    raw_text: str
+    parse_error: str | None = None
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                yield RawRow(line_number, None, line.rstrip("\n"), f"unparseable JSON ({error.msg} at column {error.colno})")
+                continue
+            if not isinstance(record, dict):
+                yield RawRow(line_number, None, line.rstrip("\n"), f"expected a JSON object, got {type(record).__name__}")
+                continue
+            yield RawRow(line_number, record, line.rstrip("\n"))
+
+
+def _read_table(frame: pl.DataFrame) -> Iterator[RawRow]:
+    for index, record in enumerate(frame.iter_rows(named=True)):
+        yield RawRow(index, record, json.dumps(record, default=str)[:2000])
+
+
+def read_rows(path: str | Path) -> Iterator[RawRow]:
+    """Rows of a JSONL file, a Parquet file, or a saved ``datasets`` dataset directory."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: input not found")
+    if path.is_dir():
+        if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+            raise InputFileError(f"{path}: a directory, but not a dataset saved with datasets' save_to_disk")
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(path))
+        if hasattr(dataset, "keys"):  # a DatasetDict: use its train split (or its only split)
+            split = "train" if "train" in dataset else next(iter(dataset.keys()))
+            dataset = dataset[split]
+        yield from _read_table(pl.from_arrow(dataset.data.table))
+    elif path.suffix in {".jsonl", ".json", ".ndjson"}:
+        yield from _read_jsonl(path)
+    elif path.suffix == ".parquet":
+        yield from _read_table(pl.read_parquet(path))
+    else:
+        raise InputFileError(f"{path}: unsupported format (use .jsonl, .parquet, or a datasets directory)")
+
+
+def _messages_from_record(record: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str | None]:
+    """(messages, None) or (None, reason)."""
+    if record.get("messages") is not None:
+        messages = record["messages"]
+        if isinstance(messages, str):
+            try:
+                messages = json.loads(messages)
+            except json.JSONDecodeError:
+                return None, "'messages' is a string but not JSON"
+        if not isinstance(messages, list) or not messages:
+            return None, "'messages' must be a non-empty list"
+        for turn in messages:
+            if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+                return None, "every message needs string 'role' and 'content'"
+        if messages[-1]["role"] != "assistant":
+            return None, "the last message must be the assistant's response"
+        if len(messages) < 2:
+            return None, "'messages' needs at least one turn before the assistant's response"
+        return [{"role": t["role"], "content": t["content"]} for t in messages], None
+    prompt, response = record.get("prompt"), record.get("response")
+    if prompt is None or response is None:
+        return None, "no 'messages' field and no 'prompt' + 'response' fields"
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        return None, "'prompt' and 'response' must be strings"
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], None
+
+
+def example_id_for(messages: list[dict[str, str]]) -> str:
+    canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
+
+
+@dataclass
+class NormalizedPool:
+    examples: pl.DataFrame
+    rejects: pl.DataFrame
+
+
+def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, source: str) -> NormalizedPool:
+    """Keep usable rows with ids and token counts; quarantine the rest with a reason."""
+    kept: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    first_row_of: dict[str, int] = {}
+    for row in rows:
+        def reject(reason: str) -> None:
+            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": reason})
+
+        if row.parse_error:
+            reject(row.parse_error)
+            continue
+        messages, problem = _messages_from_record(row.record)
+        if problem:
+            reject(problem)
+            continue
+        response = messages[-1]["content"]
+        if not response.strip():
+            reject("empty response")
+            continue
+        example_id = example_id_for(messages)
+        if example_id in first_row_of:
+            reject(f"duplicate of row {first_row_of[example_id]}")
+            continue
+        n_prompt = len(encode_prompt(tokenizer, render_messages_prompt(tokenizer, messages[:-1])))
+        n_response = len(encode_response(tokenizer, response))
+        if n_prompt + n_response > max_example_tokens:
+            reject(f"over the maximum length ({n_prompt + n_response} tokens > data.max_example_tokens={max_example_tokens})")
+            continue
+        first_row_of[example_id] = row.row_number
+        extras = {k: v for k, v in row.record.items() if k not in INPUT_TEXT_COLUMNS and k not in CORE_COLUMNS}
+        kept.append(
+            {
+                "example_id": example_id,
+                "row_number": row.row_number,
+                "prompt": messages[-2]["content"] if len(messages) == 2 else json.dumps(messages[:-1], ensure_ascii=False),
+                "response": response,
+                "messages": json.dumps(messages, ensure_ascii=False),
+                "n_prompt_tokens": n_prompt,
+                "n_response_tokens": n_response,
+                "source": str(row.record.get("source") or source),
+                **extras,
+            }
+        )
+    examples = pl.DataFrame(kept, infer_schema_length=None) if kept else pl.DataFrame(schema=_empty_pool_schema())
+    examples = examples.with_columns(pl.col("n_prompt_tokens").cast(pl.Int64), pl.col("n_response_tokens").cast(pl.Int64))
+    return NormalizedPool(examples=examples, rejects=pl.DataFrame(rejects, schema=REJECT_SCHEMA))
+
+
+def _empty_pool_schema() -> dict[str, pl.DataType]:
+    return {
+        "example_id": pl.String, "row_number": pl.Int64, "prompt": pl.String, "response": pl.String,
+        "messages": pl.String, "n_prompt_tokens": pl.Int64, "n_response_tokens": pl.Int64, "source": pl.String,
+    }
+
+
+def load_queries(path: str | Path, default_grader: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Validation/test queries: ``query_id``, ``prompt``, ``reference``, ``reference_response``, ``grader``.
+
+    Returns (queries, rejects). ``query_id`` defaults to a content hash; ``reference_response`` (the
+    off-policy target) defaults to the reference itself; ``grader`` to the settings' default.
+    """
+    kept, rejects, seen = [], [], {}
+    for row in read_rows(path):
+        if row.parse_error:
+            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": row.parse_error})
+            continue
+        record = row.record
+        prompt, reference = record.get("prompt"), record.get("reference")
+        if not isinstance(prompt, str) or not prompt.strip() or reference is None or str(reference).strip() == "":
+            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": "needs a non-empty 'prompt' and 'reference'"})
+            continue
+        query_id = str(record.get("query_id") or hashlib.sha256(prompt.encode()).hexdigest()[:16])
+        if query_id in seen:
+            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": f"duplicate query_id of row {seen[query_id]}"})
+            continue
+        seen[query_id] = row.row_number
+        kept.append(
+            {
+                "query_id": query_id,
+                "prompt": prompt,
+                "reference": str(reference),
+                "reference_response": str(record.get("reference_response") or reference),
+                "grader": str(record.get("grader") or default_grader),
+            }
+        )
+    schema = {c: pl.String for c in ("query_id", "prompt", "reference", "reference_response", "grader")}
+    return pl.DataFrame(kept, schema=schema), pl.DataFrame(rejects, schema=REJECT_SCHEMA)

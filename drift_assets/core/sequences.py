@@ -1,0 +1,94 @@
+"""Turning (prompt, response) pairs into padded token batches with a response-only mask.
+
+One encoding is shared by rollout log-probs, gradients and SFT so that "the log-prob of a response"
+means the same thing everywhere: the prompt is rendered with the tokenizer's chat template when it
+has one, the response follows it, and an EOS token closes the response when it ended naturally.
+Only response tokens (and that EOS) count; prompt and padding tokens are masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def render_messages_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """The text the model sees before its answer: the chat template when the tokenizer has one;
+    otherwise a single user turn as it is, or several turns as ``role: content`` lines."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+def render_prompt(tokenizer, prompt: str) -> str:
+    return render_messages_prompt(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def encode_prompt(tokenizer, rendered_prompt: str) -> list[int]:
+    # A chat template already writes the BOS token into the text; do not add a second one.
+    add_special = not getattr(tokenizer, "chat_template", None)
+    return tokenizer(rendered_prompt, add_special_tokens=add_special)["input_ids"]
+
+
+def encode_response(tokenizer, response: str, append_eos: bool = True) -> list[int]:
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if append_eos and tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+@dataclass
+class ResponseBatch:
+    """``input_ids``/``attention_mask`` (B, T), right-padded; ``response_mask`` (B, T) marks the
+    positions whose *next-token* prediction is a response token, i.e. the logits that count."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+
+    def to(self, device) -> ResponseBatch:
+        return ResponseBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
+
+
+def collate_pairs(
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+) -> ResponseBatch:
+    """Right-pad token-id pairs into one batch."""
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    width = max(lengths)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    input_ids = torch.full((len(lengths), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    response_mask = torch.zeros((len(lengths), width), dtype=torch.bool)
+    for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        sequence = list(prompt) + list(response)
+        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+        # logits at position t predict token t+1: response tokens start at len(prompt).
+        response_mask[row, len(prompt) - 1 : len(sequence) - 1] = True
+    return ResponseBatch(input_ids, attention_mask, response_mask)
+
+
+def response_token_logprobs(logits: torch.Tensor, batch: ResponseBatch) -> torch.Tensor:
+    """(B, T-1) log-probabilities of each next token, zero outside the response."""
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = batch.input_ids[:, 1:]
+    token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return token_log_probs * batch.response_mask[:, :-1]
+
+
+def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: str = "sum") -> torch.Tensor:
+    """(B,) log π(response | prompt): summed over response tokens, or their mean (``reduction``)."""
+    per_token = response_token_logprobs(logits, batch)
+    total = per_token.sum(dim=1)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / batch.response_mask[:, :-1].sum(dim=1).clamp(min=1)
+    raise ValueError(f"loss reduction must be 'sum' or 'mean' (got {reduction!r})")

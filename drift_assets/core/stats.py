@@ -1,0 +1,61 @@
+"""Small statistics without scipy: ranks, Spearman correlation, ROC-AUC, confidence intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (scipy.stats.rankdata's default)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    boundaries = np.flatnonzero(np.diff(sorted_values)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(values)]])
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; NaN when either side is constant or there are < 2 values."""
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb / denominator) if denominator > 0 else float("nan")
+
+
+def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting half."""
+    positives = np.asarray(positives, dtype=bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = average_ranks(np.asarray(scores, dtype=np.float64))
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion."""
+    if trials == 0:
+        return (float("nan"), float("nan"))
+    p = successes / trials
+    center = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return (center - half, center + half)
+
+
+def histogram(values: np.ndarray, bins: int = 20) -> list[tuple[float, float, int]]:
+    """(left edge, right edge, count) of equal-width bins over the finite values."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return []
+    counts, edges = np.histogram(finite, bins=bins)
+    return [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(len(counts))]

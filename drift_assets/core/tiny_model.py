@@ -1,0 +1,169 @@
+"""The demo's base model: a tiny Llama with a character-level tokenizer, trained from scratch.
+
+Sizes are chosen for vLLM on CPU (it accepts attention head_dim 64, not 16) and for 2 CPU cores.
+Pre-training stops at the first checkpoint whose greedy accuracy on a *calibration* set (its own
+split, never the validation or test queries) lands in the target band, so the model answers only
+part of the time and on-policy rollouts get mixed grades.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from drift_assets.core.demo_task import query_rows
+from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.grading import grade_answer
+from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """Every printable ASCII character is one token; BOS is prepended, EOS closes responses."""
+    characters = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for character in characters:
+        vocab[character] = len(vocab)
+    # BPE without merges is a character-level model that round-trips text exactly.
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        padding_side="right",
+    )
+
+
+@dataclass(frozen=True)
+class TinyLlamaShape:
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2  # head_dim = 64, the smallest vLLM's CPU attention accepts
+    intermediate_size: int = 384
+    max_positions: int = 256
+
+
+def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_heads,
+        head_dim=shape.hidden_size // shape.num_heads,
+        max_position_embeddings=shape.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    return LlamaForCausalLM(config)
+
+
+def greedy_accuracy(model, tokenizer, queries: Sequence[dict], max_tokens: int = 24) -> float:
+    """Share of queries whose greedy completion passes the numeric grader."""
+    engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
+    prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, q["prompt"])) for q in queries]
+    report = engine.generate(prompt_ids, SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens))
+    correct = [grade_answer(group[0].text, q["reference"], "numeric").correct for q, group in zip(queries, report.completions)]
+    return sum(correct) / len(correct)
+
+
+@dataclass
+class PretrainResult:
+    steps: int
+    calibration_accuracy: float
+    accuracy_curve: list[tuple[int, float]]
+    wall_seconds: float
+    reached_target: bool
+
+
+def pretrain(
+    model,
+    tokenizer,
+    corpus: Sequence[tuple[str, str]],
+    seed: int,
+    target_accuracy: tuple[float, float] = (0.3, 0.7),
+    max_steps: int = 3000,
+    eval_every: int = 100,
+    batch_size: int = 32,
+    learning_rate: float = 3e-3,
+    max_seconds: float = 170.0,
+    log: Callable[[str], None] = logger.info,
+) -> PretrainResult:
+    """Train on (prompt, response) pairs until calibration accuracy reaches the target band.
+
+    The stopping rule looks at the lower half of the band's midpoint so that the model is neither
+    hopeless nor already good: it stops at the first evaluation whose accuracy is in
+    [max(low, midpoint - 0.1), high].
+    """
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    calibration = query_rows(64, seed, "calibration")
+    low, high = target_accuracy
+    stop_low = max(low, (low + high) / 2 - 0.1)
+    encoded = [
+        (encode_prompt(tokenizer, render_prompt(tokenizer, p)), encode_response(tokenizer, r)) for p, r in corpus
+    ]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    curve: list[tuple[int, float]] = []
+    accuracy, step = 0.0, 0
+    order: list[int] = []
+    model.train()
+    for step in range(1, max_steps + 1):
+        if len(order) < batch_size:
+            order = list(range(len(encoded)))
+            rng.shuffle(order)
+        batch_ids = [order.pop() for _ in range(batch_size)]
+        # Train on the whole text (prompt too): this is pre-training, not SFT.
+        batch = collate_pairs(tokenizer, [encoded[i][0][:1] for i in batch_ids], [encoded[i][0][1:] + encoded[i][1] for i in batch_ids])
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = -sequence_logprobs(logits, batch, "sum").sum() / batch.response_mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % eval_every == 0:
+            model.eval()
+            accuracy = greedy_accuracy(model, tokenizer, calibration)
+            model.train()
+            curve.append((step, accuracy))
+            log(f"pre-training step {step}: loss {loss.item():.3f}, calibration accuracy {accuracy:.2f}")
+            if stop_low <= accuracy <= high:
+                break
+            if time.perf_counter() - started > max_seconds:
+                log(f"pre-training stopped at the {max_seconds:.0f} s budget before reaching the target band")
+                break
+    model.eval()
+    return PretrainResult(
+        steps=step,
+        calibration_accuracy=accuracy,
+        accuracy_curve=curve,
+        wall_seconds=time.perf_counter() - started,
+        reached_target=low <= accuracy <= high,
+    )
+
+
+def save_model(model, tokenizer, directory: str | Path) -> None:
+    """``save_pretrained`` for both, so that AutoModelForCausalLM/AutoTokenizer and vLLM load it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)

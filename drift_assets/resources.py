@@ -1,0 +1,160 @@
+"""Injected resources: the model, the rollout engine, and the Delta warehouse.
+
+Assets never load a model or open a table through a global: they receive these objects, so a
+test or a GPU deployment passes another instance (another model path, ``device="cuda"``,
+another warehouse root) without touching asset code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from functools import cached_property
+
+import torch
+from dagster import ConfigurableResource
+from dagster_deltalake import LocalConfig, S3Config
+from dagster_deltalake_polars import DeltaLakePolarsIOManager
+from pydantic import PrivateAttr
+
+from drift_assets.core.fingerprint import model_fingerprint
+from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, vllm_available
+from drift_assets.settings import Settings
+
+logger = logging.getLogger(__name__)
+WAREHOUSE_SCHEMA = "drift"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(requested: str) -> str:
+    """``auto`` → CUDA when present, else CPU; anything else is used as given."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class ModelResource(ConfigurableResource):
+    """The base model every on-policy step uses: a Hugging Face directory."""
+
+    path: str
+    dtype: str = "float32"
+    device: str = "auto"
+
+    _cache: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def resolved_device(self) -> str:
+        return pick_device(self.device)
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.path)
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        if "tokenizer" not in self._cache:
+            self._cache["tokenizer"] = AutoTokenizer.from_pretrained(self.path)
+        return self._cache["tokenizer"]
+
+    def load_model(self):
+        """A fresh copy in eval mode on the resolved device (callers may fine-tune it)."""
+        from transformers import AutoModelForCausalLM
+
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)} (got {self.dtype!r})")
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype])
+        return model.to(self.resolved_device).eval()
+
+
+class RolloutEngineResource(ConfigurableResource):
+    """Samples completions with vLLM (default where it imports) or transformers (fallback)."""
+
+    backend: str = "auto"
+    samples_per_query: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 24
+    stop: list[str] = []
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.2
+    max_model_len: int = 256
+
+    def sampling(self, **overrides) -> SamplingSettings:
+        values = dict(
+            n=self.samples_per_query, temperature=self.temperature, top_p=self.top_p,
+            max_tokens=self.max_tokens, stop=tuple(self.stop), seed=self.seed,
+        )
+        values.update(overrides)
+        return SamplingSettings(**values)
+
+    def chosen_backend(self) -> tuple[str, str]:
+        """(backend, why) for the log line that says which engine runs."""
+        if self.backend not in ("auto", "vllm", "transformers"):
+            raise ValueError(f"rollout.backend must be auto, vllm or transformers (got {self.backend!r})")
+        if self.backend == "transformers":
+            return "transformers", "rollout.backend is 'transformers'"
+        available, reason = vllm_available()
+        if available:
+            return "vllm", f"rollout.backend is '{self.backend}' and vLLM imports"
+        if self.backend == "vllm":
+            raise RuntimeError(f"rollout.backend is 'vllm' but vLLM does not import here: {reason}")
+        return "transformers", f"falling back to transformers: vLLM does not import ({reason})"
+
+    @contextlib.contextmanager
+    def open_engine(self, model: ModelResource, log=logger) -> Iterator[TransformersEngine | VllmEngine]:
+        backend, why = self.chosen_backend()
+        log.info(f"rollout engine: {backend} ({why}); model {model.path} on {model.resolved_device}")
+        if backend == "transformers":
+            yield TransformersEngine(model.load_model(), model.load_tokenizer(), device=model.resolved_device)
+            return
+        engine = VllmEngine(
+            model.path, dtype=model.dtype, tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len, seed=self.seed,
+        )
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+
+def model_resource(settings: Settings) -> ModelResource:
+    return ModelResource(path=settings.model_path, dtype=settings.model.dtype, device=settings.model.device)
+
+
+def rollout_engine_resource(settings: Settings) -> RolloutEngineResource:
+    rollout = settings.rollout
+    return RolloutEngineResource(
+        backend=rollout.backend, samples_per_query=rollout.samples_per_query, temperature=rollout.temperature,
+        top_p=rollout.top_p, max_tokens=rollout.max_tokens, stop=list(rollout.stop), seed=rollout.seed,
+        tensor_parallel_size=rollout.tensor_parallel_size, gpu_memory_utilization=rollout.gpu_memory_utilization,
+        max_model_len=rollout.max_model_len,
+    )
+
+
+class Warehouse:
+    """Where the Delta tables live; for the few reads that bypass the IO manager (streaming)."""
+
+    def __init__(self, settings: Settings):
+        self.root = settings.warehouse_root.rstrip("/")
+        self.storage_options = dict(settings.warehouse.storage_options)
+
+    def table_uri(self, asset_name: str) -> str:
+        return f"{self.root}/{WAREHOUSE_SCHEMA}/{asset_name}"
+
+    def exists(self, asset_name: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.table_uri(asset_name), storage_options=self.storage_options or None)
+
+    @cached_property
+    def is_remote(self) -> bool:
+        return "://" in self.root
+
+    def io_manager(self) -> DeltaLakePolarsIOManager:
+        if self.root.startswith("s3://"):
+            storage = S3Config(**self.storage_options)
+        else:
+            storage = LocalConfig()
+        return DeltaLakePolarsIOManager(root_uri=self.root, storage_options=storage, schema=WAREHOUSE_SCHEMA)
