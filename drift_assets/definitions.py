@@ -1,21 +1,32 @@
 """The code location: assembles assets, checks, resources, jobs and automation from the settings."""
 
-from __future__ import annotations
-
-from dagster import Definitions
+from dagster import AssetChecksDefinition, Definitions
 
 from drift_assets.assets.demo import build_demo_assets
+from drift_assets.assets.gradients import build_gradient_assets
+from drift_assets.assets.grades import build_grade_assets
+from drift_assets.assets.influence import build_influence_assets
+from drift_assets.assets.refine import build_refine_assets
+from drift_assets.assets.rollouts import build_rollout_assets
 from drift_assets.assets.sources import build_source_assets
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
 
 
 def build_definitions(settings: Settings) -> Definitions:
-    assets = build_source_assets(settings)
+    assets = [
+        *build_source_assets(settings),
+        *build_rollout_assets(settings),
+        *build_grade_assets(settings),
+        *build_gradient_assets(settings),
+        *build_influence_assets(settings),
+        *build_refine_assets(settings),
+    ]
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     return Definitions(
-        assets=assets,
+        assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
+        asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         resources={
             "io_manager": Warehouse(settings).io_manager(),
             "model": model_resource(settings),

@@ -74,7 +74,7 @@ class RolloutEngineResource(ConfigurableResource):
     samples_per_query: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 24
+    max_tokens: int = 64
     stop: list[str] = []
     seed: int = 0
     tensor_parallel_size: int = 1

@@ -75,7 +75,7 @@ class RolloutSettings(_Group):
     samples_per_query: int = Field(8, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(24, ge=1)
+    max_tokens: int = Field(64, ge=1)
     stop: list[str] = Field(default_factory=lambda: ["\n"])
     seed: int = 0
     tensor_parallel_size: int = Field(1, ge=1)
@@ -115,6 +115,7 @@ class SelectionSettings(_Group):
     method: Literal["top_fraction", "top_k", "positive"] = "top_fraction"
     fraction: float = Field(0.5, gt=0.0, le=1.0)
     k: int | None = Field(None, ge=1)
+    export_dir: str = Field("exports", description="Where the selection is exported as chat-messages JSONL and Parquet.")
 
     @model_validator(mode="after")
     def _top_k_needs_k(self) -> SelectionSettings:

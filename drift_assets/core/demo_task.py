@@ -78,12 +78,15 @@ def plausible_wrong_answer(problem: Problem, rng: random.Random) -> int:
 
 def off_task_example(rng: random.Random) -> tuple[str, str]:
     word = rng.choice(OFF_TASK_WORDS)
-    kind = rng.randrange(3)
+    second = rng.choice(OFF_TASK_WORDS)
+    kind = rng.randrange(4)
     if kind == 0:
-        return f"Spell backwards: {word}\n", word[::-1]
+        return f"Spell backwards: {word} {second}\n", f"{second[::-1]} {word[::-1]}"
     if kind == 1:
-        return f"Write in capitals: {word}\n", word.upper()
-    return f"Repeat twice: {word}\n", f"{word} {word}"
+        return f"Write in capitals: {word} {second}\n", f"{word.upper()} {second.upper()}"
+    if kind == 2:
+        return f"Repeat twice: {word}\n", f"{word} {word}"
+    return f"Join with a dash: {word} {second}\n", f"{word}-{second}"
 
 
 def pretraining_corpus(n_examples: int, seed: int) -> list[tuple[str, str]]:
@@ -104,14 +107,18 @@ def training_pool_rows(n_examples: int, corrupted_fraction: float, off_task_frac
     categories = ["corrupted"] * n_corrupted + ["off_task"] * n_off_task
     categories += ["correct"] * (n_examples - len(categories))
     rng.shuffle(categories)
-    rows = []
+    rows, seen = [], set()
     for category in categories:
-        if category == "off_task":
-            prompt, response = off_task_example(rng)
-        else:
-            problem = draw_problem(rng)
-            answer = problem.answer if category == "correct" else plausible_wrong_answer(problem, rng)
-            prompt, response = problem.prompt, format_response(problem, answer, rng.randrange(3))
+        while True:  # distinct examples: exact duplicates would only be quarantined downstream
+            if category == "off_task":
+                prompt, response = off_task_example(rng)
+            else:
+                problem = draw_problem(rng)
+                answer = problem.answer if category == "correct" else plausible_wrong_answer(problem, rng)
+                prompt, response = problem.prompt, format_response(problem, answer, rng.randrange(3))
+            if (prompt, response) not in seen:
+                break
+        seen.add((prompt, response))
         rows.append({"prompt": prompt, "response": response, "category": category, "is_corrupted": category != "correct"})
     return rows
 

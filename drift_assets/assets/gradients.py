@@ -1,0 +1,137 @@
+"""Projected log-prob gradients: one row per rollout/reference, and per pool example in shards."""
+
+import time
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Output,
+    StaticPartitionsDefinition,
+    asset,
+)
+
+from drift_assets.assets.metadata import table_metadata
+from drift_assets.checks import vector_check, vector_problems
+from drift_assets.core.gradients import gradient_frame, pool_token_pairs, query_token_pairs, shard_keys, shard_of
+from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
+from drift_assets.resources import ModelResource, Warehouse
+from drift_assets.settings import Settings, code_version
+
+GRADIENTS_VERSION = "1"
+
+
+def projection_options(settings: Settings) -> ProjectionOptions:
+    projection = settings.projection
+    return ProjectionOptions(projection.target_modules, projection.rank, projection.seed, projection.loss_reduction)
+
+
+def _progress_logger(context: AssetExecutionContext, what: str, every: int):
+    def log(done: int, total: int) -> None:
+        if done == total or done // every != (done - 1) // every:
+            context.log.info(f"{what}: {done}/{total}")
+    return log
+
+
+def build_gradient_assets(settings: Settings) -> list:
+    options = projection_options(settings)
+    batch_size = settings.projection.batch_size
+    warehouse = Warehouse(settings)
+    shards = StaticPartitionsDefinition(shard_keys(settings.projection.shards))
+
+    @asset(
+        group_name="attribution",
+        code_version=code_version("validation_gradients", GRADIENTS_VERSION, settings),
+        deps=["base_model"],
+        kinds={"pytorch", "delta"},
+        pool="gpu",
+        description="Unweighted projected ∇ log π of every rollout (target=rollout) and reference answer (target=reference).",
+    )
+    def validation_gradients(
+        context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame, model: ModelResource
+    ) -> pl.DataFrame:
+        tokenizer, network = model.load_tokenizer(), model.load_model()
+        fingerprint = model.fingerprint()
+        stale = set(rollouts["model_fingerprint"].unique()) - {fingerprint}
+        if stale:
+            raise ValueError(f"rollouts were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize rollouts")
+        projector = LinearGradientProjector(network, options)
+        rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
+        reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
+        ids = {
+            "rollout_id": rollouts["rollout_id"].to_list() + [f"reference-{q}" for q in validation_queries["query_id"]],
+            "query_id": rollouts["query_id"].to_list() + validation_queries["query_id"].to_list(),
+            "target": ["rollout"] * rollouts.height + ["reference"] * validation_queries.height,
+        }
+        table = gradient_frame(
+            ids, projector, tokenizer, rollout_pairs[0] + reference_pairs[0], rollout_pairs[1] + reference_pairs[1],
+            batch_size, fingerprint, _progress_logger(context, "validation gradients", 256),
+        )
+        context.add_output_metadata({
+            **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
+            "dimension": projector.dimension,
+            "layers": len(projector.layers),
+        })
+        return table
+
+    @asset(
+        group_name="attribution",
+        code_version=code_version("training_gradient_projections", GRADIENTS_VERSION, settings),
+        partitions_def=shards,
+        metadata={"partition_expr": "shard"},
+        deps=["base_model"],
+        kinds={"pytorch", "delta"},
+        pool="gpu",
+        check_specs=[AssetCheckSpec("vectors_finite", asset="training_gradient_projections", blocking=True,
+                                    description="Every gradient in the shard is finite and of dimension k.")],
+        description="Projected ∇ log π of every pool example, sharded by a hash of example_id; unchanged rows are reused.",
+    )
+    def training_gradient_projections(context: AssetExecutionContext, training_pool: pl.DataFrame, model: ModelResource):
+        shard = context.partition_key
+        started = time.perf_counter()
+        examples = training_pool.filter(
+            pl.col("example_id").map_elements(lambda i: shard_of(i, settings.projection.shards), return_dtype=pl.String) == shard
+        )
+        fingerprint = model.fingerprint()
+        reused = _reusable_rows(warehouse, shard, fingerprint, options.fingerprint(), examples["example_id"])
+        todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
+        context.log.info(f"shard {shard}: {examples.height} examples, reusing {reused.height}, computing {todo.height}")
+        frames = [reused] if reused.height else []
+        if not todo.is_empty():
+            tokenizer, network = model.load_tokenizer(), model.load_model()
+            projector = LinearGradientProjector(network, options)
+            prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
+            frames.append(gradient_frame(
+                {"example_id": todo["example_id"].to_list()}, projector, tokenizer, prompt_ids, response_ids,
+                batch_size, fingerprint, _progress_logger(context, f"shard {shard} gradients", 512),
+            ).with_columns(shard=pl.lit(shard)))
+        table = pl.concat(frames, how="vertical_relaxed").sort("example_id") if frames else pl.DataFrame()
+        problems, dimension = vector_problems(table["grad"], None) if not table.is_empty() else (["empty shard"], 0)
+        yield Output(table, metadata={
+            **table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"]),
+            "rows_reused": reused.height,
+            "rows_computed": todo.height,
+            "wall_seconds": time.perf_counter() - started,
+        })
+        yield AssetCheckResult(check_name="vectors_finite", passed=not problems,
+                               metadata={"dimension": dimension, "problems": "; ".join(problems) or "none"})
+
+    return [
+        validation_gradients,
+        training_gradient_projections,
+        vector_check(validation_gradients, "grad", None),
+    ]
+
+
+def _reusable_rows(warehouse: Warehouse, shard: str, model_fingerprint: str, projection_fingerprint: str, example_ids: pl.Series) -> pl.DataFrame:
+    """Rows of the previous version of this shard computed for the same examples, model and projection."""
+    if not warehouse.exists("training_gradient_projections"):
+        return pl.DataFrame()
+    previous = pl.scan_delta(warehouse.table_uri("training_gradient_projections"), storage_options=warehouse.storage_options or None)
+    return previous.filter(
+        (pl.col("shard") == shard)
+        & (pl.col("model_fingerprint") == model_fingerprint)
+        & (pl.col("projection_fingerprint") == projection_fingerprint)
+        & pl.col("example_id").is_in(example_ids.implode())
+    ).collect()

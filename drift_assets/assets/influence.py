@@ -1,0 +1,103 @@
+"""Influence scores of every pool example, streamed shard by shard from the gradient table."""
+
+import numpy as np
+import polars as pl
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetDep,
+    AssetExecutionContext,
+    AssetIn,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from drift_assets.assets.metadata import finite_or_none, histogram_markdown, table_metadata
+from drift_assets.core.attribution import check_same_checkpoint, diagnostics, scores_frame, target_gradient
+from drift_assets.core.gradients import shard_keys, vectors
+from drift_assets.core.influence import fit_curvature, score_pool
+from drift_assets.core.stats import histogram
+from drift_assets.resources import Warehouse
+from drift_assets.settings import Settings, code_version
+
+INFLUENCE_VERSION = "1"
+
+
+def shard_batches(warehouse: Warehouse, n_shards: int):
+    """A re-iterable stream of (example_ids, gradients) per shard, read straight from Delta.
+
+    It bypasses the IO manager on purpose: reading every partition at once through it is not
+    supported, and streaming keeps memory at one shard.
+    """
+    table = pl.scan_delta(warehouse.table_uri("training_gradient_projections"), storage_options=warehouse.storage_options or None)
+
+    def batches():
+        for shard in shard_keys(n_shards):
+            frame = table.filter(pl.col("shard") == shard).select("example_id", "grad", "model_fingerprint").collect()
+            if not frame.is_empty():
+                yield frame["example_id"].to_list(), vectors(frame), set(frame["model_fingerprint"].unique())
+
+    return batches
+
+
+def build_influence_assets(settings: Settings) -> list:
+    influence = settings.influence
+    warehouse = Warehouse(settings)
+
+    @asset(
+        group_name="attribution",
+        code_version=code_version("influence_scores", INFLUENCE_VERSION, settings),
+        deps=[AssetDep("training_gradient_projections")],
+        kinds={"numpy", "delta"},
+        description="s_i = gᵀH⁻¹ĥ_i against the signed, graded on-policy rollouts; debiased against gradient norm.",
+    )
+    def influence_scores(
+        context: AssetExecutionContext, validation_gradients: pl.DataFrame, grades: pl.DataFrame, training_pool: pl.DataFrame
+    ) -> pl.DataFrame:
+        target = target_gradient(validation_gradients, grades, influence.targets, influence.weighting)
+        stream = shard_batches(warehouse, settings.projection.shards)
+        fingerprints: set[str] = set()
+
+        def gradients_only():
+            for ids, matrix, shard_fingerprints in stream():
+                fingerprints.update(shard_fingerprints)
+                yield ids, matrix
+
+        curvature = fit_curvature(influence.hessian, (m for _, m in gradients_only()), target.vector.shape[0], influence.damping)
+        scores = score_pool(gradients_only, target.vector, curvature, influence.debias)
+        check_same_checkpoint(fingerprints, target)
+        table = scores_frame(scores, training_pool)
+        figures = diagnostics(table, training_pool)
+        summary = target.summary
+        context.log.info(", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+        context.add_output_metadata({
+            **table_metadata(table),
+            **{name: finite_or_none(value) for name, value in figures.items()},
+            "targets": influence.targets,
+            "weighting": influence.weighting,
+            "queries_used": summary.queries_used if summary else target.n_targets,
+            "queries_skipped": summary.queries_skipped if summary else 0,
+            "queries_all_correct": summary.queries_all_correct if summary else 0,
+            "queries_all_wrong": summary.queries_all_wrong if summary else 0,
+            "hessian_damping": curvature.damping_value,
+            "score_histogram": MetadataValue.md(histogram_markdown(histogram(table["score"].to_numpy()), "score")),
+        })
+        return table
+
+    @asset_check(asset=influence_scores, blocking=True, additional_ins={"training_pool": AssetIn("training_pool")},
+                 description="Every pool example is scored exactly once, with finite scores.")
+    def influence_scores_complete(
+        context: AssetCheckExecutionContext, influence_scores: pl.DataFrame, training_pool: pl.DataFrame
+    ) -> AssetCheckResult:
+        scored = set(influence_scores["example_id"])
+        pool = set(training_pool["example_id"])
+        non_finite = int((~np.isfinite(influence_scores["score"].to_numpy())).sum())
+        duplicates = influence_scores.height - len(scored)
+        return AssetCheckResult(
+            passed=scored == pool and non_finite == 0 and duplicates == 0,
+            metadata={"unscored_examples": len(pool - scored), "unknown_examples": len(scored - pool),
+                      "non_finite_scores": non_finite, "duplicates": duplicates},
+        )
+
+    return [influence_scores, influence_scores_complete]

@@ -1,0 +1,65 @@
+"""The refined dataset: every pool example with its score and whether it is selected."""
+
+import math
+
+import polars as pl
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, asset, asset_check
+
+from drift_assets.assets.metadata import finite_or_none, table_metadata
+from drift_assets.core.selection import export_selection, refined_table, select
+from drift_assets.core.stats import roc_auc
+from drift_assets.settings import Settings, code_version
+
+REFINE_VERSION = "1"
+
+
+def build_refine_assets(settings: Settings) -> list:
+    selection = settings.selection
+
+    @asset(
+        group_name="refinement",
+        code_version=code_version("refined_dataset", REFINE_VERSION, settings),
+        kinds={"polars", "delta"},
+        description="The pool with score, weight and selected flag; the selection is exported as chat JSONL and Parquet.",
+    )
+    def refined_dataset(context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame) -> pl.DataFrame:
+        selected = select(influence_scores, selection.method, selection.fraction, selection.k)
+        table = refined_table(training_pool, influence_scores, selected)
+        paths = export_selection(table, settings.resolve(selection.export_dir))
+        chosen = table.filter("selected")
+        metadata = {
+            **table_metadata(table.filter("selected"), preview_columns=["rank", "score", "prompt", "response"]),
+            "dagster/row_count": table.height,
+            "selected": chosen.height,
+            "selected_share": chosen.height / table.height if table.height else 0.0,
+            "export_jsonl": MetadataValue.path(paths["jsonl"]),
+            "export_parquet": MetadataValue.path(paths["parquet"]),
+        }
+        if "is_corrupted" in table.columns:
+            metadata["noise_auc"] = finite_or_none(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
+            metadata["corrupted_share_pool"] = float(table["is_corrupted"].mean())
+            metadata["corrupted_share_selected"] = float(chosen["is_corrupted"].mean()) if chosen.height else None
+        context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method}); exported to {paths['jsonl']}")
+        context.add_output_metadata(metadata)
+        return table
+
+    @asset_check(asset=refined_dataset, blocking=True, additional_ins={"training_pool": AssetIn("training_pool")},
+                 description="The selection is a subset of the pool, every example appears once, and the size matches the settings.")
+    def refined_dataset_selection(
+        context: AssetCheckExecutionContext, refined_dataset: pl.DataFrame, training_pool: pl.DataFrame
+    ) -> AssetCheckResult:
+        n_selected = int(refined_dataset["selected"].sum())
+        subset = set(refined_dataset["example_id"]) <= set(training_pool["example_id"])
+        complete = refined_dataset["example_id"].n_unique() == refined_dataset.height == training_pool.height
+        if selection.method == "top_fraction":
+            expected = math.ceil(selection.fraction * training_pool.height)
+        elif selection.method == "top_k":
+            expected = min(selection.k, training_pool.height)
+        else:
+            expected = int((refined_dataset["score"] > 0).sum())
+        return AssetCheckResult(
+            passed=subset and complete and n_selected == expected,
+            metadata={"selected": n_selected, "expected": expected, "subset_of_pool": subset, "every_example_once": complete},
+        )
+
+    return [refined_dataset, refined_dataset_selection]

@@ -1,0 +1,79 @@
+"""On-policy rollouts: the base model's own samples for every validation query."""
+
+import time
+
+import polars as pl
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, asset, asset_check
+
+from drift_assets.assets.metadata import table_metadata
+from drift_assets.checks import schema_and_ids_check
+from drift_assets.core.rollouts import rollout_rows
+from drift_assets.core.sequences import encode_prompt, render_prompt
+from drift_assets.resources import ModelResource, RolloutEngineResource
+from drift_assets.settings import Settings, code_version
+
+ROLLOUTS_VERSION = "1"
+
+
+def build_rollout_assets(settings: Settings) -> list:
+    @asset(
+        group_name="rollouts",
+        code_version=code_version("rollouts", ROLLOUTS_VERSION, settings),
+        deps=["base_model"],
+        kinds={"vllm", "delta"},
+        pool="gpu",
+        description="K samples per validation query from the base model (vLLM; transformers as fallback).",
+    )
+    def rollouts(
+        context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource, rollout_engine: RolloutEngineResource
+    ) -> pl.DataFrame:
+        tokenizer = model.load_tokenizer()
+        prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, p)) for p in validation_queries["prompt"]]
+        sampling = rollout_engine.sampling()
+        context.log.info(f"sampling {sampling.n} completions for each of {len(prompt_ids)} queries")
+        started = time.perf_counter()
+        with rollout_engine.open_engine(model, context.log) as engine:
+            report = engine.generate(
+                prompt_ids, sampling,
+                progress=lambda done, total: context.log.info(f"rollouts: {done}/{total} queries") if done % 16 == 0 or done == total else None,
+            )
+        seconds = time.perf_counter() - started
+        table = rollout_rows(validation_queries, report, model.fingerprint(), sampling.seed)
+        context.add_output_metadata(
+            {
+                **table_metadata(table, preview_columns=["query_id", "sample_idx", "completion", "n_tokens", "finish_reason"]),
+                "engine": report.engine,
+                "generated_tokens": report.generated_tokens,
+                "tokens_per_second": report.generated_tokens / seconds if seconds else 0.0,
+                "truncated_share": float((table["finish_reason"] == "length").mean()),
+                "model_fingerprint": table["model_fingerprint"][0],
+            }
+        )
+        return table
+
+    @asset_check(asset=rollouts, blocking=True, description="Every query has exactly rollout.samples_per_query rollouts.")
+    def rollouts_complete(context: AssetCheckExecutionContext, rollouts: pl.DataFrame) -> AssetCheckResult:
+        counts = rollouts.group_by("query_id").len()
+        wrong = counts.filter(pl.col("len") != settings.rollout.samples_per_query)
+        return AssetCheckResult(
+            passed=wrong.is_empty(),
+            metadata={"queries": counts.height, "queries_with_wrong_count": wrong.height,
+                      "expected_per_query": settings.rollout.samples_per_query},
+        )
+
+    @asset_check(asset=rollouts, blocking=True,
+                 description="Empty or truncated completions stay under grading.max_empty_or_truncated_fraction.")
+    def rollouts_not_degenerate(context: AssetCheckExecutionContext, rollouts: pl.DataFrame) -> AssetCheckResult:
+        limit = settings.grading.max_empty_or_truncated_fraction
+        empty = float((rollouts["completion"].str.strip_chars() == "").mean())
+        truncated = float((rollouts["finish_reason"] == "length").mean())
+        return AssetCheckResult(
+            passed=empty <= limit and truncated <= limit,
+            metadata={"empty_share": empty, "truncated_share": truncated, "limit": limit,
+                      "hint": "raise rollout.max_tokens if many are truncated"},
+        )
+
+    return [
+        rollouts, rollouts_complete, rollouts_not_degenerate,
+        schema_and_ids_check(rollouts, {"rollout_id": pl.String, "query_id": pl.String, "logprob_sum": pl.Float64}, "rollout_id"),
+    ]

@@ -1,0 +1,99 @@
+"""From gradient tables to influence scores: target gradient, curvature, scores, diagnostics.
+
+This is the glue between the tables of DESIGN.md §2 and the maths of :mod:`influence` and
+:mod:`weighting`, shared by the ``influence_scores`` asset and the method benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from drift_assets.core.gradients import vectors
+from drift_assets.core.influence import PoolScores
+from drift_assets.core.stats import roc_auc, spearman
+from drift_assets.core.weighting import WeightingSummary, combine, rollout_weights
+
+TARGETS = ("onpolicy", "offpolicy")
+
+
+@dataclass
+class TargetGradient:
+    vector: np.ndarray  # g = Σ w_jk ĝ_jk, float64 (k,)
+    summary: WeightingSummary | None
+    n_targets: int
+    model_fingerprint: str
+
+
+def target_gradient(validation_gradients: pl.DataFrame, grades: pl.DataFrame, targets: str, weighting: str) -> TargetGradient:
+    """``onpolicy``: graded rollouts with signed weights; ``offpolicy``: reference answers, equal weights."""
+    if targets not in TARGETS:
+        raise ValueError(f"influence.targets must be one of {TARGETS} (got {targets!r})")
+    fingerprints = validation_gradients["model_fingerprint"].unique().to_list()
+    if len(fingerprints) != 1:
+        raise ValueError(f"validation_gradients mixes model fingerprints {fingerprints}: re-materialize it")
+    if targets == "offpolicy":
+        references = validation_gradients.filter(pl.col("target") == "reference")
+        if references.is_empty():
+            raise ValueError("offpolicy targets need reference gradients, and validation_gradients has none")
+        weights = np.full(references.height, 1.0 / references.height)
+        return TargetGradient(combine(vectors(references), weights), None, references.height, fingerprints[0])
+    rollouts = validation_gradients.filter(pl.col("target") == "rollout")
+    weights, summary = rollout_weights(grades.select("rollout_id", "query_id", "correct", "reward"), weighting)
+    joined = rollouts.join(weights.select("rollout_id", "weight"), on="rollout_id", how="inner")
+    if joined.height != weights.height:
+        raise ValueError(
+            f"{weights.height} graded rollouts but only {joined.height} have gradients: re-materialize validation_gradients"
+        )
+    joined = joined.filter(pl.col("weight") != 0)
+    return TargetGradient(combine(vectors(joined), joined["weight"].to_numpy()), summary, joined.height, fingerprints[0])
+
+
+def scores_frame(scores: PoolScores, training_pool: pl.DataFrame) -> pl.DataFrame:
+    """example_id, score_raw, score, rank (1 = most helpful), grad_norm, self_influence, n_tokens."""
+    frame = pl.DataFrame(
+        {
+            "example_id": scores.example_ids,
+            "score_raw": scores.score_raw,
+            "score": scores.score,
+            "grad_norm": scores.grad_norm,
+            "self_influence": scores.self_influence,
+        }
+    )
+    missing = set(training_pool["example_id"]) - set(scores.example_ids)
+    if missing:
+        raise ValueError(
+            f"{len(missing)} pool examples have no gradient row (e.g. {sorted(missing)[:3]}): "
+            "materialize every shard of training_gradient_projections"
+        )
+    frame = frame.filter(pl.col("example_id").is_in(training_pool["example_id"].implode()))
+    lengths = training_pool.select("example_id", n_tokens=pl.col("n_prompt_tokens") + pl.col("n_response_tokens"))
+    frame = frame.join(lengths, on="example_id", how="left")
+    return frame.sort(["score", "example_id"], descending=[True, False]).with_row_index("rank", offset=1).select(
+        "example_id", "score_raw", "score", pl.col("rank").cast(pl.Int64), "grad_norm", "self_influence", "n_tokens"
+    )
+
+
+def diagnostics(scores: pl.DataFrame, training_pool: pl.DataFrame) -> dict[str, float]:
+    """The gradient-hacking diagnostics, plus the noise AUC where the pool carries ``is_corrupted``."""
+    result = {
+        "spearman_score_vs_grad_norm": spearman(scores["score"].to_numpy(), scores["grad_norm"].to_numpy()),
+        "spearman_score_vs_length": spearman(scores["score"].to_numpy(), scores["n_tokens"].to_numpy()),
+        "spearman_raw_vs_grad_norm": spearman(scores["score_raw"].to_numpy(), scores["grad_norm"].to_numpy()),
+    }
+    if "is_corrupted" in training_pool.columns:
+        joined = scores.join(training_pool.select("example_id", "is_corrupted"), on="example_id")
+        # Higher score = keep, so the AUC asks how well the score ranks clean examples above noisy ones.
+        result["noise_auc"] = roc_auc(joined["score"].to_numpy(), ~joined["is_corrupted"].to_numpy().astype(bool))
+    return result
+
+
+def check_same_checkpoint(training_fingerprints: set[str], target: TargetGradient) -> None:
+    stale = training_fingerprints - {target.model_fingerprint}
+    if stale:
+        raise ValueError(
+            f"training gradients come from model {sorted(stale)}, validation gradients from {target.model_fingerprint}: "
+            "re-materialize training_gradient_projections so that both use the same checkpoint"
+        )

@@ -1,0 +1,85 @@
+"""Gradient tables: token pairs for pool examples, rollouts and references; shard assignment; reuse.
+
+Rows of ``training_gradient_projections`` are keyed by (example_id, model_fingerprint,
+projection_fingerprint): the example_id is a content hash, so an unchanged example under an
+unchanged model and projection keeps its row, and appending 1% new data computes 1% new gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import polars as pl
+
+from drift_assets.core.projection import LinearGradientProjector, project_in_batches
+from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt, render_prompt
+
+GRADIENT_COLUMNS = ("grad", "grad_norm", "loss", "n_tokens", "model_fingerprint", "projection_fingerprint")
+
+
+def shard_keys(n_shards: int) -> list[str]:
+    """String partition keys "000", "001", … (Delta partition values must be strings here)."""
+    if not 1 <= n_shards < 100:
+        raise ValueError(f"projection.shards must be between 1 and 99 (got {n_shards}); Dagster skips staleness checks at 100+")
+    return [f"{index:03d}" for index in range(n_shards)]
+
+
+def shard_of(example_id: str, n_shards: int) -> str:
+    digest = hashlib.sha256(example_id.encode()).digest()
+    return f"{int.from_bytes(digest[:4], 'little') % n_shards:03d}"
+
+
+def pool_token_pairs(tokenizer, messages_json: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+    prompts, responses = [], []
+    for text in messages_json:
+        messages = json.loads(text)
+        prompts.append(encode_prompt(tokenizer, render_messages_prompt(tokenizer, messages[:-1])))
+        responses.append(encode_response(tokenizer, messages[-1]["content"]))
+    return prompts, responses
+
+
+def query_token_pairs(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], ended_with_eos: Sequence[bool] | None = None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt and response ids; ``ended_with_eos`` (rollouts) says whether the response closes with EOS."""
+    eos_flags = ended_with_eos if ended_with_eos is not None else [True] * len(prompts)
+    prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, p)) for p in prompts]
+    response_ids = [encode_response(tokenizer, r, append_eos=bool(e)) for r, e in zip(responses, eos_flags, strict=True)]
+    return prompt_ids, response_ids
+
+
+def gradient_frame(
+    ids: dict[str, Sequence],
+    projector: LinearGradientProjector,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    batch_size: int,
+    model_fingerprint: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """Identifier columns ``ids`` plus grad (list<float32>[k]), grad_norm, loss (−log π), n_tokens."""
+    projected = project_in_batches(projector, tokenizer, prompt_ids, response_ids, batch_size, progress)
+    gradients = projected.gradients.numpy().astype(np.float32)
+    return pl.DataFrame(
+        {
+            **{name: list(values) for name, values in ids.items()},
+            "grad": pl.Series("grad", gradients, dtype=pl.Array(pl.Float32, gradients.shape[1])).cast(pl.List(pl.Float32)),
+            "grad_norm": np.linalg.norm(gradients.astype(np.float64), axis=1),
+            "loss": (-projected.logprobs.numpy()).astype(np.float64),
+            "n_tokens": projected.n_tokens.numpy().astype(np.int64),
+            "model_fingerprint": [model_fingerprint] * len(prompt_ids),
+            "projection_fingerprint": [projector.options.fingerprint()] * len(prompt_ids),
+        }
+    )
+
+
+def vectors(frame: pl.DataFrame, column: str = "grad") -> np.ndarray:
+    """(n, k) float32 matrix from a list<float32> column, without a Python loop."""
+    if frame.is_empty():
+        return np.zeros((0, 0), dtype=np.float32)
+    dimension = frame[column].list.len()[0]
+    return frame[column].list.to_array(dimension).to_numpy()

@@ -1,0 +1,60 @@
+"""Turning engine completions into rollout rows (DESIGN.md §2: the ``rollouts`` table)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+
+from drift_assets.core.generation import GenerationReport
+
+ROLLOUT_SCHEMA = {
+    "rollout_id": pl.String, "query_id": pl.String, "sample_idx": pl.Int64, "prompt": pl.String,
+    "completion": pl.String, "n_tokens": pl.Int64, "logprob_sum": pl.Float64, "finish_reason": pl.String,
+    "ended_with_eos": pl.Boolean, "engine": pl.String, "model_fingerprint": pl.String,
+}
+
+
+def rollout_id_for(query_id: str, sample_idx: int, model_fingerprint: str, seed: int) -> str:
+    return hashlib.sha256(f"{query_id}|{sample_idx}|{model_fingerprint}|{seed}".encode()).hexdigest()[:20]
+
+
+def rollout_rows(queries: pl.DataFrame, report: GenerationReport, model_fingerprint: str, seed: int) -> pl.DataFrame:
+    """One row per (query, sample), in query order; ``queries`` has query_id and prompt."""
+    if len(report.completions) != queries.height:
+        raise ValueError(f"the engine returned {len(report.completions)} groups for {queries.height} queries")
+    rows = []
+    for query, group in zip(queries.iter_rows(named=True), report.completions):
+        for sample_idx, completion in enumerate(group):
+            rows.append(
+                {
+                    "rollout_id": rollout_id_for(query["query_id"], sample_idx, model_fingerprint, seed),
+                    "query_id": query["query_id"],
+                    "sample_idx": sample_idx,
+                    "prompt": query["prompt"],
+                    "completion": completion.text,
+                    "n_tokens": len(completion.token_ids),
+                    "logprob_sum": completion.logprob_sum,
+                    "finish_reason": completion.finish_reason,
+                    "ended_with_eos": completion.ended_with_eos,
+                    "engine": report.engine,
+                    "model_fingerprint": model_fingerprint,
+                }
+            )
+    return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
+
+
+def grade_summary(grades: pl.DataFrame) -> dict[str, float | int]:
+    """pass@1 and how grades split per query (the figures signed weighting depends on)."""
+    per_query = grades.group_by("query_id").agg(n_correct=pl.col("correct").sum(), n=pl.len())
+    all_correct = per_query.filter(pl.col("n_correct") == pl.col("n")).height
+    all_wrong = per_query.filter(pl.col("n_correct") == 0).height
+    mixed = per_query.height - all_correct - all_wrong
+    return {
+        "pass_at_1": float(grades["correct"].mean()) if grades.height else 0.0,
+        "queries": per_query.height,
+        "queries_mixed": mixed,
+        "mixed_share": mixed / per_query.height if per_query.height else 0.0,
+        "queries_all_correct": all_correct,
+        "queries_all_wrong": all_wrong,
+    }

@@ -1,0 +1,56 @@
+"""Choosing the refined dataset from scores, and exporting it in the format SFT trainers read."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+
+SELECTION_METHODS = ("top_fraction", "top_k", "positive")
+
+
+def select(scores: pl.DataFrame, method: str, fraction: float = 0.5, k: int | None = None) -> pl.Series:
+    """Boolean ``selected`` aligned with ``scores`` rows; ties broken by ``rank`` (so by example_id)."""
+    if method not in SELECTION_METHODS:
+        raise ValueError(f"selection.method must be one of {SELECTION_METHODS} (got {method!r})")
+    if method == "positive":
+        return (scores["score"] > 0).alias("selected")
+    if method == "top_k":
+        if k is None or k < 1:
+            raise ValueError(f"selection.k must be >= 1 for top_k (got {k})")
+        count = min(k, scores.height)
+    else:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"selection.fraction must be in (0, 1] (got {fraction})")
+        count = math.ceil(fraction * scores.height)
+    return (scores["rank"] <= count).alias("selected")
+
+
+def refined_table(training_pool: pl.DataFrame, scores: pl.DataFrame, selected: pl.Series) -> pl.DataFrame:
+    """Every pool example with score, rank, weight (1.0 selected / 0.0 not) and ``selected``."""
+    chosen = scores.select("example_id", "score", "rank").with_columns(selected)
+    table = training_pool.join(chosen, on="example_id", how="inner")
+    return table.with_columns(weight=pl.col("selected").cast(pl.Float64)).sort("rank")
+
+
+def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "refined_dataset") -> dict[str, str]:
+    """Write the selected examples as ``{"messages": [...]}`` JSONL and Parquet; returns the paths.
+
+    Both load with ``datasets.load_dataset("json"|"parquet", data_files=...)`` and feed TRL's
+    SFTTrainer as they are (its conversational format). Files are written then renamed (atomic).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    chosen = table.filter("selected").sort("rank")
+    messages = [json.loads(text) for text in chosen["messages"]]
+    jsonl, parquet = directory / f"{name}.jsonl", directory / f"{name}.parquet"
+    temporary = jsonl.with_suffix(".jsonl.tmp")
+    temporary.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in messages))
+    temporary.replace(jsonl)
+    frame = pl.DataFrame({"messages": messages, "example_id": chosen["example_id"], "score": chosen["score"]})
+    temporary = parquet.with_suffix(".parquet.tmp")
+    frame.write_parquet(temporary)
+    temporary.replace(parquet)
+    return {"jsonl": str(jsonl), "parquet": str(parquet)}
