@@ -3,6 +3,7 @@
 from dagster import AssetChecksDefinition, Definitions
 
 from drift_assets.assets.demo import build_demo_assets
+from drift_assets.assets.evaluate import build_evaluation_assets
 from drift_assets.assets.gradients import build_gradient_assets
 from drift_assets.assets.grades import build_grade_assets
 from drift_assets.assets.influence import build_influence_assets
@@ -22,6 +23,8 @@ def build_definitions(settings: Settings) -> Definitions:
         *build_influence_assets(settings),
         *build_refine_assets(settings),
     ]
+    if settings.data.test_queries:
+        assets += build_evaluation_assets(settings)
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     return Definitions(

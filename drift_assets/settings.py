@@ -106,7 +106,7 @@ class ProjectionSettings(_Group):
 class InfluenceSettings(_Group):
     targets: Literal["onpolicy", "offpolicy"] = "onpolicy"
     weighting: Literal["signed", "advantage", "positive"] = "signed"
-    hessian: Literal["identity", "fisher"] = "fisher"
+    hessian: Literal["identity", "fisher"] = "identity"
     damping: float = Field(0.1, ge=0.0, description="Fisher damping as a multiple of its mean eigenvalue.")
     debias: Literal["none", "unit", "self_influence", "residual"] = "unit"
 

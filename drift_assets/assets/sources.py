@@ -48,6 +48,8 @@ def build_source_assets(settings: Settings) -> list:
         outs={
             "training_pool": AssetOut(
                 group_name="inputs", kinds={"delta"},
+                # Extra input columns are carried through, so the table's schema follows the input's.
+                metadata={"overwrite_schema": True},
                 code_version=code_version("training_pool", SOURCES_VERSION, settings),
                 description="The SFT pool, one row per usable example, with stable example_id and token counts.",
             ),

@@ -103,7 +103,10 @@ def _grade_regex(completion: str, reference: str, options: GradingOptions) -> Gr
 def _grade_math(completion: str, reference: str, options: GradingOptions) -> Grade:
     from math_verify import parse, verify
 
-    gold = parse(reference if "$" in reference or "\\" in reference else f"${reference}$")
+    # math-verify reads LaTeX only between delimiters: a bare reference such as \sqrt{2} parses to
+    # nothing, and 2\pi to 2. References are math, so wrap them unless they bring delimiters.
+    has_delimiters = any(mark in reference for mark in ("$", "\\(", "\\["))
+    gold = parse(reference if has_delimiters else f"${reference}$")
     answer = parse(completion)
     correct = bool(answer) and bool(verify(gold, answer))
     return Grade(correct, float(correct), str(answer[-1]) if answer else None)

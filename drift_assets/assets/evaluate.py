@@ -1,0 +1,159 @@
+"""Closing the loop: fine-tune on a selection and measure accuracy on held-out test queries."""
+
+import contextlib
+import tempfile
+import time
+
+import numpy as np
+import polars as pl
+from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
+
+from drift_assets.assets.influence import shard_batches
+from drift_assets.assets.metadata import table_metadata
+from drift_assets.core.benchmark import MethodScorer, ScoringSettings, noise_auc, scoring_for, selected_ids
+from drift_assets.core.generation import TransformersEngine, VllmEngine
+from drift_assets.core.grading import GradingOptions
+from drift_assets.core.selection import select
+from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
+from drift_assets.core.tiny_model import save_model
+from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
+from drift_assets.settings import Settings, code_version
+
+EVALUATE_VERSION = "1"
+
+
+@contextlib.contextmanager
+def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEngineResource, dtype: str):
+    """Greedy decoding of an in-memory model: transformers directly, or vLLM from a saved copy."""
+    if backend == "transformers" or (backend == "auto" and not rollout_engine.chosen_backend()[0] == "vllm"):
+        yield TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        save_model(model, tokenizer, directory)
+        engine = VllmEngine(directory, dtype=dtype, gpu_memory_utilization=rollout_engine.gpu_memory_utilization,
+                            max_model_len=rollout_engine.max_model_len, tensor_parallel_size=rollout_engine.tensor_parallel_size)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+
+def build_evaluation_assets(settings: Settings) -> list:
+    benchmark = settings.benchmark
+    grading = GradingOptions(settings.grading.numeric_tolerance, settings.grading.answer_marker, settings.grading.regex)
+
+    def train_and_evaluate(model: ModelResource, rollout_engine: RolloutEngineResource, messages: list[str] | None,
+                           queries: list[dict], seed: int, log) -> tuple[Evaluation, float]:
+        started = time.perf_counter()
+        network, tokenizer = model.load_model(), model.load_tokenizer()
+        if messages is not None:
+            sft = benchmark.sft
+            fine_tune(network, tokenizer, messages,
+                      SftOptions(sft.steps, sft.batch_size, sft.learning_rate, sft.weight_decay, seed), log=log)
+        with evaluation_engine(network, tokenizer, benchmark.eval_backend, rollout_engine, model.dtype) as engine:
+            result = evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, grading)
+        return result, time.perf_counter() - started
+
+    @asset(
+        group_name="evaluation",
+        code_version=code_version("refined_model_evaluation", EVALUATE_VERSION, settings),
+        deps=["base_model"],
+        kinds={"pytorch", "delta"},
+        pool="gpu",
+        description="Test accuracy of the base model, of SFT on the full pool and of SFT on the refined dataset.",
+    )
+    def refined_model_evaluation(
+        context: AssetExecutionContext, refined_dataset: pl.DataFrame, test_queries: pl.DataFrame,
+        model: ModelResource, rollout_engine: RolloutEngineResource,
+    ) -> pl.DataFrame:
+        queries = test_queries.to_dicts()
+        seed = benchmark.seeds[0]
+        candidates = {
+            "base": None,
+            "full": refined_dataset["messages"].to_list(),
+            "refined": refined_dataset.filter("selected")["messages"].to_list(),
+        }
+        rows = []
+        for name, messages in candidates.items():
+            result, seconds = train_and_evaluate(model, rollout_engine, messages, queries, seed, context.log.info)
+            low, high = result.interval
+            rows.append({"model": name, "n_train": len(messages or []), "seed": seed, "accuracy": result.accuracy,
+                         "accuracy_low": low, "accuracy_high": high, "n_queries": result.total, "wall_seconds": seconds})
+            context.log.info(f"{name}: accuracy {result.accuracy:.3f} [{low:.3f}, {high:.3f}]")
+        table = pl.DataFrame(rows)
+        by_model = {row["model"]: row["accuracy"] for row in rows}
+        context.add_output_metadata({
+            **table_metadata(table),
+            "accuracy_refined": by_model["refined"],
+            "accuracy_full": by_model["full"],
+            "accuracy_base": by_model["base"],
+            "gain_over_full_points": 100 * (by_model["refined"] - by_model["full"]),
+        })
+        return table
+
+    @asset(
+        group_name="benchmark",
+        code_version=code_version("method_benchmark", EVALUATE_VERSION, settings),
+        deps=["base_model", AssetDep("training_gradient_projections")],
+        kinds={"pytorch", "delta"},
+        pool="gpu",
+        description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds.",
+    )
+    def method_benchmark(
+        context: AssetExecutionContext, training_pool: pl.DataFrame, validation_gradients: pl.DataFrame,
+        grades: pl.DataFrame, test_queries: pl.DataFrame, model: ModelResource, rollout_engine: RolloutEngineResource,
+    ) -> pl.DataFrame:
+        ids, matrices = [], []
+        for batch_ids, matrix, _ in shard_batches(Warehouse(settings), settings.projection.shards)():
+            ids += batch_ids
+            matrices.append(matrix)
+        scorer = MethodScorer(ids, np.concatenate(matrices), validation_gradients, grades)
+        influence = settings.influence
+        drift = ScoringSettings(influence.targets, influence.weighting, influence.hessian, influence.damping, influence.debias)
+        scores = {m: scorer.scores(s, training_pool) for m in benchmark.methods if (s := scoring_for(m, drift)) is not None}
+        # random selects as many examples as DRIFT does, so the two differ only in which ones.
+        drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
+        drift_size = int(select(drift_scores, settings.selection.method, settings.selection.fraction, settings.selection.k).sum())
+        queries = test_queries.to_dicts()
+        rows = []
+        for method in benchmark.methods:
+            auc = noise_auc(scores.get(method), training_pool)
+            for seed in benchmark.seeds:
+                chosen = set(selected_ids(method, seed, training_pool, scores.get(method), drift_size,
+                                          settings.selection.method, settings.selection.fraction, settings.selection.k))
+                messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
+                result, seconds = train_and_evaluate(model, rollout_engine, messages, queries, seed, context.log.debug)
+                low, high = result.interval
+                rows.append({"method": method, "seed": seed, "n_selected": len(messages), "accuracy": result.accuracy,
+                             "accuracy_low": low, "accuracy_high": high, "noise_auc": auc, "wall_seconds": seconds})
+                context.log.info(f"{method} seed {seed}: {len(messages)} examples, accuracy {result.accuracy:.3f}")
+        table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64})
+        context.add_output_metadata({
+            **table_metadata(table, preview_rows=len(rows)),
+            "summary": MetadataValue.md(summary_markdown(table)),
+        })
+        return table
+
+    return [refined_model_evaluation, method_benchmark]
+
+
+def summary_table(table: pl.DataFrame) -> pl.DataFrame:
+    return table.group_by("method", maintain_order=True).agg(
+        n_selected=pl.col("n_selected").first(),
+        accuracy_mean=pl.col("accuracy").mean(),
+        accuracy_std=pl.col("accuracy").std(),
+        seeds=pl.len(),
+        noise_auc=pl.col("noise_auc").first(),
+        wall_seconds=pl.col("wall_seconds").sum(),
+    )
+
+
+def summary_markdown(table: pl.DataFrame) -> str:
+    summary = summary_table(table)
+    lines = ["| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |", "|---|---|---|---|---|---|"]
+    for row in summary.iter_rows(named=True):
+        auc = "–" if row["noise_auc"] is None else f"{row['noise_auc']:.3f}"
+        std = row["accuracy_std"] or 0.0
+        lines.append(f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
+                     f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |")
+    return "\n".join(lines)

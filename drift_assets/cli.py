@@ -1,0 +1,91 @@
+"""``drift-assets`` / ``python -m drift_assets``: materialize the graph and print what it produced.
+
+Runs are recorded in the Dagster instance under $DAGSTER_HOME (the Makefile points it at
+data/dagster_home), so ``make ui`` afterwards shows every run, materialization and check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import polars as pl
+
+from drift_assets.settings import SettingsError, load_settings
+
+
+def _summary(settings) -> str:
+    from drift_assets.resources import Warehouse
+
+    warehouse = Warehouse(settings)
+    lines = []
+
+    def read(name: str) -> pl.DataFrame | None:
+        return pl.read_delta(warehouse.table_uri(name), storage_options=warehouse.storage_options or None) if warehouse.exists(name) else None
+
+    pool, rejects = read("training_pool"), read("training_pool_rejects")
+    if pool is not None:
+        lines.append(f"training_pool            {pool.height} examples ({rejects.height if rejects is not None else 0} quarantined)")
+    rollouts, grades = read("rollouts"), read("grades")
+    if rollouts is not None and grades is not None:
+        per_query = grades.group_by("query_id").agg(pl.col("correct").sum().alias("c"), pl.len().alias("n"))
+        mixed = per_query.filter((pl.col("c") > 0) & (pl.col("c") < pl.col("n"))).height
+        lines.append(
+            f"rollouts / grades        {rollouts.height} rollouts by {rollouts['engine'][0]}, pass@1 {grades['correct'].mean():.3f}, "
+            f"{mixed}/{per_query.height} queries with mixed grades"
+        )
+    scores = read("influence_scores")
+    if scores is not None:
+        from drift_assets.core.attribution import diagnostics
+
+        figures = diagnostics(scores, pool)
+        text = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+        lines.append(f"influence_scores         {scores.height} scored; {text}")
+    refined = read("refined_dataset")
+    if refined is not None:
+        chosen = refined.filter("selected")
+        line = f"refined_dataset          {chosen.height}/{refined.height} selected"
+        if "is_corrupted" in refined.columns:
+            line += f"; corrupted share {refined['is_corrupted'].mean():.3f} in pool -> {chosen['is_corrupted'].mean():.3f} selected"
+        lines.append(line)
+        lines.append(f"exports                  {settings.resolve(settings.selection.export_dir)}/refined_dataset.{{jsonl,parquet}}")
+    evaluation = read("refined_model_evaluation")
+    if evaluation is not None:
+        for row in evaluation.iter_rows(named=True):
+            lines.append(
+                f"evaluation               {row['model']:<10} accuracy {row['accuracy']:.3f} "
+                f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] on {row['n_queries']} test queries"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drift-assets", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["materialize", "summary"], help="materialize the whole graph, or print the summary")
+    parser.add_argument("--settings", help="settings file (default: $DRIFT_ASSETS_SETTINGS or data/settings.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings(args.settings)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "materialize":
+        from dagster import DagsterInstance
+
+        from drift_assets.definitions import build_definitions
+        from drift_assets.runner import materialize_pipeline
+
+        started = time.perf_counter()
+        instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+        materialize_pipeline(build_definitions(settings), instance)
+        print(f"\nmaterialized the whole graph in {time.perf_counter() - started:.0f} s")
+    print(_summary(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The whole graph materialized for real on the small demo: vLLM rollouts, Delta tables, Dagster."""
+
+import math
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from dagster import AssetKey, Definitions, instance_for_test
+
+from drift_assets.definitions import build_definitions
+from drift_assets.resources import Warehouse
+from drift_assets.runner import _execute, materialize_pipeline, observe_sources
+from drift_assets_tests.conftest import settings_in
+
+TABLES = (
+    "demo_task_files", "demo_base_model", "training_pool", "training_pool_rejects", "validation_queries", "test_queries",
+    "rollouts", "grades", "validation_gradients", "training_gradient_projections", "influence_scores", "refined_dataset",
+    "refined_model_evaluation",
+)
+
+
+@pytest.fixture(scope="module")
+def pipeline(demo_dir, tmp_path_factory):
+    """The whole graph materialized once (vLLM backend) in its own workspace."""
+    directory = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(demo_dir / "demo", directory / "demo")
+    settings = settings_in(directory)
+    defs = build_definitions(settings)
+    with instance_for_test() as instance:
+        materialize_pipeline(defs, instance, include_demo=False)
+        yield settings, defs, instance
+
+
+def read(settings, name: str) -> pl.DataFrame:
+    return pl.read_delta(Warehouse(settings).table_uri(name))
+
+
+def latest_metadata(instance, name: str) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey(name))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def test_definitions_load_and_validate():
+    from drift_assets.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert set(TABLES) <= keys
+
+
+@pytest.mark.vllm
+def test_rollouts_come_from_vllm_with_mixed_grades(pipeline):
+    settings, _, instance = pipeline
+    rollouts, grades, queries = read(settings, "rollouts"), read(settings, "grades"), read(settings, "validation_queries")
+    assert rollouts.height == queries.height * settings.rollout.samples_per_query
+    assert set(rollouts["engine"]) == {"vllm"}
+    assert rollouts["model_fingerprint"].n_unique() == 1
+    assert rollouts["logprob_sum"].is_finite().all() and (rollouts["logprob_sum"] < 0).all()
+    assert grades.height == rollouts.height
+    metadata = latest_metadata(instance, "grades")
+    assert 0 < metadata["pass_at_1"] < 1
+    assert metadata["queries_mixed"] > 0
+    per_query = grades.group_by("query_id").agg(pl.col("correct").mean())
+    assert per_query["correct"].min() < per_query["correct"].max()
+
+
+@pytest.mark.vllm
+def test_every_table_round_trips_through_delta(pipeline):
+    settings, _, instance = pipeline
+    for name in TABLES[2:]:
+        table = read(settings, name)
+        assert table.height > 0 or name == "training_pool_rejects", name
+        event = instance.get_latest_materialization_event(AssetKey(name))
+        if name != "training_gradient_projections":  # partitioned: its row count is per shard
+            assert event.asset_materialization.metadata["dagster/row_count"].value == table.height, name
+
+
+@pytest.mark.vllm
+def test_gradients_scores_and_selection_are_consistent(pipeline):
+    settings, _, instance = pipeline
+    pool, scores, refined = read(settings, "training_pool"), read(settings, "influence_scores"), read(settings, "refined_dataset")
+    gradients = read(settings, "training_gradient_projections")
+    k = 14 * settings.projection.rank**2  # 2 layers x 7 projections, r x r each
+    assert gradients["grad"].list.len().unique().to_list() == [k]
+    assert sorted(gradients["example_id"]) == sorted(pool["example_id"])
+    assert set(gradients["shard"]) == {"000", "001", "002"}
+    validation = read(settings, "validation_gradients")
+    assert validation.filter(pl.col("target") == "reference").height == read(settings, "validation_queries").height
+    assert sorted(scores["example_id"]) == sorted(pool["example_id"])
+    assert np.isfinite(scores["score"].to_numpy()).all()
+    assert scores["rank"].to_list() == list(range(1, pool.height + 1))
+    assert refined["selected"].sum() == math.ceil(settings.selection.fraction * pool.height)
+    chosen_scores = refined.filter("selected")["score"]
+    assert chosen_scores.min() >= refined.filter(~pl.col("selected"))["score"].max()
+    metadata = latest_metadata(instance, "influence_scores")
+    for figure in ("spearman_score_vs_grad_norm", "spearman_score_vs_length", "noise_auc", "queries_used"):
+        assert figure in metadata
+    # Signed weighting uses exactly the queries with mixed grades.
+    grades_metadata = latest_metadata(instance, "grades")
+    assert metadata["queries_used"] == grades_metadata["queries_mixed"]
+
+
+@pytest.mark.vllm
+def test_exports_load_with_datasets(pipeline):
+    from datasets import load_dataset
+
+    settings, _, _ = pipeline
+    export_dir = settings.resolve(settings.selection.export_dir)
+    refined = read(settings, "refined_dataset")
+    for kind in ("json", "parquet"):
+        extension = "jsonl" if kind == "json" else "parquet"
+        dataset = load_dataset(kind, data_files=f"{export_dir}/refined_dataset.{extension}", split="train")
+        assert len(dataset) == refined["selected"].sum()
+        first = dataset[0]["messages"]
+        assert [m["role"] for m in first] == ["user", "assistant"]
+        top = refined.sort("rank").row(0, named=True)
+        assert first[-1]["content"] == top["response"]
+
+
+@pytest.mark.vllm
+def test_all_blocking_checks_passed(pipeline):
+    _, defs, instance = pipeline
+    checks = list(defs.resolve_asset_graph().asset_check_keys)
+    assert len(checks) >= 8
+    for check in checks:
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
+        if record is None:  # checks of assets outside the demo run (e.g. the benchmark)
+            continue
+        assert record.status.value == "SUCCEEDED", check
+
+
+@pytest.mark.vllm
+def test_evaluation_closes_the_loop(pipeline):
+    settings, _, _ = pipeline
+    evaluation = read(settings, "refined_model_evaluation")
+    assert evaluation["model"].to_list() == ["base", "full", "refined"]
+    assert evaluation["n_queries"].unique().to_list() == [read(settings, "test_queries").height]
+    assert ((evaluation["accuracy_low"] <= evaluation["accuracy"]) & (evaluation["accuracy"] <= evaluation["accuracy_high"])).all()
+
+
+def test_demo_model_lands_in_the_target_band_and_reloads(demo_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from drift_assets.core.demo_task import query_rows
+    from drift_assets.core.tiny_model import greedy_accuracy
+
+    settings = settings_in(demo_dir)
+    model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    assert model.config.head_dim == 64
+    validation = query_rows(settings.demo.n_validation, settings.demo.seed, "validation")
+    accuracy = greedy_accuracy(model, tokenizer, validation)
+    assert 0.2 <= accuracy <= 0.8, accuracy  # the calibration band is 0.3-0.7; validation is a different sample
+    ids = tokenizer("What is 3 + 4?\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tokenizer))
+    assert tokenizer.decode(ids[0], skip_special_tokens=True) == "What is 3 + 4?\n"
+
+
+@pytest.mark.vllm
+def test_appending_to_the_pool_computes_gradients_only_for_new_examples(pipeline, tmp_path):
+    settings, defs, instance = pipeline
+    pool_path = settings.resolve(settings.data.training_pool)
+    before = read(settings, "training_pool").height
+    extra = ['{"prompt": "What is %d + %d?\\n", "response": "Answer: %d", "note": "appended"}' % (a, 100 + a, 100 + 2 * a) for a in range(7)]
+    with open(pool_path, "a") as handle:
+        handle.write("\n".join(extra) + "\n")
+    observe_sources(defs, instance)
+    _execute(defs, instance, [AssetKey("training_pool"), AssetKey("training_pool_rejects")])
+    computed = reused = 0
+    for shard in ("000", "001", "002"):
+        _execute(defs, instance, [AssetKey("training_gradient_projections")], partition_key=shard)
+        metadata = latest_metadata(instance, "training_gradient_projections")
+        computed += metadata["rows_computed"]
+        reused += metadata["rows_reused"]
+    assert computed == 7
+    assert reused == before
+    pool = read(settings, "training_pool")
+    assert pool.height == before + 7
+    assert pool.filter(pl.col("note") == "appended").height == 7
+

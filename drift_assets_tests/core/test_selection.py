@@ -1,0 +1,126 @@
+"""Choosing the refined dataset and exporting it in the chat format SFT trainers load."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+import pytest
+
+from drift_assets.core.selection import export_selection, refined_table, select
+
+SCORES = [0.9, -0.3, 0.0, 2.5, 0.1, -1.0, 0.4]
+
+
+def scores_frame(scores=SCORES) -> pl.DataFrame:
+    """example_id, score, rank (1 = highest score), in an order unrelated to the rank."""
+    ids = [f"ex{i}" for i in range(len(scores))]
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], ids[i]))
+    rank = {index: position + 1 for position, index in enumerate(order)}
+    return pl.DataFrame({"example_id": ids, "score": scores, "rank": [rank[i] for i in range(len(scores))]})
+
+
+def selected_ids(frame: pl.DataFrame, selected: pl.Series) -> set[str]:
+    return set(frame.filter(selected)["example_id"])
+
+
+@pytest.mark.parametrize(("fraction", "count"), [(0.5, 4), (0.3, 3), (1 / 7, 1), (0.01, 1), (1.0, 7), (0.43, 4)])
+def test_top_fraction_rounds_up(fraction, count):
+    frame = scores_frame()
+    selected = select(frame, "top_fraction", fraction=fraction)
+    assert selected.name == "selected"
+    assert selected.sum() == count == math.ceil(fraction * len(SCORES))
+    best = sorted(range(len(SCORES)), key=lambda i: -SCORES[i])[:count]
+    assert selected_ids(frame, selected) == {f"ex{i}" for i in best}
+
+
+def test_top_k():
+    frame = scores_frame()
+    assert selected_ids(frame, select(frame, "top_k", k=2)) == {"ex3", "ex0"}
+    assert select(frame, "top_k", k=100).sum() == len(SCORES)
+
+
+def test_positive_keeps_strictly_positive_scores():
+    frame = scores_frame()
+    selected = select(frame, "positive")
+    assert selected_ids(frame, selected) == {"ex0", "ex3", "ex4", "ex6"}
+    assert selected.to_list() == [s > 0 for s in SCORES]
+
+
+def test_ties_are_broken_by_rank():
+    frame = pl.DataFrame({"example_id": ["b", "a", "c"], "score": [1.0, 1.0, 1.0], "rank": [2, 1, 3]})
+    assert selected_ids(frame, select(frame, "top_k", k=1)) == {"a"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "best"}, "selection.method must be one of .*'best'"),
+        ({"method": "top_k"}, "selection.k must be >= 1 for top_k \\(got None\\)"),
+        ({"method": "top_k", "k": 0}, "selection.k must be >= 1 for top_k \\(got 0\\)"),
+        ({"method": "top_fraction", "fraction": 0.0}, "selection.fraction must be in \\(0, 1\\] \\(got 0.0\\)"),
+        ({"method": "top_fraction", "fraction": 1.5}, "selection.fraction must be in \\(0, 1\\] \\(got 1.5\\)"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    method = kwargs.pop("method")
+    with pytest.raises(ValueError, match=message):
+        select(scores_frame(), method, **kwargs)
+
+
+def conversation(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": f"Answer: {i + 1}"}]
+
+
+@pytest.fixture
+def refined() -> pl.DataFrame:
+    frame = scores_frame()
+    pool = pl.DataFrame(
+        {
+            "example_id": [f"ex{i}" for i in range(len(SCORES))],
+            "messages": [json.dumps(conversation(i)) for i in range(len(SCORES))],
+            "category": ["correct"] * len(SCORES),
+        }
+    )
+    return refined_table(pool, frame, select(frame, "top_k", k=3))
+
+
+def test_refined_table_keeps_every_example_with_weight_and_flag(refined):
+    assert refined.height == len(SCORES)
+    assert refined["rank"].to_list() == list(range(1, len(SCORES) + 1))
+    assert refined["example_id"].to_list()[:3] == ["ex3", "ex0", "ex6"]
+    assert refined["selected"].to_list() == [True] * 3 + [False] * 4
+    assert refined["weight"].to_list() == [1.0] * 3 + [0.0] * 4
+    assert dict(zip(refined["example_id"], refined["score"])) == {f"ex{i}": s for i, s in enumerate(SCORES)}
+    assert "category" in refined.columns
+
+
+def test_export_selection_loads_with_datasets(refined, tmp_path):
+    from datasets import load_dataset
+
+    paths = export_selection(refined, tmp_path / "exports", name="picked")
+    assert paths == {"jsonl": str(tmp_path / "exports" / "picked.jsonl"), "parquet": str(tmp_path / "exports" / "picked.parquet")}
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["picked.jsonl", "picked.parquet"]  # no temp files left
+    expected = [conversation(3), conversation(0), conversation(6)]  # best first
+
+    lines = (tmp_path / "exports" / "picked.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"messages": m} for m in expected]
+
+    cache = str(tmp_path / "hf_cache")
+    from_json = load_dataset("json", data_files=paths["jsonl"], split="train", cache_dir=cache)
+    assert from_json.column_names == ["messages"]
+    assert from_json["messages"] == expected
+
+    from_parquet = load_dataset("parquet", data_files=paths["parquet"], split="train", cache_dir=cache)
+    assert from_parquet["messages"] == expected
+    assert from_parquet["example_id"] == ["ex3", "ex0", "ex6"]
+    assert from_parquet["score"] == pytest.approx([2.5, 0.9, 0.4])
+
+
+def test_export_overwrites_a_previous_selection(refined, tmp_path):
+    export_selection(refined, tmp_path, name="picked")
+    fewer = refined.with_columns(selected=pl.col("rank") <= 1)
+    paths = export_selection(fewer, tmp_path, name="picked")
+    assert [json.loads(line) for line in open(paths["jsonl"])] == [{"messages": conversation(3)}]
+    assert pl.read_parquet(paths["parquet"])["example_id"].to_list() == ["ex3"]
