@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="drift-assets", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["materialize", "summary"], help="materialize the whole graph, or print the summary")
     parser.add_argument("--settings", help="settings file (default: $DRIFT_ASSETS_SETTINGS or data/settings.yaml)")
+    parser.add_argument("--all", action="store_true", help="materialize everything, not only what is stale or missing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -81,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.perf_counter()
         instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-        materialize_pipeline(build_definitions(settings), instance)
-        print(f"\nmaterialized the whole graph in {time.perf_counter() - started:.0f} s")
+        done = materialize_pipeline(build_definitions(settings), instance, only_stale=not args.all)
+        what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
+        print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
     print(_summary(settings))
     return 0
 

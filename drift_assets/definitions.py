@@ -10,6 +10,7 @@ from drift_assets.assets.influence import build_influence_assets
 from drift_assets.assets.refine import build_refine_assets
 from drift_assets.assets.rollouts import build_rollout_assets
 from drift_assets.assets.sources import build_source_assets
+from drift_assets.automation import build_jobs, with_automation
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
 
@@ -27,7 +28,9 @@ def build_definitions(settings: Settings) -> Definitions:
         assets += build_evaluation_assets(settings)
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
+    assets = [with_automation(a) for a in assets]
     return Definitions(
+        jobs=build_jobs(),
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         resources={

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, Definitions
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,7 @@ def _execute(defs: Definitions, instance: DagsterInstance, keys: list[AssetKey],
 
 def observe_sources(defs: Definitions, instance: DagsterInstance) -> None:
     """Record the current content hash of every input file and the model directory."""
-    from dagster import define_asset_job
-
-    job_defs = Definitions.merge(
-        defs, Definitions(jobs=[define_asset_job("_observe_sources", selection=AssetSelection.groups("sources", include_sources=True))])
-    )
-    job_defs.resolve_job_def("_observe_sources").execute_in_process(instance=instance, raise_on_error=True)
+    defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=True)
 
 
 def shard_partition_keys(defs: Definitions) -> list[str]:
@@ -52,17 +47,41 @@ def shard_partition_keys(defs: Definitions) -> list[str]:
     return list(assets.partitions_def.get_partition_keys())
 
 
-def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True) -> None:
-    """Demo setup (if present), observe sources, upstream tables, every shard, then scores onward."""
-    demo = _existing(defs, ["demo_task_files", "demo_base_model"])
+def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True, only_stale: bool = False) -> list[str]:
+    """Demo setup (if present), observe sources, upstream tables, every shard, then scores onward.
+
+    ``only_stale`` materializes only what is stale or missing (and what lies downstream of it), as
+    Dagster's stale-status resolver sees it, so that re-running with nothing changed costs nothing.
+    Returns what was materialized ("name" or "name[shard]").
+    """
+    from drift_assets.staleness import needs_materialization
+
+    done: list[str] = []
+
+    def wanted(names: list[str]) -> list[str]:
+        return [n for n in names if not only_stale or n in pending]
+
+    pending: set[str] = needs_materialization(defs, instance) if only_stale else set()
+    demo = wanted([k.to_user_string() for k in _existing(defs, ["demo_task_files", "demo_base_model"])])
     if include_demo and demo:
-        logger.info("materializing the demo inputs and base model")
-        _execute(defs, instance, demo)
+        logger.info(f"materializing {demo}")
+        _execute(defs, instance, [AssetKey(n) for n in demo])
+        done += demo
     observe_sources(defs, instance)
-    logger.info("materializing inputs, rollouts, grades and validation gradients")
-    _execute(defs, instance, _existing(defs, UPSTREAM_OF_SHARDS))
+    if only_stale:
+        pending = needs_materialization(defs, instance)
+    upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM_OF_SHARDS)])
+    if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
+        upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})
+    logger.info(f"materializing {upstream or 'nothing upstream of the shards'}")
+    _execute(defs, instance, [AssetKey(n) for n in upstream])
+    done += upstream
     for shard in shard_partition_keys(defs):
-        logger.info(f"materializing training gradients, shard {shard}")
-        _execute(defs, instance, [AssetKey(SHARDED)], partition_key=shard)
-    logger.info("materializing influence scores and the refined dataset")
-    _execute(defs, instance, _existing(defs, DOWNSTREAM_OF_SHARDS))
+        if not only_stale or f"{SHARDED}[{shard}]" in pending:
+            logger.info(f"materializing training gradients, shard {shard}")
+            _execute(defs, instance, [AssetKey(SHARDED)], partition_key=shard)
+            done.append(f"{SHARDED}[{shard}]")
+    downstream = wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM_OF_SHARDS)])
+    logger.info(f"materializing {downstream or 'nothing downstream of the shards'}")
+    _execute(defs, instance, [AssetKey(n) for n in downstream])
+    return done + downstream

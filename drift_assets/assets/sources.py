@@ -11,6 +11,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetOut, DataVersion, Output, multi_asset, observable_source_asset
 
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.automation import observe_condition
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.core.grading import validate_grader
 from drift_assets.core.pool import load_queries, normalize_pool, read_rows
@@ -30,15 +31,15 @@ def build_source_assets(settings: Settings) -> list:
     pool_path = settings.resolve(settings.data.training_pool)
     validation_path = settings.resolve(settings.data.validation_queries)
 
-    @observable_source_asset(group_name="sources", description=f"The training pool input: {settings.data.training_pool}")
+    @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"The training pool input: {settings.data.training_pool}")
     def training_pool_source() -> DataVersion:
         return _observe(pool_path, "data.training_pool")
 
-    @observable_source_asset(group_name="sources", description=f"The validation queries input: {settings.data.validation_queries}")
+    @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"The validation queries input: {settings.data.validation_queries}")
     def validation_queries_source() -> DataVersion:
         return _observe(validation_path, "data.validation_queries")
 
-    @observable_source_asset(group_name="sources", description=f"The base model directory: {settings.model.path}")
+    @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"The base model directory: {settings.model.path}")
     def base_model() -> DataVersion:
         if not Path(settings.model_path).exists():
             raise FileNotFoundError(f"model.path: {settings.model_path} does not exist")
@@ -111,7 +112,7 @@ def build_source_assets(settings: Settings) -> list:
     if settings.data.test_queries:
         test_path = settings.resolve(settings.data.test_queries)
 
-        @observable_source_asset(group_name="sources", description=f"Held-out test queries input: {settings.data.test_queries}")
+        @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"Held-out test queries input: {settings.data.test_queries}")
         def test_queries_source() -> DataVersion:
             return _observe(test_path, "data.test_queries")
 

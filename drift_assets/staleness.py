@@ -1,0 +1,75 @@
+"""Which assets (and shards) are stale or missing, as Dagster itself decides it.
+
+This asks Dagster's own stale-status resolver, the one behind the UI's "Unsynced" badge and its
+GraphQL ``staleStatus``. It is internal API (``dagster._core``), pinned with Dagster 1.13.27; the
+staleness tests would flag a change when the pin moves.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetKey, DagsterInstance, Definitions
+
+
+def _resolver(defs: Definitions, instance: DagsterInstance):
+    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.loader import LoadingContextForTest
+
+    # LoadingContextForTest is Dagster's plain loading context; nothing about it is test-only.
+    graph = AssetGraph.from_assets(list(defs.assets or []))
+    return graph, CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+
+
+def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, str]:
+    """``{"rollouts": "FRESH", "training_gradient_projections[001]": "STALE", …}`` for every materializable asset."""
+    graph, resolver = _resolver(defs, instance)
+    statuses = {}
+    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        if node.partitions_def is None:
+            statuses[key.to_user_string()] = resolver.get_status(key).value
+        else:
+            for partition in node.partitions_def.get_partition_keys():
+                statuses[f"{key.to_user_string()}[{partition}]"] = resolver.get_status(key, partition).value
+    return statuses
+
+
+def stale_or_missing(defs: Definitions, instance: DagsterInstance, include_missing: bool = True) -> set[str]:
+    wanted = {"STALE", "MISSING"} if include_missing else {"STALE"}
+    return {name for name, status in asset_statuses(defs, instance).items() if status in wanted}
+
+
+def split_partition(name: str) -> tuple[AssetKey, str | None]:
+    """``"training_gradient_projections[001]"`` → (AssetKey, "001"); plain names → (AssetKey, None)."""
+    if name.endswith("]") and "[" in name:
+        asset, partition = name[:-1].split("[", 1)
+        return AssetKey(asset), partition
+    return AssetKey(name), None
+
+
+def needs_materialization(defs: Definitions, instance: DagsterInstance) -> set[str]:
+    """Stale or missing assets (and shards) plus everything downstream of them.
+
+    Dagster marks only the direct children of a change stale until they are re-materialized;
+    this closes the set over the graph, which is what "refresh what is stale" has to run.
+    """
+    graph, _ = _resolver(defs, instance)
+    roots = stale_or_missing(defs, instance)
+    closure = set(roots)
+    frontier = [split_partition(name)[0] for name in roots]
+    seen: set[AssetKey] = set()
+    while frontier:
+        key = frontier.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        for child in graph.get(key).child_keys:
+            node = graph.get(child)
+            if not node.is_materializable:
+                continue
+            if node.partitions_def is None:
+                closure.add(child.to_user_string())
+            else:
+                closure.update(f"{child.to_user_string()}[{p}]" for p in node.partitions_def.get_partition_keys())
+            frontier.append(child)
+    return closure

@@ -1,0 +1,117 @@
+"""Staleness that follows settings and data, and the recurring refresh, judged by Dagster itself."""
+
+import json
+import shutil
+
+import pytest
+from dagster import evaluate_automation_conditions, instance_for_test
+
+from drift_assets.core.demo_task import training_pool_rows
+from drift_assets.definitions import build_definitions
+from drift_assets.runner import materialize_pipeline, observe_sources
+from drift_assets.staleness import asset_statuses, needs_materialization
+from drift_assets_tests.conftest import settings_in
+
+FAST = {"rollout": {"backend": "transformers", "samples_per_query": 4}}
+MODEL_DEPENDENTS = {
+    "training_pool", "training_pool_rejects", "rollouts", "grades", "validation_gradients", "influence_scores",
+    "refined_dataset", "refined_model_evaluation",
+} | {f"training_gradient_projections[{s}]" for s in ("000", "001", "002")}
+
+
+def requested(result, defs) -> set[str]:
+    return {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys() if result.get_requested_partitions(k)}
+
+
+def not_fresh(defs, instance) -> dict[str, str]:
+    ignored = {"demo_task_files", "demo_base_model", "method_benchmark"}  # not part of the refresh
+    return {k: v for k, v in asset_statuses(defs, instance).items() if v != "FRESH" and k not in ignored}
+
+
+@pytest.fixture(scope="module")
+def refreshed(demo_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("operations")
+    shutil.copytree(demo_dir / "demo", directory / "demo")
+    settings = settings_in(directory, **FAST)
+    with instance_for_test() as instance:
+        materialize_pipeline(build_definitions(settings), instance, include_demo=False)
+        yield directory, instance
+
+
+def test_nothing_is_stale_after_a_full_materialization(refreshed):
+    directory, instance = refreshed
+    assert not_fresh(build_definitions(settings_in(directory, **FAST)), instance) == {}
+
+
+def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_stale(refreshed):
+    directory, instance = refreshed
+    defs = build_definitions(settings_in(directory, **FAST, selection={"fraction": 0.3}))
+    assert not_fresh(defs, instance) == {"refined_dataset": "STALE"}
+    assert needs_materialization(defs, instance) - {"demo_task_files", "demo_base_model", "method_benchmark"} == {
+        "refined_dataset", "refined_model_evaluation"
+    }
+
+
+def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
+    directory, instance = refreshed
+    defs = build_definitions(settings_in(directory, **FAST, influence={"weighting": "advantage"}))
+    assert not_fresh(defs, instance) == {"influence_scores": "STALE"}
+    closure = needs_materialization(defs, instance)
+    assert {"influence_scores", "refined_dataset", "refined_model_evaluation"} <= closure
+    assert not closure & {"rollouts", "validation_gradients", "grades", "training_gradient_projections[000]"}
+
+
+def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshed):
+    directory, instance = refreshed
+    defs = build_definitions(settings_in(directory, rollout={**FAST["rollout"], "temperature": 0.7}))
+    assert not_fresh(defs, instance) == {"rollouts": "STALE"}
+    assert {"grades", "validation_gradients", "influence_scores"} <= needs_materialization(defs, instance)
+
+
+def test_new_pool_rows_make_the_pool_stale_and_not_rollouts_and_a_refresh_requests_it(refreshed, tmp_path):
+    directory, source_instance = refreshed
+    workspace = tmp_path / "ws"
+    shutil.copytree(directory / "demo", workspace / "demo")
+    settings = settings_in(workspace, **FAST)
+    defs = build_definitions(settings)
+    with instance_for_test() as instance:
+        materialize_pipeline(defs, instance, include_demo=False)
+        assert not_fresh(defs, instance) == {}
+        # Nothing changed: the automation requests nothing.
+        result = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert requested(result, defs) == set()
+        new_rows = training_pool_rows(30, 0.0, 0.0, seed=99)
+        with open(settings.resolve(settings.data.training_pool), "a") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in new_rows)
+        observe_sources(defs, instance)  # what the cron tick does first
+        assert not_fresh(defs, instance) == {"training_pool": "STALE", "training_pool_rejects": "STALE"}
+        closure = needs_materialization(defs, instance)
+        assert "rollouts" not in closure and "grades" not in closure
+        assert {"influence_scores", "refined_dataset", "training_gradient_projections[000]"} <= closure
+        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        assert requested(result, defs) == {"training_pool", "training_pool_rejects"}
+        # Materializing only the stale set brings everything back to fresh.
+        done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
+        assert "rollouts" not in done and "training_pool" in done
+        assert not_fresh(defs, instance) == {}
+        assert materialize_pipeline(defs, instance, include_demo=False, only_stale=True) == []
+
+
+def test_a_new_model_makes_everything_that_uses_it_stale(refreshed, tmp_path):
+    directory, _ = refreshed
+    workspace = tmp_path / "ws"
+    shutil.copytree(directory / "demo", workspace / "demo")
+    settings = settings_in(workspace, **FAST)
+    defs = build_definitions(settings)
+    with instance_for_test() as instance:
+        materialize_pipeline(defs, instance, include_demo=False)
+        config = settings.resolve("demo/model/config.json")
+        data = json.loads(open(config).read())
+        data["rms_norm_eps"] = data.get("rms_norm_eps", 1e-6) * 2  # another checkpoint, same shapes
+        open(config, "w").write(json.dumps(data))
+        observe_sources(defs, instance)
+        closure = needs_materialization(defs, instance)
+        assert MODEL_DEPENDENTS <= closure
+        assert "validation_queries" not in closure
+        materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
+        assert not_fresh(defs, instance) == {}
