@@ -25,7 +25,8 @@ env: $(VENV)/.installed
 
 $(DAGSTER_HOME)/dagster.yaml:
 	@mkdir -p $(DAGSTER_HOME)
-	@printf 'telemetry:\n  enabled: false\n' > $@
+	@# Every GPU step declares pool "gpu": one at a time per pool (set the limit to your GPU count).
+	@printf 'telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n' > $@
 
 # Debian's Chromium for the browser tests (Playwright's own download does not work here).
 browser:

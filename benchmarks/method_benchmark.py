@@ -1,0 +1,41 @@
+"""Run the method benchmark (SFT on each method's selection, several seeds) and print the table.
+
+    .venv/bin/python benchmarks/method_benchmark.py            # settings from $DRIFT_ASSETS_SETTINGS or data/settings.yaml
+    make benchmark                                             # the same, with DAGSTER_HOME=data/dagster_home
+
+It first brings the pipeline up to date (only what is stale or missing), then materializes the
+``method_benchmark`` asset, whose metadata in the UI holds the same table.
+"""
+
+import argparse
+import os
+import time
+
+import polars as pl
+from dagster import AssetKey, DagsterInstance
+
+from drift_assets.assets.evaluate import summary_markdown
+from drift_assets.definitions import build_definitions
+from drift_assets.resources import Warehouse
+from drift_assets.runner import _execute, materialize_pipeline
+from drift_assets.settings import load_settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", help="settings file")
+    args = parser.parse_args()
+    settings = load_settings(args.settings)
+    defs = build_definitions(settings)
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    started = time.perf_counter()
+    materialize_pipeline(defs, instance, only_stale=True)
+    _execute(defs, instance, [AssetKey("method_benchmark")])
+    table = pl.read_delta(Warehouse(settings).table_uri("method_benchmark"))
+    print(f"\nmethod benchmark ({len(settings.benchmark.seeds)} seeds, {settings.benchmark.sft.steps} SFT steps each), "
+          f"{time.perf_counter() - started:.0f} s in all\n")
+    print(summary_markdown(table))
+
+
+if __name__ == "__main__":
+    main()
