@@ -92,3 +92,14 @@ def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: str
     if reduction == "mean":
         return total / batch.response_mask[:, :-1].sum(dim=1).clamp(min=1)
     raise ValueError(f"loss reduction must be 'sum' or 'mean' (got {reduction!r})")
+
+
+def training_step(model, optimizer, batch: ResponseBatch) -> float:
+    """One optimizer step on the mean negative log-likelihood of the masked tokens; returns the loss."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    loss = -sequence_logprobs(logits, batch, "sum").sum() / batch.response_mask.sum()
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()

@@ -18,7 +18,7 @@ import torch
 from drift_assets.core.generation import SamplingSettings
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.grading import GradingOptions, grade_answer
-from drift_assets.core.sequences import collate_pairs, sequence_logprobs
+from drift_assets.core.sequences import collate_pairs, training_step
 from drift_assets.core.stats import wilson_interval
 
 logger = logging.getLogger(__name__)
@@ -56,16 +56,11 @@ def fine_tune(
             order += rng.sample(range(len(prompts)), len(prompts))
         chosen = [order.pop() for _ in range(min(options.batch_size, len(order)))]
         batch = collate_pairs(tokenizer, [prompts[i] for i in chosen], [responses[i] for i in chosen]).to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        loss = -sequence_logprobs(logits, batch, "sum").sum() / batch.response_mask.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = training_step(model, optimizer, batch)
         if step > options.steps * 0.9:
-            recent.append(loss.item())
+            recent.append(loss)
         if step % max(1, options.steps // 4) == 0:
-            log(f"sft step {step}/{options.steps}: loss {loss.item():.4f}")
+            log(f"sft step {step}/{options.steps}: loss {loss:.4f}")
     model.eval()
     return sum(recent) / max(1, len(recent))
 

@@ -23,7 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from drift_assets.core.demo_task import query_rows
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.grading import grade_answer
-from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
+from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 
 logger = logging.getLogger(__name__)
 
@@ -134,18 +134,13 @@ def pretrain(
         batch_ids = [order.pop() for _ in range(batch_size)]
         # Train on the whole text (prompt too): this is pre-training, not SFT.
         batch = collate_pairs(tokenizer, [encoded[i][0][:1] for i in batch_ids], [encoded[i][0][1:] + encoded[i][1] for i in batch_ids])
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        loss = -sequence_logprobs(logits, batch, "sum").sum() / batch.response_mask.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = training_step(model, optimizer, batch)
         if step % eval_every == 0:
             model.eval()
             accuracy = greedy_accuracy(model, tokenizer, calibration)
             model.train()
             curve.append((step, accuracy))
-            log(f"pre-training step {step}: loss {loss.item():.3f}, calibration accuracy {accuracy:.2f}")
+            log(f"pre-training step {step}: loss {loss:.3f}, calibration accuracy {accuracy:.2f}")
             if stop_low <= accuracy <= high:
                 break
             if time.perf_counter() - started > max_seconds:

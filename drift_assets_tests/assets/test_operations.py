@@ -68,50 +68,49 @@ def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshe
     assert {"grades", "validation_gradients", "influence_scores"} <= needs_materialization(defs, instance)
 
 
-def test_new_pool_rows_make_the_pool_stale_and_not_rollouts_and_a_refresh_requests_it(refreshed, tmp_path):
-    directory, source_instance = refreshed
-    workspace = tmp_path / "ws"
-    shutil.copytree(directory / "demo", workspace / "demo")
-    settings = settings_in(workspace, **FAST)
+@pytest.fixture
+def private_refresh(demo_dir, tmp_path):
+    """A fully materialized workspace of its own, for tests that change inputs on disk."""
+    shutil.copytree(demo_dir / "demo", tmp_path / "demo")
+    settings = settings_in(tmp_path, **FAST)
     defs = build_definitions(settings)
     with instance_for_test() as instance:
         materialize_pipeline(defs, instance, include_demo=False)
         assert not_fresh(defs, instance) == {}
-        # Nothing changed: the automation requests nothing.
-        result = evaluate_automation_conditions(defs=defs, instance=instance)
-        assert requested(result, defs) == set()
-        new_rows = training_pool_rows(30, 0.0, 0.0, seed=99)
-        with open(settings.resolve(settings.data.training_pool), "a") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in new_rows)
-        observe_sources(defs, instance)  # what the cron tick does first
-        assert not_fresh(defs, instance) == {"training_pool": "STALE", "training_pool_rejects": "STALE"}
-        closure = needs_materialization(defs, instance)
-        assert "rollouts" not in closure and "grades" not in closure
-        assert {"influence_scores", "refined_dataset", "training_gradient_projections[000]"} <= closure
-        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
-        assert requested(result, defs) == {"training_pool", "training_pool_rejects"}
-        # Materializing only the stale set brings everything back to fresh.
-        done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
-        assert "rollouts" not in done and "training_pool" in done
-        assert not_fresh(defs, instance) == {}
-        assert materialize_pipeline(defs, instance, include_demo=False, only_stale=True) == []
+        yield settings, defs, instance
 
 
-def test_a_new_model_makes_everything_that_uses_it_stale(refreshed, tmp_path):
-    directory, _ = refreshed
-    workspace = tmp_path / "ws"
-    shutil.copytree(directory / "demo", workspace / "demo")
-    settings = settings_in(workspace, **FAST)
-    defs = build_definitions(settings)
-    with instance_for_test() as instance:
-        materialize_pipeline(defs, instance, include_demo=False)
-        config = settings.resolve("demo/model/config.json")
-        data = json.loads(open(config).read())
-        data["rms_norm_eps"] = data.get("rms_norm_eps", 1e-6) * 2  # another checkpoint, same shapes
-        open(config, "w").write(json.dumps(data))
-        observe_sources(defs, instance)
-        closure = needs_materialization(defs, instance)
-        assert MODEL_DEPENDENTS <= closure
-        assert "validation_queries" not in closure
-        materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
-        assert not_fresh(defs, instance) == {}
+def test_new_pool_rows_make_the_pool_stale_and_not_rollouts_and_a_refresh_requests_it(private_refresh):
+    settings, defs, instance = private_refresh
+    # Nothing changed: the automation requests nothing.
+    result = evaluate_automation_conditions(defs=defs, instance=instance)
+    assert requested(result, defs) == set()
+    new_rows = training_pool_rows(30, 0.0, 0.0, seed=99)
+    with open(settings.resolve(settings.data.training_pool), "a") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in new_rows)
+    observe_sources(defs, instance)  # what the cron tick does first
+    assert not_fresh(defs, instance) == {"training_pool": "STALE", "training_pool_rejects": "STALE"}
+    closure = needs_materialization(defs, instance)
+    assert "rollouts" not in closure and "grades" not in closure
+    assert {"influence_scores", "refined_dataset", "training_gradient_projections[000]"} <= closure
+    result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert requested(result, defs) == {"training_pool", "training_pool_rejects"}
+    # Materializing only the stale set brings everything back to fresh.
+    done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
+    assert "rollouts" not in done and "training_pool" in done
+    assert not_fresh(defs, instance) == {}
+    assert materialize_pipeline(defs, instance, include_demo=False, only_stale=True) == []
+
+
+def test_a_new_model_makes_everything_that_uses_it_stale(private_refresh):
+    settings, defs, instance = private_refresh
+    config = settings.resolve("demo/model/config.json")
+    data = json.loads(open(config).read())
+    data["rms_norm_eps"] = data.get("rms_norm_eps", 1e-6) * 2  # another checkpoint, same shapes
+    open(config, "w").write(json.dumps(data))
+    observe_sources(defs, instance)
+    closure = needs_materialization(defs, instance)
+    assert MODEL_DEPENDENTS <= closure
+    assert "validation_queries" not in closure
+    materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
+    assert not_fresh(defs, instance) == {}

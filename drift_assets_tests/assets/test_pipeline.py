@@ -182,3 +182,32 @@ def test_appending_to_the_pool_computes_gradients_only_for_new_examples(pipeline
     assert pool.height == before + 7
     assert pool.filter(pl.col("note") == "appended").height == 7
 
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue 4): rank-8 Kronecker projections reach Spearman ~0.75 on the demo model")
+def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_dir):
+    """Spearman >= 0.9 between scores from rank-8 projections and from exact gradients."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from drift_assets.core.demo_task import query_rows, training_pool_rows
+    from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
+    from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
+    from drift_assets.core.stats import spearman
+
+    settings = settings_in(demo_dir)
+    model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    import json
+
+    pool = training_pool_rows(96, 0.25, 0.08, seed=5)
+    messages = [json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in pool]
+    pool_pairs = pool_token_pairs(tokenizer, messages)
+    queries = query_rows(8, 5, "validation")
+    target_pairs = query_token_pairs(tokenizer, [q["prompt"] for q in queries], [q["reference_response"] for q in queries])
+    scores = {}
+    for name, rank in (("exact", None), ("projected", 8)):
+        projector = LinearGradientProjector(model, ProjectionOptions(rank=rank))
+        train = project_in_batches(projector, tokenizer, *pool_pairs, batch_size=32).gradients.double()
+        target = project_in_batches(projector, tokenizer, *target_pairs, batch_size=32).gradients.double().sum(0)
+        scores[name] = (train @ target).numpy()
+    assert spearman(scores["exact"], scores["projected"]) >= 0.9
