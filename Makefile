@@ -39,7 +39,8 @@ test: env browser
 	$(PY) -m pytest -q
 
 ui: env $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster-webserver -h 127.0.0.1 -p 3000 -w workspace.yaml
+	@# dagster dev = the webserver plus the daemon that starts queued runs, backfills and automation.
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 benchmark: env
 	$(PY) benchmarks/method_benchmark.py

@@ -1,0 +1,429 @@
+"""End to end through Dagster's own UI: a real dagster-webserver and daemon, driven by a real Chromium.
+
+Every launch is clicked in the browser: "Observe all" for the sources, then "Materialize all" on the
+global asset graph, which opens Dagster's launch dialog because one asset is partitioned into static
+shards: all partitions, the in-process executor typed into the dialog's config editor, "Launch
+backfill". The daemon runs the backfill (the unpartitioned upstream, one run per shard, then the scores
+and the refined dataset); the test then reads the backfill, lineage, asset and check pages. GraphQL is
+only used to wait and to check the instance's state next to what the pages show.
+
+The workspace has no test queries, so neither refined_model_evaluation nor method_benchmark (both SFT,
+minutes each on CPU) is in the graph. Screenshots land in artifacts/ui/ (git-ignored). Needs Debian's
+Chromium (``make browser``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from drift_assets_tests.conftest import settings_in
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+ARTIFACTS = REPO / "artifacts" / "ui"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SOURCES = {"training_pool_source", "validation_queries_source", "base_model"}
+SHARDS = {"000", "001", "002"}  # SMALL_DEMO: projection.shards = 3
+# Steps in one process per run instead of one process per step: the same code, minus ~10 s of imports
+# for each of the ~15 steps and checks on a 2-core machine.
+IN_PROCESS_CONFIG = "execution: {config: {in_process: {}}}"
+BACKFILL_TIMEOUT_S = 420
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dagster:
+    """A webserver and a daemon (runs are queued, backfills are daemon work) over one DAGSTER_HOME."""
+
+    def __init__(self, workspace: Path, settings_path: Path):
+        self.workspace = workspace
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        home = workspace / "dagster_home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(
+            "telemetry:\n  enabled: false\n"
+            # Declarative automation stays off: only the clicks in the test launch anything.
+            "auto_materialize:\n  enabled: false\n"
+            "run_queue:\n  dequeue_interval_seconds: 1\n"
+        )
+        self.env = {**os.environ, "DAGSTER_HOME": str(home), "DRIFT_ASSETS_SETTINGS": str(settings_path),
+                    "PYTHONUNBUFFERED": "1"}
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        log = open(self.workspace / f"{name}.log", "wb")
+        # Own session: teardown signals the whole group (code servers and run processes included).
+        self.processes[name] = subprocess.Popen(
+            argv, cwd=self.workspace, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+
+    def start(self) -> None:
+        target = ["-m", "drift_assets.definitions"]
+        self._start("webserver", [str(VENV_BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), *target])
+        self._start("daemon", [str(VENV_BIN / "dagster-daemon"), "run", *target])
+        deadline = time.monotonic() + 120
+        while True:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"webserver not ready after 120 s:\n{self.log_tail('webserver')}")
+            time.sleep(1)
+        # The code location loads in the background; a load error fails here, with its message.
+        while True:
+            entries = self.graphql(
+                "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus"
+                " locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+            )["workspaceOrError"]["locationEntries"]
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                errors = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"]
+                assert not errors, errors
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"code location not loaded after 120 s:\n{self.log_tail('webserver')}")
+            time.sleep(1)
+        # Queued runs and backfills need the daemon's heartbeats.
+        while True:
+            statuses = self.graphql("{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }")
+            healthy = {s["daemonType"] for s in statuses["instance"]["daemonHealth"]["allDaemonStatuses"] if s["healthy"]}
+            if {"BACKFILL", "QUEUED_RUN_COORDINATOR"} <= healthy:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"daemon not healthy after 120 s ({healthy}):\n{self.log_tail('daemon')}")
+            time.sleep(2)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # whatever is left of the group (a code server or run that ignored SIGTERM)
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)
+
+    def log_tail(self, name: str, lines: int = 60) -> str:
+        path = self.workspace / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+        assert not body.get("errors"), body["errors"]
+        return body["data"]
+
+    # --- state, read back through GraphQL
+
+    def asset_nodes(self) -> dict[str, dict]:
+        data = self.graphql("{ assetNodes { assetKey { path } isObservable isMaterializable isPartitioned } }")
+        return {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+
+    def runs(self) -> list[dict]:
+        data = self.graphql("{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }")
+        return data["runsOrError"]["results"]
+
+    def latest_observation_run(self, key: str) -> str | None:
+        data = self.graphql(
+            "query($k: [String!]!) { assetOrError(assetKey: {path: $k}) { ... on Asset {"
+            " assetObservations(limit: 1) { runId } } } }", {"k": [key]},
+        )
+        observations = data["assetOrError"].get("assetObservations") or []
+        return observations[0]["runId"] if observations else None
+
+    def latest_materialization_run(self, key: str) -> str | None:
+        data = self.graphql(
+            "query($k: [String!]!) { assetOrError(assetKey: {path: $k}) { ... on Asset {"
+            " assetMaterializations(limit: 1) { runId } } } }", {"k": [key]},
+        )
+        materializations = data["assetOrError"].get("assetMaterializations") or []
+        return materializations[0]["runId"] if materializations else None
+
+    def backfill(self, backfill_id: str) -> dict:
+        data = self.graphql(
+            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename"
+            " ... on PartitionBackfill { id status isAssetBackfill numPartitions"
+            " runs(limit: 50) { runId status tags { key value } assetSelection { path } } } } }",
+            {"id": backfill_id},
+        )
+        return data["partitionBackfillOrError"]
+
+    def checks(self, key: str) -> dict[str, dict]:
+        data = self.graphql(
+            "query($k: [String!]!) { assetNodeOrError(assetKey: {path: $k}) { ... on AssetNode {"
+            " assetChecksOrError { ... on AssetChecks { checks { name"
+            " executionForLatestMaterialization { status evaluation { success } } } } } } } }", {"k": [key]},
+        )
+        return {c["name"]: c["executionForLatestMaterialization"]
+                for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]}
+
+    def partition_stats(self, key: str) -> dict:
+        data = self.graphql(
+            "query($k: [String!]!) { assetNodeOrError(assetKey: {path: $k}) { ... on AssetNode {"
+            " partitionStats { numMaterialized numPartitions numFailed numMaterializing } } } }", {"k": [key]},
+        )
+        return data["assetNodeOrError"]["partitionStats"]
+
+
+def _wait(what: str, predicate, timeout: float, interval: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture
+def dagster_ui(demo_dir, tmp_path, request):
+    """A workspace over a copy of the session's demo inputs and model, served by Dagster."""
+    shutil.copytree(demo_dir / "demo", tmp_path / "demo")
+    # transformers rollouts keep it fast; no demo assets (the inputs exist); no test queries, so the graph
+    # is the pipeline up to refined_dataset (evaluation and benchmark SFT would add minutes).
+    settings = settings_in(tmp_path, rollout={"backend": "transformers"}, demo={"enabled": False},
+                           data={"test_queries": None})
+    assert settings.data.test_queries is None
+    dagster = Dagster(tmp_path, tmp_path / "settings.yaml")  # where write_settings puts it
+    failures, started = request.session.testsfailed, False
+    try:
+        dagster.start()
+        # The instance remembers that the "Join the Dagster community" dialog was seen (it only shows on
+        # 127.0.0.1/localhost); the page's locator handler still skips it should it come anyway.
+        dagster.graphql("mutation { setNuxSeen }")
+        started = True
+        yield dagster
+    finally:
+        dagster.stop()
+        if not started or request.session.testsfailed > failures:
+            for name in dagster.processes:
+                print(f"\n----- {name} log ({tmp_path / name}.log), tail -----\n{dagster.log_tail(name)}")
+
+
+@pytest.fixture
+def page(request):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            # Tall enough for the whole graph, top to bottom, at the zoom that shows each asset's status.
+            context = browser.new_context(viewport={"width": 1600, "height": 1300})
+            context.set_default_timeout(30_000)
+            page = context.new_page()
+            # Dagster's "Join the Dagster community" dialog, should it pop up before a click.
+            page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+            failures = request.session.testsfailed
+            yield page
+            if request.session.testsfailed > failures:
+                _shot(page, "zz-failure")
+        finally:
+            browser.close()
+
+
+def _visible_text(page, text: str):
+    """The first visible element with exactly ``text`` (graph nodes keep hidden copies to measure labels)."""
+    return page.get_by_text(text, exact=True).filter(visible=True).first
+
+
+def _shot(page, name: str) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the test
+
+
+def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
+    from playwright.sync_api import expect
+
+    dagster = dagster_ui
+    nodes = dagster.asset_nodes()
+    observable = {k for k, n in nodes.items() if n["isObservable"]}
+    materializable = {k for k, n in nodes.items() if n["isMaterializable"]}
+    assert observable == SOURCES
+    assert {"rollouts", "refined_dataset", "training_gradient_projections"} <= materializable
+    assert [k for k, n in nodes.items() if n["isPartitioned"]] == ["training_gradient_projections"]
+
+    # --- the global asset graph: top to bottom, every group expanded (both kept in the browser's storage;
+    # the graph fits itself to the page when it loads)
+    page.goto(f"{dagster.url}/asset-groups")
+    materialize_all = page.get_by_role("button", name=f"Materialize all ({len(materializable)})…")
+    expect(materialize_all).to_be_visible()
+    page.get_by_role("img", name="settings").last.click()  # the graph's settings, bottom right
+    page.get_by_role("menuitem", name="Change graph to vertical orientation").click()
+    page.get_by_role("menuitem", name="Expand all groups").click()
+    page.keyboard.press("Escape")
+    page.reload()
+    expect(materialize_all).to_be_visible()
+    for key in ("refined_dataset", "influence_scores", "base_model"):
+        expect(_visible_text(page, key)).to_be_visible()
+    page.wait_for_timeout(1500)  # the graph's layout animation
+    _shot(page, "01-asset-graph-before")
+
+    # --- observe the sources: the dropdown next to "Materialize all" offers "Observe all (3)"
+    dropdown = page.locator("button:right-of(:text('Materialize all'))").filter(
+        has=page.get_by_role("img", name="arrow_drop_down")).first
+    dropdown.click()
+    observe = page.get_by_role("menuitem", name=f"Observe all ({len(observable)})")
+    expect(observe).to_be_visible()
+    _shot(page, "02-observe-menu")
+    observe.click()
+    expect(page.get_by_text(re.compile(r"Launched run \w+"))).to_be_visible()
+    runs = _wait("the observation run to finish",
+                 lambda: [r for r in dagster.runs() if r["status"] in TERMINAL] or None, timeout=120)
+    assert [r["status"] for r in runs] == ["SUCCESS"], runs
+    assert {dagster.latest_observation_run(k) for k in SOURCES} == {runs[0]["runId"]}
+
+    # --- "Materialize all": the launch dialog for a backfill over every shard
+    page.keyboard.press("Escape")
+    materialize_all.click()
+    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
+    expect(dialog).to_contain_text(f"Launch runs to materialize {len(materializable)} assets")
+    dialog.get_by_role("button", name="All", exact=True).click()
+    expect(dialog).to_contain_text(f"{len(SHARDS)} partitions")
+    dialog.get_by_text("Config", exact=True).click()
+    expect(dialog).to_contain_text("Config will be applied to all backfill runs")
+    dialog.get_by_role("button", name="Add config").click()
+    editor = page.get_by_role("dialog").filter(has_text="Config Editor")
+    editor.locator(".CodeMirror").first.click()
+    page.keyboard.insert_text(IN_PROCESS_CONFIG)  # no key events: the editor would auto-close the braces
+    expect(editor).to_contain_text("No errors")
+    editor.get_by_role("button", name="Save config").click()
+    expect(editor).to_be_hidden()
+    expect(dialog).to_contain_text("Config saved")
+    page.wait_for_timeout(500)  # the editor's fade-out
+    _shot(page, "03-launch-backfill-dialog")
+    dialog.get_by_role("button", name="Launch backfill").click()
+    toast = page.get_by_text(re.compile(r"Created backfill \w+"))
+    expect(toast).to_be_visible()
+    backfill_id = re.search(r"Created backfill (\w+)", toast.inner_text()).group(1)
+
+    # --- the backfill's page while it runs, then wait for the daemon to finish it
+    page.goto(f"{dagster.url}/runs/b/{backfill_id}")
+    expect(page.get_by_text("training_gradient_projections").first).to_be_visible()
+    page.wait_for_timeout(1000)
+    _shot(page, "04-backfill-in-progress")
+
+    def finished():
+        backfill = dagster.backfill(backfill_id)
+        failed = [r for r in backfill["runs"] if r["status"] in ("FAILURE", "CANCELED")]
+        if failed or backfill["status"] in ("FAILED", "CANCELED", "COMPLETED_FAILED"):
+            raise AssertionError(f"backfill {backfill_id} failed: {backfill['status']}, failed runs {failed}")
+        return backfill if backfill["status"] == "COMPLETED_SUCCESS" else None
+
+    started = time.monotonic()
+    backfill = _wait(f"backfill {backfill_id}", finished, timeout=BACKFILL_TIMEOUT_S, interval=5)
+    print(f"\nbackfill {backfill_id} finished in {time.monotonic() - started:.0f} s")
+
+    # --- the instance's state: every run succeeded, every shard and the refined dataset materialized
+    assert backfill["isAssetBackfill"] and backfill["numPartitions"] == len(SHARDS)
+    runs = backfill["runs"]
+    assert runs and all(r["status"] == "SUCCESS" for r in runs), runs
+    shard_runs = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
+    assert shard_runs == SHARDS  # one run per shard
+    assert all(r["status"] == "SUCCESS" for r in dagster.runs())
+    backfill_runs = {r["runId"] for r in runs}
+    for key in materializable:
+        assert dagster.latest_materialization_run(key) in backfill_runs, key
+    stats = dagster.partition_stats("training_gradient_projections")
+    assert (stats["numMaterialized"], stats["numPartitions"], stats["numFailed"]) == (3, 3, 0), stats
+    rollout_checks = dagster.checks("rollouts")
+    assert rollout_checks["rollouts_complete"] == {"status": "SUCCEEDED", "evaluation": {"success": True}}
+    for key in ("rollouts", "grades", "influence_scores", "refined_dataset"):
+        for name, execution in dagster.checks(key).items():
+            assert execution and execution["status"] == "SUCCEEDED", (key, name, execution)
+
+    # --- what the UI shows afterwards
+    page.reload()
+    expect(page.get_by_text("Succeeded").first).to_be_visible()
+    expect(page.get_by_text("100% completed").first).to_be_visible()
+    _shot(page, "05-backfill-succeeded")
+
+    # Everything upstream of refined_dataset. Opened by its address: a lineage graph fits itself to the page
+    # only on the browser's first lineage page (later ones reuse the zoom kept in localStorage).
+    page.goto(f"{dagster.url}/assets/refined_dataset?view=lineage&lineageScope=upstream&lineageDepth=4")
+    expect(page.get_by_role("button", name="Upstream")).to_be_visible()
+    expect(page.get_by_role("button", name="All", exact=True)).to_be_disabled()  # depth 4 is the whole graph
+    for key in ("validation_queries_source", "training_gradient_projections", "refined_dataset"):
+        expect(_visible_text(page, key)).to_be_visible()
+    expect(page.get_by_text(re.compile("Loading"))).to_have_count(0, timeout=60_000)  # each node's status
+    # training_pool, validation_queries, rollouts, grades, validation_gradients, influence_scores and
+    # refined_dataset say "Materialized"; the sharded table says "3 partitions", "100% filled".
+    expect(page.get_by_text("Materialized", exact=True)).to_have_count(7)
+    expect(page.get_by_text(f"{len(SHARDS)} partitions", exact=True)).to_be_visible()
+    expect(page.get_by_text("100% filled", exact=True)).to_be_visible()
+    expect(page.get_by_text("Observed", exact=True)).to_have_count(len(SOURCES))
+    expect(page.get_by_text("3 / 3 Passed", exact=True)).to_be_visible()  # rollouts' checks
+    page.wait_for_timeout(1000)
+    _shot(page, "06-refined-dataset-upstream-lineage")
+
+    page.goto(f"{dagster.url}/assets/refined_dataset")
+    expect(page.get_by_text("Row count")).to_be_visible()
+    expect(page.get_by_text("selected_share").first).to_be_visible()
+    _shot(page, "07-refined-dataset-overview")
+
+    page.goto(f"{dagster.url}/assets/rollouts?view=checks")
+    page.get_by_text("rollouts_complete", exact=True).first.click()
+    expect(page.get_by_text("Every query has exactly rollout.samples_per_query rollouts.")).to_be_visible()
+    expect(page.get_by_text("Passed", exact=True)).to_be_visible()
+    expect(page.get_by_text("Succeeded")).to_have_count(3)  # the three checks of rollouts, in the side list
+    _shot(page, "08-rollouts-checks")
+
+    page.goto(f"{dagster.url}/asset-groups")
+    expect(materialize_all).to_be_visible()
+    expect(_visible_text(page, "refined_dataset")).to_be_visible()
+    page.wait_for_timeout(1500)
+    _shot(page, "09-asset-graph-after")
