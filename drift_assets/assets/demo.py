@@ -4,7 +4,6 @@ These assets write the *inputs* the pipeline's observable sources then watch, ex
 own files would be: the demo exercises the same path as real data.
 """
 
-
 import json
 from pathlib import Path
 

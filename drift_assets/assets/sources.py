@@ -4,7 +4,6 @@ A source's data version is a content hash: new data marks exactly its downstream
 unchanged file observed again changes nothing.
 """
 
-
 from pathlib import Path
 
 import polars as pl
