@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama, save_model
+from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
 
 HEAD_DIM = 64
 
@@ -48,24 +48,12 @@ def format_parameters(count: int) -> str:
 
 
 def random_llama(tokenizer, shape: RandomLlamaShape = RandomLlamaShape(), seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    heads = shape.hidden_size // HEAD_DIM
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        head_dim=HEAD_DIM,
-        max_position_embeddings=shape.max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
+    """The demo's architecture (build_tiny_llama), scaled up, left at its random initialisation."""
+    tiny_shape = TinyLlamaShape(
+        hidden_size=shape.hidden_size, num_layers=shape.num_layers, num_heads=shape.hidden_size // HEAD_DIM,
+        intermediate_size=shape.intermediate_size, max_positions=shape.max_positions,
     )
-    return LlamaForCausalLM(config).eval()
+    return build_tiny_llama(tokenizer, tiny_shape, seed=seed).eval()
 
 
 def demo_model_directory(requested: str | Path, scratch: Path) -> BenchmarkModel:
