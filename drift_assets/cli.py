@@ -31,11 +31,12 @@ def _summary(settings) -> str:
         lines.append(f"training_pool            {pool.height} examples ({rejects.height if rejects is not None else 0} quarantined)")
     rollouts, grades = read("rollouts"), read("grades")
     if rollouts is not None and grades is not None:
-        per_query = grades.group_by("query_id").agg(pl.col("correct").sum().alias("c"), pl.len().alias("n"))
-        mixed = per_query.filter((pl.col("c") > 0) & (pl.col("c") < pl.col("n"))).height
+        from drift_assets.core.rollouts import grade_summary
+
+        summary = grade_summary(grades)
         lines.append(
             f"rollouts / grades        {rollouts.height} rollouts by {rollouts['engine'][0]}, pass@1 {grades['correct'].mean():.3f}, "
-            f"{mixed}/{per_query.height} queries with mixed grades"
+            f"{summary['queries_mixed']}/{summary['queries']} queries with mixed grades"
         )
     scores = read("influence_scores")
     if scores is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from functools import cached_property
 
 import torch
 from dagster import ConfigurableResource
@@ -147,10 +146,6 @@ class Warehouse:
         from deltalake import DeltaTable
 
         return DeltaTable.is_deltatable(self.table_uri(asset_name), storage_options=self.storage_options or None)
-
-    @cached_property
-    def is_remote(self) -> bool:
-        return "://" in self.root
 
     def io_manager(self) -> DeltaLakePolarsIOManager:
         if self.root.startswith("s3://"):

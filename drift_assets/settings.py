@@ -91,6 +91,13 @@ class GradingSettings(_Group):
     max_empty_or_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0)
 
 
+    def options(self):
+        """The core's :class:`~drift_assets.core.grading.GradingOptions` for these settings."""
+        from drift_assets.core.grading import GradingOptions
+
+        return GradingOptions(self.numeric_tolerance, self.answer_marker, self.regex)
+
+
 class ProjectionSettings(_Group):
     target_modules: str = Field(
         r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",

@@ -12,7 +12,6 @@ from drift_assets.assets.influence import shard_batches
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.benchmark import MethodScorer, ScoringSettings, noise_auc, scoring_for, selected_ids
 from drift_assets.core.generation import TransformersEngine, VllmEngine
-from drift_assets.core.grading import GradingOptions
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
 from drift_assets.core.tiny_model import save_model
@@ -40,7 +39,7 @@ def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEng
 
 def build_evaluation_assets(settings: Settings) -> list:
     benchmark = settings.benchmark
-    grading = GradingOptions(settings.grading.numeric_tolerance, settings.grading.answer_marker, settings.grading.regex)
+    grading = settings.grading.options()
 
     def train_and_evaluate(model: ModelResource, rollout_engine: RolloutEngineResource, messages: list[str] | None,
                            queries: list[dict], seed: int, log) -> tuple[Evaluation, float]:

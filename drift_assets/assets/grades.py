@@ -4,7 +4,7 @@ import polars as pl
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, MetadataValue, asset, asset_check
 
 from drift_assets.assets.metadata import table_metadata
-from drift_assets.core.grading import GradingOptions, grade_answer
+from drift_assets.core.grading import grade_answer
 from drift_assets.core.rollouts import grade_summary
 from drift_assets.settings import Settings, code_version
 
@@ -16,11 +16,7 @@ GRADE_SCHEMA = {
 
 
 def build_grade_assets(settings: Settings) -> list:
-    options = GradingOptions(
-        numeric_tolerance=settings.grading.numeric_tolerance,
-        answer_marker=settings.grading.answer_marker,
-        regex=settings.grading.regex,
-    )
+    options = settings.grading.options()
 
     @asset(
         group_name="rollouts",

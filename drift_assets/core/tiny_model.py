@@ -21,9 +21,9 @@ from tokenizers import Tokenizer, decoders, models, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from drift_assets.core.demo_task import query_rows
-from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.grading import grade_answer
+from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
+from drift_assets.core.sft import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +77,9 @@ def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: 
 
 
 def greedy_accuracy(model, tokenizer, queries: Sequence[dict], max_tokens: int = 24) -> float:
-    """Share of queries whose greedy completion passes the numeric grader."""
+    """Share of queries whose greedy completion passes each query's grader."""
     engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
-    prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, q["prompt"])) for q in queries]
-    report = engine.generate(prompt_ids, SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens))
-    correct = [grade_answer(group[0].text, q["reference"], "numeric").correct for q, group in zip(queries, report.completions)]
-    return sum(correct) / len(correct)
+    return evaluate(engine, tokenizer, queries, max_tokens).accuracy
 
 
 @dataclass
