@@ -2,7 +2,8 @@
 
 For the same batches of pool examples (batch size 32, ordered by length as the pipeline does):
 
-- projected: ``LinearGradientProjector(model, ProjectionOptions(rank=8)).project(batch)``, one
+- projected: ``LinearGradientProjector(model, options, basis).project(batch)`` with the pipeline's
+  default projection (rank 16, PCA basis fitted once on 32 pool examples, timed apart), one
   batched forward/backward with hooks that give k = (targeted layers) x rank^2 numbers per example;
 - plain: an ordinary training step's forward/backward (train mode, all parameters requiring grad,
   loss = -sequence_logprobs(...).sum(), loss.backward()) -- the cost floor for any gradient method;
@@ -48,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models bes
 from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_llama  # noqa: E402
 from drift_assets.core.demo_task import training_pool_rows  # noqa: E402
 from drift_assets.core.gradients import pool_token_pairs  # noqa: E402
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions  # noqa: E402
+from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis  # noqa: E402
 from drift_assets.core.sequences import ResponseBatch, collate_pairs, sequence_logprobs  # noqa: E402
 from drift_assets.core.tiny_model import build_char_tokenizer  # noqa: E402
 
@@ -60,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=2, help="timed batches per method")
     parser.add_argument("--loop-examples", type=int, default=8, help="examples timed in the per-example loop")
-    parser.add_argument("--rank", type=int, default=8, help="ProjectionOptions.rank (k = targeted layers x rank^2)")
+    parser.add_argument("--rank", type=int, default=16, help="ProjectionOptions.rank (k = targeted layers x rank^2)")
+    parser.add_argument("--basis", default="pca", choices=("pca", "random"), help="ProjectionOptions.basis")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden", type=int, default=512, help="random model hidden size (a multiple of 64)")
     parser.add_argument("--layers", type=int, default=12, help="random model layers")
@@ -155,7 +157,11 @@ def measure(label: str, model, tokenizer, args) -> Measurement:
 
     # (i) projected pass
     model.eval()
-    projector = LinearGradientProjector(model, ProjectionOptions(rank=args.rank))
+    options = ProjectionOptions(rank=args.rank, basis=args.basis)
+    started = time.perf_counter()
+    basis = fit_basis(model, options, tokenizer, [p for p, _ in pairs[:32]], [r for _, r in pairs[:32]], args.batch_size)
+    print(f"    {args.basis} basis fitted in {time.perf_counter() - started:.2f} s (once per model and settings)", flush=True)
+    projector = LinearGradientProjector(model, options, basis)
     projector.project(warm_up)
     seconds = timed(projector.project, timed_batches)
     projected = timed_examples / seconds

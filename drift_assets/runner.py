@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 UPSTREAM_OF_SHARDS = (
     "training_pool", "training_pool_rejects", "validation_queries", "test_queries", "rollouts", "grades",
-    "validation_gradients",
+    "projection_basis", "validation_gradients",
 )
 SHARDED = "training_gradient_projections"
 DOWNSTREAM_OF_SHARDS = ("influence_scores", "refined_dataset", "refined_model_evaluation")

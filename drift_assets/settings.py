@@ -61,7 +61,9 @@ class DemoSettings(_Group):
     off_task_fraction: float = Field(0.08, ge=0.0, lt=1.0)
     pretrain_examples: int = Field(6000, ge=100, description="Size of the base model's own pre-training corpus.")
     target_accuracy: tuple[float, float] = Field((0.3, 0.7), description="Stop pre-training once greedy accuracy on a calibration set lands here.")
-    max_train_seconds: float = Field(170.0, gt=0)
+    max_pretrain_steps: int = Field(
+        3000, ge=100, description="pre-training stops at the target band or after this many steps (never on a clock: determinism)"
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_room_for_clean_examples(self) -> DemoSettings:
@@ -103,7 +105,11 @@ class ProjectionSettings(_Group):
         r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
         description="Regex over module names: which nn.Linear layers contribute gradients.",
     )
-    rank: int = Field(8, ge=1, description="Per-layer projection rank r: each layer contributes r*r dimensions.")
+    rank: int = Field(16, ge=1, description="Per-layer projection rank r: each layer contributes r*r dimensions.")
+    basis: Literal["pca", "random"] = Field(
+        "pca", description="pca: top-r eigenvectors of each layer's input/output-gradient covariance on the validation "
+        "references (LoGra); random: Gaussian from (seed, layer name), independent of any data.",
+    )
     seed: int = 0
     batch_size: int = Field(32, ge=1)
     loss_reduction: Literal["sum", "mean"] = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
@@ -136,6 +142,7 @@ class SftSettings(_Group):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["linear", "constant"] = Field("linear", description="learning rate: linear decay to 0, or constant.")
 
 
 class BenchmarkSettings(_Group):
@@ -230,6 +237,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 # Which settings each asset reads. Only these feed its code_version, so a change elsewhere never
 # makes it stale. Keys are "group" or "group.key".
+_PROJECTION = ("projection.target_modules", "projection.rank", "projection.basis", "projection.seed", "projection.loss_reduction", "model.dtype")
 ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "demo_task_files": ("demo",),
     "demo_base_model": ("demo", "model.dtype"),
@@ -238,7 +246,8 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "test_queries": ("grading.default_grader",),
     "rollouts": ("rollout", "model.dtype"),
     "grades": ("grading",),
-    "validation_gradients": ("projection.target_modules", "projection.rank", "projection.seed", "projection.loss_reduction", "model.dtype"),
+    "projection_basis": _PROJECTION,
+    "validation_gradients": _PROJECTION,
     "training_gradient_projections": ("projection", "model.dtype"),
     "influence_scores": ("influence",),
     "refined_dataset": ("selection",),

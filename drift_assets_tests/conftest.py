@@ -16,7 +16,7 @@ from drift_assets.settings import DEFAULT_SETTINGS_PATH, Settings, load_settings
 SMALL_DEMO = {
     "demo": {"enabled": True, "seed": 0, "n_train": 600, "n_validation": 24, "n_test": 120},
     "rollout": {"backend": "vllm", "samples_per_query": 6, "max_tokens": 64},
-    "projection": {"rank": 8, "shards": 3},
+    "projection": {"shards": 3},
     "benchmark": {"methods": ["full", "drift"], "seeds": [0], "sft": {"steps": 60, "batch_size": 16}},
 }
 

@@ -70,7 +70,7 @@ def build_demo_assets(settings: Settings) -> list:
         corpus = demo_task.pretraining_corpus(demo.pretrain_examples, demo.seed)
         result = tiny_model.pretrain(
             model, tokenizer, corpus, seed=demo.seed, target_accuracy=demo.target_accuracy,
-            max_seconds=demo.max_train_seconds, log=context.log.info,
+            max_steps=demo.max_pretrain_steps, log=context.log.info,
         )
         if not result.reached_target:
             context.log.warning(

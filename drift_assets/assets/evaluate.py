@@ -48,7 +48,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         if messages is not None:
             sft = benchmark.sft
             fine_tune(network, tokenizer, messages,
-                      SftOptions(sft.steps, sft.batch_size, sft.learning_rate, sft.weight_decay, seed), log=log)
+                      SftOptions(sft.steps, sft.batch_size, sft.learning_rate, sft.weight_decay, sft.schedule, seed), log=log)
         with evaluation_engine(network, tokenizer, benchmark.eval_backend, rollout_engine, model.dtype) as engine:
             result = evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, grading)
         return result, time.perf_counter() - started

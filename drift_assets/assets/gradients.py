@@ -7,6 +7,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
+    DataVersion,
     Output,
     StaticPartitionsDefinition,
     asset,
@@ -15,7 +16,7 @@ from dagster import (
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.checks import vector_check, vector_problems
 from drift_assets.core.gradients import gradient_frame, pool_token_pairs, query_token_pairs, shard_keys, shard_of
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
+from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions, fit_basis
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
@@ -24,7 +25,7 @@ GRADIENTS_VERSION = "1"
 
 def projection_options(settings: Settings) -> ProjectionOptions:
     projection = settings.projection
-    return ProjectionOptions(projection.target_modules, projection.rank, projection.seed, projection.loss_reduction)
+    return ProjectionOptions(projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis)
 
 
 def _progress_logger(context: AssetExecutionContext, what: str, every: int):
@@ -42,6 +43,38 @@ def build_gradient_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
+        code_version=code_version("projection_basis", GRADIENTS_VERSION, settings),
+        deps=["base_model"],
+        kinds={"pytorch", "delta"},
+        pool="gpu",
+        description="Per-layer projectors shared by validation and training gradients (pca: fitted on the validation references).",
+    )
+    def projection_basis(context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource) -> Output:
+        tokenizer, network = model.load_tokenizer(), model.load_model()
+        # The references, not the rollouts: the basis then survives a change of rollout settings, and
+        # a change of the pool, so training-gradient rows stay reusable.
+        prompt_ids, response_ids = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
+        basis = fit_basis(network, options, tokenizer, prompt_ids, response_ids, batch_size)
+        table = basis.to_frame().with_columns(model_fingerprint=pl.lit(model.fingerprint()))
+        context.log.info(f"projection basis ({options.basis}, rank {options.rank}) over {len(basis.matrices)} layers: {basis.fingerprint()}")
+        # The data version is the content: refitting to the same matrices (a random basis, or unchanged
+        # references) leaves the gradients downstream fresh.
+        return Output(table, data_version=DataVersion(basis.fingerprint()), metadata={
+            "basis": options.basis,
+            "rank": options.rank,
+            "layers": len(basis.matrices),
+            "fitted_on_sequences": len(prompt_ids) if options.basis == "pca" else 0,
+            "basis_fingerprint": basis.fingerprint(),
+        })
+
+    def load_basis(frame: pl.DataFrame, fingerprint: str) -> ProjectionBasis:
+        fitted_for = set(frame["model_fingerprint"].unique())
+        if fitted_for != {fingerprint}:
+            raise ValueError(f"projection_basis was fitted on model {sorted(fitted_for)}, not {fingerprint}: re-materialize it")
+        return ProjectionBasis.from_frame(frame, options)
+
+    @asset(
+        group_name="attribution",
         code_version=code_version("validation_gradients", GRADIENTS_VERSION, settings),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
@@ -49,14 +82,18 @@ def build_gradient_assets(settings: Settings) -> list:
         description="Unweighted projected ∇ log π of every rollout (target=rollout) and reference answer (target=reference).",
     )
     def validation_gradients(
-        context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame, model: ModelResource
+        context: AssetExecutionContext,
+        rollouts: pl.DataFrame,
+        validation_queries: pl.DataFrame,
+        projection_basis: pl.DataFrame,
+        model: ModelResource,
     ) -> pl.DataFrame:
         tokenizer, network = model.load_tokenizer(), model.load_model()
         fingerprint = model.fingerprint()
         stale = set(rollouts["model_fingerprint"].unique()) - {fingerprint}
         if stale:
             raise ValueError(f"rollouts were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize rollouts")
-        projector = LinearGradientProjector(network, options)
+        projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
         rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
         reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
         ids = {
@@ -87,20 +124,23 @@ def build_gradient_assets(settings: Settings) -> list:
                                     description="Every gradient in the shard is finite and of dimension k.")],
         description="Projected ∇ log π of every pool example, sharded by a hash of example_id; unchanged rows are reused.",
     )
-    def training_gradient_projections(context: AssetExecutionContext, training_pool: pl.DataFrame, model: ModelResource):
+    def training_gradient_projections(
+        context: AssetExecutionContext, training_pool: pl.DataFrame, projection_basis: pl.DataFrame, model: ModelResource
+    ):
         shard = context.partition_key
         started = time.perf_counter()
         examples = training_pool.filter(
             pl.col("example_id").map_elements(lambda i: shard_of(i, settings.projection.shards), return_dtype=pl.String) == shard
         )
         fingerprint = model.fingerprint()
-        reused = _reusable_rows(warehouse, shard, fingerprint, options.fingerprint(), examples["example_id"])
+        basis = load_basis(projection_basis, fingerprint)
+        reused = _reusable_rows(warehouse, shard, fingerprint, basis.fingerprint(), examples["example_id"])
         todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
         context.log.info(f"shard {shard}: {examples.height} examples, reusing {reused.height}, computing {todo.height}")
         frames = [reused] if reused.height else []
         if not todo.is_empty():
             tokenizer, network = model.load_tokenizer(), model.load_model()
-            projector = LinearGradientProjector(network, options)
+            projector = LinearGradientProjector(network, options, basis)
             prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
             frames.append(gradient_frame(
                 {"example_id": todo["example_id"].to_list()}, projector, tokenizer, prompt_ids, response_ids,
@@ -118,6 +158,7 @@ def build_gradient_assets(settings: Settings) -> list:
                                metadata={"dimension": dimension, "problems": "; ".join(problems) or "none"})
 
     return [
+        projection_basis,
         validation_gradients,
         training_gradient_projections,
         vector_check(validation_gradients, "grad", None),

@@ -72,7 +72,7 @@ def gradient_frame(
             "loss": (-projected.logprobs.numpy()).astype(np.float64),
             "n_tokens": projected.n_tokens.numpy().astype(np.int64),
             "model_fingerprint": [model_fingerprint] * len(prompt_ids),
-            "projection_fingerprint": [projector.options.fingerprint()] * len(prompt_ids),
+            "projection_fingerprint": [projector.fingerprint] * len(prompt_ids),
         }
     )
 

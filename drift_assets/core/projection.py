@@ -12,8 +12,16 @@ Conventions (shared/DESIGN.md §3):
 - the objective is log π_θ(y | x) of each example's response tokens (prompt and padding masked),
   summed over tokens (``loss_reduction="sum"``) or averaged (``"mean"``); the returned vectors are
   ∇_θ log π, i.e. the ascent direction of the log-likelihood;
-- projectors are Gaussian with variance 1/r, drawn from a generator seeded by (seed, layer name),
-  so validation and training gradients share them whatever the batch or process;
+- the projectors of every layer form a :class:`ProjectionBasis`, which validation and training
+  gradients must share. Two bases (``basis``):
+  ``pca`` (default, LoGra's PCA initialisation): P_in and P_out hold the top-r eigenvectors of the
+  layer's input and output-gradient covariances, fitted on a fixed sample (the pipeline uses the
+  validation references). Influence scores are inner products with the validation gradient, so
+  keeping the directions in which validation gradients vary keeps most of that inner product:
+  on the demo model at rank 16, Spearman of projected against exact-gradient scores is 0.975
+  with ``pca`` and 0.865 with ``random`` (``benchmarks/projection_fidelity.py``);
+  ``random``: Gaussian with variance 1/r, drawn from a generator seeded by (seed, layer name), so
+  it needs no data and is identical whatever the batch or process;
 - ``rank=None`` uses identity projectors (the exact gradient, flattened row-major like
   ``weight.grad``), meant for tests and tiny models;
 - biases are not included (Llama's projections have none).
@@ -23,25 +31,36 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+import polars as pl
 import torch
 from torch import nn
 
-from drift_assets.core.sequences import ResponseBatch, sequence_logprobs
+from drift_assets.core.sequences import ResponseBatch, collate_pairs, sequence_logprobs
+
+BASES = ("pca", "random")
 
 
 @dataclass(frozen=True)
 class ProjectionOptions:
     target_modules: str = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-    rank: int | None = 8
+    rank: int | None = 16
     seed: int = 0
     loss_reduction: str = "sum"
+    basis: str = "pca"
+
+    def __post_init__(self):
+        if self.loss_reduction not in ("sum", "mean"):
+            raise ValueError(f"projection.loss_reduction must be 'sum' or 'mean' (got {self.loss_reduction!r})")
+        if self.basis not in BASES:
+            raise ValueError(f"projection.basis must be one of {BASES} (got {self.basis!r})")
 
     def fingerprint(self) -> str:
-        """Identifies the projection: rows computed under another one cannot be reused."""
-        text = f"{self.target_modules}|{self.rank}|{self.seed}|{self.loss_reduction}"
+        text = f"{self.target_modules}|{self.rank}|{self.seed}|{self.loss_reduction}|{self.basis}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -54,6 +73,179 @@ def gaussian_projector(rows: int, columns: int, seed: int, layer_name: str, whic
     return torch.randn(rows, columns, generator=generator) / rows**0.5
 
 
+def target_layers(model: nn.Module, target_modules: str) -> list[tuple[str, nn.Linear]]:
+    pattern = re.compile(target_modules)
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear) and pattern.fullmatch(name)]
+    if not layers:
+        examples = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][:4]
+        raise ValueError(
+            f"projection.target_modules {target_modules!r} matches no nn.Linear layer (linear layers are named like {examples})"
+        )
+    return layers
+
+
+@dataclass
+class ProjectionBasis:
+    """Per-layer projectors ``layer -> (P_in (r, d_in), P_out (r, d_out))``, float32 on the CPU."""
+
+    options: ProjectionOptions
+    matrices: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def fingerprint(self) -> str:
+        """Identifies the projection: gradient rows computed under another basis cannot be reused."""
+        digest = hashlib.sha256(self.options.fingerprint().encode())
+        for name in sorted(self.matrices):
+            digest.update(name.encode())
+            for matrix in self.matrices[name]:
+                digest.update(matrix.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def to_frame(self) -> pl.DataFrame:
+        """One row per (layer, side): the matrix flattened row-major, with its shape."""
+        rows = [
+            (name, side, int(matrix.shape[0]), int(matrix.shape[1]), matrix.reshape(-1).numpy().astype(np.float32))
+            for name, pair in self.matrices.items()
+            for side, matrix in zip(("in", "out"), pair, strict=True)
+        ]
+        return pl.DataFrame(
+            {
+                "layer": [r[0] for r in rows],
+                "side": [r[1] for r in rows],
+                "rank": [r[2] for r in rows],
+                "width": [r[3] for r in rows],
+                "values": pl.Series("values", [r[4] for r in rows], dtype=pl.List(pl.Float32)),
+                "basis_fingerprint": [self.fingerprint()] * len(rows),
+            }
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame, options: ProjectionOptions) -> ProjectionBasis:
+        sides: dict[str, dict[str, torch.Tensor]] = {}
+        for row in frame.iter_rows(named=True):
+            matrix = torch.tensor(np.asarray(row["values"], dtype=np.float32)).reshape(row["rank"], row["width"])
+            sides.setdefault(row["layer"], {})[row["side"]] = matrix
+        incomplete = sorted(name for name, pair in sides.items() if set(pair) != {"in", "out"})
+        if incomplete:
+            raise ValueError(f"projection_basis lacks the in or out projector of layers {incomplete}: re-materialize it")
+        basis = cls(options, {name: (pair["in"], pair["out"]) for name, pair in sides.items()})
+        recorded = set(frame["basis_fingerprint"].unique()) if "basis_fingerprint" in frame.columns else set()
+        if recorded and recorded != {basis.fingerprint()}:
+            raise ValueError(
+                f"projection_basis was fitted under other projection settings (fingerprint {sorted(recorded)}, "
+                f"these settings give {basis.fingerprint()}): re-materialize projection_basis"
+            )
+        return basis
+
+
+def random_basis(model: nn.Module, options: ProjectionOptions) -> ProjectionBasis:
+    """Gaussian projectors from (seed, layer name): no data needed."""
+    return ProjectionBasis(options, {
+        name: (
+            gaussian_projector(options.rank, module.in_features, options.seed, name, "in"),
+            gaussian_projector(options.rank, module.out_features, options.seed, name, "out"),
+        )
+        for name, module in target_layers(model, options.target_modules)
+    })
+
+
+def _top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
+    """(rank, d) leading eigenvectors, each signed so that its largest entry is positive (determinism)."""
+    _, vectors = torch.linalg.eigh(covariance.double().cpu())
+    top = vectors[:, -rank:].flip(1).T
+    signs = torch.sign(top.gather(1, top.abs().argmax(dim=1, keepdim=True)))
+    return (top * signs).float().contiguous()
+
+
+def fit_pca_basis(model: nn.Module, options: ProjectionOptions, batches: Iterable[ResponseBatch]) -> ProjectionBasis:
+    """PCA projectors: top-r eigenvectors of Σ x xᵀ (layer inputs) and Σ δ δᵀ (output gradients).
+
+    The covariances are d×d per targeted layer, held on the model's device during the pass.
+    """
+    layers = target_layers(model, options.target_modules)
+    too_wide = [name for name, m in layers if options.rank > min(m.in_features, m.out_features)]
+    if too_wide:
+        raise ValueError(f"projection.rank {options.rank} exceeds the width of layers {too_wide[:3]}: lower it")
+    input_covariance: dict[str, torch.Tensor] = {}
+    output_covariance: dict[str, torch.Tensor] = {}
+    n_tokens = 0
+
+    def accumulate(store: dict[str, torch.Tensor], name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+        flat = values[mask]
+        store[name] = store.get(name, 0) + flat.T @ flat
+
+    for batch in batches:
+        mask = batch.attention_mask.bool()
+        n_tokens += int(mask.sum())
+        with _captured(
+            model, layers,
+            on_input=lambda name, x, mask=mask: accumulate(input_covariance, name, x, mask),
+            on_output_grad=lambda name, g, mask=mask: accumulate(output_covariance, name, g, mask),
+        ):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            sequence_logprobs(logits, batch, options.loss_reduction).sum().backward()
+    if n_tokens < options.rank:
+        raise ValueError(f"the PCA basis was fitted on {n_tokens} tokens, fewer than projection.rank {options.rank}")
+    return ProjectionBasis(options, {
+        name: (_top_eigenvectors(input_covariance[name], options.rank), _top_eigenvectors(output_covariance[name], options.rank))
+        for name, _ in layers
+    })
+
+
+def fit_basis(
+    model: nn.Module, options: ProjectionOptions, tokenizer, prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]], batch_size: int,
+) -> ProjectionBasis:
+    """The basis ``options.basis`` asks for; ``pca`` is fitted on the given (prompt, response) pairs."""
+    if options.rank is None:
+        raise ValueError("projection.rank is None (exact gradients): there is no basis to fit")
+    if options.basis == "random":
+        return random_basis(model, options)
+    if not prompt_ids:
+        raise ValueError("the PCA projection basis needs at least one (prompt, response) pair to fit on")
+    return fit_pca_basis(model, options, _batches(model, tokenizer, prompt_ids, response_ids, batch_size))
+
+
+def _batches(model, tokenizer, prompt_ids, response_ids, batch_size) -> Iterator[ResponseBatch]:
+    device = next(model.parameters()).device
+    for start in range(0, len(prompt_ids), batch_size):
+        yield collate_pairs(tokenizer, prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]).to(device)
+
+
+@contextmanager
+def _captured(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Linear]],
+    on_input: Callable[[str, torch.Tensor], None],
+    on_output_grad: Callable[[str, torch.Tensor], None],
+):
+    """Hooks that hand every targeted layer's input and output-gradient to the callbacks.
+
+    Parameters are frozen meanwhile: autograd then computes only activation gradients (the δ_t we
+    need), not the weight gradients that projections replace.
+    """
+    handles = []
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+
+    def hook(name: str):
+        def forward_hook(module, args, output):
+            on_input(name, args[0].detach().float())
+            output.register_hook(lambda grad: on_output_grad(name, grad.detach().float()))
+        return forward_hook
+
+    try:
+        for parameter in requires_grad:
+            parameter.requires_grad_(False)
+        handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.requires_grad_(True)))
+        for name, module in layers:
+            handles.append(module.register_forward_hook(hook(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for parameter, flag in requires_grad.items():
+            parameter.requires_grad_(flag)
+
+
 @dataclass
 class ProjectedGradients:
     """``gradients`` (B, k) float32; ``logprobs`` (B,) the objective's value; ``n_tokens`` (B,)."""
@@ -64,39 +256,47 @@ class ProjectedGradients:
 
 
 class LinearGradientProjector:
-    """Hooks that turn one batched forward/backward into projected per-example gradients."""
+    """Hooks that turn one batched forward/backward into projected per-example gradients.
 
-    def __init__(self, model: nn.Module, options: ProjectionOptions = ProjectionOptions()):
-        if options.loss_reduction not in ("sum", "mean"):
-            raise ValueError(f"projection.loss_reduction must be 'sum' or 'mean' (got {options.loss_reduction!r})")
+    ``basis`` is required for ``pca`` (fit it once with :func:`fit_basis` and share it); a
+    ``random`` basis is drawn here when none is given; ``rank=None`` needs none.
+    """
+
+    def __init__(self, model: nn.Module, options: ProjectionOptions = ProjectionOptions(), basis: ProjectionBasis | None = None):
         self.model = model
         self.options = options
-        pattern = re.compile(options.target_modules)
-        self.layers: list[tuple[str, nn.Linear]] = [
-            (name, module) for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and pattern.fullmatch(name)
-        ]
-        if not self.layers:
-            examples = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][:4]
-            raise ValueError(
-                f"projection.target_modules {options.target_modules!r} matches no nn.Linear layer "
-                f"(linear layers are named like {examples})"
-            )
+        self.layers = target_layers(model, options.target_modules)
+        if options.rank is not None and basis is None:
+            if options.basis != "random":
+                raise ValueError(f"projection.basis {options.basis!r} needs a fitted ProjectionBasis (see fit_basis)")
+            basis = random_basis(model, options)
+        self.basis = basis
         device = next(model.parameters()).device
         self.projectors: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         for name, module in self.layers:
-            if options.rank is None:
+            if basis is None:
                 self.projectors[name] = None
-            else:
-                p_in = gaussian_projector(options.rank, module.in_features, options.seed, name, "in").to(device)
-                p_out = gaussian_projector(options.rank, module.out_features, options.seed, name, "out").to(device)
-                self.projectors[name] = (p_in, p_out)
+                continue
+            if name not in basis.matrices:
+                raise ValueError(f"the projection basis has no projector for layer {name!r}: re-fit it for this model")
+            p_in, p_out = basis.matrices[name]
+            if p_in.shape[1] != module.in_features or p_out.shape[1] != module.out_features:
+                raise ValueError(
+                    f"projection basis for {name!r} is {tuple(p_out.shape)}/{tuple(p_in.shape)} (out/in), but the layer is "
+                    f"{module.out_features}×{module.in_features}: re-fit it for this model"
+                )
+            self.projectors[name] = (p_in.to(device), p_out.to(device))
 
     @property
     def dimension(self) -> int:
-        if self.options.rank is None:
+        if self.basis is None:
             return sum(m.in_features * m.out_features for _, m in self.layers)
-        return len(self.layers) * self.options.rank**2
+        return sum(p_in.shape[0] * p_out.shape[0] for p_in, p_out in self.projectors.values())
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the projection (settings and basis): rows under another one are not reusable."""
+        return self.options.fingerprint() if self.basis is None else self.basis.fingerprint()
 
     @property
     def layer_names(self) -> list[str]:
@@ -106,41 +306,19 @@ class LinearGradientProjector:
         """Projected ∇_θ log π(response | prompt) of every example in ``batch``."""
         inputs: dict[str, torch.Tensor] = {}
         output_grads: dict[str, torch.Tensor] = {}
-        handles = []
 
-        def capture(name: str):
+        def keep_input(name: str, x: torch.Tensor) -> None:
             projector = self.projectors[name]
+            inputs[name] = x if projector is None else x @ projector[0].T
 
-            def forward_hook(module, args, output):
-                x = args[0].detach().float()
-                inputs[name] = x if projector is None else x @ projector[0].T
+        def keep_output_grad(name: str, g: torch.Tensor) -> None:
+            projector = self.projectors[name]
+            output_grads[name] = g if projector is None else g @ projector[1].T
 
-                def grad_hook(grad):
-                    g = grad.detach().float()
-                    output_grads[name] = g if projector is None else g @ projector[1].T
-
-                output.register_hook(grad_hook)
-
-            return forward_hook
-
-        # Parameters are frozen during the pass: autograd then computes only activation gradients
-        # (the δ_t we need), not the weight gradients that projections replace.
-        requires_grad = {p: p.requires_grad for p in self.model.parameters()}
-        embeddings = self.model.get_input_embeddings()
-        try:
-            for parameter in requires_grad:
-                parameter.requires_grad_(False)
-            handles.append(embeddings.register_forward_hook(lambda m, a, out: out.requires_grad_(True)))
-            for name, module in self.layers:
-                handles.append(module.register_forward_hook(capture(name)))
+        with _captured(self.model, self.layers, keep_input, keep_output_grad):
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             logprobs = sequence_logprobs(logits, batch, self.options.loss_reduction)
             logprobs.sum().backward()
-        finally:
-            for handle in handles:
-                handle.remove()
-            for parameter, flag in requires_grad.items():
-                parameter.requires_grad_(flag)
         blocks = []
         for name, _ in self.layers:
             # Σ_t (P_out δ_t)(P_in x_t)ᵀ for every example at once: (B, r_out, r_in)
@@ -166,8 +344,6 @@ def project_in_batches(
     Pairs are processed in order of length so that padding stays small; results come back in the
     input order.
     """
-    from drift_assets.core.sequences import collate_pairs
-
     device = next(projector.model.parameters()).device
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
     gradients = torch.zeros((len(order), projector.dimension), dtype=torch.float32)

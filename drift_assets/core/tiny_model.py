@@ -76,8 +76,12 @@ def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: 
     return LlamaForCausalLM(config)
 
 
-def greedy_accuracy(model, tokenizer, queries: Sequence[dict], max_tokens: int = 24) -> float:
-    """Share of queries whose greedy completion passes each query's grader."""
+def greedy_accuracy(model, tokenizer, queries: Sequence[dict], max_tokens: int = 64) -> float:
+    """Share of queries whose greedy completion passes each query's grader.
+
+    64 tokens: the longest demo response style ("We compute a + b and get c. Answer: c") is ~45
+    characters, and a shorter limit would grade it wrong for being cut off.
+    """
     engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
     return evaluate(engine, tokenizer, queries, max_tokens).accuracy
 
@@ -101,7 +105,6 @@ def pretrain(
     eval_every: int = 100,
     batch_size: int = 32,
     learning_rate: float = 2e-3,
-    max_seconds: float = 170.0,
     log: Callable[[str], None] = logger.info,
 ) -> PretrainResult:
     """Train on (prompt, response) pairs until calibration accuracy reaches the target band.
@@ -139,9 +142,6 @@ def pretrain(
             curve.append((step, accuracy))
             log(f"pre-training step {step}: loss {loss:.3f}, calibration accuracy {accuracy:.2f}")
             if stop_low <= accuracy <= high:
-                break
-            if time.perf_counter() - started > max_seconds:
-                log(f"pre-training stopped at the {max_seconds:.0f} s budget before reaching the target band")
                 break
     model.eval()
     return PretrainResult(

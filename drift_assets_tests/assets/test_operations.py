@@ -14,7 +14,7 @@ from drift_assets_tests.conftest import settings_in
 
 FAST = {"rollout": {"backend": "transformers", "samples_per_query": 4}}
 MODEL_DEPENDENTS = {
-    "training_pool", "training_pool_rejects", "rollouts", "grades", "validation_gradients", "influence_scores",
+    "training_pool", "training_pool_rejects", "rollouts", "grades", "projection_basis", "validation_gradients", "influence_scores",
     "refined_dataset", "refined_model_evaluation",
 } | {f"training_gradient_projections[{s}]" for s in ("000", "001", "002")}
 
@@ -65,7 +65,10 @@ def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshe
     directory, instance = refreshed
     defs = build_definitions(settings_in(directory, rollout={**FAST["rollout"], "temperature": 0.7}))
     assert not_fresh(defs, instance) == {"rollouts": "STALE"}
-    assert {"grades", "validation_gradients", "influence_scores"} <= needs_materialization(defs, instance)
+    closure = needs_materialization(defs, instance)
+    assert {"grades", "validation_gradients", "influence_scores"} <= closure
+    # The projection basis is fitted on the references, so the training gradients stay valid.
+    assert not closure & {"projection_basis", "training_gradient_projections[000]"}
 
 
 @pytest.fixture

@@ -184,30 +184,51 @@ def test_appending_to_the_pool_computes_gradients_only_for_new_examples(pipeline
 
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 4): rank-8 Kronecker projections reach Spearman ~0.75 on the demo model")
 def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_dir):
-    """Spearman >= 0.9 between scores from rank-8 projections and from exact gradients."""
+    """Spearman >= 0.9 between scores from the default projection and from exact gradients.
+
+    The target is signed like DRIFT's: + reference answers, − plausible wrong answers; the basis is
+    fitted on the references, as the projection_basis asset does.
+    """
+    import json
+    import random
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from drift_assets.core.demo_task import query_rows, training_pool_rows
+    from drift_assets.assets.gradients import projection_options
+    from drift_assets.core.demo_task import Problem, format_response, plausible_wrong_answer, query_rows, training_pool_rows
     from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
-    from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
+    from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis, project_in_batches
     from drift_assets.core.stats import spearman
+    from drift_assets.settings import load_settings
 
+    options = projection_options(load_settings())  # the shipped data/settings.yaml
     settings = settings_in(demo_dir)
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
-    import json
-
-    pool = training_pool_rows(96, 0.25, 0.08, seed=5)
+    pool = training_pool_rows(300, 0.25, 0.08, seed=5)
     messages = [json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in pool]
     pool_pairs = pool_token_pairs(tokenizer, messages)
-    queries = query_rows(8, 5, "validation")
-    target_pairs = query_token_pairs(tokenizer, [q["prompt"] for q in queries], [q["reference_response"] for q in queries])
-    scores = {}
-    for name, rank in (("exact", None), ("projected", 8)):
-        projector = LinearGradientProjector(model, ProjectionOptions(rank=rank))
+    queries = query_rows(24, 5, "validation")
+    rng = random.Random(0)
+    wrong = []
+    for query in queries:
+        left, operator, right = query["prompt"].removeprefix("What is ").removesuffix("?\n").split()
+        problem = Problem(int(left), int(right), operator)
+        wrong.append(format_response(problem, plausible_wrong_answer(problem, rng), 0))
+    prompts = [q["prompt"] for q in queries]
+    target_pairs = query_token_pairs(tokenizer, prompts * 2, [q["reference_response"] for q in queries] + wrong)
+    signs = torch.tensor([1.0] * len(queries) + [-1.0] * len(queries), dtype=torch.float64)
+    basis = fit_basis(model, options, tokenizer, *query_token_pairs(tokenizer, prompts, [q["reference_response"] for q in queries]), 32)
+    raw, unit = {}, {}
+    for name, projector in (
+        ("exact", LinearGradientProjector(model, ProjectionOptions(rank=None))),
+        ("projected", LinearGradientProjector(model, options, basis)),
+    ):
         train = project_in_batches(projector, tokenizer, *pool_pairs, batch_size=32).gradients.double()
-        target = project_in_batches(projector, tokenizer, *target_pairs, batch_size=32).gradients.double().sum(0)
-        scores[name] = (train @ target).numpy()
-    assert spearman(scores["exact"], scores["projected"]) >= 0.9
+        target = signs @ project_in_batches(projector, tokenizer, *target_pairs, batch_size=32).gradients.double()
+        raw[name] = (train @ target).numpy()
+        unit[name] = raw[name] / train.norm(dim=1).numpy()  # the default debias
+    assert options.basis == "pca" and options.rank == 16
+    assert spearman(raw["exact"], raw["projected"]) >= 0.9
+    assert spearman(unit["exact"], unit["projected"]) >= 0.9

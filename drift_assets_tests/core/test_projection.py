@@ -6,7 +6,14 @@ import torch
 from torch.func import functional_call, grad
 
 from drift_assets.core.demo_task import training_pool_rows
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, gaussian_projector
+from drift_assets.core.projection import (
+    LinearGradientProjector,
+    ProjectionBasis,
+    ProjectionOptions,
+    fit_basis,
+    fit_pca_basis,
+    gaussian_projector,
+)
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
 from drift_assets.core.stats import spearman
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
@@ -58,31 +65,96 @@ def test_identity_projection_equals_exact_per_example_gradients(tiny, reduction)
     assert torch.allclose(projected @ projected.T, exact @ exact.T, rtol=1e-4, atol=1e-6 * float((exact @ exact.T).abs().max()))
 
 
-def test_gaussian_projection_is_the_kronecker_projection_of_the_exact_gradient(tiny):
+def pairs(tokenizer, rows):
+    prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"])) for r in rows]
+    responses = [encode_response(tokenizer, r["response"]) for r in rows]
+    return prompts, responses
+
+
+@pytest.fixture(scope="module")
+def pca_basis(tiny):
+    """A rank-4 PCA basis fitted on examples other than the ones projected."""
+    model, tokenizer, _ = tiny
+    return fit_basis(model, ProjectionOptions(rank=4), tokenizer, *pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9)), 16)
+
+
+@pytest.mark.parametrize("basis", ["random", "pca"])
+def test_projection_is_the_kronecker_projection_of_the_exact_gradient(tiny, pca_basis, basis):
     model, _, batch = tiny
-    options = ProjectionOptions(rank=4, seed=7)
-    projector = LinearGradientProjector(model, options)
+    if basis == "random":
+        projector = LinearGradientProjector(model, ProjectionOptions(rank=4, seed=7, basis="random"))
+        matrices = {name: (gaussian_projector(4, m.in_features, 7, name, "in"), gaussian_projector(4, m.out_features, 7, name, "out"))
+                    for name, m in projector.layers}
+    else:
+        projector = LinearGradientProjector(model, pca_basis.options, pca_basis)
+        matrices = pca_basis.matrices
     projected = projector.project(batch).gradients
     exact_blocks = []
     for name, module in projector.layers:
         exact = exact_per_example_gradients(model, batch, [name]).reshape(-1, module.out_features, module.in_features)
-        p_in = gaussian_projector(4, module.in_features, 7, name, "in")
-        p_out = gaussian_projector(4, module.out_features, 7, name, "out")
+        p_in, p_out = matrices[name]
         exact_blocks.append((p_out @ exact @ p_in.T).reshape(exact.shape[0], -1))
     expected = torch.cat(exact_blocks, dim=1)
+    assert projected.shape == (6, len(projector.layers) * 16)
     assert torch.allclose(projected, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
-def test_default_projection_preserves_the_ranking_of_exact_inner_products(tiny):
+def layer_io(model, batch, layer_name):
+    """A layer's inputs and output-gradients of Σ log π, captured with plain autograd (no projector code)."""
+    module = dict(model.named_modules())[layer_name]
+    seen = {}
+
+    def hook(_, args, output):
+        seen["x"] = args[0].detach()
+        output.retain_grad()
+        seen["y"] = output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        sequence_logprobs(logits, batch).sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad()
+    mask = batch.attention_mask.bool()
+    return seen["x"][mask].double(), seen["y"].grad[mask].double()
+
+
+def test_pca_basis_holds_the_leading_eigenvectors_of_the_layer_covariances(tiny):
     model, tokenizer, _ = tiny
-    rows = training_pool_rows(64, 0.25, 0.1, seed=2)
-    prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"])) for r in rows]
-    responses = [encode_response(tokenizer, r["response"]) for r in rows]
+    prompts, responses = pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9))
     batch = collate_pairs(tokenizer, prompts, responses)
-    projector = LinearGradientProjector(model, ProjectionOptions(rank=8))
-    exact_projector = LinearGradientProjector(model, ProjectionOptions(rank=None))
-    projected = projector.project(batch).gradients.numpy()
-    exact = exact_projector.project(batch).gradients.numpy()
+    basis = fit_pca_basis(model, ProjectionOptions(rank=4), [batch])
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        x, delta = layer_io(model, batch, name)
+        for covariance, projector in ((x.T @ x, basis.matrices[name][0]), (delta.T @ delta, basis.matrices[name][1])):
+            p = projector.double()
+            assert torch.allclose(p @ p.T, torch.eye(4, dtype=torch.float64), atol=1e-5)  # orthonormal rows
+            eigenvalues = torch.linalg.eigvalsh(covariance).flip(0)[:4]
+            # Rayleigh quotients of the rows are the top-4 eigenvalues: the rows span the leading subspace.
+            assert torch.allclose(torch.diag(p @ covariance @ p.T), eigenvalues, rtol=1e-3)
+
+
+def test_a_full_rank_pca_basis_preserves_inner_products_exactly(tiny):
+    """With r = the layer width the PCA projectors are rotations, so inner products are exact."""
+    model, tokenizer, batch = tiny
+    options = ProjectionOptions(target_modules=r".*\.(q_proj|o_proj)$", rank=64)
+    basis = fit_basis(model, options, tokenizer, *pairs(tokenizer, training_pool_rows(80, 0.25, 0.1, seed=9)), 32)
+    projected = LinearGradientProjector(model, options, basis).project(batch).gradients.double()
+    exact = LinearGradientProjector(model, ProjectionOptions(target_modules=options.target_modules, rank=None)).project(batch).gradients.double()
+    assert torch.allclose(projected @ projected.T, exact @ exact.T, rtol=1e-4, atol=1e-6 * float((exact @ exact.T).abs().max()))
+
+
+@pytest.mark.parametrize("basis", ["pca", "random"])
+def test_default_rank_preserves_the_ranking_of_exact_inner_products(tiny, basis):
+    model, tokenizer, _ = tiny
+    prompts, responses = pairs(tokenizer, training_pool_rows(64, 0.25, 0.1, seed=2))
+    batch = collate_pairs(tokenizer, prompts, responses)
+    options = ProjectionOptions(basis=basis)
+    # As in the pipeline, the basis is fitted on the targets' side (here: the first 8 examples).
+    fitted = fit_basis(model, options, tokenizer, prompts[:8], responses[:8], 8)
+    projected = LinearGradientProjector(model, options, fitted).project(batch).gradients.numpy()
+    exact = LinearGradientProjector(model, ProjectionOptions(rank=None)).project(batch).gradients.numpy()
     target = exact[:8].sum(0)  # a "validation gradient" made of a few examples
     target_projected = projected[:8].sum(0)
     assert spearman(exact[8:] @ target, projected[8:] @ target_projected) >= 0.9
@@ -90,15 +162,47 @@ def test_default_projection_preserves_the_ranking_of_exact_inner_products(tiny):
 
 def test_projectors_are_deterministic_and_batch_independent(tiny):
     model, _, batch = tiny
-    first = LinearGradientProjector(model, ProjectionOptions(rank=4, seed=1)).project(batch).gradients
-    again = LinearGradientProjector(model, ProjectionOptions(rank=4, seed=1)).project(batch).gradients
+    options = ProjectionOptions(rank=4, seed=1, basis="random")
+    first = LinearGradientProjector(model, options).project(batch).gradients
+    again = LinearGradientProjector(model, options).project(batch).gradients
     assert torch.equal(first, again)
-    single = LinearGradientProjector(model, ProjectionOptions(rank=4, seed=1)).project(
-        collate_pairs_from(batch, [2])
-    ).gradients
+    single = LinearGradientProjector(model, options).project(collate_pairs_from(batch, [2])).gradients
     assert torch.allclose(single[0], first[2], rtol=1e-4, atol=1e-6)
-    other_seed = LinearGradientProjector(model, ProjectionOptions(rank=4, seed=2)).project(batch).gradients
+    other_seed = LinearGradientProjector(model, ProjectionOptions(rank=4, seed=2, basis="random")).project(batch).gradients
     assert not torch.allclose(first, other_seed)
+
+
+def test_pca_basis_is_deterministic_and_survives_a_table_round_trip(tiny, pca_basis):
+    model, tokenizer, batch = tiny
+    fit_pairs = pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9))
+    assert fit_basis(model, pca_basis.options, tokenizer, *fit_pairs, 16).fingerprint() == pca_basis.fingerprint()
+    rebatched = fit_basis(model, pca_basis.options, tokenizer, *fit_pairs, 7)  # other padding: equal up to rounding
+    for name, (p_in, p_out) in pca_basis.matrices.items():
+        assert torch.allclose(rebatched.matrices[name][0], p_in, atol=1e-3) and torch.allclose(rebatched.matrices[name][1], p_out, atol=1e-3)
+    restored = ProjectionBasis.from_frame(pca_basis.to_frame(), pca_basis.options)
+    assert restored.fingerprint() == pca_basis.fingerprint()
+    original = LinearGradientProjector(model, pca_basis.options, pca_basis).project(batch).gradients
+    assert torch.equal(LinearGradientProjector(model, restored.options, restored).project(batch).gradients, original)
+    other = fit_basis(model, pca_basis.options, tokenizer, *pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=10)), 16)
+    assert other.fingerprint() != pca_basis.fingerprint()
+
+
+def test_basis_errors_name_the_problem(tiny, pca_basis):
+    model, tokenizer, _ = tiny
+    with pytest.raises(ValueError, match="needs a fitted ProjectionBasis"):
+        LinearGradientProjector(model, ProjectionOptions(rank=4, basis="pca"))
+    with pytest.raises(ValueError, match="exceeds the width"):
+        fit_basis(model, ProjectionOptions(rank=65), tokenizer, *pairs(tokenizer, training_pool_rows(8, 0.25, 0.1, seed=9)), 8)
+    with pytest.raises(ValueError, match="projection.basis must be one of"):
+        ProjectionOptions(basis="svd")
+    wider = build_tiny_llama(tokenizer, TinyLlamaShape(hidden_size=64, num_layers=2, num_heads=1, intermediate_size=128), seed=3)
+    with pytest.raises(ValueError, match="re-fit it for this model"):
+        LinearGradientProjector(wider, pca_basis.options, pca_basis)
+    frame = pca_basis.to_frame()
+    with pytest.raises(ValueError, match="other projection settings"):
+        ProjectionBasis.from_frame(frame, ProjectionOptions(rank=4, seed=5))
+    with pytest.raises(ValueError, match="lacks the in or out projector"):
+        ProjectionBasis.from_frame(frame.filter(frame["side"] == "in"), pca_basis.options)
 
 
 def collate_pairs_from(batch, rows):
@@ -111,7 +215,7 @@ def collate_pairs_from(batch, rows):
 
 def test_projection_leaves_the_model_trainable_and_logprobs_match(tiny):
     model, _, batch = tiny
-    result = LinearGradientProjector(model, ProjectionOptions(rank=2)).project(batch)
+    result = LinearGradientProjector(model, ProjectionOptions(rank=2, basis="random")).project(batch)
     assert all(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
     with torch.no_grad():

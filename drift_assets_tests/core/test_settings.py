@@ -43,7 +43,7 @@ def test_good_file_loads_with_values_and_defaults(tmp_path):
     # Keys the file leaves out keep their documented defaults.
     assert settings.rollout.top_p == 1.0
     assert settings.influence.damping == pytest.approx(0.1)
-    assert settings.projection.rank == 8
+    assert settings.projection.rank == 16 and settings.projection.basis == "pca"
     assert settings.selection.fraction == 0.5
 
 
@@ -188,13 +188,15 @@ def test_weighting_stales_influence_scores_but_not_gradients(tmp_path):
 
 def test_projection_rank_stales_gradients_but_not_rollouts(tmp_path):
     base = load_settings(write_settings(tmp_path, {}))
-    changed = base.with_overrides(projection={"rank": 4})
-    for asset in ("validation_gradients", "training_gradient_projections"):
-        assert code_version(asset, "1", base) != code_version(asset, "1", changed), asset
-    assert code_version("rollouts", "1", base) == code_version("rollouts", "1", changed)
-    # shards change how the table is partitioned, not the validation gradients.
+    for change in ({"rank": 4}, {"basis": "random"}):
+        changed = base.with_overrides(projection=change)
+        for asset in ("projection_basis", "validation_gradients", "training_gradient_projections"):
+            assert code_version(asset, "1", base) != code_version(asset, "1", changed), (asset, change)
+        assert code_version("rollouts", "1", base) == code_version("rollouts", "1", changed)
+    # shards change how the table is partitioned, not the basis or the validation gradients.
     sharded = base.with_overrides(projection={"shards": 2})
-    assert code_version("validation_gradients", "1", base) == code_version("validation_gradients", "1", sharded)
+    for asset in ("projection_basis", "validation_gradients"):
+        assert code_version(asset, "1", base) == code_version(asset, "1", sharded)
     assert code_version("training_gradient_projections", "1", base) != code_version(
         "training_gradient_projections", "1", sharded
     )

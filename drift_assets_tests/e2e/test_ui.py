@@ -400,9 +400,9 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     for key in ("validation_queries_source", "training_gradient_projections", "refined_dataset"):
         expect(_visible_text(page, key)).to_be_visible()
     expect(page.get_by_text(re.compile("Loading"))).to_have_count(0, timeout=60_000)  # each node's status
-    # training_pool, validation_queries, rollouts, grades, validation_gradients, influence_scores and
-    # refined_dataset say "Materialized"; the sharded table says "3 partitions", "100% filled".
-    expect(page.get_by_text("Materialized", exact=True)).to_have_count(7)
+    # training_pool, validation_queries, rollouts, grades, projection_basis, validation_gradients,
+    # influence_scores and refined_dataset say "Materialized"; the sharded table says "3 partitions", "100% filled".
+    expect(page.get_by_text("Materialized", exact=True)).to_have_count(8)
     expect(page.get_by_text(f"{len(SHARDS)} partitions", exact=True)).to_be_visible()
     expect(page.get_by_text("100% filled", exact=True)).to_be_visible()
     expect(page.get_by_text("Observed", exact=True)).to_have_count(len(SOURCES))

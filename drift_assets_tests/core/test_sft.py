@@ -1,0 +1,68 @@
+"""Fine-tuning on a selection: determinism, the learning-rate schedule, and that it learns."""
+
+import json
+
+import pytest
+import torch
+
+from drift_assets.core.demo_task import training_pool_rows
+from drift_assets.core.gradients import pool_token_pairs
+from drift_assets.core.sequences import collate_pairs, sequence_logprobs
+from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
+
+SHAPE = TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=96)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    rows = [r for r in training_pool_rows(64, 0.0, 0.0, seed=4)]
+    return [json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in rows]
+
+
+def tuned(examples, **options):
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer, SHAPE, seed=1)
+    fine_tune(model, tokenizer, examples, SftOptions(**{"steps": 12, "batch_size": 8, **options}), log=lambda _: None)
+    return model, tokenizer
+
+
+def mean_logprob(model, tokenizer, examples) -> float:
+    batch = collate_pairs(tokenizer, *pool_token_pairs(tokenizer, examples))
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return float(sequence_logprobs(logits, batch, "mean").mean())
+
+
+def test_fine_tuning_is_deterministic_by_seed_and_learns(examples):
+    first, tokenizer = tuned(examples, seed=3)
+    again, _ = tuned(examples, seed=3)
+    other, _ = tuned(examples, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values(), strict=True))
+    untrained = build_tiny_llama(tokenizer, SHAPE, seed=1)
+    assert mean_logprob(first, tokenizer, examples) > mean_logprob(untrained, tokenizer, examples) + 0.5
+
+
+def test_linear_schedule_decays_the_learning_rate_to_zero(examples, monkeypatch):
+    """The rate used at step t of T is lr·(1 − (t−1)/T) with ``linear`` and lr throughout with ``constant``."""
+    seen = {}
+    original = torch.optim.AdamW.step
+
+    def record(optimizer, *args, **kwargs):
+        seen.setdefault(id(optimizer), []).append(optimizer.param_groups[0]["lr"])
+        return original(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    tuned(examples, steps=4, learning_rate=0.01, schedule="linear")
+    tuned(examples, steps=4, learning_rate=0.01, schedule="constant")
+    linear, constant = seen.values()
+    assert linear == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
+    assert constant == pytest.approx([0.01] * 4)
+
+
+def test_bad_sft_input_is_a_clear_error(examples):
+    with pytest.raises(ValueError, match="empty selection"):
+        tuned([])
+    with pytest.raises(ValueError, match="benchmark.sft.schedule"):
+        SftOptions(schedule="cosine")
