@@ -1,5 +1,6 @@
 """On-policy rollouts: the base model's own samples for every validation query."""
 
+import importlib.util
 import time
 
 import polars as pl
@@ -15,12 +16,19 @@ from drift_assets.settings import Settings, code_version
 ROLLOUTS_VERSION = "1"
 
 
+def _engine_kind(settings: Settings) -> str:
+    """The UI's kind tag: the engine the backend setting will pick (an import check, not an import)."""
+    if settings.rollout.backend == "transformers":
+        return "pytorch"
+    return "vllm" if settings.rollout.backend == "vllm" or importlib.util.find_spec("vllm") else "pytorch"
+
+
 def build_rollout_assets(settings: Settings) -> list:
     @asset(
         group_name="rollouts",
         code_version=code_version("rollouts", ROLLOUTS_VERSION, settings),
         deps=["base_model"],
-        kinds={"vllm", "delta"},
+        kinds={_engine_kind(settings), "delta"},
         pool="gpu",
         description="K samples per validation query from the base model (vLLM; transformers as fallback).",
     )

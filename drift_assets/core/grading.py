@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 BUILTIN_GRADERS = ("exact", "numeric", "math", "regex")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
@@ -148,8 +151,9 @@ def grade_answer(completion: str, reference: str, grader: str, options: GradingO
     result = load_callable(grader)(completion, reference)
     if isinstance(result, Grade):
         return result
-    if isinstance(result, bool):
-        return Grade(result, float(result), None)
-    if isinstance(result, int | float):
+    # numpy's bool_ and number types too: user graders often compute their verdict with numpy.
+    if isinstance(result, bool | np.bool_):
+        return Grade(bool(result), float(result), None)
+    if isinstance(result, numbers.Real):
         return Grade(float(result) > 0, float(result), None)
     raise GraderError(f"grader {grader!r} returned {type(result).__name__}; expected bool, float or Grade")

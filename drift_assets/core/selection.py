@@ -49,7 +49,10 @@ def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "re
     temporary = jsonl.with_suffix(".jsonl.tmp")
     temporary.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in messages))
     temporary.replace(jsonl)
-    frame = pl.DataFrame({"messages": messages, "example_id": chosen["example_id"], "score": chosen["score"]})
+    # An explicit type, so that an empty selection still writes the chat schema rather than Null.
+    message_type = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    frame = pl.DataFrame({"messages": pl.Series("messages", messages, dtype=message_type),
+                          "example_id": chosen["example_id"], "score": chosen["score"]})
     temporary = parquet.with_suffix(".parquet.tmp")
     frame.write_parquet(temporary)
     temporary.replace(parquet)

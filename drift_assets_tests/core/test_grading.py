@@ -197,6 +197,14 @@ def as_grade(completion, reference):
 def as_text(completion, reference):
     return "yes"
 
+def as_numpy_bool(completion, reference):
+    import numpy
+    return (numpy.array([completion.strip()]) == numpy.array([reference]))[0]  # numpy.bool_
+
+def as_numpy_float(completion, reference):
+    import numpy
+    return numpy.float32(0.5) if completion == reference else numpy.int64(0)
+
 not_callable = 3
 '''
 
@@ -215,6 +223,14 @@ def test_user_callable_bool_float_and_grade_returns(tmp_path, monkeypatch):
 
     assert grade_answer("abc", "abc", f"{module}:as_grade") == Grade(True, 0.25, "ABC")
     validate_grader(f"{module}:as_bool")
+
+
+def test_user_callables_may_answer_with_numpy_scalars(tmp_path, monkeypatch):
+    module = write_grader_module(tmp_path, monkeypatch, USER_GRADERS)
+    assert grade_answer(" ok ", "ok", f"{module}:as_numpy_bool") == Grade(True, 1.0, None)
+    assert grade_answer("no", "ok", f"{module}:as_numpy_bool") == Grade(False, 0.0, None)
+    assert grade_answer("a", "a", f"{module}:as_numpy_float") == Grade(True, 0.5, None)
+    assert grade_answer("a", "b", f"{module}:as_numpy_float") == Grade(False, 0.0, None)
 
 
 def test_user_callable_with_a_bad_return_type(tmp_path, monkeypatch):

@@ -118,6 +118,14 @@ def test_export_selection_loads_with_datasets(refined, tmp_path):
     assert from_parquet["score"] == pytest.approx([2.5, 0.9, 0.4])
 
 
+def test_an_empty_selection_exports_empty_files_with_the_chat_schema(refined, tmp_path):
+    paths = export_selection(refined.with_columns(selected=pl.lit(False)), tmp_path, name="none")
+    assert open(paths["jsonl"]).read() == ""
+    frame = pl.read_parquet(paths["parquet"])
+    assert frame.height == 0
+    assert frame.schema["messages"] == pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
 def test_export_overwrites_a_previous_selection(refined, tmp_path):
     export_selection(refined, tmp_path, name="picked")
     fewer = refined.with_columns(selected=pl.col("rank") <= 1)
