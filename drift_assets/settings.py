@@ -146,8 +146,8 @@ class SftSettings(_Group):
 
 
 class BenchmarkSettings(_Group):
-    methods: list[Literal["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias"]] = Field(
-        default_factory=lambda: ["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias"]
+    methods: list[Literal["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle"]] = Field(
+        default_factory=lambda: ["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle"]
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     sft: SftSettings = Field(default_factory=SftSettings)

@@ -15,7 +15,7 @@ from drift_assets.core import demo_task, tiny_model
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.settings import Settings, code_version
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

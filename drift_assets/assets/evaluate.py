@@ -10,7 +10,8 @@ from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
 from drift_assets.assets.influence import shard_batches
 from drift_assets.assets.metadata import table_metadata
-from drift_assets.core.benchmark import MethodScorer, ScoringSettings, noise_auc, scoring_for, selected_ids
+from drift_assets.core.attribution import noise_auc
+from drift_assets.core.benchmark import MethodScorer, ScoringSettings, loss_scores, scoring_for, selected_ids
 from drift_assets.core.generation import TransformersEngine, VllmEngine
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
@@ -18,7 +19,7 @@ from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
-EVALUATE_VERSION = "1"
+EVALUATE_VERSION = "2"
 
 
 @contextlib.contextmanager
@@ -110,6 +111,11 @@ def build_evaluation_assets(settings: Settings) -> list:
         influence = settings.influence
         drift = ScoringSettings(influence.targets, influence.weighting, influence.hessian, influence.damping, influence.debias)
         scores = {m: scorer.scores(s, training_pool) for m in benchmark.methods if (s := scoring_for(m, drift)) is not None}
+        if "loss" in benchmark.methods:
+            warehouse = Warehouse(settings)
+            losses = pl.scan_delta(warehouse.table_uri("training_gradient_projections"), storage_options=warehouse.storage_options or None)
+            scores["loss"] = loss_scores(losses.select("example_id", "loss", "n_tokens").collect()
+                                         .filter(pl.col("example_id").is_in(training_pool["example_id"].implode())))
         # random selects as many examples as DRIFT does, so the two differ only in which ones.
         drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
         drift_size = int(select(drift_scores, settings.selection.method, settings.selection.fraction, settings.selection.k).sum())

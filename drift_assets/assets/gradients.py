@@ -20,7 +20,7 @@ from drift_assets.core.projection import LinearGradientProjector, ProjectionBasi
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
-GRADIENTS_VERSION = "1"
+GRADIENTS_VERSION = "2"
 
 
 def projection_options(settings: Settings) -> ProjectionOptions:

@@ -10,7 +10,7 @@ from drift_assets.core.selection import export_selection, refined_table, select
 from drift_assets.core.stats import roc_auc
 from drift_assets.settings import Settings, code_version
 
-REFINE_VERSION = "1"
+REFINE_VERSION = "2"
 
 
 def build_refine_assets(settings: Settings) -> list:

@@ -83,11 +83,19 @@ def diagnostics(scores: pl.DataFrame, training_pool: pl.DataFrame) -> dict[str, 
         "spearman_score_vs_length": spearman(scores["score"].to_numpy(), scores["n_tokens"].to_numpy()),
         "spearman_raw_vs_grad_norm": spearman(scores["score_raw"].to_numpy(), scores["grad_norm"].to_numpy()),
     }
-    if "is_corrupted" in training_pool.columns:
-        joined = scores.join(training_pool.select("example_id", "is_corrupted"), on="example_id")
-        # Higher score = keep, so the AUC asks how well the score ranks clean examples above noisy ones.
-        result["noise_auc"] = roc_auc(joined["score"].to_numpy(), ~joined["is_corrupted"].to_numpy().astype(bool))
+    auc = noise_auc(scores, training_pool)
+    if auc is not None:
+        result["noise_auc"] = auc
     return result
+
+
+def noise_auc(scores: pl.DataFrame | None, training_pool: pl.DataFrame) -> float | None:
+    """ROC-AUC of ``score`` for clean against corrupted rows, where the pool has ``is_corrupted``."""
+    if scores is None or "is_corrupted" not in training_pool.columns:
+        return None
+    joined = scores.join(training_pool.select("example_id", "is_corrupted"), on="example_id")
+    # Higher score = keep, so the AUC asks how well the score ranks clean examples above noisy ones.
+    return roc_auc(joined["score"].to_numpy(), ~joined["is_corrupted"].to_numpy().astype(bool))
 
 
 def check_same_checkpoint(training_fingerprints: set[str], target: TargetGradient) -> None:

@@ -9,6 +9,12 @@ rate) and the same seeds; only the data differs. Methods:
 - ``drift``: the configured on-policy influence settings.
 - ``drift_positive``: DRIFT without signs (positive weighting: correct rollouts only).
 - ``drift_nodebias``: DRIFT without debiasing.
+- ``loss``: the examples the base model finds likeliest (lowest loss per response token) — the
+  classic noise filter, which needs no validation data; a reference point, not an influence method.
+- ``oracle``: a random subset of the examples that are *not* corrupted (where the pool says so, as
+  the demo's hidden ``is_corrupted`` does): the accuracy a perfect noise filter reaches.
+
+Selections (except ``full``) have the size the DRIFT selection has.
 """
 
 from __future__ import annotations
@@ -19,11 +25,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 
-from drift_assets.core.attribution import diagnostics, scores_frame, target_gradient
+from drift_assets.core.attribution import scores_frame, target_gradient
 from drift_assets.core.influence import Curvature, fit_curvature, score_pool
 from drift_assets.core.selection import select
 
-METHODS = ("full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias")
+METHODS = ("full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle")
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     return {
         "full": None,
         "random": None,
+        "loss": None,
+        "oracle": None,
         "offpolicy": replace(drift, targets="offpolicy", debias="unit"),
         "drift": drift,
         "drift_positive": replace(drift, weighting="positive"),
@@ -87,11 +95,18 @@ def selected_ids(
     if method == "random":
         ids = sorted(training_pool["example_id"].to_list())
         return random.Random(f"random-selection-{seed}").sample(ids, selection_size)
+    if method == "oracle":
+        if "is_corrupted" not in training_pool.columns:
+            raise ValueError("benchmark method 'oracle' needs an is_corrupted column in the training pool (the demo's has one)")
+        clean = sorted(training_pool.filter(~pl.col("is_corrupted"))["example_id"].to_list())
+        return random.Random(f"oracle-selection-{seed}").sample(clean, min(selection_size, len(clean)))
     chosen = select(scores, selection_method, fraction, k)
     return scores.filter(chosen)["example_id"].to_list()
 
 
-def noise_auc(scores: pl.DataFrame | None, training_pool: pl.DataFrame) -> float | None:
-    if scores is None or "is_corrupted" not in training_pool.columns:
-        return None
-    return diagnostics(scores, training_pool).get("noise_auc")
+def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
+    """example_id, score = −(loss per response token) under the base model, rank (1 = likeliest)."""
+    frame = losses.select("example_id", score=-pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+    return frame.sort(["score", "example_id"], descending=[True, False]).with_row_index("rank", offset=1).with_columns(
+        pl.col("rank").cast(pl.Int64)
+    )

@@ -10,18 +10,33 @@ Everything is generated deterministically from a seed:
   off-task rows) and a ``category`` used only to evaluate attribution, never to score,
 - validation queries (with references) for on-policy rollouts, and held-out test queries.
 
+Problems are split by a hash of the problem itself: validation (and calibration) queries, test
+queries and the training data (pre-training corpus and pool) come from three disjoint sets of
+problems, as a real evaluation set is disjoint from the training data. With one shared set, 99%
+of the test problems appeared in the pool and test accuracy measured memorisation of the pool's
+answers: any selection that kept half the pool lost coverage of test problems, and a corrupted
+example could only hurt its own problem, which a few validation queries rarely look at. Held-out
+problems make test accuracy measure what SFT teaches that transfers, which is what validation
+influence estimates.
+
 The generators draw each split from its own seeded stream so that, for instance, asking for more
 test queries does not change the training pool.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 ANSWER_MARKER = "Answer:"
-# Small operands keep the task learnable by a 0.5M-parameter model in minutes on 2 cores.
-OPERAND_RANGE = (0, 20)
+# Small operands keep the task learnable by a 0.5M-parameter model in minutes on 2 cores, and
+# leave enough problems (1,457) for disjoint training, validation and test sets.
+OPERAND_RANGE = (0, 30)
+# Shares of the problem space, by a hash of the problem: [0, 0.1) validation and calibration,
+# [0.1, 0.4) test, the rest training (pre-training corpus and SFT pool).
+SPLIT_BOUNDS = {"validation": (0.0, 0.1), "calibration": (0.0, 0.1), "test": (0.1, 0.4), "train": (0.4, 1.0)}
 OFF_TASK_WORDS = (
     "table", "river", "garden", "pencil", "window", "orange", "silver", "planet", "bridge", "castle",
     "forest", "rocket", "candle", "basket", "meadow", "mirror", "harbor", "violet", "summer", "thunder",
@@ -43,12 +58,44 @@ class Problem:
         return f"What is {self.left} {self.operator} {self.right}?\n"
 
 
-def draw_problem(rng: random.Random) -> Problem:
+def _draw_any(rng: random.Random) -> Problem:
     operator = rng.choice("+-")
     left, right = rng.randint(*OPERAND_RANGE), rng.randint(*OPERAND_RANGE)
     if operator == "-" and right > left:
         left, right = right, left
     return Problem(left, right, operator)
+
+
+def problem_split(problem: Problem) -> str:
+    """"train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
+    digest = hashlib.sha256(f"{problem.left}{problem.operator}{problem.right}".encode()).digest()
+    position = int.from_bytes(digest[:8], "little") / 2**64
+    for split in ("validation", "test", "train"):
+        low, high = SPLIT_BOUNDS[split]
+        if low <= position < high:
+            return split
+    raise AssertionError(position)
+
+
+@lru_cache(maxsize=None)
+def problems_in(split: str) -> int:
+    """How many distinct problems ``split`` holds."""
+    if split not in SPLIT_BOUNDS:
+        raise ValueError(f"unknown demo split {split!r} (known: {sorted(SPLIT_BOUNDS)})")
+    low, high = OPERAND_RANGE
+    every = {Problem(a, b, "+") for a in range(low, high + 1) for b in range(low, high + 1)}
+    every |= {Problem(a, b, "-") for a in range(low, high + 1) for b in range(low, a + 1)}
+    target = "validation" if split == "calibration" else split
+    return sum(problem_split(p) == target for p in every)
+
+
+def draw_problem(rng: random.Random, split: str = "train") -> Problem:
+    """A problem of ``split`` (rejection sampling over the whole space)."""
+    target = "validation" if split == "calibration" else split
+    while True:
+        problem = _draw_any(rng)
+        if problem_split(problem) == target:
+            return problem
 
 
 def format_response(problem: Problem, answer: int, style: int) -> str:
@@ -125,11 +172,14 @@ def training_pool_rows(n_examples: int, corrupted_fraction: float, off_task_frac
 
 def query_rows(n_queries: int, seed: int, split: str) -> list[dict]:
     """Distinct queries: ``query_id``, ``prompt``, ``reference`` (answer), ``reference_response``, ``grader``."""
+    available = problems_in(split)
+    if n_queries > available:
+        raise ValueError(f"the demo's {split} split has {available} distinct problems; cannot draw {n_queries} queries")
     rng = random.Random(f"{split}-{seed}")
     seen: set[Problem] = set()
     rows = []
     while len(rows) < n_queries:
-        problem = draw_problem(rng)
+        problem = draw_problem(rng, split)
         if problem in seen:
             continue
         seen.add(problem)

@@ -129,3 +129,22 @@ def test_queries_are_distinct_with_correct_references(split, n):
 def test_asking_for_more_queries_extends_the_same_list():
     short, long = query_rows(32, 0, "validation"), query_rows(48, 0, "validation")
     assert long[:32] == short
+
+
+def test_training_validation_and_test_problems_are_disjoint(pool):
+    """Held-out means held out: no test or validation problem is trained on, before or during SFT."""
+    arithmetic = {row["prompt"] for row in pool if PROBLEM.match(row["prompt"])}
+    pretraining = {prompt for prompt, _ in pretraining_corpus(6000, seed=0)}
+    validation = {row["prompt"] for row in query_rows(48, 0, "validation")}
+    calibration = {row["prompt"] for row in query_rows(64, 0, "calibration")}
+    test = {row["prompt"] for row in query_rows(300, 0, "test")}
+    assert len(arithmetic) > 700  # the pool still spans most training problems
+    assert not (arithmetic | pretraining) & (validation | calibration | test)
+    assert not validation & test and not calibration & test
+
+
+def test_asking_for_more_queries_than_a_split_holds_is_a_clear_error():
+    with pytest.raises(ValueError, match="test split has 456 distinct problems; cannot draw 500"):
+        query_rows(500, 0, "test")
+    with pytest.raises(ValueError, match="unknown demo split 'dev'"):
+        query_rows(5, 0, "dev")
