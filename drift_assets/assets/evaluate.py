@@ -10,7 +10,7 @@ from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
 from drift_assets.assets.influence import shard_batches
 from drift_assets.assets.metadata import table_metadata
-from drift_assets.core.attribution import noise_auc
+from drift_assets.core.attribution import check_same_checkpoint, noise_auc, target_gradient
 from drift_assets.core.benchmark import MethodScorer, ScoringSettings, loss_scores, scoring_for, selected_ids
 from drift_assets.core.generation import TransformersEngine, VllmEngine
 from drift_assets.core.selection import select
@@ -103,13 +103,15 @@ def build_evaluation_assets(settings: Settings) -> list:
         context: AssetExecutionContext, training_pool: pl.DataFrame, validation_gradients: pl.DataFrame,
         grades: pl.DataFrame, test_queries: pl.DataFrame, model: ModelResource, rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
-        ids, matrices = [], []
-        for batch_ids, matrix, _ in shard_batches(Warehouse(settings), settings.projection.shards)():
+        ids, matrices, fingerprints = [], [], set()
+        for batch_ids, matrix, shard_fingerprints in shard_batches(Warehouse(settings), settings.projection.shards)():
             ids += batch_ids
             matrices.append(matrix)
-        scorer = MethodScorer(ids, np.concatenate(matrices), validation_gradients, grades)
+            fingerprints |= shard_fingerprints
         influence = settings.influence
         drift = ScoringSettings(influence.targets, influence.weighting, influence.hessian, influence.damping, influence.debias)
+        check_same_checkpoint(fingerprints, target_gradient(validation_gradients, grades, drift.targets, drift.weighting))
+        scorer = MethodScorer(ids, np.concatenate(matrices), validation_gradients, grades)
         scores = {m: scorer.scores(s, training_pool) for m in benchmark.methods if (s := scoring_for(m, drift)) is not None}
         if "loss" in benchmark.methods:
             warehouse = Warehouse(settings)

@@ -25,7 +25,7 @@ INFLUENCE_VERSION = "1"
 
 
 def shard_batches(warehouse: Warehouse, n_shards: int):
-    """A re-iterable stream of (example_ids, gradients) per shard, read straight from Delta.
+    """A re-iterable stream of (example_ids, gradients, {(model, projection fingerprint)}) per shard, from Delta.
 
     It bypasses the IO manager on purpose: reading every partition at once through it is not
     supported, and streaming keeps memory at one shard.
@@ -34,9 +34,12 @@ def shard_batches(warehouse: Warehouse, n_shards: int):
 
     def batches():
         for shard in shard_keys(n_shards):
-            frame = table.filter(pl.col("shard") == shard).select("example_id", "grad", "model_fingerprint").collect()
+            frame = table.filter(pl.col("shard") == shard).select(
+                "example_id", "grad", "model_fingerprint", "projection_fingerprint"
+            ).collect()
             if not frame.is_empty():
-                yield frame["example_id"].to_list(), vectors(frame), set(frame["model_fingerprint"].unique())
+                fingerprints = set(zip(frame["model_fingerprint"], frame["projection_fingerprint"], strict=True))
+                yield frame["example_id"].to_list(), vectors(frame), fingerprints
 
     return batches
 
@@ -57,7 +60,7 @@ def build_influence_assets(settings: Settings) -> list:
     ) -> pl.DataFrame:
         target = target_gradient(validation_gradients, grades, influence.targets, influence.weighting)
         stream = shard_batches(warehouse, settings.projection.shards)
-        fingerprints: set[str] = set()
+        fingerprints: set[tuple[str, str]] = set()
 
         def gradients_only():
             for ids, matrix, shard_fingerprints in stream():

@@ -25,6 +25,7 @@ class TargetGradient:
     summary: WeightingSummary | None
     n_targets: int
     model_fingerprint: str
+    projection_fingerprint: str
 
 
 def target_gradient(validation_gradients: pl.DataFrame, grades: pl.DataFrame, targets: str, weighting: str) -> TargetGradient:
@@ -32,14 +33,16 @@ def target_gradient(validation_gradients: pl.DataFrame, grades: pl.DataFrame, ta
     if targets not in TARGETS:
         raise ValueError(f"influence.targets must be one of {TARGETS} (got {targets!r})")
     fingerprints = validation_gradients["model_fingerprint"].unique().to_list()
-    if len(fingerprints) != 1:
-        raise ValueError(f"validation_gradients mixes model fingerprints {fingerprints}: re-materialize it")
+    projections = validation_gradients["projection_fingerprint"].unique().to_list()
+    if len(fingerprints) != 1 or len(projections) != 1:
+        raise ValueError(f"validation_gradients mixes models {fingerprints} or projections {projections}: re-materialize it")
+    checkpoint = {"model_fingerprint": fingerprints[0], "projection_fingerprint": projections[0]}
     if targets == "offpolicy":
         references = validation_gradients.filter(pl.col("target") == "reference")
         if references.is_empty():
             raise ValueError("offpolicy targets need reference gradients, and validation_gradients has none")
         weights = np.full(references.height, 1.0 / references.height)
-        return TargetGradient(combine(vectors(references), weights), None, references.height, fingerprints[0])
+        return TargetGradient(combine(vectors(references), weights), None, references.height, **checkpoint)
     rollouts = validation_gradients.filter(pl.col("target") == "rollout")
     weights, summary = rollout_weights(grades.select("rollout_id", "query_id", "correct", "reward"), weighting)
     joined = rollouts.join(weights.select("rollout_id", "weight"), on="rollout_id", how="inner")
@@ -48,7 +51,7 @@ def target_gradient(validation_gradients: pl.DataFrame, grades: pl.DataFrame, ta
             f"{weights.height} graded rollouts but only {joined.height} have gradients: re-materialize validation_gradients"
         )
     joined = joined.filter(pl.col("weight") != 0)
-    return TargetGradient(combine(vectors(joined), joined["weight"].to_numpy()), summary, joined.height, fingerprints[0])
+    return TargetGradient(combine(vectors(joined), joined["weight"].to_numpy()), summary, joined.height, **checkpoint)
 
 
 def scores_frame(scores: PoolScores, training_pool: pl.DataFrame) -> pl.DataFrame:
@@ -98,10 +101,17 @@ def noise_auc(scores: pl.DataFrame | None, training_pool: pl.DataFrame) -> float
     return roc_auc(joined["score"].to_numpy(), ~joined["is_corrupted"].to_numpy().astype(bool))
 
 
-def check_same_checkpoint(training_fingerprints: set[str], target: TargetGradient) -> None:
-    stale = training_fingerprints - {target.model_fingerprint}
-    if stale:
+def check_same_checkpoint(training_fingerprints: set[tuple[str, str]], target: TargetGradient) -> None:
+    """Training rows (model, projection fingerprints) must match the validation gradients' ones."""
+    models = {model for model, _ in training_fingerprints} - {target.model_fingerprint}
+    if models:
         raise ValueError(
-            f"training gradients come from model {sorted(stale)}, validation gradients from {target.model_fingerprint}: "
+            f"training gradients come from model {sorted(models)}, validation gradients from {target.model_fingerprint}: "
             "re-materialize training_gradient_projections so that both use the same checkpoint"
+        )
+    projections = {projection for _, projection in training_fingerprints} - {target.projection_fingerprint}
+    if projections:
+        raise ValueError(
+            f"training gradients were projected with basis {sorted(projections)}, validation gradients with "
+            f"{target.projection_fingerprint}: re-materialize projection_basis and both gradient assets"
         )
