@@ -91,6 +91,7 @@ def problems_in(split: str) -> int:
 
 def draw_problem(rng: random.Random, split: str = "train") -> Problem:
     """A problem of ``split`` (rejection sampling over the whole space)."""
+    problems_in(split)  # an unknown split is an error, not an endless loop
     target = "validation" if split == "calibration" else split
     while True:
         problem = _draw_any(rng)
