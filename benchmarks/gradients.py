@@ -46,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models beside this file
 
+from benchmark_args import MODELS, add_model_arguments, comma_list  # noqa: E402
 from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_llama  # noqa: E402
 from drift_assets.core.demo_task import training_pool_rows  # noqa: E402
 from drift_assets.core.gradients import pool_token_pairs  # noqa: E402
@@ -56,26 +57,18 @@ from drift_assets.core.tiny_model import build_char_tokenizer  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--demo-model", default="data/demo/model", help="save_pretrained directory of the demo model")
-    parser.add_argument("--models", default="demo,random", help="comma-separated subset of: demo, random")
+    add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=2, help="timed batches per method")
     parser.add_argument("--loop-examples", type=int, default=8, help="examples timed in the per-example loop")
     parser.add_argument("--rank", type=int, default=16, help="ProjectionOptions.rank (k = targeted layers x rank^2)")
     parser.add_argument("--basis", default="pca", choices=("pca", "random"), help="ProjectionOptions.basis")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden", type=int, default=512, help="random model hidden size (a multiple of 64)")
-    parser.add_argument("--layers", type=int, default=12, help="random model layers")
-    parser.add_argument("--intermediate", type=int, default=2048, help="random model MLP size")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 timed batch, 4 loop examples, a 4-layer random model")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.loop_examples, args.layers = 1, 4, 4
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for model in args.models:
-        if model not in ("demo", "random"):
-            parser.error(f"--models: unknown model {model!r} (known: demo, random)")
+    args.models = comma_list(parser, "--models", args.models, MODELS)
     if args.batch_size < 1 or args.batches < 1 or args.loop_examples < 1:
         parser.error("--batch-size, --batches and --loop-examples must be >= 1")
     return args

@@ -11,7 +11,6 @@ import argparse
 import os
 import time
 
-import polars as pl
 from dagster import AssetKey, DagsterInstance
 
 from drift_assets.assets.evaluate import summary_markdown
@@ -31,7 +30,7 @@ def main() -> None:
     started = time.perf_counter()
     materialize_pipeline(defs, instance, only_stale=True)
     _execute(defs, instance, [AssetKey("method_benchmark")])
-    table = pl.read_delta(Warehouse(settings).table_uri("method_benchmark"))
+    table = Warehouse(settings).scan("method_benchmark").collect()
     print(f"\nmethod benchmark ({len(settings.benchmark.seeds)} seeds, {settings.benchmark.sft.steps} SFT steps each), "
           f"{time.perf_counter() - started:.0f} s in all\n")
     print(summary_markdown(table))

@@ -54,7 +54,9 @@ def main(argv=None) -> None:
     for table in ("training_pool", "rollouts", "grades", "validation_queries"):
         if not warehouse.exists(table):
             raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
-    read = lambda name: pl.read_delta(warehouse.table_uri(name), storage_options=warehouse.storage_options or None)  # noqa: E731
+    def read(name: str) -> pl.DataFrame:
+        return warehouse.scan(name).collect()
+
     pool = read("training_pool")
     pool = pool.sample(min(args.examples, pool.height), seed=0)
     weights, _ = rollout_weights(read("grades").select("rollout_id", "query_id", "correct", "reward"), "signed")

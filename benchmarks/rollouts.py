@@ -32,11 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models beside this file
 
+from benchmark_args import MODELS, add_model_arguments, comma_list  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--demo-model", default="data/demo/model", help="save_pretrained directory of the demo model")
-    parser.add_argument("--models", default="demo,random", help="comma-separated subset of: demo, random")
+    add_model_arguments(parser)
     parser.add_argument("--backends", default="transformers,vllm", help="comma-separated subset of: transformers, vllm")
     parser.add_argument("--prompts", type=int, default=32, help="number of distinct prompts")
     parser.add_argument(
@@ -47,10 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden", type=int, default=512, help="random model hidden size (a multiple of 64)")
-    parser.add_argument("--layers", type=int, default=12, help="random model layers")
-    parser.add_argument("--intermediate", type=int, default=2048, help="random model MLP size")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's own)")
     parser.add_argument("--verbose", action="store_true", help="keep vLLM's INFO logging")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 prompts (4 for transformers), n=2, 32 tokens, a 4-layer random model")
     args = parser.parse_args(argv)
@@ -59,14 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.prompts, args.samples, args.max_tokens, args.layers = 8, 2, 32, 4
         args.transformers_prompts = min(args.transformers_prompts, 4)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    for model in args.models:
-        if model not in ("demo", "random"):
-            parser.error(f"--models: unknown model {model!r} (known: demo, random)")
-    for backend in args.backends:
-        if backend not in ("transformers", "vllm"):
-            parser.error(f"--backends: unknown backend {backend!r} (known: transformers, vllm)")
+    args.models = comma_list(parser, "--models", args.models, MODELS)
+    args.backends = comma_list(parser, "--backends", args.backends, ("transformers", "vllm"))
     return args
 
 

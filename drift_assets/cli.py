@@ -24,7 +24,7 @@ def _summary(settings) -> str:
     lines = []
 
     def read(name: str) -> pl.DataFrame | None:
-        return pl.read_delta(warehouse.table_uri(name), storage_options=warehouse.storage_options or None) if warehouse.exists(name) else None
+        return warehouse.scan(name).collect() if warehouse.exists(name) else None
 
     pool, rejects = read("training_pool"), read("training_pool_rejects")
     if pool is not None:

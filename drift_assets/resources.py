@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import polars as pl
 import torch
 from dagster import ConfigurableResource
 from dagster_deltalake import LocalConfig, S3Config
@@ -141,6 +142,10 @@ class Warehouse:
 
     def table_uri(self, asset_name: str) -> str:
         return f"{self.root}/{WAREHOUSE_SCHEMA}/{asset_name}"
+
+    def scan(self, asset_name: str) -> pl.LazyFrame:
+        """The asset's Delta table as a lazy frame (with the warehouse's storage options)."""
+        return pl.scan_delta(self.table_uri(asset_name), storage_options=self.storage_options or None)
 
     def exists(self, asset_name: str) -> bool:
         from deltalake import DeltaTable

@@ -114,8 +114,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         scorer = MethodScorer(ids, np.concatenate(matrices), validation_gradients, grades)
         scores = {m: scorer.scores(s, training_pool) for m in benchmark.methods if (s := scoring_for(m, drift)) is not None}
         if "loss" in benchmark.methods:
-            warehouse = Warehouse(settings)
-            losses = pl.scan_delta(warehouse.table_uri("training_gradient_projections"), storage_options=warehouse.storage_options or None)
+            losses = Warehouse(settings).scan("training_gradient_projections")
             scores["loss"] = loss_scores(losses.select("example_id", "loss", "n_tokens").collect()
                                          .filter(pl.col("example_id").is_in(training_pool["example_id"].implode())))
         # random selects as many examples as DRIFT does, so the two differ only in which ones.

@@ -169,7 +169,7 @@ def _reusable_rows(warehouse: Warehouse, shard: str, model_fingerprint: str, pro
     """Rows of the previous version of this shard computed for the same examples, model and projection."""
     if not warehouse.exists("training_gradient_projections"):
         return pl.DataFrame()
-    previous = pl.scan_delta(warehouse.table_uri("training_gradient_projections"), storage_options=warehouse.storage_options or None)
+    previous = warehouse.scan("training_gradient_projections")
     return previous.filter(
         (pl.col("shard") == shard)
         & (pl.col("model_fingerprint") == model_fingerprint)

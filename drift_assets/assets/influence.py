@@ -30,7 +30,7 @@ def shard_batches(warehouse: Warehouse, n_shards: int):
     It bypasses the IO manager on purpose: reading every partition at once through it is not
     supported, and streaming keeps memory at one shard.
     """
-    table = pl.scan_delta(warehouse.table_uri("training_gradient_projections"), storage_options=warehouse.storage_options or None)
+    table = warehouse.scan("training_gradient_projections")
 
     def batches():
         for shard in shard_keys(n_shards):

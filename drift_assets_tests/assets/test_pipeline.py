@@ -34,7 +34,7 @@ def pipeline(demo_dir, tmp_path_factory):
 
 
 def read(settings, name: str) -> pl.DataFrame:
-    return pl.read_delta(Warehouse(settings).table_uri(name))
+    return Warehouse(settings).scan(name).collect()
 
 
 def latest_metadata(instance, name: str) -> dict:
