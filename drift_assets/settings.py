@@ -149,7 +149,10 @@ class BenchmarkSettings(_Group):
     methods: list[Literal["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle"]] = Field(
         default_factory=lambda: ["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle"]
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        description="SFT seeds per method. On the demo one method's accuracy spreads over ~8 points across seeds and data orders.",
+    )
     sft: SftSettings = Field(default_factory=SftSettings)
     eval_backend: Literal["auto", "vllm", "transformers"] = "transformers"
 

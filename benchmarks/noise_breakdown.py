@@ -1,0 +1,247 @@
+"""Noise breakdown: which corrupted demo examples the DRIFT score finds, and which it prefers.
+
+The method benchmark reports one noise ROC-AUC per method. This script splits it by the kind of
+noise, on the materialized demo (run ``make demo`` first):
+
+1. the base model's own errors on its validation rollouts, as offsets answer − reference;
+2. the noise AUC (higher score = keep; clean against the rows of one kind) of the configured DRIFT
+   score, the raw score gᵀh, and the likelihood filters −loss, −loss/token and −‖ĥ‖: for every
+   corrupted example, and for off-task examples and for corrupted examples by offset (±1, ±10) apart;
+3. with ``--checkpoints``: the DRIFT score recomputed at checkpoints of SFT on the whole pool
+   (fresh on-policy rollouts, PCA basis and gradients at each), as LESS scores over the
+   checkpoints of a warm-up run, and the AUC of the sum of their z-scores;
+4. what each selection (the top half by each score, and the benchmark's random and oracle
+   subsets of that size) holds: clean share, distinct prompts, mean response tokens, noise of
+   each kind;
+5. with ``--sft``: the base model, and each selection fine-tuned with the benchmark's SFT settings
+   (``--sft-seeds``, default 0), answering the test queries greedily: accuracy, and the wrong
+   answers by offset, too high and too low.
+
+    .venv/bin/python benchmarks/noise_breakdown.py
+    .venv/bin/python benchmarks/noise_breakdown.py --checkpoints 50,150,300 --sft --sft-seeds 0,1,2
+
+Offsets are parsed from the demo's "What is a ± b?" prompts; on other pools only parts 1 (where
+answers are numeric) and the per-category columns apply. This prints figures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections import Counter
+
+import numpy as np
+import polars as pl
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from drift_assets.assets.gradients import projection_options
+from drift_assets.core.benchmark import selected_ids
+from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
+from drift_assets.core.grading import extract_number, grade_answer
+from drift_assets.core.influence import fit_curvature, score_pool
+from drift_assets.core.projection import LinearGradientProjector, fit_basis, project_in_batches
+from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.stats import roc_auc
+from drift_assets.core.weighting import combine, rollout_weights
+from drift_assets.resources import Warehouse, rollout_engine_resource
+from drift_assets.settings import Settings, load_settings
+
+PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
+OFFSETS = (-10, -1, 1, 10)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoints", default="", help="comma list of SFT steps on the full pool at which to re-score")
+    parser.add_argument("--sft", action="store_true", help="fine-tune on each selection and break down its test errors")
+    parser.add_argument("--sft-seeds", default="0", help="comma list of SFT seeds for --sft (answers pooled over them)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    args.checkpoints = sorted(int(step) for step in args.checkpoints.split(",") if step)
+    args.sft_seeds = [int(seed) for seed in args.sft_seeds.split(",") if seed]
+    return args
+
+
+def answer_offset(prompt: str, response: str, marker: str) -> int | None:
+    """response's final number − the correct answer, for the demo's arithmetic prompts."""
+    problem, number = PROBLEM.search(prompt), extract_number(response, marker)
+    if problem is None or number is None:
+        return None
+    left, operator, right = int(problem[1]), problem[2], int(problem[3])
+    return round(float(number)) - (left + right if operator == "+" else left - right)
+
+
+class NoiseKinds:
+    """Masks of clean rows and of each kind of noisy row in the pool."""
+
+    def __init__(self, pool: pl.DataFrame, marker: str):
+        self.clean = ~pool["is_corrupted"].to_numpy().astype(bool)
+        category = pool["category"].to_numpy() if "category" in pool.columns else np.where(self.clean, "correct", "corrupted")
+        offsets = np.array(
+            [answer_offset(p, r, marker) if c == "corrupted" else None for p, r, c in zip(pool["prompt"], pool["response"], category)],
+            dtype=object,
+        )
+        self.kinds = {"all noise": ~self.clean, "off_task": category == "off_task", "corrupted": category == "corrupted"}
+        self.kinds |= {f"offset {offset:+d}": offsets == offset for offset in OFFSETS}
+
+    def header(self) -> str:
+        return f"{'score':>22} " + " ".join(f"{name:>10}" for name in self.kinds)
+
+    def row(self, name: str, scores: np.ndarray) -> str:
+        cells = []
+        for mask in self.kinds.values():
+            if not mask.any():
+                cells.append(f"{'–':>10}")
+                continue
+            keep = self.clean | mask
+            cells.append(f"{roc_auc(scores[keep], self.clean[keep]):>10.3f}")
+        return f"{name:>22} " + " ".join(cells)
+
+    def counts(self) -> str:
+        return f"{'rows':>22} " + " ".join(f"{int(mask.sum()):>10}" for mask in self.kinds.values())
+
+
+def rollout_offsets(grades: pl.DataFrame, queries: pl.DataFrame) -> Counter:
+    """answer − reference over the incorrect rollouts whose answer and reference are numbers."""
+    wrong = grades.filter(~pl.col("correct")).join(queries.select("query_id", "reference"), on="query_id")
+    offsets: Counter = Counter()
+    for answer, reference in wrong.select("extracted_answer", "reference").iter_rows():
+        try:
+            offsets[round(float(answer) - float(reference))] += 1
+        except (TypeError, ValueError):
+            offsets["no number"] += 1
+    return offsets
+
+
+def drift_at_checkpoint(model, tokenizer, settings: Settings, pool: pl.DataFrame, queries: pl.DataFrame, batch_size: int):
+    """(DRIFT scores of the pool, pass@1) with rollouts, basis and gradients all from ``model``."""
+    sampling = rollout_engine_resource(settings).sampling()
+    prompt_ids, reference_ids = query_token_pairs(tokenizer, queries["prompt"], queries["reference_response"])
+    report = TransformersEngine(model, tokenizer).generate(prompt_ids, sampling)
+    rows = []
+    for query, completions in zip(queries.iter_rows(named=True), report.completions, strict=True):
+        for index, completion in enumerate(completions):
+            correct = grade_answer(completion.text, query["reference"], query["grader"], settings.grading.options()).correct
+            rows.append({"rollout_id": f"{query['query_id']}/{index}", "query_id": query["query_id"], "prompt": query["prompt"],
+                         "completion": completion.text, "ended_with_eos": completion.ended_with_eos, "correct": correct, "reward": float(correct)})
+    rollouts = pl.DataFrame(rows)
+    options = projection_options(settings)
+    projector = LinearGradientProjector(model, options, fit_basis(model, options, tokenizer, prompt_ids, reference_ids, batch_size))
+    weights, _ = rollout_weights(rollouts, settings.influence.weighting)
+    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
+    rollout_gradients = project_in_batches(projector, tokenizer, *rollout_pairs, batch_size).gradients.numpy()
+    target = combine(rollout_gradients, rollouts.join(weights.select("rollout_id", "weight"), on="rollout_id", how="left")["weight"].fill_null(0.0).to_numpy())
+    training = project_in_batches(projector, tokenizer, *pool_token_pairs(tokenizer, pool["messages"].to_list()), batch_size).gradients.numpy()
+    curvature = fit_curvature(settings.influence.hessian, [training], training.shape[1], settings.influence.damping)
+    ids = pool["example_id"].to_list()
+    scores = score_pool(lambda: iter([(ids, training)]), target, curvature, settings.influence.debias).score
+    return scores, rollouts["correct"].mean()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    settings = load_settings()
+    warehouse = Warehouse(settings)
+    needed = ("training_pool", "grades", "validation_queries", "influence_scores", "training_gradient_projections")
+    for table in needed:
+        if not warehouse.exists(table):
+            raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
+    read = {name: warehouse.scan(name).collect() for name in needed}
+    pool = read["training_pool"].sort("example_id")
+    if "is_corrupted" not in pool.columns:
+        raise SystemExit("the training pool has no is_corrupted column: the breakdown needs the demo's ground truth")
+    marker = settings.grading.answer_marker
+    kinds = NoiseKinds(pool, marker)
+
+    offsets = rollout_offsets(read["grades"], read["validation_queries"])
+    print(f"base model's incorrect validation rollouts ({sum(offsets.values())}), by answer − reference: "
+          + ", ".join(f"{offset:+}: {count}" if isinstance(offset, int) else f"{offset}: {count}" for offset, count in offsets.most_common(8)))
+
+    scored = pool.select("example_id").join(read["influence_scores"], on="example_id", how="left")
+    losses = pool.select("example_id").join(read["training_gradient_projections"].select("example_id", "loss", "n_tokens"), on="example_id", how="left")
+    loss = losses["loss"].to_numpy()
+    scores = {
+        f"drift ({settings.influence.debias})": scored["score"].to_numpy(),
+        "raw gᵀh": scored["score_raw"].to_numpy(),
+        "−loss": -loss,
+        "−loss/token": -loss / np.maximum(losses["n_tokens"].to_numpy(), 1),
+        "−‖ĥ‖": -scored["grad_norm"].to_numpy(),
+    }
+    print("\nnoise ROC-AUC (clean rows against the rows of each kind; 0.5 = blind, below 0.5 = prefers that noise)\n")
+    print(kinds.header())
+    print(kinds.counts())
+    for name, values in scores.items():
+        print(kinds.row(name, values))
+
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    if args.checkpoints:
+        scores["drift over checkpoints"] = checkpoint_scores(settings, tokenizer, pool, read["validation_queries"], kinds, args)
+
+    size = round(pool.height * settings.selection.fraction)
+    selections = {name: pool["example_id"].gather(np.argsort(-values, kind="stable")[:size]).to_list() for name, values in scores.items() if name != "raw gᵀh"}
+    for method in ("random", "oracle"):
+        selections[method] = selected_ids(method, 0, pool, None, size, "top_fraction", settings.selection.fraction, None)
+    print(f"\nwhat each selection of {size} holds (top by score; random and oracle as the benchmark draws them, seed 0)\n")
+    print(f"{'selection':>22} {'clean':>6} {'prompts':>8} {'resp tok':>8} " + " ".join(f"{name:>10}" for name in kinds.kinds))
+    for name, ids in selections.items():
+        chosen = pool["example_id"].is_in(ids).to_numpy()
+        picked = pool.filter(chosen)
+        print(f"{name:>22} {kinds.clean[chosen].mean():>6.3f} {picked['prompt'].n_unique():>8} {picked['n_response_tokens'].mean():>8.1f} "
+              + " ".join(f"{mask[chosen].mean():>10.3f}" for mask in kinds.kinds.values()))
+
+    if args.sft:
+        print(f"\neach selection fine-tuned (seeds {args.sft_seeds}), greedy on the test queries: accuracy, and the answers by offset\n")
+        test_queries = warehouse.scan("test_queries").collect().to_dicts()
+        for name, ids in {"base (no SFT)": [], "full": pool["example_id"].to_list(), **selections}.items():
+            messages = pool.filter(pl.col("example_id").is_in(ids))["messages"].to_list()
+            print(f"{name:>22} {test_offsets(settings, tokenizer, messages, test_queries, args.sft_seeds)}", flush=True)
+
+
+def checkpoint_scores(settings: Settings, tokenizer, pool: pl.DataFrame, queries: pl.DataFrame, kinds: NoiseKinds, args) -> np.ndarray:
+    """Prints the noise AUCs at each checkpoint; returns the sum of the checkpoints' z-scores."""
+    sft = settings.benchmark.sft
+    print(f"\nDRIFT re-scored at checkpoints of SFT on the whole pool (constant learning rate {sft.learning_rate})\n")
+    print(kinds.header() + f" {'pass@1':>7} {'seconds':>8}")
+    model = AutoModelForCausalLM.from_pretrained(settings.model_path).float().eval()
+    standardized = []
+    trained = 0
+    for step in [0, *args.checkpoints]:
+        started = time.perf_counter()
+        if step > trained:
+            options = SftOptions(step - trained, sft.batch_size, sft.learning_rate, sft.weight_decay, "constant", seed=trained)
+            fine_tune(model, tokenizer, pool["messages"].to_list(), options, log=lambda _: None)
+            trained = step
+        scores, pass_at_1 = drift_at_checkpoint(model, tokenizer, settings, pool, queries, args.batch_size)
+        standardized.append((scores - scores.mean()) / max(scores.std(), 1e-12))
+        print(kinds.row(f"step {step}", scores) + f" {pass_at_1:>7.3f} {time.perf_counter() - started:>8.0f}", flush=True)
+    combined = np.sum(standardized, axis=0)
+    print(kinds.row(f"sum of {len(standardized)} z-scores", combined))
+    return combined
+
+
+def test_offsets(settings: Settings, tokenizer, messages: list[str], test_queries: list[dict], seeds: list[int]) -> str:
+    sft = settings.benchmark.sft
+    prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in test_queries], ["" for _ in test_queries])
+    offsets: Counter = Counter()
+    for seed in seeds if messages else seeds[:1]:  # without messages it is the base model, the same for every seed
+        model = AutoModelForCausalLM.from_pretrained(settings.model_path).float()
+        if messages:
+            options = SftOptions(sft.steps, sft.batch_size, sft.learning_rate, sft.weight_decay, sft.schedule, seed=seed)
+            fine_tune(model, tokenizer, messages, options, log=lambda _: None)
+        greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=settings.rollout.max_tokens)
+        for query, (completion,) in zip(test_queries, TransformersEngine(model, tokenizer).generate(prompt_ids, greedy).completions, strict=True):
+            number = extract_number(completion.text, settings.grading.answer_marker)
+            offsets[round(float(number) - float(query["reference"])) if number is not None else None] += 1
+    total = sum(offsets.values())
+    wrong = [(offset, count) for offset, count in offsets.items() if offset not in (0, None)]
+    above = sum(count for offset, count in wrong if offset > 0)
+    below = sum(count for offset, count in wrong if offset < 0)
+    shares = ", ".join(f"{offset:+d}: {offsets[offset] / total:.3f}" for offset in OFFSETS)
+    return (f"accuracy {offsets[0] / total:.3f}; {shares}; other {sum(c for o, c in wrong if o not in OFFSETS) / total:.3f}, "
+            f"no number {offsets[None] / total:.3f}; too high {above / total:.3f}, too low {below / total:.3f}")
+
+
+if __name__ == "__main__":
+    main()
