@@ -11,10 +11,13 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import dagster_deltalake.handler
 import polars as pl
+import pyarrow as pa
 import torch
 from dagster import ConfigurableResource
 from dagster_deltalake import LocalConfig, S3Config
+from deltalake import DeltaTable
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from pydantic import PrivateAttr
 
@@ -133,6 +136,31 @@ def rollout_engine_resource(settings: Settings) -> RolloutEngineResource:
     )
 
 
+class _AddActionsAsRecordBatch(DeltaTable):
+    """A DeltaTable whose add actions come back as the pyarrow RecordBatch dagster-deltalake expects.
+
+    dagster-deltalake 0.29.27 computes each write's num_rows/size_bytes metadata with
+    ``pa.Table.from_batches([dt.get_add_actions(flatten=True)])``, but deltalake 1.x returns an
+    arro3 Table there: every Delta write logged "error while computing table stats" and the UI
+    lost both figures. pyarrow reads the arro3 table through the Arrow C stream interface. For a
+    partitioned write it then filters the actions by the partition column's own name, which
+    deltalake 1.x flattens to ``partition.<column>``: both names are given.
+    """
+
+    def get_add_actions(self, flatten: bool = False) -> pa.RecordBatch:
+        actions = pa.table(super().get_add_actions(flatten=flatten)).combine_chunks()
+        for name in actions.column_names:
+            column = name.removeprefix("partition.")
+            if flatten and column != name and column not in actions.column_names:
+                actions = actions.append_column(column, actions[name])
+        batches = actions.to_batches()
+        return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=actions.schema)
+
+
+# Every Delta IO manager this package builds writes through that handler module.
+dagster_deltalake.handler.DeltaTable = _AddActionsAsRecordBatch
+
+
 class Warehouse:
     """Where the Delta tables live; for the few reads that bypass the IO manager (streaming)."""
 
@@ -148,8 +176,6 @@ class Warehouse:
         return pl.scan_delta(self.table_uri(asset_name), storage_options=self.storage_options or None)
 
     def exists(self, asset_name: str) -> bool:
-        from deltalake import DeltaTable
-
         return DeltaTable.is_deltatable(self.table_uri(asset_name), storage_options=self.storage_options or None)
 
     def io_manager(self) -> DeltaLakePolarsIOManager:
