@@ -19,7 +19,7 @@ from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
-EVALUATE_VERSION = "2"
+EVALUATE_VERSION = "3"
 
 
 @contextlib.contextmanager

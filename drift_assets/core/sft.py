@@ -5,7 +5,8 @@ encoding as the gradients), AdamW with the learning rate decayed linearly to 0 (
 Trainer default; a constant rate leaves the model wherever the last noisy steps put it, which on
 the demo spread one method's accuracy over ±8 points across seeds), a fixed number of optimizer
 steps whatever the selection's size, so that methods compared with it differ only in their data. A seed fixes the example order
-and the result. It runs on whatever device the model is on.
+and the result, whatever order the examples come in (a table read back in another row order
+trains the same model). It runs on whatever device the model is on.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def fine_tune(
         raise ValueError("cannot fine-tune on an empty selection")
     torch.manual_seed(options.seed)
     rng = random.Random(options.seed)
-    prompts, responses = pool_token_pairs(tokenizer, messages_json)
+    # The seeded shuffle starts from a canonical order, so the caller's order does not matter.
+    prompts, responses = pool_token_pairs(tokenizer, sorted(messages_json))
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     decay = (lambda step: 1.0 - step / options.steps) if options.schedule == "linear" else (lambda step: 1.0)

@@ -1,4 +1,4 @@
-"""Fine-tuning on a selection: determinism, the learning-rate schedule, and that it learns."""
+"""Fine-tuning on a selection: determinism (by seed, whatever the input order), the learning-rate schedule, and that it learns."""
 
 import json
 
@@ -42,6 +42,12 @@ def test_fine_tuning_is_deterministic_by_seed_and_learns(examples):
     assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values(), strict=True))
     untrained = build_tiny_llama(tokenizer, SHAPE, seed=1)
     assert mean_logprob(first, tokenizer, examples) > mean_logprob(untrained, tokenizer, examples) + 0.5
+
+
+def test_fine_tuning_does_not_depend_on_the_order_the_examples_come_in(examples):
+    first, _ = tuned(examples, seed=3)
+    reversed_order, _ = tuned(list(reversed(examples)), seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), reversed_order.state_dict().values(), strict=True))
 
 
 def test_linear_schedule_decays_the_learning_rate_to_zero(examples, monkeypatch):
