@@ -9,7 +9,7 @@ import polars as pl
 from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
 from drift_assets.assets.influence import shard_batches
-from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.core.attribution import check_same_checkpoint, noise_auc, target_gradient
 from drift_assets.core.benchmark import MethodScorer, ScoringSettings, loss_scores, scoring_for, selected_ids
 from drift_assets.core.generation import TransformersEngine, VllmEngine
@@ -137,6 +137,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         context.add_output_metadata({
             **table_metadata(table, preview_rows=len(rows)),
             "summary": MetadataValue.md(summary_markdown(table)),
+            "plot": accuracy_plot(table),
         })
         return table
 
@@ -152,6 +153,31 @@ def summary_table(table: pl.DataFrame) -> pl.DataFrame:
         noise_auc=pl.col("noise_auc").first(),
         wall_seconds=pl.col("wall_seconds").sum(),
     )
+
+
+def accuracy_plot(table: pl.DataFrame) -> MetadataValue:
+    """Test accuracy per method: every seed as a dot, the mean as a bar, full-data SFT as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    import matplotlib.pyplot as plt
+
+    summary = summary_table(table)
+    methods = summary["method"].to_list()
+    figure, axes = plt.subplots(figsize=(1.1 * len(methods) + 2, 3.5))
+    axes.bar(range(len(methods)), 100 * summary["accuracy_mean"].to_numpy(), color="#9ecae1")
+    for position, method in enumerate(methods):
+        accuracies = 100 * table.filter(pl.col("method") == method)["accuracy"].to_numpy()
+        axes.scatter(np.full(len(accuracies), position), accuracies, color="#08519c", s=12, zorder=3)
+    if "full" in methods:
+        axes.axhline(100 * summary.filter(pl.col("method") == "full")["accuracy_mean"][0], color="grey", linestyle="--", label="full")
+        axes.legend(loc="lower right")
+    axes.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    axes.set_ylabel("test accuracy %")
+    axes.set_title(f"SFT on each method's selection ({table['seed'].n_unique()} seeds)")
+    plot = png_markdown(figure, "method benchmark accuracy")
+    plt.close(figure)
+    return plot
 
 
 def summary_markdown(table: pl.DataFrame) -> str:

@@ -6,6 +6,8 @@ these helpers add them, plus a markdown preview.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 from typing import Any
 
@@ -50,3 +52,11 @@ def histogram_markdown(bins: list[tuple[float, float, int]], label: str) -> str:
     for left, right, count in bins:
         lines.append(f"| {left:.3g} … {right:.3g} | {count} | {'█' * round(20 * count / peak)} |")
     return "\n".join(lines)
+
+
+def png_markdown(figure, alt: str) -> MetadataValue:
+    """A matplotlib figure as an inline PNG in markdown metadata, which the Dagster UI renders."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")

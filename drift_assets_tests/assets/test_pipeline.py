@@ -1,5 +1,6 @@
 """The whole graph materialized for real on the small demo: vLLM rollouts, Delta tables, Dagster."""
 
+import base64
 import math
 import shutil
 
@@ -138,6 +139,28 @@ def test_evaluation_closes_the_loop(pipeline):
     assert evaluation["model"].to_list() == ["base", "full", "refined"]
     assert evaluation["n_queries"].unique().to_list() == [read(settings, "test_queries").height]
     assert ((evaluation["accuracy_low"] <= evaluation["accuracy"]) & (evaluation["accuracy"] <= evaluation["accuracy_high"])).all()
+
+
+@pytest.mark.vllm
+def test_method_benchmark_gives_every_method_the_same_budget(pipeline):
+    settings, _, instance = pipeline
+    methods, seeds = ["full", "random", "drift", "loss", "oracle"], [0, 1]
+    settings = settings.model_copy(update={"benchmark": settings.benchmark.model_copy(update={"methods": methods, "seeds": seeds})})
+    _execute(build_definitions(settings), instance, [AssetKey("method_benchmark")])
+    table = read(settings, "method_benchmark")
+    assert table.select("method", "seed").rows() == [(method, seed) for method in methods for seed in seeds]
+    selected = int(read(settings, "refined_dataset")["selected"].sum())
+    sizes = dict(table.select("method", "n_selected").unique().rows())
+    assert sizes == {"full": read(settings, "training_pool").height, "random": selected, "drift": selected, "loss": selected, "oracle": selected}
+    assert ((table["accuracy_low"] <= table["accuracy"]) & (table["accuracy"] <= table["accuracy_high"])).all()
+    auc = dict(table.select("method", "noise_auc").unique().rows())
+    assert auc["full"] is None and auc["random"] is None and auc["oracle"] is None
+    assert auc["drift"] == pytest.approx(latest_metadata(instance, "influence_scores")["noise_auc"])
+    assert auc["loss"] > 0.6  # the demo's corrupted answers are unlikely under the base model
+    metadata = latest_metadata(instance, "method_benchmark")
+    assert all(f"| {method} |" in metadata["summary"] for method in methods)
+    png = base64.b64decode(metadata["plot"].split("base64,", 1)[1].rstrip(")"))
+    assert png.startswith(b"\x89PNG")
 
 
 def test_demo_model_lands_in_the_target_band_and_reloads(demo_dir):
