@@ -151,7 +151,7 @@ class BenchmarkSettings(_Group):
     )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4],
-        description="SFT seeds per method. On the demo one method's accuracy spreads over ~8 points across seeds and data orders.",
+        description="SFT seeds per method. On the demo one method's accuracy spans up to ~7 points across five seeds.",
     )
     sft: SftSettings = Field(default_factory=SftSettings)
     eval_backend: Literal["auto", "vllm", "transformers"] = "transformers"
