@@ -17,8 +17,8 @@ import pyarrow as pa
 import torch
 from dagster import ConfigurableResource
 from dagster_deltalake import LocalConfig, S3Config
-from deltalake import DeltaTable
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
+from deltalake import DeltaTable
 from pydantic import PrivateAttr
 
 from drift_assets.core.fingerprint import model_fingerprint

@@ -1,4 +1,4 @@
-"""Fine-tuning on a selection: determinism (by seed, whatever the input order), the learning-rate schedule, and that it learns."""
+"""Fine-tuning on a selection: determinism (by seed, whatever the input order), the schedule, and that it learns."""
 
 import json
 
