@@ -7,6 +7,8 @@ noise, on the materialized demo (run ``make demo`` first):
 2. the noise AUC (higher score = keep; clean against the rows of one kind) of the configured DRIFT
    score, the raw score gᵀh, and the likelihood filters −loss, −loss/token and −‖ĥ‖: for every
    corrupted example, and for off-task examples and for corrupted examples by offset (±1, ±10) apart;
+   and of the unit score against two parts of the target: the direction the validation queries'
+   contrasts share, and the rest;
 3. with ``--checkpoints``: the DRIFT score recomputed at checkpoints of SFT on the whole pool
    (fresh on-policy rollouts, PCA basis and gradients at each), as LESS scores over the
    checkpoints of a warm-up run, and the AUC of the sum of their z-scores;
@@ -38,7 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from drift_assets.assets.gradients import projection_options
 from drift_assets.core.benchmark import selected_ids
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
+from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, vectors
 from drift_assets.core.grading import extract_number, grade_answer
 from drift_assets.core.influence import fit_curvature, score_pool
 from drift_assets.core.projection import LinearGradientProjector, fit_basis, project_in_batches
@@ -115,6 +117,25 @@ def rollout_offsets(grades: pl.DataFrame, queries: pl.DataFrame) -> Counter:
     return offsets
 
 
+def split_target(validation_gradients: pl.DataFrame, grades: pl.DataFrame, weighting: str) -> dict[str, np.ndarray]:
+    """The on-policy target g split into the direction the queries share and the rest.
+
+    Each query contributes a contrast c_q = Σ_k w_qk ĝ_qk (correct minus incorrect rollouts); the
+    shared direction b is the mean of the unit contrasts, what the model gets wrong everywhere
+    (on the demo: answering too low). g − (gᵀb)b is what is specific to each query.
+    """
+    weights, _ = rollout_weights(grades.select("rollout_id", "query_id", "correct", "reward"), weighting)
+    rollouts = validation_gradients.filter(pl.col("target") == "rollout").join(weights.select("rollout_id", "weight"), on="rollout_id")
+    rollouts = rollouts.filter(pl.col("weight") != 0)
+    weighted = vectors(rollouts).astype(np.float64) * rollouts["weight"].to_numpy()[:, None]
+    queries = rollouts["query_id"].to_numpy()
+    contrasts = np.stack([weighted[queries == query].sum(axis=0) for query in np.unique(queries)])
+    shared = (contrasts / np.linalg.norm(contrasts, axis=1, keepdims=True)).mean(axis=0)
+    shared /= np.linalg.norm(shared)
+    target = contrasts.sum(axis=0)
+    return {"g: shared direction": shared, "g: shared removed": target - (target @ shared) * shared}
+
+
 def drift_at_checkpoint(model, tokenizer, settings: Settings, pool: pl.DataFrame, queries: pl.DataFrame, batch_size: int):
     """(DRIFT scores of the pool, pass@1) with rollouts, basis and gradients all from ``model``."""
     sampling = rollout_engine_resource(settings).sampling()
@@ -174,6 +195,10 @@ def main(argv=None) -> None:
     print(kinds.counts())
     for name, values in scores.items():
         print(kinds.row(name, values))
+    gradients = pool.select("example_id").join(read["training_gradient_projections"], on="example_id", how="left")
+    training = vectors(gradients).astype(np.float64)
+    for name, target in split_target(warehouse.scan("validation_gradients").collect(), read["grades"], settings.influence.weighting).items():
+        print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
 
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     if args.checkpoints:
