@@ -32,10 +32,10 @@ import argparse
 import re
 import time
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from drift_assets.assets.gradients import projection_options
 from drift_assets.core.benchmark import selected_ids
@@ -44,10 +44,10 @@ from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, vec
 from drift_assets.core.grading import extract_number, grade_answer
 from drift_assets.core.influence import fit_curvature, score_pool
 from drift_assets.core.projection import LinearGradientProjector, fit_basis, project_in_batches
-from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.sft import fine_tune
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.weighting import combine, rollout_weights
-from drift_assets.resources import Warehouse, rollout_engine_resource
+from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
 
 PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
@@ -140,7 +140,7 @@ def drift_at_checkpoint(model, tokenizer, settings: Settings, pool: pl.DataFrame
     """(DRIFT scores of the pool, pass@1) with rollouts, basis and gradients all from ``model``."""
     sampling = rollout_engine_resource(settings).sampling()
     prompt_ids, reference_ids = query_token_pairs(tokenizer, queries["prompt"], queries["reference_response"])
-    report = TransformersEngine(model, tokenizer).generate(prompt_ids, sampling)
+    report = TransformersEngine(model, tokenizer, device=next(model.parameters()).device).generate(prompt_ids, sampling)
     rows = []
     for query, completions in zip(queries.iter_rows(named=True), report.completions, strict=True):
         for index, completion in enumerate(completions):
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
     for name, target in split_target(warehouse.scan("validation_gradients").collect(), read["grades"], settings.influence.weighting).items():
         print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
 
-    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    tokenizer = model_resource(settings).load_tokenizer()
     if args.checkpoints:
         scores["drift over checkpoints"] = checkpoint_scores(settings, tokenizer, pool, read["validation_queries"], kinds, args)
 
@@ -229,13 +229,13 @@ def checkpoint_scores(settings: Settings, tokenizer, pool: pl.DataFrame, queries
     sft = settings.benchmark.sft
     print(f"\nDRIFT re-scored at checkpoints of SFT on the whole pool (constant learning rate {sft.learning_rate})\n")
     print(kinds.header() + f" {'pass@1':>7} {'seconds':>8}")
-    model = AutoModelForCausalLM.from_pretrained(settings.model_path).float().eval()
+    model = model_resource(settings).load_model()
     standardized = []
     trained = 0
     for step in [0, *args.checkpoints]:
         started = time.perf_counter()
         if step > trained:
-            options = SftOptions(step - trained, sft.batch_size, sft.learning_rate, sft.weight_decay, "constant", seed=trained)
+            options = replace(sft.options(seed=trained), steps=step - trained, schedule="constant")
             fine_tune(model, tokenizer, pool["messages"].to_list(), options, log=lambda _: None)
             trained = step
         scores, pass_at_1 = drift_at_checkpoint(model, tokenizer, settings, pool, queries, args.batch_size)
@@ -247,16 +247,14 @@ def checkpoint_scores(settings: Settings, tokenizer, pool: pl.DataFrame, queries
 
 
 def test_offsets(settings: Settings, tokenizer, messages: list[str], test_queries: list[dict], seeds: list[int]) -> str:
-    sft = settings.benchmark.sft
     prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in test_queries], ["" for _ in test_queries])
     offsets: Counter = Counter()
     for seed in seeds if messages else seeds[:1]:  # without messages it is the base model, the same for every seed
-        model = AutoModelForCausalLM.from_pretrained(settings.model_path).float()
+        model = model_resource(settings).load_model()
         if messages:
-            options = SftOptions(sft.steps, sft.batch_size, sft.learning_rate, sft.weight_decay, sft.schedule, seed=seed)
-            fine_tune(model, tokenizer, messages, options, log=lambda _: None)
+            fine_tune(model, tokenizer, messages, settings.benchmark.sft.options(seed), log=lambda _: None)
         greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=settings.rollout.max_tokens)
-        for query, (completion,) in zip(test_queries, TransformersEngine(model, tokenizer).generate(prompt_ids, greedy).completions, strict=True):
+        for query, (completion,) in zip(test_queries, TransformersEngine(model, tokenizer, device=next(model.parameters()).device).generate(prompt_ids, greedy).completions, strict=True):
             number = extract_number(completion.text, settings.grading.answer_marker)
             offsets[round(float(number) - float(query["reference"])) if number is not None else None] += 1
     total = sum(offsets.values())

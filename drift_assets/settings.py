@@ -144,6 +144,12 @@ class SftSettings(_Group):
     weight_decay: float = Field(0.0, ge=0.0)
     schedule: Literal["linear", "constant"] = Field("linear", description="learning rate: linear decay to 0, or constant.")
 
+    def options(self, seed: int):
+        """The core's :class:`~drift_assets.core.sft.SftOptions` for these settings and ``seed``."""
+        from drift_assets.core.sft import SftOptions
+
+        return SftOptions(self.steps, self.batch_size, self.learning_rate, self.weight_decay, self.schedule, seed)
+
 
 class BenchmarkSettings(_Group):
     methods: list[Literal["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle"]] = Field(

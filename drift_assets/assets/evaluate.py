@@ -14,7 +14,7 @@ from drift_assets.core.attribution import check_same_checkpoint, noise_auc, targ
 from drift_assets.core.benchmark import MethodScorer, ScoringSettings, loss_scores, scoring_for, selected_ids
 from drift_assets.core.generation import TransformersEngine, VllmEngine
 from drift_assets.core.selection import select
-from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
+from drift_assets.core.sft import Evaluation, evaluate, fine_tune
 from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Settings, code_version
@@ -47,9 +47,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         started = time.perf_counter()
         network, tokenizer = model.load_model(), model.load_tokenizer()
         if messages is not None:
-            sft = benchmark.sft
-            fine_tune(network, tokenizer, messages,
-                      SftOptions(sft.steps, sft.batch_size, sft.learning_rate, sft.weight_decay, sft.schedule, seed), log=log)
+            fine_tune(network, tokenizer, messages, benchmark.sft.options(seed), log=log)
         with evaluation_engine(network, tokenizer, benchmark.eval_backend, rollout_engine, model.dtype) as engine:
             result = evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, grading)
         return result, time.perf_counter() - started
