@@ -9,9 +9,8 @@ noise, on the materialized demo (run ``make demo`` first):
    corrupted example, and for off-task examples and for corrupted examples by offset (±1, ±10) apart;
    and of the unit score against two parts of the target: the direction the validation queries'
    contrasts share, and the rest;
-3. with ``--checkpoints``: the DRIFT score recomputed at checkpoints of SFT on the whole pool
-   (fresh on-policy rollouts, PCA basis and gradients at each), as LESS scores over the
-   checkpoints of a warm-up run, and the AUC of the sum of their z-scores;
+3. where ``warmup.steps`` is set: the DRIFT score at the base model alone and at each warm-up
+   checkpoint (from the ``checkpoint_gradients`` table), beside their average, ``influence_scores``;
 4. what each selection (the top half by each score, and the benchmark's random and oracle
    subsets of that size) holds: clean share, distinct prompts, mean response tokens, noise of
    each kind;
@@ -20,7 +19,7 @@ noise, on the materialized demo (run ``make demo`` first):
    answers by offset, too high and too low.
 
     .venv/bin/python benchmarks/noise_breakdown.py
-    .venv/bin/python benchmarks/noise_breakdown.py --checkpoints 50,150,300 --sft --sft-seeds 0,1,2
+    .venv/bin/python benchmarks/noise_breakdown.py --sft --sft-seeds 0,1,2
 
 Offsets are parsed from the demo's "What is a ± b?" prompts; on other pools only parts 1 (where
 answers are numeric) and the per-category columns apply. This prints figures; it asserts nothing.
@@ -30,24 +29,22 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 import polars as pl
 
-from drift_assets.assets.gradients import projection_options
+from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
+from drift_assets.core.attribution import scores_frame
 from drift_assets.core.benchmark import selected_ids
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, vectors
-from drift_assets.core.grading import extract_number, grade_answer
-from drift_assets.core.influence import fit_curvature, score_pool
-from drift_assets.core.projection import LinearGradientProjector, fit_basis, project_in_batches
+from drift_assets.core.gradients import query_token_pairs, vectors
+from drift_assets.core.grading import extract_number
 from drift_assets.core.sft import fine_tune
 from drift_assets.core.stats import roc_auc
-from drift_assets.core.weighting import combine, rollout_weights
-from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
+from drift_assets.core.trajectory import score_checkpoint
+from drift_assets.core.weighting import rollout_weights
+from drift_assets.resources import Warehouse, model_resource
 from drift_assets.settings import Settings, load_settings
 
 PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
@@ -56,12 +53,9 @@ OFFSETS = (-10, -1, 1, 10)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoints", default="", help="comma list of SFT steps on the full pool at which to re-score")
     parser.add_argument("--sft", action="store_true", help="fine-tune on each selection and break down its test errors")
     parser.add_argument("--sft-seeds", default="0", help="comma list of SFT seeds for --sft (answers pooled over them)")
-    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    args.checkpoints = sorted(int(step) for step in args.checkpoints.split(",") if step)
     args.sft_seeds = [int(seed) for seed in args.sft_seeds.split(",") if seed]
     return args
 
@@ -136,31 +130,6 @@ def split_target(validation_gradients: pl.DataFrame, grades: pl.DataFrame, weigh
     return {"g: shared direction": shared, "g: shared removed": target - (target @ shared) * shared}
 
 
-def drift_at_checkpoint(model, tokenizer, settings: Settings, pool: pl.DataFrame, queries: pl.DataFrame, batch_size: int):
-    """(DRIFT scores of the pool, pass@1) with rollouts, basis and gradients all from ``model``."""
-    sampling = rollout_engine_resource(settings).sampling()
-    prompt_ids, reference_ids = query_token_pairs(tokenizer, queries["prompt"], queries["reference_response"])
-    report = TransformersEngine(model, tokenizer, device=next(model.parameters()).device).generate(prompt_ids, sampling)
-    rows = []
-    for query, completions in zip(queries.iter_rows(named=True), report.completions, strict=True):
-        for index, completion in enumerate(completions):
-            correct = grade_answer(completion.text, query["reference"], query["grader"], settings.grading.options()).correct
-            rows.append({"rollout_id": f"{query['query_id']}/{index}", "query_id": query["query_id"], "prompt": query["prompt"],
-                         "completion": completion.text, "ended_with_eos": completion.ended_with_eos, "correct": correct, "reward": float(correct)})
-    rollouts = pl.DataFrame(rows)
-    options = projection_options(settings)
-    projector = LinearGradientProjector(model, options, fit_basis(model, options, tokenizer, prompt_ids, reference_ids, batch_size))
-    weights, _ = rollout_weights(rollouts, settings.influence.weighting)
-    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
-    rollout_gradients = project_in_batches(projector, tokenizer, *rollout_pairs, batch_size).gradients.numpy()
-    target = combine(rollout_gradients, rollouts.join(weights.select("rollout_id", "weight"), on="rollout_id", how="left")["weight"].fill_null(0.0).to_numpy())
-    training = project_in_batches(projector, tokenizer, *pool_token_pairs(tokenizer, pool["messages"].to_list()), batch_size).gradients.numpy()
-    curvature = fit_curvature(settings.influence.hessian, [training], training.shape[1], settings.influence.damping)
-    ids = pool["example_id"].to_list()
-    scores = score_pool(lambda: iter([(ids, training)]), target, curvature, settings.influence.debias).score
-    return scores, rollouts["correct"].mean()
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = load_settings()
@@ -183,8 +152,15 @@ def main(argv=None) -> None:
     scored = pool.select("example_id").join(read["influence_scores"], on="example_id", how="left")
     losses = pool.select("example_id").join(read["training_gradient_projections"].select("example_id", "loss", "n_tokens"), on="example_id", how="left")
     loss = losses["loss"].to_numpy()
+    checkpoints = [base_checkpoint(warehouse, settings.projection.shards, warehouse.scan("validation_gradients").collect(), read["grades"]),
+                   *warmup_checkpoints_along(warehouse, settings.warmup.steps)]
+    along = {}
+    for checkpoint in checkpoints if settings.warmup.steps else []:
+        at = scores_frame(score_checkpoint(checkpoint, settings.influence.scoring()), pool)
+        along[f"drift at {checkpoint.checkpoint}"] = pool.select("example_id").join(at, on="example_id", how="left")["score"].to_numpy()
     scores = {
         f"drift ({settings.influence.debias})": scored["score"].to_numpy(),
+        **along,
         "raw gᵀh": scored["score_raw"].to_numpy(),
         "−loss": -loss,
         "−loss/token": -loss / np.maximum(losses["n_tokens"].to_numpy(), 1),
@@ -201,11 +177,10 @@ def main(argv=None) -> None:
         print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
 
     tokenizer = model_resource(settings).load_tokenizer()
-    if args.checkpoints:
-        scores["drift over checkpoints"] = checkpoint_scores(settings, tokenizer, pool, read["validation_queries"], kinds, args)
 
     size = round(pool.height * settings.selection.fraction)
-    selections = {name: pool["example_id"].gather(np.argsort(-values, kind="stable")[:size]).to_list() for name, values in scores.items() if name != "raw gᵀh"}
+    selections = {name: pool["example_id"].gather(np.argsort(-values, kind="stable")[:size]).to_list()
+                  for name, values in scores.items() if name != "raw gᵀh" and name not in along}
     for method in ("random", "oracle"):
         selections[method] = selected_ids(method, 0, pool, None, size, "top_fraction", settings.selection.fraction, None)
     print(f"\nwhat each selection of {size} holds (top by score; random and oracle as the benchmark draws them, seed 0)\n")
@@ -222,28 +197,6 @@ def main(argv=None) -> None:
         for name, ids in {"base (no SFT)": [], "full": pool["example_id"].to_list(), **selections}.items():
             messages = pool.filter(pl.col("example_id").is_in(ids))["messages"].to_list()
             print(f"{name:>22} {test_offsets(settings, tokenizer, messages, test_queries, args.sft_seeds)}", flush=True)
-
-
-def checkpoint_scores(settings: Settings, tokenizer, pool: pl.DataFrame, queries: pl.DataFrame, kinds: NoiseKinds, args) -> np.ndarray:
-    """Prints the noise AUCs at each checkpoint; returns the sum of the checkpoints' z-scores."""
-    sft = settings.benchmark.sft
-    print(f"\nDRIFT re-scored at checkpoints of SFT on the whole pool (constant learning rate {sft.learning_rate})\n")
-    print(kinds.header() + f" {'pass@1':>7} {'seconds':>8}")
-    model = model_resource(settings).load_model()
-    standardized = []
-    trained = 0
-    for step in [0, *args.checkpoints]:
-        started = time.perf_counter()
-        if step > trained:
-            options = replace(sft.options(seed=trained), steps=step - trained, schedule="constant")
-            fine_tune(model, tokenizer, pool["messages"].to_list(), options, log=lambda _: None)
-            trained = step
-        scores, pass_at_1 = drift_at_checkpoint(model, tokenizer, settings, pool, queries, args.batch_size)
-        standardized.append((scores - scores.mean()) / max(scores.std(), 1e-12))
-        print(kinds.row(f"step {step}", scores) + f" {pass_at_1:>7.3f} {time.perf_counter() - started:>8.0f}", flush=True)
-    combined = np.sum(standardized, axis=0)
-    print(kinds.row(f"sum of {len(standardized)} z-scores", combined))
-    return combined
 
 
 def test_offsets(settings: Settings, tokenizer, messages: list[str], test_queries: list[dict], seeds: list[int]) -> str:

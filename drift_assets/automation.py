@@ -32,19 +32,32 @@ def refresh_condition() -> AutomationCondition:
 
 PIPELINE = AssetSelection.groups("inputs", "rollouts", "attribution", "refinement", "evaluation")
 SHARDS = AssetSelection.assets("training_gradient_projections")
+CHECKPOINTS = AssetSelection.assets("checkpoint_gradients")
 
 
-def build_jobs() -> list:
-    """Jobs for the UI and schedules. Shards run one per partition (a backfill over all shards)."""
+def build_jobs(trajectory: bool = False) -> list:
+    """Jobs for the UI and schedules. Partitioned assets run one run per partition (a backfill).
+
+    A job holds assets of one partitioning only, so the warm-up checkpoints' gradients (partitioned
+    by checkpoint, built when ``warmup.steps`` is set) get a job of their own.
+    """
+    unsharded = PIPELINE - SHARDS - CHECKPOINTS if trajectory else PIPELINE - SHARDS
+    checkpoint_jobs = [
+        define_asset_job(
+            "warmup_checkpoint_gradients", selection=CHECKPOINTS,
+            description="Rollouts and gradients at each warm-up checkpoint; launch as a backfill over all checkpoints.",
+        ),
+    ] if trajectory else []
     return [
         define_asset_job(
             "observe_sources", selection=AssetSelection.groups("sources", include_sources=True),
             description="Record the content hash of every input file and of the model directory.",
         ),
         define_asset_job(
-            "refresh_unsharded", selection=PIPELINE - SHARDS,
+            "refresh_unsharded", selection=unsharded,
             description="Inputs, rollouts, grades, validation gradients, scores, refined dataset and evaluation.",
         ),
+        *checkpoint_jobs,
         define_asset_job(
             "training_gradients", selection=SHARDS,
             description="Training-gradient shards; launch as a backfill over all partitions (one run per shard).",

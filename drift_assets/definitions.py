@@ -10,6 +10,7 @@ from drift_assets.assets.influence import build_influence_assets
 from drift_assets.assets.refine import build_refine_assets
 from drift_assets.assets.rollouts import build_rollout_assets
 from drift_assets.assets.sources import build_source_assets
+from drift_assets.assets.trajectory import build_trajectory_assets
 from drift_assets.automation import build_jobs, with_automation
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
@@ -24,13 +25,15 @@ def build_definitions(settings: Settings) -> Definitions:
         *build_influence_assets(settings),
         *build_refine_assets(settings),
     ]
+    if settings.warmup.steps:
+        assets += build_trajectory_assets(settings)
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     assets = [with_automation(a) for a in assets]
     return Definitions(
-        jobs=build_jobs(),
+        jobs=build_jobs(trajectory=bool(settings.warmup.steps)),
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         resources={

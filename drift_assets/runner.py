@@ -1,7 +1,8 @@
 """Materializing the graph from Python, in the order Dagster's UI or a backfill would.
 
 Runs go through the instance given (``DagsterInstance.get()`` under ``DAGSTER_HOME`` for the CLI,
-so ``make ui`` afterwards shows every run), one run per shard of the partitioned gradient table.
+so ``make ui`` afterwards shows every run), one run per shard of the partitioned gradient table
+and, where ``warmup.steps`` is set, one per warm-up checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ UPSTREAM_OF_SHARDS = (
     "projection_basis", "validation_gradients",
 )
 SHARDED = "training_gradient_projections"
+WARMUP = "warmup_checkpoints"
+AT_CHECKPOINTS = "checkpoint_gradients"
 DOWNSTREAM_OF_SHARDS = ("influence_scores", "refined_dataset", "refined_model_evaluation")
 
 
@@ -42,9 +45,11 @@ def observe_sources(defs: Definitions, instance: DagsterInstance) -> None:
     defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=True)
 
 
-def shard_partition_keys(defs: Definitions) -> list[str]:
-    assets = defs.resolve_assets_def(SHARDED)
-    return list(assets.partitions_def.get_partition_keys())
+def partition_keys(defs: Definitions, asset_name: str = SHARDED) -> list[str]:
+    """The partitions of ``asset_name``; none where the definitions do not have it."""
+    if not _existing(defs, [asset_name]):
+        return []
+    return list(defs.resolve_assets_def(asset_name).partitions_def.get_partition_keys())
 
 
 def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True, only_stale: bool = False) -> list[str]:
@@ -76,11 +81,21 @@ def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_d
     logger.info(f"materializing {upstream or 'nothing upstream of the shards'}")
     _execute(defs, instance, [AssetKey(n) for n in upstream])
     done += upstream
-    for shard in shard_partition_keys(defs):
+    for shard in partition_keys(defs, SHARDED):
         if not only_stale or f"{SHARDED}[{shard}]" in pending:
             logger.info(f"materializing training gradients, shard {shard}")
             _execute(defs, instance, [AssetKey(SHARDED)], partition_key=shard)
             done.append(f"{SHARDED}[{shard}]")
+    warmup = wanted([k.to_user_string() for k in _existing(defs, [WARMUP])])
+    if warmup:
+        logger.info("materializing the warm-up run's checkpoints")
+        _execute(defs, instance, [AssetKey(WARMUP)])
+        done += warmup
+    for checkpoint in partition_keys(defs, AT_CHECKPOINTS):
+        if not only_stale or f"{AT_CHECKPOINTS}[{checkpoint}]" in pending:
+            logger.info(f"materializing rollouts and gradients at warm-up checkpoint {checkpoint}")
+            _execute(defs, instance, [AssetKey(AT_CHECKPOINTS)], partition_key=checkpoint)
+            done.append(f"{AT_CHECKPOINTS}[{checkpoint}]")
     downstream = wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM_OF_SHARDS)])
     logger.info(f"materializing {downstream or 'nothing downstream of the shards'}")
     _execute(defs, instance, [AssetKey(n) for n in downstream])

@@ -122,6 +122,50 @@ class InfluenceSettings(_Group):
     hessian: Literal["identity", "fisher"] = "identity"
     damping: float = Field(0.1, ge=0.0, description="Fisher damping as a multiple of its mean eigenvalue.")
     debias: Literal["none", "unit", "self_influence", "residual"] = "unit"
+    unsolved: Literal["reference", "skip"] = Field(
+        "reference", description="queries no rollout solves: contrast their reference answer (as the correct rollout) "
+        "with the wrong rollouts, or skip them",
+    )
+
+    def scoring(self):
+        """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
+        from drift_assets.core.attribution import ScoringSettings
+
+        return ScoringSettings(self.targets, self.weighting, self.hessian, self.damping, self.debias, self.unsolved)
+
+
+class WarmupSettings(_Group):
+    """A warm-up SFT run on the whole pool whose checkpoints DRIFT also scores at (LESS-style).
+
+    First-order influence at one checkpoint measures the push against the model's *current*
+    errors: on the demo the base model answers too low, so DRIFT prefers examples whose answers
+    are too high. Re-scoring with fresh on-policy rollouts at checkpoints of a warm-up run, while
+    the model's own errors change, and averaging the standardized scores, removes much of that.
+    """
+
+    steps: list[int] = Field(
+        default_factory=list,
+        description="Warm-up steps at which to re-score besides the base model, e.g. [50, 150, 300]; empty = base model only.",
+    )
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, description="constant: the checkpoints sample the run, not its end")
+    seed: int = 0
+    checkpoint_dir: str = Field("checkpoints", description="A local directory for the checkpoints' model directories.")
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_positive_steps(cls, steps: list[int]) -> list[int]:
+        if any(step < 1 for step in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"must be positive and strictly increasing (got {steps})")
+        if len(steps) >= 100:
+            raise ValueError("at most 99 checkpoints (one Dagster partition each)")
+        return steps
+
+    def options(self):
+        """The :class:`~drift_assets.core.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
+        from drift_assets.core.sft import SftOptions
+
+        return SftOptions(max(self.steps, default=1), self.batch_size, self.learning_rate, 0.0, "constant", self.seed)
 
 
 class SelectionSettings(_Group):
@@ -172,6 +216,7 @@ class Settings(_Group):
     grading: GradingSettings = Field(default_factory=GradingSettings)
     projection: ProjectionSettings = Field(default_factory=ProjectionSettings)
     influence: InfluenceSettings = Field(default_factory=InfluenceSettings)
+    warmup: WarmupSettings = Field(default_factory=WarmupSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     base_dir: str = Field(".", description="Directory relative paths resolve against (set from the file's location).")
@@ -258,10 +303,12 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "projection_basis": _PROJECTION,
     "validation_gradients": _PROJECTION,
     "training_gradient_projections": ("projection", "model.dtype"),
-    "influence_scores": ("influence",),
+    "warmup_checkpoints": ("warmup", "model.dtype"),
+    "checkpoint_gradients": ("rollout", "grading", "projection", "model.dtype"),
+    "influence_scores": ("influence", "warmup.steps"),
     "refined_dataset": ("selection",),
     "refined_model_evaluation": ("benchmark.sft", "benchmark.eval_backend", "rollout.max_tokens", "rollout.max_model_len"),
-    "method_benchmark": ("benchmark", "influence", "selection", "rollout.max_tokens", "rollout.max_model_len"),
+    "method_benchmark": ("benchmark", "influence", "warmup.steps", "selection", "rollout.max_tokens", "rollout.max_model_len"),
 }
 
 

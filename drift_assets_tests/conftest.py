@@ -17,6 +17,7 @@ SMALL_DEMO = {
     "demo": {"enabled": True, "seed": 0, "n_train": 600, "n_validation": 24, "n_test": 120},
     "rollout": {"backend": "vllm", "samples_per_query": 6, "max_tokens": 64},
     "projection": {"shards": 3},
+    "warmup": {"steps": []},  # the trajectory has its own test; the others score at the base model
     "benchmark": {"methods": ["full", "drift"], "seeds": [0], "sft": {"steps": 60, "batch_size": 16}},
 }
 

@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
-from drift_assets.assets.influence import shard_batches
+from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.assets.metadata import png_markdown, table_metadata
-from drift_assets.core.attribution import check_same_checkpoint, noise_auc, target_gradient
-from drift_assets.core.benchmark import MethodScorer, ScoringSettings, loss_scores, scoring_for, selected_ids
+from drift_assets.core.attribution import noise_auc
+from drift_assets.core.benchmark import MethodScorer, loss_scores, scoring_for, selected_ids
 from drift_assets.core.generation import TransformersEngine, VllmEngine
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
@@ -19,7 +19,7 @@ from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
-EVALUATE_VERSION = "3"
+EVALUATE_VERSION = "4"
 
 
 @contextlib.contextmanager
@@ -92,7 +92,8 @@ def build_evaluation_assets(settings: Settings) -> list:
     @asset(
         group_name="benchmark",
         code_version=code_version("method_benchmark", EVALUATE_VERSION, settings),
-        deps=["base_model", AssetDep("training_gradient_projections")],
+        deps=["base_model", AssetDep("training_gradient_projections")]
+        + ([AssetDep("checkpoint_gradients")] if settings.warmup.steps else []),
         kinds={"pytorch", "delta"},
         pool="gpu",
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds.",
@@ -101,18 +102,15 @@ def build_evaluation_assets(settings: Settings) -> list:
         context: AssetExecutionContext, training_pool: pl.DataFrame, validation_gradients: pl.DataFrame,
         grades: pl.DataFrame, test_queries: pl.DataFrame, model: ModelResource, rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
-        ids, matrices, fingerprints = [], [], set()
-        for batch_ids, matrix, shard_fingerprints in shard_batches(Warehouse(settings), settings.projection.shards)():
-            ids += batch_ids
-            matrices.append(matrix)
-            fingerprints |= shard_fingerprints
-        influence = settings.influence
-        drift = ScoringSettings(influence.targets, influence.weighting, influence.hessian, influence.damping, influence.debias)
-        check_same_checkpoint(fingerprints, target_gradient(validation_gradients, grades, drift.targets, drift.weighting))
-        scorer = MethodScorer(ids, np.concatenate(matrices), validation_gradients, grades)
+        warehouse = Warehouse(settings)
+        drift = settings.influence.scoring()
+        scorer = MethodScorer([
+            base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
+            *warmup_checkpoints_along(warehouse, settings.warmup.steps),
+        ])
         scores = {m: scorer.scores(s, training_pool) for m in benchmark.methods if (s := scoring_for(m, drift)) is not None}
         if "loss" in benchmark.methods:
-            losses = Warehouse(settings).scan("training_gradient_projections")
+            losses = warehouse.scan("training_gradient_projections")
             scores["loss"] = loss_scores(losses.select("example_id", "loss", "n_tokens").collect()
                                          .filter(pl.col("example_id").is_in(training_pool["example_id"].implode())))
         # random selects as many examples as DRIFT does, so the two differ only in which ones.

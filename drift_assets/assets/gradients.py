@@ -15,7 +15,14 @@ from dagster import (
 
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.checks import vector_check, vector_problems
-from drift_assets.core.gradients import gradient_frame, pool_token_pairs, query_token_pairs, shard_keys, shard_of
+from drift_assets.core.gradients import (
+    gradient_frame,
+    pool_token_pairs,
+    query_token_pairs,
+    shard_keys,
+    shard_of,
+    validation_gradient_frame,
+)
 from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions, fit_basis
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, code_version
@@ -28,7 +35,7 @@ def projection_options(settings: Settings) -> ProjectionOptions:
     return ProjectionOptions(projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis)
 
 
-def _progress_logger(context: AssetExecutionContext, what: str, every: int):
+def progress_logger(context: AssetExecutionContext, what: str, every: int):
     def log(done: int, total: int) -> None:
         if done == total or done // every != (done - 1) // every:
             context.log.info(f"{what}: {done}/{total}")
@@ -94,16 +101,8 @@ def build_gradient_assets(settings: Settings) -> list:
         if stale:
             raise ValueError(f"rollouts were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize rollouts")
         projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
-        rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
-        reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
-        ids = {
-            "rollout_id": rollouts["rollout_id"].to_list() + [f"reference-{q}" for q in validation_queries["query_id"]],
-            "query_id": rollouts["query_id"].to_list() + validation_queries["query_id"].to_list(),
-            "target": ["rollout"] * rollouts.height + ["reference"] * validation_queries.height,
-        }
-        table = gradient_frame(
-            ids, projector, tokenizer, rollout_pairs[0] + reference_pairs[0], rollout_pairs[1] + reference_pairs[1],
-            batch_size, fingerprint, _progress_logger(context, "validation gradients", 256),
+        table = validation_gradient_frame(
+            projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint, progress_logger(context, "validation gradients", 256)
         )
         context.add_output_metadata({
             **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
@@ -144,7 +143,7 @@ def build_gradient_assets(settings: Settings) -> list:
             prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
             frames.append(gradient_frame(
                 {"example_id": todo["example_id"].to_list()}, projector, tokenizer, prompt_ids, response_ids,
-                batch_size, fingerprint, _progress_logger(context, f"shard {shard} gradients", 512),
+                batch_size, fingerprint, progress_logger(context, f"shard {shard} gradients", 512),
             ).with_columns(shard=pl.lit(shard)))
         table = pl.concat(frames, how="vertical_relaxed").sort("example_id") if frames else pl.DataFrame()
         problems, dimension = vector_problems(table["grad"], None) if not table.is_empty() else (["empty shard"], 0)

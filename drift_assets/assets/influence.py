@@ -13,11 +13,12 @@ from dagster import (
     asset_check,
 )
 
-from drift_assets.assets.metadata import finite_or_none, histogram_markdown, table_metadata
-from drift_assets.core.attribution import check_same_checkpoint, diagnostics, scores_frame, target_gradient
+from drift_assets.assets.metadata import finite_or_none, histogram_markdown, markdown_table, table_metadata
+from drift_assets.core.attribution import check_same_checkpoint, diagnostics, noise_auc, scores_frame, target_gradient
 from drift_assets.core.gradients import shard_keys, vectors
 from drift_assets.core.influence import fit_curvature, score_pool
 from drift_assets.core.stats import histogram
+from drift_assets.core.trajectory import CheckpointGradients, checkpoint_key, combine_checkpoints, score_checkpoint, split_checkpoint_table
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Settings, code_version
 
@@ -44,21 +45,43 @@ def shard_batches(warehouse: Warehouse, n_shards: int):
     return batches
 
 
+def base_checkpoint(warehouse: Warehouse, n_shards: int, validation_gradients: pl.DataFrame, grades: pl.DataFrame) -> CheckpointGradients:
+    """The base model's gradients, every shard in memory (the method benchmark scores many ways at once)."""
+    ids, matrices, fingerprints = [], [], set()
+    for batch_ids, matrix, shard_fingerprints in shard_batches(warehouse, n_shards)():
+        ids += batch_ids
+        matrices.append(matrix)
+        fingerprints |= shard_fingerprints
+    return CheckpointGradients("base", ids, np.concatenate(matrices), validation_gradients, grades, fingerprints)
+
+
+def warmup_checkpoints_along(warehouse: Warehouse, steps: list[int]):
+    """The warm-up checkpoints' gradients, one checkpoint in memory at a time, read from Delta."""
+    table = warehouse.scan("checkpoint_gradients") if steps else None
+    for step in steps:
+        frame = table.filter(pl.col("checkpoint") == checkpoint_key(step)).collect()
+        if frame.is_empty():
+            raise ValueError(f"checkpoint_gradients has no rows for checkpoint {checkpoint_key(step)}: materialize that partition")
+        yield split_checkpoint_table(frame)
+
+
 def build_influence_assets(settings: Settings) -> list:
     influence = settings.influence
     warehouse = Warehouse(settings)
+    steps = settings.warmup.steps
 
     @asset(
         group_name="attribution",
         code_version=code_version("influence_scores", INFLUENCE_VERSION, settings),
-        deps=[AssetDep("training_gradient_projections")],
+        deps=[AssetDep("training_gradient_projections")] + ([AssetDep("checkpoint_gradients")] if steps else []),
         kinds={"numpy", "delta"},
-        description="s_i = gᵀH⁻¹ĥ_i against the signed, graded on-policy rollouts; debiased against gradient norm.",
+        description="s_i = gᵀH⁻¹ĥ_i against the signed, graded on-policy rollouts; debiased against gradient norm"
+        + (f"; averaged (standardized) with the scores at warm-up steps {steps}." if steps else "."),
     )
     def influence_scores(
         context: AssetExecutionContext, validation_gradients: pl.DataFrame, grades: pl.DataFrame, training_pool: pl.DataFrame
     ) -> pl.DataFrame:
-        target = target_gradient(validation_gradients, grades, influence.targets, influence.weighting)
+        target = target_gradient(validation_gradients, grades, influence.targets, influence.weighting, influence.unsolved)
         stream = shard_batches(warehouse, settings.projection.shards)
         fingerprints: set[tuple[str, str]] = set()
 
@@ -70,7 +93,15 @@ def build_influence_assets(settings: Settings) -> list:
         curvature = fit_curvature(influence.hessian, (m for _, m in gradients_only()), target.vector.shape[0], influence.damping)
         scores = score_pool(gradients_only, target.vector, curvature, influence.debias)
         check_same_checkpoint(fingerprints, target)
-        table = scores_frame(scores, training_pool)
+        along = [scores]
+        checkpoint_rows = [{"checkpoint": "base", "pass_at_1": float(grades["correct"].mean()),
+                            "noise_auc": noise_auc(scores_frame(scores, training_pool), training_pool)}]
+        for checkpoint in warmup_checkpoints_along(warehouse, steps):
+            along.append(score_checkpoint(checkpoint, influence.scoring()))
+            checkpoint_rows.append({"checkpoint": checkpoint.checkpoint, "pass_at_1": float(checkpoint.grades["correct"].mean()),
+                                    "noise_auc": noise_auc(scores_frame(along[-1], training_pool), training_pool)})
+            context.log.info(f"scored at checkpoint {checkpoint.checkpoint}: {checkpoint_rows[-1]}")
+        table = scores_frame(combine_checkpoints(along) if len(along) > 1 else scores, training_pool)
         figures = diagnostics(table, training_pool)
         summary = target.summary
         context.log.info(", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
@@ -83,8 +114,10 @@ def build_influence_assets(settings: Settings) -> list:
             "queries_skipped": summary.queries_skipped if summary else 0,
             "queries_all_correct": summary.queries_all_correct if summary else 0,
             "queries_all_wrong": summary.queries_all_wrong if summary else 0,
+            "references_for_unsolved": target.references_for_unsolved,
             "hessian_damping": curvature.damping_value,
             "score_histogram": MetadataValue.md(histogram_markdown(histogram(table["score"].to_numpy()), "score")),
+            **({"checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows)))} if steps else {}),
         })
         return table
 

@@ -8,8 +8,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecution
 
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.checks import schema_and_ids_check
-from drift_assets.core.rollouts import rollout_rows
-from drift_assets.core.sequences import encode_prompt, render_prompt
+from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.settings import Settings, code_version
 
@@ -36,17 +35,15 @@ def build_rollout_assets(settings: Settings) -> list:
         context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource, rollout_engine: RolloutEngineResource
     ) -> pl.DataFrame:
         tokenizer = model.load_tokenizer()
-        prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, p)) for p in validation_queries["prompt"]]
         sampling = rollout_engine.sampling()
-        context.log.info(f"sampling {sampling.n} completions for each of {len(prompt_ids)} queries")
+        context.log.info(f"sampling {sampling.n} completions for each of {validation_queries.height} queries")
         started = time.perf_counter()
         with rollout_engine.open_engine(model, context.log) as engine:
-            report = engine.generate(
-                prompt_ids, sampling,
+            table, report = sample_rollouts(
+                engine, tokenizer, validation_queries, sampling, model.fingerprint(),
                 progress=lambda done, total: context.log.info(f"rollouts: {done}/{total} queries") if done % 16 == 0 or done == total else None,
             )
         seconds = time.perf_counter() - started
-        table = rollout_rows(validation_queries, report, model.fingerprint(), sampling.seed)
         context.add_output_metadata(
             {
                 **table_metadata(table, preview_columns=["query_id", "sample_idx", "completion", "n_tokens", "finish_reason"]),

@@ -17,6 +17,19 @@ from drift_assets.core.stats import roc_auc, spearman
 from drift_assets.core.weighting import WeightingSummary, combine, rollout_weights
 
 TARGETS = ("onpolicy", "offpolicy")
+UNSOLVED = ("reference", "skip")
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The influence settings one score is computed with (``influence`` in the settings file)."""
+
+    targets: str = "onpolicy"
+    weighting: str = "signed"
+    hessian: str = "identity"
+    damping: float = 0.1
+    debias: str = "unit"
+    unsolved: str = "reference"
 
 
 @dataclass
@@ -26,12 +39,40 @@ class TargetGradient:
     n_targets: int
     model_fingerprint: str
     projection_fingerprint: str
+    references_for_unsolved: int = 0  # queries no rollout solved, whose reference answer stood in as the correct one
 
 
-def target_gradient(validation_gradients: pl.DataFrame, grades: pl.DataFrame, targets: str, weighting: str) -> TargetGradient:
-    """``onpolicy``: graded rollouts with signed weights; ``offpolicy``: reference answers, equal weights."""
+def with_references_for_unsolved(validation_gradients: pl.DataFrame, grades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """The reference answer of every query no rollout solves, added as one more (correct) rollout.
+
+    Signed weighting needs a correct and a wrong rollout to contrast, so it would skip these queries:
+    the hardest ones, where the model most needs to learn. Their reference answer is the correct
+    trajectory the model did not find; it is pulled up against the wrong rollouts.
+    """
+    solved = grades.group_by("query_id").agg(pl.col("correct").any())
+    unsolved = solved.filter(~pl.col("correct"))["query_id"]
+    references = validation_gradients.filter((pl.col("target") == "reference") & pl.col("query_id").is_in(unsolved.implode()))
+    missing = set(unsolved) - set(references["query_id"])
+    if missing:
+        raise ValueError(f"influence.unsolved='reference', but queries {sorted(missing)[:5]} have no reference gradient: "
+                         "re-materialize validation_gradients")
+    added = references.with_columns(target=pl.lit("rollout"))
+    graded = references.select("rollout_id", "query_id", correct=pl.lit(True), reward=pl.lit(1.0))
+    return pl.concat([validation_gradients, added]), pl.concat([grades, graded], how="vertical_relaxed"), references.height
+
+
+def target_gradient(
+    validation_gradients: pl.DataFrame, grades: pl.DataFrame, targets: str, weighting: str, unsolved: str = "reference"
+) -> TargetGradient:
+    """``onpolicy``: graded rollouts with signed weights; ``offpolicy``: reference answers, equal weights.
+
+    ``unsolved``: ``reference`` adds the reference answer as a correct rollout to every query no
+    rollout solves (:func:`with_references_for_unsolved`); ``skip`` leaves such queries out.
+    """
     if targets not in TARGETS:
         raise ValueError(f"influence.targets must be one of {TARGETS} (got {targets!r})")
+    if unsolved not in UNSOLVED:
+        raise ValueError(f"influence.unsolved must be one of {UNSOLVED} (got {unsolved!r})")
     fingerprints = validation_gradients["model_fingerprint"].unique().to_list()
     projections = validation_gradients["projection_fingerprint"].unique().to_list()
     if len(fingerprints) != 1 or len(projections) != 1:
@@ -43,15 +84,20 @@ def target_gradient(validation_gradients: pl.DataFrame, grades: pl.DataFrame, ta
             raise ValueError("offpolicy targets need reference gradients, and validation_gradients has none")
         weights = np.full(references.height, 1.0 / references.height)
         return TargetGradient(combine(vectors(references), weights), None, references.height, **checkpoint)
+    grades = grades.select("rollout_id", "query_id", "correct", "reward")
+    added = 0
+    if unsolved == "reference":
+        validation_gradients, grades, added = with_references_for_unsolved(validation_gradients, grades)
     rollouts = validation_gradients.filter(pl.col("target") == "rollout")
-    weights, summary = rollout_weights(grades.select("rollout_id", "query_id", "correct", "reward"), weighting)
+    weights, summary = rollout_weights(grades, weighting)
     joined = rollouts.join(weights.select("rollout_id", "weight"), on="rollout_id", how="inner")
     if joined.height != weights.height:
         raise ValueError(
             f"{weights.height} graded rollouts but only {joined.height} have gradients: re-materialize validation_gradients"
         )
     joined = joined.filter(pl.col("weight") != 0)
-    return TargetGradient(combine(vectors(joined), joined["weight"].to_numpy()), summary, joined.height, **checkpoint)
+    return TargetGradient(combine(vectors(joined), joined["weight"].to_numpy()), summary, joined.height, **checkpoint,
+                          references_for_unsolved=added)
 
 
 def scores_frame(scores: PoolScores, training_pool: pl.DataFrame) -> pl.DataFrame:

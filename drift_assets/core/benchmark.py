@@ -20,25 +20,18 @@ Selections (except ``full``) have the size the DRIFT selection has.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import numpy as np
 import polars as pl
 
-from drift_assets.core.attribution import scores_frame, target_gradient
-from drift_assets.core.influence import Curvature, fit_curvature, score_pool
+from drift_assets.core.attribution import ScoringSettings, scores_frame
+from drift_assets.core.influence import Curvature, fit_curvature
 from drift_assets.core.selection import select
+from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
+
+__all__ = ["METHODS", "MethodScorer", "ScoringSettings", "loss_scores", "scoring_for", "selected_ids"]
 
 METHODS = ("full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle")
-
-
-@dataclass(frozen=True)
-class ScoringSettings:
-    targets: str = "onpolicy"
-    weighting: str = "signed"
-    hessian: str = "identity"
-    damping: float = 0.1
-    debias: str = "unit"
 
 
 def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
@@ -58,26 +51,31 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
 
 
 class MethodScorer:
-    """Scores the pool for several methods from in-memory gradients, fitting each Hessian once."""
+    """Scores the pool for several methods from in-memory gradients, fitting each Hessian once per checkpoint.
 
-    def __init__(self, example_ids: list[str], training_gradients: np.ndarray, validation_gradients: pl.DataFrame, grades: pl.DataFrame):
-        self.example_ids = example_ids
-        self.training_gradients = training_gradients
-        self.validation_gradients = validation_gradients
-        self.grades = grades
-        self._curvatures: dict[tuple[str, float], Curvature] = {}
+    With several checkpoints (the base model and a warm-up run's), a method's score is their
+    combination (:func:`~drift_assets.core.trajectory.combine_checkpoints`), as ``influence_scores`` has it.
+    """
 
-    def _curvature(self, hessian: str, damping: float) -> Curvature:
-        key = (hessian, damping)
+    def __init__(self, checkpoints: list[CheckpointGradients]):
+        if not checkpoints:
+            raise ValueError("nothing to score: no checkpoint gradients")
+        self.checkpoints = checkpoints
+        self._curvatures: dict[tuple[int, str, float], Curvature] = {}
+
+    def _curvature(self, index: int, hessian: str, damping: float) -> Curvature:
+        key = (index, hessian, damping)
         if key not in self._curvatures:
-            self._curvatures[key] = fit_curvature(hessian, [self.training_gradients], self.training_gradients.shape[1], damping)
+            training = self.checkpoints[index].training
+            self._curvatures[key] = fit_curvature(hessian, [training], training.shape[1], damping)
         return self._curvatures[key]
 
     def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
-        target = target_gradient(self.validation_gradients, self.grades, scoring.targets, scoring.weighting)
-        curvature = self._curvature(scoring.hessian, scoring.damping)
-        pool_scores = score_pool(lambda: iter([(self.example_ids, self.training_gradients)]), target.vector, curvature, scoring.debias)
-        return scores_frame(pool_scores, training_pool)
+        along = [
+            score_checkpoint(checkpoint, scoring, self._curvature(index, scoring.hessian, scoring.damping))
+            for index, checkpoint in enumerate(self.checkpoints)
+        ]
+        return scores_frame(along[0] if len(along) == 1 else combine_checkpoints(along), training_pool)
 
 
 def selected_ids(

@@ -77,6 +77,29 @@ def gradient_frame(
     )
 
 
+def validation_gradient_frame(
+    projector: LinearGradientProjector,
+    tokenizer,
+    rollouts: pl.DataFrame,
+    validation_queries: pl.DataFrame,
+    batch_size: int,
+    model_fingerprint: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference)."""
+    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
+    reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
+    ids = {
+        "rollout_id": rollouts["rollout_id"].to_list() + [f"reference-{q}" for q in validation_queries["query_id"]],
+        "query_id": rollouts["query_id"].to_list() + validation_queries["query_id"].to_list(),
+        "target": ["rollout"] * rollouts.height + ["reference"] * validation_queries.height,
+    }
+    return gradient_frame(
+        ids, projector, tokenizer, rollout_pairs[0] + reference_pairs[0], rollout_pairs[1] + reference_pairs[1],
+        batch_size, model_fingerprint, progress,
+    )
+
+
 def vectors(frame: pl.DataFrame, column: str = "grad") -> np.ndarray:
     """(n, k) float32 matrix from a list<float32> column, without a Python loop."""
     if frame.is_empty():

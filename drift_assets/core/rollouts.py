@@ -6,12 +6,21 @@ import hashlib
 
 import polars as pl
 
-from drift_assets.core.generation import GenerationReport
+from collections.abc import Callable
+
+from drift_assets.core.generation import GenerationReport, SamplingSettings
+from drift_assets.core.grading import GradingOptions, grade_answer
+from drift_assets.core.sequences import encode_prompt, render_prompt
 
 ROLLOUT_SCHEMA = {
     "rollout_id": pl.String, "query_id": pl.String, "sample_idx": pl.Int64, "prompt": pl.String,
     "completion": pl.String, "n_tokens": pl.Int64, "logprob_sum": pl.Float64, "finish_reason": pl.String,
     "ended_with_eos": pl.Boolean, "engine": pl.String, "model_fingerprint": pl.String,
+}
+
+GRADE_SCHEMA = {
+    "rollout_id": pl.String, "query_id": pl.String, "correct": pl.Boolean, "reward": pl.Float64,
+    "extracted_answer": pl.String, "grader": pl.String, "model_fingerprint": pl.String,
 }
 
 
@@ -42,6 +51,37 @@ def rollout_rows(queries: pl.DataFrame, report: GenerationReport, model_fingerpr
                 }
             )
     return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
+
+
+def sample_rollouts(
+    engine,
+    tokenizer,
+    validation_queries: pl.DataFrame,
+    sampling: SamplingSettings,
+    model_fingerprint: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pl.DataFrame, GenerationReport]:
+    """The ``rollouts`` table (and the engine's report): ``sampling.n`` completions of every query from a rollout engine."""
+    prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) for prompt in validation_queries["prompt"]]
+    report = engine.generate(prompt_ids, sampling, progress=progress)
+    return rollout_rows(validation_queries, report, model_fingerprint, sampling.seed), report
+
+
+def grade_rollouts(rollouts: pl.DataFrame, validation_queries: pl.DataFrame, options: GradingOptions) -> pl.DataFrame:
+    """The ``grades`` table: every rollout checked against its query's reference with its query's grader."""
+    joined = rollouts.join(validation_queries.select("query_id", "reference", "grader"), on="query_id", how="left")
+    missing = joined.filter(pl.col("reference").is_null())["query_id"].unique().to_list()
+    if missing:
+        raise ValueError(f"rollouts reference queries not in validation_queries: {missing[:5]} (re-materialize rollouts)")
+    rows = []
+    for row in joined.iter_rows(named=True):
+        grade = grade_answer(row["completion"], row["reference"], row["grader"], options)
+        rows.append({
+            "rollout_id": row["rollout_id"], "query_id": row["query_id"], "correct": grade.correct,
+            "reward": grade.reward, "extracted_answer": grade.extracted_answer, "grader": row["grader"],
+            "model_fingerprint": row["model_fingerprint"],
+        })
+    return pl.DataFrame(rows, schema=GRADE_SCHEMA)
 
 
 def grade_summary(grades: pl.DataFrame) -> dict[str, float | int]:

@@ -47,8 +47,12 @@ def fine_tune(
     messages_json: Sequence[str],
     options: SftOptions = SftOptions(),
     log: Callable[[str], None] = logger.info,
+    after_step: Callable[[int, float], None] | None = None,
 ):
-    """Fine-tune ``model`` in place on chat-message examples; returns the mean loss of the last 10% of steps."""
+    """Fine-tune ``model`` in place on chat-message examples; returns the mean loss of the last 10% of steps.
+
+    ``after_step(step, loss)`` runs after every optimizer step (the warm-up saves checkpoints there).
+    """
     if not messages_json:
         raise ValueError("cannot fine-tune on an empty selection")
     torch.manual_seed(options.seed)
@@ -73,6 +77,10 @@ def fine_tune(
             recent.append(loss)
         if step % max(1, options.steps // 4) == 0:
             log(f"sft step {step}/{options.steps}: loss {loss:.4f}")
+        if after_step is not None:
+            model.eval()
+            after_step(step, loss)
+            model.train()
     model.eval()
     return sum(recent) / max(1, len(recent))
 

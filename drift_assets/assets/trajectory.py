@@ -1,0 +1,117 @@
+"""A warm-up run on the pool, and rollouts, grades and gradients at each of its checkpoints.
+
+Built only when ``warmup.steps`` is set; ``influence_scores`` then averages the standardized scores
+of the base model and of every checkpoint (:mod:`drift_assets.core.trajectory` says why).
+"""
+
+import time
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, StaticPartitionsDefinition, asset
+
+from drift_assets.assets.gradients import progress_logger, projection_options
+from drift_assets.assets.metadata import table_metadata
+from drift_assets.core.fingerprint import model_fingerprint
+from drift_assets.core.gradients import gradient_frame, pool_token_pairs, query_token_pairs, validation_gradient_frame
+from drift_assets.core.projection import LinearGradientProjector, fit_basis
+from drift_assets.core.rollouts import grade_rollouts, grade_summary, sample_rollouts
+from drift_assets.core.trajectory import checkpoint_key, checkpoint_table, warm_up
+from drift_assets.resources import ModelResource, RolloutEngineResource
+from drift_assets.settings import Settings, code_version
+
+TRAJECTORY_VERSION = "1"
+
+
+def build_trajectory_assets(settings: Settings) -> list:
+    warmup = settings.warmup
+    options = projection_options(settings)
+    batch_size = settings.projection.batch_size
+    grading = settings.grading.options()
+    directory = Path(settings.resolve(warmup.checkpoint_dir))
+
+    @asset(
+        group_name="attribution",
+        code_version=code_version("warmup_checkpoints", TRAJECTORY_VERSION, settings),
+        deps=["base_model"],
+        kinds={"pytorch", "delta"},
+        pool="gpu",
+        description="SFT on the whole pool at a constant learning rate, saved as model directories at warmup.steps.",
+    )
+    def warmup_checkpoints(context: AssetExecutionContext, training_pool: pl.DataFrame, model: ModelResource) -> pl.DataFrame:
+        tokenizer, network = model.load_tokenizer(), model.load_model()
+        base = model.fingerprint()
+        run_directory = directory / base  # another base model never overwrites these checkpoints
+        context.log.info(f"warm-up: {max(warmup.steps)} steps on {training_pool.height} examples; checkpoints at {warmup.steps} in {run_directory}")
+
+        def save(step: int) -> None:
+            path = run_directory / checkpoint_key(step)
+            network.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+
+        losses = warm_up(network, tokenizer, training_pool["messages"].to_list(), warmup.options(), warmup.steps, save, context.log.info)
+        paths = [run_directory / checkpoint_key(step) for step in warmup.steps]
+        table = pl.DataFrame({
+            "checkpoint": [checkpoint_key(step) for step in warmup.steps],
+            "step": warmup.steps,
+            "path": [str(path) for path in paths],
+            "model_fingerprint": [model_fingerprint(path) for path in paths],
+            "base_model_fingerprint": [base] * len(paths),
+            "loss": [losses[step] for step in warmup.steps],
+        })
+        context.add_output_metadata(table_metadata(table, preview_rows=len(paths)))
+        return table
+
+    @asset(
+        group_name="attribution",
+        code_version=code_version("checkpoint_gradients", TRAJECTORY_VERSION, settings),
+        partitions_def=StaticPartitionsDefinition([checkpoint_key(step) for step in warmup.steps]),
+        metadata={"partition_expr": "checkpoint"},
+        kinds={"pytorch", "delta"},
+        pool="gpu",
+        description="At one warm-up checkpoint: fresh rollouts, their grades, a basis, and the gradients of rollouts, "
+        "references and every pool example (role = rollout, reference, training).",
+    )
+    def checkpoint_gradients(
+        context: AssetExecutionContext,
+        warmup_checkpoints: pl.DataFrame,
+        validation_queries: pl.DataFrame,
+        training_pool: pl.DataFrame,
+        model: ModelResource,
+        rollout_engine: RolloutEngineResource,
+    ) -> pl.DataFrame:
+        key = context.partition_key
+        started = time.perf_counter()
+        saved = warmup_checkpoints.filter(pl.col("checkpoint") == key)
+        if saved.is_empty():
+            raise ValueError(f"warmup_checkpoints has no checkpoint {key}: re-materialize warmup_checkpoints")
+        checkpoint = ModelResource(path=saved["path"][0], dtype=model.dtype, device=model.device)
+        fingerprint = checkpoint.fingerprint()
+        if fingerprint != saved["model_fingerprint"][0]:
+            raise ValueError(f"{checkpoint.path} changed since warmup_checkpoints saved it: re-materialize warmup_checkpoints")
+        tokenizer = checkpoint.load_tokenizer()
+        with rollout_engine.open_engine(checkpoint, context.log) as engine:
+            rollouts, _ = sample_rollouts(engine, tokenizer, validation_queries, rollout_engine.sampling(), fingerprint)
+        grades = grade_rollouts(rollouts, validation_queries, grading)
+        summary = grade_summary(grades)
+        context.log.info(f"checkpoint {key}: pass@1 {summary['pass_at_1']:.3f}, {summary['queries_mixed']}/{summary['queries']} queries mixed")
+
+        network = checkpoint.load_model()
+        references = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
+        projector = LinearGradientProjector(network, options, fit_basis(network, options, tokenizer, *references, batch_size))
+        validation = validation_gradient_frame(projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint)
+        training = gradient_frame(
+            {"example_id": training_pool["example_id"].to_list()}, projector, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]),
+            batch_size, fingerprint, progress_logger(context, f"checkpoint {key} training gradients", 512),
+        )
+        table = checkpoint_table(key, training, validation, grades, rollouts)
+        context.add_output_metadata({
+            **table_metadata(table, preview_columns=["role", "id", "completion", "correct", "grad_norm", "loss"]),
+            **summary,
+            "model_fingerprint": fingerprint,
+            "dimension": projector.dimension,
+            "wall_seconds": time.perf_counter() - started,
+        })
+        return table
+
+    return [warmup_checkpoints, checkpoint_gradients]

@@ -1,0 +1,119 @@
+"""DRIFT along a warm-up run, materialized for real on the small demo: saved checkpoints, their own
+vLLM rollouts and gradients (one Dagster partition each), and influence scores that average them."""
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from dagster import AssetKey, instance_for_test
+
+from drift_assets.core.fingerprint import model_fingerprint
+from drift_assets.core.gradients import vectors
+from drift_assets.definitions import build_definitions
+from drift_assets.runner import _execute, materialize_pipeline
+from drift_assets_tests.assets.test_pipeline import latest_metadata, read
+from drift_assets_tests.conftest import settings_in
+
+STEPS = [10, 30]
+KEYS = ["000010", "000030"]
+
+
+@pytest.fixture(scope="module")
+def trajectory(demo_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("trajectory")
+    shutil.copytree(demo_dir / "demo", directory / "demo")
+    # Without test queries the graph has no evaluation assets: this module is about the scores.
+    settings = settings_in(directory, warmup={"steps": STEPS}, data={"test_queries": None})
+    defs = build_definitions(settings)
+    with instance_for_test() as instance:
+        done = materialize_pipeline(defs, instance, include_demo=False)
+        yield settings, defs, instance, done
+
+
+def unit_scores(training: pl.DataFrame, validation: pl.DataFrame) -> dict[str, float]:
+    """gᵀĥ/‖ĥ‖ per example_id, in plain numpy. ``validation``: rollout_id, query_id, target, correct, grad.
+
+    g: per query with mixed grades +1/n⁺ for each correct rollout and −1/n⁻ for each wrong one, the
+    reference answer counting as the one correct rollout of a query no rollout solves; over the queries used.
+    """
+    rollouts = validation.filter(pl.col("target") == "rollout")
+    unsolved = rollouts.group_by("query_id").agg(pl.col("correct").any()).filter(~pl.col("correct"))["query_id"]
+    references = validation.filter(pl.col("target") == "reference", pl.col("query_id").is_in(unsolved.implode()))
+    contrasted = pl.concat([rollouts, references.with_columns(correct=pl.lit(True))]).with_columns(
+        n_correct=pl.col("correct").sum().over("query_id"), n=pl.len().over("query_id"))
+    mixed = contrasted.filter(pl.col("n_correct") > 0, pl.col("n_correct") < pl.col("n"))
+    weights = np.where(mixed["correct"], 1 / mixed["n_correct"], -1 / (mixed["n"] - mixed["n_correct"])) / mixed["query_id"].n_unique()
+    target = (vectors(mixed).astype(np.float64) * weights[:, None]).sum(axis=0)
+    matrix = vectors(training).astype(np.float64)
+    return dict(zip(training["example_id"], matrix @ target / np.linalg.norm(matrix, axis=1), strict=True))
+
+
+def standardized(scores: dict[str, float], ids: list[str]) -> np.ndarray:
+    values = np.array([scores[i] for i in ids])
+    return (values - values.mean()) / values.std()
+
+
+@pytest.mark.vllm
+def test_the_warm_up_saves_a_trained_model_at_each_step(trajectory):
+    settings, _, _, done = trajectory
+    saved = read(settings, "warmup_checkpoints").sort("step")
+    assert saved["step"].to_list() == STEPS and saved["checkpoint"].to_list() == KEYS
+    base = model_fingerprint(settings.model_path)
+    fingerprints = [model_fingerprint(path) for path in saved["path"]]
+    assert fingerprints == saved["model_fingerprint"].to_list()
+    assert len({base, *fingerprints}) == 3
+    assert [f"checkpoint_gradients[{key}]" for key in KEYS] == [d for d in done if d.startswith("checkpoint_gradients")]
+
+
+@pytest.mark.vllm
+def test_each_checkpoint_has_its_own_rollouts_and_gradients(trajectory):
+    settings, _, instance, _ = trajectory
+    table, pool, queries = read(settings, "checkpoint_gradients"), read(settings, "training_pool"), read(settings, "validation_queries")
+    saved = read(settings, "warmup_checkpoints")
+    dimension = read(settings, "training_gradient_projections")["grad"].list.len().unique().to_list()
+    for key in KEYS:
+        rows = table.filter(pl.col("checkpoint") == key)
+        assert rows["model_fingerprint"].unique().to_list() == saved.filter(pl.col("checkpoint") == key)["model_fingerprint"].to_list()
+        assert rows["projection_fingerprint"].n_unique() == 1
+        assert sorted(rows.filter(pl.col("role") == "training")["id"]) == sorted(pool["example_id"])
+        rollouts = rows.filter(pl.col("role") == "rollout")
+        assert rollouts.height == queries.height * settings.rollout.samples_per_query
+        assert rollouts["correct"].null_count() == 0 and rollouts["completion"].null_count() == 0
+        assert rows.filter(pl.col("role") == "reference").height == queries.height
+        assert rows["grad"].list.len().unique().to_list() == dimension
+    # Each checkpoint answers for itself: the rollouts differ from the base model's.
+    base_completions = sorted(read(settings, "rollouts")["completion"])
+    assert sorted(table.filter(pl.col("role") == "rollout", pl.col("checkpoint") == KEYS[-1])["completion"]) != base_completions
+    assert latest_metadata(instance, "checkpoint_gradients")["queries"] == queries.height
+
+
+@pytest.mark.vllm
+def test_influence_scores_average_the_standardized_scores_of_every_checkpoint(trajectory):
+    settings, _, instance, _ = trajectory
+    scores = read(settings, "influence_scores").sort("example_id")
+    ids = scores["example_id"].to_list()
+    graded = read(settings, "validation_gradients").join(read(settings, "grades").select("rollout_id", "correct"), on="rollout_id", how="left")
+    along = [unit_scores(read(settings, "training_gradient_projections"), graded)]
+    table = read(settings, "checkpoint_gradients")
+    for key in KEYS:
+        rows = table.filter(pl.col("checkpoint") == key)
+        along.append(unit_scores(
+            rows.filter(pl.col("role") == "training").rename({"id": "example_id"}),
+            rows.filter(pl.col("role") != "training").rename({"id": "rollout_id", "role": "target"}),
+        ))
+    expected = np.mean([standardized(s, ids) for s in along], axis=0)
+    np.testing.assert_allclose(scores["score"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    # The checkpoints disagree (or the average would add nothing): no two rank the pool alike.
+    assert all(not np.allclose(standardized(a, ids), standardized(b, ids)) for a, b in zip(along, along[1:]))
+    checkpoints = latest_metadata(instance, "influence_scores")["checkpoints"]
+    assert all(key in checkpoints for key in ["base", *KEYS])
+
+
+@pytest.mark.vllm
+def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
+    settings, defs, instance, _ = trajectory
+    before = read(settings, "checkpoint_gradients").sort("checkpoint", "role", "id")
+    _execute(defs, instance, [AssetKey("checkpoint_gradients")], partition_key=KEYS[-1])
+    after = read(settings, "checkpoint_gradients").sort("checkpoint", "role", "id")
+    assert after.equals(before)

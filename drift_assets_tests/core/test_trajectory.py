@@ -1,0 +1,107 @@
+"""DRIFT along a warm-up run: checkpoints saved where asked, the per-checkpoint table, the combination."""
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from drift_assets.core.attribution import ScoringSettings
+from drift_assets.core.influence import PoolScores
+from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
+from drift_assets.core.trajectory import (
+    checkpoint_key,
+    checkpoint_table,
+    combine_checkpoints,
+    score_checkpoint,
+    split_checkpoint_table,
+    warm_up,
+)
+from drift_assets.settings import SettingsError, parse_settings
+from drift_assets_tests.core.test_sft import SHAPE, examples  # noqa: F401  (a fixture)
+
+
+def test_a_warm_up_checkpoint_is_the_model_a_shorter_run_gives(examples):  # noqa: F811
+    tokenizer = build_char_tokenizer()
+    options = SftOptions(steps=9, batch_size=8, learning_rate=3e-3, schedule="constant", seed=2)
+    model = build_tiny_llama(tokenizer, SHAPE, seed=1)
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+    losses = warm_up(model, tokenizer, examples, options, [3, 9], lambda step: saved.__setitem__(
+        step, {name: value.detach().clone() for name, value in model.state_dict().items()}), log=lambda _: None)
+    assert sorted(saved) == sorted(losses) == [3, 9]
+    for step in (3, 9):
+        shorter = build_tiny_llama(tokenizer, SHAPE, seed=1)
+        fine_tune(shorter, tokenizer, examples, SftOptions(steps=step, batch_size=8, learning_rate=3e-3, schedule="constant", seed=2),
+                  log=lambda _: None)
+        for name, value in shorter.state_dict().items():
+            torch.testing.assert_close(saved[step][name], value, rtol=0, atol=0, msg=f"step {step}: {name}")
+    assert not torch.equal(saved[3]["lm_head.weight"], saved[9]["lm_head.weight"])
+
+
+def pool_scores(ids, raw, score) -> PoolScores:
+    n = len(ids)
+    return PoolScores(list(ids), np.asarray(raw, float), np.asarray(score, float), np.arange(1.0, n + 1), np.ones(n))
+
+
+def test_checkpoints_combine_as_the_mean_of_standardized_scores_by_example():
+    base = pool_scores(["a", "b", "c", "d"], [1, 2, 3, 4], [10, 0, 20, 30])
+    # The other checkpoint lists the examples in another order, on another scale.
+    later = pool_scores(["d", "c", "b", "a"], [400, 300, 200, 100], [-1, -2, -3, -4])
+    combined = combine_checkpoints([base, later])
+    z = lambda values: (np.asarray(values, float) - np.mean(values)) / np.std(values)  # noqa: E731
+    assert combined.example_ids == ["a", "b", "c", "d"]
+    np.testing.assert_allclose(combined.score, (z([10, 0, 20, 30]) + z([-4, -3, -2, -1])) / 2)
+    np.testing.assert_allclose(combined.score_raw, z([1, 2, 3, 4]))  # both checkpoints rank the raw scores alike
+    np.testing.assert_array_equal(combined.grad_norm, base.grad_norm)
+    # A checkpoint with one score for everyone says nothing: it adds zeros, not NaNs.
+    flat = combine_checkpoints([base, pool_scores(["a", "b", "c", "d"], [5, 5, 5, 5], [5, 5, 5, 5])])
+    np.testing.assert_allclose(flat.score, z([10, 0, 20, 30]) / 2)
+    with pytest.raises(ValueError, match="different examples"):
+        combine_checkpoints([base, pool_scores(["a", "b", "c", "e"], [1, 2, 3, 4], [1, 2, 3, 4])])
+
+
+def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
+    rng = np.random.default_rng(0)
+    k = 6
+    fingerprints = {"model_fingerprint": "m1", "projection_fingerprint": "p1"}
+
+    def gradient_rows(ids: dict, n: int) -> pl.DataFrame:
+        grads = rng.normal(size=(n, k)).astype(np.float32)
+        return pl.DataFrame({**ids, "grad": [list(map(float, g)) for g in grads], "grad_norm": np.linalg.norm(grads, axis=1),
+                             "loss": rng.uniform(size=n), "n_tokens": np.full(n, 3)}, schema_overrides={"grad": pl.List(pl.Float32)}
+                            ).with_columns(**{name: pl.lit(value) for name, value in fingerprints.items()})
+
+    training = gradient_rows({"example_id": ["e3", "e1", "e2", "e0"]}, 4)
+    rollout_ids = ["q0/0", "q0/1", "q1/0", "q1/1"]
+    validation = gradient_rows({"rollout_id": rollout_ids + ["reference-q0", "reference-q1"], "query_id": ["q0", "q0", "q1", "q1", "q0", "q1"],
+                                "target": ["rollout"] * 4 + ["reference"] * 2}, 6)
+    grades = pl.DataFrame({"rollout_id": rollout_ids, "query_id": ["q0", "q0", "q1", "q1"], "correct": [True, False, False, True],
+                           "reward": [1.0, 0.0, 0.0, 1.0]})
+    rollouts = pl.DataFrame({"rollout_id": rollout_ids, "completion": ["Answer: 1", "Answer: 2", "Answer: 3", "Answer: 4"]})
+    table = checkpoint_table(checkpoint_key(50), training, validation, grades, rollouts)
+    assert table["checkpoint"].unique().to_list() == ["000050"]
+    assert table.group_by("role").len().sort("role").rows() == [("reference", 2), ("rollout", 4), ("training", 4)]
+    assert table.filter(pl.col("id") == "q0/1")["completion"].to_list() == ["Answer: 2"]
+
+    split = split_checkpoint_table(table)
+    assert split.example_ids == ["e0", "e1", "e2", "e3"] and split.training.shape == (4, k)
+    assert split.training_fingerprints == {("m1", "p1")}
+    scores = score_checkpoint(split, ScoringSettings(debias="none"))
+    # Signed weights by hand: per query +1 for the correct rollout, −1 for the wrong one, over 2 queries.
+    vector = lambda frame, i: np.asarray(frame["grad"][i], float)  # noqa: E731
+    target = (vector(validation, 0) - vector(validation, 1) - vector(validation, 2) + vector(validation, 3)) / 2
+    by_id = dict(zip(training["example_id"], range(4), strict=True))
+    expected = [vector(training, by_id[e]) @ target for e in scores.example_ids]
+    np.testing.assert_allclose(scores.score, expected, rtol=1e-5)
+    references = score_checkpoint(split, ScoringSettings(targets="offpolicy", debias="none"))
+    np.testing.assert_allclose(references.score, [vector(training, by_id[e]) @ (vector(validation, 4) + vector(validation, 5)) / 2
+                                                  for e in references.example_ids], rtol=1e-5)
+    with pytest.raises(ValueError, match="one checkpoint"):
+        split_checkpoint_table(pl.concat([table, table.with_columns(checkpoint=pl.lit("000100"))]))
+
+
+def test_warmup_steps_must_increase():
+    assert parse_settings({"warmup": {"steps": [50, 150]}}, "s.yaml", ".").warmup.options().steps == 150
+    for steps in ([150, 50], [0, 10], [10, 10]):
+        with pytest.raises(SettingsError, match="warmup.steps"):
+            parse_settings({"warmup": {"steps": steps}}, "s.yaml", ".")
