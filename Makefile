@@ -46,4 +46,4 @@ benchmark: env
 	$(PY) benchmarks/method_benchmark.py
 
 clean:
-	rm -rf data/warehouse data/demo data/exports data/dagster_home artifacts
+	rm -rf data/warehouse data/demo data/exports data/checkpoints data/dagster_home artifacts

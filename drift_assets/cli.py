@@ -23,8 +23,8 @@ def _summary(settings) -> str:
     warehouse = Warehouse(settings)
     lines = []
 
-    def read(name: str) -> pl.DataFrame | None:
-        return warehouse.scan(name).collect() if warehouse.exists(name) else None
+    def read(name: str, *columns: str) -> pl.DataFrame | None:
+        return warehouse.scan(name).select(columns or pl.all()).collect() if warehouse.exists(name) else None
 
     pool, rejects = read("training_pool"), read("training_pool_rejects")
     if pool is not None:
@@ -38,6 +38,11 @@ def _summary(settings) -> str:
             f"rollouts / grades        {rollouts.height} rollouts by {rollouts['engine'][0]}, pass@1 {grades['correct'].mean():.3f}, "
             f"{summary['queries_mixed']}/{summary['queries']} queries with mixed grades"
         )
+    checkpoints = read("checkpoint_gradients", "checkpoint", "role", "correct")  # not the gradients
+    if checkpoints is not None and settings.warmup.steps:
+        rollouts_at = checkpoints.filter(pl.col("role") == "rollout").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
+        lines.append("warm-up checkpoints      pass@1 " + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in rollouts_at.iter_rows())
+                     + "; scores averaged with the base model's")
     scores = read("influence_scores")
     if scores is not None:
         from drift_assets.core.attribution import diagnostics
