@@ -53,7 +53,8 @@ def partition_keys(defs: Definitions, asset_name: str = SHARDED) -> list[str]:
 
 
 def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True, only_stale: bool = False) -> list[str]:
-    """Demo setup (if present), observe sources, upstream tables, every shard, then scores onward.
+    """Demo setup (if present), observe sources, upstream tables, every shard, the warm-up run and its
+    checkpoints (where configured), then scores onward.
 
     ``only_stale`` materializes only what is stale or missing (and what lies downstream of it), as
     Dagster's stale-status resolver sees it, so that re-running with nothing changed costs nothing.
@@ -81,21 +82,21 @@ def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_d
     logger.info(f"materializing {upstream or 'nothing upstream of the shards'}")
     _execute(defs, instance, [AssetKey(n) for n in upstream])
     done += upstream
-    for shard in partition_keys(defs, SHARDED):
-        if not only_stale or f"{SHARDED}[{shard}]" in pending:
-            logger.info(f"materializing training gradients, shard {shard}")
-            _execute(defs, instance, [AssetKey(SHARDED)], partition_key=shard)
-            done.append(f"{SHARDED}[{shard}]")
+
+    def run_partitions(asset_name: str, what: str) -> None:
+        for key in partition_keys(defs, asset_name):
+            if not only_stale or f"{asset_name}[{key}]" in pending:
+                logger.info(f"materializing {what} {key}")
+                _execute(defs, instance, [AssetKey(asset_name)], partition_key=key)
+                done.append(f"{asset_name}[{key}]")
+
+    run_partitions(SHARDED, "training gradients, shard")
     warmup = wanted([k.to_user_string() for k in _existing(defs, [WARMUP])])
     if warmup:
         logger.info("materializing the warm-up run's checkpoints")
         _execute(defs, instance, [AssetKey(WARMUP)])
         done += warmup
-    for checkpoint in partition_keys(defs, AT_CHECKPOINTS):
-        if not only_stale or f"{AT_CHECKPOINTS}[{checkpoint}]" in pending:
-            logger.info(f"materializing rollouts and gradients at warm-up checkpoint {checkpoint}")
-            _execute(defs, instance, [AssetKey(AT_CHECKPOINTS)], partition_key=checkpoint)
-            done.append(f"{AT_CHECKPOINTS}[{checkpoint}]")
+    run_partitions(AT_CHECKPOINTS, "rollouts and gradients at warm-up checkpoint")
     downstream = wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM_OF_SHARDS)])
     logger.info(f"materializing {downstream or 'nothing downstream of the shards'}")
     _execute(defs, instance, [AssetKey(n) for n in downstream])

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import polars as pl
-
-from collections.abc import Callable
 
 from drift_assets.core.generation import GenerationReport, SamplingSettings
 from drift_assets.core.grading import GradingOptions, grade_answer

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 from dagster import AssetKey, instance_for_test
 
+from drift_assets.cli import _summary
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.gradients import vectors
 from drift_assets.definitions import build_definitions
@@ -86,6 +87,10 @@ def test_each_checkpoint_has_its_own_rollouts_and_gradients(trajectory):
     base_completions = sorted(read(settings, "rollouts")["completion"])
     assert sorted(table.filter(pl.col("role") == "rollout", pl.col("checkpoint") == KEYS[-1])["completion"]) != base_completions
     assert latest_metadata(instance, "checkpoint_gradients")["queries"] == queries.height
+    line = next(line for line in _summary(settings).splitlines() if line.startswith("warm-up checkpoints"))
+    for step, key in zip(STEPS, KEYS, strict=True):
+        pass_at_1 = table.filter(pl.col("checkpoint") == key, pl.col("role") == "rollout")["correct"].mean()
+        assert f"{step} steps {pass_at_1:.3f}" in line
 
 
 @pytest.mark.vllm
