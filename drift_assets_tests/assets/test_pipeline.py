@@ -98,9 +98,11 @@ def test_gradients_scores_and_selection_are_consistent(pipeline):
     metadata = latest_metadata(instance, "influence_scores")
     for figure in ("spearman_score_vs_grad_norm", "spearman_score_vs_length", "noise_auc", "queries_used"):
         assert figure in metadata
-    # Signed weighting uses exactly the queries with mixed grades.
+    # Signed weighting uses exactly the queries with mixed grades, plus those no rollout solves, whose
+    # reference answer stands in as the correct rollout (influence.unsolved: reference).
     grades_metadata = latest_metadata(instance, "grades")
-    assert metadata["queries_used"] == grades_metadata["queries_mixed"]
+    assert metadata["references_for_unsolved"] == grades_metadata["queries_all_wrong"]
+    assert metadata["queries_used"] == grades_metadata["queries_mixed"] + grades_metadata["queries_all_wrong"]
 
 
 @pytest.mark.vllm
