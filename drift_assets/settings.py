@@ -113,6 +113,15 @@ class ProjectionSettings(_Group):
     seed: int = 0
     batch_size: int = Field(32, ge=1)
     loss_reduction: Literal["sum", "mean"] = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
+    validation_span: Literal["answer", "completion"] = Field(
+        "answer", description="which tokens of each rollout and reference the validation gradient is the log-prob of: "
+        "answer = from the last grading.answer_marker on (the part the grader reads; the text before it is context), "
+        "completion = all of it. Training gradients always cover the whole response.",
+    )
+
+    def answer_marker(self, grading: GradingSettings) -> str | None:
+        """The marker the validation gradients split at, or None for whole completions."""
+        return grading.answer_marker if self.validation_span == "answer" else None
     shards: int = Field(4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions).")
 
 
@@ -292,6 +301,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 # Which settings each asset reads. Only these feed its code_version, so a change elsewhere never
 # makes it stale. Keys are "group" or "group.key".
 _PROJECTION = ("projection.target_modules", "projection.rank", "projection.basis", "projection.seed", "projection.loss_reduction", "model.dtype")
+_VALIDATION = (*_PROJECTION, "projection.validation_span", "grading.answer_marker")
 ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "demo_task_files": ("demo",),
     "demo_base_model": ("demo", "model.dtype"),
@@ -301,8 +311,8 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "rollouts": ("rollout", "model.dtype"),
     "grades": ("grading",),
     "projection_basis": _PROJECTION,
-    "validation_gradients": _PROJECTION,
-    "training_gradient_projections": ("projection", "model.dtype"),
+    "validation_gradients": _VALIDATION,
+    "training_gradient_projections": (*_PROJECTION, "projection.batch_size", "projection.shards"),
     "warmup_checkpoints": ("warmup", "model.dtype"),
     "checkpoint_gradients": ("rollout", "grading", "projection", "model.dtype"),
     "influence_scores": ("influence", "warmup.steps"),

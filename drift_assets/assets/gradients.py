@@ -102,7 +102,8 @@ def build_gradient_assets(settings: Settings) -> list:
             raise ValueError(f"rollouts were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize rollouts")
         projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
         table = validation_gradient_frame(
-            projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint, progress_logger(context, "validation gradients", 256)
+            projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint,
+            progress_logger(context, "validation gradients", 256), settings.projection.answer_marker(settings.grading),
         )
         context.add_output_metadata({
             **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),

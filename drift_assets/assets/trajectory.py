@@ -83,8 +83,9 @@ def build_trajectory_assets(settings: Settings) -> list:
         key = context.partition_key
         started = time.perf_counter()
         saved = warmup_checkpoints.filter(pl.col("checkpoint") == key)
-        if saved.is_empty():
-            raise ValueError(f"warmup_checkpoints has no checkpoint {key}: re-materialize warmup_checkpoints")
+        if saved.is_empty() or not Path(saved["path"][0]).is_dir():
+            where = f" ({saved['path'][0]} is gone)" if not saved.is_empty() else ""
+            raise ValueError(f"warmup_checkpoints has no checkpoint {key}{where}: re-materialize warmup_checkpoints")
         checkpoint = ModelResource(path=saved["path"][0], dtype=model.dtype, device=model.device)
         fingerprint = checkpoint.fingerprint()
         if fingerprint != saved["model_fingerprint"][0]:
@@ -99,7 +100,10 @@ def build_trajectory_assets(settings: Settings) -> list:
         network = checkpoint.load_model()
         references = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
         projector = LinearGradientProjector(network, options, fit_basis(network, options, tokenizer, *references, batch_size))
-        validation = validation_gradient_frame(projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint)
+        validation = validation_gradient_frame(
+            projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint,
+            answer_marker=settings.projection.answer_marker(settings.grading),
+        )
         training = gradient_frame(
             {"example_id": training_pool["example_id"].to_list()}, projector, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]),
             batch_size, fingerprint, progress_logger(context, f"checkpoint {key} training gradients", 512),

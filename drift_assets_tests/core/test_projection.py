@@ -227,3 +227,25 @@ def test_a_pattern_matching_no_layer_is_a_clear_error(tiny):
     model, _, _ = tiny
     with pytest.raises(ValueError, match="matches no nn.Linear"):
         LinearGradientProjector(model, ProjectionOptions(target_modules=r"nothing_here"))
+
+
+def test_answer_span_gradients_are_exact_gradients_of_the_answer_given_the_reasoning(tiny):
+    from drift_assets.core.gradients import answer_span_pairs, query_token_pairs
+
+    model, tokenizer, _ = tiny
+    prompts = ["What is 12 + 5?", "What is 9 - 4?", "What is 3 + 3?"]
+    completions = ["12 + 5 = 17. Answer: 17", "We compute 9 - 4 and get 5. Answer: 5", "no marker here"]
+    whole = query_token_pairs(tokenizer, prompts, completions)
+    split = answer_span_pairs(tokenizer, prompts, completions, "Answer:")
+    # The same token sequence; only the boundary between masked context and scored response moves.
+    assert [p + r for p, r in zip(*whole)] == [p + r for p, r in zip(*split)]
+    assert [tokenizer.decode(r, skip_special_tokens=True) for r in split[1]] == ["Answer: 17", "Answer: 5", "no marker here"]
+    projector = LinearGradientProjector(model, ProjectionOptions(rank=None))
+    batch = collate_pairs(tokenizer, *split)
+    exact = exact_per_example_gradients(model, batch, projector.layer_names)
+    projected = projector.project(batch).gradients
+    assert (projected - exact).norm() / exact.norm() < 1e-4
+    # Scoring only the answer is not scoring the whole completion (except where there is no marker).
+    whole_gradients = projector.project(collate_pairs(tokenizer, *whole)).gradients
+    assert not torch.allclose(whole_gradients[0], projected[0], rtol=1e-2)
+    assert torch.allclose(whole_gradients[2], projected[2], rtol=1e-4, atol=1e-7)

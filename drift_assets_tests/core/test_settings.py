@@ -218,3 +218,22 @@ def test_with_overrides_validates(tmp_path):
     settings = load_settings(write_settings(tmp_path, {}))
     with pytest.raises(ValueError):
         settings.with_overrides(selection={"method": "top_k"})
+
+
+def test_the_validation_span_stales_validation_gradients_and_checkpoints_not_training_gradients(tmp_path):
+    base = load_settings(write_settings(tmp_path, {}))
+    changed = base.with_overrides(projection={"validation_span": "completion"})
+    for asset in ("validation_gradients", "checkpoint_gradients"):
+        assert code_version(asset, "1", base) != code_version(asset, "1", changed), asset
+    for asset in ("rollouts", "projection_basis", "training_gradient_projections", "influence_scores", "warmup_checkpoints"):
+        assert code_version(asset, "1", base) == code_version(asset, "1", changed), asset
+    assert base.projection.answer_marker(base.grading) == "Answer:" and changed.projection.answer_marker(changed.grading) is None
+
+
+def test_warmup_steps_stale_the_warm_up_and_the_scores_not_the_base_model_gradients(tmp_path):
+    base = load_settings(write_settings(tmp_path, {}))
+    changed = base.with_overrides(warmup={"steps": [100]})
+    for asset in ("warmup_checkpoints", "influence_scores", "method_benchmark"):
+        assert code_version(asset, "1", base) != code_version(asset, "1", changed), asset
+    for asset in (*GRADIENT_ASSETS, "checkpoint_gradients", "refined_dataset"):
+        assert code_version(asset, "1", base) == code_version(asset, "1", changed), asset
