@@ -118,11 +118,11 @@ class ProjectionSettings(_Group):
         "answer = from the last grading.answer_marker on (the part the grader reads; the text before it is context), "
         "completion = all of it. Training gradients always cover the whole response.",
     )
+    shards: int = Field(4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions).")
 
     def answer_marker(self, grading: GradingSettings) -> str | None:
         """The marker the validation gradients split at, or None for whole completions."""
         return grading.answer_marker if self.validation_span == "answer" else None
-    shards: int = Field(4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions).")
 
 
 class InfluenceSettings(_Group):
