@@ -42,12 +42,25 @@ def pool_token_pairs(tokenizer, messages_json: Sequence[str]) -> tuple[list[list
 
 
 def query_token_pairs(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], ended_with_eos: Sequence[bool] | None = None
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    ended_with_eos: Sequence[bool] | None = None,
+    answer_marker: str | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt and response ids; ``ended_with_eos`` (rollouts) says whether the response closes with EOS."""
+    """Prompt and response ids; ``ended_with_eos`` (rollouts) says whether the response closes with EOS.
+
+    With ``answer_marker`` the response is only the answer span: from the last marker on (the whole
+    response where it has none), and the text before it joins the context. The same tokens in the
+    same order: only the split between context (masked) and response moves.
+    """
     eos_flags = ended_with_eos if ended_with_eos is not None else [True] * len(prompts)
-    prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, p)) for p in prompts]
-    response_ids = [encode_response(tokenizer, r, append_eos=bool(e)) for r, e in zip(responses, eos_flags, strict=True)]
+    prompt_ids, response_ids = [], []
+    for prompt, response, eos in zip(prompts, responses, eos_flags, strict=True):
+        cut = max(response.rfind(answer_marker), 0) if answer_marker else 0
+        context = encode_response(tokenizer, response[:cut], append_eos=False) if cut else []
+        prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + context)
+        response_ids.append(encode_response(tokenizer, response[cut:], append_eos=bool(eos)))
     return prompt_ids, response_ids
 
 
@@ -77,23 +90,6 @@ def gradient_frame(
     )
 
 
-def answer_span_pairs(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], answer_marker: str, ended_with_eos: Sequence[bool] | None = None
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Like :func:`query_token_pairs`, but the response is only the answer span: from the last
-    ``answer_marker`` on (the whole response where it has none); the text before it joins the context.
-
-    The same tokens in the same order: only the split between context (masked) and response moves.
-    """
-    eos_flags = ended_with_eos if ended_with_eos is not None else [True] * len(prompts)
-    prompt_ids, response_ids = [], []
-    for prompt, response, eos in zip(prompts, responses, eos_flags, strict=True):
-        cut = max(response.rfind(answer_marker), 0)
-        prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + encode_response(tokenizer, response[:cut], append_eos=False))
-        response_ids.append(encode_response(tokenizer, response[cut:], append_eos=bool(eos)))
-    return prompt_ids, response_ids
-
-
 def validation_gradient_frame(
     projector: LinearGradientProjector,
     tokenizer,
@@ -107,14 +103,11 @@ def validation_gradient_frame(
     """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference).
 
     With ``answer_marker`` each gradient is ∇ log π(answer span | query, text before it): see
-    :func:`answer_span_pairs`. Without it, ∇ log π(whole completion | query).
+    :func:`query_token_pairs`. Without it, ∇ log π(whole completion | query).
     """
-    if answer_marker:
-        rollout_pairs = answer_span_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], answer_marker, rollouts["ended_with_eos"])
-        reference_pairs = answer_span_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"], answer_marker)
-    else:
-        rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
-        reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
+    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"], answer_marker)
+    reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"],
+                                        answer_marker=answer_marker)
     ids = {
         "rollout_id": rollouts["rollout_id"].to_list() + [f"reference-{q}" for q in validation_queries["query_id"]],
         "query_id": rollouts["query_id"].to_list() + validation_queries["query_id"].to_list(),

@@ -78,9 +78,7 @@ def fine_tune(
         if step % max(1, options.steps // 4) == 0:
             log(f"sft step {step}/{options.steps}: loss {loss:.4f}")
         if after_step is not None:
-            model.eval()
             after_step(step, loss)
-            model.train()
     model.eval()
     return sum(recent) / max(1, len(recent))
 

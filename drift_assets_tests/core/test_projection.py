@@ -230,13 +230,13 @@ def test_a_pattern_matching_no_layer_is_a_clear_error(tiny):
 
 
 def test_answer_span_gradients_are_exact_gradients_of_the_answer_given_the_reasoning(tiny):
-    from drift_assets.core.gradients import answer_span_pairs, query_token_pairs
+    from drift_assets.core.gradients import query_token_pairs
 
     model, tokenizer, _ = tiny
     prompts = ["What is 12 + 5?", "What is 9 - 4?", "What is 3 + 3?"]
     completions = ["12 + 5 = 17. Answer: 17", "We compute 9 - 4 and get 5. Answer: 5", "no marker here"]
     whole = query_token_pairs(tokenizer, prompts, completions)
-    split = answer_span_pairs(tokenizer, prompts, completions, "Answer:")
+    split = query_token_pairs(tokenizer, prompts, completions, answer_marker="Answer:")
     # The same token sequence; only the boundary between masked context and scored response moves.
     assert [p + r for p, r in zip(*whole)] == [p + r for p, r in zip(*split)]
     assert [tokenizer.decode(r, skip_special_tokens=True) for r in split[1]] == ["Answer: 17", "Answer: 5", "no marker here"]
