@@ -66,7 +66,10 @@ def main(argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     pool_pairs = pool_token_pairs(tokenizer, pool["messages"].to_list())
-    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"])
+    # As the pipeline: the target over the span its validation gradients cover (projection.validation_span),
+    # the basis over whole reference responses.
+    marker = settings.projection.answer_marker(settings.grading)
+    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"], marker)
     reference_pairs = query_token_pairs(tokenizer, queries["prompt"], queries["reference_response"])
     rollout_weight = torch.tensor(rollouts["weight"].to_numpy(), dtype=torch.float64)
     keep = ~pool["is_corrupted"].to_numpy().astype(bool) if "is_corrupted" in pool.columns else None
@@ -83,7 +86,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     exact = LinearGradientProjector(model, ProjectionOptions(rank=None))
     exact_raw, exact_unit = scores(exact)
-    print(f"{pool.height} pool examples, {rollouts.height} weighted rollouts; exact k = {exact.dimension:,} "
+    print(f"{pool.height} pool examples, {rollouts.height} weighted rollouts ({settings.projection.validation_span} span); exact k = {exact.dimension:,} "
           f"({time.perf_counter() - started:.0f} s), noise AUC raw {auc(exact_raw)}, unit {auc(exact_unit)}")
     print(f"{'basis':>7} {'rank':>5} {'k':>7} {'spearman raw':>13} {'spearman unit':>14} {'AUC unit':>9}")
     for rank in args.ranks:

@@ -1,0 +1,143 @@
+"""Noise sensitivity: test accuracy after SFT against the share of noisy rows in a selection.
+
+The method benchmark compares selections that differ both in how much noise they keep and in which
+clean rows they keep. This script separates the two, on the materialized demo (run ``make demo``
+first), with selections of the benchmark's size (``selection.fraction`` of the pool), its SFT
+settings and seeds, and test accuracy:
+
+1. random noise: random clean rows and random noisy rows (``is_corrupted``) in fixed shares, so
+   how many points each share of noise costs, and how far above full-data SFT a perfect filter is;
+2. the noise a scored selection keeps (DRIFT's, the refined dataset; the ``loss`` filter's): the
+   selection as it is against the same selection with its noisy rows swapped for clean rows it
+   left out, so what the noise it kept costs, beside what random noise of that share costs.
+
+Where the ``method_benchmark`` table exists, it is printed for comparison.
+
+    .venv/bin/python benchmarks/noise_sensitivity.py
+    .venv/bin/python benchmarks/noise_sensitivity.py --shares 0,0.05,0.2 --seeds 0,1,2
+
+This prints figures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import numpy as np
+import polars as pl
+
+from drift_assets.assets.evaluate import summary_markdown
+from drift_assets.core.benchmark import loss_scores
+from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.sft import evaluate, fine_tune
+from drift_assets.resources import Warehouse, model_resource
+from drift_assets.settings import load_settings
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--shares", default="0,0.025,0.05,0.1,0.2,pool", help="noisy shares of each selection ('pool': the pool's own share)")
+    parser.add_argument("--seeds", default=None, help="comma list of SFT seeds (default: benchmark.seeds)")
+    return parser.parse_args(argv)
+
+
+def mixed_selection(clean: list[str], noisy: list[str], size: int, share: float, seed: int) -> list[str]:
+    """``size`` ids, round(share × size) of them noisy, both kinds drawn at random (seeded)."""
+    n_noisy = round(share * size)
+    if n_noisy > len(noisy) or size - n_noisy > len(clean):
+        raise SystemExit(f"a selection of {size} with noise share {share} needs {n_noisy} noisy and {size - n_noisy} clean rows; "
+                         f"the pool has {len(noisy)} and {len(clean)}")
+    rng = random.Random(f"noise-sensitivity-{share}-{seed}")
+    return rng.sample(clean, size - n_noisy) + rng.sample(noisy, n_noisy)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    settings = load_settings()
+    warehouse = Warehouse(settings)
+    for table in ("training_pool", "test_queries"):
+        if not warehouse.exists(table):
+            raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
+    pool = warehouse.scan("training_pool").collect().sort("example_id")
+    if "is_corrupted" not in pool.columns:
+        raise SystemExit("the training pool has no is_corrupted column: this needs the demo's ground truth")
+    noisy_mask = pool["is_corrupted"].to_numpy().astype(bool)
+    ids = pool["example_id"].to_list()
+    clean = [i for i, bad in zip(ids, noisy_mask) if not bad]
+    noisy = [i for i, bad in zip(ids, noisy_mask) if bad]
+    noisy_set = set(noisy)
+    pool_share = float(noisy_mask.mean())
+    shares = [pool_share if share == "pool" else float(share) for share in args.shares.split(",") if share]
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else settings.benchmark.seeds
+    size = round(pool.height * settings.selection.fraction)
+    queries = warehouse.scan("test_queries").collect().to_dicts()
+    messages = dict(zip(ids, pool["messages"], strict=True))
+    grading = settings.grading.options()
+    resource = model_resource(settings)
+    tokenizer = resource.load_tokenizer()
+
+    def accuracy(selection: list[str], seed: int) -> float:
+        model = resource.load_model()
+        fine_tune(model, tokenizer, [messages[i] for i in sorted(selection)], settings.benchmark.sft.options(seed), log=lambda _: None)
+        engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
+        return evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, grading).accuracy
+
+    def mean_std(selection_for_seed) -> tuple[float, float]:
+        values = [100 * accuracy(selection_for_seed(seed), seed) for seed in seeds]
+        return float(np.mean(values)), float(np.std(values))
+
+    print(f"selections of {size} rows (selection.fraction {settings.selection.fraction} of {pool.height}); "
+          f"the pool is {pool_share:.3f} noise; SFT seeds {seeds}, {len(queries)} test queries\n")
+    print("random noise: clean rows and noisy rows drawn at random in each share\n")
+    print("| noise share | noisy rows | accuracy % (mean ± std over seeds) |")
+    print("|---|---|---|")
+    started = time.perf_counter()
+    curve = {}
+    for share in shares:
+        curve[share], spread = mean_std(lambda seed, share=share: mixed_selection(clean, noisy, size, share, seed))
+        print(f"| {share:.3f} | {round(share * size)} | {curve[share]:.1f} ± {spread:.1f} |", flush=True)
+
+    selections = scored_selections(warehouse, pool, size)
+    if selections:
+        print("\nthe noise a scored selection keeps: the selection as it is, and with its noisy rows swapped for clean "
+              "rows it left out (drawn at random per seed); beside it, random noise of the same share (interpolated above)\n")
+        print("| selection | noise share | accuracy % | noise swapped for clean | its noise costs (points) | random noise of that share costs |")
+        print("|---|---|---|---|---|---|")
+        shares_measured = sorted(curve)
+        random_curve = [curve[share] for share in shares_measured]
+        for name, chosen in selections.items():
+            kept_noise = [i for i in chosen if i in noisy_set]
+            share = len(kept_noise) / len(chosen)
+            as_is, as_is_spread = mean_std(lambda seed: chosen)
+            left_out = sorted(set(clean) - set(chosen))
+            swapped, swapped_spread = mean_std(
+                lambda seed: [i for i in chosen if i not in noisy_set]
+                + random.Random(f"noise-swap-{name}-{seed}").sample(left_out, len(kept_noise))
+            )
+            random_cost = f"{curve[0.0] - np.interp(share, shares_measured, random_curve):.1f}" if 0.0 in curve else "– (needs share 0)"
+            print(f"| {name} | {share:.3f} | {as_is:.1f} ± {as_is_spread:.1f} | {swapped:.1f} ± {swapped_spread:.1f} | "
+                  f"{swapped - as_is:.1f} | {random_cost} |", flush=True)
+    print(f"\n{time.perf_counter() - started:.0f} s")
+
+    if warehouse.exists("method_benchmark"):
+        print("\nthe method benchmark, for comparison\n")
+        print(summary_markdown(warehouse.scan("method_benchmark").collect()))
+
+
+def scored_selections(warehouse: Warehouse, pool: pl.DataFrame, size: int) -> dict[str, list[str]]:
+    """The DRIFT selection (the refined dataset) and the benchmark's ``loss`` selection of ``size``, where their tables exist."""
+    selections = {}
+    if warehouse.exists("refined_dataset"):
+        refined = warehouse.scan("refined_dataset").filter(pl.col("selected")).collect()
+        selections["drift (the refined dataset)"] = sorted(refined["example_id"].to_list())
+    if warehouse.exists("training_gradient_projections"):
+        losses = warehouse.scan("training_gradient_projections").select("example_id", "loss", "n_tokens").collect()
+        ranked = loss_scores(losses.filter(pl.col("example_id").is_in(pool["example_id"].implode())))
+        selections["loss (lowest loss per token)"] = sorted(ranked.head(size)["example_id"].to_list())
+    return selections
+
+
+if __name__ == "__main__":
+    main()
