@@ -1,7 +1,8 @@
 """Projection fidelity: how well projected influence scores rank like exact-gradient scores.
 
 On the materialized demo (run ``make demo`` first) it scores a sample of the training pool against
-the real on-policy target g = Σ w_jk g_jk (signed weights from the ``grades`` table) twice:
+the real on-policy target g = Σ w_jk g_jk (signed weights from the ``grades`` table; the rollouts'
+gradients over the span ``projection.validation_span`` says, as the pipeline has them) twice:
 
 - exact: ``ProjectionOptions(rank=None)``, the full gradient of every targeted layer (≈426k numbers
   per example on the demo model);
