@@ -28,8 +28,7 @@ import time
 import numpy as np
 import polars as pl
 
-from drift_assets.assets.evaluate import summary_markdown
-from drift_assets.core.benchmark import loss_scores
+from drift_assets.assets.evaluate import pool_loss_scores, summary_markdown
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.resources import Warehouse, model_resource
@@ -133,8 +132,7 @@ def scored_selections(warehouse: Warehouse, pool: pl.DataFrame, size: int) -> di
         refined = warehouse.scan("refined_dataset").filter(pl.col("selected")).collect()
         selections["drift (the refined dataset)"] = sorted(refined["example_id"].to_list())
     if warehouse.exists("training_gradient_projections"):
-        losses = warehouse.scan("training_gradient_projections").select("example_id", "loss", "n_tokens").collect()
-        ranked = loss_scores(losses.filter(pl.col("example_id").is_in(pool["example_id"].implode())))
+        ranked = pool_loss_scores(warehouse, pool)
         selections["loss (lowest loss per token)"] = sorted(ranked.head(size)["example_id"].to_list())
     return selections
 

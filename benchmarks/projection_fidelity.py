@@ -30,8 +30,8 @@ import polars as pl
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis, project_in_batches
+from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, reference_basis
+from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
 from drift_assets.core.stats import roc_auc, spearman
 from drift_assets.core.weighting import rollout_weights
 from drift_assets.resources import Warehouse
@@ -67,11 +67,9 @@ def main(argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     pool_pairs = pool_token_pairs(tokenizer, pool["messages"].to_list())
-    # As the pipeline: the target over the span its validation gradients cover (projection.validation_span),
-    # the basis over whole reference responses.
+    # As the pipeline: the target over the span its validation gradients cover (projection.validation_span).
     marker = settings.projection.answer_marker(settings.grading)
     rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"], marker)
-    reference_pairs = query_token_pairs(tokenizer, queries["prompt"], queries["reference_response"])
     rollout_weight = torch.tensor(rollouts["weight"].to_numpy(), dtype=torch.float64)
     keep = ~pool["is_corrupted"].to_numpy().astype(bool) if "is_corrupted" in pool.columns else None
 
@@ -93,7 +91,7 @@ def main(argv=None) -> None:
     for rank in args.ranks:
         for basis_name in ("pca", "random"):
             options = ProjectionOptions(rank=rank, basis=basis_name)
-            basis = fit_basis(model, options, tokenizer, *reference_pairs, args.batch_size)
+            basis = reference_basis(model, options, tokenizer, queries, args.batch_size)
             raw, unit = scores(LinearGradientProjector(model, options, basis))
             print(f"{basis_name:>7} {rank:>5} {len(basis.matrices) * rank * rank:>7} {spearman(raw, exact_raw):>13.3f} "
                   f"{spearman(unit, exact_unit):>14.3f} {auc(unit):>9}", flush=True)

@@ -38,6 +38,12 @@ def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEng
             engine.close()
 
 
+def pool_loss_scores(warehouse: Warehouse, training_pool: pl.DataFrame) -> pl.DataFrame:
+    """The ``loss`` method's scores of the pool's examples, from the base model's losses in ``training_gradient_projections``."""
+    losses = warehouse.scan("training_gradient_projections").select("example_id", "loss", "n_tokens")
+    return loss_scores(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
+
+
 def build_evaluation_assets(settings: Settings) -> list:
     benchmark = settings.benchmark
     grading = settings.grading.options()
@@ -110,9 +116,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         ])
         scores = {m: scorer.scores(s, training_pool) for m in benchmark.methods if (s := scoring_for(m, drift)) is not None}
         if "loss" in benchmark.methods:
-            losses = warehouse.scan("training_gradient_projections")
-            scores["loss"] = loss_scores(losses.select("example_id", "loss", "n_tokens").collect()
-                                         .filter(pl.col("example_id").is_in(training_pool["example_id"].implode())))
+            scores["loss"] = pool_loss_scores(warehouse, training_pool)
         # random selects as many examples as DRIFT does, so the two differ only in which ones.
         drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
         drift_size = int(select(drift_scores, settings.selection.method, settings.selection.fraction, settings.selection.k).sum())

@@ -18,12 +18,12 @@ from drift_assets.checks import vector_check, vector_problems
 from drift_assets.core.gradients import (
     gradient_frame,
     pool_token_pairs,
-    query_token_pairs,
+    reference_basis,
     shard_keys,
     shard_of,
     validation_gradient_frame,
 )
-from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions, fit_basis
+from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
@@ -58,10 +58,7 @@ def build_gradient_assets(settings: Settings) -> list:
     )
     def projection_basis(context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource) -> Output:
         tokenizer, network = model.load_tokenizer(), model.load_model()
-        # The references, not the rollouts: the basis then survives a change of rollout settings, and
-        # a change of the pool, so training-gradient rows stay reusable.
-        prompt_ids, response_ids = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
-        basis = fit_basis(network, options, tokenizer, prompt_ids, response_ids, batch_size)
+        basis = reference_basis(network, options, tokenizer, validation_queries, batch_size)
         table = basis.to_frame().with_columns(model_fingerprint=pl.lit(model.fingerprint()))
         context.log.info(f"projection basis ({options.basis}, rank {options.rank}) over {len(basis.matrices)} layers: {basis.fingerprint()}")
         # The data version is the content: refitting to the same matrices (a random basis, or unchanged
@@ -70,7 +67,7 @@ def build_gradient_assets(settings: Settings) -> list:
             "basis": options.basis,
             "rank": options.rank,
             "layers": len(basis.matrices),
-            "fitted_on_sequences": len(prompt_ids) if options.basis == "pca" else 0,
+            "fitted_on_sequences": validation_queries.height if options.basis == "pca" else 0,
             "basis_fingerprint": basis.fingerprint(),
         })
 

@@ -93,15 +93,16 @@ def build_influence_assets(settings: Settings) -> list:
         curvature = fit_curvature(influence.hessian, (m for _, m in gradients_only()), target.vector.shape[0], influence.damping)
         scores = score_pool(gradients_only, target.vector, curvature, influence.debias)
         check_same_checkpoint(fingerprints, target)
+        base_table = scores_frame(scores, training_pool)
         along = [scores]
         checkpoint_rows = [{"checkpoint": "base", "pass_at_1": float(grades["correct"].mean()),
-                            "noise_auc": noise_auc(scores_frame(scores, training_pool), training_pool)}]
+                            "noise_auc": noise_auc(base_table, training_pool)}]
         for checkpoint in warmup_checkpoints_along(warehouse, steps):
             along.append(score_checkpoint(checkpoint, influence.scoring()))
             checkpoint_rows.append({"checkpoint": checkpoint.checkpoint, "pass_at_1": float(checkpoint.grades["correct"].mean()),
                                     "noise_auc": noise_auc(scores_frame(along[-1], training_pool), training_pool)})
             context.log.info(f"scored at checkpoint {checkpoint.checkpoint}: {checkpoint_rows[-1]}")
-        table = scores_frame(combine_checkpoints(along) if len(along) > 1 else scores, training_pool)
+        table = scores_frame(combine_checkpoints(along), training_pool) if len(along) > 1 else base_table
         figures = diagnostics(table, training_pool)
         summary = target.summary
         context.log.info(", ".join(f"{k} {v:.3f}" for k, v in figures.items()))

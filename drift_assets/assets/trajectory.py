@@ -13,8 +13,8 @@ from dagster import AssetExecutionContext, StaticPartitionsDefinition, asset
 from drift_assets.assets.gradients import progress_logger, projection_options
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.fingerprint import model_fingerprint
-from drift_assets.core.gradients import gradient_frame, pool_token_pairs, query_token_pairs, validation_gradient_frame
-from drift_assets.core.projection import LinearGradientProjector, fit_basis
+from drift_assets.core.gradients import gradient_frame, pool_token_pairs, reference_basis, validation_gradient_frame
+from drift_assets.core.projection import LinearGradientProjector
 from drift_assets.core.rollouts import grade_rollouts, grade_summary, sample_rollouts
 from drift_assets.core.trajectory import checkpoint_key, checkpoint_table, warm_up
 from drift_assets.resources import ModelResource, RolloutEngineResource
@@ -98,8 +98,7 @@ def build_trajectory_assets(settings: Settings) -> list:
         context.log.info(f"checkpoint {key}: pass@1 {summary['pass_at_1']:.3f}, {summary['queries_mixed']}/{summary['queries']} queries mixed")
 
         network = checkpoint.load_model()
-        references = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
-        projector = LinearGradientProjector(network, options, fit_basis(network, options, tokenizer, *references, batch_size))
+        projector = LinearGradientProjector(network, options, reference_basis(network, options, tokenizer, validation_queries, batch_size))
         validation = validation_gradient_frame(
             projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint,
             answer_marker=settings.projection.answer_marker(settings.grading),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import polars as pl
 
-from drift_assets.core.projection import LinearGradientProjector, project_in_batches
+from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions, fit_basis, project_in_batches
 from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt, render_prompt
 
 GRADIENT_COLUMNS = ("grad", "grad_norm", "loss", "n_tokens", "model_fingerprint", "projection_fingerprint")
@@ -62,6 +62,17 @@ def query_token_pairs(
         prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + context)
         response_ids.append(encode_response(tokenizer, response[cut:], append_eos=bool(eos)))
     return prompt_ids, response_ids
+
+
+def reference_basis(model, options: ProjectionOptions, tokenizer, validation_queries: pl.DataFrame, batch_size: int) -> ProjectionBasis:
+    """The projection basis of a model, fitted (``pca``) on the validation queries' whole reference responses.
+
+    The references, not the rollouts: the basis then survives a change of rollout settings, and a
+    change of the pool, so training-gradient rows stay reusable. Whole responses, whatever span the
+    validation gradients cover: the training gradients are projected with the same basis.
+    """
+    prompt_ids, response_ids = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
+    return fit_basis(model, options, tokenizer, prompt_ids, response_ids, batch_size)
 
 
 def gradient_frame(
