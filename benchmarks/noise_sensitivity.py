@@ -9,12 +9,18 @@ settings and seeds, and test accuracy:
    how many points each share of noise costs, and how far above full-data SFT a perfect filter is;
 2. the noise a scored selection keeps (DRIFT's, the refined dataset; the ``loss`` filter's): the
    selection as it is against the same selection with its noisy rows swapped for clean rows it
-   left out, so what the noise it kept costs, beside what random noise of that share costs.
+   left out, so what the noise it kept costs, beside what random noise of that share costs;
+3. rows one off (``--one-off N``, the demo's arithmetic prompts): a random clean selection with N
+   of its rows replaced by rows whose answer is one too high, one too low, or half each, and which
+   way the fine-tuned model's wrong test answers go. It separates the harm such rows do by their
+   direction (a shift of the model's answers, which first-order influence sees) from the harm
+   they do by being wrong at all.
 
 Where the ``method_benchmark`` table exists, it is printed for comparison.
 
     .venv/bin/python benchmarks/noise_sensitivity.py
     .venv/bin/python benchmarks/noise_sensitivity.py --shares 0,0.05,0.2 --seeds 0,1,2
+    .venv/bin/python benchmarks/noise_sensitivity.py --shares '' --no-scored --one-off 100
 
 This prints figures; it asserts nothing.
 """
@@ -28,8 +34,12 @@ import time
 import numpy as np
 import polars as pl
 
+from noise_breakdown import answer_offset
+
 from drift_assets.assets.evaluate import pool_loss_scores, summary_markdown
-from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.gradients import query_token_pairs
+from drift_assets.core.grading import extract_number
 from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.resources import Warehouse, model_resource
 from drift_assets.settings import load_settings
@@ -39,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--shares", default="0,0.025,0.05,0.1,0.2,pool", help="noisy shares of each selection ('pool': the pool's own share)")
     parser.add_argument("--seeds", default=None, help="comma list of SFT seeds (default: benchmark.seeds)")
+    parser.add_argument("--no-scored", action="store_true", help="skip part 2 (the scored selections)")
+    parser.add_argument("--one-off", type=int, default=0, metavar="N",
+                        help="part 3: N rows one off (+1, -1, half each) in a random clean selection (0: skip)")
     return parser.parse_args(argv)
 
 
@@ -77,11 +90,13 @@ def main(argv=None) -> None:
     resource = model_resource(settings)
     tokenizer = resource.load_tokenizer()
 
-    def accuracy(selection: list[str], seed: int) -> float:
+    def fine_tuned(selection: list[str], seed: int) -> TransformersEngine:
         model = resource.load_model()
         fine_tune(model, tokenizer, [messages[i] for i in sorted(selection)], settings.benchmark.sft.options(seed), log=lambda _: None)
-        engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
-        return evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, grading).accuracy
+        return TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
+
+    def accuracy(selection: list[str], seed: int) -> float:
+        return evaluate(fine_tuned(selection, seed), tokenizer, queries, settings.rollout.max_tokens, grading).accuracy
 
     def mean_std(selection_for_seed) -> tuple[float, float]:
         values = [100 * accuracy(selection_for_seed(seed), seed) for seed in seeds]
@@ -89,16 +104,17 @@ def main(argv=None) -> None:
 
     print(f"selections of {size} rows (selection.fraction {settings.selection.fraction} of {pool.height}); "
           f"the pool is {pool_share:.3f} noise; SFT seeds {seeds}, {len(queries)} test queries\n")
-    print("random noise: clean rows and noisy rows drawn at random in each share\n")
-    print("| noise share | noisy rows | accuracy % (mean ± std over seeds) |")
-    print("|---|---|---|")
+    if shares:
+        print("random noise: clean rows and noisy rows drawn at random in each share\n")
+        print("| noise share | noisy rows | accuracy % (mean ± std over seeds) |")
+        print("|---|---|---|")
     started = time.perf_counter()
     curve = {}
     for share in shares:
         curve[share], spread = mean_std(lambda seed, share=share: mixed_selection(clean, noisy, size, share, seed))
         print(f"| {share:.3f} | {round(share * size)} | {curve[share]:.1f} ± {spread:.1f} |", flush=True)
 
-    selections = scored_selections(warehouse, pool, size)
+    selections = {} if args.no_scored else scored_selections(warehouse, pool, size)
     if selections:
         print("\nthe noise a scored selection keeps: the selection as it is, and with its noisy rows swapped for clean "
               "rows it left out (drawn at random per seed); beside it, random noise of the same share (interpolated above)\n")
@@ -118,11 +134,51 @@ def main(argv=None) -> None:
             random_cost = f"{curve[0.0] - np.interp(share, shares_measured, random_curve):.1f}" if 0.0 in curve else "– (needs share 0)"
             print(f"| {name} | {share:.3f} | {as_is:.1f} ± {as_is_spread:.1f} | {swapped:.1f} ± {swapped_spread:.1f} | "
                   f"{swapped - as_is:.1f} | {random_cost} |", flush=True)
+    if args.one_off:
+        one_off_rows(args.one_off, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned)
     print(f"\n{time.perf_counter() - started:.0f} s")
 
     if warehouse.exists("method_benchmark"):
         print("\nthe method benchmark, for comparison\n")
         print(summary_markdown(warehouse.scan("method_benchmark").collect()))
+
+
+def one_off_rows(n_rows, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned) -> None:
+    """Part 3: ``n_rows`` rows one too high, one too low, or half each, in a random clean selection of ``size``."""
+    marker = settings.grading.answer_marker
+    offsets = [answer_offset(prompt, response, marker) for prompt, response in zip(pool["prompt"], pool["response"], strict=True)]
+    corrupted = pool["is_corrupted"].to_list()
+    one_off = {direction: [i for i, offset, bad in zip(pool["example_id"], offsets, corrupted, strict=True) if bad and offset == direction]
+               for direction in (1, -1)}
+    if min(len(rows) for rows in one_off.values()) < n_rows:
+        raise SystemExit(f"--one-off {n_rows}: the pool has only {len(one_off[1])} rows one too high and {len(one_off[-1])} one too low")
+    prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in queries], ["" for _ in queries])
+    greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=settings.rollout.max_tokens)
+
+    def leaning(engine: TransformersEngine) -> tuple[float, float]:
+        """Shares of the test queries answered too high and too low."""
+        answers = [extract_number(group[0].text, marker) for group in engine.generate(prompt_ids, greedy).completions]
+        differences = [float(answer) - float(q["reference"]) for answer, q in zip(answers, queries, strict=True) if answer is not None]
+        return sum(d > 0 for d in differences) / len(queries), sum(d < 0 for d in differences) / len(queries)
+
+    def draw(kind: str, seed: int) -> list[str]:
+        rng = random.Random(f"one-off-{kind}-{n_rows}-{seed}")
+        noisy = {"none": [], "+1": rng.sample(one_off[1], n_rows), "-1": rng.sample(one_off[-1], n_rows),
+                 "half each": rng.sample(one_off[1], n_rows // 2) + rng.sample(one_off[-1], n_rows - n_rows // 2)}[kind]
+        return rng.sample(clean, size - len(noisy)) + noisy
+
+    print(f"\nrows one off: a random clean selection of {size} with {n_rows} rows replaced by rows one too high, "
+          f"one too low, or half each; the fine-tuned models' test answers\n")
+    print("| rows one off | accuracy % (mean ± std over seeds) | answers too high % | answers too low % |")
+    print("|---|---|---|---|")
+    for kind in ("none", "+1", "-1", "half each"):
+        figures = []
+        for seed in seeds:
+            engine = fine_tuned(draw(kind, seed), seed)
+            correct = evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, settings.grading.options()).accuracy
+            figures.append((100 * correct, *(100 * share for share in leaning(engine))))
+        values = np.array(figures)
+        print(f"| {kind} | {values[:, 0].mean():.1f} ± {values[:, 0].std():.1f} | {values[:, 1].mean():.1f} | {values[:, 2].mean():.1f} |", flush=True)
 
 
 def scored_selections(warehouse: Warehouse, pool: pl.DataFrame, size: int) -> dict[str, list[str]]:
