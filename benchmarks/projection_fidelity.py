@@ -1,8 +1,9 @@
 """Projection fidelity: how well projected influence scores rank like exact-gradient scores.
 
 On the materialized demo (run ``make demo`` first) it scores a sample of the training pool against
-the real on-policy target g = Σ w_jk g_jk (signed weights from the ``grades`` table; the rollouts'
-gradients over the span ``projection.validation_span`` says, as the pipeline has them) twice:
+the real on-policy target g = Σ w_jk g_jk, built by the pipeline's own code from the ``rollouts``
+and ``grades`` tables (``influence.weighting``, the reference answers of unsolved queries as
+``influence.unsolved`` says, the span ``projection.validation_span`` says), twice:
 
 - exact: ``ProjectionOptions(rank=None)``, the full gradient of every targeted layer (≈426k numbers
   per example on the demo model);
@@ -30,10 +31,10 @@ import polars as pl
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, reference_basis
+from drift_assets.core.attribution import target_gradient
+from drift_assets.core.gradients import pool_token_pairs, reference_basis, validation_gradient_frame
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
 from drift_assets.core.stats import roc_auc, spearman
-from drift_assets.core.weighting import rollout_weights
 from drift_assets.resources import Warehouse
 from drift_assets.settings import load_settings
 
@@ -60,39 +61,38 @@ def main(argv=None) -> None:
 
     pool = read("training_pool")
     pool = pool.sample(min(args.examples, pool.height), seed=0)
-    weights, _ = rollout_weights(read("grades").select("rollout_id", "query_id", "correct", "reward"), "signed")
-    rollouts = read("rollouts").join(weights.select("rollout_id", "weight"), on="rollout_id").filter(pl.col("weight") != 0)
-    queries = read("validation_queries")
+    grades, rollouts, queries = read("grades"), read("rollouts"), read("validation_queries")
+    influence = settings.influence
 
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     pool_pairs = pool_token_pairs(tokenizer, pool["messages"].to_list())
-    # As the pipeline: the target over the span its validation gradients cover (projection.validation_span).
     marker = settings.projection.answer_marker(settings.grading)
-    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"], marker)
-    rollout_weight = torch.tensor(rollouts["weight"].to_numpy(), dtype=torch.float64)
     keep = ~pool["is_corrupted"].to_numpy().astype(bool) if "is_corrupted" in pool.columns else None
 
-    def scores(projector: LinearGradientProjector) -> tuple[np.ndarray, np.ndarray]:
+    def scores(projector: LinearGradientProjector) -> tuple[np.ndarray, np.ndarray, int]:
+        """Raw and unit-debiased scores of the sample, and how many rollouts and references the target weighs."""
         train = project_in_batches(projector, tokenizer, *pool_pairs, args.batch_size).gradients.double()
-        target = rollout_weight @ project_in_batches(projector, tokenizer, *rollout_pairs, args.batch_size).gradients.double()
-        raw = (train @ target).numpy()
-        return raw, raw / train.norm(dim=1).clamp(min=1e-30).numpy()
+        validation = validation_gradient_frame(projector, tokenizer, rollouts, queries, args.batch_size, "fidelity", answer_marker=marker)
+        target = target_gradient(validation, grades, "onpolicy", influence.weighting, influence.unsolved)
+        raw = (train @ torch.from_numpy(target.vector)).numpy()
+        return raw, raw / train.norm(dim=1).clamp(min=1e-30).numpy(), target.n_targets
 
     def auc(values: np.ndarray) -> str:
         return f"{roc_auc(values, keep):.3f}" if keep is not None else "n/a"
 
     started = time.perf_counter()
     exact = LinearGradientProjector(model, ProjectionOptions(rank=None))
-    exact_raw, exact_unit = scores(exact)
-    print(f"{pool.height} pool examples, {rollouts.height} weighted rollouts ({settings.projection.validation_span} span); exact k = {exact.dimension:,} "
+    exact_raw, exact_unit, n_targets = scores(exact)
+    print(f"{pool.height} pool examples, {n_targets} weighted rollouts and references ({influence.weighting} weights, unsolved: "
+          f"{influence.unsolved}, {settings.projection.validation_span} span); exact k = {exact.dimension:,} "
           f"({time.perf_counter() - started:.0f} s), noise AUC raw {auc(exact_raw)}, unit {auc(exact_unit)}")
     print(f"{'basis':>7} {'rank':>5} {'k':>7} {'spearman raw':>13} {'spearman unit':>14} {'AUC unit':>9}")
     for rank in args.ranks:
         for basis_name in ("pca", "random"):
             options = ProjectionOptions(rank=rank, basis=basis_name)
             basis = reference_basis(model, options, tokenizer, queries, args.batch_size)
-            raw, unit = scores(LinearGradientProjector(model, options, basis))
+            raw, unit, _ = scores(LinearGradientProjector(model, options, basis))
             print(f"{basis_name:>7} {rank:>5} {len(basis.matrices) * rank * rank:>7} {spearman(raw, exact_raw):>13.3f} "
                   f"{spearman(unit, exact_unit):>14.3f} {auc(unit):>9}", flush=True)
 
