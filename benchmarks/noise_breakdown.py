@@ -37,10 +37,10 @@ import polars as pl
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import scores_frame
 from drift_assets.core.benchmark import selected_ids
-from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import query_token_pairs, vectors
+from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.gradients import vectors
 from drift_assets.core.grading import extract_number
-from drift_assets.core.sft import fine_tune
+from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.trajectory import score_checkpoint
 from drift_assets.core.weighting import rollout_weights
@@ -199,17 +199,22 @@ def main(argv=None) -> None:
             print(f"{name:>22} {test_offsets(settings, tokenizer, messages, test_queries, args.sft_seeds)}", flush=True)
 
 
+def answer_differences(answers: list[str], queries: list[dict], marker: str) -> list[float | None]:
+    """Each answer's final number − its query's reference (None where the answer has no number)."""
+    numbers = [extract_number(answer, marker) for answer in answers]
+    return [float(number) - float(query["reference"]) if number is not None else None for number, query in zip(numbers, queries, strict=True)]
+
+
 def test_offsets(settings: Settings, tokenizer, messages: list[str], test_queries: list[dict], seeds: list[int]) -> str:
-    prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in test_queries], ["" for _ in test_queries])
     offsets: Counter = Counter()
     for seed in seeds if messages else seeds[:1]:  # without messages it is the base model, the same for every seed
         model = model_resource(settings).load_model()
         if messages:
             fine_tune(model, tokenizer, messages, settings.benchmark.sft.options(seed), log=lambda _: None)
-        greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=settings.rollout.max_tokens)
-        for query, (completion,) in zip(test_queries, TransformersEngine(model, tokenizer, device=next(model.parameters()).device).generate(prompt_ids, greedy).completions, strict=True):
-            number = extract_number(completion.text, settings.grading.answer_marker)
-            offsets[round(float(number) - float(query["reference"])) if number is not None else None] += 1
+        engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
+        answers = evaluate(engine, tokenizer, test_queries, settings.rollout.max_tokens, settings.grading.options()).answers
+        for difference in answer_differences(answers, test_queries, settings.grading.answer_marker):
+            offsets[round(difference) if difference is not None else None] += 1
     total = sum(offsets.values())
     wrong = [(offset, count) for offset, count in offsets.items() if offset not in (0, None)]
     above = sum(count for offset, count in wrong if offset > 0)

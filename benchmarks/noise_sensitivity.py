@@ -34,12 +34,10 @@ import time
 import numpy as np
 import polars as pl
 
-from noise_breakdown import answer_offset
+from noise_breakdown import answer_differences, answer_offset
 
 from drift_assets.assets.evaluate import pool_loss_scores, summary_markdown
-from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import query_token_pairs
-from drift_assets.core.grading import extract_number
+from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.resources import Warehouse, model_resource
 from drift_assets.settings import load_settings
@@ -135,7 +133,7 @@ def main(argv=None) -> None:
             print(f"| {name} | {share:.3f} | {as_is:.1f} ± {as_is_spread:.1f} | {swapped:.1f} ± {swapped_spread:.1f} | "
                   f"{swapped - as_is:.1f} | {random_cost} |", flush=True)
     if args.one_off:
-        one_off_rows(args.one_off, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned)
+        one_off_rows(args.one_off, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned, grading)
     print(f"\n{time.perf_counter() - started:.0f} s")
 
     if warehouse.exists("method_benchmark"):
@@ -143,7 +141,7 @@ def main(argv=None) -> None:
         print(summary_markdown(warehouse.scan("method_benchmark").collect()))
 
 
-def one_off_rows(n_rows, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned) -> None:
+def one_off_rows(n_rows, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned, grading) -> None:
     """Part 3: ``n_rows`` rows one too high, one too low, or half each, in a random clean selection of ``size``."""
     marker = settings.grading.answer_marker
     offsets = [answer_offset(prompt, response, marker) for prompt, response in zip(pool["prompt"], pool["response"], strict=True)]
@@ -152,13 +150,10 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, tokenizer, queries,
                for direction in (1, -1)}
     if min(len(rows) for rows in one_off.values()) < n_rows:
         raise SystemExit(f"--one-off {n_rows}: the pool has only {len(one_off[1])} rows one too high and {len(one_off[-1])} one too low")
-    prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in queries], ["" for _ in queries])
-    greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=settings.rollout.max_tokens)
 
-    def leaning(engine: TransformersEngine) -> tuple[float, float]:
+    def leaning(answers: list[str]) -> tuple[float, float]:
         """Shares of the test queries answered too high and too low."""
-        answers = [extract_number(group[0].text, marker) for group in engine.generate(prompt_ids, greedy).completions]
-        differences = [float(answer) - float(q["reference"]) for answer, q in zip(answers, queries, strict=True) if answer is not None]
+        differences = [d for d in answer_differences(answers, queries, marker) if d is not None]
         return sum(d > 0 for d in differences) / len(queries), sum(d < 0 for d in differences) / len(queries)
 
     def draw(kind: str, seed: int) -> list[str]:
@@ -174,9 +169,8 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, tokenizer, queries,
     for kind in ("none", "+1", "-1", "half each"):
         figures = []
         for seed in seeds:
-            engine = fine_tuned(draw(kind, seed), seed)
-            correct = evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, settings.grading.options()).accuracy
-            figures.append((100 * correct, *(100 * share for share in leaning(engine))))
+            result = evaluate(fine_tuned(draw(kind, seed), seed), tokenizer, queries, settings.rollout.max_tokens, grading)
+            figures.append((100 * result.accuracy, *(100 * share for share in leaning(result.answers))))
         values = np.array(figures)
         print(f"| {kind} | {values[:, 0].mean():.1f} ± {values[:, 0].std():.1f} | {values[:, 1].mean():.1f} | {values[:, 2].mean():.1f} |", flush=True)
 

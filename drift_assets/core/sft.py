@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -87,6 +87,7 @@ def fine_tune(
 class Evaluation:
     correct: int
     total: int
+    answers: list[str] = field(default_factory=list)  # the greedy completions, in query order
 
     @property
     def accuracy(self) -> float:
@@ -101,8 +102,6 @@ def evaluate(engine, tokenizer, queries: Sequence[dict], max_tokens: int, option
     """Greedy accuracy on ``queries`` (prompt, reference, grader) through a rollout engine."""
     prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in queries], ["" for _ in queries])
     report = engine.generate(prompt_ids, SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens))
-    correct = sum(
-        grade_answer(group[0].text, query["reference"], query["grader"], options).correct
-        for query, group in zip(queries, report.completions)
-    )
-    return Evaluation(correct, len(queries))
+    answers = [group[0].text for group in report.completions]
+    correct = sum(grade_answer(answer, query["reference"], query["grader"], options).correct for query, answer in zip(queries, answers))
+    return Evaluation(correct, len(queries), answers)

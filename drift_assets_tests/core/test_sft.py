@@ -72,3 +72,27 @@ def test_bad_sft_input_is_a_clear_error(examples):
         tuned([])
     with pytest.raises(ValueError, match="benchmark.sft.schedule"):
         SftOptions(schedule="cosine")
+
+
+def test_evaluate_grades_the_greedy_answers_it_returns(examples):
+    """An evaluation keeps the engine's greedy completions, in query order, and counts the ones its grader accepts."""
+    from drift_assets.core.demo_task import query_rows
+    from drift_assets.core.generation import SamplingSettings, TransformersEngine
+    from drift_assets.core.gradients import query_token_pairs
+    from drift_assets.core.grading import grade_answer
+    from drift_assets.core.sft import evaluate
+
+    model, tokenizer = tuned(examples, seed=3)
+    engine = TransformersEngine(model, tokenizer, device=torch.device("cpu"))
+    queries = query_rows(6, seed=0, split="test")
+    answers = evaluate(engine, tokenizer, queries, max_tokens=12).answers
+    prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in queries], ["" for _ in queries])
+    greedy = engine.generate(prompt_ids, SamplingSettings(n=1, temperature=0.0, max_tokens=12))
+    assert answers == [group[0].text for group in greedy.completions]
+    # References that the first three answers match exactly and the last three cannot: the count must be 3.
+    regraded = [
+        {**query, "grader": "exact", "reference": grade_answer(answer, "", "exact").extracted_answer if i < 3 else f"not {answer!r}"}
+        for i, (query, answer) in enumerate(zip(queries, answers, strict=True))
+    ]
+    result = evaluate(engine, tokenizer, regraded, max_tokens=12)
+    assert (result.correct, result.total, result.answers) == (3, 6, answers)
