@@ -11,18 +11,26 @@ noise, on the materialized demo (run ``make demo`` first):
    contrasts share, and the rest;
 3. where ``warmup.steps`` is set: the DRIFT score at the base model alone and at each warm-up
    checkpoint (from the ``checkpoint_gradients`` table), beside their average, ``influence_scores``;
-4. what each selection (the top half by each score, and the benchmark's random and oracle
+4. two targets about answers alone, at every checkpoint and averaged: correct against incorrect
+   rollouts of one query in the same response style (on-policy: sampled answers that differ in
+   nothing else), and each incorrect rollout against itself with its answer edited to the
+   reference's (the same phrasing; off-policy where the model did not sample that answer), with
+   the mean gradient norm of each kind of rollout. Then the noise AUC within each demo response
+   style (clean against corrupted rows written the same way), which separates a score's preference
+   for a style from what it finds about the answers, and each style's share of each top half;
+5. what each selection (the top half by each score, and the benchmark's random and oracle
    subsets of that size) holds: clean share, distinct prompts, mean response tokens, noise of
    each kind;
-5. with ``--sft``: the base model, and each selection fine-tuned with the benchmark's SFT settings
+6. with ``--sft``: the base model, and each selection fine-tuned with the benchmark's SFT settings
    (``--sft-seeds``, default 0), answering the test queries greedily: accuracy, and the wrong
    answers by offset, too high and too low.
 
     .venv/bin/python benchmarks/noise_breakdown.py
     .venv/bin/python benchmarks/noise_breakdown.py --sft --sft-seeds 0,1,2
 
-Offsets are parsed from the demo's "What is a ± b?" prompts; on other pools only parts 1 (where
-answers are numeric) and the per-category columns apply. This prints figures; it asserts nothing.
+Offsets and styles are parsed from the demo's "What is a ± b?" prompts and its three response
+styles; on other pools only parts 1 (where answers are numeric) and the per-category columns
+apply. This prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -30,25 +38,30 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
 
+from drift_assets.assets.gradients import projection_options
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import scores_frame
 from drift_assets.core.benchmark import selected_ids
 from drift_assets.core.generation import TransformersEngine
-from drift_assets.core.gradients import vectors
+from drift_assets.core.gradients import query_token_pairs, reference_basis, vectors
 from drift_assets.core.grading import extract_number
+from drift_assets.core.influence import PoolScores, fit_curvature, score_pool
+from drift_assets.core.projection import LinearGradientProjector, project_in_batches
 from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.core.stats import roc_auc
-from drift_assets.core.trajectory import score_checkpoint
+from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.core.weighting import rollout_weights
-from drift_assets.resources import Warehouse, model_resource
+from drift_assets.resources import ModelResource, Warehouse, model_resource
 from drift_assets.settings import Settings, load_settings
 
 PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 OFFSETS = (-10, -1, 1, 10)
+STYLES = ("answer only", "equation", "worded")  # demo_task.format_response's styles 0, 1, 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -156,8 +169,7 @@ def main(argv=None) -> None:
                    *warmup_checkpoints_along(warehouse, settings.warmup.steps)]
     along = {}
     for checkpoint in checkpoints if settings.warmup.steps else []:
-        at = scores_frame(score_checkpoint(checkpoint, settings.influence.scoring()), pool)
-        along[f"drift at {checkpoint.checkpoint}"] = pool.select("example_id").join(at, on="example_id", how="left")["score"].to_numpy()
+        along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(score_checkpoint(checkpoint, settings.influence.scoring()), pool)
     scores = {
         f"drift ({settings.influence.debias})": scored["score"].to_numpy(),
         **along,
@@ -175,6 +187,21 @@ def main(argv=None) -> None:
     training = vectors(gradients).astype(np.float64)
     for name, target in split_target(warehouse.scan("validation_gradients").collect(), read["grades"], settings.influence.weighting).items():
         print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
+
+    print("\ncontrasts of answers alone: correct and incorrect rollouts in the same response style, and incorrect rollouts"
+          " against themselves with the answer edited\n")
+    answer_only = answer_contrast_scores(settings, warehouse, checkpoints, pool, kinds)
+    for name, values in answer_only.items():
+        print(kinds.row(name, values))
+    styles = response_styles(pool["response"], marker)
+    if (styles != "").any():
+        print("\nnoise AUC within each response style (clean against corrupted rows written the same way) and the style's share"
+              " of each score's top half\n")
+        print(f"{'score':>22} " + " ".join(f"{style:>12}" for style in STYLES) + "   "
+              + " ".join(f"{'top ' + style:>16}" for style in STYLES))
+        print(f"{'(pool)':>22} {'':>12} {'':>12} {'':>12}   " + " ".join(f"{(styles == style).mean():>16.3f}" for style in STYLES))
+        for name, values in {**scores, **answer_only}.items():
+            print(within_style_row(name, values, styles, kinds))
 
     tokenizer = model_resource(settings).load_tokenizer()
 
@@ -197,6 +224,111 @@ def main(argv=None) -> None:
         for name, ids in {"base (no SFT)": [], "full": pool["example_id"].to_list(), **selections}.items():
             messages = pool.filter(pl.col("example_id").is_in(ids))["messages"].to_list()
             print(f"{name:>22} {test_offsets(settings, tokenizer, messages, test_queries, args.sft_seeds)}", flush=True)
+
+
+def response_styles(responses: Iterable[str], marker: str) -> np.ndarray:
+    """Each response's demo style (one of STYLES; "" for others, such as the off-task chores)."""
+    return np.array([STYLES[0] if response.startswith(marker) else STYLES[2] if response.startswith("We compute")
+                     else STYLES[1] if marker in response else "" for response in responses])
+
+
+def within_style_row(name: str, scores: np.ndarray, styles: np.ndarray, kinds: NoiseKinds) -> str:
+    corrupted = kinds.kinds["corrupted"]
+    cells = []
+    for style in STYLES:
+        rows = (styles == style) & (kinds.clean | corrupted)
+        cells.append(f"{roc_auc(scores[rows], kinds.clean[rows]):>12.3f}")
+    top = np.argsort(-scores, kind="stable")[: len(scores) // 2]
+    shares = " ".join(f"{(styles[top] == style).mean():>16.3f}" for style in STYLES)
+    return f"{name:>22} " + " ".join(cells) + "   " + shares
+
+
+def corrected_completion(completion: str, answer: str, reference: str) -> str:
+    """The completion with every standalone occurrence of its answer replaced by the reference answer.
+
+    "18 - 7 = 12. Answer: 12" becomes "18 - 7 = 11. Answer: 11": the same phrasing, the right answer.
+    """
+    return re.sub(rf"(?<![\d.]){re.escape(answer)}(?![\d.])", reference, completion)
+
+
+def answer_contrasts(model: ModelResource, settings: Settings, checkpoint: CheckpointGradients, rollouts: pl.DataFrame,
+                     queries: pl.DataFrame) -> tuple[dict[str, np.ndarray], str]:
+    """Two targets that contrast answers, not phrasing, at one checkpoint, from its graded rollouts' gradients.
+
+    ``same style``: per query and response style, the mean gradient of the correct rollouts minus
+    that of the incorrect ones (only cells with both: sampled answers that differ in nothing else);
+    ``edited``: per query, the mean over its incorrect rollouts of ∇log π(the rollout with the
+    reference's answer) − ∇log π(the rollout). Edits are off-policy wherever the model did not sample
+    the right answer in that phrasing. Returns the targets and the projection fingerprint of the edits.
+    """
+    tokenizer, network = model.load_tokenizer(), model.load_model()
+    options, batch_size, marker = projection_options(settings), settings.projection.batch_size, settings.grading.answer_marker
+    projector = LinearGradientProjector(network, options, reference_basis(network, options, tokenizer, queries, batch_size))
+    sampled = rollouts.select("rollout_id", "query_id", "completion", "correct").join(
+        checkpoint.validation_gradients.select("rollout_id", "grad"), on="rollout_id", how="left")
+    gradients = vectors(sampled).astype(np.float64)
+    query_ids, correct = sampled["query_id"].to_numpy(), sampled["correct"].to_numpy().astype(bool)
+    styles = response_styles(sampled["completion"], marker)
+    same_style = np.zeros(gradients.shape[1])
+    for query, style in set(zip(query_ids, styles, strict=True)):
+        cell = (query_ids == query) & (styles == style)
+        if correct[cell].any() and not correct[cell].all():
+            same_style += gradients[cell & correct].mean(axis=0) - gradients[cell & ~correct].mean(axis=0)
+
+    prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
+    references = dict(zip(queries["query_id"], (extract_number(reference, marker) for reference in queries["reference"]), strict=True))
+    answers = [extract_number(completion, marker) for completion in sampled["completion"]]
+    wrong = [row for row in range(sampled.height)
+             if not correct[row] and answers[row] is not None and references[query_ids[row]] is not None]
+    edits = [corrected_completion(sampled["completion"][row], answers[row], references[query_ids[row]]) for row in wrong]
+    token_pairs = query_token_pairs(tokenizer, [prompts[query_ids[row]] for row in wrong], edits,
+                                    answer_marker=settings.projection.answer_marker(settings.grading))
+    edited = project_in_batches(projector, tokenizer, *token_pairs, batch_size).gradients.numpy().astype(np.float64)
+    per_query = Counter(query_ids[wrong])
+    weights = np.array([1.0 / per_query[query_ids[row]] for row in wrong])
+    edited_target = ((edited - gradients[wrong]) * weights[:, None]).sum(axis=0)
+    def norm(rows: np.ndarray) -> str:
+        return f"{np.linalg.norm(gradients[rows] if rows.dtype == bool else rows, axis=1).mean():.1f}"
+
+    print(f"{checkpoint.checkpoint}: mean ‖∇log π‖ of the rollouts: correct {norm(correct)}, incorrect {norm(~correct)}, "
+          f"incorrect with the answer edited {norm(edited)}; by style: "
+          + ", ".join(f"{style} {norm(styles == style)}" for style in STYLES if (styles == style).any()), flush=True)
+    return {"same style": same_style, "edited": edited_target}, projector.fingerprint
+
+
+def answer_contrast_scores(settings: Settings, warehouse: Warehouse, checkpoints: list[CheckpointGradients], pool: pl.DataFrame,
+                           kinds: NoiseKinds) -> dict[str, np.ndarray]:
+    """The pool scored against :func:`answer_contrasts` at every checkpoint (printed), and each target's mean over checkpoints."""
+    queries = warehouse.scan("validation_queries").collect()
+    paths = dict(warehouse.scan("warmup_checkpoints").select("checkpoint", "path").collect().iter_rows()) if len(checkpoints) > 1 else {}
+    scoring = settings.influence.scoring()
+    along: dict[str, list[PoolScores]] = {}
+    rows = []
+    for checkpoint in checkpoints:
+        if checkpoint.checkpoint == "base":
+            model = model_resource(settings)
+            grades = warehouse.scan("grades").select("rollout_id", "correct").collect()
+            rollouts = warehouse.scan("rollouts").collect().join(grades, on="rollout_id")
+        else:
+            model = ModelResource(path=paths[checkpoint.checkpoint], dtype=settings.model.dtype, device=settings.model.device)
+            rollouts = warehouse.scan("checkpoint_gradients").filter(
+                (pl.col("checkpoint") == checkpoint.checkpoint) & (pl.col("role") == "rollout")).collect().rename({"id": "rollout_id"})
+        targets, projection = answer_contrasts(model, settings, checkpoint, rollouts, queries)
+        if {projection} != {fingerprint for _, fingerprint in checkpoint.training_fingerprints}:
+            raise SystemExit(f"checkpoint {checkpoint.checkpoint}: the refitted basis differs from the training rows' projection")
+        curvature = fit_curvature(scoring.hessian, [checkpoint.training], checkpoint.training.shape[1], scoring.damping)
+        for name, target in targets.items():
+            scores = score_pool(lambda c=checkpoint: iter([(c.example_ids, c.training)]), target, curvature, scoring.debias)
+            along.setdefault(name, []).append(scores)
+            rows.append(kinds.row(f"{name} at {checkpoint.checkpoint}", in_pool_order(scores, pool)))
+    print("\n" + kinds.header())
+    print("\n".join(rows))
+    return {f"{name} (mean)": in_pool_order(combine_checkpoints(scores), pool) for name, scores in along.items()}
+
+
+def in_pool_order(scores: PoolScores, pool: pl.DataFrame) -> np.ndarray:
+    """The debiased scores, one per pool row in the pool's order."""
+    return pool.select("example_id").join(scores_frame(scores, pool), on="example_id", how="left")["score"].to_numpy()
 
 
 def answer_differences(answers: list[str], queries: list[dict], marker: str) -> list[float | None]:
