@@ -11,7 +11,7 @@ from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.core.attribution import noise_auc
-from drift_assets.core.benchmark import MethodScorer, loss_scores, scoring_for, selected_ids
+from drift_assets.core.benchmark import MethodScorer, loss_scores, paired_differences, scoring_for, selected_ids
 from drift_assets.core.generation import TransformersEngine, VllmEngine
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
@@ -181,11 +181,26 @@ def accuracy_plot(table: pl.DataFrame) -> MetadataValue:
 
 
 def summary_markdown(table: pl.DataFrame) -> str:
+    """One row per method; with ``full`` among them, also each method's paired difference from it (points ± s.e.)."""
     summary = summary_table(table)
-    lines = ["| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |", "|---|---|---|---|---|---|"]
+    differences = {row["method"]: row for row in paired_differences(table, "full").iter_rows(named=True)}
+    compare = bool(differences)
+    lines = ["| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |"
+             + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
+             "|---|---|---|---|---|---|" + ("---|" if compare else "")]
     for row in summary.iter_rows(named=True):
         auc = "–" if row["noise_auc"] is None else f"{row['noise_auc']:.3f}"
         std = row["accuracy_std"] or 0.0
-        lines.append(f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
-                     f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |")
+        line = (f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
+                f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |")
+        if compare:
+            line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def paired_cell(difference: dict | None, is_baseline: bool) -> str:
+    if is_baseline or difference is None:
+        return "–"
+    error = "" if difference["difference_se"] is None else f" ± {100 * difference['difference_se']:.1f}"
+    return f"{100 * difference['difference_mean']:+.1f}{error}"

@@ -29,7 +29,7 @@ from drift_assets.core.influence import Curvature, fit_curvature
 from drift_assets.core.selection import select
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 
-__all__ = ["METHODS", "MethodScorer", "ScoringSettings", "loss_scores", "scoring_for", "selected_ids"]
+__all__ = ["METHODS", "MethodScorer", "ScoringSettings", "loss_scores", "paired_differences", "scoring_for", "selected_ids"]
 
 METHODS = ("full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle")
 
@@ -107,4 +107,26 @@ def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
     frame = losses.select("example_id", score=-pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
     return frame.sort(["score", "example_id"], descending=[True, False]).with_row_index("rank", offset=1).with_columns(
         pl.col("rank").cast(pl.Int64)
+    )
+
+
+def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFrame:
+    """method, difference_mean, difference_se, pairs: accuracy minus the baseline's on the same seed.
+
+    A seed fixes the SFT run's initial state and shuffle, so pairing by seed removes what two methods
+    share of the seed-to-seed spread. The standard error is that of the mean of the paired
+    differences (None with fewer than two pairs). Empty where the table has no baseline rows.
+    """
+    reference = table.filter(pl.col("method") == baseline).select("seed", baseline_accuracy=pl.col("accuracy"))
+    schema = {"method": pl.String, "difference_mean": pl.Float64, "difference_se": pl.Float64, "pairs": pl.UInt32}
+    if reference.is_empty():
+        return pl.DataFrame(schema=schema)
+    paired = table.join(reference, on="seed", how="inner").with_columns(difference=pl.col("accuracy") - pl.col("baseline_accuracy"))
+    summary = paired.group_by("method", maintain_order=True).agg(
+        difference_mean=pl.col("difference").mean(),
+        difference_se=pl.col("difference").std() / pl.len().sqrt(),
+        pairs=pl.len(),
+    )
+    return summary.with_columns(pl.when(pl.col("pairs") >= 2).then(pl.col("difference_se"))).select(
+        [pl.col(name).cast(dtype) for name, dtype in schema.items()]
     )

@@ -161,6 +161,10 @@ def test_method_benchmark_gives_every_method_the_same_budget(pipeline):
     assert auc["loss"] > 0.6  # the demo's corrupted answers are unlikely under the base model
     metadata = latest_metadata(instance, "method_benchmark")
     assert all(f"| {method} |" in metadata["summary"] for method in methods)
+    accuracy = {(method, seed): value for method, seed, value in table.select("method", "seed", "accuracy").rows()}
+    drift_gain = sum(accuracy["drift", seed] - accuracy["full", seed] for seed in seeds) / len(seeds)
+    drift_line = next(line for line in metadata["summary"].splitlines() if line.startswith("| drift |"))
+    assert drift_line.rstrip(" |").rsplit("|", 1)[1].strip().startswith(f"{100 * drift_gain:+.1f} ± ")
     png = base64.b64decode(metadata["plot"].split("base64,", 1)[1].rstrip(")"))
     assert png.startswith(b"\x89PNG")
 

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from drift_assets.core.attribution import noise_auc
-from drift_assets.core.benchmark import ScoringSettings, loss_scores, scoring_for, selected_ids
+from drift_assets.core.benchmark import ScoringSettings, loss_scores, paired_differences, scoring_for, selected_ids
 
 POOL = pl.DataFrame({
     "example_id": [f"ex{i}" for i in range(10)],
@@ -51,3 +51,30 @@ def test_scoring_settings_per_method():
     assert all(scoring_for(m, drift) is None for m in ("full", "random", "loss", "oracle"))
     with pytest.raises(ValueError, match="unknown method 'best'"):
         scoring_for("best", drift)
+
+
+def benchmark_rows(method, accuracies, seeds=None):
+    seeds = seeds if seeds is not None else list(range(len(accuracies)))
+    return [{"method": method, "seed": seed, "accuracy": accuracy} for seed, accuracy in zip(seeds, accuracies, strict=True)]
+
+
+def test_paired_differences_pair_each_method_with_full_by_seed():
+    table = pl.DataFrame(
+        benchmark_rows("full", [0.60, 0.62, 0.61])
+        + benchmark_rows("drift", [0.65, 0.66, 0.67])
+        # seed 7 has no full run to pair with, so only seed 0 counts: one pair, no standard error
+        + benchmark_rows("random", [0.50, 0.90], seeds=[0, 7])
+    )
+    differences = {row["method"]: row for row in paired_differences(table).iter_rows(named=True)}
+    assert differences["full"]["difference_mean"] == 0.0 and differences["full"]["pairs"] == 3
+    drift = differences["drift"]  # differences 0.05, 0.04, 0.06: mean 0.05, std 0.01, s.e. 0.01/√3
+    assert drift["pairs"] == 3
+    assert drift["difference_mean"] == pytest.approx(0.05) and drift["difference_se"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert differences["random"]["pairs"] == 1
+    assert differences["random"]["difference_mean"] == pytest.approx(-0.10) and differences["random"]["difference_se"] is None
+
+
+def test_paired_differences_are_empty_without_the_baseline():
+    table = pl.DataFrame(benchmark_rows("drift", [0.65, 0.66]))
+    assert paired_differences(table).is_empty()
+    assert paired_differences(table, baseline="drift")["difference_mean"].to_list() == [0.0]
