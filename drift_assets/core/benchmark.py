@@ -113,9 +113,10 @@ def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
 def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFrame:
     """method, difference_mean, difference_se, pairs: accuracy minus the baseline's on the same seed.
 
-    A seed fixes the SFT run's initial state and shuffle, so pairing by seed removes what two methods
-    share of the seed-to-seed spread. The standard error is that of the mean of the paired
-    differences (None with fewer than two pairs). Empty where the table has no baseline rows.
+    Every method runs on the same seeds, so the difference is taken seed by seed; the standard error
+    is that of the mean of those differences (None with fewer than two pairs). Two selections share
+    little through a seed (its shuffle reorders each selection differently), so on the demo this
+    is about as wide as the unpaired standard error. Empty where the table has no baseline rows.
     """
     reference = table.filter(pl.col("method") == baseline).select("seed", baseline_accuracy=pl.col("accuracy"))
     schema = {"method": pl.String, "difference_mean": pl.Float64, "difference_se": pl.Float64, "pairs": pl.UInt32}
