@@ -52,17 +52,20 @@ def test_fine_tuning_does_not_depend_on_the_order_the_examples_come_in(examples)
 
 def test_linear_schedule_decays_the_learning_rate_to_zero(examples, monkeypatch):
     """The rate used at step t of T is lr·(1 − (t−1)/T) with ``linear`` and lr throughout with ``constant``."""
-    seen = {}
+    rates = []
     original = torch.optim.AdamW.step
 
     def record(optimizer, *args, **kwargs):
-        seen.setdefault(id(optimizer), []).append(optimizer.param_groups[0]["lr"])
+        rates.append(optimizer.param_groups[0]["lr"])
         return original(optimizer, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    # One run at a time: keying by id(optimizer) merged the runs when the second optimizer reused
+    # the freed first one's address.
     tuned(examples, steps=4, learning_rate=0.01, schedule="linear")
+    linear, rates[:] = list(rates), []
     tuned(examples, steps=4, learning_rate=0.01, schedule="constant")
-    linear, constant = seen.values()
+    constant = list(rates)
     assert linear == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
     assert constant == pytest.approx([0.01] * 4)
 
