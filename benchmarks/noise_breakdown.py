@@ -45,7 +45,7 @@ import polars as pl
 
 from drift_assets.assets.gradients import projection_options
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
-from drift_assets.core.attribution import scores_frame, with_references_for_unsolved
+from drift_assets.core.attribution import scores_frame, weighted_rollouts
 from drift_assets.core.benchmark import selected_ids
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.gradients import query_token_pairs, reference_basis, vectors
@@ -287,12 +287,13 @@ def answer_contrasts(model: ModelResource, settings: Settings, checkpoint: Check
     per_query = Counter(query_ids[wrong])
     weights = np.array([1.0 / per_query[query_ids[row]] for row in wrong])
     edited_target = ((edited - gradients[wrong]) * weights[:, None]).sum(axis=0)
-    def norm(rows: np.ndarray) -> str:
-        return f"{np.linalg.norm(gradients[rows] if rows.dtype == bool else rows, axis=1).mean():.1f}"
 
-    print(f"{checkpoint.checkpoint}: mean ‖∇log π‖ of the rollouts: correct {norm(correct)}, incorrect {norm(~correct)}, "
-          f"incorrect with the answer edited {norm(edited)}; by style: "
-          + ", ".join(f"{style} {norm(styles == style)}" for style in STYLES if (styles == style).any()), flush=True)
+    def mean_norm(matrix: np.ndarray) -> str:
+        return f"{np.linalg.norm(matrix, axis=1).mean():.1f}"
+
+    print(f"{checkpoint.checkpoint}: mean ‖∇log π‖ of the rollouts: correct {mean_norm(gradients[correct])}, "
+          f"incorrect {mean_norm(gradients[~correct])}, incorrect with the answer edited {mean_norm(edited)}; by style: "
+          + ", ".join(f"{style} {mean_norm(gradients[styles == style])}" for style in STYLES if (styles == style).any()), flush=True)
     if settings.influence.targets == "onpolicy":
         shares = target_shares(checkpoint, settings, dict(zip(sampled["rollout_id"], styles, strict=True)))
         print(f"{'':>8}share of the target g along the rollouts of each style (gᵀpart / gᵀg): "
@@ -303,15 +304,11 @@ def answer_contrasts(model: ModelResource, settings: Settings, checkpoint: Check
 def target_shares(checkpoint: CheckpointGradients, settings: Settings, style_of: dict[str, str]) -> dict[str, float]:
     """How much of the checkpoint's on-policy target g comes from the rollouts of each style (and references).
 
-    g is built as the pipeline builds it (weighting, references for unsolved queries); each group's
+    g is the sum of the rows the pipeline weighs (:func:`weighted_rollouts`); each group's
     share is gᵀ(its weighted sum)/gᵀg, so the shares add up to 1.
     """
-    scoring = settings.influence.scoring()
-    validation, grades = checkpoint.validation_gradients, checkpoint.grades.select("rollout_id", "query_id", "correct", "reward")
-    if scoring.unsolved == "reference":
-        validation, grades, _ = with_references_for_unsolved(validation, grades)
-    weights, _ = rollout_weights(grades, scoring.weighting)
-    rows = validation.filter(pl.col("target") == "rollout").join(weights.select("rollout_id", "weight"), on="rollout_id")
+    rows, _, _ = weighted_rollouts(checkpoint.validation_gradients, checkpoint.grades, settings.influence.weighting,
+                                   settings.influence.unsolved)
     weighted = vectors(rows).astype(np.float64) * rows["weight"].to_numpy()[:, None]
     target = weighted.sum(axis=0)
     groups = np.array([style_of.get(rollout_id, "references for unsolved queries") for rollout_id in rows["rollout_id"]])

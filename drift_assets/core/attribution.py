@@ -71,8 +71,7 @@ def target_gradient(
     """
     if targets not in TARGETS:
         raise ValueError(f"influence.targets must be one of {TARGETS} (got {targets!r})")
-    if unsolved not in UNSOLVED:
-        raise ValueError(f"influence.unsolved must be one of {UNSOLVED} (got {unsolved!r})")
+    check_unsolved(unsolved)
     fingerprints = validation_gradients["model_fingerprint"].unique().to_list()
     projections = validation_gradients["projection_fingerprint"].unique().to_list()
     if len(fingerprints) != 1 or len(projections) != 1:
@@ -84,6 +83,26 @@ def target_gradient(
             raise ValueError("offpolicy targets need reference gradients, and validation_gradients has none")
         weights = np.full(references.height, 1.0 / references.height)
         return TargetGradient(combine(vectors(references), weights), None, references.height, **checkpoint)
+    rows, summary, added = weighted_rollouts(validation_gradients, grades, weighting, unsolved)
+    return TargetGradient(combine(vectors(rows), rows["weight"].to_numpy()), summary, rows.height, **checkpoint,
+                          references_for_unsolved=added)
+
+
+def check_unsolved(unsolved: str) -> None:
+    if unsolved not in UNSOLVED:
+        raise ValueError(f"influence.unsolved must be one of {UNSOLVED} (got {unsolved!r})")
+
+
+def weighted_rollouts(
+    validation_gradients: pl.DataFrame, grades: pl.DataFrame, weighting: str, unsolved: str = "reference"
+) -> tuple[pl.DataFrame, WeightingSummary, int]:
+    """The rows the on-policy target sums: each rollout's gradient row with its nonzero ``weight``.
+
+    With ``unsolved='reference'`` the reference answers of queries no rollout solves are among them
+    (:func:`with_references_for_unsolved`; their rows keep the reference's rollout_id). Also returns
+    the weighting summary and how many such references were added.
+    """
+    check_unsolved(unsolved)
     grades = grades.select("rollout_id", "query_id", "correct", "reward")
     added = 0
     if unsolved == "reference":
@@ -95,9 +114,7 @@ def target_gradient(
         raise ValueError(
             f"{weights.height} graded rollouts but only {joined.height} have gradients: re-materialize validation_gradients"
         )
-    joined = joined.filter(pl.col("weight") != 0)
-    return TargetGradient(combine(vectors(joined), joined["weight"].to_numpy()), summary, joined.height, **checkpoint,
-                          references_for_unsolved=added)
+    return joined.filter(pl.col("weight") != 0), summary, added
 
 
 def scores_frame(scores: PoolScores, training_pool: pl.DataFrame) -> pl.DataFrame:

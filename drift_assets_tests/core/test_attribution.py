@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from drift_assets.core.attribution import check_same_checkpoint, target_gradient
+from drift_assets.core.attribution import check_same_checkpoint, target_gradient, weighted_rollouts
 from drift_assets.core.weighting import DegenerateGradesError
 
 
@@ -52,6 +52,13 @@ def test_an_unsolved_query_contrasts_its_reference_with_the_wrong_rollouts():
         target_gradient(validation_table(), GRADES, "onpolicy", "signed", "skip").vector)
     positive = target_gradient(validation_table(), unsolved, "onpolicy", "positive", "reference")
     assert positive.vector == pytest.approx((np.array([10.0, 10.0]) + np.array([3.0, 1.0])) / 2)
+    # The rows the target sums, as weighted_rollouts gives them: the reference and q1's wrong rollouts.
+    rows, _, added = weighted_rollouts(validation_table(), unsolved, "signed", "reference")
+    assert added == 1
+    assert dict(zip(rows["rollout_id"], rows["weight"])) == pytest.approx(
+        {"reference-q1": 1.0, "q1-0": -1 / 3, "q1-1": -1 / 3, "q1-2": -1 / 3})
+    with pytest.raises(ValueError, match="influence.unsolved must be one of"):
+        weighted_rollouts(validation_table(), unsolved, "signed", "always")
     without_references = validation_table().filter(pl.col("target") == "rollout")
     with pytest.raises(ValueError, match="have no reference gradient"):
         target_gradient(without_references, unsolved, "onpolicy", "signed", "reference")

@@ -63,7 +63,8 @@ def test_linear_schedule_decays_the_learning_rate_to_zero(examples, monkeypatch)
     # One run at a time: keying by id(optimizer) merged the runs when the second optimizer reused
     # the freed first one's address.
     tuned(examples, steps=4, learning_rate=0.01, schedule="linear")
-    linear, rates[:] = list(rates), []
+    linear = list(rates)
+    rates.clear()
     tuned(examples, steps=4, learning_rate=0.01, schedule="constant")
     constant = list(rates)
     assert linear == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
