@@ -55,7 +55,6 @@ from drift_assets.core.projection import LinearGradientProjector, project_in_bat
 from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
-from drift_assets.core.weighting import rollout_weights
 from drift_assets.resources import ModelResource, Warehouse, model_resource
 from drift_assets.settings import Settings, load_settings
 
@@ -131,9 +130,8 @@ def split_target(validation_gradients: pl.DataFrame, grades: pl.DataFrame, weigh
     shared direction b is the mean of the unit contrasts, what the model gets wrong everywhere
     (on the demo: answering too low). g − (gᵀb)b is what is specific to each query.
     """
-    weights, _ = rollout_weights(grades.select("rollout_id", "query_id", "correct", "reward"), weighting)
-    rollouts = validation_gradients.filter(pl.col("target") == "rollout").join(weights.select("rollout_id", "weight"), on="rollout_id")
-    rollouts = rollouts.filter(pl.col("weight") != 0)
+    # Rollouts only: a query no rollout solves has no contrast of the model's own to share.
+    rollouts, _, _ = weighted_rollouts(validation_gradients, grades, weighting, unsolved="skip")
     weighted = vectors(rollouts).astype(np.float64) * rollouts["weight"].to_numpy()[:, None]
     queries = rollouts["query_id"].to_numpy()
     contrasts = np.stack([weighted[queries == query].sum(axis=0) for query in np.unique(queries)])
