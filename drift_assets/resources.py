@@ -183,4 +183,6 @@ class Warehouse:
             storage = S3Config(**self.storage_options)
         else:
             storage = LocalConfig()
-        return DeltaLakePolarsIOManager(root_uri=self.root, storage_options=storage, schema=WAREHOUSE_SCHEMA)
+        # A materialization rewrites its whole table (or partition), so its schema is the code's: a
+        # release that adds a column must not fail on the table an earlier release wrote.
+        return DeltaLakePolarsIOManager(root_uri=self.root, storage_options=storage, schema=WAREHOUSE_SCHEMA, overwrite_schema=True)

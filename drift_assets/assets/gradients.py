@@ -28,6 +28,8 @@ from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
 GRADIENTS_VERSION = "2"
+# 3: rollouts are differentiated through the token ids they were sampled as, not their re-encoded text.
+VALIDATION_GRADIENTS_VERSION = "3"
 
 
 def projection_options(settings: Settings) -> ProjectionOptions:
@@ -79,7 +81,7 @@ def build_gradient_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=code_version("validation_gradients", GRADIENTS_VERSION, settings),
+        code_version=code_version("validation_gradients", VALIDATION_GRADIENTS_VERSION, settings),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",

@@ -12,7 +12,7 @@ from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.settings import Settings, code_version
 
-ROLLOUTS_VERSION = "1"
+ROLLOUTS_VERSION = "2"  # 2: the sampled token_ids are kept
 
 
 def _engine_kind(settings: Settings) -> str:

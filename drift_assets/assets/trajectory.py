@@ -20,7 +20,8 @@ from drift_assets.core.trajectory import checkpoint_key, checkpoint_table, warm_
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.settings import Settings, code_version
 
-TRAJECTORY_VERSION = "1"
+WARMUP_VERSION = "1"
+CHECKPOINT_GRADIENTS_VERSION = "2"  # 2: rollout gradients of the sampled token ids
 
 
 def build_trajectory_assets(settings: Settings) -> list:
@@ -32,7 +33,7 @@ def build_trajectory_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=code_version("warmup_checkpoints", TRAJECTORY_VERSION, settings),
+        code_version=code_version("warmup_checkpoints", WARMUP_VERSION, settings),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
@@ -64,7 +65,7 @@ def build_trajectory_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=code_version("checkpoint_gradients", TRAJECTORY_VERSION, settings),
+        code_version=code_version("checkpoint_gradients", CHECKPOINT_GRADIENTS_VERSION, settings),
         partitions_def=StaticPartitionsDefinition([checkpoint_key(step) for step in warmup.steps]),
         metadata={"partition_expr": "checkpoint"},
         kinds={"pytorch", "delta"},

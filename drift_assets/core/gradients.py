@@ -48,11 +48,12 @@ def query_token_pairs(
     ended_with_eos: Sequence[bool] | None = None,
     answer_marker: str | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt and response ids; ``ended_with_eos`` (rollouts) says whether the response closes with EOS.
+    """Prompt and response ids of text (references, pool-like pairs); ``ended_with_eos`` says whether each
+    response closes with EOS (default: every one). Rollouts keep their sampled ids: :func:`rollout_token_pairs`.
 
     With ``answer_marker`` the response is only the answer span: from the last marker on (the whole
-    response where it has none), and the text before it joins the context. The same tokens in the
-    same order: only the split between context (masked) and response moves.
+    response where it has none), and the text before it joins the context. The two halves are
+    encoded apart: a merging tokenizer may give other tokens at the cut than for the whole text.
     """
     eos_flags = ended_with_eos if ended_with_eos is not None else [True] * len(prompts)
     prompt_ids, response_ids = [], []
@@ -61,6 +62,44 @@ def query_token_pairs(
         context = encode_response(tokenizer, response[:cut], append_eos=False) if cut else []
         prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + context)
         response_ids.append(encode_response(tokenizer, response[cut:], append_eos=bool(eos)))
+    return prompt_ids, response_ids
+
+
+def answer_split(tokenizer, token_ids: Sequence[int], cut: int) -> int:
+    """How many of ``token_ids`` come before character ``cut`` of their decoded text: the largest i
+    whose first i tokens decode to at most ``cut`` characters, so token i holds that character."""
+    low, high = 0, len(token_ids)
+    while low < high:  # decoded length grows with the prefix: a binary search, not a decode per token
+        middle = (low + high + 1) // 2
+        if len(tokenizer.decode(token_ids[:middle], skip_special_tokens=True)) <= cut:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def rollout_token_pairs(
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    token_ids: Sequence[Sequence[int]],
+    answer_marker: str | None = None,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids and the ids the engine sampled: log π of exactly the rollout the model wrote.
+
+    Re-encoding a completion's text does not give its tokens back under a merging tokenizer (BPE
+    merges what the model sampled apart, drops special tokens, splits at a cut differently), and
+    the gradient would then be of a sequence the model did not sample. With ``answer_marker`` the
+    response starts at the token that holds the completion's last marker; the tokens before it
+    join the context, as :func:`query_token_pairs` does for text.
+    """
+    prompt_ids, response_ids = [], []
+    for prompt, completion, sampled in zip(prompts, completions, token_ids, strict=True):
+        sampled = list(sampled)
+        cut = completion.rfind(answer_marker) if answer_marker else -1
+        split = answer_split(tokenizer, sampled, cut) if cut > 0 else 0
+        prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + sampled[:split])
+        response_ids.append(sampled[split:])
     return prompt_ids, response_ids
 
 
@@ -113,10 +152,13 @@ def validation_gradient_frame(
 ) -> pl.DataFrame:
     """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference).
 
-    With ``answer_marker`` each gradient is ∇ log π(answer span | query, text before it): see
-    :func:`query_token_pairs`. Without it, ∇ log π(whole completion | query).
+    A rollout's gradient is of the tokens the engine sampled (:func:`rollout_token_pairs`), a
+    reference's of its encoded text. With ``answer_marker`` each gradient is ∇ log π(answer span |
+    query, text before it). Without it, ∇ log π(whole completion | query).
     """
-    rollout_pairs = query_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["ended_with_eos"], answer_marker)
+    if "token_ids" not in rollouts.columns:
+        raise ValueError("rollouts has no token_ids column (written by an earlier drift_assets): re-materialize rollouts")
+    rollout_pairs = rollout_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["token_ids"], answer_marker)
     reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"],
                                         answer_marker=answer_marker)
     ids = {

@@ -13,8 +13,8 @@ from drift_assets.core.sequences import encode_prompt, render_prompt
 
 ROLLOUT_SCHEMA = {
     "rollout_id": pl.String, "query_id": pl.String, "sample_idx": pl.Int64, "prompt": pl.String,
-    "completion": pl.String, "n_tokens": pl.Int64, "logprob_sum": pl.Float64, "finish_reason": pl.String,
-    "ended_with_eos": pl.Boolean, "engine": pl.String, "model_fingerprint": pl.String,
+    "completion": pl.String, "token_ids": pl.List(pl.Int64), "n_tokens": pl.Int64, "logprob_sum": pl.Float64,
+    "finish_reason": pl.String, "ended_with_eos": pl.Boolean, "engine": pl.String, "model_fingerprint": pl.String,
 }
 
 GRADE_SCHEMA = {
@@ -41,6 +41,9 @@ def rollout_rows(queries: pl.DataFrame, report: GenerationReport, model_fingerpr
                     "sample_idx": sample_idx,
                     "prompt": query["prompt"],
                     "completion": completion.text,
+                    # What the engine sampled (EOS and any stop-string tokens included): the tokens that
+                    # logprob_sum sums over and that the validation gradients differentiate.
+                    "token_ids": list(completion.token_ids),
                     "n_tokens": len(completion.token_ids),
                     "logprob_sum": completion.logprob_sum,
                     "finish_reason": completion.finish_reason,

@@ -7,13 +7,14 @@ from dagster import AssetKey
 from pydantic import ValidationError
 
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import query_token_pairs
+from drift_assets.core.gradients import query_token_pairs, rollout_token_pairs
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows
 from drift_assets.core.sequences import collate_pairs, sequence_logprobs
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.runner import _execute, observe_sources
 from drift_assets.settings import SettingsError
+from drift_assets_tests.chat_model import save_chat_model
 from drift_assets_tests.conftest import settings_in
 
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
@@ -30,8 +31,9 @@ def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4):
 
 
 def teacher_forced_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
+    """log π(sampled tokens | rendered prompt), the sequences validation_gradients differentiates."""
     tokenizer, network = model.load_tokenizer(), model.load_model()
-    prompts, responses = query_token_pairs(tokenizer, table["prompt"], table["completion"], table["ended_with_eos"])
+    prompts, responses = rollout_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
     batch = collate_pairs(tokenizer, prompts, responses)
     with torch.no_grad():
         logits = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -56,6 +58,27 @@ def test_vllm_rollouts_are_reproducible_differ_within_a_query_and_carry_true_log
     # logprob_sum is log π(completion | prompt) under the raw model: recompute it by teacher forcing.
     expected = teacher_forced_logprobs(demo_model, table)
     assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.vllm
+def test_vllm_with_a_bpe_chat_model_samples_the_tokens_whose_logprob_it_reports(tmp_path):
+    """A model like users bring (chat template, merging tokenizer): the rollouts table keeps the ids vLLM
+    sampled, EOS and stop-string tokens included, and their teacher-forced log-prob is logprob_sum."""
+    model = ModelResource(path=str(save_chat_model(tmp_path / "chat")), device="cpu")
+    tokenizer = model.load_tokenizer()
+    prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
+    assert tokenizer.decode(prompt_ids[0]).startswith("<|im_start|>user\n")
+    resource = RolloutEngineResource(backend="vllm", samples_per_query=4, max_tokens=24, seed=0)
+    with resource.open_engine(model) as engine:
+        reports = [engine.generate(prompt_ids, resource.sampling()),
+                   engine.generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=1, stop=(" ",)))]
+    for report in reports:
+        table = rollout_rows(QUERIES, report, model.fingerprint(), seed=0)
+        assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
+        expected = teacher_forced_logprobs(model, table)
+        assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3)
+    stopped = [c for group in reports[1].completions for c in group]
+    assert all(" " not in c.text for c in stopped) and any(c.finish_reason == "stop" and not c.ended_with_eos for c in stopped)
 
 
 def test_transformers_backend_gives_the_same_schema_reproducibly_with_true_logprobs(demo_model):
@@ -88,6 +111,11 @@ def test_stop_strings_cut_the_completion(demo_model):
         for completion in group:
             assert ":" not in completion.text
             assert completion.finish_reason in ("stop", "length")
+    # The text ends before the stop string; the sampled tokens (and their log-prob) include it.
+    table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=3)
+    assert any(text + ":" == tokenizer.decode(ids) for text, ids in zip(table["completion"], table["token_ids"]))
+    assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64),
+                          teacher_forced_logprobs(demo_model, table).double(), atol=1e-3, rtol=1e-4)
 
 
 def test_rollouts_asset_with_the_transformers_fallback(workspace, instance):

@@ -55,3 +55,18 @@ def test_partitioned_delta_writes_count_the_partition_only(tmp_path):
 
     assert _materialize_with_warehouse(tmp_path, [sharded], "a")["num_rows"].value == 3
     assert _materialize_with_warehouse(tmp_path, [sharded], "b")["num_rows"].value == 5
+
+
+def test_a_new_release_may_add_a_column_to_a_table_an_earlier_one_wrote(tmp_path):
+    @asset(name="table")
+    def earlier() -> pl.DataFrame:
+        return pl.DataFrame({"value": [1, 2]})
+
+    @asset(name="table")
+    def later() -> pl.DataFrame:
+        return pl.DataFrame({"value": [3], "token_ids": [[4, 5]]})
+
+    _materialize_with_warehouse(tmp_path, [earlier])
+    _materialize_with_warehouse(tmp_path, [later])
+    settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
+    assert Warehouse(settings).scan("table").collect().to_dicts() == [{"value": 3, "token_ids": [4, 5]}]

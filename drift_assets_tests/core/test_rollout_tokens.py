@@ -1,0 +1,96 @@
+"""Rollout gradients are of the tokens the engine sampled, also under a BPE tokenizer with a chat template."""
+
+import polars as pl
+import pytest
+import torch
+
+from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.gradients import answer_split, query_token_pairs, rollout_token_pairs, validation_gradient_frame
+from drift_assets.core.rollouts import rollout_rows
+from drift_assets.core.sequences import collate_pairs, encode_prompt, render_prompt, sequence_logprobs
+from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
+from drift_assets_tests.chat_model import build_chat_tokenizer
+
+QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
+
+
+@pytest.fixture(scope="module")
+def chat():
+    tokenizer = build_chat_tokenizer()
+    return tokenizer, build_tiny_llama(tokenizer, seed=0).eval()
+
+
+def teacher_forced(model, tokenizer, prompt_ids, response_ids) -> torch.Tensor:
+    batch = collate_pairs(tokenizer, prompt_ids, response_ids)
+    with torch.no_grad():
+        return sequence_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch).double()
+
+
+def test_the_chat_template_renders_the_prompt(chat):
+    tokenizer, _ = chat
+    rendered = render_prompt(tokenizer, "What is 1 + 2?\n")
+    assert rendered == "<|im_start|>user\nWhat is 1 + 2?\n<|im_end|>\n<|im_start|>assistant\n"
+    assert encode_prompt(tokenizer, rendered).count(tokenizer.bos_token_id) == 2  # no extra BOS on top of the template's
+
+
+def test_sampled_ids_give_the_engine_logprob_back_where_re_encoded_text_does_not(chat):
+    tokenizer, model = chat
+    prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, p)) for p in QUERIES["prompt"]]
+    report = TransformersEngine(model, tokenizer, device="cpu").generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=0))
+    table = rollout_rows(QUERIES, report, "random-chat-model", seed=0)
+    assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
+    engine = torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64)
+
+    sampled = teacher_forced(model, tokenizer, *rollout_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"]))
+    assert torch.allclose(sampled, engine, atol=1e-3)
+
+    # The text a merging tokenizer decodes does not encode back to the same tokens: a gradient of the
+    # re-encoded text would be of sequences the model did not sample, some far less likely.
+    re_encoded = query_token_pairs(tokenizer, table["prompt"], table["completion"], table["ended_with_eos"])
+    differ = [row for row, ids in enumerate(re_encoded[1]) if ids != table["token_ids"][row].to_list()]
+    assert len(differ) > table.height // 2
+    assert (teacher_forced(model, tokenizer, *re_encoded) - engine).abs().max() > 1.0
+
+
+def test_the_answer_span_starts_at_the_token_that_holds_the_marker(chat):
+    tokenizer, _ = chat
+    completion = "We compute 10 + 6 and get 16. Answer: 16"
+    sampled = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    (context,), (response,) = rollout_token_pairs(tokenizer, ["What is 10 + 6?\n"], [completion], [sampled], answer_marker="Answer:")
+    prompt = encode_prompt(tokenizer, render_prompt(tokenizer, "What is 10 + 6?\n"))
+    assert context + response == prompt + sampled  # the same tokens: only the split moves
+    split = len(context) - len(prompt)
+    # The byte-level pre-tokenizer keeps the space with the word: the span's first token is " Answer".
+    assert tokenizer.decode(response, skip_special_tokens=True) == " Answer: 16"
+    assert len(tokenizer.decode(sampled[:split])) <= completion.rfind("Answer:") < len(tokenizer.decode(sampled[: split + 1]))
+    # Encoding the span's text on its own gives other tokens ("Answer" without its space).
+    _, (text_response,) = query_token_pairs(tokenizer, ["What is 10 + 6?\n"], [completion], answer_marker="Answer:")
+    assert text_response != response
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 13, 27, 39])
+def test_answer_split_is_the_first_token_past_the_cut(chat, cut):
+    tokenizer, _ = chat
+    ids = tokenizer("We compute 10 + 6 and get 16. Answer: 16", add_special_tokens=False)["input_ids"]
+    split = answer_split(tokenizer, ids, cut)
+    lengths = [len(tokenizer.decode(ids[:i])) for i in range(len(ids) + 1)]  # the slow way: every prefix
+    assert split == max(i for i, length in enumerate(lengths) if length <= cut)
+
+
+def test_a_tokenizer_that_round_trips_text_gives_what_text_encoding_gives():
+    """The demo's character tokenizer: token ids and text are interchangeable, so the demo's gradients did not change."""
+    tokenizer = build_char_tokenizer()
+    prompts = ["What is 1 + 2?\n"] * 4
+    completions = ["1 + 2 = 3. Answer: 3", "Answer: 4", "We compute 1 + 2 and get", ""]
+    ended = [True, True, False, True]
+    sampled = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if e else []) for c, e in zip(completions, ended)]
+    for marker in (None, "Answer:"):
+        assert rollout_token_pairs(tokenizer, prompts, completions, sampled, marker) == query_token_pairs(
+            tokenizer, prompts, completions, ended, marker
+        )
+
+
+def test_rollouts_without_token_ids_ask_for_a_re_materialization():
+    rollouts = pl.DataFrame({"rollout_id": ["r"], "query_id": ["q"], "prompt": ["p"], "completion": ["c"], "ended_with_eos": [True]})
+    with pytest.raises(ValueError, match="no token_ids column.*re-materialize rollouts"):
+        validation_gradient_frame(None, None, rollouts, pl.DataFrame(), 8, "model")
