@@ -1,0 +1,114 @@
+"""The graph on a user's own model and data, as the README's "Use your own model and data" sets it up:
+a chat-template BPE model, a Parquet pool of chat `messages` (with system turns), JSONL validation
+queries with a `module:function` grader, no demo assets. Materialized for real through Dagster."""
+
+import json
+import sys
+
+import datasets
+import polars as pl
+import pytest
+from dagster import instance_for_test
+from transformers import AutoTokenizer
+
+from drift_assets.core.sequences import encode_prompt, render_messages_prompt
+from drift_assets.definitions import build_definitions
+from drift_assets.resources import Warehouse
+from drift_assets.runner import materialize_pipeline
+from drift_assets.settings import load_settings
+from drift_assets_tests.chat_model import save_chat_model
+from drift_assets_tests.conftest import write_settings
+
+GRADER = '''
+def same_parity(completion: str, reference: str) -> bool:
+    """A stand-in for a real checker: true for about half of any model's completions, so that a
+    random model's rollouts have mixed grades (the grades check would stop the run otherwise)."""
+    return len(completion.strip()) % 2 == int(reference) % 2
+'''
+
+
+def graded_by_it(completion: str, reference: str) -> bool:
+    return len(completion.strip()) % 2 == int(reference) % 2
+
+
+def pool_rows(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        messages = [{"role": "user", "content": f"What is {i} + {i + 2}?"}, {"role": "assistant", "content": f"Answer: {2 * i + 2}"}]
+        if i % 3 == 0:
+            messages.insert(0, {"role": "system", "content": "Answer briefly."})
+        rows.append({"messages": messages, "source": f"batch-{i % 2}"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("own")
+    sys.path.insert(0, str(directory))
+    (directory / "my_grader.py").write_text(GRADER)
+    save_chat_model(directory / "model")
+    pl.DataFrame(pool_rows(40)).write_parquet(directory / "pool.parquet")
+    queries = [{"prompt": f"What is {i} + {i + 5}?", "reference": str(2 * i + 5), "grader": "my_grader:same_parity"} for i in range(6)]
+    (directory / "val.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    settings = load_settings(write_settings(directory, {
+        "model": {"path": "model", "dtype": "float32", "device": "cpu"},
+        "data": {"training_pool": "pool.parquet", "validation_queries": "val.jsonl", "test_queries": None, "max_example_tokens": 128},
+        "demo": {"enabled": False},
+        "rollout": {"backend": "transformers", "samples_per_query": 4, "max_tokens": 16},
+        "projection": {"shards": 2},
+        "warmup": {"steps": []},
+        # A random model runs to max_tokens: the rollouts check would (rightly) stop the run.
+        "grading": {"max_empty_or_truncated_fraction": 1.0},
+    }))
+    with instance_for_test() as instance:
+        done = materialize_pipeline(build_definitions(settings), instance, include_demo=True)
+        yield settings, done
+    sys.path.remove(str(directory))
+
+
+def read(settings, name: str) -> pl.DataFrame:
+    return Warehouse(settings).scan(name).collect()
+
+
+def test_the_whole_graph_runs_without_demo_assets(own):
+    settings, done = own
+    assert not {"demo_task_files", "demo_base_model"} & set(done)
+    assert {"rollouts", "influence_scores", "refined_dataset"} <= set(done)
+    assert "refined_model_evaluation" not in done  # no test queries: no evaluation
+
+
+def test_pool_prompts_are_rendered_with_the_chat_template_and_keep_system_turns(own):
+    settings, _ = own
+    pool = read(settings, "training_pool").sort("example_id")
+    assert pool.height == 40 and set(pool["source"]) == {"batch-0", "batch-1"}
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    for row in pool.iter_rows(named=True):
+        messages = json.loads(row["messages"])
+        rendered = render_messages_prompt(tokenizer, messages[:-1])
+        assert rendered.startswith("<|im_start|>system\nAnswer briefly." if messages[0]["role"] == "system" else "<|im_start|>user\n")
+        assert row["n_prompt_tokens"] == len(encode_prompt(tokenizer, rendered))
+
+
+def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(own):
+    settings, _ = own
+    rollouts, grades = read(settings, "rollouts"), read(settings, "grades")
+    assert rollouts.height == 6 * 4 and set(grades["grader"]) == {"my_grader:same_parity"}
+    graded = rollouts.join(read(settings, "validation_queries").select("query_id", "reference"), on="query_id", how="left").join(
+        grades.select("rollout_id", "correct"), on="rollout_id", how="left")
+    for completion, reference, correct in graded.select("completion", "reference", "correct").rows():
+        assert correct == graded_by_it(completion, reference)
+    assert 0 < grades["correct"].sum() < grades.height
+    gradients = read(settings, "validation_gradients")
+    assert gradients.height == rollouts.height + 6 and gradients["grad_norm"].is_finite().all()
+    scores = read(settings, "influence_scores")
+    assert sorted(scores["example_id"]) == sorted(read(settings, "training_pool")["example_id"])
+    assert scores["score"].is_finite().all()
+
+
+def test_the_export_is_the_selection_in_messages_format(own):
+    settings, _ = own
+    refined = read(settings, "refined_dataset")
+    exported = datasets.load_dataset("json", data_files=str(settings.resolve("exports/refined_dataset.jsonl")), split="train")
+    assert len(exported) == int(refined["selected"].sum()) == 20
+    with_system = [row["messages"] for row in exported if row["messages"][0]["role"] == "system"]
+    assert with_system and all(m[0]["content"] == "Answer briefly." and m[-1]["role"] == "assistant" for m in with_system)
