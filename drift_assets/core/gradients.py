@@ -48,21 +48,13 @@ def query_token_pairs(
     ended_with_eos: Sequence[bool] | None = None,
     answer_marker: str | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt and response ids of text (references, pool-like pairs); ``ended_with_eos`` says whether each
-    response closes with EOS (default: every one). Rollouts keep their sampled ids: :func:`rollout_token_pairs`.
-
-    With ``answer_marker`` the response is only the answer span: from the last marker on (the whole
-    response where it has none), and the text before it joins the context. The two halves are
-    encoded apart: a merging tokenizer may give other tokens at the cut than for the whole text.
-    """
+    """Prompt and response ids of text (references, edited completions); ``ended_with_eos`` says
+    whether each response closes with EOS (default: every one). Each response is encoded whole and
+    then split (:func:`response_token_pairs`), so its tokens are the ones the tokenizer gives the
+    whole text. Rollouts keep the ids they were sampled as instead."""
     eos_flags = ended_with_eos if ended_with_eos is not None else [True] * len(prompts)
-    prompt_ids, response_ids = [], []
-    for prompt, response, eos in zip(prompts, responses, eos_flags, strict=True):
-        cut = max(response.rfind(answer_marker), 0) if answer_marker else 0
-        context = encode_response(tokenizer, response[:cut], append_eos=False) if cut else []
-        prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + context)
-        response_ids.append(encode_response(tokenizer, response[cut:], append_eos=bool(eos)))
-    return prompt_ids, response_ids
+    encoded = [encode_response(tokenizer, response, append_eos=bool(eos)) for response, eos in zip(responses, eos_flags, strict=True)]
+    return response_token_pairs(tokenizer, prompts, responses, encoded, answer_marker)
 
 
 def answer_split(tokenizer, token_ids: Sequence[int], cut: int) -> int:
@@ -78,29 +70,31 @@ def answer_split(tokenizer, token_ids: Sequence[int], cut: int) -> int:
     return low
 
 
-def rollout_token_pairs(
+def response_token_pairs(
     tokenizer,
     prompts: Sequence[str],
-    completions: Sequence[str],
-    token_ids: Sequence[Sequence[int]],
+    responses: Sequence[str],
+    response_ids: Sequence[Sequence[int]],
     answer_marker: str | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids and the ids the engine sampled: log π of exactly the rollout the model wrote.
+    """Rendered prompt ids, and each response's ids as given: for a rollout, the ids the engine
+    sampled, so that its gradient is of log π of exactly what the model wrote.
 
-    Re-encoding a completion's text does not give its tokens back under a merging tokenizer (BPE
-    merges what the model sampled apart, drops special tokens, splits at a cut differently), and
-    the gradient would then be of a sequence the model did not sample. With ``answer_marker`` the
-    response starts at the token that holds the completion's last marker; the tokens before it
-    join the context, as :func:`query_token_pairs` does for text.
+    Re-encoding a rollout's text does not give its tokens back under a merging tokenizer (BPE
+    merges what the model sampled apart, drops special tokens), and the gradient would then be of a
+    sequence the model did not sample. With ``answer_marker`` the response is only the answer span:
+    from the token that holds the response's last marker on (the whole response where it has none);
+    the tokens before it join the context. The same tokens in the same order: only the split
+    between context (masked) and response moves.
     """
-    prompt_ids, response_ids = [], []
-    for prompt, completion, sampled in zip(prompts, completions, token_ids, strict=True):
-        sampled = list(sampled)
-        cut = completion.rfind(answer_marker) if answer_marker else -1
-        split = answer_split(tokenizer, sampled, cut) if cut > 0 else 0
-        prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + sampled[:split])
-        response_ids.append(sampled[split:])
-    return prompt_ids, response_ids
+    prompt_ids, split_response_ids = [], []
+    for prompt, response, ids in zip(prompts, responses, response_ids, strict=True):
+        ids = list(ids)
+        cut = response.rfind(answer_marker) if answer_marker else -1
+        split = answer_split(tokenizer, ids, cut) if cut > 0 else 0
+        prompt_ids.append(encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) + ids[:split])
+        split_response_ids.append(ids[split:])
+    return prompt_ids, split_response_ids
 
 
 def reference_basis(model, options: ProjectionOptions, tokenizer, validation_queries: pl.DataFrame, batch_size: int) -> ProjectionBasis:
@@ -152,13 +146,13 @@ def validation_gradient_frame(
 ) -> pl.DataFrame:
     """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference).
 
-    A rollout's gradient is of the tokens the engine sampled (:func:`rollout_token_pairs`), a
+    A rollout's gradient is of the tokens the engine sampled (:func:`response_token_pairs`), a
     reference's of its encoded text. With ``answer_marker`` each gradient is ∇ log π(answer span |
     query, text before it). Without it, ∇ log π(whole completion | query).
     """
     if "token_ids" not in rollouts.columns:
         raise ValueError("rollouts has no token_ids column (written by an earlier drift_assets): re-materialize rollouts")
-    rollout_pairs = rollout_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["token_ids"], answer_marker)
+    rollout_pairs = response_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["token_ids"], answer_marker)
     reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"],
                                         answer_marker=answer_marker)
     ids = {

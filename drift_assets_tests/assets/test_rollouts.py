@@ -7,7 +7,7 @@ from dagster import AssetKey
 from pydantic import ValidationError
 
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import query_token_pairs, rollout_token_pairs
+from drift_assets.core.gradients import query_token_pairs, response_token_pairs
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows
 from drift_assets.core.sequences import collate_pairs, sequence_logprobs
 from drift_assets.definitions import build_definitions
@@ -33,7 +33,7 @@ def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4):
 def teacher_forced_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
     """log π(sampled tokens | rendered prompt), the sequences validation_gradients differentiates."""
     tokenizer, network = model.load_tokenizer(), model.load_model()
-    prompts, responses = rollout_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
+    prompts, responses = response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
     batch = collate_pairs(tokenizer, prompts, responses)
     with torch.no_grad():
         logits = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import answer_split, query_token_pairs, rollout_token_pairs, validation_gradient_frame
+from drift_assets.core.gradients import answer_split, query_token_pairs, response_token_pairs, validation_gradient_frame
 from drift_assets.core.rollouts import rollout_rows
-from drift_assets.core.sequences import collate_pairs, encode_prompt, render_prompt, sequence_logprobs
+from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
 from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.chat_model import build_chat_tokenizer
 
@@ -41,7 +41,7 @@ def test_sampled_ids_give_the_engine_logprob_back_where_re_encoded_text_does_not
     assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
     engine = torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64)
 
-    sampled = teacher_forced(model, tokenizer, *rollout_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"]))
+    sampled = teacher_forced(model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"]))
     assert torch.allclose(sampled, engine, atol=1e-3)
 
     # The text a merging tokenizer decodes does not encode back to the same tokens: a gradient of the
@@ -56,16 +56,17 @@ def test_the_answer_span_starts_at_the_token_that_holds_the_marker(chat):
     tokenizer, _ = chat
     completion = "We compute 10 + 6 and get 16. Answer: 16"
     sampled = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    (context,), (response,) = rollout_token_pairs(tokenizer, ["What is 10 + 6?\n"], [completion], [sampled], answer_marker="Answer:")
+    (context,), (response,) = response_token_pairs(tokenizer, ["What is 10 + 6?\n"], [completion], [sampled], answer_marker="Answer:")
     prompt = encode_prompt(tokenizer, render_prompt(tokenizer, "What is 10 + 6?\n"))
     assert context + response == prompt + sampled  # the same tokens: only the split moves
     split = len(context) - len(prompt)
     # The byte-level pre-tokenizer keeps the space with the word: the span's first token is " Answer".
     assert tokenizer.decode(response, skip_special_tokens=True) == " Answer: 16"
     assert len(tokenizer.decode(sampled[:split])) <= completion.rfind("Answer:") < len(tokenizer.decode(sampled[: split + 1]))
-    # Encoding the span's text on its own gives other tokens ("Answer" without its space).
-    _, (text_response,) = query_token_pairs(tokenizer, ["What is 10 + 6?\n"], [completion], answer_marker="Answer:")
-    assert text_response != response
+    # Text (a reference answer) is encoded whole and split the same way; encoding the span's text on
+    # its own would give other tokens ("Answer" without its space) than the whole text has.
+    assert query_token_pairs(tokenizer, ["What is 10 + 6?\n"], [completion], answer_marker="Answer:") == ([context], [response])
+    assert tokenizer("Answer: 16", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] != response
 
 
 @pytest.mark.parametrize("cut", [0, 1, 5, 13, 27, 39])
@@ -77,17 +78,21 @@ def test_answer_split_is_the_first_token_past_the_cut(chat, cut):
     assert split == max(i for i, length in enumerate(lengths) if length <= cut)
 
 
-def test_a_tokenizer_that_round_trips_text_gives_what_text_encoding_gives():
-    """The demo's character tokenizer: token ids and text are interchangeable, so the demo's gradients did not change."""
+def test_a_tokenizer_that_round_trips_text_splits_as_encoding_the_halves_apart_did():
+    """The demo's character tokenizer: splitting the ids gives what encoding the text before and
+    after the marker apart gave (how the demo's tables were computed), so they did not change."""
     tokenizer = build_char_tokenizer()
     prompts = ["What is 1 + 2?\n"] * 4
     completions = ["1 + 2 = 3. Answer: 3", "Answer: 4", "We compute 1 + 2 and get", ""]
     ended = [True, True, False, True]
-    sampled = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if e else []) for c, e in zip(completions, ended)]
-    for marker in (None, "Answer:"):
-        assert rollout_token_pairs(tokenizer, prompts, completions, sampled, marker) == query_token_pairs(
-            tokenizer, prompts, completions, ended, marker
-        )
+    sampled = [encode_response(tokenizer, c, append_eos=e) for c, e in zip(completions, ended)]
+    prompt = encode_prompt(tokenizer, render_prompt(tokenizer, prompts[0]))
+    cuts = [max(c.rfind("Answer:"), 0) for c in completions]
+    halves = ([prompt + encode_response(tokenizer, c[:cut], append_eos=False) for c, cut in zip(completions, cuts)],
+              [encode_response(tokenizer, c[cut:], append_eos=e) for c, cut, e in zip(completions, cuts, ended)])
+    assert response_token_pairs(tokenizer, prompts, completions, sampled, "Answer:") == halves
+    assert query_token_pairs(tokenizer, prompts, completions, ended, "Answer:") == halves
+    assert response_token_pairs(tokenizer, prompts, completions, sampled) == ([prompt] * 4, sampled)
 
 
 def test_rollouts_without_token_ids_ask_for_a_re_materialization():
