@@ -28,7 +28,8 @@ from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
 GRADIENTS_VERSION = "2"
-# 3: rollouts are differentiated through the token ids they were sampled as, not their re-encoded text.
+# 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
+# off the whole sequence's tokens (not encoded apart from the text before it).
 VALIDATION_GRADIENTS_VERSION = "3"
 
 
