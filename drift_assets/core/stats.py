@@ -48,7 +48,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     p = successes / trials
     center = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return (center - half, center + half)
+    # At p = 0 or 1 the bound equals p exactly in theory; in floating point it can miss by an ulp.
+    return (max(0.0, min(center - half, p)), min(1.0, max(center + half, p)))
 
 
 def histogram(values: np.ndarray, bins: int = 20) -> list[tuple[float, float, int]]:

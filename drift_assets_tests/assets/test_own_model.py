@@ -1,6 +1,6 @@
 """The graph on a user's own model and data, as the README's "Use your own model and data" sets it up:
 a chat-template BPE model, a Parquet pool of chat `messages` (with system turns), JSONL validation
-queries with a `module:function` grader, no demo assets. Materialized for real through Dagster."""
+and test queries with a `module:function` grader, no demo assets. Materialized for real through Dagster."""
 
 import json
 import sys
@@ -50,13 +50,16 @@ def own(tmp_path_factory):
     pl.DataFrame(pool_rows(40)).write_parquet(directory / "pool.parquet")
     queries = [{"prompt": f"What is {i} + {i + 5}?", "reference": str(2 * i + 5), "grader": "my_grader:same_parity"} for i in range(6)]
     (directory / "val.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    tests = [{"prompt": f"What is {i} + {i + 7}?", "reference": str(2 * i + 7), "grader": "my_grader:same_parity"} for i in range(10)]
+    (directory / "test.jsonl").write_text("".join(json.dumps(q) + "\n" for q in tests))
     settings = load_settings(write_settings(directory, {
         "model": {"path": "model", "dtype": "float32", "device": "cpu"},
-        "data": {"training_pool": "pool.parquet", "validation_queries": "val.jsonl", "test_queries": None, "max_example_tokens": 128},
+        "data": {"training_pool": "pool.parquet", "validation_queries": "val.jsonl", "test_queries": "test.jsonl", "max_example_tokens": 128},
         "demo": {"enabled": False},
         "rollout": {"backend": "transformers", "samples_per_query": 4, "max_tokens": 16},
         "projection": {"shards": 2},
         "warmup": {"steps": []},
+        "benchmark": {"sft": {"steps": 10, "batch_size": 8}},
         # A random model runs to max_tokens: the rollouts check would (rightly) stop the run.
         "grading": {"max_empty_or_truncated_fraction": 1.0},
     }))
@@ -73,8 +76,15 @@ def read(settings, name: str) -> pl.DataFrame:
 def test_the_whole_graph_runs_without_demo_assets(own):
     settings, done = own
     assert not {"demo_task_files", "demo_base_model"} & set(done)
-    assert {"rollouts", "influence_scores", "refined_dataset"} <= set(done)
-    assert "refined_model_evaluation" not in done  # no test queries: no evaluation
+    assert {"rollouts", "influence_scores", "refined_dataset", "refined_model_evaluation"} <= set(done)
+
+
+def test_the_loop_closes_on_the_users_test_queries_with_their_grader(own):
+    settings, _ = own
+    evaluation = read(settings, "refined_model_evaluation")
+    assert evaluation["model"].to_list() == ["base", "full", "refined"]
+    assert evaluation["n_queries"].to_list() == [10, 10, 10]
+    assert ((evaluation["accuracy_low"] <= evaluation["accuracy"]) & (evaluation["accuracy"] <= evaluation["accuracy_high"])).all()
 
 
 def test_pool_prompts_are_rendered_with_the_chat_template_and_keep_system_turns(own):

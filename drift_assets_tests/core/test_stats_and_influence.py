@@ -102,6 +102,15 @@ def test_wilson_interval_known_values():
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
 
 
+def test_wilson_interval_holds_the_proportion_at_every_count():
+    # All or none correct: in floating point the bound used to miss p by an ulp (10/10 gave high < 1).
+    for trials in range(1, 301):
+        for successes in sorted({0, 1, trials // 2, trials - 1, trials}):
+            low, high = wilson_interval(successes, trials)
+            assert 0.0 <= low <= successes / trials <= high <= 1.0, (successes, trials)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+
+
 def test_histogram_counts_finite_values():
     values = np.array([0.0, 0.1, 0.2, 0.9, 1.0, np.nan, np.inf])
     bins = histogram(values, bins=2)
