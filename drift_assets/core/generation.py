@@ -205,6 +205,7 @@ class VllmEngine:
             **cpu_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
 
     def generate(
         self,
@@ -258,6 +259,21 @@ class VllmEngine:
 
         del self.llm
         gc.collect()
+
+
+def check_prompt_lengths(engine, prompt_ids: Sequence[Sequence[int]], names: Sequence[str], what: str) -> None:
+    """Fail before sampling, naming the queries and the setting, where a prompt fills the engine's
+    context (vLLM's own error names neither, and comes after the engine has started)."""
+    limit = getattr(engine, "max_model_len", None)
+    if limit is None:  # the transformers engine has no context setting of its own
+        return
+    too_long = [(name, len(ids)) for name, ids in zip(names, prompt_ids, strict=True) if len(ids) >= limit]
+    if too_long:
+        examples = ", ".join(f"{name} ({length} tokens)" for name, length in too_long[:5])
+        raise ValueError(
+            f"{len(too_long)} {what} leave no room to answer within rollout.max_model_len = {limit} tokens "
+            f"(prompt with the chat template): {examples}. Raise rollout.max_model_len (within the model's context) or shorten them."
+        )
 
 
 def vllm_available() -> tuple[bool, str]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from drift_assets.core.generation import GenerationReport, SamplingSettings
+from drift_assets.core.generation import GenerationReport, SamplingSettings, check_prompt_lengths
 from drift_assets.core.grading import GradingOptions, grade_answer
 from drift_assets.core.sequences import encode_prompt, render_prompt
 
@@ -65,6 +65,7 @@ def sample_rollouts(
 ) -> tuple[pl.DataFrame, GenerationReport]:
     """The ``rollouts`` table (and the engine's report): ``sampling.n`` completions of every query from a rollout engine."""
     prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) for prompt in validation_queries["prompt"]]
+    check_prompt_lengths(engine, prompt_ids, validation_queries["query_id"], "validation queries")
     report = engine.generate(prompt_ids, sampling, progress=progress)
     return rollout_rows(validation_queries, report, model_fingerprint, sampling.seed), report
 

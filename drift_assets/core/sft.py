@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from drift_assets.core.generation import SamplingSettings
+from drift_assets.core.generation import SamplingSettings, check_prompt_lengths
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.grading import GradingOptions, grade_answer
 from drift_assets.core.sequences import collate_pairs, training_step
@@ -101,6 +101,7 @@ class Evaluation:
 def evaluate(engine, tokenizer, queries: Sequence[dict], max_tokens: int, options: GradingOptions = GradingOptions()) -> Evaluation:
     """Greedy accuracy on ``queries`` (prompt, reference, grader) through a rollout engine."""
     prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in queries], ["" for _ in queries])
+    check_prompt_lengths(engine, prompt_ids, [q.get("query_id", f"query {i}") for i, q in enumerate(queries)], "test queries")
     report = engine.generate(prompt_ids, SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens))
     answers = [group[0].text for group in report.completions]
     correct = sum(grade_answer(answer, query["reference"], query["grader"], options).correct for query, answer in zip(queries, answers))

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
-from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows
+from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
 from drift_assets.core.sequences import collate_pairs, sequence_logprobs
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
@@ -69,9 +69,13 @@ def test_vllm_with_a_bpe_chat_model_samples_the_tokens_whose_logprob_it_reports(
     prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
     assert tokenizer.decode(prompt_ids[0]).startswith("<|im_start|>user\n")
     resource = RolloutEngineResource(backend="vllm", samples_per_query=4, max_tokens=24, seed=0)
+    too_long = pl.DataFrame({"query_id": ["ok", "long-one"], "prompt": ["What is 1 + 2?", "What is 1 + 2? " * 80]})
     with resource.open_engine(model) as engine:
         reports = [engine.generate(prompt_ids, resource.sampling()),
                    engine.generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=1, stop=(" ",)))]
+        # A prompt that fills the context fails before sampling, naming the query and the setting.
+        with pytest.raises(ValueError, match=r"1 validation queries .* rollout\.max_model_len = 256 .*: long-one \("):
+            sample_rollouts(engine, tokenizer, too_long, resource.sampling(), model.fingerprint())
     for report in reports:
         table = rollout_rows(QUERIES, report, model.fingerprint(), seed=0)
         assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
