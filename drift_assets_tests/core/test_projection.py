@@ -172,6 +172,20 @@ def test_projectors_are_deterministic_and_batch_independent(tiny):
     assert not torch.allclose(first, other_seed)
 
 
+def test_a_bfloat16_model_projects_close_to_its_float32_weights(tiny):
+    """``model.dtype: bfloat16`` (what GPU users run): the hooks upcast what they capture, so only
+    the model's own bf16 arithmetic separates the two."""
+    import copy
+
+    model, _, batch = tiny
+    options = ProjectionOptions(rank=4, seed=1, basis="random")
+    full = LinearGradientProjector(model, options).project(batch).gradients.double()
+    half = LinearGradientProjector(copy.deepcopy(model).to(torch.bfloat16), options).project(batch).gradients
+    assert half.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(full, half.double(), dim=1)
+    assert cosine.min() > 0.99, cosine
+
+
 def test_pca_basis_is_deterministic_and_survives_a_table_round_trip(tiny, pca_basis):
     model, tokenizer, batch = tiny
     fit_pairs = pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9))
