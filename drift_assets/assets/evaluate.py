@@ -19,7 +19,7 @@ from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Settings, code_version
 
-EVALUATE_VERSION = "4"
+EVALUATE_VERSION = "5"  # 5: a bf16/fp16 model fine-tunes float32 master weights
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from drift_assets.core.trajectory import checkpoint_key, checkpoint_table, warm_
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.settings import Settings, code_version
 
-WARMUP_VERSION = "1"
+WARMUP_VERSION = "2"  # 2: a bf16/fp16 model fine-tunes float32 master weights
 CHECKPOINT_GRADIENTS_VERSION = "2"  # 2: rollout gradients of the sampled token ids
 
 

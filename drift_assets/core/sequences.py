@@ -94,9 +94,14 @@ def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: str
     raise ValueError(f"loss reduction must be 'sum' or 'mean' (got {reduction!r})")
 
 
-def training_step(model, optimizer, batch: ResponseBatch) -> float:
-    """One optimizer step on the mean negative log-likelihood of the masked tokens; returns the loss."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+def training_step(model, optimizer, batch: ResponseBatch, autocast_dtype: torch.dtype | None = None) -> float:
+    """One optimizer step on the mean negative log-likelihood of the masked tokens; returns the loss.
+
+    ``autocast_dtype`` runs the forward pass under autocast (the backward pass follows it, outside).
+    """
+    device_type = batch.input_ids.device.type
+    with torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     loss = -sequence_logprobs(logits, batch, "sum").sum() / batch.response_mask.sum()
     optimizer.zero_grad()
     loss.backward()

@@ -11,6 +11,7 @@ trains the same model). It runs on whatever device the model is on.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -51,7 +52,13 @@ def fine_tune(
 ):
     """Fine-tune ``model`` in place on chat-message examples; returns the mean loss of the last 10% of steps.
 
-    ``after_step(step, loss)`` runs after every optimizer step (the warm-up saves checkpoints there).
+    ``after_step(step, loss)`` runs after every optimizer step, with ``model`` holding that step's
+    weights (the warm-up saves checkpoints there).
+
+    A bfloat16 or float16 model trains float32 master weights (under bfloat16 autocast where the
+    model is bfloat16) that are written back in its own dtype: an optimizer step applied to 16-bit
+    weights rounds away every update smaller than their resolution, which at the learning rates
+    used for real models is most of them.
     """
     if not messages_json:
         raise ValueError("cannot fine-tune on an empty selection")
@@ -60,10 +67,20 @@ def fine_tune(
     # The seeded shuffle starts from a canonical order, so the caller's order does not matter.
     prompts, responses = pool_token_pairs(tokenizer, sorted(messages_json))
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    dtype = next(model.parameters()).dtype
+    trained = copy.deepcopy(model).float() if dtype in (torch.bfloat16, torch.float16) else model
+    autocast_dtype = torch.bfloat16 if dtype == torch.bfloat16 else None
+
+    def write_back() -> None:
+        if trained is not model:
+            with torch.no_grad():
+                for weights, master in zip(model.parameters(), trained.parameters(), strict=True):
+                    weights.copy_(master)
+
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     decay = (lambda step: 1.0 - step / options.steps) if options.schedule == "linear" else (lambda step: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-    model.train()
+    trained.train()
     order: list[int] = []
     recent: list[float] = []
     for step in range(1, options.steps + 1):
@@ -71,14 +88,16 @@ def fine_tune(
             order += rng.sample(range(len(prompts)), len(prompts))
         chosen = [order.pop() for _ in range(min(options.batch_size, len(order)))]
         batch = collate_pairs(tokenizer, [prompts[i] for i in chosen], [responses[i] for i in chosen]).to(device)
-        loss = training_step(model, optimizer, batch)
+        loss = training_step(trained, optimizer, batch, autocast_dtype)
         scheduler.step()
         if step > options.steps * 0.9:
             recent.append(loss)
         if step % max(1, options.steps // 4) == 0:
             log(f"sft step {step}/{options.steps}: loss {loss:.4f}")
         if after_step is not None:
+            write_back()
             after_step(step, loss)
+    write_back()
     model.eval()
     return sum(recent) / max(1, len(recent))
 

@@ -100,3 +100,20 @@ def test_evaluate_grades_the_greedy_answers_it_returns(examples):
     ]
     result = evaluate(engine, tokenizer, regraded, max_tokens=12)
     assert (result.correct, result.total, result.answers) == (3, 6, answers)
+
+
+def test_a_bfloat16_model_fine_tunes_like_float32_at_a_small_learning_rate(examples):
+    """Updates below bfloat16's resolution (most of them at lr 1e-5) accumulate in float32 master
+    weights instead of rounding away: the bf16 model moves the way the float32 one does."""
+    tokenizer = build_char_tokenizer()
+    start = build_tiny_llama(tokenizer, SHAPE, seed=1)
+    options = SftOptions(steps=100, batch_size=8, learning_rate=1e-5, seed=0)
+    full, half = build_tiny_llama(tokenizer, SHAPE, seed=1), build_tiny_llama(tokenizer, SHAPE, seed=1).to(torch.bfloat16)
+    for model in (full, half):
+        fine_tune(model, tokenizer, examples, options, log=lambda _: None)
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+
+    def update(model) -> torch.Tensor:
+        return torch.cat([(p.detach().float() - q.detach()).flatten() for p, q in zip(model.parameters(), start.parameters(), strict=True)])
+
+    assert torch.nn.functional.cosine_similarity(update(full), update(half), dim=0) > 0.8
