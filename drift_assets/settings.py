@@ -115,7 +115,8 @@ class ProjectionSettings(_Group):
     loss_reduction: Literal["sum", "mean"] = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
     validation_span: Literal["answer", "completion"] = Field(
         "answer", description="which tokens of each rollout and reference the validation gradient is the log-prob of: "
-        "answer = from the last grading.answer_marker on (the part the grader reads; the text before it is context), "
+        "answer = from the token that holds the last grading.answer_marker on (the part the grader reads; the tokens "
+        "before it are context), "
         "completion = all of it. Training gradients always cover the whole response.",
     )
     shards: int = Field(4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions).")
