@@ -42,18 +42,13 @@ def pool_token_pairs(tokenizer, messages_json: Sequence[str]) -> tuple[list[list
 
 
 def query_token_pairs(
-    tokenizer,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    ended_with_eos: Sequence[bool] | None = None,
-    answer_marker: str | None = None,
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], answer_marker: str | None = None
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt and response ids of text (references, edited completions); ``ended_with_eos`` says
-    whether each response closes with EOS (default: every one). Each response is encoded whole and
-    then split (:func:`response_token_pairs`), so its tokens are the ones the tokenizer gives the
-    whole text. Rollouts keep the ids they were sampled as instead."""
-    eos_flags = ended_with_eos if ended_with_eos is not None else [True] * len(prompts)
-    encoded = [encode_response(tokenizer, response, append_eos=bool(eos)) for response, eos in zip(responses, eos_flags, strict=True)]
+    """Prompt and response ids of text (references, edited completions), each response closed by
+    EOS. Each response is encoded whole and then split (:func:`response_token_pairs`), so its
+    tokens are the ones the tokenizer gives the whole text. Rollouts keep the ids they were
+    sampled as instead."""
+    encoded = [encode_response(tokenizer, response) for response in responses]
     return response_token_pairs(tokenizer, prompts, responses, encoded, answer_marker)
 
 

@@ -2,6 +2,7 @@
 a chat-template BPE model, a Parquet pool of chat `messages` (with system turns), JSONL validation
 and test queries with a `module:function` grader, no demo assets. Materialized for real through Dagster."""
 
+import inspect
 import json
 import sys
 
@@ -19,15 +20,9 @@ from drift_assets.settings import load_settings
 from drift_assets_tests.chat_model import save_chat_model
 from drift_assets_tests.conftest import write_settings
 
-GRADER = '''
 def same_parity(completion: str, reference: str) -> bool:
     """A stand-in for a real checker: true for about half of any model's completions, so that a
     random model's rollouts have mixed grades (the grades check would stop the run otherwise)."""
-    return len(completion.strip()) % 2 == int(reference) % 2
-'''
-
-
-def graded_by_it(completion: str, reference: str) -> bool:
     return len(completion.strip()) % 2 == int(reference) % 2
 
 
@@ -45,7 +40,7 @@ def pool_rows(n: int) -> list[dict]:
 def own(tmp_path_factory):
     directory = tmp_path_factory.mktemp("own")
     sys.path.insert(0, str(directory))
-    (directory / "my_grader.py").write_text(GRADER)
+    (directory / "my_grader.py").write_text(inspect.getsource(same_parity))  # the pipeline imports it by name
     save_chat_model(directory / "model")
     pl.DataFrame(pool_rows(40)).write_parquet(directory / "pool.parquet")
     queries = [{"prompt": f"What is {i} + {i + 5}?", "reference": str(2 * i + 5), "grader": "my_grader:same_parity"} for i in range(6)]
@@ -106,7 +101,7 @@ def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(ow
     graded = rollouts.join(read(settings, "validation_queries").select("query_id", "reference"), on="query_id", how="left").join(
         grades.select("rollout_id", "correct"), on="rollout_id", how="left")
     for completion, reference, correct in graded.select("completion", "reference", "correct").rows():
-        assert correct == graded_by_it(completion, reference)
+        assert correct == same_parity(completion, reference)
     assert 0 < grades["correct"].sum() < grades.height
     gradients = read(settings, "validation_gradients")
     assert gradients.height == rollouts.height + 6 and gradients["grad_norm"].is_finite().all()

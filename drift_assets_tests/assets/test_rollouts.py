@@ -9,13 +9,13 @@ from pydantic import ValidationError
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
-from drift_assets.core.sequences import collate_pairs, sequence_logprobs
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.runner import _execute, observe_sources
 from drift_assets.settings import SettingsError
 from drift_assets_tests.chat_model import save_chat_model
 from drift_assets_tests.conftest import settings_in
+from drift_assets_tests.core.test_rollout_tokens import teacher_forced
 
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
 
@@ -33,11 +33,7 @@ def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4):
 def teacher_forced_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
     """log π(sampled tokens | rendered prompt), the sequences validation_gradients differentiates."""
     tokenizer, network = model.load_tokenizer(), model.load_model()
-    prompts, responses = response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
-    batch = collate_pairs(tokenizer, prompts, responses)
-    with torch.no_grad():
-        logits = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return sequence_logprobs(logits, batch)
+    return teacher_forced(network, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"]))
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,8 @@ def test_sampled_ids_give_the_engine_logprob_back_where_re_encoded_text_does_not
 
     # The text a merging tokenizer decodes does not encode back to the same tokens: a gradient of the
     # re-encoded text would be of sequences the model did not sample, some far less likely.
-    re_encoded = query_token_pairs(tokenizer, table["prompt"], table["completion"], table["ended_with_eos"])
+    re_encoded = response_token_pairs(tokenizer, table["prompt"], table["completion"], [
+        encode_response(tokenizer, text, append_eos=eos) for text, eos in zip(table["completion"], table["ended_with_eos"])])
     differ = [row for row, ids in enumerate(re_encoded[1]) if ids != table["token_ids"][row].to_list()]
     assert len(differ) > table.height // 2
     assert (teacher_forced(model, tokenizer, *re_encoded) - engine).abs().max() > 1.0
@@ -88,10 +89,13 @@ def test_a_tokenizer_that_round_trips_text_splits_as_encoding_the_halves_apart_d
     sampled = [encode_response(tokenizer, c, append_eos=e) for c, e in zip(completions, ended)]
     prompt = encode_prompt(tokenizer, render_prompt(tokenizer, prompts[0]))
     cuts = [max(c.rfind("Answer:"), 0) for c in completions]
-    halves = ([prompt + encode_response(tokenizer, c[:cut], append_eos=False) for c, cut in zip(completions, cuts)],
-              [encode_response(tokenizer, c[cut:], append_eos=e) for c, cut, e in zip(completions, cuts, ended)])
-    assert response_token_pairs(tokenizer, prompts, completions, sampled, "Answer:") == halves
-    assert query_token_pairs(tokenizer, prompts, completions, ended, "Answer:") == halves
+
+    def halves(eos_flags):
+        return ([prompt + encode_response(tokenizer, c[:cut], append_eos=False) for c, cut in zip(completions, cuts)],
+                [encode_response(tokenizer, c[cut:], append_eos=e) for c, cut, e in zip(completions, cuts, eos_flags)])
+
+    assert response_token_pairs(tokenizer, prompts, completions, sampled, "Answer:") == halves(ended)
+    assert query_token_pairs(tokenizer, prompts, completions, "Answer:") == halves([True] * 4)  # text closes with EOS
     assert response_token_pairs(tokenizer, prompts, completions, sampled) == ([prompt] * 4, sampled)
 
 
