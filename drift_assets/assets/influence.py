@@ -90,7 +90,11 @@ def build_influence_assets(settings: Settings) -> list:
                 fingerprints.update(shard_fingerprints)
                 yield ids, matrix
 
-        curvature = fit_curvature(influence.hessian, (m for _, m in gradients_only()), target.vector.shape[0], influence.damping)
+        dimension = target.vector.shape[0]
+        if influence.hessian == "fisher":
+            context.log.info(f"fitting the fisher Hessian: a {dimension}×{dimension} float64 matrix and its Cholesky factor, "
+                             f"{2 * dimension**2 * 8 / 2**30:.2f} GiB, at each of {1 + len(steps)} checkpoint(s)")
+        curvature = fit_curvature(influence.hessian, (m for _, m in gradients_only()), dimension, influence.damping)
         scores = score_pool(gradients_only, target.vector, curvature, influence.debias)
         check_same_checkpoint(fingerprints, target)
         base_table = scores_frame(scores, training_pool)

@@ -70,11 +70,14 @@ def fit_curvature(kind: str, batches: Iterable[np.ndarray], dimension: int, damp
         n += batch.shape[0]
     if n == 0:
         raise ValueError("the fisher Hessian needs training gradients, and the pool is empty")
-    fisher = gram / n
+    # In place: at LLM scale k × k float64 is gigabytes, so the peak stays at this matrix and its factor.
+    fisher = gram
+    fisher /= n
     damping_value = damping * float(np.trace(fisher)) / dimension
     if damping_value <= 0:
         damping_value = _TINY  # all-zero gradients: keep the factor defined
-    cholesky = np.linalg.cholesky(fisher + damping_value * np.eye(dimension))
+    fisher[np.diag_indices(dimension)] += damping_value
+    cholesky = np.linalg.cholesky(fisher)
     return Curvature("fisher", dimension, cholesky, damping_value, n)
 
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from dagster import AssetKey, Definitions, instance_for_test
 
+from drift_assets.core.attribution import target_gradient
+from drift_assets.core.gradients import vectors
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import _execute, materialize_pipeline, observe_sources
@@ -261,3 +263,29 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
     assert options.basis == "pca" and options.rank == 16
     assert spearman(raw["exact"], raw["projected"]) >= 0.9
     assert spearman(unit["exact"], unit["projected"]) >= 0.9
+
+
+@pytest.mark.vllm
+def test_the_fisher_hessian_streamed_over_shards_matches_one_dense_solve(pipeline):
+    """influence.hessian: fisher through the asset (ΦᵀΦ accumulated shard by shard, a Cholesky
+    solve) against (ΦᵀΦ/N + λI)⁻¹g solved at once from the stored tables. Last in this module: it
+    leaves fisher scores in the shared warehouse."""
+    settings, _, instance = pipeline
+    fisher = settings.model_copy(update={"influence": settings.influence.model_copy(update={"hessian": "fisher"})})
+    _execute(build_definitions(fisher), instance, [AssetKey("influence_scores")])
+    gradients = read(settings, "training_gradient_projections").sort("example_id")
+    training = vectors(gradients).astype(np.float64)
+    target = target_gradient(read(settings, "validation_gradients"), read(settings, "grades"), "onpolicy", "signed").vector
+    second_moment = training.T @ training / len(training)
+    damping = settings.influence.damping * np.trace(second_moment) / len(second_moment)
+    raw = training @ np.linalg.solve(second_moment + damping * np.eye(len(second_moment)), target)
+    scores = read(settings, "influence_scores").sort("example_id")
+    assert scores["example_id"].to_list() == gradients["example_id"].to_list()
+    np.testing.assert_allclose(scores["score_raw"].to_numpy(), raw, rtol=1e-6, atol=1e-9 * np.abs(raw).max())
+    unit = raw / np.linalg.norm(training, axis=1)
+    np.testing.assert_allclose(scores["score"].to_numpy(), unit, rtol=1e-6, atol=1e-9 * np.abs(unit).max())
+    assert latest_metadata(instance, "influence_scores")["hessian_damping"] == pytest.approx(damping, rel=1e-9)
+    run_id = instance.get_latest_materialization_event(AssetKey("influence_scores")).run_id
+    messages = [event.user_message for event in instance.all_logs(run_id)]
+    k = training.shape[1]
+    assert any(message.startswith(f"fitting the fisher Hessian: a {k}×{k} float64 matrix") for message in messages)

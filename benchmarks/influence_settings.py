@@ -1,0 +1,232 @@
+"""Influence settings: which Hessian, debiasing and weighting find the demo's noise, and where that signal lies.
+
+On the materialized demo (run ``make demo`` first), every score is computed the way
+``influence_scores`` computes it (the base model and each ``warmup.steps`` checkpoint, each with its
+own target and training gradients, standardized and averaged), from the stored gradient tables:
+
+1. the noise AUC (higher score = keep, clean against corrupted rows) and the clean share of the
+   top ``selection.fraction`` for every ``influence.hessian`` (``identity``, and ``fisher`` at each
+   of ``--dampings``) × ``influence.debias`` × ``influence.weighting`` (and the off-policy target);
+2. where the signal lies: at each checkpoint the eigen-directions of the pool's gradient second
+   moment ΦᵀΦ/N (the ``fisher`` Hessian before damping), the share of its trace and of the target
+   g's energy in the top m, and the noise AUC of the identity / unit score computed in the top m
+   directions alone and in the rest. H⁻¹ shrinks a direction by its eigenvalue, so this shows what
+   a Hessian keeps and what it gives weight to; and the ``fisher`` score with the Hessian fitted on
+   the clean rows alone, beside the corrupted rows' share of its trace;
+3. with ``--sft CONFIG,...``: test accuracy after SFT on each configuration's top fraction, with the
+   method benchmark's SFT settings, on ``--seeds`` (default ``benchmark.seeds``).
+
+A configuration is ``HESSIAN[:DAMPING]/DEBIAS/WEIGHTING``, WEIGHTING one of signed, advantage,
+positive or ``offpolicy`` (the reference answers):
+
+    .venv/bin/python benchmarks/influence_settings.py
+    .venv/bin/python benchmarks/influence_settings.py --sft identity/unit/signed,fisher:0.1/unit/signed --seeds 0,1,2,3,4,5,6,7,8,9
+
+This prints figures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
+from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
+from drift_assets.core.benchmark import selected_ids
+from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, debias, fit_curvature
+from drift_assets.core.sft import evaluate, fine_tune
+from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
+from drift_assets.core.weighting import WEIGHTING_SCHEMES
+from drift_assets.resources import Warehouse, model_resource
+from drift_assets.settings import Settings, load_settings
+
+TOP_DIRECTIONS = (16, 64, 256)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dampings", default="0.1,1.0", help="fisher dampings of part 1 (λ = damping × mean eigenvalue)")
+    parser.add_argument("--sft", default="", metavar="CONFIG,...",
+                        help="part 3: configurations to fine-tune on (HESSIAN[:DAMPING]/DEBIAS/WEIGHTING)")
+    parser.add_argument("--seeds", default=None, help="comma list of SFT seeds (default: benchmark.seeds)")
+    args = parser.parse_args(argv)
+    args.dampings = [float(value) for value in args.dampings.split(",") if value]
+    try:
+        args.sft = [parse_config(config) for config in args.sft.split(",") if config]
+    except ValueError as error:
+        parser.error(f"--sft: {error}")
+    return args
+
+
+def parse_config(config: str) -> tuple[str, ScoringSettings]:
+    """``HESSIAN[:DAMPING]/DEBIAS/WEIGHTING`` as the scoring settings it names (over the defaults)."""
+    parts = config.split("/")
+    if len(parts) != 3:
+        raise ValueError(f"{config!r} is not HESSIAN[:DAMPING]/DEBIAS/WEIGHTING")
+    hessian, _, damping = parts[0].partition(":")
+    debias_method, weighting = parts[1], parts[2]
+    if hessian not in ("identity", "fisher") or debias_method not in DEBIAS_METHODS or weighting not in (*WEIGHTING_SCHEMES, "offpolicy"):
+        raise ValueError(f"{config!r}: unknown hessian, debias or weighting")
+    targets = "offpolicy" if weighting == "offpolicy" else "onpolicy"
+    return config, ScoringSettings(targets=targets, weighting="signed" if targets == "offpolicy" else weighting,
+                                   hessian=hessian, damping=float(damping or 0.1), debias=debias_method)
+
+
+def debiased_along(checkpoints: list[CheckpointGradients], scoring: ScoringSettings, curvatures: list) -> dict[str, PoolScores]:
+    """The combined score for every debias method, from one scoring per checkpoint (H⁻¹ applied once)."""
+    along = [score_checkpoint(checkpoint, replace(scoring, debias="none"), curvature)
+             for checkpoint, curvature in zip(checkpoints, curvatures, strict=True)]
+    return {method: combine_checkpoints([replace(scores, score=debias(scores.score_raw, scores.grad_norm, scores.self_influence, method))
+                                         for scores in along])
+            for method in DEBIAS_METHODS}
+
+
+def selection_figures(scores: PoolScores, pool: pl.DataFrame, settings: Settings) -> tuple[float, float, list[str]]:
+    """Noise AUC, the clean share of the selection, and the selected ids."""
+    frame = scores_frame(scores, pool)
+    size = round(pool.height * settings.selection.fraction)
+    chosen = selected_ids("drift", 0, pool, frame, size, settings.selection.method, settings.selection.fraction, settings.selection.k)
+    corrupted = set(pool.filter(pl.col("is_corrupted"))["example_id"])
+    return noise_auc(frame, pool), 1 - sum(i in corrupted for i in chosen) / len(chosen), chosen
+
+
+def settings_grid(checkpoints: list[CheckpointGradients], pool: pl.DataFrame, settings: Settings, dampings: list[float]) -> None:
+    print("| hessian | weighting | " + " | ".join(f"{method}: AUC / clean" for method in DEBIAS_METHODS) + " |")
+    print("|---|---|" + "---|" * len(DEBIAS_METHODS))
+    for hessian, damping in [("identity", 0.0)] + [("fisher", damping) for damping in dampings]:
+        curvatures = [fit_curvature(hessian, [checkpoint.training], checkpoint.training.shape[1], damping) for checkpoint in checkpoints]
+        for weighting in (*WEIGHTING_SCHEMES, "offpolicy"):
+            scoring = ScoringSettings(targets="offpolicy" if weighting == "offpolicy" else "onpolicy",
+                                      weighting="signed" if weighting == "offpolicy" else weighting,
+                                      hessian=hessian, damping=damping, unsolved=settings.influence.unsolved)
+            cells = []
+            for scores in debiased_along(checkpoints, scoring, curvatures).values():
+                auc, clean, _ = selection_figures(scores, pool, settings)
+                cells.append(f"{auc:.3f} / {clean:.3f}")
+            name = hessian if hessian == "identity" else f"fisher, damping {damping:g}"
+            print(f"| {name} | {weighting} | " + " | ".join(cells) + " |", flush=True)
+
+
+def signal_directions(checkpoints: list[CheckpointGradients], pool: pl.DataFrame, settings: Settings) -> None:
+    """Part 2: the identity / unit score split along the eigen-directions of ΦᵀΦ/N."""
+    scoring = replace(settings.influence.scoring(), hessian="identity", debias="unit")
+    rotated = []
+    print("| checkpoint | " + " | ".join(f"top {m}: trace / g energy" for m in TOP_DIRECTIONS) + " |")
+    print("|---|" + "---|" * len(TOP_DIRECTIONS))
+    for checkpoint in checkpoints:
+        training = checkpoint.training.astype(np.float64)
+        eigenvalues, eigenvectors = np.linalg.eigh(training.T @ training / len(training))
+        eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # largest first
+        target = target_gradient(checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved)
+        target_rotated = eigenvectors.T @ target.vector
+        trace_share = np.cumsum(eigenvalues) / eigenvalues.sum()
+        energy_share = np.cumsum(target_rotated**2) / (target_rotated**2).sum()
+        shares = [f"{trace_share[m - 1]:.3f} / {energy_share[m - 1]:.3f}" for m in TOP_DIRECTIONS]
+        print(f"| {checkpoint.checkpoint} | " + " | ".join(shares) + " |")
+        rotated.append((checkpoint.example_ids, training @ eigenvectors, target_rotated, np.linalg.norm(training, axis=1)))
+
+    def auc_in(directions: slice) -> float:
+        along = []
+        for example_ids, training_rotated, target_rotated, norms in rotated:
+            raw = training_rotated[:, directions] @ target_rotated[directions]
+            along.append(PoolScores(example_ids, raw, raw / np.maximum(norms, 1e-12), norms, norms**2))
+        return noise_auc(scores_frame(combine_checkpoints(along), pool), pool)
+
+    dimension = rotated[0][2].shape[0]
+    print("\nnoise AUC of the identity / unit score (÷ the whole ‖ĥ‖) computed in some of the directions\n")
+    print("| directions | " + " | ".join(f"top {m}" for m in TOP_DIRECTIONS) + f" | all {dimension} | "
+          + " | ".join(f"all but the top {m}" for m in TOP_DIRECTIONS) + " |")
+    print("|---|" + "---|" * (2 * len(TOP_DIRECTIONS) + 1))
+    cells = ([auc_in(slice(0, m)) for m in TOP_DIRECTIONS] + [auc_in(slice(0, dimension))]
+             + [auc_in(slice(m, dimension)) for m in TOP_DIRECTIONS])
+    print("| noise AUC | " + " | ".join(f"{auc:.3f}" for auc in cells) + " |")
+
+
+def fisher_on_clean_rows(checkpoints: list[CheckpointGradients], pool: pl.DataFrame, settings: Settings, dampings: list[float]) -> None:
+    """The signed / unit score with the fisher Hessian fitted on every row, and on the clean rows alone.
+
+    Corrupted rows have large gradients, so they could dominate ΦᵀΦ/N; a Fisher fitted without them
+    (a diagnostic: it needs the ground truth) tells whether that is why the Hessian hurts.
+    """
+    corrupted = set(pool.filter(pl.col("is_corrupted"))["example_id"])
+    scoring = replace(settings.influence.scoring(), hessian="fisher", debias="unit")
+    print("| fisher damping | corrupted share of trace(ΦᵀΦ) at " + ", ".join(c.checkpoint for c in checkpoints)
+          + " | noise AUC, fitted on every row | fitted on the clean rows alone |")
+    print("|---|---|---|---|")
+    shares = []
+    for checkpoint in checkpoints:
+        squared_norms = (checkpoint.training.astype(np.float64) ** 2).sum(axis=1)
+        noisy = np.array([example_id in corrupted for example_id in checkpoint.example_ids])
+        shares.append(squared_norms[noisy].sum() / squared_norms.sum())
+    for damping in dampings:
+        cells = []
+        for clean_only in (False, True):
+            along = []
+            for checkpoint in checkpoints:
+                rows = checkpoint.training
+                if clean_only:
+                    rows = rows[[example_id not in corrupted for example_id in checkpoint.example_ids]]
+                curvature = fit_curvature("fisher", [rows], rows.shape[1], damping)
+                along.append(score_checkpoint(checkpoint, replace(scoring, damping=damping), curvature))
+            cells.append(noise_auc(scores_frame(combine_checkpoints(along), pool), pool))
+        print(f"| {damping:g} | {' / '.join(f'{share:.2f}' for share in shares)} | {cells[0]:.3f} | {cells[1]:.3f} |", flush=True)
+
+
+def sft_accuracy(configs, checkpoints, pool: pl.DataFrame, settings: Settings, warehouse: Warehouse, seeds: list[int]) -> None:
+    """Part 3: SFT on each configuration's selection, accuracy on the test queries over seeds."""
+    queries = warehouse.scan("test_queries").collect().to_dicts()
+    messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
+    resource = model_resource(settings)
+    tokenizer = resource.load_tokenizer()
+    print(f"| configuration | noise AUC | clean share | accuracy % (mean ± std over seeds {seeds}) | per seed |")
+    print("|---|---|---|---|---|")
+    for name, scoring in configs:
+        scoring = replace(scoring, unsolved=settings.influence.unsolved)
+        curvatures = [fit_curvature(scoring.hessian, [c.training], c.training.shape[1], scoring.damping) for c in checkpoints]
+        auc, clean, chosen = selection_figures(debiased_along(checkpoints, scoring, curvatures)[scoring.debias], pool, settings)
+        accuracies = []
+        for seed in seeds:
+            model = resource.load_model()
+            fine_tune(model, tokenizer, [messages[i] for i in sorted(chosen)], settings.benchmark.sft.options(seed), log=lambda _: None)
+            engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
+            accuracies.append(100 * evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, settings.grading.options()).accuracy)
+        print(f"| {name} | {auc:.3f} | {clean:.3f} | {np.mean(accuracies):.1f} ± {np.std(accuracies):.1f} | "
+              f"{', '.join(f'{a:.1f}' for a in accuracies)} |", flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    settings = load_settings()
+    warehouse = Warehouse(settings)
+    for table in ("training_pool", "validation_gradients", "grades", "training_gradient_projections"):
+        if not warehouse.exists(table):
+            raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
+    pool = warehouse.scan("training_pool").collect().sort("example_id")
+    if "is_corrupted" not in pool.columns:
+        raise SystemExit("the training pool has no is_corrupted column: this needs the demo's ground truth")
+    started = time.perf_counter()
+    validation_gradients, grades = warehouse.scan("validation_gradients").collect(), warehouse.scan("grades").collect()
+    checkpoints = [base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
+                   *warmup_checkpoints_along(warehouse, settings.warmup.steps)]
+    print(f"scored at {', '.join(c.checkpoint for c in checkpoints)}; k = {checkpoints[0].training.shape[1]}; "
+          f"influence.unsolved {settings.influence.unsolved}; the top {settings.selection.fraction:g} of {pool.height}\n")
+    settings_grid(checkpoints, pool, settings, args.dampings)
+    print()
+    signal_directions(checkpoints, pool, settings)
+    if args.dampings:
+        print()
+        fisher_on_clean_rows(checkpoints, pool, settings, args.dampings)
+    if args.sft:
+        print()
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else settings.benchmark.seeds
+        sft_accuracy(args.sft, checkpoints, pool, settings, warehouse, seeds)
+    print(f"\n{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
