@@ -61,7 +61,7 @@ def build_gradient_assets(settings: Settings) -> list:
     )
     def projection_basis(context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource) -> Output:
         tokenizer, network = model.load_tokenizer(), model.load_model()
-        basis = reference_basis(network, options, tokenizer, validation_queries, batch_size)
+        basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
         table = basis.to_frame().with_columns(model_fingerprint=pl.lit(model.fingerprint()))
         context.log.info(f"projection basis ({options.basis}, rank {options.rank}) over {len(basis.matrices)} layers: {basis.fingerprint()}")
         # The data version is the content: refitting to the same matrices (a random basis, or unchanged

@@ -99,7 +99,8 @@ def build_trajectory_assets(settings: Settings) -> list:
         context.log.info(f"checkpoint {key}: pass@1 {summary['pass_at_1']:.3f}, {summary['queries_mixed']}/{summary['queries']} queries mixed")
 
         network = checkpoint.load_model()
-        projector = LinearGradientProjector(network, options, reference_basis(network, options, tokenizer, validation_queries, batch_size))
+        basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
+        projector = LinearGradientProjector(network, options, basis)
         validation = validation_gradient_frame(
             projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint,
             answer_marker=settings.projection.answer_marker(settings.grading),

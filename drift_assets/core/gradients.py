@@ -92,7 +92,9 @@ def response_token_pairs(
     return prompt_ids, split_response_ids
 
 
-def reference_basis(model, options: ProjectionOptions, tokenizer, validation_queries: pl.DataFrame, batch_size: int) -> ProjectionBasis:
+def reference_basis(
+    model, options: ProjectionOptions, tokenizer, validation_queries: pl.DataFrame, batch_size: int, log: Callable[[str], None] | None = None
+) -> ProjectionBasis:
     """The projection basis of a model, fitted (``pca``) on the validation queries' whole reference responses.
 
     The references, not the rollouts: the basis then survives a change of rollout settings, and a
@@ -100,7 +102,7 @@ def reference_basis(model, options: ProjectionOptions, tokenizer, validation_que
     validation gradients cover: the training gradients are projected with the same basis.
     """
     prompt_ids, response_ids = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
-    return fit_basis(model, options, tokenizer, prompt_ids, response_ids, batch_size)
+    return fit_basis(model, options, tokenizer, prompt_ids, response_ids, batch_size, log=log)
 
 
 def gradient_frame(

@@ -18,8 +18,8 @@ Conventions (shared/DESIGN.md §3):
   layer's input and output-gradient covariances, fitted on a fixed sample (the pipeline uses the
   validation references). Influence scores are inner products with the validation gradient, so
   keeping the directions in which validation gradients vary keeps most of that inner product:
-  on the demo model at rank 16, Spearman of projected against exact-gradient scores is 0.975
-  with ``pca`` and 0.865 with ``random`` (``benchmarks/projection_fidelity.py``);
+  on the demo model at rank 16, Spearman of projected against exact-gradient scores is 0.957
+  with ``pca`` and 0.761 with ``random`` (raw gᵀh; ``benchmarks/projection_fidelity.py``);
   ``random``: Gaussian with variance 1/r, drawn from a generator seeded by (seed, layer name), so
   it needs no data and is identical whatever the batch or process;
 - ``rank=None`` uses identity projectors (the exact gradient, flattened row-major like
@@ -30,6 +30,7 @@ Conventions (shared/DESIGN.md §3):
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -149,60 +150,112 @@ def random_basis(model: nn.Module, options: ProjectionOptions) -> ProjectionBasi
 
 
 def _top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
-    """(rank, d) leading eigenvectors, each signed so that its largest entry is positive (determinism)."""
-    _, vectors = torch.linalg.eigh(covariance.double().cpu())
+    """(rank, d) leading eigenvectors, each signed so that its largest entry is positive (determinism).
+
+    In float64 on the covariance's own device: on 2 CPU cores d = 4,096 takes 15 s and d = 8,960
+    (a Qwen2.5-1.5B's MLP width) 132 s, growing as d³, so an LLM's covariances belong on its GPU.
+    """
+    _, vectors = torch.linalg.eigh(covariance.double())
     top = vectors[:, -rank:].flip(1).T
     signs = torch.sign(top.gather(1, top.abs().argmax(dim=1, keepdim=True)))
-    return (top * signs).float().contiguous()
+    return (top * signs).float().cpu().contiguous()
 
 
-def fit_pca_basis(model: nn.Module, options: ProjectionOptions, batches: Iterable[ResponseBatch]) -> ProjectionBasis:
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` (CUDA: what the allocator can get; else the host's MemAvailable)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def covariance_groups(layers: list[tuple[str, nn.Linear]], budget_bytes: int) -> list[list[tuple[str, nn.Linear]]]:
+    """Consecutive layers whose float32 covariances (d_in² + d_out² each) fit in ``budget_bytes``
+    together; a layer over the budget on its own forms a group of one."""
+    groups: list[list[tuple[str, nn.Linear]]] = []
+    used = 0
+    for name, module in layers:
+        size = 4 * (module.in_features**2 + module.out_features**2)
+        if not groups or used + size > budget_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append((name, module))
+        used += size
+    return groups
+
+
+def fit_pca_basis(
+    model: nn.Module, options: ProjectionOptions, batches: Iterable[ResponseBatch], budget_bytes: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ProjectionBasis:
     """PCA projectors: top-r eigenvectors of Σ x xᵀ (layer inputs) and Σ δ δᵀ (output gradients).
 
-    The covariances are d×d per targeted layer, held on the model's device during the pass.
+    The covariances are d×d float32 per targeted layer, held on the model's device: 27 GiB for a
+    Qwen2.5-1.5B, 92–124 GiB for a 7–8B model (``benchmarks/sizing.py``). So the layers are taken in
+    groups whose covariances fit in ``budget_bytes`` (default: half the device's free memory), one
+    pass over ``batches`` per group, each group eigendecomposed and freed before the next. A
+    layer's covariance does not depend on which other layers are hooked, so the basis is the same
+    however the layers are grouped.
     """
     layers = target_layers(model, options.target_modules)
     too_wide = [name for name, m in layers if options.rank > min(m.in_features, m.out_features)]
     if too_wide:
         raise ValueError(f"projection.rank {options.rank} exceeds the width of layers {too_wide[:3]}: lower it")
-    input_covariance: dict[str, torch.Tensor] = {}
-    output_covariance: dict[str, torch.Tensor] = {}
-    n_tokens = 0
+    if budget_bytes is None:
+        budget_bytes = available_memory(next(model.parameters()).device) // 2
+    groups = covariance_groups(layers, budget_bytes)
+    batches = list(batches) if len(groups) > 1 else batches  # token ids only: cheap to keep for several passes
+    if len(groups) > 1 and log:
+        log(f"PCA basis: {len(layers)} layers' covariances exceed {budget_bytes / 2**30:.3g} GiB together: {len(groups)} passes")
+    matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for group in groups:
+        input_covariance: dict[str, torch.Tensor] = {}
+        output_covariance: dict[str, torch.Tensor] = {}
+        n_tokens = 0
 
-    def accumulate(store: dict[str, torch.Tensor], name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
-        flat = values[mask]
-        store[name] = store.get(name, 0) + flat.T @ flat
+        def accumulate(store: dict[str, torch.Tensor], name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+            flat = values[mask]
+            store[name] = store.get(name, 0) + flat.T @ flat
 
-    for batch in batches:
-        mask = batch.attention_mask.bool()
-        n_tokens += int(mask.sum())
-        with _captured(
-            model, layers,
-            on_input=lambda name, x, mask=mask: accumulate(input_covariance, name, x, mask),
-            on_output_grad=lambda name, g, mask=mask: accumulate(output_covariance, name, g, mask),
-        ):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            sequence_logprobs(logits, batch, options.loss_reduction).sum().backward()
-    if n_tokens < options.rank:
-        raise ValueError(f"the PCA basis was fitted on {n_tokens} tokens, fewer than projection.rank {options.rank}")
-    return ProjectionBasis(options, {
-        name: (_top_eigenvectors(input_covariance[name], options.rank), _top_eigenvectors(output_covariance[name], options.rank))
-        for name, _ in layers
-    })
+        for batch in batches:
+            mask = batch.attention_mask.bool()
+            n_tokens += int(mask.sum())
+            with _captured(
+                model, group,
+                on_input=lambda name, x, mask=mask: accumulate(input_covariance, name, x, mask),
+                on_output_grad=lambda name, g, mask=mask: accumulate(output_covariance, name, g, mask),
+            ):
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                sequence_logprobs(logits, batch, options.loss_reduction).sum().backward()
+        if n_tokens < options.rank:
+            raise ValueError(f"the PCA basis was fitted on {n_tokens} tokens, fewer than projection.rank {options.rank}")
+        for name, _ in group:
+            matrices[name] = (_top_eigenvectors(input_covariance.pop(name), options.rank),
+                              _top_eigenvectors(output_covariance.pop(name), options.rank))
+    return ProjectionBasis(options, {name: matrices[name] for name, _ in layers})
 
 
 def fit_basis(
     model: nn.Module, options: ProjectionOptions, tokenizer, prompt_ids: Sequence[Sequence[int]],
-    response_ids: Sequence[Sequence[int]], batch_size: int,
+    response_ids: Sequence[Sequence[int]], batch_size: int, budget_bytes: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ProjectionBasis:
-    """The basis ``options.basis`` asks for; ``pca`` is fitted on the given (prompt, response) pairs."""
+    """The basis ``options.basis`` asks for; ``pca`` is fitted on the given (prompt, response) pairs
+    (``budget_bytes``, ``log``: see :func:`fit_pca_basis`)."""
     if options.rank is None:
         raise ValueError("projection.rank is None (exact gradients): there is no basis to fit")
     if options.basis == "random":
         return random_basis(model, options)
     if not prompt_ids:
         raise ValueError("the PCA projection basis needs at least one (prompt, response) pair to fit on")
-    return fit_pca_basis(model, options, _batches(model, tokenizer, prompt_ids, response_ids, batch_size))
+    return fit_pca_basis(model, options, _batches(model, tokenizer, prompt_ids, response_ids, batch_size), budget_bytes, log)
 
 
 def _batches(model, tokenizer, prompt_ids, response_ids, batch_size) -> Iterator[ResponseBatch]:

@@ -10,9 +10,11 @@ from drift_assets.core.projection import (
     LinearGradientProjector,
     ProjectionBasis,
     ProjectionOptions,
+    covariance_groups,
     fit_basis,
     fit_pca_basis,
     gaussian_projector,
+    target_layers,
 )
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
 from drift_assets.core.stats import spearman
@@ -133,6 +135,27 @@ def test_pca_basis_holds_the_leading_eigenvectors_of_the_layer_covariances(tiny)
             eigenvalues = torch.linalg.eigvalsh(covariance).flip(0)[:4]
             # Rayleigh quotients of the rows are the top-4 eigenvalues: the rows span the leading subspace.
             assert torch.allclose(torch.diag(p @ covariance @ p.T), eigenvalues, rtol=1e-3)
+
+
+def test_a_pca_basis_fitted_in_several_passes_is_the_one_pass_basis(tiny, pca_basis):
+    """A memory budget smaller than the layers' covariances splits the fit into passes over groups
+    of layers (a 7B model's covariances do not fit on one GPU); the basis must not change."""
+    model, tokenizer, _ = tiny
+    layers = target_layers(model, pca_basis.options.target_modules)
+    size = {name: 4 * (m.in_features**2 + m.out_features**2) for name, m in layers}
+    budget = 3 * max(size.values())
+    groups = covariance_groups(layers, budget)
+    assert [name for group in groups for name, _ in group] == [name for name, _ in layers]  # every layer once, in order
+    assert all(sum(size[name] for name, _ in group) <= budget for group in groups)
+    # Greedy: a group ends only where the next layer would not fit.
+    assert all(sum(size[name] for name, _ in group) + size[following[0][0]] > budget for group, following in zip(groups, groups[1:]))
+    assert 1 < len(groups) < len(layers)
+    assert [len(group) for group in covariance_groups(layers, 1)] == [1] * len(layers)  # each over the budget alone: one each
+    messages = []
+    split = fit_basis(model, pca_basis.options, tokenizer, *pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9)), 16,
+                      budget_bytes=budget, log=messages.append)
+    assert split.fingerprint() == pca_basis.fingerprint()
+    assert messages == [f"PCA basis: {len(layers)} layers' covariances exceed {budget / 2**30:.3g} GiB together: {len(groups)} passes"]
 
 
 def test_a_full_rank_pca_basis_preserves_inner_products_exactly(tiny):
