@@ -193,6 +193,20 @@ def test_fisher_does_not_depend_on_batching(pool):
     np.testing.assert_allclose(a, b, rtol=1e-10)
 
 
+def test_a_batch_of_the_whole_pool_is_scored_in_float64_slices(pool, monkeypatch):
+    """A warm-up checkpoint's pool arrives as one batch; its float64 copy is made a slice at a time."""
+    import drift_assets.core.influence as influence
+
+    phi, target = pool
+    curvature = fit_curvature("fisher", [phi], phi.shape[1])
+    whole = score_pool(batches_of(phi, 100), target, curvature, "self_influence")
+    monkeypatch.setattr(influence, "_ROWS_IN_FLOAT64", 4)  # 37 rows: ten slices, the last of one row
+    sliced = score_pool(batches_of(phi, 100), target, curvature, "self_influence")
+    assert sliced.example_ids == whole.example_ids
+    for field in ("score_raw", "score", "grad_norm", "self_influence"):
+        np.testing.assert_allclose(getattr(sliced, field), getattr(whole, field), rtol=1e-12)
+
+
 def test_unit_debias_is_cosine_under_the_identity(pool):
     phi, target = pool
     curvature = fit_curvature("identity", [], phi.shape[1])
