@@ -34,6 +34,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
+from demo_warehouse import demo_warehouse, ground_truth_pool
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
 from drift_assets.core.benchmark import selected_ids
@@ -43,7 +44,7 @@ from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.core.weighting import WEIGHTING_SCHEMES
 from drift_assets.resources import Warehouse, model_resource
-from drift_assets.settings import Settings, load_settings
+from drift_assets.settings import Settings
 
 TOP_DIRECTIONS = (16, 64, 256)
 
@@ -201,14 +202,8 @@ def sft_accuracy(configs, checkpoints, pool: pl.DataFrame, settings: Settings, w
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    settings = load_settings()
-    warehouse = Warehouse(settings)
-    for table in ("training_pool", "validation_gradients", "grades", "training_gradient_projections"):
-        if not warehouse.exists(table):
-            raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
-    pool = warehouse.scan("training_pool").collect().sort("example_id")
-    if "is_corrupted" not in pool.columns:
-        raise SystemExit("the training pool has no is_corrupted column: this needs the demo's ground truth")
+    settings, warehouse = demo_warehouse(("training_pool", "validation_gradients", "grades", "training_gradient_projections"))
+    pool = ground_truth_pool(warehouse)
     started = time.perf_counter()
     validation_gradients, grades = warehouse.scan("validation_gradients").collect(), warehouse.scan("grades").collect()
     checkpoints = [base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),

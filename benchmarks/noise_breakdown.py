@@ -43,6 +43,8 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
+from demo_warehouse import demo_warehouse
+
 from drift_assets.assets.gradients import projection_options
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import scores_frame, weighted_rollouts
@@ -56,7 +58,7 @@ from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.resources import ModelResource, Warehouse, model_resource
-from drift_assets.settings import Settings, load_settings
+from drift_assets.settings import Settings
 
 PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 OFFSETS = (-10, -1, 1, 10)
@@ -143,12 +145,8 @@ def split_target(validation_gradients: pl.DataFrame, grades: pl.DataFrame, weigh
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    settings = load_settings()
-    warehouse = Warehouse(settings)
     needed = ("training_pool", "grades", "validation_queries", "influence_scores", "training_gradient_projections")
-    for table in needed:
-        if not warehouse.exists(table):
-            raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
+    settings, warehouse = demo_warehouse(needed)
     read = {name: warehouse.scan(name).collect() for name in needed}
     pool = read["training_pool"].sort("example_id")
     if "is_corrupted" not in pool.columns:

@@ -34,13 +34,13 @@ import time
 import numpy as np
 import polars as pl
 
+from demo_warehouse import demo_warehouse, ground_truth_pool
 from noise_breakdown import answer_differences, answer_offset
 
 from drift_assets.assets.evaluate import pool_loss_scores, summary_markdown
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.resources import Warehouse, model_resource
-from drift_assets.settings import load_settings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,14 +65,8 @@ def mixed_selection(clean: list[str], noisy: list[str], size: int, share: float,
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    settings = load_settings()
-    warehouse = Warehouse(settings)
-    for table in ("training_pool", "test_queries"):
-        if not warehouse.exists(table):
-            raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
-    pool = warehouse.scan("training_pool").collect().sort("example_id")
-    if "is_corrupted" not in pool.columns:
-        raise SystemExit("the training pool has no is_corrupted column: this needs the demo's ground truth")
+    settings, warehouse = demo_warehouse(("training_pool", "test_queries"))
+    pool = ground_truth_pool(warehouse)
     noisy_mask = pool["is_corrupted"].to_numpy().astype(bool)
     ids = pool["example_id"].to_list()
     clean = [i for i, bad in zip(ids, noisy_mask) if not bad]

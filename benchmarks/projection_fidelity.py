@@ -31,12 +31,12 @@ import polars as pl
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from demo_warehouse import demo_warehouse
+
 from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import pool_token_pairs, reference_basis, validation_gradient_frame
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
 from drift_assets.core.stats import roc_auc, spearman
-from drift_assets.resources import Warehouse
-from drift_assets.settings import load_settings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,11 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    settings = load_settings()
-    warehouse = Warehouse(settings)
-    for table in ("training_pool", "rollouts", "grades", "validation_queries"):
-        if not warehouse.exists(table):
-            raise SystemExit(f"the warehouse has no {table!r} table: run `make demo` first")
+    settings, warehouse = demo_warehouse(("training_pool", "rollouts", "grades", "validation_queries"))
     def read(name: str) -> pl.DataFrame:
         return warehouse.scan(name).collect()
 

@@ -23,14 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # drift_assets_tests: the chat model and its checks
 
+from demo_warehouse import demo_warehouse
+
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import pool_token_pairs, response_token_pairs
 from drift_assets.core.rollouts import rollout_rows
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 from drift_assets.core.sft import SftOptions, fine_tune
 from drift_assets.core.tiny_model import build_tiny_llama
-from drift_assets.resources import Warehouse, model_resource
-from drift_assets.settings import load_settings
+from drift_assets.resources import model_resource
 from drift_assets_tests.chat_model import build_chat_tokenizer
 from drift_assets_tests.core.test_rollout_tokens import teacher_forced
 
@@ -72,10 +73,7 @@ def fine_tune_16_bit_weights_directly(model, tokenizer, messages, options: SftOp
 
 
 def bfloat16_fine_tuning(steps: int, learning_rate: float) -> None:
-    settings = load_settings()
-    warehouse = Warehouse(settings)
-    if not warehouse.exists("training_pool"):
-        raise SystemExit("the warehouse has no training_pool table: run `make demo` first")
+    settings, warehouse = demo_warehouse(("training_pool",))
     messages = warehouse.scan("training_pool").collect()["messages"].to_list()[:200]
     resource = model_resource(settings)
     tokenizer, start = resource.load_tokenizer(), resource.load_model().float()
