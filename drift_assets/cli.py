@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 import polars as pl
 
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="materialize everything, not only what is stale or missing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # What a user should not have to read: Dagster's SQLite storage stamps its schema (alembic, at INFO)
+    # for every new run database, and warns that the observable sources this graph uses are beta.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".* is currently in beta", module=r"dagster\.|drift_assets\.")
     try:
         settings = load_settings(args.settings)
     except SettingsError as error:

@@ -1,21 +1,22 @@
 """The graph on a user's own model and data, as the README's "Use your own model and data" sets it up:
 a chat-template BPE model, a Parquet pool of chat `messages` (with system turns), JSONL validation
-and test queries with a `module:function` grader, no demo assets. Materialized for real through Dagster."""
+and test queries with a `module:function` grader, no demo assets. Materialized for real through
+Dagster by the command the README gives (``DRIFT_ASSETS_SETTINGS=… python -m drift_assets materialize``)."""
 
 import inspect
 import json
+import os
+import subprocess
 import sys
 
 import datasets
 import polars as pl
 import pytest
-from dagster import instance_for_test
+from dagster import DagsterInstance
 from transformers import AutoTokenizer
 
 from drift_assets.core.sequences import encode_prompt, render_messages_prompt
-from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
-from drift_assets.runner import materialize_pipeline
 from drift_assets.settings import load_settings
 from drift_assets_tests.chat_model import save_chat_model
 from drift_assets_tests.conftest import write_settings
@@ -58,9 +59,15 @@ def own(tmp_path_factory):
         # A random model runs to max_tokens: the rollouts check would (rightly) stop the run.
         "grading": {"max_empty_or_truncated_fraction": 1.0},
     }))
-    with instance_for_test() as instance:
-        done = materialize_pipeline(build_definitions(settings), instance, include_demo=True)
-        yield settings, done
+    (directory / "dagster_home").mkdir()
+    environment = {**os.environ, "DRIFT_ASSETS_SETTINGS": str(directory / "settings.yaml"), "DAGSTER_HOME": str(directory / "dagster_home"),
+                   "PYTHONPATH": os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")])}  # where my_grader lives
+    command = subprocess.run([sys.executable, "-m", "drift_assets", "materialize"], env=environment, capture_output=True, text=True, timeout=600)
+    assert command.returncode == 0, command.stderr[-3000:]
+    instance = DagsterInstance.from_config(str(directory / "dagster_home"))
+    done = {key.to_user_string() for key in instance.get_asset_keys() if instance.get_latest_materialization_event(key)}
+    yield settings, done, command
+    instance.dispose()
     sys.path.remove(str(directory))
 
 
@@ -69,13 +76,24 @@ def read(settings, name: str) -> pl.DataFrame:
 
 
 def test_the_whole_graph_runs_without_demo_assets(own):
-    settings, done = own
-    assert not {"demo_task_files", "demo_base_model"} & set(done)
-    assert {"rollouts", "influence_scores", "refined_dataset", "refined_model_evaluation"} <= set(done)
+    settings, done, _ = own
+    assert not {"demo_task_files", "demo_base_model"} & done
+    assert {"rollouts", "influence_scores", "refined_dataset", "refined_model_evaluation"} <= done
+
+
+def test_the_command_prints_the_summary_without_library_noise(own):
+    settings, done, command = own
+    shards = settings.projection.shards  # each shard of training_gradient_projections counts apart
+    assert f"materialized {len(done) - 1 + shards} stale or missing assets/shards" in command.stdout
+    for line in ("training_pool            40 examples (0 quarantined)", "rollouts / grades        24 rollouts by transformers",
+                 "evaluation               refined    accuracy"):
+        assert line in command.stdout
+    # Dagster's beta warnings about the observable sources and its SQLite schema stamps are silenced.
+    assert "BetaWarning" not in command.stderr and "alembic" not in command.stderr
 
 
 def test_the_loop_closes_on_the_users_test_queries_with_their_grader(own):
-    settings, _ = own
+    settings, _, _ = own
     evaluation = read(settings, "refined_model_evaluation")
     assert evaluation["model"].to_list() == ["base", "full", "refined"]
     assert evaluation["n_queries"].to_list() == [10, 10, 10]
@@ -83,7 +101,7 @@ def test_the_loop_closes_on_the_users_test_queries_with_their_grader(own):
 
 
 def test_pool_prompts_are_rendered_with_the_chat_template_and_keep_system_turns(own):
-    settings, _ = own
+    settings, _, _ = own
     pool = read(settings, "training_pool").sort("example_id")
     assert pool.height == 40 and set(pool["source"]) == {"batch-0", "batch-1"}
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
@@ -95,7 +113,7 @@ def test_pool_prompts_are_rendered_with_the_chat_template_and_keep_system_turns(
 
 
 def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(own):
-    settings, _ = own
+    settings, _, _ = own
     rollouts, grades = read(settings, "rollouts"), read(settings, "grades")
     assert rollouts.height == 6 * 4 and set(grades["grader"]) == {"my_grader:same_parity"}
     graded = rollouts.join(read(settings, "validation_queries").select("query_id", "reference"), on="query_id", how="left").join(
@@ -111,7 +129,7 @@ def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(ow
 
 
 def test_the_export_is_the_selection_in_messages_format(own):
-    settings, _ = own
+    settings, _, _ = own
     refined = read(settings, "refined_dataset")
     exported = datasets.load_dataset("json", data_files=str(settings.resolve("exports/refined_dataset.jsonl")), split="train")
     assert len(exported) == int(refined["selected"].sum()) == 20
