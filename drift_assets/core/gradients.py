@@ -117,18 +117,26 @@ def gradient_frame(
 ) -> pl.DataFrame:
     """Identifier columns ``ids`` plus grad (list<float32>[k]), grad_norm, loss (−log π), n_tokens."""
     projected = project_in_batches(projector, tokenizer, prompt_ids, response_ids, batch_size, progress)
-    gradients = projected.gradients.numpy().astype(np.float32)
+    # No full copies beside the table's own: a shard's n × k float32 is gigabytes for an LLM, and
+    # a float64 copy for the norms alone would be twice that.
+    gradients = projected.gradients.numpy().astype(np.float32, copy=False)
     return pl.DataFrame(
         {
             **{name: list(values) for name, values in ids.items()},
             "grad": pl.Series("grad", gradients, dtype=pl.Array(pl.Float32, gradients.shape[1])).cast(pl.List(pl.Float32)),
-            "grad_norm": np.linalg.norm(gradients.astype(np.float64), axis=1),
+            "grad_norm": row_norms(gradients),
             "loss": (-projected.logprobs.numpy()).astype(np.float64),
             "n_tokens": projected.n_tokens.numpy().astype(np.int64),
             "model_fingerprint": [model_fingerprint] * len(prompt_ids),
             "projection_fingerprint": [projector.fingerprint] * len(prompt_ids),
         }
     )
+
+
+def row_norms(matrix: np.ndarray, rows_at_once: int = 4096) -> np.ndarray:
+    """‖row‖ in float64 for every row, converting ``rows_at_once`` rows at a time."""
+    return np.concatenate([np.linalg.norm(matrix[start : start + rows_at_once].astype(np.float64), axis=1)
+                           for start in range(0, len(matrix), rows_at_once)] or [np.zeros(0)])
 
 
 def validation_gradient_frame(
