@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import polars as pl
 
+from drift_assets.core.influence import row_norms
 from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions, fit_basis, project_in_batches
 from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt, render_prompt
 
@@ -131,12 +132,6 @@ def gradient_frame(
             "projection_fingerprint": [projector.fingerprint] * len(prompt_ids),
         }
     )
-
-
-def row_norms(matrix: np.ndarray, rows_at_once: int = 4096) -> np.ndarray:
-    """‖row‖ in float64 for every row, converting ``rows_at_once`` rows at a time."""
-    return np.concatenate([np.linalg.norm(matrix[start : start + rows_at_once].astype(np.float64), axis=1)
-                           for start in range(0, len(matrix), rows_at_once)] or [np.zeros(0)])
 
 
 def validation_gradient_frame(

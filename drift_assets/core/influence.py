@@ -82,6 +82,18 @@ def fit_curvature(kind: str, batches: Iterable[np.ndarray], dimension: int, damp
     return Curvature("fisher", dimension, cholesky, damping_value, n)
 
 
+def float64_slices(matrix: np.ndarray) -> Iterator[np.ndarray]:
+    """``matrix``'s rows as float64, ``_ROWS_IN_FLOAT64`` at a time: an n × k float64 copy of a pool's
+    gradients would double the float32 matrix (18.7 GiB at 100k examples, k = 50k)."""
+    for start in range(0, len(matrix), _ROWS_IN_FLOAT64):
+        yield matrix[start : start + _ROWS_IN_FLOAT64].astype(np.float64)
+
+
+def row_norms(matrix: np.ndarray) -> np.ndarray:
+    """‖row‖ in float64 for every row of ``matrix``."""
+    return np.concatenate([np.linalg.norm(rows, axis=1) for rows in float64_slices(matrix)] or [np.zeros(0)])
+
+
 @dataclass
 class PoolScores:
     example_ids: list[str]
@@ -125,10 +137,7 @@ def score_pool(
         if gradients.shape[1] != curvature.dimension:
             raise ValueError(f"dimension mismatch: training gradients have k={gradients.shape[1]}, expected {curvature.dimension}")
         ids.extend(batch_ids)
-        # float64 a slice at a time: a warm-up checkpoint comes as one batch of the whole pool, and its
-        # float64 copy would double the n × k float32 matrix (18.7 GiB at 100k examples, k = 50k).
-        for start in range(0, len(gradients), _ROWS_IN_FLOAT64):
-            rows = gradients[start : start + _ROWS_IN_FLOAT64].astype(np.float64)
+        for rows in float64_slices(gradients):  # a warm-up checkpoint comes as one batch of the whole pool
             raw.append(rows @ direction)
             norms.append(np.linalg.norm(rows, axis=1))
             self_influence.append(curvature.inverse_quadratic(rows))
