@@ -1,10 +1,13 @@
-"""The materialized demo that the analysis benchmarks read (``make demo`` writes it)."""
+"""The materialized demo that the analysis benchmarks read (``make demo`` writes it), and the
+fine-tune-then-evaluate step they share."""
 
 from __future__ import annotations
 
 import polars as pl
 
-from drift_assets.resources import Warehouse
+from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.sft import Evaluation, evaluate, fine_tune
+from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, load_settings
 
 
@@ -25,3 +28,15 @@ def ground_truth_pool(warehouse: Warehouse) -> pl.DataFrame:
     if "is_corrupted" not in pool.columns:
         raise SystemExit("the training pool has no is_corrupted column: this needs the demo's ground truth")
     return pool
+
+
+def evaluated_after_sft(
+    settings: Settings, model: ModelResource, tokenizer, messages: list[str], queries: list[dict], seed: int
+) -> Evaluation:
+    """The base model fine-tuned on ``messages`` with the method benchmark's SFT settings and ``seed``
+    (no messages: the base model itself), answering ``queries`` greedily, graded."""
+    network = model.load_model()
+    if messages:
+        fine_tune(network, tokenizer, messages, settings.benchmark.sft.options(seed), log=lambda _: None)
+    engine = TransformersEngine(network, tokenizer, device=next(network.parameters()).device)
+    return evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, settings.grading.options())

@@ -34,13 +34,11 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
-from demo_warehouse import demo_warehouse, ground_truth_pool
+from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
-from drift_assets.core.benchmark import selected_ids
-from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.benchmark import MethodScorer, selected_ids
 from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, debias, fit_curvature
-from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.core.weighting import WEIGHTING_SCHEMES
 from drift_assets.resources import Warehouse, model_resource
@@ -73,9 +71,16 @@ def parse_config(config: str) -> tuple[str, ScoringSettings]:
     debias_method, weighting = parts[1], parts[2]
     if hessian not in ("identity", "fisher") or debias_method not in DEBIAS_METHODS or weighting not in (*WEIGHTING_SCHEMES, "offpolicy"):
         raise ValueError(f"{config!r}: unknown hessian, debias or weighting")
-    targets = "offpolicy" if weighting == "offpolicy" else "onpolicy"
-    return config, ScoringSettings(targets=targets, weighting="signed" if targets == "offpolicy" else weighting,
-                                   hessian=hessian, damping=float(damping or 0.1), debias=debias_method)
+    return config, scoring_settings(hessian, float(damping or 0.1), weighting, debias_method)
+
+
+def scoring_settings(
+    hessian: str, damping: float, weighting: str, debias_method: str = "unit", unsolved: str = "reference"
+) -> ScoringSettings:
+    """The scoring settings of one configuration; ``weighting`` ``offpolicy`` means the reference answers as targets."""
+    offpolicy = weighting == "offpolicy"
+    return ScoringSettings(targets="offpolicy" if offpolicy else "onpolicy", weighting="signed" if offpolicy else weighting,
+                           hessian=hessian, damping=damping, debias=debias_method, unsolved=unsolved)
 
 
 def debiased_along(checkpoints: list[CheckpointGradients], scoring: ScoringSettings, curvatures: list) -> dict[str, PoolScores]:
@@ -87,9 +92,8 @@ def debiased_along(checkpoints: list[CheckpointGradients], scoring: ScoringSetti
             for method in DEBIAS_METHODS}
 
 
-def selection_figures(scores: PoolScores, pool: pl.DataFrame, settings: Settings) -> tuple[float, float, list[str]]:
-    """Noise AUC, the clean share of the selection, and the selected ids."""
-    frame = scores_frame(scores, pool)
+def selection_figures(frame: pl.DataFrame, pool: pl.DataFrame, settings: Settings) -> tuple[float, float, list[str]]:
+    """Noise AUC, the clean share of the selection, and the selected ids, of a scores frame."""
     size = round(pool.height * settings.selection.fraction)
     chosen = selected_ids("drift", 0, pool, frame, size, settings.selection.method, settings.selection.fraction, settings.selection.k)
     corrupted = set(pool.filter(pl.col("is_corrupted"))["example_id"])
@@ -102,12 +106,10 @@ def settings_grid(checkpoints: list[CheckpointGradients], pool: pl.DataFrame, se
     for hessian, damping in [("identity", 0.0)] + [("fisher", damping) for damping in dampings]:
         curvatures = [fit_curvature(hessian, [checkpoint.training], checkpoint.training.shape[1], damping) for checkpoint in checkpoints]
         for weighting in (*WEIGHTING_SCHEMES, "offpolicy"):
-            scoring = ScoringSettings(targets="offpolicy" if weighting == "offpolicy" else "onpolicy",
-                                      weighting="signed" if weighting == "offpolicy" else weighting,
-                                      hessian=hessian, damping=damping, unsolved=settings.influence.unsolved)
+            scoring = scoring_settings(hessian, damping, weighting, unsolved=settings.influence.unsolved)
             cells = []
             for scores in debiased_along(checkpoints, scoring, curvatures).values():
-                auc, clean, _ = selection_figures(scores, pool, settings)
+                auc, clean, _ = selection_figures(scores_frame(scores, pool), pool, settings)
                 cells.append(f"{auc:.3f} / {clean:.3f}")
             name = hessian if hessian == "identity" else f"fisher, damping {damping:g}"
             print(f"| {name} | {weighting} | " + " | ".join(cells) + " |", flush=True)
@@ -186,16 +188,11 @@ def sft_accuracy(configs, checkpoints, pool: pl.DataFrame, settings: Settings, w
     tokenizer = resource.load_tokenizer()
     print(f"| configuration | noise AUC | clean share | accuracy % (mean ± std over seeds {seeds}) | per seed |")
     print("|---|---|---|---|---|")
+    scorer = MethodScorer(checkpoints)
     for name, scoring in configs:
-        scoring = replace(scoring, unsolved=settings.influence.unsolved)
-        curvatures = [fit_curvature(scoring.hessian, [c.training], c.training.shape[1], scoring.damping) for c in checkpoints]
-        auc, clean, chosen = selection_figures(debiased_along(checkpoints, scoring, curvatures)[scoring.debias], pool, settings)
-        accuracies = []
-        for seed in seeds:
-            model = resource.load_model()
-            fine_tune(model, tokenizer, [messages[i] for i in sorted(chosen)], settings.benchmark.sft.options(seed), log=lambda _: None)
-            engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
-            accuracies.append(100 * evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, settings.grading.options()).accuracy)
+        auc, clean, chosen = selection_figures(scorer.scores(replace(scoring, unsolved=settings.influence.unsolved), pool), pool, settings)
+        selection = [messages[i] for i in sorted(chosen)]
+        accuracies = [100 * evaluated_after_sft(settings, resource, tokenizer, selection, queries, seed).accuracy for seed in seeds]
         print(f"| {name} | {auc:.3f} | {clean:.3f} | {np.mean(accuracies):.1f} ± {np.std(accuracies):.1f} | "
               f"{', '.join(f'{a:.1f}' for a in accuracies)} |", flush=True)
 

@@ -43,18 +43,16 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from demo_warehouse import demo_warehouse
+from demo_warehouse import demo_warehouse, evaluated_after_sft
 
 from drift_assets.assets.gradients import projection_options
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import scores_frame, weighted_rollouts
 from drift_assets.core.benchmark import selected_ids
-from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.gradients import query_token_pairs, reference_basis, vectors
 from drift_assets.core.grading import extract_number
 from drift_assets.core.influence import PoolScores, fit_curvature, score_pool
 from drift_assets.core.projection import LinearGradientProjector, project_in_batches
-from drift_assets.core.sft import evaluate, fine_tune
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.resources import ModelResource, Warehouse, model_resource
@@ -355,11 +353,7 @@ def answer_differences(answers: list[str], queries: list[dict], marker: str) -> 
 def test_offsets(settings: Settings, tokenizer, messages: list[str], test_queries: list[dict], seeds: list[int]) -> str:
     offsets: Counter = Counter()
     for seed in seeds if messages else seeds[:1]:  # without messages it is the base model, the same for every seed
-        model = model_resource(settings).load_model()
-        if messages:
-            fine_tune(model, tokenizer, messages, settings.benchmark.sft.options(seed), log=lambda _: None)
-        engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
-        answers = evaluate(engine, tokenizer, test_queries, settings.rollout.max_tokens, settings.grading.options()).answers
+        answers = evaluated_after_sft(settings, model_resource(settings), tokenizer, messages, test_queries, seed).answers
         for difference in answer_differences(answers, test_queries, settings.grading.answer_marker):
             offsets[round(difference) if difference is not None else None] += 1
     total = sum(offsets.values())

@@ -34,12 +34,11 @@ import time
 import numpy as np
 import polars as pl
 
-from demo_warehouse import demo_warehouse, ground_truth_pool
+from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 from noise_breakdown import answer_differences, answer_offset
 
 from drift_assets.assets.evaluate import pool_loss_scores, summary_markdown
-from drift_assets.core.generation import TransformersEngine
-from drift_assets.core.sft import evaluate, fine_tune
+from drift_assets.core.sft import Evaluation
 from drift_assets.resources import Warehouse, model_resource
 
 
@@ -78,17 +77,14 @@ def main(argv=None) -> None:
     size = round(pool.height * settings.selection.fraction)
     queries = warehouse.scan("test_queries").collect().to_dicts()
     messages = dict(zip(ids, pool["messages"], strict=True))
-    grading = settings.grading.options()
     resource = model_resource(settings)
     tokenizer = resource.load_tokenizer()
 
-    def fine_tuned(selection: list[str], seed: int) -> TransformersEngine:
-        model = resource.load_model()
-        fine_tune(model, tokenizer, [messages[i] for i in sorted(selection)], settings.benchmark.sft.options(seed), log=lambda _: None)
-        return TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
+    def evaluated(selection: list[str], seed: int) -> Evaluation:
+        return evaluated_after_sft(settings, resource, tokenizer, [messages[i] for i in sorted(selection)], queries, seed)
 
     def accuracy(selection: list[str], seed: int) -> float:
-        return evaluate(fine_tuned(selection, seed), tokenizer, queries, settings.rollout.max_tokens, grading).accuracy
+        return evaluated(selection, seed).accuracy
 
     def mean_std(selection_for_seed) -> tuple[float, float]:
         values = [100 * accuracy(selection_for_seed(seed), seed) for seed in seeds]
@@ -127,7 +123,7 @@ def main(argv=None) -> None:
             print(f"| {name} | {share:.3f} | {as_is:.1f} ± {as_is_spread:.1f} | {swapped:.1f} ± {swapped_spread:.1f} | "
                   f"{swapped - as_is:.1f} | {random_cost} |", flush=True)
     if args.one_off:
-        one_off_rows(args.one_off, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned, grading)
+        one_off_rows(args.one_off, pool, clean, size, seeds, settings, queries, evaluated)
     print(f"\n{time.perf_counter() - started:.0f} s")
 
     if warehouse.exists("method_benchmark"):
@@ -135,7 +131,7 @@ def main(argv=None) -> None:
         print(summary_markdown(warehouse.scan("method_benchmark").collect()))
 
 
-def one_off_rows(n_rows, pool, clean, size, seeds, settings, tokenizer, queries, fine_tuned, grading) -> None:
+def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated) -> None:
     """Part 3: ``n_rows`` rows one too high, one too low, or half each, in a random clean selection of ``size``."""
     marker = settings.grading.answer_marker
     offsets = [answer_offset(prompt, response, marker) for prompt, response in zip(pool["prompt"], pool["response"], strict=True)]
@@ -163,7 +159,7 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, tokenizer, queries,
     for kind in ("none", "+1", "-1", "half each"):
         figures = []
         for seed in seeds:
-            result = evaluate(fine_tuned(draw(kind, seed), seed), tokenizer, queries, settings.rollout.max_tokens, grading)
+            result = evaluated(draw(kind, seed), seed)
             figures.append((100 * result.accuracy, *(100 * share for share in leaning(result.answers))))
         values = np.array(figures)
         print(f"| {kind} | {values[:, 0].mean():.1f} ± {values[:, 0].std():.1f} | {values[:, 1].mean():.1f} | {values[:, 2].mean():.1f} |", flush=True)

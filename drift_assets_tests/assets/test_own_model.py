@@ -21,6 +21,7 @@ from drift_assets.settings import load_settings
 from drift_assets_tests.chat_model import save_chat_model
 from drift_assets_tests.conftest import write_settings
 
+
 def same_parity(completion: str, reference: str) -> bool:
     """A stand-in for a real checker: true for about half of any model's completions, so that a
     random model's rollouts have mixed grades (the grades check would stop the run otherwise)."""
