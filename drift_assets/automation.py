@@ -64,7 +64,7 @@ def build_jobs(trajectory: bool = False) -> list:
         ),
         define_asset_job(
             "attribution_only",
-            selection=AssetSelection.assets("validation_gradients", "influence_scores", "refined_dataset"),
+            selection=AssetSelection.assets("validation_gradients", "influence_scores", "refined_dataset", "refined_dataset_export"),
             description="Re-score and re-select from existing rollouts (after changing weighting, Hessian, debias or selection).",
         ),
     ]

@@ -58,7 +58,9 @@ def _summary(settings) -> str:
         if "is_corrupted" in refined.columns:
             line += f"; corrupted share {refined['is_corrupted'].mean():.3f} in pool -> {chosen['is_corrupted'].mean():.3f} selected"
         lines.append(line)
-        lines.append(f"exports                  {settings.resolve(settings.selection.export_dir)}/refined_dataset.{{jsonl,parquet}}")
+    export = read("refined_dataset_export")
+    if export is not None:
+        lines.append(f"exports                  {export['rows'][0]} examples in " + ", ".join(export["path"]))
     evaluation = read("refined_model_evaluation")
     if evaluation is not None:
         for row in evaluation.iter_rows(named=True):

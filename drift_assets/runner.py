@@ -21,7 +21,7 @@ UPSTREAM_OF_SHARDS = (
 SHARDED = "training_gradient_projections"
 WARMUP = "warmup_checkpoints"
 AT_CHECKPOINTS = "checkpoint_gradients"
-DOWNSTREAM_OF_SHARDS = ("influence_scores", "refined_dataset", "refined_model_evaluation")
+DOWNSTREAM_OF_SHARDS = ("influence_scores", "refined_dataset", "refined_dataset_export", "refined_model_evaluation")
 
 
 def _existing(defs: Definitions, names: Iterable[str]) -> list[AssetKey]:

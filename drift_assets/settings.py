@@ -42,7 +42,7 @@ class ModelSettings(_Group):
 class DataSettings(_Group):
     training_pool: str = Field("demo/training_pool.jsonl", description="JSONL, Parquet, or a `datasets` dataset saved to disk.")
     validation_queries: str = "demo/validation_queries.jsonl"
-    test_queries: str | None = Field("demo/test_queries.jsonl", description="Held-out queries for evaluation (optional).")
+    test_queries: str | None = Field(None, description="Held-out queries for evaluation (optional: without them there is no refined_model_evaluation).")
     max_example_tokens: int = Field(256, ge=8, description="Examples longer than this (prompt + response) are quarantined.")
 
 
@@ -52,7 +52,10 @@ class WarehouseSettings(_Group):
 
 
 class DemoSettings(_Group):
-    enabled: bool = Field(True, description="Add the demo assets that generate the task data and train the tiny model.")
+    enabled: bool = Field(
+        False, description="Add the demo assets that generate the task data and train the tiny model (they write data.* and "
+        "model.path, and refuse to overwrite files they did not write themselves).",
+    )
     seed: int = 0
     n_train: int = Field(2400, ge=100)
     n_validation: int = Field(48, ge=8)
@@ -131,7 +134,11 @@ class InfluenceSettings(_Group):
     weighting: Literal["signed", "advantage", "positive"] = "signed"
     hessian: Literal["identity", "fisher"] = "identity"
     damping: float = Field(0.1, ge=0.0, description="Fisher damping as a multiple of its mean eigenvalue.")
-    debias: Literal["none", "unit", "self_influence", "residual"] = "unit"
+    debias: Literal["none", "unit", "self_influence", "residual", "log_orthogonal"] = Field(
+        "unit", description="against gradient norm: none; unit (÷‖ĥ‖); self_influence (÷√ĥᵀH⁻¹ĥ); residual (of the score on "
+        "log‖ĥ‖); log_orthogonal (log|score| orthogonalized against log‖ĥ‖ with strength debias_strength)",
+    )
+    debias_strength: float = Field(1.0, ge=0.0, description="β of log_orthogonal: 0 = no debiasing, 1 = fully orthogonal.")
     unsolved: Literal["reference", "skip"] = Field(
         "reference", description="queries no rollout solves: contrast their reference answer (as the correct rollout) "
         "with the wrong rollouts, or skip them",
@@ -141,7 +148,7 @@ class InfluenceSettings(_Group):
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
         from drift_assets.core.attribution import ScoringSettings
 
-        return ScoringSettings(self.targets, self.weighting, self.hessian, self.damping, self.debias, self.unsolved)
+        return ScoringSettings(self.targets, self.weighting, self.hessian, self.damping, self.debias, self.unsolved, self.debias_strength)
 
 
 class WarmupSettings(_Group):
@@ -317,7 +324,8 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "warmup_checkpoints": ("warmup", "model.dtype"),
     "checkpoint_gradients": ("rollout", "grading", "projection", "model.dtype"),
     "influence_scores": ("influence", "warmup.steps"),
-    "refined_dataset": ("selection",),
+    "refined_dataset": ("selection.method", "selection.fraction", "selection.k"),
+    "refined_dataset_export": ("selection.export_dir",),
     "refined_model_evaluation": ("benchmark.sft", "benchmark.eval_backend", "rollout.max_tokens", "rollout.max_model_len"),
     "method_benchmark": ("benchmark", "influence", "warmup.steps", "selection", "rollout.max_tokens", "rollout.max_model_len"),
 }

@@ -4,7 +4,6 @@ These assets write the *inputs* the pipeline's observable sources then watch, ex
 own files would be: the demo exercises the same path as real data.
 """
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -12,17 +11,11 @@ from dagster import AssetExecutionContext, asset
 
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core import demo_task, tiny_model
+from drift_assets.core.demo_outputs import check_model_directory, replace_model_directory, write_demo_jsonl
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.settings import Settings, code_version
 
 DEMO_VERSION = "2"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    temporary.replace(path)  # atomic: a reader never sees half a file
 
 
 def build_demo_assets(settings: Settings) -> list:
@@ -41,12 +34,13 @@ def build_demo_assets(settings: Settings) -> list:
         }
         if settings.data.test_queries:
             splits["test_queries"] = (settings.data.test_queries, demo_task.query_rows(demo.n_test, demo.seed, "test"))
+        paths = {split: Path(settings.resolve(relative_path)) for split, (relative_path, _) in splits.items()}
+        check_model_directory(settings.model_path)  # before any write: the model asset comes next
         records = []
-        for split, (relative_path, rows) in splits.items():
-            path = Path(settings.resolve(relative_path))
-            _write_jsonl(path, rows)
-            records.append({"split": split, "path": str(path), "rows": len(rows), "sha256": content_hash(path)})
-            context.log.info(f"wrote {len(rows)} rows to {path}")
+        for split, (_, rows) in splits.items():
+            changed = write_demo_jsonl(paths[split], rows, f"data.{split}")
+            records.append({"split": split, "path": str(paths[split]), "rows": len(rows), "sha256": content_hash(paths[split])})
+            context.log.info(f"{'wrote' if changed else 'unchanged:'} {len(rows)} rows {'to' if changed else 'in'} {paths[split]}")
         table = pl.DataFrame(records)
         pool = pl.DataFrame(splits["training_pool"][1])
         context.add_output_metadata(
@@ -65,6 +59,7 @@ def build_demo_assets(settings: Settings) -> list:
         description="Trains the demo's tiny Llama from scratch and saves it to model.path with save_pretrained.",
     )
     def demo_base_model(context: AssetExecutionContext) -> pl.DataFrame:
+        check_model_directory(settings.model_path)  # before minutes of training, not after
         tokenizer = tiny_model.build_char_tokenizer()
         model = tiny_model.build_tiny_llama(tokenizer, seed=demo.seed)
         corpus = demo_task.pretraining_corpus(demo.pretrain_examples, demo.seed)
@@ -76,7 +71,7 @@ def build_demo_assets(settings: Settings) -> list:
             context.log.warning(
                 f"calibration accuracy {result.calibration_accuracy:.2f} is outside demo.target_accuracy {demo.target_accuracy}"
             )
-        tiny_model.save_model(model, tokenizer, settings.model_path)
+        replace_model_directory(settings.model_path, lambda directory: tiny_model.save_model(model, tokenizer, directory))
         table = pl.DataFrame(
             [{
                 "path": settings.model_path,

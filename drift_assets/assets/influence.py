@@ -95,7 +95,7 @@ def build_influence_assets(settings: Settings) -> list:
             context.log.info(f"fitting the fisher Hessian: a {dimension}×{dimension} float64 matrix and its Cholesky factor, "
                              f"{2 * dimension**2 * 8 / 2**30:.2f} GiB, at each of {1 + len(steps)} checkpoint(s)")
         curvature = fit_curvature(influence.hessian, (m for _, m in gradients_only()), dimension, influence.damping)
-        scores = score_pool(gradients_only, target.vector, curvature, influence.debias)
+        scores = score_pool(gradients_only, target.vector, curvature, influence.debias, influence.debias_strength)
         check_same_checkpoint(fingerprints, target)
         base_table = scores_frame(scores, training_pool)
         along = [scores]

@@ -6,11 +6,13 @@ import polars as pl
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, asset, asset_check
 
 from drift_assets.assets.metadata import finite_or_none, table_metadata
+from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select
 from drift_assets.core.stats import roc_auc
 from drift_assets.settings import Settings, code_version
 
 REFINE_VERSION = "2"
+EXPORT_VERSION = "1"
 
 
 def build_refine_assets(settings: Settings) -> list:
@@ -25,21 +27,18 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset(context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame) -> pl.DataFrame:
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
         table = refined_table(training_pool, influence_scores, selected)
-        paths = export_selection(table, settings.resolve(selection.export_dir))
         chosen = table.filter("selected")
         metadata = {
             **table_metadata(table.filter("selected"), preview_columns=["rank", "score", "prompt", "response"]),
             "dagster/row_count": table.height,
             "selected": chosen.height,
             "selected_share": chosen.height / table.height if table.height else 0.0,
-            "export_jsonl": MetadataValue.path(paths["jsonl"]),
-            "export_parquet": MetadataValue.path(paths["parquet"]),
         }
         if "is_corrupted" in table.columns:
             metadata["noise_auc"] = finite_or_none(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
             metadata["corrupted_share_pool"] = float(table["is_corrupted"].mean())
             metadata["corrupted_share_selected"] = float(chosen["is_corrupted"].mean()) if chosen.height else None
-        context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method}); exported to {paths['jsonl']}")
+        context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
         context.add_output_metadata(metadata)
         return table
 
@@ -62,4 +61,24 @@ def build_refine_assets(settings: Settings) -> list:
             metadata={"selected": n_selected, "expected": expected, "subset_of_pool": subset, "every_example_once": complete},
         )
 
-    return [refined_dataset, refined_dataset_selection]
+    @asset(
+        group_name="refinement",
+        code_version=code_version("refined_dataset_export", EXPORT_VERSION, settings),
+        kinds={"polars", "delta"},
+        description="The selection as chat-messages JSONL and Parquet files for SFT trainers; written only after "
+        "refined_dataset is committed and its selection check passed.",
+    )
+    def refined_dataset_export(context: AssetExecutionContext, refined_dataset: pl.DataFrame) -> pl.DataFrame:
+        paths = export_selection(refined_dataset, settings.resolve(selection.export_dir))
+        n_selected = int(refined_dataset["selected"].sum())
+        table = pl.DataFrame({"format": list(paths), "path": list(paths.values()), "rows": [n_selected] * len(paths),
+                              "sha256": [content_hash(path) for path in paths.values()]})
+        context.log.info(f"exported {n_selected} examples to {paths['jsonl']} and {paths['parquet']}")
+        context.add_output_metadata({
+            **table_metadata(table),
+            "export_jsonl": MetadataValue.path(paths["jsonl"]),
+            "export_parquet": MetadataValue.path(paths["parquet"]),
+        })
+        return table
+
+    return [refined_dataset, refined_dataset_selection, refined_dataset_export]

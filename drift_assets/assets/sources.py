@@ -67,12 +67,15 @@ def build_source_assets(settings: Settings) -> list:
         )
         examples, rejects = normalized.examples, normalized.rejects
         context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
+        for column, name in normalized.renamed_columns.items():
+            context.log.warning(f"{pool_path}: column {column!r} is a name the pipeline writes; it is carried as {name!r}")
         reasons = rejects.with_columns(pl.col("reason").str.replace(r" \(.*| of row \d+", "")).group_by("reason").len()
         yield Output(
             examples, output_name="training_pool",
             metadata={
                 **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
                 "rejected_rows": rejects.height,
+                "renamed_columns": normalized.renamed_columns,
                 "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
             },
         )

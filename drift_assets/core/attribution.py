@@ -30,6 +30,7 @@ class ScoringSettings:
     damping: float = 0.1
     debias: str = "unit"
     unsolved: str = "reference"
+    debias_strength: float = 1.0
 
 
 @dataclass

@@ -14,6 +14,11 @@ Debiasing (``score`` from ``score_raw``):
 - ``unit``: raw / ‖ĥ_i‖ (cosine-like, as LESS does).
 - ``self_influence``: raw / √(ĥ_iᵀ H⁻¹ ĥ_i) (RelatIF).
 - ``residual``: the residual of an OLS fit raw ≈ a + b·log‖ĥ_i‖.
+- ``log_orthogonal``: the score's magnitude orthogonalized against the gradient norm in log space,
+  with a strength β: fit log|raw_i| ≈ a + b·log‖ĥ_i‖ (OLS), then
+  score_i = sign(raw_i)·exp(log|raw_i| − β·b·(log‖ĥ_i‖ − mean log‖ĥ‖)). β = 1 leaves log|score|
+  uncorrelated with log‖ĥ‖ whatever power of the norm the raw scores follow (``unit`` assumes
+  the power is 1); β = 0 is ``none``.
 
 A positive score means a gradient step on the example raises the weighted validation objective
 J = Σ w_jk log π(y_jk | q_j): higher is better, keep.
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 HESSIANS = ("identity", "fisher")
-DEBIAS_METHODS = ("none", "unit", "self_influence", "residual")
+DEBIAS_METHODS = ("none", "unit", "self_influence", "residual", "log_orthogonal")
 _TINY = 1e-12
 _ROWS_IN_FLOAT64 = 4096
 
@@ -103,7 +108,8 @@ class PoolScores:
     self_influence: np.ndarray
 
 
-def debias(raw: np.ndarray, grad_norm: np.ndarray, self_influence: np.ndarray, method: str) -> np.ndarray:
+def debias(raw: np.ndarray, grad_norm: np.ndarray, self_influence: np.ndarray, method: str, strength: float = 1.0) -> np.ndarray:
+    """The debiased score (``strength`` is β of ``log_orthogonal``; the other methods ignore it)."""
     if method not in DEBIAS_METHODS:
         raise ValueError(f"influence.debias must be one of {DEBIAS_METHODS} (got {method!r})")
     if method == "none":
@@ -113,9 +119,20 @@ def debias(raw: np.ndarray, grad_norm: np.ndarray, self_influence: np.ndarray, m
     if method == "self_influence":
         return raw / np.sqrt(np.maximum(self_influence, _TINY))
     log_norm = np.log(np.maximum(grad_norm, _TINY))
+    if method == "log_orthogonal":
+        return sign_preserving_log_orthogonal(raw, log_norm, strength)
     design = np.column_stack([np.ones_like(log_norm), log_norm])
     coefficients, *_ = np.linalg.lstsq(design, raw, rcond=None)
     return raw - design @ coefficients
+
+
+def sign_preserving_log_orthogonal(raw: np.ndarray, log_norm: np.ndarray, strength: float) -> np.ndarray:
+    """sign(raw)·exp(log|raw| − β·b·(log‖ĥ‖ − mean)), b the OLS slope of log|raw| on log‖ĥ‖."""
+    log_magnitude = np.log(np.maximum(np.abs(raw), _TINY))
+    centered = log_norm - log_norm.mean()
+    spread = float(centered @ centered)
+    slope = float(centered @ (log_magnitude - log_magnitude.mean())) / spread if spread > 0 else 0.0
+    return np.sign(raw) * np.exp(log_magnitude - strength * slope * centered)
 
 
 def score_pool(
@@ -123,6 +140,7 @@ def score_pool(
     target_gradient: np.ndarray,
     curvature: Curvature,
     debias_method: str,
+    debias_strength: float = 1.0,
 ) -> PoolScores:
     """Stream (example_ids, gradients (n, k)) batches once and score every example."""
     if target_gradient.shape != (curvature.dimension,):
@@ -144,4 +162,4 @@ def score_pool(
     if not ids:
         raise ValueError("the training pool is empty: nothing to score")
     raw_all, norms_all, self_all = np.concatenate(raw), np.concatenate(norms), np.concatenate(self_influence)
-    return PoolScores(ids, raw_all, debias(raw_all, norms_all, self_all, debias_method), norms_all, self_all)
+    return PoolScores(ids, raw_all, debias(raw_all, norms_all, self_all, debias_method, debias_strength), norms_all, self_all)

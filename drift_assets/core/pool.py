@@ -24,6 +24,11 @@ from drift_assets.core.sequences import encode_prompt, encode_response, render_m
 
 CORE_COLUMNS = ("example_id", "row_number", "prompt", "response", "messages", "n_prompt_tokens", "n_response_tokens", "source")
 INPUT_TEXT_COLUMNS = ("prompt", "response", "messages")
+# Columns the refined dataset adds to the pool's: an input column of one of these names would be
+# confused with the pipeline's own (a 1-5 rating named "score" exported as the influence score).
+OUTPUT_COLUMNS = ("score", "rank", "selected", "weight")
+# An extra input column under a name the pipeline uses is kept, renamed with this prefix.
+RENAMED_PREFIX = "pool_"
 REJECT_SCHEMA = {"row_number": pl.Int64, "raw": pl.String, "reason": pl.String}
 
 
@@ -119,6 +124,20 @@ def example_id_for(messages: list[dict[str, str]]) -> str:
 class NormalizedPool:
     examples: pl.DataFrame
     rejects: pl.DataFrame
+    renamed_columns: dict[str, str]  # input column -> the name it is carried under
+
+
+def carried_column_names(columns: set[str]) -> dict[str, str]:
+    """Every extra input column's name in the pool table: its own, or ``pool_<name>`` where the
+    pipeline uses that name (``source`` is the one core column an input may set)."""
+    reserved = (set(CORE_COLUMNS) - {"source"}) | set(OUTPUT_COLUMNS)
+    names = {}
+    for column in sorted(columns - set(INPUT_TEXT_COLUMNS) - {"source"}):
+        name = column
+        while name in reserved or (name != column and name in columns):
+            name = RENAMED_PREFIX + name
+        names[column] = name
+    return names
 
 
 def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, source: str) -> NormalizedPool:
@@ -126,6 +145,7 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
     kept: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     first_row_of: dict[str, int] = {}
+    extras_of_kept: list[dict[str, Any]] = []
     for row in rows:
         def reject(reason: str) -> None:
             rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": reason})
@@ -151,7 +171,7 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
             reject(f"over the maximum length ({n_prompt + n_response} tokens > data.max_example_tokens={max_example_tokens})")
             continue
         first_row_of[example_id] = row.row_number
-        extras = {k: v for k, v in row.record.items() if k not in INPUT_TEXT_COLUMNS and k not in CORE_COLUMNS}
+        extras_of_kept.append({k: v for k, v in row.record.items() if k not in INPUT_TEXT_COLUMNS and k != "source"})
         kept.append(
             {
                 "example_id": example_id,
@@ -162,12 +182,15 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
                 "n_prompt_tokens": n_prompt,
                 "n_response_tokens": n_response,
                 "source": str(row.record.get("source") or source),
-                **extras,
             }
         )
+    names = carried_column_names({column for extras in extras_of_kept for column in extras})
+    for example, extras in zip(kept, extras_of_kept, strict=True):
+        example.update({names[column]: value for column, value in extras.items()})
     examples = pl.DataFrame(kept, infer_schema_length=None) if kept else pl.DataFrame(schema=_empty_pool_schema())
     examples = examples.with_columns(pl.col("n_prompt_tokens").cast(pl.Int64), pl.col("n_response_tokens").cast(pl.Int64))
-    return NormalizedPool(examples=examples, rejects=pl.DataFrame(rejects, schema=REJECT_SCHEMA))
+    renamed = {column: name for column, name in names.items() if column != name}
+    return NormalizedPool(examples=examples, rejects=pl.DataFrame(rejects, schema=REJECT_SCHEMA), renamed_columns=renamed)
 
 
 def _empty_pool_schema() -> dict[str, pl.DataType]:

@@ -39,21 +39,21 @@ def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "re
     """Write the selected examples as ``{"messages": [...]}`` JSONL and Parquet; returns the paths.
 
     Both load with ``datasets.load_dataset("json"|"parquet", data_files=...)`` and feed TRL's
-    SFTTrainer as they are (its conversational format). Files are written then renamed (atomic).
+    SFTTrainer as they are (its conversational format). Both files are written under temporary
+    names first and only then renamed, so a failure while writing leaves the previous export whole.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     chosen = table.filter("selected").sort("rank")
     messages = [json.loads(text) for text in chosen["messages"]]
     jsonl, parquet = directory / f"{name}.jsonl", directory / f"{name}.parquet"
-    temporary = jsonl.with_suffix(".jsonl.tmp")
-    temporary.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in messages))
-    temporary.replace(jsonl)
+    staged_jsonl, staged_parquet = directory / f".{name}.jsonl.tmp", directory / f".{name}.parquet.tmp"
+    staged_jsonl.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in messages))
     # An explicit type, so that an empty selection still writes the chat schema rather than Null.
     message_type = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
     frame = pl.DataFrame({"messages": pl.Series("messages", messages, dtype=message_type),
                           "example_id": chosen["example_id"], "score": chosen["score"]})
-    temporary = parquet.with_suffix(".parquet.tmp")
-    frame.write_parquet(temporary)
-    temporary.replace(parquet)
+    frame.write_parquet(staged_parquet)
+    staged_jsonl.replace(jsonl)
+    staged_parquet.replace(parquet)
     return {"jsonl": str(jsonl), "parquet": str(parquet)}

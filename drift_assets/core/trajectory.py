@@ -118,7 +118,7 @@ def score_checkpoint(checkpoint: CheckpointGradients, scoring: ScoringSettings, 
     check_same_checkpoint(checkpoint.training_fingerprints, target)
     if curvature is None:
         curvature = fit_curvature(scoring.hessian, [checkpoint.training], checkpoint.training.shape[1], scoring.damping)
-    return score_pool(lambda: iter([(checkpoint.example_ids, checkpoint.training)]), target.vector, curvature, scoring.debias)
+    return score_pool(lambda: iter([(checkpoint.example_ids, checkpoint.training)]), target.vector, curvature, scoring.debias, scoring.debias_strength)
 
 
 def standardized(values: np.ndarray) -> np.ndarray:

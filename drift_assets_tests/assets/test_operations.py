@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from dagster import evaluate_automation_conditions, instance_for_test
@@ -48,7 +49,7 @@ def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_sta
     defs = build_definitions(settings_in(directory, **FAST, selection={"fraction": 0.3}))
     assert not_fresh(defs, instance) == {"refined_dataset": "STALE"}
     assert needs_materialization(defs, instance) - {"demo_task_files", "demo_base_model", "method_benchmark"} == {
-        "refined_dataset", "refined_model_evaluation"
+        "refined_dataset", "refined_dataset_export", "refined_model_evaluation"
     }
 
 
@@ -117,3 +118,18 @@ def test_a_new_model_makes_everything_that_uses_it_stale(private_refresh):
     assert "validation_queries" not in closure
     materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
     assert not_fresh(defs, instance) == {}
+
+
+def test_a_failed_run_leaves_the_previous_export_in_place(private_refresh):
+    """The export is written only after refined_dataset's Delta commit (and its blocking check):
+    here the commit fails on a corrupted transaction log, and the files users train on stay as they were."""
+    settings, _, instance = private_refresh
+    export_dir = Path(settings.resolve(settings.selection.export_dir))
+    before = {path.name: path.read_bytes() for path in export_dir.iterdir()}
+    assert set(before) == {"refined_dataset.jsonl", "refined_dataset.parquet"}
+    log = sorted((Path(settings.warehouse_root) / "drift" / "refined_dataset" / "_delta_log").glob("*.json"))[-1]
+    log.write_text("garbage")
+    fewer = build_definitions(settings_in(Path(settings.base_dir), **FAST, selection={"fraction": 0.3}))
+    with pytest.raises(Exception):
+        materialize_pipeline(fewer, instance, include_demo=False, only_stale=True)
+    assert {path.name: path.read_bytes() for path in export_dir.iterdir()} == before

@@ -291,3 +291,36 @@ def test_load_queries_from_parquet(tmp_path):
     assert rejects.height == 0
     assert queries["grader"].to_list() == ["math", "numeric"]
     assert queries["reference_response"].to_list() == ["1", "2"]
+
+
+def test_input_columns_under_names_the_pipeline_writes_are_kept_renamed(tmp_path, tokenizer):
+    """A reward rating named ``score`` must not pass for the influence score, nor ``example_id`` vanish."""
+    from drift_assets.core.selection import refined_table, select
+
+    records = [
+        {"prompt": f"q{i}", "response": f"a{i}", "score": 5 - i, "rank": i, "selected": True, "weight": 0.5,
+         "example_id": f"mine-{i}", "row_number": 100 + i, "pool_score": "already taken"}
+        for i in range(4)
+    ]
+    pool = normalize(write_jsonl(tmp_path / "pool.jsonl", records), tokenizer)
+    examples = pool.examples
+    assert pool.renamed_columns == {
+        "score": "pool_pool_score", "rank": "pool_rank", "selected": "pool_selected", "weight": "pool_weight",
+        "example_id": "pool_example_id", "row_number": "pool_row_number",
+    }
+    assert examples["pool_pool_score"].to_list() == [5, 4, 3, 2]
+    assert examples["pool_score"].to_list() == ["already taken"] * 4
+    assert examples["pool_example_id"].to_list() == [f"mine-{i}" for i in range(4)]
+    assert examples["row_number"].to_list() == [1, 2, 3, 4]
+    scores = pl.DataFrame({"example_id": examples["example_id"], "score": [0.1, 0.4, 0.3, 0.2]})
+    scores = scores.sort("score", descending=True).with_row_index("rank", offset=1).with_columns(pl.col("rank").cast(pl.Int64))
+    refined = refined_table(examples, scores, select(scores, "top_k", k=2))
+    assert refined["score"].to_list() == [0.4, 0.3, 0.2, 0.1]  # the influence score, not the input's rating
+    assert refined["selected"].to_list() == [True, True, False, False]
+    assert refined["pool_selected"].to_list() == [True] * 4
+
+
+def test_no_renaming_where_nothing_collides(tmp_path, tokenizer):
+    pool = normalize(write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "q", "response": "a", "rating": 3}]), tokenizer)
+    assert pool.renamed_columns == {}
+    assert pool.examples["rating"].to_list() == [3]

@@ -238,6 +238,30 @@ def test_residual_debias_is_uncorrelated_with_log_gradient_norm():
     np.testing.assert_allclose(debias(2.0 * log_norm - 1.0, norms, np.ones_like(raw), "residual"), 0.0, atol=1e-9)
 
 
+def test_log_orthogonal_debias_removes_any_power_of_the_norm_and_keeps_signs():
+    rng = np.random.default_rng(7)
+    norms = np.exp(rng.normal(size=300))
+    quality = rng.normal(size=300)  # what a debiased score should rank by
+    for power in (0.5, 1.0, 2.5):
+        raw = quality * norms**power
+        full = debias(raw, norms, np.ones_like(raw), "log_orthogonal", strength=1.0)
+        np.testing.assert_array_equal(np.sign(full), np.sign(raw))
+        # log|score| has no straight-line dependence on log‖ĥ‖ left (numpy's own fit as the oracle) ...
+        slope_after = np.polyfit(np.log(norms), np.log(np.abs(full)), 1)[0]
+        assert abs(slope_after) < 1e-9
+        # ... and what is left is the quality times one constant: |quality| carries no norm trend here.
+        fitted = np.polyfit(np.log(norms), np.log(np.abs(raw)), 1)[0]
+        expected = raw * np.exp(-fitted * (np.log(norms) - np.log(norms).mean()))
+        np.testing.assert_allclose(full, expected, rtol=1e-12)
+        np.testing.assert_allclose(debias(raw, norms, np.ones_like(raw), "log_orthogonal", strength=0.0), raw, rtol=1e-12)
+    # Half strength removes half the slope.
+    raw = quality * norms**2
+    half = debias(raw, norms, np.ones_like(raw), "log_orthogonal", strength=0.5)
+    before = np.polyfit(np.log(norms), np.log(np.abs(raw)), 1)[0]
+    after = np.polyfit(np.log(norms), np.log(np.abs(half)), 1)[0]
+    assert after == pytest.approx(before / 2, rel=1e-9)
+
+
 def test_debias_none_copies_and_unknown_methods_fail():
     raw = np.array([1.0, -2.0])
     out = debias(raw, np.array([1.0, 2.0]), np.array([1.0, 4.0]), "none")
