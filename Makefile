@@ -42,8 +42,9 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 	@# dagster dev = the webserver plus the daemon that starts queued runs, backfills and automation.
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
+# The task suite: every embedded task through the pipeline, each method's selection fine-tuned over 5 seeds.
 benchmark: env
-	$(PY) benchmarks/method_benchmark.py
+	$(PY) benchmarks/suite.py
 
 clean:
-	rm -rf data/warehouse data/demo data/exports data/checkpoints data/dagster_home artifacts
+	rm -rf data/warehouse data/demo data/exports data/checkpoints data/dagster_home data/suite artifacts

@@ -204,7 +204,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     validation_gradients, grades = warehouse.scan("validation_gradients").collect(), warehouse.scan("grades").collect()
     checkpoints = [base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
-                   *warmup_checkpoints_along(warehouse, settings.warmup.steps)]
+                   *warmup_checkpoints_along(warehouse, settings.warmup_steps)]
     print(f"scored at {', '.join(c.checkpoint for c in checkpoints)}; k = {checkpoints[0].training.shape[1]}; "
           f"influence.unsolved {settings.influence.unsolved}; the top {settings.selection.fraction:g} of {pool.height}\n")
     settings_grid(checkpoints, pool, settings, args.dampings)

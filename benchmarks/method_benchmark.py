@@ -16,7 +16,7 @@ from dagster import AssetKey, DagsterInstance
 from drift_assets.assets.evaluate import summary_markdown
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
-from drift_assets.runner import _execute, materialize_pipeline
+from drift_assets.runner import materialize_assets, materialize_pipeline
 from drift_assets.settings import load_settings
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     started = time.perf_counter()
     materialize_pipeline(defs, instance, only_stale=True)
-    _execute(defs, instance, [AssetKey("method_benchmark")])
+    materialize_assets(defs, instance, [AssetKey("method_benchmark")])
     table = Warehouse(settings).scan("method_benchmark").collect()
     print(f"\nmethod benchmark ({len(settings.benchmark.seeds)} seeds, {settings.benchmark.sft.steps} SFT steps each), "
           f"{time.perf_counter() - started:.0f} s in all\n")

@@ -160,9 +160,9 @@ def main(argv=None) -> None:
     losses = pool.select("example_id").join(read["training_gradient_projections"].select("example_id", "loss", "n_tokens"), on="example_id", how="left")
     loss = losses["loss"].to_numpy()
     checkpoints = [base_checkpoint(warehouse, settings.projection.shards, warehouse.scan("validation_gradients").collect(), read["grades"]),
-                   *warmup_checkpoints_along(warehouse, settings.warmup.steps)]
+                   *warmup_checkpoints_along(warehouse, settings.warmup_steps)]
     along = {}
-    for checkpoint in checkpoints if settings.warmup.steps else []:
+    for checkpoint in checkpoints if settings.warmup_steps else []:
         along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(score_checkpoint(checkpoint, settings.influence.scoring()), pool)
     scores = {
         f"drift ({settings.influence.debias})": scored["score"].to_numpy(),

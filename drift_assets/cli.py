@@ -40,7 +40,7 @@ def _summary(settings) -> str:
             f"{summary['queries_mixed']}/{summary['queries']} queries with mixed grades"
         )
     checkpoints = read("checkpoint_gradients", "checkpoint", "role", "correct")  # not the gradients
-    if checkpoints is not None and settings.warmup.steps:
+    if checkpoints is not None and settings.warmup_steps:
         rollouts_at = checkpoints.filter(pl.col("role") == "rollout").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
         lines.append("warm-up checkpoints      pass@1 " + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in rollouts_at.iter_rows())
                      + "; scores averaged with the base model's")

@@ -25,7 +25,7 @@ def build_definitions(settings: Settings) -> Definitions:
         *build_influence_assets(settings),
         *build_refine_assets(settings),
     ]
-    if settings.warmup.steps:
+    if settings.warmup_steps:
         assets += build_trajectory_assets(settings)
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
@@ -33,7 +33,7 @@ def build_definitions(settings: Settings) -> Definitions:
         assets += build_demo_assets(settings)
     assets = [with_automation(a) for a in assets]
     return Definitions(
-        jobs=build_jobs(trajectory=bool(settings.warmup.steps)),
+        jobs=build_jobs(trajectory=bool(settings.warmup_steps)),
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         resources={

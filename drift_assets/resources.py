@@ -22,7 +22,7 @@ from deltalake import DeltaTable
 from pydantic import PrivateAttr
 
 from drift_assets.core.fingerprint import model_fingerprint
-from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, vllm_available
+from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
 from drift_assets.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class RolloutEngineResource(ConfigurableResource):
     seed: int = 0
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.2
-    max_model_len: int = 256
+    max_model_len: int | None = None  # None: the model's own context length
 
     def sampling(self, **overrides) -> SamplingSettings:
         values = dict(
@@ -114,7 +114,8 @@ class RolloutEngineResource(ConfigurableResource):
             return
         engine = VllmEngine(
             model.path, dtype=model.dtype, tensor_parallel_size=self.tensor_parallel_size,
-            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len, seed=self.seed,
+            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=resolve_max_model_len(self.max_model_len, model.path),
+            seed=self.seed,
         )
         try:
             yield engine

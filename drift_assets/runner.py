@@ -29,7 +29,8 @@ def _existing(defs: Definitions, names: Iterable[str]) -> list[AssetKey]:
     return [AssetKey(name) for name in names if name in known]
 
 
-def _execute(defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None) -> None:
+def materialize_assets(defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None) -> None:
+    """One run that materializes ``keys`` (of one partition, for partitioned assets); raises if it fails."""
     if not keys:
         return
     job = defs.resolve_implicit_global_asset_job_def()
@@ -71,7 +72,7 @@ def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_d
     demo = wanted([k.to_user_string() for k in _existing(defs, ["demo_task_files", "demo_base_model"])])
     if include_demo and demo:
         logger.info(f"materializing {demo}")
-        _execute(defs, instance, [AssetKey(n) for n in demo])
+        materialize_assets(defs, instance, [AssetKey(n) for n in demo])
         done += demo
     observe_sources(defs, instance)
     if only_stale:
@@ -80,24 +81,24 @@ def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_d
     if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
         upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})
     logger.info(f"materializing {upstream or 'nothing upstream of the shards'}")
-    _execute(defs, instance, [AssetKey(n) for n in upstream])
+    materialize_assets(defs, instance, [AssetKey(n) for n in upstream])
     done += upstream
 
     def run_partitions(asset_name: str, what: str) -> None:
         for key in partition_keys(defs, asset_name):
             if not only_stale or f"{asset_name}[{key}]" in pending:
                 logger.info(f"materializing {what} {key}")
-                _execute(defs, instance, [AssetKey(asset_name)], partition_key=key)
+                materialize_assets(defs, instance, [AssetKey(asset_name)], partition_key=key)
                 done.append(f"{asset_name}[{key}]")
 
     run_partitions(SHARDED, "training gradients, shard")
     warmup = wanted([k.to_user_string() for k in _existing(defs, [WARMUP])])
     if warmup:
         logger.info("materializing the warm-up run's checkpoints")
-        _execute(defs, instance, [AssetKey(WARMUP)])
+        materialize_assets(defs, instance, [AssetKey(WARMUP)])
         done += warmup
     run_partitions(AT_CHECKPOINTS, "rollouts and gradients at warm-up checkpoint")
     downstream = wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM_OF_SHARDS)])
     logger.info(f"materializing {downstream or 'nothing downstream of the shards'}")
-    _execute(defs, instance, [AssetKey(n) for n in downstream])
+    materialize_assets(defs, instance, [AssetKey(n) for n in downstream])
     return done + downstream

@@ -35,13 +35,13 @@ class _Group(BaseModel):
 
 class ModelSettings(_Group):
     path: str = Field("demo/model", description="Hugging Face model directory (config.json + weights + tokenizer).")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype for rollouts, gradients and SFT (16-bit SFT keeps float32 master weights)")
     device: str = Field("auto", description="'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'.")
 
 
 class DataSettings(_Group):
     training_pool: str = Field("demo/training_pool.jsonl", description="JSONL, Parquet, or a `datasets` dataset saved to disk.")
-    validation_queries: str = "demo/validation_queries.jsonl"
+    validation_queries: str = Field("demo/validation_queries.jsonl", description="queries with a reference answer (and optionally a grader)")
     test_queries: str | None = Field(None, description="Held-out queries for evaluation (optional: without them there is no refined_model_evaluation).")
     max_example_tokens: int = Field(256, ge=8, description="Examples longer than this (prompt + response) are quarantined.")
 
@@ -51,49 +51,88 @@ class WarehouseSettings(_Group):
     storage_options: dict[str, str] = Field(default_factory=dict, description="Passed to deltalake (e.g. AWS_REGION).")
 
 
+DEMO_TASKS = ("arithmetic", "sort", "spell", "count")  # drift_assets.tasks.TASKS; a test keeps them equal
+
+
 class DemoSettings(_Group):
+    """The embedded demo: one of the generated tasks and its tiny base model. Unset sizes, noise
+    shares and pre-training bounds take the task's own (``drift_assets.tasks``)."""
+
     enabled: bool = Field(
         False, description="Add the demo assets that generate the task data and train the tiny model (they write data.* and "
         "model.path, and refuse to overwrite files they did not write themselves).",
     )
-    seed: int = 0
-    n_train: int = Field(2400, ge=100)
-    n_validation: int = Field(48, ge=8)
-    n_test: int = Field(300, ge=50)
-    corrupted_fraction: float = Field(0.25, ge=0.0, lt=1.0)
-    off_task_fraction: float = Field(0.08, ge=0.0, lt=1.0)
-    pretrain_examples: int = Field(6000, ge=100, description="Size of the base model's own pre-training corpus.")
-    target_accuracy: tuple[float, float] = Field((0.3, 0.7), description="Stop pre-training once greedy accuracy on a calibration set lands here.")
-    max_pretrain_steps: int = Field(
-        3000, ge=100, description="pre-training stops at the target band or after this many steps (never on a clock: determinism)"
+    task: Literal[DEMO_TASKS] = Field("arithmetic", description=f"which generated task: {', '.join(DEMO_TASKS)}")
+    seed: int = Field(0, description="generates the task's data and initializes its model")
+    n_train: int | None = Field(None, ge=100, description="pool size (default: the task's)")
+    n_validation: int = Field(48, ge=8, description="validation queries")
+    n_test: int = Field(300, ge=50, description="held-out test queries")
+    corrupted_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="near-miss rows: a wrong answer in the right format")
+    off_task_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="rows about something else")
+    format_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="the right answer in a format the grader rejects")
+    pretrain_examples: int | None = Field(None, ge=100, description="Size of the base model's own pre-training corpus.")
+    target_accuracy: tuple[float, float] | None = Field(None, description="Stop pre-training once greedy accuracy on a calibration set lands here.")
+    max_pretrain_steps: int | None = Field(
+        None, ge=100, description="pre-training stops at the target band or after this many steps (never on a clock: determinism)"
     )
 
+    def spec(self):
+        """The :class:`~drift_assets.tasks.Task` this demo generates."""
+        from drift_assets.tasks import get_task
+
+        return get_task(self.task)
+
+    def pool_size(self) -> int:
+        return self.n_train if self.n_train is not None else self.spec().defaults.n_train
+
+    def noise(self) -> dict[str, float]:
+        """Share of the pool per kind of noise: the task's, with the shares set here replacing its own."""
+        noise = dict(self.spec().defaults.noise)
+        for kind, share in (("corrupted", self.corrupted_fraction), ("off_task", self.off_task_fraction), ("format", self.format_fraction)):
+            if share is not None:
+                noise[kind] = share
+        return {kind: share for kind, share in noise.items() if share > 0}
+
+    def recipe(self):
+        """The task's pre-training recipe with the bounds set here."""
+        from dataclasses import replace
+
+        recipe = self.spec().recipe
+        overrides = {"examples": self.pretrain_examples, "target_accuracy": self.target_accuracy, "max_steps": self.max_pretrain_steps}
+        return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
+
     @model_validator(mode="after")
-    def _fractions_leave_room_for_clean_examples(self) -> DemoSettings:
-        if self.corrupted_fraction + self.off_task_fraction >= 1.0:
-            raise ValueError("corrupted_fraction + off_task_fraction must be < 1")
+    def _noise_the_task_has_and_room_for_clean_examples(self) -> DemoSettings:
+        task = self.spec()
+        noise = self.noise()
+        for kind in set(noise) - set(task.noise_kinds()):
+            raise ValueError(f"the {task.name} task has no {kind} noise: set demo.{kind}_fraction to 0")
+        if sum(noise.values()) >= 1.0:
+            raise ValueError(f"the noise shares {noise} must add up to less than 1")
         return self
 
 
 class RolloutSettings(_Group):
     backend: Literal["auto", "vllm", "transformers"] = Field("auto", description="'auto' uses vLLM wherever it imports.")
-    samples_per_query: int = Field(8, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(64, ge=1)
-    stop: list[str] = Field(default_factory=lambda: ["\n"])
-    seed: int = 0
-    tensor_parallel_size: int = Field(1, ge=1)
+    samples_per_query: int = Field(8, ge=1, description="rollouts per validation query")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (1 = the model's own distribution)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling")
+    max_tokens: int = Field(64, ge=1, description="longest completion, in tokens (rollouts and evaluation)")
+    stop: list[str] = Field(default_factory=list, description="strings that end a completion early")
+    seed: int = Field(0, description="each query samples with its own seed derived from this one")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM's tensor parallelism (GPUs per engine)")
     gpu_memory_utilization: float = Field(0.2, gt=0.0, le=1.0, description="On CPU: share of host memory for vLLM's KV cache.")
-    max_model_len: int = Field(256, ge=16)
+    max_model_len: int | None = Field(
+        None, ge=16, description="vLLM's context length; unset: the model's own (config.json's max_position_embeddings)",
+    )
 
 
 class GradingSettings(_Group):
     default_grader: str = Field("numeric", description="Grader for queries without a 'grader' field: exact, numeric, math, regex, or module:function.")
-    numeric_tolerance: float = Field(1e-6, ge=0.0)
-    answer_marker: str = "Answer:"
+    numeric_tolerance: float = Field(1e-6, ge=0.0, description="the numeric grader's absolute and relative tolerance")
+    answer_marker: str = Field("Answer:", description="what precedes the final answer: graders read after it, the answer span starts at it")
     regex: str | None = Field(None, description="For the 'regex' grader: a pattern whose first group is the answer.")
-    max_empty_or_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    max_empty_or_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0, description="the rollouts check fails above this share")
 
 
     def options(self):
@@ -113,8 +152,8 @@ class ProjectionSettings(_Group):
         "pca", description="pca: top-r eigenvectors of each layer's input/output-gradient covariance on the validation "
         "references (LoGra); random: Gaussian from (seed, layer name), independent of any data.",
     )
-    seed: int = 0
-    batch_size: int = Field(32, ge=1)
+    seed: int = Field(0, description="seed of the random basis")
+    batch_size: int = Field(32, ge=1, description="sequences per gradient pass")
     loss_reduction: Literal["sum", "mean"] = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
     validation_span: Literal["answer", "completion"] = Field(
         "answer", description="which tokens of each rollout and reference the validation gradient is the log-prob of: "
@@ -130,9 +169,14 @@ class ProjectionSettings(_Group):
 
 
 class InfluenceSettings(_Group):
-    targets: Literal["onpolicy", "offpolicy"] = "onpolicy"
-    weighting: Literal["signed", "advantage", "positive"] = "signed"
-    hessian: Literal["identity", "fisher"] = "identity"
+    targets: Literal["onpolicy", "offpolicy"] = Field(
+        "onpolicy", description="onpolicy: the graded rollouts (DRIFT); offpolicy: the reference answers (classic influence, LESS)",
+    )
+    weighting: Literal["signed", "advantage", "positive"] = Field(
+        "positive", description="per rollout: positive (1/n⁺ for a correct one, none for a wrong one), signed (+1/n⁺, −1/n⁻), "
+        "advantage (r − mean r)",
+    )
+    hessian: Literal["identity", "fisher"] = Field("identity", description="identity, or fisher: the projected empirical Fisher, damped")
     damping: float = Field(0.1, ge=0.0, description="Fisher damping as a multiple of its mean eigenvalue.")
     debias: Literal["none", "unit", "self_influence", "residual", "log_orthogonal"] = Field(
         "unit", description="against gradient norm: none; unit (÷‖ĥ‖); self_influence (÷√ĥᵀH⁻¹ĥ); residual (of the score on "
@@ -140,8 +184,8 @@ class InfluenceSettings(_Group):
     )
     debias_strength: float = Field(1.0, ge=0.0, description="β of log_orthogonal: 0 = no debiasing, 1 = fully orthogonal.")
     unsolved: Literal["reference", "skip"] = Field(
-        "reference", description="queries no rollout solves: contrast their reference answer (as the correct rollout) "
-        "with the wrong rollouts, or skip them",
+        "skip", description="queries no rollout solves: skip them (the target stays on-policy), or let their reference answer "
+        "stand in as the correct rollout (off-policy where most queries are unsolved)",
     )
 
     def scoring(self):
@@ -155,40 +199,37 @@ class WarmupSettings(_Group):
     """A warm-up SFT run on the whole pool whose checkpoints DRIFT also scores at (LESS-style).
 
     First-order influence at one checkpoint measures the push against the model's *current*
-    errors: on the demo the base model answers too low, so DRIFT prefers examples whose answers
-    are too high. Re-scoring with fresh on-policy rollouts at checkpoints of a warm-up run, while
-    the model's own errors change, and averaging the standardized scores, removes much of that.
+    errors. Re-scoring with fresh on-policy rollouts at checkpoints of a warm-up run, while the
+    model's own errors change, and averaging the standardized scores, removes much of that. By
+    default the run follows the SFT recipe of ``benchmark.sft`` (the one the refined dataset is
+    evaluated with): checkpoints at 1/6, 1/2 and all of its steps, at its rate and batch size.
     """
 
-    steps: list[int] = Field(
-        default_factory=list,
-        description="Warm-up steps at which to re-score besides the base model, e.g. [50, 150, 300]; empty = base model only.",
+    steps: list[int] | Literal["auto"] = Field(
+        "auto", description="Warm-up steps at which to re-score besides the base model, e.g. [50, 150, 300]; 'auto' = 1/6, 1/2 "
+        "and all of benchmark.sft.steps; [] = the base model only.",
     )
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0, description="constant: the checkpoints sample the run, not its end")
-    seed: int = 0
+    batch_size: int | None = Field(None, ge=1, description="default: benchmark.sft.batch_size")
+    learning_rate: float | None = Field(None, gt=0.0, description="constant (the checkpoints sample the run, not its end); default: benchmark.sft.learning_rate")
+    seed: int = Field(0, description="the warm-up run's example order")
     checkpoint_dir: str = Field("checkpoints", description="A local directory for the checkpoints' model directories.")
 
     @field_validator("steps")
     @classmethod
-    def _increasing_positive_steps(cls, steps: list[int]) -> list[int]:
+    def _increasing_positive_steps(cls, steps: list[int] | str) -> list[int] | str:
+        if steps == "auto":
+            return steps
         if any(step < 1 for step in steps) or steps != sorted(set(steps)):
             raise ValueError(f"must be positive and strictly increasing (got {steps})")
         if len(steps) >= 100:
             raise ValueError("at most 99 checkpoints (one Dagster partition each)")
         return steps
 
-    def options(self):
-        """The :class:`~drift_assets.core.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
-        from drift_assets.core.sft import SftOptions
-
-        return SftOptions(max(self.steps, default=1), self.batch_size, self.learning_rate, 0.0, "constant", self.seed)
-
 
 class SelectionSettings(_Group):
-    method: Literal["top_fraction", "top_k", "positive"] = "top_fraction"
-    fraction: float = Field(0.5, gt=0.0, le=1.0)
-    k: int | None = Field(None, ge=1)
+    method: Literal["top_fraction", "top_k", "positive"] = Field("top_fraction", description="top_fraction, top_k, or positive (score > 0)")
+    fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the pool kept by top_fraction")
+    k: int | None = Field(None, ge=1, description="examples kept by top_k")
     export_dir: str = Field("exports", description="Where the selection is exported as chat-messages JSONL and Parquet.")
 
     @model_validator(mode="after")
@@ -199,29 +240,48 @@ class SelectionSettings(_Group):
 
 
 class SftSettings(_Group):
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    steps: int = Field(300, ge=1, description="optimizer steps, whatever the selection's size (unless epochs is set)")
+    epochs: float | None = Field(
+        None, gt=0.0, description="passes over the selection instead of a fixed step count: a 10% selection then gets "
+        "a tenth of full-data SFT's steps, as continued SFT on a selected subset is run",
+    )
+    batch_size: int = Field(16, ge=1, description="examples per optimizer step")
+    learning_rate: float = Field(1e-3, gt=0.0, description="AdamW's peak rate (the demo's tiny model; an LLM wants ~1e-5)")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW's weight decay")
     schedule: Literal["linear", "constant"] = Field("linear", description="learning rate: linear decay to 0, or constant.")
 
     def options(self, seed: int):
         """The core's :class:`~drift_assets.core.sft.SftOptions` for these settings and ``seed``."""
         from drift_assets.core.sft import SftOptions
 
-        return SftOptions(self.steps, self.batch_size, self.learning_rate, self.weight_decay, self.schedule, seed)
+        return SftOptions(self.steps, self.batch_size, self.learning_rate, self.weight_decay, self.schedule, seed, self.epochs)
+
+
+BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them equal
+    "full", "random", "oracle", "loss", "rds", "bm25", "offpolicy", "drift", "drift_signed", "drift_positive",
+    "drift_reference", "drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_base",
+)
 
 
 class BenchmarkSettings(_Group):
-    methods: list[Literal["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle"]] = Field(
-        default_factory=lambda: ["full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle"]
+    methods: list[Literal[BENCHMARK_METHODS]] = Field(
+        default_factory=lambda: ["full", "random", "oracle", "loss", "rds", "bm25", "offpolicy", "drift", "drift_signed",
+                                 "drift_reference", "drift_base"],
+        description="the selections compared (drift_*: DRIFT with one setting changed; see drift_assets.core.benchmark)",
     )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4],
         description="SFT seeds per method. On the demo one method's accuracy spans up to ~7 points across five seeds.",
     )
-    sft: SftSettings = Field(default_factory=SftSettings)
-    eval_backend: Literal["auto", "vllm", "transformers"] = "transformers"
+    sft: SftSettings = Field(default_factory=SftSettings, description="the SFT recipe of the evaluation, the benchmark and (by default) the warm-up run")
+    eval_backend: Literal["auto", "vllm", "transformers"] = Field("transformers", description="greedy decoding of fine-tuned models for evaluation")
+    workers: int = Field(1, ge=1, description="the method benchmark's fine-tunes run in this many processes (transformers evaluation)")
+
+    @model_validator(mode="after")
+    def _workers_evaluate_with_transformers(self) -> BenchmarkSettings:
+        if self.workers > 1 and self.eval_backend != "transformers":
+            raise ValueError("benchmark.workers > 1 evaluates with transformers: set benchmark.eval_backend: transformers")
+        return self
 
 
 class Settings(_Group):
@@ -243,6 +303,13 @@ class Settings(_Group):
     def _absolute_base(cls, value: str) -> str:
         return str(Path(value).resolve())
 
+    @model_validator(mode="after")
+    def _grading_reads_the_demo_tasks_answers(self) -> Settings:
+        marker = self.demo.spec().answer_marker
+        if self.demo.enabled and marker and self.grading.answer_marker != marker:
+            raise ValueError(f"grading.answer_marker must be {marker!r} for demo.task {self.demo.task} (got {self.grading.answer_marker!r})")
+        return self
+
     def resolve(self, path: str) -> str:
         """A path from the settings made absolute (URIs such as s3://… pass through)."""
         if "://" in path or Path(path).is_absolute():
@@ -256,6 +323,26 @@ class Settings(_Group):
     @property
     def warehouse_root(self) -> str:
         return self.resolve(self.warehouse.root)
+
+    @property
+    def warmup_schedule(self) -> dict[str, Any]:
+        """The warm-up run as it will be run: ``warmup`` with its defaults taken from ``benchmark.sft``."""
+        sft, warmup = self.benchmark.sft, self.warmup
+        steps = sorted({sft.steps // 6, sft.steps // 2, sft.steps} - {0}) if warmup.steps == "auto" else list(warmup.steps)
+        return {"steps": steps, "batch_size": warmup.batch_size or sft.batch_size,
+                "learning_rate": warmup.learning_rate or sft.learning_rate, "seed": warmup.seed}
+
+    @property
+    def warmup_steps(self) -> list[int]:
+        """The warm-up checkpoints' steps ([] = the base model only)."""
+        return self.warmup_schedule["steps"]
+
+    def warmup_options(self):
+        """The :class:`~drift_assets.core.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
+        from drift_assets.core.sft import SftOptions
+
+        schedule = self.warmup_schedule
+        return SftOptions(max(schedule["steps"], default=1), schedule["batch_size"], schedule["learning_rate"], 0.0, "constant", schedule["seed"])
 
     def with_overrides(self, **groups: dict[str, Any]) -> Settings:
         """A copy with some keys of some groups replaced: ``s.with_overrides(selection={"fraction": 0.3})``."""
@@ -271,13 +358,14 @@ class Settings(_Group):
 def _describe_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
         else:
             got = item.get("input")
             got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{source}: {key}: {item['msg']}{got_text}")
+            lines.append(f"{source}: {key + ': ' if key else ''}{message}{got_text}")
     return "\n".join(lines)
 
 
@@ -321,13 +409,13 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "projection_basis": _PROJECTION,
     "validation_gradients": _VALIDATION,
     "training_gradient_projections": (*_PROJECTION, "projection.batch_size", "projection.shards"),
-    "warmup_checkpoints": ("warmup", "model.dtype"),
+    "warmup_checkpoints": ("warmup_schedule", "model.dtype"),
     "checkpoint_gradients": ("rollout", "grading", "projection", "model.dtype"),
-    "influence_scores": ("influence", "warmup.steps"),
+    "influence_scores": ("influence", "warmup_steps"),
     "refined_dataset": ("selection.method", "selection.fraction", "selection.k"),
     "refined_dataset_export": ("selection.export_dir",),
     "refined_model_evaluation": ("benchmark.sft", "benchmark.eval_backend", "rollout.max_tokens", "rollout.max_model_len"),
-    "method_benchmark": ("benchmark", "influence", "warmup.steps", "selection", "rollout.max_tokens", "rollout.max_model_len"),
+    "method_benchmark": ("benchmark", "influence", "warmup_steps", "selection", "rollout.max_tokens", "rollout.max_model_len"),
 }
 
 
@@ -346,3 +434,69 @@ def settings_hash(settings: Settings, keys: tuple[str, ...]) -> str:
 def code_version(asset_name: str, implementation_version: str, settings: Settings) -> str:
     """``<implementation version>-<hash of the settings this asset reads>``."""
     return f"{implementation_version}-{settings_hash(settings, ASSET_SETTINGS[asset_name])}"
+
+
+# Settings derived from others: which keys each one is computed from (for the reference's "makes stale").
+_DERIVED = {
+    "warmup_schedule": ("warmup", "benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate"),
+    "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
+}
+
+
+# Paths whose content Dagster observes: a new file or model (not a new path) is what makes assets stale.
+_OBSERVED = {
+    "model.path": "observed: a new model makes everything that uses it stale",
+    "data.training_pool": "observed: new content makes `training_pool` stale",
+    "data.validation_queries": "observed: new content makes `validation_queries` stale",
+    "data.test_queries": "observed: new content makes `test_queries` stale",
+}
+
+
+def _assets_reading(key: str) -> list[str]:
+    """The assets whose code version hashes ``key`` (a "group.field" or "group.sub.field")."""
+    def covers(registered: str) -> bool:
+        sources = _DERIVED.get(registered, (registered,))
+        return any(key == source or key.startswith(source + ".") or source.startswith(key + ".") for source in sources)
+
+    return sorted(asset for asset, keys in ASSET_SETTINGS.items() if any(covers(registered) for registered in keys))
+
+
+def _fields(model: type[BaseModel], prefix: str):
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _fields(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def settings_reference() -> str:
+    """docs/settings.md: every setting with its default, meaning, and the assets it makes stale."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from the settings model (`drift_assets/settings.py`) by `python -m drift_assets.settings`;",
+        "a test fails when this page and the code disagree. One YAML file holds the settings: an unknown key",
+        "or a wrong type fails naming the key and the file, and relative paths resolve against the file's",
+        "directory. Each asset's code version hashes only the settings it reads, so changing one makes",
+        "exactly the assets in its last column stale (and what lies downstream of them).",
+    ]
+    for group, group_field in Settings.model_fields.items():
+        annotation = group_field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            continue
+        lines += ["", f"## `{group}`", ""]
+        if annotation.__doc__ and annotation.__doc__ is not _Group.__doc__:
+            lines += [" ".join(annotation.__doc__.split()), ""]
+        lines += ["| key | default | meaning | makes stale |", "|---|---|---|---|"]
+        for key, field in _fields(annotation, f"{group}."):
+            default = field.default_factory() if field.default_factory is not None else field.default
+            shown = json.dumps(default.model_dump(mode="json") if isinstance(default, BaseModel) else default, ensure_ascii=False)
+            meaning = (field.description or "").replace("|", "\\|")
+            stale = _OBSERVED.get(key) or ", ".join(f"`{asset}`" for asset in _assets_reading(key)) or "–"
+            lines.append(f"| `{key}` | `{shown}` | {meaning} | {stale} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    (REPO_ROOT / "docs" / "settings.md").write_text(settings_reference())

@@ -36,7 +36,7 @@ def write_settings(directory: Path, overrides: dict) -> Path:
 def demo_dir(tmp_path_factory) -> Path:
     """A workspace whose demo inputs and base model are materialized (once per session)."""
     from drift_assets.definitions import build_definitions
-    from drift_assets.runner import _execute
+    from drift_assets.runner import materialize_assets
 
     directory = tmp_path_factory.mktemp("demo")
     settings = load_settings(write_settings(directory, SMALL_DEMO))
@@ -44,7 +44,7 @@ def demo_dir(tmp_path_factory) -> Path:
         defs = build_definitions(settings)
         from dagster import AssetKey
 
-        _execute(defs, instance, [AssetKey("demo_task_files"), AssetKey("demo_base_model")])
+        materialize_assets(defs, instance, [AssetKey("demo_task_files"), AssetKey("demo_base_model")])
     return directory
 
 

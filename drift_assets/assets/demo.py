@@ -4,36 +4,49 @@ These assets write the *inputs* the pipeline's observable sources then watch, ex
 own files would be: the demo exercises the same path as real data.
 """
 
+import hashlib
+import json
 from pathlib import Path
 
 import polars as pl
 from dagster import AssetExecutionContext, asset
 
 from drift_assets.assets.metadata import table_metadata
-from drift_assets.core import demo_task, tiny_model
-from drift_assets.core.demo_outputs import check_model_directory, replace_model_directory, write_demo_jsonl
+from drift_assets.core import tiny_model
+from drift_assets.core.demo_outputs import check_model_directory, model_stamp, replace_model_directory, write_demo_jsonl
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.settings import Settings, code_version
+from drift_assets.tasks import build_base_model
 
 DEMO_VERSION = "2"
 
 
 def build_demo_assets(settings: Settings) -> list:
     demo = settings.demo
+    task = demo.spec()
+
+    def pool_rows() -> list[dict]:
+        return task.training_pool_rows(demo.pool_size(), demo.noise(), demo.seed)
+
+    def base_model_build_key(recipe) -> str:
+        """What the base model is a function of: the task, seed, recipe, and (when it is fine-tuned on it) the pool."""
+        pool = {"n": demo.pool_size(), "noise": demo.noise()} if recipe.continued_sft_steps else None
+        parts = {"version": DEMO_VERSION, "task": task.name, "seed": demo.seed, "recipe": repr(recipe), "pool": pool}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @asset(
         group_name="demo",
         code_version=code_version("demo_task_files", DEMO_VERSION, settings),
         kinds={"python", "delta"},
-        description="Writes the demo's training pool, validation and test queries (JSONL) from a seed.",
+        description=f"Writes the {task.name} task's training pool, validation and test queries (JSONL) from a seed: {task.description}.",
     )
     def demo_task_files(context: AssetExecutionContext) -> pl.DataFrame:
         splits = {
-            "training_pool": (settings.data.training_pool, demo_task.training_pool_rows(demo.n_train, demo.corrupted_fraction, demo.off_task_fraction, demo.seed)),
-            "validation_queries": (settings.data.validation_queries, demo_task.query_rows(demo.n_validation, demo.seed, "validation")),
+            "training_pool": (settings.data.training_pool, pool_rows()),
+            "validation_queries": (settings.data.validation_queries, task.query_rows(demo.n_validation, demo.seed, "validation")),
         }
         if settings.data.test_queries:
-            splits["test_queries"] = (settings.data.test_queries, demo_task.query_rows(demo.n_test, demo.seed, "test"))
+            splits["test_queries"] = (settings.data.test_queries, task.query_rows(demo.n_test, demo.seed, "test"))
         paths = {split: Path(settings.resolve(relative_path)) for split, (relative_path, _) in splits.items()}
         check_model_directory(settings.model_path)  # before any write: the model asset comes next
         records = []
@@ -56,40 +69,47 @@ def build_demo_assets(settings: Settings) -> list:
         code_version=code_version("demo_base_model", DEMO_VERSION, settings),
         kinds={"pytorch", "delta"},
         pool="gpu",
-        description="Trains the demo's tiny Llama from scratch and saves it to model.path with save_pretrained.",
+        description="Trains the demo task's tiny Llama from scratch (in the paper's regime, then fine-tunes it on the pool) "
+        "and saves it to model.path with save_pretrained.",
     )
     def demo_base_model(context: AssetExecutionContext) -> pl.DataFrame:
         check_model_directory(settings.model_path)  # before minutes of training, not after
-        tokenizer = tiny_model.build_char_tokenizer()
-        model = tiny_model.build_tiny_llama(tokenizer, seed=demo.seed)
-        corpus = demo_task.pretraining_corpus(demo.pretrain_examples, demo.seed)
-        result = tiny_model.pretrain(
-            model, tokenizer, corpus, seed=demo.seed, target_accuracy=demo.target_accuracy,
-            max_steps=demo.max_pretrain_steps, log=context.log.info,
-        )
-        if not result.reached_target:
-            context.log.warning(
-                f"calibration accuracy {result.calibration_accuracy:.2f} is outside demo.target_accuracy {demo.target_accuracy}"
-            )
-        replace_model_directory(settings.model_path, lambda directory: tiny_model.save_model(model, tokenizer, directory))
-        table = pl.DataFrame(
-            [{
-                "path": settings.model_path,
-                "model_fingerprint": model_fingerprint(settings.model_path),
-                "n_parameters": sum(p.numel() for p in model.parameters()),
+        recipe = demo.recipe()
+        build = base_model_build_key(recipe)
+        stamp = model_stamp(settings.model_path)
+        if stamp and stamp.get("build") == build:
+            # The same recipe on the same inputs trains the same model: keep the one on disk.
+            context.log.info(f"{settings.model_path} already holds the {task.name} model this recipe trains; not retraining it")
+            summary = stamp["summary"]
+        else:
+            built = build_base_model(task, demo.seed, recipe, pool_rows(), log=context.log.info)
+            result = built.pretraining
+            if not result.reached_target:
+                context.log.warning(
+                    f"calibration accuracy {result.calibration_accuracy:.2f} is outside demo.target_accuracy {recipe.target_accuracy}"
+                )
+            summary = {
+                "task": task.name,
+                "n_parameters": sum(p.numel() for p in built.model.parameters()),
                 "pretrain_steps": result.steps,
                 "calibration_accuracy": result.calibration_accuracy,
+                "continued_sft_steps": recipe.continued_sft_steps,
                 "wall_seconds": result.wall_seconds,
-            }]
-        )
-        context.add_output_metadata(
-            {
-                **table_metadata(table),
-                "calibration_accuracy": result.calibration_accuracy,
                 "accuracy_curve": {str(step): accuracy for step, accuracy in result.accuracy_curve},
-                "wall_seconds": result.wall_seconds,
             }
-        )
+            replace_model_directory(settings.model_path, lambda directory: tiny_model.save_model(built.model, built.tokenizer, directory),
+                                    {"build": build, "summary": summary})
+        table = pl.DataFrame([{
+            "path": settings.model_path,
+            "model_fingerprint": model_fingerprint(settings.model_path),
+            **{key: value for key, value in summary.items() if key != "accuracy_curve"},
+        }])
+        context.add_output_metadata({
+            **table_metadata(table),
+            "calibration_accuracy": summary["calibration_accuracy"],
+            "accuracy_curve": summary["accuracy_curve"],
+            "wall_seconds": summary["wall_seconds"],
+        })
         return table
 
     return [demo_task_files, demo_base_model]

@@ -8,11 +8,22 @@ import numpy as np
 import polars as pl
 from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
-from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
+from drift_assets.assets.influence import base_checkpoint, base_losses, warmup_checkpoints_along
 from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.core.attribution import noise_auc
-from drift_assets.core.benchmark import MethodScorer, loss_scores, paired_differences, scoring_for, selected_ids
-from drift_assets.core.generation import TransformersEngine, VllmEngine
+from drift_assets.core.benchmark import (
+    FineTuneJob,
+    MethodScorer,
+    fine_tune_from_disk,
+    loss_scores,
+    paired_differences,
+    run_fine_tunes,
+    scoring_for,
+    selected_ids,
+    similarity_scores,
+)
+from drift_assets.core.progress import Progress
+from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
 from drift_assets.core.tiny_model import save_model
@@ -31,7 +42,8 @@ def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEng
     with tempfile.TemporaryDirectory() as directory:
         save_model(model, tokenizer, directory)
         engine = VllmEngine(directory, dtype=dtype, gpu_memory_utilization=rollout_engine.gpu_memory_utilization,
-                            max_model_len=rollout_engine.max_model_len, tensor_parallel_size=rollout_engine.tensor_parallel_size)
+                            max_model_len=resolve_max_model_len(rollout_engine.max_model_len, directory),
+                            tensor_parallel_size=rollout_engine.tensor_parallel_size)
         try:
             yield engine
         finally:
@@ -40,23 +52,31 @@ def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEng
 
 def pool_loss_scores(warehouse: Warehouse, training_pool: pl.DataFrame) -> pl.DataFrame:
     """The ``loss`` method's scores of the pool's examples, from the base model's losses in ``training_gradient_projections``."""
-    losses = warehouse.scan("training_gradient_projections").select("example_id", "loss", "n_tokens")
-    return loss_scores(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
+    return loss_scores(base_losses(warehouse, training_pool))
 
 
 def build_evaluation_assets(settings: Settings) -> list:
     benchmark = settings.benchmark
     grading = settings.grading.options()
 
-    def train_and_evaluate(model: ModelResource, rollout_engine: RolloutEngineResource, messages: list[str] | None,
-                           queries: list[dict], seed: int, log) -> tuple[Evaluation, float]:
+    def fine_tune_job(model: ModelResource, method: str, messages: list[str] | None, queries: list[dict], seed: int) -> FineTuneJob:
+        return FineTuneJob(method, seed, messages or [], model.path, model.dtype, model.resolved_device, benchmark.sft.options(seed),
+                           queries, settings.rollout.max_tokens, grading)
+
+    def train_and_evaluate(model: ModelResource, rollout_engine: RolloutEngineResource, job: FineTuneJob, log) -> tuple[Evaluation, float]:
+        """Fine-tune the base model on the job's selection (none: the base model itself) and evaluate it."""
+        if uses_transformers(rollout_engine) and job.messages:
+            return fine_tune_from_disk(job)
         started = time.perf_counter()
         network, tokenizer = model.load_model(), model.load_tokenizer()
-        if messages is not None:
-            fine_tune(network, tokenizer, messages, benchmark.sft.options(seed), log=log)
+        if job.messages:
+            fine_tune(network, tokenizer, job.messages, job.options, log=log)
         with evaluation_engine(network, tokenizer, benchmark.eval_backend, rollout_engine, model.dtype) as engine:
-            result = evaluate(engine, tokenizer, queries, settings.rollout.max_tokens, grading)
+            result = evaluate(engine, tokenizer, job.queries, job.max_tokens, grading)
         return result, time.perf_counter() - started
+
+    def uses_transformers(rollout_engine: RolloutEngineResource) -> bool:
+        return benchmark.eval_backend == "transformers" or (benchmark.eval_backend == "auto" and rollout_engine.chosen_backend()[0] != "vllm")
 
     @asset(
         group_name="evaluation",
@@ -79,7 +99,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         }
         rows = []
         for name, messages in candidates.items():
-            result, seconds = train_and_evaluate(model, rollout_engine, messages, queries, seed, context.log.info)
+            result, seconds = train_and_evaluate(model, rollout_engine, fine_tune_job(model, name, messages, queries, seed), context.log.info)
             low, high = result.interval
             rows.append({"model": name, "n_train": len(messages or []), "seed": seed, "accuracy": result.accuracy,
                          "accuracy_low": low, "accuracy_high": high, "n_queries": result.total, "wall_seconds": seconds})
@@ -99,40 +119,53 @@ def build_evaluation_assets(settings: Settings) -> list:
         group_name="benchmark",
         code_version=code_version("method_benchmark", EVALUATE_VERSION, settings),
         deps=["base_model", AssetDep("training_gradient_projections")]
-        + ([AssetDep("checkpoint_gradients")] if settings.warmup.steps else []),
+        + ([AssetDep("checkpoint_gradients")] if settings.warmup_steps else []),
         kinds={"pytorch", "delta"},
         pool="gpu",
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds.",
     )
     def method_benchmark(
-        context: AssetExecutionContext, training_pool: pl.DataFrame, validation_gradients: pl.DataFrame,
-        grades: pl.DataFrame, test_queries: pl.DataFrame, model: ModelResource, rollout_engine: RolloutEngineResource,
+        context: AssetExecutionContext, training_pool: pl.DataFrame, validation_queries: pl.DataFrame,
+        validation_gradients: pl.DataFrame, grades: pl.DataFrame, test_queries: pl.DataFrame,
+        model: ModelResource, rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
         warehouse = Warehouse(settings)
         drift = settings.influence.scoring()
         scorer = MethodScorer([
             base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
-            *warmup_checkpoints_along(warehouse, settings.warmup.steps),
+            *warmup_checkpoints_along(warehouse, settings.warmup_steps),
         ])
-        scores = {m: scorer.scores(s, training_pool) for m in benchmark.methods if (s := scoring_for(m, drift)) is not None}
-        if "loss" in benchmark.methods:
-            scores["loss"] = pool_loss_scores(warehouse, training_pool)
-        # random selects as many examples as DRIFT does, so the two differ only in which ones.
+        network, tokenizer = model.load_model(), model.load_tokenizer()
+        scores = {}
+        for method in benchmark.methods:
+            if scoring_for(method, drift) is not None:
+                scores[method] = scorer.method_scores(method, drift, training_pool)
+            elif method == "loss":
+                scores[method] = pool_loss_scores(warehouse, training_pool)
+            elif method in ("rds", "bm25"):
+                scores[method] = similarity_scores(method, training_pool, validation_queries, network, tokenizer)
+        # random and the others select as many examples as DRIFT does, so that they differ only in which ones.
         drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
         drift_size = int(select(drift_scores, settings.selection.method, settings.selection.fraction, settings.selection.k).sum())
         queries = test_queries.to_dicts()
-        rows = []
+        jobs = []
         for method in benchmark.methods:
-            auc = noise_auc(scores.get(method), training_pool)
             for seed in benchmark.seeds:
                 chosen = set(selected_ids(method, seed, training_pool, scores.get(method), drift_size,
                                           settings.selection.method, settings.selection.fraction, settings.selection.k))
                 messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
-                result, seconds = train_and_evaluate(model, rollout_engine, messages, queries, seed, context.log.debug)
-                low, high = result.interval
-                rows.append({"method": method, "seed": seed, "n_selected": len(messages), "accuracy": result.accuracy,
-                             "accuracy_low": low, "accuracy_high": high, "noise_auc": auc, "wall_seconds": seconds})
-                context.log.info(f"{method} seed {seed}: {len(messages)} examples, accuracy {result.accuracy:.3f}")
+                jobs.append(fine_tune_job(model, method, messages, queries, seed))
+        run_one = fine_tune_from_disk if benchmark.workers > 1 else (lambda job: train_and_evaluate(model, rollout_engine, job, context.log.debug))
+        context.log.info(f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds) "
+                         f"in {benchmark.workers} process(es)")
+        rows = []
+        progress = Progress("fine-tunes", len(jobs), context.log.info)
+        for job, (result, seconds) in run_fine_tunes(jobs, run_one, benchmark.workers):
+            low, high = result.interval
+            rows.append({"method": job.method, "seed": job.seed, "n_selected": len(job.messages), "accuracy": result.accuracy,
+                         "accuracy_low": low, "accuracy_high": high, "noise_auc": noise_auc(scores.get(job.method), training_pool),
+                         "wall_seconds": seconds})
+            progress.advance(f"{job.method} seed {job.seed}: accuracy {result.accuracy:.3f}")
         table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64})
         context.add_output_metadata({
             **table_metadata(table, preview_rows=len(rows)),

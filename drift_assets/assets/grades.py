@@ -1,10 +1,22 @@
 """Grades: every rollout checked against its query's reference."""
 
 import polars as pl
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, MetadataValue, asset, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
 
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.core.guards import contrast_guard
 from drift_assets.core.rollouts import grade_rollouts, grade_summary
+from drift_assets.core.weighting import usable_queries
 from drift_assets.settings import Settings, code_version
 
 GRADES_VERSION = "1"
@@ -12,38 +24,49 @@ GRADES_VERSION = "1"
 
 def build_grade_assets(settings: Settings) -> list:
     options = settings.grading.options()
+    influence = settings.influence
 
     @asset(
         group_name="rollouts",
         code_version=code_version("grades", GRADES_VERSION, settings),
         kinds={"python", "delta"},
+        check_specs=[AssetCheckSpec("grades_enough_contrast", asset="grades", description=(
+            "Enough validation queries with mixed grades for the on-policy contrast to rest on (a warning: it still works with fewer)."))],
         description="Correctness and reward of every rollout; metadata gives pass@1 and the mixed-grade share.",
     )
-    def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame) -> pl.DataFrame:
+    def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame):
         table = grade_rollouts(rollouts, validation_queries, options)
         summary = grade_summary(table)
         context.log.info(
             f"pass@1 {summary['pass_at_1']:.3f}; {summary['queries_mixed']}/{summary['queries']} queries have mixed grades"
         )
-        context.add_output_metadata({
+        yield Output(table, metadata={
             **table_metadata(table),
             **summary,
             "pass_at_1": MetadataValue.float(summary["pass_at_1"]),
         })
-        return table
+        passed, message = contrast_guard(summary["queries"], summary["queries_mixed"])
+        if not passed:
+            context.log.warning(message)
+        yield AssetCheckResult(check_name="grades_enough_contrast", passed=passed, severity=AssetCheckSeverity.WARN,
+                               metadata={"queries_mixed": summary["queries_mixed"], "queries": summary["queries"], "message": message})
 
     @asset_check(asset=grades, blocking=True,
-                 description="Signed weighting needs queries with mixed grades (some rollouts correct, some wrong).")
+                 description="The configured weighting has queries to work with (signed weighting: mixed grades, or unsolved "
+                 "queries with influence.unsolved: reference).")
     def grades_have_mixed_queries(context: AssetCheckExecutionContext, grades: pl.DataFrame) -> AssetCheckResult:
         summary = grade_summary(grades)
-        passed = summary["queries_mixed"] > 0
+        usable = usable_queries(summary, influence.weighting, influence.unsolved) if influence.targets == "onpolicy" else summary["queries"]
+        passed = usable > 0
         return AssetCheckResult(
             passed=passed,
             metadata={
                 **summary,
+                "usable_queries": usable,
                 "message": "ok" if passed else (
-                    "no query has mixed grades: signed weighting has nothing to work with. Raise rollout.temperature "
-                    "or rollout.samples_per_query, or use validation queries the model solves only sometimes."
+                    f"no query gives influence.weighting {influence.weighting!r} (unsolved: {influence.unsolved}) anything to contrast "
+                    f"({summary['queries_all_correct']} all correct, {summary['queries_all_wrong']} all wrong). Raise "
+                    "rollout.temperature or rollout.samples_per_query, or use validation queries the model solves only sometimes."
                 ),
             },
         )

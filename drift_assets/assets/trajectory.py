@@ -1,6 +1,6 @@
 """A warm-up run on the pool, and rollouts, grades and gradients at each of its checkpoints.
 
-Built only when ``warmup.steps`` is set; ``influence_scores`` then averages the standardized scores
+Built unless ``warmup.steps`` is empty; ``influence_scores`` then averages the standardized scores
 of the base model and of every checkpoint (:mod:`drift_assets.core.trajectory` says why).
 """
 
@@ -26,6 +26,7 @@ CHECKPOINT_GRADIENTS_VERSION = "2"  # 2: rollout gradients of the sampled token 
 
 def build_trajectory_assets(settings: Settings) -> list:
     warmup = settings.warmup
+    steps = settings.warmup_steps
     options = projection_options(settings)
     batch_size = settings.projection.batch_size
     grading = settings.grading.options()
@@ -37,28 +38,28 @@ def build_trajectory_assets(settings: Settings) -> list:
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
-        description="SFT on the whole pool at a constant learning rate, saved as model directories at warmup.steps.",
+        description="SFT on the whole pool at a constant learning rate, saved as model directories at the warm-up steps.",
     )
     def warmup_checkpoints(context: AssetExecutionContext, training_pool: pl.DataFrame, model: ModelResource) -> pl.DataFrame:
         tokenizer, network = model.load_tokenizer(), model.load_model()
         base = model.fingerprint()
         run_directory = directory / base  # another base model never overwrites these checkpoints
-        context.log.info(f"warm-up: {max(warmup.steps)} steps on {training_pool.height} examples; checkpoints at {warmup.steps} in {run_directory}")
+        context.log.info(f"warm-up: {max(steps)} steps on {training_pool.height} examples; checkpoints at {steps} in {run_directory}")
 
         def save(step: int) -> None:
             path = run_directory / checkpoint_key(step)
             network.save_pretrained(path)
             tokenizer.save_pretrained(path)
 
-        losses = warm_up(network, tokenizer, training_pool["messages"].to_list(), warmup.options(), warmup.steps, save, context.log.info)
-        paths = [run_directory / checkpoint_key(step) for step in warmup.steps]
+        losses = warm_up(network, tokenizer, training_pool["messages"].to_list(), settings.warmup_options(), steps, save, context.log.info)
+        paths = [run_directory / checkpoint_key(step) for step in steps]
         table = pl.DataFrame({
-            "checkpoint": [checkpoint_key(step) for step in warmup.steps],
-            "step": warmup.steps,
+            "checkpoint": [checkpoint_key(step) for step in steps],
+            "step": steps,
             "path": [str(path) for path in paths],
             "model_fingerprint": [model_fingerprint(path) for path in paths],
             "base_model_fingerprint": [base] * len(paths),
-            "loss": [losses[step] for step in warmup.steps],
+            "loss": [losses[step] for step in steps],
         })
         context.add_output_metadata(table_metadata(table, preview_rows=len(paths)))
         return table
@@ -66,7 +67,7 @@ def build_trajectory_assets(settings: Settings) -> list:
     @asset(
         group_name="attribution",
         code_version=code_version("checkpoint_gradients", CHECKPOINT_GRADIENTS_VERSION, settings),
-        partitions_def=StaticPartitionsDefinition([checkpoint_key(step) for step in warmup.steps]),
+        partitions_def=StaticPartitionsDefinition([checkpoint_key(step) for step in steps]),
         metadata={"partition_expr": "checkpoint"},
         kinds={"pytorch", "delta"},
         pool="gpu",

@@ -25,11 +25,11 @@ class ScoringSettings:
     """The influence settings one score is computed with (``influence`` in the settings file)."""
 
     targets: str = "onpolicy"
-    weighting: str = "signed"
+    weighting: str = "positive"
     hessian: str = "identity"
     damping: float = 0.1
     debias: str = "unit"
-    unsolved: str = "reference"
+    unsolved: str = "skip"
     debias_strength: float = 1.0
 
 
@@ -41,6 +41,7 @@ class TargetGradient:
     model_fingerprint: str
     projection_fingerprint: str
     references_for_unsolved: int = 0  # queries no rollout solved, whose reference answer stood in as the correct one
+    reference_share: float = 0.0  # gᵀg_ref / gᵀg: how much of the target the reference answers make (1 off-policy)
 
 
 def with_references_for_unsolved(validation_gradients: pl.DataFrame, grades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
@@ -63,7 +64,7 @@ def with_references_for_unsolved(validation_gradients: pl.DataFrame, grades: pl.
 
 
 def target_gradient(
-    validation_gradients: pl.DataFrame, grades: pl.DataFrame, targets: str, weighting: str, unsolved: str = "reference"
+    validation_gradients: pl.DataFrame, grades: pl.DataFrame, targets: str, weighting: str, unsolved: str = "skip"
 ) -> TargetGradient:
     """``onpolicy``: graded rollouts with signed weights; ``offpolicy``: reference answers, equal weights.
 
@@ -83,10 +84,19 @@ def target_gradient(
         if references.is_empty():
             raise ValueError("offpolicy targets need reference gradients, and validation_gradients has none")
         weights = np.full(references.height, 1.0 / references.height)
-        return TargetGradient(combine(vectors(references), weights), None, references.height, **checkpoint)
+        return TargetGradient(combine(vectors(references), weights), None, references.height, **checkpoint, reference_share=1.0)
     rows, summary, added = weighted_rollouts(validation_gradients, grades, weighting, unsolved)
-    return TargetGradient(combine(vectors(rows), rows["weight"].to_numpy()), summary, rows.height, **checkpoint,
-                          references_for_unsolved=added)
+    gradients, weights = vectors(rows), rows["weight"].to_numpy()
+    vector = combine(gradients, weights)
+    from_references = rows["rollout_id"].is_in(validation_gradients.filter(pl.col("target") == "reference")["rollout_id"].implode()).to_numpy()
+    share = share_of(vector, combine(gradients[from_references], weights[from_references])) if from_references.any() else 0.0
+    return TargetGradient(vector, summary, rows.height, **checkpoint, references_for_unsolved=added, reference_share=share)
+
+
+def share_of(total: np.ndarray, part: np.ndarray) -> float:
+    """partᵀtotal / totalᵀtotal: the share of ‖total‖² that ``part`` (a summand of ``total``) accounts for."""
+    squared = float(total @ total)
+    return float(part @ total) / squared if squared > 0 else 0.0
 
 
 def check_unsolved(unsolved: str) -> None:
@@ -95,7 +105,7 @@ def check_unsolved(unsolved: str) -> None:
 
 
 def weighted_rollouts(
-    validation_gradients: pl.DataFrame, grades: pl.DataFrame, weighting: str, unsolved: str = "reference"
+    validation_gradients: pl.DataFrame, grades: pl.DataFrame, weighting: str, unsolved: str = "skip"
 ) -> tuple[pl.DataFrame, WeightingSummary, int]:
     """The rows the on-policy target sums: each rollout's gradient row with its nonzero ``weight``.
 
@@ -144,12 +154,16 @@ def scores_frame(scores: PoolScores, training_pool: pl.DataFrame) -> pl.DataFram
 
 
 def diagnostics(scores: pl.DataFrame, training_pool: pl.DataFrame) -> dict[str, float]:
-    """The gradient-hacking diagnostics, plus the noise AUC where the pool carries ``is_corrupted``."""
+    """The gradient-hacking diagnostics (Spearman of the score with gradient norm, with the base
+    model's loss per token where ``scores`` has ``loss_per_token``, and with length), plus the noise
+    AUC where the pool carries ``is_corrupted``."""
     result = {
         "spearman_score_vs_grad_norm": spearman(scores["score"].to_numpy(), scores["grad_norm"].to_numpy()),
         "spearman_score_vs_length": spearman(scores["score"].to_numpy(), scores["n_tokens"].to_numpy()),
         "spearman_raw_vs_grad_norm": spearman(scores["score_raw"].to_numpy(), scores["grad_norm"].to_numpy()),
     }
+    if "loss_per_token" in scores.columns:
+        result["spearman_score_vs_loss"] = spearman(scores["score"].to_numpy(), scores["loss_per_token"].to_numpy())
     auc = noise_auc(scores, training_pool)
     if auc is not None:
         result["noise_auc"] = auc

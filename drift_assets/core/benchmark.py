@@ -5,49 +5,79 @@ rate) and the same seeds; only the data differs. Methods:
 
 - ``full``: the whole pool.
 - ``random``: a random subset of the size the DRIFT selection has.
-- ``offpolicy``: influence against the *reference answers* (classic IF / LESS), unit debias.
-- ``drift``: the configured on-policy influence settings.
-- ``drift_positive``: DRIFT without signs (positive weighting: correct rollouts only).
-- ``drift_nodebias``: DRIFT without debiasing.
-- ``loss``: the examples the base model finds likeliest (lowest loss per response token) — the
-  classic noise filter, which needs no validation data; a reference point, not an influence method.
 - ``oracle``: a random subset of the examples that are *not* corrupted (where the pool says so, as
   the demo's hidden ``is_corrupted`` does): the accuracy a perfect noise filter reaches.
+- ``loss``: the examples the base model finds likeliest (lowest loss per response token): the
+  classic noise filter, which needs no validation data.
+- ``rds``: RDS+, the cosine of mean-pooled last hidden states to the validation queries
+  (:mod:`~drift_assets.core.baselines`).
+- ``bm25``: BM25 of the validation prompts against the pool (:mod:`~drift_assets.core.baselines`).
+- ``offpolicy``: influence against the *reference answers* (classic IF / LESS), unit debias.
+- ``drift``: the configured on-policy influence settings, and its ablations, each of which changes
+  one setting: ``drift_signed`` / ``drift_positive`` (that weighting; ``signed`` contrasts right and
+  wrong rollouts), ``drift_reference`` / ``drift_skip`` (``influence.unsolved``), ``drift_nodebias``
+  (no debiasing), ``drift_unit`` / ``drift_log_orthogonal`` (that debiasing), ``drift_base`` (the
+  base model alone, without the warm-up checkpoints).
 
 Selections (except ``full``) have the size the DRIFT selection has.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import random
-from dataclasses import replace
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import polars as pl
+import torch
 
 from drift_assets.core.attribution import ScoringSettings, scores_frame
+from drift_assets.core.baselines import best_match, bm25_scores, cosine_similarity, mean_pooled_hidden_states, words
+from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
+from drift_assets.core.grading import GradingOptions
 from drift_assets.core.influence import Curvature, fit_curvature
 from drift_assets.core.selection import select
+from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 
-__all__ = ["METHODS", "MethodScorer", "ScoringSettings", "loss_scores", "paired_differences", "scoring_for", "selected_ids"]
+__all__ = [
+    "METHODS", "FineTuneJob", "MethodScorer", "ScoringSettings", "fine_tune_from_disk", "loss_scores", "paired_differences",
+    "ranked", "run_fine_tunes", "scoring_for", "selected_ids", "similarity_scores",
+]
+J = TypeVar("J")
+R = TypeVar("R")
 
-METHODS = ("full", "random", "offpolicy", "drift", "drift_positive", "drift_nodebias", "loss", "oracle")
+UNSCORED = ("full", "random", "oracle")  # choose without scores
+SIMILARITY = ("loss", "rds", "bm25")  # scored without influence
+ABLATIONS = {
+    "drift_signed": {"weighting": "signed"},
+    "drift_positive": {"weighting": "positive"},
+    "drift_reference": {"unsolved": "reference"},
+    "drift_skip": {"unsolved": "skip"},
+    "drift_nodebias": {"debias": "none"},
+    "drift_unit": {"debias": "unit"},
+    "drift_log_orthogonal": {"debias": "log_orthogonal"},
+    "drift_base": {},  # the same settings at the base model alone
+}
+METHODS = (*UNSCORED, *SIMILARITY, "offpolicy", "drift", *ABLATIONS)
 
 
 def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
-    """The influence settings a method scores with (None: it does not score)."""
+    """The influence settings a method scores with (None: it does not score by influence)."""
     if method not in METHODS:
-        raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {METHODS})")
-    return {
-        "full": None,
-        "random": None,
-        "loss": None,
-        "oracle": None,
-        "offpolicy": replace(drift, targets="offpolicy", debias="unit"),
-        "drift": drift,
-        "drift_positive": replace(drift, weighting="positive"),
-        "drift_nodebias": replace(drift, debias="none"),
-    }[method]
+        raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+    if method in UNSCORED or method in SIMILARITY:
+        return None
+    if method == "offpolicy":
+        return replace(drift, targets="offpolicy", debias="unit")
+    if method == "drift":
+        return drift
+    return replace(drift, **ABLATIONS[method])
 
 
 class MethodScorer:
@@ -70,12 +100,18 @@ class MethodScorer:
             self._curvatures[key] = fit_curvature(hessian, [training], training.shape[1], damping)
         return self._curvatures[key]
 
-    def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
+    def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
+        """The pool's scores along every checkpoint (``base_only``: at the first, the base model, alone)."""
+        checkpoints = self.checkpoints[:1] if base_only else self.checkpoints
         along = [
             score_checkpoint(checkpoint, scoring, self._curvature(index, scoring.hessian, scoring.damping))
-            for index, checkpoint in enumerate(self.checkpoints)
+            for index, checkpoint in enumerate(checkpoints)
         ]
         return scores_frame(along[0] if len(along) == 1 else combine_checkpoints(along), training_pool)
+
+    def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
+        """An influence method's scores (see :func:`scoring_for`)."""
+        return self.scores(scoring_for(method, drift), training_pool, base_only=method == "drift_base")
 
 
 def selected_ids(
@@ -102,12 +138,87 @@ def selected_ids(
     return scores.filter(chosen)["example_id"].to_list()
 
 
-def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
-    """example_id, score = −(loss per response token) under the base model, rank (1 = likeliest)."""
-    frame = losses.select("example_id", score=-pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+def ranked(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (example_id, score) sorted best first with its ``rank`` (1 = best; ties by example_id)."""
     return frame.sort(["score", "example_id"], descending=[True, False]).with_row_index("rank", offset=1).with_columns(
         pl.col("rank").cast(pl.Int64)
     )
+
+
+def per_token_loss(losses: pl.DataFrame) -> pl.DataFrame:
+    """example_id, loss_per_token from summed ``loss`` and ``n_tokens`` (an empty response counts one token)."""
+    return losses.select("example_id", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+
+
+def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
+    """example_id, score = −loss_per_token under the base model, rank (1 = likeliest)."""
+    return ranked(losses.select("example_id", score=-pl.col("loss_per_token")))
+
+
+def similarity_scores(method: str, training_pool: pl.DataFrame, validation_queries: pl.DataFrame, model=None, tokenizer=None) -> pl.DataFrame:
+    """The ``rds`` or ``bm25`` scores of the pool against the validation queries (example_id, score, rank)."""
+    if method == "bm25":
+        documents = [words(f"{prompt} {response}") for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)]
+        similarity = bm25_scores(documents, [words(prompt) for prompt in validation_queries["prompt"]])
+    elif method == "rds":
+        pool = mean_pooled_hidden_states(model, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]))
+        queries = mean_pooled_hidden_states(model, tokenizer, *query_token_pairs(
+            tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()))
+        similarity = cosine_similarity(queries, pool)
+    else:
+        raise ValueError(f"{method!r} is not a similarity method (rds, bm25)")
+    return ranked(pl.DataFrame({"example_id": training_pool["example_id"], "score": best_match(similarity)}))
+
+
+@dataclass(frozen=True)
+class FineTuneJob:
+    """One fine-tune of the base model on a selection, then greedy accuracy on the test queries."""
+
+    method: str
+    seed: int
+    messages: list[str]
+    model_path: str
+    dtype: str
+    device: str
+    options: SftOptions
+    queries: list[dict]
+    max_tokens: int
+    grading: GradingOptions
+
+
+def fine_tune_from_disk(job: FineTuneJob) -> tuple[Evaluation, float]:
+    """Load the base model, fine-tune it on the job's selection, evaluate it; (evaluation, seconds)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[job.dtype]
+    model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=dtype).to(job.device)
+    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
+    fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
+    engine = TransformersEngine(model, tokenizer, device=job.device)
+    return evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading), time.perf_counter() - started
+
+
+def _one_thread_each(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_fine_tunes(jobs: Sequence[J], fine_tune_one: Callable[[J], R], workers: int = 1) -> Iterator[tuple[J, R]]:
+    """Each job with its result, in job order, as they finish in order.
+
+    With ``workers`` > 1 the jobs run in that many spawned processes, each with an equal share of
+    this machine's torch threads: a tiny model's SFT step leaves cores idle, so on 2 cores two
+    one-thread processes finish the same jobs sooner than one two-thread process. ``fine_tune_one``
+    must then be a module-level function (it is pickled).
+    """
+    if workers <= 1:
+        for job in jobs:
+            yield job, fine_tune_one(job)
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread_each, initargs=(threads,)) as pool:
+        yield from zip(jobs, pool.map(fine_tune_one, jobs))
 
 
 def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFrame:

@@ -70,10 +70,20 @@ def check_model_directory(path: str | Path, setting: str = "model.path") -> None
         raise _refusal(setting, path, "is a directory with files")
 
 
-def replace_model_directory(path: str | Path, save) -> None:
-    """Call ``save(directory)`` into a fresh sibling directory, stamp it, then swap it in for ``path``.
+def model_stamp(path: str | Path) -> dict | None:
+    """What the demo recorded when it wrote the model directory ``path`` (None: not the demo's)."""
+    stamp = Path(path) / MODEL_STAMP
+    if not stamp.is_file():
+        return None
+    try:
+        return json.loads(stamp.read_text())
+    except json.JSONDecodeError:
+        return {}
 
-    A run killed half-way leaves the previous model intact.
+
+def replace_model_directory(path: str | Path, save, stamp: dict | None = None) -> None:
+    """Call ``save(directory)`` into a fresh sibling directory, stamp it (with ``stamp``), then swap it
+    in for ``path``. A run killed half-way leaves the previous model intact.
     """
     path = Path(path)
     check_model_directory(path)
@@ -81,7 +91,7 @@ def replace_model_directory(path: str | Path, save) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save(staging)
-    (staging / MODEL_STAMP).write_text("written by drift_assets' demo_base_model\n")
+    (staging / MODEL_STAMP).write_text(json.dumps({"written_by": "drift_assets demo_base_model", **(stamp or {})}))
     retired = path.with_name(path.name + ".previous")
     shutil.rmtree(retired, ignore_errors=True)
     if path.exists():

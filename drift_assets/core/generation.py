@@ -261,6 +261,33 @@ class VllmEngine:
         gc.collect()
 
 
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_context_length(model_dir: str) -> int | None:
+    """The context length a Hugging Face model directory's config.json declares (None if it names none)."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = {**config.get("text_config", {}), **config}
+    return next((int(config[key]) for key in _CONTEXT_KEYS if isinstance(config.get(key), int)), None)
+
+
+def resolve_max_model_len(requested: int | None, model_dir: str) -> int:
+    """``rollout.max_model_len``, or the model's own context length when it is unset; a requested
+    length beyond the model's context fails here, naming the setting (vLLM's own error does not)."""
+    context = model_context_length(model_dir)
+    if requested is None:
+        if context is None:
+            raise ValueError(f"{model_dir}/config.json names no context length: set rollout.max_model_len")
+        return context
+    if context is not None and requested > context:
+        raise ValueError(f"rollout.max_model_len = {requested} exceeds the model's context of {context} tokens "
+                         f"({model_dir}/config.json): lower it, or leave it unset to use the model's")
+    return requested
+
+
 def check_prompt_lengths(engine, prompt_ids: Sequence[Sequence[int]], names: Sequence[str], what: str) -> None:
     """Fail before sampling, naming the queries and the setting, where a prompt fills the engine's
     context (vLLM's own error names neither, and comes after the engine has started)."""

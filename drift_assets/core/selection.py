@@ -6,7 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+
+from drift_assets.core.stats import average_ranks
 
 SELECTION_METHODS = ("top_fraction", "top_k", "positive")
 
@@ -26,6 +29,28 @@ def select(scores: pl.DataFrame, method: str, fraction: float = 0.5, k: int | No
             raise ValueError(f"selection.fraction must be in (0, 1] (got {fraction})")
         count = math.ceil(fraction * scores.height)
     return (scores["rank"] <= count).alias("selected")
+
+
+def length_strata(n_tokens: np.ndarray, bins: int) -> np.ndarray:
+    """Each example's length bin: ``bins`` bins of (nearly) equal size by token count, ties in one bin."""
+    ranks = average_ranks(np.asarray(n_tokens, dtype=np.float64))
+    return np.minimum(((ranks - 1) * bins // len(ranks)).astype(np.int64), bins - 1) if len(ranks) else np.zeros(0, dtype=np.int64)
+
+
+def select_within_strata(scores: pl.DataFrame, count: int, strata: np.ndarray) -> pl.Series:
+    """``count`` examples, the best by ``rank`` within each stratum, each stratum keeping its share of
+    the pool (largest remainders), so that the selection has the pool's make-up by stratum."""
+    labels, sizes = np.unique(strata, return_counts=True)
+    quotas = sizes * count / len(strata)
+    taken = np.floor(quotas).astype(np.int64)
+    for index in np.argsort(-(quotas - taken), kind="stable")[: count - taken.sum()]:
+        taken[index] += 1
+    ranks = scores["rank"].to_numpy()
+    chosen = np.zeros(len(ranks), dtype=bool)
+    for label, quota in zip(labels, taken, strict=True):
+        members = np.flatnonzero(strata == label)
+        chosen[members[np.argsort(ranks[members], kind="stable")[:quota]]] = True
+    return pl.Series("selected", chosen)
 
 
 def refined_table(training_pool: pl.DataFrame, scores: pl.DataFrame, selected: pl.Series) -> pl.DataFrame:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,10 +37,17 @@ class SftOptions:
     weight_decay: float = 0.0
     schedule: str = "linear"  # or "constant"
     seed: int = 0
+    epochs: float | None = None  # passes over the examples instead of ``steps``
 
     def __post_init__(self):
         if self.schedule not in ("linear", "constant"):
             raise ValueError(f"benchmark.sft.schedule must be 'linear' or 'constant' (got {self.schedule!r})")
+
+    def steps_for(self, n_examples: int) -> int:
+        """The optimizer steps on ``n_examples``: ``steps``, or ``epochs`` passes at ``batch_size``."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
 
 
 def fine_tune(
@@ -62,6 +70,7 @@ def fine_tune(
     """
     if not messages_json:
         raise ValueError("cannot fine-tune on an empty selection")
+    options = replace(options, steps=options.steps_for(len(messages_json)), epochs=None)
     torch.manual_seed(options.seed)
     rng = random.Random(options.seed)
     # The seeded shuffle starts from a canonical order, so the caller's order does not matter.

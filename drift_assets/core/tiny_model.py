@@ -20,31 +20,49 @@ import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from drift_assets.core.demo_task import query_rows
 from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.grading import GradingOptions
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 from drift_assets.core.sft import evaluate
 
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+# Every turn opens with its role token; the assistant's closes with EOS, as the training encoding has it.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """Every printable ASCII character is one token; BOS is prepended, EOS closes responses."""
+def build_char_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
+    """Every printable ASCII character is one token; BOS is prepended, EOS closes responses.
+
+    With ``chat_template`` the role tokens join the vocabulary (after every other token, so the
+    characters keep their ids) and prompts are rendered with :data:`CHAT_TEMPLATE`.
+    """
     characters = sorted(set(string.printable) - set("\x0b\x0c\r"))
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     for character in characters:
         vocab[character] = len(vocab)
+    roles = ROLE_TOKENS if chat_template else []
+    for role in roles:
+        vocab[role] = len(vocab)
     # BPE without merges is a character-level model that round-trips text exactly.
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.decoder = decoders.Fuse()
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         padding_side="right",
+        **({"additional_special_tokens": roles} if roles else {}),
     )
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 @dataclass(frozen=True)
@@ -76,14 +94,14 @@ def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: 
     return LlamaForCausalLM(config)
 
 
-def greedy_accuracy(model, tokenizer, queries: Sequence[dict], max_tokens: int = 64) -> float:
+def greedy_accuracy(model, tokenizer, queries: Sequence[dict], max_tokens: int = 64, options: GradingOptions = GradingOptions()) -> float:
     """Share of queries whose greedy completion passes each query's grader.
 
     64 tokens: the longest demo response style ("We compute a + b and get c. Answer: c") is ~45
     characters, and a shorter limit would grade it wrong for being cut off.
     """
     engine = TransformersEngine(model, tokenizer, device=next(model.parameters()).device)
-    return evaluate(engine, tokenizer, queries, max_tokens).accuracy
+    return evaluate(engine, tokenizer, queries, max_tokens, options).accuracy
 
 
 @dataclass
@@ -99,7 +117,9 @@ def pretrain(
     model,
     tokenizer,
     corpus: Sequence[tuple[str, str]],
+    calibration: Sequence[dict],
     seed: int,
+    grading: GradingOptions = GradingOptions(),
     target_accuracy: tuple[float, float] = (0.3, 0.7),
     max_steps: int = 3000,
     eval_every: int = 100,
@@ -107,7 +127,8 @@ def pretrain(
     learning_rate: float = 2e-3,
     log: Callable[[str], None] = logger.info,
 ) -> PretrainResult:
-    """Train on (prompt, response) pairs until calibration accuracy reaches the target band.
+    """Train on (prompt, response) pairs until greedy accuracy on the ``calibration`` queries (their
+    own split, never validation or test) reaches the target band.
 
     The stopping rule looks at the lower half of the band's midpoint so that the model is neither
     hopeless nor already good: it stops at the first evaluation whose accuracy is in
@@ -116,7 +137,6 @@ def pretrain(
     started = time.perf_counter()
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    calibration = query_rows(64, seed, "calibration")
     low, high = target_accuracy
     stop_low = max(low, (low + high) / 2 - 0.1)
     encoded = [
@@ -137,7 +157,7 @@ def pretrain(
         loss = training_step(model, optimizer, batch)
         if step % eval_every == 0:
             model.eval()
-            accuracy = greedy_accuracy(model, tokenizer, calibration)
+            accuracy = greedy_accuracy(model, tokenizer, calibration, options=grading)
             model.train()
             curve.append((step, accuracy))
             log(f"pre-training step {step}: loss {loss:.3f}, calibration accuracy {accuracy:.2f}")

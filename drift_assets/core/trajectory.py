@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from drift_assets.core.attribution import ScoringSettings, check_same_checkpoint, target_gradient
+from drift_assets.core.attribution import ScoringSettings, TargetGradient, check_same_checkpoint, target_gradient
 from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
 from drift_assets.core.sft import SftOptions, fine_tune
@@ -112,9 +112,17 @@ def split_checkpoint_table(table: pl.DataFrame) -> CheckpointGradients:
     )
 
 
-def score_checkpoint(checkpoint: CheckpointGradients, scoring: ScoringSettings, curvature: Curvature | None = None) -> PoolScores:
-    """The pool's influence scores at one checkpoint (``curvature``: a Hessian already fitted on its training gradients)."""
-    target = target_gradient(checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved)
+def checkpoint_target(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> TargetGradient:
+    """The weighted validation gradient g at one checkpoint."""
+    return target_gradient(checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved)
+
+
+def score_checkpoint(
+    checkpoint: CheckpointGradients, scoring: ScoringSettings, curvature: Curvature | None = None, target: TargetGradient | None = None,
+) -> PoolScores:
+    """The pool's influence scores at one checkpoint (``curvature``: a Hessian already fitted on its
+    training gradients; ``target``: its :func:`checkpoint_target`, if already computed)."""
+    target = target or checkpoint_target(checkpoint, scoring)
     check_same_checkpoint(checkpoint.training_fingerprints, target)
     if curvature is None:
         curvature = fit_curvature(scoring.hessian, [checkpoint.training], checkpoint.training.shape[1], scoring.damping)

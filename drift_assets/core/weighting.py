@@ -83,6 +83,17 @@ def rollout_weights(grades: pl.DataFrame, scheme: str) -> tuple[pl.DataFrame, We
     return frame.select("rollout_id", "query_id", "weight"), summary
 
 
+def usable_queries(summary: dict, scheme: str, unsolved: str) -> int:
+    """How many queries ``scheme`` weighs, from :func:`~drift_assets.core.rollouts.grade_summary`'s counts;
+    with ``unsolved='reference'`` the all-wrong queries count too (their reference is the correct side)."""
+    if scheme not in WEIGHTING_SCHEMES:
+        raise ValueError(f"influence.weighting must be one of {WEIGHTING_SCHEMES} (got {scheme!r})")
+    unsolved_used = summary["queries_all_wrong"] if unsolved == "reference" else 0
+    if scheme == "positive":
+        return summary["queries"] - summary["queries_all_wrong"] + unsolved_used
+    return summary["queries_mixed"] + unsolved_used
+
+
 def combine(gradients: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """g = Σ_jk w_jk g_jk for gradients (M, k) and weights (M,)."""
     if gradients.shape[0] != weights.shape[0]:

@@ -10,7 +10,7 @@ from drift_assets.core.demo_outputs import DemoOverwriteError
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama, save_model
 from drift_assets.definitions import build_definitions
-from drift_assets.runner import _execute
+from drift_assets.runner import materialize_assets
 from drift_assets.settings import load_settings
 
 
@@ -52,9 +52,34 @@ def test_the_demo_enabled_over_a_users_files_refuses_and_changes_nothing(own_fil
     before = snapshot(own_files)
     settings = own_settings(own_files, demo={"enabled": True})
     with instance_for_test() as instance, pytest.raises(Exception) as raised:
-        _execute(build_definitions(settings), instance, [AssetKey(asset)])
+        materialize_assets(build_definitions(settings), instance, [AssetKey(asset)])
     error = raised.value if isinstance(raised.value, DemoOverwriteError) else raised.value.__cause__
     assert isinstance(error, DemoOverwriteError)
     assert "my_model is a directory with files that the demo did not write" in str(error)
     assert snapshot(own_files) == before
     assert sorted(p.name for p in own_files.iterdir()) == ["my_model", "pool.jsonl", "settings.yaml", "val.jsonl"]
+
+
+def test_the_demo_model_is_kept_for_the_same_recipe_and_retrained_for_another(demo_dir, tmp_path):
+    import shutil
+
+    from drift_assets_tests.conftest import settings_in
+
+    shutil.copytree(demo_dir / "demo", tmp_path / "demo")
+    model = tmp_path / "demo" / "model"
+    before = model_fingerprint(model)
+
+    def run(settings):
+        with instance_for_test() as instance:
+            materialize_assets(build_definitions(settings), instance, [AssetKey("demo_base_model")])
+            run_id = instance.get_latest_materialization_event(AssetKey("demo_base_model")).run_id
+            return [event.user_message for event in instance.all_logs(run_id)]
+
+    messages = run(settings_in(tmp_path))
+    assert any("not retraining it" in message for message in messages)
+    assert model_fingerprint(model) == before
+    messages = run(settings_in(tmp_path, demo={"max_pretrain_steps": 100}))
+    assert not any("not retraining it" in message for message in messages)
+    assert any(message.startswith("pre-training step 100:") for message in messages)
+    assert model_fingerprint(model) != before
+

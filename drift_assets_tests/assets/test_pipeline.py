@@ -14,7 +14,7 @@ from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import vectors
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
-from drift_assets.runner import _execute, materialize_pipeline, observe_sources
+from drift_assets.runner import materialize_assets, materialize_pipeline, observe_sources
 from drift_assets_tests.conftest import settings_in
 
 TABLES = (
@@ -100,11 +100,12 @@ def test_gradients_scores_and_selection_are_consistent(pipeline):
     metadata = latest_metadata(instance, "influence_scores")
     for figure in ("spearman_score_vs_grad_norm", "spearman_score_vs_length", "noise_auc", "queries_used"):
         assert figure in metadata
-    # Signed weighting uses exactly the queries with mixed grades, plus those no rollout solves, whose
-    # reference answer stands in as the correct rollout (influence.unsolved: reference).
+    # Positive weighting (the default) uses every query some rollout solves; the unsolved ones are
+    # skipped (influence.unsolved: skip), so no reference answer joins the target.
     grades_metadata = latest_metadata(instance, "grades")
-    assert metadata["references_for_unsolved"] == grades_metadata["queries_all_wrong"]
-    assert metadata["queries_used"] == grades_metadata["queries_mixed"] + grades_metadata["queries_all_wrong"]
+    assert settings.influence.weighting == "positive" and settings.influence.unsolved == "skip"
+    assert metadata["references_for_unsolved"] == 0 and metadata["reference_share_of_target"] == 0.0
+    assert metadata["queries_used"] == grades_metadata["queries"] - grades_metadata["queries_all_wrong"]
 
 
 @pytest.mark.vllm
@@ -124,16 +125,48 @@ def test_exports_load_with_datasets(pipeline):
         assert first[-1]["content"] == top["response"]
 
 
+def check_records(instance, defs) -> dict[str, object]:
+    checks = list(defs.resolve_asset_graph().asset_check_keys)
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(checks)
+    return {check.name: records.get(check) for check in checks}
+
+
 @pytest.mark.vllm
 def test_all_blocking_checks_passed(pipeline):
     _, defs, instance = pipeline
-    checks = list(defs.resolve_asset_graph().asset_check_keys)
-    assert len(checks) >= 8
-    for check in checks:
-        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
-        if record is None:  # checks of assets outside the demo run (e.g. the benchmark)
+    graph = defs.resolve_asset_graph()
+    blocking = {key.name for key in graph.asset_check_keys if graph.get_check_spec(key).blocking}
+    assert len(blocking) >= 8
+    records = check_records(instance, defs)
+    for name in blocking:
+        if records[name] is None:  # checks of assets outside the demo run (e.g. the benchmark)
             continue
-        assert record.status.value == "SUCCEEDED", check
+        assert records[name].status.value == "SUCCEEDED", name
+    # The guards ran too: on the demo's diffuse model the contrast is broad and the target on-policy.
+    for name in ("grades_enough_contrast", "influence_target_on_policy", "influence_not_gradient_hacking"):
+        assert name not in blocking
+        assert records[name].status.value == "SUCCEEDED", name
+
+
+@pytest.mark.vllm
+def test_the_guards_warn_when_the_target_is_off_policy(pipeline):
+    """With the reference answers as the whole target the target guard fails (a warning: nothing downstream is
+    blocked), and the gradient-hacking guard says what the asset measured."""
+    settings, defs, instance = pipeline
+    offpolicy = settings.model_copy(update={"influence": settings.influence.model_copy(update={"targets": "offpolicy"})})
+    materialize_assets(build_definitions(offpolicy), instance, [AssetKey("influence_scores")])
+    try:
+        records = check_records(instance, defs)
+        target = records["influence_target_on_policy"].event.dagster_event.event_specific_data
+        assert not target.passed and target.severity.value == "WARN"
+        assert "make 100% of the target" in target.metadata["message"].value
+        metadata = latest_metadata(instance, "influence_scores")
+        assert metadata["reference_share_of_target"] == 1.0
+        hacking = records["influence_not_gradient_hacking"].event.dagster_event.event_specific_data
+        expected = metadata["spearman_score_vs_grad_norm"] <= 0.2 and metadata["spearman_score_vs_loss"] <= 0.2
+        assert hacking.passed == expected
+    finally:
+        materialize_assets(defs, instance, [AssetKey("influence_scores")])
 
 
 @pytest.mark.vllm
@@ -150,7 +183,7 @@ def test_method_benchmark_gives_every_method_the_same_budget(pipeline):
     settings, _, instance = pipeline
     methods, seeds = ["full", "random", "drift", "loss", "oracle"], [0, 1]
     settings = settings.model_copy(update={"benchmark": settings.benchmark.model_copy(update={"methods": methods, "seeds": seeds})})
-    _execute(build_definitions(settings), instance, [AssetKey("method_benchmark")])
+    materialize_assets(build_definitions(settings), instance, [AssetKey("method_benchmark")])
     table = read(settings, "method_benchmark")
     assert table.select("method", "seed").rows() == [(method, seed) for method in methods for seed in seeds]
     selected = int(read(settings, "refined_dataset")["selected"].sum())
@@ -200,10 +233,10 @@ def test_appending_to_the_pool_computes_gradients_only_for_new_examples(pipeline
     with open(pool_path, "a") as handle:
         handle.write("\n".join(extra) + "\n")
     observe_sources(defs, instance)
-    _execute(defs, instance, [AssetKey("training_pool"), AssetKey("training_pool_rejects")])
+    materialize_assets(defs, instance, [AssetKey("training_pool"), AssetKey("training_pool_rejects")])
     computed = reused = 0
     for shard in ("000", "001", "002"):
-        _execute(defs, instance, [AssetKey("training_gradient_projections")], partition_key=shard)
+        materialize_assets(defs, instance, [AssetKey("training_gradient_projections")], partition_key=shard)
         metadata = latest_metadata(instance, "training_gradient_projections")
         computed += metadata["rows_computed"]
         reused += metadata["rows_reused"]
@@ -272,10 +305,11 @@ def test_the_fisher_hessian_streamed_over_shards_matches_one_dense_solve(pipelin
     leaves fisher scores in the shared warehouse."""
     settings, _, instance = pipeline
     fisher = settings.model_copy(update={"influence": settings.influence.model_copy(update={"hessian": "fisher"})})
-    _execute(build_definitions(fisher), instance, [AssetKey("influence_scores")])
+    materialize_assets(build_definitions(fisher), instance, [AssetKey("influence_scores")])
     gradients = read(settings, "training_gradient_projections").sort("example_id")
     training = vectors(gradients).astype(np.float64)
-    target = target_gradient(read(settings, "validation_gradients"), read(settings, "grades"), "onpolicy", "signed").vector
+    target = target_gradient(read(settings, "validation_gradients"), read(settings, "grades"), "onpolicy",
+                             settings.influence.weighting, settings.influence.unsolved).vector
     second_moment = training.T @ training / len(training)
     damping = settings.influence.damping * np.trace(second_moment) / len(second_moment)
     raw = training @ np.linalg.solve(second_moment + damping * np.eye(len(second_moment)), target)

@@ -11,7 +11,7 @@ from drift_assets.core.gradients import query_token_pairs, response_token_pairs
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
-from drift_assets.runner import _execute, observe_sources
+from drift_assets.runner import materialize_assets, observe_sources
 from drift_assets.settings import SettingsError
 from drift_assets_tests.chat_model import save_chat_model
 from drift_assets_tests.conftest import settings_in
@@ -122,7 +122,7 @@ def test_rollouts_asset_with_the_transformers_fallback(workspace, instance):
     settings = settings_in(workspace, rollout={"backend": "transformers", "samples_per_query": 3})
     defs = build_definitions(settings)
     observe_sources(defs, instance)
-    _execute(defs, instance, [AssetKey("validation_queries"), AssetKey("rollouts"), AssetKey("grades")])
+    materialize_assets(defs, instance, [AssetKey("validation_queries"), AssetKey("rollouts"), AssetKey("grades")])
     event = instance.get_latest_materialization_event(AssetKey("rollouts"))
     assert event.asset_materialization.metadata["engine"].value == "transformers"
     grades_event = instance.get_latest_materialization_event(AssetKey("grades"))
@@ -159,7 +159,7 @@ def test_unusable_graders_fail_before_any_rollout(workspace, instance, grader, m
     defs = build_definitions(settings)
     observe_sources(defs, instance)
     with pytest.raises(Exception, match=message):
-        _execute(defs, instance, [AssetKey("validation_queries")])
+        materialize_assets(defs, instance, [AssetKey("validation_queries")])
 
 
 def test_settings_type_errors_are_pydantic_validation_errors_underneath():

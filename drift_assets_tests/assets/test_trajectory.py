@@ -12,7 +12,7 @@ from drift_assets.cli import _summary
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.gradients import vectors
 from drift_assets.definitions import build_definitions
-from drift_assets.runner import _execute, materialize_pipeline
+from drift_assets.runner import materialize_assets, materialize_pipeline
 from drift_assets_tests.assets.test_pipeline import latest_metadata, read
 from drift_assets_tests.conftest import settings_in
 
@@ -119,6 +119,6 @@ def test_influence_scores_average_the_standardized_scores_of_every_checkpoint(tr
 def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
     settings, defs, instance, _ = trajectory
     before = read(settings, "checkpoint_gradients").sort("checkpoint", "role", "id")
-    _execute(defs, instance, [AssetKey("checkpoint_gradients")], partition_key=KEYS[-1])
+    materialize_assets(defs, instance, [AssetKey("checkpoint_gradients")], partition_key=KEYS[-1])
     after = read(settings, "checkpoint_gradients").sort("checkpoint", "role", "id")
     assert after.equals(before)

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from drift_assets.core.attribution import noise_auc
-from drift_assets.core.benchmark import ScoringSettings, loss_scores, paired_differences, scoring_for, selected_ids
+from drift_assets.core.benchmark import ScoringSettings, loss_scores, paired_differences, per_token_loss, scoring_for, selected_ids
 
 POOL = pl.DataFrame({
     "example_id": [f"ex{i}" for i in range(10)],
@@ -33,7 +33,7 @@ def test_loss_selection_keeps_the_lowest_loss_per_token():
         "loss": [9.0, 2.0, 4.0, 1.0, 0.0],
         "n_tokens": [3, 1, 8, 1, 0],  # per token: 3, 2, 0.5, 1, 0 (an empty response counts one token)
     })
-    scores = loss_scores(losses)
+    scores = loss_scores(per_token_loss(losses))
     assert scores["example_id"].to_list() == ["ex4", "ex2", "ex3", "ex1", "ex0"]
     assert scores["rank"].to_list() == [1, 2, 3, 4, 5]
     assert scores["score"].to_list() == pytest.approx([0.0, -0.5, -1.0, -2.0, -3.0])

@@ -103,3 +103,16 @@ def test_rollouts_without_token_ids_ask_for_a_re_materialization():
     rollouts = pl.DataFrame({"rollout_id": ["r"], "query_id": ["q"], "prompt": ["p"], "completion": ["c"], "ended_with_eos": [True]})
     with pytest.raises(ValueError, match="no token_ids column.*re-materialize rollouts"):
         validation_gradient_frame(None, None, rollouts, pl.DataFrame(), 8, "model")
+
+
+def test_the_engine_context_defaults_to_the_models_and_a_longer_one_names_the_setting(tmp_path):
+    from drift_assets.core.generation import model_context_length, resolve_max_model_len
+    from drift_assets.core.tiny_model import TinyLlamaShape, save_model
+
+    tokenizer = build_char_tokenizer()
+    save_model(build_tiny_llama(tokenizer, TinyLlamaShape(max_positions=64)), tokenizer, tmp_path)
+    assert model_context_length(str(tmp_path)) == 64
+    assert resolve_max_model_len(None, str(tmp_path)) == 64
+    assert resolve_max_model_len(48, str(tmp_path)) == 48
+    with pytest.raises(ValueError, match=r"rollout.max_model_len = 256 exceeds the model's context of 64 tokens"):
+        resolve_max_model_len(256, str(tmp_path))

@@ -237,3 +237,10 @@ def test_warmup_steps_stale_the_warm_up_and_the_scores_not_the_base_model_gradie
         assert code_version(asset, "1", base) != code_version(asset, "1", changed), asset
     for asset in (*GRADIENT_ASSETS, "checkpoint_gradients", "refined_dataset"):
         assert code_version(asset, "1", base) == code_version(asset, "1", changed), asset
+
+
+def test_the_settings_reference_page_is_generated_from_the_code():
+    from drift_assets.settings import REPO_ROOT, settings_reference
+
+    assert (REPO_ROOT / "docs" / "settings.md").read_text() == settings_reference(), (
+        "docs/settings.md is stale: run .venv/bin/python -m drift_assets.settings")

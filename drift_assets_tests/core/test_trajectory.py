@@ -101,7 +101,7 @@ def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
 
 
 def test_warmup_steps_must_increase():
-    assert parse_settings({"warmup": {"steps": [50, 150]}}, "s.yaml", ".").warmup.options().steps == 150
+    assert parse_settings({"warmup": {"steps": [50, 150]}}, "s.yaml", ".").warmup_options().steps == 150
     for steps in ([150, 50], [0, 10], [10, 10]):
         with pytest.raises(SettingsError, match="warmup.steps"):
             parse_settings({"warmup": {"steps": steps}}, "s.yaml", ".")

@@ -1,0 +1,184 @@
+"""Choosing the influence defaults across the task suite: every candidate setting, fine-tuned over seeds.
+
+    .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell --warmup on --materialize-only
+    .venv/bin/python benchmarks/choose_defaults.py                       # the tasks that choose defaults
+    .venv/bin/python benchmarks/choose_defaults.py --tasks count --candidates skip/unit/signed/base,...
+
+For each task (its workspace under ``data/suite/<task>/``, materialized with warm-up checkpoints)
+it scores the pool with every candidate, ``unsolved/debias/weighting/checkpoints`` (e.g.
+``skip/log_orthogonal/signed/warmup``: unsolved queries skipped, the log-space debias, signed
+weights, averaged along the warm-up checkpoints; ``base`` scores at the base model alone), selects
+the task's share of the pool, fine-tunes the base model on it as the method benchmark does, and
+prints per candidate the noise AUC and the accuracy minus full-data SFT on the same seed (mean ±
+standard error), per task and averaged. Fine-tunes are cached in ``data/suite/cache/`` by their
+selection and seed, so a rerun with more candidates or seeds only runs what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE = REPO / "data" / "suite"
+CACHE = SUITE / "cache"
+UNSOLVED = ("reference", "skip")
+DEBIAS = ("unit", "log_orthogonal", "none")
+WEIGHTING = ("signed", "positive")
+CHECKPOINTS = ("base", "warmup")
+
+
+def all_candidates() -> list[str]:
+    return ["/".join(parts) for parts in itertools.product(UNSOLVED, DEBIAS, WEIGHTING, CHECKPOINTS)]
+
+
+def parse_candidate(text: str):
+    from drift_assets.core.attribution import ScoringSettings
+
+    unsolved, debias, weighting, checkpoints = text.split("/")[:4]
+    if unsolved not in UNSOLVED or debias not in DEBIAS or weighting not in WEIGHTING or checkpoints not in CHECKPOINTS:
+        raise ValueError(f"{text!r}: expected unsolved/debias/weighting/checkpoints from {UNSOLVED}, {DEBIAS}, {WEIGHTING}, {CHECKPOINTS}")
+    return replace(ScoringSettings(), unsolved=unsolved, debias=debias, weighting=weighting), checkpoints == "base"
+
+
+def selection_key(task: str, ids: list[str], seed: int, options) -> str:
+    sft = repr(options).replace(", epochs=None", "")  # keys made before SftOptions had epochs stay valid
+    text = json.dumps({"task": task, "ids": sorted(ids), "seed": seed, "sft": sft})
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task not held out)")
+    parser.add_argument("--candidates", default=None, help="comma-separated unsolved/debias/weighting/checkpoints (default: all)")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-sft", action="store_true", help="noise AUC only")
+    parser.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE",
+                        help="override benchmark.sft for these runs, e.g. --sft epochs=3 --sft learning_rate=3e-4")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import polars as pl
+
+    from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
+    from drift_assets.core.attribution import noise_auc
+    from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
+    from drift_assets.core.selection import length_strata, select, select_within_strata
+    from drift_assets.resources import Warehouse, model_resource
+    from drift_assets.settings import load_settings
+    from drift_assets.tasks import TASKS
+
+    tasks = args.tasks.split(",") if args.tasks else [name for name, task in TASKS.items() if not task.held_out]
+    candidates = args.candidates.split(",") if args.candidates else all_candidates()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rows = []
+    started = time.perf_counter()
+    for task in tasks:
+        settings = load_settings(SUITE / task / "settings.yaml")
+        if args.sft:
+            import yaml
+
+            sft = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.sft)}
+            settings = settings.with_overrides(benchmark={**settings.benchmark.model_dump(), "sft": {**settings.benchmark.sft.model_dump(), **sft}})
+        warehouse = Warehouse(settings)
+        pool = warehouse.scan("training_pool").collect()
+        scorer = MethodScorer([
+            base_checkpoint(warehouse, settings.projection.shards, warehouse.scan("validation_gradients").collect(),
+                            warehouse.scan("grades").collect()),
+            *warmup_checkpoints_along(warehouse, settings.warmup_steps),
+        ])
+        if len(scorer.checkpoints) == 1 and any(c.endswith("/warmup") for c in candidates):
+            raise SystemExit(f"{task}: no warm-up checkpoints in {warehouse.root}: run suite.py with --warmup on --materialize-only first")
+        model = model_resource(settings)
+        queries = warehouse.scan("test_queries").collect().to_dicts()
+        cache_path = CACHE / f"{task}.json"
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        size = math.ceil(settings.selection.fraction * pool.height)
+        selections = {"full": {seed: pool["example_id"].to_list() for seed in seeds}}
+        import random
+
+        selections["random"] = {seed: random.Random(f"random-selection-{seed}").sample(sorted(pool["example_id"]), size) for seed in seeds}
+        clean = sorted(pool.filter(~pl.col("is_corrupted"))["example_id"])
+        selections["oracle"] = {seed: random.Random(f"oracle-selection-{seed}").sample(clean, min(size, len(clean))) for seed in seeds}
+        aucs = {"full": None, "random": None, "oracle": None}
+        for candidate in candidates:
+            scoring, base_only = parse_candidate(candidate)
+            scores = scorer.scores(scoring, pool, base_only=base_only)
+            aucs[candidate] = noise_auc(scores, pool)
+            if candidate.endswith("/strata"):
+                chosen_mask = select_within_strata(scores, math.ceil(settings.selection.fraction * pool.height),
+                                                   length_strata(scores["n_tokens"].to_numpy(), 10))
+            else:
+                chosen_mask = select(scores, "top_fraction", settings.selection.fraction)
+            chosen = scores.filter(chosen_mask)["example_id"].to_list()
+            selections[candidate] = {seed: chosen for seed in seeds}
+        jobs = []
+        for name, by_seed in selections.items():
+            for seed, ids in by_seed.items():
+                options = settings.benchmark.sft.options(seed)
+                key = selection_key(task, ids, seed, options)
+                if key in cache or args.no_sft:
+                    continue
+                messages = pool.filter(pl.col("example_id").is_in(ids))["messages"].to_list()
+                jobs.append((key, FineTuneJob(name, seed, messages, model.path, model.dtype, model.resolved_device, options, queries,
+                                              settings.rollout.max_tokens, settings.grading.options())))
+        unique = list({key: job for key, job in jobs}.items())
+        print(f"{task}: {len(candidates)} candidates, {len(unique)} fine-tunes to run ({len(cache)} cached)", flush=True)
+        keys = [key for key, _ in unique]
+        finished = run_fine_tunes([job for _, job in unique], fine_tune_from_disk, args.workers)
+        for index, (key, (_, (result, _))) in enumerate(zip(keys, finished, strict=True), 1):
+            cache[key] = result.accuracy
+            if index % 10 == 0 or index == len(unique):
+                cache_path.write_text(json.dumps(cache))
+                print(f"  {index}/{len(unique)} fine-tunes, {time.perf_counter() - started:.0f} s", flush=True)
+        cache_path.write_text(json.dumps(cache))
+        if args.no_sft:
+            for name in selections:
+                rows.append({"task": task, "candidate": name, "seed": -1, "accuracy": None, "noise_auc": aucs[name]})
+            continue
+        for name, by_seed in selections.items():
+            for seed, ids in by_seed.items():
+                accuracy = cache[selection_key(task, ids, seed, settings.benchmark.sft.options(seed))]
+                rows.append({"task": task, "candidate": name, "seed": seed, "accuracy": accuracy, "noise_auc": aucs[name]})
+    table = pl.DataFrame(rows, schema_overrides={"accuracy": pl.Float64, "noise_auc": pl.Float64})
+    report(table, tasks, args.no_sft)
+    print(f"\n{time.perf_counter() - started:.0f} s")
+
+
+def report(table, tasks: list[str], no_sft: bool) -> None:
+    import polars as pl
+
+    if no_sft:
+        wide = table.pivot(on="task", index="candidate", values="noise_auc")
+        print(wide.with_columns(mean=pl.mean_horizontal(tasks)).sort("mean", descending=True))
+        return
+    full = table.filter(pl.col("candidate") == "full").select("task", "seed", full=pl.col("accuracy"))
+    paired = table.join(full, on=["task", "seed"]).with_columns(difference=100 * (pl.col("accuracy") - pl.col("full")))
+    per_task = paired.group_by("task", "candidate").agg(
+        mean=pl.col("difference").mean(), se=pl.col("difference").std() / pl.len().sqrt(), auc=pl.col("noise_auc").first())
+    lines = ["| candidate | " + " | ".join(f"{task}: vs full / AUC" for task in tasks) + " | mean vs full | mean AUC |",
+             "|---|" + "---|" * (len(tasks) + 2)]
+    summary = per_task.group_by("candidate").agg(mean=pl.col("mean").mean(), se=(pl.col("se") ** 2).sum().sqrt() / pl.len(),
+                                                auc=pl.col("auc").mean())
+    for row in summary.sort("mean", descending=True).iter_rows(named=True):
+        cells = []
+        for task in tasks:
+            one = per_task.filter((pl.col("task") == task) & (pl.col("candidate") == row["candidate"])).row(0, named=True)
+            auc = "–" if one["auc"] is None else f"{one['auc']:.3f}"
+            cells.append(f"{one['mean']:+.1f} ± {one['se']:.1f} / {auc}")
+        auc = "–" if row["auc"] is None else f"{row['auc']:.3f}"
+        lines.append(f"| {row['candidate']} | " + " | ".join(cells) + f" | {row['mean']:+.1f} ± {row['se']:.1f} | {auc} |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

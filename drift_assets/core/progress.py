@@ -1,0 +1,39 @@
+"""Progress of long work as one log line per update: done/total, rate, and time left."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Counts units of work and logs ``what: done/total (rate, ETA) note`` at each :meth:`advance`."""
+
+    def __init__(self, what: str, total: int, log: Callable[[str], None], unit: str | None = None, clock: Callable[[], float] = time.perf_counter):
+        self.what, self.total, self.log, self.unit, self.clock = what, total, log, unit or what, clock
+        self.done = 0
+        self.started = clock()
+
+    def line(self, note: str = "") -> str:
+        elapsed = self.clock() - self.started
+        parts = [f"{self.what}: {self.done}/{self.total}"]
+        if self.done and elapsed > 0:
+            rate = self.done / elapsed
+            pace = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{elapsed / self.done:.1f} s per {self.unit.rstrip('s')}"
+            left = "done" if self.done >= self.total else f"ETA {duration((self.total - self.done) / rate)}"
+            parts.append(f"({pace}, {left}, {duration(elapsed)} so far)")
+        return " ".join(parts) + (f" {note}" if note else "")
+
+    def advance(self, note: str = "", by: int = 1) -> None:
+        self.done += by
+        self.log(self.line(note))

@@ -1,0 +1,64 @@
+"""The embedded tasks the demo and the suite benchmark run on, each with its own tiny base model.
+
+``demo.task`` in the settings picks one. :data:`TASKS` lists them; ``held_out`` marks the one
+that no default is chosen by.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drift_assets.core import tiny_model
+from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.tasks.arithmetic import Arithmetic
+from drift_assets.tasks.base import NOISE_KINDS, PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.count import Count
+from drift_assets.tasks.sort import Sort
+from drift_assets.tasks.spell import Spell
+
+__all__ = ["NOISE_KINDS", "TASKS", "BaseModel", "PretrainRecipe", "Task", "TaskDefaults", "build_base_model", "get_task"]
+
+TASKS: dict[str, Task] = {task.name: task for task in (Arithmetic(), Sort(), Spell(), Count())}
+CALIBRATION_QUERIES = 64
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"demo.task: unknown task {name!r} (known: {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+@dataclass
+class BaseModel:
+    model: object
+    tokenizer: object
+    pretraining: tiny_model.PretrainResult
+    continued_sft_loss: float | None  # the paper regime's SFT on the pool, where the task has one
+
+
+def build_base_model(
+    task: Task,
+    seed: int,
+    recipe: PretrainRecipe,
+    pool_rows: list[dict],
+    log: Callable[[str], None],
+) -> BaseModel:
+    """The task's base model: pre-trained from scratch to its calibration band and, in the paper's
+    regime (``recipe.continued_sft_steps``), then fine-tuned on the whole pool ``pool_rows``."""
+    tokenizer = tiny_model.build_char_tokenizer(chat_template=task.chat_template)
+    model = tiny_model.build_tiny_llama(tokenizer, recipe.shape, seed=seed)
+    result = tiny_model.pretrain(
+        model, tokenizer, task.pretraining_corpus(recipe.examples, seed), task.query_rows(CALIBRATION_QUERIES, seed, "calibration"),
+        seed=seed, grading=task.grading_options(), target_accuracy=recipe.target_accuracy, max_steps=recipe.max_steps,
+        learning_rate=recipe.learning_rate, log=log,
+    )
+    loss = None
+    if recipe.continued_sft_steps:
+        messages = [json.dumps([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}])
+                    for row in pool_rows]
+        log(f"fine-tuning on the whole pool ({len(messages)} examples, {recipe.continued_sft_steps} steps): the paper's regime")
+        loss = fine_tune(model, tokenizer, messages,
+                         SftOptions(recipe.continued_sft_steps, 16, recipe.continued_sft_learning_rate, 0.0, "linear", seed), log=log)
+    return BaseModel(model, tokenizer, result, loss)

@@ -1,0 +1,208 @@
+"""What every embedded task is: a problem generator, a grader, noise of its own kinds, a tiny model.
+
+A task draws problems from its own space, split by a hash of the problem into validation (and
+calibration), test and training problems, so that test accuracy measures what transfers to
+problems the pool never shows. From the training problems it writes a pre-training corpus (all
+correct) and an SFT pool that mixes correct rows with noise, each row flagged with its
+``category`` and a hidden ``is_corrupted`` that only evaluation reads:
+
+- ``corrupted``: a near miss, the right format with a wrong answer a careless annotator would write;
+- ``off_task``: a row about something else;
+- ``format``: the right answer in a format the task's grader does not accept.
+
+Every generator draws from its own seeded stream, so asking for more test queries never changes
+the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from drift_assets.core.grading import GradingOptions
+from drift_assets.core.tiny_model import TinyLlamaShape
+
+# Shares of the problem space, by a hash of the problem: [0, 0.1) validation and calibration,
+# [0.1, 0.4) test, the rest training (pre-training corpus and SFT pool).
+SPLIT_BOUNDS = {"validation": (0.0, 0.1), "calibration": (0.0, 0.1), "test": (0.1, 0.4), "train": (0.4, 1.0)}
+NOISE_KINDS = ("corrupted", "off_task", "format")
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """How the task's base model is trained from scratch (and, for ``continued_sft_steps``, then
+    fine-tuned on its own pool, as the paper's already-SFT-trained models are)."""
+
+    examples: int = 6000
+    target_accuracy: tuple[float, float] = (0.3, 0.7)
+    max_steps: int = 3000
+    learning_rate: float = 2e-3
+    shape: TinyLlamaShape = field(default_factory=TinyLlamaShape)
+    continued_sft_steps: int = 0
+    continued_sft_learning_rate: float = 1e-3
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """The demo settings a task uses unless the settings file gives others."""
+
+    n_train: int = 2400
+    noise: dict[str, float] = field(default_factory=lambda: {"corrupted": 0.25, "off_task": 0.08})
+    selection_fraction: float = 0.5
+    # benchmark.sft for the task: the method benchmark's fine-tunes (batch 16), short enough for 2 cores
+    sft: dict = field(default_factory=lambda: {"steps": 300})
+
+
+class Task(ABC):
+    """One embedded task. Subclasses define the problem space and the text of every row kind."""
+
+    name: str
+    description: str
+    grader: str  # the grader every query of the task names
+    answer_marker: str = ""  # what precedes the final answer ("" = the responses have none)
+    chat_template: bool = False  # whether the task's tokenizer renders prompts with a chat template
+    held_out: bool = False  # kept out of every choice of default; reported on its own
+    recipe: PretrainRecipe = PretrainRecipe()
+    defaults: TaskDefaults = TaskDefaults()
+
+    # -- the problem space ----------------------------------------------------------------------
+    @abstractmethod
+    def draw_any(self, rng: random.Random) -> Hashable:
+        """A problem from the whole space (any split)."""
+
+    @abstractmethod
+    def problem_key(self, problem: Hashable) -> str:
+        """The text the split hash is taken of."""
+
+    @abstractmethod
+    def prompt(self, problem: Hashable) -> str:
+        """The user's message."""
+
+    @abstractmethod
+    def reference(self, problem: Hashable) -> str:
+        """The answer the grader compares with."""
+
+    @abstractmethod
+    def correct_response(self, problem: Hashable, rng: random.Random) -> str:
+        """A correct response, in one of the task's styles."""
+
+    def reference_response(self, problem: Hashable) -> str:
+        """The worked reference of a query: the off-policy (LESS-style) target."""
+        return self.reference(problem)
+
+    def problems_in(self, split: str) -> int | None:
+        """How many distinct problems ``split`` holds, where the space is small enough to count."""
+        return None
+
+    # -- noise ---------------------------------------------------------------------------------
+    def corrupted_response(self, problem: Hashable, rng: random.Random) -> str:
+        raise NotImplementedError(f"the {self.name} task has no near-miss noise")
+
+    def format_response(self, problem: Hashable, rng: random.Random) -> str:
+        raise NotImplementedError(f"the {self.name} task has no format noise")
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        raise NotImplementedError(f"the {self.name} task has no off-task noise")
+
+    def noise_problem(self, kind: str, rng: random.Random) -> Hashable:
+        """The training problem a noisy row of ``kind`` is about: any, unless the task's annotators
+        err systematically on some kind of problem."""
+        return self.draw(rng)
+
+    def noise_kinds(self) -> tuple[str, ...]:
+        """The kinds of noise this task can write (those whose hook it defines)."""
+        hooks = {"corrupted": "corrupted_response", "off_task": "off_task_row", "format": "format_response"}
+        return tuple(kind for kind, hook in hooks.items() if getattr(type(self), hook) is not getattr(Task, hook))
+
+    # -- derived -----------------------------------------------------------------------------------
+    def grading_options(self) -> GradingOptions:
+        return GradingOptions(answer_marker=self.answer_marker)
+
+    def split_of(self, problem: Hashable) -> str:
+        """"train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
+        digest = hashlib.sha256(self.problem_key(problem).encode()).digest()
+        position = int.from_bytes(digest[:8], "little") / 2**64
+        for split in ("validation", "test", "train"):
+            low, high = SPLIT_BOUNDS[split]
+            if low <= position < high:
+                return split
+        raise AssertionError(position)
+
+    def draw(self, rng: random.Random, split: str = "train") -> Hashable:
+        """A problem of ``split`` (rejection sampling over the whole space)."""
+        if split not in SPLIT_BOUNDS:
+            raise ValueError(f"unknown demo split {split!r} (known: {sorted(SPLIT_BOUNDS)})")
+        target = "validation" if split == "calibration" else split
+        while True:
+            problem = self.draw_any(rng)
+            if self.split_of(problem) == target:
+                return problem
+
+    def pretraining_problem(self, rng: random.Random) -> Hashable:
+        """A problem for the base model's pre-training corpus: a training problem, unless the task
+        keeps part of its space (a skill the base model lacks) out of pre-training."""
+        return self.draw(rng)
+
+    def pretraining_corpus(self, n_examples: int, seed: int) -> list[tuple[str, str]]:
+        """Correct (prompt, response) pairs for training the base model."""
+        rng = random.Random(f"pretrain-{seed}")
+        corpus = []
+        for _ in range(n_examples):
+            problem = self.pretraining_problem(rng)
+            corpus.append((self.prompt(problem), self.correct_response(problem, rng)))
+        return corpus
+
+    def training_pool_rows(self, n_examples: int, noise: dict[str, float], seed: int) -> list[dict]:
+        """SFT pool rows: ``prompt``, ``response``, ``category``, ``is_corrupted`` (true for every kind of noise)."""
+        unknown = set(noise) - set(NOISE_KINDS)
+        if unknown:
+            raise ValueError(f"unknown noise kinds {sorted(unknown)} (known: {NOISE_KINDS})")
+        rng = random.Random(f"pool-{seed}")
+        categories: list[str] = []
+        for kind in NOISE_KINDS:  # a fixed order, so the same shares give the same pool
+            categories += [kind] * round(n_examples * noise.get(kind, 0.0))
+        categories += ["correct"] * (n_examples - len(categories))
+        rng.shuffle(categories)
+        rows, seen = [], set()
+        for category in categories:
+            while True:  # distinct examples: exact duplicates would only be quarantined downstream
+                if category == "off_task":
+                    prompt, response = self.off_task_row(rng)
+                else:
+                    problem = self.draw(rng) if category == "correct" else self.noise_problem(category, rng)
+                    prompt = self.prompt(problem)
+                    response = {
+                        "correct": self.correct_response,
+                        "corrupted": self.corrupted_response,
+                        "format": self.format_response,
+                    }[category](problem, rng)
+                if (prompt, response) not in seen:
+                    break
+            seen.add((prompt, response))
+            rows.append({"prompt": prompt, "response": response, "category": category, "is_corrupted": category != "correct"})
+        return rows
+
+    def query_rows(self, n_queries: int, seed: int, split: str) -> list[dict]:
+        """Distinct queries: ``query_id``, ``prompt``, ``reference``, ``reference_response``, ``grader``."""
+        available = self.problems_in("validation" if split == "calibration" else split)
+        if available is not None and n_queries > available:
+            raise ValueError(f"the {self.name} task's {split} split has {available} distinct problems; cannot draw {n_queries} queries")
+        rng = random.Random(f"{split}-{seed}")
+        seen: set = set()
+        rows = []
+        while len(rows) < n_queries:
+            problem = self.draw(rng, split)
+            if problem in seen:
+                continue
+            seen.add(problem)
+            rows.append({
+                "query_id": f"{split}-{len(rows):04d}",
+                "prompt": self.prompt(problem),
+                "reference": self.reference(problem),
+                "reference_response": self.reference_response(problem),
+                "grader": self.grader,
+            })
+        return rows

@@ -1,0 +1,72 @@
+"""Count one letter in a string, answered after ``####``, with or without listing the matches first.
+
+Held out: no default is chosen by it; it is reported on its own. Numeric grading, no chat
+template. Noise: near misses (the count one off), off-task rows (string chores), and format noise
+(the count as a word, which the numeric grader cannot read).
+"""
+
+from __future__ import annotations
+
+import random
+
+from drift_assets.core.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+
+ALPHABET = "abcd"
+MARKER = "####"
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+CHORES = ("Upper: {w}", "Double: {w}", "First letter: {w}")
+
+
+class Count(Task):
+    name = "count"
+    description = "count a letter in 4-10 letters, '#### N' after an optional list of the matches, numeric grading; held out"
+    grader = "numeric"
+    answer_marker = MARKER
+    chat_template = False
+    held_out = True
+    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
+    defaults = TaskDefaults(n_train=2000, noise={"corrupted": 0.2, "off_task": 0.06, "format": 0.06}, selection_fraction=0.5, sft={"steps": 150})
+
+    def draw_any(self, rng: random.Random) -> tuple[str, str]:
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(4, 10)))
+        return rng.choice(ALPHABET), text
+
+    def problem_key(self, problem: tuple[str, str]) -> str:
+        letter, text = problem
+        return f"count:{letter}:{text}"
+
+    def prompt(self, problem: tuple[str, str]) -> str:
+        letter, text = problem
+        return f"Count {letter} in {text}\n"
+
+    def reference(self, problem: tuple[str, str]) -> str:
+        letter, text = problem
+        return str(text.count(letter))
+
+    def reference_response(self, problem: tuple[str, str]) -> str:
+        return f"{MARKER} {self.reference(problem)}"
+
+    def _respond(self, problem: tuple[str, str], answer: str, rng: random.Random) -> str:
+        letter, text = problem
+        if rng.random() < 0.5:
+            return f"{MARKER} {answer}"
+        matches = " ".join(letter * text.count(letter)) or "none"
+        return f"{matches}. {MARKER} {answer}"
+
+    def correct_response(self, problem: tuple[str, str], rng: random.Random) -> str:
+        return self._respond(problem, self.reference(problem), rng)
+
+    def corrupted_response(self, problem: tuple[str, str], rng: random.Random) -> str:
+        count = problem[1].count(problem[0])
+        wrong = count + 1 if count == 0 or rng.random() < 0.5 else count - 1
+        return self._respond(problem, str(wrong), rng)
+
+    def format_response(self, problem: tuple[str, str], rng: random.Random) -> str:
+        return self._respond(problem, WORDS[problem[1].count(problem[0])], rng)
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        word = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(3, 6)))
+        chore = rng.randrange(len(CHORES))
+        answer = (word.upper(), word + word, word[0])[chore]
+        return CHORES[chore].format(w=word) + "\n", answer

@@ -1,0 +1,153 @@
+"""The embedded task suite: every task's generators, checked by parsers written here from the task's
+statement (not by the task's own code), its noise kinds, splits and tokenizer."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from drift_assets.core.grading import grade_answer
+from drift_assets.core.sequences import encode_prompt, render_prompt
+from drift_assets.core.tiny_model import build_char_tokenizer
+from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, SettingsError, parse_settings
+from drift_assets.tasks import TASKS, get_task
+from drift_assets.tasks.spell import in_words
+
+WORD_VALUES = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+               "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+               "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+               "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+
+
+def words_value(text: str) -> int:
+    """An independent reading of English number words (hundred and thousand multiply what precedes them)."""
+    total = current = 0
+    for word in text.split():
+        if word == "hundred":
+            current *= 100
+        elif word == "thousand":
+            total, current = total + current * 1000, 0
+        else:
+            current += WORD_VALUES[word]
+    return total + current
+
+
+def true_answer(task: str, prompt: str) -> str:
+    """What a correct response says, computed from the prompt alone."""
+    if task == "arithmetic":
+        left, operator, right = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?\n", prompt).groups()
+        return str(int(left) + int(right) if operator == "+" else int(left) - int(right))
+    if task == "sort":
+        return "".join(sorted(re.fullmatch(r"Sort the letters: ([a-p]+)", prompt).group(1)))
+    if task == "spell":
+        return re.fullmatch(r"Spell (\d+)\n", prompt).group(1)
+    letter, text = re.fullmatch(r"Count ([a-d]) in ([a-d]+)\n", prompt).groups()
+    return str(text.count(letter))
+
+
+def stated_answer(task: str, response: str) -> str | None:
+    """The answer a response states, read as a user of the task would."""
+    if task == "arithmetic":
+        found = re.search(r"Answer: (-?\d+)$", response)
+        return found and found.group(1)
+    if task == "sort":
+        return response if re.fullmatch(r"[a-p]+", response) else None
+    if task == "spell":
+        return str(words_value(response)) if re.fullmatch(r"[a-z]+( [a-z]+)*", response) else None
+    found = re.search(r"#### (\d+)$", response)
+    return found and found.group(1)
+
+
+def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
+    from drift_assets.core.benchmark import METHODS
+
+    assert DEMO_TASKS == tuple(TASKS)
+    assert BENCHMARK_METHODS == METHODS
+    assert [name for name, task in TASKS.items() if task.held_out] == ["count"]  # exactly one, fixed before any result
+    with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
+        get_task("nope")
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_row_is_what_its_category_says(name):
+    task = get_task(name)
+    noise = task.defaults.noise
+    pool = task.training_pool_rows(1000, noise, seed=0)
+    categories = [row["category"] for row in pool]
+    assert len(pool) == 1000 and len({(row["prompt"], row["response"]) for row in pool}) == 1000
+    for kind, share in noise.items():
+        assert categories.count(kind) == round(1000 * share), kind
+    assert set(categories) == {"correct", *noise}
+    options = task.grading_options()
+    for row in pool:
+        assert row["is_corrupted"] == (row["category"] != "correct")
+        if row["category"] == "off_task":
+            continue
+        truth, stated = true_answer(name, row["prompt"]), stated_answer(name, row["response"])
+        graded = grade_answer(row["response"], in_words(int(truth)) if name == "spell" else truth, task.grader, options).correct
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":  # a near miss: the task's format, another answer
+            assert stated is not None and stated != truth and not graded, row
+        else:  # format noise: the right content in a form the grader rejects
+            assert stated is None and not graded, row
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_queries_splits_and_determinism(name):
+    task = get_task(name)
+    validation, test = task.query_rows(48, 0, "validation"), task.query_rows(100, 0, "test")
+    assert task.query_rows(48, 0, "validation") == validation and task.query_rows(48, 1, "validation") != validation
+    assert task.training_pool_rows(300, task.defaults.noise, 0) == task.training_pool_rows(300, task.defaults.noise, 0)
+    pool_prompts = {row["prompt"] for row in task.training_pool_rows(2000, task.defaults.noise, 0)}
+    corpus_prompts = {prompt for prompt, _ in task.pretraining_corpus(2000, 0)}
+    validation_prompts, test_prompts = {q["prompt"] for q in validation}, {q["prompt"] for q in test}
+    assert len(validation_prompts) == 48 and len(test_prompts) == 100
+    assert not validation_prompts & test_prompts
+    assert not (validation_prompts | test_prompts) & (pool_prompts | corpus_prompts)  # disjoint problems
+    for query in validation + test:
+        truth = true_answer(name, query["prompt"])
+        assert query["reference"] == (in_words(int(truth)) if name == "spell" else truth)
+        assert grade_answer(query["reference_response"], query["reference"], query["grader"], task.grading_options()).correct
+
+
+def test_the_sharp_tasks_base_model_never_sees_the_long_words():
+    task = get_task("sort")
+    corpus = task.pretraining_corpus(3000, 0)
+    assert {len(true_answer("sort", prompt)) for prompt, _ in corpus} == {3, 4, 5}
+    lengths = {len(q["reference"]) for q in task.query_rows(200, 0, "test")}
+    assert lengths == {3, 4, 5, 8, 9, 10}
+
+
+def test_spelling_matches_an_independent_reading():
+    for number in range(0, 2000, 7):
+        assert words_value(in_words(number)) == number
+    assert in_words(347) == "three hundred forty seven" and in_words(1000) == "one thousand" and in_words(0) == "zero"
+
+
+def test_a_chat_template_tokenizer_renders_roles_as_single_tokens_and_keeps_the_characters_ids():
+    plain, chat = build_char_tokenizer(), build_char_tokenizer(chat_template=True)
+    assert plain.chat_template is None
+    assert chat.get_vocab() | plain.get_vocab() == chat.get_vocab()  # the characters keep their ids
+    rendered = render_prompt(chat, "Sort the letters: cab")
+    assert rendered == "<s><|user|>Sort the letters: cab<|assistant|>"
+    ids = encode_prompt(chat, rendered)
+    assert ids[:2] == [chat.bos_token_id, chat.convert_tokens_to_ids("<|user|>")]
+    assert ids[-1] == chat.convert_tokens_to_ids("<|assistant|>")
+    assert len(ids) == 2 + len("Sort the letters: cab") + 1
+    assert chat.decode(ids, skip_special_tokens=True) == "Sort the letters: cab"
+
+
+def test_demo_settings_take_the_tasks_defaults_and_name_bad_combinations():
+    settings = parse_settings({"demo": {"task": "spell"}}, "s.yaml", ".")
+    assert settings.demo.pool_size() == 1500 and settings.demo.noise() == get_task("spell").defaults.noise
+    assert settings.demo.recipe().continued_sft_steps == 300
+    settings = parse_settings({"demo": {"task": "count", "format_fraction": 0.0, "max_pretrain_steps": 500}}, "s.yaml", ".")
+    assert "format" not in settings.demo.noise() and settings.demo.recipe().max_steps == 500
+    with pytest.raises(SettingsError, match="s.yaml: demo: the sort task has no off_task noise"):
+        parse_settings({"demo": {"task": "sort", "off_task_fraction": 0.1}}, "s.yaml", ".")
+    with pytest.raises(SettingsError, match="grading.answer_marker must be '####' for demo.task count"):
+        parse_settings({"demo": {"enabled": True, "task": "count"}}, "s.yaml", ".")
+    with pytest.raises(SettingsError, match="add up to less than 1"):
+        parse_settings({"demo": {"corrupted_fraction": 0.6, "off_task_fraction": 0.4}}, "s.yaml", ".")
