@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 import warnings
 
 import polars as pl
@@ -71,11 +72,54 @@ def _summary(settings) -> str:
     return "\n".join(lines)
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The user's exception under Dagster's wrappers (``user_exception``, ``__cause__``)."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "user_exception", None) or error.__cause__
+        if inner is None:
+            break
+        error = inner
+    return error
+
+
+def _failed_check_messages(error: BaseException, instance) -> list[str]:
+    """Each failed blocking check named in Dagster's error, with the advice its metadata holds."""
+    from dagster import AssetCheckKey, AssetKey
+
+    checks = []
+    for line in str(error).splitlines()[1:]:  # "<asset>: <check>,<check>"
+        asset, _, names = line.partition(": ")
+        checks += [AssetCheckKey(AssetKey.from_user_string(asset), name) for name in names.split(",") if name]
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(checks) if checks else {}
+    messages = []
+    for key in checks:
+        record = records.get(key)
+        evaluation = record.event.dagster_event.event_specific_data if record and record.event and record.event.dagster_event else None
+        advice = evaluation.metadata.get("message") if evaluation is not None else None
+        messages.append(f"check {key.name} on {key.asset_key.to_user_string()} failed" + (f": {advice.value}" if advice else ""))
+    return messages
+
+
+def failure_paragraph(error: BaseException, instance) -> str:
+    """What a failed materialization says first: the cause, naming the file, row or setting, and
+    the advice of any failed check (the traceback only with --verbose)."""
+    root = _root_cause(error)
+    if type(root).__name__ == "DagsterAssetCheckFailedError":
+        lines = _failed_check_messages(root, instance) or [str(root)]
+    else:
+        lines = [f"{type(root).__name__}: {root}"]
+    return "error: the materialization failed.\n" + "\n".join(f"  {line}" for line in lines) + \
+        "\n  Fix the cause and run the same command again: what already succeeded is not recomputed."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="drift-assets", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["materialize", "summary"], help="materialize the whole graph, or print the summary")
     parser.add_argument("--settings", help="settings file (default: $DRIFT_ASSETS_SETTINGS or data/settings.yaml)")
     parser.add_argument("--all", action="store_true", help="materialize everything, not only what is stale or missing")
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of a failure after its summary")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # What a user should not have to read: Dagster's SQLite storage stamps its schema (alembic, at INFO)
@@ -91,11 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         from dagster import DagsterInstance
 
         from drift_assets.definitions import build_definitions
-        from drift_assets.runner import materialize_pipeline
+        from drift_assets.resources import Warehouse
+        from drift_assets.runner import fail_abandoned_runs, materialize_pipeline
 
         started = time.perf_counter()
         instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-        done = materialize_pipeline(build_definitions(settings), instance, only_stale=not args.all)
+        for run_id in fail_abandoned_runs(instance):
+            print(f"run {run_id} had been left STARTED by a killed process: marked failed")
+        warehouse = Warehouse(settings)
+        try:
+            warehouse.check_reachable()
+            with warehouse.lock():
+                done = materialize_pipeline(build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse)
+        except Exception as error:
+            if args.verbose:
+                traceback.print_exc()
+            print(f"\n{failure_paragraph(error, instance)}" + ("" if args.verbose else "\n  (--verbose shows the traceback)"),
+                  file=sys.stderr)
+            return 1
         what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
         print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
     print(_summary(settings))

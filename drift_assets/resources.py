@@ -8,8 +8,13 @@ another warehouse root) without touching asset code.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
+import re
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster_deltalake.handler
 import polars as pl
@@ -21,7 +26,7 @@ from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable
 from pydantic import PrivateAttr
 
-from drift_assets.core.fingerprint import model_fingerprint
+from drift_assets.core.fingerprint import check_model_directory, model_fingerprint
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
 from drift_assets.settings import Settings
 
@@ -57,6 +62,7 @@ class ModelResource(ConfigurableResource):
         from transformers import AutoTokenizer
 
         if "tokenizer" not in self._cache:
+            check_model_directory(self.path)
             self._cache["tokenizer"] = AutoTokenizer.from_pretrained(self.path)
         return self._cache["tokenizer"]
 
@@ -162,6 +168,14 @@ class _AddActionsAsRecordBatch(DeltaTable):
 dagster_deltalake.handler.DeltaTable = _AddActionsAsRecordBatch
 
 
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be used as configured."""
+
+
+class WarehouseBusyError(WarehouseError):
+    """Another materialization holds the warehouse."""
+
+
 class Warehouse:
     """Where the Delta tables live; for the few reads that bypass the IO manager (streaming)."""
 
@@ -178,6 +192,66 @@ class Warehouse:
 
     def exists(self, asset_name: str) -> bool:
         return DeltaTable.is_deltatable(self.table_uri(asset_name), storage_options=self.storage_options or None)
+
+    def table_problem(self, asset_name: str) -> str | None:
+        """What is wrong with the asset's table (gone, or a log that does not parse), or None."""
+        uri = self.table_uri(asset_name)
+        try:
+            if not self.exists(asset_name):
+                return f"its table {uri} is missing"
+            DeltaTable(uri, storage_options=self.storage_options or None)
+        except Exception as error:  # deltalake reports a damaged log as a generic DeltaError
+            return f"its table {uri} cannot be read ({str(error).splitlines()[0]})"
+        return None
+
+    def check_reachable(self) -> None:
+        """Fail before any work, naming the root and the storage options set, where object storage
+        cannot be listed (no credentials, a wrong endpoint): otherwise the first write fails an hour in."""
+        if "://" not in self.root:
+            return
+        try:
+            DeltaTable.is_deltatable(self.table_uri("training_pool"), storage_options=self.storage_options or None)
+        except Exception as error:
+            detail = " ".join(re.sub(r"\x1b\[[0-9;]*m|↳", "", line).strip() for line in str(error).splitlines()[:4])
+            keys = ", ".join(sorted(self.storage_options)) or "none"
+            raise WarehouseError(f"warehouse.root {self.root} cannot be reached with warehouse.storage_options (keys set: {keys}): "
+                                 f"{detail}. Set the credentials (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
+                                 "AWS_ENDPOINT_URL) in warehouse.storage_options or the environment.") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold a local warehouse for one materialization: a second one started meanwhile fails at
+        once, naming the holder, instead of recomputing everything beside it. (Object storage has
+        no lock here: Dagster's run queue and pools order runs there.)"""
+        if "://" in self.root:
+            yield
+            return
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        handle = (Path(self.root) / ".materialize.lock").open("a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise WarehouseBusyError(f"warehouse {self.root} is being materialized by {holder}: wait for that run to finish "
+                                         "(or point warehouse.root elsewhere)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing releases the lock
+
+    def set_aside(self, asset_name: str) -> str:
+        """Move a damaged local table out of the way (kept for inspection); returns where it went."""
+        uri = self.table_uri(asset_name)
+        if "://" in uri:
+            raise RuntimeError(f"{uri} is damaged: delete it (it is rebuilt by the next materialization)")
+        target = f"{uri}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        Path(uri).rename(target)
+        return target
 
     def io_manager(self) -> DeltaLakePolarsIOManager:
         if self.root.startswith("s3://"):

@@ -8,6 +8,8 @@ and, where ``warmup.steps`` is set, one per warm-up checkpoint.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Iterable
 
 from dagster import AssetKey, DagsterInstance, Definitions
@@ -29,6 +31,15 @@ def _existing(defs: Definitions, names: Iterable[str]) -> list[AssetKey]:
     return [AssetKey(name) for name in names if name in known]
 
 
+# Runs started from Python carry their process, so that a later start can tell a run whose
+# process was killed (which Dagster would show as STARTED forever) from one still going.
+PROCESS_TAG = "drift_assets/process"
+
+
+def _process_label(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}"
+
+
 def materialize_assets(defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None) -> None:
     """One run that materializes ``keys`` (of one partition, for partitioned assets); raises if it fails."""
     if not keys:
@@ -36,9 +47,36 @@ def materialize_assets(defs: Definitions, instance: DagsterInstance, keys: list[
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
         instance=instance, asset_selection=keys, partition_key=partition_key, raise_on_error=True,
+        tags={PROCESS_TAG: _process_label(os.getpid())},
     )
     if not result.success:
         raise RuntimeError(f"run {result.run_id} failed while materializing {[k.to_user_string() for k in keys]}")
+
+
+def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark as failed the runs this machine started from Python whose process is gone (killed);
+    returns their ids."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    abandoned = []
+    prefix = _process_label(0).rsplit(":", 1)[0] + ":"
+    for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
+        label = run.tags.get(PROCESS_TAG, "")
+        if not label.startswith(prefix) or _alive(int(label.rsplit(":", 1)[1])):
+            continue
+        instance.report_run_failed(run, f"its process ({label}) ended without finishing the run (killed?)")
+        abandoned.append(run.run_id)
+    return abandoned
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def observe_sources(defs: Definitions, instance: DagsterInstance) -> None:
@@ -53,13 +91,28 @@ def partition_keys(defs: Definitions, asset_name: str = SHARDED) -> list[str]:
     return list(defs.resolve_assets_def(asset_name).partitions_def.get_partition_keys())
 
 
-def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True, only_stale: bool = False) -> list[str]:
+def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> set[str]:
+    """Find materialized assets whose table is gone or unreadable, move damaged ones aside, and
+    return their names: they are materialized again with what lies downstream of them."""
+    from drift_assets.staleness import damaged_tables
+
+    damaged = damaged_tables(defs, instance, warehouse)
+    for name, problem in damaged.items():
+        if warehouse.exists(name):
+            problem += f"; moved to {warehouse.set_aside(name)}"
+        logger.warning(f"{name}: {problem}; materializing it again")
+    return set(damaged)
+
+
+def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True, only_stale: bool = False,
+                         warehouse=None) -> list[str]:
     """Demo setup (if present), observe sources, upstream tables, every shard, the warm-up run and its
     checkpoints (where configured), then scores onward.
 
     ``only_stale`` materializes only what is stale or missing (and what lies downstream of it), as
     Dagster's stale-status resolver sees it, so that re-running with nothing changed costs nothing.
-    Returns what was materialized ("name" or "name[shard]").
+    Given the ``warehouse``, a table that was deleted or damaged since it was written counts as
+    missing. Returns what was materialized ("name" or "name[shard]").
     """
     from drift_assets.staleness import needs_materialization
 
@@ -68,7 +121,8 @@ def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_d
     def wanted(names: list[str]) -> list[str]:
         return [n for n in names if not only_stale or n in pending]
 
-    pending: set[str] = needs_materialization(defs, instance) if only_stale else set()
+    damaged = repair_damaged_tables(defs, instance, warehouse) if warehouse is not None else set()
+    pending: set[str] = needs_materialization(defs, instance, damaged) if only_stale else set()
     demo = wanted([k.to_user_string() for k in _existing(defs, ["demo_task_files", "demo_base_model"])])
     if include_demo and demo:
         logger.info(f"materializing {demo}")
@@ -76,7 +130,7 @@ def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_d
         done += demo
     observe_sources(defs, instance)
     if only_stale:
-        pending = needs_materialization(defs, instance)
+        pending = needs_materialization(defs, instance, damaged)
     upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM_OF_SHARDS)])
     if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
         upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,10 @@ class DataSettings(_Group):
     training_pool: str = Field("demo/training_pool.jsonl", description="JSONL, Parquet, or a `datasets` dataset saved to disk.")
     validation_queries: str = Field("demo/validation_queries.jsonl", description="queries with a reference answer (and optionally a grader)")
     test_queries: str | None = Field(None, description="Held-out queries for evaluation (optional: without them there is no refined_model_evaluation).")
-    max_example_tokens: int = Field(256, ge=8, description="Examples longer than this (prompt + response) are quarantined.")
+    max_example_tokens: int | None = Field(
+        None, ge=8, description="Examples longer than this (prompt + response) are quarantined; unset: the model's context "
+        "(config.json's max_position_embeddings), which it may not exceed.",
+    )
 
 
 class WarehouseSettings(_Group):
@@ -129,11 +133,49 @@ class RolloutSettings(_Group):
 
 class GradingSettings(_Group):
     default_grader: str = Field("numeric", description="Grader for queries without a 'grader' field: exact, numeric, math, regex, or module:function.")
+    custom_graders: list[str] = Field(
+        default_factory=list, description="module:function graders that query files may name in their 'grader' field "
+        "(besides the built-ins and default_grader): a query file cannot make the pipeline import anything else.",
+    )
     numeric_tolerance: float = Field(1e-6, ge=0.0, description="the numeric grader's absolute and relative tolerance")
     answer_marker: str = Field("Answer:", description="what precedes the final answer: graders read after it, the answer span starts at it")
     regex: str | None = Field(None, description="For the 'regex' grader: a pattern whose first group is the answer.")
     max_empty_or_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0, description="the rollouts check fails above this share")
 
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return pattern
+
+    @field_validator("default_grader", "custom_graders")
+    @classmethod
+    def _grader_names(cls, value: str | list[str]) -> str | list[str]:
+        from drift_assets.core.grading import check_grader_name
+
+        for name in [value] if isinstance(value, str) else value:
+            check_grader_name(name)
+        return value
+
+    @model_validator(mode="after")
+    def _regex_grader_has_a_pattern(self) -> GradingSettings:
+        if "regex" in (self.default_grader, *self.custom_graders) and self.regex is None:
+            raise ValueError("the regex grader needs grading.regex (a pattern whose first group is the answer)")
+        return self
+
+    def allowed_graders(self) -> tuple[str, ...]:
+        """What a query's 'grader' field may name: the built-ins, the default and the listed custom graders."""
+        from drift_assets.core.grading import BUILTIN_GRADERS
+
+        return tuple(dict.fromkeys((*BUILTIN_GRADERS, self.default_grader, *self.custom_graders)))
+
+    def custom(self) -> list[str]:
+        """The module:function graders these settings allow."""
+        return [name for name in self.allowed_graders() if ":" in name]
 
     def options(self):
         """The core's :class:`~drift_assets.core.grading.GradingOptions` for these settings."""
@@ -380,13 +422,28 @@ def parse_settings(raw: dict[str, Any] | None, source: str, base_dir: str | Path
         raise SettingsError(_describe_errors(error, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML lets the last win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (the second would silently replace the first)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Load and validate the settings file: ``path``, else $DRIFT_ASSETS_SETTINGS, else data/settings.yaml."""
     chosen = Path(path or os.environ.get(SETTINGS_ENV_VAR) or DEFAULT_SETTINGS_PATH)
     if not chosen.exists():
         raise SettingsError(f"{chosen}: settings file not found (set {SETTINGS_ENV_VAR} to use another file)")
     try:
-        raw = yaml.safe_load(chosen.read_text())
+        raw = yaml.load(chosen.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise SettingsError(f"{chosen}: not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):
@@ -402,8 +459,8 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "demo_task_files": ("demo",),
     "demo_base_model": ("demo", "model.dtype"),
     "training_pool": ("data.max_example_tokens",),
-    "validation_queries": ("grading.default_grader",),
-    "test_queries": ("grading.default_grader",),
+    "validation_queries": ("grading.default_grader", "grading.custom_graders"),
+    "test_queries": ("grading.default_grader", "grading.custom_graders"),
     "rollouts": ("rollout", "model.dtype"),
     "grades": ("grading",),
     "projection_basis": _PROJECTION,
@@ -414,8 +471,8 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "influence_scores": ("influence", "warmup_steps"),
     "refined_dataset": ("selection.method", "selection.fraction", "selection.k"),
     "refined_dataset_export": ("selection.export_dir",),
-    "refined_model_evaluation": ("benchmark.sft", "benchmark.eval_backend", "rollout.max_tokens", "rollout.max_model_len"),
-    "method_benchmark": ("benchmark", "influence", "warmup_steps", "selection", "rollout.max_tokens", "rollout.max_model_len"),
+    "refined_model_evaluation": ("benchmark.sft", "benchmark.eval_backend", "rollout.max_tokens", "rollout.max_model_len", "grading"),
+    "method_benchmark": ("benchmark", "influence", "warmup_steps", "selection", "rollout.max_tokens", "rollout.max_model_len", "grading"),
 }
 
 
@@ -432,8 +489,14 @@ def settings_hash(settings: Settings, keys: tuple[str, ...]) -> str:
 
 
 def code_version(asset_name: str, implementation_version: str, settings: Settings) -> str:
-    """``<implementation version>-<hash of the settings this asset reads>``."""
-    return f"{implementation_version}-{settings_hash(settings, ASSET_SETTINGS[asset_name])}"
+    """``<implementation version>-<hash of the settings this asset reads>``; an asset that grades
+    also hashes the source of the custom graders (their code is the user's, versioned by nothing else)."""
+    version = f"{implementation_version}-{settings_hash(settings, ASSET_SETTINGS[asset_name])}"
+    if any(key == "grading" for key in ASSET_SETTINGS[asset_name]) and settings.grading.custom():
+        from drift_assets.core.grading import grader_source_hash
+
+        version += f"-{grader_source_hash(settings.grading.custom())}"
+    return version
 
 
 # Settings derived from others: which keys each one is computed from (for the reference's "makes stale").

@@ -47,14 +47,33 @@ def split_partition(name: str) -> tuple[AssetKey, str | None]:
     return AssetKey(name), None
 
 
-def needs_materialization(defs: Definitions, instance: DagsterInstance) -> set[str]:
-    """Stale or missing assets (and shards) plus everything downstream of them.
+def damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> dict[str, str]:
+    """Assets recorded as materialized whose Delta table is gone or unreadable, and what is wrong.
+
+    Dagster's event log would still call them up to date: its staleness is about versions, not storage.
+    """
+    graph, _ = _resolver(defs, instance)
+    damaged = {}
+    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+        if "dagster/kind/delta" not in graph.get(key).tags or instance.get_latest_materialization_event(key) is None:
+            continue
+        problem = warehouse.table_problem(key.to_user_string())
+        if problem:
+            damaged[key.to_user_string()] = problem
+    return damaged
+
+
+def needs_materialization(defs: Definitions, instance: DagsterInstance, also: set[str] = frozenset()) -> set[str]:
+    """Stale or missing assets (and shards), ``also`` (asset names), plus everything downstream of them.
 
     Dagster marks only the direct children of a change stale until they are re-materialized;
     this closes the set over the graph, which is what "refresh what is stale" has to run.
     """
     graph, _ = _resolver(defs, instance)
     roots = stale_or_missing(defs, instance)
+    for name in also:
+        node = graph.get(AssetKey(name))
+        roots |= {name} if node.partitions_def is None else {f"{name}[{p}]" for p in node.partitions_def.get_partition_keys()}
     closure = set(roots)
     frontier = [split_partition(name)[0] for name in roots]
     seen: set[AssetKey] = set()

@@ -16,6 +16,7 @@ from dagster import (
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.checks import vector_check, vector_problems
 from drift_assets.core.gradients import (
+    empty_gradient_frame,
     gradient_frame,
     pool_token_pairs,
     reference_basis,
@@ -146,8 +147,11 @@ def build_gradient_assets(settings: Settings) -> list:
                 {"example_id": todo["example_id"].to_list()}, projector, tokenizer, prompt_ids, response_ids,
                 batch_size, fingerprint, progress_logger(context, f"shard {shard} gradients", 512),
             ).with_columns(shard=pl.lit(shard)))
-        table = pl.concat(frames, how="vertical_relaxed").sort("example_id") if frames else pl.DataFrame()
-        problems, dimension = vector_problems(table["grad"], None) if not table.is_empty() else (["empty shard"], 0)
+        if frames:
+            table = pl.concat(frames, how="vertical_relaxed").sort("example_id")
+        else:  # a small pool can leave a shard without examples
+            table = empty_gradient_frame({"example_id": pl.String}).with_columns(shard=pl.lit(shard, dtype=pl.String))
+        problems, dimension = vector_problems(table["grad"], None) if not table.is_empty() else ([], 0)
         yield Output(table, metadata={
             **table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"]),
             "rows_reused": reused.height,

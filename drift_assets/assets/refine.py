@@ -39,6 +39,10 @@ def build_refine_assets(settings: Settings) -> list:
             metadata["corrupted_share_pool"] = float(table["is_corrupted"].mean())
             metadata["corrupted_share_selected"] = float(chosen["is_corrupted"].mean()) if chosen.height else None
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
+        if selection.method == "top_k" and selection.k >= table.height:
+            context.log.warning(f"selection.k = {selection.k} is not below the pool's {table.height} examples: "
+                                "every example is selected and nothing is refined")
+            metadata["warning"] = f"selection.k = {selection.k} keeps the whole pool of {table.height}"
         context.add_output_metadata(metadata)
         return table
 

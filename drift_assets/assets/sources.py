@@ -11,9 +11,10 @@ from dagster import AssetExecutionContext, AssetOut, DataVersion, Output, multi_
 
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.automation import observe_condition
-from drift_assets.core.fingerprint import content_hash, model_fingerprint
+from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
 from drift_assets.core.grading import validate_grader
-from drift_assets.core.pool import load_queries, normalize_pool, read_rows
+from drift_assets.core.generation import resolve_max_model_len
+from drift_assets.core.pool import load_queries, normalize_pool, read_rows, require_examples
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Settings, code_version
 
@@ -42,6 +43,7 @@ def build_source_assets(settings: Settings) -> list:
     def base_model() -> DataVersion:
         if not Path(settings.model_path).exists():
             raise FileNotFoundError(f"model.path: {settings.model_path} does not exist")
+        check_model_directory(settings.model_path)
         return DataVersion(model_fingerprint(settings.model_path))
 
     @multi_asset(
@@ -62,14 +64,18 @@ def build_source_assets(settings: Settings) -> list:
         deps=[training_pool_source, base_model],  # token counts use the model's tokenizer
     )
     def training_pool(context: AssetExecutionContext, model: ModelResource):
-        normalized = normalize_pool(
-            read_rows(pool_path), model.load_tokenizer(), settings.data.max_example_tokens, source=Path(pool_path).name
-        )
+        max_tokens = resolve_max_model_len(settings.data.max_example_tokens, model.path, "data.max_example_tokens")
+        normalized = normalize_pool(read_rows(pool_path), model.load_tokenizer(), max_tokens, source=Path(pool_path).name)
         examples, rejects = normalized.examples, normalized.rejects
         context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
         for column, name in normalized.renamed_columns.items():
             context.log.warning(f"{pool_path}: column {column!r} is a name the pipeline writes; it is carried as {name!r}")
         reasons = rejects.with_columns(pl.col("reason").str.replace(r" \(.*| of row \d+", "")).group_by("reason").len()
+        yield Output(
+            rejects, output_name="training_pool_rejects",
+            metadata={**table_metadata(rejects), "reasons": {r: int(n) for r, n in reasons.iter_rows()}},
+        )
+        require_examples(examples, rejects, pool_path)
         yield Output(
             examples, output_name="training_pool",
             metadata={
@@ -78,10 +84,6 @@ def build_source_assets(settings: Settings) -> list:
                 "renamed_columns": normalized.renamed_columns,
                 "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
             },
-        )
-        yield Output(
-            rejects, output_name="training_pool_rejects",
-            metadata={**table_metadata(rejects), "reasons": {r: int(n) for r, n in reasons.iter_rows()}},
         )
 
     def _queries_asset(name: str, relative_path: str, deps: list, description: str):
@@ -94,11 +96,11 @@ def build_source_assets(settings: Settings) -> list:
             deps=deps,
         )
         def _queries(context: AssetExecutionContext) -> pl.DataFrame:
-            queries, rejects = load_queries(path, settings.grading.default_grader)
+            queries, rejects = load_queries(path, settings.grading.default_grader, settings.grading.allowed_graders())
             for row in rejects.iter_rows(named=True):
                 context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
             for grader in queries["grader"].unique().to_list():
-                validate_grader(grader)  # fail here, not after an hour of rollouts
+                validate_grader(grader, settings.grading.options())  # fail here, not after an hour of rollouts
             if queries.is_empty():
                 raise ValueError(f"{path}: no usable queries ({rejects.height} rejected)")
             context.add_output_metadata({**table_metadata(queries), "rejected_rows": rejects.height})

@@ -1,6 +1,6 @@
 """From gradient tables to influence scores: target gradient, curvature, scores, diagnostics.
 
-This is the glue between the tables of DESIGN.md §2 and the maths of :mod:`influence` and
+This is the glue between the pipeline's tables and the maths of :mod:`influence` and
 :mod:`weighting`, shared by the ``influence_scores`` asset and the method benchmark.
 """
 

@@ -9,6 +9,7 @@ stays cheap while any retraining of the demo-sized model still changes its finge
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 FULL_HASH_LIMIT_BYTES = 512 * 1024 * 1024
@@ -40,6 +41,30 @@ def content_hash(path: str | Path) -> str:
         digest.update(str(file.relative_to(path if path.is_dir() else path.parent)).encode())
         _hash_file_into(digest, file)
     return digest.hexdigest()
+
+
+# Any one of these holds a tokenizer's vocabulary (fast, SentencePiece, BPE or WordPiece).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def check_model_directory(model_dir: str | Path) -> None:
+    """Fail naming ``model.path`` and the missing piece where transformers' own error would mislead
+    (a directory without tokenizer files asks to "install sentencepiece")."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model.path: {model_dir} does not exist or is not a directory")
+    if not config_path.exists():
+        raise FileNotFoundError(f"model.path: {model_dir} has no config.json; it must be a Hugging Face model directory")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"model.path: {config_path} is not valid JSON ({error})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"model.path: {config_path} has no 'model_type'; it is not a transformers model config")
+    if not any((model_dir / name).exists() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"model.path: {model_dir} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
+                                "save the tokenizer beside the model (tokenizer.save_pretrained)")
 
 
 def model_fingerprint(model_dir: str | Path) -> str:

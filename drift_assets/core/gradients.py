@@ -134,6 +134,14 @@ def gradient_frame(
     )
 
 
+def empty_gradient_frame(id_columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """:func:`gradient_frame`'s table with no rows (a shard that no example hashes to)."""
+    return pl.DataFrame(schema={
+        **id_columns, "grad": pl.List(pl.Float32), "grad_norm": pl.Float64, "loss": pl.Float64, "n_tokens": pl.Int64,
+        "model_fingerprint": pl.String, "projection_fingerprint": pl.String,
+    })
+
+
 def validation_gradient_frame(
     projector: LinearGradientProjector,
     tokenizer,

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import math
 import numbers
 import re
@@ -21,6 +23,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -123,12 +126,36 @@ _BUILTIN: dict[str, Callable[[str, str, GradingOptions], Grade]] = {
 }
 
 
-@lru_cache(maxsize=32)
-def load_callable(spec: str) -> Callable:
-    """Import ``module:function``; errors name the spec and what went wrong."""
+def check_grader_name(spec: str) -> None:
+    """Raise :class:`GraderError` unless ``spec`` is a built-in grader's name or of the form
+    ``module:function`` (nothing is imported)."""
+    if spec in _BUILTIN:
+        return
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise GraderError(f"grader {spec!r}: expected one of {BUILTIN_GRADERS} or 'module:function'")
+
+
+def grader_source_hash(specs: list[str]) -> str:
+    """A hash of the source files of the ``module:function`` graders named, found without running
+    them: a grades table is stale when a grader's code changes."""
+    digest = hashlib.sha256()
+    for spec in sorted(spec for spec in specs if spec not in _BUILTIN):
+        module_name = spec.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            found = None
+        origin = Path(found.origin) if found is not None and found.origin and Path(found.origin).is_file() else None
+        digest.update(spec.encode() + b"\0" + (origin.read_bytes() if origin else b"<not found>") + b"\0")
+    return digest.hexdigest()[:12]
+
+
+@lru_cache(maxsize=32)
+def load_callable(spec: str) -> Callable:
+    """Import ``module:function``; errors name the spec and what went wrong."""
+    check_grader_name(spec)
+    module_name, _, function_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -139,8 +166,11 @@ def load_callable(spec: str) -> Callable:
     return function
 
 
-def validate_grader(name: str) -> None:
-    """Raise :class:`GraderError` unless ``name`` is a built-in grader or an importable callable."""
+def validate_grader(name: str, options: GradingOptions | None = None) -> None:
+    """Raise :class:`GraderError` unless ``name`` is a built-in grader (with what it needs in
+    ``options``) or an importable callable."""
+    if name == "regex" and options is not None and not options.regex:
+        raise GraderError("grader 'regex' needs grading.regex (a pattern whose first group is the answer)")
     if name not in _BUILTIN:
         load_callable(name)
 
@@ -148,12 +178,22 @@ def validate_grader(name: str) -> None:
 def grade_answer(completion: str, reference: str, grader: str, options: GradingOptions = GradingOptions()) -> Grade:
     if grader in _BUILTIN:
         return _BUILTIN[grader](completion, reference, options)
-    result = load_callable(grader)(completion, reference)
+    function = load_callable(grader)
+    try:
+        result = function(completion, reference)
+    except Exception as error:
+        raise GraderError(f"grader {grader!r} raised {type(error).__name__}: {error} (reference {reference!r}, "
+                          f"completion {completion[:80]!r})") from error
     if isinstance(result, Grade):
-        return result
+        grade = result
     # numpy's bool_ and number types too: user graders often compute their verdict with numpy.
-    if isinstance(result, bool | np.bool_):
-        return Grade(bool(result), float(result), None)
-    if isinstance(result, numbers.Real):
-        return Grade(float(result) > 0, float(result), None)
-    raise GraderError(f"grader {grader!r} returned {type(result).__name__}; expected bool, float or Grade")
+    elif isinstance(result, bool | np.bool_):
+        grade = Grade(bool(result), float(result), None)
+    elif isinstance(result, numbers.Real):
+        grade = Grade(float(result) > 0, float(result), None)
+    else:
+        raise GraderError(f"grader {grader!r} returned {type(result).__name__}; expected bool, float or Grade")
+    if not math.isfinite(grade.reward):
+        raise GraderError(f"grader {grader!r} returned a reward of {grade.reward} (reference {reference!r}, "
+                          f"completion {completion[:80]!r}); a reward must be finite")
+    return grade

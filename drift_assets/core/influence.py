@@ -1,4 +1,4 @@
-"""Influence scores s_i = gᵀ H⁻¹ ĥ_i and their debiasing against gradient norm (DESIGN.md §3).
+"""Influence scores s_i = gᵀ H⁻¹ ĥ_i and their debiasing against gradient norm (docs/method.md).
 
 g = Σ_jk w_jk ĝ_jk is the weighted validation gradient (k-dim); H⁻¹g is solved once, then every
 training example costs one dot product, so the pool is scored streaming, batch by batch, and

@@ -29,6 +29,8 @@ INPUT_TEXT_COLUMNS = ("prompt", "response", "messages")
 OUTPUT_COLUMNS = ("score", "rank", "selected", "weight")
 # An extra input column under a name the pipeline uses is kept, renamed with this prefix.
 RENAMED_PREFIX = "pool_"
+# The roles chat templates know; another ("human", "bot") would pass here and fail in the user's trainer.
+ROLES = ("system", "user", "assistant", "tool")
 REJECT_SCHEMA = {"row_number": pl.Int64, "raw": pl.String, "reason": pl.String}
 
 
@@ -45,19 +47,49 @@ class RawRow:
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    # Lines are decoded one by one, so that one bad byte or lone surrogate costs its row, not the file.
+    with path.open("rb") as handle:
+        for line_number, data in enumerate(handle, start=1):
+            if line_number == 1:
+                data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors write
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield RawRow(line_number, None, data.decode("utf-8", "replace").rstrip("\n"),
+                             f"not UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})")
+                continue
             if not line.strip():
                 continue
+            if line_number == 1 and line.lstrip().startswith("[") and path.suffix == ".json":
+                yield from _read_json_array(path)
+                return
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 yield RawRow(line_number, None, line.rstrip("\n"), f"unparseable JSON ({error.msg} at column {error.colno})")
                 continue
-            if not isinstance(record, dict):
-                yield RawRow(line_number, None, line.rstrip("\n"), f"expected a JSON object, got {type(record).__name__}")
-                continue
-            yield RawRow(line_number, record, line.rstrip("\n"))
+            yield _checked_record(line_number, record, line.rstrip("\n"))
+
+
+def _read_json_array(path: Path) -> Iterator[RawRow]:
+    """A ``.json`` file holding one array of row objects (rows numbered from 1)."""
+    try:
+        records = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputFileError(f"{path}: starts like a JSON array but does not parse as one ({error})") from None
+    for index, record in enumerate(records, start=1):
+        yield _checked_record(index, record, json.dumps(record, ensure_ascii=False, default=str)[:2000])
+
+
+def _checked_record(row_number: int, record: Any, raw_text: str) -> RawRow:
+    if not isinstance(record, dict):
+        return RawRow(row_number, None, raw_text, f"expected a JSON object, got {type(record).__name__}")
+    try:  # JSON may escape a lone surrogate (\ud800), which no table or file can store
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        return RawRow(row_number, None, raw_text.encode("utf-8", "replace").decode("utf-8"),
+                      f"a lone surrogate ({error.object[error.start]!a}) that is not text")
+    return RawRow(row_number, record, raw_text)
 
 
 def _read_table(frame: pl.DataFrame) -> Iterator[RawRow]:
@@ -102,13 +134,21 @@ def _messages_from_record(record: dict[str, Any]) -> tuple[list[dict[str, str]] 
         for turn in messages:
             if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
                 return None, "every message needs string 'role' and 'content'"
+            if turn["role"] not in ROLES:
+                return None, f"role {turn['role']!r} is not one of {', '.join(ROLES)}"
         if messages[-1]["role"] != "assistant":
             return None, "the last message must be the assistant's response"
         if len(messages) < 2:
             return None, "'messages' needs at least one turn before the assistant's response"
+        turns = [turn["role"] for turn in messages if turn["role"] != "system"]
+        if turns and turns[0] != "user":
+            return None, "the first turn (after any system message) must be the user's"
         return [{"role": t["role"], "content": t["content"]} for t in messages], None
     prompt, response = record.get("prompt"), record.get("response")
     if prompt is None or response is None:
+        nulls = [key for key in ("prompt", "response") if key in record and record[key] is None]
+        if nulls:
+            return None, f"{' and '.join(repr(key) for key in nulls)} is null"
         return None, "no 'messages' field and no 'prompt' + 'response' fields"
     if not isinstance(prompt, str) or not isinstance(response, str):
         return None, "'prompt' and 'response' must be strings"
@@ -185,12 +225,26 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
             }
         )
     names = carried_column_names({column for extras in extras_of_kept for column in extras})
+    # Objects are carried as JSON text: their fields vary by row, and Parquet cannot store an empty one.
+    as_json = {column for extras in extras_of_kept for column, value in extras.items() if isinstance(value, dict)}
     for example, extras in zip(kept, extras_of_kept, strict=True):
-        example.update({names[column]: value for column, value in extras.items()})
+        example.update({names[column]: json.dumps(value, ensure_ascii=False, default=str) if column in as_json and value is not None else value
+                        for column, value in extras.items()})
     examples = pl.DataFrame(kept, infer_schema_length=None) if kept else pl.DataFrame(schema=_empty_pool_schema())
-    examples = examples.with_columns(pl.col("n_prompt_tokens").cast(pl.Int64), pl.col("n_response_tokens").cast(pl.Int64))
+    examples = examples.with_columns(pl.col("n_prompt_tokens").cast(pl.Int64), pl.col("n_response_tokens").cast(pl.Int64),
+                                     # a column that is null in every row has no type a Delta table can store
+                                     *(pl.col(name).cast(pl.String) for name, dtype in examples.schema.items() if dtype == pl.Null))
     renamed = {column: name for column, name in names.items() if column != name}
     return NormalizedPool(examples=examples, rejects=pl.DataFrame(rejects, schema=REJECT_SCHEMA), renamed_columns=renamed)
+
+
+def require_examples(examples: pl.DataFrame, rejects: pl.DataFrame, path: str | Path) -> None:
+    """Fail before any rollout or gradient when a pool has no usable example, with the commonest reasons."""
+    if examples.is_empty():
+        reasons = rejects["reason"].value_counts(sort=True).head(3).iter_rows() if rejects.height else []
+        why = "; ".join(f"{count}× {reason}" for reason, count in reasons)
+        raise InputFileError(f"{path}: no usable examples ({rejects.height} rows quarantined{': ' + why if why else ''}); "
+                             "see the training_pool_rejects table")
 
 
 def _empty_pool_schema() -> dict[str, pl.DataType]:
@@ -200,11 +254,13 @@ def _empty_pool_schema() -> dict[str, pl.DataType]:
     }
 
 
-def load_queries(path: str | Path, default_grader: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def load_queries(path: str | Path, default_grader: str, allowed_graders: tuple[str, ...] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validation/test queries: ``query_id``, ``prompt``, ``reference``, ``reference_response``, ``grader``.
 
     Returns (queries, rejects). ``query_id`` defaults to a content hash; ``reference_response`` (the
-    off-policy target) defaults to the reference itself; ``grader`` to the settings' default.
+    off-policy target) defaults to the reference itself; ``grader`` to the settings' default. A row
+    naming a grader outside ``allowed_graders`` is rejected: a query file must not choose which
+    module the pipeline imports and calls.
     """
     kept, rejects, seen = [], [], {}
     for row in read_rows(path):
@@ -220,6 +276,11 @@ def load_queries(path: str | Path, default_grader: str) -> tuple[pl.DataFrame, p
         if query_id in seen:
             rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": f"duplicate query_id of row {seen[query_id]}"})
             continue
+        grader = str(record.get("grader") or default_grader)
+        if allowed_graders is not None and grader not in allowed_graders:
+            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000],
+                            "reason": f"grader {grader!r} is not allowed (list it in grading.custom_graders)"})
+            continue
         seen[query_id] = row.row_number
         kept.append(
             {
@@ -227,7 +288,7 @@ def load_queries(path: str | Path, default_grader: str) -> tuple[pl.DataFrame, p
                 "prompt": prompt,
                 "reference": str(reference),
                 "reference_response": str(record.get("reference_response") or reference),
-                "grader": str(record.get("grader") or default_grader),
+                "grader": grader,
             }
         )
     schema = {c: pl.String for c in ("query_id", "prompt", "reference", "reference_response", "grader")}

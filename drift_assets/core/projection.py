@@ -8,7 +8,7 @@ For a linear layer y_t = W x_t the per-example gradient of an objective is Σ_t 
 so it is computed from the layer's inputs and output-gradients, captured by hooks during one
 ordinary batched forward/backward, and the d_out × d_in gradient is never built.
 
-Conventions (shared/DESIGN.md §3):
+Conventions (docs/method.md):
 - the objective is log π_θ(y | x) of each example's response tokens (prompt and padding masked),
   summed over tokens (``loss_reduction="sum"``) or averaged (``"mean"``); the returned vectors are
   ∇_θ log π, i.e. the ascent direction of the log-likelihood;

@@ -1,4 +1,4 @@
-"""Turning engine completions into rollout rows (DESIGN.md §2: the ``rollouts`` table)."""
+"""Turning engine completions into rollout rows (the ``rollouts`` table)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import polars as pl
 
 from drift_assets.core.generation import GenerationReport, SamplingSettings, check_prompt_lengths
-from drift_assets.core.grading import GradingOptions, grade_answer
+from drift_assets.core.grading import GraderError, GradingOptions, grade_answer
 from drift_assets.core.sequences import encode_prompt, render_prompt
 
 ROLLOUT_SCHEMA = {
@@ -78,7 +78,10 @@ def grade_rollouts(rollouts: pl.DataFrame, validation_queries: pl.DataFrame, opt
         raise ValueError(f"rollouts reference queries not in validation_queries: {missing[:5]} (re-materialize rollouts)")
     rows = []
     for row in joined.iter_rows(named=True):
-        grade = grade_answer(row["completion"], row["reference"], row["grader"], options)
+        try:
+            grade = grade_answer(row["completion"], row["reference"], row["grader"], options)
+        except GraderError as error:
+            raise GraderError(f"query {row['query_id']}, rollout {row['rollout_id']}: {error}") from error.__cause__
         rows.append({
             "rollout_id": row["rollout_id"], "query_id": row["query_id"], "correct": grade.correct,
             "reward": grade.reward, "extracted_answer": grade.extracted_answer, "grader": row["grader"],

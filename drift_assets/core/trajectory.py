@@ -7,7 +7,7 @@ are too high score above correct ones. Full SFT is not a small step. LESS scores
 checkpoints of a short warm-up run and TracIn-CP sums over a training trajectory for the same
 reason: the errors the model makes change along the run, and so does what pushes against them.
 
-Every checkpoint keeps the same-checkpoint rule of DESIGN.md §3: its own rollouts, grades, basis
+Every checkpoint keeps the same-checkpoint rule (docs/method.md): its own rollouts, grades, basis
 and gradients. The scores of each checkpoint are standardized (their scale follows ‖g‖, which
 shrinks as the model improves) and averaged, the base model's included.
 """

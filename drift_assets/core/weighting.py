@@ -1,4 +1,4 @@
-"""From graded rollouts to signed weights w_jk (shared/DESIGN.md §3).
+"""From graded rollouts to signed weights w_jk (docs/method.md).
 
 - ``signed``:   w_jk = +1/n⁺_j for a correct rollout, −1/n⁻_j for an incorrect one.
 - ``advantage``: w_jk = r_jk − mean_k r_jk.

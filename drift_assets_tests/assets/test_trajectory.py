@@ -35,17 +35,13 @@ def trajectory(demo_dir, tmp_path_factory):
 def unit_scores(training: pl.DataFrame, validation: pl.DataFrame) -> dict[str, float]:
     """gᵀĥ/‖ĥ‖ per example_id, in plain numpy. ``validation``: rollout_id, query_id, target, correct, grad.
 
-    g: per query with mixed grades +1/n⁺ for each correct rollout and −1/n⁻ for each wrong one, the
-    reference answer counting as the one correct rollout of a query no rollout solves; over the queries used.
+    g is the default target (``influence.weighting: positive``, ``unsolved: skip``): for each query
+    with a correct rollout, +1/n⁺ for each correct one, averaged over those queries; wrong rollouts
+    and reference answers weigh nothing.
     """
-    rollouts = validation.filter(pl.col("target") == "rollout")
-    unsolved = rollouts.group_by("query_id").agg(pl.col("correct").any()).filter(~pl.col("correct"))["query_id"]
-    references = validation.filter(pl.col("target") == "reference", pl.col("query_id").is_in(unsolved.implode()))
-    contrasted = pl.concat([rollouts, references.with_columns(correct=pl.lit(True))]).with_columns(
-        n_correct=pl.col("correct").sum().over("query_id"), n=pl.len().over("query_id"))
-    mixed = contrasted.filter(pl.col("n_correct") > 0, pl.col("n_correct") < pl.col("n"))
-    weights = np.where(mixed["correct"], 1 / mixed["n_correct"], -1 / (mixed["n"] - mixed["n_correct"])) / mixed["query_id"].n_unique()
-    target = (vectors(mixed).astype(np.float64) * weights[:, None]).sum(axis=0)
+    correct = validation.filter(pl.col("target") == "rollout", pl.col("correct")).with_columns(n_correct=pl.len().over("query_id"))
+    weights = 1 / correct["n_correct"].to_numpy() / correct["query_id"].n_unique()
+    target = (vectors(correct).astype(np.float64) * weights[:, None]).sum(axis=0)
     matrix = vectors(training).astype(np.float64)
     return dict(zip(training["example_id"], matrix @ target / np.linalg.norm(matrix, axis=1), strict=True))
 

@@ -49,8 +49,9 @@ def test_good_file_loads_with_values_and_defaults(tmp_path):
 
 def test_empty_file_gives_all_defaults(tmp_path):
     settings = load_settings(write_settings(tmp_path, ""))
-    assert settings.influence.weighting == "signed"
+    assert (settings.influence.weighting, settings.influence.unsolved) == ("positive", "skip")
     assert settings.selection.method == "top_fraction"
+    assert settings.data.test_queries is None and settings.data.max_example_tokens is None
     assert settings.base_dir == str(tmp_path.resolve())
 
 
@@ -127,7 +128,7 @@ def test_top_k_without_k_fails(tmp_path):
 
 def test_demo_fractions_must_leave_clean_examples(tmp_path):
     path = write_settings(tmp_path, {"demo": {"corrupted_fraction": 0.6, "off_task_fraction": 0.4}})
-    with pytest.raises(SettingsError, match="corrupted_fraction \\+ off_task_fraction"):
+    with pytest.raises(SettingsError, match=r"demo: the noise shares \{'corrupted': 0\.6, 'off_task': 0\.4\} must add up to less than 1"):
         load_settings(path)
 
 

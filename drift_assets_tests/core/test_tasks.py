@@ -100,7 +100,7 @@ def test_queries_splits_and_determinism(name):
     validation, test = task.query_rows(48, 0, "validation"), task.query_rows(100, 0, "test")
     assert task.query_rows(48, 0, "validation") == validation and task.query_rows(48, 1, "validation") != validation
     assert task.training_pool_rows(300, task.defaults.noise, 0) == task.training_pool_rows(300, task.defaults.noise, 0)
-    pool_prompts = {row["prompt"] for row in task.training_pool_rows(2000, task.defaults.noise, 0)}
+    pool_prompts = {row["prompt"] for row in task.training_pool_rows(task.defaults.n_train, task.defaults.noise, 0)}
     corpus_prompts = {prompt for prompt, _ in task.pretraining_corpus(2000, 0)}
     validation_prompts, test_prompts = {q["prompt"] for q in validation}, {q["prompt"] for q in test}
     assert len(validation_prompts) == 48 and len(test_prompts) == 100
@@ -142,7 +142,7 @@ def test_a_chat_template_tokenizer_renders_roles_as_single_tokens_and_keeps_the_
 def test_demo_settings_take_the_tasks_defaults_and_name_bad_combinations():
     settings = parse_settings({"demo": {"task": "spell"}}, "s.yaml", ".")
     assert settings.demo.pool_size() == 1500 and settings.demo.noise() == get_task("spell").defaults.noise
-    assert settings.demo.recipe().continued_sft_steps == 300
+    assert settings.demo.recipe().continued_sft_steps == 600
     settings = parse_settings({"demo": {"task": "count", "format_fraction": 0.0, "max_pretrain_steps": 500}}, "s.yaml", ".")
     assert "format" not in settings.demo.noise() and settings.demo.recipe().max_steps == 500
     with pytest.raises(SettingsError, match="s.yaml: demo: the sort task has no off_task noise"):
@@ -151,3 +151,9 @@ def test_demo_settings_take_the_tasks_defaults_and_name_bad_combinations():
         parse_settings({"demo": {"enabled": True, "task": "count"}}, "s.yaml", ".")
     with pytest.raises(SettingsError, match="add up to less than 1"):
         parse_settings({"demo": {"corrupted_fraction": 0.6, "off_task_fraction": 0.4}}, "s.yaml", ".")
+
+
+def test_a_pool_larger_than_the_tasks_space_is_a_clear_error():
+    task = get_task("spell")
+    with pytest.raises(ValueError, match=r"the spell task ran out of distinct correct rows after \d+ of 2000: lower demo\.n_train"):
+        task.training_pool_rows(2000, task.defaults.noise, 0)

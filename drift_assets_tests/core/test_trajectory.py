@@ -86,7 +86,7 @@ def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
     split = split_checkpoint_table(table)
     assert split.example_ids == ["e0", "e1", "e2", "e3"] and split.training.shape == (4, k)
     assert split.training_fingerprints == {("m1", "p1")}
-    scores = score_checkpoint(split, ScoringSettings(debias="none"))
+    scores = score_checkpoint(split, ScoringSettings(weighting="signed", debias="none"))
     # Signed weights by hand: per query +1 for the correct rollout, −1 for the wrong one, over 2 queries.
     vector = lambda frame, i: np.asarray(frame["grad"][i], float)  # noqa: E731
     target = (vector(validation, 0) - vector(validation, 1) - vector(validation, 2) + vector(validation, 3)) / 2

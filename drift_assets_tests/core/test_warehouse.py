@@ -2,6 +2,7 @@
 Delta writes through its IO manager record their row count and size."""
 
 import polars as pl
+import pytest
 from dagster import StaticPartitionsDefinition, asset, materialize
 from dagster_deltalake import LocalConfig, S3Config
 
@@ -70,3 +71,38 @@ def test_a_new_release_may_add_a_column_to_a_table_an_earlier_one_wrote(tmp_path
     _materialize_with_warehouse(tmp_path, [later])
     settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
     assert Warehouse(settings).scan("table").collect().to_dicts() == [{"value": 3, "token_ids": [4, 5]}]
+
+
+def test_a_second_materialization_of_a_warehouse_fails_at_once_naming_the_first(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from drift_assets.resources import WarehouseBusyError
+
+    (tmp_path / "settings.yaml").write_text("warehouse:\n  root: wh\n")
+    warehouse = Warehouse(parse_settings({"warehouse": {"root": "wh"}}, "s.yaml", tmp_path))
+    with warehouse.lock():
+        with pytest.raises(WarehouseBusyError, match=rf"warehouse {warehouse.root} is being materialized by pid {os.getpid()}, since "):
+            with warehouse.lock():
+                pass
+        # Another process (the CLI) is refused too, before it builds or runs anything.
+        cli = subprocess.run([sys.executable, "-m", "drift_assets", "materialize", "--settings", str(tmp_path / "settings.yaml")],
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "DAGSTER_HOME": ""})
+        assert cli.returncode == 1
+        assert f"WarehouseBusyError: warehouse {warehouse.root} is being materialized by pid {os.getpid()}" in cli.stderr
+    with warehouse.lock():  # released with the first
+        pass
+
+
+def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_path):
+    from drift_assets.resources import WarehouseError
+
+    options = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+               "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
+    warehouse = Warehouse(parse_settings({"warehouse": {"root": "s3://bucket/drift", "storage_options": options}}, "s.yaml", tmp_path))
+    with pytest.raises(WarehouseError, match=r"warehouse\.root s3://bucket/drift cannot be reached with warehouse\.storage_options "
+                                             r"\(keys set: AWS_ACCESS_KEY_ID, AWS_ALLOW_HTTP, AWS_ENDPOINT_URL, AWS_REGION, "
+                                             r"AWS_SECRET_ACCESS_KEY\): Generic S3 error"):
+        warehouse.check_reachable()
+    Warehouse(parse_settings({}, "s.yaml", tmp_path)).check_reachable()  # a local root: nothing to check
