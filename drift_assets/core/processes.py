@@ -13,19 +13,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Runs in its own interpreter: polls the owner, then SIGKILLs each process it was given, unless its
-# pid now belongs to another process (its start time differs).
+# Runs in its own interpreter while its owner lives: every half second it notes the owner's
+# descendants (but itself and those given as already there); once the owner is gone it SIGKILLs
+# each one noted, unless its pid now belongs to another process (its start time differs). Noting
+# them as they appear covers a kill while the engine is still starting.
 _WATCHDOG = """
 import os, signal, sys, time
-owner, targets = int(sys.argv[1]), [arg.split(":") for arg in sys.argv[2:]]
-while os.getppid() == owner:
-    time.sleep(0.5)
-for pid, started in targets:
+owner, me, excluded = int(sys.argv[1]), os.getpid(), {int(pid) for pid in sys.argv[2:]}
+
+def stat(pid):
     try:
-        if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19] == started:
-            os.kill(int(pid), signal.SIGKILL)
-    except (OSError, IndexError):
-        pass
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+noted = {}
+while os.getppid() == owner:
+    table = {int(name): stat(name) for name in os.listdir("/proc") if name.isdigit()}
+    frontier = [owner]
+    while frontier:
+        parent = frontier.pop()
+        for pid, entry in table.items():
+            if entry and entry[0] == parent and pid not in noted and pid != me:
+                frontier.append(pid)
+                if pid not in excluded:
+                    noted[pid] = entry[1]
+    time.sleep(0.5)
+for pid, started in noted.items():
+    entry = stat(pid)
+    if entry and entry[1] == started:
+        os.kill(pid, signal.SIGKILL)
 """
 
 
@@ -54,11 +72,12 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
-def guard_children(started_before: set[int]) -> subprocess.Popen | None:
-    """Start a watchdog that kills this process's descendants not in ``started_before`` once this
-    process is gone. Stop it (``.kill()``) after shutting them down normally."""
-    targets = {pid: started for pid, started in descendants(os.getpid()).items() if pid not in started_before}
-    if not targets:
+def guard_new_children() -> subprocess.Popen | None:
+    """Start a watchdog that, once this process is gone, kills the descendants it starts from now
+    on (none that exist already). Stop it (``.kill()``) after shutting them down normally.
+    Linux only (it reads /proc); elsewhere returns None."""
+    if not Path("/proc/self/stat").exists():
         return None
-    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), *(f"{pid}:{started}" for pid, started in targets.items())],
+    existing = [str(pid) for pid in descendants(os.getpid())]
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), *existing],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,17 +6,19 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from dagster import evaluate_automation_conditions, instance_for_test
+from dagster import DagsterInstance, evaluate_automation_conditions, instance_for_test
 
-from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.cli import main
+from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import PROCESS_TAG, fail_abandoned_runs, materialize_pipeline, observe_sources
 from drift_assets.staleness import asset_statuses, damaged_tables, needs_materialization
+from drift_assets_tests.assets.test_rollouts import running, vllm_engines_under
 from drift_assets_tests.conftest import settings_in
 
 FAST = {"rollout": {"backend": "transformers", "samples_per_query": 4}}
@@ -134,6 +136,42 @@ def test_a_failing_materialization_ends_with_the_cause_naming_the_file(demo_dir,
                                           "quarantined: 3× no 'messages' field and no 'prompt' + 'response' fields); see the "
                                           "training_pool_rejects table")
     assert "(--verbose shows the traceback)" in paragraph and "Traceback" not in paragraph
+
+
+@pytest.mark.vllm
+def test_a_run_killed_during_rollouts_leaves_no_process_and_the_next_run_completes(demo_dir, tmp_path):
+    (tmp_path / "demo").mkdir()
+    shutil.copytree(demo_dir / "demo" / "model", tmp_path / "demo" / "model")
+    for name, rows in (("training_pool.jsonl", 120), ("validation_queries.jsonl", 8)):
+        lines = (demo_dir / "demo" / name).read_text().splitlines(keepends=True)[:rows]
+        (tmp_path / "demo" / name).write_text("".join(lines))
+    settings = settings_in(tmp_path, demo={"enabled": False}, data={"test_queries": None}, rollout={"samples_per_query": 4})
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "DRIFT_ASSETS_SETTINGS": str(tmp_path / "settings.yaml")}
+    command = [sys.executable, "-m", "drift_assets", "materialize"]
+    first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (engines := vllm_engines_under(first.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engines, "the run never started a vLLM engine"
+    time.sleep(2)  # mid-rollouts
+    first.kill()
+    first.wait()
+    deadline = time.monotonic() + 30
+    while [pid for pid in engines if running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in engines if running(pid)], "vLLM's engine outlived the killed run"
+    second = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "had been left STARTED by a killed process: marked failed" in second.stdout
+    instance = DagsterInstance.from_config(str(tmp_path / "home"))
+    statuses = [run.status.value for run in instance.get_runs()]
+    instance.dispose()
+    assert "STARTED" not in statuses and "FAILURE" in statuses
+    pool = Warehouse(settings).scan("training_pool").collect()
+    scores = Warehouse(settings).scan("influence_scores").collect()
+    assert sorted(scores["example_id"]) == sorted(pool["example_id"]) and pool.height == 120
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from dagster import AssetKey
 from pydantic import ValidationError
 
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.processes import descendants
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
 from drift_assets.definitions import build_definitions
@@ -181,11 +182,9 @@ def test_model_resource_picks_the_device(demo_model):
 
 
 ENGINE_OWNER = """
-import os, sys, time
+import sys, time
 from drift_assets.core.generation import VllmEngine
-from drift_assets.core.processes import descendants
 engine = VllmEngine(sys.argv[1], max_model_len=256)
-print("engine processes:", *descendants(os.getpid()), flush=True)
 time.sleep(600)
 """
 
@@ -198,15 +197,28 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_killing_the_owner_of_a_vllm_engine_leaves_no_engine_process(demo_model):
-    """kill -9 during rollouts used to orphan vLLM's EngineCore (hundreds of MB, deaf to SIGTERM)."""
-    owner = subprocess.Popen([sys.executable, "-c", ENGINE_OWNER, demo_model.path], stdout=subprocess.PIPE, text=True)
-    line = next(line for line in owner.stdout if line.startswith("engine processes:"))  # vLLM logs to stdout too
-    engine_processes = [int(pid) for pid in line.split(":", 1)[1].split()]
-    assert engine_processes and all(running(pid) for pid in engine_processes)
-    owner.kill()
+def vllm_engines_under(pid: int) -> list[int]:
+    """The vLLM engine processes among ``pid``'s descendants."""
+    def name(child: int) -> str:
+        try:
+            return Path(f"/proc/{child}/comm").read_text()
+        except OSError:  # ended meanwhile
+            return ""
+
+    return [child for child in descendants(pid) if name(child).startswith("VLLM")]
+
+
+def test_killing_the_owner_while_its_engine_starts_leaves_no_engine_process(demo_model):
+    """kill -9 used to orphan vLLM's EngineCore (hundreds of MB, deaf to SIGTERM); the hardest moment is
+    while the engine starts (a kill mid-rollouts: test_operations)."""
+    owner = subprocess.Popen([sys.executable, "-c", ENGINE_OWNER, demo_model.path], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (engines := vllm_engines_under(owner.pid)):
+        assert time.monotonic() < deadline, "no engine process started"
+        time.sleep(0.1)
+    owner.kill()  # the engine has started its process but not finished loading
     owner.wait()
     deadline = time.monotonic() + 30
-    while any(running(pid) for pid in engine_processes) and time.monotonic() < deadline:
+    while any(running(pid) for pid in engines) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [pid for pid in engine_processes if running(pid)]
+    assert not [pid for pid in engines if running(pid)]
