@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["materialize", "summary"], help="materialize the whole graph, or print the summary")
     parser.add_argument("--settings", help="settings file (default: $DRIFT_ASSETS_SETTINGS or data/settings.yaml)")
     parser.add_argument("--all", action="store_true", help="materialize everything, not only what is stale or missing")
-    parser.add_argument("--verbose", action="store_true", help="print the traceback of a failure after its summary")
+    parser.add_argument("--verbose", action="store_true", help="Dagster's DEBUG events, and the stack traces of a failure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # What a user should not have to read: Dagster's SQLite storage stamps its schema (alembic, at INFO)
@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             warehouse.check_reachable()
             with warehouse.lock():
-                done = materialize_pipeline(build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse)
+                done = materialize_pipeline(build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse,
+                                            verbose=args.verbose)
         except Exception as error:
             if args.verbose:
                 traceback.print_exc()
-            print(f"\n{failure_paragraph(error, instance)}" + ("" if args.verbose else "\n  (--verbose shows the traceback)"),
+            print(f"\n{failure_paragraph(error, instance)}" + ("" if args.verbose else "\n  (--verbose adds the stack traces and Dagster's DEBUG events)"),
                   file=sys.stderr)
             return 1
         what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"

@@ -14,6 +14,7 @@ from drift_assets.assets.trajectory import build_trajectory_assets
 from drift_assets.automation import build_jobs, with_automation
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
+from drift_assets.terminal import terminal_logger
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -36,6 +37,7 @@ def build_definitions(settings: Settings) -> Definitions:
         jobs=build_jobs(trajectory=bool(settings.warmup_steps)),
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
+        loggers={"console": terminal_logger},  # used where a run's config selects it (runs started from Python)
         resources={
             "io_manager": Warehouse(settings).io_manager(),
             "model": model_resource(settings),

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 from dagster import AssetKey, DagsterInstance, Definitions
 
+from drift_assets.terminal import terminal_run_config
+
 logger = logging.getLogger(__name__)
 
 UPSTREAM_OF_SHARDS = (
@@ -40,14 +42,16 @@ def _process_label(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}"
 
 
-def materialize_assets(defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None) -> None:
-    """One run that materializes ``keys`` (of one partition, for partitioned assets); raises if it fails."""
+def materialize_assets(defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None,
+                       verbose: bool = False) -> None:
+    """One run that materializes ``keys`` (of one partition, for partitioned assets); raises if it fails.
+    ``verbose``: Dagster's DEBUG events and stack traces in the terminal."""
     if not keys:
         return
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
         instance=instance, asset_selection=keys, partition_key=partition_key, raise_on_error=True,
-        tags={PROCESS_TAG: _process_label(os.getpid())},
+        tags={PROCESS_TAG: _process_label(os.getpid())}, run_config=terminal_run_config(verbose),
     )
     if not result.success:
         raise RuntimeError(f"run {result.run_id} failed while materializing {[k.to_user_string() for k in keys]}")
@@ -79,10 +83,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def observe_sources(defs: Definitions, instance: DagsterInstance) -> None:
+def observe_sources(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:
     """Record the current content hash of every input file and the model directory."""
     defs.resolve_job_def("observe_sources").execute_in_process(
-        instance=instance, raise_on_error=True, tags={PROCESS_TAG: _process_label(os.getpid())})
+        instance=instance, raise_on_error=True, tags={PROCESS_TAG: _process_label(os.getpid())}, run_config=terminal_run_config(verbose))
 
 
 def partition_keys(defs: Definitions, asset_name: str = SHARDED) -> list[str]:
@@ -106,14 +110,15 @@ def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehous
 
 
 def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True, only_stale: bool = False,
-                         warehouse=None) -> list[str]:
+                         warehouse=None, verbose: bool = False) -> list[str]:
     """Demo setup (if present), observe sources, upstream tables, every shard, the warm-up run and its
     checkpoints (where configured), then scores onward.
 
     ``only_stale`` materializes only what is stale or missing (and what lies downstream of it), as
     Dagster's stale-status resolver sees it, so that re-running with nothing changed costs nothing.
     Given the ``warehouse``, a table that was deleted or damaged since it was written counts as
-    missing. Returns what was materialized ("name" or "name[shard]").
+    missing. ``verbose``: Dagster's DEBUG events and stack traces in the terminal. Returns what was
+    materialized ("name" or "name[shard]").
     """
     from drift_assets.staleness import needs_materialization
 
@@ -127,33 +132,33 @@ def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_d
     demo = wanted([k.to_user_string() for k in _existing(defs, ["demo_task_files", "demo_base_model"])])
     if include_demo and demo:
         logger.info(f"materializing {demo}")
-        materialize_assets(defs, instance, [AssetKey(n) for n in demo])
+        materialize_assets(defs, instance, [AssetKey(n) for n in demo], verbose=verbose)
         done += demo
-    observe_sources(defs, instance)
+    observe_sources(defs, instance, verbose)
     if only_stale:
         pending = needs_materialization(defs, instance, damaged)
     upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM_OF_SHARDS)])
     if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
         upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})
     logger.info(f"materializing {upstream or 'nothing upstream of the shards'}")
-    materialize_assets(defs, instance, [AssetKey(n) for n in upstream])
+    materialize_assets(defs, instance, [AssetKey(n) for n in upstream], verbose=verbose)
     done += upstream
 
     def run_partitions(asset_name: str, what: str) -> None:
         for key in partition_keys(defs, asset_name):
             if not only_stale or f"{asset_name}[{key}]" in pending:
                 logger.info(f"materializing {what} {key}")
-                materialize_assets(defs, instance, [AssetKey(asset_name)], partition_key=key)
+                materialize_assets(defs, instance, [AssetKey(asset_name)], partition_key=key, verbose=verbose)
                 done.append(f"{asset_name}[{key}]")
 
     run_partitions(SHARDED, "training gradients, shard")
     warmup = wanted([k.to_user_string() for k in _existing(defs, [WARMUP])])
     if warmup:
         logger.info("materializing the warm-up run's checkpoints")
-        materialize_assets(defs, instance, [AssetKey(WARMUP)])
+        materialize_assets(defs, instance, [AssetKey(WARMUP)], verbose=verbose)
         done += warmup
     run_partitions(AT_CHECKPOINTS, "rollouts and gradients at warm-up checkpoint")
     downstream = wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM_OF_SHARDS)])
     logger.info(f"materializing {downstream or 'nothing downstream of the shards'}")
-    materialize_assets(defs, instance, [AssetKey(n) for n in downstream])
+    materialize_assets(defs, instance, [AssetKey(n) for n in downstream], verbose=verbose)
     return done + downstream

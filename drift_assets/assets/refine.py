@@ -7,7 +7,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecution
 
 from drift_assets.assets.metadata import finite_or_none, table_metadata
 from drift_assets.core.fingerprint import content_hash
-from drift_assets.core.selection import export_selection, refined_table, select
+from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
 from drift_assets.settings import Settings, code_version
 
@@ -39,10 +39,10 @@ def build_refine_assets(settings: Settings) -> list:
             metadata["corrupted_share_pool"] = float(table["is_corrupted"].mean())
             metadata["corrupted_share_selected"] = float(chosen["is_corrupted"].mean()) if chosen.height else None
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
-        if selection.method == "top_k" and selection.k >= table.height:
-            context.log.warning(f"selection.k = {selection.k} is not below the pool's {table.height} examples: "
-                                "every example is selected and nothing is refined")
-            metadata["warning"] = f"selection.k = {selection.k} keeps the whole pool of {table.height}"
+        warning = selection_warning(selection.method, selection.k, table.height)
+        if warning:
+            context.log.warning(warning)
+            metadata["warning"] = warning
         context.add_output_metadata(metadata)
         return table
 

@@ -31,6 +31,13 @@ def select(scores: pl.DataFrame, method: str, fraction: float = 0.5, k: int | No
     return (scores["rank"] <= count).alias("selected")
 
 
+def selection_warning(method: str, k: int | None, pool_size: int) -> str | None:
+    """What to tell a user whose settings select the whole pool (nothing is refined), or None."""
+    if method == "top_k" and k is not None and k >= pool_size:
+        return f"selection.k = {k} is not below the pool's {pool_size} examples: every example is selected and nothing is refined"
+    return None
+
+
 def length_strata(n_tokens: np.ndarray, bins: int) -> np.ndarray:
     """Each example's length bin: ``bins`` bins of (nearly) equal size by token count, ties in one bin."""
     ranks = average_ranks(np.asarray(n_tokens, dtype=np.float64))

@@ -135,7 +135,23 @@ def test_a_failing_materialization_ends_with_the_cause_naming_the_file(demo_dir,
     assert paragraph.splitlines()[1] == (f"  InputFileError: {tmp_path / 'demo' / 'training_pool.jsonl'}: no usable examples (3 rows "
                                           "quarantined: 3× no 'messages' field and no 'prompt' + 'response' fields); see the "
                                           "training_pool_rejects table")
-    assert "(--verbose shows the traceback)" in paragraph and "Traceback" not in paragraph
+    assert "(--verbose adds the stack traces and Dagster's DEBUG events)" in paragraph
+    assert "Stack Trace" not in error and "Traceback" not in error and " - DEBUG - " not in error  # the cause is not buried
+
+
+def test_47_a_failed_checks_advice_reaches_the_terminal(demo_dir, tmp_path, capsys, monkeypatch):
+    """One-token completions are all wrong: signed weighting with unsolved queries skipped has nothing to contrast."""
+    shutil.copytree(demo_dir / "demo", tmp_path / "demo")
+    settings_in(tmp_path, demo={"enabled": False}, data={"test_queries": None},
+                rollout={"backend": "transformers", "samples_per_query": 2, "max_tokens": 1},
+                grading={"max_empty_or_truncated_fraction": 1.0}, influence={"weighting": "signed", "unsolved": "skip"})
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["materialize", "--settings", str(tmp_path / "settings.yaml")]) == 1
+    error = capsys.readouterr().err
+    lines = error[error.index("error: the materialization failed."):].splitlines()
+    assert lines[1].startswith("  check grades_have_mixed_queries on grades failed: no query gives influence.weighting 'signed' "
+                               "(unsolved: skip) anything to contrast")
+    assert "Raise rollout.temperature or rollout.samples_per_query" in lines[1]
 
 
 @pytest.mark.vllm

@@ -22,6 +22,7 @@ from drift_assets.core.grading import GraderError, GradingOptions, validate_grad
 from drift_assets.core.pool import InputFileError, load_queries, normalize_pool, read_rows, require_examples
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
 from drift_assets.core.rollouts import grade_rollouts
+from drift_assets.core.selection import selection_warning
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
 from drift_assets.settings import SettingsError, code_version, load_settings, parse_settings
@@ -278,6 +279,12 @@ def test_51_59_settings_errors_are_one_line_naming_the_file_and_key(tmp_path, ca
     with pytest.raises(SettingsError, match=message) as raised:
         load_settings(path)
     assert str(path) in str(raised.value)
+
+
+def test_58_top_k_that_keeps_the_whole_pool_warns():
+    assert selection_warning("top_k", 100_000, 120) == (
+        "selection.k = 100000 is not below the pool's 120 examples: every example is selected and nothing is refined")
+    assert selection_warning("top_k", 119, 120) is None and selection_warning("top_fraction", None, 120) is None
 
 
 def test_57_60_a_missing_settings_file_is_named_and_test_queries_are_optional(tmp_path):

@@ -1,0 +1,39 @@
+"""How runs started from the command line print: Dagster's console logger at INFO, with each error
+cut to its message (the stack traces Dagster logs for a failed step and run bury the cause). The
+CLI's ``--verbose`` restores DEBUG events and the traces. Runs launched from the UI keep Dagster's
+own console logger: the UI shows each event with its trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dagster import Field, logger
+# Dagster's own console logger (internal API, pinned with Dagster 1.13.27), so the format stays Dagster's.
+from dagster._utils.log import create_console_logger
+
+_TRACE = "\nStack Trace:"
+
+
+class _MessageOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _TRACE in message:
+            record.msg, record.args = message.split(_TRACE, 1)[0].rstrip(), ()
+        return True
+
+
+@logger(
+    {"log_level": Field(str, default_value="INFO"), "tracebacks": Field(bool, default_value=False)},
+    description="Dagster's colored console logger; without tracebacks, errors print their message only.",
+)
+def terminal_logger(init_context) -> logging.Logger:
+    console = create_console_logger("dagster", init_context.logger_config["log_level"])
+    if not init_context.logger_config["tracebacks"]:
+        console.addFilter(_MessageOnly())
+    return console
+
+
+def terminal_run_config(verbose: bool) -> dict:
+    """The run config that selects :func:`terminal_logger` for a run started from Python."""
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO", "tracebacks": verbose}}}}
