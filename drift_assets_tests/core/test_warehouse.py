@@ -1,12 +1,16 @@
 """The warehouse root comes from the settings: local directories and s3:// URIs need no code change;
 Delta writes through its IO manager record their row count and size."""
 
+import os
+import subprocess
+import sys
+
 import polars as pl
 import pytest
 from dagster import StaticPartitionsDefinition, asset, materialize
 from dagster_deltalake import LocalConfig, S3Config
 
-from drift_assets.resources import Warehouse
+from drift_assets.resources import Warehouse, WarehouseBusyError, WarehouseError
 from drift_assets.settings import parse_settings
 
 
@@ -74,12 +78,6 @@ def test_a_new_release_may_add_a_column_to_a_table_an_earlier_one_wrote(tmp_path
 
 
 def test_a_second_materialization_of_a_warehouse_fails_at_once_naming_the_first(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from drift_assets.resources import WarehouseBusyError
-
     (tmp_path / "settings.yaml").write_text("warehouse:\n  root: wh\n")
     warehouse = Warehouse(parse_settings({"warehouse": {"root": "wh"}}, "s.yaml", tmp_path))
     with warehouse.lock():
@@ -96,8 +94,6 @@ def test_a_second_materialization_of_a_warehouse_fails_at_once_naming_the_first(
 
 
 def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_path):
-    from drift_assets.resources import WarehouseError
-
     options = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
                "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
     warehouse = Warehouse(parse_settings({"warehouse": {"root": "s3://bucket/drift", "storage_options": options}}, "s.yaml", tmp_path))
