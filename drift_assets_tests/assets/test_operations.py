@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, evaluate_automation_conditions, instance_for_test
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, evaluate_automation_conditions, instance_for_test
 
 from drift_assets.cli import main
 from drift_assets.core.demo_task import training_pool_rows
@@ -155,17 +155,19 @@ def test_47_a_failed_checks_advice_reaches_the_terminal(demo_dir, tmp_path, caps
 
 
 @pytest.mark.vllm
-def test_a_run_killed_during_rollouts_leaves_no_process_and_the_next_run_completes(demo_dir, tmp_path):
+def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next_run_completes(demo_dir, tmp_path):
     (tmp_path / "demo").mkdir()
     shutil.copytree(demo_dir / "demo" / "model", tmp_path / "demo" / "model")
     for name, rows in (("training_pool.jsonl", 120), ("validation_queries.jsonl", 8)):
         lines = (demo_dir / "demo" / name).read_text().splitlines(keepends=True)[:rows]
         (tmp_path / "demo" / name).write_text("".join(lines))
-    settings = settings_in(tmp_path, demo={"enabled": False}, data={"test_queries": None}, rollout={"samples_per_query": 4})
+    settings = settings_in(tmp_path, demo={"enabled": False}, data={"test_queries": None}, rollout={"samples_per_query": 4},
+                           projection={"shards": 2})
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     environment = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "DRIFT_ASSETS_SETTINGS": str(tmp_path / "settings.yaml")}
     command = [sys.executable, "-m", "drift_assets", "materialize"]
+    # 1. Killed mid-rollouts: vLLM's engine dies with it.
     first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (engines := vllm_engines_under(first.pid)) and time.monotonic() < deadline:
@@ -178,13 +180,28 @@ def test_a_run_killed_during_rollouts_leaves_no_process_and_the_next_run_complet
     while [pid for pid in engines if running(pid)] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in engines if running(pid)], "vLLM's engine outlived the killed run"
-    second = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "had been left STARTED by a killed process: marked failed" in second.stdout
+    # 2. Killed in the second shard's step, the first shard committed.
+    second = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in second.stdout:
+        output.append(line)
+        if "shard 001:" in line and "computing" in line:  # the step's first log line
+            second.kill()
+            break
+    second.wait()
+    assert "had been left STARTED by a killed process: marked failed" in "".join(output)
+    # 3. The next run marks it failed, recomputes only what is missing, and scores the whole pool.
+    third = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "had been left STARTED by a killed process: marked failed" in third.stdout
     instance = DagsterInstance.from_config(str(tmp_path / "home"))
     statuses = [run.status.value for run in instance.get_runs()]
+    shard_writes = {shard: len(instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("training_gradient_projections"), asset_partitions=[shard]), limit=10).records)
+        for shard in ("000", "001")}
     instance.dispose()
-    assert "STARTED" not in statuses and "FAILURE" in statuses
+    assert "STARTED" not in statuses and statuses.count("FAILURE") == 2
+    assert shard_writes == {"000": 1, "001": 1}  # the committed shard was not recomputed
     pool = Warehouse(settings).scan("training_pool").collect()
     scores = Warehouse(settings).scan("influence_scores").collect()
     assert sorted(scores["example_id"]) == sorted(pool["example_id"]) and pool.height == 120
