@@ -68,7 +68,12 @@ def _draw_any(rng: random.Random) -> Problem:
 
 def problem_split(problem: Problem) -> str:
     """"train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
-    digest = hashlib.sha256(f"{problem.left}{problem.operator}{problem.right}".encode()).digest()
+    return split_of_key(f"{problem.left}{problem.operator}{problem.right}")
+
+
+def split_of_key(key: str) -> str:
+    """The split of a problem whose canonical text is ``key``: where its hash falls in SPLIT_BOUNDS."""
+    digest = hashlib.sha256(key.encode()).digest()
     position = int.from_bytes(digest[:8], "little") / 2**64
     for split in ("validation", "test", "train"):
         low, high = SPLIT_BOUNDS[split]

@@ -16,18 +16,15 @@ the pool.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from drift_assets.core.demo_task import SPLIT_BOUNDS, split_of_key
 from drift_assets.core.grading import GradingOptions
 from drift_assets.core.tiny_model import TinyLlamaShape
 
-# Shares of the problem space, by a hash of the problem: [0, 0.1) validation and calibration,
-# [0.1, 0.4) test, the rest training (pre-training corpus and SFT pool).
-SPLIT_BOUNDS = {"validation": (0.0, 0.1), "calibration": (0.0, 0.1), "test": (0.1, 0.4), "train": (0.4, 1.0)}
 NOISE_KINDS = ("corrupted", "off_task", "format")
 
 
@@ -127,13 +124,7 @@ class Task(ABC):
 
     def split_of(self, problem: Hashable) -> str:
         """"train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
-        digest = hashlib.sha256(self.problem_key(problem).encode()).digest()
-        position = int.from_bytes(digest[:8], "little") / 2**64
-        for split in ("validation", "test", "train"):
-            low, high = SPLIT_BOUNDS[split]
-            if low <= position < high:
-                return split
-        raise AssertionError(position)
+        return split_of_key(self.problem_key(problem))
 
     def draw(self, rng: random.Random, split: str = "train") -> Hashable:
         """A problem of ``split`` (rejection sampling over the whole space)."""
