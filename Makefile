@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test ui benchmark env browser clean
+.PHONY: demo test test-fast lint ui benchmark env browser clean
 
 # The stamp is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -35,7 +35,11 @@ browser:
 demo: env $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m drift_assets materialize
 
-test: env browser
+lint: env
+	$(VENV)/bin/ruff check drift_assets drift_assets_tests benchmarks
+	$(VENV)/bin/ruff format --check drift_assets drift_assets_tests benchmarks
+
+test: lint browser
 	$(PY) -m pytest -q
 
 ui: env $(DAGSTER_HOME)/dagster.yaml

@@ -27,7 +27,9 @@ class RandomLlamaShape:
 
     def __post_init__(self):
         if self.hidden_size % HEAD_DIM:
-            raise ValueError(f"--hidden must be a multiple of {HEAD_DIM} (vLLM's CPU attention needs head_dim 64; got {self.hidden_size})")
+            raise ValueError(
+                f"--hidden must be a multiple of {HEAD_DIM} (vLLM's CPU attention needs head_dim 64; got {self.hidden_size})"
+            )
 
 
 @dataclass
@@ -50,8 +52,11 @@ def format_parameters(count: int) -> str:
 def random_llama(tokenizer, shape: RandomLlamaShape = RandomLlamaShape(), seed: int = 0) -> LlamaForCausalLM:
     """The demo's architecture (build_tiny_llama), scaled up, left at its random initialisation."""
     tiny_shape = TinyLlamaShape(
-        hidden_size=shape.hidden_size, num_layers=shape.num_layers, num_heads=shape.hidden_size // HEAD_DIM,
-        intermediate_size=shape.intermediate_size, max_positions=shape.max_positions,
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        num_heads=shape.hidden_size // HEAD_DIM,
+        intermediate_size=shape.intermediate_size,
+        max_positions=shape.max_positions,
     )
     return build_tiny_llama(tokenizer, tiny_shape, seed=seed).eval()
 
@@ -65,7 +70,8 @@ def demo_model_directory(requested: str | Path, scratch: Path) -> BenchmarkModel
     tokenizer = build_char_tokenizer()
     save_model(build_tiny_llama(tokenizer), tokenizer, directory)
     return BenchmarkModel(
-        "demo (untrained)", directory,
+        "demo (untrained)",
+        directory,
         f"{requested} does not exist: using an UNTRAINED tiny demo-shaped model (build_tiny_llama) instead",
     )
 

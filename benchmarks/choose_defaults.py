@@ -44,7 +44,9 @@ def parse_candidate(text: str):
 
     unsolved, debias, weighting, checkpoints = text.split("/")[:4]
     if unsolved not in UNSOLVED or debias not in DEBIAS or weighting not in WEIGHTING or checkpoints not in CHECKPOINTS:
-        raise ValueError(f"{text!r}: expected unsolved/debias/weighting/checkpoints from {UNSOLVED}, {DEBIAS}, {WEIGHTING}, {CHECKPOINTS}")
+        raise ValueError(
+            f"{text!r}: expected unsolved/debias/weighting/checkpoints from {UNSOLVED}, {DEBIAS}, {WEIGHTING}, {CHECKPOINTS}"
+        )
     return replace(ScoringSettings(), unsolved=unsolved, debias=debias, weighting=weighting), checkpoints == "base"
 
 
@@ -61,8 +63,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-sft", action="store_true", help="noise AUC only")
-    parser.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE",
-                        help="override benchmark.sft for these runs, e.g. --sft epochs=3 --sft learning_rate=3e-4")
+    parser.add_argument(
+        "--sft",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override benchmark.sft for these runs, e.g. --sft epochs=3 --sft learning_rate=3e-4",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -88,16 +95,26 @@ def main() -> None:
             import yaml
 
             sft = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.sft)}
-            settings = settings.with_overrides(benchmark={**settings.benchmark.model_dump(), "sft": {**settings.benchmark.sft.model_dump(), **sft}})
+            settings = settings.with_overrides(
+                benchmark={**settings.benchmark.model_dump(), "sft": {**settings.benchmark.sft.model_dump(), **sft}}
+            )
         warehouse = Warehouse(settings)
         pool = warehouse.scan("training_pool").collect()
-        scorer = MethodScorer([
-            base_checkpoint(warehouse, settings.projection.shards, warehouse.scan("validation_gradients").collect(),
-                            warehouse.scan("grades").collect()),
-            *warmup_checkpoints_along(warehouse, settings.warmup_steps),
-        ])
+        scorer = MethodScorer(
+            [
+                base_checkpoint(
+                    warehouse,
+                    settings.projection.shards,
+                    warehouse.scan("validation_gradients").collect(),
+                    warehouse.scan("grades").collect(),
+                ),
+                *warmup_checkpoints_along(warehouse, settings.warmup_steps),
+            ]
+        )
         if len(scorer.checkpoints) == 1 and any(c.endswith("/warmup") for c in candidates):
-            raise SystemExit(f"{task}: no warm-up checkpoints in {warehouse.root}: run suite.py with --warmup on --materialize-only first")
+            raise SystemExit(
+                f"{task}: no warm-up checkpoints in {warehouse.root}: run suite.py with --warmup on --materialize-only first"
+            )
         model = model_resource(settings)
         queries = warehouse.scan("test_queries").collect().to_dicts()
         cache_path = CACHE / f"{task}.json"
@@ -106,17 +123,22 @@ def main() -> None:
         selections = {"full": {seed: pool["example_id"].to_list() for seed in seeds}}
         import random
 
-        selections["random"] = {seed: random.Random(f"random-selection-{seed}").sample(sorted(pool["example_id"]), size) for seed in seeds}
+        selections["random"] = {
+            seed: random.Random(f"random-selection-{seed}").sample(sorted(pool["example_id"]), size) for seed in seeds
+        }
         clean = sorted(pool.filter(~pl.col("is_corrupted"))["example_id"])
-        selections["oracle"] = {seed: random.Random(f"oracle-selection-{seed}").sample(clean, min(size, len(clean))) for seed in seeds}
+        selections["oracle"] = {
+            seed: random.Random(f"oracle-selection-{seed}").sample(clean, min(size, len(clean))) for seed in seeds
+        }
         aucs = {"full": None, "random": None, "oracle": None}
         for candidate in candidates:
             scoring, base_only = parse_candidate(candidate)
             scores = scorer.scores(scoring, pool, base_only=base_only)
             aucs[candidate] = noise_auc(scores, pool)
             if candidate.endswith("/strata"):
-                chosen_mask = select_within_strata(scores, math.ceil(settings.selection.fraction * pool.height),
-                                                   length_strata(scores["n_tokens"].to_numpy(), 10))
+                chosen_mask = select_within_strata(
+                    scores, math.ceil(settings.selection.fraction * pool.height), length_strata(scores["n_tokens"].to_numpy(), 10)
+                )
             else:
                 chosen_mask = select(scores, "top_fraction", settings.selection.fraction)
             chosen = scores.filter(chosen_mask)["example_id"].to_list()
@@ -129,8 +151,23 @@ def main() -> None:
                 if key in cache or args.no_sft:
                     continue
                 messages = pool.filter(pl.col("example_id").is_in(ids))["messages"].to_list()
-                jobs.append((key, FineTuneJob(name, seed, messages, model.path, model.dtype, model.resolved_device, options, queries,
-                                              settings.rollout.max_tokens, settings.grading.options())))
+                jobs.append(
+                    (
+                        key,
+                        FineTuneJob(
+                            name,
+                            seed,
+                            messages,
+                            model.path,
+                            model.dtype,
+                            model.resolved_device,
+                            options,
+                            queries,
+                            settings.rollout.max_tokens,
+                            settings.grading.options(),
+                        ),
+                    )
+                )
         unique = list({key: job for key, job in jobs}.items())
         print(f"{task}: {len(candidates)} candidates, {len(unique)} fine-tunes to run ({len(cache)} cached)", flush=True)
         keys = [key for key, _ in unique]
@@ -164,11 +201,15 @@ def report(table, tasks: list[str], no_sft: bool) -> None:
     full = table.filter(pl.col("candidate") == "full").select("task", "seed", full=pl.col("accuracy"))
     paired = table.join(full, on=["task", "seed"]).with_columns(difference=100 * (pl.col("accuracy") - pl.col("full")))
     per_task = paired.group_by("task", "candidate").agg(
-        mean=pl.col("difference").mean(), se=pl.col("difference").std() / pl.len().sqrt(), auc=pl.col("noise_auc").first())
-    lines = ["| candidate | " + " | ".join(f"{task}: vs full / AUC" for task in tasks) + " | mean vs full | mean AUC |",
-             "|---|" + "---|" * (len(tasks) + 2)]
-    summary = per_task.group_by("candidate").agg(mean=pl.col("mean").mean(), se=(pl.col("se") ** 2).sum().sqrt() / pl.len(),
-                                                auc=pl.col("auc").mean())
+        mean=pl.col("difference").mean(), se=pl.col("difference").std() / pl.len().sqrt(), auc=pl.col("noise_auc").first()
+    )
+    lines = [
+        "| candidate | " + " | ".join(f"{task}: vs full / AUC" for task in tasks) + " | mean vs full | mean AUC |",
+        "|---|" + "---|" * (len(tasks) + 2),
+    ]
+    summary = per_task.group_by("candidate").agg(
+        mean=pl.col("mean").mean(), se=(pl.col("se") ** 2).sum().sqrt() / pl.len(), auc=pl.col("auc").mean()
+    )
     for row in summary.sort("mean", descending=True).iter_rows(named=True):
         cells = []
         for task in tasks:

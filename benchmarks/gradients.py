@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models bes
 
 from benchmark_args import MODELS, add_model_arguments, comma_list  # noqa: E402
 from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_llama  # noqa: E402
+
 from drift_assets.core.demo_task import training_pool_rows  # noqa: E402
 from drift_assets.core.gradients import pool_token_pairs  # noqa: E402
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis  # noqa: E402
@@ -84,7 +85,9 @@ def pool_batches(tokenizer, n_examples: int, batch_size: int, seed: int):
     prompt_ids, response_ids = pool_token_pairs(tokenizer, messages)
     pairs = sorted(zip(prompt_ids, response_ids), key=lambda pair: len(pair[0]) + len(pair[1]))
     batches = [
-        collate_pairs(tokenizer, [p for p, _ in pairs[start : start + batch_size]], [r for _, r in pairs[start : start + batch_size]])
+        collate_pairs(
+            tokenizer, [p for p, _ in pairs[start : start + batch_size]], [r for _, r in pairs[start : start + batch_size]]
+        )
         for start in range(0, len(pairs), batch_size)
     ]
     return batches, pairs
@@ -146,7 +149,10 @@ def measure(label: str, model, tokenizer, args) -> Measurement:
     timed_examples = sum(b.input_ids.shape[0] for b in timed_batches)
     tokens = sum(int(b.attention_mask.sum()) for b in timed_batches)
     width = sum(b.input_ids.numel() for b in timed_batches)
-    print(f"  {label}: {len(timed_batches)} timed batches, {timed_examples} examples, {tokens} tokens ({width} with padding)", flush=True)
+    print(
+        f"  {label}: {len(timed_batches)} timed batches, {timed_examples} examples, {tokens} tokens ({width} with padding)",
+        flush=True,
+    )
 
     # (i) projected pass
     model.eval()
@@ -180,12 +186,14 @@ def measure(label: str, model, tokenizer, args) -> Measurement:
     loop_example(model, tokenizer, weights, sketch, *chosen[0])
     seconds = timed(lambda pair: loop_example(model, tokenizer, weights, sketch, *pair), chosen)
     loop = len(chosen) / seconds
-    print(f"    per-example loop: {seconds:.2f} s for {len(chosen)} examples, {loop:.2f} examples/s (P = {targeted:,})", flush=True)
+    print(
+        f"    per-example loop: {seconds:.2f} s for {len(chosen)} examples, {loop:.2f} examples/s (P = {targeted:,})", flush=True
+    )
 
     vector = torch.randn(targeted)
     sketch(vector)
     sketch_seconds = timed(lambda _: sketch(vector), range(3)) / 3
-    del sketch
+    sketch = None  # frees its tables before the dense matrix is built
     dense_seconds, how = dense_projection_seconds(targeted, projector.dimension, args.seed)
     dense_loop = 1 / (1 / loop - sketch_seconds + dense_seconds)
     print(
@@ -193,7 +201,9 @@ def measure(label: str, model, tokenizer, args) -> Measurement:
         f"({how}) -> dense-projection loop ~{dense_loop:.3g} examples/s (estimate)",
         flush=True,
     )
-    return Measurement(label, format_parameters(parameter_count(model)), projector.dimension, targeted, projected, plain, loop, dense_loop)
+    return Measurement(
+        label, format_parameters(parameter_count(model)), projector.dimension, targeted, projected, plain, loop, dense_loop
+    )
 
 
 def dense_projection_seconds(dimension_in: int, dimension_out: int, seed: int, slice_entries: int = 1 << 25) -> tuple[float, str]:

@@ -33,8 +33,8 @@ from dataclasses import replace
 
 import numpy as np
 import polars as pl
-
 from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
+
 from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
 from drift_assets.core.benchmark import MethodScorer, selected_ids
@@ -50,8 +50,12 @@ TOP_DIRECTIONS = (16, 64, 256)
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dampings", default="0.1,1.0", help="fisher dampings of part 1 (λ = damping × mean eigenvalue)")
-    parser.add_argument("--sft", default="", metavar="CONFIG,...",
-                        help="part 3: configurations to fine-tune on (HESSIAN[:DAMPING]/DEBIAS/WEIGHTING)")
+    parser.add_argument(
+        "--sft",
+        default="",
+        metavar="CONFIG,...",
+        help="part 3: configurations to fine-tune on (HESSIAN[:DAMPING]/DEBIAS/WEIGHTING)",
+    )
     parser.add_argument("--seeds", default=None, help="comma list of SFT seeds (default: benchmark.seeds)")
     args = parser.parse_args(argv)
     args.dampings = [float(value) for value in args.dampings.split(",") if value]
@@ -69,7 +73,11 @@ def parse_config(config: str) -> tuple[str, ScoringSettings]:
         raise ValueError(f"{config!r} is not HESSIAN[:DAMPING]/DEBIAS/WEIGHTING")
     hessian, _, damping = parts[0].partition(":")
     debias_method, weighting = parts[1], parts[2]
-    if hessian not in ("identity", "fisher") or debias_method not in DEBIAS_METHODS or weighting not in (*WEIGHTING_SCHEMES, "offpolicy"):
+    if (
+        hessian not in ("identity", "fisher")
+        or debias_method not in DEBIAS_METHODS
+        or weighting not in (*WEIGHTING_SCHEMES, "offpolicy")
+    ):
         raise ValueError(f"{config!r}: unknown hessian, debias or weighting")
     return config, scoring_settings(hessian, float(damping or 0.1), weighting, debias_method)
 
@@ -79,23 +87,36 @@ def scoring_settings(
 ) -> ScoringSettings:
     """The scoring settings of one configuration; ``weighting`` ``offpolicy`` means the reference answers as targets."""
     offpolicy = weighting == "offpolicy"
-    return ScoringSettings(targets="offpolicy" if offpolicy else "onpolicy", weighting="signed" if offpolicy else weighting,
-                           hessian=hessian, damping=damping, debias=debias_method, unsolved=unsolved)
+    return ScoringSettings(
+        targets="offpolicy" if offpolicy else "onpolicy",
+        weighting="signed" if offpolicy else weighting,
+        hessian=hessian,
+        damping=damping,
+        debias=debias_method,
+        unsolved=unsolved,
+    )
 
 
 def debiased_along(checkpoints: list[CheckpointGradients], scoring: ScoringSettings, curvatures: list) -> dict[str, PoolScores]:
     """The combined score for every debias method, from one scoring per checkpoint (H⁻¹ applied once)."""
-    along = [score_checkpoint(checkpoint, replace(scoring, debias="none"), curvature)
-             for checkpoint, curvature in zip(checkpoints, curvatures, strict=True)]
-    return {method: combine_checkpoints([replace(scores, score=debias(scores.score_raw, scores.grad_norm, scores.self_influence, method))
-                                         for scores in along])
-            for method in DEBIAS_METHODS}
+    along = [
+        score_checkpoint(checkpoint, replace(scoring, debias="none"), curvature)
+        for checkpoint, curvature in zip(checkpoints, curvatures, strict=True)
+    ]
+    return {
+        method: combine_checkpoints(
+            [replace(scores, score=debias(scores.score_raw, scores.grad_norm, scores.self_influence, method)) for scores in along]
+        )
+        for method in DEBIAS_METHODS
+    }
 
 
 def selection_figures(frame: pl.DataFrame, pool: pl.DataFrame, settings: Settings) -> tuple[float, float, list[str]]:
     """Noise AUC, the clean share of the selection, and the selected ids, of a scores frame."""
     size = round(pool.height * settings.selection.fraction)
-    chosen = selected_ids("drift", 0, pool, frame, size, settings.selection.method, settings.selection.fraction, settings.selection.k)
+    chosen = selected_ids(
+        "drift", 0, pool, frame, size, settings.selection.method, settings.selection.fraction, settings.selection.k
+    )
     corrupted = set(pool.filter(pl.col("is_corrupted"))["example_id"])
     return noise_auc(frame, pool), 1 - sum(i in corrupted for i in chosen) / len(chosen), chosen
 
@@ -104,7 +125,9 @@ def settings_grid(checkpoints: list[CheckpointGradients], pool: pl.DataFrame, se
     print("| hessian | weighting | " + " | ".join(f"{method}: AUC / clean" for method in DEBIAS_METHODS) + " |")
     print("|---|---|" + "---|" * len(DEBIAS_METHODS))
     for hessian, damping in [("identity", 0.0)] + [("fisher", damping) for damping in dampings]:
-        curvatures = [fit_curvature(hessian, [checkpoint.training], checkpoint.training.shape[1], damping) for checkpoint in checkpoints]
+        curvatures = [
+            fit_curvature(hessian, [checkpoint.training], checkpoint.training.shape[1], damping) for checkpoint in checkpoints
+        ]
         for weighting in (*WEIGHTING_SCHEMES, "offpolicy"):
             scoring = scoring_settings(hessian, damping, weighting, unsolved=settings.influence.unsolved)
             cells = []
@@ -125,7 +148,9 @@ def signal_directions(checkpoints: list[CheckpointGradients], pool: pl.DataFrame
         training = checkpoint.training.astype(np.float64)
         eigenvalues, eigenvectors = np.linalg.eigh(training.T @ training / len(training))
         eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # largest first
-        target = target_gradient(checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved)
+        target = target_gradient(
+            checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved
+        )
         target_rotated = eigenvectors.T @ target.vector
         trace_share = np.cumsum(eigenvalues) / eigenvalues.sum()
         energy_share = np.cumsum(target_rotated**2) / (target_rotated**2).sum()
@@ -142,15 +167,25 @@ def signal_directions(checkpoints: list[CheckpointGradients], pool: pl.DataFrame
 
     dimension = rotated[0][2].shape[0]
     print("\nnoise AUC of the identity / unit score (÷ the whole ‖ĥ‖) computed in some of the directions\n")
-    print("| directions | " + " | ".join(f"top {m}" for m in TOP_DIRECTIONS) + f" | all {dimension} | "
-          + " | ".join(f"all but the top {m}" for m in TOP_DIRECTIONS) + " |")
+    print(
+        "| directions | "
+        + " | ".join(f"top {m}" for m in TOP_DIRECTIONS)
+        + f" | all {dimension} | "
+        + " | ".join(f"all but the top {m}" for m in TOP_DIRECTIONS)
+        + " |"
+    )
     print("|---|" + "---|" * (2 * len(TOP_DIRECTIONS) + 1))
-    cells = ([auc_in(slice(0, m)) for m in TOP_DIRECTIONS] + [auc_in(slice(0, dimension))]
-             + [auc_in(slice(m, dimension)) for m in TOP_DIRECTIONS])
+    cells = (
+        [auc_in(slice(0, m)) for m in TOP_DIRECTIONS]
+        + [auc_in(slice(0, dimension))]
+        + [auc_in(slice(m, dimension)) for m in TOP_DIRECTIONS]
+    )
     print("| noise AUC | " + " | ".join(f"{auc:.3f}" for auc in cells) + " |")
 
 
-def fisher_on_clean_rows(checkpoints: list[CheckpointGradients], pool: pl.DataFrame, settings: Settings, dampings: list[float]) -> None:
+def fisher_on_clean_rows(
+    checkpoints: list[CheckpointGradients], pool: pl.DataFrame, settings: Settings, dampings: list[float]
+) -> None:
     """The signed / unit score with the fisher Hessian fitted on every row, and on the clean rows alone.
 
     Corrupted rows have large gradients, so they could dominate ΦᵀΦ/N; a Fisher fitted without them
@@ -158,8 +193,11 @@ def fisher_on_clean_rows(checkpoints: list[CheckpointGradients], pool: pl.DataFr
     """
     corrupted = set(pool.filter(pl.col("is_corrupted"))["example_id"])
     scoring = replace(settings.influence.scoring(), hessian="fisher", debias="unit")
-    print("| fisher damping | corrupted share of trace(ΦᵀΦ) at " + ", ".join(c.checkpoint for c in checkpoints)
-          + " | noise AUC, fitted on every row | fitted on the clean rows alone |")
+    print(
+        "| fisher damping | corrupted share of trace(ΦᵀΦ) at "
+        + ", ".join(c.checkpoint for c in checkpoints)
+        + " | noise AUC, fitted on every row | fitted on the clean rows alone |"
+    )
     print("|---|---|---|---|")
     shares = []
     for checkpoint in checkpoints:
@@ -190,11 +228,18 @@ def sft_accuracy(configs, checkpoints, pool: pl.DataFrame, settings: Settings, w
     print("|---|---|---|---|---|")
     scorer = MethodScorer(checkpoints)
     for name, scoring in configs:
-        auc, clean, chosen = selection_figures(scorer.scores(replace(scoring, unsolved=settings.influence.unsolved), pool), pool, settings)
+        auc, clean, chosen = selection_figures(
+            scorer.scores(replace(scoring, unsolved=settings.influence.unsolved), pool), pool, settings
+        )
         selection = [messages[i] for i in sorted(chosen)]
-        accuracies = [100 * evaluated_after_sft(settings, resource, tokenizer, selection, queries, seed).accuracy for seed in seeds]
-        print(f"| {name} | {auc:.3f} | {clean:.3f} | {np.mean(accuracies):.1f} ± {np.std(accuracies):.1f} | "
-              f"{', '.join(f'{a:.1f}' for a in accuracies)} |", flush=True)
+        accuracies = [
+            100 * evaluated_after_sft(settings, resource, tokenizer, selection, queries, seed).accuracy for seed in seeds
+        ]
+        print(
+            f"| {name} | {auc:.3f} | {clean:.3f} | {np.mean(accuracies):.1f} ± {np.std(accuracies):.1f} | "
+            f"{', '.join(f'{a:.1f}' for a in accuracies)} |",
+            flush=True,
+        )
 
 
 def main(argv=None) -> None:
@@ -203,10 +248,14 @@ def main(argv=None) -> None:
     pool = ground_truth_pool(warehouse)
     started = time.perf_counter()
     validation_gradients, grades = warehouse.scan("validation_gradients").collect(), warehouse.scan("grades").collect()
-    checkpoints = [base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
-                   *warmup_checkpoints_along(warehouse, settings.warmup_steps)]
-    print(f"scored at {', '.join(c.checkpoint for c in checkpoints)}; k = {checkpoints[0].training.shape[1]}; "
-          f"influence.unsolved {settings.influence.unsolved}; the top {settings.selection.fraction:g} of {pool.height}\n")
+    checkpoints = [
+        base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
+        *warmup_checkpoints_along(warehouse, settings.warmup_steps),
+    ]
+    print(
+        f"scored at {', '.join(c.checkpoint for c in checkpoints)}; k = {checkpoints[0].training.shape[1]}; "
+        f"influence.unsolved {settings.influence.unsolved}; the top {settings.selection.fraction:g} of {pool.height}\n"
+    )
     settings_grid(checkpoints, pool, settings, args.dampings)
     print()
     signal_directions(checkpoints, pool, settings)

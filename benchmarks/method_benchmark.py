@@ -31,8 +31,10 @@ def main() -> None:
     materialize_pipeline(defs, instance, only_stale=True)
     materialize_assets(defs, instance, [AssetKey("method_benchmark")])
     table = Warehouse(settings).scan("method_benchmark").collect()
-    print(f"\nmethod benchmark ({len(settings.benchmark.seeds)} seeds, {settings.benchmark.sft.steps} SFT steps each), "
-          f"{time.perf_counter() - started:.0f} s in all\n")
+    print(
+        f"\nmethod benchmark ({len(settings.benchmark.seeds)} seeds, {settings.benchmark.sft.steps} SFT steps each), "
+        f"{time.perf_counter() - started:.0f} s in all\n"
+    )
     print(summary_markdown(table))
 
 

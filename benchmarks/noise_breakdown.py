@@ -42,7 +42,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
-
 from demo_warehouse import demo_warehouse, evaluated_after_sft
 
 from drift_assets.assets.gradients import projection_options
@@ -88,7 +87,10 @@ class NoiseKinds:
         self.clean = ~pool["is_corrupted"].to_numpy().astype(bool)
         category = pool["category"].to_numpy() if "category" in pool.columns else np.where(self.clean, "correct", "corrupted")
         offsets = np.array(
-            [answer_offset(p, r, marker) if c == "corrupted" else None for p, r, c in zip(pool["prompt"], pool["response"], category)],
+            [
+                answer_offset(p, r, marker) if c == "corrupted" else None
+                for p, r, c in zip(pool["prompt"], pool["response"], category)
+            ],
             dtype=object,
         )
         self.kinds = {"all noise": ~self.clean, "off_task": category == "off_task", "corrupted": category == "corrupted"}
@@ -153,17 +155,28 @@ def main(argv=None) -> None:
     kinds = NoiseKinds(pool, marker)
 
     offsets = rollout_offsets(read["grades"], read["validation_queries"])
-    print(f"base model's incorrect validation rollouts ({sum(offsets.values())}), by answer − reference: "
-          + ", ".join(f"{offset:+}: {count}" if isinstance(offset, int) else f"{offset}: {count}" for offset, count in offsets.most_common(8)))
+    print(
+        f"base model's incorrect validation rollouts ({sum(offsets.values())}), by answer − reference: "
+        + ", ".join(
+            f"{offset:+}: {count}" if isinstance(offset, int) else f"{offset}: {count}"
+            for offset, count in offsets.most_common(8)
+        )
+    )
 
     scored = pool.select("example_id").join(read["influence_scores"], on="example_id", how="left")
-    losses = pool.select("example_id").join(read["training_gradient_projections"].select("example_id", "loss", "n_tokens"), on="example_id", how="left")
+    losses = pool.select("example_id").join(
+        read["training_gradient_projections"].select("example_id", "loss", "n_tokens"), on="example_id", how="left"
+    )
     loss = losses["loss"].to_numpy()
-    checkpoints = [base_checkpoint(warehouse, settings.projection.shards, warehouse.scan("validation_gradients").collect(), read["grades"]),
-                   *warmup_checkpoints_along(warehouse, settings.warmup_steps)]
+    checkpoints = [
+        base_checkpoint(warehouse, settings.projection.shards, warehouse.scan("validation_gradients").collect(), read["grades"]),
+        *warmup_checkpoints_along(warehouse, settings.warmup_steps),
+    ]
     along = {}
     for checkpoint in checkpoints if settings.warmup_steps else []:
-        along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(score_checkpoint(checkpoint, settings.influence.scoring()), pool)
+        along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(
+            score_checkpoint(checkpoint, settings.influence.scoring()), pool
+        )
     scores = {
         f"drift ({settings.influence.debias})": scored["score"].to_numpy(),
         **along,
@@ -179,29 +192,44 @@ def main(argv=None) -> None:
         print(kinds.row(name, values))
     gradients = pool.select("example_id").join(read["training_gradient_projections"], on="example_id", how="left")
     training = vectors(gradients).astype(np.float64)
-    for name, target in split_target(warehouse.scan("validation_gradients").collect(), read["grades"], settings.influence.weighting).items():
+    for name, target in split_target(
+        warehouse.scan("validation_gradients").collect(), read["grades"], settings.influence.weighting
+    ).items():
         print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
 
-    print("\ncontrasts of answers alone: correct and incorrect rollouts in the same response style, and incorrect rollouts"
-          " against themselves with the answer edited\n")
+    print(
+        "\ncontrasts of answers alone: correct and incorrect rollouts in the same response style, and incorrect rollouts"
+        " against themselves with the answer edited\n"
+    )
     answer_only = answer_contrast_scores(settings, warehouse, checkpoints, pool, kinds)
     for name, values in answer_only.items():
         print(kinds.row(name, values))
     styles = response_styles(pool["response"], marker)
     if (styles != "").any():
-        print("\nnoise AUC within each response style (clean against corrupted rows written the same way) and the style's share"
-              " of each score's top half\n")
-        print(f"{'score':>22} " + " ".join(f"{style:>12}" for style in STYLES) + "   "
-              + " ".join(f"{'top ' + style:>16}" for style in STYLES))
-        print(f"{'(pool)':>22} {'':>12} {'':>12} {'':>12}   " + " ".join(f"{(styles == style).mean():>16.3f}" for style in STYLES))
+        print(
+            "\nnoise AUC within each response style (clean against corrupted rows written the same way) and the style's share"
+            " of each score's top half\n"
+        )
+        print(
+            f"{'score':>22} "
+            + " ".join(f"{style:>12}" for style in STYLES)
+            + "   "
+            + " ".join(f"{'top ' + style:>16}" for style in STYLES)
+        )
+        print(
+            f"{'(pool)':>22} {'':>12} {'':>12} {'':>12}   " + " ".join(f"{(styles == style).mean():>16.3f}" for style in STYLES)
+        )
         for name, values in {**scores, **answer_only}.items():
             print(within_style_row(name, values, styles, kinds))
 
     tokenizer = model_resource(settings).load_tokenizer()
 
     size = round(pool.height * settings.selection.fraction)
-    selections = {name: pool["example_id"].gather(np.argsort(-values, kind="stable")[:size]).to_list()
-                  for name, values in scores.items() if name != "raw gᵀh" and name not in along}
+    selections = {
+        name: pool["example_id"].gather(np.argsort(-values, kind="stable")[:size]).to_list()
+        for name, values in scores.items()
+        if name != "raw gᵀh" and name not in along
+    }
     for method in ("random", "oracle"):
         selections[method] = selected_ids(method, 0, pool, None, size, "top_fraction", settings.selection.fraction, None)
     print(f"\nwhat each selection of {size} holds (top by score; random and oracle as the benchmark draws them, seed 0)\n")
@@ -209,11 +237,15 @@ def main(argv=None) -> None:
     for name, ids in selections.items():
         chosen = pool["example_id"].is_in(ids).to_numpy()
         picked = pool.filter(chosen)
-        print(f"{name:>22} {kinds.clean[chosen].mean():>6.3f} {picked['prompt'].n_unique():>8} {picked['n_response_tokens'].mean():>8.1f} "
-              + " ".join(f"{mask[chosen].mean():>10.3f}" for mask in kinds.kinds.values()))
+        print(
+            f"{name:>22} {kinds.clean[chosen].mean():>6.3f} {picked['prompt'].n_unique():>8} {picked['n_response_tokens'].mean():>8.1f} "
+            + " ".join(f"{mask[chosen].mean():>10.3f}" for mask in kinds.kinds.values())
+        )
 
     if args.sft:
-        print(f"\neach selection fine-tuned (seeds {args.sft_seeds}), greedy on the test queries: accuracy, and the answers by offset\n")
+        print(
+            f"\neach selection fine-tuned (seeds {args.sft_seeds}), greedy on the test queries: accuracy, and the answers by offset\n"
+        )
         test_queries = warehouse.scan("test_queries").collect().to_dicts()
         for name, ids in {"base (no SFT)": [], "full": pool["example_id"].to_list(), **selections}.items():
             messages = pool.filter(pl.col("example_id").is_in(ids))["messages"].to_list()
@@ -222,8 +254,18 @@ def main(argv=None) -> None:
 
 def response_styles(responses: Iterable[str], marker: str) -> np.ndarray:
     """Each response's demo style (one of STYLES; "" for others, such as the off-task chores)."""
-    return np.array([STYLES[0] if response.startswith(marker) else STYLES[2] if response.startswith("We compute")
-                     else STYLES[1] if marker in response else "" for response in responses])
+    return np.array(
+        [
+            STYLES[0]
+            if response.startswith(marker)
+            else STYLES[2]
+            if response.startswith("We compute")
+            else STYLES[1]
+            if marker in response
+            else ""
+            for response in responses
+        ]
+    )
 
 
 def within_style_row(name: str, scores: np.ndarray, styles: np.ndarray, kinds: NoiseKinds) -> str:
@@ -245,8 +287,9 @@ def corrected_completion(completion: str, answer: str, reference: str) -> str:
     return re.sub(rf"(?<![\d.]){re.escape(answer)}(?![\d.])", reference, completion)
 
 
-def answer_contrasts(model: ModelResource, settings: Settings, checkpoint: CheckpointGradients, rollouts: pl.DataFrame,
-                     queries: pl.DataFrame) -> tuple[dict[str, np.ndarray], str]:
+def answer_contrasts(
+    model: ModelResource, settings: Settings, checkpoint: CheckpointGradients, rollouts: pl.DataFrame, queries: pl.DataFrame
+) -> tuple[dict[str, np.ndarray], str]:
     """Two targets that contrast answers, not phrasing, at one checkpoint, from its graded rollouts' gradients.
 
     ``same style``: per query and response style, the mean gradient of the correct rollouts minus
@@ -259,7 +302,8 @@ def answer_contrasts(model: ModelResource, settings: Settings, checkpoint: Check
     options, batch_size, marker = projection_options(settings), settings.projection.batch_size, settings.grading.answer_marker
     projector = LinearGradientProjector(network, options, reference_basis(network, options, tokenizer, queries, batch_size))
     sampled = rollouts.select("rollout_id", "query_id", "completion", "correct").join(
-        checkpoint.validation_gradients.select("rollout_id", "grad"), on="rollout_id", how="left")
+        checkpoint.validation_gradients.select("rollout_id", "grad"), on="rollout_id", how="left"
+    )
     gradients = vectors(sampled).astype(np.float64)
     query_ids, correct = sampled["query_id"].to_numpy(), sampled["correct"].to_numpy().astype(bool)
     styles = response_styles(sampled["completion"], marker)
@@ -270,13 +314,22 @@ def answer_contrasts(model: ModelResource, settings: Settings, checkpoint: Check
             same_style += gradients[cell & correct].mean(axis=0) - gradients[cell & ~correct].mean(axis=0)
 
     prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
-    references = dict(zip(queries["query_id"], (extract_number(reference, marker) for reference in queries["reference"]), strict=True))
+    references = dict(
+        zip(queries["query_id"], (extract_number(reference, marker) for reference in queries["reference"]), strict=True)
+    )
     answers = [extract_number(completion, marker) for completion in sampled["completion"]]
-    wrong = [row for row in range(sampled.height)
-             if not correct[row] and answers[row] is not None and references[query_ids[row]] is not None]
+    wrong = [
+        row
+        for row in range(sampled.height)
+        if not correct[row] and answers[row] is not None and references[query_ids[row]] is not None
+    ]
     edits = [corrected_completion(sampled["completion"][row], answers[row], references[query_ids[row]]) for row in wrong]
-    token_pairs = query_token_pairs(tokenizer, [prompts[query_ids[row]] for row in wrong], edits,
-                                    answer_marker=settings.projection.answer_marker(settings.grading))
+    token_pairs = query_token_pairs(
+        tokenizer,
+        [prompts[query_ids[row]] for row in wrong],
+        edits,
+        answer_marker=settings.projection.answer_marker(settings.grading),
+    )
     edited = project_in_batches(projector, tokenizer, *token_pairs, batch_size).gradients.numpy().astype(np.float64)
     per_query = Counter(query_ids[wrong])
     weights = np.array([1.0 / per_query[query_ids[row]] for row in wrong])
@@ -285,13 +338,19 @@ def answer_contrasts(model: ModelResource, settings: Settings, checkpoint: Check
     def mean_norm(matrix: np.ndarray) -> str:
         return f"{np.linalg.norm(matrix, axis=1).mean():.1f}"
 
-    print(f"{checkpoint.checkpoint}: mean ‖∇log π‖ of the rollouts: correct {mean_norm(gradients[correct])}, "
-          f"incorrect {mean_norm(gradients[~correct])}, incorrect with the answer edited {mean_norm(edited)}; by style: "
-          + ", ".join(f"{style} {mean_norm(gradients[styles == style])}" for style in STYLES if (styles == style).any()), flush=True)
+    print(
+        f"{checkpoint.checkpoint}: mean ‖∇log π‖ of the rollouts: correct {mean_norm(gradients[correct])}, "
+        f"incorrect {mean_norm(gradients[~correct])}, incorrect with the answer edited {mean_norm(edited)}; by style: "
+        + ", ".join(f"{style} {mean_norm(gradients[styles == style])}" for style in STYLES if (styles == style).any()),
+        flush=True,
+    )
     if settings.influence.targets == "onpolicy":
         shares = target_shares(checkpoint, settings, dict(zip(sampled["rollout_id"], styles, strict=True)))
-        print(f"{'':>8}share of the target g along the rollouts of each style (gᵀpart / gᵀg): "
-              + ", ".join(f"{name or 'other'} {share:.2f}" for name, share in shares.items()), flush=True)
+        print(
+            f"{'':>8}share of the target g along the rollouts of each style (gᵀpart / gᵀg): "
+            + ", ".join(f"{name or 'other'} {share:.2f}" for name, share in shares.items()),
+            flush=True,
+        )
     return {"same style": same_style, "edited": edited_target}, projector.fingerprint
 
 
@@ -301,19 +360,25 @@ def target_shares(checkpoint: CheckpointGradients, settings: Settings, style_of:
     g is the sum of the rows the pipeline weighs (:func:`weighted_rollouts`); each group's
     share is gᵀ(its weighted sum)/gᵀg, so the shares add up to 1.
     """
-    rows, _, _ = weighted_rollouts(checkpoint.validation_gradients, checkpoint.grades, settings.influence.weighting,
-                                   settings.influence.unsolved)
+    rows, _, _ = weighted_rollouts(
+        checkpoint.validation_gradients, checkpoint.grades, settings.influence.weighting, settings.influence.unsolved
+    )
     weighted = vectors(rows).astype(np.float64) * rows["weight"].to_numpy()[:, None]
     target = weighted.sum(axis=0)
     groups = np.array([style_of.get(rollout_id, "references for unsolved queries") for rollout_id in rows["rollout_id"]])
     return {group: float(weighted[groups == group].sum(axis=0) @ target / (target @ target)) for group in sorted(set(groups))}
 
 
-def answer_contrast_scores(settings: Settings, warehouse: Warehouse, checkpoints: list[CheckpointGradients], pool: pl.DataFrame,
-                           kinds: NoiseKinds) -> dict[str, np.ndarray]:
+def answer_contrast_scores(
+    settings: Settings, warehouse: Warehouse, checkpoints: list[CheckpointGradients], pool: pl.DataFrame, kinds: NoiseKinds
+) -> dict[str, np.ndarray]:
     """The pool scored against :func:`answer_contrasts` at every checkpoint (printed), and each target's mean over checkpoints."""
     queries = warehouse.scan("validation_queries").collect()
-    paths = dict(warehouse.scan("warmup_checkpoints").select("checkpoint", "path").collect().iter_rows()) if len(checkpoints) > 1 else {}
+    paths = (
+        dict(warehouse.scan("warmup_checkpoints").select("checkpoint", "path").collect().iter_rows())
+        if len(checkpoints) > 1
+        else {}
+    )
     scoring = settings.influence.scoring()
     along: dict[str, list[PoolScores]] = {}
     rows = []
@@ -324,8 +389,12 @@ def answer_contrast_scores(settings: Settings, warehouse: Warehouse, checkpoints
             rollouts = warehouse.scan("rollouts").collect().join(grades, on="rollout_id")
         else:
             model = ModelResource(path=paths[checkpoint.checkpoint], dtype=settings.model.dtype, device=settings.model.device)
-            rollouts = warehouse.scan("checkpoint_gradients").filter(
-                (pl.col("checkpoint") == checkpoint.checkpoint) & (pl.col("role") == "rollout")).collect().rename({"id": "rollout_id"})
+            rollouts = (
+                warehouse.scan("checkpoint_gradients")
+                .filter((pl.col("checkpoint") == checkpoint.checkpoint) & (pl.col("role") == "rollout"))
+                .collect()
+                .rename({"id": "rollout_id"})
+            )
         targets, projection = answer_contrasts(model, settings, checkpoint, rollouts, queries)
         if {projection} != {fingerprint for _, fingerprint in checkpoint.training_fingerprints}:
             raise SystemExit(f"checkpoint {checkpoint.checkpoint}: the refitted basis differs from the training rows' projection")
@@ -347,7 +416,10 @@ def in_pool_order(scores: PoolScores, pool: pl.DataFrame) -> np.ndarray:
 def answer_differences(answers: list[str], queries: list[dict], marker: str) -> list[float | None]:
     """Each answer's final number − its query's reference (None where the answer has no number)."""
     numbers = [extract_number(answer, marker) for answer in answers]
-    return [float(number) - float(query["reference"]) if number is not None else None for number, query in zip(numbers, queries, strict=True)]
+    return [
+        float(number) - float(query["reference"]) if number is not None else None
+        for number, query in zip(numbers, queries, strict=True)
+    ]
 
 
 def test_offsets(settings: Settings, tokenizer, messages: list[str], test_queries: list[dict], seeds: list[int]) -> str:
@@ -361,8 +433,10 @@ def test_offsets(settings: Settings, tokenizer, messages: list[str], test_querie
     above = sum(count for offset, count in wrong if offset > 0)
     below = sum(count for offset, count in wrong if offset < 0)
     shares = ", ".join(f"{offset:+d}: {offsets[offset] / total:.3f}" for offset in OFFSETS)
-    return (f"accuracy {offsets[0] / total:.3f}; {shares}; other {sum(c for o, c in wrong if o not in OFFSETS) / total:.3f}, "
-            f"no number {offsets[None] / total:.3f}; too high {above / total:.3f}, too low {below / total:.3f}")
+    return (
+        f"accuracy {offsets[0] / total:.3f}; {shares}; other {sum(c for o, c in wrong if o not in OFFSETS) / total:.3f}, "
+        f"no number {offsets[None] / total:.3f}; too high {above / total:.3f}, too low {below / total:.3f}"
+    )
 
 
 if __name__ == "__main__":

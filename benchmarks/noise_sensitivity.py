@@ -33,7 +33,6 @@ import time
 
 import numpy as np
 import polars as pl
-
 from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 from noise_breakdown import answer_differences, answer_offset
 
@@ -44,11 +43,18 @@ from drift_assets.resources import Warehouse, model_resource
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--shares", default="0,0.025,0.05,0.1,0.2,pool", help="noisy shares of each selection ('pool': the pool's own share)")
+    parser.add_argument(
+        "--shares", default="0,0.025,0.05,0.1,0.2,pool", help="noisy shares of each selection ('pool': the pool's own share)"
+    )
     parser.add_argument("--seeds", default=None, help="comma list of SFT seeds (default: benchmark.seeds)")
     parser.add_argument("--no-scored", action="store_true", help="skip part 2 (the scored selections)")
-    parser.add_argument("--one-off", type=int, default=0, metavar="N",
-                        help="part 3: N rows one off (+1, -1, half each) in a random clean selection (0: skip)")
+    parser.add_argument(
+        "--one-off",
+        type=int,
+        default=0,
+        metavar="N",
+        help="part 3: N rows one off (+1, -1, half each) in a random clean selection (0: skip)",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,8 +62,10 @@ def mixed_selection(clean: list[str], noisy: list[str], size: int, share: float,
     """``size`` ids, round(share × size) of them noisy, both kinds drawn at random (seeded)."""
     n_noisy = round(share * size)
     if n_noisy > len(noisy) or size - n_noisy > len(clean):
-        raise SystemExit(f"a selection of {size} with noise share {share} needs {n_noisy} noisy and {size - n_noisy} clean rows; "
-                         f"the pool has {len(noisy)} and {len(clean)}")
+        raise SystemExit(
+            f"a selection of {size} with noise share {share} needs {n_noisy} noisy and {size - n_noisy} clean rows; "
+            f"the pool has {len(noisy)} and {len(clean)}"
+        )
     rng = random.Random(f"noise-sensitivity-{share}-{seed}")
     return rng.sample(clean, size - n_noisy) + rng.sample(noisy, n_noisy)
 
@@ -90,8 +98,10 @@ def main(argv=None) -> None:
         values = [100 * accuracy(selection_for_seed(seed), seed) for seed in seeds]
         return float(np.mean(values)), float(np.std(values))
 
-    print(f"selections of {size} rows (selection.fraction {settings.selection.fraction} of {pool.height}); "
-          f"the pool is {pool_share:.3f} noise; SFT seeds {seeds}, {len(queries)} test queries\n")
+    print(
+        f"selections of {size} rows (selection.fraction {settings.selection.fraction} of {pool.height}); "
+        f"the pool is {pool_share:.3f} noise; SFT seeds {seeds}, {len(queries)} test queries\n"
+    )
     if shares:
         print("random noise: clean rows and noisy rows drawn at random in each share\n")
         print("| noise share | noisy rows | accuracy % (mean ± std over seeds) |")
@@ -104,24 +114,35 @@ def main(argv=None) -> None:
 
     selections = {} if args.no_scored else scored_selections(warehouse, pool, size)
     if selections:
-        print("\nthe noise a scored selection keeps: the selection as it is, and with its noisy rows swapped for clean "
-              "rows it left out (drawn at random per seed); beside it, random noise of the same share (interpolated above)\n")
-        print("| selection | noise share | accuracy % | noise swapped for clean | its noise costs (points) | random noise of that share costs |")
+        print(
+            "\nthe noise a scored selection keeps: the selection as it is, and with its noisy rows swapped for clean "
+            "rows it left out (drawn at random per seed); beside it, random noise of the same share (interpolated above)\n"
+        )
+        print(
+            "| selection | noise share | accuracy % | noise swapped for clean | its noise costs (points) | random noise of that share costs |"
+        )
         print("|---|---|---|---|---|---|")
         shares_measured = sorted(curve)
         random_curve = [curve[share] for share in shares_measured]
         for name, chosen in selections.items():
             kept_noise = [i for i in chosen if i in noisy_set]
             share = len(kept_noise) / len(chosen)
-            as_is, as_is_spread = mean_std(lambda seed: chosen)
+            as_is, as_is_spread = mean_std(lambda seed, chosen=chosen: chosen)
             left_out = sorted(set(clean) - set(chosen))
             swapped, swapped_spread = mean_std(
-                lambda seed: [i for i in chosen if i not in noisy_set]
-                + random.Random(f"noise-swap-{name}-{seed}").sample(left_out, len(kept_noise))
+                lambda seed, chosen=chosen, name=name, left_out=left_out, kept_noise=kept_noise: (
+                    [i for i in chosen if i not in noisy_set]
+                    + random.Random(f"noise-swap-{name}-{seed}").sample(left_out, len(kept_noise))
+                )
             )
-            random_cost = f"{curve[0.0] - np.interp(share, shares_measured, random_curve):.1f}" if 0.0 in curve else "– (needs share 0)"
-            print(f"| {name} | {share:.3f} | {as_is:.1f} ± {as_is_spread:.1f} | {swapped:.1f} ± {swapped_spread:.1f} | "
-                  f"{swapped - as_is:.1f} | {random_cost} |", flush=True)
+            random_cost = (
+                f"{curve[0.0] - np.interp(share, shares_measured, random_curve):.1f}" if 0.0 in curve else "– (needs share 0)"
+            )
+            print(
+                f"| {name} | {share:.3f} | {as_is:.1f} ± {as_is_spread:.1f} | {swapped:.1f} ± {swapped_spread:.1f} | "
+                f"{swapped - as_is:.1f} | {random_cost} |",
+                flush=True,
+            )
     if args.one_off:
         one_off_rows(args.one_off, pool, clean, size, seeds, settings, queries, evaluated)
     print(f"\n{time.perf_counter() - started:.0f} s")
@@ -136,10 +157,16 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated)
     marker = settings.grading.answer_marker
     offsets = [answer_offset(prompt, response, marker) for prompt, response in zip(pool["prompt"], pool["response"], strict=True)]
     corrupted = pool["is_corrupted"].to_list()
-    one_off = {direction: [i for i, offset, bad in zip(pool["example_id"], offsets, corrupted, strict=True) if bad and offset == direction]
-               for direction in (1, -1)}
+    one_off = {
+        direction: [
+            i for i, offset, bad in zip(pool["example_id"], offsets, corrupted, strict=True) if bad and offset == direction
+        ]
+        for direction in (1, -1)
+    }
     if min(len(rows) for rows in one_off.values()) < n_rows:
-        raise SystemExit(f"--one-off {n_rows}: the pool has only {len(one_off[1])} rows one too high and {len(one_off[-1])} one too low")
+        raise SystemExit(
+            f"--one-off {n_rows}: the pool has only {len(one_off[1])} rows one too high and {len(one_off[-1])} one too low"
+        )
 
     def leaning(answers: list[str]) -> tuple[float, float]:
         """Shares of the test queries answered too high and too low."""
@@ -148,12 +175,18 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated)
 
     def draw(kind: str, seed: int) -> list[str]:
         rng = random.Random(f"one-off-{kind}-{n_rows}-{seed}")
-        noisy = {"none": [], "+1": rng.sample(one_off[1], n_rows), "-1": rng.sample(one_off[-1], n_rows),
-                 "half each": rng.sample(one_off[1], n_rows // 2) + rng.sample(one_off[-1], n_rows - n_rows // 2)}[kind]
+        noisy = {
+            "none": [],
+            "+1": rng.sample(one_off[1], n_rows),
+            "-1": rng.sample(one_off[-1], n_rows),
+            "half each": rng.sample(one_off[1], n_rows // 2) + rng.sample(one_off[-1], n_rows - n_rows // 2),
+        }[kind]
         return rng.sample(clean, size - len(noisy)) + noisy
 
-    print(f"\nrows one off: a random clean selection of {size} with {n_rows} rows replaced by rows one too high, "
-          f"one too low, or half each; the fine-tuned models' test answers\n")
+    print(
+        f"\nrows one off: a random clean selection of {size} with {n_rows} rows replaced by rows one too high, "
+        f"one too low, or half each; the fine-tuned models' test answers\n"
+    )
     print("| rows one off | accuracy % (mean ± std over seeds) | answers too high % | answers too low % |")
     print("|---|---|---|---|")
     for kind in ("none", "+1", "-1", "half each"):
@@ -162,7 +195,10 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated)
             result = evaluated(draw(kind, seed), seed)
             figures.append((100 * result.accuracy, *(100 * share for share in leaning(result.answers))))
         values = np.array(figures)
-        print(f"| {kind} | {values[:, 0].mean():.1f} ± {values[:, 0].std():.1f} | {values[:, 1].mean():.1f} | {values[:, 2].mean():.1f} |", flush=True)
+        print(
+            f"| {kind} | {values[:, 0].mean():.1f} ± {values[:, 0].std():.1f} | {values[:, 1].mean():.1f} | {values[:, 2].mean():.1f} |",
+            flush=True,
+        )
 
 
 def scored_selections(warehouse: Warehouse, pool: pl.DataFrame, size: int) -> dict[str, list[str]]:

@@ -29,9 +29,8 @@ import time
 import numpy as np
 import polars as pl
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from demo_warehouse import demo_warehouse
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import pool_token_pairs, reference_basis, validation_gradient_frame
@@ -52,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings, warehouse = demo_warehouse(("training_pool", "rollouts", "grades", "validation_queries"))
+
     def read(name: str) -> pl.DataFrame:
         return warehouse.scan(name).collect()
 
@@ -69,7 +69,9 @@ def main(argv=None) -> None:
     def scores(projector: LinearGradientProjector) -> tuple[np.ndarray, np.ndarray, int]:
         """Raw and unit-debiased scores of the sample, and how many rollouts and references the target weighs."""
         train = project_in_batches(projector, tokenizer, *pool_pairs, args.batch_size).gradients.double()
-        validation = validation_gradient_frame(projector, tokenizer, rollouts, queries, args.batch_size, "fidelity", answer_marker=marker)
+        validation = validation_gradient_frame(
+            projector, tokenizer, rollouts, queries, args.batch_size, "fidelity", answer_marker=marker
+        )
         target = target_gradient(validation, grades, "onpolicy", influence.weighting, influence.unsolved)
         raw = (train @ torch.from_numpy(target.vector)).numpy()
         return raw, raw / train.norm(dim=1).clamp(min=1e-30).numpy(), target.n_targets
@@ -80,17 +82,22 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     exact = LinearGradientProjector(model, ProjectionOptions(rank=None))
     exact_raw, exact_unit, n_targets = scores(exact)
-    print(f"{pool.height} pool examples, {n_targets} weighted rollouts and references ({influence.weighting} weights, unsolved: "
-          f"{influence.unsolved}, {settings.projection.validation_span} span); exact k = {exact.dimension:,} "
-          f"({time.perf_counter() - started:.0f} s), noise AUC raw {auc(exact_raw)}, unit {auc(exact_unit)}")
+    print(
+        f"{pool.height} pool examples, {n_targets} weighted rollouts and references ({influence.weighting} weights, unsolved: "
+        f"{influence.unsolved}, {settings.projection.validation_span} span); exact k = {exact.dimension:,} "
+        f"({time.perf_counter() - started:.0f} s), noise AUC raw {auc(exact_raw)}, unit {auc(exact_unit)}"
+    )
     print(f"{'basis':>7} {'rank':>5} {'k':>7} {'spearman raw':>13} {'spearman unit':>14} {'AUC unit':>9}")
     for rank in args.ranks:
         for basis_name in ("pca", "random"):
             options = ProjectionOptions(rank=rank, basis=basis_name)
             basis = reference_basis(model, options, tokenizer, queries, args.batch_size)
             raw, unit, _ = scores(LinearGradientProjector(model, options, basis))
-            print(f"{basis_name:>7} {rank:>5} {len(basis.matrices) * rank * rank:>7} {spearman(raw, exact_raw):>13.3f} "
-                  f"{spearman(unit, exact_unit):>14.3f} {auc(unit):>9}", flush=True)
+            print(
+                f"{basis_name:>7} {rank:>5} {len(basis.matrices) * rank * rank:>7} {spearman(raw, exact_raw):>13.3f} "
+                f"{spearman(unit, exact_unit):>14.3f} {auc(unit):>9}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

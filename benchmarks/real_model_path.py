@@ -37,21 +37,31 @@ from drift_assets_tests.core.test_rollout_tokens import teacher_forced
 
 
 def rollout_tokens() -> None:
-    queries = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
+    queries = pl.DataFrame(
+        {"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]}
+    )
     tokenizer = build_chat_tokenizer()
     model = build_tiny_llama(tokenizer, seed=0).eval()
     prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, p)) for p in queries["prompt"]]
     report = TransformersEngine(model, tokenizer, device="cpu").generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=0))
     table = rollout_rows(queries, report, "random-chat-model", seed=0)
     engine = torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64)
-    sampled = teacher_forced(model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"]))
-    re_encoded_ids = [encode_response(tokenizer, text, append_eos=eos) for text, eos in zip(table["completion"], table["ended_with_eos"])]
+    sampled = teacher_forced(
+        model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
+    )
+    re_encoded_ids = [
+        encode_response(tokenizer, text, append_eos=eos) for text, eos in zip(table["completion"], table["ended_with_eos"])
+    ]
     differ = sum(ids != sampled_ids for ids, sampled_ids in zip(re_encoded_ids, table["token_ids"].to_list()))
-    re_encoded = teacher_forced(model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], re_encoded_ids))
+    re_encoded = teacher_forced(
+        model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], re_encoded_ids)
+    )
     gap = (re_encoded - engine).abs()
-    print(f"rollout tokens (random tiny Llama, byte-level BPE + ChatML, {table.height} rollouts): re-encoded text differs from "
-          f"the sampled tokens in {differ}; its log-prob is off the engine's by {gap.median():.0f} nats (median, max {gap.max():.0f}); "
-          f"the sampled ids give it back to {(sampled - engine).abs().max():.0e}")
+    print(
+        f"rollout tokens (random tiny Llama, byte-level BPE + ChatML, {table.height} rollouts): re-encoded text differs from "
+        f"the sampled tokens in {differ}; its log-prob is off the engine's by {gap.median():.0f} nats (median, max {gap.max():.0f}); "
+        f"the sampled ids give it back to {(sampled - engine).abs().max():.0e}"
+    )
 
 
 def fine_tune_16_bit_weights_directly(model, tokenizer, messages, options: SftOptions) -> None:
@@ -86,7 +96,9 @@ def bfloat16_fine_tuning(steps: int, learning_rate: float) -> None:
     fine_tune_16_bit_weights_directly(direct, tokenizer, messages, options)
 
     def update(model) -> torch.Tensor:
-        return torch.cat([(p.detach().float() - q.detach()).flatten() for p, q in zip(model.parameters(), start.parameters(), strict=True)])
+        return torch.cat(
+            [(p.detach().float() - q.detach()).flatten() for p, q in zip(model.parameters(), start.parameters(), strict=True)]
+        )
 
     pairs = pool_token_pairs(tokenizer, messages)
 
@@ -94,9 +106,15 @@ def bfloat16_fine_tuning(steps: int, learning_rate: float) -> None:
         return float(-teacher_forced(copy.deepcopy(model).float(), tokenizer, *pairs).sum() / sum(len(r) for r in pairs[1]))
 
     reference = update(full)
-    print(f"bfloat16 fine-tuning (demo model, {len(messages)} examples, {steps} steps, lr {learning_rate:g}): loss per token, "
-          f"and cosine of the weight update with float32's")
-    for name, model in (("float32", full), ("bf16, float32 master weights (now)", master), ("bf16 weights stepped directly (before)", direct)):
+    print(
+        f"bfloat16 fine-tuning (demo model, {len(messages)} examples, {steps} steps, lr {learning_rate:g}): loss per token, "
+        f"and cosine of the weight update with float32's"
+    )
+    for name, model in (
+        ("float32", full),
+        ("bf16, float32 master weights (now)", master),
+        ("bf16 weights stepped directly (before)", direct),
+    ):
         cosine = torch.nn.functional.cosine_similarity(reference, update(model), dim=0)
         print(f"  {name:40s} loss {loss(model):.3f}  update cosine {cosine:.3f}")
 

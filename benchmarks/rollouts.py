@@ -41,7 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backends", default="transformers,vllm", help="comma-separated subset of: transformers, vllm")
     parser.add_argument("--prompts", type=int, default=32, help="number of distinct prompts")
     parser.add_argument(
-        "--transformers-prompts", type=int, default=8,
+        "--transformers-prompts",
+        type=int,
+        default=8,
         help="prompts the transformers engine samples (the first ones; it decodes query by query, so tokens/s does not depend on this)",
     )
     parser.add_argument("--samples", type=int, default=4, help="samples per prompt (SamplingSettings.n)")
@@ -49,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="keep vLLM's INFO logging")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 8 prompts (4 for transformers), n=2, 32 tokens, a 4-layer random model")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 8 prompts (4 for transformers), n=2, 32 tokens, a 4-layer random model"
+    )
     args = parser.parse_args(argv)
     if args.transformers_prompts < 1 or args.prompts < 1:
         parser.error("--prompts and --transformers-prompts must be >= 1")
@@ -126,8 +130,15 @@ def main(argv=None) -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     import torch
     import transformers
+    from benchmark_models import (
+        RandomLlamaShape,
+        demo_model_directory,
+        format_parameters,
+        load,
+        parameter_count,
+        random_model_directory,
+    )
 
-    from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_model_directory
     from drift_assets.core.demo_task import query_rows
     from drift_assets.core.generation import SamplingSettings, vllm_available
     from drift_assets.core.sequences import encode_prompt, render_prompt

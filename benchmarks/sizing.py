@@ -31,12 +31,21 @@ from drift_assets.core.projection import ProjectionOptions, target_layers
 GiB = 2**30
 # Published shapes (config.json of each model); vocabulary sizes do not matter here.
 SHAPES = {
-    "Qwen2.5-1.5B": (Qwen2Config, Qwen2ForCausalLM, dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                                                         num_attention_heads=12, num_key_value_heads=2)),
-    "Qwen2.5-7B": (Qwen2Config, Qwen2ForCausalLM, dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                                       num_attention_heads=28, num_key_value_heads=4)),
-    "Llama-3.1-8B": (LlamaConfig, LlamaForCausalLM, dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                                         num_attention_heads=32, num_key_value_heads=8)),
+    "Qwen2.5-1.5B": (
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2),
+    ),
+    "Qwen2.5-7B": (
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4),
+    ),
+    "Llama-3.1-8B": (
+        LlamaConfig,
+        LlamaForCausalLM,
+        dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8),
+    ),
 }
 
 
@@ -52,8 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    print(f"| model | targeted layers | rank | k | grad row | {args.pool:,} examples | PCA covariances on the device "
-          "| largest eigendecomposition | fisher Hessian and factor |")
+    print(
+        f"| model | targeted layers | rank | k | grad row | {args.pool:,} examples | PCA covariances on the device "
+        "| largest eigendecomposition | fisher Hessian and factor |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, (config_class, model_class, shape) in SHAPES.items():
         with torch.device("meta"):
@@ -64,8 +75,10 @@ def main(argv=None) -> None:
         for rank in args.ranks:
             k = len(layers) * rank**2
             row = k * 4
-            print(f"| {name} | {len(layers)} | {rank} | {k:,} | {row / 2**10:.0f} KiB | {row * args.pool / GiB:.1f} GiB | "
-                  f"{covariances / GiB:.1f} GiB | {widest:,} × {widest:,} | {2 * k * k * 8 / GiB:.1f} GiB |")
+            print(
+                f"| {name} | {len(layers)} | {rank} | {k:,} | {row / 2**10:.0f} KiB | {row * args.pool / GiB:.1f} GiB | "
+                f"{covariances / GiB:.1f} GiB | {widest:,} × {widest:,} | {2 * k * k * 8 / GiB:.1f} GiB |"
+            )
 
 
 if __name__ == "__main__":

@@ -52,21 +52,32 @@ def task_settings(task_name: str, methods: list[str], seeds: list[int], warmup: 
     directory.mkdir(parents=True, exist_ok=True)
     sft = {**raw.get("benchmark", {}).get("sft", {}), **task.defaults.sft}
     demo_data = "../../demo" if task_name == raw.get("demo", {}).get("task", "arithmetic") else "demo"
-    raw.update({
-        "model": {**raw.get("model", {}), "path": f"{demo_data}/model"},
-        "data": {**raw.get("data", {}), "training_pool": f"{demo_data}/training_pool.jsonl",
-                 "validation_queries": f"{demo_data}/validation_queries.jsonl", "test_queries": f"{demo_data}/test_queries.jsonl"},
-        "warehouse": {"root": "warehouse", "storage_options": {}},
-        "demo": {**raw.get("demo", {}), "enabled": True, "task": task_name},
-        "grading": {**raw.get("grading", {}), "answer_marker": task.answer_marker or raw.get("grading", {}).get("answer_marker", "Answer:")},
-        "rollout": {**raw.get("rollout", {}), "backend": "transformers"},
-        "projection": {**raw.get("projection", {}), "shards": 1},
-        "warmup": {**raw.get("warmup", {}), "steps": warmup_steps(sft, task.defaults.n_train) if warmup else [],
-                   "learning_rate": sft.get("learning_rate", 1e-3)},
-        "selection": {**raw.get("selection", {}), "fraction": task.defaults.selection_fraction, "export_dir": "exports"},
-        "benchmark": {"methods": methods, "seeds": seeds, "workers": workers, "eval_backend": "transformers",
-                      "sft": sft},
-    })
+    raw.update(
+        {
+            "model": {**raw.get("model", {}), "path": f"{demo_data}/model"},
+            "data": {
+                **raw.get("data", {}),
+                "training_pool": f"{demo_data}/training_pool.jsonl",
+                "validation_queries": f"{demo_data}/validation_queries.jsonl",
+                "test_queries": f"{demo_data}/test_queries.jsonl",
+            },
+            "warehouse": {"root": "warehouse", "storage_options": {}},
+            "demo": {**raw.get("demo", {}), "enabled": True, "task": task_name},
+            "grading": {
+                **raw.get("grading", {}),
+                "answer_marker": task.answer_marker or raw.get("grading", {}).get("answer_marker", "Answer:"),
+            },
+            "rollout": {**raw.get("rollout", {}), "backend": "transformers"},
+            "projection": {**raw.get("projection", {}), "shards": 1},
+            "warmup": {
+                **raw.get("warmup", {}),
+                "steps": warmup_steps(sft, task.defaults.n_train) if warmup else [],
+                "learning_rate": sft.get("learning_rate", 1e-3),
+            },
+            "selection": {**raw.get("selection", {}), "fraction": task.defaults.selection_fraction, "export_dir": "exports"},
+            "benchmark": {"methods": methods, "seeds": seeds, "workers": workers, "eval_backend": "transformers", "sft": sft},
+        }
+    )
     for dotted, value in overrides.items():
         group, key = dotted.split(".", 1)
         raw.setdefault(group, {})[key] = value
@@ -119,8 +130,10 @@ def run_task(settings_path: Path, benchmark: bool = True) -> dict:
         "pass_at_1": grades.get("pass_at_1"),
         "mixed_share": grades.get("mixed_share"),
         "queries": grades.get("queries"),
-        "drift_diagnostics": {key: scores.get(key) for key in (
-            "noise_auc", "spearman_score_vs_grad_norm", "spearman_score_vs_loss", "reference_share_of_target")},
+        "drift_diagnostics": {
+            key: scores.get(key)
+            for key in ("noise_auc", "spearman_score_vs_grad_norm", "spearman_score_vs_loss", "reference_share_of_target")
+        },
         "pipeline_seconds": pipeline_seconds,
         "benchmark_seconds": time.perf_counter() - started - pipeline_seconds,
     }
@@ -145,8 +158,10 @@ def paired(table, baseline: str) -> dict[str, tuple[float, float | None]]:
     """method -> (mean, standard error) of its accuracy minus ``baseline``'s on the same seed, in points."""
     from drift_assets.core.benchmark import paired_differences
 
-    return {row["method"]: (100 * row["difference_mean"], None if row["difference_se"] is None else 100 * row["difference_se"])
-            for row in paired_differences(table, baseline).iter_rows(named=True)}
+    return {
+        row["method"]: (100 * row["difference_mean"], None if row["difference_se"] is None else 100 * row["difference_se"])
+        for row in paired_differences(table, baseline).iter_rows(named=True)
+    }
 
 
 def cell(value: tuple[float, float | None] | None) -> str:
@@ -165,7 +180,11 @@ def task_report(result: dict) -> str:
     task = get_task(result["task"])
     versus_full, versus_random = paired(table, "full"), paired(table, "random")
     summary = table.group_by("method", maintain_order=True).agg(
-        n=pl.col("n_selected").first(), mean=pl.col("accuracy").mean(), std=pl.col("accuracy").std(), auc=pl.col("noise_auc").first())
+        n=pl.col("n_selected").first(),
+        mean=pl.col("accuracy").mean(),
+        std=pl.col("accuracy").std(),
+        auc=pl.col("noise_auc").first(),
+    )
     diagnostics = result["drift_diagnostics"]
     lines = [
         f"#### {task.name}{' (held out)' if task.held_out else ''}: {task.description}",
@@ -173,7 +192,10 @@ def task_report(result: dict) -> str:
         f"mixed grades; DRIFT's score: Spearman with gradient norm {diagnostics['spearman_score_vs_grad_norm'] or float('nan'):+.3f}, "
         f"with loss {diagnostics['spearman_score_vs_loss'] or float('nan'):+.3f}",
         "",
-        *(f"- guard {name}: {'passed' if verdict['passed'] else 'WARNS'}: {verdict['message']}" for name, verdict in result["guards"].items()),
+        *(
+            f"- guard {name}: {'passed' if verdict['passed'] else 'WARNS'}: {verdict['message']}"
+            for name, verdict in result["guards"].items()
+        ),
         "",
         "| method | examples | accuracy % (mean ± std) | vs full (points, paired) | vs random | noise AUC |",
         "|---|---|---|---|---|---|",
@@ -181,9 +203,11 @@ def task_report(result: dict) -> str:
     for row in summary.iter_rows(named=True):
         auc = "–" if row["auc"] is None else f"{row['auc']:.3f}"
         method = row["method"]
-        lines.append(f"| {method} | {row['n']} | {100 * row['mean']:.1f} ± {100 * (row['std'] or 0):.1f} | "
-                     f"{cell(None if method == 'full' else versus_full.get(method))} | "
-                     f"{cell(None if method == 'random' else versus_random.get(method))} | {auc} |")
+        lines.append(
+            f"| {method} | {row['n']} | {100 * row['mean']:.1f} ± {100 * (row['std'] or 0):.1f} | "
+            f"{cell(None if method == 'full' else versus_full.get(method))} | "
+            f"{cell(None if method == 'random' else versus_random.get(method))} | {auc} |"
+        )
     return "\n".join(lines)
 
 
@@ -200,9 +224,19 @@ def overall_report(results: list[dict]) -> str:
     development = [name for name in by_task if not get_task(name).held_out]
     held_out = [name for name in by_task if get_task(name).held_out]
     methods = list(dict.fromkeys(row["method"] for result in results for row in result["table"]))
-    header = "| method | " + " | ".join(development) + " | mean of those | " + " | ".join(f"{name} (held out)" for name in held_out) + " |"
-    lines = ["Accuracy after SFT minus full-data SFT, points (mean ± s.e. over paired seeds):", "", header,
-             "|---|" + "---|" * (len(development) + 1 + len(held_out))]
+    header = (
+        "| method | "
+        + " | ".join(development)
+        + " | mean of those | "
+        + " | ".join(f"{name} (held out)" for name in held_out)
+        + " |"
+    )
+    lines = [
+        "Accuracy after SFT minus full-data SFT, points (mean ± s.e. over paired seeds):",
+        "",
+        header,
+        "|---|" + "---|" * (len(development) + 1 + len(held_out)),
+    ]
     for method in methods:
         if method == "full":
             continue
@@ -211,10 +245,17 @@ def overall_report(results: list[dict]) -> str:
         mean = None
         if known and len(known) == len(values):
             errors = [error for _, error in known if error is not None]
-            mean = (sum(m for m, _ in known) / len(known),
-                    math.sqrt(sum(e * e for e in errors)) / len(known) if len(errors) == len(known) else None)
-        lines.append(f"| {method} | " + " | ".join(cell(value) for value in values) + f" | {cell(mean)} | "
-                     + " | ".join(cell(by_task[name].get(method)) for name in held_out) + " |")
+            mean = (
+                sum(m for m, _ in known) / len(known),
+                math.sqrt(sum(e * e for e in errors)) / len(known) if len(errors) == len(known) else None,
+            )
+        lines.append(
+            f"| {method} | "
+            + " | ".join(cell(value) for value in values)
+            + f" | {cell(mean)} | "
+            + " | ".join(cell(by_task[name].get(method)) for name in held_out)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -229,14 +270,26 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(DEMO_TASKS), help=f"comma-separated subset of {', '.join(DEMO_TASKS)}")
-    parser.add_argument("--methods", default="full,random,oracle,loss,rds,bm25,offpolicy,drift,drift_signed,drift_reference,drift_base",
-                        help=f"comma-separated subset of {', '.join(BENCHMARK_METHODS)}")
+    parser.add_argument(
+        "--methods",
+        default="full,random,oracle,loss,rds,bm25,offpolicy,drift,drift_signed,drift_reference,drift_base",
+        help=f"comma-separated subset of {', '.join(BENCHMARK_METHODS)}",
+    )
     parser.add_argument("--seeds", default="0,1,2,3,4", help="SFT seeds")
-    parser.add_argument("--warmup", choices=["on", "off"], default="on",
-                        help="score along a warm-up run too (checkpoints at 1/6, 1/2 and all of a full-data run of the task's SFT recipe)")
+    parser.add_argument(
+        "--warmup",
+        choices=["on", "off"],
+        default="on",
+        help="score along a warm-up run too (checkpoints at 1/6, 1/2 and all of a full-data run of the task's SFT recipe)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes for the fine-tunes")
-    parser.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=YAML",
-                        help="override a setting for every task, e.g. --set influence.unsolved=skip")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="GROUP.KEY=YAML",
+        help="override a setting for every task, e.g. --set influence.unsolved=skip",
+    )
     parser.add_argument("--materialize-only", action="store_true", help="bring each task's pipeline up to date, no fine-tunes")
     args = parser.parse_args()
     import yaml
@@ -265,7 +318,10 @@ def main() -> None:
         print(f"\n=== {name}: {path}", flush=True)
         result = run_task(path, benchmark=not args.materialize_only)
         results.append(result)
-        print(f"{name}: pipeline {result['pipeline_seconds']:.0f} s, benchmark {result.get('benchmark_seconds', 0):.0f} s", flush=True)
+        print(
+            f"{name}: pipeline {result['pipeline_seconds']:.0f} s, benchmark {result.get('benchmark_seconds', 0):.0f} s",
+            flush=True,
+        )
     total = time.perf_counter() - started
     if args.materialize_only:
         for result in results:
@@ -273,7 +329,9 @@ def main() -> None:
                 print(f"{result['task']}: {name} {'passed' if verdict['passed'] else 'WARNS'}: {verdict['message']}")
         print(f"\nsuite: {len(tasks)} tasks materialized in {total / 60:.1f} min")
         return
-    (SUITE / "results.json").write_text(json.dumps({"results": results, "seconds": total, "argv": sys.argv[1:]}, indent=1, default=str))
+    (SUITE / "results.json").write_text(
+        json.dumps({"results": results, "seconds": total, "argv": sys.argv[1:]}, indent=1, default=str)
+    )
     print_report(results)
     print(f"\nsuite: {len(tasks)} tasks in {total / 60:.1f} min; figures in {SUITE / 'results.json'}")
 

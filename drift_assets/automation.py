@@ -42,29 +42,39 @@ def build_jobs(trajectory: bool = False) -> list:
     by checkpoint, built when ``warmup.steps`` is set) get a job of their own.
     """
     unsharded = PIPELINE - SHARDS - CHECKPOINTS if trajectory else PIPELINE - SHARDS
-    checkpoint_jobs = [
-        define_asset_job(
-            "warmup_checkpoint_gradients", selection=CHECKPOINTS,
-            description="Rollouts and gradients at each warm-up checkpoint; launch as a backfill over all checkpoints.",
-        ),
-    ] if trajectory else []
+    checkpoint_jobs = (
+        [
+            define_asset_job(
+                "warmup_checkpoint_gradients",
+                selection=CHECKPOINTS,
+                description="Rollouts and gradients at each warm-up checkpoint; launch as a backfill over all checkpoints.",
+            ),
+        ]
+        if trajectory
+        else []
+    )
     return [
         define_asset_job(
-            "observe_sources", selection=AssetSelection.groups("sources", include_sources=True),
+            "observe_sources",
+            selection=AssetSelection.groups("sources", include_sources=True),
             description="Record the content hash of every input file and of the model directory.",
         ),
         define_asset_job(
-            "refresh_unsharded", selection=unsharded,
+            "refresh_unsharded",
+            selection=unsharded,
             description="Inputs, rollouts, grades, validation gradients, scores, refined dataset and evaluation.",
         ),
         *checkpoint_jobs,
         define_asset_job(
-            "training_gradients", selection=SHARDS,
+            "training_gradients",
+            selection=SHARDS,
             description="Training-gradient shards; launch as a backfill over all partitions (one run per shard).",
         ),
         define_asset_job(
             "attribution_only",
-            selection=AssetSelection.assets("validation_gradients", "influence_scores", "refined_dataset", "refined_dataset_export"),
+            selection=AssetSelection.assets(
+                "validation_gradients", "influence_scores", "refined_dataset", "refined_dataset_export"
+            ),
             description="Re-score and re-select from existing rollouts (after changing weighting, Hessian, debias or selection).",
         ),
     ]

@@ -9,12 +9,18 @@ import polars as pl
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetsDefinition, asset_check
 
 
-def schema_and_ids_check(asset: AssetsDefinition, required_columns: dict[str, type[pl.DataType]], id_column: str, not_empty: list[str] = ()):
+def schema_and_ids_check(
+    asset: AssetsDefinition, required_columns: dict[str, type[pl.DataType]], id_column: str, not_empty: list[str] = ()
+):
     """Required columns with the right types, at least one row, unique non-null ids, no empty fields."""
     asset_name = asset.key.path[-1]
 
-    @asset_check(asset=asset, name=f"{asset_name}_schema_and_ids", blocking=True,
-                 description=f"Columns {sorted(required_columns)} present and typed; {id_column} unique and non-null; rows > 0.")
+    @asset_check(
+        asset=asset,
+        name=f"{asset_name}_schema_and_ids",
+        blocking=True,
+        description=f"Columns {sorted(required_columns)} present and typed; {id_column} unique and non-null; rows > 0.",
+    )
     def _check(context: AssetCheckExecutionContext, table: pl.DataFrame) -> AssetCheckResult:
         problems = []
         for column, dtype in required_columns.items():
@@ -66,11 +72,17 @@ def vector_problems(vectors: pl.Series, expected_dimension: int | None) -> tuple
 def vector_check(asset: AssetsDefinition, column: str, expected_dimension: int | None):
     asset_name = asset.key.path[-1]
 
-    @asset_check(asset=asset, name=f"{asset_name}_vectors_finite", blocking=True,
-                 description=f"Every {column} vector is finite and of the projection's dimension k={expected_dimension}.")
+    @asset_check(
+        asset=asset,
+        name=f"{asset_name}_vectors_finite",
+        blocking=True,
+        description=f"Every {column} vector is finite and of the projection's dimension k={expected_dimension}.",
+    )
     def _check(context: AssetCheckExecutionContext, table: pl.DataFrame) -> AssetCheckResult:
         problems, dimension = vector_problems(table[column], expected_dimension)
-        return AssetCheckResult(passed=not problems, metadata={"dimension": dimension, "rows": table.height,
-                                                             "problems": "; ".join(problems) or "none"})
+        return AssetCheckResult(
+            passed=not problems,
+            metadata={"dimension": dimension, "rows": table.height, "problems": "; ".join(problems) or "none"},
+        )
 
     return _check

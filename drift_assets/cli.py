@@ -30,7 +30,9 @@ def _summary(settings) -> str:
 
     pool, rejects = read("training_pool"), read("training_pool_rejects")
     if pool is not None:
-        lines.append(f"training_pool            {pool.height} examples ({rejects.height if rejects is not None else 0} quarantined)")
+        lines.append(
+            f"training_pool            {pool.height} examples ({rejects.height if rejects is not None else 0} quarantined)"
+        )
     rollouts, grades = read("rollouts"), read("grades")
     if rollouts is not None and grades is not None:
         from drift_assets.core.rollouts import grade_summary
@@ -42,9 +44,17 @@ def _summary(settings) -> str:
         )
     checkpoints = read("checkpoint_gradients", "checkpoint", "role", "correct")  # not the gradients
     if checkpoints is not None and settings.warmup_steps:
-        rollouts_at = checkpoints.filter(pl.col("role") == "rollout").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
-        lines.append("warm-up checkpoints      pass@1 " + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in rollouts_at.iter_rows())
-                     + "; scores averaged with the base model's")
+        rollouts_at = (
+            checkpoints.filter(pl.col("role") == "rollout")
+            .group_by("checkpoint")
+            .agg(pl.col("correct").mean())
+            .sort("checkpoint")
+        )
+        lines.append(
+            "warm-up checkpoints      pass@1 "
+            + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in rollouts_at.iter_rows())
+            + "; scores averaged with the base model's"
+        )
     scores = read("influence_scores")
     if scores is not None:
         from drift_assets.core.attribution import diagnostics
@@ -57,7 +67,9 @@ def _summary(settings) -> str:
         chosen = refined.filter("selected")
         line = f"refined_dataset          {chosen.height}/{refined.height} selected"
         if "is_corrupted" in refined.columns:
-            line += f"; corrupted share {refined['is_corrupted'].mean():.3f} in pool -> {chosen['is_corrupted'].mean():.3f} selected"
+            line += (
+                f"; corrupted share {refined['is_corrupted'].mean():.3f} in pool -> {chosen['is_corrupted'].mean():.3f} selected"
+            )
         lines.append(line)
     export = read("refined_dataset_export")
     if export is not None:
@@ -96,7 +108,9 @@ def _failed_check_messages(error: BaseException, instance) -> list[str]:
     messages = []
     for key in checks:
         record = records.get(key)
-        evaluation = record.event.dagster_event.event_specific_data if record and record.event and record.event.dagster_event else None
+        evaluation = (
+            record.event.dagster_event.event_specific_data if record and record.event and record.event.dagster_event else None
+        )
         advice = evaluation.metadata.get("message") if evaluation is not None else None
         messages.append(f"check {key.name} on {key.asset_key.to_user_string()} failed" + (f": {advice.value}" if advice else ""))
     return messages
@@ -110,8 +124,11 @@ def failure_paragraph(error: BaseException, instance) -> str:
         lines = _failed_check_messages(root, instance) or [str(root)]
     else:
         lines = [f"{type(root).__name__}: {root}"]
-    return "error: the materialization failed.\n" + "\n".join(f"  {line}" for line in lines) + \
-        "\n  Fix the cause and run the same command again: what already succeeded is not recomputed."
+    return (
+        "error: the materialization failed.\n"
+        + "\n".join(f"  {line}" for line in lines)
+        + "\n  Fix the cause and run the same command again: what already succeeded is not recomputed."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,13 +163,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             warehouse.check_reachable()
             with warehouse.lock():
-                done = materialize_pipeline(build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse,
-                                            verbose=args.verbose)
+                done = materialize_pipeline(
+                    build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse, verbose=args.verbose
+                )
         except Exception as error:
             if args.verbose:
                 traceback.print_exc()
-            print(f"\n{failure_paragraph(error, instance)}" + ("" if args.verbose else "\n  (--verbose adds the stack traces and Dagster's DEBUG events)"),
-                  file=sys.stderr)
+            print(
+                f"\n{failure_paragraph(error, instance)}"
+                + ("" if args.verbose else "\n  (--verbose adds the stack traces and Dagster's DEBUG events)"),
+                file=sys.stderr,
+            )
             return 1
         what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
         print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")

@@ -4,8 +4,8 @@ from dagster import AssetChecksDefinition, Definitions
 
 from drift_assets.assets.demo import build_demo_assets
 from drift_assets.assets.evaluate import build_evaluation_assets
-from drift_assets.assets.gradients import build_gradient_assets
 from drift_assets.assets.grades import build_grade_assets
+from drift_assets.assets.gradients import build_gradient_assets
 from drift_assets.assets.influence import build_influence_assets
 from drift_assets.assets.refine import build_refine_assets
 from drift_assets.assets.rollouts import build_rollout_assets

@@ -92,8 +92,12 @@ class RolloutEngineResource(ConfigurableResource):
 
     def sampling(self, **overrides) -> SamplingSettings:
         values = dict(
-            n=self.samples_per_query, temperature=self.temperature, top_p=self.top_p,
-            max_tokens=self.max_tokens, stop=tuple(self.stop), seed=self.seed,
+            n=self.samples_per_query,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=tuple(self.stop),
+            seed=self.seed,
         )
         values.update(overrides)
         return SamplingSettings(**values)
@@ -119,8 +123,11 @@ class RolloutEngineResource(ConfigurableResource):
             yield TransformersEngine(model.load_model(), model.load_tokenizer(), device=model.resolved_device)
             return
         engine = VllmEngine(
-            model.path, dtype=model.dtype, tensor_parallel_size=self.tensor_parallel_size,
-            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=resolve_max_model_len(self.max_model_len, model.path),
+            model.path,
+            dtype=model.dtype,
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=resolve_max_model_len(self.max_model_len, model.path),
             seed=self.seed,
         )
         try:
@@ -136,9 +143,15 @@ def model_resource(settings: Settings) -> ModelResource:
 def rollout_engine_resource(settings: Settings) -> RolloutEngineResource:
     rollout = settings.rollout
     return RolloutEngineResource(
-        backend=rollout.backend, samples_per_query=rollout.samples_per_query, temperature=rollout.temperature,
-        top_p=rollout.top_p, max_tokens=rollout.max_tokens, stop=list(rollout.stop), seed=rollout.seed,
-        tensor_parallel_size=rollout.tensor_parallel_size, gpu_memory_utilization=rollout.gpu_memory_utilization,
+        backend=rollout.backend,
+        samples_per_query=rollout.samples_per_query,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        max_tokens=rollout.max_tokens,
+        stop=list(rollout.stop),
+        seed=rollout.seed,
+        tensor_parallel_size=rollout.tensor_parallel_size,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
         max_model_len=rollout.max_model_len,
     )
 
@@ -214,9 +227,11 @@ class Warehouse:
         except Exception as error:
             detail = " ".join(re.sub(r"\x1b\[[0-9;]*m|↳", "", line).strip() for line in str(error).splitlines()[:4])
             keys = ", ".join(sorted(self.storage_options)) or "none"
-            raise WarehouseError(f"warehouse.root {self.root} cannot be reached with warehouse.storage_options (keys set: {keys}): "
-                                 f"{detail}. Set the credentials (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
-                                 "AWS_ENDPOINT_URL) in warehouse.storage_options or the environment.") from None
+            raise WarehouseError(
+                f"warehouse.root {self.root} cannot be reached with warehouse.storage_options (keys set: {keys}): "
+                f"{detail}. Set the credentials (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
+                "AWS_ENDPOINT_URL) in warehouse.storage_options or the environment."
+            ) from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -234,8 +249,10 @@ class Warehouse:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise WarehouseBusyError(f"warehouse {self.root} is being materialized by {holder}: wait for that run to finish "
-                                         "(or point warehouse.root elsewhere)") from None
+                raise WarehouseBusyError(
+                    f"warehouse {self.root} is being materialized by {holder}: wait for that run to finish "
+                    "(or point warehouse.root elsewhere)"
+                ) from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -260,4 +277,6 @@ class Warehouse:
             storage = LocalConfig()
         # A materialization rewrites its whole table (or partition), so its schema is the code's: a
         # release that adds a column must not fail on the table an earlier release wrote.
-        return DeltaLakePolarsIOManager(root_uri=self.root, storage_options=storage, schema=WAREHOUSE_SCHEMA, overwrite_schema=True)
+        return DeltaLakePolarsIOManager(
+            root_uri=self.root, storage_options=storage, schema=WAREHOUSE_SCHEMA, overwrite_schema=True
+        )

@@ -19,8 +19,14 @@ from drift_assets.terminal import terminal_run_config
 logger = logging.getLogger(__name__)
 
 UPSTREAM_OF_SHARDS = (
-    "training_pool", "training_pool_rejects", "validation_queries", "test_queries", "rollouts", "grades",
-    "projection_basis", "validation_gradients",
+    "training_pool",
+    "training_pool_rejects",
+    "validation_queries",
+    "test_queries",
+    "rollouts",
+    "grades",
+    "projection_basis",
+    "validation_gradients",
 )
 SHARDED = "training_gradient_projections"
 WARMUP = "warmup_checkpoints"
@@ -42,16 +48,21 @@ def _process_label(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}"
 
 
-def materialize_assets(defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None,
-                       verbose: bool = False) -> None:
+def materialize_assets(
+    defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None, verbose: bool = False
+) -> None:
     """One run that materializes ``keys`` (of one partition, for partitioned assets); raises if it fails.
     ``verbose``: Dagster's DEBUG events and stack traces in the terminal."""
     if not keys:
         return
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
-        instance=instance, asset_selection=keys, partition_key=partition_key, raise_on_error=True,
-        tags={PROCESS_TAG: _process_label(os.getpid())}, run_config=terminal_run_config(verbose),
+        instance=instance,
+        asset_selection=keys,
+        partition_key=partition_key,
+        raise_on_error=True,
+        tags={PROCESS_TAG: _process_label(os.getpid())},
+        run_config=terminal_run_config(verbose),
     )
     if not result.success:
         raise RuntimeError(f"run {result.run_id} failed while materializing {[k.to_user_string() for k in keys]}")
@@ -86,7 +97,11 @@ def _alive(pid: int) -> bool:
 def observe_sources(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:
     """Record the current content hash of every input file and the model directory."""
     defs.resolve_job_def("observe_sources").execute_in_process(
-        instance=instance, raise_on_error=True, tags={PROCESS_TAG: _process_label(os.getpid())}, run_config=terminal_run_config(verbose))
+        instance=instance,
+        raise_on_error=True,
+        tags={PROCESS_TAG: _process_label(os.getpid())},
+        run_config=terminal_run_config(verbose),
+    )
 
 
 def partition_keys(defs: Definitions, asset_name: str = SHARDED) -> list[str]:
@@ -109,8 +124,14 @@ def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehous
     return set(damaged)
 
 
-def materialize_pipeline(defs: Definitions, instance: DagsterInstance, include_demo: bool = True, only_stale: bool = False,
-                         warehouse=None, verbose: bool = False) -> list[str]:
+def materialize_pipeline(
+    defs: Definitions,
+    instance: DagsterInstance,
+    include_demo: bool = True,
+    only_stale: bool = False,
+    warehouse=None,
+    verbose: bool = False,
+) -> list[str]:
     """Demo setup (if present), observe sources, upstream tables, every shard, the warm-up run and its
     checkpoints (where configured), then scores onward.
 

@@ -36,16 +36,24 @@ class _Group(BaseModel):
 
 class ModelSettings(_Group):
     path: str = Field("demo/model", description="Hugging Face model directory (config.json + weights + tokenizer).")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype for rollouts, gradients and SFT (16-bit SFT keeps float32 master weights)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights' dtype for rollouts, gradients and SFT (16-bit SFT keeps float32 master weights)"
+    )
     device: str = Field("auto", description="'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'.")
 
 
 class DataSettings(_Group):
     training_pool: str = Field("demo/training_pool.jsonl", description="JSONL, Parquet, or a `datasets` dataset saved to disk.")
-    validation_queries: str = Field("demo/validation_queries.jsonl", description="queries with a reference answer (and optionally a grader)")
-    test_queries: str | None = Field(None, description="Held-out queries for evaluation (optional: without them there is no refined_model_evaluation).")
+    validation_queries: str = Field(
+        "demo/validation_queries.jsonl", description="queries with a reference answer (and optionally a grader)"
+    )
+    test_queries: str | None = Field(
+        None, description="Held-out queries for evaluation (optional: without them there is no refined_model_evaluation)."
+    )
     max_example_tokens: int | None = Field(
-        None, ge=8, description="Examples longer than this (prompt + response) are quarantined; unset: the model's context "
+        None,
+        ge=8,
+        description="Examples longer than this (prompt + response) are quarantined; unset: the model's context "
         "(config.json's max_position_embeddings), which it may not exceed.",
     )
 
@@ -63,7 +71,8 @@ class DemoSettings(_Group):
     shares and pre-training bounds take the task's own (``drift_assets.tasks``)."""
 
     enabled: bool = Field(
-        False, description="Add the demo assets that generate the task data and train the tiny model (they write data.* and "
+        False,
+        description="Add the demo assets that generate the task data and train the tiny model (they write data.* and "
         "model.path, and refuse to overwrite files they did not write themselves).",
     )
     task: Literal[DEMO_TASKS] = Field("arithmetic", description=f"which generated task: {', '.join(DEMO_TASKS)}")
@@ -71,11 +80,15 @@ class DemoSettings(_Group):
     n_train: int | None = Field(None, ge=100, description="pool size (default: the task's)")
     n_validation: int = Field(48, ge=8, description="validation queries")
     n_test: int = Field(300, ge=50, description="held-out test queries")
-    corrupted_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="near-miss rows: a wrong answer in the right format")
+    corrupted_fraction: float | None = Field(
+        None, ge=0.0, lt=1.0, description="near-miss rows: a wrong answer in the right format"
+    )
     off_task_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="rows about something else")
     format_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="the right answer in a format the grader rejects")
     pretrain_examples: int | None = Field(None, ge=100, description="Size of the base model's own pre-training corpus.")
-    target_accuracy: tuple[float, float] | None = Field(None, description="Stop pre-training once greedy accuracy on a calibration set lands here.")
+    target_accuracy: tuple[float, float] | None = Field(
+        None, description="Stop pre-training once greedy accuracy on a calibration set lands here."
+    )
     max_pretrain_steps: int | None = Field(
         None, ge=100, description="pre-training stops at the target band or after this many steps (never on a clock: determinism)"
     )
@@ -92,7 +105,11 @@ class DemoSettings(_Group):
     def noise(self) -> dict[str, float]:
         """Share of the pool per kind of noise: the task's, with the shares set here replacing its own."""
         noise = dict(self.spec().defaults.noise)
-        for kind, share in (("corrupted", self.corrupted_fraction), ("off_task", self.off_task_fraction), ("format", self.format_fraction)):
+        for kind, share in (
+            ("corrupted", self.corrupted_fraction),
+            ("off_task", self.off_task_fraction),
+            ("format", self.format_fraction),
+        ):
             if share is not None:
                 noise[kind] = share
         return {kind: share for kind, share in noise.items() if share > 0}
@@ -102,7 +119,11 @@ class DemoSettings(_Group):
         from dataclasses import replace
 
         recipe = self.spec().recipe
-        overrides = {"examples": self.pretrain_examples, "target_accuracy": self.target_accuracy, "max_steps": self.max_pretrain_steps}
+        overrides = {
+            "examples": self.pretrain_examples,
+            "target_accuracy": self.target_accuracy,
+            "max_steps": self.max_pretrain_steps,
+        }
         return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
 
     @model_validator(mode="after")
@@ -127,18 +148,25 @@ class RolloutSettings(_Group):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM's tensor parallelism (GPUs per engine)")
     gpu_memory_utilization: float = Field(0.2, gt=0.0, le=1.0, description="On CPU: share of host memory for vLLM's KV cache.")
     max_model_len: int | None = Field(
-        None, ge=16, description="vLLM's context length; unset: the model's own (config.json's max_position_embeddings)",
+        None,
+        ge=16,
+        description="vLLM's context length; unset: the model's own (config.json's max_position_embeddings)",
     )
 
 
 class GradingSettings(_Group):
-    default_grader: str = Field("numeric", description="Grader for queries without a 'grader' field: exact, numeric, math, regex, or module:function.")
+    default_grader: str = Field(
+        "numeric", description="Grader for queries without a 'grader' field: exact, numeric, math, regex, or module:function."
+    )
     custom_graders: list[str] = Field(
-        default_factory=list, description="module:function graders that query files may name in their 'grader' field "
+        default_factory=list,
+        description="module:function graders that query files may name in their 'grader' field "
         "(besides the built-ins and default_grader): a query file cannot make the pipeline import anything else.",
     )
     numeric_tolerance: float = Field(1e-6, ge=0.0, description="the numeric grader's absolute and relative tolerance")
-    answer_marker: str = Field("Answer:", description="what precedes the final answer: graders read after it, the answer span starts at it")
+    answer_marker: str = Field(
+        "Answer:", description="what precedes the final answer: graders read after it, the answer span starts at it"
+    )
     regex: str | None = Field(None, description="For the 'regex' grader: a pattern whose first group is the answer.")
     max_empty_or_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0, description="the rollouts check fails above this share")
 
@@ -191,14 +219,16 @@ class ProjectionSettings(_Group):
     )
     rank: int = Field(16, ge=1, description="Per-layer projection rank r: each layer contributes r*r dimensions.")
     basis: Literal["pca", "random"] = Field(
-        "pca", description="pca: top-r eigenvectors of each layer's input/output-gradient covariance on the validation "
+        "pca",
+        description="pca: top-r eigenvectors of each layer's input/output-gradient covariance on the validation "
         "references (LoGra); random: Gaussian from (seed, layer name), independent of any data.",
     )
     seed: int = Field(0, description="seed of the random basis")
     batch_size: int = Field(32, ge=1, description="sequences per gradient pass")
     loss_reduction: Literal["sum", "mean"] = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
     validation_span: Literal["answer", "completion"] = Field(
-        "answer", description="which tokens of each rollout and reference the validation gradient is the log-prob of: "
+        "answer",
+        description="which tokens of each rollout and reference the validation gradient is the log-prob of: "
         "answer = from the token that holds the last grading.answer_marker on (the part the grader reads; the tokens "
         "before it are context), "
         "completion = all of it. Training gradients always cover the whole response.",
@@ -212,21 +242,27 @@ class ProjectionSettings(_Group):
 
 class InfluenceSettings(_Group):
     targets: Literal["onpolicy", "offpolicy"] = Field(
-        "onpolicy", description="onpolicy: the graded rollouts (DRIFT); offpolicy: the reference answers (classic influence, LESS)",
+        "onpolicy",
+        description="onpolicy: the graded rollouts (DRIFT); offpolicy: the reference answers (classic influence, LESS)",
     )
     weighting: Literal["signed", "advantage", "positive"] = Field(
-        "positive", description="per rollout: positive (1/n⁺ for a correct one, none for a wrong one), signed (+1/n⁺, −1/n⁻), "
+        "positive",
+        description="per rollout: positive (1/n⁺ for a correct one, none for a wrong one), signed (+1/n⁺, −1/n⁻), "
         "advantage (r − mean r)",
     )
-    hessian: Literal["identity", "fisher"] = Field("identity", description="identity, or fisher: the projected empirical Fisher, damped")
+    hessian: Literal["identity", "fisher"] = Field(
+        "identity", description="identity, or fisher: the projected empirical Fisher, damped"
+    )
     damping: float = Field(0.1, ge=0.0, description="Fisher damping as a multiple of its mean eigenvalue.")
     debias: Literal["none", "unit", "self_influence", "residual", "log_orthogonal"] = Field(
-        "unit", description="against gradient norm: none; unit (÷‖ĥ‖); self_influence (÷√ĥᵀH⁻¹ĥ); residual (of the score on "
+        "unit",
+        description="against gradient norm: none; unit (÷‖ĥ‖); self_influence (÷√ĥᵀH⁻¹ĥ); residual (of the score on "
         "log‖ĥ‖); log_orthogonal (log|score| orthogonalized against log‖ĥ‖ with strength debias_strength)",
     )
     debias_strength: float = Field(1.0, ge=0.0, description="β of log_orthogonal: 0 = no debiasing, 1 = fully orthogonal.")
     unsolved: Literal["reference", "skip"] = Field(
-        "skip", description="queries no rollout solves: skip them (the target stays on-policy), or let their reference answer "
+        "skip",
+        description="queries no rollout solves: skip them (the target stays on-policy), or let their reference answer "
         "stand in as the correct rollout (off-policy where most queries are unsolved)",
     )
 
@@ -234,7 +270,9 @@ class InfluenceSettings(_Group):
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
         from drift_assets.core.attribution import ScoringSettings
 
-        return ScoringSettings(self.targets, self.weighting, self.hessian, self.damping, self.debias, self.unsolved, self.debias_strength)
+        return ScoringSettings(
+            self.targets, self.weighting, self.hessian, self.damping, self.debias, self.unsolved, self.debias_strength
+        )
 
 
 class WarmupSettings(_Group):
@@ -248,11 +286,14 @@ class WarmupSettings(_Group):
     """
 
     steps: list[int] | Literal["auto"] = Field(
-        "auto", description="Warm-up steps at which to re-score besides the base model, e.g. [50, 150, 300]; 'auto' = 1/6, 1/2 "
+        "auto",
+        description="Warm-up steps at which to re-score besides the base model, e.g. [50, 150, 300]; 'auto' = 1/6, 1/2 "
         "and all of benchmark.sft.steps; [] = the base model only.",
     )
     batch_size: int | None = Field(None, ge=1, description="default: benchmark.sft.batch_size")
-    learning_rate: float | None = Field(None, gt=0.0, description="constant (the checkpoints sample the run, not its end); default: benchmark.sft.learning_rate")
+    learning_rate: float | None = Field(
+        None, gt=0.0, description="constant (the checkpoints sample the run, not its end); default: benchmark.sft.learning_rate"
+    )
     seed: int = Field(0, description="the warm-up run's example order")
     checkpoint_dir: str = Field("checkpoints", description="A local directory for the checkpoints' model directories.")
 
@@ -269,7 +310,9 @@ class WarmupSettings(_Group):
 
 
 class SelectionSettings(_Group):
-    method: Literal["top_fraction", "top_k", "positive"] = Field("top_fraction", description="top_fraction, top_k, or positive (score > 0)")
+    method: Literal["top_fraction", "top_k", "positive"] = Field(
+        "top_fraction", description="top_fraction, top_k, or positive (score > 0)"
+    )
     fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the pool kept by top_fraction")
     k: int | None = Field(None, ge=1, description="examples kept by top_k")
     export_dir: str = Field("exports", description="Where the selection is exported as chat-messages JSONL and Parquet.")
@@ -284,7 +327,9 @@ class SelectionSettings(_Group):
 class SftSettings(_Group):
     steps: int = Field(300, ge=1, description="optimizer steps, whatever the selection's size (unless epochs is set)")
     epochs: float | None = Field(
-        None, gt=0.0, description="passes over the selection instead of a fixed step count: a 10% selection then gets "
+        None,
+        gt=0.0,
+        description="passes over the selection instead of a fixed step count: a 10% selection then gets "
         "a tenth of full-data SFT's steps, as continued SFT on a selected subset is run",
     )
     batch_size: int = Field(16, ge=1, description="examples per optimizer step")
@@ -300,24 +345,56 @@ class SftSettings(_Group):
 
 
 BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them equal
-    "full", "random", "oracle", "loss", "rds", "bm25", "offpolicy", "drift", "drift_signed", "drift_positive",
-    "drift_reference", "drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_base",
+    "full",
+    "random",
+    "oracle",
+    "loss",
+    "rds",
+    "bm25",
+    "offpolicy",
+    "drift",
+    "drift_signed",
+    "drift_positive",
+    "drift_reference",
+    "drift_skip",
+    "drift_nodebias",
+    "drift_unit",
+    "drift_log_orthogonal",
+    "drift_base",
 )
 
 
 class BenchmarkSettings(_Group):
     methods: list[Literal[BENCHMARK_METHODS]] = Field(
-        default_factory=lambda: ["full", "random", "oracle", "loss", "rds", "bm25", "offpolicy", "drift", "drift_signed",
-                                 "drift_reference", "drift_base"],
+        default_factory=lambda: [
+            "full",
+            "random",
+            "oracle",
+            "loss",
+            "rds",
+            "bm25",
+            "offpolicy",
+            "drift",
+            "drift_signed",
+            "drift_reference",
+            "drift_base",
+        ],
         description="the selections compared (drift_*: DRIFT with one setting changed; see drift_assets.core.benchmark)",
     )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4],
         description="SFT seeds per method. On the demo one method's accuracy spans up to ~7 points across five seeds.",
     )
-    sft: SftSettings = Field(default_factory=SftSettings, description="the SFT recipe of the evaluation, the benchmark and (by default) the warm-up run")
-    eval_backend: Literal["auto", "vllm", "transformers"] = Field("transformers", description="greedy decoding of fine-tuned models for evaluation")
-    workers: int = Field(1, ge=1, description="the method benchmark's fine-tunes run in this many processes (transformers evaluation)")
+    sft: SftSettings = Field(
+        default_factory=SftSettings,
+        description="the SFT recipe of the evaluation, the benchmark and (by default) the warm-up run",
+    )
+    eval_backend: Literal["auto", "vllm", "transformers"] = Field(
+        "transformers", description="greedy decoding of fine-tuned models for evaluation"
+    )
+    workers: int = Field(
+        1, ge=1, description="the method benchmark's fine-tunes run in this many processes (transformers evaluation)"
+    )
 
     @model_validator(mode="after")
     def _workers_evaluate_with_transformers(self) -> BenchmarkSettings:
@@ -349,7 +426,9 @@ class Settings(_Group):
     def _grading_reads_the_demo_tasks_answers(self) -> Settings:
         marker = self.demo.spec().answer_marker
         if self.demo.enabled and marker and self.grading.answer_marker != marker:
-            raise ValueError(f"grading.answer_marker must be {marker!r} for demo.task {self.demo.task} (got {self.grading.answer_marker!r})")
+            raise ValueError(
+                f"grading.answer_marker must be {marker!r} for demo.task {self.demo.task} (got {self.grading.answer_marker!r})"
+            )
         return self
 
     def resolve(self, path: str) -> str:
@@ -371,8 +450,12 @@ class Settings(_Group):
         """The warm-up run as it will be run: ``warmup`` with its defaults taken from ``benchmark.sft``."""
         sft, warmup = self.benchmark.sft, self.warmup
         steps = sorted({sft.steps // 6, sft.steps // 2, sft.steps} - {0}) if warmup.steps == "auto" else list(warmup.steps)
-        return {"steps": steps, "batch_size": warmup.batch_size or sft.batch_size,
-                "learning_rate": warmup.learning_rate or sft.learning_rate, "seed": warmup.seed}
+        return {
+            "steps": steps,
+            "batch_size": warmup.batch_size or sft.batch_size,
+            "learning_rate": warmup.learning_rate or sft.learning_rate,
+            "seed": warmup.seed,
+        }
 
     @property
     def warmup_steps(self) -> list[int]:
@@ -384,7 +467,14 @@ class Settings(_Group):
         from drift_assets.core.sft import SftOptions
 
         schedule = self.warmup_schedule
-        return SftOptions(max(schedule["steps"], default=1), schedule["batch_size"], schedule["learning_rate"], 0.0, "constant", schedule["seed"])
+        return SftOptions(
+            max(schedule["steps"], default=1),
+            schedule["batch_size"],
+            schedule["learning_rate"],
+            0.0,
+            "constant",
+            schedule["seed"],
+        )
 
     def with_overrides(self, **groups: dict[str, Any]) -> Settings:
         """A copy with some keys of some groups replaced: ``s.with_overrides(selection={"fraction": 0.3})``."""
@@ -431,8 +521,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping (the second would silently replace the first)",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (the second would silently replace the first)",
+                    key_node.start_mark,
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -453,7 +546,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 # Which settings each asset reads. Only these feed its code_version, so a change elsewhere never
 # makes it stale. Keys are "group" or "group.key".
-_PROJECTION = ("projection.target_modules", "projection.rank", "projection.basis", "projection.seed", "projection.loss_reduction", "model.dtype")
+_PROJECTION = (
+    "projection.target_modules",
+    "projection.rank",
+    "projection.basis",
+    "projection.seed",
+    "projection.loss_reduction",
+    "model.dtype",
+)
 _VALIDATION = (*_PROJECTION, "projection.validation_span", "grading.answer_marker")
 ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "demo_task_files": ("demo",),
@@ -471,8 +571,22 @@ ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
     "influence_scores": ("influence", "warmup_steps"),
     "refined_dataset": ("selection.method", "selection.fraction", "selection.k"),
     "refined_dataset_export": ("selection.export_dir",),
-    "refined_model_evaluation": ("benchmark.sft", "benchmark.eval_backend", "rollout.max_tokens", "rollout.max_model_len", "grading"),
-    "method_benchmark": ("benchmark", "influence", "warmup_steps", "selection", "rollout.max_tokens", "rollout.max_model_len", "grading"),
+    "refined_model_evaluation": (
+        "benchmark.sft",
+        "benchmark.eval_backend",
+        "rollout.max_tokens",
+        "rollout.max_model_len",
+        "grading",
+    ),
+    "method_benchmark": (
+        "benchmark",
+        "influence",
+        "warmup_steps",
+        "selection",
+        "rollout.max_tokens",
+        "rollout.max_model_len",
+        "grading",
+    ),
 }
 
 
@@ -517,6 +631,7 @@ _OBSERVED = {
 
 def _assets_reading(key: str) -> list[str]:
     """The assets whose code version hashes ``key`` (a "group.field" or "group.sub.field")."""
+
     def covers(registered: str) -> bool:
         sources = _DERIVED.get(registered, (registered,))
         return any(key == source or key.startswith(source + ".") or source.startswith(key + ".") for source in sources)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from dagster import Field, logger
+
 # Dagster's own console logger (internal API, pinned with Dagster 1.13.27), so the format stays Dagster's.
 from dagster._utils.log import create_console_logger
 

@@ -53,7 +53,9 @@ def build_demo_assets(settings: Settings) -> list:
         for split, (_, rows) in splits.items():
             changed = write_demo_jsonl(paths[split], rows, f"data.{split}")
             records.append({"split": split, "path": str(paths[split]), "rows": len(rows), "sha256": content_hash(paths[split])})
-            context.log.info(f"{'wrote' if changed else 'unchanged:'} {len(rows)} rows {'to' if changed else 'in'} {paths[split]}")
+            context.log.info(
+                f"{'wrote' if changed else 'unchanged:'} {len(rows)} rows {'to' if changed else 'in'} {paths[split]}"
+            )
         table = pl.DataFrame(records)
         pool = pl.DataFrame(splits["training_pool"][1])
         context.add_output_metadata(
@@ -97,19 +99,28 @@ def build_demo_assets(settings: Settings) -> list:
                 "wall_seconds": result.wall_seconds,
                 "accuracy_curve": {str(step): accuracy for step, accuracy in result.accuracy_curve},
             }
-            replace_model_directory(settings.model_path, lambda directory: tiny_model.save_model(built.model, built.tokenizer, directory),
-                                    {"build": build, "summary": summary})
-        table = pl.DataFrame([{
-            "path": settings.model_path,
-            "model_fingerprint": model_fingerprint(settings.model_path),
-            **{key: value for key, value in summary.items() if key != "accuracy_curve"},
-        }])
-        context.add_output_metadata({
-            **table_metadata(table),
-            "calibration_accuracy": summary["calibration_accuracy"],
-            "accuracy_curve": summary["accuracy_curve"],
-            "wall_seconds": summary["wall_seconds"],
-        })
+            replace_model_directory(
+                settings.model_path,
+                lambda directory: tiny_model.save_model(built.model, built.tokenizer, directory),
+                {"build": build, "summary": summary},
+            )
+        table = pl.DataFrame(
+            [
+                {
+                    "path": settings.model_path,
+                    "model_fingerprint": model_fingerprint(settings.model_path),
+                    **{key: value for key, value in summary.items() if key != "accuracy_curve"},
+                }
+            ]
+        )
+        context.add_output_metadata(
+            {
+                **table_metadata(table),
+                "calibration_accuracy": summary["calibration_accuracy"],
+                "accuracy_curve": summary["accuracy_curve"],
+                "wall_seconds": summary["wall_seconds"],
+            }
+        )
         return table
 
     return [demo_task_files, demo_base_model]

@@ -22,8 +22,8 @@ from drift_assets.core.benchmark import (
     selected_ids,
     similarity_scores,
 )
-from drift_assets.core.progress import Progress
 from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
+from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
 from drift_assets.core.tiny_model import save_model
@@ -41,9 +41,13 @@ def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEng
         return
     with tempfile.TemporaryDirectory() as directory:
         save_model(model, tokenizer, directory)
-        engine = VllmEngine(directory, dtype=dtype, gpu_memory_utilization=rollout_engine.gpu_memory_utilization,
-                            max_model_len=resolve_max_model_len(rollout_engine.max_model_len, directory),
-                            tensor_parallel_size=rollout_engine.tensor_parallel_size)
+        engine = VllmEngine(
+            directory,
+            dtype=dtype,
+            gpu_memory_utilization=rollout_engine.gpu_memory_utilization,
+            max_model_len=resolve_max_model_len(rollout_engine.max_model_len, directory),
+            tensor_parallel_size=rollout_engine.tensor_parallel_size,
+        )
         try:
             yield engine
         finally:
@@ -59,11 +63,25 @@ def build_evaluation_assets(settings: Settings) -> list:
     benchmark = settings.benchmark
     grading = settings.grading.options()
 
-    def fine_tune_job(model: ModelResource, method: str, messages: list[str] | None, queries: list[dict], seed: int) -> FineTuneJob:
-        return FineTuneJob(method, seed, messages or [], model.path, model.dtype, model.resolved_device, benchmark.sft.options(seed),
-                           queries, settings.rollout.max_tokens, grading)
+    def fine_tune_job(
+        model: ModelResource, method: str, messages: list[str] | None, queries: list[dict], seed: int
+    ) -> FineTuneJob:
+        return FineTuneJob(
+            method,
+            seed,
+            messages or [],
+            model.path,
+            model.dtype,
+            model.resolved_device,
+            benchmark.sft.options(seed),
+            queries,
+            settings.rollout.max_tokens,
+            grading,
+        )
 
-    def train_and_evaluate(model: ModelResource, rollout_engine: RolloutEngineResource, job: FineTuneJob, log) -> tuple[Evaluation, float]:
+    def train_and_evaluate(
+        model: ModelResource, rollout_engine: RolloutEngineResource, job: FineTuneJob, log
+    ) -> tuple[Evaluation, float]:
         """Fine-tune the base model on the job's selection (none: the base model itself) and evaluate it."""
         if uses_transformers(rollout_engine) and job.messages:
             return fine_tune_from_disk(job)
@@ -76,7 +94,9 @@ def build_evaluation_assets(settings: Settings) -> list:
         return result, time.perf_counter() - started
 
     def uses_transformers(rollout_engine: RolloutEngineResource) -> bool:
-        return benchmark.eval_backend == "transformers" or (benchmark.eval_backend == "auto" and rollout_engine.chosen_backend()[0] != "vllm")
+        return benchmark.eval_backend == "transformers" or (
+            benchmark.eval_backend == "auto" and rollout_engine.chosen_backend()[0] != "vllm"
+        )
 
     @asset(
         group_name="evaluation",
@@ -87,8 +107,11 @@ def build_evaluation_assets(settings: Settings) -> list:
         description="Test accuracy of the base model, of SFT on the full pool and of SFT on the refined dataset.",
     )
     def refined_model_evaluation(
-        context: AssetExecutionContext, refined_dataset: pl.DataFrame, test_queries: pl.DataFrame,
-        model: ModelResource, rollout_engine: RolloutEngineResource,
+        context: AssetExecutionContext,
+        refined_dataset: pl.DataFrame,
+        test_queries: pl.DataFrame,
+        model: ModelResource,
+        rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
         queries = test_queries.to_dicts()
         seed = benchmark.seeds[0]
@@ -99,20 +122,34 @@ def build_evaluation_assets(settings: Settings) -> list:
         }
         rows = []
         for name, messages in candidates.items():
-            result, seconds = train_and_evaluate(model, rollout_engine, fine_tune_job(model, name, messages, queries, seed), context.log.info)
+            result, seconds = train_and_evaluate(
+                model, rollout_engine, fine_tune_job(model, name, messages, queries, seed), context.log.info
+            )
             low, high = result.interval
-            rows.append({"model": name, "n_train": len(messages or []), "seed": seed, "accuracy": result.accuracy,
-                         "accuracy_low": low, "accuracy_high": high, "n_queries": result.total, "wall_seconds": seconds})
+            rows.append(
+                {
+                    "model": name,
+                    "n_train": len(messages or []),
+                    "seed": seed,
+                    "accuracy": result.accuracy,
+                    "accuracy_low": low,
+                    "accuracy_high": high,
+                    "n_queries": result.total,
+                    "wall_seconds": seconds,
+                }
+            )
             context.log.info(f"{name}: accuracy {result.accuracy:.3f} [{low:.3f}, {high:.3f}]")
         table = pl.DataFrame(rows)
         by_model = {row["model"]: row["accuracy"] for row in rows}
-        context.add_output_metadata({
-            **table_metadata(table),
-            "accuracy_refined": by_model["refined"],
-            "accuracy_full": by_model["full"],
-            "accuracy_base": by_model["base"],
-            "gain_over_full_points": 100 * (by_model["refined"] - by_model["full"]),
-        })
+        context.add_output_metadata(
+            {
+                **table_metadata(table),
+                "accuracy_refined": by_model["refined"],
+                "accuracy_full": by_model["full"],
+                "accuracy_base": by_model["base"],
+                "gain_over_full_points": 100 * (by_model["refined"] - by_model["full"]),
+            }
+        )
         return table
 
     @asset(
@@ -125,16 +162,23 @@ def build_evaluation_assets(settings: Settings) -> list:
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds.",
     )
     def method_benchmark(
-        context: AssetExecutionContext, training_pool: pl.DataFrame, validation_queries: pl.DataFrame,
-        validation_gradients: pl.DataFrame, grades: pl.DataFrame, test_queries: pl.DataFrame,
-        model: ModelResource, rollout_engine: RolloutEngineResource,
+        context: AssetExecutionContext,
+        training_pool: pl.DataFrame,
+        validation_queries: pl.DataFrame,
+        validation_gradients: pl.DataFrame,
+        grades: pl.DataFrame,
+        test_queries: pl.DataFrame,
+        model: ModelResource,
+        rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
         warehouse = Warehouse(settings)
         drift = settings.influence.scoring()
-        scorer = MethodScorer([
-            base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
-            *warmup_checkpoints_along(warehouse, settings.warmup_steps),
-        ])
+        scorer = MethodScorer(
+            [
+                base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
+                *warmup_checkpoints_along(warehouse, settings.warmup_steps),
+            ]
+        )
         network, tokenizer = model.load_model(), model.load_tokenizer()
         scores = {}
         for method in benchmark.methods:
@@ -151,27 +195,54 @@ def build_evaluation_assets(settings: Settings) -> list:
         jobs = []
         for method in benchmark.methods:
             for seed in benchmark.seeds:
-                chosen = set(selected_ids(method, seed, training_pool, scores.get(method), drift_size,
-                                          settings.selection.method, settings.selection.fraction, settings.selection.k))
+                chosen = set(
+                    selected_ids(
+                        method,
+                        seed,
+                        training_pool,
+                        scores.get(method),
+                        drift_size,
+                        settings.selection.method,
+                        settings.selection.fraction,
+                        settings.selection.k,
+                    )
+                )
                 messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
                 jobs.append(fine_tune_job(model, method, messages, queries, seed))
-        run_one = fine_tune_from_disk if benchmark.workers > 1 else (lambda job: train_and_evaluate(model, rollout_engine, job, context.log.debug))
-        context.log.info(f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds) "
-                         f"in {benchmark.workers} process(es)")
+        run_one = (
+            fine_tune_from_disk
+            if benchmark.workers > 1
+            else (lambda job: train_and_evaluate(model, rollout_engine, job, context.log.debug))
+        )
+        context.log.info(
+            f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds) "
+            f"in {benchmark.workers} process(es)"
+        )
         rows = []
         progress = Progress("fine-tunes", len(jobs), context.log.info)
         for job, (result, seconds) in run_fine_tunes(jobs, run_one, benchmark.workers):
             low, high = result.interval
-            rows.append({"method": job.method, "seed": job.seed, "n_selected": len(job.messages), "accuracy": result.accuracy,
-                         "accuracy_low": low, "accuracy_high": high, "noise_auc": noise_auc(scores.get(job.method), training_pool),
-                         "wall_seconds": seconds})
+            rows.append(
+                {
+                    "method": job.method,
+                    "seed": job.seed,
+                    "n_selected": len(job.messages),
+                    "accuracy": result.accuracy,
+                    "accuracy_low": low,
+                    "accuracy_high": high,
+                    "noise_auc": noise_auc(scores.get(job.method), training_pool),
+                    "wall_seconds": seconds,
+                }
+            )
             progress.advance(f"{job.method} seed {job.seed}: accuracy {result.accuracy:.3f}")
         table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64})
-        context.add_output_metadata({
-            **table_metadata(table, preview_rows=len(rows)),
-            "summary": MetadataValue.md(summary_markdown(table)),
-            "plot": accuracy_plot(table),
-        })
+        context.add_output_metadata(
+            {
+                **table_metadata(table, preview_rows=len(rows)),
+                "summary": MetadataValue.md(summary_markdown(table)),
+                "plot": accuracy_plot(table),
+            }
+        )
         return table
 
     return [refined_model_evaluation, method_benchmark]
@@ -203,7 +274,9 @@ def accuracy_plot(table: pl.DataFrame) -> MetadataValue:
         accuracies = 100 * table.filter(pl.col("method") == method)["accuracy"].to_numpy()
         axes.scatter(np.full(len(accuracies), position), accuracies, color="#08519c", s=12, zorder=3)
     if "full" in methods:
-        axes.axhline(100 * summary.filter(pl.col("method") == "full")["accuracy_mean"][0], color="grey", linestyle="--", label="full")
+        axes.axhline(
+            100 * summary.filter(pl.col("method") == "full")["accuracy_mean"][0], color="grey", linestyle="--", label="full"
+        )
         axes.legend(loc="lower right")
     axes.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
     axes.set_ylabel("test accuracy %")
@@ -218,14 +291,18 @@ def summary_markdown(table: pl.DataFrame) -> str:
     summary = summary_table(table)
     differences = {row["method"]: row for row in paired_differences(table, "full").iter_rows(named=True)}
     compare = bool(differences)
-    lines = ["| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |"
-             + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
-             "|---|---|---|---|---|---|" + ("---|" if compare else "")]
+    lines = [
+        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |"
+        + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
+        "|---|---|---|---|---|---|" + ("---|" if compare else ""),
+    ]
     for row in summary.iter_rows(named=True):
         auc = "–" if row["noise_auc"] is None else f"{row['noise_auc']:.3f}"
         std = row["accuracy_std"] or 0.0
-        line = (f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
-                f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |")
+        line = (
+            f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
+            f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |"
+        )
         if compare:
             line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"
         lines.append(line)

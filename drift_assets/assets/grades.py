@@ -30,8 +30,15 @@ def build_grade_assets(settings: Settings) -> list:
         group_name="rollouts",
         code_version=code_version("grades", GRADES_VERSION, settings),
         kinds={"python", "delta"},
-        check_specs=[AssetCheckSpec("grades_enough_contrast", asset="grades", description=(
-            "Enough validation queries with mixed grades for the on-policy contrast to rest on (a warning: it still works with fewer)."))],
+        check_specs=[
+            AssetCheckSpec(
+                "grades_enough_contrast",
+                asset="grades",
+                description=(
+                    "Enough validation queries with mixed grades for the on-policy contrast to rest on (a warning: it still works with fewer)."
+                ),
+            )
+        ],
         description="Correctness and reward of every rollout; metadata gives pass@1 and the mixed-grade share.",
     )
     def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame):
@@ -40,30 +47,46 @@ def build_grade_assets(settings: Settings) -> list:
         context.log.info(
             f"pass@1 {summary['pass_at_1']:.3f}; {summary['queries_mixed']}/{summary['queries']} queries have mixed grades"
         )
-        yield Output(table, metadata={
-            **table_metadata(table),
-            **summary,
-            "pass_at_1": MetadataValue.float(summary["pass_at_1"]),
-        })
+        yield Output(
+            table,
+            metadata={
+                **table_metadata(table),
+                **summary,
+                "pass_at_1": MetadataValue.float(summary["pass_at_1"]),
+            },
+        )
         passed, message = contrast_guard(summary["queries"], summary["queries_mixed"])
         if not passed:
             context.log.warning(message)
-        yield AssetCheckResult(check_name="grades_enough_contrast", passed=passed, severity=AssetCheckSeverity.WARN,
-                               metadata={"queries_mixed": summary["queries_mixed"], "queries": summary["queries"], "message": message})
+        yield AssetCheckResult(
+            check_name="grades_enough_contrast",
+            passed=passed,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"queries_mixed": summary["queries_mixed"], "queries": summary["queries"], "message": message},
+        )
 
-    @asset_check(asset=grades, blocking=True,
-                 description="The configured weighting has queries to work with (signed weighting: mixed grades, or unsolved "
-                 "queries with influence.unsolved: reference).")
+    @asset_check(
+        asset=grades,
+        blocking=True,
+        description="The configured weighting has queries to work with (signed weighting: mixed grades, or unsolved "
+        "queries with influence.unsolved: reference).",
+    )
     def grades_have_mixed_queries(context: AssetCheckExecutionContext, grades: pl.DataFrame) -> AssetCheckResult:
         summary = grade_summary(grades)
-        usable = usable_queries(summary, influence.weighting, influence.unsolved) if influence.targets == "onpolicy" else summary["queries"]
+        usable = (
+            usable_queries(summary, influence.weighting, influence.unsolved)
+            if influence.targets == "onpolicy"
+            else summary["queries"]
+        )
         passed = usable > 0
         return AssetCheckResult(
             passed=passed,
             metadata={
                 **summary,
                 "usable_queries": usable,
-                "message": "ok" if passed else (
+                "message": "ok"
+                if passed
+                else (
                     f"no query gives influence.weighting {influence.weighting!r} (unsolved: {influence.unsolved}) anything to contrast "
                     f"({summary['queries_all_correct']} all correct, {summary['queries_all_wrong']} all wrong). Raise "
                     "rollout.temperature or rollout.samples_per_query, or use validation queries the model solves only sometimes."

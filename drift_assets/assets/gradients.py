@@ -36,13 +36,16 @@ VALIDATION_GRADIENTS_VERSION = "3"
 
 def projection_options(settings: Settings) -> ProjectionOptions:
     projection = settings.projection
-    return ProjectionOptions(projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis)
+    return ProjectionOptions(
+        projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis
+    )
 
 
 def progress_logger(context: AssetExecutionContext, what: str, every: int):
     def log(done: int, total: int) -> None:
         if done == total or done // every != (done - 1) // every:
             context.log.info(f"{what}: {done}/{total}")
+
     return log
 
 
@@ -64,16 +67,22 @@ def build_gradient_assets(settings: Settings) -> list:
         tokenizer, network = model.load_tokenizer(), model.load_model()
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
         table = basis.to_frame().with_columns(model_fingerprint=pl.lit(model.fingerprint()))
-        context.log.info(f"projection basis ({options.basis}, rank {options.rank}) over {len(basis.matrices)} layers: {basis.fingerprint()}")
+        context.log.info(
+            f"projection basis ({options.basis}, rank {options.rank}) over {len(basis.matrices)} layers: {basis.fingerprint()}"
+        )
         # The data version is the content: refitting to the same matrices (a random basis, or unchanged
         # references) leaves the gradients downstream fresh.
-        return Output(table, data_version=DataVersion(basis.fingerprint()), metadata={
-            "basis": options.basis,
-            "rank": options.rank,
-            "layers": len(basis.matrices),
-            "fitted_on_sequences": validation_queries.height if options.basis == "pca" else 0,
-            "basis_fingerprint": basis.fingerprint(),
-        })
+        return Output(
+            table,
+            data_version=DataVersion(basis.fingerprint()),
+            metadata={
+                "basis": options.basis,
+                "rank": options.rank,
+                "layers": len(basis.matrices),
+                "fitted_on_sequences": validation_queries.height if options.basis == "pca" else 0,
+                "basis_fingerprint": basis.fingerprint(),
+            },
+        )
 
     def load_basis(frame: pl.DataFrame, fingerprint: str) -> ProjectionBasis:
         fitted_for = set(frame["model_fingerprint"].unique())
@@ -103,14 +112,22 @@ def build_gradient_assets(settings: Settings) -> list:
             raise ValueError(f"rollouts were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize rollouts")
         projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
         table = validation_gradient_frame(
-            projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint,
-            progress_logger(context, "validation gradients", 256), settings.projection.answer_marker(settings.grading),
+            projector,
+            tokenizer,
+            rollouts,
+            validation_queries,
+            batch_size,
+            fingerprint,
+            progress_logger(context, "validation gradients", 256),
+            settings.projection.answer_marker(settings.grading),
         )
-        context.add_output_metadata({
-            **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
-            "dimension": projector.dimension,
-            "layers": len(projector.layers),
-        })
+        context.add_output_metadata(
+            {
+                **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
+                "dimension": projector.dimension,
+                "layers": len(projector.layers),
+            }
+        )
         return table
 
     @asset(
@@ -121,8 +138,14 @@ def build_gradient_assets(settings: Settings) -> list:
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
-        check_specs=[AssetCheckSpec("vectors_finite", asset="training_gradient_projections", blocking=True,
-                                    description="Every gradient in the shard is finite and of dimension k.")],
+        check_specs=[
+            AssetCheckSpec(
+                "vectors_finite",
+                asset="training_gradient_projections",
+                blocking=True,
+                description="Every gradient in the shard is finite and of dimension k.",
+            )
+        ],
         description="Projected ∇ log π of every pool example, sharded by a hash of example_id; unchanged rows are reused.",
     )
     def training_gradient_projections(
@@ -143,23 +166,37 @@ def build_gradient_assets(settings: Settings) -> list:
             tokenizer, network = model.load_tokenizer(), model.load_model()
             projector = LinearGradientProjector(network, options, basis)
             prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
-            frames.append(gradient_frame(
-                {"example_id": todo["example_id"].to_list()}, projector, tokenizer, prompt_ids, response_ids,
-                batch_size, fingerprint, progress_logger(context, f"shard {shard} gradients", 512),
-            ).with_columns(shard=pl.lit(shard)))
+            frames.append(
+                gradient_frame(
+                    {"example_id": todo["example_id"].to_list()},
+                    projector,
+                    tokenizer,
+                    prompt_ids,
+                    response_ids,
+                    batch_size,
+                    fingerprint,
+                    progress_logger(context, f"shard {shard} gradients", 512),
+                ).with_columns(shard=pl.lit(shard))
+            )
         if frames:
             table = pl.concat(frames, how="vertical_relaxed").sort("example_id")
         else:  # a small pool can leave a shard without examples
             table = empty_gradient_frame({"example_id": pl.String}).with_columns(shard=pl.lit(shard, dtype=pl.String))
         problems, dimension = vector_problems(table["grad"], None) if not table.is_empty() else ([], 0)
-        yield Output(table, metadata={
-            **table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"]),
-            "rows_reused": reused.height,
-            "rows_computed": todo.height,
-            "wall_seconds": time.perf_counter() - started,
-        })
-        yield AssetCheckResult(check_name="vectors_finite", passed=not problems,
-                               metadata={"dimension": dimension, "problems": "; ".join(problems) or "none"})
+        yield Output(
+            table,
+            metadata={
+                **table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"]),
+                "rows_reused": reused.height,
+                "rows_computed": todo.height,
+                "wall_seconds": time.perf_counter() - started,
+            },
+        )
+        yield AssetCheckResult(
+            check_name="vectors_finite",
+            passed=not problems,
+            metadata={"dimension": dimension, "problems": "; ".join(problems) or "none"},
+        )
 
     return [
         projection_basis,
@@ -169,7 +206,9 @@ def build_gradient_assets(settings: Settings) -> list:
     ]
 
 
-def _reusable_rows(warehouse: Warehouse, shard: str, model_fingerprint: str, projection_fingerprint: str, example_ids: pl.Series) -> pl.DataFrame:
+def _reusable_rows(
+    warehouse: Warehouse, shard: str, model_fingerprint: str, projection_fingerprint: str, example_ids: pl.Series
+) -> pl.DataFrame:
     """Rows of the previous version of this shard computed for the same examples, model and projection."""
     if not warehouse.exists("training_gradient_projections"):
         return pl.DataFrame()

@@ -3,7 +3,15 @@
 import math
 
 import polars as pl
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, asset, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetIn,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from drift_assets.assets.metadata import finite_or_none, table_metadata
 from drift_assets.core.fingerprint import content_hash
@@ -24,7 +32,9 @@ def build_refine_assets(settings: Settings) -> list:
         kinds={"polars", "delta"},
         description="The pool with score, weight and selected flag; the selection is exported as chat JSONL and Parquet.",
     )
-    def refined_dataset(context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame) -> pl.DataFrame:
+    def refined_dataset(
+        context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame
+    ) -> pl.DataFrame:
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
         table = refined_table(training_pool, influence_scores, selected)
         chosen = table.filter("selected")
@@ -35,7 +45,9 @@ def build_refine_assets(settings: Settings) -> list:
             "selected_share": chosen.height / table.height if table.height else 0.0,
         }
         if "is_corrupted" in table.columns:
-            metadata["noise_auc"] = finite_or_none(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
+            metadata["noise_auc"] = finite_or_none(
+                roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool))
+            )
             metadata["corrupted_share_pool"] = float(table["is_corrupted"].mean())
             metadata["corrupted_share_selected"] = float(chosen["is_corrupted"].mean()) if chosen.height else None
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
@@ -46,8 +58,12 @@ def build_refine_assets(settings: Settings) -> list:
         context.add_output_metadata(metadata)
         return table
 
-    @asset_check(asset=refined_dataset, blocking=True, additional_ins={"training_pool": AssetIn("training_pool")},
-                 description="The selection is a subset of the pool, every example appears once, and the size matches the settings.")
+    @asset_check(
+        asset=refined_dataset,
+        blocking=True,
+        additional_ins={"training_pool": AssetIn("training_pool")},
+        description="The selection is a subset of the pool, every example appears once, and the size matches the settings.",
+    )
     def refined_dataset_selection(
         context: AssetCheckExecutionContext, refined_dataset: pl.DataFrame, training_pool: pl.DataFrame
     ) -> AssetCheckResult:
@@ -75,14 +91,22 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset_export(context: AssetExecutionContext, refined_dataset: pl.DataFrame) -> pl.DataFrame:
         paths = export_selection(refined_dataset, settings.resolve(selection.export_dir))
         n_selected = int(refined_dataset["selected"].sum())
-        table = pl.DataFrame({"format": list(paths), "path": list(paths.values()), "rows": [n_selected] * len(paths),
-                              "sha256": [content_hash(path) for path in paths.values()]})
+        table = pl.DataFrame(
+            {
+                "format": list(paths),
+                "path": list(paths.values()),
+                "rows": [n_selected] * len(paths),
+                "sha256": [content_hash(path) for path in paths.values()],
+            }
+        )
         context.log.info(f"exported {n_selected} examples to {paths['jsonl']} and {paths['parquet']}")
-        context.add_output_metadata({
-            **table_metadata(table),
-            "export_jsonl": MetadataValue.path(paths["jsonl"]),
-            "export_parquet": MetadataValue.path(paths["parquet"]),
-        })
+        context.add_output_metadata(
+            {
+                **table_metadata(table),
+                "export_jsonl": MetadataValue.path(paths["jsonl"]),
+                "export_parquet": MetadataValue.path(paths["parquet"]),
+            }
+        )
         return table
 
     return [refined_dataset, refined_dataset_selection, refined_dataset_export]

@@ -32,7 +32,10 @@ def build_rollout_assets(settings: Settings) -> list:
         description="K samples per validation query from the base model (vLLM; transformers as fallback).",
     )
     def rollouts(
-        context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource, rollout_engine: RolloutEngineResource
+        context: AssetExecutionContext,
+        validation_queries: pl.DataFrame,
+        model: ModelResource,
+        rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
         tokenizer = model.load_tokenizer()
         sampling = rollout_engine.sampling()
@@ -40,8 +43,14 @@ def build_rollout_assets(settings: Settings) -> list:
         started = time.perf_counter()
         with rollout_engine.open_engine(model, context.log) as engine:
             table, report = sample_rollouts(
-                engine, tokenizer, validation_queries, sampling, model.fingerprint(),
-                progress=lambda done, total: context.log.info(f"rollouts: {done}/{total} queries") if done % 16 == 0 or done == total else None,
+                engine,
+                tokenizer,
+                validation_queries,
+                sampling,
+                model.fingerprint(),
+                progress=lambda done, total: (
+                    context.log.info(f"rollouts: {done}/{total} queries") if done % 16 == 0 or done == total else None
+                ),
             )
         seconds = time.perf_counter() - started
         context.add_output_metadata(
@@ -62,23 +71,35 @@ def build_rollout_assets(settings: Settings) -> list:
         wrong = counts.filter(pl.col("len") != settings.rollout.samples_per_query)
         return AssetCheckResult(
             passed=wrong.is_empty(),
-            metadata={"queries": counts.height, "queries_with_wrong_count": wrong.height,
-                      "expected_per_query": settings.rollout.samples_per_query},
+            metadata={
+                "queries": counts.height,
+                "queries_with_wrong_count": wrong.height,
+                "expected_per_query": settings.rollout.samples_per_query,
+            },
         )
 
-    @asset_check(asset=rollouts, blocking=True,
-                 description="Empty or truncated completions stay under grading.max_empty_or_truncated_fraction.")
+    @asset_check(
+        asset=rollouts,
+        blocking=True,
+        description="Empty or truncated completions stay under grading.max_empty_or_truncated_fraction.",
+    )
     def rollouts_not_degenerate(context: AssetCheckExecutionContext, rollouts: pl.DataFrame) -> AssetCheckResult:
         limit = settings.grading.max_empty_or_truncated_fraction
         empty = float((rollouts["completion"].str.strip_chars() == "").mean())
         truncated = float((rollouts["finish_reason"] == "length").mean())
         return AssetCheckResult(
             passed=empty <= limit and truncated <= limit,
-            metadata={"empty_share": empty, "truncated_share": truncated, "limit": limit,
-                      "hint": "raise rollout.max_tokens if many are truncated"},
+            metadata={
+                "empty_share": empty,
+                "truncated_share": truncated,
+                "limit": limit,
+                "hint": "raise rollout.max_tokens if many are truncated",
+            },
         )
 
     return [
-        rollouts, rollouts_complete, rollouts_not_degenerate,
+        rollouts,
+        rollouts_complete,
+        rollouts_not_degenerate,
         schema_and_ids_check(rollouts, {"rollout_id": pl.String, "query_id": pl.String, "logprob_sum": pl.Float64}, "rollout_id"),
     ]

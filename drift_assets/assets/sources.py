@@ -12,8 +12,8 @@ from dagster import AssetExecutionContext, AssetOut, DataVersion, Output, multi_
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.automation import observe_condition
 from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
-from drift_assets.core.grading import validate_grader
 from drift_assets.core.generation import resolve_max_model_len
+from drift_assets.core.grading import validate_grader
 from drift_assets.core.pool import load_queries, normalize_pool, read_rows, require_examples
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Settings, code_version
@@ -31,15 +31,27 @@ def build_source_assets(settings: Settings) -> list:
     pool_path = settings.resolve(settings.data.training_pool)
     validation_path = settings.resolve(settings.data.validation_queries)
 
-    @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"The training pool input: {settings.data.training_pool}")
+    @observable_source_asset(
+        group_name="sources",
+        automation_condition=observe_condition(),
+        description=f"The training pool input: {settings.data.training_pool}",
+    )
     def training_pool_source() -> DataVersion:
         return _observe(pool_path, "data.training_pool")
 
-    @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"The validation queries input: {settings.data.validation_queries}")
+    @observable_source_asset(
+        group_name="sources",
+        automation_condition=observe_condition(),
+        description=f"The validation queries input: {settings.data.validation_queries}",
+    )
     def validation_queries_source() -> DataVersion:
         return _observe(validation_path, "data.validation_queries")
 
-    @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"The base model directory: {settings.model.path}")
+    @observable_source_asset(
+        group_name="sources",
+        automation_condition=observe_condition(),
+        description=f"The base model directory: {settings.model.path}",
+    )
     def base_model() -> DataVersion:
         if not Path(settings.model_path).exists():
             raise FileNotFoundError(f"model.path: {settings.model_path} does not exist")
@@ -49,14 +61,16 @@ def build_source_assets(settings: Settings) -> list:
     @multi_asset(
         outs={
             "training_pool": AssetOut(
-                group_name="inputs", kinds={"delta"},
+                group_name="inputs",
+                kinds={"delta"},
                 # Extra input columns are carried through, so the table's schema follows the input's.
                 metadata={"overwrite_schema": True},
                 code_version=code_version("training_pool", SOURCES_VERSION, settings),
                 description="The SFT pool, one row per usable example, with stable example_id and token counts.",
             ),
             "training_pool_rejects": AssetOut(
-                group_name="inputs", kinds={"delta"},
+                group_name="inputs",
+                kinds={"delta"},
                 code_version=code_version("training_pool", SOURCES_VERSION, settings),
                 description="Quarantined pool rows: row number, raw text, and the reason.",
             ),
@@ -72,12 +86,14 @@ def build_source_assets(settings: Settings) -> list:
             context.log.warning(f"{pool_path}: column {column!r} is a name the pipeline writes; it is carried as {name!r}")
         reasons = rejects.with_columns(pl.col("reason").str.replace(r" \(.*| of row \d+", "")).group_by("reason").len()
         yield Output(
-            rejects, output_name="training_pool_rejects",
+            rejects,
+            output_name="training_pool_rejects",
             metadata={**table_metadata(rejects), "reasons": {r: int(n) for r, n in reasons.iter_rows()}},
         )
         require_examples(examples, rejects, pool_path)
         yield Output(
-            examples, output_name="training_pool",
+            examples,
+            output_name="training_pool",
             metadata={
                 **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
                 "rejected_rows": rejects.height,
@@ -91,8 +107,14 @@ def build_source_assets(settings: Settings) -> list:
 
         @multi_asset(
             name=name,
-            outs={name: AssetOut(group_name="inputs", kinds={"delta"}, description=description,
-                                 code_version=code_version(name, SOURCES_VERSION, settings))},
+            outs={
+                name: AssetOut(
+                    group_name="inputs",
+                    kinds={"delta"},
+                    description=description,
+                    code_version=code_version(name, SOURCES_VERSION, settings),
+                )
+            },
             deps=deps,
         )
         def _queries(context: AssetExecutionContext) -> pl.DataFrame:
@@ -109,20 +131,35 @@ def build_source_assets(settings: Settings) -> list:
         return _queries
 
     assets = [
-        training_pool_source, validation_queries_source, base_model, training_pool,
-        _queries_asset("validation_queries", settings.data.validation_queries, [validation_queries_source],
-                       "Validation queries: query_id, prompt, reference (answer), reference_response, grader."),
+        training_pool_source,
+        validation_queries_source,
+        base_model,
+        training_pool,
+        _queries_asset(
+            "validation_queries",
+            settings.data.validation_queries,
+            [validation_queries_source],
+            "Validation queries: query_id, prompt, reference (answer), reference_response, grader.",
+        ),
     ]
     if settings.data.test_queries:
         test_path = settings.resolve(settings.data.test_queries)
 
-        @observable_source_asset(group_name="sources", automation_condition=observe_condition(), description=f"Held-out test queries input: {settings.data.test_queries}")
+        @observable_source_asset(
+            group_name="sources",
+            automation_condition=observe_condition(),
+            description=f"Held-out test queries input: {settings.data.test_queries}",
+        )
         def test_queries_source() -> DataVersion:
             return _observe(test_path, "data.test_queries")
 
         assets += [
             test_queries_source,
-            _queries_asset("test_queries", settings.data.test_queries, [test_queries_source],
-                           "Held-out test queries for evaluating fine-tuned models."),
+            _queries_asset(
+                "test_queries",
+                settings.data.test_queries,
+                [test_queries_source],
+                "Held-out test queries for evaluating fine-tuned models.",
+            ),
         ]
     return assets

@@ -44,23 +44,29 @@ def build_trajectory_assets(settings: Settings) -> list:
         tokenizer, network = model.load_tokenizer(), model.load_model()
         base = model.fingerprint()
         run_directory = directory / base  # another base model never overwrites these checkpoints
-        context.log.info(f"warm-up: {max(steps)} steps on {training_pool.height} examples; checkpoints at {steps} in {run_directory}")
+        context.log.info(
+            f"warm-up: {max(steps)} steps on {training_pool.height} examples; checkpoints at {steps} in {run_directory}"
+        )
 
         def save(step: int) -> None:
             path = run_directory / checkpoint_key(step)
             network.save_pretrained(path)
             tokenizer.save_pretrained(path)
 
-        losses = warm_up(network, tokenizer, training_pool["messages"].to_list(), settings.warmup_options(), steps, save, context.log.info)
+        losses = warm_up(
+            network, tokenizer, training_pool["messages"].to_list(), settings.warmup_options(), steps, save, context.log.info
+        )
         paths = [run_directory / checkpoint_key(step) for step in steps]
-        table = pl.DataFrame({
-            "checkpoint": [checkpoint_key(step) for step in steps],
-            "step": steps,
-            "path": [str(path) for path in paths],
-            "model_fingerprint": [model_fingerprint(path) for path in paths],
-            "base_model_fingerprint": [base] * len(paths),
-            "loss": [losses[step] for step in steps],
-        })
+        table = pl.DataFrame(
+            {
+                "checkpoint": [checkpoint_key(step) for step in steps],
+                "step": steps,
+                "path": [str(path) for path in paths],
+                "model_fingerprint": [model_fingerprint(path) for path in paths],
+                "base_model_fingerprint": [base] * len(paths),
+                "loss": [losses[step] for step in steps],
+            }
+        )
         context.add_output_metadata(table_metadata(table, preview_rows=len(paths)))
         return table
 
@@ -97,27 +103,41 @@ def build_trajectory_assets(settings: Settings) -> list:
             rollouts, _ = sample_rollouts(engine, tokenizer, validation_queries, rollout_engine.sampling(), fingerprint)
         grades = grade_rollouts(rollouts, validation_queries, grading)
         summary = grade_summary(grades)
-        context.log.info(f"checkpoint {key}: pass@1 {summary['pass_at_1']:.3f}, {summary['queries_mixed']}/{summary['queries']} queries mixed")
+        context.log.info(
+            f"checkpoint {key}: pass@1 {summary['pass_at_1']:.3f}, {summary['queries_mixed']}/{summary['queries']} queries mixed"
+        )
 
         network = checkpoint.load_model()
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
         projector = LinearGradientProjector(network, options, basis)
         validation = validation_gradient_frame(
-            projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint,
+            projector,
+            tokenizer,
+            rollouts,
+            validation_queries,
+            batch_size,
+            fingerprint,
             answer_marker=settings.projection.answer_marker(settings.grading),
         )
         training = gradient_frame(
-            {"example_id": training_pool["example_id"].to_list()}, projector, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]),
-            batch_size, fingerprint, progress_logger(context, f"checkpoint {key} training gradients", 512),
+            {"example_id": training_pool["example_id"].to_list()},
+            projector,
+            tokenizer,
+            *pool_token_pairs(tokenizer, training_pool["messages"]),
+            batch_size,
+            fingerprint,
+            progress_logger(context, f"checkpoint {key} training gradients", 512),
         )
         table = checkpoint_table(key, training, validation, grades, rollouts)
-        context.add_output_metadata({
-            **table_metadata(table, preview_columns=["role", "id", "completion", "correct", "grad_norm", "loss"]),
-            **summary,
-            "model_fingerprint": fingerprint,
-            "dimension": projector.dimension,
-            "wall_seconds": time.perf_counter() - started,
-        })
+        context.add_output_metadata(
+            {
+                **table_metadata(table, preview_columns=["role", "id", "completion", "correct", "grad_norm", "loss"]),
+                **summary,
+                "model_fingerprint": fingerprint,
+                "dimension": projector.dimension,
+                "wall_seconds": time.perf_counter() - started,
+            }
+        )
         return table
 
     return [warmup_checkpoints, checkpoint_gradients]

@@ -44,7 +44,9 @@ class TargetGradient:
     reference_share: float = 0.0  # gᵀg_ref / gᵀg: how much of the target the reference answers make (1 off-policy)
 
 
-def with_references_for_unsolved(validation_gradients: pl.DataFrame, grades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+def with_references_for_unsolved(
+    validation_gradients: pl.DataFrame, grades: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """The reference answer of every query no rollout solves, added as one more (correct) rollout.
 
     Signed weighting needs a correct and a wrong rollout to contrast, so it would skip these queries:
@@ -56,8 +58,10 @@ def with_references_for_unsolved(validation_gradients: pl.DataFrame, grades: pl.
     references = validation_gradients.filter((pl.col("target") == "reference") & pl.col("query_id").is_in(unsolved.implode()))
     missing = set(unsolved) - set(references["query_id"])
     if missing:
-        raise ValueError(f"influence.unsolved='reference', but queries {sorted(missing)[:5]} have no reference gradient: "
-                         "re-materialize validation_gradients")
+        raise ValueError(
+            f"influence.unsolved='reference', but queries {sorted(missing)[:5]} have no reference gradient: "
+            "re-materialize validation_gradients"
+        )
     added = references.with_columns(target=pl.lit("rollout"))
     graded = references.select("rollout_id", "query_id", correct=pl.lit(True), reward=pl.lit(1.0))
     return pl.concat([validation_gradients, added]), pl.concat([grades, graded], how="vertical_relaxed"), references.height
@@ -88,7 +92,9 @@ def target_gradient(
     rows, summary, added = weighted_rollouts(validation_gradients, grades, weighting, unsolved)
     gradients, weights = vectors(rows), rows["weight"].to_numpy()
     vector = combine(gradients, weights)
-    from_references = rows["rollout_id"].is_in(validation_gradients.filter(pl.col("target") == "reference")["rollout_id"].implode()).to_numpy()
+    from_references = (
+        rows["rollout_id"].is_in(validation_gradients.filter(pl.col("target") == "reference")["rollout_id"].implode()).to_numpy()
+    )
     share = share_of(vector, combine(gradients[from_references], weights[from_references])) if from_references.any() else 0.0
     return TargetGradient(vector, summary, rows.height, **checkpoint, references_for_unsolved=added, reference_share=share)
 
@@ -148,8 +154,10 @@ def scores_frame(scores: PoolScores, training_pool: pl.DataFrame) -> pl.DataFram
     frame = frame.filter(pl.col("example_id").is_in(training_pool["example_id"].implode()))
     lengths = training_pool.select("example_id", n_tokens=pl.col("n_prompt_tokens") + pl.col("n_response_tokens"))
     frame = frame.join(lengths, on="example_id", how="left")
-    return frame.sort(["score", "example_id"], descending=[True, False]).with_row_index("rank", offset=1).select(
-        "example_id", "score_raw", "score", pl.col("rank").cast(pl.Int64), "grad_norm", "self_influence", "n_tokens"
+    return (
+        frame.sort(["score", "example_id"], descending=[True, False])
+        .with_row_index("rank", offset=1)
+        .select("example_id", "score_raw", "score", pl.col("rank").cast(pl.Int64), "grad_norm", "self_influence", "n_tokens")
     )
 
 

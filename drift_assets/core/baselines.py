@@ -30,7 +30,9 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def bm25_scores(documents: Sequence[list[str]], queries: Sequence[list[str]], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> np.ndarray:
+def bm25_scores(
+    documents: Sequence[list[str]], queries: Sequence[list[str]], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25
+) -> np.ndarray:
     """(queries, documents) Okapi BM25 scores of tokenized ``queries`` against tokenized ``documents``."""
     n = len(documents)
     if n == 0:
@@ -59,13 +61,19 @@ def best_match(similarity: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def mean_pooled_hidden_states(model, tokenizer, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], batch_size: int = 32) -> np.ndarray:
+def mean_pooled_hidden_states(
+    model, tokenizer, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], batch_size: int = 32
+) -> np.ndarray:
     """(n, hidden) float64: each sequence's last hidden states averaged over its tokens (prompt and response)."""
     device = next(model.parameters()).device
     rows = []
     for start in range(0, len(prompt_ids), batch_size):
-        batch = collate_pairs(tokenizer, prompt_ids[start:start + batch_size], response_ids[start:start + batch_size]).to(device)
-        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states[-1]
+        batch = collate_pairs(tokenizer, prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]).to(
+            device
+        )
+        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states[
+            -1
+        ]
         mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
         rows.append(((hidden * mask).sum(dim=1) / mask.sum(dim=1)).double().cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, model.config.hidden_size))
@@ -73,6 +81,8 @@ def mean_pooled_hidden_states(model, tokenizer, prompt_ids: Sequence[list[int]],
 
 def cosine_similarity(queries: np.ndarray, documents: np.ndarray) -> np.ndarray:
     """(queries, documents) cosines."""
+
     def unit(matrix: np.ndarray) -> np.ndarray:
         return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
     return unit(queries) @ unit(documents).T

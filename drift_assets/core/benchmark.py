@@ -46,8 +46,18 @@ from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 
 __all__ = [
-    "METHODS", "FineTuneJob", "MethodScorer", "ScoringSettings", "fine_tune_from_disk", "loss_scores", "paired_differences",
-    "ranked", "run_fine_tunes", "scoring_for", "selected_ids", "similarity_scores",
+    "METHODS",
+    "FineTuneJob",
+    "MethodScorer",
+    "ScoringSettings",
+    "fine_tune_from_disk",
+    "loss_scores",
+    "paired_differences",
+    "ranked",
+    "run_fine_tunes",
+    "scoring_for",
+    "selected_ids",
+    "similarity_scores",
 ]
 J = TypeVar("J")
 R = TypeVar("R")
@@ -140,8 +150,10 @@ def selected_ids(
 
 def ranked(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` (example_id, score) sorted best first with its ``rank`` (1 = best; ties by example_id)."""
-    return frame.sort(["score", "example_id"], descending=[True, False]).with_row_index("rank", offset=1).with_columns(
-        pl.col("rank").cast(pl.Int64)
+    return (
+        frame.sort(["score", "example_id"], descending=[True, False])
+        .with_row_index("rank", offset=1)
+        .with_columns(pl.col("rank").cast(pl.Int64))
     )
 
 
@@ -155,15 +167,25 @@ def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
     return ranked(losses.select("example_id", score=-pl.col("loss_per_token")))
 
 
-def similarity_scores(method: str, training_pool: pl.DataFrame, validation_queries: pl.DataFrame, model=None, tokenizer=None) -> pl.DataFrame:
+def similarity_scores(
+    method: str, training_pool: pl.DataFrame, validation_queries: pl.DataFrame, model=None, tokenizer=None
+) -> pl.DataFrame:
     """The ``rds`` or ``bm25`` scores of the pool against the validation queries (example_id, score, rank)."""
     if method == "bm25":
-        documents = [words(f"{prompt} {response}") for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)]
+        documents = [
+            words(f"{prompt} {response}")
+            for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)
+        ]
         similarity = bm25_scores(documents, [words(prompt) for prompt in validation_queries["prompt"]])
     elif method == "rds":
         pool = mean_pooled_hidden_states(model, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]))
-        queries = mean_pooled_hidden_states(model, tokenizer, *query_token_pairs(
-            tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()))
+        queries = mean_pooled_hidden_states(
+            model,
+            tokenizer,
+            *query_token_pairs(
+                tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
+            ),
+        )
         similarity = cosine_similarity(queries, pool)
     else:
         raise ValueError(f"{method!r} is not a similarity method (rds, bm25)")
@@ -233,7 +255,9 @@ def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFr
     schema = {"method": pl.String, "difference_mean": pl.Float64, "difference_se": pl.Float64, "pairs": pl.UInt32}
     if reference.is_empty():
         return pl.DataFrame(schema=schema)
-    paired = table.join(reference, on="seed", how="inner").with_columns(difference=pl.col("accuracy") - pl.col("baseline_accuracy"))
+    paired = table.join(reference, on="seed", how="inner").with_columns(
+        difference=pl.col("accuracy") - pl.col("baseline_accuracy")
+    )
     summary = paired.group_by("method", maintain_order=True).agg(
         difference_mean=pl.col("difference").mean(),
         difference_se=pl.col("difference").std() / pl.len().sqrt(),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 ANSWER_MARKER = "Answer:"
 # Small operands keep the task learnable by a 0.5M-parameter model in minutes on 2 cores, and
@@ -38,8 +38,26 @@ OPERAND_RANGE = (0, 30)
 # [0.1, 0.4) test, the rest training (pre-training corpus and SFT pool).
 SPLIT_BOUNDS = {"validation": (0.0, 0.1), "calibration": (0.0, 0.1), "test": (0.1, 0.4), "train": (0.4, 1.0)}
 OFF_TASK_WORDS = (
-    "table", "river", "garden", "pencil", "window", "orange", "silver", "planet", "bridge", "castle",
-    "forest", "rocket", "candle", "basket", "meadow", "mirror", "harbor", "violet", "summer", "thunder",
+    "table",
+    "river",
+    "garden",
+    "pencil",
+    "window",
+    "orange",
+    "silver",
+    "planet",
+    "bridge",
+    "castle",
+    "forest",
+    "rocket",
+    "candle",
+    "basket",
+    "meadow",
+    "mirror",
+    "harbor",
+    "violet",
+    "summer",
+    "thunder",
 )
 
 
@@ -67,7 +85,7 @@ def _draw_any(rng: random.Random) -> Problem:
 
 
 def problem_split(problem: Problem) -> str:
-    """"train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
+    """ "train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
     return split_of_key(f"{problem.left}{problem.operator}{problem.right}")
 
 
@@ -82,7 +100,7 @@ def split_of_key(key: str) -> str:
     raise AssertionError(position)
 
 
-@lru_cache(maxsize=None)
+@cache
 def problems_in(split: str) -> int:
     """How many distinct problems ``split`` holds."""
     if split not in SPLIT_BOUNDS:

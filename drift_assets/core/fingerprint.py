@@ -63,8 +63,10 @@ def check_model_directory(model_dir: str | Path) -> None:
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValueError(f"model.path: {config_path} has no 'model_type'; it is not a transformers model config")
     if not any((model_dir / name).exists() for name in _TOKENIZER_FILES):
-        raise FileNotFoundError(f"model.path: {model_dir} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
-                                "save the tokenizer beside the model (tokenizer.save_pretrained)")
+        raise FileNotFoundError(
+            f"model.path: {model_dir} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
+            "save the tokenizer beside the model (tokenizer.save_pretrained)"
+        )
 
 
 def model_fingerprint(model_dir: str | Path) -> str:

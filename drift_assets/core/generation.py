@@ -105,8 +105,11 @@ class TransformersEngine:
         for _ in range(settings.max_tokens):
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
             out = self.model(
-                input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past, use_cache=True,
+                input_ids=step_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past,
+                use_cache=True,
             )
             past = out.past_key_values
             logits = out.logits[:, -1].float()
@@ -300,8 +303,10 @@ def resolve_max_model_len(requested: int | None, model_dir: str, setting: str = 
             raise ValueError(f"{model_dir}/config.json names no context length: set {setting}")
         return context
     if context is not None and requested > context:
-        raise ValueError(f"{setting} = {requested} exceeds the model's context of {context} tokens "
-                         f"({model_dir}/config.json): lower it, or leave it unset to use the model's")
+        raise ValueError(
+            f"{setting} = {requested} exceeds the model's context of {context} tokens "
+            f"({model_dir}/config.json): lower it, or leave it unset to use the model's"
+        )
     return requested
 
 

@@ -15,7 +15,13 @@ import numpy as np
 import polars as pl
 
 from drift_assets.core.influence import row_norms
-from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions, fit_basis, project_in_batches
+from drift_assets.core.projection import (
+    LinearGradientProjector,
+    ProjectionBasis,
+    ProjectionOptions,
+    fit_basis,
+    project_in_batches,
+)
 from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt, render_prompt
 
 GRADIENT_COLUMNS = ("grad", "grad_norm", "loss", "n_tokens", "model_fingerprint", "projection_fingerprint")
@@ -94,7 +100,12 @@ def response_token_pairs(
 
 
 def reference_basis(
-    model, options: ProjectionOptions, tokenizer, validation_queries: pl.DataFrame, batch_size: int, log: Callable[[str], None] | None = None
+    model,
+    options: ProjectionOptions,
+    tokenizer,
+    validation_queries: pl.DataFrame,
+    batch_size: int,
+    log: Callable[[str], None] | None = None,
 ) -> ProjectionBasis:
     """The projection basis of a model, fitted (``pca``) on the validation queries' whole reference responses.
 
@@ -102,7 +113,9 @@ def reference_basis(
     change of the pool, so training-gradient rows stay reusable. Whole responses, whatever span the
     validation gradients cover: the training gradients are projected with the same basis.
     """
-    prompt_ids, response_ids = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"])
+    prompt_ids, response_ids = query_token_pairs(
+        tokenizer, validation_queries["prompt"], validation_queries["reference_response"]
+    )
     return fit_basis(model, options, tokenizer, prompt_ids, response_ids, batch_size, log=log)
 
 
@@ -136,10 +149,17 @@ def gradient_frame(
 
 def empty_gradient_frame(id_columns: dict[str, pl.DataType]) -> pl.DataFrame:
     """:func:`gradient_frame`'s table with no rows (a shard that no example hashes to)."""
-    return pl.DataFrame(schema={
-        **id_columns, "grad": pl.List(pl.Float32), "grad_norm": pl.Float64, "loss": pl.Float64, "n_tokens": pl.Int64,
-        "model_fingerprint": pl.String, "projection_fingerprint": pl.String,
-    })
+    return pl.DataFrame(
+        schema={
+            **id_columns,
+            "grad": pl.List(pl.Float32),
+            "grad_norm": pl.Float64,
+            "loss": pl.Float64,
+            "n_tokens": pl.Int64,
+            "model_fingerprint": pl.String,
+            "projection_fingerprint": pl.String,
+        }
+    )
 
 
 def validation_gradient_frame(
@@ -160,17 +180,26 @@ def validation_gradient_frame(
     """
     if "token_ids" not in rollouts.columns:
         raise ValueError("rollouts has no token_ids column (written by an earlier drift_assets): re-materialize rollouts")
-    rollout_pairs = response_token_pairs(tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["token_ids"], answer_marker)
-    reference_pairs = query_token_pairs(tokenizer, validation_queries["prompt"], validation_queries["reference_response"],
-                                        answer_marker=answer_marker)
+    rollout_pairs = response_token_pairs(
+        tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["token_ids"], answer_marker
+    )
+    reference_pairs = query_token_pairs(
+        tokenizer, validation_queries["prompt"], validation_queries["reference_response"], answer_marker=answer_marker
+    )
     ids = {
         "rollout_id": rollouts["rollout_id"].to_list() + [f"reference-{q}" for q in validation_queries["query_id"]],
         "query_id": rollouts["query_id"].to_list() + validation_queries["query_id"].to_list(),
         "target": ["rollout"] * rollouts.height + ["reference"] * validation_queries.height,
     }
     return gradient_frame(
-        ids, projector, tokenizer, rollout_pairs[0] + reference_pairs[0], rollout_pairs[1] + reference_pairs[1],
-        batch_size, model_fingerprint, progress,
+        ids,
+        projector,
+        tokenizer,
+        rollout_pairs[0] + reference_pairs[0],
+        rollout_pairs[1] + reference_pairs[1],
+        batch_size,
+        model_fingerprint,
+        progress,
     )
 
 

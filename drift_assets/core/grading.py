@@ -182,8 +182,9 @@ def grade_answer(completion: str, reference: str, grader: str, options: GradingO
     try:
         result = function(completion, reference)
     except Exception as error:
-        raise GraderError(f"grader {grader!r} raised {type(error).__name__}: {error} (reference {reference!r}, "
-                          f"completion {completion[:80]!r})") from error
+        raise GraderError(
+            f"grader {grader!r} raised {type(error).__name__}: {error} (reference {reference!r}, completion {completion[:80]!r})"
+        ) from error
     if isinstance(result, Grade):
         grade = result
     # numpy's bool_ and number types too: user graders often compute their verdict with numpy.
@@ -194,6 +195,8 @@ def grade_answer(completion: str, reference: str, grader: str, options: GradingO
     else:
         raise GraderError(f"grader {grader!r} returned {type(result).__name__}; expected bool, float or Grade")
     if not math.isfinite(grade.reward):
-        raise GraderError(f"grader {grader!r} returned a reward of {grade.reward} (reference {reference!r}, "
-                          f"completion {completion[:80]!r}); a reward must be finite")
+        raise GraderError(
+            f"grader {grader!r} returned a reward of {grade.reward} (reference {reference!r}, "
+            f"completion {completion[:80]!r}); a reward must be finite"
+        )
     return grade

@@ -153,7 +153,9 @@ def score_pool(
     raw, norms, self_influence = [], [], []
     for batch_ids, gradients in batches():
         if gradients.shape[1] != curvature.dimension:
-            raise ValueError(f"dimension mismatch: training gradients have k={gradients.shape[1]}, expected {curvature.dimension}")
+            raise ValueError(
+                f"dimension mismatch: training gradients have k={gradients.shape[1]}, expected {curvature.dimension}"
+            )
         ids.extend(batch_ids)
         for rows in float64_slices(gradients):  # a warm-up checkpoint comes as one batch of the whole pool
             raw.append(rows @ direction)

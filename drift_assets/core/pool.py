@@ -55,8 +55,12 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             try:
                 line = data.decode("utf-8")
             except UnicodeDecodeError as error:
-                yield RawRow(line_number, None, data.decode("utf-8", "replace").rstrip("\n"),
-                             f"not UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})")
+                yield RawRow(
+                    line_number,
+                    None,
+                    data.decode("utf-8", "replace").rstrip("\n"),
+                    f"not UTF-8 (byte 0x{data[error.start]:02x} at column {error.start + 1})",
+                )
                 continue
             if not line.strip():
                 continue
@@ -87,8 +91,12 @@ def _checked_record(row_number: int, record: Any, raw_text: str) -> RawRow:
     try:  # JSON may escape a lone surrogate (\ud800), which no table or file can store
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as error:
-        return RawRow(row_number, None, raw_text.encode("utf-8", "replace").decode("utf-8"),
-                      f"a lone surrogate ({error.object[error.start]!a}) that is not text")
+        return RawRow(
+            row_number,
+            None,
+            raw_text.encode("utf-8", "replace").decode("utf-8"),
+            f"a lone surrogate ({error.object[error.start]!a}) that is not text",
+        )
     return RawRow(row_number, record, raw_text)
 
 
@@ -187,7 +195,8 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
     first_row_of: dict[str, int] = {}
     extras_of_kept: list[dict[str, Any]] = []
     for row in rows:
-        def reject(reason: str) -> None:
+
+        def reject(reason: str, row: RawRow = row) -> None:
             rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": reason})
 
         if row.parse_error:
@@ -228,12 +237,21 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
     # Objects are carried as JSON text: their fields vary by row, and Parquet cannot store an empty one.
     as_json = {column for extras in extras_of_kept for column, value in extras.items() if isinstance(value, dict)}
     for example, extras in zip(kept, extras_of_kept, strict=True):
-        example.update({names[column]: json.dumps(value, ensure_ascii=False, default=str) if column in as_json and value is not None else value
-                        for column, value in extras.items()})
+        example.update(
+            {
+                names[column]: json.dumps(value, ensure_ascii=False, default=str)
+                if column in as_json and value is not None
+                else value
+                for column, value in extras.items()
+            }
+        )
     examples = pl.DataFrame(kept, infer_schema_length=None) if kept else pl.DataFrame(schema=_empty_pool_schema())
-    examples = examples.with_columns(pl.col("n_prompt_tokens").cast(pl.Int64), pl.col("n_response_tokens").cast(pl.Int64),
-                                     # a column that is null in every row has no type a Delta table can store
-                                     *(pl.col(name).cast(pl.String) for name, dtype in examples.schema.items() if dtype == pl.Null))
+    examples = examples.with_columns(
+        pl.col("n_prompt_tokens").cast(pl.Int64),
+        pl.col("n_response_tokens").cast(pl.Int64),
+        # a column that is null in every row has no type a Delta table can store
+        *(pl.col(name).cast(pl.String) for name, dtype in examples.schema.items() if dtype == pl.Null),
+    )
     renamed = {column: name for column, name in names.items() if column != name}
     return NormalizedPool(examples=examples, rejects=pl.DataFrame(rejects, schema=REJECT_SCHEMA), renamed_columns=renamed)
 
@@ -243,18 +261,28 @@ def require_examples(examples: pl.DataFrame, rejects: pl.DataFrame, path: str | 
     if examples.is_empty():
         reasons = rejects["reason"].value_counts(sort=True).head(3).iter_rows() if rejects.height else []
         why = "; ".join(f"{count}× {reason}" for reason, count in reasons)
-        raise InputFileError(f"{path}: no usable examples ({rejects.height} rows quarantined{': ' + why if why else ''}); "
-                             "see the training_pool_rejects table")
+        raise InputFileError(
+            f"{path}: no usable examples ({rejects.height} rows quarantined{': ' + why if why else ''}); "
+            "see the training_pool_rejects table"
+        )
 
 
 def _empty_pool_schema() -> dict[str, pl.DataType]:
     return {
-        "example_id": pl.String, "row_number": pl.Int64, "prompt": pl.String, "response": pl.String,
-        "messages": pl.String, "n_prompt_tokens": pl.Int64, "n_response_tokens": pl.Int64, "source": pl.String,
+        "example_id": pl.String,
+        "row_number": pl.Int64,
+        "prompt": pl.String,
+        "response": pl.String,
+        "messages": pl.String,
+        "n_prompt_tokens": pl.Int64,
+        "n_response_tokens": pl.Int64,
+        "source": pl.String,
     }
 
 
-def load_queries(path: str | Path, default_grader: str, allowed_graders: tuple[str, ...] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def load_queries(
+    path: str | Path, default_grader: str, allowed_graders: tuple[str, ...] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validation/test queries: ``query_id``, ``prompt``, ``reference``, ``reference_response``, ``grader``.
 
     Returns (queries, rejects). ``query_id`` defaults to a content hash; ``reference_response`` (the
@@ -270,16 +298,29 @@ def load_queries(path: str | Path, default_grader: str, allowed_graders: tuple[s
         record = row.record
         prompt, reference = record.get("prompt"), record.get("reference")
         if not isinstance(prompt, str) or not prompt.strip() or reference is None or str(reference).strip() == "":
-            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": "needs a non-empty 'prompt' and 'reference'"})
+            rejects.append(
+                {"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": "needs a non-empty 'prompt' and 'reference'"}
+            )
             continue
         query_id = str(record.get("query_id") or hashlib.sha256(prompt.encode()).hexdigest()[:16])
         if query_id in seen:
-            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": f"duplicate query_id of row {seen[query_id]}"})
+            rejects.append(
+                {
+                    "row_number": row.row_number,
+                    "raw": row.raw_text[:2000],
+                    "reason": f"duplicate query_id of row {seen[query_id]}",
+                }
+            )
             continue
         grader = str(record.get("grader") or default_grader)
         if allowed_graders is not None and grader not in allowed_graders:
-            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000],
-                            "reason": f"grader {grader!r} is not allowed (list it in grading.custom_graders)"})
+            rejects.append(
+                {
+                    "row_number": row.row_number,
+                    "raw": row.raw_text[:2000],
+                    "reason": f"grader {grader!r} is not allowed (list it in grading.custom_graders)",
+                }
+            )
             continue
         seen[query_id] = row.row_number
         kept.append(

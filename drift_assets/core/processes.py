@@ -79,5 +79,9 @@ def guard_new_children() -> subprocess.Popen | None:
     if not Path("/proc/self/stat").exists():
         return None
     existing = [str(pid) for pid in descendants(os.getpid())]
-    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), *existing],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), *existing],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

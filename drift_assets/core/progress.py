@@ -19,7 +19,14 @@ def duration(seconds: float) -> str:
 class Progress:
     """Counts units of work and logs ``what: done/total (rate, ETA) note`` at each :meth:`advance`."""
 
-    def __init__(self, what: str, total: int, log: Callable[[str], None], unit: str | None = None, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        log: Callable[[str], None],
+        unit: str | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.what, self.total, self.log, self.unit, self.clock = what, total, log, unit or what, clock
         self.done = 0
         self.started = clock()

@@ -76,7 +76,9 @@ def gaussian_projector(rows: int, columns: int, seed: int, layer_name: str, whic
 
 def target_layers(model: nn.Module, target_modules: str) -> list[tuple[str, nn.Linear]]:
     pattern = re.compile(target_modules)
-    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear) and pattern.fullmatch(name)]
+    layers = [
+        (name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear) and pattern.fullmatch(name)
+    ]
     if not layers:
         examples = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][:4]
         raise ValueError(
@@ -140,13 +142,16 @@ class ProjectionBasis:
 
 def random_basis(model: nn.Module, options: ProjectionOptions) -> ProjectionBasis:
     """Gaussian projectors from (seed, layer name): no data needed."""
-    return ProjectionBasis(options, {
-        name: (
-            gaussian_projector(options.rank, module.in_features, options.seed, name, "in"),
-            gaussian_projector(options.rank, module.out_features, options.seed, name, "out"),
-        )
-        for name, module in target_layers(model, options.target_modules)
-    })
+    return ProjectionBasis(
+        options,
+        {
+            name: (
+                gaussian_projector(options.rank, module.in_features, options.seed, name, "in"),
+                gaussian_projector(options.rank, module.out_features, options.seed, name, "out"),
+            )
+            for name, module in target_layers(model, options.target_modules)
+        },
+    )
 
 
 def _top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
@@ -192,7 +197,10 @@ def covariance_groups(layers: list[tuple[str, nn.Linear]], budget_bytes: int) ->
 
 
 def fit_pca_basis(
-    model: nn.Module, options: ProjectionOptions, batches: Iterable[ResponseBatch], budget_bytes: int | None = None,
+    model: nn.Module,
+    options: ProjectionOptions,
+    batches: Iterable[ResponseBatch],
+    budget_bytes: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ProjectionBasis:
     """PCA projectors: top-r eigenvectors of Σ x xᵀ (layer inputs) and Σ δ δᵀ (output gradients).
@@ -228,23 +236,31 @@ def fit_pca_basis(
             mask = batch.attention_mask.bool()
             n_tokens += int(mask.sum())
             with _captured(
-                model, group,
-                on_input=lambda name, x, mask=mask: accumulate(input_covariance, name, x, mask),
-                on_output_grad=lambda name, g, mask=mask: accumulate(output_covariance, name, g, mask),
+                model,
+                group,
+                on_input=lambda name, x, mask=mask, store=input_covariance: accumulate(store, name, x, mask),
+                on_output_grad=lambda name, g, mask=mask, store=output_covariance: accumulate(store, name, g, mask),
             ):
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 sequence_logprobs(logits, batch, options.loss_reduction).sum().backward()
         if n_tokens < options.rank:
             raise ValueError(f"the PCA basis was fitted on {n_tokens} tokens, fewer than projection.rank {options.rank}")
         for name, _ in group:
-            matrices[name] = (_top_eigenvectors(input_covariance.pop(name), options.rank),
-                              _top_eigenvectors(output_covariance.pop(name), options.rank))
+            matrices[name] = (
+                _top_eigenvectors(input_covariance.pop(name), options.rank),
+                _top_eigenvectors(output_covariance.pop(name), options.rank),
+            )
     return ProjectionBasis(options, {name: matrices[name] for name, _ in layers})
 
 
 def fit_basis(
-    model: nn.Module, options: ProjectionOptions, tokenizer, prompt_ids: Sequence[Sequence[int]],
-    response_ids: Sequence[Sequence[int]], batch_size: int, budget_bytes: int | None = None,
+    model: nn.Module,
+    options: ProjectionOptions,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    batch_size: int,
+    budget_bytes: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ProjectionBasis:
     """The basis ``options.basis`` asks for; ``pca`` is fitted on the given (prompt, response) pairs
@@ -261,7 +277,9 @@ def fit_basis(
 def _batches(model, tokenizer, prompt_ids, response_ids, batch_size) -> Iterator[ResponseBatch]:
     device = next(model.parameters()).device
     for start in range(0, len(prompt_ids), batch_size):
-        yield collate_pairs(tokenizer, prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]).to(device)
+        yield collate_pairs(tokenizer, prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]).to(
+            device
+        )
 
 
 @contextmanager
@@ -283,6 +301,7 @@ def _captured(
         def forward_hook(module, args, output):
             on_input(name, args[0].detach().float())
             output.register_hook(lambda grad: on_output_grad(name, grad.detach().float()))
+
         return forward_hook
 
     try:

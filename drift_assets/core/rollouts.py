@@ -12,14 +12,28 @@ from drift_assets.core.grading import GraderError, GradingOptions, grade_answer
 from drift_assets.core.sequences import encode_prompt, render_prompt
 
 ROLLOUT_SCHEMA = {
-    "rollout_id": pl.String, "query_id": pl.String, "sample_idx": pl.Int64, "prompt": pl.String,
-    "completion": pl.String, "token_ids": pl.List(pl.Int64), "n_tokens": pl.Int64, "logprob_sum": pl.Float64,
-    "finish_reason": pl.String, "ended_with_eos": pl.Boolean, "engine": pl.String, "model_fingerprint": pl.String,
+    "rollout_id": pl.String,
+    "query_id": pl.String,
+    "sample_idx": pl.Int64,
+    "prompt": pl.String,
+    "completion": pl.String,
+    "token_ids": pl.List(pl.Int64),
+    "n_tokens": pl.Int64,
+    "logprob_sum": pl.Float64,
+    "finish_reason": pl.String,
+    "ended_with_eos": pl.Boolean,
+    "engine": pl.String,
+    "model_fingerprint": pl.String,
 }
 
 GRADE_SCHEMA = {
-    "rollout_id": pl.String, "query_id": pl.String, "correct": pl.Boolean, "reward": pl.Float64,
-    "extracted_answer": pl.String, "grader": pl.String, "model_fingerprint": pl.String,
+    "rollout_id": pl.String,
+    "query_id": pl.String,
+    "correct": pl.Boolean,
+    "reward": pl.Float64,
+    "extracted_answer": pl.String,
+    "grader": pl.String,
+    "model_fingerprint": pl.String,
 }
 
 
@@ -82,11 +96,17 @@ def grade_rollouts(rollouts: pl.DataFrame, validation_queries: pl.DataFrame, opt
             grade = grade_answer(row["completion"], row["reference"], row["grader"], options)
         except GraderError as error:
             raise GraderError(f"query {row['query_id']}, rollout {row['rollout_id']}: {error}") from error.__cause__
-        rows.append({
-            "rollout_id": row["rollout_id"], "query_id": row["query_id"], "correct": grade.correct,
-            "reward": grade.reward, "extracted_answer": grade.extracted_answer, "grader": row["grader"],
-            "model_fingerprint": row["model_fingerprint"],
-        })
+        rows.append(
+            {
+                "rollout_id": row["rollout_id"],
+                "query_id": row["query_id"],
+                "correct": grade.correct,
+                "reward": grade.reward,
+                "extracted_answer": grade.extracted_answer,
+                "grader": row["grader"],
+                "model_fingerprint": row["model_fingerprint"],
+            }
+        )
     return pl.DataFrame(rows, schema=GRADE_SCHEMA)
 
 

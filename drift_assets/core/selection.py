@@ -41,7 +41,9 @@ def selection_warning(method: str, k: int | None, pool_size: int) -> str | None:
 def length_strata(n_tokens: np.ndarray, bins: int) -> np.ndarray:
     """Each example's length bin: ``bins`` bins of (nearly) equal size by token count, ties in one bin."""
     ranks = average_ranks(np.asarray(n_tokens, dtype=np.float64))
-    return np.minimum(((ranks - 1) * bins // len(ranks)).astype(np.int64), bins - 1) if len(ranks) else np.zeros(0, dtype=np.int64)
+    return (
+        np.minimum(((ranks - 1) * bins // len(ranks)).astype(np.int64), bins - 1) if len(ranks) else np.zeros(0, dtype=np.int64)
+    )
 
 
 def select_within_strata(scores: pl.DataFrame, count: int, strata: np.ndarray) -> pl.Series:
@@ -83,8 +85,13 @@ def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "re
     staged_jsonl.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in messages))
     # An explicit type, so that an empty selection still writes the chat schema rather than Null.
     message_type = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-    frame = pl.DataFrame({"messages": pl.Series("messages", messages, dtype=message_type),
-                          "example_id": chosen["example_id"], "score": chosen["score"]})
+    frame = pl.DataFrame(
+        {
+            "messages": pl.Series("messages", messages, dtype=message_type),
+            "example_id": chosen["example_id"],
+            "score": chosen["score"],
+        }
+    )
     frame.write_parquet(staged_parquet)
     staged_jsonl.replace(jsonl)
     staged_parquet.replace(parquet)

@@ -126,11 +126,15 @@ class Evaluation:
         return wilson_interval(self.correct, self.total)
 
 
-def evaluate(engine, tokenizer, queries: Sequence[dict], max_tokens: int, options: GradingOptions = GradingOptions()) -> Evaluation:
+def evaluate(
+    engine, tokenizer, queries: Sequence[dict], max_tokens: int, options: GradingOptions = GradingOptions()
+) -> Evaluation:
     """Greedy accuracy on ``queries`` (prompt, reference, grader) through a rollout engine."""
     prompt_ids, _ = query_token_pairs(tokenizer, [q["prompt"] for q in queries], ["" for _ in queries])
     check_prompt_lengths(engine, prompt_ids, [q.get("query_id", f"query {i}") for i, q in enumerate(queries)], "test queries")
     report = engine.generate(prompt_ids, SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens))
     answers = [group[0].text for group in report.completions]
-    correct = sum(grade_answer(answer, query["reference"], query["grader"], options).correct for query, answer in zip(queries, answers))
+    correct = sum(
+        grade_answer(answer, query["reference"], query["grader"], options).correct for query, answer in zip(queries, answers)
+    )
     return Evaluation(correct, len(queries), answers)

@@ -56,7 +56,10 @@ def build_char_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         padding_side="right",
         **({"additional_special_tokens": roles} if roles else {}),
     )
@@ -94,7 +97,9 @@ def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: 
     return LlamaForCausalLM(config)
 
 
-def greedy_accuracy(model, tokenizer, queries: Sequence[dict], max_tokens: int = 64, options: GradingOptions = GradingOptions()) -> float:
+def greedy_accuracy(
+    model, tokenizer, queries: Sequence[dict], max_tokens: int = 64, options: GradingOptions = GradingOptions()
+) -> float:
     """Share of queries whose greedy completion passes each query's grader.
 
     64 tokens: the longest demo response style ("We compute a + b and get c. Answer: c") is ~45
@@ -139,9 +144,7 @@ def pretrain(
     rng = random.Random(seed)
     low, high = target_accuracy
     stop_low = max(low, (low + high) / 2 - 0.1)
-    encoded = [
-        (encode_prompt(tokenizer, render_prompt(tokenizer, p)), encode_response(tokenizer, r)) for p, r in corpus
-    ]
+    encoded = [(encode_prompt(tokenizer, render_prompt(tokenizer, p)), encode_response(tokenizer, r)) for p, r in corpus]
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     curve: list[tuple[int, float]] = []
     accuracy, step = 0.0, 0
@@ -153,7 +156,9 @@ def pretrain(
             rng.shuffle(order)
         batch_ids = [order.pop() for _ in range(batch_size)]
         # Train on the whole text (prompt too): this is pre-training, not SFT.
-        batch = collate_pairs(tokenizer, [encoded[i][0][:1] for i in batch_ids], [encoded[i][0][1:] + encoded[i][1] for i in batch_ids])
+        batch = collate_pairs(
+            tokenizer, [encoded[i][0][:1] for i in batch_ids], [encoded[i][0][1:] + encoded[i][1] for i in batch_ids]
+        )
         loss = training_step(model, optimizer, batch)
         if step % eval_every == 0:
             model.eval()

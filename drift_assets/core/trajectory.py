@@ -26,9 +26,19 @@ from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, sc
 from drift_assets.core.sft import SftOptions, fine_tune
 
 CHECKPOINT_SCHEMA = {
-    "checkpoint": pl.String, "role": pl.String, "id": pl.String, "query_id": pl.String, "completion": pl.String,
-    "correct": pl.Boolean, "reward": pl.Float64, "grad": pl.List(pl.Float32), "grad_norm": pl.Float64,
-    "loss": pl.Float64, "n_tokens": pl.Int64, "model_fingerprint": pl.String, "projection_fingerprint": pl.String,
+    "checkpoint": pl.String,
+    "role": pl.String,
+    "id": pl.String,
+    "query_id": pl.String,
+    "completion": pl.String,
+    "correct": pl.Boolean,
+    "reward": pl.Float64,
+    "grad": pl.List(pl.Float32),
+    "grad_norm": pl.Float64,
+    "loss": pl.Float64,
+    "n_tokens": pl.Int64,
+    "model_fingerprint": pl.String,
+    "projection_fingerprint": pl.String,
 }
 ROLES = ("training", "rollout", "reference")
 
@@ -61,7 +71,9 @@ def warm_up(
     return losses
 
 
-def checkpoint_table(checkpoint: str, training: pl.DataFrame, validation: pl.DataFrame, grades: pl.DataFrame, rollouts: pl.DataFrame) -> pl.DataFrame:
+def checkpoint_table(
+    checkpoint: str, training: pl.DataFrame, validation: pl.DataFrame, grades: pl.DataFrame, rollouts: pl.DataFrame
+) -> pl.DataFrame:
     """One table for a checkpoint: its training gradients, its rollouts' gradients with grades, the references' gradients.
 
     ``training`` is a gradient frame keyed by example_id, ``validation`` one as ``validation_gradients``
@@ -73,7 +85,9 @@ def checkpoint_table(checkpoint: str, training: pl.DataFrame, validation: pl.Dat
     )
     parts = [
         training.select(*gradient_columns, role=pl.lit("training"), id=pl.col("example_id")),
-        graded.select("query_id", "completion", "correct", "reward", *gradient_columns, role=pl.col("target"), id=pl.col("rollout_id")),
+        graded.select(
+            "query_id", "completion", "correct", "reward", *gradient_columns, role=pl.col("target"), id=pl.col("rollout_id")
+        ),
     ]
     table = pl.concat(parts, how="diagonal_relaxed").with_columns(checkpoint=pl.lit(checkpoint))
     return table.select([pl.col(name).cast(dtype) for name, dtype in CHECKPOINT_SCHEMA.items()])
@@ -114,11 +128,16 @@ def split_checkpoint_table(table: pl.DataFrame) -> CheckpointGradients:
 
 def checkpoint_target(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> TargetGradient:
     """The weighted validation gradient g at one checkpoint."""
-    return target_gradient(checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved)
+    return target_gradient(
+        checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved
+    )
 
 
 def score_checkpoint(
-    checkpoint: CheckpointGradients, scoring: ScoringSettings, curvature: Curvature | None = None, target: TargetGradient | None = None,
+    checkpoint: CheckpointGradients,
+    scoring: ScoringSettings,
+    curvature: Curvature | None = None,
+    target: TargetGradient | None = None,
 ) -> PoolScores:
     """The pool's influence scores at one checkpoint (``curvature``: a Hessian already fitted on its
     training gradients; ``target``: its :func:`checkpoint_target`, if already computed)."""
@@ -126,7 +145,13 @@ def score_checkpoint(
     check_same_checkpoint(checkpoint.training_fingerprints, target)
     if curvature is None:
         curvature = fit_curvature(scoring.hessian, [checkpoint.training], checkpoint.training.shape[1], scoring.damping)
-    return score_pool(lambda: iter([(checkpoint.example_ids, checkpoint.training)]), target.vector, curvature, scoring.debias, scoring.debias_strength)
+    return score_pool(
+        lambda: iter([(checkpoint.example_ids, checkpoint.training)]),
+        target.vector,
+        curvature,
+        scoring.debias,
+        scoring.debias_strength,
+    )
 
 
 def standardized(values: np.ndarray) -> np.ndarray:
@@ -154,4 +179,6 @@ def combine_checkpoints(scores: Sequence[PoolScores]) -> PoolScores:
         aligned_raw[positions], aligned[positions] = checkpoint.score_raw, checkpoint.score
         raw.append(standardized(aligned_raw))
         debiased.append(standardized(aligned))
-    return PoolScores(list(first.example_ids), np.mean(raw, axis=0), np.mean(debiased, axis=0), first.grad_norm, first.self_influence)
+    return PoolScores(
+        list(first.example_ids), np.mean(raw, axis=0), np.mean(debiased, axis=0), first.grad_norm, first.self_influence
+    )

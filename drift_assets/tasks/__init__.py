@@ -50,15 +50,29 @@ def build_base_model(
     tokenizer = tiny_model.build_char_tokenizer(chat_template=task.chat_template)
     model = tiny_model.build_tiny_llama(tokenizer, recipe.shape, seed=seed)
     result = tiny_model.pretrain(
-        model, tokenizer, task.pretraining_corpus(recipe.examples, seed), task.query_rows(CALIBRATION_QUERIES, seed, "calibration"),
-        seed=seed, grading=task.grading_options(), target_accuracy=recipe.target_accuracy, max_steps=recipe.max_steps,
-        learning_rate=recipe.learning_rate, log=log,
+        model,
+        tokenizer,
+        task.pretraining_corpus(recipe.examples, seed),
+        task.query_rows(CALIBRATION_QUERIES, seed, "calibration"),
+        seed=seed,
+        grading=task.grading_options(),
+        target_accuracy=recipe.target_accuracy,
+        max_steps=recipe.max_steps,
+        learning_rate=recipe.learning_rate,
+        log=log,
     )
     loss = None
     if recipe.continued_sft_steps:
-        messages = [json.dumps([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}])
-                    for row in pool_rows]
+        messages = [
+            json.dumps([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}])
+            for row in pool_rows
+        ]
         log(f"fine-tuning on the whole pool ({len(messages)} examples, {recipe.continued_sft_steps} steps): the paper's regime")
-        loss = fine_tune(model, tokenizer, messages,
-                         SftOptions(recipe.continued_sft_steps, 16, recipe.continued_sft_learning_rate, 0.0, "linear", seed), log=log)
+        loss = fine_tune(
+            model,
+            tokenizer,
+            messages,
+            SftOptions(recipe.continued_sft_steps, 16, recipe.continued_sft_learning_rate, 0.0, "linear", seed),
+            log=log,
+        )
     return BaseModel(model, tokenizer, result, loss)

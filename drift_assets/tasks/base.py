@@ -123,7 +123,7 @@ class Task(ABC):
         return GradingOptions(answer_marker=self.answer_marker)
 
     def split_of(self, problem: Hashable) -> str:
-        """"train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
+        """ "train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
         return split_of_key(self.problem_key(problem))
 
     def draw(self, rng: random.Random, split: str = "train") -> Hashable:
@@ -177,8 +177,10 @@ class Task(ABC):
                 if (prompt, response) not in seen:
                     break
             else:
-                raise ValueError(f"the {self.name} task ran out of distinct {category} rows after {len(rows)} of {n_examples}: "
-                                 "lower demo.n_train or that kind of noise's share")
+                raise ValueError(
+                    f"the {self.name} task ran out of distinct {category} rows after {len(rows)} of {n_examples}: "
+                    "lower demo.n_train or that kind of noise's share"
+                )
             seen.add((prompt, response))
             rows.append({"prompt": prompt, "response": response, "category": category, "is_corrupted": category != "correct"})
         return rows
@@ -187,7 +189,9 @@ class Task(ABC):
         """Distinct queries: ``query_id``, ``prompt``, ``reference``, ``reference_response``, ``grader``."""
         available = self.problems_in("validation" if split == "calibration" else split)
         if available is not None and n_queries > available:
-            raise ValueError(f"the {self.name} task's {split} split has {available} distinct problems; cannot draw {n_queries} queries")
+            raise ValueError(
+                f"the {self.name} task's {split} split has {available} distinct problems; cannot draw {n_queries} queries"
+            )
         rng = random.Random(f"{split}-{seed}")
         seen: set = set()
         rows = []
@@ -196,11 +200,13 @@ class Task(ABC):
             if problem in seen:
                 continue
             seen.add(problem)
-            rows.append({
-                "query_id": f"{split}-{len(rows):04d}",
-                "prompt": self.prompt(problem),
-                "reference": self.reference(problem),
-                "reference_response": self.reference_response(problem),
-                "grader": self.grader,
-            })
+            rows.append(
+                {
+                    "query_id": f"{split}-{len(rows):04d}",
+                    "prompt": self.prompt(problem),
+                    "reference": self.reference(problem),
+                    "reference_response": self.reference_response(problem),
+                    "grader": self.grader,
+                }
+            )
         return rows

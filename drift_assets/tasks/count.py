@@ -26,7 +26,9 @@ class Count(Task):
     chat_template = False
     held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
-    defaults = TaskDefaults(n_train=2000, noise={"corrupted": 0.2, "off_task": 0.06, "format": 0.06}, selection_fraction=0.5, sft={"steps": 150})
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "off_task": 0.06, "format": 0.06}, selection_fraction=0.5, sft={"steps": 150}
+    )
 
     def draw_any(self, rng: random.Random) -> tuple[str, str]:
         text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(4, 10)))

@@ -21,7 +21,9 @@ SHORT, LONG = (3, 4, 5), (8, 9, 10)
 
 class Sort(Task):
     name = "sort"
-    description = "sort the letters of a 3-5 or 8-10 letter word (pre-trained on short ones), exact grading, chat template; sharp model"
+    description = (
+        "sort the letters of a 3-5 or 8-10 letter word (pre-trained on short ones), exact grading, chat template; sharp model"
+    )
     grader = "exact"
     answer_marker = ""
     chat_template = True

@@ -16,8 +16,28 @@ import random
 from drift_assets.core.tiny_model import TinyLlamaShape
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
 
-ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+ONES = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+)
 TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 LARGEST = 1999
 
@@ -43,17 +63,27 @@ def in_words(number: int) -> str:
 
 class Spell(Task):
     name = "spell"
-    description = "spell 0-1999 in words, the answer alone, exact grading; base model already SFT-trained on the pool, top 10% kept"
+    description = (
+        "spell 0-1999 in words, the answer alone, exact grading; base model already SFT-trained on the pool, top 10% kept"
+    )
     grader = "exact"
     answer_marker = ""
     chat_template = False
     recipe = PretrainRecipe(
-        examples=6000, target_accuracy=(0.2, 0.5), max_steps=3000, shape=TinyLlamaShape(max_positions=96),
-        continued_sft_steps=600, continued_sft_learning_rate=1e-3,
+        examples=6000,
+        target_accuracy=(0.2, 0.5),
+        max_steps=3000,
+        shape=TinyLlamaShape(max_positions=96),
+        continued_sft_steps=600,
+        continued_sft_learning_rate=1e-3,
     )
-    defaults = TaskDefaults(n_train=1500, noise={"corrupted": 0.1, "format": 0.15, "off_task": 0.05}, selection_fraction=0.1,
-                            # continued SFT as a selected subset gets it: two passes over it, at a gentle rate
-                            sft={"epochs": 2, "learning_rate": 1e-4})
+    defaults = TaskDefaults(
+        n_train=1500,
+        noise={"corrupted": 0.1, "format": 0.15, "off_task": 0.05},
+        selection_fraction=0.1,
+        # continued SFT as a selected subset gets it: two passes over it, at a gentle rate
+        sft={"epochs": 2, "learning_rate": 1e-4},
+    )
 
     def noise_problem(self, kind: str, rng: random.Random) -> int:
         endings = {"format": (5, 7), "corrupted": (3, 9)}[kind]

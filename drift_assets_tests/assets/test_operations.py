@@ -23,8 +23,15 @@ from drift_assets_tests.conftest import settings_in
 
 FAST = {"rollout": {"backend": "transformers", "samples_per_query": 4}}
 MODEL_DEPENDENTS = {
-    "training_pool", "training_pool_rejects", "rollouts", "grades", "projection_basis", "validation_gradients", "influence_scores",
-    "refined_dataset", "refined_model_evaluation",
+    "training_pool",
+    "training_pool_rejects",
+    "rollouts",
+    "grades",
+    "projection_basis",
+    "validation_gradients",
+    "influence_scores",
+    "refined_dataset",
+    "refined_model_evaluation",
 } | {f"training_gradient_projections[{s}]" for s in ("000", "001", "002")}
 
 
@@ -57,7 +64,9 @@ def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_sta
     defs = build_definitions(settings_in(directory, **FAST, selection={"fraction": 0.3}))
     assert not_fresh(defs, instance) == {"refined_dataset": "STALE"}
     assert needs_materialization(defs, instance) - {"demo_task_files", "demo_base_model", "method_benchmark"} == {
-        "refined_dataset", "refined_dataset_export", "refined_model_evaluation"
+        "refined_dataset",
+        "refined_dataset_export",
+        "refined_model_evaluation",
     }
 
 
@@ -91,8 +100,10 @@ def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(refre
     log.write_text("garbage")
     assert not_fresh(defs, instance) == {}  # what the event log alone says
     damaged = damaged_tables(defs, instance, warehouse)
-    assert damaged == {"grades": f"its table {warehouse.table_uri('grades')} is missing",
-                       "influence_scores": damaged["influence_scores"]}
+    assert damaged == {
+        "grades": f"its table {warehouse.table_uri('grades')} is missing",
+        "influence_scores": damaged["influence_scores"],
+    }
     assert damaged["influence_scores"].startswith(f"its table {warehouse.table_uri('influence_scores')} cannot be read (")
     done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True, warehouse=warehouse)
     assert {"grades", "influence_scores", "refined_dataset"} <= set(done) and "rollouts" not in done
@@ -106,9 +117,15 @@ def test_a_run_left_started_by_a_killed_process_is_marked_failed():
     from dagster._core.storage.dagster_run import DagsterRun
 
     with instance_for_test() as instance:
-        alive, killed = (DagsterRun(job_name="__ASSET_JOB", run_id=run_id, status=DagsterRunStatus.STARTED,
-                                    tags={PROCESS_TAG: f"{socket.gethostname()}:{pid}"})
-                         for run_id, pid in (("a" * 8, os.getpid()), ("b" * 8, dead_pid())))
+        alive, killed = (
+            DagsterRun(
+                job_name="__ASSET_JOB",
+                run_id=run_id,
+                status=DagsterRunStatus.STARTED,
+                tags={PROCESS_TAG: f"{socket.gethostname()}:{pid}"},
+            )
+            for run_id, pid in (("a" * 8, os.getpid()), ("b" * 8, dead_pid()))
+        )
         instance.add_run(alive)
         instance.add_run(killed)
         assert fail_abandoned_runs(instance) == [killed.run_id]
@@ -131,10 +148,12 @@ def test_a_failing_materialization_ends_with_the_cause_naming_the_file(demo_dir,
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert main(["materialize", "--settings", str(tmp_path / "settings.yaml")]) == 1
     error = capsys.readouterr().err
-    paragraph = error[error.index("error: the materialization failed."):]
-    assert paragraph.splitlines()[1] == (f"  InputFileError: {tmp_path / 'demo' / 'training_pool.jsonl'}: no usable examples (3 rows "
-                                          "quarantined: 3× no 'messages' field and no 'prompt' + 'response' fields); see the "
-                                          "training_pool_rejects table")
+    paragraph = error[error.index("error: the materialization failed.") :]
+    assert paragraph.splitlines()[1] == (
+        f"  InputFileError: {tmp_path / 'demo' / 'training_pool.jsonl'}: no usable examples (3 rows "
+        "quarantined: 3× no 'messages' field and no 'prompt' + 'response' fields); see the "
+        "training_pool_rejects table"
+    )
     assert "(--verbose adds the stack traces and Dagster's DEBUG events)" in paragraph
     assert "Stack Trace" not in error and "Traceback" not in error and " - DEBUG - " not in error  # the cause is not buried
 
@@ -142,15 +161,22 @@ def test_a_failing_materialization_ends_with_the_cause_naming_the_file(demo_dir,
 def test_47_a_failed_checks_advice_reaches_the_terminal(demo_dir, tmp_path, capsys, monkeypatch):
     """One-token completions are all wrong: signed weighting with unsolved queries skipped has nothing to contrast."""
     shutil.copytree(demo_dir / "demo", tmp_path / "demo")
-    settings_in(tmp_path, demo={"enabled": False}, data={"test_queries": None},
-                rollout={"backend": "transformers", "samples_per_query": 2, "max_tokens": 1},
-                grading={"max_empty_or_truncated_fraction": 1.0}, influence={"weighting": "signed", "unsolved": "skip"})
+    settings_in(
+        tmp_path,
+        demo={"enabled": False},
+        data={"test_queries": None},
+        rollout={"backend": "transformers", "samples_per_query": 2, "max_tokens": 1},
+        grading={"max_empty_or_truncated_fraction": 1.0},
+        influence={"weighting": "signed", "unsolved": "skip"},
+    )
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert main(["materialize", "--settings", str(tmp_path / "settings.yaml")]) == 1
     error = capsys.readouterr().err
-    lines = error[error.index("error: the materialization failed."):].splitlines()
-    assert lines[1].startswith("  check grades_have_mixed_queries on grades failed: no query gives influence.weighting 'signed' "
-                               "(unsolved: skip) anything to contrast")
+    lines = error[error.index("error: the materialization failed.") :].splitlines()
+    assert lines[1].startswith(
+        "  check grades_have_mixed_queries on grades failed: no query gives influence.weighting 'signed' "
+        "(unsolved: skip) anything to contrast"
+    )
     assert "Raise rollout.temperature or rollout.samples_per_query" in lines[1]
 
 
@@ -161,8 +187,9 @@ def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next
     for name, rows in (("training_pool.jsonl", 120), ("validation_queries.jsonl", 8)):
         lines = (demo_dir / "demo" / name).read_text().splitlines(keepends=True)[:rows]
         (tmp_path / "demo" / name).write_text("".join(lines))
-    settings = settings_in(tmp_path, demo={"enabled": False}, data={"test_queries": None}, rollout={"samples_per_query": 4},
-                           projection={"shards": 2})
+    settings = settings_in(
+        tmp_path, demo={"enabled": False}, data={"test_queries": None}, rollout={"samples_per_query": 4}, projection={"shards": 2}
+    )
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     environment = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "DRIFT_ASSETS_SETTINGS": str(tmp_path / "settings.yaml")}
@@ -196,9 +223,14 @@ def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next
     assert "had been left STARTED by a killed process: marked failed" in third.stdout
     instance = DagsterInstance.from_config(str(tmp_path / "home"))
     statuses = [run.status.value for run in instance.get_runs()]
-    shard_writes = {shard: len(instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("training_gradient_projections"), asset_partitions=[shard]), limit=10).records)
-        for shard in ("000", "001")}
+    shard_writes = {
+        shard: len(
+            instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey("training_gradient_projections"), asset_partitions=[shard]), limit=10
+            ).records
+        )
+        for shard in ("000", "001")
+    }
     instance.dispose()
     assert "STARTED" not in statuses and statuses.count("FAILURE") == 2
     assert shard_writes == {"000": 1, "001": 1}  # the committed shard was not recomputed
@@ -265,6 +297,6 @@ def test_a_failed_run_leaves_the_previous_export_in_place(private_refresh):
     log = sorted((Path(settings.warehouse_root) / "drift" / "refined_dataset" / "_delta_log").glob("*.json"))[-1]
     log.write_text("garbage")
     fewer = build_definitions(settings_in(Path(settings.base_dir), **FAST, selection={"fraction": 0.3}))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - any failure will do: the test is about what it leaves behind
         materialize_pipeline(fewer, instance, include_demo=False, only_stale=True)
     assert {path.name: path.read_bytes() for path in export_dir.iterdir()} == before

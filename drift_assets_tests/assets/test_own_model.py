@@ -31,7 +31,10 @@ def same_parity(completion: str, reference: str) -> bool:
 def pool_rows(n: int) -> list[dict]:
     rows = []
     for i in range(n):
-        messages = [{"role": "user", "content": f"What is {i} + {i + 2}?"}, {"role": "assistant", "content": f"Answer: {2 * i + 2}"}]
+        messages = [
+            {"role": "user", "content": f"What is {i} + {i + 2}?"},
+            {"role": "assistant", "content": f"Answer: {2 * i + 2}"},
+        ]
         if i % 3 == 0:
             messages.insert(0, {"role": "system", "content": "Answer briefly."})
         rows.append({"messages": messages, "source": f"batch-{i % 2}"})
@@ -45,26 +48,46 @@ def own(tmp_path_factory):
     (directory / "my_grader.py").write_text(inspect.getsource(same_parity))  # the pipeline imports it by name
     save_chat_model(directory / "model")
     pl.DataFrame(pool_rows(40)).write_parquet(directory / "pool.parquet")
-    queries = [{"prompt": f"What is {i} + {i + 5}?", "reference": str(2 * i + 5), "grader": "my_grader:same_parity"} for i in range(6)]
+    queries = [
+        {"prompt": f"What is {i} + {i + 5}?", "reference": str(2 * i + 5), "grader": "my_grader:same_parity"} for i in range(6)
+    ]
     (directory / "val.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    tests = [{"prompt": f"What is {i} + {i + 7}?", "reference": str(2 * i + 7), "grader": "my_grader:same_parity"} for i in range(10)]
+    tests = [
+        {"prompt": f"What is {i} + {i + 7}?", "reference": str(2 * i + 7), "grader": "my_grader:same_parity"} for i in range(10)
+    ]
     (directory / "test.jsonl").write_text("".join(json.dumps(q) + "\n" for q in tests))
-    settings = load_settings(write_settings(directory, {
-        "model": {"path": "model", "dtype": "float32", "device": "cpu"},
-        "data": {"training_pool": "pool.parquet", "validation_queries": "val.jsonl", "test_queries": "test.jsonl", "max_example_tokens": 128},
-        "demo": {"enabled": False},
-        "rollout": {"backend": "transformers", "samples_per_query": 4, "max_tokens": 16},
-        "projection": {"shards": 2},
-        "warmup": {"steps": []},
-        "benchmark": {"sft": {"steps": 10, "batch_size": 8}},
-        # The query files may name only graders listed here. A random model runs to max_tokens: the
-        # rollouts check would (rightly) stop the run.
-        "grading": {"custom_graders": ["my_grader:same_parity"], "max_empty_or_truncated_fraction": 1.0},
-    }))
+    settings = load_settings(
+        write_settings(
+            directory,
+            {
+                "model": {"path": "model", "dtype": "float32", "device": "cpu"},
+                "data": {
+                    "training_pool": "pool.parquet",
+                    "validation_queries": "val.jsonl",
+                    "test_queries": "test.jsonl",
+                    "max_example_tokens": 128,
+                },
+                "demo": {"enabled": False},
+                "rollout": {"backend": "transformers", "samples_per_query": 4, "max_tokens": 16},
+                "projection": {"shards": 2},
+                "warmup": {"steps": []},
+                "benchmark": {"sft": {"steps": 10, "batch_size": 8}},
+                # The query files may name only graders listed here. A random model runs to max_tokens: the
+                # rollouts check would (rightly) stop the run.
+                "grading": {"custom_graders": ["my_grader:same_parity"], "max_empty_or_truncated_fraction": 1.0},
+            },
+        )
+    )
     (directory / "dagster_home").mkdir()
-    environment = {**os.environ, "DRIFT_ASSETS_SETTINGS": str(directory / "settings.yaml"), "DAGSTER_HOME": str(directory / "dagster_home"),
-                   "PYTHONPATH": os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")])}  # where my_grader lives
-    command = subprocess.run([sys.executable, "-m", "drift_assets", "materialize"], env=environment, capture_output=True, text=True, timeout=600)
+    environment = {
+        **os.environ,
+        "DRIFT_ASSETS_SETTINGS": str(directory / "settings.yaml"),
+        "DAGSTER_HOME": str(directory / "dagster_home"),
+        "PYTHONPATH": os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")]),
+    }  # where my_grader lives
+    command = subprocess.run(
+        [sys.executable, "-m", "drift_assets", "materialize"], env=environment, capture_output=True, text=True, timeout=600
+    )
     assert command.returncode == 0, command.stderr[-3000:]
     instance = DagsterInstance.from_config(str(directory / "dagster_home"))
     done = {key.to_user_string() for key in instance.get_asset_keys() if instance.get_latest_materialization_event(key)}
@@ -87,8 +110,11 @@ def test_the_command_prints_the_summary_without_library_noise(own):
     settings, done, command = own
     shards = settings.projection.shards  # each shard of training_gradient_projections counts apart
     assert f"materialized {len(done) - 1 + shards} stale or missing assets/shards" in command.stdout
-    for line in ("training_pool            40 examples (0 quarantined)", "rollouts / grades        24 rollouts by transformers",
-                 "evaluation               refined    accuracy"):
+    for line in (
+        "training_pool            40 examples (0 quarantined)",
+        "rollouts / grades        24 rollouts by transformers",
+        "evaluation               refined    accuracy",
+    ):
         assert line in command.stdout
     # Dagster's beta warnings about the observable sources and its SQLite schema stamps are silenced.
     assert "BetaWarning" not in command.stderr and "alembic" not in command.stderr
@@ -99,7 +125,9 @@ def test_the_loop_closes_on_the_users_test_queries_with_their_grader(own):
     evaluation = read(settings, "refined_model_evaluation")
     assert evaluation["model"].to_list() == ["base", "full", "refined"]
     assert evaluation["n_queries"].to_list() == [10, 10, 10]
-    assert ((evaluation["accuracy_low"] <= evaluation["accuracy"]) & (evaluation["accuracy"] <= evaluation["accuracy_high"])).all()
+    assert (
+        (evaluation["accuracy_low"] <= evaluation["accuracy"]) & (evaluation["accuracy"] <= evaluation["accuracy_high"])
+    ).all()
 
 
 def test_pool_prompts_are_rendered_with_the_chat_template_and_keep_system_turns(own):
@@ -110,7 +138,9 @@ def test_pool_prompts_are_rendered_with_the_chat_template_and_keep_system_turns(
     for row in pool.iter_rows(named=True):
         messages = json.loads(row["messages"])
         rendered = render_messages_prompt(tokenizer, messages[:-1])
-        assert rendered.startswith("<|im_start|>system\nAnswer briefly." if messages[0]["role"] == "system" else "<|im_start|>user\n")
+        assert rendered.startswith(
+            "<|im_start|>system\nAnswer briefly." if messages[0]["role"] == "system" else "<|im_start|>user\n"
+        )
         assert row["n_prompt_tokens"] == len(encode_prompt(tokenizer, rendered))
 
 
@@ -119,7 +149,8 @@ def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(ow
     rollouts, grades = read(settings, "rollouts"), read(settings, "grades")
     assert rollouts.height == 6 * 4 and set(grades["grader"]) == {"my_grader:same_parity"}
     graded = rollouts.join(read(settings, "validation_queries").select("query_id", "reference"), on="query_id", how="left").join(
-        grades.select("rollout_id", "correct"), on="rollout_id", how="left")
+        grades.select("rollout_id", "correct"), on="rollout_id", how="left"
+    )
     for completion, reference, correct in graded.select("completion", "reference", "correct").rows():
         assert correct == same_parity(completion, reference)
     assert 0 < grades["correct"].sum() < grades.height

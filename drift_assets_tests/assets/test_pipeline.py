@@ -1,6 +1,7 @@
 """The whole graph materialized for real on the small demo: vLLM rollouts, Delta tables, Dagster."""
 
 import base64
+import json
 import math
 import shutil
 
@@ -18,8 +19,18 @@ from drift_assets.runner import materialize_assets, materialize_pipeline, observ
 from drift_assets_tests.conftest import settings_in
 
 TABLES = (
-    "demo_task_files", "demo_base_model", "training_pool", "training_pool_rejects", "validation_queries", "test_queries",
-    "rollouts", "grades", "validation_gradients", "training_gradient_projections", "influence_scores", "refined_dataset",
+    "demo_task_files",
+    "demo_base_model",
+    "training_pool",
+    "training_pool_rejects",
+    "validation_queries",
+    "test_queries",
+    "rollouts",
+    "grades",
+    "validation_gradients",
+    "training_gradient_projections",
+    "influence_scores",
+    "refined_dataset",
     "refined_model_evaluation",
 )
 
@@ -175,20 +186,30 @@ def test_evaluation_closes_the_loop(pipeline):
     evaluation = read(settings, "refined_model_evaluation")
     assert evaluation["model"].to_list() == ["base", "full", "refined"]
     assert evaluation["n_queries"].unique().to_list() == [read(settings, "test_queries").height]
-    assert ((evaluation["accuracy_low"] <= evaluation["accuracy"]) & (evaluation["accuracy"] <= evaluation["accuracy_high"])).all()
+    assert (
+        (evaluation["accuracy_low"] <= evaluation["accuracy"]) & (evaluation["accuracy"] <= evaluation["accuracy_high"])
+    ).all()
 
 
 @pytest.mark.vllm
 def test_method_benchmark_gives_every_method_the_same_budget(pipeline):
     settings, _, instance = pipeline
     methods, seeds = ["full", "random", "drift", "loss", "oracle"], [0, 1]
-    settings = settings.model_copy(update={"benchmark": settings.benchmark.model_copy(update={"methods": methods, "seeds": seeds})})
+    settings = settings.model_copy(
+        update={"benchmark": settings.benchmark.model_copy(update={"methods": methods, "seeds": seeds})}
+    )
     materialize_assets(build_definitions(settings), instance, [AssetKey("method_benchmark")])
     table = read(settings, "method_benchmark")
     assert table.select("method", "seed").rows() == [(method, seed) for method in methods for seed in seeds]
     selected = int(read(settings, "refined_dataset")["selected"].sum())
     sizes = dict(table.select("method", "n_selected").unique().rows())
-    assert sizes == {"full": read(settings, "training_pool").height, "random": selected, "drift": selected, "loss": selected, "oracle": selected}
+    assert sizes == {
+        "full": read(settings, "training_pool").height,
+        "random": selected,
+        "drift": selected,
+        "loss": selected,
+        "oracle": selected,
+    }
     assert ((table["accuracy_low"] <= table["accuracy"]) & (table["accuracy"] <= table["accuracy_high"])).all()
     auc = dict(table.select("method", "noise_auc").unique().rows())
     assert auc["full"] is None and auc["random"] is None and auc["oracle"] is None
@@ -229,7 +250,10 @@ def test_appending_to_the_pool_computes_gradients_only_for_new_examples(pipeline
     settings, defs, instance = pipeline
     pool_path = settings.resolve(settings.data.training_pool)
     before = read(settings, "training_pool").height
-    extra = ['{"prompt": "What is %d + %d?\\n", "response": "Answer: %d", "note": "appended"}' % (a, 100 + a, 100 + 2 * a) for a in range(7)]
+    extra = [
+        json.dumps({"prompt": f"What is {a} + {100 + a}?\n", "response": f"Answer: {100 + 2 * a}", "note": "appended"})
+        for a in range(7)
+    ]
     with open(pool_path, "a") as handle:
         handle.write("\n".join(extra) + "\n")
     observe_sources(defs, instance)
@@ -245,7 +269,6 @@ def test_appending_to_the_pool_computes_gradients_only_for_new_examples(pipeline
     pool = read(settings, "training_pool")
     assert pool.height == before + 7
     assert pool.filter(pl.col("note") == "appended").height == 7
-
 
 
 def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_dir):
@@ -271,7 +294,9 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     pool = training_pool_rows(300, 0.25, 0.08, seed=5)
-    messages = [json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in pool]
+    messages = [
+        json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in pool
+    ]
     pool_pairs = pool_token_pairs(tokenizer, messages)
     queries = query_rows(24, 5, "validation")
     rng = random.Random(0)
@@ -283,7 +308,9 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
     prompts = [q["prompt"] for q in queries]
     target_pairs = query_token_pairs(tokenizer, prompts * 2, [q["reference_response"] for q in queries] + wrong)
     signs = torch.tensor([1.0] * len(queries) + [-1.0] * len(queries), dtype=torch.float64)
-    basis = fit_basis(model, options, tokenizer, *query_token_pairs(tokenizer, prompts, [q["reference_response"] for q in queries]), 32)
+    basis = fit_basis(
+        model, options, tokenizer, *query_token_pairs(tokenizer, prompts, [q["reference_response"] for q in queries]), 32
+    )
     raw, unit = {}, {}
     for name, projector in (
         ("exact", LinearGradientProjector(model, ProjectionOptions(rank=None))),
@@ -308,8 +335,13 @@ def test_the_fisher_hessian_streamed_over_shards_matches_one_dense_solve(pipelin
     materialize_assets(build_definitions(fisher), instance, [AssetKey("influence_scores")])
     gradients = read(settings, "training_gradient_projections").sort("example_id")
     training = vectors(gradients).astype(np.float64)
-    target = target_gradient(read(settings, "validation_gradients"), read(settings, "grades"), "onpolicy",
-                             settings.influence.weighting, settings.influence.unsolved).vector
+    target = target_gradient(
+        read(settings, "validation_gradients"),
+        read(settings, "grades"),
+        "onpolicy",
+        settings.influence.weighting,
+        settings.influence.unsolved,
+    ).vector
     second_moment = training.T @ training / len(training)
     damping = settings.influence.damping * np.trace(second_moment) / len(second_moment)
     raw = training @ np.linalg.solve(second_moment + damping * np.eye(len(second_moment)), target)

@@ -12,8 +12,8 @@ from dagster import AssetKey
 from pydantic import ValidationError
 
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.processes import descendants
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
+from drift_assets.core.processes import descendants
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
@@ -39,7 +39,9 @@ def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4):
 def teacher_forced_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
     """log π(sampled tokens | rendered prompt), the sequences validation_gradients differentiates."""
     tokenizer, network = model.load_tokenizer(), model.load_model()
-    return teacher_forced(network, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"]))
+    return teacher_forced(
+        network, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,9 @@ def test_vllm_rollouts_are_reproducible_differ_within_a_query_and_carry_true_log
     assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
     # logprob_sum is log π(completion | prompt) under the raw model: recompute it by teacher forcing.
     expected = teacher_forced_logprobs(demo_model, table)
-    assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3)
+    assert torch.allclose(
+        torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3
+    )
 
 
 @pytest.mark.vllm
@@ -73,8 +77,10 @@ def test_vllm_with_a_bpe_chat_model_samples_the_tokens_whose_logprob_it_reports(
     resource = RolloutEngineResource(backend="vllm", samples_per_query=4, max_tokens=24, seed=0)
     too_long = pl.DataFrame({"query_id": ["ok", "long-one"], "prompt": ["What is 1 + 2?", "What is 1 + 2? " * 80]})
     with resource.open_engine(model) as engine:
-        reports = [engine.generate(prompt_ids, resource.sampling()),
-                   engine.generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=1, stop=(" ",)))]
+        reports = [
+            engine.generate(prompt_ids, resource.sampling()),
+            engine.generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=1, stop=(" ",))),
+        ]
         # A prompt that fills the context fails before sampling, naming the query and the setting.
         with pytest.raises(ValueError, match=r"1 validation queries .* rollout\.max_model_len = 256 .*: long-one \("):
             sample_rollouts(engine, tokenizer, too_long, resource.sampling(), model.fingerprint())
@@ -82,7 +88,9 @@ def test_vllm_with_a_bpe_chat_model_samples_the_tokens_whose_logprob_it_reports(
         table = rollout_rows(QUERIES, report, model.fingerprint(), seed=0)
         assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
         expected = teacher_forced_logprobs(model, table)
-        assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3)
+        assert torch.allclose(
+            torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3
+        )
     stopped = [c for group in reports[1].completions for c in group]
     assert all(" " not in c.text for c in stopped) and any(c.finish_reason == "stop" and not c.ended_with_eos for c in stopped)
 
@@ -95,7 +103,9 @@ def test_transformers_backend_gives_the_same_schema_reproducibly_with_true_logpr
     assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
     assert table.height == QUERIES.height * 4
     expected = teacher_forced_logprobs(demo_model, table)
-    assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=1e-3, rtol=1e-4)
+    assert torch.allclose(
+        torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=1e-3, rtol=1e-4
+    )
     other_seed, _ = sample(demo_model, "transformers", seed=1)
     assert [[c.text for c in g] for g in other_seed.completions] != [[c.text for c in g] for g in report.completions]
 
@@ -120,8 +130,12 @@ def test_stop_strings_cut_the_completion(demo_model):
     # The text ends before the stop string; the sampled tokens (and their log-prob) include it.
     table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=3)
     assert any(text + ":" == tokenizer.decode(ids) for text, ids in zip(table["completion"], table["token_ids"]))
-    assert torch.allclose(torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64),
-                          teacher_forced_logprobs(demo_model, table).double(), atol=1e-3, rtol=1e-4)
+    assert torch.allclose(
+        torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64),
+        teacher_forced_logprobs(demo_model, table).double(),
+        atol=1e-3,
+        rtol=1e-4,
+    )
 
 
 def test_rollouts_asset_with_the_transformers_fallback(workspace, instance):
@@ -199,6 +213,7 @@ def running(pid: int) -> bool:
 
 def vllm_engines_under(pid: int) -> list[int]:
     """The vLLM engine processes among ``pid``'s descendants."""
+
     def name(child: int) -> str:
         try:
             return Path(f"/proc/{child}/comm").read_text()

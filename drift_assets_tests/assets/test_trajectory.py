@@ -39,7 +39,9 @@ def unit_scores(training: pl.DataFrame, validation: pl.DataFrame) -> dict[str, f
     with a correct rollout, +1/n⁺ for each correct one, averaged over those queries; wrong rollouts
     and reference answers weigh nothing.
     """
-    correct = validation.filter(pl.col("target") == "rollout", pl.col("correct")).with_columns(n_correct=pl.len().over("query_id"))
+    correct = validation.filter(pl.col("target") == "rollout", pl.col("correct")).with_columns(
+        n_correct=pl.len().over("query_id")
+    )
     weights = 1 / correct["n_correct"].to_numpy() / correct["query_id"].n_unique()
     target = (vectors(correct).astype(np.float64) * weights[:, None]).sum(axis=0)
     matrix = vectors(training).astype(np.float64)
@@ -66,12 +68,19 @@ def test_the_warm_up_saves_a_trained_model_at_each_step(trajectory):
 @pytest.mark.vllm
 def test_each_checkpoint_has_its_own_rollouts_and_gradients(trajectory):
     settings, _, instance, _ = trajectory
-    table, pool, queries = read(settings, "checkpoint_gradients"), read(settings, "training_pool"), read(settings, "validation_queries")
+    table, pool, queries = (
+        read(settings, "checkpoint_gradients"),
+        read(settings, "training_pool"),
+        read(settings, "validation_queries"),
+    )
     saved = read(settings, "warmup_checkpoints")
     dimension = read(settings, "training_gradient_projections")["grad"].list.len().unique().to_list()
     for key in KEYS:
         rows = table.filter(pl.col("checkpoint") == key)
-        assert rows["model_fingerprint"].unique().to_list() == saved.filter(pl.col("checkpoint") == key)["model_fingerprint"].to_list()
+        assert (
+            rows["model_fingerprint"].unique().to_list()
+            == saved.filter(pl.col("checkpoint") == key)["model_fingerprint"].to_list()
+        )
         assert rows["projection_fingerprint"].n_unique() == 1
         assert sorted(rows.filter(pl.col("role") == "training")["id"]) == sorted(pool["example_id"])
         rollouts = rows.filter(pl.col("role") == "rollout")
@@ -94,15 +103,19 @@ def test_influence_scores_average_the_standardized_scores_of_every_checkpoint(tr
     settings, _, instance, _ = trajectory
     scores = read(settings, "influence_scores").sort("example_id")
     ids = scores["example_id"].to_list()
-    graded = read(settings, "validation_gradients").join(read(settings, "grades").select("rollout_id", "correct"), on="rollout_id", how="left")
+    graded = read(settings, "validation_gradients").join(
+        read(settings, "grades").select("rollout_id", "correct"), on="rollout_id", how="left"
+    )
     along = [unit_scores(read(settings, "training_gradient_projections"), graded)]
     table = read(settings, "checkpoint_gradients")
     for key in KEYS:
         rows = table.filter(pl.col("checkpoint") == key)
-        along.append(unit_scores(
-            rows.filter(pl.col("role") == "training").rename({"id": "example_id"}),
-            rows.filter(pl.col("role") != "training").rename({"id": "rollout_id", "role": "target"}),
-        ))
+        along.append(
+            unit_scores(
+                rows.filter(pl.col("role") == "training").rename({"id": "example_id"}),
+                rows.filter(pl.col("role") != "training").rename({"id": "rollout_id", "role": "target"}),
+            )
+        )
     expected = np.mean([standardized(s, ids) for s in along], axis=0)
     np.testing.assert_allclose(scores["score"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
     # The checkpoints disagree (or the average would add nothing): no two rank the pool alike.

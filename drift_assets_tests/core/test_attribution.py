@@ -10,22 +10,26 @@ from drift_assets.core.weighting import DegenerateGradesError
 
 def validation_table(projection: str = "basis-a") -> pl.DataFrame:
     grads = [[1.0, 0.0], [0.0, 2.0], [4.0, 4.0], [3.0, 1.0], [10.0, 10.0]]
-    return pl.DataFrame({
-        "rollout_id": ["q1-0", "q1-1", "q1-2", "q2-0", "reference-q1"],
-        "query_id": ["q1", "q1", "q1", "q2", "q1"],
-        "target": ["rollout"] * 4 + ["reference"],
-        "grad": pl.Series(grads, dtype=pl.List(pl.Float32)),
-        "model_fingerprint": ["model-a"] * 5,
-        "projection_fingerprint": [projection] * 5,
-    })
+    return pl.DataFrame(
+        {
+            "rollout_id": ["q1-0", "q1-1", "q1-2", "q2-0", "reference-q1"],
+            "query_id": ["q1", "q1", "q1", "q2", "q1"],
+            "target": ["rollout"] * 4 + ["reference"],
+            "grad": pl.Series(grads, dtype=pl.List(pl.Float32)),
+            "model_fingerprint": ["model-a"] * 5,
+            "projection_fingerprint": [projection] * 5,
+        }
+    )
 
 
-GRADES = pl.DataFrame({
-    "rollout_id": ["q1-0", "q1-1", "q1-2", "q2-0"],
-    "query_id": ["q1", "q1", "q1", "q2"],
-    "correct": [True, True, False, True],
-    "reward": [1.0, 1.0, 0.0, 1.0],
-})
+GRADES = pl.DataFrame(
+    {
+        "rollout_id": ["q1-0", "q1-1", "q1-2", "q2-0"],
+        "query_id": ["q1", "q1", "q1", "q2"],
+        "correct": [True, True, False, True],
+        "reward": [1.0, 1.0, 0.0, 1.0],
+    }
+)
 
 
 def test_signed_target_is_the_weighted_sum_of_rollout_gradients():
@@ -49,14 +53,16 @@ def test_an_unsolved_query_contrasts_its_reference_with_the_wrong_rollouts():
     assert target.references_for_unsolved == 1 and target.summary.queries_used == 1
     # A query some rollout solves keeps its own contrast: the reference is not added there.
     assert target_gradient(validation_table(), GRADES, "onpolicy", "signed", "reference").vector == pytest.approx(
-        target_gradient(validation_table(), GRADES, "onpolicy", "signed", "skip").vector)
+        target_gradient(validation_table(), GRADES, "onpolicy", "signed", "skip").vector
+    )
     positive = target_gradient(validation_table(), unsolved, "onpolicy", "positive", "reference")
     assert positive.vector == pytest.approx((np.array([10.0, 10.0]) + np.array([3.0, 1.0])) / 2)
     # The rows the target sums, as weighted_rollouts gives them: the reference and q1's wrong rollouts.
     rows, _, added = weighted_rollouts(validation_table(), unsolved, "signed", "reference")
     assert added == 1
     assert dict(zip(rows["rollout_id"], rows["weight"])) == pytest.approx(
-        {"reference-q1": 1.0, "q1-0": -1 / 3, "q1-1": -1 / 3, "q1-2": -1 / 3})
+        {"reference-q1": 1.0, "q1-0": -1 / 3, "q1-1": -1 / 3, "q1-2": -1 / 3}
+    )
     with pytest.raises(ValueError, match="influence.unsolved must be one of"):
         weighted_rollouts(validation_table(), unsolved, "signed", "always")
     without_references = validation_table().filter(pl.col("target") == "rollout")

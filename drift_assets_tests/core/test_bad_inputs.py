@@ -53,24 +53,51 @@ POOL_ROWS = [
     (8, "a list response", [row({"prompt": "p", "response": ["r"]})], [r"must be strings"]),
     (9, "a bool response", [row({"prompt": "p", "response": True})], [r"must be strings"]),
     (10, "a whitespace-only response", [row({"prompt": "p", "response": " \t "})], [r"^empty response$"]),
-    (11, "longer than data.max_example_tokens", [row({"prompt": "p", "response": "x" * 500})],
-     [rf"^over the maximum length \(\d+ tokens > data\.max_example_tokens={MAX_TOKENS}\)$"]),
+    (
+        11,
+        "longer than data.max_example_tokens",
+        [row({"prompt": "p", "response": "x" * 500})],
+        [rf"^over the maximum length \(\d+ tokens > data\.max_example_tokens={MAX_TOKENS}\)$"],
+    ),
     (12, "messages ending with the user", [chat(("assistant", "a"), ("user", "u"))], [r"last message must be the assistant's"]),
     (13, "a non-string content", [chat(("user", 5), ("assistant", "a"))], [r"every message needs string 'role' and 'content'"]),
     (14, "only an assistant turn", [chat(("assistant", "alone"))], [r"needs at least one turn before"]),
     (15, "empty messages", [row({"messages": []})], [r"'messages' must be a non-empty list"]),
     (16, "messages as a string that is not JSON", [row({"messages": "not json"})], [r"'messages' is a string but not JSON"]),
-    (17, "roles human and bot", [chat(("human", "u"), ("bot", "a"))], [r"^role 'human' is not one of system, user, assistant, tool$"]),
-    (17, "duplicates", [row({"prompt": "p", "response": "r"}), row({"prompt": "p", "response": "r"}),
-                        chat(("user", "p"), ("assistant", "r"))], [KEPT, r"^duplicate of row 1$", r"^duplicate of row 1$"]),
+    (
+        17,
+        "roles human and bot",
+        [chat(("human", "u"), ("bot", "a"))],
+        [r"^role 'human' is not one of system, user, assistant, tool$"],
+    ),
+    (
+        17,
+        "duplicates",
+        [row({"prompt": "p", "response": "r"}), row({"prompt": "p", "response": "r"}), chat(("user", "p"), ("assistant", "r"))],
+        [KEPT, r"^duplicate of row 1$", r"^duplicate of row 1$"],
+    ),
     (18, "an upper-case role", [chat(("USER", "u"), ("ASSISTANT", "a"))], [r"role 'USER' is not one of"]),
     (18, "an empty role", [chat(("", "u"), ("assistant", "a"))], [r"role '' is not one of"]),
-    (18, "the assistant speaking first", [chat(("assistant", "hi"), ("user", "u"), ("assistant", "a"))],
-     [r"^the first turn \(after any system message\) must be the user's$"]),
+    (
+        18,
+        "the assistant speaking first",
+        [chat(("assistant", "hi"), ("user", "u"), ("assistant", "a"))],
+        [r"^the first turn \(after any system message\) must be the user's$"],
+    ),
     (18, "a system message first", [chat(("system", "be brief"), ("user", "u"), ("assistant", "a"))], [KEPT]),
-    (19, "emoji, CJK, RTL, zero-width and an escaped NUL", [row({"prompt": "🙂 你好 שלום a\u200bb", "response": "x\u0000y"})], [KEPT]),
+    (
+        19,
+        "emoji, CJK, RTL, zero-width and an escaped NUL",
+        [row({"prompt": "🙂 你好 שלום a\u200bb", "response": "x\u0000y"})],
+        [KEPT],
+    ),
     (20, "a raw NUL byte", [b'{"prompt": "a\x00b", "response": "r"}'], [r"^unparseable JSON \(Invalid control character"]),
-    (21, "a lone surrogate", [b'{"prompt": "\\ud800x", "response": "r"}'], [r"^a lone surrogate \('\\ud800'\) that is not text$"]),
+    (
+        21,
+        "a lone surrogate",
+        [b'{"prompt": "\\ud800x", "response": "r"}'],
+        [r"^a lone surrogate \('\\ud800'\) that is not text$"],
+    ),
     (22, "an invalid UTF-8 byte", [b'{"prompt": "caf\xe9", "response": "r"}'], [r"^not UTF-8 \(byte 0xe9 at column 16\)$"]),
     (23, "a byte-order mark on the first line", [b"\xef\xbb\xbf" + row({"prompt": "p", "response": "r"})], [KEPT]),
 ]
@@ -109,8 +136,11 @@ def test_24_25_an_empty_or_all_rejected_pool_fails_at_once_with_the_reasons(tmp_
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join([json.dumps({"prompt": "p"})] * 2 + ["oops"]) + "\n")
     pool = normalize_pool(read_rows(bad), tokenizer, MAX_TOKENS, source="bad.jsonl")
-    with pytest.raises(InputFileError, match=r"bad\.jsonl: no usable examples \(3 rows quarantined: 2× no 'messages' field"
-                                             r".*; 1× unparseable JSON.*\); see the training_pool_rejects table"):
+    with pytest.raises(
+        InputFileError,
+        match=r"bad\.jsonl: no usable examples \(3 rows quarantined: 2× no 'messages' field"
+        r".*; 1× unparseable JSON.*\); see the training_pool_rejects table",
+    ):
         require_examples(pool.examples, pool.rejects, bad)
     one = normalize_pool(read_rows(_one_row(tmp_path)), tokenizer, MAX_TOKENS, source="one.jsonl")
     require_examples(one.examples, one.rejects, "one.jsonl")  # 26: one usable row is enough to go on
@@ -149,17 +179,22 @@ def test_28_30_unreadable_files_are_named(tmp_path):
 
 def test_29_parquet_rows_of_the_wrong_types_are_quarantined(tmp_path, tokenizer):
     path = tmp_path / "pool.parquet"
-    pl.DataFrame({"prompt": [1, 2], "response": [0.5, 1.5]}).vstack(pl.DataFrame({"prompt": [3], "response": [2.5]})).write_parquet(path)
+    pl.DataFrame({"prompt": [1, 2], "response": [0.5, 1.5]}).vstack(
+        pl.DataFrame({"prompt": [3], "response": [2.5]})
+    ).write_parquet(path)
     pool = normalize_pool(read_rows(path), tokenizer, MAX_TOKENS, source="pool.parquet")
     assert pool.examples.is_empty() and pool.rejects["reason"].unique().to_list() == ["'prompt' and 'response' must be strings"]
 
 
-@pytest.mark.parametrize(("case", "values", "stored"), [
-    (32, [1, "two"], ["1", "two"]),  # mixed types: carried as text
-    (35, [{}, {"a": 1}], ['{}', '{"a": 1}']),  # objects (an empty one too): carried as JSON text
-    (36, [None, None], [None, None]),
-    (36, [[], ["x"]], [[], ["x"]]),
-])
+@pytest.mark.parametrize(
+    ("case", "values", "stored"),
+    [
+        (32, [1, "two"], ["1", "two"]),  # mixed types: carried as text
+        (35, [{}, {"a": 1}], ["{}", '{"a": 1}']),  # objects (an empty one too): carried as JSON text
+        (36, [None, None], [None, None]),
+        (36, [[], ["x"]], [[], ["x"]]),
+    ],
+)
 def test_32_35_36_extra_columns_are_carried_and_storable(tmp_path, tokenizer, case, values, stored):
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"p{i}", "response": "r", "extra": v}) + "\n" for i, v in enumerate(values)))
@@ -183,8 +218,10 @@ def test_37_38_39_query_rows_without_a_reference_or_with_a_duplicate_id_are_quar
     queries, rejects = load_queries(write_queries(tmp_path, records), "numeric")
     assert queries["query_id"].to_list() == ["q0", "q2", "q4"]
     assert rejects.select("row_number", "reason").rows() == [
-        (2, "needs a non-empty 'prompt' and 'reference'"), (4, "needs a non-empty 'prompt' and 'reference'"),
-        (6, "duplicate query_id of row 1")]
+        (2, "needs a non-empty 'prompt' and 'reference'"),
+        (4, "needs a non-empty 'prompt' and 'reference'"),
+        (6, "duplicate query_id of row 1"),
+    ]
     none, rejected = load_queries(write_queries(tmp_path, [{"prompt": "p"}] * 3), "numeric")
     assert none.is_empty() and rejected.height == 3  # 38: the queries asset then fails naming the file
 
@@ -192,22 +229,33 @@ def test_37_38_39_query_rows_without_a_reference_or_with_a_duplicate_id_are_quar
 def test_40_e1_a_query_row_cannot_make_the_pipeline_import_a_module(tmp_path):
     """A downloaded query file naming ``this:s`` used to import (and run) any module on sys.path."""
     settings = parse_settings({"grading": {"custom_graders": ["json:loads"]}}, "s.yaml", tmp_path)
-    records = [{"prompt": "a", "reference": "1", "grader": "this:s"}, {"prompt": "b", "reference": "2", "grader": "json:loads"},
-               {"prompt": "c", "reference": "3", "grader": "numerik"}, {"prompt": "d", "reference": "4", "grader": "exact"}]
+    records = [
+        {"prompt": "a", "reference": "1", "grader": "this:s"},
+        {"prompt": "b", "reference": "2", "grader": "json:loads"},
+        {"prompt": "c", "reference": "3", "grader": "numerik"},
+        {"prompt": "d", "reference": "4", "grader": "exact"},
+    ]
     had_this = "this" in sys.modules
-    queries, rejects = load_queries(write_queries(tmp_path, records), settings.grading.default_grader, settings.grading.allowed_graders())
+    queries, rejects = load_queries(
+        write_queries(tmp_path, records), settings.grading.default_grader, settings.grading.allowed_graders()
+    )
     assert queries["grader"].to_list() == ["json:loads", "exact"]
-    assert rejects["reason"].to_list() == ["grader 'this:s' is not allowed (list it in grading.custom_graders)",
-                                           "grader 'numerik' is not allowed (list it in grading.custom_graders)"]
+    assert rejects["reason"].to_list() == [
+        "grader 'this:s' is not allowed (list it in grading.custom_graders)",
+        "grader 'numerik' is not allowed (list it in grading.custom_graders)",
+    ]
     assert ("this" in sys.modules) == had_this
 
 
-@pytest.mark.parametrize(("case", "grading", "message"), [
-    (40, {"default_grader": "numerik"}, r"grading\.default_grader: grader 'numerik': expected one of"),
-    (40, {"custom_graders": ["module_only"]}, r"grading\.custom_graders: grader 'module_only': expected one of"),
-    (45, {"default_grader": "regex"}, r"grading: the regex grader needs grading\.regex"),
-    (46, {"default_grader": "regex", "regex": "Answer: ("}, r"grading\.regex: not a valid regular expression: missing \)"),
-])
+@pytest.mark.parametrize(
+    ("case", "grading", "message"),
+    [
+        (40, {"default_grader": "numerik"}, r"grading\.default_grader: grader 'numerik': expected one of"),
+        (40, {"custom_graders": ["module_only"]}, r"grading\.custom_graders: grader 'module_only': expected one of"),
+        (45, {"default_grader": "regex"}, r"grading: the regex grader needs grading\.regex"),
+        (46, {"default_grader": "regex", "regex": "Answer: ("}, r"grading\.regex: not a valid regular expression: missing \)"),
+    ],
+)
 def test_40_45_46_grader_settings_fail_when_loaded(tmp_path, case, grading, message):
     with pytest.raises(SettingsError, match=rf"^s\.yaml: {message}"):
         parse_settings({"grading": grading}, "s.yaml", tmp_path)
@@ -218,7 +266,7 @@ def test_41_an_unimportable_custom_grader_is_named_before_rollouts():
         validate_grader("no_such_module_xyz:grade")
 
 
-GRADERS = '''
+GRADERS = """
 import math
 def raises(completion, reference):
     return {}[completion]
@@ -226,14 +274,17 @@ def nan(completion, reference):
     return math.nan
 def text(completion, reference):
     return "yes"
-'''
+"""
 
 
-@pytest.mark.parametrize(("case", "function", "message"), [
-    (42, "raises", r"query q1, rollout q1-0: grader '\w+:raises' raised KeyError: 'Answer: 2' \(reference '2'"),
-    (43, "text", r"query q1, rollout q1-0: grader '\w+:text' returned str; expected bool, float or Grade"),
-    (44, "nan", r"query q1, rollout q1-0: grader '\w+:nan' returned a reward of nan .*a reward must be finite"),
-])
+@pytest.mark.parametrize(
+    ("case", "function", "message"),
+    [
+        (42, "raises", r"query q1, rollout q1-0: grader '\w+:raises' raised KeyError: 'Answer: 2' \(reference '2'"),
+        (43, "text", r"query q1, rollout q1-0: grader '\w+:text' returned str; expected bool, float or Grade"),
+        (44, "nan", r"query q1, rollout q1-0: grader '\w+:nan' returned a reward of nan .*a reward must be finite"),
+    ],
+)
 def test_42_43_44_a_custom_grader_that_fails_is_named_with_the_query(tmp_path, monkeypatch, case, function, message):
     module = f"drift_bad_grader_{case}"
     (tmp_path / f"{module}.py").write_text(GRADERS)
@@ -263,16 +314,19 @@ def test_50_an_example_limit_beyond_the_models_context_is_refused(tmp_path):
     assert resolve_max_model_len(None, str(tmp_path), "data.max_example_tokens") == 256
 
 
-@pytest.mark.parametrize(("case", "text", "message"), [
-    (51, "rollout:\n  sample_per_query: 4\n", r"unknown key 'rollout\.sample_per_query'"),
-    (52, "rollout:\n  samples_per_query: four\n", r"rollout\.samples_per_query: .*\(got 'four'\)"),
-    (53, "projection:\n  rank: -1\n", r"projection\.rank: .*greater than or equal to 1 \(got -1\)"),
-    (54, "selection:\n  fraction: 0\n", r"selection\.fraction: .*greater than 0 \(got 0\)"),
-    (55, "selection:\n  method: top_k\n", r"selection: selection\.k is required when selection\.method is top_k"),
-    (56, "rollout: [unclosed\n", r"not valid YAML"),
-    (59, "projection:\n  rank: 8\nprojection:\n  shards: 2\n", r"not valid YAML: .*key 'projection' appears twice"),
-    (59, "projection:\n  rank: 8\n  rank: 4\n", r"not valid YAML: .*key 'rank' appears twice"),
-])
+@pytest.mark.parametrize(
+    ("case", "text", "message"),
+    [
+        (51, "rollout:\n  sample_per_query: 4\n", r"unknown key 'rollout\.sample_per_query'"),
+        (52, "rollout:\n  samples_per_query: four\n", r"rollout\.samples_per_query: .*\(got 'four'\)"),
+        (53, "projection:\n  rank: -1\n", r"projection\.rank: .*greater than or equal to 1 \(got -1\)"),
+        (54, "selection:\n  fraction: 0\n", r"selection\.fraction: .*greater than 0 \(got 0\)"),
+        (55, "selection:\n  method: top_k\n", r"selection: selection\.k is required when selection\.method is top_k"),
+        (56, "rollout: [unclosed\n", r"not valid YAML"),
+        (59, "projection:\n  rank: 8\nprojection:\n  shards: 2\n", r"not valid YAML: .*key 'projection' appears twice"),
+        (59, "projection:\n  rank: 8\n  rank: 4\n", r"not valid YAML: .*key 'rank' appears twice"),
+    ],
+)
 def test_51_59_settings_errors_are_one_line_naming_the_file_and_key(tmp_path, case, text, message):
     path = tmp_path / "settings.yaml"
     path.write_text(text)
@@ -283,7 +337,8 @@ def test_51_59_settings_errors_are_one_line_naming_the_file_and_key(tmp_path, ca
 
 def test_58_top_k_that_keeps_the_whole_pool_warns():
     assert selection_warning("top_k", 100_000, 120) == (
-        "selection.k = 100000 is not below the pool's 120 examples: every example is selected and nothing is refined")
+        "selection.k = 100000 is not below the pool's 120 examples: every example is selected and nothing is refined"
+    )
     assert selection_warning("top_k", 119, 120) is None and selection_warning("top_fraction", None, 120) is None
 
 
@@ -293,13 +348,20 @@ def test_57_60_a_missing_settings_file_is_named_and_test_queries_are_optional(tm
     assert parse_settings({"data": {"training_pool": "p.jsonl"}}, "s.yaml", tmp_path).data.test_queries is None
 
 
-@pytest.mark.parametrize(("case", "files", "message"), [
-    (65, None, r"model\.path: .*my_model does not exist or is not a directory"),
-    (66, {}, r"model\.path: .*my_model has no config\.json"),
-    (67, {"config.json": '{"model_type": "llama"}', "model.safetensors": ""}, r"model\.path: .*my_model has no tokenizer files"),
-    (68, {"config.json": "{}", "tokenizer.json": "{}"}, r"model\.path: .*config\.json has no 'model_type'"),
-    (68, {"config.json": "{oops", "tokenizer.json": "{}"}, r"model\.path: .*config\.json is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("case", "files", "message"),
+    [
+        (65, None, r"model\.path: .*my_model does not exist or is not a directory"),
+        (66, {}, r"model\.path: .*my_model has no config\.json"),
+        (
+            67,
+            {"config.json": '{"model_type": "llama"}', "model.safetensors": ""},
+            r"model\.path: .*my_model has no tokenizer files",
+        ),
+        (68, {"config.json": "{}", "tokenizer.json": "{}"}, r"model\.path: .*config\.json has no 'model_type'"),
+        (68, {"config.json": "{oops", "tokenizer.json": "{}"}, r"model\.path: .*config\.json is not valid JSON"),
+    ],
+)
 def test_65_68_a_model_directory_that_cannot_work_is_named(tmp_path, case, files, message):
     model = tmp_path / "my_model"
     if files is not None:

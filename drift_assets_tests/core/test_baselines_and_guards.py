@@ -15,8 +15,13 @@ from drift_assets.core.progress import Progress, duration
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
 
-CORPUS = ["What is 13 + 7 ? Answer: 20", "Spell backwards: table", "What is 3 + 4 ? 3 + 4 = 7. Answer: 7",
-          "What is 13 - 7 ? Answer: 6", "table river table"]
+CORPUS = [
+    "What is 13 + 7 ? Answer: 20",
+    "Spell backwards: table",
+    "What is 3 + 4 ? 3 + 4 = 7. Answer: 7",
+    "What is 13 - 7 ? Answer: 6",
+    "table river table",
+]
 QUERIES = ["What is 13 + 2 ?", "table please", "nothing matches"]
 
 
@@ -33,7 +38,9 @@ def test_bm25_equals_rank_bm25():
 
 def test_rds_pools_the_last_hidden_states_of_every_token():
     tokenizer = build_char_tokenizer()
-    model = build_tiny_llama(tokenizer, TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64), seed=3).eval()
+    model = build_tiny_llama(
+        tokenizer, TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64), seed=3
+    ).eval()
     prompts = [tokenizer("ab")["input_ids"], tokenizer("xyz w")["input_ids"]]
     responses = [tokenizer("c", add_special_tokens=False)["input_ids"], tokenizer("ok", add_special_tokens=False)["input_ids"]]
     pooled = mean_pooled_hidden_states(model, tokenizer, prompts, responses, batch_size=2)
@@ -47,8 +54,13 @@ def test_rds_pools_the_last_hidden_states_of_every_token():
 
 
 def test_similarity_methods_rank_the_closest_example_first():
-    pool = pl.DataFrame({"example_id": ["a", "b", "c"], "prompt": ["What is 13 + 7?", "Spell: table", "What is 2 + 2?"],
-                         "response": ["Answer: 20", "elbat", "Answer: 4"]})
+    pool = pl.DataFrame(
+        {
+            "example_id": ["a", "b", "c"],
+            "prompt": ["What is 13 + 7?", "Spell: table", "What is 2 + 2?"],
+            "response": ["Answer: 20", "elbat", "Answer: 4"],
+        }
+    )
     queries = pl.DataFrame({"prompt": ["What is 13 + 9?"], "reference_response": ["Answer: 22"]})
     scores = similarity_scores("bm25", pool, queries)
     assert scores["example_id"].to_list()[0] == "a" and scores["rank"].to_list() == [1, 2, 3]
@@ -66,15 +78,25 @@ def test_contrast_guard():
 
 def test_target_guard_from_a_target_made_of_reference_answers():
     """Two queries: one mixed (rollouts r1 right, r2 wrong), one unsolved whose reference is the correct side."""
-    gradients = pl.DataFrame({
-        "rollout_id": ["r1", "r2", "r3", "r4", "reference-q1", "reference-q2"],
-        "query_id": ["q1", "q1", "q2", "q2", "q1", "q2"],
-        "target": ["rollout"] * 4 + ["reference"] * 2,
-        "grad": [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [0.0, 8.0]],
-        "model_fingerprint": ["m"] * 6, "projection_fingerprint": ["p"] * 6,
-    }, schema_overrides={"grad": pl.List(pl.Float32)})
-    grades = pl.DataFrame({"rollout_id": ["r1", "r2", "r3", "r4"], "query_id": ["q1", "q1", "q2", "q2"],
-                           "correct": [True, False, False, False], "reward": [1.0, 0.0, 0.0, 0.0]})
+    gradients = pl.DataFrame(
+        {
+            "rollout_id": ["r1", "r2", "r3", "r4", "reference-q1", "reference-q2"],
+            "query_id": ["q1", "q1", "q2", "q2", "q1", "q2"],
+            "target": ["rollout"] * 4 + ["reference"] * 2,
+            "grad": [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [0.0, 8.0]],
+            "model_fingerprint": ["m"] * 6,
+            "projection_fingerprint": ["p"] * 6,
+        },
+        schema_overrides={"grad": pl.List(pl.Float32)},
+    )
+    grades = pl.DataFrame(
+        {
+            "rollout_id": ["r1", "r2", "r3", "r4"],
+            "query_id": ["q1", "q1", "q2", "q2"],
+            "correct": [True, False, False, False],
+            "reward": [1.0, 0.0, 0.0, 0.0],
+        }
+    )
     with_references = target_gradient(gradients, grades, "onpolicy", "signed", "reference")
     # g = (r1 - r2)/2 + (ref_q2 - mean(r3, r4))/2 = (0.5, 0) + (0, 4); the reference part is (0, 4).
     np.testing.assert_allclose(with_references.vector, [0.5, 4.0])
@@ -111,6 +133,8 @@ def test_progress_lines_give_rate_and_time_left():
     progress.advance("full seed 0")
     now[0] = 140.0
     progress.advance(by=3)
-    assert lines == ["fine-tunes: 1/4 (10.0 s per fine-tune, ETA 30s, 10s so far) full seed 0",
-                     "fine-tunes: 4/4 (10.0 s per fine-tune, done, 40s so far)"]
+    assert lines == [
+        "fine-tunes: 1/4 (10.0 s per fine-tune, ETA 30s, 10s so far) full seed 0",
+        "fine-tunes: 4/4 (10.0 s per fine-tune, done, 40s so far)",
+    ]
     assert [duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]

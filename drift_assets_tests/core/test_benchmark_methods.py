@@ -4,12 +4,21 @@ import polars as pl
 import pytest
 
 from drift_assets.core.attribution import noise_auc
-from drift_assets.core.benchmark import ScoringSettings, loss_scores, paired_differences, per_token_loss, scoring_for, selected_ids
+from drift_assets.core.benchmark import (
+    ScoringSettings,
+    loss_scores,
+    paired_differences,
+    per_token_loss,
+    scoring_for,
+    selected_ids,
+)
 
-POOL = pl.DataFrame({
-    "example_id": [f"ex{i}" for i in range(10)],
-    "is_corrupted": [i % 3 == 0 for i in range(10)],  # ex0, ex3, ex6, ex9
-})
+POOL = pl.DataFrame(
+    {
+        "example_id": [f"ex{i}" for i in range(10)],
+        "is_corrupted": [i % 3 == 0 for i in range(10)],  # ex0, ex3, ex6, ex9
+    }
+)
 
 
 def choose(method, seed=0, scores=None, size=4):
@@ -28,11 +37,13 @@ def test_full_random_and_oracle_selections():
 
 
 def test_loss_selection_keeps_the_lowest_loss_per_token():
-    losses = pl.DataFrame({
-        "example_id": ["ex0", "ex1", "ex2", "ex3", "ex4"],
-        "loss": [9.0, 2.0, 4.0, 1.0, 0.0],
-        "n_tokens": [3, 1, 8, 1, 0],  # per token: 3, 2, 0.5, 1, 0 (an empty response counts one token)
-    })
+    losses = pl.DataFrame(
+        {
+            "example_id": ["ex0", "ex1", "ex2", "ex3", "ex4"],
+            "loss": [9.0, 2.0, 4.0, 1.0, 0.0],
+            "n_tokens": [3, 1, 8, 1, 0],  # per token: 3, 2, 0.5, 1, 0 (an empty response counts one token)
+        }
+    )
     scores = loss_scores(per_token_loss(losses))
     assert scores["example_id"].to_list() == ["ex4", "ex2", "ex3", "ex1", "ex0"]
     assert scores["rank"].to_list() == [1, 2, 3, 4, 5]
@@ -69,7 +80,7 @@ def test_paired_differences_pair_each_method_with_full_by_seed():
     assert differences["full"]["difference_mean"] == 0.0 and differences["full"]["pairs"] == 3
     drift = differences["drift"]  # differences 0.05, 0.04, 0.06: mean 0.05, std 0.01, s.e. 0.01/√3
     assert drift["pairs"] == 3
-    assert drift["difference_mean"] == pytest.approx(0.05) and drift["difference_se"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert drift["difference_mean"] == pytest.approx(0.05) and drift["difference_se"] == pytest.approx(0.01 / 3**0.5)
     assert differences["random"]["pairs"] == 1
     assert differences["random"]["difference_mean"] == pytest.approx(-0.10) and differences["random"]["difference_se"] is None
 

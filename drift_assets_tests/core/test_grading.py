@@ -182,7 +182,7 @@ def write_grader_module(tmp_path, monkeypatch, source: str) -> str:
     return name
 
 
-USER_GRADERS = '''
+USER_GRADERS = """
 from drift_assets.core.grading import Grade
 
 def as_bool(completion, reference):
@@ -206,7 +206,7 @@ def as_numpy_float(completion, reference):
     return numpy.float32(0.5) if completion == reference else numpy.int64(0)
 
 not_callable = 3
-'''
+"""
 
 
 def test_user_callable_bool_float_and_grade_returns(tmp_path, monkeypatch):

@@ -111,9 +111,7 @@ def test_parquet_rows(tmp_path, tokenizer):
     pool = normalize(path, tokenizer)
     assert pool.examples["row_number"].to_list() == [0, 1]  # tables are 0-based row indices
     assert pool.examples["weight_hint"].to_list() == [0.5, 1.5]
-    assert pool.rejects.to_dicts() == [
-        {"row_number": 2, "raw": pool.rejects["raw"][0], "reason": "duplicate of row 1"}
-    ]
+    assert pool.rejects.to_dicts() == [{"row_number": 2, "raw": pool.rejects["raw"][0], "reason": "duplicate of row 1"}]
     assert json.loads(pool.rejects["raw"][0]) == {"prompt": "What is 2 + 2?\n", "response": "Answer: 4", "weight_hint": 2.5}
 
 
@@ -205,7 +203,10 @@ def test_length_limit_is_inclusive(tmp_path, tokenizer):
     prompt = "p" * 10
     fits = "r" * (MAX_TOKENS - (len(prompt) + 1) - 1)  # BOS + prompt + response + EOS == MAX_TOKENS
     too_long = fits + "r"
-    pool = normalize(write_jsonl(tmp_path / "pool.jsonl", [{"prompt": prompt, "response": fits}, {"prompt": prompt, "response": too_long}]), tokenizer)
+    pool = normalize(
+        write_jsonl(tmp_path / "pool.jsonl", [{"prompt": prompt, "response": fits}, {"prompt": prompt, "response": too_long}]),
+        tokenizer,
+    )
     assert pool.examples["response"].to_list() == [fits]
     assert pool.examples["n_prompt_tokens"][0] + pool.examples["n_response_tokens"][0] == MAX_TOKENS
     assert pool.rejects["reason"][0].startswith(f"over the maximum length ({MAX_TOKENS + 1} tokens")
@@ -274,7 +275,7 @@ def test_load_queries_defaults_and_rejects(tmp_path):
     queries, rejects = load_queries(write_jsonl(tmp_path / "queries.jsonl", records), default_grader="numeric")
     assert queries.columns == ["query_id", "prompt", "reference", "reference_response", "grader"]
     assert queries.row(0) == ("q-a", "What is 2 + 2?\n", "4", "Answer: 4", "exact")
-    expected_id = hashlib.sha256("What is 1 + 1?\n".encode()).hexdigest()[:16]
+    expected_id = hashlib.sha256(b"What is 1 + 1?\n").hexdigest()[:16]
     assert queries.row(1) == (expected_id, "What is 1 + 1?\n", "2", "2", "numeric")
     reasons = dict(zip(rejects["row_number"], rejects["reason"]))
     assert reasons[3] == "duplicate query_id of row 1"
@@ -298,15 +299,28 @@ def test_input_columns_under_names_the_pipeline_writes_are_kept_renamed(tmp_path
     from drift_assets.core.selection import refined_table, select
 
     records = [
-        {"prompt": f"q{i}", "response": f"a{i}", "score": 5 - i, "rank": i, "selected": True, "weight": 0.5,
-         "example_id": f"mine-{i}", "row_number": 100 + i, "pool_score": "already taken"}
+        {
+            "prompt": f"q{i}",
+            "response": f"a{i}",
+            "score": 5 - i,
+            "rank": i,
+            "selected": True,
+            "weight": 0.5,
+            "example_id": f"mine-{i}",
+            "row_number": 100 + i,
+            "pool_score": "already taken",
+        }
         for i in range(4)
     ]
     pool = normalize(write_jsonl(tmp_path / "pool.jsonl", records), tokenizer)
     examples = pool.examples
     assert pool.renamed_columns == {
-        "score": "pool_pool_score", "rank": "pool_rank", "selected": "pool_selected", "weight": "pool_weight",
-        "example_id": "pool_example_id", "row_number": "pool_row_number",
+        "score": "pool_pool_score",
+        "rank": "pool_rank",
+        "selected": "pool_selected",
+        "weight": "pool_weight",
+        "example_id": "pool_example_id",
+        "row_number": "pool_row_number",
     }
     assert examples["pool_pool_score"].to_list() == [5, 4, 3, 2]
     assert examples["pool_score"].to_list() == ["already taken"] * 4

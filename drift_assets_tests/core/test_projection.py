@@ -77,7 +77,9 @@ def pairs(tokenizer, rows):
 def pca_basis(tiny):
     """A rank-4 PCA basis fitted on examples other than the ones projected."""
     model, tokenizer, _ = tiny
-    return fit_basis(model, ProjectionOptions(rank=4), tokenizer, *pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9)), 16)
+    return fit_basis(
+        model, ProjectionOptions(rank=4), tokenizer, *pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9)), 16
+    )
 
 
 @pytest.mark.parametrize("basis", ["random", "pca"])
@@ -85,8 +87,10 @@ def test_projection_is_the_kronecker_projection_of_the_exact_gradient(tiny, pca_
     model, _, batch = tiny
     if basis == "random":
         projector = LinearGradientProjector(model, ProjectionOptions(rank=4, seed=7, basis="random"))
-        matrices = {name: (gaussian_projector(4, m.in_features, 7, name, "in"), gaussian_projector(4, m.out_features, 7, name, "out"))
-                    for name, m in projector.layers}
+        matrices = {
+            name: (gaussian_projector(4, m.in_features, 7, name, "in"), gaussian_projector(4, m.out_features, 7, name, "out"))
+            for name, m in projector.layers
+        }
     else:
         projector = LinearGradientProjector(model, pca_basis.options, pca_basis)
         matrices = pca_basis.matrices
@@ -148,14 +152,25 @@ def test_a_pca_basis_fitted_in_several_passes_is_the_one_pass_basis(tiny, pca_ba
     assert [name for group in groups for name, _ in group] == [name for name, _ in layers]  # every layer once, in order
     assert all(sum(size[name] for name, _ in group) <= budget for group in groups)
     # Greedy: a group ends only where the next layer would not fit.
-    assert all(sum(size[name] for name, _ in group) + size[following[0][0]] > budget for group, following in zip(groups, groups[1:]))
+    assert all(
+        sum(size[name] for name, _ in group) + size[following[0][0]] > budget for group, following in zip(groups, groups[1:])
+    )
     assert 1 < len(groups) < len(layers)
     assert [len(group) for group in covariance_groups(layers, 1)] == [1] * len(layers)  # each over the budget alone: one each
     messages = []
-    split = fit_basis(model, pca_basis.options, tokenizer, *pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9)), 16,
-                      budget_bytes=budget, log=messages.append)
+    split = fit_basis(
+        model,
+        pca_basis.options,
+        tokenizer,
+        *pairs(tokenizer, training_pool_rows(40, 0.25, 0.1, seed=9)),
+        16,
+        budget_bytes=budget,
+        log=messages.append,
+    )
     assert split.fingerprint() == pca_basis.fingerprint()
-    assert messages == [f"PCA basis: {len(layers)} layers' covariances exceed {budget / 2**30:.3g} GiB together: {len(groups)} passes"]
+    assert messages == [
+        f"PCA basis: {len(layers)} layers' covariances exceed {budget / 2**30:.3g} GiB together: {len(groups)} passes"
+    ]
 
 
 def test_a_full_rank_pca_basis_preserves_inner_products_exactly(tiny):
@@ -164,7 +179,11 @@ def test_a_full_rank_pca_basis_preserves_inner_products_exactly(tiny):
     options = ProjectionOptions(target_modules=r".*\.(q_proj|o_proj)$", rank=64)
     basis = fit_basis(model, options, tokenizer, *pairs(tokenizer, training_pool_rows(80, 0.25, 0.1, seed=9)), 32)
     projected = LinearGradientProjector(model, options, basis).project(batch).gradients.double()
-    exact = LinearGradientProjector(model, ProjectionOptions(target_modules=options.target_modules, rank=None)).project(batch).gradients.double()
+    exact = (
+        LinearGradientProjector(model, ProjectionOptions(target_modules=options.target_modules, rank=None))
+        .project(batch)
+        .gradients.double()
+    )
     assert torch.allclose(projected @ projected.T, exact @ exact.T, rtol=1e-4, atol=1e-6 * float((exact @ exact.T).abs().max()))
 
 
@@ -215,7 +234,9 @@ def test_pca_basis_is_deterministic_and_survives_a_table_round_trip(tiny, pca_ba
     assert fit_basis(model, pca_basis.options, tokenizer, *fit_pairs, 16).fingerprint() == pca_basis.fingerprint()
     rebatched = fit_basis(model, pca_basis.options, tokenizer, *fit_pairs, 7)  # other padding: equal up to rounding
     for name, (p_in, p_out) in pca_basis.matrices.items():
-        assert torch.allclose(rebatched.matrices[name][0], p_in, atol=1e-3) and torch.allclose(rebatched.matrices[name][1], p_out, atol=1e-3)
+        assert torch.allclose(rebatched.matrices[name][0], p_in, atol=1e-3) and torch.allclose(
+            rebatched.matrices[name][1], p_out, atol=1e-3
+        )
     restored = ProjectionBasis.from_frame(pca_basis.to_frame(), pca_basis.options)
     assert restored.fingerprint() == pca_basis.fingerprint()
     original = LinearGradientProjector(model, pca_basis.options, pca_basis).project(batch).gradients

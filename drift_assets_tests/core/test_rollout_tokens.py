@@ -41,13 +41,19 @@ def test_sampled_ids_give_the_engine_logprob_back_where_re_encoded_text_does_not
     assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
     engine = torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64)
 
-    sampled = teacher_forced(model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"]))
+    sampled = teacher_forced(
+        model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
+    )
     assert torch.allclose(sampled, engine, atol=1e-3)
 
     # The text a merging tokenizer decodes does not encode back to the same tokens: a gradient of the
     # re-encoded text would be of sequences the model did not sample, some far less likely.
-    re_encoded = response_token_pairs(tokenizer, table["prompt"], table["completion"], [
-        encode_response(tokenizer, text, append_eos=eos) for text, eos in zip(table["completion"], table["ended_with_eos"])])
+    re_encoded = response_token_pairs(
+        tokenizer,
+        table["prompt"],
+        table["completion"],
+        [encode_response(tokenizer, text, append_eos=eos) for text, eos in zip(table["completion"], table["ended_with_eos"])],
+    )
     differ = [row for row, ids in enumerate(re_encoded[1]) if ids != table["token_ids"][row].to_list()]
     assert len(differ) > table.height // 2
     assert (teacher_forced(model, tokenizer, *re_encoded) - engine).abs().max() > 1.0
@@ -57,7 +63,9 @@ def test_the_answer_span_starts_at_the_token_that_holds_the_marker(chat):
     tokenizer, _ = chat
     completion = "We compute 10 + 6 and get 16. Answer: 16"
     sampled = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    (context,), (response,) = response_token_pairs(tokenizer, ["What is 10 + 6?\n"], [completion], [sampled], answer_marker="Answer:")
+    (context,), (response,) = response_token_pairs(
+        tokenizer, ["What is 10 + 6?\n"], [completion], [sampled], answer_marker="Answer:"
+    )
     prompt = encode_prompt(tokenizer, render_prompt(tokenizer, "What is 10 + 6?\n"))
     assert context + response == prompt + sampled  # the same tokens: only the split moves
     split = len(context) - len(prompt)
@@ -91,8 +99,10 @@ def test_a_tokenizer_that_round_trips_text_splits_as_encoding_the_halves_apart_d
     cuts = [max(c.rfind("Answer:"), 0) for c in completions]
 
     def halves(eos_flags):
-        return ([prompt + encode_response(tokenizer, c[:cut], append_eos=False) for c, cut in zip(completions, cuts)],
-                [encode_response(tokenizer, c[cut:], append_eos=e) for c, cut, e in zip(completions, cuts, eos_flags)])
+        return (
+            [prompt + encode_response(tokenizer, c[:cut], append_eos=False) for c, cut in zip(completions, cuts)],
+            [encode_response(tokenizer, c[cut:], append_eos=e) for c, cut, e in zip(completions, cuts, eos_flags)],
+        )
 
     assert response_token_pairs(tokenizer, prompts, completions, sampled, "Answer:") == halves(ended)
     assert query_token_pairs(tokenizer, prompts, completions, "Answer:") == halves([True] * 4)  # text closes with EOS
@@ -100,7 +110,9 @@ def test_a_tokenizer_that_round_trips_text_splits_as_encoding_the_halves_apart_d
 
 
 def test_rollouts_without_token_ids_ask_for_a_re_materialization():
-    rollouts = pl.DataFrame({"rollout_id": ["r"], "query_id": ["q"], "prompt": ["p"], "completion": ["c"], "ended_with_eos": [True]})
+    rollouts = pl.DataFrame(
+        {"rollout_id": ["r"], "query_id": ["q"], "prompt": ["p"], "completion": ["c"], "ended_with_eos": [True]}
+    )
     with pytest.raises(ValueError, match="no token_ids column.*re-materialize rollouts"):
         validation_gradient_frame(None, None, rollouts, pl.DataFrame(), 8, "model")
 

@@ -128,7 +128,9 @@ def test_top_k_without_k_fails(tmp_path):
 
 def test_demo_fractions_must_leave_clean_examples(tmp_path):
     path = write_settings(tmp_path, {"demo": {"corrupted_fraction": 0.6, "off_task_fraction": 0.4}})
-    with pytest.raises(SettingsError, match=r"demo: the noise shares \{'corrupted': 0\.6, 'off_task': 0\.4\} must add up to less than 1"):
+    with pytest.raises(
+        SettingsError, match=r"demo: the noise shares \{'corrupted': 0\.6, 'off_task': 0\.4\} must add up to less than 1"
+    ):
         load_settings(path)
 
 
@@ -198,9 +200,7 @@ def test_projection_rank_stales_gradients_but_not_rollouts(tmp_path):
     sharded = base.with_overrides(projection={"shards": 2})
     for asset in ("projection_basis", "validation_gradients"):
         assert code_version(asset, "1", base) == code_version(asset, "1", sharded)
-    assert code_version("training_gradient_projections", "1", base) != code_version(
-        "training_gradient_projections", "1", sharded
-    )
+    assert code_version("training_gradient_projections", "1", base) != code_version("training_gradient_projections", "1", sharded)
 
 
 def test_code_version_format_and_implementation_version(tmp_path):
@@ -244,4 +244,5 @@ def test_the_settings_reference_page_is_generated_from_the_code():
     from drift_assets.settings import REPO_ROOT, settings_reference
 
     assert (REPO_ROOT / "docs" / "settings.md").read_text() == settings_reference(), (
-        "docs/settings.md is stale: run .venv/bin/python -m drift_assets.settings")
+        "docs/settings.md is stale: run .venv/bin/python -m drift_assets.settings"
+    )

@@ -95,7 +95,11 @@ def test_evaluate_grades_the_greedy_answers_it_returns(examples):
     assert answers == [group[0].text for group in greedy.completions]
     # References that the first three answers match exactly and the last three cannot: the count must be 3.
     regraded = [
-        {**query, "grader": "exact", "reference": grade_answer(answer, "", "exact").extracted_answer if i < 3 else f"not {answer!r}"}
+        {
+            **query,
+            "grader": "exact",
+            "reference": grade_answer(answer, "", "exact").extracted_answer if i < 3 else f"not {answer!r}",
+        }
         for i, (query, answer) in enumerate(zip(queries, answers, strict=True))
     ]
     result = evaluate(engine, tokenizer, regraded, max_tokens=12)
@@ -114,6 +118,8 @@ def test_a_bfloat16_model_fine_tunes_like_float32_at_a_small_learning_rate(examp
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())
 
     def update(model) -> torch.Tensor:
-        return torch.cat([(p.detach().float() - q.detach()).flatten() for p, q in zip(model.parameters(), start.parameters(), strict=True)])
+        return torch.cat(
+            [(p.detach().float() - q.detach()).flatten() for p, q in zip(model.parameters(), start.parameters(), strict=True)]
+        )
 
     assert torch.nn.functional.cosine_similarity(update(full), update(half), dim=0) > 0.8

@@ -343,7 +343,8 @@ def test_linear_regression_exact_hessian_predicts_upweighting(regression):
     epsilon = 1e-4
     measured = []
     for i in range(n):
-        def refit(eps):
+
+        def refit(eps, i=i):
             gram = x.T @ x + eps * np.outer(x[i], x[i])
             return np.linalg.solve(gram, x.T @ y + eps * x[i] * y[i])
 

@@ -14,10 +14,36 @@ from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, SettingsError, 
 from drift_assets.tasks import TASKS, get_task
 from drift_assets.tasks.spell import in_words
 
-WORD_VALUES = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-               "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-               "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
-               "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+WORD_VALUES = {
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+}
 
 
 def words_value(text: str) -> int:
@@ -155,5 +181,7 @@ def test_demo_settings_take_the_tasks_defaults_and_name_bad_combinations():
 
 def test_a_pool_larger_than_the_tasks_space_is_a_clear_error():
     task = get_task("spell")
-    with pytest.raises(ValueError, match=r"the spell task ran out of distinct correct rows after \d+ of 2000: lower demo\.n_train"):
+    with pytest.raises(
+        ValueError, match=r"the spell task ran out of distinct correct rows after \d+ of 2000: lower demo\.n_train"
+    ):
         task.training_pool_rows(2000, task.defaults.noise, 0)

@@ -26,13 +26,25 @@ def test_a_warm_up_checkpoint_is_the_model_a_shorter_run_gives(examples):  # noq
     options = SftOptions(steps=9, batch_size=8, learning_rate=3e-3, schedule="constant", seed=2)
     model = build_tiny_llama(tokenizer, SHAPE, seed=1)
     saved: dict[int, dict[str, torch.Tensor]] = {}
-    losses = warm_up(model, tokenizer, examples, options, [3, 9], lambda step: saved.__setitem__(
-        step, {name: value.detach().clone() for name, value in model.state_dict().items()}), log=lambda _: None)
+    losses = warm_up(
+        model,
+        tokenizer,
+        examples,
+        options,
+        [3, 9],
+        lambda step: saved.__setitem__(step, {name: value.detach().clone() for name, value in model.state_dict().items()}),
+        log=lambda _: None,
+    )
     assert sorted(saved) == sorted(losses) == [3, 9]
     for step in (3, 9):
         shorter = build_tiny_llama(tokenizer, SHAPE, seed=1)
-        fine_tune(shorter, tokenizer, examples, SftOptions(steps=step, batch_size=8, learning_rate=3e-3, schedule="constant", seed=2),
-                  log=lambda _: None)
+        fine_tune(
+            shorter,
+            tokenizer,
+            examples,
+            SftOptions(steps=step, batch_size=8, learning_rate=3e-3, schedule="constant", seed=2),
+            log=lambda _: None,
+        )
         for name, value in shorter.state_dict().items():
             torch.testing.assert_close(saved[step][name], value, rtol=0, atol=0, msg=f"step {step}: {name}")
     assert not torch.equal(saved[3]["lm_head.weight"], saved[9]["lm_head.weight"])
@@ -67,16 +79,35 @@ def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
 
     def gradient_rows(ids: dict, n: int) -> pl.DataFrame:
         grads = rng.normal(size=(n, k)).astype(np.float32)
-        return pl.DataFrame({**ids, "grad": [list(map(float, g)) for g in grads], "grad_norm": np.linalg.norm(grads, axis=1),
-                             "loss": rng.uniform(size=n), "n_tokens": np.full(n, 3)}, schema_overrides={"grad": pl.List(pl.Float32)}
-                            ).with_columns(**{name: pl.lit(value) for name, value in fingerprints.items()})
+        return pl.DataFrame(
+            {
+                **ids,
+                "grad": [list(map(float, g)) for g in grads],
+                "grad_norm": np.linalg.norm(grads, axis=1),
+                "loss": rng.uniform(size=n),
+                "n_tokens": np.full(n, 3),
+            },
+            schema_overrides={"grad": pl.List(pl.Float32)},
+        ).with_columns(**{name: pl.lit(value) for name, value in fingerprints.items()})
 
     training = gradient_rows({"example_id": ["e3", "e1", "e2", "e0"]}, 4)
     rollout_ids = ["q0/0", "q0/1", "q1/0", "q1/1"]
-    validation = gradient_rows({"rollout_id": rollout_ids + ["reference-q0", "reference-q1"], "query_id": ["q0", "q0", "q1", "q1", "q0", "q1"],
-                                "target": ["rollout"] * 4 + ["reference"] * 2}, 6)
-    grades = pl.DataFrame({"rollout_id": rollout_ids, "query_id": ["q0", "q0", "q1", "q1"], "correct": [True, False, False, True],
-                           "reward": [1.0, 0.0, 0.0, 1.0]})
+    validation = gradient_rows(
+        {
+            "rollout_id": rollout_ids + ["reference-q0", "reference-q1"],
+            "query_id": ["q0", "q0", "q1", "q1", "q0", "q1"],
+            "target": ["rollout"] * 4 + ["reference"] * 2,
+        },
+        6,
+    )
+    grades = pl.DataFrame(
+        {
+            "rollout_id": rollout_ids,
+            "query_id": ["q0", "q0", "q1", "q1"],
+            "correct": [True, False, False, True],
+            "reward": [1.0, 0.0, 0.0, 1.0],
+        }
+    )
     rollouts = pl.DataFrame({"rollout_id": rollout_ids, "completion": ["Answer: 1", "Answer: 2", "Answer: 3", "Answer: 4"]})
     table = checkpoint_table(checkpoint_key(50), training, validation, grades, rollouts)
     assert table["checkpoint"].unique().to_list() == ["000050"]
@@ -94,8 +125,11 @@ def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
     expected = [vector(training, by_id[e]) @ target for e in scores.example_ids]
     np.testing.assert_allclose(scores.score, expected, rtol=1e-5)
     references = score_checkpoint(split, ScoringSettings(targets="offpolicy", debias="none"))
-    np.testing.assert_allclose(references.score, [vector(training, by_id[e]) @ (vector(validation, 4) + vector(validation, 5)) / 2
-                                                  for e in references.example_ids], rtol=1e-5)
+    np.testing.assert_allclose(
+        references.score,
+        [vector(training, by_id[e]) @ (vector(validation, 4) + vector(validation, 5)) / 2 for e in references.example_ids],
+        rtol=1e-5,
+    )
     with pytest.raises(ValueError, match="one checkpoint"):
         split_checkpoint_table(pl.concat([table, table.with_columns(checkpoint=pl.lit("000100"))]))
 

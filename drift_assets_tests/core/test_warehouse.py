@@ -25,8 +25,14 @@ def test_local_root_resolves_against_the_settings_file(tmp_path):
 
 def test_s3_root_uses_s3_storage_options(tmp_path):
     settings = parse_settings(
-        {"warehouse": {"root": "s3://bucket/drift", "storage_options": {"region": "eu-west-1", "endpoint": "http://127.0.0.1:9000"}}},
-        "settings.yaml", tmp_path,
+        {
+            "warehouse": {
+                "root": "s3://bucket/drift",
+                "storage_options": {"region": "eu-west-1", "endpoint": "http://127.0.0.1:9000"},
+            }
+        },
+        "settings.yaml",
+        tmp_path,
     )
     warehouse = Warehouse(settings)
     assert warehouse.table_uri("grades") == "s3://bucket/drift/drift/grades"
@@ -81,12 +87,19 @@ def test_a_second_materialization_of_a_warehouse_fails_at_once_naming_the_first(
     (tmp_path / "settings.yaml").write_text("warehouse:\n  root: wh\n")
     warehouse = Warehouse(parse_settings({"warehouse": {"root": "wh"}}, "s.yaml", tmp_path))
     with warehouse.lock():
-        with pytest.raises(WarehouseBusyError, match=rf"warehouse {warehouse.root} is being materialized by pid {os.getpid()}, since "):
+        with pytest.raises(
+            WarehouseBusyError, match=rf"warehouse {warehouse.root} is being materialized by pid {os.getpid()}, since "
+        ):
             with warehouse.lock():
                 pass
         # Another process (the CLI) is refused too, before it builds or runs anything.
-        cli = subprocess.run([sys.executable, "-m", "drift_assets", "materialize", "--settings", str(tmp_path / "settings.yaml")],
-                             capture_output=True, text=True, timeout=300, env={**os.environ, "DAGSTER_HOME": ""})
+        cli = subprocess.run(
+            [sys.executable, "-m", "drift_assets", "materialize", "--settings", str(tmp_path / "settings.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "DAGSTER_HOME": ""},
+        )
         assert cli.returncode == 1
         assert f"WarehouseBusyError: warehouse {warehouse.root} is being materialized by pid {os.getpid()}" in cli.stderr
     with warehouse.lock():  # released with the first
@@ -94,11 +107,21 @@ def test_a_second_materialization_of_a_warehouse_fails_at_once_naming_the_first(
 
 
 def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_path):
-    options = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-               "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
-    warehouse = Warehouse(parse_settings({"warehouse": {"root": "s3://bucket/drift", "storage_options": options}}, "s.yaml", tmp_path))
-    with pytest.raises(WarehouseError, match=r"warehouse\.root s3://bucket/drift cannot be reached with warehouse\.storage_options "
-                                             r"\(keys set: AWS_ACCESS_KEY_ID, AWS_ALLOW_HTTP, AWS_ENDPOINT_URL, AWS_REGION, "
-                                             r"AWS_SECRET_ACCESS_KEY\): Generic S3 error"):
+    options = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+    }
+    warehouse = Warehouse(
+        parse_settings({"warehouse": {"root": "s3://bucket/drift", "storage_options": options}}, "s.yaml", tmp_path)
+    )
+    with pytest.raises(
+        WarehouseError,
+        match=r"warehouse\.root s3://bucket/drift cannot be reached with warehouse\.storage_options "
+        r"\(keys set: AWS_ACCESS_KEY_ID, AWS_ALLOW_HTTP, AWS_ENDPOINT_URL, AWS_REGION, "
+        r"AWS_SECRET_ACCESS_KEY\): Generic S3 error",
+    ):
         warehouse.check_reachable()
     Warehouse(parse_settings({}, "s.yaml", tmp_path)).check_reachable()  # a local root: nothing to check

@@ -10,17 +10,23 @@ from drift_assets.core.weighting import DegenerateGradesError, combine, rollout_
 
 # query a: 1 of 4 correct; query b: 2 of 3 correct; query c: all correct; query d: all wrong.
 GRADES = [
-    ("a0", "a", True), ("a1", "a", False), ("a2", "a", False), ("a3", "a", False),
-    ("b0", "b", True), ("b1", "b", True), ("b2", "b", False),
-    ("c0", "c", True), ("c1", "c", True),
-    ("d0", "d", False), ("d1", "d", False), ("d2", "d", False),
+    ("a0", "a", True),
+    ("a1", "a", False),
+    ("a2", "a", False),
+    ("a3", "a", False),
+    ("b0", "b", True),
+    ("b1", "b", True),
+    ("b2", "b", False),
+    ("c0", "c", True),
+    ("c1", "c", True),
+    ("d0", "d", False),
+    ("d1", "d", False),
+    ("d2", "d", False),
 ]
 
 
 def grades_frame(rows=GRADES, rewards=None) -> pl.DataFrame:
-    frame = pl.DataFrame(
-        {"rollout_id": [r[0] for r in rows], "query_id": [r[1] for r in rows], "correct": [r[2] for r in rows]}
-    )
+    frame = pl.DataFrame({"rollout_id": [r[0] for r in rows], "query_id": [r[1] for r in rows], "correct": [r[2] for r in rows]})
     reward = rewards if rewards is not None else [float(r[2]) for r in rows]
     return frame.with_columns(reward=pl.Series(reward, dtype=pl.Float64))
 
@@ -33,9 +39,18 @@ def test_signed_weights():
     weights, summary = rollout_weights(grades_frame(), "signed")
     used = 2  # a and b are mixed
     expected = {
-        "a0": 1 / 1 / used, "a1": -1 / 3 / used, "a2": -1 / 3 / used, "a3": -1 / 3 / used,
-        "b0": 1 / 2 / used, "b1": 1 / 2 / used, "b2": -1 / 1 / used,
-        "c0": 0.0, "c1": 0.0, "d0": 0.0, "d1": 0.0, "d2": 0.0,
+        "a0": 1 / 1 / used,
+        "a1": -1 / 3 / used,
+        "a2": -1 / 3 / used,
+        "a3": -1 / 3 / used,
+        "b0": 1 / 2 / used,
+        "b1": 1 / 2 / used,
+        "b2": -1 / 1 / used,
+        "c0": 0.0,
+        "c1": 0.0,
+        "d0": 0.0,
+        "d1": 0.0,
+        "d2": 0.0,
     }
     got = weights_by_rollout(weights)
     assert got.keys() == expected.keys()
@@ -63,8 +78,13 @@ def test_advantage_weights_with_binary_and_graded_rewards():
     used = 2
     mean_a, mean_b = 1 / 4, 2 / 3
     expected = {
-        "a0": (1 - mean_a) / used, "a1": (0 - mean_a) / used, "a2": (0 - mean_a) / used, "a3": (0 - mean_a) / used,
-        "b0": (1 - mean_b) / used, "b1": (1 - mean_b) / used, "b2": (0 - mean_b) / used,
+        "a0": (1 - mean_a) / used,
+        "a1": (0 - mean_a) / used,
+        "a2": (0 - mean_a) / used,
+        "a3": (0 - mean_a) / used,
+        "b0": (1 - mean_b) / used,
+        "b1": (1 - mean_b) / used,
+        "b2": (0 - mean_b) / used,
     }
     for rollout_id, value in expected.items():
         assert got[rollout_id] == pytest.approx(value, abs=1e-12), rollout_id
@@ -90,10 +110,18 @@ def test_positive_keeps_only_correct_rollouts():
     got = weights_by_rollout(weights)
     used = 3  # a, b and the all-correct c; only the all-wrong d is skipped
     expected = {
-        "a0": 1 / used, "a1": 0.0, "a2": 0.0, "a3": 0.0,
-        "b0": 1 / 2 / used, "b1": 1 / 2 / used, "b2": 0.0,
-        "c0": 1 / 2 / used, "c1": 1 / 2 / used,
-        "d0": 0.0, "d1": 0.0, "d2": 0.0,
+        "a0": 1 / used,
+        "a1": 0.0,
+        "a2": 0.0,
+        "a3": 0.0,
+        "b0": 1 / 2 / used,
+        "b1": 1 / 2 / used,
+        "b2": 0.0,
+        "c0": 1 / 2 / used,
+        "c1": 1 / 2 / used,
+        "d0": 0.0,
+        "d1": 0.0,
+        "d2": 0.0,
     }
     for rollout_id, value in expected.items():
         assert got[rollout_id] == pytest.approx(value, abs=1e-12), rollout_id

@@ -36,8 +36,13 @@ VENV_BIN = REPO / ".venv" / "bin"
 ARTIFACTS = REPO / "artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 SOURCES = {"training_pool_source", "validation_queries_source", "base_model"}
 SHARDS = {"000", "001", "002"}  # SMALL_DEMO: projection.shards = 3
@@ -72,15 +77,19 @@ class Dagster:
             "auto_materialize:\n  enabled: false\n"
             "run_queue:\n  dequeue_interval_seconds: 1\n"
         )
-        self.env = {**os.environ, "DAGSTER_HOME": str(home), "DRIFT_ASSETS_SETTINGS": str(settings_path),
-                    "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "DAGSTER_HOME": str(home), "DRIFT_ASSETS_SETTINGS": str(settings_path), "PYTHONUNBUFFERED": "1"}
         self.processes: dict[str, subprocess.Popen] = {}
 
     def _start(self, name: str, argv: list[str]) -> None:
         log = open(self.workspace / f"{name}.log", "wb")
         # Own session: teardown signals the whole group (code servers and run processes included).
         self.processes[name] = subprocess.Popen(
-            argv, cwd=self.workspace, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            argv,
+            cwd=self.workspace,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 
@@ -109,7 +118,9 @@ class Dagster:
                 " locationOrLoadError { __typename ... on PythonError { message } } } } } }"
             )["workspaceOrError"]["locationEntries"]
             if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                errors = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"]
+                errors = [
+                    e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"
+                ]
                 assert not errors, errors
                 break
             if time.monotonic() > deadline:
@@ -149,7 +160,8 @@ class Dagster:
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         request = urllib.request.Request(
-            f"{self.url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -170,7 +182,8 @@ class Dagster:
     def latest_observation_run(self, key: str) -> str | None:
         data = self.graphql(
             "query($k: [String!]!) { assetOrError(assetKey: {path: $k}) { ... on Asset {"
-            " assetObservations(limit: 1) { runId } } } }", {"k": [key]},
+            " assetObservations(limit: 1) { runId } } } }",
+            {"k": [key]},
         )
         observations = data["assetOrError"].get("assetObservations") or []
         return observations[0]["runId"] if observations else None
@@ -178,7 +191,8 @@ class Dagster:
     def latest_materialization_run(self, key: str) -> str | None:
         data = self.graphql(
             "query($k: [String!]!) { assetOrError(assetKey: {path: $k}) { ... on Asset {"
-            " assetMaterializations(limit: 1) { runId } } } }", {"k": [key]},
+            " assetMaterializations(limit: 1) { runId } } } }",
+            {"k": [key]},
         )
         materializations = data["assetOrError"].get("assetMaterializations") or []
         return materializations[0]["runId"] if materializations else None
@@ -196,15 +210,18 @@ class Dagster:
         data = self.graphql(
             "query($k: [String!]!) { assetNodeOrError(assetKey: {path: $k}) { ... on AssetNode {"
             " assetChecksOrError { ... on AssetChecks { checks { name"
-            " executionForLatestMaterialization { status evaluation { success } } } } } } } }", {"k": [key]},
+            " executionForLatestMaterialization { status evaluation { success } } } } } } } }",
+            {"k": [key]},
         )
-        return {c["name"]: c["executionForLatestMaterialization"]
-                for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]}
+        return {
+            c["name"]: c["executionForLatestMaterialization"] for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]
+        }
 
     def partition_stats(self, key: str) -> dict:
         data = self.graphql(
             "query($k: [String!]!) { assetNodeOrError(assetKey: {path: $k}) { ... on AssetNode {"
-            " partitionStats { numMaterialized numPartitions numFailed numMaterializing } } } }", {"k": [key]},
+            " partitionStats { numMaterialized numPartitions numFailed numMaterializing } } } }",
+            {"k": [key]},
         )
         return data["assetNodeOrError"]["partitionStats"]
 
@@ -229,8 +246,7 @@ def dagster_ui(demo_dir, tmp_path, request):
     shutil.copytree(demo_dir / "demo", tmp_path / "demo")
     # transformers rollouts keep it fast; no demo assets (the inputs exist); no test queries, so the graph
     # is the pipeline up to refined_dataset (evaluation and benchmark SFT would add minutes).
-    settings = settings_in(tmp_path, rollout={"backend": "transformers"}, demo={"enabled": False},
-                           data={"test_queries": None})
+    settings = settings_in(tmp_path, rollout={"backend": "transformers"}, demo={"enabled": False}, data={"test_queries": None})
     assert settings.data.test_queries is None
     dagster = Dagster(tmp_path, tmp_path / "settings.yaml")  # where write_settings puts it
     failures, started = request.session.testsfailed, False
@@ -314,16 +330,20 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     _shot(page, "01-asset-graph-before")
 
     # --- observe the sources: the dropdown next to "Materialize all" offers "Observe all (3)"
-    dropdown = page.locator("button:right-of(:text('Materialize all'))").filter(
-        has=page.get_by_role("img", name="arrow_drop_down")).first
+    dropdown = (
+        page.locator("button:right-of(:text('Materialize all'))")
+        .filter(has=page.get_by_role("img", name="arrow_drop_down"))
+        .first
+    )
     dropdown.click()
     observe = page.get_by_role("menuitem", name=f"Observe all ({len(observable)})")
     expect(observe).to_be_visible()
     _shot(page, "02-observe-menu")
     observe.click()
     expect(page.get_by_text(re.compile(r"Launched run \w+"))).to_be_visible()
-    runs = _wait("the observation run to finish",
-                 lambda: [r for r in dagster.runs() if r["status"] in TERMINAL] or None, timeout=120)
+    runs = _wait(
+        "the observation run to finish", lambda: [r for r in dagster.runs() if r["status"] in TERMINAL] or None, timeout=120
+    )
     assert [r["status"] for r in runs] == ["SUCCESS"], runs
     assert {dagster.latest_observation_run(k) for k in SOURCES} == {runs[0]["runId"]}
 
