@@ -42,6 +42,10 @@ lint: env
 test: lint browser
 	$(PY) -m pytest -q
 
+# The tier to run while developing: no demo model, no vLLM engine, no browser.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow and not vllm and not browser"
+
 ui: env $(DAGSTER_HOME)/dagster.yaml
 	@# dagster dev = the webserver plus the daemon that starts queued runs, backfills and automation.
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

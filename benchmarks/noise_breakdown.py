@@ -55,7 +55,7 @@ from drift_assets.core.projection import LinearGradientProjector, project_in_bat
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.resources import ModelResource, Warehouse, model_resource
-from drift_assets.settings import Settings
+from drift_assets.settings import Settings, validation_answer_marker
 
 PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 OFFSETS = (-10, -1, 1, 10)
@@ -328,7 +328,7 @@ def answer_contrasts(
         tokenizer,
         [prompts[query_ids[row]] for row in wrong],
         edits,
-        answer_marker=settings.projection.answer_marker(settings.grading),
+        answer_marker=validation_answer_marker(settings),
     )
     edited = project_in_batches(projector, tokenizer, *token_pairs, batch_size).gradients.numpy().astype(np.float64)
     per_query = Counter(query_ids[wrong])

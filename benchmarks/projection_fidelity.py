@@ -36,6 +36,7 @@ from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import pool_token_pairs, reference_basis, validation_gradient_frame
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
 from drift_assets.core.stats import roc_auc, spearman
+from drift_assets.settings import validation_answer_marker
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     pool_pairs = pool_token_pairs(tokenizer, pool["messages"].to_list())
-    marker = settings.projection.answer_marker(settings.grading)
+    marker = validation_answer_marker(settings)
     keep = ~pool["is_corrupted"].to_numpy().astype(bool) if "is_corrupted" in pool.columns else None
 
     def scores(projector: LinearGradientProjector) -> tuple[np.ndarray, np.ndarray, int]:

@@ -4,9 +4,9 @@ The file is YAML (``data/settings.yaml`` by default; ``DRIFT_ASSETS_SETTINGS`` n
 Relative paths in it are resolved against the directory that holds the file, so a settings file
 and its data can move together.
 
-Every asset's ``code_version`` is its implementation version plus a hash of *only* the settings
-groups it reads (``ASSET_SETTINGS``), so changing ``selection.fraction`` makes ``refined_dataset``
-stale and never ``rollouts``.
+Each asset reads the settings through its own :class:`Reads`: its ``code_version`` is its
+implementation version plus a hash of exactly the keys it reads, and reading any other setting
+raises, so changing ``selection.fraction`` makes ``refined_dataset`` stale and never ``rollouts``.
 """
 
 from __future__ import annotations
@@ -234,10 +234,6 @@ class ProjectionSettings(_Group):
         "completion = all of it. Training gradients always cover the whole response.",
     )
     shards: int = Field(4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions).")
-
-    def answer_marker(self, grading: GradingSettings) -> str | None:
-        """The marker the validation gradients split at, or None for whole completions."""
-        return grading.answer_marker if self.validation_span == "answer" else None
 
 
 class InfluenceSettings(_Group):
@@ -544,50 +540,105 @@ def load_settings(path: str | Path | None = None) -> Settings:
     return parse_settings(raw, str(chosen), chosen.resolve().parent)
 
 
-# Which settings each asset reads. Only these feed its code_version, so a change elsewhere never
-# makes it stale. Keys are "group" or "group.key".
-_PROJECTION = (
-    "projection.target_modules",
-    "projection.rank",
-    "projection.basis",
-    "projection.seed",
-    "projection.loss_reduction",
-    "model.dtype",
+# Settings that say where inputs live and how the work is laid out, not what is computed. Dagster
+# observes the files they point at (a new pool or model makes its readers stale); devices, batches
+# and shards move the work, not its result. Any asset may read them; an asset hashes one only where
+# it names it among its keys.
+LOCATIONS = frozenset(
+    {"base_dir", "resolve", "model_path", "warehouse_root", "model.path", "model.device", "warehouse"}
+    | {"data.training_pool", "data.validation_queries", "data.test_queries", "warmup.checkpoint_dir"}
+    | {"projection.batch_size", "projection.shards"}
 )
-_VALIDATION = (*_PROJECTION, "projection.validation_span", "grading.answer_marker")
-ASSET_SETTINGS: dict[str, tuple[str, ...]] = {
-    "demo_task_files": ("demo",),
-    "demo_base_model": ("demo", "model.dtype"),
-    "training_pool": ("data.max_example_tokens",),
-    "validation_queries": ("grading.default_grader", "grading.custom_graders"),
-    "test_queries": ("grading.default_grader", "grading.custom_graders"),
-    "rollouts": ("rollout", "model.dtype"),
-    "grades": ("grading",),
-    "projection_basis": _PROJECTION,
-    "validation_gradients": _VALIDATION,
-    "training_gradient_projections": (*_PROJECTION, "projection.batch_size", "projection.shards"),
-    "warmup_checkpoints": ("warmup_schedule", "model.dtype"),
-    "checkpoint_gradients": ("rollout", "grading", "projection", "model.dtype"),
-    "influence_scores": ("influence", "warmup_steps"),
-    "refined_dataset": ("selection.method", "selection.fraction", "selection.k"),
-    "refined_dataset_export": ("selection.export_dir",),
-    "refined_model_evaluation": (
-        "benchmark.sft",
-        "benchmark.eval_backend",
-        "rollout.max_tokens",
-        "rollout.max_model_len",
-        "grading",
+# Settings computed from others: a derived name is readable where what it is computed from is read,
+# and the settings reference lists what each one is computed from.
+DERIVED = {
+    "warmup_schedule": (
+        *("warmup.steps", "warmup.batch_size", "warmup.learning_rate", "warmup.seed"),
+        *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate"),
     ),
-    "method_benchmark": (
-        "benchmark",
-        "influence",
-        "warmup_steps",
-        "selection",
-        "rollout.max_tokens",
-        "rollout.max_model_len",
-        "grading",
-    ),
+    "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
+    "warmup_options": ("warmup_schedule",),
 }
+# Derived values that are part of another one (readable where that one is read).
+_PART_OF_DERIVED = {"warmup_steps": "warmup_schedule"}
+
+
+def validation_answer_marker(settings: Settings | Reads) -> str | None:
+    """Where validation gradients start: at the answer marker (projection.validation_span: answer), or
+    None for the whole completion."""
+    return settings.grading.answer_marker if settings.projection.validation_span == "answer" else None
+
+
+class SettingNotRead(AttributeError):
+    """An asset read a setting that its code version does not hash."""
+
+
+class Reads:
+    """The part of the settings one asset reads, and all it may read.
+
+    ``keys`` are "group", "group.field" or a derived name such as "warmup_schedule". The asset's code
+    version hashes exactly them (:meth:`code_version`), and reading any other setting through this
+    view raises :class:`SettingNotRead`, so no setting can change what an asset computes without
+    making it stale. :data:`LOCATIONS` are readable everywhere and hashed nowhere. A group read only in
+    part gives its fields, not its methods (a method may read any field). Checks and pre-flight
+    validation, which change no table, read the whole settings through :attr:`unversioned`.
+    """
+
+    def __init__(self, settings: Settings, asset: str, *keys: str):
+        self.unversioned, self.asset, self.keys = settings, asset, tuple(keys)
+
+    def covers(self, dotted: str) -> bool:
+        """Whether this asset may read ``dotted`` ("group", "group.field" or a derived name)."""
+        if any(dotted == key or dotted.startswith(key + ".") for key in (*self.keys, *LOCATIONS)):
+            return True
+        if dotted in _PART_OF_DERIVED and self.covers(_PART_OF_DERIVED[dotted]):
+            return True
+        return dotted in DERIVED and all(self.covers(source) for source in DERIVED[dotted])
+
+    def _read(self, owner: Any, dotted: str) -> Any:
+        value = getattr(owner, dotted.rsplit(".", 1)[-1])
+        if self.covers(dotted):
+            return value
+        if isinstance(value, BaseModel) and any(key.startswith(dotted + ".") for key in (*self.keys, *LOCATIONS)):
+            return _Part(self, value, dotted)
+        raise SettingNotRead(
+            f"asset {self.asset} read settings.{dotted}, which its code version does not hash: "
+            f"add it to the asset's Reads (it reads {', '.join(self.keys) or 'no settings'})"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._read(self.unversioned, name)
+
+    def code_version(self, implementation_version: str) -> str:
+        """``<implementation version>-<hash of the keys>``; an asset that reads grading also hashes the
+        source of the custom graders (their code is the user's, versioned by nothing else)."""
+        version = f"{implementation_version}-{settings_hash(self.unversioned, self.keys)}"
+        if "grading" in self.keys and self.unversioned.grading.custom():
+            from drift_assets.core.grading import grader_source_hash
+
+            version += f"-{grader_source_hash(self.unversioned.grading.custom())}"
+        return version
+
+    def metadata(self) -> dict[str, str]:
+        """The asset definition's record of what its code version hashes (shown in the UI, read by the settings reference)."""
+        return {SETTINGS_READ_KEY: ", ".join(self.keys)}
+
+
+SETTINGS_READ_KEY = "settings_read"
+
+
+class _Part:
+    """A settings group read in part: its read fields, nothing else."""
+
+    def __init__(self, reads: Reads, value: BaseModel, prefix: str):
+        self._reads, self._value, self._prefix = reads, value, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._reads._read(self._value, f"{self._prefix}.{name}")
 
 
 def _pick(settings: Settings, dotted: str) -> Any:
@@ -600,81 +651,3 @@ def _pick(settings: Settings, dotted: str) -> Any:
 def settings_hash(settings: Settings, keys: tuple[str, ...]) -> str:
     picked = {key: _pick(settings, key) for key in keys}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def code_version(asset_name: str, implementation_version: str, settings: Settings) -> str:
-    """``<implementation version>-<hash of the settings this asset reads>``; an asset that grades
-    also hashes the source of the custom graders (their code is the user's, versioned by nothing else)."""
-    version = f"{implementation_version}-{settings_hash(settings, ASSET_SETTINGS[asset_name])}"
-    if any(key == "grading" for key in ASSET_SETTINGS[asset_name]) and settings.grading.custom():
-        from drift_assets.core.grading import grader_source_hash
-
-        version += f"-{grader_source_hash(settings.grading.custom())}"
-    return version
-
-
-# Settings derived from others: which keys each one is computed from (for the reference's "makes stale").
-_DERIVED = {
-    "warmup_schedule": ("warmup", "benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate"),
-    "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
-}
-
-
-# Paths whose content Dagster observes: a new file or model (not a new path) is what makes assets stale.
-_OBSERVED = {
-    "model.path": "observed: a new model makes everything that uses it stale",
-    "data.training_pool": "observed: new content makes `training_pool` stale",
-    "data.validation_queries": "observed: new content makes `validation_queries` stale",
-    "data.test_queries": "observed: new content makes `test_queries` stale",
-}
-
-
-def _assets_reading(key: str) -> list[str]:
-    """The assets whose code version hashes ``key`` (a "group.field" or "group.sub.field")."""
-
-    def covers(registered: str) -> bool:
-        sources = _DERIVED.get(registered, (registered,))
-        return any(key == source or key.startswith(source + ".") or source.startswith(key + ".") for source in sources)
-
-    return sorted(asset for asset, keys in ASSET_SETTINGS.items() if any(covers(registered) for registered in keys))
-
-
-def _fields(model: type[BaseModel], prefix: str):
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _fields(annotation, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", field
-
-
-def settings_reference() -> str:
-    """docs/settings.md: every setting with its default, meaning, and the assets it makes stale."""
-    lines = [
-        "# Settings reference",
-        "",
-        "Generated from the settings model (`drift_assets/settings.py`) by `python -m drift_assets.settings`;",
-        "a test fails when this page and the code disagree. One YAML file holds the settings: an unknown key",
-        "or a wrong type fails naming the key and the file, and relative paths resolve against the file's",
-        "directory. Each asset's code version hashes only the settings it reads, so changing one makes",
-        "exactly the assets in its last column stale (and what lies downstream of them).",
-    ]
-    for group, group_field in Settings.model_fields.items():
-        annotation = group_field.annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            continue
-        lines += ["", f"## `{group}`", ""]
-        if annotation.__doc__ and annotation.__doc__ is not _Group.__doc__:
-            lines += [" ".join(annotation.__doc__.split()), ""]
-        lines += ["| key | default | meaning | makes stale |", "|---|---|---|---|"]
-        for key, field in _fields(annotation, f"{group}."):
-            default = field.default_factory() if field.default_factory is not None else field.default
-            shown = json.dumps(default.model_dump(mode="json") if isinstance(default, BaseModel) else default, ensure_ascii=False)
-            meaning = (field.description or "").replace("|", "\\|")
-            stale = _OBSERVED.get(key) or ", ".join(f"`{asset}`" for asset in _assets_reading(key)) or "–"
-            lines.append(f"| `{key}` | `{shown}` | {meaning} | {stale} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    (REPO_ROOT / "docs" / "settings.md").write_text(settings_reference())

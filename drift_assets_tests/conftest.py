@@ -1,10 +1,17 @@
-"""Shared fixtures: one small demo workspace per session (the tiny model trains once).
+"""Shared fixtures: one small demo workspace per session (the tiny model trains once) and one
+warehouse materialized from it (the whole graph runs once), which tests read and never change:
+a test that changes it takes a private copy (``private_materialized``).
 
 The demo is the real one (same generator, same model, same training rule) with a smaller pool so
 that the suite fits in CI; every asset runs for real on it: vLLM rollouts, Delta tables, Dagster.
+
+Tests that need the demo model (every test using ``demo_dir``, directly or through another fixture)
+are marked ``slow``: ``make test-fast`` runs the others.
 """
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,6 +53,41 @@ def demo_dir(tmp_path_factory) -> Path:
 
         materialize_assets(defs, instance, [AssetKey("demo_task_files"), AssetKey("demo_base_model")])
     return directory
+
+
+@contextmanager
+def instance_in(directory: Path) -> Iterator[DagsterInstance]:
+    """The Dagster instance kept in ``directory`` (a copied workspace brings its run history along)."""
+    with instance_for_test(temp_dir=str(directory / "dagster_home")) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def materialized(demo_dir, tmp_path_factory) -> Path:
+    """A workspace whose whole graph (without the method benchmark) is materialized with vLLM rollouts.
+    Read-only: take ``private_materialized`` to change its files, tables or run history."""
+    from drift_assets.definitions import build_definitions
+    from drift_assets.runner import materialize_pipeline
+
+    directory = tmp_path_factory.mktemp("materialized")
+    shutil.copytree(demo_dir / "demo", directory / "demo")
+    with instance_in(directory) as instance:
+        materialize_pipeline(build_definitions(settings_in(directory)), instance, include_demo=False)
+    return directory
+
+
+@pytest.fixture
+def private_materialized(materialized, tmp_path) -> Path:
+    """A copy of the materialized workspace (files, tables and Dagster instance) that a test may change."""
+    copy = tmp_path / "materialized"
+    shutil.copytree(materialized, copy)
+    return copy
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "demo_dir" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -15,14 +15,16 @@ from drift_assets.assets.metadata import table_metadata
 from drift_assets.core import tiny_model
 from drift_assets.core.demo_outputs import check_model_directory, model_stamp, replace_model_directory, write_demo_jsonl
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings
 from drift_assets.tasks import build_base_model
 
 DEMO_VERSION = "2"
 
 
 def build_demo_assets(settings: Settings) -> list:
-    demo = settings.demo
+    files_reads = Reads(settings, "demo_task_files", "demo")
+    model_reads = Reads(settings, "demo_base_model", "demo", "model.dtype")
+    demo = files_reads.demo
     task = demo.spec()
 
     def pool_rows() -> list[dict]:
@@ -36,19 +38,23 @@ def build_demo_assets(settings: Settings) -> list:
 
     @asset(
         group_name="demo",
-        code_version=code_version("demo_task_files", DEMO_VERSION, settings),
+        code_version=files_reads.code_version(DEMO_VERSION),
+        metadata=files_reads.metadata(),
         kinds={"python", "delta"},
         description=f"Writes the {task.name} task's training pool, validation and test queries (JSONL) from a seed: {task.description}.",
     )
     def demo_task_files(context: AssetExecutionContext) -> pl.DataFrame:
         splits = {
-            "training_pool": (settings.data.training_pool, pool_rows()),
-            "validation_queries": (settings.data.validation_queries, task.query_rows(demo.n_validation, demo.seed, "validation")),
+            "training_pool": (files_reads.data.training_pool, pool_rows()),
+            "validation_queries": (
+                files_reads.data.validation_queries,
+                task.query_rows(demo.n_validation, demo.seed, "validation"),
+            ),
         }
-        if settings.data.test_queries:
-            splits["test_queries"] = (settings.data.test_queries, task.query_rows(demo.n_test, demo.seed, "test"))
-        paths = {split: Path(settings.resolve(relative_path)) for split, (relative_path, _) in splits.items()}
-        check_model_directory(settings.model_path)  # before any write: the model asset comes next
+        if files_reads.data.test_queries:
+            splits["test_queries"] = (files_reads.data.test_queries, task.query_rows(demo.n_test, demo.seed, "test"))
+        paths = {split: Path(files_reads.resolve(relative_path)) for split, (relative_path, _) in splits.items()}
+        check_model_directory(files_reads.model_path)  # before any write: the model asset comes next
         records = []
         for split, (_, rows) in splits.items():
             changed = write_demo_jsonl(paths[split], rows, f"data.{split}")
@@ -68,20 +74,23 @@ def build_demo_assets(settings: Settings) -> list:
 
     @asset(
         group_name="demo",
-        code_version=code_version("demo_base_model", DEMO_VERSION, settings),
+        code_version=model_reads.code_version(DEMO_VERSION),
+        metadata=model_reads.metadata(),
         kinds={"pytorch", "delta"},
         pool="gpu",
         description="Trains the demo task's tiny Llama from scratch (in the paper's regime, then fine-tunes it on the pool) "
         "and saves it to model.path with save_pretrained.",
     )
     def demo_base_model(context: AssetExecutionContext) -> pl.DataFrame:
-        check_model_directory(settings.model_path)  # before minutes of training, not after
+        check_model_directory(model_reads.model_path)  # before minutes of training, not after
         recipe = demo.recipe()
         build = base_model_build_key(recipe)
-        stamp = model_stamp(settings.model_path)
+        stamp = model_stamp(model_reads.model_path)
         if stamp and stamp.get("build") == build:
             # The same recipe on the same inputs trains the same model: keep the one on disk.
-            context.log.info(f"{settings.model_path} already holds the {task.name} model this recipe trains; not retraining it")
+            context.log.info(
+                f"{model_reads.model_path} already holds the {task.name} model this recipe trains; not retraining it"
+            )
             summary = stamp["summary"]
         else:
             built = build_base_model(task, demo.seed, recipe, pool_rows(), log=context.log.info)
@@ -100,15 +109,15 @@ def build_demo_assets(settings: Settings) -> list:
                 "accuracy_curve": {str(step): accuracy for step, accuracy in result.accuracy_curve},
             }
             replace_model_directory(
-                settings.model_path,
+                model_reads.model_path,
                 lambda directory: tiny_model.save_model(built.model, built.tokenizer, directory),
                 {"build": build, "summary": summary},
             )
         table = pl.DataFrame(
             [
                 {
-                    "path": settings.model_path,
-                    "model_fingerprint": model_fingerprint(settings.model_path),
+                    "path": model_reads.model_path,
+                    "model_fingerprint": model_fingerprint(model_reads.model_path),
                     **{key: value for key, value in summary.items() if key != "accuracy_curve"},
                 }
             ]

@@ -28,7 +28,7 @@ from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
 from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings
 
 EVALUATE_VERSION = "5"  # 5: a bf16/fp16 model fine-tunes float32 master weights
 
@@ -59,48 +59,59 @@ def pool_loss_scores(warehouse: Warehouse, training_pool: pl.DataFrame) -> pl.Da
     return loss_scores(base_losses(warehouse, training_pool))
 
 
+# Fine-tune, decode (the rollout engine's backend and context where benchmark.eval_backend is auto or vllm) and grade.
+_FINE_TUNE_AND_EVALUATE = ("benchmark.eval_backend", "rollout.backend", "rollout.max_tokens", "rollout.max_model_len", "grading")
+
+
+def fine_tune_job(
+    reads: Reads, model: ModelResource, method: str, messages: list[str] | None, queries: list[dict], seed: int
+) -> FineTuneJob:
+    return FineTuneJob(
+        method,
+        seed,
+        messages or [],
+        model.path,
+        model.dtype,
+        model.resolved_device,
+        reads.benchmark.sft.options(seed),
+        queries,
+        reads.rollout.max_tokens,
+        reads.grading.options(),
+    )
+
+
+def uses_transformers(reads: Reads, rollout_engine: RolloutEngineResource) -> bool:
+    backend = reads.benchmark.eval_backend
+    return backend == "transformers" or (backend == "auto" and rollout_engine.chosen_backend()[0] != "vllm")
+
+
+def train_and_evaluate(
+    reads: Reads, model: ModelResource, rollout_engine: RolloutEngineResource, job: FineTuneJob, log
+) -> tuple[Evaluation, float]:
+    """Fine-tune the base model on the job's selection (none: the base model itself) and evaluate it."""
+    if uses_transformers(reads, rollout_engine) and job.messages:
+        return fine_tune_from_disk(job)
+    started = time.perf_counter()
+    network, tokenizer = model.load_model(), model.load_tokenizer()
+    if job.messages:
+        fine_tune(network, tokenizer, job.messages, job.options, log=log)
+    with evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, rollout_engine, model.dtype) as engine:
+        result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
+    return result, time.perf_counter() - started
+
+
 def build_evaluation_assets(settings: Settings) -> list:
-    benchmark = settings.benchmark
-    grading = settings.grading.options()
-
-    def fine_tune_job(
-        model: ModelResource, method: str, messages: list[str] | None, queries: list[dict], seed: int
-    ) -> FineTuneJob:
-        return FineTuneJob(
-            method,
-            seed,
-            messages or [],
-            model.path,
-            model.dtype,
-            model.resolved_device,
-            benchmark.sft.options(seed),
-            queries,
-            settings.rollout.max_tokens,
-            grading,
-        )
-
-    def train_and_evaluate(
-        model: ModelResource, rollout_engine: RolloutEngineResource, job: FineTuneJob, log
-    ) -> tuple[Evaluation, float]:
-        """Fine-tune the base model on the job's selection (none: the base model itself) and evaluate it."""
-        if uses_transformers(rollout_engine) and job.messages:
-            return fine_tune_from_disk(job)
-        started = time.perf_counter()
-        network, tokenizer = model.load_model(), model.load_tokenizer()
-        if job.messages:
-            fine_tune(network, tokenizer, job.messages, job.options, log=log)
-        with evaluation_engine(network, tokenizer, benchmark.eval_backend, rollout_engine, model.dtype) as engine:
-            result = evaluate(engine, tokenizer, job.queries, job.max_tokens, grading)
-        return result, time.perf_counter() - started
-
-    def uses_transformers(rollout_engine: RolloutEngineResource) -> bool:
-        return benchmark.eval_backend == "transformers" or (
-            benchmark.eval_backend == "auto" and rollout_engine.chosen_backend()[0] != "vllm"
-        )
+    reads = Reads(settings, "refined_model_evaluation", "benchmark.sft", "benchmark.seeds", *_FINE_TUNE_AND_EVALUATE)
+    bench_reads = Reads(
+        settings, "method_benchmark", "benchmark", "influence", "warmup_steps", "selection", *_FINE_TUNE_AND_EVALUATE
+    )
+    steps = bench_reads.warmup_steps
+    warehouse = Warehouse(settings)
 
     @asset(
         group_name="evaluation",
-        code_version=code_version("refined_model_evaluation", EVALUATE_VERSION, settings),
+        code_version=reads.code_version(EVALUATE_VERSION),
+        metadata=reads.metadata(),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
@@ -114,7 +125,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
         queries = test_queries.to_dicts()
-        seed = benchmark.seeds[0]
+        seed = reads.benchmark.seeds[0]
         candidates = {
             "base": None,
             "full": refined_dataset["messages"].to_list(),
@@ -123,7 +134,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         rows = []
         for name, messages in candidates.items():
             result, seconds = train_and_evaluate(
-                model, rollout_engine, fine_tune_job(model, name, messages, queries, seed), context.log.info
+                reads, model, rollout_engine, fine_tune_job(reads, model, name, messages, queries, seed), context.log.info
             )
             low, high = result.interval
             rows.append(
@@ -154,9 +165,9 @@ def build_evaluation_assets(settings: Settings) -> list:
 
     @asset(
         group_name="benchmark",
-        code_version=code_version("method_benchmark", EVALUATE_VERSION, settings),
-        deps=["base_model", AssetDep("training_gradient_projections")]
-        + ([AssetDep("checkpoint_gradients")] if settings.warmup_steps else []),
+        code_version=bench_reads.code_version(EVALUATE_VERSION),
+        metadata=bench_reads.metadata(),
+        deps=["base_model", AssetDep("training_gradient_projections")] + ([AssetDep("checkpoint_gradients")] if steps else []),
         kinds={"pytorch", "delta"},
         pool="gpu",
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds.",
@@ -171,12 +182,12 @@ def build_evaluation_assets(settings: Settings) -> list:
         model: ModelResource,
         rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
-        warehouse = Warehouse(settings)
-        drift = settings.influence.scoring()
+        benchmark, selection = bench_reads.benchmark, bench_reads.selection
+        drift = bench_reads.influence.scoring()
         scorer = MethodScorer(
             [
-                base_checkpoint(warehouse, settings.projection.shards, validation_gradients, grades),
-                *warmup_checkpoints_along(warehouse, settings.warmup_steps),
+                base_checkpoint(warehouse, bench_reads.projection.shards, validation_gradients, grades),
+                *warmup_checkpoints_along(warehouse, steps),
             ]
         )
         network, tokenizer = model.load_model(), model.load_tokenizer()
@@ -190,7 +201,7 @@ def build_evaluation_assets(settings: Settings) -> list:
                 scores[method] = similarity_scores(method, training_pool, validation_queries, network, tokenizer)
         # random and the others select as many examples as DRIFT does, so that they differ only in which ones.
         drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
-        drift_size = int(select(drift_scores, settings.selection.method, settings.selection.fraction, settings.selection.k).sum())
+        drift_size = int(select(drift_scores, selection.method, selection.fraction, selection.k).sum())
         queries = test_queries.to_dicts()
         jobs = []
         for method in benchmark.methods:
@@ -202,17 +213,17 @@ def build_evaluation_assets(settings: Settings) -> list:
                         training_pool,
                         scores.get(method),
                         drift_size,
-                        settings.selection.method,
-                        settings.selection.fraction,
-                        settings.selection.k,
+                        selection.method,
+                        selection.fraction,
+                        selection.k,
                     )
                 )
                 messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
-                jobs.append(fine_tune_job(model, method, messages, queries, seed))
+                jobs.append(fine_tune_job(bench_reads, model, method, messages, queries, seed))
         run_one = (
             fine_tune_from_disk
             if benchmark.workers > 1
-            else (lambda job: train_and_evaluate(model, rollout_engine, job, context.log.debug))
+            else (lambda job: train_and_evaluate(bench_reads, model, rollout_engine, job, context.log.debug))
         )
         context.log.info(
             f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds) "

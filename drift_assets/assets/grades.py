@@ -17,18 +17,20 @@ from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.guards import contrast_guard
 from drift_assets.core.rollouts import grade_rollouts, grade_summary
 from drift_assets.core.weighting import usable_queries
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings
 
 GRADES_VERSION = "1"
 
 
 def build_grade_assets(settings: Settings) -> list:
-    options = settings.grading.options()
-    influence = settings.influence
+    reads = Reads(settings, "grades", "grading")
+    options = reads.grading.options()
+    influence = settings.influence  # the check's, which changes no table
 
     @asset(
         group_name="rollouts",
-        code_version=code_version("grades", GRADES_VERSION, settings),
+        code_version=reads.code_version(GRADES_VERSION),
+        metadata=reads.metadata(),
         kinds={"python", "delta"},
         check_specs=[
             AssetCheckSpec(

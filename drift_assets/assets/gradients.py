@@ -26,7 +26,7 @@ from drift_assets.core.gradients import (
 )
 from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings, validation_answer_marker
 
 GRADIENTS_VERSION = "2"
 # 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
@@ -34,7 +34,18 @@ GRADIENTS_VERSION = "2"
 VALIDATION_GRADIENTS_VERSION = "3"
 
 
-def projection_options(settings: Settings) -> ProjectionOptions:
+# What the projection is: the basis, and every gradient projected with it, hash these.
+PROJECTION_KEYS = (
+    "projection.target_modules",
+    "projection.rank",
+    "projection.basis",
+    "projection.seed",
+    "projection.loss_reduction",
+    "model.dtype",
+)
+
+
+def projection_options(settings: Settings | Reads) -> ProjectionOptions:
     projection = settings.projection
     return ProjectionOptions(
         projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis
@@ -50,14 +61,24 @@ def progress_logger(context: AssetExecutionContext, what: str, every: int):
 
 
 def build_gradient_assets(settings: Settings) -> list:
-    options = projection_options(settings)
-    batch_size = settings.projection.batch_size
+    basis_reads = Reads(settings, "projection_basis", *PROJECTION_KEYS)
+    validation_reads = Reads(
+        settings, "validation_gradients", *PROJECTION_KEYS, "projection.validation_span", "grading.answer_marker"
+    )
+    training_reads = Reads(
+        settings, "training_gradient_projections", *PROJECTION_KEYS, "projection.batch_size", "projection.shards"
+    )
+    options = projection_options(basis_reads)
+    batch_size = basis_reads.projection.batch_size
+    n_shards = training_reads.projection.shards
+    answer_marker = validation_answer_marker(validation_reads)
     warehouse = Warehouse(settings)
-    shards = StaticPartitionsDefinition(shard_keys(settings.projection.shards))
+    shards = StaticPartitionsDefinition(shard_keys(n_shards))
 
     @asset(
         group_name="attribution",
-        code_version=code_version("projection_basis", GRADIENTS_VERSION, settings),
+        code_version=basis_reads.code_version(GRADIENTS_VERSION),
+        metadata=basis_reads.metadata(),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
@@ -92,7 +113,8 @@ def build_gradient_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=code_version("validation_gradients", VALIDATION_GRADIENTS_VERSION, settings),
+        code_version=validation_reads.code_version(VALIDATION_GRADIENTS_VERSION),
+        metadata=validation_reads.metadata(),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
@@ -119,7 +141,7 @@ def build_gradient_assets(settings: Settings) -> list:
             batch_size,
             fingerprint,
             progress_logger(context, "validation gradients", 256),
-            settings.projection.answer_marker(settings.grading),
+            answer_marker,
         )
         context.add_output_metadata(
             {
@@ -132,9 +154,9 @@ def build_gradient_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=code_version("training_gradient_projections", GRADIENTS_VERSION, settings),
+        code_version=training_reads.code_version(GRADIENTS_VERSION),
         partitions_def=shards,
-        metadata={"partition_expr": "shard"},
+        metadata={"partition_expr": "shard", **training_reads.metadata()},
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
@@ -154,7 +176,7 @@ def build_gradient_assets(settings: Settings) -> list:
         shard = context.partition_key
         started = time.perf_counter()
         examples = training_pool.filter(
-            pl.col("example_id").map_elements(lambda i: shard_of(i, settings.projection.shards), return_dtype=pl.String) == shard
+            pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
         )
         fingerprint = model.fingerprint()
         basis = load_basis(projection_basis, fingerprint)

@@ -32,7 +32,7 @@ from drift_assets.core.trajectory import (
     split_checkpoint_table,
 )
 from drift_assets.resources import Warehouse
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings
 
 INFLUENCE_VERSION = "1"
 
@@ -84,13 +84,16 @@ def warmup_checkpoints_along(warehouse: Warehouse, steps: list[int]):
 
 
 def build_influence_assets(settings: Settings) -> list:
-    influence = settings.influence
+    reads = Reads(settings, "influence_scores", "influence", "warmup_steps")
+    influence = reads.influence
     warehouse = Warehouse(settings)
-    steps = settings.warmup_steps
+    steps = reads.warmup_steps
+    n_shards = reads.projection.shards
 
     @asset(
         group_name="attribution",
-        code_version=code_version("influence_scores", INFLUENCE_VERSION, settings),
+        code_version=reads.code_version(INFLUENCE_VERSION),
+        metadata=reads.metadata(),
         deps=[AssetDep("training_gradient_projections")] + ([AssetDep("checkpoint_gradients")] if steps else []),
         kinds={"numpy", "delta"},
         check_specs=[
@@ -117,7 +120,7 @@ def build_influence_assets(settings: Settings) -> list:
         context: AssetExecutionContext, validation_gradients: pl.DataFrame, grades: pl.DataFrame, training_pool: pl.DataFrame
     ):
         target = target_gradient(validation_gradients, grades, influence.targets, influence.weighting, influence.unsolved)
-        stream = shard_batches(warehouse, settings.projection.shards)
+        stream = shard_batches(warehouse, n_shards)
         fingerprints: set[tuple[str, str]] = set()
 
         def gradients_only():

@@ -17,18 +17,22 @@ from drift_assets.assets.metadata import finite_or_none, table_metadata
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings
 
 REFINE_VERSION = "2"
 EXPORT_VERSION = "1"
 
 
 def build_refine_assets(settings: Settings) -> list:
-    selection = settings.selection
+    reads = Reads(settings, "refined_dataset", "selection.method", "selection.fraction", "selection.k")
+    export_reads = Reads(settings, "refined_dataset_export", "selection.export_dir")
+    selection = reads.selection
+    export_dir = export_reads.resolve(export_reads.selection.export_dir)
 
     @asset(
         group_name="refinement",
-        code_version=code_version("refined_dataset", REFINE_VERSION, settings),
+        code_version=reads.code_version(REFINE_VERSION),
+        metadata=reads.metadata(),
         kinds={"polars", "delta"},
         description="The pool with score, weight and selected flag; the selection is exported as chat JSONL and Parquet.",
     )
@@ -83,13 +87,14 @@ def build_refine_assets(settings: Settings) -> list:
 
     @asset(
         group_name="refinement",
-        code_version=code_version("refined_dataset_export", EXPORT_VERSION, settings),
+        code_version=export_reads.code_version(EXPORT_VERSION),
+        metadata=export_reads.metadata(),
         kinds={"polars", "delta"},
         description="The selection as chat-messages JSONL and Parquet files for SFT trainers; written only after "
         "refined_dataset is committed and its selection check passed.",
     )
     def refined_dataset_export(context: AssetExecutionContext, refined_dataset: pl.DataFrame) -> pl.DataFrame:
-        paths = export_selection(refined_dataset, settings.resolve(selection.export_dir))
+        paths = export_selection(refined_dataset, export_dir)
         n_selected = int(refined_dataset["selected"].sum())
         table = pl.DataFrame(
             {

@@ -10,7 +10,7 @@ from drift_assets.assets.metadata import table_metadata
 from drift_assets.checks import schema_and_ids_check
 from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.resources import ModelResource, RolloutEngineResource
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings
 
 ROLLOUTS_VERSION = "2"  # 2: the sampled token_ids are kept
 
@@ -23,9 +23,13 @@ def _engine_kind(settings: Settings) -> str:
 
 
 def build_rollout_assets(settings: Settings) -> list:
+    # The model and rollout-engine resources sample with these.
+    reads = Reads(settings, "rollouts", "rollout", "model.dtype")
+
     @asset(
         group_name="rollouts",
-        code_version=code_version("rollouts", ROLLOUTS_VERSION, settings),
+        code_version=reads.code_version(ROLLOUTS_VERSION),
+        metadata=reads.metadata(),
         deps=["base_model"],
         kinds={_engine_kind(settings), "delta"},
         pool="gpu",

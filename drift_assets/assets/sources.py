@@ -16,7 +16,7 @@ from drift_assets.core.generation import resolve_max_model_len
 from drift_assets.core.grading import validate_grader
 from drift_assets.core.pool import load_queries, normalize_pool, read_rows, require_examples
 from drift_assets.resources import ModelResource
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings
 
 SOURCES_VERSION = "1"
 
@@ -30,6 +30,8 @@ def _observe(path: str, what: str) -> DataVersion:
 def build_source_assets(settings: Settings) -> list:
     pool_path = settings.resolve(settings.data.training_pool)
     validation_path = settings.resolve(settings.data.validation_queries)
+    model_path = settings.model_path
+    pool_reads = Reads(settings, "training_pool", "data.max_example_tokens")
 
     @observable_source_asset(
         group_name="sources",
@@ -53,10 +55,10 @@ def build_source_assets(settings: Settings) -> list:
         description=f"The base model directory: {settings.model.path}",
     )
     def base_model() -> DataVersion:
-        if not Path(settings.model_path).exists():
-            raise FileNotFoundError(f"model.path: {settings.model_path} does not exist")
-        check_model_directory(settings.model_path)
-        return DataVersion(model_fingerprint(settings.model_path))
+        if not Path(model_path).exists():
+            raise FileNotFoundError(f"model.path: {model_path} does not exist")
+        check_model_directory(model_path)
+        return DataVersion(model_fingerprint(model_path))
 
     @multi_asset(
         outs={
@@ -64,21 +66,22 @@ def build_source_assets(settings: Settings) -> list:
                 group_name="inputs",
                 kinds={"delta"},
                 # Extra input columns are carried through, so the table's schema follows the input's.
-                metadata={"overwrite_schema": True},
-                code_version=code_version("training_pool", SOURCES_VERSION, settings),
+                metadata={"overwrite_schema": True, **pool_reads.metadata()},
+                code_version=pool_reads.code_version(SOURCES_VERSION),
                 description="The SFT pool, one row per usable example, with stable example_id and token counts.",
             ),
             "training_pool_rejects": AssetOut(
                 group_name="inputs",
                 kinds={"delta"},
-                code_version=code_version("training_pool", SOURCES_VERSION, settings),
+                metadata=pool_reads.metadata(),
+                code_version=pool_reads.code_version(SOURCES_VERSION),
                 description="Quarantined pool rows: row number, raw text, and the reason.",
             ),
         },
         deps=[training_pool_source, base_model],  # token counts use the model's tokenizer
     )
     def training_pool(context: AssetExecutionContext, model: ModelResource):
-        max_tokens = resolve_max_model_len(settings.data.max_example_tokens, model.path, "data.max_example_tokens")
+        max_tokens = resolve_max_model_len(pool_reads.data.max_example_tokens, model.path, "data.max_example_tokens")
         normalized = normalize_pool(read_rows(pool_path), model.load_tokenizer(), max_tokens, source=Path(pool_path).name)
         examples, rejects = normalized.examples, normalized.rejects
         context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
@@ -104,6 +107,8 @@ def build_source_assets(settings: Settings) -> list:
 
     def _queries_asset(name: str, relative_path: str, deps: list, description: str):
         path = settings.resolve(relative_path)
+        reads = Reads(settings, name, "grading.default_grader", "grading.custom_graders")
+        allowed_graders = settings.grading.allowed_graders()  # from the two settings read
 
         @multi_asset(
             name=name,
@@ -112,17 +117,19 @@ def build_source_assets(settings: Settings) -> list:
                     group_name="inputs",
                     kinds={"delta"},
                     description=description,
-                    code_version=code_version(name, SOURCES_VERSION, settings),
+                    metadata=reads.metadata(),
+                    code_version=reads.code_version(SOURCES_VERSION),
                 )
             },
             deps=deps,
         )
         def _queries(context: AssetExecutionContext) -> pl.DataFrame:
-            queries, rejects = load_queries(path, settings.grading.default_grader, settings.grading.allowed_graders())
+            queries, rejects = load_queries(path, reads.grading.default_grader, allowed_graders)
             for row in rejects.iter_rows(named=True):
                 context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
             for grader in queries["grader"].unique().to_list():
-                validate_grader(grader, settings.grading.options())  # fail here, not after an hour of rollouts
+                # A pre-flight check (it changes no row): fail here, not after an hour of rollouts.
+                validate_grader(grader, reads.unversioned.grading.options())
             if queries.is_empty():
                 raise ValueError(f"{path}: no usable queries ({rejects.height} rejected)")
             context.add_output_metadata({**table_metadata(queries), "rejected_rows": rejects.height})

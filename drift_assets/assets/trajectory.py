@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, StaticPartitionsDefinition, asset
 
-from drift_assets.assets.gradients import progress_logger, projection_options
+from drift_assets.assets.gradients import PROJECTION_KEYS, progress_logger, projection_options
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.gradients import gradient_frame, pool_token_pairs, reference_basis, validation_gradient_frame
@@ -18,23 +18,27 @@ from drift_assets.core.projection import LinearGradientProjector
 from drift_assets.core.rollouts import grade_rollouts, grade_summary, sample_rollouts
 from drift_assets.core.trajectory import checkpoint_key, checkpoint_table, warm_up
 from drift_assets.resources import ModelResource, RolloutEngineResource
-from drift_assets.settings import Settings, code_version
+from drift_assets.settings import Reads, Settings, validation_answer_marker
 
 WARMUP_VERSION = "2"  # 2: a bf16/fp16 model fine-tunes float32 master weights
 CHECKPOINT_GRADIENTS_VERSION = "2"  # 2: rollout gradients of the sampled token ids
 
 
 def build_trajectory_assets(settings: Settings) -> list:
-    warmup = settings.warmup
-    steps = settings.warmup_steps
-    options = projection_options(settings)
-    batch_size = settings.projection.batch_size
-    grading = settings.grading.options()
-    directory = Path(settings.resolve(warmup.checkpoint_dir))
+    warmup_reads = Reads(settings, "warmup_checkpoints", "warmup_schedule", "model.dtype")
+    reads = Reads(settings, "checkpoint_gradients", "rollout", "grading", *PROJECTION_KEYS, "projection.validation_span")
+    steps = warmup_reads.warmup_steps
+    warmup_options = warmup_reads.warmup_options()
+    directory = Path(warmup_reads.resolve(warmup_reads.warmup.checkpoint_dir))
+    options = projection_options(reads)
+    batch_size = reads.projection.batch_size
+    grading = reads.grading.options()
+    answer_marker = validation_answer_marker(reads)
 
     @asset(
         group_name="attribution",
-        code_version=code_version("warmup_checkpoints", WARMUP_VERSION, settings),
+        code_version=warmup_reads.code_version(WARMUP_VERSION),
+        metadata=warmup_reads.metadata(),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
@@ -53,9 +57,7 @@ def build_trajectory_assets(settings: Settings) -> list:
             network.save_pretrained(path)
             tokenizer.save_pretrained(path)
 
-        losses = warm_up(
-            network, tokenizer, training_pool["messages"].to_list(), settings.warmup_options(), steps, save, context.log.info
-        )
+        losses = warm_up(network, tokenizer, training_pool["messages"].to_list(), warmup_options, steps, save, context.log.info)
         paths = [run_directory / checkpoint_key(step) for step in steps]
         table = pl.DataFrame(
             {
@@ -72,9 +74,9 @@ def build_trajectory_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=code_version("checkpoint_gradients", CHECKPOINT_GRADIENTS_VERSION, settings),
+        code_version=reads.code_version(CHECKPOINT_GRADIENTS_VERSION),
         partitions_def=StaticPartitionsDefinition([checkpoint_key(step) for step in steps]),
-        metadata={"partition_expr": "checkpoint"},
+        metadata={"partition_expr": "checkpoint", **reads.metadata()},
         kinds={"pytorch", "delta"},
         pool="gpu",
         description="At one warm-up checkpoint: fresh rollouts, their grades, a basis, and the gradients of rollouts, "
@@ -117,7 +119,7 @@ def build_trajectory_assets(settings: Settings) -> list:
             validation_queries,
             batch_size,
             fingerprint,
-            answer_marker=settings.projection.answer_marker(settings.grading),
+            answer_marker=answer_marker,
         )
         training = gradient_frame(
             {"example_id": training_pool["example_id"].to_list()},

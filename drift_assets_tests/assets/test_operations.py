@@ -19,9 +19,8 @@ from drift_assets.resources import Warehouse
 from drift_assets.runner import PROCESS_TAG, fail_abandoned_runs, materialize_pipeline, observe_sources
 from drift_assets.staleness import asset_statuses, damaged_tables, needs_materialization
 from drift_assets_tests.assets.test_rollouts import running, vllm_engines_under
-from drift_assets_tests.conftest import settings_in
+from drift_assets_tests.conftest import instance_in, settings_in
 
-FAST = {"rollout": {"backend": "transformers", "samples_per_query": 4}}
 MODEL_DEPENDENTS = {
     "training_pool",
     "training_pool_rejects",
@@ -45,23 +44,20 @@ def not_fresh(defs, instance) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def refreshed(demo_dir, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("operations")
-    shutil.copytree(demo_dir / "demo", directory / "demo")
-    settings = settings_in(directory, **FAST)
-    with instance_for_test() as instance:
-        materialize_pipeline(build_definitions(settings), instance, include_demo=False)
-        yield directory, instance
+def refreshed(materialized):
+    """The session's materialized workspace, read-only."""
+    with instance_in(materialized) as instance:
+        yield materialized, instance
 
 
 def test_nothing_is_stale_after_a_full_materialization(refreshed):
     directory, instance = refreshed
-    assert not_fresh(build_definitions(settings_in(directory, **FAST)), instance) == {}
+    assert not_fresh(build_definitions(settings_in(directory)), instance) == {}
 
 
 def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_stale(refreshed):
     directory, instance = refreshed
-    defs = build_definitions(settings_in(directory, **FAST, selection={"fraction": 0.3}))
+    defs = build_definitions(settings_in(directory, selection={"fraction": 0.3}))
     assert not_fresh(defs, instance) == {"refined_dataset": "STALE"}
     assert needs_materialization(defs, instance) - {"demo_task_files", "demo_base_model", "method_benchmark"} == {
         "refined_dataset",
@@ -72,7 +68,7 @@ def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_sta
 
 def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
     directory, instance = refreshed
-    defs = build_definitions(settings_in(directory, **FAST, influence={"weighting": "advantage"}))
+    defs = build_definitions(settings_in(directory, influence={"weighting": "advantage"}))
     assert not_fresh(defs, instance) == {"influence_scores": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"influence_scores", "refined_dataset", "refined_model_evaluation"} <= closure
@@ -81,7 +77,7 @@ def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
 
 def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshed):
     directory, instance = refreshed
-    defs = build_definitions(settings_in(directory, rollout={**FAST["rollout"], "temperature": 0.7}))
+    defs = build_definitions(settings_in(directory, rollout={"temperature": 0.7}))
     assert not_fresh(defs, instance) == {"rollouts": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"grades", "validation_gradients", "influence_scores"} <= closure
@@ -89,11 +85,10 @@ def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshe
     assert not closure & {"projection_basis", "training_gradient_projections[000]"}
 
 
-def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(refreshed):
+def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(private_refresh):
     """Dagster's event log still calls such tables fresh; the runner looks at the tables themselves."""
-    directory, instance = refreshed
-    settings = settings_in(directory, **FAST)
-    defs, warehouse = build_definitions(settings), Warehouse(settings)
+    settings, defs, instance = private_refresh
+    warehouse = Warehouse(settings)
     scores = warehouse.scan("influence_scores").collect().sort("example_id")
     shutil.rmtree(warehouse.table_uri("grades"))
     log = sorted(Path(warehouse.table_uri("influence_scores"), "_delta_log").glob("*.json"))[-1]
@@ -144,7 +139,7 @@ def test_a_failing_materialization_ends_with_the_cause_naming_the_file(demo_dir,
     shutil.copytree(demo_dir / "demo" / "model", tmp_path / "demo" / "model")
     (tmp_path / "demo" / "training_pool.jsonl").write_text('{"prompt": "p"}\n' * 3)
     shutil.copy(demo_dir / "demo" / "validation_queries.jsonl", tmp_path / "demo" / "validation_queries.jsonl")
-    settings_in(tmp_path, **FAST, demo={"enabled": False}, data={"test_queries": None})
+    settings_in(tmp_path, rollout={"backend": "transformers"}, demo={"enabled": False}, data={"test_queries": None})
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert main(["materialize", "--settings", str(tmp_path / "settings.yaml")]) == 1
     error = capsys.readouterr().err
@@ -240,13 +235,11 @@ def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next
 
 
 @pytest.fixture
-def private_refresh(demo_dir, tmp_path):
-    """A fully materialized workspace of its own, for tests that change inputs on disk."""
-    shutil.copytree(demo_dir / "demo", tmp_path / "demo")
-    settings = settings_in(tmp_path, **FAST)
+def private_refresh(private_materialized):
+    """A materialized workspace of its own, for tests that change inputs on disk or tables."""
+    settings = settings_in(private_materialized)
     defs = build_definitions(settings)
-    with instance_for_test() as instance:
-        materialize_pipeline(defs, instance, include_demo=False)
+    with instance_in(private_materialized) as instance:
         assert not_fresh(defs, instance) == {}
         yield settings, defs, instance
 
@@ -296,7 +289,7 @@ def test_a_failed_run_leaves_the_previous_export_in_place(private_refresh):
     assert set(before) == {"refined_dataset.jsonl", "refined_dataset.parquet"}
     log = sorted((Path(settings.warehouse_root) / "drift" / "refined_dataset" / "_delta_log").glob("*.json"))[-1]
     log.write_text("garbage")
-    fewer = build_definitions(settings_in(Path(settings.base_dir), **FAST, selection={"fraction": 0.3}))
+    fewer = build_definitions(settings_in(Path(settings.base_dir), selection={"fraction": 0.3}))
     with pytest.raises(Exception):  # noqa: B017 - any failure will do: the test is about what it leaves behind
         materialize_pipeline(fewer, instance, include_demo=False, only_stale=True)
     assert {path.name: path.read_bytes() for path in export_dir.iterdir()} == before

@@ -3,20 +3,19 @@
 import base64
 import json
 import math
-import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
-from dagster import AssetKey, Definitions, instance_for_test
+from dagster import AssetKey, Definitions
 
 from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import vectors
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
-from drift_assets.runner import materialize_assets, materialize_pipeline, observe_sources
-from drift_assets_tests.conftest import settings_in
+from drift_assets.runner import materialize_assets, observe_sources
+from drift_assets_tests.conftest import instance_in, settings_in
 
 TABLES = (
     "demo_task_files",
@@ -36,15 +35,19 @@ TABLES = (
 
 
 @pytest.fixture(scope="module")
-def pipeline(demo_dir, tmp_path_factory):
-    """The whole graph materialized once (vLLM backend) in its own workspace."""
-    directory = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(demo_dir / "demo", directory / "demo")
-    settings = settings_in(directory)
-    defs = build_definitions(settings)
-    with instance_for_test() as instance:
-        materialize_pipeline(defs, instance, include_demo=False)
-        yield settings, defs, instance
+def pipeline(materialized):
+    """The session's materialized workspace, read-only."""
+    settings = settings_in(materialized)
+    with instance_in(materialized) as instance:
+        yield settings, build_definitions(settings), instance
+
+
+@pytest.fixture
+def private_pipeline(private_materialized):
+    """A copy of it that the test may change."""
+    settings = settings_in(private_materialized)
+    with instance_in(private_materialized) as instance:
+        yield settings, build_definitions(settings), instance
 
 
 def read(settings, name: str) -> pl.DataFrame:
@@ -160,24 +163,21 @@ def test_all_blocking_checks_passed(pipeline):
 
 
 @pytest.mark.vllm
-def test_the_guards_warn_when_the_target_is_off_policy(pipeline):
+def test_the_guards_warn_when_the_target_is_off_policy(private_pipeline):
     """With the reference answers as the whole target the target guard fails (a warning: nothing downstream is
     blocked), and the gradient-hacking guard says what the asset measured."""
-    settings, defs, instance = pipeline
+    settings, defs, instance = private_pipeline
     offpolicy = settings.model_copy(update={"influence": settings.influence.model_copy(update={"targets": "offpolicy"})})
     materialize_assets(build_definitions(offpolicy), instance, [AssetKey("influence_scores")])
-    try:
-        records = check_records(instance, defs)
-        target = records["influence_target_on_policy"].event.dagster_event.event_specific_data
-        assert not target.passed and target.severity.value == "WARN"
-        assert "make 100% of the target" in target.metadata["message"].value
-        metadata = latest_metadata(instance, "influence_scores")
-        assert metadata["reference_share_of_target"] == 1.0
-        hacking = records["influence_not_gradient_hacking"].event.dagster_event.event_specific_data
-        expected = metadata["spearman_score_vs_grad_norm"] <= 0.2 and metadata["spearman_score_vs_loss"] <= 0.2
-        assert hacking.passed == expected
-    finally:
-        materialize_assets(defs, instance, [AssetKey("influence_scores")])
+    records = check_records(instance, defs)
+    target = records["influence_target_on_policy"].event.dagster_event.event_specific_data
+    assert not target.passed and target.severity.value == "WARN"
+    assert "make 100% of the target" in target.metadata["message"].value
+    metadata = latest_metadata(instance, "influence_scores")
+    assert metadata["reference_share_of_target"] == 1.0
+    hacking = records["influence_not_gradient_hacking"].event.dagster_event.event_specific_data
+    expected = metadata["spearman_score_vs_grad_norm"] <= 0.2 and metadata["spearman_score_vs_loss"] <= 0.2
+    assert hacking.passed == expected
 
 
 @pytest.mark.vllm
@@ -192,8 +192,8 @@ def test_evaluation_closes_the_loop(pipeline):
 
 
 @pytest.mark.vllm
-def test_method_benchmark_gives_every_method_the_same_budget(pipeline):
-    settings, _, instance = pipeline
+def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
+    settings, _, instance = private_pipeline
     methods, seeds = ["full", "random", "drift", "loss", "oracle"], [0, 1]
     settings = settings.model_copy(
         update={"benchmark": settings.benchmark.model_copy(update={"methods": methods, "seeds": seeds})}
@@ -246,8 +246,8 @@ def test_demo_model_lands_in_the_target_band_and_reloads(demo_dir):
 
 
 @pytest.mark.vllm
-def test_appending_to_the_pool_computes_gradients_only_for_new_examples(pipeline, tmp_path):
-    settings, defs, instance = pipeline
+def test_appending_to_the_pool_computes_gradients_only_for_new_examples(private_pipeline):
+    settings, defs, instance = private_pipeline
     pool_path = settings.resolve(settings.data.training_pool)
     before = read(settings, "training_pool").height
     extra = [
@@ -326,11 +326,10 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
 
 
 @pytest.mark.vllm
-def test_the_fisher_hessian_streamed_over_shards_matches_one_dense_solve(pipeline):
+def test_the_fisher_hessian_streamed_over_shards_matches_one_dense_solve(private_pipeline):
     """influence.hessian: fisher through the asset (ΦᵀΦ accumulated shard by shard, a Cholesky
-    solve) against (ΦᵀΦ/N + λI)⁻¹g solved at once from the stored tables. Last in this module: it
-    leaves fisher scores in the shared warehouse."""
-    settings, _, instance = pipeline
+    solve) against (ΦᵀΦ/N + λI)⁻¹g solved at once from the stored tables."""
+    settings, _, instance = private_pipeline
     fisher = settings.model_copy(update={"influence": settings.influence.model_copy(update={"hessian": "fisher"})})
     materialize_assets(build_definitions(fisher), instance, [AssetKey("influence_scores")])
     gradients = read(settings, "training_gradient_projections").sort("example_id")

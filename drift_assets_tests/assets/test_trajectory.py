@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from dagster import AssetKey, instance_for_test
+from dagster import AssetKey
 
 from drift_assets.cli import _summary
 from drift_assets.core.fingerprint import model_fingerprint
@@ -14,21 +14,23 @@ from drift_assets.core.gradients import vectors
 from drift_assets.definitions import build_definitions
 from drift_assets.runner import materialize_assets, materialize_pipeline
 from drift_assets_tests.assets.test_pipeline import latest_metadata, read
-from drift_assets_tests.conftest import settings_in
+from drift_assets_tests.conftest import instance_in, settings_in
 
 STEPS = [10, 30]
 KEYS = ["000010", "000030"]
 
 
 @pytest.fixture(scope="module")
-def trajectory(demo_dir, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("trajectory")
-    shutil.copytree(demo_dir / "demo", directory / "demo")
+def trajectory(materialized, tmp_path_factory):
+    """The session's materialized workspace, copied, with a warm-up run added: what the warm-up adds
+    (and what lies downstream) is what gets materialized."""
+    directory = tmp_path_factory.mktemp("trajectory") / "workspace"
+    shutil.copytree(materialized, directory)
     # Without test queries the graph has no evaluation assets: this module is about the scores.
     settings = settings_in(directory, warmup={"steps": STEPS}, data={"test_queries": None})
     defs = build_definitions(settings)
-    with instance_for_test() as instance:
-        done = materialize_pipeline(defs, instance, include_demo=False)
+    with instance_in(directory) as instance:
+        done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
         yield settings, defs, instance, done
 
 
@@ -63,6 +65,7 @@ def test_the_warm_up_saves_a_trained_model_at_each_step(trajectory):
     assert fingerprints == saved["model_fingerprint"].to_list()
     assert len({base, *fingerprints}) == 3
     assert [f"checkpoint_gradients[{key}]" for key in KEYS] == [d for d in done if d.startswith("checkpoint_gradients")]
+    assert "rollouts" not in done and "training_gradient_projections[000]" not in done  # the base chain stays valid
 
 
 @pytest.mark.vllm

@@ -25,7 +25,7 @@ from drift_assets.core.rollouts import grade_rollouts
 from drift_assets.core.selection import selection_warning
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
-from drift_assets.settings import SettingsError, code_version, load_settings, parse_settings
+from drift_assets.settings import SettingsError, load_settings, parse_settings
 
 MAX_TOKENS = 64
 GOOD = b'{"prompt": "What is 1 + 1?", "response": "Answer: 2"}'
@@ -370,15 +370,3 @@ def test_65_68_a_model_directory_that_cannot_work_is_named(tmp_path, case, files
             (model / name).write_text(content)
     with pytest.raises((FileNotFoundError, ValueError), match=message):
         check_model_directory(model)
-
-
-def test_69_editing_a_custom_graders_code_makes_the_grades_stale(tmp_path, monkeypatch):
-    module = tmp_path / "drift_edited_grader.py"
-    module.write_text("def grade(completion, reference):\n    return completion == reference\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    settings = parse_settings({"grading": {"default_grader": "drift_edited_grader:grade"}}, "s.yaml", tmp_path)
-    before = {asset: code_version(asset, "1", settings) for asset in ("grades", "rollouts", "refined_model_evaluation")}
-    module.write_text("def grade(completion, reference):\n    return completion.strip() == reference\n")
-    after = {asset: code_version(asset, "1", settings) for asset in before}
-    assert after["grades"] != before["grades"] and after["refined_model_evaluation"] != before["refined_model_evaluation"]
-    assert after["rollouts"] == before["rollouts"]

@@ -1,4 +1,4 @@
-"""Settings: loading a YAML file, error messages, path resolution and per-asset code versions."""
+"""Settings: loading a YAML file, error messages and path resolution (code versions: assets/test_graph.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drift_assets.settings import SETTINGS_ENV_VAR, SettingsError, code_version, load_settings
+from drift_assets.settings import SETTINGS_ENV_VAR, SettingsError, load_settings
 
 GOOD_SETTINGS = {
     "model": {"path": "models/tiny", "dtype": "bfloat16"},
@@ -17,8 +17,6 @@ GOOD_SETTINGS = {
     "influence": {"weighting": "advantage", "hessian": "identity", "debias": "residual"},
     "selection": {"method": "top_k", "k": 17},
 }
-
-GRADIENT_ASSETS = ("rollouts", "validation_gradients", "training_gradient_projections")
 
 
 def write_settings(directory: Path, content: dict | str, name: str = "settings.yaml") -> Path:
@@ -172,77 +170,7 @@ def test_relative_paths_resolve_against_the_file_directory_not_cwd(tmp_path, mon
     assert path.exists()
 
 
-def test_selection_fraction_only_stales_the_refined_dataset(tmp_path):
-    base = load_settings(write_settings(tmp_path, {"selection": {"fraction": 0.5}}))
-    changed = base.with_overrides(selection={"fraction": 0.3})
-    assert changed.selection.fraction == 0.3
-    assert code_version("refined_dataset", "1", base) != code_version("refined_dataset", "1", changed)
-    for asset in (*GRADIENT_ASSETS, "influence_scores", "grades", "training_pool"):
-        assert code_version(asset, "1", base) == code_version(asset, "1", changed), asset
-
-
-def test_weighting_stales_influence_scores_but_not_gradients(tmp_path):
-    base = load_settings(write_settings(tmp_path, {"influence": {"weighting": "signed"}}))
-    changed = base.with_overrides(influence={"weighting": "advantage"})
-    assert code_version("influence_scores", "1", base) != code_version("influence_scores", "1", changed)
-    for asset in (*GRADIENT_ASSETS, "refined_dataset", "grades"):
-        assert code_version(asset, "1", base) == code_version(asset, "1", changed), asset
-
-
-def test_projection_rank_stales_gradients_but_not_rollouts(tmp_path):
-    base = load_settings(write_settings(tmp_path, {}))
-    for change in ({"rank": 4}, {"basis": "random"}):
-        changed = base.with_overrides(projection=change)
-        for asset in ("projection_basis", "validation_gradients", "training_gradient_projections"):
-            assert code_version(asset, "1", base) != code_version(asset, "1", changed), (asset, change)
-        assert code_version("rollouts", "1", base) == code_version("rollouts", "1", changed)
-    # shards change how the table is partitioned, not the basis or the validation gradients.
-    sharded = base.with_overrides(projection={"shards": 2})
-    for asset in ("projection_basis", "validation_gradients"):
-        assert code_version(asset, "1", base) == code_version(asset, "1", sharded)
-    assert code_version("training_gradient_projections", "1", base) != code_version("training_gradient_projections", "1", sharded)
-
-
-def test_code_version_format_and_implementation_version(tmp_path):
-    settings = load_settings(write_settings(tmp_path, {}))
-    version = code_version("rollouts", "7", settings)
-    prefix, _, digest = version.partition("-")
-    assert prefix == "7"
-    assert len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
-    assert code_version("rollouts", "8", settings) == f"8-{digest}"
-    # Same content loaded from another directory: same version (base_dir is not part of the hash).
-    other = load_settings(write_settings(tmp_path / "other", {}))
-    assert code_version("rollouts", "7", other) == version
-
-
 def test_with_overrides_validates(tmp_path):
     settings = load_settings(write_settings(tmp_path, {}))
     with pytest.raises(ValueError):
         settings.with_overrides(selection={"method": "top_k"})
-
-
-def test_the_validation_span_stales_validation_gradients_and_checkpoints_not_training_gradients(tmp_path):
-    base = load_settings(write_settings(tmp_path, {}))
-    changed = base.with_overrides(projection={"validation_span": "completion"})
-    for asset in ("validation_gradients", "checkpoint_gradients"):
-        assert code_version(asset, "1", base) != code_version(asset, "1", changed), asset
-    for asset in ("rollouts", "projection_basis", "training_gradient_projections", "influence_scores", "warmup_checkpoints"):
-        assert code_version(asset, "1", base) == code_version(asset, "1", changed), asset
-    assert base.projection.answer_marker(base.grading) == "Answer:" and changed.projection.answer_marker(changed.grading) is None
-
-
-def test_warmup_steps_stale_the_warm_up_and_the_scores_not_the_base_model_gradients(tmp_path):
-    base = load_settings(write_settings(tmp_path, {}))
-    changed = base.with_overrides(warmup={"steps": [100]})
-    for asset in ("warmup_checkpoints", "influence_scores", "method_benchmark"):
-        assert code_version(asset, "1", base) != code_version(asset, "1", changed), asset
-    for asset in (*GRADIENT_ASSETS, "checkpoint_gradients", "refined_dataset"):
-        assert code_version(asset, "1", base) == code_version(asset, "1", changed), asset
-
-
-def test_the_settings_reference_page_is_generated_from_the_code():
-    from drift_assets.settings import REPO_ROOT, settings_reference
-
-    assert (REPO_ROOT / "docs" / "settings.md").read_text() == settings_reference(), (
-        "docs/settings.md is stale: run .venv/bin/python -m drift_assets.settings"
-    )

@@ -1,0 +1,190 @@
+"""The asset graph as built from the settings: what each asset reads, what a change of settings makes
+stale (read from the built graph's code versions, not from a list kept beside it), and a snapshot
+of every asset's spec so that a change of the graph shows in review. No model, no run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from drift_assets.definitions import build_definitions
+from drift_assets.settings import Reads, SettingNotRead, Settings, parse_settings, validation_answer_marker
+from drift_assets.settings_reference import REFERENCE_PATH, assets_reading, settings_read_by_asset, settings_reference
+
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "drift_assets" / "assets"
+SNAPSHOT = Path(__file__).with_name("asset_graph.json")
+# Every asset exists: the demo, test queries, and (by default) a warm-up run.
+WHOLE_GRAPH = {"demo": {"enabled": True}, "data": {"test_queries": "demo/test_queries.jsonl"}}
+
+# One change per settings group (and per key that an asset reads on its own), each valid on WHOLE_GRAPH.
+CHANGES = {
+    "model.dtype": {"model": {"dtype": "bfloat16"}},
+    "data.max_example_tokens": {"data": {"max_example_tokens": 100}},
+    "demo.seed": {"demo": {"seed": 1}},
+    "rollout.temperature": {"rollout": {"temperature": 0.7}},
+    "rollout.max_tokens": {"rollout": {"max_tokens": 32}},
+    "rollout.backend": {"rollout": {"backend": "transformers"}},
+    "grading.numeric_tolerance": {"grading": {"numeric_tolerance": 0.5}},
+    "grading.default_grader": {"grading": {"default_grader": "exact"}},
+    "projection.rank": {"projection": {"rank": 8}},
+    "projection.validation_span": {"projection": {"validation_span": "completion"}},
+    "projection.shards": {"projection": {"shards": 2}},
+    "projection.batch_size": {"projection": {"batch_size": 8}},
+    "influence.weighting": {"influence": {"weighting": "signed"}},
+    "warmup.steps": {"warmup": {"steps": [5, 10]}},
+    "selection.fraction": {"selection": {"fraction": 0.3}},
+    "selection.export_dir": {"selection": {"export_dir": "elsewhere"}},
+    "benchmark.sft.steps": {"benchmark": {"sft": {"steps": 10}}},
+    "benchmark.seeds": {"benchmark": {"seeds": [7]}},
+    "benchmark.methods": {"benchmark": {"methods": ["full", "drift"]}},
+}
+
+
+def whole_graph(tmp_path: Path, **groups) -> Settings:
+    raw = {group: dict(values) for group, values in WHOLE_GRAPH.items()}
+    for group, values in groups.items():
+        raw[group] = {**raw.get(group, {}), **values}
+    return parse_settings(raw, "settings.yaml", tmp_path)
+
+
+def code_versions(settings: Settings) -> dict[str, str]:
+    graph = build_definitions(settings).resolve_asset_graph()
+    return {
+        key.to_user_string(): graph.get(key).code_version
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).is_materializable
+    }
+
+
+def made_stale(base: Settings, changed: Settings) -> set[str]:
+    before, after = code_versions(base), code_versions(changed)
+    return {asset for asset, version in before.items() if after.get(asset) != version}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Settings:
+    return whole_graph(tmp_path_factory.mktemp("graph"))
+
+
+@pytest.mark.parametrize("key", sorted(CHANGES))
+def test_a_change_of_settings_makes_exactly_the_assets_that_read_it_stale(base, key):
+    """The expected set is what the built graph records each asset as reading; the measured one is
+    which code versions changed."""
+    changed = whole_graph(Path(base.base_dir), **CHANGES[key])
+    assert changed != base
+    assert made_stale(base, changed) == set(assets_reading(key, settings_read_by_asset()))
+
+
+def test_what_users_rely_on_about_staleness(base):
+    def stale(**groups) -> set[str]:
+        return made_stale(base, whole_graph(Path(base.base_dir), **groups))
+
+    assert stale(selection={"fraction": 0.3}) == {"refined_dataset", "method_benchmark"}
+    assert stale(influence={"weighting": "signed"}) == {"influence_scores", "method_benchmark"}
+    gradients = {"projection_basis", "validation_gradients", "training_gradient_projections", "checkpoint_gradients"}
+    assert stale(projection={"rank": 8}) == gradients and stale(projection={"basis": "random"}) == gradients
+    # Shards lay the training gradients out; the basis and the validation gradients stay.
+    assert stale(projection={"shards": 2}) == {"training_gradient_projections"}
+    # The projection basis is fitted on the references: new rollouts leave the training gradients valid.
+    assert "training_gradient_projections" not in stale(rollout={"temperature": 0.7})
+    assert stale(warmup={"steps": [5, 10]}) == {"warmup_checkpoints", "influence_scores", "method_benchmark"}
+    assert stale(projection={"validation_span": "completion"}) == {"validation_gradients", "checkpoint_gradients"}
+
+
+def test_code_versions_are_the_implementation_version_and_a_hash_of_what_is_read(base, tmp_path):
+    version = Reads(base, "rollouts", "rollout", "model.dtype").code_version("7")
+    prefix, _, digest = version.partition("-")
+    assert prefix == "7" and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
+    assert Reads(base, "rollouts", "model.dtype", "rollout").code_version("8") == f"8-{digest}"
+    # The same settings loaded from another directory: the same versions (base_dir is not hashed).
+    assert code_versions(whole_graph(tmp_path)) == code_versions(base)
+
+
+def test_an_asset_reads_only_what_its_code_version_hashes(base):
+    reads = Reads(base, "refined_dataset", "selection.method", "selection.fraction")
+    assert reads.selection.fraction == base.selection.fraction
+    assert reads.model_path == base.model_path and reads.resolve("x") == base.resolve("x")  # locations
+    assert reads.projection.shards == base.projection.shards  # layout
+    with pytest.raises(SettingNotRead, match=r"asset refined_dataset read settings\.selection\.k, which its code version"):
+        _ = reads.selection.k
+    with pytest.raises(SettingNotRead, match=r"settings\.influence,"):
+        _ = reads.influence
+    # A group read in part gives fields, not methods (a method may read any field).
+    with pytest.raises(SettingNotRead, match=r"settings\.grading\.options"):
+        Reads(base, "x", "grading.answer_marker").grading.options()
+    assert Reads(base, "x", "grading").grading.options().answer_marker == "Answer:"
+    # A derived setting is readable where what it is computed from is read.
+    assert Reads(base, "x", "warmup_schedule").warmup_steps == [50, 150, 300]  # 1/6, 1/2 and all of benchmark.sft.steps
+    with pytest.raises(SettingNotRead):
+        _ = Reads(base, "x", "warmup.seed").warmup_steps
+    marker = Reads(base, "x", "grading.answer_marker", "projection.validation_span")
+    assert validation_answer_marker(marker) == "Answer:"
+
+
+def test_asset_bodies_read_settings_only_through_their_reads():
+    """Inside an asset's function the settings are reachable only through a Reads view, so that a
+    read the view does not cover raises instead of silently leaving the asset fresh."""
+    offenders = []
+    for path in sorted(ASSETS_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            decorators = {ast.unparse(d.func if isinstance(d, ast.Call) else d) for d in node.decorator_list}
+            if not decorators & {"asset", "multi_asset"}:
+                continue
+            names = {n.id for statement in node.body for n in ast.walk(statement) if isinstance(n, ast.Name)}
+            if "settings" in names:
+                offenders.append(f"{path.name}:{node.lineno} {node.name}")
+    assert offenders == []
+
+
+def test_editing_a_custom_graders_code_makes_what_grades_stale(tmp_path, monkeypatch):
+    module = tmp_path / "drift_edited_grader.py"
+    module.write_text("def grade(completion, reference):\n    return completion == reference\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = whole_graph(tmp_path, grading={"default_grader": "drift_edited_grader:grade"})
+    before = code_versions(settings)
+    module.write_text("def grade(completion, reference):\n    return completion.strip() == reference\n")
+    after = code_versions(settings)
+    changed = {asset for asset in before if before[asset] != after[asset]}
+    assert changed == {"grades", "checkpoint_gradients", "refined_model_evaluation", "method_benchmark"}
+
+
+def asset_specs(settings: Settings) -> dict[str, dict]:
+    """Every asset's deps, partitions, checks, code version and the settings it reads, as plain data."""
+    graph = build_definitions(settings).resolve_asset_graph()
+    specs = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        partitions = node.partitions_def
+        specs[key.to_user_string()] = {
+            "kind": "materializable" if node.is_materializable else "observable",
+            "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
+            "partitions": partitions.get_partition_keys() if partitions is not None else None,
+            "checks": sorted(check.name for check in node.check_keys),
+            "blocking_checks": sorted(check.name for check in node.check_keys if graph.get_check_spec(check).blocking),
+            "code_version": node.code_version,
+            "settings_read": settings_read_by_asset().get(key.to_user_string()),
+            "pools": sorted(node.pools or []),
+        }
+    return specs
+
+
+def test_the_asset_graph_matches_its_snapshot(base):
+    """A change of the graph (an edge, a check, a partition, a code version) shows in review as a diff of
+    asset_graph.json. After an intended change: DRIFT_UPDATE_SNAPSHOT=1 pytest -k snapshot."""
+    specs = json.loads(json.dumps(asset_specs(base)))
+    if os.environ.get("DRIFT_UPDATE_SNAPSHOT"):
+        SNAPSHOT.write_text(json.dumps(specs, indent=1, sort_keys=True) + "\n")
+    assert SNAPSHOT.exists(), "no snapshot yet: run DRIFT_UPDATE_SNAPSHOT=1 pytest -k snapshot"
+    assert json.loads(SNAPSHOT.read_text()) == specs, "the asset graph changed: review, then DRIFT_UPDATE_SNAPSHOT=1"
+
+
+def test_the_settings_reference_page_is_generated_from_the_code():
+    assert REFERENCE_PATH.read_text() == settings_reference(), (
+        "docs/settings.md is stale: run .venv/bin/python -m drift_assets.settings_reference"
+    )
