@@ -98,7 +98,7 @@ def main() -> None:
             settings = settings.with_overrides(
                 benchmark={**settings.benchmark.model_dump(), "sft": {**settings.benchmark.sft.model_dump(), **sft}}
             )
-        warehouse = Warehouse(settings)
+        warehouse = Warehouse.from_settings(settings)
         pool = warehouse.scan("training_pool").collect()
         scorer = MethodScorer(
             [

@@ -14,7 +14,7 @@ from drift_assets.settings import Settings, load_settings
 def demo_warehouse(tables: tuple[str, ...], settings: Settings | None = None) -> tuple[Settings, Warehouse]:
     """The settings (``$DRIFT_ASSETS_SETTINGS`` or data/settings.yaml) and their warehouse, which must hold ``tables``."""
     settings = settings or load_settings()
-    warehouse = Warehouse(settings)
+    warehouse = Warehouse.from_settings(settings)
     missing = [table for table in tables if not warehouse.exists(table)]
     if missing:
         tables_word = "tables" if len(missing) > 1 else "table"

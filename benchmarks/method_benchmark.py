@@ -30,7 +30,7 @@ def main() -> None:
     started = time.perf_counter()
     materialize_pipeline(defs, instance, only_stale=True)
     materialize_assets(defs, instance, [AssetKey("method_benchmark")])
-    table = Warehouse(settings).scan("method_benchmark").collect()
+    table = Warehouse.from_settings(settings).scan("method_benchmark").collect()
     print(
         f"\nmethod benchmark ({len(settings.benchmark.seeds)} seeds, {settings.benchmark.sft.steps} SFT steps each), "
         f"{time.perf_counter() - started:.0f} s in all\n"

@@ -115,7 +115,7 @@ def run_task(settings_path: Path, benchmark: bool = True) -> dict:
     if not benchmark:
         return {"task": settings.demo.task, "pipeline_seconds": pipeline_seconds, "guards": guard_results(instance, defs)}
     materialize_assets(defs, instance, [AssetKey("method_benchmark")])
-    warehouse = Warehouse(settings)
+    warehouse = Warehouse.from_settings(settings)
 
     def metadata(asset: str) -> dict:
         event = instance.get_latest_materialization_event(AssetKey(asset))

@@ -22,7 +22,7 @@ from drift_assets.settings import SettingsError, load_settings
 def _summary(settings) -> str:
     from drift_assets.resources import Warehouse
 
-    warehouse = Warehouse(settings)
+    warehouse = Warehouse.from_settings(settings)
     lines = []
 
     def read(name: str, *columns: str) -> pl.DataFrame | None:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
         for run_id in fail_abandoned_runs(instance):
             print(f"run {run_id} had been left STARTED by a killed process: marked failed")
-        warehouse = Warehouse(settings)
+        warehouse = Warehouse.from_settings(settings)
         try:
             warehouse.check_reachable()
             with warehouse.lock():

@@ -33,13 +33,15 @@ def build_definitions(settings: Settings) -> Definitions:
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     assets = [with_automation(a) for a in assets]
+    warehouse = Warehouse.from_settings(settings)
     return Definitions(
         jobs=build_jobs(trajectory=bool(settings.warmup_steps)),
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         loggers={"console": terminal_logger},  # used where a run's config selects it (runs started from Python)
         resources={
-            "io_manager": Warehouse(settings).io_manager(),
+            "warehouse": warehouse,
+            "io_manager": warehouse.io_manager(),
             "model": model_resource(settings),
             "rollout_engine": rollout_engine_resource(settings),
         },

@@ -189,12 +189,16 @@ class WarehouseBusyError(WarehouseError):
     """Another materialization holds the warehouse."""
 
 
-class Warehouse:
-    """Where the Delta tables live; for the few reads that bypass the IO manager (streaming)."""
+class Warehouse(ConfigurableResource):
+    """Where the Delta tables live: the IO manager writes there, and the few reads that bypass it
+    (streaming every shard) read there."""
 
-    def __init__(self, settings: Settings):
-        self.root = settings.warehouse_root.rstrip("/")
-        self.storage_options = dict(settings.warehouse.storage_options)
+    root: str
+    storage_options: dict[str, str] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Warehouse:
+        return cls(root=settings.warehouse_root.rstrip("/"), storage_options=dict(settings.warehouse.storage_options))
 
     def table_uri(self, asset_name: str) -> str:
         return f"{self.root}/{WAREHOUSE_SCHEMA}/{asset_name}"

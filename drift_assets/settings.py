@@ -379,7 +379,7 @@ class BenchmarkSettings(_Group):
     )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4],
-        description="SFT seeds per method. On the demo one method's accuracy spans up to ~7 points across five seeds.",
+        description="SFT seeds per method: one method's accuracy varies across seeds (benchmarks/README.md has the spread).",
     )
     sft: SftSettings = Field(
         default_factory=SftSettings,

@@ -106,7 +106,6 @@ def build_evaluation_assets(settings: Settings) -> list:
         settings, "method_benchmark", "benchmark", "influence", "warmup_steps", "selection", *_FINE_TUNE_AND_EVALUATE
     )
     steps = bench_reads.warmup_steps
-    warehouse = Warehouse(settings)
 
     @asset(
         group_name="evaluation",
@@ -181,6 +180,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         test_queries: pl.DataFrame,
         model: ModelResource,
         rollout_engine: RolloutEngineResource,
+        warehouse: Warehouse,
     ) -> pl.DataFrame:
         benchmark, selection = bench_reads.benchmark, bench_reads.selection
         drift = bench_reads.influence.scoring()

@@ -72,7 +72,6 @@ def build_gradient_assets(settings: Settings) -> list:
     batch_size = basis_reads.projection.batch_size
     n_shards = training_reads.projection.shards
     answer_marker = validation_answer_marker(validation_reads)
-    warehouse = Warehouse(settings)
     shards = StaticPartitionsDefinition(shard_keys(n_shards))
 
     @asset(
@@ -171,7 +170,11 @@ def build_gradient_assets(settings: Settings) -> list:
         description="Projected ∇ log π of every pool example, sharded by a hash of example_id; unchanged rows are reused.",
     )
     def training_gradient_projections(
-        context: AssetExecutionContext, training_pool: pl.DataFrame, projection_basis: pl.DataFrame, model: ModelResource
+        context: AssetExecutionContext,
+        training_pool: pl.DataFrame,
+        projection_basis: pl.DataFrame,
+        model: ModelResource,
+        warehouse: Warehouse,
     ):
         shard = context.partition_key
         started = time.perf_counter()

@@ -86,7 +86,6 @@ def warmup_checkpoints_along(warehouse: Warehouse, steps: list[int]):
 def build_influence_assets(settings: Settings) -> list:
     reads = Reads(settings, "influence_scores", "influence", "warmup_steps")
     influence = reads.influence
-    warehouse = Warehouse(settings)
     steps = reads.warmup_steps
     n_shards = reads.projection.shards
 
@@ -117,7 +116,11 @@ def build_influence_assets(settings: Settings) -> list:
         + (f"; averaged (standardized) with the scores at warm-up steps {steps}." if steps else "."),
     )
     def influence_scores(
-        context: AssetExecutionContext, validation_gradients: pl.DataFrame, grades: pl.DataFrame, training_pool: pl.DataFrame
+        context: AssetExecutionContext,
+        validation_gradients: pl.DataFrame,
+        grades: pl.DataFrame,
+        training_pool: pl.DataFrame,
+        warehouse: Warehouse,
     ):
         target = target_gradient(validation_gradients, grades, influence.targets, influence.weighting, influence.unsolved)
         stream = shard_batches(warehouse, n_shards)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from functools import cache
 
 ANSWER_MARKER = "Answer:"
-# Small operands keep the task learnable by a 0.5M-parameter model in minutes on 2 cores, and
-# leave enough problems (1,457) for disjoint training, validation and test sets.
+# Small operands keep the task learnable by a tiny model on a CPU, and leave enough problems for
+# disjoint training, validation and test sets.
 OPERAND_RANGE = (0, 30)
 # Shares of the problem space, by a hash of the problem: [0, 0.1) validation and calibration,
 # [0.1, 0.4) test, the rest training (pre-training corpus and SFT pool).

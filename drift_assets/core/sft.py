@@ -2,9 +2,9 @@
 
 The loop is deliberately plain torch: response-only loss (prompt and padding masked, the same
 encoding as the gradients), AdamW with the learning rate decayed linearly to 0 (transformers'
-Trainer default; a constant rate leaves the model wherever the last noisy steps put it, which on
-the demo spread one method's accuracy over ±8 points across seeds), a fixed number of optimizer
-steps whatever the selection's size, so that methods compared with it differ only in their data. A seed fixes the example order
+Trainer default; a constant rate leaves the model wherever the last noisy steps put it, which
+spreads one method's accuracy widely across seeds), a fixed number of optimizer steps whatever
+the selection's size, so that methods compared with it differ only in their data. A seed fixes the example order
 and the result, whatever order the examples come in (a table read back in another row order
 trains the same model). It runs on whatever device the model is on.
 """

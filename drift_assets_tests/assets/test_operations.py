@@ -88,7 +88,7 @@ def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshe
 def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(private_refresh):
     """Dagster's event log still calls such tables fresh; the runner looks at the tables themselves."""
     settings, defs, instance = private_refresh
-    warehouse = Warehouse(settings)
+    warehouse = Warehouse.from_settings(settings)
     scores = warehouse.scan("influence_scores").collect().sort("example_id")
     shutil.rmtree(warehouse.table_uri("grades"))
     log = sorted(Path(warehouse.table_uri("influence_scores"), "_delta_log").glob("*.json"))[-1]
@@ -229,8 +229,8 @@ def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next
     instance.dispose()
     assert "STARTED" not in statuses and statuses.count("FAILURE") == 2
     assert shard_writes == {"000": 1, "001": 1}  # the committed shard was not recomputed
-    pool = Warehouse(settings).scan("training_pool").collect()
-    scores = Warehouse(settings).scan("influence_scores").collect()
+    pool = Warehouse.from_settings(settings).scan("training_pool").collect()
+    scores = Warehouse.from_settings(settings).scan("influence_scores").collect()
     assert sorted(scores["example_id"]) == sorted(pool["example_id"]) and pool.height == 120
 
 

@@ -97,7 +97,7 @@ def own(tmp_path_factory):
 
 
 def read(settings, name: str) -> pl.DataFrame:
-    return Warehouse(settings).scan(name).collect()
+    return Warehouse.from_settings(settings).scan(name).collect()
 
 
 def test_the_whole_graph_runs_without_demo_assets(own):

@@ -51,7 +51,7 @@ def private_pipeline(private_materialized):
 
 
 def read(settings, name: str) -> pl.DataFrame:
-    return Warehouse(settings).scan(name).collect()
+    return Warehouse.from_settings(settings).scan(name).collect()
 
 
 def latest_metadata(instance, name: str) -> dict:

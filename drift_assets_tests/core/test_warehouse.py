@@ -16,7 +16,7 @@ from drift_assets.settings import parse_settings
 
 def test_local_root_resolves_against_the_settings_file(tmp_path):
     settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
-    warehouse = Warehouse(settings)
+    warehouse = Warehouse.from_settings(settings)
     assert warehouse.table_uri("rollouts") == f"{tmp_path}/wh/drift/rollouts"
     manager = warehouse.io_manager()
     assert manager.root_uri == f"{tmp_path}/wh"
@@ -34,7 +34,7 @@ def test_s3_root_uses_s3_storage_options(tmp_path):
         "settings.yaml",
         tmp_path,
     )
-    warehouse = Warehouse(settings)
+    warehouse = Warehouse.from_settings(settings)
     assert warehouse.table_uri("grades") == "s3://bucket/drift/drift/grades"
     manager = warehouse.io_manager()
     assert isinstance(manager.storage_options, S3Config)
@@ -43,7 +43,9 @@ def test_s3_root_uses_s3_storage_options(tmp_path):
 
 def _materialize_with_warehouse(tmp_path, assets, partition_key=None):
     settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
-    result = materialize(assets, resources={"io_manager": Warehouse(settings).io_manager()}, partition_key=partition_key)
+    result = materialize(
+        assets, resources={"io_manager": Warehouse.from_settings(settings).io_manager()}, partition_key=partition_key
+    )
     return result.asset_materializations_for_node(assets[0].op.name)[0].metadata
 
 
@@ -80,12 +82,12 @@ def test_a_new_release_may_add_a_column_to_a_table_an_earlier_one_wrote(tmp_path
     _materialize_with_warehouse(tmp_path, [earlier])
     _materialize_with_warehouse(tmp_path, [later])
     settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
-    assert Warehouse(settings).scan("table").collect().to_dicts() == [{"value": 3, "token_ids": [4, 5]}]
+    assert Warehouse.from_settings(settings).scan("table").collect().to_dicts() == [{"value": 3, "token_ids": [4, 5]}]
 
 
 def test_a_second_materialization_of_a_warehouse_fails_at_once_naming_the_first(tmp_path):
     (tmp_path / "settings.yaml").write_text("warehouse:\n  root: wh\n")
-    warehouse = Warehouse(parse_settings({"warehouse": {"root": "wh"}}, "s.yaml", tmp_path))
+    warehouse = Warehouse.from_settings(parse_settings({"warehouse": {"root": "wh"}}, "s.yaml", tmp_path))
     with warehouse.lock():
         with pytest.raises(
             WarehouseBusyError, match=rf"warehouse {warehouse.root} is being materialized by pid {os.getpid()}, since "
@@ -114,7 +116,7 @@ def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_pat
         "AWS_ACCESS_KEY_ID": "key",
         "AWS_SECRET_ACCESS_KEY": "secret",
     }
-    warehouse = Warehouse(
+    warehouse = Warehouse.from_settings(
         parse_settings({"warehouse": {"root": "s3://bucket/drift", "storage_options": options}}, "s.yaml", tmp_path)
     )
     with pytest.raises(
@@ -124,4 +126,4 @@ def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_pat
         r"AWS_SECRET_ACCESS_KEY\): Generic S3 error",
     ):
         warehouse.check_reachable()
-    Warehouse(parse_settings({}, "s.yaml", tmp_path)).check_reachable()  # a local root: nothing to check
+    Warehouse.from_settings(parse_settings({}, "s.yaml", tmp_path)).check_reachable()  # a local root: nothing to check
