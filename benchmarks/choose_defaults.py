@@ -75,10 +75,10 @@ def main() -> None:
 
     import polars as pl
 
-    from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
     from drift_assets.core.attribution import noise_auc
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
     from drift_assets.core.selection import length_strata, select, select_within_strata
+    from drift_assets.core.stored import base_checkpoint, warmup_checkpoints_along
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
     from drift_assets.tasks import TASKS

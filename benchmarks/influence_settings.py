@@ -35,10 +35,10 @@ import numpy as np
 import polars as pl
 from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 
-from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
 from drift_assets.core.benchmark import MethodScorer, selected_ids
 from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, debias, fit_curvature
+from drift_assets.core.stored import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.core.weighting import WEIGHTING_SCHEMES
 from drift_assets.resources import Warehouse, model_resource

@@ -13,7 +13,7 @@ import time
 
 from dagster import AssetKey, DagsterInstance
 
-from drift_assets.assets.evaluate import summary_markdown
+from drift_assets.core.benchmark import summary_markdown
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_assets, materialize_pipeline

@@ -44,8 +44,6 @@ import numpy as np
 import polars as pl
 from demo_warehouse import demo_warehouse, evaluated_after_sft
 
-from drift_assets.assets.gradients import projection_options
-from drift_assets.assets.influence import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.attribution import scores_frame, weighted_rollouts
 from drift_assets.core.benchmark import selected_ids
 from drift_assets.core.gradients import query_token_pairs, reference_basis, vectors
@@ -53,9 +51,10 @@ from drift_assets.core.grading import extract_number
 from drift_assets.core.influence import PoolScores, fit_curvature, score_pool
 from drift_assets.core.projection import LinearGradientProjector, project_in_batches
 from drift_assets.core.stats import roc_auc
+from drift_assets.core.stored import base_checkpoint, warmup_checkpoints_along
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.resources import ModelResource, Warehouse, model_resource
-from drift_assets.settings import Settings, validation_answer_marker
+from drift_assets.settings import Settings, projection_options, validation_answer_marker
 
 PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 OFFSETS = (-10, -1, 1, 10)

@@ -36,8 +36,9 @@ import polars as pl
 from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 from noise_breakdown import answer_differences, answer_offset
 
-from drift_assets.assets.evaluate import pool_loss_scores, summary_markdown
+from drift_assets.core.benchmark import summary_markdown
 from drift_assets.core.sft import Evaluation
+from drift_assets.core.stored import pool_loss_scores
 from drift_assets.resources import Warehouse, model_resource
 
 

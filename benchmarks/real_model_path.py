@@ -25,15 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # drift_assets_
 
 from demo_warehouse import demo_warehouse
 
+from drift_assets.core.chat_model import build_chat_tokenizer
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import pool_token_pairs, response_token_pairs
 from drift_assets.core.rollouts import rollout_rows
-from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
+from drift_assets.core.sequences import (
+    collate_pairs,
+    encode_prompt,
+    encode_response,
+    render_prompt,
+    teacher_forced_logprobs,
+    training_step,
+)
 from drift_assets.core.sft import SftOptions, fine_tune
 from drift_assets.core.tiny_model import build_tiny_llama
 from drift_assets.resources import model_resource
-from drift_assets_tests.chat_model import build_chat_tokenizer
-from drift_assets_tests.core.test_rollout_tokens import teacher_forced
 
 
 def rollout_tokens() -> None:
@@ -46,14 +52,14 @@ def rollout_tokens() -> None:
     report = TransformersEngine(model, tokenizer, device="cpu").generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=0))
     table = rollout_rows(queries, report, "random-chat-model", seed=0)
     engine = torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64)
-    sampled = teacher_forced(
+    sampled = teacher_forced_logprobs(
         model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
     )
     re_encoded_ids = [
         encode_response(tokenizer, text, append_eos=eos) for text, eos in zip(table["completion"], table["ended_with_eos"])
     ]
     differ = sum(ids != sampled_ids for ids, sampled_ids in zip(re_encoded_ids, table["token_ids"].to_list()))
-    re_encoded = teacher_forced(
+    re_encoded = teacher_forced_logprobs(
         model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], re_encoded_ids)
     )
     gap = (re_encoded - engine).abs()
@@ -103,7 +109,9 @@ def bfloat16_fine_tuning(steps: int, learning_rate: float) -> None:
     pairs = pool_token_pairs(tokenizer, messages)
 
     def loss(model) -> float:  # scored in float32 (a bf16 model's weights are exact in it)
-        return float(-teacher_forced(copy.deepcopy(model).float(), tokenizer, *pairs).sum() / sum(len(r) for r in pairs[1]))
+        return float(
+            -teacher_forced_logprobs(copy.deepcopy(model).float(), tokenizer, *pairs).sum() / sum(len(r) for r in pairs[1])
+        )
 
     reference = update(full)
     print(

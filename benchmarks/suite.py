@@ -89,12 +89,11 @@ def task_settings(task_name: str, methods: list[str], seeds: list[int], warmup: 
 def task_instance(settings_path: Path):
     """The task's own persistent Dagster instance (beside its settings file): staleness is per graph."""
     from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
 
     home = settings_path.parent / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    return DagsterInstance.from_config(str(home))
 
 
 def run_task(settings_path: Path, benchmark: bool = True) -> dict:

@@ -569,6 +569,16 @@ def validation_answer_marker(settings: Settings | Reads) -> str | None:
     return settings.grading.answer_marker if settings.projection.validation_span == "answer" else None
 
 
+def projection_options(settings: Settings | Reads):
+    """The core's :class:`~drift_assets.core.projection.ProjectionOptions` for these settings."""
+    from drift_assets.core.projection import ProjectionOptions
+
+    projection = settings.projection
+    return ProjectionOptions(
+        projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis
+    )
+
+
 class SettingNotRead(AttributeError):
     """An asset read a setting that its code version does not hash."""
 

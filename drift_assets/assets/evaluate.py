@@ -8,24 +8,24 @@ import numpy as np
 import polars as pl
 from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
-from drift_assets.assets.influence import base_checkpoint, base_losses, warmup_checkpoints_along
 from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.core.attribution import noise_auc
 from drift_assets.core.benchmark import (
     FineTuneJob,
     MethodScorer,
     fine_tune_from_disk,
-    loss_scores,
-    paired_differences,
     run_fine_tunes,
     scoring_for,
     selected_ids,
     similarity_scores,
+    summary_markdown,
+    summary_table,
 )
 from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
+from drift_assets.core.stored import base_checkpoint, pool_loss_scores, warmup_checkpoints_along
 from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Reads, Settings
@@ -52,11 +52,6 @@ def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEng
             yield engine
         finally:
             engine.close()
-
-
-def pool_loss_scores(warehouse: Warehouse, training_pool: pl.DataFrame) -> pl.DataFrame:
-    """The ``loss`` method's scores of the pool's examples, from the base model's losses in ``training_gradient_projections``."""
-    return loss_scores(base_losses(warehouse, training_pool))
 
 
 # Fine-tune, decode (the rollout engine's backend and context where benchmark.eval_backend is auto or vllm) and grade.
@@ -259,17 +254,6 @@ def build_evaluation_assets(settings: Settings) -> list:
     return [refined_model_evaluation, method_benchmark]
 
 
-def summary_table(table: pl.DataFrame) -> pl.DataFrame:
-    return table.group_by("method", maintain_order=True).agg(
-        n_selected=pl.col("n_selected").first(),
-        accuracy_mean=pl.col("accuracy").mean(),
-        accuracy_std=pl.col("accuracy").std(),
-        seeds=pl.len(),
-        noise_auc=pl.col("noise_auc").first(),
-        wall_seconds=pl.col("wall_seconds").sum(),
-    )
-
-
 def accuracy_plot(table: pl.DataFrame) -> MetadataValue:
     """Test accuracy per method: every seed as a dot, the mean as a bar, full-data SFT as a line."""
     import matplotlib
@@ -295,33 +279,3 @@ def accuracy_plot(table: pl.DataFrame) -> MetadataValue:
     plot = png_markdown(figure, "method benchmark accuracy")
     plt.close(figure)
     return plot
-
-
-def summary_markdown(table: pl.DataFrame) -> str:
-    """One row per method; with ``full`` among them, also each method's paired difference from it (points ± s.e.)."""
-    summary = summary_table(table)
-    differences = {row["method"]: row for row in paired_differences(table, "full").iter_rows(named=True)}
-    compare = bool(differences)
-    lines = [
-        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |"
-        + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
-        "|---|---|---|---|---|---|" + ("---|" if compare else ""),
-    ]
-    for row in summary.iter_rows(named=True):
-        auc = "–" if row["noise_auc"] is None else f"{row['noise_auc']:.3f}"
-        std = row["accuracy_std"] or 0.0
-        line = (
-            f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
-            f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |"
-        )
-        if compare:
-            line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def paired_cell(difference: dict | None, is_baseline: bool) -> str:
-    if is_baseline or difference is None:
-        return "–"
-    error = "" if difference["difference_se"] is None else f" ± {100 * difference['difference_se']:.1f}"
-    return f"{100 * difference['difference_mean']:+.1f}{error}"

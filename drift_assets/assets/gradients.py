@@ -24,9 +24,9 @@ from drift_assets.core.gradients import (
     shard_of,
     validation_gradient_frame,
 )
-from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions
+from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import Reads, Settings, validation_answer_marker
+from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker
 
 GRADIENTS_VERSION = "2"
 # 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
@@ -43,13 +43,6 @@ PROJECTION_KEYS = (
     "projection.loss_reduction",
     "model.dtype",
 )
-
-
-def projection_options(settings: Settings | Reads) -> ProjectionOptions:
-    projection = settings.projection
-    return ProjectionOptions(
-        projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis
-    )
 
 
 def progress_logger(context: AssetExecutionContext, what: str, every: int):

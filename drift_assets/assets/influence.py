@@ -18,69 +18,19 @@ from dagster import (
 
 from drift_assets.assets.metadata import finite_or_none, histogram_markdown, markdown_table, table_metadata
 from drift_assets.core.attribution import check_same_checkpoint, diagnostics, noise_auc, scores_frame, target_gradient
-from drift_assets.core.benchmark import per_token_loss
-from drift_assets.core.gradients import shard_keys, vectors
 from drift_assets.core.guards import hacking_guard, target_guard
 from drift_assets.core.influence import fit_curvature, score_pool
 from drift_assets.core.stats import histogram
+from drift_assets.core.stored import base_losses, shard_batches, warmup_checkpoints_along
 from drift_assets.core.trajectory import (
-    CheckpointGradients,
-    checkpoint_key,
     checkpoint_target,
     combine_checkpoints,
     score_checkpoint,
-    split_checkpoint_table,
 )
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
 
 INFLUENCE_VERSION = "1"
-
-
-def shard_batches(warehouse: Warehouse, n_shards: int):
-    """A re-iterable stream of (example_ids, gradients, {(model, projection fingerprint)}) per shard, from Delta.
-
-    It bypasses the IO manager on purpose: reading every partition at once through it is not
-    supported, and streaming keeps memory at one shard.
-    """
-    table = warehouse.scan("training_gradient_projections")
-
-    def batches():
-        for shard in shard_keys(n_shards):
-            frame = (
-                table.filter(pl.col("shard") == shard)
-                .select("example_id", "grad", "model_fingerprint", "projection_fingerprint")
-                .collect()
-            )
-            if not frame.is_empty():
-                fingerprints = set(zip(frame["model_fingerprint"], frame["projection_fingerprint"], strict=True))
-                yield frame["example_id"].to_list(), vectors(frame), fingerprints
-
-    return batches
-
-
-def base_checkpoint(
-    warehouse: Warehouse, n_shards: int, validation_gradients: pl.DataFrame, grades: pl.DataFrame
-) -> CheckpointGradients:
-    """The base model's gradients, every shard in memory (the method benchmark scores many ways at once)."""
-    ids, matrices, fingerprints = [], [], set()
-    for batch_ids, matrix, shard_fingerprints in shard_batches(warehouse, n_shards)():
-        ids += batch_ids
-        matrices.append(matrix)
-        fingerprints |= shard_fingerprints
-    return CheckpointGradients("base", ids, np.concatenate(matrices), validation_gradients, grades, fingerprints)
-
-
-def warmup_checkpoints_along(warehouse: Warehouse, steps: list[int]):
-    """The warm-up checkpoints' gradients, one checkpoint in memory at a time, read from Delta."""
-    table = warehouse.scan("checkpoint_gradients") if steps else None
-    for step in steps:
-        frame = table.filter(pl.col("checkpoint") == checkpoint_key(step)).collect()
-        if frame.is_empty():
-            raise ValueError(
-                f"checkpoint_gradients has no rows for checkpoint {checkpoint_key(step)}: materialize that partition"
-            )
-        yield split_checkpoint_table(frame)
 
 
 def build_influence_assets(settings: Settings) -> list:
@@ -226,9 +176,3 @@ def build_influence_assets(settings: Settings) -> list:
         )
 
     return [influence_scores, influence_scores_complete]
-
-
-def base_losses(warehouse: Warehouse, training_pool: pl.DataFrame) -> pl.DataFrame:
-    """example_id, loss_per_token: each pool example's loss per response token under the base model."""
-    losses = warehouse.scan("training_gradient_projections").select("example_id", "loss", "n_tokens")
-    return per_token_loss(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, StaticPartitionsDefinition, asset
 
-from drift_assets.assets.gradients import PROJECTION_KEYS, progress_logger, projection_options
+from drift_assets.assets.gradients import PROJECTION_KEYS, progress_logger
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.gradients import gradient_frame, pool_token_pairs, reference_basis, validation_gradient_frame
@@ -18,7 +18,7 @@ from drift_assets.core.projection import LinearGradientProjector
 from drift_assets.core.rollouts import grade_rollouts, grade_summary, sample_rollouts
 from drift_assets.core.trajectory import checkpoint_key, checkpoint_table, warm_up
 from drift_assets.resources import ModelResource, RolloutEngineResource
-from drift_assets.settings import Reads, Settings, validation_answer_marker
+from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker
 
 WARMUP_VERSION = "2"  # 2: a bf16/fp16 model fine-tunes float32 master weights
 CHECKPOINT_GRADIENTS_VERSION = "2"  # 2: rollout gradients of the sampled token ids

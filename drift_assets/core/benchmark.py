@@ -266,3 +266,44 @@ def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFr
     return summary.with_columns(pl.when(pl.col("pairs") >= 2).then(pl.col("difference_se"))).select(
         [pl.col(name).cast(dtype) for name, dtype in schema.items()]
     )
+
+
+def summary_table(table: pl.DataFrame) -> pl.DataFrame:
+    return table.group_by("method", maintain_order=True).agg(
+        n_selected=pl.col("n_selected").first(),
+        accuracy_mean=pl.col("accuracy").mean(),
+        accuracy_std=pl.col("accuracy").std(),
+        seeds=pl.len(),
+        noise_auc=pl.col("noise_auc").first(),
+        wall_seconds=pl.col("wall_seconds").sum(),
+    )
+
+
+def summary_markdown(table: pl.DataFrame) -> str:
+    """One row per method; with ``full`` among them, also each method's paired difference from it (points ± s.e.)."""
+    summary = summary_table(table)
+    differences = {row["method"]: row for row in paired_differences(table, "full").iter_rows(named=True)}
+    compare = bool(differences)
+    lines = [
+        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |"
+        + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
+        "|---|---|---|---|---|---|" + ("---|" if compare else ""),
+    ]
+    for row in summary.iter_rows(named=True):
+        auc = "–" if row["noise_auc"] is None else f"{row['noise_auc']:.3f}"
+        std = row["accuracy_std"] or 0.0
+        line = (
+            f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
+            f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |"
+        )
+        if compare:
+            line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def paired_cell(difference: dict | None, is_baseline: bool) -> str:
+    if is_baseline or difference is None:
+        return "–"
+    error = "" if difference["difference_se"] is None else f" ± {100 * difference['difference_se']:.1f}"
+    return f"{100 * difference['difference_mean']:+.1f}{error}"

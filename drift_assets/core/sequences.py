@@ -94,6 +94,13 @@ def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: str
     raise ValueError(f"loss reduction must be 'sum' or 'mean' (got {reduction!r})")
 
 
+def teacher_forced_logprobs(model, tokenizer, prompt_ids, response_ids) -> torch.Tensor:
+    """(B,) float64 log π(response | prompt) of token-id pairs, in one batch, without gradients."""
+    batch = collate_pairs(tokenizer, prompt_ids, response_ids)
+    with torch.no_grad():
+        return sequence_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch).double()
+
+
 def training_step(model, optimizer, batch: ResponseBatch, autocast_dtype: torch.dtype | None = None) -> float:
     """One optimizer step on the mean negative log-likelihood of the masked tokens; returns the loss.
 

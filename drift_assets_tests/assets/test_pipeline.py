@@ -282,12 +282,11 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from drift_assets.assets.gradients import projection_options
     from drift_assets.core.demo_task import Problem, format_response, plausible_wrong_answer, query_rows, training_pool_rows
     from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
     from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis, project_in_batches
     from drift_assets.core.stats import spearman
-    from drift_assets.settings import load_settings
+    from drift_assets.settings import load_settings, projection_options
 
     options = projection_options(load_settings())  # the shipped data/settings.yaml
     settings = settings_in(demo_dir)

@@ -11,17 +11,17 @@ import torch
 from dagster import AssetKey
 from pydantic import ValidationError
 
+from drift_assets.core.chat_model import save_chat_model
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
 from drift_assets.core.processes import descendants
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
+from drift_assets.core.sequences import teacher_forced_logprobs
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.runner import materialize_assets, observe_sources
 from drift_assets.settings import SettingsError
-from drift_assets_tests.chat_model import save_chat_model
 from drift_assets_tests.conftest import settings_in
-from drift_assets_tests.core.test_rollout_tokens import teacher_forced
 
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
 
@@ -36,10 +36,10 @@ def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4):
     return report, again
 
 
-def teacher_forced_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
+def sampled_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
     """log π(sampled tokens | rendered prompt), the sequences validation_gradients differentiates."""
     tokenizer, network = model.load_tokenizer(), model.load_model()
-    return teacher_forced(
+    return teacher_forced_logprobs(
         network, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
     )
 
@@ -60,7 +60,7 @@ def test_vllm_rollouts_are_reproducible_differ_within_a_query_and_carry_true_log
     table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=0)
     assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
     # logprob_sum is log π(completion | prompt) under the raw model: recompute it by teacher forcing.
-    expected = teacher_forced_logprobs(demo_model, table)
+    expected = sampled_logprobs(demo_model, table)
     assert torch.allclose(
         torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3
     )
@@ -87,7 +87,7 @@ def test_vllm_with_a_bpe_chat_model_samples_the_tokens_whose_logprob_it_reports(
     for report in reports:
         table = rollout_rows(QUERIES, report, model.fingerprint(), seed=0)
         assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
-        expected = teacher_forced_logprobs(model, table)
+        expected = sampled_logprobs(model, table)
         assert torch.allclose(
             torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=2e-3, rtol=1e-3
         )
@@ -102,7 +102,7 @@ def test_transformers_backend_gives_the_same_schema_reproducibly_with_true_logpr
     table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=0)
     assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
     assert table.height == QUERIES.height * 4
-    expected = teacher_forced_logprobs(demo_model, table)
+    expected = sampled_logprobs(demo_model, table)
     assert torch.allclose(
         torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=1e-3, rtol=1e-4
     )
@@ -132,7 +132,7 @@ def test_stop_strings_cut_the_completion(demo_model):
     assert any(text + ":" == tokenizer.decode(ids) for text, ids in zip(table["completion"], table["token_ids"]))
     assert torch.allclose(
         torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64),
-        teacher_forced_logprobs(demo_model, table).double(),
+        sampled_logprobs(demo_model, table).double(),
         atol=1e-3,
         rtol=1e-4,
     )

@@ -4,12 +4,17 @@ import polars as pl
 import pytest
 import torch
 
+from drift_assets.core.chat_model import build_chat_tokenizer
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import answer_split, query_token_pairs, response_token_pairs, validation_gradient_frame
 from drift_assets.core.rollouts import rollout_rows
-from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
+from drift_assets.core.sequences import (
+    encode_prompt,
+    encode_response,
+    render_prompt,
+    teacher_forced_logprobs,
+)
 from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
-from drift_assets_tests.chat_model import build_chat_tokenizer
 
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
 
@@ -18,12 +23,6 @@ QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"Wh
 def chat():
     tokenizer = build_chat_tokenizer()
     return tokenizer, build_tiny_llama(tokenizer, seed=0).eval()
-
-
-def teacher_forced(model, tokenizer, prompt_ids, response_ids) -> torch.Tensor:
-    batch = collate_pairs(tokenizer, prompt_ids, response_ids)
-    with torch.no_grad():
-        return sequence_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch).double()
 
 
 def test_the_chat_template_renders_the_prompt(chat):
@@ -41,7 +40,7 @@ def test_sampled_ids_give_the_engine_logprob_back_where_re_encoded_text_does_not
     assert table["token_ids"].list.len().to_list() == table["n_tokens"].to_list()
     engine = torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64)
 
-    sampled = teacher_forced(
+    sampled = teacher_forced_logprobs(
         model, tokenizer, *response_token_pairs(tokenizer, table["prompt"], table["completion"], table["token_ids"])
     )
     assert torch.allclose(sampled, engine, atol=1e-3)
@@ -56,7 +55,7 @@ def test_sampled_ids_give_the_engine_logprob_back_where_re_encoded_text_does_not
     )
     differ = [row for row, ids in enumerate(re_encoded[1]) if ids != table["token_ids"][row].to_list()]
     assert len(differ) > table.height // 2
-    assert (teacher_forced(model, tokenizer, *re_encoded) - engine).abs().max() > 1.0
+    assert (teacher_forced_logprobs(model, tokenizer, *re_encoded) - engine).abs().max() > 1.0
 
 
 def test_the_answer_span_starts_at_the_token_that_holds_the_marker(chat):
