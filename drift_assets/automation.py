@@ -24,10 +24,12 @@ def refresh_condition() -> AutomationCondition:
     )
     return (
         changed
+        # A table whose blocking check failed is not passed on to the assets that read it.
+        & AutomationCondition.all_deps_blocking_checks_passed()
         & ~AutomationCondition.any_deps_missing()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
-    ).with_label("refresh what is missing or whose inputs, settings or code changed")
+    ).with_label("refresh what is missing or whose inputs, settings or code changed, once its inputs passed their checks")
 
 
 PIPELINE = AssetSelection.groups("inputs", "rollouts", "attribution", "refinement", "evaluation")
