@@ -21,6 +21,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from drift_assets.core.attribution import ScoringSettings, Targets, Unsolved
+from drift_assets.core.influence import Debias, Hessian
+from drift_assets.core.projection import Basis
+from drift_assets.core.selection import SelectionMethod
+from drift_assets.core.sequences import LossReduction
+from drift_assets.core.sft import Schedule
+from drift_assets.core.weighting import Weighting
+
+_SCORING = ScoringSettings()  # the influence defaults, defined once in the core
+
 SETTINGS_ENV_VAR = "DRIFT_ASSETS_SETTINGS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTINGS_PATH = REPO_ROOT / "data" / "settings.yaml"
@@ -218,14 +228,14 @@ class ProjectionSettings(_Group):
         description="Regex over module names: which nn.Linear layers contribute gradients.",
     )
     rank: int = Field(16, ge=1, description="Per-layer projection rank r: each layer contributes r*r dimensions.")
-    basis: Literal["pca", "random"] = Field(
+    basis: Basis = Field(
         "pca",
         description="pca: top-r eigenvectors of each layer's input/output-gradient covariance on the validation "
         "references (LoGra); random: Gaussian from (seed, layer name), independent of any data.",
     )
     seed: int = Field(0, description="seed of the random basis")
     batch_size: int = Field(32, ge=1, description="sequences per gradient pass")
-    loss_reduction: Literal["sum", "mean"] = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
+    loss_reduction: LossReduction = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
     validation_span: Literal["answer", "completion"] = Field(
         "answer",
         description="which tokens of each rollout and reference the validation gradient is the log-prob of: "
@@ -237,38 +247,34 @@ class ProjectionSettings(_Group):
 
 
 class InfluenceSettings(_Group):
-    targets: Literal["onpolicy", "offpolicy"] = Field(
-        "onpolicy",
+    targets: Targets = Field(
+        _SCORING.targets,
         description="onpolicy: the graded rollouts (DRIFT); offpolicy: the reference answers (classic influence, LESS)",
     )
-    weighting: Literal["signed", "advantage", "positive"] = Field(
-        "positive",
+    weighting: Weighting = Field(
+        _SCORING.weighting,
         description="per rollout: positive (1/n⁺ for a correct one, none for a wrong one), signed (+1/n⁺, −1/n⁻), "
         "advantage (r − mean r)",
     )
-    hessian: Literal["identity", "fisher"] = Field(
-        "identity", description="identity, or fisher: the projected empirical Fisher, damped"
-    )
-    damping: float = Field(0.1, ge=0.0, description="Fisher damping as a multiple of its mean eigenvalue.")
-    debias: Literal["none", "unit", "self_influence", "residual", "log_orthogonal"] = Field(
-        "unit",
+    hessian: Hessian = Field(_SCORING.hessian, description="identity, or fisher: the projected empirical Fisher, damped")
+    damping: float = Field(_SCORING.damping, ge=0.0, description="Fisher damping as a multiple of its mean eigenvalue.")
+    debias: Debias = Field(
+        _SCORING.debias,
         description="against gradient norm: none; unit (÷‖ĥ‖); self_influence (÷√ĥᵀH⁻¹ĥ); residual (of the score on "
         "log‖ĥ‖); log_orthogonal (log|score| orthogonalized against log‖ĥ‖ with strength debias_strength)",
     )
-    debias_strength: float = Field(1.0, ge=0.0, description="β of log_orthogonal: 0 = no debiasing, 1 = fully orthogonal.")
-    unsolved: Literal["reference", "skip"] = Field(
-        "skip",
+    debias_strength: float = Field(
+        _SCORING.debias_strength, ge=0.0, description="β of log_orthogonal: 0 = no debiasing, 1 = fully orthogonal."
+    )
+    unsolved: Unsolved = Field(
+        _SCORING.unsolved,
         description="queries no rollout solves: skip them (the target stays on-policy), or let their reference answer "
         "stand in as the correct rollout (off-policy where most queries are unsolved)",
     )
 
-    def scoring(self):
+    def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
-        from drift_assets.core.attribution import ScoringSettings
-
-        return ScoringSettings(
-            self.targets, self.weighting, self.hessian, self.damping, self.debias, self.unsolved, self.debias_strength
-        )
+        return ScoringSettings(**self.model_dump())
 
 
 class WarmupSettings(_Group):
@@ -306,9 +312,7 @@ class WarmupSettings(_Group):
 
 
 class SelectionSettings(_Group):
-    method: Literal["top_fraction", "top_k", "positive"] = Field(
-        "top_fraction", description="top_fraction, top_k, or positive (score > 0)"
-    )
+    method: SelectionMethod = Field("top_fraction", description="top_fraction, top_k, or positive (score > 0)")
     fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the pool kept by top_fraction")
     k: int | None = Field(None, ge=1, description="examples kept by top_k")
     export_dir: str = Field("exports", description="Where the selection is exported as chat-messages JSONL and Parquet.")
@@ -331,7 +335,7 @@ class SftSettings(_Group):
     batch_size: int = Field(16, ge=1, description="examples per optimizer step")
     learning_rate: float = Field(1e-3, gt=0.0, description="AdamW's peak rate (the demo's tiny model; an LLM wants ~1e-5)")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW's weight decay")
-    schedule: Literal["linear", "constant"] = Field("linear", description="learning rate: linear decay to 0, or constant.")
+    schedule: Schedule = Field("linear", description="learning rate: linear decay to 0, or constant.")
 
     def options(self, seed: int):
         """The core's :class:`~drift_assets.core.sft.SftOptions` for these settings and ``seed``."""

@@ -7,29 +7,33 @@ This is the glue between the pipeline's tables and the maths of :mod:`influence`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
 from drift_assets.core.gradients import vectors
-from drift_assets.core.influence import PoolScores
+from drift_assets.core.influence import Debias, Hessian, PoolScores
 from drift_assets.core.stats import roc_auc, spearman
-from drift_assets.core.weighting import WeightingSummary, combine, rollout_weights
+from drift_assets.core.weighting import Weighting, WeightingSummary, combine, rollout_weights
 
-TARGETS = ("onpolicy", "offpolicy")
-UNSOLVED = ("reference", "skip")
+Targets = Literal["onpolicy", "offpolicy"]
+Unsolved = Literal["reference", "skip"]
+TARGETS: tuple[str, ...] = get_args(Targets)
+UNSOLVED: tuple[str, ...] = get_args(Unsolved)
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    """The influence settings one score is computed with (``influence`` in the settings file)."""
+    """The influence settings one score is computed with. Its defaults are the defaults of
+    ``influence`` in the settings file (which takes them from here)."""
 
-    targets: str = "onpolicy"
-    weighting: str = "positive"
-    hessian: str = "identity"
+    targets: Targets = "onpolicy"
+    weighting: Weighting = "positive"
+    hessian: Hessian = "identity"
     damping: float = 0.1
-    debias: str = "unit"
-    unsolved: str = "skip"
+    debias: Debias = "unit"
+    unsolved: Unsolved = "skip"
     debias_strength: float = 1.0
 
 

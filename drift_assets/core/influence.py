@@ -28,11 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
-HESSIANS = ("identity", "fisher")
-DEBIAS_METHODS = ("none", "unit", "self_influence", "residual", "log_orthogonal")
+Hessian = Literal["identity", "fisher"]
+Debias = Literal["none", "unit", "self_influence", "residual", "log_orthogonal"]
+HESSIANS: tuple[str, ...] = get_args(Hessian)
+DEBIAS_METHODS: tuple[str, ...] = get_args(Debias)
 _TINY = 1e-12
 _ROWS_IN_FLOAT64 = 4096
 

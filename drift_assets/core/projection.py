@@ -35,15 +35,17 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 import torch
 from torch import nn
 
-from drift_assets.core.sequences import ResponseBatch, collate_pairs, sequence_logprobs
+from drift_assets.core.sequences import LossReduction, ResponseBatch, collate_pairs, sequence_logprobs
 
-BASES = ("pca", "random")
+Basis = Literal["pca", "random"]
+BASES: tuple[str, ...] = get_args(Basis)
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,8 @@ class ProjectionOptions:
     target_modules: str = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
     rank: int | None = 16
     seed: int = 0
-    loss_reduction: str = "sum"
-    basis: str = "pca"
+    loss_reduction: LossReduction = "sum"
+    basis: Basis = "pca"
 
     def __post_init__(self):
         if self.loss_reduction not in ("sum", "mean"):

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
 from drift_assets.core.stats import average_ranks
 
-SELECTION_METHODS = ("top_fraction", "top_k", "positive")
+SelectionMethod = Literal["top_fraction", "top_k", "positive"]
+SELECTION_METHODS: tuple[str, ...] = get_args(SelectionMethod)
 
 
-def select(scores: pl.DataFrame, method: str, fraction: float = 0.5, k: int | None = None) -> pl.Series:
+def select(scores: pl.DataFrame, method: SelectionMethod, fraction: float = 0.5, k: int | None = None) -> pl.Series:
     """Boolean ``selected`` aligned with ``scores`` rows; ties broken by ``rank`` (so by example_id)."""
     if method not in SELECTION_METHODS:
         raise ValueError(f"selection.method must be one of {SELECTION_METHODS} (got {method!r})")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+LossReduction = Literal["sum", "mean"]
 
 
 def render_messages_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
@@ -83,7 +86,7 @@ def response_token_logprobs(logits: torch.Tensor, batch: ResponseBatch) -> torch
     return token_log_probs * batch.response_mask[:, :-1]
 
 
-def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: str = "sum") -> torch.Tensor:
+def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: LossReduction = "sum") -> torch.Tensor:
     """(B,) log π(response | prompt): summed over response tokens, or their mean (``reduction``)."""
     per_token = response_token_logprobs(logits, batch)
     total = per_token.sum(dim=1)

@@ -17,6 +17,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 
@@ -26,6 +27,7 @@ from drift_assets.core.grading import GradingOptions, grade_answer
 from drift_assets.core.sequences import collate_pairs, training_step
 from drift_assets.core.stats import wilson_interval
 
+Schedule = Literal["linear", "constant"]
 logger = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ class SftOptions:
     batch_size: int = 16
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    schedule: str = "linear"  # or "constant"
+    schedule: Schedule = "linear"
     seed: int = 0
     epochs: float | None = None  # passes over the examples instead of ``steps``
 

@@ -13,11 +13,13 @@ their scale when queries are added.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
-WEIGHTING_SCHEMES = ("signed", "advantage", "positive")
+Weighting = Literal["signed", "advantage", "positive"]
+WEIGHTING_SCHEMES: tuple[str, ...] = get_args(Weighting)
 
 
 class DegenerateGradesError(ValueError):
