@@ -58,7 +58,9 @@ def demo_dir(tmp_path_factory) -> Path:
 @contextmanager
 def instance_in(directory: Path) -> Iterator[DagsterInstance]:
     """The Dagster instance kept in ``directory`` (a copied workspace brings its run history along)."""
-    with instance_for_test(temp_dir=str(directory / "dagster_home")) as instance:
+    home = directory / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    with instance_for_test(temp_dir=str(home)) as instance:
         yield instance
 
 
