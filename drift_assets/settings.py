@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drift_assets.core.attribution import ScoringSettings, Targets, Unsolved
 from drift_assets.core.influence import Debias, Hessian
-from drift_assets.core.projection import Basis
+from drift_assets.core.projection import Basis, ProjectionOptions
 from drift_assets.core.selection import SelectionMethod
 from drift_assets.core.sequences import LossReduction
 from drift_assets.core.sft import Schedule
@@ -573,10 +573,8 @@ def validation_answer_marker(settings: Settings | Reads) -> str | None:
     return settings.grading.answer_marker if settings.projection.validation_span == "answer" else None
 
 
-def projection_options(settings: Settings | Reads):
+def projection_options(settings: Settings | Reads) -> ProjectionOptions:
     """The core's :class:`~drift_assets.core.projection.ProjectionOptions` for these settings."""
-    from drift_assets.core.projection import ProjectionOptions
-
     projection = settings.projection
     return ProjectionOptions(
         projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis
@@ -593,7 +591,7 @@ class Reads:
     ``keys`` are "group", "group.field" or a derived name such as "warmup_schedule". The asset's code
     version hashes exactly them (:meth:`code_version`), and reading any other setting through this
     view raises :class:`SettingNotRead`, so no setting can change what an asset computes without
-    making it stale. :data:`LOCATIONS` are readable everywhere and hashed nowhere. A group read only in
+    making it stale. :data:`LOCATIONS` are readable everywhere and hashed only where named. A group read only in
     part gives its fields, not its methods (a method may read any field). Checks and pre-flight
     validation, which change no table, read the whole settings through :attr:`unversioned`.
     """
@@ -636,7 +634,7 @@ class Reads:
         return version
 
     def metadata(self) -> dict[str, str]:
-        """The asset definition's record of what its code version hashes (shown in the UI, read by the settings reference)."""
+        """What the code version hashes, for the asset's definition (shown in the UI, read by the settings reference)."""
         return {SETTINGS_READ_KEY: ", ".join(self.keys)}
 
 

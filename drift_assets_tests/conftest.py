@@ -21,7 +21,9 @@ from dagster import DagsterInstance, instance_for_test
 from drift_assets.settings import DEFAULT_SETTINGS_PATH, Settings, load_settings
 
 SMALL_DEMO = {
-    "demo": {"enabled": True, "seed": 0, "n_train": 600, "n_validation": 24, "n_test": 120},
+    # A lower accuracy band than the demo's stops pre-training earlier; the model still gets most
+    # validation queries right only sometimes, which is what the tests need of it.
+    "demo": {"enabled": True, "seed": 0, "n_train": 600, "n_validation": 24, "n_test": 120, "target_accuracy": [0.2, 0.5]},
     "rollout": {"backend": "vllm", "samples_per_query": 6, "max_tokens": 64},
     "projection": {"shards": 3},
     "warmup": {"steps": []},  # the trajectory has its own test; the others score at the base model

@@ -237,7 +237,8 @@ def test_demo_model_lands_in_the_target_band_and_reloads(demo_dir):
     assert model.config.head_dim == 64
     validation = query_rows(settings.demo.n_validation, settings.demo.seed, "validation")
     accuracy = greedy_accuracy(model, tokenizer, validation)
-    assert 0.2 <= accuracy <= 0.8, accuracy  # the calibration band is 0.3-0.7; validation is a different sample
+    low, high = settings.demo.recipe().target_accuracy
+    assert low - 0.1 <= accuracy <= high + 0.1, accuracy  # validation is another sample than calibration
     ids = tokenizer("What is 3 + 4?\n", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = model(ids).logits
