@@ -147,19 +147,20 @@ def gradient_frame(
     )
 
 
+# The columns every gradient table has besides its ids.
+GRADIENT_SCHEMA = {
+    "grad": pl.List(pl.Float32),
+    "grad_norm": pl.Float64,
+    "loss": pl.Float64,
+    "n_tokens": pl.Int64,
+    "model_fingerprint": pl.String,
+    "projection_fingerprint": pl.String,
+}
+
+
 def empty_gradient_frame(id_columns: dict[str, pl.DataType]) -> pl.DataFrame:
     """:func:`gradient_frame`'s table with no rows (a shard that no example hashes to)."""
-    return pl.DataFrame(
-        schema={
-            **id_columns,
-            "grad": pl.List(pl.Float32),
-            "grad_norm": pl.Float64,
-            "loss": pl.Float64,
-            "n_tokens": pl.Int64,
-            "model_fingerprint": pl.String,
-            "projection_fingerprint": pl.String,
-        }
-    )
+    return pl.DataFrame(schema={**id_columns, **GRADIENT_SCHEMA})
 
 
 def validation_gradient_frame(

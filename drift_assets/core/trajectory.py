@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from drift_assets.core.attribution import ScoringSettings, TargetGradient, check_same_checkpoint, target_gradient
-from drift_assets.core.gradients import vectors
+from drift_assets.core.gradients import GRADIENT_SCHEMA, vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
 from drift_assets.core.sft import SftOptions, fine_tune
 
@@ -33,12 +33,7 @@ CHECKPOINT_SCHEMA = {
     "completion": pl.String,
     "correct": pl.Boolean,
     "reward": pl.Float64,
-    "grad": pl.List(pl.Float32),
-    "grad_norm": pl.Float64,
-    "loss": pl.Float64,
-    "n_tokens": pl.Int64,
-    "model_fingerprint": pl.String,
-    "projection_fingerprint": pl.String,
+    **GRADIENT_SCHEMA,
 }
 ROLES = ("training", "rollout", "reference")
 
@@ -79,7 +74,7 @@ def checkpoint_table(
     ``training`` is a gradient frame keyed by example_id, ``validation`` one as ``validation_gradients``
     has it (rollout_id, query_id, target), ``grades`` and ``rollouts`` the tables of those names.
     """
-    gradient_columns = ["grad", "grad_norm", "loss", "n_tokens", "model_fingerprint", "projection_fingerprint"]
+    gradient_columns = list(GRADIENT_SCHEMA)
     graded = validation.join(grades.select("rollout_id", "correct", "reward"), on="rollout_id", how="left").join(
         rollouts.select("rollout_id", "completion"), on="rollout_id", how="left"
     )
