@@ -1,6 +1,6 @@
 """The code location: assembles assets, checks, resources, jobs and automation from the settings."""
 
-from dagster import AssetChecksDefinition, Definitions
+from dagster import AssetChecksDefinition, Definitions, in_process_executor
 
 from drift_assets.assets.demo import build_demo_assets
 from drift_assets.assets.evaluate import build_evaluation_assets
@@ -35,6 +35,9 @@ def build_definitions(settings: Settings) -> Definitions:
     assets = [with_automation(a) for a in assets]
     warehouse = Warehouse.from_settings(settings)
     return Definitions(
+        # A run's steps share one process: the model, tokenizer and torch are loaded once per run
+        # instead of once per step and check (the steps of a run are sequential on the GPU pool anyway).
+        executor=in_process_executor,
         jobs=build_jobs(trajectory=bool(settings.warmup_steps)),
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],

@@ -2,8 +2,8 @@
 
 Every launch is clicked in the browser: "Observe all" for the sources, then "Materialize all" on the
 global asset graph, which opens Dagster's launch dialog because one asset is partitioned into static
-shards: all partitions, the in-process executor typed into the dialog's config editor, "Launch
-backfill". The daemon runs the backfill (the unpartitioned upstream, one run per shard, then the scores
+shards: all partitions, "Launch backfill" (the code location's executor runs each run's steps in one
+process). The daemon runs the backfill (the unpartitioned upstream, one run per shard, then the scores
 and the refined dataset); the test then reads the backfill, lineage, asset and check pages. GraphQL is
 only used to wait and to check the instance's state next to what the pages show.
 
@@ -46,9 +46,6 @@ CHROMIUM_ARGS = [
 ]
 SOURCES = {"training_pool_source", "validation_queries_source", "base_model"}
 SHARDS = {"000", "001", "002"}  # SMALL_DEMO: projection.shards = 3
-# Steps in one process per run instead of one process per step: the same code, minus ~10 s of imports
-# for each of the ~15 steps and checks on a 2-core machine.
-IN_PROCESS_CONFIG = "execution: {config: {in_process: {}}}"
 BACKFILL_TIMEOUT_S = 420
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -354,17 +351,6 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     expect(dialog).to_contain_text(f"Launch runs to materialize {len(materializable)} assets")
     dialog.get_by_role("button", name="All", exact=True).click()
     expect(dialog).to_contain_text(f"{len(SHARDS)} partitions")
-    dialog.get_by_text("Config", exact=True).click()
-    expect(dialog).to_contain_text("Config will be applied to all backfill runs")
-    dialog.get_by_role("button", name="Add config").click()
-    editor = page.get_by_role("dialog").filter(has_text="Config Editor")
-    editor.locator(".CodeMirror").first.click()
-    page.keyboard.insert_text(IN_PROCESS_CONFIG)  # no key events: the editor would auto-close the braces
-    expect(editor).to_contain_text("No errors")
-    editor.get_by_role("button", name="Save config").click()
-    expect(editor).to_be_hidden()
-    expect(dialog).to_contain_text("Config saved")
-    page.wait_for_timeout(500)  # the editor's fade-out
     _shot(page, "03-launch-backfill-dialog")
     dialog.get_by_role("button", name="Launch backfill").click()
     toast = page.get_by_text(re.compile(r"Created backfill \w+"))
