@@ -24,11 +24,11 @@ from dagster import ConfigurableResource
 from dagster_deltalake import LocalConfig, S3Config
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr, create_model
 
 from drift_assets.core.fingerprint import check_model_directory, model_fingerprint
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
-from drift_assets.settings import Settings
+from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings
 
 logger = logging.getLogger(__name__)
 WAREHOUSE_SCHEMA = "drift"
@@ -42,12 +42,17 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-class ModelResource(ConfigurableResource):
+def _resource_config(name: str, group: type[BaseModel]) -> type[ConfigurableResource]:
+    """A resource base class whose config fields are the settings group's own (types, defaults,
+    constraints and descriptions): the UI shows them, and nothing is typed twice."""
+    fields = {field_name: (field.annotation, field) for field_name, field in group.model_fields.items()}
+    return create_model(name, __base__=ConfigurableResource, **fields)
+
+
+class ModelResource(_resource_config("ModelConfig", ModelSettings)):
     """The base model every on-policy step uses: a Hugging Face directory."""
 
-    path: str
-    dtype: str = "float32"
-    device: str = "auto"
+    path: str  # made absolute against the settings file (model_resource); no default here
 
     _cache: dict = PrivateAttr(default_factory=dict)
 
@@ -70,25 +75,12 @@ class ModelResource(ConfigurableResource):
         """A fresh copy in eval mode on the resolved device (callers may fine-tune it)."""
         from transformers import AutoModelForCausalLM
 
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)} (got {self.dtype!r})")
         model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype])
         return model.to(self.resolved_device).eval()
 
 
-class RolloutEngineResource(ConfigurableResource):
+class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSettings)):
     """Samples completions with vLLM (default where it imports) or transformers (fallback)."""
-
-    backend: str = "auto"
-    samples_per_query: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 64
-    stop: list[str] = []
-    seed: int = 0
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.2
-    max_model_len: int | None = None  # None: the model's own context length
 
     def sampling(self, **overrides) -> SamplingSettings:
         values = dict(
@@ -104,8 +96,6 @@ class RolloutEngineResource(ConfigurableResource):
 
     def chosen_backend(self) -> tuple[str, str]:
         """(backend, why) for the log line that says which engine runs."""
-        if self.backend not in ("auto", "vllm", "transformers"):
-            raise ValueError(f"rollout.backend must be auto, vllm or transformers (got {self.backend!r})")
         if self.backend == "transformers":
             return "transformers", "rollout.backend is 'transformers'"
         available, reason = vllm_available()
@@ -137,23 +127,11 @@ class RolloutEngineResource(ConfigurableResource):
 
 
 def model_resource(settings: Settings) -> ModelResource:
-    return ModelResource(path=settings.model_path, dtype=settings.model.dtype, device=settings.model.device)
+    return ModelResource(**{**settings.model.model_dump(), "path": settings.model_path})
 
 
 def rollout_engine_resource(settings: Settings) -> RolloutEngineResource:
-    rollout = settings.rollout
-    return RolloutEngineResource(
-        backend=rollout.backend,
-        samples_per_query=rollout.samples_per_query,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        max_tokens=rollout.max_tokens,
-        stop=list(rollout.stop),
-        seed=rollout.seed,
-        tensor_parallel_size=rollout.tensor_parallel_size,
-        gpu_memory_utilization=rollout.gpu_memory_utilization,
-        max_model_len=rollout.max_model_len,
-    )
+    return RolloutEngineResource(**settings.rollout.model_dump())
 
 
 class _AddActionsAsRecordBatch(DeltaTable):
@@ -189,12 +167,9 @@ class WarehouseBusyError(WarehouseError):
     """Another materialization holds the warehouse."""
 
 
-class Warehouse(ConfigurableResource):
+class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
     """Where the Delta tables live: the IO manager writes there, and the few reads that bypass it
     (streaming every shard) read there."""
-
-    root: str
-    storage_options: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Warehouse:
