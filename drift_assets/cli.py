@@ -35,7 +35,7 @@ def _summary(settings) -> str:
         )
     rollouts, grades = read("rollouts"), read("grades")
     if rollouts is not None and grades is not None:
-        from drift_assets.core.rollouts import grade_summary
+        from drift_assets.core.grading import grade_summary
 
         summary = grade_summary(grades)
         lines.append(

@@ -14,8 +14,8 @@ from dagster import (
 )
 
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.core.grading import grade_rollouts, grade_summary
 from drift_assets.core.guards import contrast_guard
-from drift_assets.core.rollouts import grade_rollouts, grade_summary
 from drift_assets.core.weighting import usable_queries
 from drift_assets.settings import Reads, Settings
 

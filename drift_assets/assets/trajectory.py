@@ -14,8 +14,9 @@ from drift_assets.assets.gradients import PROJECTION_KEYS, progress_logger
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.gradients import gradient_frame, pool_token_pairs, reference_basis, validation_gradient_frame
+from drift_assets.core.grading import grade_rollouts, grade_summary
 from drift_assets.core.projection import LinearGradientProjector
-from drift_assets.core.rollouts import grade_rollouts, grade_summary, sample_rollouts
+from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.core.trajectory import checkpoint_key, checkpoint_table, warm_up
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker

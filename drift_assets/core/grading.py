@@ -9,6 +9,9 @@
 - ``regex``: the first group of a pattern (or the whole match) compared as ``exact``.
 - ``module:function``: a user-supplied callable ``f(completion, reference) -> bool | float | Grade``;
   a float is taken as the reward and counts as correct when > 0.
+
+:func:`grade_rollouts` applies them to the ``rollouts`` table (the ``grades`` table), and
+:func:`grade_summary` gives pass@1 and the per-query split of the grades.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 BUILTIN_GRADERS = ("exact", "numeric", "math", "regex")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
@@ -200,3 +204,56 @@ def grade_answer(completion: str, reference: str, grader: str, options: GradingO
             f"completion {completion[:80]!r}); a reward must be finite"
         )
     return grade
+
+
+GRADE_SCHEMA = {
+    "rollout_id": pl.String,
+    "query_id": pl.String,
+    "correct": pl.Boolean,
+    "reward": pl.Float64,
+    "extracted_answer": pl.String,
+    "grader": pl.String,
+    "model_fingerprint": pl.String,
+}
+
+
+def grade_rollouts(rollouts: pl.DataFrame, validation_queries: pl.DataFrame, options: GradingOptions) -> pl.DataFrame:
+    """The ``grades`` table: every rollout checked against its query's reference with its query's grader."""
+    joined = rollouts.join(validation_queries.select("query_id", "reference", "grader"), on="query_id", how="left")
+    missing = joined.filter(pl.col("reference").is_null())["query_id"].unique().to_list()
+    if missing:
+        raise ValueError(f"rollouts reference queries not in validation_queries: {missing[:5]} (re-materialize rollouts)")
+    rows = []
+    for row in joined.iter_rows(named=True):
+        try:
+            grade = grade_answer(row["completion"], row["reference"], row["grader"], options)
+        except GraderError as error:
+            raise GraderError(f"query {row['query_id']}, rollout {row['rollout_id']}: {error}") from error.__cause__
+        rows.append(
+            {
+                "rollout_id": row["rollout_id"],
+                "query_id": row["query_id"],
+                "correct": grade.correct,
+                "reward": grade.reward,
+                "extracted_answer": grade.extracted_answer,
+                "grader": row["grader"],
+                "model_fingerprint": row["model_fingerprint"],
+            }
+        )
+    return pl.DataFrame(rows, schema=GRADE_SCHEMA)
+
+
+def grade_summary(grades: pl.DataFrame) -> dict[str, float | int]:
+    """pass@1 and how grades split per query (the figures signed weighting depends on)."""
+    per_query = grades.group_by("query_id").agg(n_correct=pl.col("correct").sum(), n=pl.len())
+    all_correct = per_query.filter(pl.col("n_correct") == pl.col("n")).height
+    all_wrong = per_query.filter(pl.col("n_correct") == 0).height
+    mixed = per_query.height - all_correct - all_wrong
+    return {
+        "pass_at_1": float(grades["correct"].mean()) if grades.height else 0.0,
+        "queries": per_query.height,
+        "queries_mixed": mixed,
+        "mixed_share": mixed / per_query.height if per_query.height else 0.0,
+        "queries_all_correct": all_correct,
+        "queries_all_wrong": all_wrong,
+    }

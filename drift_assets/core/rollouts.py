@@ -8,7 +8,6 @@ from collections.abc import Callable
 import polars as pl
 
 from drift_assets.core.generation import GenerationReport, SamplingSettings, check_prompt_lengths
-from drift_assets.core.grading import GraderError, GradingOptions, grade_answer
 from drift_assets.core.sequences import encode_prompt, render_prompt
 
 ROLLOUT_SCHEMA = {
@@ -23,16 +22,6 @@ ROLLOUT_SCHEMA = {
     "finish_reason": pl.String,
     "ended_with_eos": pl.Boolean,
     "engine": pl.String,
-    "model_fingerprint": pl.String,
-}
-
-GRADE_SCHEMA = {
-    "rollout_id": pl.String,
-    "query_id": pl.String,
-    "correct": pl.Boolean,
-    "reward": pl.Float64,
-    "extracted_answer": pl.String,
-    "grader": pl.String,
     "model_fingerprint": pl.String,
 }
 
@@ -82,45 +71,3 @@ def sample_rollouts(
     check_prompt_lengths(engine, prompt_ids, validation_queries["query_id"], "validation queries")
     report = engine.generate(prompt_ids, sampling, progress=progress)
     return rollout_rows(validation_queries, report, model_fingerprint, sampling.seed), report
-
-
-def grade_rollouts(rollouts: pl.DataFrame, validation_queries: pl.DataFrame, options: GradingOptions) -> pl.DataFrame:
-    """The ``grades`` table: every rollout checked against its query's reference with its query's grader."""
-    joined = rollouts.join(validation_queries.select("query_id", "reference", "grader"), on="query_id", how="left")
-    missing = joined.filter(pl.col("reference").is_null())["query_id"].unique().to_list()
-    if missing:
-        raise ValueError(f"rollouts reference queries not in validation_queries: {missing[:5]} (re-materialize rollouts)")
-    rows = []
-    for row in joined.iter_rows(named=True):
-        try:
-            grade = grade_answer(row["completion"], row["reference"], row["grader"], options)
-        except GraderError as error:
-            raise GraderError(f"query {row['query_id']}, rollout {row['rollout_id']}: {error}") from error.__cause__
-        rows.append(
-            {
-                "rollout_id": row["rollout_id"],
-                "query_id": row["query_id"],
-                "correct": grade.correct,
-                "reward": grade.reward,
-                "extracted_answer": grade.extracted_answer,
-                "grader": row["grader"],
-                "model_fingerprint": row["model_fingerprint"],
-            }
-        )
-    return pl.DataFrame(rows, schema=GRADE_SCHEMA)
-
-
-def grade_summary(grades: pl.DataFrame) -> dict[str, float | int]:
-    """pass@1 and how grades split per query (the figures signed weighting depends on)."""
-    per_query = grades.group_by("query_id").agg(n_correct=pl.col("correct").sum(), n=pl.len())
-    all_correct = per_query.filter(pl.col("n_correct") == pl.col("n")).height
-    all_wrong = per_query.filter(pl.col("n_correct") == 0).height
-    mixed = per_query.height - all_correct - all_wrong
-    return {
-        "pass_at_1": float(grades["correct"].mean()) if grades.height else 0.0,
-        "queries": per_query.height,
-        "queries_mixed": mixed,
-        "mixed_share": mixed / per_query.height if per_query.height else 0.0,
-        "queries_all_correct": all_correct,
-        "queries_all_wrong": all_wrong,
-    }

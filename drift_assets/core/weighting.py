@@ -86,7 +86,7 @@ def rollout_weights(grades: pl.DataFrame, scheme: str) -> tuple[pl.DataFrame, We
 
 
 def usable_queries(summary: dict, scheme: str, unsolved: str) -> int:
-    """How many queries ``scheme`` weighs, from :func:`~drift_assets.core.rollouts.grade_summary`'s counts;
+    """How many queries ``scheme`` weighs, from :func:`~drift_assets.core.grading.grade_summary`'s counts;
     with ``unsolved='reference'`` the all-wrong queries count too (their reference is the correct side)."""
     if scheme not in WEIGHTING_SCHEMES:
         raise ValueError(f"influence.weighting must be one of {WEIGHTING_SCHEMES} (got {scheme!r})")

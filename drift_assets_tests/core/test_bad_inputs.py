@@ -18,10 +18,9 @@ import pytest
 from drift_assets.core.fingerprint import check_model_directory
 from drift_assets.core.generation import resolve_max_model_len
 from drift_assets.core.gradients import empty_gradient_frame, gradient_frame
-from drift_assets.core.grading import GraderError, GradingOptions, validate_grader
+from drift_assets.core.grading import GraderError, GradingOptions, grade_rollouts, validate_grader
 from drift_assets.core.pool import InputFileError, load_queries, normalize_pool, read_rows, require_examples
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
-from drift_assets.core.rollouts import grade_rollouts
 from drift_assets.core.selection import selection_warning
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
