@@ -34,15 +34,17 @@ def _fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, FieldInf
             yield f"{prefix}{name}", field
 
 
-def settings_read_by_asset() -> dict[str, tuple[str, ...]]:
-    """What each asset's code version hashes, as its definition records it, over the whole graph
-    (the demo, a warm-up run and test queries included, so that every asset exists)."""
-    from drift_assets.definitions import build_definitions
+def settings_read_by_asset(graph=None) -> dict[str, tuple[str, ...]]:
+    """What each asset's code version hashes, as its definition records it, in a resolved asset
+    ``graph`` (default: the whole graph, the demo, a warm-up run and test queries included, so that
+    every asset exists)."""
+    if graph is None:
+        from drift_assets.definitions import build_definitions
 
-    settings = Settings.model_validate(
-        {"demo": {"enabled": True}, "warmup": {"steps": [1]}, "data": {"test_queries": "demo/test_queries.jsonl"}}
-    )
-    graph = build_definitions(settings).resolve_asset_graph()
+        settings = Settings.model_validate(
+            {"demo": {"enabled": True}, "warmup": {"steps": [1]}, "data": {"test_queries": "demo/test_queries.jsonl"}}
+        )
+        graph = build_definitions(settings).resolve_asset_graph()
     reads = {}
     for key in graph.get_all_asset_keys():
         metadata = graph.get(key).metadata

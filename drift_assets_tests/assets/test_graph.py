@@ -70,13 +70,18 @@ def base(tmp_path_factory) -> Settings:
     return whole_graph(tmp_path_factory.mktemp("graph"))
 
 
+@pytest.fixture(scope="module")
+def reads(base) -> dict[str, tuple[str, ...]]:
+    return settings_read_by_asset(build_definitions(base).resolve_asset_graph())
+
+
 @pytest.mark.parametrize("key", sorted(CHANGES))
-def test_a_change_of_settings_makes_exactly_the_assets_that_read_it_stale(base, key):
+def test_a_change_of_settings_makes_exactly_the_assets_that_read_it_stale(base, reads, key):
     """The expected set is what the built graph records each asset as reading; the measured one is
     which code versions changed."""
     changed = whole_graph(Path(base.base_dir), **CHANGES[key])
     assert changed != base
-    assert made_stale(base, changed) == set(assets_reading(key, settings_read_by_asset()))
+    assert made_stale(base, changed) == set(assets_reading(key, reads))
 
 
 def test_what_users_rely_on_about_staleness(base):
@@ -157,6 +162,7 @@ def test_editing_a_custom_graders_code_makes_what_grades_stale(tmp_path, monkeyp
 def asset_specs(settings: Settings) -> dict[str, dict]:
     """Every asset's deps, partitions, checks, code version and the settings it reads, as plain data."""
     graph = build_definitions(settings).resolve_asset_graph()
+    reads = settings_read_by_asset(graph)
     specs = {}
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
@@ -168,7 +174,7 @@ def asset_specs(settings: Settings) -> dict[str, dict]:
             "checks": sorted(check.name for check in node.check_keys),
             "blocking_checks": sorted(check.name for check in node.check_keys if graph.get_check_spec(check).blocking),
             "code_version": node.code_version,
-            "settings_read": settings_read_by_asset().get(key.to_user_string()),
+            "settings_read": reads.get(key.to_user_string()),
             "pools": sorted(node.pools or []),
         }
     return specs
