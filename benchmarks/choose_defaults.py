@@ -78,7 +78,7 @@ def main() -> None:
     from drift_assets.core.attribution import noise_auc
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
     from drift_assets.core.selection import length_strata, select, select_within_strata
-    from drift_assets.core.stored import base_checkpoint, warmup_checkpoints_along
+    from drift_assets.core.stored import gradients_along
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
     from drift_assets.tasks import TASKS
@@ -100,17 +100,7 @@ def main() -> None:
             )
         warehouse = Warehouse.from_settings(settings)
         pool = warehouse.scan("training_pool").collect()
-        scorer = MethodScorer(
-            [
-                base_checkpoint(
-                    warehouse,
-                    settings.projection.shards,
-                    warehouse.scan("validation_gradients").collect(),
-                    warehouse.scan("grades").collect(),
-                ),
-                *warmup_checkpoints_along(warehouse, settings.warmup_steps),
-            ]
-        )
+        scorer = MethodScorer(list(gradients_along(warehouse, settings.checkpoints, settings.projection.shards)))
         if len(scorer.checkpoints) == 1 and any(c.endswith("/warmup") for c in candidates):
             raise SystemExit(
                 f"{task}: no warm-up checkpoints in {warehouse.root}: run suite.py with --warmup on --materialize-only first"

@@ -10,7 +10,7 @@ noise, on the materialized demo (run ``make demo`` first):
    and of the unit score against two parts of the target: the direction the validation queries'
    contrasts share, and the rest;
 3. where ``warmup.steps`` is set: the DRIFT score at the base model alone and at each warm-up
-   checkpoint (from the ``checkpoint_gradients`` table), beside their average, ``influence_scores``;
+   checkpoint (each checkpoint's partitions of the gradient tables), beside their average, ``influence_scores``;
 4. two targets about answers alone, at every checkpoint and averaged: correct against incorrect
    rollouts of one query in the same response style (on-policy: sampled answers that differ in
    nothing else), and each incorrect rollout against itself with its answer edited to the
@@ -51,7 +51,7 @@ from drift_assets.core.grading import extract_number
 from drift_assets.core.influence import PoolScores, fit_curvature, score_pool
 from drift_assets.core.projection import LinearGradientProjector, project_in_batches
 from drift_assets.core.stats import roc_auc
-from drift_assets.core.stored import base_checkpoint, warmup_checkpoints_along
+from drift_assets.core.stored import gradients_along
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.resources import ModelResource, Warehouse, model_resource
 from drift_assets.settings import Settings, projection_options, validation_answer_marker
@@ -146,7 +146,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     needed = ("training_pool", "grades", "validation_queries", "influence_scores", "training_gradient_projections")
     settings, warehouse = demo_warehouse(needed)
-    read = {name: warehouse.scan(name).collect() for name in needed}
+    # The base model's rows of the tables partitioned by checkpoint.
+    read = {
+        name: warehouse.scan(name).collect()
+        if name in ("training_pool", "validation_queries", "influence_scores")
+        else base_rows(warehouse, name)
+        for name in needed
+    }
     pool = read["training_pool"].sort("example_id")
     if "is_corrupted" not in pool.columns:
         raise SystemExit("the training pool has no is_corrupted column: the breakdown needs the demo's ground truth")
@@ -167,10 +173,7 @@ def main(argv=None) -> None:
         read["training_gradient_projections"].select("example_id", "loss", "n_tokens"), on="example_id", how="left"
     )
     loss = losses["loss"].to_numpy()
-    checkpoints = [
-        base_checkpoint(warehouse, settings.projection.shards, warehouse.scan("validation_gradients").collect(), read["grades"]),
-        *warmup_checkpoints_along(warehouse, settings.warmup_steps),
-    ]
+    checkpoints = [c.loaded() for c in gradients_along(warehouse, settings.checkpoints, settings.projection.shards)]
     along = {}
     for checkpoint in checkpoints if settings.warmup_steps else []:
         along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(
@@ -192,7 +195,7 @@ def main(argv=None) -> None:
     gradients = pool.select("example_id").join(read["training_gradient_projections"], on="example_id", how="left")
     training = vectors(gradients).astype(np.float64)
     for name, target in split_target(
-        warehouse.scan("validation_gradients").collect(), read["grades"], settings.influence.weighting
+        base_rows(warehouse, "validation_gradients"), read["grades"], settings.influence.weighting
     ).items():
         print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
 
@@ -384,16 +387,11 @@ def answer_contrast_scores(
     for checkpoint in checkpoints:
         if checkpoint.checkpoint == "base":
             model = model_resource(settings)
-            grades = warehouse.scan("grades").select("rollout_id", "correct").collect()
-            rollouts = warehouse.scan("rollouts").collect().join(grades, on="rollout_id")
         else:
             model = ModelResource(path=paths[checkpoint.checkpoint], dtype=settings.model.dtype, device=settings.model.device)
-            rollouts = (
-                warehouse.scan("checkpoint_gradients")
-                .filter((pl.col("checkpoint") == checkpoint.checkpoint) & (pl.col("role") == "rollout"))
-                .collect()
-                .rename({"id": "rollout_id"})
-            )
+        rollouts = base_rows(warehouse, "rollouts", checkpoint.checkpoint).join(
+            checkpoint.grades.select("rollout_id", "correct"), on="rollout_id"
+        )
         targets, projection = answer_contrasts(model, settings, checkpoint, rollouts, queries)
         if {projection} != {fingerprint for _, fingerprint in checkpoint.training_fingerprints}:
             raise SystemExit(f"checkpoint {checkpoint.checkpoint}: the refitted basis differs from the training rows' projection")
@@ -405,6 +403,11 @@ def answer_contrast_scores(
     print("\n" + kinds.header())
     print("\n".join(rows))
     return {f"{name} (mean)": in_pool_order(combine_checkpoints(scores), pool) for name, scores in along.items()}
+
+
+def base_rows(warehouse: Warehouse, name: str, checkpoint: str = "base") -> pl.DataFrame:
+    """One checkpoint's rows of a table partitioned by checkpoint (the base model's by default)."""
+    return warehouse.scan(name).filter(pl.col("checkpoint") == checkpoint).collect()
 
 
 def in_pool_order(scores: PoolScores, pool: pl.DataFrame) -> np.ndarray:

@@ -98,7 +98,7 @@ def task_instance(settings_path: Path):
 
 def run_task(settings_path: Path, benchmark: bool = True) -> dict:
     """Materialize the task's graph (what is stale) and its method benchmark; return its figures."""
-    from dagster import AssetKey
+    from dagster import AssetKey, AssetRecordsFilter
 
     from drift_assets.definitions import build_definitions
     from drift_assets.resources import Warehouse
@@ -116,11 +116,14 @@ def run_task(settings_path: Path, benchmark: bool = True) -> dict:
     materialize_assets(defs, instance, [AssetKey("method_benchmark")])
     warehouse = Warehouse.from_settings(settings)
 
-    def metadata(asset: str) -> dict:
-        event = instance.get_latest_materialization_event(AssetKey(asset))
-        return {key: value.value for key, value in event.asset_materialization.metadata.items()} if event else {}
+    def metadata(asset: str, partition: str | None = None) -> dict:
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1
+        ).records
+        event = records[0].event_log_entry.asset_materialization if records else None
+        return {key: value.value for key, value in event.metadata.items()} if event else {}
 
-    grades, scores = metadata("grades"), metadata("influence_scores")
+    grades, scores = metadata("grades", "base"), metadata("influence_scores")
     guards = guard_results(instance, defs)
     return {
         "guards": guards,

@@ -33,26 +33,25 @@ def refresh_condition() -> AutomationCondition:
 
 
 PIPELINE = AssetSelection.groups("inputs", "rollouts", "attribution", "refinement", "evaluation")
+AT_CHECKPOINTS = AssetSelection.assets("rollouts", "grades", "projection_basis", "validation_gradients")
 SHARDS = AssetSelection.assets("training_gradient_projections")
-CHECKPOINTS = AssetSelection.assets("checkpoint_gradients")
+WARMUP = AssetSelection.assets("warmup_checkpoints")
 
 
-def build_jobs(trajectory: bool = False) -> list:
-    """Jobs for the UI and schedules. Partitioned assets run one run per partition (a backfill).
-
-    A job holds assets of one partitioning only, so the warm-up checkpoints' gradients (partitioned
-    by checkpoint, built when ``warmup.steps`` is set) get a job of their own.
-    """
-    unsharded = PIPELINE - SHARDS - CHECKPOINTS if trajectory else PIPELINE - SHARDS
-    checkpoint_jobs = (
+def build_jobs(warmup: bool = False) -> list:
+    """Jobs for the UI and schedules. A job holds assets of one partitioning only: the chain at each
+    checkpoint, its training-gradient shards (checkpoint × shard) and the warm-up run (where
+    ``warmup.steps`` is set) get jobs of their own; launch those as backfills."""
+    partitioned = AT_CHECKPOINTS | SHARDS | WARMUP if warmup else AT_CHECKPOINTS | SHARDS
+    warmup_jobs = (
         [
             define_asset_job(
-                "warmup_checkpoint_gradients",
-                selection=CHECKPOINTS,
-                description="Rollouts and gradients at each warm-up checkpoint; launch as a backfill over all checkpoints.",
+                "warmup_run",
+                selection=WARMUP,
+                description="The warm-up SFT run; launch as a backfill over its checkpoints (one run trains once and saves each).",
             ),
         ]
-        if trajectory
+        if warmup
         else []
     )
     return [
@@ -62,22 +61,26 @@ def build_jobs(trajectory: bool = False) -> list:
             description="Record the content hash of every input file and of the model directory.",
         ),
         define_asset_job(
-            "refresh_unsharded",
-            selection=unsharded,
-            description="Inputs, rollouts, grades, validation gradients, scores, refined dataset and evaluation.",
+            "refresh_unpartitioned",
+            selection=PIPELINE - partitioned,
+            description="Inputs, scores, refined dataset and evaluation.",
         ),
-        *checkpoint_jobs,
+        define_asset_job(
+            "rollouts_and_gradients",
+            selection=AT_CHECKPOINTS,
+            description="Rollouts, grades, projection basis and validation gradients at a checkpoint; launch as a backfill "
+            "over the checkpoints (base, then the warm-up steps).",
+        ),
+        *warmup_jobs,
         define_asset_job(
             "training_gradients",
             selection=SHARDS,
-            description="Training-gradient shards; launch as a backfill over all partitions (one run per shard).",
+            description="Training-gradient shards; launch as a backfill over all partitions (one run per checkpoint and shard).",
         ),
         define_asset_job(
             "attribution_only",
-            selection=AssetSelection.assets(
-                "validation_gradients", "influence_scores", "refined_dataset", "refined_dataset_export"
-            ),
-            description="Re-score and re-select from existing rollouts (after changing weighting, Hessian, debias or selection).",
+            selection=AssetSelection.assets("influence_scores", "refined_dataset", "refined_dataset_export"),
+            description="Re-score and re-select from the stored gradients (after changing weighting, Hessian, debias or selection).",
         ),
     ]
 

@@ -33,28 +33,25 @@ def _summary(settings) -> str:
         lines.append(
             f"training_pool            {pool.height} examples ({rejects.height if rejects is not None else 0} quarantined)"
         )
-    rollouts, grades = read("rollouts"), read("grades")
+    rollouts, grades = read("rollouts", "checkpoint", "engine"), read("grades")
     if rollouts is not None and grades is not None:
         from drift_assets.core.grading import grade_summary
 
-        summary = grade_summary(grades)
+        base = grades.filter(pl.col("checkpoint") == "base")
+        summary = grade_summary(base)
         lines.append(
-            f"rollouts / grades        {rollouts.height} rollouts by {rollouts['engine'][0]}, pass@1 {grades['correct'].mean():.3f}, "
-            f"{summary['queries_mixed']}/{summary['queries']} queries with mixed grades"
+            f"rollouts / grades        {base.height} rollouts of the base model by {rollouts['engine'][0]}, "
+            f"pass@1 {base['correct'].mean():.3f}, {summary['queries_mixed']}/{summary['queries']} queries with mixed grades"
         )
-    checkpoints = read("checkpoint_gradients", "checkpoint", "role", "correct")  # not the gradients
-    if checkpoints is not None and settings.warmup_steps:
-        rollouts_at = (
-            checkpoints.filter(pl.col("role") == "rollout")
-            .group_by("checkpoint")
-            .agg(pl.col("correct").mean())
-            .sort("checkpoint")
+        later = (
+            grades.filter(pl.col("checkpoint") != "base").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
         )
-        lines.append(
-            "warm-up checkpoints      pass@1 "
-            + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in rollouts_at.iter_rows())
-            + "; scores averaged with the base model's"
-        )
+        if later.height:
+            lines.append(
+                "warm-up checkpoints      pass@1 "
+                + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in later.iter_rows())
+                + "; scores averaged with the base model's"
+            )
     scores = read("influence_scores")
     if scores is not None:
         from drift_assets.core.attribution import diagnostics

@@ -10,7 +10,7 @@ from drift_assets.assets.influence import build_influence_assets
 from drift_assets.assets.refine import build_refine_assets
 from drift_assets.assets.rollouts import build_rollout_assets
 from drift_assets.assets.sources import build_source_assets
-from drift_assets.assets.trajectory import build_trajectory_assets
+from drift_assets.assets.warmup import build_warmup_assets
 from drift_assets.automation import build_jobs, with_automation
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
@@ -27,7 +27,7 @@ def build_definitions(settings: Settings) -> Definitions:
         *build_refine_assets(settings),
     ]
     if settings.warmup_steps:
-        assets += build_trajectory_assets(settings)
+        assets += build_warmup_assets(settings)
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
     if settings.demo.enabled:
@@ -38,7 +38,7 @@ def build_definitions(settings: Settings) -> Definitions:
         # A run's steps share one process: the model, tokenizer and torch are loaded once per run
         # instead of once per step and check (the steps of a run are sequential on the GPU pool anyway).
         executor=in_process_executor,
-        jobs=build_jobs(trajectory=bool(settings.warmup_steps)),
+        jobs=build_jobs(warmup=bool(settings.warmup_steps)),
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         loggers={"console": terminal_logger},  # used where a run's config selects it (runs started from Python)

@@ -1,8 +1,8 @@
 """Materializing the graph from Python, in the order Dagster's UI or a backfill would.
 
 Runs go through the instance given (``DagsterInstance.get()`` under ``DAGSTER_HOME`` for the CLI,
-so ``make ui`` afterwards shows every run), one run per shard of the partitioned gradient table
-and, where ``warmup.steps`` is set, one per warm-up checkpoint.
+so ``make ui`` afterwards shows every run): one for the warm-up run (where ``warmup.steps`` is set),
+then at each checkpoint one for its rollouts → validation gradients and one per training-gradient shard.
 """
 
 from __future__ import annotations
@@ -18,20 +18,13 @@ from drift_assets.terminal import terminal_run_config
 
 logger = logging.getLogger(__name__)
 
-UPSTREAM_OF_SHARDS = (
-    "training_pool",
-    "training_pool_rejects",
-    "validation_queries",
-    "test_queries",
-    "rollouts",
-    "grades",
-    "projection_basis",
-    "validation_gradients",
-)
+UPSTREAM = ("training_pool", "training_pool_rejects", "validation_queries", "test_queries")
+AT_CHECKPOINT = ("rollouts", "grades", "projection_basis", "validation_gradients")
 SHARDED = "training_gradient_projections"
 WARMUP = "warmup_checkpoints"
-AT_CHECKPOINTS = "checkpoint_gradients"
-DOWNSTREAM_OF_SHARDS = ("influence_scores", "refined_dataset", "refined_dataset_export", "refined_model_evaluation")
+DOWNSTREAM = ("influence_scores", "refined_dataset", "refined_dataset_export", "refined_model_evaluation")
+# Dagster's tags for one run over a range of partitions (what a single-run backfill sets).
+PARTITION_RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
 def _existing(defs: Definitions, names: Iterable[str]) -> list[AssetKey]:
@@ -49,19 +42,28 @@ def _process_label(pid: int) -> str:
 
 
 def materialize_assets(
-    defs: Definitions, instance: DagsterInstance, keys: list[AssetKey], partition_key: str | None = None, verbose: bool = False
+    defs: Definitions,
+    instance: DagsterInstance,
+    keys: list[AssetKey],
+    partition_key: str | None = None,
+    verbose: bool = False,
+    partition_range: tuple[str, str] | None = None,
 ) -> None:
-    """One run that materializes ``keys`` (of one partition, for partitioned assets); raises if it fails.
-    ``verbose``: Dagster's DEBUG events and stack traces in the terminal."""
+    """One run that materializes ``keys`` (of one partition, or of a range of partitions, for
+    partitioned assets); raises if it fails. ``verbose``: Dagster's DEBUG events and stack traces in
+    the terminal."""
     if not keys:
         return
     job = defs.resolve_implicit_global_asset_job_def()
+    tags = {PROCESS_TAG: _process_label(os.getpid())}
+    if partition_range:
+        tags.update(zip(PARTITION_RANGE_TAGS, partition_range, strict=True))
     result = job.execute_in_process(
         instance=instance,
         asset_selection=keys,
         partition_key=partition_key,
         raise_on_error=True,
-        tags={PROCESS_TAG: _process_label(os.getpid())},
+        tags=tags,
         run_config=terminal_run_config(verbose),
     )
     if not result.success:
@@ -104,7 +106,7 @@ def observe_sources(defs: Definitions, instance: DagsterInstance, verbose: bool 
     )
 
 
-def partition_keys(defs: Definitions, asset_name: str = SHARDED) -> list[str]:
+def partition_keys(defs: Definitions, asset_name: str) -> list[str]:
     """The partitions of ``asset_name``; none where the definitions do not have it."""
     if not _existing(defs, [asset_name]):
         return []
@@ -132,14 +134,15 @@ def materialize_pipeline(
     warehouse=None,
     verbose: bool = False,
 ) -> list[str]:
-    """Demo setup (if present), observe sources, upstream tables, every shard, the warm-up run and its
-    checkpoints (where configured), then scores onward.
+    """Demo setup (if present), observe sources, the inputs, the warm-up run (where configured), then
+    at each checkpoint its rollouts → validation gradients and every training-gradient shard, then
+    scores onward.
 
     ``only_stale`` materializes only what is stale or missing (and what lies downstream of it), as
     Dagster's stale-status resolver sees it, so that re-running with nothing changed costs nothing.
     Given the ``warehouse``, a table that was deleted or damaged since it was written counts as
     missing. ``verbose``: Dagster's DEBUG events and stack traces in the terminal. Returns what was
-    materialized ("name" or "name[shard]").
+    materialized ("name", or "name[partition]" as Dagster writes partition keys).
     """
     from drift_assets.staleness import needs_materialization
 
@@ -148,38 +151,35 @@ def materialize_pipeline(
     def wanted(names: list[str]) -> list[str]:
         return [n for n in names if not only_stale or n in pending]
 
+    def run(names: list[str], what: str, **partition) -> None:
+        if names:
+            logger.info(f"materializing {what}")
+            materialize_assets(defs, instance, [AssetKey(n.split("[")[0]) for n in names], verbose=verbose, **partition)
+            done.extend(names)
+
     damaged = repair_damaged_tables(defs, instance, warehouse) if warehouse is not None else set()
     pending: set[str] = needs_materialization(defs, instance, damaged) if only_stale else set()
     demo = wanted([k.to_user_string() for k in _existing(defs, ["demo_task_files", "demo_base_model"])])
-    if include_demo and demo:
-        logger.info(f"materializing {demo}")
-        materialize_assets(defs, instance, [AssetKey(n) for n in demo], verbose=verbose)
-        done += demo
+    if include_demo:
+        run(demo, f"{demo}")
     observe_sources(defs, instance, verbose)
     if only_stale:
         pending = needs_materialization(defs, instance, damaged)
-    upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM_OF_SHARDS)])
+    upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM)])
     if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
         upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})
-    logger.info(f"materializing {upstream or 'nothing upstream of the shards'}")
-    materialize_assets(defs, instance, [AssetKey(n) for n in upstream], verbose=verbose)
-    done += upstream
+    run(upstream, f"{upstream}")
 
-    def run_partitions(asset_name: str, what: str) -> None:
-        for key in partition_keys(defs, asset_name):
-            if not only_stale or f"{asset_name}[{key}]" in pending:
-                logger.info(f"materializing {what} {key}")
-                materialize_assets(defs, instance, [AssetKey(asset_name)], partition_key=key, verbose=verbose)
-                done.append(f"{asset_name}[{key}]")
-
-    run_partitions(SHARDED, "training gradients, shard")
-    warmup = wanted([k.to_user_string() for k in _existing(defs, [WARMUP])])
-    if warmup:
-        logger.info("materializing the warm-up run's checkpoints")
-        materialize_assets(defs, instance, [AssetKey(WARMUP)], verbose=verbose)
-        done += warmup
-    run_partitions(AT_CHECKPOINTS, "rollouts and gradients at warm-up checkpoint")
-    downstream = wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM_OF_SHARDS)])
-    logger.info(f"materializing {downstream or 'nothing downstream of the shards'}")
-    materialize_assets(defs, instance, [AssetKey(n) for n in downstream], verbose=verbose)
-    return done + downstream
+    steps = wanted([f"{WARMUP}[{key}]" for key in partition_keys(defs, WARMUP)])
+    if steps:
+        first, last = (name[len(WARMUP) + 1 : -1] for name in (steps[0], steps[-1]))
+        run(steps, f"the warm-up run's checkpoints {first}..{last}", partition_range=(first, last))
+    chain = [k.to_user_string() for k in _existing(defs, AT_CHECKPOINT)]
+    for checkpoint in partition_keys(defs, AT_CHECKPOINT[0]):
+        run(wanted([f"{name}[{checkpoint}]" for name in chain]), f"checkpoint {checkpoint}", partition_key=checkpoint)
+        for key in partition_keys(defs, SHARDED):  # MultiPartitionKeys, "checkpoint|shard"
+            if key.keys_by_dimension["checkpoint"] == checkpoint:
+                where = f"checkpoint {checkpoint}, shard {key.keys_by_dimension['shard']}"
+                run(wanted([f"{SHARDED}[{key}]"]), f"training gradients at {where}", partition_key=key)
+    run(wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM)]), "scores onward")
+    return done

@@ -462,6 +462,13 @@ class Settings(_Group):
         """The warm-up checkpoints' steps ([] = the base model only)."""
         return self.warmup_schedule["steps"]
 
+    @property
+    def checkpoints(self) -> list[str]:
+        """The partition keys of the checkpoints the pool is scored at: ``base``, then the warm-up steps."""
+        from drift_assets.core.trajectory import checkpoint_keys
+
+        return checkpoint_keys(self.warmup_steps)
+
     def warmup_options(self):
         """The :class:`~drift_assets.core.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
         from drift_assets.core.sft import SftOptions
@@ -545,13 +552,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 # Settings that say where inputs live and how the work is laid out, not what is computed. Dagster
-# observes the files they point at (a new pool or model makes its readers stale); devices, batches
-# and shards move the work, not its result. Any asset may read them; an asset hashes one only where
+# observes the files they point at (a new pool or model makes its readers stale); devices, batches,
+# shards and the set of checkpoints (partitions: a new one is missing, the others stay as they are)
+# move the work, not its result. Any asset may read them; an asset hashes one only where
 # it names it among its keys.
 LOCATIONS = frozenset(
     {"base_dir", "resolve", "model_path", "warehouse_root", "model.path", "model.device", "warehouse"}
     | {"data.training_pool", "data.validation_queries", "data.test_queries", "warmup.checkpoint_dir"}
-    | {"projection.batch_size", "projection.shards"}
+    | {"projection.batch_size", "projection.shards", "checkpoints"}
 )
 # Settings computed from others: a derived name is readable where what it is computed from is read,
 # and the settings reference lists what each one is computed from.
@@ -561,6 +569,7 @@ DERIVED = {
         *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate"),
     ),
     "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
+    "checkpoints": ("warmup_steps",),
     "warmup_options": ("warmup_schedule",),
 }
 # Derived values that are part of another one (readable where that one is read).

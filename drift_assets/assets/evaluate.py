@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import polars as pl
-from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, MetadataValue, asset
 
 from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.core.attribution import noise_auc
@@ -25,7 +25,7 @@ from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
-from drift_assets.core.stored import base_checkpoint, pool_loss_scores, warmup_checkpoints_along
+from drift_assets.core.stored import gradients_along, pool_loss_scores
 from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Reads, Settings
@@ -98,9 +98,8 @@ def train_and_evaluate(
 def build_evaluation_assets(settings: Settings) -> list:
     reads = Reads(settings, "refined_model_evaluation", "benchmark.sft", "benchmark.seeds", *_FINE_TUNE_AND_EVALUATE)
     bench_reads = Reads(
-        settings, "method_benchmark", "benchmark", "influence", "warmup_steps", "selection", *_FINE_TUNE_AND_EVALUATE
+        settings, "method_benchmark", "benchmark", "influence", "checkpoints", "selection", *_FINE_TUNE_AND_EVALUATE
     )
-    steps = bench_reads.warmup_steps
 
     @asset(
         group_name="evaluation",
@@ -161,7 +160,8 @@ def build_evaluation_assets(settings: Settings) -> list:
         group_name="benchmark",
         code_version=bench_reads.code_version(EVALUATE_VERSION),
         metadata=bench_reads.metadata(),
-        deps=["base_model", AssetDep("training_gradient_projections")] + ([AssetDep("checkpoint_gradients")] if steps else []),
+        # Every checkpoint's partitions of these, read from the warehouse.
+        deps=["base_model", "validation_gradients", "grades", "training_gradient_projections"],
         kinds={"pytorch", "delta"},
         pool="gpu",
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds.",
@@ -170,8 +170,6 @@ def build_evaluation_assets(settings: Settings) -> list:
         context: AssetExecutionContext,
         training_pool: pl.DataFrame,
         validation_queries: pl.DataFrame,
-        validation_gradients: pl.DataFrame,
-        grades: pl.DataFrame,
         test_queries: pl.DataFrame,
         model: ModelResource,
         rollout_engine: RolloutEngineResource,
@@ -179,12 +177,7 @@ def build_evaluation_assets(settings: Settings) -> list:
     ) -> pl.DataFrame:
         benchmark, selection = bench_reads.benchmark, bench_reads.selection
         drift = bench_reads.influence.scoring()
-        scorer = MethodScorer(
-            [
-                base_checkpoint(warehouse, bench_reads.projection.shards, validation_gradients, grades),
-                *warmup_checkpoints_along(warehouse, steps),
-            ]
-        )
+        scorer = MethodScorer(list(gradients_along(warehouse, bench_reads.checkpoints, bench_reads.projection.shards)))
         network, tokenizer = model.load_model(), model.load_tokenizer()
         scores = {}
         for method in benchmark.methods:

@@ -2,7 +2,6 @@
 
 import polars as pl
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -10,44 +9,54 @@ from dagster import (
     MetadataValue,
     Output,
     asset,
-    asset_check,
 )
 
+from drift_assets.assets.checkpoints import checkpoint_partitions
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.grading import grade_rollouts, grade_summary
 from drift_assets.core.guards import contrast_guard
 from drift_assets.core.weighting import usable_queries
 from drift_assets.settings import Reads, Settings
 
-GRADES_VERSION = "1"
+GRADES_VERSION = "2"  # 2: a checkpoint column, one partition per checkpoint
 
 
 def build_grade_assets(settings: Settings) -> list:
     reads = Reads(settings, "grades", "grading")
     options = reads.grading.options()
-    influence = settings.influence  # the check's, which changes no table
+    influence = reads.unversioned.influence  # the checks', which change no table
 
     @asset(
         group_name="rollouts",
         code_version=reads.code_version(GRADES_VERSION),
-        metadata=reads.metadata(),
+        metadata={"partition_expr": "checkpoint", **reads.metadata()},
+        partitions_def=checkpoint_partitions(settings),
         kinds={"python", "delta"},
         check_specs=[
+            AssetCheckSpec(
+                "grades_have_mixed_queries",
+                asset="grades",
+                blocking=True,
+                description="The configured weighting has queries to work with (signed weighting: mixed grades, or "
+                "unsolved queries with influence.unsolved: reference).",
+            ),
             AssetCheckSpec(
                 "grades_enough_contrast",
                 asset="grades",
                 description=(
                     "Enough validation queries with mixed grades for the on-policy contrast to rest on (a warning: it still works with fewer)."
                 ),
-            )
+            ),
         ],
         description="Correctness and reward of every rollout; metadata gives pass@1 and the mixed-grade share.",
     )
     def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame):
-        table = grade_rollouts(rollouts, validation_queries, options)
+        checkpoint = context.partition_key
+        table = grade_rollouts(rollouts, validation_queries, options).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
         summary = grade_summary(table)
         context.log.info(
-            f"pass@1 {summary['pass_at_1']:.3f}; {summary['queries_mixed']}/{summary['queries']} queries have mixed grades"
+            f"checkpoint {checkpoint}: pass@1 {summary['pass_at_1']:.3f}; "
+            f"{summary['queries_mixed']}/{summary['queries']} queries have mixed grades"
         )
         yield Output(
             table,
@@ -55,6 +64,26 @@ def build_grade_assets(settings: Settings) -> list:
                 **table_metadata(table),
                 **summary,
                 "pass_at_1": MetadataValue.float(summary["pass_at_1"]),
+            },
+        )
+        usable = (
+            usable_queries(summary, influence.weighting, influence.unsolved)
+            if influence.targets == "onpolicy"
+            else summary["queries"]
+        )
+        yield AssetCheckResult(
+            check_name="grades_have_mixed_queries",
+            passed=usable > 0,
+            metadata={
+                **summary,
+                "usable_queries": usable,
+                "message": "ok"
+                if usable > 0
+                else (
+                    f"no query gives influence.weighting {influence.weighting!r} (unsolved: {influence.unsolved}) anything to contrast "
+                    f"({summary['queries_all_correct']} all correct, {summary['queries_all_wrong']} all wrong). Raise "
+                    "rollout.temperature or rollout.samples_per_query, or use validation queries the model solves only sometimes."
+                ),
             },
         )
         passed, message = contrast_guard(summary["queries"], summary["queries_mixed"])
@@ -67,33 +96,4 @@ def build_grade_assets(settings: Settings) -> list:
             metadata={"queries_mixed": summary["queries_mixed"], "queries": summary["queries"], "message": message},
         )
 
-    @asset_check(
-        asset=grades,
-        blocking=True,
-        description="The configured weighting has queries to work with (signed weighting: mixed grades, or unsolved "
-        "queries with influence.unsolved: reference).",
-    )
-    def grades_have_mixed_queries(context: AssetCheckExecutionContext, grades: pl.DataFrame) -> AssetCheckResult:
-        summary = grade_summary(grades)
-        usable = (
-            usable_queries(summary, influence.weighting, influence.unsolved)
-            if influence.targets == "onpolicy"
-            else summary["queries"]
-        )
-        passed = usable > 0
-        return AssetCheckResult(
-            passed=passed,
-            metadata={
-                **summary,
-                "usable_queries": usable,
-                "message": "ok"
-                if passed
-                else (
-                    f"no query gives influence.weighting {influence.weighting!r} (unsolved: {influence.unsolved}) anything to contrast "
-                    f"({summary['queries_all_correct']} all correct, {summary['queries_all_wrong']} all wrong). Raise "
-                    "rollout.temperature or rollout.samples_per_query, or use validation queries the model solves only sometimes."
-                ),
-            },
-        )
-
-    return [grades, grades_have_mixed_queries]
+    return [grades]

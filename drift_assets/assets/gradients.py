@@ -1,26 +1,18 @@
-"""Projected log-prob gradients: one row per rollout/reference, and per pool example in shards."""
+"""Projected log-prob gradients at each checkpoint: one row per rollout/reference, and per pool example in shards."""
 
 import time
 
 import polars as pl
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    DataVersion,
-    Output,
-    StaticPartitionsDefinition,
-    asset,
-)
+from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, Output, asset
 
+from drift_assets.assets.checkpoints import checkpoint_model, checkpoint_partitions, checkpoint_shard_partitions, model_deps
 from drift_assets.assets.metadata import table_metadata
-from drift_assets.checks import vector_check, vector_problems
+from drift_assets.checks import vectors_result
 from drift_assets.core.gradients import (
     empty_gradient_frame,
     gradient_frame,
     pool_token_pairs,
     reference_basis,
-    shard_keys,
     shard_of,
     validation_gradient_frame,
 )
@@ -28,10 +20,10 @@ from drift_assets.core.projection import LinearGradientProjector, ProjectionBasi
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker
 
-GRADIENTS_VERSION = "2"
+GRADIENTS_VERSION = "3"  # 3: partitioned by checkpoint (the training gradients by checkpoint × shard)
 # 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
-# off the whole sequence's tokens (not encoded apart from the text before it).
-VALIDATION_GRADIENTS_VERSION = "3"
+# off the whole sequence's tokens (not encoded apart from the text before it); 4: partitioned by checkpoint.
+VALIDATION_GRADIENTS_VERSION = "4"
 
 
 # What the projection is: the basis, and every gradient projected with it, hash these.
@@ -65,35 +57,44 @@ def build_gradient_assets(settings: Settings) -> list:
     batch_size = basis_reads.projection.batch_size
     n_shards = training_reads.projection.shards
     answer_marker = validation_answer_marker(validation_reads)
-    shards = StaticPartitionsDefinition(shard_keys(n_shards))
+    checkpoints = checkpoint_partitions(settings)
 
     @asset(
         group_name="attribution",
         code_version=basis_reads.code_version(GRADIENTS_VERSION),
-        metadata=basis_reads.metadata(),
-        deps=["base_model"],
+        metadata={"partition_expr": "checkpoint", **basis_reads.metadata()},
+        partitions_def=checkpoints,
+        deps=model_deps(settings),
         kinds={"pytorch", "delta"},
         pool="gpu",
-        description="Per-layer projectors shared by validation and training gradients (pca: fitted on the validation references).",
+        description="Per-layer projectors shared by validation and training gradients at each checkpoint "
+        "(pca: fitted on the validation references).",
     )
-    def projection_basis(context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource) -> Output:
-        tokenizer, network = model.load_tokenizer(), model.load_model()
+    def projection_basis(
+        context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource, warehouse: Warehouse
+    ) -> Output:
+        checkpoint = context.partition_key
+        at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
+        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model()
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
-        table = basis.to_frame().with_columns(model_fingerprint=pl.lit(model.fingerprint()))
+        fingerprint = at_checkpoint.fingerprint()
+        table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
         context.log.info(
-            f"projection basis ({options.basis}, rank {options.rank}) over {len(basis.matrices)} layers: {basis.fingerprint()}"
+            f"checkpoint {checkpoint}: projection basis ({options.basis}, rank {options.rank}) over "
+            f"{len(basis.matrices)} layers: {basis.fingerprint()}"
         )
-        # The data version is the content: refitting to the same matrices (a random basis, or unchanged
-        # references) leaves the gradients downstream fresh.
+        # The data version is the model and the matrices: refitting to the same matrices for the same
+        # model (a random basis, or unchanged references) leaves the gradients downstream fresh.
         return Output(
             table,
-            data_version=DataVersion(basis.fingerprint()),
+            data_version=DataVersion(f"{fingerprint}-{basis.fingerprint()}"),
             metadata={
                 "basis": options.basis,
                 "rank": options.rank,
                 "layers": len(basis.matrices),
                 "fitted_on_sequences": validation_queries.height if options.basis == "pca" else 0,
                 "basis_fingerprint": basis.fingerprint(),
+                "model_fingerprint": fingerprint,
             },
         )
 
@@ -106,11 +107,20 @@ def build_gradient_assets(settings: Settings) -> list:
     @asset(
         group_name="attribution",
         code_version=validation_reads.code_version(VALIDATION_GRADIENTS_VERSION),
-        metadata=validation_reads.metadata(),
-        deps=["base_model"],
+        metadata={"partition_expr": "checkpoint", **validation_reads.metadata()},
+        partitions_def=checkpoints,
         kinds={"pytorch", "delta"},
         pool="gpu",
-        description="Unweighted projected ∇ log π of every rollout (target=rollout) and reference answer (target=reference).",
+        check_specs=[
+            AssetCheckSpec(
+                "validation_gradients_vectors_finite",
+                asset="validation_gradients",
+                blocking=True,
+                description="Every gradient is finite and of the projection's dimension k.",
+            )
+        ],
+        description="Unweighted projected ∇ log π of every rollout (target=rollout) and reference answer "
+        "(target=reference) at each checkpoint.",
     )
     def validation_gradients(
         context: AssetExecutionContext,
@@ -118,12 +128,17 @@ def build_gradient_assets(settings: Settings) -> list:
         validation_queries: pl.DataFrame,
         projection_basis: pl.DataFrame,
         model: ModelResource,
-    ) -> pl.DataFrame:
-        tokenizer, network = model.load_tokenizer(), model.load_model()
-        fingerprint = model.fingerprint()
+        warehouse: Warehouse,
+    ):
+        checkpoint = context.partition_key
+        at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
+        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model()
+        fingerprint = at_checkpoint.fingerprint()
         stale = set(rollouts["model_fingerprint"].unique()) - {fingerprint}
         if stale:
-            raise ValueError(f"rollouts were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize rollouts")
+            raise ValueError(
+                f"rollouts[{checkpoint}] were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize them"
+            )
         projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
         table = validation_gradient_frame(
             projector,
@@ -132,24 +147,24 @@ def build_gradient_assets(settings: Settings) -> list:
             validation_queries,
             batch_size,
             fingerprint,
-            progress_logger(context, "validation gradients", 256),
+            progress_logger(context, f"checkpoint {checkpoint} validation gradients", 256),
             answer_marker,
-        )
-        context.add_output_metadata(
-            {
+        ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
+        yield Output(
+            table,
+            metadata={
                 **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
                 "dimension": projector.dimension,
                 "layers": len(projector.layers),
-            }
+            },
         )
-        return table
+        yield vectors_result("validation_gradients_vectors_finite", table)
 
     @asset(
         group_name="attribution",
         code_version=training_reads.code_version(GRADIENTS_VERSION),
-        partitions_def=shards,
-        metadata={"partition_expr": "shard", **training_reads.metadata()},
-        deps=["base_model"],
+        partitions_def=checkpoint_shard_partitions(settings),
+        metadata={"partition_expr": {"checkpoint": "checkpoint", "shard": "shard"}, **training_reads.metadata()},
         kinds={"pytorch", "delta"},
         pool="gpu",
         check_specs=[
@@ -160,7 +175,8 @@ def build_gradient_assets(settings: Settings) -> list:
                 description="Every gradient in the shard is finite and of dimension k.",
             )
         ],
-        description="Projected ∇ log π of every pool example, sharded by a hash of example_id; unchanged rows are reused.",
+        description="Projected ∇ log π of every pool example at each checkpoint, sharded by a hash of example_id; "
+        "unchanged rows are reused.",
     )
     def training_gradient_projections(
         context: AssetExecutionContext,
@@ -169,19 +185,22 @@ def build_gradient_assets(settings: Settings) -> list:
         model: ModelResource,
         warehouse: Warehouse,
     ):
-        shard = context.partition_key
+        keys = context.partition_key.keys_by_dimension
+        checkpoint, shard = keys["checkpoint"], keys["shard"]
+        where = f"checkpoint {checkpoint}, shard {shard}"
         started = time.perf_counter()
         examples = training_pool.filter(
             pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
         )
-        fingerprint = model.fingerprint()
+        at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
+        fingerprint = at_checkpoint.fingerprint()
         basis = load_basis(projection_basis, fingerprint)
-        reused = _reusable_rows(warehouse, shard, fingerprint, basis.fingerprint(), examples["example_id"])
+        reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
         todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
-        context.log.info(f"shard {shard}: {examples.height} examples, reusing {reused.height}, computing {todo.height}")
+        context.log.info(f"{where}: {examples.height} examples, reusing {reused.height}, computing {todo.height}")
         frames = [reused] if reused.height else []
         if not todo.is_empty():
-            tokenizer, network = model.load_tokenizer(), model.load_model()
+            tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model()
             projector = LinearGradientProjector(network, options, basis)
             prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
             frames.append(
@@ -193,14 +212,15 @@ def build_gradient_assets(settings: Settings) -> list:
                     response_ids,
                     batch_size,
                     fingerprint,
-                    progress_logger(context, f"shard {shard} gradients", 512),
-                ).with_columns(shard=pl.lit(shard))
+                    progress_logger(context, f"{where} gradients", 512),
+                ).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all())
             )
         if frames:
             table = pl.concat(frames, how="vertical_relaxed").sort("example_id")
         else:  # a small pool can leave a shard without examples
-            table = empty_gradient_frame({"example_id": pl.String}).with_columns(shard=pl.lit(shard, dtype=pl.String))
-        problems, dimension = vector_problems(table["grad"], None) if not table.is_empty() else ([], 0)
+            table = empty_gradient_frame({"example_id": pl.String}).select(
+                pl.lit(checkpoint, dtype=pl.String).alias("checkpoint"), pl.lit(shard, dtype=pl.String).alias("shard"), pl.all()
+            )
         yield Output(
             table,
             metadata={
@@ -210,29 +230,26 @@ def build_gradient_assets(settings: Settings) -> list:
                 "wall_seconds": time.perf_counter() - started,
             },
         )
-        yield AssetCheckResult(
-            check_name="vectors_finite",
-            passed=not problems,
-            metadata={"dimension": dimension, "problems": "; ".join(problems) or "none"},
-        )
+        yield vectors_result("vectors_finite", table)
 
-    return [
-        projection_basis,
-        validation_gradients,
-        training_gradient_projections,
-        vector_check(validation_gradients, "grad", None),
-    ]
+    return [projection_basis, validation_gradients, training_gradient_projections]
 
 
 def _reusable_rows(
-    warehouse: Warehouse, shard: str, model_fingerprint: str, projection_fingerprint: str, example_ids: pl.Series
+    warehouse: Warehouse,
+    checkpoint: str,
+    shard: str,
+    model_fingerprint: str,
+    projection_fingerprint: str,
+    example_ids: pl.Series,
 ) -> pl.DataFrame:
-    """Rows of the previous version of this shard computed for the same examples, model and projection."""
+    """Rows of the previous version of this partition computed for the same examples, model and projection."""
     if not warehouse.exists("training_gradient_projections"):
         return pl.DataFrame()
     previous = warehouse.scan("training_gradient_projections")
     return previous.filter(
-        (pl.col("shard") == shard)
+        (pl.col("checkpoint") == checkpoint)
+        & (pl.col("shard") == shard)
         & (pl.col("model_fingerprint") == model_fingerprint)
         & (pl.col("projection_fingerprint") == projection_fingerprint)
         & pl.col("example_id").is_in(example_ids.implode())

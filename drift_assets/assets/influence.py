@@ -1,4 +1,4 @@
-"""Influence scores of every pool example, streamed shard by shard from the gradient table."""
+"""Influence scores of every pool example at every checkpoint, streamed shard by shard from the gradient table, combined."""
 
 import numpy as np
 import polars as pl
@@ -7,7 +7,6 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetDep,
     AssetExecutionContext,
     AssetIn,
     MetadataValue,
@@ -17,16 +16,11 @@ from dagster import (
 )
 
 from drift_assets.assets.metadata import finite_or_none, histogram_markdown, markdown_table, table_metadata
-from drift_assets.core.attribution import check_same_checkpoint, diagnostics, noise_auc, scores_frame, target_gradient
+from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.guards import hacking_guard, target_guard
-from drift_assets.core.influence import fit_curvature, score_pool
 from drift_assets.core.stats import histogram
-from drift_assets.core.stored import base_losses, shard_batches, warmup_checkpoints_along
-from drift_assets.core.trajectory import (
-    checkpoint_target,
-    combine_checkpoints,
-    score_checkpoint,
-)
+from drift_assets.core.stored import base_losses, gradients_along
+from drift_assets.core.trajectory import score_along
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
 
@@ -34,16 +28,17 @@ INFLUENCE_VERSION = "1"
 
 
 def build_influence_assets(settings: Settings) -> list:
-    reads = Reads(settings, "influence_scores", "influence", "warmup_steps")
+    reads = Reads(settings, "influence_scores", "influence", "checkpoints")
     influence = reads.influence
-    steps = reads.warmup_steps
+    checkpoints = reads.checkpoints
     n_shards = reads.projection.shards
 
     @asset(
         group_name="attribution",
         code_version=reads.code_version(INFLUENCE_VERSION),
         metadata=reads.metadata(),
-        deps=[AssetDep("training_gradient_projections")] + ([AssetDep("checkpoint_gradients")] if steps else []),
+        # Every partition of these, read checkpoint by checkpoint from the warehouse (streaming the shards).
+        deps=["validation_gradients", "grades", "training_gradient_projections"],
         kinds={"numpy", "delta"},
         check_specs=[
             AssetCheckSpec(
@@ -63,60 +58,24 @@ def build_influence_assets(settings: Settings) -> list:
             ),
         ],
         description="s_i = gᵀH⁻¹ĥ_i against the signed, graded on-policy rollouts; debiased against gradient norm"
-        + (f"; averaged (standardized) with the scores at warm-up steps {steps}." if steps else "."),
+        + (f"; the standardized scores averaged over checkpoints {checkpoints}." if len(checkpoints) > 1 else "."),
     )
-    def influence_scores(
-        context: AssetExecutionContext,
-        validation_gradients: pl.DataFrame,
-        grades: pl.DataFrame,
-        training_pool: pl.DataFrame,
-        warehouse: Warehouse,
-    ):
-        target = target_gradient(validation_gradients, grades, influence.targets, influence.weighting, influence.unsolved)
-        stream = shard_batches(warehouse, n_shards)
-        fingerprints: set[tuple[str, str]] = set()
-
-        def gradients_only():
-            for ids, matrix, shard_fingerprints in stream():
-                fingerprints.update(shard_fingerprints)
-                yield ids, matrix
-
-        dimension = target.vector.shape[0]
-        if influence.hessian == "fisher":
-            context.log.info(
-                f"fitting the fisher Hessian: a {dimension}×{dimension} float64 matrix and its Cholesky factor, "
-                f"{2 * dimension**2 * 8 / 2**30:.2f} GiB, at each of {1 + len(steps)} checkpoint(s)"
-            )
-        curvature = fit_curvature(influence.hessian, (m for _, m in gradients_only()), dimension, influence.damping)
-        scores = score_pool(gradients_only, target.vector, curvature, influence.debias, influence.debias_strength)
-        check_same_checkpoint(fingerprints, target)
-        base_table = scores_frame(scores, training_pool)
-        along = [scores]
+    def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
+        along = score_along(gradients_along(warehouse, checkpoints, n_shards), influence.scoring(), log=context.log.info)
         checkpoint_rows = [
             {
-                "checkpoint": "base",
-                "pass_at_1": float(grades["correct"].mean()),
-                "reference_share": target.reference_share,
-                "noise_auc": noise_auc(base_table, training_pool),
+                "checkpoint": at.checkpoint,
+                "pass_at_1": at.pass_at_1,
+                "reference_share": at.target.reference_share,
+                "noise_auc": noise_auc(scores_frame(at.scores, training_pool), training_pool),
             }
+            for at in along.checkpoints
         ]
-        for checkpoint in warmup_checkpoints_along(warehouse, steps):
-            at_checkpoint = checkpoint_target(checkpoint, influence.scoring())
-            along.append(score_checkpoint(checkpoint, influence.scoring(), target=at_checkpoint))
-            checkpoint_rows.append(
-                {
-                    "checkpoint": checkpoint.checkpoint,
-                    "pass_at_1": float(checkpoint.grades["correct"].mean()),
-                    "reference_share": at_checkpoint.reference_share,
-                    "noise_auc": noise_auc(scores_frame(along[-1], training_pool), training_pool),
-                }
-            )
-            context.log.info(f"scored at checkpoint {checkpoint.checkpoint}: {checkpoint_rows[-1]}")
-        table = scores_frame(combine_checkpoints(along), training_pool) if len(along) > 1 else base_table
+        table = scores_frame(along.scores, training_pool)
         table = table.join(base_losses(warehouse, training_pool), on="example_id", how="left")
         figures = diagnostics(table, training_pool)
-        reference_share = float(np.mean([row["reference_share"] for row in checkpoint_rows]))
-        summary = target.summary
+        base_target = along.checkpoints[0].target
+        summary = base_target.summary
         context.log.info(", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
         yield Output(
             table,
@@ -125,23 +84,19 @@ def build_influence_assets(settings: Settings) -> list:
                 **{name: finite_or_none(value) for name, value in figures.items()},
                 "targets": influence.targets,
                 "weighting": influence.weighting,
-                "queries_used": summary.queries_used if summary else target.n_targets,
+                "queries_used": summary.queries_used if summary else base_target.n_targets,
                 "queries_skipped": summary.queries_skipped if summary else 0,
                 "queries_all_correct": summary.queries_all_correct if summary else 0,
                 "queries_all_wrong": summary.queries_all_wrong if summary else 0,
-                "references_for_unsolved": target.references_for_unsolved,
-                "reference_share_of_target": reference_share,
-                "hessian_damping": curvature.damping_value,
+                "references_for_unsolved": base_target.references_for_unsolved,
+                "reference_share_of_target": along.reference_share,
+                "hessian_damping": along.checkpoints[0].curvature.damping_value,
                 "score_histogram": MetadataValue.md(histogram_markdown(histogram(table["score"].to_numpy()), "score")),
-                **(
-                    {"checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows)))}
-                    if steps
-                    else {}
-                ),
+                "checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows))),
             },
         )
         for name, (passed, message) in {
-            "influence_target_on_policy": target_guard(reference_share),
+            "influence_target_on_policy": target_guard(along.reference_share),
             "influence_not_gradient_hacking": hacking_guard(
                 figures["spearman_score_vs_grad_norm"], figures.get("spearman_score_vs_loss")
             ),

@@ -43,7 +43,7 @@ from drift_assets.core.grading import GradingOptions
 from drift_assets.core.influence import Curvature, fit_curvature
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
-from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
+from drift_assets.core.trajectory import CheckpointGradients, score_along
 
 __all__ = [
     "METHODS",
@@ -100,7 +100,7 @@ class MethodScorer:
     def __init__(self, checkpoints: list[CheckpointGradients]):
         if not checkpoints:
             raise ValueError("nothing to score: no checkpoint gradients")
-        self.checkpoints = checkpoints
+        self.checkpoints = [checkpoint.loaded() for checkpoint in checkpoints]
         self._curvatures: dict[tuple[int, str, float], Curvature] = {}
 
     def _curvature(self, index: int, hessian: str, damping: float) -> Curvature:
@@ -112,12 +112,12 @@ class MethodScorer:
 
     def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
         """The pool's scores along every checkpoint (``base_only``: at the first, the base model, alone)."""
-        checkpoints = self.checkpoints[:1] if base_only else self.checkpoints
-        along = [
-            score_checkpoint(checkpoint, scoring, self._curvature(index, scoring.hessian, scoring.damping))
-            for index, checkpoint in enumerate(checkpoints)
-        ]
-        return scores_frame(along[0] if len(along) == 1 else combine_checkpoints(along), training_pool)
+        along = score_along(
+            self.checkpoints[:1] if base_only else self.checkpoints,
+            scoring,
+            lambda index, _: self._curvature(index, scoring.hessian, scoring.damping),
+        )
+        return scores_frame(along.scores, training_pool)
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""

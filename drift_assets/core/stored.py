@@ -7,7 +7,7 @@ returning a polars ``LazyFrame`` serves (the pipeline's ``Warehouse``, or a test
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -15,60 +15,64 @@ import polars as pl
 
 from drift_assets.core.benchmark import loss_scores, per_token_loss
 from drift_assets.core.gradients import shard_keys, vectors
-from drift_assets.core.trajectory import CheckpointGradients, checkpoint_key, split_checkpoint_table
-
-ShardBatch = tuple[list[str], np.ndarray, set[tuple[str, str]]]
+from drift_assets.core.trajectory import BASE, Batches, CheckpointGradients
 
 
 class TableReader(Protocol):
     def scan(self, asset_name: str) -> pl.LazyFrame: ...
 
 
-def shard_batches(tables: TableReader, n_shards: int) -> Callable[[], Iterator[ShardBatch]]:
-    """A re-iterable stream of (example_ids, gradients, {(model, projection fingerprint)}) per shard."""
-    table = tables.scan("training_gradient_projections")
+def shard_batches(tables: TableReader, n_shards: int, checkpoint: str = BASE) -> Batches:
+    """A re-iterable stream of (example_ids, gradients) per shard of one checkpoint's training gradients."""
+    table = tables.scan("training_gradient_projections").filter(pl.col("checkpoint") == checkpoint)
 
-    def batches() -> Iterator[ShardBatch]:
+    def batches() -> Iterator[tuple[list[str], np.ndarray]]:
         for shard in shard_keys(n_shards):
-            frame = (
-                table.filter(pl.col("shard") == shard)
-                .select("example_id", "grad", "model_fingerprint", "projection_fingerprint")
-                .collect()
-            )
+            frame = table.filter(pl.col("shard") == shard).select("example_id", "grad").collect()
             if not frame.is_empty():
-                fingerprints = set(zip(frame["model_fingerprint"], frame["projection_fingerprint"], strict=True))
-                yield frame["example_id"].to_list(), vectors(frame), fingerprints
+                yield frame["example_id"].to_list(), vectors(frame)
 
     return batches
 
 
-def base_checkpoint(
-    tables: TableReader, n_shards: int, validation_gradients: pl.DataFrame, grades: pl.DataFrame
-) -> CheckpointGradients:
-    """The base model's gradients, every shard in memory (the method benchmark scores many ways at once)."""
-    ids, matrices, fingerprints = [], [], set()
-    for batch_ids, matrix, shard_fingerprints in shard_batches(tables, n_shards)():
-        ids += batch_ids
-        matrices.append(matrix)
-        fingerprints |= shard_fingerprints
-    return CheckpointGradients("base", ids, np.concatenate(matrices), validation_gradients, grades, fingerprints)
+def _at(tables: TableReader, asset_name: str, checkpoint: str) -> pl.DataFrame:
+    frame = tables.scan(asset_name).filter(pl.col("checkpoint") == checkpoint).collect()
+    if frame.is_empty():
+        raise ValueError(f"{asset_name} has no rows for checkpoint {checkpoint}: materialize that partition")
+    return frame
 
 
-def warmup_checkpoints_along(tables: TableReader, steps: list[int]) -> Iterator[CheckpointGradients]:
-    """The warm-up checkpoints' gradients, one checkpoint in memory at a time."""
-    table = tables.scan("checkpoint_gradients") if steps else None
-    for step in steps:
-        frame = table.filter(pl.col("checkpoint") == checkpoint_key(step)).collect()
-        if frame.is_empty():
-            raise ValueError(
-                f"checkpoint_gradients has no rows for checkpoint {checkpoint_key(step)}: materialize that partition"
-            )
-        yield split_checkpoint_table(frame)
+def checkpoint_gradients(tables: TableReader, checkpoint: str, n_shards: int) -> CheckpointGradients:
+    """One checkpoint's stored gradients and grades; the training gradients stay on disk, streamed by shard."""
+    fingerprints = (
+        tables.scan("training_gradient_projections")
+        .filter(pl.col("checkpoint") == checkpoint)
+        .select("model_fingerprint", "projection_fingerprint")
+        .unique()
+        .collect()
+    )
+    if fingerprints.is_empty():
+        raise ValueError(f"training_gradient_projections has no rows for checkpoint {checkpoint}: materialize its partitions")
+    return CheckpointGradients(
+        checkpoint,
+        shard_batches(tables, n_shards, checkpoint),
+        _at(tables, "validation_gradients", checkpoint),
+        _at(tables, "grades", checkpoint),
+        set(fingerprints.iter_rows()),
+    )
+
+
+def gradients_along(tables: TableReader, checkpoints: Sequence[str], n_shards: int) -> Iterator[CheckpointGradients]:
+    """The checkpoints' stored gradients in order, the base model's first."""
+    for checkpoint in checkpoints:
+        yield checkpoint_gradients(tables, checkpoint, n_shards)
 
 
 def base_losses(tables: TableReader, training_pool: pl.DataFrame) -> pl.DataFrame:
     """example_id, loss_per_token: each pool example's loss per response token under the base model."""
-    losses = tables.scan("training_gradient_projections").select("example_id", "loss", "n_tokens")
+    losses = (
+        tables.scan("training_gradient_projections").filter(pl.col("checkpoint") == BASE).select("example_id", "loss", "n_tokens")
+    )
     return per_token_loss(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
 
 

@@ -8,39 +8,35 @@ checkpoints of a short warm-up run and TracIn-CP sums over a training trajectory
 reason: the errors the model makes change along the run, and so does what pushes against them.
 
 Every checkpoint keeps the same-checkpoint rule (docs/method.md): its own rollouts, grades, basis
-and gradients. The scores of each checkpoint are standardized (their scale follows ‖g‖, which
-shrinks as the model improves) and averaged, the base model's included.
+and gradients. The base model is checkpoint ``base``. The scores of each checkpoint are
+standardized (their scale follows ‖g‖, which shrinks as the model improves) and averaged, the base
+model's included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
 
 from drift_assets.core.attribution import ScoringSettings, TargetGradient, check_same_checkpoint, target_gradient
-from drift_assets.core.gradients import GRADIENT_SCHEMA, vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
 from drift_assets.core.sft import SftOptions, fine_tune
 
-CHECKPOINT_SCHEMA = {
-    "checkpoint": pl.String,
-    "role": pl.String,
-    "id": pl.String,
-    "query_id": pl.String,
-    "completion": pl.String,
-    "correct": pl.Boolean,
-    "reward": pl.Float64,
-    **GRADIENT_SCHEMA,
-}
-ROLES = ("training", "rollout", "reference")
+BASE = "base"  # the checkpoint key of the base model itself
 
 
 def checkpoint_key(step: int) -> str:
     """The partition key of a warm-up step: zero-padded so that keys sort as steps do."""
     return f"{step:06d}"
+
+
+def checkpoint_keys(steps: Sequence[int]) -> list[str]:
+    """Every checkpoint the pool is scored at: the base model, then the warm-up steps."""
+    return [BASE, *(checkpoint_key(step) for step in steps)]
 
 
 def warm_up(
@@ -66,59 +62,66 @@ def warm_up(
     return losses
 
 
-def checkpoint_table(
-    checkpoint: str, training: pl.DataFrame, validation: pl.DataFrame, grades: pl.DataFrame, rollouts: pl.DataFrame
-) -> pl.DataFrame:
-    """One table for a checkpoint: its training gradients, its rollouts' gradients with grades, the references' gradients.
-
-    ``training`` is a gradient frame keyed by example_id, ``validation`` one as ``validation_gradients``
-    has it (rollout_id, query_id, target), ``grades`` and ``rollouts`` the tables of those names.
-    """
-    gradient_columns = list(GRADIENT_SCHEMA)
-    graded = validation.join(grades.select("rollout_id", "correct", "reward"), on="rollout_id", how="left").join(
-        rollouts.select("rollout_id", "completion"), on="rollout_id", how="left"
-    )
-    parts = [
-        training.select(*gradient_columns, role=pl.lit("training"), id=pl.col("example_id")),
-        graded.select(
-            "query_id", "completion", "correct", "reward", *gradient_columns, role=pl.col("target"), id=pl.col("rollout_id")
-        ),
-    ]
-    table = pl.concat(parts, how="diagonal_relaxed").with_columns(checkpoint=pl.lit(checkpoint))
-    return table.select([pl.col(name).cast(dtype) for name, dtype in CHECKPOINT_SCHEMA.items()])
+Batches = Callable[[], Iterator[tuple[list[str], np.ndarray]]]
 
 
 @dataclass
 class CheckpointGradients:
-    """What one checkpoint contributes to scoring, in the shapes the base model's tables have."""
+    """What one checkpoint contributes to scoring.
+
+    ``batches`` streams the pool's projected gradients as (example_ids, (n, k) matrix) and can be
+    iterated again (scoring reads them twice: the Hessian, then the scores), so that memory holds
+    one batch, not the pool. ``training_fingerprints`` are the {(model, projection)} of those rows.
+    """
 
     checkpoint: str
-    example_ids: list[str]
-    training: np.ndarray  # (n, k)
+    batches: Batches
     validation_gradients: pl.DataFrame  # rollout_id, query_id, target, grad, fingerprints
     grades: pl.DataFrame  # rollout_id, query_id, correct, reward
-    training_fingerprints: set[tuple[str, str]]  # {(model, projection)} of the training rows
+    training_fingerprints: set[tuple[str, str]]
 
+    @classmethod
+    def in_memory(
+        cls,
+        checkpoint: str,
+        example_ids: list[str],
+        training: np.ndarray,
+        validation_gradients: pl.DataFrame,
+        grades: pl.DataFrame,
+        training_fingerprints: set[tuple[str, str]],
+    ) -> CheckpointGradients:
+        loaded = cls(checkpoint, lambda: iter([(example_ids, training)]), validation_gradients, grades, training_fingerprints)
+        loaded.__dict__["_loaded"] = (list(example_ids), training)
+        return loaded
 
-def split_checkpoint_table(table: pl.DataFrame) -> CheckpointGradients:
-    """The inverse of :func:`checkpoint_table` for one checkpoint's rows."""
-    checkpoints = table["checkpoint"].unique().to_list()
-    if len(checkpoints) != 1:
-        raise ValueError(f"expected the rows of one checkpoint, got {sorted(checkpoints)}")
-    unknown = set(table["role"].unique()) - set(ROLES)
-    if unknown:
-        raise ValueError(f"checkpoint {checkpoints[0]}: unknown roles {sorted(unknown)}")
-    training = table.filter(pl.col("role") == "training").sort("id")
-    validation = table.filter(pl.col("role") != "training").rename({"id": "rollout_id", "role": "target"})
-    rollouts = validation.filter(pl.col("target") == "rollout")
-    return CheckpointGradients(
-        checkpoints[0],
-        training["id"].to_list(),
-        vectors(training),
-        validation.select("rollout_id", "query_id", "target", "grad", "model_fingerprint", "projection_fingerprint"),
-        rollouts.select("rollout_id", "query_id", "correct", "reward"),
-        set(zip(training["model_fingerprint"], training["projection_fingerprint"], strict=True)),
-    )
+    @cached_property
+    def _loaded(self) -> tuple[list[str], np.ndarray]:
+        ids, matrices = [], []
+        for batch_ids, matrix in self.batches():
+            ids += batch_ids
+            matrices.append(matrix)
+        if not matrices:
+            raise ValueError(f"checkpoint {self.checkpoint} has no training gradients")
+        return ids, np.concatenate(matrices)
+
+    def loaded(self) -> CheckpointGradients:
+        """The same checkpoint with every batch in memory (the benchmark scores it many ways)."""
+        return CheckpointGradients.in_memory(
+            self.checkpoint, *self._loaded, self.validation_gradients, self.grades, self.training_fingerprints
+        )
+
+    @property
+    def example_ids(self) -> list[str]:
+        return self._loaded[0]
+
+    @property
+    def training(self) -> np.ndarray:
+        """Every training gradient, (n, k), in :attr:`example_ids` order (loads the stream once)."""
+        return self._loaded[1]
+
+    @property
+    def pass_at_1(self) -> float:
+        return float(self.grades["correct"].mean())
 
 
 def checkpoint_target(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> TargetGradient:
@@ -139,14 +142,63 @@ def score_checkpoint(
     target = target or checkpoint_target(checkpoint, scoring)
     check_same_checkpoint(checkpoint.training_fingerprints, target)
     if curvature is None:
-        curvature = fit_curvature(scoring.hessian, [checkpoint.training], checkpoint.training.shape[1], scoring.damping)
-    return score_pool(
-        lambda: iter([(checkpoint.example_ids, checkpoint.training)]),
-        target.vector,
-        curvature,
-        scoring.debias,
-        scoring.debias_strength,
-    )
+        matrices = (matrix for _, matrix in checkpoint.batches())
+        curvature = fit_curvature(scoring.hessian, matrices, target.vector.shape[0], scoring.damping)
+    return score_pool(checkpoint.batches, target.vector, curvature, scoring.debias, scoring.debias_strength)
+
+
+@dataclass
+class CheckpointScores:
+    checkpoint: str
+    target: TargetGradient
+    curvature: Curvature
+    scores: PoolScores
+    pass_at_1: float
+
+
+@dataclass
+class ScoredAlong:
+    """The pool scored along the checkpoints: the combination, and what each checkpoint gave."""
+
+    scores: PoolScores
+    checkpoints: list[CheckpointScores]
+
+    @property
+    def reference_share(self) -> float:
+        """The reference answers' share of ‖g‖², averaged over the checkpoints."""
+        return float(np.mean([c.target.reference_share for c in self.checkpoints]))
+
+
+def score_along(
+    checkpoints: Iterable[CheckpointGradients],
+    scoring: ScoringSettings,
+    curvature: Callable[[int, CheckpointGradients], Curvature | None] = lambda index, checkpoint: None,
+    log: Callable[[str], None] = lambda _: None,
+) -> ScoredAlong:
+    """Score the pool at every checkpoint (one in memory at a time) and combine the scores.
+
+    ``curvature(index, checkpoint)`` may give a Hessian already fitted at that checkpoint (the
+    benchmark scores many settings); None fits it from the checkpoint's stream.
+    """
+    along = []
+    for index, checkpoint in enumerate(checkpoints):
+        target = checkpoint_target(checkpoint, scoring)
+        fitted = curvature(index, checkpoint)
+        if fitted is None:
+            k = target.vector.shape[0]
+            if scoring.hessian == "fisher":
+                log(
+                    f"fitting the fisher Hessian: a {k}×{k} float64 matrix and its Cholesky factor, "
+                    f"{2 * k**2 * 8 / 2**30:.2f} GiB, at checkpoint {checkpoint.checkpoint}"
+                )
+            fitted = fit_curvature(scoring.hessian, (matrix for _, matrix in checkpoint.batches()), k, scoring.damping)
+        scores = score_checkpoint(checkpoint, scoring, fitted, target)
+        along.append(CheckpointScores(checkpoint.checkpoint, target, fitted, scores, checkpoint.pass_at_1))
+        log(f"scored at checkpoint {checkpoint.checkpoint} (pass@1 {checkpoint.pass_at_1:.3f})")
+    if not along:
+        raise ValueError("nothing to score: no checkpoint gradients")
+    combined = along[0].scores if len(along) == 1 else combine_checkpoints([c.scores for c in along])
+    return ScoredAlong(combined, along)
 
 
 def standardized(values: np.ndarray) -> np.ndarray:

@@ -90,14 +90,14 @@ def test_what_users_rely_on_about_staleness(base):
 
     assert stale(selection={"fraction": 0.3}) == {"refined_dataset", "method_benchmark"}
     assert stale(influence={"weighting": "signed"}) == {"influence_scores", "method_benchmark"}
-    gradients = {"projection_basis", "validation_gradients", "training_gradient_projections", "checkpoint_gradients"}
+    gradients = {"projection_basis", "validation_gradients", "training_gradient_projections"}
     assert stale(projection={"rank": 8}) == gradients and stale(projection={"basis": "random"}) == gradients
     # Shards lay the training gradients out; the basis and the validation gradients stay.
     assert stale(projection={"shards": 2}) == {"training_gradient_projections"}
     # The projection basis is fitted on the references: new rollouts leave the training gradients valid.
     assert "training_gradient_projections" not in stale(rollout={"temperature": 0.7})
     assert stale(warmup={"steps": [5, 10]}) == {"warmup_checkpoints", "influence_scores", "method_benchmark"}
-    assert stale(projection={"validation_span": "completion"}) == {"validation_gradients", "checkpoint_gradients"}
+    assert stale(projection={"validation_span": "completion"}) == {"validation_gradients"}
 
 
 def test_code_versions_are_the_implementation_version_and_a_hash_of_what_is_read(base, tmp_path):
@@ -156,7 +156,7 @@ def test_editing_a_custom_graders_code_makes_what_grades_stale(tmp_path, monkeyp
     module.write_text("def grade(completion, reference):\n    return completion.strip() == reference\n")
     after = code_versions(settings)
     changed = {asset for asset in before if before[asset] != after[asset]}
-    assert changed == {"grades", "checkpoint_gradients", "refined_model_evaluation", "method_benchmark"}
+    assert changed == {"grades", "refined_model_evaluation", "method_benchmark"}
 
 
 def asset_specs(settings: Settings) -> dict[str, dict]:

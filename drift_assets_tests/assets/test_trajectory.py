@@ -1,5 +1,5 @@
 """DRIFT along a warm-up run, materialized for real on the small demo: saved checkpoints, their own
-vLLM rollouts and gradients (one Dagster partition each), and influence scores that average them."""
+vLLM rollouts and gradients (the chain's partitions beside ``base``), and influence scores that average them."""
 
 import shutil
 
@@ -55,6 +55,10 @@ def standardized(scores: dict[str, float], ids: list[str]) -> np.ndarray:
     return (values - values.mean()) / values.std()
 
 
+def at(settings, name: str, checkpoint: str) -> pl.DataFrame:
+    return read(settings, name).filter(pl.col("checkpoint") == checkpoint)
+
+
 @pytest.mark.vllm
 def test_the_warm_up_saves_a_trained_model_at_each_step(trajectory):
     settings, _, _, done = trajectory
@@ -64,41 +68,36 @@ def test_the_warm_up_saves_a_trained_model_at_each_step(trajectory):
     fingerprints = [model_fingerprint(path) for path in saved["path"]]
     assert fingerprints == saved["model_fingerprint"].to_list()
     assert len({base, *fingerprints}) == 3
-    assert [f"checkpoint_gradients[{key}]" for key in KEYS] == [d for d in done if d.startswith("checkpoint_gradients")]
-    assert "rollouts" not in done and "training_gradient_projections[000]" not in done  # the base chain stays valid
+    # One run trained once and saved both; each new checkpoint ran its chain and its shards.
+    assert [d for d in done if d.startswith("warmup_checkpoints")] == [f"warmup_checkpoints[{key}]" for key in KEYS]
+    assert [d for d in done if d.startswith("rollouts")] == [f"rollouts[{key}]" for key in KEYS]
+    shards = [d for d in done if d.startswith("training_gradient_projections")]
+    assert shards == [f"training_gradient_projections[{key}|{shard}]" for key in KEYS for shard in ("000", "001", "002")]
+    assert not any("[base" in d for d in done)  # the base model's chain stays valid
 
 
 @pytest.mark.vllm
 def test_each_checkpoint_has_its_own_rollouts_and_gradients(trajectory):
     settings, _, instance, _ = trajectory
-    table, pool, queries = (
-        read(settings, "checkpoint_gradients"),
-        read(settings, "training_pool"),
-        read(settings, "validation_queries"),
-    )
+    pool, queries = read(settings, "training_pool"), read(settings, "validation_queries")
     saved = read(settings, "warmup_checkpoints")
-    dimension = read(settings, "training_gradient_projections")["grad"].list.len().unique().to_list()
+    dimension = at(settings, "training_gradient_projections", "base")["grad"].list.len().unique().to_list()
     for key in KEYS:
-        rows = table.filter(pl.col("checkpoint") == key)
-        assert (
-            rows["model_fingerprint"].unique().to_list()
-            == saved.filter(pl.col("checkpoint") == key)["model_fingerprint"].to_list()
-        )
-        assert rows["projection_fingerprint"].n_unique() == 1
-        assert sorted(rows.filter(pl.col("role") == "training")["id"]) == sorted(pool["example_id"])
-        rollouts = rows.filter(pl.col("role") == "rollout")
-        assert rollouts.height == queries.height * settings.rollout.samples_per_query
-        assert rollouts["correct"].null_count() == 0 and rollouts["completion"].null_count() == 0
-        assert rows.filter(pl.col("role") == "reference").height == queries.height
-        assert rows["grad"].list.len().unique().to_list() == dimension
+        fingerprint = saved.filter(pl.col("checkpoint") == key)["model_fingerprint"].to_list()
+        training, validation = at(settings, "training_gradient_projections", key), at(settings, "validation_gradients", key)
+        rollouts, grades = at(settings, "rollouts", key), at(settings, "grades", key)
+        for table in (training, validation, rollouts, at(settings, "projection_basis", key)):
+            assert table["model_fingerprint"].unique().to_list() == fingerprint
+        assert training["projection_fingerprint"].unique().to_list() == validation["projection_fingerprint"].unique().to_list()
+        assert sorted(training["example_id"]) == sorted(pool["example_id"])
+        assert rollouts.height == grades.height == queries.height * settings.rollout.samples_per_query
+        assert validation.filter(pl.col("target") == "reference").height == queries.height
+        assert training["grad"].list.len().unique().to_list() == validation["grad"].list.len().unique().to_list() == dimension
     # Each checkpoint answers for itself: the rollouts differ from the base model's.
-    base_completions = sorted(read(settings, "rollouts")["completion"])
-    assert sorted(table.filter(pl.col("role") == "rollout", pl.col("checkpoint") == KEYS[-1])["completion"]) != base_completions
-    assert latest_metadata(instance, "checkpoint_gradients")["queries"] == queries.height
+    assert sorted(at(settings, "rollouts", KEYS[-1])["completion"]) != sorted(at(settings, "rollouts", "base")["completion"])
     line = next(line for line in _summary(settings).splitlines() if line.startswith("warm-up checkpoints"))
     for step, key in zip(STEPS, KEYS, strict=True):
-        pass_at_1 = table.filter(pl.col("checkpoint") == key, pl.col("role") == "rollout")["correct"].mean()
-        assert f"{step} steps {pass_at_1:.3f}" in line
+        assert f"{step} steps {at(settings, 'grades', key)['correct'].mean():.3f}" in line
 
 
 @pytest.mark.vllm
@@ -106,19 +105,12 @@ def test_influence_scores_average_the_standardized_scores_of_every_checkpoint(tr
     settings, _, instance, _ = trajectory
     scores = read(settings, "influence_scores").sort("example_id")
     ids = scores["example_id"].to_list()
-    graded = read(settings, "validation_gradients").join(
-        read(settings, "grades").select("rollout_id", "correct"), on="rollout_id", how="left"
-    )
-    along = [unit_scores(read(settings, "training_gradient_projections"), graded)]
-    table = read(settings, "checkpoint_gradients")
-    for key in KEYS:
-        rows = table.filter(pl.col("checkpoint") == key)
-        along.append(
-            unit_scores(
-                rows.filter(pl.col("role") == "training").rename({"id": "example_id"}),
-                rows.filter(pl.col("role") != "training").rename({"id": "rollout_id", "role": "target"}),
-            )
+    along = []
+    for key in ["base", *KEYS]:
+        graded = at(settings, "validation_gradients", key).join(
+            at(settings, "grades", key).select("rollout_id", "correct"), on="rollout_id", how="left"
         )
+        along.append(unit_scores(at(settings, "training_gradient_projections", key), graded))
     expected = np.mean([standardized(s, ids) for s in along], axis=0)
     np.testing.assert_allclose(scores["score"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
     # The checkpoints disagree (or the average would add nothing): no two rank the pool alike.
@@ -130,7 +122,15 @@ def test_influence_scores_average_the_standardized_scores_of_every_checkpoint(tr
 @pytest.mark.vllm
 def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
     settings, defs, instance, _ = trajectory
-    before = read(settings, "checkpoint_gradients").sort("checkpoint", "role", "id")
-    materialize_assets(defs, instance, [AssetKey("checkpoint_gradients")], partition_key=KEYS[-1])
-    after = read(settings, "checkpoint_gradients").sort("checkpoint", "role", "id")
-    assert after.equals(before)
+    chain = ["rollouts", "grades", "projection_basis", "validation_gradients", "training_gradient_projections"]
+
+    def ordered(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.sort([name for name, dtype in frame.schema.items() if not isinstance(dtype, pl.List)])
+
+    before = {name: ordered(read(settings, name)) for name in chain}
+    keys = [AssetKey(name) for name in chain[:-1]]
+    materialize_assets(defs, instance, keys, partition_key=KEYS[-1])
+    materialize_assets(defs, instance, [AssetKey(chain[-1])], partition_key=f"{KEYS[-1]}|001")
+    for name in chain:
+        assert ordered(read(settings, name)).equals(before[name]), name
+    assert latest_metadata(instance, "training_gradient_projections")["rows_reused"] > 0

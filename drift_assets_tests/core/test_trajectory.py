@@ -1,4 +1,4 @@
-"""DRIFT along a warm-up run: checkpoints saved where asked, the per-checkpoint table, the combination."""
+"""DRIFT along a warm-up run: checkpoints saved where asked, one checkpoint's scores, the combination."""
 
 import numpy as np
 import polars as pl
@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from drift_assets.core.attribution import ScoringSettings
+from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import PoolScores
 from drift_assets.core.sft import SftOptions, fine_tune
 from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
 from drift_assets.core.trajectory import (
+    CheckpointGradients,
     checkpoint_key,
-    checkpoint_table,
     combine_checkpoints,
+    score_along,
     score_checkpoint,
-    split_checkpoint_table,
     warm_up,
 )
 from drift_assets.settings import SettingsError, parse_settings
@@ -72,7 +73,7 @@ def test_checkpoints_combine_as_the_mean_of_standardized_scores_by_example():
         combine_checkpoints([base, pool_scores(["a", "b", "c", "e"], [1, 2, 3, 4], [1, 2, 3, 4])])
 
 
-def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
+def test_a_checkpoint_scores_as_its_parts_whether_streamed_or_in_memory():
     rng = np.random.default_rng(0)
     k = 6
     fingerprints = {"model_fingerprint": "m1", "projection_fingerprint": "p1"}
@@ -80,14 +81,7 @@ def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
     def gradient_rows(ids: dict, n: int) -> pl.DataFrame:
         grads = rng.normal(size=(n, k)).astype(np.float32)
         return pl.DataFrame(
-            {
-                **ids,
-                "grad": [list(map(float, g)) for g in grads],
-                "grad_norm": np.linalg.norm(grads, axis=1),
-                "loss": rng.uniform(size=n),
-                "n_tokens": np.full(n, 3),
-            },
-            schema_overrides={"grad": pl.List(pl.Float32)},
+            {**ids, "grad": [list(map(float, g)) for g in grads]}, schema_overrides={"grad": pl.List(pl.Float32)}
         ).with_columns(**{name: pl.lit(value) for name, value in fingerprints.items()})
 
     training = gradient_rows({"example_id": ["e3", "e1", "e2", "e0"]}, 4)
@@ -108,30 +102,48 @@ def test_a_checkpoint_table_splits_back_and_scores_as_its_parts():
             "reward": [1.0, 0.0, 0.0, 1.0],
         }
     )
-    rollouts = pl.DataFrame({"rollout_id": rollout_ids, "completion": ["Answer: 1", "Answer: 2", "Answer: 3", "Answer: 4"]})
-    table = checkpoint_table(checkpoint_key(50), training, validation, grades, rollouts)
-    assert table["checkpoint"].unique().to_list() == ["000050"]
-    assert table.group_by("role").len().sort("role").rows() == [("reference", 2), ("rollout", 4), ("training", 4)]
-    assert table.filter(pl.col("id") == "q0/1")["completion"].to_list() == ["Answer: 2"]
+    matrix = vectors(training)
+    ids = training["example_id"].to_list()
+    # Two shards, streamed: the Hessian pass and the scoring pass each read them again.
+    reads = []
 
-    split = split_checkpoint_table(table)
-    assert split.example_ids == ["e0", "e1", "e2", "e3"] and split.training.shape == (4, k)
-    assert split.training_fingerprints == {("m1", "p1")}
-    scores = score_checkpoint(split, ScoringSettings(weighting="signed", debias="none"))
-    # Signed weights by hand: per query +1 for the correct rollout, −1 for the wrong one, over 2 queries.
+    def shards():
+        reads.append(1)
+        yield ids[:3], matrix[:3]
+        yield ids[3:], matrix[3:]
+
+    streamed = CheckpointGradients(checkpoint_key(50), shards, validation, grades, {("m1", "p1")})
+    in_memory = CheckpointGradients.in_memory(checkpoint_key(50), ids, matrix, validation, grades, {("m1", "p1")})
+    assert streamed.pass_at_1 == 0.5
     vector = lambda frame, i: np.asarray(frame["grad"][i], float)  # noqa: E731
+    # Signed weights by hand: per query +1 for the correct rollout, −1 for the wrong one, over 2 queries.
     target = (vector(validation, 0) - vector(validation, 1) - vector(validation, 2) + vector(validation, 3)) / 2
-    by_id = dict(zip(training["example_id"], range(4), strict=True))
-    expected = [vector(training, by_id[e]) @ target for e in scores.example_ids]
-    np.testing.assert_allclose(scores.score, expected, rtol=1e-5)
-    references = score_checkpoint(split, ScoringSettings(targets="offpolicy", debias="none"))
-    np.testing.assert_allclose(
-        references.score,
-        [vector(training, by_id[e]) @ (vector(validation, 4) + vector(validation, 5)) / 2 for e in references.example_ids],
-        rtol=1e-5,
-    )
-    with pytest.raises(ValueError, match="one checkpoint"):
-        split_checkpoint_table(pl.concat([table, table.with_columns(checkpoint=pl.lit("000100"))]))
+    by_id = dict(zip(ids, range(4), strict=True))
+    for checkpoint in (streamed, in_memory, streamed.loaded()):
+        scores = score_checkpoint(checkpoint, ScoringSettings(weighting="signed", debias="none"))
+        expected = [vector(training, by_id[e]) @ target for e in scores.example_ids]
+        np.testing.assert_allclose(scores.score, expected, rtol=1e-5)
+        references = score_checkpoint(checkpoint, ScoringSettings(targets="offpolicy", debias="none"))
+        np.testing.assert_allclose(
+            references.score,
+            [vector(training, by_id[e]) @ (vector(validation, 4) + vector(validation, 5)) / 2 for e in references.example_ids],
+            rtol=1e-5,
+        )
+    assert len(reads) == 3  # once per scoring of the stream (the identity Hessian reads nothing), once to load it
+
+    fisher = ScoringSettings(weighting="signed", hessian="fisher", debias="none")
+    along = score_along([in_memory, streamed], fisher)
+    assert [c.checkpoint for c in along.checkpoints] == ["000050", "000050"]
+    assert all(c.curvature.kind == "fisher" for c in along.checkpoints)
+    np.testing.assert_allclose(along.checkpoints[0].scores.score, along.checkpoints[1].scores.score, rtol=1e-9)
+    # Two checkpoints that agree combine to their standardized scores.
+    alone = along.checkpoints[0].scores.score
+    np.testing.assert_allclose(along.scores.score, (alone - alone.mean()) / alone.std(), rtol=1e-9)
+    assert score_along([in_memory], fisher).scores is not None
+    with pytest.raises(ValueError, match="no checkpoint gradients"):
+        score_along([], fisher)
+    with pytest.raises(ValueError, match="model"):  # the same-checkpoint rule holds at every checkpoint
+        score_checkpoint(CheckpointGradients.in_memory("base", ids, matrix, validation, grades, {("other", "p1")}), fisher)
 
 
 def test_warmup_steps_must_increase():

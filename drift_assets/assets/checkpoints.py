@@ -1,0 +1,67 @@
+"""The checkpoints the pool is scored at, as Dagster partitions, and the model behind each.
+
+The base model is checkpoint ``base``; where ``warmup.steps`` is set, each warm-up step is one
+more. Rollouts, grades, the projection basis and the validation gradients are partitioned by
+checkpoint, the training gradients by checkpoint × shard, so a checkpoint (or one shard of it)
+re-runs alone and the base model's tables stay fresh when only the warm-up run changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetDep, MultiPartitionsDefinition, StaticPartitionMapping, StaticPartitionsDefinition
+
+from drift_assets.core.gradients import shard_keys
+from drift_assets.core.trajectory import BASE
+from drift_assets.resources import ModelResource, Warehouse
+from drift_assets.settings import Settings
+
+WARMUP = "warmup_checkpoints"
+
+
+def checkpoint_partitions(settings: Settings) -> StaticPartitionsDefinition:
+    return StaticPartitionsDefinition(settings.checkpoints)
+
+
+def warmup_partitions(settings: Settings) -> StaticPartitionsDefinition:
+    return StaticPartitionsDefinition(settings.checkpoints[1:])
+
+
+def checkpoint_shard_partitions(settings: Settings) -> MultiPartitionsDefinition:
+    return MultiPartitionsDefinition(
+        {
+            "checkpoint": checkpoint_partitions(settings),
+            "shard": StaticPartitionsDefinition(shard_keys(settings.projection.shards)),
+        }
+    )
+
+
+def model_deps(settings: Settings) -> list:
+    """What the model at a checkpoint comes from: the base model, and for a warm-up step its saved
+    checkpoint (the base partition depends on no warm-up partition, so a new warm-up run leaves it fresh)."""
+    steps = settings.checkpoints[1:]
+    deps: list = ["base_model"]
+    if steps:
+        deps.append(AssetDep(WARMUP, partition_mapping=StaticPartitionMapping({key: key for key in steps})))
+    return deps
+
+
+def checkpoint_model(checkpoint: str, model: ModelResource, warehouse: Warehouse) -> ModelResource:
+    """The model at ``checkpoint``: the base model, or the warm-up checkpoint saved at that step,
+    checked against the fingerprint recorded when it was saved."""
+    if checkpoint == BASE:
+        return model
+    saved = (
+        warehouse.scan(WARMUP).filter(pl.col("checkpoint") == checkpoint).collect()
+        if warehouse.exists(WARMUP)
+        else pl.DataFrame()
+    )
+    if saved.is_empty() or not Path(saved["path"][0]).is_dir():
+        where = f" ({saved['path'][0]} is gone)" if not saved.is_empty() else ""
+        raise ValueError(f"{WARMUP} has no checkpoint {checkpoint}{where}: materialize {WARMUP}[{checkpoint}]")
+    at_checkpoint = ModelResource(path=saved["path"][0], dtype=model.dtype, device=model.device)
+    if at_checkpoint.fingerprint() != saved["model_fingerprint"][0]:
+        raise ValueError(f"{at_checkpoint.path} changed since {WARMUP} saved it: re-materialize {WARMUP}[{checkpoint}]")
+    return at_checkpoint
