@@ -24,14 +24,14 @@ from drift_assets_tests.conftest import instance_in, settings_in
 MODEL_DEPENDENTS = {
     "training_pool",
     "training_pool_rejects",
-    "rollouts",
-    "grades",
-    "projection_basis",
-    "validation_gradients",
+    "rollouts[base]",
+    "grades[base]",
+    "projection_basis[base]",
+    "validation_gradients[base]",
     "influence_scores",
     "refined_dataset",
     "refined_model_evaluation",
-} | {f"training_gradient_projections[{s}]" for s in ("000", "001", "002")}
+} | {f"training_gradient_projections[base|{s}]" for s in ("000", "001", "002")}
 
 
 def requested(result, defs) -> set[str]:
@@ -72,17 +72,17 @@ def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
     assert not_fresh(defs, instance) == {"influence_scores": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"influence_scores", "refined_dataset", "refined_model_evaluation"} <= closure
-    assert not closure & {"rollouts", "validation_gradients", "grades", "training_gradient_projections[000]"}
+    assert not closure & {"rollouts[base]", "validation_gradients[base]", "grades[base]", "training_gradient_projections[base|000]"}
 
 
 def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshed):
     directory, instance = refreshed
     defs = build_definitions(settings_in(directory, rollout={"temperature": 0.7}))
-    assert not_fresh(defs, instance) == {"rollouts": "STALE"}
+    assert not_fresh(defs, instance) == {"rollouts[base]": "STALE"}
     closure = needs_materialization(defs, instance)
-    assert {"grades", "validation_gradients", "influence_scores"} <= closure
+    assert {"grades[base]", "validation_gradients[base]", "influence_scores"} <= closure
     # The projection basis is fitted on the references, so the training gradients stay valid.
-    assert not closure & {"projection_basis", "training_gradient_projections[000]"}
+    assert not closure & {"projection_basis[base]", "training_gradient_projections[base|000]"}
 
 
 def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(private_refresh):
@@ -101,7 +101,7 @@ def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(priva
     }
     assert damaged["influence_scores"].startswith(f"its table {warehouse.table_uri('influence_scores')} cannot be read (")
     done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True, warehouse=warehouse)
-    assert {"grades", "influence_scores", "refined_dataset"} <= set(done) and "rollouts" not in done
+    assert {"grades[base]", "influence_scores", "refined_dataset"} <= set(done) and "rollouts[base]" not in done
     assert damaged_tables(defs, instance, warehouse) == {} and not_fresh(defs, instance) == {}
     assert warehouse.scan("influence_scores").collect().sort("example_id").equals(scores)
     assert len(list(Path(warehouse.table_uri("influence_scores")).parent.glob("influence_scores.damaged-*"))) == 1
@@ -221,7 +221,8 @@ def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next
     shard_writes = {
         shard: len(
             instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=AssetKey("training_gradient_projections"), asset_partitions=[shard]), limit=10
+                AssetRecordsFilter(asset_key=AssetKey("training_gradient_projections"), asset_partitions=[f"base|{shard}"]),
+                limit=10,
             ).records
         )
         for shard in ("000", "001")
@@ -255,13 +256,13 @@ def test_new_pool_rows_make_the_pool_stale_and_not_rollouts_and_a_refresh_reques
     observe_sources(defs, instance)  # what the cron tick does first
     assert not_fresh(defs, instance) == {"training_pool": "STALE", "training_pool_rejects": "STALE"}
     closure = needs_materialization(defs, instance)
-    assert "rollouts" not in closure and "grades" not in closure
-    assert {"influence_scores", "refined_dataset", "training_gradient_projections[000]"} <= closure
+    assert "rollouts[base]" not in closure and "grades[base]" not in closure
+    assert {"influence_scores", "refined_dataset", "training_gradient_projections[base|000]"} <= closure
     result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result, defs) == {"training_pool", "training_pool_rejects"}
     # Materializing only the stale set brings everything back to fresh.
     done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
-    assert "rollouts" not in done and "training_pool" in done
+    assert "rollouts[base]" not in done and "training_pool" in done
     assert not_fresh(defs, instance) == {}
     assert materialize_pipeline(defs, instance, include_demo=False, only_stale=True) == []
 

@@ -261,7 +261,7 @@ def test_appending_to_the_pool_computes_gradients_only_for_new_examples(private_
     materialize_assets(defs, instance, [AssetKey("training_pool"), AssetKey("training_pool_rejects")])
     computed = reused = 0
     for shard in ("000", "001", "002"):
-        materialize_assets(defs, instance, [AssetKey("training_gradient_projections")], partition_key=shard)
+        materialize_assets(defs, instance, [AssetKey("training_gradient_projections")], partition_key=f"base|{shard}")
         metadata = latest_metadata(instance, "training_gradient_projections")
         computed += metadata["rows_computed"]
         reused += metadata["rows_reused"]
