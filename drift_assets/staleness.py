@@ -64,31 +64,29 @@ def damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> d
 
 
 def needs_materialization(defs: Definitions, instance: DagsterInstance, also: set[str] = frozenset()) -> set[str]:
-    """Stale or missing assets (and shards), ``also`` (asset names), plus everything downstream of them.
+    """Stale or missing assets (and partitions), ``also`` (asset names), plus everything downstream of them.
 
     Dagster marks only the direct children of a change stale until they are re-materialized;
-    this closes the set over the graph, which is what "refresh what is stale" has to run.
+    this closes the set over the graph, which is what "refresh what is stale" has to run. The walk
+    follows the partition mappings: a new warm-up checkpoint reaches its own chain, not ``base``'s.
     """
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+
     graph, _ = _resolver(defs, instance)
     roots = stale_or_missing(defs, instance)
     for name in also:
         node = graph.get(AssetKey(name))
         roots |= {name} if node.partitions_def is None else {f"{name}[{p}]" for p in node.partitions_def.get_partition_keys()}
-    closure = set(roots)
-    frontier = [split_partition(name)[0] for name in roots]
-    seen: set[AssetKey] = set()
+    frontier = [AssetKeyPartitionKey(*split_partition(name)) for name in roots]
+    seen: set[AssetKeyPartitionKey] = set()
     while frontier:
-        key = frontier.pop()
-        if key in seen:
+        item = frontier.pop()
+        if item in seen:
             continue
-        seen.add(key)
-        for child in graph.get(key).child_keys:
-            node = graph.get(child)
-            if not node.is_materializable:
-                continue
-            if node.partitions_def is None:
-                closure.add(child.to_user_string())
-            else:
-                closure.update(f"{child.to_user_string()}[{p}]" for p in node.partitions_def.get_partition_keys())
-            frontier.append(child)
-    return closure
+        seen.add(item)
+        frontier.extend(graph.get_children_partitions(item.asset_key, item.partition_key))
+    return {
+        key.to_user_string() if partition is None else f"{key.to_user_string()}[{partition}]"
+        for key, partition in seen
+        if graph.get(key).is_materializable
+    }

@@ -72,7 +72,12 @@ def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
     assert not_fresh(defs, instance) == {"influence_scores": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"influence_scores", "refined_dataset", "refined_model_evaluation"} <= closure
-    assert not closure & {"rollouts[base]", "validation_gradients[base]", "grades[base]", "training_gradient_projections[base|000]"}
+    assert not closure & {
+        "rollouts[base]",
+        "validation_gradients[base]",
+        "grades[base]",
+        "training_gradient_projections[base|000]",
+    }
 
 
 def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshed):

@@ -112,7 +112,7 @@ def test_the_command_prints_the_summary_without_library_noise(own):
     assert f"materialized {len(done) - 1 + shards} stale or missing assets/shards" in command.stdout
     for line in (
         "training_pool            40 examples (0 quarantined)",
-        "rollouts / grades        24 rollouts by transformers",
+        "rollouts / grades        24 rollouts of the base model by transformers",
         "evaluation               refined    accuracy",
     ):
         assert line in command.stdout

@@ -142,7 +142,8 @@ def test_rollouts_asset_with_the_transformers_fallback(workspace, instance):
     settings = settings_in(workspace, rollout={"backend": "transformers", "samples_per_query": 3})
     defs = build_definitions(settings)
     observe_sources(defs, instance)
-    materialize_assets(defs, instance, [AssetKey("validation_queries"), AssetKey("rollouts"), AssetKey("grades")])
+    materialize_assets(defs, instance, [AssetKey("validation_queries")])
+    materialize_assets(defs, instance, [AssetKey("rollouts"), AssetKey("grades")], partition_key="base")
     event = instance.get_latest_materialization_event(AssetKey("rollouts"))
     assert event.asset_materialization.metadata["engine"].value == "transformers"
     grades_event = instance.get_latest_materialization_event(AssetKey("grades"))
