@@ -1,10 +1,11 @@
 """End to end through Dagster's own UI: a real dagster-webserver and daemon, driven by a real Chromium.
 
 Every launch is clicked in the browser: "Observe all" for the sources, then "Materialize all" on the
-global asset graph, which opens Dagster's launch dialog because one asset is partitioned into static
-shards: all partitions, "Launch backfill" (the code location's executor runs each run's steps in one
-process). The daemon runs the backfill (the unpartitioned upstream, one run per shard, then the scores
-and the refined dataset); the test then reads the backfill, lineage, asset and check pages. GraphQL is
+global asset graph, which opens Dagster's launch dialog because the chain of each checkpoint is
+partitioned by it (and the training gradients by shard too): all partitions, "Launch backfill" (the code
+location's executor runs each run's steps in one process). The daemon runs the backfill (the unpartitioned
+inputs, the base model's chain, one run per shard, then the scores and the refined dataset); the test then
+reads the backfill, lineage, asset and check pages. GraphQL is
 only used to wait and to check the instance's state next to what the pages show.
 
 The workspace has no test queries, so neither refined_model_evaluation nor method_benchmark (both SFT,
@@ -46,6 +47,7 @@ CHROMIUM_ARGS = [
 ]
 SOURCES = {"training_pool_source", "validation_queries_source", "base_model"}
 SHARDS = {"000", "001", "002"}  # SMALL_DEMO: projection.shards = 3
+CHECKPOINT_CHAIN = {"rollouts", "grades", "projection_basis", "validation_gradients", "training_gradient_projections"}
 BACKFILL_TIMEOUT_S = 420
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -308,7 +310,9 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     materializable = {k for k, n in nodes.items() if n["isMaterializable"]}
     assert observable == SOURCES
     assert {"rollouts", "refined_dataset", "training_gradient_projections"} <= materializable
-    assert [k for k, n in nodes.items() if n["isPartitioned"]] == ["training_gradient_projections"]
+    # The chain of each checkpoint (only the base model here) is partitioned by it; the training gradients
+    # also by shard.
+    assert {k for k, n in nodes.items() if n["isPartitioned"]} == CHECKPOINT_CHAIN
 
     # --- the global asset graph: top to bottom, every group expanded (both kept in the browser's storage;
     # the graph fits itself to the page when it loads)
@@ -349,8 +353,10 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     materialize_all.click()
     dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
     expect(dialog).to_contain_text(f"Launch runs to materialize {len(materializable)} assets")
-    dialog.get_by_role("button", name="All", exact=True).click()
-    expect(dialog).to_contain_text(f"{len(SHARDS)} partitions")
+    # The chain is partitioned by checkpoint (and shard), the pool is not: the dialog backfills every
+    # partition of every asset.
+    expect(dialog).to_contain_text("All partitions")
+    expect(dialog).to_contain_text("different partition definitions")
     _shot(page, "03-launch-backfill-dialog")
     dialog.get_by_role("button", name="Launch backfill").click()
     toast = page.get_by_text(re.compile(r"Created backfill \w+"))
@@ -375,17 +381,21 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     print(f"\nbackfill {backfill_id} finished in {time.monotonic() - started:.0f} s")
 
     # --- the instance's state: every run succeeded, every shard and the refined dataset materialized
-    assert backfill["isAssetBackfill"] and backfill["numPartitions"] == len(SHARDS)
+    assert backfill["isAssetBackfill"]
     runs = backfill["runs"]
     assert runs and all(r["status"] == "SUCCESS" for r in runs), runs
-    shard_runs = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
-    assert shard_runs == SHARDS  # one run per shard
+    partitions = [t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"]
+    # The base model's chain in runs of its own; then one run per shard of its training gradients.
+    assert set(partitions) == {"base"} | {f"base|{shard}" for shard in SHARDS}, partitions
+    assert sorted(p for p in partitions if "|" in p) == sorted(f"base|{shard}" for shard in SHARDS)
     assert all(r["status"] == "SUCCESS" for r in dagster.runs())
     backfill_runs = {r["runId"] for r in runs}
     for key in materializable:
         assert dagster.latest_materialization_run(key) in backfill_runs, key
-    stats = dagster.partition_stats("training_gradient_projections")
-    assert (stats["numMaterialized"], stats["numPartitions"], stats["numFailed"]) == (3, 3, 0), stats
+    for key in CHECKPOINT_CHAIN:
+        stats = dagster.partition_stats(key)
+        expected = len(SHARDS) if key == "training_gradient_projections" else 1
+        assert (stats["numMaterialized"], stats["numPartitions"], stats["numFailed"]) == (expected, expected, 0), (key, stats)
     rollout_checks = dagster.checks("rollouts")
     assert rollout_checks["rollouts_complete"] == {"status": "SUCCEEDED", "evaluation": {"success": True}}
     for key in ("rollouts", "grades", "influence_scores", "refined_dataset"):
@@ -406,11 +416,12 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     for key in ("validation_queries_source", "training_gradient_projections", "refined_dataset"):
         expect(_visible_text(page, key)).to_be_visible()
     expect(page.get_by_text(re.compile("Loading"))).to_have_count(0, timeout=60_000)  # each node's status
-    # training_pool, validation_queries, rollouts, grades, projection_basis, validation_gradients,
-    # influence_scores and refined_dataset say "Materialized"; the sharded table says "3 partitions", "100% filled".
-    expect(page.get_by_text("Materialized", exact=True)).to_have_count(8)
+    # training_pool, validation_queries, influence_scores and refined_dataset say "Materialized"; the base
+    # model's chain says "1 partition" (the sharded table "3 partitions"), each "100% filled".
+    expect(page.get_by_text("Materialized", exact=True)).to_have_count(4)
+    expect(page.get_by_text("1 partition", exact=True)).to_have_count(len(CHECKPOINT_CHAIN) - 1)
     expect(page.get_by_text(f"{len(SHARDS)} partitions", exact=True)).to_be_visible()
-    expect(page.get_by_text("100% filled", exact=True)).to_be_visible()
+    expect(page.get_by_text("100% filled", exact=True)).to_have_count(len(CHECKPOINT_CHAIN))
     expect(page.get_by_text("Observed", exact=True)).to_have_count(len(SOURCES))
     expect(page.get_by_text("3 / 3 Passed", exact=True)).to_have_count(2)  # rollouts' checks; influence_scores' and its guards
     page.wait_for_timeout(1000)
