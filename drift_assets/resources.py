@@ -20,7 +20,7 @@ import dagster_deltalake.handler
 import polars as pl
 import pyarrow as pa
 import torch
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, MetadataValue
 from dagster_deltalake import LocalConfig, S3Config
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable
@@ -155,8 +155,47 @@ class _AddActionsAsRecordBatch(DeltaTable):
         return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=actions.schema)
 
 
-# Every Delta IO manager this package builds writes through that handler module.
+def _partition_values_dnf(table_partition, data_type: str, str_values: bool) -> tuple:
+    """dagster-deltalake's filter for a partition dimension, for one value or several.
+
+    A run over a range of partitions (a single-run backfill, as ``warmup_checkpoints`` is) has
+    several values; dagster-deltalake 0.29.27 raises there, and its writer then builds no predicate
+    and overwrites the whole table, dropping every other partition. ``in`` keeps them.
+    """
+    values = list(table_partition.partitions)
+    return (
+        (table_partition.partition_expr, "=", values[0]) if len(values) == 1 else (table_partition.partition_expr, "in", values)
+    )
+
+
+_format_one_value = dagster_deltalake.handler._format_predicate_value
+_partition_stats = dagster_deltalake.handler._get_partition_stats
+
+
+def _get_partition_stats(dt: DeltaTable, table_slice=None):
+    """Zero rows and bytes where the write left no file (an empty table or partition): there
+    dagster-deltalake joins an empty, so null-typed, file list, which fails, and the write lost both
+    figures with a warning."""
+    try:
+        return _partition_stats(dt=dt, table_slice=table_slice)
+    except pa.ArrowException as error:
+        if "null" not in str(error):
+            raise
+        return None, {"size_bytes": MetadataValue.int(0), "num_rows": MetadataValue.int(0)}
+
+
+def _format_predicate_value(value) -> str | None:
+    """A list of several values as the SQL list ``('a', 'b')`` that an ``in`` predicate takes."""
+    if isinstance(value, list) and len(value) > 1:
+        return "(" + ", ".join(_format_one_value(item) for item in value) + ")"
+    return _format_one_value(value)
+
+
+# Every Delta IO manager this package builds writes and reads through that handler module.
 dagster_deltalake.handler.DeltaTable = _AddActionsAsRecordBatch
+dagster_deltalake.handler._value_dnf = _partition_values_dnf
+dagster_deltalake.handler._format_predicate_value = _format_predicate_value
+dagster_deltalake.handler._get_partition_stats = _get_partition_stats
 
 
 class WarehouseError(RuntimeError):

@@ -7,7 +7,7 @@ import sys
 
 import polars as pl
 import pytest
-from dagster import StaticPartitionsDefinition, asset, materialize
+from dagster import AllPartitionMapping, AssetIn, BackfillPolicy, StaticPartitionsDefinition, asset, materialize
 from dagster_deltalake import LocalConfig, S3Config
 
 from drift_assets.resources import Warehouse, WarehouseBusyError, WarehouseError
@@ -61,13 +61,16 @@ def test_delta_writes_record_row_count_and_size(tmp_path):
 
 
 def test_partitioned_delta_writes_count_the_partition_only(tmp_path):
-    @asset(partitions_def=StaticPartitionsDefinition(["a", "b"]), metadata={"partition_expr": "shard"})
+    @asset(partitions_def=StaticPartitionsDefinition(["a", "b", "c"]), metadata={"partition_expr": "shard"})
     def sharded(context) -> pl.DataFrame:
-        rows = 3 if context.partition_key == "a" else 5
-        return pl.DataFrame({"shard": [context.partition_key] * rows, "value": list(range(rows))})
+        rows = {"a": 3, "b": 5, "c": 0}[context.partition_key]
+        return pl.DataFrame(
+            {"shard": [context.partition_key] * rows, "value": list(range(rows))}, schema_overrides={"value": pl.Int64}
+        )
 
     assert _materialize_with_warehouse(tmp_path, [sharded], "a")["num_rows"].value == 3
     assert _materialize_with_warehouse(tmp_path, [sharded], "b")["num_rows"].value == 5
+    assert _materialize_with_warehouse(tmp_path, [sharded], "c")["num_rows"].value == 0  # a small pool's empty shard
 
 
 def test_a_new_release_may_add_a_column_to_a_table_an_earlier_one_wrote(tmp_path):
@@ -127,3 +130,45 @@ def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_pat
     ):
         warehouse.check_reachable()
     Warehouse.from_settings(parse_settings({}, "s.yaml", tmp_path)).check_reachable()  # a local root: nothing to check
+
+
+def _metadata(tmp_path, assets, **run):
+    settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
+    result = materialize(assets, resources={"io_manager": Warehouse.from_settings(settings).io_manager()}, **run)
+    return result.asset_materializations_for_node(assets[0].op.name)[0].metadata
+
+
+def test_a_run_over_a_range_of_partitions_replaces_those_partitions_only(tmp_path):
+    steps = StaticPartitionsDefinition(["a", "b", "c"])
+
+    @asset(partitions_def=steps, metadata={"partition_expr": "step"}, backfill_policy=BackfillPolicy.single_run())
+    def saved(context) -> pl.DataFrame:
+        keys = sorted(context.partition_keys)
+        return pl.DataFrame({"step": keys, "run": [",".join(keys)] * len(keys)})
+
+    _metadata(tmp_path, [saved], partition_key="a")
+    _metadata(tmp_path, [saved], partition_key="b")
+    range_tags = {"dagster/asset_partition_range_start": "b", "dagster/asset_partition_range_end": "c"}
+    metadata = _metadata(tmp_path, [saved], tags=range_tags)
+    table = pl.read_delta(str(tmp_path / "wh" / "drift" / "saved")).sort("step")
+    # dagster-deltalake alone overwrote the whole table here (it built no predicate for several partitions).
+    assert table.rows() == [("a", "a"), ("b", "b,c"), ("c", "b,c")]
+    assert metadata["num_rows"].value == 2  # the figures of the partitions written (dropped with a warning before)
+
+    @asset(ins={"saved": AssetIn(partition_mapping=AllPartitionMapping())})
+    def everything(saved: pl.DataFrame) -> pl.DataFrame:
+        return saved
+
+    # Reading several partitions goes through the same filter.
+    _metadata(tmp_path, [everything, saved.to_source_asset()], selection=[everything])
+    assert pl.read_delta(str(tmp_path / "wh" / "drift" / "everything")).sort("step").rows() == table.rows()
+
+
+def test_an_empty_table_records_zero_rows_without_a_warning(tmp_path):
+    @asset
+    def rejects() -> pl.DataFrame:
+        return pl.DataFrame({"example_id": [], "reason": []}, schema={"example_id": pl.String, "reason": pl.String})
+
+    # dagster-deltalake dropped both figures (and logged a warning) for a table without files.
+    metadata = _metadata(tmp_path, [rejects])
+    assert metadata["num_rows"].value == 0
