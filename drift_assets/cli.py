@@ -133,8 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["materialize", "summary"], help="materialize the whole graph, or print the summary")
     parser.add_argument("--settings", help="settings file (default: $DRIFT_ASSETS_SETTINGS or data/settings.yaml)")
     parser.add_argument("--all", action="store_true", help="materialize everything, not only what is stale or missing")
-    parser.add_argument("--verbose", action="store_true", help="Dagster's DEBUG events, and the stack traces of a failure")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Dagster's DEBUG events, the stack traces of a failure, and vLLM's and the other libraries' logs",
+    )
     args = parser.parse_args(argv)
+    if not args.verbose:
+        from drift_assets.terminal import quiet_libraries
+
+        quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # What a user should not have to read: Dagster's SQLite storage stamps its schema (alembic, at INFO)
     # for every new run database, and warns that the observable sources this graph uses are beta.

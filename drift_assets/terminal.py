@@ -7,6 +7,8 @@ own console logger: the UI shows each event with its trace.
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 
 from dagster import Field, logger
 
@@ -14,6 +16,23 @@ from dagster import Field, logger
 from dagster._utils.log import create_console_logger
 
 _TRACE = "\nStack Trace:"
+
+# What the libraries print that a user of the CLI does not need to read; ``--verbose`` keeps it all.
+# Set before they are imported, and inherited by vLLM's engine processes.
+QUIET_LIBRARIES = {
+    "VLLM_LOGGING_LEVEL": "ERROR",  # the engine's start-up and shutdown chatter
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" and "Writing model shards" bars
+    "TQDM_DISABLE": "1",  # any other progress bar left at its default
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's NUMA-binding notice in the engine's worker
+    "PYTHONWARNINGS": "ignore::FutureWarning",  # deprecations inside vLLM, in its own processes
+}
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' chatter (what the user set in the environment wins)."""
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 class _MessageOnly(logging.Filter):

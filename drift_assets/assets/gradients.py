@@ -16,6 +16,7 @@ from drift_assets.core.gradients import (
     shard_of,
     validation_gradient_frame,
 )
+from drift_assets.core.progress import Progress
 from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker
@@ -37,10 +38,14 @@ PROJECTION_KEYS = (
 )
 
 
-def progress_logger(context: AssetExecutionContext, what: str, every: int):
+def progress_logger(context: AssetExecutionContext, what: str, every: int, unit: str):
+    """A ``(done, total)`` callback that logs done/total with the rate and time left every ``every`` units."""
+    progress = Progress(what, 0, context.log.info, unit=unit)
+
     def log(done: int, total: int) -> None:
+        progress.total, progress.done = total, done
         if done == total or done // every != (done - 1) // every:
-            context.log.info(f"{what}: {done}/{total}")
+            progress.log(progress.line())
 
     return log
 
@@ -147,7 +152,7 @@ def build_gradient_assets(settings: Settings) -> list:
             validation_queries,
             batch_size,
             fingerprint,
-            progress_logger(context, f"checkpoint {checkpoint} validation gradients", 256),
+            progress_logger(context, f"checkpoint {checkpoint} validation gradients", 256, "sequences"),
             answer_marker,
         ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
         yield Output(
@@ -212,7 +217,7 @@ def build_gradient_assets(settings: Settings) -> list:
                     response_ids,
                     batch_size,
                     fingerprint,
-                    progress_logger(context, f"{where} gradients", 512),
+                    progress_logger(context, f"{where} gradients", 512, "examples"),
                 ).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all())
             )
         if frames:
