@@ -20,7 +20,7 @@ from drift_assets.core.stats import roc_auc
 from drift_assets.settings import Reads, Settings
 
 REFINE_VERSION = "2"
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"  # 2: JSONL and Parquet carry the same columns (id, score, source, the pool's extras)
 
 
 def build_refine_assets(settings: Settings) -> list:

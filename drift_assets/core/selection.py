@@ -10,6 +10,7 @@ from typing import Literal, get_args
 import numpy as np
 import polars as pl
 
+from drift_assets.core.pool import CORE_COLUMNS, OUTPUT_COLUMNS
 from drift_assets.core.stats import average_ranks
 
 SelectionMethod = Literal["top_fraction", "top_k", "positive"]
@@ -71,8 +72,20 @@ def refined_table(training_pool: pl.DataFrame, scores: pl.DataFrame, selected: p
     return table.with_columns(weight=pl.col("selected").cast(pl.Float64)).sort("rank")
 
 
+EXPORTED_FIRST = ("example_id", "score", "source")
+
+
+def export_columns(table: pl.DataFrame) -> list[str]:
+    """What an export carries besides ``messages``: the id, the score, the source, and the pool's own
+    extra columns (not what the pipeline derives: the text split, token counts, rank, weight)."""
+    derived = set(CORE_COLUMNS) | set(OUTPUT_COLUMNS) | {"messages"}
+    first = [c for c in EXPORTED_FIRST if c in table.columns]
+    return first + [c for c in table.columns if c not in derived and c not in first]
+
+
 def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "refined_dataset") -> dict[str, str]:
-    """Write the selected examples as ``{"messages": [...]}`` JSONL and Parquet; returns the paths.
+    """Write the selected examples, best first, as JSONL and Parquet with the same columns
+    (``messages``, ``example_id``, ``score`` and the pool's extra columns); returns the paths.
 
     Both load with ``datasets.load_dataset("json"|"parquet", data_files=...)`` and feed TRL's
     SFTTrainer as they are (its conversational format). Both files are written under temporary
@@ -82,19 +95,18 @@ def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "re
     directory.mkdir(parents=True, exist_ok=True)
     chosen = table.filter("selected").sort("rank")
     messages = [json.loads(text) for text in chosen["messages"]]
+    others = chosen.select(export_columns(chosen))
     jsonl, parquet = directory / f"{name}.jsonl", directory / f"{name}.parquet"
     staged_jsonl, staged_parquet = directory / f".{name}.jsonl.tmp", directory / f".{name}.parquet.tmp"
-    staged_jsonl.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in messages))
+    staged_jsonl.write_text(
+        "".join(
+            json.dumps({"messages": m, **row}, ensure_ascii=False) + "\n"
+            for m, row in zip(messages, others.to_dicts(), strict=True)
+        )
+    )
     # An explicit type, so that an empty selection still writes the chat schema rather than Null.
     message_type = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-    frame = pl.DataFrame(
-        {
-            "messages": pl.Series("messages", messages, dtype=message_type),
-            "example_id": chosen["example_id"],
-            "score": chosen["score"],
-        }
-    )
-    frame.write_parquet(staged_parquet)
+    pl.DataFrame([pl.Series("messages", messages, dtype=message_type)]).hstack(others).write_parquet(staged_parquet)
     staged_jsonl.replace(jsonl)
     staged_parquet.replace(parquet)
     return {"jsonl": str(jsonl), "parquet": str(parquet)}

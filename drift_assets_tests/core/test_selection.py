@@ -80,6 +80,10 @@ def refined() -> pl.DataFrame:
         {
             "example_id": [f"ex{i}" for i in range(len(SCORES))],
             "messages": [json.dumps(conversation(i)) for i in range(len(SCORES))],
+            # What the pool table derives (not exported) beside a column of the user's (exported).
+            "prompt": [f"What is {i} + 1?" for i in range(len(SCORES))],
+            "n_response_tokens": [3] * len(SCORES),
+            "source": ["pool.jsonl"] * len(SCORES),
             "category": ["correct"] * len(SCORES),
         }
     )
@@ -105,17 +109,27 @@ def test_export_selection_loads_with_datasets(refined, tmp_path):
     expected = [conversation(3), conversation(0), conversation(6)]  # best first
 
     lines = (tmp_path / "exports" / "picked.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [{"messages": m} for m in expected]
+    scores = dict(zip(refined["example_id"], refined["score"]))
+    assert [json.loads(line) for line in lines] == [
+        {
+            "messages": conversation(i),
+            "example_id": f"ex{i}",
+            "score": scores[f"ex{i}"],
+            "source": "pool.jsonl",
+            "category": "correct",
+        }
+        for i in (3, 0, 6)
+    ]
 
+    # Both files carry the same columns and rows.
     cache = str(tmp_path / "hf_cache")
     from_json = load_dataset("json", data_files=paths["jsonl"], split="train", cache_dir=cache)
-    assert from_json.column_names == ["messages"]
-    assert from_json["messages"] == expected
-
     from_parquet = load_dataset("parquet", data_files=paths["parquet"], split="train", cache_dir=cache)
-    assert from_parquet["messages"] == expected
-    assert from_parquet["example_id"] == ["ex3", "ex0", "ex6"]
-    assert from_parquet["score"] == pytest.approx([2.5, 0.9, 0.4])
+    for loaded in (from_json, from_parquet):
+        assert loaded.column_names == ["messages", "example_id", "score", "source", "category"]
+        assert loaded["messages"] == expected
+        assert loaded["example_id"] == ["ex3", "ex0", "ex6"]
+        assert loaded["score"] == pytest.approx([2.5, 0.9, 0.4])
 
 
 def test_an_empty_selection_exports_empty_files_with_the_chat_schema(refined, tmp_path):
@@ -130,5 +144,5 @@ def test_export_overwrites_a_previous_selection(refined, tmp_path):
     export_selection(refined, tmp_path, name="picked")
     fewer = refined.with_columns(selected=pl.col("rank") <= 1)
     paths = export_selection(fewer, tmp_path, name="picked")
-    assert [json.loads(line) for line in open(paths["jsonl"])] == [{"messages": conversation(3)}]
+    assert [json.loads(line)["messages"] for line in open(paths["jsonl"])] == [conversation(3)]
     assert pl.read_parquet(paths["parquet"])["example_id"].to_list() == ["ex3"]
