@@ -151,9 +151,10 @@ def materialize_pipeline(
     def wanted(names: list[str]) -> list[str]:
         return [n for n in names if not only_stale or n in pending]
 
-    def run(names: list[str], what: str, **partition) -> None:
+    def run(names: list[str], what: str | None, **partition) -> None:
         if names:
-            logger.info(f"materializing {what}")
+            if what:
+                logger.info(f"materializing {what}")
             materialize_assets(defs, instance, [AssetKey(n.split("[")[0]) for n in names], verbose=verbose, **partition)
             done.extend(names)
 
@@ -177,9 +178,13 @@ def materialize_pipeline(
     chain = [k.to_user_string() for k in _existing(defs, AT_CHECKPOINT)]
     for checkpoint in partition_keys(defs, AT_CHECKPOINT[0]):
         run(wanted([f"{name}[{checkpoint}]" for name in chain]), f"checkpoint {checkpoint}", partition_key=checkpoint)
-        for key in partition_keys(defs, SHARDED):  # MultiPartitionKeys, "checkpoint|shard"
-            if key.keys_by_dimension["checkpoint"] == checkpoint:
-                where = f"checkpoint {checkpoint}, shard {key.keys_by_dimension['shard']}"
-                run(wanted([f"{SHARDED}[{key}]"]), f"training gradients at {where}", partition_key=key)
+        # MultiPartitionKeys, "checkpoint|shard": one run per shard.
+        keys = [key for key in partition_keys(defs, SHARDED) if key.keys_by_dimension["checkpoint"] == checkpoint]
+        shards = {f"{SHARDED}[{key}]": key for key in keys}
+        stale = wanted(list(shards))
+        if stale:
+            logger.info(f"materializing the training gradients at checkpoint {checkpoint}: {len(stale)} shard(s), a run each")
+        for name in stale:
+            run([name], None, partition_key=shards[name])
     run(wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM)]), "scores onward")
     return done

@@ -32,6 +32,8 @@ def quiet_libraries() -> None:
     """Silence the libraries' chatter (what the user set in the environment wins)."""
     for name, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(name, value)
+    # vLLM's modules that log while they import, before vLLM reads its own level.
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 

@@ -38,13 +38,20 @@ PROJECTION_KEYS = (
 )
 
 
-def progress_logger(context: AssetExecutionContext, what: str, every: int, unit: str):
-    """A ``(done, total)`` callback that logs done/total with the rate and time left every ``every`` units."""
+PROGRESS_EVERY_S = 10.0
+
+
+def progress_logger(context: AssetExecutionContext, what: str, unit: str):
+    """A ``(done, total)`` callback that logs done/total with the rate and time left at most every
+    ``PROGRESS_EVERY_S`` seconds, and when the pass is done."""
     progress = Progress(what, 0, context.log.info, unit=unit)
+    last = [progress.started]
 
     def log(done: int, total: int) -> None:
         progress.total, progress.done = total, done
-        if done == total or done // every != (done - 1) // every:
+        now = progress.clock()
+        if done == total or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
             progress.log(progress.line())
 
     return log
@@ -152,7 +159,7 @@ def build_gradient_assets(settings: Settings) -> list:
             validation_queries,
             batch_size,
             fingerprint,
-            progress_logger(context, f"checkpoint {checkpoint} validation gradients", 256, "sequences"),
+            progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences"),
             answer_marker,
         ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
         yield Output(
@@ -217,7 +224,7 @@ def build_gradient_assets(settings: Settings) -> list:
                     response_ids,
                     batch_size,
                     fingerprint,
-                    progress_logger(context, f"{where} gradients", 512, "examples"),
+                    progress_logger(context, f"{where} gradients", "examples"),
                 ).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all())
             )
         if frames:

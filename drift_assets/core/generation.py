@@ -210,6 +210,8 @@ class VllmEngine:
                 max_model_len=max_model_len,
                 seed=seed,
                 enforce_eager=on_cpu,
+                # Its bar goes to the terminal, not to the run's log; vLLM logs the load time anyway.
+                use_tqdm_on_load=False,
                 **cpu_options,
             )
         except BaseException:
