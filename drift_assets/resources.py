@@ -279,12 +279,22 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
         finally:
             handle.close()  # closing releases the lock
 
-    def set_aside(self, asset_name: str) -> str:
-        """Move a damaged local table out of the way (kept for inspection); returns where it went."""
+    def partition_columns(self, asset_name: str) -> list[str] | None:
+        """The columns the asset's table is partitioned by (None: no readable table)."""
+        try:
+            return list(
+                DeltaTable(self.table_uri(asset_name), storage_options=self.storage_options or None).metadata().partition_columns
+            )
+        except Exception:  # missing or damaged: table_problem says which
+            return None
+
+    def set_aside(self, asset_name: str, why: str = "damaged") -> str:
+        """Move a local table out of the way (kept for inspection, as ``<table>.<why>-<time>``);
+        returns where it went."""
         uri = self.table_uri(asset_name)
         if "://" in uri:
-            raise RuntimeError(f"{uri} is damaged: delete it (it is rebuilt by the next materialization)")
-        target = f"{uri}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+            raise RuntimeError(f"{uri} is {why}: delete it (it is rebuilt by the next materialization)")
+        target = f"{uri}.{why}-{time.strftime('%Y%m%dT%H%M%S')}"
         Path(uri).rename(target)
         return target
 

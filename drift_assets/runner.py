@@ -114,16 +114,20 @@ def partition_keys(defs: Definitions, asset_name: str) -> list[str]:
 
 
 def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> set[str]:
-    """Find materialized assets whose table is gone or unreadable, move damaged ones aside, and
-    return their names: they are materialized again with what lies downstream of them."""
-    from drift_assets.staleness import damaged_tables
+    """Find materialized assets whose table is gone or unreadable, and tables laid out by an earlier
+    release (other partition columns); move those aside and return their names: they are
+    materialized again with what lies downstream of them."""
+    from drift_assets.staleness import damaged_tables, relaid_tables
 
     damaged = damaged_tables(defs, instance, warehouse)
     for name, problem in damaged.items():
         if warehouse.exists(name):
             problem += f"; moved to {warehouse.set_aside(name)}"
         logger.warning(f"{name}: {problem}; materializing it again")
-    return set(damaged)
+    relaid = relaid_tables(defs, warehouse)
+    for name, problem in relaid.items():
+        logger.warning(f"{name}: {problem}; moved to {warehouse.set_aside(name, 'previous-layout')}, materializing it again")
+    return set(damaged) | set(relaid)
 
 
 def materialize_pipeline(

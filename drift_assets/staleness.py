@@ -10,13 +10,18 @@ from __future__ import annotations
 from dagster import AssetKey, DagsterInstance, Definitions
 
 
-def _resolver(defs: Definitions, instance: DagsterInstance):
+def _graph(defs: Definitions):
     from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+
+    return AssetGraph.from_assets(list(defs.assets or []))
+
+
+def _resolver(defs: Definitions, instance: DagsterInstance):
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
     from dagster._core.loader import LoadingContextForTest
 
     # LoadingContextForTest is Dagster's plain loading context; nothing about it is test-only.
-    graph = AssetGraph.from_assets(list(defs.assets or []))
+    graph = _graph(defs)
     return graph, CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
 
 
@@ -61,6 +66,28 @@ def damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> d
         if problem:
             damaged[key.to_user_string()] = problem
     return damaged
+
+
+def _partition_columns(partition_expr) -> set[str]:
+    if partition_expr is None:
+        return set()
+    return set(partition_expr.values()) if isinstance(partition_expr, dict) else {partition_expr}
+
+
+def relaid_tables(defs: Definitions, warehouse) -> dict[str, str]:
+    """Tables partitioned by other columns than their asset now is (written by a release that laid
+    the asset out otherwise): Delta cannot write such a table in place, so it has to be rebuilt."""
+    graph = _graph(defs)
+    relaid = {}
+    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        if "dagster/kind/delta" not in node.tags:
+            continue
+        actual = warehouse.partition_columns(key.to_user_string())
+        expected = _partition_columns(node.metadata.get("partition_expr"))
+        if actual is not None and set(actual) != expected:
+            relaid[key.to_user_string()] = f"its table is partitioned by {sorted(actual)}, the asset now by {sorted(expected)}"
+    return relaid
 
 
 def needs_materialization(defs: Definitions, instance: DagsterInstance, also: set[str] = frozenset()) -> set[str]:

@@ -112,6 +112,45 @@ def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(priva
     assert len(list(Path(warehouse.table_uri("influence_scores")).parent.glob("influence_scores.damaged-*"))) == 1
 
 
+def test_a_table_an_earlier_release_laid_out_otherwise_is_set_aside_and_rebuilt(tmp_path):
+    """warmup_checkpoints had a checkpoint column and no partitions before: Delta cannot write one partition into it."""
+    import polars as pl
+    from dagster import Definitions, StaticPartitionsDefinition, asset
+
+    from drift_assets.runner import WARMUP, materialize_assets, repair_damaged_tables
+    from drift_assets.settings import parse_settings
+    from drift_assets.terminal import terminal_logger
+
+    warehouse = Warehouse.from_settings(parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path))
+
+    @asset(name=WARMUP, kinds={"delta"})
+    def before() -> pl.DataFrame:
+        return pl.DataFrame({"checkpoint": ["000050", "000150"], "release": ["before"] * 2})
+
+    @asset(
+        name=WARMUP,
+        kinds={"delta"},
+        partitions_def=StaticPartitionsDefinition(["000050", "000150"]),
+        metadata={"partition_expr": "checkpoint"},
+    )
+    def after(context) -> pl.DataFrame:
+        return pl.DataFrame({"checkpoint": [context.partition_key], "release": ["after"]})
+
+    with instance_for_test() as instance:
+        resources = {"io_manager": warehouse.io_manager()}
+        loggers = {"console": terminal_logger}  # as the code location has it
+        materialize_assets(Definitions(assets=[before], resources=resources, loggers=loggers), instance, [AssetKey(WARMUP)])
+        defs = Definitions(assets=[after], resources=resources, loggers=loggers)
+        with pytest.raises(Exception, match="partitioning does not match"):  # what a user got
+            materialize_assets(defs, instance, [AssetKey(WARMUP)], partition_key="000050")
+        assert repair_damaged_tables(defs, instance, warehouse) == {"warmup_checkpoints"}
+        materialize_assets(defs, instance, [AssetKey(WARMUP)], partition_key="000050")
+        assert warehouse.scan("warmup_checkpoints").collect()["release"].to_list() == ["after"]
+        (kept,) = Path(warehouse.table_uri("warmup_checkpoints")).parent.glob("warmup_checkpoints.previous-layout-*")
+        assert pl.read_delta(str(kept))["release"].to_list() == ["before"] * 2  # nothing of the user's is lost
+        assert repair_damaged_tables(defs, instance, warehouse) == set()
+
+
 def test_a_run_left_started_by_a_killed_process_is_marked_failed():
     from dagster import DagsterRunStatus
     from dagster._core.storage.dagster_run import DagsterRun
