@@ -51,7 +51,7 @@ from drift_assets.core.grading import extract_number
 from drift_assets.core.influence import PoolScores, fit_curvature, score_pool
 from drift_assets.core.projection import LinearGradientProjector, project_in_batches
 from drift_assets.core.stats import roc_auc
-from drift_assets.core.stored import gradients_along
+from drift_assets.core.stored import gradients_along, rows_at
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.resources import ModelResource, Warehouse, model_resource
 from drift_assets.settings import Settings, projection_options, validation_answer_marker
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
     read = {
         name: warehouse.scan(name).collect()
         if name in ("training_pool", "validation_queries", "influence_scores")
-        else base_rows(warehouse, name)
+        else rows_at(warehouse, name)
         for name in needed
     }
     pool = read["training_pool"].sort("example_id")
@@ -195,7 +195,7 @@ def main(argv=None) -> None:
     gradients = pool.select("example_id").join(read["training_gradient_projections"], on="example_id", how="left")
     training = vectors(gradients).astype(np.float64)
     for name, target in split_target(
-        base_rows(warehouse, "validation_gradients"), read["grades"], settings.influence.weighting
+        rows_at(warehouse, "validation_gradients"), read["grades"], settings.influence.weighting
     ).items():
         print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
 
@@ -389,7 +389,7 @@ def answer_contrast_scores(
             model = model_resource(settings)
         else:
             model = ModelResource(path=paths[checkpoint.checkpoint], dtype=settings.model.dtype, device=settings.model.device)
-        rollouts = base_rows(warehouse, "rollouts", checkpoint.checkpoint).join(
+        rollouts = rows_at(warehouse, "rollouts", checkpoint.checkpoint).join(
             checkpoint.grades.select("rollout_id", "correct"), on="rollout_id"
         )
         targets, projection = answer_contrasts(model, settings, checkpoint, rollouts, queries)
@@ -403,11 +403,6 @@ def answer_contrast_scores(
     print("\n" + kinds.header())
     print("\n".join(rows))
     return {f"{name} (mean)": in_pool_order(combine_checkpoints(scores), pool) for name, scores in along.items()}
-
-
-def base_rows(warehouse: Warehouse, name: str, checkpoint: str = "base") -> pl.DataFrame:
-    """One checkpoint's rows of a table partitioned by checkpoint (the base model's by default)."""
-    return warehouse.scan(name).filter(pl.col("checkpoint") == checkpoint).collect()
 
 
 def in_pool_order(scores: PoolScores, pool: pl.DataFrame) -> np.ndarray:

@@ -36,6 +36,7 @@ from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import pool_token_pairs, reference_basis, validation_gradient_frame
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
 from drift_assets.core.stats import roc_auc, spearman
+from drift_assets.core.stored import rows_at
 from drift_assets.settings import validation_answer_marker
 
 
@@ -58,7 +59,8 @@ def main(argv=None) -> None:
 
     pool = read("training_pool")
     pool = pool.sample(min(args.examples, pool.height), seed=0)
-    grades, rollouts, queries = read("grades"), read("rollouts"), read("validation_queries")
+    # The base model's rollouts and grades (the tables hold every checkpoint's).
+    grades, rollouts, queries = rows_at(warehouse, "grades"), rows_at(warehouse, "rollouts"), read("validation_queries")
     influence = settings.influence
 
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()

@@ -35,7 +35,8 @@ def shard_batches(tables: TableReader, n_shards: int, checkpoint: str = BASE) ->
     return batches
 
 
-def _at(tables: TableReader, asset_name: str, checkpoint: str) -> pl.DataFrame:
+def rows_at(tables: TableReader, asset_name: str, checkpoint: str = BASE) -> pl.DataFrame:
+    """One checkpoint's rows of a table partitioned by checkpoint (the base model's by default)."""
     frame = tables.scan(asset_name).filter(pl.col("checkpoint") == checkpoint).collect()
     if frame.is_empty():
         raise ValueError(f"{asset_name} has no rows for checkpoint {checkpoint}: materialize that partition")
@@ -56,8 +57,8 @@ def checkpoint_gradients(tables: TableReader, checkpoint: str, n_shards: int) ->
     return CheckpointGradients(
         checkpoint,
         shard_batches(tables, n_shards, checkpoint),
-        _at(tables, "validation_gradients", checkpoint),
-        _at(tables, "grades", checkpoint),
+        rows_at(tables, "validation_gradients", checkpoint),
+        rows_at(tables, "grades", checkpoint),
         set(fingerprints.iter_rows()),
     )
 
