@@ -12,9 +12,10 @@ from dagster import AssetExecutionContext, AssetOut, DataVersion, Output, multi_
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.automation import observe_condition
 from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
-from drift_assets.core.generation import resolve_max_model_len
+from drift_assets.core.generation import model_config, resolve_max_model_len
 from drift_assets.core.grading import validate_grader
 from drift_assets.core.pool import load_queries, normalize_pool, read_rows, require_examples
+from drift_assets.core.sequences import bos_warning
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Reads, Settings
 
@@ -82,7 +83,11 @@ def build_source_assets(settings: Settings) -> list:
     )
     def training_pool(context: AssetExecutionContext, model: ModelResource):
         max_tokens = resolve_max_model_len(pool_reads.data.max_example_tokens, model.path, "data.max_example_tokens")
-        normalized = normalize_pool(read_rows(pool_path), model.load_tokenizer(), max_tokens, source=Path(pool_path).name)
+        tokenizer = model.load_tokenizer()
+        bos = bos_warning(tokenizer, model_config(model.path).get("bos_token_id"))
+        if bos:
+            context.log.warning(f"{model.path}: {bos}")
+        normalized = normalize_pool(read_rows(pool_path), tokenizer, max_tokens, source=Path(pool_path).name)
         examples, rejects = normalized.examples, normalized.rejects
         context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
         for column, name in normalized.renamed_columns.items():
@@ -100,6 +105,7 @@ def build_source_assets(settings: Settings) -> list:
             metadata={
                 **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
                 "rejected_rows": rejects.height,
+                "bos_warning": bos or "none",
                 "renamed_columns": normalized.renamed_columns,
                 "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
             },

@@ -284,13 +284,18 @@ class VllmEngine:
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
-def model_context_length(model_dir: str) -> int | None:
-    """The context length a Hugging Face model directory's config.json declares (None if it names none)."""
+def model_config(model_dir: str) -> dict:
+    """A Hugging Face model directory's config.json (a multimodal model's text_config merged in)."""
     import json
     from pathlib import Path
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    config = {**config.get("text_config", {}), **config}
+    return {**config.get("text_config", {}), **config}
+
+
+def model_context_length(model_dir: str) -> int | None:
+    """The context length a Hugging Face model directory's config.json declares (None if it names none)."""
+    config = model_config(model_dir)
     return next((int(config[key]) for key in _CONTEXT_KEYS if isinstance(config.get(key), int)), None)
 
 

@@ -37,6 +37,21 @@ def encode_prompt(tokenizer, rendered_prompt: str) -> list[int]:
     return tokenizer(rendered_prompt, add_special_tokens=add_special)["input_ids"]
 
 
+def bos_warning(tokenizer, bos_token_id: int | None) -> str | None:
+    """Why prompts may reach the model without the BOS token its config names (None: they start with it)."""
+    if bos_token_id is None:
+        return None
+    ids = encode_prompt(tokenizer, render_prompt(tokenizer, "What is 1 + 1?"))
+    if ids[:1] == [bos_token_id]:
+        return None
+    return (
+        f"the model's config.json names BOS token id {bos_token_id}, but the tokenizer encodes a prompt starting with "
+        f"{ids[:1] or 'nothing'}: if the model was trained with BOS first, its rollouts, gradients and fine-tuning all see "
+        "prompts unlike its training (set add_bos_token in tokenizer_config.json, or a chat template that writes "
+        "{{ bos_token }}); some models (Qwen2, for one) are trained without it, and there this is expected"
+    )
+
+
 def encode_response(tokenizer, response: str, append_eos: bool = True) -> list[int]:
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if append_eos and tokenizer.eos_token_id is not None:

@@ -9,6 +9,7 @@ from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import answer_split, query_token_pairs, response_token_pairs, validation_gradient_frame
 from drift_assets.core.rollouts import rollout_rows
 from drift_assets.core.sequences import (
+    bos_warning,
     encode_prompt,
     encode_response,
     render_prompt,
@@ -127,3 +128,14 @@ def test_the_engine_context_defaults_to_the_models_and_a_longer_one_names_the_se
     assert resolve_max_model_len(48, str(tmp_path)) == 48
     with pytest.raises(ValueError, match=r"rollout.max_model_len = 256 exceeds the model's context of 64 tokens"):
         resolve_max_model_len(256, str(tmp_path))
+
+
+@pytest.mark.parametrize("tokenizer", [build_char_tokenizer(), build_char_tokenizer(chat_template=True), build_chat_tokenizer()])
+def test_a_prompt_without_the_bos_token_the_model_config_names_is_flagged(tokenizer):
+    prompt = encode_prompt(tokenizer, render_prompt(tokenizer, "What is 2 + 2?"))
+    assert prompt[0] == tokenizer.bos_token_id  # each of these tokenizers writes BOS first
+    assert bos_warning(tokenizer, tokenizer.bos_token_id) is None
+    assert bos_warning(tokenizer, None) is None  # a config without BOS asks for nothing
+    other = tokenizer.bos_token_id + 1
+    message = bos_warning(tokenizer, other)
+    assert f"BOS token id {other}" in message and f"[{tokenizer.bos_token_id}]" in message
