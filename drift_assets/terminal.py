@@ -33,7 +33,7 @@ def quiet_libraries() -> None:
     for name, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(name, value)
     # vLLM's modules that log while they import, before vLLM reads its own level.
-    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
