@@ -183,8 +183,9 @@ def materialize_pipeline(
     for checkpoint in partition_keys(defs, AT_CHECKPOINT[0]):
         run(wanted([f"{name}[{checkpoint}]" for name in chain]), f"checkpoint {checkpoint}", partition_key=checkpoint)
         # MultiPartitionKeys, "checkpoint|shard": one run per shard.
-        keys = [key for key in partition_keys(defs, SHARDED) if key.keys_by_dimension["checkpoint"] == checkpoint]
-        shards = {f"{SHARDED}[{key}]": key for key in keys}
+        shards = {
+            f"{SHARDED}[{key}]": key for key in partition_keys(defs, SHARDED) if key.keys_by_dimension["checkpoint"] == checkpoint
+        }
         stale = wanted(list(shards))
         if stale:
             logger.info(f"materializing the training gradients at checkpoint {checkpoint}: {len(stale)} shard(s), a run each")

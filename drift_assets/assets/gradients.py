@@ -44,17 +44,7 @@ PROGRESS_EVERY_S = 10.0
 def progress_logger(context: AssetExecutionContext, what: str, unit: str):
     """A ``(done, total)`` callback that logs done/total with the rate and time left at most every
     ``PROGRESS_EVERY_S`` seconds, and when the pass is done."""
-    progress = Progress(what, 0, context.log.info, unit=unit)
-    last = [progress.started]
-
-    def log(done: int, total: int) -> None:
-        progress.total, progress.done = total, done
-        now = progress.clock()
-        if done == total or now - last[0] >= PROGRESS_EVERY_S:
-            last[0] = now
-            progress.log(progress.line())
-
-    return log
+    return Progress(what, 0, context.log.info, unit=unit, every_s=PROGRESS_EVERY_S).update
 
 
 def build_gradient_assets(settings: Settings) -> list:

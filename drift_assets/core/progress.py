@@ -17,7 +17,8 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts units of work and logs ``what: done/total (rate, ETA) note`` at each :meth:`advance`."""
+    """Counts units of work and logs ``what: done/total (rate, ETA) note`` at each :meth:`advance`,
+    or at most every ``every_s`` seconds (and once done) through :meth:`update`."""
 
     def __init__(
         self,
@@ -26,10 +27,11 @@ class Progress:
         log: Callable[[str], None],
         unit: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        every_s: float = 0.0,
     ):
-        self.what, self.total, self.log, self.unit, self.clock = what, total, log, unit or what, clock
+        self.what, self.total, self.log, self.unit, self.clock, self.every_s = what, total, log, unit or what, clock, every_s
         self.done = 0
-        self.started = clock()
+        self.started = self._last_line = clock()
 
     def line(self, note: str = "") -> str:
         elapsed = self.clock() - self.started
@@ -44,3 +46,12 @@ class Progress:
     def advance(self, note: str = "", by: int = 1) -> None:
         self.done += by
         self.log(self.line(note))
+
+    def update(self, done: int, total: int) -> None:
+        """A ``(done, total)`` progress callback: logs once done, and otherwise when ``every_s``
+        seconds have passed since the last line."""
+        self.done, self.total = done, total
+        now = self.clock()
+        if done >= total or now - self._last_line >= self.every_s:
+            self._last_line = now
+            self.log(self.line())

@@ -138,3 +138,17 @@ def test_progress_lines_give_rate_and_time_left():
         "fine-tunes: 4/4 (10.0 s per fine-tune, done, 40s so far)",
     ]
     assert [duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
+
+
+def test_progress_updates_log_at_most_every_interval_and_when_done():
+    now = [0.0]
+    lines = []
+    progress = Progress("gradients", 0, lines.append, unit="examples", clock=lambda: now[0], every_s=10.0)
+    for done, at in ((100, 4.0), (200, 10.0), (300, 15.0), (400, 20.0), (450, 21.0)):
+        now[0] = at
+        progress.update(done, 450)
+    assert lines == [
+        "gradients: 200/450 (20.0 examples/s, ETA 12s, 10s so far)",
+        "gradients: 400/450 (20.0 examples/s, ETA 2s, 20s so far)",
+        "gradients: 450/450 (21.4 examples/s, done, 21s so far)",
+    ]

@@ -41,11 +41,10 @@ def test_s3_root_uses_s3_storage_options(tmp_path):
     assert (manager.storage_options.region, manager.storage_options.endpoint) == ("eu-west-1", "http://127.0.0.1:9000")
 
 
-def _materialize_with_warehouse(tmp_path, assets, partition_key=None):
+def _materialize_with_warehouse(tmp_path, assets, **run):
+    """The first asset's materialization metadata; ``run``: partition_key, tags, selection."""
     settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
-    result = materialize(
-        assets, resources={"io_manager": Warehouse.from_settings(settings).io_manager()}, partition_key=partition_key
-    )
+    result = materialize(assets, resources={"io_manager": Warehouse.from_settings(settings).io_manager()}, **run)
     return result.asset_materializations_for_node(assets[0].op.name)[0].metadata
 
 
@@ -68,9 +67,11 @@ def test_partitioned_delta_writes_count_the_partition_only(tmp_path):
             {"shard": [context.partition_key] * rows, "value": list(range(rows))}, schema_overrides={"value": pl.Int64}
         )
 
-    assert _materialize_with_warehouse(tmp_path, [sharded], "a")["num_rows"].value == 3
-    assert _materialize_with_warehouse(tmp_path, [sharded], "b")["num_rows"].value == 5
-    assert _materialize_with_warehouse(tmp_path, [sharded], "c")["num_rows"].value == 0  # a small pool's empty shard
+    assert _materialize_with_warehouse(tmp_path, [sharded], partition_key="a")["num_rows"].value == 3
+    assert _materialize_with_warehouse(tmp_path, [sharded], partition_key="b")["num_rows"].value == 5
+    assert (
+        _materialize_with_warehouse(tmp_path, [sharded], partition_key="c")["num_rows"].value == 0
+    )  # a small pool's empty shard
 
 
 def test_a_new_release_may_add_a_column_to_a_table_an_earlier_one_wrote(tmp_path):
@@ -132,12 +133,6 @@ def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_pat
     Warehouse.from_settings(parse_settings({}, "s.yaml", tmp_path)).check_reachable()  # a local root: nothing to check
 
 
-def _metadata(tmp_path, assets, **run):
-    settings = parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path)
-    result = materialize(assets, resources={"io_manager": Warehouse.from_settings(settings).io_manager()}, **run)
-    return result.asset_materializations_for_node(assets[0].op.name)[0].metadata
-
-
 def test_a_run_over_a_range_of_partitions_replaces_those_partitions_only(tmp_path):
     steps = StaticPartitionsDefinition(["a", "b", "c"])
 
@@ -146,10 +141,10 @@ def test_a_run_over_a_range_of_partitions_replaces_those_partitions_only(tmp_pat
         keys = sorted(context.partition_keys)
         return pl.DataFrame({"step": keys, "run": [",".join(keys)] * len(keys)})
 
-    _metadata(tmp_path, [saved], partition_key="a")
-    _metadata(tmp_path, [saved], partition_key="b")
+    _materialize_with_warehouse(tmp_path, [saved], partition_key="a")
+    _materialize_with_warehouse(tmp_path, [saved], partition_key="b")
     range_tags = {"dagster/asset_partition_range_start": "b", "dagster/asset_partition_range_end": "c"}
-    metadata = _metadata(tmp_path, [saved], tags=range_tags)
+    metadata = _materialize_with_warehouse(tmp_path, [saved], tags=range_tags)
     table = pl.read_delta(str(tmp_path / "wh" / "drift" / "saved")).sort("step")
     # dagster-deltalake alone overwrote the whole table here (it built no predicate for several partitions).
     assert table.rows() == [("a", "a"), ("b", "b,c"), ("c", "b,c")]
@@ -160,7 +155,7 @@ def test_a_run_over_a_range_of_partitions_replaces_those_partitions_only(tmp_pat
         return saved
 
     # Reading several partitions goes through the same filter.
-    _metadata(tmp_path, [everything, saved.to_source_asset()], selection=[everything])
+    _materialize_with_warehouse(tmp_path, [everything, saved.to_source_asset()], selection=[everything])
     assert pl.read_delta(str(tmp_path / "wh" / "drift" / "everything")).sort("step").rows() == table.rows()
 
 
@@ -170,5 +165,5 @@ def test_an_empty_table_records_zero_rows_without_a_warning(tmp_path):
         return pl.DataFrame({"example_id": [], "reason": []}, schema={"example_id": pl.String, "reason": pl.String})
 
     # dagster-deltalake dropped both figures (and logged a warning) for a table without files.
-    metadata = _metadata(tmp_path, [rejects])
+    metadata = _materialize_with_warehouse(tmp_path, [rejects])
     assert metadata["num_rows"].value == 0
