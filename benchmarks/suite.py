@@ -274,7 +274,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(DEMO_TASKS), help=f"comma-separated subset of {', '.join(DEMO_TASKS)}")
     parser.add_argument(
         "--methods",
-        default="full,random,oracle,loss,rds,bm25,offpolicy,drift,drift_signed,drift_reference,drift_base",
+        default="full,random,oracle,loss,rds,bm25,offpolicy,drift,drift_signed,drift_positive,drift_reference,drift_base",
         help=f"comma-separated subset of {', '.join(BENCHMARK_METHODS)}",
     )
     parser.add_argument("--seeds", default="0,1,2,3,4", help="SFT seeds")

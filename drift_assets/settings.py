@@ -73,7 +73,7 @@ class WarehouseSettings(_Group):
     storage_options: dict[str, str] = Field(default_factory=dict, description="Passed to deltalake (e.g. AWS_REGION).")
 
 
-DEMO_TASKS = ("arithmetic", "sort", "spell", "count")  # drift_assets.tasks.TASKS; a test keeps them equal
+DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice")  # drift_assets.tasks.TASKS; a test keeps them equal
 
 
 class DemoSettings(_Group):
@@ -376,10 +376,12 @@ class BenchmarkSettings(_Group):
             "offpolicy",
             "drift",
             "drift_signed",
+            "drift_positive",
             "drift_reference",
             "drift_base",
         ],
-        description="the selections compared (drift_*: DRIFT with one setting changed; see drift_assets.core.benchmark)",
+        description="the selections compared (drift_*: DRIFT with one setting changed, see drift_assets.core.benchmark; "
+        "one that restates the configured setting shares drift's fine-tunes)",
     )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4],

@@ -191,10 +191,12 @@ def build_evaluation_assets(settings: Settings) -> list:
         drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
         drift_size = int(select(drift_scores, selection.method, selection.fraction, selection.k).sum())
         queries = test_queries.to_dicts()
-        jobs = []
+        # A method whose selection equals another's on a seed (an ablation that restates the
+        # configured setting) shares its fine-tune: SFT is deterministic, so the result is the same.
+        jobs, sharing = [], {}
         for method in benchmark.methods:
             for seed in benchmark.seeds:
-                chosen = set(
+                chosen = frozenset(
                     selected_ids(
                         method,
                         seed,
@@ -206,35 +208,46 @@ def build_evaluation_assets(settings: Settings) -> list:
                         selection.k,
                     )
                 )
+                if (seed, chosen) in sharing:
+                    sharing[seed, chosen].append(method)
+                    continue
+                sharing[seed, chosen] = [method]
                 messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
                 jobs.append(fine_tune_job(bench_reads, model, method, messages, queries, seed))
+        methods_of = {(seed, methods[0]): methods for (seed, _), methods in sharing.items()}
         run_one = (
             fine_tune_from_disk
             if benchmark.workers > 1
             else (lambda job: train_and_evaluate(bench_reads, model, rollout_engine, job, context.log.debug))
         )
+        shared = len(benchmark.methods) * len(benchmark.seeds) - len(jobs)
         context.log.info(
-            f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds) "
-            f"in {benchmark.workers} process(es)"
+            f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds"
+            + (f", {shared} sharing another method's selection" if shared else "")
+            + f") in {benchmark.workers} process(es)"
         )
         rows = []
         progress = Progress("fine-tunes", len(jobs), context.log.info)
         for job, (result, seconds) in run_fine_tunes(jobs, run_one, benchmark.workers):
             low, high = result.interval
-            rows.append(
-                {
-                    "method": job.method,
-                    "seed": job.seed,
-                    "n_selected": len(job.messages),
-                    "accuracy": result.accuracy,
-                    "accuracy_low": low,
-                    "accuracy_high": high,
-                    "noise_auc": noise_auc(scores.get(job.method), training_pool),
-                    "wall_seconds": seconds,
-                }
-            )
-            progress.advance(f"{job.method} seed {job.seed}: accuracy {result.accuracy:.3f}")
-        table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64})
+            for method in methods_of[job.seed, job.method]:
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": job.seed,
+                        "n_selected": len(job.messages),
+                        "accuracy": result.accuracy,
+                        "accuracy_low": low,
+                        "accuracy_high": high,
+                        "noise_auc": noise_auc(scores.get(method), training_pool),
+                        "wall_seconds": seconds if method == job.method else 0.0,
+                    }
+                )
+            progress.advance(f"{' = '.join(methods_of[job.seed, job.method])} seed {job.seed}: accuracy {result.accuracy:.3f}")
+        order = {method: index for index, method in enumerate(benchmark.methods)}
+        table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64}).sort(
+            pl.col("method").replace_strict(order), "seed", maintain_order=True
+        )
         context.add_output_metadata(
             {
                 **table_metadata(table, preview_rows=len(rows)),

@@ -1,7 +1,8 @@
 """Count one letter in a string, answered after ``####``, with or without listing the matches first.
 
-Held out: no default is chosen by it; it is reported on its own. Numeric grading, no chat
-template. Noise: near misses (the count one off), off-task rows (string chores), and format noise
+The suite's first held-out task; its results were seen when the defaults of 2026-11-30 were
+reported, so it has been a development task since (``choice`` is held out now). Numeric grading,
+no chat template. Noise: near misses (the count one off), off-task rows (string chores), and format noise
 (the count as a word, which the numeric grader cannot read).
 """
 
@@ -20,11 +21,10 @@ CHORES = ("Upper: {w}", "Double: {w}", "First letter: {w}")
 
 class Count(Task):
     name = "count"
-    description = "count a letter in 4-10 letters, '#### N' after an optional list of the matches, numeric grading; held out"
+    description = "count a letter in 4-10 letters, '#### N' after an optional list of the matches, numeric grading"
     grader = "numeric"
     answer_marker = MARKER
     chat_template = False
-    held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "off_task": 0.06, "format": 0.06}, selection_fraction=0.5, sft={"steps": 150}

@@ -194,7 +194,8 @@ def test_evaluation_closes_the_loop(pipeline):
 @pytest.mark.vllm
 def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
     settings, _, instance = private_pipeline
-    methods, seeds = ["full", "random", "drift", "loss", "oracle"], [0, 1]
+    restated = f"drift_{settings.influence.unsolved}"  # an ablation that restates a configured setting
+    methods, seeds = ["full", "random", "drift", "loss", "oracle", restated], [0, 1]
     settings = settings.model_copy(
         update={"benchmark": settings.benchmark.model_copy(update={"methods": methods, "seeds": seeds})}
     )
@@ -209,6 +210,7 @@ def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
         "drift": selected,
         "loss": selected,
         "oracle": selected,
+        restated: selected,
     }
     assert ((table["accuracy_low"] <= table["accuracy"]) & (table["accuracy"] <= table["accuracy_high"])).all()
     auc = dict(table.select("method", "noise_auc").unique().rows())
@@ -218,6 +220,10 @@ def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
     metadata = latest_metadata(instance, "method_benchmark")
     assert all(f"| {method} |" in metadata["summary"] for method in methods)
     accuracy = {(method, seed): value for method, seed, value in table.select("method", "seed", "accuracy").rows()}
+    # the restating ablation shares drift's fine-tunes instead of repeating them
+    assert all(accuracy[restated, seed] == accuracy["drift", seed] for seed in seeds)
+    assert table.filter(pl.col("method") == restated)["wall_seconds"].to_list() == [0.0] * len(seeds)
+    assert (table.filter(pl.col("method") == "drift")["wall_seconds"] > 0).all()
     drift_gain = sum(accuracy["drift", seed] - accuracy["full", seed] for seed in seeds) / len(seeds)
     drift_line = next(line for line in metadata["summary"].splitlines() if line.startswith("| drift |"))
     assert drift_line.rstrip(" |").rsplit("|", 1)[1].strip().startswith(f"{100 * drift_gain:+.1f} ± ")

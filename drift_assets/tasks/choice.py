@@ -1,0 +1,80 @@
+"""Multiple choice, as MMLU-Pro's questions are: which of four numbers is the largest or the smallest.
+
+Held out: no default is chosen by it; it is reported on its own. It was written after ``count``,
+the first held-out task, had been looked at (and so became a development task), and before any
+result on it. Answers end in ``The answer is (X)``, with or without the options ordered first;
+exact grading of the letter; a chat template. Noise: near misses (the runner-up's letter),
+format noise (the number instead of its letter, which the grader does not read as an answer) and
+off-task rows (letter chores).
+"""
+
+from __future__ import annotations
+
+import random
+
+from drift_assets.core.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+
+LETTERS = "ABCD"
+MARKER = "The answer is"
+CHORES = ("Reverse: {w}", "Repeat: {w}", "Last letter: {w}")
+
+Problem = tuple[str, tuple[int, ...]]  # ("largest" | "smallest", four distinct numbers)
+
+
+class Choice(Task):
+    name = "choice"
+    description = "which of four numbers is largest/smallest, '(A)'-'(D)' after an optional ordering; exact grading; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = True
+    held_out = True
+    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=128))
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "off_task": 0.05, "format": 0.05}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        return rng.choice(("largest", "smallest")), tuple(rng.sample(range(10, 100), len(LETTERS)))
+
+    def problem_key(self, problem: Problem) -> str:
+        which, numbers = problem
+        return f"choice:{which}:{','.join(map(str, numbers))}"
+
+    def prompt(self, problem: Problem) -> str:
+        which, numbers = problem
+        return f"Which is {which}? " + " ".join(f"({letter}) {number}" for letter, number in zip(LETTERS, numbers))
+
+    def _ordered(self, problem: Problem) -> list[int]:
+        """The options best first."""
+        which, numbers = problem
+        return sorted(numbers, reverse=which == "largest")
+
+    def _letter(self, problem: Problem, rank: int) -> str:
+        return LETTERS[problem[1].index(self._ordered(problem)[rank])]
+
+    def reference(self, problem: Problem) -> str:
+        return f"({self._letter(problem, 0)})"
+
+    def reference_response(self, problem: Problem) -> str:
+        return f"{MARKER} {self.reference(problem)}"
+
+    def _respond(self, problem: Problem, answer: str, rng: random.Random) -> str:
+        if rng.random() < 0.5:
+            return f"{MARKER} {answer}"
+        relation = " > " if problem[0] == "largest" else " < "
+        return f"{relation.join(map(str, self._ordered(problem)))}. {MARKER} {answer}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, self.reference(problem), rng)
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, f"({self._letter(problem, 1)})", rng)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, str(self._ordered(problem)[0]), rng)
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
+        chore = rng.randrange(len(CHORES))
+        return CHORES[chore].format(w=word), (word[::-1], word, word[-1])[chore]
