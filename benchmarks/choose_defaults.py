@@ -1,8 +1,8 @@
 """Choosing the influence defaults across the task suite: every candidate setting, fine-tuned over seeds.
 
-    .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell --warmup on --materialize-only
+    .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell,count --warmup on --materialize-only
     .venv/bin/python benchmarks/choose_defaults.py                       # the tasks that choose defaults
-    .venv/bin/python benchmarks/choose_defaults.py --tasks count --candidates skip/unit/signed/base,...
+    .venv/bin/python benchmarks/choose_defaults.py --tasks sort --candidates skip/unit/signed/base,...
 
 For each task (its workspace under ``data/suite/<task>/``, materialized with warm-up checkpoints)
 it scores the pool with every candidate, ``unsolved/debias/weighting/checkpoints`` (e.g.

@@ -2,11 +2,18 @@
 
     make benchmark                                          # every task, the default methods, 5 seeds
     .venv/bin/python benchmarks/suite.py --tasks sort,spell --seeds 0,1 --methods full,random,drift
+    .venv/bin/python benchmarks/suite.py --draws 0,1 --output data/suite/two-draws.json   # two base models per task
+    .venv/bin/python benchmarks/suite.py --report data/suite/results.json,data/suite/two-draws.json
 
 Each task gets a workspace under ``data/suite/<task>/`` (settings file, data, model, warehouse,
 Dagster instance), built from ``data/settings.yaml`` with the task's own demo, answer marker,
 selection share and fine-tuning length. The arithmetic task is the demo itself, so it shares the
 demo's model and data with ``make demo``. A rerun materializes only what is stale or missing.
+
+A *draw* is one ``demo.seed``: the task's data and its base model, drawn anew. The SFT seeds'
+standard errors say nothing of how a method fares with another base model, and on these tiny
+models that varies more than the seeds do; ``--draws 0,1`` runs each task twice (``<task>-draw1/``)
+and the report averages over every task draw.
 
 Two settings differ from a user's run, for speed on 2 CPU cores: rollouts are sampled with
 transformers (on these 0.5M-parameter models it starts in a second where vLLM takes ~25 s, and it
@@ -16,7 +23,8 @@ processes (``benchmark.workers``).
 It prints, per task, each method's accuracy after SFT and its paired difference from full-data SFT
 and from a random selection of the same size (mean ± standard error over the seeds), with the noise
 AUC; then each method's difference from full on every task, the mean over the tasks that choose
-defaults, and the held-out task on its own. The numbers also go to ``data/suite/results.json``.
+defaults, and the held-out task on its own. The numbers also go to ``data/suite/results.json``
+(``--output``); ``--report`` prints several runs' files as one report.
 """
 
 from __future__ import annotations
@@ -39,8 +47,15 @@ def warmup_steps(sft: dict, n_train: int) -> list[int]:
     return [total // 6, total // 2, total]
 
 
-def task_settings(task_name: str, methods: list[str], seeds: list[int], warmup: bool, workers: int, overrides: dict) -> Path:
-    """Write ``data/suite/<task>/settings.yaml`` and return its path."""
+def draw_label(task_name: str, draw: int) -> str:
+    """``sort`` for the task's first draw (``demo.seed`` 0), ``sort#1`` for ``demo.seed`` 1 (other data, another base model)."""
+    return task_name if draw == 0 else f"{task_name}#{draw}"
+
+
+def task_settings(
+    task_name: str, draw: int, methods: list[str], seeds: list[int], warmup: bool, workers: int, overrides: dict
+) -> Path:
+    """Write ``data/suite/<task>/settings.yaml`` (``<task>-draw<n>/`` for ``demo.seed`` n > 0) and return its path."""
     import yaml
 
     from drift_assets.settings import DEFAULT_SETTINGS_PATH
@@ -48,10 +63,12 @@ def task_settings(task_name: str, methods: list[str], seeds: list[int], warmup: 
 
     task = get_task(task_name)
     raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
-    directory = SUITE / task_name
+    directory = SUITE / draw_label(task_name, draw).replace("#", "-draw")
     directory.mkdir(parents=True, exist_ok=True)
     sft = {**raw.get("benchmark", {}).get("sft", {}), **task.defaults.sft}
-    demo_data = "../../demo" if task_name == raw.get("demo", {}).get("task", "arithmetic") else "demo"
+    demo = raw.get("demo", {})
+    shares_the_demo = task_name == demo.get("task", "arithmetic") and draw == demo.get("seed", 0)
+    demo_data = "../../demo" if shares_the_demo else "demo"
     raw.update(
         {
             "model": {**raw.get("model", {}), "path": f"{demo_data}/model"},
@@ -62,7 +79,7 @@ def task_settings(task_name: str, methods: list[str], seeds: list[int], warmup: 
                 "test_queries": f"{demo_data}/test_queries.jsonl",
             },
             "warehouse": {"root": "warehouse", "storage_options": {}},
-            "demo": {**raw.get("demo", {}), "enabled": True, "task": task_name},
+            "demo": {**demo, "enabled": True, "task": task_name, "seed": draw},
             "grading": {
                 **raw.get("grading", {}),
                 "answer_marker": task.answer_marker or raw.get("grading", {}).get("answer_marker", "Answer:"),
@@ -112,7 +129,12 @@ def run_task(settings_path: Path, benchmark: bool = True) -> dict:
     materialize_pipeline(defs, instance, only_stale=True)
     pipeline_seconds = time.perf_counter() - started
     if not benchmark:
-        return {"task": settings.demo.task, "pipeline_seconds": pipeline_seconds, "guards": guard_results(instance, defs)}
+        return {
+            "task": settings.demo.task,
+            "draw": settings.demo.seed,
+            "pipeline_seconds": pipeline_seconds,
+            "guards": guard_results(instance, defs),
+        }
     materialize_assets(defs, instance, [AssetKey("method_benchmark")])
     warehouse = Warehouse.from_settings(settings)
 
@@ -128,6 +150,7 @@ def run_task(settings_path: Path, benchmark: bool = True) -> dict:
     return {
         "guards": guards,
         "task": settings.demo.task,
+        "draw": settings.demo.seed,
         "table": warehouse.scan("method_benchmark").collect().to_dicts(),
         "pass_at_1": grades.get("pass_at_1"),
         "mixed_share": grades.get("mixed_share"),
@@ -189,7 +212,7 @@ def task_report(result: dict) -> str:
     )
     diagnostics = result["drift_diagnostics"]
     lines = [
-        f"#### {task.name}{' (held out)' if task.held_out else ''}: {task.description}",
+        f"#### {draw_label(task.name, result.get('draw', 0))}{' (held out)' if task.held_out else ''}: {task.description}",
         f"base model pass@1 {result['pass_at_1']:.3f}, {100 * result['mixed_share']:.0f}% of {result['queries']} validation queries with "
         f"mixed grades; DRIFT's score: Spearman with gradient norm {diagnostics['spearman_score_vs_grad_norm'] or float('nan'):+.3f}, "
         f"with loss {diagnostics['spearman_score_vs_loss'] or float('nan'):+.3f}",
@@ -222,17 +245,14 @@ def overall_report(results: list[dict]) -> str:
 
     from drift_assets.tasks import get_task
 
-    by_task = {result["task"]: paired(pl.DataFrame(result["table"]), "full") for result in results}
-    development = [name for name in by_task if not get_task(name).held_out]
-    held_out = [name for name in by_task if get_task(name).held_out]
+    by_task = {
+        draw_label(result["task"], result.get("draw", 0)): paired(pl.DataFrame(result["table"]), "full") for result in results
+    }
+    task_of = {draw_label(result["task"], result.get("draw", 0)): result["task"] for result in results}
+    development = [name for name in by_task if not get_task(task_of[name]).held_out]
+    held_out = [name for name in by_task if get_task(task_of[name]).held_out]
     methods = list(dict.fromkeys(row["method"] for result in results for row in result["table"]))
-    header = (
-        "| method | "
-        + " | ".join(development)
-        + " | mean of those | "
-        + " | ".join(f"{name} (held out)" for name in held_out)
-        + " |"
-    )
+    header = "| " + " | ".join(["method", *development, "mean of those", *(f"{name} (held out)" for name in held_out)]) + " |"
     lines = [
         "Accuracy after SFT minus full-data SFT, points (mean ± s.e. over paired seeds):",
         "",
@@ -251,13 +271,8 @@ def overall_report(results: list[dict]) -> str:
                 sum(m for m, _ in known) / len(known),
                 math.sqrt(sum(e * e for e in errors)) / len(known) if len(errors) == len(known) else None,
             )
-        lines.append(
-            f"| {method} | "
-            + " | ".join(cell(value) for value in values)
-            + f" | {cell(mean)} | "
-            + " | ".join(cell(by_task[name].get(method)) for name in held_out)
-            + " |"
-        )
+        cells = [method, *map(cell, values), cell(mean), *(cell(by_task[name].get(method)) for name in held_out)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -279,6 +294,13 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1,2,3,4", help="SFT seeds")
     parser.add_argument(
+        "--draws",
+        default="0",
+        help="demo.seed values: each draws the task's data and trains its base model anew, so that a figure does not rest "
+        "on one base model (draw 0 is the task's usual one)",
+    )
+    parser.add_argument("--output", default=str(SUITE / "results.json"), help="where the figures are written (JSON)")
+    parser.add_argument(
         "--warmup",
         choices=["on", "off"],
         default="on",
@@ -293,7 +315,15 @@ def main() -> None:
         help="override a setting for every task, e.g. --set influence.unsolved=skip",
     )
     parser.add_argument("--materialize-only", action="store_true", help="bring each task's pipeline up to date, no fine-tunes")
+    parser.add_argument(
+        "--report",
+        metavar="JSON,...",
+        help="print the report of earlier runs' figures (their --output files) together; run nothing",
+    )
     args = parser.parse_args()
+    if args.report:
+        print_report([result for path in args.report.split(",") for result in json.loads(Path(path).read_text())["results"]])
+        return
     import yaml
 
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
@@ -313,29 +343,31 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    draws = [int(draw) for draw in args.draws.split(",")]
     started = time.perf_counter()
     results = []
     for name in tasks:
-        path = task_settings(name, methods, seeds, args.warmup == "on", args.workers, overrides)
-        print(f"\n=== {name}: {path}", flush=True)
-        result = run_task(path, benchmark=not args.materialize_only)
-        results.append(result)
-        print(
-            f"{name}: pipeline {result['pipeline_seconds']:.0f} s, benchmark {result.get('benchmark_seconds', 0):.0f} s",
-            flush=True,
-        )
+        for draw in draws:
+            label = draw_label(name, draw)
+            path = task_settings(name, draw, methods, seeds, args.warmup == "on", args.workers, overrides)
+            print(f"\n=== {label}: {path}", flush=True)
+            result = run_task(path, benchmark=not args.materialize_only)
+            results.append(result)
+            print(
+                f"{label}: pipeline {result['pipeline_seconds']:.0f} s, benchmark {result.get('benchmark_seconds', 0):.0f} s",
+                flush=True,
+            )
     total = time.perf_counter() - started
     if args.materialize_only:
         for result in results:
             for name, verdict in result["guards"].items():
-                print(f"{result['task']}: {name} {'passed' if verdict['passed'] else 'WARNS'}: {verdict['message']}")
-        print(f"\nsuite: {len(tasks)} tasks materialized in {total / 60:.1f} min")
+                label = draw_label(result["task"], result["draw"])
+                print(f"{label}: {name} {'passed' if verdict['passed'] else 'WARNS'}: {verdict['message']}")
+        print(f"\nsuite: {len(results)} task draws materialized in {total / 60:.1f} min")
         return
-    (SUITE / "results.json").write_text(
-        json.dumps({"results": results, "seconds": total, "argv": sys.argv[1:]}, indent=1, default=str)
-    )
+    Path(args.output).write_text(json.dumps({"results": results, "seconds": total, "argv": sys.argv[1:]}, indent=1, default=str))
     print_report(results)
-    print(f"\nsuite: {len(tasks)} tasks in {total / 60:.1f} min; figures in {SUITE / 'results.json'}")
+    print(f"\nsuite: {len(results)} task draws in {total / 60:.1f} min; figures in {args.output}")
 
 
 if __name__ == "__main__":
