@@ -12,6 +12,7 @@ from dagster import AssetKey, Definitions
 
 from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import vectors
+from drift_assets.core.guards import contrast_guard, hacking_guard, target_guard
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_assets, observe_sources
@@ -156,10 +157,23 @@ def test_all_blocking_checks_passed(pipeline):
         if records[name] is None:  # checks of assets outside the demo run (e.g. the benchmark)
             continue
         assert records[name].status.value == "SUCCEEDED", name
-    # The guards ran too: on the demo's diffuse model the contrast is broad and the target on-policy.
-    for name in ("grades_enough_contrast", "influence_target_on_policy", "influence_not_gradient_hacking"):
+    # The guards ran too, as warnings, each with the verdict its rule gives for the figures the asset
+    # recorded. On the demo's diffuse model the contrast is broad and, with unsolved queries skipped,
+    # the target on-policy; whether the score follows gradient norm or loss depends on the model
+    # this CPU trained, so that verdict is checked against the measured Spearman figures.
+    grades, scores = latest_metadata(instance, "grades"), latest_metadata(instance, "influence_scores")
+    expected = {
+        "grades_enough_contrast": contrast_guard(grades["queries"], grades["queries_mixed"])[0],
+        "influence_target_on_policy": target_guard(scores["reference_share_of_target"])[0],
+        "influence_not_gradient_hacking": hacking_guard(scores["spearman_score_vs_grad_norm"], scores["spearman_score_vs_loss"])[
+            0
+        ],
+    }
+    assert expected["grades_enough_contrast"] and expected["influence_target_on_policy"]
+    for name, passed in expected.items():
         assert name not in blocking
-        assert records[name].status.value == "SUCCEEDED", name
+        evaluation = records[name].event.dagster_event.event_specific_data
+        assert evaluation.passed == passed and evaluation.severity.value == "WARN", name
 
 
 @pytest.mark.vllm

