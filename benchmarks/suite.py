@@ -52,6 +52,10 @@ def draw_label(task_name: str, draw: int) -> str:
     return task_name if draw == 0 else f"{task_name}#{draw}"
 
 
+def result_label(result: dict) -> str:
+    return draw_label(result["task"], result.get("draw", 0))
+
+
 def task_settings(
     task_name: str, draw: int, methods: list[str], seeds: list[int], warmup: bool, workers: int, overrides: dict
 ) -> Path:
@@ -63,7 +67,7 @@ def task_settings(
 
     task = get_task(task_name)
     raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
-    directory = SUITE / draw_label(task_name, draw).replace("#", "-draw")
+    directory = SUITE / (task_name if draw == 0 else f"{task_name}-draw{draw}")
     directory.mkdir(parents=True, exist_ok=True)
     sft = {**raw.get("benchmark", {}).get("sft", {}), **task.defaults.sft}
     demo = raw.get("demo", {})
@@ -212,7 +216,7 @@ def task_report(result: dict) -> str:
     )
     diagnostics = result["drift_diagnostics"]
     lines = [
-        f"#### {draw_label(task.name, result.get('draw', 0))}{' (held out)' if task.held_out else ''}: {task.description}",
+        f"#### {result_label(result)}{' (held out)' if task.held_out else ''}: {task.description}",
         f"base model pass@1 {result['pass_at_1']:.3f}, {100 * result['mixed_share']:.0f}% of {result['queries']} validation queries with "
         f"mixed grades; DRIFT's score: Spearman with gradient norm {diagnostics['spearman_score_vs_grad_norm'] or float('nan'):+.3f}, "
         f"with loss {diagnostics['spearman_score_vs_loss'] or float('nan'):+.3f}",
@@ -245,10 +249,8 @@ def overall_report(results: list[dict]) -> str:
 
     from drift_assets.tasks import get_task
 
-    by_task = {
-        draw_label(result["task"], result.get("draw", 0)): paired(pl.DataFrame(result["table"]), "full") for result in results
-    }
-    task_of = {draw_label(result["task"], result.get("draw", 0)): result["task"] for result in results}
+    by_task = {result_label(result): paired(pl.DataFrame(result["table"]), "full") for result in results}
+    task_of = {result_label(result): result["task"] for result in results}
     development = [name for name in by_task if not get_task(task_of[name]).held_out]
     held_out = [name for name in by_task if get_task(task_of[name]).held_out]
     methods = list(dict.fromkeys(row["method"] for result in results for row in result["table"]))
@@ -283,14 +285,14 @@ def print_report(results: list[dict]) -> None:
 
 
 def main() -> None:
-    from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS
+    from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, BenchmarkSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(DEMO_TASKS), help=f"comma-separated subset of {', '.join(DEMO_TASKS)}")
     parser.add_argument(
         "--methods",
-        default="full,random,oracle,loss,rds,bm25,offpolicy,drift,drift_signed,drift_positive,drift_reference,drift_base",
-        help=f"comma-separated subset of {', '.join(BENCHMARK_METHODS)}",
+        default=",".join(BenchmarkSettings().methods),
+        help=f"comma-separated subset of {', '.join(BENCHMARK_METHODS)} (default: benchmark.methods' default)",
     )
     parser.add_argument("--seeds", default="0,1,2,3,4", help="SFT seeds")
     parser.add_argument(
@@ -361,8 +363,7 @@ def main() -> None:
     if args.materialize_only:
         for result in results:
             for name, verdict in result["guards"].items():
-                label = draw_label(result["task"], result["draw"])
-                print(f"{label}: {name} {'passed' if verdict['passed'] else 'WARNS'}: {verdict['message']}")
+                print(f"{result_label(result)}: {name} {'passed' if verdict['passed'] else 'WARNS'}: {verdict['message']}")
         print(f"\nsuite: {len(results)} task draws materialized in {total / 60:.1f} min")
         return
     Path(args.output).write_text(json.dumps({"results": results, "seconds": total, "argv": sys.argv[1:]}, indent=1, default=str))

@@ -193,7 +193,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         queries = test_queries.to_dicts()
         # A method whose selection equals another's on a seed (an ablation that restates the
         # configured setting) shares its fine-tune: SFT is deterministic, so the result is the same.
-        jobs, sharing = [], {}
+        jobs, sharing = [], {}  # sharing: (seed, selection) -> the methods that fine-tune on it
         for method in benchmark.methods:
             for seed in benchmark.seeds:
                 chosen = frozenset(
@@ -211,10 +211,9 @@ def build_evaluation_assets(settings: Settings) -> list:
                 if (seed, chosen) in sharing:
                     sharing[seed, chosen].append(method)
                     continue
-                sharing[seed, chosen] = [method]
+                sharing[seed, chosen] = sharers = [method]
                 messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
-                jobs.append(fine_tune_job(bench_reads, model, method, messages, queries, seed))
-        methods_of = {(seed, methods[0]): methods for (seed, _), methods in sharing.items()}
+                jobs.append((fine_tune_job(bench_reads, model, method, messages, queries, seed), sharers))
         run_one = (
             fine_tune_from_disk
             if benchmark.workers > 1
@@ -228,9 +227,10 @@ def build_evaluation_assets(settings: Settings) -> list:
         )
         rows = []
         progress = Progress("fine-tunes", len(jobs), context.log.info)
-        for job, (result, seconds) in run_fine_tunes(jobs, run_one, benchmark.workers):
+        finished = run_fine_tunes([job for job, _ in jobs], run_one, benchmark.workers)
+        for (_, sharers), (job, (result, seconds)) in zip(jobs, finished, strict=True):  # in job order
             low, high = result.interval
-            for method in methods_of[job.seed, job.method]:
+            for method in sharers:
                 rows.append(
                     {
                         "method": method,
@@ -243,7 +243,7 @@ def build_evaluation_assets(settings: Settings) -> list:
                         "wall_seconds": seconds if method == job.method else 0.0,
                     }
                 )
-            progress.advance(f"{' = '.join(methods_of[job.seed, job.method])} seed {job.seed}: accuracy {result.accuracy:.3f}")
+            progress.advance(f"{' = '.join(sharers)} seed {job.seed}: accuracy {result.accuracy:.3f}")
         order = {method: index for index, method in enumerate(benchmark.methods)}
         table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64}).sort(
             pl.col("method").replace_strict(order), "seed", maintain_order=True

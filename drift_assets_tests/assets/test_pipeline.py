@@ -162,12 +162,11 @@ def test_all_blocking_checks_passed(pipeline):
     # the target on-policy; whether the score follows gradient norm or loss depends on the model
     # this CPU trained, so that verdict is checked against the measured Spearman figures.
     grades, scores = latest_metadata(instance, "grades"), latest_metadata(instance, "influence_scores")
+    hacking_passes, _ = hacking_guard(scores["spearman_score_vs_grad_norm"], scores["spearman_score_vs_loss"])
     expected = {
         "grades_enough_contrast": contrast_guard(grades["queries"], grades["queries_mixed"])[0],
         "influence_target_on_policy": target_guard(scores["reference_share_of_target"])[0],
-        "influence_not_gradient_hacking": hacking_guard(scores["spearman_score_vs_grad_norm"], scores["spearman_score_vs_loss"])[
-            0
-        ],
+        "influence_not_gradient_hacking": hacking_passes,
     }
     assert expected["grades_enough_contrast"] and expected["influence_target_on_policy"]
     for name, passed in expected.items():
