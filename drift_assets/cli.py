@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         help="Dagster's DEBUG events, the stack traces of a failure, and vLLM's and the other libraries' logs",
     )
     args = parser.parse_args(argv)
-    if not args.verbose:
-        from drift_assets.terminal import quiet_libraries
+    from drift_assets.terminal import TIME_FORMAT, quiet_libraries
 
+    if not args.verbose:
         quiet_libraries()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt=TIME_FORMAT)
     # What a user should not have to read: Dagster's SQLite storage stamps its schema (alembic, at INFO)
     # for every new run database, and warns that the observable sources this graph uses are beta.
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -106,9 +106,12 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
         return "transformers", f"falling back to transformers: vLLM does not import ({reason})"
 
     @contextlib.contextmanager
-    def open_engine(self, model: ModelResource, log=logger) -> Iterator[TransformersEngine | VllmEngine]:
+    def open_engine(
+        self, model: ModelResource, log=logger, what: str = "rollout engine:"
+    ) -> Iterator[TransformersEngine | VllmEngine]:
+        """The engine the backend setting picks, logged after ``what`` (with why and where it runs)."""
         backend, why = self.chosen_backend()
-        log.info(f"rollout engine: {backend} ({why}); model {model.path} on {model.resolved_device}")
+        log.info(f"{what} {backend} ({why}); model {model.path} on {model.resolved_device}")
         if backend == "transformers":
             yield TransformersEngine(model.load_model(), model.load_tokenizer(), device=model.resolved_device)
             return

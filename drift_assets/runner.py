@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, Definitions
 
@@ -127,7 +129,19 @@ def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehous
     relaid = relaid_tables(defs, warehouse)
     for name, problem in relaid.items():
         logger.warning(f"{name}: {problem}; moved to {warehouse.set_aside(name, 'previous-layout')}, materializing it again")
-    return set(damaged) | set(relaid)
+    return set(damaged) | set(relaid) | missing_demo_model(defs, warehouse)
+
+
+def missing_demo_model(defs: Definitions, warehouse) -> set[str]:
+    """{"demo_base_model"} where its table names a model directory that is gone (deleted to retrain
+    it, say): Dagster would call it up to date, and everything downstream would fail to load it."""
+    if not _existing(defs, ["demo_base_model"]) or not warehouse.exists("demo_base_model"):
+        return set()
+    path = warehouse.scan("demo_base_model").select("path").collect()["path"][0]
+    if Path(path).exists():
+        return set()
+    logger.warning(f"demo_base_model: {path} is gone; training the demo model again")
+    return {"demo_base_model"}
 
 
 def materialize_pipeline(
@@ -187,9 +201,12 @@ def materialize_pipeline(
             f"{SHARDED}[{key}]": key for key in partition_keys(defs, SHARDED) if key.keys_by_dimension["checkpoint"] == checkpoint
         }
         stale = wanted(list(shards))
-        if stale:
-            logger.info(f"materializing the training gradients at checkpoint {checkpoint}: {len(stale)} shard(s), a run each")
+        started = time.perf_counter()
         for name in stale:
             run([name], None, partition_key=shards[name])
+        if stale:
+            logger.info(
+                f"checkpoint {checkpoint}: training gradients in {len(stale)} shard run(s), {time.perf_counter() - started:.0f} s"
+            )
     run(wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM)]), "scores onward")
     return done

@@ -1,7 +1,8 @@
-"""How runs started from the command line print: Dagster's console logger at INFO, with each error
-cut to its message (the stack traces Dagster logs for a failed step and run bury the cause). The
-CLI's ``--verbose`` restores DEBUG events and the traces. Runs launched from the UI keep Dagster's
-own console logger: the UI shows each event with its trace.
+"""How runs started from the command line print: one short line per event, ``HH:MM:SS step:
+message`` (warnings and errors with their level), each error cut to its message (the stack traces
+Dagster logs for a failed step and run bury the cause). The CLI's ``--verbose`` restores Dagster's
+own format, its DEBUG events and the traces. Runs launched from the UI keep Dagster's console
+logger: the UI shows each event with its run, step and trace.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" and "Writing model shards" bars
     "TQDM_DISABLE": "1",  # any other progress bar left at its default
     "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's NUMA-binding notice in the engine's worker
+    "TORCH_LOGS": "-all",  # torch's Python-side notices there ("Triton not available", without triton)
     "PYTHONWARNINGS": "ignore::FutureWarning",  # deprecations inside vLLM, in its own processes
 }
 
@@ -37,22 +39,34 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-class _MessageOnly(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if _TRACE in message:
-            record.msg, record.args = message.split(_TRACE, 1)[0].rstrip(), ()
-        return True
+TIME_FORMAT = "%H:%M:%S"
+
+
+class _Compact(logging.Formatter):
+    """``12:00:01 rollouts: message``: the run id, job name and logger name that Dagster's format
+    repeats on every line say nothing to someone watching one command."""
+
+    def __init__(self):
+        super().__init__(datefmt=TIME_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        meta = getattr(record, "dagster_meta", None) or {}
+        message = meta.get("orig_message") or record.getMessage()
+        message = message.split(_TRACE, 1)[0].rstrip()
+        where = meta.get("step_key") or meta.get("job_name") or ""
+        level = "" if record.levelno == logging.INFO else f"{record.levelname} "
+        return f"{self.formatTime(record, self.datefmt)} {level}{where + ': ' if where else ''}{message}"
 
 
 @logger(
     {"log_level": Field(str, default_value="INFO"), "tracebacks": Field(bool, default_value=False)},
-    description="Dagster's colored console logger; without tracebacks, errors print their message only.",
+    description="One short line per event; with tracebacks, Dagster's own colored console format.",
 )
 def terminal_logger(init_context) -> logging.Logger:
     console = create_console_logger("dagster", init_context.logger_config["log_level"])
     if not init_context.logger_config["tracebacks"]:
-        console.addFilter(_MessageOnly())
+        for handler in console.handlers:
+            handler.setFormatter(_Compact())
     return console
 
 

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, asset
+from dagster import AssetExecutionContext, MetadataValue, asset
 
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core import tiny_model
+from drift_assets.core.charts import curves_markdown
 from drift_assets.core.demo_outputs import check_model_directory, model_stamp, replace_model_directory, write_demo_jsonl
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.settings import Reads, Settings
@@ -31,9 +32,17 @@ def build_demo_assets(settings: Settings) -> list:
         return task.training_pool_rows(demo.pool_size(), demo.noise(), demo.seed)
 
     def base_model_build_key(recipe) -> str:
-        """What the base model is a function of: the task, seed, recipe, and (when it is fine-tuned on it) the pool."""
+        """What the base model is a function of: the task, its tokenizer's template, seed, recipe, and
+        (when it is fine-tuned on it) the pool."""
         pool = {"n": demo.pool_size(), "noise": demo.noise()} if recipe.continued_sft_steps else None
-        parts = {"version": DEMO_VERSION, "task": task.name, "seed": demo.seed, "recipe": repr(recipe), "pool": pool}
+        parts = {
+            "version": DEMO_VERSION,
+            "task": task.name,
+            "chat_template": task.chat_template,
+            "seed": demo.seed,
+            "recipe": repr(recipe),
+            "pool": pool,
+        }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @asset(
@@ -55,13 +64,13 @@ def build_demo_assets(settings: Settings) -> list:
             splits["test_queries"] = (files_reads.data.test_queries, task.query_rows(demo.n_test, demo.seed, "test"))
         paths = {split: Path(files_reads.resolve(relative_path)) for split, (relative_path, _) in splits.items()}
         check_model_directory(files_reads.model_path)  # before any write: the model asset comes next
-        records = []
+        records, written = [], []
         for split, (_, rows) in splits.items():
             changed = write_demo_jsonl(paths[split], rows, f"data.{split}")
             records.append({"split": split, "path": str(paths[split]), "rows": len(rows), "sha256": content_hash(paths[split])})
-            context.log.info(
-                f"{'wrote' if changed else 'unchanged:'} {len(rows)} rows {'to' if changed else 'in'} {paths[split]}"
-            )
+            written.append(f"{split} {len(rows)}" + ("" if changed else " (unchanged)"))
+        folders = sorted({str(path.parent) for path in paths.values()})
+        context.log.info(f"rows written to {', '.join(folders)}: {', '.join(written)}")
         table = pl.DataFrame(records)
         pool = pl.DataFrame(splits["training_pool"][1])
         context.add_output_metadata(
@@ -107,6 +116,10 @@ def build_demo_assets(settings: Settings) -> list:
                 "continued_sft_steps": recipe.continued_sft_steps,
                 "wall_seconds": result.wall_seconds,
                 "accuracy_curve": {str(step): accuracy for step, accuracy in result.accuracy_curve},
+                "curves": {
+                    "pre-training": result.loss_curve,
+                    **({"continued SFT on the pool": built.continued_sft.losses} if built.continued_sft else {}),
+                },
             }
             replace_model_directory(
                 model_reads.model_path,
@@ -118,7 +131,7 @@ def build_demo_assets(settings: Settings) -> list:
                 {
                     "path": model_reads.model_path,
                     "model_fingerprint": model_fingerprint(model_reads.model_path),
-                    **{key: value for key, value in summary.items() if key != "accuracy_curve"},
+                    **{key: value for key, value in summary.items() if key not in ("accuracy_curve", "curves")},
                 }
             ]
         )
@@ -127,7 +140,9 @@ def build_demo_assets(settings: Settings) -> list:
                 **table_metadata(table),
                 "calibration_accuracy": summary["calibration_accuracy"],
                 "accuracy_curve": summary["accuracy_curve"],
-                "wall_seconds": summary["wall_seconds"],
+                "wall_seconds": round(summary["wall_seconds"], 1),
+                # Models built before the curves were kept have none.
+                "training_curves": MetadataValue.md(curves_markdown(summary.get("curves", {}))),
             }
         )
         return table

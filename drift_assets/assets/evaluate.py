@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from drift_assets.assets.metadata import png_markdown, table_metadata
+from drift_assets.assets.metadata import png_markdown, rounded, table_metadata
 from drift_assets.core.attribution import noise_auc
 from drift_assets.core.benchmark import (
     FineTuneJob,
@@ -21,6 +21,7 @@ from drift_assets.core.benchmark import (
     summary_markdown,
     summary_table,
 )
+from drift_assets.core.charts import curves_markdown, intervals_markdown
 from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
@@ -88,10 +89,10 @@ def train_and_evaluate(
         return fine_tune_from_disk(job)
     started = time.perf_counter()
     network, tokenizer = model.load_model(), model.load_tokenizer()
-    if job.messages:
-        fine_tune(network, tokenizer, job.messages, job.options, log=log)
+    losses = fine_tune(network, tokenizer, job.messages, job.options, log=log).losses if job.messages else []
     with evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, rollout_engine, model.dtype) as engine:
         result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
+    result.train_losses = losses
     return result, time.perf_counter() - started
 
 
@@ -124,7 +125,8 @@ def build_evaluation_assets(settings: Settings) -> list:
             "full": refined_dataset["messages"].to_list(),
             "refined": refined_dataset.filter("selected")["messages"].to_list(),
         }
-        rows = []
+        progress = Progress("evaluation", len(candidates), context.log.info, "models")
+        rows, curves = [], {}
         for name, messages in candidates.items():
             result, seconds = train_and_evaluate(
                 reads, model, rollout_engine, fine_tune_job(reads, model, name, messages, queries, seed), context.log.info
@@ -142,16 +144,22 @@ def build_evaluation_assets(settings: Settings) -> list:
                     "wall_seconds": seconds,
                 }
             )
-            context.log.info(f"{name}: accuracy {result.accuracy:.3f} [{low:.3f}, {high:.3f}]")
+            if result.train_losses:
+                curves[f"SFT on {name} ({len(messages)})"] = result.train_losses
+            progress.advance(f"{name}: accuracy {result.accuracy:.3f} [{low:.3f}, {high:.3f}]")
         table = pl.DataFrame(rows)
         by_model = {row["model"]: row["accuracy"] for row in rows}
         context.add_output_metadata(
             {
                 **table_metadata(table),
-                "accuracy_refined": by_model["refined"],
-                "accuracy_full": by_model["full"],
-                "accuracy_base": by_model["base"],
-                "gain_over_full_points": 100 * (by_model["refined"] - by_model["full"]),
+                "accuracy_refined": rounded(by_model["refined"]),
+                "accuracy_full": rounded(by_model["full"]),
+                "accuracy_base": rounded(by_model["base"]),
+                "gain_over_full_points": rounded(100 * (by_model["refined"] - by_model["full"]), 1),
+                "accuracy_chart": MetadataValue.md(
+                    intervals_markdown([(r["model"], r["accuracy"], r["accuracy_low"], r["accuracy_high"]) for r in rows])
+                ),
+                "sft_loss_curves": MetadataValue.md(curves_markdown(curves)),
             }
         )
         return table

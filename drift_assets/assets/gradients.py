@@ -16,7 +16,7 @@ from drift_assets.core.gradients import (
     shard_of,
     validation_gradient_frame,
 )
-from drift_assets.core.progress import Progress
+from drift_assets.core.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker
@@ -38,13 +38,10 @@ PROJECTION_KEYS = (
 )
 
 
-PROGRESS_EVERY_S = 10.0
-
-
 def progress_logger(context: AssetExecutionContext, what: str, unit: str):
     """A ``(done, total)`` callback that logs done/total with the rate and time left at most every
-    ``PROGRESS_EVERY_S`` seconds, and when the pass is done."""
-    return Progress(what, 0, context.log.info, unit=unit, every_s=PROGRESS_EVERY_S).update
+    ``PROGRESS_EVERY_S`` seconds, and when the pass is done (at debug level if it was that short)."""
+    return Progress(what, 0, context.log.info, unit=unit, every_s=PROGRESS_EVERY_S, short_log=context.log.debug).update
 
 
 def build_gradient_assets(settings: Settings) -> list:
@@ -81,7 +78,7 @@ def build_gradient_assets(settings: Settings) -> list:
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
         fingerprint = at_checkpoint.fingerprint()
         table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
-        context.log.info(
+        context.log.debug(
             f"checkpoint {checkpoint}: projection basis ({options.basis}, rank {options.rank}) over "
             f"{len(basis.matrices)} layers: {basis.fingerprint()}"
         )
@@ -199,7 +196,8 @@ def build_gradient_assets(settings: Settings) -> list:
         basis = load_basis(projection_basis, fingerprint)
         reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
         todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
-        context.log.info(f"{where}: {examples.height} examples, reusing {reused.height}, computing {todo.height}")
+        if todo.is_empty():
+            context.log.info(f"{where}: all {examples.height} examples' gradients reused from the stored table")
         frames = [reused] if reused.height else []
         if not todo.is_empty():
             tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model()
@@ -214,7 +212,9 @@ def build_gradient_assets(settings: Settings) -> list:
                     response_ids,
                     batch_size,
                     fingerprint,
-                    progress_logger(context, f"{where} gradients", "examples"),
+                    progress_logger(
+                        context, f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else ""), "examples"
+                    ),
                 ).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all())
             )
         if frames:

@@ -15,10 +15,10 @@ from dagster import (
     asset_check,
 )
 
-from drift_assets.assets.metadata import finite_or_none, histogram_markdown, markdown_table, table_metadata
+from drift_assets.assets.gradients import progress_logger
+from drift_assets.assets.metadata import markdown_table, rounded, score_distribution, table_metadata
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.guards import hacking_guard, target_guard
-from drift_assets.core.stats import histogram
 from drift_assets.core.stored import base_losses, gradients_along
 from drift_assets.core.trajectory import score_along
 from drift_assets.resources import Warehouse
@@ -61,13 +61,19 @@ def build_influence_assets(settings: Settings) -> list:
         + (f"; the standardized scores averaged over checkpoints {checkpoints}." if len(checkpoints) > 1 else "."),
     )
     def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
-        along = score_along(gradients_along(warehouse, checkpoints, n_shards), influence.scoring(), log=context.log.info)
+        tick = progress_logger(context, "scoring", "checkpoints")
+        along = score_along(
+            gradients_along(warehouse, checkpoints, n_shards),
+            influence.scoring(),
+            log=context.log.info,
+            progress=lambda done: tick(done, len(checkpoints)),
+        )
         checkpoint_rows = [
             {
                 "checkpoint": at.checkpoint,
-                "pass_at_1": at.pass_at_1,
-                "reference_share": at.target.reference_share,
-                "noise_auc": noise_auc(scores_frame(at.scores, training_pool), training_pool),
+                "pass_at_1": rounded(at.pass_at_1),
+                "reference_share": rounded(at.target.reference_share),
+                "noise_auc": rounded(noise_auc(scores_frame(at.scores, training_pool), training_pool)),
             }
             for at in along.checkpoints
         ]
@@ -81,7 +87,7 @@ def build_influence_assets(settings: Settings) -> list:
             table,
             metadata={
                 **table_metadata(table),
-                **{name: finite_or_none(value) for name, value in figures.items()},
+                **{name: rounded(value) for name, value in figures.items()},
                 "targets": influence.targets,
                 "weighting": influence.weighting,
                 "queries_used": summary.queries_used if summary else base_target.n_targets,
@@ -89,9 +95,9 @@ def build_influence_assets(settings: Settings) -> list:
                 "queries_all_correct": summary.queries_all_correct if summary else 0,
                 "queries_all_wrong": summary.queries_all_wrong if summary else 0,
                 "references_for_unsolved": base_target.references_for_unsolved,
-                "reference_share_of_target": along.reference_share,
-                "hessian_damping": along.checkpoints[0].curvature.damping_value,
-                "score_histogram": MetadataValue.md(histogram_markdown(histogram(table["score"].to_numpy()), "score")),
+                "reference_share_of_target": rounded(along.reference_share),
+                "hessian_damping": float(f"{along.checkpoints[0].curvature.damping_value:.3g}"),
+                "score_distribution": score_distribution(table),
                 "checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows))),
             },
         )

@@ -11,8 +11,11 @@ import io
 import math
 from typing import Any
 
+import numpy as np
 import polars as pl
 from dagster import MetadataValue, TableColumn, TableSchema
+
+from drift_assets.core.charts import split_histogram_markdown
 
 
 def _cell(value: Any, width: int = 48) -> str:
@@ -44,18 +47,27 @@ def finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def histogram_markdown(bins: list[tuple[float, float, int]], label: str) -> str:
-    if not bins:
-        return f"no finite {label}"
-    peak = max(count for _, _, count in bins) or 1
-    lines = [f"| {label} | count | |", "|---|---|---|"]
-    for left, right, count in bins:
-        lines.append(f"| {left:.3g} … {right:.3g} | {count} | {'█' * round(20 * count / peak)} |")
-    return "\n".join(lines)
+def score_distribution(table: pl.DataFrame, cutoff: float | None = None) -> MetadataValue:
+    """The score histogram split by the pool's noise flag where it has one, the selection's
+    cut-off marked: a chart the UI shows inline."""
+    scores = table["score"].to_numpy()
+    if "is_corrupted" in table.columns:
+        noisy = table["is_corrupted"].fill_null(False).to_numpy().astype(bool)
+        groups = {"clean": ~noisy, "noisy": noisy}
+    else:
+        groups = {"examples": np.ones(table.height, dtype=bool)}
+    return MetadataValue.md(split_histogram_markdown(scores, groups, cutoff))
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    """A figure rounded to what it means (NaN reported as missing)."""
+    value = finite_or_none(value)
+    return None if value is None else round(value, digits)
 
 
 def png_markdown(figure, alt: str) -> MetadataValue:
-    """A matplotlib figure as an inline PNG in markdown metadata, which the Dagster UI renders."""
+    """A matplotlib figure as a PNG in markdown metadata: too long to show in place, the UI opens it
+    from its "[Show Markdown]" button (the text charts of ``core.charts`` show inline)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     encoded = base64.b64encode(buffer.getvalue()).decode()

@@ -13,7 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from drift_assets.assets.metadata import finite_or_none, table_metadata
+from drift_assets.assets.metadata import rounded, score_distribution, table_metadata
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
@@ -46,14 +46,13 @@ def build_refine_assets(settings: Settings) -> list:
             **table_metadata(table.filter("selected"), preview_columns=["rank", "score", "prompt", "response"]),
             "dagster/row_count": table.height,
             "selected": chosen.height,
-            "selected_share": chosen.height / table.height if table.height else 0.0,
+            "selected_share": rounded(chosen.height / table.height if table.height else 0.0),
+            "score_distribution": score_distribution(table, chosen["score"].min() if chosen.height else None),
         }
         if "is_corrupted" in table.columns:
-            metadata["noise_auc"] = finite_or_none(
-                roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool))
-            )
-            metadata["corrupted_share_pool"] = float(table["is_corrupted"].mean())
-            metadata["corrupted_share_selected"] = float(chosen["is_corrupted"].mean()) if chosen.height else None
+            metadata["noise_auc"] = rounded(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
+            metadata["corrupted_share_pool"] = rounded(table["is_corrupted"].mean())
+            metadata["corrupted_share_selected"] = rounded(chosen["is_corrupted"].mean()) if chosen.height else None
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
         warning = selection_warning(selection.method, selection.k, table.height)
         if warning:

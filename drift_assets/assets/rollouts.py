@@ -9,6 +9,7 @@ from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Out
 from drift_assets.assets.checkpoints import checkpoint_model, checkpoint_partitions, model_deps
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.checks import schema_and_ids_result
+from drift_assets.core.progress import Progress
 from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Reads, Settings
@@ -71,20 +72,19 @@ def build_rollout_assets(settings: Settings) -> list:
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         tokenizer = at_checkpoint.load_tokenizer()
         sampling = rollout_engine.sampling()
-        context.log.info(
-            f"checkpoint {checkpoint}: sampling {sampling.n} completions for each of {validation_queries.height} queries"
-        )
+        what = f"checkpoint {checkpoint}: {sampling.n} completions for each of {validation_queries.height} queries by"
         started = time.perf_counter()
-        with rollout_engine.open_engine(at_checkpoint, context.log) as engine:
+        with rollout_engine.open_engine(at_checkpoint, context.log, what) as engine:
+            progress = Progress(
+                f"checkpoint {checkpoint} rollouts", validation_queries.height, context.log.info, "queries", every_s=10
+            )
             table, report = sample_rollouts(
                 engine,
                 tokenizer,
                 validation_queries,
                 sampling,
                 at_checkpoint.fingerprint(),
-                progress=lambda done, total: (
-                    context.log.info(f"rollouts: {done}/{total} queries") if done % 16 == 0 or done == total else None
-                ),
+                progress=lambda done, total, tokens: progress.update(done, total, f"{progress.rate(tokens):.0f} tokens/s"),
             )
         seconds = time.perf_counter() - started
         table = table.select(pl.lit(checkpoint).alias("checkpoint"), pl.all())

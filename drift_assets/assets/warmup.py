@@ -10,10 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, BackfillPolicy, asset
+from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
 
 from drift_assets.assets.checkpoints import WARMUP, warmup_partitions
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.core.charts import curves_markdown
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.trajectory import checkpoint_key, warm_up
 from drift_assets.resources import ModelResource
@@ -58,7 +59,7 @@ def build_warmup_assets(settings: Settings) -> list:
 
         # A constant learning rate: the first n steps of a longer run are the run of n steps.
         options = replace(warmup_options, steps=max(steps))
-        losses = warm_up(network, tokenizer, training_pool["messages"].to_list(), options, steps, save, context.log.info)
+        losses, run = warm_up(network, tokenizer, training_pool["messages"].to_list(), options, steps, save, context.log.info)
         paths = [run_directory / key for key in keys]
         table = pl.DataFrame(
             {
@@ -70,7 +71,12 @@ def build_warmup_assets(settings: Settings) -> list:
                 "loss": [losses[step] for step in steps],
             }
         )
-        context.add_output_metadata(table_metadata(table, preview_rows=len(paths)))
+        context.add_output_metadata(
+            {
+                **table_metadata(table, preview_rows=len(paths)),
+                "loss_curve": MetadataValue.md(curves_markdown({"warm-up SFT": run.losses})),
+            }
+        )
         return table
 
     return [warmup_checkpoints]

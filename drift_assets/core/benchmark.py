@@ -216,9 +216,11 @@ def fine_tune_from_disk(job: FineTuneJob) -> tuple[Evaluation, float]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[job.dtype]
     model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=dtype).to(job.device)
     tokenizer = AutoTokenizer.from_pretrained(job.model_path)
-    fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
+    run = fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
     engine = TransformersEngine(model, tokenizer, device=job.device)
-    return evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading), time.perf_counter() - started
+    result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
+    result.train_losses = run.losses
+    return result, time.perf_counter() - started
 
 
 def _one_thread_each(threads: int) -> None:

@@ -61,6 +61,19 @@ def seed_for(base_seed: int, query_index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+# ``progress(queries_done, queries, tokens_generated)`` after each batch or chunk of queries.
+GenerationProgress = Callable[[int, int, int], None]
+
+# Sequences per vLLM call: enough to fill the engine's batches, few enough calls for a progress line
+# every eighth of the work.
+MIN_CHUNK_SEQUENCES = 256
+
+
+def chunk_size(queries: int, samples_per_query: int) -> int:
+    """Queries per generate call: an eighth of them, but at least ``MIN_CHUNK_SEQUENCES`` sequences."""
+    return max(1, -(-queries // 8), -(-MIN_CHUNK_SEQUENCES // max(1, samples_per_query)))
+
+
 def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((text.find(s) for s in stop if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
@@ -156,23 +169,27 @@ class TransformersEngine:
         self,
         prompt_ids: Sequence[Sequence[int]],
         settings: SamplingSettings,
-        progress: Callable[[int, int], None] | None = None,
+        progress: GenerationProgress | None = None,
     ) -> GenerationReport:
         report = GenerationReport(engine=self.name)
+        tokens = 0
         if settings.temperature == 0:
             # Greedy output does not depend on a seed, so queries can share batches.
             flat: list[Completion] = []
             for start in range(0, len(prompt_ids), self.batch_size):
-                flat += self._decode_batch(prompt_ids[start : start + self.batch_size], settings, None)
+                batch = self._decode_batch(prompt_ids[start : start + self.batch_size], settings, None)
+                flat += batch
+                tokens += sum(len(c.token_ids) for c in batch) * settings.n
                 if progress:
-                    progress(min(start + self.batch_size, len(prompt_ids)), len(prompt_ids))
+                    progress(len(flat), len(prompt_ids), tokens)
             report.completions = [[c] * settings.n for c in flat]
         else:
             for index, ids in enumerate(prompt_ids):
                 generator = torch.Generator().manual_seed(seed_for(settings.seed, index))
                 report.completions.append(self._decode_batch([ids] * settings.n, settings, generator))
+                tokens += sum(len(c.token_ids) for c in report.completions[-1])
                 if progress:
-                    progress(index + 1, len(prompt_ids))
+                    progress(index + 1, len(prompt_ids), tokens)
         report.generated_tokens = sum(len(c.token_ids) for group in report.completions for c in group)
         return report
 
@@ -224,7 +241,7 @@ class VllmEngine:
         self,
         prompt_ids: Sequence[Sequence[int]],
         settings: SamplingSettings,
-        progress: Callable[[int, int], None] | None = None,
+        progress: GenerationProgress | None = None,
     ) -> GenerationReport:
         from vllm import SamplingParams
 
@@ -241,9 +258,18 @@ class VllmEngine:
             for index in range(len(prompt_ids))
         ]
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         report = GenerationReport(engine=self.name)
         eos = self.tokenizer.eos_token_id
+        # In chunks, for progress between them; each request has its own seed, so the chunking
+        # does not change what is sampled.
+        chunk = chunk_size(len(prompts), settings.n)
+        outputs, tokens = [], 0
+        for start in range(0, len(prompts), chunk):
+            done = self.llm.generate(prompts[start : start + chunk], params[start : start + chunk], use_tqdm=False)
+            outputs += done
+            tokens += sum(len(sample.token_ids) for output in done for sample in output.outputs)
+            if progress:
+                progress(len(outputs), len(prompts), tokens)
         for output in outputs:
             group = []
             for sample in output.outputs:
@@ -261,8 +287,6 @@ class VllmEngine:
                     )
                 )
             report.completions.append(group)
-        if progress:
-            progress(len(prompt_ids), len(prompt_ids))
         report.generated_tokens = sum(len(c.token_ids) for group in report.completions for c in group)
         return report
 

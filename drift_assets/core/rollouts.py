@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import polars as pl
 
-from drift_assets.core.generation import GenerationReport, SamplingSettings, check_prompt_lengths
+from drift_assets.core.generation import GenerationProgress, GenerationReport, SamplingSettings, check_prompt_lengths
 from drift_assets.core.sequences import encode_prompt, render_prompt
 
 ROLLOUT_SCHEMA = {
@@ -64,7 +63,7 @@ def sample_rollouts(
     validation_queries: pl.DataFrame,
     sampling: SamplingSettings,
     model_fingerprint: str,
-    progress: Callable[[int, int], None] | None = None,
+    progress: GenerationProgress | None = None,
 ) -> tuple[pl.DataFrame, GenerationReport]:
     """The ``rollouts`` table (and the engine's report): ``sampling.n`` completions of every query from a rollout engine."""
     prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, prompt)) for prompt in validation_queries["prompt"]]

@@ -24,6 +24,7 @@ import torch
 from drift_assets.core.generation import SamplingSettings, check_prompt_lengths
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.grading import GradingOptions, grade_answer
+from drift_assets.core.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.core.sequences import collate_pairs, training_step
 from drift_assets.core.stats import wilson_interval
 
@@ -59,8 +60,8 @@ def fine_tune(
     options: SftOptions = SftOptions(),
     log: Callable[[str], None] = logger.info,
     after_step: Callable[[int, float], None] | None = None,
-):
-    """Fine-tune ``model`` in place on chat-message examples; returns the mean loss of the last 10% of steps.
+) -> SftRun:
+    """Fine-tune ``model`` in place on chat-message examples; returns every step's loss.
 
     ``after_step(step, loss)`` runs after every optimizer step, with ``model`` holding that step's
     weights (the warm-up saves checkpoints there).
@@ -93,7 +94,8 @@ def fine_tune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     trained.train()
     order: list[int] = []
-    recent: list[float] = []
+    losses: list[float] = []
+    progress = Progress("sft", options.steps, log, "steps", every_s=PROGRESS_EVERY_S)
     for step in range(1, options.steps + 1):
         if len(order) < options.batch_size:
             order += rng.sample(range(len(prompts)), len(prompts))
@@ -101,16 +103,25 @@ def fine_tune(
         batch = collate_pairs(tokenizer, [prompts[i] for i in chosen], [responses[i] for i in chosen]).to(device)
         loss = training_step(trained, optimizer, batch, autocast_dtype)
         scheduler.step()
-        if step > options.steps * 0.9:
-            recent.append(loss)
-        if step % max(1, options.steps // 4) == 0:
-            log(f"sft step {step}/{options.steps}: loss {loss:.4f}")
+        losses.append(loss)
+        progress.update(step, options.steps, f"loss {loss:.4f}")
         if after_step is not None:
             write_back()
             after_step(step, loss)
     write_back()
     model.eval()
-    return sum(recent) / max(1, len(recent))
+    return SftRun(losses)
+
+
+@dataclass(frozen=True)
+class SftRun:
+    losses: list[float]  # one per optimizer step
+
+    @property
+    def final_loss(self) -> float:
+        """The mean loss of the last 10% of steps."""
+        recent = self.losses[int(len(self.losses) * 0.9) :] or self.losses
+        return sum(recent) / max(1, len(recent))
 
 
 @dataclass
@@ -118,6 +129,7 @@ class Evaluation:
     correct: int
     total: int
     answers: list[str] = field(default_factory=list)  # the greedy completions, in query order
+    train_losses: list[float] = field(default_factory=list)  # the fine-tune's, where the model was fine-tuned
 
     @property
     def accuracy(self) -> float:

@@ -50,13 +50,3 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     # At p = 0 or 1 the bound equals p exactly in theory; in floating point it can miss by an ulp.
     return (max(0.0, min(center - half, p)), min(1.0, max(center + half, p)))
-
-
-def histogram(values: np.ndarray, bins: int = 20) -> list[tuple[float, float, int]]:
-    """(left edge, right edge, count) of equal-width bins over the finite values."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return []
-    counts, edges = np.histogram(finite, bins=bins)
-    return [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(len(counts))]

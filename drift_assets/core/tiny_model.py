@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
@@ -22,10 +23,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.grading import GradingOptions
+from drift_assets.core.progress import Progress
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 from drift_assets.core.sft import evaluate
 
 logger = logging.getLogger(__name__)
+
+# Pre-training is long and its lines say little each: fewer of them than other progress.
+PRETRAIN_PROGRESS_EVERY_S = 40.0
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -37,17 +42,33 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_char_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
+# The text a tokenizer without a template gets (``sequences.render_messages_prompt``: a lone user
+# turn as it is, several as ``role: content`` lines), written as a chat template: a model trained
+# without roles renders the same tokens through it, and tools that need a template (TRL's
+# SFTTrainer) train it on the format it knows.
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[-1]['role'] == 'assistant' %}{% set turns = messages[:-1] %}{% else %}{% set turns = messages %}{% endif %}"
+    "{% if turns | length == 1 %}{{ turns[0]['content'] }}"
+    "{% else %}{% for message in turns %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}"
+    "{{ 'assistant: ' }}{% endif %}"
+    "{% if messages[-1]['role'] == 'assistant' %}{{ messages[-1]['content'] + eos_token }}{% endif %}"
+)
+ChatTemplate = Literal["none", "plain", "roles"]
+
+
+def build_char_tokenizer(chat_template: ChatTemplate = "none") -> PreTrainedTokenizerFast:
     """Every printable ASCII character is one token; BOS is prepended, EOS closes responses.
 
-    With ``chat_template`` the role tokens join the vocabulary (after every other token, so the
-    characters keep their ids) and prompts are rendered with :data:`CHAT_TEMPLATE`.
+    ``roles``: the role tokens join the vocabulary (after every other token, so the characters keep
+    their ids) and prompts are rendered with :data:`CHAT_TEMPLATE`; ``plain``: prompts render as
+    without a template, through :data:`PLAIN_CHAT_TEMPLATE`; ``none``: no template.
     """
     characters = sorted(set(string.printable) - set("\x0b\x0c\r"))
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     for character in characters:
         vocab[character] = len(vocab)
-    roles = ROLE_TOKENS if chat_template else []
+    roles = ROLE_TOKENS if chat_template == "roles" else []
     for role in roles:
         vocab[role] = len(vocab)
     # BPE without merges is a character-level model that round-trips text exactly.
@@ -63,8 +84,8 @@ def build_char_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast
         padding_side="right",
         **({"additional_special_tokens": roles} if roles else {}),
     )
-    if chat_template:
-        fast.chat_template = CHAT_TEMPLATE
+    if chat_template != "none":
+        fast.chat_template = CHAT_TEMPLATE if chat_template == "roles" else PLAIN_CHAT_TEMPLATE
     return fast
 
 
@@ -114,6 +135,7 @@ class PretrainResult:
     steps: int
     calibration_accuracy: float
     accuracy_curve: list[tuple[int, float]]
+    loss_curve: list[float]  # the mean training loss between consecutive evaluations
     wall_seconds: float
     reached_target: bool
 
@@ -147,8 +169,12 @@ def pretrain(
     encoded = [(encode_prompt(tokenizer, render_prompt(tokenizer, p)), encode_response(tokenizer, r)) for p, r in corpus]
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     curve: list[tuple[int, float]] = []
+    loss_curve: list[float] = []
+    window: list[float] = []
     accuracy, step = 0.0, 0
     order: list[int] = []
+    # The total is the step limit: the run usually stops before, once calibrated.
+    progress = Progress("pre-training", max_steps, log, "steps", every_s=PRETRAIN_PROGRESS_EVERY_S)
     model.train()
     for step in range(1, max_steps + 1):
         if len(order) < batch_size:
@@ -159,20 +185,29 @@ def pretrain(
         batch = collate_pairs(
             tokenizer, [encoded[i][0][:1] for i in batch_ids], [encoded[i][0][1:] + encoded[i][1] for i in batch_ids]
         )
-        loss = training_step(model, optimizer, batch)
+        window.append(training_step(model, optimizer, batch))
         if step % eval_every == 0:
             model.eval()
             accuracy = greedy_accuracy(model, tokenizer, calibration, options=grading)
             model.train()
             curve.append((step, accuracy))
-            log(f"pre-training step {step}: loss {loss:.3f}, calibration accuracy {accuracy:.2f}")
-            if stop_low <= accuracy <= high:
+            loss_curve.append(sum(window) / len(window))
+            window = []
+            calibrated = stop_low <= accuracy <= high
+            progress.update(
+                step,
+                step if calibrated else max_steps,
+                f"loss {loss_curve[-1]:.3f}, calibration accuracy {accuracy:.2f}"
+                + (": calibrated" if calibrated else f" (stops within [{stop_low:.2f}, {high:.2f}])"),
+            )
+            if calibrated:
                 break
     model.eval()
     return PretrainResult(
         steps=step,
         calibration_accuracy=accuracy,
         accuracy_curve=curve,
+        loss_curve=loss_curve,
         wall_seconds=time.perf_counter() - started,
         reached_target=low <= accuracy <= high,
     )

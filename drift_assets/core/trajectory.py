@@ -24,7 +24,7 @@ import polars as pl
 
 from drift_assets.core.attribution import ScoringSettings, TargetGradient, check_same_checkpoint, target_gradient
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
-from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.sft import SftOptions, SftRun, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
 
@@ -47,8 +47,9 @@ def warm_up(
     steps: Sequence[int],
     save: Callable[[int], None],
     log: Callable[[str], None],
-) -> dict[int, float]:
-    """Fine-tune ``model`` up to the last of ``steps``, calling ``save(step)`` at each; returns the loss at each."""
+) -> tuple[dict[int, float], SftRun]:
+    """Fine-tune ``model`` up to the last of ``steps``, calling ``save(step)`` at each; returns the
+    loss at each and the whole run's losses."""
     wanted = set(steps)
     losses: dict[int, float] = {}
 
@@ -56,10 +57,10 @@ def warm_up(
         if step in wanted:
             save(step)
             losses[step] = loss
-            log(f"warm-up checkpoint at step {step}: loss {loss:.4f}")
 
-    fine_tune(model, tokenizer, messages_json, options, log=log, after_step=after_step)
-    return losses
+    run = fine_tune(model, tokenizer, messages_json, options, log=log, after_step=after_step)
+    log("warm-up checkpoints saved: " + ", ".join(f"step {step} (loss {loss:.4f})" for step, loss in sorted(losses.items())))
+    return losses, run
 
 
 Batches = Callable[[], Iterator[tuple[list[str], np.ndarray]]]
@@ -174,11 +175,13 @@ def score_along(
     scoring: ScoringSettings,
     curvature: Callable[[int, CheckpointGradients], Curvature | None] = lambda index, checkpoint: None,
     log: Callable[[str], None] = lambda _: None,
+    progress: Callable[[int], None] = lambda _: None,
 ) -> ScoredAlong:
     """Score the pool at every checkpoint (one in memory at a time) and combine the scores.
 
     ``curvature(index, checkpoint)`` may give a Hessian already fitted at that checkpoint (the
-    benchmark scores many settings); None fits it from the checkpoint's stream.
+    benchmark scores many settings); None fits it from the checkpoint's stream. ``progress(n)``
+    after the n-th checkpoint.
     """
     along = []
     for index, checkpoint in enumerate(checkpoints):
@@ -194,7 +197,7 @@ def score_along(
             fitted = fit_curvature(scoring.hessian, (matrix for _, matrix in checkpoint.batches()), k, scoring.damping)
         scores = score_checkpoint(checkpoint, scoring, fitted, target)
         along.append(CheckpointScores(checkpoint.checkpoint, target, fitted, scores, checkpoint.pass_at_1))
-        log(f"scored at checkpoint {checkpoint.checkpoint} (pass@1 {checkpoint.pass_at_1:.3f})")
+        progress(index + 1)
     if not along:
         raise ValueError("nothing to score: no checkpoint gradients")
     combined = along[0].scores if len(along) == 1 else combine_checkpoints([c.scores for c in along])

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drift_assets.core import tiny_model
-from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.sft import SftOptions, SftRun, fine_tune
 from drift_assets.tasks.arithmetic import Arithmetic
 from drift_assets.tasks.base import NOISE_KINDS, PretrainRecipe, Task, TaskDefaults
 from drift_assets.tasks.choice import Choice
@@ -36,7 +36,7 @@ class BaseModel:
     model: object
     tokenizer: object
     pretraining: tiny_model.PretrainResult
-    continued_sft_loss: float | None  # the paper regime's SFT on the pool, where the task has one
+    continued_sft: SftRun | None  # the paper regime's SFT on the pool, where the task has one
 
 
 def build_base_model(
@@ -62,18 +62,18 @@ def build_base_model(
         learning_rate=recipe.learning_rate,
         log=log,
     )
-    loss = None
+    continued = None
     if recipe.continued_sft_steps:
         messages = [
             json.dumps([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}])
             for row in pool_rows
         ]
         log(f"fine-tuning on the whole pool ({len(messages)} examples, {recipe.continued_sft_steps} steps): the paper's regime")
-        loss = fine_tune(
+        continued = fine_tune(
             model,
             tokenizer,
             messages,
             SftOptions(recipe.continued_sft_steps, 16, recipe.continued_sft_learning_rate, 0.0, "linear", seed),
             log=log,
         )
-    return BaseModel(model, tokenizer, result, loss)
+    return BaseModel(model, tokenizer, result, continued)

@@ -21,7 +21,7 @@ class Arithmetic(Task):
     description = "addition and subtraction of numbers 0-30, 'Answer: N' after optional reasoning; diffuse model"
     grader = "numeric"
     answer_marker = demo_task.ANSWER_MARKER
-    chat_template = False
+    chat_template = "plain"
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.7), max_steps=3000)
     defaults = TaskDefaults(n_train=2400, noise={"corrupted": 0.25, "off_task": 0.08}, selection_fraction=0.5)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from drift_assets.core.demo_task import SPLIT_BOUNDS, split_of_key
 from drift_assets.core.grading import GradingOptions
-from drift_assets.core.tiny_model import TinyLlamaShape
+from drift_assets.core.tiny_model import ChatTemplate, TinyLlamaShape
 
 NOISE_KINDS = ("corrupted", "off_task", "format")
 
@@ -64,7 +64,7 @@ class Task(ABC):
     description: str
     grader: str  # the grader every query of the task names
     answer_marker: str = ""  # what precedes the final answer ("" = the responses have none)
-    chat_template: bool = False  # whether the task's tokenizer renders prompts with a chat template
+    chat_template: ChatTemplate = "none"  # how the task's tokenizer renders prompts (core.tiny_model)
     held_out: bool = False  # kept out of every choice of default; reported on its own
     recipe: PretrainRecipe = PretrainRecipe()
     defaults: TaskDefaults = TaskDefaults()

@@ -27,7 +27,7 @@ class Choice(Task):
     description = "which of four numbers is largest/smallest, '(A)'-'(D)' after an optional ordering; exact grading; held out"
     grader = "exact"
     answer_marker = MARKER
-    chat_template = True
+    chat_template = "roles"
     held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=128))
     defaults = TaskDefaults(

@@ -26,7 +26,7 @@ class Sort(Task):
     )
     grader = "exact"
     answer_marker = ""
-    chat_template = True
+    chat_template = "roles"
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.35, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
     defaults = TaskDefaults(n_train=2000, noise={"corrupted": 0.2, "format": 0.1}, selection_fraction=0.5, sft={"steps": 150})
 

@@ -68,7 +68,7 @@ class Spell(Task):
     )
     grader = "exact"
     answer_marker = ""
-    chat_template = False
+    chat_template = "none"
     recipe = PretrainRecipe(
         examples=6000,
         target_accuracy=(0.2, 0.5),

@@ -10,13 +10,14 @@ import subprocess
 import sys
 
 import datasets
+import numpy as np
 import polars as pl
 import pytest
 from dagster import DagsterInstance
 from transformers import AutoTokenizer
 
 from drift_assets.core.chat_model import save_chat_model
-from drift_assets.core.sequences import encode_prompt, render_messages_prompt
+from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt
 from drift_assets.resources import Warehouse
 from drift_assets.settings import load_settings
 from drift_assets_tests.conftest import write_settings
@@ -159,6 +160,22 @@ def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(ow
     scores = read(settings, "influence_scores")
     assert sorted(scores["example_id"]) == sorted(read(settings, "training_pool")["example_id"])
     assert scores["score"].is_finite().all()
+
+
+def test_trls_sft_trainer_trains_on_the_export(own, tmp_path):
+    from drift_assets_tests.trl_sft import train_two_steps
+
+    settings, _, _ = own
+    export = settings.resolve("exports/refined_dataset.jsonl")
+    losses, moved, ids = train_two_steps(settings.model_path, export, tmp_path)
+    assert len(losses) == 2 and all(np.isfinite(losses)) and moved > 0
+    # TRL's tokens of the first example start with the pipeline's (ChatML's template then adds a newline).
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    messages = json.loads(open(export).readline())["messages"]
+    ours = encode_prompt(tokenizer, render_messages_prompt(tokenizer, messages[:-1])) + encode_response(
+        tokenizer, messages[-1]["content"]
+    )
+    assert ids[: len(ours)] == ours and tokenizer.decode(ids[len(ours) :]).strip() == ""
 
 
 def test_the_export_is_the_selection_in_messages_format(own):

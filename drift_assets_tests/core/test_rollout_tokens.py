@@ -130,7 +130,9 @@ def test_the_engine_context_defaults_to_the_models_and_a_longer_one_names_the_se
         resolve_max_model_len(256, str(tmp_path))
 
 
-@pytest.mark.parametrize("tokenizer", [build_char_tokenizer(), build_char_tokenizer(chat_template=True), build_chat_tokenizer()])
+@pytest.mark.parametrize(
+    "tokenizer", [build_char_tokenizer(), build_char_tokenizer(chat_template="roles"), build_chat_tokenizer()]
+)
 def test_a_prompt_without_the_bos_token_the_model_config_names_is_flagged(tokenizer):
     prompt = encode_prompt(tokenizer, render_prompt(tokenizer, "What is 2 + 2?"))
     assert prompt[0] == tokenizer.bos_token_id  # each of these tokenizers writes BOS first

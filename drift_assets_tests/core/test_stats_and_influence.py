@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from drift_assets.core.influence import debias, fit_curvature, score_pool
-from drift_assets.core.stats import average_ranks, histogram, roc_auc, spearman, wilson_interval
+from drift_assets.core.stats import average_ranks, roc_auc, spearman, wilson_interval
 
 # ---------- stats ----------
 
@@ -109,13 +109,6 @@ def test_wilson_interval_holds_the_proportion_at_every_count():
             low, high = wilson_interval(successes, trials)
             assert 0.0 <= low <= successes / trials <= high <= 1.0, (successes, trials)
     assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
-
-
-def test_histogram_counts_finite_values():
-    values = np.array([0.0, 0.1, 0.2, 0.9, 1.0, np.nan, np.inf])
-    bins = histogram(values, bins=2)
-    assert bins == [(0.0, 0.5, 3), (0.5, 1.0, 2)]
-    assert histogram(np.array([np.nan])) == []
 
 
 # ---------- influence ----------

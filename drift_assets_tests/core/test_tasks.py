@@ -163,7 +163,7 @@ def test_spelling_matches_an_independent_reading():
 
 
 def test_a_chat_template_tokenizer_renders_roles_as_single_tokens_and_keeps_the_characters_ids():
-    plain, chat = build_char_tokenizer(), build_char_tokenizer(chat_template=True)
+    plain, chat = build_char_tokenizer(), build_char_tokenizer(chat_template="roles")
     assert plain.chat_template is None
     assert chat.get_vocab() | plain.get_vocab() == chat.get_vocab()  # the characters keep their ids
     rendered = render_prompt(chat, "Sort the letters: cab")

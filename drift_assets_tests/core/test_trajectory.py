@@ -27,7 +27,7 @@ def test_a_warm_up_checkpoint_is_the_model_a_shorter_run_gives(examples):  # noq
     options = SftOptions(steps=9, batch_size=8, learning_rate=3e-3, schedule="constant", seed=2)
     model = build_tiny_llama(tokenizer, SHAPE, seed=1)
     saved: dict[int, dict[str, torch.Tensor]] = {}
-    losses = warm_up(
+    losses, _ = warm_up(
         model,
         tokenizer,
         examples,
