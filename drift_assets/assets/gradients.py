@@ -196,6 +196,7 @@ def build_gradient_assets(settings: Settings) -> list:
         basis = load_basis(projection_basis, fingerprint)
         reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
         todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
+        context.log.debug(f"{where}: {examples.height} examples, reusing {reused.height}, computing {todo.height}")
         if todo.is_empty():
             context.log.info(f"{where}: all {examples.height} examples' gradients reused from the stored table")
         frames = [reused] if reused.height else []

@@ -246,8 +246,11 @@ def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next
     while [pid for pid in engines if running(pid)] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in engines if running(pid)], "vLLM's engine outlived the killed run"
-    # 2. Killed in the second shard's step, the first shard committed.
-    second = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # 2. Killed in the second shard's step, the first shard committed (--verbose: the step's first
+    # log line is at debug level).
+    second = subprocess.Popen(
+        [*command, "--verbose"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output = []
     for line in second.stdout:
         output.append(line)

@@ -252,7 +252,7 @@ def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
     assert ((table["accuracy_low"] <= table["accuracy"]) & (table["accuracy"] <= table["accuracy_high"])).all()
     auc = dict(table.select("method", "noise_auc").unique().rows())
     assert auc["full"] is None and auc["random"] is None and auc["oracle"] is None
-    assert auc["drift"] == pytest.approx(latest_metadata(instance, "influence_scores")["noise_auc"])
+    assert auc["drift"] == pytest.approx(latest_metadata(instance, "influence_scores")["noise_auc"], abs=5e-4)  # rounded there
     assert auc["loss"] > 0.6  # the demo's corrupted answers are unlikely under the base model
     metadata = latest_metadata(instance, "method_benchmark")
     assert all(f"| {method} |" in metadata["summary"] for method in methods)
@@ -392,7 +392,8 @@ def test_the_fisher_hessian_streamed_over_shards_matches_one_dense_solve(private
     np.testing.assert_allclose(scores["score_raw"].to_numpy(), raw, rtol=1e-6, atol=1e-9 * np.abs(raw).max())
     unit = raw / np.linalg.norm(training, axis=1)
     np.testing.assert_allclose(scores["score"].to_numpy(), unit, rtol=1e-6, atol=1e-9 * np.abs(unit).max())
-    assert latest_metadata(instance, "influence_scores")["hessian_damping"] == pytest.approx(damping, rel=1e-9)
+    # recorded to 3 significant digits
+    assert latest_metadata(instance, "influence_scores")["hessian_damping"] == pytest.approx(damping, rel=5e-3)
     run_id = instance.get_latest_materialization_event(AssetKey("influence_scores")).run_id
     messages = [event.user_message for event in instance.all_logs(run_id)]
     k = training.shape[1]
