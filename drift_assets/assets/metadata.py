@@ -21,6 +21,8 @@ from drift_assets.core.charts import split_histogram_markdown
 def _cell(value: Any, width: int = 48) -> str:
     if isinstance(value, list):
         value = f"[{len(value)} values]"
+    elif isinstance(value, float):
+        value = f"{value:.4g}"  # a preview, not the stored value
     text = str(value).replace("\n", "⏎").replace("|", "\\|")
     return text if len(text) <= width else text[: width - 1] + "…"
 

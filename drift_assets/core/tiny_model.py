@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tokenizers import Tokenizer, decoders, models, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.grading import GradingOptions
@@ -64,6 +62,11 @@ def build_char_tokenizer(chat_template: ChatTemplate = "none") -> PreTrainedToke
     their ids) and prompts are rendered with :data:`CHAT_TEMPLATE`; ``plain``: prompts render as
     without a template, through :data:`PLAIN_CHAT_TEMPLATE`; ``none``: no template.
     """
+    # Imported here, as in build_tiny_llama: the code location imports this module (the demo's
+    # assets), and transformers would add seconds to every UI-launched run's start.
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
     characters = sorted(set(string.printable) - set("\x0b\x0c\r"))
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     for character in characters:
@@ -99,6 +102,8 @@ class TinyLlamaShape:
 
 
 def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: int = 0) -> LlamaForCausalLM:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -463,7 +463,7 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     # One asset launched from its page: the time from the click to the run's success.
     runs_before = {r["runId"] for r in dagster.runs()}
     clicked = time.time()
-    page.get_by_role("button", name="Materialize", exact=True).click()
+    page.get_by_role("button", name="Materialize").first.click()  # the page's own, top right
     expect(page.get_by_text(re.compile(r"Launched run \w+"))).to_be_visible()
     (launched,) = _wait("the launched run", lambda: [r for r in dagster.runs() if r["runId"] not in runs_before] or None, 30, 0.5)
     run = _wait(
