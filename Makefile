@@ -49,8 +49,9 @@ test-fast: lint
 	$(PY) -m pytest -q -m "not slow and not vllm and not browser"
 
 ui: env $(DAGSTER_HOME)/dagster.yaml
-	@# dagster dev = the webserver plus the daemon that starts queued runs, backfills and automation.
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	@# dg dev = the webserver plus the daemon that starts queued runs, backfills and automation, over
+	@# the code location pyproject.toml's [tool.dg] names (workspace.yaml names the same, for dagster-webserver).
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg dev -h 127.0.0.1 -p 3000
 
 # The task suite: every embedded task through the pipeline, each method's selection fine-tuned over 5 seeds.
 benchmark: env

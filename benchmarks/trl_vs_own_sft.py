@@ -24,6 +24,7 @@ from demo_warehouse import demo_warehouse, evaluated_after_sft
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.sft import evaluate
 from drift_assets.resources import model_resource
+from drift_assets.terminal import quiet_libraries
 
 
 def trl_fine_tuned(settings, model_path: str, messages: list[str], seed: int):
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="SFT seeds, comma-separated")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    quiet_libraries()  # TRL's and datasets' progress bars
     settings, warehouse = demo_warehouse(("refined_dataset", "test_queries"))
     model = model_resource(settings)
     refined = warehouse.scan("refined_dataset").collect()

@@ -194,3 +194,21 @@ def test_the_settings_reference_page_is_generated_from_the_code():
     assert REFERENCE_PATH.read_text() == settings_reference(), (
         "docs/settings.md is stale: run .venv/bin/python -m drift_assets.settings_reference"
     )
+
+
+def test_the_dg_project_that_make_ui_serves_loads_the_code_location():
+    """`make ui` is `dg dev` over pyproject.toml's [tool.dg] project: `dg check defs` loads the same."""
+    import subprocess
+    import sys
+
+    venv = Path(sys.executable).parent.parent
+    result = subprocess.run(
+        [str(venv / "bin" / "dg"), "check", "defs"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "VIRTUAL_ENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
