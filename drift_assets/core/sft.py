@@ -117,12 +117,6 @@ def fine_tune(
 class SftRun:
     losses: list[float]  # one per optimizer step
 
-    @property
-    def final_loss(self) -> float:
-        """The mean loss of the last 10% of steps."""
-        recent = self.losses[int(len(self.losses) * 0.9) :] or self.losses
-        return sum(recent) / max(1, len(recent))
-
 
 @dataclass
 class Evaluation:
