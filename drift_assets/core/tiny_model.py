@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -24,6 +24,9 @@ from drift_assets.core.grading import GradingOptions
 from drift_assets.core.progress import Progress
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 from drift_assets.core.sft import evaluate
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
