@@ -8,9 +8,9 @@ inputs, the base model's chain, one run per shard, then the scores and the refin
 reads the backfill, lineage, asset and check pages. GraphQL is
 only used to wait and to check the instance's state next to what the pages show.
 
-The workspace has no test queries, so neither refined_model_evaluation nor method_benchmark (both SFT,
-minutes each on CPU) is in the graph. Screenshots land in artifacts/ui/ (git-ignored). Needs Debian's
-Chromium (``make browser``).
+The workspace keeps the session demo's test queries, so refined_model_evaluation and method_benchmark
+(a few 60-step fine-tunes of the tiny model) are in the backfill too, and their pictures are read on
+their pages. Screenshots land in artifacts/ui/ (git-ignored). Needs Debian's Chromium (``make browser``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SOURCES = {"training_pool_source", "validation_queries_source", "base_model"}
+SOURCES = {"training_pool_source", "validation_queries_source", "test_queries_source", "base_model"}
 SHARDS = {"000", "001", "002"}  # SMALL_DEMO: projection.shards = 3
 CHECKPOINT_CHAIN = {"rollouts", "grades", "projection_basis", "validation_gradients", "training_gradient_projections"}
 BACKFILL_TIMEOUT_S = 420
@@ -251,10 +251,9 @@ def _wait(what: str, predicate, timeout: float, interval: float = 3.0):
 def dagster_ui(demo_dir, tmp_path, request):
     """A workspace over a copy of the session's demo inputs and model, served by Dagster."""
     shutil.copytree(demo_dir / "demo", tmp_path / "demo")
-    # transformers rollouts keep it fast; no demo assets (the inputs exist); no test queries, so the graph
-    # is the pipeline up to refined_dataset (evaluation and benchmark SFT would add minutes).
-    settings = settings_in(tmp_path, rollout={"backend": "transformers"}, demo={"enabled": False}, data={"test_queries": None})
-    assert settings.data.test_queries is None
+    # transformers rollouts keep it fast; no demo assets (the inputs exist).
+    settings = settings_in(tmp_path, rollout={"backend": "transformers"}, demo={"enabled": False})
+    assert settings.data.test_queries and settings.benchmark.sft.steps <= 100  # SMALL_DEMO's short fine-tunes
     dagster = Dagster(tmp_path, tmp_path / "settings.yaml")  # where write_settings puts it
     failures, started = request.session.testsfailed, False
     try:
@@ -441,7 +440,7 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     expect(page.get_by_text("1 partition", exact=True)).to_have_count(len(CHECKPOINT_CHAIN) - 1)
     expect(page.get_by_text(f"{len(SHARDS)} partitions", exact=True)).to_be_visible()
     expect(page.get_by_text("100% filled", exact=True)).to_have_count(len(CHECKPOINT_CHAIN))
-    expect(page.get_by_text("Observed", exact=True)).to_have_count(len(SOURCES))
+    expect(page.get_by_text("Observed", exact=True)).to_have_count(len(SOURCES - {"test_queries_source"}))  # not upstream
     # rollouts' checks; influence_scores' (its completeness and its two guards) where both guards passed
     expect(page.get_by_text("3 / 3 Passed", exact=True)).to_have_count(2 if influence_checks_pass else 1)
     page.wait_for_timeout(1000)
@@ -452,7 +451,7 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     expect(page.get_by_text("selected_share").first).to_be_visible()
     # The score distribution is drawn in place (a table of bars), not behind "[Show Markdown]": its
     # clean and noisy columns and the cut-off row are on the page.
-    chart = page.locator("table").filter(has=page.get_by_text("score ≥", exact=True)).first
+    chart = page.locator("table:not(:has(table))").filter(has=page.get_by_text("score ≥", exact=True)).first
     expect(chart).to_be_visible()
     expect(chart.get_by_text("◀ cut-off")).to_be_visible()
     expect(chart.get_by_role("columnheader", name="noisy")).to_be_visible()
@@ -479,15 +478,29 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     )
     print(f"\nrefined_dataset launched from the UI: {seconds:.1f} s from click to success")
 
+    # The evaluation's pictures, in place: each model's accuracy on one axis with its interval, and
+    # the fine-tunes' loss curves.
+    page.goto(f"{dagster.url}/assets/refined_model_evaluation")
+    chart = page.locator("table:not(:has(table))").filter(has_text="●").first  # the innermost: the chart itself
+    expect(chart).to_be_visible()
+    for model in ("base", "full", "refined"):
+        expect(chart.get_by_role("cell", name=model, exact=True)).to_be_visible()
+    assert chart.inner_text().count("●") == 3 and chart.inner_text().count("├") == 3
+    curves = page.locator("table:not(:has(table))").filter(has_text="first loss").first
+    expect(curves).to_be_visible()
+    expect(curves.get_by_text(re.compile(r"^SFT on full"))).to_be_visible()
+    chart.scroll_into_view_if_needed()
+    _shot(page, "08-evaluation-overview")
+
     page.goto(f"{dagster.url}/assets/rollouts?view=checks")
     page.get_by_text("rollouts_complete", exact=True).first.click()
     expect(page.get_by_text("Every query has exactly rollout.samples_per_query rollouts.")).to_be_visible()
     expect(page.get_by_text("Passed", exact=True)).to_be_visible()
     expect(page.get_by_text("Succeeded")).to_have_count(3)  # the three checks of rollouts, in the side list
-    _shot(page, "08-rollouts-checks")
+    _shot(page, "09-rollouts-checks")
 
     page.goto(f"{dagster.url}/asset-groups")
     expect(materialize_all).to_be_visible()
     expect(_visible_text(page, "refined_dataset")).to_be_visible()
     page.wait_for_timeout(1500)
-    _shot(page, "09-asset-graph-after")
+    _shot(page, "10-asset-graph-after")
