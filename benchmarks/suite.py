@@ -123,7 +123,7 @@ def run_task(settings_path: Path, benchmark: bool = True) -> dict:
 
     from drift_assets.definitions import build_definitions
     from drift_assets.resources import Warehouse
-    from drift_assets.runner import materialize_assets, materialize_pipeline
+    from drift_assets.runner import materialize_pipeline, run_method_benchmark
     from drift_assets.settings import load_settings
 
     settings = load_settings(settings_path)
@@ -139,7 +139,7 @@ def run_task(settings_path: Path, benchmark: bool = True) -> dict:
             "pipeline_seconds": pipeline_seconds,
             "guards": guard_results(instance, defs),
         }
-    materialize_assets(defs, instance, [AssetKey("method_benchmark")])
+    run_method_benchmark(defs, instance)
     warehouse = Warehouse.from_settings(settings)
 
     def metadata(asset: str, partition: str | None = None) -> dict:

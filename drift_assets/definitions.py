@@ -2,6 +2,7 @@
 
 from dagster import AssetChecksDefinition, Definitions, in_process_executor
 
+from drift_assets.assets.benchmark import build_benchmark
 from drift_assets.assets.demo import build_demo_assets
 from drift_assets.assets.evaluate import build_evaluation_assets
 from drift_assets.assets.grades import build_grade_assets
@@ -28,8 +29,13 @@ def build_definitions(settings: Settings) -> Definitions:
     ]
     if settings.warmup_steps:
         assets += build_warmup_assets(settings)
+    jobs = build_jobs(warmup=bool(settings.warmup_steps))
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
+        # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.
+        benchmark, benchmark_job = build_benchmark(settings)
+        assets.append(benchmark)
+        jobs.append(benchmark_job)
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     assets = [with_automation(a) for a in assets]
@@ -38,7 +44,7 @@ def build_definitions(settings: Settings) -> Definitions:
         # A run's steps share one process: the model, tokenizer and torch are loaded once per run
         # instead of once per step and check (the steps of a run are sequential on the GPU pool anyway).
         executor=in_process_executor,
-        jobs=build_jobs(warmup=bool(settings.warmup_steps)),
+        jobs=jobs,
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         loggers={"console": terminal_logger},  # used where a run's config selects it (runs started from Python)

@@ -224,6 +224,16 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
         """The asset's Delta table as a lazy frame (with the warehouse's storage options)."""
         return pl.scan_delta(self.table_uri(asset_name), storage_options=self.storage_options or None)
 
+    def write(self, asset_name: str, table: pl.DataFrame) -> None:
+        """Replace the asset's whole table in one Delta commit (a reader sees the old table or the new
+        one, never part of it): for a table a job reports rather than the IO manager writes."""
+        table.write_delta(
+            self.table_uri(asset_name),
+            mode="overwrite",
+            storage_options=self.storage_options or None,
+            delta_write_options={"schema_mode": "overwrite"},
+        )
+
     def exists(self, asset_name: str) -> bool:
         return DeltaTable.is_deltatable(self.table_uri(asset_name), storage_options=self.storage_options or None)
 

@@ -72,6 +72,19 @@ def materialize_assets(
         raise RuntimeError(f"run {result.run_id} failed while materializing {[k.to_user_string() for k in keys]}")
 
 
+def run_method_benchmark(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:
+    """One run of the ``method_benchmark`` job (it writes the method_benchmark table); raises if it fails.
+    The pipeline's tables must be materialized: the job reads them from the warehouse."""
+    result = defs.resolve_job_def("method_benchmark").execute_in_process(
+        instance=instance,
+        raise_on_error=True,
+        tags={PROCESS_TAG: _process_label(os.getpid())},
+        run_config=terminal_run_config(verbose),
+    )
+    if not result.success:
+        raise RuntimeError(f"run {result.run_id} of the method_benchmark job failed")
+
+
 def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     """Mark as failed the runs this machine started from Python whose process is gone (killed);
     returns their ids."""

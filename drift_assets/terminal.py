@@ -36,6 +36,8 @@ def quiet_libraries() -> None:
         os.environ.setdefault(name, value)
     # vLLM's modules that log while they import, before vLLM reads its own level.
     logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+    # torch's "Triton not available" (triton is not installed on CPU), which TORCH_LOGS does not cover.
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 

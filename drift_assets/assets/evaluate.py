@@ -4,31 +4,20 @@ import contextlib
 import tempfile
 import time
 
-import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from drift_assets.assets.metadata import png_markdown, rounded, table_metadata
-from drift_assets.core.attribution import noise_auc
+from drift_assets.assets.metadata import rounded, table_metadata
 from drift_assets.core.benchmark import (
     FineTuneJob,
-    MethodScorer,
     fine_tune_from_disk,
-    run_fine_tunes,
-    scoring_for,
-    selected_ids,
-    similarity_scores,
-    summary_markdown,
-    summary_table,
 )
 from drift_assets.core.charts import curves_markdown, intervals_markdown
 from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
 from drift_assets.core.progress import Progress
-from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
-from drift_assets.core.stored import gradients_along, pool_loss_scores
 from drift_assets.core.tiny_model import save_model
-from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
+from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.settings import Reads, Settings
 
 EVALUATE_VERSION = "5"  # 5: a bf16/fp16 model fine-tunes float32 master weights
@@ -98,9 +87,6 @@ def train_and_evaluate(
 
 def build_evaluation_assets(settings: Settings) -> list:
     reads = Reads(settings, "refined_model_evaluation", "benchmark.sft", "benchmark.seeds", *_FINE_TUNE_AND_EVALUATE)
-    bench_reads = Reads(
-        settings, "method_benchmark", "benchmark", "influence", "checkpoints", "selection", *_FINE_TUNE_AND_EVALUATE
-    )
 
     @asset(
         group_name="evaluation",
@@ -164,132 +150,4 @@ def build_evaluation_assets(settings: Settings) -> list:
         )
         return table
 
-    @asset(
-        group_name="benchmark",
-        code_version=bench_reads.code_version(EVALUATE_VERSION),
-        metadata=bench_reads.metadata(),
-        # Every checkpoint's partitions of these, read from the warehouse.
-        deps=["base_model", "validation_gradients", "grades", "training_gradient_projections"],
-        kinds={"pytorch", "delta"},
-        pool="gpu",
-        description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds.",
-    )
-    def method_benchmark(
-        context: AssetExecutionContext,
-        training_pool: pl.DataFrame,
-        validation_queries: pl.DataFrame,
-        test_queries: pl.DataFrame,
-        model: ModelResource,
-        rollout_engine: RolloutEngineResource,
-        warehouse: Warehouse,
-    ) -> pl.DataFrame:
-        benchmark, selection = bench_reads.benchmark, bench_reads.selection
-        drift = bench_reads.influence.scoring()
-        scorer = MethodScorer(list(gradients_along(warehouse, bench_reads.checkpoints, bench_reads.projection.shards)))
-        network, tokenizer = model.load_model(), model.load_tokenizer()
-        scores = {}
-        for method in benchmark.methods:
-            if scoring_for(method, drift) is not None:
-                scores[method] = scorer.method_scores(method, drift, training_pool)
-            elif method == "loss":
-                scores[method] = pool_loss_scores(warehouse, training_pool)
-            elif method in ("rds", "bm25"):
-                scores[method] = similarity_scores(method, training_pool, validation_queries, network, tokenizer)
-        # random and the others select as many examples as DRIFT does, so that they differ only in which ones.
-        drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
-        drift_size = int(select(drift_scores, selection.method, selection.fraction, selection.k).sum())
-        queries = test_queries.to_dicts()
-        # A method whose selection equals another's on a seed (an ablation that restates the
-        # configured setting) shares its fine-tune: SFT is deterministic, so the result is the same.
-        jobs, sharing = [], {}  # sharing: (seed, selection) -> the methods that fine-tune on it
-        for method in benchmark.methods:
-            for seed in benchmark.seeds:
-                chosen = frozenset(
-                    selected_ids(
-                        method,
-                        seed,
-                        training_pool,
-                        scores.get(method),
-                        drift_size,
-                        selection.method,
-                        selection.fraction,
-                        selection.k,
-                    )
-                )
-                if (seed, chosen) in sharing:
-                    sharing[seed, chosen].append(method)
-                    continue
-                sharing[seed, chosen] = sharers = [method]
-                messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
-                jobs.append((fine_tune_job(bench_reads, model, method, messages, queries, seed), sharers))
-        run_one = (
-            fine_tune_from_disk
-            if benchmark.workers > 1
-            else (lambda job: train_and_evaluate(bench_reads, model, rollout_engine, job, context.log.debug))
-        )
-        shared = len(benchmark.methods) * len(benchmark.seeds) - len(jobs)
-        context.log.info(
-            f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds"
-            + (f", {shared} sharing another method's selection" if shared else "")
-            + f") in {benchmark.workers} process(es)"
-        )
-        rows = []
-        progress = Progress("fine-tunes", len(jobs), context.log.info)
-        finished = run_fine_tunes([job for job, _ in jobs], run_one, benchmark.workers)
-        for (_, sharers), (job, (result, seconds)) in zip(jobs, finished, strict=True):  # in job order
-            low, high = result.interval
-            for method in sharers:
-                rows.append(
-                    {
-                        "method": method,
-                        "seed": job.seed,
-                        "n_selected": len(job.messages),
-                        "accuracy": result.accuracy,
-                        "accuracy_low": low,
-                        "accuracy_high": high,
-                        "noise_auc": noise_auc(scores.get(method), training_pool),
-                        "wall_seconds": seconds if method == job.method else 0.0,
-                    }
-                )
-            progress.advance(f"{' = '.join(sharers)} seed {job.seed}: accuracy {result.accuracy:.3f}")
-        order = {method: index for index, method in enumerate(benchmark.methods)}
-        table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64}).sort(
-            pl.col("method").replace_strict(order), "seed", maintain_order=True
-        )
-        context.add_output_metadata(
-            {
-                **table_metadata(table, preview_rows=len(rows)),
-                "summary": MetadataValue.md(summary_markdown(table)),
-                "plot": accuracy_plot(table),
-            }
-        )
-        return table
-
-    return [refined_model_evaluation, method_benchmark]
-
-
-def accuracy_plot(table: pl.DataFrame) -> MetadataValue:
-    """Test accuracy per method: every seed as a dot, the mean as a bar, full-data SFT as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a worker
-    import matplotlib.pyplot as plt
-
-    summary = summary_table(table)
-    methods = summary["method"].to_list()
-    figure, axes = plt.subplots(figsize=(1.1 * len(methods) + 2, 3.5))
-    axes.bar(range(len(methods)), 100 * summary["accuracy_mean"].to_numpy(), color="#9ecae1")
-    for position, method in enumerate(methods):
-        accuracies = 100 * table.filter(pl.col("method") == method)["accuracy"].to_numpy()
-        axes.scatter(np.full(len(accuracies), position), accuracies, color="#08519c", s=12, zorder=3)
-    if "full" in methods:
-        axes.axhline(
-            100 * summary.filter(pl.col("method") == "full")["accuracy_mean"][0], color="grey", linestyle="--", label="full"
-        )
-        axes.legend(loc="lower right")
-    axes.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-    axes.set_ylabel("test accuracy %")
-    axes.set_title(f"SFT on each method's selection ({table['seed'].n_unique()} seeds)")
-    plot = png_markdown(figure, "method benchmark accuracy")
-    plt.close(figure)
-    return plot
+    return [refined_model_evaluation]

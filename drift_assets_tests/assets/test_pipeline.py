@@ -16,7 +16,7 @@ from drift_assets.core.gradients import vectors
 from drift_assets.core.guards import contrast_guard, hacking_guard, target_guard
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
-from drift_assets.runner import materialize_assets, observe_sources
+from drift_assets.runner import materialize_assets, observe_sources, run_method_benchmark
 from drift_assets_tests.conftest import instance_in, settings_in
 
 TABLES = (
@@ -228,6 +228,21 @@ def test_evaluation_closes_the_loop(pipeline):
     ).all()
 
 
+def test_materialize_all_leaves_the_method_benchmark_to_its_job(pipeline, workspace, instance):
+    """The UI's "Materialize all" takes executable assets only: the benchmark is an external asset
+    (in the lineage, downstream of what it reads) that the method_benchmark job writes."""
+    _, defs, _ = pipeline
+    graph = defs.resolve_asset_graph()
+    node = graph.get(AssetKey("method_benchmark"))
+    assert not node.is_executable and AssetKey("training_gradient_projections") in node.parent_keys
+    assert AssetKey("method_benchmark") not in graph.executable_asset_keys
+    # Launched before the pipeline: it names what to materialize first and writes nothing.
+    empty = settings_in(workspace)
+    with pytest.raises(Exception, match=r"method_benchmark reads training_pool, .*materialize the pipeline first"):
+        run_method_benchmark(build_definitions(empty), instance)
+    assert not Warehouse.from_settings(empty).exists("method_benchmark")
+
+
 @pytest.mark.vllm
 def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
     settings, _, instance = private_pipeline
@@ -236,7 +251,7 @@ def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
     settings = settings.model_copy(
         update={"benchmark": settings.benchmark.model_copy(update={"methods": methods, "seeds": seeds})}
     )
-    materialize_assets(build_definitions(settings), instance, [AssetKey("method_benchmark")])
+    run_method_benchmark(build_definitions(settings), instance)
     table = read(settings, "method_benchmark")
     assert table.select("method", "seed").rows() == [(method, seed) for method in methods for seed in seeds]
     selected = int(read(settings, "refined_dataset")["selected"].sum())

@@ -1,0 +1,194 @@
+"""The method benchmark: SFT on each method's selection (full, random, off-policy, DRIFT and its
+ablations, the baselines) over several seeds, scored on the test queries.
+
+It is a study, not a step of the pipeline, and dozens of fine-tunes long: an asset in the graph
+would be swept into the UI's "Materialize all". So ``method_benchmark`` is an external asset
+(shown in the lineage, never materialized by "Materialize all") whose table the ``method_benchmark``
+job writes and reports, launched on purpose (Jobs → method_benchmark, or ``run_method_benchmark``).
+"""
+
+import numpy as np
+import polars as pl
+from dagster import AssetMaterialization, AssetSpec, Failure, MetadataValue, OpExecutionContext, job, op
+
+from drift_assets.assets.evaluate import _FINE_TUNE_AND_EVALUATE, EVALUATE_VERSION, fine_tune_job, train_and_evaluate
+from drift_assets.assets.metadata import png_markdown, table_metadata
+from drift_assets.core.attribution import noise_auc
+from drift_assets.core.benchmark import (
+    MethodScorer,
+    fine_tune_from_disk,
+    run_fine_tunes,
+    scoring_for,
+    selected_ids,
+    similarity_scores,
+    summary_markdown,
+    summary_table,
+)
+from drift_assets.core.progress import Progress
+from drift_assets.core.selection import select
+from drift_assets.core.stored import gradients_along, pool_loss_scores
+from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
+from drift_assets.settings import Reads, Settings
+
+BENCHMARK = "method_benchmark"
+# Read from the warehouse: the pool and the queries, and every checkpoint's partitions of the rest.
+TABLES_READ = (
+    "training_pool",
+    "validation_queries",
+    "test_queries",
+    "grades",
+    "validation_gradients",
+    "training_gradient_projections",
+)
+
+
+def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
+    """The ``method_benchmark`` asset (external: reported, not materialized) and the job that writes it."""
+    reads = Reads(settings, BENCHMARK, "benchmark", "influence", "checkpoints", "selection", *_FINE_TUNE_AND_EVALUATE)
+    spec = AssetSpec(
+        BENCHMARK,
+        group_name="benchmark",
+        code_version=reads.code_version(EVALUATE_VERSION),
+        metadata=reads.metadata(),
+        deps=["base_model", *TABLES_READ],
+        kinds={"pytorch", "delta"},
+        description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds; "
+        "written by the method_benchmark job.",
+    )
+
+    @op(pool="gpu", description=spec.description)
+    def fine_tune_each_method(
+        context: OpExecutionContext, model: ModelResource, rollout_engine: RolloutEngineResource, warehouse: Warehouse
+    ) -> None:
+        missing = [name for name in TABLES_READ if not warehouse.exists(name)]
+        if missing:
+            raise Failure(
+                f"method_benchmark reads {', '.join(missing)}, not materialized in {warehouse.root}: "
+                "materialize the pipeline first (make demo, drift-assets materialize, or Materialize all in the UI)"
+            )
+        training_pool, validation_queries, test_queries = (
+            warehouse.scan(name).collect() for name in ("training_pool", "validation_queries", "test_queries")
+        )
+        benchmark, selection = reads.benchmark, reads.selection
+        drift = reads.influence.scoring()
+        scorer = MethodScorer(list(gradients_along(warehouse, reads.checkpoints, reads.projection.shards)))
+        network, tokenizer = model.load_model(), model.load_tokenizer()
+        scores = {}
+        for method in benchmark.methods:
+            if scoring_for(method, drift) is not None:
+                scores[method] = scorer.method_scores(method, drift, training_pool)
+            elif method == "loss":
+                scores[method] = pool_loss_scores(warehouse, training_pool)
+            elif method in ("rds", "bm25"):
+                scores[method] = similarity_scores(method, training_pool, validation_queries, network, tokenizer)
+        # random and the others select as many examples as DRIFT does, so that they differ only in which ones.
+        drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
+        drift_size = int(select(drift_scores, selection.method, selection.fraction, selection.k).sum())
+        queries = test_queries.to_dicts()
+        # A method whose selection equals another's on a seed (an ablation that restates the
+        # configured setting) shares its fine-tune: SFT is deterministic, so the result is the same.
+        jobs, sharing = [], {}  # sharing: (seed, selection) -> the methods that fine-tune on it
+        for method in benchmark.methods:
+            for seed in benchmark.seeds:
+                chosen = frozenset(
+                    selected_ids(
+                        method,
+                        seed,
+                        training_pool,
+                        scores.get(method),
+                        drift_size,
+                        selection.method,
+                        selection.fraction,
+                        selection.k,
+                    )
+                )
+                if (seed, chosen) in sharing:
+                    sharing[seed, chosen].append(method)
+                    continue
+                sharing[seed, chosen] = sharers = [method]
+                messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
+                jobs.append((fine_tune_job(reads, model, method, messages, queries, seed), sharers))
+        run_one = (
+            fine_tune_from_disk
+            if benchmark.workers > 1
+            else (lambda tune: train_and_evaluate(reads, model, rollout_engine, tune, context.log.debug))
+        )
+        shared = len(benchmark.methods) * len(benchmark.seeds) - len(jobs)
+        context.log.info(
+            f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds"
+            + (f", {shared} sharing another method's selection" if shared else "")
+            + f") in {benchmark.workers} process(es)"
+        )
+        rows = []
+        progress = Progress("fine-tunes", len(jobs), context.log.info)
+        finished = run_fine_tunes([tune for tune, _ in jobs], run_one, benchmark.workers)
+        for (_, sharers), (tuned, (result, seconds)) in zip(jobs, finished, strict=True):  # in job order
+            low, high = result.interval
+            for method in sharers:
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": tuned.seed,
+                        "n_selected": len(tuned.messages),
+                        "accuracy": result.accuracy,
+                        "accuracy_low": low,
+                        "accuracy_high": high,
+                        "noise_auc": noise_auc(scores.get(method), training_pool),
+                        "wall_seconds": seconds if method == tuned.method else 0.0,
+                    }
+                )
+            progress.advance(f"{' = '.join(sharers)} seed {tuned.seed}: accuracy {result.accuracy:.3f}")
+        order = {method: index for index, method in enumerate(benchmark.methods)}
+        table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64}).sort(
+            pl.col("method").replace_strict(order), "seed", maintain_order=True
+        )
+        warehouse.write(BENCHMARK, table)
+        context.log_event(
+            AssetMaterialization(
+                BENCHMARK,
+                metadata={
+                    **table_metadata(table, preview_rows=len(rows)),
+                    "summary": MetadataValue.md(summary_markdown(table)),
+                    "plot": accuracy_plot(table),
+                    "code_version": reads.code_version(EVALUATE_VERSION),
+                },
+            )
+        )
+
+    @job(
+        name=BENCHMARK,
+        description="The method benchmark: fine-tunes every method's selection over benchmark.seeds and writes the "
+        "method_benchmark table (launch it on purpose: it is kept out of Materialize all).",
+        tags={"drift_assets/code_version": reads.code_version(EVALUATE_VERSION)},
+    )
+    def method_benchmark_job():
+        fine_tune_each_method()
+
+    return spec, method_benchmark_job
+
+
+def accuracy_plot(table: pl.DataFrame) -> MetadataValue:
+    """Test accuracy per method: every seed as a dot, the mean as a bar, full-data SFT as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    import matplotlib.pyplot as plt
+
+    summary = summary_table(table)
+    methods = summary["method"].to_list()
+    figure, axes = plt.subplots(figsize=(1.1 * len(methods) + 2, 3.5))
+    axes.bar(range(len(methods)), 100 * summary["accuracy_mean"].to_numpy(), color="#9ecae1")
+    for position, method in enumerate(methods):
+        accuracies = 100 * table.filter(pl.col("method") == method)["accuracy"].to_numpy()
+        axes.scatter(np.full(len(accuracies), position), accuracies, color="#08519c", s=12, zorder=3)
+    if "full" in methods:
+        axes.axhline(
+            100 * summary.filter(pl.col("method") == "full")["accuracy_mean"][0], color="grey", linestyle="--", label="full"
+        )
+        axes.legend(loc="lower right")
+    axes.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    axes.set_ylabel("test accuracy %")
+    axes.set_title(f"SFT on each method's selection ({table['seed'].n_unique()} seeds)")
+    plot = png_markdown(figure, "method benchmark accuracy")
+    plt.close(figure)
+    return plot
