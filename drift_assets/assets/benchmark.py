@@ -13,13 +13,14 @@ from dagster import AssetMaterialization, AssetSpec, Failure, MetadataValue, OpE
 
 from drift_assets.assets.evaluate import _FINE_TUNE_AND_EVALUATE, EVALUATE_VERSION, fine_tune_job, train_and_evaluate
 from drift_assets.assets.metadata import png_markdown, table_metadata
-from drift_assets.core.attribution import noise_auc
 from drift_assets.core.benchmark import (
     MethodScorer,
+    benchmark_table,
     fine_tune_from_disk,
     run_fine_tunes,
     scoring_for,
     selected_ids,
+    shared_fine_tunes,
     similarity_scores,
     summary_markdown,
     summary_table,
@@ -85,29 +86,25 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
         drift_size = int(select(drift_scores, selection.method, selection.fraction, selection.k).sum())
         queries = test_queries.to_dicts()
-        # A method whose selection equals another's on a seed (an ablation that restates the
-        # configured setting) shares its fine-tune: SFT is deterministic, so the result is the same.
-        jobs, sharing = [], {}  # sharing: (seed, selection) -> the methods that fine-tune on it
-        for method in benchmark.methods:
-            for seed in benchmark.seeds:
-                chosen = frozenset(
-                    selected_ids(
-                        method,
-                        seed,
-                        training_pool,
-                        scores.get(method),
-                        drift_size,
-                        selection.method,
-                        selection.fraction,
-                        selection.k,
-                    )
-                )
-                if (seed, chosen) in sharing:
-                    sharing[seed, chosen].append(method)
-                    continue
-                sharing[seed, chosen] = sharers = [method]
-                messages = training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list()
-                jobs.append((fine_tune_job(reads, model, method, messages, queries, seed), sharers))
+
+        def choose(method: str, seed: int) -> frozenset[str]:
+            chosen = selected_ids(
+                method, seed, training_pool, scores.get(method), drift_size, selection.method, selection.fraction, selection.k
+            )
+            return frozenset(chosen)
+
+        plan = shared_fine_tunes(benchmark.methods, benchmark.seeds, choose)
+        jobs = [
+            fine_tune_job(
+                reads,
+                model,
+                sharers[0],
+                training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list(),
+                queries,
+                seed,
+            )
+            for seed, chosen, sharers in plan
+        ]
         run_one = (
             fine_tune_from_disk
             if benchmark.workers > 1
@@ -119,35 +116,22 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
             + (f", {shared} sharing another method's selection" if shared else "")
             + f") in {benchmark.workers} process(es)"
         )
-        rows = []
         progress = Progress("fine-tunes", len(jobs), context.log.info)
-        finished = run_fine_tunes([tune for tune, _ in jobs], run_one, benchmark.workers)
-        for (_, sharers), (tuned, (result, seconds)) in zip(jobs, finished, strict=True):  # in job order
-            low, high = result.interval
-            for method in sharers:
-                rows.append(
-                    {
-                        "method": method,
-                        "seed": tuned.seed,
-                        "n_selected": len(tuned.messages),
-                        "accuracy": result.accuracy,
-                        "accuracy_low": low,
-                        "accuracy_high": high,
-                        "noise_auc": noise_auc(scores.get(method), training_pool),
-                        "wall_seconds": seconds if method == tuned.method else 0.0,
-                    }
-                )
-            progress.advance(f"{' = '.join(sharers)} seed {tuned.seed}: accuracy {result.accuracy:.3f}")
-        order = {method: index for index, method in enumerate(benchmark.methods)}
-        table = pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64}).sort(
-            pl.col("method").replace_strict(order), "seed", maintain_order=True
-        )
+
+        def finished():
+            for (_, _, sharers), (tune, (result, seconds)) in zip(
+                plan, run_fine_tunes(jobs, run_one, benchmark.workers), strict=True
+            ):
+                progress.advance(f"{' = '.join(sharers)} seed {tune.seed}: accuracy {result.accuracy:.3f}")
+                yield sharers, tune, result, seconds
+
+        table = benchmark_table(finished(), benchmark.methods, scores, training_pool)
         warehouse.write(BENCHMARK, table)
         context.log_event(
             AssetMaterialization(
                 BENCHMARK,
                 metadata={
-                    **table_metadata(table, preview_rows=len(rows)),
+                    **table_metadata(table, preview_rows=table.height),
                     "summary": MetadataValue.md(summary_markdown(table)),
                     "plot": accuracy_plot(table),
                     "code_version": reads.code_version(EVALUATE_VERSION),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -35,7 +35,7 @@ from typing import TypeVar
 import polars as pl
 import torch
 
-from drift_assets.core.attribution import ScoringSettings, scores_frame
+from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame
 from drift_assets.core.baselines import best_match, bm25_scores, cosine_similarity, mean_pooled_hidden_states, words
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
@@ -243,6 +243,50 @@ def run_fine_tunes(jobs: Sequence[J], fine_tune_one: Callable[[J], R], workers: 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread_each, initargs=(threads,)) as pool:
         yield from zip(jobs, pool.map(fine_tune_one, jobs))
+
+
+def shared_fine_tunes(
+    methods: Sequence[str], seeds: Sequence[int], choose: Callable[[str, int], frozenset[str]]
+) -> list[tuple[int, frozenset[str], list[str]]]:
+    """(seed, selection, the methods that chose it) for each distinct selection, in method then seed
+    order: a method whose selection equals another's on a seed (an ablation that restates the
+    configured setting) shares its fine-tune, since SFT is deterministic and would give the same result."""
+    sharers: dict[tuple[int, frozenset[str]], list[str]] = {}
+    for method in methods:
+        for seed in seeds:
+            sharers.setdefault((seed, choose(method, seed)), []).append(method)
+    return [(seed, chosen, names) for (seed, chosen), names in sharers.items()]
+
+
+def benchmark_table(
+    finished: Iterable[tuple[list[str], FineTuneJob, Evaluation, float]],
+    methods: Sequence[str],
+    scores: dict[str, pl.DataFrame],
+    training_pool: pl.DataFrame,
+) -> pl.DataFrame:
+    """One row per method and seed from each finished fine-tune (sharers, job, evaluation, seconds):
+    accuracy with its interval, the noise AUC of the method's scores, and the wall time (on the
+    method that ran the fine-tune; 0 on those sharing it)."""
+    rows = []
+    for sharers, job, result, seconds in finished:
+        low, high = result.interval
+        for method in sharers:
+            rows.append(
+                {
+                    "method": method,
+                    "seed": job.seed,
+                    "n_selected": len(job.messages),
+                    "accuracy": result.accuracy,
+                    "accuracy_low": low,
+                    "accuracy_high": high,
+                    "noise_auc": noise_auc(scores.get(method), training_pool),
+                    "wall_seconds": seconds if method == job.method else 0.0,
+                }
+            )
+    order = {method: index for index, method in enumerate(methods)}
+    return pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64}).sort(
+        pl.col("method").replace_strict(order), "seed", maintain_order=True
+    )
 
 
 def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFrame:

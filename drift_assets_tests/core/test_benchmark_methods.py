@@ -11,6 +11,7 @@ from drift_assets.core.benchmark import (
     per_token_loss,
     scoring_for,
     selected_ids,
+    shared_fine_tunes,
 )
 
 POOL = pl.DataFrame(
@@ -89,3 +90,21 @@ def test_paired_differences_are_empty_without_the_baseline():
     table = pl.DataFrame(benchmark_rows("drift", [0.65, 0.66]))
     assert paired_differences(table).is_empty()
     assert paired_differences(table, baseline="drift")["difference_mean"].to_list() == [0.0]
+
+
+def test_methods_that_select_the_same_examples_on_a_seed_share_one_fine_tune():
+    selections = {("full", 0): "abc", ("full", 1): "abc", ("drift", 0): "ab", ("drift", 1): "bc", ("drift_skip", 0): "ab"}
+    selections[("drift_skip", 1)] = "ac"
+
+    def chosen(method, seed):
+        return frozenset(selections[method, seed])
+
+    plan = shared_fine_tunes(["full", "drift", "drift_skip"], [0, 1], chosen)
+    # full on seed 0 and seed 1 select the same rows but are different seeds: two fine-tunes.
+    assert [(seed, "".join(sorted(rows)), sharers) for seed, rows, sharers in plan] == [
+        (0, "abc", ["full"]),
+        (1, "abc", ["full"]),
+        (0, "ab", ["drift", "drift_skip"]),
+        (1, "bc", ["drift"]),
+        (1, "ac", ["drift_skip"]),
+    ]
