@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -26,7 +27,8 @@ from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable
 from pydantic import BaseModel, PrivateAttr, create_model
 
-from drift_assets.core.fingerprint import check_model_directory, model_fingerprint
+from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
+from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
 from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings
 
@@ -53,6 +55,8 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
     """The base model every on-policy step uses: a Hugging Face directory."""
 
     path: str  # made absolute against the settings file (model_resource); no default here
+    # A warm-up checkpoint saved as a LoRA adapter: the model is ``path`` with this adapter.
+    adapter: str | None = None
 
     _cache: dict = PrivateAttr(default_factory=dict)
 
@@ -61,7 +65,10 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
         return pick_device(self.device)
 
     def fingerprint(self) -> str:
-        return model_fingerprint(self.path)
+        if self.adapter is None:
+            return model_fingerprint(self.path)
+        combined = f"{model_fingerprint(self.path)}+{content_hash(self.adapter)}"
+        return hashlib.sha256(combined.encode()).hexdigest()[:16]
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
@@ -71,12 +78,16 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
             self._cache["tokenizer"] = AutoTokenizer.from_pretrained(self.path)
         return self._cache["tokenizer"]
 
-    def load_model(self):
-        """A fresh copy in eval mode on the resolved device (callers may fine-tune it)."""
+    def load_model(self, target_modules: str | None = None):
+        """A fresh copy in eval mode on the resolved device (callers may fine-tune it). With an
+        adapter: its LoRA modules kept where ``target_modules`` (a gradient projection's) names
+        them, else merged into the weights."""
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype])
-        return model.to(self.resolved_device).eval()
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype]).to(self.resolved_device)
+        if self.adapter is not None:
+            model = with_adapter(model, self.adapter, target_modules)
+        return model.eval()
 
 
 class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSettings)):
@@ -111,7 +122,8 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
     ) -> Iterator[TransformersEngine | VllmEngine]:
         """The engine the backend setting picks, logged after ``what`` (with why and where it runs)."""
         backend, why = self.chosen_backend()
-        log.info(f"{what} {backend} ({why}); model {model.path} on {model.resolved_device}")
+        adapter = f" with the LoRA adapter {model.adapter}" if model.adapter else ""
+        log.info(f"{what} {backend} ({why}); model {model.path}{adapter} on {model.resolved_device}")
         if backend == "transformers":
             yield TransformersEngine(model.load_model(), model.load_tokenizer(), device=model.resolved_device)
             return
@@ -122,6 +134,8 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
             gpu_memory_utilization=self.gpu_memory_utilization,
             max_model_len=resolve_max_model_len(self.max_model_len, model.path),
             seed=self.seed,
+            adapter=model.adapter,
+            max_lora_rank=vllm_max_lora_rank(adapter_rank(model.adapter)) if model.adapter else None,
         )
         try:
             yield engine

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from drift_assets.core.adapters import VLLM_LORA_RANKS, LoraOptions
 from drift_assets.core.attribution import ScoringSettings, Targets, Unsolved
 from drift_assets.core.influence import Debias, Hessian
 from drift_assets.core.projection import Basis, ProjectionOptions
@@ -277,6 +278,24 @@ class InfluenceSettings(_Group):
         return ScoringSettings(**self.model_dump())
 
 
+_LORA = LoraOptions()
+
+
+class LoraSettings(_Group):
+    """Train a LoRA adapter in the warm-up run instead of every weight (PEFT)."""
+
+    rank: int = Field(_LORA.rank, ge=1, le=VLLM_LORA_RANKS[-1], description="the adapters' rank r")
+    alpha: float = Field(_LORA.alpha, gt=0.0, description="LoRA alpha: the adapter's update is scaled by alpha / rank")
+    dropout: float = Field(_LORA.dropout, ge=0.0, lt=1.0, description="dropout on the adapters' input while warming up")
+    target_modules: str = Field(
+        _LORA.target_modules,
+        description="Regex over module names (full match): the linear layers that get an adapter.",
+    )
+
+    def options(self) -> LoraOptions:
+        return LoraOptions(self.rank, self.alpha, self.dropout, self.target_modules)
+
+
 class WarmupSettings(_Group):
     """A warm-up SFT run on the whole pool whose checkpoints DRIFT also scores at (LESS-style).
 
@@ -298,6 +317,12 @@ class WarmupSettings(_Group):
     )
     seed: int = Field(0, description="the warm-up run's example order")
     checkpoint_dir: str = Field("checkpoints", description="A local directory for the checkpoints' model directories.")
+    lora: LoraSettings | None = Field(
+        None,
+        description="null: the run fine-tunes every weight and saves whole models; set (e.g. {rank: 16}): it trains "
+        "LoRA adapters only and saves them, and vLLM serves them on the base model. Gradients are of the adapters "
+        "where projection.target_modules names their modules (…lora_A.default, …lora_B.default).",
+    )
 
     @field_validator("steps")
     @classmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetDep, MultiPartitionsDefinition, StaticPartitionMapping, StaticPartitionsDefinition
 
+from drift_assets.core.adapters import is_adapter
 from drift_assets.core.gradients import shard_keys
 from drift_assets.core.trajectory import BASE
 from drift_assets.resources import ModelResource, Warehouse
@@ -48,6 +49,14 @@ def model_deps(settings: Settings) -> list:
     return deps
 
 
+def saved_checkpoint(model: ModelResource, path: str | Path) -> ModelResource:
+    """The model a warm-up checkpoint saved at ``path`` stands for: a whole model directory, or a
+    LoRA adapter on top of the base ``model``."""
+    if is_adapter(path):
+        return ModelResource(path=model.path, adapter=str(path), dtype=model.dtype, device=model.device)
+    return ModelResource(path=str(path), dtype=model.dtype, device=model.device)
+
+
 def checkpoint_model(checkpoint: str, model: ModelResource, warehouse: Warehouse) -> ModelResource:
     """The model at ``checkpoint``: the base model, or the warm-up checkpoint saved at that step,
     checked against the fingerprint recorded when it was saved."""
@@ -61,7 +70,7 @@ def checkpoint_model(checkpoint: str, model: ModelResource, warehouse: Warehouse
     if saved.is_empty() or not Path(saved["path"][0]).is_dir():
         where = f" ({saved['path'][0]} is gone)" if not saved.is_empty() else ""
         raise ValueError(f"{WARMUP} has no checkpoint {checkpoint}{where}: materialize {WARMUP}[{checkpoint}]")
-    at_checkpoint = ModelResource(path=saved["path"][0], dtype=model.dtype, device=model.device)
+    at_checkpoint = saved_checkpoint(model, saved["path"][0])
     if at_checkpoint.fingerprint() != saved["model_fingerprint"][0]:
         raise ValueError(f"{at_checkpoint.path} changed since {WARMUP} saved it: re-materialize {WARMUP}[{checkpoint}]")
     return at_checkpoint

@@ -74,7 +74,7 @@ def build_gradient_assets(settings: Settings) -> list:
     ) -> Output:
         checkpoint = context.partition_key
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
-        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model()
+        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
         fingerprint = at_checkpoint.fingerprint()
         table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
@@ -131,7 +131,7 @@ def build_gradient_assets(settings: Settings) -> list:
     ):
         checkpoint = context.partition_key
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
-        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model()
+        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         fingerprint = at_checkpoint.fingerprint()
         stale = set(rollouts["model_fingerprint"].unique()) - {fingerprint}
         if stale:
@@ -201,7 +201,7 @@ def build_gradient_assets(settings: Settings) -> list:
             context.log.info(f"{where}: all {examples.height} examples' gradients reused from the stored table")
         frames = [reused] if reused.height else []
         if not todo.is_empty():
-            tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model()
+            tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
             projector = LinearGradientProjector(network, options, basis)
             prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
             frames.append(

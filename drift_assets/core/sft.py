@@ -69,7 +69,9 @@ def fine_tune(
     A bfloat16 or float16 model trains float32 master weights (under bfloat16 autocast where the
     model is bfloat16) that are written back in its own dtype: an optimizer step applied to 16-bit
     weights rounds away every update smaller than their resolution, which at the learning rates
-    used for real models is most of them.
+    used for real models is most of them. Only parameters that require gradients train: a model
+    with a LoRA adapter (:func:`~drift_assets.core.adapters.add_adapter`) trains the adapter, whose
+    weights PEFT keeps in float32 already, so no copy of the frozen weights is made.
     """
     if not messages_json:
         raise ValueError("cannot fine-tune on an empty selection")
@@ -80,7 +82,9 @@ def fine_tune(
     prompts, responses = pool_token_pairs(tokenizer, sorted(messages_json))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    trained = copy.deepcopy(model).float() if dtype in (torch.bfloat16, torch.float16) else model
+    adapter_only = any(not weights.requires_grad for weights in model.parameters())
+    master_copy = dtype in (torch.bfloat16, torch.float16) and not adapter_only
+    trained = copy.deepcopy(model).float() if master_copy else model
     autocast_dtype = torch.bfloat16 if dtype == torch.bfloat16 else None
 
     def write_back() -> None:
@@ -89,7 +93,8 @@ def fine_tune(
                 for weights, master in zip(model.parameters(), trained.parameters(), strict=True):
                     weights.copy_(master)
 
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    trainable = [weights for weights in trained.parameters() if weights.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=options.weight_decay)
     decay = (lambda step: 1.0 - step / options.steps) if options.schedule == "linear" else (lambda step: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     trained.train()

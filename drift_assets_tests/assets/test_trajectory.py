@@ -2,6 +2,7 @@
 vLLM rollouts and gradients (the chain's partitions beside ``base``), and influence scores that average them."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -9,9 +10,13 @@ import pytest
 from dagster import AssetKey
 
 from drift_assets.cli import _summary
+from drift_assets.core.adapters import is_adapter
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.gradients import vectors
+from drift_assets.core.projection import target_layers
+from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.definitions import build_definitions
+from drift_assets.resources import ModelResource, rollout_engine_resource
 from drift_assets.runner import materialize_assets, materialize_pipeline
 from drift_assets_tests.assets.test_pipeline import latest_metadata, read
 from drift_assets_tests.conftest import instance_in, settings_in
@@ -134,3 +139,79 @@ def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
     for name in chain:
         assert ordered(read(settings, name)).equals(before[name]), name
     assert latest_metadata(instance, "training_gradient_projections")["rows_reused"] > 0
+
+
+# The warm-up's adapters, and gradients of them at its checkpoints: the projection names the LoRA
+# modules beside the base model's layers (which the base checkpoint, having no adapter, projects).
+LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|.*\.lora_[AB]\.default"
+
+
+@pytest.fixture(scope="module")
+def lora_trajectory(materialized, tmp_path_factory):
+    """The session's materialized workspace, copied, with a LoRA warm-up run added."""
+    directory = tmp_path_factory.mktemp("lora") / "workspace"
+    shutil.copytree(materialized, directory)
+    settings = settings_in(
+        directory,
+        warmup={"steps": STEPS, "lora": {"rank": 8, "alpha": 16.0}},
+        projection={"target_modules": LORA_TARGETS},
+        data={"test_queries": None},
+    )
+    defs = build_definitions(settings)
+    with instance_in(directory) as instance:
+        materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
+        yield settings, instance
+
+
+@pytest.mark.vllm
+def test_a_lora_warm_up_is_served_by_vllm_as_adapters_and_scored_by_their_gradients(lora_trajectory):
+    settings, instance = lora_trajectory
+    saved = read(settings, "warmup_checkpoints").sort("step")
+    assert saved["adapter"].to_list() == [True, True]
+    for path, fingerprint in zip(saved["path"], saved["model_fingerprint"], strict=True):
+        assert is_adapter(path) and not (Path(path) / "model.safetensors").exists()  # adapters, no model copies
+        at_step = ModelResource(path=settings.model_path, adapter=path, dtype="float32", device="cpu")
+        assert at_step.fingerprint() == fingerprint
+    n_layers = len(target_layers(ModelResource(path=settings.model_path).load_model(), settings.projection.target_modules))
+    pool = read(settings, "training_pool")
+    for key in KEYS:
+        rollouts = at(settings, "rollouts", key)
+        assert (
+            rollouts["model_fingerprint"].unique().to_list()
+            == saved.filter(pl.col("checkpoint") == key)["model_fingerprint"].to_list()
+        )
+        basis = at(settings, "projection_basis", key)
+        # Gradients of the adapters only: an A and a B for every adapted layer.
+        assert basis["layer"].n_unique() == 2 * n_layers and basis["layer"].str.contains(r"\.lora_[AB]\.").all()
+        training = at(settings, "training_gradient_projections", key)
+        assert sorted(training["example_id"]) == sorted(pool["example_id"])
+        assert training["grad_norm"].is_finite().all() and (training["grad_norm"] > 0).all()
+    assert sorted(at(settings, "rollouts", KEYS[-1])["completion"]) != sorted(at(settings, "rollouts", "base")["completion"])
+    scores = read(settings, "influence_scores")
+    assert sorted(scores["example_id"]) == sorted(pool["example_id"]) and scores["score"].is_finite().all()
+    assert all(key in latest_metadata(instance, "influence_scores")["checkpoints"] for key in ["base", *KEYS])
+
+
+@pytest.mark.vllm
+def test_vllm_samples_a_lora_adapter_as_it_samples_it_merged_into_the_model(lora_trajectory, tmp_path):
+    """The adapter-served rollouts of a checkpoint against the same sampling from a merged copy."""
+    settings, _ = lora_trajectory
+    path = read(settings, "warmup_checkpoints").filter(pl.col("checkpoint") == KEYS[-1])["path"][0]
+    adapter = ModelResource(path=settings.model_path, adapter=path, dtype="float32", device="cpu")
+    adapter.load_model().save_pretrained(tmp_path / "merged")
+    adapter.load_tokenizer().save_pretrained(tmp_path / "merged")
+    merged = ModelResource(path=str(tmp_path / "merged"), dtype="float32", device="cpu")
+    engine_settings = rollout_engine_resource(settings)
+    with engine_settings.open_engine(merged) as engine:
+        table, _ = sample_rollouts(
+            engine, merged.load_tokenizer(), read(settings, "validation_queries"), engine_settings.sampling(), "merged"
+        )
+    columns = ["query_id", "sample_idx", "completion", "logprob_sum"]
+    served = at(settings, "rollouts", KEYS[-1]).select(columns)
+    pairs = served.join(table.select(columns), on=["query_id", "sample_idx"], suffix="_merged")
+    assert pairs.height == served.height
+    # The same seeds sample the same tokens unless a rounding difference between vLLM's LoRA
+    # kernels and the merged weights tips one draw: nearly every completion is identical.
+    same = pairs.filter(pl.col("completion") == pl.col("completion_merged"))
+    assert same.height >= 0.9 * pairs.height
+    np.testing.assert_allclose(same["logprob_sum"], same["logprob_sum_merged"], atol=1e-3)

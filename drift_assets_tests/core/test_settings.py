@@ -85,6 +85,8 @@ def test_base_dir_in_the_file_is_refused(tmp_path):
         ({"influence": {"hessian": "kfac-please"}}, "influence.hessian", "'kfac-please'"),
         ({"selection": {"fraction": 1.5}}, "selection.fraction", "1.5"),
         ({"data": {"max_example_tokens": [1, 2]}}, "data.max_example_tokens", "[1, 2]"),
+        ({"warmup": {"lora": {"rank": 0}}}, "warmup.lora.rank", "0"),
+        ({"warmup": {"lora": {"rank": 1024}}}, "warmup.lora.rank", "1024"),
     ],
 )
 def test_wrong_type_or_value_names_the_key_and_the_file(tmp_path, content, key, shown_value):

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The pipeline's heavy steps on a ~1B-parameter random-initialised Llama on one GPU: rollouts
+# (vLLM against transformers), the projected gradient pass against a training step, the PCA basis
+# fit and a LoRA warm-up, with peak memory (benchmarks/gpu_check.py says what each figure is).
+# Needs the environment with the `gpu` extra: pip install -e ".[gpu,dev]". No download.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+timeout 480 "$PYTHON" benchmarks/gpu_check.py "$@"
