@@ -245,6 +245,11 @@ class ProjectionSettings(_Group):
         "completion = all of it. Training gradients always cover the whole response.",
     )
     shards: int = Field(4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions).")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each layer's activations in the backward pass of the gradient passes instead of keeping "
+        "them: less memory (each pass logs its plan), more time, the same gradients",
+    )
 
 
 class InfluenceSettings(_Group):
@@ -361,12 +366,26 @@ class SftSettings(_Group):
     learning_rate: float = Field(1e-3, gt=0.0, description="AdamW's peak rate (the demo's tiny model; an LLM wants ~1e-5)")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW's weight decay")
     schedule: Schedule = Field("linear", description="learning rate: linear decay to 0, or constant.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each layer's activations in the backward pass instead of keeping them: less memory "
+        "(the plan each fine-tune logs says how much), about a third more time; also for the warm-up run",
+    )
 
     def options(self, seed: int):
         """The core's :class:`~drift_assets.core.sft.SftOptions` for these settings and ``seed``."""
         from drift_assets.core.sft import SftOptions
 
-        return SftOptions(self.steps, self.batch_size, self.learning_rate, self.weight_decay, self.schedule, seed, self.epochs)
+        return SftOptions(
+            self.steps,
+            self.batch_size,
+            self.learning_rate,
+            self.weight_decay,
+            self.schedule,
+            seed,
+            self.epochs,
+            self.gradient_checkpointing,
+        )
 
 
 BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them equal
@@ -508,6 +527,7 @@ class Settings(_Group):
             0.0,
             "constant",
             schedule["seed"],
+            gradient_checkpointing=self.benchmark.sft.gradient_checkpointing,
         )
 
     def with_overrides(self, **groups: dict[str, Any]) -> Settings:
@@ -586,7 +606,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
 LOCATIONS = frozenset(
     {"base_dir", "resolve", "model_path", "warehouse_root", "model.path", "model.device", "warehouse"}
     | {"data.training_pool", "data.validation_queries", "data.test_queries", "warmup.checkpoint_dir"}
-    | {"projection.batch_size", "projection.shards", "checkpoints"}
+    | {"projection.batch_size", "projection.shards", "projection.gradient_checkpointing", "checkpoints"}
+    | {"benchmark.sft.gradient_checkpointing"}
 )
 # Settings computed from others: a derived name is readable where what it is computed from is read,
 # and the settings reference lists what each one is computed from.
@@ -613,7 +634,12 @@ def projection_options(settings: Settings | Reads) -> ProjectionOptions:
     """The core's :class:`~drift_assets.core.projection.ProjectionOptions` for these settings."""
     projection = settings.projection
     return ProjectionOptions(
-        projection.target_modules, projection.rank, projection.seed, projection.loss_reduction, projection.basis
+        projection.target_modules,
+        projection.rank,
+        projection.seed,
+        projection.loss_reduction,
+        projection.basis,
+        projection.gradient_checkpointing,
     )
 
 
@@ -693,7 +719,16 @@ def _pick(settings: Settings, dotted: str) -> Any:
     value: Any = settings
     for part in dotted.split("."):
         value = getattr(value, part)
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return _without_locations(value.model_dump(mode="json"), dotted) if isinstance(value, BaseModel) else value
+
+
+def _without_locations(dumped: dict, prefix: str) -> dict:
+    """A group's values less the :data:`LOCATIONS` in it: a group read whole is not versioned by them."""
+    return {
+        key: _without_locations(value, f"{prefix}.{key}") if isinstance(value, dict) else value
+        for key, value in dumped.items()
+        if f"{prefix}.{key}" not in LOCATIONS
+    }
 
 
 def settings_hash(settings: Settings, keys: tuple[str, ...]) -> str:

@@ -148,6 +148,7 @@ def build_gradient_assets(settings: Settings) -> list:
             fingerprint,
             progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences"),
             answer_marker,
+            context.log.debug,
         ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
         yield Output(
             table,
@@ -216,6 +217,7 @@ def build_gradient_assets(settings: Settings) -> list:
                     progress_logger(
                         context, f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else ""), "examples"
                     ),
+                    context.log.debug,
                 ).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all())
             )
         if frames:

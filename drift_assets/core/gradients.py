@@ -128,9 +128,11 @@ def gradient_frame(
     batch_size: int,
     model_fingerprint: str,
     progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> pl.DataFrame:
-    """Identifier columns ``ids`` plus grad (list<float32>[k]), grad_norm, loss (−log π), n_tokens."""
-    projected = project_in_batches(projector, tokenizer, prompt_ids, response_ids, batch_size, progress)
+    """Identifier columns ``ids`` plus grad (list<float32>[k]), grad_norm, loss (−log π), n_tokens
+    (``log``: the pass's memory plan)."""
+    projected = project_in_batches(projector, tokenizer, prompt_ids, response_ids, batch_size, progress, log)
     # No full copies beside the table's own: a shard's n × k float32 is gigabytes for an LLM, and
     # a float64 copy for the norms alone would be twice that.
     gradients = projected.gradients.numpy().astype(np.float32, copy=False)
@@ -172,6 +174,7 @@ def validation_gradient_frame(
     model_fingerprint: str,
     progress: Callable[[int, int], None] | None = None,
     answer_marker: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> pl.DataFrame:
     """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference).
 
@@ -201,6 +204,7 @@ def validation_gradient_frame(
         batch_size,
         model_fingerprint,
         progress,
+        log,
     )
 
 

@@ -42,6 +42,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from drift_assets.core.memory import ModelShape, gradient_pass_plan
 from drift_assets.core.sequences import LossReduction, ResponseBatch, collate_pairs, sequence_logprobs
 
 Basis = Literal["pca", "random"]
@@ -55,6 +56,9 @@ class ProjectionOptions:
     seed: int = 0
     loss_reduction: LossReduction = "sum"
     basis: Basis = "pca"
+    # Recompute each decoder layer in the backward pass instead of keeping its activations (memory
+    # for time); the gradients are the same, so it is not part of the fingerprint.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if self.loss_reduction not in ("sum", "mean"):
@@ -332,6 +336,34 @@ def _captured(
             parameter.requires_grad_(flag)
 
 
+@contextmanager
+def _checkpointed(model: nn.Module, enabled: bool):
+    """transformers' gradient checkpointing for one gradient pass of a model in eval mode.
+
+    transformers checkpoints a decoder layer only while that layer is in training mode. Only the
+    layers themselves are switched (their attention and MLP stay in eval mode: no dropout), and
+    non-reentrant checkpointing keeps the original graph, on whose tensors the hooks wait for
+    their gradients; the recomputed forward calls the input hooks again with the same values.
+    """
+    if not enabled:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"projection.gradient_checkpointing: {type(model).__name__} has no layer transformers can checkpoint")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        for layer in layers:
+            layer.training = True
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+        model.gradient_checkpointing_disable()
+
+
 @dataclass
 class ProjectedGradients:
     """``gradients`` (B, k) float32; ``logprobs`` (B,) the objective's value; ``n_tokens`` (B,)."""
@@ -380,6 +412,13 @@ class LinearGradientProjector:
         return sum(p_in.shape[0] * p_out.shape[0] for p_in, p_out in self.projectors.values())
 
     @property
+    def hooked_values(self) -> int:
+        """Values per token the hooks keep: each layer's projected input and output gradient."""
+        if self.basis is None:
+            return sum(m.in_features + m.out_features for _, m in self.layers)
+        return sum(p_in.shape[0] + p_out.shape[0] for p_in, p_out in self.projectors.values())
+
+    @property
     def fingerprint(self) -> str:
         """Identifies the projection (settings and basis): rows under another one are not reusable."""
         return self.options.fingerprint() if self.basis is None else self.basis.fingerprint()
@@ -401,8 +440,11 @@ class LinearGradientProjector:
             projector = self.projectors[name]
             output_grads[name] = g if projector is None else g @ projector[1].T
 
-        with _captured(self.model, self.layers, keep_input, keep_output_grad):
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        with (
+            _captured(self.model, self.layers, keep_input, keep_output_grad),
+            _checkpointed(self.model, self.options.gradient_checkpointing),
+        ):
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
             logprobs = sequence_logprobs(logits, batch, self.options.loss_reduction)
             logprobs.sum().backward()
         blocks = []
@@ -424,13 +466,32 @@ def project_in_batches(
     response_ids: Sequence[Sequence[int]],
     batch_size: int,
     progress=None,
+    log: Callable[[str], None] | None = None,
 ) -> ProjectedGradients:
     """Projected gradients of many (prompt, response) token pairs, ``batch_size`` at a time.
 
     Pairs are processed in order of length so that padding stays small; results come back in the
-    input order.
+    input order. The pass's planned peak memory is logged first, and checked against what the
+    device has free (:class:`~drift_assets.core.memory.MemoryPlanError` naming the setting).
     """
     device = next(projector.model.parameters()).device
+    if prompt_ids:
+        longest = max(len(prompt) + len(response) for prompt, response in zip(prompt_ids, response_ids))
+        plan = gradient_pass_plan(
+            ModelShape.of(projector.model),
+            min(batch_size, len(prompt_ids)),
+            longest,
+            projector.hooked_values,
+            projector.dimension,
+            projector.options.gradient_checkpointing,
+        )
+        if log:
+            log(plan.describe())
+        plan.check(
+            available_memory(device),
+            str(device),
+            "Lower projection.batch_size, set projection.gradient_checkpointing, or cap data.max_example_tokens.",
+        )
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
     gradients = torch.zeros((len(order), projector.dimension), dtype=torch.float32)
     logprobs = torch.zeros(len(order), dtype=torch.float32)

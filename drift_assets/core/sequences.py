@@ -126,7 +126,8 @@ def training_step(model, optimizer, batch: ResponseBatch, autocast_dtype: torch.
     """
     device_type = batch.input_ids.device.type
     with torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        # No KV cache: training never reuses it (and gradient checkpointing refuses it, with a warning).
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     loss = -sequence_logprobs(logits, batch, "sum").sum() / batch.response_mask.sum()
     optimizer.zero_grad()
     loss.backward()

@@ -24,7 +24,9 @@ import torch
 from drift_assets.core.generation import SamplingSettings, check_prompt_lengths
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.grading import GradingOptions, grade_answer
+from drift_assets.core.memory import ModelShape, training_plan
 from drift_assets.core.progress import PROGRESS_EVERY_S, Progress
+from drift_assets.core.projection import available_memory
 from drift_assets.core.sequences import collate_pairs, training_step
 from drift_assets.core.stats import wilson_interval
 
@@ -41,6 +43,7 @@ class SftOptions:
     schedule: Schedule = "linear"
     seed: int = 0
     epochs: float | None = None  # passes over the examples instead of ``steps``
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
 
     def __post_init__(self):
         if self.schedule not in ("linear", "constant"):
@@ -82,6 +85,17 @@ def fine_tune(
     prompts, responses = pool_token_pairs(tokenizer, sorted(messages_json))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    longest = max(len(prompt) + len(response) for prompt, response in zip(prompts, responses))
+    plan = training_plan(
+        ModelShape.of(model), min(options.batch_size, len(prompts)), longest, checkpointing=options.gradient_checkpointing
+    )
+    log(plan.describe())
+    plan.check(
+        available_memory(device),
+        str(device),
+        "Lower the SFT batch size (benchmark.sft.batch_size, warmup.batch_size), train a LoRA adapter in the warm-up "
+        "(warmup.lora), or cap data.max_example_tokens.",
+    )
     adapter_only = any(not weights.requires_grad for weights in model.parameters())
     master_copy = dtype in (torch.bfloat16, torch.float16) and not adapter_only
     trained = copy.deepcopy(model).float() if master_copy else model
@@ -98,6 +112,9 @@ def fine_tune(
     decay = (lambda step: 1.0 - step / options.steps) if options.schedule == "linear" else (lambda step: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     trained.train()
+    if options.gradient_checkpointing:
+        # Non-reentrant: gradients reach a LoRA adapter behind frozen layers without input grads.
+        trained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     order: list[int] = []
     losses: list[float] = []
     progress = Progress("sft", options.steps, log, "steps", every_s=PROGRESS_EVERY_S)
@@ -114,6 +131,8 @@ def fine_tune(
             write_back()
             after_step(step, loss)
     write_back()
+    if options.gradient_checkpointing:
+        trained.gradient_checkpointing_disable()
     model.eval()
     return SftRun(losses)
 

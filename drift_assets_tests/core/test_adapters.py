@@ -61,7 +61,8 @@ def test_a_saved_adapter_loads_kept_for_adapter_gradients_or_merged_into_the_wei
     assert changed and all(any(part in name for part in ("q_proj", "v_proj", "down_proj")) for name in changed)
 
 
-def test_a_fine_tune_with_an_adapter_trains_the_adapter_and_nothing_else(tiny):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_a_fine_tune_with_an_adapter_trains_the_adapter_and_nothing_else(tiny, checkpointing):
     model, tokenizer, _ = tiny
     wrapped = add_adapter(copy.deepcopy(model), OPTIONS, seed=0)
     before = {name: w.detach().clone() for name, w in wrapped.named_parameters()}
@@ -69,7 +70,12 @@ def test_a_fine_tune_with_an_adapter_trains_the_adapter_and_nothing_else(tiny):
     messages = [
         json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in rows
     ]
-    run = fine_tune(wrapped, tokenizer, messages, SftOptions(steps=8, batch_size=8, learning_rate=1e-2, schedule="constant"))
+    run = fine_tune(
+        wrapped,
+        tokenizer,
+        messages,
+        SftOptions(steps=8, batch_size=8, learning_rate=1e-2, schedule="constant", gradient_checkpointing=checkpointing),
+    )
     after = dict(wrapped.named_parameters())
     moved = {name for name, w in after.items() if not torch.equal(w, before[name])}
     assert moved == {name for name in before if ".lora_" in name}

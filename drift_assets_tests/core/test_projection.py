@@ -309,3 +309,14 @@ def test_a_side_no_wider_than_the_rank_is_kept_whole(tiny, basis):
     exact = LinearGradientProjector(model, ProjectionOptions(rank=None, target_modules=".*self_attn.*"))
     assert projected.layer_names == exact.layer_names == attention
     assert torch.allclose(projected.project(batch).gradients, exact.project(batch).gradients, atol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [None, 8])
+def test_gradient_checkpointing_gives_the_same_projected_gradients(tiny, rank):
+    model, _, batch = tiny
+    plain = LinearGradientProjector(model, ProjectionOptions(rank=rank, basis="random")).project(batch)
+    checkpointed = LinearGradientProjector(model, ProjectionOptions(rank=rank, basis="random", gradient_checkpointing=True))
+    again = checkpointed.project(batch)
+    torch.testing.assert_close(again.gradients, plain.gradients, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again.logprobs, plain.logprobs)
+    assert not model.training and not any(module.training for module in model.modules())  # eval mode, as it was

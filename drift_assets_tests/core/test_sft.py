@@ -123,3 +123,19 @@ def test_a_bfloat16_model_fine_tunes_like_float32_at_a_small_learning_rate(examp
         )
 
     assert torch.nn.functional.cosine_similarity(update(full), update(half), dim=0) > 0.8
+
+
+def test_gradient_checkpointing_trains_the_same_model(examples):
+    plain, _ = tuned(examples, seed=3)
+    checkpointed, _ = tuned(examples, seed=3, gradient_checkpointing=True)
+    for a, b in zip(plain.state_dict().values(), checkpointed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not checkpointed.is_gradient_checkpointing  # switched off again for whoever uses the model next
+
+
+def test_each_fine_tune_logs_its_memory_plan_first(examples):
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer, SHAPE, seed=1)
+    lines = []
+    fine_tune(model, tokenizer, examples, SftOptions(steps=2, batch_size=8), log=lines.append)
+    assert lines[0].startswith("SFT step: planned peak memory") and "activations" in lines[0]

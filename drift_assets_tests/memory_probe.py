@@ -1,0 +1,82 @@
+"""Measure one step's peak memory on the CPU, in a process of its own, and print it with the plan.
+
+    MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.memory_probe sft 512 1376 8 32000 4 256 [lora] [checkpointing]
+
+The peak is the process's peak resident memory (``ru_maxrss``) minus its resident memory just
+before the step, with the model built and the batch made. glibc's malloc is told to map every
+allocation above 64 KiB on its own (``MALLOC_MMAP_THRESHOLD_``), so that freed tensors leave the
+resident set at once and it follows the tensors alive; without that it keeps freed memory
+around and the figure depends on the order of allocations.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import sys
+
+import torch
+
+
+def resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def main(argv: list[str]) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from drift_assets.core.adapters import LoraOptions, add_adapter
+    from drift_assets.core.memory import ModelShape, gradient_pass_plan, training_plan
+    from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
+    from drift_assets.core.sequences import ResponseBatch, training_step
+
+    step, hidden, intermediate, layers, vocab, batch_size, length = argv[:7]
+    hidden, intermediate, layers, vocab, batch_size, length = map(int, (hidden, intermediate, layers, vocab, batch_size, length))
+    lora, checkpointing = "lora" in argv[7:], "checkpointing" in argv[7:]
+    torch.manual_seed(0)
+    heads = max(1, hidden // 64)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=max(length, 64),
+    )
+    model = LlamaForCausalLM(config)
+    if lora:
+        model = add_adapter(model, LoraOptions(rank=8), seed=0)
+    if checkpointing and step == "sft":  # as fine_tune sets it
+        model.train()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids = torch.randint(0, vocab, (batch_size, length))
+    response = torch.zeros(batch_size, length)
+    response[:, length // 4 : -1] = 1
+    batch = ResponseBatch(ids, torch.ones(batch_size, length, dtype=torch.long), response)
+    shape = ModelShape.of(model)
+    if step == "sft":
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        plan = training_plan(shape, batch_size, length, checkpointing=checkpointing)
+        run = lambda: training_step(model, optimizer, batch)  # noqa: E731
+    else:
+        projector = LinearGradientProjector(
+            model, ProjectionOptions(rank=16, basis="random", gradient_checkpointing=checkpointing)
+        )
+        plan = gradient_pass_plan(shape, batch_size, length, projector.hooked_values, projector.dimension, checkpointing)
+        run = lambda: projector.project(batch)  # noqa: E731
+    gc.collect()
+    before = resident()
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    # The weights were resident before the step: the measured peak is what the step added.
+    planned = plan.total - plan.parts["weights"]
+    print(json.dumps({"measured": peak, "planned": planned, "plan": plan.describe()}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
