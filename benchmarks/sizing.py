@@ -19,7 +19,7 @@ Per model and rank it prints:
 Then the planned peak memory (``drift_assets.core.memory``, what the warm-up, SFT and the gradient
 pass log before they start) of a warm-up/SFT step in bfloat16, fine-tuning every weight and
 training rank-16 LoRA adapters on every projection, and of a projected gradient pass, at
-``--batch-size`` sequences of ``--max-tokens``.
+``--batch-size`` sequences of ``--max-tokens``, with and without gradient checkpointing.
 
 This computes sizes from shapes; it measures no time.
 """
@@ -106,8 +106,8 @@ def print_memory_plans(args: argparse.Namespace) -> None:
         f"\nPlanned peak memory, bfloat16, {args.batch_size} × {args.max_tokens} tokens "
         f"(LoRA rank {rank} on every projection; gradient pass at projection.rank 16):\n"
     )
-    print("| model | parameters | full fine-tune step | LoRA step | gradient pass |")
-    print("|---|---|---|---|---|")
+    print("| model | parameters | full fine-tune step | LoRA step | LoRA step, checkpointed | gradient pass | checkpointed |")
+    print("|---|---|---|---|---|---|---|")
     for name, (config_class, model_class, shape) in SHAPES.items():
         with torch.device("meta"):
             model = model_class(config_class(vocab_size=VOCAB[name], **shape)).to(torch.bfloat16)
@@ -121,7 +121,9 @@ def print_memory_plans(args: argparse.Namespace) -> None:
         plans = [
             training_plan(full, args.batch_size, args.max_tokens),
             training_plan(lora, args.batch_size, args.max_tokens),
+            training_plan(lora, args.batch_size, args.max_tokens, checkpointing=True),
             gradient_pass_plan(full, args.batch_size, args.max_tokens, hooked, k),
+            gradient_pass_plan(full, args.batch_size, args.max_tokens, hooked, k, checkpointing=True),
         ]
         print(f"| {name} | {full.parameters / 1e9:.2f}B | " + " | ".join(f"{plan.total / GiB:.1f} GiB" for plan in plans) + " |")
 
