@@ -372,6 +372,12 @@ class SftSettings(_Group):
         "(the plan each fine-tune logs says how much), about a third more time; also for the warm-up run",
     )
 
+    group_by_length: bool = Field(
+        False,
+        description="batches of examples of similar length (each run of 50 batches sorted by length): less padding, "
+        "so faster on pools of mixed lengths; also for the warm-up run",
+    )
+
     def options(self, seed: int):
         """The core's :class:`~drift_assets.core.sft.SftOptions` for these settings and ``seed``."""
         from drift_assets.core.sft import SftOptions
@@ -385,6 +391,7 @@ class SftSettings(_Group):
             seed,
             self.epochs,
             self.gradient_checkpointing,
+            self.group_by_length,
         )
 
 
@@ -501,6 +508,7 @@ class Settings(_Group):
             "batch_size": warmup.batch_size or sft.batch_size,
             "learning_rate": warmup.learning_rate or sft.learning_rate,
             "seed": warmup.seed,
+            "group_by_length": sft.group_by_length,
         }
 
     @property
@@ -528,6 +536,7 @@ class Settings(_Group):
             "constant",
             schedule["seed"],
             gradient_checkpointing=self.benchmark.sft.gradient_checkpointing,
+            group_by_length=schedule["group_by_length"],
         )
 
     def with_overrides(self, **groups: dict[str, Any]) -> Settings:
@@ -614,7 +623,7 @@ LOCATIONS = frozenset(
 DERIVED = {
     "warmup_schedule": (
         *("warmup.steps", "warmup.batch_size", "warmup.learning_rate", "warmup.seed"),
-        *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate"),
+        *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate", "benchmark.sft.group_by_length"),
     ),
     "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
     "checkpoints": ("warmup_steps",),

@@ -236,8 +236,13 @@ def fit_pca_basis(
         budget_bytes = available_memory(next(model.parameters()).device) // 2
     groups = covariance_groups(layers, budget_bytes)
     batches = list(batches) if len(groups) > 1 else batches  # token ids only: cheap to keep for several passes
-    if len(groups) > 1 and log:
-        log(f"PCA basis: {len(layers)} layers' covariances exceed {budget_bytes / 2**30:.3g} GiB together: {len(groups)} passes")
+    if log:
+        sides = [width for _, m in layers for width in (m.in_features, m.out_features) if not narrow(width, options.rank)]
+        held = f"PCA basis: the covariances of {len(layers)} layers hold {sum(4 * w * w for w in sides) / 2**30:.3g} GiB"
+        if len(groups) > 1:
+            log(f"{held}, over the {budget_bytes / 2**30:.3g} GiB budget: {len(groups)} passes over the references")
+        else:
+            log(f"{held}: one pass over the references")
     matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for group in groups:
         input_covariance: dict[str, torch.Tensor] = {}

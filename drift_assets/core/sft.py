@@ -44,6 +44,7 @@ class SftOptions:
     seed: int = 0
     epochs: float | None = None  # passes over the examples instead of ``steps``
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
+    group_by_length: bool = False  # batches of similar lengths (less padding), as transformers' Trainer offers
 
     def __post_init__(self):
         if self.schedule not in ("linear", "constant"):
@@ -85,7 +86,8 @@ def fine_tune(
     prompts, responses = pool_token_pairs(tokenizer, sorted(messages_json))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    longest = max(len(prompt) + len(response) for prompt, response in zip(prompts, responses))
+    lengths = [len(prompt) + len(response) for prompt, response in zip(prompts, responses)]
+    longest = max(lengths)
     plan = training_plan(
         ModelShape.of(model), min(options.batch_size, len(prompts)), longest, checkpointing=options.gradient_checkpointing
     )
@@ -120,7 +122,8 @@ def fine_tune(
     progress = Progress("sft", options.steps, log, "steps", every_s=PROGRESS_EVERY_S)
     for step in range(1, options.steps + 1):
         if len(order) < options.batch_size:
-            order += rng.sample(range(len(prompts)), len(prompts))
+            permutation = rng.sample(range(len(prompts)), len(prompts))
+            order += length_grouped(permutation, lengths, options.batch_size) if options.group_by_length else permutation
         chosen = [order.pop() for _ in range(min(options.batch_size, len(order)))]
         batch = collate_pairs(tokenizer, [prompts[i] for i in chosen], [responses[i] for i in chosen]).to(device)
         loss = training_step(trained, optimizer, batch, autocast_dtype)
@@ -135,6 +138,17 @@ def fine_tune(
         trained.gradient_checkpointing_disable()
     model.eval()
     return SftRun(losses)
+
+
+def length_grouped(permutation: list[int], lengths: Sequence[int], batch_size: int) -> list[int]:
+    """``permutation`` with each run of 50 batches sorted by length, so that the batches taken from
+    it in turn hold examples of similar length (transformers' ``group_by_length``): less padding,
+    while which examples come early stays random."""
+    size = 50 * batch_size
+    grouped: list[int] = []
+    for start in range(0, len(permutation), size):
+        grouped += sorted(permutation[start : start + size], key=lambda index: lengths[index])
+    return grouped
 
 
 @dataclass(frozen=True)

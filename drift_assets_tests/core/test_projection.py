@@ -154,8 +154,10 @@ def test_a_pca_basis_fitted_in_several_passes_is_the_one_pass_basis(tiny, pca_ba
         log=messages.append,
     )
     assert split.fingerprint() == pca_basis.fingerprint()
+    held = sum(size.values()) / 2**30
     assert messages == [
-        f"PCA basis: {len(layers)} layers' covariances exceed {budget / 2**30:.3g} GiB together: {len(groups)} passes"
+        f"PCA basis: the covariances of {len(layers)} layers hold {held:.3g} GiB, over the {budget / 2**30:.3g} GiB budget: "
+        f"{len(groups)} passes over the references"
     ]
 
 

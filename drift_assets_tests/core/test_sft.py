@@ -8,7 +8,7 @@ import torch
 from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.core.gradients import pool_token_pairs
 from drift_assets.core.sequences import collate_pairs, sequence_logprobs
-from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.sft import SftOptions, fine_tune, length_grouped
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
 SHAPE = TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=96)
@@ -139,3 +139,24 @@ def test_each_fine_tune_logs_its_memory_plan_first(examples):
     lines = []
     fine_tune(model, tokenizer, examples, SftOptions(steps=2, batch_size=8), log=lines.append)
     assert lines[0].startswith("SFT step: planned peak memory") and "activations" in lines[0]
+
+
+def test_length_grouped_batches_hold_similar_lengths_and_keep_every_example():
+    lengths = [((index * 37) % 101) + 1 for index in range(400)]
+    permutation = list(range(400))[::-1]
+    grouped = length_grouped(permutation, lengths, batch_size=4)
+    assert sorted(grouped) == list(range(400))
+    # 2 runs of 50 batches, each sorted by length; batches are taken from the end in turn.
+    for start in (0, 200):
+        assert [lengths[i] for i in grouped[start : start + 200]] == sorted(lengths[i] for i in permutation[start : start + 200])
+    batches = [grouped[i : i + 4] for i in range(0, 400, 4)]
+    spread = max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread <= 5
+
+
+def test_group_by_length_trains_deterministically_on_other_batches(examples):
+    plain, tokenizer = tuned(examples, seed=3)
+    grouped, _ = tuned(examples, seed=3, group_by_length=True)
+    again, _ = tuned(examples, seed=3, group_by_length=True)
+    assert all(torch.equal(a, b) for a, b in zip(grouped.state_dict().values(), again.state_dict().values(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), grouped.state_dict().values(), strict=True))
