@@ -23,6 +23,7 @@ import pyarrow as pa
 import torch
 from dagster import ConfigurableResource, MetadataValue
 from dagster_deltalake import LocalConfig, S3Config
+from dagster_deltalake.config import ClientConfig
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable
 from pydantic import BaseModel, PrivateAttr, create_model
@@ -30,7 +31,7 @@ from pydantic import BaseModel, PrivateAttr, create_model
 from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
 from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
-from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings
+from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings, s3_option_names
 
 logger = logging.getLogger(__name__)
 WAREHOUSE_SCHEMA = "drift"
@@ -326,12 +327,21 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
         return target
 
     def io_manager(self) -> DeltaLakePolarsIOManager:
+        client = None
         if self.root.startswith("s3://"):
-            storage = S3Config(**self.storage_options)
+            # S3Config drops what is not its own field (allow_http): the client's go apart.
+            s3_fields, client_fields = s3_option_names()
+            storage = S3Config(**{k: v for k, v in self.storage_options.items() if k in s3_fields})
+            client_options = {k: v for k, v in self.storage_options.items() if k in client_fields}
+            client = ClientConfig(**client_options) if client_options else None
         else:
             storage = LocalConfig()
         # A materialization rewrites its whole table (or partition), so its schema is the code's: a
         # release that adds a column must not fail on the table an earlier release wrote.
         return DeltaLakePolarsIOManager(
-            root_uri=self.root, storage_options=storage, schema=WAREHOUSE_SCHEMA, overwrite_schema=True
+            root_uri=self.root,
+            storage_options=storage,
+            client_options=client,
+            schema=WAREHOUSE_SCHEMA,
+            overwrite_schema=True,
         )

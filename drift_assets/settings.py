@@ -69,9 +69,35 @@ class DataSettings(_Group):
     )
 
 
+def s3_option_names() -> tuple[frozenset[str], frozenset[str]]:
+    """The object-store options both of the warehouse's paths understand: dagster-deltalake's
+    ``S3Config`` fields (its IO manager writes with them) and ``ClientConfig`` fields (``allow_http``
+    for a local S3 API), which deltalake and polars read under the same names."""
+    from dagster_deltalake.config import ClientConfig, S3Config
+
+    return frozenset(S3Config.model_fields) - {"provider"}, frozenset(ClientConfig.model_fields)
+
+
 class WarehouseSettings(_Group):
     root: str = Field("warehouse", description="Delta warehouse root: a local directory or an s3:// URI.")
-    storage_options: dict[str, str] = Field(default_factory=dict, description="Passed to deltalake (e.g. AWS_REGION).")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object storage options for an s3:// root, dagster-deltalake's S3Config and ClientConfig field "
+        "names: access_key_id, secret_access_key, region, endpoint (MinIO, R2, …), allow_http, allow_unsafe_rename, …; "
+        "unset credentials come from the AWS_* environment variables.",
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _known_storage_options(cls, options: dict[str, str]) -> dict[str, str]:
+        s3, client = s3_option_names()
+        unknown = sorted(set(options) - s3 - client)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown}: use dagster-deltalake's S3Config or ClientConfig field names "
+                f"({', '.join(sorted(s3 | client))})"
+            )
+        return options
 
 
 DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice")  # drift_assets.tasks.TASKS; a test keeps them equal

@@ -2,8 +2,8 @@
 
     MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.memory_probe sft 512 1376 8 32000 4 256 [lora] [checkpointing]
 
-The peak is the process's peak resident memory (``ru_maxrss``) minus its resident memory just
-before the step, with the model built and the batch made. glibc's malloc is told to map every
+The peak is the process's peak resident memory during the step (``VmHWM``, reset just before it)
+minus its resident memory then, with the model built and the batch made. glibc's malloc is told to map every
 allocation above 64 KiB on its own (``MALLOC_MMAP_THRESHOLD_``), so that freed tensors leave the
 resident set at once and it follows the tensors alive; without that it keeps freed memory
 around and the figure depends on the order of allocations.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import resource
 import sys
 
 import torch
@@ -23,6 +22,19 @@ import torch
 def resident() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident() -> int:
+    """This process's peak resident memory since :func:`reset_peak` (``VmHWM``). Not ``ru_maxrss``:
+    that one survives exec, so a process started from a large one (pytest) reports its parent's."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident size
 
 
 def main(argv: list[str]) -> None:
@@ -70,9 +82,10 @@ def main(argv: list[str]) -> None:
         plan = gradient_pass_plan(shape, batch_size, length, projector.hooked_values, projector.dimension, checkpointing)
         run = lambda: projector.project(batch)  # noqa: E731
     gc.collect()
+    reset_peak()
     before = resident()
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    peak = peak_resident() - before
     # The weights were resident before the step: the measured peak is what the step added.
     planned = plan.total - plan.parts["weights"]
     print(json.dumps({"measured": peak, "planned": planned, "plan": plan.describe()}))
