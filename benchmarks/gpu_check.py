@@ -35,7 +35,7 @@ from drift_assets.core.generation import SamplingSettings, TransformersEngine, V
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 from drift_assets.core.sft import SftOptions, fine_tune
-from drift_assets.core.tiny_model import build_char_tokenizer
+from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
 GiB = 2**30
 
@@ -78,24 +78,16 @@ TINY = Scale(
 
 
 def build_model(directory: Path, scale: Scale, dtype: torch.dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = build_char_tokenizer("roles")
-    config = LlamaConfig(
-        vocab_size=max(scale.vocab_size, len(tokenizer)),
+    shape = TinyLlamaShape(
         hidden_size=scale.hidden_size,
+        num_layers=scale.layers,
+        num_heads=scale.heads,
         intermediate_size=scale.intermediate_size,
-        num_hidden_layers=scale.layers,
-        num_attention_heads=scale.heads,
-        num_key_value_heads=scale.heads,
-        head_dim=scale.hidden_size // scale.heads,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        max_positions=2048,
+        vocab_size=scale.vocab_size,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(dtype)
+    model = build_tiny_llama(tokenizer, shape, seed=0).to(dtype)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model, tokenizer

@@ -78,26 +78,38 @@ def s3_option_names() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(S3Config.model_fields) - {"provider"}, frozenset(ClientConfig.model_fields)
 
 
+# deltalake's spellings (AWS_ENDPOINT_URL, …) of S3Config's fields, lower-cased without "aws_".
+_AWS_ALIASES = {"endpoint_url": "endpoint", "session_token": "token", "s3_allow_unsafe_rename": "allow_unsafe_rename"}
+
+
 class WarehouseSettings(_Group):
     root: str = Field("warehouse", description="Delta warehouse root: a local directory or an s3:// URI.")
     storage_options: dict[str, str] = Field(
         default_factory=dict,
         description="Object storage options for an s3:// root, dagster-deltalake's S3Config and ClientConfig field "
-        "names: access_key_id, secret_access_key, region, endpoint (MinIO, R2, …), allow_http, allow_unsafe_rename, …; "
-        "unset credentials come from the AWS_* environment variables.",
+        "names (or their AWS_* spellings): access_key_id, secret_access_key, region, endpoint (MinIO, R2, …), "
+        "allow_http, allow_unsafe_rename, …; unset credentials come from the AWS_* environment variables.",
     )
 
     @field_validator("storage_options")
     @classmethod
     def _known_storage_options(cls, options: dict[str, str]) -> dict[str, str]:
+        """The options under their S3Config/ClientConfig names (``AWS_REGION`` → ``region``, as
+        deltalake also spells them); an option that is neither is refused, naming it."""
         s3, client = s3_option_names()
-        unknown = sorted(set(options) - s3 - client)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown}: use dagster-deltalake's S3Config or ClientConfig field names "
-                f"({', '.join(sorted(s3 | client))})"
-            )
-        return options
+        named = {}
+        for key, value in options.items():
+            name = key.lower().removeprefix("aws_")
+            name = _AWS_ALIASES.get(name, name)
+            if name not in s3 | client:
+                raise ValueError(
+                    f"unknown option {key!r}: use dagster-deltalake's S3Config or ClientConfig field names "
+                    f"({', '.join(sorted(s3 | client))}) or their AWS_* spellings"
+                )
+            if name in named:
+                raise ValueError(f"{key!r} sets {name!r} a second time")
+            named[name] = value
+        return named
 
 
 DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice")  # drift_assets.tasks.TASKS; a test keeps them equal

@@ -38,29 +38,18 @@ def reset_peak() -> None:
 
 
 def main(argv: list[str]) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from drift_assets.core.adapters import LoraOptions, add_adapter
     from drift_assets.core.memory import ModelShape, gradient_pass_plan, training_plan
     from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
     from drift_assets.core.sequences import ResponseBatch, training_step
+    from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
     step, hidden, intermediate, layers, vocab, batch_size, length = argv[:7]
     hidden, intermediate, layers, vocab, batch_size, length = map(int, (hidden, intermediate, layers, vocab, batch_size, length))
     lora, checkpointing = "lora" in argv[7:], "checkpointing" in argv[7:]
-    torch.manual_seed(0)
     heads = max(1, hidden // 64)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        head_dim=hidden // heads,
-        max_position_embeddings=max(length, 64),
-    )
-    model = LlamaForCausalLM(config)
+    shape = TinyLlamaShape(hidden, layers, heads, intermediate, max(length, 64), vocab)
+    model = build_tiny_llama(build_char_tokenizer(), shape, seed=0)
     if lora:
         model = add_adapter(model, LoraOptions(rank=8), seed=0)
     if checkpointing and step == "sft":  # as fine_tune sets it

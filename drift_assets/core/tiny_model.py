@@ -102,6 +102,7 @@ class TinyLlamaShape:
     num_heads: int = 2  # head_dim = 64, the smallest vLLM's CPU attention accepts
     intermediate_size: int = 384
     max_positions: int = 256
+    vocab_size: int | None = None  # None: the tokenizer's (a larger one sizes the embeddings like a real model's)
 
 
 def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: int = 0) -> LlamaForCausalLM:
@@ -109,7 +110,7 @@ def build_tiny_llama(tokenizer, shape: TinyLlamaShape = TinyLlamaShape(), seed: 
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), shape.vocab_size or 0),
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_layers,

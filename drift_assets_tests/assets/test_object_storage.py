@@ -98,6 +98,13 @@ def test_an_s3_warehouse_holds_the_same_tables_as_a_local_one(materialized, tmp_
     assert selected[0] == selected[1] and selected[0]
 
 
-def test_an_unknown_storage_option_is_named(tmp_path):
-    with pytest.raises(SettingsError, match=r"warehouse.storage_options.*'AWS_REGION'.*S3Config"):
-        settings_in(tmp_path, warehouse={"root": "s3://drift/warehouse", "storage_options": {"AWS_REGION": "eu-west-1"}})
+def test_storage_options_take_deltalakes_aws_spellings_and_refuse_unknown_ones(tmp_path):
+    aws = {"AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    settings = settings_in(tmp_path, warehouse={"root": "s3://drift/warehouse", "storage_options": aws})
+    assert settings.warehouse.storage_options == {
+        "region": "eu-west-1",
+        "endpoint": "http://minio:9000",
+        "allow_unsafe_rename": "true",
+    }
+    with pytest.raises(SettingsError, match=r"warehouse.storage_options.*'AWS_REGOIN'.*S3Config"):
+        settings_in(tmp_path, warehouse={"root": "s3://drift/warehouse", "storage_options": {"AWS_REGOIN": "eu-west-1"}})

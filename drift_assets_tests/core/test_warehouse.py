@@ -126,8 +126,7 @@ def test_an_object_store_that_cannot_be_reached_is_named_before_any_work(tmp_pat
     with pytest.raises(
         WarehouseError,
         match=r"warehouse\.root s3://bucket/drift cannot be reached with warehouse\.storage_options "
-        r"\(keys set: AWS_ACCESS_KEY_ID, AWS_ALLOW_HTTP, AWS_ENDPOINT_URL, AWS_REGION, "
-        r"AWS_SECRET_ACCESS_KEY\): Generic S3 error",
+        r"\(keys set: access_key_id, allow_http, endpoint, region, secret_access_key\): Generic S3 error",
     ):
         warehouse.check_reachable()
     Warehouse.from_settings(parse_settings({}, "s.yaml", tmp_path)).check_reachable()  # a local root: nothing to check
