@@ -27,6 +27,7 @@ This computes sizes from shapes; it measures no time.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -114,9 +115,7 @@ def print_memory_plans(args: argparse.Namespace) -> None:
         full = ModelShape.of(model)
         layers = target_layers(model, args.target_modules)
         adapters = sum(rank * (m.in_features + m.out_features) for _, m in layers)
-        lora = ModelShape(
-            **{**full.__dict__, "trainable": adapters, "largest_trainable": max(rank * m.in_features for _, m in layers)}
-        )
+        lora = replace(full, trainable=adapters, largest_trainable=max(rank * m.in_features for _, m in layers))
         k, hooked = len(layers) * 16**2, len(layers) * 2 * 16
         plans = [
             training_plan(full, args.batch_size, args.max_tokens),

@@ -13,12 +13,13 @@ is written.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from drift_assets.core.projection import matching_layers
 
 ADAPTER_CONFIG = "adapter_config.json"
 # The ranks vLLM's max_lora_rank accepts (vllm.config.lora.MaxLoRARanks).
@@ -75,10 +76,7 @@ def vllm_max_lora_rank(rank: int) -> int:
 
 def names_adapter_modules(model: nn.Module, target_modules: str) -> bool:
     """Whether ``target_modules`` full-matches a linear layer of ``model``'s LoRA adapters."""
-    pattern = re.compile(target_modules)
-    return any(
-        isinstance(module, nn.Linear) and ".lora_" in name and pattern.fullmatch(name) for name, module in model.named_modules()
-    )
+    return any(".lora_" in name for name, _ in matching_layers(model, target_modules))
 
 
 def with_adapter(model: nn.Module, directory: str | Path, target_modules: str | None = None) -> nn.Module:

@@ -53,6 +53,12 @@ class ModelShape:
     vocab: int
     weight_bytes: int  # per parameter: 4 (float32) or 2 (bfloat16, float16)
 
+    @property
+    def master_weights(self) -> bool:
+        """Whether fine-tuning keeps a float32 copy of the weights: a 16-bit model whose every
+        weight trains (a LoRA adapter is float32 already, and the frozen weights need none)."""
+        return self.weight_bytes < 4 and self.trainable == self.parameters
+
     @classmethod
     def of(cls, model: nn.Module) -> ModelShape:
         config = model.config
@@ -118,11 +124,13 @@ def training_plan(
     shape: ModelShape, batch_size: int, max_tokens: int, checkpointing: bool = False, step: str = "SFT step"
 ) -> MemoryPlan:
     """One optimizer step at ``batch_size`` sequences of ``max_tokens`` (the longest, padded to)."""
-    master = shape.weight_bytes < 4 and shape.trainable == shape.parameters  # a 16-bit full fine-tune
     activations = activation_bytes(shape, batch_size * max_tokens, shape.weight_bytes, checkpointing)
     backward = activations + 4 * shape.trainable
     optimizer = ADAM_BYTES_PER_PARAMETER * shape.trainable + int(ADAM_TEMPORARIES * 4 * shape.largest_trainable)
-    parts = {"weights": shape.parameters * shape.weight_bytes, "float32 master weights": 4 * shape.parameters if master else 0}
+    parts = {
+        "weights": shape.parameters * shape.weight_bytes,
+        "float32 master weights": 4 * shape.parameters if shape.master_weights else 0,
+    }
     if backward >= optimizer:
         parts |= {"activations": activations, "gradients": 4 * shape.trainable}
     else:

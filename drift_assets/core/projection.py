@@ -80,11 +80,14 @@ def gaussian_projector(rows: int, columns: int, seed: int, layer_name: str, whic
     return torch.randn(rows, columns, generator=generator) / rows**0.5
 
 
-def target_layers(model: nn.Module, target_modules: str) -> list[tuple[str, nn.Linear]]:
+def matching_layers(model: nn.Module, target_modules: str) -> list[tuple[str, nn.Linear]]:
+    """The nn.Linear layers whose names ``target_modules`` full-matches (none is no error here)."""
     pattern = re.compile(target_modules)
-    layers = [
-        (name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear) and pattern.fullmatch(name)
-    ]
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear) and pattern.fullmatch(name)]
+
+
+def target_layers(model: nn.Module, target_modules: str) -> list[tuple[str, nn.Linear]]:
+    layers = matching_layers(model, target_modules)
     if not layers:
         examples = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][:4]
         raise ValueError(

@@ -88,9 +88,8 @@ def fine_tune(
     dtype = next(model.parameters()).dtype
     lengths = [len(prompt) + len(response) for prompt, response in zip(prompts, responses)]
     longest = max(lengths)
-    plan = training_plan(
-        ModelShape.of(model), min(options.batch_size, len(prompts)), longest, checkpointing=options.gradient_checkpointing
-    )
+    shape = ModelShape.of(model)
+    plan = training_plan(shape, min(options.batch_size, len(prompts)), longest, checkpointing=options.gradient_checkpointing)
     log(plan.describe())
     plan.check(
         available_memory(device),
@@ -98,9 +97,7 @@ def fine_tune(
         "Lower the SFT batch size (benchmark.sft.batch_size, warmup.batch_size), train a LoRA adapter in the warm-up "
         "(warmup.lora), or cap data.max_example_tokens.",
     )
-    adapter_only = any(not weights.requires_grad for weights in model.parameters())
-    master_copy = dtype in (torch.bfloat16, torch.float16) and not adapter_only
-    trained = copy.deepcopy(model).float() if master_copy else model
+    trained = copy.deepcopy(model).float() if shape.master_weights else model
     autocast_dtype = torch.bfloat16 if dtype == torch.bfloat16 else None
 
     def write_back() -> None:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,6 +74,6 @@ def test_a_7b_full_warm_up_needs_more_than_one_gpu_and_a_lora_one_fits_in_80_gb(
     # bf16 weights, float32 master weights, then AdamW: 18 bytes per parameter before activations.
     assert full.total > 18 * ModelShape.of(model).parameters > 120 * 2**30
     # Rank-16 adapters on every projection: 40M trained parameters; the activations dominate.
-    lora = ModelShape(**{**ModelShape.of(model).__dict__, "trainable": 40_000_000, "largest_trainable": 18944 * 16})
+    lora = replace(ModelShape.of(model), trainable=40_000_000, largest_trainable=18944 * 16)
     planned = training_plan(lora, batch_size=4, max_tokens=1024)
     assert planned.total < 80 * 2**30 and planned.parts["activations"] > planned.parts["weights"]
