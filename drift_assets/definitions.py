@@ -1,6 +1,6 @@
 """The code location: assembles assets, checks, resources, jobs and automation from the settings."""
 
-from dagster import AssetChecksDefinition, Definitions, in_process_executor
+from dagster import AssetChecksDefinition, Definitions, ExecutorDefinition, in_process_executor
 
 from drift_assets.assets.benchmark import build_benchmark
 from drift_assets.assets.demo import build_demo_assets
@@ -18,7 +18,7 @@ from drift_assets.settings import Settings, load_settings
 from drift_assets.terminal import terminal_logger
 
 
-def build_definitions(settings: Settings) -> Definitions:
+def build_definitions(settings: Settings, executor: ExecutorDefinition = in_process_executor) -> Definitions:
     assets = [
         *build_source_assets(settings),
         *build_rollout_assets(settings),
@@ -41,9 +41,10 @@ def build_definitions(settings: Settings) -> Definitions:
     assets = [with_automation(a) for a in assets]
     warehouse = Warehouse.from_settings(settings)
     return Definitions(
-        # A run's steps share one process: the model, tokenizer and torch are loaded once per run
-        # instead of once per step and check (the steps of a run are sequential on the GPU pool anyway).
-        executor=in_process_executor,
+        # By default a run's steps share one process: the model, tokenizer and torch are loaded once
+        # per run instead of once per step and check (the steps of a run are sequential on the GPU
+        # pool anyway). A cluster gives each step a pod of its own instead (drift_assets.cluster).
+        executor=executor,
         jobs=jobs,
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],

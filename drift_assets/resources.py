@@ -21,7 +21,7 @@ import dagster_deltalake.handler
 import polars as pl
 import pyarrow as pa
 import torch
-from dagster import ConfigurableResource, MetadataValue
+from dagster import ConfigurableResource, InitResourceContext, MetadataValue
 from dagster_deltalake import LocalConfig, S3Config
 from dagster_deltalake.config import ClientConfig
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
@@ -29,6 +29,7 @@ from deltalake import DeltaTable
 from pydantic import BaseModel, PrivateAttr, create_model
 
 from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
+from drift_assets.core.devices import DeviceLease, lease_device
 from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
 from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings, s3_option_names
@@ -60,9 +61,26 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
     adapter: str | None = None
 
     _cache: dict = PrivateAttr(default_factory=dict)
+    _lease: DeviceLease | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # A run is one process: it leases its device once, before anything touches CUDA.
+        if self.device_pool:
+            self._lease = lease_device(self.device_pool, log=context.log.info if context.log else logger.info)
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._lease is not None:
+            self._lease.release()
+
+    @property
+    def device_label(self) -> str:
+        """The device as the run's metadata records it: the pool's label when one was leased."""
+        return self._lease.label if self._lease is not None else self.resolved_device
 
     @property
     def resolved_device(self) -> str:
+        if self._lease is not None:
+            return self._lease.device
         return pick_device(self.device)
 
     def fingerprint(self) -> str:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drift_assets.core.adapters import VLLM_LORA_RANKS, LoraOptions
 from drift_assets.core.attribution import ScoringSettings, Targets, Unsolved
+from drift_assets.core.devices import DEVICE_LABEL
 from drift_assets.core.influence import Debias, Hessian
 from drift_assets.core.projection import Basis, ProjectionOptions
 from drift_assets.core.selection import SelectionMethod
@@ -51,6 +52,19 @@ class ModelSettings(_Group):
         "float32", description="weights' dtype for rollouts, gradients and SFT (16-bit SFT keeps float32 master weights)"
     )
     device: str = Field("auto", description="'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'.")
+    device_pool: list[str] = Field(
+        [],
+        description="Devices that runs side by side share, e.g. [cuda:0, cuda:1] (cpu:0, cpu:1 for CPU workers): each run "
+        "leases a free one for its life, replacing `device`. Limit the instance's 'gpu' pool to as many runs.",
+    )
+
+    @field_validator("device_pool")
+    @classmethod
+    def _device_labels(cls, pool: list[str]) -> list[str]:
+        bad = [label for label in pool if not DEVICE_LABEL.match(label)]
+        if bad or len(set(pool)) != len(pool):
+            raise ValueError(f"expected distinct labels such as cuda:0 or cpu:1, got {pool}")
+        return pool
 
 
 class DataSettings(_Group):
@@ -651,7 +665,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 # move the work, not its result. Any asset may read them; an asset hashes one only where
 # it names it among its keys.
 LOCATIONS = frozenset(
-    {"base_dir", "resolve", "model_path", "warehouse_root", "model.path", "model.device", "warehouse"}
+    {"base_dir", "resolve", "model_path", "warehouse_root", "model.path", "model.device", "model.device_pool", "warehouse"}
     | {"data.training_pool", "data.validation_queries", "data.test_queries", "warmup.checkpoint_dir"}
     | {"projection.batch_size", "projection.shards", "projection.gradient_checkpointing", "checkpoints"}
     | {"benchmark.sft.gradient_checkpointing"}

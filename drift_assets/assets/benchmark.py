@@ -13,6 +13,7 @@ from dagster import AssetMaterialization, AssetSpec, Failure, MetadataValue, OpE
 
 from drift_assets.assets.evaluate import _FINE_TUNE_AND_EVALUATE, EVALUATE_VERSION, fine_tune_job, train_and_evaluate
 from drift_assets.assets.metadata import png_markdown, table_metadata
+from drift_assets.assets.placement import GPU_OP_TAGS, GPU_POOL
 from drift_assets.core.benchmark import (
     MethodScorer,
     benchmark_table,
@@ -57,7 +58,7 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         "written by the method_benchmark job.",
     )
 
-    @op(pool="gpu", description=spec.description)
+    @op(pool=GPU_POOL, tags=GPU_OP_TAGS, description=spec.description)
     def fine_tune_each_method(
         context: OpExecutionContext, model: ModelResource, rollout_engine: RolloutEngineResource, warehouse: Warehouse
     ) -> None:

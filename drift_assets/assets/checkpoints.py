@@ -53,8 +53,8 @@ def saved_checkpoint(model: ModelResource, path: str | Path) -> ModelResource:
     """The model a warm-up checkpoint saved at ``path`` stands for: a whole model directory, or a
     LoRA adapter on top of the base ``model``."""
     if is_adapter(path):
-        return ModelResource(path=model.path, adapter=str(path), dtype=model.dtype, device=model.device)
-    return ModelResource(path=str(path), dtype=model.dtype, device=model.device)
+        return ModelResource(path=model.path, adapter=str(path), dtype=model.dtype, device=model.resolved_device)
+    return ModelResource(path=str(path), dtype=model.dtype, device=model.resolved_device)
 
 
 def checkpoint_model(checkpoint: str, model: ModelResource, warehouse: Warehouse) -> ModelResource:

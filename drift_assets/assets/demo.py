@@ -12,6 +12,7 @@ import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core import tiny_model
 from drift_assets.core.charts import curves_markdown
 from drift_assets.core.demo_outputs import check_model_directory, model_stamp, replace_model_directory, write_demo_jsonl
@@ -86,7 +87,7 @@ def build_demo_assets(settings: Settings) -> list:
         code_version=model_reads.code_version(DEMO_VERSION),
         metadata=model_reads.metadata(),
         kinds={"pytorch", "delta"},
-        pool="gpu",
+        **GPU_STEP,
         description="Trains the demo task's tiny Llama from scratch (in the paper's regime, then fine-tunes it on the pool) "
         "and saves it to model.path with save_pretrained.",
     )

@@ -8,6 +8,7 @@ import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from drift_assets.assets.metadata import rounded, table_metadata
+from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core.benchmark import (
     FineTuneJob,
     fine_tune_from_disk,
@@ -94,7 +95,7 @@ def build_evaluation_assets(settings: Settings) -> list:
         metadata=reads.metadata(),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
-        pool="gpu",
+        **GPU_STEP,
         description="Test accuracy of the base model, of SFT on the full pool and of SFT on the refined dataset.",
     )
     def refined_model_evaluation(

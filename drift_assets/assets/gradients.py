@@ -7,6 +7,7 @@ from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, Output, 
 
 from drift_assets.assets.checkpoints import checkpoint_model, checkpoint_partitions, checkpoint_shard_partitions, model_deps
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.placement import GPU_STEP
 from drift_assets.checks import vectors_result
 from drift_assets.core.gradients import (
     empty_gradient_frame,
@@ -65,7 +66,7 @@ def build_gradient_assets(settings: Settings) -> list:
         partitions_def=checkpoints,
         deps=model_deps(settings),
         kinds={"pytorch", "delta"},
-        pool="gpu",
+        **GPU_STEP,
         description="Per-layer projectors shared by validation and training gradients at each checkpoint "
         "(pca: fitted on the validation references).",
     )
@@ -109,7 +110,7 @@ def build_gradient_assets(settings: Settings) -> list:
         metadata={"partition_expr": "checkpoint", **validation_reads.metadata()},
         partitions_def=checkpoints,
         kinds={"pytorch", "delta"},
-        pool="gpu",
+        **GPU_STEP,
         check_specs=[
             AssetCheckSpec(
                 "validation_gradients_vectors_finite",
@@ -166,7 +167,7 @@ def build_gradient_assets(settings: Settings) -> list:
         partitions_def=checkpoint_shard_partitions(settings),
         metadata={"partition_expr": {"checkpoint": "checkpoint", "shard": "shard"}, **training_reads.metadata()},
         kinds={"pytorch", "delta"},
-        pool="gpu",
+        **GPU_STEP,
         check_specs=[
             AssetCheckSpec(
                 "vectors_finite",
@@ -233,6 +234,7 @@ def build_gradient_assets(settings: Settings) -> list:
                 "rows_reused": reused.height,
                 "rows_computed": todo.height,
                 "wall_seconds": time.perf_counter() - started,
+                "device": model.device_label,
             },
         )
         yield vectors_result("vectors_finite", table)

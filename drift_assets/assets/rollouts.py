@@ -8,6 +8,7 @@ from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Out
 
 from drift_assets.assets.checkpoints import checkpoint_model, checkpoint_partitions, model_deps
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.placement import GPU_STEP
 from drift_assets.checks import schema_and_ids_result
 from drift_assets.core.progress import Progress
 from drift_assets.core.rollouts import sample_rollouts
@@ -38,7 +39,7 @@ def build_rollout_assets(settings: Settings) -> list:
         partitions_def=checkpoint_partitions(settings),
         deps=model_deps(settings),
         kinds={_engine_kind(settings), "delta"},
-        pool="gpu",
+        **GPU_STEP,
         check_specs=[
             AssetCheckSpec(
                 "rollouts_complete",

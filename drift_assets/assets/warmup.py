@@ -14,6 +14,7 @@ from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
 
 from drift_assets.assets.checkpoints import WARMUP, saved_checkpoint, warmup_partitions
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core.adapters import add_adapter
 from drift_assets.core.charts import curves_markdown
 from drift_assets.core.trajectory import checkpoint_key, warm_up
@@ -41,7 +42,7 @@ def build_warmup_assets(settings: Settings) -> list:
         backfill_policy=BackfillPolicy.single_run(),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
-        pool="gpu",
+        **GPU_STEP,
         description="SFT on the whole pool at a constant learning rate (of every weight, or of LoRA adapters), "
         "saved at the warm-up steps as model directories (or adapter directories).",
     )

@@ -1,4 +1,6 @@
-"""End to end through Dagster's own UI: a real dagster-webserver and daemon, driven by a real Chromium.
+"""End to end through Dagster's own UI: a real dagster-webserver and daemon, driven by a real Chromium, on
+the production profile: the instance on a real PostgreSQL server, the warehouse on an S3 API (moto's
+server), and two devices (``cpu:0``, ``cpu:1``) that the shard runs lease side by side.
 
 Every launch is clicked in the browser: "Observe all" for the sources, then "Materialize all" on the
 global asset graph, which opens Dagster's launch dialog because the chain of each checkpoint is
@@ -15,19 +17,27 @@ external asset its own job writes, is in the lineage and stays out of "Materiali
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+import psycopg2
 import pytest
 
+from drift_assets.core.devices import LOCK_DIR_ENV_VAR
+from drift_assets.core.gradients import shard_of
+from drift_assets.production import POSTGRES_URL_ENV_VAR, free_port, local_postgres, local_s3, write_instance
+from drift_assets.resources import Warehouse
+from drift_assets.settings import Settings
 from drift_assets_tests.conftest import settings_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -49,34 +59,34 @@ SOURCES = {"training_pool_source", "validation_queries_source", "test_queries_so
 SHARDS = {"000", "001", "002"}  # SMALL_DEMO: projection.shards = 3
 CHECKPOINT_CHAIN = {"rollouts", "grades", "projection_basis", "validation_gradients", "training_gradient_projections"}
 BACKFILL_TIMEOUT_S = 420
+DEVICES = ["cpu:0", "cpu:1"]  # the device pool the shard runs lease from, two at a time
+WAREHOUSE = "s3://drift/warehouse"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Dagster:
     """A webserver and a daemon (runs are queued, backfills are daemon work) over one DAGSTER_HOME."""
 
-    def __init__(self, workspace: Path, settings_path: Path):
-        self.workspace = workspace
-        self.port = _free_port()
+    def __init__(self, workspace: Path, settings: Settings, postgres_url: str, devices: int):
+        self.workspace, self.settings = workspace, settings
+        settings_path = Path(settings.base_dir) / "settings.yaml"  # where write_settings puts it
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         home = workspace / "dagster_home"
-        home.mkdir()
-        (home / "dagster.yaml").write_text(
-            "telemetry:\n  enabled: false\n"
-            # Declarative automation stays off: only the clicks in the test launch anything.
-            "auto_materialize:\n  enabled: false\n"
-            "run_queue:\n  dequeue_interval_seconds: 1\n"
-        )
-        self.env = {**os.environ, "DAGSTER_HOME": str(home), "DRIFT_ASSETS_SETTINGS": str(settings_path), "PYTHONUNBUFFERED": "1"}
+        # The production instance (deploy/dagster.yaml); declarative automation stays off: only the
+        # clicks in the test launch anything.
+        write_instance(home, devices, {"auto_materialize": {"enabled": False}})
+        self.env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            POSTGRES_URL_ENV_VAR: postgres_url,
+            "DRIFT_ASSETS_SETTINGS": str(settings_path),
+            LOCK_DIR_ENV_VAR: str(workspace / "device_locks"),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.processes: dict[str, subprocess.Popen] = {}
 
     def _start(self, name: str, argv: list[str]) -> None:
@@ -202,6 +212,19 @@ class Dagster:
         materializations = data["assetOrError"].get("assetMaterializations") or []
         return materializations[0]["runId"] if materializations else None
 
+    def materialization_text(self, key: str, label: str) -> dict[str, str]:
+        """The text metadata entry ``label`` of each partition's latest materialization of ``key``."""
+        data = self.graphql(
+            "query($k: [String!]!) { assetOrError(assetKey: {path: $k}) { ... on Asset {"
+            " assetMaterializations(limit: 100) { partition metadataEntries { label ... on TextMetadataEntry { text } } } } } }",
+            {"k": [key]},
+        )
+        latest: dict[str, str] = {}
+        for event in data["assetOrError"]["assetMaterializations"]:  # newest first
+            texts = {entry["label"]: entry.get("text") for entry in event["metadataEntries"]}
+            latest.setdefault(event["partition"], texts.get(label))
+        return latest
+
     def backfill(self, backfill_id: str) -> dict:
         data = self.graphql(
             "query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename"
@@ -248,13 +271,37 @@ def _wait(what: str, predicate, timeout: float, interval: float = 3.0):
 
 
 @pytest.fixture
-def dagster_ui(demo_dir, tmp_path, request):
+def postgres_url():
+    # The server runs as the postgres user, who cannot enter pytest's private temporary directories.
+    directory = Path(tempfile.mkdtemp(prefix="drift-postgres-"))
+    directory.chmod(0o755)
+    try:
+        with local_postgres(directory / "data") as url:
+            yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_options(tmp_path):
+    with local_s3("drift", log_path=tmp_path / "s3.log") as options:
+        yield options
+
+
+@pytest.fixture
+def dagster_ui(demo_dir, tmp_path, request, postgres_url, s3_options):
     """A workspace over a copy of the session's demo inputs and model, served by Dagster."""
     shutil.copytree(demo_dir / "demo", tmp_path / "demo")
     # transformers rollouts keep it fast; no demo assets (the inputs exist).
-    settings = settings_in(tmp_path, rollout={"backend": "transformers"}, demo={"enabled": False})
+    settings = settings_in(
+        tmp_path,
+        rollout={"backend": "transformers"},
+        demo={"enabled": False},
+        model={"device_pool": DEVICES},
+        warehouse={"root": WAREHOUSE, "storage_options": s3_options},
+    )
     assert settings.data.test_queries and settings.benchmark.sft.steps <= 100  # SMALL_DEMO's short fine-tunes
-    dagster = Dagster(tmp_path, tmp_path / "settings.yaml")  # where write_settings puts it
+    dagster = Dagster(tmp_path, settings, postgres_url, len(DEVICES))
     failures, started = request.session.testsfailed, False
     try:
         dagster.start()
@@ -398,6 +445,31 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     assert set(partitions) == {"base"} | {f"base|{shard}" for shard in SHARDS}, partitions
     assert sorted(p for p in partitions if "|" in p) == sorted(f"base|{shard}" for shard in SHARDS)
     assert all(r["status"] == "SUCCESS" for r in dagster.runs())
+
+    # --- the shard runs: side by side under the "gpu" pool, each on a device of its own
+    run_partitions = {r["runId"]: t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
+    shard_runs = {p: dagster.run(run_id) for run_id, p in run_partitions.items() if "|" in p}
+    devices = dagster.materialization_text("training_gradient_projections", "device")
+    assert set(devices) == set(shard_runs) and set(devices.values()) == set(DEVICES), devices
+    side_by_side = [
+        (a, b)
+        for a, b in itertools.combinations(sorted(shard_runs), 2)
+        if shard_runs[a]["startTime"] < shard_runs[b]["endTime"] and shard_runs[b]["startTime"] < shard_runs[a]["endTime"]
+    ]
+    assert side_by_side, shard_runs
+    assert all(devices[a] != devices[b] for a, b in side_by_side), (side_by_side, devices)
+    # ... and the tables they wrote to the S3 warehouse whole: every pool example once, in its shard.
+    warehouse = Warehouse.from_settings(dagster.settings)
+    pool = warehouse.scan("training_pool").select("example_id").collect()["example_id"]
+    gradients = warehouse.scan("training_gradient_projections").select("example_id", "shard").collect()
+    assert sorted(gradients["example_id"]) == sorted(pool)
+    assert all(shard_of(i, len(SHARDS)) == shard for i, shard in gradients.iter_rows())
+    assert sorted(warehouse.scan("influence_scores").collect()["example_id"]) == sorted(pool)
+    # The runs are in PostgreSQL (the instance's run storage), the tables in the bucket, none on disk.
+    with contextlib.closing(psycopg2.connect(dagster.env[POSTGRES_URL_ENV_VAR])) as database, database.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM runs")
+        assert cursor.fetchone()[0] == len(dagster.runs())
+    assert not (dagster.workspace / "warehouse").exists()
     backfill_runs = {r["runId"] for r in runs}
     for key in materializable:
         assert dagster.latest_materialization_run(key) in backfill_runs, key

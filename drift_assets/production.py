@@ -1,0 +1,228 @@
+"""The production profile: a Dagster instance on PostgreSQL, the warehouse on an S3 API, and GPU runs
+side by side, one device each.
+
+``deploy/dagster.yaml`` is the instance (storage at ``$DAGSTER_POSTGRES_URL``, queued runs, the
+"gpu" pool counted per run). ``python -m drift_assets.production ui`` (``make ui-prod``) serves the
+pipeline with it: against the PostgreSQL server and S3 bucket the environment names, or, where it
+names none, against a local PostgreSQL server and a local S3 API (moto's) that it starts on
+127.0.0.1 and keeps under ``data/prod`` — the same parts the tests start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from drift_assets.settings import DEFAULT_SETTINGS_PATH, REPO_ROOT
+
+INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
+POSTGRES_URL_ENV_VAR = "DAGSTER_POSTGRES_URL"
+LOCAL_S3_CREDENTIALS = {"access_key_id": "drift", "secret_access_key": "drift-secret", "region": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_instance(home: Path, gpu_slots: int, overrides: dict | None = None) -> Path:
+    """``deploy/dagster.yaml`` in ``home``, with the "gpu" pool sized to ``gpu_slots`` runs at a time
+    (the device pool's size: each of those runs leases one device)."""
+    instance = yaml.safe_load(INSTANCE_TEMPLATE.read_text())
+    instance["concurrency"]["pools"]["default_limit"] = gpu_slots
+    for key, value in (overrides or {}).items():
+        instance[key] = value
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    path.write_text(yaml.safe_dump(instance, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if found is None:
+        raise FileNotFoundError(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql; make postgres)")
+    return found
+
+
+def _as_postgres_user(data_dir: Path) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, its server runs as the ``postgres`` user."""
+    if os.geteuid() != 0:
+        return []
+    shutil.chown(data_dir, "postgres", "postgres")
+    return ["runuser", "-u", "postgres", "--"]
+
+
+@contextlib.contextmanager
+def local_postgres(data_dir: Path, port: int | None = None) -> Iterator[str]:
+    """A PostgreSQL server over ``data_dir`` (created on first use) on 127.0.0.1, with a ``dagster``
+    database; yields its URL and stops the server on exit. Loopback only, so trust authentication."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    owner = _as_postgres_user(data_dir)
+    if not (data_dir / "PG_VERSION").exists():
+        created = subprocess.run(
+            [*owner, _postgres_bin("initdb"), "-D", str(data_dir), "-U", "dagster", "--auth=trust", "-E", "UTF8"],
+            capture_output=True,
+        )
+        if created.returncode != 0:
+            shown = f" (as the postgres user, who must be able to enter {data_dir.parent})" if owner else ""
+            raise RuntimeError(f"initdb failed for {data_dir}{shown}: {created.stderr.decode().strip()}")
+    port = port or free_port()
+    pg_ctl = [*owner, _postgres_bin("pg_ctl"), "-D", str(data_dir)]
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {data_dir}"
+    started = subprocess.run([*pg_ctl, "-l", str(data_dir / "server.log"), "-o", options, "-w", "start"], capture_output=True)
+    if started.returncode != 0:
+        log = (data_dir / "server.log").read_text(errors="replace")[-2000:] if (data_dir / "server.log").exists() else ""
+        raise RuntimeError(f"PostgreSQL did not start on 127.0.0.1:{port}: {started.stderr.decode()}{log}")
+    try:
+        import psycopg2
+
+        with contextlib.closing(psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")) as server:
+            server.autocommit = True
+            with server.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = 'dagster'")
+                if cursor.fetchone() is None:
+                    cursor.execute("CREATE DATABASE dagster")
+        yield f"postgresql://dagster@127.0.0.1:{port}/dagster"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------ S3 API
+
+
+@contextlib.contextmanager
+def local_s3(bucket: str, port: int | None = None, log_path: Path | None = None) -> Iterator[dict]:
+    """moto's S3 API on 127.0.0.1 with ``bucket`` created; yields the warehouse's storage options
+    for it. In a process of its own: deltalake holds the GIL while it waits for some requests, so a
+    server thread inside a process that writes tables would never answer them."""
+    port = port or free_port()
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the S3 API on {endpoint} did not start")
+        # No allow_unsafe_rename: deltalake commits with S3's conditional writes, which moto honours.
+        options = {**LOCAL_S3_CREDENTIALS, "endpoint": endpoint, "allow_http": "true"}
+        s3_client(options).create_bucket(Bucket=bucket)
+        yield options
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if log_path:
+            log.close()
+
+
+def s3_client(options: dict):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=options["endpoint"],
+        aws_access_key_id=options["access_key_id"],
+        aws_secret_access_key=options["secret_access_key"],
+        region_name=options["region"],
+    )
+
+
+# ------------------------------------------------------------------------------------------ the profile
+
+
+def default_device_pool() -> list[str]:
+    """Every GPU the machine shows; on a CPU-only machine two CPU workers."""
+    import torch
+
+    count = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(count)] if count else ["cpu:0", "cpu:1"]
+
+
+def production_settings(base: Path, directory: Path, warehouse: dict, device_pool: list[str]) -> Path:
+    """The settings file ``base`` with the warehouse and device pool of the profile, written in
+    ``directory`` with the base file's relative paths made absolute (they resolve where it lies)."""
+    from drift_assets.settings import load_settings
+
+    raw = yaml.safe_load(base.read_text()) or {}
+    loaded = load_settings(base)
+    raw.setdefault("model", {}).update(path=str(loaded.model_path), device_pool=device_pool)
+    data = raw.setdefault("data", {})
+    for key in ("training_pool", "validation_queries", "test_queries"):
+        value = getattr(loaded.data, key)
+        data[key] = str(Path(loaded.base_dir, value).resolve()) if value else None
+    raw["warehouse"] = warehouse
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "settings.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m drift_assets.production", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["ui"], help="serve the pipeline (webserver and daemon) on the production profile")
+    parser.add_argument("--settings", default=os.environ.get("DRIFT_ASSETS_SETTINGS") or str(DEFAULT_SETTINGS_PATH))
+    parser.add_argument("--state", default=str(REPO_ROOT / "data" / "prod"), help="where local servers keep their data")
+    parser.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    state = Path(args.state).resolve()
+    pool = default_device_pool()
+    with contextlib.ExitStack() as stack:
+        url = os.environ.get(POSTGRES_URL_ENV_VAR)
+        if not url:
+            url = stack.enter_context(local_postgres(state / "postgres"))
+            print(f"PostgreSQL (local, {state / 'postgres'}): {url}", flush=True)
+        settings_path = Path(args.settings)
+        raw = yaml.safe_load(settings_path.read_text()) or {}
+        warehouse = raw.get("warehouse", {})
+        if not str(warehouse.get("root", "")).startswith(("s3://", "gs://", "az://", "abfss://")):
+            options = stack.enter_context(local_s3("drift", log_path=state / "s3.log"))
+            warehouse = {"root": "s3://drift/warehouse", "storage_options": options}
+            print(f"S3 API (local, in memory): {options['endpoint']}, warehouse s3://drift/warehouse", flush=True)
+        settings_path = production_settings(settings_path, state, warehouse, pool)
+        home = state / "dagster_home"
+        write_instance(home, len(pool))
+        print(f"instance {home / 'dagster.yaml'}; settings {settings_path}; devices {pool}", flush=True)
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            POSTGRES_URL_ENV_VAR: url,
+            "DRIFT_ASSETS_SETTINGS": str(settings_path),
+            "VIRTUAL_ENV": os.environ.get("VIRTUAL_ENV", sys.prefix),  # the environment dg dev runs the code in
+        }
+        dg = Path(sys.executable).with_name("dg")
+        server = subprocess.Popen([str(dg), "dev", "-h", "127.0.0.1", "-p", str(args.port)], cwd=REPO_ROOT, env=env)
+        # SIGTERM stops dg dev as Ctrl-C does (its webserver and daemon with it), and then the local
+        # servers this started, on the way out of the ExitStack.
+        signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGINT))
+        try:
+            return server.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached dg dev too: wait for it to stop
+            return server.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
