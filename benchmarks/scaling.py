@@ -8,8 +8,9 @@ On a demo workspace of its own (the demo's generator and tiny model, ``--n-train
    ``cpu:0..cpu:N-1`` from ``model.device_pool``, which splits the cores between them. Reported:
    the wall time of the whole pass and examples per second.
 2. **Pool size**: ``influence_scores`` over 1x, 2x and 4x the pool (its rows and their stored
-   gradients repeated under new example ids), each in a run of its own: the step's time and the
-   process's peak resident memory, and the same less a process that only imports the pipeline.
+   gradients repeated under new example ids, in 1x, 2x and 4x as many shards), each in a run of its
+   own: the step's time and the process's peak resident memory (VmHWM), and the same less the
+   command line's when it loads the pipeline and runs nothing.
 3. **Appending 1%**: new examples added to the pool file, then what is stale re-materialized: the
    share of the pool's gradients computed again, and of the gradient pass's time.
 4. **S3**: the same graph on an S3 warehouse (moto's server on 127.0.0.1), the 1-worker gradient
@@ -42,6 +43,20 @@ import yaml
 from deltalake import DeltaTable
 
 REPO = Path(__file__).resolve().parents[1]
+# Runs Dagster's command line and writes the process's own peak resident memory (VmHWM) on exit.
+# Not getrusage: ru_maxrss survives exec, so a child would report this script's own peak.
+PEAK_RECORDING = """
+import atexit, runpy, sys
+peak_file = sys.argv[1]
+def record():
+    with open("/proc/self/status") as status:
+        peak = next(line for line in status if line.startswith("VmHWM")).split()[1]
+    with open(peak_file, "w") as out:
+        out.write(peak)
+atexit.register(record)
+sys.argv = ["dagster", *sys.argv[2:]]
+runpy.run_module("dagster", run_name="__main__", alter_sys=True)
+"""
 SHARDS = 4
 GRADIENTS = "training_gradient_projections"
 
@@ -103,7 +118,10 @@ class Workspace:
                 yield instance
         finally:
             for key, value in previous.items():
-                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def materialize_stale(self, include_demo: bool = True) -> None:
         from drift_assets.definitions import build_definitions
@@ -114,10 +132,11 @@ class Workspace:
 
     def run(self, select: str, partition: str | None = None) -> tuple[subprocess.Popen, float]:
         """One Dagster run of ``select`` (and ``partition``) in a process of its own."""
-        command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "drift_assets.definitions"]
-        command += ["--select", select] + (["--partition", partition] if partition else [])
         self.logs.mkdir(exist_ok=True)
         log = self.logs / f"{self.settings_path.stem}-{select}-{(partition or 'all').replace('|', '-')}.log"
+        command = [sys.executable, "-c", PEAK_RECORDING, str(log.with_suffix(".peak"))]
+        command += ["asset", "materialize", "-m", "drift_assets.definitions", "--select", select]
+        command += ["--partition", partition] if partition else []
         with log.open("wb") as out:  # a file, not a pipe: Dagster's log lines would fill a pipe and stall the run
             process = subprocess.Popen(command, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         process.log = log
@@ -143,15 +162,13 @@ class Workspace:
         DeltaTable(self.warehouse.table_uri(GRADIENTS), storage_options=self.warehouse.storage_options or None).delete()
 
 
-def wait(process: subprocess.Popen, what: str):
-    """Wait for a run's process; its resource usage (peak resident memory in ru_maxrss)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+def wait(process: subprocess.Popen, what: str) -> int:
+    """Wait for a run's process; its peak resident memory in KiB."""
+    process.wait()
     if process.returncode != 0:
-        log = getattr(process, "log", None)
-        tail = log.read_text(errors="replace")[-3000:] if log else ""
-        raise RuntimeError(f"{what} failed (exit {process.returncode}){f', log {log}' if log else ''}:\n{tail}")
-    return usage
+        tail = process.log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{what} failed (exit {process.returncode}), log {process.log}:\n{tail}")
+    return int(process.log.with_suffix(".peak").read_text())
 
 
 def gradient_pass(workspace: Workspace, workers: int) -> dict:
@@ -179,19 +196,31 @@ def gradient_pass(workspace: Workspace, workers: int) -> dict:
     }
 
 
-def import_baseline_rss() -> int:
-    """Peak resident memory (KiB) of a process that imports the pipeline and does nothing."""
-    process = subprocess.Popen([sys.executable, "-c", "import drift_assets.definitions"], cwd=REPO, stderr=subprocess.DEVNULL)
-    return wait(process, "importing the pipeline").ru_maxrss
+def import_baseline_rss(workspace: Workspace) -> int:
+    """Peak resident memory (KiB) of Dagster's command line that loads the pipeline and runs nothing."""
+    workspace.logs.mkdir(exist_ok=True)
+    log = workspace.logs / "imports-only.log"
+    command = [sys.executable, "-c", PEAK_RECORDING, str(log.with_suffix(".peak")), "asset", "list"]
+    command += ["-m", "drift_assets.definitions"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=workspace.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    process.log = log
+    return wait(process, "loading the pipeline")
 
 
 def scoring_at(workspace: Workspace, factor: int, scratch: Path) -> dict:
     """influence_scores over the pool repeated ``factor`` times, in a warehouse copy of its own."""
+    from drift_assets.core.gradients import shard_of
+
     copy = scratch / f"x{factor}"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(workspace.warehouse.root, copy)
     settings = yaml.safe_load(workspace.settings_path.read_text())
     settings["warehouse"] = {"root": str(copy), "storage_options": {}}
+    # As many more shards as the pool is larger: the scoring streams the stored gradients one shard
+    # at a time, so a shard's size is what its memory follows.
+    shards = SHARDS * factor
+    settings["projection"]["shards"] = shards
     path = workspace.settings_path.with_name(f"scoring-x{factor}.yaml")
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     scaled = Workspace(path, copy / "dagster_home", None, Path(workspace.env["DRIFT_ASSETS_DEVICE_LOCKS"]))
@@ -203,9 +232,13 @@ def scoring_at(workspace: Workspace, factor: int, scratch: Path) -> dict:
                 for copy_index in range(factor)
             ]
         )
+        if table == GRADIENTS:
+            repeated = repeated.with_columns(
+                pl.col("example_id").map_elements(lambda i: shard_of(i, shards), return_dtype=pl.String).alias("shard")
+            )
         scaled.warehouse.write(table, repeated)
     process, started = scaled.run("influence_scores")
-    usage = wait(process, f"influence_scores at {factor}x")
+    peak = wait(process, f"influence_scores at {factor}x")
     wall = time.perf_counter() - started
     metadata = scaled.metadata("influence_scores")
     return {
@@ -213,7 +246,7 @@ def scoring_at(workspace: Workspace, factor: int, scratch: Path) -> dict:
         "examples": metadata.get("dagster/row_count"),
         "run_s": wall,
         "step_s": metadata["step_seconds"],
-        "peak_kib": usage.ru_maxrss,
+        "peak_kib": peak,
     }
 
 
@@ -285,10 +318,10 @@ def main() -> None:
                 f"| {figures['examples_per_s'] / passes[0]['examples_per_s']:.2f}x | {figures['step_s']:.1f} |"
             )
 
-        print("\n2. influence_scores over a larger pool (rows and stored gradients repeated)")
-        baseline = import_baseline_rss()
-        print(f"a process that only imports the pipeline peaks at {baseline / 1024:.0f} MiB")
-        print("| pool | examples | step s | vs 1x | peak MiB | vs 1x | peak less imports, MiB | vs 1x |")
+        print("\n2. influence_scores over a larger pool (rows and stored gradients repeated, shards in proportion)")
+        baseline = import_baseline_rss(local)
+        print(f"Dagster's command line loading the pipeline and running nothing peaks at {baseline / 1024:.0f} MiB")
+        print("| pool | examples | step s | vs 1x | peak MiB | vs 1x | peak less loading, MiB | vs 1x |")
         print("|---|---|---|---|---|---|---|---|")
         scoring = []
         for factor in args.factors:

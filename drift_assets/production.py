@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from drift_assets.settings import DEFAULT_SETTINGS_PATH, REPO_ROOT
+from drift_assets.settings import DEFAULT_SETTINGS_PATH, REPO_ROOT, load_settings
 
 INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
 POSTGRES_URL_ENV_VAR = "DAGSTER_POSTGRES_URL"
@@ -165,15 +165,16 @@ def default_device_pool() -> list[str]:
 def production_settings(base: Path, directory: Path, warehouse: dict, device_pool: list[str]) -> Path:
     """The settings file ``base`` with the warehouse and device pool of the profile, written in
     ``directory`` with the base file's relative paths made absolute (they resolve where it lies)."""
-    from drift_assets.settings import load_settings
-
     raw = yaml.safe_load(base.read_text()) or {}
     loaded = load_settings(base)
     raw.setdefault("model", {}).update(path=str(loaded.model_path), device_pool=device_pool)
-    data = raw.setdefault("data", {})
-    for key in ("training_pool", "validation_queries", "test_queries"):
-        value = getattr(loaded.data, key)
-        data[key] = str(Path(loaded.base_dir, value).resolve()) if value else None
+    paths = {
+        "data": {key: getattr(loaded.data, key) for key in ("training_pool", "validation_queries", "test_queries")},
+        "warmup": {"checkpoint_dir": loaded.warmup.checkpoint_dir},
+        "selection": {"export_dir": loaded.selection.export_dir},
+    }
+    for group, values in paths.items():
+        raw.setdefault(group, {}).update({key: loaded.resolve(value) if value else None for key, value in values.items()})
     raw["warehouse"] = warehouse
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "settings.yaml"
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
     state = Path(args.state).resolve()
-    pool = default_device_pool()
+    pool = load_settings(args.settings).model.device_pool or default_device_pool()
     with contextlib.ExitStack() as stack:
         url = os.environ.get(POSTGRES_URL_ENV_VAR)
         if not url:

@@ -62,11 +62,10 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
 
     _cache: dict = PrivateAttr(default_factory=dict)
     _lease: DeviceLease | None = PrivateAttr(default=None)
+    _log: object = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        # A run is one process: it leases its device once, before anything touches CUDA.
-        if self.device_pool:
-            self._lease = lease_device(self.device_pool, log=context.log.info if context.log else logger.info)
+        self._log = context.log
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._lease is not None:
@@ -75,11 +74,16 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
     @property
     def device_label(self) -> str:
         """The device as the run's metadata records it: the pool's label when one was leased."""
-        return self._lease.label if self._lease is not None else self.resolved_device
+        device = self.resolved_device
+        return self._lease.label if self._lease is not None else device
 
     @property
     def resolved_device(self) -> str:
-        if self._lease is not None:
+        if self.device_pool:
+            # A run is one process: it leases a device the first time it places a model (a run that
+            # only tokenizes holds none) and keeps it to its end; before then nothing touched CUDA.
+            if self._lease is None:
+                self._lease = lease_device(self.device_pool, log=(self._log or logger).info)
             return self._lease.device
         return pick_device(self.device)
 
