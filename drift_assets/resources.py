@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Iterator
@@ -231,7 +232,45 @@ def _format_predicate_value(value) -> str | None:
     return _format_one_value(value)
 
 
+_write_deltalake = dagster_deltalake.handler.write_deltalake
+
+
+def _write_partition(**params):
+    """A partition's first write into a table that did not exist when the handler looked appends
+    instead of overwriting the whole table: where another run created the table in between, an
+    overwrite would replace that run's partition without a word (a commit conflict at worst, with
+    an append). The table was empty, so appending writes the same rows."""
+    if params.get("partition_by") and params.get("mode") == "overwrite" and params.get("predicate") is None:
+        params = {**params, "mode": "append", "schema_mode": None}
+    return _write_deltalake(**params)
+
+
+_handle_output = dagster_deltalake.handler.DeltalakeBaseArrowTypeHandler.handle_output
+COMMIT_ATTEMPTS = 5
+
+
+def _handle_output_retrying_conflicts(self, context, table_slice, obj, connection):
+    """Write again when another run committed to the table first.
+
+    Shard runs side by side write partitions of one table. Where both create it, the later commit
+    fails ("Metadata changed since last commit"); other concurrent commits can fail the same way.
+    A failed commit leaves the table as it was, so the whole write is done again, which looks at
+    the table anew: it now exists, and the write replaces this partition only."""
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return _handle_output(self, context, table_slice, obj, connection)
+        except CommitFailedError as error:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            context.log.info(f"{connection.table_uri}: {error}; writing again ({attempt + 1} of {COMMIT_ATTEMPTS})")
+            time.sleep(0.2 * attempt + random.random() * 0.3)
+
+
 # Every Delta IO manager this package builds writes and reads through that handler module.
+dagster_deltalake.handler.DeltalakeBaseArrowTypeHandler.handle_output = _handle_output_retrying_conflicts
+dagster_deltalake.handler.write_deltalake = _write_partition
 dagster_deltalake.handler.DeltaTable = _AddActionsAsRecordBatch
 dagster_deltalake.handler._value_dnf = _partition_values_dnf
 dagster_deltalake.handler._format_predicate_value = _format_predicate_value
