@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drift_assets.core.adapters import VLLM_LORA_RANKS, LoraOptions
 from drift_assets.core.attribution import ScoringSettings, Targets, Unsolved
-from drift_assets.core.devices import DEVICE_LABEL
+from drift_assets.core.devices import check_device_pool
 from drift_assets.core.influence import Debias, Hessian
 from drift_assets.core.projection import Basis, ProjectionOptions
 from drift_assets.core.selection import SelectionMethod
@@ -62,10 +62,7 @@ class ModelSettings(_Group):
     @field_validator("device_pool")
     @classmethod
     def _device_labels(cls, pool: list[str]) -> list[str]:
-        bad = [label for label in pool if not DEVICE_LABEL.match(label)]
-        if bad or len(set(pool)) != len(pool):
-            raise ValueError(f"expected distinct labels such as cuda:0 or cpu:1, got {pool}")
-        return pool
+        return check_device_pool(pool)
 
 
 class DataSettings(_Group):

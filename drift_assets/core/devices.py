@@ -25,6 +25,14 @@ LOCK_DIR_ENV_VAR = "DRIFT_ASSETS_DEVICE_LOCKS"
 logger = logging.getLogger(__name__)
 
 
+def check_device_pool(pool: Sequence[str]) -> list[str]:
+    """``pool`` as a list, or ValueError where a label is not cpu[:i] or cuda:i, or one repeats."""
+    bad = [label for label in pool if not DEVICE_LABEL.match(label)]
+    if bad or len(set(pool)) != len(pool):
+        raise ValueError(f"expected distinct labels such as cuda:0 or cpu:1, got {list(pool)}")
+    return list(pool)
+
+
 def default_lock_dir() -> Path:
     """Where the pool's lock files live: one directory per machine, shared by its runs."""
     return Path(os.environ.get(LOCK_DIR_ENV_VAR) or Path(tempfile.gettempdir()) / "drift_assets-device-locks")
@@ -89,9 +97,12 @@ def lease_device(
     log: Callable[[str], None] = logger.info,
 ) -> DeviceLease:
     """Lease the first free device of ``pool``, waiting while every one is held by another run."""
-    bad = [label for label in pool if not DEVICE_LABEL.match(label)]
-    if not pool or bad or len(set(pool)) != len(pool):
-        raise ValueError(f"model.device_pool must list distinct labels such as cuda:0 or cpu:1, got {list(pool)}")
+    if not pool:
+        raise ValueError("model.device_pool is empty: list devices such as cuda:0 or cpu:1")
+    try:
+        check_device_pool(pool)
+    except ValueError as error:
+        raise ValueError(f"model.device_pool: {error}") from None
     lock_dir = lock_dir or default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     started, waited = time.monotonic(), False
