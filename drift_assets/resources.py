@@ -71,6 +71,7 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._lease is not None:
             self._lease.release()
+            (self._log or logger).info(f"device {self._lease.label} released")
 
     @property
     def device_label(self) -> str:

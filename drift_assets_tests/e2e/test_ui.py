@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -62,6 +63,12 @@ BACKFILL_TIMEOUT_S = 420
 DEVICES = ["cpu:0", "cpu:1"]  # the device pool the shard runs lease from, two at a time
 WAREHOUSE = "s3://drift/warehouse"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+# Another process (a job outside Dagster) that holds every device of the pool until its stdin closes.
+HOLD_DEVICES = (
+    "import sys; from drift_assets.core.devices import lease_device;"
+    " leases = [lease_device(sys.argv[1:], timeout_seconds=120) for _ in sys.argv[1:]];"
+    " print('held', flush=True); sys.stdin.read()"
+)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -224,6 +231,16 @@ class Dagster:
             texts = {entry["label"]: entry.get("text") for entry in event["metadataEntries"]}
             latest.setdefault(event["partition"], texts.get(label))
         return latest
+
+    def messages(self, run_id: str) -> list[tuple[float, str]]:
+        """The run's log messages: (seconds since the epoch, text), oldest first."""
+        data = self.graphql(
+            "query($id: ID!) { logsForRun(runId: $id, limit: 10000) { ... on EventConnection {"
+            " events { ... on MessageEvent { message timestamp } } } } }",
+            {"id": run_id},
+        )
+        events = data["logsForRun"]["events"]
+        return [(int(e["timestamp"]) / 1000, e["message"]) for e in events if "message" in e]
 
     def backfill(self, backfill_id: str) -> dict:
         data = self.graphql(
@@ -425,6 +442,32 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     page.wait_for_timeout(1000)
     _shot(page, "04-backfill-in-progress")
 
+    # --- when the shard runs come, another process holds both devices: two of them (the pool's limit)
+    # wait for a device together, then each takes one when it frees them.
+    def shard_runs_of_backfill() -> dict[str, str]:
+        runs = dagster.backfill(backfill_id)["runs"]
+        return {t["value"]: r["runId"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition" and "|" in t["value"]}
+
+    _wait("the backfill's first shard run", shard_runs_of_backfill, timeout=BACKFILL_TIMEOUT_S, interval=1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_DEVICES, *DEVICES], env=dagster.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held", "the holder could not lease the pool"
+
+        def waiting_for_a_device() -> list[str]:
+            waiting = [
+                partition
+                for partition, run_id in shard_runs_of_backfill().items()
+                if any("held by other runs; waiting" in text for _, text in dagster.messages(run_id))
+            ]
+            return sorted(waiting) if len(waiting) >= len(DEVICES) else []
+
+        waited = _wait("two shard runs waiting for a device", waiting_for_a_device, timeout=180, interval=2)
+    finally:
+        holder.stdin.close()  # the holder exits; the kernel drops its locks
+        holder.wait(timeout=30)
+
     def finished():
         backfill = dagster.backfill(backfill_id)
         failed = [r for r in backfill["runs"] if r["status"] in ("FAILURE", "CANCELED")]
@@ -450,13 +493,21 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     run_partitions = {r["runId"]: t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
     shard_runs = {p: dagster.run(run_id) for run_id, p in run_partitions.items() if "|" in p}
     devices = dagster.materialization_text("training_gradient_projections", "device")
-    assert set(devices) == set(shard_runs) and set(devices.values()) == set(DEVICES), devices
+    assert set(devices) == set(shard_runs) and set(devices.values()) <= set(DEVICES), devices
+    # Each run's lease, from its log: when it took its device and when it gave it back.
+    leases = {}
+    for partition, run in shard_runs.items():
+        messages = dagster.messages(run["runId"])
+        leased = [t for t, text in messages if text.startswith(f"device {devices[partition]} leased from the pool")]
+        released = [t for t, text in messages if text == f"device {devices[partition]} released"]
+        assert len(leased) == len(released) == 1, (partition, [text for _, text in messages if "device" in text])
+        leases[partition] = (leased[0], released[0])
     side_by_side = [
         (a, b)
-        for a, b in itertools.combinations(sorted(shard_runs), 2)
-        if shard_runs[a]["startTime"] < shard_runs[b]["endTime"] and shard_runs[b]["startTime"] < shard_runs[a]["endTime"]
+        for a, b in itertools.combinations(sorted(leases), 2)
+        if leases[a][0] < leases[b][1] and leases[b][0] < leases[a][1]
     ]
-    assert side_by_side, shard_runs
+    assert tuple(waited) in side_by_side, (waited, leases)  # the two that waited held their devices together
     assert all(devices[a] != devices[b] for a, b in side_by_side), (side_by_side, devices)
     # ... and the tables they wrote to the S3 warehouse whole: every pool example once, in its shard.
     warehouse = Warehouse.from_settings(dagster.settings)
