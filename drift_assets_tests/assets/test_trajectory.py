@@ -146,6 +146,10 @@ def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|.*\.lora_[AB]\.default"
 
 
+# One checkpoint: what differs from the full warm-up above is how each is saved, served and projected.
+LORA_STEPS, LORA_KEYS = STEPS[-1:], KEYS[-1:]
+
+
 @pytest.fixture(scope="module")
 def lora_trajectory(materialized, tmp_path_factory):
     """The session's materialized workspace, copied, with a LoRA warm-up run added."""
@@ -153,7 +157,7 @@ def lora_trajectory(materialized, tmp_path_factory):
     shutil.copytree(materialized, directory)
     settings = settings_in(
         directory,
-        warmup={"steps": STEPS, "lora": {"rank": 8, "alpha": 16.0}},
+        warmup={"steps": LORA_STEPS, "lora": {"rank": 8, "alpha": 16.0}},
         projection={"target_modules": LORA_TARGETS},
         data={"test_queries": None},
     )
@@ -167,14 +171,14 @@ def lora_trajectory(materialized, tmp_path_factory):
 def test_a_lora_warm_up_is_served_by_vllm_as_adapters_and_scored_by_their_gradients(lora_trajectory):
     settings, instance = lora_trajectory
     saved = read(settings, "warmup_checkpoints").sort("step")
-    assert saved["adapter"].to_list() == [True, True]
+    assert saved["adapter"].to_list() == [True]
     for path, fingerprint in zip(saved["path"], saved["model_fingerprint"], strict=True):
         assert is_adapter(path) and not (Path(path) / "model.safetensors").exists()  # adapters, no model copies
         at_step = ModelResource(path=settings.model_path, adapter=path, dtype="float32", device="cpu")
         assert at_step.fingerprint() == fingerprint
     n_layers = len(target_layers(ModelResource(path=settings.model_path).load_model(), settings.projection.target_modules))
     pool = read(settings, "training_pool")
-    for key in KEYS:
+    for key in LORA_KEYS:
         rollouts = at(settings, "rollouts", key)
         assert (
             rollouts["model_fingerprint"].unique().to_list()
@@ -186,17 +190,17 @@ def test_a_lora_warm_up_is_served_by_vllm_as_adapters_and_scored_by_their_gradie
         training = at(settings, "training_gradient_projections", key)
         assert sorted(training["example_id"]) == sorted(pool["example_id"])
         assert training["grad_norm"].is_finite().all() and (training["grad_norm"] > 0).all()
-    assert sorted(at(settings, "rollouts", KEYS[-1])["completion"]) != sorted(at(settings, "rollouts", "base")["completion"])
+    assert sorted(at(settings, "rollouts", LORA_KEYS[-1])["completion"]) != sorted(at(settings, "rollouts", "base")["completion"])
     scores = read(settings, "influence_scores")
     assert sorted(scores["example_id"]) == sorted(pool["example_id"]) and scores["score"].is_finite().all()
-    assert all(key in latest_metadata(instance, "influence_scores")["checkpoints"] for key in ["base", *KEYS])
+    assert all(key in latest_metadata(instance, "influence_scores")["checkpoints"] for key in ["base", *LORA_KEYS])
 
 
 @pytest.mark.vllm
 def test_vllm_samples_a_lora_adapter_as_it_samples_it_merged_into_the_model(lora_trajectory, tmp_path):
     """The adapter-served rollouts of a checkpoint against the same sampling from a merged copy."""
     settings, _ = lora_trajectory
-    path = read(settings, "warmup_checkpoints").filter(pl.col("checkpoint") == KEYS[-1])["path"][0]
+    path = read(settings, "warmup_checkpoints").filter(pl.col("checkpoint") == LORA_KEYS[-1])["path"][0]
     adapter = ModelResource(path=settings.model_path, adapter=path, dtype="float32", device="cpu")
     adapter.load_model().save_pretrained(tmp_path / "merged")
     adapter.load_tokenizer().save_pretrained(tmp_path / "merged")
@@ -207,7 +211,7 @@ def test_vllm_samples_a_lora_adapter_as_it_samples_it_merged_into_the_model(lora
             engine, merged.load_tokenizer(), read(settings, "validation_queries"), engine_settings.sampling(), "merged"
         )
     columns = ["query_id", "sample_idx", "completion", "logprob_sum"]
-    served = at(settings, "rollouts", KEYS[-1]).select(columns)
+    served = at(settings, "rollouts", LORA_KEYS[-1]).select(columns)
     pairs = served.join(table.select(columns), on=["query_id", "sample_idx"], suffix="_merged")
     assert pairs.height == served.height
     # The same seeds sample the same tokens unless a rounding difference between vLLM's LoRA
