@@ -207,7 +207,12 @@ class RolloutSettings(_Group):
     stop: list[str] = Field(default_factory=list, description="strings that end a completion early")
     seed: int = Field(0, description="each query samples with its own seed derived from this one")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM's tensor parallelism (GPUs per engine)")
-    gpu_memory_utilization: float = Field(0.2, gt=0.0, le=1.0, description="On CPU: share of host memory for vLLM's KV cache.")
+    gpu_memory_utilization: float = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="GPU memory share vLLM may use. On CPU: the most host memory its KV cache may take (sized from the model for 256 full-length sequences).",
+    )
     max_model_len: int | None = Field(
         None,
         ge=16,

@@ -6,7 +6,9 @@ Every launch is clicked in the browser: "Observe all" for the sources, then "Mat
 global asset graph, which opens Dagster's launch dialog because the chain of each checkpoint is
 partitioned by it (and the training gradients by shard too): all partitions, "Launch backfill" (the code
 location's executor runs each run's steps in one process). The daemon runs the backfill (the unpartitioned
-inputs, the base model's chain, one run per shard, then the scores and the refined dataset); the test then
+inputs, the base model's chain, one run per shard, then the scores and the refined dataset). When the shard
+runs come, another process holds both devices until two of them wait for one: they then run side by side
+on a device each, which their logs and materializations show. The test then
 reads the backfill, lineage, asset and check pages. GraphQL is
 only used to wait and to check the instance's state next to what the pages show.
 
