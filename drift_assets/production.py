@@ -190,20 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
     state = Path(args.state).resolve()
-    pool = load_settings(args.settings).model.device_pool or default_device_pool()
+    settings = load_settings(args.settings)  # fails here, naming the file, before any server starts
+    pool = settings.model.device_pool or default_device_pool()
     with contextlib.ExitStack() as stack:
         url = os.environ.get(POSTGRES_URL_ENV_VAR)
         if not url:
             url = stack.enter_context(local_postgres(state / "postgres"))
             print(f"PostgreSQL (local, {state / 'postgres'}): {url}", flush=True)
-        settings_path = Path(args.settings)
-        raw = yaml.safe_load(settings_path.read_text()) or {}
-        warehouse = raw.get("warehouse", {})
-        if not str(warehouse.get("root", "")).startswith(("s3://", "gs://", "az://", "abfss://")):
+        warehouse = {"root": settings.warehouse.root, "storage_options": settings.warehouse.storage_options}
+        if not settings.warehouse.root.startswith(("s3://", "gs://", "az://", "abfss://")):
             options = stack.enter_context(local_s3("drift", log_path=state / "s3.log"))
             warehouse = {"root": "s3://drift/warehouse", "storage_options": options}
             print(f"S3 API (local, in memory): {options['endpoint']}, warehouse s3://drift/warehouse", flush=True)
-        settings_path = production_settings(settings_path, state, warehouse, pool)
+        settings_path = production_settings(Path(args.settings), state, warehouse, pool)
         home = state / "dagster_home"
         write_instance(home, len(pool))
         print(f"instance {home / 'dagster.yaml'}; settings {settings_path}; devices {pool}", flush=True)
