@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from drift_assets.settings import DEFAULT_SETTINGS_PATH, REPO_ROOT, load_settings
+from drift_assets.settings import DEFAULT_SETTINGS_PATH, REPO_ROOT, Settings, load_settings
 
 INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
 POSTGRES_URL_ENV_VAR = "DAGSTER_POSTGRES_URL"
@@ -162,11 +162,10 @@ def default_device_pool() -> list[str]:
     return [f"cuda:{i}" for i in range(count)] if count else ["cpu:0", "cpu:1"]
 
 
-def production_settings(base: Path, directory: Path, warehouse: dict, device_pool: list[str]) -> Path:
-    """The settings file ``base`` with the warehouse and device pool of the profile, written in
-    ``directory`` with the base file's relative paths made absolute (they resolve where it lies)."""
+def production_settings(base: Path, loaded: Settings, directory: Path, warehouse: dict, device_pool: list[str]) -> Path:
+    """The settings file ``base`` (``loaded``: as validated) with the warehouse and device pool of the
+    profile, written in ``directory`` with its relative paths made absolute (they resolve where it lies)."""
     raw = yaml.safe_load(base.read_text()) or {}
-    loaded = load_settings(base)
     raw.setdefault("model", {}).update(path=str(loaded.model_path), device_pool=device_pool)
     paths = {
         "data": {key: getattr(loaded.data, key) for key in ("training_pool", "validation_queries", "test_queries")},
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             options = stack.enter_context(local_s3("drift", log_path=state / "s3.log"))
             warehouse = {"root": "s3://drift/warehouse", "storage_options": options}
             print(f"S3 API (local, in memory): {options['endpoint']}, warehouse s3://drift/warehouse", flush=True)
-        settings_path = production_settings(Path(args.settings), state, warehouse, pool)
+        settings_path = production_settings(Path(args.settings), settings, state, warehouse, pool)
         home = state / "dagster_home"
         write_instance(home, len(pool))
         print(f"instance {home / 'dagster.yaml'}; settings {settings_path}; devices {pool}", flush=True)

@@ -275,6 +275,11 @@ class Dagster:
         return data["assetNodeOrError"]["partitionStats"]
 
 
+def shard_runs_of(runs: list[dict]) -> dict[str, str]:
+    """The training-gradient shard runs among ``runs``: partition ("checkpoint|shard") → run id."""
+    return {t["value"]: r["runId"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition" and "|" in t["value"]}
+
+
 def _wait(what: str, predicate, timeout: float, interval: float = 3.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -447,8 +452,7 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     # --- when the shard runs come, another process holds both devices: two of them (the pool's limit)
     # wait for a device together, then each takes one when it frees them.
     def shard_runs_of_backfill() -> dict[str, str]:
-        runs = dagster.backfill(backfill_id)["runs"]
-        return {t["value"]: r["runId"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition" and "|" in t["value"]}
+        return shard_runs_of(dagster.backfill(backfill_id)["runs"])
 
     _wait("the backfill's first shard run", shard_runs_of_backfill, timeout=BACKFILL_TIMEOUT_S, interval=1)
     holder = subprocess.Popen(
@@ -492,14 +496,13 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     assert all(r["status"] == "SUCCESS" for r in dagster.runs())
 
     # --- the shard runs: side by side under the "gpu" pool, each on a device of its own
-    run_partitions = {r["runId"]: t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
-    shard_runs = {p: dagster.run(run_id) for run_id, p in run_partitions.items() if "|" in p}
+    shard_runs = shard_runs_of(runs)
     devices = dagster.materialization_text("training_gradient_projections", "device")
     assert set(devices) == set(shard_runs) and set(devices.values()) <= set(DEVICES), devices
     # Each run's lease, from its log: when it took its device and when it gave it back.
     leases = {}
-    for partition, run in shard_runs.items():
-        messages = dagster.messages(run["runId"])
+    for partition, run_id in shard_runs.items():
+        messages = dagster.messages(run_id)
         leased = [t for t, text in messages if text.startswith(f"device {devices[partition]} leased from the pool")]
         released = [t for t, text in messages if text == f"device {devices[partition]} released"]
         assert len(leased) == len(released) == 1, (partition, [text for _, text in messages if "device" in text])
