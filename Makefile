@@ -45,12 +45,17 @@ lint: env
 	$(VENV)/bin/ruff check drift_assets drift_assets_tests benchmarks
 	$(VENV)/bin/ruff format --check drift_assets drift_assets_tests benchmarks
 
+# Two workers, whole files each, in the order the test suite's conftest gives them (the browser test
+# first: its worker trains the demo model while the other runs every test that needs none);
+# each worker and its processes keep to their share of the cores (drift_assets_tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: lint browser postgres
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The tier to run while developing: no demo model, no vLLM engine, no browser.
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow and not vllm and not browser"
+	$(PYTEST) -m "not slow and not vllm and not browser"
 
 ui: env $(DAGSTER_HOME)/dagster.yaml
 	@# dg dev = the webserver plus the daemon that starts queued runs, backfills and automation, over

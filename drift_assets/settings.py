@@ -55,7 +55,8 @@ class ModelSettings(_Group):
     device_pool: list[str] = Field(
         [],
         description="Devices that runs side by side share, e.g. [cuda:0, cuda:1] (cpu:0, cpu:1 for CPU workers): each run "
-        "leases a free one when it first places a model and keeps it to its end, instead of `device`. Limit the "
+        "leases a free one when it first places a model and keeps it to its end, instead of `device`; CPU workers "
+        "split the process's threads (OMP_NUM_THREADS, else the cores it may use) between them. Limit the "
         "instance's 'gpu' pool to as many runs.",
     )
 

@@ -7,18 +7,41 @@ that the suite fits in CI; every asset runs for real on it: vLLM rollouts, Delta
 
 Tests that need the demo model (every test using ``demo_dir``, directly or through another fixture)
 are marked ``slow``: ``make test-fast`` runs the others.
+
+Under pytest-xdist (``make test`` runs two workers) each worker and the processes it starts (Dagster
+runs, vLLM engines) get its share of the CPUs: as many torch threads, and vLLM's threads bound to its
+own cores, instead of two workers each spinning a thread on every core. The session fixtures are
+built once for all workers (the first to ask builds, the others wait for it).
 """
 
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-import yaml
-from dagster import DagsterInstance, instance_for_test
 
-from drift_assets.settings import DEFAULT_SETTINGS_PATH, Settings, load_settings
+def _take_this_workers_share_of_the_cpus() -> None:
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count:
+        return
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    per_worker = max(1, len(cpus) // int(count))
+    first = int(worker.removeprefix("gw")) * per_worker % len(cpus)
+    share = cpus[first : first + per_worker]
+    # Before torch is imported (here and in every child): its OpenMP pool is sized once, from this.
+    os.environ["OMP_NUM_THREADS"] = str(len(share))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, share))
+
+
+_take_this_workers_share_of_the_cpus()
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from dagster import DagsterInstance, instance_for_test  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+from drift_assets.settings import DEFAULT_SETTINGS_PATH, Settings, load_settings  # noqa: E402
 
 SMALL_DEMO = {
     # A lower accuracy band than the demo's stops pre-training earlier; the model still gets most
@@ -41,20 +64,40 @@ def write_settings(directory: Path, overrides: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    """A workspace whose demo inputs and base model are materialized (once per session)."""
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A directory that ``build`` fills once per test session, shared by every xdist worker: the first
+    to ask builds it under a lock, the others wait and then read it. A failed build leaves no marker,
+    so the next worker to ask tries again from an empty directory."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        directory = tmp_path_factory.mktemp(name)
+        build(directory)
+        return directory
+    root = tmp_path_factory.getbasetemp().parent  # the session's, above each worker's own
+    directory, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
+
+
+def _materialize_demo(directory: Path) -> None:
+    from dagster import AssetKey
+
     from drift_assets.definitions import build_definitions
     from drift_assets.runner import materialize_assets
 
-    directory = tmp_path_factory.mktemp("demo")
     settings = load_settings(write_settings(directory, SMALL_DEMO))
     with instance_for_test() as instance:
-        defs = build_definitions(settings)
-        from dagster import AssetKey
+        materialize_assets(build_definitions(settings), instance, [AssetKey("demo_task_files"), AssetKey("demo_base_model")])
 
-        materialize_assets(defs, instance, [AssetKey("demo_task_files"), AssetKey("demo_base_model")])
-    return directory
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A workspace whose demo inputs and base model are materialized (once per session)."""
+    return built_once(tmp_path_factory, "demo", _materialize_demo)
 
 
 @contextmanager
@@ -73,11 +116,12 @@ def materialized(demo_dir, tmp_path_factory) -> Path:
     from drift_assets.definitions import build_definitions
     from drift_assets.runner import materialize_pipeline
 
-    directory = tmp_path_factory.mktemp("materialized")
-    shutil.copytree(demo_dir / "demo", directory / "demo")
-    with instance_in(directory) as instance:
-        materialize_pipeline(build_definitions(settings_in(directory)), instance, include_demo=False)
-    return directory
+    def build(directory: Path) -> None:
+        shutil.copytree(demo_dir / "demo", directory / "demo")
+        with instance_in(directory) as instance:
+            materialize_pipeline(build_definitions(settings_in(directory)), instance, include_demo=False)
+
+    return built_once(tmp_path_factory, "materialized", build)
 
 
 @pytest.fixture
@@ -89,9 +133,15 @@ def private_materialized(materialized, tmp_path) -> Path:
 
 
 def pytest_collection_modifyitems(items):
+    needs_demo = set()
     for item in items:
         if "demo_dir" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
+            needs_demo.add(item.path)
+    # make test hands whole files to two workers in this order: the browser test first (its worker
+    # trains the demo model, then the test mostly waits on Dagster's daemon), then every file that
+    # does not need the demo model (the other worker's work meanwhile), then the rest.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("browser") else 1 if item.path not in needs_demo else 2)
 
 
 @pytest.fixture

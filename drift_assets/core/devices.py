@@ -33,6 +33,17 @@ def check_device_pool(pool: Sequence[str]) -> list[str]:
     return list(pool)
 
 
+def cpu_threads() -> int:
+    """The threads this process's CPU work may use: ``OMP_NUM_THREADS`` where set (the budget whoever
+    started it gave it), else the CPUs its affinity allows (which taskset or a container narrows)."""
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    if budget.isdigit() and int(budget) > 0:
+        return int(budget)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_lock_dir() -> Path:
     """Where the pool's lock files live: one directory per machine, shared by its runs."""
     return Path(os.environ.get(LOCK_DIR_ENV_VAR) or Path(tempfile.gettempdir()) / "drift_assets-device-locks")
@@ -84,8 +95,8 @@ def _use(label: str, pool_size: int) -> str:
         return "cuda"
     import torch
 
-    # The pool's CPU workers share the cores instead of each starting a thread per core.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // pool_size))
+    # The pool's CPU workers share the process's thread budget instead of each starting a thread per core.
+    torch.set_num_threads(max(1, cpu_threads() // pool_size))
     return "cpu"
 
 

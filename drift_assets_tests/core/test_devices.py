@@ -80,3 +80,43 @@ def test_a_cuda_label_becomes_the_only_gpu_the_process_and_its_engine_processes_
         second.kill()
     with pytest.raises(ValueError, match="distinct labels such as cuda:0"):
         lease_device(["gpu0"], tmp_path)
+
+
+THREADS_AFTER_LEASE = """
+import os, sys
+from pathlib import Path
+if sys.argv[2] == "affinity":
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # as taskset or a container's cpuset would
+import torch
+torch.set_num_threads(8)
+from drift_assets.core.devices import lease_device
+lease_device(["cpu:0"], Path(sys.argv[1]))
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+@pytest.mark.parametrize("budget", ["affinity", "OMP_NUM_THREADS"])
+def test_a_cpu_lease_sizes_torchs_threads_to_the_process_budget(tmp_path, budget):
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    if budget == "OMP_NUM_THREADS":
+        env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", THREADS_AFTER_LEASE, str(tmp_path), budget], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == 1
+
+
+def test_a_test_worker_and_the_processes_it_starts_keep_to_its_share_of_the_cores():
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("only under make test's workers (pytest-xdist)")
+    import torch
+
+    share = os.environ["VLLM_CPU_OMP_THREADS_BIND"].split(",")
+    # Fails when something imports torch before the conftest sets the share.
+    assert torch.get_num_threads() == len(share)
+    child = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True, timeout=120
+    )
+    assert int(child.stdout) == len(share), child.stderr

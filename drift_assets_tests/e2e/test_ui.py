@@ -345,8 +345,11 @@ def dagster_ui(demo_dir, tmp_path, request, postgres_url, s3_options):
 def page(request):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (make browser)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Assertions wait as long as actions: a page rendering beside the rest of the suite (make test
+    # runs it on one of two workers) can take longer than Playwright's 5 s default.
+    expect.set_options(timeout=30_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
