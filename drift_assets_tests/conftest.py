@@ -138,10 +138,30 @@ def pytest_collection_modifyitems(items):
         if "demo_dir" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
             needs_demo.add(item.path)
+
     # make test hands whole files to two workers in this order: the browser test first (its worker
     # trains the demo model, then the test mostly waits on Dagster's daemon), then every file that
-    # does not need the demo model (the other worker's work meanwhile), then the rest.
-    items.sort(key=lambda item: 0 if item.get_closest_marker("browser") else 1 if item.path not in needs_demo else 2)
+    # does not need the demo model (the other worker's work meanwhile), then the rest, longest first
+    # so that neither worker is left with a long file at the end while the other idles.
+    def order(item) -> tuple[int, int]:
+        if item.get_closest_marker("browser"):
+            return 0, 0
+        if item.path not in needs_demo:
+            return 1, 0
+        return 2, -LONGEST_DEMO_FILES.get(f"{item.path.parent.name}/{item.path.name}", 0)
+
+    items.sort(key=order)
+
+
+# Seconds each file that needs the demo model took on one of make test's workers (2 cores, 2026-12-03):
+# the order only, so a stale figure costs time, never a result.
+LONGEST_DEMO_FILES = {
+    "assets/test_operations.py": 157,
+    "assets/test_trajectory.py": 142,
+    "assets/test_rollouts.py": 78,
+    "assets/test_object_storage.py": 60,
+    "assets/test_pipeline.py": 56,
+}
 
 
 @pytest.fixture
