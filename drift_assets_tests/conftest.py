@@ -132,6 +132,17 @@ def private_materialized(materialized, tmp_path) -> Path:
     return copy
 
 
+# Seconds each file that needs the demo model took on one of make test's workers (2 cores, 2026-12-03):
+# the order only, so a stale figure costs time, never a result.
+LONGEST_DEMO_FILES = {
+    "assets/test_operations.py": 157,
+    "assets/test_trajectory.py": 142,
+    "assets/test_rollouts.py": 78,
+    "assets/test_object_storage.py": 60,
+    "assets/test_pipeline.py": 56,
+}
+
+
 def pytest_collection_modifyitems(items):
     needs_demo = set()
     for item in items:
@@ -151,17 +162,6 @@ def pytest_collection_modifyitems(items):
         return 2, -LONGEST_DEMO_FILES.get(f"{item.path.parent.name}/{item.path.name}", 0)
 
     items.sort(key=order)
-
-
-# Seconds each file that needs the demo model took on one of make test's workers (2 cores, 2026-12-03):
-# the order only, so a stale figure costs time, never a result.
-LONGEST_DEMO_FILES = {
-    "assets/test_operations.py": 157,
-    "assets/test_trajectory.py": 142,
-    "assets/test_rollouts.py": 78,
-    "assets/test_object_storage.py": 60,
-    "assets/test_pipeline.py": 56,
-}
 
 
 @pytest.fixture
