@@ -44,9 +44,18 @@ from filelock import FileLock  # noqa: E402
 from drift_assets.settings import DEFAULT_SETTINGS_PATH, Settings, load_settings  # noqa: E402
 
 SMALL_DEMO = {
-    # A lower accuracy band than the demo's stops pre-training earlier; the model still gets most
-    # validation queries right only sometimes, which is what the tests need of it.
-    "demo": {"enabled": True, "seed": 0, "n_train": 600, "n_validation": 24, "n_test": 120, "target_accuracy": [0.2, 0.5]},
+    # A narrower model (a third of the demo's cost per step) and a lower accuracy band than the
+    # demo's: pre-training stops sooner; the model still gets most validation queries right only
+    # sometimes, which is what the tests need of it.
+    "demo": {
+        "enabled": True,
+        "seed": 0,
+        "n_train": 600,
+        "n_validation": 24,
+        "n_test": 120,
+        "target_accuracy": [0.2, 0.5],
+        "hidden_size": 64,
+    },
     "rollout": {"backend": "vllm", "samples_per_query": 6, "max_tokens": 64},
     "projection": {"shards": 3},
     "warmup": {"steps": []},  # the trajectory has its own test; the others score at the base model
@@ -135,11 +144,11 @@ def private_materialized(materialized, tmp_path) -> Path:
 # Seconds each file that needs the demo model took on one of make test's workers (2 cores, 2026-12-03):
 # the order only, so a stale figure costs time, never a result.
 LONGEST_DEMO_FILES = {
-    "assets/test_operations.py": 157,
-    "assets/test_trajectory.py": 142,
-    "assets/test_rollouts.py": 78,
-    "assets/test_object_storage.py": 60,
-    "assets/test_pipeline.py": 56,
+    "assets/test_trajectory.py": 172,
+    "assets/test_operations.py": 153,
+    "assets/test_rollouts.py": 61,
+    "assets/test_pipeline.py": 29,
+    "assets/test_object_storage.py": 17,
 }
 
 
@@ -151,7 +160,7 @@ def pytest_collection_modifyitems(items):
             needs_demo.add(item.path)
 
     # make test hands whole files to two workers in this order: the browser test first (its worker
-    # trains the demo model, then the test mostly waits on Dagster's daemon), then every file that
+    # trains the demo model, then the test runs a backfill through Dagster's daemon), then every file that
     # does not need the demo model (the other worker's work meanwhile), then the rest, longest first
     # so that neither worker is left with a long file at the end while the other idles.
     def order(item) -> tuple[int, int]:

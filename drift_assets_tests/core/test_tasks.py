@@ -181,6 +181,12 @@ def test_demo_settings_take_the_tasks_defaults_and_name_bad_combinations():
     assert settings.demo.recipe().continued_sft_steps == 600
     settings = parse_settings({"demo": {"task": "count", "format_fraction": 0.0, "max_pretrain_steps": 500}}, "s.yaml", ".")
     assert "format" not in settings.demo.noise() and settings.demo.recipe().max_steps == 500
+    narrow = parse_settings({"demo": {"task": "count", "hidden_size": 64}}, "s.yaml", ".").demo.recipe().shape
+    task_shape = get_task("count").recipe.shape
+    assert (narrow.hidden_size, narrow.num_heads, narrow.intermediate_size) == (64, 1, 192)
+    assert narrow.max_positions == task_shape.max_positions == 64 and task_shape.hidden_size == 128  # the rest is the task's
+    with pytest.raises(SettingsError, match=r"s.yaml: demo.hidden_size: .*multiple of 64"):
+        parse_settings({"demo": {"hidden_size": 96}}, "s.yaml", ".")
     with pytest.raises(SettingsError, match="s.yaml: demo: the sort task has no off_task noise"):
         parse_settings({"demo": {"task": "sort", "off_task_fraction": 0.1}}, "s.yaml", ".")
     with pytest.raises(SettingsError, match="grading.answer_marker must be '####' for demo.task count"):
