@@ -161,6 +161,7 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
             seed=self.seed,
             adapter=model.adapter,
             max_lora_rank=vllm_max_lora_rank(adapter_rank(model.adapter)) if model.adapter else None,
+            engine_process=self.engine_process,
         )
         try:
             yield engine

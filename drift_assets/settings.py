@@ -229,6 +229,12 @@ class RolloutSettings(_Group):
         ge=16,
         description="vLLM's context length; unset: the model's own (config.json's max_position_embeddings)",
     )
+    engine_process: Literal["auto", "separate", "same"] = Field(
+        "auto",
+        description="Where vLLM's engine runs: 'separate' processes (vLLM's default; on a GPU its memory comes back "
+        "whole when they exit), 'same' (the run's own process: no second start of Python and vLLM, so it starts "
+        "much sooner), 'auto': separate on a GPU, same on the CPU. The completions are the same either way.",
+    )
 
 
 class GradingSettings(_Group):
@@ -671,7 +677,7 @@ LOCATIONS = frozenset(
     {"base_dir", "resolve", "model_path", "warehouse_root", "model.path", "model.device", "model.device_pool", "warehouse"}
     | {"data.training_pool", "data.validation_queries", "data.test_queries", "warmup.checkpoint_dir"}
     | {"projection.batch_size", "projection.shards", "projection.gradient_checkpointing", "checkpoints"}
-    | {"benchmark.sft.gradient_checkpointing"}
+    | {"benchmark.sft.gradient_checkpointing", "rollout.engine_process"}
 )
 # Settings computed from others: a derived name is readable where what it is computed from is read,
 # and the settings reference lists what each one is computed from.

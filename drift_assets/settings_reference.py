@@ -66,6 +66,8 @@ def assets_reading(key: str, reads: dict[str, tuple[str, ...]]) -> list[str]:
     """The assets whose code version hashes ``key`` (a "group.field" or "group.sub.field")."""
 
     def covers(read: str) -> bool:
+        if key in LOCATIONS:  # hashed only where an asset names it (Reads.code_version)
+            return key in _sources(read)
         return any(key == source or key.startswith(source + ".") or source.startswith(key + ".") for source in _sources(read))
 
     return sorted(asset for asset, keys in reads.items() if any(covers(read) for read in keys))

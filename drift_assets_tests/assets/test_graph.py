@@ -28,6 +28,7 @@ CHANGES = {
     "rollout.temperature": {"rollout": {"temperature": 0.7}},
     "rollout.max_tokens": {"rollout": {"max_tokens": 32}},
     "rollout.backend": {"rollout": {"backend": "transformers"}},
+    "rollout.engine_process": {"rollout": {"engine_process": "separate"}},
     "grading.numeric_tolerance": {"grading": {"numeric_tolerance": 0.5}},
     "grading.default_grader": {"grading": {"default_grader": "exact"}},
     "projection.rank": {"projection": {"rank": 8}},
@@ -39,6 +40,7 @@ CHANGES = {
     "selection.fraction": {"selection": {"fraction": 0.3}},
     "selection.export_dir": {"selection": {"export_dir": "elsewhere"}},
     "benchmark.sft.steps": {"benchmark": {"sft": {"steps": 10}}},
+    "benchmark.sft.gradient_checkpointing": {"benchmark": {"sft": {"gradient_checkpointing": True}}},
     "benchmark.seeds": {"benchmark": {"seeds": [7]}},
     "benchmark.methods": {"benchmark": {"methods": ["full", "drift"]}},
 }

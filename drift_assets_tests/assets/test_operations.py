@@ -226,8 +226,13 @@ def test_runs_killed_during_rollouts_and_mid_shard_leave_no_process_and_the_next
     for name, rows in (("training_pool.jsonl", 120), ("validation_queries.jsonl", 8)):
         lines = (demo_dir / "demo" / name).read_text().splitlines(keepends=True)[:rows]
         (tmp_path / "demo" / name).write_text("".join(lines))
+    # vLLM's engine in processes of its own, as on a GPU: what a killed run must not leave behind.
     settings = settings_in(
-        tmp_path, demo={"enabled": False}, data={"test_queries": None}, rollout={"samples_per_query": 4}, projection={"shards": 2}
+        tmp_path,
+        demo={"enabled": False},
+        data={"test_queries": None},
+        rollout={"samples_per_query": 4, "engine_process": "separate"},
+        projection={"shards": 2},
     )
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

