@@ -3,7 +3,9 @@
 Both engines sample the same prompts ("What is a + b?\\n" validation-style queries) with the same
 SamplingSettings on (a) the demo model and (b) a random-initialised Llama of about 50M parameters.
 "generate s" is the wall time of one ``engine.generate`` call; engine start-up (loading the model,
-starting vLLM's engine process, one short warm-up request) is reported separately in "startup s".
+starting vLLM's engine, one short warm-up request) is reported separately in "startup s". vLLM runs
+twice: ``vllm`` with its engine in this process (``rollout.engine_process: auto`` on the CPU) and
+``vllm-separate`` in processes of its own (vLLM's default, ``auto`` on a GPU).
 The random model rarely samples EOS, so its completions run close to max_tokens.
 
 The transformers engine decodes one query at a time (its n samples as one batch), so its tokens/s
@@ -34,11 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models bes
 
 from benchmark_args import MODELS, add_model_arguments, comma_list  # noqa: E402
 
+# In this order: the engine in its own processes goes first, so that none lingers beside a later measurement.
+BACKENDS = ("transformers", "vllm-separate", "vllm")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_arguments(parser)
-    parser.add_argument("--backends", default="transformers,vllm", help="comma-separated subset of: transformers, vllm")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated subset of: transformers, vllm (its engine in this process), vllm-separate (in its own)",
+    )
     parser.add_argument("--prompts", type=int, default=32, help="number of distinct prompts")
     parser.add_argument(
         "--transformers-prompts",
@@ -61,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.prompts, args.samples, args.max_tokens, args.layers = 8, 2, 32, 4
         args.transformers_prompts = min(args.transformers_prompts, 4)
     args.models = comma_list(parser, "--models", args.models, MODELS)
-    args.backends = comma_list(parser, "--backends", args.backends, ("transformers", "vllm"))
+    args.backends = comma_list(parser, "--backends", args.backends, BACKENDS)
     return args
 
 
@@ -88,7 +97,10 @@ def open_engine(backend: str, directory: Path, max_model_len: int):
 
         model, tokenizer = load(directory)
         return TransformersEngine(model, tokenizer)
-    return VllmEngine(str(directory), dtype="float32", gpu_memory_utilization=0.2, max_model_len=max_model_len)
+    engine_process = "separate" if backend == "vllm-separate" else "same"
+    return VllmEngine(
+        str(directory), dtype="float32", gpu_memory_utilization=0.2, max_model_len=max_model_len, engine_process=engine_process
+    )
 
 
 def measure(backend: str, label: str, parameters: str, directory: Path, prompt_ids, settings) -> Measurement:
@@ -147,7 +159,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     backends = list(args.backends)
     vllm_version = "not installed"
-    if "vllm" in backends:
+    if {"vllm", "vllm-separate"} & set(backends):
         available, reason = vllm_available()
         if available:
             import vllm
@@ -155,7 +167,7 @@ def main(argv=None) -> None:
             vllm_version = vllm.__version__
         else:
             print(f"vLLM does not import here ({reason}): measuring transformers only")
-            backends.remove("vllm")
+            backends = [b for b in backends if not b.startswith("vllm")]
     settings = SamplingSettings(n=args.samples, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     load_average = os.getloadavg()[0]
     print(
@@ -192,7 +204,7 @@ def main(argv=None) -> None:
             del model
         # All transformers runs first: a vLLM engine process that lingers after close() must not
         # share the cores with a later transformers measurement.
-        for backend in [b for b in ("transformers", "vllm") if b in backends]:
+        for backend in [b for b in BACKENDS if b in backends]:
             for entry, parameters, prompt_ids in prepared:
                 print(f"  measuring {backend} on {entry.label} ...", flush=True)
                 if backend == "transformers":
@@ -204,7 +216,7 @@ def main(argv=None) -> None:
                     flush=True,
                 )
                 measurements.append(measurement)
-    order = {b: i for i, b in enumerate(("transformers", "vllm"))}
+    order = {b: i for i, b in enumerate(BACKENDS)}
     labels = [entry.label for entry, _, _ in prepared]
     measurements.sort(key=lambda m: (labels.index(m.model), order[m.backend]))
     print()

@@ -1,6 +1,7 @@
 """Measure one step's peak memory on the CPU, in a process of its own, and print it with the plan.
 
     MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.memory_probe sft 512 1376 8 32000 4 256 [lora] [checkpointing]
+    MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.memory_probe --serve   # probes read from stdin, a line each
 
 The peak is the process's peak resident memory during the step (``VmHWM``, reset just before it)
 minus its resident memory then, with the model built and the batch made. glibc's malloc is told to map every
@@ -80,5 +81,35 @@ def main(argv: list[str]) -> None:
     print(json.dumps({"measured": peak, "planned": planned, "plan": plan.describe()}))
 
 
+def serve() -> None:
+    """Probe after probe, each in a child forked from this process, so that torch, transformers and
+    the library are imported once while every probe still has a process, and a peak, of its own.
+    Reads one probe's arguments per line on stdin; for each writes the child's JSON line (or
+    ``{"error": ...}``), then ``exit <status>``."""
+    import traceback
+
+    from transformers import LlamaForCausalLM  # noqa: F401  (what build_tiny_llama imports)
+
+    import drift_assets.core.adapters
+    import drift_assets.core.memory
+    import drift_assets.core.projection
+    import drift_assets.core.tiny_model  # noqa: F401
+
+    for line in sys.stdin:
+        sys.stdout.flush()  # nothing buffered here may be written twice by the child
+        child = os.fork()
+        if child == 0:
+            status = 0
+            try:
+                main(line.split())
+            except BaseException:
+                print(json.dumps({"error": traceback.format_exc()}))
+                status = 1
+            sys.stdout.flush()
+            os._exit(status)
+        _, status = os.waitpid(child, 0)
+        print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    serve() if sys.argv[1:] == ["--serve"] else main(sys.argv[1:])

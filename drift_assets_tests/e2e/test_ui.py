@@ -59,7 +59,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SOURCES = {"training_pool_source", "validation_queries_source", "test_queries_source", "base_model"}
-SHARDS = {"000", "001", "002"}  # SMALL_DEMO: projection.shards = 3
+SHARDS = {"000", "001"}  # one per device: the two shard runs wait for the held pool together
 CHECKPOINT_CHAIN = {"rollouts", "grades", "projection_basis", "validation_gradients", "training_gradient_projections"}
 BACKFILL_TIMEOUT_S = 420
 DEVICES = ["cpu:0", "cpu:1"]  # the device pool the shard runs lease from, two at a time
@@ -332,6 +332,7 @@ def dagster_ui(demo_dir, tmp_path, request, postgres_url, s3_options):
         rollout={"backend": "transformers"},
         demo={"enabled": False},
         model={"device_pool": DEVICES},
+        projection={"shards": len(SHARDS)},
         warehouse={"root": WAREHOUSE, "storage_options": s3_options},
     )
     assert settings.data.test_queries and settings.benchmark.sft.steps <= 100  # SMALL_DEMO's short fine-tunes
