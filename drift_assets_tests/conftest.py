@@ -144,11 +144,11 @@ def private_materialized(materialized, tmp_path) -> Path:
 # Seconds each file that needs the demo model took on one of make test's workers (2 cores, 2026-12-03):
 # the order only, so a stale figure costs time, never a result.
 LONGEST_DEMO_FILES = {
-    "assets/test_trajectory.py": 172,
-    "assets/test_operations.py": 153,
-    "assets/test_rollouts.py": 61,
-    "assets/test_pipeline.py": 29,
-    "assets/test_object_storage.py": 17,
+    "assets/test_operations.py": 150,
+    "assets/test_trajectory.py": 97,
+    "assets/test_rollouts.py": 71,
+    "assets/test_pipeline.py": 34,
+    "assets/test_object_storage.py": 32,
 }
 
 
