@@ -16,7 +16,13 @@ import warnings
 
 import polars as pl
 
-from drift_assets.settings import SettingsError, load_settings
+# torch reads its C++ log level once, when it is first imported (by the settings, next): a command
+# without --verbose sets it first, so that the notices of vLLM's engine, which runs in this process
+# on the CPU, stay out of the terminal (quiet_libraries sets the rest, for what is imported later).
+if "--verbose" not in sys.argv[1:]:
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+from drift_assets.settings import SettingsError, load_settings  # noqa: E402
 
 
 def _summary(settings) -> str:

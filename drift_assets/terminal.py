@@ -24,7 +24,7 @@ QUIET_LIBRARIES = {
     "VLLM_LOGGING_LEVEL": "ERROR",  # the engine's start-up and shutdown chatter
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" and "Writing model shards" bars
     "TQDM_DISABLE": "1",  # any other progress bar left at its default
-    "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's NUMA-binding notice in the engine's worker
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's NUMA-binding notice where vLLM's engine runs (cli.py sets it first)
     "TORCH_LOGS": "-all",  # torch's Python-side notices there ("Triton not available", without triton)
     "PYTHONWARNINGS": "ignore::FutureWarning",  # deprecations inside vLLM, in its own processes
 }
