@@ -159,7 +159,7 @@ class DemoSettings(_Group):
         ge=64,
         multiple_of=64,
         description="The base model's width (default: the task's): heads of 64 dimensions, the smallest vLLM's CPU "
-        "attention takes, and an MLP three times as wide. A narrower model trains faster and answers less well.",
+        "attention takes, and an MLP three times as wide. A narrower model costs less per pre-training step.",
     )
 
     def spec(self):

@@ -61,10 +61,10 @@ def test_vllm_rollouts_are_reproducible_differ_within_a_query_and_carry_true_log
     # on a GPU in processes of its own, as here with "separate".
     tokenizer = demo_model.load_tokenizer()
     prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
-    for where, processes in (("auto", 0), ("separate", 2)):  # separate: the engine core and its CPU worker
+    for where, own_processes in (("auto", False), ("separate", True)):
         resource = RolloutEngineResource(backend="vllm", samples_per_query=4, max_tokens=64, seed=0, engine_process=where)
         with resource.open_engine(demo_model) as engine:
-            assert len(vllm_engines_under(os.getpid())) == processes, where
+            assert bool(vllm_engines_under(os.getpid())) == own_processes, where
             elsewhere = engine.generate(prompt_ids, resource.sampling())
         assert [[c.text for c in group] for group in elsewhere.completions] == texts, where
     assert any(len(set(group)) > 1 for group in texts)  # samples of one query differ

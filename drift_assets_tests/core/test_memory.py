@@ -71,6 +71,7 @@ def test_the_plan_is_within_a_quarter_of_the_measured_peak(probes, probe):
     """Each step in a process of its own (drift_assets_tests.memory_probe says how it is measured);
     none of these shapes was among those the plan's coefficients were fitted on."""
     status, lines = probes(probe)
+    assert lines, f"the probe printed nothing (exit status {status})"
     figures = json.loads(lines[-1])
     assert status == 0, figures.get("error", figures)
     assert 0.75 <= figures["planned"] / figures["measured"] <= 1.25, figures
