@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models bes
 
 from benchmark_args import MODELS, add_model_arguments, comma_list  # noqa: E402
 
-# In this order: the engine in its own processes goes first, so that none lingers beside a later measurement.
+# Measured in this order: transformers before any vLLM engine, and vLLM's own processes before the
+# engine in this one, so that no engine process lingering after close() shares the cores with a later row.
 BACKENDS = ("transformers", "vllm-separate", "vllm")
 
 
@@ -202,8 +203,6 @@ def main(argv=None) -> None:
             prompt_ids = [encode_prompt(tokenizer, render_prompt(tokenizer, q["prompt"])) for q in queries]
             prepared.append((entry, format_parameters(parameter_count(model)), prompt_ids))
             del model
-        # All transformers runs first: a vLLM engine process that lingers after close() must not
-        # share the cores with a later transformers measurement.
         for backend in [b for b in BACKENDS if b in backends]:
             for entry, parameters, prompt_ids in prepared:
                 print(f"  measuring {backend} on {entry.label} ...", flush=True)

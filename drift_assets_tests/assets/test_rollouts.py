@@ -27,14 +27,18 @@ from drift_assets_tests.conftest import settings_in
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
 
 
-def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4):
-    resource = RolloutEngineResource(backend=backend, samples_per_query=n, max_tokens=64, seed=seed)
+def sample(model: ModelResource, backend: str, seed: int = 0, n: int = 4, engine_process: str = "auto"):
+    """Two reports of the same requests from one engine, and the vLLM engine processes it started."""
+    resource = RolloutEngineResource(
+        backend=backend, samples_per_query=n, max_tokens=64, seed=seed, engine_process=engine_process
+    )
     tokenizer = model.load_tokenizer()
     prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
     with resource.open_engine(model) as engine:
+        processes = vllm_engines_under(os.getpid())
         report = engine.generate(prompt_ids, resource.sampling())
         again = engine.generate(prompt_ids, resource.sampling())
-    return report, again
+    return report, again, processes
 
 
 def sampled_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
@@ -53,20 +57,16 @@ def demo_model(demo_dir) -> ModelResource:
 
 @pytest.mark.vllm
 def test_vllm_rollouts_are_reproducible_differ_within_a_query_and_carry_true_logprobs(demo_model):
-    report, again = sample(demo_model, "vllm")
+    report, again, processes = sample(demo_model, "vllm")
     assert report.engine == "vllm"
+    # rollout.engine_process: auto runs the engine in this process on the CPU, in its own on a GPU.
+    assert bool(processes) == torch.cuda.is_available()
     texts = [[c.text for c in group] for group in report.completions]
     assert texts == [[c.text for c in group] for group in again.completions]  # a seed fixes the samples
-    # ... wherever the engine runs: on the CPU it runs in this process (rollout.engine_process: auto),
-    # on a GPU in processes of its own, as here with "separate".
-    tokenizer = demo_model.load_tokenizer()
-    prompt_ids, _ = query_token_pairs(tokenizer, QUERIES["prompt"], [""] * QUERIES.height)
-    for where, own_processes in (("auto", False), ("separate", True)):
-        resource = RolloutEngineResource(backend="vllm", samples_per_query=4, max_tokens=64, seed=0, engine_process=where)
-        with resource.open_engine(demo_model) as engine:
-            assert bool(vllm_engines_under(os.getpid())) == own_processes, where
-            elsewhere = engine.generate(prompt_ids, resource.sampling())
-        assert [[c.text for c in group] for group in elsewhere.completions] == texts, where
+    # ... wherever the engine runs: in processes of its own too, as on a GPU.
+    elsewhere, _, processes = sample(demo_model, "vllm", engine_process="separate")
+    assert processes
+    assert [[c.text for c in group] for group in elsewhere.completions] == texts
     assert any(len(set(group)) > 1 for group in texts)  # samples of one query differ
     table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=0)
     assert table.schema == pl.Schema(ROLLOUT_SCHEMA)
@@ -111,7 +111,7 @@ def test_vllm_with_a_bpe_chat_model_samples_the_tokens_whose_logprob_it_reports(
 
 
 def test_transformers_backend_gives_the_same_schema_reproducibly_with_true_logprobs(demo_model):
-    report, again = sample(demo_model, "transformers")
+    report, again, _ = sample(demo_model, "transformers")
     assert report.engine == "transformers"
     assert [[c.text for c in g] for g in report.completions] == [[c.text for c in g] for g in again.completions]
     table = rollout_rows(QUERIES, report, demo_model.fingerprint(), seed=0)
@@ -121,7 +121,7 @@ def test_transformers_backend_gives_the_same_schema_reproducibly_with_true_logpr
     assert torch.allclose(
         torch.tensor(table["logprob_sum"].to_list(), dtype=torch.float64), expected.double(), atol=1e-3, rtol=1e-4
     )
-    other_seed, _ = sample(demo_model, "transformers", seed=1)
+    other_seed, _, _ = sample(demo_model, "transformers", seed=1)
     assert [[c.text for c in g] for g in other_seed.completions] != [[c.text for c in g] for g in report.completions]
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 
 import pytest
@@ -14,6 +15,7 @@ from drift_assets.core.memory import MemoryPlan, MemoryPlanError, ModelShape, tr
 
 DEMO = ["128", "384", "2", "100", "64", "128"]  # the demo model's shape (hidden, MLP, layers, vocab), 64 × 128 tokens
 FIFTY_M = ["512", "1376", "8", "32000", "4", "256"]  # a 58M-parameter Llama, 4 × 256 tokens
+PROBE_TIMEOUT_S = 300  # one probe's limit
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,14 @@ def probes():
         server.stdin.write(" ".join(argv) + "\n")
         server.stdin.flush()
         lines = []
-        while not (line := server.stdout.readline()).startswith("exit "):
-            assert line, f"the probe server ended (status {server.poll()})"
-            lines.append(line)
+        hung = threading.Timer(PROBE_TIMEOUT_S, server.kill)  # a probe that hangs ends the server: the read fails
+        hung.start()
+        try:
+            while not (line := server.stdout.readline()).startswith("exit "):
+                assert line, f"the probe server ended (status {server.poll()})"
+                lines.append(line)
+        finally:
+            hung.cancel()
         return int(line.split()[1]), lines
 
     yield probe
