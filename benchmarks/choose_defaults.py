@@ -3,12 +3,16 @@
     .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell,count --warmup on --materialize-only
     .venv/bin/python benchmarks/choose_defaults.py                       # the tasks that choose defaults
     .venv/bin/python benchmarks/choose_defaults.py --tasks sort --candidates skip/unit/signed/base,...
+    .venv/bin/python benchmarks/choose_defaults.py --draws 0,1 --reuse-benchmark \
+        --candidates skip/unit/positive/warmup,skip/unit/positive/warmup/round_robin
 
 For each task (its workspace under ``data/suite/<task>/``, materialized with warm-up checkpoints)
 it scores the pool with every candidate, ``unsolved/debias/weighting/checkpoints`` (e.g.
 ``skip/log_orthogonal/signed/warmup``: unsolved queries skipped, the log-space debias, signed
 weights, averaged along the warm-up checkpoints; ``base`` scores at the base model alone), selects
-the task's share of the pool, fine-tunes the base model on it as the method benchmark does, and
+the task's share of the pool (an optional fifth part says how: ``top``, the default; ``round_robin``,
+the validation queries taking turns; ``filter``, a random draw from all but the lowest-scored 30%;
+``strata``, the top within length deciles), fine-tunes the base model on it as the method benchmark does, and
 prints per candidate the noise AUC and the accuracy minus full-data SFT on the same seed (mean ±
 standard error), per task and averaged. Fine-tunes are cached in ``data/suite/cache/`` by their
 selection and seed, so a rerun with more candidates or seeds only runs what is new.
@@ -33,6 +37,7 @@ UNSOLVED = ("reference", "skip")
 DEBIAS = ("unit", "log_orthogonal", "none")
 WEIGHTING = ("signed", "positive")
 CHECKPOINTS = ("base", "warmup")
+RULES = ("top", "strata", "round_robin", "filter")  # the optional fifth part: how the selection is drawn from the scores
 
 
 def all_candidates() -> list[str]:
@@ -43,6 +48,9 @@ def parse_candidate(text: str):
     from drift_assets.core.attribution import ScoringSettings
 
     unsolved, debias, weighting, checkpoints = text.split("/")[:4]
+    rule = text.split("/")[4] if text.count("/") >= 4 else "top"
+    if rule not in RULES:
+        raise ValueError(f"{text!r}: the selection rule must be one of {RULES}")
     if unsolved not in UNSOLVED or debias not in DEBIAS or weighting not in WEIGHTING or checkpoints not in CHECKPOINTS:
         raise ValueError(
             f"{text!r}: expected unsolved/debias/weighting/checkpoints from {UNSOLVED}, {DEBIAS}, {WEIGHTING}, {CHECKPOINTS}"
@@ -61,6 +69,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task not held out)")
     parser.add_argument("--candidates", default=None, help="comma-separated unsolved/debias/weighting/checkpoints (default: all)")
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--draws", default="0", help="the task draws (demo.seed) to run, as suite.py --draws made them")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-sft", action="store_true", help="noise AUC only")
     parser.add_argument(
@@ -70,6 +79,12 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override benchmark.sft for these runs, e.g. --sft epochs=3 --sft learning_rate=3e-4",
     )
+    parser.add_argument(
+        "--reuse-benchmark",
+        action="store_true",
+        help="take full, random, oracle and the configured DRIFT (as the candidate of the task's own settings) from the "
+        "suite's method_benchmark table instead of fine-tuning them again (the same selections, recipe and seeds)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -77,13 +92,16 @@ def main() -> None:
 
     from drift_assets.core.attribution import noise_auc
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
-    from drift_assets.core.selection import length_strata, select, select_within_strata
+    from drift_assets.core.selection import length_strata, round_robin, select, select_within_strata
     from drift_assets.core.stored import gradients_along
+    from drift_assets.core.trajectory import score_queries_along
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
     from drift_assets.tasks import TASKS
 
-    tasks = args.tasks.split(",") if args.tasks else [name for name, task in TASKS.items() if not task.held_out]
+    names = args.tasks.split(",") if args.tasks else [name for name, task in TASKS.items() if not task.held_out]
+    # A task's workspace for draw n > 0 (suite.py --draws) is data/suite/<task>-draw<n>/.
+    tasks = [name if draw == 0 else f"{name}-draw{draw}" for name in names for draw in map(int, args.draws.split(","))]
     candidates = args.candidates.split(",") if args.candidates else all_candidates()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -121,18 +139,33 @@ def main() -> None:
             seed: random.Random(f"oracle-selection-{seed}").sample(clean, min(size, len(clean))) for seed in seeds
         }
         aucs = {"full": None, "random": None, "oracle": None}
+        corrupted = set(pool.filter(pl.col("is_corrupted"))["example_id"])
+
+        def noisy_share(ids: list[str], corrupted=corrupted) -> float:
+            return len(corrupted.intersection(ids)) / len(ids)
+
         for candidate in candidates:
             scoring, base_only = parse_candidate(candidate)
             scores = scorer.scores(scoring, pool, base_only=base_only)
             aucs[candidate] = noise_auc(scores, pool)
-            if candidate.endswith("/strata"):
-                chosen_mask = select_within_strata(
-                    scores, math.ceil(settings.selection.fraction * pool.height), length_strata(scores["n_tokens"].to_numpy(), 10)
-                )
+            rule = candidate.split("/")[4] if candidate.count("/") >= 4 else "top"
+            if rule == "filter":
+                # a filter, not a ranking: drop the lowest-scored 30%, sample the selection at random from the rest
+                kept = sorted(scores.filter(pl.col("rank") <= math.ceil(0.7 * pool.height))["example_id"])
+                selections[candidate] = {seed: random.Random(f"filter-selection-{seed}").sample(kept, size) for seed in seeds}
+                continue
+            if rule == "round_robin":
+                along = score_queries_along(scorer.checkpoints[:1] if base_only else scorer.checkpoints, scoring)
+                mask = round_robin(along.matrix, size)
+                chosen = [example_id for example_id, keep in zip(along.example_ids, mask, strict=True) if keep]
+            elif rule == "strata":
+                chosen_mask = select_within_strata(scores, size, length_strata(scores["n_tokens"].to_numpy(), 10))
+                chosen = scores.filter(chosen_mask)["example_id"].to_list()
             else:
-                chosen_mask = select(scores, "top_fraction", settings.selection.fraction)
-            chosen = scores.filter(chosen_mask)["example_id"].to_list()
+                chosen = scores.filter(select(scores, "top_fraction", settings.selection.fraction))["example_id"].to_list()
             selections[candidate] = {seed: chosen for seed in seeds}
+        if args.reuse_benchmark and warehouse.exists("method_benchmark"):
+            cache.update(reused_fine_tunes(warehouse, task, selections, settings))
         jobs = []
         for name, by_seed in selections.items():
             for seed, ids in by_seed.items():
@@ -169,32 +202,69 @@ def main() -> None:
                 print(f"  {index}/{len(unique)} fine-tunes, {time.perf_counter() - started:.0f} s", flush=True)
         cache_path.write_text(json.dumps(cache))
         if args.no_sft:
-            for name in selections:
-                rows.append({"task": task, "candidate": name, "seed": -1, "accuracy": None, "noise_auc": aucs[name]})
+            for name, by_seed in selections.items():
+                noisy = noisy_share(by_seed[seeds[0]])
+                rows.append(
+                    {"task": task, "candidate": name, "seed": -1, "accuracy": None, "noise_auc": aucs[name], "noisy": noisy}
+                )
             continue
         for name, by_seed in selections.items():
             for seed, ids in by_seed.items():
                 accuracy = cache[selection_key(task, ids, seed, settings.benchmark.sft.options(seed))]
-                rows.append({"task": task, "candidate": name, "seed": seed, "accuracy": accuracy, "noise_auc": aucs[name]})
-    table = pl.DataFrame(rows, schema_overrides={"accuracy": pl.Float64, "noise_auc": pl.Float64})
+                rows.append(
+                    {
+                        "task": task,
+                        "candidate": name,
+                        "seed": seed,
+                        "accuracy": accuracy,
+                        "noise_auc": aucs[name],
+                        "noisy": noisy_share(ids),
+                    }
+                )
+    table = pl.DataFrame(rows, schema_overrides={"accuracy": pl.Float64, "noise_auc": pl.Float64, "noisy": pl.Float64})
     report(table, tasks, args.no_sft)
     print(f"\n{time.perf_counter() - started:.0f} s")
+
+
+def configured_candidate(settings) -> str:
+    """The candidate that restates the task's ``influence`` settings (scored along its checkpoints)."""
+    influence = settings.influence
+    checkpoints = "warmup" if len(settings.checkpoints) > 1 else "base"
+    return f"{influence.unsolved}/{influence.debias}/{influence.weighting}/{checkpoints}"
+
+
+def reused_fine_tunes(warehouse, task: str, selections: dict, settings) -> dict[str, float]:
+    """Cache entries (selection key -> accuracy) from the suite's ``method_benchmark`` for the selections
+    both make: full, random, oracle, and ``drift`` as the candidate of the configured settings."""
+    table = warehouse.scan("method_benchmark").collect()
+    names = {"full": "full", "random": "random", "oracle": "oracle", "drift": configured_candidate(settings)}
+    entries = {}
+    for row in table.iter_rows(named=True):
+        candidate = names.get(row["method"])
+        ids = selections.get(candidate, {}).get(row["seed"])
+        if ids is not None and len(ids) == row["n_selected"]:
+            entries[selection_key(task, ids, row["seed"], settings.benchmark.sft.options(row["seed"]))] = row["accuracy"]
+    return entries
 
 
 def report(table, tasks: list[str], no_sft: bool) -> None:
     import polars as pl
 
     if no_sft:
-        wide = table.pivot(on="task", index="candidate", values="noise_auc")
-        print(wide.with_columns(mean=pl.mean_horizontal(tasks)).sort("mean", descending=True))
+        for values, what in (("noise_auc", "noise AUC of the score"), ("noisy", "noisy share of the selection")):
+            wide = table.pivot(on="task", index="candidate", values=values)
+            print(f"{what}:\n{wide.with_columns(mean=pl.mean_horizontal(tasks)).sort('mean', descending=values == 'noise_auc')}")
         return
     full = table.filter(pl.col("candidate") == "full").select("task", "seed", full=pl.col("accuracy"))
     paired = table.join(full, on=["task", "seed"]).with_columns(difference=100 * (pl.col("accuracy") - pl.col("full")))
     per_task = paired.group_by("task", "candidate").agg(
-        mean=pl.col("difference").mean(), se=pl.col("difference").std() / pl.len().sqrt(), auc=pl.col("noise_auc").first()
+        mean=pl.col("difference").mean(),
+        se=pl.col("difference").std() / pl.len().sqrt(),
+        auc=pl.col("noise_auc").first(),
+        noisy=pl.col("noisy").mean(),
     )
     lines = [
-        "| candidate | " + " | ".join(f"{task}: vs full / AUC" for task in tasks) + " | mean vs full | mean AUC |",
+        "| candidate | " + " | ".join(f"{task}: vs full / AUC / noisy %" for task in tasks) + " | mean vs full | mean AUC |",
         "|---|" + "---|" * (len(tasks) + 2),
     ]
     summary = per_task.group_by("candidate").agg(
@@ -205,7 +275,7 @@ def report(table, tasks: list[str], no_sft: bool) -> None:
         for task in tasks:
             one = per_task.filter((pl.col("task") == task) & (pl.col("candidate") == row["candidate"])).row(0, named=True)
             auc = "–" if one["auc"] is None else f"{one['auc']:.3f}"
-            cells.append(f"{one['mean']:+.1f} ± {one['se']:.1f} / {auc}")
+            cells.append(f"{one['mean']:+.1f} ± {one['se']:.1f} / {auc} / {100 * one['noisy']:.0f}")
         auc = "–" if row["auc"] is None else f"{row['auc']:.3f}"
         lines.append(f"| {row['candidate']} | " + " | ".join(cells) + f" | {row['mean']:+.1f} ± {row['se']:.1f} | {auc} |")
     print("\n".join(lines))

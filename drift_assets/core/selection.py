@@ -110,3 +110,25 @@ def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "re
     staged_jsonl.replace(jsonl)
     staged_parquet.replace(parquet)
     return {"jsonl": str(jsonl), "parquet": str(parquet)}
+
+
+def round_robin(matrix: np.ndarray, count: int) -> np.ndarray:
+    """``count`` rows of ``matrix`` (examples × queries), the queries taking turns, each taking its
+    best-scored row not yet taken (ties by row order); returns the boolean mask."""
+    n, queries = matrix.shape
+    if queries == 0:
+        raise ValueError("round-robin selection needs at least one query's scores")
+    count = min(count, n)
+    order = np.argsort(-np.nan_to_num(matrix, nan=-np.inf), axis=0, kind="stable")
+    chosen = np.zeros(n, dtype=bool)
+    pointers = np.zeros(queries, dtype=np.int64)
+    taken = 0
+    while taken < count:
+        for query in range(queries):
+            while chosen[order[pointers[query], query]]:
+                pointers[query] += 1
+            chosen[order[pointers[query], query]] = True
+            taken += 1
+            if taken == count:
+                break
+    return chosen

@@ -22,8 +22,15 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
-from drift_assets.core.attribution import ScoringSettings, TargetGradient, check_same_checkpoint, target_gradient
-from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
+from drift_assets.core.attribution import (
+    ScoringSettings,
+    TargetGradient,
+    check_same_checkpoint,
+    target_gradient,
+    weighted_rollouts,
+)
+from drift_assets.core.gradients import vectors
+from drift_assets.core.influence import Curvature, PoolScores, debias, fit_curvature, float64_slices, score_pool
 from drift_assets.core.sft import SftOptions, SftRun, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
@@ -232,3 +239,58 @@ def combine_checkpoints(scores: Sequence[PoolScores]) -> PoolScores:
     return PoolScores(
         list(first.example_ids), np.mean(raw, axis=0), np.mean(debiased, axis=0), first.grad_norm, first.self_influence
     )
+
+
+@dataclass
+class QueryScores:
+    """Every pool example scored against each validation query's own target, combined along the checkpoints."""
+
+    example_ids: list[str]
+    query_ids: list[str]
+    matrix: np.ndarray  # (examples, queries): the mean of the checkpoints' per-query z-scores (NaN: never used)
+
+
+def query_targets(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
+    """Each used query's own g_j = Σ_k w_jk ĝ_jk (rows, in query_id order): the summands of the target."""
+    rows, _, _ = weighted_rollouts(checkpoint.validation_gradients, checkpoint.grades, scoring.weighting, scoring.unsolved)
+    query_ids = sorted(rows["query_id"].unique().to_list())
+    position = {query_id: index for index, query_id in enumerate(query_ids)}
+    gradients = vectors(rows).astype(np.float64)
+    targets = np.zeros((len(query_ids), gradients.shape[1]))
+    np.add.at(targets, [position[q] for q in rows["query_id"]], rows["weight"].to_numpy()[:, None] * gradients)
+    return query_ids, targets
+
+
+def score_queries_along(checkpoints: Sequence[CheckpointGradients], scoring: ScoringSettings) -> QueryScores:
+    """The pool scored against every query apart, at every checkpoint (identity Hessian), each
+    query's column debiased and standardized, then averaged over the checkpoints that used it."""
+    if scoring.targets != "onpolicy" or scoring.hessian != "identity":
+        raise ValueError("per-query scores are defined for on-policy targets with the identity Hessian")
+    order: dict[str, int] = {}
+    totals: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for checkpoint in checkpoints:
+        query_ids, targets = query_targets(checkpoint, scoring)
+        ids, raw_parts, norm_parts = [], [], []
+        for batch_ids, gradients in checkpoint.batches():  # streamed: one batch of the pool in memory
+            ids += batch_ids
+            for rows in float64_slices(gradients):
+                raw_parts.append(rows @ targets.T)
+                norm_parts.append(np.linalg.norm(rows, axis=1))
+        if not order:
+            order = {example_id: index for index, example_id in enumerate(ids)}
+        if set(ids) != set(order):
+            raise ValueError(f"checkpoint {checkpoint.checkpoint} scored other examples than the first checkpoint")
+        positions = np.array([order[example_id] for example_id in ids])
+        raw, norms = np.concatenate(raw_parts), np.concatenate(norm_parts)
+        self_influence = norms**2
+        for column, query_id in enumerate(query_ids):
+            aligned = np.empty(len(order))
+            aligned[positions] = standardized(
+                debias(raw[:, column], norms, self_influence, scoring.debias, scoring.debias_strength)
+            )
+            totals[query_id] = totals.get(query_id, 0.0) + aligned
+            counts[query_id] = counts.get(query_id, 0) + 1
+    query_ids = sorted(totals)
+    matrix = np.column_stack([totals[q] / counts[q] for q in query_ids]) if query_ids else np.zeros((len(order), 0))
+    return QueryScores(list(order), query_ids, matrix)

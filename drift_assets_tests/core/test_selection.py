@@ -146,3 +146,22 @@ def test_export_overwrites_a_previous_selection(refined, tmp_path):
     paths = export_selection(fewer, tmp_path, name="picked")
     assert [json.loads(line)["messages"] for line in open(paths["jsonl"])] == [conversation(3)]
     assert pl.read_parquet(paths["parquet"])["example_id"].to_list() == ["ex3"]
+
+
+def test_round_robin_lets_each_query_take_its_best_row_not_yet_taken():
+    import numpy as np
+
+    from drift_assets.core.selection import round_robin
+
+    # Rows 0-4; query 0 ranks them 3, 1, 0, 2, 4; query 1 ranks them 3, 4, 2, 0, 1.
+    matrix = np.array([[0.5, 0.1], [0.8, 0.0], [0.2, 0.3], [0.9, 0.9], [0.0, 0.6]])
+    assert np.flatnonzero(round_robin(matrix, 1)).tolist() == [3]
+    assert np.flatnonzero(round_robin(matrix, 2)).tolist() == [3, 4]  # query 1's best is taken: its next
+    assert np.flatnonzero(round_robin(matrix, 3)).tolist() == [1, 3, 4]
+    assert round_robin(matrix, 9).all()
+    assert np.flatnonzero(round_robin(matrix[:, :1], 2)).tolist() == [1, 3]  # one query: the top k
+    unscored = matrix.copy()
+    unscored[:, 1] = np.nan  # a query with no scores takes what is left in row order
+    assert np.flatnonzero(round_robin(unscored, 2)).tolist() == [0, 3]
+    with pytest.raises(ValueError, match="at least one query"):
+        round_robin(np.zeros((3, 0)), 1)

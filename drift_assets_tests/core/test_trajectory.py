@@ -151,3 +151,37 @@ def test_warmup_steps_must_increase():
     for steps in ([150, 50], [0, 10], [10, 10]):
         with pytest.raises(SettingsError, match="warmup.steps"):
             parse_settings({"warmup": {"steps": steps}}, "s.yaml", ".")
+
+
+def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
+    from drift_assets.core.trajectory import score_queries_along, standardized
+
+    rng = np.random.default_rng(1)
+    training, validation = rng.normal(size=(5, 4)), rng.normal(size=(6, 4))
+    ids = ["e0", "e1", "e2", "e3", "e4"]
+    rollouts = pl.DataFrame(
+        {
+            "rollout_id": [f"r{i}" for i in range(6)],
+            "query_id": ["q0", "q0", "q1", "q1", "q2", "q2"],
+            "target": ["rollout"] * 6,
+            "grad": [list(map(float, g)) for g in validation],
+            "model_fingerprint": "m",
+            "projection_fingerprint": "p",
+        },
+        schema_overrides={"grad": pl.List(pl.Float32)},
+    )
+    # q0 mixed, q1 all correct, q2 all wrong (positive weighting skips it).
+    grades = rollouts.select("rollout_id", "query_id").with_columns(
+        correct=pl.Series([True, False, True, True, False, False]), reward=pl.Series([1.0, 0, 1, 1, 0, 0])
+    )
+    checkpoint = CheckpointGradients.in_memory("base", ids, training.astype(np.float32), rollouts, grades, {("m", "p")})
+    validation = rollouts["grad"].to_list()
+    norms = np.linalg.norm(training, axis=1)
+    # Positive weights by hand: 1/n⁺ per correct rollout, over the 2 queries used.
+    by_hand = {"q0": np.asarray(validation[0]) / 2, "q1": (np.asarray(validation[2]) + np.asarray(validation[3])) / 4}
+    scored = score_queries_along([checkpoint, checkpoint], ScoringSettings(weighting="positive", debias="unit"))
+    assert scored.query_ids == ["q0", "q1"] and scored.example_ids == ids
+    for column, query in enumerate(scored.query_ids):
+        np.testing.assert_allclose(scored.matrix[:, column], standardized(training @ by_hand[query] / norms), rtol=1e-5)
+    with pytest.raises(ValueError, match="identity Hessian"):
+        score_queries_along([checkpoint], ScoringSettings(hessian="fisher"))
