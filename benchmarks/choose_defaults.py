@@ -55,7 +55,9 @@ def parse_candidate(text: str):
         raise ValueError(
             f"{text!r}: expected unsolved/debias/weighting/checkpoints from {UNSOLVED}, {DEBIAS}, {WEIGHTING}, {CHECKPOINTS}"
         )
-    return replace(ScoringSettings(), unsolved=unsolved, debias=debias, weighting=weighting), checkpoints == "base"
+    ranking = "round_robin" if rule == "round_robin" else "score"
+    scoring = replace(ScoringSettings(), unsolved=unsolved, debias=debias, weighting=weighting, ranking=ranking)
+    return scoring, checkpoints == "base"
 
 
 def selection_key(task: str, ids: list[str], seed: int, options) -> str:
@@ -80,6 +82,9 @@ def main() -> None:
         help="override benchmark.sft for these runs, e.g. --sft epochs=3 --sft learning_rate=3e-4",
     )
     parser.add_argument(
+        "--against", default=None, help="the candidate the others are compared with, per task draw (default: the first)"
+    )
+    parser.add_argument(
         "--reuse-benchmark",
         action="store_true",
         help="take full, random, oracle and the configured DRIFT (as the candidate of the task's own settings) from the "
@@ -92,9 +97,8 @@ def main() -> None:
 
     from drift_assets.core.attribution import noise_auc
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
-    from drift_assets.core.selection import length_strata, round_robin, select, select_within_strata
+    from drift_assets.core.selection import length_strata, select, select_within_strata
     from drift_assets.core.stored import gradients_along
-    from drift_assets.core.trajectory import score_queries_along
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
     from drift_assets.tasks import TASKS
@@ -154,14 +158,10 @@ def main() -> None:
                 kept = sorted(scores.filter(pl.col("rank") <= math.ceil(0.7 * pool.height))["example_id"])
                 selections[candidate] = {seed: random.Random(f"filter-selection-{seed}").sample(kept, size) for seed in seeds}
                 continue
-            if rule == "round_robin":
-                along = score_queries_along(scorer.checkpoints[:1] if base_only else scorer.checkpoints, scoring)
-                mask = round_robin(along.matrix, size)
-                chosen = [example_id for example_id, keep in zip(along.example_ids, mask, strict=True) if keep]
-            elif rule == "strata":
+            if rule == "strata":
                 chosen_mask = select_within_strata(scores, size, length_strata(scores["n_tokens"].to_numpy(), 10))
                 chosen = scores.filter(chosen_mask)["example_id"].to_list()
-            else:
+            else:  # top, or round_robin: the first by the scores' rank
                 chosen = scores.filter(select(scores, "top_fraction", settings.selection.fraction))["example_id"].to_list()
             selections[candidate] = {seed: chosen for seed in seeds}
         if args.reuse_benchmark and warehouse.exists("method_benchmark"):
@@ -222,7 +222,7 @@ def main() -> None:
                     }
                 )
     table = pl.DataFrame(rows, schema_overrides={"accuracy": pl.Float64, "noise_auc": pl.Float64, "noisy": pl.Float64})
-    report(table, tasks, args.no_sft)
+    report(table, tasks, args.no_sft, args.against or candidates[0])
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 
@@ -230,7 +230,8 @@ def configured_candidate(settings) -> str:
     """The candidate that restates the task's ``influence`` settings (scored along its checkpoints)."""
     influence = settings.influence
     checkpoints = "warmup" if len(settings.checkpoints) > 1 else "base"
-    return f"{influence.unsolved}/{influence.debias}/{influence.weighting}/{checkpoints}"
+    rule = "/round_robin" if influence.ranking == "round_robin" else ""
+    return f"{influence.unsolved}/{influence.debias}/{influence.weighting}/{checkpoints}{rule}"
 
 
 def reused_fine_tunes(warehouse, task: str, selections: dict, settings) -> dict[str, float]:
@@ -247,7 +248,7 @@ def reused_fine_tunes(warehouse, task: str, selections: dict, settings) -> dict[
     return entries
 
 
-def report(table, tasks: list[str], no_sft: bool) -> None:
+def report(table, tasks: list[str], no_sft: bool, against: str | None = None) -> None:
     import polars as pl
 
     if no_sft:
@@ -279,6 +280,19 @@ def report(table, tasks: list[str], no_sft: bool) -> None:
         auc = "–" if row["auc"] is None else f"{row['auc']:.3f}"
         lines.append(f"| {row['candidate']} | " + " | ".join(cells) + f" | {row['mean']:+.1f} ± {row['se']:.1f} | {auc} |")
     print("\n".join(lines))
+    if against is None:
+        return
+    # The decision rule: a candidate replaces the default only if its mean paired difference over
+    # the task draws is more than two standard errors (across the task draws) above zero.
+    reference = per_task.filter(pl.col("candidate") == against).select("task", reference=pl.col("mean"))
+    gaps = per_task.join(reference, on="task").with_columns(gap=pl.col("mean") - pl.col("reference"))
+    decided = gaps.group_by("candidate").agg(
+        mean=pl.col("gap").mean(), se=pl.col("gap").std() / pl.len().sqrt(), draws=pl.len(), per_task=pl.col("gap")
+    )
+    print(f"\nagainst {against} (difference per task draw, then mean ± s.e. across the {len(tasks)} task draws):")
+    for row in decided.filter(pl.col("candidate") != against).sort("mean", descending=True).iter_rows(named=True):
+        verdict = "beats it by more than 2 s.e." if row["mean"] > 2 * row["se"] else "does not beat it by 2 s.e."
+        print(f"  {row['candidate']}: {row['mean']:+.2f} ± {row['se']:.2f} ({verdict})")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drift_assets.core.adapters import VLLM_LORA_RANKS, LoraOptions
-from drift_assets.core.attribution import ScoringSettings, Targets, Unsolved
+from drift_assets.core.attribution import Ranking, ScoringSettings, Targets, Unsolved
 from drift_assets.core.devices import check_device_pool
 from drift_assets.core.influence import Debias, Hessian
 from drift_assets.core.projection import Basis, ProjectionOptions
@@ -349,6 +349,18 @@ class InfluenceSettings(_Group):
         description="queries no rollout solves: skip them (the target stays on-policy), or let their reference answer "
         "stand in as the correct rollout (off-policy where most queries are unsolved)",
     )
+    ranking: Ranking = Field(
+        _SCORING.ranking,
+        description="how the pool is ordered for the selection: score (the highest scores first), or round_robin (the "
+        "validation queries take turns, each taking the example that helps it most among those not yet taken, by its "
+        "own part of the target: no few queries' examples fill the selection); round_robin needs targets onpolicy",
+    )
+
+    @model_validator(mode="after")
+    def _ranking_needs_onpolicy(self) -> InfluenceSettings:
+        if self.ranking == "round_robin" and self.targets != "onpolicy":
+            raise ValueError("influence.ranking round_robin needs influence.targets onpolicy (each query's graded rollouts)")
+        return self
 
     def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
@@ -483,6 +495,8 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_nodebias",
     "drift_unit",
     "drift_log_orthogonal",
+    "drift_by_score",
+    "drift_round_robin",
     "drift_base",
 )
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).

@@ -20,7 +20,7 @@ from drift_assets.assets.metadata import markdown_table, rounded, score_distribu
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.guards import hacking_guard, target_guard
 from drift_assets.core.stored import base_losses, gradients_along
-from drift_assets.core.trajectory import score_along
+from drift_assets.core.trajectory import ranked_scores, score_along
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
 
@@ -58,7 +58,12 @@ def build_influence_assets(settings: Settings) -> list:
             ),
         ],
         description="s_i = gᵀH⁻¹ĥ_i against the signed, graded on-policy rollouts; debiased against gradient norm"
-        + (f"; the standardized scores averaged over checkpoints {checkpoints}." if len(checkpoints) > 1 else "."),
+        + (f"; the standardized scores averaged over checkpoints {checkpoints}" if len(checkpoints) > 1 else "")
+        + (
+            "; ranked with the validation queries taking turns, each by its own part of the target."
+            if influence.ranking == "round_robin"
+            else "; ranked by score."
+        ),
     )
     def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
         tick = progress_logger(context, "scoring", "checkpoints")
@@ -77,8 +82,8 @@ def build_influence_assets(settings: Settings) -> list:
             }
             for at in along.checkpoints
         ]
-        table = scores_frame(along.scores, training_pool)
-        table = table.join(base_losses(warehouse, training_pool), on="example_id", how="left")
+        table = ranked_scores(along, training_pool)
+        table = table.join(base_losses(warehouse, training_pool), on="example_id", how="left", maintain_order="left")
         figures = diagnostics(table, training_pool)
         base_target = along.checkpoints[0].target
         summary = base_target.summary
@@ -90,6 +95,8 @@ def build_influence_assets(settings: Settings) -> list:
                 **{name: rounded(value) for name, value in figures.items()},
                 "targets": influence.targets,
                 "weighting": influence.weighting,
+                "ranking": influence.ranking,
+                **({"queries_taking_turns": len(along.queries.query_ids)} if along.queries else {}),
                 "queries_used": summary.queries_used if summary else base_target.n_targets,
                 "queries_skipped": summary.queries_skipped if summary else 0,
                 "queries_all_correct": summary.queries_all_correct if summary else 0,

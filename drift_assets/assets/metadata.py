@@ -49,16 +49,31 @@ def finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def score_distribution(table: pl.DataFrame, cutoff: float | None = None) -> MetadataValue:
-    """The score histogram split by the pool's noise flag where it has one, the selection's
-    cut-off marked: a chart the UI shows inline."""
+def score_distribution(table: pl.DataFrame, cutoff: float | None = None, selected: np.ndarray | None = None) -> MetadataValue:
+    """The score histogram split by the pool's noise flag where it has one, with the selection's
+    cut-off marked, or (a selection that is not a score threshold) a column of the selected rows:
+    a chart the UI shows inline."""
     scores = table["score"].to_numpy()
     if "is_corrupted" in table.columns:
         noisy = table["is_corrupted"].fill_null(False).to_numpy().astype(bool)
         groups = {"clean": ~noisy, "noisy": noisy}
     else:
         groups = {"examples": np.ones(table.height, dtype=bool)}
+    if selected is not None:
+        groups["selected"] = selected
     return MetadataValue.md(split_histogram_markdown(scores, groups, cutoff))
+
+
+def selection_distribution(table: pl.DataFrame) -> MetadataValue:
+    """The score distribution with the cut-off where the selection is every row above a score (ranked
+    by score), else with a column of the selected rows (the round-robin ranking picks across it)."""
+    chosen = table.filter("selected")
+    if not chosen.height:
+        return score_distribution(table)
+    lowest = chosen["score"].min()
+    if ((table["score"] >= lowest) == table["selected"]).all():
+        return score_distribution(table, lowest)
+    return score_distribution(table, selected=table["selected"].to_numpy())
 
 
 def rounded(value: float | None, digits: int = 3) -> float | None:

@@ -13,7 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from drift_assets.assets.metadata import rounded, score_distribution, table_metadata
+from drift_assets.assets.metadata import rounded, selection_distribution, table_metadata
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
@@ -47,7 +47,7 @@ def build_refine_assets(settings: Settings) -> list:
             "dagster/row_count": table.height,
             "selected": chosen.height,
             "selected_share": rounded(chosen.height / table.height if table.height else 0.0),
-            "score_distribution": score_distribution(table, chosen["score"].min() if chosen.height else None),
+            "score_distribution": selection_distribution(table),
         }
         if "is_corrupted" in table.columns:
             metadata["noise_auc"] = rounded(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))

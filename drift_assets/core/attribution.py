@@ -19,6 +19,8 @@ from drift_assets.core.weighting import Weighting, WeightingSummary, combine, ro
 
 Targets = Literal["onpolicy", "offpolicy"]
 Unsolved = Literal["reference", "skip"]
+# How the pool is ordered for the selection: by the score, or the validation queries taking turns.
+Ranking = Literal["score", "round_robin"]
 TARGETS: tuple[str, ...] = get_args(Targets)
 UNSOLVED: tuple[str, ...] = get_args(Unsolved)
 
@@ -35,6 +37,11 @@ class ScoringSettings:
     debias: Debias = "unit"
     unsolved: Unsolved = "skip"
     debias_strength: float = 1.0
+    ranking: Ranking = "score"
+
+    def __post_init__(self) -> None:
+        if self.ranking == "round_robin" and self.targets != "onpolicy":
+            raise ValueError("influence.ranking round_robin needs influence.targets onpolicy (the graded rollouts of each query)")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from typing import TypeVar
 import polars as pl
 import torch
 
-from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame
+from drift_assets.core.attribution import ScoringSettings, noise_auc
 from drift_assets.core.baselines import best_match, bm25_scores, cosine_similarity, mean_pooled_hidden_states, words
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
@@ -43,7 +43,7 @@ from drift_assets.core.grading import GradingOptions
 from drift_assets.core.influence import Curvature, fit_curvature
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
-from drift_assets.core.trajectory import CheckpointGradients, score_along
+from drift_assets.core.trajectory import CheckpointGradients, ranked_scores, score_along
 
 __all__ = [
     "METHODS",
@@ -72,6 +72,8 @@ ABLATIONS = {
     "drift_nodebias": {"debias": "none"},
     "drift_unit": {"debias": "unit"},
     "drift_log_orthogonal": {"debias": "log_orthogonal"},
+    "drift_by_score": {"ranking": "score"},
+    "drift_round_robin": {"ranking": "round_robin"},
     "drift_base": {},  # the same settings at the base model alone
 }
 METHODS = (*UNSCORED, *SIMILARITY, "offpolicy", "drift", *ABLATIONS)
@@ -84,7 +86,7 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     if method in UNSCORED or method in SIMILARITY:
         return None
     if method == "offpolicy":
-        return replace(drift, targets="offpolicy", debias="unit")
+        return replace(drift, targets="offpolicy", debias="unit", ranking="score")
     if method == "drift":
         return drift
     return replace(drift, **ABLATIONS[method])
@@ -117,7 +119,7 @@ class MethodScorer:
             scoring,
             lambda index, _: self._curvature(index, scoring.hessian, scoring.damping),
         )
-        return scores_frame(along.scores, training_pool)
+        return ranked_scores(along, training_pool)
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""

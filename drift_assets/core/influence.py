@@ -51,7 +51,7 @@ class Curvature:
     n_examples: int = 0
 
     def solve(self, vector: np.ndarray) -> np.ndarray:
-        """H⁻¹ v."""
+        """H⁻¹ v (``v`` a vector, or vectors as its columns)."""
         if self.cholesky is None:
             return vector.astype(np.float64)
         y = np.linalg.solve(self.cholesky, vector)
@@ -109,6 +109,9 @@ class PoolScores:
     score: np.ndarray
     grad_norm: np.ndarray
     self_influence: np.ndarray
+    # (examples, queries): each query's own part of the target, scored and debiased as the score is
+    per_query: np.ndarray | None = None
+    query_ids: list[str] | None = None  # the columns of per_query
 
 
 def debias(raw: np.ndarray, grad_norm: np.ndarray, self_influence: np.ndarray, method: str, strength: float = 1.0) -> np.ndarray:
@@ -144,14 +147,19 @@ def score_pool(
     curvature: Curvature,
     debias_method: str,
     debias_strength: float = 1.0,
+    query_targets: tuple[list[str], np.ndarray] | None = None,
 ) -> PoolScores:
-    """Stream (example_ids, gradients (n, k)) batches once and score every example."""
+    """Stream (example_ids, gradients (n, k)) batches once and score every example; with
+    ``query_targets`` (query ids, their (queries, k) gradients: the summands of the target), also
+    against each of them."""
     if target_gradient.shape != (curvature.dimension,):
         raise ValueError(
             f"dimension mismatch: the validation gradient has shape {target_gradient.shape}, "
             f"the training gradients have k={curvature.dimension} (were both computed with the same projection settings?)"
         )
-    direction = curvature.solve(target_gradient.astype(np.float64))  # H⁻¹g, solved once
+    query_ids, query_gradients = query_targets if query_targets is not None else (None, np.zeros((0, curvature.dimension)))
+    targets = [target_gradient, *query_gradients]
+    directions = curvature.solve(np.stack(targets, axis=1).astype(np.float64))  # H⁻¹g (and H⁻¹g_j), solved once
     ids: list[str] = []
     raw, norms, self_influence = [], [], []
     for batch_ids, gradients in batches():
@@ -161,10 +169,24 @@ def score_pool(
             )
         ids.extend(batch_ids)
         for rows in float64_slices(gradients):  # a warm-up checkpoint comes as one batch of the whole pool
-            raw.append(rows @ direction)
+            raw.append(rows @ directions)
             norms.append(np.linalg.norm(rows, axis=1))
             self_influence.append(curvature.inverse_quadratic(rows))
     if not ids:
         raise ValueError("the training pool is empty: nothing to score")
-    raw_all, norms_all, self_all = np.concatenate(raw), np.concatenate(norms), np.concatenate(self_influence)
-    return PoolScores(ids, raw_all, debias(raw_all, norms_all, self_all, debias_method, debias_strength), norms_all, self_all)
+    raw_columns, norms_all, self_all = np.concatenate(raw), np.concatenate(norms), np.concatenate(self_influence)
+    raw_all = raw_columns[:, 0]
+    per_query = None
+    if query_ids is not None:
+        per_query = np.zeros((len(ids), len(targets) - 1))
+        for j in range(len(targets) - 1):
+            per_query[:, j] = debias(raw_columns[:, j + 1], norms_all, self_all, debias_method, debias_strength)
+    return PoolScores(
+        ids,
+        raw_all,
+        debias(raw_all, norms_all, self_all, debias_method, debias_strength),
+        norms_all,
+        self_all,
+        per_query,
+        query_ids,
+    )

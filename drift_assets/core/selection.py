@@ -112,23 +112,20 @@ def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "re
     return {"jsonl": str(jsonl), "parquet": str(parquet)}
 
 
-def round_robin(matrix: np.ndarray, count: int) -> np.ndarray:
-    """``count`` rows of ``matrix`` (examples × queries), the queries taking turns, each taking its
-    best-scored row not yet taken (ties by row order); returns the boolean mask."""
+def round_robin_ranks(matrix: np.ndarray) -> np.ndarray:
+    """Ranks (1 = first) of the rows of ``matrix`` (examples × queries) as the queries take turns, each
+    taking its best-scored row not yet taken (ties by row order; NaN scores last). The first ``k``
+    rows by this rank are the round-robin selection of ``k``, for every ``k``."""
     n, queries = matrix.shape
     if queries == 0:
-        raise ValueError("round-robin selection needs at least one query's scores")
-    count = min(count, n)
+        raise ValueError("round-robin ranking needs at least one validation query's scores")
     order = np.argsort(-np.nan_to_num(matrix, nan=-np.inf), axis=0, kind="stable")
-    chosen = np.zeros(n, dtype=bool)
+    ranks = np.zeros(n, dtype=np.int64)
     pointers = np.zeros(queries, dtype=np.int64)
-    taken = 0
-    while taken < count:
-        for query in range(queries):
-            while chosen[order[pointers[query], query]]:
-                pointers[query] += 1
-            chosen[order[pointers[query], query]] = True
-            taken += 1
-            if taken == count:
-                break
-    return chosen
+    # Each query's pointer only moves forward over rows already taken: at most n × queries steps.
+    for rank in range(1, n + 1):
+        query = (rank - 1) % queries
+        while ranks[order[pointers[query], query]]:
+            pointers[query] += 1
+        ranks[order[pointers[query], query]] = rank
+    return ranks

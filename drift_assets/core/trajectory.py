@@ -26,11 +26,13 @@ from drift_assets.core.attribution import (
     ScoringSettings,
     TargetGradient,
     check_same_checkpoint,
+    scores_frame,
     target_gradient,
     weighted_rollouts,
 )
 from drift_assets.core.gradients import vectors
-from drift_assets.core.influence import Curvature, PoolScores, debias, fit_curvature, float64_slices, score_pool
+from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
+from drift_assets.core.selection import round_robin_ranks
 from drift_assets.core.sft import SftOptions, SftRun, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
@@ -152,7 +154,8 @@ def score_checkpoint(
     if curvature is None:
         matrices = (matrix for _, matrix in checkpoint.batches())
         curvature = fit_curvature(scoring.hessian, matrices, target.vector.shape[0], scoring.damping)
-    return score_pool(checkpoint.batches, target.vector, curvature, scoring.debias, scoring.debias_strength)
+    per_query = query_targets(checkpoint, scoring) if scoring.ranking == "round_robin" else None
+    return score_pool(checkpoint.batches, target.vector, curvature, scoring.debias, scoring.debias_strength, per_query)
 
 
 @dataclass
@@ -170,6 +173,7 @@ class ScoredAlong:
 
     scores: PoolScores
     checkpoints: list[CheckpointScores]
+    queries: QueryScores | None = None  # with influence.ranking round_robin
 
     @property
     def reference_share(self) -> float:
@@ -208,7 +212,8 @@ def score_along(
     if not along:
         raise ValueError("nothing to score: no checkpoint gradients")
     combined = along[0].scores if len(along) == 1 else combine_checkpoints([c.scores for c in along])
-    return ScoredAlong(combined, along)
+    queries = combine_query_scores([c.scores for c in along]) if scoring.ranking == "round_robin" else None
+    return ScoredAlong(combined, along, queries)
 
 
 def standardized(values: np.ndarray) -> np.ndarray:
@@ -243,15 +248,16 @@ def combine_checkpoints(scores: Sequence[PoolScores]) -> PoolScores:
 
 @dataclass
 class QueryScores:
-    """Every pool example scored against each validation query's own target, combined along the checkpoints."""
+    """Every pool example scored against each validation query's own part of the target, combined along the checkpoints."""
 
     example_ids: list[str]
     query_ids: list[str]
-    matrix: np.ndarray  # (examples, queries): the mean of the checkpoints' per-query z-scores (NaN: never used)
+    matrix: np.ndarray  # (examples, queries): the mean of the checkpoints' per-query z-scores
 
 
 def query_targets(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
-    """Each used query's own g_j = Σ_k w_jk ĝ_jk (rows, in query_id order): the summands of the target."""
+    """Each query's own g_j = Σ_k w_jk ĝ_jk (rows, in query_id order), for the queries with a nonzero
+    weight: the summands of the on-policy target."""
     rows, _, _ = weighted_rollouts(checkpoint.validation_gradients, checkpoint.grades, scoring.weighting, scoring.unsolved)
     query_ids = sorted(rows["query_id"].unique().to_list())
     position = {query_id: index for index, query_id in enumerate(query_ids)}
@@ -261,36 +267,34 @@ def query_targets(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> 
     return query_ids, targets
 
 
-def score_queries_along(checkpoints: Sequence[CheckpointGradients], scoring: ScoringSettings) -> QueryScores:
-    """The pool scored against every query apart, at every checkpoint (identity Hessian), each
-    query's column debiased and standardized, then averaged over the checkpoints that used it."""
-    if scoring.targets != "onpolicy" or scoring.hessian != "identity":
-        raise ValueError("per-query scores are defined for on-policy targets with the identity Hessian")
-    order: dict[str, int] = {}
+def combine_query_scores(scores: Sequence[PoolScores]) -> QueryScores:
+    """Each query's column standardized at every checkpoint, then averaged over the checkpoints
+    whose target it is part of (a query all of whose rollouts are right at one checkpoint and mixed
+    at another has a column at the second only, under signed weights), in the first one's example order."""
+    order = {example_id: index for index, example_id in enumerate(scores[0].example_ids)}
     totals: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for checkpoint in checkpoints:
-        query_ids, targets = query_targets(checkpoint, scoring)
-        ids, raw_parts, norm_parts = [], [], []
-        for batch_ids, gradients in checkpoint.batches():  # streamed: one batch of the pool in memory
-            ids += batch_ids
-            for rows in float64_slices(gradients):
-                raw_parts.append(rows @ targets.T)
-                norm_parts.append(np.linalg.norm(rows, axis=1))
-        if not order:
-            order = {example_id: index for index, example_id in enumerate(ids)}
-        if set(ids) != set(order):
-            raise ValueError(f"checkpoint {checkpoint.checkpoint} scored other examples than the first checkpoint")
-        positions = np.array([order[example_id] for example_id in ids])
-        raw, norms = np.concatenate(raw_parts), np.concatenate(norm_parts)
-        self_influence = norms**2
-        for column, query_id in enumerate(query_ids):
+    for checkpoint in scores:
+        positions = np.array([order[example_id] for example_id in checkpoint.example_ids])
+        for column, query_id in enumerate(checkpoint.query_ids or []):
             aligned = np.empty(len(order))
-            aligned[positions] = standardized(
-                debias(raw[:, column], norms, self_influence, scoring.debias, scoring.debias_strength)
-            )
+            aligned[positions] = standardized(checkpoint.per_query[:, column])
             totals[query_id] = totals.get(query_id, 0.0) + aligned
             counts[query_id] = counts.get(query_id, 0) + 1
     query_ids = sorted(totals)
     matrix = np.column_stack([totals[q] / counts[q] for q in query_ids]) if query_ids else np.zeros((len(order), 0))
     return QueryScores(list(order), query_ids, matrix)
+
+
+def ranked_scores(along: ScoredAlong, training_pool: pl.DataFrame) -> pl.DataFrame:
+    """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`); with per-query
+    scores, ``rank`` is the round-robin order of the validation queries taking turns
+    (:func:`~drift_assets.core.selection.round_robin_ranks`) and the table is sorted by it."""
+    frame = scores_frame(along.scores, training_pool)
+    if along.queries is None:
+        return frame
+    row = {example_id: index for index, example_id in enumerate(along.queries.example_ids)}
+    matrix = along.queries.matrix[[row[example_id] for example_id in frame["example_id"]]]
+    if matrix.shape[1] == 0:
+        raise ValueError("influence.ranking round_robin: no validation query has a nonzero weight at any checkpoint")
+    return frame.with_columns(rank=pl.Series(round_robin_ranks(matrix))).sort("rank")

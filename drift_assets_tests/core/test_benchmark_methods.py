@@ -60,6 +60,10 @@ def test_scoring_settings_per_method():
     assert scoring_for("offpolicy", drift) == ScoringSettings(targets="offpolicy", debias="unit")
     assert scoring_for("drift_positive", drift).weighting == "positive"
     assert scoring_for("drift_nodebias", drift).debias == "none"
+    assert scoring_for("drift_round_robin", drift).ranking == "round_robin"
+    # LESS-style influence ranks by score whatever DRIFT ranks by; the score-ranked ablation too.
+    turns = ScoringSettings(ranking="round_robin")
+    assert scoring_for("offpolicy", turns).ranking == scoring_for("drift_by_score", turns).ranking == "score"
     assert all(scoring_for(m, drift) is None for m in ("full", "random", "loss", "oracle"))
     with pytest.raises(ValueError, match="unknown method 'best'"):
         scoring_for("best", drift)

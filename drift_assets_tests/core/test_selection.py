@@ -151,17 +151,19 @@ def test_export_overwrites_a_previous_selection(refined, tmp_path):
 def test_round_robin_lets_each_query_take_its_best_row_not_yet_taken():
     import numpy as np
 
-    from drift_assets.core.selection import round_robin
+    from drift_assets.core.selection import round_robin_ranks
+
+    def first(matrix, k):
+        return np.flatnonzero(round_robin_ranks(matrix) <= k).tolist()
 
     # Rows 0-4; query 0 ranks them 3, 1, 0, 2, 4; query 1 ranks them 3, 4, 2, 0, 1.
     matrix = np.array([[0.5, 0.1], [0.8, 0.0], [0.2, 0.3], [0.9, 0.9], [0.0, 0.6]])
-    assert np.flatnonzero(round_robin(matrix, 1)).tolist() == [3]
-    assert np.flatnonzero(round_robin(matrix, 2)).tolist() == [3, 4]  # query 1's best is taken: its next
-    assert np.flatnonzero(round_robin(matrix, 3)).tolist() == [1, 3, 4]
-    assert round_robin(matrix, 9).all()
-    assert np.flatnonzero(round_robin(matrix[:, :1], 2)).tolist() == [1, 3]  # one query: the top k
+    # 3 (query 0's best), 4 (query 1's best, 3, is taken), 1 (query 0), 2 (query 1), 0 (query 0).
+    assert round_robin_ranks(matrix).tolist() == [5, 3, 4, 1, 2]
+    assert first(matrix, 2) == [3, 4]
+    assert first(matrix[:, :1], 2) == [1, 3]  # one query: its top k
     unscored = matrix.copy()
     unscored[:, 1] = np.nan  # a query with no scores takes what is left in row order
-    assert np.flatnonzero(round_robin(unscored, 2)).tolist() == [0, 3]
-    with pytest.raises(ValueError, match="at least one query"):
-        round_robin(np.zeros((3, 0)), 1)
+    assert round_robin_ranks(unscored).tolist() == [2, 3, 4, 1, 5]
+    with pytest.raises(ValueError, match="at least one validation query"):
+        round_robin_ranks(np.zeros((3, 0)))

@@ -154,7 +154,8 @@ def test_warmup_steps_must_increase():
 
 
 def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
-    from drift_assets.core.trajectory import score_queries_along, standardized
+    from drift_assets.core.selection import round_robin_ranks
+    from drift_assets.core.trajectory import ranked_scores, score_along, score_checkpoint, standardized
 
     rng = np.random.default_rng(1)
     training, validation = rng.normal(size=(5, 4)), rng.normal(size=(6, 4))
@@ -179,9 +180,22 @@ def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
     norms = np.linalg.norm(training, axis=1)
     # Positive weights by hand: 1/n⁺ per correct rollout, over the 2 queries used.
     by_hand = {"q0": np.asarray(validation[0]) / 2, "q1": (np.asarray(validation[2]) + np.asarray(validation[3])) / 4}
-    scored = score_queries_along([checkpoint, checkpoint], ScoringSettings(weighting="positive", debias="unit"))
+    round_robin = ScoringSettings(weighting="positive", debias="unit", ranking="round_robin")
+    along = score_along([checkpoint, checkpoint], round_robin)
+    scored = along.queries
     assert scored.query_ids == ["q0", "q1"] and scored.example_ids == ids
     for column, query in enumerate(scored.query_ids):
         np.testing.assert_allclose(scored.matrix[:, column], standardized(training @ by_hand[query] / norms), rtol=1e-5)
-    with pytest.raises(ValueError, match="identity Hessian"):
-        score_queries_along([checkpoint], ScoringSettings(hessian="fisher"))
+    # The queries' parts sum to the target: undebiased, their scores sum to the score, whatever the Hessian.
+    fisher = score_checkpoint(checkpoint, ScoringSettings(hessian="fisher", debias="none", ranking="round_robin"))
+    np.testing.assert_allclose(fisher.per_query.sum(axis=1), fisher.score_raw, rtol=1e-6)
+    # The table ranks the pool in the queries' turns; ranked by score, it has no per-query scores.
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 5, "n_response_tokens": [2] * 5})
+    table = ranked_scores(along, pool)
+    assert table["rank"].to_list() == [1, 2, 3, 4, 5]
+    assert dict(zip(table["example_id"], table["rank"], strict=True)) == dict(
+        zip(ids, round_robin_ranks(scored.matrix).tolist(), strict=True)
+    )
+    assert score_along([checkpoint], ScoringSettings()).queries is None
+    with pytest.raises(ValueError, match="targets onpolicy"):
+        ScoringSettings(targets="offpolicy", ranking="round_robin")
