@@ -226,19 +226,30 @@ def main() -> None:
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 
+def candidate_name(scoring, checkpoints: str) -> str:
+    """The candidate that scores with ``scoring`` along ``checkpoints`` ("base" or "warmup")."""
+    rule = "/round_robin" if scoring.ranking == "round_robin" else ""
+    return f"{scoring.unsolved}/{scoring.debias}/{scoring.weighting}/{checkpoints}{rule}"
+
+
 def configured_candidate(settings) -> str:
     """The candidate that restates the task's ``influence`` settings (scored along its checkpoints)."""
-    influence = settings.influence
-    checkpoints = "warmup" if len(settings.checkpoints) > 1 else "base"
-    rule = "/round_robin" if influence.ranking == "round_robin" else ""
-    return f"{influence.unsolved}/{influence.debias}/{influence.weighting}/{checkpoints}{rule}"
+    return candidate_name(settings.influence.scoring(), "warmup" if len(settings.checkpoints) > 1 else "base")
 
 
 def reused_fine_tunes(warehouse, task: str, selections: dict, settings) -> dict[str, float]:
     """Cache entries (selection key -> accuracy) from the suite's ``method_benchmark`` for the selections
-    both make: full, random, oracle, and ``drift`` as the candidate of the configured settings."""
+    both make: full, random, oracle, and ``drift`` and its on-policy ablations as the candidates
+    that restate them."""
+    from drift_assets.core.benchmark import ABLATIONS, scoring_for
+
     table = warehouse.scan("method_benchmark").collect()
-    names = {"full": "full", "random": "random", "oracle": "oracle", "drift": configured_candidate(settings)}
+    names = {"full": "full", "random": "random", "oracle": "oracle"}
+    along = "warmup" if len(settings.checkpoints) > 1 else "base"
+    for method in ("drift", *ABLATIONS):
+        scoring = scoring_for(method, settings.influence.scoring())
+        if scoring.targets == "onpolicy":
+            names[method] = candidate_name(scoring, "base" if method == "drift_base" else along)
     entries = {}
     for row in table.iter_rows(named=True):
         candidate = names.get(row["method"])

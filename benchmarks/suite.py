@@ -286,6 +286,9 @@ def print_report(results: list[dict]) -> None:
 
 def main() -> None:
     from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, BenchmarkSettings
+    from drift_assets.terminal import hide_beta_warnings
+
+    hide_beta_warnings()
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(DEMO_TASKS), help=f"comma-separated subset of {', '.join(DEMO_TASKS)}")

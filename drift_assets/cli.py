@@ -12,7 +12,6 @@ import os
 import sys
 import time
 import traceback
-import warnings
 
 import polars as pl
 
@@ -145,15 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         help="Dagster's DEBUG events, the stack traces of a failure, and vLLM's and the other libraries' logs",
     )
     args = parser.parse_args(argv)
-    from drift_assets.terminal import TIME_FORMAT, quiet_libraries
+    from drift_assets.terminal import TIME_FORMAT, hide_beta_warnings, quiet_libraries
 
     if not args.verbose:
         quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt=TIME_FORMAT)
     # What a user should not have to read: Dagster's SQLite storage stamps its schema (alembic, at INFO)
-    # for every new run database, and warns that the observable sources this graph uses are beta.
+    # for every new run database.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".* is currently in beta", module=r"dagster\.|drift_assets\.")
+    hide_beta_warnings()
     try:
         settings = load_settings(args.settings)
     except SettingsError as error:

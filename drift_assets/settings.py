@@ -353,14 +353,8 @@ class InfluenceSettings(_Group):
         _SCORING.ranking,
         description="how the pool is ordered for the selection: score (the highest scores first), or round_robin (the "
         "validation queries take turns, each taking the example that helps it most among those not yet taken, by its "
-        "own part of the target: no few queries' examples fill the selection); round_robin needs targets onpolicy",
+        "own part of the target: no few queries' examples fill the selection)",
     )
-
-    @model_validator(mode="after")
-    def _ranking_needs_onpolicy(self) -> InfluenceSettings:
-        if self.ranking == "round_robin" and self.targets != "onpolicy":
-            raise ValueError("influence.ranking round_robin needs influence.targets onpolicy (each query's graded rollouts)")
-        return self
 
     def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""

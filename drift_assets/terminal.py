@@ -41,6 +41,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def hide_beta_warnings() -> None:
+    """Dagster warns, at every definitions build, that the observable sources this graph uses are beta."""
+    warnings.filterwarnings("ignore", message=r".* is currently in beta", module=r"dagster\.|drift_assets\.")
+
+
 TIME_FORMAT = "%H:%M:%S"
 
 

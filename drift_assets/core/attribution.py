@@ -37,11 +37,7 @@ class ScoringSettings:
     debias: Debias = "unit"
     unsolved: Unsolved = "skip"
     debias_strength: float = 1.0
-    ranking: Ranking = "score"
-
-    def __post_init__(self) -> None:
-        if self.ranking == "round_robin" and self.targets != "onpolicy":
-            raise ValueError("influence.ranking round_robin needs influence.targets onpolicy (the graded rollouts of each query)")
+    ranking: Ranking = "round_robin"
 
 
 @dataclass

@@ -256,9 +256,12 @@ class QueryScores:
 
 
 def query_targets(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
-    """Each query's own g_j = Σ_k w_jk ĝ_jk (rows, in query_id order), for the queries with a nonzero
-    weight: the summands of the on-policy target."""
-    rows, _, _ = weighted_rollouts(checkpoint.validation_gradients, checkpoint.grades, scoring.weighting, scoring.unsolved)
+    """Each query's own part of the target (rows, in query_id order): g_j = Σ_k w_jk ĝ_jk over its
+    rollouts with a nonzero weight (on-policy), or its reference answer's gradient (off-policy)."""
+    if scoring.targets == "offpolicy":
+        rows = checkpoint.validation_gradients.filter(pl.col("target") == "reference").with_columns(weight=pl.lit(1.0))
+    else:
+        rows, _, _ = weighted_rollouts(checkpoint.validation_gradients, checkpoint.grades, scoring.weighting, scoring.unsolved)
     query_ids = sorted(rows["query_id"].unique().to_list())
     position = {query_id: index for index, query_id in enumerate(query_ids)}
     gradients = vectors(rows).astype(np.float64)

@@ -57,7 +57,7 @@ def test_loss_selection_keeps_the_lowest_loss_per_token():
 def test_scoring_settings_per_method():
     drift = ScoringSettings(debias="residual")
     assert scoring_for("drift", drift) == drift
-    assert scoring_for("offpolicy", drift) == ScoringSettings(targets="offpolicy", debias="unit")
+    assert scoring_for("offpolicy", drift) == ScoringSettings(targets="offpolicy", debias="unit", ranking="score")
     assert scoring_for("drift_positive", drift).weighting == "positive"
     assert scoring_for("drift_nodebias", drift).debias == "none"
     assert scoring_for("drift_round_robin", drift).ranking == "round_robin"

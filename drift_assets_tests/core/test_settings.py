@@ -126,14 +126,6 @@ def test_top_k_without_k_fails(tmp_path):
     assert str(path) in str(caught.value)
 
 
-def test_round_robin_ranking_with_off_policy_targets_fails(tmp_path):
-    path = write_settings(tmp_path, {"influence": {"ranking": "round_robin", "targets": "offpolicy"}})
-    with pytest.raises(SettingsError) as caught:
-        load_settings(path)
-    assert "influence.ranking" in str(caught.value) and "influence.targets onpolicy" in str(caught.value)
-    assert str(path) in str(caught.value)
-
-
 def test_demo_fractions_must_leave_clean_examples(tmp_path):
     path = write_settings(tmp_path, {"demo": {"corrupted_fraction": 0.6, "off_task_fraction": 0.4}})
     with pytest.raises(

@@ -158,13 +158,14 @@ def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
     from drift_assets.core.trajectory import ranked_scores, score_along, score_checkpoint, standardized
 
     rng = np.random.default_rng(1)
-    training, validation = rng.normal(size=(5, 4)), rng.normal(size=(6, 4))
+    training, validation = rng.normal(size=(5, 4)), rng.normal(size=(9, 4))
     ids = ["e0", "e1", "e2", "e3", "e4"]
+    # Six graded rollouts, then each query's reference answer.
     rollouts = pl.DataFrame(
         {
-            "rollout_id": [f"r{i}" for i in range(6)],
-            "query_id": ["q0", "q0", "q1", "q1", "q2", "q2"],
-            "target": ["rollout"] * 6,
+            "rollout_id": [f"r{i}" for i in range(6)] + ["ref0", "ref1", "ref2"],
+            "query_id": ["q0", "q0", "q1", "q1", "q2", "q2", "q0", "q1", "q2"],
+            "target": ["rollout"] * 6 + ["reference"] * 3,
             "grad": [list(map(float, g)) for g in validation],
             "model_fingerprint": "m",
             "projection_fingerprint": "p",
@@ -172,8 +173,10 @@ def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
         schema_overrides={"grad": pl.List(pl.Float32)},
     )
     # q0 mixed, q1 all correct, q2 all wrong (positive weighting skips it).
-    grades = rollouts.select("rollout_id", "query_id").with_columns(
-        correct=pl.Series([True, False, True, True, False, False]), reward=pl.Series([1.0, 0, 1, 1, 0, 0])
+    grades = (
+        rollouts.head(6)
+        .select("rollout_id", "query_id")
+        .with_columns(correct=pl.Series([True, False, True, True, False, False]), reward=pl.Series([1.0, 0, 1, 1, 0, 0]))
     )
     checkpoint = CheckpointGradients.in_memory("base", ids, training.astype(np.float32), rollouts, grades, {("m", "p")})
     validation = rollouts["grad"].to_list()
@@ -196,6 +199,9 @@ def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
     assert dict(zip(table["example_id"], table["rank"], strict=True)) == dict(
         zip(ids, round_robin_ranks(scored.matrix).tolist(), strict=True)
     )
-    assert score_along([checkpoint], ScoringSettings()).queries is None
-    with pytest.raises(ValueError, match="targets onpolicy"):
-        ScoringSettings(targets="offpolicy", ranking="round_robin")
+    assert score_along([checkpoint], ScoringSettings(ranking="score")).queries is None
+    # Off-policy, each query's part is its reference answer.
+    offpolicy = score_along([checkpoint], ScoringSettings(targets="offpolicy", debias="unit")).queries
+    assert offpolicy.query_ids == ["q0", "q1", "q2"]
+    for column, reference in enumerate(validation[6:]):
+        np.testing.assert_allclose(offpolicy.matrix[:, column], standardized(training @ np.asarray(reference) / norms), rtol=1e-5)

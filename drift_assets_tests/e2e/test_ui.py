@@ -595,10 +595,14 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     expect(page.get_by_text("Row count")).to_be_visible()
     expect(page.get_by_text("selected_share").first).to_be_visible()
     # The score distribution is drawn in place (a table of bars), not behind "[Show Markdown]": its
-    # clean and noisy columns and the cut-off row are on the page.
+    # clean and noisy columns, and the cut-off row (ranked by score) or the selected rows' column
+    # (the queries taking turns) are on the page.
     chart = page.locator("table:not(:has(table))").filter(has=page.get_by_text("score ≥", exact=True)).first
     expect(chart).to_be_visible()
-    expect(chart.get_by_text("◀ cut-off")).to_be_visible()
+    if dagster.settings.influence.ranking == "score":
+        expect(chart.get_by_text("◀ cut-off")).to_be_visible()
+    else:
+        expect(chart.get_by_role("columnheader", name="selected")).to_be_visible()
     expect(chart.get_by_role("columnheader", name="noisy")).to_be_visible()
     assert "█" in chart.inner_text()
     chart.scroll_into_view_if_needed()
