@@ -12,6 +12,7 @@ it scores the pool with every candidate, ``unsolved/debias/weighting/checkpoints
 weights, averaged along the warm-up checkpoints; ``base`` scores at the base model alone), selects
 the task's share of the pool (an optional fifth part says how: ``top``, the default; ``round_robin``,
 the validation queries taking turns; ``filter``, a random draw from all but the lowest-scored 30%;
+``guarded``, the queries taking turns over all but the 30% least likely rows under the base model;
 ``strata``, the top within length deciles), fine-tunes the base model on it as the method benchmark does, and
 prints per candidate the noise AUC and the accuracy minus full-data SFT on the same seed (mean ±
 standard error), per task and averaged. Fine-tunes are cached in ``data/suite/cache/`` by their
@@ -37,7 +38,13 @@ UNSOLVED = ("reference", "skip")
 DEBIAS = ("unit", "log_orthogonal", "none")
 WEIGHTING = ("signed", "positive")
 CHECKPOINTS = ("base", "warmup")
-RULES = ("top", "strata", "round_robin", "filter")  # the optional fifth part: how the selection is drawn from the scores
+RULES = (
+    "top",
+    "strata",
+    "round_robin",
+    "filter",
+    "guarded",
+)  # the optional fifth part: how the selection is drawn from the scores
 
 
 def all_candidates() -> list[str]:
@@ -55,7 +62,7 @@ def parse_candidate(text: str):
         raise ValueError(
             f"{text!r}: expected unsolved/debias/weighting/checkpoints from {UNSOLVED}, {DEBIAS}, {WEIGHTING}, {CHECKPOINTS}"
         )
-    ranking = "round_robin" if rule == "round_robin" else "score"
+    ranking = "round_robin" if rule in ("round_robin", "guarded") else "score"
     scoring = replace(ScoringSettings(), unsolved=unsolved, debias=debias, weighting=weighting, ranking=ranking)
     return scoring, checkpoints == "base"
 
@@ -87,8 +94,8 @@ def main() -> None:
     parser.add_argument(
         "--reuse-benchmark",
         action="store_true",
-        help="take full, random, oracle and the configured DRIFT (as the candidate of the task's own settings) from the "
-        "suite's method_benchmark table instead of fine-tuning them again (the same selections, recipe and seeds)",
+        help="take full, random and oracle from the suite's method_benchmark table instead of fine-tuning them again "
+        "(the same selections, recipe and seeds)",
     )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -97,8 +104,9 @@ def main() -> None:
 
     from drift_assets.core.attribution import noise_auc
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
-    from drift_assets.core.selection import length_strata, select, select_within_strata
-    from drift_assets.core.stored import gradients_along
+    from drift_assets.core.selection import length_strata, round_robin_ranks, select, select_within_strata
+    from drift_assets.core.stored import base_losses, gradients_along
+    from drift_assets.core.trajectory import score_along
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
     from drift_assets.tasks import TASKS
@@ -158,7 +166,15 @@ def main() -> None:
                 kept = sorted(scores.filter(pl.col("rank") <= math.ceil(0.7 * pool.height))["example_id"])
                 selections[candidate] = {seed: random.Random(f"filter-selection-{seed}").sample(kept, size) for seed in seeds}
                 continue
-            if rule == "strata":
+            if rule == "guarded":
+                # the queries take turns over the pool less its 30% least likely rows under the base model
+                likely = base_losses(warehouse, pool).sort("loss_per_token", "example_id")["example_id"]
+                kept = set(likely.head(math.ceil(0.7 * pool.height)))
+                along = score_along(scorer.checkpoints[:1] if base_only else scorer.checkpoints, scoring)
+                positions = [index for index, example_id in enumerate(along.queries.example_ids) if example_id in kept]
+                ranks = round_robin_ranks(along.queries.matrix[positions])
+                chosen = [along.queries.example_ids[at] for at, rank in zip(positions, ranks, strict=True) if rank <= size]
+            elif rule == "strata":
                 chosen_mask = select_within_strata(scores, size, length_strata(scores["n_tokens"].to_numpy(), 10))
                 chosen = scores.filter(chosen_mask)["example_id"].to_list()
             else:  # top, or round_robin: the first by the scores' rank
@@ -226,34 +242,15 @@ def main() -> None:
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 
-def candidate_name(scoring, checkpoints: str) -> str:
-    """The candidate that scores with ``scoring`` along ``checkpoints`` ("base" or "warmup")."""
-    rule = "/round_robin" if scoring.ranking == "round_robin" else ""
-    return f"{scoring.unsolved}/{scoring.debias}/{scoring.weighting}/{checkpoints}{rule}"
-
-
-def configured_candidate(settings) -> str:
-    """The candidate that restates the task's ``influence`` settings (scored along its checkpoints)."""
-    return candidate_name(settings.influence.scoring(), "warmup" if len(settings.checkpoints) > 1 else "base")
-
-
 def reused_fine_tunes(warehouse, task: str, selections: dict, settings) -> dict[str, float]:
-    """Cache entries (selection key -> accuracy) from the suite's ``method_benchmark`` for the selections
-    both make: full, random, oracle, and ``drift`` and its on-policy ablations as the candidates
-    that restate them."""
-    from drift_assets.core.benchmark import ABLATIONS, scoring_for
-
+    """Cache entries (selection key -> accuracy) from the suite's ``method_benchmark`` for the
+    selections that do not depend on the influence settings: full, random and oracle. (Its DRIFT
+    rows are not reused: the table does not record the settings they were scored with, and a
+    default changed since would attach their accuracy to another selection.)"""
     table = warehouse.scan("method_benchmark").collect()
-    names = {"full": "full", "random": "random", "oracle": "oracle"}
-    along = "warmup" if len(settings.checkpoints) > 1 else "base"
-    for method in ("drift", *ABLATIONS):
-        scoring = scoring_for(method, settings.influence.scoring())
-        if scoring.targets == "onpolicy":
-            names[method] = candidate_name(scoring, "base" if method == "drift_base" else along)
     entries = {}
     for row in table.iter_rows(named=True):
-        candidate = names.get(row["method"])
-        ids = selections.get(candidate, {}).get(row["seed"])
+        ids = selections.get(row["method"], {}).get(row["seed"]) if row["method"] in ("full", "random", "oracle") else None
         if ids is not None and len(ids) == row["n_selected"]:
             entries[selection_key(task, ids, row["seed"], settings.benchmark.sft.options(row["seed"]))] = row["accuracy"]
     return entries
