@@ -106,7 +106,7 @@ def main() -> None:
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
     from drift_assets.core.selection import length_strata, round_robin_ranks, select, select_within_strata
     from drift_assets.core.stored import base_losses, gradients_along
-    from drift_assets.core.trajectory import score_along
+    from drift_assets.core.trajectory import ranked_scores
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
     from drift_assets.tasks import TASKS
@@ -158,7 +158,8 @@ def main() -> None:
 
         for candidate in candidates:
             scoring, base_only = parse_candidate(candidate)
-            scores = scorer.scores(scoring, pool, base_only=base_only)
+            along = scorer.along(scoring, base_only=base_only)
+            scores = ranked_scores(along, pool)
             aucs[candidate] = noise_auc(scores, pool)
             rule = candidate.split("/")[4] if candidate.count("/") >= 4 else "top"
             if rule == "filter":
@@ -170,7 +171,6 @@ def main() -> None:
                 # the queries take turns over the pool less its 30% least likely rows under the base model
                 likely = base_losses(warehouse, pool).sort("loss_per_token", "example_id")["example_id"]
                 kept = set(likely.head(math.ceil(0.7 * pool.height)))
-                along = score_along(scorer.checkpoints[:1] if base_only else scorer.checkpoints, scoring)
                 positions = [index for index, example_id in enumerate(along.queries.example_ids) if example_id in kept]
                 ranks = round_robin_ranks(along.queries.matrix[positions])
                 chosen = [along.queries.example_ids[at] for at, rank in zip(positions, ranks, strict=True) if rank <= size]

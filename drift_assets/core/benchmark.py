@@ -43,7 +43,7 @@ from drift_assets.core.grading import GradingOptions
 from drift_assets.core.influence import Curvature, fit_curvature
 from drift_assets.core.selection import select
 from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
-from drift_assets.core.trajectory import CheckpointGradients, ranked_scores, score_along
+from drift_assets.core.trajectory import CheckpointGradients, ScoredAlong, ranked_scores, score_along
 
 __all__ = [
     "METHODS",
@@ -112,14 +112,17 @@ class MethodScorer:
             self._curvatures[key] = fit_curvature(hessian, [training], training.shape[1], damping)
         return self._curvatures[key]
 
-    def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
-        """The pool's scores along every checkpoint (``base_only``: at the first, the base model, alone)."""
-        along = score_along(
+    def along(self, scoring: ScoringSettings, base_only: bool = False) -> ScoredAlong:
+        """The pool scored along every checkpoint (``base_only``: at the first, the base model, alone)."""
+        return score_along(
             self.checkpoints[:1] if base_only else self.checkpoints,
             scoring,
             lambda index, _: self._curvature(index, scoring.hessian, scoring.damping),
         )
-        return ranked_scores(along, training_pool)
+
+    def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
+        """The pool's scores table along every checkpoint (see :meth:`along`)."""
+        return ranked_scores(self.along(scoring, base_only), training_pool)
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""
