@@ -7,15 +7,12 @@ It first brings the pipeline up to date (only what is stale or missing), then ru
 """
 
 import argparse
-import os
 import time
-
-from dagster import DagsterInstance
 
 from drift_assets.core.benchmark import summary_markdown
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
-from drift_assets.runner import materialize_pipeline, run_method_benchmark
+from drift_assets.runner import instance_for_runs, materialize_pipeline, run_method_benchmark
 from drift_assets.settings import load_settings
 
 
@@ -25,10 +22,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = load_settings(args.settings)
     defs = build_definitions(settings)
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     started = time.perf_counter()
-    materialize_pipeline(defs, instance, only_stale=True)
-    run_method_benchmark(defs, instance)
+    with instance_for_runs() as instance:
+        materialize_pipeline(defs, instance, only_stale=True)
+        run_method_benchmark(defs, instance)
     table = Warehouse.from_settings(settings).scan("method_benchmark").collect()
     print(
         f"\nmethod benchmark ({len(settings.benchmark.seeds)} seeds, {settings.benchmark.sft.steps} SFT steps each), "

@@ -159,34 +159,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "materialize":
-        from dagster import DagsterInstance
-
         from drift_assets.definitions import build_definitions
         from drift_assets.resources import Warehouse
-        from drift_assets.runner import fail_abandoned_runs, materialize_pipeline
+        from drift_assets.runner import fail_abandoned_runs, instance_for_runs, materialize_pipeline
 
         started = time.perf_counter()
-        instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-        for run_id in fail_abandoned_runs(instance):
-            print(f"run {run_id} had been left STARTED by a killed process: marked failed")
-        warehouse = Warehouse.from_settings(settings)
-        try:
-            warehouse.check_reachable()
-            with warehouse.lock():
-                done = materialize_pipeline(
-                    build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse, verbose=args.verbose
+        with instance_for_runs() as instance:
+            for run_id in fail_abandoned_runs(instance):
+                print(f"run {run_id} had been left STARTED by a killed process: marked failed")
+            warehouse = Warehouse.from_settings(settings)
+            try:
+                warehouse.check_reachable()
+                with warehouse.lock():
+                    done = materialize_pipeline(
+                        build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse, verbose=args.verbose
+                    )
+            except Exception as error:
+                if args.verbose:
+                    traceback.print_exc()
+                print(
+                    f"\n{failure_paragraph(error, instance)}"
+                    + ("" if args.verbose else "\n  (--verbose adds the stack traces and Dagster's DEBUG events)"),
+                    file=sys.stderr,
                 )
-        except Exception as error:
-            if args.verbose:
-                traceback.print_exc()
-            print(
-                f"\n{failure_paragraph(error, instance)}"
-                + ("" if args.verbose else "\n  (--verbose adds the stack traces and Dagster's DEBUG events)"),
-                file=sys.stderr,
-            )
-            return 1
-        what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
-        print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
+                return 1
+            what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
+            print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
     print(_summary(settings))
     return 0
 

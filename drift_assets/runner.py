@@ -1,7 +1,7 @@
 """Materializing the graph from Python, in the order Dagster's UI or a backfill would.
 
 Runs go through the instance given (``DagsterInstance.get()`` under ``DAGSTER_HOME`` for the CLI,
-so ``make ui`` afterwards shows every run): one for the warm-up run (where ``warmup.steps`` is set),
+so ``make ui`` afterwards shows every run, as runs of the code location: ``drift_assets.code_location``): one for the warm-up run (where ``warmup.steps`` is set),
 then at each checkpoint one for its rollouts → validation gradients and one per training-gradient shard.
 """
 
@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, Definitions
 
+from drift_assets.code_location import execute_run
 from drift_assets.terminal import terminal_run_config
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,18 @@ WARMUP = "warmup_checkpoints"
 DOWNSTREAM = ("influence_scores", "refined_dataset", "refined_dataset_export", "refined_model_evaluation")
 # Dagster's tags for one run over a range of partitions (what a single-run backfill sets).
 PARTITION_RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+@contextmanager
+def instance_for_runs() -> Iterator[DagsterInstance]:
+    """The instance under $DAGSTER_HOME; without it, one in a temporary directory whose run history
+    goes with it (an in-memory instance cannot answer the GraphQL staleness queries)."""
+    if os.environ.get("DAGSTER_HOME"):
+        with DagsterInstance.get() as instance:
+            yield instance
+        return
+    with tempfile.TemporaryDirectory(prefix="drift-dagster-") as home, DagsterInstance.local_temp(home) as instance:
+        yield instance
 
 
 def _existing(defs: Definitions, names: Iterable[str]) -> list[AssetKey]:
@@ -60,13 +75,8 @@ def materialize_assets(
     tags = {PROCESS_TAG: _process_label(os.getpid())}
     if partition_range:
         tags.update(zip(PARTITION_RANGE_TAGS, partition_range, strict=True))
-    result = job.execute_in_process(
-        instance=instance,
-        asset_selection=keys,
-        partition_key=partition_key,
-        raise_on_error=True,
-        tags=tags,
-        run_config=terminal_run_config(verbose),
+    result = execute_run(
+        job, instance, run_config=terminal_run_config(verbose), tags=tags, asset_selection=keys, partition_key=partition_key
     )
     if not result.success:
         raise RuntimeError(f"run {result.run_id} failed while materializing {[k.to_user_string() for k in keys]}")
@@ -75,11 +85,11 @@ def materialize_assets(
 def run_method_benchmark(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:
     """One run of the ``method_benchmark`` job (it writes the method_benchmark table); raises if it fails.
     The pipeline's tables must be materialized: the job reads them from the warehouse."""
-    result = defs.resolve_job_def("method_benchmark").execute_in_process(
-        instance=instance,
-        raise_on_error=True,
-        tags={PROCESS_TAG: _process_label(os.getpid())},
+    result = execute_run(
+        defs.resolve_job_def("method_benchmark"),
+        instance,
         run_config=terminal_run_config(verbose),
+        tags={PROCESS_TAG: _process_label(os.getpid())},
     )
     if not result.success:
         raise RuntimeError(f"run {result.run_id} of the method_benchmark job failed")
@@ -113,11 +123,11 @@ def _alive(pid: int) -> bool:
 
 def observe_sources(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:
     """Record the current content hash of every input file and the model directory."""
-    defs.resolve_job_def("observe_sources").execute_in_process(
-        instance=instance,
-        raise_on_error=True,
-        tags={PROCESS_TAG: _process_label(os.getpid())},
+    execute_run(
+        defs.resolve_job_def("observe_sources"),
+        instance,
         run_config=terminal_run_config(verbose),
+        tags={PROCESS_TAG: _process_label(os.getpid())},
     )
 
 

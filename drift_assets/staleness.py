@@ -1,13 +1,21 @@
 """Which assets (and shards) are stale or missing, as Dagster itself decides it.
 
-This asks Dagster's own stale-status resolver, the one behind the UI's "Unsynced" badge and its
-GraphQL ``staleStatus``. It is internal API (``dagster._core``), pinned with Dagster 1.13.27; the
-staleness tests would flag a change when the pin moves.
+The statuses are the UI's own: Dagster's GraphQL API (``staleStatus``, the "Unsynced" badge)
+answering about the definitions and instance given, served in this process.
 """
 
 from __future__ import annotations
 
 from dagster import AssetKey, DagsterInstance, Definitions
+
+from drift_assets.code_location import graphql
+
+STATUSES = """
+query Staleness($plain: [AssetKeyInput!], $partitioned: [AssetKeyInput!]) {
+  plain: assetNodes(assetKeys: $plain) { assetKey { path } staleStatus }
+  partitioned: assetNodes(assetKeys: $partitioned) { assetKey { path } partitionKeys staleStatusByPartition }
+}
+"""
 
 
 def _graph(defs: Definitions):
@@ -16,27 +24,21 @@ def _graph(defs: Definitions):
     return defs.resolve_asset_graph()
 
 
-def _resolver(defs: Definitions, instance: DagsterInstance):
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._core.loader import LoadingContextForTest
-
-    # LoadingContextForTest is Dagster's plain loading context; nothing about it is test-only.
-    graph = _graph(defs)
-    return graph, CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-
-
 def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, str]:
     """``{"rollouts": "FRESH", "training_gradient_projections[001]": "STALE", …}`` for every materializable asset."""
-    graph, resolver = _resolver(defs, instance)
-    statuses = {}
-    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
-        node = graph.get(key)
-        if node.partitions_def is None:
-            statuses[key.to_user_string()] = resolver.get_status(key).value
-        else:
-            for partition in node.partitions_def.get_partition_keys():
-                statuses[f"{key.to_user_string()}[{partition}]"] = resolver.get_status(key, partition).value
-    return statuses
+    graph = _graph(defs)
+    keys = {"plain": [], "partitioned": []}
+    for key in graph.materializable_asset_keys:
+        keys["plain" if graph.get(key).partitions_def is None else "partitioned"].append({"path": key.path})
+    answer = graphql(defs, instance, STATUSES, keys)
+    statuses = {AssetKey(node["assetKey"]["path"]).to_user_string(): node["staleStatus"] for node in answer["plain"]}
+    for node in answer["partitioned"]:
+        name = AssetKey(node["assetKey"]["path"]).to_user_string()
+        statuses.update(
+            (f"{name}[{partition}]", status)
+            for partition, status in zip(node["partitionKeys"], node["staleStatusByPartition"], strict=True)
+        )
+    return dict(sorted(statuses.items()))
 
 
 def stale_or_missing(defs: Definitions, instance: DagsterInstance, include_missing: bool = True) -> set[str]:
@@ -57,7 +59,7 @@ def damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> d
 
     Dagster's event log would still call them up to date: its staleness is about versions, not storage.
     """
-    graph, _ = _resolver(defs, instance)
+    graph = _graph(defs)
     damaged = {}
     for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
         if "dagster/kind/delta" not in graph.get(key).tags or instance.get_latest_materialization_event(key) is None:
@@ -97,21 +99,19 @@ def needs_materialization(defs: Definitions, instance: DagsterInstance, also: se
     this closes the set over the graph, which is what "refresh what is stale" has to run. The walk
     follows the partition mappings: a new warm-up checkpoint reaches its own chain, not ``base``'s.
     """
-    from dagster._core.definitions.events import AssetKeyPartitionKey
-
-    graph, _ = _resolver(defs, instance)
+    graph = _graph(defs)
     roots = stale_or_missing(defs, instance)
     for name in also:
         node = graph.get(AssetKey(name))
         roots |= {name} if node.partitions_def is None else {f"{name}[{p}]" for p in node.partitions_def.get_partition_keys()}
-    frontier = [AssetKeyPartitionKey(*split_partition(name)) for name in roots]
-    seen: set[AssetKeyPartitionKey] = set()
+    frontier = [split_partition(name) for name in roots]
+    seen: set[tuple[AssetKey, str | None]] = set()
     while frontier:
         item = frontier.pop()
         if item in seen:
             continue
         seen.add(item)
-        frontier.extend(graph.get_children_partitions(item.asset_key, item.partition_key))
+        frontier.extend((child.asset_key, child.partition_key) for child in graph.get_children_partitions(*item))
     return {
         key.to_user_string() if partition is None else f"{key.to_user_string()}[{partition}]"
         for key, partition in seen

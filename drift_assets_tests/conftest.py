@@ -63,12 +63,12 @@ SMALL_DEMO = {
 }
 
 
-def write_settings(directory: Path, overrides: dict) -> Path:
+def write_settings(directory: Path, overrides: dict, name: str = "settings.yaml") -> Path:
     """A settings file in ``directory`` (so relative data paths land there) with ``overrides``."""
     raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
     for group, values in overrides.items():
         raw[group] = {**raw.get(group, {}), **values} if isinstance(values, dict) else values
-    path = directory / "settings.yaml"
+    path = directory / name
     path.write_text(yaml.safe_dump(raw))
     return path
 

@@ -115,7 +115,7 @@ def test_a_deleted_or_damaged_table_is_found_before_up_to_date_and_rebuilt(priva
 def test_a_table_an_earlier_release_laid_out_otherwise_is_set_aside_and_rebuilt(tmp_path):
     """warmup_checkpoints had a checkpoint column and no partitions before: Delta cannot write one partition into it."""
     import polars as pl
-    from dagster import Definitions, StaticPartitionsDefinition, asset
+    from dagster import Definitions, StaticPartitionsDefinition, asset, in_process_executor
 
     from drift_assets.runner import WARMUP, materialize_assets, repair_damaged_tables
     from drift_assets.settings import parse_settings
@@ -138,9 +138,12 @@ def test_a_table_an_earlier_release_laid_out_otherwise_is_set_aside_and_rebuilt(
 
     with instance_for_test() as instance:
         resources = {"io_manager": warehouse.io_manager()}
-        loggers = {"console": terminal_logger}  # as the code location has it
-        materialize_assets(Definitions(assets=[before], resources=resources, loggers=loggers), instance, [AssetKey(WARMUP)])
-        defs = Definitions(assets=[after], resources=resources, loggers=loggers)
+        # as the code location has them
+        loggers, executor = {"console": terminal_logger}, in_process_executor
+        materialize_assets(
+            Definitions(assets=[before], resources=resources, loggers=loggers, executor=executor), instance, [AssetKey(WARMUP)]
+        )
+        defs = Definitions(assets=[after], resources=resources, loggers=loggers, executor=executor)
         with pytest.raises(Exception, match="partitioning does not match"):  # what a user got
             materialize_assets(defs, instance, [AssetKey(WARMUP)], partition_key="000050")
         assert repair_damaged_tables(defs, instance, warehouse) == {"warmup_checkpoints"}
