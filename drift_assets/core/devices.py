@@ -103,11 +103,14 @@ def _use(label: str, pool_size: int) -> str:
 def lease_device(
     pool: Sequence[str],
     lock_dir: Path | None = None,
-    poll_seconds: float = 1.0,
+    poll_seconds: float = 0.1,
     timeout_seconds: float | None = None,
     log: Callable[[str], None] = logger.info,
 ) -> DeviceLease:
-    """Lease the first free device of ``pool``, waiting while every one is held by another run."""
+    """Lease the first free device of ``pool``, waiting while every one is held by another run.
+
+    A waiting run tries the locks every ``poll_seconds`` (an attempt costs microseconds): runs that
+    wait together start within that of each other once the devices come free."""
     if not pool:
         raise ValueError("model.device_pool is empty: list devices such as cuda:0 or cpu:1")
     try:

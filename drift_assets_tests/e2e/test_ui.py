@@ -75,6 +75,15 @@ DAEMON_WITH_SHORT_BACKFILL_TICKS = (
     " controller.DEFAULT_DAEMON_INTERVAL_SECONDS = 3;"
     " from dagster._daemon.cli import main; sys.argv[0] = 'dagster-daemon'; sys.exit(main())"
 )
+# What `make demo` does first, from Python: one run of the observe_sources job.
+OBSERVE_FROM_PYTHON = (
+    "from dagster import DagsterInstance; from drift_assets.definitions import defs;"
+    " from drift_assets.runner import observe_sources; observe_sources(defs, DagsterInstance.get())"
+)
+OBSERVE_IN_PROCESS = (
+    "from dagster import DagsterInstance; from drift_assets.definitions import defs;"
+    " defs.resolve_job_def('observe_sources').execute_in_process(instance=DagsterInstance.get())"
+)
 # Another process (a job outside Dagster) that holds every device of the pool until its stdin closes.
 HOLD_DEVICES = (
     "import sys; from drift_assets.core.devices import lease_device;"
@@ -122,7 +131,7 @@ class Dagster:
         log.close()
 
     def start(self) -> None:
-        target = ["-m", "drift_assets.definitions"]
+        target = ["-w", str(REPO / "workspace.yaml")]  # as `make ui` serves it: the location runs from Python name
         self._start("webserver", [str(VENV_BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), *target])
         self._start("daemon", [str(VENV_BIN / "python"), "-c", DAEMON_WITH_SHORT_BACKFILL_TICKS, "run", *target])
         deadline = time.monotonic() + 120
@@ -210,7 +219,7 @@ class Dagster:
         return data["runOrError"]
 
     def runs(self) -> list[dict]:
-        data = self.graphql("{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }")
+        data = self.graphql("{ runsOrError { ... on Runs { results { runId pipelineName status tags { key value } } } } }")
         return data["runsOrError"]["results"]
 
     def latest_observation_run(self, key: str) -> str | None:
@@ -653,3 +662,23 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     expect(_visible_text(page, "refined_dataset")).to_be_visible()
     page.wait_for_timeout(1500)
     _shot(page, "10-asset-graph-after")
+
+    # A run started from Python (as `make demo` starts them) is an ordinary run of the code location:
+    # on the Overview timeline, and re-executed without the UI's version warning, unlike a run of
+    # Dagster's execute_in_process (what runs from Python were before).
+    assert not [r for r in dagster.runs() if r["pipelineName"] == "observe_sources"]  # the UI observed through its asset job
+    for script in (OBSERVE_IN_PROCESS, OBSERVE_FROM_PYTHON):
+        subprocess.run([str(VENV_BIN / "python"), "-c", script], cwd=dagster.workspace, env=dagster.env, check=True, timeout=300)
+    in_process, observed = sorted(
+        (r for r in dagster.runs() if r["pipelineName"] == "observe_sources"), key=lambda r: dagster.run(r["runId"])["startTime"]
+    )
+    for run, icon in ((in_process, 1), (observed, 0)):
+        page.goto(f"{dagster.url}/runs/{run['runId']}")
+        reexecute = page.get_by_role("button", name=re.compile("Re-execute all")).first
+        expect(reexecute).to_be_visible()
+        # The version warning is an icon on the button (an exact match has none).
+        expect(reexecute.get_by_role("img", name="warning")).to_have_count(icon)
+    _shot(page, "11-run-started-from-python")
+    page.goto(f"{dagster.url}/overview/activity/timeline")
+    expect(page.get_by_text("observe_sources", exact=True).first).to_be_visible()
+    _shot(page, "12-overview-timeline")
