@@ -38,6 +38,7 @@ UNSOLVED = ("reference", "skip")
 DEBIAS = ("unit", "log_orthogonal", "none")
 WEIGHTING = ("signed", "positive")
 CHECKPOINTS = ("base", "warmup")
+GUARD = 0.7  # the guarded rule's share of the pool, likeliest first (influence.likelihood_guard)
 RULES = (
     "top",
     "strata",
@@ -63,7 +64,10 @@ def parse_candidate(text: str):
             f"{text!r}: expected unsolved/debias/weighting/checkpoints from {UNSOLVED}, {DEBIAS}, {WEIGHTING}, {CHECKPOINTS}"
         )
     ranking = "round_robin" if rule in ("round_robin", "guarded") else "score"
-    scoring = replace(ScoringSettings(), unsolved=unsolved, debias=debias, weighting=weighting, ranking=ranking)
+    guard = GUARD if rule == "guarded" else 1.0
+    scoring = replace(
+        ScoringSettings(), unsolved=unsolved, debias=debias, weighting=weighting, ranking=ranking, likelihood_guard=guard
+    )
     return scoring, checkpoints == "base"
 
 
@@ -104,7 +108,7 @@ def main() -> None:
 
     from drift_assets.core.attribution import noise_auc
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
-    from drift_assets.core.selection import length_strata, round_robin_ranks, select, select_within_strata
+    from drift_assets.core.selection import length_strata, select, select_within_strata
     from drift_assets.core.stored import base_losses, gradients_along
     from drift_assets.core.trajectory import ranked_scores
     from drift_assets.resources import Warehouse, model_resource
@@ -130,7 +134,9 @@ def main() -> None:
             )
         warehouse = Warehouse.from_settings(settings)
         pool = warehouse.scan("training_pool").collect()
-        scorer = MethodScorer(list(gradients_along(warehouse, settings.checkpoints, settings.projection.shards)))
+        scorer = MethodScorer(
+            list(gradients_along(warehouse, settings.checkpoints, settings.projection.shards)), base_losses(warehouse, pool)
+        )
         if len(scorer.checkpoints) == 1 and any(c.endswith("/warmup") for c in candidates):
             raise SystemExit(
                 f"{task}: no warm-up checkpoints in {warehouse.root}: run suite.py with --warmup on --materialize-only first"
@@ -159,7 +165,7 @@ def main() -> None:
         for candidate in candidates:
             scoring, base_only = parse_candidate(candidate)
             along = scorer.along(scoring, base_only=base_only)
-            scores = ranked_scores(along, pool)
+            scores = ranked_scores(along, pool, scorer.loss_per_token, scoring.likelihood_guard)
             aucs[candidate] = noise_auc(scores, pool)
             rule = candidate.split("/")[4] if candidate.count("/") >= 4 else "top"
             if rule == "filter":
@@ -167,17 +173,10 @@ def main() -> None:
                 kept = sorted(scores.filter(pl.col("rank") <= math.ceil(0.7 * pool.height))["example_id"])
                 selections[candidate] = {seed: random.Random(f"filter-selection-{seed}").sample(kept, size) for seed in seeds}
                 continue
-            if rule == "guarded":
-                # the queries take turns over the pool less its 30% least likely rows under the base model
-                likely = base_losses(warehouse, pool).sort("loss_per_token", "example_id")["example_id"]
-                kept = set(likely.head(math.ceil(0.7 * pool.height)))
-                positions = [index for index, example_id in enumerate(along.queries.example_ids) if example_id in kept]
-                ranks = round_robin_ranks(along.queries.matrix[positions])
-                chosen = [along.queries.example_ids[at] for at, rank in zip(positions, ranks, strict=True) if rank <= size]
-            elif rule == "strata":
+            if rule == "strata":
                 chosen_mask = select_within_strata(scores, size, length_strata(scores["n_tokens"].to_numpy(), 10))
                 chosen = scores.filter(chosen_mask)["example_id"].to_list()
-            else:  # top, or round_robin: the first by the scores' rank
+            else:  # top, round_robin or guarded: the first by the scores' rank
                 chosen = scores.filter(select(scores, "top_fraction", settings.selection.fraction))["example_id"].to_list()
             selections[candidate] = {seed: chosen for seed in seeds}
         if args.reuse_benchmark and warehouse.exists("method_benchmark"):

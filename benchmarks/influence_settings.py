@@ -94,6 +94,7 @@ def scoring_settings(
         damping=damping,
         debias=debias_method,
         unsolved=unsolved,
+        likelihood_guard=1.0,  # the scores themselves are studied here, not the guard that reorders them
     )
 
 

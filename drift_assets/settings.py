@@ -356,6 +356,14 @@ class InfluenceSettings(_Group):
         "own part of the target: no few queries' examples fill the selection)",
     )
 
+    likelihood_guard: float = Field(
+        _SCORING.likelihood_guard,
+        gt=0.0,
+        le=1.0,
+        description="the share of the pool the ranking takes first: the rows the base model finds likeliest (lowest loss "
+        "per response token), where noise is rarest; the rest follow, each part ranked on its own. 1 = no guard",
+    )
+
     def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
         return ScoringSettings(**self.model_dump())
@@ -491,10 +499,11 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_log_orthogonal",
     "drift_by_score",
     "drift_round_robin",
+    "drift_unguarded",
     "drift_base",
 )
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
-ABLATIONS_ON_REQUEST = ("drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal")
+ABLATIONS_ON_REQUEST = ("drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_by_score")
 
 
 class BenchmarkSettings(_Group):

@@ -28,7 +28,7 @@ from drift_assets.core.benchmark import (
 )
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
-from drift_assets.core.stored import gradients_along, pool_loss_scores
+from drift_assets.core.stored import base_losses, gradients_along, pool_loss_scores
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Reads, Settings
 
@@ -73,7 +73,9 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         )
         benchmark, selection = reads.benchmark, reads.selection
         drift = reads.influence.scoring()
-        scorer = MethodScorer(list(gradients_along(warehouse, reads.checkpoints, reads.projection.shards)))
+        scorer = MethodScorer(
+            list(gradients_along(warehouse, reads.checkpoints, reads.projection.shards)), base_losses(warehouse, training_pool)
+        )
         network, tokenizer = model.load_model(), model.load_tokenizer()
         scores = {}
         for method in benchmark.methods:

@@ -60,9 +60,14 @@ def build_influence_assets(settings: Settings) -> list:
         description="s_i = gᵀH⁻¹ĥ_i against the signed, graded on-policy rollouts; debiased against gradient norm"
         + (f"; the standardized scores averaged over checkpoints {checkpoints}" if len(checkpoints) > 1 else "")
         + (
-            "; ranked with the validation queries taking turns, each by its own part of the target."
+            "; ranked with the validation queries taking turns, each by its own part of the target"
             if influence.ranking == "round_robin"
-            else "; ranked by score."
+            else "; ranked by score"
+        )
+        + (
+            f", the {influence.likelihood_guard:.0%} of the pool the base model finds likeliest first."
+            if influence.likelihood_guard < 1
+            else "."
         ),
     )
     def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
@@ -82,8 +87,9 @@ def build_influence_assets(settings: Settings) -> list:
             }
             for at in along.checkpoints
         ]
-        table = ranked_scores(along, training_pool)
-        table = table.join(base_losses(warehouse, training_pool), on="example_id", how="left", maintain_order="left")
+        losses = base_losses(warehouse, training_pool)
+        table = ranked_scores(along, training_pool, losses, influence.likelihood_guard)
+        table = table.join(losses, on="example_id", how="left", maintain_order="left")
         figures = diagnostics(table, training_pool)
         base_target = along.checkpoints[0].target
         summary = base_target.summary
@@ -96,6 +102,7 @@ def build_influence_assets(settings: Settings) -> list:
                 "targets": influence.targets,
                 "weighting": influence.weighting,
                 "ranking": influence.ranking,
+                "likelihood_guard": influence.likelihood_guard,
                 **({"queries_taking_turns": len(along.queries.query_ids)} if along.queries else {}),
                 "queries_used": summary.queries_used if summary else base_target.n_targets,
                 "queries_skipped": summary.queries_skipped if summary else 0,

@@ -38,6 +38,7 @@ class ScoringSettings:
     unsolved: Unsolved = "skip"
     debias_strength: float = 1.0
     ranking: Ranking = "round_robin"
+    likelihood_guard: float = 0.7
 
 
 @dataclass

@@ -74,6 +74,7 @@ ABLATIONS = {
     "drift_log_orthogonal": {"debias": "log_orthogonal"},
     "drift_by_score": {"ranking": "score"},
     "drift_round_robin": {"ranking": "round_robin"},
+    "drift_unguarded": {"likelihood_guard": 1.0},
     "drift_base": {},  # the same settings at the base model alone
 }
 METHODS = (*UNSCORED, *SIMILARITY, "offpolicy", "drift", *ABLATIONS)
@@ -86,7 +87,7 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     if method in UNSCORED or method in SIMILARITY:
         return None
     if method == "offpolicy":
-        return replace(drift, targets="offpolicy", debias="unit", ranking="score")
+        return replace(drift, targets="offpolicy", debias="unit", ranking="score", likelihood_guard=1.0)
     if method == "drift":
         return drift
     return replace(drift, **ABLATIONS[method])
@@ -99,10 +100,12 @@ class MethodScorer:
     combination (:func:`~drift_assets.core.trajectory.combine_checkpoints`), as ``influence_scores`` has it.
     """
 
-    def __init__(self, checkpoints: list[CheckpointGradients]):
+    def __init__(self, checkpoints: list[CheckpointGradients], loss_per_token: pl.DataFrame | None = None):
+        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for a likelihood guard."""
         if not checkpoints:
             raise ValueError("nothing to score: no checkpoint gradients")
         self.checkpoints = [checkpoint.loaded() for checkpoint in checkpoints]
+        self.loss_per_token = loss_per_token
         self._curvatures: dict[tuple[int, str, float], Curvature] = {}
 
     def _curvature(self, index: int, hessian: str, damping: float) -> Curvature:
@@ -122,7 +125,7 @@ class MethodScorer:
 
     def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
         """The pool's scores table along every checkpoint (see :meth:`along`)."""
-        return ranked_scores(self.along(scoring, base_only), training_pool)
+        return ranked_scores(self.along(scoring, base_only), training_pool, self.loss_per_token, scoring.likelihood_guard)
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""

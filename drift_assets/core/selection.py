@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -128,4 +129,31 @@ def round_robin_ranks(matrix: np.ndarray) -> np.ndarray:
         while ranks[order[pointers[query], query]]:
             pointers[query] += 1
         ranks[order[pointers[query], query]] = rank
+    return ranks
+
+
+def likeliest(loss_per_token: pl.DataFrame, example_ids: Sequence[str], share: float) -> np.ndarray:
+    """Boolean aligned with ``example_ids``: the ⌈share·n⌉ rows the base model finds likeliest (the
+    lowest loss per response token; ties by example_id). ``loss_per_token``: example_id, loss_per_token."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"influence.likelihood_guard: {share:g} is not a share of the pool in (0, 1]")
+    losses = dict(zip(loss_per_token["example_id"], loss_per_token["loss_per_token"], strict=True))
+    missing = [example_id for example_id in example_ids if example_id not in losses]
+    if missing:
+        raise ValueError(f"influence.likelihood_guard: {len(missing)} pool examples have no base-model loss (e.g. {missing[:3]})")
+    order = sorted(range(len(example_ids)), key=lambda at: (losses[example_ids[at]], example_ids[at]))
+    kept = np.zeros(len(example_ids), dtype=bool)
+    kept[order[: math.ceil(share * len(example_ids))]] = True
+    return kept
+
+
+def ranks_taking_first(ranks_of, kept: np.ndarray) -> np.ndarray:
+    """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
+    ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""
+    ranks = np.zeros(len(kept), dtype=np.int64)
+    inside, outside = np.flatnonzero(kept), np.flatnonzero(~kept)
+    if len(inside):
+        ranks[inside] = ranks_of(inside)
+    if len(outside):
+        ranks[outside] = len(inside) + ranks_of(outside)
     return ranks

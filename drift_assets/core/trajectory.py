@@ -32,7 +32,7 @@ from drift_assets.core.attribution import (
 )
 from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
-from drift_assets.core.selection import round_robin_ranks
+from drift_assets.core.selection import likeliest, ranks_taking_first, round_robin_ranks
 from drift_assets.core.sft import SftOptions, SftRun, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
@@ -289,15 +289,36 @@ def combine_query_scores(scores: Sequence[PoolScores]) -> QueryScores:
     return QueryScores(list(order), query_ids, matrix)
 
 
-def ranked_scores(along: ScoredAlong, training_pool: pl.DataFrame) -> pl.DataFrame:
-    """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`); with per-query
-    scores, ``rank`` is the round-robin order of the validation queries taking turns
-    (:func:`~drift_assets.core.selection.round_robin_ranks`) and the table is sorted by it."""
+def ranked_scores(
+    along: ScoredAlong,
+    training_pool: pl.DataFrame,
+    loss_per_token: pl.DataFrame | None = None,
+    likelihood_guard: float = 1.0,
+) -> pl.DataFrame:
+    """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`) sorted by ``rank``,
+    the order the selection takes: with per-query scores, the validation queries taking turns
+    (:func:`~drift_assets.core.selection.round_robin_ranks`), else the score. A ``likelihood_guard``
+    under 1 ranks the share of the pool the base model finds likeliest (``loss_per_token``:
+    example_id, loss_per_token) first, each part in that order on its own."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
-        return frame
-    row = {example_id: index for index, example_id in enumerate(along.queries.example_ids)}
-    matrix = along.queries.matrix[[row[example_id] for example_id in frame["example_id"]]]
-    if matrix.shape[1] == 0:
-        raise ValueError("influence.ranking round_robin: no validation query has a nonzero weight at any checkpoint")
-    return frame.with_columns(rank=pl.Series(round_robin_ranks(matrix))).sort("rank")
+        by_score = frame["rank"].to_numpy()
+
+        def ranks_of(rows: np.ndarray) -> np.ndarray:
+            return np.argsort(np.argsort(by_score[rows], kind="stable"), kind="stable") + 1
+    else:
+        row = {example_id: index for index, example_id in enumerate(along.queries.example_ids)}
+        matrix = along.queries.matrix[[row[example_id] for example_id in frame["example_id"]]]
+        if matrix.shape[1] == 0:
+            raise ValueError("influence.ranking round_robin: no validation query has a nonzero weight at any checkpoint")
+
+        def ranks_of(rows: np.ndarray) -> np.ndarray:
+            return round_robin_ranks(matrix[rows])
+
+    if likelihood_guard >= 1.0:
+        kept = np.ones(frame.height, dtype=bool)
+    elif loss_per_token is None:
+        raise ValueError("influence.likelihood_guard under 1 needs the base model's loss per token of every pool example")
+    else:
+        kept = likeliest(loss_per_token, frame["example_id"].to_list(), likelihood_guard)
+    return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept))).sort("rank")
