@@ -1,8 +1,9 @@
 """Materializing the graph from Python, in the order Dagster's UI or a backfill would.
 
 Runs go through the instance given (``DagsterInstance.get()`` under ``DAGSTER_HOME`` for the CLI,
-so ``make ui`` afterwards shows every run, as runs of the code location: ``drift_assets.code_location``): one for the warm-up run (where ``warmup.steps`` is set),
-then at each checkpoint one for its rollouts → validation gradients and one per training-gradient shard.
+so ``make ui`` afterwards shows every run, as runs of the code location: see ``code_location``):
+one for the warm-up run (where ``warmup.steps`` is set), then at each checkpoint one for its
+rollouts → validation gradients and one per training-gradient shard.
 """
 
 from __future__ import annotations

@@ -499,11 +499,11 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_log_orthogonal",
     "drift_by_score",
     "drift_round_robin",
-    "drift_unguarded",
+    "drift_guarded",
     "drift_base",
 )
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
-ABLATIONS_ON_REQUEST = ("drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_by_score")
+ABLATIONS_ON_REQUEST = ("drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_by_score", "drift_guarded")
 
 
 class BenchmarkSettings(_Group):

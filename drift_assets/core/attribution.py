@@ -38,7 +38,7 @@ class ScoringSettings:
     unsolved: Unsolved = "skip"
     debias_strength: float = 1.0
     ranking: Ranking = "round_robin"
-    likelihood_guard: float = 0.7
+    likelihood_guard: float = 1.0
 
 
 @dataclass

@@ -74,7 +74,7 @@ ABLATIONS = {
     "drift_log_orthogonal": {"debias": "log_orthogonal"},
     "drift_by_score": {"ranking": "score"},
     "drift_round_robin": {"ranking": "round_robin"},
-    "drift_unguarded": {"likelihood_guard": 1.0},
+    "drift_guarded": {"likelihood_guard": 0.7},
     "drift_base": {},  # the same settings at the base model alone
 }
 METHODS = (*UNSCORED, *SIMILARITY, "offpolicy", "drift", *ABLATIONS)
