@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -147,7 +147,7 @@ def likeliest(loss_per_token: pl.DataFrame, example_ids: Sequence[str], share: f
     return kept
 
 
-def ranks_taking_first(ranks_of, kept: np.ndarray) -> np.ndarray:
+def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.ndarray) -> np.ndarray:
     """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
     ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""
     ranks = np.zeros(len(kept), dtype=np.int64)
