@@ -14,6 +14,7 @@ own cores, instead of two workers each spinning a thread on every core. The sess
 built once for all workers (the first to ask builds, the others wait for it).
 """
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -63,13 +64,18 @@ SMALL_DEMO = {
 }
 
 
-def write_settings(directory: Path, overrides: dict, name: str = "settings.yaml") -> Path:
-    """A settings file in ``directory`` (so relative data paths land there) with ``overrides``."""
+def write_settings(directory: Path, overrides: dict, name: str | None = "settings.yaml") -> Path:
+    """A settings file in ``directory`` (so relative data paths land there) with ``overrides``;
+    ``name`` None: named by its content, so that tests on another worker writing other settings into
+    the same shared directory never swap a file under this one. Written whole or not at all."""
     raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
     for group, values in overrides.items():
         raw[group] = {**raw.get(group, {}), **values} if isinstance(values, dict) else values
-    path = directory / name
-    path.write_text(yaml.safe_dump(raw))
+    text = yaml.safe_dump(raw)
+    path = directory / (name or f"settings-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml")
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.write_text(text)
+    staged.replace(path)
     return path
 
 
@@ -181,10 +187,21 @@ def workspace(demo_dir, tmp_path) -> Path:
 
 
 def settings_in(directory: Path, **overrides) -> Settings:
+    """SMALL_DEMO with ``overrides``, written to ``directory``/settings.yaml and loaded."""
+    return load_settings(write_settings(directory, _small_demo(overrides)))
+
+
+def shared_settings(directory: Path, **overrides) -> Settings:
+    """As :func:`settings_in`, for a directory other tests read at the same time (a session
+    fixture's): the file is named by its content instead of settings.yaml."""
+    return load_settings(write_settings(directory, _small_demo(overrides), name=None))
+
+
+def _small_demo(overrides: dict) -> dict:
     merged = {group: dict(values) for group, values in SMALL_DEMO.items()}
     for group, values in overrides.items():
         merged[group] = {**merged.get(group, {}), **values}
-    return load_settings(write_settings(directory, merged))
+    return merged
 
 
 @pytest.fixture

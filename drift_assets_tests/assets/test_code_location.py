@@ -46,10 +46,9 @@ def test_the_location_is_the_one_workspace_yaml_and_dg_name():
 
 def test_runs_started_from_python_are_on_the_timeline_and_re_execute_without_a_warning(materialized, monkeypatch):
     # The code server reads the settings the runs were made with from its environment, as `make ui`
-    # does: a file of their own beside settings.yaml (which other tests rewrite), in the same directory
-    # (a copy elsewhere would be another job: the warehouse's absolute path is part of its snapshot).
-    settings = write_settings(materialized, SMALL_DEMO, name="settings-of-the-runs.yaml")
-    monkeypatch.setenv("DRIFT_ASSETS_SETTINGS", str(settings))
+    # does, from a file in the same directory (a copy elsewhere would be another job: the warehouse's
+    # absolute path is part of its snapshot).
+    monkeypatch.setenv("DRIFT_ASSETS_SETTINGS", str(write_settings(materialized, SMALL_DEMO, name=None)))
     with (
         instance_in(materialized) as instance,
         WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(ROOT / "workspace.yaml")])) as context,

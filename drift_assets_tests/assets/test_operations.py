@@ -19,7 +19,7 @@ from drift_assets.resources import Warehouse
 from drift_assets.runner import PROCESS_TAG, fail_abandoned_runs, materialize_pipeline, observe_sources
 from drift_assets.staleness import asset_statuses, damaged_tables, needs_materialization
 from drift_assets_tests.assets.test_rollouts import running, vllm_engines_under
-from drift_assets_tests.conftest import instance_in, settings_in
+from drift_assets_tests.conftest import instance_in, settings_in, shared_settings
 
 MODEL_DEPENDENTS = {
     "training_pool",
@@ -52,12 +52,12 @@ def refreshed(materialized):
 
 def test_nothing_is_stale_after_a_full_materialization(refreshed):
     directory, instance = refreshed
-    assert not_fresh(build_definitions(settings_in(directory)), instance) == {}
+    assert not_fresh(build_definitions(shared_settings(directory)), instance) == {}
 
 
 def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_stale(refreshed):
     directory, instance = refreshed
-    defs = build_definitions(settings_in(directory, selection={"fraction": 0.3}))
+    defs = build_definitions(shared_settings(directory, selection={"fraction": 0.3}))
     assert not_fresh(defs, instance) == {"refined_dataset": "STALE"}
     assert needs_materialization(defs, instance) - {"demo_task_files", "demo_base_model", "method_benchmark"} == {
         "refined_dataset",
@@ -68,7 +68,7 @@ def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_sta
 
 def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
     directory, instance = refreshed
-    defs = build_definitions(settings_in(directory, influence={"weighting": "advantage"}))
+    defs = build_definitions(shared_settings(directory, influence={"weighting": "advantage"}))
     assert not_fresh(defs, instance) == {"influence_scores": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"influence_scores", "refined_dataset", "refined_model_evaluation"} <= closure
@@ -82,7 +82,7 @@ def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
 
 def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshed):
     directory, instance = refreshed
-    defs = build_definitions(settings_in(directory, rollout={"temperature": 0.7}))
+    defs = build_definitions(shared_settings(directory, rollout={"temperature": 0.7}))
     assert not_fresh(defs, instance) == {"rollouts[base]": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"grades[base]", "validation_gradients[base]", "influence_scores"} <= closure

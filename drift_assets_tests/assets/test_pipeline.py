@@ -17,7 +17,7 @@ from drift_assets.core.guards import contrast_guard, hacking_guard, target_guard
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_assets, observe_sources, run_method_benchmark
-from drift_assets_tests.conftest import instance_in, settings_in
+from drift_assets_tests.conftest import instance_in, settings_in, shared_settings
 
 TABLES = (
     "demo_task_files",
@@ -39,7 +39,7 @@ TABLES = (
 @pytest.fixture(scope="module")
 def pipeline(materialized):
     """The session's materialized workspace, read-only."""
-    settings = settings_in(materialized)
+    settings = shared_settings(materialized)
     with instance_in(materialized) as instance:
         yield settings, build_definitions(settings), instance
 
@@ -294,7 +294,7 @@ def test_demo_model_lands_in_the_target_band_and_reloads(demo_dir):
     from drift_assets.core.demo_task import query_rows
     from drift_assets.core.tiny_model import greedy_accuracy
 
-    settings = settings_in(demo_dir)
+    settings = shared_settings(demo_dir)
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     assert model.config.head_dim == 64
@@ -353,7 +353,7 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
     from drift_assets.settings import load_settings, projection_options
 
     options = projection_options(load_settings())  # the shipped data/settings.yaml
-    settings = settings_in(demo_dir)
+    settings = shared_settings(demo_dir)
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     pool = training_pool_rows(300, 0.25, 0.08, seed=5)

@@ -22,7 +22,7 @@ from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.runner import materialize_assets, observe_sources
 from drift_assets.settings import SettingsError
-from drift_assets_tests.conftest import settings_in
+from drift_assets_tests.conftest import settings_in, shared_settings
 
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
 
@@ -51,7 +51,7 @@ def sampled_logprobs(model: ModelResource, table: pl.DataFrame) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def demo_model(demo_dir) -> ModelResource:
-    settings = settings_in(demo_dir)
+    settings = shared_settings(demo_dir)
     return ModelResource(path=settings.model_path, device="cpu")
 
 
