@@ -18,6 +18,7 @@ from drift_assets.core.benchmark import (
     MethodScorer,
     benchmark_table,
     fine_tune_from_disk,
+    loss_scores,
     run_fine_tunes,
     scoring_for,
     selected_ids,
@@ -28,7 +29,7 @@ from drift_assets.core.benchmark import (
 )
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
-from drift_assets.core.stored import base_losses, gradients_along, pool_loss_scores
+from drift_assets.core.stored import base_losses, gradients_along
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Reads, Settings
 
@@ -73,16 +74,15 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         )
         benchmark, selection = reads.benchmark, reads.selection
         drift = reads.influence.scoring()
-        scorer = MethodScorer(
-            list(gradients_along(warehouse, reads.checkpoints, reads.projection.shards)), base_losses(warehouse, training_pool)
-        )
+        losses = base_losses(warehouse, training_pool)  # the loss method's scores and the likelihood guard's order
+        scorer = MethodScorer(list(gradients_along(warehouse, reads.checkpoints, reads.projection.shards)), losses)
         network, tokenizer = model.load_model(), model.load_tokenizer()
         scores = {}
         for method in benchmark.methods:
             if scoring_for(method, drift) is not None:
                 scores[method] = scorer.method_scores(method, drift, training_pool)
             elif method == "loss":
-                scores[method] = pool_loss_scores(warehouse, training_pool)
+                scores[method] = loss_scores(losses)
             elif method in ("rds", "bm25"):
                 scores[method] = similarity_scores(method, training_pool, validation_queries, network, tokenizer)
         # random and the others select as many examples as DRIFT does, so that they differ only in which ones.
