@@ -59,6 +59,13 @@ def _process_label(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}"
 
 
+def _run(job, instance: DagsterInstance, verbose: bool, tags: dict[str, str] | None = None, **selection):
+    """One run of ``job`` started from this process: tagged with it (``fail_abandoned_runs``), logged
+    to the terminal (``verbose``: Dagster's DEBUG events and stack traces)."""
+    tags = {PROCESS_TAG: _process_label(os.getpid()), **(tags or {})}
+    return execute_run(job, instance, run_config=terminal_run_config(verbose), tags=tags, **selection)
+
+
 def materialize_assets(
     defs: Definitions,
     instance: DagsterInstance,
@@ -73,12 +80,8 @@ def materialize_assets(
     if not keys:
         return
     job = defs.resolve_implicit_global_asset_job_def()
-    tags = {PROCESS_TAG: _process_label(os.getpid())}
-    if partition_range:
-        tags.update(zip(PARTITION_RANGE_TAGS, partition_range, strict=True))
-    result = execute_run(
-        job, instance, run_config=terminal_run_config(verbose), tags=tags, asset_selection=keys, partition_key=partition_key
-    )
+    tags = dict(zip(PARTITION_RANGE_TAGS, partition_range, strict=True)) if partition_range else None
+    result = _run(job, instance, verbose, tags, asset_selection=keys, partition_key=partition_key)
     if not result.success:
         raise RuntimeError(f"run {result.run_id} failed while materializing {[k.to_user_string() for k in keys]}")
 
@@ -86,12 +89,7 @@ def materialize_assets(
 def run_method_benchmark(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:
     """One run of the ``method_benchmark`` job (it writes the method_benchmark table); raises if it fails.
     The pipeline's tables must be materialized: the job reads them from the warehouse."""
-    result = execute_run(
-        defs.resolve_job_def("method_benchmark"),
-        instance,
-        run_config=terminal_run_config(verbose),
-        tags={PROCESS_TAG: _process_label(os.getpid())},
-    )
+    result = _run(defs.resolve_job_def("method_benchmark"), instance, verbose)
     if not result.success:
         raise RuntimeError(f"run {result.run_id} of the method_benchmark job failed")
 
@@ -124,12 +122,7 @@ def _alive(pid: int) -> bool:
 
 def observe_sources(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:
     """Record the current content hash of every input file and the model directory."""
-    execute_run(
-        defs.resolve_job_def("observe_sources"),
-        instance,
-        run_config=terminal_run_config(verbose),
-        tags={PROCESS_TAG: _process_label(os.getpid())},
-    )
+    _run(defs.resolve_job_def("observe_sources"), instance, verbose)
 
 
 def partition_keys(defs: Definitions, asset_name: str) -> list[str]:
