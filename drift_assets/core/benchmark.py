@@ -231,25 +231,20 @@ def fine_tune_from_disk(job: FineTuneJob) -> tuple[Evaluation, float]:
     return result, time.perf_counter() - started
 
 
-def _one_thread_each(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def run_fine_tunes(jobs: Sequence[J], fine_tune_one: Callable[[J], R], workers: int = 1) -> Iterator[tuple[J, R]]:
     """Each job with its result, in job order, as they finish in order.
 
-    With ``workers`` > 1 the jobs run in that many spawned processes, each with an equal share of
-    this machine's torch threads: a tiny model's SFT step leaves cores idle, so on 2 cores two
-    one-thread processes finish the same jobs sooner than one two-thread process. ``fine_tune_one``
-    must then be a module-level function (it is pickled).
+    With ``workers`` > 1 the jobs run in that many spawned processes (a fine-tune on the CPU uses
+    :data:`~drift_assets.core.sft.FINE_TUNE_CPU_THREADS` threads wherever it runs: on 2 cores two one-thread processes
+    finish the tiny models' jobs sooner than one two-thread process). ``fine_tune_one`` must then be
+    a module-level function (it is pickled).
     """
     if workers <= 1:
         for job in jobs:
             yield job, fine_tune_one(job)
         return
-    threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread_each, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         yield from zip(jobs, pool.map(fine_tune_one, jobs))
 
 

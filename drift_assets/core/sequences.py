@@ -124,13 +124,25 @@ def training_step(model, optimizer, batch: ResponseBatch, autocast_dtype: torch.
 
     ``autocast_dtype`` runs the forward pass under autocast (the backward pass follows it, outside).
     """
-    device_type = batch.input_ids.device.type
-    with torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        # No KV cache: training never reuses it (and gradient checkpointing refuses it, with a warning).
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    loss = -sequence_logprobs(logits, batch, "sum").sum() / batch.response_mask.sum()
+    return accumulated_training_step(model, optimizer, [batch], autocast_dtype)
+
+
+def accumulated_training_step(
+    model, optimizer, batches: Sequence[ResponseBatch], autocast_dtype: torch.dtype | None = None
+) -> float:
+    """One optimizer step on the mean negative log-likelihood of the masked tokens of all ``batches``
+    together (gradients accumulated batch by batch, so memory holds one); returns that loss."""
+    total_tokens = sum(int(batch.response_mask.sum()) for batch in batches)
     optimizer.zero_grad()
-    loss.backward()
+    total = 0.0
+    for batch in batches:
+        device_type = batch.input_ids.device.type
+        with torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            # No KV cache: training never reuses it (and gradient checkpointing refuses it, with a warning).
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        loss = -sequence_logprobs(logits, batch, "sum").sum()
+        (loss / total_tokens).backward()
+        total += loss.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    return loss.item()
+    return total / total_tokens

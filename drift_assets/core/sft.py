@@ -6,16 +6,20 @@ Trainer default; a constant rate leaves the model wherever the last noisy steps 
 spreads one method's accuracy widely across seeds), a fixed number of optimizer steps whatever
 the selection's size, so that methods compared with it differ only in their data. A seed fixes the example order
 and the result, whatever order the examples come in (a table read back in another row order
-trains the same model). It runs on whatever device the model is on.
+trains the same model). Batches are common random numbers: which batch of an epoch an example
+joins depends only on the seed, the epoch and the example itself (:func:`batch_plan`), so two
+selections that share rows train those rows in the same batches, and the comparison of two
+selections is not drowned by two unrelated batch orders. It runs on whatever device the model is on.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -27,11 +31,32 @@ from drift_assets.core.grading import GradingOptions, grade_answer
 from drift_assets.core.memory import ModelShape, training_plan
 from drift_assets.core.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.core.projection import available_memory
-from drift_assets.core.sequences import collate_pairs, training_step
+from drift_assets.core.sequences import accumulated_training_step, collate_pairs
 from drift_assets.core.stats import wilson_interval
 
 Schedule = Literal["linear", "constant"]
 logger = logging.getLogger(__name__)
+
+
+# torch's CPU kernels split their sums by thread, so a fine-tune's result depends on the thread count:
+# every fine-tune on the CPU runs with this many, whatever the machine's cores (the figures of the
+# suite and the demo then do not depend on where they ran). Parallelism comes from processes
+# (``run_fine_tunes``' workers) instead.
+FINE_TUNE_CPU_THREADS = 1
+
+
+@contextmanager
+def fixed_cpu_threads(device: str, threads: int = FINE_TUNE_CPU_THREADS) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for work on the CPU (restored after)."""
+    if not device.startswith("cpu"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -65,7 +90,8 @@ def fine_tune(
     log: Callable[[str], None] = logger.info,
     after_step: Callable[[int, float], None] | None = None,
 ) -> SftRun:
-    """Fine-tune ``model`` in place on chat-message examples; returns every step's loss.
+    """Fine-tune ``model`` in place on chat-message examples; returns every step's loss. On the CPU
+    it runs with :data:`FINE_TUNE_CPU_THREADS` threads (the result does not depend on the machine).
 
     ``after_step(step, loss)`` runs after every optimizer step, with ``model`` holding that step's
     weights (the warm-up saves checkpoints there).
@@ -79,11 +105,14 @@ def fine_tune(
     """
     if not messages_json:
         raise ValueError("cannot fine-tune on an empty selection")
+    with fixed_cpu_threads(str(next(model.parameters()).device)):
+        return _fine_tune(model, tokenizer, messages_json, options, log, after_step)
+
+
+def _fine_tune(model, tokenizer, messages_json, options, log, after_step) -> SftRun:
     options = replace(options, steps=options.steps_for(len(messages_json)), epochs=None)
     torch.manual_seed(options.seed)
-    rng = random.Random(options.seed)
-    # The seeded shuffle starts from a canonical order, so the caller's order does not matter.
-    prompts, responses = pool_token_pairs(tokenizer, sorted(messages_json))
+    prompts, responses = pool_token_pairs(tokenizer, list(messages_json))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     lengths = [len(prompt) + len(response) for prompt, response in zip(prompts, responses)]
@@ -114,16 +143,16 @@ def fine_tune(
     if options.gradient_checkpointing:
         # Non-reentrant: gradients reach a LoRA adapter behind frozen layers without input grads.
         trained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    order: list[int] = []
     losses: list[float] = []
     progress = Progress("sft", options.steps, log, "steps", every_s=PROGRESS_EVERY_S)
-    for step in range(1, options.steps + 1):
-        if len(order) < options.batch_size:
-            permutation = rng.sample(range(len(prompts)), len(prompts))
-            order += length_grouped(permutation, lengths, options.batch_size) if options.group_by_length else permutation
-        chosen = [order.pop() for _ in range(min(options.batch_size, len(order)))]
-        batch = collate_pairs(tokenizer, [prompts[i] for i in chosen], [responses[i] for i in chosen]).to(device)
-        loss = training_step(trained, optimizer, batch, autocast_dtype)
+    plan = batch_plan(messages_json, options.batch_size, options.seed, lengths if options.group_by_length else None)
+    for step, chosen in zip(range(1, options.steps + 1), plan):
+        # A batch larger than batch_size is one optimizer step over micro-batches of at most that size.
+        micro = [chosen[start : start + options.batch_size] for start in range(0, len(chosen), options.batch_size)]
+        batches = [
+            collate_pairs(tokenizer, [prompts[i] for i in part], [responses[i] for i in part]).to(device) for part in micro
+        ]
+        loss = accumulated_training_step(trained, optimizer, batches, autocast_dtype)
         scheduler.step()
         losses.append(loss)
         progress.update(step, options.steps, f"loss {loss:.4f}")
@@ -135,6 +164,41 @@ def fine_tune(
         trained.gradient_checkpointing_disable()
     model.eval()
     return SftRun(losses)
+
+
+def example_key(seed: int, epoch: int, example: str) -> float:
+    """A uniform draw in [0, 1) that depends only on the seed, the epoch and the example's content."""
+    digest = hashlib.sha256(f"{seed}:{epoch}:{example}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def batch_plan(examples: Sequence[str], batch_size: int, seed: int, lengths: Sequence[int] | None = None) -> Iterator[list[int]]:
+    """The batches of a fine-tune, epoch after epoch, as indices into ``examples`` (endless).
+
+    Each epoch has B = ⌈n / batch_size⌉ batches; example i joins batch ⌊B·u_i⌋ with u_i =
+    :func:`example_key` (seed, epoch, example), and the batches come in order (empty ones skipped).
+    So which batch an example trains in depends on nothing but itself, the seed and B: two
+    selections of the same size (or whose B is the same) that share rows train those rows in the
+    same batches and the same steps, differing only where their rows differ (common random numbers
+    for comparing selections). Batch sizes vary around ``batch_size`` (binomially).
+
+    ``lengths`` (group by length): instead, each run of 50 batches of the epoch's keyed order is
+    sorted by length and cut into batches of exactly ``batch_size`` (less padding; no common batches).
+    """
+    n = len(examples)
+    batches_per_epoch = max(1, math.ceil(n / batch_size))
+    epoch = 0
+    while True:
+        keys = [example_key(seed, epoch, example) for example in examples]
+        if lengths is not None:
+            order = length_grouped(sorted(range(n), key=lambda i: (keys[i], examples[i])), lengths, batch_size)
+            yield from (order[start : start + batch_size] for start in range(0, n, batch_size))
+        else:
+            buckets: list[list[int]] = [[] for _ in range(batches_per_epoch)]
+            for index in sorted(range(n), key=lambda i: (keys[i], examples[i])):
+                buckets[int(keys[index] * batches_per_epoch)].append(index)
+            yield from (bucket for bucket in buckets if bucket)
+        epoch += 1
 
 
 def length_grouped(permutation: list[int], lengths: Sequence[int], batch_size: int) -> list[int]:

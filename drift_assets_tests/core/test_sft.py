@@ -8,7 +8,7 @@ import torch
 from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.core.gradients import pool_token_pairs
 from drift_assets.core.sequences import collate_pairs, sequence_logprobs
-from drift_assets.core.sft import SftOptions, fine_tune, length_grouped
+from drift_assets.core.sft import SftOptions, batch_plan, fine_tune, length_grouped
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
 SHAPE = TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=96)
@@ -160,3 +160,63 @@ def test_group_by_length_trains_deterministically_on_other_batches(examples):
     again, _ = tuned(examples, seed=3, group_by_length=True)
     assert all(torch.equal(a, b) for a, b in zip(grouped.state_dict().values(), again.state_dict().values(), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), grouped.state_dict().values(), strict=True))
+
+
+def test_two_selections_differing_by_one_row_train_on_the_same_batches_elsewhere(examples):
+    """Common random numbers: a row's batch depends on the seed, the epoch and the row alone."""
+    from itertools import islice
+
+    first = examples[:40]
+    second = [*examples[:39], examples[40]]  # the last row swapped for another
+    plans = [list(islice(batch_plan(selection, 8, seed=5), 15)) for selection in (first, second)]  # 3 epochs of 5
+    rows = [[frozenset(selection[i] for i in batch) for batch in plan] for selection, plan in zip((first, second), plans)]
+    differing = {examples[39], examples[40]}
+    same = [a == b for a, b in zip(*rows, strict=True)]
+    touched = [bool((a | b) & differing) for a, b in zip(*rows, strict=True)]
+    assert all(same_batch or touches for same_batch, touches in zip(same, touched, strict=True))
+    assert sum(same) >= 15 - 2 * 3  # at most the two batches per epoch that hold a differing row
+    assert all(len(batch) for plan in plans for batch in plan)
+    # Every row once per epoch.
+    assert sorted(i for batch in plans[0][:5] for i in batch) == list(range(40))
+
+
+def test_fine_tunes_of_selections_sharing_the_first_batch_agree_after_it(examples):
+    """The batch plan is what fine_tune trains on: where the differing row is not in the first
+    batch, both models are identical after the first step."""
+    from drift_assets.core.sft import batch_plan as plan_of
+
+    first = examples[:40]
+    for other in examples[40:]:
+        second = [*examples[:39], other]
+        batch = [first[i] for i in next(plan_of(first, 8, seed=5))]
+        if examples[39] not in batch and batch == [second[i] for i in next(plan_of(second, 8, seed=5))]:
+            break
+    else:
+        pytest.skip("no swap leaves the first batch alone")
+    states = []
+    for selection in (first, second):
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_llama(tokenizer, SHAPE, seed=1)
+        fine_tune(model, tokenizer, selection, SftOptions(steps=1, batch_size=8, seed=5), log=lambda _: None)
+        states.append(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(states[0].values(), states[1].values(), strict=True))
+
+
+def test_a_fine_tune_on_the_cpu_runs_with_the_fixed_thread_count_whatever_the_process_has(examples):
+    """The result of torch's CPU kernels depends on their thread count: fine-tunes fix it."""
+    from drift_assets.core.sft import FINE_TUNE_CPU_THREADS
+
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(FINE_TUNE_CPU_THREADS + 1)
+    try:
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_llama(tokenizer, SHAPE, seed=1)
+        options = SftOptions(steps=2, batch_size=8)
+        fine_tune(
+            model, tokenizer, examples, options, log=lambda _: None, after_step=lambda *_: seen.append(torch.get_num_threads())
+        )
+        assert seen == [FINE_TUNE_CPU_THREADS] * 2
+        assert torch.get_num_threads() == FINE_TUNE_CPU_THREADS + 1  # restored
+    finally:
+        torch.set_num_threads(before)
