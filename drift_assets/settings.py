@@ -125,7 +125,7 @@ class WarehouseSettings(_Group):
         return named
 
 
-DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice")  # drift_assets.tasks.TASKS; a test keeps them equal
+DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice", "shift")  # drift_assets.tasks.TASKS; a test keeps them equal
 
 
 class DemoSettings(_Group):

@@ -1,8 +1,7 @@
 """Multiple choice, as MMLU-Pro's questions are: which of four numbers is the largest or the smallest.
 
-Held out: no default is chosen by it; it is reported on its own. It was written after ``count``,
-the first held-out task, had been looked at (and so became a development task), and before any
-result on it. Answers end in ``The answer is (X)``, with or without the options ordered first;
+The suite's second held-out task; its results were seen when the defaults of 2026-12-05 were
+reported, so it has been a development task since 2026-12-06 (``shift`` is held out now). Answers end in ``The answer is (X)``, with or without the options ordered first;
 exact grading of the letter; a chat template. Noise: near misses (the runner-up's letter),
 format noise (the number instead of its letter, which the grader does not read as an answer) and
 off-task rows (letter chores).
@@ -24,11 +23,10 @@ Problem = tuple[str, tuple[int, ...]]  # ("largest" | "smallest", four distinct 
 
 class Choice(Task):
     name = "choice"
-    description = "which of four numbers is largest/smallest, '(A)'-'(D)' after an optional ordering; exact grading; held out"
+    description = "which of four numbers is largest/smallest, '(A)'-'(D)' after an optional ordering; exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "roles"
-    held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=128))
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "off_task": 0.05, "format": 0.05}, selection_fraction=0.5, sft={"steps": 150}

@@ -71,6 +71,9 @@ def true_answer(task: str, prompt: str) -> str:
     if task == "count":
         letter, text = re.fullmatch(r"Count ([a-d]) in ([a-d]+)\n", prompt).groups()
         return str(text.count(letter))
+    if task == "shift":  # each letter moved along the alphabet, wrapping past z
+        word, shift = re.fullmatch(r"Shift ([a-z]+) by ([1-3])\n", prompt).groups()
+        return "".join(chr((ord(letter) - ord("a") + int(shift)) % 26 + ord("a")) for letter in word)
     which, *options = re.fullmatch(
         r"Which is (largest|smallest)\? \(A\) (\d+) \(B\) (\d+) \(C\) (\d+) \(D\) (\d+)", prompt
     ).groups()
@@ -91,6 +94,9 @@ def stated_answer(task: str, response: str) -> str | None:
     if task == "count":
         found = re.search(r"#### (\d+)$", response)
         return found and found.group(1)
+    if task == "shift":
+        found = re.search(r"Result: ([a-z]+)$", response)
+        return found and found.group(1)
     found = re.search(r"The answer is (\([A-D]\))$", response)
     return found and found.group(1)
 
@@ -100,7 +106,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["choice"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["shift"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -201,3 +207,15 @@ def test_a_pool_larger_than_the_tasks_space_is_a_clear_error():
         ValueError, match=r"the spell task ran out of distinct correct rows after \d+ of 2000: lower demo\.n_train"
     ):
         task.training_pool_rows(2000, task.defaults.noise, 0)
+
+
+def test_the_held_out_shift_tasks_near_misses_all_follow_one_wrong_rule():
+    """Harmful noise: every corrupted row needs a wrap past z and writes z instead (no wrap)."""
+    task = get_task("shift")
+    pool = task.training_pool_rows(600, task.defaults.noise, seed=0)
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert corrupted
+    for row in corrupted:
+        word, shift = re.fullmatch(r"Shift ([a-z]+) by ([1-3])\n", row["prompt"]).groups()
+        no_wrap = "".join(chr(min(ord(letter) + int(shift), ord("z"))) for letter in word)
+        assert no_wrap != true_answer("shift", row["prompt"]) and stated_answer("shift", row["response"]) == no_wrap

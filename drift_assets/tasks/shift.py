@@ -1,0 +1,100 @@
+"""Shift each letter of a short word along the alphabet (a Caesar shift), wrapping past z.
+
+Held out (written 2026-12-06, before any candidate default of that day was run): no default is
+chosen by it, and it is reported once, after the choice. Its skill is unlike the other tasks'
+(a letter-wise mapping with a wrap-around, not arithmetic, ordering, spelling, counting or
+choosing), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind of noise: the annotator never wraps,
+  and a letter shifted past z stays z ("y by 3" → "z" where it should be "b"). The rows are drawn
+  from words that need a wrap, so every one of them teaches the same wrong rule.
+- ``format``: the shifted word spelled with dots between the letters ("c.d.e"), which the exact
+  grader does not accept.
+- ``off_task``: the word's letters shifted the wrong way (a shift back, asked as a shift
+  forward in another wording), about something else than what is asked.
+
+Responses end in ``Result: <word>``, after the letter-by-letter working or alone; exact grading;
+no chat template.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+from drift_assets.core.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+
+LETTERS = string.ascii_lowercase
+MARKER = "Result:"
+
+Problem = tuple[str, int]  # (word, shift)
+
+
+def shifted(word: str, shift: int, wrap: bool = True) -> str:
+    if wrap:
+        return "".join(LETTERS[(LETTERS.index(letter) + shift) % len(LETTERS)] for letter in word)
+    return "".join(LETTERS[min(LETTERS.index(letter) + shift, len(LETTERS) - 1)] for letter in word)
+
+
+def needs_wrap(problem: Problem) -> bool:
+    word, shift = problem
+    return any(LETTERS.index(letter) + shift >= len(LETTERS) for letter in word)
+
+
+class Shift(Task):
+    name = "shift"
+    description = "shift a 3-5 letter word by 1-3 letters (Caesar), 'Result: <word>' after optional working; exact; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.06}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        return "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 5))), rng.randint(1, 3)
+
+    def problem_key(self, problem: Problem) -> str:
+        word, shift = problem
+        return f"shift:{word}:{shift}"
+
+    def prompt(self, problem: Problem) -> str:
+        word, shift = problem
+        return f"Shift {word} by {shift}\n"
+
+    def reference(self, problem: Problem) -> str:
+        return shifted(*problem)
+
+    def reference_response(self, problem: Problem) -> str:
+        return f"{MARKER} {self.reference(problem)}"
+
+    def _respond(self, problem: Problem, answer: str, rng: random.Random, wrap: bool = True) -> str:
+        if rng.random() < 0.5:
+            return f"{MARKER} {answer}"
+        word, shift = problem
+        working = " ".join(f"{letter}>{shifted(letter, shift, wrap)}" for letter in word)
+        return f"{working}. {MARKER} {answer}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, self.reference(problem), rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
+        if kind != "corrupted":
+            return self.draw(rng)
+        while True:  # the wrong rule shows only where a letter passes z
+            problem = self.draw(rng)
+            if needs_wrap(problem):
+                return problem
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, shifted(*problem, wrap=False), rng, wrap=False)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, ".".join(self.reference(problem)), rng)
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        word, shift = self.draw(rng)
+        return f"Move {word} back {shift}\n", f"{MARKER} {shifted(word, -shift)}"
