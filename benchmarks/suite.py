@@ -10,10 +10,12 @@ Dagster instance), built from ``data/settings.yaml`` with the task's own demo, a
 selection share and fine-tuning length. The arithmetic task is the demo itself, so it shares the
 demo's model and data with ``make demo``. A rerun materializes only what is stale or missing.
 
-A *draw* is one ``demo.seed``: the task's data and its base model, drawn anew. The SFT seeds'
-standard errors say nothing of how a method fares with another base model, and on these tiny
-models that varies more than the seeds do; ``--draws 0,1`` runs each task twice (``<task>-draw1/``)
-and the report averages over every task draw.
+A *draw* is one ``demo.seed``: the task's pool, validation and test queries drawn anew, on the
+task's pinned base model (the same on every machine: drift_assets/tasks/pinned.py). The SFT seeds'
+standard errors say nothing of how a method fares on other data, which varies more than the seeds
+do; each task runs on every draw of ``--draws`` (``<task>-draw<n>/``), and the report gives each
+method's difference from full-data SFT as mean ± s.e. over the draws, with the smallest difference
+that spread can detect.
 
 Two settings differ from a user's run, for speed on 2 CPU cores: rollouts are sampled with
 transformers (on these 0.5M-parameter models it starts in a second where vLLM takes ~25 s, and it
@@ -83,7 +85,8 @@ def task_settings(
                 "test_queries": f"{demo_data}/test_queries.jsonl",
             },
             "warehouse": {"root": "warehouse", "storage_options": {}},
-            "demo": {**demo, "enabled": True, "task": task_name, "seed": draw},
+            # A draw is other data on the task's pinned base model (drift_assets/tasks/pinned.py).
+            "demo": {**demo, "enabled": True, "task": task_name, "seed": draw, "model_seed": 0},
             "grading": {
                 **raw.get("grading", {}),
                 "answer_marker": task.answer_marker or raw.get("grading", {}).get("answer_marker", "Answer:"),
@@ -240,42 +243,89 @@ def task_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def overall_report(results: list[dict]) -> str:
-    """Each method's paired difference from full-data SFT on every task; the mean over the tasks that
-    choose defaults (its standard error from the tasks' own), and the held-out task apart."""
-    import math
-
+def draw_differences(results: list[dict], baseline: str = "full") -> dict[str, dict[str, list[float]]]:
+    """task -> method -> the method's accuracy minus ``baseline``'s on each draw of the task, in points
+    (each draw's figure the mean over its paired SFT seeds)."""
     import polars as pl
 
+    differences: dict[str, dict[str, list[float]]] = {}
+    for result in results:
+        by_method = differences.setdefault(result["task"], {})
+        for method, (mean, _) in paired(pl.DataFrame(result["table"]), baseline).items():
+            by_method.setdefault(method, []).append(mean)
+    return differences
+
+
+def summary_cell(values: list[float] | None) -> str:
+    """mean ± s.e. over draws (the s.e. only with two draws or more), and the draws' count."""
+    from drift_assets.core.stats import mean_and_standard_error
+
+    if not values:
+        return "–"
+    return cell(mean_and_standard_error(values)) + ("" if len(values) > 1 else " (1 draw)")
+
+
+def overall_report(results: list[dict]) -> str:
+    """Each method's difference from full-data SFT per task (mean ± s.e. over the task's draws), over
+    every development task draw together with the smallest difference that spread can detect, and
+    the held-out task apart."""
+    from drift_assets.core.stats import mean_and_standard_error, minimum_detectable_difference
     from drift_assets.tasks import get_task
 
-    by_task = {result_label(result): paired(pl.DataFrame(result["table"]), "full") for result in results}
-    task_of = {result_label(result): result["task"] for result in results}
-    development = [name for name in by_task if not get_task(task_of[name]).held_out]
-    held_out = [name for name in by_task if get_task(task_of[name]).held_out]
+    differences = draw_differences(results)
+    tasks = list(dict.fromkeys(result["task"] for result in results))
+    development = [task for task in tasks if not get_task(task).held_out]
+    held_out = [task for task in tasks if get_task(task).held_out]
+    draws = {task: sum(result["task"] == task for result in results) for task in tasks}
     methods = list(dict.fromkeys(row["method"] for result in results for row in result["table"]))
-    header = "| " + " | ".join(["method", *development, "mean of those", *(f"{name} (held out)" for name in held_out)]) + " |"
+    header = ["method", *(f"{task} ({draws[task]})" for task in development), "development draws", "detectable"]
+    header += [f"{task} ({draws[task]}, held out)" for task in held_out]
     lines = [
-        "Accuracy after SFT minus full-data SFT, points (mean ± s.e. over paired seeds):",
+        "Accuracy after SFT minus full-data SFT on the same draw, points: mean ± s.e. over each task's draws (their count in "
+        "brackets; each draw's figure is the mean over its paired SFT seeds); 'development draws' pools every development "
+        "task draw; 'detectable' is the smallest true difference that spread detects (80% power, 5% two-sided).",
         "",
-        header,
-        "|---|" + "---|" * (len(development) + 1 + len(held_out)),
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---|" * (len(header) - 1),
     ]
     for method in methods:
         if method == "full":
             continue
-        values = [by_task[name].get(method) for name in development]
-        known = [value for value in values if value is not None]
-        mean = None
-        if known and len(known) == len(values):
-            errors = [error for _, error in known if error is not None]
-            mean = (
-                sum(m for m, _ in known) / len(known),
-                math.sqrt(sum(e * e for e in errors)) / len(known) if len(errors) == len(known) else None,
-            )
-        cells = [method, *map(cell, values), cell(mean), *(cell(by_task[name].get(method)) for name in held_out)]
+        pooled = [value for task in development for value in differences[task].get(method, [])]
+        mean, error = mean_and_standard_error(pooled) if pooled else (None, None)
+        detectable = "–" if error is None else f"{minimum_detectable_difference(error):.1f}"
+        cells = [method, *(summary_cell(differences[task].get(method)) for task in development)]
+        cells += [summary_cell(pooled) if pooled else "–", detectable]
+        cells += [summary_cell(differences[task].get(method)) for task in held_out]
         lines.append("| " + " | ".join(cells) + " |")
+    if sum(draws[task] for task in development) >= 2:
+        lines += ["", power_line(results, development)]
     return "\n".join(lines)
+
+
+def power_line(results: list[dict], development: list[str]) -> str:
+    """How small a difference between two methods the development draws can resolve: the spread of
+    a paired difference across draws, taken from the methods measured (their median standard error)."""
+    import statistics
+
+    from drift_assets.core.stats import mean_and_standard_error, minimum_detectable_difference
+
+    differences = draw_differences(results)
+    errors = []
+    for method in {method for task in development for method in differences[task]}:
+        pooled = [value for task in development for value in differences[task].get(method, [])]
+        _, error = mean_and_standard_error(pooled)
+        if error is not None:
+            errors.append(error)
+    if not errors:
+        return ""
+    typical = statistics.median(errors)
+    draws = sum(1 for result in results if result["task"] in development)
+    return (
+        f"Power: {draws} development draws; a method's difference from full-data SFT has a median standard error of "
+        f"{typical:.2f} points across them, so the suite detects differences of about {minimum_detectable_difference(typical):.1f} "
+        "points or more (80% power, 5% two-sided); a smaller gap between two methods is within its noise."
+    )
 
 
 def print_report(results: list[dict]) -> None:
@@ -301,8 +351,8 @@ def main() -> None:
     parser.add_argument(
         "--draws",
         default="0",
-        help="demo.seed values: each draws the task's data and trains its base model anew, so that a figure does not rest "
-        "on one base model (draw 0 is the task's usual one)",
+        help="demo.seed values: each draws the task's pool and queries anew (on its pinned base model), so that a figure "
+        "does not rest on one draw of the data (draw 0 is the task's usual one)",
     )
     parser.add_argument("--output", default=str(SUITE / "results.json"), help="where the figures are written (JSON)")
     parser.add_argument(

@@ -138,7 +138,12 @@ class DemoSettings(_Group):
         "model.path, and refuse to overwrite files they did not write themselves).",
     )
     task: Literal[DEMO_TASKS] = Field("arithmetic", description=f"which generated task: {', '.join(DEMO_TASKS)}")
-    seed: int = Field(0, description="generates the task's data and initializes its model")
+    seed: int = Field(0, description="generates the task's data (and, unless model_seed is set, its base model)")
+    model_seed: int | None = Field(
+        None,
+        description="initializes the base model and draws its pre-training corpus (default: demo.seed); the suite's "
+        "draws vary demo.seed and keep the pinned model of seed 0",
+    )
     n_train: int | None = Field(None, ge=100, description="pool size (default: the task's)")
     n_validation: int = Field(48, ge=8, description="validation queries")
     n_test: int = Field(300, ge=50, description="held-out test queries")
@@ -167,6 +172,10 @@ class DemoSettings(_Group):
         from drift_assets.tasks import get_task
 
         return get_task(self.task)
+
+    @property
+    def base_model_seed(self) -> int:
+        return self.seed if self.model_seed is None else self.model_seed
 
     def pool_size(self) -> int:
         return self.n_train if self.n_train is not None else self.spec().defaults.n_train

@@ -35,12 +35,12 @@ def build_demo_assets(settings: Settings) -> list:
     def base_model_build_key(recipe) -> str:
         """What the base model is a function of: the task, its tokenizer's template, seed, recipe, and
         (when it is fine-tuned on it) the pool."""
-        pool = {"n": demo.pool_size(), "noise": demo.noise()} if recipe.continued_sft_steps else None
+        pool = {"n": demo.pool_size(), "noise": demo.noise(), "seed": demo.seed} if recipe.continued_sft_steps else None
         parts = {
             "version": DEMO_VERSION,
             "task": task.name,
             "chat_template": task.chat_template,
-            "seed": demo.seed,
+            "seed": demo.base_model_seed,
             "recipe": repr(recipe),
             "pool": pool,
         }
@@ -103,7 +103,7 @@ def build_demo_assets(settings: Settings) -> list:
             )
             summary = stamp["summary"]
         else:
-            built = build_base_model(task, demo.seed, recipe, pool_rows(), log=context.log.info)
+            built = build_base_model(task, demo.base_model_seed, recipe, pool_rows(), log=context.log.info)
             result = built.pretraining
             if not result.reached_target:
                 context.log.warning(

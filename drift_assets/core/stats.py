@@ -50,3 +50,22 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     # At p = 0 or 1 the bound equals p exactly in theory; in floating point it can miss by an ulp.
     return (max(0.0, min(center - half, p)), min(1.0, max(center + half, p)))
+
+
+def mean_and_standard_error(values) -> tuple[float, float | None]:
+    """The mean of ``values`` and its standard error (sample standard deviation / √n; None for n < 2)."""
+    values = np.asarray(list(values), dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), None
+    if len(values) < 2:
+        return float(values.mean()), None
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def minimum_detectable_difference(standard_error: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided test at ``alpha`` detects with probability ``power``
+    when its estimate has this standard error: (z₁₋α/₂ + z_power)·s.e. (2.80·s.e. at the defaults)."""
+    from statistics import NormalDist
+
+    normal = NormalDist()
+    return (normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(power)) * standard_error

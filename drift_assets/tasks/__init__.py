@@ -40,16 +40,9 @@ class BaseModel:
     continued_sft: SftRun | None  # the paper regime's SFT on the pool, where the task has one
 
 
-def build_base_model(
-    task: Task,
-    seed: int,
-    recipe: PretrainRecipe,
-    pool_rows: list[dict],
-    log: Callable[[str], None],
-) -> BaseModel:
-    """The task's base model: pre-trained from scratch to its calibration band and, in the paper's
-    regime (``recipe.continued_sft_steps``), then fine-tuned on the whole pool ``pool_rows``."""
-    tokenizer = tiny_model.build_char_tokenizer(chat_template=task.chat_template)
+def pretrained_model(task: Task, seed: int, recipe: PretrainRecipe, tokenizer, log: Callable[[str], None]):
+    """(model, :class:`~drift_assets.core.tiny_model.PretrainResult`): pre-trained from scratch until
+    its calibration accuracy lands in the recipe's band."""
     model = tiny_model.build_tiny_llama(tokenizer, recipe.shape, seed=seed)
     result = tiny_model.pretrain(
         model,
@@ -63,6 +56,30 @@ def build_base_model(
         learning_rate=recipe.learning_rate,
         log=log,
     )
+    return model, result
+
+
+def build_base_model(
+    task: Task,
+    seed: int,
+    recipe: PretrainRecipe,
+    pool_rows: list[dict],
+    log: Callable[[str], None],
+) -> BaseModel:
+    """The task's base model: pre-trained from scratch to its calibration band and, in the paper's
+    regime (``recipe.continued_sft_steps``), then fine-tuned on the whole pool ``pool_rows``."""
+    from drift_assets.tasks.pinned import find_pinned
+
+    tokenizer = tiny_model.build_char_tokenizer(chat_template=task.chat_template)
+    pinned = find_pinned(task, seed, recipe, log=log)
+    if pinned is not None:
+        log(
+            f"the {task.name} task's pre-trained model is pinned ({pinned.path.name}, sha256 checked: {pinned.record['steps']} "
+            f"steps, calibration accuracy {pinned.calibration_accuracy:.3f}): loading it instead of pre-training"
+        )
+        model, result = pinned.load(tokenizer, recipe, seed), pinned.pretrain_result()
+    else:
+        model, result = pretrained_model(task, seed, recipe, tokenizer, log)
     continued = None
     if recipe.continued_sft_steps:
         messages = [

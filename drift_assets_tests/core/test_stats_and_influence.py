@@ -348,3 +348,14 @@ def test_linear_regression_exact_hessian_predicts_upweighting(regression):
     # Positive score = upweighting helps the validation objective; both signs occur here.
     assert (measured > 0).any() and (measured < 0).any()
     np.testing.assert_array_equal(np.sign(scores.score_raw), np.sign(measured))
+
+
+def test_mean_standard_error_and_the_minimum_detectable_difference():
+    from drift_assets.core.stats import mean_and_standard_error, minimum_detectable_difference
+
+    mean, error = mean_and_standard_error([1.0, 2.0, 4.0, 5.0])
+    assert mean == 3.0 and error == pytest.approx(math.sqrt(10 / 3) / 2)  # sample sd √(10/3), n = 4
+    assert mean_and_standard_error([2.0]) == (2.0, None)
+    # Two-sided 5% at 80% power: 1.959964 + 0.841621 standard errors.
+    assert minimum_detectable_difference(1.0) == pytest.approx(2.801585, abs=1e-6)
+    assert minimum_detectable_difference(0.5, alpha=0.10, power=0.5) == pytest.approx(0.5 * 1.644854, abs=1e-6)
