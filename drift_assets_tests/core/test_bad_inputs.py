@@ -9,6 +9,9 @@ Pipeline-level faults (deleted and damaged tables, a second materialization, a k
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 from drift_assets.core.fingerprint import check_model_directory
 from drift_assets.core.generation import resolve_max_model_len
 from drift_assets.core.gradients import empty_gradient_frame, gradient_frame, reference_basis
-from drift_assets.core.grading import GraderError, GradingOptions, grade_rollouts, validate_grader
+from drift_assets.core.grading import GraderError, GradingOptions, grade_answer, grade_rollouts, validate_grader
 from drift_assets.core.pool import (
     InputFileError,
     example_id_for,
@@ -28,11 +31,12 @@ from drift_assets.core.pool import (
     read_rows,
     require_examples,
 )
+from drift_assets.core.progress import Progress
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
 from drift_assets.core.selection import selection_warning
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
-from drift_assets.settings import SettingsError, load_settings, parse_settings
+from drift_assets.settings import Reads, SettingsError, load_settings, parse_settings
 
 MAX_TOKENS = 64
 GOOD = b'{"prompt": "What is 1 + 1?", "response": "Answer: 2"}'
@@ -546,3 +550,97 @@ def test_N24_the_basis_is_never_fitted_on_a_reference_beyond_the_models_context(
     ):
         reference_basis(model, ProjectionOptions(rank=2, basis="pca"), tokenizer, queries, 4)
     reference_basis(model, ProjectionOptions(rank=2, basis="pca"), tokenizer, queries.head(1), 4)
+
+
+SLOW_GRADERS = """
+import signal
+import threading
+
+def forever(completion, reference):
+    threading.Event().wait()  # never returns
+
+def quick(completion, reference):
+    return completion.endswith(reference)
+
+def with_alarm(completion, reference):
+    # math-verify's own timeout: signal.alarm, which works only on a process's main thread
+    signal.signal(signal.SIGALRM, signal.getsignal(signal.SIGALRM))
+    return True
+"""
+
+
+def grading_inputs(module: str, n_per_query: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
+    ids = [f"q{q}" for q in range(3) for _ in range(n_per_query)]
+    rollouts = pl.DataFrame(
+        {
+            "rollout_id": [f"{query_id}-{i % n_per_query}" for i, query_id in enumerate(ids)],
+            "query_id": ids,
+            "completion": ["Answer: 2"] * len(ids),
+            "model_fingerprint": ["m"] * len(ids),
+        }
+    )
+    graders = ["numeric", f"{module}:forever", f"{module}:quick"]
+    queries = pl.DataFrame({"query_id": ["q0", "q1", "q2"], "reference": ["2"] * 3, "grader": graders})
+    return rollouts, queries
+
+
+def test_N26_a_custom_grader_that_never_returns_ends_grading_naming_the_query_the_grader_and_the_setting(tmp_path, monkeypatch):
+    module = "drift_slow_grader_n26"
+    (tmp_path / f"{module}.py").write_text(SLOW_GRADERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rollouts, queries = grading_inputs(module)
+    lines: list[str] = []
+    progress = Progress("grading", 0, lines.append, unit="rollouts", every_s=0.2)
+    started = time.perf_counter()
+    with pytest.raises(
+        GraderError,
+        match=rf"^query q1, rollout q1-0: grader '{module}:forever' did not return within grading\.timeout_s = 0\.6 s "
+        r"\(reference '2', completion 'Answer: 2'\): fix the grader, or raise grading\.timeout_s$",
+    ):
+        grade_rollouts(rollouts, queries, GradingOptions(timeout_s=0.6), progress=progress.update)
+    assert time.perf_counter() - started < 5
+    assert not [p for p in multiprocessing.active_children() if p.name == "drift-custom-grader" and p.is_alive()]
+    # While it waits, the progress lines say on what.
+    assert any("grading: 1/3" in line and f"waiting on grader '{module}:forever' for query q1" in line for line in lines), lines
+
+
+def test_N26_a_grader_that_never_returns_does_not_keep_the_process_from_exiting(tmp_path):
+    (tmp_path / "drift_slow_grader_exit.py").write_text(SLOW_GRADERS)
+    script = (
+        "import polars as pl\n"
+        "from drift_assets.core.grading import GradingOptions, grade_rollouts\n"
+        "from drift_assets_tests.core.test_bad_inputs import grading_inputs\n"
+        "grade_rollouts(*grading_inputs('drift_slow_grader_exit'), GradingOptions(timeout_s=0.5))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "did not return within grading.timeout_s = 0.5 s" in done.stderr
+    assert time.perf_counter() - started < 60
+
+
+def test_N26_custom_graders_under_a_timeout_stay_fast_and_the_timeout_versions_nothing(tmp_path, monkeypatch):
+    module = "drift_quick_grader_n26"
+    (tmp_path / f"{module}.py").write_text(SLOW_GRADERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    n = 2000
+    rollouts = pl.DataFrame(
+        {
+            "rollout_id": [f"q-{i}" for i in range(n)],
+            "query_id": ["q"] * n,
+            "completion": ["Answer: 2"] * n,
+            "model_fingerprint": ["m"] * n,
+        }
+    )
+    queries = pl.DataFrame({"query_id": ["q"], "reference": ["2"], "grader": [f"{module}:quick"]})
+    started = time.perf_counter()
+    grades = grade_rollouts(rollouts, queries, GradingOptions(timeout_s=30))
+    assert time.perf_counter() - started < 5  # one process for all calls; one per call would take minutes
+    assert grades["correct"].all() and grades.height == n
+    assert grade_answer("a", "b", f"{module}:with_alarm").correct  # a grader may use signals, as on the main thread
+    # A timeout changes no grade: it is not part of the grades' code version.
+    fast, patient = (parse_settings({"grading": {"timeout_s": t}}, "s.yaml", tmp_path) for t in (5, 600))
+    assert Reads(fast, "grades", "grading").code_version("2") == Reads(patient, "grades", "grading").code_version("2")
+    assert fast.grading.options().timeout_s == 5
+    with pytest.raises(SettingsError, match=r"grading\.timeout_s: .*greater than 0"):
+        parse_settings({"grading": {"timeout_s": 0}}, "s.yaml", tmp_path)
