@@ -3,11 +3,18 @@
 Checks are *blocking* where a bad table must not flow downstream: in a run, assets below a failed
 blocking check are not materialized. A partitioned asset checks the partition it just wrote, inside
 its own step (its ``check_specs``): a separate check would have to load every partition.
+
+Each result's metadata holds a ``message``: "ok", or the sentence the terminal prints when the check
+fails (the figures, and what to do).
 """
+
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 from dagster import AssetCheckResult
+
+OK = "ok"
 
 
 def schema_and_ids_result(
@@ -30,7 +37,9 @@ def schema_and_ids_result(
         if duplicates:
             problems.append(f"{duplicates} duplicate {id_column}")
     return AssetCheckResult(
-        check_name=check_name, passed=not problems, metadata={"rows": table.height, "problems": "; ".join(problems) or "none"}
+        check_name=check_name,
+        passed=not problems,
+        metadata={"rows": table.height, "problems": "; ".join(problems) or "none", "message": "; ".join(problems) or OK},
     )
 
 
@@ -55,8 +64,122 @@ def vector_problems(vectors: pl.Series, expected_dimension: int | None) -> tuple
 def vectors_result(check_name: str, table: pl.DataFrame, column: str = "grad") -> AssetCheckResult:
     """Every vector of ``column`` finite and of one dimension (an empty table passes: a shard can be empty)."""
     problems, dimension = vector_problems(table[column], None) if not table.is_empty() else ([], 0)
+    message = "; ".join(problems)
+    if "NaN or inf" in message:
+        message += (
+            ": the model's weights are not finite, or the gradient pass overflows at model.dtype (float32 is the safe choice)"
+        )
     return AssetCheckResult(
         check_name=check_name,
         passed=not problems,
-        metadata={"dimension": dimension, "rows": table.height, "problems": "; ".join(problems) or "none"},
+        metadata={
+            "dimension": dimension,
+            "rows": table.height,
+            "problems": "; ".join(problems) or "none",
+            "message": message or OK,
+        },
+    )
+
+
+def rollouts_complete_result(table: pl.DataFrame, samples_per_query: int) -> AssetCheckResult:
+    """Every query has exactly ``samples_per_query`` rollouts."""
+    counts = table.group_by("query_id", maintain_order=True).len()
+    wrong = counts.filter(pl.col("len") != samples_per_query)
+    named = ", ".join(f"{query_id} ({n})" for query_id, n in wrong.head(5).iter_rows())
+    return AssetCheckResult(
+        check_name="rollouts_complete",
+        passed=wrong.is_empty(),
+        metadata={
+            "queries": counts.height,
+            "queries_with_wrong_count": wrong.height,
+            "expected_per_query": samples_per_query,
+            "message": OK
+            if wrong.is_empty()
+            else f"{wrong.height} of {counts.height} queries do not have rollout.samples_per_query = {samples_per_query} "
+            f"rollouts: {named}",
+        },
+    )
+
+
+def rollouts_not_degenerate_result(
+    table: pl.DataFrame, limit: float, weights_problem: Callable[[], str | None] | None = None
+) -> AssetCheckResult:
+    """Empty and truncated completions under ``limit`` (grading.max_empty_or_truncated_fraction), and
+    every log-probability finite. ``weights_problem`` names the model's non-finite weights (it is
+    called only when log-probabilities are not finite, as it reads the weights)."""
+    empty = float((table["completion"].str.strip_chars() == "").mean()) if table.height else 0.0
+    truncated = float((table["finish_reason"] == "length").mean()) if table.height else 0.0
+    non_finite = int((~table["logprob_sum"].is_finite()).sum()) if "logprob_sum" in table.columns else 0
+    shares = (
+        f"{empty:.0%} of the completions are empty and {truncated:.0%} truncated, above "
+        f"grading.max_empty_or_truncated_fraction = {limit:g}"
+    )
+    hint = "raise rollout.max_tokens if many are truncated"
+    passed = empty <= limit and truncated <= limit and non_finite == 0
+    if passed:
+        message = OK
+    elif non_finite:
+        cause = weights_problem() if weights_problem is not None else None
+        message = (
+            f"{non_finite} of {table.height} rollouts have a non-finite log-probability: the model computes NaN or inf "
+            f"({cause or 'its weights are finite: the arithmetic overflows at model.dtype'})"
+            + (f"; {shares}" if empty > limit or truncated > limit else "")
+        )
+    else:
+        message = f"{shares}: {hint}"
+    return AssetCheckResult(
+        check_name="rollouts_not_degenerate",
+        passed=passed,
+        metadata={
+            "empty_share": empty,
+            "truncated_share": truncated,
+            "non_finite_logprobs": non_finite,
+            "limit": limit,
+            "hint": hint,
+            "message": message,
+        },
+    )
+
+
+def influence_complete_result(scores: pl.DataFrame, pool: pl.DataFrame) -> AssetCheckResult:
+    """Every pool example scored exactly once, with a finite score."""
+    scored, examples = set(scores["example_id"]), set(pool["example_id"])
+    counts = {
+        "unscored_examples": len(examples - scored),
+        "unknown_examples": len(scored - examples),
+        "non_finite_scores": int((~np.isfinite(scores["score"].to_numpy())).sum()),
+        "duplicates": scores.height - len(scored),
+    }
+    words = {
+        "unscored_examples": ("pool example unscored", "pool examples unscored"),
+        "unknown_examples": ("scored example not in the pool", "scored examples not in the pool"),
+        "non_finite_scores": ("non-finite score", "non-finite scores"),
+        "duplicates": ("duplicate row", "duplicate rows"),
+    }
+    problems = [f"{n} {words[key][n != 1]}" for key, n in counts.items() if n]
+    return AssetCheckResult(passed=not problems, metadata={**counts, "message": ", ".join(problems) or OK})
+
+
+def selection_result(refined: pl.DataFrame, pool: pl.DataFrame, expected: int) -> AssetCheckResult:
+    """The selection is a subset of the pool, every example appears once, and ``expected`` are selected."""
+    n_selected = int(refined["selected"].sum())
+    subset = set(refined["example_id"]) <= set(pool["example_id"])
+    complete = refined["example_id"].n_unique() == refined.height == pool.height
+    if not subset:
+        message = "the selection holds examples that are not in the pool"
+    elif not complete:
+        message = "the selection does not hold every pool example exactly once"
+    elif n_selected != expected:
+        message = f"{n_selected} examples selected where the settings ask for {expected}"
+    else:
+        message = OK
+    return AssetCheckResult(
+        passed=message == OK,
+        metadata={
+            "selected": n_selected,
+            "expected": expected,
+            "subset_of_pool": subset,
+            "every_example_once": complete,
+            "message": message,
+        },
     )

@@ -98,8 +98,22 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def check_reason(metadata: dict) -> str:
+    """Why a check failed, from its evaluation's metadata: its "message", or else its figures and
+    hint (a check written without a message still says why)."""
+    if "message" in metadata:
+        return str(metadata["message"].value)
+    figures = ", ".join(
+        f"{key} {value.value:g}" if isinstance(value.value, float) else f"{key} {value.value}"
+        for key, value in metadata.items()
+        if key != "hint" and isinstance(value.value, bool | int | float | str) and len(str(value.value)) <= 200
+    )
+    hint = metadata.get("hint")
+    return figures + (f"; hint: {hint.value}" if hint is not None else "")
+
+
 def _failed_check_messages(error: BaseException, instance) -> list[str]:
-    """Each failed blocking check named in Dagster's error, with the advice its metadata holds."""
+    """Each failed blocking check named in Dagster's error, with why (:func:`check_reason`)."""
     from dagster import AssetCheckKey, AssetKey
 
     checks = []
@@ -113,8 +127,8 @@ def _failed_check_messages(error: BaseException, instance) -> list[str]:
         evaluation = (
             record.event.dagster_event.event_specific_data if record and record.event and record.event.dagster_event else None
         )
-        advice = evaluation.metadata.get("message") if evaluation is not None else None
-        messages.append(f"check {key.name} on {key.asset_key.to_user_string()} failed" + (f": {advice.value}" if advice else ""))
+        reason = check_reason(evaluation.metadata) if evaluation is not None else ""
+        messages.append(f"check {key.name} on {key.asset_key.to_user_string()} failed" + (f": {reason}" if reason else ""))
     return messages
 
 

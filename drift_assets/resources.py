@@ -32,6 +32,7 @@ from pydantic import BaseModel, PrivateAttr, create_model
 from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
 from drift_assets.core.devices import DeviceLease, lease_device
 from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
+from drift_assets.core.finite import check_finite_weights
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
 from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings, s3_option_names
 
@@ -112,6 +113,7 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
         model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype]).to(self.resolved_device)
         if self.adapter is not None:
             model = with_adapter(model, self.adapter, target_modules)
+        check_finite_weights(model, f"model.path {self.path}" + (f" with adapter {self.adapter}" if self.adapter else ""))
         return model.eval()
 
 

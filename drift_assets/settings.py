@@ -261,6 +261,12 @@ class GradingSettings(_Group):
     )
     regex: str | None = Field(None, description="For the 'regex' grader: a pattern whose first group is the answer.")
     max_empty_or_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0, description="the rollouts check fails above this share")
+    timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="The longest one call of a custom (module:function) grader may take: grading fails naming the "
+        "query and the grader when a call has not returned by then.",
+    )
 
     @field_validator("regex")
     @classmethod
@@ -301,7 +307,7 @@ class GradingSettings(_Group):
         """The core's :class:`~drift_assets.core.grading.GradingOptions` for these settings."""
         from drift_assets.core.grading import GradingOptions
 
-        return GradingOptions(self.numeric_tolerance, self.answer_marker, self.regex)
+        return GradingOptions(self.numeric_tolerance, self.answer_marker, self.regex, self.timeout_s)
 
 
 class ProjectionSettings(_Group):
@@ -704,6 +710,7 @@ LOCATIONS = frozenset(
     | {"data.training_pool", "data.validation_queries", "data.test_queries", "warmup.checkpoint_dir"}
     | {"projection.batch_size", "projection.shards", "projection.gradient_checkpointing", "checkpoints"}
     | {"benchmark.sft.gradient_checkpointing", "rollout.engine_process"}
+    | {"grading.timeout_s"}  # how long to wait for a grader: a grade is the same or there is none
 )
 # Settings computed from others: a derived name is readable where what it is computed from is read,
 # and the settings reference lists what each one is computed from.

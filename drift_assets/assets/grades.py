@@ -15,6 +15,7 @@ from drift_assets.assets.checkpoints import checkpoint_partitions
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.core.grading import grade_rollouts, grade_summary
 from drift_assets.core.guards import contrast_guard
+from drift_assets.core.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.core.weighting import usable_queries
 from drift_assets.settings import Reads, Settings
 
@@ -52,7 +53,17 @@ def build_grade_assets(settings: Settings) -> list:
     )
     def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame):
         checkpoint = context.partition_key
-        table = grade_rollouts(rollouts, validation_queries, options).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
+        progress = Progress(
+            f"checkpoint {checkpoint} grading",
+            rollouts.height,
+            context.log.info,
+            unit="rollouts",
+            every_s=PROGRESS_EVERY_S,
+            short_log=context.log.debug,
+        )
+        table = grade_rollouts(rollouts, validation_queries, options, progress.update).select(
+            pl.lit(checkpoint).alias("checkpoint"), pl.all()
+        )
         summary = grade_summary(table)
         context.log.info(
             f"checkpoint {checkpoint}: pass@1 {summary['pass_at_1']:.3f}; "

@@ -77,6 +77,13 @@ def build_gradient_assets(settings: Settings) -> list:
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
+        non_finite = basis.non_finite_layers()
+        if non_finite:  # never committed: every gradient projected with it would be NaN
+            raise ValueError(
+                f"checkpoint {checkpoint}: the projection basis of {len(non_finite)} layers ({', '.join(non_finite[:3])}) "
+                f"holds NaN or inf: the references' activations or gradients overflow at model.dtype {model.dtype} "
+                "(float32 is the safe choice)"
+            )
         fingerprint = at_checkpoint.fingerprint()
         table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
         context.log.debug(

@@ -1,6 +1,5 @@
 """Influence scores of every pool example at every checkpoint, streamed shard by shard from the gradient table, combined."""
 
-import numpy as np
 import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
@@ -17,6 +16,7 @@ from dagster import (
 
 from drift_assets.assets.gradients import progress_logger
 from drift_assets.assets.metadata import markdown_table, rounded, score_distribution, table_metadata
+from drift_assets.checks import influence_complete_result
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.guards import hacking_guard, target_guard
 from drift_assets.core.stored import base_losses, gradients_along
@@ -136,18 +136,6 @@ def build_influence_assets(settings: Settings) -> list:
     def influence_scores_complete(
         context: AssetCheckExecutionContext, influence_scores: pl.DataFrame, training_pool: pl.DataFrame
     ) -> AssetCheckResult:
-        scored = set(influence_scores["example_id"])
-        pool = set(training_pool["example_id"])
-        non_finite = int((~np.isfinite(influence_scores["score"].to_numpy())).sum())
-        duplicates = influence_scores.height - len(scored)
-        return AssetCheckResult(
-            passed=scored == pool and non_finite == 0 and duplicates == 0,
-            metadata={
-                "unscored_examples": len(pool - scored),
-                "unknown_examples": len(scored - pool),
-                "non_finite_scores": non_finite,
-                "duplicates": duplicates,
-            },
-        )
+        return influence_complete_result(influence_scores, training_pool)
 
     return [influence_scores, influence_scores_complete]

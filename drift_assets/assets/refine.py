@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from drift_assets.assets.metadata import rounded, selection_distribution, table_metadata
+from drift_assets.checks import selection_result
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
@@ -70,19 +71,13 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset_selection(
         context: AssetCheckExecutionContext, refined_dataset: pl.DataFrame, training_pool: pl.DataFrame
     ) -> AssetCheckResult:
-        n_selected = int(refined_dataset["selected"].sum())
-        subset = set(refined_dataset["example_id"]) <= set(training_pool["example_id"])
-        complete = refined_dataset["example_id"].n_unique() == refined_dataset.height == training_pool.height
         if selection.method == "top_fraction":
             expected = math.ceil(selection.fraction * training_pool.height)
         elif selection.method == "top_k":
             expected = min(selection.k, training_pool.height)
         else:
             expected = int((refined_dataset["score"] > 0).sum())
-        return AssetCheckResult(
-            passed=subset and complete and n_selected == expected,
-            metadata={"selected": n_selected, "expected": expected, "subset_of_pool": subset, "every_example_once": complete},
-        )
+        return selection_result(refined_dataset, training_pool, expected)
 
     @asset(
         group_name="refinement",

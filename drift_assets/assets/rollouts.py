@@ -4,12 +4,13 @@ import importlib.util
 import time
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Output, asset
+from dagster import AssetCheckSpec, AssetExecutionContext, Output, asset
 
 from drift_assets.assets.checkpoints import checkpoint_model, checkpoint_partitions, model_deps
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.assets.placement import GPU_STEP
-from drift_assets.checks import schema_and_ids_result
+from drift_assets.checks import rollouts_complete_result, rollouts_not_degenerate_result, schema_and_ids_result
+from drift_assets.core.finite import describe, non_finite_tensors
 from drift_assets.core.progress import Progress
 from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
@@ -100,29 +101,15 @@ def build_rollout_assets(settings: Settings) -> list:
                 "model_fingerprint": table["model_fingerprint"][0],
             },
         )
-        counts = table.group_by("query_id").len()
-        wrong = counts.filter(pl.col("len") != samples_per_query)
-        yield AssetCheckResult(
-            check_name="rollouts_complete",
-            passed=wrong.is_empty(),
-            metadata={
-                "queries": counts.height,
-                "queries_with_wrong_count": wrong.height,
-                "expected_per_query": samples_per_query,
-            },
-        )
-        empty = float((table["completion"].str.strip_chars() == "").mean())
-        truncated = float((table["finish_reason"] == "length").mean())
-        yield AssetCheckResult(
-            check_name="rollouts_not_degenerate",
-            passed=empty <= limit and truncated <= limit,
-            metadata={
-                "empty_share": empty,
-                "truncated_share": truncated,
-                "limit": limit,
-                "hint": "raise rollout.max_tokens if many are truncated",
-            },
-        )
+        yield rollouts_complete_result(table, samples_per_query)
+        yield rollouts_not_degenerate_result(table, limit, lambda: _weights_problem(at_checkpoint))
         yield schema_and_ids_result("rollouts_schema_and_ids", table, ROLLOUT_COLUMNS, "rollout_id")
 
     return [rollouts]
+
+
+def _weights_problem(model: ModelResource) -> str | None:
+    """The non-finite weights in the files the engine read (the base model's, and an adapter's)."""
+    found = non_finite_tensors(model.path) + (non_finite_tensors(model.adapter) if model.adapter else [])
+    where = f"model.path {model.path}" + (f" with adapter {model.adapter}" if model.adapter else "")
+    return f"{where}: non-finite weights in {describe(found)}" if found else None

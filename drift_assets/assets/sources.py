@@ -19,7 +19,8 @@ from drift_assets.core.sequences import bos_warning
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Reads, Settings
 
-SOURCES_VERSION = "1"
+POOL_VERSION = "2"  # 2: text in NFC, ids from it (an NFD twin is a duplicate)
+QUERIES_VERSION = "2"  # 2: ids with control characters and references beyond data.max_example_tokens quarantined
 
 
 def _observe(path: str, what: str) -> DataVersion:
@@ -68,14 +69,14 @@ def build_source_assets(settings: Settings) -> list:
                 kinds={"delta"},
                 # Extra input columns are carried through, so the table's schema follows the input's.
                 metadata={"overwrite_schema": True, **pool_reads.metadata()},
-                code_version=pool_reads.code_version(SOURCES_VERSION),
+                code_version=pool_reads.code_version(POOL_VERSION),
                 description="The SFT pool, one row per usable example, with stable example_id and token counts.",
             ),
             "training_pool_rejects": AssetOut(
                 group_name="inputs",
                 kinds={"delta"},
                 metadata=pool_reads.metadata(),
-                code_version=pool_reads.code_version(SOURCES_VERSION),
+                code_version=pool_reads.code_version(POOL_VERSION),
                 description="Quarantined pool rows: row number, raw text, and the reason.",
             ),
         },
@@ -111,9 +112,12 @@ def build_source_assets(settings: Settings) -> list:
             },
         )
 
-    def _queries_asset(name: str, relative_path: str, deps: list, description: str):
+    def _queries_asset(name: str, relative_path: str, deps: list, description: str, references: bool):
+        """``references``: the queries' reference answers are differentiated (validation), so one
+        longer than data.max_example_tokens is quarantined, as a pool example is."""
         path = settings.resolve(relative_path)
-        reads = Reads(settings, name, "grading.default_grader", "grading.custom_graders")
+        keys = ("grading.default_grader", "grading.custom_graders", *(["data.max_example_tokens"] if references else []))
+        reads = Reads(settings, name, *keys)
         allowed_graders = settings.grading.allowed_graders()  # from the two settings read
 
         @multi_asset(
@@ -124,13 +128,19 @@ def build_source_assets(settings: Settings) -> list:
                     kinds={"delta"},
                     description=description,
                     metadata=reads.metadata(),
-                    code_version=reads.code_version(SOURCES_VERSION),
+                    code_version=reads.code_version(QUERIES_VERSION),
                 )
             },
-            deps=deps,
+            deps=[*deps, base_model] if references else deps,  # the references' lengths are in the model's tokens
+            required_resource_keys={"model"} if references else set(),
         )
         def _queries(context: AssetExecutionContext) -> pl.DataFrame:
-            queries, rejects = load_queries(path, reads.grading.default_grader, allowed_graders)
+            limit = {}
+            if references:
+                model = context.resources.model
+                max_tokens = resolve_max_model_len(reads.data.max_example_tokens, model.path, "data.max_example_tokens")
+                limit = {"tokenizer": model.load_tokenizer(), "max_tokens": max_tokens}
+            queries, rejects = load_queries(path, reads.grading.default_grader, allowed_graders, **limit)
             for row in rejects.iter_rows(named=True):
                 context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
             for grader in queries["grader"].unique().to_list():
@@ -153,6 +163,7 @@ def build_source_assets(settings: Settings) -> list:
             settings.data.validation_queries,
             [validation_queries_source],
             "Validation queries: query_id, prompt, reference (answer), reference_response, grader.",
+            references=True,
         ),
     ]
     if settings.data.test_queries:
@@ -173,6 +184,7 @@ def build_source_assets(settings: Settings) -> list:
                 settings.data.test_queries,
                 [test_queries_source],
                 "Held-out test queries for evaluating fine-tuned models.",
+                references=False,
             ),
         ]
     return assets

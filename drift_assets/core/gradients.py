@@ -116,7 +116,30 @@ def reference_basis(
     prompt_ids, response_ids = query_token_pairs(
         tokenizer, validation_queries["prompt"], validation_queries["reference_response"]
     )
+    check_within_context(model, prompt_ids, response_ids, validation_queries["query_id"])
     return fit_basis(model, options, tokenizer, prompt_ids, response_ids, batch_size, log=log)
+
+
+def check_within_context(
+    model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], query_ids: Sequence[str]
+) -> None:
+    """Refuse reference answers longer, with their prompts, than the model's positions
+    (``validation_queries`` quarantines them; a table written before it did may still hold them)."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return
+    too_long = [
+        (query_id, len(prompt) + len(response))
+        for query_id, prompt, response in zip(query_ids, prompt_ids, response_ids, strict=True)
+        if len(prompt) + len(response) > context
+    ]
+    if too_long:
+        (query_id, n_tokens), others = too_long[0], [repr(query_id) for query_id, _ in too_long[1:]]
+        raise ValueError(
+            f"validation query {query_id!r}: its reference_response is {n_tokens} tokens with its prompt, beyond the "
+            f"model's context of {context} tokens{f' (so are {len(others)} more: ' + ', '.join(others[:5]) + ')' if others else ''}; "
+            "re-materialize validation_queries, which quarantines them"
+        )
 
 
 def gradient_frame(

@@ -8,7 +8,8 @@
 - ``math``: the math-verify package (LaTeX and symbolic equivalence).
 - ``regex``: the first group of a pattern (or the whole match) compared as ``exact``.
 - ``module:function``: a user-supplied callable ``f(completion, reference) -> bool | float | Grade``;
-  a float is taken as the reward and counts as correct when > 0.
+  a float is taken as the reward and counts as correct when > 0. It runs in a process of its own
+  (:class:`GraderProcess`), where each call has ``GradingOptions.timeout_s`` to return.
 
 :func:`grade_rollouts` applies them to the ``rollouts`` table (the ``grades`` table), and
 :func:`grade_summary` gives pass@1 and the per-query split of the grades.
@@ -20,8 +21,13 @@ import hashlib
 import importlib
 import importlib.util
 import math
+import multiprocessing
 import numbers
+import os
 import re
+import sys
+import threading
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +58,7 @@ class GradingOptions:
     numeric_tolerance: float = 1e-6
     answer_marker: str = "Answer:"
     regex: str | None = None
+    timeout_s: float = 60.0  # the longest one call of a custom grader may take
 
 
 def normalize_text(text: str) -> str:
@@ -179,16 +186,147 @@ def validate_grader(name: str, options: GradingOptions | None = None) -> None:
         load_callable(name)
 
 
-def grade_answer(completion: str, reference: str, grader: str, options: GradingOptions = GradingOptions()) -> Grade:
+class GraderTimeout(GraderError):
+    """A custom grader's call that did not return within ``grading.timeout_s``."""
+
+
+class GraderProcess:
+    """Runs custom grader calls in a process of their own, so that one that never returns can be ended.
+
+    A thread could not be killed, and a grader's own signal-based timeout (math-verify's) works only
+    on a main thread. One process serves the calls one at a time (:func:`grader_process`: started
+    once, its imports paid once); it is killed when a call exceeds its time, at exit, and, on
+    Linux, when this process dies, even by SIGKILL. Built-in graders run in the caller's process.
+    """
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's or vLLM's threads
+        self._connection, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve_grader_calls, args=(child, os.getpid()), name="drift-custom-grader", daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._path: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def call(
+        self, grader: str, completion: str, reference: str, timeout_s: float, waiting: Callable[[float], None] | None = None
+    ):
+        """What ``grader`` returned; :class:`TimeoutError` after ``timeout_s`` (the process is then
+        killed), calling ``waiting(seconds waited so far)`` about every second meanwhile. What the
+        grader raised comes back as :class:`GraderError`."""
+        with self._lock:
+            path = None if sys.path == self._path else list(sys.path)  # where the grader's module is found
+            self._path = list(sys.path)
+            self._connection.send((path, grader, completion, reference))
+            started = time.monotonic()
+            while not self._connection.poll(min(1.0, max(0.0, timeout_s - (time.monotonic() - started)))):
+                waited = time.monotonic() - started
+                if waiting is not None:
+                    waiting(waited)
+                if waited >= timeout_s:
+                    self.close()
+                    raise TimeoutError
+            try:
+                answer = self._connection.recv()
+            except EOFError:
+                self._process.join(5)
+                raise GraderError(f"grader {grader!r} ended its process (exit code {self._process.exitcode})") from None
+        if answer[0] == "returned":
+            return answer[1]
+        if answer[0] == "unsendable":
+            raise GraderError(f"grader {grader!r} returned {answer[1]}; expected bool, float or Grade")
+        _, kind, text, where = answer
+        if kind == "GraderError":  # not importable, no such function: already says so
+            raise GraderError(text)
+        raise GraderError(
+            f"grader {grader!r} raised {kind}: {text} (reference {reference!r}, completion {completion[:80]!r}; at {where})"
+        )
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._connection.close()
+
+
+_shared: GraderProcess | None = None
+_shared_lock = threading.Lock()
+
+
+def grader_process() -> GraderProcess:
+    """The process custom graders run in, started on first use and again after one was killed."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.alive:
+            _shared = GraderProcess()
+        return _shared
+
+
+def _serve_grader_calls(connection, parent: int) -> None:
+    """The grader process: ``(sys.path or None, grader, completion, reference)`` in, ``("returned",
+    result)`` or ``("raised", type, text, "file:line")`` out, until the connection closes."""
+    import traceback
+
+    _die_with(parent)
+    while True:
+        try:
+            path, grader, completion, reference = connection.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if path is not None:
+            sys.path[:] = path
+            importlib.invalidate_caches()
+        try:
+            result = load_callable(grader)(completion, reference)
+        except BaseException as error:  # whatever it is, the caller names it
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            connection.send(("raised", type(error).__name__, str(error), f"{frame.filename}:{frame.lineno}"))
+            continue
+        try:
+            connection.send(("returned", result))
+        except Exception:  # pickling failed: the caller says what was returned
+            connection.send(("unsendable", type(result).__name__))
+
+
+def _die_with(parent: int) -> None:
+    """Be killed when ``parent`` dies, even by SIGKILL (Linux's parent-death signal; elsewhere the
+    closed connection ends an idle process)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)
+
+
+def grade_answer(
+    completion: str,
+    reference: str,
+    grader: str,
+    options: GradingOptions = GradingOptions(),
+    waiting: Callable[[float], None] | None = None,
+) -> Grade:
+    """A custom grader runs in :func:`grader_process` under ``options.timeout_s``; ``waiting`` is
+    called while it has not returned."""
     if grader in _BUILTIN:
         return _BUILTIN[grader](completion, reference, options)
-    function = load_callable(grader)
+    check_grader_name(grader)
     try:
-        result = function(completion, reference)
-    except Exception as error:
-        raise GraderError(
-            f"grader {grader!r} raised {type(error).__name__}: {error} (reference {reference!r}, completion {completion[:80]!r})"
-        ) from error
+        result = grader_process().call(grader, completion, reference, options.timeout_s, waiting)
+    except TimeoutError:
+        raise GraderTimeout(
+            f"grader {grader!r} did not return within grading.timeout_s = {options.timeout_s:g} s (reference "
+            f"{reference!r}, completion {completion[:80]!r}): fix the grader, or raise grading.timeout_s"
+        ) from None
     if isinstance(result, Grade):
         grade = result
     # numpy's bool_ and number types too: user graders often compute their verdict with numpy.
@@ -217,18 +355,33 @@ GRADE_SCHEMA = {
 }
 
 
-def grade_rollouts(rollouts: pl.DataFrame, validation_queries: pl.DataFrame, options: GradingOptions) -> pl.DataFrame:
-    """The ``grades`` table: every rollout checked against its query's reference with its query's grader."""
+def grade_rollouts(
+    rollouts: pl.DataFrame,
+    validation_queries: pl.DataFrame,
+    options: GradingOptions,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> pl.DataFrame:
+    """The ``grades`` table: every rollout checked against its query's reference with its query's grader.
+
+    ``progress(done, total, note)`` is called after each rollout, and about every second while a
+    custom grader has not returned (the note says which grader, on which query).
+    """
     joined = rollouts.join(validation_queries.select("query_id", "reference", "grader"), on="query_id", how="left")
     missing = joined.filter(pl.col("reference").is_null())["query_id"].unique().to_list()
     if missing:
         raise ValueError(f"rollouts reference queries not in validation_queries: {missing[:5]} (re-materialize rollouts)")
     rows = []
-    for row in joined.iter_rows(named=True):
+    for done, row in enumerate(joined.iter_rows(named=True)):
+
+        def waiting(seconds: float, row: dict = row, done: int = done) -> None:
+            if progress is not None:
+                note = f"waiting on grader {row['grader']!r} for query {row['query_id']} for {seconds:.0f}s"
+                progress(done, joined.height, f"{note} (grading.timeout_s = {options.timeout_s:g})")
+
         try:
-            grade = grade_answer(row["completion"], row["reference"], row["grader"], options)
+            grade = grade_answer(row["completion"], row["reference"], row["grader"], options, waiting)
         except GraderError as error:
-            raise GraderError(f"query {row['query_id']}, rollout {row['rollout_id']}: {error}") from error.__cause__
+            raise type(error)(f"query {row['query_id']}, rollout {row['rollout_id']}: {error}") from None
         rows.append(
             {
                 "rollout_id": row["rollout_id"],
@@ -240,6 +393,8 @@ def grade_rollouts(rollouts: pl.DataFrame, validation_queries: pl.DataFrame, opt
                 "model_fingerprint": row["model_fingerprint"],
             }
         )
+        if progress is not None:
+            progress(done + 1, joined.height, "")
     return pl.DataFrame(rows, schema=GRADE_SCHEMA)
 
 

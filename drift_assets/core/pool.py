@@ -5,7 +5,9 @@ either chat ``messages`` (a list of ``{"role", "content"}`` ending with the assi
 ``prompt`` + ``response`` strings. Every other column is carried through unchanged.
 
 Each kept example gets a stable ``example_id``: a content hash of its messages, so the same example
-keeps its id (and its cached gradient) wherever it sits in the file. Bad rows are never dropped
+keeps its id (and its cached gradient) wherever it sits in the file. Text is stored and hashed in
+Unicode NFC: an "é" typed as one code point or as "e" plus an accent is the same example, and one id
+never stands for two tokenizations. Bad rows are never dropped
 silently: they go to the rejects table with their row number and a reason.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt
+from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt, render_prompt
 
 CORE_COLUMNS = ("example_id", "row_number", "prompt", "response", "messages", "n_prompt_tokens", "n_response_tokens", "source")
 INPUT_TEXT_COLUMNS = ("prompt", "response", "messages")
@@ -151,7 +154,7 @@ def _messages_from_record(record: dict[str, Any]) -> tuple[list[dict[str, str]] 
         turns = [turn["role"] for turn in messages if turn["role"] != "system"]
         if turns and turns[0] != "user":
             return None, "the first turn (after any system message) must be the user's"
-        return [{"role": t["role"], "content": t["content"]} for t in messages], None
+        return [{"role": t["role"], "content": nfc(t["content"])} for t in messages], None
     prompt, response = record.get("prompt"), record.get("response")
     if prompt is None or response is None:
         nulls = [key for key in ("prompt", "response") if key in record and record[key] is None]
@@ -160,10 +163,18 @@ def _messages_from_record(record: dict[str, Any]) -> tuple[list[dict[str, str]] 
         return None, "no 'messages' field and no 'prompt' + 'response' fields"
     if not isinstance(prompt, str) or not isinstance(response, str):
         return None, "'prompt' and 'response' must be strings"
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], None
+    return [{"role": "user", "content": nfc(prompt)}, {"role": "assistant", "content": nfc(response)}], None
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode NFC (what most text already is: then unchanged, and so is its id)."""
+    return unicodedata.normalize("NFC", text)
 
 
 def example_id_for(messages: list[dict[str, str]]) -> str:
+    """A content hash of the messages' NFC text (identical to the hash of the text as given where
+    that is NFC already, as ids were before they were normalized)."""
+    messages = [{**turn, "content": nfc(turn["content"])} for turn in messages]
     canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
 
@@ -280,55 +291,77 @@ def _empty_pool_schema() -> dict[str, pl.DataType]:
     }
 
 
+def control_characters(text: str) -> list[str]:
+    """The control characters in ``text`` (newlines, escapes, line separators): where an id holds
+    one, every log line that names it can be rewritten on the terminal."""
+    return list(dict.fromkeys(c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")))
+
+
+def reference_tokens(tokenizer, prompt: str, reference_response: str) -> int:
+    """The tokens of a reference answer's gradient pass: the rendered prompt and the response with its EOS."""
+    return len(encode_prompt(tokenizer, render_prompt(tokenizer, prompt))) + len(encode_response(tokenizer, reference_response))
+
+
 def load_queries(
-    path: str | Path, default_grader: str, allowed_graders: tuple[str, ...] | None = None
+    path: str | Path,
+    default_grader: str,
+    allowed_graders: tuple[str, ...] | None = None,
+    tokenizer=None,
+    max_tokens: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validation/test queries: ``query_id``, ``prompt``, ``reference``, ``reference_response``, ``grader``.
 
     Returns (queries, rejects). ``query_id`` defaults to a content hash; ``reference_response`` (the
     off-policy target) defaults to the reference itself; ``grader`` to the settings' default. A row
     naming a grader outside ``allowed_graders`` is rejected: a query file must not choose which
-    module the pipeline imports and calls.
+    module the pipeline imports and calls. So is a ``query_id`` holding control characters (it is
+    named in log lines), and, given a ``tokenizer``, a reference longer with its prompt than
+    ``max_tokens`` (``data.max_example_tokens``): its gradient, and the projection basis fitted on
+    it, would come from positions beyond what the model was trained on.
     """
     kept, rejects, seen = [], [], {}
     for row in read_rows(path):
+
+        def reject(reason: str, row: RawRow = row) -> None:
+            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": reason})
+
         if row.parse_error:
-            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": row.parse_error})
+            reject(row.parse_error)
             continue
         record = row.record
         prompt, reference = record.get("prompt"), record.get("reference")
         if not isinstance(prompt, str) or not prompt.strip() or reference is None or str(reference).strip() == "":
-            rejects.append(
-                {"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": "needs a non-empty 'prompt' and 'reference'"}
-            )
+            reject("needs a non-empty 'prompt' and 'reference'")
             continue
         query_id = str(record.get("query_id") or hashlib.sha256(prompt.encode()).hexdigest()[:16])
+        controls = control_characters(query_id)
+        if controls:
+            reject(f"query_id has control characters ({', '.join(repr(c) for c in controls)})")
+            continue
         if query_id in seen:
-            rejects.append(
-                {
-                    "row_number": row.row_number,
-                    "raw": row.raw_text[:2000],
-                    "reason": f"duplicate query_id of row {seen[query_id]}",
-                }
-            )
+            reject(f"duplicate query_id of row {seen[query_id]}")
             continue
         grader = str(record.get("grader") or default_grader)
         if allowed_graders is not None and grader not in allowed_graders:
-            rejects.append(
-                {
-                    "row_number": row.row_number,
-                    "raw": row.raw_text[:2000],
-                    "reason": f"grader {grader!r} is not allowed (list it in grading.custom_graders)",
-                }
-            )
+            reject(f"grader {grader!r} is not allowed (list it in grading.custom_graders)")
             continue
+        reference_response = str(record.get("reference_response") or reference)
+        if tokenizer is not None and max_tokens is not None:
+            n_tokens = reference_tokens(tokenizer, prompt, reference_response)
+            if n_tokens > max_tokens:
+                what = "reference_response" if record.get("reference_response") else "reference (its reference_response)"
+                reject(
+                    f"query {query_id!r}: {what} over the maximum length ({n_tokens} tokens with its prompt > "
+                    f"data.max_example_tokens={max_tokens})"
+                )
+                continue
         seen[query_id] = row.row_number
         kept.append(
             {
                 "query_id": query_id,
                 "prompt": prompt,
                 "reference": str(reference),
-                "reference_response": str(record.get("reference_response") or reference),
+                "reference_response": reference_response,
                 "grader": grader,
             }
         )

@@ -19,6 +19,13 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def singular(unit: str) -> str:
+    """``queries`` → ``query``, ``examples`` → ``example``."""
+    if unit.endswith("ies"):
+        return unit[:-3] + "y"
+    return unit.removesuffix("s")
+
+
 class Progress:
     """Counts units of work and logs ``what: done/total (rate, ETA) note`` at each :meth:`advance`,
     or at most every ``every_s`` seconds (and once done) through :meth:`update`.
@@ -47,7 +54,7 @@ class Progress:
         parts = [f"{self.what}: {self.done}/{self.total}"]
         if self.done and elapsed > 0:
             rate = self.done / elapsed
-            pace = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{elapsed / self.done:.1f} s per {self.unit.rstrip('s')}"
+            pace = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{elapsed / self.done:.1f} s per {singular(self.unit)}"
             left = "done" if self.done >= self.total else f"ETA {duration((self.total - self.done) / rate)}"
             parts.append(f"({pace}, {left}, {duration(elapsed)} so far)")
         return " ".join(parts) + (f" {note}" if note else "")

@@ -112,6 +112,10 @@ class ProjectionBasis:
                 digest.update(matrix.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def non_finite_layers(self) -> list[str]:
+        """The layers whose projectors hold NaN or inf (fitted on non-finite activations or gradients)."""
+        return [name for name, pair in sorted(self.matrices.items()) if not all(bool(torch.isfinite(m).all()) for m in pair)]
+
     def to_frame(self) -> pl.DataFrame:
         """One row per (layer, side): the matrix flattened row-major, with its shape."""
         rows = [

@@ -9,7 +9,11 @@ Pipeline-level faults (deleted and damaged tables, a second materialization, a k
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -17,14 +21,22 @@ import pytest
 
 from drift_assets.core.fingerprint import check_model_directory
 from drift_assets.core.generation import resolve_max_model_len
-from drift_assets.core.gradients import empty_gradient_frame, gradient_frame
-from drift_assets.core.grading import GraderError, GradingOptions, grade_rollouts, validate_grader
-from drift_assets.core.pool import InputFileError, load_queries, normalize_pool, read_rows, require_examples
+from drift_assets.core.gradients import empty_gradient_frame, gradient_frame, reference_basis
+from drift_assets.core.grading import GraderError, GradingOptions, grade_answer, grade_rollouts, validate_grader
+from drift_assets.core.pool import (
+    InputFileError,
+    example_id_for,
+    load_queries,
+    normalize_pool,
+    read_rows,
+    require_examples,
+)
+from drift_assets.core.progress import Progress
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
 from drift_assets.core.selection import selection_warning
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
-from drift_assets.settings import SettingsError, load_settings, parse_settings
+from drift_assets.settings import Reads, SettingsError, load_settings, parse_settings
 
 MAX_TOKENS = 64
 GOOD = b'{"prompt": "What is 1 + 1?", "response": "Answer: 2"}'
@@ -369,3 +381,266 @@ def test_65_68_a_model_directory_that_cannot_work_is_named(tmp_path, case, files
             (model / name).write_text(content)
     with pytest.raises((FileNotFoundError, ValueError), match=message):
         check_model_directory(model)
+
+
+# ---------- The reliability probe of 2026-12-05 (its case ids, "N…", in each entry) ----------
+
+NFC_TEXT, NFD_TEXT = "Qu\u2019est-ce qu\u2019un caf\u00e9 ?", "Qu\u2019est-ce qu\u2019un cafe\u0301 ?"
+LONG_CHAT = [("user" if turn % 2 == 0 else "assistant", "What is 12 + 13? " * 2) for turn in range(10_000)]
+
+# As POOL_ROWS: (case, what, the lines before a last good row, the outcome of each).
+POOL_ROWS_2026_12_05 = [
+    (
+        "N15",
+        "the same text with other extra columns",
+        [
+            row({"prompt": "p1", "response": "r1", "category": "a", "is_corrupted": False}),
+            row({"prompt": "p2", "response": "r2", "category": "a", "is_corrupted": False}),
+            row({"prompt": "p2", "response": "r2", "category": "b", "is_corrupted": True, "annotator": "x"}),
+        ],
+        [KEPT, KEPT, r"^duplicate of row 2$"],
+    ),
+    (
+        "N16",
+        "the same prompt and response in NFC and in NFD",
+        [row({"prompt": NFC_TEXT, "response": "caf\u00e9"}), row({"prompt": NFD_TEXT, "response": "cafe\u0301"})],
+        [KEPT, r"^duplicate of row 1$"],
+    ),
+    (
+        "N16",
+        "a chat row in NFD after its NFC twin",
+        [chat(("user", NFC_TEXT), ("assistant", "\u00e9t\u00e9")), chat(("user", NFD_TEXT), ("assistant", "e\u0301te\u0301"))],
+        [KEPT, r"^duplicate of row 1$"],
+    ),
+    (
+        "N27",
+        "10,000 messages in one row",
+        [chat(*LONG_CHAT)],
+        [rf"^over the maximum length \(\d+ tokens > data\.max_example_tokens={MAX_TOKENS}\)$"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "what", "lines", "outcomes"), POOL_ROWS_2026_12_05, ids=[f"{c[0]}-{c[1]}" for c in POOL_ROWS_2026_12_05]
+)
+def test_2026_12_05_a_bad_pool_row_is_quarantined_with_its_reason(tmp_path, tokenizer, case, what, lines, outcomes):
+    test_a_bad_pool_row_is_quarantined_with_its_reason_and_costs_nothing_else(tmp_path, tokenizer, case, what, lines, outcomes)
+
+
+def test_N16_ids_and_text_are_nfc_and_an_nfc_examples_id_is_the_one_earlier_releases_gave(tmp_path, tokenizer):
+    """The id hashes the NFC text the table stores, so one id never stands for two tokenizations.
+    Text already in NFC (all ASCII text is) keeps its id: stored gradients stay reusable."""
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(row({"prompt": NFD_TEXT, "response": "cafe\u0301"}) + b"\n" + GOOD + b"\n")
+    pool = normalize_pool(read_rows(path), tokenizer, MAX_TOKENS, source="pool.jsonl")
+    first = pool.examples.row(0, named=True)
+    assert (first["prompt"], first["response"]) == (NFC_TEXT, "caf\u00e9")
+    assert json.loads(first["messages"]) == [{"role": "user", "content": NFC_TEXT}, {"role": "assistant", "content": "caf\u00e9"}]
+    assert first["example_id"] == example_id_for(json.loads(first["messages"]))
+    # Computed at 7fedcc0, before ids were NFC: the same ids for text that already was.
+    assert pool.examples["example_id"][1] == "47f420eba98351388635"
+    nfc_chat = [
+        {"role": "user", "content": NFC_TEXT},
+        {"role": "assistant", "content": "Answer: \u00e9t\u00e9 \u2014 \u4f60\u597d"},
+    ]
+    assert example_id_for(nfc_chat) == "af551bb26ca92c3a9ed1"
+
+
+def test_N16_the_pool_tables_code_version_changed_with_its_ids():
+    """Old pool tables (NFD rows under their old ids, and their duplicates) are recomputed, not mixed
+    with the new ones: the pool's implementation version is what its code version starts with."""
+    from drift_assets.assets.sources import POOL_VERSION
+
+    assert POOL_VERSION == "2"
+
+
+def test_N27_a_huge_chat_row_costs_no_slowdown_and_keeps_a_bounded_raw_text(tmp_path, tokenizer):
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(chat(*LONG_CHAT) + b"\n" + GOOD + b"\n")
+    assert path.stat().st_size > 500_000
+    started = time.perf_counter()
+    pool = normalize_pool(read_rows(path), tokenizer, MAX_TOKENS, source="pool.jsonl")
+    assert time.perf_counter() - started < 5.0  # a quarter of a second here; quadratic work would take minutes
+    assert pool.rejects["row_number"].to_list() == [1] and len(pool.rejects["raw"][0]) <= 2000
+
+
+def write_lines(tmp_path: Path, lines: list[bytes]) -> Path:
+    path = tmp_path / "queries.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def query(query_id: str, prompt: str = "What is 1 + 1?", **fields) -> bytes:
+    return row({"query_id": query_id, "prompt": prompt, "reference": "2", **fields})
+
+
+# (case, what, the lines of a query file, the outcome of each: KEPT or a regex its quarantine reason must match)
+QUERY_ROWS_2026_12_05 = [
+    (
+        "N25",
+        "ids shaped like paths and partition keys",
+        [query("../../../../tmp/x"), query("/etc/passwd"), query("checkpoint=base/x")],
+        [KEPT, KEPT, KEPT],
+    ),
+    (
+        "N25",
+        "an id holding a newline and a terminal escape",
+        [query("a\nb\x1b[31m"), query("tab\there")],
+        [r"^query_id has control characters \('\\n', '\\x1b'\)", r"^query_id has control characters \('\\t'\)"],
+    ),
+    ("N25", "byte 0xFF", [b'{"query_id": "b", "prompt": "What is 9\xff?", "reference": "9"}'], [r"^not UTF-8 \(byte 0xff"]),
+    ("N25", "a lone surrogate", [b'{"query_id": "s", "prompt": "What is \\udc00?", "reference": "9"}'], [r"^a lone surrogate"]),
+    (
+        "N24",
+        "a reference_response beyond the length limit",
+        [query("long", reference_response="Answer: " + "9" * 4060), query("short", reference_response="Answer: 2")],
+        [
+            r"^query 'long': reference_response over the maximum length \(\d{4} tokens with its prompt > "
+            rf"data\.max_example_tokens={MAX_TOKENS}\)$",
+            KEPT,
+        ],
+    ),
+    (
+        "N24",
+        "a 3,000-digit reference (the reference_response it stands for)",
+        [row({"query_id": "digits", "prompt": "What is 1 + 1?", "reference": "7" * 3000})],
+        [r"^query 'digits': reference \(its reference_response\) over the maximum length \(\d{4} tokens with its prompt"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "what", "lines", "outcomes"), QUERY_ROWS_2026_12_05, ids=[f"{c[0]}-{c[1]}" for c in QUERY_ROWS_2026_12_05]
+)
+def test_2026_12_05_a_bad_query_row_is_quarantined_with_its_row_number(tmp_path, tokenizer, case, what, lines, outcomes):
+    path = write_lines(tmp_path, [*lines, query("last")])
+    queries, rejects = load_queries(path, "numeric", tokenizer=tokenizer, max_tokens=MAX_TOKENS)
+    reasons = dict(zip(rejects["row_number"], rejects["reason"], strict=True))
+    kept = queries["query_id"].to_list()
+    assert kept[-1] == "last" and len(lines) + 1 not in reasons
+    for number, outcome in enumerate(outcomes, start=1):
+        if outcome is KEPT:
+            assert number not in reasons, (what, reasons[number])
+        else:
+            assert pl.Series([reasons.get(number, "(kept)")]).str.contains(outcome).item(), (what, reasons.get(number))
+    assert len(kept) + rejects.height == len(lines) + 1
+    assert all(query_id.isprintable() for query_id in kept)  # nothing that rewrites the terminal reaches a log line
+    rejects.write_parquet(tmp_path / "rejects.parquet")
+    queries.write_parquet(tmp_path / "queries.parquet")
+
+
+def test_N24_the_basis_is_never_fitted_on_a_reference_beyond_the_models_context(tokenizer):
+    """Whatever let it through (a table written before references were limited), the PCA fit refuses
+    a reference longer than the model's positions, naming the query and its length."""
+    model = build_tiny_llama(
+        tokenizer, TinyLlamaShape(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=48, max_positions=64), seed=0
+    )
+    queries = pl.DataFrame(
+        {
+            "query_id": ["ok", "long"],
+            "prompt": ["What is 1 + 1?"] * 2,
+            "reference_response": ["Answer: 2", "Answer: " + "9" * 200],
+        }
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"validation query 'long': its reference_response is 2\d\d tokens with its prompt, "
+        r"beyond the model's context of 64 tokens",
+    ):
+        reference_basis(model, ProjectionOptions(rank=2, basis="pca"), tokenizer, queries, 4)
+    reference_basis(model, ProjectionOptions(rank=2, basis="pca"), tokenizer, queries.head(1), 4)
+
+
+SLOW_GRADERS = """
+import signal
+import threading
+
+def forever(completion, reference):
+    threading.Event().wait()  # never returns
+
+def quick(completion, reference):
+    return completion.endswith(reference)
+
+def with_alarm(completion, reference):
+    # math-verify's own timeout: signal.alarm, which works only on a process's main thread
+    signal.signal(signal.SIGALRM, signal.getsignal(signal.SIGALRM))
+    return True
+"""
+
+
+def grading_inputs(module: str, n_per_query: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
+    ids = [f"q{q}" for q in range(3) for _ in range(n_per_query)]
+    rollouts = pl.DataFrame(
+        {
+            "rollout_id": [f"{query_id}-{i % n_per_query}" for i, query_id in enumerate(ids)],
+            "query_id": ids,
+            "completion": ["Answer: 2"] * len(ids),
+            "model_fingerprint": ["m"] * len(ids),
+        }
+    )
+    graders = ["numeric", f"{module}:forever", f"{module}:quick"]
+    queries = pl.DataFrame({"query_id": ["q0", "q1", "q2"], "reference": ["2"] * 3, "grader": graders})
+    return rollouts, queries
+
+
+def test_N26_a_custom_grader_that_never_returns_ends_grading_naming_the_query_the_grader_and_the_setting(tmp_path, monkeypatch):
+    module = "drift_slow_grader_n26"
+    (tmp_path / f"{module}.py").write_text(SLOW_GRADERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rollouts, queries = grading_inputs(module)
+    lines: list[str] = []
+    progress = Progress("grading", 0, lines.append, unit="rollouts", every_s=0.2)
+    started = time.perf_counter()
+    with pytest.raises(
+        GraderError,
+        match=rf"^query q1, rollout q1-0: grader '{module}:forever' did not return within grading\.timeout_s = 0\.6 s "
+        r"\(reference '2', completion 'Answer: 2'\): fix the grader, or raise grading\.timeout_s$",
+    ):
+        grade_rollouts(rollouts, queries, GradingOptions(timeout_s=0.6), progress=progress.update)
+    assert time.perf_counter() - started < 5
+    assert not [p for p in multiprocessing.active_children() if p.name == "drift-custom-grader" and p.is_alive()]
+    # While it waits, the progress lines say on what.
+    assert any("grading: 1/3" in line and f"waiting on grader '{module}:forever' for query q1" in line for line in lines), lines
+
+
+def test_N26_a_grader_that_never_returns_does_not_keep_the_process_from_exiting(tmp_path):
+    (tmp_path / "drift_slow_grader_exit.py").write_text(SLOW_GRADERS)
+    script = (
+        "import polars as pl\n"
+        "from drift_assets.core.grading import GradingOptions, grade_rollouts\n"
+        "from drift_assets_tests.core.test_bad_inputs import grading_inputs\n"
+        "grade_rollouts(*grading_inputs('drift_slow_grader_exit'), GradingOptions(timeout_s=0.5))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "did not return within grading.timeout_s = 0.5 s" in done.stderr
+    assert time.perf_counter() - started < 60
+
+
+def test_N26_custom_graders_under_a_timeout_stay_fast_and_the_timeout_versions_nothing(tmp_path, monkeypatch):
+    module = "drift_quick_grader_n26"
+    (tmp_path / f"{module}.py").write_text(SLOW_GRADERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    n = 2000
+    rollouts = pl.DataFrame(
+        {
+            "rollout_id": [f"q-{i}" for i in range(n)],
+            "query_id": ["q"] * n,
+            "completion": ["Answer: 2"] * n,
+            "model_fingerprint": ["m"] * n,
+        }
+    )
+    queries = pl.DataFrame({"query_id": ["q"], "reference": ["2"], "grader": [f"{module}:quick"]})
+    started = time.perf_counter()
+    grades = grade_rollouts(rollouts, queries, GradingOptions(timeout_s=30))
+    assert time.perf_counter() - started < 5  # one process for all calls; one per call would take minutes
+    assert grades["correct"].all() and grades.height == n
+    assert grade_answer("a", "b", f"{module}:with_alarm").correct  # a grader may use signals, as on the main thread
+    # A timeout changes no grade: it is not part of the grades' code version.
+    fast, patient = (parse_settings({"grading": {"timeout_s": t}}, "s.yaml", tmp_path) for t in (5, 600))
+    assert Reads(fast, "grades", "grading").code_version("2") == Reads(patient, "grades", "grading").code_version("2")
+    assert fast.grading.options().timeout_s == 5
+    with pytest.raises(SettingsError, match=r"grading\.timeout_s: .*greater than 0"):
+        parse_settings({"grading": {"timeout_s": 0}}, "s.yaml", tmp_path)
