@@ -17,6 +17,7 @@ from drift_assets.assets.metadata import rounded, selection_distribution, table_
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
+from drift_assets.core.stored import one_row_per_example
 from drift_assets.settings import Reads, Settings
 
 REFINE_VERSION = "2"
@@ -39,6 +40,9 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset(
         context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame
     ) -> pl.DataFrame:
+        problem = one_row_per_example(influence_scores, training_pool["example_id"], "influence_scores")
+        if problem:  # a table an earlier release committed: nothing is selected from it
+            raise ValueError(problem)
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
         table = refined_table(training_pool, influence_scores, selected)
         chosen = table.filter("selected")
@@ -79,9 +83,20 @@ def build_refine_assets(settings: Settings) -> list:
             expected = min(selection.k, training_pool.height)
         else:
             expected = int((refined_dataset["score"] > 0).sum())
+        problem = one_row_per_example(refined_dataset, training_pool["example_id"], "refined_dataset")
+        if n_selected != expected:
+            problem = f"{n_selected} selected, not {expected} as selection.{selection.method} says" + (
+                f"; {problem}" if problem else ""
+            )
         return AssetCheckResult(
             passed=subset and complete and n_selected == expected,
-            metadata={"selected": n_selected, "expected": expected, "subset_of_pool": subset, "every_example_once": complete},
+            metadata={
+                "selected": n_selected,
+                "expected": expected,
+                "subset_of_pool": subset,
+                "every_example_once": complete,
+                **({"message": problem} if problem else {}),
+            },
         )
 
     @asset(
