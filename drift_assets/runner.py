@@ -182,8 +182,7 @@ def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int
         if not gone:
             continue
         if name == WARMUP:
-            paths = warehouse.scan(WARMUP).filter(~pl.col("checkpoint").is_in(partitions["checkpoint"])).collect()["path"]
-            for path in paths:
+            for path in _saved_paths(warehouse, ~pl.col("checkpoint").is_in(partitions["checkpoint"])).values():
                 if Path(path).exists():
                     logger.warning(f"{WARMUP}: {path} holds a checkpoint no longer configured: delete it to free the space")
         deleted[name] = warehouse.delete_rows(name, outside(partitions))
@@ -206,6 +205,15 @@ def missing_demo_model(defs: Definitions, warehouse) -> set[str]:
     return {"demo_base_model"}
 
 
+def _saved_paths(warehouse, where: pl.Expr) -> dict[str, str]:
+    """checkpoint → model directory of the warm-up table's rows ``where`` holds (none from a table
+    without paths, such as an earlier release's)."""
+    table = warehouse.scan(WARMUP)
+    if "path" not in table.collect_schema().names():
+        return {}
+    return dict(table.filter(where).select("checkpoint", "path").collect().iter_rows())
+
+
 def missing_warmup_checkpoints(defs: Definitions, warehouse) -> set[str]:
     """The configured warm-up checkpoints ("warmup_checkpoints[key]") whose table row names a model
     directory that is gone (deleted to free the space, say): Dagster would call them up to date, and
@@ -213,9 +221,8 @@ def missing_warmup_checkpoints(defs: Definitions, warehouse) -> set[str]:
     keys = partition_keys(defs, WARMUP)
     if not keys or not warehouse.exists(WARMUP):
         return set()
-    saved = warehouse.scan(WARMUP).filter(pl.col("checkpoint").is_in(keys)).select("checkpoint", "path").collect()
     missing = set()
-    for checkpoint, path in saved.iter_rows():
+    for checkpoint, path in _saved_paths(warehouse, pl.col("checkpoint").is_in(keys)).items():
         if not Path(path).exists():
             logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; training the warm-up run again")
             missing.add(f"{WARMUP}[{checkpoint}]")

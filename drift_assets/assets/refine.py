@@ -85,9 +85,8 @@ def build_refine_assets(settings: Settings) -> list:
             expected = int((refined_dataset["score"] > 0).sum())
         problem = one_row_per_example(refined_dataset, training_pool["example_id"], "refined_dataset")
         if n_selected != expected:
-            problem = f"{n_selected} selected, not {expected} as selection.{selection.method} says" + (
-                f"; {problem}" if problem else ""
-            )
+            count = f"{n_selected} examples selected where selection.method {selection.method} gives {expected}"
+            problem = f"{count}; {problem}" if problem else count
         return AssetCheckResult(
             passed=subset and complete and n_selected == expected,
             metadata={
