@@ -120,8 +120,8 @@ def _column_values(partition_key, expression: str | dict[str, str]) -> dict[str,
 
 
 def vanished_partitions(defs: Definitions, instance: DagsterInstance, warehouse) -> dict[str, str]:
-    """Configured partitions that Dagster records as materialized with rows, whose table holds none of
-    them now, and what happened: their rows were deleted while the partition was not configured (a
+    """Configured partitions that Dagster records as materialized with rows but whose table holds none
+    of them now, and what is wrong: their rows were deleted while the partition was not configured (a
     warm-up step removed, then added again), or by hand. Dagster would call them up to date."""
     from dagster import AssetRecordsFilter
 
@@ -132,7 +132,8 @@ def vanished_partitions(defs: Definitions, instance: DagsterInstance, warehouse)
         if columns is None or set(columns) != set(partitions):
             continue  # missing, damaged or laid out otherwise: damaged_tables and relaid_tables say so
         held = warehouse.partitions_held(name)
-        node, key = graph.get(AssetKey(name)), AssetKey(name)
+        key = AssetKey(name)
+        node = graph.get(key)
         recorded = instance.get_materialized_partitions(key)
         for partition_key in node.partitions_def.get_partition_keys():
             if str(partition_key) not in recorded:
@@ -140,10 +141,12 @@ def vanished_partitions(defs: Definitions, instance: DagsterInstance, warehouse)
             values = _column_values(partition_key, node.metadata["partition_expr"])
             if tuple(values[column] for column in columns) in held:
                 continue
-            [record] = instance.fetch_materializations(
+            records = instance.fetch_materializations(
                 AssetRecordsFilter(asset_key=key, asset_partitions=[str(partition_key)]), limit=1
             ).records
-            metadata = record.asset_materialization.metadata
+            if not records:
+                continue
+            metadata = records[0].asset_materialization.metadata
             rows = metadata.get("num_rows", metadata.get("dagster/row_count"))
             if rows is None or rows.value:
                 vanished[f"{name}[{partition_key}]"] = (
