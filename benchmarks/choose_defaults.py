@@ -109,7 +109,7 @@ def main() -> None:
     from drift_assets.core.attribution import noise_auc
     from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
     from drift_assets.core.selection import length_strata, select, select_within_strata
-    from drift_assets.core.stored import base_losses, gradients_along
+    from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along
     from drift_assets.core.trajectory import ranked_scores
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
@@ -133,10 +133,9 @@ def main() -> None:
                 benchmark={**settings.benchmark.model_dump(), "sft": {**settings.benchmark.sft.model_dump(), **sft}}
             )
         warehouse = Warehouse.from_settings(settings)
+        tables = ConfiguredTables.configured_by(settings, warehouse)
         pool = warehouse.scan("training_pool").collect()
-        scorer = MethodScorer(
-            list(gradients_along(warehouse, settings.checkpoints, settings.projection.shards)), base_losses(warehouse, pool)
-        )
+        scorer = MethodScorer(list(gradients_along(tables)), base_losses(tables, pool))
         if len(scorer.checkpoints) == 1 and any(c.endswith("/warmup") for c in candidates):
             raise SystemExit(
                 f"{task}: no warm-up checkpoints in {warehouse.root}: run suite.py with --warmup on --materialize-only first"

@@ -51,7 +51,7 @@ from drift_assets.core.grading import extract_number
 from drift_assets.core.influence import PoolScores, fit_curvature, score_pool
 from drift_assets.core.projection import LinearGradientProjector, project_in_batches
 from drift_assets.core.stats import roc_auc
-from drift_assets.core.stored import gradients_along, rows_at
+from drift_assets.core.stored import ConfiguredTables, gradients_along, rows_at
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.resources import ModelResource, Warehouse, model_resource
 from drift_assets.settings import Settings, projection_options, validation_answer_marker
@@ -146,11 +146,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     needed = ("training_pool", "grades", "validation_queries", "influence_scores", "training_gradient_projections")
     settings, warehouse = demo_warehouse(needed)
-    # The base model's rows of the tables partitioned by checkpoint.
+    tables = ConfiguredTables.configured_by(settings, warehouse)
+    # The base model's rows of the tables partitioned by checkpoint (of the configured shards).
     read = {
         name: warehouse.scan(name).collect()
         if name in ("training_pool", "validation_queries", "influence_scores")
-        else rows_at(warehouse, name)
+        else rows_at(tables, name)
         for name in needed
     }
     pool = read["training_pool"].sort("example_id")
@@ -173,7 +174,7 @@ def main(argv=None) -> None:
         read["training_gradient_projections"].select("example_id", "loss", "n_tokens"), on="example_id", how="left"
     )
     loss = losses["loss"].to_numpy()
-    checkpoints = [c.loaded() for c in gradients_along(warehouse, settings.checkpoints, settings.projection.shards)]
+    checkpoints = [c.loaded() for c in gradients_along(tables)]
     along = {}
     for checkpoint in checkpoints if settings.warmup_steps else []:
         along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(
@@ -195,7 +196,7 @@ def main(argv=None) -> None:
     gradients = pool.select("example_id").join(read["training_gradient_projections"], on="example_id", how="left")
     training = vectors(gradients).astype(np.float64)
     for name, target in split_target(
-        rows_at(warehouse, "validation_gradients"), read["grades"], settings.influence.weighting
+        rows_at(tables, "validation_gradients"), read["grades"], settings.influence.weighting
     ).items():
         print(kinds.row(name, training @ target / np.maximum(np.linalg.norm(training, axis=1), 1e-12)))
 

@@ -38,8 +38,9 @@ from noise_breakdown import answer_differences, answer_offset
 
 from drift_assets.core.benchmark import summary_markdown
 from drift_assets.core.sft import Evaluation
-from drift_assets.core.stored import pool_loss_scores
+from drift_assets.core.stored import ConfiguredTables, pool_loss_scores
 from drift_assets.resources import Warehouse, model_resource
+from drift_assets.settings import Settings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
         curve[share], spread = mean_std(lambda seed, share=share: mixed_selection(clean, noisy, size, share, seed))
         print(f"| {share:.3f} | {round(share * size)} | {curve[share]:.1f} ± {spread:.1f} |", flush=True)
 
-    selections = {} if args.no_scored else scored_selections(warehouse, pool, size)
+    selections = {} if args.no_scored else scored_selections(settings, warehouse, pool, size)
     if selections:
         print(
             "\nthe noise a scored selection keeps: the selection as it is, and with its noisy rows swapped for clean "
@@ -202,14 +203,14 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated)
         )
 
 
-def scored_selections(warehouse: Warehouse, pool: pl.DataFrame, size: int) -> dict[str, list[str]]:
+def scored_selections(settings: Settings, warehouse: Warehouse, pool: pl.DataFrame, size: int) -> dict[str, list[str]]:
     """The DRIFT selection (the refined dataset) and the benchmark's ``loss`` selection of ``size``, where their tables exist."""
     selections = {}
     if warehouse.exists("refined_dataset"):
         refined = warehouse.scan("refined_dataset").filter(pl.col("selected")).collect()
         selections["drift (the refined dataset)"] = sorted(refined["example_id"].to_list())
     if warehouse.exists("training_gradient_projections"):
-        ranked = pool_loss_scores(warehouse, pool)
+        ranked = pool_loss_scores(ConfiguredTables.configured_by(settings, warehouse), pool)
         selections["loss (lowest loss per token)"] = sorted(ranked.head(size)["example_id"].to_list())
     return selections
 

@@ -211,6 +211,7 @@ def import_baseline_rss(workspace: Workspace) -> int:
 def scoring_at(workspace: Workspace, factor: int, scratch: Path) -> dict:
     """influence_scores over the pool repeated ``factor`` times, in a warehouse copy of its own."""
     from drift_assets.core.gradients import shard_of
+    from drift_assets.core.stored import ConfiguredTables
 
     copy = scratch / f"x{factor}"
     shutil.rmtree(copy, ignore_errors=True)
@@ -224,8 +225,9 @@ def scoring_at(workspace: Workspace, factor: int, scratch: Path) -> dict:
     path = workspace.settings_path.with_name(f"scoring-x{factor}.yaml")
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     scaled = Workspace(path, copy / "dagster_home", None, Path(workspace.env["DRIFT_ASSETS_DEVICE_LOCKS"]))
+    configured = ConfiguredTables.configured_by(workspace.settings, workspace.warehouse)
     for table in ("training_pool", GRADIENTS):
-        frame = workspace.warehouse.scan(table).collect()
+        frame = configured.scan(table).collect()
         repeated = pl.concat(
             [
                 frame.with_columns((pl.col("example_id") + (f"-{copy_index}" if copy_index else "")).alias("example_id"))

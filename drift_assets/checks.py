@@ -14,6 +14,8 @@ import numpy as np
 import polars as pl
 from dagster import AssetCheckResult
 
+from drift_assets.core.stored import one_row_per_example
+
 OK = "ok"
 
 
@@ -157,7 +159,10 @@ def influence_complete_result(scores: pl.DataFrame, pool: pl.DataFrame) -> Asset
         "duplicates": ("duplicate row", "duplicate rows"),
     }
     problems = [f"{n} {words[key][n != 1]}" for key, n in counts.items() if n]
-    return AssetCheckResult(passed=not problems, metadata={**counts, "message": ", ".join(problems) or OK})
+    # Rows missing or repeated: say how to repair them (every table rewritten from the configured partitions).
+    repair = one_row_per_example(scores, examples, "influence_scores")
+    message = ", ".join(problems) + (f"; {repair}" if repair else "")
+    return AssetCheckResult(passed=not problems, metadata={**counts, "message": message or OK})
 
 
 def selection_result(refined: pl.DataFrame, pool: pl.DataFrame, expected: int) -> AssetCheckResult:
@@ -168,7 +173,7 @@ def selection_result(refined: pl.DataFrame, pool: pl.DataFrame, expected: int) -
     if not subset:
         message = "the selection holds examples that are not in the pool"
     elif not complete:
-        message = "the selection does not hold every pool example exactly once"
+        message = one_row_per_example(refined, pool["example_id"], "refined_dataset")
     elif n_selected != expected:
         message = f"{n_selected} examples selected where the settings ask for {expected}"
     else:

@@ -25,13 +25,15 @@ from drift_assets.settings import SettingsError, load_settings  # noqa: E402
 
 
 def _summary(settings) -> str:
+    from drift_assets.core.stored import ConfiguredTables
     from drift_assets.resources import Warehouse
 
     warehouse = Warehouse.from_settings(settings)
+    tables = ConfiguredTables.configured_by(settings, warehouse)  # not the checkpoints and shards configured before
     lines = []
 
     def read(name: str, *columns: str) -> pl.DataFrame | None:
-        return warehouse.scan(name).select(columns or pl.all()).collect() if warehouse.exists(name) else None
+        return tables.scan(name).select(columns or pl.all()).collect() if warehouse.exists(name) else None
 
     pool, rejects = read("training_pool"), read("training_pool_rejects")
     if pool is not None:

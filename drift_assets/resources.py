@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import dagster_deltalake.handler
 import polars as pl
@@ -317,16 +318,40 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
     def exists(self, asset_name: str) -> bool:
         return DeltaTable.is_deltatable(self.table_uri(asset_name), storage_options=self.storage_options or None)
 
+    def _table(self, asset_name: str) -> DeltaTable:
+        return DeltaTable(self.table_uri(asset_name), storage_options=self.storage_options or None)
+
     def table_problem(self, asset_name: str) -> str | None:
-        """What is wrong with the asset's table (gone, or a log that does not parse), or None."""
+        """What is wrong with the asset's table (gone, a log that does not parse, or, on a local root,
+        a data file its log names that is gone), or None."""
         uri = self.table_uri(asset_name)
         try:
             if not self.exists(asset_name):
                 return f"its table {uri} is missing"
-            DeltaTable(uri, storage_options=self.storage_options or None)
+            table = self._table(asset_name)
         except Exception as error:  # deltalake reports a damaged log as a generic DeltaError
             return f"its table {uri} cannot be read ({str(error).splitlines()[0]})"
+        if "://" not in self.root:
+            # One stat per live data file: a table holds few (each write replaces a partition's files).
+            gone = [path for path in table.file_uris() if not Path(path).exists() and not Path(unquote(path)).exists()]
+            if gone:
+                more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+                return f"its table {uri} names data files that are gone: {gone[0]}{more}"
         return None
+
+    def partitions_held(self, asset_name: str) -> set[tuple[str, ...]]:
+        """The partition values (in the order of the table's partition columns) that the table holds
+        rows of (no table: none)."""
+        if not self.exists(asset_name):
+            return set()
+        table = self._table(asset_name)
+        columns = table.metadata().partition_columns
+        actions = pa.table(table.get_add_actions(flatten=True))
+        return set(zip(*(actions[f"partition.{column}"].to_pylist() for column in columns), strict=True))
+
+    def delete_rows(self, asset_name: str, predicate: str) -> int:
+        """Delete the rows where ``predicate`` (SQL) holds, in one Delta commit; returns how many."""
+        return self._table(asset_name).delete(predicate)["num_deleted_rows"]
 
     def check_reachable(self) -> None:
         """Fail before any work, naming the root and the storage options set, where object storage
@@ -375,9 +400,7 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
     def partition_columns(self, asset_name: str) -> list[str] | None:
         """The columns the asset's table is partitioned by (None: no readable table)."""
         try:
-            return list(
-                DeltaTable(self.table_uri(asset_name), storage_options=self.storage_options or None).metadata().partition_columns
-            )
+            return list(self._table(asset_name).metadata().partition_columns)
         except Exception:  # missing or damaged: table_problem says which
             return None
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import polars as pl
 from dagster import AssetKey, DagsterInstance, Definitions
 
 from drift_assets.code_location import execute_run
@@ -133,10 +134,11 @@ def partition_keys(defs: Definitions, asset_name: str) -> list[str]:
 
 
 def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> set[str]:
-    """Find materialized assets whose table is gone or unreadable, and tables laid out by an earlier
-    release (other partition columns); move those aside and return their names: they are
-    materialized again with what lies downstream of them."""
-    from drift_assets.staleness import damaged_tables, relaid_tables
+    """Find materialized assets whose table is gone, unreadable or missing data files, and tables laid
+    out by an earlier release (other partition columns); move those aside and return their names: they
+    are materialized again with what lies downstream of them. So are the partitions whose rows are gone
+    and the models that a table names but that are gone from disk ("name[partition]" names)."""
+    from drift_assets.staleness import damaged_tables, relaid_tables, vanished_partitions
 
     damaged = damaged_tables(defs, instance, warehouse)
     for name, problem in damaged.items():
@@ -146,7 +148,49 @@ def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehous
     relaid = relaid_tables(defs, warehouse)
     for name, problem in relaid.items():
         logger.warning(f"{name}: {problem}; moved to {warehouse.set_aside(name, 'previous-layout')}, materializing it again")
-    return set(damaged) | set(relaid) | missing_demo_model(defs, warehouse)
+    vanished = vanished_partitions(defs, instance, warehouse)
+    for name, problem in vanished.items():
+        logger.warning(f"{name}: {problem}; materializing it again")
+    return (
+        set(damaged)
+        | set(relaid)
+        | set(vanished)
+        | missing_demo_model(defs, warehouse)
+        | missing_warmup_checkpoints(defs, warehouse)
+    )
+
+
+def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int]:
+    """Delete the rows of partitions that are no longer configured (fewer ``projection.shards``, a
+    warm-up step removed) from every partitioned table, each in one Delta commit, so that the tables
+    hold what is configured now (the reads see only that anyway) and stop growing. Returns the rows
+    deleted per table. The model directories of removed warm-up steps are reported, not deleted:
+    another warehouse may use the same ``warmup.checkpoint_dir``."""
+    from drift_assets.core.stored import outside
+    from drift_assets.staleness import configured_partitions
+
+    deleted = {}
+    for name, partitions in configured_partitions(defs).items():
+        columns = warehouse.partition_columns(name)
+        if columns is None or set(columns) != set(partitions):
+            continue  # no table, or one laid out otherwise (repair_damaged_tables sets that aside)
+        gone = sorted(
+            values
+            for values in warehouse.partitions_held(name)
+            if any(value not in partitions[column] for column, value in zip(columns, values, strict=True))
+        )
+        if not gone:
+            continue
+        if name == WARMUP:
+            for path in _saved_paths(warehouse, ~pl.col("checkpoint").is_in(partitions["checkpoint"])).values():
+                if Path(path).exists():
+                    logger.warning(f"{WARMUP}: {path} holds a checkpoint no longer configured: delete it to free the space")
+        deleted[name] = warehouse.delete_rows(name, outside(partitions))
+        logger.info(
+            f"{name}: deleted the {deleted[name]} rows of partitions no longer configured "
+            f"({', '.join('|'.join(values) for values in gone)})"
+        )
+    return deleted
 
 
 def missing_demo_model(defs: Definitions, warehouse) -> set[str]:
@@ -159,6 +203,30 @@ def missing_demo_model(defs: Definitions, warehouse) -> set[str]:
         return set()
     logger.warning(f"demo_base_model: {path} is gone; training the demo model again")
     return {"demo_base_model"}
+
+
+def _saved_paths(warehouse, where: pl.Expr) -> dict[str, str]:
+    """checkpoint → model directory of the warm-up table's rows ``where`` holds (none from a table
+    without paths, such as an earlier release's)."""
+    table = warehouse.scan(WARMUP)
+    if "path" not in table.collect_schema().names():
+        return {}
+    return dict(table.filter(where).select("checkpoint", "path").collect().iter_rows())
+
+
+def missing_warmup_checkpoints(defs: Definitions, warehouse) -> set[str]:
+    """The configured warm-up checkpoints ("warmup_checkpoints[key]") whose table row names a model
+    directory that is gone (deleted to free the space, say): Dagster would call them up to date, and
+    every step at that checkpoint would fail to load it."""
+    keys = partition_keys(defs, WARMUP)
+    if not keys or not warehouse.exists(WARMUP):
+        return set()
+    missing = set()
+    for checkpoint, path in _saved_paths(warehouse, pl.col("checkpoint").is_in(keys)).items():
+        if not Path(path).exists():
+            logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; training the warm-up run again")
+            missing.add(f"{WARMUP}[{checkpoint}]")
+    return missing
 
 
 def materialize_pipeline(
@@ -175,8 +243,8 @@ def materialize_pipeline(
 
     ``only_stale`` materializes only what is stale or missing (and what lies downstream of it), as
     Dagster's stale-status resolver sees it, so that re-running with nothing changed costs nothing.
-    Given the ``warehouse``, a table that was deleted or damaged since it was written counts as
-    missing. ``verbose``: Dagster's DEBUG events and stack traces in the terminal. Returns what was
+    Given the ``warehouse``, a table (or partition, or saved model) that was deleted or damaged since
+    it was written counts as missing, and the rows of partitions no longer configured are deleted. ``verbose``: Dagster's DEBUG events and stack traces in the terminal. Returns what was
     materialized ("name", or "name[partition]" as Dagster writes partition keys).
     """
     from drift_assets.staleness import needs_materialization
@@ -193,7 +261,10 @@ def materialize_pipeline(
             materialize_assets(defs, instance, [AssetKey(n.split("[")[0]) for n in names], verbose=verbose, **partition)
             done.extend(names)
 
-    damaged = repair_damaged_tables(defs, instance, warehouse) if warehouse is not None else set()
+    damaged = set()
+    if warehouse is not None:
+        damaged = repair_damaged_tables(defs, instance, warehouse)
+        prune_unconfigured_partitions(defs, warehouse)
     pending: set[str] = needs_materialization(defs, instance, damaged) if only_stale else set()
     demo = wanted([k.to_user_string() for k in _existing(defs, ["demo_task_files", "demo_base_model"])])
     if include_demo:

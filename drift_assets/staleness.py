@@ -92,8 +92,71 @@ def relaid_tables(defs: Definitions, warehouse) -> dict[str, str]:
     return relaid
 
 
+def configured_partitions(defs: Definitions) -> dict[str, dict[str, list[str]]]:
+    """For each partitioned Delta asset: its table's partition columns → the values configured now
+    (a multi-partitioned asset's dimensions each name a column of their own)."""
+    graph = _graph(defs)
+    configured = {}
+    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        expression = node.metadata.get("partition_expr")
+        if "dagster/kind/delta" not in node.tags or node.partitions_def is None or expression is None:
+            continue
+        if isinstance(expression, dict):
+            dimensions = {dimension.name: dimension.partitions_def for dimension in node.partitions_def.partitions_defs}
+            configured[key.to_user_string()] = {
+                column: list(dimensions[dimension].get_partition_keys()) for dimension, column in expression.items()
+            }
+        else:
+            configured[key.to_user_string()] = {expression: list(node.partitions_def.get_partition_keys())}
+    return configured
+
+
+def _column_values(partition_key, expression: str | dict[str, str]) -> dict[str, str]:
+    """The table's partition column values of a partition key (``partition_expr``: its column, or one per dimension)."""
+    if isinstance(expression, dict):
+        return {column: partition_key.keys_by_dimension[dimension] for dimension, column in expression.items()}
+    return {expression: str(partition_key)}
+
+
+def vanished_partitions(defs: Definitions, instance: DagsterInstance, warehouse) -> dict[str, str]:
+    """Configured partitions that Dagster records as materialized with rows but whose table holds none
+    of them now, and what is wrong: their rows were deleted while the partition was not configured (a
+    warm-up step removed, then added again), or by hand. Dagster would call them up to date."""
+    from dagster import AssetRecordsFilter
+
+    graph = _graph(defs)
+    vanished = {}
+    for name, partitions in configured_partitions(defs).items():
+        columns = warehouse.partition_columns(name)
+        if columns is None or set(columns) != set(partitions):
+            continue  # missing, damaged or laid out otherwise: damaged_tables and relaid_tables say so
+        held = warehouse.partitions_held(name)
+        key = AssetKey(name)
+        node = graph.get(key)
+        recorded = instance.get_materialized_partitions(key)
+        for partition_key in node.partitions_def.get_partition_keys():
+            if str(partition_key) not in recorded:
+                continue
+            values = _column_values(partition_key, node.metadata["partition_expr"])
+            if tuple(values[column] for column in columns) in held:
+                continue
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=key, asset_partitions=[str(partition_key)]), limit=1
+            ).records
+            if not records:
+                continue
+            metadata = records[0].asset_materialization.metadata
+            rows = metadata.get("num_rows", metadata.get("dagster/row_count"))
+            if rows is None or rows.value:
+                vanished[f"{name}[{partition_key}]"] = (
+                    f"its table {warehouse.table_uri(name)} holds no rows of partition {partition_key}"
+                )
+    return vanished
+
+
 def needs_materialization(defs: Definitions, instance: DagsterInstance, also: set[str] = frozenset()) -> set[str]:
-    """Stale or missing assets (and partitions), ``also`` (asset names), plus everything downstream of them.
+    """Stale or missing assets (and partitions), ``also`` (asset names, or "name[partition]"), plus everything downstream of them.
 
     Dagster marks only the direct children of a change stale until they are re-materialized;
     this closes the set over the graph, which is what "refresh what is stale" has to run. The walk
@@ -102,8 +165,12 @@ def needs_materialization(defs: Definitions, instance: DagsterInstance, also: se
     graph = _graph(defs)
     roots = stale_or_missing(defs, instance)
     for name in also:
-        node = graph.get(AssetKey(name))
-        roots |= {name} if node.partitions_def is None else {f"{name}[{p}]" for p in node.partitions_def.get_partition_keys()}
+        key, partition = split_partition(name)
+        node = graph.get(key)
+        if partition is not None or node.partitions_def is None:
+            roots.add(name)
+        else:
+            roots |= {f"{name}[{p}]" for p in node.partitions_def.get_partition_keys()}
     frontier = [split_partition(name) for name in roots]
     seen: set[tuple[AssetKey, str | None]] = set()
     while frontier:

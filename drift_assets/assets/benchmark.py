@@ -29,7 +29,7 @@ from drift_assets.core.benchmark import (
 )
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
-from drift_assets.core.stored import base_losses, gradients_along
+from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Reads, Settings
 
@@ -74,8 +74,9 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         )
         benchmark, selection = reads.benchmark, reads.selection
         drift = reads.influence.scoring()
-        losses = base_losses(warehouse, training_pool)  # the loss method's scores and the likelihood guard's order
-        scorer = MethodScorer(list(gradients_along(warehouse, reads.checkpoints, reads.projection.shards)), losses)
+        tables = ConfiguredTables.configured_by(reads, warehouse)
+        losses = base_losses(tables, training_pool)  # the loss method's scores and the likelihood guard's order
+        scorer = MethodScorer(list(gradients_along(tables)), losses)
         network, tokenizer = model.load_model(), model.load_tokenizer()
         scores = {}
         for method in benchmark.methods:

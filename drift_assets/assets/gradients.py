@@ -257,14 +257,19 @@ def _reusable_rows(
     projection_fingerprint: str,
     example_ids: pl.Series,
 ) -> pl.DataFrame:
-    """Rows of the previous version of this partition computed for the same examples, model and projection."""
+    """Rows of the previous version of this partition computed for the same examples, model and
+    projection (each example's once: a partition written twice over is repaired by rewriting it)."""
     if not warehouse.exists("training_gradient_projections"):
         return pl.DataFrame()
     previous = warehouse.scan("training_gradient_projections")
-    return previous.filter(
-        (pl.col("checkpoint") == checkpoint)
-        & (pl.col("shard") == shard)
-        & (pl.col("model_fingerprint") == model_fingerprint)
-        & (pl.col("projection_fingerprint") == projection_fingerprint)
-        & pl.col("example_id").is_in(example_ids.implode())
-    ).collect()
+    return (
+        previous.filter(
+            (pl.col("checkpoint") == checkpoint)
+            & (pl.col("shard") == shard)
+            & (pl.col("model_fingerprint") == model_fingerprint)
+            & (pl.col("projection_fingerprint") == projection_fingerprint)
+            & pl.col("example_id").is_in(example_ids.implode())
+        )
+        .unique("example_id", keep="first", maintain_order=True)
+        .collect()
+    )

@@ -19,7 +19,7 @@ from drift_assets.assets.metadata import markdown_table, rounded, score_distribu
 from drift_assets.checks import influence_complete_result
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.guards import hacking_guard, target_guard
-from drift_assets.core.stored import base_losses, gradients_along
+from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, one_row_per_example
 from drift_assets.core.trajectory import ranked_scores, score_along
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
@@ -31,7 +31,6 @@ def build_influence_assets(settings: Settings) -> list:
     reads = Reads(settings, "influence_scores", "influence", "checkpoints")
     influence = reads.influence
     checkpoints = reads.checkpoints
-    n_shards = reads.projection.shards
 
     @asset(
         group_name="attribution",
@@ -71,9 +70,10 @@ def build_influence_assets(settings: Settings) -> list:
         ),
     )
     def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
+        tables = ConfiguredTables.configured_by(reads, warehouse)
         tick = progress_logger(context, "scoring", "checkpoints")
         along = score_along(
-            gradients_along(warehouse, checkpoints, n_shards),
+            gradients_along(tables),
             influence.scoring(),
             log=context.log.info,
             progress=lambda done: tick(done, len(checkpoints)),
@@ -87,9 +87,12 @@ def build_influence_assets(settings: Settings) -> list:
             }
             for at in along.checkpoints
         ]
-        losses = base_losses(warehouse, training_pool)
+        losses = base_losses(tables, training_pool)
         table = ranked_scores(along, training_pool, losses, influence.likelihood_guard)
         table = table.join(losses, on="example_id", how="left", maintain_order="left")
+        problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
+        if problem:  # nothing of it is committed
+            raise ValueError(problem)
         figures = diagnostics(table, training_pool)
         base_target = along.checkpoints[0].target
         summary = base_target.summary

@@ -18,6 +18,7 @@ from drift_assets.checks import selection_result
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
+from drift_assets.core.stored import one_row_per_example
 from drift_assets.settings import Reads, Settings
 
 REFINE_VERSION = "2"
@@ -40,6 +41,9 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset(
         context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame
     ) -> pl.DataFrame:
+        problem = one_row_per_example(influence_scores, training_pool["example_id"], "influence_scores")
+        if problem:  # a table an earlier release committed: nothing is selected from it
+            raise ValueError(problem)
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
         table = refined_table(training_pool, influence_scores, selected)
         chosen = table.filter("selected")

@@ -1,13 +1,15 @@
-"""Reading the pipeline's stored gradient tables, shard by shard or checkpoint by checkpoint.
+"""Reading the pipeline's stored tables as they are configured now: shard by shard, checkpoint by checkpoint.
 
 These reads bypass Dagster's IO manager on purpose: reading every partition at once through it is
 not supported, and streaming keeps memory at one shard. Any object with ``scan(asset_name)``
-returning a polars ``LazyFrame`` serves (the pipeline's ``Warehouse``, or a test's own reader).
+returning a polars ``LazyFrame`` serves as the tables underneath (the pipeline's ``Warehouse``, or a
+test's own reader); :class:`ConfiguredTables` shows them as the settings configure them now.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -17,17 +19,66 @@ from drift_assets.core.benchmark import loss_scores, per_token_loss
 from drift_assets.core.gradients import shard_keys, vectors
 from drift_assets.core.trajectory import BASE, Batches, CheckpointGradients
 
+# What to run where one table holds an example more than once: every table rewritten from the
+# configured partitions only (the runner deletes the others first).
+REPAIR_DUPLICATES = "run `python -m drift_assets materialize --all` (it rewrites every table from the configured partitions)"
+
 
 class TableReader(Protocol):
     def scan(self, asset_name: str) -> pl.LazyFrame: ...
 
 
-def shard_batches(tables: TableReader, n_shards: int, checkpoint: str = BASE) -> Batches:
-    """A re-iterable stream of (example_ids, gradients) per shard of one checkpoint's training gradients."""
+@dataclass(frozen=True)
+class ConfiguredTables:
+    """The tables as configured now: a table partitioned by checkpoint (× shard) shows only the rows of
+    the configured checkpoints and shards.
+
+    Such a table may still hold partitions that are no longer configured (fewer ``projection.shards``,
+    a warm-up step removed): Dagster leaves them in place, and their rows repeat examples that the
+    configured partitions hold. Every read that bypasses the IO manager goes through ``scan`` here.
+    """
+
+    tables: TableReader
+    checkpoints: tuple[str, ...]
+    n_shards: int
+
+    @classmethod
+    def configured_by(cls, settings, tables: TableReader) -> ConfiguredTables:
+        """``tables`` as ``settings`` (the settings, or an asset's view of them) configure them."""
+        return cls(tables, tuple(settings.checkpoints), settings.projection.shards)
+
+    @property
+    def partitions(self) -> dict[str, list[str]]:
+        """The configured values of each partition column."""
+        return {"checkpoint": list(self.checkpoints), "shard": shard_keys(self.n_shards)}
+
+    def scan(self, asset_name: str) -> pl.LazyFrame:
+        frame = self.tables.scan(asset_name)
+        columns = frame.collect_schema().names()
+        for column, values in self.partitions.items():
+            if column in columns:
+                frame = frame.filter(pl.col(column).is_in(values))
+        return frame
+
+
+def outside(partitions: Mapping[str, Sequence[str]]) -> str:
+    """The Delta predicate of the rows outside ``partitions`` (column → configured values): a row
+    belongs where every one of its partition columns holds a configured value."""
+    return " OR ".join(
+        f"{column} NOT IN ({', '.join(_sql_string(value) for value in values)})" for column, values in partitions.items()
+    )
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def shard_batches(tables: ConfiguredTables, checkpoint: str = BASE) -> Batches:
+    """A re-iterable stream of (example_ids, gradients) per configured shard of one checkpoint's training gradients."""
     table = tables.scan("training_gradient_projections").filter(pl.col("checkpoint") == checkpoint)
 
     def batches() -> Iterator[tuple[list[str], np.ndarray]]:
-        for shard in shard_keys(n_shards):
+        for shard in shard_keys(tables.n_shards):
             frame = table.filter(pl.col("shard") == shard).select("example_id", "grad").collect()
             if not frame.is_empty():
                 yield frame["example_id"].to_list(), vectors(frame)
@@ -43,7 +94,7 @@ def rows_at(tables: TableReader, asset_name: str, checkpoint: str = BASE) -> pl.
     return frame
 
 
-def checkpoint_gradients(tables: TableReader, checkpoint: str, n_shards: int) -> CheckpointGradients:
+def checkpoint_gradients(tables: ConfiguredTables, checkpoint: str) -> CheckpointGradients:
     """One checkpoint's stored gradients and grades; the training gradients stay on disk, streamed by shard."""
     fingerprints = (
         tables.scan("training_gradient_projections")
@@ -56,20 +107,20 @@ def checkpoint_gradients(tables: TableReader, checkpoint: str, n_shards: int) ->
         raise ValueError(f"training_gradient_projections has no rows for checkpoint {checkpoint}: materialize its partitions")
     return CheckpointGradients(
         checkpoint,
-        shard_batches(tables, n_shards, checkpoint),
+        shard_batches(tables, checkpoint),
         rows_at(tables, "validation_gradients", checkpoint),
         rows_at(tables, "grades", checkpoint),
         set(fingerprints.iter_rows()),
     )
 
 
-def gradients_along(tables: TableReader, checkpoints: Sequence[str], n_shards: int) -> Iterator[CheckpointGradients]:
-    """The checkpoints' stored gradients in order, the base model's first."""
-    for checkpoint in checkpoints:
-        yield checkpoint_gradients(tables, checkpoint, n_shards)
+def gradients_along(tables: ConfiguredTables) -> Iterator[CheckpointGradients]:
+    """The configured checkpoints' stored gradients in order, the base model's first."""
+    for checkpoint in tables.checkpoints:
+        yield checkpoint_gradients(tables, checkpoint)
 
 
-def base_losses(tables: TableReader, training_pool: pl.DataFrame) -> pl.DataFrame:
+def base_losses(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.DataFrame:
     """example_id, loss_per_token: each pool example's loss per response token under the base model."""
     losses = (
         tables.scan("training_gradient_projections").filter(pl.col("checkpoint") == BASE).select("example_id", "loss", "n_tokens")
@@ -77,6 +128,28 @@ def base_losses(tables: TableReader, training_pool: pl.DataFrame) -> pl.DataFram
     return per_token_loss(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
 
 
-def pool_loss_scores(tables: TableReader, training_pool: pl.DataFrame) -> pl.DataFrame:
+def pool_loss_scores(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.DataFrame:
     """The ``loss`` method's scores of the pool's examples, from the base model's stored losses."""
     return loss_scores(base_losses(tables, training_pool))
+
+
+def one_row_per_example(table: pl.DataFrame, example_ids: Iterable[str], name: str) -> str | None:
+    """What keeps ``table`` (named ``name``) from holding exactly one row per example of ``example_ids``
+    (with how to repair it), or None."""
+    counts = table.group_by("example_id").len()
+    repeated = counts.filter(pl.col("len") > 1).sort("example_id")
+    expected = set(example_ids)
+    present = set(counts["example_id"])
+    problems = []
+    if repeated.height:
+        problems.append(
+            f"{repeated.height} example(s) more than once ({table.height - counts.height} extra rows; "
+            f"e.g. {repeated['example_id'][0]} {repeated['len'][0]} times)"
+        )
+    if expected - present:
+        problems.append(f"{len(expected - present)} pool example(s) missing (e.g. {min(expected - present)})")
+    if present - expected:
+        problems.append(f"{len(present - expected)} example(s) not in the pool (e.g. {min(present - expected)})")
+    if not problems:
+        return None
+    return f"{name} should hold one row per pool example ({len(expected)}), but holds {'; '.join(problems)}: {REPAIR_DUPLICATES}"
