@@ -41,7 +41,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "data" / "suite"
-OUTPUT = SUITE / "lds"
 DEVELOPMENT = ("arithmetic", "sort", "spell", "count")
 MEASUREMENTS = ("onpolicy", "offpolicy")  # J_j over the rollouts; log π(reference_j)
 
@@ -133,12 +132,18 @@ def reference_rows(context: TaskContext) -> list[Row]:
     methods: dict[str, Callable[[], np.ndarray]] = {
         "ekfac": lambda: ekfac_scores(network, tokenizer, train, queries, target_modules, damping=context.args.ekfac_damping),
         "trak": lambda: trak_scores(network, tokenizer, train, queries, target_modules, proj_dim=context.args.trak_proj_dim),
+        # Exact (unprojected) gradient products: what our identity rows would be without the projection.
+        "identity": lambda: ekfac_scores(network, tokenizer, train, queries, target_modules, strategy="identity"),
     }
     rows = []
     for name in wanted:
         if name not in methods:
             raise SystemExit(f"--references: unknown {name!r} (known: {', '.join(methods)}, none)")
-        label = {"ekfac": "Kronfluence EK-FAC", "trak": f"TRAK (proj {context.args.trak_proj_dim})"}[name]
+        label = {
+            "ekfac": "Kronfluence EK-FAC",
+            "trak": f"TRAK (proj {context.args.trak_proj_dim})",
+            "identity": "Kronfluence identity (exact gradients)",
+        }[name]
         try:
             with timed(context, name):
                 scores = methods[name]()  # (pool, items)
@@ -174,7 +179,8 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings, validation_answer_marker
 
-    settings_path = SUITE / name / "settings.yaml"
+    suite = Path(args.suite)
+    settings_path = suite / name / "settings.yaml"
     if not settings_path.exists():
         raise SystemExit(f"{settings_path} does not exist: run benchmarks/suite.py --tasks {name} --materialize-only first")
     started = time.perf_counter()
@@ -200,7 +206,7 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     messages = dict(zip(pool["example_id"], pool["messages"]))
     options = settings.benchmark.sft.options(args.sft_seed)
     fingerprint, measured_fingerprint = model_fingerprint(model.path), sequences.fingerprint()
-    cache = OUTPUT / "cache" / name
+    cache = suite / "lds" / "cache" / name
     cache.mkdir(parents=True, exist_ok=True)
     keys = [fine_tune_key(name, subset, options, fingerprint, measured_fingerprint) for subset in subsets]
     todo = [
@@ -318,12 +324,17 @@ def main() -> None:
         "--sft-seed", type=int, default=0, help="the SFT seed of every fine-tune (the same for all: only the data differs)"
     )
     parser.add_argument("--workers", type=int, default=2, help="processes for the fine-tunes (one thread each)")
-    parser.add_argument("--references", default="ekfac,trak", help="reference implementations: ekfac, trak, or none")
+    parser.add_argument(
+        "--references",
+        default="ekfac,trak,identity",
+        help="reference implementations: ekfac, trak, identity (Kronfluence without curvature: exact gradient products), or none",
+    )
     parser.add_argument(
         "--ekfac-damping", type=float, default=None, help="Kronfluence's damping (default: its heuristic, 0.1 × mean eigenvalue)"
     )
     parser.add_argument("--trak-proj-dim", type=int, default=1024, help="TRAK's projection dimension")
-    parser.add_argument("--output", default=str(OUTPUT / "results.json"))
+    parser.add_argument("--suite", default=str(SUITE), help="the directory of the task workspaces (<task>/settings.yaml)")
+    parser.add_argument("--output", default=None, help="where the figures go (default: <suite>/lds/results.json)")
     parser.add_argument("--report", metavar="JSON", help="print the table of an earlier run's --output file; run nothing")
     args = parser.parse_args()
     if args.report:
@@ -336,6 +347,7 @@ def main() -> None:
     hide_beta_warnings()
     started = time.perf_counter()
     results = [measure_task(name.strip(), args) for name in args.tasks.split(",") if name.strip()]
+    args.output = args.output or str(Path(args.suite) / "lds" / "results.json")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(
         json.dumps({"results": results, "seconds": time.perf_counter() - started, "argv": sys.argv[1:]}, indent=1)
