@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -342,6 +343,8 @@ def main() -> None:
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # TRAK's and Kronfluence's progress bars
+    # Kronfluence 1.0.1 builds a (disabled) torch.cuda.amp.GradScaler in every pass, which torch deprecates.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
     from drift_assets.terminal import hide_beta_warnings
 
     hide_beta_warnings()
