@@ -273,11 +273,12 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     }
 
 
-def cell(entry: dict) -> str:
+def cell(entry: dict, most: int) -> str:
+    """mean ± s.e.; [n] where the row averages fewer queries than the task's widest row (``most``)."""
     if entry["queries"] == 0:
         return "–"
     error = "" if np.isnan(entry["se"]) else f" ± {entry['se']:.3f}"
-    return f"{entry['mean']:+.3f}{error}"
+    return f"{entry['mean']:+.3f}{error}" + (f" [{entry['queries']}]" if entry["queries"] < most else "")
 
 
 def report(results: list[dict]) -> str:
@@ -288,13 +289,14 @@ def report(results: list[dict]) -> str:
         ("offpolicy", "LDS against the reference answer's log-likelihood"),
     ):
         tasks = [result["task"] for result in results]
+        widest = [max(result["rows"], key=lambda row: row[measurement]["queries"])[measurement] for result in results]
         counts = ", ".join(
-            f"{result['task']} {result['rows'][0][measurement]['queries']} queries"
-            f" ({result['rows'][0][measurement]['constant']} constant, left out)"
-            for result in results
+            f"{result['task']} {entry['queries']} queries ({entry['constant']} constant, left out)"
+            for result, entry in zip(results, widest)
         )
         lines += [
-            f"{title}; Spearman over {results[0]['subsets']} half-pools per query, mean ± s.e. over queries ({counts}):",
+            f"{title}; Spearman over {results[0]['subsets']} half-pools per query, mean ± s.e. over queries ({counts}; "
+            "[n]: a row whose target covers fewer queries, e.g. an on-policy one only those with a correct rollout):",
             "",
             "| row | " + " | ".join(tasks) + " | mean of the tasks |",
             "|---|" + "---|" * (len(tasks) + 1),
@@ -304,7 +306,11 @@ def report(results: list[dict]) -> str:
             entries = [next((row[measurement] for row in result["rows"] if row["row"] == name), None) for result in results]
             means = [entry["mean"] for entry in entries if entry is not None and entry["queries"] > 0]
             mean = f"{np.mean(means):+.3f}" if len(means) == len(entries) else "–"
-            lines.append(f"| {name} | " + " | ".join("–" if e is None else cell(e) for e in entries) + f" | {mean} |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join("–" if e is None else cell(e, w["queries"]) for e, w in zip(entries, widest))
+                + f" | {mean} |"
+            )
         lines.append("")
     lines.append(
         "Wall time per stage, s: "
