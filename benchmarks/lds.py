@@ -22,8 +22,9 @@ row is a (pool, queries) score matrix: add a function to ``ROW_SOURCES`` (LESS's
 scores go there once the baselines build them per query).
 
 Fine-tunes are cached in ``data/suite/lds/cache/<task>/`` under a key of what determines them (the
-workspace, the subset, the SFT recipe and loop, the base model, the measured sequences): a rerun
-fine-tunes nothing. The table is printed and written to ``data/suite/lds/results.json``.
+workspace, the subset, the SFT recipe and loop, the base model, the measured sequences), and so are
+the reference implementations' scores: a rerun fine-tunes nothing and computes only our scores
+(from the stored gradients, about a minute a task). The table is printed and written to ``data/suite/lds/results.json``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class TaskContext:
     objectives: object  # QueryObjectives
     model: object  # ModelResource of the base model
     args: argparse.Namespace
+    cache: Path  # this task's cache directory
+    model_fingerprint: str
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -85,19 +88,37 @@ def timed(context: TaskContext, stage: str):
 
 
 def our_rows(context: TaskContext) -> list[Row]:
-    """DRIFT's per-query scores (``influence.ranking: round_robin``'s matrix) for each setting."""
+    """DRIFT's per-query scores (``influence.ranking: round_robin``'s matrix) for each setting.
+
+    One pass along the checkpoints per target and Hessian gives the raw per-query scores at each;
+    the debiased ones and the base model's alone follow from them as ``score_along`` has them
+    (each column debiased as ``score_pool`` does, then combined by ``combine_query_scores``).
+    """
+    from drift_assets.core.influence import debias
+    from drift_assets.core.trajectory import combine_query_scores
+
     configured = context.settings.influence.scoring()
     rows = []
     for targets in ("onpolicy", "offpolicy"):
         for hessian in ("identity", "fisher"):
+            scoring = replace(configured, targets=targets, hessian=hessian, debias="none", ranking="round_robin")
+            along = context.scorer.along(scoring)
             for base_only in (True, False):
-                if not base_only and len(context.scorer.checkpoints) == 1:
+                if not base_only and len(along.checkpoints) == 1:
                     continue
-                for debias in ("none", configured.debias):
-                    scoring = replace(configured, targets=targets, hessian=hessian, debias=debias, ranking="round_robin")
-                    queries = context.scorer.along(scoring, base_only=base_only).queries
+                for method in ("none", configured.debias):
+                    per_checkpoint = []
+                    for checkpoint in along.checkpoints[:1] if base_only else along.checkpoints:
+                        scores = checkpoint.scores
+                        columns = [
+                            debias(column, scores.grad_norm, scores.self_influence, method, configured.debias_strength)
+                            for column in scores.per_query.T
+                        ]
+                        per_query = np.column_stack(columns) if columns else scores.per_query
+                        per_checkpoint.append(replace(scores, per_query=per_query))
+                    queries = combine_query_scores(per_checkpoint)
                     where = "base" if base_only else "along"
-                    name = f"ours {targets} {hessian} {where} {'raw' if debias == 'none' else debias}"
+                    name = f"ours {targets} {hessian} {where} {'raw' if method == 'none' else method}"
                     rows.append(Row(name, queries.example_ids, queries.query_ids, queries.matrix, targets))
     return rows
 
@@ -136,10 +157,13 @@ def reference_rows(context: TaskContext) -> list[Row]:
         # Exact (unprojected) gradient products: what our identity rows would be without the projection.
         "identity": lambda: ekfac_scores(network, tokenizer, train, queries, target_modules, strategy="identity"),
     }
+    settings = {"ekfac": context.args.ekfac_damping, "trak": context.args.trak_proj_dim, "identity": None}
     rows = []
     for name in wanted:
         if name not in methods:
             raise SystemExit(f"--references: unknown {name!r} (known: {', '.join(methods)}, none)")
+        key = reference_key(context, name, settings[name], items, target_modules)
+        cached = context.cache / f"{name}-{key}.npy"
         label = {
             "ekfac": "Kronfluence EK-FAC",
             "trak": f"TRAK (proj {context.args.trak_proj_dim})",
@@ -147,13 +171,47 @@ def reference_rows(context: TaskContext) -> list[Row]:
         }[name]
         try:
             with timed(context, name):
-                scores = methods[name]()  # (pool, items)
+                if cached.exists():
+                    scores = np.load(cached)
+                else:
+                    scores = methods[name]()  # (pool, items)
+                    np.save(cached, scores)
         except ImportError as missing:
             print(f"  {context.name}: {label} skipped: {missing} (install the bench extra: make bench-env)", flush=True)
             continue
         rows.append(Row(f"{label} onpolicy", example_ids, objectives.onpolicy_query_ids, scores @ combine, "onpolicy"))
         rows.append(Row(f"{label} offpolicy", example_ids, objectives.offpolicy_query_ids, scores[:, references], "offpolicy"))
     return rows
+
+
+def reference_key(context: TaskContext, method: str, setting, items: list[str], target_modules: str) -> str:
+    """What a reference implementation's scores are cached under: the method and its setting, its
+    package's version and our adapter's source, the base model, the pool and the scored sequences."""
+    import hashlib
+    import importlib.metadata
+    import inspect
+
+    from drift_assets.core import reference_influence
+
+    package = "traker" if method == "trak" else "kronfluence"
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    text = json.dumps(
+        {
+            "method": method,
+            "setting": setting,
+            "version": version,
+            "adapter": hashlib.sha256(inspect.getsource(reference_influence).encode()).hexdigest(),
+            "model": context.model_fingerprint,
+            "pool": hashlib.sha256("\n".join(context.pool["messages"]).encode()).hexdigest(),
+            "sequences": context.sequences.fingerprint(),
+            "items": items,
+            "modules": target_modules,
+        }
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 # Each gives rows for a task; another method's per-query scores (e.g. LESS with Adam
@@ -200,15 +258,15 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     )
     scoring = settings.influence.scoring()
     objectives = query_objectives(base.validation_gradients, base.grades, scoring.weighting, scoring.unsolved)
-    context = TaskContext(name, settings, pool, scorer, sequences, objectives, model, args)
+    fingerprint, measured_fingerprint = model_fingerprint(model.path), sequences.fingerprint()
+    cache = suite / "lds" / "cache" / name
+    cache.mkdir(parents=True, exist_ok=True)
+    context = TaskContext(name, settings, pool, scorer, sequences, objectives, model, args, cache, fingerprint)
     context.seconds["load"] = time.perf_counter() - started
 
     subsets = half_pools(pool["example_id"].to_list(), args.subsets, seed=args.draw_seed)
     messages = dict(zip(pool["example_id"], pool["messages"]))
     options = settings.benchmark.sft.options(args.sft_seed)
-    fingerprint, measured_fingerprint = model_fingerprint(model.path), sequences.fingerprint()
-    cache = suite / "lds" / "cache" / name
-    cache.mkdir(parents=True, exist_ok=True)
     keys = [fine_tune_key(name, subset, options, fingerprint, measured_fingerprint) for subset in subsets]
     todo = [
         MeasureJob(key, [messages[i] for i in subset], model.path, model.dtype, model.resolved_device, options, sequences)
