@@ -69,6 +69,7 @@ def ekfac_scores(
     damping: float | None = None,
     batch_size: int = 32,
     strategy: str = "ekfac",
+    seed: int = 0,
 ) -> np.ndarray:
     """Kronfluence's influence of every training pair on every query pair, (train, queries).
 
@@ -77,6 +78,8 @@ def ekfac_scores(
     score ∇f_qᵀ(G + λI)⁻¹∇L_i is then positive where a step on i raises log π(query).
     ``damping`` None: Kronfluence's heuristic (0.1 × the mean eigenvalue), as our fisher Hessian
     damps; ``strategy`` one of Kronfluence's (``ekfac``, ``kfac``, ``diagonal``, ``identity``).
+    The Fisher's labels are sampled from the model: ``seed`` fixes them (the caller's torch random
+    state is left as it was).
     """
     from kronfluence import Analyzer, FactorArguments, ScoreArguments, Task, prepare_model
     from kronfluence.utils.dataset import DataLoaderKwargs
@@ -100,7 +103,8 @@ def ekfac_scores(
     prepared = prepare_model(copy.deepcopy(model).float().cpu(), task)
     train_data, query_data = TokenPairs(tokenizer, *train), TokenPairs(tokenizer, *queries)
     quiet = logging.getLogger("kronfluence").level
-    with tempfile.TemporaryDirectory(prefix="kronfluence-") as output:
+    with tempfile.TemporaryDirectory(prefix="kronfluence-") as output, torch.random.fork_rng():
+        torch.manual_seed(seed)
         analyzer = Analyzer("lds", prepared, task, cpu=True, disable_tqdm=True, output_dir=output, log_level=logging.WARNING)
         analyzer.fit_all_factors(
             "factors",

@@ -53,6 +53,8 @@ def test_kronfluence_adapter_gives_exact_gradient_products_with_the_identity_and
     np.testing.assert_allclose(identity, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
     ekfac = ekfac_scores(model, tokenizer, train, queries, TARGETS, damping=None, batch_size=16)
     assert ekfac.shape == exact.shape and np.isfinite(ekfac).all()
+    # The true Fisher's labels are sampled: seeded, a second run gives the same scores.
+    np.testing.assert_array_equal(ekfac_scores(model, tokenizer, train, queries, TARGETS, damping=None, batch_size=16), ekfac)
     # With damping far above every eigenvalue, (G + λI)⁻¹ ≈ I/λ: EK-FAC ranks as the products do.
     heavy = ekfac_scores(model, tokenizer, train, queries, TARGETS, damping=1e6, batch_size=16)
     assert min(spearman(heavy[:, j], exact[:, j]) for j in range(exact.shape[1])) > 0.99
