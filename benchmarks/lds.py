@@ -30,6 +30,9 @@ the reference implementations' scores: a rerun fine-tunes nothing and computes o
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import inspect
 import json
 import os
 import sys
@@ -184,14 +187,19 @@ def reference_rows(context: TaskContext) -> list[Row]:
     return rows
 
 
+@functools.cache
+def adapter_source() -> str:
+    """A hash of the reference adapters' source, read once (``main`` reads it first): a file edited
+    during a run must not key the scores of the code the run imported as the edited code's."""
+    from drift_assets.core import reference_influence
+
+    return hashlib.sha256(inspect.getsource(reference_influence).encode()).hexdigest()
+
+
 def reference_key(context: TaskContext, method: str, setting, items: list[str], target_modules: str) -> str:
     """What a reference implementation's scores are cached under: the method and its setting, its
     package's version and our adapter's source, the base model, the pool and the scored sequences."""
-    import hashlib
     import importlib.metadata
-    import inspect
-
-    from drift_assets.core import reference_influence
 
     package = "traker" if method == "trak" else "kronfluence"
     try:
@@ -203,7 +211,7 @@ def reference_key(context: TaskContext, method: str, setting, items: list[str], 
             "method": method,
             "setting": setting,
             "version": version,
-            "adapter": hashlib.sha256(inspect.getsource(reference_influence).encode()).hexdigest(),
+            "adapter": adapter_source(),
             "model": context.model_fingerprint,
             "pool": hashlib.sha256("\n".join(context.pool["messages"]).encode()).hexdigest(),
             "sequences": context.sequences.fingerprint(),
@@ -412,6 +420,9 @@ def main() -> None:
     from drift_assets.terminal import hide_beta_warnings
 
     hide_beta_warnings()
+    from drift_assets.core.lds import training_code
+
+    adapter_source(), training_code()  # the code this run imports, hashed before any result is keyed
     started = time.perf_counter()
     results = [measure_task(name.strip(), args) for name in args.tasks.split(",") if name.strip()]
     args.output = args.output or str(Path(args.suite) / "lds" / "results.json")

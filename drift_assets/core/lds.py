@@ -21,6 +21,7 @@ Each is over the same tokens as the stored validation gradients (the answer span
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -261,9 +262,11 @@ def fine_tune_and_measure(job: MeasureJob) -> Measured:
     return Measured(logprobs, time.perf_counter() - started, run.losses[-1])
 
 
+@functools.cache
 def training_code() -> str:
     """A hash of the fine-tuning loop's source (sft.py, sequences.py): a change to how SFT trains
-    (its batch order, say) is a change of what a cached fine-tune measured."""
+    (its batch order, say) is a change of what a cached fine-tune measured. Read once, so that a
+    file edited during a run does not key the run's results as the edited code's."""
     from drift_assets.core import sequences, sft
 
     text = "".join(inspect.getsource(module) for module in (sft, sequences))
