@@ -34,6 +34,7 @@ from drift_assets.cli import check_reason, failure_paragraph, main
 from drift_assets.core.finite import NonFiniteWeightsError, check_finite_weights, non_finite_tensors
 from drift_assets.core.progress import Progress
 from drift_assets.core.projection import ProjectionBasis, ProjectionOptions, random_basis
+from drift_assets.core.stored import REPAIR_DUPLICATES
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.resources import Warehouse
 from drift_assets_tests.conftest import settings_in
@@ -152,14 +153,18 @@ def test_influence_and_selection_checks_say_what_is_wrong():
     scores = pl.DataFrame({"example_id": ["a", "a", "d"], "score": [1.0, math.nan, 0.5]})
     result = influence_complete_result(scores, pool)
     assert not result.passed
-    assert message(result) == "2 pool examples unscored, 1 scored example not in the pool, 1 non-finite score, 1 duplicate row"
+    counts = "2 pool examples unscored, 1 scored example not in the pool, 1 non-finite score, 1 duplicate row"
+    assert message(result).startswith(counts + "; influence_scores should hold one row per pool example (3)")
+    assert message(result).endswith(REPAIR_DUPLICATES)  # and says how to repair it
     assert influence_complete_result(pl.DataFrame({"example_id": ["a", "b", "c"], "score": [1.0, 2.0, 3.0]}), pool).passed
     refined = pl.DataFrame({"example_id": ["a", "b", "c"], "selected": [True, True, False]})
     assert selection_result(refined, pool, 2).passed
     result = selection_result(refined, pool, 1)
     assert not result.passed and message(result) == "2 examples selected where the settings ask for 1"
     result = selection_result(refined.head(2), pool, 2)
-    assert message(result) == "the selection does not hold every pool example exactly once"
+    assert message(result) == (
+        f"refined_dataset should hold one row per pool example (3), but holds 1 pool example(s) missing (e.g. c): {REPAIR_DUPLICATES}"
+    )
 
 
 def test_a_check_without_a_message_reaches_the_terminal_with_its_metadata(tmp_path):
