@@ -17,7 +17,8 @@ from drift_assets.assets.metadata import rounded, selection_distribution, table_
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
-from drift_assets.settings import Reads, Settings
+from drift_assets.resources import Warehouse
+from drift_assets.settings import Reads, Settings, export_inputs
 
 REFINE_VERSION = "2"
 EXPORT_VERSION = "2"  # 2: JSONL and Parquet carry the same columns (id, score, source, the pool's extras)
@@ -54,7 +55,7 @@ def build_refine_assets(settings: Settings) -> list:
             metadata["corrupted_share_pool"] = rounded(table["is_corrupted"].mean())
             metadata["corrupted_share_selected"] = rounded(chosen["is_corrupted"].mean()) if chosen.height else None
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
-        warning = selection_warning(selection.method, selection.k, table.height)
+        warning = selection_warning(selection.method, selection.k, table.height, chosen.height, selection.fraction)
         if warning:
             context.log.warning(warning)
             metadata["warning"] = warning
@@ -92,8 +93,18 @@ def build_refine_assets(settings: Settings) -> list:
         description="The selection as chat-messages JSONL and Parquet files for SFT trainers; written only after "
         "refined_dataset is committed and its selection check passed.",
     )
-    def refined_dataset_export(context: AssetExecutionContext, refined_dataset: pl.DataFrame) -> pl.DataFrame:
-        paths = export_selection(refined_dataset, export_dir)
+    def refined_dataset_export(
+        context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
+    ) -> pl.DataFrame:
+        # What this asset's previous table records: the files of exports made before the export
+        # folder had a manifest, which the export may replace.
+        previous = warehouse.scan("refined_dataset_export").collect() if warehouse.exists("refined_dataset_export") else None
+        paths = export_selection(
+            refined_dataset,
+            export_dir,
+            inputs=export_inputs(export_reads.unversioned),
+            previously_exported=dict(zip(previous["path"], previous["sha256"], strict=True)) if previous is not None else None,
+        )
         n_selected = int(refined_dataset["selected"].sum())
         table = pl.DataFrame(
             {
