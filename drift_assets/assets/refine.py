@@ -29,6 +29,7 @@ def build_refine_assets(settings: Settings) -> list:
     export_reads = Reads(settings, "refined_dataset_export", "selection.export_dir")
     selection = reads.selection
     export_dir = export_reads.resolve(export_reads.selection.export_dir)
+    inputs = export_inputs(settings)  # locations: what the export may never write over
 
     @asset(
         group_name="refinement",
@@ -96,15 +97,7 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset_export(
         context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
     ) -> pl.DataFrame:
-        # What this asset's previous table records: the files of exports made before the export
-        # folder had a manifest, which the export may replace.
-        previous = warehouse.scan("refined_dataset_export").collect() if warehouse.exists("refined_dataset_export") else None
-        paths = export_selection(
-            refined_dataset,
-            export_dir,
-            inputs=export_inputs(export_reads.unversioned),
-            previously_exported=dict(zip(previous["path"], previous["sha256"], strict=True)) if previous is not None else None,
-        )
+        paths = export_selection(refined_dataset, export_dir, inputs=inputs, previously_exported=_previous_export(warehouse))
         n_selected = int(refined_dataset["selected"].sum())
         table = pl.DataFrame(
             {
@@ -125,3 +118,15 @@ def build_refine_assets(settings: Settings) -> list:
         return table
 
     return [refined_dataset, refined_dataset_selection, refined_dataset_export]
+
+
+def _previous_export(warehouse: Warehouse) -> dict[str, str] | None:
+    """path → content hash of the files this asset's previous table records: exports made before the
+    export folder had a manifest, which the export may replace (None: no readable table)."""
+    if not warehouse.exists("refined_dataset_export"):
+        return None
+    try:
+        previous = warehouse.scan("refined_dataset_export").select("path", "sha256").collect()
+    except Exception:  # a damaged table only loses this fallback: the manifest is the record
+        return None
+    return dict(zip(previous["path"], previous["sha256"], strict=True))

@@ -10,6 +10,7 @@ already holds exactly what the demo would write.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -99,7 +100,7 @@ def _scratch_directory(path: Path, kind: str) -> Path:
 def _remove_abandoned_scratch(path: Path) -> None:
     """Delete the scratch directories beside ``path`` that a killed demo run of this machine left
     (named and marked as the demo's, their process gone); nothing else."""
-    for scratch in path.parent.glob(f".{path.name}.drift-demo-*-*"):
+    for scratch in path.parent.glob(glob.escape(f".{path.name}.drift-demo-") + "*-*"):
         try:
             owner = json.loads((scratch / _SCRATCH_MARKER).read_text())
         except (OSError, ValueError):

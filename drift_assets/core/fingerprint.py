@@ -29,6 +29,10 @@ _CACHE_FORMAT = "sha256-v1"
 _MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja", ".py")
 
 
+# This process's entries, in front of the folder (which may be unwritable, or a pod's own).
+_IN_MEMORY: dict[str, str] = {}
+
+
 def hash_cache_dir() -> Path:
     """Where :func:`file_sha256` keeps its entries: $DRIFT_ASSETS_HASH_CACHE, else the user's cache."""
     if os.environ.get(HASH_CACHE_ENV_VAR):
@@ -82,8 +86,9 @@ def file_sha256(path: str | Path) -> str:
     if before.st_size < CACHED_HASH_MIN_BYTES:  # cheaper to read than to look up
         return hashlib.sha256(path.read_bytes()).hexdigest()
     key = _cache_key(before)
-    cached = _cached(key)
+    cached = _IN_MEMORY.get(key) or _cached(key)
     if cached is not None:
+        _IN_MEMORY[key] = cached
         return cached
     started = time.time_ns()
     digest = hashlib.sha256()
@@ -92,6 +97,7 @@ def file_sha256(path: str | Path) -> str:
             digest.update(chunk)
     after = path.stat()
     if _cache_key(after) == key and before.st_ctime_ns < started - _RACY_NANOSECONDS:
+        _IN_MEMORY[key] = digest.hexdigest()
         _store(key, digest.hexdigest())
     return digest.hexdigest()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -94,9 +94,8 @@ def _read_manifest(directory: Path, setting: str) -> dict[str, list[str]]:
 
 
 def _write_manifest(directory: Path, files: Mapping[str, Sequence[str]]) -> None:
-    handle, staged = tempfile.mkstemp(dir=directory, prefix=f"{MANIFEST_NAME}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as staged_file:
-        json.dump({"written_by": _WRITTEN_BY, "files": {name: list(hashes) for name, hashes in files.items()}}, staged_file)
+    staged = directory / f"{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
+    staged.write_text(json.dumps({"written_by": _WRITTEN_BY, "files": {name: list(h) for name, h in files.items()}}))
     os.replace(staged, directory / MANIFEST_NAME)
 
 
@@ -146,9 +145,8 @@ def write_export(
     staged: dict[str, Path] = {}
     try:
         for name, write in writers.items():
-            handle, path = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            os.close(handle)
-            staged[name] = Path(path)
+            # A name no one else uses, created by the writer (so with the user's umask, as before).
+            staged[name] = directory / f".{name}.{uuid.uuid4().hex}.tmp"
             write(staged[name])
         written = {name: file_sha256(path) for name, path in staged.items()}
         # Until every file is renamed into place, the manifest accepts each target's old content and

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from drift_assets.core import fingerprint
 from drift_assets.core.demo_outputs import replace_model_directory
 from drift_assets.core.fingerprint import (
     CACHED_HASH_MIN_BYTES,
@@ -101,7 +102,9 @@ def tiny_model_dir(directory: Path, chat_template: str = "none") -> Path:
 
 @pytest.fixture
 def hash_cache(tmp_path, monkeypatch) -> Path:
+    """A cache folder of the test's own, and this process's entries forgotten (as in a new process)."""
     monkeypatch.setenv(HASH_CACHE_ENV_VAR, str(tmp_path / "hash-cache"))
+    monkeypatch.setattr(fingerprint, "_IN_MEMORY", {})
     return tmp_path / "hash-cache"
 
 
@@ -142,9 +145,13 @@ def test_a_large_files_hash_is_read_once_cached_by_inode_and_ctime_and_a_corrupt
     digest, read = hashed()
     assert digest == truth() and read >= size
     digest, read = hashed()
-    assert digest == truth() and read < 2**16  # the cache answered: the file was not read again
+    assert digest == truth() and read < 2**16  # this process's entry answered: the file was not read again
+    fingerprint._IN_MEMORY.clear()  # as in another process: the folder answers
+    digest, read = hashed()
+    assert digest == truth() and read < 2**16
     [entry] = [p for p in hash_cache.iterdir()]
     entry.write_text('{"key": "sha256-v1:torn')  # a torn or foreign entry is ignored and rebuilt
+    fingerprint._IN_MEMORY.clear()
     digest, read = hashed()
     assert digest == truth() and read >= size
     assert json.loads(entry.read_text())["sha256"] == digest
@@ -392,6 +399,9 @@ def test_n48_the_export_replaces_only_files_it_wrote_and_that_are_unchanged(tmp_
     assert manifest["files"]["refined_dataset.jsonl"] == [hashlib.sha256(b"first\n").hexdigest()]
     write_export(exports, writers("second\n"))  # its own, unchanged: replaced
     assert listing(exports)["refined_dataset.jsonl"] == "second\n"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (exports / "refined_dataset.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes
 
     (exports / "refined_dataset.parquet").write_text("edited by hand\n")  # changed since: kept
     before = listing(exports)
