@@ -581,8 +581,11 @@ class Settings(_Group):
         from drift_assets.core.selection import export_file_names
 
         export_dir = self.resolve(self.selection.export_dir)
-        check_export_dir(export_dir)
-        problems = export_conflicts(export_dir, export_file_names(), export_inputs(self))
+        try:
+            check_export_dir(export_dir)
+            problems = export_conflicts(export_dir, export_file_names(), export_inputs(self))
+        except (OSError, RuntimeError):  # a folder it may not enter, a symlink loop: the export checks again
+            return self
         if problems:
             raise ValueError("\n".join(problems))
         return self
