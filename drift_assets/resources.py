@@ -35,6 +35,7 @@ from drift_assets.core.devices import DeviceLease, lease_device
 from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
 from drift_assets.core.finite import check_finite_weights
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
+from drift_assets.core.sequences import render_prompt
 from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings, s3_option_names
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,9 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
 
         if "tokenizer" not in self._cache:
             check_model_directory(self.path)
-            self._cache["tokenizer"] = AutoTokenizer.from_pretrained(self.path)
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+            render_prompt(tokenizer, "What is 1 + 1?")  # a template that cannot render fails here, naming its file
+            self._cache["tokenizer"] = tokenizer
         return self._cache["tokenizer"]
 
     def load_model(self, target_modules: str | None = None):

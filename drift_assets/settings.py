@@ -577,8 +577,51 @@ class Settings(_Group):
             )
         return self
 
+    @model_validator(mode="after")
+    def _paths_expand(self) -> Settings:
+        """A path naming an environment variable that is not set fails here, naming both (expanded,
+        it would name another path; unexpanded, a folder called ``$VAR``)."""
+        for setting, path in self.paths().items():
+            unset = sorted({name for name in _variables_in(path) if name not in os.environ})
+            if unset:
+                raise ValueError(
+                    f"{setting}: {path!r} names the environment variable{'s' if len(unset) > 1 else ''} "
+                    f"{', '.join(unset)}, which {'are' if len(unset) > 1 else 'is'} not set (paths expand $VAR, ${{VAR}} and ~)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _exports_apart_from_inputs(self) -> Settings:
+        from drift_assets.core.outputs import check_export_dir, export_conflicts
+        from drift_assets.core.selection import export_file_names
+
+        export_dir = self.resolve(self.selection.export_dir)
+        try:
+            check_export_dir(export_dir)
+            problems = export_conflicts(export_dir, export_file_names(), export_inputs(self))
+        except (OSError, RuntimeError):  # a folder it may not enter, a symlink loop: the export checks again
+            return self
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def paths(self) -> dict[str, str]:
+        """Every path setting that is set, as written: key → path."""
+        named = {
+            "model.path": self.model.path,
+            "data.training_pool": self.data.training_pool,
+            "data.validation_queries": self.data.validation_queries,
+            "data.test_queries": self.data.test_queries,
+            "warehouse.root": self.warehouse.root,
+            "warmup.checkpoint_dir": self.warmup.checkpoint_dir,
+            "selection.export_dir": self.selection.export_dir,
+        }
+        return {key: path for key, path in named.items() if path}
+
     def resolve(self, path: str) -> str:
-        """A path from the settings made absolute (URIs such as s3://… pass through)."""
+        """A path from the settings made absolute, after expanding environment variables ($VAR,
+        ${VAR}) and ~ (URIs such as s3://… pass through, their variables expanded)."""
+        path = os.path.expanduser(os.path.expandvars(path))
         if "://" in path or Path(path).is_absolute():
             return path
         return str(Path(self.base_dir) / path)
@@ -641,6 +684,22 @@ class Settings(_Group):
             else:
                 data[group] = values
         return Settings.model_validate(data)
+
+
+def _variables_in(path: str) -> list[str]:
+    """The environment variables ``os.path.expandvars`` would expand in ``path``."""
+    return [braced or bare for braced, bare in re.findall(r"\$(?:\{([^}]+)\}|([A-Za-z_][A-Za-z0-9_]*))", path)]
+
+
+def export_inputs(settings: Settings) -> dict[str, str | None]:
+    """Every input the pipeline reads, setting → resolved path (None: not set): what no export may write over."""
+    data = settings.data
+    return {
+        "data.training_pool": settings.resolve(data.training_pool),
+        "data.validation_queries": settings.resolve(data.validation_queries),
+        "data.test_queries": settings.resolve(data.test_queries) if data.test_queries else None,
+        "model.path": settings.model_path,
+    }
 
 
 def _describe_errors(error: ValidationError, source: str) -> str:

@@ -19,7 +19,8 @@ from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.stored import one_row_per_example
-from drift_assets.settings import Reads, Settings
+from drift_assets.resources import Warehouse
+from drift_assets.settings import Reads, Settings, export_inputs
 
 REFINE_VERSION = "2"
 EXPORT_VERSION = "2"  # 2: JSONL and Parquet carry the same columns (id, score, source, the pool's extras)
@@ -30,6 +31,7 @@ def build_refine_assets(settings: Settings) -> list:
     export_reads = Reads(settings, "refined_dataset_export", "selection.export_dir")
     selection = reads.selection
     export_dir = export_reads.resolve(export_reads.selection.export_dir)
+    inputs = export_inputs(settings)  # locations: what the export may never write over
 
     @asset(
         group_name="refinement",
@@ -59,7 +61,7 @@ def build_refine_assets(settings: Settings) -> list:
             metadata["corrupted_share_pool"] = rounded(table["is_corrupted"].mean())
             metadata["corrupted_share_selected"] = rounded(chosen["is_corrupted"].mean()) if chosen.height else None
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
-        warning = selection_warning(selection.method, selection.k, table.height)
+        warning = selection_warning(selection.method, selection.k, table.height, chosen.height, selection.fraction)
         if warning:
             context.log.warning(warning)
             metadata["warning"] = warning
@@ -91,8 +93,10 @@ def build_refine_assets(settings: Settings) -> list:
         description="The selection as chat-messages JSONL and Parquet files for SFT trainers; written only after "
         "refined_dataset is committed and its selection check passed.",
     )
-    def refined_dataset_export(context: AssetExecutionContext, refined_dataset: pl.DataFrame) -> pl.DataFrame:
-        paths = export_selection(refined_dataset, export_dir)
+    def refined_dataset_export(
+        context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
+    ) -> pl.DataFrame:
+        paths = export_selection(refined_dataset, export_dir, inputs=inputs, previously_exported=_previous_export(warehouse))
         n_selected = int(refined_dataset["selected"].sum())
         table = pl.DataFrame(
             {
@@ -113,3 +117,15 @@ def build_refine_assets(settings: Settings) -> list:
         return table
 
     return [refined_dataset, refined_dataset_selection, refined_dataset_export]
+
+
+def _previous_export(warehouse: Warehouse) -> dict[str, str] | None:
+    """path → content hash of the files this asset's previous table records: exports made before the
+    export folder had a manifest, which the export may replace (None: no readable table)."""
+    if not warehouse.exists("refined_dataset_export"):
+        return None
+    try:
+        previous = warehouse.scan("refined_dataset_export").select("path", "sha256").collect()
+    except Exception:  # a damaged table only loses this fallback: the manifest is the record
+        return None
+    return dict(zip(previous["path"], previous["sha256"], strict=True))

@@ -15,7 +15,7 @@ from drift_assets.core.fingerprint import check_model_directory, content_hash, m
 from drift_assets.core.generation import model_config, resolve_max_model_len
 from drift_assets.core.grading import validate_grader
 from drift_assets.core.pool import load_queries, normalize_pool, read_rows, require_examples
-from drift_assets.core.sequences import bos_warning
+from drift_assets.core.sequences import bos_warning, untemplated_turns_warning
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Reads, Settings
 
@@ -90,6 +90,9 @@ def build_source_assets(settings: Settings) -> list:
             context.log.warning(f"{model.path}: {bos}")
         normalized = normalize_pool(read_rows(pool_path), tokenizer, max_tokens, source=Path(pool_path).name)
         examples, rejects = normalized.examples, normalized.rejects
+        turns = untemplated_turns_warning(tokenizer, examples["messages"].to_list())
+        if turns:
+            context.log.warning(f"{pool_path}: {turns}")
         context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
         for column, name in normalized.renamed_columns.items():
             context.log.warning(f"{pool_path}: column {column!r} is a name the pipeline writes; it is carried as {name!r}")
@@ -107,6 +110,7 @@ def build_source_assets(settings: Settings) -> list:
                 **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
                 "rejected_rows": rejects.height,
                 "bos_warning": bos or "none",
+                "chat_template_warning": turns or "none",
                 "renamed_columns": normalized.renamed_columns,
                 "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
             },

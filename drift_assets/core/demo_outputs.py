@@ -10,9 +10,13 @@ already holds exactly what the demo would write.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
 import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 STAMP_SUFFIX = ".drift-demo"
@@ -81,20 +85,67 @@ def model_stamp(path: str | Path) -> dict | None:
         return {}
 
 
+# The demo's own scratch directories beside model.path: hidden, named by the demo, each holding a
+# marker that says which process made it. A user's directory never has one.
+_SCRATCH_MARKER = ".drift-demo-scratch"
+
+
+def _scratch_directory(path: Path, kind: str) -> Path:
+    """A fresh, uniquely named directory beside ``path`` that the demo owns (its marker inside)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.drift-demo-{kind}-", dir=path.parent))
+    (scratch / _SCRATCH_MARKER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    return scratch
+
+
+def _remove_abandoned_scratch(path: Path) -> None:
+    """Delete the scratch directories beside ``path`` that a killed demo run of this machine left
+    (named and marked as the demo's, their process gone); nothing else."""
+    for scratch in path.parent.glob(glob.escape(f".{path.name}.drift-demo-") + "*-*"):
+        try:
+            owner = json.loads((scratch / _SCRATCH_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(owner, dict) or owner.get("host") != socket.gethostname() or _alive(owner.get("pid")):
+            continue
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: keep it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def replace_model_directory(path: str | Path, save, stamp: dict | None = None) -> None:
     """Call ``save(directory)`` into a fresh sibling directory, stamp it (with ``stamp``), then swap it
-    in for ``path``. A run killed half-way leaves the previous model intact.
+    in for ``path``. A run killed half-way leaves the previous model intact. The sibling and the
+    retired model take names of the demo's own (never ``<path>.staging`` or ``<path>.previous``, which
+    may be a user's): nothing is deleted but the model the demo wrote and its own scratch.
     """
     path = Path(path)
     check_model_directory(path)
-    staging = path.with_name(path.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save(staging)
-    (staging / MODEL_STAMP).write_text(json.dumps({"written_by": "drift_assets demo_base_model", **(stamp or {})}))
-    retired = path.with_name(path.name + ".previous")
-    shutil.rmtree(retired, ignore_errors=True)
-    if path.exists():
-        path.rename(retired)
-    staging.rename(path)
-    shutil.rmtree(retired, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_scratch(path)
+    staging, retired = _scratch_directory(path, "staging"), None
+    try:
+        save(staging)
+        (staging / _SCRATCH_MARKER).unlink()
+        (staging / MODEL_STAMP).write_text(json.dumps({"written_by": "drift_assets demo_base_model", **(stamp or {})}))
+        if path.exists():
+            check_model_directory(path)  # still absent, empty or the demo's, just before it is moved
+            retired = _scratch_directory(path, "retired")
+            path.rename(retired / "model")
+        staging.rename(path)
+    except BaseException:
+        if retired is not None and not path.exists():
+            (retired / "model").rename(path)  # the previous model back in place
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)

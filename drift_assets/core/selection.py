@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
+from drift_assets.core.outputs import write_export
 from drift_assets.core.pool import CORE_COLUMNS, OUTPUT_COLUMNS
 from drift_assets.core.stats import average_ranks
 
@@ -35,10 +36,32 @@ def select(scores: pl.DataFrame, method: SelectionMethod, fraction: float = 0.5,
     return (scores["rank"] <= count).alias("selected")
 
 
-def selection_warning(method: str, k: int | None, pool_size: int) -> str | None:
-    """What to tell a user whose settings select the whole pool (nothing is refined), or None."""
+# A selection of fewer examples than this is too small for a fine-tune to learn from.
+TINY_SELECTION = 10
+
+
+def selection_warning(
+    method: str, k: int | None, pool_size: int, n_selected: int | None = None, fraction: float | None = None
+) -> str | None:
+    """What to tell a user whose settings select the whole pool (nothing is refined) or a tiny part
+    of it (``n_selected`` under :data:`TINY_SELECTION`), or None."""
+    if method == "top_k":
+        setting = f"selection.k = {k}"
+    elif method == "top_fraction":
+        setting = "selection.fraction" + (f" = {fraction:g}" if fraction is not None else "")
+    else:
+        setting = f"selection.method {method}"
     if method == "top_k" and k is not None and k >= pool_size:
         return f"selection.k = {k} is not below the pool's {pool_size} examples: every example is selected and nothing is refined"
+    if n_selected is None:
+        return None
+    if method == "top_fraction" and pool_size and n_selected >= pool_size:
+        return f"{setting} selects all {pool_size} examples of the pool: nothing is refined"
+    if n_selected < min(TINY_SELECTION, pool_size):
+        return (
+            f"{setting} selects only {n_selected} of the pool's {pool_size} examples: a fine-tune on so few learns "
+            "little; select more (selection.fraction, selection.k)"
+        )
     return None
 
 
@@ -84,33 +107,50 @@ def export_columns(table: pl.DataFrame) -> list[str]:
     return first + [c for c in table.columns if c not in derived and c not in first]
 
 
-def export_selection(table: pl.DataFrame, directory: str | Path, name: str = "refined_dataset") -> dict[str, str]:
+EXPORT_NAME = "refined_dataset"
+
+
+def export_file_names(name: str = EXPORT_NAME) -> tuple[str, str]:
+    """The files an export writes into its folder: JSONL and Parquet."""
+    return f"{name}.jsonl", f"{name}.parquet"
+
+
+def export_selection(
+    table: pl.DataFrame,
+    directory: str | Path,
+    name: str = EXPORT_NAME,
+    inputs: Mapping[str, str | None] | None = None,
+    previously_exported: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Write the selected examples, best first, as JSONL and Parquet with the same columns
     (``messages``, ``example_id``, ``score`` and the pool's extra columns); returns the paths.
 
     Both load with ``datasets.load_dataset("json"|"parquet", data_files=...)`` and feed TRL's
     SFTTrainer as they are (its conversational format). Both files are written under temporary
-    names first and only then renamed, so a failure while writing leaves the previous export whole.
+    names first and only then renamed, so a failure while writing leaves the previous export whole;
+    they never replace an input (``inputs``: setting → path) or a file the export did not write
+    (:func:`drift_assets.core.outputs.write_export`).
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     chosen = table.filter("selected").sort("rank")
     messages = [json.loads(text) for text in chosen["messages"]]
     others = chosen.select(export_columns(chosen))
-    jsonl, parquet = directory / f"{name}.jsonl", directory / f"{name}.parquet"
-    staged_jsonl, staged_parquet = directory / f".{name}.jsonl.tmp", directory / f".{name}.parquet.tmp"
-    staged_jsonl.write_text(
-        "".join(
-            json.dumps({"messages": m, **row}, ensure_ascii=False) + "\n"
-            for m, row in zip(messages, others.to_dicts(), strict=True)
+
+    def write_jsonl(path: Path) -> None:
+        path.write_text(
+            "".join(
+                json.dumps({"messages": m, **row}, ensure_ascii=False) + "\n"
+                for m, row in zip(messages, others.to_dicts(), strict=True)
+            )
         )
-    )
-    # An explicit type, so that an empty selection still writes the chat schema rather than Null.
-    message_type = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-    pl.DataFrame([pl.Series("messages", messages, dtype=message_type)]).hstack(others).write_parquet(staged_parquet)
-    staged_jsonl.replace(jsonl)
-    staged_parquet.replace(parquet)
-    return {"jsonl": str(jsonl), "parquet": str(parquet)}
+
+    def write_parquet(path: Path) -> None:
+        # An explicit type, so that an empty selection still writes the chat schema rather than Null.
+        message_type = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+        pl.DataFrame([pl.Series("messages", messages, dtype=message_type)]).hstack(others).write_parquet(path)
+
+    jsonl, parquet = export_file_names(name)
+    paths = write_export(directory, {jsonl: write_jsonl, parquet: write_parquet}, inputs, previously_exported=previously_exported)
+    return {"jsonl": paths[jsonl], "parquet": paths[parquet]}
 
 
 def round_robin_ranks(matrix: np.ndarray) -> np.ndarray:

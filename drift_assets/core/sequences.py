@@ -8,8 +8,10 @@ Only response tokens (and that EOS) count; prompt and padding tokens are masked.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -17,11 +19,34 @@ import torch
 LossReduction = Literal["sum", "mean"]
 
 
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template fails to render (it names the file that holds it)."""
+
+
+def chat_template_file(model_dir: str | Path) -> Path:
+    """The file of a model directory that holds its chat template (transformers reads the first there is)."""
+    model_dir = Path(model_dir)
+    for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
+        if (model_dir / name).exists():
+            return model_dir / name
+    return model_dir
+
+
 def render_messages_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
     """The text the model sees before its answer: the chat template when the tokenizer has one;
     otherwise a single user turn as it is, or several turns as ``role: content`` lines."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        from jinja2 import TemplateError
+
+        try:
+            return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        except TemplateError as error:
+            # transformers renders templates in Jinja's sandbox: a template reaching for Python
+            # internals fails here, having executed nothing.
+            where = chat_template_file(getattr(tokenizer, "name_or_path", "") or ".")
+            raise ChatTemplateError(
+                f"{where}: the chat template fails to render ({type(error).__name__}: {error}); fix or remove the template"
+            ) from None
     if len(messages) == 1:
         return messages[0]["content"]
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
@@ -29,6 +54,21 @@ def render_messages_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str
 
 def render_prompt(tokenizer, prompt: str) -> str:
     return render_messages_prompt(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def untemplated_turns_warning(tokenizer, messages: Sequence[str]) -> str | None:
+    """Why rows of several prompt turns (``messages``: each row's JSON) reach the model as plain
+    ``role: content`` lines (the tokenizer has no chat template), or None."""
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    turns = sum(1 for text in messages if len(json.loads(text)) > 2)
+    if not turns:
+        return None
+    return (
+        f"the tokenizer has no chat template: {turns} rows with more than one turn before the response (a system "
+        "turn, or several user and assistant turns) are rendered as 'role: content' lines, a format the model may "
+        "never have seen; save a chat template with the tokenizer (chat_template.jinja) if it was trained with one"
+    )
 
 
 def encode_prompt(tokenizer, rendered_prompt: str) -> list[int]:

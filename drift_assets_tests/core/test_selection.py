@@ -105,7 +105,8 @@ def test_export_selection_loads_with_datasets(refined, tmp_path):
 
     paths = export_selection(refined, tmp_path / "exports", name="picked")
     assert paths == {"jsonl": str(tmp_path / "exports" / "picked.jsonl"), "parquet": str(tmp_path / "exports" / "picked.parquet")}
-    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["picked.jsonl", "picked.parquet"]  # no temp files left
+    # No temp files left; the manifest records what the export wrote.
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [".drift-export.json", "picked.jsonl", "picked.parquet"]
     expected = [conversation(3), conversation(0), conversation(6)]  # best first
 
     lines = (tmp_path / "exports" / "picked.jsonl").read_text().splitlines()
