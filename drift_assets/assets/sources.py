@@ -20,6 +20,9 @@ from drift_assets.resources import ModelResource
 from drift_assets.settings import Reads, Settings
 
 SOURCES_VERSION = "1"
+# An observation is recorded in the instance: the warehouse's check that the instance keeps its history
+# (drift_assets.resources.Warehouse) holds for observations launched from the UI too.
+OBSERVER_RESOURCES = {"warehouse"}
 
 
 def _observe(path: str, what: str) -> DataVersion:
@@ -37,6 +40,7 @@ def build_source_assets(settings: Settings) -> list:
     @observable_source_asset(
         group_name="sources",
         automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
         description=f"The training pool input: {settings.data.training_pool}",
     )
     def training_pool_source() -> DataVersion:
@@ -45,6 +49,7 @@ def build_source_assets(settings: Settings) -> list:
     @observable_source_asset(
         group_name="sources",
         automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
         description=f"The validation queries input: {settings.data.validation_queries}",
     )
     def validation_queries_source() -> DataVersion:
@@ -53,6 +58,7 @@ def build_source_assets(settings: Settings) -> list:
     @observable_source_asset(
         group_name="sources",
         automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
         description=f"The base model directory: {settings.model.path}",
     )
     def base_model() -> DataVersion:
@@ -161,6 +167,7 @@ def build_source_assets(settings: Settings) -> list:
         @observable_source_asset(
             group_name="sources",
             automation_condition=observe_condition(),
+            required_resource_keys=OBSERVER_RESOURCES,
             description=f"Held-out test queries input: {settings.data.test_queries}",
         )
         def test_queries_source() -> DataVersion:
