@@ -31,7 +31,7 @@ from drift_assets.settings import DEFAULT_SETTINGS_PATH, REPO_ROOT, Settings, lo
 INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
 POSTGRES_URL_ENV_VAR = "DAGSTER_POSTGRES_URL"
 # The local S3 API's credentials go through the environment, as a real store's must (the settings refuse them).
-LOCAL_S3_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "drift", "AWS_SECRET_ACCESS_KEY": "drift-secret"}
+LOCAL_S3_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "local-s3-key", "AWS_SECRET_ACCESS_KEY": "local-s3-secret"}
 
 
 def free_port() -> int:

@@ -314,6 +314,7 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         if context.instance is not None:
+            self.check_reachable()
             self.claim(context.instance)
         self._held = contextlib.ExitStack()
         self._held.enter_context(self.shared_lock())

@@ -11,6 +11,7 @@ the command line and the UI (probe of 2026-12-05: N5–N8, N32–N41, N47).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -461,3 +463,40 @@ def test_n34_n35_n37_n40_a_signal_ends_in_a_short_paragraph_leaves_no_process_an
     assert len(rollouts) == 1
     warehouse = Warehouse.from_settings(load_settings(settings))
     assert warehouse.scan("influence_scores").collect().height == 120
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``directory`` (the probe's disk-full and read-only warehouses)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def test_n32_a_read_only_warehouse_fails_at_once_naming_its_root_and_keeps_the_exports(private_materialized):
+    directory, home = private_materialized, private_materialized / "dagster_home"
+    with tmpfs(directory / "mounted", "64m") as mounted:
+        shutil.copytree(directory / "warehouse", mounted / "warehouse")
+        settings = settings_file(directory, "ro.yaml", OWN_FILES, warehouse={"root": "mounted/warehouse"})
+        warehouse = Warehouse.from_settings(load_settings(settings))
+        with DagsterInstance.from_config(str(home)) as instance:
+            warehouse.claim(instance)  # the good run's instance and warehouse, moved together
+        subprocess.run(["mount", "-o", "remount,ro", str(mounted)], check=True)
+        exports = {path: path.read_bytes() for path in (directory / "exports").iterdir()}
+        settings = settings_file(
+            directory, "ro.yaml", OWN_FILES, warehouse={"root": "mounted/warehouse"}, selection={"fraction": 0.3}
+        )
+        started = time.monotonic()
+        result = subprocess.run(PYTHON, env=cli_environment(settings, home), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert (
+            f"  WarehouseError: warehouse.root {warehouse.root} cannot be written (Read-only file system): nothing was changed"
+            in result.stderr.splitlines()
+        ), result.stderr[-3000:]
+        assert "materializing" not in result.stderr + result.stdout and time.monotonic() - started < 120
+    assert {path: path.read_bytes() for path in (directory / "exports").iterdir()} == exports
