@@ -7,6 +7,7 @@ data/dagster_home), so ``make ui`` afterwards shows every run, materialization a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -203,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "materialize":
-        with _Signals() as signals:
+        from drift_assets.terminal import without_rust_panics
+
+        with _Signals() as signals, contextlib.nullcontext() if args.verbose else without_rust_panics():
             try:
                 code = _materialize(settings, args, signals)
             except KeyboardInterrupt as error:  # before or after the runs, outside their handling

@@ -8,6 +8,7 @@ another warehouse root) without touching asset code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,6 +29,7 @@ from dagster_deltalake import LocalConfig, S3Config
 from dagster_deltalake.config import ClientConfig
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from pydantic import BaseModel, PrivateAttr, create_model
 
 from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
@@ -271,6 +273,15 @@ def _handle_output_retrying_conflicts(self, context, table_slice, obj, connectio
                 raise
             context.log.info(f"{connection.table_uri}: {error}; writing again ({attempt + 1} of {COMMIT_ATTEMPTS})")
             time.sleep(0.2 * attempt + random.random() * 0.3)
+        except (DeltaError, OSError) as error:  # deltalake's message names the cause, not the table
+            raise WarehouseError(_write_failure(connection.table_uri, error)) from None
+
+
+def _write_failure(table_uri: str, error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    if "No space left on device" in message or getattr(error, "errno", None) == errno.ENOSPC:
+        message += " (ENOSPC: the file system is full; free space and run again)"
+    return f"{table_uri}: the table could not be written, and is as it was before this write: {message}"
 
 
 # Every Delta IO manager this package builds writes and reads through that handler module.

@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -34,7 +35,7 @@ from dagster import AssetKey, DagsterInstance, instance_for_test
 from drift_assets.cli import main
 from drift_assets.core.processes import descendants
 from drift_assets.production import free_port
-from drift_assets.resources import INSTANCE_KEY, Warehouse, WarehouseBusyError, WarehouseInstanceError
+from drift_assets.resources import INSTANCE_KEY, Warehouse, WarehouseBusyError, WarehouseError, WarehouseInstanceError
 from drift_assets.settings import REPO_ROOT, load_settings
 from drift_assets_tests.conftest import SMALL_DEMO, write_settings
 
@@ -500,3 +501,40 @@ def test_n32_a_read_only_warehouse_fails_at_once_naming_its_root_and_keeps_the_e
         ), result.stderr[-3000:]
         assert "materializing" not in result.stderr + result.stdout and time.monotonic() - started < 120
     assert {path: path.read_bytes() for path in (directory / "exports").iterdir()} == exports
+
+
+def test_n33_a_full_disk_fails_naming_the_table_without_a_rust_panic_and_the_rerun_writes_it_whole(tmp_path, capfd):
+    """The warehouse's file system fills during a write: the error names the table and ENOSPC, the
+    command's terminal shows no panic of deltalake's threads (it does without the filter), and once
+    there is space the same write lands whole."""
+    from dagster import asset, materialize
+
+    from drift_assets.cli import _root_cause
+    from drift_assets.terminal import without_rust_panics
+
+    @asset
+    def gradients() -> pl.DataFrame:
+        return pl.DataFrame({"value": np.random.default_rng(0).random(200_000)})
+
+    def write(warehouse: Warehouse) -> BaseException | None:
+        try:
+            materialize([gradients], resources={"io_manager": warehouse.io_manager()})
+        except Exception as error:
+            time.sleep(1)  # the object store's thread panics after the write has failed
+            return _root_cause(error)
+        return None
+
+    with tmpfs(tmp_path / "full", "300k") as root:
+        warehouse = Warehouse(root=str(root))
+        unfiltered = write(warehouse)
+        assert "panicked at" in capfd.readouterr().err  # what the terminal showed
+        with without_rust_panics():
+            error = write(warehouse)
+        assert "panicked" not in capfd.readouterr().err
+        assert isinstance(error, WarehouseError) and isinstance(unfiltered, WarehouseError)
+        assert str(error).startswith(f"{warehouse.table_uri('gradients')}: the table could not be written, and is as it was")
+        assert "No space left on device" in str(error) and "ENOSPC: the file system is full" in str(error)
+        assert not warehouse.exists("gradients")
+        subprocess.run(["mount", "-o", "remount,size=64m", str(root)], check=True)
+        assert write(warehouse) is None
+        assert warehouse.scan("gradients").collect().height == 200_000
