@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -152,6 +153,9 @@ class _Signals:
     interpreter writes the number of every signal it handles, whatever the handler."""
 
     def __enter__(self):
+        self._read = None
+        if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's
+            return self
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         os.set_blocking(self._read, False)
@@ -161,14 +165,17 @@ class _Signals:
         return self
 
     def received(self) -> str | None:
+        """The last SIGINT or SIGTERM received since the previous call (None: neither)."""
         try:
-            numbers = os.read(self._read, 64)
+            numbers = os.read(self._read, 64) if self._read is not None else b""
         except BlockingIOError:
             return None
         names = [signal.Signals(n).name for n in numbers if n in (signal.SIGINT, signal.SIGTERM)]
         return names[-1] if names else None
 
     def __exit__(self, *_):
+        if self._read is None:
+            return
         signal.set_wakeup_fd(self._previous_fd)
         signal.signal(signal.SIGTERM, self._previous_term)
         os.close(self._read)
@@ -210,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 code = _materialize(settings, args, signals)
             except KeyboardInterrupt as error:  # before or after the runs, outside their handling
-                print(f"\n{failure_paragraph(error, None, signals.received())}", file=sys.stderr)
-                return INTERRUPTED_EXIT.get(signals.received() or "", 130)
+                received = signals.received()
+                print(f"\n{failure_paragraph(error, None, received)}", file=sys.stderr)
+                return INTERRUPTED_EXIT.get(received or "", 130)
         if code:
             return code
     print(_summary(settings))

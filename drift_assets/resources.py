@@ -562,17 +562,17 @@ def _instance_lock(instance) -> Iterator[None]:
 def _flock_holders(path: Path) -> list[tuple[int, str]]:
     """(pid, READ or WRITE) of each process the kernel lists as holding a flock on ``path``."""
     try:
-        inode = path.stat().st_ino
+        stat = path.stat()
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
         return []
-    holders = []
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" ("->" marks a waiter)
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
-            holders.append((int(fields[4]), fields[3]))
-    return sorted(set(holders))
+    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF": the device's major and minor in hex, the
+    # inode in decimal ("->" marks a waiter, which holds nothing).
+    file = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    holders = {
+        (int(fields[4]), fields[3]) for fields in map(str.split, lines) if fields[1:2] == ["FLOCK"] and fields[5:6] == [file]
+    }
+    return sorted(holders)
 
 
 def _command(pid: int) -> str:

@@ -425,10 +425,14 @@ def test_n34_n35_n37_n40_a_signal_ends_in_a_short_paragraph_leaves_no_process_an
     for name, rows in (("training_pool.jsonl", 120), ("validation_queries.jsonl", 8)):
         path = workspace / "demo" / name
         path.write_text("".join(path.read_text().splitlines(keepends=True)[:rows]))
-    home = home_in(workspace)
-    # N35, N34: SIGTERM while vLLM's engine starts in processes of its own (as on a GPU).
-    settings = settings_file(workspace, rollout={"engine_process": "separate"})
+    home, settings = home_in(workspace), settings_file(workspace)
+    environment = cli_environment(settings, home)
+    # N37: Ctrl-C (SIGINT) in the checkpoint's run, its first table (projection_basis) committed.
+    code, output, _, _ = _interrupted(PYTHON, environment, lambda line, _: "rollouts: checkpoint base:" in line, signal.SIGINT)
+    assert code == 128 + signal.SIGINT, output
+    _assert_interrupted_paragraph(output, "SIGINT")
 
+    # N34, N35, N40: SIGTERM while vLLM's engine starts in processes of its own (as on a GPU).
     def engine_starting(line: str, pid: int) -> bool:
         if "rollouts: checkpoint base:" in line:
             deadline = time.monotonic() + 120
@@ -437,9 +441,11 @@ def test_n34_n35_n37_n40_a_signal_ends_in_a_short_paragraph_leaves_no_process_an
             return True
         return False
 
-    code, output, pids, listeners = _interrupted(PYTHON, cli_environment(settings, home), engine_starting, signal.SIGTERM)
+    separate = settings_file(workspace, "separate.yaml", rollout={"engine_process": "separate"})
+    code, output, pids, listeners = _interrupted(PYTHON, cli_environment(separate, home), engine_starting, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, output
     _assert_interrupted_paragraph(output, "SIGTERM")
+    assert "left STARTED" not in output  # the interrupted run was marked failed as it ended
     assert len(pids) > 2  # the command, vLLM's engine and its watchdog
     assert listeners <= {"127.0.0.1", "::1"}, listeners  # N40
     deadline = time.monotonic() + 30
@@ -447,23 +453,18 @@ def test_n34_n35_n37_n40_a_signal_ends_in_a_short_paragraph_leaves_no_process_an
         time.sleep(0.2)
     assert not [pid for pid in pids if running(pid)], "a process outlived the interrupted command"
 
-    # N37: Ctrl-C (SIGINT) once the grades are in, the engine in the command's own process.
-    settings = settings_file(workspace)
-    code, output, _, _ = _interrupted(
-        PYTHON, cli_environment(settings, home), lambda line, _: "grades: checkpoint base: pass@1" in line, signal.SIGINT
-    )
-    assert code == 128 + signal.SIGINT, output
-    _assert_interrupted_paragraph(output, "SIGINT")
-    assert "left STARTED" not in output  # the interrupted run was marked failed as it ended
-
-    # The rerun resumes: what the interrupted runs committed (the rollouts) is not computed again.
-    rerun = subprocess.run(PYTHON, env=cli_environment(settings, home), capture_output=True, text=True, timeout=600)
+    # The rerun resumes: what the interrupted runs committed is not computed again.
+    rerun = subprocess.run(PYTHON, env=environment, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     with DagsterInstance.from_config(str(home)) as instance:
-        rollouts = instance.fetch_materializations(AssetKey("rollouts"), limit=10).records
-    assert len(rollouts) == 1
-    warehouse = Warehouse.from_settings(load_settings(settings))
-    assert warehouse.scan("influence_scores").collect().height == 120
+        written = {
+            name: len(instance.fetch_materializations(AssetKey(name), limit=10).records)
+            for name in ("projection_basis", "rollouts")
+        }
+        runs = [run.status.value for run in instance.get_runs()]
+    assert written == {"projection_basis": 1, "rollouts": 1}
+    assert runs.count("FAILURE") == 2 and "STARTED" not in runs
+    assert Warehouse.from_settings(load_settings(settings)).scan("influence_scores").collect().height == 120
 
 
 @contextlib.contextmanager
