@@ -108,7 +108,10 @@ def _forward_without_panics(source: int, target: int) -> None:
                 if not _LOG_LINE.match(line):
                     continue
                 skipping = False  # a line of ours: the panic's lines ended without their note
-            os.write(target, line)
+            try:
+                os.write(target, line)
+            except OSError:  # the terminal went away: keep draining, or the writers would block
+                pass
 
 
 @contextlib.contextmanager

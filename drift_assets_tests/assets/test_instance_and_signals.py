@@ -504,6 +504,32 @@ def test_n32_a_read_only_warehouse_fails_at_once_naming_its_root_and_keeps_the_e
     assert {path: path.read_bytes() for path in (directory / "exports").iterdir()} == exports
 
 
+def test_n33_the_terminal_keeps_every_line_but_those_of_a_rust_panic(capfd):
+    from drift_assets.terminal import without_rust_panics
+
+    written = [
+        b"12:00:00 influence_scores: scoring\n",
+        b"thread 'tokio-rt-worker' (14395) panicked at /cargo/object_store-0.13.2/src/buffered.rs:369:41:\n",
+        b"Already shut down\n",
+        b"stack backtrace:\n",
+        b"   0: __rustc::rust_begin_unwind\n",
+        b"note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n",
+        b"\n",
+        b"error: the materialization failed.\n",
+        b"thread '<unnamed>' panicked at src/lib.rs:1:1:\n",
+        b"12:00:01 a line of ours ends a panic whose note is missing\n",
+    ]
+    with without_rust_panics():
+        for line in written:
+            os.write(2, line)
+    assert capfd.readouterr().err.splitlines() == [
+        "12:00:00 influence_scores: scoring",
+        "",
+        "error: the materialization failed.",
+        "12:00:01 a line of ours ends a panic whose note is missing",
+    ]
+
+
 def test_n33_a_full_disk_fails_naming_the_table_without_a_rust_panic_and_the_rerun_writes_it_whole(tmp_path, capfd):
     """The warehouse's file system fills during a write: the error names the table and ENOSPC, the
     command's terminal shows no panic of deltalake's threads (it does without the filter), and once
