@@ -93,6 +93,12 @@ def s3_option_names() -> tuple[frozenset[str], frozenset[str]]:
 
 # deltalake's spellings (AWS_ENDPOINT_URL, …) of S3Config's fields, lower-cased without "aws_".
 _AWS_ALIASES = {"endpoint_url": "endpoint", "session_token": "token", "s3_allow_unsafe_rename": "allow_unsafe_rename"}
+# The storage options that are credentials, and the environment variable deltalake reads each from.
+CREDENTIAL_OPTIONS = {
+    "access_key_id": "AWS_ACCESS_KEY_ID",
+    "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "token": "AWS_SESSION_TOKEN",
+}
 
 
 class WarehouseSettings(_Group):
@@ -100,8 +106,9 @@ class WarehouseSettings(_Group):
     storage_options: dict[str, str] = Field(
         default_factory=dict,
         description="Object storage options for an s3:// root, dagster-deltalake's S3Config and ClientConfig field "
-        "names (or their AWS_* spellings): access_key_id, secret_access_key, region, endpoint (MinIO, R2, …), "
-        "allow_http, allow_unsafe_rename, …; unset credentials come from the AWS_* environment variables.",
+        "names (or their AWS_* spellings): region, endpoint (MinIO, R2, …), allow_http, allow_unsafe_rename, …. "
+        "No credentials: the UI would show them; they come from the environment (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or the machine's role.",
     )
 
     @field_validator("storage_options")
@@ -121,8 +128,29 @@ class WarehouseSettings(_Group):
                 )
             if name in named:
                 raise ValueError(f"{key!r} sets {name!r} a second time")
+            # The options are resource config: the UI shows them and every run's record keeps them.
+            # A credential is read from the environment instead, where deltalake looks when it is unset.
+            if name in CREDENTIAL_OPTIONS:
+                raise ValueError(
+                    f"{key!r} is a credential, which the UI would show and every run would record: remove it and set "
+                    f"the environment variable {CREDENTIAL_OPTIONS[name]} instead (read from there when unset)"
+                )
+            if re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", str(value), re.IGNORECASE):
+                raise ValueError(
+                    f"{key!r} holds a password in its URL, which the UI would show: pass the credentials through "
+                    "the environment (AWS_* variables) instead"
+                )
             named[name] = value
         return named
+
+    @model_validator(mode="after")
+    def _options_need_object_storage(self) -> WarehouseSettings:
+        if self.storage_options and "://" not in self.root:
+            raise ValueError(
+                f"storage_options ({', '.join(sorted(self.storage_options))}) are for an object store, and warehouse.root "
+                f"{self.root!r} is a local directory: remove them, or set an s3:// root"
+            )
+        return self
 
 
 DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice", "shift")  # drift_assets.tasks.TASKS; a test keeps them equal
@@ -745,15 +773,41 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """YAML's error on one line, with the line and column it points at (its own message spans
+    several lines and names the text as "<unicode string>")."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return " ".join(str(error).split())
+    problem = " ".join(filter(None, (error.context, error.problem))) or "unreadable"
+    if "python/" in problem:  # !!python/object, !!python/name: the safe loader constructs plain data only
+        problem += " (Python tags are not allowed: the file is read with YAML's safe loader)"
+    mark = error.problem_mark or error.context_mark
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Load and validate the settings file: ``path``, else $DRIFT_ASSETS_SETTINGS, else data/settings.yaml."""
     chosen = Path(path or os.environ.get(SETTINGS_ENV_VAR) or DEFAULT_SETTINGS_PATH)
     if not chosen.exists():
         raise SettingsError(f"{chosen}: settings file not found (set {SETTINGS_ENV_VAR} to use another file)")
+    if chosen.is_dir():
+        raise SettingsError(f"{chosen}: is a directory, not a settings file (name the YAML file itself)")
     try:
-        raw = yaml.load(chosen.read_text(), Loader=_UniqueKeyLoader)
+        data = chosen.read_bytes()
+    except OSError as error:
+        raise SettingsError(f"{chosen}: cannot be read ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise SettingsError(
+            f"{chosen}: not UTF-8 text: byte 0x{data[error.start]:02x} at position {error.start} (line {line}); "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
-        raise SettingsError(f"{chosen}: not valid YAML: {error}") from None
+        raise SettingsError(f"{chosen}: not valid YAML: {_yaml_problem(error)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise SettingsError(f"{chosen}: expected a mapping of settings groups at the top level")
     return parse_settings(raw, str(chosen), chosen.resolve().parent)
