@@ -241,7 +241,7 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
         query_objectives,
         sequence_logprobs,
     )
-    from drift_assets.core.stored import gradients_along, rows_at
+    from drift_assets.core.stored import ConfiguredTables, gradients_along, rows_at
     from drift_assets.core.trajectory import BASE
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings, validation_answer_marker
@@ -255,7 +255,7 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     warehouse = Warehouse.from_settings(settings)
     model = model_resource(settings)
     pool = warehouse.scan("training_pool").collect().sort("example_id")
-    scorer = MethodScorer(list(gradients_along(warehouse, settings.checkpoints, settings.projection.shards)))
+    scorer = MethodScorer(list(gradients_along(ConfiguredTables.configured_by(settings, warehouse))))
     base = scorer.checkpoints[0]
     tokenizer = model.load_tokenizer()
     sequences = measured_sequences(
