@@ -80,3 +80,15 @@ def base_losses(tables: TableReader, training_pool: pl.DataFrame) -> pl.DataFram
 def pool_loss_scores(tables: TableReader, training_pool: pl.DataFrame) -> pl.DataFrame:
     """The ``loss`` method's scores of the pool's examples, from the base model's stored losses."""
     return loss_scores(base_losses(tables, training_pool))
+
+
+def losses_along(tables: TableReader, checkpoints: Sequence[str], training_pool: pl.DataFrame) -> pl.DataFrame:
+    """example_id, checkpoint, loss_per_token: each pool example's loss per response token at every checkpoint."""
+    ids = training_pool["example_id"].implode()
+    frame = (
+        tables.scan("training_gradient_projections")
+        .filter(pl.col("checkpoint").is_in(list(checkpoints)) & pl.col("example_id").is_in(ids))
+        .select("example_id", "checkpoint", "loss", "n_tokens")
+        .collect()
+    )
+    return frame.select("example_id", "checkpoint", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))

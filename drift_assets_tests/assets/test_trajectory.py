@@ -13,11 +13,12 @@ from drift_assets.cli import _summary
 from drift_assets.core.adapters import is_adapter
 from drift_assets.core.fingerprint import model_fingerprint
 from drift_assets.core.gradients import vectors
+from drift_assets.core.less import AdamMoments
 from drift_assets.core.projection import target_layers
 from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, rollout_engine_resource
-from drift_assets.runner import materialize_assets, materialize_pipeline
+from drift_assets.runner import materialize_assets, materialize_pipeline, run_method_benchmark
 from drift_assets_tests.assets.test_pipeline import latest_metadata, read
 from drift_assets_tests.conftest import instance_in, settings_in
 
@@ -32,7 +33,8 @@ def trajectory(materialized, tmp_path_factory):
     directory = tmp_path_factory.mktemp("trajectory") / "workspace"
     shutil.copytree(materialized, directory)
     # Without test queries the graph has no evaluation assets: this module is about the scores.
-    settings = settings_in(directory, warmup={"steps": STEPS}, data={"test_queries": None})
+    # The optimizer state, which LESS reads in the method benchmark below (auto: off for these settings' methods).
+    settings = settings_in(directory, warmup={"steps": STEPS, "optimizer_state": True}, data={"test_queries": None})
     defs = build_definitions(settings)
     with instance_in(directory) as instance:
         done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
@@ -139,6 +141,45 @@ def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
     for name in chain:
         assert ordered(read(settings, name)).equals(before[name]), name
     assert latest_metadata(instance, "training_gradient_projections")["rows_reused"] > 0
+
+
+PARITY = ["less", "less_round_robin", "rds", "dsir", "grape", "dynamics", "self_distill", "influence"]
+
+
+@pytest.mark.vllm
+def test_the_parity_baselines_run_in_the_method_benchmark(trajectory):
+    settings, _, instance, _ = trajectory
+    saved = read(settings, "warmup_checkpoints").sort("step")
+    assert saved["optimizer_state"].to_list() == [True, True]
+    for path, step in zip(saved["path"], saved["step"], strict=True):
+        moments = AdamMoments.load(path)
+        assert moments.step == step and moments.learning_rate == pytest.approx(settings.warmup_schedule["learning_rate"])
+    # The copied warehouse still holds the test queries; the benchmark reads them there.
+    benchmark = settings.benchmark.model_copy(
+        update={"methods": PARITY, "seeds": [0], "sft": settings.benchmark.sft.model_copy(update={"steps": 10})}
+    )
+    with_tests = settings.model_copy(
+        update={"benchmark": benchmark, "data": settings.data.model_copy(update={"test_queries": "demo/test_queries.jsonl"})}
+    )
+    run_method_benchmark(build_definitions(with_tests), instance)
+    table = read(settings, "method_benchmark")
+    assert table["method"].to_list() == PARITY
+    selected = int(read(settings, "refined_dataset")["selected"].sum())
+    sizes = dict(table.select("method", "n_selected").rows())
+    assert all(sizes[method] == selected for method in PARITY if method != "self_distill")
+    assert 0 < sizes["self_distill"] <= selected  # the base model's right answers, at most as many as the others'
+    row = {r["method"]: r for r in table.iter_rows(named=True)}
+    assert row["self_distill"]["noisy_share"] is None and row["self_distill"]["order_auc"] is None
+    pool = read(settings, "training_pool")
+    for method in [method for method in PARITY if method != "self_distill"]:
+        assert 0.0 <= row[method]["noisy_share"] <= 1.0 and 0.0 < row[method]["order_auc"] < 1.0, method
+    # Ranked by score, the order's AUC is the score's; taking turns or resampling, it is not.
+    assert row["less"]["order_auc"] == pytest.approx(row["less"]["noise_auc"], abs=1e-9)
+    assert row["less_round_robin"]["noise_auc"] == pytest.approx(row["less"]["noise_auc"], abs=1e-9)
+    assert row["dsir"]["order_auc"] != pytest.approx(row["dsir"]["noise_auc"], abs=1e-6)
+    assert pool["is_corrupted"].mean() > 0 and "reference_answer" in pool.columns
+    summary = latest_metadata(instance, "method_benchmark")["summary"]
+    assert "noise AUC (selection order)" in summary and all(f"| {method} |" in summary for method in PARITY)
 
 
 # The warm-up's adapters, and gradients of them at its checkpoints: the projection names the LoRA
