@@ -9,11 +9,12 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
+from drift_assets.assets.benchmark import ADAPTER_MODULES
 from drift_assets.cli import _summary
 from drift_assets.core.adapters import is_adapter
 from drift_assets.core.fingerprint import model_fingerprint
-from drift_assets.core.gradients import vectors
-from drift_assets.core.less import AdamMoments
+from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, vectors
+from drift_assets.core.less import AdamMoments, less_along
 from drift_assets.core.projection import target_layers
 from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.definitions import build_definitions
@@ -198,7 +199,7 @@ def lora_trajectory(materialized, tmp_path_factory):
     shutil.copytree(materialized, directory)
     settings = settings_in(
         directory,
-        warmup={"steps": LORA_STEPS, "lora": {"rank": 8, "alpha": 16.0}},
+        warmup={"steps": LORA_STEPS, "lora": {"rank": 8, "alpha": 16.0}, "optimizer_state": True},
         projection={"target_modules": LORA_TARGETS},
         data={"test_queries": None},
     )
@@ -235,6 +236,22 @@ def test_a_lora_warm_up_is_served_by_vllm_as_adapters_and_scored_by_their_gradie
     scores = read(settings, "influence_scores")
     assert sorted(scores["example_id"]) == sorted(pool["example_id"]) and scores["score"].is_finite().all()
     assert all(key in latest_metadata(instance, "influence_scores")["checkpoints"] for key in ["base", *LORA_KEYS])
+
+
+@pytest.mark.vllm
+def test_less_preconditions_a_lora_warm_up_s_adapters_with_their_saved_moments(lora_trajectory):
+    settings, _ = lora_trajectory
+    path = read(settings, "warmup_checkpoints")["path"][0]
+    moments = AdamMoments.load(path)
+    assert moments.names and all(".lora_A." in name or ".lora_B." in name for name in moments.names)
+    # Loaded as the method benchmark loads it: the adapter's modules kept, so their names are the warm-up's.
+    network = ModelResource(path=settings.model_path, adapter=path, dtype="float32", device="cpu").load_model(ADAPTER_MODULES)
+    tokenizer = ModelResource(path=settings.model_path).load_tokenizer()
+    pool, queries = read(settings, "training_pool").head(6), read(settings, "validation_queries").head(2)
+    training = pool_token_pairs(tokenizer, pool["messages"])
+    validation = query_token_pairs(tokenizer, queries["prompt"].to_list(), queries["reference_response"].to_list())
+    scores = less_along(iter([(LORA_KEYS[0], network, moments)]), tokenizer, training, validation, projected=None)
+    assert scores.shape == (6, 2) and np.isfinite(scores).all() and (np.abs(scores) <= 1 + 1e-9).all()
 
 
 @pytest.mark.vllm
