@@ -23,8 +23,8 @@ samples the same distribution), and the method benchmark's fine-tunes run in two
 processes (``benchmark.workers``).
 
 It prints, per task, each method's accuracy after SFT and its paired difference from full-data SFT
-and from a random selection of the same size (mean ± standard error over the seeds), with the noise
-AUC; then each method's difference from full on every task, the mean over the tasks that choose
+and from a random selection of the same size (mean ± standard error over the seeds), with its
+selection's noisy share and the noise AUC of its score and of its selection order; then each method's difference from full on every task, the mean over the tasks that choose
 defaults, and the held-out task on its own. The numbers also go to ``data/suite/results.json``
 (``--output``); ``--report`` prints several runs' files as one report.
 """
@@ -206,9 +206,13 @@ def cell(value: tuple[float, float | None] | None) -> str:
 def task_report(result: dict) -> str:
     import polars as pl
 
+    from drift_assets.core.benchmark import figure
     from drift_assets.tasks import get_task
 
     table = pl.DataFrame(result["table"])
+    for column in ("order_auc", "noisy_share"):  # figures written before these columns existed
+        if column not in table.columns:
+            table = table.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
     task = get_task(result["task"])
     versus_full, versus_random = paired(table, "full"), paired(table, "random")
     summary = table.group_by("method", maintain_order=True).agg(
@@ -216,6 +220,8 @@ def task_report(result: dict) -> str:
         mean=pl.col("accuracy").mean(),
         std=pl.col("accuracy").std(),
         auc=pl.col("noise_auc").first(),
+        order_auc=pl.col("order_auc").first(),
+        noisy=pl.col("noisy_share").mean(),
     )
     diagnostics = result["drift_diagnostics"]
     lines = [
@@ -229,16 +235,17 @@ def task_report(result: dict) -> str:
             for name, verdict in result["guards"].items()
         ),
         "",
-        "| method | examples | accuracy % (mean ± std) | vs full (points, paired) | vs random | noise AUC |",
-        "|---|---|---|---|---|---|",
+        "| method | examples | accuracy % (mean ± std) | vs full (points, paired) | vs random | noisy share | "
+        "noise AUC (score) | noise AUC (selection order) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.iter_rows(named=True):
-        auc = "–" if row["auc"] is None else f"{row['auc']:.3f}"
         method = row["method"]
         lines.append(
             f"| {method} | {row['n']} | {100 * row['mean']:.1f} ± {100 * (row['std'] or 0):.1f} | "
             f"{cell(None if method == 'full' else versus_full.get(method))} | "
-            f"{cell(None if method == 'random' else versus_random.get(method))} | {auc} |"
+            f"{cell(None if method == 'random' else versus_random.get(method))} | "
+            f"{figure(row['noisy'], '.0%')} | {figure(row['auc'])} | {figure(row['order_auc'])} |"
         )
     return "\n".join(lines)
 
@@ -389,6 +396,9 @@ def main() -> None:
     for name in methods:
         if name not in BENCHMARK_METHODS:
             parser.error(f"--methods: unknown method {name!r} (known: {', '.join(BENCHMARK_METHODS)})")
+    along_the_run = [name for name in methods if name in ("less", "less_round_robin", "dynamics")]
+    if args.warmup == "off" and along_the_run:
+        parser.error(f"--warmup off: {', '.join(along_the_run)} read the warm-up run's checkpoints; leave them out")
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")

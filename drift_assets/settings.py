@@ -451,6 +451,12 @@ class WarmupSettings(_Group):
     )
     seed: int = Field(0, description="the warm-up run's example order")
     checkpoint_dir: str = Field("checkpoints", description="A local directory for the checkpoints' model directories.")
+    optimizer_state: Literal["auto"] | bool = Field(
+        "auto",
+        description="save AdamW's moments beside each checkpoint (twice the trained weights' size: small for LoRA "
+        "adapters, large for every weight of a big model), which the benchmark's LESS methods precondition with; "
+        "auto = where benchmark.methods names less or less_round_robin",
+    )
     lora: LoraSettings | None = Field(
         None,
         description="null: the run fine-tunes every weight and saves whole models; set (e.g. {rank: 16}): it trains "
@@ -528,10 +534,17 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "full",
     "random",
     "oracle",
+    "self_distill",
     "loss",
     "rds",
     "bm25",
+    "dsir",
+    "grape",
+    "dynamics",
+    "less",
+    "less_round_robin",
     "offpolicy",
+    "influence",
     "drift",
     "drift_signed",
     "drift_positive",
@@ -545,6 +558,8 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_guarded",
     "drift_base",
 )
+# The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
+OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
 ABLATIONS_ON_REQUEST = ("drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_by_score", "drift_guarded")
 
@@ -674,6 +689,13 @@ class Settings(_Group):
             "seed": warmup.seed,
             "group_by_length": sft.group_by_length,
         }
+
+    @property
+    def warmup_saves_optimizer_state(self) -> bool:
+        """Whether the warm-up saves AdamW's moments at each checkpoint (``warmup.optimizer_state``)."""
+        if self.warmup.optimizer_state == "auto":
+            return any(method in OPTIMIZER_STATE_METHODS for method in self.benchmark.methods)
+        return bool(self.warmup.optimizer_state)
 
     @property
     def warmup_steps(self) -> list[int]:
@@ -835,6 +857,7 @@ DERIVED = {
     "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
     "checkpoints": ("warmup_steps",),
     "warmup_options": ("warmup_schedule",),
+    "warmup_saves_optimizer_state": ("warmup.optimizer_state", "benchmark.methods"),
 }
 # Derived values that are part of another one (readable where that one is read).
 _PART_OF_DERIVED = {"warmup_steps": "warmup_schedule"}

@@ -17,16 +17,18 @@ from drift_assets.assets.metadata import table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core.adapters import add_adapter
 from drift_assets.core.charts import curves_markdown
+from drift_assets.core.less import OPTIMIZER_STATE_FILE, AdamMoments
 from drift_assets.core.trajectory import checkpoint_key, warm_up
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Reads, Settings
 
-# 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint; 4: LoRA adapters (warmup.lora)
-WARMUP_VERSION = "4"
+# 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint; 4: LoRA adapters (warmup.lora);
+# 5: AdamW's moments beside each checkpoint (warmup.optimizer_state)
+WARMUP_VERSION = "5"
 
 
 def build_warmup_assets(settings: Settings) -> list:
-    reads = Reads(settings, WARMUP, "warmup_schedule", "warmup.lora", "model.dtype")
+    reads = Reads(settings, WARMUP, "warmup_schedule", "warmup.lora", "model.dtype", "warmup_saves_optimizer_state")
     steps_of = {checkpoint_key(step): step for step in reads.warmup_steps}
     warmup_options = reads.warmup_options()
     lora = reads.warmup.lora.options() if reads.warmup.lora else None
@@ -63,12 +65,26 @@ def build_warmup_assets(settings: Settings) -> list:
 
         def save(step: int) -> None:
             path = run_directory / checkpoint_key(step)
+            # An earlier run's optimizer state must not pass for this run's (save_optimizer writes it anew).
+            (path / OPTIMIZER_STATE_FILE).unlink(missing_ok=True)
             network.save_pretrained(path)
             tokenizer.save_pretrained(path)
 
+        def save_optimizer(step: int, moments: AdamMoments) -> None:
+            moments.save(run_directory / checkpoint_key(step))
+
         # A constant learning rate: the first n steps of a longer run are the run of n steps.
         options = replace(warmup_options, steps=max(steps))
-        losses, run = warm_up(network, tokenizer, training_pool["messages"].to_list(), options, steps, save, context.log.info)
+        losses, run = warm_up(
+            network,
+            tokenizer,
+            training_pool["messages"].to_list(),
+            options,
+            steps,
+            save,
+            context.log.info,
+            save_optimizer if reads.warmup_saves_optimizer_state else None,
+        )
         paths = [run_directory / key for key in keys]
         saved = [saved_checkpoint(model, path) for path in paths]
         table = pl.DataFrame(
@@ -80,6 +96,7 @@ def build_warmup_assets(settings: Settings) -> list:
                 "model_fingerprint": [at_step.fingerprint() for at_step in saved],
                 "base_model_fingerprint": [base] * len(paths),
                 "loss": [losses[step] for step in steps],
+                "optimizer_state": [(path / OPTIMIZER_STATE_FILE).is_file() for path in paths],
             }
         )
         context.add_output_metadata(

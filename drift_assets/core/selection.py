@@ -97,12 +97,15 @@ def refined_table(training_pool: pl.DataFrame, scores: pl.DataFrame, selected: p
 
 
 EXPORTED_FIRST = ("example_id", "score", "source")
+# A pool's hidden evaluation columns (the embedded tasks write them): a file to train on never carries them.
+EVALUATION_ONLY_COLUMNS = ("is_corrupted", "reference_answer")
 
 
 def export_columns(table: pl.DataFrame) -> list[str]:
     """What an export carries besides ``messages``: the id, the score, the source, and the pool's own
-    extra columns (not what the pipeline derives: the text split, token counts, rank, weight)."""
-    derived = set(CORE_COLUMNS) | set(OUTPUT_COLUMNS) | {"messages"}
+    extra columns (not what the pipeline derives: the text split, token counts, rank, weight; nor
+    the hidden columns only evaluation reads)."""
+    derived = set(CORE_COLUMNS) | set(OUTPUT_COLUMNS) | {"messages"} | set(EVALUATION_ONLY_COLUMNS)
     first = [c for c in EXPORTED_FIRST if c in table.columns]
     return first + [c for c in table.columns if c not in derived and c not in first]
 

@@ -32,8 +32,9 @@ from drift_assets.core.attribution import (
 )
 from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
+from drift_assets.core.less import AdamMoments
 from drift_assets.core.selection import likeliest, ranks_taking_first, round_robin_ranks
-from drift_assets.core.sft import SftOptions, SftRun, fine_tune
+from drift_assets.core.sft import SftOptions, SftRun, SftStep, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
 
@@ -56,16 +57,24 @@ def warm_up(
     steps: Sequence[int],
     save: Callable[[int], None],
     log: Callable[[str], None],
+    save_optimizer: Callable[[int, AdamMoments], None] | None = None,
 ) -> tuple[dict[int, float], SftRun]:
     """Fine-tune ``model`` up to the last of ``steps``, calling ``save(step)`` at each; returns the
-    loss at each and the whole run's losses."""
+    loss at each and the whole run's losses. ``save_optimizer(step, moments)`` also gets AdamW's
+    moments there (LESS preconditions with them), with the mean learning rate of the steps since
+    the previous checkpoint (LESS weighs its checkpoints by it)."""
     wanted = set(steps)
     losses: dict[int, float] = {}
+    rates: list[float] = []
 
-    def after_step(step: int, loss: float) -> None:
+    def after_step(step: int, loss: float, state: SftStep) -> None:
+        rates.append(state.learning_rate)
         if step in wanted:
             save(step)
             losses[step] = loss
+            if save_optimizer is not None:
+                save_optimizer(step, AdamMoments(step, float(np.mean(rates)), state.adam_moments()))
+            rates.clear()
 
     run = fine_tune(model, tokenizer, messages_json, options, log=log, after_step=after_step)
     log("warm-up checkpoints saved: " + ", ".join(f"step {step} (loss {loss:.4f})" for step, loss in sorted(losses.items())))
