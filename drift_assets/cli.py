@@ -24,7 +24,9 @@ if "--verbose" not in sys.argv[1:]:
 from drift_assets.settings import SettingsError, load_settings  # noqa: E402
 
 
-def _summary(settings) -> str:
+def _summary(settings, instance=None) -> str:
+    """What the warehouse holds, table by table; with the Dagster ``instance`` the runs were recorded
+    in, also what the pipeline cost (the cost its steps recorded in their metadata)."""
     from drift_assets.core.stored import ConfiguredTables
     from drift_assets.resources import Warehouse
 
@@ -54,9 +56,11 @@ def _summary(settings) -> str:
             grades.filter(pl.col("checkpoint") != "base").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
         )
         if later.height:
+            from drift_assets.core.cost import checkpoint_label
+
             lines.append(
                 "warm-up checkpoints      pass@1 "
-                + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in later.iter_rows())
+                + ", ".join(f"{checkpoint_label(c)} {p:.3f}" for c, p in later.iter_rows())
                 + "; scores averaged with the base model's"
             )
     scores = read("influence_scores")
@@ -84,6 +88,17 @@ def _summary(settings) -> str:
             lines.append(
                 f"evaluation               {row['model']:<10} accuracy {row['accuracy']:.3f} "
                 f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] on {row['n_queries']} test queries"
+            )
+    if instance is not None and pool is not None and scores is not None:
+        from drift_assets.assets.cost import recorded_pipeline_cost
+
+        cost = recorded_pipeline_cost(instance, settings, pool)
+        if cost.parts:
+            head, split = cost.lines()
+            lines += [f"cost                     {head}", f"                         {split}"]
+        else:
+            lines.append(
+                "cost                     not recorded in this Dagster instance (DAGSTER_HOME names the one the runs used)"
             )
     return "\n".join(lines)
 
@@ -201,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
             print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
-    print(_summary(settings))
+            print(_summary(settings, instance))  # the instance's records hold what each step cost
+            return 0
+    from drift_assets.runner import instance_for_runs
+
+    with instance_for_runs() as instance:
+        print(_summary(settings, instance))
     return 0
 
 

@@ -182,7 +182,9 @@ def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int
         if not gone:
             continue
         if name == WARMUP:
-            for path in _saved_paths(warehouse, ~pl.col("checkpoint").is_in(partitions["checkpoint"])).values():
+            # Only the warm-up run's own: a directory warmup.checkpoints listed (no step) is the user's.
+            trained = ~pl.col("checkpoint").is_in(partitions["checkpoint"]) & pl.col("step").is_not_null()
+            for path in _saved_paths(warehouse, trained).values():
                 if Path(path).exists():
                     logger.warning(f"{WARMUP}: {path} holds a checkpoint no longer configured: delete it to free the space")
         deleted[name] = warehouse.delete_rows(name, outside(partitions))
@@ -224,7 +226,7 @@ def missing_warmup_checkpoints(defs: Definitions, warehouse) -> set[str]:
     missing = set()
     for checkpoint, path in _saved_paths(warehouse, pl.col("checkpoint").is_in(keys)).items():
         if not Path(path).exists():
-            logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; training the warm-up run again")
+            logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; materializing the checkpoint again")
             missing.add(f"{WARMUP}[{checkpoint}]")
     return missing
 

@@ -227,7 +227,7 @@ def fine_tune_from_disk(job: FineTuneJob) -> tuple[Evaluation, float]:
     run = fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
     engine = TransformersEngine(model, tokenizer, device=job.device)
     result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
-    result.train_losses = run.losses
+    result.train_losses, result.train_tokens = run.losses, run.tokens
     return result, time.perf_counter() - started
 
 
@@ -325,6 +325,9 @@ def summary_table(table: pl.DataFrame) -> pl.DataFrame:
         seeds=pl.len(),
         noise_auc=pl.col("noise_auc").first(),
         wall_seconds=pl.col("wall_seconds").sum(),
+        # What choosing the examples cost, × one full-pool SFT run (core.cost.method_cost; a table from
+        # before it was recorded has none).
+        cost_vs_full_sft=pl.col("cost_vs_full_sft").first() if "cost_vs_full_sft" in table.columns else pl.lit(None),
     )
 
 
@@ -334,16 +337,17 @@ def summary_markdown(table: pl.DataFrame) -> str:
     differences = {row["method"]: row for row in paired_differences(table, "full").iter_rows(named=True)}
     compare = bool(differences)
     lines = [
-        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |"
+        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s | cost × full SFT |"
         + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
-        "|---|---|---|---|---|---|" + ("---|" if compare else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if compare else ""),
     ]
     for row in summary.iter_rows(named=True):
         auc = "–" if row["noise_auc"] is None else f"{row['noise_auc']:.3f}"
         std = row["accuracy_std"] or 0.0
+        cost = "–" if row["cost_vs_full_sft"] is None else f"{row['cost_vs_full_sft']:.2f}"
         line = (
             f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
-            f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |"
+            f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} | {cost} |"
         )
         if compare:
             line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"
