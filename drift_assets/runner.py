@@ -226,7 +226,7 @@ def missing_warmup_checkpoints(defs: Definitions, warehouse) -> set[str]:
     missing = set()
     for checkpoint, path in _saved_paths(warehouse, pl.col("checkpoint").is_in(keys)).items():
         if not Path(path).exists():
-            logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; materializing the checkpoint again")
+            logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; training the warm-up run again")
             missing.add(f"{WARMUP}[{checkpoint}]")
     return missing
 

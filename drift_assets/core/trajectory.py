@@ -94,7 +94,8 @@ def check_given_checkpoint(index: int, path: str | Path, base_model: str | Path)
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
     except Exception as error:  # transformers' errors for a missing tokenizer vary by model type
         raise ValueError(
-            f"{entry}: its tokenizer does not load ({type(error).__name__}: {str(error)[:200]}); save model.path's "
+            f"{entry}: its tokenizer does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+            "save model.path's "
             "tokenizer beside the checkpoint (tokenizer.save_pretrained)"
         ) from None
     base = AutoTokenizer.from_pretrained(str(base_model))
