@@ -24,7 +24,8 @@ processes (``benchmark.workers``).
 
 It prints, per task, each method's accuracy after SFT and its paired difference from full-data SFT
 and from a random selection of the same size (mean ± standard error over the seeds), with its
-selection's noisy share and the noise AUC of its score and of its selection order; then each method's difference from full on every task, the mean over the tasks that choose
+selection's noisy share, the noise AUC of its score and of its selection order, and what choosing the
+examples cost (× one full-pool SFT run, ``drift_assets.core.cost``); then each method's difference from full on every task, the mean over the tasks that choose
 defaults, and the held-out task on its own. The numbers also go to ``data/suite/results.json``
 (``--output``); ``--report`` prints several runs' files as one report.
 """
@@ -222,6 +223,7 @@ def task_report(result: dict) -> str:
         auc=pl.col("noise_auc").first(),
         order_auc=pl.col("order_auc").first(),
         noisy=pl.col("noisy_share").mean(),
+        cost=pl.col("cost_vs_full_sft").first() if "cost_vs_full_sft" in table.columns else pl.lit(None),
     )
     diagnostics = result["drift_diagnostics"]
     lines = [
@@ -236,8 +238,8 @@ def task_report(result: dict) -> str:
         ),
         "",
         "| method | examples | accuracy % (mean ± std) | vs full (points, paired) | vs random | noisy share | "
-        "noise AUC (score) | noise AUC (selection order) |",
-        "|---|---|---|---|---|---|---|---|",
+        "noise AUC (score) | noise AUC (selection order) | cost × full SFT |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.iter_rows(named=True):
         method = row["method"]
@@ -245,7 +247,7 @@ def task_report(result: dict) -> str:
             f"| {method} | {row['n']} | {100 * row['mean']:.1f} ± {100 * (row['std'] or 0):.1f} | "
             f"{cell(None if method == 'full' else versus_full.get(method))} | "
             f"{cell(None if method == 'random' else versus_random.get(method))} | "
-            f"{figure(row['noisy'], '.0%')} | {figure(row['auc'])} | {figure(row['order_auc'])} |"
+            f"{figure(row['noisy'], '.0%')} | {figure(row['auc'])} | {figure(row['order_auc'])} | {cost_cell([row['cost']])} |"
         )
     return "\n".join(lines)
 
@@ -261,6 +263,18 @@ def draw_differences(results: list[dict], baseline: str = "full") -> dict[str, d
         for method, (mean, _) in paired(pl.DataFrame(result["table"]), baseline).items():
             by_method.setdefault(method, []).append(mean)
     return differences
+
+
+def cost_cell(values: list[float | None]) -> str:
+    """What choosing the examples cost, × one full-pool SFT run (the mean where several task draws
+    give one; – where the results predate it)."""
+    known = [value for value in values if value is not None]
+    return f"{sum(known) / len(known):.2f}" if known else "–"
+
+
+def method_cost(results: list[dict], method: str) -> str:
+    """A method's :func:`cost_cell` over every task draw's table."""
+    return cost_cell([row.get("cost_vs_full_sft") for result in results for row in result["table"] if row["method"] == method])
 
 
 def summary_cell(values: list[float] | None) -> str:
@@ -287,10 +301,13 @@ def overall_report(results: list[dict]) -> str:
     methods = list(dict.fromkeys(row["method"] for result in results for row in result["table"]))
     header = ["method", *(f"{task} ({draws[task]})" for task in development), "development draws", "detectable"]
     header += [f"{task} ({draws[task]}, held out)" for task in held_out]
+    header.append("cost × full SFT")
     lines = [
         "Accuracy after SFT minus full-data SFT on the same draw, points: mean ± s.e. over each task's draws (their count in "
         "brackets; each draw's figure is the mean over its paired SFT seeds); 'development draws' pools every development "
-        "task draw; 'detectable' is the smallest true difference that spread detects (80% power, 5% two-sided).",
+        "task draw; 'detectable' is the smallest true difference that spread detects (80% power, 5% two-sided); 'cost × "
+        "full SFT' is what choosing the examples cost in token passes, against one SFT run on the full pool (mean over the "
+        "draws: DRIFT's and the influence methods' are the pipeline's rollouts, warm-up and gradients).",
         "",
         "| " + " | ".join(header) + " |",
         "|---|" + "---|" * (len(header) - 1),
@@ -304,6 +321,7 @@ def overall_report(results: list[dict]) -> str:
         cells = [method, *(summary_cell(differences[task].get(method)) for task in development)]
         cells += [summary_cell(pooled) if pooled else "–", detectable]
         cells += [summary_cell(differences[task].get(method)) for task in held_out]
+        cells.append(method_cost(results, method))
         lines.append("| " + " | ".join(cells) + " |")
     if sum(draws[task] for task in development) >= 2:
         lines += ["", power_line(results, development)]

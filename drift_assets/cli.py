@@ -27,7 +27,9 @@ if "--verbose" not in sys.argv[1:]:
 from drift_assets.settings import SettingsError, load_settings  # noqa: E402
 
 
-def _summary(settings) -> str:
+def _summary(settings, instance=None) -> str:
+    """What the warehouse holds, table by table; with the Dagster ``instance`` the runs were recorded
+    in, also what the pipeline cost (the cost its steps recorded in their metadata)."""
     from drift_assets.core.stored import ConfiguredTables
     from drift_assets.resources import Warehouse
 
@@ -57,9 +59,11 @@ def _summary(settings) -> str:
             grades.filter(pl.col("checkpoint") != "base").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
         )
         if later.height:
+            from drift_assets.core.cost import checkpoint_label
+
             lines.append(
                 "warm-up checkpoints      pass@1 "
-                + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in later.iter_rows())
+                + ", ".join(f"{checkpoint_label(c)} {p:.3f}" for c, p in later.iter_rows())
                 + "; scores averaged with the base model's"
             )
     scores = read("influence_scores")
@@ -87,6 +91,17 @@ def _summary(settings) -> str:
             lines.append(
                 f"evaluation               {row['model']:<10} accuracy {row['accuracy']:.3f} "
                 f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] on {row['n_queries']} test queries"
+            )
+    if instance is not None and pool is not None and scores is not None:
+        from drift_assets.assets.cost import recorded_pipeline_cost
+
+        cost = recorded_pipeline_cost(instance, settings, pool)
+        if cost.parts:
+            head, split = cost.lines()
+            lines += [f"cost                     {head}", f"                         {split}"]
+        else:
+            lines.append(
+                "cost                     not recorded in this Dagster instance (DAGSTER_HOME names the one the runs used)"
             )
     return "\n".join(lines)
 
@@ -236,9 +251,15 @@ def main(argv: list[str] | None = None) -> int:
                 received = signals.received()
                 print(f"\n{failure_paragraph(error, None, received)}", file=sys.stderr)
                 return INTERRUPTED_EXIT.get(received or "", 130)
-        if code:
-            return code
-    print(_summary(settings))
+        return code
+    from drift_assets.runner import InstanceError, instance_for_runs
+
+    try:
+        with instance_for_runs() as instance:
+            print(_summary(settings, instance))
+    except InstanceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -280,11 +301,12 @@ def _materialize(settings, args, signals: _Signals) -> int:
                     file=sys.stderr,
                 )
                 return INTERRUPTED_EXIT.get(received or "", 130) if interrupted(error) else 1
+            what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
+            print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
+            print(_summary(settings, instance))  # the instance's records hold what each step cost
     except InstanceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
-    print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

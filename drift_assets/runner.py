@@ -203,7 +203,9 @@ def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int
         if not gone:
             continue
         if name == WARMUP:
-            for path in _saved_paths(warehouse, ~pl.col("checkpoint").is_in(partitions["checkpoint"])).values():
+            # Only the warm-up run's own: a directory warmup.checkpoints listed (no step) is the user's.
+            trained = ~pl.col("checkpoint").is_in(partitions["checkpoint"]) & pl.col("step").is_not_null()
+            for path in _saved_paths(warehouse, trained).values():
                 if Path(path).exists():
                     logger.warning(f"{WARMUP}: {path} holds a checkpoint no longer configured: delete it to free the space")
         deleted[name] = warehouse.delete_rows(name, outside(partitions))

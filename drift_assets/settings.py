@@ -463,6 +463,35 @@ class WarmupSettings(_Group):
         "LoRA adapters only and saves them, and vLLM serves them on the base model. Gradients are of the adapters "
         "where projection.target_modules names their modules (…lora_A.default, …lora_B.default).",
     )
+    checkpoints: list[str] = Field(
+        [],
+        description="Model directories the pool is also scored at instead of a warm-up run's checkpoints (none is "
+        "trained): checkpoints of a fine-tune you already ran on the pool, each a Hugging Face model directory (or "
+        "a LoRA adapter on model.path) with the same tokenizer as model.path; each is one checkpoint partition, "
+        "named after its directory (checkpoint-500/ → checkpoint-500). Checked before any step at them runs.",
+    )
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _named_apart(cls, paths: list[str]) -> list[str]:
+        from drift_assets.core.trajectory import given_checkpoint_keys
+
+        given_checkpoint_keys(paths)  # raises naming the entry whose name is unusable or taken
+        return paths
+
+    @model_validator(mode="after")
+    def _given_or_trained(self) -> WarmupSettings:
+        if self.checkpoints and self.steps not in ("auto", []):
+            raise ValueError(
+                "warmup.checkpoints replaces the warm-up run, and warmup.steps trains one: set one of them "
+                "(warmup.steps: auto or [] with warmup.checkpoints)"
+            )
+        if self.checkpoints and self.lora is not None:
+            raise ValueError(
+                "warmup.lora sets how the warm-up run trains, and warmup.checkpoints trains none: remove warmup.lora "
+                "(a listed LoRA adapter directory is recognized by its adapter_config.json)"
+            )
+        return self
 
     @field_validator("steps")
     @classmethod
@@ -681,7 +710,10 @@ class Settings(_Group):
     def warmup_schedule(self) -> dict[str, Any]:
         """The warm-up run as it will be run: ``warmup`` with its defaults taken from ``benchmark.sft``."""
         sft, warmup = self.benchmark.sft, self.warmup
-        steps = sorted({sft.steps // 6, sft.steps // 2, sft.steps} - {0}) if warmup.steps == "auto" else list(warmup.steps)
+        if warmup.checkpoints:  # scored at the directories given: no warm-up run
+            steps = []
+        else:
+            steps = sorted({sft.steps // 6, sft.steps // 2, sft.steps} - {0}) if warmup.steps == "auto" else list(warmup.steps)
         return {
             "steps": steps,
             "batch_size": warmup.batch_size or sft.batch_size,
@@ -704,10 +736,21 @@ class Settings(_Group):
 
     @property
     def checkpoints(self) -> list[str]:
-        """The partition keys of the checkpoints the pool is scored at: ``base``, then the warm-up steps."""
-        from drift_assets.core.trajectory import checkpoint_keys
+        """The partition keys of the checkpoints the pool is scored at: ``base``, then the warm-up
+        steps, or the directories ``warmup.checkpoints`` gives."""
+        from drift_assets.core.trajectory import BASE, checkpoint_keys
 
+        if self.warmup.checkpoints:
+            return [BASE, *self.given_checkpoints]
         return checkpoint_keys(self.warmup_steps)
+
+    @property
+    def given_checkpoints(self) -> dict[str, str]:
+        """Partition key → model directory (absolute) of each ``warmup.checkpoints`` entry, in order."""
+        from drift_assets.core.trajectory import given_checkpoint_keys
+
+        paths = self.warmup.checkpoints
+        return dict(zip(given_checkpoint_keys(paths), (self.resolve(path) for path in paths), strict=True))
 
     def warmup_options(self):
         """The :class:`~drift_assets.core.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
@@ -853,9 +896,11 @@ DERIVED = {
     "warmup_schedule": (
         *("warmup.steps", "warmup.batch_size", "warmup.learning_rate", "warmup.seed"),
         *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate", "benchmark.sft.group_by_length"),
+        "warmup.checkpoints",  # given checkpoints: no run
     ),
-    "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
-    "checkpoints": ("warmup_steps",),
+    "warmup_steps": ("warmup.steps", "benchmark.sft.steps", "warmup.checkpoints"),
+    "checkpoints": ("warmup_steps", "warmup.checkpoints"),
+    "given_checkpoints": ("warmup.checkpoints",),
     "warmup_options": ("warmup_schedule",),
     "warmup_saves_optimizer_state": ("warmup.optimizer_state", "benchmark.methods"),
 }

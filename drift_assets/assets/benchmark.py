@@ -12,6 +12,7 @@ import polars as pl
 from dagster import AssetMaterialization, AssetSpec, Failure, MetadataValue, OpExecutionContext, job, op
 
 from drift_assets.assets.checkpoints import WARMUP, checkpoint_model
+from drift_assets.assets.cost import pool_sequence_tokens, recorded_pipeline_cost
 from drift_assets.assets.evaluate import (
     _FINE_TUNE_AND_EVALUATE,
     EVALUATE_VERSION,
@@ -41,8 +42,10 @@ from drift_assets.core.benchmark import (
     summary_markdown,
     summary_table,
 )
+from drift_assets.core.cost import method_costs
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.less import AdamMoments, less_along
+from drift_assets.core.pool import reference_tokens
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
 from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along
@@ -168,6 +171,15 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
                 yield sharers, tune, result, seconds
 
         table = benchmark_table(finished(), methods, scores, training_pool, selections)
+        # Beside each method's accuracy, what choosing its examples cost (the influence methods: the
+        # pipeline's steps, as their latest materializations recorded them).
+        pipeline = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False)
+        validation_tokens = sum(
+            reference_tokens(tokenizer, prompt, response)
+            for prompt, response in zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)
+        )
+        costs = method_costs(methods, pipeline, sum(pool_sequence_tokens(training_pool)), validation_tokens)
+        table = table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
         warehouse.write(BENCHMARK, table)
         context.log_event(
             AssetMaterialization(

@@ -1,5 +1,7 @@
 """Influence scores of every pool example at every checkpoint, streamed shard by shard from the gradient table, combined."""
 
+import time
+
 import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
@@ -18,6 +20,7 @@ from drift_assets.assets.gradients import progress_logger
 from drift_assets.assets.metadata import markdown_table, rounded, score_distribution, table_metadata
 from drift_assets.checks import influence_complete_result
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
+from drift_assets.core.cost import StageCost
 from drift_assets.core.guards import hacking_guard, target_guard
 from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, one_row_per_example
 from drift_assets.core.trajectory import ranked_scores, score_along
@@ -70,6 +73,7 @@ def build_influence_assets(settings: Settings) -> list:
         ),
     )
     def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
+        started = time.perf_counter()
         tables = ConfiguredTables.configured_by(reads, warehouse)
         tick = progress_logger(context, "scoring", "checkpoints")
         along = score_along(
@@ -116,6 +120,8 @@ def build_influence_assets(settings: Settings) -> list:
                 "hessian_damping": float(f"{along.checkpoints[0].curvature.damping_value:.3g}"),
                 "score_distribution": score_distribution(table),
                 "checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows))),
+                # Products of stored gradients: no pass of the model, its seconds only.
+                **StageCost("scoring", 0, 0, time.perf_counter() - started).metadata(),
             },
         )
         for name, (passed, message) in {

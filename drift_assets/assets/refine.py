@@ -13,6 +13,7 @@ from dagster import (
     asset_check,
 )
 
+from drift_assets.assets.cost import cost_metadata, recorded_pipeline_cost
 from drift_assets.assets.metadata import rounded, selection_distribution, table_metadata
 from drift_assets.checks import selection_result
 from drift_assets.core.fingerprint import content_hash
@@ -65,6 +66,10 @@ def build_refine_assets(settings: Settings) -> list:
         if warning:
             context.log.warning(warning)
             metadata["warning"] = warning
+        # What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run).
+        cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False)
+        context.log.info("cost: " + "; ".join(cost.lines()))
+        metadata.update(cost_metadata(cost))
         context.add_output_metadata(metadata)
         return table
 

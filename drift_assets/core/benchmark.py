@@ -389,7 +389,7 @@ def fine_tune_from_disk(job: FineTuneJob) -> tuple[Evaluation, float]:
     run = fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
     engine = TransformersEngine(model, tokenizer, device=job.device)
     result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
-    result.train_losses = run.losses
+    result.train_losses, result.train_tokens = run.losses, run.tokens
     return result, time.perf_counter() - started
 
 
@@ -496,6 +496,9 @@ def summary_table(table: pl.DataFrame) -> pl.DataFrame:
         order_auc=pl.col("order_auc").first(),
         noisy_share=pl.col("noisy_share").mean(),
         wall_seconds=pl.col("wall_seconds").sum(),
+        # What choosing the examples cost, × one full-pool SFT run (core.cost.method_cost; a table from
+        # before it was recorded has none).
+        cost_vs_full_sft=pl.col("cost_vs_full_sft").first() if "cost_vs_full_sft" in table.columns else pl.lit(None),
     )
 
 
@@ -506,15 +509,16 @@ def summary_markdown(table: pl.DataFrame) -> str:
     compare = bool(differences)
     lines = [
         "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noisy share | noise AUC (score) | "
-        "noise AUC (selection order) | wall s |" + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|" if compare else ""),
+        "noise AUC (selection order) | wall s | cost × full SFT |" + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if compare else ""),
     ]
     for row in summary.iter_rows(named=True):
         std = row["accuracy_std"] or 0.0
+        cost = "–" if row["cost_vs_full_sft"] is None else f"{row['cost_vs_full_sft']:.2f}"
         line = (
             f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
             f"{row['seeds']} | {figure(row['noisy_share'], '.1%')} | {figure(row['noise_auc'])} | "
-            f"{figure(row['order_auc'])} | {row['wall_seconds']:.0f} |"
+            f"{figure(row['order_auc'])} | {row['wall_seconds']:.0f} | {cost} |"
         )
         if compare:
             line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"

@@ -145,6 +145,7 @@ def _fine_tune(model, tokenizer, messages_json, options, log, after_step) -> Sft
         # Non-reentrant: gradients reach a LoRA adapter behind frozen layers without input grads.
         trained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     losses: list[float] = []
+    tokens = 0  # the sequences' own tokens trained on (padding left out): what core.cost counts
     progress = Progress("sft", options.steps, log, "steps", every_s=PROGRESS_EVERY_S)
     plan = batch_plan(messages_json, options.batch_size, options.seed, lengths if options.group_by_length else None)
     for step, chosen in zip(range(1, options.steps + 1), plan):
@@ -154,6 +155,7 @@ def _fine_tune(model, tokenizer, messages_json, options, log, after_step) -> Sft
             collate_pairs(tokenizer, [prompts[i] for i in part], [responses[i] for i in part]).to(device) for part in micro
         ]
         loss = accumulated_training_step(trained, optimizer, batches, autocast_dtype)
+        tokens += sum(lengths[i] for i in chosen)
         scheduler.step()
         losses.append(loss)
         progress.update(step, options.steps, f"loss {loss:.4f}")
@@ -164,7 +166,7 @@ def _fine_tune(model, tokenizer, messages_json, options, log, after_step) -> Sft
     if options.gradient_checkpointing:
         trained.gradient_checkpointing_disable()
     model.eval()
-    return SftRun(losses)
+    return SftRun(losses, tokens)
 
 
 def example_key(seed: int, epoch: int, example: str) -> float:
@@ -234,6 +236,7 @@ class SftStep:
 @dataclass(frozen=True)
 class SftRun:
     losses: list[float]  # one per optimizer step
+    tokens: int = 0  # prompt + response tokens of every example of every step
 
 
 @dataclass
@@ -242,6 +245,9 @@ class Evaluation:
     total: int
     answers: list[str] = field(default_factory=list)  # the greedy completions, in query order
     train_losses: list[float] = field(default_factory=list)  # the fine-tune's, where the model was fine-tuned
+    train_tokens: int = 0  # the fine-tune's tokens (SftRun.tokens)
+    prompt_tokens: int = 0  # the test queries' prompts, each once
+    generated_tokens: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -263,4 +269,6 @@ def evaluate(
     correct = sum(
         grade_answer(answer, query["reference"], query["grader"], options).correct for query, answer in zip(queries, answers)
     )
-    return Evaluation(correct, len(queries), answers)
+    return Evaluation(
+        correct, len(queries), answers, prompt_tokens=report.prompt_tokens, generated_tokens=report.generated_tokens
+    )

@@ -15,9 +15,11 @@ model's included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path, PurePath
 
 import numpy as np
 import polars as pl
@@ -47,6 +49,71 @@ def checkpoint_key(step: int) -> str:
 def checkpoint_keys(steps: Sequence[int]) -> list[str]:
     """Every checkpoint the pool is scored at: the base model, then the warm-up steps."""
     return [BASE, *(checkpoint_key(step) for step in steps)]
+
+
+def given_checkpoint_keys(paths: Sequence[str]) -> list[str]:
+    """The partition key of each given checkpoint directory (``warmup.checkpoints``): its name, in
+    letters, digits and ``_.-`` (other runs of characters become ``-``; a name of digits alone, a warm-up step's form,
+    becomes ``checkpoint-<digits>``), so that a key reads as the directory and stays when entries
+    are added or reordered. Raises naming the entry whose key is empty, ``base`` or another entry's."""
+    keys: list[str] = []
+    for index, path in enumerate(paths):
+        entry = f"entry {index} ({path!r})"
+        key = re.sub(r"[^\w.-]+", "-", PurePath(str(path).rstrip("/\\")).name).strip("-.")
+        key = f"checkpoint-{key}" if key.isdigit() else key
+        if not key:
+            raise ValueError(f"{entry}: its directory name gives no partition key; name the directory")
+        if key == BASE:
+            raise ValueError(f"{entry}: a directory named {BASE!r} would pass for the base model's checkpoint; rename it")
+        if key in keys:
+            raise ValueError(
+                f"{entry}: its name {key!r} is also entry {keys.index(key)}'s (each directory names its partition): "
+                "link one of them under another name"
+            )
+        keys.append(key)
+    return keys
+
+
+def check_given_checkpoint(index: int, path: str | Path, base_model: str | Path) -> None:
+    """Raise, naming ``warmup.checkpoints[index]``, unless ``path`` is a Hugging Face model directory
+    (or a PEFT adapter directory) whose tokenizer is ``base_model``'s: the same vocabulary, special
+    tokens and chat template, so that the pool's rows and the rollouts are the same tokens there."""
+    from transformers import AutoTokenizer
+
+    from drift_assets.core.adapters import is_adapter
+
+    entry = f"warmup.checkpoints[{index}] ({path})"
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{entry}: not found or not a directory")
+    config = "adapter_config.json" if is_adapter(directory) else "config.json"
+    if not (directory / config).is_file():
+        raise FileNotFoundError(f"{entry}: has no config.json; it must be a Hugging Face model directory (or a LoRA adapter)")
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
+        raise FileNotFoundError(f"{entry}: has no weights (*.safetensors or *.bin)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as error:  # transformers' errors for a missing tokenizer vary by model type
+        raise ValueError(
+            f"{entry}: its tokenizer does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+            "save model.path's "
+            "tokenizer beside the checkpoint (tokenizer.save_pretrained)"
+        ) from None
+    base = AutoTokenizer.from_pretrained(str(base_model))
+    differences = [
+        what
+        for what, mine, theirs in (
+            ("vocabulary", tokenizer.get_vocab(), base.get_vocab()),
+            ("special tokens", tokenizer.special_tokens_map, base.special_tokens_map),
+            ("chat template", tokenizer.chat_template, base.chat_template),
+        )
+        if mine != theirs
+    ]
+    if differences:
+        raise ValueError(
+            f"{entry}: its tokenizer is not model.path's ({base_model}): its {' and '.join(differences)} differ; "
+            "the pool is scored along one model's tokens, so list checkpoints of a fine-tune of model.path"
+        )
 
 
 def warm_up(
