@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drift_assets.core.adapters import VLLM_LORA_RANKS, LoraOptions
-from drift_assets.core.attribution import Ranking, ScoringSettings, Targets, Unsolved
+from drift_assets.core.attribution import NoiseGate, Ranking, ScoringSettings, SharedDirection, Targets, Unsolved
 from drift_assets.core.devices import check_device_pool
 from drift_assets.core.influence import Debias, Hessian
 from drift_assets.core.projection import Basis, ProjectionOptions
@@ -406,6 +406,17 @@ class InfluenceSettings(_Group):
         description="the share of the pool the ranking takes first: the rows the base model finds likeliest (lowest loss "
         "per response token), where noise is rarest; the rest follow, each part ranked on its own. 1 = no guard",
     )
+    shared_direction: SharedDirection = Field(
+        _SCORING.shared_direction,
+        description="the direction the validation queries' parts of the target share (with signed weights, e.g. which way "
+        "the model errs on every query): keep it, or remove it from each query's part, so the target says which answers "
+        "are right",
+    )
+    noise_gate: NoiseGate = Field(
+        _SCORING.noise_gate,
+        description="off, or mixture: a two-component mixture of each row's log loss along the checkpoints; the rows of "
+        "its high-loss component are ranked after the others (none where the components overlap)",
+    )
 
     def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
@@ -586,11 +597,24 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_round_robin",
     "drift_guarded",
     "drift_base",
+    "drift_specific",
+    "drift_gated",
+    "drift_fisher",
 )
 # The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
-ABLATIONS_ON_REQUEST = ("drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_by_score", "drift_guarded")
+ABLATIONS_ON_REQUEST = (
+    "drift_skip",
+    "drift_nodebias",
+    "drift_unit",
+    "drift_log_orthogonal",
+    "drift_by_score",
+    "drift_guarded",
+    "drift_specific",
+    "drift_gated",
+    "drift_fisher",
+)
 
 
 class BenchmarkSettings(_Group):

@@ -96,7 +96,7 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         drift = reads.influence.scoring()
         tables = ConfiguredTables.configured_by(reads, warehouse)
         losses = base_losses(tables, training_pool)  # the loss method's scores and the likelihood guard's order
-        scorer = MethodScorer(list(gradients_along(tables)), losses)
+        scorer = MethodScorer(list(gradients_along(tables)), losses, losses_along(tables, training_pool))
         network, tokenizer = model.load_model(), model.load_tokenizer()
         methods = benchmark.methods
         scores = {}
@@ -110,7 +110,7 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
             elif method == "grape":
                 scores[method] = grape_scores(training_pool, losses)
             elif method == "dynamics":
-                scores[method] = dynamics_scores(losses_along(tables, training_pool), reads.checkpoints)
+                scores[method] = dynamics_scores(scorer.losses_along, reads.checkpoints)
         if any(method in LESS_METHODS for method in methods):
             matrix = less_matrix_of(context, reads, model, warehouse, tokenizer, training_pool, validation_queries)
             for method in LESS_METHODS:

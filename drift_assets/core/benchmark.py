@@ -109,6 +109,11 @@ ABLATIONS = {
     "drift_round_robin": {"ranking": "round_robin"},
     "drift_guarded": {"likelihood_guard": 0.7},
     "drift_base": {},  # the same settings at the base model alone
+    # Candidates for the default (benchmarks/README.md, 2026-12-06): the signed contrast without the
+    # direction the queries share; a training-dynamics noise gate; the scoring the LDS finds most faithful.
+    "drift_specific": {"weighting": "signed", "shared_direction": "remove"},
+    "drift_gated": {"noise_gate": "mixture"},
+    "drift_fisher": {"hessian": "fisher", "debias": "none"},
 }
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
 BASE_ONLY = ("drift_base", "influence")  # scored at the base model alone
@@ -136,12 +141,19 @@ class MethodScorer:
     combination (:func:`~drift_assets.core.trajectory.combine_checkpoints`), as ``influence_scores`` has it.
     """
 
-    def __init__(self, checkpoints: list[CheckpointGradients], loss_per_token: pl.DataFrame | None = None):
-        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for a likelihood guard."""
+    def __init__(
+        self,
+        checkpoints: list[CheckpointGradients],
+        loss_per_token: pl.DataFrame | None = None,
+        losses_along: pl.DataFrame | None = None,
+    ):
+        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for a likelihood guard;
+        ``losses_along`` (example_id, checkpoint, loss_per_token) for a noise gate."""
         if not checkpoints:
             raise ValueError("nothing to score: no checkpoint gradients")
         self.checkpoints = [checkpoint.loaded() for checkpoint in checkpoints]
         self.loss_per_token = loss_per_token
+        self.losses_along = losses_along
         self._curvatures: dict[tuple[int, str, float], Curvature] = {}
 
     def _curvature(self, index: int, hessian: str, damping: float) -> Curvature:
@@ -161,7 +173,14 @@ class MethodScorer:
 
     def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
         """The pool's scores table along every checkpoint (see :meth:`along`)."""
-        return ranked_scores(self.along(scoring, base_only), training_pool, self.loss_per_token, scoring.likelihood_guard)
+        return ranked_scores(
+            self.along(scoring, base_only),
+            training_pool,
+            self.loss_per_token,
+            scoring.likelihood_guard,
+            scoring.noise_gate,
+            self.losses_along,
+        )
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path, PurePath
 
@@ -29,13 +29,15 @@ from drift_assets.core.attribution import (
     TargetGradient,
     check_same_checkpoint,
     scores_frame,
+    shared_direction,
     target_gradient,
     weighted_rollouts,
+    without_direction,
 )
 from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
 from drift_assets.core.less import AdamMoments
-from drift_assets.core.selection import likeliest, ranks_taking_first, round_robin_ranks
+from drift_assets.core.selection import gated, likeliest, ranks_taking_first, round_robin_ranks
 from drift_assets.core.sft import SftOptions, SftRun, SftStep, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
@@ -211,10 +213,15 @@ class CheckpointGradients:
 
 
 def checkpoint_target(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> TargetGradient:
-    """The weighted validation gradient g at one checkpoint."""
-    return target_gradient(
+    """The weighted validation gradient g at one checkpoint (with ``shared_direction: remove``, less
+    its component along the direction the queries' parts share)."""
+    target = target_gradient(
         checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved
     )
+    if scoring.shared_direction == "remove":
+        _, parts = _query_parts(checkpoint, scoring)
+        target = replace(target, vector=without_direction(target.vector, shared_direction(parts)))
+    return target
 
 
 def score_checkpoint(
@@ -333,7 +340,17 @@ class QueryScores:
 
 def query_targets(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
     """Each query's own part of the target (rows, in query_id order): g_j = Σ_k w_jk ĝ_jk over its
-    rollouts with a nonzero weight (on-policy), or its reference answer's gradient (off-policy)."""
+    rollouts with a nonzero weight (on-policy), or its reference answer's gradient (off-policy).
+    With ``shared_direction: remove`` each part loses its component along the direction they share
+    (:func:`~drift_assets.core.attribution.shared_direction`): what is left says which of the query's
+    answers are right, not which way the model errs on every query."""
+    query_ids, parts = _query_parts(checkpoint, scoring)
+    if scoring.shared_direction == "remove":
+        parts = without_direction(parts, shared_direction(parts))
+    return query_ids, parts
+
+
+def _query_parts(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
     if scoring.targets == "offpolicy":
         rows = checkpoint.validation_gradients.filter(pl.col("target") == "reference").with_columns(weight=pl.lit(1.0))
     else:
@@ -370,12 +387,16 @@ def ranked_scores(
     training_pool: pl.DataFrame,
     loss_per_token: pl.DataFrame | None = None,
     likelihood_guard: float = 1.0,
+    noise_gate: str = "off",
+    losses_along: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`) sorted by ``rank``,
     the order the selection takes: with per-query scores, the validation queries taking turns
     (:func:`~drift_assets.core.selection.round_robin_ranks`), else the score. A ``likelihood_guard``
     under 1 ranks the share of the pool the base model finds likeliest (``loss_per_token``:
-    example_id, loss_per_token) first, each part in that order on its own."""
+    example_id, loss_per_token) first, each part in that order on its own. ``noise_gate: mixture``
+    ranks the rows :func:`~drift_assets.core.selection.gated` keeps (``losses_along``: example_id,
+    checkpoint, loss_per_token at every checkpoint) before the others, likewise."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
         by_score = frame["rank"].to_numpy()
@@ -397,4 +418,10 @@ def ranked_scores(
         raise ValueError("influence.likelihood_guard under 1 needs the base model's loss per token of every pool example")
     else:
         kept = likeliest(loss_per_token, frame["example_id"].to_list(), likelihood_guard)
+    if noise_gate == "mixture":
+        if losses_along is None:
+            raise ValueError("influence.noise_gate mixture needs every pool example's loss per token at every checkpoint")
+        kept = kept & gated(losses_along, frame["example_id"].to_list())
+    elif noise_gate != "off":
+        raise ValueError(f"influence.noise_gate must be off or mixture (got {noise_gate!r})")
     return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept))).sort("rank")
