@@ -6,6 +6,7 @@ import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
     MetadataValue,
@@ -17,6 +18,7 @@ from drift_assets.assets.cost import cost_metadata, recorded_pipeline_cost
 from drift_assets.assets.metadata import rounded, selection_distribution, table_metadata
 from drift_assets.checks import selection_result
 from drift_assets.core.fingerprint import content_hash
+from drift_assets.core.guards import likelihood_agreement_guard
 from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.stored import one_row_per_example
@@ -90,6 +92,21 @@ def build_refine_assets(settings: Settings) -> list:
             expected = int((refined_dataset["score"] > 0).sum())
         return selection_result(refined_dataset, training_pool, expected)
 
+    @asset_check(
+        asset=refined_dataset,
+        additional_ins={"influence_scores": AssetIn("influence_scores")},
+        description="The selection shares more rows with a loss filter of the same size than a random one would "
+        "(a warning, with the advice to run method_benchmark, where it does not).",
+    )
+    def refined_dataset_agrees_with_likelihood(
+        context: AssetCheckExecutionContext, refined_dataset: pl.DataFrame, influence_scores: pl.DataFrame
+    ) -> AssetCheckResult:
+        losses = dict(zip(influence_scores["example_id"], influence_scores["loss_per_token"], strict=True))
+        passed, message = likelihood_agreement_guard(refined_dataset.filter("selected")["example_id"], losses)
+        if not passed:
+            context.log.warning(message)
+        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message})
+
     @asset(
         group_name="refinement",
         code_version=export_reads.code_version(EXPORT_VERSION),
@@ -121,7 +138,7 @@ def build_refine_assets(settings: Settings) -> list:
         )
         return table
 
-    return [refined_dataset, refined_dataset_selection, refined_dataset_export]
+    return [refined_dataset, refined_dataset_selection, refined_dataset_agrees_with_likelihood, refined_dataset_export]
 
 
 def _previous_export(warehouse: Warehouse) -> dict[str, str] | None:

@@ -108,3 +108,16 @@ def test_the_gate_names_what_it_lacks():
         gated(losses, ids)
     with pytest.raises(ValueError, match="noise_gate: 1 pool examples"):
         gated(_losses_along(ids[:4], set(), high=3.0), ids)
+
+
+def test_the_likelihood_guard_warns_where_the_selection_shares_no_more_with_the_loss_filter_than_chance():
+    from drift_assets.core.guards import likelihood_agreement_guard
+
+    losses = {f"e{i}": float(i) for i in range(10)}  # e0 is the likeliest
+    above = likelihood_agreement_guard(["e0", "e1", "e7", "e9"], losses)  # 2 of the filter's 4 (e0 … e3)
+    assert above == (True, "50% of the selection is also in the loss filter's (a random selection: 40%)")
+    agreeing = likelihood_agreement_guard(["e0", "e1", "e2", "e9"], losses)
+    assert agreeing == (True, "75% of the selection is also in the loss filter's (a random selection: 40%)")
+    at_chance = likelihood_agreement_guard(["e0", "e5", "e7", "e9"], losses)  # 1 of 4 = 25% ≤ 40%
+    assert not at_chance[0] and "run the method_benchmark job" in at_chance[1]
+    assert likelihood_agreement_guard([f"e{i}" for i in range(10)], losses)[0]
