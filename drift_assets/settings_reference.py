@@ -50,8 +50,7 @@ def settings_read_by_asset(graph=None) -> dict[str, tuple[str, ...]]:
         metadata = graph.get(key).metadata
         if SETTINGS_READ_KEY in metadata:
             recorded = metadata[SETTINGS_READ_KEY]
-            text = recorded.value if hasattr(recorded, "value") else recorded
-            reads[key.to_user_string()] = tuple(k for k in text.split(", ") if k)
+            reads[key.to_user_string()] = tuple(recorded.value if hasattr(recorded, "value") else recorded)
     return reads
 
 

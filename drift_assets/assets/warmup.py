@@ -10,13 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
+from dagster import AssetExecutionContext, BackfillPolicy, asset
 
 from drift_assets.assets.checkpoints import WARMUP, saved_checkpoint, warmup_partitions
-from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.metadata import loss_picture, table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core.adapters import add_adapter
-from drift_assets.core.charts import curves_markdown
 from drift_assets.core.trajectory import checkpoint_key, warm_up
 from drift_assets.resources import ModelResource
 from drift_assets.settings import Reads, Settings
@@ -85,7 +84,7 @@ def build_warmup_assets(settings: Settings) -> list:
         context.add_output_metadata(
             {
                 **table_metadata(table, preview_rows=len(paths)),
-                "loss_curve": MetadataValue.md(curves_markdown({"warm-up SFT": run.losses})),
+                "loss_curve": loss_picture({"warm-up SFT": run.losses}),
             }
         )
         return table

@@ -299,7 +299,7 @@ def ranked_scores(
     the order the selection takes: with per-query scores, the validation queries taking turns
     (:func:`~drift_assets.core.selection.round_robin_ranks`), else the score. A ``likelihood_guard``
     under 1 ranks the share of the pool the base model finds likeliest (``loss_per_token``:
-    example_id, loss_per_token) first, each part in that order on its own."""
+    example_id, loss_per_token) first, each part in that order on its own (``likely`` marks that share)."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
         by_score = frame["rank"].to_numpy()
@@ -321,4 +321,6 @@ def ranked_scores(
         raise ValueError("influence.likelihood_guard under 1 needs the base model's loss per token of every pool example")
     else:
         kept = likeliest(loss_per_token, frame["example_id"].to_list(), likelihood_guard)
-    return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept))).sort("rank")
+    # ``likely``: the row is among those the guard ranks first (every row, without the guard); the
+    # export names the guard as the reason a row outside them was left out.
+    return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept)), likely=pl.Series(kept)).sort("rank")
