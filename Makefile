@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-export DAGSTER_HOME := $(CURDIR)/data/dagster_home
+# One Dagster instance per warehouse: with settings of your own, give their runs a home of their own
+# (DAGSTER_HOME=/path/to/home make ui); a run on another warehouse than the instance's is refused.
+export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test test-fast lint ui ui-prod benchmark lds pinned-models env bench-env browser postgres clean

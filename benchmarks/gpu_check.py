@@ -12,6 +12,13 @@ random text, which is what a throughput figure needs. Printed, as one markdown t
 - each step's peak device memory (torch.cuda.max_memory_allocated; vLLM reserves its share of the
   GPU up front, so its figure is that reservation).
 
+Then each stage against the roofline (rollouts, gradient pass, training step, LoRA warm-up): tokens
+per second (the sequences' own, padding left out; for rollouts every prompt once and every generated
+token), 512-token examples per GPU-hour, and the share of the device's 6N bound (6N FLOPs per token
+at its dense bfloat16 peak, from a table of device names in ``drift_assets.core.cost``, or a timed
+large matmul where the name is not in it; on the CPU a timed float32 matmul); then the same scaled
+to a 7B model by parameter count, with the formula.
+
     bash benchmarks/gpu_check.sh                              # on a GPU machine (≤ 8 min on one GPU)
     .venv/bin/python benchmarks/gpu_check.py --tiny           # the same code on the CPU, a tiny model
 
@@ -31,13 +38,16 @@ from pathlib import Path
 import torch
 
 from drift_assets.core.adapters import LoraOptions, add_adapter
+from drift_assets.core.cost import EXAMPLE_TOKENS, bound_share, examples_per_hour, peak_bf16_flops, scaled_to
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine
+from drift_assets.core.gradients import sequence_tokens
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 from drift_assets.core.sft import SftOptions, fine_tune
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
 GiB = 2**30
+SEVEN_B = 7e9
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,54 @@ class Peak:
         return "–" if self.bytes is None else f"{self.bytes / GiB:.1f} GiB"
 
 
+def timed_matmul_flops(device: str, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """FLOP/s of a ``size``² matrix product on ``device`` (the best of ``repeats``, after one to warm up)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * size**3 / best
+
+
+def device_peak(device: str, tiny: bool) -> tuple[float, str]:
+    """The device's peak FLOP/s and where it comes from: the table of device names, else a timed matmul."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        listed = peak_bf16_flops(name)
+        if listed is not None:
+            return listed, f"{name}: dense bfloat16 peak from the table of device names"
+        return timed_matmul_flops("cuda", torch.bfloat16, 8192, 10), f"{name}: not in the table, a timed 8192² bfloat16 matmul"
+    size = 512 if tiny else 2048
+    return timed_matmul_flops("cpu", torch.float32, size, 3), f"CPU: a timed {size}² float32 matmul"
+
+
+def roofline_rows(stages: dict[str, float], parameters: int, peak: float) -> tuple[list[tuple[str, ...]], dict[str, float]]:
+    """Each stage's tokens/s against the roofline, measured and scaled to 7B: table rows and figures."""
+    rows, figures = [], {}
+    for stage, tokens_per_s in stages.items():
+        per_hour = examples_per_hour(tokens_per_s)
+        share = bound_share(tokens_per_s, parameters, peak)
+        at_7b = scaled_to(per_hour, parameters, SEVEN_B)
+        key = stage.split(" (")[0].lower().replace(" ", "_").replace("-", "_")
+        figures |= {
+            f"{key}_tokens_per_s": tokens_per_s,
+            f"{key}_examples_per_hour": per_hour,
+            f"{key}_bound_share": share,
+            f"{key}_examples_per_hour_7b": at_7b,
+        }
+        rows.append(
+            (stage, f"{tokens_per_s:,.1f}", f"{per_hour:,.0f}", f"{100 * share:.4g}%", f"{at_7b:,.1f}", f"{100 * share:.4g}%")
+        )
+    return rows, figures
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (checks that the script runs)")
@@ -140,6 +198,7 @@ def main(argv=None) -> dict:
     dtype_name = "bfloat16" if dtype == torch.bfloat16 else "float32"
     rows: list[tuple[str, str, str]] = []
     figures: dict[str, float] = {}
+    stage_tokens_per_s: dict[str, float] = {}  # the roofline's stages
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch) / "model"
         model, tokenizer = build_model(directory, scale, dtype)
@@ -158,6 +217,7 @@ def main(argv=None) -> dict:
         finally:
             engine.close()
         figures["vllm_tokens_per_s"] = report.generated_tokens / sampled.seconds
+        stage_tokens_per_s["rollouts (vLLM)"] = (report.prompt_tokens + report.generated_tokens) / sampled.seconds
         rows.append(
             ("vLLM rollouts", f"{figures['vllm_tokens_per_s']:,.0f} tokens/s (engine start {start.seconds:.0f} s)", "reserved")
         )
@@ -187,6 +247,8 @@ def main(argv=None) -> dict:
             for batch in batches:
                 projector.project(batch)
         figures["gradient_examples_per_s"] = len(prompt_ids) / projected.seconds
+        tokens = sequence_tokens(prompt_ids, response_ids)
+        stage_tokens_per_s["gradient pass (projected)"] = tokens / projected.seconds
         rows.append(
             (
                 f"projected gradient pass (k = {projector.dimension:,})",
@@ -203,6 +265,7 @@ def main(argv=None) -> dict:
                 training_step(model, optimizer, batch, autocast)
         del optimizer
         figures["training_examples_per_s"] = len(prompt_ids) / trained.seconds
+        stage_tokens_per_s["training step (AdamW)"] = tokens / trained.seconds
         figures["gradient_over_training"] = figures["gradient_examples_per_s"] / figures["training_examples_per_s"]
         rows.append(
             (
@@ -226,15 +289,36 @@ def main(argv=None) -> dict:
             for _ in range(scale.batch_size * 4)
         ]
         with Peak(device) as warmed:
-            fine_tune(
+            run = fine_tune(
                 adapted, tokenizer, messages, SftOptions(steps=scale.lora_steps, batch_size=scale.batch_size), log=lambda _: None
             )
         figures["lora_steps_per_s"] = scale.lora_steps / warmed.seconds
+        stage_tokens_per_s["LoRA warm-up (rank 16)"] = run.tokens / warmed.seconds
         rows.append(("LoRA warm-up (rank 16)", f"{figures['lora_steps_per_s']:.2f} steps/s", warmed.memory))
 
     print("\n| step | throughput | peak device memory |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+    peak, source = device_peak(device, args.tiny)
+    roofline, measured = roofline_rows(stage_tokens_per_s, parameters, peak)
+    figures |= measured | {"n_parameters": parameters, "peak_flops": peak}
+    print(
+        f"\nagainst the roofline: peak {peak:.4g} FLOP/s ({source}); N = {parameters:,} parameters; the bound is 6N "
+        f"FLOPs per token for every stage (a training step's; generation needs 2N): "
+        f"{examples_per_hour(peak / (6 * parameters)):,.0f} examples of {EXAMPLE_TOKENS} tokens per GPU-hour at N"
+    )
+    print(
+        "\n| stage | tokens/s | 512-token examples per GPU-hour | share of the 6N bound "
+        "| at 7B: examples per GPU-hour | at 7B: share of the 6N bound |\n|---|---|---|---|---|---|"
+    )
+    for row in roofline:
+        print("| " + " | ".join(row) + " |")
+    print(
+        f"\n7B projection: examples/GPU-hour at 7B ≈ measured rate × N_measured / 7e9 = rate × {parameters:,} / 7e9; "
+        f"share of the bound = tokens/s × 6N / peak, the same at 7B (the rate falls as N grows); the bound at 7B: "
+        f"{examples_per_hour(peak / (6 * SEVEN_B)):,.0f} examples per GPU-hour"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return figures

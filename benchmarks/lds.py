@@ -1,7 +1,7 @@
 """The linear datamodeling score (LDS) of our attribution, beside the field's reference implementations.
 
-    .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell,count --materialize-only   # the workspaces
-    .venv/bin/python benchmarks/lds.py                                  # all four development tasks, M = 32
+    .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell,count,choice --draws 0 --materialize-only   # the workspaces
+    .venv/bin/python benchmarks/lds.py                                  # all five development tasks, M = 32
     .venv/bin/python benchmarks/lds.py --tasks arithmetic --subsets 8 --references none
 
 Does an attribution method's score predict what retraining does? For each task (its workspace
@@ -46,7 +46,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "data" / "suite"
-DEVELOPMENT = ("arithmetic", "sort", "spell", "count")
+DEVELOPMENT = ("arithmetic", "sort", "spell", "count", "choice")
 MEASUREMENTS = ("onpolicy", "offpolicy")  # J_j over the rollouts; log π(reference_j)
 
 
@@ -97,32 +97,46 @@ def our_rows(context: TaskContext) -> list[Row]:
     the debiased ones and the base model's alone follow from them as ``score_along`` has them
     (each column debiased as ``score_pool`` does, then combined by ``combine_query_scores``).
     """
-    from drift_assets.core.influence import debias
-    from drift_assets.core.trajectory import combine_query_scores
-
     configured = context.settings.influence.scoring()
     rows = []
     for targets in ("onpolicy", "offpolicy"):
         for hessian in ("identity", "fisher"):
             scoring = replace(configured, targets=targets, hessian=hessian, debias="none", ranking="round_robin")
-            along = context.scorer.along(scoring)
-            for base_only in (True, False):
-                if not base_only and len(along.checkpoints) == 1:
-                    continue
-                for method in ("none", configured.debias):
-                    per_checkpoint = []
-                    for checkpoint in along.checkpoints[:1] if base_only else along.checkpoints:
-                        scores = checkpoint.scores
-                        columns = [
-                            debias(column, scores.grad_norm, scores.self_influence, method, configured.debias_strength)
-                            for column in scores.per_query.T
-                        ]
-                        per_query = np.column_stack(columns) if columns else scores.per_query
-                        per_checkpoint.append(replace(scores, per_query=per_query))
-                    queries = combine_query_scores(per_checkpoint)
-                    where = "base" if base_only else "along"
-                    name = f"ours {targets} {hessian} {where} {'raw' if method == 'none' else method}"
-                    rows.append(Row(name, queries.example_ids, queries.query_ids, queries.matrix, targets))
+            rows += _rows_along(context, scoring, f"ours {targets} {hessian}", (True, False))
+    # The candidates for the default that change the target (benchmarks/README.md, 2026-12-06).
+    for label, change in (("signed", {}), ("signed specific", {"shared_direction": "remove"})):
+        scoring = replace(
+            configured, targets="onpolicy", hessian="identity", debias="none", ranking="round_robin", weighting="signed", **change
+        )
+        rows += _rows_along(context, scoring, f"ours onpolicy {label} identity", (False,))
+    return rows
+
+
+def _rows_along(context: TaskContext, scoring, prefix: str, where: tuple[bool, ...]) -> list[Row]:
+    """``scoring``'s per-query rows at the base model alone and/or along the checkpoints (``where``:
+    base_only values), raw and with the configured debias."""
+    from drift_assets.core.influence import debias
+    from drift_assets.core.trajectory import combine_query_scores
+
+    configured = context.settings.influence.scoring()
+    along = context.scorer.along(scoring)
+    rows = []
+    for base_only in where:
+        if not base_only and len(along.checkpoints) == 1:
+            continue
+        for method in ("none", configured.debias):
+            per_checkpoint = []
+            for checkpoint in along.checkpoints[:1] if base_only else along.checkpoints:
+                scores = checkpoint.scores
+                columns = [
+                    debias(column, scores.grad_norm, scores.self_influence, method, configured.debias_strength)
+                    for column in scores.per_query.T
+                ]
+                per_query = np.column_stack(columns) if columns else scores.per_query
+                per_checkpoint.append(replace(scores, per_query=per_query))
+            queries = combine_query_scores(per_checkpoint)
+            name = f"{prefix} {'base' if base_only else 'along'} {'raw' if method == 'none' else method}"
+            rows.append(Row(name, queries.example_ids, queries.query_ids, queries.matrix, scoring.targets))
     return rows
 
 
@@ -241,7 +255,7 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
         query_objectives,
         sequence_logprobs,
     )
-    from drift_assets.core.stored import gradients_along, rows_at
+    from drift_assets.core.stored import ConfiguredTables, gradients_along, rows_at
     from drift_assets.core.trajectory import BASE
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings, validation_answer_marker
@@ -255,7 +269,7 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     warehouse = Warehouse.from_settings(settings)
     model = model_resource(settings)
     pool = warehouse.scan("training_pool").collect().sort("example_id")
-    scorer = MethodScorer(list(gradients_along(warehouse, settings.checkpoints, settings.projection.shards)))
+    scorer = MethodScorer(list(gradients_along(ConfiguredTables.configured_by(settings, warehouse))))
     base = scorer.checkpoints[0]
     tokenizer = model.load_tokenizer()
     sequences = measured_sequences(

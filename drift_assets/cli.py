@@ -7,9 +7,12 @@ data/dagster_home), so ``make ui`` afterwards shows every run, materialization a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -24,7 +27,9 @@ if "--verbose" not in sys.argv[1:]:
 from drift_assets.settings import SettingsError, load_settings  # noqa: E402
 
 
-def _summary(settings) -> str:
+def _summary(settings, instance=None) -> str:
+    """What the warehouse holds, table by table; with the Dagster ``instance`` the runs were recorded
+    in, also what the pipeline cost (the cost its steps recorded in their metadata)."""
     from drift_assets.core.stored import ConfiguredTables
     from drift_assets.resources import Warehouse
 
@@ -54,9 +59,11 @@ def _summary(settings) -> str:
             grades.filter(pl.col("checkpoint") != "base").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
         )
         if later.height:
+            from drift_assets.core.cost import checkpoint_label
+
             lines.append(
                 "warm-up checkpoints      pass@1 "
-                + ", ".join(f"{c.lstrip('0')} steps {p:.3f}" for c, p in later.iter_rows())
+                + ", ".join(f"{checkpoint_label(c)} {p:.3f}" for c, p in later.iter_rows())
                 + "; scores averaged with the base model's"
             )
     scores = read("influence_scores")
@@ -84,6 +91,17 @@ def _summary(settings) -> str:
             lines.append(
                 f"evaluation               {row['model']:<10} accuracy {row['accuracy']:.3f} "
                 f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] on {row['n_queries']} test queries"
+            )
+    if instance is not None and pool is not None and scores is not None:
+        from drift_assets.assets.cost import recorded_pipeline_cost
+
+        cost = recorded_pipeline_cost(instance, settings, pool)
+        if cost.parts:
+            head, split = cost.lines()
+            lines += [f"cost                     {head}", f"                         {split}"]
+        else:
+            lines.append(
+                "cost                     not recorded in this Dagster instance (DAGSTER_HOME names the one the runs used)"
             )
     return "\n".join(lines)
 
@@ -134,10 +152,21 @@ def _failed_check_messages(error: BaseException, instance) -> list[str]:
     return messages
 
 
-def failure_paragraph(error: BaseException, instance) -> str:
+def interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is a signal's (Ctrl-C, SIGTERM), as Python or Dagster raise it."""
+    return type(_root_cause(error)).__name__ in ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
+
+
+def failure_paragraph(error: BaseException, instance, signal_name: str | None = None) -> str:
     """What a failed materialization says first: the cause, naming the file, row or setting, and
-    the advice of any failed check (the traceback only with --verbose)."""
+    the advice of any failed check (the traceback only with --verbose). A signal (``signal_name``
+    where known) ends here too: what was committed stays, and the same command resumes."""
     root = _root_cause(error)
+    if interrupted(error):
+        return (
+            f"error: the materialization was interrupted ({signal_name or 'by a signal'}).\n"
+            "  What was committed is kept; run the same command again to resume: what already succeeded is not recomputed."
+        )
     if type(root).__name__ == "DagsterAssetCheckFailedError":
         lines = _failed_check_messages(root, instance) or [str(root)]
     else:
@@ -147,6 +176,44 @@ def failure_paragraph(error: BaseException, instance) -> str:
         + "\n".join(f"  {line}" for line in lines)
         + "\n  Fix the cause and run the same command again: what already succeeded is not recomputed."
     )
+
+
+class _Signals:
+    """Which signal stopped the command. Dagster swaps the handlers while a run executes (SIGTERM
+    raises as SIGINT does), so the signal is read from Python's wakeup file descriptor, to which the
+    interpreter writes the number of every signal it handles, whatever the handler."""
+
+    def __enter__(self):
+        self._read = None
+        if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's
+            return self
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        os.set_blocking(self._read, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        # SIGTERM ends the command as Ctrl-C does (before the first run too, where Dagster has not mapped it).
+        self._previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        return self
+
+    def received(self) -> str | None:
+        """The last SIGINT or SIGTERM received since the previous call (None: neither)."""
+        try:
+            numbers = os.read(self._read, 64) if self._read is not None else b""
+        except BlockingIOError:
+            return None
+        names = [signal.Signals(n).name for n in numbers if n in (signal.SIGINT, signal.SIGTERM)]
+        return names[-1] if names else None
+
+    def __exit__(self, *_):
+        if self._read is None:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        signal.signal(signal.SIGTERM, self._previous_term)
+        os.close(self._read)
+        os.close(self._write)
+
+
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,33 +242,71 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "materialize":
-        from drift_assets.definitions import build_definitions
-        from drift_assets.resources import Warehouse
-        from drift_assets.runner import fail_abandoned_runs, instance_for_runs, materialize_pipeline
+        from drift_assets.terminal import without_rust_panics
 
-        started = time.perf_counter()
+        with _Signals() as signals, contextlib.nullcontext() if args.verbose else without_rust_panics():
+            try:
+                code = _materialize(settings, args, signals)
+            except KeyboardInterrupt as error:  # before or after the runs, outside their handling
+                received = signals.received()
+                print(f"\n{failure_paragraph(error, None, received)}", file=sys.stderr)
+                return INTERRUPTED_EXIT.get(received or "", 130)
+        return code
+    from drift_assets.runner import InstanceError, instance_for_runs
+
+    try:
         with instance_for_runs() as instance:
-            for run_id in fail_abandoned_runs(instance):
-                print(f"run {run_id} had been left STARTED by a killed process: marked failed")
-            warehouse = Warehouse.from_settings(settings)
+            print(_summary(settings, instance))
+    except InstanceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _materialize(settings, args, signals: _Signals) -> int:
+    from drift_assets.definitions import build_definitions
+    from drift_assets.resources import Warehouse, WarehouseInstanceError
+    from drift_assets.runner import InstanceError, fail_abandoned_runs, instance_for_runs, materialize_pipeline
+
+    started = time.perf_counter()
+    warehouse = Warehouse.from_settings(settings)
+    try:
+        with instance_for_runs() as instance:
             try:
                 warehouse.check_reachable()
+                # Before anything is recorded: an instance that keeps another warehouse's history is refused.
+                warehouse.claim(instance)
+                for run_id in fail_abandoned_runs(instance):
+                    print(f"run {run_id} had been left STARTED by a killed process: marked failed")
                 with warehouse.lock():
                     done = materialize_pipeline(
                         build_definitions(settings), instance, only_stale=not args.all, warehouse=warehouse, verbose=args.verbose
                     )
-            except Exception as error:
+            except WarehouseInstanceError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            except BaseException as error:
+                if not isinstance(error, Exception) and not interrupted(error):
+                    raise
+                received = signals.received()
                 if args.verbose:
                     traceback.print_exc()
                 print(
-                    f"\n{failure_paragraph(error, instance)}"
-                    + ("" if args.verbose else "\n  (--verbose adds the stack traces and Dagster's DEBUG events)"),
+                    f"\n{failure_paragraph(error, instance, received)}"
+                    + (
+                        ""
+                        if args.verbose or interrupted(error)
+                        else "\n  (--verbose adds the stack traces and Dagster's DEBUG events)"
+                    ),
                     file=sys.stderr,
                 )
-                return 1
+                return INTERRUPTED_EXIT.get(received or "", 130) if interrupted(error) else 1
             what = f"{len(done)} stale or missing assets/shards" if done else "nothing (everything was up to date)"
             print(f"\nmaterialized {what} in {time.perf_counter() - started:.0f} s")
-    print(_summary(settings))
+            print(_summary(settings, instance))  # the instance's records hold what each step cost
+    except InstanceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -27,9 +27,9 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
         *build_influence_assets(settings),
         *build_refine_assets(settings),
     ]
-    if settings.warmup_steps:
+    if settings.checkpoints[1:]:  # a warm-up run's checkpoints, or the directories warmup.checkpoints lists
         assets += build_warmup_assets(settings)
-    jobs = build_jobs(warmup=bool(settings.warmup_steps))
+    jobs = build_jobs(warmup=bool(settings.checkpoints[1:]))
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
         # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.

@@ -30,7 +30,8 @@ from drift_assets.settings import DEFAULT_SETTINGS_PATH, REPO_ROOT, Settings, lo
 
 INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
 POSTGRES_URL_ENV_VAR = "DAGSTER_POSTGRES_URL"
-LOCAL_S3_CREDENTIALS = {"access_key_id": "drift", "secret_access_key": "drift-secret", "region": "us-east-1"}
+# The local S3 API's credentials go through the environment, as a real store's must (the settings refuse them).
+LOCAL_S3_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "local-s3-key", "AWS_SECRET_ACCESS_KEY": "local-s3-secret"}
 
 
 def free_port() -> int:
@@ -111,9 +112,12 @@ def local_postgres(data_dir: Path, port: int | None = None) -> Iterator[str]:
 @contextlib.contextmanager
 def local_s3(bucket: str, port: int | None = None, log_path: Path | None = None) -> Iterator[dict]:
     """moto's S3 API on 127.0.0.1 with ``bucket`` created; yields the warehouse's storage options
-    for it. In a process of its own: deltalake holds the GIL while it waits for some requests, so a
-    server thread inside a process that writes tables would never answer them."""
+    for it (no credentials: its own are in this process's environment meanwhile, and so in that of
+    the processes it starts). In a process of its own: deltalake holds the GIL while it waits for
+    some requests, so a server thread inside a process that writes tables would never answer them."""
     port = port or free_port()
+    saved = {name: os.environ.get(name) for name in LOCAL_S3_ENVIRONMENT}
+    os.environ.update(LOCAL_S3_ENVIRONMENT)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
@@ -129,7 +133,7 @@ def local_s3(bucket: str, port: int | None = None, log_path: Path | None = None)
         else:
             raise RuntimeError(f"the S3 API on {endpoint} did not start")
         # No allow_unsafe_rename: deltalake commits with S3's conditional writes, which moto honours.
-        options = {**LOCAL_S3_CREDENTIALS, "endpoint": endpoint, "allow_http": "true"}
+        options = {"region": "us-east-1", "endpoint": endpoint, "allow_http": "true"}
         s3_client(options).create_bucket(Bucket=bucket)
         yield options
     finally:
@@ -137,18 +141,18 @@ def local_s3(bucket: str, port: int | None = None, log_path: Path | None = None)
         server.wait(timeout=30)
         if log_path:
             log.close()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def s3_client(options: dict):
+    """boto3's client for the store ``options`` name, with the credentials of the environment."""
     import boto3
 
-    return boto3.client(
-        "s3",
-        endpoint_url=options["endpoint"],
-        aws_access_key_id=options["access_key_id"],
-        aws_secret_access_key=options["secret_access_key"],
-        region_name=options["region"],
-    )
+    return boto3.client("s3", endpoint_url=options["endpoint"], region_name=options["region"])
 
 
 # ------------------------------------------------------------------------------------------ the profile

@@ -8,8 +8,10 @@ another warehouse root) without touching asset code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import random
@@ -28,6 +30,7 @@ from dagster_deltalake import LocalConfig, S3Config
 from dagster_deltalake.config import ClientConfig
 from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from pydantic import BaseModel, PrivateAttr, create_model
 
 from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
@@ -35,6 +38,8 @@ from drift_assets.core.devices import DeviceLease, lease_device
 from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
 from drift_assets.core.finite import check_finite_weights
 from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
+from drift_assets.core.ownership import Identity
+from drift_assets.core.ownership import claim as claim_warehouse
 from drift_assets.core.sequences import render_prompt
 from drift_assets.settings import (
     SETTINGS_READ_KEY,
@@ -287,6 +292,15 @@ def _handle_output_retrying_conflicts(self, context, table_slice, obj, connectio
                 raise
             context.log.info(f"{connection.table_uri}: {error}; writing again ({attempt + 1} of {COMMIT_ATTEMPTS})")
             time.sleep(0.2 * attempt + random.random() * 0.3)
+        except (DeltaError, OSError) as error:  # deltalake's message names the cause, not the table
+            raise WarehouseError(_write_failure(connection.table_uri, error)) from None
+
+
+def _write_failure(table_uri: str, error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    if "No space left on device" in message or getattr(error, "errno", None) == errno.ENOSPC:
+        message += " (ENOSPC: the file system is full; free space and run again)"
+    return f"{table_uri}: the table could not be written, and is as it was before this write: {message}"
 
 
 class _OwnMetadataOnly:
@@ -327,9 +341,38 @@ class WarehouseBusyError(WarehouseError):
     """Another materialization holds the warehouse."""
 
 
+# The lock files this process holds exclusively (Warehouse.lock): the runs it executes itself take
+# no shared lock on them (flock locks belong to an open file, so a second open would wait on the first).
+_HELD_EXCLUSIVELY: set[str] = set()
+IDENTITY_TABLE = "warehouse_identity"  # beside the assets' tables: a copy of the warehouse takes it along
+INSTANCE_KEY = "drift_assets/warehouse"  # where the instance records its warehouse (run storage's key-value pairs)
+
+
+class WarehouseInstanceError(WarehouseError):
+    """The Dagster instance keeps the history of another warehouse."""
+
+
 class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
     """Where the Delta tables live: the IO manager writes there, and the few reads that bypass it
-    (streaming every shard) read there."""
+    (streaming every shard) read there.
+
+    Every run Dagster executes initializes it (the IO manager depends on it): the run is refused where
+    the instance keeps another warehouse's history (:meth:`claim`), and holds the warehouse's lock
+    shared, so that runs launched from the UI run side by side but never beside a ``drift_assets
+    materialize``, which holds it exclusively (:meth:`lock`)."""
+
+    _held: contextlib.ExitStack | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if context.instance is not None:
+            self.check_reachable()
+            self.claim(context.instance)
+        self._held = contextlib.ExitStack()
+        self._held.enter_context(self.shared_lock())
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._held is not None:
+            self._held.close()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Warehouse:
@@ -402,37 +445,115 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
             keys = ", ".join(sorted(self.storage_options)) or "none"
             raise WarehouseError(
                 f"warehouse.root {self.root} cannot be reached with warehouse.storage_options (keys set: {keys}): "
-                f"{detail}. Set the credentials (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
-                "AWS_ENDPOINT_URL) in warehouse.storage_options or the environment."
+                f"{detail}. Set the credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the "
+                "store's region and endpoint in warehouse.storage_options."
             ) from None
+
+    @property
+    def _lock_path(self) -> Path:
+        return Path(self.root) / ".materialize.lock"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold a local warehouse for one materialization: a second one started meanwhile fails at
-        once, naming the holder, instead of recomputing everything beside it. (Object storage has
-        no lock here: Dagster's run queue and pools order runs there.)"""
+        """Hold a local warehouse for one materialization: a second one started meanwhile, or a run
+        launched from the UI, fails at once, naming the holder, instead of recomputing everything
+        beside it. (Object storage has no lock here: Dagster's run queue and pools order runs there.)"""
         if "://" in self.root:
             yield
             return
-        Path(self.root).mkdir(parents=True, exist_ok=True)
-        handle = (Path(self.root) / ".materialize.lock").open("a+")
+        handle = self._open_lock()
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
                 raise WarehouseBusyError(
-                    f"warehouse {self.root} is being materialized by {holder}: wait for that run to finish "
-                    "(or point warehouse.root elsewhere)"
+                    f"warehouse {self.root} is being materialized by {self._holder(handle)}: wait for that run to "
+                    "finish (or point warehouse.root elsewhere)"
                 ) from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
-            yield
+            _HELD_EXCLUSIVELY.add(os.path.realpath(self._lock_path))
+            try:
+                yield
+            finally:
+                _HELD_EXCLUSIVELY.discard(os.path.realpath(self._lock_path))
         finally:
             handle.close()  # closing releases the lock
+
+    @contextlib.contextmanager
+    def shared_lock(self) -> Iterator[None]:
+        """Hold a local warehouse for one run among others: runs side by side share it, and none runs
+        while a ``materialize`` holds it exclusively (nor it while they run). Nothing to take where
+        this process holds it exclusively: it is that ``materialize``, executing its own runs."""
+        if "://" in self.root or os.path.realpath(self._lock_path) in _HELD_EXCLUSIVELY:
+            yield
+            return
+        with self._open_lock() as handle:  # closing releases the lock
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WarehouseBusyError(
+                    f"warehouse {self.root} is being materialized by {self._holder(handle)}: this run did nothing; "
+                    "launch it again once that one has finished"
+                ) from None
+            yield
+
+    def _open_lock(self):
+        try:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            return self._lock_path.open("a+")
+        except OSError as error:  # a read-only or full file system, a root that is a file
+            raise WarehouseError(
+                f"warehouse.root {self.root} cannot be written ({error.strerror}): nothing was changed"
+            ) from None
+
+    def _holder(self, handle) -> str:
+        """Who holds the lock: the processes the kernel lists for its file (/proc/locks), else what
+        the last exclusive holder wrote into it."""
+        handle.seek(0)
+        written = handle.read().strip()
+        holders = _flock_holders(self._lock_path)
+        if not holders:
+            return written or "another process"
+        if any(mode == "WRITE" for _, mode in holders):
+            return written or ", ".join(f"pid {pid} ({_command(pid)})" for pid, _ in holders)
+        return "runs Dagster launched (" + "; ".join(f"pid {pid}: {_command(pid)}" for pid, _ in holders) + ")"
+
+    def identity(self) -> Identity | None:
+        """The warehouse's identity (None: not written yet, or unreadable)."""
+        if not self.exists(IDENTITY_TABLE):
+            return None
+        try:
+            row = self.scan(IDENTITY_TABLE).collect().row(0, named=True)
+        except Exception:  # damaged: written again by claim
+            return None
+        return Identity(row["id"], row["root"])
+
+    @property
+    def location(self) -> str:
+        """The root as identities record it: a local directory with its links resolved."""
+        return self.root if "://" in self.root else os.path.realpath(self.root)
+
+    def claim(self, instance) -> None:
+        """Make sure ``instance`` keeps this warehouse's history, recording it where it is new to the
+        instance (:func:`drift_assets.core.ownership.claim`); raises :class:`WarehouseInstanceError`
+        where it keeps another's. Serialized per instance, so that two runs started together on two
+        warehouses cannot both take a new instance."""
+        with _instance_lock(instance):
+            stored = instance.run_storage.get_cursor_values({INSTANCE_KEY}).get(INSTANCE_KEY)
+            recorded = Identity(**json.loads(stored)) if stored else None
+            verdict = claim_warehouse(recorded, self.identity(), self.location, _describe_instance(instance))
+            if verdict.refusal:
+                raise WarehouseInstanceError(verdict.refusal)
+            if verdict.warehouse is not None:
+                try:
+                    self.write(IDENTITY_TABLE, pl.DataFrame([vars(verdict.warehouse)]))
+                except Exception as error:
+                    raise WarehouseError(f"warehouse {self.root} cannot be written: {error}") from None
+            if verdict.instance is not None:
+                instance.run_storage.set_cursor_values({INSTANCE_KEY: json.dumps(vars(verdict.instance))})
 
     def partition_columns(self, asset_name: str) -> list[str] | None:
         """The columns the asset's table is partitioned by (None: no readable table)."""
@@ -451,7 +572,7 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
         Path(uri).rename(target)
         return target
 
-    def io_manager(self) -> DeltaLakePolarsIOManager:
+    def io_manager(self) -> WarehouseIOManager:
         client = None
         if self.root.startswith("s3://"):
             # S3Config drops what is not its own field (allow_http): the client's go apart.
@@ -463,10 +584,63 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
             storage = LocalConfig()
         # A materialization rewrites its whole table (or partition), so its schema is the code's: a
         # release that adds a column must not fail on the table an earlier release wrote.
-        return DeltaLakePolarsIOManager(
+        return WarehouseIOManager(
+            warehouse=self,
             root_uri=self.root,
             storage_options=storage,
             client_options=client,
             schema=WAREHOUSE_SCHEMA,
             overwrite_schema=True,
         )
+
+
+class WarehouseIOManager(DeltaLakePolarsIOManager):
+    """dagster-deltalake's IO manager, which every step that stores a table initializes: through it,
+    the warehouse's checks and lock (:class:`Warehouse`) hold for every run, whoever launched it."""
+
+    warehouse: Warehouse
+
+
+def _describe_instance(instance) -> str:
+    try:
+        return f"at {instance.root_directory}"
+    except Exception:
+        return "in use"
+
+
+@contextlib.contextmanager
+def _instance_lock(instance) -> Iterator[None]:
+    """An exclusive lock in the instance's directory (none where it has no writable one)."""
+    try:
+        handle = (Path(instance.root_directory) / ".drift_assets-warehouse.lock").open("a+")
+    except Exception:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _flock_holders(path: Path) -> list[tuple[int, str]]:
+    """(pid, READ or WRITE) of each process the kernel lists as holding a flock on ``path``."""
+    try:
+        stat = path.stat()
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF": the device's major and minor in hex, the
+    # inode in decimal ("->" marks a waiter, which holds nothing).
+    file = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    holders = {
+        (int(fields[4]), fields[3]) for fields in map(str.split, lines) if fields[1:2] == ["FLOCK"] and fields[5:6] == [file]
+    }
+    return sorted(holders)
+
+
+def _command(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(word.decode(errors="replace") for word in words if word)
+    return text if len(text) <= 100 else text[:99] + "…"

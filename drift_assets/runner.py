@@ -34,12 +34,33 @@ DOWNSTREAM = ("influence_scores", "refined_dataset", "refined_dataset_export", "
 PARTITION_RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
+class InstanceError(RuntimeError):
+    """$DAGSTER_HOME names no usable Dagster instance."""
+
+
+def _instance_at_home() -> DagsterInstance:
+    home = os.environ["DAGSTER_HOME"]
+    if not os.path.isabs(home):
+        raise InstanceError(f"DAGSTER_HOME={home} is a relative path: set it to the absolute path of a directory")
+    if not os.path.isdir(home):
+        raise InstanceError(
+            f"DAGSTER_HOME={home} does not exist or is not a directory: create it, or unset DAGSTER_HOME to keep "
+            "this run's history in a temporary instance"
+        )
+    try:
+        return DagsterInstance.get()
+    except Exception as error:  # a dagster.yaml that does not parse or validate
+        first = " ".join(str(error).split())
+        raise InstanceError(f"DAGSTER_HOME={home}: its Dagster instance cannot be opened: {first}") from None
+
+
 @contextmanager
 def instance_for_runs() -> Iterator[DagsterInstance]:
     """The instance under $DAGSTER_HOME; without it, one in a temporary directory whose run history
-    goes with it (an in-memory instance cannot answer the GraphQL staleness queries)."""
+    goes with it (an in-memory instance cannot answer the GraphQL staleness queries). Raises
+    :class:`InstanceError`, naming the variable, where $DAGSTER_HOME is unusable."""
     if os.environ.get("DAGSTER_HOME"):
-        with DagsterInstance.get() as instance:
+        with _instance_at_home() as instance:
             yield instance
         return
     with tempfile.TemporaryDirectory(prefix="drift-dagster-") as home, DagsterInstance.local_temp(home) as instance:
@@ -182,7 +203,9 @@ def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int
         if not gone:
             continue
         if name == WARMUP:
-            for path in _saved_paths(warehouse, ~pl.col("checkpoint").is_in(partitions["checkpoint"])).values():
+            # Only the warm-up run's own: a directory warmup.checkpoints listed (no step) is the user's.
+            trained = ~pl.col("checkpoint").is_in(partitions["checkpoint"]) & pl.col("step").is_not_null()
+            for path in _saved_paths(warehouse, trained).values():
                 if Path(path).exists():
                     logger.warning(f"{WARMUP}: {path} holds a checkpoint no longer configured: delete it to free the space")
         deleted[name] = warehouse.delete_rows(name, outside(partitions))

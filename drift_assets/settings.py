@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drift_assets.core.adapters import VLLM_LORA_RANKS, LoraOptions
-from drift_assets.core.attribution import Ranking, ScoringSettings, Targets, Unsolved
+from drift_assets.core.attribution import NoiseGate, Ranking, ScoringSettings, SharedDirection, Targets, Unsolved
 from drift_assets.core.devices import check_device_pool
 from drift_assets.core.influence import Debias, Hessian
 from drift_assets.core.projection import Basis, ProjectionOptions
@@ -93,6 +93,12 @@ def s3_option_names() -> tuple[frozenset[str], frozenset[str]]:
 
 # deltalake's spellings (AWS_ENDPOINT_URL, …) of S3Config's fields, lower-cased without "aws_".
 _AWS_ALIASES = {"endpoint_url": "endpoint", "session_token": "token", "s3_allow_unsafe_rename": "allow_unsafe_rename"}
+# The storage options that are credentials, and the environment variable deltalake reads each from.
+CREDENTIAL_OPTIONS = {
+    "access_key_id": "AWS_ACCESS_KEY_ID",
+    "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "token": "AWS_SESSION_TOKEN",
+}
 
 
 class WarehouseSettings(_Group):
@@ -100,8 +106,9 @@ class WarehouseSettings(_Group):
     storage_options: dict[str, str] = Field(
         default_factory=dict,
         description="Object storage options for an s3:// root, dagster-deltalake's S3Config and ClientConfig field "
-        "names (or their AWS_* spellings): access_key_id, secret_access_key, region, endpoint (MinIO, R2, …), "
-        "allow_http, allow_unsafe_rename, …; unset credentials come from the AWS_* environment variables.",
+        "names (or their AWS_* spellings): region, endpoint (MinIO, R2, …), allow_http, allow_unsafe_rename, …. "
+        "No credentials: the UI would show them; they come from the environment (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or the machine's role.",
     )
 
     @field_validator("storage_options")
@@ -121,8 +128,29 @@ class WarehouseSettings(_Group):
                 )
             if name in named:
                 raise ValueError(f"{key!r} sets {name!r} a second time")
+            # The options are resource config: the UI shows them and every run's record keeps them.
+            # A credential is read from the environment instead, where deltalake looks when it is unset.
+            if name in CREDENTIAL_OPTIONS:
+                raise ValueError(
+                    f"{key!r} is a credential, which the UI would show and every run would record: remove it and set "
+                    f"the environment variable {CREDENTIAL_OPTIONS[name]} instead (read from there when unset)"
+                )
+            if re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", str(value), re.IGNORECASE):
+                raise ValueError(
+                    f"{key!r} holds a password in its URL, which the UI would show: pass the credentials through "
+                    "the environment (AWS_* variables) instead"
+                )
             named[name] = value
         return named
+
+    @model_validator(mode="after")
+    def _options_need_object_storage(self) -> WarehouseSettings:
+        if self.storage_options and "://" not in self.root:
+            raise ValueError(
+                f"storage_options ({', '.join(sorted(self.storage_options))}) are for an object store, and warehouse.root "
+                f"{self.root!r} is a local directory: remove them, or set an s3:// root"
+            )
+        return self
 
 
 DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice", "shift")  # drift_assets.tasks.TASKS; a test keeps them equal
@@ -378,6 +406,17 @@ class InfluenceSettings(_Group):
         description="the share of the pool the ranking takes first: the rows the base model finds likeliest (lowest loss "
         "per response token), where noise is rarest; the rest follow, each part ranked on its own. 1 = no guard",
     )
+    shared_direction: SharedDirection = Field(
+        _SCORING.shared_direction,
+        description="the direction the validation queries' parts of the target share (with signed weights, e.g. which way "
+        "the model errs on every query): keep it, or remove it from each query's part, so the target says which answers "
+        "are right",
+    )
+    noise_gate: NoiseGate = Field(
+        _SCORING.noise_gate,
+        description="off, or mixture: a two-component mixture of each row's log loss along the checkpoints; the rows of "
+        "its high-loss component are ranked after the others (none where the components overlap)",
+    )
 
     def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
@@ -423,12 +462,47 @@ class WarmupSettings(_Group):
     )
     seed: int = Field(0, description="the warm-up run's example order")
     checkpoint_dir: str = Field("checkpoints", description="A local directory for the checkpoints' model directories.")
+    optimizer_state: Literal["auto"] | bool = Field(
+        "auto",
+        description="save AdamW's moments beside each checkpoint (twice the trained weights' size: small for LoRA "
+        "adapters, large for every weight of a big model), which the benchmark's LESS methods precondition with; "
+        "auto = where benchmark.methods names less or less_round_robin",
+    )
     lora: LoraSettings | None = Field(
         None,
         description="null: the run fine-tunes every weight and saves whole models; set (e.g. {rank: 16}): it trains "
         "LoRA adapters only and saves them, and vLLM serves them on the base model. Gradients are of the adapters "
         "where projection.target_modules names their modules (…lora_A.default, …lora_B.default).",
     )
+    checkpoints: list[str] = Field(
+        [],
+        description="Model directories the pool is also scored at instead of a warm-up run's checkpoints (none is "
+        "trained): checkpoints of a fine-tune you already ran on the pool, each a Hugging Face model directory (or "
+        "a LoRA adapter on model.path) with the same tokenizer as model.path; each is one checkpoint partition, "
+        "named after its directory (checkpoint-500/ → checkpoint-500). Checked before any step at them runs.",
+    )
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _named_apart(cls, paths: list[str]) -> list[str]:
+        from drift_assets.core.trajectory import given_checkpoint_keys
+
+        given_checkpoint_keys(paths)  # raises naming the entry whose name is unusable or taken
+        return paths
+
+    @model_validator(mode="after")
+    def _given_or_trained(self) -> WarmupSettings:
+        if self.checkpoints and self.steps not in ("auto", []):
+            raise ValueError(
+                "warmup.checkpoints replaces the warm-up run, and warmup.steps trains one: set one of them "
+                "(warmup.steps: auto or [] with warmup.checkpoints)"
+            )
+        if self.checkpoints and self.lora is not None:
+            raise ValueError(
+                "warmup.lora sets how the warm-up run trains, and warmup.checkpoints trains none: remove warmup.lora "
+                "(a listed LoRA adapter directory is recognized by its adapter_config.json)"
+            )
+        return self
 
     @field_validator("steps")
     @classmethod
@@ -509,10 +583,17 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "full",
     "random",
     "oracle",
+    "self_distill",
     "loss",
     "rds",
     "bm25",
+    "dsir",
+    "grape",
+    "dynamics",
+    "less",
+    "less_round_robin",
     "offpolicy",
+    "influence",
     "drift",
     "drift_signed",
     "drift_positive",
@@ -525,9 +606,24 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_round_robin",
     "drift_guarded",
     "drift_base",
+    "drift_specific",
+    "drift_gated",
+    "drift_fisher",
 )
+# The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
+OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
-ABLATIONS_ON_REQUEST = ("drift_skip", "drift_nodebias", "drift_unit", "drift_log_orthogonal", "drift_by_score", "drift_guarded")
+ABLATIONS_ON_REQUEST = (
+    "drift_skip",
+    "drift_nodebias",
+    "drift_unit",
+    "drift_log_orthogonal",
+    "drift_by_score",
+    "drift_guarded",
+    "drift_specific",
+    "drift_gated",
+    "drift_fisher",
+)
 
 
 class BenchmarkSettings(_Group):
@@ -647,7 +743,10 @@ class Settings(_Group):
     def warmup_schedule(self) -> dict[str, Any]:
         """The warm-up run as it will be run: ``warmup`` with its defaults taken from ``benchmark.sft``."""
         sft, warmup = self.benchmark.sft, self.warmup
-        steps = sorted({sft.steps // 6, sft.steps // 2, sft.steps} - {0}) if warmup.steps == "auto" else list(warmup.steps)
+        if warmup.checkpoints:  # scored at the directories given: no warm-up run
+            steps = []
+        else:
+            steps = sorted({sft.steps // 6, sft.steps // 2, sft.steps} - {0}) if warmup.steps == "auto" else list(warmup.steps)
         return {
             "steps": steps,
             "batch_size": warmup.batch_size or sft.batch_size,
@@ -657,16 +756,34 @@ class Settings(_Group):
         }
 
     @property
+    def warmup_saves_optimizer_state(self) -> bool:
+        """Whether the warm-up saves AdamW's moments at each checkpoint (``warmup.optimizer_state``)."""
+        if self.warmup.optimizer_state == "auto":
+            return any(method in OPTIMIZER_STATE_METHODS for method in self.benchmark.methods)
+        return bool(self.warmup.optimizer_state)
+
+    @property
     def warmup_steps(self) -> list[int]:
         """The warm-up checkpoints' steps ([] = the base model only)."""
         return self.warmup_schedule["steps"]
 
     @property
     def checkpoints(self) -> list[str]:
-        """The partition keys of the checkpoints the pool is scored at: ``base``, then the warm-up steps."""
-        from drift_assets.core.trajectory import checkpoint_keys
+        """The partition keys of the checkpoints the pool is scored at: ``base``, then the warm-up
+        steps, or the directories ``warmup.checkpoints`` gives."""
+        from drift_assets.core.trajectory import BASE, checkpoint_keys
 
+        if self.warmup.checkpoints:
+            return [BASE, *self.given_checkpoints]
         return checkpoint_keys(self.warmup_steps)
+
+    @property
+    def given_checkpoints(self) -> dict[str, str]:
+        """Partition key → model directory (absolute) of each ``warmup.checkpoints`` entry, in order."""
+        from drift_assets.core.trajectory import given_checkpoint_keys
+
+        paths = self.warmup.checkpoints
+        return dict(zip(given_checkpoint_keys(paths), (self.resolve(path) for path in paths), strict=True))
 
     def warmup_options(self):
         """The :class:`~drift_assets.core.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
@@ -754,15 +871,41 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """YAML's error on one line, with the line and column it points at (its own message spans
+    several lines and names the text as "<unicode string>")."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return " ".join(str(error).split())
+    problem = " ".join(filter(None, (error.context, error.problem))) or "unreadable"
+    if "python/" in problem:  # !!python/object, !!python/name: the safe loader constructs plain data only
+        problem += " (Python tags are not allowed: the file is read with YAML's safe loader)"
+    mark = error.problem_mark or error.context_mark
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Load and validate the settings file: ``path``, else $DRIFT_ASSETS_SETTINGS, else data/settings.yaml."""
     chosen = Path(path or os.environ.get(SETTINGS_ENV_VAR) or DEFAULT_SETTINGS_PATH)
     if not chosen.exists():
         raise SettingsError(f"{chosen}: settings file not found (set {SETTINGS_ENV_VAR} to use another file)")
+    if chosen.is_dir():
+        raise SettingsError(f"{chosen}: is a directory, not a settings file (name the YAML file itself)")
     try:
-        raw = yaml.load(chosen.read_text(), Loader=_UniqueKeyLoader)
+        data = chosen.read_bytes()
+    except OSError as error:
+        raise SettingsError(f"{chosen}: cannot be read ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise SettingsError(
+            f"{chosen}: not UTF-8 text: byte 0x{data[error.start]:02x} at position {error.start} (line {line}); "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
-        raise SettingsError(f"{chosen}: not valid YAML: {error}") from None
+        raise SettingsError(f"{chosen}: not valid YAML: {_yaml_problem(error)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise SettingsError(f"{chosen}: expected a mapping of settings groups at the top level")
     return parse_settings(raw, str(chosen), chosen.resolve().parent)
@@ -786,10 +929,13 @@ DERIVED = {
     "warmup_schedule": (
         *("warmup.steps", "warmup.batch_size", "warmup.learning_rate", "warmup.seed"),
         *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate", "benchmark.sft.group_by_length"),
+        "warmup.checkpoints",  # given checkpoints: no run
     ),
-    "warmup_steps": ("warmup.steps", "benchmark.sft.steps"),
-    "checkpoints": ("warmup_steps",),
+    "warmup_steps": ("warmup.steps", "benchmark.sft.steps", "warmup.checkpoints"),
+    "checkpoints": ("warmup_steps", "warmup.checkpoints"),
+    "given_checkpoints": ("warmup.checkpoints",),
     "warmup_options": ("warmup_schedule",),
+    "warmup_saves_optimizer_state": ("warmup.optimizer_state", "benchmark.methods"),
 }
 # Derived values that are part of another one (readable where that one is read).
 _PART_OF_DERIVED = {"warmup_steps": "warmup_schedule"}

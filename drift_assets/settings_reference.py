@@ -37,20 +37,32 @@ def _fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, FieldInf
 def settings_read_by_asset(graph=None) -> dict[str, tuple[str, ...]]:
     """What each asset's code version hashes, as its definition records it, in a resolved asset
     ``graph`` (default: the whole graph, the demo, a warm-up run and test queries included, so that
-    every asset exists)."""
+    every asset exists, together with the graph whose warm-up checkpoints ``warmup.checkpoints``
+    gives)."""
     if graph is None:
         from drift_assets.definitions import build_definitions
 
-        settings = Settings.model_validate(
-            {"demo": {"enabled": True}, "warmup": {"steps": [1]}, "data": {"test_queries": "demo/test_queries.jsonl"}}
-        )
-        graph = build_definitions(settings).resolve_asset_graph()
-    reads = {}
-    for key in graph.get_all_asset_keys():
-        metadata = graph.get(key).metadata
-        if SETTINGS_READ_KEY in metadata:
-            recorded = metadata[SETTINGS_READ_KEY]
-            reads[key.to_user_string()] = tuple(recorded.value if hasattr(recorded, "value") else recorded)
+        # warm-up checkpoints trained, then given (warmup.checkpoints): one asset, two definitions
+        graphs = [
+            build_definitions(
+                Settings.model_validate(
+                    {"demo": {"enabled": True}, "warmup": warmup, "data": {"test_queries": "demo/test_queries.jsonl"}}
+                )
+            ).resolve_asset_graph()
+            for warmup in ({"steps": [1]}, {"checkpoints": ["given"]})
+        ]
+    else:
+        graphs = [graph]
+    reads: dict[str, tuple[str, ...]] = {}
+    for each in graphs:
+        for key in each.get_all_asset_keys():
+            metadata = each.get(key).metadata
+            if SETTINGS_READ_KEY in metadata:
+                recorded = metadata[SETTINGS_READ_KEY]
+                # key -> value (a JSON metadata value): its keys
+                keys = recorded.value if hasattr(recorded, "value") else recorded
+                name = key.to_user_string()
+                reads[name] = tuple(dict.fromkeys((*reads.get(name, ()), *keys)))
     return reads
 
 

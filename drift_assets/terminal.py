@@ -7,9 +7,14 @@ logger: the UI shows each event with its run, step and trace.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 from dagster import Field, logger
 
@@ -80,3 +85,53 @@ def terminal_logger(init_context) -> logging.Logger:
 def terminal_run_config(verbose: bool) -> dict:
     """The run config that selects :func:`terminal_logger` for a run started from Python."""
     return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO", "tracebacks": verbose}}}}
+
+
+# A Rust panic as its default hook prints it: "thread '<name>' (<id>) panicked at <file>:<line>:<col>:",
+# the message, then a backtrace or a "note:" line.
+_PANIC = re.compile(rb"^thread '[^']*' (\(\d+\) )?panicked at ")
+_PANIC_END = re.compile(rb"^note: ")
+_LOG_LINE = re.compile(rb"^(\d\d:\d\d:\d\d |error: |\S+: )")
+
+
+def _forward_without_panics(source: int, target: int) -> None:
+    skipping = False
+    with os.fdopen(source, "rb", buffering=0) as pipe:
+        for line in iter(pipe.readline, b""):
+            if _PANIC.match(line):
+                skipping = True
+                continue
+            if skipping:
+                if _PANIC_END.match(line):
+                    skipping = False
+                    continue
+                if not _LOG_LINE.match(line):
+                    continue
+                skipping = False  # a line of ours: the panic's lines ended without their note
+            try:
+                os.write(target, line)
+            except OSError:  # the terminal went away: keep draining, or the writers would block
+                pass
+
+
+@contextlib.contextmanager
+def without_rust_panics() -> Iterator[None]:
+    """Keep the panics of deltalake's Rust threads out of the terminal. A write that fails (a full
+    disk) raises in Python, naming the cause; the object store's background thread then panics
+    ("Already shut down") and Rust's hook prints that, with a backtrace, to file descriptor 2. While
+    this is open, that descriptor is a pipe whose lines are copied to the terminal less those of a
+    panic (``--verbose`` keeps them)."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    source, sink = os.pipe()
+    os.dup2(sink, 2)
+    os.close(sink)
+    copier = threading.Thread(target=_forward_without_panics, args=(source, terminal), daemon=True)
+    copier.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # the pipe's last writer here: the copier reads to its end (children may hold it)
+        copier.join(timeout=5)
+        os.close(terminal)

@@ -151,6 +151,7 @@ def private_materialized(materialized, tmp_path) -> Path:
 # the order only, so a stale figure costs time, never a result.
 LONGEST_DEMO_FILES = {
     "assets/test_operations.py": 150,
+    "assets/test_instance_and_signals.py": 105,
     "assets/test_trajectory.py": 97,
     "assets/test_rollouts.py": 71,
     "assets/test_pipeline.py": 34,

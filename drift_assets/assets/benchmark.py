@@ -11,25 +11,44 @@ import numpy as np
 import polars as pl
 from dagster import AssetMaterialization, AssetSpec, Failure, MetadataValue, OpExecutionContext, job, op
 
-from drift_assets.assets.evaluate import _FINE_TUNE_AND_EVALUATE, EVALUATE_VERSION, fine_tune_job, train_and_evaluate
+from drift_assets.assets.checkpoints import WARMUP, checkpoint_model
+from drift_assets.assets.cost import pool_sequence_tokens, recorded_pipeline_cost
+from drift_assets.assets.evaluate import (
+    _FINE_TUNE_AND_EVALUATE,
+    EVALUATE_VERSION,
+    evaluation_engine,
+    fine_tune_job,
+    train_and_evaluate,
+)
 from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.assets.placement import GPU_OP_TAGS, GPU_POOL
 from drift_assets.core.benchmark import (
+    LESS_METHODS,
     MethodScorer,
+    Selection,
     benchmark_table,
+    dynamics_scores,
     fine_tune_from_disk,
+    grape_scores,
+    less_scores,
     loss_scores,
     run_fine_tunes,
     scoring_for,
     selected_ids,
+    selection_of,
+    self_distilled,
     shared_fine_tunes,
     similarity_scores,
     summary_markdown,
     summary_table,
 )
+from drift_assets.core.cost import method_costs
+from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
+from drift_assets.core.less import AdamMoments, less_along
+from drift_assets.core.pool import reference_tokens
 from drift_assets.core.progress import Progress
 from drift_assets.core.selection import select
-from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along
+from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import Reads, Settings
 
@@ -53,7 +72,8 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         group_name="benchmark",
         code_version=reads.code_version(EVALUATE_VERSION),
         metadata=reads.metadata(),
-        deps=["base_model", *TABLES_READ],
+        # The warm-up's checkpoints, where there are any: LESS loads them with their optimizer state.
+        deps=["base_model", *TABLES_READ, *([WARMUP] if settings.checkpoints[1:] else [])],
         kinds={"pytorch", "delta"},
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds; "
         "written by the method_benchmark job.",
@@ -76,37 +96,58 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         drift = reads.influence.scoring()
         tables = ConfiguredTables.configured_by(reads, warehouse)
         losses = base_losses(tables, training_pool)  # the loss method's scores and the likelihood guard's order
-        scorer = MethodScorer(list(gradients_along(tables)), losses)
+        scorer = MethodScorer(list(gradients_along(tables)), losses, losses_along(tables, training_pool))
         network, tokenizer = model.load_model(), model.load_tokenizer()
+        methods = benchmark.methods
         scores = {}
-        for method in benchmark.methods:
+        for method in methods:
             if scoring_for(method, drift) is not None:
                 scores[method] = scorer.method_scores(method, drift, training_pool)
             elif method == "loss":
                 scores[method] = loss_scores(losses)
-            elif method in ("rds", "bm25"):
+            elif method in ("rds", "bm25", "dsir"):
                 scores[method] = similarity_scores(method, training_pool, validation_queries, network, tokenizer)
+            elif method == "grape":
+                scores[method] = grape_scores(training_pool, losses)
+            elif method == "dynamics":
+                scores[method] = dynamics_scores(scorer.losses_along, reads.checkpoints)
+        if any(method in LESS_METHODS for method in methods):
+            matrix = less_matrix_of(context, reads, model, warehouse, tokenizer, training_pool, validation_queries)
+            for method in LESS_METHODS:
+                if method in methods:
+                    scores[method] = less_scores(method, training_pool["example_id"].to_list(), matrix)
+        distilled = None
+        if "self_distill" in methods:
+            distilled = distill(reads, rollout_engine, model, network, tokenizer, training_pool, validation_queries)
+            context.log.info(
+                f"self_distill: the base model answers {distilled['correct'].sum()} of the pool's {distilled.height} prompts right"
+            )
         # random and the others select as many examples as DRIFT does, so that they differ only in which ones.
         drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
         drift_size = int(select(drift_scores, selection.method, selection.fraction, selection.k).sum())
         queries = test_queries.to_dicts()
+        pool_messages = dict(zip(training_pool["example_id"], training_pool["messages"], strict=True))
+        own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
+        selections = {}
 
-        def choose(method: str, seed: int) -> frozenset[str]:
+        def choose(method: str, seed: int) -> Selection:
             chosen = selected_ids(
-                method, seed, training_pool, scores.get(method), drift_size, selection.method, selection.fraction, selection.k
-            )
-            return frozenset(chosen)
-
-        plan = shared_fine_tunes(benchmark.methods, benchmark.seeds, choose)
-        jobs = [
-            fine_tune_job(
-                reads,
-                model,
-                sharers[0],
-                training_pool.filter(pl.col("example_id").is_in(list(chosen)))["messages"].to_list(),
-                queries,
+                method,
                 seed,
+                training_pool,
+                scores.get(method),
+                drift_size,
+                selection.method,
+                selection.fraction,
+                selection.k,
+                distilled,
             )
+            selections[method, seed] = selection_of(chosen, own_answers if method == "self_distill" else pool_messages)
+            return selections[method, seed]
+
+        plan = shared_fine_tunes(methods, benchmark.seeds, choose)
+        jobs = [
+            fine_tune_job(reads, model, sharers[0], [messages for _, messages in sorted(chosen)], queries, seed)
             for seed, chosen, sharers in plan
         ]
         run_one = (
@@ -114,9 +155,9 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
             if benchmark.workers > 1
             else (lambda tune: train_and_evaluate(reads, model, rollout_engine, tune, context.log.debug))
         )
-        shared = len(benchmark.methods) * len(benchmark.seeds) - len(jobs)
+        shared = len(methods) * len(benchmark.seeds) - len(jobs)
         context.log.info(
-            f"{len(jobs)} fine-tunes ({len(benchmark.methods)} methods x {len(benchmark.seeds)} seeds"
+            f"{len(jobs)} fine-tunes ({len(methods)} methods x {len(benchmark.seeds)} seeds"
             + (f", {shared} sharing another method's selection" if shared else "")
             + f") in {benchmark.workers} process(es)"
         )
@@ -129,7 +170,16 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
                 progress.advance(f"{' = '.join(sharers)} seed {tune.seed}: accuracy {result.accuracy:.3f}")
                 yield sharers, tune, result, seconds
 
-        table = benchmark_table(finished(), benchmark.methods, scores, training_pool)
+        table = benchmark_table(finished(), methods, scores, training_pool, selections)
+        # Beside each method's accuracy, what choosing its examples cost (the influence methods: the
+        # pipeline's steps, as their latest materializations recorded them).
+        pipeline = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False)
+        validation_tokens = sum(
+            reference_tokens(tokenizer, prompt, response)
+            for prompt, response in zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)
+        )
+        costs = method_costs(methods, pipeline, sum(pool_sequence_tokens(training_pool)), validation_tokens)
+        table = table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
         warehouse.write(BENCHMARK, table)
         context.log_event(
             AssetMaterialization(
@@ -153,6 +203,41 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         fine_tune_each_method()
 
     return spec, method_benchmark_job
+
+
+ADAPTER_MODULES = r".*\.lora_[AB]\.default"
+
+
+def less_matrix_of(
+    context, reads: Reads, model: ModelResource, warehouse: Warehouse, tokenizer, training_pool, validation_queries
+):
+    """LESS's (pool × validation queries) scores along the warm-up checkpoints, one model loaded at a time."""
+    steps = reads.checkpoints[1:]
+    if not steps:
+        raise Failure("benchmark methods less and less_round_robin score along the warm-up run: set warmup.steps")
+
+    def checkpoints():
+        for checkpoint in steps:
+            at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
+            directory = at_checkpoint.adapter or at_checkpoint.path
+            context.log.info(f"LESS: per-example gradients at checkpoint {checkpoint} ({directory})")
+            # A LoRA checkpoint keeps its adapter modules: their weights are what the warm-up trained.
+            network = at_checkpoint.load_model(ADAPTER_MODULES if at_checkpoint.adapter else None)
+            yield checkpoint, network, AdamMoments.load(directory)
+
+    training = pool_token_pairs(tokenizer, training_pool["messages"])
+    validation = query_token_pairs(
+        tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
+    )
+    return less_along(checkpoints(), tokenizer, training, validation)
+
+
+def distill(reads: Reads, rollout_engine, model: ModelResource, network, tokenizer, training_pool, validation_queries):
+    """The base model's greedy answers to the pool's prompts, graded (:func:`~drift_assets.core.benchmark.self_distilled`)."""
+    graders = validation_queries["grader"].unique().to_list()
+    grader = graders[0] if len(graders) == 1 else reads.grading.default_grader
+    with evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, rollout_engine, model.dtype) as engine:
+        return self_distilled(engine, tokenizer, training_pool, grader, reads.rollout.max_tokens, reads.grading.options())
 
 
 def accuracy_plot(table: pl.DataFrame) -> MetadataValue:

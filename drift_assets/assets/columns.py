@@ -67,8 +67,8 @@ COLUMN_DESCRIPTIONS = {
     "score_raw": "the score before the gradient-norm debias",
     "self_influence": "the example's influence on itself (its gradient's squared norm under H⁻¹)",
     "rank": "the selection's order: the first k rows by rank are the selection of k",
-    "likely": "among the share of the pool the base model finds likeliest, which the ranking takes first "
-    "(influence.likelihood_guard; every row without it)",
+    "likely": "among the rows the ranking takes first: the base model's likeliest share (influence.likelihood_guard) "
+    "and those influence.noise_gate keeps (every row without either)",
     "selected": "whether the row is in the refined dataset",
     "weight": "the row's SFT weight: 1.0 selected, 0.0 not",
     # --- evaluation and benchmark

@@ -7,12 +7,14 @@ import time
 import polars as pl
 from dagster import AssetExecutionContext, asset
 
+from drift_assets.assets.cost import full_sft_reference
 from drift_assets.assets.metadata import accuracy_picture, loss_picture, rounded, table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core.benchmark import (
     FineTuneJob,
     fine_tune_from_disk,
 )
+from drift_assets.core.cost import StageCost, total
 from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
 from drift_assets.core.progress import Progress
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
@@ -79,10 +81,10 @@ def train_and_evaluate(
         return fine_tune_from_disk(job)
     started = time.perf_counter()
     network, tokenizer = model.load_model(), model.load_tokenizer()
-    losses = fine_tune(network, tokenizer, job.messages, job.options, log=log).losses if job.messages else []
+    run = fine_tune(network, tokenizer, job.messages, job.options, log=log) if job.messages else None
     with evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, rollout_engine, model.dtype) as engine:
         result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
-    result.train_losses = losses
+    result.train_losses, result.train_tokens = (run.losses, run.tokens) if run is not None else ([], 0)
     return result, time.perf_counter() - started
 
 
@@ -113,10 +115,19 @@ def build_evaluation_assets(settings: Settings) -> list:
             "refined": refined_dataset.filter("selected")["messages"].to_list(),
         }
         progress = Progress("evaluation", len(candidates), context.log.info, "models")
-        rows, curves = [], {}
+        rows, curves, costs = [], {}, []
         for name, messages in candidates.items():
             result, seconds = train_and_evaluate(
                 reads, model, rollout_engine, fine_tune_job(reads, model, name, messages, queries, seed), context.log.info
+            )
+            # Its fine-tune (forward and backward) and its greedy decoding of the test queries (forward).
+            costs.append(
+                StageCost(
+                    "evaluation",
+                    result.train_tokens + result.prompt_tokens + result.generated_tokens,
+                    result.train_tokens,
+                    seconds,
+                )
             )
             low, high = result.interval
             rows.append(
@@ -147,6 +158,7 @@ def build_evaluation_assets(settings: Settings) -> list:
                     [(r["model"], r["accuracy"], r["accuracy_low"], r["accuracy_high"]) for r in rows]
                 ),
                 "sft_loss_curves": loss_picture(curves),
+                **total(costs, "evaluation").metadata(full_sft_reference(reads.unversioned, refined_dataset)),
             }
         )
         return table

@@ -6,16 +6,20 @@ import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, Output, asset
 
 from drift_assets.assets.checkpoints import checkpoint_model, checkpoint_partitions, checkpoint_shard_partitions, model_deps
+from drift_assets.assets.cost import full_sft_reference, stored_reference
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.checks import vectors_result
+from drift_assets.core.cost import gradient_pass_cost
 from drift_assets.core.gradients import (
     empty_gradient_frame,
     gradient_frame,
     pool_token_pairs,
     reference_basis,
+    sequence_tokens,
     shard_of,
     validation_gradient_frame,
+    validation_token_pairs,
 )
 from drift_assets.core.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.core.projection import LinearGradientProjector, ProjectionBasis
@@ -58,6 +62,7 @@ def build_gradient_assets(settings: Settings) -> list:
     n_shards = training_reads.projection.shards
     answer_marker = validation_answer_marker(validation_reads)
     checkpoints = checkpoint_partitions(settings)
+    reads_all = basis_reads.unversioned  # the cost's reference SFT recipe: a metadata figure, no table changes with it
 
     @asset(
         group_name="attribution",
@@ -74,6 +79,7 @@ def build_gradient_assets(settings: Settings) -> list:
         context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource, warehouse: Warehouse
     ) -> Output:
         checkpoint = context.partition_key
+        started = time.perf_counter()
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
@@ -102,6 +108,10 @@ def build_gradient_assets(settings: Settings) -> list:
                 "fitted_on_sequences": validation_queries.height if options.basis == "pca" else 0,
                 "basis_fingerprint": basis.fingerprint(),
                 "model_fingerprint": fingerprint,
+                # The PCA fit's passes over the references (none for a random basis).
+                **gradient_pass_cost("gradients", [basis.fit_tokens], time.perf_counter() - started, checkpoint).metadata(
+                    stored_reference(reads_all, warehouse)
+                ),
             },
         )
 
@@ -138,6 +148,7 @@ def build_gradient_assets(settings: Settings) -> list:
         warehouse: Warehouse,
     ):
         checkpoint = context.partition_key
+        started = time.perf_counter()
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         fingerprint = at_checkpoint.fingerprint()
@@ -147,6 +158,7 @@ def build_gradient_assets(settings: Settings) -> list:
                 f"rollouts[{checkpoint}] were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize them"
             )
         projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
+        pairs = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
         table = validation_gradient_frame(
             projector,
             tokenizer,
@@ -157,13 +169,16 @@ def build_gradient_assets(settings: Settings) -> list:
             progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences"),
             answer_marker,
             context.log.debug,
+            pairs=pairs,
         ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
+        cost = gradient_pass_cost("gradients", [sequence_tokens(*pairs[1:])], time.perf_counter() - started, checkpoint)
         yield Output(
             table,
             metadata={
                 **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
                 "dimension": projector.dimension,
                 "layers": len(projector.layers),
+                **cost.metadata(stored_reference(reads_all, warehouse)),
             },
         )
         yield vectors_result("validation_gradients_vectors_finite", table)
@@ -242,6 +257,13 @@ def build_gradient_assets(settings: Settings) -> list:
                 "rows_computed": todo.height,
                 "wall_seconds": time.perf_counter() - started,
                 "device": model.device_label,
+                # The examples computed here (reused rows cost nothing again), prompt and response.
+                **gradient_pass_cost(
+                    "gradients",
+                    (todo["n_prompt_tokens"] + todo["n_response_tokens"]).to_list() if todo.height else [],
+                    time.perf_counter() - started,
+                    checkpoint,
+                ).metadata(full_sft_reference(reads_all, training_pool)),
             },
         )
         yield vectors_result("vectors_finite", table)

@@ -1,5 +1,7 @@
 """Influence scores of every pool example at every checkpoint, streamed shard by shard from the gradient table, combined."""
 
+import time
+
 import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
@@ -18,8 +20,9 @@ from drift_assets.assets.gradients import progress_logger
 from drift_assets.assets.metadata import markdown_table, rounded, score_picture, table_metadata
 from drift_assets.checks import influence_complete_result
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
+from drift_assets.core.cost import StageCost
 from drift_assets.core.guards import MAX_REFERENCE_SHARE, MAX_SPEARMAN, hacking_guard, target_guard
-from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, one_row_per_example
+from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along, one_row_per_example
 from drift_assets.core.trajectory import ranked_scores, score_along
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
@@ -70,6 +73,7 @@ def build_influence_assets(settings: Settings) -> list:
         ),
     )
     def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
+        started = time.perf_counter()
         tables = ConfiguredTables.configured_by(reads, warehouse)
         tick = progress_logger(context, "scoring", "checkpoints")
         along = score_along(
@@ -88,7 +92,8 @@ def build_influence_assets(settings: Settings) -> list:
             for at in along.checkpoints
         ]
         losses = base_losses(tables, training_pool)
-        table = ranked_scores(along, training_pool, losses, influence.likelihood_guard)
+        gate_losses = losses_along(tables, training_pool) if influence.noise_gate != "off" else None
+        table = ranked_scores(along, training_pool, losses, influence.likelihood_guard, influence.noise_gate, gate_losses)
         table = table.join(losses, on="example_id", how="left", maintain_order="left")
         problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
         if problem:  # nothing of it is committed
@@ -116,6 +121,8 @@ def build_influence_assets(settings: Settings) -> list:
                 "hessian_damping": float(f"{along.checkpoints[0].curvature.damping_value:.3g}"),
                 "score_distribution": score_picture(table),
                 "checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows))),
+                # Products of stored gradients: no pass of the model, its seconds only.
+                **StageCost("scoring", 0, 0, time.perf_counter() - started).metadata(),
             },
         )
         # Each guard's figures and limit as numbers, which the check's Plots tab draws run after run.

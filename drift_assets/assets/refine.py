@@ -9,6 +9,7 @@ import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
     MetadataValue,
@@ -16,10 +17,12 @@ from dagster import (
     asset_check,
 )
 
+from drift_assets.assets.cost import cost_metadata, recorded_pipeline_cost
 from drift_assets.assets.gradients import PROJECTION_KEYS
 from drift_assets.assets.metadata import rounded, score_picture, table_metadata
 from drift_assets.checks import selection_result
 from drift_assets.core.fingerprint import content_hash
+from drift_assets.core.guards import likelihood_agreement_guard
 from drift_assets.core.publish import CARD_NAME, EXPORT_NAME, UNSELECTED_NAME, CardFacts, export_dataset
 from drift_assets.core.selection import refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
@@ -88,6 +91,10 @@ def build_refine_assets(settings: Settings) -> list:
         if warning:
             context.log.warning(warning)
             metadata["warning"] = warning
+        # What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run).
+        cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False)
+        context.log.info("cost: " + "; ".join(cost.lines()))
+        metadata.update(cost_metadata(cost))
         context.add_output_metadata(metadata)
         return table
 
@@ -107,6 +114,21 @@ def build_refine_assets(settings: Settings) -> list:
         else:
             expected = int((refined_dataset["score"] > 0).sum())
         return selection_result(refined_dataset, training_pool, expected)
+
+    @asset_check(
+        asset=refined_dataset,
+        additional_ins={"influence_scores": AssetIn("influence_scores")},
+        description="The selection shares more rows with a loss filter of the same size than a random one would "
+        "(a warning, with the advice to run method_benchmark, where it does not).",
+    )
+    def refined_dataset_agrees_with_likelihood(
+        context: AssetCheckExecutionContext, refined_dataset: pl.DataFrame, influence_scores: pl.DataFrame
+    ) -> AssetCheckResult:
+        losses = dict(zip(influence_scores["example_id"], influence_scores["loss_per_token"], strict=True))
+        passed, message = likelihood_agreement_guard(refined_dataset.filter("selected")["example_id"], losses)
+        if not passed:
+            context.log.warning(message)
+        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message})
 
     @asset(
         group_name="refinement",
@@ -169,7 +191,7 @@ def build_refine_assets(settings: Settings) -> list:
         )
         return table
 
-    return [refined_dataset, refined_dataset_selection, refined_dataset_export]
+    return [refined_dataset, refined_dataset_selection, refined_dataset_agrees_with_likelihood, refined_dataset_export]
 
 
 def _previous_export(warehouse: Warehouse) -> dict[str, str] | None:

@@ -7,9 +7,11 @@ import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, Output, asset
 
 from drift_assets.assets.checkpoints import checkpoint_model, checkpoint_partitions, model_deps
+from drift_assets.assets.cost import stored_reference
 from drift_assets.assets.metadata import table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.checks import rollouts_complete_result, rollouts_not_degenerate_result, schema_and_ids_result
+from drift_assets.core.cost import generation_cost
 from drift_assets.core.finite import describe, non_finite_tensors
 from drift_assets.core.progress import Progress
 from drift_assets.core.rollouts import sample_rollouts
@@ -90,6 +92,7 @@ def build_rollout_assets(settings: Settings) -> list:
             )
         seconds = time.perf_counter() - started
         table = table.select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
+        cost = generation_cost("rollouts", [report.prompt_tokens], [report.generated_tokens], seconds, checkpoint)
         yield Output(
             table,
             metadata={
@@ -99,6 +102,7 @@ def build_rollout_assets(settings: Settings) -> list:
                 "tokens_per_second": report.generated_tokens / seconds if seconds else 0.0,
                 "truncated_share": float((table["finish_reason"] == "length").mean()),
                 "model_fingerprint": table["model_fingerprint"][0],
+                **cost.metadata(stored_reference(reads.unversioned, warehouse)),
             },
         )
         yield rollouts_complete_result(table, samples_per_query)

@@ -21,6 +21,9 @@ from drift_assets.settings import Reads, Settings
 
 POOL_VERSION = "2"  # 2: text in NFC, ids from it (an NFD twin is a duplicate)
 QUERIES_VERSION = "2"  # 2: ids with control characters and references beyond data.max_example_tokens quarantined
+# An observation is recorded in the instance: the warehouse's check that the instance keeps its history
+# (drift_assets.resources.Warehouse) holds for observations launched from the UI too.
+OBSERVER_RESOURCES = {"warehouse"}
 
 
 def _observe(path: str, what: str) -> DataVersion:
@@ -38,6 +41,7 @@ def build_source_assets(settings: Settings) -> list:
     @observable_source_asset(
         group_name="sources",
         automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
         description=f"The training pool input: {settings.data.training_pool}",
     )
     def training_pool_source() -> DataVersion:
@@ -46,6 +50,7 @@ def build_source_assets(settings: Settings) -> list:
     @observable_source_asset(
         group_name="sources",
         automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
         description=f"The validation queries input: {settings.data.validation_queries}",
     )
     def validation_queries_source() -> DataVersion:
@@ -54,6 +59,7 @@ def build_source_assets(settings: Settings) -> list:
     @observable_source_asset(
         group_name="sources",
         automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
         description=f"The base model directory: {settings.model.path}",
     )
     def base_model() -> DataVersion:
@@ -176,6 +182,7 @@ def build_source_assets(settings: Settings) -> list:
         @observable_source_asset(
             group_name="sources",
             automation_condition=observe_condition(),
+            required_resource_keys=OBSERVER_RESOURCES,
             description=f"Held-out test queries input: {settings.data.test_queries}",
         )
         def test_queries_source() -> DataVersion:

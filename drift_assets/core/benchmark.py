@@ -7,23 +7,42 @@ rate) and the same seeds; only the data differs. Methods:
 - ``random``: a random subset of the size the DRIFT selection has.
 - ``oracle``: a random subset of the examples that are *not* corrupted (where the pool says so, as
   the demo's hidden ``is_corrupted`` does): the accuracy a perfect noise filter reaches.
+- ``self_distill``: the pool's prompts answered by the base model itself (greedy), kept where its
+  answer grades right against the pool's hidden ``reference_answer``; it trains on the model's own
+  answers (a random subset of those, of the selection's size).
 - ``loss``: the examples the base model finds likeliest (lowest loss per response token): the
   classic noise filter, which needs no validation data.
-- ``rds``: RDS+, the cosine of mean-pooled last hidden states to the validation queries
-  (:mod:`~drift_assets.core.baselines`).
+- ``grape``: GRAPE-style: of each prompt's responses in the pool the one the base model finds
+  likeliest per token, those ranked by that likelihood (``loss`` ranks every row by it and may
+  keep several responses to one prompt; ``grape`` keeps one per prompt before any second one).
+- ``dynamics``: Data Maps' confidence, the mean over the base model and the warm-up checkpoints of
+  each row's probability per response token (:mod:`~drift_assets.core.baselines`).
+- ``rds``: RDS+, the cosine of position-weighted mean last hidden states to the validation
+  queries, the queries taking turns (:mod:`~drift_assets.core.baselines`).
 - ``bm25``: BM25 of the validation prompts against the pool (:mod:`~drift_assets.core.baselines`).
-- ``offpolicy``: influence against the *reference answers* (classic IF / LESS), unit debias.
+- ``dsir``: DSIR's hashed n-gram importance weights of the pool towards the validation queries'
+  text, resampled (:mod:`~drift_assets.core.baselines`).
+- ``less``: LESS as its authors run it (:mod:`~drift_assets.core.less`), by score;
+  ``less_round_robin``: the same per-query scores, the queries taking turns as DRIFT's do.
+- ``offpolicy``: influence against the *reference answers* (classic IF / LESS-style), unit debias,
+  along the checkpoints.
+- ``influence``: standard influence functions at the base model: the reference answers' target,
+  the fisher Hessian, no debiasing, by score.
 - ``drift``: the configured on-policy influence settings, and its ablations, each of which changes
   one setting: ``drift_signed`` / ``drift_positive`` (that weighting; ``signed`` contrasts right and
   wrong rollouts), ``drift_reference`` / ``drift_skip`` (``influence.unsolved``), ``drift_nodebias``
   (no debiasing), ``drift_unit`` / ``drift_log_orthogonal`` (that debiasing), ``drift_base`` (the
   base model alone, without the warm-up checkpoints).
 
-Selections (except ``full``) have the size the DRIFT selection has.
+Selections (except ``full``) have the size the DRIFT selection has. Beside each method's accuracy
+the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
+round-robin and resampling methods do not take by score) and its selection's noisy share, where the
+pool says which rows are noise.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import random
 import time
@@ -32,17 +51,29 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+import numpy as np
 import polars as pl
 import torch
 
 from drift_assets.core.attribution import ScoringSettings, noise_auc
-from drift_assets.core.baselines import best_match, bm25_scores, cosine_similarity, mean_pooled_hidden_states, words
-from drift_assets.core.generation import TransformersEngine
+from drift_assets.core.baselines import (
+    best_match,
+    bm25_scores,
+    cosine_similarity,
+    dsir_log_weights,
+    gumbel_order,
+    likeliest_per_prompt,
+    mean_confidence,
+    position_weighted_hidden_states,
+    words,
+)
+from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
-from drift_assets.core.grading import GradingOptions
+from drift_assets.core.grading import GradingOptions, grade_answer
 from drift_assets.core.influence import Curvature, fit_curvature
-from drift_assets.core.selection import select
+from drift_assets.core.selection import round_robin_ranks, select
 from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
+from drift_assets.core.stats import roc_auc
 from drift_assets.core.trajectory import CheckpointGradients, ScoredAlong, ranked_scores, score_along
 
 __all__ = [
@@ -62,8 +93,10 @@ __all__ = [
 J = TypeVar("J")
 R = TypeVar("R")
 
-UNSCORED = ("full", "random", "oracle")  # choose without scores
-SIMILARITY = ("loss", "rds", "bm25")  # scored without influence
+UNSCORED = ("full", "random", "oracle", "self_distill")  # choose without scores
+SIMILARITY = ("loss", "rds", "bm25", "dsir", "grape", "dynamics")  # scored without gradients
+LESS_METHODS = ("less", "less_round_robin")  # need the warm-up's optimizer state (settings.OPTIMIZER_STATE_METHODS)
+INFLUENCE_BASELINES = ("offpolicy", "influence")
 ABLATIONS = {
     "drift_signed": {"weighting": "signed"},
     "drift_positive": {"weighting": "positive"},
@@ -76,18 +109,26 @@ ABLATIONS = {
     "drift_round_robin": {"ranking": "round_robin"},
     "drift_guarded": {"likelihood_guard": 0.7},
     "drift_base": {},  # the same settings at the base model alone
+    # Candidates for the default (benchmarks/README.md, 2026-12-06): the signed contrast without the
+    # direction the queries share; a training-dynamics noise gate; the scoring the LDS finds most faithful.
+    "drift_specific": {"weighting": "signed", "shared_direction": "remove"},
+    "drift_gated": {"noise_gate": "mixture"},
+    "drift_fisher": {"hessian": "fisher", "debias": "none"},
 }
-METHODS = (*UNSCORED, *SIMILARITY, "offpolicy", "drift", *ABLATIONS)
+METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
+BASE_ONLY = ("drift_base", "influence")  # scored at the base model alone
 
 
 def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     """The influence settings a method scores with (None: it does not score by influence)."""
     if method not in METHODS:
         raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
-    if method in UNSCORED or method in SIMILARITY:
+    if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
     if method == "offpolicy":
         return replace(drift, targets="offpolicy", debias="unit", ranking="score", likelihood_guard=1.0)
+    if method == "influence":
+        return replace(drift, targets="offpolicy", hessian="fisher", debias="none", ranking="score", likelihood_guard=1.0)
     if method == "drift":
         return drift
     return replace(drift, **ABLATIONS[method])
@@ -100,12 +141,19 @@ class MethodScorer:
     combination (:func:`~drift_assets.core.trajectory.combine_checkpoints`), as ``influence_scores`` has it.
     """
 
-    def __init__(self, checkpoints: list[CheckpointGradients], loss_per_token: pl.DataFrame | None = None):
-        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for a likelihood guard."""
+    def __init__(
+        self,
+        checkpoints: list[CheckpointGradients],
+        loss_per_token: pl.DataFrame | None = None,
+        losses_along: pl.DataFrame | None = None,
+    ):
+        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for a likelihood guard;
+        ``losses_along`` (example_id, checkpoint, loss_per_token) for a noise gate."""
         if not checkpoints:
             raise ValueError("nothing to score: no checkpoint gradients")
         self.checkpoints = [checkpoint.loaded() for checkpoint in checkpoints]
         self.loss_per_token = loss_per_token
+        self.losses_along = losses_along
         self._curvatures: dict[tuple[int, str, float], Curvature] = {}
 
     def _curvature(self, index: int, hessian: str, damping: float) -> Curvature:
@@ -125,11 +173,18 @@ class MethodScorer:
 
     def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
         """The pool's scores table along every checkpoint (see :meth:`along`)."""
-        return ranked_scores(self.along(scoring, base_only), training_pool, self.loss_per_token, scoring.likelihood_guard)
+        return ranked_scores(
+            self.along(scoring, base_only),
+            training_pool,
+            self.loss_per_token,
+            scoring.likelihood_guard,
+            scoring.noise_gate,
+            self.losses_along,
+        )
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""
-        return self.scores(scoring_for(method, drift), training_pool, base_only=method == "drift_base")
+        return self.scores(scoring_for(method, drift), training_pool, base_only=method in BASE_ONLY)
 
 
 def selected_ids(
@@ -141,7 +196,9 @@ def selected_ids(
     selection_method: str,
     fraction: float,
     k: int | None,
+    distilled: pl.DataFrame | None = None,
 ) -> list[str]:
+    """The example ids ``method`` selects on ``seed`` (``distilled``: :func:`self_distilled`'s table, for ``self_distill``)."""
     if method == "full":
         return training_pool["example_id"].to_list()
     if method == "random":
@@ -152,6 +209,11 @@ def selected_ids(
             raise ValueError("benchmark method 'oracle' needs an is_corrupted column in the training pool (the demo's has one)")
         clean = sorted(training_pool.filter(~pl.col("is_corrupted"))["example_id"].to_list())
         return random.Random(f"oracle-selection-{seed}").sample(clean, min(selection_size, len(clean)))
+    if method == "self_distill":
+        if distilled is None:
+            raise ValueError("benchmark method 'self_distill' needs the base model's answers to the pool's prompts")
+        right = sorted(distilled.filter(pl.col("correct"))["example_id"].to_list())
+        return random.Random(f"self-distill-selection-{seed}").sample(right, min(selection_size, len(right)))
     chosen = select(scores, selection_method, fraction, k)
     return scores.filter(chosen)["example_id"].to_list()
 
@@ -175,10 +237,21 @@ def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
     return ranked(losses.select("example_id", score=-pl.col("loss_per_token")))
 
 
+def with_ranks(example_ids: Sequence[str], score: np.ndarray, ranks: np.ndarray) -> pl.DataFrame:
+    """example_id, score, rank (the order the selection takes, not necessarily the score's), sorted by rank."""
+    frame = pl.DataFrame({"example_id": list(example_ids), "score": np.asarray(score, dtype=np.float64)})
+    return frame.with_columns(rank=pl.Series(np.asarray(ranks, dtype=np.int64))).sort("rank")
+
+
+def query_texts(validation_queries: pl.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True))
+
+
 def similarity_scores(
     method: str, training_pool: pl.DataFrame, validation_queries: pl.DataFrame, model=None, tokenizer=None
 ) -> pl.DataFrame:
-    """The ``rds`` or ``bm25`` scores of the pool against the validation queries (example_id, score, rank)."""
+    """The ``rds``, ``bm25`` or ``dsir`` scores of the pool against the validation queries (example_id, score, rank)."""
+    ids = training_pool["example_id"]
     if method == "bm25":
         documents = [
             words(f"{prompt} {response}")
@@ -186,8 +259,8 @@ def similarity_scores(
         ]
         similarity = bm25_scores(documents, [words(prompt) for prompt in validation_queries["prompt"]])
     elif method == "rds":
-        pool = mean_pooled_hidden_states(model, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]))
-        queries = mean_pooled_hidden_states(
+        pool = position_weighted_hidden_states(model, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]))
+        queries = position_weighted_hidden_states(
             model,
             tokenizer,
             *query_token_pairs(
@@ -195,9 +268,117 @@ def similarity_scores(
             ),
         )
         similarity = cosine_similarity(queries, pool)
+        # RDS+'s selection: the queries take turns, each taking its most similar example not yet taken.
+        return with_ranks(ids, best_match(similarity), round_robin_ranks(similarity.T))
+    elif method == "dsir":
+        raw = [
+            f"{prompt} {response}" for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)
+        ]
+        log_weights = dsir_log_weights(raw, [f"{prompt} {response}" for prompt, response in query_texts(validation_queries)])
+        return with_ranks(ids, log_weights, gumbel_order(log_weights, DSIR_SEED))
     else:
-        raise ValueError(f"{method!r} is not a similarity method (rds, bm25)")
-    return ranked(pl.DataFrame({"example_id": training_pool["example_id"], "score": best_match(similarity)}))
+        raise ValueError(f"{method!r} is not a similarity method (rds, bm25, dsir)")
+    return ranked(pl.DataFrame({"example_id": ids, "score": best_match(similarity)}))
+
+
+DSIR_SEED = 0  # one resampling draw, the same for every SFT seed
+
+
+def grape_scores(training_pool: pl.DataFrame, losses: pl.DataFrame) -> pl.DataFrame:
+    """The ``grape`` selection: score = −loss per response token at the base model; rank = each
+    prompt's likeliest response first, in that order, then the rest (:func:`~drift_assets.core.baselines.likeliest_per_prompt`)."""
+    joined = training_pool.select("example_id", "prompt").join(losses, on="example_id", how="left")
+    if joined["loss_per_token"].null_count():
+        raise ValueError("benchmark method 'grape': some pool examples have no base-model loss: materialize every shard")
+    score = -joined["loss_per_token"].to_numpy()
+    return with_ranks(joined["example_id"], score, likeliest_per_prompt(joined["prompt"].to_list(), score))
+
+
+def dynamics_scores(losses: pl.DataFrame, checkpoints: Sequence[str]) -> pl.DataFrame:
+    """The ``dynamics`` selection from (example_id, checkpoint, loss_per_token) at the base model and
+    every warm-up checkpoint: Data Maps' mean confidence, highest first."""
+    if len(checkpoints) < 2:
+        raise ValueError(
+            "benchmark method 'dynamics' reads each row's loss along the warm-up run, and warmup.steps is empty: set it"
+        )
+    table = losses.filter(pl.col("checkpoint").is_in(list(checkpoints))).pivot(
+        "checkpoint", index="example_id", values="loss_per_token"
+    )
+    missing = [checkpoint for checkpoint in checkpoints if checkpoint not in table.columns]
+    if missing or table.select(pl.any_horizontal(pl.col(list(checkpoints)).is_null()).any()).item():
+        raise ValueError(
+            f"benchmark method 'dynamics': pool examples lack a loss at checkpoint(s) {missing or 'some'}: "
+            "materialize training_gradient_projections at every checkpoint"
+        )
+    return ranked(table.select("example_id", score=pl.Series(mean_confidence(table.select(list(checkpoints)).to_numpy()))))
+
+
+def less_scores(method: str, example_ids: Sequence[str], matrix: np.ndarray) -> pl.DataFrame:
+    """``less`` (the mean over the queries, by score) or ``less_round_robin`` (the same score; the
+    queries take turns) from LESS's (examples × queries) matrix (:func:`~drift_assets.core.less.less_along`)."""
+    score = matrix.mean(axis=1)
+    if method == "less":
+        return ranked(pl.DataFrame({"example_id": list(example_ids), "score": score}))
+    if method == "less_round_robin":
+        return with_ranks(example_ids, score, round_robin_ranks(matrix))
+    raise ValueError(f"{method!r} is not a LESS method {LESS_METHODS}")
+
+
+REFERENCE_COLUMN = "reference_answer"  # a pool's hidden answer, for grading; never exported (publish.EVALUATION_ONLY_COLUMNS)
+
+
+def self_distilled(
+    engine,
+    tokenizer,
+    training_pool: pl.DataFrame,
+    grader: str,
+    max_tokens: int,
+    options: GradingOptions = GradingOptions(),
+) -> pl.DataFrame:
+    """example_id, messages (the prompt with the base model's greedy answer), answer, correct (it
+    grades right against the pool's ``reference_answer``; a row without one is not)."""
+    if REFERENCE_COLUMN not in training_pool.columns:
+        raise ValueError(
+            f"benchmark method 'self_distill' grades the model's answers to the pool's prompts against a "
+            f"'{REFERENCE_COLUMN}' column, and the training pool has none (the embedded tasks' pools carry it)"
+        )
+    prompts, _ = pool_token_pairs(tokenizer, training_pool["messages"])
+    report = engine.generate(prompts, SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens))
+    answers = [group[0].text for group in report.completions]
+    rows = []
+    for example_id, text, reference, answer in zip(
+        training_pool["example_id"], training_pool["messages"], training_pool[REFERENCE_COLUMN], answers, strict=True
+    ):
+        messages = json.loads(text)[:-1] + [{"role": "assistant", "content": answer}]
+        correct = reference is not None and grade_answer(answer, str(reference), grader, options).correct
+        rows.append(
+            {"example_id": example_id, "messages": json.dumps(messages, ensure_ascii=False), "answer": answer, "correct": correct}
+        )
+    return pl.DataFrame(rows, schema={"example_id": pl.String, "messages": pl.String, "answer": pl.String, "correct": pl.Boolean})
+
+
+Selection = frozenset[tuple[str, str]]  # (example_id, the messages trained on)
+
+
+def selection_of(ids: Iterable[str], messages: dict[str, str]) -> Selection:
+    """What a fine-tune trains on: each selected example with its messages (the pool's, or the model's own)."""
+    return frozenset((example_id, messages[example_id]) for example_id in ids)
+
+
+def noisy_share(selection: Selection | None, training_pool: pl.DataFrame) -> float | None:
+    """The share of the selection the pool marks ``is_corrupted`` (None: no such column, or an empty selection)."""
+    if not selection or "is_corrupted" not in training_pool.columns:
+        return None
+    noisy = dict(zip(training_pool["example_id"], training_pool["is_corrupted"], strict=True))
+    return sum(bool(noisy[example_id]) for example_id, _ in selection) / len(selection)
+
+
+def order_auc(scores: pl.DataFrame | None, training_pool: pl.DataFrame) -> float | None:
+    """ROC-AUC of the selection order (−rank) for clean against corrupted rows, where the pool has ``is_corrupted``."""
+    if scores is None or "is_corrupted" not in training_pool.columns:
+        return None
+    joined = scores.join(training_pool.select("example_id", "is_corrupted"), on="example_id")
+    return roc_auc(-joined["rank"].to_numpy().astype(np.float64), ~joined["is_corrupted"].to_numpy().astype(bool))
 
 
 @dataclass(frozen=True)
@@ -227,7 +408,7 @@ def fine_tune_from_disk(job: FineTuneJob) -> tuple[Evaluation, float]:
     run = fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
     engine = TransformersEngine(model, tokenizer, device=job.device)
     result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
-    result.train_losses = run.losses
+    result.train_losses, result.train_tokens = run.losses, run.tokens
     return result, time.perf_counter() - started
 
 
@@ -266,10 +447,14 @@ def benchmark_table(
     methods: Sequence[str],
     scores: dict[str, pl.DataFrame],
     training_pool: pl.DataFrame,
+    selections: dict[tuple[str, int], Selection] | None = None,
 ) -> pl.DataFrame:
     """One row per method and seed from each finished fine-tune (sharers, job, evaluation, seconds):
-    accuracy with its interval, the noise AUC of the method's scores, and the wall time (on the
-    method that ran the fine-tune; 0 on those sharing it)."""
+    accuracy with its interval, the noise AUC of the method's scores and of its selection order, the
+    noisy share of its selection on that seed (``selections``; none for ``self_distill``, whose rows
+    are the model's answers), and the wall time (on the method that ran the fine-tune; 0 on those
+    sharing it)."""
+    selections = selections or {}
     rows = []
     for sharers, job, result, seconds in finished:
         low, high = result.interval
@@ -283,13 +468,16 @@ def benchmark_table(
                     "accuracy_low": low,
                     "accuracy_high": high,
                     "noise_auc": noise_auc(scores.get(method), training_pool),
+                    "order_auc": order_auc(scores.get(method), training_pool),
+                    "noisy_share": None
+                    if method == "self_distill"
+                    else noisy_share(selections.get((method, job.seed)), training_pool),
                     "wall_seconds": seconds if method == job.method else 0.0,
                 }
             )
     order = {method: index for index, method in enumerate(methods)}
-    return pl.DataFrame(rows, schema_overrides={"noise_auc": pl.Float64}).sort(
-        pl.col("method").replace_strict(order), "seed", maintain_order=True
-    )
+    nullable = {"noise_auc": pl.Float64, "order_auc": pl.Float64, "noisy_share": pl.Float64}
+    return pl.DataFrame(rows, schema_overrides=nullable).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
 
 
 def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFrame:
@@ -324,7 +512,12 @@ def summary_table(table: pl.DataFrame) -> pl.DataFrame:
         accuracy_std=pl.col("accuracy").std(),
         seeds=pl.len(),
         noise_auc=pl.col("noise_auc").first(),
+        order_auc=pl.col("order_auc").first(),
+        noisy_share=pl.col("noisy_share").mean(),
         wall_seconds=pl.col("wall_seconds").sum(),
+        # What choosing the examples cost, × one full-pool SFT run (core.cost.method_cost; a table from
+        # before it was recorded has none).
+        cost_vs_full_sft=pl.col("cost_vs_full_sft").first() if "cost_vs_full_sft" in table.columns else pl.lit(None),
     )
 
 
@@ -334,21 +527,26 @@ def summary_markdown(table: pl.DataFrame) -> str:
     differences = {row["method"]: row for row in paired_differences(table, "full").iter_rows(named=True)}
     compare = bool(differences)
     lines = [
-        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noise AUC | wall s |"
-        + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
-        "|---|---|---|---|---|---|" + ("---|" if compare else ""),
+        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noisy share | noise AUC (score) | "
+        "noise AUC (selection order) | wall s | cost × full SFT |" + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if compare else ""),
     ]
     for row in summary.iter_rows(named=True):
-        auc = "–" if row["noise_auc"] is None else f"{row['noise_auc']:.3f}"
         std = row["accuracy_std"] or 0.0
+        cost = "–" if row["cost_vs_full_sft"] is None else f"{row['cost_vs_full_sft']:.2f}"
         line = (
             f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
-            f"{row['seeds']} | {auc} | {row['wall_seconds']:.0f} |"
+            f"{row['seeds']} | {figure(row['noisy_share'], '.1%')} | {figure(row['noise_auc'])} | "
+            f"{figure(row['order_auc'])} | {row['wall_seconds']:.0f} | {cost} |"
         )
         if compare:
             line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"
         lines.append(line)
     return "\n".join(lines)
+
+
+def figure(value: float | None, spec: str = ".3f") -> str:
+    return "–" if value is None or value != value else format(value, spec)
 
 
 def paired_cell(difference: dict | None, is_baseline: bool) -> str:

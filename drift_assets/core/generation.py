@@ -56,6 +56,7 @@ class GenerationReport:
     engine: str
     completions: list[list[Completion]] = field(default_factory=list)  # [query][sample]
     generated_tokens: int = 0
+    prompt_tokens: int = 0  # every prompt's tokens once (its samples share the prefill)
 
 
 def seed_for(base_seed: int, query_index: int) -> int:
@@ -173,7 +174,7 @@ class TransformersEngine:
         settings: SamplingSettings,
         progress: GenerationProgress | None = None,
     ) -> GenerationReport:
-        report = GenerationReport(engine=self.name)
+        report = GenerationReport(engine=self.name, prompt_tokens=sum(len(ids) for ids in prompt_ids))
         tokens = 0
         if settings.temperature == 0:
             # Greedy output does not depend on a seed, so queries can share batches.
@@ -281,7 +282,7 @@ class VllmEngine:
             for index in range(len(prompt_ids))
         ]
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-        report = GenerationReport(engine=self.name)
+        report = GenerationReport(engine=self.name, prompt_tokens=sum(len(ids) for ids in prompt_ids))
         eos = self.tokenizer.eos_token_id
         # In chunks, for progress between them; each request has its own seed, so the chunking
         # does not change what is sampled.

@@ -188,23 +188,11 @@ def empty_gradient_frame(id_columns: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema={**id_columns, **GRADIENT_SCHEMA})
 
 
-def validation_gradient_frame(
-    projector: LinearGradientProjector,
-    tokenizer,
-    rollouts: pl.DataFrame,
-    validation_queries: pl.DataFrame,
-    batch_size: int,
-    model_fingerprint: str,
-    progress: Callable[[int, int], None] | None = None,
-    answer_marker: str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> pl.DataFrame:
-    """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference).
-
-    A rollout's gradient is of the tokens the engine sampled (:func:`response_token_pairs`), a
-    reference's of its encoded text. With ``answer_marker`` each gradient is ∇ log π(answer span |
-    query, text before it). Without it, ∇ log π(whole completion | query).
-    """
+def validation_token_pairs(
+    tokenizer, rollouts: pl.DataFrame, validation_queries: pl.DataFrame, answer_marker: str | None = None
+) -> tuple[dict[str, list[str]], list[list[int]], list[list[int]]]:
+    """The ids columns and the (prompt, response) token pairs of every rollout, then every reference
+    answer, that :func:`validation_gradient_frame` differentiates."""
     if "token_ids" not in rollouts.columns:
         raise ValueError("rollouts has no token_ids column (written by an earlier drift_assets): re-materialize rollouts")
     rollout_pairs = response_token_pairs(
@@ -218,17 +206,35 @@ def validation_gradient_frame(
         "query_id": rollouts["query_id"].to_list() + validation_queries["query_id"].to_list(),
         "target": ["rollout"] * rollouts.height + ["reference"] * validation_queries.height,
     }
-    return gradient_frame(
-        ids,
-        projector,
-        tokenizer,
-        rollout_pairs[0] + reference_pairs[0],
-        rollout_pairs[1] + reference_pairs[1],
-        batch_size,
-        model_fingerprint,
-        progress,
-        log,
-    )
+    return ids, rollout_pairs[0] + reference_pairs[0], rollout_pairs[1] + reference_pairs[1]
+
+
+def validation_gradient_frame(
+    projector: LinearGradientProjector,
+    tokenizer,
+    rollouts: pl.DataFrame,
+    validation_queries: pl.DataFrame,
+    batch_size: int,
+    model_fingerprint: str,
+    progress: Callable[[int, int], None] | None = None,
+    answer_marker: str | None = None,
+    log: Callable[[str], None] | None = None,
+    pairs: tuple[dict[str, list[str]], list[list[int]], list[list[int]]] | None = None,
+) -> pl.DataFrame:
+    """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference).
+
+    A rollout's gradient is of the tokens the engine sampled (:func:`response_token_pairs`), a
+    reference's of its encoded text. With ``answer_marker`` each gradient is ∇ log π(answer span |
+    query, text before it). Without it, ∇ log π(whole completion | query). ``pairs``: what
+    :func:`validation_token_pairs` gives for these rollouts and queries, where the caller has it.
+    """
+    ids, prompt_ids, response_ids = pairs or validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
+    return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, model_fingerprint, progress, log)
+
+
+def sequence_tokens(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> int:
+    """The tokens a pass over these (prompt, response) pairs processes (padding left out)."""
+    return sum(len(prompt) + len(response) for prompt, response in zip(prompt_ids, response_ids, strict=True))
 
 
 def vectors(frame: pl.DataFrame, column: str = "grad") -> np.ndarray:

@@ -6,6 +6,10 @@
   queries join the target. Where most queries are unsolved they dominate it, and the target
   turns off-policy: the gradients of answers the model would not write line up with every row it
   finds unlikely, noise first.
+- **Agreement with likelihood**: on the suite's noisy tasks a plain loss filter (the rows the base
+  model finds likeliest) is hard to beat; a selection that shares no more of its rows with that
+  filter than a random one would is betting against it, and where it did on the suite it trailed
+  full-data SFT. The method benchmark measures which of the two is right on the user's task.
 - **Gradient hacking**: a score that rises with an example's gradient norm or its loss under the
   model prefers the rows the model finds surprising, which is what noise looks like. The debias
   exists to prevent exactly this.
@@ -14,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
 MIN_MIXED_QUERIES = 8
 MIN_MIXED_SHARE = 0.2
@@ -55,4 +60,24 @@ def hacking_guard(spearman_grad_norm: float | None, spearman_loss: float | None)
         f"the score rises with {' and '.join(high)} (Spearman {described}; want at most {MAX_SPEARMAN:+.2f}): it prefers "
         "the rows the model finds surprising, as noise is. Check the target guard, set influence.unsolved: skip, or "
         "debias harder (influence.debias: log_orthogonal)."
+    )
+
+
+def likelihood_agreement_guard(selected: Iterable[str], loss_per_token: Mapping[str, float]) -> tuple[bool, str]:
+    """The selection shares more of its rows with the loss filter of the same size (the rows of
+    lowest base-model loss per token, ties by id) than a random selection would (the selected share)."""
+    chosen = set(selected)
+    ranked = sorted(loss_per_token, key=lambda example_id: (loss_per_token[example_id], example_id))
+    if not chosen or len(chosen) >= len(ranked):
+        return True, "the selection is the whole pool (or empty): nothing to compare"
+    likeliest = set(ranked[: len(chosen)])
+    agreement = len(chosen & likeliest) / len(chosen)
+    chance = len(chosen) / len(ranked)
+    described = f"{agreement:.0%} of the selection is also in the loss filter's (a random selection: {chance:.0%})"
+    if agreement > chance:
+        return True, described
+    return False, (
+        f"{described}: the selection prefers rows the base model finds unlikely, where noise is. It may still be right, "
+        "but on the suite such selections trailed full-data SFT: run the method_benchmark job (it fine-tunes on this "
+        "selection, the loss filter's and the full pool) before you train on it."
     )

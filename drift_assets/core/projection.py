@@ -102,6 +102,7 @@ class ProjectionBasis:
 
     options: ProjectionOptions
     matrices: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    fit_tokens: int = 0  # tokens passed forward and backward to fit it, over every pass (0: random)
 
     def fingerprint(self) -> str:
         """Identifies the projection: gradient rows computed under another basis cannot be reused."""
@@ -251,6 +252,7 @@ def fit_pca_basis(
         else:
             log(f"{held}: one pass over the references")
     matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    fit_tokens = 0
     for group in groups:
         input_covariance: dict[str, torch.Tensor] = {}
         output_covariance: dict[str, torch.Tensor] = {}
@@ -275,12 +277,13 @@ def fit_pca_basis(
                 sequence_logprobs(logits, batch, options.loss_reduction).sum().backward()
         if n_tokens < options.rank:
             raise ValueError(f"the PCA basis was fitted on {n_tokens} tokens, fewer than projection.rank {options.rank}")
+        fit_tokens += n_tokens
         for name, module in group:
             matrices[name] = (
                 _side_projector(input_covariance.pop(name, None), module.in_features, options.rank),
                 _side_projector(output_covariance.pop(name, None), module.out_features, options.rank),
             )
-    return ProjectionBasis(options, {name: matrices[name] for name, _ in layers})
+    return ProjectionBasis(options, {name: matrices[name] for name, _ in layers}, fit_tokens)
 
 
 def fit_basis(

@@ -46,8 +46,8 @@ SPLITS = {"train": EXPORT_NAME, "unselected": UNSELECTED_NAME}
 # Why a pool row is not in the selection (the ``reason`` column of the unselected split).
 REASONS = {
     "below_cutoff": "ranked after the selection's last row (selection.fraction / selection.k)",
-    "gated_by_likelihood": "outside the share of the pool the base model finds likeliest (influence.likelihood_guard), "
-    "which the ranking takes first",
+    "gated": "outside the rows the ranking takes first: the share of the pool the base model finds likeliest "
+    "(influence.likelihood_guard) and, with influence.noise_gate mixture, the rows its loss mixture calls clean",
     "score_not_positive": "a score not above 0 (selection.method positive)",
 }
 # What the pipeline adds to the pool that an export carries, first.
@@ -76,7 +76,7 @@ def unselected_reasons(table: pl.DataFrame, method: str) -> pl.Series:
     if method == "positive":
         reason = pl.lit("score_not_positive")
     elif "likely" in table.columns:
-        reason = pl.when(pl.col("likely").fill_null(True)).then(pl.lit("below_cutoff")).otherwise(pl.lit("gated_by_likelihood"))
+        reason = pl.when(pl.col("likely").fill_null(True)).then(pl.lit("below_cutoff")).otherwise(pl.lit("gated"))
     else:
         reason = pl.lit("below_cutoff")
     return table.select(pl.when(pl.col("selected")).then(None).otherwise(reason).alias("reason"))["reason"]

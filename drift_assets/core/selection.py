@@ -129,6 +129,28 @@ def likeliest(loss_per_token: pl.DataFrame, example_ids: Sequence[str], share: f
     return kept
 
 
+def gated(losses_along: pl.DataFrame, example_ids: Sequence[str]) -> np.ndarray:
+    """Boolean aligned with ``example_ids``: the rows the training-dynamics gate keeps
+    (:func:`~drift_assets.core.noise_gate.gate` on each row's log loss per token averaged over the
+    checkpoints). ``losses_along``: example_id, checkpoint, loss_per_token, every row at every checkpoint."""
+    from drift_assets.core.noise_gate import dynamics_loss, gate
+
+    wide = losses_along.pivot(on="checkpoint", index="example_id", values="loss_per_token")
+    checkpoints = [column for column in wide.columns if column != "example_id"]
+    row = {example_id: index for index, example_id in enumerate(wide["example_id"])}
+    missing = [example_id for example_id in example_ids if example_id not in row]
+    incomplete = wide.filter(pl.any_horizontal(pl.col(checkpoints).is_null()))
+    if missing or incomplete.height:
+        example = missing[:1] or incomplete["example_id"][:1].to_list()
+        raise ValueError(
+            f"influence.noise_gate: {len(missing) + incomplete.height} pool examples lack a loss at some checkpoint "
+            f"(e.g. {example[0]}): materialize every shard of training_gradient_projections"
+        )
+    matrix = wide.select(checkpoints).to_numpy()[[row[example_id] for example_id in example_ids]]
+    kept, _ = gate(dynamics_loss(matrix))
+    return kept
+
+
 def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.ndarray) -> np.ndarray:
     """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
     ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""

@@ -88,13 +88,13 @@ def fine_tune(
     messages_json: Sequence[str],
     options: SftOptions = SftOptions(),
     log: Callable[[str], None] = logger.info,
-    after_step: Callable[[int, float], None] | None = None,
+    after_step: Callable[[int, float, SftStep], None] | None = None,
 ) -> SftRun:
     """Fine-tune ``model`` in place on chat-message examples; returns every step's loss. On the CPU
     it runs with :data:`FINE_TUNE_CPU_THREADS` threads (the result does not depend on the machine).
 
-    ``after_step(step, loss)`` runs after every optimizer step, with ``model`` holding that step's
-    weights (the warm-up saves checkpoints there).
+    ``after_step(step, loss, state)`` runs after every optimizer step, with ``model`` holding that
+    step's weights and ``state`` the optimizer's (the warm-up saves checkpoints there).
 
     A bfloat16 or float16 model trains float32 master weights (under bfloat16 autocast where the
     model is bfloat16) that are written back in its own dtype: an optimizer step applied to 16-bit
@@ -136,6 +136,7 @@ def _fine_tune(model, tokenizer, messages_json, options, log, after_step) -> Sft
                     weights.copy_(master)
 
     trainable = [weights for weights in trained.parameters() if weights.requires_grad]
+    trainable_names = [name for name, weights in trained.named_parameters() if weights.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=options.weight_decay)
     decay = (lambda step: 1.0 - step / options.steps) if options.schedule == "linear" else (lambda step: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
@@ -144,6 +145,7 @@ def _fine_tune(model, tokenizer, messages_json, options, log, after_step) -> Sft
         # Non-reentrant: gradients reach a LoRA adapter behind frozen layers without input grads.
         trained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     losses: list[float] = []
+    tokens = 0  # the sequences' own tokens trained on (padding left out): what core.cost counts
     progress = Progress("sft", options.steps, log, "steps", every_s=PROGRESS_EVERY_S)
     plan = batch_plan(messages_json, options.batch_size, options.seed, lengths if options.group_by_length else None)
     for step, chosen in zip(range(1, options.steps + 1), plan):
@@ -153,17 +155,18 @@ def _fine_tune(model, tokenizer, messages_json, options, log, after_step) -> Sft
             collate_pairs(tokenizer, [prompts[i] for i in part], [responses[i] for i in part]).to(device) for part in micro
         ]
         loss = accumulated_training_step(trained, optimizer, batches, autocast_dtype)
+        tokens += sum(lengths[i] for i in chosen)
         scheduler.step()
         losses.append(loss)
         progress.update(step, options.steps, f"loss {loss:.4f}")
         if after_step is not None:
             write_back()
-            after_step(step, loss)
+            after_step(step, loss, SftStep(options.learning_rate * decay(step - 1), optimizer, trainable_names))
     write_back()
     if options.gradient_checkpointing:
         trained.gradient_checkpointing_disable()
     model.eval()
-    return SftRun(losses)
+    return SftRun(losses, tokens)
 
 
 def example_key(seed: int, epoch: int, example: str) -> float:
@@ -213,8 +216,27 @@ def length_grouped(permutation: list[int], lengths: Sequence[int], batch_size: i
 
 
 @dataclass(frozen=True)
+class SftStep:
+    """The optimizer after one step: the rate that step took, and AdamW's moments on demand."""
+
+    learning_rate: float
+    optimizer: torch.optim.Optimizer
+    names: list[str]  # the trainable parameters' names, in the optimizer's order
+
+    def adam_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """name -> (exp_avg, exp_avg_sq), float32 copies on the CPU: AdamW's first and second moments."""
+        weights = [w for group in self.optimizer.param_groups for w in group["params"]]
+        moments = {}
+        for name, parameter in zip(self.names, weights, strict=True):
+            state = self.optimizer.state[parameter]
+            moments[name] = tuple(state[key].detach().float().cpu().clone() for key in ("exp_avg", "exp_avg_sq"))
+        return moments
+
+
+@dataclass(frozen=True)
 class SftRun:
     losses: list[float]  # one per optimizer step
+    tokens: int = 0  # prompt + response tokens of every example of every step
 
 
 @dataclass
@@ -223,6 +245,9 @@ class Evaluation:
     total: int
     answers: list[str] = field(default_factory=list)  # the greedy completions, in query order
     train_losses: list[float] = field(default_factory=list)  # the fine-tune's, where the model was fine-tuned
+    train_tokens: int = 0  # the fine-tune's tokens (SftRun.tokens)
+    prompt_tokens: int = 0  # the test queries' prompts, each once
+    generated_tokens: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -244,4 +269,6 @@ def evaluate(
     correct = sum(
         grade_answer(answer, query["reference"], query["grader"], options).correct for query, answer in zip(queries, answers)
     )
-    return Evaluation(correct, len(queries), answers)
+    return Evaluation(
+        correct, len(queries), answers, prompt_tokens=report.prompt_tokens, generated_tokens=report.generated_tokens
+    )

@@ -153,3 +153,15 @@ def one_row_per_example(table: pl.DataFrame, example_ids: Iterable[str], name: s
     if not problems:
         return None
     return f"{name} should hold one row per pool example ({len(expected)}), but holds {'; '.join(problems)}: {REPAIR_DUPLICATES}"
+
+
+def losses_along(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.DataFrame:
+    """example_id, checkpoint, loss_per_token: each pool example's loss per response token at every checkpoint."""
+    ids = training_pool["example_id"].implode()
+    frame = (
+        tables.scan("training_gradient_projections")
+        .filter(pl.col("example_id").is_in(ids))
+        .select("example_id", "checkpoint", "loss", "n_tokens")
+        .collect()
+    )
+    return frame.select("example_id", "checkpoint", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))

@@ -15,9 +15,11 @@ model's included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path, PurePath
 
 import numpy as np
 import polars as pl
@@ -27,13 +29,16 @@ from drift_assets.core.attribution import (
     TargetGradient,
     check_same_checkpoint,
     scores_frame,
+    shared_direction,
     target_gradient,
     weighted_rollouts,
+    without_direction,
 )
 from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
-from drift_assets.core.selection import likeliest, ranks_taking_first, round_robin_ranks
-from drift_assets.core.sft import SftOptions, SftRun, fine_tune
+from drift_assets.core.less import AdamMoments
+from drift_assets.core.selection import gated, likeliest, ranks_taking_first, round_robin_ranks
+from drift_assets.core.sft import SftOptions, SftRun, SftStep, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
 
@@ -48,6 +53,71 @@ def checkpoint_keys(steps: Sequence[int]) -> list[str]:
     return [BASE, *(checkpoint_key(step) for step in steps)]
 
 
+def given_checkpoint_keys(paths: Sequence[str]) -> list[str]:
+    """The partition key of each given checkpoint directory (``warmup.checkpoints``): its name, in
+    letters, digits and ``_.-`` (other runs of characters become ``-``; a name of digits alone, a warm-up step's form,
+    becomes ``checkpoint-<digits>``), so that a key reads as the directory and stays when entries
+    are added or reordered. Raises naming the entry whose key is empty, ``base`` or another entry's."""
+    keys: list[str] = []
+    for index, path in enumerate(paths):
+        entry = f"entry {index} ({path!r})"
+        key = re.sub(r"[^\w.-]+", "-", PurePath(str(path).rstrip("/\\")).name).strip("-.")
+        key = f"checkpoint-{key}" if key.isdigit() else key
+        if not key:
+            raise ValueError(f"{entry}: its directory name gives no partition key; name the directory")
+        if key == BASE:
+            raise ValueError(f"{entry}: a directory named {BASE!r} would pass for the base model's checkpoint; rename it")
+        if key in keys:
+            raise ValueError(
+                f"{entry}: its name {key!r} is also entry {keys.index(key)}'s (each directory names its partition): "
+                "link one of them under another name"
+            )
+        keys.append(key)
+    return keys
+
+
+def check_given_checkpoint(index: int, path: str | Path, base_model: str | Path) -> None:
+    """Raise, naming ``warmup.checkpoints[index]``, unless ``path`` is a Hugging Face model directory
+    (or a PEFT adapter directory) whose tokenizer is ``base_model``'s: the same vocabulary, special
+    tokens and chat template, so that the pool's rows and the rollouts are the same tokens there."""
+    from transformers import AutoTokenizer
+
+    from drift_assets.core.adapters import is_adapter
+
+    entry = f"warmup.checkpoints[{index}] ({path})"
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{entry}: not found or not a directory")
+    config = "adapter_config.json" if is_adapter(directory) else "config.json"
+    if not (directory / config).is_file():
+        raise FileNotFoundError(f"{entry}: has no config.json; it must be a Hugging Face model directory (or a LoRA adapter)")
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
+        raise FileNotFoundError(f"{entry}: has no weights (*.safetensors or *.bin)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as error:  # transformers' errors for a missing tokenizer vary by model type
+        raise ValueError(
+            f"{entry}: its tokenizer does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+            "save model.path's "
+            "tokenizer beside the checkpoint (tokenizer.save_pretrained)"
+        ) from None
+    base = AutoTokenizer.from_pretrained(str(base_model))
+    differences = [
+        what
+        for what, mine, theirs in (
+            ("vocabulary", tokenizer.get_vocab(), base.get_vocab()),
+            ("special tokens", tokenizer.special_tokens_map, base.special_tokens_map),
+            ("chat template", tokenizer.chat_template, base.chat_template),
+        )
+        if mine != theirs
+    ]
+    if differences:
+        raise ValueError(
+            f"{entry}: its tokenizer is not model.path's ({base_model}): its {' and '.join(differences)} differ; "
+            "the pool is scored along one model's tokens, so list checkpoints of a fine-tune of model.path"
+        )
+
+
 def warm_up(
     model,
     tokenizer,
@@ -56,16 +126,24 @@ def warm_up(
     steps: Sequence[int],
     save: Callable[[int], None],
     log: Callable[[str], None],
+    save_optimizer: Callable[[int, AdamMoments], None] | None = None,
 ) -> tuple[dict[int, float], SftRun]:
     """Fine-tune ``model`` up to the last of ``steps``, calling ``save(step)`` at each; returns the
-    loss at each and the whole run's losses."""
+    loss at each and the whole run's losses. ``save_optimizer(step, moments)`` also gets AdamW's
+    moments there (LESS preconditions with them), with the mean learning rate of the steps since
+    the previous checkpoint (LESS weighs its checkpoints by it)."""
     wanted = set(steps)
     losses: dict[int, float] = {}
+    rates: list[float] = []
 
-    def after_step(step: int, loss: float) -> None:
+    def after_step(step: int, loss: float, state: SftStep) -> None:
+        rates.append(state.learning_rate)
         if step in wanted:
             save(step)
             losses[step] = loss
+            if save_optimizer is not None:
+                save_optimizer(step, AdamMoments(step, float(np.mean(rates)), state.adam_moments()))
+            rates.clear()
 
     run = fine_tune(model, tokenizer, messages_json, options, log=log, after_step=after_step)
     log("warm-up checkpoints saved: " + ", ".join(f"step {step} (loss {loss:.4f})" for step, loss in sorted(losses.items())))
@@ -135,10 +213,15 @@ class CheckpointGradients:
 
 
 def checkpoint_target(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> TargetGradient:
-    """The weighted validation gradient g at one checkpoint."""
-    return target_gradient(
+    """The weighted validation gradient g at one checkpoint (with ``shared_direction: remove``, less
+    its component along the direction the queries' parts share)."""
+    target = target_gradient(
         checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved
     )
+    if scoring.shared_direction == "remove":
+        _, parts = _query_parts(checkpoint, scoring)
+        target = replace(target, vector=without_direction(target.vector, shared_direction(parts)))
+    return target
 
 
 def score_checkpoint(
@@ -257,7 +340,17 @@ class QueryScores:
 
 def query_targets(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
     """Each query's own part of the target (rows, in query_id order): g_j = Σ_k w_jk ĝ_jk over its
-    rollouts with a nonzero weight (on-policy), or its reference answer's gradient (off-policy)."""
+    rollouts with a nonzero weight (on-policy), or its reference answer's gradient (off-policy).
+    With ``shared_direction: remove`` each part loses its component along the direction they share
+    (:func:`~drift_assets.core.attribution.shared_direction`): what is left says which of the query's
+    answers are right, not which way the model errs on every query."""
+    query_ids, parts = _query_parts(checkpoint, scoring)
+    if scoring.shared_direction == "remove":
+        parts = without_direction(parts, shared_direction(parts))
+    return query_ids, parts
+
+
+def _query_parts(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
     if scoring.targets == "offpolicy":
         rows = checkpoint.validation_gradients.filter(pl.col("target") == "reference").with_columns(weight=pl.lit(1.0))
     else:
@@ -294,12 +387,17 @@ def ranked_scores(
     training_pool: pl.DataFrame,
     loss_per_token: pl.DataFrame | None = None,
     likelihood_guard: float = 1.0,
+    noise_gate: str = "off",
+    losses_along: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`) sorted by ``rank``,
     the order the selection takes: with per-query scores, the validation queries taking turns
     (:func:`~drift_assets.core.selection.round_robin_ranks`), else the score. A ``likelihood_guard``
     under 1 ranks the share of the pool the base model finds likeliest (``loss_per_token``:
-    example_id, loss_per_token) first, each part in that order on its own (``likely`` marks that share)."""
+    example_id, loss_per_token) first, each part in that order on its own. ``noise_gate: mixture``
+    ranks the rows :func:`~drift_assets.core.selection.gated` keeps (``losses_along``: example_id,
+    checkpoint, loss_per_token at every checkpoint) before the others, likewise (``likely`` marks
+    the rows the two take first)."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
         by_score = frame["rank"].to_numpy()
@@ -321,6 +419,12 @@ def ranked_scores(
         raise ValueError("influence.likelihood_guard under 1 needs the base model's loss per token of every pool example")
     else:
         kept = likeliest(loss_per_token, frame["example_id"].to_list(), likelihood_guard)
-    # ``likely``: the row is among those the guard ranks first (every row, without the guard); the
-    # export names the guard as the reason a row outside them was left out.
+    if noise_gate == "mixture":
+        if losses_along is None:
+            raise ValueError("influence.noise_gate mixture needs every pool example's loss per token at every checkpoint")
+        kept = kept & gated(losses_along, frame["example_id"].to_list())
+    elif noise_gate != "off":
+        raise ValueError(f"influence.noise_gate must be off or mixture (got {noise_gate!r})")
+    # ``likely``: the row is among those the guard and the gate rank first (every row, without them);
+    # the export names them as the reason a row outside them was left out.
     return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept)), likely=pl.Series(kept)).sort("rank")

@@ -4,7 +4,8 @@ A task draws problems from its own space, split by a hash of the problem into va
 calibration), test and training problems, so that test accuracy measures what transfers to
 problems the pool never shows. From the training problems it writes a pre-training corpus (all
 correct) and an SFT pool that mixes correct rows with noise, each row flagged with its
-``category`` and a hidden ``is_corrupted`` that only evaluation reads:
+``category``, a hidden ``is_corrupted`` and the row's hidden ``reference_answer`` (what the grader
+compares with; null for an off-task row), which only evaluation reads and no export carries:
 
 - ``corrupted``: a near miss, the right format with a wrong answer a careless annotator would write;
 - ``off_task``: a row about something else;
@@ -151,7 +152,8 @@ class Task(ABC):
         return corpus
 
     def training_pool_rows(self, n_examples: int, noise: dict[str, float], seed: int) -> list[dict]:
-        """SFT pool rows: ``prompt``, ``response``, ``category``, ``is_corrupted`` (true for every kind of noise)."""
+        """SFT pool rows: ``prompt``, ``response``, ``category``, ``is_corrupted`` (true for every kind of
+        noise) and ``reference_answer`` (the problem's reference answer; None for an off-task row)."""
         unknown = set(noise) - set(NOISE_KINDS)
         if unknown:
             raise ValueError(f"unknown noise kinds {sorted(unknown)} (known: {NOISE_KINDS})")
@@ -164,11 +166,12 @@ class Task(ABC):
         rows, seen = [], set()
         for category in categories:
             for _ in range(MAX_DRAWS):  # distinct examples: exact duplicates would only be quarantined downstream
+                reference = None
                 if category == "off_task":
                     prompt, response = self.off_task_row(rng)
                 else:
                     problem = self.draw(rng) if category == "correct" else self.noise_problem(category, rng)
-                    prompt = self.prompt(problem)
+                    prompt, reference = self.prompt(problem), self.reference(problem)
                     response = {
                         "correct": self.correct_response,
                         "corrupted": self.corrupted_response,
@@ -182,7 +185,15 @@ class Task(ABC):
                     "lower demo.n_train or that kind of noise's share"
                 )
             seen.add((prompt, response))
-            rows.append({"prompt": prompt, "response": response, "category": category, "is_corrupted": category != "correct"})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "response": response,
+                    "category": category,
+                    "is_corrupted": category != "correct",
+                    "reference_answer": reference,
+                }
+            )
         return rows
 
     def query_rows(self, n_queries: int, seed: int, split: str) -> list[dict]:

@@ -57,7 +57,10 @@ def test_the_demo_enabled_over_a_users_files_refuses_and_changes_nothing(own_fil
     assert isinstance(error, DemoOverwriteError)
     assert "my_model is a directory with files that the demo did not write" in str(error)
     assert snapshot(own_files) == before
-    assert sorted(p.name for p in own_files.iterdir()) == ["my_model", "pool.jsonl", "settings.yaml", "val.jsonl"]
+    # Besides them only the run's warehouse, which it held (its lock and identity, as `drift_assets
+    # materialize` holds it before anything runs), without a table written.
+    assert sorted(p.name for p in own_files.iterdir()) == ["my_model", "pool.jsonl", "settings.yaml", "val.jsonl", "warehouse"]
+    assert sorted(p.name for p in (own_files / "warehouse" / "drift").iterdir()) == ["warehouse_identity"]
 
 
 def test_the_demo_model_is_kept_for_the_same_recipe_and_retrained_for_another(demo_dir, tmp_path):

@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from drift_assets.code_location import graphql
 from drift_assets.definitions import build_definitions
-from drift_assets.production import local_s3, s3_client
+from drift_assets.production import LOCAL_S3_ENVIRONMENT, local_s3, s3_client
 from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_pipeline
 from drift_assets.settings import SettingsError
@@ -41,6 +42,19 @@ for round in range(rounds):
     while not all((barrier / f"{p}-{round}").exists() for p in "ab"):
         time.sleep(0.01)
     assert materialize([table], partition_key=partition, resources={"io_manager": io_manager}).success
+"""
+
+
+SHOWN_BY_THE_UI = """
+{
+  repositoriesOrError { ... on RepositoryConnection { nodes {
+    allTopLevelResourceDetails { name configuredValues { key value } }
+    assetNodes { assetKey { path } assetMaterializations { metadataEntries { label __typename
+      ... on TextMetadataEntry { text } ... on JsonMetadataEntry { jsonString } ... on MarkdownMetadataEntry { mdStr }
+      ... on PathMetadataEntry { path } ... on UrlMetadataEntry { url } ... on TableSchemaMetadataEntry { label } } } }
+  } } }
+  runsOrError { ... on Runs { results { runId runConfigYaml tags { key value } } } }
+}
 """
 
 
@@ -125,6 +139,12 @@ def test_an_s3_warehouse_takes_over_from_a_local_one_and_scores_the_same(private
         for table in (local.scan("refined_dataset").collect(), warehouse.scan("refined_dataset").collect())
     ]
     assert selected[0] == selected[1] and selected[0]
+    # N41: the store's credentials came from the environment; the UI's answer about the resources, the
+    # runs' config and every materialization's metadata holds none of them.
+    with instance_in(workspace) as instance:
+        answer = json.dumps(graphql(defs, instance, SHOWN_BY_THE_UI))
+    assert '"num_rows"' in answer and '"runId"' in answer and s3_options["endpoint"] in answer  # it shows what it has
+    assert not [value for value in LOCAL_S3_ENVIRONMENT.values() if value in answer], answer
 
 
 def test_storage_options_take_deltalakes_aws_spellings_and_refuse_unknown_ones(tmp_path):

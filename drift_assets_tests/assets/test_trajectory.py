@@ -9,15 +9,17 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
+from drift_assets.assets.benchmark import ADAPTER_MODULES
 from drift_assets.cli import _summary
 from drift_assets.core.adapters import is_adapter
 from drift_assets.core.fingerprint import model_fingerprint
-from drift_assets.core.gradients import vectors
+from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, vectors
+from drift_assets.core.less import AdamMoments, less_along
 from drift_assets.core.projection import target_layers
 from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, rollout_engine_resource
-from drift_assets.runner import materialize_assets, materialize_pipeline
+from drift_assets.runner import materialize_assets, materialize_pipeline, run_method_benchmark
 from drift_assets_tests.assets.test_pipeline import latest_metadata, read
 from drift_assets_tests.conftest import instance_in, settings_in
 
@@ -32,7 +34,8 @@ def trajectory(materialized, tmp_path_factory):
     directory = tmp_path_factory.mktemp("trajectory") / "workspace"
     shutil.copytree(materialized, directory)
     # Without test queries the graph has no evaluation assets: this module is about the scores.
-    settings = settings_in(directory, warmup={"steps": STEPS}, data={"test_queries": None})
+    # The optimizer state, which LESS reads in the method benchmark below (auto: off for these settings' methods).
+    settings = settings_in(directory, warmup={"steps": STEPS, "optimizer_state": True}, data={"test_queries": None})
     defs = build_definitions(settings)
     with instance_in(directory) as instance:
         done = materialize_pipeline(defs, instance, include_demo=False, only_stale=True)
@@ -141,6 +144,45 @@ def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
     assert latest_metadata(instance, "training_gradient_projections")["rows_reused"] > 0
 
 
+PARITY = ["less", "less_round_robin", "rds", "dsir", "grape", "dynamics", "self_distill", "influence"]
+
+
+@pytest.mark.vllm
+def test_the_parity_baselines_run_in_the_method_benchmark(trajectory):
+    settings, _, instance, _ = trajectory
+    saved = read(settings, "warmup_checkpoints").sort("step")
+    assert saved["optimizer_state"].to_list() == [True, True]
+    for path, step in zip(saved["path"], saved["step"], strict=True):
+        moments = AdamMoments.load(path)
+        assert moments.step == step and moments.learning_rate == pytest.approx(settings.warmup_schedule["learning_rate"])
+    # The copied warehouse still holds the test queries; the benchmark reads them there.
+    benchmark = settings.benchmark.model_copy(
+        update={"methods": PARITY, "seeds": [0], "sft": settings.benchmark.sft.model_copy(update={"steps": 10})}
+    )
+    with_tests = settings.model_copy(
+        update={"benchmark": benchmark, "data": settings.data.model_copy(update={"test_queries": "demo/test_queries.jsonl"})}
+    )
+    run_method_benchmark(build_definitions(with_tests), instance)
+    table = read(settings, "method_benchmark")
+    assert table["method"].to_list() == PARITY
+    selected = int(read(settings, "refined_dataset")["selected"].sum())
+    sizes = dict(table.select("method", "n_selected").rows())
+    assert all(sizes[method] == selected for method in PARITY if method != "self_distill")
+    assert 0 < sizes["self_distill"] <= selected  # the base model's right answers, at most as many as the others'
+    row = {r["method"]: r for r in table.iter_rows(named=True)}
+    assert row["self_distill"]["noisy_share"] is None and row["self_distill"]["order_auc"] is None
+    pool = read(settings, "training_pool")
+    for method in [method for method in PARITY if method != "self_distill"]:
+        assert 0.0 <= row[method]["noisy_share"] <= 1.0 and 0.0 < row[method]["order_auc"] < 1.0, method
+    # Ranked by score, the order's AUC is the score's; taking turns or resampling, it is not.
+    assert row["less"]["order_auc"] == pytest.approx(row["less"]["noise_auc"], abs=1e-9)
+    assert row["less_round_robin"]["noise_auc"] == pytest.approx(row["less"]["noise_auc"], abs=1e-9)
+    assert row["dsir"]["order_auc"] != pytest.approx(row["dsir"]["noise_auc"], abs=1e-6)
+    assert pool["is_corrupted"].mean() > 0 and "reference_answer" in pool.columns
+    summary = latest_metadata(instance, "method_benchmark")["summary"]
+    assert "noise AUC (selection order)" in summary and all(f"| {method} |" in summary for method in PARITY)
+
+
 # The warm-up's adapters, and gradients of them at its checkpoints: the projection names the LoRA
 # modules beside the base model's layers (which the base checkpoint, having no adapter, projects).
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|.*\.lora_[AB]\.default"
@@ -157,7 +199,7 @@ def lora_trajectory(materialized, tmp_path_factory):
     shutil.copytree(materialized, directory)
     settings = settings_in(
         directory,
-        warmup={"steps": LORA_STEPS, "lora": {"rank": 8, "alpha": 16.0}},
+        warmup={"steps": LORA_STEPS, "lora": {"rank": 8, "alpha": 16.0}, "optimizer_state": True},
         projection={"target_modules": LORA_TARGETS},
         data={"test_queries": None},
     )
@@ -194,6 +236,22 @@ def test_a_lora_warm_up_is_served_by_vllm_as_adapters_and_scored_by_their_gradie
     scores = read(settings, "influence_scores")
     assert sorted(scores["example_id"]) == sorted(pool["example_id"]) and scores["score"].is_finite().all()
     assert all(key in latest_metadata(instance, "influence_scores")["checkpoints"] for key in ["base", *LORA_KEYS])
+
+
+@pytest.mark.vllm
+def test_less_preconditions_a_lora_warm_up_s_adapters_with_their_saved_moments(lora_trajectory):
+    settings, _ = lora_trajectory
+    path = read(settings, "warmup_checkpoints")["path"][0]
+    moments = AdamMoments.load(path)
+    assert moments.names and all(".lora_A." in name or ".lora_B." in name for name in moments.names)
+    # Loaded as the method benchmark loads it: the adapter's modules kept, so their names are the warm-up's.
+    network = ModelResource(path=settings.model_path, adapter=path, dtype="float32", device="cpu").load_model(ADAPTER_MODULES)
+    tokenizer = ModelResource(path=settings.model_path).load_tokenizer()
+    pool, queries = read(settings, "training_pool").head(6), read(settings, "validation_queries").head(2)
+    training = pool_token_pairs(tokenizer, pool["messages"])
+    validation = query_token_pairs(tokenizer, queries["prompt"].to_list(), queries["reference_response"].to_list())
+    scores = less_along(iter([(LORA_KEYS[0], network, moments)]), tokenizer, training, validation, projected=None)
+    assert scores.shape == (6, 2) and np.isfinite(scores).all() and (np.abs(scores) <= 1 + 1e-9).all()
 
 
 @pytest.mark.vllm

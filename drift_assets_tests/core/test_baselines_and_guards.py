@@ -1,18 +1,16 @@
-"""RDS+ and BM25 against independent computations; the guards on a degenerate target; progress lines."""
+"""BM25 against rank_bm25 (RDS+ and the other baselines: test_parity_baselines.py); the guards on a degenerate target; progress lines."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from drift_assets.core.attribution import share_of, target_gradient
-from drift_assets.core.baselines import bm25_scores, cosine_similarity, mean_pooled_hidden_states, words
+from drift_assets.core.baselines import bm25_scores, words
 from drift_assets.core.benchmark import similarity_scores
 from drift_assets.core.guards import MAX_REFERENCE_SHARE, contrast_guard, hacking_guard, target_guard
 from drift_assets.core.progress import Progress, duration
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
 
 CORPUS = [
@@ -34,23 +32,6 @@ def test_bm25_equals_rank_bm25():
     for row, query in enumerate(QUERIES):
         np.testing.assert_allclose(ours[row], reference.get_scores(words(query)), rtol=1e-12)
     assert ours[2].max() == 0.0
-
-
-def test_rds_pools_the_last_hidden_states_of_every_token():
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_llama(
-        tokenizer, TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64), seed=3
-    ).eval()
-    prompts = [tokenizer("ab")["input_ids"], tokenizer("xyz w")["input_ids"]]
-    responses = [tokenizer("c", add_special_tokens=False)["input_ids"], tokenizer("ok", add_special_tokens=False)["input_ids"]]
-    pooled = mean_pooled_hidden_states(model, tokenizer, prompts, responses, batch_size=2)
-    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        with torch.no_grad():  # one sequence alone, no padding: the oracle
-            hidden = model(torch.tensor([prompt + response]), output_hidden_states=True).hidden_states[-1][0]
-        np.testing.assert_allclose(pooled[row], hidden.double().mean(dim=0).numpy(), rtol=1e-5, atol=1e-6)
-    similarity = cosine_similarity(pooled[:1], pooled)
-    assert similarity[0, 0] == pytest.approx(1.0)
-    assert similarity[0, 1] == pytest.approx(pooled[0] @ pooled[1] / np.linalg.norm(pooled[0]) / np.linalg.norm(pooled[1]))
 
 
 def test_similarity_methods_rank_the_closest_example_first():

@@ -122,8 +122,8 @@ def test_each_unselected_row_says_why_it_was_left_out():
         "ex3": None,
         "ex0": None,
         "ex6": None,
-        "ex4": "gated_by_likelihood",
-        "ex1": "gated_by_likelihood",
+        "ex4": "gated",
+        "ex1": "gated",
         "ex2": "below_cutoff",
         "ex5": "below_cutoff",
     }

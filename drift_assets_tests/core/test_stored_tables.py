@@ -180,7 +180,8 @@ def test_43_a_warm_up_checkpoint_whose_directory_is_gone_is_materialized_again(w
     def warmup(context) -> pl.DataFrame:
         path = tmp_path / "checkpoints" / context.partition_key
         path.mkdir(parents=True)
-        return pl.DataFrame({"checkpoint": [context.partition_key], "path": [str(path)]})
+        # As the warm-up asset's: a trained checkpoint has its step (one warmup.checkpoints listed has none).
+        return pl.DataFrame({"checkpoint": [context.partition_key], "step": [int(context.partition_key)], "path": [str(path)]})
 
     defs = materialize_every_partition(warmup, warehouse, instance)
     assert repair_damaged_tables(defs, instance, warehouse) == set()
@@ -198,7 +199,8 @@ def test_42_the_model_directory_of_a_removed_warm_up_step_is_reported(warehouse,
     def warmup(context) -> pl.DataFrame:
         path = tmp_path / "checkpoints" / context.partition_key
         path.mkdir(parents=True)
-        return pl.DataFrame({"checkpoint": [context.partition_key], "path": [str(path)]})
+        # As the warm-up asset's: a trained checkpoint has its step (one warmup.checkpoints listed has none).
+        return pl.DataFrame({"checkpoint": [context.partition_key], "step": [int(context.partition_key)], "path": [str(path)]})
 
     materialize_every_partition(warmup, warehouse, instance)
     fewer = Definitions(assets=[checkpoint_asset(WARMUP, ["000002"])], resources={"io_manager": warehouse.io_manager()})

@@ -1,0 +1,123 @@
+"""The candidate defaults' building blocks: the signed contrast without the queries' shared
+direction, and the training-dynamics noise gate in the ranking."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from drift_assets.core.attribution import ScoringSettings, shared_direction, without_direction
+from drift_assets.core.selection import gated
+from drift_assets.core.trajectory import CheckpointGradients, checkpoint_target, query_targets, ranked_scores, score_along
+
+
+def test_the_shared_direction_is_the_mean_of_the_unit_parts_and_removing_it_leaves_what_differs():
+    parts = np.array([[2.0, 1.0], [20.0, -10.0]])  # one query's norm ten times the other's
+    direction = shared_direction(parts)
+    # By hand: unit rows (2, 1)/√5 and (2, −1)/√5, mean (2/√5, 0), so the first axis.
+    np.testing.assert_allclose(direction, [1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(without_direction(parts, direction), [[0.0, 1.0], [0.0, -10.0]], atol=1e-12)
+    np.testing.assert_allclose(without_direction(parts[0], direction), [0.0, 1.0], atol=1e-12)
+    assert not shared_direction(np.array([[1.0, 0.0], [-1.0, 0.0]])).any()  # opposite parts share nothing
+
+
+def _checkpoint():
+    """Four queries whose signed contrasts share the direction e0 ("answer higher") and differ along ±e1, ±e2."""
+    right = {"q0": [1.0, 1.0, 0], "q1": [1.0, -1.0, 0], "q2": [1.0, 0, 1.0], "q3": [1.0, 0, -1.0]}
+    rows = []
+    for query, gradient in right.items():
+        rows.append((f"{query}-right", query, gradient, True))
+        rows.append((f"{query}-wrong", query, [-1.0, 0, 0], False))
+    validation = pl.DataFrame(
+        {
+            "rollout_id": [r[0] for r in rows],
+            "query_id": [r[1] for r in rows],
+            "target": ["rollout"] * len(rows),
+            "grad": [r[2] for r in rows],
+            "model_fingerprint": "m",
+            "projection_fingerprint": "p",
+        },
+        schema_overrides={"grad": pl.List(pl.Float32)},
+    )
+    grades = validation.select("rollout_id", "query_id").with_columns(
+        correct=pl.Series([r[3] for r in rows]), reward=pl.Series([float(r[3]) for r in rows])
+    )
+    ids = ["e0", "e1", "e2"]
+    training = np.eye(3, dtype=np.float32)  # example e_i's gradient is the axis i
+    return CheckpointGradients.in_memory("base", ids, training, validation, grades, {("m", "p")}), ids
+
+
+def test_signed_parts_lose_the_direction_every_query_shares():
+    checkpoint, ids = _checkpoint()
+    signed = ScoringSettings(weighting="signed", debias="none", ranking="round_robin")
+    kept_ids, kept = query_targets(checkpoint, signed)
+    # Signed weights by hand: (right − wrong) / 4 queries; every part leans on axis 0 by 2/4.
+    np.testing.assert_allclose(kept, np.array([[2, 1, 0], [2, -1, 0], [2, 0, 1], [2, 0, -1]]) / 4, atol=1e-6)
+    specific = ScoringSettings(weighting="signed", debias="none", ranking="round_robin", shared_direction="remove")
+    removed_ids, removed = query_targets(checkpoint, specific)
+    assert removed_ids == kept_ids == ["q0", "q1", "q2", "q3"]
+    np.testing.assert_allclose(removed, np.array([[0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]) / 4, atol=1e-6)
+    # The summed target loses the shared direction too (here it is all the sum had).
+    assert np.argmax(checkpoint_target(checkpoint, signed).vector) == 0
+    np.testing.assert_allclose(checkpoint_target(checkpoint, specific).vector, 0.0, atol=1e-9)
+    # Each query now prefers its own example, and e0 (the shared error direction) counts for a query no
+    # more than the example of another query does (standardized columns, q0 … q3).
+    matrix = score_along([checkpoint], specific).queries.matrix
+    assert [ids[i] for i in np.argmax(matrix, axis=0)][::2] == ["e1", "e2"]
+    np.testing.assert_allclose(matrix[0, 0], matrix[2, 0], atol=1e-9)
+    np.testing.assert_allclose(matrix[0, 2], matrix[1, 2], atol=1e-9)
+
+
+def _losses_along(ids, low, high, checkpoints=("base", "000010")):
+    rng = np.random.default_rng(0)
+    rows = []
+    for at, checkpoint in enumerate(checkpoints):
+        for example_id in ids:
+            centre = high if example_id in low else 0.05  # `low` names the noisy rows: their loss stays high
+            rows.append((example_id, checkpoint, float(centre * (1 + 0.05 * rng.normal()) / (1 + at))))
+    return pl.DataFrame(rows, schema=["example_id", "checkpoint", "loss_per_token"], orient="row")
+
+
+def test_the_gate_ranks_the_rows_that_stay_unlikely_after_the_others():
+    rng = np.random.default_rng(2)
+    ids = [f"e{i:02d}" for i in range(20)]
+    checkpoint, _ = _checkpoint()
+    training = rng.normal(size=(20, 3)).astype(np.float32)
+    checkpoint = CheckpointGradients.in_memory(
+        "base", ids, training, checkpoint.validation_gradients, checkpoint.grades, {("m", "p")}
+    )
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 20, "n_response_tokens": [2] * 20})
+    along = score_along([checkpoint], ScoringSettings(weighting="signed", debias="none", ranking="score"))
+    plain = ranked_scores(along, pool)["example_id"].to_list()
+    noisy = set(plain[:3]) | {plain[10], plain[15]}  # the top three among them
+    losses = _losses_along(ids, noisy, high=3.0)
+    assert gated(losses, ids).tolist() == [example_id not in noisy for example_id in ids]
+    gated_order = ranked_scores(along, pool, noise_gate="mixture", losses_along=losses)["example_id"].to_list()
+    assert gated_order == [e for e in plain if e not in noisy] + [e for e in plain if e in noisy]
+    # Losses of one population only: nothing is gated, the order is the plain one.
+    flat = _losses_along(ids, set(), high=3.0)
+    assert gated(flat, ids).all()
+    assert ranked_scores(along, pool, noise_gate="mixture", losses_along=flat)["example_id"].to_list() == plain
+    with pytest.raises(ValueError, match="noise_gate mixture needs"):
+        ranked_scores(along, pool, noise_gate="mixture")
+
+
+def test_the_gate_names_what_it_lacks():
+    ids = ["e0", "e1", "e2", "e3", "e4"]
+    losses = _losses_along(ids, {"e0"}, high=3.0).filter(~((pl.col("example_id") == "e3") & (pl.col("checkpoint") == "base")))
+    with pytest.raises(ValueError, match=r"noise_gate: 1 pool examples lack a loss at some checkpoint \(e.g. e3\)"):
+        gated(losses, ids)
+    with pytest.raises(ValueError, match="noise_gate: 1 pool examples"):
+        gated(_losses_along(ids[:4], set(), high=3.0), ids)
+
+
+def test_the_likelihood_guard_warns_where_the_selection_shares_no_more_with_the_loss_filter_than_chance():
+    from drift_assets.core.guards import likelihood_agreement_guard
+
+    losses = {f"e{i}": float(i) for i in range(10)}  # e0 is the likeliest
+    above = likelihood_agreement_guard(["e0", "e1", "e7", "e9"], losses)  # 2 of the filter's 4 (e0 … e3)
+    assert above == (True, "50% of the selection is also in the loss filter's (a random selection: 40%)")
+    agreeing = likelihood_agreement_guard(["e0", "e1", "e2", "e9"], losses)
+    assert agreeing == (True, "75% of the selection is also in the loss filter's (a random selection: 40%)")
+    at_chance = likelihood_agreement_guard(["e0", "e5", "e7", "e9"], losses)  # 1 of 4 = 25% ≤ 40%
+    assert not at_chance[0] and "run the method_benchmark job" in at_chance[1]
+    assert likelihood_agreement_guard([f"e{i}" for i in range(10)], losses)[0]
