@@ -15,7 +15,11 @@ from drift_assets.assets.warmup import build_warmup_assets
 from drift_assets.automation import automation_sensor, build_jobs, with_automation
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
-from drift_assets.terminal import terminal_logger
+from drift_assets.terminal import hide_beta_warnings, terminal_logger
+
+# dg, the webserver and the daemon load this module: Dagster's notices that the observable sources and
+# the automation sensor's options are beta would print at every code load.
+hide_beta_warnings()
 
 
 def build_definitions(settings: Settings, executor: ExecutorDefinition = in_process_executor) -> Definitions:

@@ -268,3 +268,68 @@ def export_dataset(
         readme: lambda path: path.write_text(card),
     }
     return write_export(directory, writers, inputs, previously_exported=previously_exported)
+
+
+class PushError(Exception):
+    """The export folder cannot be pushed as it is (the message names the folder, file or setting)."""
+
+
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def check_pushable(directory: str | Path, name: str = EXPORT_NAME) -> list[str]:
+    """The files of a complete export in ``directory`` that a push uploads (the manifest aside), after
+    checking that each is there as the export wrote it: a missing file, one edited since, or an export
+    stopped half-way (the manifest then accepts two contents) is refused (:class:`PushError`)."""
+    from drift_assets.core.fingerprint import file_sha256
+    from drift_assets.core.outputs import MANIFEST_NAME
+
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_NAME
+    try:
+        files = json.loads(manifest_path.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        raise PushError(
+            f"{directory} holds no export (no readable {MANIFEST_NAME}): materialize refined_dataset_export first"
+        ) from None
+    names = list(export_file_names(name))
+    for file_name in names:
+        path = directory / file_name
+        recorded = files.get(file_name) if isinstance(files, dict) else None
+        if not path.is_file() or not recorded:
+            raise PushError(f"{path} is missing from the export: materialize refined_dataset_export again")
+        if len(recorded) != 1 or file_sha256(path) != recorded[0]:
+            raise PushError(
+                f"{path} is not the file the last export wrote (edited since, or the export stopped half-way): "
+                "materialize refined_dataset_export again before pushing"
+            )
+    return names
+
+
+def hub_token(environ: Mapping[str, str]) -> str:
+    """The Hugging Face token from the environment (:data:`TOKEN_VARIABLES`)."""
+    for variable in TOKEN_VARIABLES:
+        if environ.get(variable):
+            return environ[variable]
+    raise PushError("no Hugging Face token: set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)")
+
+
+def push_dataset(directory: str | Path, repo_id: str, token: str, private: bool = False, api=None) -> str:
+    """Upload the export in ``directory`` (:func:`check_pushable`) to the Hub dataset ``repo_id``
+    (created where missing, ``private`` then), the card as its README.md; returns the commit's URL.
+    ``api``: a ``huggingface_hub.HfApi`` (default: one with ``token``)."""
+    names = check_pushable(directory)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=str(directory),
+        allow_patterns=names,  # the export's own files: not the manifest, nor anything else in the folder
+        commit_message="DRIFT selection: the refined dataset, the rows left out and the card",
+        token=token,
+    )
+    return str(getattr(commit, "commit_url", commit))

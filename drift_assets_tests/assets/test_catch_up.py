@@ -72,3 +72,31 @@ def test_a_settings_change_is_told_with_its_old_and_new_values():
         "selection.k: (not read) → null",
     ]
     assert settings_changes(now, now) == []
+
+
+def test_a_stale_asset_names_the_setting_that_changed_with_its_old_and_new_values(tmp_path):
+    """Each Delta write records the settings its asset read (``settings``); the stale cause compares them
+    with the definition's now, over a real instance and warehouse."""
+    import polars as pl
+    from dagster import DagsterInstance, MetadataValue
+
+    from drift_assets.resources import Warehouse
+    from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, parse_settings
+    from drift_assets.staleness import stale_causes
+
+    warehouse = Warehouse.from_settings(parse_settings({"warehouse": {"root": "wh"}}, "settings.yaml", tmp_path))
+
+    def defs(fraction: float) -> Definitions:
+        @asset(code_version=f"2-{fraction}", metadata={SETTINGS_READ_KEY: MetadataValue.json({"selection.fraction": fraction})})
+        def picked() -> pl.DataFrame:
+            return pl.DataFrame({"value": [1, 2]})
+
+        return Definitions(assets=[picked], resources={"io_manager": warehouse.io_manager()})
+
+    (tmp_path / "home").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "home")) as instance:
+        result = materialize(defs(0.5).assets, instance=instance, resources={"io_manager": warehouse.io_manager()})
+        recorded = result.asset_materializations_for_node("picked")[0].metadata[SETTINGS_USED_KEY]
+        assert recorded.value == {"selection.fraction": 0.5}
+        assert stale_causes(defs(0.5), instance) == {}
+        assert stale_causes(defs(0.3), instance) == {"picked": ["settings changed: selection.fraction: 0.5 → 0.3"]}

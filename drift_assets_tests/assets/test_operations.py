@@ -342,7 +342,8 @@ def test_a_failed_run_leaves_the_previous_export_in_place(private_refresh):
     settings, _, instance = private_refresh
     export_dir = Path(settings.resolve(settings.selection.export_dir))
     before = {path.name: path.read_bytes() for path in export_dir.iterdir()}
-    assert set(before) == {"refined_dataset.jsonl", "refined_dataset.parquet", ".drift-export.json"}
+    assert set(before) == {"refined_dataset.jsonl", "refined_dataset.parquet", "unselected.jsonl", "unselected.parquet",
+                           "README.md", ".drift-export.json"}  # fmt: skip
     log = sorted((Path(settings.warehouse_root) / "drift" / "refined_dataset" / "_delta_log").glob("*.json"))[-1]
     log.write_text("garbage")
     fewer = build_definitions(settings_in(Path(settings.base_dir), selection={"fraction": 0.3}))

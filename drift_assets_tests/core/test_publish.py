@@ -4,12 +4,14 @@ and the manifest's guarantee for every file it writes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
+from huggingface_hub import HfApi
 
 from drift_assets.core.outputs import MANIFEST_NAME, ExportPathError
-from drift_assets.core.publish import REASONS, CardFacts, export_dataset, unselected_reasons
+from drift_assets.core.publish import REASONS, CardFacts, PushError, check_pushable, export_dataset, unselected_reasons
 from drift_assets.core.selection import refined_table, select
 
 SCORES = [0.9, -0.3, 0.0, 2.5, 0.1, -1.0, 0.4]
@@ -159,3 +161,73 @@ def test_an_empty_selection_exports_empty_files_with_the_chat_schema_and_a_new_o
 
     export_dataset(refined(), tmp_path, FACTS)  # its own files, unchanged: replaced
     assert pl.read_parquet(tmp_path / "refined_dataset.parquet")["example_id"].to_list() == ["ex3", "ex0", "ex6"]
+
+
+class RecordingHub(HfApi):
+    """The real client, its two calls that reach the Hub recorded instead: the upload's files are the
+    folder's files that its ``allow_patterns`` select, as ``upload_folder`` selects them, and the card
+    is parsed as the client parses it."""
+
+    calls: list = []
+
+    def create_repo(self, repo_id, **kwargs):
+        RecordingHub.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type=None, allow_patterns=None, token=None, **_):
+        from huggingface_hub import DatasetCard
+        from huggingface_hub.utils import filter_repo_objects
+
+        present = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        uploaded = sorted(filter_repo_objects(present, allow_patterns=allow_patterns))
+        card = DatasetCard.load(Path(folder_path) / "README.md")
+        RecordingHub.calls.append(("upload_folder", repo_id, uploaded, repo_type, token, card.data.configs[0]["config_name"]))
+        return type("Commit", (), {"commit_url": f"https://huggingface.co/datasets/{repo_id}/commit/0"})()
+
+
+def test_push_uploads_the_export_folder_as_the_hub_dataset_with_the_token_from_the_environment(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from drift_assets.cli import main
+
+    root = tmp_path / "project"
+    export_dataset(refined(), root / "exports", FACTS)
+    (root / "exports" / "notes.txt").write_text("mine, not the export's")  # never uploaded
+    (root / "settings.yaml").write_text(
+        "data: {training_pool: pool.jsonl, validation_queries: val.jsonl}\nmodel: {path: model}\n"
+    )
+    RecordingHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHub)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    settings = str(root / "settings.yaml")
+
+    assert main(["push", "--settings", settings, "--repo", "me/picked"]) == 2
+    assert "no Hugging Face token: set HF_TOKEN" in capsys.readouterr().err and RecordingHub.calls == []
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    assert main(["push", "--settings", settings]) == 2
+    assert "push needs --repo" in capsys.readouterr().err
+
+    assert main(["push", "--settings", settings, "--repo", "me/picked", "--private"]) == 0
+    assert "pushed" in capsys.readouterr().out
+    assert RecordingHub.calls == [
+        ("create_repo", "me/picked", {"repo_type": "dataset", "private": True, "exist_ok": True, "token": "hf_secret"}),
+        ("upload_folder", "me/picked", FILES, "dataset", "hf_secret", "default"),
+    ]
+
+    # An export edited since it was written is refused before anything reaches the Hub.
+    RecordingHub.calls = []
+    with open(root / "exports" / "refined_dataset.jsonl", "a") as file:
+        file.write('{"prompt": [], "completion": []}\n')
+    assert main(["push", "--settings", settings, "--repo", "me/picked"]) == 2
+    err = capsys.readouterr().err
+    assert "refined_dataset.jsonl is not the file the last export wrote" in err and RecordingHub.calls == []
+
+
+def test_push_refuses_a_folder_without_an_export(tmp_path):
+    with pytest.raises(PushError, match=rf"{tmp_path} holds no export .* materialize refined_dataset_export first"):
+        check_pushable(tmp_path)
+    export_dataset(refined(), tmp_path, FACTS)
+    (tmp_path / "unselected.parquet").unlink()
+    with pytest.raises(PushError, match="unselected.parquet is missing from the export"):
+        check_pushable(tmp_path)
