@@ -2,7 +2,7 @@
 
 One name means one thing across the tables (``example_id`` is the same id in every table), so one
 description per name. A column the pipeline does not make is one of the input file's own, carried
-through (:data:`CARRIED`); the tests check that every column of the demo's tables has its own.
+through (:data:`CARRIED`).
 """
 
 from __future__ import annotations
