@@ -1,13 +1,25 @@
 """Recurring refresh and jobs.
 
 The refresh is declarative: on a cron tick the sources are observed (content hashes of the input
-files and the model directory), and an asset is requested only when it is missing, its code
-version (implementation + the settings it reads) changed, or a dependency's *data version*
-changed. ``AutomationCondition.eager()`` is not used: it re-runs on any upstream materialization
-even when the data did not change (dagster#25439), which would re-run GPU steps for nothing.
+files and the model directory), and an asset is requested when it is missing, when its code version
+(implementation + the settings it reads) or a dependency's *data version* changes, and, whatever
+happened while the sensor was off, whenever Dagster calls it "Unsynced" (:class:`Unsynced`: what
+was stale before the sensor was turned on is requested on its first tick). A partition that failed
+is not requested again until something changes. ``AutomationCondition.eager()`` is not used: it
+re-runs on any upstream materialization even when the data did not change (dagster#25439), which
+would re-run GPU steps for nothing.
+
+:class:`Unsynced` runs Python of its own, so the automation sensor is evaluated in the code
+location's process (``use_user_code_server``), not in the daemon.
 """
 
-from dagster import AssetSelection, AutomationCondition, define_asset_job
+import logging
+
+from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, define_asset_job
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.declarative_automation.automation_condition import AutomationResult
+
+logger = logging.getLogger(__name__)
 
 REFRESH_CRON = "0 3 * * *"  # nightly; change here or override per deployment
 
@@ -16,20 +28,64 @@ def observe_condition(cron: str = REFRESH_CRON) -> AutomationCondition:
     return AutomationCondition.cron_tick_passed(cron).with_label(f"observe on '{cron}'")
 
 
+class Unsynced(AutomationCondition):
+    """True for the partitions Dagster calls "Unsynced" (stale: a new code version, or an input with a
+    new data version since they were materialized), as the UI's badge and ``staleness`` say. It logs
+    each one's cause, naming changed settings with their old and new values (the sensor's tick log)."""
+
+    @property
+    def name(self) -> str:
+        return "unsynced"
+
+    @property
+    def description(self) -> str:
+        return "Unsynced: its code, settings or an input changed since it was materialized"
+
+    def evaluate(self, context) -> AutomationResult:
+        from drift_assets.staleness import settings_cause
+
+        view = context.asset_graph_view
+        resolver = CachingStaleStatusResolver(view.instance, context.asset_graph, view)
+        stale = {
+            partition
+            for partition in context.candidate_subset.expensively_compute_asset_partitions()
+            if resolver.get_status(partition.asset_key, partition.partition_key) == StaleStatus.STALE
+        }
+        for partition in sorted(stale, key=str):
+            cause = settings_cause(context.asset_graph, view.instance, partition.asset_key, partition.partition_key)
+            name = partition.asset_key.to_user_string() + (f"[{partition.partition_key}]" if partition.partition_key else "")
+            context.log.info(f"{name} is unsynced" + (f": {cause}" if cause else ""))
+        return AutomationResult(context, view.get_asset_subset_from_asset_partitions(context.key, stale))
+
+
 def refresh_condition() -> AutomationCondition:
-    changed = (
-        AutomationCondition.missing()
-        | AutomationCondition.code_version_changed()
-        | AutomationCondition.any_deps_match(AutomationCondition.data_version_changed())
+    changed = AutomationCondition.code_version_changed() | AutomationCondition.any_deps_match(
+        AutomationCondition.data_version_changed()
     )
+    # States, whenever they arose (before the sensor was on, or while a dependency was running): a
+    # failed partition waits for a change instead of being requested on every tick.
+    caught_up = (AutomationCondition.missing() | Unsynced()) & ~AutomationCondition.execution_failed()
     return (
-        changed
+        (changed | caught_up)
         # A table whose blocking check failed is not passed on to the assets that read it.
         & AutomationCondition.all_deps_blocking_checks_passed()
         & ~AutomationCondition.any_deps_missing()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
-    ).with_label("refresh what is missing or whose inputs, settings or code changed, once its inputs passed their checks")
+    ).with_label(
+        "refresh what is missing, unsynced, or whose inputs, settings or code changed, once its inputs passed their checks"
+    )
+
+
+def automation_sensor() -> AutomationConditionSensorDefinition:
+    """The sensor that evaluates every asset's condition (off until turned on in the UI's Automation tab)."""
+    return AutomationConditionSensorDefinition(
+        "refresh",
+        target=AssetSelection.all(include_sources=True),
+        use_user_code_server=True,
+        description="Observes the sources nightly and refreshes what is missing or unsynced (Unsynced assets are "
+        "requested on the first tick, whatever changed while the sensor was off).",
+    )
 
 
 PIPELINE = AssetSelection.groups("inputs", "rollouts", "attribution", "refinement", "evaluation")

@@ -218,7 +218,13 @@ INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="drift-assets", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["materialize", "summary"], help="materialize the whole graph, or print the summary")
+    parser.add_argument(
+        "command",
+        choices=["materialize", "summary", "push"],
+        help="materialize the whole graph, print the summary, or push the export folder to the Hugging Face Hub",
+    )
+    parser.add_argument("--repo", help="push: the Hub dataset to upload to, user/name (the token: $HF_TOKEN)")
+    parser.add_argument("--private", action="store_true", help="push: create the Hub dataset private")
     parser.add_argument("--settings", help="settings file (default: $DRIFT_ASSETS_SETTINGS or data/settings.yaml)")
     parser.add_argument("--all", action="store_true", help="materialize everything, not only what is stale or missing")
     parser.add_argument(
@@ -252,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{failure_paragraph(error, None, received)}", file=sys.stderr)
                 return INTERRUPTED_EXIT.get(received or "", 130)
         return code
+    if args.command == "push":
+        return _push(settings, args)
     from drift_assets.runner import InstanceError, instance_for_runs
 
     try:
@@ -263,12 +271,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _push(settings, args) -> int:
+    """Upload the export folder (``selection.export_dir``) to the Hub dataset ``--repo``."""
+    from drift_assets.core.publish import PushError, hub_token, push_dataset
+
+    if not args.repo:
+        print("error: push needs --repo user/name (the Hub dataset to upload to)", file=sys.stderr)
+        return 2
+    export_dir = settings.resolve(settings.selection.export_dir)
+    try:
+        url = push_dataset(export_dir, args.repo, hub_token(os.environ), private=args.private)
+    except PushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {export_dir} to https://huggingface.co/datasets/{args.repo} ({url})")
+    return 0
+
+
 def _materialize(settings, args, signals: _Signals) -> int:
+    started = time.perf_counter()
+    # The first line, before the pipeline's code, the instance and the warehouse load (seconds of silence).
+    logging.getLogger("drift_assets").info(
+        f"materialize: loading the pipeline, the Dagster instance and the warehouse ({settings.warehouse.root})"
+    )
     from drift_assets.definitions import build_definitions
     from drift_assets.resources import Warehouse, WarehouseInstanceError
     from drift_assets.runner import InstanceError, fail_abandoned_runs, instance_for_runs, materialize_pipeline
 
-    started = time.perf_counter()
     warehouse = Warehouse.from_settings(settings)
     try:
         with instance_for_runs() as instance:

@@ -12,10 +12,14 @@ from drift_assets.assets.refine import build_refine_assets
 from drift_assets.assets.rollouts import build_rollout_assets
 from drift_assets.assets.sources import build_source_assets
 from drift_assets.assets.warmup import build_warmup_assets
-from drift_assets.automation import build_jobs, with_automation
+from drift_assets.automation import automation_sensor, build_jobs, with_automation
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
-from drift_assets.terminal import terminal_logger
+from drift_assets.terminal import hide_beta_warnings, terminal_logger
+
+# dg, the webserver and the daemon load this module: Dagster's notices that the observable sources and
+# the automation sensor's options are beta would print at every code load.
+hide_beta_warnings()
 
 
 def build_definitions(settings: Settings, executor: ExecutorDefinition = in_process_executor) -> Definitions:
@@ -46,6 +50,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
         # pool anyway). A cluster gives each step a pod of its own instead (drift_assets.cluster).
         executor=executor,
         jobs=jobs,
+        sensors=[automation_sensor()],
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         loggers={"console": terminal_logger},  # used where a run's config selects it (runs started from Python)

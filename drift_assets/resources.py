@@ -41,7 +41,15 @@ from drift_assets.core.generation import SamplingSettings, TransformersEngine, V
 from drift_assets.core.ownership import Identity
 from drift_assets.core.ownership import claim as claim_warehouse
 from drift_assets.core.sequences import render_prompt
-from drift_assets.settings import ModelSettings, RolloutSettings, Settings, WarehouseSettings, s3_option_names
+from drift_assets.settings import (
+    SETTINGS_READ_KEY,
+    SETTINGS_USED_KEY,
+    ModelSettings,
+    RolloutSettings,
+    Settings,
+    WarehouseSettings,
+    s3_option_names,
+)
 
 logger = logging.getLogger(__name__)
 WAREHOUSE_SCHEMA = "drift"
@@ -271,6 +279,11 @@ def _handle_output_retrying_conflicts(self, context, table_slice, obj, connectio
     the table anew: it now exists, and the write replaces this partition only."""
     from deltalake.exceptions import CommitFailedError
 
+    context = _OwnMetadataOnly(context)
+    # What the asset was computed with (its definition's settings, now): a stale asset names what changed since.
+    used = context.definition_metadata.get(SETTINGS_READ_KEY)
+    if used is not None:
+        context.add_output_metadata({SETTINGS_USED_KEY: used})
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             return _handle_output(self, context, table_slice, obj, connection)
@@ -288,6 +301,27 @@ def _write_failure(table_uri: str, error: BaseException) -> str:
     if "No space left on device" in message or getattr(error, "errno", None) == errno.ENOSPC:
         message += " (ENOSPC: the file system is full; free space and run again)"
     return f"{table_uri}: the table could not be written, and is as it was before this write: {message}"
+
+
+class _OwnMetadataOnly:
+    """An output context that leaves out dagster-deltalake's schema ("table_columns") and row count
+    ("num_rows") where the asset reported its own (``dagster/column_schema``, with what each column
+    holds, and ``dagster/row_count``: ``assets.metadata.table_metadata``), so the UI shows each once.
+    An asset that reports neither keeps dagster-deltalake's (the repair reads ``num_rows``)."""
+
+    _DUPLICATES = {"table_columns": "dagster/column_schema", "num_rows": "dagster/row_count"}
+
+    def __init__(self, context):
+        self._context = context
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+    def add_output_metadata(self, metadata) -> None:
+        own = self._context.output_metadata
+        self._context.add_output_metadata(
+            {k: v for k, v in metadata.items() if k not in self._DUPLICATES or self._DUPLICATES[k] not in own}
+        )
 
 
 # Every Delta IO manager this package builds writes and reads through that handler module.

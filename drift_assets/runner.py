@@ -295,6 +295,17 @@ def materialize_pipeline(
     observe_sources(defs, instance, verbose)
     if only_stale:
         pending = needs_materialization(defs, instance, damaged)
+        from drift_assets.staleness import stale_causes
+
+        # Why each is refreshed: a settings change named with its old and new values. Only told: a
+        # question Dagster cannot answer here leaves the run as it is.
+        try:
+            causes = stale_causes(defs, instance)
+        except Exception as error:
+            logger.warning(f"why the stale assets are stale could not be read ({type(error).__name__}: {error})")
+            causes = {}
+        for name, told in causes.items():
+            logger.info(f"{name} is unsynced: {'; '.join(told)}")
     upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM)])
     if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
         upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})

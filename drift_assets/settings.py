@@ -520,7 +520,16 @@ class SelectionSettings(_Group):
     method: SelectionMethod = Field("top_fraction", description="top_fraction, top_k, or positive (score > 0)")
     fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the pool kept by top_fraction")
     k: int | None = Field(None, ge=1, description="examples kept by top_k")
-    export_dir: str = Field("exports", description="Where the selection is exported as chat-messages JSONL and Parquet.")
+    export_dir: str = Field(
+        "exports",
+        description="Where the selection is exported: a Hugging Face dataset folder (the selection, the rows left out "
+        "with their reason, a README.md dataset card), in TRL's conversational prompt/completion format.",
+    )
+    evaluation_columns: list[str] = Field(
+        ["is_corrupted", "category", "reference_answer"],
+        description="Pool columns that only evaluate the selection (a hidden noise label): never exported. The demo's "
+        "is_corrupted and category are always left out.",
+    )
 
     @model_validator(mode="after")
     def _top_k_needs_k(self) -> SelectionSettings:
@@ -689,7 +698,7 @@ class Settings(_Group):
     @model_validator(mode="after")
     def _exports_apart_from_inputs(self) -> Settings:
         from drift_assets.core.outputs import check_export_dir, export_conflicts
-        from drift_assets.core.selection import export_file_names
+        from drift_assets.core.publish import export_file_names
 
         export_dir = self.resolve(self.selection.export_dir)
         try:
@@ -1003,12 +1012,49 @@ class Reads:
             version += f"-{grader_source_hash(self.unversioned.grading.custom())}"
         return version
 
-    def metadata(self) -> dict[str, str]:
-        """What the code version hashes, for the asset's definition (shown in the UI, read by the settings reference)."""
-        return {SETTINGS_READ_KEY: ", ".join(self.keys)}
+    def metadata(self) -> dict[str, Any]:
+        """What the code version hashes, key → value, for the asset's definition (shown in the UI, read
+        by the settings reference; each materialization records the values it used as ``settings``,
+        so a stale asset names what changed: :func:`settings_changes`)."""
+        from dagster import MetadataValue
+
+        return {SETTINGS_READ_KEY: MetadataValue.json(self.values())}
+
+    def values(self, *keys: str) -> dict[str, Any]:
+        """``keys`` (all it reads, by default) → the values its code version hashes (JSON-able)."""
+        for key in keys:
+            if not self.covers(key):
+                raise SettingNotRead(f"asset {self.asset} does not read settings.{key}")
+        return {key: _pick(self.unversioned, key) for key in keys or self.keys}
 
 
 SETTINGS_READ_KEY = "settings_read"
+# A materialization's record of the settings it was computed with (the definition's settings_read then).
+SETTINGS_USED_KEY = "settings"
+
+
+def settings_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each setting whose value differs, ``"selection.fraction: 0.5 → 0.3"`` (groups read whole are
+    compared field by field; a setting read now and not then is ``(not read) → value``)."""
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in values.items():
+            name = f"{prefix}{key}"
+            out.update(flat(value, f"{name}.") if isinstance(value, dict) and value else {name: value})
+        return out
+
+    old, new = flat(before), flat(now)
+    missing = object()
+
+    def shown(value: Any) -> str:
+        return "(not read)" if value is missing else json.dumps(value)
+
+    return [
+        f"{key}: {shown(old.get(key, missing))} → {shown(new.get(key, missing))}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, missing) != new.get(key, missing)
+    ]
 
 
 class _Part:

@@ -59,9 +59,10 @@ def settings_read_by_asset(graph=None) -> dict[str, tuple[str, ...]]:
             metadata = each.get(key).metadata
             if SETTINGS_READ_KEY in metadata:
                 recorded = metadata[SETTINGS_READ_KEY]
-                text = recorded.value if hasattr(recorded, "value") else recorded
+                # key -> value (a JSON metadata value): its keys
+                keys = recorded.value if hasattr(recorded, "value") else recorded
                 name = key.to_user_string()
-                reads[name] = tuple(dict.fromkeys((*reads.get(name, ()), *(k for k in text.split(", ") if k))))
+                reads[name] = tuple(dict.fromkeys((*reads.get(name, ()), *keys)))
     return reads
 
 

@@ -16,6 +16,14 @@ query Staleness($plain: [AssetKeyInput!], $partitioned: [AssetKeyInput!]) {
   partitioned: assetNodes(assetKeys: $partitioned) { assetKey { path } partitionKeys staleStatusByPartition }
 }
 """
+CAUSES = """
+query Causes($plain: [AssetKeyInput!], $partitioned: [AssetKeyInput!]) {
+  plain: assetNodes(assetKeys: $plain) { assetKey { path } staleCauses { category reason dependency { path } } }
+  partitioned: assetNodes(assetKeys: $partitioned) {
+    assetKey { path } partitionKeys staleCausesByPartition { category reason dependency { path } }
+  }
+}
+"""
 
 
 def _graph(defs: Definitions):
@@ -44,6 +52,61 @@ def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, st
 def stale_or_missing(defs: Definitions, instance: DagsterInstance, include_missing: bool = True) -> set[str]:
     wanted = {"STALE", "MISSING"} if include_missing else {"STALE"}
     return {name for name, status in asset_statuses(defs, instance).items() if status in wanted}
+
+
+def _value(entry):
+    return entry.value if hasattr(entry, "value") else entry
+
+
+def settings_cause(graph, instance: DagsterInstance, key: AssetKey, partition: str | None = None) -> str | None:
+    """The settings that changed since ``key`` (``partition``) was last materialized, with their old and
+    new values: ``"settings changed: selection.fraction: 0.5 → 0.3"``; None where none did (or its
+    materialization, from before the settings were recorded, does not say)."""
+    from dagster import AssetRecordsFilter
+
+    from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, settings_changes
+
+    now = graph.get(key).metadata.get(SETTINGS_READ_KEY)
+    if now is None:
+        return None
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    before = records[0].asset_materialization.metadata.get(SETTINGS_USED_KEY) if records else None
+    if before is None:
+        return None
+    changes = settings_changes(_value(before), _value(now))
+    return "settings changed: " + "; ".join(changes) if changes else None
+
+
+def stale_causes(defs: Definitions, instance: DagsterInstance) -> dict[str, list[str]]:
+    """Why each stale asset (and partition) is stale, as the UI's "Unsynced" popover says it, a new code
+    version told as the settings that changed (:func:`settings_cause`)."""
+    graph = _graph(defs)
+    stale = {name for name, status in asset_statuses(defs, instance).items() if status == "STALE"}
+    keys = {"plain": [], "partitioned": []}
+    for key in graph.materializable_asset_keys:
+        keys["plain" if graph.get(key).partitions_def is None else "partitioned"].append({"path": key.path})
+    answer = graphql(defs, instance, CAUSES, keys)
+    found: dict[str, list] = {}
+    for node in answer["plain"]:
+        found[AssetKey(node["assetKey"]["path"]).to_user_string()] = node["staleCauses"]
+    for node in answer["partitioned"]:
+        name = AssetKey(node["assetKey"]["path"]).to_user_string()
+        for partition, causes in zip(node["partitionKeys"], node["staleCausesByPartition"], strict=True):
+            found[f"{name}[{partition}]"] = causes
+    told = {}
+    for name in sorted(stale):
+        key, partition = split_partition(name)
+        lines = []
+        for cause in found.get(name) or []:
+            if cause["category"] == "CODE":
+                lines.append(settings_cause(graph, instance, key, partition) or "has a new code version (the implementation's)")
+            else:
+                dependency = cause["dependency"]
+                lines.append(cause["reason"] + (f" ({AssetKey(dependency['path']).to_user_string()})" if dependency else ""))
+        told[name] = list(dict.fromkeys(lines))
+    return told
 
 
 def split_partition(name: str) -> tuple[AssetKey, str | None]:

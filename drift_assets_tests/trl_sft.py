@@ -1,18 +1,21 @@
-"""Two steps of TRL's SFTTrainer on an export, as a user would run it: the JSONL loaded with
-``datasets``, the model and tokenizer from their directory, TRL's defaults otherwise."""
+"""TRL's SFTTrainer on an export, as a user would run it (the folder loaded with ``datasets``, the model
+and tokenizer from their directory, TRL's defaults otherwise), and the pipeline's own loss mask of
+the same rows, to compare them token by token."""
 
 from pathlib import Path
 
 import datasets
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+IGNORED = -100  # the label of a token outside the loss (transformers' and TRL's convention)
 
-def train_two_steps(model_dir: Path, export_jsonl: Path, output_dir: Path) -> tuple[list[float], float, list[int]]:
-    """(the two steps' training losses, how far the weights moved, the first example's token ids as
-    TRL encoded it)."""
+
+def train_two_steps(model_dir: Path, export_dir: Path, output_dir: Path) -> tuple[list[float], float, datasets.Dataset]:
+    """(the two steps' training losses, how far the weights moved, the train split as TRL prepared
+    it: each row's ``input_ids`` and ``labels``)."""
     from trl import SFTConfig, SFTTrainer
 
-    dataset = datasets.load_dataset("json", data_files=str(export_jsonl), split="train")
+    dataset = datasets.load_dataset(str(export_dir), split="train", cache_dir=str(output_dir / "datasets"))
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     before = [p.detach().clone() for p in model.parameters()]
     config = SFTConfig(
@@ -31,4 +34,22 @@ def train_two_steps(model_dir: Path, export_jsonl: Path, output_dir: Path) -> tu
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     moved = sum(float((p.detach() - b).abs().sum()) for p, b in zip(model.parameters(), before, strict=True))
-    return losses, moved, list(trainer.train_dataset[0]["input_ids"])
+    return losses, moved, trainer.train_dataset
+
+
+def pipeline_labels(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one example as the pipeline's SFT trains it: its own encoding
+    (``pool_token_pairs``) and batch (``collate_pairs``), whose ``response_mask`` marks the positions
+    whose next token counts; a label is that next token, shifted back to the token itself as TRL
+    writes labels (the model shifts them)."""
+    import json
+
+    from drift_assets.core.gradients import pool_token_pairs
+    from drift_assets.core.sequences import collate_pairs
+
+    prompts, responses = pool_token_pairs(tokenizer, [json.dumps(prompt + completion)])
+    batch = collate_pairs(tokenizer, prompts, responses)
+    ids = batch.input_ids[0].tolist()
+    counted = batch.response_mask[0].tolist()
+    labels = [IGNORED] + [token if counted[t - 1] else IGNORED for t, token in enumerate(ids) if t > 0]
+    return ids, labels

@@ -9,12 +9,11 @@ import json
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, asset
 
-from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.metadata import loss_picture, table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core import tiny_model
-from drift_assets.core.charts import curves_markdown
 from drift_assets.core.demo_outputs import check_model_directory, model_stamp, replace_model_directory, write_demo_jsonl
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.settings import Reads, Settings
@@ -143,7 +142,7 @@ def build_demo_assets(settings: Settings) -> list:
                 "accuracy_curve": summary["accuracy_curve"],
                 "wall_seconds": round(summary["wall_seconds"], 1),
                 # Models built before the curves were kept have none.
-                "training_curves": MetadataValue.md(curves_markdown(summary.get("curves", {}))),
+                "training_curves": loss_picture(summary.get("curves", {})),
             }
         )
         return table

@@ -5,16 +5,15 @@ import tempfile
 import time
 
 import polars as pl
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, asset
 
 from drift_assets.assets.cost import full_sft_reference
-from drift_assets.assets.metadata import rounded, table_metadata
+from drift_assets.assets.metadata import accuracy_picture, loss_picture, rounded, table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core.benchmark import (
     FineTuneJob,
     fine_tune_from_disk,
 )
-from drift_assets.core.charts import curves_markdown, intervals_markdown
 from drift_assets.core.cost import StageCost, total
 from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
 from drift_assets.core.progress import Progress
@@ -155,10 +154,10 @@ def build_evaluation_assets(settings: Settings) -> list:
                 "accuracy_full": rounded(by_model["full"]),
                 "accuracy_base": rounded(by_model["base"]),
                 "gain_over_full_points": rounded(100 * (by_model["refined"] - by_model["full"]), 1),
-                "accuracy_chart": MetadataValue.md(
-                    intervals_markdown([(r["model"], r["accuracy"], r["accuracy_low"], r["accuracy_high"]) for r in rows])
+                "accuracy_chart": accuracy_picture(
+                    [(r["model"], r["accuracy"], r["accuracy_low"], r["accuracy_high"]) for r in rows]
                 ),
-                "sft_loss_curves": MetadataValue.md(curves_markdown(curves)),
+                "sft_loss_curves": loss_picture(curves),
                 **total(costs, "evaluation").metadata(full_sft_reference(reads.unversioned, refined_dataset)),
             }
         )

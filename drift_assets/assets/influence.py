@@ -17,17 +17,17 @@ from dagster import (
 )
 
 from drift_assets.assets.gradients import progress_logger
-from drift_assets.assets.metadata import markdown_table, rounded, score_distribution, table_metadata
+from drift_assets.assets.metadata import markdown_table, rounded, score_picture, table_metadata
 from drift_assets.checks import influence_complete_result
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.cost import StageCost
-from drift_assets.core.guards import hacking_guard, target_guard
+from drift_assets.core.guards import MAX_REFERENCE_SHARE, MAX_SPEARMAN, hacking_guard, target_guard
 from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along, one_row_per_example
 from drift_assets.core.trajectory import ranked_scores, score_along
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
 
-INFLUENCE_VERSION = "1"
+INFLUENCE_VERSION = "2"  # 2: likely, the rows the likelihood guard ranks first
 
 
 def build_influence_assets(settings: Settings) -> list:
@@ -119,12 +119,24 @@ def build_influence_assets(settings: Settings) -> list:
                 "references_for_unsolved": base_target.references_for_unsolved,
                 "reference_share_of_target": rounded(along.reference_share),
                 "hessian_damping": float(f"{along.checkpoints[0].curvature.damping_value:.3g}"),
-                "score_distribution": score_distribution(table),
+                "score_distribution": score_picture(table),
                 "checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows))),
                 # Products of stored gradients: no pass of the model, its seconds only.
                 **StageCost("scoring", 0, 0, time.perf_counter() - started).metadata(),
             },
         )
+        # Each guard's figures and limit as numbers, which the check's Plots tab draws run after run.
+        guard_figures = {
+            "influence_target_on_policy": {
+                "reference_share_of_target": rounded(along.reference_share),
+                "limit": MAX_REFERENCE_SHARE,
+            },
+            "influence_not_gradient_hacking": {
+                "spearman_score_vs_grad_norm": rounded(figures["spearman_score_vs_grad_norm"]),
+                "spearman_score_vs_loss": rounded(figures.get("spearman_score_vs_loss")),
+                "limit": MAX_SPEARMAN,
+            },
+        }
         for name, (passed, message) in {
             "influence_target_on_policy": target_guard(along.reference_share),
             "influence_not_gradient_hacking": hacking_guard(
@@ -134,7 +146,10 @@ def build_influence_assets(settings: Settings) -> list:
             if not passed:
                 context.log.warning(message)
             yield AssetCheckResult(
-                check_name=name, passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message}
+                check_name=name,
+                passed=passed,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"message": message, **guard_figures[name]},
             )
 
     @asset_check(

@@ -1,6 +1,9 @@
 """The refined dataset: every pool example with its score and whether it is selected."""
 
 import math
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import polars as pl
 from dagster import (
@@ -15,23 +18,43 @@ from dagster import (
 )
 
 from drift_assets.assets.cost import cost_metadata, recorded_pipeline_cost
-from drift_assets.assets.metadata import rounded, selection_distribution, table_metadata
+from drift_assets.assets.gradients import PROJECTION_KEYS
+from drift_assets.assets.metadata import rounded, score_picture, table_metadata
 from drift_assets.checks import selection_result
 from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.guards import likelihood_agreement_guard
-from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
+from drift_assets.core.publish import CARD_NAME, EXPORT_NAME, UNSELECTED_NAME, CardFacts, export_dataset
+from drift_assets.core.selection import refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.stored import one_row_per_example
 from drift_assets.resources import Warehouse
-from drift_assets.settings import Reads, Settings, export_inputs
+from drift_assets.settings import REPO_ROOT, Reads, Settings, export_inputs
 
 REFINE_VERSION = "2"
-EXPORT_VERSION = "2"  # 2: JSONL and Parquet carry the same columns (id, score, source, the pool's extras)
+# 3: a Hugging Face dataset: prompt/completion, rank, the unselected rows with their reason, a card
+EXPORT_VERSION = "3"
+# The settings that shape the selection (read by the assets it comes from): the dataset card names
+# their values, so the export reads them (and is versioned by them).
+SHAPING_SETTINGS = (
+    "data.max_example_tokens",
+    "rollout",
+    "grading",
+    *PROJECTION_KEYS,
+    "projection.validation_span",
+    "warmup_schedule",
+    "warmup.lora",
+    "influence",
+    "selection.method",
+    "selection.fraction",
+    "selection.k",
+)
 
 
 def build_refine_assets(settings: Settings) -> list:
     reads = Reads(settings, "refined_dataset", "selection.method", "selection.fraction", "selection.k")
-    export_reads = Reads(settings, "refined_dataset_export", "selection.export_dir")
+    export_reads = Reads(
+        settings, "refined_dataset_export", "selection.export_dir", "selection.evaluation_columns", *SHAPING_SETTINGS
+    )
     selection = reads.selection
     export_dir = export_reads.resolve(export_reads.selection.export_dir)
     inputs = export_inputs(settings)  # locations: what the export may never write over
@@ -57,7 +80,7 @@ def build_refine_assets(settings: Settings) -> list:
             "dagster/row_count": table.height,
             "selected": chosen.height,
             "selected_share": rounded(chosen.height / table.height if table.height else 0.0),
-            "score_distribution": selection_distribution(table),
+            "score_distribution": score_picture(table),
         }
         if "is_corrupted" in table.columns:
             metadata["noise_auc"] = rounded(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
@@ -112,28 +135,58 @@ def build_refine_assets(settings: Settings) -> list:
         code_version=export_reads.code_version(EXPORT_VERSION),
         metadata=export_reads.metadata(),
         kinds={"polars", "delta"},
-        description="The selection as chat-messages JSONL and Parquet files for SFT trainers; written only after "
-        "refined_dataset is committed and its selection check passed.",
+        description="The export folder as a Hugging Face dataset (selection.export_dir): the selection (train split) and "
+        "the rows left out with their reason (unselected split), in TRL's prompt/completion format, and a README.md "
+        "dataset card; `python -m drift_assets push --repo user/name` uploads it. Written only after refined_dataset "
+        "is committed and its selection check passed.",
     )
     def refined_dataset_export(
         context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
     ) -> pl.DataFrame:
-        paths = export_selection(refined_dataset, export_dir, inputs=inputs, previously_exported=_previous_export(warehouse))
+        facts = CardFacts(
+            model_path=export_reads.model_path,
+            model_fingerprint=_scored_model_fingerprint(warehouse),
+            settings=export_reads.values(*SHAPING_SETTINGS),
+            code_versions={
+                "refined_dataset": reads.code_version(REFINE_VERSION),
+                "refined_dataset_export": export_reads.code_version(EXPORT_VERSION),
+            },
+            package_version=_package_version(),
+            git_commit=_git_commit(),
+            run_id=context.run_id,
+            selection_method=export_reads.selection.method,
+            checkpoints=export_reads.checkpoints,
+        )
+        paths = export_dataset(
+            refined_dataset,
+            export_dir,
+            facts,
+            evaluation_only=export_reads.selection.evaluation_columns,
+            inputs=inputs,
+            previously_exported=_previous_export(warehouse),
+        )
         n_selected = int(refined_dataset["selected"].sum())
+        rows = {EXPORT_NAME: n_selected, UNSELECTED_NAME: refined_dataset.height - n_selected}
         table = pl.DataFrame(
             {
-                "format": list(paths),
+                "split": [
+                    "train" if name.startswith(EXPORT_NAME) else "unselected" if name != CARD_NAME else None for name in paths
+                ],
+                "format": [name.rsplit(".", 1)[1] for name in paths],
                 "path": list(paths.values()),
-                "rows": [n_selected] * len(paths),
+                "rows": [rows.get(name.rsplit(".", 1)[0]) for name in paths],
                 "sha256": [content_hash(path) for path in paths.values()],
-            }
+            },
+            schema_overrides={"split": pl.String, "rows": pl.Int64},
         )
-        context.log.info(f"exported {n_selected} examples to {paths['jsonl']} and {paths['parquet']}")
+        context.log.info(
+            f"exported {n_selected} selected and {rows[UNSELECTED_NAME]} unselected examples with a dataset card to {export_dir}"
+        )
         context.add_output_metadata(
             {
                 **table_metadata(table),
-                "export_jsonl": MetadataValue.path(paths["jsonl"]),
-                "export_parquet": MetadataValue.path(paths["parquet"]),
+                "export_dir": MetadataValue.path(export_dir),
+                "dataset_card": MetadataValue.md(Path(paths[CARD_NAME]).read_text().split("---\n", 2)[-1]),
             }
         )
         return table
@@ -151,3 +204,32 @@ def _previous_export(warehouse: Warehouse) -> dict[str, str] | None:
     except Exception:  # a damaged table only loses this fallback: the manifest is the record
         return None
     return dict(zip(previous["path"], previous["sha256"], strict=True))
+
+
+def _scored_model_fingerprint(warehouse: Warehouse) -> str | None:
+    """The fingerprint of the model the base checkpoint's rollouts were sampled from (None: no rollouts table)."""
+    if not warehouse.exists("rollouts"):
+        return None
+    first = warehouse.scan("rollouts").filter(pl.col("checkpoint") == "base").select("model_fingerprint").head(1).collect()
+    return first["model_fingerprint"][0] if first.height else None
+
+
+def _package_version() -> str:
+    try:
+        return version("drift_assets")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout the code runs from (with -dirty for uncommitted changes), or None."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None

@@ -12,14 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
+from dagster import AssetExecutionContext, BackfillPolicy, asset
 
 from drift_assets.assets.checkpoints import WARMUP, saved_checkpoint, warmup_partitions
 from drift_assets.assets.cost import full_sft_reference, stored_reference
-from drift_assets.assets.metadata import table_metadata
+from drift_assets.assets.metadata import loss_picture, table_metadata
 from drift_assets.assets.placement import GPU_STEP
 from drift_assets.core.adapters import add_adapter
-from drift_assets.core.charts import curves_markdown
 from drift_assets.core.cost import StageCost, trained_cost
 from drift_assets.core.less import OPTIMIZER_STATE_FILE, AdamMoments
 from drift_assets.core.trajectory import check_given_checkpoint, checkpoint_key, warm_up
@@ -112,7 +111,7 @@ def build_warmup_assets(settings: Settings) -> list:
         context.add_output_metadata(
             {
                 **table_metadata(table, preview_rows=len(paths)),
-                "loss_curve": MetadataValue.md(curves_markdown({"warm-up SFT": run.losses})),
+                "loss_curve": loss_picture({"warm-up SFT": run.losses}),
                 **cost.metadata(full_sft_reference(reads.unversioned, training_pool)),
             }
         )

@@ -324,7 +324,7 @@ def less_scores(method: str, example_ids: Sequence[str], matrix: np.ndarray) -> 
     raise ValueError(f"{method!r} is not a LESS method {LESS_METHODS}")
 
 
-REFERENCE_COLUMN = "reference_answer"  # a pool's hidden answer, for grading; never exported (selection.EVALUATION_ONLY_COLUMNS)
+REFERENCE_COLUMN = "reference_answer"  # a pool's hidden answer, for grading; never exported (publish.EVALUATION_ONLY_COLUMNS)
 
 
 def self_distilled(

@@ -1,18 +1,14 @@
-"""Choosing the refined dataset from scores, and exporting it in the format SFT trainers read."""
+"""Choosing the refined dataset from scores (``core.publish`` exports it)."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
-from drift_assets.core.outputs import write_export
-from drift_assets.core.pool import CORE_COLUMNS, OUTPUT_COLUMNS
 from drift_assets.core.stats import average_ranks
 
 SelectionMethod = Literal["top_fraction", "top_k", "positive"]
@@ -90,70 +86,13 @@ def select_within_strata(scores: pl.DataFrame, count: int, strata: np.ndarray) -
 
 
 def refined_table(training_pool: pl.DataFrame, scores: pl.DataFrame, selected: pl.Series) -> pl.DataFrame:
-    """Every pool example with score, rank, weight (1.0 selected / 0.0 not) and ``selected``."""
-    chosen = scores.select("example_id", "score", "rank").with_columns(selected)
+    """Every pool example with score, rank, weight (1.0 selected / 0.0 not) and ``selected`` (and
+    ``likely``, where the scores say which rows the likelihood guard ranked first)."""
+    chosen = scores.select("example_id", "score", "rank", *(["likely"] if "likely" in scores.columns else [])).with_columns(
+        selected
+    )
     table = training_pool.join(chosen, on="example_id", how="inner")
     return table.with_columns(weight=pl.col("selected").cast(pl.Float64)).sort("rank")
-
-
-EXPORTED_FIRST = ("example_id", "score", "source")
-# A pool's hidden evaluation columns (the embedded tasks write them): a file to train on never carries them.
-EVALUATION_ONLY_COLUMNS = ("is_corrupted", "reference_answer")
-
-
-def export_columns(table: pl.DataFrame) -> list[str]:
-    """What an export carries besides ``messages``: the id, the score, the source, and the pool's own
-    extra columns (not what the pipeline derives: the text split, token counts, rank, weight; nor
-    the hidden columns only evaluation reads)."""
-    derived = set(CORE_COLUMNS) | set(OUTPUT_COLUMNS) | {"messages"} | set(EVALUATION_ONLY_COLUMNS)
-    first = [c for c in EXPORTED_FIRST if c in table.columns]
-    return first + [c for c in table.columns if c not in derived and c not in first]
-
-
-EXPORT_NAME = "refined_dataset"
-
-
-def export_file_names(name: str = EXPORT_NAME) -> tuple[str, str]:
-    """The files an export writes into its folder: JSONL and Parquet."""
-    return f"{name}.jsonl", f"{name}.parquet"
-
-
-def export_selection(
-    table: pl.DataFrame,
-    directory: str | Path,
-    name: str = EXPORT_NAME,
-    inputs: Mapping[str, str | None] | None = None,
-    previously_exported: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """Write the selected examples, best first, as JSONL and Parquet with the same columns
-    (``messages``, ``example_id``, ``score`` and the pool's extra columns); returns the paths.
-
-    Both load with ``datasets.load_dataset("json"|"parquet", data_files=...)`` and feed TRL's
-    SFTTrainer as they are (its conversational format). Both files are written under temporary
-    names first and only then renamed, so a failure while writing leaves the previous export whole;
-    they never replace an input (``inputs``: setting → path) or a file the export did not write
-    (:func:`drift_assets.core.outputs.write_export`).
-    """
-    chosen = table.filter("selected").sort("rank")
-    messages = [json.loads(text) for text in chosen["messages"]]
-    others = chosen.select(export_columns(chosen))
-
-    def write_jsonl(path: Path) -> None:
-        path.write_text(
-            "".join(
-                json.dumps({"messages": m, **row}, ensure_ascii=False) + "\n"
-                for m, row in zip(messages, others.to_dicts(), strict=True)
-            )
-        )
-
-    def write_parquet(path: Path) -> None:
-        # An explicit type, so that an empty selection still writes the chat schema rather than Null.
-        message_type = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-        pl.DataFrame([pl.Series("messages", messages, dtype=message_type)]).hstack(others).write_parquet(path)
-
-    jsonl, parquet = export_file_names(name)
-    paths = write_export(directory, {jsonl: write_jsonl, parquet: write_parquet}, inputs, previously_exported=previously_exported)
-    return {"jsonl": paths[jsonl], "parquet": paths[parquet]}
 
 
 def round_robin_ranks(matrix: np.ndarray) -> np.ndarray:

@@ -396,7 +396,8 @@ def ranked_scores(
     under 1 ranks the share of the pool the base model finds likeliest (``loss_per_token``:
     example_id, loss_per_token) first, each part in that order on its own. ``noise_gate: mixture``
     ranks the rows :func:`~drift_assets.core.selection.gated` keeps (``losses_along``: example_id,
-    checkpoint, loss_per_token at every checkpoint) before the others, likewise."""
+    checkpoint, loss_per_token at every checkpoint) before the others, likewise (``likely`` marks
+    the rows the two take first)."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
         by_score = frame["rank"].to_numpy()
@@ -424,4 +425,6 @@ def ranked_scores(
         kept = kept & gated(losses_along, frame["example_id"].to_list())
     elif noise_gate != "off":
         raise ValueError(f"influence.noise_gate must be off or mixture (got {noise_gate!r})")
-    return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept))).sort("rank")
+    # ``likely``: the row is among those the guard and the gate rank first (every row, without them);
+    # the export names them as the reason a row outside them was left out.
+    return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept)), likely=pl.Series(kept)).sort("rank")

@@ -92,16 +92,18 @@ def test_what_users_rely_on_about_staleness(base):
     def stale(**groups) -> set[str]:
         return made_stale(base, whole_graph(Path(base.base_dir), **groups))
 
-    assert stale(selection={"fraction": 0.3}) == {"refined_dataset", "method_benchmark"}
-    assert stale(influence={"weighting": "signed"}) == {"influence_scores", "method_benchmark"}
-    gradients = {"projection_basis", "validation_gradients", "training_gradient_projections"}
+    # The export's dataset card names the settings that shaped the selection: they make it stale too.
+    card = {"refined_dataset_export"}
+    assert stale(selection={"fraction": 0.3}) == {"refined_dataset", "method_benchmark", *card}
+    assert stale(influence={"weighting": "signed"}) == {"influence_scores", "method_benchmark", *card}
+    gradients = {"projection_basis", "validation_gradients", "training_gradient_projections", *card}
     assert stale(projection={"rank": 8}) == gradients and stale(projection={"basis": "random"}) == gradients
     # Shards lay the training gradients out; the basis and the validation gradients stay.
     assert stale(projection={"shards": 2}) == {"training_gradient_projections"}
     # The projection basis is fitted on the references: new rollouts leave the training gradients valid.
     assert "training_gradient_projections" not in stale(rollout={"temperature": 0.7})
-    assert stale(warmup={"steps": [5, 10]}) == {"warmup_checkpoints", "influence_scores", "method_benchmark"}
-    assert stale(projection={"validation_span": "completion"}) == {"validation_gradients"}
+    assert stale(warmup={"steps": [5, 10]}) == {"warmup_checkpoints", "influence_scores", "method_benchmark", *card}
+    assert stale(projection={"validation_span": "completion"}) == {"validation_gradients", *card}
 
 
 def test_code_versions_are_the_implementation_version_and_a_hash_of_what_is_read(base, tmp_path):
@@ -160,7 +162,8 @@ def test_editing_a_custom_graders_code_makes_what_grades_stale(tmp_path, monkeyp
     module.write_text("def grade(completion, reference):\n    return completion.strip() == reference\n")
     after = code_versions(settings)
     changed = {asset for asset in before if before[asset] != after[asset]}
-    assert changed == {"grades", "refined_model_evaluation", "method_benchmark"}
+    # The export's card names the grading settings, so it is stale too.
+    assert changed == {"grades", "refined_model_evaluation", "method_benchmark", "refined_dataset_export"}
 
 
 def asset_specs(settings: Settings) -> dict[str, dict]:

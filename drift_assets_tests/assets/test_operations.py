@@ -59,7 +59,8 @@ def test_nothing_is_stale_after_a_full_materialization(refreshed):
 def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_stale(refreshed):
     directory, instance = refreshed
     defs = build_definitions(shared_settings(directory, selection={"fraction": 0.3}))
-    assert not_fresh(defs, instance) == {"refined_dataset": "STALE"}
+    # The export's dataset card names the settings that shaped the selection: it is stale itself.
+    assert not_fresh(defs, instance) == {"refined_dataset": "STALE", "refined_dataset_export": "STALE"}
     assert needs_materialization(defs, instance) - {"demo_task_files", "demo_base_model", "method_benchmark"} == {
         "refined_dataset",
         "refined_dataset_export",
@@ -70,7 +71,7 @@ def test_selection_settings_make_only_the_refined_dataset_and_its_dependents_sta
 def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
     directory, instance = refreshed
     defs = build_definitions(shared_settings(directory, influence={"weighting": "advantage"}))
-    assert not_fresh(defs, instance) == {"influence_scores": "STALE"}
+    assert not_fresh(defs, instance) == {"influence_scores": "STALE", "refined_dataset_export": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"influence_scores", "refined_dataset", "refined_model_evaluation"} <= closure
     assert not closure & {
@@ -84,7 +85,7 @@ def test_weighting_makes_scores_stale_not_gradients_or_rollouts(refreshed):
 def test_rollout_settings_make_rollouts_and_everything_after_them_stale(refreshed):
     directory, instance = refreshed
     defs = build_definitions(shared_settings(directory, rollout={"temperature": 0.7}))
-    assert not_fresh(defs, instance) == {"rollouts[base]": "STALE"}
+    assert not_fresh(defs, instance) == {"rollouts[base]": "STALE", "refined_dataset_export": "STALE"}
     closure = needs_materialization(defs, instance)
     assert {"grades[base]", "validation_gradients[base]", "influence_scores"} <= closure
     # The projection basis is fitted on the references, so the training gradients stay valid.
@@ -342,7 +343,8 @@ def test_a_failed_run_leaves_the_previous_export_in_place(private_refresh):
     settings, _, instance = private_refresh
     export_dir = Path(settings.resolve(settings.selection.export_dir))
     before = {path.name: path.read_bytes() for path in export_dir.iterdir()}
-    assert set(before) == {"refined_dataset.jsonl", "refined_dataset.parquet", ".drift-export.json"}
+    assert set(before) == {"refined_dataset.jsonl", "refined_dataset.parquet", "unselected.jsonl", "unselected.parquet",
+                           "README.md", ".drift-export.json"}  # fmt: skip
     log = sorted((Path(settings.warehouse_root) / "drift" / "refined_dataset" / "_delta_log").glob("*.json"))[-1]
     log.write_text("garbage")
     fewer = build_definitions(settings_in(Path(settings.base_dir), selection={"fraction": 0.3}))

@@ -17,7 +17,7 @@ from dagster import DagsterInstance
 from transformers import AutoTokenizer
 
 from drift_assets.core.chat_model import save_chat_model
-from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt
+from drift_assets.core.sequences import encode_prompt, render_messages_prompt
 from drift_assets.resources import Warehouse
 from drift_assets.settings import load_settings
 from drift_assets_tests.conftest import write_settings
@@ -163,25 +163,29 @@ def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(ow
 
 
 def test_trls_sft_trainer_trains_on_the_export(own, tmp_path):
-    from drift_assets_tests.trl_sft import train_two_steps
+    from drift_assets_tests.trl_sft import IGNORED, pipeline_labels, train_two_steps
 
     settings, _, _ = own
-    export = settings.resolve("exports/refined_dataset.jsonl")
-    losses, moved, ids = train_two_steps(settings.model_path, export, tmp_path)
+    losses, moved, prepared = train_two_steps(settings.model_path, settings.resolve("exports"), tmp_path)
     assert len(losses) == 2 and all(np.isfinite(losses)) and moved > 0
-    # TRL's tokens of the first example start with the pipeline's (ChatML's template then adds a newline).
+    # TRL's tokens and loss of each example are the pipeline's, and then the newline ChatML's template
+    # writes after <|im_end|>, which TRL's completion also holds.
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
-    messages = json.loads(open(export).readline())["messages"]
-    ours = encode_prompt(tokenizer, render_messages_prompt(tokenizer, messages[:-1])) + encode_response(
-        tokenizer, messages[-1]["content"]
-    )
-    assert ids[: len(ours)] == ours and tokenizer.decode(ids[len(ours) :]).strip() == ""
+    exported = datasets.load_dataset(settings.resolve("exports"), split="train", cache_dir=str(tmp_path / "cache"))
+    for row, trained in zip(exported, prepared, strict=True):
+        ids, labels = pipeline_labels(tokenizer, row["prompt"], row["completion"])
+        extra = trained["input_ids"][len(ids) :]
+        assert trained["input_ids"][: len(ids)] == ids and tokenizer.decode(extra).strip() == ""
+        assert trained["labels"] == labels + extra and labels.count(IGNORED) < len(labels)
 
 
-def test_the_export_is_the_selection_in_messages_format(own):
+def test_the_export_is_the_selection_in_prompt_completion_format(own, tmp_path):
     settings, _, _ = own
     refined = read(settings, "refined_dataset")
-    exported = datasets.load_dataset("json", data_files=str(settings.resolve("exports/refined_dataset.jsonl")), split="train")
+    exported = datasets.load_dataset(settings.resolve("exports"), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(exported) == int(refined["selected"].sum()) == 20
-    with_system = [row["messages"] for row in exported if row["messages"][0]["role"] == "system"]
-    assert with_system and all(m[0]["content"] == "Answer briefly." and m[-1]["role"] == "assistant" for m in with_system)
+    with_system = [row for row in exported if row["prompt"][0]["role"] == "system"]
+    assert with_system and all(
+        r["prompt"][0]["content"] == "Answer briefly." and [m["role"] for m in r["completion"]] == ["assistant"]
+        for r in with_system
+    )

@@ -3,7 +3,6 @@
 import base64
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -127,46 +126,6 @@ def test_gradients_scores_and_selection_are_consistent(pipeline):
     assert settings.influence.weighting == "positive" and settings.influence.unsolved == "skip"
     assert metadata["references_for_unsolved"] == 0 and metadata["reference_share_of_target"] == 0.0
     assert metadata["queries_used"] == grades_metadata["queries"] - grades_metadata["queries_all_wrong"]
-
-
-@pytest.mark.vllm
-def test_exports_load_with_datasets(pipeline):
-    from datasets import load_dataset
-
-    settings, _, _ = pipeline
-    export_dir = settings.resolve(settings.selection.export_dir)
-    refined = read(settings, "refined_dataset")
-    columns = {}
-    for kind in ("json", "parquet"):
-        extension = "jsonl" if kind == "json" else "parquet"
-        dataset = load_dataset(kind, data_files=f"{export_dir}/refined_dataset.{extension}", split="train")
-        assert len(dataset) == refined["selected"].sum()
-        first = dataset[0]["messages"]
-        assert [m["role"] for m in first] == ["user", "assistant"]
-        top = refined.sort("rank").row(0, named=True)
-        assert first[-1]["content"] == top["response"]
-        assert dataset[0]["example_id"] == top["example_id"] and dataset[0]["score"] == pytest.approx(top["score"])
-        columns[kind] = set(dataset.column_names)
-    assert columns["json"] == columns["parquet"] >= {"messages", "example_id", "score"}
-
-
-@pytest.mark.vllm
-def test_trls_sft_trainer_trains_on_the_export_as_the_pipeline_encodes_it(pipeline, tmp_path):
-    from transformers import AutoTokenizer
-
-    from drift_assets.core.sequences import encode_prompt, encode_response, render_messages_prompt
-    from drift_assets_tests.trl_sft import train_two_steps
-
-    settings, _, _ = pipeline
-    export = Path(settings.resolve(settings.selection.export_dir)) / "refined_dataset.jsonl"
-    losses, moved, ids = train_two_steps(Path(settings.model_path), export, tmp_path)
-    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses) and moved > 0
-    # The demo tokenizer's template writes what the pipeline trains on: TRL sees the same tokens.
-    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
-    messages = json.loads(export.read_text().splitlines()[0])["messages"]
-    assert ids == encode_prompt(tokenizer, render_messages_prompt(tokenizer, messages[:-1])) + encode_response(
-        tokenizer, messages[-1]["content"]
-    )
 
 
 def check_records(instance, defs) -> dict[str, object]:

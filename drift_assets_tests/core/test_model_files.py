@@ -32,7 +32,8 @@ from drift_assets.core.fingerprint import (
 from drift_assets.core.generation import resolve_max_model_len
 from drift_assets.core.outputs import MANIFEST_NAME, ExportPathError, write_export
 from drift_assets.core.pool import normalize_pool, read_rows
-from drift_assets.core.selection import export_selection, refined_table, select, selection_warning
+from drift_assets.core.publish import export_dataset
+from drift_assets.core.selection import refined_table, select, selection_warning
 from drift_assets.core.sequences import ChatTemplateError, render_messages_prompt, render_prompt, untemplated_turns_warning
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
 from drift_assets.settings import SettingsError, load_settings
@@ -485,10 +486,13 @@ def test_n17_hostile_ids_and_sources_never_reach_a_file_name_and_reserved_column
     scores = pl.DataFrame({"example_id": examples["example_id"], "score": [0.4, 0.3, 0.2, 0.1], "rank": [1, 2, 3, 4]})
     table = refined_table(examples, scores, select(scores, "top_k", k=2))
     before = {p for p in Path("/tmp").iterdir() if p.name.startswith("x_")}
-    export_selection(table, tmp_path / "out" / "exports")
+    from drift_assets_tests.core.test_publish import FACTS
+
+    export_dataset(table, tmp_path / "out" / "exports", FACTS)
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    assert files == ["out", "out/exports", f"out/exports/{MANIFEST_NAME}", "out/exports/refined_dataset.jsonl",
-                     "out/exports/refined_dataset.parquet", "pool.jsonl"]  # fmt: skip
+    assert files == ["out", "out/exports", f"out/exports/{MANIFEST_NAME}", "out/exports/README.md",
+                     "out/exports/refined_dataset.jsonl", "out/exports/refined_dataset.parquet",
+                     "out/exports/unselected.jsonl", "out/exports/unselected.parquet", "pool.jsonl"]  # fmt: skip
     assert {p for p in Path("/tmp").iterdir() if p.name.startswith("x_")} == before
     exported = [json.loads(line) for line in (tmp_path / "out" / "exports" / "refined_dataset.jsonl").read_text().splitlines()]
     assert [row["source"] for row in exported] == ["../../etc/passwd"] * 2  # carried as data, nothing more

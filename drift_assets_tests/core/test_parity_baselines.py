@@ -49,7 +49,7 @@ from drift_assets.core.less import (
     adam_preconditioned,
     less_along,
 )
-from drift_assets.core.selection import EVALUATION_ONLY_COLUMNS, export_columns
+from drift_assets.core.publish import EVALUATION_ONLY_COLUMNS, export_columns
 from drift_assets.core.sft import SftOptions
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.trajectory import CheckpointGradients, warm_up
@@ -401,8 +401,8 @@ def test_task_pools_carry_the_hidden_reference_answer_and_exports_drop_it():
             left, operator, right = re.search(r"(\d+) ([+-]) (\d+)", row["prompt"]).groups()
             assert row["reference_answer"] == str(int(left) + int(right) if operator == "+" else int(left) - int(right))
     table = pl.DataFrame(rows).with_columns(example_id=pl.lit("x"), score=pl.lit(1.0), source=pl.lit("pool.jsonl"))
-    assert set(EVALUATION_ONLY_COLUMNS) == {"is_corrupted", "reference_answer"}
-    assert export_columns(table) == ["example_id", "score", "source", "category"]
+    assert set(EVALUATION_ONLY_COLUMNS) == {"is_corrupted", "category", "reference_answer"}
+    assert export_columns(table) == ["example_id", "score", "source"]
 
 
 # -- standard influence functions --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Choosing the refined dataset and exporting it in the chat format SFT trainers load."""
+"""Choosing the refined dataset (test_publish exports it)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import polars as pl
 import pytest
 
-from drift_assets.core.selection import export_selection, refined_table, select
+from drift_assets.core.selection import refined_table, select
 
 SCORES = [0.9, -0.3, 0.0, 2.5, 0.1, -1.0, 0.4]
 
@@ -98,55 +98,6 @@ def test_refined_table_keeps_every_example_with_weight_and_flag(refined):
     assert refined["weight"].to_list() == [1.0] * 3 + [0.0] * 4
     assert dict(zip(refined["example_id"], refined["score"])) == {f"ex{i}": s for i, s in enumerate(SCORES)}
     assert "category" in refined.columns
-
-
-def test_export_selection_loads_with_datasets(refined, tmp_path):
-    from datasets import load_dataset
-
-    paths = export_selection(refined, tmp_path / "exports", name="picked")
-    assert paths == {"jsonl": str(tmp_path / "exports" / "picked.jsonl"), "parquet": str(tmp_path / "exports" / "picked.parquet")}
-    # No temp files left; the manifest records what the export wrote.
-    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [".drift-export.json", "picked.jsonl", "picked.parquet"]
-    expected = [conversation(3), conversation(0), conversation(6)]  # best first
-
-    lines = (tmp_path / "exports" / "picked.jsonl").read_text().splitlines()
-    scores = dict(zip(refined["example_id"], refined["score"]))
-    assert [json.loads(line) for line in lines] == [
-        {
-            "messages": conversation(i),
-            "example_id": f"ex{i}",
-            "score": scores[f"ex{i}"],
-            "source": "pool.jsonl",
-            "category": "correct",
-        }
-        for i in (3, 0, 6)
-    ]
-
-    # Both files carry the same columns and rows.
-    cache = str(tmp_path / "hf_cache")
-    from_json = load_dataset("json", data_files=paths["jsonl"], split="train", cache_dir=cache)
-    from_parquet = load_dataset("parquet", data_files=paths["parquet"], split="train", cache_dir=cache)
-    for loaded in (from_json, from_parquet):
-        assert loaded.column_names == ["messages", "example_id", "score", "source", "category"]
-        assert loaded["messages"] == expected
-        assert loaded["example_id"] == ["ex3", "ex0", "ex6"]
-        assert loaded["score"] == pytest.approx([2.5, 0.9, 0.4])
-
-
-def test_an_empty_selection_exports_empty_files_with_the_chat_schema(refined, tmp_path):
-    paths = export_selection(refined.with_columns(selected=pl.lit(False)), tmp_path, name="none")
-    assert open(paths["jsonl"]).read() == ""
-    frame = pl.read_parquet(paths["parquet"])
-    assert frame.height == 0
-    assert frame.schema["messages"] == pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-
-
-def test_export_overwrites_a_previous_selection(refined, tmp_path):
-    export_selection(refined, tmp_path, name="picked")
-    fewer = refined.with_columns(selected=pl.col("rank") <= 1)
-    paths = export_selection(fewer, tmp_path, name="picked")
-    assert [json.loads(line)["messages"] for line in open(paths["jsonl"])] == [conversation(3)]
-    assert pl.read_parquet(paths["parquet"])["example_id"].to_list() == ["ex3"]
 
 
 def test_round_robin_lets_each_query_take_its_best_row_not_yet_taken():

@@ -42,6 +42,7 @@ from drift_assets.production import POSTGRES_URL_ENV_VAR, free_port, local_postg
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Settings
 from drift_assets_tests.conftest import settings_in
+from drift_assets_tests.figures import chart_problems
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -393,6 +394,20 @@ def _visible_text(page, text: str):
     return page.get_by_text(text, exact=True).filter(visible=True).first
 
 
+def _metadata_picture(page, label: str):
+    """The image of the PNG metadata entry ``label`` on an asset's page, opened from its "[Show Markdown]"
+    button, once the browser has decoded it (a picture that does not render fails here)."""
+    from playwright.sync_api import expect
+
+    row = page.locator("tr").filter(has=page.get_by_text(label, exact=True)).first
+    expect(row).to_be_visible()
+    row.get_by_text("[Show Markdown]").click()
+    image = page.get_by_role("dialog").locator("img").first
+    expect(image).to_be_visible()
+    _wait(f"{label}'s picture to render", lambda: image.evaluate("e => e.complete && e.naturalWidth > 0") or None, 30, 0.5)
+    return image
+
+
 def _shot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
@@ -603,18 +618,16 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     page.goto(f"{dagster.url}/assets/refined_dataset")
     expect(page.get_by_text("Row count")).to_be_visible()
     expect(page.get_by_text("selected_share").first).to_be_visible()
-    # The score distribution is drawn in place (a table of bars), not behind "[Show Markdown]": its
-    # clean and noisy columns, and the cut-off row (ranked by score) or the selected rows' column
-    # (the queries taking turns) are on the page.
-    chart = page.locator("table:not(:has(table))").filter(has=page.get_by_text("score ≥", exact=True)).first
-    expect(chart).to_be_visible()
+    # The score distribution is a picture (a PNG behind "[Show Markdown]") that renders, and says what it
+    # draws: the cut-off (ranked by score) or the rank the selection stops at (the queries taking turns).
+    picture = _metadata_picture(page, "score_distribution")
+    alt = picture.get_attribute("alt")
+    assert alt.startswith("score distribution of") and "selected" in alt, alt
     if dagster.settings.influence.ranking == "score" and dagster.settings.influence.likelihood_guard == 1:
-        expect(chart.get_by_text("◀ cut-off")).to_be_visible()
+        assert "cut-off" in alt, alt
     else:
-        expect(chart.get_by_role("columnheader", name="selected")).to_be_visible()
-    expect(chart.get_by_role("columnheader", name="noisy")).to_be_visible()
-    assert "█" in chart.inner_text()
-    chart.scroll_into_view_if_needed()
+        assert "the selection stops at rank" in alt, alt
+    page.keyboard.press("Escape")
     _shot(page, "07-refined-dataset-overview")
 
     # One asset launched from its page: the time from the click to the run's success.
@@ -636,18 +649,18 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     )
     print(f"\nrefined_dataset launched from the UI: {seconds:.1f} s from click to success")
 
-    # The evaluation's pictures, in place: each model's accuracy on one axis with its interval, and
-    # the fine-tunes' loss curves.
+    # The evaluation's pictures: each model's accuracy as a marker with its interval on one axis, read
+    # back from the picture as the browser shows it, where the table's numbers put them (the text chart
+    # this replaced drew base and full/refined at one place once the UI collapsed its spaces).
     page.goto(f"{dagster.url}/assets/refined_model_evaluation")
-    chart = page.locator("table:not(:has(table))").filter(has_text="●").first  # the innermost: the chart itself
-    expect(chart).to_be_visible()
-    for model in ("base", "full", "refined"):
-        expect(chart.get_by_role("cell", name=model, exact=True)).to_be_visible()
-    assert chart.inner_text().count("●") == 3 and chart.inner_text().count("├") == 3
-    curves = page.locator("table:not(:has(table))").filter(has_text="first loss").first
-    expect(curves).to_be_visible()
-    expect(curves.get_by_text(re.compile(r"^SFT on full"))).to_be_visible()
-    chart.scroll_into_view_if_needed()
+    evaluation = Warehouse.from_settings(dagster.settings).scan("refined_model_evaluation").collect()
+    rows = list(evaluation.select("model", "accuracy", "accuracy_low", "accuracy_high").iter_rows())
+    picture = _metadata_picture(page, "accuracy_chart")
+    png = picture.screenshot()
+    (ARTIFACTS / "08-evaluation-accuracy-chart.png").write_bytes(png)
+    assert chart_problems(png, rows) == [], rows
+    page.keyboard.press("Escape")
+    expect(_metadata_picture(page, "sft_loss_curves")).to_have_attribute("alt", re.compile(r"^training loss: SFT on full"))
     _shot(page, "08-evaluation-overview")
 
     page.goto(f"{dagster.url}/assets/rollouts?view=checks")
