@@ -382,15 +382,18 @@ def versus_default_report(results: list[dict], default: str = "drift") -> str:
         mean, error = mean_and_standard_error(pooled)
         verdict = "–" if error is None else ("leads" if mean > 2 * error else "trails" if mean < -2 * error else "no")
         lines.append(f"| {method} | {len(pooled)} | {cell((mean, error))} | {verdict} |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 4 else ""  # no development draw: nothing to compare
 
 
 def print_report(results: list[dict]) -> None:
     for result in results:
         print("\n" + task_report(result))
     print("\n" + overall_report(results))
-    if any(row["method"] == "drift" for result in results for row in result["table"]):
-        print("\n" + versus_default_report(results))
+    versus_default = (
+        versus_default_report(results) if any(row["method"] == "drift" for r in results for row in r["table"]) else ""
+    )
+    if versus_default:
+        print("\n" + versus_default)
 
 
 def main() -> None:
