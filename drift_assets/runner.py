@@ -21,6 +21,7 @@ import polars as pl
 from dagster import AssetKey, DagsterInstance, Definitions
 
 from drift_assets.code_location import execute_run
+from drift_assets.core.processes import is_alive
 from drift_assets.terminal import terminal_run_config
 
 logger = logging.getLogger(__name__)
@@ -125,21 +126,11 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     prefix = _process_label(0).rsplit(":", 1)[0] + ":"
     for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
         label = run.tags.get(PROCESS_TAG, "")
-        if not label.startswith(prefix) or _alive(int(label.rsplit(":", 1)[1])):
+        if not label.startswith(prefix) or is_alive(int(label.rsplit(":", 1)[1])):
             continue
         instance.report_run_failed(run, f"its process ({label}) ended without finishing the run (killed?)")
         abandoned.append(run.run_id)
     return abandoned
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def observe_sources(defs: Definitions, instance: DagsterInstance, verbose: bool = False) -> None:

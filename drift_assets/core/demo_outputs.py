@@ -19,6 +19,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from drift_assets.core.processes import is_alive
+
 STAMP_SUFFIX = ".drift-demo"
 MODEL_STAMP = ".drift-demo"
 
@@ -111,15 +113,7 @@ def _remove_abandoned_scratch(path: Path) -> None:
 
 
 def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return True  # unknown: keep it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return not isinstance(pid, int) or is_alive(pid)  # an unknown pid: keep it
 
 
 def replace_model_directory(path: str | Path, save, stamp: dict | None = None) -> None:

@@ -47,6 +47,17 @@ for pid, started in noted.items():
 """
 
 
+def is_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one another user owns counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """/proc/<pid>/stat after the command name (whose parentheses may hold spaces)."""
     try:

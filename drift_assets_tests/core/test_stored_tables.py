@@ -170,7 +170,9 @@ def test_42_a_checkpoint_removed_then_configured_again_is_materialized_again(war
     assert repair_damaged_tables(defs, instance, warehouse) == set()
 
 
-def test_43_a_warm_up_checkpoint_whose_directory_is_gone_is_materialized_again(warehouse, instance, tmp_path):
+def saved_warmup_asset(tmp_path):
+    """A warm-up asset of two steps that saves a directory per checkpoint under ``tmp_path``."""
+
     @asset(
         name=WARMUP,
         kinds={"delta"},
@@ -183,6 +185,11 @@ def test_43_a_warm_up_checkpoint_whose_directory_is_gone_is_materialized_again(w
         # As the warm-up asset's: a trained checkpoint has its step (one warmup.checkpoints listed has none).
         return pl.DataFrame({"checkpoint": [context.partition_key], "step": [int(context.partition_key)], "path": [str(path)]})
 
+    return warmup
+
+
+def test_43_a_warm_up_checkpoint_whose_directory_is_gone_is_materialized_again(warehouse, instance, tmp_path):
+    warmup = saved_warmup_asset(tmp_path)
     defs = materialize_every_partition(warmup, warehouse, instance)
     assert repair_damaged_tables(defs, instance, warehouse) == set()
     shutil.rmtree(tmp_path / "checkpoints" / "000002")
@@ -190,18 +197,7 @@ def test_43_a_warm_up_checkpoint_whose_directory_is_gone_is_materialized_again(w
 
 
 def test_42_the_model_directory_of_a_removed_warm_up_step_is_reported(warehouse, instance, tmp_path, caplog):
-    @asset(
-        name=WARMUP,
-        kinds={"delta"},
-        partitions_def=StaticPartitionsDefinition(["000002", "000004"]),
-        metadata={"partition_expr": "checkpoint"},
-    )
-    def warmup(context) -> pl.DataFrame:
-        path = tmp_path / "checkpoints" / context.partition_key
-        path.mkdir(parents=True)
-        # As the warm-up asset's: a trained checkpoint has its step (one warmup.checkpoints listed has none).
-        return pl.DataFrame({"checkpoint": [context.partition_key], "step": [int(context.partition_key)], "path": [str(path)]})
-
+    warmup = saved_warmup_asset(tmp_path)
     materialize_every_partition(warmup, warehouse, instance)
     fewer = Definitions(assets=[checkpoint_asset(WARMUP, ["000002"])], resources={"io_manager": warehouse.io_manager()})
     with caplog.at_level(logging.INFO, logger="drift_assets.runner"):
