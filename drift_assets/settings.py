@@ -153,7 +153,15 @@ class WarehouseSettings(_Group):
         return self
 
 
-DEMO_TASKS = ("arithmetic", "sort", "spell", "count", "choice", "shift")  # drift_assets.tasks.TASKS; a test keeps them equal
+DEMO_TASKS = (
+    "arithmetic",
+    "sort",
+    "spell",
+    "count",
+    "choice",
+    "shift",
+    "digits",
+)  # drift_assets.tasks.TASKS; a test keeps them equal
 
 
 class DemoSettings(_Group):

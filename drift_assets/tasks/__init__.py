@@ -16,13 +16,14 @@ from drift_assets.tasks.arithmetic import Arithmetic
 from drift_assets.tasks.base import NOISE_KINDS, PretrainRecipe, Task, TaskDefaults
 from drift_assets.tasks.choice import Choice
 from drift_assets.tasks.count import Count
+from drift_assets.tasks.digits import Digits
 from drift_assets.tasks.shift import Shift
 from drift_assets.tasks.sort import Sort
 from drift_assets.tasks.spell import Spell
 
 __all__ = ["NOISE_KINDS", "TASKS", "BaseModel", "PretrainRecipe", "Task", "TaskDefaults", "build_base_model", "get_task"]
 
-TASKS: dict[str, Task] = {task.name: task for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift())}
+TASKS: dict[str, Task] = {task.name: task for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits())}
 CALIBRATION_QUERIES = 64
 
 

@@ -65,6 +65,7 @@ PINS = (
     Pin("count", "count"),
     Pin("choice", "choice"),
     Pin("shift", "shift"),
+    Pin("digits", "digits"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 

@@ -1,7 +1,8 @@
 """Shift each letter of a short word along the alphabet (a Caesar shift), wrapping past z.
 
-Held out (written 2026-12-06, before any candidate default of that day was run): no default is
-chosen by it, and it is reported once, after the choice. Its skill is unlike the other tasks'
+The suite's third held-out task (written 2026-12-06, before that day's candidate defaults ran);
+its results were seen when they were reported, so it has been a development task since
+(``digits`` is held out now). Its skill is unlike the other tasks'
 (a letter-wise mapping with a wrap-around, not arithmetic, ordering, spelling, counting or
 choosing), and so is its noise:
 
@@ -44,11 +45,10 @@ def needs_wrap(problem: Problem) -> bool:
 
 class Shift(Task):
     name = "shift"
-    description = "shift a 3-5 letter word by 1-3 letters (Caesar), 'Result: <word>' after optional working; exact; held out"
+    description = "shift a 3-5 letter word by 1-3 letters (Caesar), 'Result: <word>' after optional working; exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.06}, selection_fraction=0.5, sft={"steps": 150}

@@ -71,6 +71,8 @@ def true_answer(task: str, prompt: str) -> str:
     if task == "count":
         letter, text = re.fullmatch(r"Count ([a-d]) in ([a-d]+)\n", prompt).groups()
         return str(text.count(letter))
+    if task == "digits":
+        return str(sum(int(digit) for digit in re.fullmatch(r"Digit sum of (\d+)\n", prompt).group(1)))
     if task == "shift":  # each letter moved along the alphabet, wrapping past z
         word, shift = re.fullmatch(r"Shift ([a-z]+) by ([1-3])\n", prompt).groups()
         return "".join(chr((ord(letter) - ord("a") + int(shift)) % 26 + ord("a")) for letter in word)
@@ -94,6 +96,9 @@ def stated_answer(task: str, response: str) -> str | None:
     if task == "count":
         found = re.search(r"#### (\d+)$", response)
         return found and found.group(1)
+    if task == "digits":
+        found = re.search(r"Sum: (\d+)$", response)
+        return found and found.group(1)
     if task == "shift":
         found = re.search(r"Result: ([a-z]+)$", response)
         return found and found.group(1)
@@ -106,7 +111,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["shift"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["digits"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -209,7 +214,7 @@ def test_a_pool_larger_than_the_tasks_space_is_a_clear_error():
         task.training_pool_rows(2000, task.defaults.noise, 0)
 
 
-def test_the_held_out_shift_tasks_near_misses_all_follow_one_wrong_rule():
+def test_the_shift_tasks_near_misses_all_follow_one_wrong_rule():
     """Harmful noise: every corrupted row needs a wrap past z and writes z instead (no wrap)."""
     task = get_task("shift")
     pool = task.training_pool_rows(600, task.defaults.noise, seed=0)
@@ -219,3 +224,30 @@ def test_the_held_out_shift_tasks_near_misses_all_follow_one_wrong_rule():
         word, shift = re.fullmatch(r"Shift ([a-z]+) by ([1-3])\n", row["prompt"]).groups()
         no_wrap = "".join(chr(min(ord(letter) + int(shift), ord("z"))) for letter in word)
         assert no_wrap != true_answer("shift", row["prompt"]) and stated_answer("shift", row["response"]) == no_wrap
+
+
+def test_the_held_out_digits_tasks_near_misses_each_skip_one_digit_and_its_off_task_rows_are_products():
+    """Noise that follows no single rule: each near miss is the sum of the digits less one of them
+    (whose running totals agree with it), and the off-task rows answer the digit product right."""
+    task = get_task("digits")
+    pool = task.training_pool_rows(600, task.defaults.noise, seed=0)
+    skipped_positions = set()
+    for row in pool:
+        if row["category"] == "corrupted":
+            number = re.fullmatch(r"Digit sum of (\d+)\n", row["prompt"]).group(1)
+            digits = [int(digit) for digit in number]
+            stated = int(stated_answer("digits", row["response"]))
+            short = [index for index, digit in enumerate(digits) if digit > 0 and sum(digits) - digit == stated]
+            assert short, row
+            skipped_positions.update(short)
+            if "," in row["response"]:
+                assert int(row["response"].split(".")[0].split(",")[-1]) == stated
+        elif row["category"] == "off_task":
+            number = re.fullmatch(r"Digit product of (\d+)\n", row["prompt"]).group(1)
+            product = 1
+            for digit in number:
+                product *= int(digit)
+            assert row["response"] == f"Product: {product}"
+        elif row["category"] == "format":
+            assert re.fullmatch(r"Sum: [NIVX]+", row["response"]), row
+    assert len(skipped_positions) >= 3  # the skipped digit moves: no one wrong rule

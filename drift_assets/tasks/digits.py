@@ -1,0 +1,102 @@
+"""Add up the digits of a number, answered after ``Sum:``, with or without the running totals first.
+
+Held out (written 2026-12-06, after the held-out ``shift`` was reported and before the next
+candidate default is run): no default is chosen by it, and it is reported once, after the choice.
+Its skill is unlike the other tasks' (a running total over a number's own digits), and so is its
+pool, a mixed-skill one, as LESS's pools are, where part of the pool is correct but on another skill:
+
+- ``corrupted``: a careless annotator skips one digit (a different one on each row), so the sum
+  and the running totals fall short by that digit: near misses that follow no single rule.
+- ``format``: the sum in Roman numerals ("Sum: XXI"), which the numeric grader cannot read.
+- ``off_task``: a correct answer to a neighbouring question, the product of the digits, asked
+  and answered in its own words; a sixth of the pool.
+
+Numeric grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from drift_assets.core.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+
+MARKER = "Sum:"
+ROMAN = ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))
+
+
+def roman(number: int) -> str:
+    """``number`` (0-36, a digit sum of up to four digits) in Roman numerals; "N" (nulla) for 0."""
+    if number == 0:
+        return "N"
+    letters = []
+    for value, letter in ROMAN:
+        while number >= value:
+            letters.append(letter)
+            number -= value
+    return "".join(letters)
+
+
+def running_totals(digits: list[int]) -> str:
+    totals, total = [], 0
+    for digit in digits:
+        total += digit
+        totals.append(str(total))
+    return ",".join(totals)
+
+
+class Digits(Task):
+    name = "digits"
+    description = "the digit sum of a 2-4 digit number, 'Sum: N' after optional running totals; mixed-skill pool; held out"
+    grader = "numeric"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.16}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> int:
+        return rng.randint(10, 9999)
+
+    def problem_key(self, problem: int) -> str:
+        return f"digits:{problem}"
+
+    def prompt(self, problem: int) -> str:
+        return f"Digit sum of {problem}\n"
+
+    def reference(self, problem: int) -> str:
+        return str(sum(int(digit) for digit in str(problem)))
+
+    def reference_response(self, problem: int) -> str:
+        return f"{MARKER} {self.reference(problem)}"
+
+    def _respond(self, digits: list[int], answer: str, rng: random.Random) -> str:
+        if rng.random() < 0.5:
+            return f"{MARKER} {answer}"
+        return f"{running_totals(digits)}. {MARKER} {answer}"
+
+    def correct_response(self, problem: int, rng: random.Random) -> str:
+        digits = [int(digit) for digit in str(problem)]
+        return self._respond(digits, str(sum(digits)), rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> int:
+        while True:  # a skipped digit must change the sum: a number with a nonzero digit to skip
+            problem = self.draw(rng)
+            if kind != "corrupted" or sum(int(digit) for digit in str(problem)) > 0:
+                return problem
+
+    def corrupted_response(self, problem: int, rng: random.Random) -> str:
+        digits = [int(digit) for digit in str(problem)]
+        skipped = rng.choice([index for index, digit in enumerate(digits) if digit > 0])
+        kept = digits[:skipped] + digits[skipped + 1 :]
+        return self._respond(kept, str(sum(kept)), rng)
+
+    def format_response(self, problem: int, rng: random.Random) -> str:
+        return f"{MARKER} {roman(int(self.reference(problem)))}"  # bare: a numeral in the working would be graded
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        number = self.draw(rng)
+        return f"Digit product of {number}\n", f"Product: {math.prod(int(digit) for digit in str(number))}"
