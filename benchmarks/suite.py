@@ -385,6 +385,22 @@ def versus_default_report(results: list[dict], default: str = "drift") -> str:
     return "\n".join(lines) if len(lines) > 4 else ""  # no development draw: nothing to compare
 
 
+def merged(results: list[dict]) -> list[dict]:
+    """One result per task draw: where several runs measured the same draw (e.g. a method added to an
+    earlier run's), their tables are joined, a later run's rows replacing an earlier run's for the
+    methods both measured (on one machine a method's fine-tune repeats to the digit)."""
+    by_draw: dict[tuple[str, int], dict] = {}
+    for result in results:
+        key = (result["task"], result.get("draw", 0))
+        if key not in by_draw:
+            by_draw[key] = {**result, "table": list(result["table"])}
+            continue
+        earlier = by_draw[key]
+        methods = {row["method"] for row in result["table"]}
+        earlier["table"] = [row for row in earlier["table"] if row["method"] not in methods] + list(result["table"])
+    return list(by_draw.values())
+
+
 def print_report(results: list[dict]) -> None:
     for result in results:
         print("\n" + task_report(result))
@@ -440,11 +456,14 @@ def main() -> None:
     parser.add_argument(
         "--report",
         metavar="JSON,...",
-        help="print the report of earlier runs' figures (their --output files) together; run nothing",
+        help="print the report of earlier runs' figures (their --output files) together, runs of the same task draw "
+        "joined (a later file's rows replace an earlier one's for the methods both measured); run nothing",
     )
     args = parser.parse_args()
     if args.report:
-        print_report([result for path in args.report.split(",") for result in json.loads(Path(path).read_text())["results"]])
+        print_report(
+            merged([result for path in args.report.split(",") for result in json.loads(Path(path).read_text())["results"]])
+        )
         return
     import yaml
 

@@ -422,8 +422,10 @@ class InfluenceSettings(_Group):
     )
     noise_gate: NoiseGate = Field(
         _SCORING.noise_gate,
-        description="off, or mixture: a two-component mixture of each row's log loss along the checkpoints; the rows of "
-        "its high-loss component are ranked after the others (none where the components overlap)",
+        description="off; mixture: a two-component mixture of each row's log loss along the checkpoints, the rows of its "
+        "high-loss component ranked after the others (none where the components overlap); or reference: the rows the base "
+        "model finds less likely (loss per response token) than nine in ten of the validation queries' reference answers "
+        "ranked after the others",
     )
 
     def scoring(self) -> ScoringSettings:
@@ -617,6 +619,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_specific",
     "drift_gated",
     "drift_fisher",
+    "drift_reference_gated",
 )
 # The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
@@ -631,6 +634,7 @@ ABLATIONS_ON_REQUEST = (
     "drift_specific",
     "drift_gated",
     "drift_fisher",
+    "drift_reference_gated",
 )
 
 

@@ -53,3 +53,26 @@ def test_results_from_before_the_cost_still_print(suite):
     old = result(0, None)
     assert next(line for line in suite.task_report(old).splitlines() if line.startswith("| drift |")).endswith("| – | – |")
     assert next(line for line in suite.overall_report([old]).splitlines() if line.startswith("| drift |")).endswith("| – |")
+
+
+def test_runs_of_the_same_draw_are_joined_and_a_later_runs_rows_replace_an_earlier_ones(suite):
+    earlier = result(0, None)
+    later = result(0, None)
+    later["table"] = [{**row, "method": "candidate", "accuracy": 0.60} for row in later["table"] if row["method"] == "drift"] + [
+        {**row, "accuracy": 0.99} for row in later["table"] if row["method"] == "loss"
+    ]
+    other_draw = result(1, None)
+    joined = suite.merged([earlier, other_draw, later])
+    assert [(r["task"], r["draw"]) for r in joined] == [("arithmetic", 0), ("arithmetic", 1)]
+    table = {(row["method"], row["seed"]): row["accuracy"] for row in joined[0]["table"]}
+    assert table == {
+        ("full", 0): 0.50,
+        ("full", 1): 0.51,
+        ("drift", 0): 0.52,
+        ("drift", 1): 0.53,
+        ("loss", 0): 0.99,  # the later run's
+        ("loss", 1): 0.99,
+        ("candidate", 0): 0.60,
+        ("candidate", 1): 0.60,
+    }
+    assert len(earlier["table"]) == 6  # the inputs are not changed

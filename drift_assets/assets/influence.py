@@ -22,7 +22,14 @@ from drift_assets.checks import influence_complete_result
 from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.cost import StageCost
 from drift_assets.core.guards import MAX_REFERENCE_SHARE, MAX_SPEARMAN, hacking_guard, target_guard
-from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along, one_row_per_example
+from drift_assets.core.stored import (
+    ConfiguredTables,
+    base_losses,
+    base_reference_losses,
+    gradients_along,
+    losses_along,
+    one_row_per_example,
+)
 from drift_assets.core.trajectory import ranked_scores, score_along
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
@@ -92,8 +99,11 @@ def build_influence_assets(settings: Settings) -> list:
             for at in along.checkpoints
         ]
         losses = base_losses(tables, training_pool)
-        gate_losses = losses_along(tables, training_pool) if influence.noise_gate != "off" else None
-        table = ranked_scores(along, training_pool, losses, influence.likelihood_guard, influence.noise_gate, gate_losses)
+        gate_losses = losses_along(tables, training_pool) if influence.noise_gate == "mixture" else None
+        references = base_reference_losses(tables) if influence.noise_gate == "reference" else None
+        table = ranked_scores(
+            along, training_pool, losses, influence.likelihood_guard, influence.noise_gate, gate_losses, references
+        )
         table = table.join(losses, on="example_id", how="left", maintain_order="left")
         problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
         if problem:  # nothing of it is committed

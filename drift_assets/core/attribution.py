@@ -24,9 +24,10 @@ Ranking = Literal["score", "round_robin"]
 # The direction the validation queries' parts of the target share (e.g. "answer higher" in every
 # contrast of right and wrong answers): kept, or projected out of each query's part.
 SharedDirection = Literal["keep", "remove"]
-# A gate on the pool's training dynamics (core.noise_gate): off, or the rows a two-component mixture
-# of their loss along the checkpoints puts in the high-loss component ranked after the others.
-NoiseGate = Literal["off", "mixture"]
+# A gate on the pool's losses (core.noise_gate): off; the rows a two-component mixture of their loss
+# along the checkpoints puts in the high-loss component; or the rows the base model finds less likely
+# than nine in ten of the validation references: ranked after the others.
+NoiseGate = Literal["off", "mixture", "reference"]
 TARGETS: tuple[str, ...] = get_args(Targets)
 UNSOLVED: tuple[str, ...] = get_args(Unsolved)
 

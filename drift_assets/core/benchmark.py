@@ -74,7 +74,7 @@ from drift_assets.core.influence import Curvature, fit_curvature
 from drift_assets.core.selection import round_robin_ranks, select
 from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
 from drift_assets.core.stats import roc_auc
-from drift_assets.core.trajectory import CheckpointGradients, ScoredAlong, ranked_scores, score_along
+from drift_assets.core.trajectory import CheckpointGradients, ScoredAlong, ranked_scores, reference_loss_per_token, score_along
 
 __all__ = [
     "METHODS",
@@ -114,6 +114,8 @@ ABLATIONS = {
     "drift_specific": {"weighting": "signed", "shared_direction": "remove"},
     "drift_gated": {"noise_gate": "mixture"},
     "drift_fisher": {"hessian": "fisher", "debias": "none"},
+    # Registered 2026-12-06 (evening): a gate sized by the validation references' losses.
+    "drift_reference_gated": {"noise_gate": "reference"},
 }
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
 BASE_ONLY = ("drift_base", "influence")  # scored at the base model alone
@@ -173,6 +175,9 @@ class MethodScorer:
 
     def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
         """The pool's scores table along every checkpoint (see :meth:`along`)."""
+        references = (
+            reference_loss_per_token(self.checkpoints[0].validation_gradients) if scoring.noise_gate == "reference" else None
+        )
         return ranked_scores(
             self.along(scoring, base_only),
             training_pool,
@@ -180,6 +185,7 @@ class MethodScorer:
             scoring.likelihood_guard,
             scoring.noise_gate,
             self.losses_along,
+            references,
         )
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:

@@ -8,6 +8,12 @@ same small-loss criterion). The gate fits a two-component Gaussian mixture to ea
 rows the high-loss component claims: its size comes from the data, not from a share fixed in
 advance. Where the losses are not bimodal (the components overlap: Ashman's D ≤ 2) there is no
 second population to gate, and every row is kept: a clean pool loses none of its hard rows.
+
+Where noise is not a separate mode of the losses (a consistent wrong rule the model finds only
+somewhat unlikely), :func:`reference_gate` sizes the gate from a sample of clean rows instead: the
+validation queries' reference answers, whose loss under the same model says how unlikely a clean
+row of this task can be; a pool row less likely than all but a tenth of them is an outlier (a
+conformal test at 10%).
 """
 
 from __future__ import annotations
@@ -92,3 +98,22 @@ def gate(values: np.ndarray) -> tuple[np.ndarray, Mixture]:
     if mixture.separation <= MIN_SEPARATION:
         return np.ones(len(values), dtype=bool), mixture
     return mixture.high_posterior(values) < 0.5, mixture
+
+
+REFERENCE_QUANTILE = 0.9
+
+
+def reference_gate(
+    pool_loss_per_token: np.ndarray, reference_loss_per_token: np.ndarray, quantile: float = REFERENCE_QUANTILE
+) -> tuple[np.ndarray, float]:
+    """Rows kept (True) whose loss per token is at most the ``quantile`` of the references' (clean
+    answers to the validation queries, under the same model); and that threshold."""
+    references = np.asarray(reference_loss_per_token, dtype=np.float64)
+    references = references[np.isfinite(references)]
+    if len(references) < 10:
+        raise ValueError(
+            f"influence.noise_gate reference: {len(references)} validation references with a finite loss; "
+            "the gate needs at least 10 to size itself"
+        )
+    threshold = float(np.quantile(references, quantile))
+    return np.asarray(pool_loss_per_token, dtype=np.float64) <= threshold, threshold

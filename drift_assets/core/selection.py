@@ -151,6 +151,21 @@ def gated(losses_along: pl.DataFrame, example_ids: Sequence[str]) -> np.ndarray:
     return kept
 
 
+def reference_gated(loss_per_token: pl.DataFrame, example_ids: Sequence[str], reference_losses: np.ndarray) -> np.ndarray:
+    """Boolean aligned with ``example_ids``: the rows the reference gate keeps
+    (:func:`~drift_assets.core.noise_gate.reference_gate`: the base model finds them at least as likely
+    as nine in ten of the validation references). ``loss_per_token``: example_id, loss_per_token at the
+    base model; ``reference_losses``: the references' loss per token at the base model."""
+    from drift_assets.core.noise_gate import reference_gate
+
+    losses = dict(zip(loss_per_token["example_id"], loss_per_token["loss_per_token"], strict=True))
+    missing = [example_id for example_id in example_ids if example_id not in losses]
+    if missing:
+        raise ValueError(f"influence.noise_gate: {len(missing)} pool examples have no base-model loss (e.g. {missing[0]})")
+    kept, _ = reference_gate(np.array([losses[example_id] for example_id in example_ids]), reference_losses)
+    return kept
+
+
 def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.ndarray) -> np.ndarray:
     """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
     ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""

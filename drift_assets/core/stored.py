@@ -17,7 +17,7 @@ import polars as pl
 
 from drift_assets.core.benchmark import loss_scores, per_token_loss
 from drift_assets.core.gradients import shard_keys, vectors
-from drift_assets.core.trajectory import BASE, Batches, CheckpointGradients
+from drift_assets.core.trajectory import BASE, Batches, CheckpointGradients, reference_loss_per_token
 
 # What to run where one table holds an example more than once: every table rewritten from the
 # configured partitions only (the runner deletes the others first).
@@ -126,6 +126,11 @@ def base_losses(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.Dat
         tables.scan("training_gradient_projections").filter(pl.col("checkpoint") == BASE).select("example_id", "loss", "n_tokens")
     )
     return per_token_loss(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
+
+
+def base_reference_losses(tables: ConfiguredTables) -> np.ndarray:
+    """The validation references' loss per response token under the base model."""
+    return reference_loss_per_token(rows_at(tables, "validation_gradients", BASE))
 
 
 def pool_loss_scores(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.DataFrame:

@@ -37,7 +37,7 @@ from drift_assets.core.attribution import (
 from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
 from drift_assets.core.less import AdamMoments
-from drift_assets.core.selection import gated, likeliest, ranks_taking_first, round_robin_ranks
+from drift_assets.core.selection import gated, likeliest, ranks_taking_first, reference_gated, round_robin_ranks
 from drift_assets.core.sft import SftOptions, SftRun, SftStep, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
@@ -382,6 +382,16 @@ def combine_query_scores(scores: Sequence[PoolScores]) -> QueryScores:
     return QueryScores(list(order), query_ids, matrix)
 
 
+def reference_loss_per_token(validation_gradients: pl.DataFrame) -> np.ndarray:
+    """The validation references' loss per response token (one checkpoint's ``validation_gradients``
+    rows with ``target`` reference; an empty response counts one token)."""
+    missing = {"target", "loss", "n_tokens"} - set(validation_gradients.columns)
+    if missing:
+        raise ValueError(f"validation_gradients lacks {sorted(missing)}: materialize it again")
+    references = validation_gradients.filter(pl.col("target") == "reference")
+    return (references["loss"] / references["n_tokens"].clip(lower_bound=1)).to_numpy()
+
+
 def ranked_scores(
     along: ScoredAlong,
     training_pool: pl.DataFrame,
@@ -389,6 +399,7 @@ def ranked_scores(
     likelihood_guard: float = 1.0,
     noise_gate: str = "off",
     losses_along: pl.DataFrame | None = None,
+    reference_losses: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`) sorted by ``rank``,
     the order the selection takes: with per-query scores, the validation queries taking turns
@@ -396,8 +407,10 @@ def ranked_scores(
     under 1 ranks the share of the pool the base model finds likeliest (``loss_per_token``:
     example_id, loss_per_token) first, each part in that order on its own. ``noise_gate: mixture``
     ranks the rows :func:`~drift_assets.core.selection.gated` keeps (``losses_along``: example_id,
-    checkpoint, loss_per_token at every checkpoint) before the others, likewise (``likely`` marks
-    the rows the two take first)."""
+    checkpoint, loss_per_token at every checkpoint) before the others, likewise; ``noise_gate:
+    reference`` the rows :func:`~drift_assets.core.selection.reference_gated` keeps (``loss_per_token``
+    against ``reference_losses``, the validation references' loss per token at the base model).
+    ``likely`` marks the rows the guard and the gate take first."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
         by_score = frame["rank"].to_numpy()
@@ -423,8 +436,15 @@ def ranked_scores(
         if losses_along is None:
             raise ValueError("influence.noise_gate mixture needs every pool example's loss per token at every checkpoint")
         kept = kept & gated(losses_along, frame["example_id"].to_list())
+    elif noise_gate == "reference":
+        if loss_per_token is None or reference_losses is None:
+            raise ValueError(
+                "influence.noise_gate reference needs the base model's loss per token of every pool example and of the "
+                "validation references"
+            )
+        kept = kept & reference_gated(loss_per_token, frame["example_id"].to_list(), reference_losses)
     elif noise_gate != "off":
-        raise ValueError(f"influence.noise_gate must be off or mixture (got {noise_gate!r})")
+        raise ValueError(f"influence.noise_gate must be off, mixture or reference (got {noise_gate!r})")
     # ``likely``: the row is among those the guard and the gate rank first (every row, without them);
     # the export names them as the reason a row outside them was left out.
     return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept)), likely=pl.Series(kept)).sort("rank")

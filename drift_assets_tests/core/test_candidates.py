@@ -101,6 +101,38 @@ def test_the_gate_ranks_the_rows_that_stay_unlikely_after_the_others():
         ranked_scores(along, pool, noise_gate="mixture")
 
 
+def test_the_reference_gate_ranks_rows_less_likely_than_nine_in_ten_references_after_the_others():
+    from drift_assets.core.noise_gate import reference_gate
+    from drift_assets.core.trajectory import reference_loss_per_token
+
+    # Twenty references with losses 0.1 .. 2.0: numpy's linear 90th percentile is 0.1 + 0.9 × 19 × 0.1 = 1.81.
+    references = np.arange(1, 21) / 10
+    kept, threshold = reference_gate(np.array([0.5, 1.81, 1.82, 5.0]), references)
+    assert threshold == pytest.approx(1.81) and kept.tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="noise_gate reference: 3 validation references"):
+        reference_gate(np.array([1.0]), np.array([0.1, 0.2, np.nan, 0.3]))
+
+    rng = np.random.default_rng(3)
+    ids = [f"e{i:02d}" for i in range(20)]
+    checkpoint, _ = _checkpoint()
+    checkpoint = CheckpointGradients.in_memory(
+        "base", ids, rng.normal(size=(20, 3)).astype(np.float32), checkpoint.validation_gradients, checkpoint.grades, {("m", "p")}
+    )
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 20, "n_response_tokens": [2] * 20})
+    along = score_along([checkpoint], ScoringSettings(weighting="signed", debias="none", ranking="score"))
+    plain = ranked_scores(along, pool)["example_id"].to_list()
+    unlikely = {plain[0], plain[4], plain[19]}
+    loss_per_token = pl.DataFrame({"example_id": ids, "loss_per_token": [3.0 if e in unlikely else 0.5 for e in ids]})
+    order = ranked_scores(along, pool, loss_per_token, noise_gate="reference", reference_losses=references)
+    assert order["example_id"].to_list() == [e for e in plain if e not in unlikely] + [e for e in plain if e in unlikely]
+    assert order.filter(~pl.col("likely"))["example_id"].to_list() == [e for e in plain if e in unlikely]
+    with pytest.raises(ValueError, match="noise_gate reference needs"):
+        ranked_scores(along, pool, loss_per_token, noise_gate="reference")
+    # The references' loss per token, from a checkpoint's validation gradients (loss summed over n_tokens).
+    validation = pl.DataFrame({"target": ["reference", "rollout", "reference"], "loss": [3.0, 9.0, 0.0], "n_tokens": [2, 3, 0]})
+    np.testing.assert_allclose(reference_loss_per_token(validation), [1.5, 0.0])
+
+
 def test_the_gate_names_what_it_lacks():
     ids = ["e0", "e1", "e2", "e3", "e4"]
     losses = _losses_along(ids, {"e0"}, high=3.0).filter(~((pl.col("example_id") == "e3") & (pl.col("checkpoint") == "base")))
