@@ -620,6 +620,8 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_gated",
     "drift_fisher",
     "drift_reference_gated",
+    "drift_last",
+    "drift_late",
 )
 # The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
@@ -635,6 +637,8 @@ ABLATIONS_ON_REQUEST = (
     "drift_gated",
     "drift_fisher",
     "drift_reference_gated",
+    "drift_last",
+    "drift_late",
 )
 
 

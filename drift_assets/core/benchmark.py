@@ -67,6 +67,7 @@ from drift_assets.core.baselines import (
     position_weighted_hidden_states,
     words,
 )
+from drift_assets.core.cost import CHECKPOINTS_USED
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.grading import GradingOptions, grade_answer
@@ -116,9 +117,19 @@ ABLATIONS = {
     "drift_fisher": {"hessian": "fisher", "debias": "none"},
     # Registered 2026-12-06 (evening): a gate sized by the validation references' losses.
     "drift_reference_gated": {"noise_gate": "reference"},
+    # The default's settings at the base model and the warm-up's last checkpoint, or its last two.
+    "drift_last": {},
+    "drift_late": {},
 }
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
-BASE_ONLY = ("drift_base", "influence")  # scored at the base model alone
+BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
+
+
+def checkpoints_used(method: str, n_checkpoints: int) -> list[int]:
+    """The indices of the checkpoints ``method`` scores at, of ``n_checkpoints`` (the base model first)."""
+    if method not in CHECKPOINTS_USED:
+        return list(range(n_checkpoints))
+    return sorted({index % n_checkpoints for index in CHECKPOINTS_USED[method]})
 
 
 def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
@@ -165,21 +176,25 @@ class MethodScorer:
             self._curvatures[key] = fit_curvature(hessian, [training], training.shape[1], damping)
         return self._curvatures[key]
 
-    def along(self, scoring: ScoringSettings, base_only: bool = False) -> ScoredAlong:
-        """The pool scored along every checkpoint (``base_only``: at the first, the base model, alone)."""
+    def along(self, scoring: ScoringSettings, base_only: bool = False, at: Sequence[int] | None = None) -> ScoredAlong:
+        """The pool scored along every checkpoint (``base_only``: at the first, the base model, alone;
+        ``at``: at those checkpoints' indices)."""
+        used = [0] if base_only else list(range(len(self.checkpoints))) if at is None else list(at)
         return score_along(
-            self.checkpoints[:1] if base_only else self.checkpoints,
+            [self.checkpoints[index] for index in used],
             scoring,
-            lambda index, _: self._curvature(index, scoring.hessian, scoring.damping),
+            lambda position, _: self._curvature(used[position], scoring.hessian, scoring.damping),
         )
 
-    def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False) -> pl.DataFrame:
+    def scores(
+        self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False, at: Sequence[int] | None = None
+    ) -> pl.DataFrame:
         """The pool's scores table along every checkpoint (see :meth:`along`)."""
         references = (
             reference_loss_per_token(self.checkpoints[0].validation_gradients) if scoring.noise_gate == "reference" else None
         )
         return ranked_scores(
-            self.along(scoring, base_only),
+            self.along(scoring, base_only, at),
             training_pool,
             self.loss_per_token,
             scoring.likelihood_guard,
@@ -190,7 +205,7 @@ class MethodScorer:
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""
-        return self.scores(scoring_for(method, drift), training_pool, base_only=method in BASE_ONLY)
+        return self.scores(scoring_for(method, drift), training_pool, at=checkpoints_used(method, len(self.checkpoints)))
 
 
 def selected_ids(

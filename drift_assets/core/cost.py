@@ -284,6 +284,9 @@ def pipeline_cost(recorded: Iterable[Recorded], reference: StageCost) -> Pipelin
 # What each method of the method benchmark needs beyond the pool, as a function of the pipeline's
 # recorded cost: the influence methods score from the pipeline's own gradients.
 ZERO_COST_METHODS = frozenset({"full", "random", "oracle", "bm25", "dsir"})  # no pass of the model
+# The benchmark's methods that score at some of the checkpoints only (indices into the base model and
+# the warm-up's checkpoints, in order): what each checkpoint adds to the selection, against its cost.
+CHECKPOINTS_USED = {"drift_base": (0,), "influence": (0,), "drift_last": (0, -1), "drift_late": (0, -2, -1)}
 
 
 def method_cost(
@@ -294,7 +297,8 @@ def method_cost(
     ``pool_tokens``: the pool's sequence tokens (prompt + response); ``validation_tokens``: the
     validation queries' (prompt + reference response). DRIFT and its ablations need the pipeline:
     rollouts, the warm-up and the gradients at every checkpoint (``drift_base`` at the base
-    checkpoint alone, without the warm-up); ``offpolicy``, ``less`` and ``less_round_robin``
+    checkpoint alone, without the warm-up; ``drift_last`` and ``drift_late`` the warm-up and the
+    rollouts and gradients at their checkpoints); ``offpolicy``, ``less`` and ``less_round_robin``
     (influence on the reference answers) the same without rollouts, and ``dynamics`` too (it reads
     the losses the gradient pass stores; a forward pass at each checkpoint would do); ``influence``
     the gradients at the base checkpoint; ``loss`` and ``grape`` one forward pass over the pool,
@@ -315,6 +319,10 @@ def method_cost(
     if method == "drift_base":
         at_base = [base_checkpoint]
         return total([pipeline.stage(ROLLOUTS, at_base), pipeline.stage(GRADIENTS, at_base)], method)
+    if method in CHECKPOINTS_USED:
+        scored = sorted(pipeline.checkpoints(), key=lambda name: (name != base_checkpoint, name))  # steps zero-padded
+        used = [scored[index % len(scored)] for index in CHECKPOINTS_USED[method]] if scored else []
+        return total([pipeline.stage(WARMUP), pipeline.stage(ROLLOUTS, used), pipeline.stage(GRADIENTS, used)], method)
     if method == "drift" or method.startswith("drift_"):
         return total([pipeline.stage(stage) for stage in PIPELINE_STAGES], method)
     return None

@@ -153,3 +153,35 @@ def test_the_likelihood_guard_warns_where_the_selection_shares_no_more_with_the_
     at_chance = likelihood_agreement_guard(["e0", "e5", "e7", "e9"], losses)  # 1 of 4 = 25% ≤ 40%
     assert not at_chance[0] and "run the method_benchmark job" in at_chance[1]
     assert likelihood_agreement_guard([f"e{i}" for i in range(10)], losses)[0]
+
+
+def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
+    """drift_last is the default's scoring at the base model and the last checkpoint: the same as
+    scoring those two alone, each with the Hessian of its own gradients (not its neighbour's)."""
+    from drift_assets.core.benchmark import MethodScorer, checkpoints_used
+
+    assert checkpoints_used("drift_last", 4) == [0, 3] and checkpoints_used("drift_late", 4) == [0, 2, 3]
+    assert checkpoints_used("drift_late", 2) == [0, 1] and checkpoints_used("drift", 3) == [0, 1, 2]
+    assert checkpoints_used("drift_base", 4) == [0]
+    rng = np.random.default_rng(4)
+    ids = [f"e{i:02d}" for i in range(12)]
+    template, _ = _checkpoint()
+    checkpoints = [
+        CheckpointGradients.in_memory(
+            name,
+            ids,
+            (scale * rng.normal(size=(12, 3))).astype(np.float32),
+            template.validation_gradients,
+            template.grades,
+            {("m", "p")},
+        )
+        for name, scale in (("base", 1.0), ("000010", 3.0), ("000020", 0.3))
+    ]
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 12, "n_response_tokens": [2] * 12})
+    scoring = ScoringSettings(weighting="signed", hessian="fisher", debias="none", ranking="score")
+    scorer = MethodScorer(checkpoints)
+    scorer.scores(scoring, pool)  # fits every checkpoint's Hessian first, so a wrong index would find one
+    expected = ranked_scores(score_along([checkpoints[0], checkpoints[2]], scoring), pool)
+    got = scorer.scores(scoring, pool, at=checkpoints_used("drift_last", 3))
+    np.testing.assert_allclose(got["score"].to_numpy(), expected["score"].to_numpy(), rtol=1e-6)
+    assert got["example_id"].to_list() == expected["example_id"].to_list()
