@@ -79,7 +79,7 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 ui-prod: env postgres
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(PY) -m drift_assets.production ui
 
-# The task suite: every embedded task through the pipeline, each method's selection fine-tuned over 5 seeds.
+# The task suite: every embedded task through the pipeline on four draws of its data, each method's selection fine-tuned.
 benchmark: env bench-env
 	$(PY) benchmarks/suite.py
 

@@ -2,11 +2,16 @@
 
 On the materialized demo (run ``make demo`` first), every score is computed the way
 ``influence_scores`` computes it (the base model and each ``warmup.steps`` checkpoint, each with its
-own target and training gradients, standardized and averaged), from the stored gradient tables:
+own target and training gradients, standardized and averaged), from the stored gradient tables.
+Each configuration changes only the Hessian, debiasing and weighting of the settings' own
+``influence`` group (``unsolved``, ``ranking`` and the rest as configured; no likelihood guard or
+noise gate, since the scores themselves are studied):
 
-1. the noise AUC (higher score = keep, clean against corrupted rows) and the clean share of the
-   top ``selection.fraction`` for every ``influence.hessian`` (``identity``, and ``fisher`` at each
-   of ``--dampings``) × ``influence.debias`` × ``influence.weighting`` (and the off-policy target);
+1. the noise AUC of the score (higher score = keep, clean against corrupted rows) and the clean
+   share of the selection (the top ``selection.fraction`` in the configured ranking's order) for
+   every ``influence.hessian`` (``identity``, and ``fisher`` at each of ``--dampings``) ×
+   ``influence.debias`` × ``influence.weighting`` (and the off-policy target); the configured
+   setting's cell in bold;
 2. where the signal lies: at each checkpoint the eigen-directions of the pool's gradient second
    moment ΦᵀΦ/N (the ``fisher`` Hessian before damping), the share of its trace and of the target
    g's energy in the top m, and the noise AUC of the identity / unit score computed in the top m
@@ -20,7 +25,7 @@ A configuration is ``HESSIAN[:DAMPING]/DEBIAS/WEIGHTING``, WEIGHTING one of sign
 positive or ``offpolicy`` (the reference answers):
 
     .venv/bin/python benchmarks/influence_settings.py
-    .venv/bin/python benchmarks/influence_settings.py --sft identity/unit/signed,fisher:0.1/unit/signed --seeds 0,1,2,3,4,5,6,7,8,9
+    .venv/bin/python benchmarks/influence_settings.py --sft identity/unit/positive,fisher:0.1/unit/positive --seeds 0,1,2,3,4
 
 This prints figures; it asserts nothing.
 """
@@ -37,7 +42,7 @@ from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_poo
 
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
 from drift_assets.core.benchmark import MethodScorer, selected_ids
-from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, debias, fit_curvature
+from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, fit_curvature
 from drift_assets.core.stored import ConfiguredTables, gradients_along
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.core.weighting import WEIGHTING_SCHEMES
@@ -66,8 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def parse_config(config: str) -> tuple[str, ScoringSettings]:
-    """``HESSIAN[:DAMPING]/DEBIAS/WEIGHTING`` as the scoring settings it names (over the defaults)."""
+def parse_config(config: str) -> tuple[str, str, float, str, str]:
+    """``HESSIAN[:DAMPING]/DEBIAS/WEIGHTING`` as (config, hessian, damping, debias, weighting)."""
     parts = config.split("/")
     if len(parts) != 3:
         raise ValueError(f"{config!r} is not HESSIAN[:DAMPING]/DEBIAS/WEIGHTING")
@@ -79,41 +84,39 @@ def parse_config(config: str) -> tuple[str, ScoringSettings]:
         or weighting not in (*WEIGHTING_SCHEMES, "offpolicy")
     ):
         raise ValueError(f"{config!r}: unknown hessian, debias or weighting")
-    return config, scoring_settings(hessian, float(damping or 0.1), weighting, debias_method)
+    return config, hessian, float(damping or 0.1), debias_method, weighting
 
 
-def scoring_settings(
-    hessian: str, damping: float, weighting: str, debias_method: str = "unit", unsolved: str = "reference"
-) -> ScoringSettings:
-    """The scoring settings of one configuration; ``weighting`` ``offpolicy`` means the reference answers as targets."""
+def configured(settings: Settings, hessian: str, damping: float, debias_method: str, weighting: str) -> ScoringSettings:
+    """The settings' own scoring with this Hessian, debiasing and weighting (``offpolicy``: the
+    reference answers as targets). No likelihood guard or noise gate: they reorder the selection
+    by the likelihood, and the scores themselves are studied here."""
     offpolicy = weighting == "offpolicy"
-    return ScoringSettings(
+    return replace(
+        settings.influence.scoring(),
         targets="offpolicy" if offpolicy else "onpolicy",
         weighting="signed" if offpolicy else weighting,
         hessian=hessian,
         damping=damping,
         debias=debias_method,
-        unsolved=unsolved,
-        likelihood_guard=1.0,  # the scores themselves are studied here, not the guard that reorders them
+        likelihood_guard=1.0,
+        noise_gate="off",
     )
 
 
-def debiased_along(checkpoints: list[CheckpointGradients], scoring: ScoringSettings, curvatures: list) -> dict[str, PoolScores]:
-    """The combined score for every debias method, from one scoring per checkpoint (H⁻¹ applied once)."""
-    along = [
-        score_checkpoint(checkpoint, replace(scoring, debias="none"), curvature)
-        for checkpoint, curvature in zip(checkpoints, curvatures, strict=True)
-    ]
-    return {
-        method: combine_checkpoints(
-            [replace(scores, score=debias(scores.score_raw, scores.grad_norm, scores.self_influence, method)) for scores in along]
-        )
-        for method in DEBIAS_METHODS
-    }
+def is_configured(settings: Settings, scoring: ScoringSettings) -> bool:
+    """Whether ``scoring`` is the settings' own Hessian, damping (under fisher), debiasing and weighting."""
+    own = settings.influence.scoring()
+    return (scoring.targets, scoring.weighting, scoring.hessian, scoring.debias) == (
+        own.targets,
+        own.weighting,
+        own.hessian,
+        own.debias,
+    ) and (scoring.hessian == "identity" or scoring.damping == own.damping)
 
 
 def selection_figures(frame: pl.DataFrame, pool: pl.DataFrame, settings: Settings) -> tuple[float, float, list[str]]:
-    """Noise AUC, the clean share of the selection, and the selected ids, of a scores frame."""
+    """Noise AUC of the score, the clean share of the selection (by ``rank``), and the selected ids, of a scores frame."""
     size = round(pool.height * settings.selection.fraction)
     chosen = selected_ids(
         "drift", 0, pool, frame, size, settings.selection.method, settings.selection.fraction, settings.selection.k
@@ -122,19 +125,17 @@ def selection_figures(frame: pl.DataFrame, pool: pl.DataFrame, settings: Setting
     return noise_auc(frame, pool), 1 - sum(i in corrupted for i in chosen) / len(chosen), chosen
 
 
-def settings_grid(checkpoints: list[CheckpointGradients], pool: pl.DataFrame, settings: Settings, dampings: list[float]) -> None:
+def settings_grid(scorer: MethodScorer, pool: pl.DataFrame, settings: Settings, dampings: list[float]) -> None:
     print("| hessian | weighting | " + " | ".join(f"{method}: AUC / clean" for method in DEBIAS_METHODS) + " |")
     print("|---|---|" + "---|" * len(DEBIAS_METHODS))
     for hessian, damping in [("identity", 0.0)] + [("fisher", damping) for damping in dampings]:
-        curvatures = [
-            fit_curvature(hessian, [checkpoint.training], checkpoint.training.shape[1], damping) for checkpoint in checkpoints
-        ]
         for weighting in (*WEIGHTING_SCHEMES, "offpolicy"):
-            scoring = scoring_settings(hessian, damping, weighting, unsolved=settings.influence.unsolved)
             cells = []
-            for scores in debiased_along(checkpoints, scoring, curvatures).values():
-                auc, clean, _ = selection_figures(scores_frame(scores, pool), pool, settings)
-                cells.append(f"{auc:.3f} / {clean:.3f}")
+            for debias_method in DEBIAS_METHODS:
+                scoring = configured(settings, hessian, damping, debias_method, weighting)
+                auc, clean, _ = selection_figures(scorer.scores(scoring, pool), pool, settings)
+                cell = f"{auc:.3f} / {clean:.3f}"
+                cells.append(f"**{cell}**" if is_configured(settings, scoring) else cell)
             name = hessian if hessian == "identity" else f"fisher, damping {damping:g}"
             print(f"| {name} | {weighting} | " + " | ".join(cells) + " |", flush=True)
 
@@ -219,7 +220,9 @@ def fisher_on_clean_rows(
         print(f"| {damping:g} | {' / '.join(f'{share:.2f}' for share in shares)} | {cells[0]:.3f} | {cells[1]:.3f} |", flush=True)
 
 
-def sft_accuracy(configs, checkpoints, pool: pl.DataFrame, settings: Settings, warehouse: Warehouse, seeds: list[int]) -> None:
+def sft_accuracy(
+    configs, scorer: MethodScorer, pool: pl.DataFrame, settings: Settings, warehouse: Warehouse, seeds: list[int]
+) -> None:
     """Part 3: SFT on each configuration's selection, accuracy on the test queries over seeds."""
     queries = warehouse.scan("test_queries").collect().to_dicts()
     messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
@@ -227,11 +230,8 @@ def sft_accuracy(configs, checkpoints, pool: pl.DataFrame, settings: Settings, w
     tokenizer = resource.load_tokenizer()
     print(f"| configuration | noise AUC | clean share | accuracy % (mean ± std over seeds {seeds}) | per seed |")
     print("|---|---|---|---|---|")
-    scorer = MethodScorer(checkpoints)
-    for name, scoring in configs:
-        auc, clean, chosen = selection_figures(
-            scorer.scores(replace(scoring, unsolved=settings.influence.unsolved), pool), pool, settings
-        )
+    for name, *config in configs:
+        auc, clean, chosen = selection_figures(scorer.scores(configured(settings, *config), pool), pool, settings)
         selection = [messages[i] for i in sorted(chosen)]
         accuracies = [
             100 * evaluated_after_sft(settings, resource, tokenizer, selection, queries, seed).accuracy for seed in seeds
@@ -249,11 +249,13 @@ def main(argv=None) -> None:
     pool = ground_truth_pool(warehouse)
     started = time.perf_counter()
     checkpoints = [c.loaded() for c in gradients_along(ConfiguredTables.configured_by(settings, warehouse))]
+    own = settings.influence.scoring()
     print(
         f"scored at {', '.join(c.checkpoint for c in checkpoints)}; k = {checkpoints[0].training.shape[1]}; "
-        f"influence.unsolved {settings.influence.unsolved}; the top {settings.selection.fraction:g} of {pool.height}\n"
+        f"influence.unsolved {own.unsolved}, ranking {own.ranking}; the top {settings.selection.fraction:g} of {pool.height}\n"
     )
-    settings_grid(checkpoints, pool, settings, args.dampings)
+    scorer = MethodScorer(checkpoints)
+    settings_grid(scorer, pool, settings, args.dampings)
     print()
     signal_directions(checkpoints, pool, settings)
     if args.dampings:
@@ -262,7 +264,7 @@ def main(argv=None) -> None:
     if args.sft:
         print()
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else settings.benchmark.seeds
-        sft_accuracy(args.sft, checkpoints, pool, settings, warehouse, seeds)
+        sft_accuracy(args.sft, scorer, pool, settings, warehouse, seeds)
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

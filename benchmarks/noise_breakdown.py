@@ -18,9 +18,9 @@ noise, on the materialized demo (run ``make demo`` first):
    the mean gradient norm of each kind of rollout. Then the noise AUC within each demo response
    style (clean against corrupted rows written the same way), which separates a score's preference
    for a style from what it finds about the answers, and each style's share of each top half;
-5. what each selection (the top half by each score, and the benchmark's random and oracle
-   subsets of that size) holds: clean share, distinct prompts, mean response tokens, noise of
-   each kind;
+5. what each selection (the configured DRIFT selection in ``influence_scores``' rank order, the
+   top ``selection.fraction`` by each other score, and the benchmark's random and oracle subsets
+   of that size) holds: clean share, distinct prompts, mean response tokens, noise of each kind;
 6. with ``--sft``: the base model, and each selection fine-tuned with the benchmark's SFT settings
    (``--sft-seeds``, default 0), answering the test queries greedily: accuracy, and the wrong
    answers by offset, too high and too low.
@@ -180,8 +180,12 @@ def main(argv=None) -> None:
         along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(
             score_checkpoint(checkpoint, settings.influence.scoring()), pool
         )
+    configured = f"drift ({settings.influence.ranking})"
+    # The configured selection takes the pipeline's own order (with influence.ranking round_robin
+    # the queries take turns), not the top by score.
+    order = {configured: np.argsort(scored["rank"].to_numpy(), kind="stable")}
     scores = {
-        f"drift ({settings.influence.debias})": scored["score"].to_numpy(),
+        configured: scored["score"].to_numpy(),
         **along,
         "raw gᵀh": scored["score_raw"].to_numpy(),
         "−loss": -loss,
@@ -223,19 +227,22 @@ def main(argv=None) -> None:
             f"{'(pool)':>22} {'':>12} {'':>12} {'':>12}   " + " ".join(f"{(styles == style).mean():>16.3f}" for style in STYLES)
         )
         for name, values in {**scores, **answer_only}.items():
-            print(within_style_row(name, values, styles, kinds))
+            print(within_style_row(name, values, styles, kinds, order.get(name)))
 
     tokenizer = model_resource(settings).load_tokenizer()
 
     size = round(pool.height * settings.selection.fraction)
     selections = {
-        name: pool["example_id"].gather(np.argsort(-values, kind="stable")[:size]).to_list()
+        name: pool["example_id"].gather(order.get(name, np.argsort(-values, kind="stable"))[:size]).to_list()
         for name, values in scores.items()
         if name != "raw gᵀh" and name not in along
     }
     for method in ("random", "oracle"):
         selections[method] = selected_ids(method, 0, pool, None, size, "top_fraction", settings.selection.fraction, None)
-    print(f"\nwhat each selection of {size} holds (top by score; random and oracle as the benchmark draws them, seed 0)\n")
+    print(
+        f"\nwhat each selection of {size} holds ({configured} in its rank order, the others top by score;"
+        " random and oracle as the benchmark draws them, seed 0)\n"
+    )
     print(f"{'selection':>22} {'clean':>6} {'prompts':>8} {'resp tok':>8} " + " ".join(f"{name:>10}" for name in kinds.kinds))
     for name, ids in selections.items():
         chosen = pool["example_id"].is_in(ids).to_numpy()
@@ -271,13 +278,15 @@ def response_styles(responses: Iterable[str], marker: str) -> np.ndarray:
     )
 
 
-def within_style_row(name: str, scores: np.ndarray, styles: np.ndarray, kinds: NoiseKinds) -> str:
+def within_style_row(name: str, scores: np.ndarray, styles: np.ndarray, kinds: NoiseKinds, order: np.ndarray | None) -> str:
+    """The score's noise AUC within each style, and each style's share of its top half (``order``:
+    the rows best first, where it is not the score's)."""
     corrupted = kinds.kinds["corrupted"]
     cells = []
     for style in STYLES:
         rows = (styles == style) & (kinds.clean | corrupted)
         cells.append(f"{roc_auc(scores[rows], kinds.clean[rows]):>12.3f}")
-    top = np.argsort(-scores, kind="stable")[: len(scores) // 2]
+    top = (np.argsort(-scores, kind="stable") if order is None else order)[: len(scores) // 2]
     shares = " ".join(f"{(styles[top] == style).mean():>16.3f}" for style in STYLES)
     return f"{name:>22} " + " ".join(cells) + "   " + shares
 

@@ -12,8 +12,8 @@ Everything is generated deterministically from a seed:
 
 Problems are split by a hash of the problem itself: validation (and calibration) queries, test
 queries and the training data (pre-training corpus and pool) come from three disjoint sets of
-problems, as a real evaluation set is disjoint from the training data. With one shared set, 99%
-of the test problems appeared in the pool and test accuracy measured memorisation of the pool's
+problems, as a real evaluation set is disjoint from the training data. With one shared set, nearly
+all the test problems appeared in the pool and test accuracy measured memorisation of the pool's
 answers: any selection that kept half the pool lost coverage of test problems, and a corrupted
 example could only hurt its own problem, which a few validation queries rarely look at. Held-out
 problems make test accuracy measure what SFT teaches that transfers, which is what validation

@@ -180,8 +180,8 @@ def random_basis(model: nn.Module, options: ProjectionOptions) -> ProjectionBasi
 def _top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
     """(rank, d) leading eigenvectors, each signed so that its largest entry is positive (determinism).
 
-    In float64 on the covariance's own device: on 2 CPU cores d = 4,096 takes 15 s and d = 8,960
-    (a Qwen2.5-1.5B's MLP width) 132 s, growing as d³, so an LLM's covariances belong on its GPU.
+    In float64 on the covariance's own device: the time grows as d³, so an LLM's covariances belong
+    on its GPU (CPU timings in docs/operating.md, "Scale-out").
     """
     _, vectors = torch.linalg.eigh(covariance.double())
     top = vectors[:, -rank:].flip(1).T
@@ -232,8 +232,8 @@ def fit_pca_basis(
 ) -> ProjectionBasis:
     """PCA projectors: top-r eigenvectors of Σ x xᵀ (layer inputs) and Σ δ δᵀ (output gradients).
 
-    The covariances are d×d float32 per targeted layer, held on the model's device: 27 GiB for a
-    Qwen2.5-1.5B, 92–124 GiB for a 7–8B model (``benchmarks/sizing.py``). So the layers are taken in
+    The covariances are d×d float32 per targeted layer, held on the model's device: for an LLM, much
+    of a GPU or more (sizes per model in docs/operating.md, "Scale-out"). So the layers are taken in
     groups whose covariances fit in ``budget_bytes`` (default: half the device's free memory), one
     pass over ``batches`` per group, each group eigendecomposed and freed before the next. A
     layer's covariance does not depend on which other layers are hooked, so the basis is the same
