@@ -103,7 +103,7 @@ def test_an_input_with_new_data_makes_the_method_benchmark_stale_and_every_shard
     ]
 
 
-def study_graph(fraction: float, upstream_version: str = "1"):
+def study_graph(fraction: float, upstream_version: str = "1", record_inputs: bool = True):
     """An upstream asset and an external asset its own job writes, recording what the method
     benchmark's job records (no model: Dagster's rules on a real instance)."""
     from dagster import AssetMaterialization, AssetSpec, Definitions, MetadataValue, asset, job, op
@@ -127,7 +127,9 @@ def study_graph(fraction: float, upstream_version: str = "1"):
     @op
     def write_study(context) -> None:
         inputs = input_versions(defs.resolve_asset_graph(), context.instance, AssetKey("study"))
-        metadata = {CODE_VERSION_KEY: spec.code_version, SETTINGS_USED_KEY: read, INPUTS_KEY: MetadataValue.json(inputs)}
+        metadata = {CODE_VERSION_KEY: spec.code_version, SETTINGS_USED_KEY: read}
+        if record_inputs:
+            metadata[INPUTS_KEY] = MetadataValue.json(inputs)
         context.log_event(AssetMaterialization("study", metadata=metadata))
 
     @job(name="study")
@@ -159,3 +161,15 @@ def test_an_external_asset_its_job_writes_is_stale_by_the_rules_dagster_applies_
         assert status(changed, instance) == ("STALE", ["has a new dependency data version (upstream)"])
         changed.resolve_job_def("study").execute_in_process(instance=instance)
         assert status(changed, instance) == ("FRESH", None)
+
+
+def test_a_table_written_before_its_inputs_versions_were_recorded_is_stale_once_an_input_is_materialized_after_it():
+    from dagster import instance_for_test, materialize
+
+    with instance_for_test() as instance:
+        defs = study_graph(0.5, record_inputs=False)
+        materialize([defs.assets[0]], instance=instance)
+        defs.resolve_job_def("study").execute_in_process(instance=instance)
+        assert asset_statuses(defs, instance)["study"] == "FRESH"
+        materialize([defs.assets[0]], instance=instance)
+        assert stale_causes(defs, instance)["study"] == ["has a new dependency materialization (upstream)"]
