@@ -24,6 +24,12 @@ LOCATION_NAME = "drift_assets"
 DEFINITIONS_MODULE = "drift_assets.definitions"
 
 
+def job_path(job_name: str) -> str:
+    """The UI's page of a job of this code location (relative to the webserver's root), where it is
+    launched: a Definitions' single repository is named by its location alone."""
+    return f"/locations/{LOCATION_NAME}/jobs/{job_name}"
+
+
 def _job_origin(job_name: str):
     from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
     from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin

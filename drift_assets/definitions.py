@@ -37,14 +37,15 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
         # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.
-        benchmark, benchmark_job = build_benchmark(settings)
+        # The job records its inputs' data versions, read from the graph it is defined in.
+        benchmark, benchmark_job = build_benchmark(settings, lambda: definitions.resolve_asset_graph())
         assets.append(benchmark)
         jobs.append(benchmark_job)
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     assets = [with_automation(a) for a in assets]
     warehouse = Warehouse.from_settings(settings)
-    return Definitions(
+    definitions = Definitions(
         # By default a run's steps share one process: the model, tokenizer and torch are loaded once
         # per run instead of once per step and check (the steps of a run are sequential on the GPU
         # pool anyway). A cluster gives each step a pod of its own instead (drift_assets.cluster).
@@ -61,6 +62,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
             "rollout_engine": rollout_engine_resource(settings),
         },
     )
+    return definitions
 
 
 defs = build_definitions(load_settings())

@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -286,7 +285,7 @@ def materialize_pipeline(
     observe_sources(defs, instance, verbose)
     if only_stale:
         pending = needs_materialization(defs, instance, damaged)
-        from drift_assets.staleness import stale_causes
+        from drift_assets.staleness import JOB_KEY, job_written, stale_causes
 
         # Why each is refreshed: a settings change named with its old and new values. Only told: a
         # question Dagster cannot answer here leaves the run as it is.
@@ -295,8 +294,12 @@ def materialize_pipeline(
         except Exception as error:
             logger.warning(f"why the stale assets are stale could not be read ({type(error).__name__}: {error})")
             causes = {}
+        graph = defs.resolve_asset_graph()
+        jobs = {key.to_user_string(): graph.get(key).metadata[JOB_KEY].url.rsplit("/", 1)[-1] for key in job_written(graph)}
         for name, told in causes.items():
-            logger.info(f"{name} is unsynced: {'; '.join(told)}")
+            # An external asset's job is launched on purpose, never by this refresh.
+            launch = f" (not refreshed here: launch the {jobs[name]} job to bring it up to date)" if name in jobs else ""
+            logger.info(f"{name} is unsynced: {'; '.join(told)}{launch}")
     upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM)])
     if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
         upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})
@@ -310,16 +313,37 @@ def materialize_pipeline(
     for checkpoint in partition_keys(defs, AT_CHECKPOINT[0]):
         run(wanted([f"{name}[{checkpoint}]" for name in chain]), f"checkpoint {checkpoint}", partition_key=checkpoint)
         # MultiPartitionKeys, "checkpoint|shard": one run per shard.
-        shards = {
-            f"{SHARDED}[{key}]": key for key in partition_keys(defs, SHARDED) if key.keys_by_dimension["checkpoint"] == checkpoint
-        }
-        stale = wanted(list(shards))
-        started = time.perf_counter()
-        for name in stale:
-            run([name], None, partition_key=shards[name])
-        if stale:
-            logger.info(
-                f"checkpoint {checkpoint}: training gradients in {len(stale)} shard run(s), {time.perf_counter() - started:.0f} s"
-            )
+        shards = [key for key in partition_keys(defs, SHARDED) if key.keys_by_dimension["checkpoint"] == checkpoint]
+        stale = set(wanted([f"{SHARDED}[{key}]" for key in shards]))
+        done.extend(
+            materialize_shards(defs, instance, checkpoint, [key for key in shards if f"{SHARDED}[{key}]" in stale], verbose)
+        )
     run(wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM)]), "scores onward")
     return done
+
+
+def materialize_shards(
+    defs: Definitions, instance: DagsterInstance, checkpoint: str, keys: list, verbose: bool = False
+) -> list[str]:
+    """One run per training-gradient shard of ``checkpoint`` (``keys``: their partition keys), and
+    after each one line for the whole pass (:class:`~drift_assets.core.progress.PassProgress`): a
+    shard done within 10 s logs its own progress at debug level only. Returns what was materialized."""
+    from dagster import AssetRecordsFilter
+
+    from drift_assets.core.progress import PassProgress
+
+    names = [f"{SHARDED}[{key}]" for key in keys]
+    if not keys:
+        return names
+    progress = PassProgress(
+        f"checkpoint {checkpoint} training gradients", [key.keys_by_dimension["shard"] for key in keys], logger.info
+    )
+    for key in keys:
+        materialize_assets(defs, instance, [AssetKey(SHARDED)], verbose=verbose, partition_key=key)
+        [record] = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(SHARDED), asset_partitions=[str(key)]), limit=1
+        ).records
+        metadata = record.asset_materialization.metadata
+        computed, reused = (int(metadata[name].value) if name in metadata else 0 for name in ("rows_computed", "rows_reused"))
+        progress.part_done(key.keys_by_dimension["shard"], computed, reused)
+    return names

@@ -1,7 +1,10 @@
 """Which assets (and shards) are stale or missing, as Dagster itself decides it.
 
 The statuses are the UI's own: Dagster's GraphQL API (``staleStatus``, the "Unsynced" badge)
-answering about the definitions and instance given, served in this process.
+answering about the definitions and instance given, served in this process. Dagster calls an
+external asset always up to date; the method benchmark, external so that "Materialize all" leaves
+its fine-tunes out, is judged here by the same rules from what its job records
+(:func:`job_written_staleness`).
 """
 
 from __future__ import annotations
@@ -32,8 +35,88 @@ def _graph(defs: Definitions):
     return defs.resolve_asset_graph()
 
 
+# What an external asset's job records (the method benchmark's, kept out of "Materialize all"):
+# Dagster calls an external asset always up to date, so its staleness is read from these here.
+JOB_KEY = "job"  # the definition's link to the job that writes it (the UI's page, where it is launched)
+INPUTS_KEY = "inputs"  # a materialization's data version of each input partition read, "name[partition]" → version
+CODE_VERSION_KEY = "code_version"  # a materialization's code version (the definition's then)
+DATA_VERSION_TAG = "dagster/data_version"  # where Dagster keeps a materialization's or an observation's data version
+
+
+def job_written(graph) -> list[AssetKey]:
+    """External assets that a job of this location writes (their definition links the job)."""
+    return sorted(
+        (key for key in graph.get_all_asset_keys() if not graph.get(key).is_executable and JOB_KEY in graph.get(key).metadata),
+        key=AssetKey.to_user_string,
+    )
+
+
+def _latest_record(instance: DagsterInstance, key: AssetKey, partition: str | None = None, observed: bool = False):
+    from dagster import AssetRecordsFilter
+
+    fetch = instance.fetch_observations if observed else instance.fetch_materializations
+    records = fetch(AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
+    return records[0] if records else None
+
+
+def _input_partitions(graph, key: AssetKey) -> list[tuple[str, AssetKey, str | None]]:
+    """("name[partition]", parent, partition) for every configured partition of ``key``'s parents
+    (an external asset reads all of them)."""
+    found = []
+    for parent in sorted(graph.get(key).parent_keys, key=AssetKey.to_user_string):
+        partitions = graph.get(parent).partitions_def
+        name = parent.to_user_string()
+        if partitions is None:
+            found.append((name, parent, None))
+        else:
+            found.extend((f"{name}[{p}]", parent, str(p)) for p in partitions.get_partition_keys())
+    return found
+
+
+def input_versions(graph, instance: DagsterInstance, key: AssetKey) -> dict[str, str]:
+    """The data version of each input partition of ``key`` now, "name[partition]" → version (an
+    observed source's from its latest observation); what was never materialized is left out. A job
+    writing an external asset records these (:data:`INPUTS_KEY`) before it reads its inputs."""
+    versions = {}
+    for name, parent, partition in _input_partitions(graph, key):
+        record = _latest_record(instance, parent, partition, observed=graph.get(parent).is_observable)
+        version = (record.asset_event.tags or {}).get(DATA_VERSION_TAG) if record is not None else None
+        if version is not None:
+            versions[name] = version
+    return versions
+
+
+def job_written_staleness(graph, instance: DagsterInstance, key: AssetKey) -> tuple[str, list[str]]:
+    """("MISSING" | "FRESH" | "STALE", causes) of an external asset a job writes, as Dagster decides it
+    for the assets it materializes: a new code version (told as the settings that changed, with
+    their old and new values), or an input partition with another data version than the one read."""
+    record = _latest_record(instance, key)
+    if record is None:
+        return "MISSING", []
+    metadata = record.asset_materialization.metadata
+    causes = []
+    if _value(metadata.get(CODE_VERSION_KEY)) != graph.get(key).code_version:
+        causes.append(settings_cause(graph, instance, key) or "has a new code version (the implementation's)")
+    read = metadata.get(INPUTS_KEY)
+    if read is not None:
+        before, now = _value(read), input_versions(graph, instance, key)
+        for name in sorted(now):
+            if name not in before:  # a partition added since (a checkpoint, a shard)
+                causes.append(f"has a new dependency ({name})")
+            elif before[name] != now[name]:
+                causes.append(f"has a new dependency data version ({name})")
+    else:  # recorded before the inputs' versions were: a table materialized since is newer than what was read
+        for name, parent, partition in _input_partitions(graph, key):
+            if graph.get(parent).is_materializable:
+                latest = _latest_record(instance, parent, partition)
+                if latest is not None and latest.timestamp > record.timestamp:
+                    causes.append(f"has a new dependency materialization ({name})")
+    return ("STALE" if causes else "FRESH"), causes
+
+
 def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, str]:
-    """``{"rollouts": "FRESH", "training_gradient_projections[001]": "STALE", …}`` for every materializable asset."""
+    """``{"rollouts": "FRESH", "training_gradient_projections[001]": "STALE", …}`` for every materializable
+    asset, and every external asset a job writes (:func:`job_written_staleness`)."""
     graph = _graph(defs)
     keys = {"plain": [], "partitioned": []}
     for key in graph.materializable_asset_keys:
@@ -46,6 +129,8 @@ def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, st
             (f"{name}[{partition}]", status)
             for partition, status in zip(node["partitionKeys"], node["staleStatusByPartition"], strict=True)
         )
+    for key in job_written(graph):
+        statuses[key.to_user_string()] = job_written_staleness(graph, instance, key)[0]
     return dict(sorted(statuses.items()))
 
 
@@ -96,8 +181,12 @@ def stale_causes(defs: Definitions, instance: DagsterInstance) -> dict[str, list
         for partition, causes in zip(node["partitionKeys"], node["staleCausesByPartition"], strict=True):
             found[f"{name}[{partition}]"] = causes
     told = {}
+    written = {key.to_user_string(): key for key in job_written(graph)}
     for name in sorted(stale):
         key, partition = split_partition(name)
+        if name in written:
+            told[name] = job_written_staleness(graph, instance, written[name])[1]
+            continue
         lines = []
         for cause in found.get(name) or []:
             if cause["category"] == "CODE":

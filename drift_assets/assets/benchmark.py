@@ -7,9 +7,11 @@ would be swept into the UI's "Materialize all". So ``method_benchmark`` is an ex
 job writes and reports, launched on purpose (Jobs → method_benchmark, or ``run_method_benchmark``).
 """
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
-from dagster import AssetMaterialization, AssetSpec, Failure, MetadataValue, OpExecutionContext, job, op
+from dagster import AssetKey, AssetMaterialization, AssetSpec, Failure, MetadataValue, OpExecutionContext, job, op
 
 from drift_assets.assets.checkpoints import WARMUP, checkpoint_model
 from drift_assets.assets.cost import pool_sequence_tokens, recorded_pipeline_cost
@@ -22,6 +24,7 @@ from drift_assets.assets.evaluate import (
 )
 from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.assets.placement import GPU_OP_TAGS, GPU_POOL
+from drift_assets.code_location import job_path
 from drift_assets.core.benchmark import (
     LESS_METHODS,
     MethodScorer,
@@ -46,11 +49,12 @@ from drift_assets.core.cost import method_costs
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.less import AdamMoments, less_along
 from drift_assets.core.pool import reference_tokens
-from drift_assets.core.progress import Progress
+from drift_assets.core.progress import SizedProgress
 from drift_assets.core.selection import select
 from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, Reads, Settings
+from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
 
 BENCHMARK = "method_benchmark"
 # Read from the warehouse: the pool and the queries, and every checkpoint's partitions of the rest.
@@ -64,19 +68,25 @@ TABLES_READ = (
 )
 
 
-def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
-    """The ``method_benchmark`` asset (external: reported, not materialized) and the job that writes it."""
+def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tuple[AssetSpec, object]:
+    """The ``method_benchmark`` asset (external: reported, not materialized) and the job that writes it;
+    ``asset_graph``: the graph of the definitions they are part of (a run started from Python sets
+    no repository on its op's context)."""
     reads = Reads(settings, BENCHMARK, "benchmark", "influence", "checkpoints", "selection", *_FINE_TUNE_AND_EVALUATE)
+    code_version = reads.code_version(EVALUATE_VERSION)
     spec = AssetSpec(
         BENCHMARK,
         group_name="benchmark",
-        code_version=reads.code_version(EVALUATE_VERSION),
-        metadata=reads.metadata(),
+        code_version=code_version,
+        # The job's page, where it is launched (an external asset has no "Materialize" button).
+        metadata={**reads.metadata(), JOB_KEY: MetadataValue.url(job_path(BENCHMARK))},
         # The warm-up's checkpoints, where there are any: LESS loads them with their optimizer state.
         deps=["base_model", *TABLES_READ, *([WARMUP] if settings.checkpoints[1:] else [])],
         kinds={"pytorch", "delta"},
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds; "
-        "written by the method_benchmark job.",
+        f"written by the [method_benchmark job]({job_path(BENCHMARK)}), launched on purpose (Materialize all leaves "
+        "it out). The UI does not mark an external asset Unsynced: `drift-assets materialize` names what made it "
+        "stale (a setting it reads, or an input's new data).",
     )
 
     @op(pool=GPU_POOL, tags=GPU_OP_TAGS, description=spec.description)
@@ -89,6 +99,8 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
                 f"method_benchmark reads {', '.join(missing)}, not materialized in {warehouse.root}: "
                 "materialize the pipeline first (make demo, drift-assets materialize, or Materialize all in the UI)"
             )
+        # The inputs' data versions before they are read: one that changes meanwhile makes the table stale.
+        inputs = input_versions(asset_graph(), context.instance, AssetKey(BENCHMARK))
         training_pool, validation_queries, test_queries = (
             warehouse.scan(name).collect() for name in ("training_pool", "validation_queries", "test_queries")
         )
@@ -161,13 +173,24 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
             + (f", {shared} sharing another method's selection" if shared else "")
             + f") in {benchmark.workers} process(es)"
         )
-        progress = Progress("fine-tunes", len(jobs), context.log.info)
+        # Timed per SFT step (with sft.epochs, full-pool SFT takes many times a selection's steps);
+        # in parallel processes each fine-tune's own seconds, the rest shared among the workers.
+        progress = SizedProgress(
+            "fine-tunes",
+            [tune.options.steps_for(len(tune.messages)) if tune.messages else 0 for tune in jobs],
+            context.log.info,
+            work="steps",
+            workers=benchmark.workers,
+        )
 
         def finished():
             for (_, _, sharers), (tune, (result, seconds)) in zip(
                 plan, run_fine_tunes(jobs, run_one, benchmark.workers), strict=True
             ):
-                progress.advance(f"{' = '.join(sharers)} seed {tune.seed}: accuracy {result.accuracy:.3f}")
+                progress.advance(
+                    f"{' = '.join(sharers)} seed {tune.seed}: accuracy {result.accuracy:.3f}",
+                    seconds if benchmark.workers > 1 else None,
+                )
                 yield sharers, tune, result, seconds
 
         table = benchmark_table(finished(), methods, scores, training_pool, selections)
@@ -188,7 +211,10 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
                     **table_metadata(table, preview_rows=table.height),
                     "summary": MetadataValue.md(summary_markdown(table)),
                     "plot": accuracy_plot(table),
-                    "code_version": reads.code_version(EVALUATE_VERSION),
+                    # What its staleness is read from (drift_assets.staleness.job_written_staleness).
+                    CODE_VERSION_KEY: code_version,
+                    SETTINGS_USED_KEY: spec.metadata[SETTINGS_READ_KEY],
+                    INPUTS_KEY: MetadataValue.json(inputs),
                 },
             )
         )
@@ -197,7 +223,7 @@ def build_benchmark(settings: Settings) -> tuple[AssetSpec, object]:
         name=BENCHMARK,
         description="The method benchmark: fine-tunes every method's selection over benchmark.seeds and writes the "
         "method_benchmark table (launch it on purpose: it is kept out of Materialize all).",
-        tags={"drift_assets/code_version": reads.code_version(EVALUATE_VERSION)},
+        tags={"drift_assets/code_version": code_version},
     )
     def method_benchmark_job():
         fine_tune_each_method()

@@ -16,7 +16,7 @@ from drift_assets.core.benchmark import (
 )
 from drift_assets.core.cost import StageCost, total
 from drift_assets.core.generation import TransformersEngine, VllmEngine, resolve_max_model_len
-from drift_assets.core.progress import Progress
+from drift_assets.core.progress import SizedProgress
 from drift_assets.core.sft import Evaluation, evaluate, fine_tune
 from drift_assets.core.tiny_model import save_model
 from drift_assets.resources import ModelResource, RolloutEngineResource
@@ -114,7 +114,11 @@ def build_evaluation_assets(settings: Settings) -> list:
             "full": refined_dataset["messages"].to_list(),
             "refined": refined_dataset.filter("selected")["messages"].to_list(),
         }
-        progress = Progress("evaluation", len(candidates), context.log.info, "models")
+        # Timed per SFT step: fine-tuning the full pool takes many times a selection's steps (with
+        # sft.epochs), and the base model takes none.
+        options = reads.benchmark.sft.options(seed)
+        steps = [options.steps_for(len(messages)) if messages else 0 for messages in candidates.values()]
+        progress = SizedProgress("evaluation", steps, context.log.info, "models", "steps")
         rows, curves, costs = [], {}, []
         for name, messages in candidates.items():
             result, seconds = train_and_evaluate(

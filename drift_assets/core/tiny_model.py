@@ -21,7 +21,7 @@ import torch
 
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.grading import GradingOptions
-from drift_assets.core.progress import Progress
+from drift_assets.core.progress import BandProgress
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
 from drift_assets.core.sft import evaluate
 
@@ -182,8 +182,11 @@ def pretrain(
     window: list[float] = []
     accuracy, step = 0.0, 0
     order: list[int] = []
-    # The total is the step limit: the run usually stops before, once calibrated.
-    progress = Progress("pre-training", max_steps, log, "steps", every_s=PRETRAIN_PROGRESS_EVERY_S)
+    # The step limit bounds the run; it stops once calibrated, usually long before: the ETA follows
+    # calibration accuracy's trend toward the band.
+    progress = BandProgress(
+        "pre-training", max_steps, (stop_low, high), log, "steps", "calibration accuracy", every_s=PRETRAIN_PROGRESS_EVERY_S
+    )
     model.train()
     for step in range(1, max_steps + 1):
         if len(order) < batch_size:
@@ -202,14 +205,7 @@ def pretrain(
             curve.append((step, accuracy))
             loss_curve.append(sum(window) / len(window))
             window = []
-            calibrated = stop_low <= accuracy <= high
-            progress.update(
-                step,
-                step if calibrated else max_steps,
-                f"loss {loss_curve[-1]:.3f}, calibration accuracy {accuracy:.2f}"
-                + (": calibrated" if calibrated else f" (stops within [{stop_low:.2f}, {high:.2f}])"),
-            )
-            if calibrated:
+            if progress.measured(step, accuracy, f"(loss {loss_curve[-1]:.3f})"):
                 break
     model.eval()
     return PretrainResult(
