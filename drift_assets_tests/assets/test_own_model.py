@@ -18,9 +18,9 @@ from transformers import AutoTokenizer
 
 from drift_assets.core.chat_model import save_chat_model
 from drift_assets.core.sequences import encode_prompt, render_messages_prompt
-from drift_assets.resources import Warehouse
 from drift_assets.settings import load_settings
 from drift_assets_tests.conftest import write_settings
+from drift_assets_tests.helpers.materialized import read
 
 
 def same_parity(completion: str, reference: str) -> bool:
@@ -97,10 +97,6 @@ def own(tmp_path_factory):
     sys.path.remove(str(directory))
 
 
-def read(settings, name: str) -> pl.DataFrame:
-    return Warehouse.from_settings(settings).scan(name).collect()
-
-
 def test_the_whole_graph_runs_without_demo_assets(own):
     settings, done, _ = own
     assert not {"demo_task_files", "demo_base_model"} & done
@@ -163,7 +159,7 @@ def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(ow
 
 
 def test_trls_sft_trainer_trains_on_the_export(own, tmp_path):
-    from drift_assets_tests.trl_sft import IGNORED, pipeline_labels, train_two_steps
+    from drift_assets_tests.helpers.trl_sft import IGNORED, pipeline_labels, train_two_steps
 
     settings, _, _ = own
     losses, moved, prepared = train_two_steps(settings.model_path, settings.resolve("exports"), tmp_path)
