@@ -36,24 +36,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from benchmark_args import MODELS, add_model_arguments, comma_list
+from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_llama
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models beside this file
-
-from benchmark_args import MODELS, add_model_arguments, comma_list  # noqa: E402
-from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_llama  # noqa: E402
-
-from drift_assets.core.demo_task import training_pool_rows  # noqa: E402
-from drift_assets.core.gradients import pool_token_pairs  # noqa: E402
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis  # noqa: E402
-from drift_assets.core.sequences import ResponseBatch, collate_pairs, sequence_logprobs  # noqa: E402
-from drift_assets.core.tiny_model import build_char_tokenizer  # noqa: E402
+from drift_assets.core.demo_task import training_pool_rows
+from drift_assets.core.gradients import pool_token_pairs
+from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis
+from drift_assets.core.sequences import ResponseBatch, collate_pairs, sequence_logprobs
+from drift_assets.core.tiny_model import build_char_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

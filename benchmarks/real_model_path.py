@@ -1,7 +1,7 @@
 """What the parts of the pipeline that differ between the demo and a real model do, measured on CPU.
 
 1. Rollout tokens: on a random tiny Llama with a byte-level BPE tokenizer and a ChatML template
-   (``drift_assets_tests/chat_model.py``), how often re-encoding a rollout's text gives other
+   (``drift_assets/core/chat_model.py``), how often re-encoding a rollout's text gives other
    tokens than the engine sampled, and how far the re-encoded log-prob is from the engine's.
 2. bfloat16 fine-tuning (after ``make demo``): the demo model cast to bfloat16, fine-tuned at an
    LLM's learning rate with float32 master weights (what ``core.sft.fine_tune`` does) and with its
@@ -15,14 +15,9 @@ from __future__ import annotations
 import argparse
 import copy
 import random
-import sys
-from pathlib import Path
 
 import polars as pl
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # drift_assets_tests: the chat model and its checks
-
 from demo_warehouse import demo_warehouse
 
 from drift_assets.core.chat_model import build_chat_tokenizer

@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_models beside this file
-
-from benchmark_args import MODELS, add_model_arguments, comma_list  # noqa: E402
+from benchmark_args import MODELS, add_model_arguments, comma_list
 
 # Measured in this order: transformers before any vLLM engine, and vLLM's own processes before the
 # engine in this one, so that no engine process lingering after close() shares the cores with a later row.

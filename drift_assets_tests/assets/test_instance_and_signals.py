@@ -420,7 +420,7 @@ def _assert_interrupted_paragraph(output: str, name: str) -> None:
 
 @pytest.mark.vllm
 def test_n34_n35_n37_n40_a_signal_ends_in_a_short_paragraph_leaves_no_process_and_the_rerun_resumes(workspace):
-    from drift_assets_tests.assets.test_rollouts import running, vllm_engines_under
+    from drift_assets_tests.helpers.processes import running, vllm_engines_under
 
     for name, rows in (("training_pool.jsonl", 120), ("validation_queries.jsonl", 8)):
         path = workspace / "demo" / name

@@ -18,21 +18,9 @@ from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import PROCESS_TAG, fail_abandoned_runs, materialize_pipeline, observe_sources
 from drift_assets.staleness import asset_statuses, damaged_tables, needs_materialization
-from drift_assets_tests.assets.test_rollouts import running, vllm_engines_under
 from drift_assets_tests.conftest import instance_in, settings_in, shared_settings
-
-MODEL_DEPENDENTS = {
-    "training_pool",
-    "training_pool_rejects",
-    "validation_queries",  # which references fit the context is counted in the model's tokens
-    "rollouts[base]",
-    "grades[base]",
-    "projection_basis[base]",
-    "validation_gradients[base]",
-    "influence_scores",
-    "refined_dataset",
-    "refined_model_evaluation",
-} | {f"training_gradient_projections[base|{s}]" for s in ("000", "001", "002")}
+from drift_assets_tests.helpers.demo_graph import MODEL_DEPENDENTS
+from drift_assets_tests.helpers.processes import running, vllm_engines_under
 
 
 def requested(result, defs) -> set[str]:

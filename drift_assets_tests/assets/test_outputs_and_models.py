@@ -24,7 +24,7 @@ from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.runner import materialize_assets
 from drift_assets.settings import load_settings
-from drift_assets_tests.core.test_model_files import tiny_model_dir, write_padded_safetensors
+from drift_assets_tests.helpers.model_files import tiny_model_dir, write_padded_safetensors
 
 UP_TO_DATE = "materialized nothing (everything was up to date)"
 

@@ -18,9 +18,9 @@ from transformers import AutoTokenizer
 
 from drift_assets.core.chat_model import save_chat_model
 from drift_assets.core.sequences import encode_prompt, render_messages_prompt
-from drift_assets.resources import Warehouse
 from drift_assets.settings import load_settings
 from drift_assets_tests.conftest import write_settings
+from drift_assets_tests.helpers.materialized import read
 
 
 def same_parity(completion: str, reference: str) -> bool:
@@ -45,8 +45,7 @@ def pool_rows(n: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def own(tmp_path_factory):
     directory = tmp_path_factory.mktemp("own")
-    sys.path.insert(0, str(directory))
-    (directory / "my_grader.py").write_text(inspect.getsource(same_parity))  # the pipeline imports it by name
+    (directory / "my_grader.py").write_text(inspect.getsource(same_parity))  # the materialize process imports it
     save_chat_model(directory / "model")
     pl.DataFrame(pool_rows(40)).write_parquet(directory / "pool.parquet")
     queries = [
@@ -94,11 +93,6 @@ def own(tmp_path_factory):
     done = {key.to_user_string() for key in instance.get_asset_keys() if instance.get_latest_materialization_event(key)}
     yield settings, done, command
     instance.dispose()
-    sys.path.remove(str(directory))
-
-
-def read(settings, name: str) -> pl.DataFrame:
-    return Warehouse.from_settings(settings).scan(name).collect()
 
 
 def test_the_whole_graph_runs_without_demo_assets(own):
@@ -163,7 +157,7 @@ def test_rollouts_are_graded_by_the_custom_grader_and_every_example_is_scored(ow
 
 
 def test_trls_sft_trainer_trains_on_the_export(own, tmp_path):
-    from drift_assets_tests.trl_sft import IGNORED, pipeline_labels, train_two_steps
+    from drift_assets_tests.helpers.trl_sft import IGNORED, pipeline_labels, train_two_steps
 
     settings, _, _ = own
     losses, moved, prepared = train_two_steps(settings.model_path, settings.resolve("exports"), tmp_path)

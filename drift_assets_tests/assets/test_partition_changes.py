@@ -196,8 +196,8 @@ def stale_closure(defs, instance) -> set[str]:
 
 def test_18_19_an_identical_model_elsewhere_recomputes_nothing_another_with_its_config_everything(refresh):
     from drift_assets.runner import materialize_assets
-    from drift_assets_tests.assets.test_operations import MODEL_DEPENDENTS
-    from drift_assets_tests.assets.test_pipeline import latest_metadata
+    from drift_assets_tests.helpers.demo_graph import MODEL_DEPENDENTS
+    from drift_assets_tests.helpers.materialized import latest_metadata
 
     directory, configure, instance = refresh
     assert stale_closure(configure()[1], instance) == set()

@@ -17,6 +17,7 @@ from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_assets, observe_sources, run_method_benchmark
 from drift_assets_tests.conftest import instance_in, settings_in, shared_settings
+from drift_assets_tests.helpers.materialized import latest_metadata, read
 
 TABLES = (
     "demo_task_files",
@@ -49,15 +50,6 @@ def private_pipeline(private_materialized):
     settings = settings_in(private_materialized)
     with instance_in(private_materialized) as instance:
         yield settings, build_definitions(settings), instance
-
-
-def read(settings, name: str) -> pl.DataFrame:
-    return Warehouse.from_settings(settings).scan(name).collect()
-
-
-def latest_metadata(instance, name: str) -> dict:
-    event = instance.get_latest_materialization_event(AssetKey(name))
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def test_definitions_load_and_validate():

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -15,7 +14,6 @@ from pydantic import ValidationError
 from drift_assets.core.chat_model import save_chat_model
 from drift_assets.core.generation import CPU_CONCURRENT_SEQUENCES, SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
-from drift_assets.core.processes import descendants
 from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
 from drift_assets.core.sequences import teacher_forced_logprobs
 from drift_assets.definitions import build_definitions
@@ -23,6 +21,7 @@ from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.runner import materialize_assets, observe_sources
 from drift_assets.settings import SettingsError
 from drift_assets_tests.conftest import settings_in, shared_settings
+from drift_assets_tests.helpers.processes import running, vllm_engines_under
 
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
 
@@ -217,26 +216,6 @@ from drift_assets.core.generation import VllmEngine
 engine = VllmEngine(sys.argv[1], max_model_len=256, engine_process="separate")  # as on a GPU
 time.sleep(600)
 """
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a killed orphan may wait for a reaper that never comes)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def vllm_engines_under(pid: int) -> list[int]:
-    """The vLLM engine processes among ``pid``'s descendants."""
-
-    def name(child: int) -> str:
-        try:
-            return Path(f"/proc/{child}/comm").read_text()
-        except OSError:  # ended meanwhile
-            return ""
-
-    return [child for child in descendants(pid) if name(child).startswith("VLLM")]
 
 
 def test_killing_the_owner_while_its_engine_starts_leaves_no_engine_process(demo_model):

@@ -16,8 +16,8 @@ from drift_assets.core.pool import reference_tokens
 from drift_assets.core.sequences import encode_prompt, render_prompt
 from drift_assets.definitions import build_definitions
 from drift_assets.runner import materialize_pipeline
-from drift_assets_tests.assets.test_pipeline import latest_metadata, read
 from drift_assets_tests.conftest import SMALL_DEMO, instance_in, settings_in, shared_settings
+from drift_assets_tests.helpers.materialized import latest_metadata, read
 
 
 def partition_metadata(instance, asset: str, partition: str) -> dict:

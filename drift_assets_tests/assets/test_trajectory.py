@@ -20,8 +20,8 @@ from drift_assets.core.rollouts import sample_rollouts
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, rollout_engine_resource
 from drift_assets.runner import materialize_assets, materialize_pipeline, run_method_benchmark
-from drift_assets_tests.assets.test_pipeline import latest_metadata, read
 from drift_assets_tests.conftest import instance_in, settings_in
+from drift_assets_tests.helpers.materialized import latest_metadata, read
 
 STEPS = [10, 30]
 KEYS = ["000010", "000030"]

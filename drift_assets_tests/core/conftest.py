@@ -1,5 +1,7 @@
 """Fixtures shared by the core tests."""
 
+import json
+
 import pytest
 import torch
 
@@ -20,3 +22,10 @@ def tiny():
     prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"])) for r in rows]
     responses = [encode_response(tokenizer, r["response"]) for r in rows]
     return model.eval(), tokenizer, collate_pairs(tokenizer, prompts, responses)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    """64 demo pool rows as chat conversations (JSON): what the SFT tests fine-tune on."""
+    rows = [r for r in training_pool_rows(64, 0.0, 0.0, seed=4)]
+    return [json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in rows]

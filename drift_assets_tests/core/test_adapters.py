@@ -11,7 +11,7 @@ from drift_assets.core.adapters import LoraOptions, adapter_rank, add_adapter, i
 from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
 from drift_assets.core.sft import SftOptions, fine_tune
-from drift_assets_tests.core.test_projection import exact_per_example_gradients
+from drift_assets_tests.helpers.gradients import exact_per_example_gradients
 
 ADAPTERS = r".*\.lora_[AB]\.default"
 OPTIONS = LoraOptions(rank=4, alpha=8.0, target_modules=r".*\.(q_proj|v_proj|down_proj)")

@@ -37,6 +37,7 @@ from drift_assets.core.selection import selection_warning
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.core.weighting import usable_queries
 from drift_assets.settings import Reads, SettingsError, load_settings, parse_settings
+from drift_assets_tests.helpers.graders import SLOW_GRADERS, grading_inputs
 
 MAX_TOKENS = 64
 GOOD = b'{"prompt": "What is 1 + 1?", "response": "Answer: 2"}'
@@ -552,38 +553,6 @@ def test_N24_the_basis_is_never_fitted_on_a_reference_beyond_the_models_context(
     reference_basis(model, ProjectionOptions(rank=2, basis="pca"), tokenizer, queries.head(1), 4)
 
 
-SLOW_GRADERS = """
-import signal
-import threading
-
-def forever(completion, reference):
-    threading.Event().wait()  # never returns
-
-def quick(completion, reference):
-    return completion.endswith(reference)
-
-def with_alarm(completion, reference):
-    # math-verify's own timeout: signal.alarm, which works only on a process's main thread
-    signal.signal(signal.SIGALRM, signal.getsignal(signal.SIGALRM))
-    return True
-"""
-
-
-def grading_inputs(module: str, n_per_query: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
-    ids = [f"q{q}" for q in range(3) for _ in range(n_per_query)]
-    rollouts = pl.DataFrame(
-        {
-            "rollout_id": [f"{query_id}-{i % n_per_query}" for i, query_id in enumerate(ids)],
-            "query_id": ids,
-            "completion": ["Answer: 2"] * len(ids),
-            "model_fingerprint": ["m"] * len(ids),
-        }
-    )
-    graders = ["numeric", f"{module}:forever", f"{module}:quick"]
-    queries = pl.DataFrame({"query_id": ["q0", "q1", "q2"], "reference": ["2"] * 3, "grader": graders})
-    return rollouts, queries
-
-
 def test_N26_a_custom_grader_that_never_returns_ends_grading_naming_the_query_the_grader_and_the_setting(tmp_path, monkeypatch):
     module = "drift_slow_grader_n26"
     (tmp_path / f"{module}.py").write_text(SLOW_GRADERS)
@@ -609,7 +578,7 @@ def test_N26_a_grader_that_never_returns_does_not_keep_the_process_from_exiting(
     script = (
         "import polars as pl\n"
         "from drift_assets.core.grading import GradingOptions, grade_rollouts\n"
-        "from drift_assets_tests.core.test_bad_inputs import grading_inputs\n"
+        "from drift_assets_tests.helpers.graders import grading_inputs\n"
         "grade_rollouts(*grading_inputs('drift_slow_grader_exit'), GradingOptions(timeout_s=0.5))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}

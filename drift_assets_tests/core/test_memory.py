@@ -24,7 +24,7 @@ def probes():
     lines come back up to its ``exit`` line."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "drift_assets_tests.memory_probe", "--serve"],
+        [sys.executable, "-m", "drift_assets_tests.helpers.memory_probe", "--serve"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -75,7 +75,7 @@ def probes():
     ],
 )
 def test_the_plan_is_within_a_quarter_of_the_measured_peak(probes, probe):
-    """Each step in a process of its own (drift_assets_tests.memory_probe says how it is measured);
+    """Each step in a process of its own (drift_assets_tests.helpers.memory_probe says how it is measured);
     none of these shapes was among those the plan's coefficients were fitted on."""
     status, lines = probes(probe)
     assert lines, f"the probe printed nothing (exit status {status})"

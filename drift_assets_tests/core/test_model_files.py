@@ -35,42 +35,11 @@ from drift_assets.core.pool import normalize_pool, read_rows
 from drift_assets.core.publish import export_dataset
 from drift_assets.core.selection import refined_table, select, selection_warning
 from drift_assets.core.sequences import ChatTemplateError, render_messages_prompt, render_prompt, untemplated_turns_warning
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
+from drift_assets.core.tiny_model import build_char_tokenizer
 from drift_assets.settings import SettingsError, load_settings
+from drift_assets_tests.helpers.model_files import tiny_model_dir, write_padded_safetensors
 
 REPO = Path(__file__).resolve().parents[2]
-_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
-def write_padded_safetensors(path: Path, tensors: dict[str, torch.Tensor], pad_bytes: int) -> dict[str, tuple[int, int]]:
-    """A valid safetensors file holding ``tensors`` between two unused zero tensors of ``pad_bytes``
-    each, ``aaa_pad`` first and ``zzz_pad`` last, written as holes (a sparse file: nothing of the
-    padding is written to disk). Returns each real tensor's (start, end) byte range in the file."""
-    entries, data, offset = {}, [], 0
-
-    def add(name: str, dtype: str, shape: list[int], size: int) -> None:
-        nonlocal offset
-        entries[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-
-    add("aaa_pad", "U8", [pad_bytes], pad_bytes)
-    for name, tensor in tensors.items():
-        raw = tensor.contiguous().view(torch.uint8).numpy().tobytes()
-        add(name, _DTYPES[tensor.dtype], list(tensor.shape), len(raw))
-        data.append((entries[name]["data_offsets"][0], raw))
-    add("zzz_pad", "U8", [pad_bytes], pad_bytes)
-    header = json.dumps(entries, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    start = 8 + len(header)
-    with path.open("wb") as handle:
-        handle.write(len(header).to_bytes(8, "little") + header)
-        for at, raw in data:
-            handle.seek(start + at)
-            handle.write(raw)
-        handle.truncate(start + offset)
-    return {
-        name: (start + e["data_offsets"][0], start + e["data_offsets"][1]) for name, e in entries.items() if "pad" not in name
-    }
 
 
 def perturb_in_place(path: Path, at: int, count: int = 16) -> None:
@@ -92,13 +61,6 @@ def wait_until_settled(path: Path) -> None:
     fingerprint._RACY_NANOSECONDS)."""
     age = time.time_ns() - path.stat().st_ctime_ns
     time.sleep(max(0.0, (2_100_000_000 - age) / 1e9))
-
-
-def tiny_model_dir(directory: Path, chat_template: str = "none") -> Path:
-    tokenizer = build_char_tokenizer(chat_template)
-    shape = TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=96, max_positions=128)
-    save_model(build_tiny_llama(tokenizer, shape, seed=5), tokenizer, directory)
-    return directory
 
 
 @pytest.fixture
@@ -486,7 +448,7 @@ def test_n17_hostile_ids_and_sources_never_reach_a_file_name_and_reserved_column
     scores = pl.DataFrame({"example_id": examples["example_id"], "score": [0.4, 0.3, 0.2, 0.1], "rank": [1, 2, 3, 4]})
     table = refined_table(examples, scores, select(scores, "top_k", k=2))
     before = {p for p in Path("/tmp").iterdir() if p.name.startswith("x_")}
-    from drift_assets_tests.core.test_publish import FACTS
+    from drift_assets_tests.helpers.card_facts import FACTS
 
     export_dataset(table, tmp_path / "out" / "exports", FACTS)
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call, grad
 
 from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.core.projection import (
@@ -19,25 +18,7 @@ from drift_assets.core.projection import (
 from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
 from drift_assets.core.stats import spearman
 from drift_assets.core.tiny_model import TinyLlamaShape, build_tiny_llama
-
-
-def exact_per_example_gradients(model, batch, names, reduction="sum"):
-    """∇ log π(y_i|x_i) of each example with torch.func.grad, one unpadded example at a time
-    (independent of the hooks, the batching and the padding)."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def logprob(p, input_ids, response_mask):
-        logits = functional_call(model, p, (input_ids.unsqueeze(0),)).logits[0, :-1]
-        lp = torch.log_softmax(logits, -1).gather(-1, input_ids[1:].unsqueeze(-1)).squeeze(-1)
-        total = (lp * response_mask[:-1]).sum()
-        return total if reduction == "sum" else total / response_mask[:-1].sum()
-
-    rows = []
-    for i in range(batch.input_ids.shape[0]):
-        length = int(batch.attention_mask[i].sum())
-        g = grad(logprob)(params, batch.input_ids[i, :length], batch.response_mask[i, :length].float())
-        rows.append(torch.cat([g[f"{name}.weight"].reshape(-1) for name in names]))
-    return torch.stack(rows)
+from drift_assets_tests.helpers.gradients import exact_per_example_gradients
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

@@ -11,8 +11,9 @@ import pytest
 from huggingface_hub import HfApi
 
 from drift_assets.core.outputs import MANIFEST_NAME, ExportPathError
-from drift_assets.core.publish import REASONS, CardFacts, PushError, check_pushable, export_dataset, unselected_reasons
+from drift_assets.core.publish import REASONS, PushError, check_pushable, export_dataset, unselected_reasons
 from drift_assets.core.selection import refined_table, select
+from drift_assets_tests.helpers.card_facts import FACTS
 
 SCORES = [0.9, -0.3, 0.0, 2.5, 0.1, -1.0, 0.4]
 FILES = ["README.md", "refined_dataset.jsonl", "refined_dataset.parquet", "unselected.jsonl", "unselected.parquet"]
@@ -45,18 +46,6 @@ def refined(method: str = "top_k", likely: list[bool] | None = None) -> pl.DataF
         }
     )
     return refined_table(pool, scores, select(scores, method, k=3))
-
-
-FACTS = CardFacts(
-    model_path="/models/tiny",
-    model_fingerprint="f" * 64,
-    settings={"selection.method": "top_k", "selection.k": 3, "influence": {"ranking": "score", "likelihood_guard": 1.0}},
-    code_versions={"refined_dataset": "2-abc", "refined_dataset_export": "3-def"},
-    package_version="0.1.0",
-    git_commit="0123456789ab",
-    run_id="run-42",
-    selection_method="top_k",
-)
 
 
 def test_the_export_folder_loads_as_a_dataset_with_both_splits_and_its_card(tmp_path):

@@ -1,23 +1,13 @@
 """Fine-tuning on a selection: determinism (by seed, whatever the input order), the schedule, and that it learns."""
 
-import json
-
 import pytest
 import torch
 
-from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.core.gradients import pool_token_pairs
 from drift_assets.core.sequences import collate_pairs, sequence_logprobs
 from drift_assets.core.sft import SftOptions, batch_plan, fine_tune, length_grouped
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
-
-SHAPE = TinyLlamaShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=96)
-
-
-@pytest.fixture(scope="module")
-def examples():
-    rows = [r for r in training_pool_rows(64, 0.0, 0.0, seed=4)]
-    return [json.dumps([{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]) for r in rows]
+from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
+from drift_assets_tests.helpers.sft import SHAPE
 
 
 def tuned(examples, **options):

@@ -21,7 +21,7 @@ from drift_assets.core.trajectory import (
     warm_up,
 )
 from drift_assets.settings import SettingsError, parse_settings
-from drift_assets_tests.core.test_sft import SHAPE, examples  # noqa: F401  (a fixture)
+from drift_assets_tests.helpers.sft import SHAPE
 
 
 def test_a_warm_up_checkpoint_is_the_model_a_shorter_run_gives(examples):  # noqa: F811

@@ -15,8 +15,8 @@ from drift_assets.core.publish import export_dataset
 from drift_assets.core.selection import refined_table, select
 from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
 from drift_assets.tasks import get_task
-from drift_assets_tests.core.test_publish import FACTS
-from drift_assets_tests.trl_sft import IGNORED, pipeline_labels
+from drift_assets_tests.helpers.card_facts import FACTS
+from drift_assets_tests.helpers.trl_sft import IGNORED, pipeline_labels
 
 
 # arithmetic: the default demo's template without role tokens; sort: role tokens. (A tokenizer without

@@ -42,7 +42,7 @@ from drift_assets.production import POSTGRES_URL_ENV_VAR, free_port, local_postg
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Settings
 from drift_assets_tests.conftest import settings_in
-from drift_assets_tests.figures import chart_problems
+from drift_assets_tests.helpers.figures import chart_problems
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

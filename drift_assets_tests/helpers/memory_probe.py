@@ -1,7 +1,7 @@
 """Measure one step's peak memory on the CPU, in a process of its own, and print it with the plan.
 
-    MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.memory_probe sft 512 1376 8 32000 4 256 [lora] [checkpointing]
-    MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.memory_probe --serve   # probes read from stdin, a line each
+    MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.helpers.memory_probe sft 512 1376 8 32000 4 256 [lora] [checkpointing]
+    MALLOC_MMAP_THRESHOLD_=65536 python -m drift_assets_tests.helpers.memory_probe --serve   # probes read from stdin, a line each
 
 The peak is the process's peak resident memory during the step (``VmHWM``, reset just before it)
 minus its resident memory then, with the model built and the batch made. glibc's malloc is told to map every
