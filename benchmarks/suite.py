@@ -1,6 +1,8 @@
 """The task suite: every embedded task through the pipeline, then each method's selection fine-tuned over seeds.
 
-    make benchmark                                          # every task, four draws, the default methods, one seed
+    make benchmark                                          # every method on three draws of the demo's task
+    make suite                                              # every task, four draws, the methods that judge a default
+    .venv/bin/python benchmarks/suite.py                    # every task, four draws, every default method, one seed
     .venv/bin/python benchmarks/suite.py --tasks sort,spell --seeds 0,1 --methods full,random,drift
     .venv/bin/python benchmarks/suite.py --draws 0,1 --output data/suite/two-draws.json   # two draws of each task
     .venv/bin/python benchmarks/suite.py --report data/suite/results.json,data/suite/two-draws.json
@@ -45,9 +47,9 @@ SUITE = REPO / "data" / "suite"
 
 
 def warmup_steps(sft: dict, n_train: int) -> list[int]:
-    """Checkpoints at 1/6, 1/2 and the end of a full-data run of the benchmark's SFT recipe."""
+    """Checkpoints at 1/2 and the end of a full-data run of the benchmark's SFT recipe (``warmup.steps: auto``)."""
     total = math.ceil(sft["epochs"] * n_train / sft.get("batch_size", 16)) if sft.get("epochs") else sft.get("steps", 300)
-    return [total // 6, total // 2, total]
+    return [total // 2, total]
 
 
 def draw_label(task_name: str, draw: int) -> str:
@@ -442,7 +444,7 @@ def main() -> None:
         "--warmup",
         choices=["on", "off"],
         default="on",
-        help="score along a warm-up run too (checkpoints at 1/6, 1/2 and all of a full-data run of the task's SFT recipe)",
+        help="score along a warm-up run too (checkpoints at 1/2 and all of a full-data run of the task's SFT recipe)",
     )
     parser.add_argument("--workers", type=int, default=2, help="processes for the fine-tunes")
     parser.add_argument(
