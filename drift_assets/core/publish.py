@@ -47,7 +47,8 @@ SPLITS = {"train": EXPORT_NAME, "unselected": UNSELECTED_NAME}
 REASONS = {
     "below_cutoff": "ranked after the selection's last row (selection.fraction / selection.k)",
     "gated": "outside the rows the ranking takes first: the share of the pool the base model finds likeliest "
-    "(influence.likelihood_guard) and, with influence.noise_gate mixture, the rows its loss mixture calls clean",
+    "(influence.likelihood_guard) and those influence.noise_gate keeps (mixture: the rows its loss mixture calls clean; "
+    "reference: the rows at least as likely as nine in ten of the validation references)",
     "score_not_positive": "a score not above 0 (selection.method positive)",
 }
 # What the pipeline adds to the pool that an export carries, first.
