@@ -118,6 +118,14 @@ def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, st
     """``{"rollouts": "FRESH", "training_gradient_projections[001]": "STALE", …}`` for every materializable
     asset, and every external asset a job writes (:func:`job_written_staleness`)."""
     graph = _graph(defs)
+    statuses = _materializable_statuses(defs, instance, graph)
+    for key in job_written(graph):
+        statuses[key.to_user_string()] = job_written_staleness(graph, instance, key)[0]
+    return dict(sorted(statuses.items()))
+
+
+def _materializable_statuses(defs: Definitions, instance: DagsterInstance, graph) -> dict[str, str]:
+    """The UI's stale status of every materializable asset (and partition)."""
     keys = {"plain": [], "partitioned": []}
     for key in graph.materializable_asset_keys:
         keys["plain" if graph.get(key).partitions_def is None else "partitioned"].append({"path": key.path})
@@ -129,9 +137,7 @@ def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, st
             (f"{name}[{partition}]", status)
             for partition, status in zip(node["partitionKeys"], node["staleStatusByPartition"], strict=True)
         )
-    for key in job_written(graph):
-        statuses[key.to_user_string()] = job_written_staleness(graph, instance, key)[0]
-    return dict(sorted(statuses.items()))
+    return statuses
 
 
 def stale_or_missing(defs: Definitions, instance: DagsterInstance, include_missing: bool = True) -> set[str]:
@@ -168,7 +174,7 @@ def stale_causes(defs: Definitions, instance: DagsterInstance) -> dict[str, list
     """Why each stale asset (and partition) is stale, as the UI's "Unsynced" popover says it, a new code
     version told as the settings that changed (:func:`settings_cause`)."""
     graph = _graph(defs)
-    stale = {name for name, status in asset_statuses(defs, instance).items() if status == "STALE"}
+    stale = {name for name, status in _materializable_statuses(defs, instance, graph).items() if status == "STALE"}
     keys = {"plain": [], "partitioned": []}
     for key in graph.materializable_asset_keys:
         keys["plain" if graph.get(key).partitions_def is None else "partitioned"].append({"path": key.path})
@@ -181,12 +187,12 @@ def stale_causes(defs: Definitions, instance: DagsterInstance) -> dict[str, list
         for partition, causes in zip(node["partitionKeys"], node["staleCausesByPartition"], strict=True):
             found[f"{name}[{partition}]"] = causes
     told = {}
-    written = {key.to_user_string(): key for key in job_written(graph)}
+    for key in job_written(graph):  # judged here once each, not by the UI's API
+        status, causes = job_written_staleness(graph, instance, key)
+        if status == "STALE":
+            told[key.to_user_string()] = causes
     for name in sorted(stale):
         key, partition = split_partition(name)
-        if name in written:
-            told[name] = job_written_staleness(graph, instance, written[name])[1]
-            continue
         lines = []
         for cause in found.get(name) or []:
             if cause["category"] == "CODE":
@@ -195,7 +201,7 @@ def stale_causes(defs: Definitions, instance: DagsterInstance) -> dict[str, list
                 dependency = cause["dependency"]
                 lines.append(cause["reason"] + (f" ({AssetKey(dependency['path']).to_user_string()})" if dependency else ""))
         told[name] = list(dict.fromkeys(lines))
-    return told
+    return dict(sorted(told.items()))
 
 
 def split_partition(name: str) -> tuple[AssetKey, str | None]:
