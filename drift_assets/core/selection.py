@@ -114,16 +114,23 @@ def round_robin_ranks(matrix: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def base_losses_of(loss_per_token: pl.DataFrame, example_ids: Sequence[str], setting: str) -> np.ndarray:
+    """Each of ``example_ids``' loss per response token under the base model (``loss_per_token``:
+    example_id, loss_per_token), in their order; an example without one is an error naming ``setting``."""
+    losses = dict(zip(loss_per_token["example_id"], loss_per_token["loss_per_token"], strict=True))
+    missing = [example_id for example_id in example_ids if example_id not in losses]
+    if missing:
+        raise ValueError(f"{setting}: {len(missing)} pool examples have no base-model loss (e.g. {missing[:3]})")
+    return np.array([losses[example_id] for example_id in example_ids], dtype=np.float64)
+
+
 def likeliest(loss_per_token: pl.DataFrame, example_ids: Sequence[str], share: float) -> np.ndarray:
     """Boolean aligned with ``example_ids``: the ⌈share·n⌉ rows the base model finds likeliest (the
     lowest loss per response token; ties by example_id). ``loss_per_token``: example_id, loss_per_token."""
     if not 0.0 < share <= 1.0:
         raise ValueError(f"influence.likelihood_guard: {share:g} is not a share of the pool in (0, 1]")
-    losses = dict(zip(loss_per_token["example_id"], loss_per_token["loss_per_token"], strict=True))
-    missing = [example_id for example_id in example_ids if example_id not in losses]
-    if missing:
-        raise ValueError(f"influence.likelihood_guard: {len(missing)} pool examples have no base-model loss (e.g. {missing[:3]})")
-    order = sorted(range(len(example_ids)), key=lambda at: (losses[example_ids[at]], example_ids[at]))
+    losses = base_losses_of(loss_per_token, example_ids, "influence.likelihood_guard")
+    order = sorted(range(len(example_ids)), key=lambda at: (losses[at], example_ids[at]))
     kept = np.zeros(len(example_ids), dtype=bool)
     kept[order[: math.ceil(share * len(example_ids))]] = True
     return kept
@@ -158,11 +165,7 @@ def reference_gated(loss_per_token: pl.DataFrame, example_ids: Sequence[str], re
     base model; ``reference_losses``: the references' loss per token at the base model."""
     from drift_assets.core.noise_gate import reference_gate
 
-    losses = dict(zip(loss_per_token["example_id"], loss_per_token["loss_per_token"], strict=True))
-    missing = [example_id for example_id in example_ids if example_id not in losses]
-    if missing:
-        raise ValueError(f"influence.noise_gate: {len(missing)} pool examples have no base-model loss (e.g. {missing[0]})")
-    kept, _ = reference_gate(np.array([losses[example_id] for example_id in example_ids]), reference_losses)
+    kept, _ = reference_gate(base_losses_of(loss_per_token, example_ids, "influence.noise_gate"), reference_losses)
     return kept
 
 
