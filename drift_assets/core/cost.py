@@ -316,13 +316,11 @@ def method_cost(
         return total([pipeline.stage(WARMUP), pipeline.stage(GRADIENTS)], method)
     if method == "influence":
         return total([pipeline.stage(GRADIENTS, [base_checkpoint])], method)
-    if method == "drift_base":
-        at_base = [base_checkpoint]
-        return total([pipeline.stage(ROLLOUTS, at_base), pipeline.stage(GRADIENTS, at_base)], method)
     if method in CHECKPOINTS_USED:
         scored = sorted(pipeline.checkpoints(), key=lambda name: (name != base_checkpoint, name))  # steps zero-padded
-        used = [scored[index % len(scored)] for index in CHECKPOINTS_USED[method]] if scored else []
-        return total([pipeline.stage(WARMUP), pipeline.stage(ROLLOUTS, used), pipeline.stage(GRADIENTS, used)], method)
+        used = {scored[index % len(scored)] for index in CHECKPOINTS_USED[method]} if scored else {base_checkpoint}
+        warmup = [pipeline.stage(WARMUP)] if used - {base_checkpoint} else []  # the base model alone needs no run
+        return total([*warmup, pipeline.stage(ROLLOUTS, used), pipeline.stage(GRADIENTS, used)], method)
     if method == "drift" or method.startswith("drift_"):
         return total([pipeline.stage(stage) for stage in PIPELINE_STAGES], method)
     return None
