@@ -428,6 +428,15 @@ class InfluenceSettings(_Group):
         "ranked after the others",
     )
 
+    likelihood_blend: float = Field(
+        _SCORING.likelihood_blend,
+        ge=0.0,
+        le=1.0,
+        description="the weight of the base model's likelihood in the ranking: each row is ranked by (1 − w)·its rank in "
+        "DRIFT's order + w·its rank by loss per response token under the base model (likeliest first), inside each part "
+        "the guard and the gate make; 0 = DRIFT's order alone",
+    )
+
     def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
         return ScoringSettings(**self.model_dump())

@@ -74,8 +74,13 @@ def build_influence_assets(settings: Settings) -> list:
             else "; ranked by score"
         )
         + (
-            f", the {influence.likelihood_guard:.0%} of the pool the base model finds likeliest first."
+            f", the {influence.likelihood_guard:.0%} of the pool the base model finds likeliest first"
             if influence.likelihood_guard < 1
+            else ""
+        )
+        + (
+            f"; blended with the base model's likelihood order (weight {influence.likelihood_blend:g})."
+            if influence.likelihood_blend > 0
             else "."
         ),
     )
@@ -102,7 +107,14 @@ def build_influence_assets(settings: Settings) -> list:
         gate_losses = losses_along(tables, training_pool) if influence.noise_gate == "mixture" else None
         references = base_reference_losses(tables) if influence.noise_gate == "reference" else None
         table = ranked_scores(
-            along, training_pool, losses, influence.likelihood_guard, influence.noise_gate, gate_losses, references
+            along,
+            training_pool,
+            losses,
+            influence.likelihood_guard,
+            influence.noise_gate,
+            gate_losses,
+            references,
+            influence.likelihood_blend,
         )
         table = table.join(losses, on="example_id", how="left", maintain_order="left")
         problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
@@ -121,6 +133,7 @@ def build_influence_assets(settings: Settings) -> list:
                 "weighting": influence.weighting,
                 "ranking": influence.ranking,
                 "likelihood_guard": influence.likelihood_guard,
+                "likelihood_blend": influence.likelihood_blend,
                 **({"queries_taking_turns": len(along.queries.query_ids)} if along.queries else {}),
                 "queries_used": summary.queries_used if summary else base_target.n_targets,
                 "queries_skipped": summary.queries_skipped if summary else 0,

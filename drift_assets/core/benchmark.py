@@ -120,6 +120,10 @@ ABLATIONS = {
     # The default's settings at the base model and the warm-up's last checkpoint, or its last two.
     "drift_last": {},
     "drift_late": {},
+    # Registered 2026-12-06 (second session): DRIFT's order blended with the base model's likelihood
+    # order, at the default's checkpoints; alone and inside the reference gate.
+    "drift_blend": {"likelihood_blend": 0.5},
+    "drift_blend_gated": {"likelihood_blend": 0.5, "noise_gate": "reference"},
 }
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
@@ -201,6 +205,7 @@ class MethodScorer:
             scoring.noise_gate,
             self.losses_along,
             references,
+            scoring.likelihood_blend,
         )
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:

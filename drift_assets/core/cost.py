@@ -286,7 +286,14 @@ def pipeline_cost(recorded: Iterable[Recorded], reference: StageCost) -> Pipelin
 ZERO_COST_METHODS = frozenset({"full", "random", "oracle", "bm25", "dsir"})  # no pass of the model
 # The benchmark's methods that score at some of the checkpoints only (indices into the base model and
 # the warm-up's checkpoints, in order): what each checkpoint adds to the selection, against its cost.
-CHECKPOINTS_USED = {"drift_base": (0,), "influence": (0,), "drift_last": (0, -1), "drift_late": (0, -2, -1)}
+CHECKPOINTS_USED = {
+    "drift_base": (0,),
+    "influence": (0,),
+    "drift_last": (0, -1),
+    "drift_late": (0, -2, -1),
+    "drift_blend": (0, -2, -1),
+    "drift_blend_gated": (0, -2, -1),
+}
 
 
 def method_cost(

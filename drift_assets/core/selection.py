@@ -169,6 +169,29 @@ def reference_gated(loss_per_token: pl.DataFrame, example_ids: Sequence[str], re
     return kept
 
 
+def blended_ranks(order_ranks: np.ndarray, losses: np.ndarray, weight: float) -> np.ndarray:
+    """Ranks (1 = first) by (1 − ``weight``)·``order_ranks`` + ``weight``·the rank by ``losses`` (the
+    lowest first), both over the same rows; ties (in the losses, then in the blend) go to the better
+    of ``order_ranks``. A soft likelihood guard: a row the base model finds unlikely can still be
+    taken early where the order ranks it high enough, and the reverse."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"influence.likelihood_blend: {weight:g} is not a weight in [0, 1]")
+    order_ranks = np.asarray(order_ranks, dtype=np.float64)
+    loss_ranks = np.empty(len(order_ranks))
+    loss_ranks[np.lexsort((order_ranks, np.asarray(losses, dtype=np.float64)))] = np.arange(1, len(order_ranks) + 1)
+    combined = (1.0 - weight) * order_ranks + weight * loss_ranks
+    ranks = np.empty(len(order_ranks), dtype=np.int64)
+    ranks[np.lexsort((order_ranks, combined))] = np.arange(1, len(order_ranks) + 1)
+    return ranks
+
+
+def blended(
+    ranks_of: Callable[[np.ndarray], np.ndarray], losses: np.ndarray, weight: float
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``ranks_of`` (row indices -> their ranks 1..m) with :func:`blended_ranks` of those rows' ``losses``."""
+    return lambda rows: blended_ranks(ranks_of(rows), losses[rows], weight)
+
+
 def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.ndarray) -> np.ndarray:
     """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
     ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""

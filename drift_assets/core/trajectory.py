@@ -37,7 +37,15 @@ from drift_assets.core.attribution import (
 from drift_assets.core.gradients import vectors
 from drift_assets.core.influence import Curvature, PoolScores, fit_curvature, score_pool
 from drift_assets.core.less import AdamMoments
-from drift_assets.core.selection import gated, likeliest, ranks_taking_first, reference_gated, round_robin_ranks
+from drift_assets.core.selection import (
+    base_losses_of,
+    blended,
+    gated,
+    likeliest,
+    ranks_taking_first,
+    reference_gated,
+    round_robin_ranks,
+)
 from drift_assets.core.sft import SftOptions, SftRun, SftStep, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
@@ -400,6 +408,7 @@ def ranked_scores(
     noise_gate: str = "off",
     losses_along: pl.DataFrame | None = None,
     reference_losses: np.ndarray | None = None,
+    likelihood_blend: float = 0.0,
 ) -> pl.DataFrame:
     """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`) sorted by ``rank``,
     the order the selection takes: with per-query scores, the validation queries taking turns
@@ -410,6 +419,8 @@ def ranked_scores(
     checkpoint, loss_per_token at every checkpoint) before the others, likewise; ``noise_gate:
     reference`` the rows :func:`~drift_assets.core.selection.reference_gated` keeps (``loss_per_token``
     against ``reference_losses``, the validation references' loss per token at the base model).
+    ``likelihood_blend`` w > 0 orders each part by (1 − w)·that order's rank + w·the rank by
+    ``loss_per_token`` (:func:`~drift_assets.core.selection.blended_ranks`).
     ``likely`` marks the rows the guard and the gate take first."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
@@ -426,6 +437,11 @@ def ranked_scores(
         def ranks_of(rows: np.ndarray) -> np.ndarray:
             return round_robin_ranks(matrix[rows])
 
+    if likelihood_blend > 0.0:
+        if loss_per_token is None:
+            raise ValueError("influence.likelihood_blend above 0 needs the base model's loss per token of every pool example")
+        losses = base_losses_of(loss_per_token, frame["example_id"].to_list(), "influence.likelihood_blend")
+        ranks_of = blended(ranks_of, losses, likelihood_blend)
     if likelihood_guard >= 1.0:
         kept = np.ones(frame.height, dtype=bool)
     elif loss_per_token is None:

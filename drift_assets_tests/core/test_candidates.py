@@ -185,3 +185,41 @@ def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
     got = scorer.scores(scoring, pool, at=checkpoints_used("drift_last", 3))
     np.testing.assert_allclose(got["score"].to_numpy(), expected["score"].to_numpy(), rtol=1e-6)
     assert got["example_id"].to_list() == expected["example_id"].to_list()
+
+
+def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_inside_each_gated_part():
+    from drift_assets.core.selection import blended_ranks
+
+    # By hand, order ranks (1, 2, 3, 4) and loss ranks (4, 1, 2, 3): with w = 0.5 the blends are
+    # 2.5, 1.5, 2.5, 3.5, so row 1 first, then the tie of rows 0 and 2 to the better order rank (0).
+    losses = np.array([0.9, 0.1, 0.2, 0.3])
+    assert blended_ranks(np.array([1, 2, 3, 4]), losses, 0.5).tolist() == [2, 1, 3, 4]
+    assert blended_ranks(np.array([1, 2, 3, 4]), losses, 0.0).tolist() == [1, 2, 3, 4]  # the order alone
+    assert blended_ranks(np.array([1, 2, 3, 4]), losses, 1.0).tolist() == [4, 1, 2, 3]  # the loss filter
+    # Equal losses leave the order as it was.
+    assert blended_ranks(np.array([3, 1, 2]), np.array([0.5, 0.5, 0.5]), 0.5).tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="likelihood_blend: 1.5"):
+        blended_ranks(np.array([1, 2]), np.array([0.1, 0.2]), 1.5)
+
+    rng = np.random.default_rng(5)
+    ids = [f"e{i:02d}" for i in range(12)]
+    checkpoint, _ = _checkpoint()
+    checkpoint = CheckpointGradients.in_memory(
+        "base", ids, rng.normal(size=(12, 3)).astype(np.float32), checkpoint.validation_gradients, checkpoint.grades, {("m", "p")}
+    )
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 12, "n_response_tokens": [2] * 12})
+    along = score_along([checkpoint], ScoringSettings(weighting="signed", debias="none", ranking="score"))
+    plain = ranked_scores(along, pool)["example_id"].to_list()
+    # The losses reverse the plain order: with equal weights every blend ties, and the order stands;
+    # with more weight on the likelihood the order reverses.
+    loss_per_token = pl.DataFrame({"example_id": plain, "loss_per_token": [float(12 - i) for i in range(12)]})
+    assert ranked_scores(along, pool, loss_per_token, likelihood_blend=0.5)["example_id"].to_list() == plain
+    assert ranked_scores(along, pool, loss_per_token, likelihood_blend=0.6)["example_id"].to_list() == plain[::-1]
+    # Inside the reference gate: the gated rows (loss above every reference) come last, each part blended.
+    references = np.full(10, 9.5)
+    gated_order = ranked_scores(
+        along, pool, loss_per_token, noise_gate="reference", reference_losses=references, likelihood_blend=0.6
+    )["example_id"].to_list()
+    assert gated_order == plain[3:][::-1] + plain[:3][::-1]  # losses 12, 11, 10 are above 9.5
+    with pytest.raises(ValueError, match="likelihood_blend above 0 needs"):
+        ranked_scores(along, pool, likelihood_blend=0.5)
