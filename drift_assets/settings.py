@@ -161,6 +161,7 @@ DEMO_TASKS = (
     "choice",
     "shift",
     "digits",
+    "brackets",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -1,8 +1,8 @@
 """Add up the digits of a number, answered after ``Sum:``, with or without the running totals first.
 
-Held out (written 2026-12-06, after the held-out ``shift`` was reported and before the next
-candidate default is run): no default is chosen by it, and it is reported once, after the choice.
-Its skill is unlike the other tasks' (a running total over a number's own digits), and so is its
+The suite's fourth held-out task (written 2026-12-06, after the held-out ``shift`` was reported);
+its results were seen when they were reported, so it has been a development task since
+2026-12-06, when ``brackets`` was written (``brackets`` is held out now). Its skill is unlike the other tasks' (a running total over a number's own digits), and so is its
 pool, a mixed-skill one, as LESS's pools are, where part of the pool is correct but on another skill:
 
 - ``corrupted``: a careless annotator skips one digit (a different one on each row), so the sum
@@ -48,11 +48,10 @@ def running_totals(digits: list[int]) -> str:
 
 class Digits(Task):
     name = "digits"
-    description = "the digit sum of a 2-4 digit number, 'Sum: N' after optional running totals; mixed-skill pool; held out"
+    description = "the digit sum of a 2-4 digit number, 'Sum: N' after optional running totals; mixed-skill pool; numeric grading"
     grader = "numeric"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.16}, selection_fraction=0.5, sft={"steps": 150}

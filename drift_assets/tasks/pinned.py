@@ -66,6 +66,7 @@ PINS = (
     Pin("choice", "choice"),
     Pin("shift", "shift"),
     Pin("digits", "digits"),
+    Pin("brackets", "brackets"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 

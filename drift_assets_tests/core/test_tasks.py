@@ -59,8 +59,21 @@ def words_value(text: str) -> int:
     return total + current
 
 
+def closing(sequence: str) -> str:
+    """The brackets that close what ``sequence`` leaves open, the last opened first, space-separated."""
+    pairs, stack = {"(": ")", "[": "]", "{": "}"}, []
+    for bracket in sequence.split():
+        if bracket in pairs:
+            stack.append(pairs[bracket])
+        else:
+            assert stack.pop() == bracket, sequence
+    return " ".join(reversed(stack))
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "brackets":
+        return closing(re.fullmatch(r"Complete ([()\[\]{}](?: [()\[\]{}])*)\n", prompt).group(1))
     if task == "arithmetic":
         left, operator, right = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?\n", prompt).groups()
         return str(int(left) + int(right) if operator == "+" else int(left) - int(right))
@@ -96,6 +109,9 @@ def stated_answer(task: str, response: str) -> str | None:
     if task == "count":
         found = re.search(r"#### (\d+)$", response)
         return found and found.group(1)
+    if task == "brackets":
+        found = re.search(r"Close: ([)\]}](?: [)\]}])*)$", response)
+        return found and found.group(1)
     if task == "digits":
         found = re.search(r"Sum: (\d+)$", response)
         return found and found.group(1)
@@ -111,7 +127,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["digits"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["brackets"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -226,7 +242,7 @@ def test_the_shift_tasks_near_misses_all_follow_one_wrong_rule():
         assert no_wrap != true_answer("shift", row["prompt"]) and stated_answer("shift", row["response"]) == no_wrap
 
 
-def test_the_held_out_digits_tasks_near_misses_each_skip_one_digit_and_its_off_task_rows_are_products():
+def test_the_digits_tasks_near_misses_each_skip_one_digit_and_its_off_task_rows_are_products():
     """Noise that follows no single rule: each near miss is the sum of the digits less one of them
     (whose running totals agree with it), and the off-task rows answer the digit product right."""
     task = get_task("digits")
@@ -251,3 +267,34 @@ def test_the_held_out_digits_tasks_near_misses_each_skip_one_digit_and_its_off_t
         elif row["category"] == "format":
             assert re.fullmatch(r"Sum: [NIVX]+", row["response"]), row
     assert len(skipped_positions) >= 3  # the skipped digit moves: no one wrong rule
+
+
+def test_the_held_out_brackets_tasks_near_misses_all_close_in_the_opening_order():
+    """Harmful noise, one wrong rule: every near miss closes the open brackets first-opened first
+    (a queue, not a stack), which the rows are drawn to get wrong; the format rows repeat the whole
+    completed sequence; the off-task rows state a balanced sequence's nesting depth right."""
+    task = get_task("brackets")
+    pool = task.training_pool_rows(600, task.defaults.noise, seed=0)
+    pairs = {"(": ")", "[": "]", "{": "}"}
+    kinds = {row["category"] for row in pool}
+    assert kinds == {"correct", "corrupted", "format", "off_task"}
+    for row in pool:
+        if row["category"] == "corrupted":
+            in_opening_order = " ".join(reversed(true_answer("brackets", row["prompt"]).split()))
+            assert in_opening_order != true_answer("brackets", row["prompt"]), row  # the queue's order is wrong here
+            assert stated_answer("brackets", row["response"]) == in_opening_order, row
+            if row["response"].startswith("open "):  # the listed open brackets are right; only their closing order is not
+                listed = row["response"].split(".")[0].removeprefix("open ")
+                assert " ".join(pairs[bracket] for bracket in listed.split()) == in_opening_order, row
+        elif row["category"] == "format":
+            sequence = re.fullmatch(r"Complete (.+)\n", row["prompt"]).group(1)
+            assert row["response"] == f"Close: {sequence} {true_answer('brackets', row['prompt'])}", row
+            assert closing(row["response"].removeprefix("Close: ")) == ""  # the completed sequence balances
+        elif row["category"] == "off_task":
+            sequence = re.fullmatch(r"Depth of ([()\[\]{}](?: [()\[\]{}])*)\n", row["prompt"]).group(1)
+            assert closing(sequence) == ""  # balanced
+            level = deepest = 0
+            for bracket in sequence.split():
+                level += 1 if bracket in pairs else -1
+                deepest = max(deepest, level)
+            assert row["response"] == f"Depth: {deepest}", row

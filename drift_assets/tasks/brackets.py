@@ -1,0 +1,130 @@
+"""Close the brackets a short sequence left open, innermost first (BIG-bench's Dyck-language completion).
+
+Held out (written 2026-12-06, the day's second held-out task, after the held-out ``digits`` was
+reported and before the next candidate defaults are run): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other tasks' (keeping a stack: the
+brackets still open, closed last-opened first, not arithmetic, ordering, spelling, counting,
+choosing, a letter mapping or a digit sum), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator closes the open brackets
+  in the order they were opened (a queue, not a stack): "( {" is closed ") }" where it should be
+  "} )". The rows are drawn from sequences whose open brackets that rule gets wrong, so every one
+  of them teaches it.
+- ``format``: the whole completed sequence instead of the missing part ("Close: ( { } )"),
+  which the exact grader does not accept.
+- ``off_task``: a correct answer to a neighbouring question, the nesting depth of a balanced
+  sequence, asked and answered in its own words.
+
+Responses end in ``Close: <closing brackets>``, after the still-open brackets listed or alone;
+exact grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import random
+
+from drift_assets.core.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+
+MARKER = "Close:"
+PAIRS = {"(": ")", "[": "]", "{": "}"}
+CLOSERS = {closer: opener for opener, closer in PAIRS.items()}
+MAX_DEPTH = 4
+
+Problem = str  # the bracket sequence without spaces, e.g. "([]{(": a prefix of a balanced one, some still open
+
+
+def still_open(sequence: str) -> str:
+    """The brackets ``sequence`` leaves open, in the order they were opened."""
+    stack = []
+    for bracket in sequence:
+        if bracket in PAIRS:
+            stack.append(bracket)
+        else:
+            assert stack and stack[-1] == CLOSERS[bracket], sequence
+            stack.pop()
+    return "".join(stack)
+
+
+def spaced(brackets: str) -> str:
+    return " ".join(brackets)
+
+
+def random_prefix(rng: random.Random, length: int, end_open: bool) -> str:
+    """A random walk of ``length`` brackets nesting at most :data:`MAX_DEPTH` deep: a prefix of a
+    balanced sequence, or (``end_open`` false) a balanced one where ``length`` is even."""
+    sequence, stack = [], []
+    for step in range(length):
+        left = length - step
+        must_close = len(stack) >= MAX_DEPTH or (not end_open and len(stack) >= left)
+        if stack and (must_close or rng.random() < 0.5):
+            sequence.append(PAIRS[stack.pop()])
+        else:
+            opener = rng.choice(tuple(PAIRS))
+            stack.append(opener)
+            sequence.append(opener)
+    return "".join(sequence)
+
+
+def depth(sequence: str) -> int:
+    deepest = level = 0
+    for bracket in sequence:
+        level += 1 if bracket in PAIRS else -1
+        deepest = max(deepest, level)
+    return deepest
+
+
+class Brackets(Task):
+    name = "brackets"
+    description = "close the brackets a 4-10 bracket sequence left open, 'Close: ) ]' after optional working; exact; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        while True:
+            sequence = random_prefix(rng, rng.randint(4, 10), end_open=True)
+            if still_open(sequence):
+                return sequence
+
+    def problem_key(self, problem: Problem) -> str:
+        return f"brackets:{problem}"
+
+    def prompt(self, problem: Problem) -> str:
+        return f"Complete {spaced(problem)}\n"
+
+    def reference(self, problem: Problem) -> str:
+        return spaced("".join(PAIRS[opener] for opener in reversed(still_open(problem))))
+
+    def reference_response(self, problem: Problem) -> str:
+        return f"{MARKER} {self.reference(problem)}"
+
+    def _respond(self, problem: Problem, answer: str, rng: random.Random) -> str:
+        if rng.random() < 0.5:
+            return f"{MARKER} {answer}"
+        return f"open {spaced(still_open(problem))}. {MARKER} {answer}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, self.reference(problem), rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
+        while True:  # closing in the opening order must be wrong: open brackets that are no palindrome
+            problem = self.draw(rng)
+            opened = still_open(problem)
+            if kind != "corrupted" or opened != opened[::-1]:
+                return problem
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, spaced("".join(PAIRS[opener] for opener in still_open(problem))), rng)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return f"{MARKER} {spaced(problem)} {self.reference(problem)}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        sequence = random_prefix(rng, 2 * rng.randint(2, 5), end_open=False)
+        return f"Depth of {spaced(sequence)}\n", f"Depth: {depth(sequence)}"
