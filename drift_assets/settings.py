@@ -633,6 +633,8 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_reference_gated",
     "drift_last",
     "drift_late",
+    "drift_blend",
+    "drift_blend_gated",
 )
 # The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
@@ -650,6 +652,8 @@ ABLATIONS_ON_REQUEST = (
     "drift_reference_gated",
     "drift_last",
     "drift_late",
+    "drift_blend",
+    "drift_blend_gated",
 )
 
 
