@@ -195,8 +195,9 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
 
         table = benchmark_table(finished(), methods, scores, training_pool, selections)
         # Beside each method's accuracy, what choosing its examples cost (the influence methods: the
-        # pipeline's steps, as their latest materializations recorded them).
-        pipeline = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False)
+        # pipeline's steps, as their latest materializations recorded them, from scratch: rows a
+        # materialization reused cost the method as much as the run that first computed them).
+        pipeline = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False, whole=True)
         validation_tokens = sum(
             reference_tokens(tokenizer, prompt, response)
             for prompt, response in zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)

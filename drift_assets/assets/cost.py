@@ -71,10 +71,11 @@ def recorded_costs(instance: DagsterInstance, settings: Settings, evaluation: bo
 
 
 def recorded_pipeline_cost(
-    instance: DagsterInstance, settings: Settings, pool: pl.DataFrame, evaluation: bool = True
+    instance: DagsterInstance, settings: Settings, pool: pl.DataFrame, evaluation: bool = True, whole: bool = False
 ) -> PipelineCost:
-    """The pipeline's cost as its latest materializations recorded it, against one full-pool SFT run."""
-    return pipeline_cost(recorded_costs(instance, settings, evaluation), full_sft_reference(settings, pool))
+    """The pipeline's cost as its latest materializations recorded it, against one full-pool SFT run
+    (``whole``: each table's cost from scratch, where a materialization reused stored rows)."""
+    return pipeline_cost(recorded_costs(instance, settings, evaluation), full_sft_reference(settings, pool), whole)
 
 
 def cost_plot(cost: PipelineCost) -> MetadataValue:

@@ -257,13 +257,19 @@ def build_gradient_assets(settings: Settings) -> list:
                 "rows_computed": todo.height,
                 "wall_seconds": time.perf_counter() - started,
                 "device": model.device_label,
-                # The examples computed here (reused rows cost nothing again), prompt and response.
+                # The examples computed here (reused rows cost nothing again), prompt and response;
+                # and, where rows were reused, what the whole shard costs from scratch.
                 **gradient_pass_cost(
                     "gradients",
                     (todo["n_prompt_tokens"] + todo["n_response_tokens"]).to_list() if todo.height else [],
                     time.perf_counter() - started,
                     checkpoint,
-                ).metadata(full_sft_reference(reads_all, training_pool)),
+                ).metadata(
+                    full_sft_reference(reads_all, training_pool),
+                    gradient_pass_cost("gradients", (examples["n_prompt_tokens"] + examples["n_response_tokens"]).to_list())
+                    if reused.height
+                    else None,
+                ),
             },
         )
         yield vectors_result("vectors_finite", table)

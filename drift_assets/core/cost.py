@@ -66,13 +66,16 @@ class StageCost:
         """Token passes per token pass of ``reference`` (None where it has none)."""
         return self.token_passes / reference.token_passes if reference.token_passes else None
 
-    def metadata(self, reference: StageCost | None = None) -> dict[str, float | int]:
-        """What an asset's metadata shows of it (with the ratio to ``reference`` where given)."""
+    def metadata(self, reference: StageCost | None = None, whole: StageCost | None = None) -> dict[str, float | int]:
+        """What an asset's metadata shows of it (with the ratio to ``reference`` where given). ``whole``:
+        what the table would have cost from scratch, where this materialization reused stored rows."""
         figures: dict[str, float | int] = {
             "cost_forward_tokens": self.forward_tokens,
             "cost_backward_tokens": self.backward_tokens,
             "cost_token_passes": self.token_passes,
         }
+        if whole is not None:
+            figures |= {"cost_whole_forward_tokens": whole.forward_tokens, "cost_whole_backward_tokens": whole.backward_tokens}
         if reference is not None and reference.token_passes:
             figures["cost_vs_full_sft"] = round(self.token_passes / reference.token_passes, 4)
         if self.wall_seconds is not None:
@@ -80,16 +83,20 @@ class StageCost:
         return figures
 
     @classmethod
-    def from_metadata(cls, stage: str, figures: Mapping[str, object], checkpoint: str | None = None) -> StageCost | None:
+    def from_metadata(
+        cls, stage: str, figures: Mapping[str, object], checkpoint: str | None = None, whole: bool = False
+    ) -> StageCost | None:
         """The cost :meth:`metadata` recorded (None where ``figures`` holds none: a materialization
-        written before costs were recorded)."""
+        written before costs were recorded); ``whole``: what the table costs from scratch, where the
+        materialization reused stored rows (a method's cost is that of computing what it reads)."""
         if "cost_forward_tokens" not in figures:
             return None
+        prefix = "cost_whole_" if whole and "cost_whole_forward_tokens" in figures else "cost_"
         seconds = figures.get("cost_wall_seconds")
         return cls(
             stage,
-            int(figures["cost_forward_tokens"]),
-            int(figures.get("cost_backward_tokens") or 0),
+            int(figures[f"{prefix}forward_tokens"]),
+            int(figures.get(f"{prefix}backward_tokens") or 0),
             None if seconds is None else float(seconds),
             checkpoint,
         )
@@ -256,8 +263,9 @@ def checkpoint_label(checkpoint: str) -> str:
     return f"{int(checkpoint)} steps" if checkpoint.isdigit() else checkpoint
 
 
-def pipeline_cost(recorded: Iterable[Recorded], reference: StageCost) -> PipelineCost:
-    """The pipeline's cost from the latest materialization of each configured partition.
+def pipeline_cost(recorded: Iterable[Recorded], reference: StageCost, whole: bool = False) -> PipelineCost:
+    """The pipeline's cost from the latest materialization of each configured partition (``whole``:
+    each table's cost from scratch, where a materialization reused stored rows).
 
     A run that materialized several partitions at once (the warm-up run saves every checkpoint in
     one) recorded its cost on each of them: it counts once. A partition whose record holds no cost
@@ -269,7 +277,7 @@ def pipeline_cost(recorded: Iterable[Recorded], reference: StageCost) -> Pipelin
         stage = STAGE_OF_ASSET.get(record.asset)
         if stage is None:
             raise ValueError(f"{record.asset} records no cost (costed assets: {', '.join(STAGE_OF_ASSET)})")
-        cost = StageCost.from_metadata(stage, record.figures, record.checkpoint)
+        cost = StageCost.from_metadata(stage, record.figures, record.checkpoint, whole)
         if cost is None:
             missing.append(record.asset if record.partition is None else f"{record.asset}[{record.partition}]")
             continue

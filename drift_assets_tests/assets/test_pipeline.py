@@ -273,15 +273,21 @@ def test_appending_to_the_pool_computes_gradients_only_for_new_examples(private_
         handle.write("\n".join(extra) + "\n")
     observe_sources(defs, instance)
     materialize_assets(defs, instance, [AssetKey("training_pool"), AssetKey("training_pool_rejects")])
-    computed = reused = 0
+    computed = reused = computed_tokens = whole_tokens = 0
     for shard in ("000", "001", "002"):
         materialize_assets(defs, instance, [AssetKey("training_gradient_projections")], partition_key=f"base|{shard}")
         metadata = latest_metadata(instance, "training_gradient_projections")
         computed += metadata["rows_computed"]
         reused += metadata["rows_reused"]
+        computed_tokens += metadata["cost_backward_tokens"]
+        whole_tokens += metadata.get("cost_whole_backward_tokens", metadata["cost_backward_tokens"])
     assert computed == 7
     assert reused == before
     pool = read(settings, "training_pool")
+    # The run's cost counts the new rows; the table's cost from scratch (a method's, in the benchmark) every row.
+    appended = pool.filter(pl.col("note") == "appended")
+    assert computed_tokens == (appended["n_prompt_tokens"] + appended["n_response_tokens"]).sum()
+    assert whole_tokens == (pool["n_prompt_tokens"] + pool["n_response_tokens"]).sum()
     assert pool.height == before + 7
     assert pool.filter(pl.col("note") == "appended").height == 7
 

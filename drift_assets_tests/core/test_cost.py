@@ -65,6 +65,28 @@ def test_a_stage_cost_reads_back_from_its_metadata():
     assert StageCost.from_metadata("gradients", {"rows": 3}) is None  # a materialization from before costs
 
 
+def test_a_materialization_that_reused_rows_records_what_it_computed_and_what_the_table_costs_from_scratch():
+    computed, whole = StageCost("gradients", 10, 10, 1.0, "base"), StageCost("gradients", 400, 400)
+    figures = computed.metadata(whole=whole)
+    assert figures["cost_token_passes"] == 30 and (
+        figures["cost_whole_forward_tokens"],
+        figures["cost_whole_backward_tokens"],
+    ) == (
+        400,
+        400,
+    )
+    assert StageCost.from_metadata("gradients", figures, "base") == computed  # what this run cost
+    assert StageCost.from_metadata("gradients", figures, "base", whole=True) == StageCost("gradients", 400, 400, 1.0, "base")
+    # Nothing reused: the table's cost is the run's.
+    assert StageCost.from_metadata("gradients", computed.metadata(), "base", whole=True) == computed
+    records = [
+        Recorded("training_gradient_projections", "base|000", "base", "again", figures),
+        Recorded("warmup_checkpoints", "000010", "000010", "warm", StageCost("x", 100, 100).metadata()),
+    ]
+    assert pipeline_cost(records, REFERENCE).total.token_passes == 30 + 300
+    assert pipeline_cost(records, REFERENCE, whole=True).total.token_passes == 1200 + 300
+
+
 def record(asset, checkpoint, run, forward, backward=0, seconds=1.0, partition=None):
     figures = StageCost("x", forward, backward, seconds).metadata()
     return Recorded(asset, partition or checkpoint, checkpoint, run, figures)
