@@ -403,12 +403,12 @@ def merged(results: list[dict]) -> list[dict]:
     return list(by_draw.values())
 
 
-def print_report(results: list[dict]) -> None:
+def print_report(results: list[dict], default: str = "drift") -> None:
     for result in results:
         print("\n" + task_report(result))
     print("\n" + overall_report(results))
     versus_default = (
-        versus_default_report(results) if any(row["method"] == "drift" for r in results for row in r["table"]) else ""
+        versus_default_report(results, default) if any(row["method"] == default for r in results for row in r["table"]) else ""
     )
     if versus_default:
         print("\n" + versus_default)
@@ -461,10 +461,17 @@ def main() -> None:
         help="print the report of earlier runs' figures (their --output files) together, runs of the same task draw "
         "joined (a later file's rows replace an earlier one's for the methods both measured); run nothing",
     )
+    parser.add_argument(
+        "--default",
+        default="drift",
+        help="the method every other is compared with under the rule (e.g. an ablation that runs the default's "
+        "settings where the workspaces were materialized with others)",
+    )
     args = parser.parse_args()
     if args.report:
         print_report(
-            merged([result for path in args.report.split(",") for result in json.loads(Path(path).read_text())["results"]])
+            merged([result for path in args.report.split(",") for result in json.loads(Path(path).read_text())["results"]]),
+            args.default,
         )
         return
     import yaml
@@ -511,7 +518,7 @@ def main() -> None:
         print(f"\nsuite: {len(results)} task draws materialized in {total / 60:.1f} min")
         return
     Path(args.output).write_text(json.dumps({"results": results, "seconds": total, "argv": sys.argv[1:]}, indent=1, default=str))
-    print_report(results)
+    print_report(results, args.default)
     print(f"\nsuite: {len(results)} task draws in {total / 60:.1f} min; figures in {args.output}")
 
 
