@@ -20,6 +20,12 @@ def judged(fraction: float, upstream_version: str = "1") -> Definitions:
     return defs
 
 
+def execute_check(defs, key, instance) -> bool:
+    """A run of the check alone, as the UI's Execute button launches it."""
+    run = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={key})
+    return run.execute_in_process(instance=instance).success
+
+
 def shown(defs, instance) -> dict | None:
     return shown_check(defs, instance, "study", "study_current")["latest"]
 
@@ -33,6 +39,11 @@ def test_a_stale_job_written_asset_fails_its_current_check_naming_the_cause_and_
         assert events == []
         check = shown_check(defs, instance, "study", "study_current")
         assert check == {"blocking": False, "executable": "CAN_EXECUTE", "latest": None}
+        # Executed from the UI (the check's Execute button) before the job ever ran: it says to launch it.
+        key = AssetCheckKey(AssetKey("study"), "study_current")
+        assert execute_check(defs, key, instance)
+        never = shown(defs, instance)
+        assert (never["status"], never["metadata"]["message"]) == ("FAILED", "study was never written: launch the study job")
 
         defs.resolve_job_def("study").execute_in_process(instance=instance)
         events, cursor = tick(defs, instance, cursor)
@@ -54,10 +65,8 @@ def test_a_stale_job_written_asset_fails_its_current_check_naming_the_cause_and_
         assert stale["metadata"]["causes"] == "- settings changed: selection.fraction: 0.5 → 0.3"
         assert stale["metadata"]["job"] == job_path("study")
         assert stale["metadata"]["status"] == "STALE"
-        # Executed from the UI (the check's Execute button): the same verdict, from a run.
-        key = AssetCheckKey(AssetKey("study"), "study_current")
-        run = changed.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={key})
-        assert run.execute_in_process(instance=instance).success
+        # Executed from the UI: the same verdict, from a run.
+        assert execute_check(changed, key, instance)
         assert shown(changed, instance)["description"] == stale["description"]
 
         # The job ran with the new setting: the failed verdict is not of the new table, and the next tick passes it.
