@@ -11,11 +11,22 @@ would re-run GPU steps for nothing.
 
 :class:`Unsynced` runs Python of its own, so the automation sensor is evaluated in the code
 location's process (``use_user_code_server``), not in the daemon.
+
+The method benchmark, an external asset its own job writes, is never refreshed and never marked
+"Unsynced" by Dagster: :func:`current_checks` gives it a warning check that shows in the UI whether
+it is stale and why, kept current by a sensor that is on by default (it launches nothing).
 """
 
 import logging
+from collections.abc import Callable
 
-from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, define_asset_job
+from dagster import (
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    SensorDefinition,
+    define_asset_job,
+)
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.declarative_automation.automation_condition import AutomationResult
 
@@ -154,3 +165,80 @@ def with_automation(definition):
     if groups <= _REFRESHED_GROUPS:
         return definition.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=refresh_condition()))
     return definition
+
+
+CURRENT_SENSOR = "job_written_assets_current"
+
+
+def current_checks(assets: list[str], asset_graph: Callable[[], object]) -> tuple[list, SensorDefinition]:
+    """For each external asset a job writes (the method benchmark), a warning check ``<asset>_current``
+    that shows in the UI whether it is stale and why, with a link to its job (Dagster's "Unsynced"
+    badge leaves external assets out), and the sensor that judges them every minute and reports
+    each verdict that changed, so the check is current without anyone launching the job or the check.
+    ``asset_graph``: the graph of the definitions they are part of."""
+    import json
+
+    from dagster import (
+        AssetCheckResult,
+        AssetCheckSeverity,
+        AssetKey,
+        DefaultSensorStatus,
+        SensorResult,
+        asset_check,
+        sensor,
+    )
+
+    from drift_assets.staleness import current_check_name, current_evaluation, job_name
+
+    def check_of(asset: str):
+        key = AssetKey(asset)
+
+        @asset_check(
+            asset=key,
+            name=current_check_name(key),
+            blocking=False,
+            description=f"Whether {asset} is up to date with the settings it reads and the data of its inputs, "
+            f"judged from what its job recorded; fails (a warning) naming each changed setting with its old "
+            f"and new values, or each input with new data. The {CURRENT_SENSOR} sensor evaluates it every minute.",
+        )
+        def current(context) -> AssetCheckResult:
+            graph = asset_graph()
+            evaluation = current_evaluation(graph, context.instance, key)
+            if evaluation is None:
+                message = f"{asset} was never written: launch the {job_name(graph, key)} job"
+                return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, metadata={"message": message})
+            return AssetCheckResult(
+                passed=evaluation.passed,
+                severity=evaluation.severity,
+                description=evaluation.description,
+                metadata=evaluation.metadata,
+            )
+
+        return current
+
+    @sensor(
+        name=CURRENT_SENSOR,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,  # reads a few event-log records; launches nothing
+        description=f"Judges whether {', '.join(assets)} (external, written by a job launched on purpose) is stale and "
+        "reports the verdict as its <asset>_current check whenever it changes.",
+    )
+    def judge(context):
+        graph = asset_graph()
+        told = json.loads(context.cursor) if context.cursor else {}
+        events = []
+        for asset in assets:
+            evaluation = current_evaluation(graph, context.instance, AssetKey(asset))
+            if evaluation is None:  # never written: the UI says so itself
+                told.pop(asset, None)
+                continue
+            verdict = [evaluation.target_materialization_data.storage_id, evaluation.passed, evaluation.description]
+            if told.get(asset) != verdict:
+                events.append(evaluation)
+                told[asset] = verdict
+        cursor = json.dumps(told, sort_keys=True)
+        if not events:
+            return SensorResult(skip_reason="no verdict changed", cursor=cursor)
+        return SensorResult(asset_events=events, cursor=cursor)
+
+    return [check_of(asset) for asset in assets], judge

@@ -12,7 +12,7 @@ from drift_assets.assets.refine import build_refine_assets
 from drift_assets.assets.rollouts import build_rollout_assets
 from drift_assets.assets.sources import build_source_assets
 from drift_assets.assets.warmup import build_warmup_assets
-from drift_assets.automation import automation_sensor, build_jobs, with_automation
+from drift_assets.automation import automation_sensor, build_jobs, current_checks, with_automation
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
 from drift_assets.terminal import hide_beta_warnings, terminal_logger
@@ -34,6 +34,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
     if settings.checkpoints[1:]:  # a warm-up run's checkpoints, or the directories warmup.checkpoints lists
         assets += build_warmup_assets(settings)
     jobs = build_jobs(warmup=bool(settings.checkpoints[1:]))
+    sensors = [automation_sensor()]
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
         # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.
@@ -41,6 +42,10 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
         benchmark, benchmark_job = build_benchmark(settings, lambda: definitions.resolve_asset_graph())
         assets.append(benchmark)
         jobs.append(benchmark_job)
+        # Dagster marks no external asset "Unsynced": a check, kept current by a sensor, shows it stale.
+        checks, judge = current_checks([benchmark.key.to_user_string()], lambda: definitions.resolve_asset_graph())
+        assets += checks
+        sensors.append(judge)
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     assets = [with_automation(a) for a in assets]
@@ -51,7 +56,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
         # pool anyway). A cluster gives each step a pod of its own instead (drift_assets.cluster).
         executor=executor,
         jobs=jobs,
-        sensors=[automation_sensor()],
+        sensors=sensors,
         assets=[a for a in assets if not isinstance(a, AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, AssetChecksDefinition)],
         loggers={"console": terminal_logger},  # used where a run's config selects it (runs started from Python)

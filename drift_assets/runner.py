@@ -285,7 +285,7 @@ def materialize_pipeline(
     observe_sources(defs, instance, verbose)
     if only_stale:
         pending = needs_materialization(defs, instance, damaged)
-        from drift_assets.staleness import JOB_KEY, job_written, stale_causes
+        from drift_assets.staleness import job_name, job_written, stale_causes
 
         # Why each is refreshed: a settings change named with its old and new values. Only told: a
         # question Dagster cannot answer here leaves the run as it is.
@@ -295,7 +295,7 @@ def materialize_pipeline(
             logger.warning(f"why the stale assets are stale could not be read ({type(error).__name__}: {error})")
             causes = {}
         graph = defs.resolve_asset_graph()
-        jobs = {key.to_user_string(): graph.get(key).metadata[JOB_KEY].url.rsplit("/", 1)[-1] for key in job_written(graph)}
+        jobs = {key.to_user_string(): job_name(graph, key) for key in job_written(graph)}
         for name, told in causes.items():
             # An external asset's job is launched on purpose, never by this refresh.
             launch = f" (not refreshed here: launch the {jobs[name]} job to bring it up to date)" if name in jobs else ""

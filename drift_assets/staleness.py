@@ -114,6 +114,58 @@ def job_written_staleness(graph, instance: DagsterInstance, key: AssetKey) -> tu
     return ("STALE" if causes else "FRESH"), causes
 
 
+def current_check_name(key: AssetKey) -> str:
+    """The check on a job-written asset that tells, in the UI, whether it is stale: ``method_benchmark_current``."""
+    return f"{'_'.join(key.path)}_current"
+
+
+def job_name(graph, key: AssetKey) -> str:
+    """The job that writes the external asset ``key`` (the last part of its definition's job link)."""
+    return _value(graph.get(key).metadata[JOB_KEY]).rsplit("/", 1)[-1]
+
+
+def current_evaluation(graph, instance: DagsterInstance, key: AssetKey):
+    """The verdict of ``key``'s :func:`current_check_name` check, as an ``AssetCheckEvaluation`` of its
+    latest materialization: passed where :func:`job_written_staleness` calls it fresh, else a warning
+    whose description and metadata name the causes (settings with their old and new values, inputs
+    with new data) and link the job that writes it. None while it was never written."""
+    from dagster import AssetCheckEvaluation, AssetCheckSeverity, MetadataValue
+
+    # The public evaluation's field for the materialization judged (its class is not exported): without
+    # it the UI judges by timestamps, which its SQLite storage keeps to the second.
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    # Read before the judgement: a materialization written meanwhile is judged again (by its storage id).
+    record = _latest_record(instance, key)
+    if record is None:
+        return None
+    status, causes = job_written_staleness(graph, instance, key)
+    job = job_name(graph, key)
+    if causes:
+        description = f"{key.to_user_string()} is stale: {'; '.join(causes)}. Launch the {job} job to bring it up to date."
+    else:
+        description = f"{key.to_user_string()} is up to date: its {job} job read the settings and input data there are now."
+    return AssetCheckEvaluation(
+        asset_key=key,
+        check_name=current_check_name(key),
+        passed=not causes,
+        severity=AssetCheckSeverity.WARN,
+        blocking=False,
+        description=description,
+        metadata={
+            "status": status,
+            "causes": MetadataValue.md("\n".join(f"- {cause}" for cause in causes) or "none"),
+            JOB_KEY: graph.get(key).metadata[JOB_KEY],
+            "message": description if causes else "ok",
+        },
+        target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
+            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+        ),
+    )
+
+
 def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, str]:
     """``{"rollouts": "FRESH", "training_gradient_projections[001]": "STALE", …}`` for every materializable
     asset, and every external asset a job writes (:func:`job_written_staleness`)."""

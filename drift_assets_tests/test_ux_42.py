@@ -21,6 +21,7 @@ from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_assets, observe_sources, partition_keys, run_method_benchmark
 from drift_assets.staleness import asset_statuses, stale_causes
 from drift_assets_tests.conftest import instance_in, settings_in
+from drift_assets_tests.helpers.current_check import shown_check, tick
 
 # The benchmark at its cheapest: one method, one seed, a few SFT steps.
 CHEAP_BENCHMARK = {"benchmark": {"methods": ["random"], "seeds": [0], "sft": {"steps": 4, "batch_size": 8}}}
@@ -61,6 +62,26 @@ def test_the_method_benchmark_shows_stale_naming_the_setting_that_changed_and_li
     assert f"]({JOB_PATH})" in page["description"]
     # Back to the settings it was run with: fresh.
     assert asset_statuses(defs, instance)["method_benchmark"] == "FRESH"
+
+
+def test_the_ui_shows_the_method_benchmark_stale_as_its_failed_current_check_and_current_once_the_settings_are_back(benchmarked):
+    """The sensor's ticks over the real definitions (the settings the benchmark ran with, a changed
+    setting, the first again), each verdict read back as the asset page's Checks tab shows it."""
+    directory, defs, instance = benchmarked
+    changed = build_definitions(settings_in(directory, **CHEAP_BENCHMARK, selection={"fraction": 0.3}))
+    events, cursor = tick(defs, instance)
+    assert [event.passed for event in events] == [True]
+    assert shown_check(defs, instance, "method_benchmark", "method_benchmark_current")["latest"]["status"] == "SUCCEEDED"
+    events, cursor = tick(changed, instance, cursor)
+    assert [event.passed for event in events] == [False]
+    stale = shown_check(changed, instance, "method_benchmark", "method_benchmark_current")["latest"]
+    assert (stale["status"], stale["severity"]) == ("FAILED", "WARN")
+    assert stale["metadata"]["causes"] == "- settings changed: selection.fraction: 0.5 → 0.3"
+    assert stale["metadata"]["job"] == JOB_PATH
+    assert "Launch the method_benchmark job" in stale["description"]
+    events, _ = tick(defs, instance, cursor)
+    assert [event.passed for event in events] == [True]
+    assert shown_check(defs, instance, "method_benchmark", "method_benchmark_current")["latest"]["status"] == "SUCCEEDED"
 
 
 def test_an_input_with_new_data_makes_the_method_benchmark_stale_and_every_shard_tells_the_pass(benchmarked, caplog):

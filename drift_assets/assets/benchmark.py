@@ -85,8 +85,9 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
         kinds={"pytorch", "delta"},
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds; "
         f"written by the [method_benchmark job]({job_path(BENCHMARK)}), launched on purpose (Materialize all leaves "
-        "it out). The UI does not mark an external asset Unsynced: `drift-assets materialize` names what made it "
-        "stale (a setting it reads, or an input's new data).",
+        "it out). When it is stale, its `method_benchmark_current` check fails as a warning naming each setting it "
+        "reads that changed (old → new) or each input with new data, and links the job; the "
+        "`job_written_assets_current` sensor judges it every minute (`drift-assets materialize` says the same).",
     )
 
     @op(pool=GPU_POOL, tags=GPU_OP_TAGS, description=spec.description)
