@@ -136,7 +136,7 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
                 scores[method] = dynamics_scores(scorer.losses_along, reads.checkpoints)
         if any(method in LESS_METHODS for method in methods):
             less = less_matrix_of(
-                context,
+                context.log.info,
                 reads,
                 model,
                 warehouse,
@@ -258,8 +258,8 @@ ADAPTER_MODULES = r".*\.lora_[AB]\.default"
 
 
 def less_matrix_of(
-    context,
-    reads: Reads,
+    log: Callable[[str], None],
+    reads: Reads | Settings,
     model: ModelResource,
     warehouse: Warehouse,
     tokenizer,
@@ -270,7 +270,8 @@ def less_matrix_of(
     onpolicy: bool = False,
 ) -> LessScores:
     """LESS's (pool × validation queries) scores along the warm-up checkpoints, one model loaded at a
-    time: against the references (``reference``) and/or each checkpoint's correct rollouts (``onpolicy``)."""
+    time: against the references (``reference``) and/or each checkpoint's correct rollouts (``onpolicy``).
+    ``reads``: the benchmark's view of the settings (benchmarks/lds.py passes the settings themselves)."""
     steps = reads.checkpoints[1:]
     if not steps:
         raise Failure("benchmark methods less, less_round_robin and less_onpolicy score along the warm-up run: set warmup.steps")
@@ -280,12 +281,12 @@ def less_matrix_of(
         for checkpoint in steps:
             at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
             directory = at_checkpoint.adapter or at_checkpoint.path
-            context.log.info(f"LESS: per-example gradients at checkpoint {checkpoint} ({directory})")
+            log(f"LESS: per-example gradients at checkpoint {checkpoint} ({directory})")
             correct = None
             if onpolicy:
                 rollouts, grades = (rows_at(tables, name, checkpoint) for name in ("rollouts", "grades"))
                 correct = correct_rollouts(tokenizer, rollouts, grades, marker, checkpoint, at_checkpoint.fingerprint())
-                context.log.info(
+                log(
                     f"less_onpolicy: {len(correct.query_ids)} correct rollouts of {len(set(correct.query_ids))} "
                     f"queries at checkpoint {checkpoint}"
                 )
