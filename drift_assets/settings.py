@@ -487,7 +487,7 @@ class WarmupSettings(_Group):
         "auto",
         description="save AdamW's moments beside each checkpoint (twice the trained weights' size: small for LoRA "
         "adapters, large for every weight of a big model), which the benchmark's LESS methods precondition with; "
-        "auto = where benchmark.methods names less or less_round_robin",
+        "auto = where benchmark.methods names less, less_round_robin or less_onpolicy",
     )
     lora: LoraSettings | None = Field(
         None,
@@ -613,6 +613,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "dynamics",
     "less",
     "less_round_robin",
+    "less_onpolicy",
     "offpolicy",
     "influence",
     "drift",
@@ -637,9 +638,10 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_blend_gated",
 )
 # The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
-OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
+OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
 ABLATIONS_ON_REQUEST = (
+    "less_onpolicy",  # a candidate for the default (benchmarks/README.md, 2026-12-06: adam), not yet measured
     "drift_skip",
     "drift_nodebias",
     "drift_unit",

@@ -47,13 +47,13 @@ from drift_assets.core.benchmark import (
 )
 from drift_assets.core.cost import method_costs
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
-from drift_assets.core.less import AdamMoments, less_along
+from drift_assets.core.less import AdamMoments, LessScores, correct_rollouts, less_scores_along
 from drift_assets.core.pool import reference_tokens
 from drift_assets.core.progress import SizedProgress
 from drift_assets.core.selection import select
-from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along
+from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along, rows_at
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
-from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, Reads, Settings
+from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, Reads, Settings, validation_answer_marker
 from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
 
 BENCHMARK = "method_benchmark"
@@ -62,6 +62,7 @@ TABLES_READ = (
     "training_pool",
     "validation_queries",
     "test_queries",
+    "rollouts",  # less_onpolicy targets the correct ones at each warm-up checkpoint
     "grades",
     "validation_gradients",
     "training_gradient_projections",
@@ -72,7 +73,17 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
     """The ``method_benchmark`` asset (external: reported, not materialized) and the job that writes it;
     ``asset_graph``: the graph of the definitions they are part of (a run started from Python sets
     no repository on its op's context)."""
-    reads = Reads(settings, BENCHMARK, "benchmark", "influence", "checkpoints", "selection", *_FINE_TUNE_AND_EVALUATE)
+    reads = Reads(
+        settings,
+        BENCHMARK,
+        "benchmark",
+        "influence",
+        "checkpoints",
+        "selection",
+        # The span of the rollouts less_onpolicy differentiates: read only where it runs.
+        *(["projection.validation_span"] if "less_onpolicy" in settings.benchmark.methods else []),
+        *_FINE_TUNE_AND_EVALUATE,
+    )
     code_version = reads.code_version(EVALUATE_VERSION)
     spec = AssetSpec(
         BENCHMARK,
@@ -125,9 +136,21 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
             elif method == "dynamics":
                 scores[method] = dynamics_scores(scorer.losses_along, reads.checkpoints)
         if any(method in LESS_METHODS for method in methods):
-            matrix = less_matrix_of(context, reads, model, warehouse, tokenizer, training_pool, validation_queries)
+            less = less_matrix_of(
+                context.log.info,
+                reads,
+                model,
+                warehouse,
+                tokenizer,
+                training_pool,
+                validation_queries,
+                tables,
+                reference=bool({"less", "less_round_robin"} & set(methods)),
+                onpolicy="less_onpolicy" in methods,
+            )
             for method in LESS_METHODS:
                 if method in methods:
+                    matrix = less.onpolicy if method == "less_onpolicy" else less.reference
                     scores[method] = less_scores(method, training_pool["example_id"].to_list(), matrix)
         distilled = None
         if "self_distill" in methods:
@@ -237,27 +260,49 @@ ADAPTER_MODULES = r".*\.lora_[AB]\.default"
 
 
 def less_matrix_of(
-    context, reads: Reads, model: ModelResource, warehouse: Warehouse, tokenizer, training_pool, validation_queries
-):
-    """LESS's (pool × validation queries) scores along the warm-up checkpoints, one model loaded at a time."""
+    log: Callable[[str], None],
+    reads: Reads | Settings,
+    model: ModelResource,
+    warehouse: Warehouse,
+    tokenizer,
+    training_pool,
+    validation_queries,
+    tables: ConfiguredTables,
+    reference: bool = True,
+    onpolicy: bool = False,
+) -> LessScores:
+    """LESS's (pool × validation queries) scores along the warm-up checkpoints, one model loaded at a
+    time: against the references (``reference``) and/or each checkpoint's correct rollouts (``onpolicy``).
+    ``reads``: the benchmark's view of the settings (benchmarks/lds.py passes the settings themselves)."""
     steps = reads.checkpoints[1:]
     if not steps:
-        raise Failure("benchmark methods less and less_round_robin score along the warm-up run: set warmup.steps")
+        raise Failure("benchmark methods less, less_round_robin and less_onpolicy score along the warm-up run: set warmup.steps")
+    marker = validation_answer_marker(reads) if onpolicy else None
 
     def checkpoints():
         for checkpoint in steps:
             at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
             directory = at_checkpoint.adapter or at_checkpoint.path
-            context.log.info(f"LESS: per-example gradients at checkpoint {checkpoint} ({directory})")
+            log(f"LESS: per-example gradients at checkpoint {checkpoint} ({directory})")
+            correct = None
+            if onpolicy:
+                rollouts, grades = (rows_at(tables, name, checkpoint) for name in ("rollouts", "grades"))
+                correct = correct_rollouts(tokenizer, rollouts, grades, marker, checkpoint, at_checkpoint.fingerprint())
+                log(
+                    f"less_onpolicy: {len(correct.query_ids)} correct rollouts of {len(set(correct.query_ids))} "
+                    f"queries at checkpoint {checkpoint}"
+                )
             # A LoRA checkpoint keeps its adapter modules: their weights are what the warm-up trained.
             network = at_checkpoint.load_model(ADAPTER_MODULES if at_checkpoint.adapter else None)
-            yield checkpoint, network, AdamMoments.load(directory)
+            yield checkpoint, network, AdamMoments.load(directory), correct
 
     training = pool_token_pairs(tokenizer, training_pool["messages"])
-    validation = query_token_pairs(
-        tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
+    validation = (
+        query_token_pairs(tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list())
+        if reference
+        else None
     )
-    return less_along(checkpoints(), tokenizer, training, validation)
+    return less_scores_along(checkpoints(), tokenizer, training, validation)
 
 
 def distill(reads: Reads, rollout_engine, model: ModelResource, network, tokenizer, training_pool, validation_queries):

@@ -23,7 +23,10 @@ rate) and the same seeds; only the data differs. Methods:
 - ``dsir``: DSIR's hashed n-gram importance weights of the pool towards the validation queries'
   text, resampled (:mod:`~drift_assets.core.baselines`).
 - ``less``: LESS as its authors run it (:mod:`~drift_assets.core.less`), by score;
-  ``less_round_robin``: the same per-query scores, the queries taking turns as DRIFT's do.
+  ``less_round_robin``: the same per-query scores, the queries taking turns as DRIFT's do;
+  ``less_onpolicy`` (the registered candidate ``adam``): LESS's Adam-preconditioned training side
+  against each warm-up checkpoint's own correct rollouts (``positive`` weights) instead of the
+  reference answers, the queries taking turns.
 - ``offpolicy``: influence against the *reference answers* (classic IF / LESS-style), unit debias,
   along the checkpoints.
 - ``influence``: standard influence functions at the base model: the reference answers' target,
@@ -96,7 +99,9 @@ R = TypeVar("R")
 
 UNSCORED = ("full", "random", "oracle", "self_distill")  # choose without scores
 SIMILARITY = ("loss", "rds", "bm25", "dsir", "grape", "dynamics")  # scored without gradients
-LESS_METHODS = ("less", "less_round_robin")  # need the warm-up's optimizer state (settings.OPTIMIZER_STATE_METHODS)
+# Need the warm-up's optimizer state (settings.OPTIMIZER_STATE_METHODS); less_onpolicy also the
+# rollouts and grades at the warm-up's checkpoints.
+LESS_METHODS = ("less", "less_round_robin", "less_onpolicy")
 INFLUENCE_BASELINES = ("offpolicy", "influence")
 ABLATIONS = {
     "drift_signed": {"weighting": "signed"},
@@ -341,11 +346,12 @@ def dynamics_scores(losses: pl.DataFrame, checkpoints: Sequence[str]) -> pl.Data
 
 def less_scores(method: str, example_ids: Sequence[str], matrix: np.ndarray) -> pl.DataFrame:
     """``less`` (the mean over the queries, by score) or ``less_round_robin`` (the same score; the
-    queries take turns) from LESS's (examples × queries) matrix (:func:`~drift_assets.core.less.less_along`)."""
+    queries take turns) from LESS's (examples × queries) matrix (:func:`~drift_assets.core.less.less_along`);
+    ``less_onpolicy`` takes turns likewise over its on-policy matrix (the queries right at some checkpoint)."""
     score = matrix.mean(axis=1)
     if method == "less":
         return ranked(pl.DataFrame({"example_id": list(example_ids), "score": score}))
-    if method == "less_round_robin":
+    if method in ("less_round_robin", "less_onpolicy"):
         return with_ranks(example_ids, score, round_robin_ranks(matrix))
     raise ValueError(f"{method!r} is not a LESS method {LESS_METHODS}")
 
