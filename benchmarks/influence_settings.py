@@ -43,7 +43,7 @@ from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_poo
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
 from drift_assets.core.benchmark import MethodScorer, selected_ids
 from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, fit_curvature
-from drift_assets.core.stored import ConfiguredTables, gradients_along
+from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.core.weighting import WEIGHTING_SCHEMES
 from drift_assets.resources import Warehouse, model_resource
@@ -248,13 +248,14 @@ def main(argv=None) -> None:
     settings, warehouse = demo_warehouse(("training_pool", "validation_gradients", "grades", "training_gradient_projections"))
     pool = ground_truth_pool(warehouse)
     started = time.perf_counter()
-    checkpoints = [c.loaded() for c in gradients_along(ConfiguredTables.configured_by(settings, warehouse))]
+    tables = ConfiguredTables.configured_by(settings, warehouse)
+    checkpoints = [c.loaded() for c in gradients_along(tables)]
     own = settings.influence.scoring()
     print(
         f"scored at {', '.join(c.checkpoint for c in checkpoints)}; k = {checkpoints[0].training.shape[1]}; "
         f"influence.unsolved {own.unsolved}, ranking {own.ranking}; the top {settings.selection.fraction:g} of {pool.height}\n"
     )
-    scorer = MethodScorer(checkpoints)
+    scorer = MethodScorer(checkpoints, base_losses(tables, pool))  # the likelihood blend's order
     settings_grid(scorer, pool, settings, args.dampings)
     print()
     signal_directions(checkpoints, pool, settings)

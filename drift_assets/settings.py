@@ -636,6 +636,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_late",
     "drift_blend",
     "drift_blend_gated",
+    "drift_unblended",
 )
 # The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")

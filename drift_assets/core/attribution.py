@@ -48,7 +48,7 @@ class ScoringSettings:
     likelihood_guard: float = 1.0
     shared_direction: SharedDirection = "keep"
     noise_gate: NoiseGate = "off"
-    likelihood_blend: float = 0.0
+    likelihood_blend: float = 0.5
 
 
 @dataclass

@@ -125,10 +125,12 @@ ABLATIONS = {
     # The default's settings at the base model and the warm-up's last checkpoint, or its last two.
     "drift_last": {},
     "drift_late": {},
-    # Registered 2026-12-06 (second session): DRIFT's order blended with the base model's likelihood
-    # order, at the default's checkpoints; alone and inside the reference gate.
+    # Registered 2026-12-06 (night): DRIFT's order blended with the base model's likelihood order, at
+    # the default's checkpoints, alone (the default since) and inside the reference gate; and the
+    # default without the blend.
     "drift_blend": {"likelihood_blend": 0.5},
     "drift_blend_gated": {"likelihood_blend": 0.5, "noise_gate": "reference"},
+    "drift_unblended": {"likelihood_blend": 0.0},
 }
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
@@ -148,9 +150,17 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
     if method == "offpolicy":
-        return replace(drift, targets="offpolicy", debias="unit", ranking="score", likelihood_guard=1.0)
+        return replace(drift, targets="offpolicy", debias="unit", ranking="score", likelihood_guard=1.0, likelihood_blend=0.0)
     if method == "influence":
-        return replace(drift, targets="offpolicy", hessian="fisher", debias="none", ranking="score", likelihood_guard=1.0)
+        return replace(
+            drift,
+            targets="offpolicy",
+            hessian="fisher",
+            debias="none",
+            ranking="score",
+            likelihood_guard=1.0,
+            likelihood_blend=0.0,
+        )
     if method == "drift":
         return drift
     return replace(drift, **ABLATIONS[method])

@@ -178,7 +178,8 @@ def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
         for name, scale in (("base", 1.0), ("000010", 3.0), ("000020", 0.3))
     ]
     pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 12, "n_response_tokens": [2] * 12})
-    scoring = ScoringSettings(weighting="signed", hessian="fisher", debias="none", ranking="score")
+    # No likelihood blend: these checkpoints have no losses (the blend is tested on its own below).
+    scoring = ScoringSettings(weighting="signed", hessian="fisher", debias="none", ranking="score", likelihood_blend=0.0)
     scorer = MethodScorer(checkpoints)
     scorer.scores(scoring, pool)  # fits every checkpoint's Hessian first, so a wrong index would find one
     expected = ranked_scores(score_along([checkpoints[0], checkpoints[2]], scoring), pool)
