@@ -10,27 +10,29 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
+import operator
 import os
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
-import dagster_deltalake.handler
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
-from dagster import ConfigurableResource, InitResourceContext, MetadataValue
+from dagster import ConfigurableResource, InitResourceContext, MetadataValue, TableColumn, TableSchema
 from dagster_deltalake import LocalConfig, S3Config
 from dagster_deltalake.config import ClientConfig
-from dagster_deltalake_polars import DeltaLakePolarsIOManager
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
+from dagster_deltalake_polars import DeltaLakePolarsIOManager, DeltaLakePolarsTypeHandler
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
 from pydantic import BaseModel, PrivateAttr, create_model
 
 from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
@@ -41,6 +43,7 @@ from drift_assets.core.generation import SamplingSettings, TransformersEngine, V
 from drift_assets.core.ownership import Identity
 from drift_assets.core.ownership import claim as claim_warehouse
 from drift_assets.core.sequences import render_prompt
+from drift_assets.delta_internals import partition_values, selected_columns, table_location
 from drift_assets.settings import (
     SETTINGS_READ_KEY,
     SETTINGS_USED_KEY,
@@ -196,104 +199,120 @@ def rollout_engine_resource(settings: Settings) -> RolloutEngineResource:
     return RolloutEngineResource(**settings.rollout.model_dump())
 
 
-class _AddActionsAsRecordBatch(DeltaTable):
-    """A DeltaTable whose add actions come back as the pyarrow RecordBatch dagster-deltalake expects.
-
-    dagster-deltalake 0.29.27 computes each write's num_rows/size_bytes metadata with
-    ``pa.Table.from_batches([dt.get_add_actions(flatten=True)])``, but deltalake 1.x returns an
-    arro3 Table there: every Delta write logged "error while computing table stats" and the UI
-    lost both figures. pyarrow reads the arro3 table through the Arrow C stream interface. For a
-    partitioned write it then filters the actions by the partition column's own name, which
-    deltalake 1.x flattens to ``partition.<column>``: both names are given.
-    """
-
-    def get_add_actions(self, flatten: bool = False) -> pa.RecordBatch:
-        actions = pa.table(super().get_add_actions(flatten=flatten)).combine_chunks()
-        for name in actions.column_names:
-            column = name.removeprefix("partition.")
-            if flatten and column != name and column not in actions.column_names:
-                actions = actions.append_column(column, actions[name])
-        batches = actions.to_batches()
-        return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=actions.schema)
-
-
-def _partition_values_dnf(table_partition, data_type: str, str_values: bool) -> tuple:
-    """dagster-deltalake's filter for a partition dimension, for one value or several.
-
-    A run over a range of partitions (a single-run backfill, as ``warmup_checkpoints`` is) has
-    several values; dagster-deltalake 0.29.27 raises there, and its writer then builds no predicate
-    and overwrites the whole table, dropping every other partition. ``in`` keeps them.
-    """
-    values = list(table_partition.partitions)
-    return (
-        (table_partition.partition_expr, "=", values[0]) if len(values) == 1 else (table_partition.partition_expr, "in", values)
-    )
-
-
-_format_one_value = dagster_deltalake.handler._format_predicate_value
-_partition_stats = dagster_deltalake.handler._get_partition_stats
-
-
-def _get_partition_stats(dt: DeltaTable, table_slice=None):
-    """Zero rows and bytes where the write left no file (an empty table or partition): there
-    dagster-deltalake joins an empty, so null-typed, file list, which fails, and the write lost both
-    figures with a warning."""
-    try:
-        return _partition_stats(dt=dt, table_slice=table_slice)
-    except pa.ArrowException as error:
-        if "null" not in str(error):
-            raise
-        return None, {"size_bytes": MetadataValue.int(0), "num_rows": MetadataValue.int(0)}
-
-
-def _format_predicate_value(value) -> str | None:
-    """A list of several values as the SQL list ``('a', 'b')`` that an ``in`` predicate takes."""
-    if isinstance(value, list) and len(value) > 1:
-        return "(" + ", ".join(_format_one_value(item) for item in value) + ")"
-    return _format_one_value(value)
-
-
-_write_deltalake = dagster_deltalake.handler.write_deltalake
-
-
-def _write_partition(**params):
-    """A partition's first write into a table that did not exist when the handler looked appends
-    instead of overwriting the whole table: where another run created the table in between, an
-    overwrite would replace that run's partition without a word (a commit conflict at worst, with
-    an append). The table was empty, so appending writes the same rows."""
-    if params.get("partition_by") and params.get("mode") == "overwrite" and params.get("predicate") is None:
-        params = {**params, "mode": "append", "schema_mode": None}
-    return _write_deltalake(**params)
-
-
-_handle_output = dagster_deltalake.handler.DeltalakeBaseArrowTypeHandler.handle_output
 COMMIT_ATTEMPTS = 5
 
 
-def _handle_output_retrying_conflicts(self, context, table_slice, obj, connection):
-    """Write again when another run committed to the table first.
+class WarehouseTypeHandler(DeltaLakePolarsTypeHandler):
+    """Writes and reads the warehouse's tables with deltalake's own API (registered by
+    :class:`WarehouseIOManager`; what it takes from Dagster's table slice: :mod:`drift_assets.delta_internals`).
 
-    Shard runs side by side write partitions of one table. Where both create it, the later commit
-    fails ("Metadata changed since last commit"); other concurrent commits can fail the same way.
-    A failed commit leaves the table as it was, so the whole write is done again, which looks at
-    the table anew: it now exists, and the write replaces this partition only."""
-    from deltalake.exceptions import CommitFailedError
+    A partitioned write replaces the partitions of its run only (one, or several for a run over a
+    range), writes again where another run committed first, and records its own figures
+    (``num_rows``, ``size_bytes``) besides the table's schema and URI."""
 
-    context = _OwnMetadataOnly(context)
-    # What the asset was computed with (its definition's settings, now): a stale asset names what changed since.
-    used = context.definition_metadata.get(SETTINGS_READ_KEY)
-    if used is not None:
-        context.add_output_metadata({SETTINGS_USED_KEY: used})
-    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+    @property
+    def supported_types(self) -> Sequence[type[object]]:
+        return [pl.DataFrame, pl.LazyFrame, pa.Table]
+
+    def handle_output(self, context, table_slice, obj, connection) -> None:
+        uri, storage_options = table_location(connection)
+        partitions = partition_values(table_slice)
+        data = obj if isinstance(obj, pa.Table) else (obj.collect() if isinstance(obj, pl.LazyFrame) else obj).to_arrow()
+        config = context.resource_config or {}
+        metadata = context.definition_metadata or {}
+        mode = metadata.get("mode") or config.get("mode") or "overwrite"
+        schema_mode = "overwrite" if metadata.get("overwrite_schema") or config.get("overwrite_schema") else None
+        # What the asset was computed with (its definition's settings, now): a stale asset names what changed since.
+        if metadata.get(SETTINGS_READ_KEY) is not None:
+            context.add_output_metadata({SETTINGS_USED_KEY: metadata[SETTINGS_READ_KEY]})
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                write_deltalake(
+                    uri,
+                    data,
+                    storage_options=storage_options,
+                    **_write_mode(uri, storage_options, partitions, mode, schema_mode),
+                )
+                break
+            except CommitFailedError as error:
+                # Shard runs side by side write partitions of one table: where both create it, the later
+                # commit fails ("Metadata changed since last commit"). A failed commit leaves the table as
+                # it was, so the write is done again, looking at the table anew: it now replaces this
+                # partition only.
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                context.log.info(f"{uri}: {error}; writing again ({attempt + 1} of {COMMIT_ATTEMPTS})")
+                time.sleep(0.2 * attempt + random.random() * 0.3)
+            except (DeltaError, OSError) as error:  # deltalake's message names the cause, not the table
+                raise WarehouseError(_write_failure(uri, error)) from None
         try:
-            return _handle_output(self, context, table_slice, obj, connection)
-        except CommitFailedError as error:
-            if attempt == COMMIT_ATTEMPTS:
-                raise
-            context.log.info(f"{connection.table_uri}: {error}; writing again ({attempt + 1} of {COMMIT_ATTEMPTS})")
-            time.sleep(0.2 * attempt + random.random() * 0.3)
-        except (DeltaError, OSError) as error:  # deltalake's message names the cause, not the table
-            raise WarehouseError(_write_failure(connection.table_uri, error)) from None
+            stats = _written_stats(DeltaTable(uri, storage_options=storage_options), partitions)
+        except Exception as error:  # the write landed: only its figures are lost
+            context.log.warning(f"{uri}: error while computing table stats: {error}")
+            stats = {}
+        columns = [TableColumn(name=field.name, type=str(field.type)) for field in data.schema]
+        written = {"table_columns": MetadataValue.table_schema(TableSchema(columns=columns)), "table_uri": uri, **stats}
+        # Where the asset reported its own schema (with what each column holds) and row count
+        # (assets.metadata.table_metadata), the UI shows each once; the repair reads num_rows otherwise.
+        own = context.output_metadata
+        context.add_output_metadata({k: v for k, v in written.items() if _OWN_VERSION.get(k) not in own})
+
+    def load_input(self, context, table_slice, connection):
+        uri, storage_options = table_location(connection)
+        dataset = DeltaTable(uri, storage_options=storage_options).to_pyarrow_dataset()
+        partitions = partition_values(table_slice)
+        if partitions:
+            dataset = dataset.filter(
+                functools.reduce(operator.and_, (pc.field(column).isin(values) for column, values in partitions.items()))
+            )
+        columns = selected_columns(table_slice)
+        target = context.dagster_type.typing_type
+        if target is pa.Table:
+            return dataset.to_table(columns=columns)
+        frame = pl.scan_pyarrow_dataset(dataset)
+        frame = frame if columns is None else frame.select(columns)
+        return frame.collect() if target is pl.DataFrame else frame
+
+
+# dagster-deltalake's name of a figure → the asset's own, which replaces it where reported.
+_OWN_VERSION = {"table_columns": "dagster/column_schema", "num_rows": "dagster/row_count"}
+
+
+def _write_mode(uri: str, storage_options: dict, partitions: dict[str, list[str]], mode: str, schema_mode) -> dict:
+    """write_deltalake's mode, schema mode and predicate: a partitioned overwrite replaces the run's
+    partitions only. A table that does not exist yet is appended to instead: where another run
+    created it meanwhile, an overwrite would replace that run's partition without a word (the commit
+    conflicts, and is written again, at worst)."""
+    if not partitions or mode != "overwrite":
+        return {"mode": mode, "schema_mode": schema_mode, "partition_by": list(partitions) or None}
+    if not DeltaTable.is_deltatable(uri, storage_options=storage_options):
+        return {"mode": "append", "schema_mode": None, "partition_by": list(partitions)}
+    predicate = " AND ".join(
+        f"{column} = {_sql_literal(values[0])}" if len(values) == 1 else f"{column} in ({', '.join(map(_sql_literal, values))})"
+        for column, values in partitions.items()
+    )
+    return {"mode": "overwrite", "schema_mode": schema_mode, "partition_by": list(partitions), "predicate": predicate}
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _written_stats(table: DeltaTable, partitions: dict[str, list[str]]) -> dict:
+    """Rows and bytes of the table's live files in the written partitions (all files: unpartitioned);
+    zero where the write left none (an empty table or partition)."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows and partitions:
+        keep = functools.reduce(
+            pc.and_, (pc.is_in(actions[f"partition.{column}"], pa.array(values)) for column, values in partitions.items())
+        )
+        actions = actions.filter(keep)
+    if not actions.num_rows:
+        return {"size_bytes": MetadataValue.int(0), "num_rows": MetadataValue.int(0)}
+    return {
+        "size_bytes": MetadataValue.int(pc.sum(actions["size_bytes"]).as_py() or 0),
+        "num_rows": MetadataValue.int(pc.sum(actions["num_records"]).as_py() or 0),
+    }
 
 
 def _write_failure(table_uri: str, error: BaseException) -> str:
@@ -301,36 +320,6 @@ def _write_failure(table_uri: str, error: BaseException) -> str:
     if "No space left on device" in message or getattr(error, "errno", None) == errno.ENOSPC:
         message += " (ENOSPC: the file system is full; free space and run again)"
     return f"{table_uri}: the table could not be written, and is as it was before this write: {message}"
-
-
-class _OwnMetadataOnly:
-    """An output context that leaves out dagster-deltalake's schema ("table_columns") and row count
-    ("num_rows") where the asset reported its own (``dagster/column_schema``, with what each column
-    holds, and ``dagster/row_count``: ``assets.metadata.table_metadata``), so the UI shows each once.
-    An asset that reports neither keeps dagster-deltalake's (the repair reads ``num_rows``)."""
-
-    _DUPLICATES = {"table_columns": "dagster/column_schema", "num_rows": "dagster/row_count"}
-
-    def __init__(self, context):
-        self._context = context
-
-    def __getattr__(self, name: str):
-        return getattr(self._context, name)
-
-    def add_output_metadata(self, metadata) -> None:
-        own = self._context.output_metadata
-        self._context.add_output_metadata(
-            {k: v for k, v in metadata.items() if k not in self._DUPLICATES or self._DUPLICATES[k] not in own}
-        )
-
-
-# Every Delta IO manager this package builds writes and reads through that handler module.
-dagster_deltalake.handler.DeltalakeBaseArrowTypeHandler.handle_output = _handle_output_retrying_conflicts
-dagster_deltalake.handler.write_deltalake = _write_partition
-dagster_deltalake.handler.DeltaTable = _AddActionsAsRecordBatch
-dagster_deltalake.handler._value_dnf = _partition_values_dnf
-dagster_deltalake.handler._format_predicate_value = _format_predicate_value
-dagster_deltalake.handler._get_partition_stats = _get_partition_stats
 
 
 class WarehouseError(RuntimeError):
@@ -595,10 +584,15 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
 
 
 class WarehouseIOManager(DeltaLakePolarsIOManager):
-    """dagster-deltalake's IO manager, which every step that stores a table initializes: through it,
-    the warehouse's checks and lock (:class:`Warehouse`) hold for every run, whoever launched it."""
+    """dagster-deltalake's IO manager with the warehouse's type handler (:class:`WarehouseTypeHandler`),
+    which every step that stores a table initializes: through it, the warehouse's checks and lock
+    (:class:`Warehouse`) hold for every run, whoever launched it."""
 
     warehouse: Warehouse
+
+    @staticmethod
+    def type_handlers() -> Sequence[WarehouseTypeHandler]:
+        return [WarehouseTypeHandler()]
 
 
 def _describe_instance(instance) -> str:
