@@ -642,7 +642,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
 ABLATIONS_ON_REQUEST = (
-    "less_onpolicy",  # a candidate for the default (benchmarks/README.md, 2026-12-06: adam), not yet measured
+    "less_onpolicy",  # the candidate adam (benchmarks/README.md, 2026-12-06): screened by the LDS, not fine-tuned
     "drift_skip",
     "drift_nodebias",
     "drift_unit",
