@@ -22,6 +22,7 @@ from drift_assets.runner import materialize_assets, observe_sources, partition_k
 from drift_assets.staleness import asset_statuses, stale_causes
 from drift_assets_tests.conftest import instance_in, settings_in
 from drift_assets_tests.helpers.current_check import shown_check, tick
+from drift_assets_tests.helpers.study_graph import study_graph
 
 # The benchmark at its cheapest: one method, one seed, a few SFT steps.
 CHEAP_BENCHMARK = {"benchmark": {"methods": ["random"], "seeds": [0], "sft": {"steps": 4, "batch_size": 8}}}
@@ -122,43 +123,6 @@ def test_an_input_with_new_data_makes_the_method_benchmark_stale_and_every_shard
         *(f"has a new dependency data version (training_gradient_projections[{key}])" for key in shards),
         "has a new dependency data version (training_pool)",
     ]
-
-
-def study_graph(fraction: float, upstream_version: str = "1", record_inputs: bool = True):
-    """An upstream asset and an external asset its own job writes, recording what the method
-    benchmark's job records (no model: Dagster's rules on a real instance)."""
-    from dagster import AssetMaterialization, AssetSpec, Definitions, MetadataValue, asset, job, op
-
-    from drift_assets.code_location import job_path
-    from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY
-    from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
-
-    @asset(code_version=upstream_version)
-    def upstream() -> int:
-        return 1
-
-    read = MetadataValue.json({"selection.fraction": fraction})
-    spec = AssetSpec(
-        "study",
-        deps=["upstream"],
-        code_version=f"1-{fraction}",
-        metadata={JOB_KEY: MetadataValue.url(job_path("study")), SETTINGS_READ_KEY: read},
-    )
-
-    @op
-    def write_study(context) -> None:
-        inputs = input_versions(defs.resolve_asset_graph(), context.instance, AssetKey("study"))
-        metadata = {CODE_VERSION_KEY: spec.code_version, SETTINGS_USED_KEY: read}
-        if record_inputs:
-            metadata[INPUTS_KEY] = MetadataValue.json(inputs)
-        context.log_event(AssetMaterialization("study", metadata=metadata))
-
-    @job(name="study")
-    def study_job():
-        write_study()
-
-    defs = Definitions(assets=[upstream, spec], jobs=[study_job])
-    return defs
 
 
 def test_an_external_asset_its_job_writes_is_stale_by_the_rules_dagster_applies_to_the_others():

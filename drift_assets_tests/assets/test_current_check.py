@@ -10,7 +10,7 @@ from drift_assets.code_location import job_path
 from drift_assets.definitions import build_definitions
 from drift_assets.settings import parse_settings
 from drift_assets_tests.helpers.current_check import shown_check, tick
-from drift_assets_tests.test_ux_42 import study_graph
+from drift_assets_tests.helpers.study_graph import study_graph
 
 
 def judged(fraction: float, upstream_version: str = "1") -> Definitions:

@@ -77,17 +77,22 @@ def _losses_along(ids, low, high, checkpoints=("base", "000010")):
     return pl.DataFrame(rows, schema=["example_id", "checkpoint", "loss_per_token"], orient="row")
 
 
-def test_the_gate_ranks_the_rows_that_stay_unlikely_after_the_others():
-    rng = np.random.default_rng(2)
-    ids = [f"e{i:02d}" for i in range(20)]
-    checkpoint, _ = _checkpoint()
-    training = rng.normal(size=(20, 3)).astype(np.float32)
+def _scored_pool(n: int, seed: int):
+    """A pool of ``n`` rows with random gradients against :func:`_checkpoint`'s queries, scored with
+    signed weights by score: (ids, pool, the scores along the one checkpoint, the plain order)."""
+    rng = np.random.default_rng(seed)
+    ids = [f"e{i:02d}" for i in range(n)]
+    template, _ = _checkpoint()
     checkpoint = CheckpointGradients.in_memory(
-        "base", ids, training, checkpoint.validation_gradients, checkpoint.grades, {("m", "p")}
+        "base", ids, rng.normal(size=(n, 3)).astype(np.float32), template.validation_gradients, template.grades, {("m", "p")}
     )
-    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 20, "n_response_tokens": [2] * 20})
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * n, "n_response_tokens": [2] * n})
     along = score_along([checkpoint], ScoringSettings(weighting="signed", debias="none", ranking="score"))
-    plain = ranked_scores(along, pool)["example_id"].to_list()
+    return ids, pool, along, ranked_scores(along, pool)["example_id"].to_list()
+
+
+def test_the_gate_ranks_the_rows_that_stay_unlikely_after_the_others():
+    ids, pool, along, plain = _scored_pool(20, seed=2)
     noisy = set(plain[:3]) | {plain[10], plain[15]}  # the top three among them
     losses = _losses_along(ids, noisy, high=3.0)
     assert gated(losses, ids).tolist() == [example_id not in noisy for example_id in ids]
@@ -112,15 +117,7 @@ def test_the_reference_gate_ranks_rows_less_likely_than_nine_in_ten_references_a
     with pytest.raises(ValueError, match="noise_gate reference: 3 validation references"):
         reference_gate(np.array([1.0]), np.array([0.1, 0.2, np.nan, 0.3]))
 
-    rng = np.random.default_rng(3)
-    ids = [f"e{i:02d}" for i in range(20)]
-    checkpoint, _ = _checkpoint()
-    checkpoint = CheckpointGradients.in_memory(
-        "base", ids, rng.normal(size=(20, 3)).astype(np.float32), checkpoint.validation_gradients, checkpoint.grades, {("m", "p")}
-    )
-    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 20, "n_response_tokens": [2] * 20})
-    along = score_along([checkpoint], ScoringSettings(weighting="signed", debias="none", ranking="score"))
-    plain = ranked_scores(along, pool)["example_id"].to_list()
+    ids, pool, along, plain = _scored_pool(20, seed=3)
     unlikely = {plain[0], plain[4], plain[19]}
     loss_per_token = pl.DataFrame({"example_id": ids, "loss_per_token": [3.0 if e in unlikely else 0.5 for e in ids]})
     order = ranked_scores(along, pool, loss_per_token, noise_gate="reference", reference_losses=references)
@@ -202,15 +199,7 @@ def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_insid
     with pytest.raises(ValueError, match="likelihood_blend: 1.5"):
         blended_ranks(np.array([1, 2]), np.array([0.1, 0.2]), 1.5)
 
-    rng = np.random.default_rng(5)
-    ids = [f"e{i:02d}" for i in range(12)]
-    checkpoint, _ = _checkpoint()
-    checkpoint = CheckpointGradients.in_memory(
-        "base", ids, rng.normal(size=(12, 3)).astype(np.float32), checkpoint.validation_gradients, checkpoint.grades, {("m", "p")}
-    )
-    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 12, "n_response_tokens": [2] * 12})
-    along = score_along([checkpoint], ScoringSettings(weighting="signed", debias="none", ranking="score"))
-    plain = ranked_scores(along, pool)["example_id"].to_list()
+    ids, pool, along, plain = _scored_pool(12, seed=5)
     # The losses reverse the plain order: with equal weights every blend ties, and the order stands;
     # with more weight on the likelihood the order reverses.
     loss_per_token = pl.DataFrame({"example_id": plain, "loss_per_token": [float(12 - i) for i in range(12)]})

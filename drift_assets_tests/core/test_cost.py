@@ -20,6 +20,7 @@ from drift_assets.core.cost import (
     trained_cost,
     training_cost,
 )
+from drift_assets_tests.helpers.cost_records import REFERENCE, demo_records, record
 
 
 def test_a_training_run_counts_its_steps_batches_and_mean_length_forward_and_backward():
@@ -85,35 +86,6 @@ def test_a_materialization_that_reused_rows_records_what_it_computed_and_what_th
     ]
     assert pipeline_cost(records, REFERENCE).total.token_passes == 30 + 300
     assert pipeline_cost(records, REFERENCE, whole=True).total.token_passes == 1200 + 300
-
-
-def record(asset, checkpoint, run, forward, backward=0, seconds=1.0, partition=None):
-    figures = StageCost("x", forward, backward, seconds).metadata()
-    return Recorded(asset, partition or checkpoint, checkpoint, run, figures)
-
-
-REFERENCE = StageCost("full-pool SFT", 1000, 1000)  # 3,000 token passes
-
-
-def demo_records():
-    """Two checkpoints (the base model and one warm-up step, "000010"), two shards each, the evaluation."""
-    return [
-        # The warm-up run saved both of its checkpoints in one run: the same figures on each partition.
-        record("warmup_checkpoints", "000010", "warm", 900, 900, 20.0),
-        record("warmup_checkpoints", "000020", "warm", 900, 900, 20.0),
-        record("rollouts", "base", "r0", 60, seconds=2.0),
-        record("rollouts", "000010", "r1", 40, seconds=2.0),
-        record("projection_basis", "base", "r0", 30, 30),
-        record("validation_gradients", "base", "r0", 50, 50),
-        record("training_gradient_projections", "base", "s0", 100, 100, partition="base|000"),
-        record("training_gradient_projections", "base", "s1", 110, 110, partition="base|001"),
-        record("projection_basis", "000010", "r1", 30, 30),
-        record("validation_gradients", "000010", "r1", 50, 50),
-        record("training_gradient_projections", "000010", "s2", 100, 100, partition="000010|000"),
-        Recorded("training_gradient_projections", "000010|001", "000010", None, {}),  # never materialized
-        record("influence_scores", None, "score", 0, 0, 4.0),
-        record("refined_model_evaluation", None, "eval", 2000, 1500, 30.0),
-    ]
 
 
 def test_the_pipeline_counts_a_run_once_and_keeps_the_evaluation_apart():

@@ -26,8 +26,8 @@ from drift_assets.core.less import (
 )
 from drift_assets.core.tiny_model import build_char_tokenizer
 from drift_assets.settings import OPTIMIZER_STATE_METHODS, parse_settings
-from drift_assets_tests.core.test_cost import REFERENCE, demo_records
-from drift_assets_tests.core.test_parity_baselines import TwoLayers, hand_gradient, unit
+from drift_assets_tests.helpers.cost_records import REFERENCE, demo_records
+from drift_assets_tests.helpers.two_layers import TwoLayers, hand_gradient, random_adam_moments, unit
 
 
 def encoder():
@@ -57,11 +57,7 @@ def test_less_onpolicy_weighs_each_query_s_correct_rollouts_and_the_checkpoints_
     for seed, (name, rate) in enumerate(rates.items()):
         model = TwoLayers(vocabulary, seed=seed)
         names = [n for n, _ in model.named_parameters()]
-        generator = torch.Generator().manual_seed(10 + seed)
-        moments = {
-            n: (torch.randn(p.shape, generator=generator) * 1e-2, torch.rand(p.shape, generator=generator) * 1e-4)
-            for n, p in model.named_parameters()
-        }
+        moments = random_adam_moments(model, seed)
         projector = projector or RademacherProjector(sum(p.numel() for p in model.parameters()), 16)
         matrix = projector.matrix().double() / 4.0  # ±1/√16
         m = torch.cat([moments[n][0].reshape(-1) for n in names]).double()

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -55,39 +54,9 @@ from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, b
 from drift_assets.core.trajectory import CheckpointGradients, warm_up
 from drift_assets.settings import BENCHMARK_METHODS, OPTIMIZER_STATE_METHODS, parse_settings
 from drift_assets.tasks import get_task
+from drift_assets_tests.helpers.two_layers import TwoLayers, hand_gradient, random_adam_moments, unit
 
 # -- LESS ----------------------------------------------------------------------------------------
-
-
-class TwoLayers(torch.nn.Module):
-    """A 2-layer language model: token embedding, tanh, linear read-out."""
-
-    def __init__(self, vocabulary: int, width: int = 3, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.embed = torch.nn.Embedding(vocabulary, width)
-        self.out = torch.nn.Linear(width, vocabulary)
-        with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
-
-    def forward(self, input_ids, attention_mask=None, use_cache=None):
-        return SimpleNamespace(logits=self.out(torch.tanh(self.embed(input_ids))))
-
-
-def hand_gradient(model: TwoLayers, prompt: list[int], response: list[int]) -> torch.Tensor:
-    """The gradient of the mean negative log-likelihood of the response tokens, for one sequence."""
-    ids = torch.tensor(prompt + response)
-    log_probs = torch.log_softmax(model(ids[None]).logits[0], dim=-1)
-    # Position t predicts token t+1; the response's tokens are predicted from positions len(prompt)-1 on.
-    picked = [log_probs[t, ids[t + 1]] for t in range(len(prompt) - 1, len(ids) - 1)]
-    loss = -torch.stack(picked).mean()
-    gradients = torch.autograd.grad(loss, [model.embed.weight, model.out.weight, model.out.bias])
-    return torch.cat([g.reshape(-1) for g in gradients]).double()
-
-
-def unit(vector: torch.Tensor) -> torch.Tensor:
-    return vector / vector.norm()
 
 
 def test_less_scores_are_the_learning_rate_weighted_cosines_of_adam_steps_with_reference_gradients():
@@ -102,11 +71,7 @@ def test_less_scores_are_the_learning_rate_weighted_cosines_of_adam_steps_with_r
     for seed, (name, rate) in enumerate(rates.items()):
         model = TwoLayers(vocabulary, seed=seed)
         names = [n for n, _ in model.named_parameters()]
-        generator = torch.Generator().manual_seed(10 + seed)
-        moments = {
-            n: (torch.randn(p.shape, generator=generator) * 1e-2, torch.rand(p.shape, generator=generator) * 1e-4)
-            for n, p in model.named_parameters()
-        }
+        moments = random_adam_moments(model, seed)
         adam = AdamMoments(step=seed + 1, learning_rate=rate, moments=moments)
         dimension = sum(p.numel() for p in model.parameters())
         projector = projector or RademacherProjector(dimension, 16)
