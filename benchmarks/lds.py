@@ -334,7 +334,7 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     from drift_assets.core.stored import ConfiguredTables, gradients_along, rows_at
     from drift_assets.core.trajectory import BASE
     from drift_assets.resources import Warehouse, model_resource
-    from drift_assets.settings import load_settings, validation_answer_marker
+    from drift_assets.settings import load_settings
 
     suite = Path(args.suite)
     settings_path = suite / name / "settings.yaml"
@@ -352,7 +352,9 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
         tokenizer,
         rows_at(warehouse, "rollouts", BASE),
         warehouse.scan("validation_queries").collect().sort("query_id"),
-        validation_answer_marker(settings),
+        # Measured at the answer whatever span the target covers (projection.validation_span): a target
+        # over the whole completion is screened by how well it predicts what retraining does to the answers.
+        settings.grading.answer_marker,
     )
     scoring = settings.influence.scoring()
     objectives = query_objectives(base.validation_gradients, base.grades, scoring.weighting, scoring.unsolved)
