@@ -20,7 +20,7 @@ large matmul where the name is not in it; on the CPU a timed float32 matmul); th
 to a 7B model by parameter count, with the formula.
 
     bash benchmarks/gpu_check.sh                              # on a GPU machine (≤ 8 min on one GPU)
-    .venv/bin/python benchmarks/gpu_check.py --tiny           # the same code on the CPU, a tiny model
+    .venv/bin/python -m benchmarks.gpu_check --tiny           # the same code on the CPU, a tiny model
 
 ``--tiny`` exists so that the script is known to run before a GPU is lent: a test runs it.
 """

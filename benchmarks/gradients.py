@@ -24,9 +24,9 @@ Each method is warmed up once (on 8 examples, or one example for the loop) befor
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/gradients.py            # defaults, ~3 min on 2 cores
-    .venv/bin/python benchmarks/gradients.py --quick    # smoke run
-    .venv/bin/python benchmarks/gradients.py --help
+    .venv/bin/python -m benchmarks.gradients            # defaults, ~3 min on 2 cores
+    .venv/bin/python -m benchmarks.gradients --quick    # smoke run
+    .venv/bin/python -m benchmarks.gradients --help
 
 This prints figures; it asserts nothing.
 """
@@ -42,9 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from benchmark_args import MODELS, add_model_arguments, comma_list
-from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_llama
 
+from benchmarks.benchmark_args import MODELS, add_model_arguments, comma_list
+from benchmarks.benchmark_models import (
+    RandomLlamaShape,
+    demo_model_directory,
+    format_parameters,
+    load,
+    parameter_count,
+    random_llama,
+)
 from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.core.gradients import pool_token_pairs
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis

@@ -24,8 +24,8 @@ noise gate, since the scores themselves are studied):
 A configuration is ``HESSIAN[:DAMPING]/DEBIAS/WEIGHTING``, WEIGHTING one of signed, advantage,
 positive or ``offpolicy`` (the reference answers):
 
-    .venv/bin/python benchmarks/influence_settings.py
-    .venv/bin/python benchmarks/influence_settings.py --sft identity/unit/positive,fisher:0.1/unit/positive --seeds 0,1,2,3,4
+    .venv/bin/python -m benchmarks.influence_settings
+    .venv/bin/python -m benchmarks.influence_settings --sft identity/unit/positive,fisher:0.1/unit/positive --seeds 0,1,2,3,4
 
 This prints figures; it asserts nothing.
 """
@@ -38,8 +38,8 @@ from dataclasses import replace
 
 import numpy as np
 import polars as pl
-from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 
+from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
 from drift_assets.core.benchmark import MethodScorer, selected_ids
 from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, fit_curvature

@@ -25,8 +25,8 @@ noise, on the materialized demo (run ``make demo`` first):
    (``--sft-seeds``, default 0), answering the test queries greedily: accuracy, and the wrong
    answers by offset, too high and too low.
 
-    .venv/bin/python benchmarks/noise_breakdown.py
-    .venv/bin/python benchmarks/noise_breakdown.py --sft --sft-seeds 0,1,2
+    .venv/bin/python -m benchmarks.noise_breakdown
+    .venv/bin/python -m benchmarks.noise_breakdown --sft --sft-seeds 0,1,2
 
 Offsets and styles are parsed from the demo's "What is a ± b?" prompts and its three response
 styles; on other pools only parts 1 (where answers are numeric) and the per-category columns
@@ -42,8 +42,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
-from demo_warehouse import demo_warehouse, evaluated_after_sft
 
+from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft
 from drift_assets.core.attribution import scores_frame, weighted_rollouts
 from drift_assets.core.benchmark import selected_ids
 from drift_assets.core.gradients import query_token_pairs, reference_basis, vectors
