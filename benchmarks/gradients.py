@@ -24,7 +24,7 @@ Each method is warmed up once (on 8 examples, or one example for the loop) befor
 
 Run from the repository root:
 
-    .venv/bin/python -m benchmarks.gradients            # defaults, ~3 min on 2 cores
+    .venv/bin/python -m benchmarks.gradients            # defaults
     .venv/bin/python -m benchmarks.gradients --quick    # smoke run
     .venv/bin/python -m benchmarks.gradients --help
 

@@ -15,7 +15,7 @@ throughput comes from. The "prompts" column says how many each row used.
 
 Run from the repository root:
 
-    .venv/bin/python -m benchmarks.rollouts            # defaults, ~3 min on 2 cores
+    .venv/bin/python -m benchmarks.rollouts            # defaults
     .venv/bin/python -m benchmarks.rollouts --quick    # smoke run
     .venv/bin/python -m benchmarks.rollouts --help
 

@@ -20,7 +20,7 @@ method's difference from full-data SFT as mean ± s.e. over the draws, with the 
 that spread can detect.
 
 Two settings differ from a user's run, for speed on 2 CPU cores: rollouts are sampled with
-transformers (on these 0.5M-parameter models it starts in a second where vLLM takes ~25 s, and it
+transformers (on these 0.5M-parameter models it starts far sooner than vLLM's engine, and it
 samples the same distribution), and the method benchmark's fine-tunes run in two one-thread
 processes (``benchmark.workers``).
 
