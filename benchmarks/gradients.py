@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.benchmark_args import MODELS, add_model_arguments, comma_list
+from benchmarks.benchmark_args import MODELS, add_model_arguments, comma_list, warn_if_cpus_busy
 from benchmarks.benchmark_models import (
     RandomLlamaShape,
     demo_model_directory,
@@ -261,12 +261,7 @@ def main(argv=None) -> None:
         f"{args.batches} timed batches, {args.loop_examples} loop examples" + (" (--quick)" if args.quick else ""),
         flush=True,
     )
-    if load_average > 0.5 and torch.get_num_threads() > 1:
-        print(
-            "note: other processes are using the CPUs; with several torch threads, small operations can then be much "
-            "slower (OpenMP threads wait for a descheduled peer). Compare runs made under the same load.",
-            flush=True,
-        )
+    warn_if_cpus_busy(load_average, torch.get_num_threads(), "small operations")
     measurements = []
     for name in args.models:
         with torch.random.fork_rng():

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.benchmark_args import MODELS, add_model_arguments, comma_list
+from benchmarks.benchmark_args import MODELS, add_model_arguments, comma_list, warn_if_cpus_busy
 
 # Measured in this order: transformers before any vLLM engine, and vLLM's own processes before the
 # engine in this one, so that no engine process lingering after close() shares the cores with a later row.
@@ -176,13 +176,7 @@ def main(argv=None) -> None:
         f"seed {settings.seed}" + (" (--quick)" if args.quick else ""),
         flush=True,
     )
-    if load_average > 0.5 and torch.get_num_threads() > 1:
-        print(
-            "note: other processes are using the CPUs; with several torch threads, the transformers engine's many small "
-            "operations can then be 100x slower (OpenMP threads wait for a descheduled peer). Compare runs made under "
-            "the same load, or pass --threads 1.",
-            flush=True,
-        )
+    warn_if_cpus_busy(load_average, torch.get_num_threads(), "the transformers engine's many small operations")
 
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="drift-rollout-benchmark-") as scratch:
