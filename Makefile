@@ -82,16 +82,16 @@ ui-prod: env postgres
 # Every selection method of the method benchmark (the parity baselines among them) on three draws of
 # the demo's task, with each method's noisy share, selection-order AUC, cost and the power line.
 benchmark: env bench-env
-	$(PY) benchmarks/suite.py --tasks arithmetic --draws 0,1,2 --output data/suite/benchmark.json
+	$(PY) -m benchmarks.suite --tasks arithmetic --draws 0,1,2 --output data/suite/benchmark.json
 
 # The suite that chooses defaults: every embedded task on four draws, the methods a default is judged
 # against (full, random, the oracle, the loss filter, the default, the default without a warm-up).
 suite: env bench-env
-	$(PY) benchmarks/suite.py --methods full,random,oracle,loss,drift,drift_base
+	$(PY) -m benchmarks.suite --methods full,random,oracle,loss,drift,drift_base
 
 # The linear datamodeling score of our attribution beside Kronfluence's EK-FAC and TRAK (after the suite's workspaces exist).
 lds: env bench-env
-	$(PY) benchmarks/lds.py
+	$(PY) -m benchmarks.lds
 
 # Pre-train every embedded task's base model again and pin it (drift_assets/tasks/pinned.py): the
 # demo, the tests and the suite load the pins instead of pre-training. Commit what it writes.

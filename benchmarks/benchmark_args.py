@@ -1,5 +1,5 @@
-"""Command-line options the benchmarks share (no heavy imports: ``--help`` stays instant, and
-rollouts.py can set vLLM's environment before torch and vLLM load)."""
+"""Command-line options the benchmarks share, and their warning about a busy machine (no heavy
+imports: ``--help`` stays instant, and rollouts.py can set vLLM's environment before torch and vLLM load)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=12, help="random model layers")
     parser.add_argument("--intermediate", type=int, default=2048, help="random model MLP size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's own)")
+
+
+def warn_if_cpus_busy(load_average: float, torch_threads: int, operations: str) -> None:
+    """Say so where other processes load the CPUs while this one runs several torch threads: OpenMP
+    threads then wait for a descheduled peer, and the timings are not comparable with a quiet run's."""
+    if load_average > 0.5 and torch_threads > 1:
+        print(
+            f"note: other processes are using the CPUs; with several torch threads, {operations} can then be much "
+            "slower (OpenMP threads wait for a descheduled peer). Compare runs made under the same load, or pass "
+            "--threads 1.",
+            flush=True,
+        )
 
 
 def comma_list(parser: argparse.ArgumentParser, flag: str, value: str, known: tuple[str, ...]) -> list[str]:

@@ -1,9 +1,9 @@
 """Choosing the influence defaults across the task suite: every candidate setting, fine-tuned over seeds.
 
-    .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell,count --warmup on --materialize-only
-    .venv/bin/python benchmarks/choose_defaults.py                       # the tasks that choose defaults
-    .venv/bin/python benchmarks/choose_defaults.py --tasks sort --candidates skip/unit/signed/base,...
-    .venv/bin/python benchmarks/choose_defaults.py --draws 0,1 --reuse-benchmark \
+    .venv/bin/python -m benchmarks.suite --tasks arithmetic,sort,spell,count --warmup on --materialize-only
+    .venv/bin/python -m benchmarks.choose_defaults                       # the tasks that choose defaults
+    .venv/bin/python -m benchmarks.choose_defaults --tasks sort --candidates skip/unit/signed/base,...
+    .venv/bin/python -m benchmarks.choose_defaults --draws 0,1 --reuse-benchmark \
         --candidates skip/unit/positive/warmup,skip/unit/positive/warmup/round_robin
 
 For each task (its workspace under ``data/suite/<task>/``, materialized with warm-up checkpoints)

@@ -19,8 +19,8 @@ at its dense bfloat16 peak, from a table of device names in ``drift_assets.core.
 large matmul where the name is not in it; on the CPU a timed float32 matmul); then the same scaled
 to a 7B model by parameter count, with the formula.
 
-    bash benchmarks/gpu_check.sh                              # on a GPU machine (≤ 8 min on one GPU)
-    .venv/bin/python benchmarks/gpu_check.py --tiny           # the same code on the CPU, a tiny model
+    bash benchmarks/gpu_check.sh                              # on a GPU machine (stopped after 8 min)
+    .venv/bin/python -m benchmarks.gpu_check --tiny           # the same code on the CPU, a tiny model
 
 ``--tiny`` exists so that the script is known to run before a GPU is lent: a test runs it.
 """

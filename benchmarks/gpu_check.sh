@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
-timeout 480 "$PYTHON" benchmarks/gpu_check.py "$@"
+timeout 480 "$PYTHON" -m benchmarks.gpu_check "$@"

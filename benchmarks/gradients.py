@@ -24,9 +24,9 @@ Each method is warmed up once (on 8 examples, or one example for the loop) befor
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/gradients.py            # defaults, ~3 min on 2 cores
-    .venv/bin/python benchmarks/gradients.py --quick    # smoke run
-    .venv/bin/python benchmarks/gradients.py --help
+    .venv/bin/python -m benchmarks.gradients            # defaults
+    .venv/bin/python -m benchmarks.gradients --quick    # smoke run
+    .venv/bin/python -m benchmarks.gradients --help
 
 This prints figures; it asserts nothing.
 """
@@ -42,9 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from benchmark_args import MODELS, add_model_arguments, comma_list
-from benchmark_models import RandomLlamaShape, demo_model_directory, format_parameters, load, parameter_count, random_llama
 
+from benchmarks.benchmark_args import MODELS, add_model_arguments, comma_list, warn_if_cpus_busy
+from benchmarks.benchmark_models import (
+    RandomLlamaShape,
+    demo_model_directory,
+    format_parameters,
+    load,
+    parameter_count,
+    random_llama,
+)
 from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.core.gradients import pool_token_pairs
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis
@@ -254,12 +261,7 @@ def main(argv=None) -> None:
         f"{args.batches} timed batches, {args.loop_examples} loop examples" + (" (--quick)" if args.quick else ""),
         flush=True,
     )
-    if load_average > 0.5 and torch.get_num_threads() > 1:
-        print(
-            "note: other processes are using the CPUs; with several torch threads, small operations can then be much "
-            "slower (OpenMP threads wait for a descheduled peer). Compare runs made under the same load.",
-            flush=True,
-        )
+    warn_if_cpus_busy(load_average, torch.get_num_threads(), "small operations")
     measurements = []
     for name in args.models:
         with torch.random.fork_rng():

@@ -4,11 +4,12 @@ On the materialized demo (run ``make demo`` first), every score is computed the 
 ``influence_scores`` computes it (the base model and each ``warmup.steps`` checkpoint, each with its
 own target and training gradients, standardized and averaged), from the stored gradient tables.
 Each configuration changes only the Hessian, debiasing and weighting of the settings' own
-``influence`` group (``unsolved``, ``ranking`` and the rest as configured; no likelihood guard or
-noise gate, since the scores themselves are studied):
+``influence`` group; the rest (``unsolved``, ``ranking``, ``likelihood_blend`` and the others) is as
+configured, so the default's cell is the pipeline's own scoring:
 
-1. the noise AUC of the score (higher score = keep, clean against corrupted rows) and the clean
-   share of the selection (the top ``selection.fraction`` in the configured ranking's order) for
+1. the noise AUC of the score (higher score = keep, clean against corrupted rows; the score before
+   any ranking or blend) and the clean share of the selection (the top ``selection.fraction`` in
+   the configured order, as ``influence_scores`` ranks the pool) for
    every ``influence.hessian`` (``identity``, and ``fisher`` at each of ``--dampings``) ×
    ``influence.debias`` × ``influence.weighting`` (and the off-policy target); the configured
    setting's cell in bold;
@@ -24,8 +25,8 @@ noise gate, since the scores themselves are studied):
 A configuration is ``HESSIAN[:DAMPING]/DEBIAS/WEIGHTING``, WEIGHTING one of signed, advantage,
 positive or ``offpolicy`` (the reference answers):
 
-    .venv/bin/python benchmarks/influence_settings.py
-    .venv/bin/python benchmarks/influence_settings.py --sft identity/unit/positive,fisher:0.1/unit/positive --seeds 0,1,2,3,4
+    .venv/bin/python -m benchmarks.influence_settings
+    .venv/bin/python -m benchmarks.influence_settings --sft identity/unit/positive,fisher:0.1/unit/positive --seeds 0,1,2,3,4
 
 This prints figures; it asserts nothing.
 """
@@ -38,12 +39,12 @@ from dataclasses import replace
 
 import numpy as np
 import polars as pl
-from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 
+from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
 from drift_assets.core.benchmark import MethodScorer, selected_ids
 from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, fit_curvature
-from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along
+from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along
 from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
 from drift_assets.core.weighting import WEIGHTING_SCHEMES
 from drift_assets.resources import Warehouse, model_resource
@@ -89,8 +90,7 @@ def parse_config(config: str) -> tuple[str, str, float, str, str]:
 
 def configured(settings: Settings, hessian: str, damping: float, debias_method: str, weighting: str) -> ScoringSettings:
     """The settings' own scoring with this Hessian, debiasing and weighting (``offpolicy``: the
-    reference answers as targets). No likelihood guard or noise gate: they reorder the selection
-    by the likelihood, and the scores themselves are studied here."""
+    reference answers as targets); everything else as configured."""
     offpolicy = weighting == "offpolicy"
     return replace(
         settings.influence.scoring(),
@@ -99,8 +99,6 @@ def configured(settings: Settings, hessian: str, damping: float, debias_method: 
         hessian=hessian,
         damping=damping,
         debias=debias_method,
-        likelihood_guard=1.0,
-        noise_gate="off",
     )
 
 
@@ -188,7 +186,7 @@ def signal_directions(checkpoints: list[CheckpointGradients], pool: pl.DataFrame
 def fisher_on_clean_rows(
     checkpoints: list[CheckpointGradients], pool: pl.DataFrame, settings: Settings, dampings: list[float]
 ) -> None:
-    """The signed / unit score with the fisher Hessian fitted on every row, and on the clean rows alone.
+    """The unit score (the configured weighting) with the fisher Hessian fitted on every row, and on the clean rows alone.
 
     Corrupted rows have large gradients, so they could dominate ΦᵀΦ/N; a Fisher fitted without them
     (a diagnostic: it needs the ground truth) tells whether that is why the Hessian hurts.
@@ -253,9 +251,12 @@ def main(argv=None) -> None:
     own = settings.influence.scoring()
     print(
         f"scored at {', '.join(c.checkpoint for c in checkpoints)}; k = {checkpoints[0].training.shape[1]}; "
-        f"influence.unsolved {own.unsolved}, ranking {own.ranking}; the top {settings.selection.fraction:g} of {pool.height}\n"
+        f"influence.unsolved {own.unsolved}, ranking {own.ranking}, likelihood_blend {own.likelihood_blend:g}, "
+        f"likelihood_guard {own.likelihood_guard:g}, noise_gate {own.noise_gate}; "
+        f"the top {settings.selection.fraction:g} of {pool.height}\n"
     )
-    scorer = MethodScorer(checkpoints, base_losses(tables, pool))  # the likelihood blend's order
+    # The base model's losses and every checkpoint's: what the blend, the guard and the gate rank by.
+    scorer = MethodScorer(checkpoints, base_losses(tables, pool), losses_along(tables, pool))
     settings_grid(scorer, pool, settings, args.dampings)
     print()
     signal_directions(checkpoints, pool, settings)

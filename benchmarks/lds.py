@@ -1,8 +1,8 @@
 """The linear datamodeling score (LDS) of our attribution, beside the field's reference implementations.
 
-    .venv/bin/python benchmarks/suite.py --tasks arithmetic,sort,spell,count,choice --draws 0 --materialize-only   # the workspaces
-    .venv/bin/python benchmarks/lds.py                                  # all five development tasks, M = 32
-    .venv/bin/python benchmarks/lds.py --tasks arithmetic --subsets 8 --references none
+    .venv/bin/python -m benchmarks.suite --tasks arithmetic,sort,spell,count,choice --draws 0 --materialize-only   # the workspaces
+    .venv/bin/python -m benchmarks.lds                                  # all five development tasks, M = 32
+    .venv/bin/python -m benchmarks.lds --tasks arithmetic --subsets 8 --references none
 
 Does an attribution method's score predict what retraining does? For each task (its workspace
 under ``data/suite/<task>/``, as ``suite.py`` writes and materializes it) it draws M random
@@ -263,7 +263,7 @@ def less_rows(context: TaskContext) -> list[Row]:
     if unsaved:
         print(
             f"  {context.name}: LESS rows skipped: no {OPTIMIZER_STATE_FILE} in {', '.join(unsaved)} (materialize the "
-            f"warm-up with it: benchmarks/suite.py --tasks {context.name} --methods less_onpolicy --materialize-only)",
+            f"warm-up with it: python -m benchmarks.suite --tasks {context.name} --methods less_onpolicy --materialize-only)",
             flush=True,
         )
         return []
@@ -339,7 +339,9 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     suite = Path(args.suite)
     settings_path = suite / name / "settings.yaml"
     if not settings_path.exists():
-        raise SystemExit(f"{settings_path} does not exist: run benchmarks/suite.py --tasks {name} --materialize-only first")
+        raise SystemExit(
+            f"{settings_path} does not exist: run python -m benchmarks.suite --tasks {name} --materialize-only first"
+        )
     started = time.perf_counter()
     settings = load_settings(settings_path)
     warehouse = Warehouse.from_settings(settings)

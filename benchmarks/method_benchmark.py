@@ -1,6 +1,6 @@
 """Run the method benchmark (SFT on each method's selection, several seeds) and print the table.
 
-    DAGSTER_HOME=$PWD/data/dagster_home .venv/bin/python benchmarks/method_benchmark.py   # settings from $DRIFT_ASSETS_SETTINGS or data/settings.yaml
+    DAGSTER_HOME=$PWD/data/dagster_home .venv/bin/python -m benchmarks.method_benchmark   # settings from $DRIFT_ASSETS_SETTINGS or data/settings.yaml
 
 It first brings the pipeline up to date (only what is stale or missing), then runs the
 ``method_benchmark`` job, which writes the table that the UI shows on the method_benchmark asset.

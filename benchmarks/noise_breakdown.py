@@ -25,8 +25,8 @@ noise, on the materialized demo (run ``make demo`` first):
    (``--sft-seeds``, default 0), answering the test queries greedily: accuracy, and the wrong
    answers by offset, too high and too low.
 
-    .venv/bin/python benchmarks/noise_breakdown.py
-    .venv/bin/python benchmarks/noise_breakdown.py --sft --sft-seeds 0,1,2
+    .venv/bin/python -m benchmarks.noise_breakdown
+    .venv/bin/python -m benchmarks.noise_breakdown --sft --sft-seeds 0,1,2
 
 Offsets and styles are parsed from the demo's "What is a ± b?" prompts and its three response
 styles; on other pools only parts 1 (where answers are numeric) and the per-category columns
@@ -42,8 +42,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
-from demo_warehouse import demo_warehouse, evaluated_after_sft
 
+from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft
 from drift_assets.core.attribution import scores_frame, weighted_rollouts
 from drift_assets.core.benchmark import selected_ids
 from drift_assets.core.gradients import query_token_pairs, reference_basis, vectors
@@ -127,9 +127,10 @@ def rollout_offsets(grades: pl.DataFrame, queries: pl.DataFrame) -> Counter:
 def split_target(validation_gradients: pl.DataFrame, grades: pl.DataFrame, weighting: str) -> dict[str, np.ndarray]:
     """The on-policy target g split into the direction the queries share and the rest.
 
-    Each query contributes a contrast c_q = Σ_k w_qk ĝ_qk (correct minus incorrect rollouts); the
-    shared direction b is the mean of the unit contrasts, what the model gets wrong everywhere
-    (on the demo: answering too low). g − (gᵀb)b is what is specific to each query.
+    Each query contributes c_q = Σ_k w_qk ĝ_qk, its rollouts under the configured ``weighting``
+    (signed: correct minus incorrect ones; positive: the correct ones alone); the shared direction
+    b is the mean of the unit c_q, what every query asks of the model alike (with signed weights,
+    e.g. which way it errs everywhere). g − (gᵀb)b is what is specific to each query.
     """
     # Rollouts only: a query no rollout solves has no contrast of the model's own to share.
     rollouts, _, _ = weighted_rollouts(validation_gradients, grades, weighting, unsolved="skip")
@@ -180,9 +181,14 @@ def main(argv=None) -> None:
         along[f"drift at {checkpoint.checkpoint}"] = in_pool_order(
             score_checkpoint(checkpoint, settings.influence.scoring()), pool
         )
-    configured = f"drift ({settings.influence.ranking})"
-    # The configured selection takes the pipeline's own order (with influence.ranking round_robin
-    # the queries take turns), not the top by score.
+    own = settings.influence.scoring()
+    print(
+        f"configured: weighting {own.weighting}, unsolved {own.unsolved}, ranking {own.ranking}, "
+        f"likelihood_blend {own.likelihood_blend:g}, likelihood_guard {own.likelihood_guard:g}, noise_gate {own.noise_gate}"
+    )
+    configured = "drift (configured)"
+    # The configured selection takes the pipeline's own order (the queries taking turns and the base
+    # model's likelihood blended in, as configured), not the top by score.
     order = {configured: np.argsort(scored["rank"].to_numpy(), kind="stable")}
     scores = {
         configured: scored["score"].to_numpy(),

@@ -18,9 +18,9 @@ settings and seeds, and test accuracy:
 
 Where the ``method_benchmark`` table exists, it is printed for comparison.
 
-    .venv/bin/python benchmarks/noise_sensitivity.py
-    .venv/bin/python benchmarks/noise_sensitivity.py --shares 0,0.05,0.2 --seeds 0,1,2
-    .venv/bin/python benchmarks/noise_sensitivity.py --shares '' --no-scored --one-off 100
+    .venv/bin/python -m benchmarks.noise_sensitivity
+    .venv/bin/python -m benchmarks.noise_sensitivity --shares 0,0.05,0.2 --seeds 0,1,2
+    .venv/bin/python -m benchmarks.noise_sensitivity --shares '' --no-scored --one-off 100
 
 This prints figures; it asserts nothing.
 """
@@ -33,9 +33,9 @@ import time
 
 import numpy as np
 import polars as pl
-from demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
-from noise_breakdown import answer_differences, answer_offset
 
+from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
+from benchmarks.noise_breakdown import answer_differences, answer_offset
 from drift_assets.core.benchmark import summary_markdown
 from drift_assets.core.sft import Evaluation
 from drift_assets.core.stored import ConfiguredTables, pool_loss_scores

@@ -15,8 +15,8 @@ gᵀh/‖h‖ (the default), plus the noise ROC-AUC of each (higher score = keep
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/projection_fidelity.py                # 800 examples, ranks 8,16,32
-    .venv/bin/python benchmarks/projection_fidelity.py --examples 2400
+    .venv/bin/python -m benchmarks.projection_fidelity                # 800 examples, ranks 8,16,32
+    .venv/bin/python -m benchmarks.projection_fidelity --examples 2400
 
 This prints figures; it asserts nothing.
 """
@@ -29,9 +29,9 @@ import time
 import numpy as np
 import polars as pl
 import torch
-from demo_warehouse import demo_warehouse
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from benchmarks.demo_warehouse import demo_warehouse
 from drift_assets.core.attribution import target_gradient
 from drift_assets.core.gradients import pool_token_pairs, reference_basis, validation_gradient_frame
 from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches

@@ -7,7 +7,7 @@
    LLM's learning rate with float32 master weights (what ``core.sft.fine_tune`` does) and with its
    16-bit weights stepped directly (what it did before), against float32.
 
-Usage: ``.venv/bin/python benchmarks/real_model_path.py [--steps 200] [--learning-rate 1e-5]``
+Usage: ``.venv/bin/python -m benchmarks.real_model_path [--steps 200] [--learning-rate 1e-5]``
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import random
 
 import polars as pl
 import torch
-from demo_warehouse import demo_warehouse
 
+from benchmarks.demo_warehouse import demo_warehouse
 from drift_assets.core.chat_model import build_chat_tokenizer
 from drift_assets.core.generation import SamplingSettings, TransformersEngine
 from drift_assets.core.gradients import pool_token_pairs, response_token_pairs

@@ -15,9 +15,9 @@ throughput comes from. The "prompts" column says how many each row used.
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/rollouts.py            # defaults, ~3 min on 2 cores
-    .venv/bin/python benchmarks/rollouts.py --quick    # smoke run
-    .venv/bin/python benchmarks/rollouts.py --help
+    .venv/bin/python -m benchmarks.rollouts            # defaults
+    .venv/bin/python -m benchmarks.rollouts --quick    # smoke run
+    .venv/bin/python -m benchmarks.rollouts --help
 
 This prints figures; it asserts nothing.
 """
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark_args import MODELS, add_model_arguments, comma_list
+from benchmarks.benchmark_args import MODELS, add_model_arguments, comma_list, warn_if_cpus_busy
 
 # Measured in this order: transformers before any vLLM engine, and vLLM's own processes before the
 # engine in this one, so that no engine process lingering after close() shares the cores with a later row.
@@ -91,7 +91,7 @@ def open_engine(backend: str, directory: Path, max_model_len: int):
     from drift_assets.core.generation import TransformersEngine, VllmEngine
 
     if backend == "transformers":
-        from benchmark_models import load
+        from benchmarks.benchmark_models import load
 
         model, tokenizer = load(directory)
         return TransformersEngine(model, tokenizer)
@@ -140,7 +140,8 @@ def main(argv=None) -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     import torch
     import transformers
-    from benchmark_models import (
+
+    from benchmarks.benchmark_models import (
         RandomLlamaShape,
         demo_model_directory,
         format_parameters,
@@ -148,7 +149,6 @@ def main(argv=None) -> None:
         parameter_count,
         random_model_directory,
     )
-
     from drift_assets.core.demo_task import query_rows
     from drift_assets.core.generation import SamplingSettings, vllm_available
     from drift_assets.core.sequences import encode_prompt, render_prompt
@@ -176,13 +176,7 @@ def main(argv=None) -> None:
         f"seed {settings.seed}" + (" (--quick)" if args.quick else ""),
         flush=True,
     )
-    if load_average > 0.5 and torch.get_num_threads() > 1:
-        print(
-            "note: other processes are using the CPUs; with several torch threads, the transformers engine's many small "
-            "operations can then be 100x slower (OpenMP threads wait for a descheduled peer). Compare runs made under "
-            "the same load, or pass --threads 1.",
-            flush=True,
-        )
+    warn_if_cpus_busy(load_average, torch.get_num_threads(), "the transformers engine's many small operations")
 
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="drift-rollout-benchmark-") as scratch:

@@ -18,8 +18,8 @@ On a demo workspace of its own (the demo's generator and tiny model, ``--n-train
 
 Run from the repository root (one heavy job at a time; a few minutes on 2 cores):
 
-    .venv/bin/python benchmarks/scaling.py
-    .venv/bin/python benchmarks/scaling.py --n-train 1200 --workers 1 2   # smaller
+    .venv/bin/python -m benchmarks.scaling
+    .venv/bin/python -m benchmarks.scaling --n-train 1200 --workers 1 2   # smaller
 
 This prints figures; it asserts nothing.
 """

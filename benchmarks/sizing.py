@@ -13,8 +13,8 @@ Per model and rank it prints:
   eigendecomposed (in float64, on the CPU);
 - the ``fisher`` Hessian: a k × k float64 matrix and its Cholesky factor.
 
-    .venv/bin/python benchmarks/sizing.py
-    .venv/bin/python benchmarks/sizing.py --ranks 4,8,16 --pool 1000000
+    .venv/bin/python -m benchmarks.sizing
+    .venv/bin/python -m benchmarks.sizing --ranks 4,8,16 --pool 1000000
 
 Then the planned peak memory (``drift_assets.core.memory``, what the warm-up, SFT and the gradient
 pass log before they start) of a warm-up/SFT step in bfloat16, fine-tuning every weight and

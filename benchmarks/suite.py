@@ -2,10 +2,10 @@
 
     make benchmark                                          # every method on three draws of the demo's task
     make suite                                              # every task, four draws, the methods that judge a default
-    .venv/bin/python benchmarks/suite.py                    # every task, four draws, every default method, one seed
-    .venv/bin/python benchmarks/suite.py --tasks sort,spell --seeds 0,1 --methods full,random,drift
-    .venv/bin/python benchmarks/suite.py --draws 0,1 --output data/suite/two-draws.json   # two draws of each task
-    .venv/bin/python benchmarks/suite.py --report data/suite/results.json,data/suite/two-draws.json
+    .venv/bin/python -m benchmarks.suite                    # every task, four draws, every default method, one seed
+    .venv/bin/python -m benchmarks.suite --tasks sort,spell --seeds 0,1 --methods full,random,drift
+    .venv/bin/python -m benchmarks.suite --draws 0,1 --output data/suite/two-draws.json   # two draws of each task
+    .venv/bin/python -m benchmarks.suite --report data/suite/results.json,data/suite/two-draws.json
 
 Each task gets a workspace under ``data/suite/<task>/`` (settings file, data, model, warehouse,
 Dagster instance), built from ``data/settings.yaml`` with the task's own demo, answer marker,
@@ -20,7 +20,7 @@ method's difference from full-data SFT as mean ± s.e. over the draws, with the 
 that spread can detect.
 
 Two settings differ from a user's run, for speed on 2 CPU cores: rollouts are sampled with
-transformers (on these 0.5M-parameter models it starts in a second where vLLM takes ~25 s, and it
+transformers (on these 0.5M-parameter models it starts far sooner than vLLM's engine, and it
 samples the same distribution), and the method benchmark's fine-tunes run in two one-thread
 processes (``benchmark.workers``).
 

@@ -4,7 +4,7 @@ selection with the same recipe (``benchmark.sft``: steps, batch size, learning r
 no weight decay, gradients clipped at 1, loss on the response tokens only), over several seeds, and
 the test accuracy of each is printed side by side with the paired difference.
 
-    .venv/bin/python benchmarks/trl_vs_own_sft.py [--seeds 0,1,2]
+    .venv/bin/python -m benchmarks.trl_vs_own_sft [--seeds 0,1,2]
 
 Needs the materialized demo (``make demo``) and the ``trl`` extra. The two differ in what the
 recipe leaves open (the order examples are drawn in, padding), so they agree within seeds' noise,
@@ -19,8 +19,8 @@ import math
 import tempfile
 
 import polars as pl
-from demo_warehouse import demo_warehouse, evaluated_after_sft
 
+from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft
 from drift_assets.core.generation import TransformersEngine
 from drift_assets.core.sft import evaluate
 from drift_assets.resources import model_resource

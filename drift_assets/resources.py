@@ -452,13 +452,7 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
             return
         handle = self._open_lock()
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WarehouseBusyError(
-                    f"warehouse {self.root} is being materialized by {self._holder(handle)}: wait for that run to "
-                    "finish (or point warehouse.root elsewhere)"
-                ) from None
+            self._take(handle, fcntl.LOCK_EX, "wait for that run to finish (or point warehouse.root elsewhere)")
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -480,14 +474,15 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
             yield
             return
         with self._open_lock() as handle:  # closing releases the lock
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WarehouseBusyError(
-                    f"warehouse {self.root} is being materialized by {self._holder(handle)}: this run did nothing; "
-                    "launch it again once that one has finished"
-                ) from None
+            self._take(handle, fcntl.LOCK_SH, "this run did nothing; launch it again once that one has finished")
             yield
+
+    def _take(self, handle, mode: int, advice: str) -> None:
+        """Take the lock file's lock in ``mode`` without waiting; held elsewhere, raise naming the holder and ``advice``."""
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WarehouseBusyError(f"warehouse {self.root} is being materialized by {self._holder(handle)}: {advice}") from None
 
     def _open_lock(self):
         try:

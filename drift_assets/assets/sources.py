@@ -26,6 +26,16 @@ QUERIES_VERSION = "2"  # 2: ids with control characters and references beyond da
 OBSERVER_RESOURCES = {"warehouse"}
 
 
+def _source(description: str):
+    """An observable source of the ``sources`` group, observed as ``observe_condition`` says."""
+    return observable_source_asset(
+        group_name="sources",
+        automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
+        description=description,
+    )
+
+
 def _observe(path: str, what: str) -> DataVersion:
     if not Path(path).exists():
         raise FileNotFoundError(f"{what}: {path} does not exist (check the settings file, or materialize the demo group first)")
@@ -38,30 +48,15 @@ def build_source_assets(settings: Settings) -> list:
     model_path = settings.model_path
     pool_reads = Reads(settings, "training_pool", "data.max_example_tokens")
 
-    @observable_source_asset(
-        group_name="sources",
-        automation_condition=observe_condition(),
-        required_resource_keys=OBSERVER_RESOURCES,
-        description=f"The training pool input: {settings.data.training_pool}",
-    )
+    @_source(f"The training pool input: {settings.data.training_pool}")
     def training_pool_source() -> DataVersion:
         return _observe(pool_path, "data.training_pool")
 
-    @observable_source_asset(
-        group_name="sources",
-        automation_condition=observe_condition(),
-        required_resource_keys=OBSERVER_RESOURCES,
-        description=f"The validation queries input: {settings.data.validation_queries}",
-    )
+    @_source(f"The validation queries input: {settings.data.validation_queries}")
     def validation_queries_source() -> DataVersion:
         return _observe(validation_path, "data.validation_queries")
 
-    @observable_source_asset(
-        group_name="sources",
-        automation_condition=observe_condition(),
-        required_resource_keys=OBSERVER_RESOURCES,
-        description=f"The base model directory: {settings.model.path}",
-    )
+    @_source(f"The base model directory: {settings.model.path}")
     def base_model() -> DataVersion:
         if not Path(model_path).exists():
             raise FileNotFoundError(f"model.path: {model_path} does not exist")

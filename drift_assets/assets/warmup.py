@@ -31,6 +31,23 @@ WARMUP_VERSION = "5"
 GIVEN_VERSION = "1"  # warmup.checkpoints: the listed directories, checked and recorded
 
 
+def _warmup_asset(settings: Settings, reads: Reads, version: str, description: str, **placement):
+    """The decorator of ``warmup_checkpoints``, trained or given: one partition per checkpoint, every
+    partition a run asks for written by that one run."""
+    return asset(
+        name=WARMUP,
+        group_name="attribution",
+        code_version=reads.code_version(version),
+        metadata={"partition_expr": "checkpoint", **reads.metadata()},
+        partitions_def=warmup_partitions(settings),
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=["base_model"],
+        kinds={"pytorch", "delta"},
+        description=description,
+        **placement,
+    )
+
+
 def build_warmup_assets(settings: Settings) -> list:
     if settings.warmup.checkpoints:
         return [_given_checkpoints(settings)]
@@ -40,19 +57,14 @@ def build_warmup_assets(settings: Settings) -> list:
     lora = reads.warmup.lora.options() if reads.warmup.lora else None
     directory = Path(reads.resolve(reads.warmup.checkpoint_dir))
 
-    @asset(
-        name=WARMUP,
-        group_name="attribution",
-        code_version=reads.code_version(WARMUP_VERSION),
-        metadata={"partition_expr": "checkpoint", **reads.metadata()},
-        partitions_def=warmup_partitions(settings),
-        # The run trains once up to the last step asked for and saves every step asked for on the way.
-        backfill_policy=BackfillPolicy.single_run(),
-        deps=["base_model"],
-        kinds={"pytorch", "delta"},
-        **GPU_STEP,
-        description="SFT on the whole pool at a constant learning rate (of every weight, or of LoRA adapters), "
+    # The run trains once up to the last step asked for and saves every step asked for on the way.
+    @_warmup_asset(
+        settings,
+        reads,
+        WARMUP_VERSION,
+        "SFT on the whole pool at a constant learning rate (of every weight, or of LoRA adapters), "
         "saved at the warm-up steps as model directories (or adapter directories).",
+        **GPU_STEP,
     )
     def warmup_checkpoints(context: AssetExecutionContext, training_pool: pl.DataFrame, model: ModelResource) -> pl.DataFrame:
         started = time.perf_counter()
@@ -127,16 +139,11 @@ def _given_checkpoints(settings: Settings):
     reads = Reads(settings, WARMUP, "warmup.checkpoints", "model.dtype")
     given = reads.given_checkpoints
 
-    @asset(
-        name=WARMUP,
-        group_name="attribution",
-        code_version=reads.code_version(GIVEN_VERSION),
-        metadata={"partition_expr": "checkpoint", **reads.metadata()},
-        partitions_def=warmup_partitions(settings),
-        backfill_policy=BackfillPolicy.single_run(),
-        deps=["base_model"],
-        kinds={"pytorch", "delta"},
-        description="The model directories warmup.checkpoints lists (checkpoints of a fine-tune already run), checked "
+    @_warmup_asset(
+        settings,
+        reads,
+        GIVEN_VERSION,
+        "The model directories warmup.checkpoints lists (checkpoints of a fine-tune already run), checked "
         "against model.path's tokenizer and recorded: no warm-up run is trained.",
     )
     def warmup_checkpoints(context: AssetExecutionContext, model: ModelResource, warehouse: Warehouse) -> pl.DataFrame:

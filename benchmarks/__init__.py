@@ -1,0 +1,1 @@
+"""Scripts that measure the pipeline; run each from the repository root as ``python -m benchmarks.<script>``."""
