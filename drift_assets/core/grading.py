@@ -271,8 +271,12 @@ def grader_process() -> GraderProcess:
 def _serve_grader_calls(connection, parent: int) -> None:
     """The grader process: ``(sys.path or None, grader, completion, reference)`` in, ``("returned",
     result)`` or ``("raised", type, text, "file:line")`` out, until the connection closes."""
+    import signal
     import traceback
 
+    # An ignored SIGTERM survives exec (Dagster's run workers ignore it); multiprocessing ends daemon
+    # children at exit with SIGTERM and waits for them, so a grader process ignoring it hangs that exit.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with(parent)
     while True:
         try:

@@ -278,3 +278,25 @@ def test_unknown_grader_names_the_spec_and_the_choices(spec):
 @pytest.mark.parametrize("name", ["exact", "numeric", "math", "regex"])
 def test_builtin_graders_validate(name):
     assert validate_grader(name) is None
+
+
+def test_the_grader_process_ends_on_sigterm_even_when_its_parent_ignores_it():
+    """A spawned child inherits an ignored SIGTERM across exec (Dagster's run workers ignore it), and
+    multiprocessing ends daemon children at exit with SIGTERM and waits for them: a grader process that
+    kept ignoring it would hang its parent's exit."""
+    import signal
+
+    from drift_assets.core.grading import GraderProcess
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        grader = GraderProcess()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        assert grader.call("builtins:max", "b", "a", timeout_s=60) == "b"  # serving: its start-up is done
+        grader._process.terminate()
+        grader._process.join(10)
+        assert not grader._process.is_alive(), "the grader process ignored SIGTERM"
+    finally:
+        grader.close()
