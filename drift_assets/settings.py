@@ -162,6 +162,7 @@ DEMO_TASKS = (
     "shift",
     "digits",
     "brackets",
+    "roman",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

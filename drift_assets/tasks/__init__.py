@@ -18,6 +18,7 @@ from drift_assets.tasks.brackets import Brackets
 from drift_assets.tasks.choice import Choice
 from drift_assets.tasks.count import Count
 from drift_assets.tasks.digits import Digits
+from drift_assets.tasks.roman import Roman
 from drift_assets.tasks.shift import Shift
 from drift_assets.tasks.sort import Sort
 from drift_assets.tasks.spell import Spell
@@ -25,7 +26,7 @@ from drift_assets.tasks.spell import Spell
 __all__ = ["NOISE_KINDS", "TASKS", "BaseModel", "PretrainRecipe", "Task", "TaskDefaults", "build_base_model", "get_task"]
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits(), Brackets())
+    task.name: task for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits(), Brackets(), Roman())
 }
 CALIBRATION_QUERIES = 64
 

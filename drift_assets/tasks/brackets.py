@@ -1,10 +1,10 @@
 """Close the brackets a short sequence left open, innermost first (BIG-bench's Dyck-language completion).
 
-Held out (written 2026-12-06, the day's second held-out task, after the held-out ``digits`` was
-reported and before the next candidate defaults are run): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other tasks' (keeping a stack: the
-brackets still open, closed last-opened first, not arithmetic, ordering, spelling, counting,
-choosing, a letter mapping or a digit sum), and so is its noise:
+The suite's fifth held-out task (written 2026-12-06, after the held-out ``digits`` was reported);
+its results were seen when they were reported, so it has been a development task since
+2026-12-06, when ``roman`` was written (``roman`` is held out now). Its skill is unlike the other
+tasks' (keeping a stack: the brackets still open, closed last-opened first, not arithmetic,
+ordering, spelling, counting, choosing, a letter mapping or a digit sum), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator closes the open brackets
   in the order they were opened (a queue, not a stack): "( {" is closed ") }" where it should be
@@ -76,11 +76,10 @@ def depth(sequence: str) -> int:
 
 class Brackets(Task):
     name = "brackets"
-    description = "close the brackets a 4-10 bracket sequence left open, 'Close: ) ]' after optional working; exact; held out"
+    description = "close the brackets a 4-10 bracket sequence left open, 'Close: ) ]' after optional working; exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}

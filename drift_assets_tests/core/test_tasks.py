@@ -70,8 +70,33 @@ def closing(sequence: str) -> str:
     return " ".join(reversed(stack))
 
 
+# Greedy over the values, largest first: with the subtractive pairs the standard numeral, without
+# them additive notation (4 as IIII, 9 as VIIII); not the task's digit-by-digit construction.
+SUBTRACTIVE = ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"))
+SUBTRACTIVE += ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))
+ADDITIVE = tuple((value, letters) for value, letters in SUBTRACTIVE if len(letters) == 1)
+
+
+def numeral(number: int, table: tuple = SUBTRACTIVE) -> str:
+    letters = []
+    for value, symbol in table:
+        while number >= value:
+            letters.append(symbol)
+            number -= value
+    return "".join(letters)
+
+
+def roman_value(text: str) -> int:
+    """A numeral's value, a letter before a larger one taken away (reads either notation)."""
+    letter_values = {letter: value for value, letter in ADDITIVE}
+    values = [letter_values[letter] for letter in text]
+    return sum(-value if later > value else value for value, later in zip(values, values[1:] + [0], strict=True))
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "roman":
+        return numeral(int(re.fullmatch(r"Roman for (\d+)\n", prompt).group(1)))
     if task == "brackets":
         return closing(re.fullmatch(r"Complete ([()\[\]{}](?: [()\[\]{}])*)\n", prompt).group(1))
     if task == "arithmetic":
@@ -112,6 +137,9 @@ def stated_answer(task: str, response: str) -> str | None:
     if task == "brackets":
         found = re.search(r"Close: ([)\]}](?: [)\]}])*)$", response)
         return found and found.group(1)
+    if task == "roman":
+        found = re.search(r"Roman: ([IVXLCDM]+)$", response)
+        return found and found.group(1)
     if task == "digits":
         found = re.search(r"Sum: (\d+)$", response)
         return found and found.group(1)
@@ -127,7 +155,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["brackets"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["roman"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -269,7 +297,7 @@ def test_the_digits_tasks_near_misses_each_skip_one_digit_and_its_off_task_rows_
     assert len(skipped_positions) >= 3  # the skipped digit moves: no one wrong rule
 
 
-def test_the_held_out_brackets_tasks_near_misses_all_close_in_the_opening_order():
+def test_the_brackets_tasks_near_misses_all_close_in_the_opening_order():
     """Harmful noise, one wrong rule: every near miss closes the open brackets first-opened first
     (a queue, not a stack), which the rows are drawn to get wrong; the format rows repeat the whole
     completed sequence; the off-task rows state a balanced sequence's nesting depth right."""
@@ -298,3 +326,56 @@ def test_the_held_out_brackets_tasks_near_misses_all_close_in_the_opening_order(
                 level += 1 if bracket in pairs else -1
                 deepest = max(deepest, level)
             assert row["response"] == f"Depth: {deepest}", row
+
+
+def test_roman_numerals_match_a_hand_written_list_and_read_back():
+    """The tests' own numerals against numerals written by hand, and every one in 1-3999 read back."""
+    by_hand = {1: "I", 4: "IV", 9: "IX", 14: "XIV", 40: "XL", 49: "XLIX", 90: "XC", 99: "XCIX", 400: "CD"}
+    by_hand |= {444: "CDXLIV", 900: "CM", 1666: "MDCLXVI", 1994: "MCMXCIV", 2024: "MMXXIV", 3999: "MMMCMXCIX"}
+    for number, text in by_hand.items():
+        assert numeral(number) == text and roman_value(text) == number
+    assert numeral(4, ADDITIVE) == "IIII" and numeral(1994, ADDITIVE) == "MDCCCCLXXXXIIII"
+    canonical = re.compile(r"M{0,3}(CM|CD|D?C{0,3})(XC|XL|L?X{0,3})(IX|IV|V?I{0,3})")  # the standard form, one way
+    for number in range(1, 4000):
+        assert canonical.fullmatch(numeral(number)) and roman_value(numeral(number)) == number
+        assert roman_value(numeral(number, ADDITIVE)) == number
+
+
+def test_the_held_out_roman_tasks_near_misses_all_write_additive_notation():
+    """Harmful noise, one wrong rule: every near miss writes the number in additive notation (IIII,
+    VIIII, XXXX, …), drawn from numbers where that differs from the standard numeral; the format rows
+    write the right numeral's places apart; the off-task rows read a training number's numeral back."""
+    task = get_task("roman")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    held = {query["prompt"] for split in ("validation", "test") for query in task.query_rows(task.problems_in(split), 0, split)}
+    held_numbers = {int(re.fullmatch(r"Roman for (\d+)\n", prompt).group(1)) for prompt in held}
+    assert len(held_numbers) == task.problems_in("validation") + task.problems_in("test")
+    for row in pool:
+        if row["category"] == "off_task":
+            text, value = re.fullmatch(r"Value of ([IVXLCDM]+)\n", row["prompt"]).group(1), row["response"]
+            assert value == f"Value: {roman_value(text)}" and text == numeral(roman_value(text)), row
+            assert roman_value(text) not in held_numbers, row  # no test or validation numeral in the pool
+            continue
+        number = int(re.fullmatch(r"Roman for (\d+)\n", row["prompt"]).group(1))
+        assert number not in held_numbers, row
+        truth, stated = true_answer("roman", row["prompt"]), stated_answer("roman", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        working = row["response"].split(". Roman: ")[0].split("+") if ". Roman: " in row["response"] else None
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == numeral(number, ADDITIVE) != truth and not graded, row
+            assert not re.search("IV|IX|XL|XC|CD|CM", stated), row  # no letter taken away from a larger one
+        else:
+            places = row["response"].removeprefix("Roman: ").split(" ")
+            assert len(places) >= 2 and "".join(places) == truth and not graded, row
+        if working is not None:  # the working lists the stated numeral's places, the highest first
+            assert "".join(working) == stated and all(roman_value(part) > 0 for part in working), row
+            assert [roman_value(part) for part in working] == sorted((roman_value(part) for part in working), reverse=True)
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    fours = [row for row in corrupted if re.search("(?<!V)IIII|(?<!L)XXXX|(?<!D)CCCC", stated_answer("roman", row["response"]))]
+    nines = [row for row in corrupted if re.search("VIIII|LXXXX|DCCCC", stated_answer("roman", row["response"]))]
+    assert len(fours) > len(corrupted) / 4 and len(nines) > len(corrupted) / 4  # the rule for 4s and for 9s both

@@ -1,0 +1,130 @@
+"""Write a number from 1 to 3999 in Roman numerals, with subtractive notation (IV, IX, XL, XC, CD, CM).
+
+Held out (written 2026-12-06, the suite's sixth held-out task, after the held-out ``brackets`` was
+reported and before the next candidate runs are read): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other tasks' (a place-value notation
+rewritten digit by digit into letters whose value depends on the place, where 4 and 9 are
+written as a letter taken away from the next one; not arithmetic, ordering, spelling a number in
+words, counting, choosing, a letter mapping, a digit sum or a stack), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator writes additive
+  notation only, 4 as IIII and 9 as VIIII (XXXX, LXXXX, CCCC, DCCCC at the higher places),
+  an old style that a clock face keeps and the task's grader does not accept. The rows are drawn
+  from numbers with a 4 or a 9 below the thousands, so every one of them teaches that rule.
+- ``format``: the right numeral with its places written apart ("Roman: MM CD XL VII"), which
+  the exact grader does not accept; drawn from numbers with at least two nonzero places.
+- ``off_task``: a correct answer to the question the other way round, the value of a numeral
+  ("Value of XIV" → "Value: 14"), asked and answered in its own words, about training numbers
+  only, so that the pool shows no test numeral.
+
+Responses end in ``Roman: <numeral>``, after the numeral of each place joined by "+" or alone;
+exact grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+
+from drift_assets.core.demo_task import split_of_key
+from drift_assets.core.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+
+MARKER = "Roman:"
+LARGEST = 3999  # MMMCMXCIX: no letter for 5000, so the thousands stop at three
+# The letters for one, five and ten at each place, the units first.
+PLACES = (("I", "V", "X"), ("X", "L", "C"), ("C", "D", "M"), ("M", "", ""))
+
+
+def place_numeral(digit: int, place: int, subtractive: bool = True) -> str:
+    """The numeral of ``digit`` at ``place`` (0 the units): subtractive 4 and 9, or additive."""
+    one, five, ten = PLACES[place]
+    if subtractive and digit == 4:
+        return one + five
+    if subtractive and digit == 9:
+        return one + ten
+    return (five if digit >= 5 else "") + one * (digit % 5)
+
+
+def place_numerals(number: int, subtractive: bool = True) -> list[str]:
+    """The numerals of ``number``'s nonzero places, the highest first."""
+    digits = [int(digit) for digit in str(number)]
+    return [place_numeral(digit, len(digits) - 1 - index, subtractive) for index, digit in enumerate(digits) if digit]
+
+
+def to_roman(number: int, subtractive: bool = True) -> str:
+    if not 1 <= number <= LARGEST:
+        raise ValueError(f"no Roman numeral for {number} in 1-{LARGEST}")
+    return "".join(place_numerals(number, subtractive))
+
+
+def has_subtraction(number: int) -> bool:
+    """Whether additive notation writes ``number`` otherwise: a 4 or a 9 below the thousands."""
+    return to_roman(number) != to_roman(number, subtractive=False)
+
+
+@cache
+def _split_sizes() -> dict[str, int]:
+    sizes = {"validation": 0, "test": 0, "train": 0}
+    for number in range(1, LARGEST + 1):
+        sizes[split_of_key(f"roman:{number}")] += 1
+    return sizes
+
+
+class Roman(Task):
+    name = "roman"
+    description = "a number 1-3999 in Roman numerals (IV, XC), 'Roman: XIV' after optional working; exact; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> int:
+        return rng.randint(1, LARGEST)
+
+    def problem_key(self, problem: int) -> str:
+        return f"roman:{problem}"
+
+    def problems_in(self, split: str) -> int:
+        return _split_sizes()[split]
+
+    def prompt(self, problem: int) -> str:
+        return f"Roman for {problem}\n"
+
+    def reference(self, problem: int) -> str:
+        return to_roman(problem)
+
+    def reference_response(self, problem: int) -> str:
+        return f"{MARKER} {self.reference(problem)}"
+
+    def _respond(self, problem: int, rng: random.Random, subtractive: bool = True) -> str:
+        numerals = place_numerals(problem, subtractive)
+        if rng.random() < 0.5:
+            return f"{MARKER} {''.join(numerals)}"
+        return f"{'+'.join(numerals)}. {MARKER} {''.join(numerals)}"
+
+    def correct_response(self, problem: int, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> int:
+        while True:  # each kind of noise shows only on some numbers
+            problem = self.draw(rng)
+            if kind == "corrupted" and not has_subtraction(problem):
+                continue  # additive notation would be right here
+            if kind == "format" and len(place_numerals(problem)) < 2:
+                continue  # a single place written apart is the numeral itself
+            return problem
+
+    def corrupted_response(self, problem: int, rng: random.Random) -> str:
+        return self._respond(problem, rng, subtractive=False)
+
+    def format_response(self, problem: int, rng: random.Random) -> str:
+        return f"{MARKER} {' '.join(place_numerals(problem))}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        number = self.draw(rng)  # a training number: the pool never shows a test numeral
+        return f"Value of {to_roman(number)}\n", f"Value: {number}"
