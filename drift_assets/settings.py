@@ -438,6 +438,14 @@ class InfluenceSettings(_Group):
         "DRIFT's order + w·its rank by loss per response token under the base model (likeliest first), inside each part "
         "the guard and the gate make; 0 = DRIFT's order alone",
     )
+    length_strata: int = Field(
+        _SCORING.length_strata,
+        ge=1,
+        le=100,
+        description="k > 1: every prefix of the ranking keeps the pool's mix of response lengths (the pool cut into k "
+        "equal parts by response tokens, each row ranked by its rank's quantile inside its part), so the selection does "
+        "not drop a response style the pool teaches; 1 = off",
+    )
 
     def scoring(self) -> ScoringSettings:
         """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
@@ -638,6 +646,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_blend",
     "drift_blend_gated",
     "drift_unblended",
+    "drift_strata",
 )
 # The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
@@ -658,6 +667,7 @@ ABLATIONS_ON_REQUEST = (
     "drift_late",
     "drift_blend",
     "drift_blend_gated",
+    "drift_strata",
 )
 
 

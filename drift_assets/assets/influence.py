@@ -115,6 +115,7 @@ def build_influence_assets(settings: Settings) -> list:
             gate_losses,
             references,
             influence.likelihood_blend,
+            influence.length_strata,
         )
         table = table.join(losses, on="example_id", how="left", maintain_order="left")
         problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
@@ -134,6 +135,7 @@ def build_influence_assets(settings: Settings) -> list:
                 "ranking": influence.ranking,
                 "likelihood_guard": influence.likelihood_guard,
                 "likelihood_blend": influence.likelihood_blend,
+                "length_strata": influence.length_strata,
                 **({"queries_taking_turns": len(along.queries.query_ids)} if along.queries else {}),
                 "queries_used": summary.queries_used if summary else base_target.n_targets,
                 "queries_skipped": summary.queries_skipped if summary else 0,

@@ -49,6 +49,7 @@ class ScoringSettings:
     shared_direction: SharedDirection = "keep"
     noise_gate: NoiseGate = "off"
     likelihood_blend: float = 0.5
+    length_strata: int = 1
 
 
 @dataclass

@@ -131,6 +131,8 @@ ABLATIONS = {
     "drift_blend": {"likelihood_blend": 0.5},
     "drift_blend_gated": {"likelihood_blend": 0.5, "noise_gate": "reference"},
     "drift_unblended": {"likelihood_blend": 0.0},
+    # Registered 2026-12-06 (late): the default's order keeping the pool's mix of response lengths.
+    "drift_strata": {"length_strata": 4},
 }
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
@@ -150,7 +152,15 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
     if method == "offpolicy":
-        return replace(drift, targets="offpolicy", debias="unit", ranking="score", likelihood_guard=1.0, likelihood_blend=0.0)
+        return replace(
+            drift,
+            targets="offpolicy",
+            debias="unit",
+            ranking="score",
+            likelihood_guard=1.0,
+            likelihood_blend=0.0,
+            length_strata=1,
+        )
     if method == "influence":
         return replace(
             drift,
@@ -160,6 +170,7 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
             ranking="score",
             likelihood_guard=1.0,
             likelihood_blend=0.0,
+            length_strata=1,
         )
     if method == "drift":
         return drift
@@ -221,6 +232,7 @@ class MethodScorer:
             self.losses_along,
             references,
             scoring.likelihood_blend,
+            scoring.length_strata,
         )
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:

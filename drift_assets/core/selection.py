@@ -192,6 +192,35 @@ def blended(
     return lambda rows: blended_ranks(ranks_of(rows), losses[rows], weight)
 
 
+def stratified_ranks(order_ranks: np.ndarray, lengths: np.ndarray, strata: int) -> np.ndarray:
+    """Ranks (1 = first) whose every prefix holds the rows' mix of ``lengths``: the rows cut into
+    ``strata`` parts of equal size by length (ties to the better of ``order_ranks``), each row keyed by
+    the quantile of its rank inside its part, (r − ½)/n, and ranked by that key (ties to
+    ``order_ranks``). The top share of the ranking takes about that share of each part."""
+    if strata < 1:
+        raise ValueError(f"influence.length_strata: {strata} is not a number of parts (1 or more)")
+    order_ranks = np.asarray(order_ranks, dtype=np.float64)
+    n = len(order_ranks)
+    part = np.empty(n, dtype=np.int64)
+    part[np.lexsort((order_ranks, np.asarray(lengths, dtype=np.float64)))] = np.arange(n) * min(strata, max(n, 1)) // max(n, 1)
+    keys = np.empty(n)
+    for index in np.unique(part):
+        rows = np.flatnonzero(part == index)
+        inside = np.empty(len(rows))
+        inside[np.argsort(order_ranks[rows], kind="stable")] = np.arange(1, len(rows) + 1)
+        keys[rows] = (inside - 0.5) / len(rows)
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[np.lexsort((order_ranks, keys))] = np.arange(1, n + 1)
+    return ranks
+
+
+def stratified(
+    ranks_of: Callable[[np.ndarray], np.ndarray], lengths: np.ndarray, strata: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``ranks_of`` (row indices -> their ranks 1..m) with :func:`stratified_ranks` of those rows' ``lengths``."""
+    return lambda rows: stratified_ranks(ranks_of(rows), lengths[rows], strata)
+
+
 def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.ndarray) -> np.ndarray:
     """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
     ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""

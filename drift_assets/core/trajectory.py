@@ -45,6 +45,7 @@ from drift_assets.core.selection import (
     ranks_taking_first,
     reference_gated,
     round_robin_ranks,
+    stratified,
 )
 from drift_assets.core.sft import SftOptions, SftRun, SftStep, fine_tune
 
@@ -409,6 +410,7 @@ def ranked_scores(
     losses_along: pl.DataFrame | None = None,
     reference_losses: np.ndarray | None = None,
     likelihood_blend: float = 0.0,
+    length_strata: int = 1,
 ) -> pl.DataFrame:
     """The pool's scores table (:func:`~drift_assets.core.attribution.scores_frame`) sorted by ``rank``,
     the order the selection takes: with per-query scores, the validation queries taking turns
@@ -420,7 +422,9 @@ def ranked_scores(
     reference`` the rows :func:`~drift_assets.core.selection.reference_gated` keeps (``loss_per_token``
     against ``reference_losses``, the validation references' loss per token at the base model).
     ``likelihood_blend`` w > 0 orders each part by (1 − w)·that order's rank + w·the rank by
-    ``loss_per_token`` (:func:`~drift_assets.core.selection.blended_ranks`).
+    ``loss_per_token`` (:func:`~drift_assets.core.selection.blended_ranks`). ``length_strata`` k > 1
+    keeps every prefix of each part at the pool's mix of response lengths (k parts by
+    ``n_response_tokens``: :func:`~drift_assets.core.selection.stratified_ranks`).
     ``likely`` marks the rows the guard and the gate take first."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
@@ -442,6 +446,11 @@ def ranked_scores(
             raise ValueError("influence.likelihood_blend above 0 needs the base model's loss per token of every pool example")
         losses = base_losses_of(loss_per_token, frame["example_id"].to_list(), "influence.likelihood_blend")
         ranks_of = blended(ranks_of, losses, likelihood_blend)
+    if length_strata > 1:
+        lengths = frame.select("example_id").join(
+            training_pool.select("example_id", "n_response_tokens"), on="example_id", how="left", maintain_order="left"
+        )["n_response_tokens"]
+        ranks_of = stratified(ranks_of, lengths.to_numpy(), length_strata)
     if likelihood_guard >= 1.0:
         kept = np.ones(frame.height, dtype=bool)
     elif loss_per_token is None:

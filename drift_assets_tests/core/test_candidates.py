@@ -213,3 +213,29 @@ def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_insid
     assert gated_order == plain[3:][::-1] + plain[:3][::-1]  # losses 12, 11, 10 are above 9.5
     with pytest.raises(ValueError, match="likelihood_blend above 0 needs"):
         ranked_scores(along, pool, likelihood_blend=0.5)
+
+
+def test_length_strata_keep_every_prefix_at_the_pools_mix_of_response_lengths():
+    from drift_assets.core.selection import stratified_ranks
+
+    # By hand: lengths cut the rows {0, 1, 2} (short) from {3, 4, 5} (long); the order prefers the long
+    # ones (ranks 4, 5, 6, 1, 2, 3). Keys (r − ½)/3 inside each part: long 1/6, 3/6, 5/6 for rows 3, 4,
+    # 5, short the same for rows 0, 1, 2; equal keys go to the better order rank (the long row).
+    order = np.array([4, 5, 6, 1, 2, 3])
+    lengths = np.array([2, 1, 3, 9, 8, 7])
+    assert stratified_ranks(order, lengths, 2).tolist() == [2, 4, 6, 1, 3, 5]
+    assert stratified_ranks(order, lengths, 1).tolist() == order.tolist()  # one part: the order alone
+    # Equal lengths: the parts split by the order (ties to the better rank) and every prefix alternates.
+    assert stratified_ranks(np.array([1, 2, 3, 4]), np.ones(4), 2).tolist() == [1, 3, 2, 4]
+    with pytest.raises(ValueError, match="length_strata: 0"):
+        stratified_ranks(order, lengths, 0)
+
+    # In ranked_scores: a plain order that takes the short rows first keeps half long rows in its top
+    # half once stratified, each part in the plain order.
+    ids, pool, along, plain = _scored_pool(8, seed=3)
+    short = set(plain[:4])
+    pool = pool.with_columns(n_response_tokens=pl.Series([2 if i in short else 30 for i in ids]))
+    top = ranked_scores(along, pool, length_strata=2)["example_id"].to_list()
+    assert top[:4] == [plain[0], plain[4], plain[1], plain[5]]
+    assert sorted(top) == sorted(plain)
+    assert ranked_scores(along, pool)["example_id"].to_list() == plain  # off by default
