@@ -91,6 +91,8 @@ class StageCost:
         materialization reused stored rows (a method's cost is that of computing what it reads)."""
         if "cost_forward_tokens" not in figures:
             return None
+        if whole and "cost_whole_forward_tokens" not in figures and int(figures.get("rows_reused") or 0) > 0:
+            return None  # it reused stored rows before what they cost from scratch was recorded
         prefix = "cost_whole_" if whole and "cost_whole_forward_tokens" in figures else "cost_"
         seconds = figures.get("cost_wall_seconds")
         return cls(
@@ -170,12 +172,15 @@ class PipelineCost:
 
     ``parts`` are the stages of the refinement at each checkpoint (rollouts and gradients per
     checkpoint, the warm-up, the scoring), ``evaluation`` the check apart (None without one),
-    ``missing`` the assets or partitions that recorded no cost (written before costs were)."""
+    ``missing`` the assets or partitions that recorded no cost (written before costs were);
+    ``unknown`` the (stage, checkpoint) of parts whose cost from scratch is not known (a
+    materialization that reused stored rows before that cost was recorded)."""
 
     parts: tuple[StageCost, ...]
     reference: StageCost
     evaluation: StageCost | None = None
     missing: tuple[str, ...] = field(default_factory=tuple)
+    unknown: tuple[tuple[str, str | None], ...] = field(default_factory=tuple)
 
     @property
     def total(self) -> StageCost:
@@ -186,6 +191,11 @@ class PipelineCost:
         """One stage summed (over ``checkpoints`` only, where given)."""
         wanted = None if checkpoints is None else set(checkpoints)
         return total((part for part in self.parts if part.stage == name and (wanted is None or part.checkpoint in wanted)), name)
+
+    def known(self, name: str, checkpoints: Iterable[str] | None = None) -> bool:
+        """Whether every part of one stage (at ``checkpoints`` only, where given) has a known cost."""
+        wanted = None if checkpoints is None else set(checkpoints)
+        return not any(stage == name and (wanted is None or checkpoint in wanted) for stage, checkpoint in self.unknown)
 
     def checkpoints(self) -> list[str]:
         """The checkpoints scored at (with rollouts or gradients of their own), in the order recorded."""
@@ -272,7 +282,7 @@ def pipeline_cost(recorded: Iterable[Recorded], reference: StageCost, whole: boo
     (never materialized, or written before costs were recorded) is listed as missing.
     """
     seen: set[tuple[str, str | None]] = set()
-    parts, evaluations, missing = [], [], []
+    parts, evaluations, missing, unknown = [], [], [], []
     for record in recorded:
         stage = STAGE_OF_ASSET.get(record.asset)
         if stage is None:
@@ -280,13 +290,15 @@ def pipeline_cost(recorded: Iterable[Recorded], reference: StageCost, whole: boo
         cost = StageCost.from_metadata(stage, record.figures, record.checkpoint, whole)
         if cost is None:
             missing.append(record.asset if record.partition is None else f"{record.asset}[{record.partition}]")
+            if StageCost.from_metadata(stage, record.figures, record.checkpoint) is not None:
+                unknown.append((stage, record.checkpoint))  # a cost of this run, none from scratch
             continue
         if record.run_id is not None and (record.asset, record.run_id) in seen:
             continue
         seen.add((record.asset, record.run_id))
         (evaluations if stage == EVALUATION else parts).append(cost)
     evaluation = total(evaluations, EVALUATION) if evaluations else None
-    return PipelineCost(tuple(parts), reference, evaluation, tuple(missing))
+    return PipelineCost(tuple(parts), reference, evaluation, tuple(missing), tuple(dict.fromkeys(unknown)))
 
 
 # What each method of the method benchmark needs beyond the pool, as a function of the pipeline's
@@ -329,20 +341,27 @@ def method_cost(
     if method == "rds":
         return StageCost(method, pool_tokens + validation_tokens)
     if method in ("offpolicy", "less", "less_round_robin", "dynamics"):
-        return total([pipeline.stage(WARMUP), pipeline.stage(GRADIENTS)], method)
+        return _stages(pipeline, method, [(WARMUP, None), (GRADIENTS, None)])
     if method == "less_onpolicy":
         warm_up = [checkpoint for checkpoint in pipeline.checkpoints() if checkpoint != base_checkpoint]
-        return total([pipeline.stage(WARMUP), pipeline.stage(GRADIENTS), pipeline.stage(ROLLOUTS, warm_up)], method)
+        return _stages(pipeline, method, [(WARMUP, None), (GRADIENTS, None), (ROLLOUTS, warm_up)])
     if method == "influence":
-        return total([pipeline.stage(GRADIENTS, [base_checkpoint])], method)
+        return _stages(pipeline, method, [(GRADIENTS, [base_checkpoint])])
     if method in CHECKPOINTS_USED:
         scored = sorted(pipeline.checkpoints(), key=lambda name: (name != base_checkpoint, name))  # steps zero-padded
         used = {scored[index % len(scored)] for index in CHECKPOINTS_USED[method]} if scored else {base_checkpoint}
-        warmup = [pipeline.stage(WARMUP)] if used - {base_checkpoint} else []  # the base model alone needs no run
-        return total([*warmup, pipeline.stage(ROLLOUTS, used), pipeline.stage(GRADIENTS, used)], method)
+        warmup = [(WARMUP, None)] if used - {base_checkpoint} else []  # the base model alone needs no run
+        return _stages(pipeline, method, [*warmup, (ROLLOUTS, used), (GRADIENTS, used)])
     if method == "drift" or method.startswith("drift_"):
-        return total([pipeline.stage(stage) for stage in PIPELINE_STAGES], method)
+        return _stages(pipeline, method, [(stage, None) for stage in PIPELINE_STAGES])
     return None
+
+
+def _stages(pipeline: PipelineCost, method: str, needs: list[tuple[str, Iterable[str] | None]]) -> StageCost | None:
+    """The stages a method needs (each at some checkpoints, or all), summed; None where one's cost is not known."""
+    if not all(pipeline.known(stage, checkpoints) for stage, checkpoints in needs):
+        return None
+    return total([pipeline.stage(stage, checkpoints) for stage, checkpoints in needs], method)
 
 
 def method_costs(

@@ -256,3 +256,23 @@ def test_the_benchmark_summary_shows_each_methods_cost_where_the_table_has_it():
     drift = next(line for line in summary_markdown(costed).splitlines() if line.startswith("| drift |"))
     assert drift.split(" | ")[8] == "1.85"  # beside the wall seconds, before the paired difference
     assert next(line for line in summary_markdown(table).splitlines() if line.startswith("| drift |")).split(" | ")[8] == "–"
+
+
+def test_a_materialization_that_reused_rows_before_the_whole_cost_was_recorded_leaves_the_methods_using_it_unknown():
+    """Written before the cost from scratch was recorded, a re-materialization that reused stored rows
+    holds only what it computed: a method that reads that table has no known cost (not an understated one)."""
+    records = demo_records()
+    reused = StageCost("x", 5, 5, 1.0).metadata() | {"rows_reused": 90, "rows_computed": 5}
+    records[10] = Recorded("training_gradient_projections", "000010|000", "000010", "again", reused)
+    cost = pipeline_cost(records, REFERENCE, whole=True)
+    assert cost.unknown == (("gradients", "000010"),)
+    assert "training_gradient_projections[000010|000]" in cost.missing
+    costs = {
+        method: method_cost(method, cost, 600, 90)
+        for method in ("drift", "drift_last", "offpolicy", "drift_base", "influence", "loss")
+    }
+    assert costs["drift"] is costs["drift_last"] is costs["offpolicy"] is None  # they read the gradients at 000010
+    assert costs["drift_base"].token_passes == 60 + 870 and costs["influence"].token_passes == 870  # the base model's alone
+    assert costs["loss"].token_passes == 600
+    # What this run computed is still the run's cost (the pipeline's summary line).
+    assert pipeline_cost(records, REFERENCE).unknown == ()
