@@ -47,9 +47,9 @@ SUITE = REPO / "data" / "suite"
 
 
 def warmup_steps(sft: dict, n_train: int) -> list[int]:
-    """Checkpoints at 1/2 and the end of a full-data run of the benchmark's SFT recipe (``warmup.steps: auto``)."""
+    """The checkpoint at the end of a full-data run of the benchmark's SFT recipe (``warmup.steps: auto``)."""
     total = math.ceil(sft["epochs"] * n_train / sft.get("batch_size", 16)) if sft.get("epochs") else sft.get("steps", 300)
-    return [total // 2, total]
+    return [total]
 
 
 def draw_label(task_name: str, draw: int) -> str:
@@ -444,7 +444,7 @@ def main() -> None:
         "--warmup",
         choices=["on", "off"],
         default="on",
-        help="score along a warm-up run too (checkpoints at 1/2 and all of a full-data run of the task's SFT recipe)",
+        help="score along a warm-up run too (its checkpoint at the end of a full-data run of the task's SFT recipe)",
     )
     parser.add_argument("--workers", type=int, default=2, help="processes for the fine-tunes")
     parser.add_argument(

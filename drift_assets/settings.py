@@ -477,14 +477,14 @@ class WarmupSettings(_Group):
     errors. Re-scoring with fresh on-policy rollouts at checkpoints of a warm-up run, while the
     model's own errors change, and averaging the standardized scores, removes much of that. By
     default the run follows the SFT recipe of ``benchmark.sft`` (the one the refined dataset is
-    evaluated with): checkpoints at 1/2 and all of its steps, at its rate and batch size (a checkpoint
-    at 1/6 as well added nothing measurable on the task suite, at a gradient pass over the pool).
+    evaluated with), at its rate and batch size, scored at its end: on the task suite a checkpoint at
+    1/2 as well was within the noise of it at one more rollout and gradient pass over the pool.
     """
 
     steps: list[int] | Literal["auto"] = Field(
         "auto",
-        description="Warm-up steps at which to re-score besides the base model, e.g. [150, 300]; 'auto' = 1/2 and all "
-        "of benchmark.sft.steps; [] = the base model only.",
+        description="Warm-up steps at which to re-score besides the base model, e.g. [150, 300]; 'auto' = the end of "
+        "the run (all of benchmark.sft.steps); [] = the base model only.",
     )
     batch_size: int | None = Field(None, ge=1, description="default: benchmark.sft.batch_size")
     learning_rate: float | None = Field(
@@ -791,7 +791,7 @@ class Settings(_Group):
         if warmup.checkpoints:  # scored at the directories given: no warm-up run
             steps = []
         else:
-            steps = sorted({sft.steps // 2, sft.steps} - {0}) if warmup.steps == "auto" else list(warmup.steps)
+            steps = [sft.steps] if warmup.steps == "auto" else list(warmup.steps)
         return {
             "steps": steps,
             "batch_size": warmup.batch_size or sft.batch_size,

@@ -129,7 +129,7 @@ def test_an_asset_reads_only_what_its_code_version_hashes(base):
         Reads(base, "x", "grading.answer_marker").grading.options()
     assert Reads(base, "x", "grading").grading.options().answer_marker == "Answer:"
     # A derived setting is readable where what it is computed from is read.
-    assert Reads(base, "x", "warmup_schedule").warmup_steps == [150, 300]  # 1/2 and all of benchmark.sft.steps
+    assert Reads(base, "x", "warmup_schedule").warmup_steps == [300]  # the end of benchmark.sft.steps
     with pytest.raises(SettingNotRead):
         _ = Reads(base, "x", "warmup.seed").warmup_steps
     marker = Reads(base, "x", "grading.answer_marker", "projection.validation_span")
