@@ -151,27 +151,13 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
         raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
     if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
+    # The influence baselines score the reference answers by score, as their papers do: none of the
+    # default's guard, blend or strata.
+    plain = {"targets": "offpolicy", "ranking": "score", "likelihood_guard": 1.0, "likelihood_blend": 0.0, "length_strata": 1}
     if method == "offpolicy":
-        return replace(
-            drift,
-            targets="offpolicy",
-            debias="unit",
-            ranking="score",
-            likelihood_guard=1.0,
-            likelihood_blend=0.0,
-            length_strata=1,
-        )
+        return replace(drift, **plain, debias="unit")
     if method == "influence":
-        return replace(
-            drift,
-            targets="offpolicy",
-            hessian="fisher",
-            debias="none",
-            ranking="score",
-            likelihood_guard=1.0,
-            likelihood_blend=0.0,
-            length_strata=1,
-        )
+        return replace(drift, **plain, hessian="fisher", debias="none")
     if method == "drift":
         return drift
     return replace(drift, **ABLATIONS[method])
