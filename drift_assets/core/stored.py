@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from drift_assets.core.benchmark import loss_scores, per_token_loss
+from drift_assets.core.benchmark import MethodScorer, loss_scores, per_token_loss
 from drift_assets.core.gradients import shard_keys, vectors
 from drift_assets.core.trajectory import BASE, Batches, CheckpointGradients, reference_loss_per_token
 
@@ -126,6 +126,13 @@ def base_losses(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.Dat
         tables.scan("training_gradient_projections").filter(pl.col("checkpoint") == BASE).select("example_id", "loss", "n_tokens")
     )
     return per_token_loss(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
+
+
+def stored_scorer(tables: ConfiguredTables, training_pool: pl.DataFrame) -> MethodScorer:
+    """The method benchmark's scorer of ``training_pool``: the stored gradients along the checkpoints,
+    the base model's losses (the loss method's scores and the likelihood guard's order) and the
+    losses along the checkpoints (a noise gate's)."""
+    return MethodScorer(list(gradients_along(tables)), base_losses(tables, training_pool), losses_along(tables, training_pool))
 
 
 def base_reference_losses(tables: ConfiguredTables) -> np.ndarray:
