@@ -250,12 +250,13 @@ def log_reuse(log, where: str, examples: int, reused: int) -> None:
 
 
 def _pool_gradients(at_checkpoint: ModelResource, options, basis, batch_size, fingerprint, progress, log, todo):
-    """The projected gradients of the pool examples ``todo`` under the model at a checkpoint."""
+    """The projected gradients of the pool examples ``todo`` under the model at a checkpoint
+    (``progress()``: the pass's progress callback, made once the model is loaded)."""
     tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
     projector = LinearGradientProjector(network, options, basis)
     prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
     ids = {"example_id": todo["example_id"].to_list()}
-    return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, fingerprint, progress, log)
+    return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, fingerprint, progress(), log)
 
 
 def _shard_cost(checkpoint: str, examples, todo, reused, seconds: float, reference) -> dict:
