@@ -2,6 +2,7 @@
 or in a worker process) and the one choice of the rollout and evaluation engine."""
 
 import contextlib
+import pickle
 
 import pytest
 import torch
@@ -54,6 +55,8 @@ def test_a_worker_process_and_this_process_evaluate_alike_and_as_fine_tune_then_
         assert (result.train_losses, result.train_tokens) == (run.losses, run.tokens) and len(run.losses) == 6
         assert seconds > 0
     assert len(opened) == 1 and lines, "the caller's engine decodes and the fine-tune logs to the caller's log"
+    # What run_fine_tunes hands a spawned worker process: the function and the job, pickled.
+    assert pickle.loads(pickle.dumps((fine_tune_and_evaluate, tune))) == (fine_tune_and_evaluate, tune)
 
 
 def test_without_a_selection_the_base_model_itself_is_evaluated(base_dir):
