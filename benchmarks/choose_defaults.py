@@ -107,7 +107,8 @@ def main() -> None:
     import polars as pl
 
     from drift_assets.core.attribution import noise_auc
-    from drift_assets.core.benchmark import FineTuneJob, MethodScorer, fine_tune_from_disk, run_fine_tunes
+    from drift_assets.core.benchmark import MethodScorer, run_fine_tunes
+    from drift_assets.core.evaluation import FineTuneJob, fine_tune_and_evaluate
     from drift_assets.core.selection import length_strata, select, select_within_strata
     from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along
     from drift_assets.core.trajectory import ranked_scores
@@ -208,7 +209,7 @@ def main() -> None:
         unique = list({key: job for key, job in jobs}.items())
         print(f"{task}: {len(candidates)} candidates, {len(unique)} fine-tunes to run ({len(cache)} cached)", flush=True)
         keys = [key for key, _ in unique]
-        finished = run_fine_tunes([job for _, job in unique], fine_tune_from_disk, args.workers)
+        finished = run_fine_tunes([job for _, job in unique], fine_tune_and_evaluate, args.workers)
         for index, (key, (_, (result, _))) in enumerate(zip(keys, finished, strict=True), 1):
             cache[key] = result.accuracy
             if index % 10 == 0 or index == len(unique):

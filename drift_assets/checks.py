@@ -12,9 +12,11 @@ from collections.abc import Callable
 
 import numpy as np
 import polars as pl
-from dagster import AssetCheckResult
+from dagster import AssetCheckResult, AssetCheckSeverity
 
+from drift_assets.core.guards import contrast_guard
 from drift_assets.core.stored import one_row_per_example
+from drift_assets.core.weighting import usable_queries
 
 OK = "ok"
 
@@ -187,4 +189,37 @@ def selection_result(refined: pl.DataFrame, pool: pl.DataFrame, expected: int) -
             "every_example_once": complete,
             "message": message,
         },
+    )
+
+
+def grades_have_mixed_queries_result(summary: dict, targets: str, weighting: str, unsolved: str) -> AssetCheckResult:
+    """The configured weighting has queries to work with (of a checkpoint's grades, :func:`~drift_assets.core.grading.grade_summary`)."""
+    usable = usable_queries(summary, weighting, unsolved) if targets == "onpolicy" else summary["queries"]
+    return AssetCheckResult(
+        check_name="grades_have_mixed_queries",
+        passed=usable > 0,
+        metadata={
+            **summary,
+            "usable_queries": usable,
+            "message": OK
+            if usable > 0
+            else (
+                f"no query gives influence.weighting {weighting!r} (unsolved: {unsolved}) anything to contrast "
+                f"({summary['queries_all_correct']} all correct, {summary['queries_all_wrong']} all wrong). Raise "
+                "rollout.temperature or rollout.samples_per_query, or use validation queries the model solves only sometimes."
+            ),
+        },
+    )
+
+
+def grades_enough_contrast_result(summary: dict, warn: Callable[[str], None]) -> AssetCheckResult:
+    """Enough queries with mixed grades (a warning, also logged by ``warn`` where it fails)."""
+    passed, message = contrast_guard(summary["queries"], summary["queries_mixed"])
+    if not passed:
+        warn(message)
+    return AssetCheckResult(
+        check_name="grades_enough_contrast",
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"queries_mixed": summary["queries_mixed"], "queries": summary["queries"], "message": message},
     )

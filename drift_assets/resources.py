@@ -12,6 +12,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import operator
@@ -19,7 +20,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -152,16 +153,42 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
         values.update(overrides)
         return SamplingSettings(**values)
 
-    def chosen_backend(self) -> tuple[str, str]:
-        """(backend, why) for the log line that says which engine runs."""
-        if self.backend == "transformers":
-            return "transformers", "rollout.backend is 'transformers'"
-        available, reason = vllm_available()
-        if available:
-            return "vllm", f"rollout.backend is '{self.backend}' and vLLM imports"
-        if self.backend == "vllm":
-            raise RuntimeError(f"rollout.backend is 'vllm' but vLLM does not import here: {reason}")
-        return "transformers", f"falling back to transformers: vLLM does not import ({reason})"
+    def chosen_backend(self, requested: str | None = None, setting: str = "rollout.backend") -> tuple[str, str]:
+        """(backend, why) for the log line that says which engine runs: that ``requested`` (by default
+        rollout.backend, named ``setting``) picks, where a 'vllm' that does not import fails here."""
+        return engine_backend(requested or self.backend, setting=setting)
+
+    def evaluation_backend(self, eval_backend: str) -> str:
+        """The engine an evaluation decodes with: benchmark.eval_backend, whose 'auto' is the rollouts' engine."""
+        if eval_backend == "auto":
+            return self.chosen_backend()[0]
+        return self.chosen_backend(eval_backend, "benchmark.eval_backend")[0]
+
+    @contextlib.contextmanager
+    def open_evaluation_engine(self, network, tokenizer, eval_backend: str, dtype: str):
+        """Greedy decoding of an in-memory model (see :meth:`evaluation_backend`): transformers
+        directly, or vLLM from a saved copy."""
+        if self.evaluation_backend(eval_backend) == "transformers":
+            yield TransformersEngine(network, tokenizer, device=next(network.parameters()).device)
+            return
+        import tempfile
+
+        from drift_assets.core.tiny_model import save_model
+
+        with tempfile.TemporaryDirectory() as directory:
+            save_model(network, tokenizer, directory)
+            engine = VllmEngine(
+                directory,
+                dtype=dtype,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                max_model_len=resolve_max_model_len(self.max_model_len, directory),
+                tensor_parallel_size=self.tensor_parallel_size,
+                engine_process=self.engine_process,
+            )
+            try:
+                yield engine
+            finally:
+                engine.close()
 
     @contextlib.contextmanager
     def open_engine(
@@ -189,6 +216,30 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
             yield engine
         finally:
             engine.close()
+
+
+def engine_backend(
+    requested: str, vllm_imports: Callable[[], tuple[bool, str]] = vllm_available, setting: str = "rollout.backend"
+) -> tuple[str, str]:
+    """(backend, why): the engine a backend setting ('auto': vLLM wherever it imports) picks, the one
+    place this is decided (the rollouts', the evaluation's and the UI's kind tag). ``vllm_imports``
+    says whether vLLM imports, and why not; where it does not, a 'vllm' that is set raises."""
+    if requested == "transformers":
+        return "transformers", f"{setting} is 'transformers'"
+    available, reason = vllm_imports()
+    if available:
+        return "vllm", f"{setting} is '{requested}' and vLLM imports"
+    if requested == "vllm":
+        raise RuntimeError(f"{setting} is 'vllm' but vLLM does not import here: {reason}")
+    return "transformers", f"falling back to transformers: vLLM does not import ({reason})"
+
+
+def engine_kind(backend: str) -> str:
+    """The UI's kind tag of a step whose engine ``backend`` (rollout.backend) picks: 'vllm' or
+    'pytorch', judged by whether vLLM is installed (an import check, not an import: definitions load
+    without it). A 'vllm' that is set is its kind even where it is not installed: the step fails."""
+    installed = backend == "vllm" or importlib.util.find_spec("vllm") is not None
+    return "vllm" if engine_backend(backend, lambda: (installed, "not installed"))[0] == "vllm" else "pytorch"
 
 
 def model_resource(settings: Settings) -> ModelResource:

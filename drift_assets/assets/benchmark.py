@@ -7,6 +7,7 @@ would be swept into the UI's "Materialize all". So ``method_benchmark`` is an ex
 job writes and reports, launched on purpose (Jobs → method_benchmark, or ``run_method_benchmark``).
 """
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -15,43 +16,21 @@ from dagster import AssetKey, AssetMaterialization, AssetSpec, Failure, Metadata
 
 from drift_assets.assets.checkpoints import WARMUP, checkpoint_model
 from drift_assets.assets.cost import pool_sequence_tokens, recorded_pipeline_cost
-from drift_assets.assets.evaluate import (
-    _FINE_TUNE_AND_EVALUATE,
-    EVALUATE_VERSION,
-    evaluation_engine,
-    fine_tune_job,
-    train_and_evaluate,
-)
+from drift_assets.assets.evaluate import _FINE_TUNE_AND_EVALUATE, EVALUATE_VERSION, evaluation_run, fine_tune_job
 from drift_assets.assets.metadata import png_markdown, table_metadata
 from drift_assets.assets.placement import GPU_OP_TAGS, GPU_POOL
 from drift_assets.code_location import job_path
 from drift_assets.core.benchmark import (
-    LESS_METHODS,
-    MethodScorer,
-    Selection,
-    benchmark_table,
-    dynamics_scores,
-    fine_tune_from_disk,
-    grape_scores,
-    less_scores,
-    loss_scores,
-    run_fine_tunes,
-    scoring_for,
-    selected_ids,
-    selection_of,
+    MethodBenchmark,
     self_distilled,
-    shared_fine_tunes,
-    similarity_scores,
     summary_markdown,
     summary_table,
+    with_method_costs,
 )
-from drift_assets.core.cost import method_costs
+from drift_assets.core.evaluation import fine_tune_and_evaluate
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.less import AdamMoments, LessScores, correct_rollouts, less_scores_along
-from drift_assets.core.pool import reference_tokens
-from drift_assets.core.progress import SizedProgress
-from drift_assets.core.selection import select
-from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along, rows_at
+from drift_assets.core.stored import ConfiguredTables, rows_at, stored_scorer
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, Reads, Settings, validation_answer_marker
 from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
@@ -105,144 +84,29 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
     def fine_tune_each_method(
         context: OpExecutionContext, model: ModelResource, rollout_engine: RolloutEngineResource, warehouse: Warehouse
     ) -> None:
-        missing = [name for name in TABLES_READ if not warehouse.exists(name)]
-        if missing:
-            raise Failure(
-                f"method_benchmark reads {', '.join(missing)}, not materialized in {warehouse.root}: "
-                "materialize the pipeline first (make demo, drift-assets materialize, or Materialize all in the UI)"
-            )
+        require_tables(warehouse)
         # The inputs' data versions before they are read: one that changes meanwhile makes the table stale.
         inputs = input_versions(asset_graph(), context.instance, AssetKey(BENCHMARK))
         training_pool, validation_queries, test_queries = (
             warehouse.scan(name).collect() for name in ("training_pool", "validation_queries", "test_queries")
         )
-        benchmark, selection = reads.benchmark, reads.selection
-        drift = reads.influence.scoring()
-        tables = ConfiguredTables.configured_by(reads, warehouse)
-        losses = base_losses(tables, training_pool)  # the loss method's scores and the likelihood guard's order
-        scorer = MethodScorer(list(gradients_along(tables)), losses, losses_along(tables, training_pool))
+        benchmark, tables = reads.benchmark, ConfiguredTables.configured_by(reads, warehouse)
+        scorer, drift = stored_scorer(tables, training_pool), reads.influence.scoring()
+        study = MethodBenchmark(benchmark.methods, benchmark.seeds, training_pool, validation_queries, scorer, drift)
         network, tokenizer = model.load_model(), model.load_tokenizer()
-        methods = benchmark.methods
-        scores = {}
-        for method in methods:
-            if scoring_for(method, drift) is not None:
-                scores[method] = scorer.method_scores(method, drift, training_pool)
-            elif method == "loss":
-                scores[method] = loss_scores(losses)
-            elif method in ("rds", "bm25", "dsir"):
-                scores[method] = similarity_scores(method, training_pool, validation_queries, network, tokenizer)
-            elif method == "grape":
-                scores[method] = grape_scores(training_pool, losses)
-            elif method == "dynamics":
-                scores[method] = dynamics_scores(scorer.losses_along, reads.checkpoints)
-        if any(method in LESS_METHODS for method in methods):
-            less = less_matrix_of(
-                context.log.info,
-                reads,
-                model,
-                warehouse,
-                tokenizer,
-                training_pool,
-                validation_queries,
-                tables,
-                reference=bool({"less", "less_round_robin"} & set(methods)),
-                onpolicy="less_onpolicy" in methods,
-            )
-            for method in LESS_METHODS:
-                if method in methods:
-                    matrix = less.onpolicy if method == "less_onpolicy" else less.reference
-                    scores[method] = less_scores(method, training_pool["example_id"].to_list(), matrix)
-        distilled = None
-        if "self_distill" in methods:
-            distilled = distill(reads, rollout_engine, model, network, tokenizer, training_pool, validation_queries)
-            context.log.info(
-                f"self_distill: the base model answers {distilled['correct'].sum()} of the pool's {distilled.height} prompts right"
-            )
-        # random and the others select as many examples as DRIFT does, so that they differ only in which ones.
-        drift_scores = scores["drift"] if "drift" in scores else scorer.scores(drift, training_pool)
-        drift_size = int(select(drift_scores, selection.method, selection.fraction, selection.k).sum())
-        queries = test_queries.to_dicts()
-        pool_messages = dict(zip(training_pool["example_id"], training_pool["messages"], strict=True))
-        own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
-        selections = {}
-
-        def choose(method: str, seed: int) -> Selection:
-            chosen = selected_ids(
-                method,
-                seed,
-                training_pool,
-                scores.get(method),
-                drift_size,
-                selection.method,
-                selection.fraction,
-                selection.k,
-                distilled,
-            )
-            selections[method, seed] = selection_of(chosen, own_answers if method == "self_distill" else pool_messages)
-            return selections[method, seed]
-
-        plan = shared_fine_tunes(methods, benchmark.seeds, choose)
-        jobs = [
-            fine_tune_job(reads, model, sharers[0], [messages for _, messages in sorted(chosen)], queries, seed)
-            for seed, chosen, sharers in plan
-        ]
-        run_one = (
-            fine_tune_from_disk
-            if benchmark.workers > 1
-            else (lambda tune: train_and_evaluate(reads, model, rollout_engine, tune, context.log.debug))
+        less = functools.partial(
+            less_matrix_of, context.log.info, reads, model, warehouse, tokenizer, training_pool, validation_queries, tables
         )
-        shared = len(methods) * len(benchmark.seeds) - len(jobs)
-        context.log.info(
-            f"{len(jobs)} fine-tunes ({len(methods)} methods x {len(benchmark.seeds)} seeds"
-            + (f", {shared} sharing another method's selection" if shared else "")
-            + f") in {benchmark.workers} process(es)"
-        )
-        # Timed per SFT step (with sft.epochs, full-pool SFT takes many times a selection's steps);
-        # in parallel processes each fine-tune's own seconds, the rest shared among the workers.
-        progress = SizedProgress(
-            "fine-tunes",
-            [tune.options.steps_for(len(tune.messages)) if tune.messages else 0 for tune in jobs],
-            context.log.info,
-            work="steps",
-            workers=benchmark.workers,
-        )
-
-        def finished():
-            for (_, _, sharers), (tune, (result, seconds)) in zip(
-                plan, run_fine_tunes(jobs, run_one, benchmark.workers), strict=True
-            ):
-                progress.advance(
-                    f"{' = '.join(sharers)} seed {tune.seed}: accuracy {result.accuracy:.3f}",
-                    seconds if benchmark.workers > 1 else None,
-                )
-                yield sharers, tune, result, seconds
-
-        table = benchmark_table(finished(), methods, scores, training_pool, selections)
-        # Beside each method's accuracy, what choosing its examples cost (the influence methods: the
-        # pipeline's steps, as their latest materializations recorded them, from scratch: rows a
-        # materialization reused cost the method as much as the run that first computed them).
-        pipeline = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False, whole=True)
-        validation_tokens = sum(
-            reference_tokens(tokenizer, prompt, response)
-            for prompt, response in zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)
-        )
-        costs = method_costs(methods, pipeline, sum(pool_sequence_tokens(training_pool)), validation_tokens)
-        table = table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
+        study.score(network, tokenizer, reads.checkpoints, less)
+        distilled = distill(reads, rollout_engine, model, network, tokenizer, training_pool, validation_queries, context.log.info)
+        plan = study.plan((reads.selection.method, reads.selection.fraction, reads.selection.k), distilled)
+        job_for = functools.partial(fine_tune_job, reads, model, test_queries.to_dicts())
+        in_process = evaluation_run(reads, model, rollout_engine, context.log.debug)
+        run_one = fine_tune_and_evaluate if benchmark.workers > 1 else in_process
+        table = study.run(plan, job_for, run_one, benchmark.workers, context.log.info)
+        table = with_costs(context.instance, reads, table, training_pool, validation_queries, tokenizer)
         warehouse.write(BENCHMARK, table)
-        context.log_event(
-            AssetMaterialization(
-                BENCHMARK,
-                metadata={
-                    **table_metadata(table, preview_rows=table.height),
-                    "summary": MetadataValue.md(summary_markdown(table)),
-                    "plot": accuracy_plot(table),
-                    # What its staleness is read from (drift_assets.staleness.job_written_staleness).
-                    CODE_VERSION_KEY: code_version,
-                    SETTINGS_USED_KEY: spec.metadata[SETTINGS_READ_KEY],
-                    INPUTS_KEY: MetadataValue.json(inputs),
-                },
-            )
-        )
+        context.log_event(benchmark_materialization(table, code_version, spec.metadata[SETTINGS_READ_KEY], inputs))
 
     @job(
         name=BENCHMARK,
@@ -254,6 +118,39 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
         fine_tune_each_method()
 
     return spec, method_benchmark_job
+
+
+def with_costs(instance, reads: Reads, table: pl.DataFrame, training_pool, validation_queries, tokenizer) -> pl.DataFrame:
+    """Beside each method's accuracy, what choosing its examples cost (the influence methods: the
+    pipeline's steps, as their latest materializations recorded them, from scratch: rows a
+    materialization reused cost the method as much as the run that first computed them)."""
+    pipeline = recorded_pipeline_cost(instance, reads.unversioned, training_pool, evaluation=False, whole=True)
+    pool_tokens = sum(pool_sequence_tokens(training_pool))
+    return with_method_costs(table, reads.benchmark.methods, pipeline, pool_tokens, validation_queries, tokenizer)
+
+
+def require_tables(warehouse: Warehouse) -> None:
+    missing = [name for name in TABLES_READ if not warehouse.exists(name)]
+    if missing:
+        raise Failure(
+            f"method_benchmark reads {', '.join(missing)}, not materialized in {warehouse.root}: "
+            "materialize the pipeline first (make demo, drift-assets materialize, or Materialize all in the UI)"
+        )
+
+
+def benchmark_materialization(table: pl.DataFrame, code_version: str, settings_read, inputs: dict) -> AssetMaterialization:
+    """The table's materialization, with what its staleness is read from (:func:`drift_assets.staleness.job_written_staleness`)."""
+    return AssetMaterialization(
+        BENCHMARK,
+        metadata={
+            **table_metadata(table, preview_rows=table.height),
+            "summary": MetadataValue.md(summary_markdown(table)),
+            "plot": accuracy_plot(table),
+            CODE_VERSION_KEY: code_version,
+            SETTINGS_USED_KEY: settings_read,
+            INPUTS_KEY: MetadataValue.json(inputs),
+        },
+    )
 
 
 ADAPTER_MODULES = r".*\.lora_[AB]\.default"
@@ -305,12 +202,19 @@ def less_matrix_of(
     return less_scores_along(checkpoints(), tokenizer, training, validation)
 
 
-def distill(reads: Reads, rollout_engine, model: ModelResource, network, tokenizer, training_pool, validation_queries):
-    """The base model's greedy answers to the pool's prompts, graded (:func:`~drift_assets.core.benchmark.self_distilled`)."""
+def distill(
+    reads: Reads, rollout_engine, model: ModelResource, network, tokenizer, training_pool, validation_queries, log
+) -> pl.DataFrame | None:
+    """The base model's greedy answers to the pool's prompts, graded (:func:`~drift_assets.core.benchmark.self_distilled`),
+    where the benchmark runs ``self_distill`` (else None)."""
+    if "self_distill" not in reads.benchmark.methods:
+        return None
     graders = validation_queries["grader"].unique().to_list()
     grader = graders[0] if len(graders) == 1 else reads.grading.default_grader
-    with evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, rollout_engine, model.dtype) as engine:
-        return self_distilled(engine, tokenizer, training_pool, grader, reads.rollout.max_tokens, reads.grading.options())
+    with rollout_engine.open_evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, model.dtype) as engine:
+        distilled = self_distilled(engine, tokenizer, training_pool, grader, reads.rollout.max_tokens, reads.grading.options())
+    log(f"self_distill: the base model answers {distilled['correct'].sum()} of the pool's {distilled.height} prompts right")
+    return distilled
 
 
 def accuracy_plot(table: pl.DataFrame) -> MetadataValue:

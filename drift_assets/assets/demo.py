@@ -13,11 +13,10 @@ from dagster import AssetExecutionContext, asset
 
 from drift_assets.assets.metadata import loss_picture, table_metadata
 from drift_assets.assets.placement import GPU_STEP
-from drift_assets.core import tiny_model
-from drift_assets.core.demo_outputs import check_model_directory, model_stamp, replace_model_directory, write_demo_jsonl
+from drift_assets.core.demo_outputs import check_model_directory, write_demo_jsonl
 from drift_assets.core.fingerprint import content_hash, model_fingerprint
 from drift_assets.settings import Reads, Settings
-from drift_assets.tasks import build_base_model
+from drift_assets.tasks import saved_base_model
 
 DEMO_VERSION = "2"
 
@@ -92,40 +91,10 @@ def build_demo_assets(settings: Settings) -> list:
     )
     def demo_base_model(context: AssetExecutionContext) -> pl.DataFrame:
         check_model_directory(model_reads.model_path)  # before minutes of training, not after
-        recipe = demo.recipe()
+        recipe, log = demo.recipe(), context.log
         build = base_model_build_key(recipe)
-        stamp = model_stamp(model_reads.model_path)
-        if stamp and stamp.get("build") == build:
-            # The same recipe on the same inputs trains the same model: keep the one on disk.
-            context.log.info(
-                f"{model_reads.model_path} already holds the {task.name} model this recipe trains; not retraining it"
-            )
-            summary = stamp["summary"]
-        else:
-            built = build_base_model(task, demo.base_model_seed, recipe, pool_rows(), log=context.log.info)
-            result = built.pretraining
-            if not result.reached_target:
-                context.log.warning(
-                    f"calibration accuracy {result.calibration_accuracy:.2f} is outside demo.target_accuracy {recipe.target_accuracy}"
-                )
-            summary = {
-                "task": task.name,
-                "n_parameters": sum(p.numel() for p in built.model.parameters()),
-                "pretrain_steps": result.steps,
-                "calibration_accuracy": result.calibration_accuracy,
-                "continued_sft_steps": recipe.continued_sft_steps,
-                "wall_seconds": result.wall_seconds,
-                "accuracy_curve": {str(step): accuracy for step, accuracy in result.accuracy_curve},
-                "curves": {
-                    "pre-training": result.loss_curve,
-                    **({"continued SFT on the pool": built.continued_sft.losses} if built.continued_sft else {}),
-                },
-            }
-            replace_model_directory(
-                model_reads.model_path,
-                lambda directory: tiny_model.save_model(built.model, built.tokenizer, directory),
-                {"build": build, "summary": summary},
-            )
+        path = model_reads.model_path
+        summary = saved_base_model(task, demo.base_model_seed, recipe, pool_rows, path, build, log.info, log.warning)
         table = pl.DataFrame(
             [
                 {

@@ -2,8 +2,6 @@
 
 import polars as pl
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     MetadataValue,
@@ -13,10 +11,9 @@ from dagster import (
 
 from drift_assets.assets.checkpoints import checkpoint_partitions
 from drift_assets.assets.metadata import table_metadata
+from drift_assets.checks import grades_enough_contrast_result, grades_have_mixed_queries_result
 from drift_assets.core.grading import grade_rollouts, grade_summary
-from drift_assets.core.guards import contrast_guard
 from drift_assets.core.progress import PROGRESS_EVERY_S, Progress
-from drift_assets.core.weighting import usable_queries
 from drift_assets.settings import Reads, Settings
 
 GRADES_VERSION = "2"  # 2: a checkpoint column, one partition per checkpoint
@@ -53,14 +50,8 @@ def build_grade_assets(settings: Settings) -> list:
     )
     def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame):
         checkpoint = context.partition_key
-        progress = Progress(
-            f"checkpoint {checkpoint} grading",
-            rollouts.height,
-            context.log.info,
-            unit="rollouts",
-            every_s=PROGRESS_EVERY_S,
-            short_log=context.log.debug,
-        )
+        what, log = f"checkpoint {checkpoint} grading", context.log
+        progress = Progress(what, rollouts.height, log.info, unit="rollouts", every_s=PROGRESS_EVERY_S, short_log=log.debug)
         table = grade_rollouts(rollouts, validation_queries, options, progress.update).select(
             pl.lit(checkpoint).alias("checkpoint"), pl.all()
         )
@@ -77,34 +68,7 @@ def build_grade_assets(settings: Settings) -> list:
                 "pass_at_1": MetadataValue.float(summary["pass_at_1"]),
             },
         )
-        usable = (
-            usable_queries(summary, influence.weighting, influence.unsolved)
-            if influence.targets == "onpolicy"
-            else summary["queries"]
-        )
-        yield AssetCheckResult(
-            check_name="grades_have_mixed_queries",
-            passed=usable > 0,
-            metadata={
-                **summary,
-                "usable_queries": usable,
-                "message": "ok"
-                if usable > 0
-                else (
-                    f"no query gives influence.weighting {influence.weighting!r} (unsolved: {influence.unsolved}) anything to contrast "
-                    f"({summary['queries_all_correct']} all correct, {summary['queries_all_wrong']} all wrong). Raise "
-                    "rollout.temperature or rollout.samples_per_query, or use validation queries the model solves only sometimes."
-                ),
-            },
-        )
-        passed, message = contrast_guard(summary["queries"], summary["queries_mixed"])
-        if not passed:
-            context.log.warning(message)
-        yield AssetCheckResult(
-            check_name="grades_enough_contrast",
-            passed=passed,
-            severity=AssetCheckSeverity.WARN,
-            metadata={"queries_mixed": summary["queries_mixed"], "queries": summary["queries"], "message": message},
-        )
+        yield grades_have_mixed_queries_result(summary, influence.targets, influence.weighting, influence.unsolved)
+        yield grades_enough_contrast_result(summary, context.log.warning)
 
     return [grades]

@@ -1,5 +1,6 @@
 """Projected log-prob gradients at each checkpoint: one row per rollout/reference, and per pool example in shards."""
 
+import functools
 import time
 
 import polars as pl
@@ -12,11 +13,11 @@ from drift_assets.assets.placement import GPU_STEP
 from drift_assets.checks import vectors_result
 from drift_assets.core.cost import gradient_pass_cost
 from drift_assets.core.gradients import (
-    empty_gradient_frame,
     gradient_frame,
     pool_token_pairs,
     reference_basis,
     sequence_tokens,
+    shard_gradients,
     shard_of,
     validation_gradient_frame,
     validation_token_pairs,
@@ -210,8 +211,7 @@ def build_gradient_assets(settings: Settings) -> list:
     ):
         keys = context.partition_key.keys_by_dimension
         checkpoint, shard = keys["checkpoint"], keys["shard"]
-        where = f"checkpoint {checkpoint}, shard {shard}"
-        started = time.perf_counter()
+        where, started = f"checkpoint {checkpoint}, shard {shard}", time.perf_counter()
         examples = training_pool.filter(
             pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
         )
@@ -219,62 +219,56 @@ def build_gradient_assets(settings: Settings) -> list:
         fingerprint = at_checkpoint.fingerprint()
         basis = load_basis(projection_basis, fingerprint)
         reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
-        todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
-        context.log.debug(f"{where}: {examples.height} examples, reusing {reused.height}, computing {todo.height}")
-        if todo.is_empty():
-            context.log.info(f"{where}: all {examples.height} examples' gradients reused from the stored table")
-        frames = [reused] if reused.height else []
-        if not todo.is_empty():
-            tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
-            projector = LinearGradientProjector(network, options, basis)
-            prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
-            frames.append(
-                gradient_frame(
-                    {"example_id": todo["example_id"].to_list()},
-                    projector,
-                    tokenizer,
-                    prompt_ids,
-                    response_ids,
-                    batch_size,
-                    fingerprint,
-                    progress_logger(
-                        context, f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else ""), "examples"
-                    ),
-                    context.log.debug,
-                ).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all())
-            )
-        if frames:
-            table = pl.concat(frames, how="vertical_relaxed").sort("example_id")
-        else:  # a small pool can leave a shard without examples
-            table = empty_gradient_frame({"example_id": pl.String}).select(
-                pl.lit(checkpoint, dtype=pl.String).alias("checkpoint"), pl.lit(shard, dtype=pl.String).alias("shard"), pl.all()
-            )
+        log_reuse(context.log, where, examples.height, reused.height)
+        label = f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else "")
+        tick = functools.partial(progress_logger, context, label, "examples")  # started once the model is loaded
+        compute = functools.partial(
+            _pool_gradients, at_checkpoint, options, basis, batch_size, fingerprint, tick, context.log.debug
+        )
+        table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
+        seconds, reference = time.perf_counter() - started, full_sft_reference(reads_all, training_pool)
         yield Output(
             table,
             metadata={
                 **table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"]),
                 "rows_reused": reused.height,
                 "rows_computed": todo.height,
-                "wall_seconds": time.perf_counter() - started,
+                "wall_seconds": seconds,
                 "device": model.device_label,
-                # The examples computed here (reused rows cost nothing again), prompt and response;
-                # and, where rows were reused, what the whole shard costs from scratch.
-                **gradient_pass_cost(
-                    "gradients",
-                    (todo["n_prompt_tokens"] + todo["n_response_tokens"]).to_list() if todo.height else [],
-                    time.perf_counter() - started,
-                    checkpoint,
-                ).metadata(
-                    full_sft_reference(reads_all, training_pool),
-                    gradient_pass_cost("gradients", (examples["n_prompt_tokens"] + examples["n_response_tokens"]).to_list())
-                    if reused.height
-                    else None,
-                ),
+                **_shard_cost(checkpoint, examples, todo, reused, time.perf_counter() - started, reference),
             },
         )
         yield vectors_result("vectors_finite", table)
 
     return [projection_basis, validation_gradients, training_gradient_projections]
+
+
+def log_reuse(log, where: str, examples: int, reused: int) -> None:
+    log.debug(f"{where}: {examples} examples, reusing {reused}, computing {examples - reused}")
+    if reused == examples:
+        log.info(f"{where}: all {examples} examples' gradients reused from the stored table")
+
+
+def _pool_gradients(at_checkpoint: ModelResource, options, basis, batch_size, fingerprint, progress, log, todo):
+    """The projected gradients of the pool examples ``todo`` under the model at a checkpoint
+    (``progress()``: the pass's progress callback, made once the model is loaded)."""
+    tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
+    projector = LinearGradientProjector(network, options, basis)
+    prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
+    ids = {"example_id": todo["example_id"].to_list()}
+    return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, fingerprint, progress(), log)
+
+
+def _shard_cost(checkpoint: str, examples, todo, reused, seconds: float, reference) -> dict:
+    """The examples computed here (reused rows cost nothing again), prompt and response; and, where
+    rows were reused, what the whole shard costs from scratch."""
+    computed = (todo["n_prompt_tokens"] + todo["n_response_tokens"]).to_list() if todo.height else []
+    whole = (
+        gradient_pass_cost("gradients", (examples["n_prompt_tokens"] + examples["n_response_tokens"]).to_list())
+        if reused.height
+        else None
+    )
+    return gradient_pass_cost("gradients", computed, seconds, checkpoint).metadata(reference, whole)
 
 
 def _reusable_rows(

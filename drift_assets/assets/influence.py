@@ -1,6 +1,7 @@
 """Influence scores of every pool example at every checkpoint, streamed shard by shard from the gradient table, combined."""
 
 import time
+from collections.abc import Iterator
 
 import polars as pl
 from dagster import (
@@ -19,18 +20,9 @@ from dagster import (
 from drift_assets.assets.gradients import progress_logger
 from drift_assets.assets.metadata import markdown_table, rounded, score_picture, table_metadata
 from drift_assets.checks import influence_complete_result
-from drift_assets.core.attribution import diagnostics, noise_auc, scores_frame
 from drift_assets.core.cost import StageCost
 from drift_assets.core.guards import MAX_REFERENCE_SHARE, MAX_SPEARMAN, hacking_guard, target_guard
-from drift_assets.core.stored import (
-    ConfiguredTables,
-    base_losses,
-    base_reference_losses,
-    gradients_along,
-    losses_along,
-    one_row_per_example,
-)
-from drift_assets.core.trajectory import ranked_scores, score_along
+from drift_assets.core.stored import ConfiguredTables, StoredInfluence, stored_influence
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Reads, Settings
 
@@ -88,94 +80,14 @@ def build_influence_assets(settings: Settings) -> list:
         started = time.perf_counter()
         tables = ConfiguredTables.configured_by(reads, warehouse)
         tick = progress_logger(context, "scoring", "checkpoints")
-        along = score_along(
-            gradients_along(tables),
-            influence.scoring(),
-            log=context.log.info,
-            progress=lambda done: tick(done, len(checkpoints)),
+        scored = stored_influence(
+            tables, training_pool, influence.scoring(), context.log.info, lambda done: tick(done, len(checkpoints))
         )
-        checkpoint_rows = [
-            {
-                "checkpoint": at.checkpoint,
-                "pass_at_1": rounded(at.pass_at_1),
-                "reference_share": rounded(at.target.reference_share),
-                "noise_auc": rounded(noise_auc(scores_frame(at.scores, training_pool), training_pool)),
-            }
-            for at in along.checkpoints
-        ]
-        losses = base_losses(tables, training_pool)
-        gate_losses = losses_along(tables, training_pool) if influence.noise_gate == "mixture" else None
-        references = base_reference_losses(tables) if influence.noise_gate == "reference" else None
-        table = ranked_scores(
-            along,
-            training_pool,
-            losses,
-            influence.likelihood_guard,
-            influence.noise_gate,
-            gate_losses,
-            references,
-            influence.likelihood_blend,
-            influence.length_strata,
-        )
-        table = table.join(losses, on="example_id", how="left", maintain_order="left")
-        problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
-        if problem:  # nothing of it is committed
-            raise ValueError(problem)
-        figures = diagnostics(table, training_pool)
-        base_target = along.checkpoints[0].target
-        summary = base_target.summary
-        context.log.info(", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
-        yield Output(
-            table,
-            metadata={
-                **table_metadata(table),
-                **{name: rounded(value) for name, value in figures.items()},
-                "targets": influence.targets,
-                "weighting": influence.weighting,
-                "ranking": influence.ranking,
-                "likelihood_guard": influence.likelihood_guard,
-                "likelihood_blend": influence.likelihood_blend,
-                "length_strata": influence.length_strata,
-                **({"queries_taking_turns": len(along.queries.query_ids)} if along.queries else {}),
-                "queries_used": summary.queries_used if summary else base_target.n_targets,
-                "queries_skipped": summary.queries_skipped if summary else 0,
-                "queries_all_correct": summary.queries_all_correct if summary else 0,
-                "queries_all_wrong": summary.queries_all_wrong if summary else 0,
-                "references_for_unsolved": base_target.references_for_unsolved,
-                "reference_share_of_target": rounded(along.reference_share),
-                "hessian_damping": float(f"{along.checkpoints[0].curvature.damping_value:.3g}"),
-                "score_distribution": score_picture(table),
-                "checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows))),
-                # Products of stored gradients: no pass of the model, its seconds only.
-                **StageCost("scoring", 0, 0, time.perf_counter() - started).metadata(),
-            },
-        )
-        # Each guard's figures and limit as numbers, which the check's Plots tab draws run after run.
-        guard_figures = {
-            "influence_target_on_policy": {
-                "reference_share_of_target": rounded(along.reference_share),
-                "limit": MAX_REFERENCE_SHARE,
-            },
-            "influence_not_gradient_hacking": {
-                "spearman_score_vs_grad_norm": rounded(figures["spearman_score_vs_grad_norm"]),
-                "spearman_score_vs_loss": rounded(figures.get("spearman_score_vs_loss")),
-                "limit": MAX_SPEARMAN,
-            },
-        }
-        for name, (passed, message) in {
-            "influence_target_on_policy": target_guard(along.reference_share),
-            "influence_not_gradient_hacking": hacking_guard(
-                figures["spearman_score_vs_grad_norm"], figures.get("spearman_score_vs_loss")
-            ),
-        }.items():
-            if not passed:
-                context.log.warning(message)
-            yield AssetCheckResult(
-                check_name=name,
-                passed=passed,
-                severity=AssetCheckSeverity.WARN,
-                metadata={"message": message, **guard_figures[name]},
-            )
+        context.log.info(", ".join(f"{k} {v:.3f}" for k, v in scored.figures.items()))
+        # Products of stored gradients: no pass of the model, its seconds only.
+        cost = StageCost("scoring", 0, 0, time.perf_counter() - started)
+        yield Output(scored.table, metadata={**influence_metadata(influence, scored), **cost.metadata()})
+        yield from guard_results(scored, context.log.warning)
 
     @asset_check(
         asset=influence_scores,
@@ -189,3 +101,56 @@ def build_influence_assets(settings: Settings) -> list:
         return influence_complete_result(influence_scores, training_pool)
 
     return [influence_scores, influence_scores_complete]
+
+
+def influence_metadata(influence, scored: StoredInfluence) -> dict:
+    """The table's metadata: the diagnostics, the settings it ranked with, the target's queries, and a row per checkpoint."""
+    table, along = scored.table, scored.along
+    base_target = along.checkpoints[0].target
+    summary = base_target.summary
+    checkpoint_rows = [{k: v if k == "checkpoint" else rounded(v) for k, v in row.items()} for row in scored.checkpoint_rows]
+    return {
+        **table_metadata(table),
+        **{name: rounded(value) for name, value in scored.figures.items()},
+        "targets": influence.targets,
+        "weighting": influence.weighting,
+        "ranking": influence.ranking,
+        "likelihood_guard": influence.likelihood_guard,
+        "likelihood_blend": influence.likelihood_blend,
+        "length_strata": influence.length_strata,
+        **({"queries_taking_turns": len(along.queries.query_ids)} if along.queries else {}),
+        "queries_used": summary.queries_used if summary else base_target.n_targets,
+        "queries_skipped": summary.queries_skipped if summary else 0,
+        "queries_all_correct": summary.queries_all_correct if summary else 0,
+        "queries_all_wrong": summary.queries_all_wrong if summary else 0,
+        "references_for_unsolved": base_target.references_for_unsolved,
+        "reference_share_of_target": rounded(along.reference_share),
+        "hessian_damping": float(f"{along.checkpoints[0].curvature.damping_value:.3g}"),
+        "score_distribution": score_picture(table),
+        "checkpoints": MetadataValue.md(markdown_table(pl.DataFrame(checkpoint_rows), len(checkpoint_rows))),
+    }
+
+
+def guard_results(scored: StoredInfluence, warn) -> Iterator[AssetCheckResult]:
+    """The two guards' results (warnings), each with its figures and limit as numbers, which the
+    check's Plots tab draws run after run; a guard that fails is also logged (``warn``)."""
+    figures, share = scored.figures, scored.along.reference_share
+    guard_figures = {
+        "influence_target_on_policy": {"reference_share_of_target": rounded(share), "limit": MAX_REFERENCE_SHARE},
+        "influence_not_gradient_hacking": {
+            "spearman_score_vs_grad_norm": rounded(figures["spearman_score_vs_grad_norm"]),
+            "spearman_score_vs_loss": rounded(figures.get("spearman_score_vs_loss")),
+            "limit": MAX_SPEARMAN,
+        },
+    }
+    for name, (passed, message) in {
+        "influence_target_on_policy": target_guard(share),
+        "influence_not_gradient_hacking": hacking_guard(
+            figures["spearman_score_vs_grad_norm"], figures.get("spearman_score_vs_loss")
+        ),
+    }.items():
+        if not passed:
+            warn(message)
+        yield AssetCheckResult(
+            check_name=name, passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message, **guard_figures[name]}
+        )

@@ -21,9 +21,8 @@ from drift_assets.assets.cost import cost_metadata, recorded_pipeline_cost
 from drift_assets.assets.gradients import PROJECTION_KEYS
 from drift_assets.assets.metadata import rounded, score_picture, table_metadata
 from drift_assets.checks import selection_result
-from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.guards import likelihood_agreement_guard
-from drift_assets.core.publish import CARD_NAME, EXPORT_NAME, UNSELECTED_NAME, CardFacts, export_dataset
+from drift_assets.core.publish import CARD_NAME, CardFacts, export_dataset, exported_files
 from drift_assets.core.selection import refined_table, select, selection_warning
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.stored import one_row_per_example
@@ -143,20 +142,7 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset_export(
         context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
     ) -> pl.DataFrame:
-        facts = CardFacts(
-            model_path=export_reads.model_path,
-            model_fingerprint=_scored_model_fingerprint(warehouse),
-            settings=export_reads.values(*SHAPING_SETTINGS),
-            code_versions={
-                "refined_dataset": reads.code_version(REFINE_VERSION),
-                "refined_dataset_export": export_reads.code_version(EXPORT_VERSION),
-            },
-            package_version=_package_version(),
-            git_commit=_git_commit(),
-            run_id=context.run_id,
-            selection_method=export_reads.selection.method,
-            checkpoints=export_reads.checkpoints,
-        )
+        facts = card_facts(export_reads, reads, warehouse, context.run_id)
         paths = export_dataset(
             refined_dataset,
             export_dir,
@@ -165,22 +151,10 @@ def build_refine_assets(settings: Settings) -> list:
             inputs=inputs,
             previously_exported=_previous_export(warehouse),
         )
+        table = exported_files(paths, refined_dataset)
         n_selected = int(refined_dataset["selected"].sum())
-        rows = {EXPORT_NAME: n_selected, UNSELECTED_NAME: refined_dataset.height - n_selected}
-        table = pl.DataFrame(
-            {
-                "split": [
-                    "train" if name.startswith(EXPORT_NAME) else "unselected" if name != CARD_NAME else None for name in paths
-                ],
-                "format": [name.rsplit(".", 1)[1] for name in paths],
-                "path": list(paths.values()),
-                "rows": [rows.get(name.rsplit(".", 1)[0]) for name in paths],
-                "sha256": [content_hash(path) for path in paths.values()],
-            },
-            schema_overrides={"split": pl.String, "rows": pl.Int64},
-        )
         context.log.info(
-            f"exported {n_selected} selected and {rows[UNSELECTED_NAME]} unselected examples with a dataset card to {export_dir}"
+            f"exported {n_selected} selected and {refined_dataset.height - n_selected} unselected examples with a dataset card to {export_dir}"
         )
         context.add_output_metadata(
             {
@@ -192,6 +166,25 @@ def build_refine_assets(settings: Settings) -> list:
         return table
 
     return [refined_dataset, refined_dataset_selection, refined_dataset_agrees_with_likelihood, refined_dataset_export]
+
+
+def card_facts(export_reads: Reads, reads: Reads, warehouse: Warehouse, run_id: str) -> CardFacts:
+    """What the dataset card says of how the selection was made: the model, the shaping settings, the
+    code versions, the package and commit, the run."""
+    return CardFacts(
+        model_path=export_reads.model_path,
+        model_fingerprint=_scored_model_fingerprint(warehouse),
+        settings=export_reads.values(*SHAPING_SETTINGS),
+        code_versions={
+            "refined_dataset": reads.code_version(REFINE_VERSION),
+            "refined_dataset_export": export_reads.code_version(EXPORT_VERSION),
+        },
+        package_version=_package_version(),
+        git_commit=_git_commit(),
+        run_id=run_id,
+        selection_method=export_reads.selection.method,
+        checkpoints=export_reads.checkpoints,
+    )
 
 
 def _previous_export(warehouse: Warehouse) -> dict[str, str] | None:

@@ -1,6 +1,5 @@
 """On-policy rollouts: the model's own samples for every validation query, at each checkpoint."""
 
-import importlib.util
 import time
 
 import polars as pl
@@ -15,18 +14,11 @@ from drift_assets.core.cost import generation_cost
 from drift_assets.core.finite import describe, non_finite_tensors
 from drift_assets.core.progress import Progress
 from drift_assets.core.rollouts import sample_rollouts
-from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
+from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse, engine_kind
 from drift_assets.settings import Reads, Settings
 
 ROLLOUTS_VERSION = "3"  # 2: the sampled token_ids are kept; 3: a checkpoint column, one partition per checkpoint
 ROLLOUT_COLUMNS = {"checkpoint": pl.String, "rollout_id": pl.String, "query_id": pl.String, "logprob_sum": pl.Float64}
-
-
-def _engine_kind(settings: Settings) -> str:
-    """The UI's kind tag: the engine the backend setting will pick (an import check, not an import)."""
-    if settings.rollout.backend == "transformers":
-        return "pytorch"
-    return "vllm" if settings.rollout.backend == "vllm" or importlib.util.find_spec("vllm") else "pytorch"
 
 
 def build_rollout_assets(settings: Settings) -> list:
@@ -41,7 +33,7 @@ def build_rollout_assets(settings: Settings) -> list:
         metadata={"partition_expr": "checkpoint", **reads.metadata()},
         partitions_def=checkpoint_partitions(settings),
         deps=model_deps(settings),
-        kinds={_engine_kind(settings), "delta"},
+        kinds={engine_kind(settings.rollout.backend), "delta"},
         **GPU_STEP,
         check_specs=[
             AssetCheckSpec(

@@ -48,15 +48,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
 import polars as pl
-import torch
 
 from drift_assets.core.attribution import ScoringSettings, noise_auc
 from drift_assets.core.baselines import (
@@ -70,22 +68,24 @@ from drift_assets.core.baselines import (
     position_weighted_hidden_states,
     words,
 )
-from drift_assets.core.cost import CHECKPOINTS_USED
-from drift_assets.core.generation import SamplingSettings, TransformersEngine
+from drift_assets.core.cost import CHECKPOINTS_USED, PipelineCost, method_costs
+from drift_assets.core.evaluation import FineTuneJob
+from drift_assets.core.generation import SamplingSettings
 from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
 from drift_assets.core.grading import GradingOptions, grade_answer
 from drift_assets.core.influence import Curvature, fit_curvature
+from drift_assets.core.less import LessScores
+from drift_assets.core.pool import reference_tokens
+from drift_assets.core.progress import SizedProgress
 from drift_assets.core.selection import round_robin_ranks, select
-from drift_assets.core.sft import Evaluation, SftOptions, evaluate, fine_tune
+from drift_assets.core.sft import Evaluation
 from drift_assets.core.stats import roc_auc
 from drift_assets.core.trajectory import CheckpointGradients, ScoredAlong, ranked_scores, reference_loss_per_token, score_along
 
 __all__ = [
     "METHODS",
-    "FineTuneJob",
     "MethodScorer",
     "ScoringSettings",
-    "fine_tune_from_disk",
     "loss_scores",
     "paired_differences",
     "ranked",
@@ -421,35 +421,116 @@ def order_auc(scores: pl.DataFrame | None, training_pool: pl.DataFrame) -> float
     return roc_auc(-joined["rank"].to_numpy().astype(np.float64), ~joined["is_corrupted"].to_numpy().astype(bool))
 
 
-@dataclass(frozen=True)
-class FineTuneJob:
-    """One fine-tune of the base model on a selection, then greedy accuracy on the test queries."""
+@dataclass
+class MethodBenchmark:
+    """The method benchmark over a pool: each method's scores (:meth:`score`), the fine-tunes their
+    selections need (:meth:`plan`), and their evaluation (:meth:`run`). ``scorer``: the pool's
+    stored gradients and losses; ``drift``: the configured influence settings."""
 
-    method: str
-    seed: int
-    messages: list[str]
-    model_path: str
-    dtype: str
-    device: str
-    options: SftOptions
-    queries: list[dict]
-    max_tokens: int
-    grading: GradingOptions
+    methods: Sequence[str]
+    seeds: Sequence[int]
+    training_pool: pl.DataFrame
+    validation_queries: pl.DataFrame
+    scorer: MethodScorer
+    drift: ScoringSettings
+    scores: dict[str, pl.DataFrame] = field(default_factory=dict)
+    selections: dict[tuple[str, int], Selection] = field(default_factory=dict)
+
+    def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[..., LessScores]) -> None:
+        """Each scored method's scores of the pool (example_id, score, rank); the unscored methods
+        (:data:`UNSCORED`) have none. ``model``: the base model (``rds``); ``checkpoints``: the
+        warm-up's (``dynamics``); ``less_matrix(reference=, onpolicy=)``: LESS's scores along the
+        warm-up (the LESS methods)."""
+        methods, pool, losses = self.methods, self.training_pool, self.scorer.loss_per_token
+        for method in methods:
+            if scoring_for(method, self.drift) is not None:
+                self.scores[method] = self.scorer.method_scores(method, self.drift, pool)
+            elif method == "loss":
+                self.scores[method] = loss_scores(losses)
+            elif method in ("rds", "bm25", "dsir"):
+                self.scores[method] = similarity_scores(method, pool, self.validation_queries, model, tokenizer)
+            elif method == "grape":
+                self.scores[method] = grape_scores(pool, losses)
+            elif method == "dynamics":
+                self.scores[method] = dynamics_scores(self.scorer.losses_along, checkpoints)
+        if any(method in LESS_METHODS for method in methods):
+            less = less_matrix(reference=bool({"less", "less_round_robin"} & set(methods)), onpolicy="less_onpolicy" in methods)
+            for method in LESS_METHODS:
+                if method in methods:
+                    matrix = less.onpolicy if method == "less_onpolicy" else less.reference
+                    self.scores[method] = less_scores(method, pool["example_id"].to_list(), matrix)
+
+    def plan(
+        self, selection: tuple[str, float, int | None], distilled: pl.DataFrame | None = None
+    ) -> list[tuple[int, Selection, list[str]]]:
+        """The distinct fine-tunes (:func:`shared_fine_tunes`), each method's selection on each seed
+        kept in ``selections``. ``selection``: (selection.method, selection.fraction, selection.k);
+        random and the others select as many examples as DRIFT does, so that they differ only in
+        which ones; ``distilled``: :func:`self_distilled`'s table, for ``self_distill``."""
+        selection_method, fraction, k = selection
+        pool = self.training_pool
+        drift_scores = self.scores["drift"] if "drift" in self.scores else self.scorer.scores(self.drift, pool)
+        drift_size = int(select(drift_scores, selection_method, fraction, k).sum())
+        pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
+        own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
+
+        def choose(method: str, seed: int) -> Selection:
+            chosen = selected_ids(
+                method, seed, pool, self.scores.get(method), drift_size, selection_method, fraction, k, distilled
+            )
+            self.selections[method, seed] = selection_of(chosen, own_answers if method == "self_distill" else pool_messages)
+            return self.selections[method, seed]
+
+        return shared_fine_tunes(self.methods, self.seeds, choose)
+
+    def run(
+        self,
+        plan: Sequence[tuple[int, Selection, list[str]]],
+        job_for: Callable[[str, list[str], int], FineTuneJob],
+        run_one: Callable[[FineTuneJob], tuple[Evaluation, float]],
+        workers: int,
+        log: Callable[[str], None],
+    ) -> pl.DataFrame:
+        """Each planned fine-tune (``job_for(method, messages, seed)``, run by ``run_one`` in
+        ``workers`` processes, :func:`run_fine_tunes`) evaluated, logging progress: :func:`benchmark_table`."""
+        jobs = [job_for(sharers[0], [messages for _, messages in sorted(chosen)], seed) for seed, chosen, sharers in plan]
+        shared = len(self.methods) * len(self.seeds) - len(jobs)
+        log(
+            f"{len(jobs)} fine-tunes ({len(self.methods)} methods x {len(self.seeds)} seeds"
+            + (f", {shared} sharing another method's selection" if shared else "")
+            + f") in {workers} process(es)"
+        )
+        # Timed per SFT step (with sft.epochs, full-pool SFT takes many times a selection's steps);
+        # in parallel processes each fine-tune's own seconds, the rest shared among the workers.
+        steps = [job.options.steps_for(len(job.messages)) if job.messages else 0 for job in jobs]
+        progress = SizedProgress("fine-tunes", steps, log, work="steps", workers=workers)
+
+        def finished():
+            for (_, _, sharers), (job, (result, seconds)) in zip(plan, run_fine_tunes(jobs, run_one, workers), strict=True):
+                note = f"{' = '.join(sharers)} seed {job.seed}: accuracy {result.accuracy:.3f}"
+                progress.advance(note, seconds if workers > 1 else None)
+                yield sharers, job, result, seconds
+
+        return benchmark_table(finished(), self.methods, self.scores, self.training_pool, self.selections)
 
 
-def fine_tune_from_disk(job: FineTuneJob) -> tuple[Evaluation, float]:
-    """Load the base model, fine-tune it on the job's selection, evaluate it; (evaluation, seconds)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    started = time.perf_counter()
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[job.dtype]
-    model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=dtype).to(job.device)
-    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
-    run = fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
-    engine = TransformersEngine(model, tokenizer, device=job.device)
-    result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
-    result.train_losses, result.train_tokens = run.losses, run.tokens
-    return result, time.perf_counter() - started
+def with_method_costs(
+    table: pl.DataFrame,
+    methods: Sequence[str],
+    pipeline: PipelineCost,
+    pool_tokens: int,
+    validation_queries: pl.DataFrame,
+    tokenizer,
+) -> pl.DataFrame:
+    """The benchmark's table with ``cost_vs_full_sft``: what choosing each method's examples cost
+    (:func:`~drift_assets.core.cost.method_costs`; the influence methods: the pipeline's steps as
+    recorded, ``pipeline``), against one full-pool SFT run."""
+    validation_tokens = sum(
+        reference_tokens(tokenizer, prompt, response)
+        for prompt, response in zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)
+    )
+    costs = method_costs(methods, pipeline, pool_tokens, validation_tokens)
+    return table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
 
 
 def run_fine_tunes(jobs: Sequence[J], fine_tune_one: Callable[[J], R], workers: int = 1) -> Iterator[tuple[J, R]]:

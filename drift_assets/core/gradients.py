@@ -188,6 +188,28 @@ def empty_gradient_frame(id_columns: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema={**id_columns, **GRADIENT_SCHEMA})
 
 
+def shard_gradients(
+    checkpoint: str,
+    shard: str,
+    examples: pl.DataFrame,
+    reused: pl.DataFrame,
+    compute: Callable[[pl.DataFrame], pl.DataFrame],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the shard's gradient table at ``checkpoint``, sorted by example_id; the examples computed):
+    the ``reused`` rows of ``examples`` as they are, the others' gradients by ``compute(todo)``
+    (:func:`gradient_frame` with an example_id column), each row labelled with checkpoint and shard."""
+    todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
+    frames = [reused] if reused.height else []
+    if not todo.is_empty():
+        frames.append(compute(todo).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all()))
+    if frames:
+        return pl.concat(frames, how="vertical_relaxed").sort("example_id"), todo
+    # A small pool can leave a shard without examples.
+    return empty_gradient_frame({"example_id": pl.String}).select(
+        pl.lit(checkpoint, dtype=pl.String).alias("checkpoint"), pl.lit(shard, dtype=pl.String).alias("shard"), pl.all()
+    ), todo
+
+
 def validation_token_pairs(
     tokenizer, rollouts: pl.DataFrame, validation_queries: pl.DataFrame, answer_marker: str | None = None
 ) -> tuple[dict[str, list[str]], list[list[int]], list[list[int]]]:

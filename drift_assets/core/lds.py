@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import torch
 
 from drift_assets.core.attribution import weighted_rollouts
+from drift_assets.core.evaluation import load_base_model
 from drift_assets.core.gradients import query_token_pairs, response_token_pairs
 from drift_assets.core.sequences import teacher_forced_logprobs
 from drift_assets.core.sft import SftOptions, fine_tune
@@ -251,12 +251,8 @@ class Measured:
 
 def fine_tune_and_measure(job: MeasureJob) -> Measured:
     """Load the base model, fine-tune it on the job's subset with the task's recipe, measure."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     started = time.perf_counter()
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[job.dtype]
-    model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=dtype).to(job.device)
-    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
+    model, tokenizer = load_base_model(job.model_path, job.dtype, job.device)
     run = fine_tune(model, tokenizer, job.messages, job.options, log=lambda _: None)
     logprobs = sequence_logprobs(model, tokenizer, job.sequences)
     return Measured(logprobs, time.perf_counter() - started, run.losses[-1])

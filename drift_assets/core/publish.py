@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 import yaml
 
+from drift_assets.core.fingerprint import content_hash
 from drift_assets.core.outputs import write_export
 from drift_assets.core.pool import CORE_COLUMNS, OUTPUT_COLUMNS
 from drift_assets.core.stats import roc_auc
@@ -335,3 +336,20 @@ def push_dataset(directory: str | Path, repo_id: str, token: str, private: bool 
         token=token,
     )
     return str(getattr(commit, "commit_url", commit))
+
+
+def exported_files(paths: dict[str, str], refined_dataset: pl.DataFrame) -> pl.DataFrame:
+    """One row per file :func:`export_dataset` wrote (its name → path): split (train, unselected; none
+    for the card), format, path, rows, sha256."""
+    n_selected = int(refined_dataset["selected"].sum())
+    rows = {EXPORT_NAME: n_selected, UNSELECTED_NAME: refined_dataset.height - n_selected}
+    return pl.DataFrame(
+        {
+            "split": ["train" if name.startswith(EXPORT_NAME) else "unselected" if name != CARD_NAME else None for name in paths],
+            "format": [name.rsplit(".", 1)[1] for name in paths],
+            "path": list(paths.values()),
+            "rows": [rows.get(name.rsplit(".", 1)[0]) for name in paths],
+            "sha256": [content_hash(path) for path in paths.values()],
+        },
+        schema_overrides={"split": pl.String, "rows": pl.Int64},
+    )

@@ -8,16 +8,25 @@ test's own reader); :class:`ConfiguredTables` shows them as the settings configu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import polars as pl
 
-from drift_assets.core.benchmark import loss_scores, per_token_loss
+from drift_assets.core.attribution import ScoringSettings, diagnostics, noise_auc, scores_frame
+from drift_assets.core.benchmark import MethodScorer, loss_scores, per_token_loss
 from drift_assets.core.gradients import shard_keys, vectors
-from drift_assets.core.trajectory import BASE, Batches, CheckpointGradients, reference_loss_per_token
+from drift_assets.core.trajectory import (
+    BASE,
+    Batches,
+    CheckpointGradients,
+    ScoredAlong,
+    ranked_scores,
+    reference_loss_per_token,
+    score_along,
+)
 
 # What to run where one table holds an example more than once: every table rewritten from the
 # configured partitions only (the runner deletes the others first).
@@ -128,6 +137,13 @@ def base_losses(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.Dat
     return per_token_loss(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
 
 
+def stored_scorer(tables: ConfiguredTables, training_pool: pl.DataFrame) -> MethodScorer:
+    """The method benchmark's scorer of ``training_pool``: the stored gradients along the checkpoints,
+    the base model's losses (the loss method's scores and the likelihood guard's order) and the
+    losses along the checkpoints (a noise gate's)."""
+    return MethodScorer(list(gradients_along(tables)), base_losses(tables, training_pool), losses_along(tables, training_pool))
+
+
 def base_reference_losses(tables: ConfiguredTables) -> np.ndarray:
     """The validation references' loss per response token under the base model."""
     return reference_loss_per_token(rows_at(tables, "validation_gradients", BASE))
@@ -170,3 +186,56 @@ def losses_along(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.Da
         .collect()
     )
     return frame.select("example_id", "checkpoint", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+
+
+@dataclass(frozen=True)
+class StoredInfluence:
+    """``influence_scores``'s table (one row per pool example, with the base model's loss per token),
+    the scores along the checkpoints it combines, its gradient-hacking diagnostics
+    (:func:`~drift_assets.core.attribution.diagnostics`) and a row of figures per checkpoint."""
+
+    table: pl.DataFrame
+    along: ScoredAlong
+    figures: dict[str, float]
+    checkpoint_rows: list[dict]
+
+
+def stored_influence(
+    tables: ConfiguredTables,
+    training_pool: pl.DataFrame,
+    scoring: ScoringSettings,
+    log: Callable[[str], None],
+    progress: Callable[[int], None] | None = None,
+) -> StoredInfluence:
+    """The pool's influence scores from the stored gradients, streamed checkpoint by checkpoint and
+    shard by shard, ranked (with ``scoring``'s likelihood guard, noise gate, blend and length strata).
+    Raises where the result would not hold one row per pool example."""
+    along = score_along(gradients_along(tables), scoring, log=log, progress=progress)
+    checkpoint_rows = [
+        {
+            "checkpoint": at.checkpoint,
+            "pass_at_1": at.pass_at_1,
+            "reference_share": at.target.reference_share,
+            "noise_auc": noise_auc(scores_frame(at.scores, training_pool), training_pool),
+        }
+        for at in along.checkpoints
+    ]
+    losses = base_losses(tables, training_pool)
+    gate_losses = losses_along(tables, training_pool) if scoring.noise_gate == "mixture" else None
+    references = base_reference_losses(tables) if scoring.noise_gate == "reference" else None
+    table = ranked_scores(
+        along,
+        training_pool,
+        losses,
+        scoring.likelihood_guard,
+        scoring.noise_gate,
+        gate_losses,
+        references,
+        scoring.likelihood_blend,
+        scoring.length_strata,
+    )
+    table = table.join(losses, on="example_id", how="left", maintain_order="left")
+    problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
+    if problem:  # nothing of it is committed
+        raise ValueError(problem)
+    return StoredInfluence(table, along, diagnostics(table, training_pool), checkpoint_rows)

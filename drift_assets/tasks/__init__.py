@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drift_assets.core import tiny_model
+from drift_assets.core.demo_outputs import model_stamp, replace_model_directory
 from drift_assets.core.sft import SftOptions, SftRun, fine_tune
 from drift_assets.tasks.arithmetic import Arithmetic
 from drift_assets.tasks.base import NOISE_KINDS, PretrainRecipe, Task, TaskDefaults
@@ -100,3 +101,45 @@ def build_base_model(
             log=log,
         )
     return BaseModel(model, tokenizer, result, continued)
+
+
+def saved_base_model(
+    task: Task,
+    seed: int,
+    recipe: PretrainRecipe,
+    pool_rows: Callable[[], list[dict]],
+    path: str,
+    build: str,
+    log: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> dict:
+    """The summary of the task's base model in the directory ``path``: the one there where its stamp
+    says the same ``build`` (the same recipe on the same inputs trains the same model), else one
+    built (:func:`build_base_model`) and saved there in its place, stamped."""
+    stamp = model_stamp(path)
+    if stamp and stamp.get("build") == build:
+        log(f"{path} already holds the {task.name} model this recipe trains; not retraining it")
+        return stamp["summary"]
+    built = build_base_model(task, seed, recipe, pool_rows(), log=log)
+    result = built.pretraining
+    if not result.reached_target:
+        warn(f"calibration accuracy {result.calibration_accuracy:.2f} is outside demo.target_accuracy {recipe.target_accuracy}")
+    summary = {
+        "task": task.name,
+        "n_parameters": sum(p.numel() for p in built.model.parameters()),
+        "pretrain_steps": result.steps,
+        "calibration_accuracy": result.calibration_accuracy,
+        "continued_sft_steps": recipe.continued_sft_steps,
+        "wall_seconds": result.wall_seconds,
+        "accuracy_curve": {str(step): accuracy for step, accuracy in result.accuracy_curve},
+        "curves": {
+            "pre-training": result.loss_curve,
+            **({"continued SFT on the pool": built.continued_sft.losses} if built.continued_sft else {}),
+        },
+    }
+    replace_model_directory(
+        path,
+        lambda directory: tiny_model.save_model(built.model, built.tokenizer, directory),
+        {"build": build, "summary": summary},
+    )
+    return summary
