@@ -47,7 +47,7 @@ from drift_assets.core.weighting import rollout_weights
 OPTIMIZER_STATE_FILE = "optimizer_state.pt"  # beside a warm-up checkpoint's weights (not part of its fingerprint)
 ADAM_BETAS = (0.9, 0.999)  # LESS's obtain_gradients_with_adam (the warm-up's AdamW uses the same)
 ADAM_EPSILON = 1e-8
-PROJECTION_DIMENSION = 1024  # LESS projects to 8192 on 7B models; see benchmarks/README.md for the choice here
+PROJECTION_DIMENSION = 1024  # LESS projects 7B models' LoRA gradients to 8192; the tiny models here to as many as TRAK's rows in benchmarks/lds.py (projected=None: exact)
 PROJECTION_SEED = 0  # LESS: seed 0, model_id 0, for every checkpoint and both sides
 _PROJECTION_ROWS = 1 << 16  # rows of the projection generated (and seeded) at a time
 
