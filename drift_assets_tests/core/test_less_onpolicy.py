@@ -27,7 +27,7 @@ from drift_assets.core.less import (
 from drift_assets.core.tiny_model import build_char_tokenizer
 from drift_assets.settings import OPTIMIZER_STATE_METHODS, parse_settings
 from drift_assets_tests.helpers.cost_records import REFERENCE, demo_records
-from drift_assets_tests.helpers.two_layers import TwoLayers, hand_gradient, random_adam_moments, unit
+from drift_assets_tests.helpers.two_layers import TwoLayers, hand_adam_steps, hand_gradient, random_adam_moments, unit
 
 
 def encoder():
@@ -56,17 +56,10 @@ def test_less_onpolicy_weighs_each_query_s_correct_rollouts_and_the_checkpoints_
     expected_reference = np.zeros((3, 2))
     for seed, (name, rate) in enumerate(rates.items()):
         model = TwoLayers(vocabulary, seed=seed)
-        names = [n for n, _ in model.named_parameters()]
         moments = random_adam_moments(model, seed)
         projector = projector or RademacherProjector(sum(p.numel() for p in model.parameters()), 16)
         matrix = projector.matrix().double() / 4.0  # ±1/√16
-        m = torch.cat([moments[n][0].reshape(-1) for n in names]).double()
-        v = torch.cat([moments[n][1].reshape(-1) for n in names]).double()
-        steps = []
-        for prompt, response in zip(*training, strict=True):
-            g = hand_gradient(model, prompt, response)
-            steps.append(unit(((0.9 * m + 0.1 * g) / torch.sqrt(0.999 * v + 0.001 * g * g + 1e-8)) @ matrix))
-        steps = torch.stack(steps)
+        steps = hand_adam_steps(model, moments, matrix, training)
         correct = rollouts[name]
         by_query: dict[str, np.ndarray] = {}
         for query, weight, prompt, response in zip(

@@ -54,7 +54,7 @@ from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, b
 from drift_assets.core.trajectory import CheckpointGradients, warm_up
 from drift_assets.settings import BENCHMARK_METHODS, OPTIMIZER_STATE_METHODS, parse_settings
 from drift_assets.tasks import get_task
-from drift_assets_tests.helpers.two_layers import TwoLayers, hand_gradient, random_adam_moments, unit
+from drift_assets_tests.helpers.two_layers import TwoLayers, hand_adam_steps, hand_gradient, random_adam_moments, unit
 
 # -- LESS ----------------------------------------------------------------------------------------
 
@@ -70,19 +70,12 @@ def test_less_scores_are_the_learning_rate_weighted_cosines_of_adam_steps_with_r
     projector = None
     for seed, (name, rate) in enumerate(rates.items()):
         model = TwoLayers(vocabulary, seed=seed)
-        names = [n for n, _ in model.named_parameters()]
         moments = random_adam_moments(model, seed)
         adam = AdamMoments(step=seed + 1, learning_rate=rate, moments=moments)
         dimension = sum(p.numel() for p in model.parameters())
         projector = projector or RademacherProjector(dimension, 16)
         matrix = projector.matrix().double() / 4.0  # ±1/√16
-        m = torch.cat([moments[n][0].reshape(-1) for n in names]).double()
-        v = torch.cat([moments[n][1].reshape(-1) for n in names]).double()
-        steps = []
-        for prompt, response in zip(*training, strict=True):
-            g = hand_gradient(model, prompt, response)
-            step = (0.9 * m + 0.1 * g) / torch.sqrt(0.999 * v + 0.001 * g * g + 1e-8)
-            steps.append(unit(step @ matrix))
+        steps = hand_adam_steps(model, moments, matrix, training)
         references = [unit(hand_gradient(model, p, r) @ matrix) for p, r in zip(*validation, strict=True)]
         cosines = torch.stack([torch.stack([s @ q for q in references]) for s in steps]).numpy()
         expected += rate / sum(rates.values()) * cosines

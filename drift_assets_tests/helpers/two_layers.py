@@ -46,3 +46,16 @@ def random_adam_moments(model: torch.nn.Module, seed: int) -> dict[str, tuple[to
         n: (torch.randn(p.shape, generator=generator) * 1e-2, torch.rand(p.shape, generator=generator) * 1e-4)
         for n, p in model.named_parameters()
     }
+
+
+def hand_adam_steps(model: TwoLayers, moments, matrix: torch.Tensor, sequences) -> torch.Tensor:
+    """Each (prompt, response) of ``sequences``' Adam step after one more gradient (β₁ 0.9, β₂ 0.999,
+    ε 1e-8, as LESS preconditions), projected by ``matrix`` and scaled to unit length: (sequences, k)."""
+    names = [n for n, _ in model.named_parameters()]
+    m = torch.cat([moments[n][0].reshape(-1) for n in names]).double()
+    v = torch.cat([moments[n][1].reshape(-1) for n in names]).double()
+    steps = []
+    for prompt, response in zip(*sequences, strict=True):
+        g = hand_gradient(model, prompt, response)
+        steps.append(unit(((0.9 * m + 0.1 * g) / torch.sqrt(0.999 * v + 0.001 * g * g + 1e-8)) @ matrix))
+    return torch.stack(steps)
