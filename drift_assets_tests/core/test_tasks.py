@@ -122,31 +122,25 @@ def true_answer(task: str, prompt: str) -> str:
     return f"({'ABCD'[values.index(best)]})"
 
 
+# Where each task's answer stands at the end of a response (its group: the answer).
+STATED = {
+    "arithmetic": r"Answer: (-?\d+)$",
+    "count": r"#### (\d+)$",
+    "brackets": r"Close: ([)\]}](?: [)\]}])*)$",
+    "roman": r"Roman: ([IVXLCDM]+)$",
+    "digits": r"Sum: (\d+)$",
+    "shift": r"Result: ([a-z]+)$",
+    "choice": r"The answer is (\([A-D]\))$",
+}
+
+
 def stated_answer(task: str, response: str) -> str | None:
     """The answer a response states, read as a user of the task would."""
-    if task == "arithmetic":
-        found = re.search(r"Answer: (-?\d+)$", response)
-        return found and found.group(1)
     if task == "sort":
         return response if re.fullmatch(r"[a-p]+", response) else None
     if task == "spell":
         return str(words_value(response)) if re.fullmatch(r"[a-z]+( [a-z]+)*", response) else None
-    if task == "count":
-        found = re.search(r"#### (\d+)$", response)
-        return found and found.group(1)
-    if task == "brackets":
-        found = re.search(r"Close: ([)\]}](?: [)\]}])*)$", response)
-        return found and found.group(1)
-    if task == "roman":
-        found = re.search(r"Roman: ([IVXLCDM]+)$", response)
-        return found and found.group(1)
-    if task == "digits":
-        found = re.search(r"Sum: (\d+)$", response)
-        return found and found.group(1)
-    if task == "shift":
-        found = re.search(r"Result: ([a-z]+)$", response)
-        return found and found.group(1)
-    found = re.search(r"The answer is (\([A-D]\))$", response)
+    found = re.search(STATED[task], response)
     return found and found.group(1)
 
 
