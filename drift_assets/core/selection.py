@@ -202,7 +202,7 @@ def stratified_ranks(order_ranks: np.ndarray, lengths: np.ndarray, strata: int) 
     order_ranks = np.asarray(order_ranks, dtype=np.float64)
     n = len(order_ranks)
     part = np.empty(n, dtype=np.int64)
-    part[np.lexsort((order_ranks, np.asarray(lengths, dtype=np.float64)))] = np.arange(n) * min(strata, max(n, 1)) // max(n, 1)
+    part[np.lexsort((order_ranks, np.asarray(lengths, dtype=np.float64)))] = np.arange(n) * strata // max(n, 1)
     keys = np.empty(n)
     for index in np.unique(part):
         rows = np.flatnonzero(part == index)
