@@ -53,7 +53,7 @@ def all_candidates() -> list[str]:
 
 
 def parse_candidate(text: str):
-    from drift_assets.core.attribution import ScoringSettings
+    from drift_assets.core.attribution.scores import ScoringSettings
 
     unsolved, debias, weighting, checkpoints = text.split("/")[:4]
     rule = text.split("/")[4] if text.count("/") >= 4 else "top"
@@ -106,12 +106,12 @@ def main() -> None:
 
     import polars as pl
 
-    from drift_assets.core.attribution import noise_auc
-    from drift_assets.core.benchmark import MethodScorer, run_fine_tunes
-    from drift_assets.core.evaluation import FineTuneJob, fine_tune_and_evaluate
-    from drift_assets.core.selection import length_strata, select, select_within_strata
-    from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along
-    from drift_assets.core.trajectory import ranked_scores
+    from drift_assets.core.attribution.scores import noise_auc
+    from drift_assets.core.attribution.selection import length_strata, select, select_within_strata
+    from drift_assets.core.attribution.trajectory import ranked_scores
+    from drift_assets.core.data.stored import ConfiguredTables, base_losses, gradients_along
+    from drift_assets.core.study.benchmark import MethodScorer, run_fine_tunes
+    from drift_assets.core.training.evaluation import FineTuneJob, fine_tune_and_evaluate
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
     from drift_assets.tasks import TASKS

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from drift_assets.core.generation import TransformersEngine
-from drift_assets.core.sft import Evaluation, evaluate, fine_tune
+from drift_assets.core.generation.engines import TransformersEngine
+from drift_assets.core.training.sft import Evaluation, evaluate, fine_tune
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.settings import Settings, load_settings
 

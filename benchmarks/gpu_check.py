@@ -15,7 +15,7 @@ random text, which is what a throughput figure needs. Printed, as one markdown t
 Then each stage against the roofline (rollouts, gradient pass, training step, LoRA warm-up): tokens
 per second (the sequences' own, padding left out; for rollouts every prompt once and every generated
 token), 512-token examples per GPU-hour, and the share of the device's 6N bound (6N FLOPs per token
-at its dense bfloat16 peak, from a table of device names in ``drift_assets.core.cost``, or a timed
+at its dense bfloat16 peak, from a table of device names in ``drift_assets.core.runtime.cost``, or a timed
 large matmul where the name is not in it; on the CPU a timed float32 matmul); then the same scaled
 to a 7B model by parameter count, with the formula.
 
@@ -37,14 +37,14 @@ from pathlib import Path
 
 import torch
 
-from drift_assets.core.adapters import LoraOptions, add_adapter
-from drift_assets.core.cost import EXAMPLE_TOKENS, bound_share, examples_per_hour, peak_bf16_flops, scaled_to
-from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine
-from drift_assets.core.gradients import sequence_tokens
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis
-from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
-from drift_assets.core.sft import SftOptions, fine_tune
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
+from drift_assets.core.data.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, training_step
+from drift_assets.core.generation.engines import SamplingSettings, TransformersEngine, VllmEngine
+from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions, fit_basis
+from drift_assets.core.gradients.tables import sequence_tokens
+from drift_assets.core.runtime.cost import EXAMPLE_TOKENS, bound_share, examples_per_hour, peak_bf16_flops, scaled_to
+from drift_assets.core.training.adapters import LoraOptions, add_adapter
+from drift_assets.core.training.sft import SftOptions, fine_tune
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
 GiB = 2**30
 SEVEN_B = 7e9

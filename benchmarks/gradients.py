@@ -52,11 +52,11 @@ from benchmarks.benchmark_models import (
     parameter_count,
     random_llama,
 )
-from drift_assets.core.demo_task import training_pool_rows
-from drift_assets.core.gradients import pool_token_pairs
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis
-from drift_assets.core.sequences import ResponseBatch, collate_pairs, sequence_logprobs
-from drift_assets.core.tiny_model import build_char_tokenizer
+from drift_assets.core.data.sequences import ResponseBatch, collate_pairs, sequence_logprobs
+from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions, fit_basis
+from drift_assets.core.gradients.tables import pool_token_pairs
+from drift_assets.tasks.demo_task import training_pool_rows
+from drift_assets.tasks.tiny_model import build_char_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

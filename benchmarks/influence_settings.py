@@ -41,12 +41,12 @@ import numpy as np
 import polars as pl
 
 from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
-from drift_assets.core.attribution import ScoringSettings, noise_auc, scores_frame, target_gradient
-from drift_assets.core.benchmark import MethodScorer, selected_ids
-from drift_assets.core.influence import DEBIAS_METHODS, PoolScores, fit_curvature
-from drift_assets.core.stored import ConfiguredTables, base_losses, gradients_along, losses_along
-from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
-from drift_assets.core.weighting import WEIGHTING_SCHEMES
+from drift_assets.core.attribution.influence import DEBIAS_METHODS, PoolScores, fit_curvature
+from drift_assets.core.attribution.scores import ScoringSettings, noise_auc, scores_frame, target_gradient
+from drift_assets.core.attribution.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
+from drift_assets.core.data.stored import ConfiguredTables, base_losses, gradients_along, losses_along
+from drift_assets.core.grading.weighting import WEIGHTING_SCHEMES
+from drift_assets.core.study.benchmark import MethodScorer, selected_ids
 from drift_assets.resources import Warehouse, model_resource
 from drift_assets.settings import Settings
 

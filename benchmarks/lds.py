@@ -8,7 +8,7 @@ Does an attribution method's score predict what retraining does? For each task (
 under ``data/suite/<task>/``, as ``suite.py`` writes and materializes it) it draws M random
 half-pools, fine-tunes the task's base model on each with the task's own SFT recipe
 (``benchmark.sft``) and measures every validation query after each fine-tune, two ways
-(:mod:`drift_assets.core.lds`): the on-policy objective J_j over the base model's stored rollouts
+(:mod:`drift_assets.core.study.lds`): the on-policy objective J_j over the base model's stored rollouts
 with the configured weighting (what DRIFT's target is the gradient of) and the log-likelihood of
 the query's reference answer (what LESS and classic influence target). Each method's per-query
 scores τ_ij predict Σ_{i∈S} τ_ij for a subset S; LDS_j is the Spearman correlation over the M
@@ -117,8 +117,8 @@ def our_rows(context: TaskContext) -> list[Row]:
 def _rows_along(context: TaskContext, scoring, prefix: str, where: tuple[bool, ...]) -> list[Row]:
     """``scoring``'s per-query rows at the base model alone and/or along the checkpoints (``where``:
     base_only values), raw and with the configured debias."""
-    from drift_assets.core.influence import debias
-    from drift_assets.core.trajectory import combine_query_scores
+    from drift_assets.core.attribution.influence import debias
+    from drift_assets.core.attribution.trajectory import combine_query_scores
 
     configured = context.settings.influence.scoring()
     along = context.scorer.along(scoring)
@@ -146,9 +146,9 @@ def reference_rows(context: TaskContext) -> list[Row]:
     """The reference implementations at the base model, on the pool's and the measured sequences."""
     from transformers import AutoTokenizer
 
-    from drift_assets.core.gradients import pool_token_pairs
-    from drift_assets.core.lds import reference_id
-    from drift_assets.core.reference_influence import ekfac_scores, trak_scores
+    from drift_assets.core.gradients.tables import pool_token_pairs
+    from drift_assets.core.study.lds import reference_id
+    from drift_assets.core.study.reference_influence import ekfac_scores, trak_scores
 
     wanted = [name for name in context.args.references.split(",") if name and name != "none"]
     if not wanted:
@@ -207,7 +207,7 @@ def reference_rows(context: TaskContext) -> list[Row]:
 def adapter_source() -> str:
     """A hash of the reference adapters' source, read once (``main`` reads it first): a file edited
     during a run must not key the scores of the code the run imported as the edited code's."""
-    from drift_assets.core import reference_influence
+    from drift_assets.core.study import reference_influence
 
     return hashlib.sha256(inspect.getsource(reference_influence).encode()).hexdigest()
 
@@ -242,11 +242,11 @@ def less_rows(context: TaskContext) -> list[Row]:
     """LESS's per-query scores along the warm-up checkpoints (the benchmark's ``less`` and
     ``less_onpolicy`` matrices, one pass of per-example gradients for both), cached like the
     reference implementations'; none where the workspace has no warm-up or no saved optimizer state."""
-    from drift_assets.assets.benchmark import less_matrix_of
-    from drift_assets.assets.checkpoints import checkpoint_model
-    from drift_assets.core import less as less_module
-    from drift_assets.core.less import OPTIMIZER_STATE_FILE
-    from drift_assets.core.stored import ConfiguredTables, rows_at
+    from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE
+    from drift_assets.core.attribution.scores import less as less_module
+    from drift_assets.core.data.stored import ConfiguredTables, rows_at
+    from drift_assets.defs.benchmark import less_matrix_of
+    from drift_assets.defs.checkpoints import checkpoint_model
     from drift_assets.resources import Warehouse
 
     settings = context.settings
@@ -319,9 +319,11 @@ ROW_SOURCES: list[Callable[[TaskContext], list[Row]]] = [our_rows, reference_row
 
 def measure_task(name: str, args: argparse.Namespace) -> dict:
     """Fine-tune the task's base model on each half-pool (or read the cache), score, and compute every row's LDS."""
-    from drift_assets.core.benchmark import MethodScorer, run_fine_tunes
-    from drift_assets.core.fingerprint import model_fingerprint
-    from drift_assets.core.lds import (
+    from drift_assets.core.attribution.trajectory import BASE
+    from drift_assets.core.data.fingerprint import model_fingerprint
+    from drift_assets.core.data.stored import ConfiguredTables, gradients_along, rows_at
+    from drift_assets.core.study.benchmark import MethodScorer, run_fine_tunes
+    from drift_assets.core.study.lds import (
         MeasureJob,
         fine_tune_and_measure,
         fine_tune_key,
@@ -331,8 +333,6 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
         query_objectives,
         sequence_logprobs,
     )
-    from drift_assets.core.stored import ConfiguredTables, gradients_along, rows_at
-    from drift_assets.core.trajectory import BASE
     from drift_assets.resources import Warehouse, model_resource
     from drift_assets.settings import load_settings
 
@@ -514,7 +514,7 @@ def main() -> None:
     from drift_assets.terminal import hide_beta_warnings
 
     hide_beta_warnings()
-    from drift_assets.core.lds import training_code
+    from drift_assets.core.study.lds import training_code
 
     adapter_source(), training_code()  # the code this run imports, hashed before any result is keyed
     started = time.perf_counter()

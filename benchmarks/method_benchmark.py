@@ -9,7 +9,7 @@ It first brings the pipeline up to date (only what is stale or missing), then ru
 import argparse
 import time
 
-from drift_assets.core.benchmark import summary_markdown
+from drift_assets.core.study.benchmark import summary_markdown
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import instance_for_runs, materialize_pipeline, run_method_benchmark

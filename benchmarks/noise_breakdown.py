@@ -44,15 +44,15 @@ import numpy as np
 import polars as pl
 
 from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft
-from drift_assets.core.attribution import scores_frame, weighted_rollouts
-from drift_assets.core.benchmark import selected_ids
-from drift_assets.core.gradients import query_token_pairs, reference_basis, vectors
-from drift_assets.core.grading import extract_number
-from drift_assets.core.influence import PoolScores, fit_curvature, score_pool
-from drift_assets.core.projection import LinearGradientProjector, project_in_batches
-from drift_assets.core.stats import roc_auc
-from drift_assets.core.stored import ConfiguredTables, gradients_along, rows_at
-from drift_assets.core.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
+from drift_assets.core.attribution.influence import PoolScores, fit_curvature, score_pool
+from drift_assets.core.attribution.scores import scores_frame, weighted_rollouts
+from drift_assets.core.attribution.trajectory import CheckpointGradients, combine_checkpoints, score_checkpoint
+from drift_assets.core.data.stored import ConfiguredTables, gradients_along, rows_at
+from drift_assets.core.gradients.projection import LinearGradientProjector, project_in_batches
+from drift_assets.core.gradients.tables import query_token_pairs, reference_basis, vectors
+from drift_assets.core.grading.graders import extract_number
+from drift_assets.core.study.benchmark import selected_ids
+from drift_assets.core.study.stats import roc_auc
 from drift_assets.resources import ModelResource, Warehouse, model_resource
 from drift_assets.settings import Settings, projection_options, validation_answer_marker
 

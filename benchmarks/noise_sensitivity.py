@@ -36,9 +36,9 @@ import polars as pl
 
 from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
 from benchmarks.noise_breakdown import answer_differences, answer_offset
-from drift_assets.core.benchmark import summary_markdown
-from drift_assets.core.sft import Evaluation
-from drift_assets.core.stored import ConfiguredTables, pool_loss_scores
+from drift_assets.core.data.stored import ConfiguredTables, pool_loss_scores
+from drift_assets.core.study.benchmark import summary_markdown
+from drift_assets.core.training.sft import Evaluation
 from drift_assets.resources import Warehouse, model_resource
 from drift_assets.settings import Settings
 

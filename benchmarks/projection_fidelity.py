@@ -32,11 +32,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.demo_warehouse import demo_warehouse
-from drift_assets.core.attribution import target_gradient
-from drift_assets.core.gradients import pool_token_pairs, reference_basis, validation_gradient_frame
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
-from drift_assets.core.stats import roc_auc, spearman
-from drift_assets.core.stored import rows_at
+from drift_assets.core.attribution.scores import target_gradient
+from drift_assets.core.data.stored import rows_at
+from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions, project_in_batches
+from drift_assets.core.gradients.tables import pool_token_pairs, reference_basis, validation_gradient_frame
+from drift_assets.core.study.stats import roc_auc, spearman
 from drift_assets.settings import validation_answer_marker
 
 

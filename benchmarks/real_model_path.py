@@ -1,10 +1,10 @@
 """What the parts of the pipeline that differ between the demo and a real model do, measured on CPU.
 
 1. Rollout tokens: on a random tiny Llama with a byte-level BPE tokenizer and a ChatML template
-   (``drift_assets/core/chat_model.py``), how often re-encoding a rollout's text gives other
+   (``drift_assets/tasks/chat_model.py``), how often re-encoding a rollout's text gives other
    tokens than the engine sampled, and how far the re-encoded log-prob is from the engine's.
 2. bfloat16 fine-tuning (after ``make demo``): the demo model cast to bfloat16, fine-tuned at an
-   LLM's learning rate with float32 master weights (what ``core.sft.fine_tune`` does) and with its
+   LLM's learning rate with float32 master weights (what ``core.training.sft.fine_tune`` does) and with its
    16-bit weights stepped directly (what it did before), against float32.
 
 Usage: ``.venv/bin/python -m benchmarks.real_model_path [--steps 200] [--learning-rate 1e-5]``
@@ -20,11 +20,7 @@ import polars as pl
 import torch
 
 from benchmarks.demo_warehouse import demo_warehouse
-from drift_assets.core.chat_model import build_chat_tokenizer
-from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import pool_token_pairs, response_token_pairs
-from drift_assets.core.rollouts import rollout_rows
-from drift_assets.core.sequences import (
+from drift_assets.core.data.sequences import (
     collate_pairs,
     encode_prompt,
     encode_response,
@@ -32,9 +28,13 @@ from drift_assets.core.sequences import (
     teacher_forced_logprobs,
     training_step,
 )
-from drift_assets.core.sft import SftOptions, fine_tune
-from drift_assets.core.tiny_model import build_tiny_llama
+from drift_assets.core.generation.engines import SamplingSettings, TransformersEngine
+from drift_assets.core.generation.rollouts import rollout_rows
+from drift_assets.core.gradients.tables import pool_token_pairs, response_token_pairs
+from drift_assets.core.training.sft import SftOptions, fine_tune
 from drift_assets.resources import model_resource
+from drift_assets.tasks.chat_model import build_chat_tokenizer
+from drift_assets.tasks.tiny_model import build_tiny_llama
 
 
 def rollout_tokens() -> None:

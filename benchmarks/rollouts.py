@@ -88,7 +88,7 @@ class Measurement:
 
 
 def open_engine(backend: str, directory: Path, max_model_len: int):
-    from drift_assets.core.generation import TransformersEngine, VllmEngine
+    from drift_assets.core.generation.engines import TransformersEngine, VllmEngine
 
     if backend == "transformers":
         from benchmarks.benchmark_models import load
@@ -102,7 +102,7 @@ def open_engine(backend: str, directory: Path, max_model_len: int):
 
 
 def measure(backend: str, label: str, parameters: str, directory: Path, prompt_ids, settings) -> Measurement:
-    from drift_assets.core.generation import SamplingSettings
+    from drift_assets.core.generation.engines import SamplingSettings
 
     started = time.perf_counter()
     engine = open_engine(backend, directory, max_model_len=256)
@@ -149,9 +149,9 @@ def main(argv=None) -> None:
         parameter_count,
         random_model_directory,
     )
-    from drift_assets.core.demo_task import query_rows
-    from drift_assets.core.generation import SamplingSettings, vllm_available
-    from drift_assets.core.sequences import encode_prompt, render_prompt
+    from drift_assets.core.data.sequences import encode_prompt, render_prompt
+    from drift_assets.core.generation.engines import SamplingSettings, vllm_available
+    from drift_assets.tasks.demo_task import query_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)

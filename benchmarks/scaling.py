@@ -210,8 +210,8 @@ def import_baseline_rss(workspace: Workspace) -> int:
 
 def scoring_at(workspace: Workspace, factor: int, scratch: Path) -> dict:
     """influence_scores over the pool repeated ``factor`` times, in a warehouse copy of its own."""
-    from drift_assets.core.gradients import shard_of
-    from drift_assets.core.stored import ConfiguredTables
+    from drift_assets.core.data.stored import ConfiguredTables
+    from drift_assets.core.gradients.tables import shard_of
 
     copy = scratch / f"x{factor}"
     shutil.rmtree(copy, ignore_errors=True)

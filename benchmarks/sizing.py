@@ -2,7 +2,7 @@
 
 No weights and no download: each architecture is built on PyTorch's ``meta`` device from its
 published shape, and the targeted layers are the ones ``projection.target_modules`` selects
-(``core.projection.target_layers``, the default regex unless ``--target-modules`` says otherwise).
+(``core.gradients.projection.target_layers``, the default regex unless ``--target-modules`` says otherwise).
 Per model and rank it prints:
 
 - k, the projected dimension (r² per targeted layer), and the bytes of one ``grad`` row
@@ -16,7 +16,7 @@ Per model and rank it prints:
     .venv/bin/python -m benchmarks.sizing
     .venv/bin/python -m benchmarks.sizing --ranks 4,8,16 --pool 1000000
 
-Then the planned peak memory (``drift_assets.core.memory``, what the warm-up, SFT and the gradient
+Then the planned peak memory (``drift_assets.core.gradients.memory``, what the warm-up, SFT and the gradient
 pass log before they start) of a warm-up/SFT step in bfloat16, fine-tuning every weight and
 training rank-16 LoRA adapters on every projection, and of a projected gradient pass, at
 ``--batch-size`` sequences of ``--max-tokens``, with and without gradient checkpointing.
@@ -32,8 +32,8 @@ from dataclasses import replace
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from drift_assets.core.memory import ModelShape, gradient_pass_plan, training_plan
-from drift_assets.core.projection import ProjectionOptions, target_layers
+from drift_assets.core.gradients.memory import ModelShape, gradient_pass_plan, training_plan
+from drift_assets.core.gradients.projection import ProjectionOptions, target_layers
 
 GiB = 2**30
 # The models' own vocabularies (the logits' memory grows with them).

@@ -27,7 +27,7 @@ processes (``benchmark.workers``).
 It prints, per task, each method's accuracy after SFT and its paired difference from full-data SFT
 and from a random selection of the same size (mean ± standard error over the seeds), with its
 selection's noisy share, the noise AUC of its score and of its selection order, and what choosing the
-examples cost (× one full-pool SFT run, ``drift_assets.core.cost``); then each method's difference from full on every task, the mean over the tasks that choose
+examples cost (× one full-pool SFT run, ``drift_assets.core.runtime.cost``); then each method's difference from full on every task, the mean over the tasks that choose
 defaults, and the held-out task on its own. The numbers also go to ``data/suite/results.json``
 (``--output``); ``--report`` prints several runs' files as one report.
 """
@@ -196,7 +196,7 @@ def guard_results(instance, defs) -> dict[str, dict]:
 
 def paired(table, baseline: str) -> dict[str, tuple[float, float | None]]:
     """method -> (mean, standard error) of its accuracy minus ``baseline``'s on the same seed, in points."""
-    from drift_assets.core.benchmark import paired_differences
+    from drift_assets.core.study.benchmark import paired_differences
 
     return {
         row["method"]: (100 * row["difference_mean"], None if row["difference_se"] is None else 100 * row["difference_se"])
@@ -214,7 +214,7 @@ def cell(value: tuple[float, float | None] | None) -> str:
 def task_report(result: dict) -> str:
     import polars as pl
 
-    from drift_assets.core.benchmark import figure
+    from drift_assets.core.study.benchmark import figure
     from drift_assets.tasks import get_task
 
     table = pl.DataFrame(result["table"])
@@ -286,7 +286,7 @@ def method_cost(results: list[dict], method: str) -> str:
 
 def summary_cell(values: list[float] | None) -> str:
     """mean ± s.e. over draws (the s.e. only with two draws or more), and the draws' count."""
-    from drift_assets.core.stats import mean_and_standard_error
+    from drift_assets.core.study.stats import mean_and_standard_error
 
     if not values:
         return "–"
@@ -297,7 +297,7 @@ def overall_report(results: list[dict]) -> str:
     """Each method's difference from full-data SFT per task (mean ± s.e. over the task's draws), over
     every development task draw together with the smallest difference that spread can detect, and
     the held-out task apart."""
-    from drift_assets.core.stats import mean_and_standard_error, minimum_detectable_difference
+    from drift_assets.core.study.stats import mean_and_standard_error, minimum_detectable_difference
     from drift_assets.tasks import get_task
 
     differences = draw_differences(results)
@@ -340,7 +340,7 @@ def power_line(results: list[dict], development: list[str]) -> str:
     a paired difference across draws, taken from the methods measured (their median standard error)."""
     import statistics
 
-    from drift_assets.core.stats import mean_and_standard_error, minimum_detectable_difference
+    from drift_assets.core.study.stats import mean_and_standard_error, minimum_detectable_difference
 
     differences = draw_differences(results)
     errors = []
@@ -364,7 +364,7 @@ def versus_default_report(results: list[dict], default: str = "drift") -> str:
     """Each method's accuracy minus the default's (``drift``) on every development task draw, pooled:
     mean ± s.e. and whether it leads or trails by more than two standard errors (the rule that
     chooses a default, benchmarks/README.md)."""
-    from drift_assets.core.stats import mean_and_standard_error
+    from drift_assets.core.study.stats import mean_and_standard_error
     from drift_assets.tasks import get_task
 
     differences = draw_differences(results, baseline=default)

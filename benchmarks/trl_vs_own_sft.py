@@ -21,8 +21,8 @@ import tempfile
 import polars as pl
 
 from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft
-from drift_assets.core.generation import TransformersEngine
-from drift_assets.core.sft import evaluate
+from drift_assets.core.generation.engines import TransformersEngine
+from drift_assets.core.training.sft import evaluate
 from drift_assets.resources import model_resource
 from drift_assets.terminal import quiet_libraries
 

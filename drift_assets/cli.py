@@ -30,7 +30,7 @@ from drift_assets.settings import SettingsError, load_settings  # noqa: E402
 def _summary(settings, instance=None) -> str:
     """What the warehouse holds, table by table; with the Dagster ``instance`` the runs were recorded
     in, also what the pipeline cost (the cost its steps recorded in their metadata)."""
-    from drift_assets.core.stored import ConfiguredTables
+    from drift_assets.core.data.stored import ConfiguredTables
     from drift_assets.resources import Warehouse
 
     warehouse = Warehouse.from_settings(settings)
@@ -47,7 +47,7 @@ def _summary(settings, instance=None) -> str:
         )
     rollouts, grades = read("rollouts", "checkpoint", "engine"), read("grades")
     if rollouts is not None and grades is not None:
-        from drift_assets.core.grading import grade_summary
+        from drift_assets.core.grading.graders import grade_summary
 
         base = grades.filter(pl.col("checkpoint") == "base")
         summary = grade_summary(base)
@@ -59,7 +59,7 @@ def _summary(settings, instance=None) -> str:
             grades.filter(pl.col("checkpoint") != "base").group_by("checkpoint").agg(pl.col("correct").mean()).sort("checkpoint")
         )
         if later.height:
-            from drift_assets.core.cost import checkpoint_label
+            from drift_assets.core.runtime.cost import checkpoint_label
 
             lines.append(
                 "warm-up checkpoints      pass@1 "
@@ -68,7 +68,7 @@ def _summary(settings, instance=None) -> str:
             )
     scores = read("influence_scores")
     if scores is not None:
-        from drift_assets.core.attribution import diagnostics
+        from drift_assets.core.attribution.scores import diagnostics
 
         figures = diagnostics(scores, pool)
         text = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
@@ -93,7 +93,7 @@ def _summary(settings, instance=None) -> str:
                 f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] on {row['n_queries']} test queries"
             )
     if instance is not None and pool is not None and scores is not None:
-        from drift_assets.assets.cost import recorded_pipeline_cost
+        from drift_assets.defs.cost import recorded_pipeline_cost
 
         cost = recorded_pipeline_cost(instance, settings, pool)
         if cost.parts:
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _push(settings, args) -> int:
     """Upload the export folder (``selection.export_dir``) to the Hub dataset ``--repo``."""
-    from drift_assets.core.publish import PushError, hub_token, push_dataset
+    from drift_assets.core.data.publish import PushError, hub_token, push_dataset
 
     if not args.repo:
         print("error: push needs --repo user/name (the Hub dataset to upload to)", file=sys.stderr)

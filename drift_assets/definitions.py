@@ -1,18 +1,21 @@
 """The code location: assembles assets, checks, resources, jobs and automation from the settings."""
 
-from dagster import AssetChecksDefinition, Definitions, ExecutorDefinition, in_process_executor
+from functools import cache
+from pathlib import Path
 
-from drift_assets.assets.benchmark import build_benchmark
-from drift_assets.assets.demo import build_demo_assets
-from drift_assets.assets.evaluate import build_evaluation_assets
-from drift_assets.assets.grades import build_grade_assets
-from drift_assets.assets.gradients import build_gradient_assets
-from drift_assets.assets.influence import build_influence_assets
-from drift_assets.assets.refine import build_refine_assets
-from drift_assets.assets.rollouts import build_rollout_assets
-from drift_assets.assets.sources import build_source_assets
-from drift_assets.assets.warmup import build_warmup_assets
-from drift_assets.automation import automation_sensor, build_jobs, current_checks, with_automation
+from dagster import AssetChecksDefinition, Definitions, ExecutorDefinition, in_process_executor, load_from_defs_folder
+
+from drift_assets.defs.automation import automation_sensor, build_jobs, current_checks, with_automation
+from drift_assets.defs.benchmark import build_benchmark
+from drift_assets.defs.demo import build_demo_assets
+from drift_assets.defs.evaluate import build_evaluation_assets
+from drift_assets.defs.grades import build_grade_assets
+from drift_assets.defs.gradients import build_gradient_assets
+from drift_assets.defs.influence import build_influence_assets
+from drift_assets.defs.refine import build_refine_assets
+from drift_assets.defs.rollouts import build_rollout_assets
+from drift_assets.defs.sources import build_source_assets
+from drift_assets.defs.warmup import build_warmup_assets
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
 from drift_assets.settings import Settings, load_settings
 from drift_assets.terminal import hide_beta_warnings, terminal_logger
@@ -33,8 +36,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
     ]
     if settings.checkpoints[1:]:  # a warm-up run's checkpoints, or the directories warmup.checkpoints lists
         assets += build_warmup_assets(settings)
-    jobs = build_jobs(warmup=bool(settings.checkpoints[1:]))
-    sensors = [automation_sensor()]
+    jobs, sensors = [], [automation_sensor()]
     if settings.data.test_queries:
         assets += build_evaluation_assets(settings)
         # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.
@@ -49,8 +51,9 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
     if settings.demo.enabled:
         assets += build_demo_assets(settings)
     assets = [with_automation(a) for a in assets]
+    jobs = build_jobs(assets) + jobs
     warehouse = Warehouse.from_settings(settings)
-    definitions = Definitions(
+    built = Definitions(
         # By default a run's steps share one process: the model, tokenizer and torch are loaded once
         # per run instead of once per step and check (the steps of a run are sequential on the GPU
         # pool anyway). A cluster gives each step a pod of its own instead (drift_assets.cluster).
@@ -67,7 +70,15 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
             "rollout_engine": rollout_engine_resource(settings),
         },
     )
+    definitions = Definitions.merge(built, scaffolded_definitions())
     return definitions
+
+
+@cache  # per process: a code location reloads in a new one
+def scaffolded_definitions() -> Definitions:
+    """What `dg scaffold defs` added to defs/: it joins the pipeline's own (whose modules hold
+    factories, which the loader does not pick up)."""
+    return load_from_defs_folder(path_within_project=Path(__file__).parent)
 
 
 defs = build_definitions(load_settings())

@@ -36,14 +36,20 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 from pydantic import BaseModel, PrivateAttr, create_model
 
-from drift_assets.core.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
-from drift_assets.core.devices import DeviceLease, lease_device
-from drift_assets.core.fingerprint import check_model_directory, content_hash, model_fingerprint
-from drift_assets.core.finite import check_finite_weights
-from drift_assets.core.generation import SamplingSettings, TransformersEngine, VllmEngine, resolve_max_model_len, vllm_available
-from drift_assets.core.ownership import Identity
-from drift_assets.core.ownership import claim as claim_warehouse
-from drift_assets.core.sequences import render_prompt
+from drift_assets.core.data.fingerprint import check_model_directory, content_hash, model_fingerprint
+from drift_assets.core.data.finite import check_finite_weights
+from drift_assets.core.data.ownership import Identity
+from drift_assets.core.data.ownership import claim as claim_warehouse
+from drift_assets.core.data.sequences import render_prompt
+from drift_assets.core.generation.engines import (
+    SamplingSettings,
+    TransformersEngine,
+    VllmEngine,
+    resolve_max_model_len,
+    vllm_available,
+)
+from drift_assets.core.runtime.devices import DeviceLease, lease_device
+from drift_assets.core.training.adapters import adapter_rank, vllm_max_lora_rank, with_adapter
 from drift_assets.delta_internals import partition_values, selected_columns, table_location
 from drift_assets.settings import (
     SETTINGS_READ_KEY,
@@ -173,7 +179,7 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
             return
         import tempfile
 
-        from drift_assets.core.tiny_model import save_model
+        from drift_assets.tasks.tiny_model import save_model
 
         with tempfile.TemporaryDirectory() as directory:
             save_model(network, tokenizer, directory)
@@ -573,7 +579,7 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
 
     def claim(self, instance) -> None:
         """Make sure ``instance`` keeps this warehouse's history, recording it where it is new to the
-        instance (:func:`drift_assets.core.ownership.claim`); raises :class:`WarehouseInstanceError`
+        instance (:func:`drift_assets.core.data.ownership.claim`); raises :class:`WarehouseInstanceError`
         where it keeps another's. Serialized per instance, so that two runs started together on two
         warehouses cannot both take a new instance."""
         with _instance_lock(instance):

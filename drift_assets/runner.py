@@ -14,22 +14,20 @@ import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 from dagster import AssetKey, DagsterInstance, Definitions
 
 from drift_assets.code_location import execute_run
-from drift_assets.core.processes import is_alive
+from drift_assets.core.runtime.processes import is_alive
+from drift_assets.defs.automation import PIPELINE_GROUPS
+from drift_assets.defs.checkpoints import WARMUP, Partitioned, partitioned
 from drift_assets.terminal import terminal_run_config
 
 logger = logging.getLogger(__name__)
 
-UPSTREAM = ("training_pool", "training_pool_rejects", "validation_queries", "test_queries")
-AT_CHECKPOINT = ("rollouts", "grades", "projection_basis", "validation_gradients")
-SHARDED = "training_gradient_projections"
-WARMUP = "warmup_checkpoints"
-DOWNSTREAM = ("influence_scores", "refined_dataset", "refined_dataset_export", "refined_model_evaluation")
 # Dagster's tags for one run over a range of partitions (what a single-run backfill sets).
 PARTITION_RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
@@ -70,6 +68,53 @@ def instance_for_runs() -> Iterator[DagsterInstance]:
 def _existing(defs: Definitions, names: Iterable[str]) -> list[AssetKey]:
     known = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     return [AssetKey(name) for name in names if name in known]
+
+
+@dataclass(frozen=True)
+class Order:
+    """What :func:`materialize_pipeline` runs, in order, read from the asset graph: the demo's setup,
+    the unpartitioned assets the partitioned ones read (``upstream``), the partitioned ones (the
+    warm-up's range, then each checkpoint's chain and its shards), then the unpartitioned rest."""
+
+    demo: list[str]
+    upstream: list[str]
+    partitioned: Partitioned
+    downstream: list[str]
+
+
+def run_order(defs: Definitions) -> Order:
+    graph = defs.resolve_asset_graph()
+    nodes = [graph.get(key) for key in graph.toposorted_asset_keys if graph.get(key).is_materializable]
+    pipeline = {node.key.to_user_string(): node for node in nodes if node.group_name in PIPELINE_GROUPS}
+    parts = partitioned({name: node.partitions_def for name, node in pipeline.items()})
+    # First: what reads only the sources (a bad input file fails before any model step) and every
+    # ancestor of a partitioned asset, each with the other outputs of its multi-asset.
+    first = {name for name, node in pipeline.items() if not node.parent_keys & {n.key for n in pipeline.values()}}
+    frontier = [node.key for node in pipeline.values() if node.partitions_def is not None]
+    while frontier:
+        for parent in graph.get(frontier.pop()).parent_keys:
+            if parent.to_user_string() in pipeline and parent.to_user_string() not in first:
+                first.add(parent.to_user_string())
+                frontier.append(parent)
+    first |= {key.to_user_string() for name in first for key in defs.resolve_assets_def(name).keys}
+    unpartitioned = [name for name, node in pipeline.items() if node.partitions_def is None]
+    return Order(
+        demo=[node.key.to_user_string() for node in nodes if node.group_name == "demo"],
+        upstream=[name for name in unpartitioned if name in first],
+        partitioned=parts,
+        downstream=[name for name in unpartitioned if name not in first],
+    )
+
+
+def _whole(defs: Definitions, names: list[str]) -> list[str]:
+    """``names`` and the assets each must run with (the other outputs of a multi-asset that cannot
+    run some of its outputs alone), in the order given."""
+    whole = list(names)
+    for name in names:
+        definition = defs.resolve_assets_def(name)
+        if not definition.can_subset:
+            whole += [key.to_user_string() for key in definition.keys if key.to_user_string() not in whole]
+    return whole
 
 
 # Runs started from Python carry their process, so that a later start can tell a run whose
@@ -177,7 +222,7 @@ def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int
     hold what is configured now (the reads see only that anyway) and stop growing. Returns the rows
     deleted per table. The model directories of removed warm-up steps are reported, not deleted:
     another warehouse may use the same ``warmup.checkpoint_dir``."""
-    from drift_assets.core.stored import outside
+    from drift_assets.core.data.stored import outside
     from drift_assets.staleness import configured_partitions
 
     deleted = {}
@@ -279,7 +324,8 @@ def materialize_pipeline(
         damaged = repair_damaged_tables(defs, instance, warehouse)
         prune_unconfigured_partitions(defs, warehouse)
     pending: set[str] = needs_materialization(defs, instance, damaged) if only_stale else set()
-    demo = wanted([k.to_user_string() for k in _existing(defs, ["demo_task_files", "demo_base_model"])])
+    order = run_order(defs)
+    demo = wanted(order.demo)
     if include_demo:
         run(demo, f"{demo}")
     observe_sources(defs, instance, verbose)
@@ -300,48 +346,46 @@ def materialize_pipeline(
             # An external asset's job is launched on purpose, never by this refresh.
             launch = f" (not refreshed here: launch the {jobs[name]} job to bring it up to date)" if name in jobs else ""
             logger.info(f"{name} is unsynced: {'; '.join(told)}{launch}")
-    upstream = wanted([k.to_user_string() for k in _existing(defs, UPSTREAM)])
-    if "training_pool" in upstream or "training_pool_rejects" in upstream:  # one multi-asset: both or neither
-        upstream = sorted(set(upstream) | {"training_pool", "training_pool_rejects"})
+    upstream = _whole(defs, wanted(order.upstream))
     run(upstream, f"{upstream}")
 
-    steps = wanted([f"{WARMUP}[{key}]" for key in partition_keys(defs, WARMUP)])
-    if steps:
-        first, last = (name[len(WARMUP) + 1 : -1] for name in (steps[0], steps[-1]))
-        run(steps, f"the warm-up run's checkpoints {first}..{last}", partition_range=(first, last))
-    chain = [k.to_user_string() for k in _existing(defs, AT_CHECKPOINT)]
-    for checkpoint in partition_keys(defs, AT_CHECKPOINT[0]):
+    for name in order.partitioned.over_steps:  # one run over the range: the warm-up trains once
+        steps = wanted([f"{name}[{key}]" for key in partition_keys(defs, name)])
+        if steps:
+            first, last = (step[len(name) + 1 : -1] for step in (steps[0], steps[-1]))
+            run(steps, f"the warm-up run's checkpoints {first}..{last}", partition_range=(first, last))
+    chain = list(order.partitioned.at_checkpoint)
+    for checkpoint in partition_keys(defs, chain[0]) if chain else []:
         run(wanted([f"{name}[{checkpoint}]" for name in chain]), f"checkpoint {checkpoint}", partition_key=checkpoint)
-        # MultiPartitionKeys, "checkpoint|shard": one run per shard.
-        shards = [key for key in partition_keys(defs, SHARDED) if key.keys_by_dimension["checkpoint"] == checkpoint]
-        stale = set(wanted([f"{SHARDED}[{key}]" for key in shards]))
-        done.extend(
-            materialize_shards(defs, instance, checkpoint, [key for key in shards if f"{SHARDED}[{key}]" in stale], verbose)
-        )
-    run(wanted([k.to_user_string() for k in _existing(defs, DOWNSTREAM)]), "scores onward")
+        for sharded in order.partitioned.sharded:  # MultiPartitionKeys, "checkpoint|shard": one run per shard
+            shards = [key for key in partition_keys(defs, sharded) if key.keys_by_dimension["checkpoint"] == checkpoint]
+            stale = set(wanted([f"{sharded}[{key}]" for key in shards]))
+            keys = [key for key in shards if f"{sharded}[{key}]" in stale]
+            done.extend(materialize_shards(defs, instance, sharded, checkpoint, keys, verbose))
+    run(wanted(order.downstream), "scores onward")
     return done
 
 
 def materialize_shards(
-    defs: Definitions, instance: DagsterInstance, checkpoint: str, keys: list, verbose: bool = False
+    defs: Definitions, instance: DagsterInstance, sharded: str, checkpoint: str, keys: list, verbose: bool = False
 ) -> list[str]:
-    """One run per training-gradient shard of ``checkpoint`` (``keys``: their partition keys), and
-    after each one line for the whole pass (:class:`~drift_assets.core.progress.PassProgress`): a
+    """One run per shard of ``sharded`` (the training gradients) at ``checkpoint`` (``keys``: their partition keys), and
+    after each one line for the whole pass (:class:`~drift_assets.core.runtime.progress.PassProgress`): a
     shard done within 10 s logs its own progress at debug level only. Returns what was materialized."""
     from dagster import AssetRecordsFilter
 
-    from drift_assets.core.progress import PassProgress
+    from drift_assets.core.runtime.progress import PassProgress
 
-    names = [f"{SHARDED}[{key}]" for key in keys]
+    names = [f"{sharded}[{key}]" for key in keys]
     if not keys:
         return names
     progress = PassProgress(
         f"checkpoint {checkpoint} training gradients", [key.keys_by_dimension["shard"] for key in keys], logger.info
     )
     for key in keys:
-        materialize_assets(defs, instance, [AssetKey(SHARDED)], verbose=verbose, partition_key=key)
+        materialize_assets(defs, instance, [AssetKey(sharded)], verbose=verbose, partition_key=key)
         [record] = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey(SHARDED), asset_partitions=[str(key)]), limit=1
+            AssetRecordsFilter(asset_key=AssetKey(sharded), asset_partitions=[str(key)]), limit=1
         ).records
         metadata = record.asset_materialization.metadata
         computed, reused = (int(metadata[name].value) if name in metadata else 0 for name in ("rows_computed", "rows_reused"))

@@ -21,15 +21,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drift_assets.core.adapters import VLLM_LORA_RANKS, LoraOptions
-from drift_assets.core.attribution import NoiseGate, Ranking, ScoringSettings, SharedDirection, Targets, Unsolved
-from drift_assets.core.devices import check_device_pool
-from drift_assets.core.influence import Debias, Hessian
-from drift_assets.core.projection import Basis, ProjectionOptions
-from drift_assets.core.selection import SelectionMethod
-from drift_assets.core.sequences import LossReduction
-from drift_assets.core.sft import Schedule
-from drift_assets.core.weighting import Weighting
+from drift_assets.core.attribution.influence import Debias, Hessian
+from drift_assets.core.attribution.scores import NoiseGate, Ranking, ScoringSettings, SharedDirection, Targets, Unsolved
+from drift_assets.core.attribution.selection import SelectionMethod
+from drift_assets.core.data.sequences import LossReduction
+from drift_assets.core.gradients.projection import Basis, ProjectionOptions
+from drift_assets.core.grading.weighting import Weighting
+from drift_assets.core.runtime.devices import check_device_pool
+from drift_assets.core.training.adapters import VLLM_LORA_RANKS, LoraOptions
+from drift_assets.core.training.sft import Schedule
 
 _SCORING = ScoringSettings()  # the influence defaults, defined once in the core
 
@@ -319,7 +319,7 @@ class GradingSettings(_Group):
     @field_validator("default_grader", "custom_graders")
     @classmethod
     def _grader_names(cls, value: str | list[str]) -> str | list[str]:
-        from drift_assets.core.grading import check_grader_name
+        from drift_assets.core.grading.graders import check_grader_name
 
         for name in [value] if isinstance(value, str) else value:
             check_grader_name(name)
@@ -333,7 +333,7 @@ class GradingSettings(_Group):
 
     def allowed_graders(self) -> tuple[str, ...]:
         """What a query's 'grader' field may name: the built-ins, the default and the listed custom graders."""
-        from drift_assets.core.grading import BUILTIN_GRADERS
+        from drift_assets.core.grading.graders import BUILTIN_GRADERS
 
         return tuple(dict.fromkeys((*BUILTIN_GRADERS, self.default_grader, *self.custom_graders)))
 
@@ -342,8 +342,8 @@ class GradingSettings(_Group):
         return [name for name in self.allowed_graders() if ":" in name]
 
     def options(self):
-        """The core's :class:`~drift_assets.core.grading.GradingOptions` for these settings."""
-        from drift_assets.core.grading import GradingOptions
+        """The core's :class:`~drift_assets.core.grading.graders.GradingOptions` for these settings."""
+        from drift_assets.core.grading.graders import GradingOptions
 
         return GradingOptions(self.numeric_tolerance, self.answer_marker, self.regex, self.timeout_s)
 
@@ -448,7 +448,7 @@ class InfluenceSettings(_Group):
     )
 
     def scoring(self) -> ScoringSettings:
-        """The core's :class:`~drift_assets.core.attribution.ScoringSettings` for these settings."""
+        """The core's :class:`~drift_assets.core.attribution.scores.ScoringSettings` for these settings."""
         return ScoringSettings(**self.model_dump())
 
 
@@ -515,7 +515,7 @@ class WarmupSettings(_Group):
     @field_validator("checkpoints")
     @classmethod
     def _named_apart(cls, paths: list[str]) -> list[str]:
-        from drift_assets.core.trajectory import given_checkpoint_keys
+        from drift_assets.core.attribution.trajectory import given_checkpoint_keys
 
         given_checkpoint_keys(paths)  # raises naming the entry whose name is unusable or taken
         return paths
@@ -593,8 +593,8 @@ class SftSettings(_Group):
     )
 
     def options(self, seed: int):
-        """The core's :class:`~drift_assets.core.sft.SftOptions` for these settings and ``seed``."""
-        from drift_assets.core.sft import SftOptions
+        """The core's :class:`~drift_assets.core.training.sft.SftOptions` for these settings and ``seed``."""
+        from drift_assets.core.training.sft import SftOptions
 
         return SftOptions(
             self.steps,
@@ -609,7 +609,7 @@ class SftSettings(_Group):
         )
 
 
-BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them equal
+BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps them equal
     "full",
     "random",
     "oracle",
@@ -648,7 +648,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.benchmark.METHODS; a test keeps them 
     "drift_unblended",
     "drift_strata",
 )
-# The methods that precondition with the warm-up's optimizer state (core.benchmark.LESS_METHODS).
+# The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
 ABLATIONS_ON_REQUEST = (
@@ -674,7 +674,7 @@ ABLATIONS_ON_REQUEST = (
 class BenchmarkSettings(_Group):
     methods: list[Literal[BENCHMARK_METHODS]] = Field(
         default_factory=lambda: [method for method in BENCHMARK_METHODS if method not in ABLATIONS_ON_REQUEST],
-        description="the selections compared (drift_*: DRIFT with one setting changed, see drift_assets.core.benchmark; "
+        description="the selections compared (drift_*: DRIFT with one setting changed, see drift_assets.core.study.benchmark; "
         "one that restates the configured setting shares drift's fine-tunes)",
     )
     seeds: list[int] = Field(
@@ -742,8 +742,8 @@ class Settings(_Group):
 
     @model_validator(mode="after")
     def _exports_apart_from_inputs(self) -> Settings:
-        from drift_assets.core.outputs import check_export_dir, export_conflicts
-        from drift_assets.core.publish import export_file_names
+        from drift_assets.core.data.outputs import check_export_dir, export_conflicts
+        from drift_assets.core.data.publish import export_file_names
 
         export_dir = self.resolve(self.selection.export_dir)
         try:
@@ -816,7 +816,7 @@ class Settings(_Group):
     def checkpoints(self) -> list[str]:
         """The partition keys of the checkpoints the pool is scored at: ``base``, then the warm-up
         steps, or the directories ``warmup.checkpoints`` gives."""
-        from drift_assets.core.trajectory import BASE, checkpoint_keys
+        from drift_assets.core.attribution.trajectory import BASE, checkpoint_keys
 
         if self.warmup.checkpoints:
             return [BASE, *self.given_checkpoints]
@@ -825,14 +825,14 @@ class Settings(_Group):
     @property
     def given_checkpoints(self) -> dict[str, str]:
         """Partition key → model directory (absolute) of each ``warmup.checkpoints`` entry, in order."""
-        from drift_assets.core.trajectory import given_checkpoint_keys
+        from drift_assets.core.attribution.trajectory import given_checkpoint_keys
 
         paths = self.warmup.checkpoints
         return dict(zip(given_checkpoint_keys(paths), (self.resolve(path) for path in paths), strict=True))
 
     def warmup_options(self):
-        """The :class:`~drift_assets.core.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
-        from drift_assets.core.sft import SftOptions
+        """The :class:`~drift_assets.core.training.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
+        from drift_assets.core.training.sft import SftOptions
 
         schedule = self.warmup_schedule
         return SftOptions(
@@ -993,7 +993,7 @@ def validation_answer_marker(settings: Settings | Reads) -> str | None:
 
 
 def projection_options(settings: Settings | Reads) -> ProjectionOptions:
-    """The core's :class:`~drift_assets.core.projection.ProjectionOptions` for these settings."""
+    """The core's :class:`~drift_assets.core.gradients.projection.ProjectionOptions` for these settings."""
     projection = settings.projection
     return ProjectionOptions(
         projection.target_modules,
@@ -1052,7 +1052,7 @@ class Reads:
         source of the custom graders (their code is the user's, versioned by nothing else)."""
         version = f"{implementation_version}-{settings_hash(self.unversioned, self.keys)}"
         if "grading" in self.keys and self.unversioned.grading.custom():
-            from drift_assets.core.grading import grader_source_hash
+            from drift_assets.core.grading.graders import grader_source_hash
 
             version += f"-{grader_source_hash(self.unversioned.grading.custom())}"
         return version

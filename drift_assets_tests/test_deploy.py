@@ -25,7 +25,7 @@ from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
 
-from drift_assets.assets.placement import GPU_POOL
+from drift_assets.defs.placement import GPU_POOL
 from drift_assets.production import POSTGRES_URL_ENV_VAR, free_port, write_instance
 from drift_assets.settings import REPO_ROOT, load_settings
 

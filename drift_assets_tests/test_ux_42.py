@@ -15,11 +15,11 @@ import pytest
 from dagster import AssetKey
 
 from drift_assets.code_location import graphql
-from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_assets, observe_sources, partition_keys, run_method_benchmark
 from drift_assets.staleness import asset_statuses, stale_causes
+from drift_assets.tasks.demo_task import training_pool_rows
 from drift_assets_tests.conftest import instance_in, settings_in
 from drift_assets_tests.helpers.current_check import shown_check, tick
 from drift_assets_tests.helpers.study_graph import study_graph
@@ -108,7 +108,7 @@ def test_an_input_with_new_data_makes_the_method_benchmark_stale_and_every_shard
         key for key in partition_keys(defs, "training_gradient_projections") if key.keys_by_dimension["checkpoint"] == "base"
     ]
     assert len(shards) == 3
-    materialize_shards(defs, instance, "base", shards)
+    materialize_shards(defs, instance, "training_gradient_projections", "base", shards)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checkpoint base training gradients: ")]
     assert len(lines) == 3, lines
     for done, (key, line) in enumerate(zip(shards, lines, strict=True), start=1):

@@ -10,14 +10,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drift_assets.core import tiny_model
-from drift_assets.core.demo_outputs import model_stamp, replace_model_directory
-from drift_assets.core.sft import SftOptions, SftRun, fine_tune
+from drift_assets.core.training.sft import SftOptions, SftRun, fine_tune
+from drift_assets.tasks import tiny_model
 from drift_assets.tasks.arithmetic import Arithmetic
 from drift_assets.tasks.base import NOISE_KINDS, PretrainRecipe, Task, TaskDefaults
 from drift_assets.tasks.brackets import Brackets
 from drift_assets.tasks.choice import Choice
 from drift_assets.tasks.count import Count
+from drift_assets.tasks.demo_outputs import model_stamp, replace_model_directory
 from drift_assets.tasks.digits import Digits
 from drift_assets.tasks.roman import Roman
 from drift_assets.tasks.shift import Shift
@@ -47,7 +47,7 @@ class BaseModel:
 
 
 def pretrained_model(task: Task, seed: int, recipe: PretrainRecipe, tokenizer, log: Callable[[str], None]):
-    """(model, :class:`~drift_assets.core.tiny_model.PretrainResult`): pre-trained from scratch until
+    """(model, :class:`~drift_assets.tasks.tiny_model.PretrainResult`): pre-trained from scratch until
     its calibration accuracy lands in the recipe's band."""
     model = tiny_model.build_tiny_llama(tokenizer, recipe.shape, seed=seed)
     result = tiny_model.pretrain(

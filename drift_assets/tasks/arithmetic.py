@@ -4,16 +4,16 @@ Three response styles (the bare answer, an equation, a worded sum), numeric grad
 without a chat template, and a model in the middle of its learning curve, so most validation
 queries get mixed grades. Noise: near misses (a dropped carry or borrow, off by one or ten,
 transposed digits) and off-task string chores. The generators live in
-:mod:`drift_assets.core.demo_task`.
+:mod:`drift_assets.tasks.demo_task`.
 """
 
 from __future__ import annotations
 
 import random
 
-from drift_assets.core import demo_task
-from drift_assets.core.demo_task import Problem
+from drift_assets.tasks import demo_task
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.demo_task import Problem
 
 
 class Arithmetic(Task):

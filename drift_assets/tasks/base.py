@@ -22,9 +22,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from drift_assets.core.demo_task import SPLIT_BOUNDS, split_of_key
-from drift_assets.core.grading import GradingOptions
-from drift_assets.core.tiny_model import ChatTemplate, TinyLlamaShape
+from drift_assets.core.grading.graders import GradingOptions
+from drift_assets.tasks.demo_task import SPLIT_BOUNDS, split_of_key
+from drift_assets.tasks.tiny_model import ChatTemplate, TinyLlamaShape
 
 NOISE_KINDS = ("corrupted", "off_task", "format")
 
@@ -65,7 +65,7 @@ class Task(ABC):
     description: str
     grader: str  # the grader every query of the task names
     answer_marker: str = ""  # what precedes the final answer ("" = the responses have none)
-    chat_template: ChatTemplate = "none"  # how the task's tokenizer renders prompts (core.tiny_model)
+    chat_template: ChatTemplate = "none"  # how the task's tokenizer renders prompts (tasks.tiny_model)
     held_out: bool = False  # kept out of every choice of default; reported on its own
     recipe: PretrainRecipe = PretrainRecipe()
     defaults: TaskDefaults = TaskDefaults()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import random
 
-from drift_assets.core.tiny_model import TinyLlamaShape
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Sum:"
 ROMAN = ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))

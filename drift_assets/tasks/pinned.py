@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from drift_assets.core import tiny_model
-from drift_assets.tasks import CALIBRATION_QUERIES, PretrainRecipe, Task, get_task, pretrained_model
+from drift_assets.tasks import CALIBRATION_QUERIES, PretrainRecipe, Task, get_task, pretrained_model, tiny_model
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +143,8 @@ def find_pinned(task: Task, seed: int, recipe: PretrainRecipe, log: Callable[[st
 
 def calibration_correct(model, tokenizer, task: Task, seed: int) -> tuple[int, int]:
     """Greedy answers right of the task's calibration queries, with the fine-tunes' fixed threads."""
-    from drift_assets.core.generation import TransformersEngine
-    from drift_assets.core.sft import evaluate, fixed_cpu_threads
+    from drift_assets.core.generation.engines import TransformersEngine
+    from drift_assets.core.training.sft import evaluate, fixed_cpu_threads
 
     queries = task.query_rows(CALIBRATION_QUERIES, seed, "calibration")
     with fixed_cpu_threads("cpu"), torch.no_grad():

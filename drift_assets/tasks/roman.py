@@ -26,9 +26,9 @@ from __future__ import annotations
 import random
 from functools import cache
 
-from drift_assets.core.demo_task import split_of_key
-from drift_assets.core.tiny_model import TinyLlamaShape
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.demo_task import split_of_key
+from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Roman:"
 LARGEST = 3999  # MMMCMXCIX: no letter for 5000, so the thousands stop at three

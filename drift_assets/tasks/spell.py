@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.core.tiny_model import TinyLlamaShape
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 ONES = (
     "zero",

@@ -4,8 +4,8 @@ schema once (dagster-deltalake's own are left out where the asset reports them).
 import polars as pl
 from dagster import asset, materialize
 
-from drift_assets.assets.columns import CARRIED, COLUMN_DESCRIPTIONS
-from drift_assets.assets.metadata import table_metadata
+from drift_assets.defs.columns import CARRIED, COLUMN_DESCRIPTIONS
+from drift_assets.defs.metadata import table_metadata
 from drift_assets.resources import Warehouse
 from drift_assets.settings import parse_settings
 

@@ -13,7 +13,7 @@ from dagster import (
     materialize,
 )
 
-from drift_assets.automation import refresh_condition
+from drift_assets.defs.automation import refresh_condition
 
 
 def graph(upstream_is_good: bool) -> Definitions:

@@ -12,7 +12,7 @@ from dagster import (
     materialize,
 )
 
-from drift_assets.automation import refresh_condition
+from drift_assets.defs.automation import refresh_condition
 from drift_assets.settings import settings_changes
 
 

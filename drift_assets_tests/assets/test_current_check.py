@@ -5,9 +5,9 @@ job ran again; on a small graph and a real instance, read back through the UI's 
 
 from dagster import AssetCheckKey, AssetKey, DefaultSensorStatus, Definitions, instance_for_test, materialize
 
-from drift_assets.automation import CURRENT_SENSOR, current_checks
 from drift_assets.code_location import job_path
 from drift_assets.definitions import build_definitions
+from drift_assets.defs.automation import CURRENT_SENSOR, current_checks
 from drift_assets.settings import parse_settings
 from drift_assets_tests.helpers.current_check import shown_check, tick
 from drift_assets_tests.helpers.study_graph import study_graph

@@ -6,12 +6,12 @@ import pytest
 import yaml
 from dagster import AssetKey, instance_for_test
 
-from drift_assets.core.demo_outputs import DemoOverwriteError
-from drift_assets.core.fingerprint import content_hash, model_fingerprint
-from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama, save_model
+from drift_assets.core.data.fingerprint import content_hash, model_fingerprint
 from drift_assets.definitions import build_definitions
 from drift_assets.runner import materialize_assets
 from drift_assets.settings import load_settings
+from drift_assets.tasks.demo_outputs import DemoOverwriteError
+from drift_assets.tasks.tiny_model import build_char_tokenizer, build_tiny_llama, save_model
 
 
 @pytest.fixture

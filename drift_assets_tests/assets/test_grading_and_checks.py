@@ -22,7 +22,12 @@ import pytest
 import torch
 from dagster import AssetCheckResult, AssetCheckSpec, AssetKey, DagsterInstance, MetadataValue, Output, asset, materialize
 
-from drift_assets.checks import (
+from drift_assets.cli import check_reason, failure_paragraph, main
+from drift_assets.core.data.finite import NonFiniteWeightsError, check_finite_weights, non_finite_tensors
+from drift_assets.core.data.stored import REPAIR_DUPLICATES
+from drift_assets.core.gradients.projection import ProjectionBasis, ProjectionOptions, random_basis
+from drift_assets.core.runtime.progress import Progress
+from drift_assets.defs.checks import (
     influence_complete_result,
     rollouts_complete_result,
     rollouts_not_degenerate_result,
@@ -30,13 +35,8 @@ from drift_assets.checks import (
     selection_result,
     vectors_result,
 )
-from drift_assets.cli import check_reason, failure_paragraph, main
-from drift_assets.core.finite import NonFiniteWeightsError, check_finite_weights, non_finite_tensors
-from drift_assets.core.progress import Progress
-from drift_assets.core.projection import ProjectionBasis, ProjectionOptions, random_basis
-from drift_assets.core.stored import REPAIR_DUPLICATES
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets.resources import Warehouse
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.conftest import settings_in
 
 NAN_TENSOR = "model.layers.1.mlp.down_proj.weight"
@@ -254,7 +254,7 @@ def test_N26_a_grader_that_never_returns_fails_the_step_naming_query_grader_and_
     rows[1]["grader"] = "slowgrader_n26:grade"
     queries.write_text("".join(json.dumps(row) + "\n" for row in rows))
     fast_settings(workspace, grading={"custom_graders": ["slowgrader_n26:grade"], "timeout_s": 2})
-    import drift_assets.assets.grades as grades_module
+    import drift_assets.defs.grades as grades_module
 
     monkeypatch.setattr(grades_module, "PROGRESS_EVERY_S", 0.5)  # the terminal's 10 s, shortened
     monkeypatch.delenv("DAGSTER_HOME", raising=False)

@@ -33,7 +33,7 @@ import yaml
 from dagster import AssetKey, DagsterInstance, instance_for_test
 
 from drift_assets.cli import main
-from drift_assets.core.processes import descendants
+from drift_assets.core.runtime.processes import descendants
 from drift_assets.production import free_port
 from drift_assets.resources import INSTANCE_KEY, Warehouse, WarehouseBusyError, WarehouseError, WarehouseInstanceError
 from drift_assets.settings import REPO_ROOT, load_settings

@@ -13,11 +13,11 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, evaluate_automation_conditions, instance_for_test
 
 from drift_assets.cli import main
-from drift_assets.core.demo_task import training_pool_rows
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import PROCESS_TAG, fail_abandoned_runs, materialize_pipeline, observe_sources
 from drift_assets.staleness import asset_statuses, damaged_tables, needs_materialization
+from drift_assets.tasks.demo_task import training_pool_rows
 from drift_assets_tests.conftest import instance_in, settings_in, shared_settings
 from drift_assets_tests.helpers.demo_graph import MODEL_DEPENDENTS
 from drift_assets_tests.helpers.processes import running, vllm_engines_under

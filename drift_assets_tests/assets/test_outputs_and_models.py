@@ -18,8 +18,8 @@ import yaml
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, instance_for_test
 
 from drift_assets.cli import main
-from drift_assets.core.fingerprint import HASH_CACHE_ENV_VAR, model_fingerprint
-from drift_assets.core.sequences import ChatTemplateError
+from drift_assets.core.data.fingerprint import HASH_CACHE_ENV_VAR, model_fingerprint
+from drift_assets.core.data.sequences import ChatTemplateError
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, Warehouse
 from drift_assets.runner import materialize_assets

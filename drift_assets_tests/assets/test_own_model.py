@@ -16,9 +16,9 @@ import pytest
 from dagster import DagsterInstance
 from transformers import AutoTokenizer
 
-from drift_assets.core.chat_model import save_chat_model
-from drift_assets.core.sequences import encode_prompt, render_messages_prompt
+from drift_assets.core.data.sequences import encode_prompt, render_messages_prompt
 from drift_assets.settings import load_settings
+from drift_assets.tasks.chat_model import save_chat_model
 from drift_assets_tests.conftest import write_settings
 from drift_assets_tests.helpers.materialized import read
 

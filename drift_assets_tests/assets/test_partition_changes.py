@@ -13,7 +13,7 @@ from dagster import AssetKey, DagsterInstance
 from deltalake import DeltaTable
 
 from drift_assets.cli import main
-from drift_assets.core.stored import REPAIR_DUPLICATES
+from drift_assets.core.data.stored import REPAIR_DUPLICATES
 from drift_assets.resources import Warehouse
 from drift_assets_tests.conftest import settings_in
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from dagster import AssetKey, Definitions
 
-from drift_assets.core.attribution import target_gradient
-from drift_assets.core.gradients import vectors
-from drift_assets.core.guards import contrast_guard, hacking_guard, target_guard
+from drift_assets.core.attribution.guards import contrast_guard, hacking_guard, target_guard
+from drift_assets.core.attribution.scores import target_gradient
+from drift_assets.core.gradients.tables import vectors
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import Warehouse
 from drift_assets.runner import materialize_assets, observe_sources, run_method_benchmark
@@ -242,8 +242,8 @@ def test_method_benchmark_gives_every_method_the_same_budget(private_pipeline):
 def test_demo_model_lands_in_the_target_band_and_reloads(demo_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from drift_assets.core.demo_task import query_rows
-    from drift_assets.core.tiny_model import greedy_accuracy
+    from drift_assets.tasks.demo_task import query_rows
+    from drift_assets.tasks.tiny_model import greedy_accuracy
 
     settings = shared_settings(demo_dir)
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
@@ -303,11 +303,11 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from drift_assets.core.demo_task import Problem, format_response, plausible_wrong_answer, query_rows, training_pool_rows
-    from drift_assets.core.gradients import pool_token_pairs, query_token_pairs
-    from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions, fit_basis, project_in_batches
-    from drift_assets.core.stats import spearman
+    from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions, fit_basis, project_in_batches
+    from drift_assets.core.gradients.tables import pool_token_pairs, query_token_pairs
+    from drift_assets.core.study.stats import spearman
     from drift_assets.settings import load_settings, projection_options
+    from drift_assets.tasks.demo_task import Problem, format_response, plausible_wrong_answer, query_rows, training_pool_rows
 
     options = projection_options(load_settings())  # the shipped data/settings.yaml
     settings = shared_settings(demo_dir)

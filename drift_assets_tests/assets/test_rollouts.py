@@ -11,15 +11,15 @@ import torch
 from dagster import AssetKey
 from pydantic import ValidationError
 
-from drift_assets.core.chat_model import save_chat_model
-from drift_assets.core.generation import CPU_CONCURRENT_SEQUENCES, SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import query_token_pairs, response_token_pairs
-from drift_assets.core.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
-from drift_assets.core.sequences import teacher_forced_logprobs
+from drift_assets.core.data.sequences import teacher_forced_logprobs
+from drift_assets.core.generation.engines import CPU_CONCURRENT_SEQUENCES, SamplingSettings, TransformersEngine
+from drift_assets.core.generation.rollouts import ROLLOUT_SCHEMA, rollout_rows, sample_rollouts
+from drift_assets.core.gradients.tables import query_token_pairs, response_token_pairs
 from drift_assets.definitions import build_definitions
 from drift_assets.resources import ModelResource, RolloutEngineResource
 from drift_assets.runner import materialize_assets, observe_sources
 from drift_assets.settings import SettingsError
+from drift_assets.tasks.chat_model import save_chat_model
 from drift_assets_tests.conftest import settings_in, shared_settings
 from drift_assets_tests.helpers.processes import running, vllm_engines_under
 
@@ -212,7 +212,7 @@ def test_model_resource_picks_the_device(demo_model):
 
 ENGINE_OWNER = """
 import sys, time
-from drift_assets.core.generation import VllmEngine
+from drift_assets.core.generation.engines import VllmEngine
 engine = VllmEngine(sys.argv[1], max_model_len=256, engine_process="separate")  # as on a GPU
 time.sleep(600)
 """

@@ -11,9 +11,9 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter
 
 from drift_assets.cli import _summary
-from drift_assets.core.fingerprint import model_fingerprint
-from drift_assets.core.pool import reference_tokens
-from drift_assets.core.sequences import encode_prompt, render_prompt
+from drift_assets.core.data.fingerprint import model_fingerprint
+from drift_assets.core.data.pool import reference_tokens
+from drift_assets.core.data.sequences import encode_prompt, render_prompt
 from drift_assets.definitions import build_definitions
 from drift_assets.runner import materialize_pipeline
 from drift_assets_tests.conftest import SMALL_DEMO, instance_in, settings_in, shared_settings
@@ -95,8 +95,8 @@ def given(materialized, tmp_path_factory):
     """A copy of the materialized workspace scored also at a checkpoint of a short fine-tune made here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from drift_assets.core.sft import SftOptions, fine_tune
-    from drift_assets.core.tiny_model import save_model
+    from drift_assets.core.training.sft import SftOptions, fine_tune
+    from drift_assets.tasks.tiny_model import save_model
 
     directory = tmp_path_factory.mktemp("given") / "workspace"
     shutil.copytree(materialized, directory)

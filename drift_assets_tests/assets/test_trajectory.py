@@ -9,15 +9,15 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from drift_assets.assets.benchmark import ADAPTER_MODULES
 from drift_assets.cli import _summary
-from drift_assets.core.adapters import is_adapter
-from drift_assets.core.fingerprint import model_fingerprint
-from drift_assets.core.gradients import pool_token_pairs, query_token_pairs, vectors
-from drift_assets.core.less import AdamMoments, less_along
-from drift_assets.core.projection import target_layers
-from drift_assets.core.rollouts import sample_rollouts
+from drift_assets.core.attribution.less import AdamMoments, less_along
+from drift_assets.core.data.fingerprint import model_fingerprint
+from drift_assets.core.generation.rollouts import sample_rollouts
+from drift_assets.core.gradients.projection import target_layers
+from drift_assets.core.gradients.tables import pool_token_pairs, query_token_pairs, vectors
+from drift_assets.core.training.adapters import is_adapter
 from drift_assets.definitions import build_definitions
+from drift_assets.defs.benchmark import ADAPTER_MODULES
 from drift_assets.resources import ModelResource, rollout_engine_resource
 from drift_assets.runner import materialize_assets, materialize_pipeline, run_method_benchmark
 from drift_assets_tests.conftest import instance_in, settings_in

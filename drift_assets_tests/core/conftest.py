@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from drift_assets.core.demo_task import training_pool_rows
-from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
+from drift_assets.core.data.sequences import collate_pairs, encode_prompt, encode_response, render_prompt
+from drift_assets.tasks.demo_task import training_pool_rows
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,17 @@ import json
 import pytest
 import torch
 
-from drift_assets.core.adapters import LoraOptions, adapter_rank, add_adapter, is_adapter, vllm_max_lora_rank, with_adapter
-from drift_assets.core.demo_task import training_pool_rows
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
-from drift_assets.core.sft import SftOptions, fine_tune
+from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions
+from drift_assets.core.training.adapters import (
+    LoraOptions,
+    adapter_rank,
+    add_adapter,
+    is_adapter,
+    vllm_max_lora_rank,
+    with_adapter,
+)
+from drift_assets.core.training.sft import SftOptions, fine_tune
+from drift_assets.tasks.demo_task import training_pool_rows
 from drift_assets_tests.helpers.gradients import exact_per_example_gradients
 
 ADAPTERS = r".*\.lora_[AB]\.default"

@@ -4,8 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from drift_assets.core.attribution import check_same_checkpoint, target_gradient, weighted_rollouts
-from drift_assets.core.weighting import DegenerateGradesError
+from drift_assets.core.attribution.scores import check_same_checkpoint, target_gradient, weighted_rollouts
+from drift_assets.core.grading.weighting import DegenerateGradesError
 
 
 def validation_table(projection: str = "basis-a") -> pl.DataFrame:

@@ -19,11 +19,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from drift_assets.core.fingerprint import check_model_directory
-from drift_assets.core.generation import resolve_max_model_len
-from drift_assets.core.gradients import empty_gradient_frame, gradient_frame, reference_basis
-from drift_assets.core.grading import GraderError, GradingOptions, grade_answer, grade_rollouts, validate_grader
-from drift_assets.core.pool import (
+from drift_assets.core.attribution.selection import selection_warning
+from drift_assets.core.data.fingerprint import check_model_directory
+from drift_assets.core.data.pool import (
     InputFileError,
     example_id_for,
     load_queries,
@@ -31,12 +29,14 @@ from drift_assets.core.pool import (
     read_rows,
     require_examples,
 )
-from drift_assets.core.progress import Progress
-from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
-from drift_assets.core.selection import selection_warning
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
-from drift_assets.core.weighting import usable_queries
+from drift_assets.core.generation.engines import resolve_max_model_len
+from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions
+from drift_assets.core.gradients.tables import empty_gradient_frame, gradient_frame, reference_basis
+from drift_assets.core.grading.graders import GraderError, GradingOptions, grade_answer, grade_rollouts, validate_grader
+from drift_assets.core.grading.weighting import usable_queries
+from drift_assets.core.runtime.progress import Progress
 from drift_assets.settings import Reads, SettingsError, load_settings, parse_settings
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.helpers.graders import SLOW_GRADERS, grading_inputs
 
 MAX_TOKENS = 64
@@ -451,7 +451,7 @@ def test_N16_ids_and_text_are_nfc_and_an_nfc_examples_id_is_the_one_earlier_rele
 def test_N16_the_pool_tables_code_version_changed_with_its_ids():
     """Old pool tables (NFD rows under their old ids, and their duplicates) are recomputed, not mixed
     with the new ones: the pool's implementation version is what its code version starts with."""
-    from drift_assets.assets.sources import POOL_VERSION
+    from drift_assets.defs.sources import POOL_VERSION
 
     assert POOL_VERSION == "2"
 
@@ -577,7 +577,7 @@ def test_N26_a_grader_that_never_returns_does_not_keep_the_process_from_exiting(
     (tmp_path / "drift_slow_grader_exit.py").write_text(SLOW_GRADERS)
     script = (
         "import polars as pl\n"
-        "from drift_assets.core.grading import GradingOptions, grade_rollouts\n"
+        "from drift_assets.core.grading.graders import GradingOptions, grade_rollouts\n"
         "from drift_assets_tests.helpers.graders import grading_inputs\n"
         "grade_rollouts(*grading_inputs('drift_slow_grader_exit'), GradingOptions(timeout_s=0.5))\n"
     )

@@ -6,12 +6,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from drift_assets.core.attribution import share_of, target_gradient
-from drift_assets.core.baselines import bm25_scores, words
-from drift_assets.core.benchmark import similarity_scores
-from drift_assets.core.guards import MAX_REFERENCE_SHARE, contrast_guard, hacking_guard, target_guard
-from drift_assets.core.progress import Progress, duration
-from drift_assets.core.weighting import usable_queries
+from drift_assets.core.attribution.guards import MAX_REFERENCE_SHARE, contrast_guard, hacking_guard, target_guard
+from drift_assets.core.attribution.scores import share_of, target_gradient
+from drift_assets.core.grading.weighting import usable_queries
+from drift_assets.core.runtime.progress import Progress, duration
+from drift_assets.core.study.baselines import bm25_scores, words
+from drift_assets.core.study.benchmark import similarity_scores
 
 CORPUS = [
     "What is 13 + 7 ? Answer: 20",

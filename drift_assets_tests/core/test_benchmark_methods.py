@@ -3,8 +3,8 @@
 import polars as pl
 import pytest
 
-from drift_assets.core.attribution import noise_auc
-from drift_assets.core.benchmark import (
+from drift_assets.core.attribution.scores import noise_auc
+from drift_assets.core.study.benchmark import (
     ScoringSettings,
     loss_scores,
     paired_differences,

@@ -5,9 +5,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from drift_assets.core.attribution import ScoringSettings, shared_direction, without_direction
-from drift_assets.core.selection import gated
-from drift_assets.core.trajectory import CheckpointGradients, checkpoint_target, query_targets, ranked_scores, score_along
+from drift_assets.core.attribution.scores import ScoringSettings, shared_direction, without_direction
+from drift_assets.core.attribution.selection import gated
+from drift_assets.core.attribution.trajectory import (
+    CheckpointGradients,
+    checkpoint_target,
+    query_targets,
+    ranked_scores,
+    score_along,
+)
 
 
 def test_the_shared_direction_is_the_mean_of_the_unit_parts_and_removing_it_leaves_what_differs():
@@ -107,8 +113,8 @@ def test_the_gate_ranks_the_rows_that_stay_unlikely_after_the_others():
 
 
 def test_the_reference_gate_ranks_rows_less_likely_than_nine_in_ten_references_after_the_others():
-    from drift_assets.core.noise_gate import reference_gate
-    from drift_assets.core.trajectory import reference_loss_per_token
+    from drift_assets.core.attribution.noise_gate import reference_gate
+    from drift_assets.core.attribution.trajectory import reference_loss_per_token
 
     # Twenty references with losses 0.1 .. 2.0: numpy's linear 90th percentile is 0.1 + 0.9 × 19 × 0.1 = 1.81.
     references = np.arange(1, 21) / 10
@@ -140,7 +146,7 @@ def test_the_gate_names_what_it_lacks():
 
 
 def test_the_likelihood_guard_warns_where_the_selection_shares_no_more_with_the_loss_filter_than_chance():
-    from drift_assets.core.guards import likelihood_agreement_guard
+    from drift_assets.core.attribution.guards import likelihood_agreement_guard
 
     losses = {f"e{i}": float(i) for i in range(10)}  # e0 is the likeliest
     above = likelihood_agreement_guard(["e0", "e1", "e7", "e9"], losses)  # 2 of the filter's 4 (e0 … e3)
@@ -155,7 +161,7 @@ def test_the_likelihood_guard_warns_where_the_selection_shares_no_more_with_the_
 def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
     """drift_last is the default's scoring at the base model and the last checkpoint: the same as
     scoring those two alone, each with the Hessian of its own gradients (not its neighbour's)."""
-    from drift_assets.core.benchmark import MethodScorer, checkpoints_used
+    from drift_assets.core.study.benchmark import MethodScorer, checkpoints_used
 
     assert checkpoints_used("drift_last", 4) == [0, 3] and checkpoints_used("drift_late", 4) == [0, 2, 3]
     assert checkpoints_used("drift_late", 2) == [0, 1] and checkpoints_used("drift", 3) == [0, 1, 2]
@@ -186,7 +192,7 @@ def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
 
 
 def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_inside_each_gated_part():
-    from drift_assets.core.selection import blended_ranks
+    from drift_assets.core.attribution.selection import blended_ranks
 
     # By hand, order ranks (1, 2, 3, 4) and loss ranks (4, 1, 2, 3): with w = 0.5 the blends are
     # 2.5, 1.5, 2.5, 3.5, so row 1 first, then the tie of rows 0 and 2 to the better order rank (0).
@@ -216,7 +222,7 @@ def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_insid
 
 
 def test_length_strata_keep_every_prefix_at_the_pools_mix_of_response_lengths():
-    from drift_assets.core.selection import stratified_ranks
+    from drift_assets.core.attribution.selection import stratified_ranks
 
     # By hand: lengths cut the rows {0, 1, 2} (short) from {3, 4, 5} (long); the order prefers the long
     # ones (ranks 4, 5, 6, 1, 2, 3). Keys (r − ½)/3 inside each part: long 1/6, 3/6, 5/6 for rows 3, 4,

@@ -3,7 +3,7 @@ what its steps recorded; each benchmark method's cost; the roofline's figures.""
 
 import pytest
 
-from drift_assets.core.cost import (
+from drift_assets.core.runtime.cost import (
     PipelineCost,
     Recorded,
     StageCost,
@@ -126,7 +126,7 @@ def test_an_asset_outside_the_pipeline_has_no_cost_to_add():
 
 
 def test_each_benchmark_method_costs_what_it_needs():
-    from drift_assets.core.benchmark import METHODS
+    from drift_assets.core.study.benchmark import METHODS
 
     cost = pipeline_cost(demo_records(), REFERENCE)
     pool, validation = 600, 90
@@ -192,8 +192,8 @@ def test_a_fine_tune_counts_the_tokens_of_the_batches_it_trained_on(tiny):
     import copy
     import json
 
-    from drift_assets.core.gradients import pool_token_pairs
-    from drift_assets.core.sft import SftOptions, batch_plan, fine_tune
+    from drift_assets.core.gradients.tables import pool_token_pairs
+    from drift_assets.core.training.sft import SftOptions, batch_plan, fine_tune
 
     model, tokenizer, _ = tiny
     messages = [
@@ -211,8 +211,8 @@ def test_a_fine_tune_counts_the_tokens_of_the_batches_it_trained_on(tiny):
 
 
 def test_a_pca_fit_counts_every_pass_over_the_references(tiny):
-    from drift_assets.core.gradients import sequence_tokens
-    from drift_assets.core.projection import ProjectionOptions, covariance_groups, fit_basis, target_layers
+    from drift_assets.core.gradients.projection import ProjectionOptions, covariance_groups, fit_basis, target_layers
+    from drift_assets.core.gradients.tables import sequence_tokens
 
     model, tokenizer, batch = tiny
     prompts = [[int(t) for t in row[:4]] for row in batch.input_ids]
@@ -229,7 +229,7 @@ def test_a_pca_fit_counts_every_pass_over_the_references(tiny):
 
 
 def test_generation_reports_each_prompt_once(tiny):
-    from drift_assets.core.generation import SamplingSettings, TransformersEngine
+    from drift_assets.core.generation.engines import SamplingSettings, TransformersEngine
 
     model, tokenizer, _ = tiny
     prompts = [[1, 40, 41, 42], [1, 43, 44]]
@@ -243,7 +243,7 @@ def test_generation_reports_each_prompt_once(tiny):
 def test_the_benchmark_summary_shows_each_methods_cost_where_the_table_has_it():
     import polars as pl
 
-    from drift_assets.core.benchmark import summary_markdown
+    from drift_assets.core.study.benchmark import summary_markdown
 
     rows = [
         {"method": m, "seed": s, "n_selected": 10, "accuracy": 0.5, "accuracy_low": 0.4, "accuracy_high": 0.6}

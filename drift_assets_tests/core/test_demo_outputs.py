@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from drift_assets.core.demo_outputs import (
+from drift_assets.core.data.fingerprint import model_fingerprint
+from drift_assets.tasks.demo_outputs import (
     MODEL_STAMP,
     DemoOverwriteError,
     check_model_directory,
     replace_model_directory,
     write_demo_jsonl,
 )
-from drift_assets.core.fingerprint import model_fingerprint
 
 ROWS = [{"prompt": "What is 1 + 1?\n", "response": "Answer: 2"}]
 OTHER_ROWS = [{"prompt": "What is 2 + 2?\n", "response": "Answer: 4"}]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from drift_assets.core.demo_task import pretraining_corpus, query_rows, training_pool_rows
+from drift_assets.tasks.demo_task import pretraining_corpus, query_rows, training_pool_rows
 
 PROBLEM = re.compile(r"^What is (\d+) ([+-]) (\d+)\?\n$")
 FINAL_ANSWER = re.compile(r"Answer: (-?\d+)$")

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from drift_assets.core.devices import lease_device
+from drift_assets.core.runtime.devices import lease_device
 
 HOLDER = """
 import os, sys, time
 from pathlib import Path
-from drift_assets.core.devices import lease_device
+from drift_assets.core.runtime.devices import lease_device
 lease = lease_device(sys.argv[2].split(","), Path(sys.argv[1]), poll_seconds=0.05, timeout_seconds=float(sys.argv[3]))
 print(lease.label, lease.device, os.environ.get("CUDA_VISIBLE_DEVICES", "-"), flush=True)
 time.sleep(float(sys.argv[4]))
@@ -89,7 +89,7 @@ if sys.argv[2] == "affinity":
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # as taskset or a container's cpuset would
 import torch
 torch.set_num_threads(8)
-from drift_assets.core.devices import lease_device
+from drift_assets.core.runtime.devices import lease_device
 lease_device(["cpu:0"], Path(sys.argv[1]))
 print(torch.get_num_threads())
 """

@@ -5,8 +5,8 @@ import base64
 import numpy as np
 import polars as pl
 
-from drift_assets.assets.metadata import accuracy_picture, score_picture, selection_cutoff
-from drift_assets.core.figures import interval_figure, png_bytes
+from drift_assets.defs.figures import interval_figure, png_bytes
+from drift_assets.defs.metadata import accuracy_picture, score_picture, selection_cutoff
 from drift_assets_tests.helpers.figures import chart_problems, markers, rgb
 
 ROWS = [("base", 0.410, 0.362, 0.460), ("full", 0.663, 0.612, 0.711), ("refined", 0.667, 0.616, 0.715)]

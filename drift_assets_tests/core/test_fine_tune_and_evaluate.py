@@ -7,14 +7,14 @@ import pickle
 import pytest
 import torch
 
-from drift_assets.core.demo_task import query_rows
-from drift_assets.core.evaluation import FineTuneJob, evaluate_models, fine_tune_and_evaluate, load_base_model
-from drift_assets.core.generation import TransformersEngine
-from drift_assets.core.grading import GradingOptions
-from drift_assets.core.sft import SftOptions, evaluate, fine_tune
-from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama, save_model
+from drift_assets.core.generation.engines import TransformersEngine
+from drift_assets.core.grading.graders import GradingOptions
+from drift_assets.core.training.evaluation import FineTuneJob, evaluate_models, fine_tune_and_evaluate, load_base_model
+from drift_assets.core.training.sft import SftOptions, evaluate, fine_tune
 from drift_assets.resources import RolloutEngineResource, engine_backend, engine_kind
 from drift_assets.settings import RolloutSettings
+from drift_assets.tasks.demo_task import query_rows
+from drift_assets.tasks.tiny_model import build_char_tokenizer, build_tiny_llama, save_model
 from drift_assets_tests.helpers.sft import SHAPE
 
 

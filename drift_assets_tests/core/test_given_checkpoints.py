@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
-from drift_assets.core.trajectory import check_given_checkpoint, given_checkpoint_keys
+from drift_assets.core.attribution.trajectory import check_given_checkpoint, given_checkpoint_keys
 from drift_assets.settings import SettingsError, parse_settings
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
 
 
 def test_each_directory_names_its_partition():

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from drift_assets.core.grading import (
+from drift_assets.core.grading.graders import (
     Grade,
     GraderError,
     GradingOptions,
@@ -183,7 +183,7 @@ def write_grader_module(tmp_path, monkeypatch, source: str) -> str:
 
 
 USER_GRADERS = """
-from drift_assets.core.grading import Grade
+from drift_assets.core.grading.graders import Grade
 
 def as_bool(completion, reference):
     return completion.strip() == reference
@@ -286,7 +286,7 @@ def test_the_grader_process_ends_on_sigterm_even_when_its_parent_ignores_it():
     kept ignoring it would hang its parent's exit."""
     import signal
 
-    from drift_assets.core.grading import GraderProcess
+    from drift_assets.core.grading.graders import GraderProcess
 
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:

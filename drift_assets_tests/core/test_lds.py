@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from drift_assets.core.lds import (
+from drift_assets.core.study.lds import (
     MeasuredSequences,
     QueryObjectives,
     column_spearman,
@@ -18,7 +18,7 @@ from drift_assets.core.lds import (
     query_objectives,
     summarize,
 )
-from drift_assets.core.sft import SftOptions
+from drift_assets.core.training.sft import SftOptions
 
 IDS = [f"e{i:02d}" for i in range(20)]
 

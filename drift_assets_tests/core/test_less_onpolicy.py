@@ -11,10 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from drift_assets.core.benchmark import LESS_METHODS, METHODS, less_scores
-from drift_assets.core.cost import method_cost, pipeline_cost
-from drift_assets.core.gradients import response_token_pairs
-from drift_assets.core.less import (
+from drift_assets.core.attribution.less import (
     AdamMoments,
     CorrectRollouts,
     LessCheckpoint,
@@ -24,8 +21,11 @@ from drift_assets.core.less import (
     less_onpolicy_matrix,
     less_scores_along,
 )
-from drift_assets.core.tiny_model import build_char_tokenizer
+from drift_assets.core.gradients.tables import response_token_pairs
+from drift_assets.core.runtime.cost import method_cost, pipeline_cost
+from drift_assets.core.study.benchmark import LESS_METHODS, METHODS, less_scores
 from drift_assets.settings import OPTIMIZER_STATE_METHODS, parse_settings
+from drift_assets.tasks.tiny_model import build_char_tokenizer
 from drift_assets_tests.helpers.cost_records import REFERENCE, demo_records
 from drift_assets_tests.helpers.two_layers import TwoLayers, hand_adam_steps, hand_gradient, random_adam_moments, unit
 
@@ -180,7 +180,7 @@ def test_less_onpolicy_costs_less_s_passes_and_the_rollouts_at_the_warm_up_check
 
 
 def test_the_benchmark_reads_the_validation_span_only_where_less_onpolicy_runs(tmp_path):
-    from drift_assets.assets.benchmark import build_benchmark
+    from drift_assets.defs.benchmark import build_benchmark
 
     def version(methods: list[str], span: str) -> str:
         settings = parse_settings(

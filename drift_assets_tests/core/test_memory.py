@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from drift_assets.core.memory import MemoryPlan, MemoryPlanError, ModelShape, training_plan
+from drift_assets.core.gradients.memory import MemoryPlan, MemoryPlanError, ModelShape, training_plan
 
 DEMO = ["128", "384", "2", "100", "64", "128"]  # the demo model's shape (hidden, MLP, layers, vocab), 64 × 128 tokens
 FIFTY_M = ["512", "1376", "8", "32000", "4", "256"]  # a 58M-parameter Llama, 4 × 256 tokens

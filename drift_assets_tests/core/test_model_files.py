@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from drift_assets.core import fingerprint
-from drift_assets.core.demo_outputs import replace_model_directory
-from drift_assets.core.fingerprint import (
+from drift_assets.core.attribution.selection import refined_table, select, selection_warning
+from drift_assets.core.data import fingerprint
+from drift_assets.core.data.fingerprint import (
     CACHED_HASH_MIN_BYTES,
     HASH_CACHE_ENV_VAR,
     check_model_directory,
@@ -29,14 +29,14 @@ from drift_assets.core.fingerprint import (
     hash_cache_dir,
     model_fingerprint,
 )
-from drift_assets.core.generation import resolve_max_model_len
-from drift_assets.core.outputs import MANIFEST_NAME, ExportPathError, write_export
-from drift_assets.core.pool import normalize_pool, read_rows
-from drift_assets.core.publish import export_dataset
-from drift_assets.core.selection import refined_table, select, selection_warning
-from drift_assets.core.sequences import ChatTemplateError, render_messages_prompt, render_prompt, untemplated_turns_warning
-from drift_assets.core.tiny_model import build_char_tokenizer
+from drift_assets.core.data.outputs import MANIFEST_NAME, ExportPathError, write_export
+from drift_assets.core.data.pool import normalize_pool, read_rows
+from drift_assets.core.data.publish import export_dataset
+from drift_assets.core.data.sequences import ChatTemplateError, render_messages_prompt, render_prompt, untemplated_turns_warning
+from drift_assets.core.generation.engines import resolve_max_model_len
 from drift_assets.settings import SettingsError, load_settings
+from drift_assets.tasks.demo_outputs import replace_model_directory
+from drift_assets.tasks.tiny_model import build_char_tokenizer
 from drift_assets_tests.helpers.model_files import tiny_model_dir, write_padded_safetensors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def test_processes_side_by_side_share_the_cache_without_a_torn_entry(tmp_path, h
         handle.seek(CACHED_HASH_MIN_BYTES)
         handle.write(b"tail")
     wait_until_settled(big)
-    code = f"from drift_assets.core.fingerprint import file_sha256; print(file_sha256({str(big)!r}))"
+    code = f"from drift_assets.core.data.fingerprint import file_sha256; print(file_sha256({str(big)!r}))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(3)]
     answers = {process.communicate(timeout=120)[0].strip() for process in processes}

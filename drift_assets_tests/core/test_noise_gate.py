@@ -4,7 +4,7 @@ populations are known."""
 import numpy as np
 import pytest
 
-from drift_assets.core.noise_gate import dynamics_loss, fit_two_components, gate
+from drift_assets.core.attribution.noise_gate import dynamics_loss, fit_two_components, gate
 
 
 def test_two_separated_populations_are_recovered_and_the_high_one_gated():

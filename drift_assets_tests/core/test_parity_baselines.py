@@ -17,13 +17,23 @@ import polars as pl
 import pytest
 import torch
 
-from drift_assets.core.baselines import (
+from drift_assets.core.attribution.less import (
+    OPTIMIZER_STATE_FILE,
+    AdamMoments,
+    RademacherProjector,
+    adam_preconditioned,
+    less_along,
+)
+from drift_assets.core.attribution.trajectory import CheckpointGradients, warm_up
+from drift_assets.core.data.publish import EVALUATION_ONLY_COLUMNS, export_columns
+from drift_assets.core.generation.engines import Completion, GenerationReport
+from drift_assets.core.study.baselines import (
     dsir_log_weights,
     gumbel_order,
     likeliest_per_prompt,
     position_weighted_hidden_states,
 )
-from drift_assets.core.benchmark import (
+from drift_assets.core.study.benchmark import (
     BASE_ONLY,
     LESS_METHODS,
     METHODS,
@@ -40,20 +50,10 @@ from drift_assets.core.benchmark import (
     self_distilled,
     similarity_scores,
 )
-from drift_assets.core.generation import Completion, GenerationReport
-from drift_assets.core.less import (
-    OPTIMIZER_STATE_FILE,
-    AdamMoments,
-    RademacherProjector,
-    adam_preconditioned,
-    less_along,
-)
-from drift_assets.core.publish import EVALUATION_ONLY_COLUMNS, export_columns
-from drift_assets.core.sft import SftOptions
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
-from drift_assets.core.trajectory import CheckpointGradients, warm_up
+from drift_assets.core.training.sft import SftOptions
 from drift_assets.settings import BENCHMARK_METHODS, OPTIMIZER_STATE_METHODS, parse_settings
 from drift_assets.tasks import get_task
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.helpers.two_layers import TwoLayers, hand_adam_steps, hand_gradient, random_adam_moments, unit
 
 # -- LESS ----------------------------------------------------------------------------------------
@@ -103,8 +103,11 @@ def test_the_projection_is_a_seeded_rademacher_matrix_whatever_the_batching():
     vectors = torch.randn(5, 70_000, generator=torch.Generator().manual_seed(0))
     together = projector.project(vectors)
     one_by_one = torch.cat([projector.project(vectors[i : i + 1]) for i in range(5)])
-    torch.testing.assert_close(together, one_by_one)
-    torch.testing.assert_close(together, (vectors.double() @ matrix.double() / math.sqrt(8)).float(), rtol=1e-5, atol=1e-3)
+    exact = (vectors.double() @ matrix.double() / math.sqrt(8)).float()
+    # Entries near 100, sums of 70,000 float32 terms whose order the BLAS picks by batch and thread
+    # count: equal to the float64 product within float32 rounding, a wrong or missing block is not.
+    for projected in (together, one_by_one):
+        torch.testing.assert_close(projected, exact, rtol=0, atol=1e-2)
     with pytest.raises(ValueError, match="takes 70000-dimensional gradients, got 3"):
         projector.project(torch.zeros(1, 3))
 

@@ -4,8 +4,7 @@ from the pin instead of pre-training."""
 
 import pytest
 
-from drift_assets.core import tiny_model
-from drift_assets.tasks import build_base_model, get_task
+from drift_assets.tasks import build_base_model, get_task, tiny_model
 from drift_assets.tasks.pinned import MANIFEST, PINNED_DIR, PINS, _sha256, calibration_correct, find_pinned, manifest
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from drift_assets.core.pool import InputFileError, load_queries, normalize_pool, read_rows
-from drift_assets.core.tiny_model import build_char_tokenizer
+from drift_assets.core.data.pool import InputFileError, load_queries, normalize_pool, read_rows
+from drift_assets.tasks.tiny_model import build_char_tokenizer
 
 MAX_TOKENS = 64
 
@@ -296,7 +296,7 @@ def test_load_queries_from_parquet(tmp_path):
 
 def test_input_columns_under_names_the_pipeline_writes_are_kept_renamed(tmp_path, tokenizer):
     """A reward rating named ``score`` must not pass for the influence score, nor ``example_id`` vanish."""
-    from drift_assets.core.selection import refined_table, select
+    from drift_assets.core.attribution.selection import refined_table, select
 
     records = [
         {

@@ -4,7 +4,7 @@ are timed per step; a pass in shards prints one line for the whole pass after ea
 
 import pytest
 
-from drift_assets.core.progress import BandProgress, PassProgress, SizedProgress
+from drift_assets.core.runtime.progress import BandProgress, PassProgress, SizedProgress
 
 
 class Clock:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from drift_assets.core.demo_task import training_pool_rows
-from drift_assets.core.projection import (
+from drift_assets.core.data.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
+from drift_assets.core.gradients.projection import (
     LinearGradientProjector,
     ProjectionBasis,
     ProjectionOptions,
@@ -15,9 +15,9 @@ from drift_assets.core.projection import (
     gaussian_projector,
     target_layers,
 )
-from drift_assets.core.sequences import collate_pairs, encode_prompt, encode_response, render_prompt, sequence_logprobs
-from drift_assets.core.stats import spearman
-from drift_assets.core.tiny_model import TinyLlamaShape, build_tiny_llama
+from drift_assets.core.study.stats import spearman
+from drift_assets.tasks.demo_task import training_pool_rows
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_tiny_llama
 from drift_assets_tests.helpers.gradients import exact_per_example_gradients
 
 
@@ -233,7 +233,7 @@ def test_basis_errors_name_the_problem(tiny, pca_basis):
 def collate_pairs_from(batch, rows):
     """A sub-batch trimmed of padding, to check that padding does not change a row's gradient."""
     length = int(batch.attention_mask[rows].sum(1).max())
-    from drift_assets.core.sequences import ResponseBatch
+    from drift_assets.core.data.sequences import ResponseBatch
 
     return ResponseBatch(batch.input_ids[rows, :length], batch.attention_mask[rows, :length], batch.response_mask[rows, :length])
 
@@ -255,7 +255,7 @@ def test_a_pattern_matching_no_layer_is_a_clear_error(tiny):
 
 
 def test_answer_span_gradients_are_exact_gradients_of_the_answer_given_the_reasoning(tiny):
-    from drift_assets.core.gradients import query_token_pairs
+    from drift_assets.core.gradients.tables import query_token_pairs
 
     model, tokenizer, _ = tiny
     prompts = ["What is 12 + 5?", "What is 9 - 4?", "What is 3 + 3?"]

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from huggingface_hub import HfApi
 
-from drift_assets.core.outputs import MANIFEST_NAME, ExportPathError
-from drift_assets.core.publish import REASONS, PushError, check_pushable, export_dataset, unselected_reasons
-from drift_assets.core.selection import refined_table, select
+from drift_assets.core.attribution.selection import refined_table, select
+from drift_assets.core.data.outputs import MANIFEST_NAME, ExportPathError
+from drift_assets.core.data.publish import REASONS, PushError, check_pushable, export_dataset, unselected_reasons
 from drift_assets_tests.helpers.card_facts import FACTS
 
 SCORES = [0.9, -0.3, 0.0, 2.5, 0.1, -1.0, 0.4]

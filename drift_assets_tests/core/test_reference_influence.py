@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from drift_assets.core.projection import target_layers
-from drift_assets.core.reference_influence import TokenPairs, ekfac_scores, response_logprob_terms, trak_scores
-from drift_assets.core.sequences import encode_prompt, encode_response, render_prompt
-from drift_assets.core.stats import spearman
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
+from drift_assets.core.data.sequences import encode_prompt, encode_response, render_prompt
+from drift_assets.core.gradients.projection import target_layers
+from drift_assets.core.study.reference_influence import TokenPairs, ekfac_scores, response_logprob_terms, trak_scores
+from drift_assets.core.study.stats import spearman
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
 TARGETS = r".*\.(q_proj|down_proj)$"
 

@@ -4,18 +4,18 @@ import polars as pl
 import pytest
 import torch
 
-from drift_assets.core.chat_model import build_chat_tokenizer
-from drift_assets.core.generation import SamplingSettings, TransformersEngine
-from drift_assets.core.gradients import answer_split, query_token_pairs, response_token_pairs, validation_gradient_frame
-from drift_assets.core.rollouts import rollout_rows
-from drift_assets.core.sequences import (
+from drift_assets.core.data.sequences import (
     bos_warning,
     encode_prompt,
     encode_response,
     render_prompt,
     teacher_forced_logprobs,
 )
-from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
+from drift_assets.core.generation.engines import SamplingSettings, TransformersEngine
+from drift_assets.core.generation.rollouts import rollout_rows
+from drift_assets.core.gradients.tables import answer_split, query_token_pairs, response_token_pairs, validation_gradient_frame
+from drift_assets.tasks.chat_model import build_chat_tokenizer
+from drift_assets.tasks.tiny_model import build_char_tokenizer, build_tiny_llama
 
 QUERIES = pl.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": [f"What is {i} + {2 * i + 3}?\n" for i in range(6)]})
 
@@ -118,8 +118,8 @@ def test_rollouts_without_token_ids_ask_for_a_re_materialization():
 
 
 def test_the_engine_context_defaults_to_the_models_and_a_longer_one_names_the_setting(tmp_path):
-    from drift_assets.core.generation import model_context_length, resolve_max_model_len
-    from drift_assets.core.tiny_model import TinyLlamaShape, save_model
+    from drift_assets.core.generation.engines import model_context_length, resolve_max_model_len
+    from drift_assets.tasks.tiny_model import TinyLlamaShape, save_model
 
     tokenizer = build_char_tokenizer()
     save_model(build_tiny_llama(tokenizer, TinyLlamaShape(max_positions=64)), tokenizer, tmp_path)

@@ -8,7 +8,7 @@ import math
 import polars as pl
 import pytest
 
-from drift_assets.core.selection import refined_table, select
+from drift_assets.core.attribution.selection import refined_table, select
 
 SCORES = [0.9, -0.3, 0.0, 2.5, 0.1, -1.0, 0.4]
 
@@ -103,7 +103,7 @@ def test_refined_table_keeps_every_example_with_weight_and_flag(refined):
 def test_round_robin_lets_each_query_take_its_best_row_not_yet_taken():
     import numpy as np
 
-    from drift_assets.core.selection import round_robin_ranks
+    from drift_assets.core.attribution.selection import round_robin_ranks
 
     def first(matrix, k):
         return np.flatnonzero(round_robin_ranks(matrix) <= k).tolist()
@@ -124,7 +124,7 @@ def test_round_robin_lets_each_query_take_its_best_row_not_yet_taken():
 def test_the_likelihood_guard_keeps_the_likeliest_share_and_ranks_it_first():
     import numpy as np
 
-    from drift_assets.core.selection import likeliest, ranks_taking_first, round_robin_ranks
+    from drift_assets.core.attribution.selection import likeliest, ranks_taking_first, round_robin_ranks
 
     ids = ["a", "b", "c", "d", "e"]
     losses = pl.DataFrame({"example_id": ["e", "d", "c", "b", "a"], "loss_per_token": [0.1, 2.0, 0.5, 0.5, 3.0]})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drift_assets.core.ownership import Identity, claim
+from drift_assets.core.data.ownership import Identity, claim
 from drift_assets.settings import SettingsError, load_settings
 
 

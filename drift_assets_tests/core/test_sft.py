@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from drift_assets.core.gradients import pool_token_pairs
-from drift_assets.core.sequences import collate_pairs, sequence_logprobs
-from drift_assets.core.sft import SftOptions, batch_plan, fine_tune, length_grouped
-from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
+from drift_assets.core.data.sequences import collate_pairs, sequence_logprobs
+from drift_assets.core.gradients.tables import pool_token_pairs
+from drift_assets.core.training.sft import SftOptions, batch_plan, fine_tune, length_grouped
+from drift_assets.tasks.tiny_model import build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.helpers.sft import SHAPE
 
 
@@ -70,11 +70,11 @@ def test_bad_sft_input_is_a_clear_error(examples):
 
 def test_evaluate_grades_the_greedy_answers_it_returns(examples):
     """An evaluation keeps the engine's greedy completions, in query order, and counts the ones its grader accepts."""
-    from drift_assets.core.demo_task import query_rows
-    from drift_assets.core.generation import SamplingSettings, TransformersEngine
-    from drift_assets.core.gradients import query_token_pairs
-    from drift_assets.core.grading import grade_answer
-    from drift_assets.core.sft import evaluate
+    from drift_assets.core.generation.engines import SamplingSettings, TransformersEngine
+    from drift_assets.core.gradients.tables import query_token_pairs
+    from drift_assets.core.grading.graders import grade_answer
+    from drift_assets.core.training.sft import evaluate
+    from drift_assets.tasks.demo_task import query_rows
 
     model, tokenizer = tuned(examples, seed=3)
     engine = TransformersEngine(model, tokenizer, device=torch.device("cpu"))
@@ -173,7 +173,7 @@ def test_two_selections_differing_by_one_row_train_on_the_same_batches_elsewhere
 def test_fine_tunes_of_selections_sharing_the_first_batch_agree_after_it(examples):
     """The batch plan is what fine_tune trains on: where the differing row is not in the first
     batch, both models are identical after the first step."""
-    from drift_assets.core.sft import batch_plan as plan_of
+    from drift_assets.core.training.sft import batch_plan as plan_of
 
     first = examples[:40]
     for other in examples[40:]:
@@ -194,7 +194,7 @@ def test_fine_tunes_of_selections_sharing_the_first_batch_agree_after_it(example
 
 def test_a_fine_tune_on_the_cpu_runs_with_the_fixed_thread_count_whatever_the_process_has(examples):
     """The result of torch's CPU kernels depends on their thread count: fine-tunes fix it."""
-    from drift_assets.core.sft import FINE_TUNE_CPU_THREADS
+    from drift_assets.core.training.sft import FINE_TUNE_CPU_THREADS
 
     seen = []
     before = torch.get_num_threads()

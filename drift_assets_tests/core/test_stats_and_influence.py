@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from drift_assets.core.influence import debias, fit_curvature, score_pool
-from drift_assets.core.stats import average_ranks, roc_auc, spearman, wilson_interval
+from drift_assets.core.attribution.influence import debias, fit_curvature, score_pool
+from drift_assets.core.study.stats import average_ranks, roc_auc, spearman, wilson_interval
 
 # ---------- stats ----------
 
@@ -188,7 +188,7 @@ def test_fisher_does_not_depend_on_batching(pool):
 
 def test_a_batch_of_the_whole_pool_is_scored_in_float64_slices(pool, monkeypatch):
     """A warm-up checkpoint's pool arrives as one batch; its float64 copy is made a slice at a time."""
-    import drift_assets.core.influence as influence
+    import drift_assets.core.attribution.influence as influence
 
     phi, target = pool
     curvature = fit_curvature("fisher", [phi], phi.shape[1])
@@ -351,7 +351,7 @@ def test_linear_regression_exact_hessian_predicts_upweighting(regression):
 
 
 def test_mean_standard_error_and_the_minimum_detectable_difference():
-    from drift_assets.core.stats import mean_and_standard_error, minimum_detectable_difference
+    from drift_assets.core.study.stats import mean_and_standard_error, minimum_detectable_difference
 
     mean, error = mean_and_standard_error([1.0, 2.0, 4.0, 5.0])
     assert mean == 3.0 and error == pytest.approx(math.sqrt(10 / 3) / 2)  # sample sd √(10/3), n = 4

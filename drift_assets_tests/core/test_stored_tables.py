@@ -23,14 +23,14 @@ from dagster import (
 from deltalake import DeltaTable
 
 from drift_assets.cli import _summary
-from drift_assets.core.gradients import shard_keys, shard_of
-from drift_assets.core.stored import (
+from drift_assets.core.data.stored import (
     REPAIR_DUPLICATES,
     ConfiguredTables,
     base_losses,
     one_row_per_example,
     shard_batches,
 )
+from drift_assets.core.gradients.tables import shard_keys, shard_of
 from drift_assets.resources import Warehouse
 from drift_assets.runner import WARMUP, prune_unconfigured_partitions, repair_damaged_tables
 from drift_assets.settings import parse_settings

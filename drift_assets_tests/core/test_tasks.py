@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from drift_assets.core.grading import grade_answer
-from drift_assets.core.sequences import encode_prompt, render_prompt
-from drift_assets.core.tiny_model import build_char_tokenizer
+from drift_assets.core.data.sequences import encode_prompt, render_prompt
+from drift_assets.core.grading.graders import grade_answer
 from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, SettingsError, parse_settings
 from drift_assets.tasks import TASKS, get_task
 from drift_assets.tasks.spell import in_words
+from drift_assets.tasks.tiny_model import build_char_tokenizer
 
 WORD_VALUES = {
     "zero": 0,
@@ -145,7 +145,7 @@ def stated_answer(task: str, response: str) -> str | None:
 
 
 def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
-    from drift_assets.core.benchmark import METHODS
+    from drift_assets.core.study.benchmark import METHODS
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS

@@ -7,12 +7,9 @@ import polars as pl
 import pytest
 import torch
 
-from drift_assets.core.attribution import ScoringSettings
-from drift_assets.core.gradients import vectors
-from drift_assets.core.influence import PoolScores
-from drift_assets.core.sft import SftOptions, fine_tune
-from drift_assets.core.tiny_model import build_char_tokenizer, build_tiny_llama
-from drift_assets.core.trajectory import (
+from drift_assets.core.attribution.influence import PoolScores
+from drift_assets.core.attribution.scores import ScoringSettings
+from drift_assets.core.attribution.trajectory import (
     CheckpointGradients,
     checkpoint_key,
     combine_checkpoints,
@@ -20,7 +17,10 @@ from drift_assets.core.trajectory import (
     score_checkpoint,
     warm_up,
 )
+from drift_assets.core.gradients.tables import vectors
+from drift_assets.core.training.sft import SftOptions, fine_tune
 from drift_assets.settings import SettingsError, parse_settings
+from drift_assets.tasks.tiny_model import build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.helpers.sft import SHAPE
 
 
@@ -156,8 +156,8 @@ def test_warmup_steps_must_increase():
 
 
 def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
-    from drift_assets.core.selection import round_robin_ranks
-    from drift_assets.core.trajectory import ranked_scores, score_along, score_checkpoint, standardized
+    from drift_assets.core.attribution.selection import round_robin_ranks
+    from drift_assets.core.attribution.trajectory import ranked_scores, score_along, score_checkpoint, standardized
 
     rng = np.random.default_rng(1)
     training, validation = rng.normal(size=(5, 4)), rng.normal(size=(9, 4))

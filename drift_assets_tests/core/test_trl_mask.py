@@ -10,11 +10,11 @@ import datasets
 import polars as pl
 import pytest
 
-from drift_assets.core.pool import normalize_pool, read_rows
-from drift_assets.core.publish import export_dataset
-from drift_assets.core.selection import refined_table, select
-from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
+from drift_assets.core.attribution.selection import refined_table, select
+from drift_assets.core.data.pool import normalize_pool, read_rows
+from drift_assets.core.data.publish import export_dataset
 from drift_assets.tasks import get_task
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
 from drift_assets_tests.helpers.card_facts import FACTS
 from drift_assets_tests.helpers.trl_sft import IGNORED, pipeline_labels
 

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from drift_assets.core.weighting import DegenerateGradesError, combine, rollout_weights
+from drift_assets.core.grading.weighting import DegenerateGradesError, combine, rollout_weights
 
 # query a: 1 of 4 correct; query b: 2 of 3 correct; query c: all correct; query d: all wrong.
 GRADES = [

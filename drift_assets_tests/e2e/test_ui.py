@@ -36,8 +36,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from drift_assets.core.devices import LOCK_DIR_ENV_VAR
-from drift_assets.core.gradients import shard_of
+from drift_assets.core.gradients.tables import shard_of
+from drift_assets.core.runtime.devices import LOCK_DIR_ENV_VAR
 from drift_assets.production import POSTGRES_URL_ENV_VAR, free_port, local_postgres, local_s3, write_instance
 from drift_assets.resources import Warehouse
 from drift_assets.settings import Settings
@@ -87,7 +87,7 @@ OBSERVE_IN_PROCESS = (
 )
 # Another process (a job outside Dagster) that holds every device of the pool until its stdin closes.
 HOLD_DEVICES = (
-    "import sys; from drift_assets.core.devices import lease_device;"
+    "import sys; from drift_assets.core.runtime.devices import lease_device;"
     " leases = [lease_device(sys.argv[1:], timeout_seconds=120) for _ in sys.argv[1:]];"
     " print('held', flush=True); sys.stdin.read()"
 )

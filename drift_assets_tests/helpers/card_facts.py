@@ -1,6 +1,6 @@
 """The facts a test export's dataset card states (``export_dataset``'s ``facts``)."""
 
-from drift_assets.core.publish import CardFacts
+from drift_assets.core.data.publish import CardFacts
 
 FACTS = CardFacts(
     model_path="/models/tiny",

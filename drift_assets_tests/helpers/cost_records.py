@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drift_assets.core.cost import Recorded, StageCost
+from drift_assets.core.runtime.cost import Recorded, StageCost
 
 
 def record(asset, checkpoint, run, forward, backward=0, seconds=1.0, partition=None):

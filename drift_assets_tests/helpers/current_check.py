@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dagster import DagsterInstance, Definitions, build_sensor_context
 
-from drift_assets.automation import CURRENT_SENSOR
 from drift_assets.code_location import graphql
+from drift_assets.defs.automation import CURRENT_SENSOR
 
 CHECKS = """
 query Checks($keys: [AssetKeyInput!]) {

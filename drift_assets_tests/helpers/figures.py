@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from drift_assets.core.figures import INTERVAL_COLOR, MARKER_COLOR
+from drift_assets.defs.figures import INTERVAL_COLOR, MARKER_COLOR
 
 
 def rgb(png: bytes) -> np.ndarray:

@@ -39,11 +39,11 @@ def reset_peak() -> None:
 
 
 def main(argv: list[str]) -> None:
-    from drift_assets.core.adapters import LoraOptions, add_adapter
-    from drift_assets.core.memory import ModelShape, gradient_pass_plan, training_plan
-    from drift_assets.core.projection import LinearGradientProjector, ProjectionOptions
-    from drift_assets.core.sequences import ResponseBatch, training_step
-    from drift_assets.core.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
+    from drift_assets.core.data.sequences import ResponseBatch, training_step
+    from drift_assets.core.gradients.memory import ModelShape, gradient_pass_plan, training_plan
+    from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions
+    from drift_assets.core.training.adapters import LoraOptions, add_adapter
+    from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 
     step, hidden, intermediate, layers, vocab, batch_size, length = argv[:7]
     hidden, intermediate, layers, vocab, batch_size, length = map(int, (hidden, intermediate, layers, vocab, batch_size, length))
@@ -90,10 +90,10 @@ def serve() -> None:
 
     from transformers import LlamaForCausalLM  # noqa: F401  (what build_tiny_llama imports)
 
-    import drift_assets.core.adapters
-    import drift_assets.core.memory
-    import drift_assets.core.projection
-    import drift_assets.core.tiny_model  # noqa: F401
+    import drift_assets.core.gradients.memory
+    import drift_assets.core.gradients.projection
+    import drift_assets.core.training.adapters
+    import drift_assets.tasks.tiny_model  # noqa: F401
 
     for line in sys.stdin:
         sys.stdout.flush()  # nothing buffered here may be written twice by the child

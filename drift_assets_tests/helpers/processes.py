@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from drift_assets.core.processes import descendants
+from drift_assets.core.runtime.processes import descendants
 
 
 def running(pid: int) -> bool:

@@ -44,8 +44,8 @@ def pipeline_labels(tokenizer, prompt: list[dict], completion: list[dict]) -> tu
     writes labels (the model shifts them)."""
     import json
 
-    from drift_assets.core.gradients import pool_token_pairs
-    from drift_assets.core.sequences import collate_pairs
+    from drift_assets.core.data.sequences import collate_pairs
+    from drift_assets.core.gradients.tables import pool_token_pairs
 
     prompts, responses = pool_token_pairs(tokenizer, [json.dumps(prompt + completion)])
     batch = collate_pairs(tokenizer, prompts, responses)

@@ -1,0 +1,1 @@
+"""The library's attribution stage: influence scores and the selection."""

@@ -1,0 +1,233 @@
+"""Choosing the refined dataset from scores (``core.data.publish`` exports it)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
+
+import numpy as np
+import polars as pl
+
+from drift_assets.core.study.stats import average_ranks
+
+SelectionMethod = Literal["top_fraction", "top_k", "positive"]
+SELECTION_METHODS: tuple[str, ...] = get_args(SelectionMethod)
+
+
+def select(scores: pl.DataFrame, method: SelectionMethod, fraction: float = 0.5, k: int | None = None) -> pl.Series:
+    """Boolean ``selected`` aligned with ``scores`` rows; ties broken by ``rank`` (so by example_id)."""
+    if method not in SELECTION_METHODS:
+        raise ValueError(f"selection.method must be one of {SELECTION_METHODS} (got {method!r})")
+    if method == "positive":
+        return (scores["score"] > 0).alias("selected")
+    if method == "top_k":
+        if k is None or k < 1:
+            raise ValueError(f"selection.k must be >= 1 for top_k (got {k})")
+        count = min(k, scores.height)
+    else:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"selection.fraction must be in (0, 1] (got {fraction})")
+        count = math.ceil(fraction * scores.height)
+    return (scores["rank"] <= count).alias("selected")
+
+
+# A selection of fewer examples than this is too small for a fine-tune to learn from.
+TINY_SELECTION = 10
+
+
+def selection_warning(
+    method: str, k: int | None, pool_size: int, n_selected: int | None = None, fraction: float | None = None
+) -> str | None:
+    """What to tell a user whose settings select the whole pool (nothing is refined) or a tiny part
+    of it (``n_selected`` under :data:`TINY_SELECTION`), or None."""
+    if method == "top_k":
+        setting = f"selection.k = {k}"
+    elif method == "top_fraction":
+        setting = "selection.fraction" + (f" = {fraction:g}" if fraction is not None else "")
+    else:
+        setting = f"selection.method {method}"
+    if method == "top_k" and k is not None and k >= pool_size:
+        return f"selection.k = {k} is not below the pool's {pool_size} examples: every example is selected and nothing is refined"
+    if n_selected is None:
+        return None
+    if method == "top_fraction" and pool_size and n_selected >= pool_size:
+        return f"{setting} selects all {pool_size} examples of the pool: nothing is refined"
+    if n_selected < min(TINY_SELECTION, pool_size):
+        return (
+            f"{setting} selects only {n_selected} of the pool's {pool_size} examples: a fine-tune on so few learns "
+            "little; select more (selection.fraction, selection.k)"
+        )
+    return None
+
+
+def length_strata(n_tokens: np.ndarray, bins: int) -> np.ndarray:
+    """Each example's length bin: ``bins`` bins of (nearly) equal size by token count, ties in one bin."""
+    ranks = average_ranks(np.asarray(n_tokens, dtype=np.float64))
+    return (
+        np.minimum(((ranks - 1) * bins // len(ranks)).astype(np.int64), bins - 1) if len(ranks) else np.zeros(0, dtype=np.int64)
+    )
+
+
+def select_within_strata(scores: pl.DataFrame, count: int, strata: np.ndarray) -> pl.Series:
+    """``count`` examples, the best by ``rank`` within each stratum, each stratum keeping its share of
+    the pool (largest remainders), so that the selection has the pool's make-up by stratum."""
+    labels, sizes = np.unique(strata, return_counts=True)
+    quotas = sizes * count / len(strata)
+    taken = np.floor(quotas).astype(np.int64)
+    for index in np.argsort(-(quotas - taken), kind="stable")[: count - taken.sum()]:
+        taken[index] += 1
+    ranks = scores["rank"].to_numpy()
+    chosen = np.zeros(len(ranks), dtype=bool)
+    for label, quota in zip(labels, taken, strict=True):
+        members = np.flatnonzero(strata == label)
+        chosen[members[np.argsort(ranks[members], kind="stable")[:quota]]] = True
+    return pl.Series("selected", chosen)
+
+
+def refined_table(training_pool: pl.DataFrame, scores: pl.DataFrame, selected: pl.Series) -> pl.DataFrame:
+    """Every pool example with score, rank, weight (1.0 selected / 0.0 not) and ``selected`` (and
+    ``likely``, where the scores say which rows the likelihood guard ranked first)."""
+    chosen = scores.select("example_id", "score", "rank", *(["likely"] if "likely" in scores.columns else [])).with_columns(
+        selected
+    )
+    table = training_pool.join(chosen, on="example_id", how="inner")
+    return table.with_columns(weight=pl.col("selected").cast(pl.Float64)).sort("rank")
+
+
+def round_robin_ranks(matrix: np.ndarray) -> np.ndarray:
+    """Ranks (1 = first) of the rows of ``matrix`` (examples × queries) as the queries take turns, each
+    taking its best-scored row not yet taken (ties by row order; NaN scores last). The first ``k``
+    rows by this rank are the round-robin selection of ``k``, for every ``k``."""
+    n, queries = matrix.shape
+    if queries == 0:
+        raise ValueError("round-robin ranking needs at least one validation query's scores")
+    order = np.argsort(-np.nan_to_num(matrix, nan=-np.inf), axis=0, kind="stable")
+    ranks = np.zeros(n, dtype=np.int64)
+    pointers = np.zeros(queries, dtype=np.int64)
+    # Each query's pointer only moves forward over rows already taken: at most n × queries steps.
+    for rank in range(1, n + 1):
+        query = (rank - 1) % queries
+        while ranks[order[pointers[query], query]]:
+            pointers[query] += 1
+        ranks[order[pointers[query], query]] = rank
+    return ranks
+
+
+def base_losses_of(loss_per_token: pl.DataFrame, example_ids: Sequence[str], setting: str) -> np.ndarray:
+    """Each of ``example_ids``' loss per response token under the base model (``loss_per_token``:
+    example_id, loss_per_token), in their order; an example without one is an error naming ``setting``."""
+    losses = dict(zip(loss_per_token["example_id"], loss_per_token["loss_per_token"], strict=True))
+    missing = [example_id for example_id in example_ids if example_id not in losses]
+    if missing:
+        raise ValueError(f"{setting}: {len(missing)} pool examples have no base-model loss (e.g. {missing[:3]})")
+    return np.array([losses[example_id] for example_id in example_ids], dtype=np.float64)
+
+
+def likeliest(loss_per_token: pl.DataFrame, example_ids: Sequence[str], share: float) -> np.ndarray:
+    """Boolean aligned with ``example_ids``: the ⌈share·n⌉ rows the base model finds likeliest (the
+    lowest loss per response token; ties by example_id). ``loss_per_token``: example_id, loss_per_token."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"influence.likelihood_guard: {share:g} is not a share of the pool in (0, 1]")
+    losses = base_losses_of(loss_per_token, example_ids, "influence.likelihood_guard")
+    order = sorted(range(len(example_ids)), key=lambda at: (losses[at], example_ids[at]))
+    kept = np.zeros(len(example_ids), dtype=bool)
+    kept[order[: math.ceil(share * len(example_ids))]] = True
+    return kept
+
+
+def gated(losses_along: pl.DataFrame, example_ids: Sequence[str]) -> np.ndarray:
+    """Boolean aligned with ``example_ids``: the rows the training-dynamics gate keeps
+    (:func:`~drift_assets.core.attribution.noise_gate.gate` on each row's log loss per token averaged over the
+    checkpoints). ``losses_along``: example_id, checkpoint, loss_per_token, every row at every checkpoint."""
+    from drift_assets.core.attribution.noise_gate import dynamics_loss, gate
+
+    wide = losses_along.pivot(on="checkpoint", index="example_id", values="loss_per_token")
+    checkpoints = [column for column in wide.columns if column != "example_id"]
+    row = {example_id: index for index, example_id in enumerate(wide["example_id"])}
+    missing = [example_id for example_id in example_ids if example_id not in row]
+    incomplete = wide.filter(pl.any_horizontal(pl.col(checkpoints).is_null()))
+    if missing or incomplete.height:
+        example = missing[:1] or incomplete["example_id"][:1].to_list()
+        raise ValueError(
+            f"influence.noise_gate: {len(missing) + incomplete.height} pool examples lack a loss at some checkpoint "
+            f"(e.g. {example[0]}): materialize every shard of training_gradient_projections"
+        )
+    matrix = wide.select(checkpoints).to_numpy()[[row[example_id] for example_id in example_ids]]
+    kept, _ = gate(dynamics_loss(matrix))
+    return kept
+
+
+def reference_gated(loss_per_token: pl.DataFrame, example_ids: Sequence[str], reference_losses: np.ndarray) -> np.ndarray:
+    """Boolean aligned with ``example_ids``: the rows the reference gate keeps
+    (:func:`~drift_assets.core.attribution.noise_gate.reference_gate`: the base model finds them at least as likely
+    as nine in ten of the validation references). ``loss_per_token``: example_id, loss_per_token at the
+    base model; ``reference_losses``: the references' loss per token at the base model."""
+    from drift_assets.core.attribution.noise_gate import reference_gate
+
+    kept, _ = reference_gate(base_losses_of(loss_per_token, example_ids, "influence.noise_gate"), reference_losses)
+    return kept
+
+
+def blended_ranks(order_ranks: np.ndarray, losses: np.ndarray, weight: float) -> np.ndarray:
+    """Ranks (1 = first) by (1 − ``weight``)·``order_ranks`` + ``weight``·the rank by ``losses`` (the
+    lowest first), both over the same rows; ties (in the losses, then in the blend) go to the better
+    of ``order_ranks``. A soft likelihood guard: a row the base model finds unlikely can still be
+    taken early where the order ranks it high enough, and the reverse."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"influence.likelihood_blend: {weight:g} is not a weight in [0, 1]")
+    order_ranks = np.asarray(order_ranks, dtype=np.float64)
+    loss_ranks = np.empty(len(order_ranks))
+    loss_ranks[np.lexsort((order_ranks, np.asarray(losses, dtype=np.float64)))] = np.arange(1, len(order_ranks) + 1)
+    combined = (1.0 - weight) * order_ranks + weight * loss_ranks
+    ranks = np.empty(len(order_ranks), dtype=np.int64)
+    ranks[np.lexsort((order_ranks, combined))] = np.arange(1, len(order_ranks) + 1)
+    return ranks
+
+
+def blended(
+    ranks_of: Callable[[np.ndarray], np.ndarray], losses: np.ndarray, weight: float
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``ranks_of`` (row indices -> their ranks 1..m) with :func:`blended_ranks` of those rows' ``losses``."""
+    return lambda rows: blended_ranks(ranks_of(rows), losses[rows], weight)
+
+
+def stratified_ranks(order_ranks: np.ndarray, lengths: np.ndarray, strata: int) -> np.ndarray:
+    """Ranks (1 = first) whose every prefix holds the rows' mix of ``lengths``: the rows cut into
+    ``strata`` parts of equal size by length (ties to the better of ``order_ranks``), each row keyed by
+    the quantile of its rank inside its part, (r − ½)/n, and ranked by that key (ties to
+    ``order_ranks``). The top share of the ranking takes about that share of each part."""
+    if strata < 1:
+        raise ValueError(f"influence.length_strata: {strata} is not a number of parts (1 or more)")
+    order_ranks = np.asarray(order_ranks, dtype=np.float64)
+    n = len(order_ranks)
+    part = np.empty(n, dtype=np.int64)
+    part[np.lexsort((order_ranks, np.asarray(lengths, dtype=np.float64)))] = np.arange(n) * strata // max(n, 1)
+    keys = np.empty(n)
+    for index in np.unique(part):
+        rows = np.flatnonzero(part == index)
+        inside = np.empty(len(rows))
+        inside[np.argsort(order_ranks[rows], kind="stable")] = np.arange(1, len(rows) + 1)
+        keys[rows] = (inside - 0.5) / len(rows)
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[np.lexsort((order_ranks, keys))] = np.arange(1, n + 1)
+    return ranks
+
+
+def stratified(
+    ranks_of: Callable[[np.ndarray], np.ndarray], lengths: np.ndarray, strata: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``ranks_of`` (row indices -> their ranks 1..m) with :func:`stratified_ranks` of those rows' ``lengths``."""
+    return lambda rows: stratified_ranks(ranks_of(rows), lengths[rows], strata)
+
+
+def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.ndarray) -> np.ndarray:
+    """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
+    ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""
+    ranks = np.zeros(len(kept), dtype=np.int64)
+    inside, outside = np.flatnonzero(kept), np.flatnonzero(~kept)
+    if len(inside):
+        ranks[inside] = ranks_of(inside)
+    if len(outside):
+        ranks[outside] = len(inside) + ranks_of(outside)
+    return ranks

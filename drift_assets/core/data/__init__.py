@@ -1,0 +1,1 @@
+"""The library's data stage: pools, tables and exports."""

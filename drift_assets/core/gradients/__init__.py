@@ -1,0 +1,1 @@
+"""The library's gradients stage: projected per-example gradients."""

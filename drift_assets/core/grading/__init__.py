@@ -1,0 +1,1 @@
+"""The library's grading stage: answer checkers and signed weights."""

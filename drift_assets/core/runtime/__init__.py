@@ -1,0 +1,1 @@
+"""The library's runtime stage: devices, processes, progress and cost."""

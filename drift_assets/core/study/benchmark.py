@@ -1,0 +1,683 @@
+"""Comparing data-selection methods by what fine-tuning on their selection does to accuracy.
+
+Every method gets the same base model, the same SFT budget (optimizer steps, batch size, learning
+rate) and the same seeds; only the data differs. Methods:
+
+- ``full``: the whole pool.
+- ``random``: a random subset of the size the DRIFT selection has.
+- ``oracle``: a random subset of the examples that are *not* corrupted (where the pool says so, as
+  the demo's hidden ``is_corrupted`` does): the accuracy a perfect noise filter reaches.
+- ``self_distill``: the pool's prompts answered by the base model itself (greedy), kept where its
+  answer grades right against the pool's hidden ``reference_answer``; it trains on the model's own
+  answers (a random subset of those, of the selection's size).
+- ``loss``: the examples the base model finds likeliest (lowest loss per response token): the
+  classic noise filter, which needs no validation data.
+- ``grape``: GRAPE-style: of each prompt's responses in the pool the one the base model finds
+  likeliest per token, those ranked by that likelihood (``loss`` ranks every row by it and may
+  keep several responses to one prompt; ``grape`` keeps one per prompt before any second one).
+- ``dynamics``: Data Maps' confidence, the mean over the base model and the warm-up checkpoints of
+  each row's probability per response token (:mod:`~drift_assets.core.study.baselines`).
+- ``rds``: RDS+, the cosine of position-weighted mean last hidden states to the validation
+  queries, the queries taking turns (:mod:`~drift_assets.core.study.baselines`).
+- ``bm25``: BM25 of the validation prompts against the pool (:mod:`~drift_assets.core.study.baselines`).
+- ``dsir``: DSIR's hashed n-gram importance weights of the pool towards the validation queries'
+  text, resampled (:mod:`~drift_assets.core.study.baselines`).
+- ``less``: LESS as its authors run it (:mod:`~drift_assets.core.attribution.less`), by score;
+  ``less_round_robin``: the same per-query scores, the queries taking turns as DRIFT's do;
+  ``less_onpolicy`` (the registered candidate ``adam``): LESS's Adam-preconditioned training side
+  against each warm-up checkpoint's own correct rollouts (``positive`` weights) instead of the
+  reference answers, the queries taking turns.
+- ``offpolicy``: influence against the *reference answers* (classic IF / LESS-style), unit debias,
+  along the checkpoints.
+- ``influence``: standard influence functions at the base model: the reference answers' target,
+  the fisher Hessian, no debiasing, by score.
+- ``drift``: the configured on-policy influence settings, and its ablations, each of which changes
+  one setting: ``drift_signed`` / ``drift_positive`` (that weighting; ``signed`` contrasts right and
+  wrong rollouts), ``drift_reference`` / ``drift_skip`` (``influence.unsolved``), ``drift_nodebias``
+  (no debiasing), ``drift_unit`` / ``drift_log_orthogonal`` (that debiasing), ``drift_base`` (the
+  base model alone, without the warm-up checkpoints).
+
+Selections (except ``full``) have the size the DRIFT selection has. Beside each method's accuracy
+the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
+round-robin and resampling methods do not take by score) and its selection's noisy share, where the
+pool says which rows are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+import numpy as np
+import polars as pl
+
+from drift_assets.core.attribution.influence import Curvature, fit_curvature
+from drift_assets.core.attribution.less import LessScores
+from drift_assets.core.attribution.scores import ScoringSettings, noise_auc
+from drift_assets.core.attribution.selection import round_robin_ranks, select
+from drift_assets.core.attribution.trajectory import (
+    CheckpointGradients,
+    ScoredAlong,
+    ranked_scores,
+    reference_loss_per_token,
+    score_along,
+)
+from drift_assets.core.data.pool import reference_tokens
+from drift_assets.core.generation.engines import SamplingSettings
+from drift_assets.core.gradients.tables import pool_token_pairs, query_token_pairs
+from drift_assets.core.grading.graders import GradingOptions, grade_answer
+from drift_assets.core.runtime.cost import CHECKPOINTS_USED, PipelineCost, method_costs
+from drift_assets.core.runtime.progress import SizedProgress
+from drift_assets.core.study.baselines import (
+    best_match,
+    bm25_scores,
+    cosine_similarity,
+    dsir_log_weights,
+    gumbel_order,
+    likeliest_per_prompt,
+    mean_confidence,
+    position_weighted_hidden_states,
+    words,
+)
+from drift_assets.core.study.stats import roc_auc
+from drift_assets.core.training.evaluation import FineTuneJob
+from drift_assets.core.training.sft import Evaluation
+
+__all__ = [
+    "METHODS",
+    "MethodScorer",
+    "ScoringSettings",
+    "loss_scores",
+    "paired_differences",
+    "ranked",
+    "run_fine_tunes",
+    "scoring_for",
+    "selected_ids",
+    "similarity_scores",
+]
+J = TypeVar("J")
+R = TypeVar("R")
+
+UNSCORED = ("full", "random", "oracle", "self_distill")  # choose without scores
+SIMILARITY = ("loss", "rds", "bm25", "dsir", "grape", "dynamics")  # scored without gradients
+# Need the warm-up's optimizer state (settings.OPTIMIZER_STATE_METHODS); less_onpolicy also the
+# rollouts and grades at the warm-up's checkpoints.
+LESS_METHODS = ("less", "less_round_robin", "less_onpolicy")
+INFLUENCE_BASELINES = ("offpolicy", "influence")
+ABLATIONS = {
+    "drift_signed": {"weighting": "signed"},
+    "drift_positive": {"weighting": "positive"},
+    "drift_reference": {"unsolved": "reference"},
+    "drift_skip": {"unsolved": "skip"},
+    "drift_nodebias": {"debias": "none"},
+    "drift_unit": {"debias": "unit"},
+    "drift_log_orthogonal": {"debias": "log_orthogonal"},
+    "drift_by_score": {"ranking": "score"},
+    "drift_round_robin": {"ranking": "round_robin"},
+    "drift_guarded": {"likelihood_guard": 0.7},
+    "drift_base": {},  # the same settings at the base model alone
+    # Candidates for the default (benchmarks/README.md, 2026-12-06): the signed contrast without the
+    # direction the queries share; a training-dynamics noise gate; the scoring the LDS finds most faithful.
+    "drift_specific": {"weighting": "signed", "shared_direction": "remove"},
+    "drift_gated": {"noise_gate": "mixture"},
+    "drift_fisher": {"hessian": "fisher", "debias": "none"},
+    # Registered 2026-12-06 (evening): a gate sized by the validation references' losses.
+    "drift_reference_gated": {"noise_gate": "reference"},
+    # The default's settings at the base model and the warm-up's last checkpoint, or its last two.
+    "drift_last": {},
+    "drift_late": {},
+    # Registered 2026-12-06 (night): DRIFT's order blended with the base model's likelihood order, at
+    # the default's checkpoints, alone (the default since) and inside the reference gate; and the
+    # default without the blend.
+    "drift_blend": {"likelihood_blend": 0.5},
+    "drift_blend_gated": {"likelihood_blend": 0.5, "noise_gate": "reference"},
+    "drift_unblended": {"likelihood_blend": 0.0},
+    # Registered 2026-12-06 (late): the default's order keeping the pool's mix of response lengths.
+    "drift_strata": {"length_strata": 4},
+}
+METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
+BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
+
+
+def checkpoints_used(method: str, n_checkpoints: int) -> list[int]:
+    """The indices of the checkpoints ``method`` scores at, of ``n_checkpoints`` (the base model first)."""
+    if method not in CHECKPOINTS_USED:
+        return list(range(n_checkpoints))
+    return sorted({index % n_checkpoints for index in CHECKPOINTS_USED[method]})
+
+
+def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
+    """The influence settings a method scores with (None: it does not score by influence)."""
+    if method not in METHODS:
+        raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+    if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
+        return None
+    # The influence baselines score the reference answers by score, as their papers do: none of the
+    # default's guard, blend or strata.
+    plain = {"targets": "offpolicy", "ranking": "score", "likelihood_guard": 1.0, "likelihood_blend": 0.0, "length_strata": 1}
+    if method == "offpolicy":
+        return replace(drift, **plain, debias="unit")
+    if method == "influence":
+        return replace(drift, **plain, hessian="fisher", debias="none")
+    if method == "drift":
+        return drift
+    return replace(drift, **ABLATIONS[method])
+
+
+class MethodScorer:
+    """Scores the pool for several methods from in-memory gradients, fitting each Hessian once per checkpoint.
+
+    With several checkpoints (the base model and a warm-up run's), a method's score is their
+    combination (:func:`~drift_assets.core.attribution.trajectory.combine_checkpoints`), as ``influence_scores`` has it.
+    """
+
+    def __init__(
+        self,
+        checkpoints: list[CheckpointGradients],
+        loss_per_token: pl.DataFrame | None = None,
+        losses_along: pl.DataFrame | None = None,
+    ):
+        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for a likelihood guard;
+        ``losses_along`` (example_id, checkpoint, loss_per_token) for a noise gate."""
+        if not checkpoints:
+            raise ValueError("nothing to score: no checkpoint gradients")
+        self.checkpoints = [checkpoint.loaded() for checkpoint in checkpoints]
+        self.loss_per_token = loss_per_token
+        self.losses_along = losses_along
+        self._curvatures: dict[tuple[int, str, float], Curvature] = {}
+
+    def _curvature(self, index: int, hessian: str, damping: float) -> Curvature:
+        key = (index, hessian, damping)
+        if key not in self._curvatures:
+            training = self.checkpoints[index].training
+            self._curvatures[key] = fit_curvature(hessian, [training], training.shape[1], damping)
+        return self._curvatures[key]
+
+    def along(self, scoring: ScoringSettings, base_only: bool = False, at: Sequence[int] | None = None) -> ScoredAlong:
+        """The pool scored along every checkpoint (``base_only``: at the first, the base model, alone;
+        ``at``: at those checkpoints' indices)."""
+        used = [0] if base_only else list(range(len(self.checkpoints))) if at is None else list(at)
+        return score_along(
+            [self.checkpoints[index] for index in used],
+            scoring,
+            lambda position, _: self._curvature(used[position], scoring.hessian, scoring.damping),
+        )
+
+    def scores(
+        self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False, at: Sequence[int] | None = None
+    ) -> pl.DataFrame:
+        """The pool's scores table along every checkpoint (see :meth:`along`)."""
+        references = (
+            reference_loss_per_token(self.checkpoints[0].validation_gradients) if scoring.noise_gate == "reference" else None
+        )
+        return ranked_scores(
+            self.along(scoring, base_only, at),
+            training_pool,
+            self.loss_per_token,
+            scoring.likelihood_guard,
+            scoring.noise_gate,
+            self.losses_along,
+            references,
+            scoring.likelihood_blend,
+            scoring.length_strata,
+        )
+
+    def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
+        """An influence method's scores (see :func:`scoring_for`)."""
+        return self.scores(scoring_for(method, drift), training_pool, at=checkpoints_used(method, len(self.checkpoints)))
+
+
+def selected_ids(
+    method: str,
+    seed: int,
+    training_pool: pl.DataFrame,
+    scores: pl.DataFrame | None,
+    selection_size: int,
+    selection_method: str,
+    fraction: float,
+    k: int | None,
+    distilled: pl.DataFrame | None = None,
+) -> list[str]:
+    """The example ids ``method`` selects on ``seed`` (``distilled``: :func:`self_distilled`'s table, for ``self_distill``)."""
+    if method == "full":
+        return training_pool["example_id"].to_list()
+    if method == "random":
+        ids = sorted(training_pool["example_id"].to_list())
+        return random.Random(f"random-selection-{seed}").sample(ids, selection_size)
+    if method == "oracle":
+        if "is_corrupted" not in training_pool.columns:
+            raise ValueError("benchmark method 'oracle' needs an is_corrupted column in the training pool (the demo's has one)")
+        clean = sorted(training_pool.filter(~pl.col("is_corrupted"))["example_id"].to_list())
+        return random.Random(f"oracle-selection-{seed}").sample(clean, min(selection_size, len(clean)))
+    if method == "self_distill":
+        if distilled is None:
+            raise ValueError("benchmark method 'self_distill' needs the base model's answers to the pool's prompts")
+        right = sorted(distilled.filter(pl.col("correct"))["example_id"].to_list())
+        return random.Random(f"self-distill-selection-{seed}").sample(right, min(selection_size, len(right)))
+    chosen = select(scores, selection_method, fraction, k)
+    return scores.filter(chosen)["example_id"].to_list()
+
+
+def ranked(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (example_id, score) sorted best first with its ``rank`` (1 = best; ties by example_id)."""
+    return (
+        frame.sort(["score", "example_id"], descending=[True, False])
+        .with_row_index("rank", offset=1)
+        .with_columns(pl.col("rank").cast(pl.Int64))
+    )
+
+
+def per_token_loss(losses: pl.DataFrame) -> pl.DataFrame:
+    """example_id, loss_per_token from summed ``loss`` and ``n_tokens`` (an empty response counts one token)."""
+    return losses.select("example_id", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+
+
+def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
+    """example_id, score = −loss_per_token under the base model, rank (1 = likeliest)."""
+    return ranked(losses.select("example_id", score=-pl.col("loss_per_token")))
+
+
+def with_ranks(example_ids: Sequence[str], score: np.ndarray, ranks: np.ndarray) -> pl.DataFrame:
+    """example_id, score, rank (the order the selection takes, not necessarily the score's), sorted by rank."""
+    frame = pl.DataFrame({"example_id": list(example_ids), "score": np.asarray(score, dtype=np.float64)})
+    return frame.with_columns(rank=pl.Series(np.asarray(ranks, dtype=np.int64))).sort("rank")
+
+
+def query_texts(validation_queries: pl.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True))
+
+
+def similarity_scores(
+    method: str, training_pool: pl.DataFrame, validation_queries: pl.DataFrame, model=None, tokenizer=None
+) -> pl.DataFrame:
+    """The ``rds``, ``bm25`` or ``dsir`` scores of the pool against the validation queries (example_id, score, rank)."""
+    ids = training_pool["example_id"]
+    if method == "bm25":
+        documents = [
+            words(f"{prompt} {response}")
+            for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)
+        ]
+        similarity = bm25_scores(documents, [words(prompt) for prompt in validation_queries["prompt"]])
+    elif method == "rds":
+        pool = position_weighted_hidden_states(model, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]))
+        queries = position_weighted_hidden_states(
+            model,
+            tokenizer,
+            *query_token_pairs(
+                tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
+            ),
+        )
+        similarity = cosine_similarity(queries, pool)
+        # RDS+'s selection: the queries take turns, each taking its most similar example not yet taken.
+        return with_ranks(ids, best_match(similarity), round_robin_ranks(similarity.T))
+    elif method == "dsir":
+        raw = [
+            f"{prompt} {response}" for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)
+        ]
+        log_weights = dsir_log_weights(raw, [f"{prompt} {response}" for prompt, response in query_texts(validation_queries)])
+        return with_ranks(ids, log_weights, gumbel_order(log_weights, DSIR_SEED))
+    else:
+        raise ValueError(f"{method!r} is not a similarity method (rds, bm25, dsir)")
+    return ranked(pl.DataFrame({"example_id": ids, "score": best_match(similarity)}))
+
+
+DSIR_SEED = 0  # one resampling draw, the same for every SFT seed
+
+
+def grape_scores(training_pool: pl.DataFrame, losses: pl.DataFrame) -> pl.DataFrame:
+    """The ``grape`` selection: score = −loss per response token at the base model; rank = each
+    prompt's likeliest response first, in that order, then the rest (:func:`~drift_assets.core.study.baselines.likeliest_per_prompt`)."""
+    joined = training_pool.select("example_id", "prompt").join(losses, on="example_id", how="left")
+    if joined["loss_per_token"].null_count():
+        raise ValueError("benchmark method 'grape': some pool examples have no base-model loss: materialize every shard")
+    score = -joined["loss_per_token"].to_numpy()
+    return with_ranks(joined["example_id"], score, likeliest_per_prompt(joined["prompt"].to_list(), score))
+
+
+def dynamics_scores(losses: pl.DataFrame, checkpoints: Sequence[str]) -> pl.DataFrame:
+    """The ``dynamics`` selection from (example_id, checkpoint, loss_per_token) at the base model and
+    every warm-up checkpoint: Data Maps' mean confidence, highest first."""
+    if len(checkpoints) < 2:
+        raise ValueError(
+            "benchmark method 'dynamics' reads each row's loss along the warm-up run, and warmup.steps is empty: set it"
+        )
+    table = losses.filter(pl.col("checkpoint").is_in(list(checkpoints))).pivot(
+        "checkpoint", index="example_id", values="loss_per_token"
+    )
+    missing = [checkpoint for checkpoint in checkpoints if checkpoint not in table.columns]
+    if missing or table.select(pl.any_horizontal(pl.col(list(checkpoints)).is_null()).any()).item():
+        raise ValueError(
+            f"benchmark method 'dynamics': pool examples lack a loss at checkpoint(s) {missing or 'some'}: "
+            "materialize training_gradient_projections at every checkpoint"
+        )
+    return ranked(table.select("example_id", score=pl.Series(mean_confidence(table.select(list(checkpoints)).to_numpy()))))
+
+
+def less_scores(method: str, example_ids: Sequence[str], matrix: np.ndarray) -> pl.DataFrame:
+    """``less`` (the mean over the queries, by score) or ``less_round_robin`` (the same score; the
+    queries take turns) from LESS's (examples × queries) matrix (:func:`~drift_assets.core.attribution.less.less_along`);
+    ``less_onpolicy`` takes turns likewise over its on-policy matrix (the queries right at some checkpoint)."""
+    score = matrix.mean(axis=1)
+    if method == "less":
+        return ranked(pl.DataFrame({"example_id": list(example_ids), "score": score}))
+    if method in ("less_round_robin", "less_onpolicy"):
+        return with_ranks(example_ids, score, round_robin_ranks(matrix))
+    raise ValueError(f"{method!r} is not a LESS method {LESS_METHODS}")
+
+
+REFERENCE_COLUMN = "reference_answer"  # a pool's hidden answer, for grading; never exported (publish.EVALUATION_ONLY_COLUMNS)
+
+
+def self_distilled(
+    engine,
+    tokenizer,
+    training_pool: pl.DataFrame,
+    grader: str,
+    max_tokens: int,
+    options: GradingOptions = GradingOptions(),
+) -> pl.DataFrame:
+    """example_id, messages (the prompt with the base model's greedy answer), answer, correct (it
+    grades right against the pool's ``reference_answer``; a row without one is not)."""
+    if REFERENCE_COLUMN not in training_pool.columns:
+        raise ValueError(
+            f"benchmark method 'self_distill' grades the model's answers to the pool's prompts against a "
+            f"'{REFERENCE_COLUMN}' column, and the training pool has none (the embedded tasks' pools carry it)"
+        )
+    prompts, _ = pool_token_pairs(tokenizer, training_pool["messages"])
+    report = engine.generate(prompts, SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens))
+    answers = [group[0].text for group in report.completions]
+    rows = []
+    for example_id, text, reference, answer in zip(
+        training_pool["example_id"], training_pool["messages"], training_pool[REFERENCE_COLUMN], answers, strict=True
+    ):
+        messages = json.loads(text)[:-1] + [{"role": "assistant", "content": answer}]
+        correct = reference is not None and grade_answer(answer, str(reference), grader, options).correct
+        rows.append(
+            {"example_id": example_id, "messages": json.dumps(messages, ensure_ascii=False), "answer": answer, "correct": correct}
+        )
+    return pl.DataFrame(rows, schema={"example_id": pl.String, "messages": pl.String, "answer": pl.String, "correct": pl.Boolean})
+
+
+Selection = frozenset[tuple[str, str]]  # (example_id, the messages trained on)
+
+
+def selection_of(ids: Iterable[str], messages: dict[str, str]) -> Selection:
+    """What a fine-tune trains on: each selected example with its messages (the pool's, or the model's own)."""
+    return frozenset((example_id, messages[example_id]) for example_id in ids)
+
+
+def noisy_share(selection: Selection | None, training_pool: pl.DataFrame) -> float | None:
+    """The share of the selection the pool marks ``is_corrupted`` (None: no such column, or an empty selection)."""
+    if not selection or "is_corrupted" not in training_pool.columns:
+        return None
+    noisy = dict(zip(training_pool["example_id"], training_pool["is_corrupted"], strict=True))
+    return sum(bool(noisy[example_id]) for example_id, _ in selection) / len(selection)
+
+
+def order_auc(scores: pl.DataFrame | None, training_pool: pl.DataFrame) -> float | None:
+    """ROC-AUC of the selection order (−rank) for clean against corrupted rows, where the pool has ``is_corrupted``."""
+    if scores is None or "is_corrupted" not in training_pool.columns:
+        return None
+    joined = scores.join(training_pool.select("example_id", "is_corrupted"), on="example_id")
+    return roc_auc(-joined["rank"].to_numpy().astype(np.float64), ~joined["is_corrupted"].to_numpy().astype(bool))
+
+
+@dataclass
+class MethodBenchmark:
+    """The method benchmark over a pool: each method's scores (:meth:`score`), the fine-tunes their
+    selections need (:meth:`plan`), and their evaluation (:meth:`run`). ``scorer``: the pool's
+    stored gradients and losses; ``drift``: the configured influence settings."""
+
+    methods: Sequence[str]
+    seeds: Sequence[int]
+    training_pool: pl.DataFrame
+    validation_queries: pl.DataFrame
+    scorer: MethodScorer
+    drift: ScoringSettings
+    scores: dict[str, pl.DataFrame] = field(default_factory=dict)
+    selections: dict[tuple[str, int], Selection] = field(default_factory=dict)
+
+    def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[..., LessScores]) -> None:
+        """Each scored method's scores of the pool (example_id, score, rank); the unscored methods
+        (:data:`UNSCORED`) have none. ``model``: the base model (``rds``); ``checkpoints``: the
+        warm-up's (``dynamics``); ``less_matrix(reference=, onpolicy=)``: LESS's scores along the
+        warm-up (the LESS methods)."""
+        methods, pool, losses = self.methods, self.training_pool, self.scorer.loss_per_token
+        for method in methods:
+            if scoring_for(method, self.drift) is not None:
+                self.scores[method] = self.scorer.method_scores(method, self.drift, pool)
+            elif method == "loss":
+                self.scores[method] = loss_scores(losses)
+            elif method in ("rds", "bm25", "dsir"):
+                self.scores[method] = similarity_scores(method, pool, self.validation_queries, model, tokenizer)
+            elif method == "grape":
+                self.scores[method] = grape_scores(pool, losses)
+            elif method == "dynamics":
+                self.scores[method] = dynamics_scores(self.scorer.losses_along, checkpoints)
+        if any(method in LESS_METHODS for method in methods):
+            less = less_matrix(reference=bool({"less", "less_round_robin"} & set(methods)), onpolicy="less_onpolicy" in methods)
+            for method in LESS_METHODS:
+                if method in methods:
+                    matrix = less.onpolicy if method == "less_onpolicy" else less.reference
+                    self.scores[method] = less_scores(method, pool["example_id"].to_list(), matrix)
+
+    def plan(
+        self, selection: tuple[str, float, int | None], distilled: pl.DataFrame | None = None
+    ) -> list[tuple[int, Selection, list[str]]]:
+        """The distinct fine-tunes (:func:`shared_fine_tunes`), each method's selection on each seed
+        kept in ``selections``. ``selection``: (selection.method, selection.fraction, selection.k);
+        random and the others select as many examples as DRIFT does, so that they differ only in
+        which ones; ``distilled``: :func:`self_distilled`'s table, for ``self_distill``."""
+        selection_method, fraction, k = selection
+        pool = self.training_pool
+        drift_scores = self.scores["drift"] if "drift" in self.scores else self.scorer.scores(self.drift, pool)
+        drift_size = int(select(drift_scores, selection_method, fraction, k).sum())
+        pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
+        own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
+
+        def choose(method: str, seed: int) -> Selection:
+            chosen = selected_ids(
+                method, seed, pool, self.scores.get(method), drift_size, selection_method, fraction, k, distilled
+            )
+            self.selections[method, seed] = selection_of(chosen, own_answers if method == "self_distill" else pool_messages)
+            return self.selections[method, seed]
+
+        return shared_fine_tunes(self.methods, self.seeds, choose)
+
+    def run(
+        self,
+        plan: Sequence[tuple[int, Selection, list[str]]],
+        job_for: Callable[[str, list[str], int], FineTuneJob],
+        run_one: Callable[[FineTuneJob], tuple[Evaluation, float]],
+        workers: int,
+        log: Callable[[str], None],
+    ) -> pl.DataFrame:
+        """Each planned fine-tune (``job_for(method, messages, seed)``, run by ``run_one`` in
+        ``workers`` processes, :func:`run_fine_tunes`) evaluated, logging progress: :func:`benchmark_table`."""
+        jobs = [job_for(sharers[0], [messages for _, messages in sorted(chosen)], seed) for seed, chosen, sharers in plan]
+        shared = len(self.methods) * len(self.seeds) - len(jobs)
+        log(
+            f"{len(jobs)} fine-tunes ({len(self.methods)} methods x {len(self.seeds)} seeds"
+            + (f", {shared} sharing another method's selection" if shared else "")
+            + f") in {workers} process(es)"
+        )
+        # Timed per SFT step (with sft.epochs, full-pool SFT takes many times a selection's steps);
+        # in parallel processes each fine-tune's own seconds, the rest shared among the workers.
+        steps = [job.options.steps_for(len(job.messages)) if job.messages else 0 for job in jobs]
+        progress = SizedProgress("fine-tunes", steps, log, work="steps", workers=workers)
+
+        def finished():
+            for (_, _, sharers), (job, (result, seconds)) in zip(plan, run_fine_tunes(jobs, run_one, workers), strict=True):
+                note = f"{' = '.join(sharers)} seed {job.seed}: accuracy {result.accuracy:.3f}"
+                progress.advance(note, seconds if workers > 1 else None)
+                yield sharers, job, result, seconds
+
+        return benchmark_table(finished(), self.methods, self.scores, self.training_pool, self.selections)
+
+
+def with_method_costs(
+    table: pl.DataFrame,
+    methods: Sequence[str],
+    pipeline: PipelineCost,
+    pool_tokens: int,
+    validation_queries: pl.DataFrame,
+    tokenizer,
+) -> pl.DataFrame:
+    """The benchmark's table with ``cost_vs_full_sft``: what choosing each method's examples cost
+    (:func:`~drift_assets.core.runtime.cost.method_costs`; the influence methods: the pipeline's steps as
+    recorded, ``pipeline``), against one full-pool SFT run."""
+    validation_tokens = sum(
+        reference_tokens(tokenizer, prompt, response)
+        for prompt, response in zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)
+    )
+    costs = method_costs(methods, pipeline, pool_tokens, validation_tokens)
+    return table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
+
+
+def run_fine_tunes(jobs: Sequence[J], fine_tune_one: Callable[[J], R], workers: int = 1) -> Iterator[tuple[J, R]]:
+    """Each job with its result, in job order, as they finish in order.
+
+    With ``workers`` > 1 the jobs run in that many spawned processes (a fine-tune on the CPU uses
+    :data:`~drift_assets.core.training.sft.FINE_TUNE_CPU_THREADS` threads wherever it runs: on 2 cores two one-thread processes
+    finish the tiny models' jobs sooner than one two-thread process). ``fine_tune_one`` must then be
+    a module-level function (it is pickled).
+    """
+    if workers <= 1:
+        for job in jobs:
+            yield job, fine_tune_one(job)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from zip(jobs, pool.map(fine_tune_one, jobs))
+
+
+def shared_fine_tunes(
+    methods: Sequence[str], seeds: Sequence[int], choose: Callable[[str, int], frozenset[str]]
+) -> list[tuple[int, frozenset[str], list[str]]]:
+    """(seed, selection, the methods that chose it) for each distinct selection, in method then seed
+    order: a method whose selection equals another's on a seed (an ablation that restates the
+    configured setting) shares its fine-tune, since SFT is deterministic and would give the same result."""
+    sharers: dict[tuple[int, frozenset[str]], list[str]] = {}
+    for method in methods:
+        for seed in seeds:
+            sharers.setdefault((seed, choose(method, seed)), []).append(method)
+    return [(seed, chosen, names) for (seed, chosen), names in sharers.items()]
+
+
+def benchmark_table(
+    finished: Iterable[tuple[list[str], FineTuneJob, Evaluation, float]],
+    methods: Sequence[str],
+    scores: dict[str, pl.DataFrame],
+    training_pool: pl.DataFrame,
+    selections: dict[tuple[str, int], Selection] | None = None,
+) -> pl.DataFrame:
+    """One row per method and seed from each finished fine-tune (sharers, job, evaluation, seconds):
+    accuracy with its interval, the noise AUC of the method's scores and of its selection order, the
+    noisy share of its selection on that seed (``selections``; none for ``self_distill``, whose rows
+    are the model's answers), and the wall time (on the method that ran the fine-tune; 0 on those
+    sharing it)."""
+    selections = selections or {}
+    rows = []
+    for sharers, job, result, seconds in finished:
+        low, high = result.interval
+        for method in sharers:
+            rows.append(
+                {
+                    "method": method,
+                    "seed": job.seed,
+                    "n_selected": len(job.messages),
+                    "accuracy": result.accuracy,
+                    "accuracy_low": low,
+                    "accuracy_high": high,
+                    "noise_auc": noise_auc(scores.get(method), training_pool),
+                    "order_auc": order_auc(scores.get(method), training_pool),
+                    "noisy_share": None
+                    if method == "self_distill"
+                    else noisy_share(selections.get((method, job.seed)), training_pool),
+                    "wall_seconds": seconds if method == job.method else 0.0,
+                }
+            )
+    order = {method: index for index, method in enumerate(methods)}
+    nullable = {"noise_auc": pl.Float64, "order_auc": pl.Float64, "noisy_share": pl.Float64}
+    return pl.DataFrame(rows, schema_overrides=nullable).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
+
+
+def paired_differences(table: pl.DataFrame, baseline: str = "full") -> pl.DataFrame:
+    """method, difference_mean, difference_se, pairs: accuracy minus the baseline's on the same seed.
+
+    Every method runs on the same seeds, so the difference is taken seed by seed; the standard error
+    is that of the mean of those differences (None with fewer than two pairs). Two selections share
+    little through a seed (its shuffle reorders each selection differently), so on the demo this
+    is about as wide as the unpaired standard error. Empty where the table has no baseline rows.
+    """
+    reference = table.filter(pl.col("method") == baseline).select("seed", baseline_accuracy=pl.col("accuracy"))
+    schema = {"method": pl.String, "difference_mean": pl.Float64, "difference_se": pl.Float64, "pairs": pl.UInt32}
+    if reference.is_empty():
+        return pl.DataFrame(schema=schema)
+    paired = table.join(reference, on="seed", how="inner").with_columns(
+        difference=pl.col("accuracy") - pl.col("baseline_accuracy")
+    )
+    summary = paired.group_by("method", maintain_order=True).agg(
+        difference_mean=pl.col("difference").mean(),
+        difference_se=pl.col("difference").std() / pl.len().sqrt(),
+        pairs=pl.len(),
+    )
+    return summary.with_columns(pl.when(pl.col("pairs") >= 2).then(pl.col("difference_se"))).select(
+        [pl.col(name).cast(dtype) for name, dtype in schema.items()]
+    )
+
+
+def summary_table(table: pl.DataFrame) -> pl.DataFrame:
+    return table.group_by("method", maintain_order=True).agg(
+        n_selected=pl.col("n_selected").first(),
+        accuracy_mean=pl.col("accuracy").mean(),
+        accuracy_std=pl.col("accuracy").std(),
+        seeds=pl.len(),
+        noise_auc=pl.col("noise_auc").first(),
+        order_auc=pl.col("order_auc").first(),
+        noisy_share=pl.col("noisy_share").mean(),
+        wall_seconds=pl.col("wall_seconds").sum(),
+        # What choosing the examples cost, × one full-pool SFT run (core.runtime.cost.method_cost; a table from
+        # before it was recorded has none).
+        cost_vs_full_sft=pl.col("cost_vs_full_sft").first() if "cost_vs_full_sft" in table.columns else pl.lit(None),
+    )
+
+
+def summary_markdown(table: pl.DataFrame) -> str:
+    """One row per method; with ``full`` among them, also each method's paired difference from it (points ± s.e.)."""
+    summary = summary_table(table)
+    differences = {row["method"]: row for row in paired_differences(table, "full").iter_rows(named=True)}
+    compare = bool(differences)
+    lines = [
+        "| method | n_selected | accuracy (mean ± std over seeds) | seeds | noisy share | noise AUC (score) | "
+        "noise AUC (selection order) | wall s | cost × full SFT |" + (" vs full, same seed (mean ± s.e.) |" if compare else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if compare else ""),
+    ]
+    for row in summary.iter_rows(named=True):
+        std = row["accuracy_std"] or 0.0
+        cost = "–" if row["cost_vs_full_sft"] is None else f"{row['cost_vs_full_sft']:.2f}"
+        line = (
+            f"| {row['method']} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * std:.1f} | "
+            f"{row['seeds']} | {figure(row['noisy_share'], '.1%')} | {figure(row['noise_auc'])} | "
+            f"{figure(row['order_auc'])} | {row['wall_seconds']:.0f} | {cost} |"
+        )
+        if compare:
+            line += f" {paired_cell(differences.get(row['method']), row['method'] == 'full')} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def figure(value: float | None, spec: str = ".3f") -> str:
+    return "–" if value is None or value != value else format(value, spec)
+
+
+def paired_cell(difference: dict | None, is_baseline: bool) -> str:
+    if is_baseline or difference is None:
+        return "–"
+    error = "" if difference["difference_se"] is None else f" ± {100 * difference['difference_se']:.1f}"
+    return f"{100 * difference['difference_mean']:+.1f}{error}"

@@ -1,0 +1,1 @@
+"""The library's training stage: fine-tuning and evaluating."""

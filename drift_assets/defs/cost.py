@@ -1,0 +1,119 @@
+"""A run's cost in the Dagster layer: the reference SFT run, the stage costs the assets recorded in
+their metadata read back from the instance, and the picture of the split by stage.
+
+The figures and their sum are :mod:`drift_assets.core.runtime.cost`'s; this reads them where Dagster keeps
+them (the latest materialization of each configured partition).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, MetadataValue, MultiPartitionKey
+
+from drift_assets.core.gradients.tables import shard_keys
+from drift_assets.core.runtime.cost import EVALUATION, PipelineCost, Recorded, StageCost, pipeline_cost, training_cost
+from drift_assets.defs.metadata import png_markdown
+from drift_assets.settings import Settings
+
+
+def pool_sequence_tokens(pool: pl.DataFrame) -> list[int]:
+    """Each pool example's tokens as the model sees it (prompt + response)."""
+    return (pool["n_prompt_tokens"] + pool["n_response_tokens"]).to_list()
+
+
+def full_sft_reference(settings: Settings, pool: pl.DataFrame) -> StageCost:
+    """One SFT run on the whole pool with the recipe ``benchmark.sft``: what every cost is set against.
+
+    ``settings`` are the whole settings (``Reads.unversioned``): the reference is a figure of the
+    metadata, which changes no table, so an asset that reports it does not hash the recipe."""
+    sft = settings.benchmark.sft
+    tokens = pool_sequence_tokens(pool)
+    return training_cost("full-pool SFT", tokens, sft.options(0).steps_for(len(tokens)), sft.batch_size)
+
+
+def stored_reference(settings: Settings, warehouse) -> StageCost | None:
+    """:func:`full_sft_reference` of the pool in the warehouse (None before it is materialized): for
+    the assets that do not read the pool themselves."""
+    if not warehouse.exists("training_pool"):
+        return None
+    return full_sft_reference(settings, warehouse.scan("training_pool").select("n_prompt_tokens", "n_response_tokens").collect())
+
+
+def costed_partitions(settings: Settings, evaluation: bool = True) -> list[tuple[str, str | None, str | None]]:
+    """(asset, partition, checkpoint) of every configured partition of the assets that record a cost,
+    in pipeline order (``evaluation``: with ``refined_model_evaluation`` where test queries are set)."""
+    checkpoints, shards = settings.checkpoints, shard_keys(settings.projection.shards)
+    wanted: list[tuple[str, str | None, str | None]] = [("warmup_checkpoints", key, key) for key in checkpoints[1:]]
+    for checkpoint in checkpoints:
+        wanted += [(name, checkpoint, checkpoint) for name in ("rollouts", "projection_basis", "validation_gradients")]
+        wanted += [
+            ("training_gradient_projections", str(MultiPartitionKey({"checkpoint": checkpoint, "shard": shard})), checkpoint)
+            for shard in shards
+        ]
+    wanted.append(("influence_scores", None, None))
+    if evaluation and settings.data.test_queries:
+        wanted.append(("refined_model_evaluation", None, None))
+    return wanted
+
+
+def recorded_costs(instance: DagsterInstance, settings: Settings, evaluation: bool = True) -> list[Recorded]:
+    """What the latest materialization of each partition :func:`costed_partitions` names recorded."""
+    recorded = []
+    for asset, partition, checkpoint in costed_partitions(settings, evaluation):
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition is not None else None), limit=1
+        ).records
+        entry = records[0].event_log_entry if records else None
+        event = entry.asset_materialization if entry is not None else None
+        figures = {key: value.value for key, value in event.metadata.items()} if event is not None else {}
+        recorded.append(Recorded(asset, partition, checkpoint, entry.run_id if entry is not None else None, figures))
+    return recorded
+
+
+def recorded_pipeline_cost(
+    instance: DagsterInstance, settings: Settings, pool: pl.DataFrame, evaluation: bool = True, whole: bool = False
+) -> PipelineCost:
+    """The pipeline's cost as its latest materializations recorded it, against one full-pool SFT run
+    (``whole``: each table's cost from scratch, where a materialization reused stored rows)."""
+    return pipeline_cost(recorded_costs(instance, settings, evaluation), full_sft_reference(settings, pool), whole)
+
+
+def cost_plot(cost: PipelineCost) -> MetadataValue:
+    """Each stage's token passes as a multiple of one full-pool SFT run (the evaluation apart, in
+    grey), with that run marked: a PNG the UI opens from its "[Show Markdown]" button."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in cost.rows() if row["stage"] != "pipeline"]
+    labels = [f"{row['stage']} ({row['wall_seconds'] or 0:.0f} s)" for row in rows]
+    ratios = [row["vs_full_sft"] or 0.0 for row in rows]
+    colours = ["#bdbdbd" if row["stage"] == EVALUATION else "#3182bd" for row in rows]
+    figure, axes = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.4))
+    positions = range(len(rows))[::-1]
+    axes.barh(list(positions), ratios, color=colours)
+    axes.set_yticks(list(positions), labels)
+    axes.axvline(1.0, color="grey", linestyle="--", label="one full-pool SFT run")
+    ratio = cost.ratio()
+    axes.set_title(
+        f"the pipeline: {ratio:.2f}× one full-pool SFT run" if ratio is not None else "the pipeline's cost by stage", fontsize=10
+    )
+    axes.set_xlabel("token passes, × one full-pool SFT run (evaluation apart, grey)")
+    axes.legend(loc="lower right", fontsize=8)
+    plot = png_markdown(figure, "the pipeline's cost by stage")
+    plt.close(figure)
+    return plot
+
+
+def cost_metadata(cost: PipelineCost) -> dict[str, object]:
+    """The pipeline's cost as an asset's metadata: its total, the split by stage, and its picture."""
+    whole = cost.total
+    ratio = cost.ratio()
+    return {
+        "pipeline_token_passes": whole.token_passes,
+        "pipeline_cost_vs_full_sft": None if ratio is None else round(ratio, 3),
+        "pipeline_wall_seconds": round(whole.wall_seconds or 0.0, 1),
+        "cost_by_stage": MetadataValue.md(cost.markdown()),
+        "cost_plot": cost_plot(cost),
+    }

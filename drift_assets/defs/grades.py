@@ -1,0 +1,74 @@
+"""Grades: every rollout checked against its query's reference."""
+
+import polars as pl
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from drift_assets.core.grading.graders import grade_rollouts, grade_summary
+from drift_assets.core.runtime.progress import PROGRESS_EVERY_S, Progress
+from drift_assets.defs.checkpoints import checkpoint_partitions
+from drift_assets.defs.checks import grades_enough_contrast_result, grades_have_mixed_queries_result
+from drift_assets.defs.metadata import table_metadata
+from drift_assets.settings import Reads, Settings
+
+GRADES_VERSION = "2"  # 2: a checkpoint column, one partition per checkpoint
+
+
+def build_grade_assets(settings: Settings) -> list:
+    reads = Reads(settings, "grades", "grading")
+    options = reads.grading.options()
+    influence = reads.unversioned.influence  # the checks', which change no table
+
+    @asset(
+        group_name="rollouts",
+        code_version=reads.code_version(GRADES_VERSION),
+        metadata={"partition_expr": "checkpoint", **reads.metadata()},
+        partitions_def=checkpoint_partitions(settings),
+        kinds={"python", "delta"},
+        check_specs=[
+            AssetCheckSpec(
+                "grades_have_mixed_queries",
+                asset="grades",
+                blocking=True,
+                description="The configured weighting has queries to work with (signed weighting: mixed grades, or "
+                "unsolved queries with influence.unsolved: reference).",
+            ),
+            AssetCheckSpec(
+                "grades_enough_contrast",
+                asset="grades",
+                description=(
+                    "Enough validation queries with mixed grades for the on-policy contrast to rest on (a warning: it still works with fewer)."
+                ),
+            ),
+        ],
+        description="Correctness and reward of every rollout; metadata gives pass@1 and the mixed-grade share.",
+    )
+    def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame):
+        checkpoint = context.partition_key
+        what, log = f"checkpoint {checkpoint} grading", context.log
+        progress = Progress(what, rollouts.height, log.info, unit="rollouts", every_s=PROGRESS_EVERY_S, short_log=log.debug)
+        table = grade_rollouts(rollouts, validation_queries, options, progress.update).select(
+            pl.lit(checkpoint).alias("checkpoint"), pl.all()
+        )
+        summary = grade_summary(table)
+        context.log.info(
+            f"checkpoint {checkpoint}: pass@1 {summary['pass_at_1']:.3f}; "
+            f"{summary['queries_mixed']}/{summary['queries']} queries have mixed grades"
+        )
+        yield Output(
+            table,
+            metadata={
+                **table_metadata(table),
+                **summary,
+                "pass_at_1": MetadataValue.float(summary["pass_at_1"]),
+            },
+        )
+        yield grades_have_mixed_queries_result(summary, influence.targets, influence.weighting, influence.unsolved)
+        yield grades_enough_contrast_result(summary, context.log.warning)
+
+    return [grades]

@@ -1,0 +1,297 @@
+"""Projected log-prob gradients at each checkpoint: one row per rollout/reference, and per pool example in shards."""
+
+import functools
+import time
+
+import polars as pl
+from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, Output, asset
+
+from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionBasis
+from drift_assets.core.gradients.tables import (
+    gradient_frame,
+    pool_token_pairs,
+    reference_basis,
+    sequence_tokens,
+    shard_gradients,
+    shard_of,
+    validation_gradient_frame,
+    validation_token_pairs,
+)
+from drift_assets.core.runtime.cost import gradient_pass_cost
+from drift_assets.core.runtime.progress import PROGRESS_EVERY_S, Progress
+from drift_assets.defs.checkpoints import checkpoint_model, checkpoint_partitions, checkpoint_shard_partitions, model_deps
+from drift_assets.defs.checks import vectors_result
+from drift_assets.defs.cost import full_sft_reference, stored_reference
+from drift_assets.defs.metadata import table_metadata
+from drift_assets.defs.placement import GPU_STEP
+from drift_assets.resources import ModelResource, Warehouse
+from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker
+
+GRADIENTS_VERSION = "3"  # 3: partitioned by checkpoint (the training gradients by checkpoint × shard)
+# 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
+# off the whole sequence's tokens (not encoded apart from the text before it); 4: partitioned by checkpoint.
+VALIDATION_GRADIENTS_VERSION = "4"
+
+
+# What the projection is: the basis, and every gradient projected with it, hash these.
+PROJECTION_KEYS = (
+    "projection.target_modules",
+    "projection.rank",
+    "projection.basis",
+    "projection.seed",
+    "projection.loss_reduction",
+    "model.dtype",
+)
+
+
+def progress_logger(context: AssetExecutionContext, what: str, unit: str):
+    """A ``(done, total)`` callback that logs done/total with the rate and time left at most every
+    ``PROGRESS_EVERY_S`` seconds, and when the pass is done (at debug level if it was that short)."""
+    return Progress(what, 0, context.log.info, unit=unit, every_s=PROGRESS_EVERY_S, short_log=context.log.debug).update
+
+
+def build_gradient_assets(settings: Settings) -> list:
+    basis_reads = Reads(settings, "projection_basis", *PROJECTION_KEYS)
+    validation_reads = Reads(
+        settings, "validation_gradients", *PROJECTION_KEYS, "projection.validation_span", "grading.answer_marker"
+    )
+    training_reads = Reads(
+        settings, "training_gradient_projections", *PROJECTION_KEYS, "projection.batch_size", "projection.shards"
+    )
+    options = projection_options(basis_reads)
+    batch_size = basis_reads.projection.batch_size
+    n_shards = training_reads.projection.shards
+    answer_marker = validation_answer_marker(validation_reads)
+    checkpoints = checkpoint_partitions(settings)
+    reads_all = basis_reads.unversioned  # the cost's reference SFT recipe: a metadata figure, no table changes with it
+
+    @asset(
+        group_name="attribution",
+        code_version=basis_reads.code_version(GRADIENTS_VERSION),
+        metadata={"partition_expr": "checkpoint", **basis_reads.metadata()},
+        partitions_def=checkpoints,
+        deps=model_deps(settings),
+        kinds={"pytorch", "delta"},
+        **GPU_STEP,
+        description="Per-layer projectors shared by validation and training gradients at each checkpoint "
+        "(pca: fitted on the validation references).",
+    )
+    def projection_basis(
+        context: AssetExecutionContext, validation_queries: pl.DataFrame, model: ModelResource, warehouse: Warehouse
+    ) -> Output:
+        checkpoint = context.partition_key
+        started = time.perf_counter()
+        at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
+        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
+        basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
+        non_finite = basis.non_finite_layers()
+        if non_finite:  # never committed: every gradient projected with it would be NaN
+            raise ValueError(
+                f"checkpoint {checkpoint}: the projection basis of {len(non_finite)} layers ({', '.join(non_finite[:3])}) "
+                f"holds NaN or inf: the references' activations or gradients overflow at model.dtype {model.dtype} "
+                "(float32 is the safe choice)"
+            )
+        fingerprint = at_checkpoint.fingerprint()
+        table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
+        context.log.debug(
+            f"checkpoint {checkpoint}: projection basis ({options.basis}, rank {options.rank}) over "
+            f"{len(basis.matrices)} layers: {basis.fingerprint()}"
+        )
+        # The data version is the model and the matrices: refitting to the same matrices for the same
+        # model (a random basis, or unchanged references) leaves the gradients downstream fresh.
+        return Output(
+            table,
+            data_version=DataVersion(f"{fingerprint}-{basis.fingerprint()}"),
+            metadata={
+                "basis": options.basis,
+                "rank": options.rank,
+                "layers": len(basis.matrices),
+                "fitted_on_sequences": validation_queries.height if options.basis == "pca" else 0,
+                "basis_fingerprint": basis.fingerprint(),
+                "model_fingerprint": fingerprint,
+                # The PCA fit's passes over the references (none for a random basis).
+                **gradient_pass_cost("gradients", [basis.fit_tokens], time.perf_counter() - started, checkpoint).metadata(
+                    stored_reference(reads_all, warehouse)
+                ),
+            },
+        )
+
+    def load_basis(frame: pl.DataFrame, fingerprint: str) -> ProjectionBasis:
+        fitted_for = set(frame["model_fingerprint"].unique())
+        if fitted_for != {fingerprint}:
+            raise ValueError(f"projection_basis was fitted on model {sorted(fitted_for)}, not {fingerprint}: re-materialize it")
+        return ProjectionBasis.from_frame(frame, options)
+
+    @asset(
+        group_name="attribution",
+        code_version=validation_reads.code_version(VALIDATION_GRADIENTS_VERSION),
+        metadata={"partition_expr": "checkpoint", **validation_reads.metadata()},
+        partitions_def=checkpoints,
+        kinds={"pytorch", "delta"},
+        **GPU_STEP,
+        check_specs=[
+            AssetCheckSpec(
+                "validation_gradients_vectors_finite",
+                asset="validation_gradients",
+                blocking=True,
+                description="Every gradient is finite and of the projection's dimension k.",
+            )
+        ],
+        description="Unweighted projected ∇ log π of every rollout (target=rollout) and reference answer "
+        "(target=reference) at each checkpoint.",
+    )
+    def validation_gradients(
+        context: AssetExecutionContext,
+        rollouts: pl.DataFrame,
+        validation_queries: pl.DataFrame,
+        projection_basis: pl.DataFrame,
+        model: ModelResource,
+        warehouse: Warehouse,
+    ):
+        checkpoint = context.partition_key
+        started = time.perf_counter()
+        at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
+        tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
+        fingerprint = at_checkpoint.fingerprint()
+        stale = set(rollouts["model_fingerprint"].unique()) - {fingerprint}
+        if stale:
+            raise ValueError(
+                f"rollouts[{checkpoint}] were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize them"
+            )
+        projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
+        pairs = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
+        table = validation_gradient_frame(
+            projector,
+            tokenizer,
+            rollouts,
+            validation_queries,
+            batch_size,
+            fingerprint,
+            progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences"),
+            answer_marker,
+            context.log.debug,
+            pairs=pairs,
+        ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
+        cost = gradient_pass_cost("gradients", [sequence_tokens(*pairs[1:])], time.perf_counter() - started, checkpoint)
+        yield Output(
+            table,
+            metadata={
+                **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
+                "dimension": projector.dimension,
+                "layers": len(projector.layers),
+                **cost.metadata(stored_reference(reads_all, warehouse)),
+            },
+        )
+        yield vectors_result("validation_gradients_vectors_finite", table)
+
+    @asset(
+        group_name="attribution",
+        code_version=training_reads.code_version(GRADIENTS_VERSION),
+        partitions_def=checkpoint_shard_partitions(settings),
+        metadata={"partition_expr": {"checkpoint": "checkpoint", "shard": "shard"}, **training_reads.metadata()},
+        kinds={"pytorch", "delta"},
+        **GPU_STEP,
+        check_specs=[
+            AssetCheckSpec(
+                "vectors_finite",
+                asset="training_gradient_projections",
+                blocking=True,
+                description="Every gradient in the shard is finite and of dimension k.",
+            )
+        ],
+        description="Projected ∇ log π of every pool example at each checkpoint, sharded by a hash of example_id; "
+        "unchanged rows are reused.",
+    )
+    def training_gradient_projections(
+        context: AssetExecutionContext,
+        training_pool: pl.DataFrame,
+        projection_basis: pl.DataFrame,
+        model: ModelResource,
+        warehouse: Warehouse,
+    ):
+        keys = context.partition_key.keys_by_dimension
+        checkpoint, shard = keys["checkpoint"], keys["shard"]
+        where, started = f"checkpoint {checkpoint}, shard {shard}", time.perf_counter()
+        examples = training_pool.filter(
+            pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
+        )
+        at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
+        fingerprint = at_checkpoint.fingerprint()
+        basis = load_basis(projection_basis, fingerprint)
+        reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
+        log_reuse(context.log, where, examples.height, reused.height)
+        label = f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else "")
+        tick = functools.partial(progress_logger, context, label, "examples")  # started once the model is loaded
+        compute = functools.partial(
+            _pool_gradients, at_checkpoint, options, basis, batch_size, fingerprint, tick, context.log.debug
+        )
+        table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
+        seconds, reference = time.perf_counter() - started, full_sft_reference(reads_all, training_pool)
+        yield Output(
+            table,
+            metadata={
+                **table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"]),
+                "rows_reused": reused.height,
+                "rows_computed": todo.height,
+                "wall_seconds": seconds,
+                "device": model.device_label,
+                **_shard_cost(checkpoint, examples, todo, reused, time.perf_counter() - started, reference),
+            },
+        )
+        yield vectors_result("vectors_finite", table)
+
+    return [projection_basis, validation_gradients, training_gradient_projections]
+
+
+def log_reuse(log, where: str, examples: int, reused: int) -> None:
+    log.debug(f"{where}: {examples} examples, reusing {reused}, computing {examples - reused}")
+    if reused == examples:
+        log.info(f"{where}: all {examples} examples' gradients reused from the stored table")
+
+
+def _pool_gradients(at_checkpoint: ModelResource, options, basis, batch_size, fingerprint, progress, log, todo):
+    """The projected gradients of the pool examples ``todo`` under the model at a checkpoint
+    (``progress()``: the pass's progress callback, made once the model is loaded)."""
+    tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
+    projector = LinearGradientProjector(network, options, basis)
+    prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
+    ids = {"example_id": todo["example_id"].to_list()}
+    return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, fingerprint, progress(), log)
+
+
+def _shard_cost(checkpoint: str, examples, todo, reused, seconds: float, reference) -> dict:
+    """The examples computed here (reused rows cost nothing again), prompt and response; and, where
+    rows were reused, what the whole shard costs from scratch."""
+    computed = (todo["n_prompt_tokens"] + todo["n_response_tokens"]).to_list() if todo.height else []
+    whole = (
+        gradient_pass_cost("gradients", (examples["n_prompt_tokens"] + examples["n_response_tokens"]).to_list())
+        if reused.height
+        else None
+    )
+    return gradient_pass_cost("gradients", computed, seconds, checkpoint).metadata(reference, whole)
+
+
+def _reusable_rows(
+    warehouse: Warehouse,
+    checkpoint: str,
+    shard: str,
+    model_fingerprint: str,
+    projection_fingerprint: str,
+    example_ids: pl.Series,
+) -> pl.DataFrame:
+    """Rows of the previous version of this partition computed for the same examples, model and
+    projection (each example's once: a partition written twice over is repaired by rewriting it)."""
+    if not warehouse.exists("training_gradient_projections"):
+        return pl.DataFrame()
+    previous = warehouse.scan("training_gradient_projections")
+    return (
+        previous.filter(
+            (pl.col("checkpoint") == checkpoint)
+            & (pl.col("shard") == shard)
+            & (pl.col("model_fingerprint") == model_fingerprint)
+            & (pl.col("projection_fingerprint") == projection_fingerprint)
+            & pl.col("example_id").is_in(example_ids.implode())
+        )
+        .unique("example_id", keep="first", maintain_order=True)
+        .collect()
+    )

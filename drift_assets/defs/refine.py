@@ -1,0 +1,228 @@
+"""The refined dataset: every pool example with its score and whether it is selected."""
+
+import math
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from drift_assets.core.attribution.guards import likelihood_agreement_guard
+from drift_assets.core.attribution.selection import refined_table, select, selection_warning
+from drift_assets.core.data.publish import CARD_NAME, CardFacts, export_dataset, exported_files
+from drift_assets.core.data.stored import one_row_per_example
+from drift_assets.core.study.stats import roc_auc
+from drift_assets.defs.checks import selection_result
+from drift_assets.defs.cost import cost_metadata, recorded_pipeline_cost
+from drift_assets.defs.gradients import PROJECTION_KEYS
+from drift_assets.defs.metadata import rounded, score_picture, table_metadata
+from drift_assets.resources import Warehouse
+from drift_assets.settings import REPO_ROOT, Reads, Settings, export_inputs
+
+REFINE_VERSION = "2"
+# 3: a Hugging Face dataset: prompt/completion, rank, the unselected rows with their reason, a card
+EXPORT_VERSION = "3"
+# The settings that shape the selection (read by the assets it comes from): the dataset card names
+# their values, so the export reads them (and is versioned by them).
+SHAPING_SETTINGS = (
+    "data.max_example_tokens",
+    "rollout",
+    "grading",
+    *PROJECTION_KEYS,
+    "projection.validation_span",
+    "warmup_schedule",
+    "warmup.lora",
+    "influence",
+    "selection.method",
+    "selection.fraction",
+    "selection.k",
+)
+
+
+def build_refine_assets(settings: Settings) -> list:
+    reads = Reads(settings, "refined_dataset", "selection.method", "selection.fraction", "selection.k")
+    export_reads = Reads(
+        settings, "refined_dataset_export", "selection.export_dir", "selection.evaluation_columns", *SHAPING_SETTINGS
+    )
+    selection = reads.selection
+    export_dir = export_reads.resolve(export_reads.selection.export_dir)
+    inputs = export_inputs(settings)  # locations: what the export may never write over
+
+    @asset(
+        group_name="refinement",
+        code_version=reads.code_version(REFINE_VERSION),
+        metadata=reads.metadata(),
+        kinds={"polars", "delta"},
+        description="The pool with score, weight and selected flag; the selection is exported as chat JSONL and Parquet.",
+    )
+    def refined_dataset(
+        context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame
+    ) -> pl.DataFrame:
+        problem = one_row_per_example(influence_scores, training_pool["example_id"], "influence_scores")
+        if problem:  # a table an earlier release committed: nothing is selected from it
+            raise ValueError(problem)
+        selected = select(influence_scores, selection.method, selection.fraction, selection.k)
+        table = refined_table(training_pool, influence_scores, selected)
+        chosen = table.filter("selected")
+        metadata = {
+            **table_metadata(table.filter("selected"), preview_columns=["rank", "score", "prompt", "response"]),
+            "dagster/row_count": table.height,
+            "selected": chosen.height,
+            "selected_share": rounded(chosen.height / table.height if table.height else 0.0),
+            "score_distribution": score_picture(table),
+        }
+        if "is_corrupted" in table.columns:
+            metadata["noise_auc"] = rounded(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
+            metadata["corrupted_share_pool"] = rounded(table["is_corrupted"].mean())
+            metadata["corrupted_share_selected"] = rounded(chosen["is_corrupted"].mean()) if chosen.height else None
+        context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
+        warning = selection_warning(selection.method, selection.k, table.height, chosen.height, selection.fraction)
+        if warning:
+            context.log.warning(warning)
+            metadata["warning"] = warning
+        # What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run).
+        cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False)
+        context.log.info("cost: " + "; ".join(cost.lines()))
+        metadata.update(cost_metadata(cost))
+        context.add_output_metadata(metadata)
+        return table
+
+    @asset_check(
+        asset=refined_dataset,
+        blocking=True,
+        additional_ins={"training_pool": AssetIn("training_pool")},
+        description="The selection is a subset of the pool, every example appears once, and the size matches the settings.",
+    )
+    def refined_dataset_selection(
+        context: AssetCheckExecutionContext, refined_dataset: pl.DataFrame, training_pool: pl.DataFrame
+    ) -> AssetCheckResult:
+        if selection.method == "top_fraction":
+            expected = math.ceil(selection.fraction * training_pool.height)
+        elif selection.method == "top_k":
+            expected = min(selection.k, training_pool.height)
+        else:
+            expected = int((refined_dataset["score"] > 0).sum())
+        return selection_result(refined_dataset, training_pool, expected)
+
+    @asset_check(
+        asset=refined_dataset,
+        additional_ins={"influence_scores": AssetIn("influence_scores")},
+        description="The selection shares more rows with a loss filter of the same size than a random one would "
+        "(a warning, with the advice to run method_benchmark, where it does not).",
+    )
+    def refined_dataset_agrees_with_likelihood(
+        context: AssetCheckExecutionContext, refined_dataset: pl.DataFrame, influence_scores: pl.DataFrame
+    ) -> AssetCheckResult:
+        losses = dict(zip(influence_scores["example_id"], influence_scores["loss_per_token"], strict=True))
+        passed, message = likelihood_agreement_guard(refined_dataset.filter("selected")["example_id"], losses)
+        if not passed:
+            context.log.warning(message)
+        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message})
+
+    @asset(
+        group_name="refinement",
+        code_version=export_reads.code_version(EXPORT_VERSION),
+        metadata=export_reads.metadata(),
+        kinds={"polars", "delta"},
+        description="The export folder as a Hugging Face dataset (selection.export_dir): the selection (train split) and "
+        "the rows left out with their reason (unselected split), in TRL's prompt/completion format, and a README.md "
+        "dataset card; `python -m drift_assets push --repo user/name` uploads it. Written only after refined_dataset "
+        "is committed and its selection check passed.",
+    )
+    def refined_dataset_export(
+        context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
+    ) -> pl.DataFrame:
+        facts = card_facts(export_reads, reads, warehouse, context.run_id)
+        paths = export_dataset(
+            refined_dataset,
+            export_dir,
+            facts,
+            evaluation_only=export_reads.selection.evaluation_columns,
+            inputs=inputs,
+            previously_exported=_previous_export(warehouse),
+        )
+        table = exported_files(paths, refined_dataset)
+        n_selected = int(refined_dataset["selected"].sum())
+        context.log.info(
+            f"exported {n_selected} selected and {refined_dataset.height - n_selected} unselected examples with a dataset card to {export_dir}"
+        )
+        context.add_output_metadata(
+            {
+                **table_metadata(table),
+                "export_dir": MetadataValue.path(export_dir),
+                "dataset_card": MetadataValue.md(Path(paths[CARD_NAME]).read_text().split("---\n", 2)[-1]),
+            }
+        )
+        return table
+
+    return [refined_dataset, refined_dataset_selection, refined_dataset_agrees_with_likelihood, refined_dataset_export]
+
+
+def card_facts(export_reads: Reads, reads: Reads, warehouse: Warehouse, run_id: str) -> CardFacts:
+    """What the dataset card says of how the selection was made: the model, the shaping settings, the
+    code versions, the package and commit, the run."""
+    return CardFacts(
+        model_path=export_reads.model_path,
+        model_fingerprint=_scored_model_fingerprint(warehouse),
+        settings=export_reads.values(*SHAPING_SETTINGS),
+        code_versions={
+            "refined_dataset": reads.code_version(REFINE_VERSION),
+            "refined_dataset_export": export_reads.code_version(EXPORT_VERSION),
+        },
+        package_version=_package_version(),
+        git_commit=_git_commit(),
+        run_id=run_id,
+        selection_method=export_reads.selection.method,
+        checkpoints=export_reads.checkpoints,
+    )
+
+
+def _previous_export(warehouse: Warehouse) -> dict[str, str] | None:
+    """path → content hash of the files this asset's previous table records: exports made before the
+    export folder had a manifest, which the export may replace (None: no readable table)."""
+    if not warehouse.exists("refined_dataset_export"):
+        return None
+    try:
+        previous = warehouse.scan("refined_dataset_export").select("path", "sha256").collect()
+    except Exception:  # a damaged table only loses this fallback: the manifest is the record
+        return None
+    return dict(zip(previous["path"], previous["sha256"], strict=True))
+
+
+def _scored_model_fingerprint(warehouse: Warehouse) -> str | None:
+    """The fingerprint of the model the base checkpoint's rollouts were sampled from (None: no rollouts table)."""
+    if not warehouse.exists("rollouts"):
+        return None
+    first = warehouse.scan("rollouts").filter(pl.col("checkpoint") == "base").select("model_fingerprint").head(1).collect()
+    return first["model_fingerprint"][0] if first.height else None
+
+
+def _package_version() -> str:
+    try:
+        return version("drift_assets")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout the code runs from (with -dirty for uncommitted changes), or None."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None

@@ -1,0 +1,196 @@
+"""Observable sources (input files, the model directory) and the tables normalized from them.
+
+A source's data version is a content hash: new data marks exactly its downstream stale, and an
+unchanged file observed again changes nothing.
+"""
+
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetOut, DataVersion, Output, multi_asset, observable_source_asset
+
+from drift_assets.core.data.fingerprint import check_model_directory, content_hash, model_fingerprint
+from drift_assets.core.data.pool import load_queries, normalize_pool, read_rows, require_examples
+from drift_assets.core.data.sequences import bos_warning, untemplated_turns_warning
+from drift_assets.core.generation.engines import model_config, resolve_max_model_len
+from drift_assets.core.grading.graders import validate_grader
+from drift_assets.defs.automation import observe_condition
+from drift_assets.defs.metadata import table_metadata
+from drift_assets.resources import ModelResource
+from drift_assets.settings import Reads, Settings
+
+POOL_VERSION = "2"  # 2: text in NFC, ids from it (an NFD twin is a duplicate)
+QUERIES_VERSION = "2"  # 2: ids with control characters and references beyond data.max_example_tokens quarantined
+# An observation is recorded in the instance: the warehouse's check that the instance keeps its history
+# (drift_assets.resources.Warehouse) holds for observations launched from the UI too.
+OBSERVER_RESOURCES = {"warehouse"}
+
+
+def _source(description: str):
+    """An observable source of the ``sources`` group, observed as ``observe_condition`` says."""
+    return observable_source_asset(
+        group_name="sources",
+        automation_condition=observe_condition(),
+        required_resource_keys=OBSERVER_RESOURCES,
+        description=description,
+    )
+
+
+def _observe(path: str, what: str) -> DataVersion:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist (check the settings file, or materialize the demo group first)")
+    return DataVersion(content_hash(path))
+
+
+def build_source_assets(settings: Settings) -> list:
+    pool_path = settings.resolve(settings.data.training_pool)
+    validation_path = settings.resolve(settings.data.validation_queries)
+    model_path = settings.model_path
+    pool_reads = Reads(settings, "training_pool", "data.max_example_tokens")
+
+    @_source(f"The training pool input: {settings.data.training_pool}")
+    def training_pool_source() -> DataVersion:
+        return _observe(pool_path, "data.training_pool")
+
+    @_source(f"The validation queries input: {settings.data.validation_queries}")
+    def validation_queries_source() -> DataVersion:
+        return _observe(validation_path, "data.validation_queries")
+
+    @_source(f"The base model directory: {settings.model.path}")
+    def base_model() -> DataVersion:
+        if not Path(model_path).exists():
+            raise FileNotFoundError(f"model.path: {model_path} does not exist")
+        check_model_directory(model_path)
+        return DataVersion(model_fingerprint(model_path))
+
+    @multi_asset(
+        outs={
+            "training_pool": AssetOut(
+                group_name="inputs",
+                kinds={"delta"},
+                # Extra input columns are carried through, so the table's schema follows the input's.
+                metadata={"overwrite_schema": True, **pool_reads.metadata()},
+                code_version=pool_reads.code_version(POOL_VERSION),
+                description="The SFT pool, one row per usable example, with stable example_id and token counts.",
+            ),
+            "training_pool_rejects": AssetOut(
+                group_name="inputs",
+                kinds={"delta"},
+                metadata=pool_reads.metadata(),
+                code_version=pool_reads.code_version(POOL_VERSION),
+                description="Quarantined pool rows: row number, raw text, and the reason.",
+            ),
+        },
+        deps=[training_pool_source, base_model],  # token counts use the model's tokenizer
+    )
+    def training_pool(context: AssetExecutionContext, model: ModelResource):
+        max_tokens = resolve_max_model_len(pool_reads.data.max_example_tokens, model.path, "data.max_example_tokens")
+        tokenizer = model.load_tokenizer()
+        bos = bos_warning(tokenizer, model_config(model.path).get("bos_token_id"))
+        if bos:
+            context.log.warning(f"{model.path}: {bos}")
+        normalized = normalize_pool(read_rows(pool_path), tokenizer, max_tokens, source=Path(pool_path).name)
+        examples, rejects = normalized.examples, normalized.rejects
+        turns = untemplated_turns_warning(tokenizer, examples["messages"].to_list())
+        if turns:
+            context.log.warning(f"{pool_path}: {turns}")
+        context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
+        for column, name in normalized.renamed_columns.items():
+            context.log.warning(f"{pool_path}: column {column!r} is a name the pipeline writes; it is carried as {name!r}")
+        reasons = rejects.with_columns(pl.col("reason").str.replace(r" \(.*| of row \d+", "")).group_by("reason").len()
+        yield Output(
+            rejects,
+            output_name="training_pool_rejects",
+            metadata={**table_metadata(rejects), "reasons": {r: int(n) for r, n in reasons.iter_rows()}},
+        )
+        require_examples(examples, rejects, pool_path)
+        yield Output(
+            examples,
+            output_name="training_pool",
+            metadata={
+                **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
+                "rejected_rows": rejects.height,
+                "bos_warning": bos or "none",
+                "chat_template_warning": turns or "none",
+                "renamed_columns": normalized.renamed_columns,
+                "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
+            },
+        )
+
+    def _queries_asset(name: str, relative_path: str, deps: list, description: str, references: bool):
+        """``references``: the queries' reference answers are differentiated (validation), so one
+        longer than data.max_example_tokens is quarantined, as a pool example is."""
+        path = settings.resolve(relative_path)
+        keys = ("grading.default_grader", "grading.custom_graders", *(["data.max_example_tokens"] if references else []))
+        reads = Reads(settings, name, *keys)
+        allowed_graders = settings.grading.allowed_graders()  # from the two settings read
+
+        @multi_asset(
+            name=name,
+            outs={
+                name: AssetOut(
+                    group_name="inputs",
+                    kinds={"delta"},
+                    description=description,
+                    metadata=reads.metadata(),
+                    code_version=reads.code_version(QUERIES_VERSION),
+                )
+            },
+            deps=[*deps, base_model] if references else deps,  # the references' lengths are in the model's tokens
+            required_resource_keys={"model"} if references else set(),
+        )
+        def _queries(context: AssetExecutionContext) -> pl.DataFrame:
+            limit = {}
+            if references:
+                model = context.resources.model
+                max_tokens = resolve_max_model_len(reads.data.max_example_tokens, model.path, "data.max_example_tokens")
+                limit = {"tokenizer": model.load_tokenizer(), "max_tokens": max_tokens}
+            queries, rejects = load_queries(path, reads.grading.default_grader, allowed_graders, **limit)
+            for row in rejects.iter_rows(named=True):
+                context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
+            for grader in queries["grader"].unique().to_list():
+                # A pre-flight check (it changes no row): fail here, not after an hour of rollouts.
+                validate_grader(grader, reads.unversioned.grading.options())
+            if queries.is_empty():
+                raise ValueError(f"{path}: no usable queries ({rejects.height} rejected)")
+            context.add_output_metadata({**table_metadata(queries), "rejected_rows": rejects.height})
+            return queries
+
+        return _queries
+
+    assets = [
+        training_pool_source,
+        validation_queries_source,
+        base_model,
+        training_pool,
+        _queries_asset(
+            "validation_queries",
+            settings.data.validation_queries,
+            [validation_queries_source],
+            "Validation queries: query_id, prompt, reference (answer), reference_response, grader.",
+            references=True,
+        ),
+    ]
+    if settings.data.test_queries:
+        test_path = settings.resolve(settings.data.test_queries)
+
+        @observable_source_asset(
+            group_name="sources",
+            automation_condition=observe_condition(),
+            required_resource_keys=OBSERVER_RESOURCES,
+            description=f"Held-out test queries input: {settings.data.test_queries}",
+        )
+        def test_queries_source() -> DataVersion:
+            return _observe(test_path, "data.test_queries")
+
+        assets += [
+            test_queries_source,
+            _queries_asset(
+                "test_queries",
+                settings.data.test_queries,
+                [test_queries_source],
+                "Held-out test queries for evaluating fine-tuned models.",
+                references=False,
+            ),
+        ]
+    return assets

@@ -1,0 +1,180 @@
+"""A warm-up run on the pool, saved as a model at each of its checkpoints.
+
+Built unless ``warmup.steps`` is empty. Each step is a partition of ``warmup_checkpoints`` and a
+checkpoint of the rollouts → gradients chain beside ``base`` (:mod:`drift_assets.defs.checkpoints`);
+``influence_scores`` averages the standardized scores of all of them
+(:mod:`drift_assets.core.attribution.trajectory` says why). With ``warmup.checkpoints`` nothing is trained: each
+listed model directory is checked and recorded as a partition instead.
+"""
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+from dagster import AssetExecutionContext, BackfillPolicy, asset
+
+from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE, AdamMoments
+from drift_assets.core.attribution.trajectory import check_given_checkpoint, checkpoint_key, warm_up
+from drift_assets.core.runtime.cost import StageCost, trained_cost
+from drift_assets.core.training.adapters import add_adapter
+from drift_assets.defs.checkpoints import WARMUP, saved_checkpoint, warmup_partitions
+from drift_assets.defs.cost import full_sft_reference, stored_reference
+from drift_assets.defs.metadata import loss_picture, table_metadata
+from drift_assets.defs.placement import GPU_STEP
+from drift_assets.resources import ModelResource, Warehouse
+from drift_assets.settings import Reads, Settings
+
+# 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint; 4: LoRA adapters (warmup.lora);
+# 5: AdamW's moments beside each checkpoint (warmup.optimizer_state)
+WARMUP_VERSION = "5"
+GIVEN_VERSION = "1"  # warmup.checkpoints: the listed directories, checked and recorded
+
+
+def _warmup_asset(settings: Settings, reads: Reads, version: str, description: str, **placement):
+    """The decorator of ``warmup_checkpoints``, trained or given: one partition per checkpoint, every
+    partition a run asks for written by that one run."""
+    return asset(
+        name=WARMUP,
+        group_name="attribution",
+        code_version=reads.code_version(version),
+        metadata={"partition_expr": "checkpoint", **reads.metadata()},
+        partitions_def=warmup_partitions(settings),
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=["base_model"],
+        kinds={"pytorch", "delta"},
+        description=description,
+        **placement,
+    )
+
+
+def build_warmup_assets(settings: Settings) -> list:
+    if settings.warmup.checkpoints:
+        return [_given_checkpoints(settings)]
+    reads = Reads(settings, WARMUP, "warmup_schedule", "warmup.lora", "model.dtype", "warmup_saves_optimizer_state")
+    steps_of = {checkpoint_key(step): step for step in reads.warmup_steps}
+    warmup_options = reads.warmup_options()
+    lora = reads.warmup.lora.options() if reads.warmup.lora else None
+    directory = Path(reads.resolve(reads.warmup.checkpoint_dir))
+
+    # The run trains once up to the last step asked for and saves every step asked for on the way.
+    @_warmup_asset(
+        settings,
+        reads,
+        WARMUP_VERSION,
+        "SFT on the whole pool at a constant learning rate (of every weight, or of LoRA adapters), "
+        "saved at the warm-up steps as model directories (or adapter directories).",
+        **GPU_STEP,
+    )
+    def warmup_checkpoints(context: AssetExecutionContext, training_pool: pl.DataFrame, model: ModelResource) -> pl.DataFrame:
+        started = time.perf_counter()
+        keys = sorted(context.partition_keys)
+        steps = [steps_of[key] for key in keys]
+        tokenizer, network = model.load_tokenizer(), model.load_model()
+        base = model.fingerprint()
+        # Another base model or another kind of run never overwrites these checkpoints.
+        run_directory = directory / (f"{base}-lora" if lora else base)
+        if lora:
+            network = add_adapter(network, lora, warmup_options.seed)
+        trains = f"LoRA adapters (rank {lora.rank})" if lora else "every weight"
+        context.log.info(
+            f"warm-up: {max(steps)} steps on {training_pool.height} examples, training {trains}; "
+            f"checkpoints at {steps} in {run_directory}"
+        )
+
+        def save(step: int) -> None:
+            path = run_directory / checkpoint_key(step)
+            # An earlier run's optimizer state must not pass for this run's (save_optimizer writes it anew).
+            (path / OPTIMIZER_STATE_FILE).unlink(missing_ok=True)
+            network.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+
+        def save_optimizer(step: int, moments: AdamMoments) -> None:
+            moments.save(run_directory / checkpoint_key(step))
+
+        # A constant learning rate: the first n steps of a longer run are the run of n steps.
+        options = replace(warmup_options, steps=max(steps))
+        losses, run = warm_up(
+            network,
+            tokenizer,
+            training_pool["messages"].to_list(),
+            options,
+            steps,
+            save,
+            context.log.info,
+            save_optimizer if reads.warmup_saves_optimizer_state else None,
+        )
+        paths = [run_directory / key for key in keys]
+        saved = [saved_checkpoint(model, path) for path in paths]
+        table = pl.DataFrame(
+            {
+                "checkpoint": keys,
+                "step": steps,
+                "path": [str(path) for path in paths],
+                "adapter": [at_step.adapter is not None for at_step in saved],
+                "model_fingerprint": [at_step.fingerprint() for at_step in saved],
+                "base_model_fingerprint": [base] * len(paths),
+                "loss": [losses[step] for step in steps],
+                "optimizer_state": [(path / OPTIMIZER_STATE_FILE).is_file() for path in paths],
+            }
+        )
+        # The run's cost, recorded on each checkpoint it saved (the pipeline's sum counts a run once).
+        cost = trained_cost("warm-up", run.tokens, time.perf_counter() - started)
+        context.add_output_metadata(
+            {
+                **table_metadata(table, preview_rows=len(paths)),
+                "loss_curve": loss_picture({"warm-up SFT": run.losses}),
+                **cost.metadata(full_sft_reference(reads.unversioned, training_pool)),
+            }
+        )
+        return table
+
+    return [warmup_checkpoints]
+
+
+def _given_checkpoints(settings: Settings):
+    """``warmup_checkpoints`` where ``warmup.checkpoints`` lists the directories: each checked (a model
+    directory with model.path's tokenizer) and recorded as its partition, nothing trained. It reads
+    no pool: the directories are what they are whatever the pool holds now."""
+    reads = Reads(settings, WARMUP, "warmup.checkpoints", "model.dtype")
+    given = reads.given_checkpoints
+
+    @_warmup_asset(
+        settings,
+        reads,
+        GIVEN_VERSION,
+        "The model directories warmup.checkpoints lists (checkpoints of a fine-tune already run), checked "
+        "against model.path's tokenizer and recorded: no warm-up run is trained.",
+    )
+    def warmup_checkpoints(context: AssetExecutionContext, model: ModelResource, warehouse: Warehouse) -> pl.DataFrame:
+        started = time.perf_counter()
+        # Every entry, not only this run's partitions: a bad one fails before any step at any checkpoint.
+        for index, path in enumerate(given.values()):
+            check_given_checkpoint(index, path, model.path)
+        keys = sorted(context.partition_keys, key=list(given).index)
+        saved = [saved_checkpoint(model, given[key]) for key in keys]
+        context.log.info(
+            f"scoring at the {len(given)} checkpoints warmup.checkpoints lists (no warm-up run): "
+            + ", ".join(f"{key} = {given[key]}" for key in keys)
+        )
+        table = pl.DataFrame(
+            {
+                "checkpoint": keys,
+                "step": pl.Series([None] * len(keys), dtype=pl.Int64),
+                "path": [given[key] for key in keys],
+                "adapter": [at_key.adapter is not None for at_key in saved],
+                "model_fingerprint": [at_key.fingerprint() for at_key in saved],
+                "base_model_fingerprint": [model.fingerprint()] * len(keys),
+                "loss": pl.Series([None] * len(keys), dtype=pl.Float64),
+            }
+        )
+        cost = StageCost("warm-up", 0, 0, time.perf_counter() - started)  # nothing trained
+        context.add_output_metadata(
+            {
+                **table_metadata(table, preview_rows=len(keys)),
+                **cost.metadata(stored_reference(reads.unversioned, warehouse)),
+            }
+        )
+        return table
+
+    return warmup_checkpoints
