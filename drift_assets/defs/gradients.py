@@ -84,35 +84,24 @@ def build_gradient_assets(settings: Settings) -> list:
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
-        non_finite = basis.non_finite_layers()
-        if non_finite:  # never committed: every gradient projected with it would be NaN
-            raise ValueError(
-                f"checkpoint {checkpoint}: the projection basis of {len(non_finite)} layers ({', '.join(non_finite[:3])}) "
-                f"holds NaN or inf: the references' activations or gradients overflow at model.dtype {model.dtype} "
-                "(float32 is the safe choice)"
-            )
+        _require_finite(basis, checkpoint, model.dtype)
         fingerprint = at_checkpoint.fingerprint()
         table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
         context.log.debug(
             f"checkpoint {checkpoint}: projection basis ({options.basis}, rank {options.rank}) over "
             f"{len(basis.matrices)} layers: {basis.fingerprint()}"
         )
+        # The PCA fit's passes over the references (none for a random basis).
+        cost = gradient_pass_cost("gradients", [basis.fit_tokens], time.perf_counter() - started, checkpoint)
+        fitted_on = validation_queries.height if options.basis == "pca" else 0
         # The data version is the model and the matrices: refitting to the same matrices for the same
         # model (a random basis, or unchanged references) leaves the gradients downstream fresh.
         return Output(
             table,
             data_version=DataVersion(f"{fingerprint}-{basis.fingerprint()}"),
             metadata={
-                "basis": options.basis,
-                "rank": options.rank,
-                "layers": len(basis.matrices),
-                "fitted_on_sequences": validation_queries.height if options.basis == "pca" else 0,
-                "basis_fingerprint": basis.fingerprint(),
-                "model_fingerprint": fingerprint,
-                # The PCA fit's passes over the references (none for a random basis).
-                **gradient_pass_cost("gradients", [basis.fit_tokens], time.perf_counter() - started, checkpoint).metadata(
-                    stored_reference(reads_all, warehouse)
-                ),
+                **_basis_metadata(options, basis, fitted_on, fingerprint),
+                **cost.metadata(stored_reference(reads_all, warehouse)),
             },
         )
 
@@ -153,11 +142,7 @@ def build_gradient_assets(settings: Settings) -> list:
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         fingerprint = at_checkpoint.fingerprint()
-        stale = set(rollouts["model_fingerprint"].unique()) - {fingerprint}
-        if stale:
-            raise ValueError(
-                f"rollouts[{checkpoint}] were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize them"
-            )
+        _require_sampled_from(rollouts, fingerprint, checkpoint)
         projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
         pairs = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
         table = validation_gradient_frame(
@@ -173,15 +158,9 @@ def build_gradient_assets(settings: Settings) -> list:
             pairs=pairs,
         ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
         cost = gradient_pass_cost("gradients", [sequence_tokens(*pairs[1:])], time.perf_counter() - started, checkpoint)
-        yield Output(
-            table,
-            metadata={
-                **table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"]),
-                "dimension": projector.dimension,
-                "layers": len(projector.layers),
-                **cost.metadata(stored_reference(reads_all, warehouse)),
-            },
-        )
+        preview = table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"])
+        shape = {"dimension": projector.dimension, "layers": len(projector.layers)}
+        yield Output(table, metadata={**preview, **shape, **cost.metadata(stored_reference(reads_all, warehouse))})
         yield vectors_result("validation_gradients_vectors_finite", table)
 
     @asset(
@@ -212,9 +191,7 @@ def build_gradient_assets(settings: Settings) -> list:
         keys = context.partition_key.keys_by_dimension
         checkpoint, shard = keys["checkpoint"], keys["shard"]
         where, started = f"checkpoint {checkpoint}, shard {shard}", time.perf_counter()
-        examples = training_pool.filter(
-            pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
-        )
+        examples = _shard_rows(training_pool, shard, n_shards)
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         fingerprint = at_checkpoint.fingerprint()
         basis = load_basis(projection_basis, fingerprint)
@@ -227,20 +204,49 @@ def build_gradient_assets(settings: Settings) -> list:
         )
         table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
         seconds, reference = time.perf_counter() - started, full_sft_reference(reads_all, training_pool)
-        yield Output(
-            table,
-            metadata={
-                **table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"]),
-                "rows_reused": reused.height,
-                "rows_computed": todo.height,
-                "wall_seconds": seconds,
-                "device": model.device_label,
-                **_shard_cost(checkpoint, examples, todo, reused, time.perf_counter() - started, reference),
-            },
-        )
+        preview = table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"])
+        done = {"rows_reused": reused.height, "rows_computed": todo.height, "wall_seconds": seconds, "device": model.device_label}
+        yield Output(table, metadata={**preview, **done, **_shard_cost(checkpoint, examples, todo, reused, seconds, reference)})
         yield vectors_result("vectors_finite", table)
 
     return [projection_basis, validation_gradients, training_gradient_projections]
+
+
+def _require_finite(basis: ProjectionBasis, checkpoint: str, dtype: str) -> None:
+    """Never commit a basis with NaN or inf: every gradient projected with it would be NaN."""
+    non_finite = basis.non_finite_layers()
+    if non_finite:
+        raise ValueError(
+            f"checkpoint {checkpoint}: the projection basis of {len(non_finite)} layers ({', '.join(non_finite[:3])}) "
+            f"holds NaN or inf: the references' activations or gradients overflow at model.dtype {dtype} "
+            "(float32 is the safe choice)"
+        )
+
+
+def _basis_metadata(options, basis: ProjectionBasis, fitted_on: int, fingerprint: str) -> dict:
+    return {
+        "basis": options.basis,
+        "rank": options.rank,
+        "layers": len(basis.matrices),
+        "fitted_on_sequences": fitted_on,
+        "basis_fingerprint": basis.fingerprint(),
+        "model_fingerprint": fingerprint,
+    }
+
+
+def _require_sampled_from(rollouts: pl.DataFrame, fingerprint: str, checkpoint: str) -> None:
+    """The rollouts are the model's at this checkpoint: differentiated under another, they are off-policy."""
+    stale = set(rollouts["model_fingerprint"].unique()) - {fingerprint}
+    if stale:
+        raise ValueError(
+            f"rollouts[{checkpoint}] were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize them"
+        )
+
+
+def _shard_rows(training_pool: pl.DataFrame, shard: str, n_shards: int) -> pl.DataFrame:
+    return training_pool.filter(
+        pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
+    )
 
 
 def log_reuse(log, where: str, examples: int, reused: int) -> None:

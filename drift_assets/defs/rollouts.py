@@ -85,23 +85,24 @@ def build_rollout_assets(settings: Settings) -> list:
         seconds = time.perf_counter() - started
         table = table.select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
         cost = generation_cost("rollouts", [report.prompt_tokens], [report.generated_tokens], seconds, checkpoint)
-        yield Output(
-            table,
-            metadata={
-                **table_metadata(table, preview_columns=["query_id", "sample_idx", "completion", "n_tokens", "finish_reason"]),
-                "engine": report.engine,
-                "generated_tokens": report.generated_tokens,
-                "tokens_per_second": report.generated_tokens / seconds if seconds else 0.0,
-                "truncated_share": float((table["finish_reason"] == "length").mean()),
-                "model_fingerprint": table["model_fingerprint"][0],
-                **cost.metadata(stored_reference(reads.unversioned, warehouse)),
-            },
-        )
+        metadata = {**_rollout_metadata(table, report, seconds), **cost.metadata(stored_reference(reads.unversioned, warehouse))}
+        yield Output(table, metadata=metadata)
         yield rollouts_complete_result(table, samples_per_query)
         yield rollouts_not_degenerate_result(table, limit, lambda: _weights_problem(at_checkpoint))
         yield schema_and_ids_result("rollouts_schema_and_ids", table, ROLLOUT_COLUMNS, "rollout_id")
 
     return [rollouts]
+
+
+def _rollout_metadata(table: pl.DataFrame, report, seconds: float) -> dict:
+    return {
+        **table_metadata(table, preview_columns=["query_id", "sample_idx", "completion", "n_tokens", "finish_reason"]),
+        "engine": report.engine,
+        "generated_tokens": report.generated_tokens,
+        "tokens_per_second": report.generated_tokens / seconds if seconds else 0.0,
+        "truncated_share": float((table["finish_reason"] == "length").mean()),
+        "model_fingerprint": table["model_fingerprint"][0],
+    }
 
 
 def _weights_problem(model: ModelResource) -> str | None:
