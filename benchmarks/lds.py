@@ -242,8 +242,8 @@ def less_rows(context: TaskContext) -> list[Row]:
     """LESS's per-query scores along the warm-up checkpoints (the benchmark's ``less`` and
     ``less_onpolicy`` matrices, one pass of per-example gradients for both), cached like the
     reference implementations'; none where the workspace has no warm-up or no saved optimizer state."""
-    from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE
     from drift_assets.core.attribution import less as less_module
+    from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE
     from drift_assets.core.data.stored import ConfiguredTables, rows_at
     from drift_assets.defs.benchmark import less_matrix_of
     from drift_assets.defs.checkpoints import checkpoint_model
