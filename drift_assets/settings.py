@@ -11,6 +11,7 @@ raises, so changing ``selection.fraction`` makes ``refined_dataset`` stale and n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,6 +45,16 @@ class SettingsError(ValueError):
 
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def as_options(self, options_class: type, **given: Any) -> Any:
+        """The core's options dataclass for this group: the fields the two share, by name, then ``given``
+        (what the group does not hold). A core option without a counterpart in either is an error here,
+        not a default that silently stands in for a setting."""
+        names = {field.name for field in dataclasses.fields(options_class)}
+        missing = names - given.keys() - type(self).model_fields.keys()
+        if missing:
+            raise TypeError(f"{type(self).__name__} gives {options_class.__name__} no {sorted(missing)}")
+        return options_class(**{name: getattr(self, name) for name in names - given.keys()}, **given)
 
 
 class ModelSettings(_Group):
@@ -345,7 +356,7 @@ class GradingSettings(_Group):
         """The core's :class:`~drift_assets.core.grading.graders.GradingOptions` for these settings."""
         from drift_assets.core.grading.graders import GradingOptions
 
-        return GradingOptions(self.numeric_tolerance, self.answer_marker, self.regex, self.timeout_s)
+        return self.as_options(GradingOptions)
 
 
 class ProjectionSettings(_Group):
@@ -467,7 +478,7 @@ class LoraSettings(_Group):
     )
 
     def options(self) -> LoraOptions:
-        return LoraOptions(self.rank, self.alpha, self.dropout, self.target_modules)
+        return self.as_options(LoraOptions)
 
 
 class WarmupSettings(_Group):
@@ -596,17 +607,7 @@ class SftSettings(_Group):
         """The core's :class:`~drift_assets.core.training.sft.SftOptions` for these settings and ``seed``."""
         from drift_assets.core.training.sft import SftOptions
 
-        return SftOptions(
-            self.steps,
-            self.batch_size,
-            self.learning_rate,
-            self.weight_decay,
-            self.schedule,
-            seed,
-            self.epochs,
-            self.gradient_checkpointing,
-            self.group_by_length,
-        )
+        return self.as_options(SftOptions, seed=seed)
 
 
 BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps them equal
@@ -836,12 +837,14 @@ class Settings(_Group):
 
         schedule = self.warmup_schedule
         return SftOptions(
-            max(schedule["steps"], default=1),
-            schedule["batch_size"],
-            schedule["learning_rate"],
-            0.0,
-            "constant",
-            schedule["seed"],
+            steps=max(schedule["steps"], default=1),
+            batch_size=schedule["batch_size"],
+            learning_rate=schedule["learning_rate"],
+            weight_decay=0.0,
+            # A constant rate: each checkpoint lies on the same run whatever the last step is.
+            schedule="constant",
+            seed=schedule["seed"],
+            epochs=None,
             gradient_checkpointing=self.benchmark.sft.gradient_checkpointing,
             group_by_length=schedule["group_by_length"],
         )
@@ -996,12 +999,12 @@ def projection_options(settings: Settings | Reads) -> ProjectionOptions:
     """The core's :class:`~drift_assets.core.gradients.projection.ProjectionOptions` for these settings."""
     projection = settings.projection
     return ProjectionOptions(
-        projection.target_modules,
-        projection.rank,
-        projection.seed,
-        projection.loss_reduction,
-        projection.basis,
-        projection.gradient_checkpointing,
+        target_modules=projection.target_modules,
+        rank=projection.rank,
+        seed=projection.seed,
+        loss_reduction=projection.loss_reduction,
+        basis=projection.basis,
+        gradient_checkpointing=projection.gradient_checkpointing,
     )
 
 

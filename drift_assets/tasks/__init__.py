@@ -97,7 +97,7 @@ def build_base_model(
             model,
             tokenizer,
             messages,
-            SftOptions(recipe.continued_sft_steps, 16, recipe.continued_sft_learning_rate, 0.0, "linear", seed),
+            SftOptions(steps=recipe.continued_sft_steps, learning_rate=recipe.continued_sft_learning_rate, seed=seed),
             log=log,
         )
     return BaseModel(model, tokenizer, result, continued)

@@ -176,3 +176,18 @@ def test_with_overrides_validates(tmp_path):
     settings = load_settings(write_settings(tmp_path, {}))
     with pytest.raises(ValueError):
         settings.with_overrides(selection={"method": "top_k"})
+
+
+def test_a_group_gives_the_cores_options_by_name_and_refuses_an_option_it_does_not_hold(tmp_path):
+    from drift_assets.core.training.sft import SftOptions
+    from drift_assets.settings import LoraSettings, SftSettings
+
+    settings = SftSettings(steps=7, batch_size=3, learning_rate=0.5, weight_decay=0.1, schedule="constant", epochs=2.0)
+    options = settings.options(seed=11)
+    assert (options.steps, options.batch_size, options.learning_rate, options.weight_decay) == (7, 3, 0.5, 0.1)
+    assert (options.schedule, options.epochs, options.seed) == ("constant", 2.0, 11)
+    lora = LoraSettings(rank=4, alpha=2.0, dropout=0.25, target_modules="x")
+    assert lora.options().__dict__ == {"rank": 4, "alpha": 2.0, "dropout": 0.25, "target_modules": "x"}
+    # SftOptions' seed is no field of the SFT settings: without it the conversion fails, naming it.
+    with pytest.raises(TypeError, match=r"SftSettings gives SftOptions no \['seed'\]"):
+        settings.as_options(SftOptions)
