@@ -648,6 +648,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_blend_gated",
     "drift_unblended",
     "drift_strata",
+    "drift_strata_guarded",
 )
 # The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
@@ -669,6 +670,7 @@ ABLATIONS_ON_REQUEST = (
     "drift_blend",
     "drift_blend_gated",
     "drift_strata",
+    "drift_strata_guarded",
 )
 
 

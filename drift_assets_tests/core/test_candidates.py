@@ -245,3 +245,24 @@ def test_length_strata_keep_every_prefix_at_the_pools_mix_of_response_lengths():
     assert top[:4] == [plain[0], plain[4], plain[1], plain[5]]
     assert sorted(top) == sorted(plain)
     assert ranked_scores(along, pool)["example_id"].to_list() == plain  # off by default
+
+
+def test_the_length_mix_inside_the_likelihood_guard_stratifies_each_part_on_its_own():
+    """``drift_strata_guarded``: the likeliest share first, and inside it (and inside the rest) the
+    part's own mix of response lengths, each part cut into strata by its own rows."""
+    from drift_assets.core.study.benchmark import ABLATIONS
+
+    assert ABLATIONS["drift_strata_guarded"] == {"length_strata": 4, "likelihood_guard": 0.7}
+    ids, pool, along, plain = _scored_pool(10, seed=7)
+    # Likeliest: the last six of the plain order (losses 0..5); among them, plain[4:7] are short, plain[7:10] long.
+    losses = {example_id: (float(i - 4) if i >= 4 else 10.0 + i) for i, example_id in enumerate(plain)}
+    loss_per_token = pl.DataFrame({"example_id": plain, "loss_per_token": [losses[e] for e in plain]})
+    long = set(plain[7:]) | set(plain[:2])
+    pool = pool.with_columns(n_response_tokens=pl.Series([30 if i in long else 2 for i in ids]))
+    ranked = ranked_scores(along, pool, loss_per_token, likelihood_guard=0.6, length_strata=2)
+    order = ranked["example_id"].to_list()
+    # By hand: the guarded part {plain[4..9]} in plain order, stratified (short 4, 5, 6; long 7, 8, 9;
+    # keys 1/6, 3/6, 5/6 each; ties to the better plain rank): 4, 7, 5, 8, 6, 9. Then the rest
+    # {plain[0..3]}: short 2, 3, long 0, 1: keys tie pairwise, the better plain rank first: 0, 2, 1, 3.
+    assert order == [plain[i] for i in (4, 7, 5, 8, 6, 9, 0, 2, 1, 3)]
+    assert ranked["likely"].to_list() == [True] * 6 + [False] * 4

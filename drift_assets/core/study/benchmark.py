@@ -139,6 +139,8 @@ ABLATIONS = {
     "drift_unblended": {"likelihood_blend": 0.0},
     # Registered 2026-12-06 (late): the default's order keeping the pool's mix of response lengths.
     "drift_strata": {"length_strata": 4},
+    # Registered 2026-12-06 (after the relayout): the same length mix inside the likeliest 70% only.
+    "drift_strata_guarded": {"length_strata": 4, "likelihood_guard": 0.7},
 }
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
