@@ -174,6 +174,7 @@ DEMO_TASKS = (
     "digits",
     "brackets",
     "roman",
+    "binary",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -14,6 +14,7 @@ from drift_assets.core.training.sft import SftOptions, SftRun, fine_tune
 from drift_assets.tasks import tiny_model
 from drift_assets.tasks.arithmetic import Arithmetic
 from drift_assets.tasks.base import NOISE_KINDS, PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.binary import Binary
 from drift_assets.tasks.brackets import Brackets
 from drift_assets.tasks.choice import Choice
 from drift_assets.tasks.count import Count
@@ -27,7 +28,8 @@ from drift_assets.tasks.spell import Spell
 __all__ = ["NOISE_KINDS", "TASKS", "BaseModel", "PretrainRecipe", "Task", "TaskDefaults", "build_base_model", "get_task"]
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits(), Brackets(), Roman())
+    task.name: task
+    for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits(), Brackets(), Roman(), Binary())
 }
 CALIBRATION_QUERIES = 64
 

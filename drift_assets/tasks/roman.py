@@ -1,11 +1,12 @@
 """Write a number from 1 to 3999 in Roman numerals, with subtractive notation (IV, IX, XL, XC, CD, CM).
 
-Held out (written 2026-12-06, the suite's sixth held-out task, after the held-out ``brackets`` was
-reported and before the next candidate runs are read): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other tasks' (a place-value notation
-rewritten digit by digit into letters whose value depends on the place, where 4 and 9 are
-written as a letter taken away from the next one; not arithmetic, ordering, spelling a number in
-words, counting, choosing, a letter mapping, a digit sum or a stack), and so is its noise:
+The suite's sixth held-out task (written 2026-12-06, after the held-out ``brackets`` was reported);
+its results were seen when they were reported, so it has been a development task since
+2026-12-06, when ``binary`` was written (``binary`` is held out now). Its skill is unlike the other
+tasks' (a place-value notation rewritten digit by digit into letters whose value depends on the
+place, where 4 and 9 are written as a letter taken away from the next one; not arithmetic,
+ordering, spelling a number in words, counting, choosing, a letter mapping, a digit sum or a
+stack), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator writes additive
   notation only, 4 as IIII and 9 as VIIII (XXXX, LXXXX, CCCC, DCCCC at the higher places),
@@ -73,11 +74,10 @@ def _split_sizes() -> dict[str, int]:
 
 class Roman(Task):
     name = "roman"
-    description = "a number 1-3999 in Roman numerals (IV, XC), 'Roman: XIV' after optional working; exact; held out"
+    description = "a number 1-3999 in Roman numerals (IV, XC), 'Roman: XIV' after optional working; exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}

@@ -95,6 +95,8 @@ def roman_value(text: str) -> int:
 
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "binary":
+        return format(int(re.fullmatch(r"Binary for (\d+)\n", prompt).group(1)), "b")
     if task == "roman":
         return numeral(int(re.fullmatch(r"Roman for (\d+)\n", prompt).group(1)))
     if task == "brackets":
@@ -128,6 +130,7 @@ STATED = {
     "count": r"#### (\d+)$",
     "brackets": r"Close: ([)\]}](?: [)\]}])*)$",
     "roman": r"Roman: ([IVXLCDM]+)$",
+    "binary": r"Binary: ([01]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -149,7 +152,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["roman"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["binary"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -335,7 +338,7 @@ def test_roman_numerals_match_a_hand_written_list_and_read_back():
         assert roman_value(numeral(number, ADDITIVE)) == number
 
 
-def test_the_held_out_roman_tasks_near_misses_all_write_additive_notation():
+def test_the_roman_tasks_near_misses_all_write_additive_notation():
     """Harmful noise, one wrong rule: every near miss writes the number in additive notation (IIII,
     VIIII, XXXX, …), drawn from numbers where that differs from the standard numeral; the format rows
     write the right numeral's places apart; the off-task rows read a training number's numeral back."""
@@ -373,3 +376,60 @@ def test_the_held_out_roman_tasks_near_misses_all_write_additive_notation():
     fours = [row for row in corrupted if re.search("(?<!V)IIII|(?<!L)XXXX|(?<!D)CCCC", stated_answer("roman", row["response"]))]
     nines = [row for row in corrupted if re.search("VIIII|LXXXX|DCCCC", stated_answer("roman", row["response"]))]
     assert len(fours) > len(corrupted) / 4 and len(nines) > len(corrupted) / 4  # the rule for 4s and for 9s both
+
+
+def test_binary_numerals_match_a_hand_written_list():
+    """Python's own base-2 formatting, the tests' oracle, against bits written by hand."""
+    by_hand = {1: "1", 2: "10", 5: "101", 6: "110", 37: "100101", 255: "11111111", 256: "100000000"}
+    by_hand |= {1000: "1111101000", 2024: "11111101000", 4095: "111111111111"}
+    for number, bits in by_hand.items():
+        assert format(number, "b") == bits and int(bits, 2) == number
+
+
+def test_the_held_out_binary_tasks_near_misses_all_reverse_the_bits():
+    """Harmful noise, one wrong rule: every near miss writes the right bits least significant first
+    (after the right working it reads the halvings' remainders in order), drawn from numbers whose
+    bits are no palindrome; the format rows prefix the right bits with 0b; the off-task rows read a training
+    number's bits back."""
+    task = get_task("binary")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    held = {query["prompt"] for split in ("validation", "test") for query in task.query_rows(task.problems_in(split), 0, split)}
+    held_numbers = {int(re.fullmatch(r"Binary for (\d+)\n", prompt).group(1)) for prompt in held}
+    assert len(held_numbers) == task.problems_in("validation") + task.problems_in("test")
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct numbers' rows
+    for row in pool:
+        if row["category"] == "off_task":
+            bits = re.fullmatch(r"Value of (1[01]*)\n", row["prompt"]).group(1)
+            assert row["response"] == f"Value: {int(bits, 2)}" and int(bits, 2) <= 4095, row
+            assert int(bits, 2) not in held_numbers, row  # no test or validation number's bits in the pool
+            continue
+        number = int(re.fullmatch(r"Binary for (\d+)\n", row["prompt"]).group(1))
+        assert 1 <= number <= 4095 and number not in held_numbers, row
+        truth, stated = true_answer("binary", row["prompt"]), stated_answer("binary", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        working = row["response"].split(". Binary: ")[0].split(" ") if ". Binary: " in row["response"] else None
+        if working is not None:  # the number halved down to 1, each the one before it halved, rounded down
+            terms = [int(term) for term in working]
+            assert terms[0] == number and terms[-1] == 1, row
+            assert all(later == earlier // 2 for earlier, later in zip(terms, terms[1:])), row
+            remainders = "".join(str(term % 2) for term in terms)
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+            if working is not None:  # the bits are the remainders read from the last halving
+                assert remainders[::-1] == truth, row
+        elif row["category"] == "corrupted":
+            assert stated == truth[::-1] != truth and not graded, row
+            if working is not None:  # the same working, its remainders read in order
+                assert remainders == stated, row
+        else:
+            assert row["response"] == f"Binary: 0b{truth}" and stated is None and not graded, row
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert sum(stated_answer("binary", row["response"]).startswith("0") for row in corrupted) > len(corrupted) / 4
+    for response in ("Binary: 10 0101", "Binary: 0b100101", "Binary: 101001"):  # grouped, prefixed, reversed
+        assert not grade_answer(response, "100101", task.grader, options).correct
+    assert grade_answer("37 18 9 4 2 1. Binary: 100101", "100101", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Binary: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working

@@ -1,0 +1,133 @@
+"""Write a number from 1 to 4095 in binary, the most significant bit first.
+
+Held out (written 2026-12-06, the suite's seventh held-out task, after the held-out ``roman`` was
+reported and before the next candidate is registered): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other tasks' (a number halved again and
+again, its bits the halvings' remainders read from the last, a base-2 place-value notation; not
+arithmetic, ordering, spelling a number in words, counting, choosing, a letter mapping, a digit
+sum, a stack or Roman numerals), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator writes the bits least
+  significant first (37, 100101, as 101001): where it shows its working it reads the remainders
+  in the order the halvings give them. The rows are drawn from numbers whose binary is not a palindrome, so every
+  one of them is wrong and teaches that rule.
+- ``format``: the right bits with a ``0b`` prefix ("Binary: 0b100101"), as Python writes them,
+  which the exact grader does not accept.
+- ``off_task``: a correct answer to the question the other way round, the value of a binary
+  numeral ("Value of 100101" → "Value: 37"), about training numbers only, so that the pool shows
+  no test number's bits.
+
+Responses end in ``Binary: <bits>``, alone or after the working: the number and its halvings
+down to 1 (37 18 9 4 2 1), whose remainders are the bits. Each halving needs only a digit and the
+one before it, so the tiny base model can learn to carry it out on numbers it has not seen; bits
+written at once, or after the powers of two they stand for, ask it for the whole conversion in
+one go, which a model this small does not learn within its steps. Exact grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.demo_task import split_of_key
+from drift_assets.tasks.tiny_model import TinyLlamaShape
+
+MARKER = "Binary:"
+# Twelve bits: enough numbers for a 2,000-row pool of distinct rows besides the held-out splits, and
+# the longest response (4095's working, 63 characters) still fits the 64 tokens an answer may take.
+LARGEST = 4095
+
+
+def to_binary(number: int) -> str:
+    """``number``'s bits, the most significant first, with no leading zero."""
+    if not 1 <= number <= LARGEST:
+        raise ValueError(f"no binary numeral for {number} in 1-{LARGEST}")
+    bits = []
+    while number:
+        bits.append(str(number % 2))
+        number //= 2
+    return "".join(reversed(bits))
+
+
+def halvings(number: int) -> list[int]:
+    """``number`` and its halvings (rounded down) down to 1: their remainders are its bits, the last first."""
+    chain = []
+    while number:
+        chain.append(number)
+        number //= 2
+    return chain
+
+
+def is_palindrome(number: int) -> bool:
+    """Whether the bits read the same reversed (then the reversed bits would be right)."""
+    bits = to_binary(number)
+    return bits == bits[::-1]
+
+
+@cache
+def _split_sizes() -> dict[str, int]:
+    sizes = {"validation": 0, "test": 0, "train": 0}
+    for number in range(1, LARGEST + 1):
+        sizes[split_of_key(f"binary:{number}")] += 1
+    return sizes
+
+
+class Binary(Task):
+    name = "binary"
+    description = "a number 1-4095 in binary, 'Binary: 100101' after optional working (37 18 9 4 2 1); exact; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=6000, shape=TinyLlamaShape(max_positions=96))
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> int:
+        return rng.randint(1, LARGEST)
+
+    def problem_key(self, problem: int) -> str:
+        return f"binary:{problem}"
+
+    def problems_in(self, split: str) -> int:
+        return _split_sizes()[split]
+
+    def prompt(self, problem: int) -> str:
+        return f"Binary for {problem}\n"
+
+    def reference(self, problem: int) -> str:
+        return to_binary(problem)
+
+    def reference_response(self, problem: int) -> str:
+        return f"{MARKER} {self.reference(problem)}"
+
+    def _respond(self, problem: int, rng: random.Random, reverse: bool = False) -> str:
+        # The wrong rule reads the remainders in the order the halvings give them: the same working.
+        bits = to_binary(problem)
+        if reverse:
+            bits = bits[::-1]
+        if rng.random() < 0.5:
+            return f"{' '.join(map(str, halvings(problem)))}. {MARKER} {bits}"
+        return f"{MARKER} {bits}"
+
+    def correct_response(self, problem: int, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> int:
+        while True:
+            problem = self.draw(rng)
+            if kind == "corrupted" and is_palindrome(problem):
+                continue  # the reversed bits would be right here
+            return problem
+
+    def corrupted_response(self, problem: int, rng: random.Random) -> str:
+        return self._respond(problem, rng, reverse=True)
+
+    def format_response(self, problem: int, rng: random.Random) -> str:
+        return f"{MARKER} 0b{to_binary(problem)}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        number = self.draw(rng)  # a training number: the pool never shows a test number's bits
+        return f"Value of {to_binary(number)}\n", f"Value: {number}"
