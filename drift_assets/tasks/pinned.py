@@ -67,6 +67,7 @@ PINS = (
     Pin("digits", "digits"),
     Pin("brackets", "brackets"),
     Pin("roman", "roman"),
+    Pin("binary", "binary"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 
