@@ -338,17 +338,24 @@ def test_roman_numerals_match_a_hand_written_list_and_read_back():
         assert roman_value(numeral(number, ADDITIVE)) == number
 
 
+def pool_and_held_numbers(name: str, prompt_pattern: str):
+    """The task, its seed-0 pool (with every kind of noise) and the numbers its validation and test
+    queries ask about (each once: the splits are disjoint)."""
+    task = get_task(name)
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    held = {query["prompt"] for split in ("validation", "test") for query in task.query_rows(task.problems_in(split), 0, split)}
+    held_numbers = {int(re.fullmatch(prompt_pattern, prompt).group(1)) for prompt in held}
+    assert len(held_numbers) == task.problems_in("validation") + task.problems_in("test")
+    return task, pool, held_numbers
+
+
 def test_the_roman_tasks_near_misses_all_write_additive_notation():
     """Harmful noise, one wrong rule: every near miss writes the number in additive notation (IIII,
     VIIII, XXXX, …), drawn from numbers where that differs from the standard numeral; the format rows
     write the right numeral's places apart; the off-task rows read a training number's numeral back."""
-    task = get_task("roman")
-    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    task, pool, held_numbers = pool_and_held_numbers("roman", r"Roman for (\d+)\n")
     options = task.grading_options()
-    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
-    held = {query["prompt"] for split in ("validation", "test") for query in task.query_rows(task.problems_in(split), 0, split)}
-    held_numbers = {int(re.fullmatch(r"Roman for (\d+)\n", prompt).group(1)) for prompt in held}
-    assert len(held_numbers) == task.problems_in("validation") + task.problems_in("test")
     for row in pool:
         if row["category"] == "off_task":
             text, value = re.fullmatch(r"Value of ([IVXLCDM]+)\n", row["prompt"]).group(1), row["response"]
@@ -391,13 +398,8 @@ def test_the_held_out_binary_tasks_near_misses_all_reverse_the_bits():
     (after the right working it reads the halvings' remainders in order), drawn from numbers whose
     bits are no palindrome; the format rows prefix the right bits with 0b; the off-task rows read a training
     number's bits back."""
-    task = get_task("binary")
-    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    task, pool, held_numbers = pool_and_held_numbers("binary", r"Binary for (\d+)\n")
     options = task.grading_options()
-    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
-    held = {query["prompt"] for split in ("validation", "test") for query in task.query_rows(task.problems_in(split), 0, split)}
-    held_numbers = {int(re.fullmatch(r"Binary for (\d+)\n", prompt).group(1)) for prompt in held}
-    assert len(held_numbers) == task.problems_in("validation") + task.problems_in("test")
     assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct numbers' rows
     for row in pool:
         if row["category"] == "off_task":
