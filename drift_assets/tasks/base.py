@@ -21,6 +21,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from functools import cache
 
 from drift_assets.core.grading.graders import GradingOptions
 from drift_assets.tasks.demo_task import SPLIT_BOUNDS, split_of_key
@@ -92,8 +93,10 @@ class Task(ABC):
         """A correct response, in one of the task's styles."""
 
     def reference_response(self, problem: Hashable) -> str:
-        """The worked reference of a query: the off-policy (LESS-style) target."""
-        return self.reference(problem)
+        """The worked reference of a query: the off-policy (LESS-style) target; the reference after
+        the answer marker, where the task has one."""
+        reference = self.reference(problem)
+        return f"{self.answer_marker} {reference}" if self.answer_marker else reference
 
     def problems_in(self, split: str) -> int | None:
         """How many distinct problems ``split`` holds, where the space is small enough to count."""
@@ -221,3 +224,13 @@ class Task(ABC):
                 }
             )
         return rows
+
+
+@cache
+def numbered_split_sizes(name: str, largest: int) -> dict[str, int]:
+    """How many of the numbers 1..``largest`` fall in each split, for a task whose problem keys are
+    ``"<name>:<number>"``."""
+    sizes = {"validation": 0, "test": 0, "train": 0}
+    for number in range(1, largest + 1):
+        sizes[split_of_key(f"{name}:{number}")] += 1
+    return sizes

@@ -27,10 +27,8 @@ one go, which a model this small does not learn within its steps. Exact grading;
 from __future__ import annotations
 
 import random
-from functools import cache
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.demo_task import split_of_key
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults, numbered_split_sizes
 from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Binary:"
@@ -65,14 +63,6 @@ def is_palindrome(number: int) -> bool:
     return bits == bits[::-1]
 
 
-@cache
-def _split_sizes() -> dict[str, int]:
-    sizes = {"validation": 0, "test": 0, "train": 0}
-    for number in range(1, LARGEST + 1):
-        sizes[split_of_key(f"binary:{number}")] += 1
-    return sizes
-
-
 class Binary(Task):
     name = "binary"
     description = "a number 1-4095 in binary, 'Binary: 100101' after optional working (37 18 9 4 2 1); exact; held out"
@@ -92,16 +82,13 @@ class Binary(Task):
         return f"binary:{problem}"
 
     def problems_in(self, split: str) -> int:
-        return _split_sizes()[split]
+        return numbered_split_sizes(self.name, LARGEST)[split]
 
     def prompt(self, problem: int) -> str:
         return f"Binary for {problem}\n"
 
     def reference(self, problem: int) -> str:
         return to_binary(problem)
-
-    def reference_response(self, problem: int) -> str:
-        return f"{MARKER} {self.reference(problem)}"
 
     def _respond(self, problem: int, rng: random.Random, reverse: bool = False) -> str:
         # The wrong rule reads the remainders in the order the halvings give them: the same working.

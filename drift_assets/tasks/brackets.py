@@ -100,9 +100,6 @@ class Brackets(Task):
     def reference(self, problem: Problem) -> str:
         return spaced("".join(PAIRS[opener] for opener in reversed(still_open(problem))))
 
-    def reference_response(self, problem: Problem) -> str:
-        return f"{MARKER} {self.reference(problem)}"
-
     def _respond(self, problem: Problem, answer: str, rng: random.Random) -> str:
         if rng.random() < 0.5:
             return f"{MARKER} {answer}"

@@ -54,9 +54,6 @@ class Choice(Task):
     def reference(self, problem: Problem) -> str:
         return f"({self._letter(problem, 0)})"
 
-    def reference_response(self, problem: Problem) -> str:
-        return f"{MARKER} {self.reference(problem)}"
-
     def _respond(self, problem: Problem, answer: str, rng: random.Random) -> str:
         if rng.random() < 0.5:
             return f"{MARKER} {answer}"

@@ -46,9 +46,6 @@ class Count(Task):
         letter, text = problem
         return str(text.count(letter))
 
-    def reference_response(self, problem: tuple[str, str]) -> str:
-        return f"{MARKER} {self.reference(problem)}"
-
     def _respond(self, problem: tuple[str, str], answer: str, rng: random.Random) -> str:
         letter, text = problem
         if rng.random() < 0.5:

@@ -69,9 +69,6 @@ class Digits(Task):
     def reference(self, problem: int) -> str:
         return str(sum(int(digit) for digit in str(problem)))
 
-    def reference_response(self, problem: int) -> str:
-        return f"{MARKER} {self.reference(problem)}"
-
     def _respond(self, digits: list[int], answer: str, rng: random.Random) -> str:
         if rng.random() < 0.5:
             return f"{MARKER} {answer}"

@@ -25,10 +25,8 @@ exact grading; no chat template.
 from __future__ import annotations
 
 import random
-from functools import cache
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.demo_task import split_of_key
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults, numbered_split_sizes
 from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Roman:"
@@ -64,14 +62,6 @@ def has_subtraction(number: int) -> bool:
     return to_roman(number) != to_roman(number, subtractive=False)
 
 
-@cache
-def _split_sizes() -> dict[str, int]:
-    sizes = {"validation": 0, "test": 0, "train": 0}
-    for number in range(1, LARGEST + 1):
-        sizes[split_of_key(f"roman:{number}")] += 1
-    return sizes
-
-
 class Roman(Task):
     name = "roman"
     description = "a number 1-3999 in Roman numerals (IV, XC), 'Roman: XIV' after optional working; exact grading"
@@ -90,16 +80,13 @@ class Roman(Task):
         return f"roman:{problem}"
 
     def problems_in(self, split: str) -> int:
-        return _split_sizes()[split]
+        return numbered_split_sizes(self.name, LARGEST)[split]
 
     def prompt(self, problem: int) -> str:
         return f"Roman for {problem}\n"
 
     def reference(self, problem: int) -> str:
         return to_roman(problem)
-
-    def reference_response(self, problem: int) -> str:
-        return f"{MARKER} {self.reference(problem)}"
 
     def _respond(self, problem: int, rng: random.Random, subtractive: bool = True) -> str:
         numerals = place_numerals(problem, subtractive)

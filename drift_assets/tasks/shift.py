@@ -68,9 +68,6 @@ class Shift(Task):
     def reference(self, problem: Problem) -> str:
         return shifted(*problem)
 
-    def reference_response(self, problem: Problem) -> str:
-        return f"{MARKER} {self.reference(problem)}"
-
     def _respond(self, problem: Problem, answer: str, rng: random.Random, wrap: bool = True) -> str:
         if rng.random() < 0.5:
             return f"{MARKER} {answer}"
