@@ -175,6 +175,7 @@ DEMO_TASKS = (
     "brackets",
     "roman",
     "binary",
+    "runs",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

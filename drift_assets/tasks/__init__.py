@@ -21,6 +21,7 @@ from drift_assets.tasks.count import Count
 from drift_assets.tasks.demo_outputs import model_stamp, replace_model_directory
 from drift_assets.tasks.digits import Digits
 from drift_assets.tasks.roman import Roman
+from drift_assets.tasks.runs import Runs
 from drift_assets.tasks.shift import Shift
 from drift_assets.tasks.sort import Sort
 from drift_assets.tasks.spell import Spell
@@ -29,7 +30,7 @@ __all__ = ["NOISE_KINDS", "TASKS", "BaseModel", "PretrainRecipe", "Task", "TaskD
 
 TASKS: dict[str, Task] = {
     task.name: task
-    for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits(), Brackets(), Roman(), Binary())
+    for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits(), Brackets(), Roman(), Binary(), Runs())
 }
 CALIBRATION_QUERIES = 64
 

@@ -1,11 +1,11 @@
 """Write a number from 1 to 4095 in binary, the most significant bit first.
 
-Held out (written 2026-12-06, the suite's seventh held-out task, after the held-out ``roman`` was
-reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other tasks' (a number halved again and
-again, its bits the halvings' remainders read from the last, a base-2 place-value notation; not
-arithmetic, ordering, spelling a number in words, counting, choosing, a letter mapping, a digit
-sum, a stack or Roman numerals), and so is its noise:
+The suite's seventh held-out task (written 2026-12-06, after the held-out ``roman`` was reported);
+its results were seen when they were reported, so it has been a development task since
+2026-12-06, when ``runs`` was written (``runs`` is held out now). Its skill is unlike the other
+tasks' (a number halved again and again, its bits the halvings' remainders read from the last, a
+base-2 place-value notation; not arithmetic, ordering, spelling a number in words, counting,
+choosing, a letter mapping, a digit sum, a stack or Roman numerals), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator writes the bits least
   significant first (37, 100101, as 101001): where it shows its working it reads the remainders
@@ -65,11 +65,10 @@ def is_palindrome(number: int) -> bool:
 
 class Binary(Task):
     name = "binary"
-    description = "a number 1-4095 in binary, 'Binary: 100101' after optional working (37 18 9 4 2 1); exact; held out"
+    description = "a number 1-4095 in binary, 'Binary: 100101' after optional working (37 18 9 4 2 1); exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=6000, shape=TinyLlamaShape(max_positions=96))
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}

@@ -3,6 +3,7 @@ statement (not by the task's own code), its noise kinds, splits and tokenizer.""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from drift_assets.core.data.sequences import encode_prompt, render_prompt
 from drift_assets.core.grading.graders import grade_answer
 from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, SettingsError, parse_settings
 from drift_assets.tasks import TASKS, get_task
+from drift_assets.tasks.demo_task import split_of_key
 from drift_assets.tasks.spell import in_words
 from drift_assets.tasks.tiny_model import build_char_tokenizer
 
@@ -93,8 +95,16 @@ def roman_value(text: str) -> int:
     return sum(-value if later > value else value for value, later in zip(values, values[1:] + [0], strict=True))
 
 
+def run_length_code(text: str, length_first: bool = False) -> str:
+    """Each run of one letter as the letter and its length (or, ``length_first``, the other way round)."""
+    groups = [(letter, len(list(run))) for letter, run in itertools.groupby(text)]
+    return "".join(f"{length}{letter}" if length_first else f"{letter}{length}" for letter, length in groups)
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "runs":
+        return run_length_code(re.fullmatch(r"Runs of ([a-d]+)\n", prompt).group(1))
     if task == "binary":
         return format(int(re.fullmatch(r"Binary for (\d+)\n", prompt).group(1)), "b")
     if task == "roman":
@@ -131,6 +141,7 @@ STATED = {
     "brackets": r"Close: ([)\]}](?: [)\]}])*)$",
     "roman": r"Roman: ([IVXLCDM]+)$",
     "binary": r"Binary: ([01]+)$",
+    "runs": r"Runs: ([a-z\d]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -152,7 +163,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["binary"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["runs"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -393,7 +404,7 @@ def test_binary_numerals_match_a_hand_written_list():
         assert format(number, "b") == bits and int(bits, 2) == number
 
 
-def test_the_held_out_binary_tasks_near_misses_all_reverse_the_bits():
+def test_the_binary_tasks_near_misses_all_reverse_the_bits():
     """Harmful noise, one wrong rule: every near miss writes the right bits least significant first
     (after the right working it reads the halvings' remainders in order), drawn from numbers whose
     bits are no palindrome; the format rows prefix the right bits with 0b; the off-task rows read a training
@@ -434,4 +445,65 @@ def test_the_held_out_binary_tasks_near_misses_all_reverse_the_bits():
         assert not grade_answer(response, "100101", task.grader, options).correct
     assert grade_answer("37 18 9 4 2 1. Binary: 100101", "100101", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Binary: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_run_length_codes_match_a_hand_written_list():
+    """The tests' own run-length code (itertools.groupby), their oracle, against codes written by hand."""
+    by_hand = {"aaabcc": "a3b1c2", "abab": "a1b1a1b1", "ddddcccc": "d4c4", "aabbbbad": "a2b4a1d1", "c": "c1"}
+    for text, code in by_hand.items():
+        assert run_length_code(text) == code
+        assert "".join(letter * int(length) for letter, length in re.findall(r"([a-d])(\d)", code)) == text
+    assert run_length_code("aaabcc", length_first=True) == "3a1b2c"
+
+
+def test_the_held_out_runs_tasks_near_misses_all_write_the_length_first():
+    """Harmful noise, one wrong rule: every near miss writes each run's length before its letter
+    (after the right working); the format rows write the right runs apart; the off-task rows expand
+    a training string's code; no validation or test string reaches the pool."""
+    task = get_task("runs")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Three or four runs of one to four of the letters a-d, no two neighbouring runs of one letter.
+    space = sum(4 * 3 ** (runs - 1) * 4**runs for runs in (3, 4))
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct strings' rows
+    held = {
+        re.fullmatch(r"Runs of ([a-d]+)\n", query["prompt"]).group(1)
+        for split in ("validation", "test")
+        for query in task.query_rows(1000, 0, split)
+    }
+
+    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
+        return split_of_key(f"runs:{text}") == "train" and text not in held
+
+    for row in pool:
+        if row["category"] == "off_task":
+            code = re.fullmatch(r"Expand ((?:[a-d][1-4])+)\n", row["prompt"]).group(1)
+            text = "".join(letter * int(length) for letter, length in re.findall(r"([a-d])([1-4])", code))
+            assert row["response"] == f"Expand: {text}" and run_length_code(text) == code, row  # a string's own code
+            assert in_training(text), row  # no test or validation string in the pool
+            continue
+        text = re.fullmatch(r"Runs of ([a-d]+)\n", row["prompt"]).group(1)
+        runs = ["".join(run) for _, run in itertools.groupby(text)]
+        assert 3 <= len(runs) <= 4 and all(1 <= len(run) <= 4 for run in runs) and in_training(text), row
+        truth, stated = true_answer("runs", row["prompt"]), stated_answer("runs", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        if ". Runs: " in row["response"]:  # the working: the string again, a space where its letter changes
+            assert row["response"].split(". Runs: ")[0] == " ".join(runs), row
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == run_length_code(text, length_first=True) != truth and not graded, row
+        else:
+            pairs = re.findall(r"[a-d]\d", truth)
+            assert row["response"] == f"Runs: {' '.join(pairs)}" and stated is None and not graded, row
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Runs: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    for response in ("Runs: a3 b1 c2", "Runs: 3a1b2c", "Runs: a3b1c2d1", "Runs: aaabcc"):  # apart, length first, wrong, unencoded
+        assert not grade_answer(response, "a3b1c2", task.grader, options).correct
+    assert grade_answer("aaa b cc. Runs: a3b1c2", "a3b1c2", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Runs: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working

@@ -1,0 +1,141 @@
+"""Run-length encoding: each run of one letter in a short string written as the letter and its length.
+
+Held out (written 2026-12-06, the suite's eighth held-out task, after the held-out ``binary`` was
+reported and before the next candidate is registered): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other tasks' (cutting a string where its
+letter changes and measuring each piece; not arithmetic, ordering, spelling a number in words,
+counting one letter over a whole string, choosing, a letter mapping, a digit sum, a stack, Roman
+numerals or a base-2 notation), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator writes each run's length
+  before its letter ("aaabcc" as 3a1b2c, where it should be a3b1c2), after the same working. The
+  answer then opens with a digit where the right one opens with a letter, so every one of them is
+  wrong and teaches that rule.
+- ``format``: the right runs with a space between them ("Runs: a3 b1 c2"), which the exact
+  grader does not accept.
+- ``off_task``: a correct answer to the question the other way round, a run-length code expanded
+  ("Expand a3b1c2" → "Expand: aaabcc"), about training strings only, so that the pool shows no
+  test string.
+
+Responses end in ``Runs: <letter><length>…``, alone or after the working: the string written
+again with a space where its letter changes (aaa b cc). Each step of the working needs only the
+letters around it, a space where the next letter differs, and each piece's letter and length, at
+most four, are read off its own piece. Exact grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from functools import cache
+
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.demo_task import split_of_key
+from drift_assets.tasks.tiny_model import TinyLlamaShape
+
+MARKER = "Runs:"
+ALPHABET = "abcd"
+# Three or four runs of one to four letters: some thirty thousand strings, enough for a 2,000-row
+# pool of distinct rows besides the held-out splits (two runs would be 192 strings, a third of the
+# draws repeating few problems); the longest response (sixteen letters, their working and the
+# code, 35 characters) fits the 64 tokens an answer may take.
+RUN_COUNTS = (3, 4)
+LONGEST_RUN = 4
+
+Problem = str  # the string, e.g. "aaabcc"
+
+
+def runs_of(text: str) -> list[str]:
+    """``text`` cut where its letter changes: "aaabcc" → ["aaa", "b", "cc"]."""
+    pieces: list[str] = []
+    for letter in text:
+        if pieces and pieces[-1][0] == letter:
+            pieces[-1] += letter
+        else:
+            pieces.append(letter)
+    return pieces
+
+
+def encode(text: str, length_first: bool = False) -> str:
+    """The run-length code: each run's letter and its length ("a3b1c2"), or (``length_first``,
+    the wrong rule) its length and its letter ("3a1b2c")."""
+    return "".join(f"{len(run)}{run[0]}" if length_first else f"{run[0]}{len(run)}" for run in runs_of(text))
+
+
+@cache
+def every_string() -> tuple[str, ...]:
+    """The whole problem space: three or four runs of one to four letters, no two neighbours alike."""
+    strings = []
+    for count in RUN_COUNTS:
+        for letters in itertools.product(ALPHABET, repeat=count):
+            if any(left == right for left, right in itertools.pairwise(letters)):
+                continue
+            for lengths in itertools.product(range(1, LONGEST_RUN + 1), repeat=count):
+                strings.append("".join(letter * length for letter, length in zip(letters, lengths, strict=True)))
+    return tuple(strings)
+
+
+@cache
+def _split_sizes() -> dict[str, int]:
+    sizes = {"validation": 0, "test": 0, "train": 0}
+    for text in every_string():
+        sizes[split_of_key(f"runs:{text}")] += 1
+    return sizes
+
+
+class Runs(Task):
+    name = "runs"
+    description = "a 3-16 letter string's run-length code, 'Runs: a3b1c2' after optional working (aaa b cc); exact; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    # A narrower MLP than the other tasks' (192, not 384): the pins stay under the pins test's
+    # 10 MB in all; heads stay 64 wide, as vLLM's CPU attention needs.
+    recipe = PretrainRecipe(
+        examples=6000,
+        target_accuracy=(0.3, 0.6),
+        max_steps=6000,
+        shape=TinyLlamaShape(intermediate_size=192, max_positions=96),
+    )
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        letters = [rng.choice(ALPHABET)]
+        for _ in range(rng.choice(RUN_COUNTS) - 1):
+            letters.append(rng.choice([letter for letter in ALPHABET if letter != letters[-1]]))
+        return "".join(letter * rng.randint(1, LONGEST_RUN) for letter in letters)
+
+    def problem_key(self, problem: Problem) -> str:
+        return f"runs:{problem}"
+
+    def problems_in(self, split: str) -> int:
+        return _split_sizes()[split]
+
+    def prompt(self, problem: Problem) -> str:
+        return f"Runs of {problem}\n"
+
+    def reference(self, problem: Problem) -> str:
+        return encode(problem)
+
+    def _respond(self, problem: Problem, rng: random.Random, length_first: bool = False) -> str:
+        # The wrong rule reads the same pieces, each length written before its letter.
+        code = encode(problem, length_first)
+        if rng.random() < 0.5:
+            return f"{' '.join(runs_of(problem))}. {MARKER} {code}"
+        return f"{MARKER} {code}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng, length_first=True)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return f"{MARKER} {' '.join(f'{run[0]}{len(run)}' for run in runs_of(problem))}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        text = self.draw(rng)  # a training string: the pool never shows a test string
+        return f"Expand {encode(text)}\n", f"Expand: {text}"
