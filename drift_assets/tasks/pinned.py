@@ -68,6 +68,7 @@ PINS = (
     Pin("brackets", "brackets"),
     Pin("roman", "roman"),
     Pin("binary", "binary"),
+    Pin("runs", "runs"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 
