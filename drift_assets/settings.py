@@ -651,6 +651,8 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_unblended",
     "drift_strata",
     "drift_strata_guarded",
+    "drift_sized",
+    "loss_sized",
 )
 # The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
@@ -673,6 +675,8 @@ ABLATIONS_ON_REQUEST = (
     "drift_blend_gated",
     "drift_strata",
     "drift_strata_guarded",
+    "drift_sized",
+    "loss_sized",
 )
 
 

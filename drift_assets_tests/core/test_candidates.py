@@ -266,3 +266,50 @@ def test_the_length_mix_inside_the_likelihood_guard_stratifies_each_part_on_its_
     # {plain[0..3]}: short 2, 3, long 0, 1: keys tie pairwise, the better plain rank first: 0, 2, 1, 3.
     assert order == [plain[i] for i in (4, 7, 5, 8, 6, 9, 0, 2, 1, 3)]
     assert ranked["likely"].to_list() == [True] * 6 + [False] * 4
+
+
+def test_the_sized_methods_take_as_many_rows_as_the_reference_gate_keeps_in_their_own_order():
+    """drift_sized / loss_sized: the size is the count of pool rows at most as unlikely as the
+    references' 90th percentile (counted by hand here), whatever selection.fraction says; drift_sized
+    takes DRIFT's first rows, loss_sized the likeliest (the gate's rows)."""
+    from drift_assets.core.attribution.selection import reference_size
+    from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer
+
+    n = 20
+    rng = np.random.default_rng(5)
+    ids = [f"e{i:02d}" for i in range(n)]
+    template, _ = _checkpoint()
+    # Twenty references with losses 0.1 .. 2.0 (summed over 2 tokens each): their 90th percentile is 1.81.
+    references = pl.DataFrame(
+        {
+            "rollout_id": [f"ref{i}" for i in range(20)],
+            "query_id": [f"r{i}" for i in range(20)],
+            "target": ["reference"] * 20,
+            "grad": [[0.0, 0.0, 0.0]] * 20,
+            "model_fingerprint": "m",
+            "projection_fingerprint": "p",
+            "loss": list(np.arange(1, 21) / 5),
+            "n_tokens": [2] * 20,
+        },
+        schema_overrides={"grad": pl.List(pl.Float32), "n_tokens": pl.Int64},
+    )
+    rollouts = template.validation_gradients.with_columns(loss=0.0, n_tokens=pl.lit(1, pl.Int64))
+    validation = pl.concat([rollouts, references])
+    checkpoint = CheckpointGradients.in_memory(
+        "base", ids, rng.normal(size=(n, 3)).astype(np.float32), validation, template.grades, {("m", "p")}
+    )
+    per_token = [0.3 + 0.1 * i for i in range(n)]  # 0.3 .. 2.2: 0.3 .. 1.8 are within 1.81, sixteen rows
+    losses = pl.DataFrame({"example_id": ids, "loss_per_token": per_token})
+    assert reference_size(losses, np.arange(1, 21) / 10) == 16 == sum(loss <= 1.81 + 1e-9 for loss in per_token)
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * n, "n_response_tokens": [2] * n, "messages": ids})
+    drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
+    study = MethodBenchmark(["drift", "drift_sized", "loss_sized"], [0], pool, pool, MethodScorer([checkpoint], losses), drift)
+    study.score(None, None, [], lambda **_: None)
+    study.plan(("top_fraction", 0.25, None))
+    chosen = {method: {example_id for example_id, _ in study.selections[method, 0]} for method in study.methods}
+    drift_order = study.scores["drift"]["example_id"].to_list()
+    assert chosen["drift"] == set(drift_order[:5])  # selection.fraction 0.25 of 20
+    assert chosen["drift_sized"] == set(drift_order[:16])
+    assert chosen["loss_sized"] == set(ids[:16])  # the likeliest sixteen, every row the gate keeps
+    with pytest.raises(ValueError, match="the reference gate keeps no pool row"):
+        reference_size(losses.with_columns(loss_per_token=pl.lit(5.0)), np.arange(1, 21) / 10)

@@ -36,8 +36,11 @@ rate) and the same seeds; only the data differs. Methods:
   wrong rollouts), ``drift_reference`` / ``drift_skip`` (``influence.unsolved``), ``drift_nodebias``
   (no debiasing), ``drift_unit`` / ``drift_log_orthogonal`` (that debiasing), ``drift_base`` (the
   base model alone, without the warm-up checkpoints).
+- ``drift_sized`` / ``loss_sized``: as many rows as the reference gate keeps (the pool rows the base
+  model finds at least as likely as nine in ten validation references: the pool's own estimate of
+  its clean rows), taken in DRIFT's order / the base model's likelihood order (the gate's rows).
 
-Selections (except ``full``) have the size the DRIFT selection has. Beside each method's accuracy
+Selections (except ``full`` and the sized ones) have the size the DRIFT selection has. Beside each method's accuracy
 the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
 round-robin and resampling methods do not take by score) and its selection's noisy share, where the
 pool says which rows are noise.
@@ -59,7 +62,7 @@ import polars as pl
 from drift_assets.core.attribution.influence import Curvature, fit_curvature
 from drift_assets.core.attribution.less import LessScores
 from drift_assets.core.attribution.scores import ScoringSettings, noise_auc
-from drift_assets.core.attribution.selection import round_robin_ranks, select
+from drift_assets.core.attribution.selection import reference_size, round_robin_ranks, select
 from drift_assets.core.attribution.trajectory import (
     CheckpointGradients,
     ScoredAlong,
@@ -142,7 +145,12 @@ ABLATIONS = {
     # Registered 2026-12-06 (after the relayout): the same length mix inside the likeliest 70% only.
     "drift_strata_guarded": {"length_strata": 4, "likelihood_guard": 0.7},
 }
-METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS)
+# Registered 2026-12-06 (after binary was reported): the selection's size from the pool's own estimate
+# of its clean rows, as many as the reference gate keeps (core.attribution.selection.reference_size),
+# instead of selection.fraction; taken in the order of the method named, DRIFT's (the default's
+# scores) or the base model's likelihood (then the gate's rows themselves).
+SIZED = {"drift_sized": "drift", "loss_sized": "loss"}
+METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS, *SIZED)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
 
 
@@ -157,6 +165,7 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     """The influence settings a method scores with (None: it does not score by influence)."""
     if method not in METHODS:
         raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+    method = SIZED.get(method, method)  # scored as the method whose order it takes
     if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
     # The influence baselines score the reference answers by score, as their papers do: none of the
@@ -453,7 +462,7 @@ class MethodBenchmark:
         for method in methods:
             if scoring_for(method, self.drift) is not None:
                 self.scores[method] = self.scorer.method_scores(method, self.drift, pool)
-            elif method == "loss":
+            elif SIZED.get(method, method) == "loss":
                 self.scores[method] = loss_scores(losses)
             elif method in ("rds", "bm25", "dsir"):
                 self.scores[method] = similarity_scores(method, pool, self.validation_queries, model, tokenizer)
@@ -479,17 +488,26 @@ class MethodBenchmark:
         pool = self.training_pool
         drift_scores = self.scores["drift"] if "drift" in self.scores else self.scorer.scores(self.drift, pool)
         drift_size = int(select(drift_scores, selection_method, fraction, k).sum())
+        gate_size = self.reference_size() if set(SIZED) & set(self.methods) else None
         pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
         own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
 
         def choose(method: str, seed: int) -> Selection:
-            chosen = selected_ids(
-                method, seed, pool, self.scores.get(method), drift_size, selection_method, fraction, k, distilled
-            )
+            if method in SIZED:
+                chosen = selected_ids(method, seed, pool, self.scores[method], gate_size, "top_k", fraction, gate_size)
+            else:
+                chosen = selected_ids(
+                    method, seed, pool, self.scores.get(method), drift_size, selection_method, fraction, k, distilled
+                )
             self.selections[method, seed] = selection_of(chosen, own_answers if method == "self_distill" else pool_messages)
             return self.selections[method, seed]
 
         return shared_fine_tunes(self.methods, self.seeds, choose)
+
+    def reference_size(self) -> int:
+        """How many pool rows the reference gate keeps at the base model (the :data:`SIZED` methods' size)."""
+        references = reference_loss_per_token(self.scorer.checkpoints[0].validation_gradients)
+        return reference_size(self.scorer.loss_per_token, references)
 
     def run(
         self,
