@@ -8,22 +8,23 @@ import sys
 
 import pytest
 
-# A tiny Llama's summed gradient over a batch, hashed: matrix products and reductions through oneMKL
-# and ATen, as the pipeline's gradient passes and fine-tunes make them.
+# A gradient through the operations of the pipeline's models (matrix products, SiLU, softmax
+# attention, RMS norm), hashed: oneMKL's and ATen's kernels, as the gradient passes and fine-tunes
+# run them (torch alone: a subprocess that imports no more starts in a few seconds).
 GRADIENT_HASH = """
 import hashlib, os, sys
 if sys.argv[1] == "package":
     import drift_assets  # noqa: F401  (sets the portable numerics)
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 torch.set_num_threads(int(os.environ["THREADS"]))
 torch.manual_seed(0)
-config = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-model = LlamaForCausalLM(config)
-ids = torch.randint(0, 64, (4, 40))
-model(ids, labels=ids).loss.backward()
-flat = torch.cat([p.grad.flatten() for p in model.parameters()])
+x = torch.randn(160, 128)
+w1 = torch.randn(128, 384, requires_grad=True)
+w2 = torch.randn(384, 128, requires_grad=True)
+h = torch.nn.functional.silu(x @ w1) @ w2
+attention = torch.softmax(h @ h.T / 128**0.5, dim=-1) @ h
+torch.nn.functional.rms_norm(attention, (128,)).square().mean().backward()
+flat = torch.cat([w1.grad.flatten(), w2.grad.flatten()])
 print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(flat.numpy().tobytes()).hexdigest())
 """
 
@@ -40,10 +41,9 @@ def _hash(mode: str, threads: int, **env: str) -> tuple[str, str]:
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pin is x86's")
 def test_a_gradient_has_the_same_bits_on_an_avx2_machine_and_with_any_thread_count():
-    here = _hash("package", 2)
+    here = _hash("package", 1)
     assert here[0] == "AVX2"
     # MKL_ENABLE_INSTRUCTIONS=AVX2 makes oneMKL run as it would on a machine without AVX-512.
-    assert _hash("package", 1) == here
     assert _hash("package", 2, MKL_ENABLE_INSTRUCTIONS="AVX2") == here
     # Without the package's settings the kernels follow the machine: on an AVX-512 one the bits differ
     # from an AVX2 machine's (so the comparisons above can fail).
