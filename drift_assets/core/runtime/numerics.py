@@ -5,7 +5,8 @@ sums in another order than an AVX2 one, so the same inputs, settings and seed ga
 and selections that differed in the last bits from machine to machine, and then in which rows a
 selection keeps. Pinned to the AVX2 code path (which every x86 CPU of the last decade has) with
 oneMKL's conditional numerical reproducibility in STRICT mode (the same bits whatever the thread
-count), they compute the same tables everywhere, at some speed on AVX-512 machines. Both libraries
+count), torch computes the same bits everywhere, at some speed on AVX-512 machines (numpy's
+OpenBLAS, which the scores use, is not pinned yet: docs/developing.md, Determinism). Both libraries
 read the settings at their first call, so they are set when the package is imported; a value already
 in the environment wins (``MKL_CBWR=AUTO ATEN_CPU_CAPABILITY=avx512`` gives the speed back).
 """
