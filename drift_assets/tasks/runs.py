@@ -134,7 +134,7 @@ class Runs(Task):
         return self._respond(problem, rng, length_first=True)
 
     def format_response(self, problem: Problem, rng: random.Random) -> str:
-        return f"{MARKER} {' '.join(f'{run[0]}{len(run)}' for run in runs_of(problem))}"
+        return f"{MARKER} {' '.join(encode(run) for run in runs_of(problem))}"
 
     def off_task_row(self, rng: random.Random) -> tuple[str, str]:
         text = self.draw(rng)  # a training string: the pool never shows a test string

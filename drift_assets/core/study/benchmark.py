@@ -488,7 +488,7 @@ class MethodBenchmark:
         pool = self.training_pool
         drift_scores = self.scores["drift"] if "drift" in self.scores else self.scorer.scores(self.drift, pool)
         drift_size = int(select(drift_scores, selection_method, fraction, k).sum())
-        gate_size = self.reference_size() if set(SIZED) & set(self.methods) else None
+        gate_size = self.reference_gate_size() if set(SIZED) & set(self.methods) else None
         pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
         own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
 
@@ -504,7 +504,7 @@ class MethodBenchmark:
 
         return shared_fine_tunes(self.methods, self.seeds, choose)
 
-    def reference_size(self) -> int:
+    def reference_gate_size(self) -> int:
         """How many pool rows the reference gate keeps at the base model (the :data:`SIZED` methods' size)."""
         references = reference_loss_per_token(self.scorer.checkpoints[0].validation_gradients)
         return reference_size(self.scorer.loss_per_token, references)
