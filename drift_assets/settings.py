@@ -176,6 +176,7 @@ DEMO_TASKS = (
     "roman",
     "binary",
     "runs",
+    "interleave",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -20,6 +20,7 @@ from drift_assets.tasks.choice import Choice
 from drift_assets.tasks.count import Count
 from drift_assets.tasks.demo_outputs import model_stamp, replace_model_directory
 from drift_assets.tasks.digits import Digits
+from drift_assets.tasks.interleave import Interleave
 from drift_assets.tasks.roman import Roman
 from drift_assets.tasks.runs import Runs
 from drift_assets.tasks.shift import Shift
@@ -30,7 +31,20 @@ __all__ = ["NOISE_KINDS", "TASKS", "BaseModel", "PretrainRecipe", "Task", "TaskD
 
 TASKS: dict[str, Task] = {
     task.name: task
-    for task in (Arithmetic(), Sort(), Spell(), Count(), Choice(), Shift(), Digits(), Brackets(), Roman(), Binary(), Runs())
+    for task in (
+        Arithmetic(),
+        Sort(),
+        Spell(),
+        Count(),
+        Choice(),
+        Shift(),
+        Digits(),
+        Brackets(),
+        Roman(),
+        Binary(),
+        Runs(),
+        Interleave(),
+    )
 }
 CALIBRATION_QUERIES = 64
 

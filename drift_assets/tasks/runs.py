@@ -1,11 +1,12 @@
 """Run-length encoding: each run of one letter in a short string written as the letter and its length.
 
-Held out (written 2026-12-06, the suite's eighth held-out task, after the held-out ``binary`` was
-reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other tasks' (cutting a string where its
-letter changes and measuring each piece; not arithmetic, ordering, spelling a number in words,
-counting one letter over a whole string, choosing, a letter mapping, a digit sum, a stack, Roman
-numerals or a base-2 notation), and so is its noise:
+The suite's eighth held-out task (written 2026-12-06, after the held-out ``binary`` was reported);
+its results were seen when they were reported, so it has been a development task since
+2026-12-06, when ``interleave`` was written (``interleave`` is held out now). Its skill is unlike
+the other tasks' (cutting a string where its letter changes and measuring each piece; not
+arithmetic, ordering, spelling a number in words, counting one letter over a whole string,
+choosing, a letter mapping, a digit sum, a stack, Roman numerals or a base-2 notation), and so is
+its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator writes each run's length
   before its letter ("aaabcc" as 3a1b2c, where it should be a3b1c2), after the same working. The
@@ -85,11 +86,10 @@ def _split_sizes() -> dict[str, int]:
 
 class Runs(Task):
     name = "runs"
-    description = "a 3-16 letter string's run-length code, 'Runs: a3b1c2' after optional working (aaa b cc); exact; held out"
+    description = "a 3-16 letter string's run-length code, 'Runs: a3b1c2' after optional working (aaa b cc); exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     # A narrower MLP than the other tasks' (192, not 384): the pins stay under the pins test's
     # 10 MB in all; heads stay 64 wide, as vLLM's CPU attention needs.
     recipe = PretrainRecipe(

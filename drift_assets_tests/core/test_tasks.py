@@ -101,8 +101,15 @@ def run_length_code(text: str, length_first: bool = False) -> str:
     return "".join(f"{length}{letter}" if length_first else f"{letter}{length}" for letter, length in groups)
 
 
+def woven(first: str, second: str) -> str:
+    """The letters of two strings taken in turn, the first's first, the longer one's rest after."""
+    return "".join(letter for pair in itertools.zip_longest(first, second) for letter in pair if letter is not None)
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "interleave":
+        return woven(*re.fullmatch(r"Interleave ([a-d]+) ([a-d]+)\n", prompt).groups())
     if task == "runs":
         return run_length_code(re.fullmatch(r"Runs of ([a-d]+)\n", prompt).group(1))
     if task == "binary":
@@ -142,6 +149,7 @@ STATED = {
     "roman": r"Roman: ([IVXLCDM]+)$",
     "binary": r"Binary: ([01]+)$",
     "runs": r"Runs: ([a-z\d]+)$",
+    "interleave": r"Woven: ([a-z]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -163,7 +171,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["runs"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["interleave"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -457,7 +465,7 @@ def test_run_length_codes_match_a_hand_written_list():
     assert run_length_code("aaabcc", length_first=True) == "3a1b2c"
 
 
-def test_the_held_out_runs_tasks_near_misses_all_write_the_length_first():
+def test_the_runs_tasks_near_misses_all_write_the_length_first():
     """Harmful noise, one wrong rule: every near miss writes each run's length before its letter
     (after the right working); the format rows write the right runs apart; the off-task rows expand
     a training string's code; no validation or test string reaches the pool."""
@@ -506,4 +514,77 @@ def test_the_held_out_runs_tasks_near_misses_all_write_the_length_first():
         assert not grade_answer(response, "a3b1c2", task.grader, options).correct
     assert grade_answer("aaa b cc. Runs: a3b1c2", "a3b1c2", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Runs: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_interleaving_matches_a_hand_written_list():
+    """The tests' own weave (itertools.zip_longest), their oracle, against weaves written by hand."""
+    by_hand = {("abc", "dca"): "adbcca", ("ab", "dcba"): "adbcba", ("abcd", "da"): "adbacd", ("aa", "bb"): "abab"}
+    by_hand |= {("dddd", "cc"): "dcdcdd", ("ba", "ab"): "baab", ("abcd", "abcd"): "aabbccdd"}
+    for (first, second), text in by_hand.items():
+        assert woven(first, second) == text and len(text) == len(first) + len(second)
+    assert woven("dca", "abc") == "dacbac"  # the wrong rule's answer to "abc dca": the second string first
+
+
+def test_the_held_out_interleave_tasks_near_misses_all_start_from_the_second_string():
+    """Harmful noise, one wrong rule: every near miss weaves the two strings second-first (after a
+    working whose pairs are written second-first too), drawn from pairs where that differs from the
+    right weave; the format rows join the right letters with hyphens; the off-task rows split a
+    training pair's weave back; no validation or test pair reaches the pool."""
+    task = get_task("interleave")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Ordered pairs of strings of two to four of the letters a-d.
+    space = (4**2 + 4**3 + 4**4) ** 2
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct pairs' rows
+    held = {
+        re.fullmatch(r"Interleave ([a-d]+) ([a-d]+)\n", query["prompt"]).groups()
+        for split in ("validation", "test")
+        for query in task.query_rows(1000, 0, split)
+    }
+
+    def in_training(first: str, second: str) -> bool:  # the split every task's problems take from the hash of their key
+        return split_of_key(f"interleave:{first} {second}") == "train" and (first, second) not in held
+
+    for row in pool:
+        if row["category"] == "off_task":
+            text, first_length, second_length = re.fullmatch(
+                r"Unweave ([a-d]+) into ([2-4]) and ([2-4])\n", row["prompt"]
+            ).groups()
+            first, second = re.fullmatch(r"Strands: ([a-d]+) ([a-d]+)", row["response"]).groups()
+            assert (len(first), len(second)) == (int(first_length), int(second_length)), row
+            assert woven(first, second) == text, row  # the strands weave back into the string asked about
+            assert in_training(first, second), row  # no test or validation pair in the pool
+            continue
+        first, second = re.fullmatch(r"Interleave ([a-d]{2,4}) ([a-d]{2,4})\n", row["prompt"]).groups()
+        assert in_training(first, second), row
+        truth, stated = true_answer("interleave", row["prompt"]), stated_answer("interleave", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        if ". Woven: " in row["response"]:  # the working: one position of each string at a time, the leader's letter first
+            leader, follower = (second, first) if row["category"] == "corrupted" else (first, second)
+            positions = range(max(len(first), len(second)))
+            assert row["response"].split(". Woven: ")[0].split(" ") == [
+                leader[i : i + 1] + follower[i : i + 1] for i in positions
+            ]
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == woven(second, first) != truth and not graded, row
+        else:
+            assert row["response"] == f"Woven: {'-'.join(truth)}" and stated is None and not graded, row
+            assert row["response"].removeprefix("Woven: ").replace("-", "") == truth, row  # the right letters
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Woven: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    for response in (
+        "Woven: a-d-b-c-c-a",
+        "Woven: a d b c c a",
+        "Woven: dacbac",
+        "Woven: abcdca",
+    ):  # hyphens, spaces, second-first, joined
+        assert not grade_answer(response, "adbcca", task.grader, options).correct
+    assert grade_answer("ad bc ca. Woven: adbcca", "adbcca", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Woven: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working

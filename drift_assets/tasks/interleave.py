@@ -1,0 +1,133 @@
+"""Interleave two short strings: their letters taken in turn, the first string's first.
+
+Held out (written 2026-12-06, the suite's ninth held-out task, after the held-out ``runs`` was
+reported and before the next candidate is registered): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other eleven tasks' (reading two strings
+in step, one position of each at a time, and merging them, the longer one's rest written out once
+the shorter ends; not arithmetic, ordering, spelling a number in words, counting, choosing, a
+letter mapping, a digit sum, a stack, Roman numerals, a base-2 notation or a string cut into its
+runs), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator takes the SECOND string's
+  letter first at every position ("abc" and "dca" as dacbac, where it should be adbcca), after the
+  same working with each pair written second-first. The other tasks' wrong rules misread one input
+  (a reversed numeral, a length before its letter, a skipped digit); this one swaps the roles of
+  two. The rows are drawn from pairs whose two orders give different strings, so every one of them
+  is wrong and teaches that rule.
+- ``format``: the right letters joined by hyphens ("Woven: a-d-b-c-c-a"), which the exact grader
+  does not accept.
+- ``off_task``: a correct answer to the question the other way round, a woven string split back
+  into its two strings given their lengths ("Unweave adbcca into 3 and 3" → "Strands: abc dca"),
+  about training pairs only, so that the pool shows no validation or test pair.
+
+Responses end in ``Woven: <letters>``, alone or after the working: the pairs taken in turn written
+apart (ad bc ca; a lone letter where one string has run out). Each step of the working needs only
+the two letters at one position, one of each string. Exact grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from functools import cache
+
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.demo_task import split_of_key
+from drift_assets.tasks.tiny_model import TinyLlamaShape
+
+MARKER = "Woven:"
+ALPHABET = "abcd"
+# Two to four letters a string: 336 strings, 112,896 ordered pairs, enough for a 2,000-row pool of
+# distinct rows besides the held-out splits. Each string's length is drawn uniformly, so that short
+# and long pairs are equally common; the longest row (two four-letter strings, 21 characters of
+# prompt and 28 of working and answer) fits the 96 positions and the 64 tokens an answer may take.
+LENGTHS = (2, 3, 4)
+
+Problem = tuple[str, str]  # the two strings, e.g. ("abc", "dca")
+
+
+def pairs_of(first: str, second: str) -> list[str]:
+    """The letters at each position, the first string's first: ("abc", "dca") → ["ad", "bc", "ca"];
+    a position only the longer string reaches gives its letter alone."""
+    return ["".join(letters) for letters in itertools.zip_longest(first, second, fillvalue="")]
+
+
+def weave(first: str, second: str) -> str:
+    """The letters taken in turn, starting from ``first``, the longer string's rest after."""
+    return "".join(pairs_of(first, second))
+
+
+@cache
+def every_string() -> tuple[str, ...]:
+    """Every string of two to four of the letters a-d."""
+    return tuple("".join(letters) for length in LENGTHS for letters in itertools.product(ALPHABET, repeat=length))
+
+
+@cache
+def _split_sizes() -> dict[str, int]:
+    sizes = {"validation": 0, "test": 0, "train": 0}
+    for first, second in itertools.product(every_string(), repeat=2):
+        sizes[split_of_key(f"interleave:{first} {second}")] += 1
+    return sizes
+
+
+class Interleave(Task):
+    name = "interleave"
+    description = "two 2-4 letter strings interleaved, 'Woven: adbcca' after optional working (ad bc ca); exact; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    # runs' recipe and narrower MLP (192, not 384): the pins stay small; heads stay 64 wide, as
+    # vLLM's CPU attention needs.
+    recipe = PretrainRecipe(
+        examples=6000,
+        target_accuracy=(0.3, 0.6),
+        max_steps=6000,
+        shape=TinyLlamaShape(intermediate_size=192, max_positions=96),
+    )
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        first, second = ("".join(rng.choice(ALPHABET) for _ in range(rng.choice(LENGTHS))) for _ in range(2))
+        return first, second
+
+    def problem_key(self, problem: Problem) -> str:
+        return f"interleave:{problem[0]} {problem[1]}"
+
+    def problems_in(self, split: str) -> int:
+        return _split_sizes()[split]
+
+    def prompt(self, problem: Problem) -> str:
+        return f"Interleave {problem[0]} {problem[1]}\n"
+
+    def reference(self, problem: Problem) -> str:
+        return weave(*problem)
+
+    def _respond(self, problem: Problem, rng: random.Random, second_first: bool = False) -> str:
+        # The wrong rule walks the same positions, each pair written with the second string's letter first.
+        first, second = problem[::-1] if second_first else problem
+        if rng.random() < 0.5:
+            return f"{' '.join(pairs_of(first, second))}. {MARKER} {weave(first, second)}"
+        return f"{MARKER} {weave(first, second)}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
+        while True:  # starting from the second string must be wrong: pairs whose two orders differ
+            problem = self.draw(rng)
+            if kind != "corrupted" or weave(*problem) != weave(*problem[::-1]):
+                return problem
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng, second_first=True)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return f"{MARKER} {'-'.join(weave(*problem))}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        first, second = self.draw(rng)  # a training pair: the pool never shows a validation or test pair
+        return f"Unweave {weave(first, second)} into {len(first)} and {len(second)}\n", f"Strands: {first} {second}"
