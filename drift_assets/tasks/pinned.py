@@ -69,6 +69,7 @@ PINS = (
     Pin("roman", "roman"),
     Pin("binary", "binary"),
     Pin("runs", "runs"),
+    Pin("interleave", "interleave"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 

@@ -91,7 +91,7 @@ class Runs(Task):
     answer_marker = MARKER
     chat_template = "none"
     # A narrower MLP than the other tasks' (192, not 384): the pins stay under the pins test's
-    # 10 MB in all; heads stay 64 wide, as vLLM's CPU attention needs.
+    # limit in all; heads stay 64 wide, as vLLM's CPU attention needs.
     recipe = PretrainRecipe(
         examples=6000,
         target_accuracy=(0.3, 0.6),
