@@ -654,6 +654,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_strata_guarded",
     "drift_sized",
     "loss_sized",
+    "drift_val_sized",
 )
 # The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
@@ -678,6 +679,7 @@ ABLATIONS_ON_REQUEST = (
     "drift_strata_guarded",
     "drift_sized",
     "loss_sized",
+    "drift_val_sized",
 )
 
 

@@ -126,7 +126,7 @@ def with_costs(instance, reads: Reads, table: pl.DataFrame, training_pool, valid
     materialization reused cost the method as much as the run that first computed them)."""
     pipeline = recorded_pipeline_cost(instance, reads.unversioned, training_pool, evaluation=False, whole=True)
     pool_tokens = sum(pool_sequence_tokens(training_pool))
-    return with_method_costs(table, reads.benchmark.methods, pipeline, pool_tokens, validation_queries, tokenizer)
+    return with_method_costs(table, pipeline, pool_tokens, validation_queries, tokenizer)
 
 
 def require_tables(warehouse: Warehouse) -> None:

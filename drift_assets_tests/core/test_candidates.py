@@ -313,3 +313,64 @@ def test_the_sized_methods_take_as_many_rows_as_the_reference_gate_keeps_in_thei
     assert chosen["loss_sized"] == set(ids[:16])  # the likeliest sixteen, every row the gate keeps
     with pytest.raises(ValueError, match="the reference gate keeps no pool row"):
         reference_size(losses.with_columns(loss_per_token=pl.lit(5.0)), np.arange(1, 21) / 10)
+
+
+def test_the_validated_method_fine_tunes_nested_prefixes_of_drifts_order_one_shared_with_drift():
+    """drift_val_sized: DRIFT's first rows at the configured size (shared with drift's fine-tune) and
+    at a quarter, a half, three quarters and the whole pool (shared with full's), every one a prefix
+    of DRIFT's order."""
+    from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer
+
+    n = 20
+    ids = [f"e{i:02d}" for i in range(n)]
+    template, _ = _checkpoint()
+    grads = np.random.default_rng(7).normal(size=(n, 3)).astype(np.float32)
+    checkpoint = CheckpointGradients.in_memory("base", ids, grads, template.validation_gradients, template.grades, {("m", "p")})
+    losses = pl.DataFrame({"example_id": ids, "loss_per_token": [0.1 * i for i in range(n)]})
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * n, "n_response_tokens": [2] * n, "messages": ids})
+    drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
+    study = MethodBenchmark(["full", "drift", "drift_val_sized"], [0], pool, pool, MethodScorer([checkpoint], losses), drift)
+    study.score(None, None, [], lambda **_: None)
+    plan = study.plan(("top_fraction", 0.1, None))
+    sizes = {"drift_val_sized@10%": 2, "drift_val_sized@25%": 5, "drift_val_sized@50%": 10}
+    sizes |= {"drift_val_sized@75%": 15, "drift_val_sized@100%": 20}
+    assert study.sizes == sizes
+    assert study.fine_tuned() == ["full", "drift", *sizes]
+    order = study.scores["drift"]["example_id"].to_list()
+    for label, size in sizes.items():
+        assert {example_id for example_id, _ in study.selections[label, 0]} == set(order[:size])
+    sharers = sorted(sorted(names) for _, _, names in plan)
+    assert sharers == [
+        ["drift", "drift_val_sized@10%"],
+        ["drift_val_sized@100%", "full"],
+        ["drift_val_sized@25%"],
+        ["drift_val_sized@50%"],
+        ["drift_val_sized@75%"],
+    ]
+
+
+def test_the_validated_method_keeps_the_size_best_on_the_validation_queries_ties_to_the_smaller():
+    from drift_assets.core.study.benchmark import with_validated_choices
+
+    tried = {  # label: (size, [validation accuracy on seed 0, seed 1], [test accuracy on seed 0, seed 1])
+        "drift_val_sized@10%": (2, [0.50, 0.40], [0.61, 0.50]),
+        "drift_val_sized@25%": (5, [0.70, 0.45], [0.62, 0.51]),
+        "drift_val_sized@50%": (10, [0.70, 0.50], [0.63, 0.52]),
+        "drift_val_sized@100%": (20, [0.60, 0.55], [0.64, 0.53]),
+    }
+    rows = [{"method": "full", "seed": seed, "n_selected": 20, "accuracy": 0.6, "validation_accuracy": None} for seed in (0, 1)]
+    rows += [
+        {"method": label, "seed": seed, "n_selected": size, "accuracy": test[seed], "validation_accuracy": validation[seed]}
+        for label, (size, validation, test) in tried.items()
+        for seed in (0, 1)
+    ]
+    table = pl.DataFrame(rows, schema_overrides={"validation_accuracy": pl.Float64}).with_columns(wall_seconds=pl.lit(2.0))
+    chosen = with_validated_choices(table, ["full", "drift_val_sized"])
+    assert chosen["method"].unique(maintain_order=True).to_list() == ["full", "drift_val_sized", *tried]
+    kept = chosen.filter(pl.col("method") == "drift_val_sized").sort("seed")
+    # Seed 0: 25% and 50% tie at 0.70, the smaller kept; seed 1: the whole pool's 0.55 is the best.
+    assert kept["n_selected"].to_list() == [5, 20]
+    assert kept["accuracy"].to_list() == [0.62, 0.53]
+    assert kept["wall_seconds"].to_list() == [8.0, 8.0]  # every size's fine-tune is the method's time
+    with pytest.raises(ValueError, match="chooses its size by validation accuracy"):
+        with_validated_choices(table.with_columns(validation_accuracy=None), ["drift_val_sized"])

@@ -2,6 +2,7 @@
 or in a worker process) and the one choice of the rollout and evaluation engine."""
 
 import contextlib
+import dataclasses
 import pickle
 
 import pytest
@@ -57,6 +58,21 @@ def test_a_worker_process_and_this_process_evaluate_alike_and_as_fine_tune_then_
     assert len(opened) == 1 and lines, "the caller's engine decodes and the fine-tune logs to the caller's log"
     # What run_fine_tunes hands a spawned worker process: the function and the job, pickled.
     assert pickle.loads(pickle.dumps((fine_tune_and_evaluate, tune))) == (fine_tune_and_evaluate, tune)
+
+
+def test_a_job_with_validation_queries_also_decodes_them_with_the_same_model(base_dir, examples):
+    """What the benchmark's validated method chooses its size by: the fine-tuned model's accuracy on
+    the validation queries, as evaluating that model on them directly gives."""
+    validation = query_rows(6, seed=0, split="validation")
+    tune = dataclasses.replace(job(base_dir, examples[:16]), validation_queries=validation)
+    model, tokenizer = load_base_model(base_dir, "float32", "cpu")
+    fine_tune(model, tokenizer, tune.messages, tune.options, log=lambda _: None)
+    engine = TransformersEngine(model, tokenizer, device=torch.device("cpu"))
+    expected_test, expected = evaluate(engine, tokenizer, tune.queries, 12), evaluate(engine, tokenizer, validation, 12)
+    result, _ = fine_tune_and_evaluate(tune)
+    assert result.answers == expected_test.answers and result.validation.answers == expected.answers
+    assert (result.validation.correct, result.validation.total) == (expected.correct, 6)
+    assert fine_tune_and_evaluate(job(base_dir, []))[0].validation is None  # not asked: not decoded
 
 
 def test_without_a_selection_the_base_model_itself_is_evaluated(base_dir):

@@ -39,6 +39,10 @@ rate) and the same seeds; only the data differs. Methods:
 - ``drift_sized`` / ``loss_sized``: as many rows as the reference gate keeps (the pool rows the base
   model finds at least as likely as nine in ten validation references: the pool's own estimate of
   its clean rows), taken in DRIFT's order / the base model's likelihood order (the gate's rows).
+- ``drift_val_sized``: DRIFT's order fine-tuned at several sizes (the configured one and a quarter,
+  half, three quarters and the whole of the pool, :data:`VALIDATION_SIZES`), the size whose model
+  answers the validation queries best kept (ties: the smaller); its rows ``drift_val_sized@<share>``
+  show every size's fine-tune.
 
 Selections (except ``full`` and the sized ones) have the size the DRIFT selection has. Beside each method's accuracy
 the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
@@ -49,6 +53,7 @@ pool says which rows are noise.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -150,7 +155,12 @@ ABLATIONS = {
 # instead of selection.fraction; taken in the order of the method named, DRIFT's (the default's
 # scores) or the base model's likelihood (then the gate's rows themselves).
 SIZED = {"drift_sized": "drift", "loss_sized": "loss"}
-METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS, *SIZED)
+# Registered 2026-12-06 (after runs was reported): the selection's size chosen by what each size
+# teaches, measured on the validation queries, not by a count of likely rows; in DRIFT's order.
+VALIDATED = {"drift_val_sized": "drift"}
+VALIDATION_SIZES = (0.25, 0.5, 0.75, 1.0)  # shares of the pool, besides the configured size
+ORDER_OF = {**SIZED, **VALIDATED}  # the method whose scores (and so order) a sized method takes
+METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS, *SIZED, *VALIDATED)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
 
 
@@ -165,7 +175,7 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     """The influence settings a method scores with (None: it does not score by influence)."""
     if method not in METHODS:
         raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
-    method = SIZED.get(method, method)  # scored as the method whose order it takes
+    method = ORDER_OF.get(method, method)  # scored as the method whose order it takes
     if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
     # The influence baselines score the reference answers by score, as their papers do: none of the
@@ -452,6 +462,7 @@ class MethodBenchmark:
     drift: ScoringSettings
     scores: dict[str, pl.DataFrame] = field(default_factory=dict)
     selections: dict[tuple[str, int], Selection] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # each validated method's sizes (validation_sizes)
 
     def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[..., LessScores]) -> None:
         """Each scored method's scores of the pool (example_id, score, rank); the unscored methods
@@ -462,7 +473,7 @@ class MethodBenchmark:
         for method in methods:
             if scoring_for(method, self.drift) is not None:
                 self.scores[method] = self.scorer.method_scores(method, self.drift, pool)
-            elif SIZED.get(method, method) == "loss":
+            elif ORDER_OF.get(method, method) == "loss":
                 self.scores[method] = loss_scores(losses)
             elif method in ("rds", "bm25", "dsir"):
                 self.scores[method] = similarity_scores(method, pool, self.validation_queries, model, tokenizer)
@@ -491,9 +502,18 @@ class MethodBenchmark:
         gate_size = self.reference_gate_size() if set(SIZED) & set(self.methods) else None
         pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
         own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
+        self.sizes = {
+            label: size
+            for method in self.methods
+            if method in VALIDATED
+            for label, size in validation_sizes(method, drift_size, pool.height).items()
+        }
 
         def choose(method: str, seed: int) -> Selection:
-            if method in SIZED:
+            if method in self.sizes:  # one size of a validated method
+                size, order = self.sizes[method], VALIDATED[method.split("@")[0]]
+                chosen = selected_ids(method, seed, pool, self.scores[order], size, "top_k", fraction, size)
+            elif method in SIZED:
                 chosen = selected_ids(method, seed, pool, self.scores[method], gate_size, "top_k", fraction, gate_size)
             else:
                 chosen = selected_ids(
@@ -502,7 +522,14 @@ class MethodBenchmark:
             self.selections[method, seed] = selection_of(chosen, own_answers if method == "self_distill" else pool_messages)
             return self.selections[method, seed]
 
-        return shared_fine_tunes(self.methods, self.seeds, choose)
+        return shared_fine_tunes(self.fine_tuned(), self.seeds, choose)
+
+    def fine_tuned(self) -> list[str]:
+        """What is fine-tuned, in table order: each method, a validated one as each of its sizes."""
+        return [label for method in self.methods for label in ([method] if method not in VALIDATED else self.sizes_of(method))]
+
+    def sizes_of(self, method: str) -> list[str]:
+        return [label for label in self.sizes if label.startswith(f"{method}@")]
 
     def reference_gate_size(self) -> int:
         """How many pool rows the reference gate keeps at the base model (the :data:`SIZED` methods' size)."""
@@ -520,9 +547,13 @@ class MethodBenchmark:
         """Each planned fine-tune (``job_for(method, messages, seed)``, run by ``run_one`` in
         ``workers`` processes, :func:`run_fine_tunes`) evaluated, logging progress: :func:`benchmark_table`."""
         jobs = [job_for(sharers[0], [messages for _, messages in sorted(chosen)], seed) for seed, chosen, sharers in plan]
-        shared = len(self.methods) * len(self.seeds) - len(jobs)
+        fine_tuned = self.fine_tuned()
+        if len(fine_tuned) > len(self.methods):  # a validated method's sizes: each model decodes the validation queries too
+            validation = self.validation_queries.select("query_id", "prompt", "reference", "grader").to_dicts()
+            jobs = [replace(job, validation_queries=validation) for job in jobs]
+        shared = len(fine_tuned) * len(self.seeds) - len(jobs)
         log(
-            f"{len(jobs)} fine-tunes ({len(self.methods)} methods x {len(self.seeds)} seeds"
+            f"{len(jobs)} fine-tunes ({len(fine_tuned)} methods and sizes x {len(self.seeds)} seeds"
             + (f", {shared} sharing another method's selection" if shared else "")
             + f") in {workers} process(es)"
         )
@@ -534,15 +565,66 @@ class MethodBenchmark:
         def finished():
             for (_, _, sharers), (job, (result, seconds)) in zip(plan, run_fine_tunes(jobs, run_one, workers), strict=True):
                 note = f"{' = '.join(sharers)} seed {job.seed}: accuracy {result.accuracy:.3f}"
+                if result.validation is not None:
+                    note += f" (validation {result.validation.accuracy:.3f})"
                 progress.advance(note, seconds if workers > 1 else None)
                 yield sharers, job, result, seconds
 
-        return benchmark_table(finished(), self.methods, self.scores, self.training_pool, self.selections)
+        # A validated method's sizes are taken in its order: they share its scores.
+        scores = {**self.scores, **{label: self.scores[label.split("@")[0]] for label in self.sizes}}
+        table = benchmark_table(finished(), fine_tuned, scores, self.training_pool, self.selections)
+        return with_validated_choices(table, self.methods)
+
+
+def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, int]:
+    """A validated method's sizes, labelled ``<method>@<share of the pool>``: the configured size
+    and :data:`VALIDATION_SIZES`' shares (rounded up, as ``selection.fraction`` is), smallest first."""
+    sizes = sorted({configured, *(min(pool_size, math.ceil(share * pool_size)) for share in VALIDATION_SIZES)})
+    labels: dict[str, int] = {}
+    for size in sizes:
+        labels.setdefault(f"{method}@{100 * size / pool_size:.3g}%", size)
+    return labels
+
+
+def with_validated_choices(table: pl.DataFrame, methods: Sequence[str]) -> pl.DataFrame:
+    """``table`` with a row per seed for each validated method in ``methods``: its size whose model
+    answered the validation queries best (ties: the smaller size), the wall time of all its sizes."""
+    chosen = []
+    for method in methods:
+        if method not in VALIDATED:
+            continue
+        tried = table.filter(pl.col("method").str.starts_with(f"{method}@"))
+        if tried["validation_accuracy"].null_count():
+            raise ValueError(f"benchmark method {method!r} chooses its size by validation accuracy, and a fine-tune has none")
+        best = (
+            tried.sort(["seed", "validation_accuracy", "n_selected"], descending=[False, True, False])
+            .group_by("seed", maintain_order=True)
+            .first()
+        )
+        seconds = tried.group_by("seed").agg(pl.col("wall_seconds").sum().alias("all_sizes"))
+        chosen.append(
+            best.join(seconds, on="seed")
+            .with_columns(method=pl.lit(method), wall_seconds=pl.col("all_sizes"))
+            .select(table.columns)
+        )
+    if not chosen:
+        return table
+    order = {label: index for index, label in enumerate(_table_order(methods, table))}
+    return pl.concat([table, *chosen]).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
+
+
+def _table_order(methods: Sequence[str], table: pl.DataFrame) -> list[str]:
+    """Each method, a validated one followed by its sizes, as they appear in ``table``."""
+    present = table["method"].unique(maintain_order=True).to_list()
+    return [
+        label
+        for method in methods
+        for label in [method, *(size for size in present if method in VALIDATED and size.startswith(f"{method}@"))]
+    ]
 
 
 def with_method_costs(
     table: pl.DataFrame,
-    methods: Sequence[str],
     pipeline: PipelineCost,
     pool_tokens: int,
     validation_queries: pl.DataFrame,
@@ -555,7 +637,13 @@ def with_method_costs(
         reference_tokens(tokenizer, prompt, response)
         for prompt, response in zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)
     )
-    costs = method_costs(methods, pipeline, pool_tokens, validation_tokens)
+    labels = table["method"].unique(maintain_order=True).to_list()
+    costs = method_costs(labels, pipeline, pool_tokens, validation_tokens)
+    for method in VALIDATED:
+        # Its choice fine-tunes every size and keeps one: each other one costs about a full-pool SFT
+        # run (the same optimizer steps, on a selection's examples).
+        if costs.get(method) is not None:
+            costs[method] += sum(label.startswith(f"{method}@") for label in labels) - 1
     return table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
 
 
@@ -619,11 +707,12 @@ def benchmark_table(
                     "noisy_share": None
                     if method == "self_distill"
                     else noisy_share(selections.get((method, job.seed)), training_pool),
+                    "validation_accuracy": None if result.validation is None else result.validation.accuracy,
                     "wall_seconds": seconds if method == job.method else 0.0,
                 }
             )
     order = {method: index for index, method in enumerate(methods)}
-    nullable = {"noise_auc": pl.Float64, "order_auc": pl.Float64, "noisy_share": pl.Float64}
+    nullable = {"noise_auc": pl.Float64, "order_auc": pl.Float64, "noisy_share": pl.Float64, "validation_accuracy": pl.Float64}
     return pl.DataFrame(rows, schema_overrides=nullable).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
 
 

@@ -1,4 +1,5 @@
-"""Fine-tune the base model on a selection, then measure its greedy accuracy on the test queries:
+"""Fine-tune the base model on a selection, then measure its greedy accuracy on the test queries
+(and, where a job asks, on the validation queries):
 the one fine-tune-then-evaluate that ``refined_model_evaluation`` and the method benchmark (in
 this process or in spawned worker processes) run."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import torch
@@ -35,6 +36,8 @@ class FineTuneJob:
     queries: list[dict]
     max_tokens: int
     grading: GradingOptions
+    # Also decoded where given, for a method that chooses between its fine-tunes by them.
+    validation_queries: list[dict] = field(default_factory=list)
 
 
 def load_base_model(path: str, dtype: str, device: str):
@@ -68,6 +71,8 @@ def fine_tune_and_evaluate(
     run = fine_tune(model, tokenizer, job.messages, job.options, log=log) if job.messages else None
     with (open_engine or _transformers_engine(job.device))(model, tokenizer) as engine:
         result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
+        if job.validation_queries:
+            result.validation = evaluate(engine, tokenizer, job.validation_queries, job.max_tokens, job.grading)
     result.train_losses, result.train_tokens = (run.losses, run.tokens) if run is not None else ([], 0)
     return result, time.perf_counter() - started
 

@@ -248,6 +248,8 @@ class Evaluation:
     train_tokens: int = 0  # the fine-tune's tokens (SftRun.tokens)
     prompt_tokens: int = 0  # the test queries' prompts, each once
     generated_tokens: int = 0
+    # The same model's greedy accuracy on the validation queries, where the job asked for it.
+    validation: Evaluation | None = None
 
     @property
     def accuracy(self) -> float:
