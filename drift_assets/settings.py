@@ -177,6 +177,7 @@ DEMO_TASKS = (
     "binary",
     "runs",
     "interleave",
+    "unique",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -1,12 +1,12 @@
 """Interleave two short strings: their letters taken in turn, the first string's first.
 
-Held out (written 2026-12-06, the suite's ninth held-out task, after the held-out ``runs`` was
-reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other eleven tasks' (reading two strings
-in step, one position of each at a time, and merging them, the longer one's rest written out once
-the shorter ends; not arithmetic, ordering, spelling a number in words, counting, choosing, a
-letter mapping, a digit sum, a stack, Roman numerals, a base-2 notation or a string cut into its
-runs), and so is its noise:
+The suite's ninth held-out task (written 2026-12-06, after the held-out ``runs`` was reported);
+its results were seen when they were reported, so it has been a development task since
+2026-12-06, when ``unique`` was written (``unique`` is held out now). Its skill is unlike the
+other tasks' (reading two strings in step, one position of each at a time, and merging them, the
+longer one's rest written out once the shorter ends; not arithmetic, ordering, spelling a number
+in words, counting, choosing, a letter mapping, a digit sum, a stack, Roman numerals, a base-2
+notation or a string cut into its runs), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator takes the SECOND string's
   letter first at every position ("abc" and "dca" as dacbac, where it should be adbcca), after the
@@ -73,11 +73,10 @@ def _split_sizes() -> dict[str, int]:
 
 class Interleave(Task):
     name = "interleave"
-    description = "two 2-4 letter strings interleaved, 'Woven: adbcca' after optional working (ad bc ca); exact; held out"
+    description = "two 2-4 letter strings interleaved, 'Woven: adbcca' after optional working (ad bc ca); exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     # runs' recipe and narrower MLP (192, not 384): the pins stay small; heads stay 64 wide, as
     # vLLM's CPU attention needs.
     recipe = PretrainRecipe(

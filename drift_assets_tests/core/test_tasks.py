@@ -106,8 +106,15 @@ def woven(first: str, second: str) -> str:
     return "".join(letter for pair in itertools.zip_longest(first, second) for letter in pair if letter is not None)
 
 
+def kept(text: str, last: bool = False) -> str:
+    """Each letter once, where it first stands (or, ``last``, where it last stands)."""
+    return "".join(dict.fromkeys(text[::-1]))[::-1] if last else "".join(dict.fromkeys(text))
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "unique":
+        return kept(re.fullmatch(r"Unique ([a-e]+)\n", prompt).group(1))
     if task == "interleave":
         return woven(*re.fullmatch(r"Interleave ([a-d]+) ([a-d]+)\n", prompt).groups())
     if task == "runs":
@@ -150,6 +157,7 @@ STATED = {
     "binary": r"Binary: ([01]+)$",
     "runs": r"Runs: ([a-z\d]+)$",
     "interleave": r"Woven: ([a-z]+)$",
+    "unique": r"Kept: ([a-z]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -171,7 +179,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["interleave"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["unique"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -526,7 +534,7 @@ def test_interleaving_matches_a_hand_written_list():
     assert woven("dca", "abc") == "dacbac"  # the wrong rule's answer to "abc dca": the second string first
 
 
-def test_the_held_out_interleave_tasks_near_misses_all_start_from_the_second_string():
+def test_the_interleave_tasks_near_misses_all_start_from_the_second_string():
     """Harmful noise, one wrong rule: every near miss weaves the two strings second-first (after a
     working whose pairs are written second-first too), drawn from pairs where that differs from the
     right weave; the format rows join the right letters with hyphens; the off-task rows split a
@@ -587,4 +595,68 @@ def test_the_held_out_interleave_tasks_near_misses_all_start_from_the_second_str
         assert not grade_answer(response, "adbcca", task.grader, options).correct
     assert grade_answer("ad bc ca. Woven: adbcca", "adbcca", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Woven: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_keeping_each_letter_once_matches_a_hand_written_list():
+    """The tests' own deduplication (dict.fromkeys), their oracle, against answers written by hand."""
+    by_hand = {"abacbd": "abcd", "aaaaa": "a", "edcba": "edcba", "abcabcabc": "abc", "ebbeaaecd": "ebacd"}
+    by_hand |= {"ccccd": "cd", "deedcc": "dec"}
+    for text, letters in by_hand.items():
+        assert kept(text) == letters
+    last = {"abacbd": "acbd", "ebbeaaecd": "baecd", "deedcc": "edc", "abcabcabc": "abc", "ccccd": "cd"}
+    for text, letters in last.items():  # the wrong rule: each letter where it last stands
+        assert kept(text, last=True) == letters
+
+
+def test_the_held_out_unique_tasks_near_misses_all_keep_the_last_occurrence():
+    """Harmful noise, one wrong rule: every near miss keeps each letter where it last stands (after a
+    working that moves a letter met again to the end), drawn from strings where that differs from
+    the right answer; the format rows separate the right letters with commas; the off-task rows
+    count a training string's letters; no validation or test string reaches the pool."""
+    task = get_task("unique")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Strings of five to nine of the letters a-e.
+    space = sum(5**length for length in range(5, 10))
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct strings' rows
+    held = {
+        re.fullmatch(r"Unique ([a-e]+)\n", query["prompt"]).group(1)
+        for split in ("validation", "test")
+        for query in task.query_rows(1000, 0, split)
+    }
+
+    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
+        return split_of_key(f"unique:{text}") == "train" and text not in held
+
+    for row in pool:
+        if row["category"] == "off_task":
+            text = re.fullmatch(r"Distinct letters in ([a-e]{5,9})\n", row["prompt"]).group(1)
+            assert row["response"] == f"Distinct: {len(set(text))}", row
+            assert in_training(text), row  # no test or validation string in the pool
+            continue
+        text = re.fullmatch(r"Unique ([a-e]{5,9})\n", row["prompt"]).group(1)
+        assert in_training(text), row
+        truth, stated = true_answer("unique", row["prompt"]), stated_answer("unique", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        if ". Kept: " in row["response"]:  # the working: after each letter, the letters of the string so far kept
+            last = row["category"] == "corrupted"
+            groups = [kept(text[: end + 1], last) for end in range(len(text))]
+            assert row["response"] == f"{' '.join(groups)}. Kept: {groups[-1]}", row
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == kept(text, last=True) != truth and not graded, row
+        else:
+            assert row["response"] == f"Kept: {','.join(truth)}" and stated is None and not graded, row
+            assert "," in row["response"] and row["response"].removeprefix("Kept: ").replace(",", "") == truth, row
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Kept: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    for response in ("Kept: a,b,c,d", "Kept: a b c d", "Kept: acbd", "Kept: abacbd"):  # commas, spaces, last kept, repeats
+        assert not grade_answer(response, "abcd", task.grader, options).correct
+    assert grade_answer("a ab ab abc abc abcd. Kept: abcd", "abcd", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Kept: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working

@@ -1,0 +1,142 @@
+"""Unique letters: a short string's letters with every repeat removed, each kept where it first stands.
+
+Held out (written 2026-12-06, the suite's tenth held-out task, after the held-out ``interleave``
+was reported and before the next candidate is registered): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other twelve tasks' (remembering which
+letters a string has shown so far and dropping a letter met again; not arithmetic, ordering,
+spelling a number in words, counting one letter, choosing, a letter mapping, a digit sum, a stack,
+Roman numerals, a base-2 notation, a string cut into its runs or two strings woven together), and
+so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator keeps each letter where
+  it LAST stands ("abacbd" as acbd, where it should be abcd), after the same working with a letter
+  met again moved to the end of the letters kept so far. The other tasks' wrong rules reverse an
+  order, skip a wrap or a digit, misplace a length or swap two strings' roles; this one reads the
+  wrong one of a repeated letter's places, so the letters are right and their order is not. The
+  rows are drawn from strings whose two orders differ, so every one of them is wrong and teaches
+  that rule.
+- ``format``: the right letters separated by commas ("Kept: a,b,c,d"), which the exact grader does
+  not accept; drawn from strings of two different letters or more, so that a comma always shows.
+- ``off_task``: a correct answer to another question about the string, how many different letters
+  it has ("Distinct letters in abacbd" → "Distinct: 4"), about training strings only, so that the
+  pool shows no validation or test string.
+
+Responses end in ``Kept: <letters>``, alone or after the working: the letters kept so far, written
+again after each letter of the string (a ab ab abc abc abcd). Each step of the working needs only
+the group just written (at most five letters) and the string's next letter: the group again, with
+that letter added at its end unless the group holds it; the answer is the last group. Exact
+grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from functools import cache
+
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.demo_task import split_of_key
+from drift_assets.tasks.tiny_model import TinyLlamaShape
+
+MARKER = "Kept:"
+ALPHABET = "abcde"
+# Five to nine letters: 2,440,625 strings, enough for a 2,000-row pool of distinct rows besides the
+# held-out splits. Each length is drawn uniformly, so that short and long strings are equally
+# common; the longest row (17 characters of prompt, 43 of working and 13 of answer) fits the 96
+# positions and the 64 tokens an answer may take.
+LENGTHS = (5, 6, 7, 8, 9)
+
+Problem = str  # the string, e.g. "abacbd"
+
+
+def kept_after_each(text: str, last: bool = False) -> list[str]:
+    """The letters kept after each letter of ``text``, each where it first stands ("abacbd" → a ab
+    ab abc abc abcd) or (``last``, the wrong rule) moved to the end when met again (a ab ba bac acb
+    acbd)."""
+    groups, kept = [], ""
+    for letter in text:
+        if letter not in kept:
+            kept += letter
+        elif last:
+            kept = kept.replace(letter, "") + letter
+        groups.append(kept)
+    return groups
+
+
+def unique(text: str, last: bool = False) -> str:
+    """``text``'s letters with every repeat removed, each at its first (``last``: its last) place."""
+    return kept_after_each(text, last)[-1]
+
+
+@cache
+def _split_sizes() -> dict[str, int]:
+    sizes = {"validation": 0, "test": 0, "train": 0}
+    for length in LENGTHS:
+        for letters in itertools.product(ALPHABET, repeat=length):
+            sizes[split_of_key(f"unique:{''.join(letters)}")] += 1
+    return sizes
+
+
+class Unique(Task):
+    name = "unique"
+    description = (
+        "a 5-9 letter string's letters without repeats, 'Kept: abcd' after optional working (a ab ab abc); exact; held out"
+    )
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    # A model half as wide as runs' and interleave's (64, one head of 64, as vLLM's CPU attention
+    # needs; their MLP of 192): the pins stay under the pins test's limit in all.
+    recipe = PretrainRecipe(
+        examples=6000,
+        target_accuracy=(0.3, 0.6),
+        max_steps=6000,
+        shape=TinyLlamaShape(hidden_size=64, num_heads=1, intermediate_size=192, max_positions=96),
+    )
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        return "".join(rng.choice(ALPHABET) for _ in range(rng.choice(LENGTHS)))
+
+    def problem_key(self, problem: Problem) -> str:
+        return f"unique:{problem}"
+
+    def problems_in(self, split: str) -> int:
+        return _split_sizes()[split]
+
+    def prompt(self, problem: Problem) -> str:
+        return f"Unique {problem}\n"
+
+    def reference(self, problem: Problem) -> str:
+        return unique(problem)
+
+    def _respond(self, problem: Problem, rng: random.Random, last: bool = False) -> str:
+        # The wrong rule walks the same letters, a letter met again moved to the end of the group.
+        groups = kept_after_each(problem, last)
+        if rng.random() < 0.5:
+            return f"{' '.join(groups)}. {MARKER} {groups[-1]}"
+        return f"{MARKER} {groups[-1]}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
+        while True:  # a near miss must be wrong, and a format row must show a comma
+            problem = self.draw(rng)
+            if kind == "corrupted" and unique(problem) != unique(problem, last=True):
+                return problem
+            if kind != "corrupted" and len(unique(problem)) > 1:
+                return problem
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng, last=True)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return f"{MARKER} {','.join(unique(problem))}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        text = self.draw(rng)  # a training string: the pool never shows a validation or test string
+        return f"Distinct letters in {text}\n", f"Distinct: {len(unique(text))}"
