@@ -70,6 +70,7 @@ PINS = (
     Pin("binary", "binary"),
     Pin("runs", "runs"),
     Pin("interleave", "interleave"),
+    Pin("unique", "unique"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 
