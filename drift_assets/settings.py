@@ -656,6 +656,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_sized",
     "loss_sized",
     "drift_val_sized",
+    "drift_val_margin",
 )
 # The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
@@ -681,6 +682,7 @@ ABLATIONS_ON_REQUEST = (
     "drift_sized",
     "loss_sized",
     "drift_val_sized",
+    "drift_val_margin",
 )
 
 

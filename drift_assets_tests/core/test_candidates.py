@@ -372,5 +372,28 @@ def test_the_validated_method_keeps_the_size_best_on_the_validation_queries_ties
     assert kept["n_selected"].to_list() == [5, 20]
     assert kept["accuracy"].to_list() == [0.62, 0.53]
     assert kept["wall_seconds"].to_list() == [8.0, 8.0]  # every size's fine-tune is the method's time
+    # With a margin of 5 points over the configured size (10%: 0.50 and 0.40): seed 0's 0.70 clears
+    # it (the smaller of the two kept), seed 1's best, 0.55 against 0.40, too; at 0.44 it would not.
+    margin = with_validated_choices(
+        table.with_columns(method=pl.col("method").str.replace("sized", "margin")), ["drift_val_margin"], 2
+    )
+    assert margin.filter(pl.col("method") == "drift_val_margin")["n_selected"].to_list() == [5, 20]
+    close = table.with_columns(
+        method=pl.col("method").str.replace("sized", "margin"),
+        validation_accuracy=pl.when(pl.col("method") == "drift_val_sized@100%").then(0.44).otherwise("validation_accuracy"),
+    )
+    kept = with_validated_choices(close, ["drift_val_margin"], 2).filter(pl.col("method") == "drift_val_margin")
+    # Seed 1 now: the best is 50% (0.50), 0.10 over 10%'s 0.40: kept; with 25% and 50% at 0.44 too, no
+    # size clears 0.45 and 10% stays.
+    assert kept["n_selected"].to_list() == [5, 10]
+    closer = close.with_columns(
+        validation_accuracy=pl.when(
+            pl.col("method").is_in(["drift_val_margin@25%", "drift_val_margin@50%"]) & (pl.col("seed") == 1)
+        )
+        .then(0.44)
+        .otherwise("validation_accuracy")
+    )
+    kept = with_validated_choices(closer, ["drift_val_margin"], 2).filter(pl.col("method") == "drift_val_margin")
+    assert kept["n_selected"].to_list() == [5, 2] and kept["accuracy"].to_list() == [0.62, 0.50]
     with pytest.raises(ValueError, match="chooses its size by validation accuracy"):
         with_validated_choices(table.with_columns(validation_accuracy=None), ["drift_val_sized"])

@@ -42,7 +42,8 @@ rate) and the same seeds; only the data differs. Methods:
 - ``drift_val_sized``: DRIFT's order fine-tuned at several sizes (the configured one and a quarter,
   half, three quarters and the whole of the pool, :data:`VALIDATION_SIZES`), the size whose model
   answers the validation queries best kept (ties: the smaller); its rows ``drift_val_sized@<share>``
-  show every size's fine-tune.
+  show every size's fine-tune. ``drift_val_margin``: the same, leaving the configured size only for
+  one that answers at least :data:`VALIDATION_MARGINS`' share more of the validation queries.
 
 Selections (except ``full`` and the sized ones) have the size the DRIFT selection has. Beside each method's accuracy
 the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
@@ -157,7 +158,11 @@ ABLATIONS = {
 SIZED = {"drift_sized": "drift", "loss_sized": "loss"}
 # Registered 2026-12-06 (after runs was reported): the selection's size chosen by what each size
 # teaches, measured on the validation queries, not by a count of likely rows; in DRIFT's order.
-VALIDATED = {"drift_val_sized": "drift"}
+VALIDATED = {"drift_val_sized": "drift", "drift_val_margin": "drift"}
+# Registered 2026-12-06 (after interleave was reported): leave the configured size only for a size
+# whose model answers at least this share more of the validation queries (a few dozen of them
+# leave most gaps between sizes within their noise).
+VALIDATION_MARGINS = {"drift_val_margin": 0.05}
 VALIDATION_SIZES = (0.25, 0.5, 0.75, 1.0)  # shares of the pool, besides the configured size
 ORDER_OF = {**SIZED, **VALIDATED}  # the method whose scores (and so order) a sized method takes
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS, *SIZED, *VALIDATED)
@@ -463,6 +468,7 @@ class MethodBenchmark:
     scores: dict[str, pl.DataFrame] = field(default_factory=dict)
     selections: dict[tuple[str, int], Selection] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # each validated method's sizes (validation_sizes)
+    configured_size: int | None = None  # DRIFT's selection's size, from selection.fraction or selection.k
 
     def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[..., LessScores]) -> None:
         """Each scored method's scores of the pool (example_id, score, rank); the unscored methods
@@ -502,6 +508,7 @@ class MethodBenchmark:
         gate_size = self.reference_gate_size() if set(SIZED) & set(self.methods) else None
         pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
         own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
+        self.configured_size = drift_size
         self.sizes = {
             label: size
             for method in self.methods
@@ -573,7 +580,7 @@ class MethodBenchmark:
         # A validated method's sizes are taken in its order: they share its scores.
         scores = {**self.scores, **{label: self.scores[label.split("@")[0]] for label in self.sizes}}
         table = benchmark_table(finished(), fine_tuned, scores, self.training_pool, self.selections)
-        return with_validated_choices(table, self.methods)
+        return with_validated_choices(table, self.methods, self.configured_size)
 
 
 def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, int]:
@@ -586,9 +593,11 @@ def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, 
     return labels
 
 
-def with_validated_choices(table: pl.DataFrame, methods: Sequence[str]) -> pl.DataFrame:
+def with_validated_choices(table: pl.DataFrame, methods: Sequence[str], configured: int | None = None) -> pl.DataFrame:
     """``table`` with a row per seed for each validated method in ``methods``: its size whose model
-    answered the validation queries best (ties: the smaller size), the wall time of all its sizes."""
+    answered the validation queries best (ties: the smaller size); for one with a margin
+    (:data:`VALIDATION_MARGINS`), that size only where it answers at least the margin more of them
+    than the ``configured`` size does, else the configured size. Its wall time is all its sizes'."""
     chosen = []
     for method in methods:
         if method not in VALIDATED:
@@ -596,31 +605,32 @@ def with_validated_choices(table: pl.DataFrame, methods: Sequence[str]) -> pl.Da
         tried = table.filter(pl.col("method").str.starts_with(f"{method}@"))
         if tried["validation_accuracy"].null_count():
             raise ValueError(f"benchmark method {method!r} chooses its size by validation accuracy, and a fine-tune has none")
-        best = (
-            tried.sort(["seed", "validation_accuracy", "n_selected"], descending=[False, True, False])
-            .group_by("seed", maintain_order=True)
-            .first()
-        )
-        seconds = tried.group_by("seed").agg(pl.col("wall_seconds").sum().alias("all_sizes"))
-        chosen.append(
-            best.join(seconds, on="seed")
-            .with_columns(method=pl.lit(method), wall_seconds=pl.col("all_sizes"))
-            .select(table.columns)
-        )
+        margin = VALIDATION_MARGINS.get(method, 0.0)
+        for seed in tried["seed"].unique(maintain_order=True):
+            rows = tried.filter(pl.col("seed") == seed).sort("n_selected").to_dicts()
+            best = max(rows, key=lambda row: row["validation_accuracy"])  # the first of equals: the smaller
+            if margin:
+                default = next(row for row in rows if row["n_selected"] == configured)
+                if best["validation_accuracy"] < default["validation_accuracy"] + margin - 1e-9:
+                    best = default
+            chosen.append({**best, "method": method, "wall_seconds": sum(row["wall_seconds"] for row in rows)})
     if not chosen:
         return table
     order = {label: index for index, label in enumerate(_table_order(methods, table))}
-    return pl.concat([table, *chosen]).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
+    kept = pl.DataFrame(chosen, schema=table.schema)
+    return pl.concat([table, kept]).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
 
 
 def _table_order(methods: Sequence[str], table: pl.DataFrame) -> list[str]:
-    """Each method, a validated one followed by its sizes, as they appear in ``table``."""
+    """Each method, a validated one followed by its sizes, as they appear in ``table``; then any other
+    method the table holds."""
     present = table["method"].unique(maintain_order=True).to_list()
-    return [
+    order = [
         label
         for method in methods
         for label in [method, *(size for size in present if method in VALIDATED and size.startswith(f"{method}@"))]
     ]
+    return order + [label for label in present if label not in order]
 
 
 def with_method_costs(
