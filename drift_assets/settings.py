@@ -662,7 +662,7 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
 ABLATIONS_ON_REQUEST = (
-    "less_onpolicy",  # the candidate adam (benchmarks/README.md, 2026-12-06): screened by the LDS, fine-tuned on 12 draws
+    "less_onpolicy",  # the candidate adam (benchmarks/README.md, 2026-12-06): screened by the LDS, fine-tuned on 32 draws
     "drift_skip",
     "drift_nodebias",
     "drift_unit",
