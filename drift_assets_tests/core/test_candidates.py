@@ -349,6 +349,26 @@ def test_the_validated_method_fine_tunes_nested_prefixes_of_drifts_order_one_sha
     ]
 
 
+def test_the_validated_sizes_keep_the_configured_one_and_need_no_drift_row():
+    from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer, validation_sizes
+
+    # 1,001 of 2,000 and half the pool both read "50%": the configured size keeps the label.
+    assert validation_sizes("m", 1001, 2000) == {"m@25%": 500, "m@50%": 1001, "m@75%": 1500, "m@100%": 2000}
+    ids = [f"e{i:02d}" for i in range(8)]
+    template, _ = _checkpoint()
+    grads = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
+    checkpoint = CheckpointGradients.in_memory("base", ids, grads, template.validation_gradients, template.grades, {("m", "p")})
+    losses = pl.DataFrame({"example_id": ids, "loss_per_token": [0.1 * i for i in range(8)]})
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 8, "n_response_tokens": [2] * 8, "messages": ids})
+    drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
+    study = MethodBenchmark(["drift_val_margin"], [0], pool, pool, MethodScorer([checkpoint], losses), drift)
+    study.score(None, None, [], lambda **_: None)
+    study.plan(("top_fraction", 0.5, None))
+    assert study.configured_size == 4 and list(study.sizes.values()) == [2, 4, 6, 8]
+    order = study.scores["drift_val_margin"]["example_id"].to_list()
+    assert {example_id for example_id, _ in study.selections["drift_val_margin@25%", 0]} == set(order[:2])
+
+
 def test_the_validated_method_keeps_the_size_best_on_the_validation_queries_ties_to_the_smaller():
     from drift_assets.core.study.benchmark import with_validated_choices
 

@@ -518,8 +518,8 @@ class MethodBenchmark:
 
         def choose(method: str, seed: int) -> Selection:
             if method in self.sizes:  # one size of a validated method
-                size, order = self.sizes[method], VALIDATED[method.split("@")[0]]
-                chosen = selected_ids(method, seed, pool, self.scores[order], size, "top_k", fraction, size)
+                size, validated = self.sizes[method], method.split("@")[0]  # in the validated method's order
+                chosen = selected_ids(method, seed, pool, self.scores[validated], size, "top_k", fraction, size)
             elif method in SIZED:
                 chosen = selected_ids(method, seed, pool, self.scores[method], gate_size, "top_k", fraction, gate_size)
             else:
@@ -586,11 +586,14 @@ class MethodBenchmark:
 def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, int]:
     """A validated method's sizes, labelled ``<method>@<share of the pool>``: the configured size
     and :data:`VALIDATION_SIZES`' shares (rounded up, as ``selection.fraction`` is), smallest first."""
-    sizes = sorted({configured, *(min(pool_size, math.ceil(share * pool_size)) for share in VALIDATION_SIZES)})
-    labels: dict[str, int] = {}
-    for size in sizes:
-        labels.setdefault(f"{method}@{100 * size / pool_size:.3g}%", size)
-    return labels
+
+    def label(size: int) -> str:
+        return f"{method}@{100 * size / pool_size:.3g}%"
+
+    labels = {label(configured): configured}  # kept where another share rounds to its label
+    for size in sorted({min(pool_size, math.ceil(share * pool_size)) for share in VALIDATION_SIZES}):
+        labels.setdefault(label(size), size)
+    return dict(sorted(labels.items(), key=lambda item: item[1]))
 
 
 def with_validated_choices(table: pl.DataFrame, methods: Sequence[str], configured: int | None = None) -> pl.DataFrame:
