@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -98,9 +98,14 @@ class Task(ABC):
         reference = self.reference(problem)
         return f"{self.answer_marker} {reference}" if self.answer_marker else reference
 
-    def problems_in(self, split: str) -> int | None:
-        """How many distinct problems ``split`` holds, where the space is small enough to count."""
+    def every_problem(self) -> Iterable[Hashable] | None:
+        """The task's whole problem space, where it is small enough to walk (None: it is not)."""
         return None
+
+    def problems_in(self, split: str) -> int | None:
+        """How many distinct problems ``split`` holds, counted once over :meth:`every_problem` (None:
+        the task does not list its space)."""
+        return None if self.every_problem() is None else _split_sizes(self)[split]
 
     # -- noise ---------------------------------------------------------------------------------
     def corrupted_response(self, problem: Hashable, rng: random.Random) -> str:
@@ -227,10 +232,9 @@ class Task(ABC):
 
 
 @cache
-def numbered_split_sizes(name: str, largest: int) -> dict[str, int]:
-    """How many of the numbers 1..``largest`` fall in each split, for a task whose problem keys are
-    ``"<name>:<number>"``."""
+def _split_sizes(task: Task) -> dict[str, int]:
+    """How many of the task's problems fall in each split (its space walked once per process)."""
     sizes = {"validation": 0, "test": 0, "train": 0}
-    for number in range(1, largest + 1):
-        sizes[split_of_key(f"{name}:{number}")] += 1
+    for problem in task.every_problem():
+        sizes[split_of_key(task.problem_key(problem))] += 1
     return sizes

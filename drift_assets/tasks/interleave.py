@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from functools import cache
+from collections.abc import Iterator
 
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.demo_task import split_of_key
 from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Woven:"
@@ -57,18 +56,9 @@ def weave(first: str, second: str) -> str:
     return "".join(pairs_of(first, second))
 
 
-@cache
 def every_string() -> tuple[str, ...]:
     """Every string of two to four of the letters a-d."""
     return tuple("".join(letters) for length in LENGTHS for letters in itertools.product(ALPHABET, repeat=length))
-
-
-@cache
-def _split_sizes() -> dict[str, int]:
-    sizes = {"validation": 0, "test": 0, "train": 0}
-    for first, second in itertools.product(every_string(), repeat=2):
-        sizes[split_of_key(f"interleave:{first} {second}")] += 1
-    return sizes
 
 
 class Interleave(Task):
@@ -96,8 +86,8 @@ class Interleave(Task):
     def problem_key(self, problem: Problem) -> str:
         return f"interleave:{problem[0]} {problem[1]}"
 
-    def problems_in(self, split: str) -> int:
-        return _split_sizes()[split]
+    def every_problem(self) -> Iterator[Problem]:
+        return itertools.product(every_string(), repeat=2)
 
     def prompt(self, problem: Problem) -> str:
         return f"Interleave {problem[0]} {problem[1]}\n"

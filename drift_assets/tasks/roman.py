@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults, numbered_split_sizes
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
 from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Roman:"
@@ -79,8 +79,8 @@ class Roman(Task):
     def problem_key(self, problem: int) -> str:
         return f"roman:{problem}"
 
-    def problems_in(self, split: str) -> int:
-        return numbered_split_sizes(self.name, LARGEST)[split]
+    def every_problem(self) -> range:
+        return range(1, LARGEST + 1)
 
     def prompt(self, problem: int) -> str:
         return f"Roman for {problem}\n"

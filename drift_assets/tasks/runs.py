@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from functools import cache
 
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.demo_task import split_of_key
 from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Runs:"
@@ -63,7 +61,6 @@ def encode(text: str, length_first: bool = False) -> str:
     return "".join(f"{len(run)}{run[0]}" if length_first else f"{run[0]}{len(run)}" for run in runs_of(text))
 
 
-@cache
 def every_string() -> tuple[str, ...]:
     """The whole problem space: three or four runs of one to four letters, no two neighbours alike."""
     strings = []
@@ -74,14 +71,6 @@ def every_string() -> tuple[str, ...]:
             for lengths in itertools.product(range(1, LONGEST_RUN + 1), repeat=count):
                 strings.append("".join(letter * length for letter, length in zip(letters, lengths, strict=True)))
     return tuple(strings)
-
-
-@cache
-def _split_sizes() -> dict[str, int]:
-    sizes = {"validation": 0, "test": 0, "train": 0}
-    for text in every_string():
-        sizes[split_of_key(f"runs:{text}")] += 1
-    return sizes
 
 
 class Runs(Task):
@@ -111,8 +100,8 @@ class Runs(Task):
     def problem_key(self, problem: Problem) -> str:
         return f"runs:{problem}"
 
-    def problems_in(self, split: str) -> int:
-        return _split_sizes()[split]
+    def every_problem(self) -> tuple[str, ...]:
+        return every_string()
 
     def prompt(self, problem: Problem) -> str:
         return f"Runs of {problem}\n"

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from functools import cache
+from collections.abc import Iterator
 
 from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.demo_task import split_of_key
 from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 MARKER = "Kept:"
@@ -68,15 +67,6 @@ def unique(text: str, last: bool = False) -> str:
     return kept_after_each(text, last)[-1]
 
 
-@cache
-def _split_sizes() -> dict[str, int]:
-    sizes = {"validation": 0, "test": 0, "train": 0}
-    for length in LENGTHS:
-        for letters in itertools.product(ALPHABET, repeat=length):
-            sizes[split_of_key(f"unique:{''.join(letters)}")] += 1
-    return sizes
-
-
 class Unique(Task):
     name = "unique"
     description = (
@@ -104,8 +94,8 @@ class Unique(Task):
     def problem_key(self, problem: Problem) -> str:
         return f"unique:{problem}"
 
-    def problems_in(self, split: str) -> int:
-        return _split_sizes()[split]
+    def every_problem(self) -> Iterator[Problem]:
+        return ("".join(letters) for length in LENGTHS for letters in itertools.product(ALPHABET, repeat=length))
 
     def prompt(self, problem: Problem) -> str:
         return f"Unique {problem}\n"
