@@ -536,7 +536,7 @@ class MethodBenchmark:
         return [label for method in self.methods for label in ([method] if method not in VALIDATED else self.sizes_of(method))]
 
     def sizes_of(self, method: str) -> list[str]:
-        return [label for label in self.sizes if label.startswith(f"{method}@")]
+        return size_labels(method, self.sizes)
 
     def reference_gate_size(self) -> int:
         """How many pool rows the reference gate keeps at the base model (the :data:`SIZED` methods' size)."""
@@ -555,9 +555,12 @@ class MethodBenchmark:
         ``workers`` processes, :func:`run_fine_tunes`) evaluated, logging progress: :func:`benchmark_table`."""
         jobs = [job_for(sharers[0], [messages for _, messages in sorted(chosen)], seed) for seed, chosen, sharers in plan]
         fine_tuned = self.fine_tuned()
-        if len(fine_tuned) > len(self.methods):  # a validated method's sizes: each model decodes the validation queries too
+        if self.sizes:  # a validated method's sizes: their models decode the validation queries too
             validation = self.validation_queries.select("query_id", "prompt", "reference", "grader").to_dicts()
-            jobs = [replace(job, validation_queries=validation) for job in jobs]
+            jobs = [
+                replace(job, validation_queries=validation) if self.sizes.keys() & set(sharers) else job
+                for job, (_, _, sharers) in zip(jobs, plan, strict=True)
+            ]
         shared = len(fine_tuned) * len(self.seeds) - len(jobs)
         log(
             f"{len(jobs)} fine-tunes ({len(fine_tuned)} methods and sizes x {len(self.seeds)} seeds"
@@ -596,6 +599,11 @@ def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, 
     return dict(sorted(labels.items(), key=lambda item: item[1]))
 
 
+def size_labels(method: str, labels: Iterable[str]) -> list[str]:
+    """The labels of a validated method's sizes among ``labels`` (``<method>@<share>``)."""
+    return [label for label in labels if label.startswith(f"{method}@")]
+
+
 def with_validated_choices(table: pl.DataFrame, methods: Sequence[str], configured: int | None = None) -> pl.DataFrame:
     """``table`` with a row per seed for each validated method in ``methods``: its size whose model
     answered the validation queries best (ties: the smaller size); for one with a margin
@@ -628,11 +636,7 @@ def _table_order(methods: Sequence[str], table: pl.DataFrame) -> list[str]:
     """Each method, a validated one followed by its sizes, as they appear in ``table``; then any other
     method the table holds."""
     present = table["method"].unique(maintain_order=True).to_list()
-    order = [
-        label
-        for method in methods
-        for label in [method, *(size for size in present if method in VALIDATED and size.startswith(f"{method}@"))]
-    ]
+    order = [label for method in methods for label in [method, *(size_labels(method, present) if method in VALIDATED else [])]]
     return order + [label for label in present if label not in order]
 
 
@@ -656,7 +660,7 @@ def with_method_costs(
         # Its choice fine-tunes every size and keeps one: each other one costs about a full-pool SFT
         # run (the same optimizer steps, on a selection's examples).
         if costs.get(method) is not None:
-            costs[method] += sum(label.startswith(f"{method}@") for label in labels) - 1
+            costs[method] += len(size_labels(method, labels)) - 1
     return table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
 
 
