@@ -178,6 +178,7 @@ DEMO_TASKS = (
     "runs",
     "interleave",
     "unique",
+    "position",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -21,6 +21,7 @@ from drift_assets.tasks.count import Count
 from drift_assets.tasks.demo_outputs import model_stamp, replace_model_directory
 from drift_assets.tasks.digits import Digits
 from drift_assets.tasks.interleave import Interleave
+from drift_assets.tasks.position import Position
 from drift_assets.tasks.roman import Roman
 from drift_assets.tasks.runs import Runs
 from drift_assets.tasks.shift import Shift
@@ -46,6 +47,7 @@ TASKS: dict[str, Task] = {
         Runs(),
         Interleave(),
         Unique(),
+        Position(),
     )
 }
 CALIBRATION_QUERIES = 64

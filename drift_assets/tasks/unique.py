@@ -1,12 +1,12 @@
 """Unique letters: a short string's letters with every repeat removed, each kept where it first stands.
 
-Held out (written 2026-12-06, the suite's tenth held-out task, after the held-out ``interleave``
-was reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other twelve tasks' (remembering which
-letters a string has shown so far and dropping a letter met again; not arithmetic, ordering,
-spelling a number in words, counting one letter, choosing, a letter mapping, a digit sum, a stack,
-Roman numerals, a base-2 notation, a string cut into its runs or two strings woven together), and
-so is its noise:
+The suite's tenth held-out task (written 2026-12-06, after the held-out ``interleave`` was
+reported); its results were seen when they were reported, so it has been a development task since
+2026-12-07, when ``position`` was written (``position`` is held out now). Its skill is unlike the
+other tasks' (remembering which letters a string has shown so far and dropping a letter met again;
+not arithmetic, ordering, spelling a number in words, counting one letter, choosing, a letter
+mapping, a digit sum, a stack, Roman numerals, a base-2 notation, a string cut into its runs or two
+strings woven together), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator keeps each letter where
   it LAST stands ("abacbd" as acbd, where it should be abcd), after the same working with a letter
@@ -70,12 +70,11 @@ def unique(text: str, last: bool = False) -> str:
 class Unique(Task):
     name = "unique"
     description = (
-        "a 5-9 letter string's letters without repeats, 'Kept: abcd' after optional working (a ab ab abc); exact; held out"
+        "a 5-9 letter string's letters without repeats, 'Kept: abcd' after optional working (a ab ab abc); exact grading"
     )
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     # A model half as wide as runs' and interleave's (64, one head of 64, as vLLM's CPU attention
     # needs; their MLP of 192): the pins stay under the pins test's limit in all.
     recipe = PretrainRecipe(

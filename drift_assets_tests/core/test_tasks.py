@@ -4,6 +4,7 @@ statement (not by the task's own code), its noise kinds, splits and tokenizer.""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import pytest
@@ -111,8 +112,16 @@ def kept(text: str, last: bool = False) -> str:
     return "".join(dict.fromkeys(text[::-1]))[::-1] if last else "".join(dict.fromkeys(text))
 
 
+def place_of(text: str, letter: str) -> int:
+    """Where ``letter`` first stands in ``text``, counted from 1."""
+    return text.index(letter) + 1
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "position":
+        letter, text = re.fullmatch(r"Find ([a-h]) in ([a-h]+)\n", prompt).groups()
+        return str(place_of(text, letter))
     if task == "unique":
         return kept(re.fullmatch(r"Unique ([a-e]+)\n", prompt).group(1))
     if task == "interleave":
@@ -158,6 +167,7 @@ STATED = {
     "runs": r"Runs: ([a-z\d]+)$",
     "interleave": r"Woven: ([a-z]+)$",
     "unique": r"Kept: ([a-z]+)$",
+    "position": r"Place: (\d+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -179,7 +189,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["unique"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["position"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -609,7 +619,7 @@ def test_keeping_each_letter_once_matches_a_hand_written_list():
         assert kept(text, last=True) == letters
 
 
-def test_the_held_out_unique_tasks_near_misses_all_keep_the_last_occurrence():
+def test_the_unique_tasks_near_misses_all_keep_the_last_occurrence():
     """Harmful noise, one wrong rule: every near miss keeps each letter where it last stands (after a
     working that moves a letter met again to the end), drawn from strings where that differs from
     the right answer; the format rows separate the right letters with commas; the off-task rows
@@ -659,4 +669,66 @@ def test_the_held_out_unique_tasks_near_misses_all_keep_the_last_occurrence():
         assert not grade_answer(response, "abcd", task.grader, options).correct
     assert grade_answer("a ab ab abc abc abcd. Kept: abcd", "abcd", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Kept: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_a_letters_place_matches_a_hand_written_list():
+    """The tests' own place (str.index, counted from 1), their oracle, against places written by hand."""
+    by_hand = {("abdce", "c"): 4, ("abcd", "a"): 1, ("hgfedcb", "b"): 7, ("cafe", "f"): 3, ("badge", "g"): 4}
+    by_hand |= {("hgfe", "h"): 1, ("dhbgace", "a"): 5}
+    for (text, letter), number in by_hand.items():
+        assert place_of(text, letter) == number
+
+
+def test_the_held_out_position_tasks_near_misses_all_count_from_zero():
+    """Harmful noise, one wrong rule: every near miss numbers the places from 0 (after a working
+    numbered from 0 too), so its answer is one less than the right one; the format rows write the
+    right place with a number sign; the off-task rows give a training string's length; no validation
+    or test string reaches the pool."""
+    task = get_task("position")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Strings of four to seven different letters of a-h, each asked about any of its letters.
+    space = sum(math.perm(8, length) * length for length in range(4, 8))
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct rows
+    held = {
+        re.fullmatch(r"Find [a-h] in ([a-h]+)\n", query["prompt"]).group(1)
+        for split in ("validation", "test")
+        for query in task.query_rows(1000, 0, split)
+    }
+
+    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
+        return split_of_key(f"position:{text}") == "train" and text not in held
+
+    for row in pool:
+        if row["category"] == "off_task":
+            text = re.fullmatch(r"Length of ([a-h]{4,7})\n", row["prompt"]).group(1)
+            assert len(set(text)) == len(text) and row["response"] == f"Length: {len(text)}", row
+            assert in_training(text), row  # no test or validation string in the pool
+            continue
+        letter, text = re.fullmatch(r"Find ([a-h]) in ([a-h]{4,7})\n", row["prompt"]).groups()
+        assert len(set(text)) == len(text) and letter in text and in_training(text), row
+        truth, stated = true_answer("position", row["prompt"]), stated_answer("position", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        if ". Place: " in row["response"]:  # the working: the string's letters up to the asked one, each with its place
+            shift = 1 if row["category"] == "corrupted" else 0  # the wrong rule counts from 0
+            items = row["response"].split(". Place: ")[0].split(" ")
+            assert [item[0] for item in items] == list(text[: len(items)]) and items[-1][0] == letter, row
+            assert [int(item[1:]) for item in items] == [place_of(text, each) - shift for each in text[: len(items)]], row
+            assert items[-1][1:] == stated, row
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == str(place_of(text, letter) - 1) != truth and not graded, row
+        else:
+            assert row["response"] == f"Place: #{truth}" and stated is None and not graded, row
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Place: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    for response in ("Place: #4", "Place: 3", "Place: four", "Place: 04", "a0 b1 d2 c3. Place: 3"):  # sign, from 0, words
+        assert not grade_answer(response, "4", task.grader, options).correct
+    assert grade_answer("a1 b2 d3 c4. Place: 4", "4", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Place: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working

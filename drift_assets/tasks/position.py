@@ -1,0 +1,122 @@
+"""Letter position: where a letter stands in a short string of different letters, counted from 1.
+
+Held out (written 2026-12-07, the suite's eleventh held-out task, after the held-out ``unique``
+was reported and before the next candidate is registered): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other thirteen tasks' (walking a string
+from its start, numbering its places, until the asked letter is met; not arithmetic, ordering,
+spelling a number in words, counting how often a letter occurs, choosing, a letter mapping, a digit
+sum, a stack, Roman numerals, a base-2 notation, a string cut into its runs, two strings woven
+together or a string's repeats removed), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator numbers the places from
+  0 ("Find c in abdce" as 3, where it should be 4), after the same working numbered from 0 (a0 b1
+  d2 c3). The other tasks' wrong rules reverse an order, skip a wrap or a digit, misplace a length,
+  swap two strings' roles or read a repeated letter's last place; this one starts the count at the
+  wrong number, so every answer is one less than the right one and every row is wrong and teaches
+  that rule.
+- ``format``: the right place written with a number sign ("Place: #4"), which the exact grader does
+  not accept.
+- ``off_task``: a correct answer to another question about the string, how many letters it has
+  ("Length of abdce" → "Length: 5"), about training strings only, so that the pool shows no
+  validation or test string.
+
+Responses end in ``Place: <number>``, alone or after the working: the string's letters up to the
+asked one, each written with its place (a1 b2 d3 c4). Each step of the working needs only the
+place just written and the string's next letter; the answer is the last place. The split is taken
+of the string alone, so that a validation or test string is never seen in training, asked about
+any of its letters. Exact grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.tiny_model import TinyLlamaShape
+
+MARKER = "Place:"
+ALPHABET = "abcdefgh"
+# Four to seven different letters of a-h: 68,880 strings and 443,520 (string, letter) problems,
+# enough for a 2,000-row pool of distinct rows besides the held-out splits. Each length is drawn
+# uniformly, so that short and long strings are equally common; the longest row (18 characters of
+# prompt, 20 of working and 10 of answer) fits the 96 positions and the 64 tokens an answer may take.
+LENGTHS = (4, 5, 6, 7)
+
+Problem = tuple[str, str]  # the string and the asked letter, e.g. ("abdce", "c")
+
+
+def numbered(text: str, letter: str, start: int = 1) -> list[str]:
+    """``text``'s letters up to ``letter``, each with its place counted from ``start`` ("abdce", "c"
+    → a1 b2 d3 c4; ``start`` 0, the wrong rule: a0 b1 d2 c3)."""
+    return [f"{each}{place}" for place, each in enumerate(text[: text.index(letter) + 1], start)]
+
+
+def place(text: str, letter: str, start: int = 1) -> int:
+    """Where ``letter`` stands in ``text``, counted from ``start``."""
+    return text.index(letter) + start
+
+
+class Position(Task):
+    name = "position"
+    description = (
+        "where a letter stands in 4-7 different letters, 'Place: 4' after optional working (a1 b2 d3 c4); exact; held out"
+    )
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    # unique's model (64 wide, one head of 64, as vLLM's CPU attention needs; an MLP of 192): the
+    # pins stay small.
+    recipe = PretrainRecipe(
+        examples=6000,
+        target_accuracy=(0.3, 0.6),
+        max_steps=6000,
+        shape=TinyLlamaShape(hidden_size=64, num_heads=1, intermediate_size=192, max_positions=96),
+    )
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        text = "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
+        return text, rng.choice(text)
+
+    def problem_key(self, problem: Problem) -> str:
+        # The string alone: its problems (one per letter) all fall in one split.
+        return f"position:{problem[0]}"
+
+    def every_problem(self) -> Iterator[Problem]:
+        return (
+            ("".join(letters), letter)
+            for length in LENGTHS
+            for letters in itertools.permutations(ALPHABET, length)
+            for letter in letters
+        )
+
+    def prompt(self, problem: Problem) -> str:
+        return f"Find {problem[1]} in {problem[0]}\n"
+
+    def reference(self, problem: Problem) -> str:
+        return str(place(*problem))
+
+    def _respond(self, problem: Problem, rng: random.Random, start: int = 1) -> str:
+        # The wrong rule walks the same letters, numbered from 0.
+        answer = place(*problem, start)
+        if rng.random() < 0.5:
+            return f"{' '.join(numbered(*problem, start))}. {MARKER} {answer}"
+        return f"{MARKER} {answer}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng, start=0)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return f"{MARKER} #{place(*problem)}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        text, _ = self.draw(rng)  # a training string: the pool never shows a validation or test string
+        return f"Length of {text}\n", f"Length: {len(text)}"
