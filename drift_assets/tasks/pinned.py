@@ -71,6 +71,7 @@ PINS = (
     Pin("runs", "runs"),
     Pin("interleave", "interleave"),
     Pin("unique", "unique"),
+    Pin("position", "position"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 
