@@ -658,6 +658,8 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "loss_sized",
     "drift_val_sized",
     "drift_val_margin",
+    "drift_val_loss",
+    "drift_or_loss",
 )
 # The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
@@ -684,6 +686,8 @@ ABLATIONS_ON_REQUEST = (
     "loss_sized",
     "drift_val_sized",
     "drift_val_margin",
+    "drift_val_loss",
+    "drift_or_loss",
 )
 
 

@@ -369,6 +369,29 @@ def test_the_validated_sizes_keep_the_configured_one_and_need_no_drift_row():
     assert {example_id for example_id, _ in study.selections["drift_val_margin@25%", 0]} == set(order[:2])
 
 
+def test_drift_or_loss_fine_tunes_drifts_and_the_loss_filters_selections_sharing_their_fine_tunes():
+    from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer
+
+    ids = [f"e{i:02d}" for i in range(8)]
+    template, _ = _checkpoint()
+    grads = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
+    checkpoint = CheckpointGradients.in_memory("base", ids, grads, template.validation_gradients, template.grades, {("m", "p")})
+    # The base model's losses rise with the id: the loss filter keeps e00-e03.
+    losses = pl.DataFrame({"example_id": ids, "loss_per_token": [0.1 * i for i in range(8)]})
+    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 8, "n_response_tokens": [2] * 8, "messages": ids})
+    drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
+    study = MethodBenchmark(["loss", "drift", "drift_or_loss"], [0, 1], pool, pool, MethodScorer([checkpoint], losses), drift)
+    study.score(None, None, [], lambda **_: None)
+    plan = study.plan(("top_fraction", 0.5, None))
+    assert study.sizes == {"drift_or_loss@drift": 4, "drift_or_loss@loss": 4}
+    assert {example_id for example_id, _ in study.selections["drift_or_loss@loss", 0]} == {"e00", "e01", "e02", "e03"}
+    drift_order = study.scores["drift"]["example_id"].to_list()[:4]
+    assert {example_id for example_id, _ in study.selections["drift_or_loss@drift", 1]} == set(drift_order)
+    assert set(drift_order) != {"e00", "e01", "e02", "e03"}  # two different selections to choose between
+    sharers = sorted(sorted(names) for seed, _, names in plan if seed == 0)
+    assert sharers == [["drift", "drift_or_loss@drift"], ["drift_or_loss@loss", "loss"]]  # no fine-tune of its own
+
+
 def test_the_validated_method_keeps_the_size_best_on_the_validation_queries_ties_to_the_smaller():
     from drift_assets.core.study.benchmark import with_validated_choices
 
@@ -417,3 +440,27 @@ def test_the_validated_method_keeps_the_size_best_on_the_validation_queries_ties
     assert kept["n_selected"].to_list() == [5, 2] and kept["accuracy"].to_list() == [0.62, 0.50]
     with pytest.raises(ValueError, match="chooses its size by validation accuracy"):
         with_validated_choices(table.with_columns(validation_accuracy=None), ["drift_val_sized"])
+
+
+def test_drift_val_loss_keeps_the_size_whose_model_has_the_lowest_loss_on_the_validation_references():
+    from drift_assets.core.study.benchmark import with_validated_choices
+
+    tried = {  # label: (size, [validation loss, seed 0 and 1], [validation accuracy], [test accuracy])
+        "drift_val_loss@25%": (5, [0.30, 0.52], [0.70, 0.60], [0.62, 0.51]),
+        "drift_val_loss@50%": (10, [0.30, 0.50], [0.50, 0.50], [0.63, 0.52]),
+        "drift_val_loss@100%": (20, [0.41, 0.49], [0.40, 0.40], [0.64, 0.53]),
+    }
+    rows = [
+        {"method": label, "seed": seed, "n_selected": size, "accuracy": test[seed], "validation_accuracy": accuracy[seed]}
+        | {"validation_loss": loss[seed]}
+        for label, (size, loss, accuracy, test) in tried.items()
+        for seed in (0, 1)
+    ]
+    table = pl.DataFrame(rows).with_columns(wall_seconds=pl.lit(2.0))
+    kept = with_validated_choices(table, ["drift_val_loss"]).filter(pl.col("method") == "drift_val_loss")
+    # Seed 0: 25% and 50% tie at 0.30, the smaller kept; seed 1: the whole pool's 0.49 is the lowest,
+    # though its validation accuracy is the lowest too (the loss alone decides).
+    assert kept["n_selected"].to_list() == [5, 20] and kept["accuracy"].to_list() == [0.62, 0.53]
+    assert kept["wall_seconds"].to_list() == [6.0, 6.0]
+    with pytest.raises(ValueError, match="chooses its size by validation loss"):
+        with_validated_choices(table.with_columns(validation_loss=None), ["drift_val_loss"])

@@ -153,10 +153,11 @@ def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: Los
 
 
 def teacher_forced_logprobs(model, tokenizer, prompt_ids, response_ids) -> torch.Tensor:
-    """(B,) float64 log π(response | prompt) of token-id pairs, in one batch, without gradients."""
-    batch = collate_pairs(tokenizer, prompt_ids, response_ids)
+    """(B,) float64 log π(response | prompt) of token-id pairs, in one batch, without gradients, on the CPU."""
+    batch = collate_pairs(tokenizer, prompt_ids, response_ids).to(next(model.parameters()).device)
     with torch.no_grad():
-        return sequence_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch).double()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return sequence_logprobs(logits, batch).double().cpu()
 
 
 def training_step(model, optimizer, batch: ResponseBatch, autocast_dtype: torch.dtype | None = None) -> float:

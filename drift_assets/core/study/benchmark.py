@@ -44,6 +44,9 @@ rate) and the same seeds; only the data differs. Methods:
   answers the validation queries best kept (ties: the smaller); its rows ``drift_val_sized@<share>``
   show every size's fine-tune. ``drift_val_margin``: the same, leaving the configured size only for
   one that answers at least :data:`VALIDATION_MARGINS`' share more of the validation queries.
+  ``drift_val_loss``: the same sizes, the one whose model has the lowest mean loss per token on the
+  validation queries' reference responses kept. ``drift_or_loss``: by the same loss, DRIFT's selection
+  or the loss filter's at the configured size (rows ``drift_or_loss@drift``, ``drift_or_loss@loss``).
 
 Selections (except ``full`` and the sized ones) have the size the DRIFT selection has. Beside each method's accuracy
 the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
@@ -158,7 +161,14 @@ ABLATIONS = {
 SIZED = {"drift_sized": "drift", "loss_sized": "loss"}
 # Registered 2026-12-06 (after runs was reported): the selection's size chosen by what each size
 # teaches, measured on the validation queries, not by a count of likely rows; in DRIFT's order.
-VALIDATED = {"drift_val_sized": "drift", "drift_val_margin": "drift"}
+VALIDATED = {"drift_val_sized": "drift", "drift_val_margin": "drift", "drift_val_loss": "drift", "drift_or_loss": "drift"}
+# Registered 2026-12-07 (after unique was reported): the size whose model has the lowest mean loss on
+# the validation references (Evaluation.reference_loss), a continuous figure where accuracy on a few
+# dozen queries ties or turns on one answer; and, by the same figure, DRIFT's selection or the loss
+# filter's at the configured size, where neither leads on every task. The others choose by accuracy.
+CHOSEN_BY_LOSS = ("drift_val_loss", "drift_or_loss")
+# A validated method that chooses between these methods' orders at the configured size, not between sizes.
+CHOSEN_AMONG = {"drift_or_loss": ("drift", "loss")}
 # Registered 2026-12-06 (after interleave was reported): leave the configured size only for a size
 # whose model answers at least this share more of the validation queries (a few dozen of them
 # leave most gaps between sizes within their noise).
@@ -467,7 +477,7 @@ class MethodBenchmark:
     drift: ScoringSettings
     scores: dict[str, pl.DataFrame] = field(default_factory=dict)
     selections: dict[tuple[str, int], Selection] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)  # each validated method's sizes (validation_sizes)
+    sizes: dict[str, int] = field(default_factory=dict)  # each validated method's variants' sizes (validated_variants)
     configured_size: int | None = None  # DRIFT's selection's size, from selection.fraction or selection.k
 
     def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[..., LessScores]) -> None:
@@ -509,17 +519,21 @@ class MethodBenchmark:
         pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
         own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
         self.configured_size = drift_size
-        self.sizes = {
-            label: size
+        variants = {
+            label: variant
             for method in self.methods
             if method in VALIDATED
-            for label, size in validation_sizes(method, drift_size, pool.height).items()
+            for label, variant in validated_variants(method, drift_size, pool.height).items()
         }
+        self.sizes = {label: size for label, (_, size) in variants.items()}
+        for label, (order, _) in variants.items():  # a variant takes its order's scores
+            validated = label.split("@")[0]
+            self.scores[label] = loss_scores(self.scorer.loss_per_token) if order == "loss" else self.scores[validated]
 
         def choose(method: str, seed: int) -> Selection:
-            if method in self.sizes:  # one size of a validated method
-                size, validated = self.sizes[method], method.split("@")[0]  # in the validated method's order
-                chosen = selected_ids(method, seed, pool, self.scores[validated], size, "top_k", fraction, size)
+            if method in self.sizes:  # one variant of a validated method
+                size = self.sizes[method]
+                chosen = selected_ids(method, seed, pool, self.scores[method], size, "top_k", fraction, size)
             elif method in SIZED:
                 chosen = selected_ids(method, seed, pool, self.scores[method], gate_size, "top_k", fraction, gate_size)
             else:
@@ -532,7 +546,7 @@ class MethodBenchmark:
         return shared_fine_tunes(self.fine_tuned(), self.seeds, choose)
 
     def fine_tuned(self) -> list[str]:
-        """What is fine-tuned, in table order: each method, a validated one as each of its sizes."""
+        """What is fine-tuned, in table order: each method, a validated one as each of its variants."""
         return [label for method in self.methods for label in ([method] if method not in VALIDATED else self.sizes_of(method))]
 
     def sizes_of(self, method: str) -> list[str]:
@@ -555,8 +569,9 @@ class MethodBenchmark:
         ``workers`` processes, :func:`run_fine_tunes`) evaluated, logging progress: :func:`benchmark_table`."""
         jobs = [job_for(sharers[0], [messages for _, messages in sorted(chosen)], seed) for seed, chosen, sharers in plan]
         fine_tuned = self.fine_tuned()
-        if self.sizes:  # a validated method's sizes: their models decode the validation queries too
-            validation = self.validation_queries.select("query_id", "prompt", "reference", "grader").to_dicts()
+        if self.sizes:  # a validated method's variants: their models decode the validation queries too
+            columns = ("query_id", "prompt", "reference", "grader", "reference_response")
+            validation = self.validation_queries.select(columns).to_dicts()
             jobs = [
                 replace(job, validation_queries=validation) if self.sizes.keys() & set(sharers) else job
                 for job, (_, _, sharers) in zip(jobs, plan, strict=True)
@@ -576,13 +591,11 @@ class MethodBenchmark:
             for (_, _, sharers), (job, (result, seconds)) in zip(plan, run_fine_tunes(jobs, run_one, workers), strict=True):
                 note = f"{' = '.join(sharers)} seed {job.seed}: accuracy {result.accuracy:.3f}"
                 if result.validation is not None:
-                    note += f" (validation {result.validation.accuracy:.3f})"
+                    note += f" (validation {result.validation.accuracy:.3f}, loss {result.validation.reference_loss:.4f})"
                 progress.advance(note, seconds if workers > 1 else None)
                 yield sharers, job, result, seconds
 
-        # A validated method's sizes are taken in its order: they share its scores.
-        scores = {**self.scores, **{label: self.scores[label.split("@")[0]] for label in self.sizes}}
-        table = benchmark_table(finished(), fine_tuned, scores, self.training_pool, self.selections)
+        table = benchmark_table(finished(), fine_tuned, self.scores, self.training_pool, self.selections)
         return with_validated_choices(table, self.methods, self.configured_size)
 
 
@@ -599,27 +612,39 @@ def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, 
     return dict(sorted(labels.items(), key=lambda item: item[1]))
 
 
+def validated_variants(method: str, configured: int, pool_size: int) -> dict[str, tuple[str, int]]:
+    """A validated method's variants, label -> (the method whose order it takes, its size): one per
+    order of :data:`CHOSEN_AMONG` at the ``configured`` size (``<method>@<order>``), else its order
+    at each of :func:`validation_sizes`."""
+    if method in CHOSEN_AMONG:
+        return {f"{method}@{order}": (order, configured) for order in CHOSEN_AMONG[method]}
+    return {label: (VALIDATED[method], size) for label, size in validation_sizes(method, configured, pool_size).items()}
+
+
 def size_labels(method: str, labels: Iterable[str]) -> list[str]:
-    """The labels of a validated method's sizes among ``labels`` (``<method>@<share>``)."""
+    """The labels of a validated method's variants among ``labels`` (``<method>@<share or order>``)."""
     return [label for label in labels if label.startswith(f"{method}@")]
 
 
 def with_validated_choices(table: pl.DataFrame, methods: Sequence[str], configured: int | None = None) -> pl.DataFrame:
     """``table`` with a row per seed for each validated method in ``methods``: its size whose model
-    answered the validation queries best (ties: the smaller size); for one with a margin
-    (:data:`VALIDATION_MARGINS`), that size only where it answers at least the margin more of them
-    than the ``configured`` size does, else the configured size. Its wall time is all its sizes'."""
+    answered the validation queries best (ties: the smaller size), or (:data:`CHOSEN_BY_LOSS`) had
+    the lowest loss on their references; for one with a margin (:data:`VALIDATION_MARGINS`), that
+    size only where it answers at least the margin more of them than the ``configured`` size does,
+    else the configured size. Its wall time is all its sizes'."""
     chosen = []
     for method in methods:
         if method not in VALIDATED:
             continue
         tried = table.filter(pl.col("method").str.starts_with(f"{method}@"))
-        if tried["validation_accuracy"].null_count():
-            raise ValueError(f"benchmark method {method!r} chooses its size by validation accuracy, and a fine-tune has none")
+        figure, name = ("validation_loss", "loss") if method in CHOSEN_BY_LOSS else ("validation_accuracy", "accuracy")
+        if tried[figure].null_count():
+            raise ValueError(f"benchmark method {method!r} chooses its size by validation {name}, and a fine-tune has none")
         margin = VALIDATION_MARGINS.get(method, 0.0)
         for seed in tried["seed"].unique(maintain_order=True):
-            rows = tried.filter(pl.col("seed") == seed).sort("n_selected").to_dicts()
-            best = max(rows, key=lambda row: row["validation_accuracy"])  # the first of equals: the smaller
+            rows = tried.filter(pl.col("seed") == seed).sort("n_selected", maintain_order=True).to_dicts()
+            # The first of equals: the smaller.
+            best = max(rows, key=lambda row: -row[figure] if method in CHOSEN_BY_LOSS else row[figure])
             if margin:
                 default = next(row for row in rows if row["n_selected"] == configured)
                 if best["validation_accuracy"] < default["validation_accuracy"] + margin - 1e-9:
@@ -725,11 +750,12 @@ def benchmark_table(
                     if method == "self_distill"
                     else noisy_share(selections.get((method, job.seed)), training_pool),
                     "validation_accuracy": None if result.validation is None else result.validation.accuracy,
+                    "validation_loss": None if result.validation is None else result.validation.reference_loss,
                     "wall_seconds": seconds if method == job.method else 0.0,
                 }
             )
     order = {method: index for index, method in enumerate(methods)}
-    nullable = {"noise_auc": pl.Float64, "order_auc": pl.Float64, "noisy_share": pl.Float64, "validation_accuracy": pl.Float64}
+    nullable = {name: pl.Float64 for name in ("noise_auc", "order_auc", "noisy_share", "validation_accuracy", "validation_loss")}
     return pl.DataFrame(rows, schema_overrides=nullable).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
 
 
