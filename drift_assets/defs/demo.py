@@ -11,12 +11,11 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, asset
 
-from drift_assets.core.data.fingerprint import content_hash, model_fingerprint
 from drift_assets.defs.metadata import loss_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.settings import Reads, Settings
-from drift_assets.tasks import saved_base_model
-from drift_assets.tasks.demo_outputs import check_model_directory, write_demo_jsonl
+from drift_assets.tasks import base_model_record, saved_base_model
+from drift_assets.tasks.demo_outputs import check_model_directory, write_demo_files
 
 DEMO_VERSION = "2"
 
@@ -61,16 +60,9 @@ def build_demo_assets(settings: Settings) -> list:
         }
         if files_reads.data.test_queries:
             splits["test_queries"] = (files_reads.data.test_queries, task.query_rows(demo.n_test, demo.seed, "test"))
-        paths = {split: Path(files_reads.resolve(relative_path)) for split, (relative_path, _) in splits.items()}
+        files = {split: (Path(files_reads.resolve(relative_path)), rows) for split, (relative_path, rows) in splits.items()}
         check_model_directory(files_reads.model_path)  # before any write: the model asset comes next
-        records, written = [], []
-        for split, (_, rows) in splits.items():
-            changed = write_demo_jsonl(paths[split], rows, f"data.{split}")
-            records.append({"split": split, "path": str(paths[split]), "rows": len(rows), "sha256": content_hash(paths[split])})
-            written.append(f"{split} {len(rows)}" + ("" if changed else " (unchanged)"))
-        folders = sorted({str(path.parent) for path in paths.values()})
-        context.log.info(f"rows written to {', '.join(folders)}: {', '.join(written)}")
-        table = pl.DataFrame(records)
+        table = pl.DataFrame(write_demo_files(files, context.log.info))
         pool = pl.DataFrame(splits["training_pool"][1])
         context.add_output_metadata(
             {
@@ -95,15 +87,7 @@ def build_demo_assets(settings: Settings) -> list:
         build = base_model_build_key(recipe)
         path = model_reads.model_path
         summary = saved_base_model(task, demo.base_model_seed, recipe, pool_rows, path, build, log.info, log.warning)
-        table = pl.DataFrame(
-            [
-                {
-                    "path": model_reads.model_path,
-                    "model_fingerprint": model_fingerprint(model_reads.model_path),
-                    **{key: value for key, value in summary.items() if key not in ("accuracy_curve", "curves")},
-                }
-            ]
-        )
+        table = pl.DataFrame([base_model_record(path, summary)])
         context.add_output_metadata(
             {
                 **table_metadata(table),

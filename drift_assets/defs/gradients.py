@@ -87,20 +87,16 @@ def build_gradient_assets(settings: Settings) -> list:
         _require_finite(basis, checkpoint, model.dtype)
         fingerprint = at_checkpoint.fingerprint()
         table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
-        context.log.debug(
-            f"checkpoint {checkpoint}: projection basis ({options.basis}, rank {options.rank}) over "
-            f"{len(basis.matrices)} layers: {basis.fingerprint()}"
-        )
+        context.log.debug(f"checkpoint {checkpoint}: {basis.description()}")
         # The PCA fit's passes over the references (none for a random basis).
         cost = gradient_pass_cost("gradients", [basis.fit_tokens], time.perf_counter() - started, checkpoint)
-        fitted_on = validation_queries.height if options.basis == "pca" else 0
         # The data version is the model and the matrices: refitting to the same matrices for the same
         # model (a random basis, or unchanged references) leaves the gradients downstream fresh.
         return Output(
             table,
             data_version=DataVersion(f"{fingerprint}-{basis.fingerprint()}"),
             metadata={
-                **_basis_metadata(options, basis, fitted_on, fingerprint),
+                **basis.metadata(validation_queries.height, fingerprint),
                 **cost.metadata(stored_reference(reads_all, warehouse)),
             },
         )
@@ -144,20 +140,10 @@ def build_gradient_assets(settings: Settings) -> list:
         fingerprint = at_checkpoint.fingerprint()
         _require_sampled_from(rollouts, fingerprint, checkpoint)
         projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
-        pairs = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
-        table = validation_gradient_frame(
-            projector,
-            tokenizer,
-            rollouts,
-            validation_queries,
-            batch_size,
-            fingerprint,
-            progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences"),
-            answer_marker,
-            context.log.debug,
-            pairs=pairs,
-        ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
-        cost = gradient_pass_cost("gradients", [sequence_tokens(*pairs[1:])], time.perf_counter() - started, checkpoint)
+        table, tokens = _validation_gradients(
+            context, checkpoint, projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint, answer_marker
+        )
+        cost = gradient_pass_cost("gradients", [tokens], time.perf_counter() - started, checkpoint)
         preview = table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"])
         shape = {"dimension": projector.dimension, "layers": len(projector.layers)}
         yield Output(table, metadata={**preview, **shape, **cost.metadata(stored_reference(reads_all, warehouse))})
@@ -204,9 +190,7 @@ def build_gradient_assets(settings: Settings) -> list:
         )
         table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
         seconds, reference = time.perf_counter() - started, full_sft_reference(reads_all, training_pool)
-        preview = table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"])
-        done = {"rows_reused": reused.height, "rows_computed": todo.height, "wall_seconds": seconds, "device": model.device_label}
-        yield Output(table, metadata={**preview, **done, **_shard_cost(checkpoint, examples, todo, reused, seconds, reference)})
+        yield Output(table, metadata=_shard_metadata(table, checkpoint, examples, todo, reused, seconds, reference, model))
         yield vectors_result("vectors_finite", table)
 
     return [projection_basis, validation_gradients, training_gradient_projections]
@@ -221,17 +205,6 @@ def _require_finite(basis: ProjectionBasis, checkpoint: str, dtype: str) -> None
             f"holds NaN or inf: the references' activations or gradients overflow at model.dtype {dtype} "
             "(float32 is the safe choice)"
         )
-
-
-def _basis_metadata(options, basis: ProjectionBasis, fitted_on: int, fingerprint: str) -> dict:
-    return {
-        "basis": options.basis,
-        "rank": options.rank,
-        "layers": len(basis.matrices),
-        "fitted_on_sequences": fitted_on,
-        "basis_fingerprint": basis.fingerprint(),
-        "model_fingerprint": fingerprint,
-    }
 
 
 def _require_sampled_from(rollouts: pl.DataFrame, fingerprint: str, checkpoint: str) -> None:
@@ -265,16 +238,39 @@ def _pool_gradients(at_checkpoint: ModelResource, options, basis, batch_size, fi
     return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, fingerprint, progress(), log)
 
 
-def _shard_cost(checkpoint: str, examples, todo, reused, seconds: float, reference) -> dict:
-    """The examples computed here (reused rows cost nothing again), prompt and response; and, where
-    rows were reused, what the whole shard costs from scratch."""
+def _validation_gradients(
+    context: AssetExecutionContext,
+    checkpoint: str,
+    projector: LinearGradientProjector,
+    tokenizer,
+    rollouts: pl.DataFrame,
+    validation_queries: pl.DataFrame,
+    batch_size: int,
+    fingerprint: str,
+    answer_marker: str | None,
+) -> tuple[pl.DataFrame, int]:
+    """The ``validation_gradients`` table at ``checkpoint`` (its column first), and the tokens its pass processed."""
+    pairs = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
+    tick = progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences")
+    table = validation_gradient_frame(
+        projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint, tick, answer_marker, context.log.debug, pairs
+    )
+    return table.select(pl.lit(checkpoint).alias("checkpoint"), pl.all()), sequence_tokens(*pairs[1:])
+
+
+def _shard_metadata(table, checkpoint: str, examples, todo, reused, seconds: float, reference, model: ModelResource) -> dict:
+    """A shard's preview, the rows reused and computed, and its cost: the examples computed here (reused
+    rows cost nothing again), prompt and response; and, where rows were reused, what the whole shard
+    costs from scratch."""
+    preview = table_metadata(table, preview_columns=["example_id", "grad_norm", "loss", "n_tokens"])
+    done = {"rows_reused": reused.height, "rows_computed": todo.height, "wall_seconds": seconds, "device": model.device_label}
     computed = (todo["n_prompt_tokens"] + todo["n_response_tokens"]).to_list() if todo.height else []
     whole = (
         gradient_pass_cost("gradients", (examples["n_prompt_tokens"] + examples["n_response_tokens"]).to_list())
         if reused.height
         else None
     )
-    return gradient_pass_cost("gradients", computed, seconds, checkpoint).metadata(reference, whole)
+    return {**preview, **done, **gradient_pass_cost("gradients", computed, seconds, checkpoint).metadata(reference, whole)}
 
 
 def _reusable_rows(

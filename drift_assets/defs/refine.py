@@ -74,17 +74,7 @@ def build_refine_assets(settings: Settings) -> list:
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
         table = refined_table(training_pool, influence_scores, selected)
         chosen = table.filter("selected")
-        metadata = {
-            **table_metadata(table.filter("selected"), preview_columns=["rank", "score", "prompt", "response"]),
-            "dagster/row_count": table.height,
-            "selected": chosen.height,
-            "selected_share": rounded(chosen.height / table.height if table.height else 0.0),
-            "score_distribution": score_picture(table),
-        }
-        if "is_corrupted" in table.columns:
-            metadata["noise_auc"] = rounded(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
-            metadata["corrupted_share_pool"] = rounded(table["is_corrupted"].mean())
-            metadata["corrupted_share_selected"] = rounded(chosen["is_corrupted"].mean()) if chosen.height else None
+        metadata = _selection_metadata(table, chosen)
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
         warning = selection_warning(selection.method, selection.k, table.height, chosen.height, selection.fraction)
         if warning:
@@ -166,6 +156,23 @@ def build_refine_assets(settings: Settings) -> list:
         return table
 
     return [refined_dataset, refined_dataset_selection, refined_dataset_agrees_with_likelihood, refined_dataset_export]
+
+
+def _selection_metadata(table: pl.DataFrame, chosen: pl.DataFrame) -> dict:
+    """The selection's preview (the row count is the whole pool's), its size and score distribution;
+    where the pool marks its corrupted rows, how well the score tells them apart and how many are selected."""
+    metadata = {
+        **table_metadata(chosen, preview_columns=["rank", "score", "prompt", "response"]),
+        "dagster/row_count": table.height,
+        "selected": chosen.height,
+        "selected_share": rounded(chosen.height / table.height if table.height else 0.0),
+        "score_distribution": score_picture(table),
+    }
+    if "is_corrupted" in table.columns:
+        metadata["noise_auc"] = rounded(roc_auc(table["score"].to_numpy(), ~table["is_corrupted"].to_numpy().astype(bool)))
+        metadata["corrupted_share_pool"] = rounded(table["is_corrupted"].mean())
+        metadata["corrupted_share_selected"] = rounded(chosen["is_corrupted"].mean()) if chosen.height else None
+    return metadata
 
 
 def card_facts(export_reads: Reads, reads: Reads, warehouse: Warehouse, run_id: str) -> CardFacts:

@@ -6,9 +6,8 @@ import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, Output, asset
 
 from drift_assets.core.data.finite import describe, non_finite_tensors
-from drift_assets.core.generation.rollouts import sample_rollouts
+from drift_assets.core.generation.rollouts import query_progress, sample_rollouts
 from drift_assets.core.runtime.cost import generation_cost
-from drift_assets.core.runtime.progress import Progress
 from drift_assets.defs.checkpoints import checkpoint_model, checkpoint_partitions, model_deps
 from drift_assets.defs.checks import rollouts_complete_result, rollouts_not_degenerate_result, schema_and_ids_result
 from drift_assets.defs.cost import stored_reference
@@ -71,22 +70,13 @@ def build_rollout_assets(settings: Settings) -> list:
         what = f"checkpoint {checkpoint}: {sampling.n} completions for each of {validation_queries.height} queries by"
         started = time.perf_counter()
         with rollout_engine.open_engine(at_checkpoint, context.log, what) as engine:
-            progress = Progress(
-                f"checkpoint {checkpoint} rollouts", validation_queries.height, context.log.info, "queries", every_s=10
-            )
-            table, report = sample_rollouts(
-                engine,
-                tokenizer,
-                validation_queries,
-                sampling,
-                at_checkpoint.fingerprint(),
-                progress=lambda done, total, tokens: progress.update(done, total, f"{progress.rate(tokens):.0f} tokens/s"),
-            )
+            progress = query_progress(f"checkpoint {checkpoint} rollouts", validation_queries.height, context.log.info)
+            fingerprint = at_checkpoint.fingerprint()
+            table, report = sample_rollouts(engine, tokenizer, validation_queries, sampling, fingerprint, progress)
         seconds = time.perf_counter() - started
         table = table.select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
-        cost = generation_cost("rollouts", [report.prompt_tokens], [report.generated_tokens], seconds, checkpoint)
-        metadata = {**_rollout_metadata(table, report, seconds), **cost.metadata(stored_reference(reads.unversioned, warehouse))}
-        yield Output(table, metadata=metadata)
+        reference = stored_reference(reads.unversioned, warehouse)
+        yield Output(table, metadata=_rollout_metadata(table, report, seconds, checkpoint, reference))
         yield rollouts_complete_result(table, samples_per_query)
         yield rollouts_not_degenerate_result(table, limit, lambda: _weights_problem(at_checkpoint))
         yield schema_and_ids_result("rollouts_schema_and_ids", table, ROLLOUT_COLUMNS, "rollout_id")
@@ -94,7 +84,9 @@ def build_rollout_assets(settings: Settings) -> list:
     return [rollouts]
 
 
-def _rollout_metadata(table: pl.DataFrame, report, seconds: float) -> dict:
+def _rollout_metadata(table: pl.DataFrame, report, seconds: float, checkpoint: str, reference) -> dict:
+    """The rollouts' preview, how fast the engine generated them, and what they cost."""
+    cost = generation_cost("rollouts", [report.prompt_tokens], [report.generated_tokens], seconds, checkpoint)
     return {
         **table_metadata(table, preview_columns=["query_id", "sample_idx", "completion", "n_tokens", "finish_reason"]),
         "engine": report.engine,
@@ -102,6 +94,7 @@ def _rollout_metadata(table: pl.DataFrame, report, seconds: float) -> dict:
         "tokens_per_second": report.generated_tokens / seconds if seconds else 0.0,
         "truncated_share": float((table["finish_reason"] == "length").mean()),
         "model_fingerprint": table["model_fingerprint"][0],
+        **cost.metadata(reference),
     }
 
 

@@ -10,7 +10,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetOut, DataVersion, Output, multi_asset, observable_source_asset
 
 from drift_assets.core.data.fingerprint import check_model_directory, content_hash, model_fingerprint
-from drift_assets.core.data.pool import load_queries, normalize_pool, read_rows, require_examples
+from drift_assets.core.data.pool import NormalizedPool, load_queries, normalize_pool, read_rows, reject_reasons, require_examples
 from drift_assets.core.data.sequences import bos_warning, untemplated_turns_warning
 from drift_assets.core.generation.engines import model_config, resolve_max_model_len
 from drift_assets.core.grading.graders import validate_grader
@@ -97,25 +97,10 @@ def build_source_assets(settings: Settings) -> list:
         context.log.info(f"{pool_path}: kept {examples.height} examples, quarantined {rejects.height}")
         for column, name in normalized.renamed_columns.items():
             context.log.warning(f"{pool_path}: column {column!r} is a name the pipeline writes; it is carried as {name!r}")
-        reasons = rejects.with_columns(pl.col("reason").str.replace(r" \(.*| of row \d+", "")).group_by("reason").len()
-        yield Output(
-            rejects,
-            output_name="training_pool_rejects",
-            metadata={**table_metadata(rejects), "reasons": {r: int(n) for r, n in reasons.iter_rows()}},
-        )
+        metadata = {**table_metadata(rejects), "reasons": reject_reasons(rejects)}
+        yield Output(rejects, output_name="training_pool_rejects", metadata=metadata)
         require_examples(examples, rejects, pool_path)
-        yield Output(
-            examples,
-            output_name="training_pool",
-            metadata={
-                **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
-                "rejected_rows": rejects.height,
-                "bos_warning": bos or "none",
-                "chat_template_warning": turns or "none",
-                "renamed_columns": normalized.renamed_columns,
-                "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
-            },
-        )
+        yield Output(examples, output_name="training_pool", metadata=_pool_metadata(normalized, bos, turns))
 
     def _queries_asset(name: str, relative_path: str, deps: list, description: str, references: bool):
         """``references``: the queries' reference answers are differentiated (validation), so one
@@ -194,3 +179,16 @@ def build_source_assets(settings: Settings) -> list:
             ),
         ]
     return assets
+
+
+def _pool_metadata(normalized: NormalizedPool, bos: str | None, turns: str | None) -> dict:
+    """The pool's preview, the rows quarantined, the tokenizer's warnings and the columns renamed."""
+    examples = normalized.examples
+    return {
+        **table_metadata(examples, preview_columns=["example_id", "prompt", "response", "n_response_tokens"]),
+        "rejected_rows": normalized.rejects.height,
+        "bos_warning": bos or "none",
+        "chat_template_warning": turns or "none",
+        "renamed_columns": normalized.renamed_columns,
+        "mean_response_tokens": float(examples["n_response_tokens"].mean() or 0.0),
+    }

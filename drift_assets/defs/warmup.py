@@ -8,16 +8,20 @@ listed model directory is checked and recorded as a partition instead.
 """
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 from dagster import AssetExecutionContext, BackfillPolicy, asset
 
-from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE, AdamMoments
-from drift_assets.core.attribution.trajectory import check_given_checkpoint, checkpoint_key, warm_up
+from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE
+from drift_assets.core.attribution.trajectory import (
+    check_given_checkpoint,
+    checkpoint_key,
+    warm_up_into,
+    warmup_checkpoints_frame,
+    warmup_run_directory,
+)
 from drift_assets.core.runtime.cost import StageCost, trained_cost
-from drift_assets.core.training.adapters import add_adapter
 from drift_assets.defs.checkpoints import WARMUP, saved_checkpoint, warmup_partitions
 from drift_assets.defs.cost import full_sft_reference, stored_reference
 from drift_assets.defs.metadata import loss_picture, table_metadata
@@ -72,52 +76,14 @@ def build_warmup_assets(settings: Settings) -> list:
         steps = [steps_of[key] for key in keys]
         tokenizer, network = model.load_tokenizer(), model.load_model()
         base = model.fingerprint()
-        # Another base model or another kind of run never overwrites these checkpoints.
-        run_directory = directory / (f"{base}-lora" if lora else base)
-        if lora:
-            network = add_adapter(network, lora, warmup_options.seed)
-        trains = f"LoRA adapters (rank {lora.rank})" if lora else "every weight"
-        context.log.info(
-            f"warm-up: {max(steps)} steps on {training_pool.height} examples, training {trains}; "
-            f"checkpoints at {steps} in {run_directory}"
-        )
-
-        def save(step: int) -> None:
-            path = run_directory / checkpoint_key(step)
-            # An earlier run's optimizer state must not pass for this run's (save_optimizer writes it anew).
-            (path / OPTIMIZER_STATE_FILE).unlink(missing_ok=True)
-            network.save_pretrained(path)
-            tokenizer.save_pretrained(path)
-
-        def save_optimizer(step: int, moments: AdamMoments) -> None:
-            moments.save(run_directory / checkpoint_key(step))
-
-        # A constant learning rate: the first n steps of a longer run are the run of n steps.
-        options = replace(warmup_options, steps=max(steps))
-        losses, run = warm_up(
-            network,
-            tokenizer,
-            training_pool["messages"].to_list(),
-            options,
-            steps,
-            save,
-            context.log.info,
-            save_optimizer if reads.warmup_saves_optimizer_state else None,
+        run_directory = warmup_run_directory(directory, base, lora is not None)
+        messages = training_pool["messages"].to_list()
+        saves_optimizer = reads.warmup_saves_optimizer_state
+        losses, run = warm_up_into(
+            run_directory, network, tokenizer, messages, warmup_options, steps, context.log.info, lora, saves_optimizer
         )
         paths = [run_directory / key for key in keys]
-        saved = [saved_checkpoint(model, path) for path in paths]
-        table = pl.DataFrame(
-            {
-                "checkpoint": keys,
-                "step": steps,
-                "path": [str(path) for path in paths],
-                "adapter": [at_step.adapter is not None for at_step in saved],
-                "model_fingerprint": [at_step.fingerprint() for at_step in saved],
-                "base_model_fingerprint": [base] * len(paths),
-                "loss": [losses[step] for step in steps],
-                "optimizer_state": [(path / OPTIMIZER_STATE_FILE).is_file() for path in paths],
-            }
-        )
+        table = _checkpoints_table(model, keys, paths, base, steps, [losses[step] for step in steps])
         # The run's cost, recorded on each checkpoint it saved (the pipeline's sum counts a run once).
         cost = trained_cost("warm-up", run.tokens, time.perf_counter() - started)
         context.add_output_metadata(
@@ -152,22 +118,11 @@ def _given_checkpoints(settings: Settings):
         for index, path in enumerate(given.values()):
             check_given_checkpoint(index, path, model.path)
         keys = sorted(context.partition_keys, key=list(given).index)
-        saved = [saved_checkpoint(model, given[key]) for key in keys]
         context.log.info(
             f"scoring at the {len(given)} checkpoints warmup.checkpoints lists (no warm-up run): "
             + ", ".join(f"{key} = {given[key]}" for key in keys)
         )
-        table = pl.DataFrame(
-            {
-                "checkpoint": keys,
-                "step": pl.Series([None] * len(keys), dtype=pl.Int64),
-                "path": [given[key] for key in keys],
-                "adapter": [at_key.adapter is not None for at_key in saved],
-                "model_fingerprint": [at_key.fingerprint() for at_key in saved],
-                "base_model_fingerprint": [model.fingerprint()] * len(keys),
-                "loss": pl.Series([None] * len(keys), dtype=pl.Float64),
-            }
-        )
+        table = _checkpoints_table(model, keys, [given[key] for key in keys], model.fingerprint())
         cost = StageCost("warm-up", 0, 0, time.perf_counter() - started)  # nothing trained
         context.add_output_metadata(
             {
@@ -178,3 +133,22 @@ def _given_checkpoints(settings: Settings):
         return table
 
     return warmup_checkpoints
+
+
+def _checkpoints_table(
+    model: ModelResource,
+    keys: list[str],
+    paths: list[Path] | list[str],
+    base: str,
+    steps: list[int] | None = None,
+    losses: list[float] | None = None,
+) -> pl.DataFrame:
+    """The ``warmup_checkpoints`` table of the checkpoints saved (or given) at ``paths``, each a model
+    directory or a LoRA adapter on the base ``model`` (fingerprint ``base``); a trained run's (``steps``)
+    also records whether AdamW's moments were saved beside each."""
+    saved = [saved_checkpoint(model, path) for path in paths]
+    adapters, fingerprints = [at_key.adapter is not None for at_key in saved], [at_key.fingerprint() for at_key in saved]
+    optimizer_state = [(Path(path) / OPTIMIZER_STATE_FILE).is_file() for path in paths] if steps is not None else None
+    return warmup_checkpoints_frame(
+        keys, [str(path) for path in paths], adapters, fingerprints, base, steps, losses, optimizer_state
+    )

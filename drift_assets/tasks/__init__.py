@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from drift_assets.core.data.fingerprint import model_fingerprint
 from drift_assets.core.training.sft import SftOptions, SftRun, fine_tune
 from drift_assets.tasks import tiny_model
 from drift_assets.tasks.arithmetic import Arithmetic
@@ -164,3 +165,10 @@ def saved_base_model(
         {"build": build, "summary": summary},
     )
     return summary
+
+
+def base_model_record(path: str, summary: dict) -> dict:
+    """The ``demo_base_model`` table's row: the model directory, its fingerprint and what
+    :func:`saved_base_model` summarized, but the curves (pictures in the metadata, not columns)."""
+    kept = {key: value for key, value in summary.items() if key not in ("accuracy_curve", "curves")}
+    return {"path": path, "model_fingerprint": model_fingerprint(path), **kept}

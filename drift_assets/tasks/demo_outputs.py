@@ -17,8 +17,10 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from drift_assets.core.data.fingerprint import content_hash
 from drift_assets.core.runtime.processes import is_alive
 
 STAMP_SUFFIX = ".drift-demo"
@@ -65,6 +67,19 @@ def write_demo_jsonl(path: str | Path, rows: list[dict], setting: str) -> bool:
     stamp.write_text(_sha256(content))
     temporary.replace(path)  # atomic: a reader never sees half a file
     return True
+
+
+def write_demo_files(files: dict[str, tuple[Path, list[dict]]], log: Callable[[str], None]) -> list[dict]:
+    """Write each split's rows to its path (:func:`write_demo_jsonl`, as the setting ``data.<split>``)
+    and log what was written; returns a record of each file (split, path, rows, sha256)."""
+    records, written = [], []
+    for split, (path, rows) in files.items():
+        changed = write_demo_jsonl(path, rows, f"data.{split}")
+        records.append({"split": split, "path": str(path), "rows": len(rows), "sha256": content_hash(path)})
+        written.append(f"{split} {len(rows)}" + ("" if changed else " (unchanged)"))
+    folders = sorted({str(path.parent) for path, _ in files.values()})
+    log(f"rows written to {', '.join(folders)}: {', '.join(written)}")
+    return records
 
 
 def check_model_directory(path: str | Path, setting: str = "model.path") -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from drift_assets.core.attribution.influence import Curvature, PoolScores, fit_curvature, score_pool
-from drift_assets.core.attribution.less import AdamMoments
+from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE, AdamMoments
 from drift_assets.core.attribution.scores import (
     ScoringSettings,
     TargetGradient,
@@ -47,6 +47,7 @@ from drift_assets.core.attribution.selection import (
     stratified,
 )
 from drift_assets.core.gradients.tables import vectors
+from drift_assets.core.training.adapters import LoraOptions, add_adapter
 from drift_assets.core.training.sft import SftOptions, SftRun, SftStep, fine_tune
 
 BASE = "base"  # the checkpoint key of the base model itself
@@ -157,6 +158,78 @@ def warm_up(
     run = fine_tune(model, tokenizer, messages_json, options, log=log, after_step=after_step)
     log("warm-up checkpoints saved: " + ", ".join(f"step {step} (loss {loss:.4f})" for step, loss in sorted(losses.items())))
     return losses, run
+
+
+def warmup_run_directory(directory: Path, base_fingerprint: str, lora: bool) -> Path:
+    """Where a warm-up run of the base model ``base_fingerprint`` saves its checkpoints: another base
+    model or another kind of run (LoRA or every weight) never overwrites them."""
+    return directory / (f"{base_fingerprint}-lora" if lora else base_fingerprint)
+
+
+def warm_up_into(
+    run_directory: Path,
+    model,
+    tokenizer,
+    messages_json: Sequence[str],
+    options: SftOptions,
+    steps: Sequence[int],
+    log: Callable[[str], None],
+    lora: LoraOptions | None = None,
+    save_optimizer_state: bool = False,
+) -> tuple[dict[int, float], SftRun]:
+    """:func:`warm_up` of every weight, or of a fresh LoRA adapter (``lora``), once up to the last of
+    ``steps``, saving the model (or the adapter) and the tokenizer at each step in
+    ``run_directory/<checkpoint_key(step)>``, with AdamW's moments where ``save_optimizer_state``."""
+    if lora:
+        model = add_adapter(model, lora, options.seed)
+    trains = f"LoRA adapters (rank {lora.rank})" if lora else "every weight"
+    log(
+        f"warm-up: {max(steps)} steps on {len(messages_json)} examples, training {trains}; "
+        f"checkpoints at {list(steps)} in {run_directory}"
+    )
+
+    def save(step: int) -> None:
+        path = run_directory / checkpoint_key(step)
+        # An earlier run's optimizer state must not pass for this run's (save_optimizer writes it anew).
+        (path / OPTIMIZER_STATE_FILE).unlink(missing_ok=True)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    def save_optimizer(step: int, moments: AdamMoments) -> None:
+        moments.save(run_directory / checkpoint_key(step))
+
+    # A constant learning rate: the first n steps of a longer run are the run of n steps.
+    run_options = replace(options, steps=max(steps))
+    return warm_up(
+        model, tokenizer, messages_json, run_options, steps, save, log, save_optimizer if save_optimizer_state else None
+    )
+
+
+def warmup_checkpoints_frame(
+    keys: Sequence[str],
+    paths: Sequence[str],
+    adapters: Sequence[bool],
+    fingerprints: Sequence[str],
+    base_fingerprint: str,
+    steps: Sequence[int] | None = None,
+    losses: Sequence[float] | None = None,
+    optimizer_state: Sequence[bool] | None = None,
+) -> pl.DataFrame:
+    """The ``warmup_checkpoints`` table: each checkpoint's key, step, directory, whether it is a LoRA
+    adapter, its model's fingerprint, the base model's and the loss there (no step or loss where the
+    checkpoints are given, not trained), and where given whether AdamW's moments are saved beside it."""
+    columns = {
+        "checkpoint": list(keys),
+        "step": pl.Series(steps if steps is not None else [None] * len(keys), dtype=pl.Int64),
+        "path": list(paths),
+        "adapter": list(adapters),
+        "model_fingerprint": list(fingerprints),
+        "base_model_fingerprint": [base_fingerprint] * len(keys),
+        "loss": pl.Series(losses if losses is not None else [None] * len(keys), dtype=pl.Float64),
+    }
+    if optimizer_state is not None:
+        columns["optimizer_state"] = list(optimizer_state)
+    return pl.DataFrame(columns)
 
 
 Batches = Callable[[], Iterator[tuple[list[str], np.ndarray]]]

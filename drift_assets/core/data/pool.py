@@ -267,6 +267,13 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
     return NormalizedPool(examples=examples, rejects=pl.DataFrame(rejects, schema=REJECT_SCHEMA), renamed_columns=renamed)
 
 
+def reject_reasons(rejects: pl.DataFrame) -> dict[str, int]:
+    """How many rows were quarantined for each kind of reason: the reason without its particulars (a
+    length in parentheses, the row a duplicate repeats)."""
+    reasons = rejects.with_columns(pl.col("reason").str.replace(r" \(.*| of row \d+", "")).group_by("reason").len()
+    return {reason: int(n) for reason, n in reasons.iter_rows()}
+
+
 def require_examples(examples: pl.DataFrame, rejects: pl.DataFrame, path: str | Path) -> None:
     """Fail before any rollout or gradient when a pool has no usable example, with the commonest reasons."""
     if examples.is_empty():

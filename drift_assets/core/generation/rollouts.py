@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import polars as pl
 
 from drift_assets.core.data.sequences import encode_prompt, render_prompt
 from drift_assets.core.generation.engines import GenerationProgress, GenerationReport, SamplingSettings, check_prompt_lengths
+from drift_assets.core.runtime.progress import Progress
 
 ROLLOUT_SCHEMA = {
     "rollout_id": pl.String,
@@ -55,6 +57,13 @@ def rollout_rows(queries: pl.DataFrame, report: GenerationReport, model_fingerpr
                 }
             )
     return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
+
+
+def query_progress(what: str, n_queries: int, log: Callable[[str], None]) -> GenerationProgress:
+    """An engine's progress callback: the queries done, logged at most every 10 seconds with the
+    tokens generated per second (the clock starts now)."""
+    progress = Progress(what, n_queries, log, "queries", every_s=10)
+    return lambda done, total, tokens: progress.update(done, total, f"{progress.rate(tokens):.0f} tokens/s")
 
 
 def sample_rollouts(

@@ -112,6 +112,25 @@ class ProjectionBasis:
                 digest.update(matrix.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def description(self) -> str:
+        """The basis in a line: how it is made, its rank, its layers and its fingerprint."""
+        return (
+            f"projection basis ({self.options.basis}, rank {self.options.rank}) over {len(self.matrices)} layers: "
+            f"{self.fingerprint()}"
+        )
+
+    def metadata(self, references: int, model_fingerprint: str) -> dict[str, str | int]:
+        """What ``projection_basis`` records of the basis fitted for the model ``model_fingerprint``: a
+        pca basis is fitted on the ``references`` sequences, a random one on none."""
+        return {
+            "basis": self.options.basis,
+            "rank": self.options.rank,
+            "layers": len(self.matrices),
+            "fitted_on_sequences": references if self.options.basis == "pca" else 0,
+            "basis_fingerprint": self.fingerprint(),
+            "model_fingerprint": model_fingerprint,
+        }
+
     def non_finite_layers(self) -> list[str]:
         """The layers whose projectors hold NaN or inf (fitted on non-finite activations or gradients)."""
         return [name for name, pair in sorted(self.matrices.items()) if not all(bool(torch.isfinite(m).all()) for m in pair)]
