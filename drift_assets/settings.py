@@ -179,6 +179,7 @@ DEMO_TASKS = (
     "interleave",
     "unique",
     "position",
+    "rotate",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -24,6 +24,7 @@ from drift_assets.tasks.digits import Digits
 from drift_assets.tasks.interleave import Interleave
 from drift_assets.tasks.position import Position
 from drift_assets.tasks.roman import Roman
+from drift_assets.tasks.rotate import Rotate
 from drift_assets.tasks.runs import Runs
 from drift_assets.tasks.shift import Shift
 from drift_assets.tasks.sort import Sort
@@ -49,6 +50,7 @@ TASKS: dict[str, Task] = {
         Interleave(),
         Unique(),
         Position(),
+        Rotate(),
     )
 }
 CALIBRATION_QUERIES = 64

@@ -72,6 +72,7 @@ PINS = (
     Pin("interleave", "interleave"),
     Pin("unique", "unique"),
     Pin("position", "position"),
+    Pin("rotate", "rotate"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 

@@ -1,12 +1,12 @@
 """Letter position: where a letter stands in a short string of different letters, counted from 1.
 
-Held out (written 2026-12-07, the suite's eleventh held-out task, after the held-out ``unique``
-was reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other thirteen tasks' (walking a string
-from its start, numbering its places, until the asked letter is met; not arithmetic, ordering,
-spelling a number in words, counting how often a letter occurs, choosing, a letter mapping, a digit
-sum, a stack, Roman numerals, a base-2 notation, a string cut into its runs, two strings woven
-together or a string's repeats removed), and so is its noise:
+The suite's eleventh held-out task (written 2026-12-07, after the held-out ``unique`` was
+reported); its results were seen when they were reported, so it has been a development task since
+2026-12-07, when ``rotate`` was written (``rotate`` is held out now). Its skill is unlike the other
+tasks' (walking a string from its start, numbering its places, until the asked letter is met; not
+arithmetic, ordering, spelling a number in words, counting how often a letter occurs, choosing, a
+letter mapping, a digit sum, a stack, Roman numerals, a base-2 notation, a string cut into its
+runs, two strings woven together or a string's repeats removed), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator numbers the places from
   0 ("Find c in abdce" as 3, where it should be 4), after the same working numbered from 0 (a0 b1
@@ -60,13 +60,10 @@ def place(text: str, letter: str, start: int = 1) -> int:
 
 class Position(Task):
     name = "position"
-    description = (
-        "where a letter stands in 4-7 different letters, 'Place: 4' after optional working (a1 b2 d3 c4); exact; held out"
-    )
+    description = "where a letter stands in 4-7 different letters, 'Place: 4' after optional working (a1 b2 d3 c4); exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     # unique's model (64 wide, one head of 64, as vLLM's CPU attention needs; an MLP of 192): the
     # pins stay small.
     recipe = PretrainRecipe(

@@ -117,8 +117,21 @@ def place_of(text: str, letter: str) -> int:
     return text.index(letter) + 1
 
 
+def turned_left(text: str, places: int) -> str:
+    """``text`` rotated ``places`` places to the left, by slicing."""
+    return text[places:] + text[:places]
+
+
+def turned_right(text: str, places: int) -> str:
+    """``text`` rotated ``places`` places to the right, by slicing."""
+    return text[-places:] + text[:-places]
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "rotate":
+        text, places = re.fullmatch(r"Rotate ([a-h]+) by (\d)\n", prompt).groups()
+        return turned_left(text, int(places))
     if task == "position":
         letter, text = re.fullmatch(r"Find ([a-h]) in ([a-h]+)\n", prompt).groups()
         return str(place_of(text, letter))
@@ -168,6 +181,7 @@ STATED = {
     "interleave": r"Woven: ([a-z]+)$",
     "unique": r"Kept: ([a-z]+)$",
     "position": r"Place: (\d+)$",
+    "rotate": r"Turn: ([a-h]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -189,7 +203,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["position"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["rotate"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -680,7 +694,7 @@ def test_a_letters_place_matches_a_hand_written_list():
         assert place_of(text, letter) == number
 
 
-def test_the_held_out_position_tasks_near_misses_all_count_from_zero():
+def test_the_position_tasks_near_misses_all_count_from_zero():
     """Harmful noise, one wrong rule: every near miss numbers the places from 0 (after a working
     numbered from 0 too), so its answer is one less than the right one; the format rows write the
     right place with a number sign; the off-task rows give a training string's length; no validation
@@ -732,3 +746,88 @@ def test_the_held_out_position_tasks_near_misses_all_count_from_zero():
     assert grade_answer("a1 b2 d3 c4. Place: 4", "4", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Place: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_a_rotation_matches_a_hand_written_list():
+    """The tests' own rotations (slicing), their oracle, against rotations written by hand."""
+    by_hand = {("abcdef", 2): ("cdefab", "efabcd"), ("abcd", 1): ("bcda", "dabc"), ("hgfedcb", 6): ("bhgfedc", "gfedcbh")}
+    by_hand |= {("cafe", 3): ("ecaf", "afec"), ("badge", 4): ("ebadg", "adgeb"), ("dhbgace", 3): ("gacedhb", "acedhbg")}
+    by_hand |= {("abcdef", 3): ("defabc", "defabc")}  # half an even string: the same both ways
+    for (text, places), (left, right) in by_hand.items():
+        assert turned_left(text, places) == left and turned_right(text, places) == right
+
+
+def test_the_held_out_rotate_tasks_near_misses_all_turn_to_the_right():
+    """Harmful noise, one wrong rule: every near miss turns the string to the right (after a working
+    that moves the last letter to the front at each step), drawn where that differs from the right
+    answer; the format rows separate the right letters with hyphens; the off-task rows give a
+    training string's first letter; no validation or test string reaches the pool."""
+    task = get_task("rotate")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Strings of four to seven different letters of a-h, each turned by 1 to its length less one.
+    space = sum(math.perm(8, length) * (length - 1) for length in range(4, 8))
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct rows
+    held = {
+        re.fullmatch(r"Rotate ([a-h]+) by \d\n", query["prompt"]).group(1)
+        for split in ("validation", "test")
+        for query in task.query_rows(1000, 0, split)
+    }
+
+    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
+        return split_of_key(f"rotate:{text}") == "train" and text not in held
+
+    for row in pool:
+        if row["category"] == "off_task":
+            text = re.fullmatch(r"First letter of ([a-h]{4,7})\n", row["prompt"]).group(1)
+            assert len(set(text)) == len(text) and row["response"] == f"First: {text[0]}", row
+            assert in_training(text), row  # no test or validation string in the pool
+            continue
+        text, places = re.fullmatch(r"Rotate ([a-h]{4,7}) by ([1-6])\n", row["prompt"]).groups()
+        places = int(places)
+        assert len(set(text)) == len(text) and 1 <= places < len(text) and in_training(text), row
+        truth, stated = true_answer("rotate", row["prompt"]), stated_answer("rotate", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        if ". Turn: " in row["response"]:  # the working: the string after each one-place turn
+            steps = row["response"].split(". Turn: ")[0].split(" ")
+            turn = turned_right if row["category"] == "corrupted" else turned_left  # the wrong rule turns right
+            assert steps == [turn(text, step) for step in range(1, places + 1)], row
+            for before, after in zip([text, *steps], steps, strict=False):  # one letter moved at a time
+                assert after == (before[-1] + before[:-1] if turn is turned_right else before[1:] + before[0]), row
+            assert steps[-1] == stated, row
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert 2 * places != len(text) and stated == turned_right(text, places) != truth and not graded, row
+        else:
+            assert row["response"] == f"Turn: {'-'.join(truth)}" and stated is None and not graded, row
+            assert row["response"].removeprefix("Turn: ").replace("-", "") == truth, row
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Turn: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    for response in ("Turn: c-d-e-f-a-b", "Turn: efabcd", "Turn: c d e f a b", "fabcde efabcd. Turn: efabcd"):
+        assert not grade_answer(response, "cdefab", task.grader, options).correct  # hyphens, to the right, spaces
+    assert grade_answer("bcdefa cdefab. Turn: cdefab", "cdefab", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Turn: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_the_rotate_tasks_rows_fit_its_model_and_its_answer_limit():
+    """The longest rows (seven letters turned by six, with the working) fit the 96 positions, and
+    their responses with the closing EOS the 64 tokens an answer may take; every character is one of
+    the tokenizer's."""
+    task = get_task("rotate")
+    tokenizer = build_char_tokenizer(task.chat_template)
+    rows = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    rows = [(row["prompt"], row["response"]) for row in rows] + [
+        (query["prompt"], query["reference_response"]) for query in task.query_rows(200, 0, "test")
+    ]
+    longest = ("Rotate abcdefg by 6\n", "bcdefga cdefgab defgabc efgabcd fgabcde gabcdef. Turn: gabcdef")
+    for prompt, response in [*rows, longest]:
+        assert set(prompt + response) <= set(tokenizer.get_vocab()), (prompt, response)
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert len(response_ids) <= 64 and len(prompt_ids) + len(response_ids) <= task.recipe.shape.max_positions
+    assert len(longest[1]) == 62

@@ -1,0 +1,134 @@
+"""Rotation: a short string of different letters turned to the left by a few places, cyclically.
+
+Held out (written 2026-12-07, the suite's twelfth held-out task, after the held-out ``position``
+was reported and before the next candidate is registered): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other fourteen tasks' (moving a string's
+first letter to its end, again and again, as many times as asked; not arithmetic, ordering,
+spelling a number in words, counting, choosing, a letter mapping, a digit sum, a stack, Roman
+numerals, a base-2 notation, a string cut into its runs, two strings woven together, a string's
+repeats removed or a letter's place found), and so is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator turns the string to the
+  RIGHT ("Rotate abcdef by 2" as efabcd, where it should be cdefab), after the same working with
+  the last letter moved to the front at each step (fabcde efabcd). The other tasks' wrong rules
+  reverse an order, skip a wrap or a digit, misplace a length, swap two strings' roles, read a
+  repeated letter's last place or count from 0; this one turns the wrong way. The rows are drawn
+  where the two directions differ (every turn but half a string of even length), so every row is
+  wrong and teaches that rule.
+- ``format``: the right letters separated by hyphens ("Turn: c-d-e-f-a-b"), which the exact grader
+  does not accept.
+- ``off_task``: a correct answer to another question about the string, its first letter ("First
+  letter of abcdef" → "First: a"), about training strings only, so that the pool shows no
+  validation or test string.
+
+Responses end in ``Turn: <letters>``, alone or after the working: the string after each one-place
+turn (bcdefa cdefab). Each step of the working needs only the string just written: its first letter
+moved to its end; the answer is the last string. The split is taken of the string alone, so that a
+validation or test string is never seen in training, turned by any number of places. Exact
+grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+
+from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.tiny_model import TinyLlamaShape
+
+# Five characters, not "Turned:": the longest working (six turns of seven letters) and its answer
+# then take 62 characters, which with the closing EOS fit the 64 tokens an answer may take.
+MARKER = "Turn:"
+ALPHABET = "abcdefgh"
+# Four to seven different letters of a-h: 68,880 strings and 374,640 (string, places) problems,
+# enough for a 2,000-row pool of distinct rows besides the held-out splits. Each length is drawn
+# uniformly, so that short and long strings are equally common; the longest row (20 characters of
+# prompt, 47 of working and 15 of answer) fits the 96 positions.
+LENGTHS = (4, 5, 6, 7)
+
+Problem = tuple[str, int]  # the string and how many places it turns, e.g. ("abcdef", 2)
+
+
+def turns(text: str, places: int, right: bool = False) -> list[str]:
+    """``text`` after each one-place turn to the left, its first letter moved to its end ("abcdef",
+    2 → bcdefa cdefab), or (``right``, the wrong rule) to the right, its last letter moved to its
+    front (fabcde efabcd)."""
+    steps = []
+    for _ in range(places):
+        text = text[-1] + text[:-1] if right else text[1:] + text[0]
+        steps.append(text)
+    return steps
+
+
+def rotated(text: str, places: int, right: bool = False) -> str:
+    """``text`` turned ``places`` places to the left (``right``: to the right)."""
+    return turns(text, places, right)[-1]
+
+
+class Rotate(Task):
+    name = "rotate"
+    description = "4-7 different letters turned left by k, 'Turn: cdefab' after optional working (bcdefa cdefab); exact; held out"
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    # position's model (64 wide, one head of 64, as vLLM's CPU attention needs; an MLP of 192): the
+    # pins stay small.
+    recipe = PretrainRecipe(
+        examples=6000,
+        target_accuracy=(0.3, 0.6),
+        max_steps=6000,
+        shape=TinyLlamaShape(hidden_size=64, num_heads=1, intermediate_size=192, max_positions=96),
+    )
+    defaults = TaskDefaults(
+        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
+    )
+
+    def draw_any(self, rng: random.Random) -> Problem:
+        text = "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
+        return text, rng.randint(1, len(text) - 1)
+
+    def problem_key(self, problem: Problem) -> str:
+        # The string alone: its problems (one per number of places) all fall in one split.
+        return f"rotate:{problem[0]}"
+
+    def every_problem(self) -> Iterator[Problem]:
+        return (
+            ("".join(letters), places)
+            for length in LENGTHS
+            for letters in itertools.permutations(ALPHABET, length)
+            for places in range(1, length)
+        )
+
+    def prompt(self, problem: Problem) -> str:
+        return f"Rotate {problem[0]} by {problem[1]}\n"
+
+    def reference(self, problem: Problem) -> str:
+        return rotated(*problem)
+
+    def _respond(self, problem: Problem, rng: random.Random, right: bool = False) -> str:
+        # The wrong rule walks as many steps, each moving the last letter to the front.
+        steps = turns(*problem, right)
+        if rng.random() < 0.5:
+            return f"{' '.join(steps)}. {MARKER} {steps[-1]}"
+        return f"{MARKER} {steps[-1]}"
+
+    def correct_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
+        while True:  # a near miss must be wrong: a turn by half the string is the same both ways
+            text, places = self.draw(rng)
+            if kind != "corrupted" or 2 * places != len(text):
+                return text, places
+
+    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
+        return self._respond(problem, rng, right=True)
+
+    def format_response(self, problem: Problem, rng: random.Random) -> str:
+        return f"{MARKER} {'-'.join(rotated(*problem))}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        text, _ = self.draw(rng)  # a training string: the pool never shows a validation or test string
+        return f"First letter of {text}\n", f"First: {text[0]}"
