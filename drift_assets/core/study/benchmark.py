@@ -153,6 +153,8 @@ ABLATIONS = {
     "drift_strata": {"length_strata": 4},
     # Registered 2026-12-06 (after the relayout): the same length mix inside the likeliest 70% only.
     "drift_strata_guarded": {"length_strata": 4, "likelihood_guard": 0.7},
+    # Registered 2026-12-07 (after position was reported): the default's blend leaning on the likelihood.
+    "drift_likelier": {"likelihood_blend": 0.75},
 }
 # Registered 2026-12-06 (after binary was reported): the selection's size from the pool's own estimate
 # of its clean rows, as many as the reference gate keeps (core.attribution.selection.reference_size),
