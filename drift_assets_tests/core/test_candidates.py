@@ -326,22 +326,28 @@ def test_the_sized_methods_take_as_many_rows_as_the_reference_gate_keeps_in_thei
         reference_size(losses.with_columns(loss_per_token=pl.lit(5.0)), np.arange(1, 21) / 10)
 
 
-def test_the_validated_method_fine_tunes_nested_prefixes_of_drifts_order_one_shared_with_drift():
-    """drift_val_sized: DRIFT's first rows at the configured size (shared with drift's fine-tune) and
-    at a quarter, a half, three quarters and the whole pool (shared with full's), every one a prefix
-    of DRIFT's order."""
+def _scored_study(methods: list[str], n: int, seed: int, seeds: tuple[int, ...] = (0,)):
+    """A method benchmark over ``n`` pool rows (e00, e01, …) with seeded random gradients at the base
+    model and losses rising with the id (the loss filter keeps the first rows), its methods scored."""
     from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer
 
-    n = 20
     ids = [f"e{i:02d}" for i in range(n)]
     template, _ = _checkpoint()
-    grads = np.random.default_rng(7).normal(size=(n, 3)).astype(np.float32)
+    grads = np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
     checkpoint = CheckpointGradients.in_memory("base", ids, grads, template.validation_gradients, template.grades, {("m", "p")})
     losses = pl.DataFrame({"example_id": ids, "loss_per_token": [0.1 * i for i in range(n)]})
     pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * n, "n_response_tokens": [2] * n, "messages": ids})
     drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
-    study = MethodBenchmark(["full", "drift", "drift_val_sized"], [0], pool, pool, MethodScorer([checkpoint], losses), drift)
+    study = MethodBenchmark(methods, list(seeds), pool, pool, MethodScorer([checkpoint], losses), drift)
     study.score(None, None, [], lambda **_: None)
+    return study
+
+
+def test_the_validated_method_fine_tunes_nested_prefixes_of_drifts_order_one_shared_with_drift():
+    """drift_val_sized: DRIFT's first rows at the configured size (shared with drift's fine-tune) and
+    at a quarter, a half, three quarters and the whole pool (shared with full's), every one a prefix
+    of DRIFT's order."""
+    study = _scored_study(["full", "drift", "drift_val_sized"], 20, seed=7)
     plan = study.plan(("top_fraction", 0.1, None))
     sizes = {"drift_val_sized@10%": 2, "drift_val_sized@25%": 5, "drift_val_sized@50%": 10}
     sizes |= {"drift_val_sized@75%": 15, "drift_val_sized@100%": 20}
@@ -361,19 +367,11 @@ def test_the_validated_method_fine_tunes_nested_prefixes_of_drifts_order_one_sha
 
 
 def test_the_validated_sizes_keep_the_configured_one_and_need_no_drift_row():
-    from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer, validation_sizes
+    from drift_assets.core.study.benchmark import validation_sizes
 
     # 1,001 of 2,000 and half the pool both read "50%": the configured size keeps the label.
     assert validation_sizes("m", 1001, 2000) == {"m@25%": 500, "m@50%": 1001, "m@75%": 1500, "m@100%": 2000}
-    ids = [f"e{i:02d}" for i in range(8)]
-    template, _ = _checkpoint()
-    grads = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
-    checkpoint = CheckpointGradients.in_memory("base", ids, grads, template.validation_gradients, template.grades, {("m", "p")})
-    losses = pl.DataFrame({"example_id": ids, "loss_per_token": [0.1 * i for i in range(8)]})
-    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 8, "n_response_tokens": [2] * 8, "messages": ids})
-    drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
-    study = MethodBenchmark(["drift_val_margin"], [0], pool, pool, MethodScorer([checkpoint], losses), drift)
-    study.score(None, None, [], lambda **_: None)
+    study = _scored_study(["drift_val_margin"], 8, seed=3)
     study.plan(("top_fraction", 0.5, None))
     assert study.configured_size == 4 and list(study.sizes.values()) == [2, 4, 6, 8]
     order = study.scores["drift_val_margin"]["example_id"].to_list()
@@ -381,18 +379,7 @@ def test_the_validated_sizes_keep_the_configured_one_and_need_no_drift_row():
 
 
 def test_drift_or_loss_fine_tunes_drifts_and_the_loss_filters_selections_sharing_their_fine_tunes():
-    from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer
-
-    ids = [f"e{i:02d}" for i in range(8)]
-    template, _ = _checkpoint()
-    grads = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
-    checkpoint = CheckpointGradients.in_memory("base", ids, grads, template.validation_gradients, template.grades, {("m", "p")})
-    # The base model's losses rise with the id: the loss filter keeps e00-e03.
-    losses = pl.DataFrame({"example_id": ids, "loss_per_token": [0.1 * i for i in range(8)]})
-    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * 8, "n_response_tokens": [2] * 8, "messages": ids})
-    drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
-    study = MethodBenchmark(["loss", "drift", "drift_or_loss"], [0, 1], pool, pool, MethodScorer([checkpoint], losses), drift)
-    study.score(None, None, [], lambda **_: None)
+    study = _scored_study(["loss", "drift", "drift_or_loss"], 8, seed=3, seeds=(0, 1))  # the loss filter keeps e00-e03
     plan = study.plan(("top_fraction", 0.5, None))
     assert study.sizes == {"drift_or_loss@drift": 4, "drift_or_loss@loss": 4}
     assert {example_id for example_id, _ in study.selections["drift_or_loss@loss", 0]} == {"e00", "e01", "e02", "e03"}
