@@ -497,6 +497,22 @@ def test_run_length_codes_match_a_hand_written_list():
     assert run_length_code("aaabcc", length_first=True) == "3a1b2c"
 
 
+def training_only(task, prompt_pattern: str):
+    """Whether the strings a pool row shows are training ones: the problem's key (``<task>:`` and the
+    strings, space-separated) hashes to the training split, and they are none of 1,000 validation and
+    1,000 test queries' (the groups of ``prompt_pattern`` in their prompts)."""
+    held = {
+        re.fullmatch(prompt_pattern, query["prompt"]).groups()
+        for split in ("validation", "test")
+        for query in task.query_rows(1000, 0, split)
+    }
+
+    def in_training(*strings: str) -> bool:  # the split every task's problems take from the hash of their key
+        return split_of_key(f"{task.name}:{' '.join(strings)}") == "train" and strings not in held
+
+    return in_training
+
+
 def test_the_runs_tasks_near_misses_all_write_the_length_first():
     """Harmful noise, one wrong rule: every near miss writes each run's length before its letter
     (after the right working); the format rows write the right runs apart; the off-task rows expand
@@ -509,14 +525,7 @@ def test_the_runs_tasks_near_misses_all_write_the_length_first():
     space = sum(4 * 3 ** (runs - 1) * 4**runs for runs in (3, 4))
     assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
     assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct strings' rows
-    held = {
-        re.fullmatch(r"Runs of ([a-d]+)\n", query["prompt"]).group(1)
-        for split in ("validation", "test")
-        for query in task.query_rows(1000, 0, split)
-    }
-
-    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
-        return split_of_key(f"runs:{text}") == "train" and text not in held
+    in_training = training_only(task, r"Runs of ([a-d]+)\n")
 
     for row in pool:
         if row["category"] == "off_task":
@@ -571,14 +580,7 @@ def test_the_interleave_tasks_near_misses_all_start_from_the_second_string():
     space = (4**2 + 4**3 + 4**4) ** 2
     assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
     assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct pairs' rows
-    held = {
-        re.fullmatch(r"Interleave ([a-d]+) ([a-d]+)\n", query["prompt"]).groups()
-        for split in ("validation", "test")
-        for query in task.query_rows(1000, 0, split)
-    }
-
-    def in_training(first: str, second: str) -> bool:  # the split every task's problems take from the hash of their key
-        return split_of_key(f"interleave:{first} {second}") == "train" and (first, second) not in held
+    in_training = training_only(task, r"Interleave ([a-d]+) ([a-d]+)\n")
 
     for row in pool:
         if row["category"] == "off_task":
@@ -646,14 +648,7 @@ def test_the_unique_tasks_near_misses_all_keep_the_last_occurrence():
     space = sum(5**length for length in range(5, 10))
     assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
     assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct strings' rows
-    held = {
-        re.fullmatch(r"Unique ([a-e]+)\n", query["prompt"]).group(1)
-        for split in ("validation", "test")
-        for query in task.query_rows(1000, 0, split)
-    }
-
-    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
-        return split_of_key(f"unique:{text}") == "train" and text not in held
+    in_training = training_only(task, r"Unique ([a-e]+)\n")
 
     for row in pool:
         if row["category"] == "off_task":
@@ -707,14 +702,7 @@ def test_the_position_tasks_near_misses_all_count_from_zero():
     space = sum(math.perm(8, length) * length for length in range(4, 8))
     assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
     assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct rows
-    held = {
-        re.fullmatch(r"Find [a-h] in ([a-h]+)\n", query["prompt"]).group(1)
-        for split in ("validation", "test")
-        for query in task.query_rows(1000, 0, split)
-    }
-
-    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
-        return split_of_key(f"position:{text}") == "train" and text not in held
+    in_training = training_only(task, r"Find [a-h] in ([a-h]+)\n")
 
     for row in pool:
         if row["category"] == "off_task":
@@ -770,14 +758,7 @@ def test_the_held_out_rotate_tasks_near_misses_all_turn_to_the_right():
     space = sum(math.perm(8, length) * (length - 1) for length in range(4, 8))
     assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
     assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct rows
-    held = {
-        re.fullmatch(r"Rotate ([a-h]+) by \d\n", query["prompt"]).group(1)
-        for split in ("validation", "test")
-        for query in task.query_rows(1000, 0, split)
-    }
-
-    def in_training(text: str) -> bool:  # the split every task's problems take from the hash of their key
-        return split_of_key(f"rotate:{text}") == "train" and text not in held
+    in_training = training_only(task, r"Rotate ([a-h]+) by \d\n")
 
     for row in pool:
         if row["category"] == "off_task":
