@@ -31,8 +31,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Woven:"
 ALPHABET = "abcd"
@@ -67,17 +66,8 @@ class Interleave(Task):
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    # runs' recipe and narrower MLP (192, not 384): the pins stay small; heads stay 64 wide, as
-    # vLLM's CPU attention needs.
-    recipe = PretrainRecipe(
-        examples=6000,
-        target_accuracy=(0.3, 0.6),
-        max_steps=6000,
-        shape=TinyLlamaShape(intermediate_size=192, max_positions=96),
-    )
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    recipe = string_task_recipe()
+    defaults = STRING_TASK_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         first, second = ("".join(rng.choice(ALPHABET) for _ in range(rng.choice(LENGTHS))) for _ in range(2))

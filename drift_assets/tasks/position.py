@@ -33,8 +33,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Place:"
 ALPHABET = "abcdefgh"
@@ -64,17 +63,8 @@ class Position(Task):
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    # unique's model (64 wide, one head of 64, as vLLM's CPU attention needs; an MLP of 192): the
-    # pins stay small.
-    recipe = PretrainRecipe(
-        examples=6000,
-        target_accuracy=(0.3, 0.6),
-        max_steps=6000,
-        shape=TinyLlamaShape(hidden_size=64, num_heads=1, intermediate_size=192, max_positions=96),
-    )
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    recipe = string_task_recipe(narrow=True)
+    defaults = STRING_TASK_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         text = "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))

@@ -29,8 +29,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Runs:"
 ALPHABET = "abcd"
@@ -79,17 +78,8 @@ class Runs(Task):
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    # A narrower MLP than the other tasks' (192, not 384): the pins stay under the pins test's
-    # limit in all; heads stay 64 wide, as vLLM's CPU attention needs.
-    recipe = PretrainRecipe(
-        examples=6000,
-        target_accuracy=(0.3, 0.6),
-        max_steps=6000,
-        shape=TinyLlamaShape(intermediate_size=192, max_positions=96),
-    )
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    recipe = string_task_recipe()
+    defaults = STRING_TASK_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         letters = [rng.choice(ALPHABET)]
