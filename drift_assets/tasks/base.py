@@ -125,6 +125,13 @@ class Task(ABC):
         the task does not list its space)."""
         return None if self.every_problem() is None else _split_sizes(self)[split]
 
+    def half_worked(self, steps: Iterable[object], answer: object, rng: random.Random) -> str:
+        """``<answer_marker> <answer>``, half the time after its working: the ``steps`` space-separated
+        and a full stop (one draw of ``rng`` either way)."""
+        if rng.random() < 0.5:
+            return f"{' '.join(map(str, steps))}. {self.answer_marker} {answer}"
+        return f"{self.answer_marker} {answer}"
+
     # -- noise ---------------------------------------------------------------------------------
     def corrupted_response(self, problem: Hashable, rng: random.Random) -> str:
         raise NotImplementedError(f"the {self.name} task has no near-miss noise")

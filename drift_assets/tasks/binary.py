@@ -94,9 +94,7 @@ class Binary(Task):
         bits = to_binary(problem)
         if reverse:
             bits = bits[::-1]
-        if rng.random() < 0.5:
-            return f"{' '.join(map(str, halvings(problem)))}. {MARKER} {bits}"
-        return f"{MARKER} {bits}"
+        return self.half_worked(halvings(problem), bits, rng)
 
     def correct_response(self, problem: int, rng: random.Random) -> str:
         return self._respond(problem, rng)

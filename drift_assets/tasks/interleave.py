@@ -88,9 +88,7 @@ class Interleave(Task):
     def _respond(self, problem: Problem, rng: random.Random, second_first: bool = False) -> str:
         # The wrong rule walks the same positions, each pair written with the second string's letter first.
         first, second = problem[::-1] if second_first else problem
-        if rng.random() < 0.5:
-            return f"{' '.join(pairs_of(first, second))}. {MARKER} {weave(first, second)}"
-        return f"{MARKER} {weave(first, second)}"
+        return self.half_worked(pairs_of(first, second), weave(first, second), rng)
 
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)

@@ -90,10 +90,7 @@ class Position(Task):
 
     def _respond(self, problem: Problem, rng: random.Random, start: int = 1) -> str:
         # The wrong rule walks the same letters, numbered from 0.
-        answer = place(*problem, start)
-        if rng.random() < 0.5:
-            return f"{' '.join(numbered(*problem, start))}. {MARKER} {answer}"
-        return f"{MARKER} {answer}"
+        return self.half_worked(numbered(*problem, start), place(*problem, start), rng)
 
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)

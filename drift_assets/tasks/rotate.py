@@ -100,9 +100,7 @@ class Rotate(Task):
     def _respond(self, problem: Problem, rng: random.Random, right: bool = False) -> str:
         # The wrong rule walks as many steps, each moving the last letter to the front.
         steps = turns(*problem, right)
-        if rng.random() < 0.5:
-            return f"{' '.join(steps)}. {MARKER} {steps[-1]}"
-        return f"{MARKER} {steps[-1]}"
+        return self.half_worked(steps, steps[-1], rng)
 
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)

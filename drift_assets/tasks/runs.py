@@ -102,9 +102,7 @@ class Runs(Task):
     def _respond(self, problem: Problem, rng: random.Random, length_first: bool = False) -> str:
         # The wrong rule reads the same pieces, each length written before its letter.
         code = encode(problem, length_first)
-        if rng.random() < 0.5:
-            return f"{' '.join(runs_of(problem))}. {MARKER} {code}"
-        return f"{MARKER} {code}"
+        return self.half_worked(runs_of(problem), code, rng)
 
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)

@@ -95,9 +95,7 @@ class Unique(Task):
     def _respond(self, problem: Problem, rng: random.Random, last: bool = False) -> str:
         # The wrong rule walks the same letters, a letter met again moved to the end of the group.
         groups = kept_after_each(problem, last)
-        if rng.random() < 0.5:
-            return f"{' '.join(groups)}. {MARKER} {groups[-1]}"
-        return f"{MARKER} {groups[-1]}"
+        return self.half_worked(groups, groups[-1], rng)
 
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)
