@@ -180,6 +180,7 @@ DEMO_TASKS = (
     "unique",
     "position",
     "rotate",
+    "reverse",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -1,12 +1,12 @@
 """Rotation: a short string of different letters turned to the left by a few places, cyclically.
 
-Held out (written 2026-12-07, the suite's twelfth held-out task, after the held-out ``position``
-was reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other fourteen tasks' (moving a string's
-first letter to its end, again and again, as many times as asked; not arithmetic, ordering,
-spelling a number in words, counting, choosing, a letter mapping, a digit sum, a stack, Roman
-numerals, a base-2 notation, a string cut into its runs, two strings woven together, a string's
-repeats removed or a letter's place found), and so is its noise:
+The suite's twelfth held-out task (written 2026-12-07, after the held-out ``position`` was
+reported); its results were seen when they were reported, so it has been a development task since
+2026-12-07, when ``reverse`` was written (``reverse`` is held out now). Its skill is unlike the
+other tasks' (moving a string's first letter to its end, again and again, as many times as asked;
+not arithmetic, ordering, spelling a number in words, counting, choosing, a letter mapping, a digit
+sum, a stack, Roman numerals, a base-2 notation, a string cut into its runs, two strings woven
+together, a string's repeats removed or a letter's place found), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator turns the string to the
   RIGHT ("Rotate abcdef by 2" as efabcd, where it should be cdefab), after the same working with
@@ -67,11 +67,10 @@ def rotated(text: str, places: int, right: bool = False) -> str:
 
 class Rotate(Task):
     name = "rotate"
-    description = "4-7 different letters turned left by k, 'Turn: cdefab' after optional working (bcdefa cdefab); exact; held out"
+    description = "4-7 different letters turned left by k, 'Turn: cdefab' after optional working (bcdefa cdefab); exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     recipe = string_task_recipe(narrow=True)
     defaults = STRING_TASK_DEFAULTS
 

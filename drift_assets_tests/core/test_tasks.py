@@ -127,8 +127,20 @@ def turned_right(text: str, places: int) -> str:
     return text[-places:] + text[:-places]
 
 
+def backwards(text: str) -> str:
+    """``text`` written backwards, by slicing."""
+    return text[::-1]
+
+
+def backwards_but_first(text: str) -> str:
+    """``text``'s first letter, then the others backwards, by slicing."""
+    return text[0] + text[:0:-1]
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "reverse":
+        return backwards(re.fullmatch(r"Reverse ([a-h]+)\n", prompt).group(1))
     if task == "rotate":
         text, places = re.fullmatch(r"Rotate ([a-h]+) by (\d)\n", prompt).groups()
         return turned_left(text, int(places))
@@ -182,6 +194,7 @@ STATED = {
     "unique": r"Kept: ([a-z]+)$",
     "position": r"Place: (\d+)$",
     "rotate": r"Turn: ([a-h]+)$",
+    "reverse": r"Back: ([a-h]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -203,7 +216,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["rotate"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["reverse"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -745,7 +758,7 @@ def test_a_rotation_matches_a_hand_written_list():
         assert turned_left(text, places) == left and turned_right(text, places) == right
 
 
-def test_the_held_out_rotate_tasks_near_misses_all_turn_to_the_right():
+def test_the_rotate_tasks_near_misses_all_turn_to_the_right():
     """Harmful noise, one wrong rule: every near miss turns the string to the right (after a working
     that moves the last letter to the front at each step), drawn where that differs from the right
     answer; the format rows separate the right letters with hyphens; the off-task rows give a
@@ -812,3 +825,80 @@ def test_the_rotate_tasks_rows_fit_its_model_and_its_answer_limit():
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         assert len(response_ids) <= 64 and len(prompt_ids) + len(response_ids) <= task.recipe.shape.max_positions
     assert len(longest[1]) == 62
+
+
+def test_a_reversal_matches_a_hand_written_list():
+    """The tests' own reversals (slicing), their oracle, against reversals written by hand."""
+    by_hand = {"abcdefg": ("gfedcba", "agfedcb"), "abcd": ("dcba", "adcb"), "hgfedcb": ("bcdefgh", "hbcdefg")}
+    by_hand |= {"cafe": ("efac", "cefa"), "badge": ("egdab", "begda"), "dhbgace": ("ecagbhd", "decagbh")}
+    for text, (right, wrong) in by_hand.items():
+        assert backwards(text) == right and backwards_but_first(text) == wrong
+
+
+def test_the_held_out_reverse_tasks_near_misses_all_keep_the_first_letter():
+    """Harmful noise, one wrong rule: every near miss keeps the string's first letter first and
+    reverses the rest (after a working that writes that letter, then the others from the end); the
+    format rows separate the right letters with full stops; the off-task rows give a training
+    string's number of letters; no validation or test string reaches the pool."""
+    task = get_task("reverse")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Strings of four to seven different letters of a-h, every ordered arrangement.
+    space = sum(math.perm(8, length) for length in range(4, 8))
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct rows
+    in_training = training_only(task, r"Reverse ([a-h]+)\n")
+
+    for row in pool:
+        if row["category"] == "off_task":
+            text = re.fullmatch(r"Letters in ([a-h]{4,7})\n", row["prompt"]).group(1)
+            assert len(set(text)) == len(text) and row["response"] == f"Letters: {len(text)}", row
+            assert in_training(text), row  # no test or validation string in the pool
+            continue
+        text = re.fullmatch(r"Reverse ([a-h]{4,7})\n", row["prompt"]).group(1)
+        assert len(set(text)) == len(text) and in_training(text), row
+        truth, stated = true_answer("reverse", row["prompt"]), stated_answer("reverse", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        if ". Back: " in row["response"]:  # the working: the letters read from the end, one at a time
+            steps = row["response"].split(". Back: ")[0].split(" ")
+            wrong = row["category"] == "corrupted"  # the wrong rule writes the first letter first
+            assert steps == list(backwards_but_first(text) if wrong else backwards(text)), row
+            for before, after in zip(steps, steps[1:]):  # each step the letter that stands before the last one
+                assert text.index(after) == (len(text) - 1 if wrong and before == text[0] else text.index(before) - 1), row
+            assert "".join(steps) == stated, row
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == backwards_but_first(text) != truth and not graded, row
+        else:
+            assert row["response"] == f"Back: {'.'.join(truth)}" and stated is None and not graded, row
+            assert row["response"].removeprefix("Back: ").replace(".", "") == truth, row
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Back: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    near = ("Back: g.f.e.d.c.b.a", "Back: agfedcb", "Back: g f e d c b a", "a g f e d c b. Back: agfedcb", "Back: gfedcb")
+    for response in near:  # full stops, the first letter kept, spaces, one letter short
+        assert not grade_answer(response, "gfedcba", task.grader, options).correct
+    for response in ("Back: GFEDCBA", "g f e d c b a. Back: gfedcba"):  # the grader ignores case: no format noise
+        assert grade_answer(response, "gfedcba", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Back: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_the_reverse_tasks_rows_fit_its_model_and_its_answer_limit():
+    """The longest rows (seven letters, with the working) fit the 96 positions, and their responses
+    with the closing EOS the 64 tokens an answer may take; every character is one of the tokenizer's."""
+    task = get_task("reverse")
+    tokenizer = build_char_tokenizer(task.chat_template)
+    rows = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    rows = [(row["prompt"], row["response"]) for row in rows] + [
+        (query["prompt"], query["reference_response"]) for query in task.query_rows(200, 0, "test")
+    ]
+    longest = ("Reverse abcdefg\n", "g f e d c b a. Back: gfedcba")
+    for prompt, response in [*rows, longest]:
+        assert set(prompt + response) <= set(tokenizer.get_vocab()), (prompt, response)
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert len(response_ids) <= 64 and len(prompt_ids) + len(response_ids) <= task.recipe.shape.max_positions
+    assert len(longest[1]) == 28 and max(len(response) for _, response in rows) == 28

@@ -1,0 +1,109 @@
+"""Reversal: a short string of different letters written backwards.
+
+Held out (written 2026-12-07, the suite's thirteenth held-out task, after the held-out ``rotate``
+was reported and before the next candidate is registered): no default is chosen by it, and it is
+reported once, after the choice. Its skill is unlike the other fifteen tasks' (reading a string
+from its end, letter by letter, back to its start; not arithmetic, ordering, spelling a number in
+words, counting, choosing, a letter mapping, a digit sum, a stack, Roman numerals, a base-2
+notation, a string cut into its runs, two strings woven together, a string's repeats removed, a
+letter's place found or a string turned; the nearest is brackets' stack, which closes the open
+brackets in the reverse of their order, each mapped to its closer; binary's near misses and
+arithmetic's and choice's off-task rows reverse too, but as noise, not as the skill asked), and so
+is its noise:
+
+- ``corrupted``: a consistent wrong rule, the harmful kind: the annotator keeps the first letter
+  where it stands and reverses the rest ("Reverse abcdefg" as agfedcb, where it should be gfedcba),
+  after the same kind of working (a g f e d c b). The other tasks' wrong rules reverse an order,
+  skip a wrap or a digit, misplace a length, swap two strings' roles, read a repeated letter's last
+  place, count from 0 or turn the wrong way; this one leaves the first letter out of the reversal.
+  The right answer starts with the last letter and the wrong one with the first, which differ in a
+  string of different letters, so every row is wrong and teaches that rule.
+- ``format``: the right letters separated by full stops ("Back: g.f.e.d.c.b.a"), which the exact
+  grader does not accept (it ignores case, so upper-case letters would be graded right, and it
+  strips punctuation only at the ends).
+- ``off_task``: a correct answer to another question about the string, how many letters it has
+  ("Letters in abcdef" → "Letters: 6"), about training strings only, so that the pool shows no
+  validation or test string.
+
+Responses end in ``Back: <letters>``, alone or after the working: the string's letters read from
+its end, one at a time (g f e d c b a). Each step of the working needs only the letter just written
+and the prompt: the letter that stands before it in the string; the answer is the steps written
+together. The split is taken of the string alone, so that a validation or test string is never
+seen in training. Exact grading; no chat template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+
+from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+
+MARKER = "Back:"
+ALPHABET = "abcdefgh"
+# Four to seven different letters of a-h: 68,880 strings, enough for a 2,000-row pool of distinct
+# rows besides the held-out splits. Each length is drawn uniformly, so that short and long strings
+# are equally common; the longest row (16 characters of prompt, 15 of working and 13 of answer) fits
+# the 96 positions and the 64 tokens an answer may take.
+LENGTHS = (4, 5, 6, 7)
+
+
+def read_back(text: str, keep_first: bool = False) -> list[str]:
+    """``text``'s letters from its end to its start ("abcdefg" → g f e d c b a), or (``keep_first``,
+    the wrong rule) its first letter and then the others from the end (a g f e d c b)."""
+    if keep_first:
+        return [text[0], *read_back(text[1:])]
+    return [text[index] for index in range(len(text) - 1, -1, -1)]
+
+
+def reversed_text(text: str, keep_first: bool = False) -> str:
+    """``text`` written backwards (``keep_first``: all but its first letter)."""
+    return "".join(read_back(text, keep_first))
+
+
+class Reverse(Task):
+    name = "reverse"
+    description = (
+        "4-7 different letters written backwards, 'Back: gfedcba' after optional working (g f e d c b a); exact; held out"
+    )
+    grader = "exact"
+    answer_marker = MARKER
+    chat_template = "none"
+    held_out = True
+    recipe = string_task_recipe(narrow=True)
+    defaults = STRING_TASK_DEFAULTS
+
+    def draw_any(self, rng: random.Random) -> str:
+        return "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
+
+    def problem_key(self, problem: str) -> str:
+        return f"reverse:{problem}"
+
+    def every_problem(self) -> Iterator[str]:
+        return ("".join(letters) for length in LENGTHS for letters in itertools.permutations(ALPHABET, length))
+
+    def prompt(self, problem: str) -> str:
+        return f"Reverse {problem}\n"
+
+    def reference(self, problem: str) -> str:
+        return reversed_text(problem)
+
+    def _respond(self, problem: str, rng: random.Random, keep_first: bool = False) -> str:
+        # The wrong rule's working writes the first letter, then the others from the end.
+        steps = read_back(problem, keep_first)
+        return self.half_worked(steps, "".join(steps), rng)
+
+    def correct_response(self, problem: str, rng: random.Random) -> str:
+        return self._respond(problem, rng)
+
+    def corrupted_response(self, problem: str, rng: random.Random) -> str:
+        # Every problem will do: the first letter never stands first in the right answer.
+        return self._respond(problem, rng, keep_first=True)
+
+    def format_response(self, problem: str, rng: random.Random) -> str:
+        return f"{MARKER} {'.'.join(reversed_text(problem))}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        text = self.draw(rng)  # a training string: the pool never shows a validation or test string
+        return f"Letters in {text}\n", f"Letters: {len(text)}"
