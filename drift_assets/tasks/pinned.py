@@ -73,6 +73,7 @@ PINS = (
     Pin("unique", "unique"),
     Pin("position", "position"),
     Pin("rotate", "rotate"),
+    Pin("reverse", "reverse"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 

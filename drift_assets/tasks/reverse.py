@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 
 from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
 
@@ -71,7 +72,9 @@ class Reverse(Task):
     answer_marker = MARKER
     chat_template = "none"
     held_out = True
-    recipe = string_task_recipe(narrow=True)
+    # rotate's recipe at a quarter of its learning rate: at 2e-3 the calibration accuracy leapt past the
+    # band between two evaluations; the slower rate spreads the rise over more of them.
+    recipe = replace(string_task_recipe(narrow=True), learning_rate=5e-4)
     defaults = STRING_TASK_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> str:
