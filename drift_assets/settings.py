@@ -663,6 +663,8 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_val_margin",
     "drift_val_loss",
     "drift_or_loss",
+    "drift_or_loss_acc",
+    "drift_loss_or_full",
 )
 # The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
 OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
@@ -692,6 +694,8 @@ ABLATIONS_ON_REQUEST = (
     "drift_val_margin",
     "drift_val_loss",
     "drift_or_loss",
+    "drift_or_loss_acc",
+    "drift_loss_or_full",
 )
 
 

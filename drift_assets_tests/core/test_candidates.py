@@ -390,6 +390,53 @@ def test_drift_or_loss_fine_tunes_drifts_and_the_loss_filters_selections_sharing
     assert sharers == [["drift", "drift_or_loss@drift"], ["drift_or_loss@loss", "loss"]]  # no fine-tune of its own
 
 
+def test_drift_loss_or_full_adds_the_whole_pool_sharing_full_data_sfts_fine_tune():
+    study = _scored_study(["full", "loss", "drift", "drift_loss_or_full", "drift_or_loss_acc"], 8, seed=3)
+    plan = study.plan(("top_fraction", 0.5, None))
+    assert study.sizes == {
+        "drift_loss_or_full@drift": 4,
+        "drift_loss_or_full@loss": 4,
+        "drift_loss_or_full@full": 8,
+        "drift_or_loss_acc@drift": 4,
+        "drift_or_loss_acc@loss": 4,
+    }
+    assert {example_id for example_id, _ in study.selections["drift_loss_or_full@full", 0]} == {f"e{i:02d}" for i in range(8)}
+    sharers = sorted(sorted(names) for _, _, names in plan)
+    assert sharers == [  # three fine-tunes in all: the candidates add none
+        ["drift", "drift_loss_or_full@drift", "drift_or_loss_acc@drift"],
+        ["drift_loss_or_full@full", "full"],
+        ["drift_loss_or_full@loss", "drift_or_loss_acc@loss", "loss"],
+    ]
+
+
+def test_a_choice_among_selections_keeps_the_best_on_the_validation_queries_ties_to_the_first_named():
+    from drift_assets.core.study.benchmark import with_validated_choices
+
+    # label: (size, [validation accuracy, seeds 0-3], [test accuracy, seeds 0-3]); the loss filter's rows
+    # come first in the table, so that a tie kept by table order would keep it.
+    tried = {
+        "drift_loss_or_full@loss": (4, [0.50, 0.60, 0.50, 0.40], [0.71, 0.72, 0.73, 0.74]),
+        "drift_loss_or_full@drift": (4, [0.50, 0.50, 0.40, 0.40], [0.61, 0.62, 0.63, 0.64]),
+        "drift_loss_or_full@full": (8, [0.50, 0.60, 0.60, 0.45], [0.81, 0.82, 0.83, 0.84]),
+    }
+    rows = [
+        {"method": label, "seed": seed, "n_selected": size, "accuracy": test[seed], "validation_accuracy": accuracy[seed]}
+        for label, (size, accuracy, test) in tried.items()
+        for seed in range(4)
+    ]
+    table = pl.DataFrame(rows).with_columns(wall_seconds=pl.lit(2.0), validation_loss=pl.lit(0.3))
+    kept = with_validated_choices(table, ["drift_loss_or_full"]).filter(pl.col("method") == "drift_loss_or_full")
+    # Seed 0: a three-way tie, DRIFT's kept; seed 1: the loss filter and the whole pool tie, the loss
+    # filter named first; seeds 2 and 3: the whole pool alone is best.
+    assert kept["accuracy"].to_list() == [0.61, 0.72, 0.83, 0.84]
+    assert kept["n_selected"].to_list() == [4, 4, 8, 8] and kept["wall_seconds"].to_list() == [6.0] * 4
+    two = table.filter(~pl.col("method").str.ends_with("@full")).with_columns(
+        method=pl.col("method").str.replace("drift_loss_or_full", "drift_or_loss_acc")
+    )
+    kept = with_validated_choices(two, ["drift_or_loss_acc"]).filter(pl.col("method") == "drift_or_loss_acc")
+    assert kept["accuracy"].to_list() == [0.61, 0.72, 0.73, 0.64]  # by accuracy, ties to DRIFT's
+
+
 def test_the_validated_method_keeps_the_size_best_on_the_validation_queries_ties_to_the_smaller():
     from drift_assets.core.study.benchmark import with_validated_choices
 

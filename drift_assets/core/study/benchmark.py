@@ -47,6 +47,8 @@ rate) and the same seeds; only the data differs. Methods:
   ``drift_val_loss``: the same sizes, the one whose model has the lowest mean loss per token on the
   validation queries' reference responses kept. ``drift_or_loss``: by the same loss, DRIFT's selection
   or the loss filter's at the configured size (rows ``drift_or_loss@drift``, ``drift_or_loss@loss``).
+  ``drift_or_loss_acc``: the same two, by the share of the validation queries their models answer
+  (ties: DRIFT's); ``drift_loss_or_full``: those two or the whole pool, by that share (ties: in that order).
 
 Selections (except ``full`` and the sized ones) have the size the DRIFT selection has. Beside each method's accuracy
 the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
@@ -163,14 +165,29 @@ ABLATIONS = {
 SIZED = {"drift_sized": "drift", "loss_sized": "loss"}
 # Registered 2026-12-06 (after runs was reported): the selection's size chosen by what each size
 # teaches, measured on the validation queries, not by a count of likely rows; in DRIFT's order.
-VALIDATED = {"drift_val_sized": "drift", "drift_val_margin": "drift", "drift_val_loss": "drift", "drift_or_loss": "drift"}
+VALIDATED = {
+    "drift_val_sized": "drift",
+    "drift_val_margin": "drift",
+    "drift_val_loss": "drift",
+    "drift_or_loss": "drift",
+    "drift_or_loss_acc": "drift",
+    "drift_loss_or_full": "drift",
+}
 # Registered 2026-12-07 (after unique was reported): the size whose model has the lowest mean loss on
 # the validation references (Evaluation.reference_loss), a continuous figure where accuracy on a few
 # dozen queries ties or turns on one answer; and, by the same figure, DRIFT's selection or the loss
 # filter's at the configured size, where neither leads on every task. The others choose by accuracy.
 CHOSEN_BY_LOSS = ("drift_val_loss", "drift_or_loss")
-# A validated method that chooses between these methods' orders at the configured size, not between sizes.
-CHOSEN_AMONG = {"drift_or_loss": ("drift", "loss")}
+# A validated method that chooses between these selections, not between sizes: a method's order at the
+# configured size, or ("full") the whole pool; ties go to the first. Registered 2026-12-07 (after rotate
+# was reported, reverse written): the two by the validation queries' accuracy, where the default and
+# the loss filter each lead on some tasks, and with the whole pool besides, where neither beats
+# full-data SFT.
+CHOSEN_AMONG = {
+    "drift_or_loss": ("drift", "loss"),
+    "drift_or_loss_acc": ("drift", "loss"),
+    "drift_loss_or_full": ("drift", "loss", "full"),
+}
 # Registered 2026-12-06 (after interleave was reported): leave the configured size only for a size
 # whose model answers at least this share more of the validation queries (a few dozen of them
 # leave most gaps between sizes within their noise).
@@ -616,10 +633,14 @@ def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, 
 
 def validated_variants(method: str, configured: int, pool_size: int) -> dict[str, tuple[str, int]]:
     """A validated method's variants, label -> (the method whose order it takes, its size): one per
-    order of :data:`CHOSEN_AMONG` at the ``configured`` size (``<method>@<order>``), else its order
-    at each of :func:`validation_sizes`."""
+    selection of :data:`CHOSEN_AMONG` (``<method>@<order>``: that order at the ``configured`` size, or
+    ``<method>@full``: the validated method's order over the whole pool), else its order at each of
+    :func:`validation_sizes`."""
     if method in CHOSEN_AMONG:
-        return {f"{method}@{order}": (order, configured) for order in CHOSEN_AMONG[method]}
+        return {
+            f"{method}@{order}": (VALIDATED[method], pool_size) if order == "full" else (order, configured)
+            for order in CHOSEN_AMONG[method]
+        }
     return {label: (VALIDATED[method], size) for label, size in validation_sizes(method, configured, pool_size).items()}
 
 
@@ -630,7 +651,8 @@ def size_labels(method: str, labels: Iterable[str]) -> list[str]:
 
 def with_validated_choices(table: pl.DataFrame, methods: Sequence[str], configured: int | None = None) -> pl.DataFrame:
     """``table`` with a row per seed for each validated method in ``methods``: its size whose model
-    answered the validation queries best (ties: the smaller size), or (:data:`CHOSEN_BY_LOSS`) had
+    answered the validation queries best (ties: the smaller size; between :data:`CHOSEN_AMONG`'s
+    selections, the first named), or (:data:`CHOSEN_BY_LOSS`) had
     the lowest loss on their references; for one with a margin (:data:`VALIDATION_MARGINS`), that
     size only where it answers at least the margin more of them than the ``configured`` size does,
     else the configured size. Its wall time is all its sizes'."""
@@ -645,7 +667,10 @@ def with_validated_choices(table: pl.DataFrame, methods: Sequence[str], configur
         margin = VALIDATION_MARGINS.get(method, 0.0)
         for seed in tried["seed"].unique(maintain_order=True):
             rows = tried.filter(pl.col("seed") == seed).sort("n_selected", maintain_order=True).to_dicts()
-            # The first of equals: the smaller.
+            if method in CHOSEN_AMONG:
+                named = [f"{method}@{order}" for order in CHOSEN_AMONG[method]]
+                rows.sort(key=lambda row: named.index(row["method"]))
+            # The first of equals: the smaller, or the first named.
             best = max(rows, key=lambda row: -row[figure] if method in CHOSEN_BY_LOSS else row[figure])
             if margin:
                 default = next(row for row in rows if row["n_selected"] == configured)
