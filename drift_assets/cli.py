@@ -81,7 +81,7 @@ def _summary(settings, instance=None) -> str:
             line += (
                 f"; corrupted share {refined['is_corrupted'].mean():.3f} in pool -> {chosen['is_corrupted'].mean():.3f} selected"
             )
-        lines.append(line)
+        lines.append(line + _selection_choice(instance))
     export = read("refined_dataset_export")
     if export is not None:
         lines.append(f"exports                  {export['rows'][0]} examples in " + ", ".join(export["path"]))
@@ -104,6 +104,27 @@ def _summary(settings, instance=None) -> str:
                 "cost                     not recorded in this Dagster instance (DAGSTER_HOME names the one the runs used)"
             )
     return "\n".join(lines)
+
+
+def _selection_choice(instance) -> str:
+    """Which selection refined_dataset's last materialization kept and each one's validation accuracy
+    (selection.choose_among), or nothing where it chose none."""
+    from dagster import AssetKey
+
+    event = instance.get_latest_materialization_event(AssetKey("refined_dataset")) if instance is not None else None
+    metadata = event.asset_materialization.metadata if event is not None else {}
+    if "selection_chosen" not in metadata:
+        return ""
+    accuracies = {
+        key.removeprefix("validation_accuracy_"): entry.value
+        for key, entry in metadata.items()
+        if key.startswith("validation_accuracy_")
+    }
+    return (
+        f"; {metadata['selection_chosen'].value}'s kept (validation accuracy "
+        + ", ".join(f"{name} {value:.3f}" for name, value in accuracies.items())
+        + ")"
+    )
 
 
 def _root_cause(error: BaseException) -> BaseException:

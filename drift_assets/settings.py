@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drift_assets.core.attribution.influence import Debias, Hessian
 from drift_assets.core.attribution.scores import NoiseGate, Ranking, ScoringSettings, SharedDirection, Targets, Unsolved
-from drift_assets.core.attribution.selection import SelectionMethod
+from drift_assets.core.attribution.selection import SelectionChoice, SelectionMethod
 from drift_assets.core.data.sequences import LossReduction
 from drift_assets.core.gradients.projection import Basis, ProjectionOptions
 from drift_assets.core.grading.weighting import Weighting
@@ -568,6 +568,13 @@ class SelectionSettings(_Group):
     method: SelectionMethod = Field("top_fraction", description="top_fraction, top_k, or positive (score > 0)")
     fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the pool kept by top_fraction")
     k: int | None = Field(None, ge=1, description="examples kept by top_k")
+    choose_among: list[SelectionChoice] = Field(
+        [],
+        description="other selections the refined dataset may be: loss (as many rows, the base model's likeliest) and "
+        "full (the whole pool). Each, and DRIFT's, is fine-tuned (benchmark.sft, the first of benchmark.seeds) and "
+        "the one whose model answers the most validation queries is kept (ties: DRIFT's, then in this order); [] keeps "
+        "DRIFT's without fine-tuning",
+    )
     export_dir: str = Field(
         "exports",
         description="Where the selection is exported: a Hugging Face dataset folder (the selection, the rows left out "
@@ -583,6 +590,8 @@ class SelectionSettings(_Group):
     def _top_k_needs_k(self) -> SelectionSettings:
         if self.method == "top_k" and self.k is None:
             raise ValueError("selection.k is required when selection.method is top_k")
+        if len(set(self.choose_among)) < len(self.choose_among):
+            raise ValueError(f"selection.choose_among names a selection twice: {self.choose_among}")
         return self
 
 

@@ -28,7 +28,7 @@ from drift_assets.core.study.benchmark import (
 from drift_assets.core.training.evaluation import fine_tune_and_evaluate
 from drift_assets.defs.checkpoints import WARMUP, checkpoint_model
 from drift_assets.defs.cost import pool_sequence_tokens, recorded_pipeline_cost
-from drift_assets.defs.evaluate import _FINE_TUNE_AND_EVALUATE, EVALUATE_VERSION, evaluation_run, fine_tune_job
+from drift_assets.defs.evaluate import EVALUATE_VERSION, FINE_TUNE_AND_EVALUATE, evaluation_run, fine_tune_job
 from drift_assets.defs.metadata import png_markdown, table_metadata
 from drift_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
@@ -61,7 +61,7 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
         "selection",
         # The span of the rollouts less_onpolicy differentiates: read only where it runs.
         *(["projection.validation_span"] if "less_onpolicy" in settings.benchmark.methods else []),
-        *_FINE_TUNE_AND_EVALUATE,
+        *FINE_TUNE_AND_EVALUATE,
     )
     code_version = reads.code_version(EVALUATE_VERSION)
     spec = AssetSpec(

@@ -39,9 +39,12 @@ def stored_reference(settings: Settings, warehouse) -> StageCost | None:
     return full_sft_reference(settings, warehouse.scan("training_pool").select("n_prompt_tokens", "n_response_tokens").collect())
 
 
-def costed_partitions(settings: Settings, evaluation: bool = True) -> list[tuple[str, str | None, str | None]]:
+def costed_partitions(
+    settings: Settings, evaluation: bool = True, choice: bool = True
+) -> list[tuple[str, str | None, str | None]]:
     """(asset, partition, checkpoint) of every configured partition of the assets that record a cost,
-    in pipeline order (``evaluation``: with ``refined_model_evaluation`` where test queries are set)."""
+    in pipeline order (``choice``: with ``refined_dataset`` where it chooses among selections;
+    ``evaluation``: with ``refined_model_evaluation`` where test queries are set)."""
     checkpoints, shards = settings.checkpoints, shard_keys(settings.projection.shards)
     wanted: list[tuple[str, str | None, str | None]] = [("warmup_checkpoints", key, key) for key in checkpoints[1:]]
     for checkpoint in checkpoints:
@@ -51,15 +54,17 @@ def costed_partitions(settings: Settings, evaluation: bool = True) -> list[tuple
             for shard in shards
         ]
     wanted.append(("influence_scores", None, None))
+    if choice and settings.selection.choose_among:
+        wanted.append(("refined_dataset", None, None))
     if evaluation and settings.data.test_queries:
         wanted.append(("refined_model_evaluation", None, None))
     return wanted
 
 
-def recorded_costs(instance: DagsterInstance, settings: Settings, evaluation: bool = True) -> list[Recorded]:
+def recorded_costs(instance: DagsterInstance, settings: Settings, evaluation: bool = True, choice: bool = True) -> list[Recorded]:
     """What the latest materialization of each partition :func:`costed_partitions` names recorded."""
     recorded = []
-    for asset, partition, checkpoint in costed_partitions(settings, evaluation):
+    for asset, partition, checkpoint in costed_partitions(settings, evaluation, choice):
         records = instance.fetch_materializations(
             AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition is not None else None), limit=1
         ).records
@@ -71,11 +76,17 @@ def recorded_costs(instance: DagsterInstance, settings: Settings, evaluation: bo
 
 
 def recorded_pipeline_cost(
-    instance: DagsterInstance, settings: Settings, pool: pl.DataFrame, evaluation: bool = True, whole: bool = False
+    instance: DagsterInstance,
+    settings: Settings,
+    pool: pl.DataFrame,
+    evaluation: bool = True,
+    whole: bool = False,
+    choice: bool = True,
 ) -> PipelineCost:
     """The pipeline's cost as its latest materializations recorded it, against one full-pool SFT run
-    (``whole``: each table's cost from scratch, where a materialization reused stored rows)."""
-    return pipeline_cost(recorded_costs(instance, settings, evaluation), full_sft_reference(settings, pool), whole)
+    (``whole``: each table's cost from scratch, where a materialization reused stored rows; ``choice``
+    and ``evaluation``: with the choice among selections and the evaluation)."""
+    return pipeline_cost(recorded_costs(instance, settings, evaluation, choice), full_sft_reference(settings, pool), whole)
 
 
 def cost_plot(cost: PipelineCost) -> MetadataValue:

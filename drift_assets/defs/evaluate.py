@@ -19,7 +19,7 @@ EVALUATE_VERSION = "5"  # 5: a bf16/fp16 model fine-tunes float32 master weights
 
 
 # Fine-tune, decode (the rollout engine's backend and context where benchmark.eval_backend is auto or vllm) and grade.
-_FINE_TUNE_AND_EVALUATE = ("benchmark.eval_backend", "rollout.backend", "rollout.max_tokens", "rollout.max_model_len", "grading")
+FINE_TUNE_AND_EVALUATE = ("benchmark.eval_backend", "rollout.backend", "rollout.max_tokens", "rollout.max_model_len", "grading")
 
 
 def fine_tune_job(
@@ -57,7 +57,7 @@ def evaluation_run(
 
 
 def build_evaluation_assets(settings: Settings) -> list:
-    reads = Reads(settings, "refined_model_evaluation", "benchmark.sft", "benchmark.seeds", *_FINE_TUNE_AND_EVALUATE)
+    reads = Reads(settings, "refined_model_evaluation", "benchmark.sft", "benchmark.seeds", *FINE_TUNE_AND_EVALUATE)
 
     @asset(
         group_name="evaluation",

@@ -2,6 +2,7 @@
 
 import math
 import subprocess
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -18,15 +19,26 @@ from dagster import (
 )
 
 from drift_assets.core.attribution.guards import likelihood_agreement_guard
-from drift_assets.core.attribution.selection import refined_table, select, selection_warning
+from drift_assets.core.attribution.selection import (
+    best_selection,
+    candidate_selections,
+    likeliest_ranks,
+    refined_table,
+    select,
+    selection_warning,
+)
 from drift_assets.core.data.publish import CARD_NAME, CardFacts, export_dataset, exported_files
 from drift_assets.core.data.stored import one_row_per_example
+from drift_assets.core.runtime.cost import CHOICE, StageCost, total
 from drift_assets.core.study.stats import roc_auc
+from drift_assets.core.training.evaluation import evaluate_models
 from drift_assets.defs.checks import selection_result
 from drift_assets.defs.cost import cost_metadata, recorded_pipeline_cost
+from drift_assets.defs.evaluate import FINE_TUNE_AND_EVALUATE, evaluation_run, fine_tune_job
 from drift_assets.defs.gradients import PROJECTION_KEYS
 from drift_assets.defs.metadata import rounded, score_picture, table_metadata
-from drift_assets.resources import Warehouse
+from drift_assets.defs.placement import GPU_STEP
+from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
 from drift_assets.settings import REPO_ROOT, Reads, Settings, export_inputs
 
 REFINE_VERSION = "2"
@@ -46,11 +58,23 @@ SHAPING_SETTINGS = (
     "selection.method",
     "selection.fraction",
     "selection.k",
+    "selection.choose_among",
 )
+# What choosing among selections fine-tunes and decodes with, read only where it chooses.
+CHOICE_SETTINGS = ("benchmark.sft", "benchmark.seeds", *FINE_TUNE_AND_EVALUATE)
 
 
 def build_refine_assets(settings: Settings) -> list:
-    reads = Reads(settings, "refined_dataset", "selection.method", "selection.fraction", "selection.k")
+    chooses = bool(settings.selection.choose_among)
+    reads = Reads(
+        settings,
+        "refined_dataset",
+        "selection.method",
+        "selection.fraction",
+        "selection.k",
+        "selection.choose_among",
+        *(CHOICE_SETTINGS if chooses else ()),
+    )
     export_reads = Reads(
         settings, "refined_dataset_export", "selection.export_dir", "selection.evaluation_columns", *SHAPING_SETTINGS
     )
@@ -63,27 +87,37 @@ def build_refine_assets(settings: Settings) -> list:
         code_version=reads.code_version(REFINE_VERSION),
         metadata=reads.metadata(),
         kinds={"polars", "delta"},
-        description="The pool with score, weight and selected flag; the selection is exported as chat JSONL and Parquet.",
+        **(GPU_STEP if chooses else {}),
+        description="The pool with score, weight and selected flag; the selection is exported as chat JSONL and Parquet. "
+        "With selection.choose_among, the selection (DRIFT's or another) whose fine-tuned model answers the most "
+        "validation queries.",
     )
     def refined_dataset(
-        context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame
+        context: AssetExecutionContext,
+        training_pool: pl.DataFrame,
+        influence_scores: pl.DataFrame,
+        validation_queries: pl.DataFrame,
+        model: ModelResource,
+        rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
         problem = one_row_per_example(influence_scores, training_pool["example_id"], "influence_scores")
         if problem:  # a table an earlier release committed: nothing is selected from it
             raise ValueError(problem)
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
-        table = refined_table(training_pool, influence_scores, selected)
+        candidates = candidate_selections(influence_scores, selected, selection.choose_among)
+        choice = _choose(
+            reads, candidates, influence_scores, training_pool, validation_queries, model, rollout_engine, context.log.info
+        )
+        kept, ranked = (choice.chosen, choice.ranked(influence_scores)) if choice else ("drift", influence_scores)
+        table = refined_table(training_pool, ranked, candidates[kept])
         chosen = table.filter("selected")
-        metadata = _selection_metadata(table, chosen)
+        metadata = _selection_metadata(table, chosen) | (choice.metadata() if choice else {})
         context.log.info(f"selected {chosen.height} of {table.height} examples ({selection.method})")
         warning = selection_warning(selection.method, selection.k, table.height, chosen.height, selection.fraction)
         if warning:
             context.log.warning(warning)
             metadata["warning"] = warning
-        # What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run).
-        cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False)
-        context.log.info("cost: " + "; ".join(cost.lines()))
-        metadata.update(cost_metadata(cost))
+        metadata.update(_refinement_cost(context, reads, training_pool, choice))
         context.add_output_metadata(metadata)
         return table
 
@@ -102,6 +136,8 @@ def build_refine_assets(settings: Settings) -> list:
             expected = min(selection.k, training_pool.height)
         else:
             expected = int((refined_dataset["score"] > 0).sum())
+        if "full" in selection.choose_among and refined_dataset["selected"].all():  # the whole pool, chosen
+            expected = training_pool.height
         return selection_result(refined_dataset, training_pool, expected)
 
     @asset_check(
@@ -156,6 +192,70 @@ def build_refine_assets(settings: Settings) -> list:
         return table
 
     return [refined_dataset, refined_dataset_selection, refined_dataset_agrees_with_likelihood, refined_dataset_export]
+
+
+def _refinement_cost(
+    context: AssetExecutionContext, reads: Reads, training_pool: pl.DataFrame, choice: "SelectionChoice | None"
+) -> dict:
+    """What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run),
+    with this step's own fine-tunes where it chose among selections (and their cost apart)."""
+    cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False, choice=False)
+    own = {}
+    if choice is not None:
+        cost = cost.with_part(choice.cost)
+        own = choice.cost.metadata(cost.reference)
+    context.log.info("cost: " + "; ".join(cost.lines()))
+    return own | cost_metadata(cost)
+
+
+@dataclass(frozen=True)
+class SelectionChoice:
+    """Each candidate selection's fine-tuned model's accuracy on the validation queries, and what
+    their fine-tunes and decoding cost."""
+
+    accuracies: dict[str, float]
+    cost: StageCost
+
+    @property
+    def chosen(self) -> str:
+        return best_selection(self.accuracies)
+
+    def ranked(self, scores: pl.DataFrame) -> pl.DataFrame:
+        """``scores`` with ``rank`` the order the kept selection takes: the loss filter's, where it was kept."""
+        return scores.with_columns(likeliest_ranks(scores)) if self.chosen == "loss" else scores
+
+    def metadata(self) -> dict:
+        return {"selection_chosen": self.chosen} | {
+            f"validation_accuracy_{name}": rounded(value) for name, value in self.accuracies.items()
+        }
+
+
+def _choose(
+    reads: Reads,
+    candidates: dict[str, pl.Series],
+    scores: pl.DataFrame,
+    training_pool: pl.DataFrame,
+    validation_queries: pl.DataFrame,
+    model: ModelResource,
+    rollout_engine: RolloutEngineResource,
+    log,
+) -> SelectionChoice | None:
+    """Each candidate selection fine-tuned and decoded on the validation queries (None where DRIFT's
+    is the only candidate). Each fine-tune takes its rows in example_id order, as the method
+    benchmark's do."""
+    if len(candidates) == 1:
+        return None
+    messages = dict(zip(training_pool["example_id"], training_pool["messages"], strict=True))
+    queries = validation_queries.select("query_id", "prompt", "reference", "grader").to_dicts()
+    seed = reads.benchmark.seeds[0]
+    jobs = [
+        fine_tune_job(reads, model, queries, name, [messages[i] for i in sorted(scores.filter(mask)["example_id"])], seed)
+        for name, mask in candidates.items()
+    ]
+    evaluated = evaluate_models(jobs, evaluation_run(reads, model, rollout_engine, log), log)
+    choice = SelectionChoice({name: evaluated.accuracy(name) for name in candidates}, total(evaluated.costs, CHOICE))
+    log(f"selection: {choice.chosen}'s kept, of " + ", ".join(f"{n} {a:.3f}" for n, a in choice.accuracies.items()))
+    return choice
 
 
 def _selection_metadata(table: pl.DataFrame, chosen: pl.DataFrame) -> dict:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from dagster import AssetKey, Definitions
 
+from drift_assets.cli import _summary
 from drift_assets.core.attribution.guards import contrast_guard, hacking_guard, target_guard
 from drift_assets.core.attribution.scores import target_gradient
 from drift_assets.core.gradients.tables import vectors
@@ -118,6 +119,43 @@ def test_gradients_scores_and_selection_are_consistent(pipeline):
     assert settings.influence.weighting == "positive" and settings.influence.unsolved == "skip"
     assert metadata["references_for_unsolved"] == 0 and metadata["reference_share_of_target"] == 0.0
     assert metadata["queries_used"] == grades_metadata["queries"] - grades_metadata["queries_all_wrong"]
+
+
+@pytest.mark.vllm
+def test_the_refined_dataset_is_the_selection_whose_model_answers_the_most_validation_queries(private_materialized):
+    """selection.choose_among: DRIFT's selection, the loss filter's and the whole pool each fine-tuned
+    and decoded on the validation queries; the refined dataset is the best one's, its check passes."""
+    settings = settings_in(private_materialized, selection={"choose_among": ["loss", "full"]})
+    defs = build_definitions(settings)
+    with instance_in(private_materialized) as instance:
+        materialize_assets(defs, instance, [AssetKey("refined_dataset")])
+        metadata = latest_metadata(instance, "refined_dataset")
+        assert check_records(instance, defs)["refined_dataset_selection"].status.value == "SUCCEEDED"
+        summary = _summary(settings, instance).splitlines()
+    line = next(line for line in summary if line.startswith("refined_dataset "))
+    split = summary[summary.index(next(line for line in summary if line.startswith("cost "))) + 1]
+    # The choice is a stage of the refinement's cost: three fine-tunes of benchmark.sft's fixed steps,
+    # each about one full-pool SFT run whatever its selection's size, and their decoding.
+    assert split.split(" | ")[-2].startswith("scoring") and split.split(" | ")[-1].startswith("choice ")
+    assert metadata["cost_backward_tokens"] > 0 and 2.5 < metadata["cost_vs_full_sft"] < 3.6
+    refined, scores = read(settings, "refined_dataset"), read(settings, "influence_scores")
+    count = math.ceil(settings.selection.fraction * scores.height)
+    candidates = {  # an oracle of their own: DRIFT's first rows, the likeliest rows, every row
+        "drift": set(scores.sort("rank").head(count)["example_id"]),
+        "loss": set(scores.sort("loss_per_token", "rank").head(count)["example_id"]),
+        "full": set(scores["example_id"]),
+    }
+    assert candidates["loss"] != candidates["drift"]
+    accuracies = {name: metadata[f"validation_accuracy_{name}"] for name in candidates}
+    best = next(name for name in candidates if accuracies[name] == max(accuracies.values()))  # ties: the first
+    assert metadata["selection_chosen"] == best
+    assert set(refined.filter("selected")["example_id"]) == candidates[best]
+    # rank is the order the kept selection takes: its rows first.
+    assert sorted(refined.filter("selected")["rank"]) == list(range(1, len(candidates[best]) + 1))
+    assert all(0 <= value <= 1 for value in accuracies.values()) and len(set(accuracies.values())) > 1
+    assert line.endswith(
+        f"; {best}'s kept (validation accuracy drift {accuracies['drift']:.3f}, loss {accuracies['loss']:.3f}, full {accuracies['full']:.3f})"
+    )
 
 
 def check_records(instance, defs) -> dict[str, object]:

@@ -142,3 +142,34 @@ def test_the_likelihood_guard_keeps_the_likeliest_share_and_ranks_it_first():
     # over 0, 2, 4: query 0 takes 0 (0.5), query 1 takes 4 (0.6), query 0 takes 2; then 3, then 1
     assert ranks.tolist() == [1, 5, 3, 4, 2]
     assert ranks_taking_first(lambda rows: round_robin_ranks(matrix[rows]), np.ones(5, dtype=bool)).tolist() == [5, 3, 4, 1, 2]
+
+
+def test_the_candidate_selections_are_drifts_the_likeliest_rows_of_its_size_and_the_whole_pool():
+    from drift_assets.core.attribution.selection import candidate_selections, likeliest_ranks
+
+    # DRIFT ranks e0..e5 in order; the base model finds e5, e4 and e1 likeliest, e2 and e3 tie.
+    scores = pl.DataFrame(
+        {
+            "example_id": [f"e{i}" for i in range(6)],
+            "rank": [1, 2, 3, 4, 5, 6],
+            "loss_per_token": [0.9, 0.2, 0.5, 0.5, 0.1, 0.0],
+        }
+    )
+    drift = pl.Series([True, True, True, True, False, False])
+    candidates = candidate_selections(scores, drift, ["loss", "full"])
+    assert list(candidates) == ["drift", "loss", "full"]
+    chosen = {name: set(scores.filter(mask)["example_id"]) for name, mask in candidates.items()}
+    # Four rows: e5, e4, e1, then of the tied e2 and e3 the one DRIFT ranks first.
+    assert chosen == {"drift": {"e0", "e1", "e2", "e3"}, "loss": {"e5", "e4", "e1", "e2"}, "full": set(scores["example_id"])}
+    assert likeliest_ranks(scores).to_list() == [6, 3, 4, 5, 2, 1]  # the loss filter's order
+    assert list(candidate_selections(scores, drift, [])) == ["drift"]
+    with pytest.raises(ValueError, match="choose_among"):
+        candidate_selections(scores, drift, ["random"])
+
+
+def test_the_best_selection_is_left_for_another_only_where_its_model_answers_more():
+    from drift_assets.core.attribution.selection import best_selection
+
+    assert best_selection({"drift": 0.5, "loss": 0.5, "full": 0.5}) == "drift"
+    assert best_selection({"drift": 0.5, "loss": 0.6, "full": 0.6}) == "loss"
+    assert best_selection({"drift": 0.5, "loss": 0.4, "full": 0.55}) == "full"

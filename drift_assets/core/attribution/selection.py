@@ -248,3 +248,39 @@ def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.nd
     if len(outside):
         ranks[outside] = len(inside) + ranks_of(outside)
     return ranks
+
+
+# The selections besides DRIFT's that selection.choose_among may name: the loss filter's (as many of
+# the pool's rows, those the base model finds likeliest) and the whole pool's.
+SelectionChoice = Literal["loss", "full"]
+SELECTION_CHOICES: tuple[str, ...] = get_args(SelectionChoice)
+
+
+def candidate_selections(scores: pl.DataFrame, selected: pl.Series, among: Sequence[str]) -> dict[str, pl.Series]:
+    """DRIFT's selection (``selected``, aligned with ``scores``) and, in ``among``'s order, each other
+    selection a refined dataset may be (:data:`SELECTION_CHOICES`): ``loss``, as many rows as DRIFT
+    selects, the lowest ``loss_per_token`` (ties by DRIFT's rank); ``full``, every row."""
+    candidates = {"drift": selected.alias("selected")}
+    for choice in among:
+        if choice == "loss":
+            candidates[choice] = (likeliest_ranks(scores) <= int(selected.sum())).alias("selected")
+        elif choice == "full":
+            candidates[choice] = pl.Series("selected", [True] * scores.height)
+        else:
+            raise ValueError(f"selection.choose_among: {choice!r} is not one of {SELECTION_CHOICES}")
+    return candidates
+
+
+def likeliest_ranks(scores: pl.DataFrame) -> pl.Series:
+    """Each row's rank (1 = first) by the base model's loss per response token, lowest first, ties by
+    DRIFT's ``rank``: the loss filter's order, the order its selection takes."""
+    order = np.lexsort((scores["rank"].to_numpy(), scores["loss_per_token"].to_numpy()))
+    ranks = np.empty(scores.height, dtype=np.int64)
+    ranks[order] = np.arange(1, scores.height + 1)
+    return pl.Series("rank", ranks)
+
+
+def best_selection(validation_accuracy: dict[str, float]) -> str:
+    """The selection whose model answers the most validation queries; ties: the first named (DRIFT's,
+    then selection.choose_among's order), so that DRIFT's is left only for a better one."""
+    return max(validation_accuracy, key=lambda name: validation_accuracy[name])

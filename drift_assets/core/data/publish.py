@@ -47,7 +47,8 @@ SPLITS = {"train": EXPORT_NAME, "unselected": UNSELECTED_NAME}
 # Why a pool row is not in the selection (the ``reason`` column of the unselected split).
 REASONS = {
     "below_cutoff": "ranked after the selection's last row (the order: influence.ranking blended with the base model's "
-    "likelihood by influence.likelihood_blend; the size: selection.fraction / selection.k)",
+    "likelihood by influence.likelihood_blend, or the likelihood alone where selection.choose_among kept the loss "
+    "filter's selection; the size: selection.fraction / selection.k)",
     "gated": "outside the rows the ranking takes first: the share of the pool the base model finds likeliest "
     "(influence.likelihood_guard) and those influence.noise_gate keeps (mixture: the rows its loss mixture calls clean; "
     "reference: the rows at least as likely as nine in ten of the validation references)",

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 FORWARD, BACKWARD = 1, 2  # token passes of a forward and of a backward pass over one token
 
 # The stages of the split, in pipeline order, and the assets that record each.
 ROLLOUTS, WARMUP, GRADIENTS, SCORING, EVALUATION = "rollouts", "warm-up", "gradients", "scoring", "evaluation"
+CHOICE = "choice"  # the fine-tunes that choose among selections (selection.choose_among)
 STAGE_OF_ASSET = {
     "rollouts": ROLLOUTS,
     "warmup_checkpoints": WARMUP,
@@ -38,9 +39,11 @@ STAGE_OF_ASSET = {
     "validation_gradients": GRADIENTS,
     "training_gradient_projections": GRADIENTS,
     "influence_scores": SCORING,
+    "refined_dataset": CHOICE,
     "refined_model_evaluation": EVALUATION,
 }
-PIPELINE_STAGES = (ROLLOUTS, WARMUP, GRADIENTS, SCORING)  # the refinement; the evaluation is its check
+# What DRIFT's scores need (the method benchmark's influence methods); the refinement adds the choice.
+PIPELINE_STAGES = (ROLLOUTS, WARMUP, GRADIENTS, SCORING)
 
 
 @dataclass(frozen=True)
@@ -202,12 +205,17 @@ class PipelineCost:
         return list(dict.fromkeys(part.checkpoint for part in self.parts if part.stage in (ROLLOUTS, GRADIENTS)))
 
     def by_stage(self) -> list[StageCost]:
-        """The split the summary shows: rollouts, the warm-up, the gradients at each checkpoint, scoring."""
+        """The split the summary shows: rollouts, the warm-up, the gradients at each checkpoint, scoring
+        (and the choice among selections, where one was made)."""
         split = [self.stage(ROLLOUTS), self.stage(WARMUP)]
         split += [
             total((p for p in self.parts if p.stage == GRADIENTS and p.checkpoint == c), GRADIENTS, c) for c in self.checkpoints()
         ]
-        return [*split, self.stage(SCORING)]
+        return [*split, self.stage(SCORING), *([self.stage(CHOICE)] if any(p.stage == CHOICE for p in self.parts) else [])]
+
+    def with_part(self, part: StageCost) -> PipelineCost:
+        """This cost with one more stage's (a step's own, before its materialization records it)."""
+        return replace(self, parts=(*self.parts, part))
 
     def ratio(self) -> float | None:
         return self.total.ratio(self.reference)
