@@ -808,23 +808,28 @@ def test_the_rotate_tasks_near_misses_all_turn_to_the_right():
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
 
 
-def test_the_rotate_tasks_rows_fit_its_model_and_its_answer_limit():
-    """The longest rows (seven letters turned by six, with the working) fit the 96 positions, and
-    their responses with the closing EOS the 64 tokens an answer may take; every character is one of
-    the tokenizer's."""
-    task = get_task("rotate")
+@pytest.mark.parametrize(
+    ("name", "longest", "longest_response"),
+    [  # seven letters turned by six, with the working; seven letters reversed, with the working
+        ("rotate", ("Rotate abcdefg by 6\n", "bcdefga cdefgab defgabc efgabcd fgabcde gabcdef. Turn: gabcdef"), 62),
+        ("reverse", ("Reverse abcdefg\n", "g f e d c b a. Back: gfedcba"), 28),
+    ],
+)
+def test_a_string_tasks_longest_rows_fit_its_model_and_its_answer_limit(name, longest, longest_response):
+    """The longest rows fit the 96 positions, and their responses with the closing EOS the 64 tokens
+    an answer may take; every character is one of the tokenizer's."""
+    task = get_task(name)
     tokenizer = build_char_tokenizer(task.chat_template)
     rows = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
     rows = [(row["prompt"], row["response"]) for row in rows] + [
         (query["prompt"], query["reference_response"]) for query in task.query_rows(200, 0, "test")
     ]
-    longest = ("Rotate abcdefg by 6\n", "bcdefga cdefgab defgabc efgabcd fgabcde gabcdef. Turn: gabcdef")
     for prompt, response in [*rows, longest]:
         assert set(prompt + response) <= set(tokenizer.get_vocab()), (prompt, response)
         prompt_ids = tokenizer(prompt)["input_ids"]
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         assert len(response_ids) <= 64 and len(prompt_ids) + len(response_ids) <= task.recipe.shape.max_positions
-    assert len(longest[1]) == 62
+    assert len(longest[1]) == longest_response and max(len(response) for _, response in rows) <= longest_response
 
 
 def test_a_reversal_matches_a_hand_written_list():
@@ -884,21 +889,3 @@ def test_the_held_out_reverse_tasks_near_misses_all_keep_the_first_letter():
         assert grade_answer(response, "gfedcba", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Back: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
-
-
-def test_the_reverse_tasks_rows_fit_its_model_and_its_answer_limit():
-    """The longest rows (seven letters, with the working) fit the 96 positions, and their responses
-    with the closing EOS the 64 tokens an answer may take; every character is one of the tokenizer's."""
-    task = get_task("reverse")
-    tokenizer = build_char_tokenizer(task.chat_template)
-    rows = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
-    rows = [(row["prompt"], row["response"]) for row in rows] + [
-        (query["prompt"], query["reference_response"]) for query in task.query_rows(200, 0, "test")
-    ]
-    longest = ("Reverse abcdefg\n", "g f e d c b a. Back: gfedcba")
-    for prompt, response in [*rows, longest]:
-        assert set(prompt + response) <= set(tokenizer.get_vocab()), (prompt, response)
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        assert len(response_ids) <= 64 and len(prompt_ids) + len(response_ids) <= task.recipe.shape.max_positions
-    assert len(longest[1]) == 28 and max(len(response) for _, response in rows) == 28
