@@ -87,27 +87,23 @@ def build_refine_assets(settings: Settings) -> list:
         code_version=reads.code_version(REFINE_VERSION),
         metadata=reads.metadata(),
         kinds={"polars", "delta"},
+        # Where it chooses, the validation queries and what fine-tunes and decodes: the default graph is unchanged.
+        ins={"validation_queries": AssetIn(dagster_type=pl.DataFrame)} if chooses else None,
+        required_resource_keys={"model", "rollout_engine"} if chooses else None,
         **(GPU_STEP if chooses else {}),
         description="The pool with score, weight and selected flag; the selection is exported as chat JSONL and Parquet. "
         "With selection.choose_among, the selection (DRIFT's or another) whose fine-tuned model answers the most "
         "validation queries.",
     )
     def refined_dataset(
-        context: AssetExecutionContext,
-        training_pool: pl.DataFrame,
-        influence_scores: pl.DataFrame,
-        validation_queries: pl.DataFrame,
-        model: ModelResource,
-        rollout_engine: RolloutEngineResource,
+        context: AssetExecutionContext, training_pool: pl.DataFrame, influence_scores: pl.DataFrame, **chooser
     ) -> pl.DataFrame:
         problem = one_row_per_example(influence_scores, training_pool["example_id"], "influence_scores")
         if problem:  # a table an earlier release committed: nothing is selected from it
             raise ValueError(problem)
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
         candidates = candidate_selections(influence_scores, selected, selection.choose_among)
-        choice = _choose(
-            reads, candidates, influence_scores, training_pool, validation_queries, model, rollout_engine, context.log.info
-        )
+        choice = _choose(context, reads, candidates, influence_scores, training_pool, chooser.get("validation_queries"))
         kept, ranked = (choice.chosen, choice.ranked(influence_scores)) if choice else ("drift", influence_scores)
         table = refined_table(training_pool, ranked, candidates[kept])
         chosen = table.filter("selected")
@@ -231,20 +227,21 @@ class SelectionChoice:
 
 
 def _choose(
+    context: AssetExecutionContext,
     reads: Reads,
     candidates: dict[str, pl.Series],
     scores: pl.DataFrame,
     training_pool: pl.DataFrame,
-    validation_queries: pl.DataFrame,
-    model: ModelResource,
-    rollout_engine: RolloutEngineResource,
-    log,
+    validation_queries: pl.DataFrame | None,
 ) -> SelectionChoice | None:
-    """Each candidate selection fine-tuned and decoded on the validation queries (None where DRIFT's
-    is the only candidate). Each fine-tune takes its rows in example_id order, as the method
-    benchmark's do."""
+    """Each candidate selection fine-tuned (the model resource's base model) and decoded on the
+    validation queries (the rollout-engine resource's evaluation engine); None where DRIFT's is the
+    only candidate. Each fine-tune takes its rows in example_id order, as the method benchmark's do."""
     if len(candidates) == 1:
         return None
+    model: ModelResource = context.resources.model
+    rollout_engine: RolloutEngineResource = context.resources.rollout_engine
+    log = context.log.info
     messages = dict(zip(training_pool["example_id"], training_pool["messages"], strict=True))
     queries = validation_queries.select("query_id", "prompt", "reference", "grader").to_dicts()
     seed = reads.benchmark.seeds[0]
