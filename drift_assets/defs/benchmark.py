@@ -58,7 +58,10 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
         "benchmark",
         "influence",
         "checkpoints",
-        "selection",
+        # The selection's size, which every method's selection takes (not how the pipeline's is chosen or exported).
+        "selection.method",
+        "selection.fraction",
+        "selection.k",
         # The span of the rollouts less_onpolicy differentiates: read only where it runs.
         *(["projection.validation_span"] if "less_onpolicy" in settings.benchmark.methods else []),
         *FINE_TUNE_AND_EVALUATE,
