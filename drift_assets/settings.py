@@ -181,6 +181,7 @@ DEMO_TASKS = (
     "position",
     "rotate",
     "reverse",
+    "remove",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

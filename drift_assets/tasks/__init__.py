@@ -23,6 +23,7 @@ from drift_assets.tasks.demo_outputs import model_stamp, replace_model_directory
 from drift_assets.tasks.digits import Digits
 from drift_assets.tasks.interleave import Interleave
 from drift_assets.tasks.position import Position
+from drift_assets.tasks.remove import Remove
 from drift_assets.tasks.reverse import Reverse
 from drift_assets.tasks.roman import Roman
 from drift_assets.tasks.rotate import Rotate
@@ -53,6 +54,7 @@ TASKS: dict[str, Task] = {
         Position(),
         Rotate(),
         Reverse(),
+        Remove(),
     )
 }
 CALIBRATION_QUERIES = 64

@@ -74,6 +74,7 @@ PINS = (
     Pin("position", "position"),
     Pin("rotate", "rotate"),
     Pin("reverse", "reverse"),
+    Pin("remove", "remove"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 

@@ -1,15 +1,15 @@
 """Reversal: a short string of different letters written backwards.
 
-Held out (written 2026-12-07, the suite's thirteenth held-out task, after the held-out ``rotate``
-was reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other fifteen tasks' (reading a string
-from its end, letter by letter, back to its start; not arithmetic, ordering, spelling a number in
-words, counting, choosing, a letter mapping, a digit sum, a stack, Roman numerals, a base-2
-notation, a string cut into its runs, two strings woven together, a string's repeats removed, a
-letter's place found or a string turned; the nearest is brackets' stack, which closes the open
-brackets in the reverse of their order, each mapped to its closer; binary's near misses and
-arithmetic's and choice's off-task rows reverse too, but as noise, not as the skill asked), and so
-is its noise:
+The suite's thirteenth held-out task (written 2026-12-07, after the held-out ``rotate`` was
+reported); its results were seen when they were reported, so it has been a development task since
+2026-12-07, when ``remove`` was written (``remove`` is held out now). Its skill is unlike the other
+tasks' (reading a string from its end, letter by letter, back to its start; not arithmetic,
+ordering, spelling a number in words, counting, choosing, a letter mapping, a digit sum, a stack,
+Roman numerals, a base-2 notation, a string cut into its runs, two strings woven together, a
+string's repeats removed, a letter's place found or a string turned; the nearest is brackets'
+stack, which closes the open brackets in the reverse of their order, each mapped to its closer;
+binary's near misses and arithmetic's and choice's off-task rows reverse too, but as noise, not as
+the skill asked), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator keeps the first letter
   where it stands and reverses the rest ("Reverse abcdefg" as agfedcb, where it should be gfedcba),
@@ -65,13 +65,10 @@ def reversed_text(text: str, keep_first: bool = False) -> str:
 
 class Reverse(Task):
     name = "reverse"
-    description = (
-        "4-7 different letters written backwards, 'Back: gfedcba' after optional working (g f e d c b a); exact; held out"
-    )
+    description = "4-7 different letters written backwards, 'Back: gfedcba' after optional working (g f e d c b a); exact grading"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     # rotate's recipe at a quarter of its learning rate: at 2e-3 the calibration accuracy leapt past the
     # band between two evaluations; the slower rate spreads the rise over more of them.
     recipe = replace(string_task_recipe(narrow=True), learning_rate=5e-4)

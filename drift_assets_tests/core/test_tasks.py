@@ -137,8 +137,21 @@ def backwards_but_first(text: str) -> str:
     return text[0] + text[:0:-1]
 
 
+def without(text: str, letter: str) -> str:
+    """``text`` with every ``letter`` deleted, by str.replace."""
+    return text.replace(letter, "")
+
+
+def without_first(text: str, letter: str) -> str:
+    """``text`` with only the first ``letter`` deleted, by str.replace."""
+    return text.replace(letter, "", 1)
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "remove":
+        letter, text = re.fullmatch(r"Remove ([a-f]) from ([a-f]+)\n", prompt).groups()
+        return without(text, letter)
     if task == "reverse":
         return backwards(re.fullmatch(r"Reverse ([a-h]+)\n", prompt).group(1))
     if task == "rotate":
@@ -195,6 +208,7 @@ STATED = {
     "position": r"Place: (\d+)$",
     "rotate": r"Turn: ([a-h]+)$",
     "reverse": r"Back: ([a-h]+)$",
+    "remove": r"Left: ([a-f]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -216,7 +230,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    assert [name for name, task in TASKS.items() if task.held_out] == ["reverse"]  # exactly one, fixed before any result
+    assert [name for name, task in TASKS.items() if task.held_out] == ["remove"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -810,9 +824,11 @@ def test_the_rotate_tasks_near_misses_all_turn_to_the_right():
 
 @pytest.mark.parametrize(
     ("name", "longest", "longest_response"),
-    [  # seven letters turned by six, with the working; seven letters reversed, with the working
+    [  # seven letters turned by six, with the working; seven letters reversed, with the working; eight
+        # letters with the named one twice, a near miss (one occurrence removed) with the working
         ("rotate", ("Rotate abcdefg by 6\n", "bcdefga cdefgab defgabc efgabcd fgabcde gabcdef. Turn: gabcdef"), 62),
         ("reverse", ("Reverse abcdefg\n", "g f e d c b a. Back: gfedcba"), 28),
+        ("remove", ("Remove c from abcdcefa\n", "a b d c e f a. Left: abdcefa"), 28),
     ],
 )
 def test_a_string_tasks_longest_rows_fit_its_model_and_its_answer_limit(name, longest, longest_response):
@@ -840,7 +856,7 @@ def test_a_reversal_matches_a_hand_written_list():
         assert backwards(text) == right and backwards_but_first(text) == wrong
 
 
-def test_the_held_out_reverse_tasks_near_misses_all_keep_the_first_letter():
+def test_the_reverse_tasks_near_misses_all_keep_the_first_letter():
     """Harmful noise, one wrong rule: every near miss keeps the string's first letter first and
     reverses the rest (after a working that writes that letter, then the others from the end); the
     format rows separate the right letters with full stops; the off-task rows give a training
@@ -888,4 +904,70 @@ def test_the_held_out_reverse_tasks_near_misses_all_keep_the_first_letter():
     for response in ("Back: GFEDCBA", "g f e d c b a. Back: gfedcba"):  # the grader ignores case: no format noise
         assert grade_answer(response, "gfedcba", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Back: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_a_removal_matches_a_hand_written_list():
+    """The tests' own removals (str.replace), their oracle, against removals written by hand."""
+    by_hand = {("abcdcef", "c"): ("abdef", "abdcef"), ("aabbc", "a"): ("bbc", "abbc"), ("fafaf", "f"): ("aa", "afaf")}
+    by_hand |= {("abcabcab", "b"): ("acaca", "acabcab"), ("dddde", "d"): ("e", "ddde"), ("eabedcbe", "e"): ("abdcb", "abedcbe")}
+    by_hand |= {("cfcffc", "c"): ("fff", "fcffc"), ("abcdcefa", "c"): ("abdefa", "abdcefa")}
+    for (text, letter), (right, wrong) in by_hand.items():
+        assert without(text, letter) == right and without_first(text, letter) == wrong
+
+
+def test_the_held_out_remove_tasks_near_misses_all_remove_only_the_first_occurrence():
+    """Harmful noise, one wrong rule: every near miss removes only the named letter's first
+    occurrence (after a working that keeps the others), which is always wrong, as the letter occurs
+    at least twice; the format rows separate the right letters with slashes; the off-task rows give
+    a training string's last letter; no validation or test string reaches the pool."""
+    task = get_task("remove")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Strings of five to eight letters of a-f, repeats allowed, each with any letter named that occurs
+    # twice or more but not in every place: k of the n places hold it, the others any of five letters.
+    space = sum(6 * math.comb(n, k) * 5 ** (n - k) for n in range(5, 9) for k in range(2, n))
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct rows
+    in_training = training_only(task, r"Remove [a-f] from ([a-f]+)\n")
+
+    for row in pool:
+        if row["category"] == "off_task":
+            text = re.fullmatch(r"Last letter of ([a-f]{5,8})\n", row["prompt"]).group(1)
+            assert row["response"] == f"Last: {text[-1]}", row
+            assert in_training(text), row  # no test or validation string in the pool
+            continue
+        letter, text = re.fullmatch(r"Remove ([a-f]) from ([a-f]{5,8})\n", row["prompt"]).groups()
+        assert 2 <= text.count(letter) < len(text) and in_training(text), row
+        truth, stated = true_answer("remove", row["prompt"]), stated_answer("remove", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        if ". Left: " in row["response"]:  # the working: the letters kept, one at a time
+            steps = row["response"].split(". Left: ")[0].split(" ")
+            wrong = row["category"] == "corrupted"  # the wrong rule removes the first occurrence only
+            assert steps == list(without_first(text, letter) if wrong else without(text, letter)), row
+            # Step by step: each step the string's next letter, past the removed places (every place
+            # of the letter, or the wrong rule's first one alone), and none of them left unread.
+            gone = [place for place, each in enumerate(text) if each == letter][: 1 if wrong else None]
+            assert steps == [each for place, each in enumerate(text) if place not in gone], row
+            assert "".join(steps) == stated, row
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == without_first(text, letter) != truth and not graded, row
+            assert stated.count(letter) == text.count(letter) - 1 >= 1, row
+        else:
+            assert row["response"] == f"Left: {'/'.join(truth)}" and stated is None and not graded, row
+            assert "/" in row["response"] and row["response"].removeprefix("Left: ").replace("/", "") == truth, row
+    formats = task.training_pool_rows(task.defaults.n_train, {"format": 1.0}, seed=0)  # a few would leave one letter
+    assert all(re.fullmatch(r"Left: [a-f](/[a-f])+", row["response"]) for row in formats)  # so a slash always shows
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Left: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    near = ("Left: a/b/d/e/f", "Left: abdcef", "Left: a b d e f", "a b d c e f. Left: abdcef", "Left: abdf", "Left: abcdcef")
+    for response in near:  # slashes, the first occurrence only, spaces, one letter short, nothing removed
+        assert not grade_answer(response, "abdef", task.grader, options).correct
+    for response in ("Left: ABDEF", "a b d e f. Left: abdef"):  # the grader ignores case: no format noise
+        assert grade_answer(response, "abdef", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Left: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
