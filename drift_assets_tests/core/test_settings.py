@@ -126,6 +126,14 @@ def test_top_k_without_k_fails(tmp_path):
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.parametrize(("among", "says"), [(["loss", "loss"], "names a selection twice"), (["random"], "choose_among")])
+def test_choose_among_names_each_known_selection_once(tmp_path, among, says):
+    path = write_settings(tmp_path, {"selection": {"choose_among": among}})
+    with pytest.raises(SettingsError, match=says) as caught:
+        load_settings(path)
+    assert str(path) in str(caught.value)
+
+
 def test_demo_fractions_must_leave_clean_examples(tmp_path):
     path = write_settings(tmp_path, {"demo": {"corrupted_fraction": 0.6, "off_task_fraction": 0.4}})
     with pytest.raises(
