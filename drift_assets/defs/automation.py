@@ -26,12 +26,12 @@ from dagster import (
     AssetSelection,
     AutomationCondition,
     AutomationConditionSensorDefinition,
+    AutomationResult,
     PartitionsDefinition,
     SensorDefinition,
     define_asset_job,
 )
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.definitions.declarative_automation.automation_condition import AutomationResult
 
 from drift_assets.defs.checkpoints import partitioned
 
