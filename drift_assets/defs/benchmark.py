@@ -127,7 +127,7 @@ def with_costs(instance, reads: Reads, table: pl.DataFrame, training_pool, valid
     """Beside each method's accuracy, what choosing its examples cost (the influence methods: the
     pipeline's steps, as their latest materializations recorded them, from scratch: rows a
     materialization reused cost the method as much as the run that first computed them)."""
-    pipeline = recorded_pipeline_cost(instance, reads.unversioned, training_pool, evaluation=False, whole=True)
+    pipeline = recorded_pipeline_cost(instance, reads.unversioned, training_pool, before="refined_model_evaluation", whole=True)
     pool_tokens = sum(pool_sequence_tokens(training_pool))
     return with_method_costs(table, pipeline, pool_tokens, validation_queries, tokenizer)
 

@@ -11,7 +11,15 @@ import polars as pl
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, MetadataValue, MultiPartitionKey
 
 from drift_assets.core.gradients.tables import shard_keys
-from drift_assets.core.runtime.cost import EVALUATION, PipelineCost, Recorded, StageCost, pipeline_cost, training_cost
+from drift_assets.core.runtime.cost import (
+    EVALUATION,
+    STAGE_OF_ASSET,
+    PipelineCost,
+    Recorded,
+    StageCost,
+    pipeline_cost,
+    training_cost,
+)
 from drift_assets.defs.metadata import png_markdown
 from drift_assets.settings import Settings
 
@@ -39,12 +47,11 @@ def stored_reference(settings: Settings, warehouse) -> StageCost | None:
     return full_sft_reference(settings, warehouse.scan("training_pool").select("n_prompt_tokens", "n_response_tokens").collect())
 
 
-def costed_partitions(
-    settings: Settings, evaluation: bool = True, choice: bool = True
-) -> list[tuple[str, str | None, str | None]]:
+def costed_partitions(settings: Settings, before: str | None = None) -> list[tuple[str, str | None, str | None]]:
     """(asset, partition, checkpoint) of every configured partition of the assets that record a cost,
-    in pipeline order (``choice``: with ``refined_dataset`` where it chooses among selections;
-    ``evaluation``: with ``refined_model_evaluation`` where test queries are set)."""
+    in pipeline order (``refined_dataset`` where it chooses among selections, ``refined_model_evaluation``
+    where test queries are set); ``before``: only the assets ahead of this one in the pipeline (what
+    had run when it runs)."""
     checkpoints, shards = settings.checkpoints, shard_keys(settings.projection.shards)
     wanted: list[tuple[str, str | None, str | None]] = [("warmup_checkpoints", key, key) for key in checkpoints[1:]]
     for checkpoint in checkpoints:
@@ -54,17 +61,20 @@ def costed_partitions(
             for shard in shards
         ]
     wanted.append(("influence_scores", None, None))
-    if choice and settings.selection.choose_among:
+    if settings.selection.choose_among:
         wanted.append(("refined_dataset", None, None))
-    if evaluation and settings.data.test_queries:
+    if settings.data.test_queries:
         wanted.append(("refined_model_evaluation", None, None))
-    return wanted
+    if before is None:
+        return wanted
+    order = list(STAGE_OF_ASSET)  # the costed assets in pipeline order
+    return [part for part in wanted if order.index(part[0]) < order.index(before)]
 
 
-def recorded_costs(instance: DagsterInstance, settings: Settings, evaluation: bool = True, choice: bool = True) -> list[Recorded]:
+def recorded_costs(instance: DagsterInstance, settings: Settings, before: str | None = None) -> list[Recorded]:
     """What the latest materialization of each partition :func:`costed_partitions` names recorded."""
     recorded = []
-    for asset, partition, checkpoint in costed_partitions(settings, evaluation, choice):
+    for asset, partition, checkpoint in costed_partitions(settings, before):
         records = instance.fetch_materializations(
             AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition is not None else None), limit=1
         ).records
@@ -76,17 +86,12 @@ def recorded_costs(instance: DagsterInstance, settings: Settings, evaluation: bo
 
 
 def recorded_pipeline_cost(
-    instance: DagsterInstance,
-    settings: Settings,
-    pool: pl.DataFrame,
-    evaluation: bool = True,
-    whole: bool = False,
-    choice: bool = True,
+    instance: DagsterInstance, settings: Settings, pool: pl.DataFrame, before: str | None = None, whole: bool = False
 ) -> PipelineCost:
     """The pipeline's cost as its latest materializations recorded it, against one full-pool SFT run
-    (``whole``: each table's cost from scratch, where a materialization reused stored rows; ``choice``
-    and ``evaluation``: with the choice among selections and the evaluation)."""
-    return pipeline_cost(recorded_costs(instance, settings, evaluation, choice), full_sft_reference(settings, pool), whole)
+    (``before``: of the assets ahead of this one only; ``whole``: each table's cost from scratch, where
+    a materialization reused stored rows)."""
+    return pipeline_cost(recorded_costs(instance, settings, before), full_sft_reference(settings, pool), whole)
 
 
 def cost_plot(cost: PipelineCost) -> MetadataValue:

@@ -191,11 +191,11 @@ def build_refine_assets(settings: Settings) -> list:
 
 
 def _refinement_cost(
-    context: AssetExecutionContext, reads: Reads, training_pool: pl.DataFrame, choice: "SelectionChoice | None"
+    context: AssetExecutionContext, reads: Reads, training_pool: pl.DataFrame, choice: "ValidatedChoice | None"
 ) -> dict:
     """What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run),
     with this step's own fine-tunes where it chose among selections (and their cost apart)."""
-    cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, evaluation=False, choice=False)
+    cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, before="refined_dataset")
     own = {}
     if choice is not None:
         cost = cost.with_part(choice.cost)
@@ -205,7 +205,7 @@ def _refinement_cost(
 
 
 @dataclass(frozen=True)
-class SelectionChoice:
+class ValidatedChoice:
     """Each candidate selection's fine-tuned model's accuracy on the validation queries, and what
     their fine-tunes and decoding cost."""
 
@@ -233,7 +233,7 @@ def _choose(
     scores: pl.DataFrame,
     training_pool: pl.DataFrame,
     validation_queries: pl.DataFrame | None,
-) -> SelectionChoice | None:
+) -> ValidatedChoice | None:
     """Each candidate selection fine-tuned (the model resource's base model) and decoded on the
     validation queries (the rollout-engine resource's evaluation engine); None where DRIFT's is the
     only candidate. Each fine-tune takes its rows in example_id order, as the method benchmark's do."""
@@ -250,7 +250,7 @@ def _choose(
         for name, mask in candidates.items()
     ]
     evaluated = evaluate_models(jobs, evaluation_run(reads, model, rollout_engine, log), log)
-    choice = SelectionChoice({name: evaluated.accuracy(name) for name in candidates}, total(evaluated.costs, CHOICE))
+    choice = ValidatedChoice({name: evaluated.accuracy(name) for name in candidates}, total(evaluated.costs, CHOICE))
     log(f"selection: {choice.chosen}'s kept, of " + ", ".join(f"{n} {a:.3f}" for n, a in choice.accuracies.items()))
     return choice
 
