@@ -6,6 +6,8 @@
     .venv/bin/python -m benchmarks.suite --tasks sort,spell --seeds 0,1 --methods full,random,drift
     .venv/bin/python -m benchmarks.suite --draws 0,1 --output data/suite/two-draws.json   # two draws of each task
     .venv/bin/python -m benchmarks.suite --report data/suite/results.json,data/suite/two-draws.json
+    .venv/bin/python -m benchmarks.suite --methods drift --set projection.validation_span=completion --tag completion \
+        --output data/suite/completion.json     # the default with one setting changed, joined to the default's run by --report
 
 Each task gets a workspace under ``data/suite/<task>/`` (settings file, data, model, warehouse,
 Dagster instance), built from ``data/settings.yaml`` with the task's own demo, answer marker,
@@ -403,6 +405,14 @@ def merged(results: list[dict]) -> list[dict]:
     return list(by_draw.values())
 
 
+def tagged(result: dict, tag: str | None) -> dict:
+    """``result`` with its methods named ``METHOD+tag`` (a run with a setting changed, joined by ``merged``
+    to the default's run of the same draw); unchanged without a tag."""
+    if not tag or "table" not in result:
+        return result
+    return {**result, "table": [{**row, "method": f"{row['method']}+{tag}"} for row in result["table"]]}
+
+
 def print_report(results: list[dict], default: str = "drift") -> None:
     for result in results:
         print("\n" + task_report(result))
@@ -462,6 +472,11 @@ def main() -> None:
         "joined (a later file's rows replace an earlier one's for the methods both measured); run nothing",
     )
     parser.add_argument(
+        "--tag",
+        help="record this run's methods as METHOD+TAG, e.g. a run with --set beside the default's run of the same draws "
+        "(--report joins the two, so the setting is compared draw by draw)",
+    )
+    parser.add_argument(
         "--default",
         default="drift",
         help="the method every other is compared with under the rule (e.g. an ablation that runs the default's "
@@ -504,7 +519,7 @@ def main() -> None:
             label = draw_label(name, draw)
             path = task_settings(name, draw, methods, seeds, args.warmup == "on", args.workers, overrides)
             print(f"\n=== {label}: {path}", flush=True)
-            result = run_task(path, benchmark=not args.materialize_only)
+            result = tagged(run_task(path, benchmark=not args.materialize_only), args.tag)
             results.append(result)
             print(
                 f"{label}: pipeline {result['pipeline_seconds']:.0f} s, benchmark {result.get('benchmark_seconds', 0):.0f} s",

@@ -76,3 +76,18 @@ def test_runs_of_the_same_draw_are_joined_and_a_later_runs_rows_replace_an_earli
         ("candidate", 1): 0.60,
     }
     assert len(earlier["table"]) == 6  # the inputs are not changed
+
+
+def test_a_tagged_run_joins_the_default_run_of_its_draws_and_is_compared_with_the_default(suite):
+    default = [result(0, None), result(1, None)]
+    changed = []
+    for draw, accuracy in ((0, 0.56), (1, 0.58)):
+        run = result(draw, None)
+        run["table"] = [{**row, "accuracy": accuracy} for row in run["table"] if row["method"] == "drift"]
+        changed.append(suite.tagged(run, "completion"))
+    assert {row["method"] for row in changed[0]["table"]} == {"drift+completion"}
+    assert suite.tagged(default[0], None) is default[0]
+    joined = suite.merged([*default, *changed])
+    line = next(line for line in suite.versus_default_report(joined).splitlines() if line.startswith("| drift+completion |"))
+    # per draw: 0.56 - mean(0.52, 0.53) and 0.58 - mean(0.52, 0.53) -> +3.5 and +5.5 points
+    assert line == "| drift+completion | 2 | +4.5 ± 1.0 | leads |"
