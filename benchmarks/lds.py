@@ -248,6 +248,7 @@ def less_rows(context: TaskContext) -> list[Row]:
     from drift_assets.defs.benchmark import less_matrix_of
     from drift_assets.defs.checkpoints import checkpoint_model
     from drift_assets.resources import Warehouse
+    from drift_assets.settings import validation_answer_marker
 
     settings = context.settings
     steps = settings.checkpoints[1:]
@@ -295,7 +296,8 @@ def less_rows(context: TaskContext) -> list[Row]:
             tokenizer = context.model.load_tokenizer()
             scores = less_matrix_of(
                 lambda line: print(f"  {context.name}: {line}", flush=True),
-                settings,
+                settings.checkpoints,
+                validation_answer_marker(settings),
                 context.model,
                 warehouse,
                 tokenizer,

@@ -54,7 +54,7 @@ from drift_assets.core.grading.graders import extract_number
 from drift_assets.core.study.benchmark import selected_ids
 from drift_assets.core.study.stats import roc_auc
 from drift_assets.resources import ModelResource, Warehouse, model_resource
-from drift_assets.settings import Settings, projection_options, validation_answer_marker
+from drift_assets.settings import Settings, validation_answer_marker
 
 PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 OFFSETS = (-10, -1, 1, 10)
@@ -317,7 +317,7 @@ def answer_contrasts(
     the right answer in that phrasing. Returns the targets and the projection fingerprint of the edits.
     """
     tokenizer, network = model.load_tokenizer(), model.load_model()
-    options, batch_size, marker = projection_options(settings), settings.projection.batch_size, settings.grading.answer_marker
+    options, batch_size, marker = settings.projection.options(), settings.projection.batch_size, settings.grading.answer_marker
     projector = LinearGradientProjector(network, options, reference_basis(network, options, tokenizer, queries, batch_size))
     sampled = rollouts.select("rollout_id", "query_id", "completion", "correct").join(
         checkpoint.validation_gradients.select("rollout_id", "grad"), on="rollout_id", how="left"

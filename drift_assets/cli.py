@@ -94,8 +94,9 @@ def _summary(settings, instance=None) -> str:
             )
     if instance is not None and pool is not None and scores is not None:
         from drift_assets.defs.cost import recorded_pipeline_cost
+        from drift_assets.given import cost_plan
 
-        cost = recorded_pipeline_cost(instance, settings, pool)
+        cost = recorded_pipeline_cost(instance, cost_plan(settings), pool)
         if cost.parts:
             head, split = cost.lines()
             lines += [f"cost                     {head}", f"                         {split}"]

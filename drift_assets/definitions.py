@@ -5,6 +5,7 @@ from pathlib import Path
 
 from dagster import AssetChecksDefinition, Definitions, ExecutorDefinition, in_process_executor, load_from_defs_folder
 
+from drift_assets import given
 from drift_assets.defs.automation import automation_sensor, build_jobs, current_checks, with_automation
 from drift_assets.defs.benchmark import build_benchmark
 from drift_assets.defs.demo import build_demo_assets
@@ -27,21 +28,21 @@ hide_beta_warnings()
 
 def build_definitions(settings: Settings, executor: ExecutorDefinition = in_process_executor) -> Definitions:
     assets = [
-        *build_source_assets(settings),
-        *build_rollout_assets(settings),
-        *build_grade_assets(settings),
-        *build_gradient_assets(settings),
-        *build_influence_assets(settings),
-        *build_refine_assets(settings),
+        *build_source_assets(given.sources(settings)),
+        *build_rollout_assets(given.rollouts(settings)),
+        *build_grade_assets(given.grades(settings)),
+        *build_gradient_assets(given.gradients(settings)),
+        *build_influence_assets(given.influence(settings)),
+        *build_refine_assets(given.refine(settings)),
     ]
     if settings.checkpoints[1:]:  # a warm-up run's checkpoints, or the directories warmup.checkpoints lists
-        assets += build_warmup_assets(settings)
+        assets += build_warmup_assets(given.warmup(settings))
     jobs, sensors = [], [automation_sensor()]
     if settings.data.test_queries:
-        assets += build_evaluation_assets(settings)
+        assets += build_evaluation_assets(given.fine_tuning(settings))
         # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.
         # The job records its inputs' data versions, read from the graph it is defined in.
-        benchmark, benchmark_job = build_benchmark(settings, lambda: definitions.resolve_asset_graph())
+        benchmark, benchmark_job = build_benchmark(given.benchmark(settings), lambda: definitions.resolve_asset_graph())
         assets.append(benchmark)
         jobs.append(benchmark_job)
         # Dagster marks no external asset "Unsynced": a check, kept current by a sensor, shows it stale.
@@ -49,7 +50,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
         assets += checks
         sensors.append(judge)
     if settings.demo.enabled:
-        assets += build_demo_assets(settings)
+        assets += build_demo_assets(given.demo(settings))
     assets = [with_automation(a) for a in assets]
     jobs = build_jobs(assets) + jobs
     warehouse = Warehouse.from_settings(settings)

@@ -17,7 +17,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -43,27 +43,47 @@ class SettingsError(ValueError):
     """A settings file that cannot be used; the message names the file and the key."""
 
 
+class _Where:
+    """Marks a setting that says where inputs live or how the work is laid out, not what is computed:
+    Dagster observes the files it points at (a new pool or model makes its readers stale), and devices,
+    batches and shards move the work, not its result. A group given whole is not versioned by it; an
+    asset's code version hashes it only where the asset is given it by name."""
+
+
+WHERE = _Where()
+
+
+class _Derived(property):
+    sources: tuple[str, ...] = ()
+
+
+def derived(*sources: str):
+    """A setting computed from others (``sources``): the settings reference says that changing any of
+    them makes stale what is given the derived value."""
+
+    def make(function) -> _Derived:
+        made = _Derived(function)
+        made.sources = sources
+        return made
+
+    return make
+
+
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def as_options(self, options_class: type, **given: Any) -> Any:
-        """The core's options dataclass for this group: the fields the two share, by name, then ``given``
-        (what the group does not hold). A core option without a counterpart in either is an error here,
-        not a default that silently stands in for a setting."""
-        names = {field.name for field in dataclasses.fields(options_class)}
-        missing = names - given.keys() - type(self).model_fields.keys()
-        if missing:
-            raise TypeError(f"{type(self).__name__} gives {options_class.__name__} no {sorted(missing)}")
-        return options_class(**{name: getattr(self, name) for name in names - given.keys()}, **given)
-
 
 class ModelSettings(_Group):
-    path: str = Field("demo/model", description="Hugging Face model directory (config.json + weights + tokenizer).")
+    path: Annotated[str, WHERE] = Field(
+        "demo/model", description="Hugging Face model directory (config.json + weights + tokenizer)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weights' dtype for rollouts, gradients and SFT (16-bit SFT keeps float32 master weights)"
     )
-    device: str = Field("auto", description="'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'.")
-    device_pool: list[str] = Field(
+    device: Annotated[str, WHERE] = Field(
+        "auto", description="'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'."
+    )
+    device_pool: Annotated[list[str], WHERE] = Field(
         [],
         description="Devices that runs side by side share, e.g. [cuda:0, cuda:1] (cpu:0, cpu:1 for CPU workers): each run "
         "leases a free one when it first places a model and keeps it to its end, instead of `device`; CPU workers "
@@ -78,11 +98,13 @@ class ModelSettings(_Group):
 
 
 class DataSettings(_Group):
-    training_pool: str = Field("demo/training_pool.jsonl", description="JSONL, Parquet, or a `datasets` dataset saved to disk.")
-    validation_queries: str = Field(
+    training_pool: Annotated[str, WHERE] = Field(
+        "demo/training_pool.jsonl", description="JSONL, Parquet, or a `datasets` dataset saved to disk."
+    )
+    validation_queries: Annotated[str, WHERE] = Field(
         "demo/validation_queries.jsonl", description="queries with a reference answer (and optionally a grader)"
     )
-    test_queries: str | None = Field(
+    test_queries: Annotated[str | None, WHERE] = Field(
         None, description="Held-out queries for evaluation (optional: without them there is no refined_model_evaluation)."
     )
     max_example_tokens: int | None = Field(
@@ -295,7 +317,7 @@ class RolloutSettings(_Group):
         ge=16,
         description="vLLM's context length; unset: the model's own (config.json's max_position_embeddings)",
     )
-    engine_process: Literal["auto", "separate", "same"] = Field(
+    engine_process: Annotated[Literal["auto", "separate", "same"], WHERE] = Field(
         "auto",
         description="Where vLLM's engine runs: 'separate' processes (vLLM's default; on a GPU its memory comes back "
         "whole when they exit), 'same' (the run's own process: no second start of Python and vLLM, so it starts "
@@ -318,7 +340,7 @@ class GradingSettings(_Group):
     )
     regex: str | None = Field(None, description="For the 'regex' grader: a pattern whose first group is the answer.")
     max_empty_or_truncated_fraction: float = Field(0.2, ge=0.0, le=1.0, description="the rollouts check fails above this share")
-    timeout_s: float = Field(
+    timeout_s: Annotated[float, WHERE] = Field(
         60.0,
         gt=0.0,
         description="The longest one call of a custom (module:function) grader may take: grading fails naming the "
@@ -364,7 +386,8 @@ class GradingSettings(_Group):
         """The core's :class:`~drift_assets.core.grading.graders.GradingOptions` for these settings."""
         from drift_assets.core.grading.graders import GradingOptions
 
-        return self.as_options(GradingOptions)
+        # What the graders do not read (which graders exist, the rollouts check) stays out.
+        return GradingOptions(**self.model_dump(exclude={"default_grader", "custom_graders", "max_empty_or_truncated_fraction"}))
 
 
 class ProjectionSettings(_Group):
@@ -379,7 +402,7 @@ class ProjectionSettings(_Group):
         "references (LoGra); random: Gaussian from (seed, layer name), independent of any data.",
     )
     seed: int = Field(0, description="seed of the random basis")
-    batch_size: int = Field(32, ge=1, description="sequences per gradient pass")
+    batch_size: Annotated[int, WHERE] = Field(32, ge=1, description="sequences per gradient pass")
     loss_reduction: LossReduction = Field("sum", description="sum: log-prob of the whole response; mean: per token.")
     validation_span: Literal["answer", "completion"] = Field(
         "answer",
@@ -388,12 +411,18 @@ class ProjectionSettings(_Group):
         "before it are context), "
         "completion = all of it. Training gradients always cover the whole response.",
     )
-    shards: int = Field(4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions).")
-    gradient_checkpointing: bool = Field(
+    shards: Annotated[int, WHERE] = Field(
+        4, ge=1, lt=100, description="Static shards of training_gradient_projections (Dagster partitions)."
+    )
+    gradient_checkpointing: Annotated[bool, WHERE] = Field(
         False,
         description="recompute each layer's activations in the backward pass of the gradient passes instead of keeping "
         "them: less memory (each pass logs its plan), more time, the same gradients",
     )
+
+    def options(self) -> ProjectionOptions:
+        """The core's :class:`~drift_assets.core.gradients.projection.ProjectionOptions` for these settings."""
+        return ProjectionOptions(**self.model_dump(exclude={"batch_size", "validation_span", "shards"}))
 
 
 class InfluenceSettings(_Group):
@@ -486,7 +515,7 @@ class LoraSettings(_Group):
     )
 
     def options(self) -> LoraOptions:
-        return self.as_options(LoraOptions)
+        return LoraOptions(**self.model_dump())
 
 
 class WarmupSettings(_Group):
@@ -510,7 +539,9 @@ class WarmupSettings(_Group):
         None, gt=0.0, description="constant (the checkpoints sample the run, not its end); default: benchmark.sft.learning_rate"
     )
     seed: int = Field(0, description="the warm-up run's example order")
-    checkpoint_dir: str = Field("checkpoints", description="A local directory for the checkpoints' model directories.")
+    checkpoint_dir: Annotated[str, WHERE] = Field(
+        "checkpoints", description="A local directory for the checkpoints' model directories."
+    )
     optimizer_state: Literal["auto"] | bool = Field(
         "auto",
         description="save AdamW's moments beside each checkpoint (twice the trained weights' size: small for LoRA "
@@ -608,7 +639,7 @@ class SftSettings(_Group):
     learning_rate: float = Field(1e-3, gt=0.0, description="AdamW's peak rate (the demo's tiny model; an LLM wants ~1e-5)")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW's weight decay")
     schedule: Schedule = Field("linear", description="learning rate: linear decay to 0, or constant.")
-    gradient_checkpointing: bool = Field(
+    gradient_checkpointing: Annotated[bool, WHERE] = Field(
         False,
         description="recompute each layer's activations in the backward pass instead of keeping them: less memory "
         "(the plan each fine-tune logs says how much), about a third more time; also for the warm-up run",
@@ -624,7 +655,7 @@ class SftSettings(_Group):
         """The core's :class:`~drift_assets.core.training.sft.SftOptions` for these settings and ``seed``."""
         from drift_assets.core.training.sft import SftOptions
 
-        return self.as_options(SftOptions, seed=seed)
+        return SftOptions(**self.model_dump(), seed=seed)
 
 
 BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps them equal
@@ -740,7 +771,7 @@ class BenchmarkSettings(_Group):
 class Settings(_Group):
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
-    warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
+    warehouse: Annotated[WarehouseSettings, WHERE] = Field(default_factory=WarehouseSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     grading: GradingSettings = Field(default_factory=GradingSettings)
@@ -822,7 +853,11 @@ class Settings(_Group):
     def warehouse_root(self) -> str:
         return self.resolve(self.warehouse.root)
 
-    @property
+    @derived(
+        *("warmup.steps", "warmup.batch_size", "warmup.learning_rate", "warmup.seed"),
+        *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate", "benchmark.sft.group_by_length"),
+        "warmup.checkpoints",  # given checkpoints: no run
+    )
     def warmup_schedule(self) -> dict[str, Any]:
         """The warm-up run as it will be run: ``warmup`` with its defaults taken from ``benchmark.sft``."""
         sft, warmup = self.benchmark.sft, self.warmup
@@ -838,7 +873,7 @@ class Settings(_Group):
             "group_by_length": sft.group_by_length,
         }
 
-    @property
+    @derived("warmup.optimizer_state", "benchmark.methods")
     def warmup_saves_optimizer_state(self) -> bool:
         """Whether the warm-up saves AdamW's moments at each checkpoint (``warmup.optimizer_state``)."""
         if self.warmup.optimizer_state == "auto":
@@ -850,7 +885,7 @@ class Settings(_Group):
         """The warm-up checkpoints' steps ([] = the base model only)."""
         return self.warmup_schedule["steps"]
 
-    @property
+    @derived("warmup.steps", "benchmark.sft.steps", "warmup.checkpoints")
     def checkpoints(self) -> list[str]:
         """The partition keys of the checkpoints the pool is scored at: ``base``, then the warm-up
         steps, or the directories ``warmup.checkpoints`` gives."""
@@ -870,21 +905,7 @@ class Settings(_Group):
 
     def warmup_options(self):
         """The :class:`~drift_assets.core.training.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
-        from drift_assets.core.training.sft import SftOptions
-
-        schedule = self.warmup_schedule
-        return SftOptions(
-            steps=max(schedule["steps"], default=1),
-            batch_size=schedule["batch_size"],
-            learning_rate=schedule["learning_rate"],
-            weight_decay=0.0,
-            # A constant rate: each checkpoint lies on the same run whatever the last step is.
-            schedule="constant",
-            seed=schedule["seed"],
-            epochs=None,
-            gradient_checkpointing=self.benchmark.sft.gradient_checkpointing,
-            group_by_length=schedule["group_by_length"],
-        )
+        return warmup_options(self.warmup_schedule, self.benchmark.sft.gradient_checkpointing)
 
     def with_overrides(self, **groups: dict[str, Any]) -> Settings:
         """A copy with some keys of some groups replaced: ``s.with_overrides(selection={"fraction": 0.3})``."""
@@ -895,6 +916,25 @@ class Settings(_Group):
             else:
                 data[group] = values
         return Settings.model_validate(data)
+
+
+def warmup_options(schedule: dict[str, Any], gradient_checkpointing: bool):
+    """The :class:`~drift_assets.core.training.sft.SftOptions` of the warm-up run of ``schedule``
+    (:attr:`Settings.warmup_schedule`), up to its last checkpoint."""
+    from drift_assets.core.training.sft import SftOptions
+
+    return SftOptions(
+        steps=max(schedule["steps"], default=1),
+        batch_size=schedule["batch_size"],
+        learning_rate=schedule["learning_rate"],
+        weight_decay=0.0,
+        # A constant rate: each checkpoint lies on the same run whatever the last step is.
+        schedule="constant",
+        seed=schedule["seed"],
+        epochs=None,
+        gradient_checkpointing=gradient_checkpointing,
+        group_by_length=schedule["group_by_length"],
+    )
 
 
 def _variables_in(path: str) -> list[str]:
@@ -1026,23 +1066,10 @@ DERIVED = {
 _PART_OF_DERIVED = {"warmup_steps": "warmup_schedule"}
 
 
-def validation_answer_marker(settings: Settings | Reads) -> str | None:
+def validation_answer_marker(settings: Settings) -> str | None:
     """Where validation gradients start: at the answer marker (projection.validation_span: answer), or
     None for the whole completion."""
     return settings.grading.answer_marker if settings.projection.validation_span == "answer" else None
-
-
-def projection_options(settings: Settings | Reads) -> ProjectionOptions:
-    """The core's :class:`~drift_assets.core.gradients.projection.ProjectionOptions` for these settings."""
-    projection = settings.projection
-    return ProjectionOptions(
-        target_modules=projection.target_modules,
-        rank=projection.rank,
-        seed=projection.seed,
-        loss_reduction=projection.loss_reduction,
-        basis=projection.basis,
-        gradient_checkpointing=projection.gradient_checkpointing,
-    )
 
 
 class SettingNotRead(AttributeError):
@@ -1140,6 +1167,96 @@ def settings_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         for key in sorted(old.keys() | new.keys())
         if old.get(key, missing) != new.get(key, missing)
     ]
+
+
+_SETTING = "drift_assets/setting"
+
+
+def setting(key: str) -> Any:
+    """A field of what a stage is given that holds the setting ``key`` ("group", "group.field", or a
+    value derived from others such as "warmup_schedule"): :func:`given` fills it from the settings,
+    and the code versions of the assets given it hash it (:func:`code_version`)."""
+    return dataclasses.field(metadata={_SETTING: key})
+
+
+def _at(settings: Settings, key: str) -> Any:
+    value: Any = settings
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def setting_keys(cls: type) -> tuple[str, ...]:
+    """The settings the :func:`setting` fields of ``cls`` hold, in order."""
+    return tuple(field.metadata[_SETTING] for field in dataclasses.fields(cls) if _SETTING in field.metadata)
+
+
+def given(cls: type, settings: Settings, **rest: Any) -> Any:
+    """``cls`` (what a stage is given) with each :func:`setting` field taken from ``settings`` at its
+    key, and the rest (what is not hashed: locations, layout, what checks and metadata read) as given."""
+    keyed = {
+        field.name: _at(settings, field.metadata[_SETTING]) for field in dataclasses.fields(cls) if _SETTING in field.metadata
+    }
+    return cls(**keyed, **rest)
+
+
+def picked(settings: Settings, *keys: str) -> dict[str, Any]:
+    """``keys`` → their values as JSON: settings a stage is given as values only (a dataset card names them)."""
+    return {key: _what(value) if isinstance(value := _at(settings, key), BaseModel) else value for key in keys}
+
+
+def settings_read(*parts: Any) -> dict[str, Any]:
+    """What ``parts`` hold of the settings, key → value as JSON, in order: each part is an object a
+    stage is given (its :func:`setting` fields, and those of the given objects it holds, None: not
+    given) or a mapping of key → value. A group given whole is hashed without its :data:`WHERE` fields."""
+    read: dict[str, Any] = {}
+    for part in parts:
+        if part is None:
+            continue
+        if isinstance(part, dict):
+            read.update(part)
+            continue
+        for field in dataclasses.fields(part):
+            value = getattr(part, field.name)
+            if _SETTING in field.metadata:
+                read[field.metadata[_SETTING]] = _what(value) if isinstance(value, BaseModel) else value
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                read.update(settings_read(value))
+    return read
+
+
+def _what(group: BaseModel) -> dict[str, Any]:
+    """A group's values as JSON, less the fields that say where (:data:`WHERE`)."""
+    dumped = group.model_dump(mode="json")
+    for name, field in type(group).model_fields.items():
+        if WHERE in field.metadata:
+            del dumped[name]
+        elif isinstance(getattr(group, name), BaseModel):
+            dumped[name] = _what(getattr(group, name))
+    return dumped
+
+
+def code_version(implementation_version: str, *parts: Any) -> str:
+    """``<implementation version>-<hash of what the asset is given of the settings>`` (:func:`settings_read`);
+    an asset given grading whole also hashes the source of the custom graders (their code is the user's,
+    versioned by nothing else)."""
+    read = settings_read(*parts)
+    version = f"{implementation_version}-{hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:12]}"
+    custom = GradingSettings.model_validate(read["grading"]).custom() if "grading" in read else []
+    if custom:
+        from drift_assets.core.grading.graders import grader_source_hash
+
+        version += f"-{grader_source_hash(custom)}"
+    return version
+
+
+def read_metadata(*parts: Any) -> dict[str, Any]:
+    """What the code version hashes, key → value, for the asset's definition (shown in the UI, read
+    by the settings reference; each materialization records the values it used as ``settings``,
+    so a stale asset names what changed: :func:`settings_changes`)."""
+    from dagster import MetadataValue
+
+    return {SETTINGS_READ_KEY: MetadataValue.json(settings_read(*parts))}
 
 
 class _Part:

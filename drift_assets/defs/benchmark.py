@@ -9,6 +9,7 @@ job writes and reports, launched on purpose (Jobs → method_benchmark, or ``run
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -27,12 +28,21 @@ from drift_assets.core.study.benchmark import (
 )
 from drift_assets.core.training.evaluation import fine_tune_and_evaluate
 from drift_assets.defs.checkpoints import WARMUP, checkpoint_model
-from drift_assets.defs.cost import pool_sequence_tokens, recorded_pipeline_cost
-from drift_assets.defs.evaluate import EVALUATE_VERSION, FINE_TUNE_AND_EVALUATE, evaluation_run, fine_tune_job
+from drift_assets.defs.cost import CostPlan, pool_sequence_tokens, recorded_pipeline_cost
+from drift_assets.defs.evaluate import EVALUATE_VERSION, Decoding, evaluation_run, fine_tune_job
+from drift_assets.defs.gradients import ValidationSpan
 from drift_assets.defs.metadata import png_markdown, table_metadata
 from drift_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
-from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, Reads, Settings, validation_answer_marker
+from drift_assets.settings import (
+    SETTINGS_READ_KEY,
+    SETTINGS_USED_KEY,
+    BenchmarkSettings,
+    InfluenceSettings,
+    code_version,
+    read_metadata,
+    setting,
+)
 from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
 
 BENCHMARK = "method_benchmark"
@@ -48,33 +58,44 @@ TABLES_READ = (
 )
 
 
-def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tuple[AssetSpec, object]:
+@dataclass(frozen=True)
+class OnPolicySpan:
+    """The span of the rollouts less_onpolicy differentiates: given only where it runs."""
+
+    validation_span: str = setting("projection.validation_span")
+
+
+@dataclass(frozen=True)
+class BenchmarkGiven:
+    """The benchmark, the influence it scores with and where, the selection's size, which every method's
+    selection takes (not how the pipeline's is chosen or exported), less_onpolicy's span, and how each
+    fine-tune is decoded and graded (all hashed); the training gradients' shards and the cost plan (not)."""
+
+    benchmark: BenchmarkSettings = setting("benchmark")
+    influence: InfluenceSettings = setting("influence")
+    checkpoints: list[str] = setting("checkpoints")
+    method: str = setting("selection.method")
+    fraction: float = setting("selection.fraction")
+    k: int | None = setting("selection.k")
+    onpolicy: OnPolicySpan | None
+    decoding: Decoding
+    shards: int
+    cost: CostPlan
+
+
+def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) -> tuple[AssetSpec, object]:
     """The ``method_benchmark`` asset (external: reported, not materialized) and the job that writes it;
     ``asset_graph``: the graph of the definitions they are part of (a run started from Python sets
     no repository on its op's context)."""
-    reads = Reads(
-        settings,
-        BENCHMARK,
-        "benchmark",
-        "influence",
-        "checkpoints",
-        # The selection's size, which every method's selection takes (not how the pipeline's is chosen or exported).
-        "selection.method",
-        "selection.fraction",
-        "selection.k",
-        # The span of the rollouts less_onpolicy differentiates: read only where it runs.
-        *(["projection.validation_span"] if "less_onpolicy" in settings.benchmark.methods else []),
-        *FINE_TUNE_AND_EVALUATE,
-    )
-    code_version = reads.code_version(EVALUATE_VERSION)
+    version = code_version(EVALUATE_VERSION, given)
     spec = AssetSpec(
         BENCHMARK,
         group_name="benchmark",
-        code_version=code_version,
+        code_version=version,
         # The job's page, where it is launched (an external asset has no "Materialize" button).
-        metadata={**reads.metadata(), JOB_KEY: MetadataValue.url(job_path(BENCHMARK))},
+        metadata={**read_metadata(given), JOB_KEY: MetadataValue.url(job_path(BENCHMARK))},
         # The warm-up's checkpoints, where there are any: LESS loads them with their optimizer state.
-        deps=["base_model", *TABLES_READ, *([WARMUP] if settings.checkpoints[1:] else [])],
+        deps=["base_model", *TABLES_READ, *([WARMUP] if given.checkpoints[1:] else [])],
         kinds={"pytorch", "delta"},
         description="SFT on each method's selection (full, random, off-policy, DRIFT and ablations) over several seeds; "
         f"written by the [method_benchmark job]({job_path(BENCHMARK)}), launched on purpose (Materialize all leaves "
@@ -93,29 +114,37 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
         training_pool, validation_queries, test_queries = (
             warehouse.scan(name).collect() for name in ("training_pool", "validation_queries", "test_queries")
         )
-        benchmark, tables = reads.benchmark, ConfiguredTables.configured_by(reads, warehouse)
-        scorer, drift = stored_scorer(tables, training_pool), reads.influence.scoring()
+        benchmark, tables = given.benchmark, ConfiguredTables(warehouse, tuple(given.checkpoints), given.shards)
+        scorer, drift = stored_scorer(tables, training_pool), given.influence.scoring()
         study = MethodBenchmark(benchmark.methods, benchmark.seeds, training_pool, validation_queries, scorer, drift)
         network, tokenizer = model.load_model(), model.load_tokenizer()
-        less = functools.partial(
-            less_matrix_of, context.log.info, reads, model, warehouse, tokenizer, training_pool, validation_queries, tables
+        marker = (
+            given.onpolicy
+            and ValidationSpan(
+                validation_span=given.onpolicy.validation_span, answer_marker=given.decoding.grading.answer_marker
+            ).marker
         )
-        study.score(network, tokenizer, reads.checkpoints, less)
-        distilled = distill(reads, rollout_engine, model, network, tokenizer, training_pool, validation_queries, context.log.info)
-        plan = study.plan((reads.selection.method, reads.selection.fraction, reads.selection.k), distilled)
-        job_for = functools.partial(fine_tune_job, reads, model, test_queries.to_dicts())
-        in_process = evaluation_run(reads, model, rollout_engine, context.log.debug)
+        less = functools.partial(
+            less_matrix_of,
+            *(context.log.info, given.checkpoints, marker, model, warehouse, tokenizer),
+            *(training_pool, validation_queries, tables),
+        )
+        study.score(network, tokenizer, given.checkpoints, less)
+        distilled = distill(given, rollout_engine, model, network, tokenizer, training_pool, validation_queries, context.log.info)
+        plan = study.plan((given.method, given.fraction, given.k), distilled)
+        job_for = functools.partial(fine_tune_job, benchmark.sft, given.decoding, model, test_queries.to_dicts())
+        in_process = evaluation_run(given.decoding, model, rollout_engine, context.log.debug)
         run_one = fine_tune_and_evaluate if benchmark.workers > 1 else in_process
         table = study.run(plan, job_for, run_one, benchmark.workers, context.log.info)
-        table = with_costs(context.instance, reads, table, training_pool, validation_queries, tokenizer)
+        table = with_costs(context.instance, given.cost, table, training_pool, validation_queries, tokenizer)
         warehouse.write(BENCHMARK, table)
-        context.log_event(benchmark_materialization(table, code_version, spec.metadata[SETTINGS_READ_KEY], inputs))
+        context.log_event(benchmark_materialization(table, version, spec.metadata[SETTINGS_READ_KEY], inputs))
 
     @job(
         name=BENCHMARK,
         description="The method benchmark: fine-tunes every method's selection over benchmark.seeds and writes the "
         "method_benchmark table (launch it on purpose: it is kept out of Materialize all).",
-        tags={"drift_assets/code_version": code_version},
+        tags={"drift_assets/code_version": version},
     )
     def method_benchmark_job():
         fine_tune_each_method()
@@ -123,11 +152,11 @@ def build_benchmark(settings: Settings, asset_graph: Callable[[], object]) -> tu
     return spec, method_benchmark_job
 
 
-def with_costs(instance, reads: Reads, table: pl.DataFrame, training_pool, validation_queries, tokenizer) -> pl.DataFrame:
+def with_costs(instance, plan: CostPlan, table: pl.DataFrame, training_pool, validation_queries, tokenizer) -> pl.DataFrame:
     """Beside each method's accuracy, what choosing its examples cost (the influence methods: the
     pipeline's steps, as their latest materializations recorded them, from scratch: rows a
     materialization reused cost the method as much as the run that first computed them)."""
-    pipeline = recorded_pipeline_cost(instance, reads.unversioned, training_pool, before="refined_model_evaluation", whole=True)
+    pipeline = recorded_pipeline_cost(instance, plan, training_pool, before="refined_model_evaluation", whole=True)
     pool_tokens = sum(pool_sequence_tokens(training_pool))
     return with_method_costs(table, pipeline, pool_tokens, validation_queries, tokenizer)
 
@@ -161,7 +190,8 @@ ADAPTER_MODULES = r".*\.lora_[AB]\.default"
 
 def less_matrix_of(
     log: Callable[[str], None],
-    reads: Reads | Settings,
+    checkpoints: list[str],
+    answer_marker: str | None,
     model: ModelResource,
     warehouse: Warehouse,
     tokenizer,
@@ -172,12 +202,11 @@ def less_matrix_of(
     onpolicy: bool = False,
 ) -> LessScores:
     """LESS's (pool × validation queries) scores along the warm-up checkpoints, one model loaded at a
-    time: against the references (``reference``) and/or each checkpoint's correct rollouts (``onpolicy``).
-    ``reads``: the benchmark's view of the settings (benchmarks/lds.py passes the settings themselves)."""
-    steps = reads.checkpoints[1:]
+    time: against the references (``reference``) and/or each checkpoint's correct rollouts (``onpolicy``,
+    differentiated from ``answer_marker`` on, None: the whole completion)."""
+    steps = checkpoints[1:]
     if not steps:
         raise Failure("benchmark methods less, less_round_robin and less_onpolicy score along the warm-up run: set warmup.steps")
-    marker = validation_answer_marker(reads) if onpolicy else None
 
     def checkpoints():
         for checkpoint in steps:
@@ -187,7 +216,7 @@ def less_matrix_of(
             correct = None
             if onpolicy:
                 rollouts, grades = (rows_at(tables, name, checkpoint) for name in ("rollouts", "grades"))
-                correct = correct_rollouts(tokenizer, rollouts, grades, marker, checkpoint, at_checkpoint.fingerprint())
+                correct = correct_rollouts(tokenizer, rollouts, grades, answer_marker, checkpoint, at_checkpoint.fingerprint())
                 log(
                     f"less_onpolicy: {len(correct.query_ids)} correct rollouts of {len(set(correct.query_ids))} "
                     f"queries at checkpoint {checkpoint}"
@@ -206,16 +235,17 @@ def less_matrix_of(
 
 
 def distill(
-    reads: Reads, rollout_engine, model: ModelResource, network, tokenizer, training_pool, validation_queries, log
+    given: BenchmarkGiven, rollout_engine, model: ModelResource, network, tokenizer, training_pool, validation_queries, log
 ) -> pl.DataFrame | None:
     """The base model's greedy answers to the pool's prompts, graded (:func:`~drift_assets.core.study.benchmark.self_distilled`),
     where the benchmark runs ``self_distill`` (else None)."""
-    if "self_distill" not in reads.benchmark.methods:
+    if "self_distill" not in given.benchmark.methods:
         return None
+    decoding = given.decoding
     graders = validation_queries["grader"].unique().to_list()
-    grader = graders[0] if len(graders) == 1 else reads.grading.default_grader
-    with rollout_engine.open_evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, model.dtype) as engine:
-        distilled = self_distilled(engine, tokenizer, training_pool, grader, reads.rollout.max_tokens, reads.grading.options())
+    grader = graders[0] if len(graders) == 1 else decoding.grading.default_grader
+    with rollout_engine.open_evaluation_engine(network, tokenizer, decoding.eval_backend, model.dtype) as engine:
+        distilled = self_distilled(engine, tokenizer, training_pool, grader, decoding.max_tokens, decoding.grading.options())
     log(f"self_distill: the base model answers {distilled['correct'].sum()} of the pool's {distilled.height} prompts right")
     return distilled
 

@@ -25,25 +25,21 @@ from drift_assets.core.attribution.trajectory import BASE
 from drift_assets.core.gradients.tables import shard_keys
 from drift_assets.core.training.adapters import is_adapter
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import Settings
 
 WARMUP = "warmup_checkpoints"
 
 
-def checkpoint_partitions(settings: Settings) -> StaticPartitionsDefinition:
-    return StaticPartitionsDefinition(settings.checkpoints)
+def checkpoint_partitions(checkpoints: list[str]) -> StaticPartitionsDefinition:
+    return StaticPartitionsDefinition(checkpoints)
 
 
-def warmup_partitions(settings: Settings) -> StaticPartitionsDefinition:
-    return StaticPartitionsDefinition(settings.checkpoints[1:])
+def warmup_partitions(checkpoints: list[str]) -> StaticPartitionsDefinition:
+    return StaticPartitionsDefinition(checkpoints[1:])
 
 
-def checkpoint_shard_partitions(settings: Settings) -> MultiPartitionsDefinition:
+def checkpoint_shard_partitions(checkpoints: list[str], shards: int) -> MultiPartitionsDefinition:
     return MultiPartitionsDefinition(
-        {
-            "checkpoint": checkpoint_partitions(settings),
-            "shard": StaticPartitionsDefinition(shard_keys(settings.projection.shards)),
-        }
+        {"checkpoint": checkpoint_partitions(checkpoints), "shard": StaticPartitionsDefinition(shard_keys(shards))}
     )
 
 
@@ -77,10 +73,10 @@ def partitioned(partitions: Mapping[str, PartitionsDefinition | None]) -> Partit
     )
 
 
-def model_deps(settings: Settings) -> list:
+def model_deps(checkpoints: list[str]) -> list:
     """What the model at a checkpoint comes from: the base model, and for a warm-up step its saved
     checkpoint (the base partition depends on no warm-up partition, so a new warm-up run leaves it fresh)."""
-    steps = settings.checkpoints[1:]
+    steps = checkpoints[1:]
     deps: list = ["base_model"]
     if steps:
         deps.append(AssetDep(WARMUP, partition_mapping=StaticPartitionMapping({key: key for key in steps})))

@@ -7,6 +7,8 @@ them (the latest materialization of each configured partition).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, MetadataValue, MultiPartitionKey
 
@@ -21,7 +23,7 @@ from drift_assets.core.runtime.cost import (
     training_cost,
 )
 from drift_assets.defs.metadata import png_markdown
-from drift_assets.settings import Settings
+from drift_assets.settings import SftSettings
 
 
 def pool_sequence_tokens(pool: pl.DataFrame) -> list[int]:
@@ -29,30 +31,39 @@ def pool_sequence_tokens(pool: pl.DataFrame) -> list[int]:
     return (pool["n_prompt_tokens"] + pool["n_response_tokens"]).to_list()
 
 
-def full_sft_reference(settings: Settings, pool: pl.DataFrame) -> StageCost:
-    """One SFT run on the whole pool with the recipe ``benchmark.sft``: what every cost is set against.
+@dataclass(frozen=True)
+class CostPlan:
+    """What an asset's cost metadata reads, none of it hashed (a figure of the metadata changes no
+    table): the reference SFT recipe (``benchmark.sft``), and the configured partitions of the assets
+    that record a cost (``refined_dataset`` where it chooses among selections, ``refined_model_evaluation``
+    where test queries are set)."""
 
-    ``settings`` are the whole settings (``Reads.unversioned``): the reference is a figure of the
-    metadata, which changes no table, so an asset that reports it does not hash the recipe."""
-    sft = settings.benchmark.sft
+    sft: SftSettings
+    checkpoints: list[str]
+    shards: int
+    chooses: bool
+    evaluates: bool
+
+
+def full_sft_reference(sft: SftSettings, pool: pl.DataFrame) -> StageCost:
+    """One SFT run on the whole pool with the recipe ``sft`` (``benchmark.sft``): what every cost is set against."""
     tokens = pool_sequence_tokens(pool)
     return training_cost("full-pool SFT", tokens, sft.options(0).steps_for(len(tokens)), sft.batch_size)
 
 
-def stored_reference(settings: Settings, warehouse) -> StageCost | None:
+def stored_reference(sft: SftSettings, warehouse) -> StageCost | None:
     """:func:`full_sft_reference` of the pool in the warehouse (None before it is materialized): for
     the assets that do not read the pool themselves."""
     if not warehouse.exists("training_pool"):
         return None
-    return full_sft_reference(settings, warehouse.scan("training_pool").select("n_prompt_tokens", "n_response_tokens").collect())
+    return full_sft_reference(sft, warehouse.scan("training_pool").select("n_prompt_tokens", "n_response_tokens").collect())
 
 
-def costed_partitions(settings: Settings, before: str | None = None) -> list[tuple[str, str | None, str | None]]:
+def costed_partitions(plan: CostPlan, before: str | None = None) -> list[tuple[str, str | None, str | None]]:
     """(asset, partition, checkpoint) of every configured partition of the assets that record a cost,
-    in pipeline order (``refined_dataset`` where it chooses among selections, ``refined_model_evaluation``
-    where test queries are set); ``before``: only the assets ahead of this one in the pipeline (what
-    had run when it runs)."""
-    checkpoints, shards = settings.checkpoints, shard_keys(settings.projection.shards)
+    in pipeline order; ``before``: only the assets ahead of this one in the pipeline (what had run
+    when it runs)."""
+    checkpoints, shards = plan.checkpoints, shard_keys(plan.shards)
     wanted: list[tuple[str, str | None, str | None]] = [("warmup_checkpoints", key, key) for key in checkpoints[1:]]
     for checkpoint in checkpoints:
         wanted += [(name, checkpoint, checkpoint) for name in ("rollouts", "projection_basis", "validation_gradients")]
@@ -61,9 +72,9 @@ def costed_partitions(settings: Settings, before: str | None = None) -> list[tup
             for shard in shards
         ]
     wanted.append(("influence_scores", None, None))
-    if settings.selection.choose_among:
+    if plan.chooses:
         wanted.append(("refined_dataset", None, None))
-    if settings.data.test_queries:
+    if plan.evaluates:
         wanted.append(("refined_model_evaluation", None, None))
     if before is None:
         return wanted
@@ -71,10 +82,10 @@ def costed_partitions(settings: Settings, before: str | None = None) -> list[tup
     return [part for part in wanted if order.index(part[0]) < order.index(before)]
 
 
-def recorded_costs(instance: DagsterInstance, settings: Settings, before: str | None = None) -> list[Recorded]:
+def recorded_costs(instance: DagsterInstance, plan: CostPlan, before: str | None = None) -> list[Recorded]:
     """What the latest materialization of each partition :func:`costed_partitions` names recorded."""
     recorded = []
-    for asset, partition, checkpoint in costed_partitions(settings, before):
+    for asset, partition, checkpoint in costed_partitions(plan, before):
         records = instance.fetch_materializations(
             AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition is not None else None), limit=1
         ).records
@@ -86,12 +97,12 @@ def recorded_costs(instance: DagsterInstance, settings: Settings, before: str | 
 
 
 def recorded_pipeline_cost(
-    instance: DagsterInstance, settings: Settings, pool: pl.DataFrame, before: str | None = None, whole: bool = False
+    instance: DagsterInstance, plan: CostPlan, pool: pl.DataFrame, before: str | None = None, whole: bool = False
 ) -> PipelineCost:
     """The pipeline's cost as its latest materializations recorded it, against one full-pool SFT run
     (``before``: of the assets ahead of this one only; ``whole``: each table's cost from scratch, where
     a materialization reused stored rows)."""
-    return pipeline_cost(recorded_costs(instance, settings, before), full_sft_reference(settings, pool), whole)
+    return pipeline_cost(recorded_costs(instance, plan, before), full_sft_reference(plan.sft, pool), whole)
 
 
 def cost_plot(cost: PipelineCost) -> MetadataValue:

@@ -6,6 +6,7 @@ own files would be: the demo exercises the same path as real data.
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -13,17 +14,31 @@ from dagster import AssetExecutionContext, asset
 
 from drift_assets.defs.metadata import loss_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import DemoSettings, code_version, read_metadata, setting
 from drift_assets.tasks import base_model_record, saved_base_model
 from drift_assets.tasks.demo_outputs import check_model_directory, write_demo_files
 
 DEMO_VERSION = "2"
 
 
-def build_demo_assets(settings: Settings) -> list:
-    files_reads = Reads(settings, "demo_task_files", "demo")
-    model_reads = Reads(settings, "demo_base_model", "demo", "model.dtype")
-    demo = files_reads.demo
+@dataclass(frozen=True)
+class DemoTask:
+    demo: DemoSettings = setting("demo")
+
+
+@dataclass(frozen=True)
+class DemoGiven:
+    """The demo task (hashed by both assets) and the model's dtype (hashed by the model's); not hashed:
+    where the files and the model go (data.*, model.path, resolved; None: not set)."""
+
+    task: DemoTask
+    dtype: str = setting("model.dtype")
+    files: dict[str, str | None]
+    model_path: str
+
+
+def build_demo_assets(given: DemoGiven) -> list:
+    demo, files, model_path = given.task.demo, given.files, given.model_path
     task = demo.spec()
 
     def pool_rows() -> list[dict]:
@@ -45,25 +60,23 @@ def build_demo_assets(settings: Settings) -> list:
 
     @asset(
         group_name="demo",
-        code_version=files_reads.code_version(DEMO_VERSION),
-        metadata=files_reads.metadata(),
+        code_version=code_version(DEMO_VERSION, given.task),
+        metadata=read_metadata(given.task),
         kinds={"python", "delta"},
         description=f"Writes the {task.name} task's training pool, validation and test queries (JSONL) from a seed: {task.description}.",
     )
     def demo_task_files(context: AssetExecutionContext) -> pl.DataFrame:
         splits = {
-            "training_pool": (files_reads.data.training_pool, pool_rows()),
-            "validation_queries": (
-                files_reads.data.validation_queries,
-                task.query_rows(demo.n_validation, demo.seed, "validation"),
-            ),
+            "training_pool": pool_rows(),
+            "validation_queries": task.query_rows(demo.n_validation, demo.seed, "validation"),
         }
-        if files_reads.data.test_queries:
-            splits["test_queries"] = (files_reads.data.test_queries, task.query_rows(demo.n_test, demo.seed, "test"))
-        files = {split: (Path(files_reads.resolve(relative_path)), rows) for split, (relative_path, rows) in splits.items()}
-        check_model_directory(files_reads.model_path)  # before any write: the model asset comes next
-        table = pl.DataFrame(write_demo_files(files, context.log.info))
-        pool = pl.DataFrame(splits["training_pool"][1])
+        if files["test_queries"]:
+            splits["test_queries"] = task.query_rows(demo.n_test, demo.seed, "test")
+        check_model_directory(model_path)  # before any write: the model asset comes next
+        table = pl.DataFrame(
+            write_demo_files({split: (Path(files[split]), rows) for split, rows in splits.items()}, context.log.info)
+        )
+        pool = pl.DataFrame(splits["training_pool"])
         context.add_output_metadata(
             {
                 **table_metadata(table),
@@ -74,18 +87,18 @@ def build_demo_assets(settings: Settings) -> list:
 
     @asset(
         group_name="demo",
-        code_version=model_reads.code_version(DEMO_VERSION),
-        metadata=model_reads.metadata(),
+        code_version=code_version(DEMO_VERSION, given),
+        metadata=read_metadata(given),
         kinds={"pytorch", "delta"},
         **GPU_STEP,
         description="Trains the demo task's tiny Llama from scratch (in the paper's regime, then fine-tunes it on the pool) "
         "and saves it to model.path with save_pretrained.",
     )
     def demo_base_model(context: AssetExecutionContext) -> pl.DataFrame:
-        check_model_directory(model_reads.model_path)  # before minutes of training, not after
+        check_model_directory(model_path)  # before minutes of training, not after
         recipe, log = demo.recipe(), context.log
         build = base_model_build_key(recipe)
-        path = model_reads.model_path
+        path = model_path
         summary = saved_base_model(task, demo.base_model_seed, recipe, pool_rows, path, build, log.info, log.warning)
         table = pl.DataFrame([base_model_record(path, summary)])
         context.add_output_metadata(

@@ -2,6 +2,7 @@
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import polars as pl
 from dagster import AssetExecutionContext, asset
@@ -13,42 +14,65 @@ from drift_assets.defs.cost import full_sft_reference
 from drift_assets.defs.metadata import accuracy_picture, loss_picture, rounded, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import GradingSettings, SftSettings, code_version, read_metadata, setting
 
 EVALUATE_VERSION = "5"  # 5: a bf16/fp16 model fine-tunes float32 master weights
 
 
-# Fine-tune, decode (the rollout engine's backend and context where benchmark.eval_backend is auto or vllm) and grade.
-FINE_TUNE_AND_EVALUATE = ("benchmark.eval_backend", "rollout.backend", "rollout.max_tokens", "rollout.max_model_len", "grading")
+@dataclass(frozen=True)
+class Decoding:
+    """How a fine-tuned model is decoded and graded: the evaluation engine (the rollout engine's
+    backend and context where benchmark.eval_backend is auto or vllm), its longest answer, the grading."""
+
+    eval_backend: str = setting("benchmark.eval_backend")
+    backend: str = setting("rollout.backend")
+    max_tokens: int = setting("rollout.max_tokens")
+    max_model_len: int | None = setting("rollout.max_model_len")
+    grading: GradingSettings = setting("grading")
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """Fine-tune (benchmark.sft, the first of benchmark.seeds), then decode and grade."""
+
+    sft: SftSettings = setting("benchmark.sft")
+    seeds: list[int] = setting("benchmark.seeds")
+    decoding: Decoding
 
 
 def fine_tune_job(
-    reads: Reads, model: ModelResource, queries: list[dict], method: str, messages: list[str] | None, seed: int
+    sft: SftSettings,
+    decoding: Decoding,
+    model: ModelResource,
+    queries: list[dict],
+    method: str,
+    messages: list[str] | None,
+    seed: int,
 ) -> FineTuneJob:
     """Fine-tune the model resource's base model on ``messages`` (none: the base model itself) with
-    benchmark.sft on ``seed``, then its accuracy on ``queries``."""
+    ``sft`` on ``seed``, then its accuracy on ``queries``."""
     return FineTuneJob(
-        method,
-        seed,
-        messages or [],
-        model.path,
-        model.dtype,
-        model.resolved_device,
-        reads.benchmark.sft.options(seed),
-        queries,
-        reads.rollout.max_tokens,
-        reads.grading.options(),
+        method=method,
+        seed=seed,
+        messages=messages or [],
+        model_path=model.path,
+        dtype=model.dtype,
+        device=model.resolved_device,
+        options=sft.options(seed),
+        queries=queries,
+        max_tokens=decoding.max_tokens,
+        grading=decoding.grading.options(),
     )
 
 
 def evaluation_run(
-    reads: Reads, model: ModelResource, rollout_engine: RolloutEngineResource, log: Callable[[str], None]
+    decoding: Decoding, model: ModelResource, rollout_engine: RolloutEngineResource, log: Callable[[str], None]
 ) -> Callable[[FineTuneJob], tuple[Evaluation, float]]:
     """Fine-tune-then-evaluate in this process: the model resource's base model, decoded by the
     rollout-engine resource's evaluation engine (benchmark.eval_backend)."""
 
     def open_engine(network, tokenizer):
-        return rollout_engine.open_evaluation_engine(network, tokenizer, reads.benchmark.eval_backend, model.dtype)
+        return rollout_engine.open_evaluation_engine(network, tokenizer, decoding.eval_backend, model.dtype)
 
     def load():
         return model.load_model(), model.load_tokenizer()
@@ -56,13 +80,12 @@ def evaluation_run(
     return functools.partial(fine_tune_and_evaluate, load=load, open_engine=open_engine, log=log)
 
 
-def build_evaluation_assets(settings: Settings) -> list:
-    reads = Reads(settings, "refined_model_evaluation", "benchmark.sft", "benchmark.seeds", *FINE_TUNE_AND_EVALUATE)
+def build_evaluation_assets(tuning: FineTuning) -> list:
 
     @asset(
         group_name="evaluation",
-        code_version=reads.code_version(EVALUATE_VERSION),
-        metadata=reads.metadata(),
+        code_version=code_version(EVALUATE_VERSION, tuning),
+        metadata=read_metadata(tuning),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         **GPU_STEP,
@@ -75,15 +98,19 @@ def build_evaluation_assets(settings: Settings) -> list:
         model: ModelResource,
         rollout_engine: RolloutEngineResource,
     ) -> pl.DataFrame:
-        seed, queries = reads.benchmark.seeds[0], test_queries.to_dicts()
+        seed, queries = tuning.seeds[0], test_queries.to_dicts()
         candidates = {
             "base": None,
             "full": refined_dataset["messages"].to_list(),
             "refined": refined_dataset.filter("selected")["messages"].to_list(),
         }
-        jobs = [fine_tune_job(reads, model, queries, name, messages, seed) for name, messages in candidates.items()]
-        evaluated = evaluate_models(jobs, evaluation_run(reads, model, rollout_engine, context.log.info), context.log.info)
-        context.add_output_metadata(evaluation_metadata(evaluated, full_sft_reference(reads.unversioned, refined_dataset)))
+        jobs = [
+            fine_tune_job(tuning.sft, tuning.decoding, model, queries, name, messages, seed)
+            for name, messages in candidates.items()
+        ]
+        run = evaluation_run(tuning.decoding, model, rollout_engine, context.log.info)
+        evaluated = evaluate_models(jobs, run, context.log.info)
+        context.add_output_metadata(evaluation_metadata(evaluated, full_sft_reference(tuning.sft, refined_dataset)))
         return evaluated.table
 
     return [refined_model_evaluation]

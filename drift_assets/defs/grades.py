@@ -1,5 +1,7 @@
 """Grades: every rollout checked against its query's reference."""
 
+from dataclasses import dataclass
+
 import polars as pl
 from dagster import (
     AssetCheckSpec,
@@ -14,21 +16,31 @@ from drift_assets.core.runtime.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.defs.checkpoints import checkpoint_partitions
 from drift_assets.defs.checks import grades_enough_contrast_result, grades_have_mixed_queries_result
 from drift_assets.defs.metadata import table_metadata
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import GradingSettings, code_version, read_metadata, setting
 
 GRADES_VERSION = "2"  # 2: a checkpoint column, one partition per checkpoint
 
 
-def build_grade_assets(settings: Settings) -> list:
-    reads = Reads(settings, "grades", "grading")
-    options = reads.grading.options()
-    influence = reads.unversioned.influence  # the checks', which change no table
+@dataclass(frozen=True)
+class GradesGiven:
+    """How rollouts are graded (hashed); not hashed: the checkpoints, and what the mixed-queries check
+    asks of the grades (influence.targets, weighting and unsolved), which changes no table."""
+
+    grading: GradingSettings = setting("grading")
+    checkpoints: list[str]
+    targets: str
+    weighting: str
+    unsolved: str
+
+
+def build_grade_assets(given: GradesGiven) -> list:
+    options = given.grading.options()
 
     @asset(
         group_name="rollouts",
-        code_version=reads.code_version(GRADES_VERSION),
-        metadata={"partition_expr": "checkpoint", **reads.metadata()},
-        partitions_def=checkpoint_partitions(settings),
+        code_version=code_version(GRADES_VERSION, given),
+        metadata={"partition_expr": "checkpoint", **read_metadata(given)},
+        partitions_def=checkpoint_partitions(given.checkpoints),
         kinds={"python", "delta"},
         check_specs=[
             AssetCheckSpec(
@@ -68,7 +80,7 @@ def build_grade_assets(settings: Settings) -> list:
                 "pass_at_1": MetadataValue.float(summary["pass_at_1"]),
             },
         )
-        yield grades_have_mixed_queries_result(summary, influence.targets, influence.weighting, influence.unsolved)
+        yield grades_have_mixed_queries_result(summary, given.targets, given.weighting, given.unsolved)
         yield grades_enough_contrast_result(summary, context.log.warning)
 
     return [grades]

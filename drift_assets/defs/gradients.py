@@ -2,11 +2,12 @@
 
 import functools
 import time
+from dataclasses import asdict, dataclass
 
 import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, Output, asset
 
-from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionBasis
+from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionBasis, ProjectionOptions
 from drift_assets.core.gradients.tables import (
     gradient_frame,
     pool_token_pairs,
@@ -21,11 +22,11 @@ from drift_assets.core.runtime.cost import gradient_pass_cost
 from drift_assets.core.runtime.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.defs.checkpoints import checkpoint_model, checkpoint_partitions, checkpoint_shard_partitions, model_deps
 from drift_assets.defs.checks import vectors_result
-from drift_assets.defs.cost import full_sft_reference, stored_reference
+from drift_assets.defs.cost import CostPlan, full_sft_reference, stored_reference
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import Reads, Settings, projection_options, validation_answer_marker
+from drift_assets.settings import code_version, read_metadata, setting, setting_keys
 
 GRADIENTS_VERSION = "3"  # 3: partitioned by checkpoint (the training gradients by checkpoint × shard)
 # 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
@@ -33,15 +34,58 @@ GRADIENTS_VERSION = "3"  # 3: partitioned by checkpoint (the training gradients 
 VALIDATION_GRADIENTS_VERSION = "4"
 
 
-# What the projection is: the basis, and every gradient projected with it, hash these.
-PROJECTION_KEYS = (
-    "projection.target_modules",
-    "projection.rank",
-    "projection.basis",
-    "projection.seed",
-    "projection.loss_reduction",
-    "model.dtype",
-)
+@dataclass(frozen=True)
+class Projection:
+    """What the projection is: the basis, and every gradient projected with it, hash these."""
+
+    target_modules: str = setting("projection.target_modules")
+    rank: int = setting("projection.rank")
+    basis: str = setting("projection.basis")
+    seed: int = setting("projection.seed")
+    loss_reduction: str = setting("projection.loss_reduction")
+    dtype: str = setting("model.dtype")
+
+    def options(self, gradient_checkpointing: bool) -> ProjectionOptions:
+        chosen = {name: value for name, value in asdict(self).items() if name != "dtype"}  # the model resource's
+        return ProjectionOptions(**chosen, gradient_checkpointing=gradient_checkpointing)
+
+
+PROJECTION_KEYS = setting_keys(Projection)
+
+
+@dataclass(frozen=True)
+class ValidationSpan:
+    """Which tokens of each rollout and reference a validation gradient is the log-prob of."""
+
+    validation_span: str = setting("projection.validation_span")
+    answer_marker: str = setting("grading.answer_marker")
+
+    @property
+    def marker(self) -> str | None:
+        """Where validation gradients start: at the answer marker, or None for the whole completion."""
+        return self.answer_marker if self.validation_span == "answer" else None
+
+
+@dataclass(frozen=True)
+class GradientLayout:
+    """Sequences per pass and the training gradients' shards: hashed where the training gradients are."""
+
+    batch_size: int = setting("projection.batch_size")
+    shards: int = setting("projection.shards")
+
+
+@dataclass(frozen=True)
+class GradientsGiven:
+    """The projection and the validation span (hashed where used), the layout of the passes (hashed by
+    the training gradients), and, not hashed: gradient checkpointing (the same gradients, less memory),
+    the checkpoints and the cost plan."""
+
+    projection: Projection
+    span: ValidationSpan
+    layout: GradientLayout
+    gradient_checkpointing: bool
+    checkpoints: list[str]
+    cost: CostPlan
 
 
 def progress_logger(context: AssetExecutionContext, what: str, unit: str):
@@ -50,27 +94,23 @@ def progress_logger(context: AssetExecutionContext, what: str, unit: str):
     return Progress(what, 0, context.log.info, unit=unit, every_s=PROGRESS_EVERY_S, short_log=context.log.debug).update
 
 
-def build_gradient_assets(settings: Settings) -> list:
-    basis_reads = Reads(settings, "projection_basis", *PROJECTION_KEYS)
-    validation_reads = Reads(
-        settings, "validation_gradients", *PROJECTION_KEYS, "projection.validation_span", "grading.answer_marker"
+def build_gradient_assets(given: GradientsGiven) -> list:
+    options = given.projection.options(given.gradient_checkpointing)
+    batch_size, n_shards, answer_marker = given.layout.batch_size, given.layout.shards, given.span.marker
+    checkpoints = checkpoint_partitions(given.checkpoints)
+    sft = given.cost.sft  # the cost's reference SFT recipe: a metadata figure, no table changes with it
+    basis_given, validation_given, training_given = (
+        (given.projection,),
+        (given.projection, given.span),
+        (given.projection, given.layout),
     )
-    training_reads = Reads(
-        settings, "training_gradient_projections", *PROJECTION_KEYS, "projection.batch_size", "projection.shards"
-    )
-    options = projection_options(basis_reads)
-    batch_size = basis_reads.projection.batch_size
-    n_shards = training_reads.projection.shards
-    answer_marker = validation_answer_marker(validation_reads)
-    checkpoints = checkpoint_partitions(settings)
-    reads_all = basis_reads.unversioned  # the cost's reference SFT recipe: a metadata figure, no table changes with it
 
     @asset(
         group_name="attribution",
-        code_version=basis_reads.code_version(GRADIENTS_VERSION),
-        metadata={"partition_expr": "checkpoint", **basis_reads.metadata()},
+        code_version=code_version(GRADIENTS_VERSION, *basis_given),
+        metadata={"partition_expr": "checkpoint", **read_metadata(*basis_given)},
         partitions_def=checkpoints,
-        deps=model_deps(settings),
+        deps=model_deps(given.checkpoints),
         kinds={"pytorch", "delta"},
         **GPU_STEP,
         description="Per-layer projectors shared by validation and training gradients at each checkpoint "
@@ -97,7 +137,7 @@ def build_gradient_assets(settings: Settings) -> list:
             data_version=DataVersion(f"{fingerprint}-{basis.fingerprint()}"),
             metadata={
                 **basis.metadata(validation_queries.height, fingerprint),
-                **cost.metadata(stored_reference(reads_all, warehouse)),
+                **cost.metadata(stored_reference(sft, warehouse)),
             },
         )
 
@@ -109,8 +149,8 @@ def build_gradient_assets(settings: Settings) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=validation_reads.code_version(VALIDATION_GRADIENTS_VERSION),
-        metadata={"partition_expr": "checkpoint", **validation_reads.metadata()},
+        code_version=code_version(VALIDATION_GRADIENTS_VERSION, *validation_given),
+        metadata={"partition_expr": "checkpoint", **read_metadata(*validation_given)},
         partitions_def=checkpoints,
         kinds={"pytorch", "delta"},
         **GPU_STEP,
@@ -146,14 +186,14 @@ def build_gradient_assets(settings: Settings) -> list:
         cost = gradient_pass_cost("gradients", [tokens], time.perf_counter() - started, checkpoint)
         preview = table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"])
         shape = {"dimension": projector.dimension, "layers": len(projector.layers)}
-        yield Output(table, metadata={**preview, **shape, **cost.metadata(stored_reference(reads_all, warehouse))})
+        yield Output(table, metadata={**preview, **shape, **cost.metadata(stored_reference(sft, warehouse))})
         yield vectors_result("validation_gradients_vectors_finite", table)
 
     @asset(
         group_name="attribution",
-        code_version=training_reads.code_version(GRADIENTS_VERSION),
-        partitions_def=checkpoint_shard_partitions(settings),
-        metadata={"partition_expr": {"checkpoint": "checkpoint", "shard": "shard"}, **training_reads.metadata()},
+        code_version=code_version(GRADIENTS_VERSION, *training_given),
+        partitions_def=checkpoint_shard_partitions(given.checkpoints, n_shards),
+        metadata={"partition_expr": {"checkpoint": "checkpoint", "shard": "shard"}, **read_metadata(*training_given)},
         kinds={"pytorch", "delta"},
         **GPU_STEP,
         check_specs=[
@@ -189,7 +229,7 @@ def build_gradient_assets(settings: Settings) -> list:
             _pool_gradients, at_checkpoint, options, basis, batch_size, fingerprint, tick, context.log.debug
         )
         table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
-        seconds, reference = time.perf_counter() - started, full_sft_reference(reads_all, training_pool)
+        seconds, reference = time.perf_counter() - started, full_sft_reference(sft, training_pool)
         yield Output(table, metadata=_shard_metadata(table, checkpoint, examples, todo, reused, seconds, reference, model))
         yield vectors_result("vectors_finite", table)
 

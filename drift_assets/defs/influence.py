@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import polars as pl
 from dagster import (
@@ -24,20 +25,28 @@ from drift_assets.defs.checks import influence_complete_result
 from drift_assets.defs.gradients import progress_logger
 from drift_assets.defs.metadata import markdown_table, rounded, score_picture, table_metadata
 from drift_assets.resources import Warehouse
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import InfluenceSettings, code_version, read_metadata, setting
 
 INFLUENCE_VERSION = "2"  # 2: likely, the rows the likelihood guard ranks first
 
 
-def build_influence_assets(settings: Settings) -> list:
-    reads = Reads(settings, "influence_scores", "influence", "checkpoints")
-    influence = reads.influence
-    checkpoints = reads.checkpoints
+@dataclass(frozen=True)
+class InfluenceGiven:
+    """How the pool is scored, and at which checkpoints (hashed); the shards the training gradients
+    are read in, which lay the table out (not hashed)."""
+
+    influence: InfluenceSettings = setting("influence")
+    checkpoints: list[str] = setting("checkpoints")
+    shards: int
+
+
+def build_influence_assets(given: InfluenceGiven) -> list:
+    influence, checkpoints = given.influence, given.checkpoints
 
     @asset(
         group_name="attribution",
-        code_version=reads.code_version(INFLUENCE_VERSION),
-        metadata=reads.metadata(),
+        code_version=code_version(INFLUENCE_VERSION, given),
+        metadata=read_metadata(given),
         # Every partition of these, read checkpoint by checkpoint from the warehouse (streaming the shards).
         deps=["validation_gradients", "grades", "training_gradient_projections"],
         kinds={"numpy", "delta"},
@@ -78,7 +87,7 @@ def build_influence_assets(settings: Settings) -> list:
     )
     def influence_scores(context: AssetExecutionContext, training_pool: pl.DataFrame, warehouse: Warehouse):
         started = time.perf_counter()
-        tables = ConfiguredTables.configured_by(reads, warehouse)
+        tables = ConfiguredTables(warehouse, tuple(checkpoints), given.shards)
         tick = progress_logger(context, "scoring", "checkpoints")
         scored = stored_influence(
             tables, training_pool, influence.scoring(), context.log.info, lambda done: tick(done, len(checkpoints))

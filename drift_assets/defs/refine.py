@@ -5,6 +5,7 @@ import subprocess
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from dagster import (
@@ -33,59 +34,63 @@ from drift_assets.core.runtime.cost import CHOICE, StageCost, total
 from drift_assets.core.study.stats import roc_auc
 from drift_assets.core.training.evaluation import evaluate_models
 from drift_assets.defs.checks import selection_result
-from drift_assets.defs.cost import cost_metadata, recorded_pipeline_cost
-from drift_assets.defs.evaluate import FINE_TUNE_AND_EVALUATE, evaluation_run, fine_tune_job
-from drift_assets.defs.gradients import PROJECTION_KEYS
+from drift_assets.defs.cost import CostPlan, cost_metadata, recorded_pipeline_cost
+from drift_assets.defs.evaluate import FineTuning, evaluation_run, fine_tune_job
 from drift_assets.defs.metadata import rounded, score_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
-from drift_assets.settings import REPO_ROOT, Reads, Settings, export_inputs
+from drift_assets.settings import REPO_ROOT, code_version, read_metadata, setting
 
 REFINE_VERSION = "2"
 # 3: a Hugging Face dataset: prompt/completion, rank, the unselected rows with their reason, a card
 EXPORT_VERSION = "3"
-# The settings that shape the selection (read by the assets it comes from): the dataset card names
-# their values, so the export reads them (and is versioned by them).
-SHAPING_SETTINGS = (
-    "data.max_example_tokens",
-    "rollout",
-    "grading",
-    *PROJECTION_KEYS,
-    "projection.validation_span",
-    "warmup_schedule",
-    "warmup.lora",
-    "influence",
-    "selection.method",
-    "selection.fraction",
-    "selection.k",
-    "selection.choose_among",
-)
-# What choosing among selections fine-tunes and decodes with, read only where it chooses.
-CHOICE_SETTINGS = ("benchmark.sft", "benchmark.seeds", *FINE_TUNE_AND_EVALUATE)
 
 
-def build_refine_assets(settings: Settings) -> list:
-    chooses = bool(settings.selection.choose_among)
-    reads = Reads(
-        settings,
-        "refined_dataset",
-        "selection.method",
-        "selection.fraction",
-        "selection.k",
-        "selection.choose_among",
-        *(CHOICE_SETTINGS if chooses else ()),
-    )
-    export_reads = Reads(
-        settings, "refined_dataset_export", "selection.export_dir", "selection.evaluation_columns", *SHAPING_SETTINGS
-    )
-    selection = reads.selection
-    export_dir = export_reads.resolve(export_reads.selection.export_dir)
-    inputs = export_inputs(settings)  # locations: what the export may never write over
+@dataclass(frozen=True)
+class Selection:
+    method: str = setting("selection.method")
+    fraction: float = setting("selection.fraction")
+    k: int | None = setting("selection.k")
+    choose_among: list[str] = setting("selection.choose_among")
+
+
+@dataclass(frozen=True)
+class Export:
+    export_dir: str = setting("selection.export_dir")
+    evaluation_columns: list[str] = setting("selection.evaluation_columns")
+
+
+@dataclass(frozen=True)
+class RefineGiven:
+    """The selection, and what choosing among selections fine-tunes and decodes with (None: it does not
+    choose), hashed by refined_dataset; the export's settings and the values of the settings that shaped
+    the selection (its card names them), hashed by refined_dataset_export. Not hashed: where the export
+    goes and what it may never write over (locations), what the card names of the model and the
+    checkpoints, and the cost plan."""
+
+    selection: Selection
+    choosing: FineTuning | None
+    export: Export
+    shaping: dict[str, Any]
+    export_dir: str
+    inputs: dict[str, str | None]
+    model_path: str
+    checkpoints: list[str]
+    cost: CostPlan
+
+
+def build_refine_assets(given: RefineGiven) -> list:
+    selection, chooses, export_dir, inputs = given.selection, given.choosing is not None, given.export_dir, given.inputs
+    refine_given, export_given = (selection, given.choosing), (given.export, given.shaping)
+    versions = {
+        "refined_dataset": code_version(REFINE_VERSION, *refine_given),
+        "refined_dataset_export": code_version(EXPORT_VERSION, *export_given),
+    }
 
     @asset(
         group_name="refinement",
-        code_version=reads.code_version(REFINE_VERSION),
-        metadata=reads.metadata(),
+        code_version=versions["refined_dataset"],
+        metadata=read_metadata(*refine_given),
         kinds={"polars", "delta"},
         # Where it chooses, the validation queries and what fine-tunes and decodes: the default graph is unchanged.
         ins={"validation_queries": AssetIn(dagster_type=pl.DataFrame)} if chooses else None,
@@ -103,7 +108,7 @@ def build_refine_assets(settings: Settings) -> list:
             raise ValueError(problem)
         selected = select(influence_scores, selection.method, selection.fraction, selection.k)
         candidates = candidate_selections(influence_scores, selected, selection.choose_among)
-        choice = _choose(context, reads, candidates, influence_scores, training_pool, chooser.get("validation_queries"))
+        choice = _choose(context, given.choosing, candidates, influence_scores, training_pool, chooser.get("validation_queries"))
         kept, ranked = (choice.chosen, choice.ranked(influence_scores)) if choice else ("drift", influence_scores)
         table = refined_table(training_pool, ranked, candidates[kept])
         chosen = table.filter("selected")
@@ -113,7 +118,7 @@ def build_refine_assets(settings: Settings) -> list:
         if warning:
             context.log.warning(warning)
             metadata["warning"] = warning
-        metadata.update(_refinement_cost(context, reads, training_pool, choice))
+        metadata.update(_refinement_cost(context, given.cost, training_pool, choice))
         context.add_output_metadata(metadata)
         return table
 
@@ -153,8 +158,8 @@ def build_refine_assets(settings: Settings) -> list:
 
     @asset(
         group_name="refinement",
-        code_version=export_reads.code_version(EXPORT_VERSION),
-        metadata=export_reads.metadata(),
+        code_version=versions["refined_dataset_export"],
+        metadata=read_metadata(*export_given),
         kinds={"polars", "delta"},
         description="The export folder as a Hugging Face dataset (selection.export_dir): the selection (train split) and "
         "the rows left out with their reason (unselected split), in TRL's prompt/completion format, and a README.md "
@@ -164,12 +169,12 @@ def build_refine_assets(settings: Settings) -> list:
     def refined_dataset_export(
         context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
     ) -> pl.DataFrame:
-        facts = card_facts(export_reads, reads, warehouse, context.run_id)
+        facts = card_facts(given, versions, warehouse, context.run_id)
         paths = export_dataset(
             refined_dataset,
             export_dir,
             facts,
-            evaluation_only=export_reads.selection.evaluation_columns,
+            evaluation_only=given.export.evaluation_columns,
             inputs=inputs,
             previously_exported=_previous_export(warehouse),
         )
@@ -191,11 +196,11 @@ def build_refine_assets(settings: Settings) -> list:
 
 
 def _refinement_cost(
-    context: AssetExecutionContext, reads: Reads, training_pool: pl.DataFrame, choice: "ValidatedChoice | None"
+    context: AssetExecutionContext, plan: CostPlan, training_pool: pl.DataFrame, choice: "ValidatedChoice | None"
 ) -> dict:
     """What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run),
     with this step's own fine-tunes where it chose among selections (and their cost apart)."""
-    cost = recorded_pipeline_cost(context.instance, reads.unversioned, training_pool, before="refined_dataset")
+    cost = recorded_pipeline_cost(context.instance, plan, training_pool, before="refined_dataset")
     own = {}
     if choice is not None:
         cost = cost.with_part(choice.cost)
@@ -228,7 +233,7 @@ class ValidatedChoice:
 
 def _choose(
     context: AssetExecutionContext,
-    reads: Reads,
+    choosing: FineTuning | None,
     candidates: dict[str, pl.Series],
     scores: pl.DataFrame,
     training_pool: pl.DataFrame,
@@ -244,12 +249,12 @@ def _choose(
     log = context.log.info
     messages = dict(zip(training_pool["example_id"], training_pool["messages"], strict=True))
     queries = validation_queries.select("query_id", "prompt", "reference", "grader").to_dicts()
-    seed = reads.benchmark.seeds[0]
+    seed, sft, decoding = choosing.seeds[0], choosing.sft, choosing.decoding
     jobs = [
-        fine_tune_job(reads, model, queries, name, [messages[i] for i in sorted(scores.filter(mask)["example_id"])], seed)
+        fine_tune_job(sft, decoding, model, queries, name, [messages[i] for i in sorted(scores.filter(mask)["example_id"])], seed)
         for name, mask in candidates.items()
     ]
-    evaluated = evaluate_models(jobs, evaluation_run(reads, model, rollout_engine, log), log)
+    evaluated = evaluate_models(jobs, evaluation_run(decoding, model, rollout_engine, log), log)
     choice = ValidatedChoice({name: evaluated.accuracy(name) for name in candidates}, total(evaluated.costs, CHOICE))
     log(f"selection: {choice.chosen}'s kept, of " + ", ".join(f"{n} {a:.3f}" for n, a in choice.accuracies.items()))
     return choice
@@ -272,22 +277,19 @@ def _selection_metadata(table: pl.DataFrame, chosen: pl.DataFrame) -> dict:
     return metadata
 
 
-def card_facts(export_reads: Reads, reads: Reads, warehouse: Warehouse, run_id: str) -> CardFacts:
+def card_facts(given: RefineGiven, code_versions: dict[str, str], warehouse: Warehouse, run_id: str) -> CardFacts:
     """What the dataset card says of how the selection was made: the model, the shaping settings, the
     code versions, the package and commit, the run."""
     return CardFacts(
-        model_path=export_reads.model_path,
+        model_path=given.model_path,
         model_fingerprint=_scored_model_fingerprint(warehouse),
-        settings=export_reads.values(*SHAPING_SETTINGS),
-        code_versions={
-            "refined_dataset": reads.code_version(REFINE_VERSION),
-            "refined_dataset_export": export_reads.code_version(EXPORT_VERSION),
-        },
+        settings=given.shaping,
+        code_versions=code_versions,
         package_version=_package_version(),
         git_commit=_git_commit(),
         run_id=run_id,
-        selection_method=export_reads.selection.method,
-        checkpoints=export_reads.checkpoints,
+        selection_method=given.shaping["selection.method"],
+        checkpoints=given.checkpoints,
     )
 
 

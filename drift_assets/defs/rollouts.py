@@ -1,6 +1,7 @@
 """On-policy rollouts: the model's own samples for every validation query, at each checkpoint."""
 
 import time
+from dataclasses import dataclass
 
 import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, Output, asset
@@ -10,29 +11,38 @@ from drift_assets.core.generation.rollouts import query_progress, sample_rollout
 from drift_assets.core.runtime.cost import generation_cost
 from drift_assets.defs.checkpoints import checkpoint_model, checkpoint_partitions, model_deps
 from drift_assets.defs.checks import rollouts_complete_result, rollouts_not_degenerate_result, schema_and_ids_result
-from drift_assets.defs.cost import stored_reference
+from drift_assets.defs.cost import CostPlan, stored_reference
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse, engine_kind
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import RolloutSettings, code_version, read_metadata, setting
 
 ROLLOUTS_VERSION = "3"  # 2: the sampled token_ids are kept; 3: a checkpoint column, one partition per checkpoint
 ROLLOUT_COLUMNS = {"checkpoint": pl.String, "rollout_id": pl.String, "query_id": pl.String, "logprob_sum": pl.Float64}
 
 
-def build_rollout_assets(settings: Settings) -> list:
-    # The model and rollout-engine resources sample with these.
-    reads = Reads(settings, "rollouts", "rollout", "model.dtype")
-    samples_per_query = reads.rollout.samples_per_query
-    limit = reads.unversioned.grading.max_empty_or_truncated_fraction  # the check's, which changes no table
+@dataclass(frozen=True)
+class RolloutsGiven:
+    """How the rollouts are sampled (the model and rollout-engine resources sample with these: hashed);
+    not hashed: the checkpoints, the degenerate-rollouts check's limit and the cost plan."""
+
+    rollout: RolloutSettings = setting("rollout")
+    dtype: str = setting("model.dtype")
+    checkpoints: list[str]
+    max_empty_or_truncated_fraction: float
+    cost: CostPlan
+
+
+def build_rollout_assets(given: RolloutsGiven) -> list:
+    samples_per_query, limit, sft = given.rollout.samples_per_query, given.max_empty_or_truncated_fraction, given.cost.sft
 
     @asset(
         group_name="rollouts",
-        code_version=reads.code_version(ROLLOUTS_VERSION),
-        metadata={"partition_expr": "checkpoint", **reads.metadata()},
-        partitions_def=checkpoint_partitions(settings),
-        deps=model_deps(settings),
-        kinds={engine_kind(settings.rollout.backend), "delta"},
+        code_version=code_version(ROLLOUTS_VERSION, given),
+        metadata={"partition_expr": "checkpoint", **read_metadata(given)},
+        partitions_def=checkpoint_partitions(given.checkpoints),
+        deps=model_deps(given.checkpoints),
+        kinds={engine_kind(given.rollout.backend), "delta"},
         **GPU_STEP,
         check_specs=[
             AssetCheckSpec(
@@ -75,7 +85,7 @@ def build_rollout_assets(settings: Settings) -> list:
             table, report = sample_rollouts(engine, tokenizer, validation_queries, sampling, fingerprint, progress)
         seconds = time.perf_counter() - started
         table = table.select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
-        reference = stored_reference(reads.unversioned, warehouse)
+        reference = stored_reference(sft, warehouse)
         yield Output(table, metadata=_rollout_metadata(table, report, seconds, checkpoint, reference))
         yield rollouts_complete_result(table, samples_per_query)
         yield rollouts_not_degenerate_result(table, limit, lambda: _weights_problem(at_checkpoint))

@@ -4,6 +4,7 @@ A source's data version is a content hash: new data marks exactly its downstream
 unchanged file observed again changes nothing.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -13,17 +14,42 @@ from drift_assets.core.data.fingerprint import check_model_directory, content_ha
 from drift_assets.core.data.pool import NormalizedPool, load_queries, normalize_pool, read_rows, reject_reasons, require_examples
 from drift_assets.core.data.sequences import bos_warning, untemplated_turns_warning
 from drift_assets.core.generation.engines import model_config, resolve_max_model_len
-from drift_assets.core.grading.graders import validate_grader
+from drift_assets.core.grading.graders import GradingOptions, validate_grader
 from drift_assets.defs.automation import observe_condition
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.resources import ModelResource
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import code_version, read_metadata, setting
 
 POOL_VERSION = "2"  # 2: text in NFC, ids from it (an NFD twin is a duplicate)
 QUERIES_VERSION = "2"  # 2: ids with control characters and references beyond data.max_example_tokens quarantined
 # An observation is recorded in the instance: the warehouse's check that the instance keeps its history
 # (drift_assets.resources.Warehouse) holds for observations launched from the UI too.
 OBSERVER_RESOURCES = {"warehouse"}
+
+
+@dataclass(frozen=True)
+class PoolLimit:
+    max_example_tokens: int | None = setting("data.max_example_tokens")
+
+
+@dataclass(frozen=True)
+class QueryGraders:
+    default_grader: str = setting("grading.default_grader")
+    custom_graders: list[str] = setting("grading.custom_graders")
+
+
+@dataclass(frozen=True)
+class SourcesGiven:
+    """What the sources and their tables are given: ``limit`` and ``graders`` (hashed where read); the
+    inputs' paths as written and resolved (observed, not hashed); ``allowed_graders`` (of ``graders``);
+    and ``grading``, each grader's pre-flight check, which changes no row."""
+
+    limit: PoolLimit
+    graders: QueryGraders
+    allowed_graders: tuple[str, ...]
+    grading: GradingOptions
+    written: dict[str, str | None]  # data.training_pool, data.validation_queries, data.test_queries, model.path
+    resolved: dict[str, str | None]
 
 
 def _source(description: str):
@@ -42,21 +68,22 @@ def _observe(path: str, what: str) -> DataVersion:
     return DataVersion(content_hash(path))
 
 
-def build_source_assets(settings: Settings) -> list:
-    pool_path = settings.resolve(settings.data.training_pool)
-    validation_path = settings.resolve(settings.data.validation_queries)
-    model_path = settings.model_path
-    pool_reads = Reads(settings, "training_pool", "data.max_example_tokens")
+def build_source_assets(given: SourcesGiven) -> list:
+    written, resolved = given.written, given.resolved
+    pool_path, validation_path, model_path = (
+        resolved[key] for key in ("data.training_pool", "data.validation_queries", "model.path")
+    )
+    pool_limit = given.limit.max_example_tokens
 
-    @_source(f"The training pool input: {settings.data.training_pool}")
+    @_source(f"The training pool input: {written['data.training_pool']}")
     def training_pool_source() -> DataVersion:
         return _observe(pool_path, "data.training_pool")
 
-    @_source(f"The validation queries input: {settings.data.validation_queries}")
+    @_source(f"The validation queries input: {written['data.validation_queries']}")
     def validation_queries_source() -> DataVersion:
         return _observe(validation_path, "data.validation_queries")
 
-    @_source(f"The base model directory: {settings.model.path}")
+    @_source(f"The base model directory: {written['model.path']}")
     def base_model() -> DataVersion:
         if not Path(model_path).exists():
             raise FileNotFoundError(f"model.path: {model_path} does not exist")
@@ -69,22 +96,22 @@ def build_source_assets(settings: Settings) -> list:
                 group_name="inputs",
                 kinds={"delta"},
                 # Extra input columns are carried through, so the table's schema follows the input's.
-                metadata={"overwrite_schema": True, **pool_reads.metadata()},
-                code_version=pool_reads.code_version(POOL_VERSION),
+                metadata={"overwrite_schema": True, **read_metadata(given.limit)},
+                code_version=code_version(POOL_VERSION, given.limit),
                 description="The SFT pool, one row per usable example, with stable example_id and token counts.",
             ),
             "training_pool_rejects": AssetOut(
                 group_name="inputs",
                 kinds={"delta"},
-                metadata=pool_reads.metadata(),
-                code_version=pool_reads.code_version(POOL_VERSION),
+                metadata=read_metadata(given.limit),
+                code_version=code_version(POOL_VERSION, given.limit),
                 description="Quarantined pool rows: row number, raw text, and the reason.",
             ),
         },
         deps=[training_pool_source, base_model],  # token counts use the model's tokenizer
     )
     def training_pool(context: AssetExecutionContext, model: ModelResource):
-        max_tokens = resolve_max_model_len(pool_reads.data.max_example_tokens, model.path, "data.max_example_tokens")
+        max_tokens = resolve_max_model_len(pool_limit, model.path, "data.max_example_tokens")
         tokenizer = model.load_tokenizer()
         bos = bos_warning(tokenizer, model_config(model.path).get("bos_token_id"))
         if bos:
@@ -102,13 +129,12 @@ def build_source_assets(settings: Settings) -> list:
         require_examples(examples, rejects, pool_path)
         yield Output(examples, output_name="training_pool", metadata=_pool_metadata(normalized, bos, turns))
 
-    def _queries_asset(name: str, relative_path: str, deps: list, description: str, references: bool):
+    def _queries_asset(name: str, input_key: str, deps: list, description: str, references: bool):
         """``references``: the queries' reference answers are differentiated (validation), so one
         longer than data.max_example_tokens is quarantined, as a pool example is."""
-        path = settings.resolve(relative_path)
-        keys = ("grading.default_grader", "grading.custom_graders", *(["data.max_example_tokens"] if references else []))
-        reads = Reads(settings, name, *keys)
-        allowed_graders = settings.grading.allowed_graders()  # from the two settings read
+        path = resolved[input_key]
+        parts = (given.graders, given.limit) if references else (given.graders,)
+        default_grader, allowed_graders, grading = given.graders.default_grader, given.allowed_graders, given.grading
 
         @multi_asset(
             name=name,
@@ -117,8 +143,8 @@ def build_source_assets(settings: Settings) -> list:
                     group_name="inputs",
                     kinds={"delta"},
                     description=description,
-                    metadata=reads.metadata(),
-                    code_version=reads.code_version(QUERIES_VERSION),
+                    metadata=read_metadata(*parts),
+                    code_version=code_version(QUERIES_VERSION, *parts),
                 )
             },
             deps=[*deps, base_model] if references else deps,  # the references' lengths are in the model's tokens
@@ -128,14 +154,14 @@ def build_source_assets(settings: Settings) -> list:
             limit = {}
             if references:
                 model = context.resources.model
-                max_tokens = resolve_max_model_len(reads.data.max_example_tokens, model.path, "data.max_example_tokens")
+                max_tokens = resolve_max_model_len(pool_limit, model.path, "data.max_example_tokens")
                 limit = {"tokenizer": model.load_tokenizer(), "max_tokens": max_tokens}
-            queries, rejects = load_queries(path, reads.grading.default_grader, allowed_graders, **limit)
+            queries, rejects = load_queries(path, default_grader, allowed_graders, **limit)
             for row in rejects.iter_rows(named=True):
                 context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
             for grader in queries["grader"].unique().to_list():
                 # A pre-flight check (it changes no row): fail here, not after an hour of rollouts.
-                validate_grader(grader, reads.unversioned.grading.options())
+                validate_grader(grader, grading)
             if queries.is_empty():
                 raise ValueError(f"{path}: no usable queries ({rejects.height} rejected)")
             context.add_output_metadata({**table_metadata(queries), "rejected_rows": rejects.height})
@@ -150,20 +176,20 @@ def build_source_assets(settings: Settings) -> list:
         training_pool,
         _queries_asset(
             "validation_queries",
-            settings.data.validation_queries,
+            "data.validation_queries",
             [validation_queries_source],
             "Validation queries: query_id, prompt, reference (answer), reference_response, grader.",
             references=True,
         ),
     ]
-    if settings.data.test_queries:
-        test_path = settings.resolve(settings.data.test_queries)
+    if written["data.test_queries"]:
+        test_path = resolved["data.test_queries"]
 
         @observable_source_asset(
             group_name="sources",
             automation_condition=observe_condition(),
             required_resource_keys=OBSERVER_RESOURCES,
-            description=f"Held-out test queries input: {settings.data.test_queries}",
+            description=f"Held-out test queries input: {written['data.test_queries']}",
         )
         def test_queries_source() -> DataVersion:
             return _observe(test_path, "data.test_queries")
@@ -172,7 +198,7 @@ def build_source_assets(settings: Settings) -> list:
             test_queries_source,
             _queries_asset(
                 "test_queries",
-                settings.data.test_queries,
+                "data.test_queries",
                 [test_queries_source],
                 "Held-out test queries for evaluating fine-tuned models.",
                 references=False,

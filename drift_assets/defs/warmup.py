@@ -8,7 +8,9 @@ listed model directory is checked and recorded as a partition instead.
 """
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from dagster import AssetExecutionContext, BackfillPolicy, asset
@@ -23,11 +25,11 @@ from drift_assets.core.attribution.trajectory import (
 )
 from drift_assets.core.runtime.cost import StageCost, trained_cost
 from drift_assets.defs.checkpoints import WARMUP, saved_checkpoint, warmup_partitions
-from drift_assets.defs.cost import full_sft_reference, stored_reference
+from drift_assets.defs.cost import CostPlan, full_sft_reference, stored_reference
 from drift_assets.defs.metadata import loss_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import Reads, Settings
+from drift_assets.settings import LoraSettings, code_version, read_metadata, setting, warmup_options
 
 # 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint; 4: LoRA adapters (warmup.lora);
 # 5: AdamW's moments beside each checkpoint (warmup.optimizer_state)
@@ -35,15 +37,48 @@ WARMUP_VERSION = "5"
 GIVEN_VERSION = "1"  # warmup.checkpoints: the listed directories, checked and recorded
 
 
-def _warmup_asset(settings: Settings, reads: Reads, version: str, description: str, **placement):
+@dataclass(frozen=True)
+class WarmupRun:
+    """The warm-up run as it will be run (hashed)."""
+
+    schedule: dict[str, Any] = setting("warmup_schedule")
+    lora: LoraSettings | None = setting("warmup.lora")
+    dtype: str = setting("model.dtype")
+    saves_optimizer_state: bool = setting("warmup_saves_optimizer_state")
+
+
+@dataclass(frozen=True)
+class ListedCheckpoints:
+    """The model directories warmup.checkpoints lists, as written (hashed)."""
+
+    paths: list[str] = setting("warmup.checkpoints")
+    dtype: str = setting("model.dtype")
+
+
+@dataclass(frozen=True)
+class WarmupGiven:
+    """A warm-up run, or the checkpoints listed in its place (the other None); not hashed: where they are
+    (the run's directory, the listed ones resolved), gradient checkpointing (the same run, less memory),
+    the checkpoints and the cost plan."""
+
+    run: WarmupRun | None
+    listed: ListedCheckpoints | None
+    directory: str
+    resolved: dict[str, str]
+    gradient_checkpointing: bool
+    checkpoints: list[str]
+    cost: CostPlan
+
+
+def _warmup_asset(given: WarmupGiven, version: str, description: str, **placement):
     """The decorator of ``warmup_checkpoints``, trained or given: one partition per checkpoint, every
     partition a run asks for written by that one run."""
     return asset(
         name=WARMUP,
         group_name="attribution",
-        code_version=reads.code_version(version),
-        metadata={"partition_expr": "checkpoint", **reads.metadata()},
-        partitions_def=warmup_partitions(settings),
+        code_version=code_version(version, given.run or given.listed),
+        metadata={"partition_expr": "checkpoint", **read_metadata(given.run or given.listed)},
+        partitions_def=warmup_partitions(given.checkpoints),
         backfill_policy=BackfillPolicy.single_run(),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
@@ -52,19 +87,18 @@ def _warmup_asset(settings: Settings, reads: Reads, version: str, description: s
     )
 
 
-def build_warmup_assets(settings: Settings) -> list:
-    if settings.warmup.checkpoints:
-        return [_given_checkpoints(settings)]
-    reads = Reads(settings, WARMUP, "warmup_schedule", "warmup.lora", "model.dtype", "warmup_saves_optimizer_state")
-    steps_of = {checkpoint_key(step): step for step in reads.warmup_steps}
-    warmup_options = reads.warmup_options()
-    lora = reads.warmup.lora.options() if reads.warmup.lora else None
-    directory = Path(reads.resolve(reads.warmup.checkpoint_dir))
+def build_warmup_assets(given: WarmupGiven) -> list:
+    if given.run is None:
+        return [_given_checkpoints(given)]
+    run_given = given.run
+    steps_of = {checkpoint_key(step): step for step in run_given.schedule["steps"]}
+    options = warmup_options(run_given.schedule, given.gradient_checkpointing)
+    lora = run_given.lora.options() if run_given.lora else None
+    directory, sft = Path(given.directory), given.cost.sft
 
     # The run trains once up to the last step asked for and saves every step asked for on the way.
     @_warmup_asset(
-        settings,
-        reads,
+        given,
         WARMUP_VERSION,
         "SFT on the whole pool at a constant learning rate (of every weight, or of LoRA adapters), "
         "saved at the warm-up steps as model directories (or adapter directories).",
@@ -78,9 +112,9 @@ def build_warmup_assets(settings: Settings) -> list:
         base = model.fingerprint()
         run_directory = warmup_run_directory(directory, base, lora is not None)
         messages = training_pool["messages"].to_list()
-        saves_optimizer = reads.warmup_saves_optimizer_state
+        saves_optimizer = run_given.saves_optimizer_state
         losses, run = warm_up_into(
-            run_directory, network, tokenizer, messages, warmup_options, steps, context.log.info, lora, saves_optimizer
+            run_directory, network, tokenizer, messages, options, steps, context.log.info, lora, saves_optimizer
         )
         paths = [run_directory / key for key in keys]
         table = _checkpoints_table(model, keys, paths, base, steps, [losses[step] for step in steps])
@@ -90,7 +124,7 @@ def build_warmup_assets(settings: Settings) -> list:
             {
                 **table_metadata(table, preview_rows=len(paths)),
                 "loss_curve": loss_picture({"warm-up SFT": run.losses}),
-                **cost.metadata(full_sft_reference(reads.unversioned, training_pool)),
+                **cost.metadata(full_sft_reference(sft, training_pool)),
             }
         )
         return table
@@ -98,16 +132,14 @@ def build_warmup_assets(settings: Settings) -> list:
     return [warmup_checkpoints]
 
 
-def _given_checkpoints(settings: Settings):
+def _given_checkpoints(warmup: WarmupGiven):
     """``warmup_checkpoints`` where ``warmup.checkpoints`` lists the directories: each checked (a model
     directory with model.path's tokenizer) and recorded as its partition, nothing trained. It reads
     no pool: the directories are what they are whatever the pool holds now."""
-    reads = Reads(settings, WARMUP, "warmup.checkpoints", "model.dtype")
-    given = reads.given_checkpoints
+    given, sft = warmup.resolved, warmup.cost.sft
 
     @_warmup_asset(
-        settings,
-        reads,
+        warmup,
         GIVEN_VERSION,
         "The model directories warmup.checkpoints lists (checkpoints of a fine-tune already run), checked "
         "against model.path's tokenizer and recorded: no warm-up run is trained.",
@@ -127,7 +159,7 @@ def _given_checkpoints(settings: Settings):
         context.add_output_metadata(
             {
                 **table_metadata(table, preview_rows=len(keys)),
-                **cost.metadata(stored_reference(reads.unversioned, warehouse)),
+                **cost.metadata(stored_reference(sft, warehouse)),
             }
         )
         return table

@@ -344,10 +344,10 @@ def test_default_projection_ranks_like_exact_gradients_on_the_demo_model(demo_di
     from drift_assets.core.gradients.projection import LinearGradientProjector, ProjectionOptions, fit_basis, project_in_batches
     from drift_assets.core.gradients.tables import pool_token_pairs, query_token_pairs
     from drift_assets.core.study.stats import spearman
-    from drift_assets.settings import load_settings, projection_options
+    from drift_assets.settings import load_settings
     from drift_assets.tasks.demo_task import Problem, format_response, plausible_wrong_answer, query_rows, training_pool_rows
 
-    options = projection_options(load_settings())  # the shipped data/settings.yaml
+    options = load_settings().projection.options()  # the shipped data/settings.yaml
     settings = shared_settings(demo_dir)
     model = AutoModelForCausalLM.from_pretrained(settings.model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)

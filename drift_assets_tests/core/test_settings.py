@@ -186,9 +186,14 @@ def test_with_overrides_validates(tmp_path):
         settings.with_overrides(selection={"method": "top_k"})
 
 
-def test_a_group_gives_the_cores_options_by_name_and_refuses_an_option_it_does_not_hold(tmp_path):
+def test_a_group_gives_the_cores_options_by_name_and_holds_every_option(tmp_path):
+    import dataclasses
+
+    from drift_assets.core.gradients.projection import ProjectionOptions
+    from drift_assets.core.grading.graders import GradingOptions
+    from drift_assets.core.training.adapters import LoraOptions
     from drift_assets.core.training.sft import SftOptions
-    from drift_assets.settings import LoraSettings, SftSettings
+    from drift_assets.settings import GradingSettings, LoraSettings, ProjectionSettings, SftSettings
 
     settings = SftSettings(steps=7, batch_size=3, learning_rate=0.5, weight_decay=0.1, schedule="constant", epochs=2.0)
     options = settings.options(seed=11)
@@ -196,6 +201,15 @@ def test_a_group_gives_the_cores_options_by_name_and_refuses_an_option_it_does_n
     assert (options.schedule, options.epochs, options.seed) == ("constant", 2.0, 11)
     lora = LoraSettings(rank=4, alpha=2.0, dropout=0.25, target_modules="x")
     assert lora.options().__dict__ == {"rank": 4, "alpha": 2.0, "dropout": 0.25, "target_modules": "x"}
-    # SftOptions' seed is no field of the SFT settings: without it the conversion fails, naming it.
-    with pytest.raises(TypeError, match=r"SftSettings gives SftOptions no \['seed'\]"):
-        settings.as_options(SftOptions)
+    # Every option of the core's comes from its settings group (or, SftOptions' seed, from the call):
+    # a new core option is a setting, not a default that silently stands in for one.
+    for group, options_class, at_call in (
+        (SftSettings, SftOptions, {"seed"}),
+        (LoraSettings, LoraOptions, set()),
+        (GradingSettings, GradingOptions, set()),
+        (ProjectionSettings, ProjectionOptions, set()),
+    ):
+        names = {field.name for field in dataclasses.fields(options_class)}
+        assert names - at_call <= set(group.model_fields), (options_class.__name__, names - set(group.model_fields))
+    assert GradingSettings(numeric_tolerance=0.5).options().numeric_tolerance == 0.5
+    assert ProjectionSettings(rank=3, gradient_checkpointing=True).options().rank == 3
