@@ -93,10 +93,10 @@ def _summary(settings, instance=None) -> str:
                 f"[{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}] on {row['n_queries']} test queries"
             )
     if instance is not None and pool is not None and scores is not None:
-        from drift_assets.defs.cost import recorded_pipeline_cost
-        from drift_assets.given import cost_plan
+        from drift_assets.defs.cost import CostPlan, recorded_pipeline_cost
+        from drift_assets.settings import given
 
-        cost = recorded_pipeline_cost(instance, cost_plan(settings), pool)
+        cost = recorded_pipeline_cost(instance, given(CostPlan, settings), pool)
         if cost.parts:
             head, split = cost.lines()
             lines += [f"cost                     {head}", f"                         {split}"]

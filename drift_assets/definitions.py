@@ -5,20 +5,19 @@ from pathlib import Path
 
 from dagster import AssetChecksDefinition, Definitions, ExecutorDefinition, in_process_executor, load_from_defs_folder
 
-from drift_assets import given
 from drift_assets.defs.automation import automation_sensor, build_jobs, current_checks, with_automation
-from drift_assets.defs.benchmark import build_benchmark
-from drift_assets.defs.demo import build_demo_assets
-from drift_assets.defs.evaluate import build_evaluation_assets
-from drift_assets.defs.grades import build_grade_assets
-from drift_assets.defs.gradients import build_gradient_assets
-from drift_assets.defs.influence import build_influence_assets
-from drift_assets.defs.refine import build_refine_assets
-from drift_assets.defs.rollouts import build_rollout_assets
-from drift_assets.defs.sources import build_source_assets
-from drift_assets.defs.warmup import build_warmup_assets
+from drift_assets.defs.benchmark import BenchmarkGiven, OnPolicySpan, build_benchmark
+from drift_assets.defs.demo import DemoGiven, build_demo_assets
+from drift_assets.defs.evaluate import FineTuning, build_evaluation_assets
+from drift_assets.defs.grades import GradesGiven, build_grade_assets
+from drift_assets.defs.gradients import GradientsGiven, build_gradient_assets
+from drift_assets.defs.influence import InfluenceGiven, build_influence_assets
+from drift_assets.defs.refine import RefineGiven, build_refine_assets
+from drift_assets.defs.rollouts import RolloutsGiven, build_rollout_assets
+from drift_assets.defs.sources import SourcesGiven, build_source_assets
+from drift_assets.defs.warmup import ListedCheckpoints, WarmupGiven, WarmupRun, build_warmup_assets
 from drift_assets.resources import Warehouse, model_resource, rollout_engine_resource
-from drift_assets.settings import Settings, load_settings
+from drift_assets.settings import Settings, given, load_settings
 from drift_assets.terminal import hide_beta_warnings, terminal_logger
 
 # dg, the webserver and the daemon load this module: Dagster's notices that the observable sources and
@@ -27,22 +26,31 @@ hide_beta_warnings()
 
 
 def build_definitions(settings: Settings, executor: ExecutorDefinition = in_process_executor) -> Definitions:
+    """Each stage is given only its part of the settings (drift_assets.settings.given)."""
+    fine_tuning = given(FineTuning, settings)  # the evaluation's, and choosing among selections'
     assets = [
-        *build_source_assets(given.sources(settings)),
-        *build_rollout_assets(given.rollouts(settings)),
-        *build_grade_assets(given.grades(settings)),
-        *build_gradient_assets(given.gradients(settings)),
-        *build_influence_assets(given.influence(settings)),
-        *build_refine_assets(given.refine(settings)),
+        *build_source_assets(given(SourcesGiven, settings)),
+        *build_rollout_assets(given(RolloutsGiven, settings)),
+        *build_grade_assets(given(GradesGiven, settings)),
+        *build_gradient_assets(given(GradientsGiven, settings)),
+        *build_influence_assets(given(InfluenceGiven, settings)),
+        *build_refine_assets(given(RefineGiven, settings, choosing=fine_tuning if settings.selection.choose_among else None)),
     ]
     if settings.checkpoints[1:]:  # a warm-up run's checkpoints, or the directories warmup.checkpoints lists
-        assets += build_warmup_assets(given.warmup(settings))
+        listed = bool(settings.warmup.checkpoints)  # in place of a warm-up run
+        run = None if listed else given(WarmupRun, settings)
+        assets += build_warmup_assets(
+            given(WarmupGiven, settings, run=run, listed=given(ListedCheckpoints, settings) if listed else None)
+        )
     jobs, sensors = [], [automation_sensor()]
     if settings.data.test_queries:
-        assets += build_evaluation_assets(given.fine_tuning(settings))
+        assets += build_evaluation_assets(fine_tuning)
         # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.
         # The job records its inputs' data versions, read from the graph it is defined in.
-        benchmark, benchmark_job = build_benchmark(given.benchmark(settings), lambda: definitions.resolve_asset_graph())
+        onpolicy = given(OnPolicySpan, settings) if "less_onpolicy" in settings.benchmark.methods else None
+        benchmark, benchmark_job = build_benchmark(
+            given(BenchmarkGiven, settings, onpolicy=onpolicy), lambda: definitions.resolve_asset_graph()
+        )
         assets.append(benchmark)
         jobs.append(benchmark_job)
         # Dagster marks no external asset "Unsynced": a check, kept current by a sensor, shows it stale.
@@ -50,7 +58,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
         assets += checks
         sensors.append(judge)
     if settings.demo.enabled:
-        assets += build_demo_assets(given.demo(settings))
+        assets += build_demo_assets(given(DemoGiven, settings))
     assets = [with_automation(a) for a in assets]
     jobs = build_jobs(assets) + jobs
     warehouse = Warehouse.from_settings(settings)

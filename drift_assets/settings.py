@@ -4,9 +4,9 @@ The file is YAML (``data/settings.yaml`` by default; ``DRIFT_ASSETS_SETTINGS`` n
 Relative paths in it are resolved against the directory that holds the file, so a settings file
 and its data can move together.
 
-Each asset reads the settings through its own :class:`Reads`: its ``code_version`` is its
-implementation version plus a hash of exactly the keys it reads, and reading any other setting
-raises, so changing ``selection.fraction`` makes ``refined_dataset`` stale and never ``rollouts``.
+Each stage is given only its part of the settings (:func:`given`), and an asset's
+``code_version`` is its implementation version plus a hash of exactly the settings it is given
+(:func:`code_version`), so changing ``selection.fraction`` makes ``refined_dataset`` stale and never ``rollouts``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,20 +53,16 @@ class _Where:
 WHERE = _Where()
 
 
-class _Derived(property):
-    sources: tuple[str, ...] = ()
-
-
-def derived(*sources: str):
+class derived(property):  # a decorator, as property is
     """A setting computed from others (``sources``): the settings reference says that changing any of
     them makes stale what is given the derived value."""
 
-    def make(function) -> _Derived:
-        made = _Derived(function)
-        made.sources = sources
-        return made
+    def __init__(self, *sources: str):
+        self.sources = sources
 
-    return make
+    def __call__(self, function) -> derived:
+        super().__init__(function)
+        return self
 
 
 class _Group(BaseModel):
@@ -135,8 +131,8 @@ CREDENTIAL_OPTIONS = {
 
 
 class WarehouseSettings(_Group):
-    root: str = Field("warehouse", description="Delta warehouse root: a local directory or an s3:// URI.")
-    storage_options: dict[str, str] = Field(
+    root: Annotated[str, WHERE] = Field("warehouse", description="Delta warehouse root: a local directory or an s3:// URI.")
+    storage_options: Annotated[dict[str, str], WHERE] = Field(
         default_factory=dict,
         description="Object storage options for an s3:// root, dagster-deltalake's S3Config and ClientConfig field "
         "names (or their AWS_* spellings): region, endpoint (MinIO, R2, …), allow_http, allow_unsafe_rename, …. "
@@ -771,7 +767,7 @@ class BenchmarkSettings(_Group):
 class Settings(_Group):
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
-    warehouse: Annotated[WarehouseSettings, WHERE] = Field(default_factory=WarehouseSettings)
+    warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     grading: GradingSettings = Field(default_factory=GradingSettings)
@@ -817,7 +813,7 @@ class Settings(_Group):
         export_dir = self.resolve(self.selection.export_dir)
         try:
             check_export_dir(export_dir)
-            problems = export_conflicts(export_dir, export_file_names(), export_inputs(self))
+            problems = export_conflicts(export_dir, export_file_names(), self.inputs)
         except (OSError, RuntimeError):  # a folder it may not enter, a symlink loop: the export checks again
             return self
         if problems:
@@ -848,6 +844,25 @@ class Settings(_Group):
     @property
     def model_path(self) -> str:
         return self.resolve(self.model.path)
+
+    @property
+    def inputs(self) -> dict[str, str | None]:
+        """Every input the pipeline reads, setting → resolved path (None: not set): what no export may write over."""
+        data = self.data
+        return {
+            "data.training_pool": self.resolve(data.training_pool),
+            "data.validation_queries": self.resolve(data.validation_queries),
+            "data.test_queries": self.resolve(data.test_queries) if data.test_queries else None,
+            "model.path": self.model_path,
+        }
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.resolve(self.warmup.checkpoint_dir)
+
+    @property
+    def export_dir(self) -> str:
+        return self.resolve(self.selection.export_dir)
 
     @property
     def warehouse_root(self) -> str:
@@ -903,10 +918,6 @@ class Settings(_Group):
         paths = self.warmup.checkpoints
         return dict(zip(given_checkpoint_keys(paths), (self.resolve(path) for path in paths), strict=True))
 
-    def warmup_options(self):
-        """The :class:`~drift_assets.core.training.sft.SftOptions` of the warm-up run (up to its last checkpoint)."""
-        return warmup_options(self.warmup_schedule, self.benchmark.sft.gradient_checkpointing)
-
     def with_overrides(self, **groups: dict[str, Any]) -> Settings:
         """A copy with some keys of some groups replaced: ``s.with_overrides(selection={"fraction": 0.3})``."""
         data = self.model_dump()
@@ -940,17 +951,6 @@ def warmup_options(schedule: dict[str, Any], gradient_checkpointing: bool):
 def _variables_in(path: str) -> list[str]:
     """The environment variables ``os.path.expandvars`` would expand in ``path``."""
     return [braced or bare for braced, bare in re.findall(r"\$(?:\{([^}]+)\}|([A-Za-z_][A-Za-z0-9_]*))", path)]
-
-
-def export_inputs(settings: Settings) -> dict[str, str | None]:
-    """Every input the pipeline reads, setting → resolved path (None: not set): what no export may write over."""
-    data = settings.data
-    return {
-        "data.training_pool": settings.resolve(data.training_pool),
-        "data.validation_queries": settings.resolve(data.validation_queries),
-        "data.test_queries": settings.resolve(data.test_queries) if data.test_queries else None,
-        "model.path": settings.model_path,
-    }
 
 
 def _describe_errors(error: ValidationError, source: str) -> str:
@@ -1036,108 +1036,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
     return parse_settings(raw, str(chosen), chosen.resolve().parent)
 
 
-# Settings that say where inputs live and how the work is laid out, not what is computed. Dagster
-# observes the files they point at (a new pool or model makes its readers stale); devices, batches,
-# shards and the set of checkpoints (partitions: a new one is missing, the others stay as they are)
-# move the work, not its result. Any asset may read them; an asset hashes one only where
-# it names it among its keys.
-LOCATIONS = frozenset(
-    {"base_dir", "resolve", "model_path", "warehouse_root", "model.path", "model.device", "model.device_pool", "warehouse"}
-    | {"data.training_pool", "data.validation_queries", "data.test_queries", "warmup.checkpoint_dir"}
-    | {"projection.batch_size", "projection.shards", "projection.gradient_checkpointing", "checkpoints"}
-    | {"benchmark.sft.gradient_checkpointing", "rollout.engine_process"}
-    | {"grading.timeout_s"}  # how long to wait for a grader: a grade is the same or there is none
-)
-# Settings computed from others: a derived name is readable where what it is computed from is read,
-# and the settings reference lists what each one is computed from.
-DERIVED = {
-    "warmup_schedule": (
-        *("warmup.steps", "warmup.batch_size", "warmup.learning_rate", "warmup.seed"),
-        *("benchmark.sft.steps", "benchmark.sft.batch_size", "benchmark.sft.learning_rate", "benchmark.sft.group_by_length"),
-        "warmup.checkpoints",  # given checkpoints: no run
-    ),
-    "warmup_steps": ("warmup.steps", "benchmark.sft.steps", "warmup.checkpoints"),
-    "checkpoints": ("warmup_steps", "warmup.checkpoints"),
-    "given_checkpoints": ("warmup.checkpoints",),
-    "warmup_options": ("warmup_schedule",),
-    "warmup_saves_optimizer_state": ("warmup.optimizer_state", "benchmark.methods"),
-}
-# Derived values that are part of another one (readable where that one is read).
-_PART_OF_DERIVED = {"warmup_steps": "warmup_schedule"}
-
-
 def validation_answer_marker(settings: Settings) -> str | None:
     """Where validation gradients start: at the answer marker (projection.validation_span: answer), or
     None for the whole completion."""
     return settings.grading.answer_marker if settings.projection.validation_span == "answer" else None
-
-
-class SettingNotRead(AttributeError):
-    """An asset read a setting that its code version does not hash."""
-
-
-class Reads:
-    """The part of the settings one asset reads, and all it may read.
-
-    ``keys`` are "group", "group.field" or a derived name such as "warmup_schedule". The asset's code
-    version hashes exactly them (:meth:`code_version`), and reading any other setting through this
-    view raises :class:`SettingNotRead`, so no setting can change what an asset computes without
-    making it stale. :data:`LOCATIONS` are readable everywhere and hashed only where named. A group read only in
-    part gives its fields, not its methods (a method may read any field). Checks and pre-flight
-    validation, which change no table, read the whole settings through :attr:`unversioned`.
-    """
-
-    def __init__(self, settings: Settings, asset: str, *keys: str):
-        self.unversioned, self.asset, self.keys = settings, asset, tuple(keys)
-
-    def covers(self, dotted: str) -> bool:
-        """Whether this asset may read ``dotted`` ("group", "group.field" or a derived name)."""
-        if any(dotted == key or dotted.startswith(key + ".") for key in (*self.keys, *LOCATIONS)):
-            return True
-        if dotted in _PART_OF_DERIVED and self.covers(_PART_OF_DERIVED[dotted]):
-            return True
-        return dotted in DERIVED and all(self.covers(source) for source in DERIVED[dotted])
-
-    def _read(self, owner: Any, dotted: str) -> Any:
-        value = getattr(owner, dotted.rsplit(".", 1)[-1])
-        if self.covers(dotted):
-            return value
-        if isinstance(value, BaseModel) and any(key.startswith(dotted + ".") for key in (*self.keys, *LOCATIONS)):
-            return _Part(self, value, dotted)
-        raise SettingNotRead(
-            f"asset {self.asset} read settings.{dotted}, which its code version does not hash: "
-            f"add it to the asset's Reads (it reads {', '.join(self.keys) or 'no settings'})"
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self._read(self.unversioned, name)
-
-    def code_version(self, implementation_version: str) -> str:
-        """``<implementation version>-<hash of the keys>``; an asset that reads grading also hashes the
-        source of the custom graders (their code is the user's, versioned by nothing else)."""
-        version = f"{implementation_version}-{settings_hash(self.unversioned, self.keys)}"
-        if "grading" in self.keys and self.unversioned.grading.custom():
-            from drift_assets.core.grading.graders import grader_source_hash
-
-            version += f"-{grader_source_hash(self.unversioned.grading.custom())}"
-        return version
-
-    def metadata(self) -> dict[str, Any]:
-        """What the code version hashes, key → value, for the asset's definition (shown in the UI, read
-        by the settings reference; each materialization records the values it used as ``settings``,
-        so a stale asset names what changed: :func:`settings_changes`)."""
-        from dagster import MetadataValue
-
-        return {SETTINGS_READ_KEY: MetadataValue.json(self.values())}
-
-    def values(self, *keys: str) -> dict[str, Any]:
-        """``keys`` (all it reads, by default) → the values its code version hashes (JSON-able)."""
-        for key in keys:
-            if not self.covers(key):
-                raise SettingNotRead(f"asset {self.asset} does not read settings.{key}")
-        return {key: _pick(self.unversioned, key) for key in keys or self.keys}
 
 
 SETTINGS_READ_KEY = "settings_read"
@@ -1169,7 +1071,7 @@ def settings_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     ]
 
 
-_SETTING = "drift_assets/setting"
+_SETTING, _VALUES, _UNHASHED = "drift_assets/setting", "drift_assets/setting_values", "drift_assets/unhashed"
 
 
 def setting(key: str) -> Any:
@@ -1177,6 +1079,17 @@ def setting(key: str) -> Any:
     value derived from others such as "warmup_schedule"): :func:`given` fills it from the settings,
     and the code versions of the assets given it hash it (:func:`code_version`)."""
     return dataclasses.field(metadata={_SETTING: key})
+
+
+def setting_values(*keys: str) -> Any:
+    """A field that holds the settings ``keys`` as values only, key → JSON value: hashed as they are."""
+    return dataclasses.field(metadata={_VALUES: keys})
+
+
+def unhashed(key: str) -> Any:
+    """A field filled from the setting ``key`` that no code version hashes: where inputs live and how
+    the work is laid out (:data:`WHERE`), or what checks and cost metadata read, which change no table."""
+    return dataclasses.field(metadata={_UNHASHED: key})
 
 
 def _at(settings: Settings, key: str) -> Any:
@@ -1192,37 +1105,44 @@ def setting_keys(cls: type) -> tuple[str, ...]:
 
 
 def given(cls: type, settings: Settings, **rest: Any) -> Any:
-    """``cls`` (what a stage is given) with each :func:`setting` field taken from ``settings`` at its
-    key, and the rest (what is not hashed: locations, layout, what checks and metadata read) as given."""
-    keyed = {
-        field.name: _at(settings, field.metadata[_SETTING]) for field in dataclasses.fields(cls) if _SETTING in field.metadata
-    }
-    return cls(**keyed, **rest)
-
-
-def picked(settings: Settings, *keys: str) -> dict[str, Any]:
-    """``keys`` → their values as JSON: settings a stage is given as values only (a dataset card names them)."""
-    return {key: _what(value) if isinstance(value := _at(settings, key), BaseModel) else value for key in keys}
+    """``cls`` (what a stage is given) filled from ``settings``: its :func:`setting`, :func:`setting_values`
+    and :func:`unhashed` fields at their keys, the given objects it holds likewise, and ``rest`` as given."""
+    types = get_type_hints(cls)
+    filled = {}
+    for field in dataclasses.fields(cls):
+        if field.name in rest:
+            continue
+        key = field.metadata.get(_SETTING) or field.metadata.get(_UNHASHED)
+        if key:
+            filled[field.name] = _at(settings, key)
+        elif _VALUES in field.metadata:
+            filled[field.name] = {key: _json(_at(settings, key)) for key in field.metadata[_VALUES]}
+        elif dataclasses.is_dataclass(types[field.name]):
+            filled[field.name] = given(types[field.name], settings)
+    return cls(**filled, **rest)
 
 
 def settings_read(*parts: Any) -> dict[str, Any]:
     """What ``parts`` hold of the settings, key → value as JSON, in order: each part is an object a
-    stage is given (its :func:`setting` fields, and those of the given objects it holds, None: not
-    given) or a mapping of key → value. A group given whole is hashed without its :data:`WHERE` fields."""
+    stage is given (its :func:`setting` and :func:`setting_values` fields, and those of the given
+    objects it holds; None: not given). A group given whole is hashed without its :data:`WHERE` fields."""
     read: dict[str, Any] = {}
     for part in parts:
         if part is None:
             continue
-        if isinstance(part, dict):
-            read.update(part)
-            continue
         for field in dataclasses.fields(part):
             value = getattr(part, field.name)
             if _SETTING in field.metadata:
-                read[field.metadata[_SETTING]] = _what(value) if isinstance(value, BaseModel) else value
-            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                read[field.metadata[_SETTING]] = _json(value)
+            elif _VALUES in field.metadata:
+                read.update(value)
+            elif not field.metadata and dataclasses.is_dataclass(value):
                 read.update(settings_read(value))
     return read
+
+
+def _json(value: Any) -> Any:
+    return _what(value) if isinstance(value, BaseModel) else value
 
 
 def _what(group: BaseModel) -> dict[str, Any]:
@@ -1257,36 +1177,3 @@ def read_metadata(*parts: Any) -> dict[str, Any]:
     from dagster import MetadataValue
 
     return {SETTINGS_READ_KEY: MetadataValue.json(settings_read(*parts))}
-
-
-class _Part:
-    """A settings group read in part: its read fields, nothing else."""
-
-    def __init__(self, reads: Reads, value: BaseModel, prefix: str):
-        self._reads, self._value, self._prefix = reads, value, prefix
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self._reads._read(self._value, f"{self._prefix}.{name}")
-
-
-def _pick(settings: Settings, dotted: str) -> Any:
-    value: Any = settings
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return _without_locations(value.model_dump(mode="json"), dotted) if isinstance(value, BaseModel) else value
-
-
-def _without_locations(dumped: dict, prefix: str) -> dict:
-    """A group's values less the :data:`LOCATIONS` in it: a group read whole is not versioned by them."""
-    return {
-        key: _without_locations(value, f"{prefix}.{key}") if isinstance(value, dict) else value
-        for key, value in dumped.items()
-        if f"{prefix}.{key}" not in LOCATIONS
-    }
-
-
-def settings_hash(settings: Settings, keys: tuple[str, ...]) -> str:
-    picked = {key: _pick(settings, key) for key in keys}
-    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from drift_assets.settings import DERIVED, LOCATIONS, REPO_ROOT, SETTINGS_READ_KEY, Settings, _Group
+from drift_assets.settings import REPO_ROOT, SETTINGS_READ_KEY, WHERE, Settings, _Group, derived
 
 REFERENCE_PATH = REPO_ROOT / "docs" / "settings.md"
 
@@ -68,16 +68,21 @@ def settings_read_by_asset(graph=None) -> dict[str, tuple[str, ...]]:
 
 def _sources(key: str) -> tuple[str, ...]:
     """The plain settings a key stands for (a derived name, its sources' sources)."""
-    if key not in DERIVED:
+    computed = getattr(Settings, key, None)
+    if not isinstance(computed, derived):
         return (key,)
-    return tuple(leaf for source in DERIVED[key] for leaf in _sources(source))
+    return tuple(leaf for source in computed.sources for leaf in _sources(source))
+
+
+# The settings that say where, not what (drift_assets.settings.WHERE): hashed only where an asset is given them by name.
+_WHERE = {key for key, field in _fields(Settings, "") if WHERE in field.metadata}
 
 
 def assets_reading(key: str, reads: dict[str, tuple[str, ...]]) -> list[str]:
     """The assets whose code version hashes ``key`` (a "group.field" or "group.sub.field")."""
 
     def covers(read: str) -> bool:
-        if key in LOCATIONS:  # hashed only where an asset names it (Reads.code_version)
+        if key in _WHERE:
             return key in _sources(read)
         return any(key == source or key.startswith(source + ".") or source.startswith(key + ".") for source in _sources(read))
 
@@ -109,8 +114,7 @@ def settings_reference() -> str:
             shown = json.dumps(default.model_dump(mode="json") if isinstance(default, BaseModel) else default, ensure_ascii=False)
             meaning = (field.description or "").replace("|", "\\|")
             readers = ", ".join(f"`{asset}`" for asset in assets_reading(key, reads))
-            where = key in LOCATIONS or any(key.startswith(location + ".") for location in LOCATIONS)
-            stale = _OBSERVED.get(key) or readers or ("– (where, not what)" if where else "–")
+            stale = _OBSERVED.get(key) or readers or ("– (where, not what)" if key in _WHERE else "–")
             lines.append(f"| `{key}` | `{shown}` | {meaning} | {stale} |")
     return "\n".join(lines) + "\n"
 

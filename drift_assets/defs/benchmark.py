@@ -30,7 +30,6 @@ from drift_assets.core.training.evaluation import fine_tune_and_evaluate
 from drift_assets.defs.checkpoints import WARMUP, checkpoint_model
 from drift_assets.defs.cost import CostPlan, pool_sequence_tokens, recorded_pipeline_cost
 from drift_assets.defs.evaluate import EVALUATE_VERSION, Decoding, evaluation_run, fine_tune_job
-from drift_assets.defs.gradients import ValidationSpan
 from drift_assets.defs.metadata import png_markdown, table_metadata
 from drift_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
@@ -42,6 +41,7 @@ from drift_assets.settings import (
     code_version,
     read_metadata,
     setting,
+    unhashed,
 )
 from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
 
@@ -79,7 +79,7 @@ class BenchmarkGiven:
     k: int | None = setting("selection.k")
     onpolicy: OnPolicySpan | None
     decoding: Decoding
-    shards: int
+    shards: int = unhashed("projection.shards")
     cost: CostPlan
 
 
@@ -118,12 +118,8 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
         scorer, drift = stored_scorer(tables, training_pool), given.influence.scoring()
         study = MethodBenchmark(benchmark.methods, benchmark.seeds, training_pool, validation_queries, scorer, drift)
         network, tokenizer = model.load_model(), model.load_tokenizer()
-        marker = (
-            given.onpolicy
-            and ValidationSpan(
-                validation_span=given.onpolicy.validation_span, answer_marker=given.decoding.grading.answer_marker
-            ).marker
-        )
+        answer = given.onpolicy and given.onpolicy.validation_span == "answer"  # else the whole completion
+        marker = given.decoding.grading.answer_marker if answer else None
         less = functools.partial(
             less_matrix_of,
             *(context.log.info, given.checkpoints, marker, model, warehouse, tokenizer),

@@ -23,7 +23,7 @@ from drift_assets.core.runtime.cost import (
     training_cost,
 )
 from drift_assets.defs.metadata import png_markdown
-from drift_assets.settings import SftSettings
+from drift_assets.settings import SftSettings, unhashed
 
 
 def pool_sequence_tokens(pool: pl.DataFrame) -> list[int]:
@@ -33,16 +33,14 @@ def pool_sequence_tokens(pool: pl.DataFrame) -> list[int]:
 
 @dataclass(frozen=True)
 class CostPlan:
-    """What an asset's cost metadata reads, none of it hashed (a figure of the metadata changes no
-    table): the reference SFT recipe (``benchmark.sft``), and the configured partitions of the assets
-    that record a cost (``refined_dataset`` where it chooses among selections, ``refined_model_evaluation``
-    where test queries are set)."""
+    """What the cost metadata reads, not hashed (it changes no table): the reference SFT recipe and
+    the configured partitions of the assets that record a cost."""
 
-    sft: SftSettings
-    checkpoints: list[str]
-    shards: int
-    chooses: bool
-    evaluates: bool
+    sft: SftSettings = unhashed("benchmark.sft")
+    checkpoints: list[str] = unhashed("checkpoints")
+    shards: int = unhashed("projection.shards")
+    choose_among: list[str] = unhashed("selection.choose_among")
+    test_queries: str | None = unhashed("data.test_queries")
 
 
 def full_sft_reference(sft: SftSettings, pool: pl.DataFrame) -> StageCost:
@@ -61,8 +59,9 @@ def stored_reference(sft: SftSettings, warehouse) -> StageCost | None:
 
 def costed_partitions(plan: CostPlan, before: str | None = None) -> list[tuple[str, str | None, str | None]]:
     """(asset, partition, checkpoint) of every configured partition of the assets that record a cost,
-    in pipeline order; ``before``: only the assets ahead of this one in the pipeline (what had run
-    when it runs)."""
+    in pipeline order (``refined_dataset`` where it chooses among selections, ``refined_model_evaluation``
+    where test queries are set); ``before``: only the assets ahead of this one in the pipeline (what
+    had run when it runs)."""
     checkpoints, shards = plan.checkpoints, shard_keys(plan.shards)
     wanted: list[tuple[str, str | None, str | None]] = [("warmup_checkpoints", key, key) for key in checkpoints[1:]]
     for checkpoint in checkpoints:
@@ -72,9 +71,9 @@ def costed_partitions(plan: CostPlan, before: str | None = None) -> list[tuple[s
             for shard in shards
         ]
     wanted.append(("influence_scores", None, None))
-    if plan.chooses:
+    if plan.choose_among:
         wanted.append(("refined_dataset", None, None))
-    if plan.evaluates:
+    if plan.test_queries:
         wanted.append(("refined_model_evaluation", None, None))
     if before is None:
         return wanted

@@ -14,7 +14,7 @@ from dagster import AssetExecutionContext, asset
 
 from drift_assets.defs.metadata import loss_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
-from drift_assets.settings import DemoSettings, code_version, read_metadata, setting
+from drift_assets.settings import DemoSettings, code_version, read_metadata, setting, unhashed
 from drift_assets.tasks import base_model_record, saved_base_model
 from drift_assets.tasks.demo_outputs import check_model_directory, write_demo_files
 
@@ -33,12 +33,12 @@ class DemoGiven:
 
     task: DemoTask
     dtype: str = setting("model.dtype")
-    files: dict[str, str | None]
-    model_path: str
+    inputs: dict[str, str | None] = unhashed("inputs")
 
 
 def build_demo_assets(given: DemoGiven) -> list:
-    demo, files, model_path = given.task.demo, given.files, given.model_path
+    demo, model_path = given.task.demo, given.inputs["model.path"]
+    files = {split: given.inputs[f"data.{split}"] for split in ("training_pool", "validation_queries", "test_queries")}
     task = demo.spec()
 
     def pool_rows() -> list[dict]:

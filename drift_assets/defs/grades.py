@@ -16,7 +16,7 @@ from drift_assets.core.runtime.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.defs.checkpoints import checkpoint_partitions
 from drift_assets.defs.checks import grades_enough_contrast_result, grades_have_mixed_queries_result
 from drift_assets.defs.metadata import table_metadata
-from drift_assets.settings import GradingSettings, code_version, read_metadata, setting
+from drift_assets.settings import GradingSettings, code_version, read_metadata, setting, unhashed
 
 GRADES_VERSION = "2"  # 2: a checkpoint column, one partition per checkpoint
 
@@ -27,10 +27,10 @@ class GradesGiven:
     asks of the grades (influence.targets, weighting and unsolved), which changes no table."""
 
     grading: GradingSettings = setting("grading")
-    checkpoints: list[str]
-    targets: str
-    weighting: str
-    unsolved: str
+    checkpoints: list[str] = unhashed("checkpoints")
+    targets: str = unhashed("influence.targets")
+    weighting: str = unhashed("influence.weighting")
+    unsolved: str = unhashed("influence.unsolved")
 
 
 def build_grade_assets(given: GradesGiven) -> list:

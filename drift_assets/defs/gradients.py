@@ -26,7 +26,7 @@ from drift_assets.defs.cost import CostPlan, full_sft_reference, stored_referenc
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import code_version, read_metadata, setting, setting_keys
+from drift_assets.settings import code_version, read_metadata, setting, setting_keys, unhashed
 
 GRADIENTS_VERSION = "3"  # 3: partitioned by checkpoint (the training gradients by checkpoint × shard)
 # 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
@@ -46,7 +46,9 @@ class Projection:
     dtype: str = setting("model.dtype")
 
     def options(self, gradient_checkpointing: bool) -> ProjectionOptions:
-        chosen = {name: value for name, value in asdict(self).items() if name != "dtype"}  # the model resource's
+        chosen = {
+            name: value for name, value in asdict(self).items() if name != "dtype"
+        }  # dtype: the model resource loads with it
         return ProjectionOptions(**chosen, gradient_checkpointing=gradient_checkpointing)
 
 
@@ -83,8 +85,8 @@ class GradientsGiven:
     projection: Projection
     span: ValidationSpan
     layout: GradientLayout
-    gradient_checkpointing: bool
-    checkpoints: list[str]
+    gradient_checkpointing: bool = unhashed("projection.gradient_checkpointing")
+    checkpoints: list[str] = unhashed("checkpoints")
     cost: CostPlan
 
 

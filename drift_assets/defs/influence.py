@@ -25,7 +25,7 @@ from drift_assets.defs.checks import influence_complete_result
 from drift_assets.defs.gradients import progress_logger
 from drift_assets.defs.metadata import markdown_table, rounded, score_picture, table_metadata
 from drift_assets.resources import Warehouse
-from drift_assets.settings import InfluenceSettings, code_version, read_metadata, setting
+from drift_assets.settings import InfluenceSettings, code_version, read_metadata, setting, unhashed
 
 INFLUENCE_VERSION = "2"  # 2: likely, the rows the likelihood guard ranks first
 
@@ -37,7 +37,7 @@ class InfluenceGiven:
 
     influence: InfluenceSettings = setting("influence")
     checkpoints: list[str] = setting("checkpoints")
-    shards: int
+    shards: int = unhashed("projection.shards")
 
 
 def build_influence_assets(given: InfluenceGiven) -> list:

@@ -36,10 +36,11 @@ from drift_assets.core.training.evaluation import evaluate_models
 from drift_assets.defs.checks import selection_result
 from drift_assets.defs.cost import CostPlan, cost_metadata, recorded_pipeline_cost
 from drift_assets.defs.evaluate import FineTuning, evaluation_run, fine_tune_job
+from drift_assets.defs.gradients import PROJECTION_KEYS
 from drift_assets.defs.metadata import rounded, score_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
-from drift_assets.settings import REPO_ROOT, code_version, read_metadata, setting
+from drift_assets.settings import REPO_ROOT, code_version, read_metadata, setting, setting_values, unhashed
 
 REFINE_VERSION = "2"
 # 3: a Hugging Face dataset: prompt/completion, rank, the unselected rows with their reason, a card
@@ -58,30 +59,34 @@ class Selection:
 class Export:
     export_dir: str = setting("selection.export_dir")
     evaluation_columns: list[str] = setting("selection.evaluation_columns")
+    # The settings that shaped the selection (given to the assets it comes from), key → value: the
+    # dataset card names them, so the export is given them (and is versioned by them).
+    shaping: dict[str, Any] = setting_values(
+        *("data.max_example_tokens", "rollout", "grading", *PROJECTION_KEYS, "projection.validation_span"),
+        *("warmup_schedule", "warmup.lora", "influence"),
+        *("selection.method", "selection.fraction", "selection.k", "selection.choose_among"),
+    )
 
 
 @dataclass(frozen=True)
 class RefineGiven:
-    """The selection, and what choosing among selections fine-tunes and decodes with (None: it does not
-    choose), hashed by refined_dataset; the export's settings and the values of the settings that shaped
-    the selection (its card names them), hashed by refined_dataset_export. Not hashed: where the export
-    goes and what it may never write over (locations), what the card names of the model and the
-    checkpoints, and the cost plan."""
+    """Hashed by refined_dataset: the selection, and how choosing among selections fine-tunes (None: it
+    does not choose); by refined_dataset_export: ``export``. Not hashed: where the export goes and what
+    it may never write over, the model and checkpoints the card names, the cost plan."""
 
     selection: Selection
     choosing: FineTuning | None
     export: Export
-    shaping: dict[str, Any]
-    export_dir: str
-    inputs: dict[str, str | None]
-    model_path: str
-    checkpoints: list[str]
+    export_dir: str = unhashed("export_dir")
+    inputs: dict[str, str | None] = unhashed("inputs")
+    model_path: str = unhashed("model_path")
+    checkpoints: list[str] = unhashed("checkpoints")
     cost: CostPlan
 
 
 def build_refine_assets(given: RefineGiven) -> list:
     selection, chooses, export_dir, inputs = given.selection, given.choosing is not None, given.export_dir, given.inputs
-    refine_given, export_given = (selection, given.choosing), (given.export, given.shaping)
+    refine_given, export_given = (selection, given.choosing), (given.export,)
     versions = {
         "refined_dataset": code_version(REFINE_VERSION, *refine_given),
         "refined_dataset_export": code_version(EXPORT_VERSION, *export_given),
@@ -283,12 +288,12 @@ def card_facts(given: RefineGiven, code_versions: dict[str, str], warehouse: War
     return CardFacts(
         model_path=given.model_path,
         model_fingerprint=_scored_model_fingerprint(warehouse),
-        settings=given.shaping,
+        settings=given.export.shaping,
         code_versions=code_versions,
         package_version=_package_version(),
         git_commit=_git_commit(),
         run_id=run_id,
-        selection_method=given.shaping["selection.method"],
+        selection_method=given.export.shaping["selection.method"],
         checkpoints=given.checkpoints,
     )
 

@@ -15,7 +15,7 @@ from drift_assets.defs.cost import CostPlan, stored_reference
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse, engine_kind
-from drift_assets.settings import RolloutSettings, code_version, read_metadata, setting
+from drift_assets.settings import RolloutSettings, code_version, read_metadata, setting, unhashed
 
 ROLLOUTS_VERSION = "3"  # 2: the sampled token_ids are kept; 3: a checkpoint column, one partition per checkpoint
 ROLLOUT_COLUMNS = {"checkpoint": pl.String, "rollout_id": pl.String, "query_id": pl.String, "logprob_sum": pl.Float64}
@@ -28,8 +28,8 @@ class RolloutsGiven:
 
     rollout: RolloutSettings = setting("rollout")
     dtype: str = setting("model.dtype")
-    checkpoints: list[str]
-    max_empty_or_truncated_fraction: float
+    checkpoints: list[str] = unhashed("checkpoints")
+    max_empty_or_truncated_fraction: float = unhashed("grading.max_empty_or_truncated_fraction")
     cost: CostPlan
 
 

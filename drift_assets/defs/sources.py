@@ -14,11 +14,11 @@ from drift_assets.core.data.fingerprint import check_model_directory, content_ha
 from drift_assets.core.data.pool import NormalizedPool, load_queries, normalize_pool, read_rows, reject_reasons, require_examples
 from drift_assets.core.data.sequences import bos_warning, untemplated_turns_warning
 from drift_assets.core.generation.engines import model_config, resolve_max_model_len
-from drift_assets.core.grading.graders import GradingOptions, validate_grader
+from drift_assets.core.grading.graders import BUILTIN_GRADERS, validate_grader
 from drift_assets.defs.automation import observe_condition
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.resources import ModelResource
-from drift_assets.settings import code_version, read_metadata, setting
+from drift_assets.settings import GradingSettings, code_version, read_metadata, setting, unhashed
 
 POOL_VERSION = "2"  # 2: text in NFC, ids from it (an NFD twin is a duplicate)
 QUERIES_VERSION = "2"  # 2: ids with control characters and references beyond data.max_example_tokens quarantined
@@ -37,19 +37,24 @@ class QueryGraders:
     default_grader: str = setting("grading.default_grader")
     custom_graders: list[str] = setting("grading.custom_graders")
 
+    def allowed(self) -> tuple[str, ...]:
+        """What a query's 'grader' field may name: the built-ins, the default and the listed custom graders."""
+        return tuple(dict.fromkeys((*BUILTIN_GRADERS, self.default_grader, *self.custom_graders)))
+
 
 @dataclass(frozen=True)
 class SourcesGiven:
-    """What the sources and their tables are given: ``limit`` and ``graders`` (hashed where read); the
-    inputs' paths as written and resolved (observed, not hashed); ``allowed_graders`` (of ``graders``);
-    and ``grading``, each grader's pre-flight check, which changes no row."""
+    """``limit`` and ``graders``, hashed where used; not hashed: the inputs as written and resolved
+    (observed), and the grading settings of each grader's pre-flight check, which changes no row."""
 
     limit: PoolLimit
     graders: QueryGraders
-    allowed_graders: tuple[str, ...]
-    grading: GradingOptions
-    written: dict[str, str | None]  # data.training_pool, data.validation_queries, data.test_queries, model.path
-    resolved: dict[str, str | None]
+    grading: GradingSettings = unhashed("grading")
+    inputs: dict[str, str | None] = unhashed("inputs")
+    pool_input: str = unhashed("data.training_pool")
+    validation_input: str = unhashed("data.validation_queries")
+    test_input: str | None = unhashed("data.test_queries")
+    model_input: str = unhashed("model.path")
 
 
 def _source(description: str):
@@ -69,21 +74,21 @@ def _observe(path: str, what: str) -> DataVersion:
 
 
 def build_source_assets(given: SourcesGiven) -> list:
-    written, resolved = given.written, given.resolved
+    resolved = given.inputs
     pool_path, validation_path, model_path = (
         resolved[key] for key in ("data.training_pool", "data.validation_queries", "model.path")
     )
     pool_limit = given.limit.max_example_tokens
 
-    @_source(f"The training pool input: {written['data.training_pool']}")
+    @_source(f"The training pool input: {given.pool_input}")
     def training_pool_source() -> DataVersion:
         return _observe(pool_path, "data.training_pool")
 
-    @_source(f"The validation queries input: {written['data.validation_queries']}")
+    @_source(f"The validation queries input: {given.validation_input}")
     def validation_queries_source() -> DataVersion:
         return _observe(validation_path, "data.validation_queries")
 
-    @_source(f"The base model directory: {written['model.path']}")
+    @_source(f"The base model directory: {given.model_input}")
     def base_model() -> DataVersion:
         if not Path(model_path).exists():
             raise FileNotFoundError(f"model.path: {model_path} does not exist")
@@ -134,7 +139,7 @@ def build_source_assets(given: SourcesGiven) -> list:
         longer than data.max_example_tokens is quarantined, as a pool example is."""
         path = resolved[input_key]
         parts = (given.graders, given.limit) if references else (given.graders,)
-        default_grader, allowed_graders, grading = given.graders.default_grader, given.allowed_graders, given.grading
+        default_grader, allowed_graders, grading = given.graders.default_grader, given.graders.allowed(), given.grading.options()
 
         @multi_asset(
             name=name,
@@ -182,14 +187,14 @@ def build_source_assets(given: SourcesGiven) -> list:
             references=True,
         ),
     ]
-    if written["data.test_queries"]:
+    if given.test_input:
         test_path = resolved["data.test_queries"]
 
         @observable_source_asset(
             group_name="sources",
             automation_condition=observe_condition(),
             required_resource_keys=OBSERVER_RESOURCES,
-            description=f"Held-out test queries input: {written['data.test_queries']}",
+            description=f"Held-out test queries input: {given.test_input}",
         )
         def test_queries_source() -> DataVersion:
             return _observe(test_path, "data.test_queries")

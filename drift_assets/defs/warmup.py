@@ -29,7 +29,7 @@ from drift_assets.defs.cost import CostPlan, full_sft_reference, stored_referenc
 from drift_assets.defs.metadata import loss_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import LoraSettings, code_version, read_metadata, setting, warmup_options
+from drift_assets.settings import LoraSettings, code_version, read_metadata, setting, unhashed, warmup_options
 
 # 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint; 4: LoRA adapters (warmup.lora);
 # 5: AdamW's moments beside each checkpoint (warmup.optimizer_state)
@@ -63,10 +63,10 @@ class WarmupGiven:
 
     run: WarmupRun | None
     listed: ListedCheckpoints | None
-    directory: str
-    resolved: dict[str, str]
-    gradient_checkpointing: bool
-    checkpoints: list[str]
+    directory: str = unhashed("checkpoint_dir")
+    resolved: dict[str, str] = unhashed("given_checkpoints")
+    gradient_checkpointing: bool = unhashed("benchmark.sft.gradient_checkpointing")
+    checkpoints: list[str] = unhashed("checkpoints")
     cost: CostPlan
 
 

@@ -5,6 +5,8 @@ of every asset's spec so that a change of the graph shows in review. No model, n
 from __future__ import annotations
 
 import ast
+import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +14,18 @@ from pathlib import Path
 import pytest
 
 from drift_assets.definitions import build_definitions
-from drift_assets.settings import Reads, SettingNotRead, Settings, parse_settings, validation_answer_marker
+from drift_assets.defs.benchmark import BenchmarkGiven
+from drift_assets.defs.cost import CostPlan
+from drift_assets.defs.demo import DemoGiven
+from drift_assets.defs.evaluate import FineTuning
+from drift_assets.defs.grades import GradesGiven
+from drift_assets.defs.gradients import GradientsGiven
+from drift_assets.defs.influence import InfluenceGiven
+from drift_assets.defs.refine import RefineGiven
+from drift_assets.defs.rollouts import RolloutsGiven
+from drift_assets.defs.sources import SourcesGiven
+from drift_assets.defs.warmup import WarmupGiven
+from drift_assets.settings import Settings, code_version, given, parse_settings, settings_read
 from drift_assets.settings_reference import REFERENCE_PATH, assets_reading, settings_read_by_asset, settings_reference
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "drift_assets" / "defs"
@@ -106,42 +119,71 @@ def test_what_users_rely_on_about_staleness(base):
     assert stale(projection={"validation_span": "completion"}) == {"validation_gradients", *card}
 
 
-def test_code_versions_are_the_implementation_version_and_a_hash_of_what_is_read(base, tmp_path):
-    version = Reads(base, "rollouts", "rollout", "model.dtype").code_version("7")
+def test_code_versions_are_the_implementation_version_and_a_hash_of_what_is_given(base, tmp_path):
+    rollouts = given(RolloutsGiven, base)
+    version = code_version("7", rollouts)
     prefix, _, digest = version.partition("-")
     assert prefix == "7" and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
-    assert Reads(base, "rollouts", "model.dtype", "rollout").code_version("8") == f"8-{digest}"
+    # The hash of what the asset is given, key -> JSON value, a group given whole less the fields that
+    # say where (rollout.engine_process).
+    values = {"model.dtype": base.model.dtype, "rollout": base.rollout.model_dump(mode="json", exclude={"engine_process"})}
+    assert settings_read(rollouts) == {"rollout": values["rollout"], "model.dtype": values["model.dtype"]}
+    assert digest == hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
     # The same settings loaded from another directory: the same versions (base_dir is not hashed).
     assert code_versions(whole_graph(tmp_path)) == code_versions(base)
 
 
-def test_an_asset_reads_only_what_its_code_version_hashes(base):
-    reads = Reads(base, "refined_dataset", "selection.method", "selection.fraction")
-    assert reads.selection.fraction == base.selection.fraction
-    assert reads.model_path == base.model_path and reads.resolve("x") == base.resolve("x")  # locations
-    assert reads.projection.shards == base.projection.shards  # layout
-    with pytest.raises(SettingNotRead, match=r"asset refined_dataset read settings\.selection\.k, which its code version"):
-        _ = reads.selection.k
-    with pytest.raises(SettingNotRead, match=r"settings\.influence,"):
-        _ = reads.influence
-    # A group read in part gives fields, not methods (a method may read any field).
-    with pytest.raises(SettingNotRead, match=r"settings\.grading\.options"):
-        Reads(base, "x", "grading.answer_marker").grading.options()
-    assert Reads(base, "x", "grading").grading.options().answer_marker == "Answer:"
-    # A derived setting is readable where what it is computed from is read.
-    assert Reads(base, "x", "warmup_schedule").warmup_steps == [300]  # the end of benchmark.sft.steps
-    with pytest.raises(SettingNotRead):
-        _ = Reads(base, "x", "warmup.seed").warmup_steps
-    marker = Reads(base, "x", "grading.answer_marker", "projection.validation_span")
-    assert validation_answer_marker(marker) == "Answer:"
+STAGES = (SourcesGiven, RolloutsGiven, GradesGiven, GradientsGiven, InfluenceGiven, RefineGiven, WarmupGiven)
+STAGES += (BenchmarkGiven, DemoGiven, FineTuning, CostPlan)
 
 
-def test_asset_bodies_read_settings_only_through_their_reads():
-    """Inside an asset's function the settings are reachable only through a Reads view, so that a
-    read the view does not cover raises instead of silently leaving the asset fresh."""
+def test_an_asset_is_given_only_what_its_code_version_hashes_and_what_is_named_unhashed(base):
+    """What a stage is given is a frozen object with no way back to the settings: its setting fields
+    (hashed where an asset's code version names them), the given objects it holds, and the settings
+    filled in unhashed (locations, layout, what the checks and the cost metadata read), listed here so
+    that a new one shows in review."""
+    refine = given(RefineGiven, base, choosing=None)
+    assert (refine.selection.method, refine.selection.fraction) == (base.selection.method, base.selection.fraction)
+    with pytest.raises(AttributeError):
+        _ = given(InfluenceGiven, base).selection
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        refine.selection.k = 3
+    assert all(stage.__dataclass_params__.frozen for stage in STAGES)
+    unhashed = {
+        stage.__name__: [field.metadata.get("drift_assets/unhashed") for field in dataclasses.fields(stage)] for stage in STAGES
+    }
+    assert {name: [key for key in keys if key] for name, keys in unhashed.items()} == {
+        "SourcesGiven": ["grading", "inputs", "data.training_pool", "data.validation_queries", "data.test_queries", "model.path"],
+        "RolloutsGiven": ["checkpoints", "grading.max_empty_or_truncated_fraction"],
+        "GradesGiven": ["checkpoints", "influence.targets", "influence.weighting", "influence.unsolved"],
+        "GradientsGiven": ["projection.gradient_checkpointing", "checkpoints"],
+        "InfluenceGiven": ["projection.shards"],
+        "RefineGiven": ["export_dir", "inputs", "model_path", "checkpoints"],
+        "WarmupGiven": ["checkpoint_dir", "given_checkpoints", "benchmark.sft.gradient_checkpointing", "checkpoints"],
+        "BenchmarkGiven": ["projection.shards"],
+        "DemoGiven": ["inputs"],
+        "FineTuning": [],
+        "CostPlan": ["benchmark.sft", "checkpoints", "projection.shards", "selection.choose_among", "data.test_queries"],
+    }
+    # The export is given the values of the settings that shaped the selection, and hashes them.
+    export_reads = settings_read_by_asset(build_definitions(base).resolve_asset_graph())["refined_dataset_export"]
+    assert set(refine.export.shaping) <= set(export_reads)
+    # A group given in part gives its fields: the answer marker, where the span starts.
+    assert given(GradientsGiven, base).span.marker == "Answer:"
+
+
+def test_the_stages_never_see_the_whole_settings():
+    """drift_assets/defs holds the stages: none imports the Settings or takes them, so an asset body
+    has only what its stage was given (and its code version hashes, or names as unhashed)."""
     offenders, checked = [], 0
     for path in sorted(ASSETS_DIR.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "drift_assets.settings":
+                offenders += [
+                    f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name in {"Settings", "load_settings"}
+                ]
+            if isinstance(node, ast.arg) and node.arg == "settings":
+                offenders.append(f"{path.name}:{node.lineno} takes settings")
             if not isinstance(node, ast.FunctionDef):
                 continue
             decorators = {ast.unparse(d.func if isinstance(d, ast.Call) else d) for d in node.decorator_list}

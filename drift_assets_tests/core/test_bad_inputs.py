@@ -35,7 +35,8 @@ from drift_assets.core.gradients.tables import empty_gradient_frame, gradient_fr
 from drift_assets.core.grading.graders import GraderError, GradingOptions, grade_answer, grade_rollouts, validate_grader
 from drift_assets.core.grading.weighting import usable_queries
 from drift_assets.core.runtime.progress import Progress
-from drift_assets.settings import Reads, SettingsError, load_settings, parse_settings
+from drift_assets.defs.grades import GradesGiven
+from drift_assets.settings import SettingsError, code_version, given, load_settings, parse_settings
 from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.helpers.graders import SLOW_GRADERS, grading_inputs
 
@@ -609,7 +610,7 @@ def test_N26_custom_graders_under_a_timeout_stay_fast_and_the_timeout_versions_n
     assert grade_answer("a", "b", f"{module}:with_alarm").correct  # a grader may use signals, as on the main thread
     # A timeout changes no grade: it is not part of the grades' code version.
     fast, patient = (parse_settings({"grading": {"timeout_s": t}}, "s.yaml", tmp_path) for t in (5, 600))
-    assert Reads(fast, "grades", "grading").code_version("2") == Reads(patient, "grades", "grading").code_version("2")
+    assert code_version("2", given(GradesGiven, fast)) == code_version("2", given(GradesGiven, patient))
     assert fast.grading.options().timeout_s == 5
     with pytest.raises(SettingsError, match=r"grading\.timeout_s: .*greater than 0"):
         parse_settings({"grading": {"timeout_s": 0}}, "s.yaml", tmp_path)

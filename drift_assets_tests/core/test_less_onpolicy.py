@@ -180,14 +180,15 @@ def test_less_onpolicy_costs_less_s_passes_and_the_rollouts_at_the_warm_up_check
 
 
 def test_the_benchmark_reads_the_validation_span_only_where_less_onpolicy_runs(tmp_path):
-    from drift_assets import given
-    from drift_assets.defs.benchmark import build_benchmark
+    from drift_assets.defs.benchmark import BenchmarkGiven, OnPolicySpan, build_benchmark
+    from drift_assets.settings import given
 
     def version(methods: list[str], span: str) -> str:
         settings = parse_settings(
             {"benchmark": {"methods": methods}, "projection": {"validation_span": span}}, "settings.yaml", tmp_path
         )
-        spec, _ = build_benchmark(given.benchmark(settings), lambda: None)
+        onpolicy = given(OnPolicySpan, settings) if "less_onpolicy" in methods else None
+        spec, _ = build_benchmark(given(BenchmarkGiven, settings, onpolicy=onpolicy), lambda: None)
         return spec.code_version
 
     assert version(["less_onpolicy"], "answer") != version(["less_onpolicy"], "completion")
