@@ -85,9 +85,10 @@ benchmark: env bench-env
 	$(PY) -m benchmarks.suite --tasks arithmetic --draws 0,1,2 --output data/suite/benchmark.json
 
 # The suite that chooses defaults: every embedded task on four draws, the methods a default is judged
-# against (full, random, the oracle, the loss filter, the default, the default without a warm-up).
+# against (full, random, the oracle, the loss filter, DRIFT's own selection, the default (DRIFT's or the loss
+# filter's, by the validation queries), DRIFT without a warm-up).
 suite: env bench-env
-	$(PY) -m benchmarks.suite --methods full,random,oracle,loss,drift,drift_base
+	$(PY) -m benchmarks.suite --methods full,random,oracle,loss,drift,drift_or_loss_acc,drift_base
 
 # The linear datamodeling score of our attribution beside Kronfluence's EK-FAC and TRAK (after the suite's workspaces exist).
 lds: env bench-env

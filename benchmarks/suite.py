@@ -363,7 +363,7 @@ def power_line(results: list[dict], development: list[str]) -> str:
 
 
 def versus_default_report(results: list[dict], default: str = "drift") -> str:
-    """Each method's accuracy minus the default's (``drift``) on every development task draw, pooled:
+    """Each method's accuracy minus the default's (``default``) on every development task draw, pooled:
     mean ± s.e. and whether it leads or trails by more than two standard errors (the rule that
     chooses a default, benchmarks/README.md)."""
     from drift_assets.core.study.stats import mean_and_standard_error
@@ -425,7 +425,8 @@ def print_report(results: list[dict], default: str = "drift") -> None:
 
 
 def main() -> None:
-    from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, BenchmarkSettings
+    from drift_assets.core.study.benchmark import pipeline_default
+    from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, BenchmarkSettings, SelectionSettings
     from drift_assets.terminal import hide_beta_warnings
 
     hide_beta_warnings()
@@ -478,9 +479,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--default",
-        default="drift",
-        help="the method every other is compared with under the rule (e.g. an ablation that runs the default's "
-        "settings where the workspaces were materialized with others)",
+        default=pipeline_default(SelectionSettings().choose_among),
+        help="the method every other is compared with under the rule (by default the method that makes the "
+        "pipeline's default selection; drift for the reports of runs before selection.choose_among became [loss])",
     )
     args = parser.parse_args()
     if args.report:

@@ -596,12 +596,14 @@ class SelectionSettings(_Group):
     method: SelectionMethod = Field("top_fraction", description="top_fraction, top_k, or positive (score > 0)")
     fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the pool kept by top_fraction")
     k: int | None = Field(None, ge=1, description="examples kept by top_k")
+    # The default since the suite's rule chose it (benchmarks/README.md, 2026-12-07): DRIFT's selection and
+    # the loss filter's each lead on some tasks, and the validation queries tell which one a task wants.
     choose_among: list[SelectionChoice] = Field(
-        [],
+        ["loss"],
         description="other selections the refined dataset may be: loss (as many rows, the base model's likeliest) and "
         "full (the whole pool). Each, and DRIFT's, is fine-tuned (benchmark.sft, the first of benchmark.seeds) and "
         "the one whose model answers the most validation queries is kept (ties: DRIFT's, then in this order); [] keeps "
-        "DRIFT's without fine-tuning",
+        "DRIFT's without fine-tuning (one SFT run of the selection's size and its decoding cheaper)",
     )
     export_dir: str = Field(
         "exports",
@@ -731,7 +733,6 @@ ABLATIONS_ON_REQUEST = (
     "drift_val_margin",
     "drift_val_loss",
     "drift_or_loss",
-    "drift_or_loss_acc",
     "drift_loss_or_full",
 )
 

@@ -205,8 +205,9 @@ def test_editing_a_custom_graders_code_makes_what_grades_stale(tmp_path, monkeyp
     module.write_text("def grade(completion, reference):\n    return completion.strip() == reference\n")
     after = code_versions(settings)
     changed = {asset for asset in before if before[asset] != after[asset]}
-    # The export's card names the grading settings, so it is stale too.
-    assert changed == {"grades", "refined_model_evaluation", "method_benchmark", "refined_dataset_export"}
+    # The export's card names the grading settings, so it is stale too; the refined dataset grades the
+    # models it chooses between (selection.choose_among).
+    assert changed == {"grades", "refined_dataset", "refined_model_evaluation", "method_benchmark", "refined_dataset_export"}
 
 
 def asset_specs(settings: Settings) -> dict[str, dict]:

@@ -68,8 +68,16 @@ def test_each_step_records_the_tokens_it_passed_and_the_summary_adds_them_up(pip
     assert at["validation_gradients"]["cost_vs_full_sft"] == round(3 * validation / reference, 4)
 
     refined = latest_metadata(instance, "refined_dataset")
-    assert refined["pipeline_token_passes"] == passes  # scoring passes no token
-    assert refined["pipeline_cost_vs_full_sft"] == round(passes / reference, 3)
+    # Scoring passes no token; choosing between DRIFT's selection and the loss filter's (the default
+    # selection.choose_among) fine-tunes each with the recipe, forward and backward, and decodes the
+    # validation queries: its own figures, added to the rest.
+    assert settings.selection.choose_among == ["loss"] and refined["selection_chosen"] in ("drift", "loss")
+    assert 1.6 < refined["cost_backward_tokens"] / (reference / 3) < 2.4
+    assert refined["cost_forward_tokens"] > refined["cost_backward_tokens"]
+    chosen = refined["cost_forward_tokens"] + 2 * refined["cost_backward_tokens"]
+    assert refined["cost_token_passes"] == chosen
+    assert refined["pipeline_token_passes"] == passes + chosen
+    assert refined["pipeline_cost_vs_full_sft"] == round((passes + chosen) / reference, 3)
     assert base64.b64decode(refined["cost_plot"].split("base64,", 1)[1].rstrip(")")).startswith(b"\x89PNG")
     assert "| gradients at base |" in refined["cost_by_stage"]
     seconds = latest_metadata(instance, "influence_scores")["cost_wall_seconds"]
@@ -83,10 +91,11 @@ def test_each_step_records_the_tokens_it_passed_and_the_summary_adds_them_up(pip
     lines = _summary(settings, instance).splitlines()
     head = next(line for line in lines if line.startswith("cost "))
     split = lines[lines.index(head) + 1].strip()
-    assert f"{passes:,} token passes, {passes / reference:.2f}× one full-pool SFT run ({reference:,})" in head
+    assert f"{passes + chosen:,} token passes, {(passes + chosen) / reference:.2f}× one full-pool SFT run ({reference:,})" in head
     assert re.search(r"the evaluation apart: \d+\.\d\d×, \d+ s$", head)
     assert split.startswith(f"rollouts {at['rollouts']['cost_token_passes'] / reference:.2f}× ")
-    assert " | warm-up " in split and " | gradients at base " in split and re.search(r" \| scoring \d+ s$", split)
+    assert " | warm-up " in split and " | gradients at base " in split and re.search(r" \| scoring \d+ s \| ", split)
+    assert re.search(rf" \| choice {chosen / reference:.2f}× \d+ s$", split)
     assert "cost " not in _summary(settings)  # without the instance that recorded the runs: no line
 
 

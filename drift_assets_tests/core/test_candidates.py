@@ -509,3 +509,15 @@ def test_drift_val_loss_keeps_the_size_whose_model_has_the_lowest_loss_on_the_va
     assert kept["wall_seconds"].to_list() == [6.0, 6.0]
     with pytest.raises(ValueError, match="chooses its size by validation loss"):
         with_validated_choices(table.with_columns(validation_loss=None), ["drift_val_loss"])
+
+
+def test_the_pipeline_default_is_the_benchmark_method_that_chooses_among_the_same_selections():
+    from drift_assets.core.study.benchmark import pipeline_default
+    from drift_assets.settings import SelectionSettings
+
+    assert pipeline_default([]) == "drift"
+    assert pipeline_default(["loss"]) == "drift_or_loss_acc"  # by accuracy, as refined_dataset chooses (not drift_or_loss)
+    assert pipeline_default(["loss", "full"]) == "drift_loss_or_full"
+    assert pipeline_default(SelectionSettings().choose_among) == "drift_or_loss_acc"
+    with pytest.raises(ValueError, match=r"no benchmark method chooses among \['drift', 'full'\]"):
+        pipeline_default(["full"])

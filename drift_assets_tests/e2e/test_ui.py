@@ -394,6 +394,13 @@ def _visible_text(page, text: str):
     return page.get_by_text(text, exact=True).filter(visible=True).first
 
 
+def _visible_node(page, key: str):
+    """A lineage graph's node for ``key``: its label whole, or cut in the middle as Dagster draws it
+    where the graph is zoomed out to fit the page (``validation…_source``)."""
+    label = re.compile(rf"^{re.escape(key)}$|^{re.escape(key[:5])}\S*…\S*{re.escape(key[-7:])}$")
+    return page.get_by_text(label).filter(visible=True).first
+
+
 def _metadata_picture(page, label: str):
     """The image of the PNG metadata entry ``label`` on an asset's page, opened from its "[Show Markdown]"
     button, once the browser has decoded it (a picture that does not render fails here)."""
@@ -596,12 +603,14 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     _shot(page, "05-backfill-succeeded")
 
     # Everything upstream of refined_dataset. Opened by its address: a lineage graph fits itself to the page
-    # only on the browser's first lineage page (later ones reuse the zoom kept in localStorage).
+    # only on the browser's first lineage page (later ones reuse the zoom kept in localStorage). On a page
+    # this size the whole graph fits at a zoom where Dagster draws each node's status, not only its name.
+    page.set_viewport_size({"width": 2200, "height": 1700})
     page.goto(f"{dagster.url}/assets/refined_dataset?view=lineage&lineageScope=upstream&lineageDepth=4")
     expect(page.get_by_role("button", name="Upstream")).to_be_visible()
     expect(page.get_by_role("button", name="All", exact=True)).to_be_disabled()  # depth 4 is the whole graph
     for key in ("validation_queries_source", "training_gradient_projections", "refined_dataset"):
-        expect(_visible_text(page, key)).to_be_visible()
+        expect(_visible_node(page, key)).to_be_visible()
     expect(page.get_by_text(re.compile("Loading"))).to_have_count(0, timeout=60_000)  # each node's status
     # training_pool, validation_queries, influence_scores and refined_dataset say "Materialized"; the base
     # model's chain says "1 partition" (the sharded table "3 partitions"), each "100% filled".
@@ -614,6 +623,7 @@ def test_observe_and_materialize_the_pipeline_from_the_ui(dagster_ui, page):
     expect(page.get_by_text("3 / 3 Passed", exact=True)).to_have_count(2 if influence_checks_pass else 1)
     page.wait_for_timeout(1000)
     _shot(page, "06-refined-dataset-upstream-lineage")
+    page.set_viewport_size({"width": 1600, "height": 1300})
 
     page.goto(f"{dagster.url}/assets/refined_dataset")
     expect(page.get_by_text("Row count")).to_be_visible()

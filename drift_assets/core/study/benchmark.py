@@ -104,6 +104,7 @@ from drift_assets.core.training.sft import Evaluation
 
 __all__ = [
     "METHODS",
+    "pipeline_default",
     "MethodScorer",
     "ScoringSettings",
     "loss_scores",
@@ -196,6 +197,19 @@ VALIDATION_SIZES = (0.25, 0.5, 0.75, 1.0)  # shares of the pool, besides the con
 ORDER_OF = {**SIZED, **VALIDATED}  # the method whose scores (and so order) a sized method takes
 METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS, *SIZED, *VALIDATED)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
+
+
+def pipeline_default(choose_among: Sequence[str]) -> str:
+    """The method whose selection the pipeline's refined dataset is with ``selection.choose_among``:
+    ``drift`` where it chooses nothing, else the method that chooses among the same selections by the
+    validation queries' accuracy (as refined_dataset does)."""
+    if not choose_among:
+        return "drift"
+    among = ("drift", *choose_among)
+    for method, selections in CHOSEN_AMONG.items():
+        if selections == among and method not in CHOSEN_BY_LOSS:
+            return method
+    raise ValueError(f"selection.choose_among {list(choose_among)}: no benchmark method chooses among {list(among)}")
 
 
 def checkpoints_used(method: str, n_checkpoints: int) -> list[int]:
