@@ -293,7 +293,7 @@ def card_facts(given: RefineGiven, code_versions: dict[str, str], warehouse: War
         package_version=_package_version(),
         git_commit=_git_commit(),
         run_id=run_id,
-        selection_method=given.export.shaping["selection.method"],
+        selection_method=given.selection.method,
         checkpoints=given.checkpoints,
     )
 

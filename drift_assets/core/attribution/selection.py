@@ -186,6 +186,13 @@ def reference_size(loss_per_token: pl.DataFrame, reference_losses: np.ndarray) -
     return int(kept.sum())
 
 
+def ranks_by(keys: np.ndarray, ties: np.ndarray) -> np.ndarray:
+    """Each row's rank (1 = first) by ``keys``, lowest first, ties to the lowest of ``ties``."""
+    ranks = np.empty(len(keys), dtype=np.int64)
+    ranks[np.lexsort((np.asarray(ties, dtype=np.float64), np.asarray(keys, dtype=np.float64)))] = np.arange(1, len(keys) + 1)
+    return ranks
+
+
 def blended_ranks(order_ranks: np.ndarray, losses: np.ndarray, weight: float) -> np.ndarray:
     """Ranks (1 = first) by (1 − ``weight``)·``order_ranks`` + ``weight``·the rank by ``losses`` (the
     lowest first), both over the same rows; ties (in the losses, then in the blend) go to the better
@@ -194,12 +201,8 @@ def blended_ranks(order_ranks: np.ndarray, losses: np.ndarray, weight: float) ->
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"influence.likelihood_blend: {weight:g} is not a weight in [0, 1]")
     order_ranks = np.asarray(order_ranks, dtype=np.float64)
-    loss_ranks = np.empty(len(order_ranks))
-    loss_ranks[np.lexsort((order_ranks, np.asarray(losses, dtype=np.float64)))] = np.arange(1, len(order_ranks) + 1)
-    combined = (1.0 - weight) * order_ranks + weight * loss_ranks
-    ranks = np.empty(len(order_ranks), dtype=np.int64)
-    ranks[np.lexsort((order_ranks, combined))] = np.arange(1, len(order_ranks) + 1)
-    return ranks
+    combined = (1.0 - weight) * order_ranks + weight * ranks_by(losses, order_ranks)
+    return ranks_by(combined, order_ranks)
 
 
 def blended(
@@ -226,9 +229,7 @@ def stratified_ranks(order_ranks: np.ndarray, lengths: np.ndarray, strata: int) 
         inside = np.empty(len(rows))
         inside[np.argsort(order_ranks[rows], kind="stable")] = np.arange(1, len(rows) + 1)
         keys[rows] = (inside - 0.5) / len(rows)
-    ranks = np.empty(n, dtype=np.int64)
-    ranks[np.lexsort((order_ranks, keys))] = np.arange(1, n + 1)
-    return ranks
+    return ranks_by(keys, order_ranks)
 
 
 def stratified(
@@ -274,10 +275,7 @@ def candidate_selections(scores: pl.DataFrame, selected: pl.Series, among: Seque
 def likeliest_ranks(scores: pl.DataFrame) -> pl.Series:
     """Each row's rank (1 = first) by the base model's loss per response token, lowest first, ties by
     DRIFT's ``rank``: the loss filter's order, the order its selection takes."""
-    order = np.lexsort((scores["rank"].to_numpy(), scores["loss_per_token"].to_numpy()))
-    ranks = np.empty(scores.height, dtype=np.int64)
-    ranks[order] = np.arange(1, scores.height + 1)
-    return pl.Series("rank", ranks)
+    return pl.Series("rank", ranks_by(scores["loss_per_token"].to_numpy(), scores["rank"].to_numpy()))
 
 
 def best_selection(validation_accuracy: dict[str, float]) -> str:
