@@ -1037,10 +1037,15 @@ def load_settings(path: str | Path | None = None) -> Settings:
     return parse_settings(raw, str(chosen), chosen.resolve().parent)
 
 
-def validation_answer_marker(settings: Settings) -> str | None:
-    """Where validation gradients start: at the answer marker (projection.validation_span: answer), or
+def span_start(validation_span: str, answer_marker: str) -> str | None:
+    """Where validation gradients start: at ``answer_marker`` (projection.validation_span: answer), or
     None for the whole completion."""
-    return settings.grading.answer_marker if settings.projection.validation_span == "answer" else None
+    return answer_marker if validation_span == "answer" else None
+
+
+def validation_answer_marker(settings: Settings) -> str | None:
+    """:func:`span_start` of these settings."""
+    return span_start(settings.projection.validation_span, settings.grading.answer_marker)
 
 
 SETTINGS_READ_KEY = "settings_read"

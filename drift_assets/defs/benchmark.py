@@ -41,6 +41,7 @@ from drift_assets.settings import (
     code_version,
     read_metadata,
     setting,
+    span_start,
     unhashed,
 )
 from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
@@ -118,8 +119,8 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
         scorer, drift = stored_scorer(tables, training_pool), given.influence.scoring()
         study = MethodBenchmark(benchmark.methods, benchmark.seeds, training_pool, validation_queries, scorer, drift)
         network, tokenizer = model.load_model(), model.load_tokenizer()
-        answer = given.onpolicy and given.onpolicy.validation_span == "answer"  # else the whole completion
-        marker = given.decoding.grading.answer_marker if answer else None
+        onpolicy, answer_marker = given.onpolicy, given.decoding.grading.answer_marker
+        marker = span_start(onpolicy.validation_span, answer_marker) if onpolicy else None  # used where it runs
         less = functools.partial(
             less_matrix_of,
             *(context.log.info, given.checkpoints, marker, model, warehouse, tokenizer),

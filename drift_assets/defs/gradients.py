@@ -26,7 +26,7 @@ from drift_assets.defs.cost import CostPlan, full_sft_reference, stored_referenc
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import code_version, read_metadata, setting, setting_keys, unhashed
+from drift_assets.settings import code_version, read_metadata, setting, setting_keys, span_start, unhashed
 
 GRADIENTS_VERSION = "3"  # 3: partitioned by checkpoint (the training gradients by checkpoint × shard)
 # 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
@@ -65,7 +65,7 @@ class ValidationSpan:
     @property
     def marker(self) -> str | None:
         """Where validation gradients start: at the answer marker, or None for the whole completion."""
-        return self.answer_marker if self.validation_span == "answer" else None
+        return span_start(self.validation_span, self.answer_marker)
 
 
 @dataclass(frozen=True)
