@@ -369,10 +369,10 @@ class GradingSettings(_Group):
         return self
 
     def allowed_graders(self) -> tuple[str, ...]:
-        """What a query's 'grader' field may name: the built-ins, the default and the listed custom graders."""
-        from drift_assets.core.grading.graders import BUILTIN_GRADERS
+        """What a query's 'grader' field may name (:func:`~drift_assets.core.grading.graders.allowed_graders`)."""
+        from drift_assets.core.grading.graders import allowed_graders
 
-        return tuple(dict.fromkeys((*BUILTIN_GRADERS, self.default_grader, *self.custom_graders)))
+        return allowed_graders(self.default_grader, self.custom_graders)
 
     def custom(self) -> list[str]:
         """The module:function graders these settings allow."""

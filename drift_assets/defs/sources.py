@@ -14,7 +14,7 @@ from drift_assets.core.data.fingerprint import check_model_directory, content_ha
 from drift_assets.core.data.pool import NormalizedPool, load_queries, normalize_pool, read_rows, reject_reasons, require_examples
 from drift_assets.core.data.sequences import bos_warning, untemplated_turns_warning
 from drift_assets.core.generation.engines import model_config, resolve_max_model_len
-from drift_assets.core.grading.graders import BUILTIN_GRADERS, validate_grader
+from drift_assets.core.grading.graders import allowed_graders, validate_grader
 from drift_assets.defs.automation import observe_condition
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.resources import ModelResource
@@ -38,8 +38,8 @@ class QueryGraders:
     custom_graders: list[str] = setting("grading.custom_graders")
 
     def allowed(self) -> tuple[str, ...]:
-        """What a query's 'grader' field may name: the built-ins, the default and the listed custom graders."""
-        return tuple(dict.fromkeys((*BUILTIN_GRADERS, self.default_grader, *self.custom_graders)))
+        """What a query's 'grader' field may name, from the two settings hashed."""
+        return allowed_graders(self.default_grader, self.custom_graders)
 
 
 @dataclass(frozen=True)

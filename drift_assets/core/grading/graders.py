@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +38,13 @@ import numpy as np
 import polars as pl
 
 BUILTIN_GRADERS = ("exact", "numeric", "math", "regex")
+
+
+def allowed_graders(default_grader: str, custom_graders: Sequence[str]) -> tuple[str, ...]:
+    """What a query's 'grader' field may name: the built-ins, the default and the listed custom graders."""
+    return tuple(dict.fromkeys((*BUILTIN_GRADERS, default_grader, *custom_graders)))
+
+
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 _MINUS_SIGNS = dict.fromkeys(map(ord, "\u2212\u2012\u2013\u2014\ufe63\uff0d"), "-")
 
