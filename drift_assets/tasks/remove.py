@@ -75,11 +75,10 @@ def removed(text: str, letter: str, first_only: bool = False) -> str:
 
 class Remove(Task):
     name = "remove"
-    description = "delete a letter from 5-8 letters of a-f, 'Left: abdef' after optional working (a b d e f); exact; held out"
+    description = "delete a letter from 5-8 letters of a-f, 'Left: abdef' after optional working (a b d e f); exact"
     grader = "exact"
     answer_marker = MARKER
     chat_template = "none"
-    held_out = True
     recipe = string_task_recipe(narrow=True)
     defaults = STRING_TASK_DEFAULTS
 
