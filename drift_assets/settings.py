@@ -200,6 +200,7 @@ DEMO_TASKS = (
     "rotate",
     "reverse",
     "remove",
+    "swap",
 )  # drift_assets.tasks.TASKS; a test keeps them equal
 
 

@@ -31,6 +31,7 @@ from drift_assets.tasks.runs import Runs
 from drift_assets.tasks.shift import Shift
 from drift_assets.tasks.sort import Sort
 from drift_assets.tasks.spell import Spell
+from drift_assets.tasks.swap import Swap
 from drift_assets.tasks.unique import Unique
 
 __all__ = ["NOISE_KINDS", "TASKS", "BaseModel", "PretrainRecipe", "Task", "TaskDefaults", "build_base_model", "get_task"]
@@ -55,6 +56,7 @@ TASKS: dict[str, Task] = {
         Rotate(),
         Reverse(),
         Remove(),
+        Swap(),
     )
 }
 CALIBRATION_QUERIES = 64

@@ -45,10 +45,10 @@ class PretrainRecipe:
 
 
 def string_task_recipe(narrow: bool = False) -> PretrainRecipe:
-    """The string tasks' pre-training (runs, interleave, unique, position, rotate, reverse, remove):
-    6,000 examples, the band (0.3, 0.6), at most 6,000 steps, 96 positions and an MLP of 192 where the
-    other tasks' is 384; ``narrow``: 64 wide with one head of 64 (vLLM's CPU attention needs heads of
-    64). Both keep the pins under the pins test's limit in all."""
+    """The string tasks' pre-training (runs, interleave, unique, position, rotate, reverse, remove,
+    swap): 6,000 examples, the band (0.3, 0.6), at most 6,000 steps, 96 positions and an MLP of 192
+    where the other tasks' is 384; ``narrow``: 64 wide with one head of 64 (vLLM's CPU attention needs
+    heads of 64). Both keep the pins under the pins test's limit in all."""
     shape = TinyLlamaShape(intermediate_size=192, max_positions=96)
     if narrow:
         shape = TinyLlamaShape(hidden_size=64, num_heads=1, intermediate_size=192, max_positions=96)

@@ -2,7 +2,7 @@
 
 The suite's seventh held-out task (written 2026-12-06, after the held-out ``roman`` was reported);
 its results were seen when they were reported, so it has been a development task since
-2026-12-06, when ``runs`` was written (``remove`` is held out now). Its skill is unlike the other
+2026-12-06, when ``runs`` was written (``swap`` is held out now). Its skill is unlike the other
 tasks' (a number halved again and again, its bits the halvings' remainders read from the last, a
 base-2 place-value notation; not arithmetic, ordering, spelling a number in words, counting,
 choosing, a letter mapping, a digit sum, a stack or Roman numerals), and so is its noise:

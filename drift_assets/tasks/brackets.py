@@ -2,7 +2,7 @@
 
 The suite's fifth held-out task (written 2026-12-06, after the held-out ``digits`` was reported);
 its results were seen when they were reported, so it has been a development task since
-2026-12-06, when ``roman`` was written (``remove`` is held out now). Its skill is unlike the other
+2026-12-06, when ``roman`` was written (``swap`` is held out now). Its skill is unlike the other
 tasks' (keeping a stack: the brackets still open, closed last-opened first, not arithmetic,
 ordering, spelling, counting, choosing, a letter mapping or a digit sum), and so is its noise:
 

@@ -1,7 +1,7 @@
 """Multiple choice, as MMLU-Pro's questions are: which of four numbers is the largest or the smallest.
 
 The suite's second held-out task; its results were seen when the defaults of 2026-12-05 were
-reported, so it has been a development task since 2026-12-06 (``remove`` is held out now). Answers end in ``The answer is (X)``, with or without the options ordered first;
+reported, so it has been a development task since 2026-12-06 (``swap`` is held out now). Answers end in ``The answer is (X)``, with or without the options ordered first;
 exact grading of the letter; a chat template. Noise: near misses (the runner-up's letter),
 format noise (the number instead of its letter, which the grader does not read as an answer) and
 off-task rows (letter chores).

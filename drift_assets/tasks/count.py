@@ -1,7 +1,7 @@
 """Count one letter in a string, answered after ``####``, with or without listing the matches first.
 
 The suite's first held-out task; its results were seen when the defaults of 2026-11-30 were
-reported, so it has been a development task since (``remove`` is held out now). Numeric grading,
+reported, so it has been a development task since (``swap`` is held out now). Numeric grading,
 no chat template. Noise: near misses (the count one off), off-task rows (string chores), and format noise
 (the count as a word, which the numeric grader cannot read).
 """

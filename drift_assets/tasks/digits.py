@@ -2,7 +2,7 @@
 
 The suite's fourth held-out task (written 2026-12-06, after the held-out ``shift`` was reported);
 its results were seen when they were reported, so it has been a development task since
-2026-12-06, when ``brackets`` was written (``remove`` is held out now). Its skill is unlike the other tasks' (a running total over a number's own digits), and so is its
+2026-12-06, when ``brackets`` was written (``swap`` is held out now). Its skill is unlike the other tasks' (a running total over a number's own digits), and so is its
 pool, a mixed-skill one, as LESS's pools are, where part of the pool is correct but on another skill:
 
 - ``corrupted``: a careless annotator skips one digit (a different one on each row), so the sum

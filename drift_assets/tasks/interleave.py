@@ -2,7 +2,7 @@
 
 The suite's ninth held-out task (written 2026-12-06, after the held-out ``runs`` was reported);
 its results were seen when they were reported, so it has been a development task since
-2026-12-06, when ``unique`` was written (``remove`` is held out now). Its skill is unlike the
+2026-12-06, when ``unique`` was written (``swap`` is held out now). Its skill is unlike the
 other tasks' (reading two strings in step, one position of each at a time, and merging them, the
 longer one's rest written out once the shorter ends; not arithmetic, ordering, spelling a number
 in words, counting, choosing, a letter mapping, a digit sum, a stack, Roman numerals, a base-2

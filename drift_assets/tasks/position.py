@@ -2,7 +2,7 @@
 
 The suite's eleventh held-out task (written 2026-12-07, after the held-out ``unique`` was
 reported); its results were seen when they were reported, so it has been a development task since
-2026-12-07, when ``rotate`` was written (``remove`` is held out now). Its skill is unlike the other
+2026-12-07, when ``rotate`` was written (``swap`` is held out now). Its skill is unlike the other
 tasks' (walking a string from its start, numbering its places, until the asked letter is met; not
 arithmetic, ordering, spelling a number in words, counting how often a letter occurs, choosing, a
 letter mapping, a digit sum, a stack, Roman numerals, a base-2 notation, a string cut into its

@@ -1,15 +1,15 @@
 """Removal: every occurrence of a named letter deleted from a short string.
 
-Held out (written 2026-12-07, the suite's fourteenth held-out task, after the held-out ``reverse``
-was reported and before the next candidate is registered): no default is chosen by it, and it is
-reported once, after the choice. Its skill is unlike the other sixteen tasks' (walking a string and
-leaving out each letter that is the named one, keeping the others in their order; not arithmetic,
-ordering, spelling a number in words, counting, choosing, a letter mapping, a digit sum, a stack,
-Roman numerals, a base-2 notation, a string cut into its runs, two strings woven together, a
-string's repeats removed, a letter's place found, a string turned or written backwards; the nearest
-are count's, which finds a named letter's occurrences but answers how many there are, and
-unique's, which drops letters too, but every letter met again rather than one named letter), and
-so is its noise:
+The suite's fourteenth held-out task (written 2026-12-07, after the held-out ``reverse`` was
+reported); its results were seen when they were reported, so it has been a development task since
+2026-12-07, when ``swap`` was written (``swap`` is held out now). Its skill is unlike the other
+tasks' (walking a string and leaving out each letter that is the named one, keeping the others in
+their order; not arithmetic, ordering, spelling a number in words, counting, choosing, a letter
+mapping, a digit sum, a stack, Roman numerals, a base-2 notation, a string cut into its runs, two
+strings woven together, a string's repeats removed, a letter's place found, a string turned or
+written backwards; the nearest are count's, which finds a named letter's occurrences but answers
+how many there are, and unique's, which drops letters too, but every letter met again rather than
+one named letter), and so is its noise:
 
 - ``corrupted``: a consistent wrong rule, the harmful kind: the annotator removes only the FIRST
   occurrence of the letter ("Remove c from abcdcef" as abdcef, where it should be abdef), after the

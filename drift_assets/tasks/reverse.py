@@ -2,7 +2,7 @@
 
 The suite's thirteenth held-out task (written 2026-12-07, after the held-out ``rotate`` was
 reported); its results were seen when they were reported, so it has been a development task since
-2026-12-07, when ``remove`` was written (``remove`` is held out now). Its skill is unlike the other
+2026-12-07, when ``remove`` was written (``swap`` is held out now). Its skill is unlike the other
 tasks' (reading a string from its end, letter by letter, back to its start; not arithmetic,
 ordering, spelling a number in words, counting, choosing, a letter mapping, a digit sum, a stack,
 Roman numerals, a base-2 notation, a string cut into its runs, two strings woven together, a

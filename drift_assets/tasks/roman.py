@@ -2,7 +2,7 @@
 
 The suite's sixth held-out task (written 2026-12-06, after the held-out ``brackets`` was reported);
 its results were seen when they were reported, so it has been a development task since
-2026-12-06, when ``binary`` was written (``remove`` is held out now). Its skill is unlike the other
+2026-12-06, when ``binary`` was written (``swap`` is held out now). Its skill is unlike the other
 tasks' (a place-value notation rewritten digit by digit into letters whose value depends on the
 place, where 4 and 9 are written as a letter taken away from the next one; not arithmetic,
 ordering, spelling a number in words, counting, choosing, a letter mapping, a digit sum or a

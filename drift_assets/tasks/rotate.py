@@ -2,7 +2,7 @@
 
 The suite's twelfth held-out task (written 2026-12-07, after the held-out ``position`` was
 reported); its results were seen when they were reported, so it has been a development task since
-2026-12-07, when ``reverse`` was written (``remove`` is held out now). Its skill is unlike the
+2026-12-07, when ``reverse`` was written (``swap`` is held out now). Its skill is unlike the
 other tasks' (moving a string's first letter to its end, again and again, as many times as asked;
 not arithmetic, ordering, spelling a number in words, counting, choosing, a letter mapping, a digit
 sum, a stack, Roman numerals, a base-2 notation, a string cut into its runs, two strings woven

@@ -2,7 +2,7 @@
 
 The suite's eighth held-out task (written 2026-12-06, after the held-out ``binary`` was reported);
 its results were seen when they were reported, so it has been a development task since
-2026-12-06, when ``interleave`` was written (``remove`` is held out now). Its skill is unlike
+2026-12-06, when ``interleave`` was written (``swap`` is held out now). Its skill is unlike
 the other tasks' (cutting a string where its letter changes and measuring each piece; not
 arithmetic, ordering, spelling a number in words, counting one letter over a whole string,
 choosing, a letter mapping, a digit sum, a stack, Roman numerals or a base-2 notation), and so is

@@ -2,7 +2,7 @@
 
 The suite's third held-out task (written 2026-12-06, before that day's candidate defaults ran);
 its results were seen when they were reported, so it has been a development task since
-(``remove`` is held out now). Its skill is unlike the other tasks'
+(``swap`` is held out now). Its skill is unlike the other tasks'
 (a letter-wise mapping with a wrap-around, not arithmetic, ordering, spelling, counting or
 choosing), and so is its noise:
 

@@ -2,7 +2,7 @@
 
 The suite's tenth held-out task (written 2026-12-06, after the held-out ``interleave`` was
 reported); its results were seen when they were reported, so it has been a development task since
-2026-12-07, when ``position`` was written (``remove`` is held out now). Its skill is unlike the
+2026-12-07, when ``position`` was written (``swap`` is held out now). Its skill is unlike the
 other tasks' (remembering which letters a string has shown so far and dropping a letter met again;
 not arithmetic, ordering, spelling a number in words, counting one letter, choosing, a letter
 mapping, a digit sum, a stack, Roman numerals, a base-2 notation, a string cut into its runs or two

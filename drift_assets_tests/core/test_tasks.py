@@ -147,8 +147,23 @@ def without_first(text: str, letter: str) -> str:
     return text.replace(letter, "", 1)
 
 
+def pairs_swapped(text: str) -> str:
+    """``text`` with the two letters of each pair swapped, by slicing: each letter in an even place
+    written after the one that follows it."""
+    return "".join(second + first for first, second in itertools.zip_longest(text[::2], text[1::2], fillvalue=""))
+
+
+def blocks_swapped(text: str) -> str:
+    """``text`` cut into blocks of four letters from its start, each block's two halves swapped and a
+    shorter last block kept, by slicing."""
+    blocks = [text[start : start + 4] for start in range(0, len(text), 4)]
+    return "".join(block[2:] + block[:2] if len(block) == 4 else block for block in blocks)
+
+
 def true_answer(task: str, prompt: str) -> str:
     """What a correct response says, computed from the prompt alone."""
+    if task == "swap":
+        return pairs_swapped(re.fullmatch(r"Swap each pair in ([a-h]+)\n", prompt).group(1))
     if task == "remove":
         letter, text = re.fullmatch(r"Remove ([a-f]) from ([a-f]+)\n", prompt).groups()
         return without(text, letter)
@@ -209,6 +224,7 @@ STATED = {
     "rotate": r"Turn: ([a-h]+)$",
     "reverse": r"Back: ([a-h]+)$",
     "remove": r"Left: ([a-f]+)$",
+    "swap": r"Swapped: ([a-h]+)$",
     "digits": r"Sum: (\d+)$",
     "shift": r"Result: ([a-z]+)$",
     "choice": r"The answer is (\([A-D]\))$",
@@ -230,8 +246,7 @@ def test_the_settings_and_the_registry_name_the_same_tasks_and_methods():
 
     assert DEMO_TASKS == tuple(TASKS)
     assert BENCHMARK_METHODS == METHODS
-    # remove was reported (2026-12-07); the next held-out task is written before the next candidate
-    assert [name for name, task in TASKS.items() if task.held_out] == []
+    assert [name for name, task in TASKS.items() if task.held_out] == ["swap"]  # exactly one, fixed before any result
     with pytest.raises(ValueError, match="demo.task: unknown task 'nope'"):
         get_task("nope")
 
@@ -826,10 +841,12 @@ def test_the_rotate_tasks_near_misses_all_turn_to_the_right():
 @pytest.mark.parametrize(
     ("name", "longest", "longest_response"),
     [  # seven letters turned by six, with the working; seven letters reversed, with the working; eight
-        # letters with the named one twice, a near miss (one occurrence removed) with the working
+        # letters with the named one twice, a near miss (one occurrence removed) with the working; eight
+        # letters' pairs swapped, with the working (a near miss's is as long)
         ("rotate", ("Rotate abcdefg by 6\n", "bcdefga cdefgab defgabc efgabcd fgabcde gabcdef. Turn: gabcdef"), 62),
         ("reverse", ("Reverse abcdefg\n", "g f e d c b a. Back: gfedcba"), 28),
         ("remove", ("Remove c from abcdcefa\n", "a b d c e f a. Left: abdcefa"), 28),
+        ("swap", ("Swap each pair in abcdefgh\n", "ba dc fe hg. Swapped: badcfehg"), 30),
     ],
 )
 def test_a_string_tasks_longest_rows_fit_its_model_and_its_answer_limit(name, longest, longest_response):
@@ -917,7 +934,7 @@ def test_a_removal_matches_a_hand_written_list():
         assert without(text, letter) == right and without_first(text, letter) == wrong
 
 
-def test_the_held_out_remove_tasks_near_misses_all_remove_only_the_first_occurrence():
+def test_the_remove_tasks_near_misses_all_remove_only_the_first_occurrence():
     """Harmful noise, one wrong rule: every near miss removes only the named letter's first
     occurrence (after a working that keeps the others), which is always wrong, as the letter occurs
     at least twice; the format rows separate the right letters with slashes; the off-task rows give
@@ -971,4 +988,73 @@ def test_the_held_out_remove_tasks_near_misses_all_remove_only_the_first_occurre
     for response in ("Left: ABDEF", "a b d e f. Left: abdef"):  # the grader ignores case: no format noise
         assert grade_answer(response, "abdef", task.grader, options).correct
     workings = [row for row in pool if row["category"] == "correct" and ". Left: " in row["response"]]
+    assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
+
+
+def test_a_pair_swap_matches_a_hand_written_list():
+    """The tests' own pair swaps and whole-pair swaps (slicing), their oracle, against swaps written
+    by hand."""
+    by_hand = {"abcd": ("badc", "cdab"), "abcde": ("badce", "cdabe"), "abcdef": ("badcfe", "cdabef")}
+    by_hand |= {"abcdefg": ("badcfeg", "cdabefg"), "abcdefgh": ("badcfehg", "cdabghef"), "hgfe": ("ghef", "fehg")}
+    by_hand |= {"cafe": ("acef", "feca"), "badge": ("abgde", "dgbae"), "dhbgace": ("hdgbcae", "bgdhace")}
+    by_hand |= {"fbhcagde": ("bfchgaed", "hcfbdeag")}
+    for text, (right, wrong) in by_hand.items():
+        assert pairs_swapped(text) == right and blocks_swapped(text) == wrong
+
+
+def test_the_held_out_swap_tasks_near_misses_all_swap_whole_pairs():
+    """Harmful noise, one wrong rule: every near miss swaps neighbouring pairs as wholes, two at a
+    time, each pair's letters kept in their order (after a working that writes those pairs), which
+    is always wrong, as every string has two pairs; the format rows separate the right pairs with
+    vertical bars; the off-task rows give a training string's letter latest in the alphabet; no
+    validation or test string reaches the pool."""
+    task = get_task("swap")
+    pool = task.training_pool_rows(task.defaults.n_train, task.defaults.noise, seed=0)
+    options = task.grading_options()
+    assert {row["category"] for row in pool} == {"correct", "corrupted", "format", "off_task"}
+    # Strings of four to eight different letters of a-h, every ordered arrangement.
+    space = sum(math.perm(8, length) for length in range(4, 9))
+    assert sum(task.problems_in(split) for split in ("validation", "test", "train")) == space
+    assert task.problems_in("train") >= task.defaults.n_train  # room for a pool of distinct rows
+    in_training = training_only(task, r"Swap each pair in ([a-h]+)\n")
+
+    for row in pool:
+        if row["category"] == "off_task":
+            text = re.fullmatch(r"Highest letter in ([a-h]{4,8})\n", row["prompt"]).group(1)
+            assert len(set(text)) == len(text) and row["response"] == f"Highest: {sorted(text)[-1]}", row
+            assert in_training(text), row  # no test or validation string in the pool
+            continue
+        text = re.fullmatch(r"Swap each pair in ([a-h]{4,8})\n", row["prompt"]).group(1)
+        assert len(set(text)) == len(text) and in_training(text), row
+        truth, stated = true_answer("swap", row["prompt"]), stated_answer("swap", row["response"])
+        graded = grade_answer(row["response"], truth, task.grader, options).correct
+        pairs = [text[start : start + 2] for start in range(0, len(text), 2)]  # a last odd letter alone
+        if ". Swapped: " in row["response"]:  # the working: the pairs, space-separated
+            steps = row["response"].split(". Swapped: ")[0].split(" ")
+            if row["category"] == "corrupted":  # the wrong rule: the string's own pairs, unswapped, moved
+                assert sorted(steps) == sorted(pairs) and "".join(steps) == blocks_swapped(text), row
+            else:  # step by step: the string's next two letters, the other way round
+                assert steps == [pair[::-1] for pair in pairs], row
+            assert "".join(steps) == stated, row
+        if row["category"] == "correct":
+            assert stated == truth and graded, row
+        elif row["category"] == "corrupted":
+            assert stated == blocks_swapped(text) != truth and not graded, row
+            assert stated[0] == text[2] and truth[0] == text[1], row  # the third letter first, not the second
+        else:
+            assert row["response"] == f"Swapped: {'|'.join(pair[::-1] for pair in pairs)}", row
+            assert stated is None and not graded and "|" in row["response"], row
+            assert row["response"].removeprefix("Swapped: ").replace("|", "") == truth, row
+    formats = task.training_pool_rows(task.defaults.n_train, {"format": 1.0}, seed=0)  # two pairs or more in every string
+    assert all(re.fullmatch(r"Swapped: [a-h]{2}(\|[a-h]{2})+(\|[a-h])?", row["response"]) for row in formats)
+    corrupted = [row for row in pool if row["category"] == "corrupted"]
+    assert len(corrupted) == round(task.defaults.n_train * task.defaults.noise["corrupted"])
+    assert 0.4 < sum(". Swapped: " in row["response"] for row in corrupted) / len(corrupted) < 0.6  # the working, half the time
+    near = ("Swapped: ba|dc|fe|g", "Swapped: cdabefg", "Swapped: ba dc fe g", "cd ab ef g. Swapped: cdabefg")
+    near += ("Swapped: badcfe", "Swapped: abcdefg", "Swapped: acbedfg")
+    for response in near:  # bars, whole pairs swapped, spaces, a letter short, nothing swapped, pairs from the second letter
+        assert not grade_answer(response, "badcfeg", task.grader, options).correct
+    for response in ("Swapped: BADCFEG", "ba dc fe g. Swapped: badcfeg"):  # the grader ignores case: no format noise
+        assert grade_answer(response, "badcfeg", task.grader, options).correct
+    workings = [row for row in pool if row["category"] == "correct" and ". Swapped: " in row["response"]]
     assert 0.4 < len(workings) / sum(row["category"] == "correct" for row in pool) < 0.6  # half show the working
