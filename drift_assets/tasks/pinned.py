@@ -75,6 +75,7 @@ PINS = (
     Pin("rotate", "rotate"),
     Pin("reverse", "reverse"),
     Pin("remove", "remove"),
+    Pin("swap", "swap"),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 

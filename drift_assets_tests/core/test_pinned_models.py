@@ -15,11 +15,11 @@ def test_every_pin_is_stored_with_its_checksum():
         path = PINNED_DIR / f"{name}.safetensors"
         assert _sha256(path) == record["sha256"], f"{path} does not match its sha256"
     sizes = [(PINNED_DIR / f"{name}.safetensors").stat().st_size for name in entries]
-    # Under a MB each, about eleven and three quarter MB in all: seventeen task pins of under a MB each (runs'
-    # and interleave's a narrower MLP, 192 wide, so that they take about 0.6 MB; unique's, position's,
-    # rotate's, reverse's and remove's half as wide again, hidden 64, about 0.24 MB each) and the tests'
-    # narrower arithmetic model.
-    assert max(sizes) < 1e6 and sum(sizes) < 1.18e7
+    # Under a MB each, about twelve MB in all: eighteen task pins of under a MB each (runs' and interleave's
+    # a narrower MLP, 192 wide, so that they take about 0.6 MB; unique's, position's, rotate's, reverse's,
+    # remove's and swap's half as wide again, hidden 64, about 0.24 MB each) and the tests' narrower
+    # arithmetic model. The limit rose by swap's 0.24 MB when it was pinned.
+    assert max(sizes) < 1e6 and sum(sizes) < 1.205e7
 
 
 @pytest.mark.parametrize("pin", PINS, ids=lambda pin: pin.name)
