@@ -29,18 +29,21 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import time
 
 import numpy as np
 import polars as pl
 
 from benchmarks.demo_warehouse import demo_warehouse, evaluated_after_sft, ground_truth_pool
-from benchmarks.noise_breakdown import answer_differences, answer_offset
 from drift_assets.core.data.stored import ConfiguredTables, pool_loss_scores
+from drift_assets.core.grading.graders import extract_number
 from drift_assets.core.study.benchmark import summary_markdown
 from drift_assets.core.training.sft import Evaluation
 from drift_assets.resources import Warehouse, model_resource
 from drift_assets.settings import Settings
+
+PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")  # the demo's arithmetic prompts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -152,6 +155,24 @@ def main(argv=None) -> None:
     if warehouse.exists("method_benchmark"):
         print("\nthe method benchmark, for comparison\n")
         print(summary_markdown(warehouse.scan("method_benchmark").collect()))
+
+
+def answer_offset(prompt: str, response: str, marker: str) -> int | None:
+    """response's final number − the correct answer, for the demo's arithmetic prompts."""
+    problem, number = PROBLEM.search(prompt), extract_number(response, marker)
+    if problem is None or number is None:
+        return None
+    left, operator, right = int(problem[1]), problem[2], int(problem[3])
+    return round(float(number)) - (left + right if operator == "+" else left - right)
+
+
+def answer_differences(answers: list[str], queries: list[dict], marker: str) -> list[float | None]:
+    """Each answer's final number − its query's reference (None where the answer has no number)."""
+    numbers = [extract_number(answer, marker) for answer in answers]
+    return [
+        float(number) - float(query["reference"]) if number is not None else None
+        for number, query in zip(numbers, queries, strict=True)
+    ]
 
 
 def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated) -> None:
