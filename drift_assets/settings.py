@@ -697,12 +697,6 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_strata",
     "drift_strata_guarded",
     "drift_likelier",
-    "drift_sized",
-    "loss_sized",
-    "drift_val_sized",
-    "drift_val_margin",
-    "drift_val_loss",
-    "drift_or_loss",
     "drift_or_loss_acc",
     "drift_loss_or_full",
 )
@@ -728,12 +722,6 @@ ABLATIONS_ON_REQUEST = (
     "drift_strata",
     "drift_strata_guarded",
     "drift_likelier",
-    "drift_sized",
-    "loss_sized",
-    "drift_val_sized",
-    "drift_val_margin",
-    "drift_val_loss",
-    "drift_or_loss",
     "drift_loss_or_full",
 )
 

@@ -279,53 +279,6 @@ def test_the_length_mix_inside_the_likelihood_guard_stratifies_each_part_on_its_
     assert ranked["likely"].to_list() == [True] * 6 + [False] * 4
 
 
-def test_the_sized_methods_take_as_many_rows_as_the_reference_gate_keeps_in_their_own_order():
-    """drift_sized / loss_sized: the size is the count of pool rows at most as unlikely as the
-    references' 90th percentile (counted by hand here), whatever selection.fraction says; drift_sized
-    takes DRIFT's first rows, loss_sized the likeliest (the gate's rows)."""
-    from drift_assets.core.attribution.selection import reference_size
-    from drift_assets.core.study.benchmark import MethodBenchmark, MethodScorer
-
-    n = 20
-    rng = np.random.default_rng(5)
-    ids = [f"e{i:02d}" for i in range(n)]
-    template, _ = _checkpoint()
-    # Twenty references with losses 0.1 .. 2.0 (summed over 2 tokens each): their 90th percentile is 1.81.
-    references = pl.DataFrame(
-        {
-            "rollout_id": [f"ref{i}" for i in range(20)],
-            "query_id": [f"r{i}" for i in range(20)],
-            "target": ["reference"] * 20,
-            "grad": [[0.0, 0.0, 0.0]] * 20,
-            "model_fingerprint": "m",
-            "projection_fingerprint": "p",
-            "loss": list(np.arange(1, 21) / 5),
-            "n_tokens": [2] * 20,
-        },
-        schema_overrides={"grad": pl.List(pl.Float32), "n_tokens": pl.Int64},
-    )
-    rollouts = template.validation_gradients.with_columns(loss=0.0, n_tokens=pl.lit(1, pl.Int64))
-    validation = pl.concat([rollouts, references])
-    checkpoint = CheckpointGradients.in_memory(
-        "base", ids, rng.normal(size=(n, 3)).astype(np.float32), validation, template.grades, {("m", "p")}
-    )
-    per_token = [0.3 + 0.1 * i for i in range(n)]  # 0.3 .. 2.2: 0.3 .. 1.8 are within 1.81, sixteen rows
-    losses = pl.DataFrame({"example_id": ids, "loss_per_token": per_token})
-    assert reference_size(losses, np.arange(1, 21) / 10) == 16 == sum(loss <= 1.81 + 1e-9 for loss in per_token)
-    pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * n, "n_response_tokens": [2] * n, "messages": ids})
-    drift = ScoringSettings(weighting="signed", debias="none", ranking="score", likelihood_blend=0.0)
-    study = MethodBenchmark(["drift", "drift_sized", "loss_sized"], [0], pool, pool, MethodScorer([checkpoint], losses), drift)
-    study.score(None, None, [], lambda **_: None)
-    study.plan(("top_fraction", 0.25, None))
-    chosen = {method: {example_id for example_id, _ in study.selections[method, 0]} for method in study.methods}
-    drift_order = study.scores["drift"]["example_id"].to_list()
-    assert chosen["drift"] == set(drift_order[:5])  # selection.fraction 0.25 of 20
-    assert chosen["drift_sized"] == set(drift_order[:16])
-    assert chosen["loss_sized"] == set(ids[:16])  # the likeliest sixteen, every row the gate keeps
-    with pytest.raises(ValueError, match="the reference gate keeps no pool row"):
-        reference_size(losses.with_columns(loss_per_token=pl.lit(5.0)), np.arange(1, 21) / 10)
-
-
 def _scored_study(methods: list[str], n: int, seed: int, seeds: tuple[int, ...] = (0,)):
     """A method benchmark over ``n`` pool rows (e00, e01, …) with seeded random gradients at the base
     model and losses rising with the id (the loss filter keeps the first rows), its methods scored."""
@@ -343,51 +296,16 @@ def _scored_study(methods: list[str], n: int, seed: int, seeds: tuple[int, ...] 
     return study
 
 
-def test_the_validated_method_fine_tunes_nested_prefixes_of_drifts_order_one_shared_with_drift():
-    """drift_val_sized: DRIFT's first rows at the configured size (shared with drift's fine-tune) and
-    at a quarter, a half, three quarters and the whole pool (shared with full's), every one a prefix
-    of DRIFT's order."""
-    study = _scored_study(["full", "drift", "drift_val_sized"], 20, seed=7)
-    plan = study.plan(("top_fraction", 0.1, None))
-    sizes = {"drift_val_sized@10%": 2, "drift_val_sized@25%": 5, "drift_val_sized@50%": 10}
-    sizes |= {"drift_val_sized@75%": 15, "drift_val_sized@100%": 20}
-    assert study.sizes == sizes
-    assert study.fine_tuned() == ["full", "drift", *sizes]
-    order = study.scores["drift"]["example_id"].to_list()
-    for label, size in sizes.items():
-        assert {example_id for example_id, _ in study.selections[label, 0]} == set(order[:size])
-    sharers = sorted(sorted(names) for _, _, names in plan)
-    assert sharers == [
-        ["drift", "drift_val_sized@10%"],
-        ["drift_val_sized@100%", "full"],
-        ["drift_val_sized@25%"],
-        ["drift_val_sized@50%"],
-        ["drift_val_sized@75%"],
-    ]
-
-
-def test_the_validated_sizes_keep_the_configured_one_and_need_no_drift_row():
-    from drift_assets.core.study.benchmark import validation_sizes
-
-    # 1,001 of 2,000 and half the pool both read "50%": the configured size keeps the label.
-    assert validation_sizes("m", 1001, 2000) == {"m@25%": 500, "m@50%": 1001, "m@75%": 1500, "m@100%": 2000}
-    study = _scored_study(["drift_val_margin"], 8, seed=3)
-    study.plan(("top_fraction", 0.5, None))
-    assert study.configured_size == 4 and list(study.sizes.values()) == [2, 4, 6, 8]
-    order = study.scores["drift_val_margin"]["example_id"].to_list()
-    assert {example_id for example_id, _ in study.selections["drift_val_margin@25%", 0]} == set(order[:2])
-
-
-def test_drift_or_loss_fine_tunes_drifts_and_the_loss_filters_selections_sharing_their_fine_tunes():
-    study = _scored_study(["loss", "drift", "drift_or_loss"], 8, seed=3, seeds=(0, 1))  # the loss filter keeps e00-e03
+def test_drift_or_loss_acc_fine_tunes_drifts_and_the_loss_filters_selections_sharing_their_fine_tunes():
+    study = _scored_study(["loss", "drift", "drift_or_loss_acc"], 8, seed=3, seeds=(0, 1))  # the loss filter keeps e00-e03
     plan = study.plan(("top_fraction", 0.5, None))
-    assert study.sizes == {"drift_or_loss@drift": 4, "drift_or_loss@loss": 4}
-    assert {example_id for example_id, _ in study.selections["drift_or_loss@loss", 0]} == {"e00", "e01", "e02", "e03"}
+    assert study.sizes == {"drift_or_loss_acc@drift": 4, "drift_or_loss_acc@loss": 4}
+    assert {example_id for example_id, _ in study.selections["drift_or_loss_acc@loss", 0]} == {"e00", "e01", "e02", "e03"}
     drift_order = study.scores["drift"]["example_id"].to_list()[:4]
-    assert {example_id for example_id, _ in study.selections["drift_or_loss@drift", 1]} == set(drift_order)
+    assert {example_id for example_id, _ in study.selections["drift_or_loss_acc@drift", 1]} == set(drift_order)
     assert set(drift_order) != {"e00", "e01", "e02", "e03"}  # two different selections to choose between
     sharers = sorted(sorted(names) for seed, _, names in plan if seed == 0)
-    assert sharers == [["drift", "drift_or_loss@drift"], ["drift_or_loss@loss", "loss"]]  # no fine-tune of its own
+    assert sharers == [["drift", "drift_or_loss_acc@drift"], ["drift_or_loss_acc@loss", "loss"]]  # no fine-tune of its own
 
 
 def test_drift_loss_or_full_adds_the_whole_pool_sharing_full_data_sfts_fine_tune():
@@ -424,7 +342,7 @@ def test_a_choice_among_selections_keeps_the_best_on_the_validation_queries_ties
         for label, (size, accuracy, test) in tried.items()
         for seed in range(4)
     ]
-    table = pl.DataFrame(rows).with_columns(wall_seconds=pl.lit(2.0), validation_loss=pl.lit(0.3))
+    table = pl.DataFrame(rows).with_columns(wall_seconds=pl.lit(2.0))
     kept = with_validated_choices(table, ["drift_loss_or_full"]).filter(pl.col("method") == "drift_loss_or_full")
     # Seed 0: a three-way tie, DRIFT's kept; seed 1: the loss filter and the whole pool tie, the loss
     # filter named first; seeds 2 and 3: the whole pool alone is best.
@@ -437,86 +355,12 @@ def test_a_choice_among_selections_keeps_the_best_on_the_validation_queries_ties
     assert kept["accuracy"].to_list() == [0.61, 0.72, 0.73, 0.64]  # by accuracy, ties to DRIFT's
 
 
-def test_the_validated_method_keeps_the_size_best_on_the_validation_queries_ties_to_the_smaller():
-    from drift_assets.core.study.benchmark import with_validated_choices
-
-    tried = {  # label: (size, [validation accuracy on seed 0, seed 1], [test accuracy on seed 0, seed 1])
-        "drift_val_sized@10%": (2, [0.50, 0.40], [0.61, 0.50]),
-        "drift_val_sized@25%": (5, [0.70, 0.45], [0.62, 0.51]),
-        "drift_val_sized@50%": (10, [0.70, 0.50], [0.63, 0.52]),
-        "drift_val_sized@100%": (20, [0.60, 0.55], [0.64, 0.53]),
-    }
-    rows = [{"method": "full", "seed": seed, "n_selected": 20, "accuracy": 0.6, "validation_accuracy": None} for seed in (0, 1)]
-    rows += [
-        {"method": label, "seed": seed, "n_selected": size, "accuracy": test[seed], "validation_accuracy": validation[seed]}
-        for label, (size, validation, test) in tried.items()
-        for seed in (0, 1)
-    ]
-    table = pl.DataFrame(rows, schema_overrides={"validation_accuracy": pl.Float64}).with_columns(wall_seconds=pl.lit(2.0))
-    chosen = with_validated_choices(table, ["full", "drift_val_sized"])
-    assert chosen["method"].unique(maintain_order=True).to_list() == ["full", "drift_val_sized", *tried]
-    kept = chosen.filter(pl.col("method") == "drift_val_sized").sort("seed")
-    # Seed 0: 25% and 50% tie at 0.70, the smaller kept; seed 1: the whole pool's 0.55 is the best.
-    assert kept["n_selected"].to_list() == [5, 20]
-    assert kept["accuracy"].to_list() == [0.62, 0.53]
-    assert kept["wall_seconds"].to_list() == [8.0, 8.0]  # every size's fine-tune is the method's time
-    # With a margin of 5 points over the configured size (10%: 0.50 and 0.40): seed 0's 0.70 clears
-    # it (the smaller of the two kept), seed 1's best, 0.55 against 0.40, too; at 0.44 it would not.
-    margin = with_validated_choices(
-        table.with_columns(method=pl.col("method").str.replace("sized", "margin")), ["drift_val_margin"], 2
-    )
-    assert margin.filter(pl.col("method") == "drift_val_margin")["n_selected"].to_list() == [5, 20]
-    close = table.with_columns(
-        method=pl.col("method").str.replace("sized", "margin"),
-        validation_accuracy=pl.when(pl.col("method") == "drift_val_sized@100%").then(0.44).otherwise("validation_accuracy"),
-    )
-    kept = with_validated_choices(close, ["drift_val_margin"], 2).filter(pl.col("method") == "drift_val_margin")
-    # Seed 1 now: the best is 50% (0.50), 0.10 over 10%'s 0.40: kept; with 25% and 50% at 0.44 too, no
-    # size clears 0.45 and 10% stays.
-    assert kept["n_selected"].to_list() == [5, 10]
-    closer = close.with_columns(
-        validation_accuracy=pl.when(
-            pl.col("method").is_in(["drift_val_margin@25%", "drift_val_margin@50%"]) & (pl.col("seed") == 1)
-        )
-        .then(0.44)
-        .otherwise("validation_accuracy")
-    )
-    kept = with_validated_choices(closer, ["drift_val_margin"], 2).filter(pl.col("method") == "drift_val_margin")
-    assert kept["n_selected"].to_list() == [5, 2] and kept["accuracy"].to_list() == [0.62, 0.50]
-    with pytest.raises(ValueError, match="chooses its size by validation accuracy"):
-        with_validated_choices(table.with_columns(validation_accuracy=None), ["drift_val_sized"])
-
-
-def test_drift_val_loss_keeps_the_size_whose_model_has_the_lowest_loss_on_the_validation_references():
-    from drift_assets.core.study.benchmark import with_validated_choices
-
-    tried = {  # label: (size, [validation loss, seed 0 and 1], [validation accuracy], [test accuracy])
-        "drift_val_loss@25%": (5, [0.30, 0.52], [0.70, 0.60], [0.62, 0.51]),
-        "drift_val_loss@50%": (10, [0.30, 0.50], [0.50, 0.50], [0.63, 0.52]),
-        "drift_val_loss@100%": (20, [0.41, 0.49], [0.40, 0.40], [0.64, 0.53]),
-    }
-    rows = [
-        {"method": label, "seed": seed, "n_selected": size, "accuracy": test[seed], "validation_accuracy": accuracy[seed]}
-        | {"validation_loss": loss[seed]}
-        for label, (size, loss, accuracy, test) in tried.items()
-        for seed in (0, 1)
-    ]
-    table = pl.DataFrame(rows).with_columns(wall_seconds=pl.lit(2.0))
-    kept = with_validated_choices(table, ["drift_val_loss"]).filter(pl.col("method") == "drift_val_loss")
-    # Seed 0: 25% and 50% tie at 0.30, the smaller kept; seed 1: the whole pool's 0.49 is the lowest,
-    # though its validation accuracy is the lowest too (the loss alone decides).
-    assert kept["n_selected"].to_list() == [5, 20] and kept["accuracy"].to_list() == [0.62, 0.53]
-    assert kept["wall_seconds"].to_list() == [6.0, 6.0]
-    with pytest.raises(ValueError, match="chooses its size by validation loss"):
-        with_validated_choices(table.with_columns(validation_loss=None), ["drift_val_loss"])
-
-
 def test_the_pipeline_default_is_the_benchmark_method_that_chooses_among_the_same_selections():
     from drift_assets.core.study.benchmark import pipeline_default
     from drift_assets.settings import SelectionSettings
 
     assert pipeline_default([]) == "drift"
-    assert pipeline_default(["loss"]) == "drift_or_loss_acc"  # by accuracy, as refined_dataset chooses (not drift_or_loss)
+    assert pipeline_default(["loss"]) == "drift_or_loss_acc"  # by accuracy, as refined_dataset chooses
     assert pipeline_default(["loss", "full"]) == "drift_loss_or_full"
     assert pipeline_default(SelectionSettings().choose_among) == "drift_or_loss_acc"
     with pytest.raises(ValueError, match=r"no benchmark method chooses among \['drift', 'full'\]"):

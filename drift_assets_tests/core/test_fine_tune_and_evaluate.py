@@ -61,8 +61,8 @@ def test_a_worker_process_and_this_process_evaluate_alike_and_as_fine_tune_then_
 
 
 def test_a_job_with_validation_queries_also_decodes_them_with_the_same_model(base_dir, examples):
-    """What the benchmark's validated method chooses its size by: the fine-tuned model's accuracy on
-    the validation queries, as evaluating that model on them directly gives."""
+    """What the benchmark's validated methods choose by: the fine-tuned model's accuracy on the
+    validation queries, as evaluating that model on them directly gives."""
     validation = query_rows(6, seed=0, split="validation")
     tune = dataclasses.replace(job(base_dir, examples[:16]), validation_queries=validation)
     model, tokenizer = load_base_model(base_dir, "float32", "cpu")
@@ -73,31 +73,6 @@ def test_a_job_with_validation_queries_also_decodes_them_with_the_same_model(bas
     assert result.answers == expected_test.answers and result.validation.answers == expected.answers
     assert (result.validation.correct, result.validation.total) == (expected.correct, 6)
     assert fine_tune_and_evaluate(job(base_dir, []))[0].validation is None  # not asked: not decoded
-
-
-def test_a_job_with_validation_references_also_measures_the_models_loss_on_them(base_dir, examples):
-    """What drift_val_loss chooses its size by: the fine-tuned model's loss per response token on each
-    validation reference, averaged over the queries, as scoring each query alone (no padding, no
-    batch) with cross-entropy over its response tokens gives; none where the queries carry no reference."""
-    validation = query_rows(20, seed=1, split="validation")  # more than one batch of 16, of several lengths
-    tune = dataclasses.replace(job(base_dir, examples[:16]), validation_queries=validation)
-    model, tokenizer = load_base_model(base_dir, "float32", "cpu")
-    fine_tune(model, tokenizer, tune.messages, tune.options, log=lambda _: None)
-    expected = []
-    for query in validation:
-        prompt = tokenizer(query["prompt"])["input_ids"]  # no chat template: the prompt as it is, with BOS
-        response = tokenizer(query["reference_response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + response])).logits[0]
-        expected.append(torch.nn.functional.cross_entropy(logits[len(prompt) - 1 : -1], torch.tensor(response)).item())
-    assert len({len(query["reference_response"]) for query in validation}) > 1
-    result, _ = fine_tune_and_evaluate(tune)
-    assert result.validation.reference_loss == pytest.approx(sum(expected) / len(expected), rel=1e-5)
-    base, _ = fine_tune_and_evaluate(dataclasses.replace(job(base_dir, []), validation_queries=validation))
-    assert base.validation.reference_loss > result.validation.reference_loss  # the fine-tune learnt the answers' form
-    unreferenced = [{key: value for key, value in query.items() if key != "reference_response"} for query in validation]
-    alone, _ = fine_tune_and_evaluate(dataclasses.replace(tune, validation_queries=unreferenced))
-    assert alone.validation.accuracy == result.validation.accuracy and alone.validation.reference_loss is None
 
 
 def test_without_a_selection_the_base_model_itself_is_evaluated(base_dir):

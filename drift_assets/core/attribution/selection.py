@@ -169,23 +169,6 @@ def reference_gated(loss_per_token: pl.DataFrame, example_ids: Sequence[str], re
     return kept
 
 
-def reference_size(loss_per_token: pl.DataFrame, reference_losses: np.ndarray) -> int:
-    """How many pool rows the reference gate keeps (:func:`~drift_assets.core.attribution.noise_gate.reference_gate`):
-    the pool's own estimate of how many of its rows are as likely as a clean answer of this task can
-    be, a selection size that follows the pool's noise instead of a share fixed in advance.
-    ``loss_per_token``: example_id, loss_per_token at the base model; ``reference_losses``: the
-    validation references' loss per token at the base model."""
-    from drift_assets.core.attribution.noise_gate import reference_gate
-
-    kept, threshold = reference_gate(loss_per_token["loss_per_token"].to_numpy(), reference_losses)
-    if not kept.any():
-        raise ValueError(
-            f"the reference gate keeps no pool row: every one is less likely than nine in ten validation references "
-            f"(loss per token above {threshold:.3g}); are the validation queries from the pool's task?"
-        )
-    return int(kept.sum())
-
-
 def ranks_by(keys: np.ndarray, ties: np.ndarray) -> np.ndarray:
     """Each row's rank (1 = first) by ``keys``, lowest first, ties to the lowest of ``ties``."""
     ranks = np.empty(len(keys), dtype=np.int64)

@@ -338,15 +338,15 @@ def method_cost(
     rollouts at the warm-up's checkpoints (whose correct ones it targets), and ``dynamics`` too (it reads
     the losses the gradient pass stores; a forward pass at each checkpoint would do); ``influence``
     the gradients at the base checkpoint; ``loss`` and ``grape`` one forward pass over the pool,
-    ``self_distill`` about as much (greedy answers to the pool's prompts); ``rds`` and ``loss_sized``
-    one over the pool and the validation queries; ``full``, ``random``, ``oracle``, ``bm25`` and ``dsir`` none.
+    ``self_distill`` about as much (greedy answers to the pool's prompts); ``rds`` one over the pool
+    and the validation queries; ``full``, ``random``, ``oracle``, ``bm25`` and ``dsir`` none.
     A method added to the benchmark is added here too (a test keeps the two lists equal).
     """
     if method in ZERO_COST_METHODS:
         return StageCost(method, 0)
     if method in ("loss", "grape", "self_distill"):
         return StageCost(method, pool_tokens)
-    if method in ("rds", "loss_sized"):
+    if method == "rds":
         return StageCost(method, pool_tokens + validation_tokens)
     if method in ("offpolicy", "less", "less_round_robin", "dynamics"):
         return _stages(pipeline, method, [(WARMUP, None), (GRADIENTS, None)])

@@ -36,21 +36,12 @@ rate) and the same seeds; only the data differs. Methods:
   wrong rollouts), ``drift_reference`` / ``drift_skip`` (``influence.unsolved``), ``drift_nodebias``
   (no debiasing), ``drift_unit`` / ``drift_log_orthogonal`` (that debiasing), ``drift_base`` (the
   base model alone, without the warm-up checkpoints).
-- ``drift_sized`` / ``loss_sized``: as many rows as the reference gate keeps (the pool rows the base
-  model finds at least as likely as nine in ten validation references: the pool's own estimate of
-  its clean rows), taken in DRIFT's order / the base model's likelihood order (the gate's rows).
-- ``drift_val_sized``: DRIFT's order fine-tuned at several sizes (the configured one and a quarter,
-  half, three quarters and the whole of the pool, :data:`VALIDATION_SIZES`), the size whose model
-  answers the validation queries best kept (ties: the smaller); its rows ``drift_val_sized@<share>``
-  show every size's fine-tune. ``drift_val_margin``: the same, leaving the configured size only for
-  one that answers at least :data:`VALIDATION_MARGINS`' share more of the validation queries.
-  ``drift_val_loss``: the same sizes, the one whose model has the lowest mean loss per token on the
-  validation queries' reference responses kept. ``drift_or_loss``: by the same loss, DRIFT's selection
-  or the loss filter's at the configured size (rows ``drift_or_loss@drift``, ``drift_or_loss@loss``).
-  ``drift_or_loss_acc``: the same two, by the share of the validation queries their models answer
-  (ties: DRIFT's); ``drift_loss_or_full``: those two or the whole pool, by that share (ties: in that order).
+- ``drift_or_loss_acc`` (the pipeline's default, ``selection.choose_among: [loss]``): DRIFT's selection
+  or the loss filter's at the configured size, by the share of the validation queries their models
+  answer (ties: DRIFT's; rows ``drift_or_loss_acc@drift``, ``drift_or_loss_acc@loss``);
+  ``drift_loss_or_full``: those two or the whole pool, by that share (ties: in that order).
 
-Selections (except ``full`` and the sized ones) have the size the DRIFT selection has. Beside each method's accuracy
+Selections (except ``full``) have the size the DRIFT selection has. Beside each method's accuracy
 the table has the noise AUC of its score, the AUC of its selection order (the rank it takes, which
 round-robin and resampling methods do not take by score) and its selection's noisy share, where the
 pool says which rows are noise.
@@ -59,7 +50,6 @@ pool says which rows are noise.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -73,7 +63,7 @@ import polars as pl
 from drift_assets.core.attribution.influence import Curvature, fit_curvature
 from drift_assets.core.attribution.less import LessScores
 from drift_assets.core.attribution.scores import ScoringSettings, noise_auc
-from drift_assets.core.attribution.selection import reference_size, round_robin_ranks, select
+from drift_assets.core.attribution.selection import round_robin_ranks, select
 from drift_assets.core.attribution.trajectory import (
     CheckpointGradients,
     ScoredAlong,
@@ -159,43 +149,15 @@ ABLATIONS = {
     # Registered 2026-12-07 (after position was reported): the default's blend leaning on the likelihood.
     "drift_likelier": {"likelihood_blend": 0.75},
 }
-# Registered 2026-12-06 (after binary was reported): the selection's size from the pool's own estimate
-# of its clean rows, as many as the reference gate keeps (core.attribution.selection.reference_size),
-# instead of selection.fraction; taken in the order of the method named, DRIFT's (the default's
-# scores) or the base model's likelihood (then the gate's rows themselves).
-SIZED = {"drift_sized": "drift", "loss_sized": "loss"}
-# Registered 2026-12-06 (after runs was reported): the selection's size chosen by what each size
-# teaches, measured on the validation queries, not by a count of likely rows; in DRIFT's order.
-VALIDATED = {
-    "drift_val_sized": "drift",
-    "drift_val_margin": "drift",
-    "drift_val_loss": "drift",
-    "drift_or_loss": "drift",
-    "drift_or_loss_acc": "drift",
-    "drift_loss_or_full": "drift",
-}
-# Registered 2026-12-07 (after unique was reported): the size whose model has the lowest mean loss on
-# the validation references (Evaluation.reference_loss), a continuous figure where accuracy on a few
-# dozen queries ties or turns on one answer; and, by the same figure, DRIFT's selection or the loss
-# filter's at the configured size, where neither leads on every task. The others choose by accuracy.
-CHOSEN_BY_LOSS = ("drift_val_loss", "drift_or_loss")
-# A validated method that chooses between these selections, not between sizes: a method's order at the
-# configured size, or ("full") the whole pool; ties go to the first. Registered 2026-12-07 (after rotate
-# was reported, reverse written): the two by the validation queries' accuracy, where the default and
-# the loss filter each lead on some tasks, and with the whole pool besides, where neither beats
-# full-data SFT.
+# The validated methods: each chooses among these selections by the validation queries' accuracy, as
+# selection.choose_among has refined_dataset choose (the first is the pipeline's default): a method's
+# order at the configured size, or ("full") the whole pool; ties go to the first. Each is scored, and
+# its "full" ordered, as drift.
 CHOSEN_AMONG = {
-    "drift_or_loss": ("drift", "loss"),
     "drift_or_loss_acc": ("drift", "loss"),
     "drift_loss_or_full": ("drift", "loss", "full"),
 }
-# Registered 2026-12-06 (after interleave was reported): leave the configured size only for a size
-# whose model answers at least this share more of the validation queries (a few dozen of them
-# leave most gaps between sizes within their noise).
-VALIDATION_MARGINS = {"drift_val_margin": 0.05}
-VALIDATION_SIZES = (0.25, 0.5, 0.75, 1.0)  # shares of the pool, besides the configured size
-ORDER_OF = {**SIZED, **VALIDATED}  # the method whose scores (and so order) a sized method takes
-METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS, *SIZED, *VALIDATED)
+METHODS = (*UNSCORED, *SIMILARITY, *LESS_METHODS, *INFLUENCE_BASELINES, "drift", *ABLATIONS, *CHOSEN_AMONG)
 BASE_ONLY = tuple(method for method, used in CHECKPOINTS_USED.items() if used == (0,))  # scored at the base model alone
 
 
@@ -207,7 +169,7 @@ def pipeline_default(choose_among: Sequence[str]) -> str:
         return "drift"
     among = ("drift", *choose_among)
     for method, selections in CHOSEN_AMONG.items():
-        if selections == among and method not in CHOSEN_BY_LOSS:
+        if selections == among:
             return method
     raise ValueError(f"selection.choose_among {list(choose_among)}: no benchmark method chooses among {list(among)}")
 
@@ -223,7 +185,7 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     """The influence settings a method scores with (None: it does not score by influence)."""
     if method not in METHODS:
         raise ValueError(f"benchmark.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
-    method = ORDER_OF.get(method, method)  # scored as the method whose order it takes
+    method = "drift" if method in CHOSEN_AMONG else method  # scored as the selection it chooses from
     if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
     # The influence baselines score the reference answers by score, as their papers do: none of the
@@ -511,7 +473,6 @@ class MethodBenchmark:
     scores: dict[str, pl.DataFrame] = field(default_factory=dict)
     selections: dict[tuple[str, int], Selection] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # each validated method's variants' sizes (validated_variants)
-    configured_size: int | None = None  # DRIFT's selection's size, from selection.fraction or selection.k
 
     def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[..., LessScores]) -> None:
         """Each scored method's scores of the pool (example_id, score, rank); the unscored methods
@@ -522,7 +483,7 @@ class MethodBenchmark:
         for method in methods:
             if scoring_for(method, self.drift) is not None:
                 self.scores[method] = self.scorer.method_scores(method, self.drift, pool)
-            elif ORDER_OF.get(method, method) == "loss":
+            elif method == "loss":
                 self.scores[method] = loss_scores(losses)
             elif method in ("rds", "bm25", "dsir"):
                 self.scores[method] = similarity_scores(method, pool, self.validation_queries, model, tokenizer)
@@ -548,14 +509,12 @@ class MethodBenchmark:
         pool = self.training_pool
         drift_scores = self.scores["drift"] if "drift" in self.scores else self.scorer.scores(self.drift, pool)
         drift_size = int(select(drift_scores, selection_method, fraction, k).sum())
-        gate_size = self.reference_gate_size() if set(SIZED) & set(self.methods) else None
         pool_messages = dict(zip(pool["example_id"], pool["messages"], strict=True))
         own_answers = dict(zip(distilled["example_id"], distilled["messages"], strict=True)) if distilled is not None else {}
-        self.configured_size = drift_size
         variants = {
             label: variant
             for method in self.methods
-            if method in VALIDATED
+            if method in CHOSEN_AMONG
             for label, variant in validated_variants(method, drift_size, pool.height).items()
         }
         self.sizes = {label: size for label, (_, size) in variants.items()}
@@ -567,8 +526,6 @@ class MethodBenchmark:
             if method in self.sizes:  # one variant of a validated method
                 size = self.sizes[method]
                 chosen = selected_ids(method, seed, pool, self.scores[method], size, "top_k", fraction, size)
-            elif method in SIZED:
-                chosen = selected_ids(method, seed, pool, self.scores[method], gate_size, "top_k", fraction, gate_size)
             else:
                 chosen = selected_ids(
                     method, seed, pool, self.scores.get(method), drift_size, selection_method, fraction, k, distilled
@@ -580,15 +537,10 @@ class MethodBenchmark:
 
     def fine_tuned(self) -> list[str]:
         """What is fine-tuned, in table order: each method, a validated one as each of its variants."""
-        return [label for method in self.methods for label in ([method] if method not in VALIDATED else self.sizes_of(method))]
+        return [label for method in self.methods for label in ([method] if method not in CHOSEN_AMONG else self.sizes_of(method))]
 
     def sizes_of(self, method: str) -> list[str]:
         return size_labels(method, self.sizes)
-
-    def reference_gate_size(self) -> int:
-        """How many pool rows the reference gate keeps at the base model (the :data:`SIZED` methods' size)."""
-        references = reference_loss_per_token(self.scorer.checkpoints[0].validation_gradients)
-        return reference_size(self.scorer.loss_per_token, references)
 
     def run(
         self,
@@ -603,7 +555,7 @@ class MethodBenchmark:
         jobs = [job_for(sharers[0], [messages for _, messages in sorted(chosen)], seed) for seed, chosen, sharers in plan]
         fine_tuned = self.fine_tuned()
         if self.sizes:  # a validated method's variants: their models decode the validation queries too
-            columns = ("query_id", "prompt", "reference", "grader", "reference_response")
+            columns = ("query_id", "prompt", "reference", "grader")
             validation = self.validation_queries.select(columns).to_dicts()
             jobs = [
                 replace(job, validation_queries=validation) if self.sizes.keys() & set(sharers) else job
@@ -624,72 +576,43 @@ class MethodBenchmark:
             for (_, _, sharers), (job, (result, seconds)) in zip(plan, run_fine_tunes(jobs, run_one, workers), strict=True):
                 note = f"{' = '.join(sharers)} seed {job.seed}: accuracy {result.accuracy:.3f}"
                 if result.validation is not None:
-                    note += f" (validation {result.validation.accuracy:.3f}, loss {result.validation.reference_loss:.4f})"
+                    note += f" (validation {result.validation.accuracy:.3f})"
                 progress.advance(note, seconds if workers > 1 else None)
                 yield sharers, job, result, seconds
 
         table = benchmark_table(finished(), fine_tuned, self.scores, self.training_pool, self.selections)
-        return with_validated_choices(table, self.methods, self.configured_size)
-
-
-def validation_sizes(method: str, configured: int, pool_size: int) -> dict[str, int]:
-    """A validated method's sizes, labelled ``<method>@<share of the pool>``: the configured size
-    and :data:`VALIDATION_SIZES`' shares (rounded up, as ``selection.fraction`` is), smallest first."""
-
-    def label(size: int) -> str:
-        return f"{method}@{100 * size / pool_size:.3g}%"
-
-    labels = {label(configured): configured}  # kept where another share rounds to its label
-    for size in sorted({min(pool_size, math.ceil(share * pool_size)) for share in VALIDATION_SIZES}):
-        labels.setdefault(label(size), size)
-    return dict(sorted(labels.items(), key=lambda item: item[1]))
+        return with_validated_choices(table, self.methods)
 
 
 def validated_variants(method: str, configured: int, pool_size: int) -> dict[str, tuple[str, int]]:
     """A validated method's variants, label -> (the method whose order it takes, its size): one per
-    selection of :data:`CHOSEN_AMONG` (``<method>@<order>``: that order at the ``configured`` size, or
-    ``<method>@full``: the validated method's order over the whole pool), else its order at each of
-    :func:`validation_sizes`."""
-    if method in CHOSEN_AMONG:
-        return {
-            f"{method}@{order}": (VALIDATED[method], pool_size) if order == "full" else (order, configured)
-            for order in CHOSEN_AMONG[method]
-        }
-    return {label: (VALIDATED[method], size) for label, size in validation_sizes(method, configured, pool_size).items()}
+    selection of :data:`CHOSEN_AMONG`, ``<method>@<order>``: that order at the ``configured`` size, or
+    ``<method>@full``: DRIFT's order over the whole pool."""
+    return {
+        f"{method}@{order}": ("drift", pool_size) if order == "full" else (order, configured) for order in CHOSEN_AMONG[method]
+    }
 
 
 def size_labels(method: str, labels: Iterable[str]) -> list[str]:
-    """The labels of a validated method's variants among ``labels`` (``<method>@<share or order>``)."""
+    """The labels of a validated method's variants among ``labels`` (``<method>@<order>``)."""
     return [label for label in labels if label.startswith(f"{method}@")]
 
 
-def with_validated_choices(table: pl.DataFrame, methods: Sequence[str], configured: int | None = None) -> pl.DataFrame:
-    """``table`` with a row per seed for each validated method in ``methods``: its size whose model
-    answered the validation queries best (ties: the smaller size; between :data:`CHOSEN_AMONG`'s
-    selections, the first named), or (:data:`CHOSEN_BY_LOSS`) had
-    the lowest loss on their references; for one with a margin (:data:`VALIDATION_MARGINS`), that
-    size only where it answers at least the margin more of them than the ``configured`` size does,
-    else the configured size. Its wall time is all its sizes'."""
+def with_validated_choices(table: pl.DataFrame, methods: Sequence[str]) -> pl.DataFrame:
+    """``table`` with a row per seed for each validated method in ``methods``: of its selections
+    (:data:`CHOSEN_AMONG`), the one whose model answered the validation queries best (ties: the first
+    named). Its wall time is all its selections'."""
     chosen = []
     for method in methods:
-        if method not in VALIDATED:
+        if method not in CHOSEN_AMONG:
             continue
         tried = table.filter(pl.col("method").str.starts_with(f"{method}@"))
-        figure, name = ("validation_loss", "loss") if method in CHOSEN_BY_LOSS else ("validation_accuracy", "accuracy")
-        if tried[figure].null_count():
-            raise ValueError(f"benchmark method {method!r} chooses its size by validation {name}, and a fine-tune has none")
-        margin = VALIDATION_MARGINS.get(method, 0.0)
+        if tried["validation_accuracy"].null_count():
+            raise ValueError(f"benchmark method {method!r} chooses by validation accuracy, and a fine-tune has none")
+        named = [f"{method}@{order}" for order in CHOSEN_AMONG[method]]
         for seed in tried["seed"].unique(maintain_order=True):
-            rows = tried.filter(pl.col("seed") == seed).sort("n_selected", maintain_order=True).to_dicts()
-            if method in CHOSEN_AMONG:
-                named = [f"{method}@{order}" for order in CHOSEN_AMONG[method]]
-                rows.sort(key=lambda row: named.index(row["method"]))
-            # The first of equals: the smaller, or the first named.
-            best = max(rows, key=lambda row: -row[figure] if method in CHOSEN_BY_LOSS else row[figure])
-            if margin:
-                default = next(row for row in rows if row["n_selected"] == configured)
-                if best["validation_accuracy"] < default["validation_accuracy"] + margin - 1e-9:
-                    best = default
+            rows = sorted(tried.filter(pl.col("seed") == seed).to_dicts(), key=lambda row: named.index(row["method"]))
+            best = max(rows, key=lambda row: row["validation_accuracy"])  # the first of equals: the first named
             chosen.append({**best, "method": method, "wall_seconds": sum(row["wall_seconds"] for row in rows)})
     if not chosen:
         return table
@@ -702,7 +625,7 @@ def _table_order(methods: Sequence[str], table: pl.DataFrame) -> list[str]:
     """Each method, a validated one followed by its sizes, as they appear in ``table``; then any other
     method the table holds."""
     present = table["method"].unique(maintain_order=True).to_list()
-    order = [label for method in methods for label in [method, *(size_labels(method, present) if method in VALIDATED else [])]]
+    order = [label for method in methods for label in [method, *(size_labels(method, present) if method in CHOSEN_AMONG else [])]]
     return order + [label for label in present if label not in order]
 
 
@@ -722,9 +645,9 @@ def with_method_costs(
     )
     labels = table["method"].unique(maintain_order=True).to_list()
     costs = method_costs(labels, pipeline, pool_tokens, validation_tokens)
-    for method in VALIDATED:
-        # Its choice fine-tunes every size and keeps one: each other one costs about a full-pool SFT
-        # run (the same optimizer steps, on a selection's examples).
+    for method in CHOSEN_AMONG:
+        # Its choice fine-tunes every selection and keeps one: each other one costs about a full-pool
+        # SFT run (the same optimizer steps, on a selection's examples).
         if costs.get(method) is not None:
             costs[method] += len(size_labels(method, labels)) - 1
     return table.with_columns(cost_vs_full_sft=pl.col("method").replace_strict(costs, default=None, return_dtype=pl.Float64))
@@ -791,12 +714,11 @@ def benchmark_table(
                     if method == "self_distill"
                     else noisy_share(selections.get((method, job.seed)), training_pool),
                     "validation_accuracy": None if result.validation is None else result.validation.accuracy,
-                    "validation_loss": None if result.validation is None else result.validation.reference_loss,
                     "wall_seconds": seconds if method == job.method else 0.0,
                 }
             )
     order = {method: index for index, method in enumerate(methods)}
-    nullable = {name: pl.Float64 for name in ("noise_auc", "order_auc", "noisy_share", "validation_accuracy", "validation_loss")}
+    nullable = {name: pl.Float64 for name in ("noise_auc", "order_auc", "noisy_share", "validation_accuracy")}
     return pl.DataFrame(rows, schema_overrides=nullable).sort(pl.col("method").replace_strict(order), "seed", maintain_order=True)
 
 

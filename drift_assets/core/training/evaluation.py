@@ -17,7 +17,7 @@ from drift_assets.core.generation.engines import TransformersEngine
 from drift_assets.core.grading.graders import GradingOptions
 from drift_assets.core.runtime.cost import StageCost
 from drift_assets.core.runtime.progress import SizedProgress
-from drift_assets.core.training.sft import Evaluation, SftOptions, evaluate, fine_tune, reference_loss
+from drift_assets.core.training.sft import Evaluation, SftOptions, evaluate, fine_tune
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,8 +36,7 @@ class FineTuneJob:
     queries: list[dict]
     max_tokens: int
     grading: GradingOptions
-    # Also decoded where given, for a method that chooses between its fine-tunes by them; where
-    # they carry a reference_response, the model's loss on it too (Evaluation.reference_loss).
+    # Also decoded where given, for a method that chooses between its fine-tunes by them.
     validation_queries: list[dict] = field(default_factory=list)
 
 
@@ -74,8 +73,6 @@ def fine_tune_and_evaluate(
         result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
         if job.validation_queries:
             result.validation = evaluate(engine, tokenizer, job.validation_queries, job.max_tokens, job.grading)
-    if job.validation_queries and all("reference_response" in query for query in job.validation_queries):
-        result.validation.reference_loss = reference_loss(model, tokenizer, job.validation_queries)
     result.train_losses, result.train_tokens = (run.losses, run.tokens) if run is not None else ([], 0)
     return result, time.perf_counter() - started
 

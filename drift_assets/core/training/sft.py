@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from drift_assets.core.data.sequences import accumulated_training_step, collate_pairs, teacher_forced_logprobs
+from drift_assets.core.data.sequences import accumulated_training_step, collate_pairs
 from drift_assets.core.generation.engines import SamplingSettings, check_prompt_lengths
 from drift_assets.core.gradients.memory import ModelShape, training_plan
 from drift_assets.core.gradients.projection import available_memory
@@ -250,8 +250,6 @@ class Evaluation:
     generated_tokens: int = 0
     # The same model's greedy accuracy on the validation queries, where the job asked for it.
     validation: Evaluation | None = None
-    # Its mean loss per response token on the queries' reference responses (reference_loss), where asked.
-    reference_loss: float | None = None
 
     @property
     def accuracy(self) -> float:
@@ -276,19 +274,3 @@ def evaluate(
     return Evaluation(
         correct, len(queries), answers, prompt_tokens=report.prompt_tokens, generated_tokens=report.generated_tokens
     )
-
-
-def reference_loss(model, tokenizer, queries: Sequence[dict], batch_size: int = 16) -> float:
-    """The model's loss per response token on each query's ``reference_response`` (teacher-forced,
-    the prompt rendered as the rollouts render it), averaged over the queries: a continuous figure
-    of how well a model has learnt the answers, where greedy accuracy on a few dozen queries only
-    counts right or wrong. On the CPU with :data:`FINE_TUNE_CPU_THREADS` threads, as a fine-tune."""
-    prompts, responses = [q["prompt"] for q in queries], [q["reference_response"] for q in queries]
-    prompt_ids, response_ids = query_token_pairs(tokenizer, prompts, responses)
-    losses = []
-    with fixed_cpu_threads(str(next(model.parameters()).device)):
-        for start in range(0, len(queries), batch_size):
-            part = slice(start, start + batch_size)
-            logprobs = teacher_forced_logprobs(model, tokenizer, prompt_ids[part], response_ids[part])
-            losses += [-float(value) / len(ids) for value, ids in zip(logprobs, response_ids[part], strict=True)]
-    return math.fsum(losses) / len(losses)
