@@ -690,13 +690,10 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_fisher",
     "drift_reference_gated",
     "drift_last",
-    "drift_late",
-    "drift_blend",
     "drift_blend_gated",
     "drift_unblended",
     "drift_strata",
     "drift_strata_guarded",
-    "drift_likelier",
     "drift_or_loss_acc",
     "drift_loss_or_full",
 )
@@ -716,12 +713,9 @@ ABLATIONS_ON_REQUEST = (
     "drift_fisher",
     "drift_reference_gated",
     "drift_last",
-    "drift_late",
-    "drift_blend",
     "drift_blend_gated",
     "drift_strata",
     "drift_strata_guarded",
-    "drift_likelier",
     "drift_loss_or_full",
 )
 

@@ -1,7 +1,6 @@
 """The candidate defaults' building blocks: the signed contrast without the queries' shared
 direction, and the training-dynamics noise gate in the ranking."""
 
-import dataclasses
 
 import numpy as np
 import polars as pl
@@ -165,8 +164,7 @@ def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
     scoring those two alone, each with the Hessian of its own gradients (not its neighbour's)."""
     from drift_assets.core.study.benchmark import MethodScorer, checkpoints_used
 
-    assert checkpoints_used("drift_last", 4) == [0, 3] and checkpoints_used("drift_late", 4) == [0, 2, 3]
-    assert checkpoints_used("drift_late", 2) == [0, 1] and checkpoints_used("drift", 3) == [0, 1, 2]
+    assert checkpoints_used("drift_last", 4) == [0, 3] and checkpoints_used("drift", 3) == [0, 1, 2]
     assert checkpoints_used("drift_base", 4) == [0]
     rng = np.random.default_rng(4)
     ids = [f"e{i:02d}" for i in range(12)]
@@ -191,15 +189,6 @@ def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
     got = scorer.scores(scoring, pool, at=checkpoints_used("drift_last", 3))
     np.testing.assert_allclose(got["score"].to_numpy(), expected["score"].to_numpy(), rtol=1e-6)
     assert got["example_id"].to_list() == expected["example_id"].to_list()
-
-
-def test_drift_likelier_is_the_default_with_a_blend_of_three_quarters_likelihood():
-    from drift_assets.core.study.benchmark import scoring_for
-    from drift_assets.settings import Settings
-
-    default = Settings().influence.scoring()
-    assert scoring_for("drift_likelier", default) == dataclasses.replace(default, likelihood_blend=0.75)
-    assert default.likelihood_blend == 0.5
 
 
 def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_inside_each_gated_part():

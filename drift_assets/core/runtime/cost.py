@@ -318,8 +318,6 @@ CHECKPOINTS_USED = {
     "drift_base": (0,),
     "influence": (0,),
     "drift_last": (0, -1),
-    "drift_late": (0, -2, -1),
-    "drift_blend": (0, -2, -1),
     "drift_blend_gated": (0, -2, -1),
 }
 
@@ -332,8 +330,8 @@ def method_cost(
     ``pool_tokens``: the pool's sequence tokens (prompt + response); ``validation_tokens``: the
     validation queries' (prompt + reference response). DRIFT and its ablations need the pipeline:
     rollouts, the warm-up and the gradients at every checkpoint (``drift_base`` at the base
-    checkpoint alone, without the warm-up; ``drift_last`` and ``drift_late`` the warm-up and the
-    rollouts and gradients at their checkpoints); ``offpolicy``, ``less`` and ``less_round_robin``
+    checkpoint alone, without the warm-up; ``drift_last`` the warm-up and the rollouts and
+    gradients at its checkpoints); ``offpolicy``, ``less`` and ``less_round_robin``
     (influence on the reference answers) the same without rollouts, ``less_onpolicy`` with the
     rollouts at the warm-up's checkpoints (whose correct ones it targets), and ``dynamics`` too (it reads
     the losses the gradient pass stores; a forward pass at each checkpoint would do); ``influence``

@@ -133,21 +133,16 @@ ABLATIONS = {
     "drift_fisher": {"hessian": "fisher", "debias": "none"},
     # Registered 2026-12-06 (evening): a gate sized by the validation references' losses.
     "drift_reference_gated": {"noise_gate": "reference"},
-    # The default's settings at the base model and the warm-up's last checkpoint, or its last two.
+    # The default's settings at the base model and the warm-up's last checkpoint.
     "drift_last": {},
-    "drift_late": {},
-    # Registered 2026-12-06 (night): DRIFT's order blended with the base model's likelihood order, at
-    # the default's checkpoints, alone (the default since) and inside the reference gate; and the
-    # default without the blend.
-    "drift_blend": {"likelihood_blend": 0.5},
+    # Registered 2026-12-06 (night): DRIFT's order blended with the base model's likelihood order
+    # (the default since) inside the reference gate; and the default without the blend.
     "drift_blend_gated": {"likelihood_blend": 0.5, "noise_gate": "reference"},
     "drift_unblended": {"likelihood_blend": 0.0},
     # Registered 2026-12-06 (late): the default's order keeping the pool's mix of response lengths.
     "drift_strata": {"length_strata": 4},
     # Registered 2026-12-06 (after the relayout): the same length mix inside the likeliest 70% only.
     "drift_strata_guarded": {"length_strata": 4, "likelihood_guard": 0.7},
-    # Registered 2026-12-07 (after position was reported): the default's blend leaning on the likelihood.
-    "drift_likelier": {"likelihood_blend": 0.75},
 }
 # The validated methods: each chooses among these selections by the validation queries' accuracy, as
 # selection.choose_among has refined_dataset choose (the first is the pipeline's default): a method's
