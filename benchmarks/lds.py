@@ -105,12 +105,11 @@ def our_rows(context: TaskContext) -> list[Row]:
         for hessian in ("identity", "fisher"):
             scoring = replace(configured, targets=targets, hessian=hessian, debias="none", ranking="round_robin")
             rows += _rows_along(context, scoring, f"ours {targets} {hessian}", (True, False))
-    # The candidates for the default that change the target (benchmarks/README.md, 2026-12-06).
-    for label, change in (("signed", {}), ("signed specific", {"shared_direction": "remove"})):
-        scoring = replace(
-            configured, targets="onpolicy", hessian="identity", debias="none", ranking="round_robin", weighting="signed", **change
-        )
-        rows += _rows_along(context, scoring, f"ours onpolicy {label} identity", (False,))
+    # The paper's signed weighting (benchmarks/README.md, 2026-12-06).
+    scoring = replace(
+        configured, targets="onpolicy", hessian="identity", debias="none", ranking="round_robin", weighting="signed"
+    )
+    rows += _rows_along(context, scoring, "ours onpolicy signed identity", (False,))
     return rows
 
 

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drift_assets.core.attribution.influence import Debias, Hessian
-from drift_assets.core.attribution.scores import NoiseGate, Ranking, ScoringSettings, SharedDirection, Targets, Unsolved
+from drift_assets.core.attribution.scores import Ranking, ScoringSettings, Targets, Unsolved
 from drift_assets.core.attribution.selection import SelectionChoice, SelectionMethod
 from drift_assets.core.data.sequences import LossReduction
 from drift_assets.core.gradients.projection import Basis, ProjectionOptions
@@ -454,42 +454,13 @@ class InfluenceSettings(_Group):
         "own part of the target: no few queries' examples fill the selection)",
     )
 
-    likelihood_guard: float = Field(
-        _SCORING.likelihood_guard,
-        gt=0.0,
-        le=1.0,
-        description="the share of the pool the ranking takes first: the rows the base model finds likeliest (lowest loss "
-        "per response token), where noise is rarest; the rest follow, each part ranked on its own. 1 = no guard",
-    )
-    shared_direction: SharedDirection = Field(
-        _SCORING.shared_direction,
-        description="the direction the validation queries' parts of the target share (with signed weights, e.g. which way "
-        "the model errs on every query): keep it, or remove it from each query's part, so the target says which answers "
-        "are right",
-    )
-    noise_gate: NoiseGate = Field(
-        _SCORING.noise_gate,
-        description="off; mixture: a two-component mixture of each row's log loss along the checkpoints, the rows of its "
-        "high-loss component ranked after the others (none where the components overlap); or reference: the rows the base "
-        "model finds less likely (loss per response token) than nine in ten of the validation queries' reference answers "
-        "ranked after the others",
-    )
-
     likelihood_blend: float = Field(
         _SCORING.likelihood_blend,
         ge=0.0,
         le=1.0,
         description="the weight of the base model's likelihood in the ranking: each row is ranked by (1 − w)·its rank in "
-        "DRIFT's order + w·its rank by loss per response token under the base model (likeliest first), inside each part "
-        "the guard and the gate make; 0 = DRIFT's order alone",
-    )
-    length_strata: int = Field(
-        _SCORING.length_strata,
-        ge=1,
-        le=100,
-        description="k > 1: every prefix of the ranking keeps the pool's mix of response lengths (the pool cut into k "
-        "equal parts by response tokens, each row ranked by its rank's quantile inside its part), so the selection does "
-        "not drop a response style the pool teaches; 1 = off",
+        "DRIFT's order + w·its rank by loss per response token under the base model (likeliest first); 0 = DRIFT's order "
+        "alone",
     )
 
     def scoring(self) -> ScoringSettings:
@@ -683,17 +654,10 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_log_orthogonal",
     "drift_by_score",
     "drift_round_robin",
-    "drift_guarded",
     "drift_base",
-    "drift_specific",
-    "drift_gated",
     "drift_fisher",
-    "drift_reference_gated",
     "drift_last",
-    "drift_blend_gated",
     "drift_unblended",
-    "drift_strata",
-    "drift_strata_guarded",
     "drift_or_loss_acc",
     "drift_loss_or_full",
 )
@@ -707,15 +671,8 @@ ABLATIONS_ON_REQUEST = (
     "drift_unit",
     "drift_log_orthogonal",
     "drift_by_score",
-    "drift_guarded",
-    "drift_specific",
-    "drift_gated",
     "drift_fisher",
-    "drift_reference_gated",
     "drift_last",
-    "drift_blend_gated",
-    "drift_strata",
-    "drift_strata_guarded",
     "drift_loss_or_full",
 )
 

@@ -59,7 +59,7 @@ COLUMN_DESCRIPTIONS = {
     "projection_fingerprint": "a hash of the basis and the projection settings the gradients depend on",
     "n_tokens": "tokens in the loss",
     "loss": "the example's loss under the model",
-    "loss_per_token": "the base model's loss per response token (the likelihood guard's order)",
+    "loss_per_token": "the base model's loss per response token (the likelihood blend's and the loss filter's order)",
     "fitted_on_sequences": "how many reference sequences the basis was fitted on",
     "dimension": "the projected gradient's dimension",
     # --- scores and the selection
@@ -67,8 +67,6 @@ COLUMN_DESCRIPTIONS = {
     "score_raw": "the score before the gradient-norm debias",
     "self_influence": "the example's influence on itself (its gradient's squared norm under H⁻¹)",
     "rank": "the selection's order: the first k rows by rank are the selection of k",
-    "likely": "among the rows the ranking takes first: the base model's likeliest share (influence.likelihood_guard) "
-    "and those influence.noise_gate keeps (every row without either)",
     "selected": "whether the row is in the refined dataset",
     "weight": "the row's SFT weight: 1.0 selected, 0.0 not",
     # --- evaluation and benchmark

@@ -27,7 +27,7 @@ from drift_assets.defs.metadata import markdown_table, rounded, score_picture, t
 from drift_assets.resources import Warehouse
 from drift_assets.settings import InfluenceSettings, code_version, read_metadata, setting, unhashed
 
-INFLUENCE_VERSION = "2"  # 2: likely, the rows the likelihood guard ranks first
+INFLUENCE_VERSION = "3"  # 3: no likely column (the likelihood guard and the noise gates it marked are gone)
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,6 @@ def build_influence_assets(given: InfluenceGiven) -> list:
             else "; ranked by score"
         )
         + (
-            f", the {influence.likelihood_guard:.0%} of the pool the base model finds likeliest first"
-            if influence.likelihood_guard < 1
-            else ""
-        )
-        + (
             f"; blended with the base model's likelihood order (weight {influence.likelihood_blend:g})."
             if influence.likelihood_blend > 0
             else "."
@@ -124,9 +119,7 @@ def influence_metadata(influence, scored: StoredInfluence) -> dict:
         "targets": influence.targets,
         "weighting": influence.weighting,
         "ranking": influence.ranking,
-        "likelihood_guard": influence.likelihood_guard,
         "likelihood_blend": influence.likelihood_blend,
-        "length_strata": influence.length_strata,
         **({"queries_taking_turns": len(along.queries.query_ids)} if along.queries else {}),
         "queries_used": summary.queries_used if summary else base_target.n_targets,
         "queries_skipped": summary.queries_skipped if summary else 0,

@@ -64,8 +64,8 @@ def test_nothing_is_requested_where_everything_is_up_to_date():
 
 
 def test_a_settings_change_is_told_with_its_old_and_new_values():
-    before = {"selection.fraction": 0.5, "influence": {"ranking": "round_robin", "likelihood_guard": 1.0}}
-    now = {"selection.fraction": 0.3, "influence": {"ranking": "score", "likelihood_guard": 1.0}, "selection.k": None}
+    before = {"selection.fraction": 0.5, "influence": {"ranking": "round_robin", "likelihood_blend": 0.5}}
+    now = {"selection.fraction": 0.3, "influence": {"ranking": "score", "likelihood_blend": 0.5}, "selection.k": None}
     assert settings_changes(before, now) == [
         'influence.ranking: "round_robin" → "score"',
         "selection.fraction: 0.5 → 0.3",

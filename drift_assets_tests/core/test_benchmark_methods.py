@@ -57,15 +57,14 @@ def test_loss_selection_keeps_the_lowest_loss_per_token():
 def test_scoring_settings_per_method():
     drift = ScoringSettings(debias="residual")
     assert scoring_for("drift", drift) == drift
-    assert scoring_for("offpolicy", ScoringSettings(debias="residual", likelihood_guard=0.5)) == ScoringSettings(
-        targets="offpolicy", debias="unit", ranking="score", likelihood_guard=1.0, likelihood_blend=0.0
+    assert scoring_for("offpolicy", ScoringSettings(debias="residual")) == ScoringSettings(
+        targets="offpolicy", debias="unit", ranking="score", likelihood_blend=0.0
     )
     assert scoring_for("drift_positive", drift).weighting == "positive"
     # The default blends DRIFT's order with the likelihood's; drift_unblended is DRIFT's order alone.
     assert drift.likelihood_blend == 0.5 and scoring_for("drift_unblended", drift).likelihood_blend == 0.0
     assert scoring_for("drift_nodebias", drift).debias == "none"
     assert scoring_for("drift_round_robin", drift).ranking == "round_robin"
-    assert drift.likelihood_guard == 1.0 and scoring_for("drift_guarded", drift).likelihood_guard == 0.7
     # LESS-style influence ranks by score whatever DRIFT ranks by; the score-ranked ablation too.
     turns = ScoringSettings(ranking="round_robin")
     assert scoring_for("offpolicy", turns).ranking == scoring_for("drift_by_score", turns).ranking == "score"

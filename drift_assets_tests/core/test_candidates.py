@@ -1,30 +1,13 @@
-"""The candidate defaults' building blocks: the signed contrast without the queries' shared
-direction, and the training-dynamics noise gate in the ranking."""
-
+"""The default's building blocks beside DRIFT's scores: the likelihood blend in the ranking, the
+checkpoints a method scores at, the agreement with the loss filter, and the benchmark methods that
+choose among selections by the validation queries."""
 
 import numpy as np
 import polars as pl
 import pytest
 
-from drift_assets.core.attribution.scores import ScoringSettings, shared_direction, without_direction
-from drift_assets.core.attribution.selection import gated
-from drift_assets.core.attribution.trajectory import (
-    CheckpointGradients,
-    checkpoint_target,
-    query_targets,
-    ranked_scores,
-    score_along,
-)
-
-
-def test_the_shared_direction_is_the_mean_of_the_unit_parts_and_removing_it_leaves_what_differs():
-    parts = np.array([[2.0, 1.0], [20.0, -10.0]])  # one query's norm ten times the other's
-    direction = shared_direction(parts)
-    # By hand: unit rows (2, 1)/√5 and (2, −1)/√5, mean (2/√5, 0), so the first axis.
-    np.testing.assert_allclose(direction, [1.0, 0.0], atol=1e-12)
-    np.testing.assert_allclose(without_direction(parts, direction), [[0.0, 1.0], [0.0, -10.0]], atol=1e-12)
-    np.testing.assert_allclose(without_direction(parts[0], direction), [0.0, 1.0], atol=1e-12)
-    assert not shared_direction(np.array([[1.0, 0.0], [-1.0, 0.0]])).any()  # opposite parts share nothing
+from drift_assets.core.attribution.scores import ScoringSettings
+from drift_assets.core.attribution.trajectory import CheckpointGradients, ranked_scores, score_along
 
 
 def _checkpoint():
@@ -53,37 +36,6 @@ def _checkpoint():
     return CheckpointGradients.in_memory("base", ids, training, validation, grades, {("m", "p")}), ids
 
 
-def test_signed_parts_lose_the_direction_every_query_shares():
-    checkpoint, ids = _checkpoint()
-    signed = ScoringSettings(weighting="signed", debias="none", ranking="round_robin")
-    kept_ids, kept = query_targets(checkpoint, signed)
-    # Signed weights by hand: (right − wrong) / 4 queries; every part leans on axis 0 by 2/4.
-    np.testing.assert_allclose(kept, np.array([[2, 1, 0], [2, -1, 0], [2, 0, 1], [2, 0, -1]]) / 4, atol=1e-6)
-    specific = ScoringSettings(weighting="signed", debias="none", ranking="round_robin", shared_direction="remove")
-    removed_ids, removed = query_targets(checkpoint, specific)
-    assert removed_ids == kept_ids == ["q0", "q1", "q2", "q3"]
-    np.testing.assert_allclose(removed, np.array([[0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]) / 4, atol=1e-6)
-    # The summed target loses the shared direction too (here it is all the sum had).
-    assert np.argmax(checkpoint_target(checkpoint, signed).vector) == 0
-    np.testing.assert_allclose(checkpoint_target(checkpoint, specific).vector, 0.0, atol=1e-9)
-    # Each query now prefers its own example, and e0 (the shared error direction) counts for a query no
-    # more than the example of another query does (standardized columns, q0 … q3).
-    matrix = score_along([checkpoint], specific).queries.matrix
-    assert [ids[i] for i in np.argmax(matrix, axis=0)][::2] == ["e1", "e2"]
-    np.testing.assert_allclose(matrix[0, 0], matrix[2, 0], atol=1e-9)
-    np.testing.assert_allclose(matrix[0, 2], matrix[1, 2], atol=1e-9)
-
-
-def _losses_along(ids, low, high, checkpoints=("base", "000010")):
-    rng = np.random.default_rng(0)
-    rows = []
-    for at, checkpoint in enumerate(checkpoints):
-        for example_id in ids:
-            centre = high if example_id in low else 0.05  # `low` names the noisy rows: their loss stays high
-            rows.append((example_id, checkpoint, float(centre * (1 + 0.05 * rng.normal()) / (1 + at))))
-    return pl.DataFrame(rows, schema=["example_id", "checkpoint", "loss_per_token"], orient="row")
-
-
 def _scored_pool(n: int, seed: int):
     """A pool of ``n`` rows with random gradients against :func:`_checkpoint`'s queries, scored with
     signed weights by score: (ids, pool, the scores along the one checkpoint, the plain order)."""
@@ -96,54 +48,6 @@ def _scored_pool(n: int, seed: int):
     pool = pl.DataFrame({"example_id": ids, "n_prompt_tokens": [3] * n, "n_response_tokens": [2] * n})
     along = score_along([checkpoint], ScoringSettings(weighting="signed", debias="none", ranking="score"))
     return ids, pool, along, ranked_scores(along, pool)["example_id"].to_list()
-
-
-def test_the_gate_ranks_the_rows_that_stay_unlikely_after_the_others():
-    ids, pool, along, plain = _scored_pool(20, seed=2)
-    noisy = set(plain[:3]) | {plain[10], plain[15]}  # the top three among them
-    losses = _losses_along(ids, noisy, high=3.0)
-    assert gated(losses, ids).tolist() == [example_id not in noisy for example_id in ids]
-    gated_order = ranked_scores(along, pool, noise_gate="mixture", losses_along=losses)["example_id"].to_list()
-    assert gated_order == [e for e in plain if e not in noisy] + [e for e in plain if e in noisy]
-    # Losses of one population only: nothing is gated, the order is the plain one.
-    flat = _losses_along(ids, set(), high=3.0)
-    assert gated(flat, ids).all()
-    assert ranked_scores(along, pool, noise_gate="mixture", losses_along=flat)["example_id"].to_list() == plain
-    with pytest.raises(ValueError, match="noise_gate mixture needs"):
-        ranked_scores(along, pool, noise_gate="mixture")
-
-
-def test_the_reference_gate_ranks_rows_less_likely_than_nine_in_ten_references_after_the_others():
-    from drift_assets.core.attribution.noise_gate import reference_gate
-    from drift_assets.core.attribution.trajectory import reference_loss_per_token
-
-    # Twenty references with losses 0.1 .. 2.0: numpy's linear 90th percentile is 0.1 + 0.9 × 19 × 0.1 = 1.81.
-    references = np.arange(1, 21) / 10
-    kept, threshold = reference_gate(np.array([0.5, 1.81, 1.82, 5.0]), references)
-    assert threshold == pytest.approx(1.81) and kept.tolist() == [True, True, False, False]
-    with pytest.raises(ValueError, match="noise_gate reference: 3 validation references"):
-        reference_gate(np.array([1.0]), np.array([0.1, 0.2, np.nan, 0.3]))
-
-    ids, pool, along, plain = _scored_pool(20, seed=3)
-    unlikely = {plain[0], plain[4], plain[19]}
-    loss_per_token = pl.DataFrame({"example_id": ids, "loss_per_token": [3.0 if e in unlikely else 0.5 for e in ids]})
-    order = ranked_scores(along, pool, loss_per_token, noise_gate="reference", reference_losses=references)
-    assert order["example_id"].to_list() == [e for e in plain if e not in unlikely] + [e for e in plain if e in unlikely]
-    assert order.filter(~pl.col("likely"))["example_id"].to_list() == [e for e in plain if e in unlikely]
-    with pytest.raises(ValueError, match="noise_gate reference needs"):
-        ranked_scores(along, pool, loss_per_token, noise_gate="reference")
-    # The references' loss per token, from a checkpoint's validation gradients (loss summed over n_tokens).
-    validation = pl.DataFrame({"target": ["reference", "rollout", "reference"], "loss": [3.0, 9.0, 0.0], "n_tokens": [2, 3, 0]})
-    np.testing.assert_allclose(reference_loss_per_token(validation), [1.5, 0.0])
-
-
-def test_the_gate_names_what_it_lacks():
-    ids = ["e0", "e1", "e2", "e3", "e4"]
-    losses = _losses_along(ids, {"e0"}, high=3.0).filter(~((pl.col("example_id") == "e3") & (pl.col("checkpoint") == "base")))
-    with pytest.raises(ValueError, match=r"noise_gate: 1 pool examples lack a loss at some checkpoint \(e.g. e3\)"):
-        gated(losses, ids)
-    with pytest.raises(ValueError, match="noise_gate: 1 pool examples"):
-        gated(_losses_along(ids[:4], set(), high=3.0), ids)
 
 
 def test_the_likelihood_guard_warns_where_the_selection_shares_no_more_with_the_loss_filter_than_chance():
@@ -191,7 +95,7 @@ def test_a_method_scored_at_some_checkpoints_uses_each_ones_own_curvature():
     assert got["example_id"].to_list() == expected["example_id"].to_list()
 
 
-def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_inside_each_gated_part():
+def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders():
     from drift_assets.core.attribution.selection import blended_ranks
 
     # By hand, order ranks (1, 2, 3, 4) and loss ranks (4, 1, 2, 3): with w = 0.5 the blends are
@@ -211,61 +115,8 @@ def test_the_likelihood_blend_ranks_by_the_weighted_mean_of_the_two_orders_insid
     loss_per_token = pl.DataFrame({"example_id": plain, "loss_per_token": [float(12 - i) for i in range(12)]})
     assert ranked_scores(along, pool, loss_per_token, likelihood_blend=0.5)["example_id"].to_list() == plain
     assert ranked_scores(along, pool, loss_per_token, likelihood_blend=0.6)["example_id"].to_list() == plain[::-1]
-    # Inside the reference gate: the gated rows (loss above every reference) come last, each part blended.
-    references = np.full(10, 9.5)
-    gated_order = ranked_scores(
-        along, pool, loss_per_token, noise_gate="reference", reference_losses=references, likelihood_blend=0.6
-    )["example_id"].to_list()
-    assert gated_order == plain[3:][::-1] + plain[:3][::-1]  # losses 12, 11, 10 are above 9.5
     with pytest.raises(ValueError, match="likelihood_blend above 0 needs"):
         ranked_scores(along, pool, likelihood_blend=0.5)
-
-
-def test_length_strata_keep_every_prefix_at_the_pools_mix_of_response_lengths():
-    from drift_assets.core.attribution.selection import stratified_ranks
-
-    # By hand: lengths cut the rows {0, 1, 2} (short) from {3, 4, 5} (long); the order prefers the long
-    # ones (ranks 4, 5, 6, 1, 2, 3). Keys (r − ½)/3 inside each part: long 1/6, 3/6, 5/6 for rows 3, 4,
-    # 5, short the same for rows 0, 1, 2; equal keys go to the better order rank (the long row).
-    order = np.array([4, 5, 6, 1, 2, 3])
-    lengths = np.array([2, 1, 3, 9, 8, 7])
-    assert stratified_ranks(order, lengths, 2).tolist() == [2, 4, 6, 1, 3, 5]
-    assert stratified_ranks(order, lengths, 1).tolist() == order.tolist()  # one part: the order alone
-    # Equal lengths: the parts split by the order (ties to the better rank) and every prefix alternates.
-    assert stratified_ranks(np.array([1, 2, 3, 4]), np.ones(4), 2).tolist() == [1, 3, 2, 4]
-    with pytest.raises(ValueError, match="length_strata: 0"):
-        stratified_ranks(order, lengths, 0)
-
-    # In ranked_scores: a plain order that takes the short rows first keeps half long rows in its top
-    # half once stratified, each part in the plain order.
-    ids, pool, along, plain = _scored_pool(8, seed=3)
-    short = set(plain[:4])
-    pool = pool.with_columns(n_response_tokens=pl.Series([2 if i in short else 30 for i in ids]))
-    top = ranked_scores(along, pool, length_strata=2)["example_id"].to_list()
-    assert top[:4] == [plain[0], plain[4], plain[1], plain[5]]
-    assert sorted(top) == sorted(plain)
-    assert ranked_scores(along, pool)["example_id"].to_list() == plain  # off by default
-
-
-def test_the_length_mix_inside_the_likelihood_guard_stratifies_each_part_on_its_own():
-    """``drift_strata_guarded``: the likeliest share first, and inside it (and inside the rest) the
-    part's own mix of response lengths, each part cut into strata by its own rows."""
-    from drift_assets.core.study.benchmark import ABLATIONS
-
-    assert ABLATIONS["drift_strata_guarded"] == {"length_strata": 4, "likelihood_guard": 0.7}
-    ids, pool, along, plain = _scored_pool(10, seed=7)
-    # Likeliest: the last six of the plain order (losses 0..5); among them, plain[4:7] are short, plain[7:10] long.
-    losses = {example_id: (float(i - 4) if i >= 4 else 10.0 + i) for i, example_id in enumerate(plain)}
-    loss_per_token = pl.DataFrame({"example_id": plain, "loss_per_token": [losses[e] for e in plain]})
-    long = set(plain[7:]) | set(plain[:2])
-    pool = pool.with_columns(n_response_tokens=pl.Series([30 if i in long else 2 for i in ids]))
-    ranked = ranked_scores(along, pool, loss_per_token, likelihood_guard=0.6, length_strata=2)
-    order = ranked["example_id"].to_list()
-    # By hand: the guarded part {plain[4..9]} in plain order, stratified (short 4, 5, 6; long 7, 8, 9;
-    # keys 1/6, 3/6, 5/6 each; ties to the better plain rank): 4, 7, 5, 8, 6, 9. Then the rest
-    # {plain[0..3]}: short 2, 3, long 0, 1: keys tie pairwise, the better plain rank first: 0, 2, 1, 3.
-    assert order == [plain[i] for i in (4, 7, 5, 8, 6, 9, 0, 2, 1, 3)]
-    assert ranked["likely"].to_list() == [True] * 6 + [False] * 4
 
 
 def _scored_study(methods: list[str], n: int, seed: int, seeds: tuple[int, ...] = (0,)):

@@ -372,7 +372,7 @@ def test_task_pools_carry_the_hidden_reference_answer_and_exports_drop_it():
 def test_standard_influence_is_the_fisher_solve_of_the_reference_target_at_the_base_model():
     drift = ScoringSettings()
     assert scoring_for("influence", drift) == ScoringSettings(
-        targets="offpolicy", hessian="fisher", debias="none", ranking="score", likelihood_guard=1.0, likelihood_blend=0.0
+        targets="offpolicy", hessian="fisher", debias="none", ranking="score", likelihood_blend=0.0
     )
     assert "influence" in BASE_ONLY
     rng = np.random.default_rng(0)

@@ -24,12 +24,10 @@ def conversation(i: int) -> list[dict]:
     return ([{"role": "system", "content": "Be terse."}] if i == 3 else []) + turns
 
 
-def refined(method: str = "top_k", likely: list[bool] | None = None) -> pl.DataFrame:
+def refined(method: str = "top_k") -> pl.DataFrame:
     ids = [f"ex{i}" for i in range(len(SCORES))]
     order = sorted(range(len(SCORES)), key=lambda i: -SCORES[i])
     scores = pl.DataFrame({"example_id": ids, "score": SCORES, "rank": [order.index(i) + 1 for i in range(len(SCORES))]})
-    if likely is not None:
-        scores = scores.with_columns(likely=pl.Series(likely))
     pool = pl.DataFrame(
         {
             "example_id": ids,
@@ -105,16 +103,14 @@ def test_evaluation_only_columns_never_reach_an_exported_file(tmp_path):
 
 
 def test_each_unselected_row_says_why_it_was_left_out():
-    # The likelihood guard ranked ex4 and ex1 last (not likely): they are gated, the others below the cut-off.
-    likely = [True, False, True, True, False, True, True]
-    table = refined(likely=likely).with_columns(unselected_reasons(refined(likely=likely), "top_k"))
+    table = refined().with_columns(unselected_reasons(refined(), "top_k"))
     reasons = dict(zip(table["example_id"], table["reason"]))
     assert reasons == {
         "ex3": None,
         "ex0": None,
         "ex6": None,
-        "ex4": "gated",
-        "ex1": "gated",
+        "ex4": "below_cutoff",
+        "ex1": "below_cutoff",
         "ex2": "below_cutoff",
         "ex5": "below_cutoff",
     }

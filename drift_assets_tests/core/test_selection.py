@@ -121,29 +121,6 @@ def test_round_robin_lets_each_query_take_its_best_row_not_yet_taken():
         round_robin_ranks(np.zeros((3, 0)))
 
 
-def test_the_likelihood_guard_keeps_the_likeliest_share_and_ranks_it_first():
-    import numpy as np
-
-    from drift_assets.core.attribution.selection import likeliest, ranks_taking_first, round_robin_ranks
-
-    ids = ["a", "b", "c", "d", "e"]
-    losses = pl.DataFrame({"example_id": ["e", "d", "c", "b", "a"], "loss_per_token": [0.1, 2.0, 0.5, 0.5, 3.0]})
-    # ⌈0.6 · 5⌉ = 3 likeliest: e (0.1), then b and c (0.5, tied: by example_id).
-    assert likeliest(losses, ids, 0.6).tolist() == [False, True, True, False, True]
-    assert likeliest(losses, ids, 1.0).all()
-    with pytest.raises(ValueError, match=r"likelihood_guard: 0 is not a share"):
-        likeliest(losses, ids, 0.0)
-    with pytest.raises(ValueError, match=r"likelihood_guard: 1 pool examples have no base-model loss \(e.g. \['f'\]\)"):
-        likeliest(losses, [*ids, "f"], 0.5)
-    # The queries of the round-robin test take turns over the kept rows 0, 2, 4 first, then over 1 and 3.
-    matrix = np.array([[0.5, 0.1], [0.8, 0.0], [0.2, 0.3], [0.9, 0.9], [0.0, 0.6]])
-    kept = np.array([True, False, True, False, True])
-    ranks = ranks_taking_first(lambda rows: round_robin_ranks(matrix[rows]), kept)
-    # over 0, 2, 4: query 0 takes 0 (0.5), query 1 takes 4 (0.6), query 0 takes 2; then 3, then 1
-    assert ranks.tolist() == [1, 5, 3, 4, 2]
-    assert ranks_taking_first(lambda rows: round_robin_ranks(matrix[rows]), np.ones(5, dtype=bool)).tolist() == [5, 3, 4, 1, 2]
-
-
 def test_the_candidate_selections_are_drifts_the_likeliest_rows_of_its_size_and_the_whole_pool():
     from drift_assets.core.attribution.selection import candidate_selections, likeliest_ranks
 

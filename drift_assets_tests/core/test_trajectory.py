@@ -1,7 +1,5 @@
 """DRIFT along a warm-up run: checkpoints saved where asked, one checkpoint's scores, the combination."""
 
-from dataclasses import replace
-
 import numpy as np
 import polars as pl
 import pytest
@@ -203,20 +201,6 @@ def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
         zip(ids, round_robin_ranks(scored.matrix).tolist(), strict=True)
     )
     assert score_along([checkpoint], ScoringSettings(ranking="score")).queries is None
-    # A likelihood guard of 0.6 takes the 3 likeliest rows first (e1, e3, e4), in the queries' turns
-    # among themselves; ranked by score, by score among themselves.
-    losses = pl.DataFrame({"example_id": ids, "loss_per_token": [2.0, 0.1, 3.0, 0.2, 0.3]})
-    guarded = ranked_scores(along, pool, losses, 0.6)
-    kept = [1, 3, 4]
-    expected = dict(zip([ids[i] for i in kept], round_robin_ranks(scored.matrix[kept]).tolist(), strict=True))
-    assert dict(zip(guarded["example_id"][:3], guarded["rank"][:3], strict=True)) == expected
-    assert set(guarded["example_id"][3:]) == {"e0", "e2"}
-    by_score = score_along([checkpoint, checkpoint], replace(round_robin, ranking="score"))
-    top = ranked_scores(by_score, pool, losses, 0.6)["example_id"].to_list()
-    scores = dict(zip(by_score.scores.example_ids, by_score.scores.score, strict=True))
-    assert top == sorted(["e1", "e3", "e4"], key=lambda e: -scores[e]) + sorted(["e0", "e2"], key=lambda e: -scores[e])
-    with pytest.raises(ValueError, match="likelihood_guard under 1 needs the base model's loss"):
-        ranked_scores(along, pool, None, 0.6)
     # Off-policy, each query's part is its reference answer.
     offpolicy = score_along([checkpoint], ScoringSettings(targets="offpolicy", debias="unit")).queries
     assert offpolicy.query_ids == ["q0", "q1", "q2"]

@@ -21,13 +21,6 @@ Targets = Literal["onpolicy", "offpolicy"]
 Unsolved = Literal["reference", "skip"]
 # How the pool is ordered for the selection: by the score, or the validation queries taking turns.
 Ranking = Literal["score", "round_robin"]
-# The direction the validation queries' parts of the target share (e.g. "answer higher" in every
-# contrast of right and wrong answers): kept, or projected out of each query's part.
-SharedDirection = Literal["keep", "remove"]
-# A gate on the pool's losses (core.attribution.noise_gate): off; the rows a two-component mixture of their loss
-# along the checkpoints puts in the high-loss component; or the rows the base model finds less likely
-# than nine in ten of the validation references: ranked after the others.
-NoiseGate = Literal["off", "mixture", "reference"]
 TARGETS: tuple[str, ...] = get_args(Targets)
 UNSOLVED: tuple[str, ...] = get_args(Unsolved)
 
@@ -45,11 +38,7 @@ class ScoringSettings:
     unsolved: Unsolved = "skip"
     debias_strength: float = 1.0
     ranking: Ranking = "round_robin"
-    likelihood_guard: float = 1.0
-    shared_direction: SharedDirection = "keep"
-    noise_gate: NoiseGate = "off"
     likelihood_blend: float = 0.5
-    length_strata: int = 1
 
 
 @dataclass
@@ -127,20 +116,6 @@ def share_of(total: np.ndarray, part: np.ndarray) -> float:
 def check_unsolved(unsolved: str) -> None:
     if unsolved not in UNSOLVED:
         raise ValueError(f"influence.unsolved must be one of {UNSOLVED} (got {unsolved!r})")
-
-
-def shared_direction(parts: np.ndarray) -> np.ndarray:
-    """The unit direction the rows of ``parts`` (one query's part of the target per row) share: the
-    mean of the rows scaled to unit length, so that no one query's norm sets it (zeros: none)."""
-    norms = np.linalg.norm(parts, axis=1, keepdims=True)
-    mean = (parts / np.where(norms > 0, norms, 1.0)).mean(axis=0) if len(parts) else np.zeros(parts.shape[1])
-    length = np.linalg.norm(mean)
-    return mean / length if length > 0 else np.zeros_like(mean)
-
-
-def without_direction(vectors_: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """``vectors_`` (one per row, or one) with their component along the unit ``direction`` removed."""
-    return vectors_ - np.multiply.outer(vectors_ @ direction, direction)
 
 
 def weighted_rollouts(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
-
-from drift_assets.core.study.stats import average_ranks
 
 SelectionMethod = Literal["top_fraction", "top_k", "positive"]
 SELECTION_METHODS: tuple[str, ...] = get_args(SelectionMethod)
@@ -61,36 +59,9 @@ def selection_warning(
     return None
 
 
-def length_strata(n_tokens: np.ndarray, bins: int) -> np.ndarray:
-    """Each example's length bin: ``bins`` bins of (nearly) equal size by token count, ties in one bin."""
-    ranks = average_ranks(np.asarray(n_tokens, dtype=np.float64))
-    return (
-        np.minimum(((ranks - 1) * bins // len(ranks)).astype(np.int64), bins - 1) if len(ranks) else np.zeros(0, dtype=np.int64)
-    )
-
-
-def select_within_strata(scores: pl.DataFrame, count: int, strata: np.ndarray) -> pl.Series:
-    """``count`` examples, the best by ``rank`` within each stratum, each stratum keeping its share of
-    the pool (largest remainders), so that the selection has the pool's make-up by stratum."""
-    labels, sizes = np.unique(strata, return_counts=True)
-    quotas = sizes * count / len(strata)
-    taken = np.floor(quotas).astype(np.int64)
-    for index in np.argsort(-(quotas - taken), kind="stable")[: count - taken.sum()]:
-        taken[index] += 1
-    ranks = scores["rank"].to_numpy()
-    chosen = np.zeros(len(ranks), dtype=bool)
-    for label, quota in zip(labels, taken, strict=True):
-        members = np.flatnonzero(strata == label)
-        chosen[members[np.argsort(ranks[members], kind="stable")[:quota]]] = True
-    return pl.Series("selected", chosen)
-
-
 def refined_table(training_pool: pl.DataFrame, scores: pl.DataFrame, selected: pl.Series) -> pl.DataFrame:
-    """Every pool example with score, rank, weight (1.0 selected / 0.0 not) and ``selected`` (and
-    ``likely``, where the scores say which rows the likelihood guard ranked first)."""
-    chosen = scores.select("example_id", "score", "rank", *(["likely"] if "likely" in scores.columns else [])).with_columns(
-        selected
-    )
+    """Every pool example with score, rank, weight (1.0 selected / 0.0 not) and ``selected``."""
+    chosen = scores.select("example_id", "score", "rank").with_columns(selected)
     table = training_pool.join(chosen, on="example_id", how="inner")
     return table.with_columns(weight=pl.col("selected").cast(pl.Float64)).sort("rank")
 
@@ -124,51 +95,6 @@ def base_losses_of(loss_per_token: pl.DataFrame, example_ids: Sequence[str], set
     return np.array([losses[example_id] for example_id in example_ids], dtype=np.float64)
 
 
-def likeliest(loss_per_token: pl.DataFrame, example_ids: Sequence[str], share: float) -> np.ndarray:
-    """Boolean aligned with ``example_ids``: the ⌈share·n⌉ rows the base model finds likeliest (the
-    lowest loss per response token; ties by example_id). ``loss_per_token``: example_id, loss_per_token."""
-    if not 0.0 < share <= 1.0:
-        raise ValueError(f"influence.likelihood_guard: {share:g} is not a share of the pool in (0, 1]")
-    losses = base_losses_of(loss_per_token, example_ids, "influence.likelihood_guard")
-    order = sorted(range(len(example_ids)), key=lambda at: (losses[at], example_ids[at]))
-    kept = np.zeros(len(example_ids), dtype=bool)
-    kept[order[: math.ceil(share * len(example_ids))]] = True
-    return kept
-
-
-def gated(losses_along: pl.DataFrame, example_ids: Sequence[str]) -> np.ndarray:
-    """Boolean aligned with ``example_ids``: the rows the training-dynamics gate keeps
-    (:func:`~drift_assets.core.attribution.noise_gate.gate` on each row's log loss per token averaged over the
-    checkpoints). ``losses_along``: example_id, checkpoint, loss_per_token, every row at every checkpoint."""
-    from drift_assets.core.attribution.noise_gate import dynamics_loss, gate
-
-    wide = losses_along.pivot(on="checkpoint", index="example_id", values="loss_per_token")
-    checkpoints = [column for column in wide.columns if column != "example_id"]
-    row = {example_id: index for index, example_id in enumerate(wide["example_id"])}
-    missing = [example_id for example_id in example_ids if example_id not in row]
-    incomplete = wide.filter(pl.any_horizontal(pl.col(checkpoints).is_null()))
-    if missing or incomplete.height:
-        example = missing[:1] or incomplete["example_id"][:1].to_list()
-        raise ValueError(
-            f"influence.noise_gate: {len(missing) + incomplete.height} pool examples lack a loss at some checkpoint "
-            f"(e.g. {example[0]}): materialize every shard of training_gradient_projections"
-        )
-    matrix = wide.select(checkpoints).to_numpy()[[row[example_id] for example_id in example_ids]]
-    kept, _ = gate(dynamics_loss(matrix))
-    return kept
-
-
-def reference_gated(loss_per_token: pl.DataFrame, example_ids: Sequence[str], reference_losses: np.ndarray) -> np.ndarray:
-    """Boolean aligned with ``example_ids``: the rows the reference gate keeps
-    (:func:`~drift_assets.core.attribution.noise_gate.reference_gate`: the base model finds them at least as likely
-    as nine in ten of the validation references). ``loss_per_token``: example_id, loss_per_token at the
-    base model; ``reference_losses``: the references' loss per token at the base model."""
-    from drift_assets.core.attribution.noise_gate import reference_gate
-
-    kept, _ = reference_gate(base_losses_of(loss_per_token, example_ids, "influence.noise_gate"), reference_losses)
-    return kept
-
-
 def ranks_by(keys: np.ndarray, ties: np.ndarray) -> np.ndarray:
     """Each row's rank (1 = first) by ``keys``, lowest first, ties to the lowest of ``ties``."""
     ranks = np.empty(len(keys), dtype=np.int64)
@@ -179,59 +105,13 @@ def ranks_by(keys: np.ndarray, ties: np.ndarray) -> np.ndarray:
 def blended_ranks(order_ranks: np.ndarray, losses: np.ndarray, weight: float) -> np.ndarray:
     """Ranks (1 = first) by (1 − ``weight``)·``order_ranks`` + ``weight``·the rank by ``losses`` (the
     lowest first), both over the same rows; ties (in the losses, then in the blend) go to the better
-    of ``order_ranks``. A soft likelihood guard: a row the base model finds unlikely can still be
-    taken early where the order ranks it high enough, and the reverse."""
+    of ``order_ranks``. A row the base model finds unlikely can still be taken early where the order
+    ranks it high enough, and the reverse."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"influence.likelihood_blend: {weight:g} is not a weight in [0, 1]")
     order_ranks = np.asarray(order_ranks, dtype=np.float64)
     combined = (1.0 - weight) * order_ranks + weight * ranks_by(losses, order_ranks)
     return ranks_by(combined, order_ranks)
-
-
-def blended(
-    ranks_of: Callable[[np.ndarray], np.ndarray], losses: np.ndarray, weight: float
-) -> Callable[[np.ndarray], np.ndarray]:
-    """``ranks_of`` (row indices -> their ranks 1..m) with :func:`blended_ranks` of those rows' ``losses``."""
-    return lambda rows: blended_ranks(ranks_of(rows), losses[rows], weight)
-
-
-def stratified_ranks(order_ranks: np.ndarray, lengths: np.ndarray, strata: int) -> np.ndarray:
-    """Ranks (1 = first) whose every prefix holds the rows' mix of ``lengths``: the rows cut into
-    ``strata`` parts of equal size by length (ties to the better of ``order_ranks``), each row keyed by
-    the quantile of its rank inside its part, (r − ½)/n, and ranked by that key (ties to
-    ``order_ranks``). The top share of the ranking takes about that share of each part."""
-    if strata < 1:
-        raise ValueError(f"influence.length_strata: {strata} is not a number of parts (1 or more)")
-    order_ranks = np.asarray(order_ranks, dtype=np.float64)
-    n = len(order_ranks)
-    part = np.empty(n, dtype=np.int64)
-    part[np.lexsort((order_ranks, np.asarray(lengths, dtype=np.float64)))] = np.arange(n) * strata // max(n, 1)
-    keys = np.empty(n)
-    for index in np.unique(part):
-        rows = np.flatnonzero(part == index)
-        inside = np.empty(len(rows))
-        inside[np.argsort(order_ranks[rows], kind="stable")] = np.arange(1, len(rows) + 1)
-        keys[rows] = (inside - 0.5) / len(rows)
-    return ranks_by(keys, order_ranks)
-
-
-def stratified(
-    ranks_of: Callable[[np.ndarray], np.ndarray], lengths: np.ndarray, strata: int
-) -> Callable[[np.ndarray], np.ndarray]:
-    """``ranks_of`` (row indices -> their ranks 1..m) with :func:`stratified_ranks` of those rows' ``lengths``."""
-    return lambda rows: stratified_ranks(ranks_of(rows), lengths[rows], strata)
-
-
-def ranks_taking_first(ranks_of: Callable[[np.ndarray], np.ndarray], kept: np.ndarray) -> np.ndarray:
-    """Ranks (1 = first) that put every ``kept`` row before the others, each part ordered by
-    ``ranks_of(row indices)`` (its own ranks 1..m) on that part alone."""
-    ranks = np.zeros(len(kept), dtype=np.int64)
-    inside, outside = np.flatnonzero(kept), np.flatnonzero(~kept)
-    if len(inside):
-        ranks[inside] = ranks_of(inside)
-    if len(outside):
-        ranks[outside] = len(inside) + ranks_of(outside)
-    return ranks
 
 
 # The selections besides DRIFT's that selection.choose_among may name: the loss filter's (as many of

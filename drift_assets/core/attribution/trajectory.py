@@ -31,21 +31,10 @@ from drift_assets.core.attribution.scores import (
     TargetGradient,
     check_same_checkpoint,
     scores_frame,
-    shared_direction,
     target_gradient,
     weighted_rollouts,
-    without_direction,
 )
-from drift_assets.core.attribution.selection import (
-    base_losses_of,
-    blended,
-    gated,
-    likeliest,
-    ranks_taking_first,
-    reference_gated,
-    round_robin_ranks,
-    stratified,
-)
+from drift_assets.core.attribution.selection import base_losses_of, blended_ranks, round_robin_ranks
 from drift_assets.core.gradients.tables import vectors
 from drift_assets.core.training.adapters import LoraOptions, add_adapter
 from drift_assets.core.training.sft import SftOptions, SftRun, SftStep, fine_tune
@@ -295,15 +284,10 @@ class CheckpointGradients:
 
 
 def checkpoint_target(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> TargetGradient:
-    """The weighted validation gradient g at one checkpoint (with ``shared_direction: remove``, less
-    its component along the direction the queries' parts share)."""
-    target = target_gradient(
+    """The weighted validation gradient g at one checkpoint."""
+    return target_gradient(
         checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved
     )
-    if scoring.shared_direction == "remove":
-        _, parts = _query_parts(checkpoint, scoring)
-        target = replace(target, vector=without_direction(target.vector, shared_direction(parts)))
-    return target
 
 
 def score_checkpoint(
@@ -422,17 +406,7 @@ class QueryScores:
 
 def query_targets(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
     """Each query's own part of the target (rows, in query_id order): g_j = Σ_k w_jk ĝ_jk over its
-    rollouts with a nonzero weight (on-policy), or its reference answer's gradient (off-policy).
-    With ``shared_direction: remove`` each part loses its component along the direction they share
-    (:func:`~drift_assets.core.attribution.scores.shared_direction`): what is left says which of the query's
-    answers are right, not which way the model errs on every query."""
-    query_ids, parts = _query_parts(checkpoint, scoring)
-    if scoring.shared_direction == "remove":
-        parts = without_direction(parts, shared_direction(parts))
-    return query_ids, parts
-
-
-def _query_parts(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> tuple[list[str], np.ndarray]:
+    rollouts with a nonzero weight (on-policy), or its reference answer's gradient (off-policy)."""
     if scoring.targets == "offpolicy":
         rows = checkpoint.validation_gradients.filter(pl.col("target") == "reference").with_columns(weight=pl.lit(1.0))
     else:
@@ -464,85 +438,27 @@ def combine_query_scores(scores: Sequence[PoolScores]) -> QueryScores:
     return QueryScores(list(order), query_ids, matrix)
 
 
-def reference_loss_per_token(validation_gradients: pl.DataFrame) -> np.ndarray:
-    """The validation references' loss per response token (one checkpoint's ``validation_gradients``
-    rows with ``target`` reference; an empty response counts one token)."""
-    missing = {"target", "loss", "n_tokens"} - set(validation_gradients.columns)
-    if missing:
-        raise ValueError(f"validation_gradients lacks {sorted(missing)}: materialize it again")
-    references = validation_gradients.filter(pl.col("target") == "reference")
-    return (references["loss"] / references["n_tokens"].clip(lower_bound=1)).to_numpy()
-
-
 def ranked_scores(
-    along: ScoredAlong,
-    training_pool: pl.DataFrame,
-    loss_per_token: pl.DataFrame | None = None,
-    likelihood_guard: float = 1.0,
-    noise_gate: str = "off",
-    losses_along: pl.DataFrame | None = None,
-    reference_losses: np.ndarray | None = None,
-    likelihood_blend: float = 0.0,
-    length_strata: int = 1,
+    along: ScoredAlong, training_pool: pl.DataFrame, loss_per_token: pl.DataFrame | None = None, likelihood_blend: float = 0.0
 ) -> pl.DataFrame:
     """The pool's scores table (:func:`~drift_assets.core.attribution.scores.scores_frame`) sorted by ``rank``,
     the order the selection takes: with per-query scores, the validation queries taking turns
-    (:func:`~drift_assets.core.attribution.selection.round_robin_ranks`), else the score. A ``likelihood_guard``
-    under 1 ranks the share of the pool the base model finds likeliest (``loss_per_token``:
-    example_id, loss_per_token) first, each part in that order on its own. ``noise_gate: mixture``
-    ranks the rows :func:`~drift_assets.core.attribution.selection.gated` keeps (``losses_along``: example_id,
-    checkpoint, loss_per_token at every checkpoint) before the others, likewise; ``noise_gate:
-    reference`` the rows :func:`~drift_assets.core.attribution.selection.reference_gated` keeps (``loss_per_token``
-    against ``reference_losses``, the validation references' loss per token at the base model).
-    ``likelihood_blend`` w > 0 orders each part by (1 − w)·that order's rank + w·the rank by
-    ``loss_per_token`` (:func:`~drift_assets.core.attribution.selection.blended_ranks`). ``length_strata`` k > 1
-    keeps every prefix of each part at the pool's mix of response lengths (k parts by
-    ``n_response_tokens``: :func:`~drift_assets.core.attribution.selection.stratified_ranks`).
-    ``likely`` marks the rows the guard and the gate take first."""
+    (:func:`~drift_assets.core.attribution.selection.round_robin_ranks`), else the score.
+    ``likelihood_blend`` w > 0 orders the pool by (1 − w)·that order's rank + w·the rank by
+    ``loss_per_token`` (example_id, loss_per_token under the base model:
+    :func:`~drift_assets.core.attribution.selection.blended_ranks`)."""
     frame = scores_frame(along.scores, training_pool)
     if along.queries is None:
-        by_score = frame["rank"].to_numpy()
-
-        def ranks_of(rows: np.ndarray) -> np.ndarray:
-            return np.argsort(np.argsort(by_score[rows], kind="stable"), kind="stable") + 1
+        ranks = frame["rank"].to_numpy()
     else:
         row = {example_id: index for index, example_id in enumerate(along.queries.example_ids)}
         matrix = along.queries.matrix[[row[example_id] for example_id in frame["example_id"]]]
         if matrix.shape[1] == 0:
             raise ValueError("influence.ranking round_robin: no validation query has a nonzero weight at any checkpoint")
-
-        def ranks_of(rows: np.ndarray) -> np.ndarray:
-            return round_robin_ranks(matrix[rows])
-
+        ranks = round_robin_ranks(matrix)
     if likelihood_blend > 0.0:
         if loss_per_token is None:
             raise ValueError("influence.likelihood_blend above 0 needs the base model's loss per token of every pool example")
         losses = base_losses_of(loss_per_token, frame["example_id"].to_list(), "influence.likelihood_blend")
-        ranks_of = blended(ranks_of, losses, likelihood_blend)
-    if length_strata > 1:
-        lengths = frame.select("example_id").join(
-            training_pool.select("example_id", "n_response_tokens"), on="example_id", how="left", maintain_order="left"
-        )["n_response_tokens"]
-        ranks_of = stratified(ranks_of, lengths.to_numpy(), length_strata)
-    if likelihood_guard >= 1.0:
-        kept = np.ones(frame.height, dtype=bool)
-    elif loss_per_token is None:
-        raise ValueError("influence.likelihood_guard under 1 needs the base model's loss per token of every pool example")
-    else:
-        kept = likeliest(loss_per_token, frame["example_id"].to_list(), likelihood_guard)
-    if noise_gate == "mixture":
-        if losses_along is None:
-            raise ValueError("influence.noise_gate mixture needs every pool example's loss per token at every checkpoint")
-        kept = kept & gated(losses_along, frame["example_id"].to_list())
-    elif noise_gate == "reference":
-        if loss_per_token is None or reference_losses is None:
-            raise ValueError(
-                "influence.noise_gate reference needs the base model's loss per token of every pool example and of the "
-                "validation references"
-            )
-        kept = kept & reference_gated(loss_per_token, frame["example_id"].to_list(), reference_losses)
-    elif noise_gate != "off":
-        raise ValueError(f"influence.noise_gate must be off, mixture or reference (got {noise_gate!r})")
-    # ``likely``: the row is among those the guard and the gate rank first (every row, without them);
-    # the export names them as the reason a row outside them was left out.
-    return frame.with_columns(rank=pl.Series(ranks_taking_first(ranks_of, kept)), likely=pl.Series(kept)).sort("rank")
+        ranks = blended_ranks(ranks, losses, likelihood_blend)
+    return frame.with_columns(rank=pl.Series(ranks)).sort("rank")

@@ -29,7 +29,7 @@ CORE_COLUMNS = ("example_id", "row_number", "prompt", "response", "messages", "n
 INPUT_TEXT_COLUMNS = ("prompt", "response", "messages")
 # Columns the refined dataset adds to the pool's: an input column of one of these names would be
 # confused with the pipeline's own (a 1-5 rating named "score" exported as the influence score).
-OUTPUT_COLUMNS = ("score", "rank", "selected", "weight", "likely")
+OUTPUT_COLUMNS = ("score", "rank", "selected", "weight")
 # An extra input column under a name the pipeline uses is kept, renamed with this prefix.
 RENAMED_PREFIX = "pool_"
 # The roles chat templates know; another ("human", "bot") would pass here and fail in the user's trainer.

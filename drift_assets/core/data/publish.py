@@ -49,9 +49,6 @@ REASONS = {
     "below_cutoff": "ranked after the selection's last row (the order: influence.ranking blended with the base model's "
     "likelihood by influence.likelihood_blend, or the likelihood alone where selection.choose_among kept the loss "
     "filter's selection; the size: selection.fraction / selection.k)",
-    "gated": "outside the rows the ranking takes first: the share of the pool the base model finds likeliest "
-    "(influence.likelihood_guard) and those influence.noise_gate keeps (mixture: the rows its loss mixture calls clean; "
-    "reference: the rows at least as likely as nine in ten of the validation references)",
     "score_not_positive": "a score not above 0 (selection.method positive)",
 }
 # What the pipeline adds to the pool that an export carries, first.
@@ -77,12 +74,7 @@ def export_columns(table: pl.DataFrame, evaluation_only: Sequence[str] = EVALUAT
 def unselected_reasons(table: pl.DataFrame, method: str) -> pl.Series:
     """The ``reason`` (a key of :data:`REASONS`) of each row of ``table`` (the refined table), null
     where the row is selected."""
-    if method == "positive":
-        reason = pl.lit("score_not_positive")
-    elif "likely" in table.columns:
-        reason = pl.when(pl.col("likely").fill_null(True)).then(pl.lit("below_cutoff")).otherwise(pl.lit("gated"))
-    else:
-        reason = pl.lit("below_cutoff")
+    reason = pl.lit("score_not_positive" if method == "positive" else "below_cutoff")
     return table.select(pl.when(pl.col("selected")).then(None).otherwise(reason).alias("reason"))["reason"]
 
 

@@ -24,7 +24,6 @@ from drift_assets.core.attribution.trajectory import (
     CheckpointGradients,
     ScoredAlong,
     ranked_scores,
-    reference_loss_per_token,
     score_along,
 )
 
@@ -139,14 +138,9 @@ def base_losses(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.Dat
 
 def stored_scorer(tables: ConfiguredTables, training_pool: pl.DataFrame) -> MethodScorer:
     """The method benchmark's scorer of ``training_pool``: the stored gradients along the checkpoints,
-    the base model's losses (the loss method's scores and the likelihood guard's order) and the
-    losses along the checkpoints (a noise gate's)."""
+    the base model's losses (the loss method's scores and the likelihood blend's order) and the
+    losses along the checkpoints (the dynamics method's)."""
     return MethodScorer(list(gradients_along(tables)), base_losses(tables, training_pool), losses_along(tables, training_pool))
-
-
-def base_reference_losses(tables: ConfiguredTables) -> np.ndarray:
-    """The validation references' loss per response token under the base model."""
-    return reference_loss_per_token(rows_at(tables, "validation_gradients", BASE))
 
 
 def pool_loss_scores(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.DataFrame:
@@ -208,7 +202,7 @@ def stored_influence(
     progress: Callable[[int], None] | None = None,
 ) -> StoredInfluence:
     """The pool's influence scores from the stored gradients, streamed checkpoint by checkpoint and
-    shard by shard, ranked (with ``scoring``'s likelihood guard, noise gate, blend and length strata).
+    shard by shard, ranked (with ``scoring``'s likelihood blend).
     Raises where the result would not hold one row per pool example."""
     along = score_along(gradients_along(tables), scoring, log=log, progress=progress)
     checkpoint_rows = [
@@ -221,19 +215,7 @@ def stored_influence(
         for at in along.checkpoints
     ]
     losses = base_losses(tables, training_pool)
-    gate_losses = losses_along(tables, training_pool) if scoring.noise_gate == "mixture" else None
-    references = base_reference_losses(tables) if scoring.noise_gate == "reference" else None
-    table = ranked_scores(
-        along,
-        training_pool,
-        losses,
-        scoring.likelihood_guard,
-        scoring.noise_gate,
-        gate_losses,
-        references,
-        scoring.likelihood_blend,
-        scoring.length_strata,
-    )
+    table = ranked_scores(along, training_pool, losses, scoring.likelihood_blend)
     table = table.join(losses, on="example_id", how="left", maintain_order="left")
     problem = one_row_per_example(table, training_pool["example_id"], "influence_scores")
     if problem:  # nothing of it is committed

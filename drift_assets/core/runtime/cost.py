@@ -318,7 +318,6 @@ CHECKPOINTS_USED = {
     "drift_base": (0,),
     "influence": (0,),
     "drift_last": (0, -1),
-    "drift_blend_gated": (0, -2, -1),
 }
 
 

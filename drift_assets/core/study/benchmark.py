@@ -68,7 +68,6 @@ from drift_assets.core.attribution.trajectory import (
     CheckpointGradients,
     ScoredAlong,
     ranked_scores,
-    reference_loss_per_token,
     score_along,
 )
 from drift_assets.core.data.pool import reference_tokens
@@ -124,25 +123,13 @@ ABLATIONS = {
     "drift_log_orthogonal": {"debias": "log_orthogonal"},
     "drift_by_score": {"ranking": "score"},
     "drift_round_robin": {"ranking": "round_robin"},
-    "drift_guarded": {"likelihood_guard": 0.7},
     "drift_base": {},  # the same settings at the base model alone
-    # Candidates for the default (benchmarks/README.md, 2026-12-06): the signed contrast without the
-    # direction the queries share; a training-dynamics noise gate; the scoring the LDS finds most faithful.
-    "drift_specific": {"weighting": "signed", "shared_direction": "remove"},
-    "drift_gated": {"noise_gate": "mixture"},
+    # The scoring the LDS finds most faithful (a candidate for the default, benchmarks/README.md, 2026-12-06).
     "drift_fisher": {"hessian": "fisher", "debias": "none"},
-    # Registered 2026-12-06 (evening): a gate sized by the validation references' losses.
-    "drift_reference_gated": {"noise_gate": "reference"},
     # The default's settings at the base model and the warm-up's last checkpoint.
     "drift_last": {},
-    # Registered 2026-12-06 (night): DRIFT's order blended with the base model's likelihood order
-    # (the default since) inside the reference gate; and the default without the blend.
-    "drift_blend_gated": {"likelihood_blend": 0.5, "noise_gate": "reference"},
+    # The default without its blend with the base model's likelihood order.
     "drift_unblended": {"likelihood_blend": 0.0},
-    # Registered 2026-12-06 (late): the default's order keeping the pool's mix of response lengths.
-    "drift_strata": {"length_strata": 4},
-    # Registered 2026-12-06 (after the relayout): the same length mix inside the likeliest 70% only.
-    "drift_strata_guarded": {"length_strata": 4, "likelihood_guard": 0.7},
 }
 # The validated methods: each chooses among these selections by the validation queries' accuracy, as
 # selection.choose_among has refined_dataset choose (the first is the pipeline's default): a method's
@@ -183,9 +170,9 @@ def scoring_for(method: str, drift: ScoringSettings) -> ScoringSettings | None:
     method = "drift" if method in CHOSEN_AMONG else method  # scored as the selection it chooses from
     if method in UNSCORED or method in SIMILARITY or method in LESS_METHODS:
         return None
-    # The influence baselines score the reference answers by score, as their papers do: none of the
-    # default's guard, blend or strata.
-    plain = {"targets": "offpolicy", "ranking": "score", "likelihood_guard": 1.0, "likelihood_blend": 0.0, "length_strata": 1}
+    # The influence baselines score the reference answers by score, as their papers do: without the
+    # default's blend.
+    plain = {"targets": "offpolicy", "ranking": "score", "likelihood_blend": 0.0}
     if method == "offpolicy":
         return replace(drift, **plain, debias="unit")
     if method == "influence":
@@ -208,8 +195,8 @@ class MethodScorer:
         loss_per_token: pl.DataFrame | None = None,
         losses_along: pl.DataFrame | None = None,
     ):
-        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for a likelihood guard;
-        ``losses_along`` (example_id, checkpoint, loss_per_token) for a noise gate."""
+        """``loss_per_token`` (example_id, loss_per_token at the base model) ranks for the likelihood
+        blend and the loss filter; ``losses_along`` (example_id, checkpoint, loss_per_token) for ``dynamics``."""
         if not checkpoints:
             raise ValueError("nothing to score: no checkpoint gradients")
         self.checkpoints = [checkpoint.loaded() for checkpoint in checkpoints]
@@ -238,20 +225,7 @@ class MethodScorer:
         self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False, at: Sequence[int] | None = None
     ) -> pl.DataFrame:
         """The pool's scores table along every checkpoint (see :meth:`along`)."""
-        references = (
-            reference_loss_per_token(self.checkpoints[0].validation_gradients) if scoring.noise_gate == "reference" else None
-        )
-        return ranked_scores(
-            self.along(scoring, base_only, at),
-            training_pool,
-            self.loss_per_token,
-            scoring.likelihood_guard,
-            scoring.noise_gate,
-            self.losses_along,
-            references,
-            scoring.likelihood_blend,
-            scoring.length_strata,
-        )
+        return ranked_scores(self.along(scoring, base_only, at), training_pool, self.loss_per_token, scoring.likelihood_blend)
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""
