@@ -18,9 +18,9 @@ Rows: our per-query scores from the stored projected gradients (identity and fis
 on- and off-policy targets, at the base model and along the warm-up checkpoints as
 ``influence_scores`` combines them, raw and with the configured debias), and the same model,
 pool and queries through Kronfluence's EK-FAC and TRAK (the ``bench`` extra), and LESS's
-Adam-preconditioned per-query scores along the warm-up checkpoints, against the references
-(``less``'s matrix) and against each checkpoint's correct rollouts (``less_onpolicy``'s), where the
-workspace's warm-up saved its optimizer state (``suite.py --methods less_onpolicy`` saves it).
+Adam-preconditioned per-query scores along the warm-up checkpoints against the references
+(``less``'s matrix), where the workspace's warm-up saved its optimizer state (``suite.py --methods
+less`` saves it).
 Another method's row is a (pool, queries) score matrix: add a function to ``ROW_SOURCES``.
 
 Fine-tunes are cached in ``data/suite/lds/cache/<task>/`` under a key of what determines them (the
@@ -238,16 +238,13 @@ def reference_key(context: TaskContext, method: str, setting, items: list[str], 
 
 
 def less_rows(context: TaskContext) -> list[Row]:
-    """LESS's per-query scores along the warm-up checkpoints (the benchmark's ``less`` and
-    ``less_onpolicy`` matrices, one pass of per-example gradients for both), cached like the
-    reference implementations'; none where the workspace has no warm-up or no saved optimizer state."""
+    """LESS's per-query scores along the warm-up checkpoints (the benchmark's ``less`` matrix), cached
+    like the reference implementations'; none where the workspace has no warm-up or no saved optimizer state."""
     from drift_assets.core.attribution import less as less_module
     from drift_assets.core.attribution.less import OPTIMIZER_STATE_FILE
-    from drift_assets.core.data.stored import ConfiguredTables, rows_at
     from drift_assets.defs.benchmark import less_matrix_of
     from drift_assets.defs.checkpoints import checkpoint_model
     from drift_assets.resources import Warehouse
-    from drift_assets.settings import validation_answer_marker
 
     settings = context.settings
     steps = settings.checkpoints[1:]
@@ -263,11 +260,10 @@ def less_rows(context: TaskContext) -> list[Row]:
     if unsaved:
         print(
             f"  {context.name}: LESS rows skipped: no {OPTIMIZER_STATE_FILE} in {', '.join(unsaved)} (materialize the "
-            f"warm-up with it: python -m benchmarks.suite --tasks {context.name} --methods less_onpolicy --materialize-only)",
+            f"warm-up with it: python -m benchmarks.suite --tasks {context.name} --methods less --materialize-only)",
             flush=True,
         )
         return []
-    tables = ConfiguredTables.configured_by(settings, warehouse)
     queries = warehouse.scan("validation_queries").collect().sort("query_id")
     pool_ids = context.pool["example_id"].to_list()
     key_text = json.dumps(
@@ -277,41 +273,24 @@ def less_rows(context: TaskContext) -> list[Row]:
             "models": [checkpoint_model(c, context.model, warehouse).fingerprint() for c in steps],
             "pool": hashlib.sha256("\n".join(context.pool["messages"]).encode()).hexdigest(),
             "queries": hashlib.sha256(queries.write_json().encode()).hexdigest(),
-            "rollouts": [
-                hashlib.sha256(
-                    rows_at(tables, "grades", c).sort("rollout_id").select("rollout_id", "correct").write_json().encode()
-                ).hexdigest()
-                for c in steps
-            ],
-            "span": settings.projection.validation_span,
         }
     )
-    cached = context.cache / f"less-{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.npz"
+    cached = context.cache / f"less-{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.npy"
     with timed(context, "less"):
         if cached.exists():
-            saved = np.load(cached)
-            reference, onpolicy, onpolicy_ids = saved["reference"], saved["onpolicy"], saved["onpolicy_ids"].tolist()
+            reference = np.load(cached)
         else:
-            tokenizer = context.model.load_tokenizer()
-            scores = less_matrix_of(
+            reference = less_matrix_of(
                 lambda line: print(f"  {context.name}: {line}", flush=True),
                 settings.checkpoints,
-                validation_answer_marker(settings),
                 context.model,
                 warehouse,
-                tokenizer,
+                context.model.load_tokenizer(),
                 context.pool,
                 queries,
-                tables,
-                reference=True,
-                onpolicy=True,
             )
-            reference, onpolicy, onpolicy_ids = scores.reference, scores.onpolicy, scores.onpolicy_query_ids
-            np.savez(cached, reference=reference, onpolicy=onpolicy, onpolicy_ids=np.array(onpolicy_ids))
-    return [
-        Row("LESS (Adam) offpolicy along", pool_ids, queries["query_id"].to_list(), reference, "offpolicy"),
-        Row("less_onpolicy (Adam, correct rollouts) along", pool_ids, onpolicy_ids, onpolicy, "onpolicy"),
-    ]
+            np.save(cached, reference)
+    return [Row("LESS (Adam) offpolicy along", pool_ids, queries["query_id"].to_list(), reference, "offpolicy")]
 
 
 # Each gives rows for a task; another method's per-query scores join the table by a function added here.

@@ -500,7 +500,7 @@ def main() -> None:
     for name in methods:
         if name not in BENCHMARK_METHODS:
             parser.error(f"--methods: unknown method {name!r} (known: {', '.join(BENCHMARK_METHODS)})")
-    along_the_run = [name for name in methods if name in ("less", "less_round_robin", "less_onpolicy", "dynamics")]
+    along_the_run = [name for name in methods if name in ("less", "less_round_robin", "dynamics")]
     if args.warmup == "off" and along_the_run:
         parser.error(f"--warmup off: {', '.join(along_the_run)} read the warm-up run's checkpoints; leave them out")
     overrides = {}

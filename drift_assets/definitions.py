@@ -6,7 +6,7 @@ from pathlib import Path
 from dagster import AssetChecksDefinition, Definitions, ExecutorDefinition, in_process_executor, load_from_defs_folder
 
 from drift_assets.defs.automation import automation_sensor, build_jobs, current_checks, with_automation
-from drift_assets.defs.benchmark import BenchmarkGiven, OnPolicySpan, build_benchmark
+from drift_assets.defs.benchmark import BenchmarkGiven, build_benchmark
 from drift_assets.defs.demo import DemoGiven, build_demo_assets
 from drift_assets.defs.evaluate import FineTuning, build_evaluation_assets
 from drift_assets.defs.grades import GradesGiven, build_grade_assets
@@ -47,10 +47,7 @@ def build_definitions(settings: Settings, executor: ExecutorDefinition = in_proc
         assets += build_evaluation_assets(fine_tuning)
         # An external asset and the job that writes it: "Materialize all" leaves the benchmark out.
         # The job records its inputs' data versions, read from the graph it is defined in.
-        onpolicy = given(OnPolicySpan, settings) if "less_onpolicy" in settings.benchmark.methods else None
-        benchmark, benchmark_job = build_benchmark(
-            given(BenchmarkGiven, settings, onpolicy=onpolicy), lambda: definitions.resolve_asset_graph()
-        )
+        benchmark, benchmark_job = build_benchmark(given(BenchmarkGiven, settings), lambda: definitions.resolve_asset_graph())
         assets.append(benchmark)
         jobs.append(benchmark_job)
         # Dagster marks no external asset "Unsynced": a check, kept current by a sensor, shows it stale.

@@ -514,7 +514,7 @@ class WarmupSettings(_Group):
         "auto",
         description="save AdamW's moments beside each checkpoint (twice the trained weights' size: small for LoRA "
         "adapters, large for every weight of a big model), which the benchmark's LESS methods precondition with; "
-        "auto = where benchmark.methods names less, less_round_robin or less_onpolicy",
+        "auto = where benchmark.methods names less or less_round_robin",
     )
     lora: LoraSettings | None = Field(
         None,
@@ -641,7 +641,6 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "dynamics",
     "less",
     "less_round_robin",
-    "less_onpolicy",
     "offpolicy",
     "influence",
     "drift",
@@ -662,10 +661,9 @@ BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps
     "drift_loss_or_full",
 )
 # The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
-OPTIMIZER_STATE_METHODS = ("less", "less_round_robin", "less_onpolicy")
+OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
 ABLATIONS_ON_REQUEST = (
-    "less_onpolicy",  # the candidate adam (benchmarks/README.md, 2026-12-06): screened by the LDS, fine-tuned on 32 draws
     "drift_skip",
     "drift_nodebias",
     "drift_unit",

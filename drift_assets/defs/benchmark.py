@@ -16,8 +16,8 @@ import polars as pl
 from dagster import AssetKey, AssetMaterialization, AssetSpec, Failure, MetadataValue, OpExecutionContext, job, op
 
 from drift_assets.code_location import job_path
-from drift_assets.core.attribution.less import AdamMoments, LessScores, correct_rollouts, less_scores_along
-from drift_assets.core.data.stored import ConfiguredTables, rows_at, stored_scorer
+from drift_assets.core.attribution.less import AdamMoments, less_along
+from drift_assets.core.data.stored import ConfiguredTables, stored_scorer
 from drift_assets.core.gradients.tables import pool_token_pairs, query_token_pairs
 from drift_assets.core.study.benchmark import (
     MethodBenchmark,
@@ -41,7 +41,6 @@ from drift_assets.settings import (
     code_version,
     read_metadata,
     setting,
-    span_start,
     unhashed,
 )
 from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
@@ -52,7 +51,6 @@ TABLES_READ = (
     "training_pool",
     "validation_queries",
     "test_queries",
-    "rollouts",  # less_onpolicy targets the correct ones at each warm-up checkpoint
     "grades",
     "validation_gradients",
     "training_gradient_projections",
@@ -60,17 +58,10 @@ TABLES_READ = (
 
 
 @dataclass(frozen=True)
-class OnPolicySpan:
-    """The span of the rollouts less_onpolicy differentiates: given only where it runs."""
-
-    validation_span: str = setting("projection.validation_span")
-
-
-@dataclass(frozen=True)
 class BenchmarkGiven:
     """The benchmark, the influence it scores with and where, the selection's size, which every method's
-    selection takes (not how the pipeline's is chosen or exported), less_onpolicy's span, and how each
-    fine-tune is decoded and graded (all hashed); the training gradients' shards and the cost plan (not)."""
+    selection takes (not how the pipeline's is chosen or exported), and how each fine-tune is decoded
+    and graded (all hashed); the training gradients' shards and the cost plan (not)."""
 
     benchmark: BenchmarkSettings = setting("benchmark")
     influence: InfluenceSettings = setting("influence")
@@ -78,7 +69,6 @@ class BenchmarkGiven:
     method: str = setting("selection.method")
     fraction: float = setting("selection.fraction")
     k: int | None = setting("selection.k")
-    onpolicy: OnPolicySpan | None
     decoding: Decoding
     shards: int = unhashed("projection.shards")
     cost: CostPlan
@@ -119,12 +109,8 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
         scorer, drift = stored_scorer(tables, training_pool), given.influence.scoring()
         study = MethodBenchmark(benchmark.methods, benchmark.seeds, training_pool, validation_queries, scorer, drift)
         network, tokenizer = model.load_model(), model.load_tokenizer()
-        onpolicy, answer_marker = given.onpolicy, given.decoding.grading.answer_marker
-        marker = span_start(onpolicy.validation_span, answer_marker) if onpolicy else None  # used where it runs
         less = functools.partial(
-            less_matrix_of,
-            *(context.log.info, given.checkpoints, marker, model, warehouse, tokenizer),
-            *(training_pool, validation_queries, tables),
+            less_matrix_of, context.log.info, given.checkpoints, model, warehouse, tokenizer, training_pool, validation_queries
         )
         study.score(network, tokenizer, given.checkpoints, less)
         distilled = distill(given, rollout_engine, model, network, tokenizer, training_pool, validation_queries, context.log.info)
@@ -188,47 +174,32 @@ ADAPTER_MODULES = r".*\.lora_[AB]\.default"
 def less_matrix_of(
     log: Callable[[str], None],
     checkpoints: list[str],
-    answer_marker: str | None,
     model: ModelResource,
     warehouse: Warehouse,
     tokenizer,
     training_pool,
     validation_queries,
-    tables: ConfiguredTables,
-    reference: bool = True,
-    onpolicy: bool = False,
-) -> LessScores:
-    """LESS's (pool × validation queries) scores along the warm-up checkpoints, one model loaded at a
-    time: against the references (``reference``) and/or each checkpoint's correct rollouts (``onpolicy``,
-    differentiated from ``answer_marker`` on, None: the whole completion)."""
+) -> np.ndarray:
+    """LESS's (pool × validation queries) scores against the references along the warm-up checkpoints,
+    one model loaded at a time."""
     steps = checkpoints[1:]
     if not steps:
-        raise Failure("benchmark methods less, less_round_robin and less_onpolicy score along the warm-up run: set warmup.steps")
+        raise Failure("benchmark methods less and less_round_robin score along the warm-up run: set warmup.steps")
 
     def checkpoints():
         for checkpoint in steps:
             at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
             directory = at_checkpoint.adapter or at_checkpoint.path
             log(f"LESS: per-example gradients at checkpoint {checkpoint} ({directory})")
-            correct = None
-            if onpolicy:
-                rollouts, grades = (rows_at(tables, name, checkpoint) for name in ("rollouts", "grades"))
-                correct = correct_rollouts(tokenizer, rollouts, grades, answer_marker, checkpoint, at_checkpoint.fingerprint())
-                log(
-                    f"less_onpolicy: {len(correct.query_ids)} correct rollouts of {len(set(correct.query_ids))} "
-                    f"queries at checkpoint {checkpoint}"
-                )
             # A LoRA checkpoint keeps its adapter modules: their weights are what the warm-up trained.
             network = at_checkpoint.load_model(ADAPTER_MODULES if at_checkpoint.adapter else None)
-            yield checkpoint, network, AdamMoments.load(directory), correct
+            yield checkpoint, network, AdamMoments.load(directory)
 
     training = pool_token_pairs(tokenizer, training_pool["messages"])
-    validation = (
-        query_token_pairs(tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list())
-        if reference
-        else None
+    validation = query_token_pairs(
+        tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
     )
-    return less_scores_along(checkpoints(), tokenizer, training, validation)
+    return less_along(checkpoints(), tokenizer, training, validation)
 
 
 def distill(

@@ -144,7 +144,7 @@ def test_one_checkpoint_reruns_alone_to_the_same_rows(trajectory):
     assert latest_metadata(instance, "training_gradient_projections")["rows_reused"] > 0
 
 
-PARITY = ["less", "less_round_robin", "less_onpolicy", "rds", "dsir", "grape", "dynamics", "self_distill", "influence"]
+PARITY = ["less", "less_round_robin", "rds", "dsir", "grape", "dynamics", "self_distill", "influence"]
 
 
 @pytest.mark.vllm

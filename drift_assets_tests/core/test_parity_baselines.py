@@ -170,6 +170,11 @@ def test_the_warm_up_saves_optimizer_state_where_the_benchmark_asks_for_less(tmp
     assert not saves(warmup={"optimizer_state": False})
 
 
+def test_a_checkpoint_without_optimizer_state_names_its_file_and_the_methods_that_need_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/optimizer_state.pt: .*no optimizer state.*less_round_robin"):
+        AdamMoments.load(tmp_path)
+
+
 # -- RDS+ ----------------------------------------------------------------------------------------
 
 

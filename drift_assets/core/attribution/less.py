@@ -17,16 +17,6 @@ its authors compute it (princeton-nlp/LESS: less/data_selection/collect_grad_rep
 
 Only the parameters the warm-up trained count (those the saved optimizer state covers): every
 weight, or LoRA's adapters as in LESS.
-
-``less_onpolicy`` (the registered candidate ``adam``) keeps LESS's training side and makes the
-validation side on-policy, as DRIFT's default target is: at each checkpoint the correct rollouts
-that checkpoint sampled (``positive`` weighting: 1/n⁺_j for each of query j's n⁺_j right answers,
-the wrong ones nothing, a query with none skipped there), each its plain projected unit gradient
-(the same projector), over the span DRIFT's validation gradients cover. Query j's score is the
-1/n⁺_j-weighted sum of its right answers' cosines with each training example's Adam step, averaged
-over the checkpoints where it has a right answer with the weights η_c (renormalized over those
-checkpoints, as DRIFT averages a query over the checkpoints whose target it is part of); a query
-right at no checkpoint has no column.
 """
 
 from __future__ import annotations
@@ -37,12 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 
 from drift_assets.core.data.sequences import collate_pairs, sequence_logprobs
-from drift_assets.core.gradients.tables import response_token_pairs
-from drift_assets.core.grading.weighting import rollout_weights
 
 OPTIMIZER_STATE_FILE = "optimizer_state.pt"  # beside a warm-up checkpoint's weights (not part of its fingerprint)
 ADAM_BETAS = (0.9, 0.999)  # LESS's obtain_gradients_with_adam (the warm-up's AdamW uses the same)
@@ -77,8 +64,8 @@ class AdamMoments:
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: the warm-up checkpoint has no optimizer state, which LESS preconditions with: set "
-                "warmup.optimizer_state (auto saves it where benchmark.methods names less, less_round_robin or "
-                "less_onpolicy) and re-materialize warmup_checkpoints"
+                "warmup.optimizer_state (auto saves it where benchmark.methods names less or less_round_robin) and "
+                "re-materialize warmup_checkpoints"
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         moments = {name: (first, state["exp_avg_sq"][name]) for name, first in state["exp_avg"].items()}
@@ -212,13 +199,11 @@ def less_features(
 
 @dataclass
 class LessCheckpoint:
-    """One checkpoint's contribution: its weight η and the (examples × queries) cosines; ``query_ids``
-    names the columns where they are some of the queries (the on-policy side: those solved there)."""
+    """One checkpoint's contribution: its weight η and the (examples × queries) cosines."""
 
     checkpoint: str
     learning_rate: float
     cosines: np.ndarray
-    query_ids: list[str] | None = None
 
 
 def less_matrix(checkpoints: Sequence[LessCheckpoint]) -> np.ndarray:
@@ -229,95 +214,6 @@ def less_matrix(checkpoints: Sequence[LessCheckpoint]) -> np.ndarray:
     if total <= 0:
         raise ValueError("LESS weighs checkpoints by their learning rate, and every checkpoint's is 0")
     return sum(checkpoint.learning_rate / total * checkpoint.cosines for checkpoint in checkpoints)
-
-
-def less_onpolicy_matrix(checkpoints: Sequence[LessCheckpoint]) -> tuple[list[str], np.ndarray]:
-    """The queries right at some checkpoint (sorted) and their (examples, queries) scores: each
-    query's columns averaged over the checkpoints where it has one, weighted by η_c."""
-    if not checkpoints:
-        raise ValueError("less_onpolicy scores along a warm-up run's checkpoints, and there are none (warmup.steps is empty)")
-    totals: dict[str, np.ndarray] = {}
-    weights: dict[str, float] = {}
-    for checkpoint in checkpoints:
-        for column, query_id in enumerate(checkpoint.query_ids or []):
-            totals[query_id] = totals.get(query_id, 0.0) + checkpoint.learning_rate * checkpoint.cosines[:, column]
-            weights[query_id] = weights.get(query_id, 0.0) + checkpoint.learning_rate
-    if not totals:
-        names = ", ".join(checkpoint.checkpoint for checkpoint in checkpoints)
-        raise ValueError(
-            f"less_onpolicy targets the correct rollouts, and there is no correct rollout at any warm-up checkpoint "
-            f"({names}): raise rollout.temperature or rollout.samples_per_query, or use validation queries the model "
-            "solves sometimes"
-        )
-    zero = [query_id for query_id, weight in weights.items() if weight <= 0]
-    if zero:
-        raise ValueError(
-            f"less_onpolicy weighs checkpoints by their learning rate, and query {zero[0]} is right only where it is 0"
-        )
-    query_ids = sorted(totals)
-    return query_ids, np.column_stack([totals[query_id] / weights[query_id] for query_id in query_ids])
-
-
-@dataclass
-class CorrectRollouts:
-    """One checkpoint's correct rollouts, each with its query and the ``positive`` weight 1/n⁺ of that
-    query's right answers there (a query's weights sum to 1), and the tokens to differentiate."""
-
-    query_ids: list[str]
-    weights: np.ndarray
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    rollout_ids: list[str] | None = None
-
-    def columns(self) -> tuple[list[str], np.ndarray]:
-        """The queries (in order of appearance) and the (rollouts, queries) weights summing each query's rollouts."""
-        query_ids = list(dict.fromkeys(self.query_ids))
-        position = {query_id: index for index, query_id in enumerate(query_ids)}
-        combine = np.zeros((len(self.query_ids), len(query_ids)))
-        for row, (query_id, weight) in enumerate(zip(self.query_ids, self.weights, strict=True)):
-            combine[row, position[query_id]] = weight
-        return query_ids, combine
-
-
-def correct_rollouts(
-    tokenizer,
-    rollouts: pl.DataFrame,
-    grades: pl.DataFrame,
-    answer_marker: str | None = None,
-    checkpoint: str = "",
-    model_fingerprint: str | None = None,
-) -> CorrectRollouts:
-    """One checkpoint's right answers (``rollouts`` and ``grades``: that checkpoint's rows), weighted as
-    DRIFT's ``positive`` weighting weighs them, each as the ids it was sampled as (the answer span
-    with ``answer_marker``, as :func:`~drift_assets.core.gradients.tables.response_token_pairs` splits it).
-    ``model_fingerprint``: the checkpoint's model, which must have sampled them (the target is its own)."""
-    where = f"checkpoint {checkpoint}: " if checkpoint else ""
-    if "token_ids" not in rollouts.columns:
-        raise ValueError(f"{where}rollouts has no token_ids column (written by an earlier drift_assets): re-materialize rollouts")
-    if model_fingerprint is not None and "model_fingerprint" in rollouts.columns:
-        stale = sorted(set(rollouts["model_fingerprint"].unique()) - {model_fingerprint})
-        if stale:
-            raise ValueError(
-                f"{where}rollouts were sampled from model {stale}, not the checkpoint's {model_fingerprint}: re-materialize them"
-            )
-    ungraded = rollouts.join(grades.select("rollout_id"), on="rollout_id", how="anti")
-    if ungraded.height:
-        raise ValueError(
-            f"{where}{ungraded.height} rollouts have no grade (e.g. {ungraded['rollout_id'].sort()[0]}): "
-            "re-materialize grades for that checkpoint"
-        )
-    if not grades["correct"].any():
-        return CorrectRollouts([], np.zeros(0), [], [], [])
-    weighted, summary = rollout_weights(grades, "positive")
-    # rollout_weights divides by the number of queries used; each query's weights here sum to 1.
-    weighted = weighted.filter(pl.col("weight") > 0).with_columns(pl.col("weight") * summary.queries_used)
-    chosen = rollouts.join(weighted.select("rollout_id", "weight"), on="rollout_id", how="inner").sort("query_id", "rollout_id")
-    prompt_ids, response_ids = response_token_pairs(
-        tokenizer, chosen["prompt"], chosen["completion"], chosen["token_ids"], answer_marker
-    )
-    return CorrectRollouts(
-        chosen["query_id"].to_list(), chosen["weight"].to_numpy(), prompt_ids, response_ids, chosen["rollout_id"].to_list()
-    )
 
 
 def score_checkpoint(
@@ -343,42 +239,6 @@ def projector_for(model, names: Sequence[str], projected: int | None = PROJECTIO
     return RademacherProjector(dimension, projected)
 
 
-@dataclass
-class LessScores:
-    """LESS's (examples × queries) scores against the references (``reference``), and/or
-    ``less_onpolicy``'s against the correct rollouts (``onpolicy``, its columns ``onpolicy_query_ids``)."""
-
-    reference: np.ndarray | None
-    onpolicy: np.ndarray | None
-    onpolicy_query_ids: list[str] | None
-
-
-def less_scores_along(
-    checkpoints: Iterable[tuple[str, object, AdamMoments, CorrectRollouts | None]],
-    tokenizer,
-    training: tuple[Sequence[list[int]], Sequence[list[int]]],
-    validation: tuple[Sequence[list[int]], Sequence[list[int]]] | None,
-    projected: int | None = PROJECTION_DIMENSION,
-) -> LessScores:
-    """LESS's scores along (checkpoint, model, moments, correct rollouts) quadruples, one model in memory
-    at a time: the training examples' Adam steps computed once per checkpoint, against the references
-    (``validation``; None: not scored) and the correct rollouts (None at every checkpoint: not scored)."""
-    reference, onpolicy, projector = [], [], None
-    for checkpoint, model, moments, correct in checkpoints:
-        if projector is None:
-            projector = projector_for(model, moments.names, projected)
-        train = less_features(model, tokenizer, *training, moments.names, projector, moments)
-        if validation is not None:
-            queries = less_features(model, tokenizer, *validation, moments.names, projector)
-            reference.append(LessCheckpoint(checkpoint, moments.learning_rate, train @ queries.T))
-        if correct is not None:
-            answers = less_features(model, tokenizer, correct.prompt_ids, correct.response_ids, moments.names, projector)
-            query_ids, combine = correct.columns()
-            onpolicy.append(LessCheckpoint(checkpoint, moments.learning_rate, train @ answers.T @ combine, query_ids))
-    query_ids, matrix = less_onpolicy_matrix(onpolicy) if onpolicy else (None, None)
-    return LessScores(less_matrix(reference) if validation is not None else None, matrix, query_ids)
-
-
 def less_along(
     checkpoints: Iterable[tuple[str, object, AdamMoments]],
     tokenizer,
@@ -387,5 +247,8 @@ def less_along(
     projected: int | None = PROJECTION_DIMENSION,
 ) -> np.ndarray:
     """(examples, queries) LESS scores along (checkpoint, model, moments) triples, one model in memory at a time."""
-    triples = ((checkpoint, model, moments, None) for checkpoint, model, moments in checkpoints)
-    return less_scores_along(triples, tokenizer, training, validation, projected).reference
+    scored, projector = [], None
+    for checkpoint, model, moments in checkpoints:
+        projector = projector or projector_for(model, moments.names, projected)
+        scored.append(score_checkpoint(model, tokenizer, moments, training, validation, projector, checkpoint))
+    return less_matrix(scored)

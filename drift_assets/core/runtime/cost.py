@@ -331,8 +331,7 @@ def method_cost(
     rollouts, the warm-up and the gradients at every checkpoint (``drift_base`` at the base
     checkpoint alone, without the warm-up; ``drift_last`` the warm-up and the rollouts and
     gradients at its checkpoints); ``offpolicy``, ``less`` and ``less_round_robin``
-    (influence on the reference answers) the same without rollouts, ``less_onpolicy`` with the
-    rollouts at the warm-up's checkpoints (whose correct ones it targets), and ``dynamics`` too (it reads
+    (influence on the reference answers) the same without rollouts, and ``dynamics`` too (it reads
     the losses the gradient pass stores; a forward pass at each checkpoint would do); ``influence``
     the gradients at the base checkpoint; ``loss`` and ``grape`` one forward pass over the pool,
     ``self_distill`` about as much (greedy answers to the pool's prompts); ``rds`` one over the pool
@@ -347,9 +346,6 @@ def method_cost(
         return StageCost(method, pool_tokens + validation_tokens)
     if method in ("offpolicy", "less", "less_round_robin", "dynamics"):
         return _stages(pipeline, method, [(WARMUP, None), (GRADIENTS, None)])
-    if method == "less_onpolicy":
-        warm_up = [checkpoint for checkpoint in pipeline.checkpoints() if checkpoint != base_checkpoint]
-        return _stages(pipeline, method, [(WARMUP, None), (GRADIENTS, None), (ROLLOUTS, warm_up)])
     if method == "influence":
         return _stages(pipeline, method, [(GRADIENTS, [base_checkpoint])])
     if method in CHECKPOINTS_USED:

@@ -23,10 +23,7 @@ rate) and the same seeds; only the data differs. Methods:
 - ``dsir``: DSIR's hashed n-gram importance weights of the pool towards the validation queries'
   text, resampled (:mod:`~drift_assets.core.study.baselines`).
 - ``less``: LESS as its authors run it (:mod:`~drift_assets.core.attribution.less`), by score;
-  ``less_round_robin``: the same per-query scores, the queries taking turns as DRIFT's do;
-  ``less_onpolicy`` (the registered candidate ``adam``): LESS's Adam-preconditioned training side
-  against each warm-up checkpoint's own correct rollouts (``positive`` weights) instead of the
-  reference answers, the queries taking turns.
+  ``less_round_robin``: the same per-query scores, the queries taking turns as DRIFT's do.
 - ``offpolicy``: influence against the *reference answers* (classic IF / LESS-style), unit debias,
   along the checkpoints.
 - ``influence``: standard influence functions at the base model: the reference answers' target,
@@ -61,7 +58,6 @@ import numpy as np
 import polars as pl
 
 from drift_assets.core.attribution.influence import Curvature, fit_curvature
-from drift_assets.core.attribution.less import LessScores
 from drift_assets.core.attribution.scores import ScoringSettings, noise_auc
 from drift_assets.core.attribution.selection import round_robin_ranks, select
 from drift_assets.core.attribution.trajectory import (
@@ -109,9 +105,7 @@ R = TypeVar("R")
 
 UNSCORED = ("full", "random", "oracle", "self_distill")  # choose without scores
 SIMILARITY = ("loss", "rds", "bm25", "dsir", "grape", "dynamics")  # scored without gradients
-# Need the warm-up's optimizer state (settings.OPTIMIZER_STATE_METHODS); less_onpolicy also the
-# rollouts and grades at the warm-up's checkpoints.
-LESS_METHODS = ("less", "less_round_robin", "less_onpolicy")
+LESS_METHODS = ("less", "less_round_robin")  # need the warm-up's optimizer state (settings.OPTIMIZER_STATE_METHODS)
 INFLUENCE_BASELINES = ("offpolicy", "influence")
 ABLATIONS = {
     "drift_signed": {"weighting": "signed"},
@@ -360,12 +354,11 @@ def dynamics_scores(losses: pl.DataFrame, checkpoints: Sequence[str]) -> pl.Data
 
 def less_scores(method: str, example_ids: Sequence[str], matrix: np.ndarray) -> pl.DataFrame:
     """``less`` (the mean over the queries, by score) or ``less_round_robin`` (the same score; the
-    queries take turns) from LESS's (examples × queries) matrix (:func:`~drift_assets.core.attribution.less.less_along`);
-    ``less_onpolicy`` takes turns likewise over its on-policy matrix (the queries right at some checkpoint)."""
+    queries take turns) from LESS's (examples × queries) matrix (:func:`~drift_assets.core.attribution.less.less_along`)."""
     score = matrix.mean(axis=1)
     if method == "less":
         return ranked(pl.DataFrame({"example_id": list(example_ids), "score": score}))
-    if method in ("less_round_robin", "less_onpolicy"):
+    if method == "less_round_robin":
         return with_ranks(example_ids, score, round_robin_ranks(matrix))
     raise ValueError(f"{method!r} is not a LESS method {LESS_METHODS}")
 
@@ -443,11 +436,11 @@ class MethodBenchmark:
     selections: dict[tuple[str, int], Selection] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # each validated method's variants' sizes (validated_variants)
 
-    def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[..., LessScores]) -> None:
+    def score(self, model, tokenizer, checkpoints: Sequence[str], less_matrix: Callable[[], np.ndarray]) -> None:
         """Each scored method's scores of the pool (example_id, score, rank); the unscored methods
         (:data:`UNSCORED`) have none. ``model``: the base model (``rds``); ``checkpoints``: the
-        warm-up's (``dynamics``); ``less_matrix(reference=, onpolicy=)``: LESS's scores along the
-        warm-up (the LESS methods)."""
+        warm-up's (``dynamics``); ``less_matrix()``: LESS's (pool × queries) scores along the warm-up
+        (the LESS methods)."""
         methods, pool, losses = self.methods, self.training_pool, self.scorer.loss_per_token
         for method in methods:
             if scoring_for(method, self.drift) is not None:
@@ -461,10 +454,9 @@ class MethodBenchmark:
             elif method == "dynamics":
                 self.scores[method] = dynamics_scores(self.scorer.losses_along, checkpoints)
         if any(method in LESS_METHODS for method in methods):
-            less = less_matrix(reference=bool({"less", "less_round_robin"} & set(methods)), onpolicy="less_onpolicy" in methods)
+            matrix = less_matrix()
             for method in LESS_METHODS:
                 if method in methods:
-                    matrix = less.onpolicy if method == "less_onpolicy" else less.reference
                     self.scores[method] = less_scores(method, pool["example_id"].to_list(), matrix)
 
     def plan(
