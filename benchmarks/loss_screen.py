@@ -1,0 +1,57 @@
+"""How well the pool's loss per response token separates its noise, at the base model and at the
+warm-up's last checkpoint, per task and kind of noise: the noise AUC (clean rows ranked first by the
+lower loss) over the draws of the suite's workspaces (after ``benchmarks.suite`` ran them).
+
+    .venv/bin/python -m benchmarks.loss_screen --tasks choice,sort --draws 18,19,20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import deltalake
+import polars as pl
+
+from benchmarks.suite import SUITE
+from drift_assets.core.study.stats import roc_auc
+
+
+def table(workspace, name: str, columns: list[str]) -> pl.DataFrame:
+    return pl.from_arrow(deltalake.DeltaTable(str(workspace / "warehouse" / "drift" / name)).to_pyarrow_table(columns=columns))
+
+
+def draw_aucs(workspace) -> dict[tuple[str, str], float]:
+    """(kind of noise or ``all``, ``base`` or ``warm-up``) -> the noise AUC of that loss on one draw."""
+    losses = table(workspace, "training_gradient_projections", ["checkpoint", "example_id", "loss", "n_tokens"])
+    losses = losses.with_columns(loss=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+    last = max(checkpoint for checkpoint in losses["checkpoint"].unique() if checkpoint != "base")
+    rows = table(workspace, "training_pool", ["example_id", "is_corrupted", "category"])
+    for name, checkpoint in (("base", "base"), ("warm-up", last)):
+        at = losses.filter(pl.col("checkpoint") == checkpoint).select("example_id", pl.col("loss").alias(name))
+        rows = rows.join(at, on="example_id")
+    aucs = {}
+    kinds = ["all", *sorted(set(rows.filter(pl.col("is_corrupted"))["category"]))]
+    for kind in kinds:
+        part = rows if kind == "all" else rows.filter(~pl.col("is_corrupted") | (pl.col("category") == kind))
+        for name in ("base", "warm-up"):
+            aucs[(kind, name)] = roc_auc(-part[name].to_numpy(), (~part["is_corrupted"]).to_numpy())
+    return aucs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", required=True, help="comma-separated task names")
+    parser.add_argument("--draws", default="0,1,2,3", help="comma-separated draws the suite ran")
+    args = parser.parse_args()
+    for task in args.tasks.split(","):
+        per_draw = [draw_aucs(SUITE / (task if draw == 0 else f"{task}-draw{draw}")) for draw in map(int, args.draws.split(","))]
+        cells = [
+            f"{kind} {statistics.mean(d[(kind, 'base')] for d in per_draw):.2f}→{statistics.mean(d[(kind, 'warm-up')] for d in per_draw):.2f}"
+            for kind in dict.fromkeys(kind for kind, _ in per_draw[0])
+        ]
+        print(f"{task}: noise AUC of the loss per token, base → warm-up's last checkpoint: " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
