@@ -10,23 +10,24 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import deltalake
 import polars as pl
 
-from benchmarks.suite import SUITE
+from benchmarks.demo_warehouse import ground_truth_pool
+from benchmarks.suite import workspace
 from drift_assets.core.study.stats import roc_auc
+from drift_assets.resources import Warehouse
+from drift_assets.settings import load_settings
 
 
-def table(workspace, name: str, columns: list[str]) -> pl.DataFrame:
-    return pl.from_arrow(deltalake.DeltaTable(str(workspace / "warehouse" / "drift" / name)).to_pyarrow_table(columns=columns))
-
-
-def draw_aucs(workspace) -> dict[tuple[str, str], float]:
+def draw_aucs(warehouse: Warehouse) -> dict[tuple[str, str], float]:
     """(kind of noise or ``all``, ``base`` or ``warm-up``) -> the noise AUC of that loss on one draw."""
-    losses = table(workspace, "training_gradient_projections", ["checkpoint", "example_id", "loss", "n_tokens"])
-    losses = losses.with_columns(loss=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+    losses = (
+        warehouse.scan("training_gradient_projections")
+        .select("checkpoint", "example_id", loss=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+        .collect()
+    )
     last = max(checkpoint for checkpoint in losses["checkpoint"].unique() if checkpoint != "base")
-    rows = table(workspace, "training_pool", ["example_id", "is_corrupted", "category"])
+    rows = ground_truth_pool(warehouse).select("example_id", "is_corrupted", "category")
     for name, checkpoint in (("base", "base"), ("warm-up", last)):
         at = losses.filter(pl.col("checkpoint") == checkpoint).select("example_id", pl.col("loss").alias(name))
         rows = rows.join(at, on="example_id")
@@ -45,7 +46,10 @@ def main() -> None:
     parser.add_argument("--draws", default="0,1,2,3", help="comma-separated draws the suite ran")
     args = parser.parse_args()
     for task in args.tasks.split(","):
-        per_draw = [draw_aucs(SUITE / (task if draw == 0 else f"{task}-draw{draw}")) for draw in map(int, args.draws.split(","))]
+        per_draw = [
+            draw_aucs(Warehouse.from_settings(load_settings(workspace(task, draw) / "settings.yaml")))
+            for draw in map(int, args.draws.split(","))
+        ]
         cells = [
             f"{kind} {statistics.mean(d[(kind, 'base')] for d in per_draw):.2f}→{statistics.mean(d[(kind, 'warm-up')] for d in per_draw):.2f}"
             for kind in dict.fromkeys(kind for kind, _ in per_draw[0])

@@ -54,6 +54,11 @@ def warmup_steps(sft: dict, n_train: int) -> list[int]:
     return [total]
 
 
+def workspace(task_name: str, draw: int) -> Path:
+    """The task draw's workspace: ``data/suite/<task>/`` for ``demo.seed`` 0, ``<task>-draw<n>/`` for n > 0."""
+    return SUITE / (task_name if draw == 0 else f"{task_name}-draw{draw}")
+
+
 def draw_label(task_name: str, draw: int) -> str:
     """``sort`` for the task's first draw (``demo.seed`` 0), ``sort#1`` for ``demo.seed`` 1 (other data, another base model)."""
     return task_name if draw == 0 else f"{task_name}#{draw}"
@@ -74,7 +79,7 @@ def task_settings(
 
     task = get_task(task_name)
     raw = yaml.safe_load(DEFAULT_SETTINGS_PATH.read_text())
-    directory = SUITE / (task_name if draw == 0 else f"{task_name}-draw{draw}")
+    directory = workspace(task_name, draw)
     directory.mkdir(parents=True, exist_ok=True)
     sft = {**raw.get("benchmark", {}).get("sft", {}), **task.defaults.sft}
     demo = raw.get("demo", {})

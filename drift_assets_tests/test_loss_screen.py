@@ -2,10 +2,10 @@
 
 import numpy as np
 import polars as pl
-from deltalake import write_deltalake
 from scipy.stats import mannwhitneyu
 
 from benchmarks.loss_screen import draw_aucs
+from drift_assets.resources import Warehouse
 
 
 def test_the_screen_gives_each_losss_noise_auc_per_kind_of_noise(tmp_path):
@@ -17,11 +17,8 @@ def test_the_screen_gives_each_losss_noise_auc_per_kind_of_noise(tmp_path):
     base = rng.normal(1.0, 0.3, n) + 0.2 * corrupted  # nats per token
     warm = rng.normal(0.5, 0.3, n) + 0.6 * corrupted
     tokens = rng.integers(3, 9, n)
-    warehouse = tmp_path / "warehouse" / "drift"
-    write_deltalake(
-        str(warehouse / "training_pool"),
-        pl.DataFrame({"example_id": ids, "is_corrupted": corrupted, "category": category}).to_arrow(),
-    )
+    warehouse = Warehouse(root=str(tmp_path / "warehouse"), storage_options={})
+    warehouse.write("training_pool", pl.DataFrame({"example_id": ids, "is_corrupted": corrupted, "category": category}))
     losses = pl.DataFrame(
         {
             "checkpoint": ["base"] * n + ["000050"] * n + ["000100"] * n,
@@ -30,9 +27,9 @@ def test_the_screen_gives_each_losss_noise_auc_per_kind_of_noise(tmp_path):
             "n_tokens": np.concatenate([tokens] * 3),
         }
     )
-    write_deltalake(str(warehouse / "training_gradient_projections"), losses.to_arrow())
+    warehouse.write("training_gradient_projections", losses)
 
-    aucs = draw_aucs(tmp_path)
+    aucs = draw_aucs(warehouse)
 
     def oracle(loss: np.ndarray, noisy: np.ndarray) -> float:  # P(a clean row's loss < a noisy row's)
         clean = ~corrupted
