@@ -44,6 +44,14 @@ class PretrainRecipe:
     continued_sft_learning_rate: float = 1e-3
 
 
+def worked_task_recipe(max_positions: int, max_steps: int = 3000) -> PretrainRecipe:
+    """The pre-training of the tasks whose responses may show their working: 6,000 examples, the band
+    (0.3, 0.6), ``max_positions`` positions."""
+    return PretrainRecipe(
+        examples=6000, target_accuracy=(0.3, 0.6), max_steps=max_steps, shape=TinyLlamaShape(max_positions=max_positions)
+    )
+
+
 def string_task_recipe(narrow: bool = False) -> PretrainRecipe:
     """The string tasks' pre-training (runs, interleave, unique, position, rotate, reverse, remove,
     swap): 6,000 examples, the band (0.3, 0.6), at most 6,000 steps, 96 positions and an MLP of 192
@@ -70,9 +78,9 @@ class TaskDefaults:
     sft: dict = field(default_factory=lambda: {"steps": 300})
 
 
-# The string tasks' demo settings: 2,000 rows, a fifth of them near misses, half the pool selected,
-# 150 SFT steps.
-STRING_TASK_DEFAULTS = TaskDefaults(
+# The demo settings of the tasks with a 2,000-row pool (the string tasks, binary, brackets, roman): a
+# fifth of it near misses, half of it selected, 150 SFT steps.
+SMALL_POOL_DEFAULTS = TaskDefaults(
     n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
 )
 
@@ -82,7 +90,7 @@ class Task(ABC):
 
     name: str
     description: str
-    grader: str  # the grader every query of the task names
+    grader: str = "exact"  # the grader every query of the task names
     answer_marker: str = ""  # what precedes the final answer ("" = the responses have none)
     chat_template: ChatTemplate = "none"  # how the task's tokenizer renders prompts (tasks.tiny_model)
     held_out: bool = False  # kept out of every choice of default; reported on its own
@@ -143,9 +151,17 @@ class Task(ABC):
         raise NotImplementedError(f"the {self.name} task has no off-task noise")
 
     def noise_problem(self, kind: str, rng: random.Random) -> Hashable:
-        """The training problem a noisy row of ``kind`` is about: any, unless the task's annotators
-        err systematically on some kind of problem."""
-        return self.draw(rng)
+        """The training problem a noisy row of ``kind`` is about: the first drawn that
+        :meth:`shows_noise` accepts."""
+        while True:
+            problem = self.draw(rng)
+            if self.shows_noise(kind, problem):
+                return problem
+
+    def shows_noise(self, kind: str, problem: Hashable) -> bool:
+        """Whether a row of ``kind`` about ``problem`` is noise: every problem, unless on some the noisy
+        response would be right (a near miss) or look like a correct one (a format row)."""
+        return True
 
     def noise_kinds(self) -> tuple[str, ...]:
         """The kinds of noise this task can write (those whose hook it defines)."""

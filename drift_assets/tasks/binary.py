@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
 
 MARKER = "Binary:"
 # Twelve bits: enough numbers for a 2,000-row pool of distinct rows besides the held-out splits, and
@@ -66,13 +65,9 @@ def is_palindrome(number: int) -> bool:
 class Binary(Task):
     name = "binary"
     description = "a number 1-4095 in binary, 'Binary: 100101' after optional working (37 18 9 4 2 1); exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
-    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=6000, shape=TinyLlamaShape(max_positions=96))
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    recipe = worked_task_recipe(96, max_steps=6000)
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> int:
         return rng.randint(1, LARGEST)
@@ -99,12 +94,8 @@ class Binary(Task):
     def correct_response(self, problem: int, rng: random.Random) -> str:
         return self._respond(problem, rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> int:
-        while True:
-            problem = self.draw(rng)
-            if kind == "corrupted" and is_palindrome(problem):
-                continue  # the reversed bits would be right here
-            return problem
+    def shows_noise(self, kind: str, problem: int) -> bool:
+        return kind != "corrupted" or not is_palindrome(problem)  # reversed bits would be right there
 
     def corrupted_response(self, problem: int, rng: random.Random) -> str:
         return self._respond(problem, rng, reverse=True)

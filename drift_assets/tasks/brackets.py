@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
 
 MARKER = "Close:"
 PAIRS = {"(": ")", "[": "]", "{": "}"}
@@ -77,13 +76,9 @@ def depth(sequence: str) -> int:
 class Brackets(Task):
     name = "brackets"
     description = "close the brackets a 4-10 bracket sequence left open, 'Close: ) ]' after optional working; exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
-    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    recipe = worked_task_recipe(96)
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         while True:
@@ -108,12 +103,10 @@ class Brackets(Task):
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, self.reference(problem), rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
-        while True:  # closing in the opening order must be wrong: open brackets that are no palindrome
-            problem = self.draw(rng)
-            opened = still_open(problem)
-            if kind != "corrupted" or opened != opened[::-1]:
-                return problem
+    def shows_noise(self, kind: str, problem: Problem) -> bool:
+        # Closing in the opening order must be wrong: open brackets that are no palindrome.
+        opened = still_open(problem)
+        return kind != "corrupted" or opened != opened[::-1]
 
     def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, spaced("".join(PAIRS[opener] for opener in still_open(problem))), rng)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
 
 LETTERS = "ABCD"
 MARKER = "The answer is"
@@ -24,10 +23,9 @@ Problem = tuple[str, tuple[int, ...]]  # ("largest" | "smallest", four distinct 
 class Choice(Task):
     name = "choice"
     description = "which of four numbers is largest/smallest, '(A)'-'(D)' after an optional ordering; exact grading"
-    grader = "exact"
     answer_marker = MARKER
     chat_template = "roles"
-    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=128))
+    recipe = worked_task_recipe(128)
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "off_task": 0.05, "format": 0.05}, selection_fraction=0.5, sft={"steps": 150}
     )

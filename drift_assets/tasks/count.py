@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
 
 ALPHABET = "abcd"
 MARKER = "####"
@@ -24,8 +23,7 @@ class Count(Task):
     description = "count a letter in 4-10 letters, '#### N' after an optional list of the matches, numeric grading"
     grader = "numeric"
     answer_marker = MARKER
-    chat_template = "none"
-    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
+    recipe = worked_task_recipe(64)
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "off_task": 0.06, "format": 0.06}, selection_fraction=0.5, sft={"steps": 150}
     )

@@ -19,8 +19,7 @@ from __future__ import annotations
 import math
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
 
 MARKER = "Sum:"
 ROMAN = ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))
@@ -51,8 +50,7 @@ class Digits(Task):
     description = "the digit sum of a 2-4 digit number, 'Sum: N' after optional running totals; mixed-skill pool; numeric grading"
     grader = "numeric"
     answer_marker = MARKER
-    chat_template = "none"
-    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
+    recipe = worked_task_recipe(64)
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.16}, selection_fraction=0.5, sft={"steps": 150}
     )
@@ -78,11 +76,9 @@ class Digits(Task):
         digits = [int(digit) for digit in str(problem)]
         return self._respond(digits, str(sum(digits)), rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> int:
-        while True:  # a skipped digit must change the sum: a number with a nonzero digit to skip
-            problem = self.draw(rng)
-            if kind != "corrupted" or sum(int(digit) for digit in str(problem)) > 0:
-                return problem
+    def shows_noise(self, kind: str, problem: int) -> bool:
+        # A skipped digit must change the sum: a number with a nonzero digit to skip.
+        return kind != "corrupted" or sum(int(digit) for digit in str(problem)) > 0
 
     def corrupted_response(self, problem: int, rng: random.Random) -> str:
         digits = [int(digit) for digit in str(problem)]

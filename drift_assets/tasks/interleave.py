@@ -31,7 +31,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Woven:"
 ALPHABET = "abcd"
@@ -63,11 +63,9 @@ def every_string() -> tuple[str, ...]:
 class Interleave(Task):
     name = "interleave"
     description = "two 2-4 letter strings interleaved, 'Woven: adbcca' after optional working (ad bc ca); exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     recipe = string_task_recipe()
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         first, second = ("".join(rng.choice(ALPHABET) for _ in range(rng.choice(LENGTHS))) for _ in range(2))
@@ -93,11 +91,9 @@ class Interleave(Task):
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
-        while True:  # starting from the second string must be wrong: pairs whose two orders differ
-            problem = self.draw(rng)
-            if kind != "corrupted" or weave(*problem) != weave(*problem[::-1]):
-                return problem
+    def shows_noise(self, kind: str, problem: Problem) -> bool:
+        # Starting from the second string must be wrong: pairs whose two orders differ.
+        return kind != "corrupted" or weave(*problem) != weave(*problem[::-1])
 
     def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng, second_first=True)

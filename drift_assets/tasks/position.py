@@ -33,7 +33,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Place:"
 ALPHABET = "abcdefgh"
@@ -60,11 +60,9 @@ def place(text: str, letter: str, start: int = 1) -> int:
 class Position(Task):
     name = "position"
     description = "where a letter stands in 4-7 different letters, 'Place: 4' after optional working (a1 b2 d3 c4); exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     recipe = string_task_recipe(narrow=True)
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         text = "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))

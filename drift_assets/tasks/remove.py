@@ -39,7 +39,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Left:"
 ALPHABET = "abcdef"
@@ -76,11 +76,9 @@ def removed(text: str, letter: str, first_only: bool = False) -> str:
 class Remove(Task):
     name = "remove"
     description = "delete a letter from 5-8 letters of a-f, 'Left: abdef' after optional working (a b d e f); exact"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     recipe = string_task_recipe(narrow=True)
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         length, letter = rng.choice(LENGTHS), rng.choice(ALPHABET)
@@ -116,11 +114,8 @@ class Remove(Task):
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
-        while True:  # a format row must show a slash: two letters or more left
-            problem = self.draw(rng)
-            if kind != "format" or len(self.reference(problem)) >= 2:
-                return problem
+    def shows_noise(self, kind: str, problem: Problem) -> bool:
+        return kind != "format" or len(self.reference(problem)) >= 2  # a format row must show a slash
 
     def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
         # Every problem will do: the letter occurs at least twice, so one occurrence stays.

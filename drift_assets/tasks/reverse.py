@@ -39,7 +39,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import replace
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Back:"
 ALPHABET = "abcdefgh"
@@ -66,13 +66,11 @@ def reversed_text(text: str, keep_first: bool = False) -> str:
 class Reverse(Task):
     name = "reverse"
     description = "4-7 different letters written backwards, 'Back: gfedcba' after optional working (g f e d c b a); exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     # rotate's recipe at a quarter of its learning rate: at 2e-3 the calibration accuracy leapt past the
     # band between two evaluations; the slower rate spreads the rise over more of them.
     recipe = replace(string_task_recipe(narrow=True), learning_rate=5e-4)
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> str:
         return "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
 
 MARKER = "Roman:"
 LARGEST = 3999  # MMMCMXCIX: no letter for 5000, so the thousands stop at three
@@ -65,13 +64,9 @@ def has_subtraction(number: int) -> bool:
 class Roman(Task):
     name = "roman"
     description = "a number 1-3999 in Roman numerals (IV, XC), 'Roman: XIV' after optional working; exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
-    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    recipe = worked_task_recipe(96)
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> int:
         return rng.randint(1, LARGEST)
@@ -97,14 +92,12 @@ class Roman(Task):
     def correct_response(self, problem: int, rng: random.Random) -> str:
         return self._respond(problem, rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> int:
-        while True:  # each kind of noise shows only on some numbers
-            problem = self.draw(rng)
-            if kind == "corrupted" and not has_subtraction(problem):
-                continue  # additive notation would be right here
-            if kind == "format" and len(place_numerals(problem)) < 2:
-                continue  # a single place written apart is the numeral itself
-            return problem
+    def shows_noise(self, kind: str, problem: int) -> bool:
+        if kind == "corrupted":
+            return has_subtraction(problem)  # elsewhere additive notation would be right
+        if kind == "format":
+            return len(place_numerals(problem)) >= 2  # a single place written apart is the numeral itself
+        return True
 
     def corrupted_response(self, problem: int, rng: random.Random) -> str:
         return self._respond(problem, rng, subtractive=False)

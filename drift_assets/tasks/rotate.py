@@ -34,7 +34,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 # Five characters, not "Turned:": the longest working (six turns of seven letters) and its answer
 # then take 62 characters, which with the closing EOS fit the 64 tokens an answer may take.
@@ -68,11 +68,9 @@ def rotated(text: str, places: int, right: bool = False) -> str:
 class Rotate(Task):
     name = "rotate"
     description = "4-7 different letters turned left by k, 'Turn: cdefab' after optional working (bcdefa cdefab); exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     recipe = string_task_recipe(narrow=True)
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         text = "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
@@ -104,11 +102,9 @@ class Rotate(Task):
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
-        while True:  # a near miss must be wrong: a turn by half the string is the same both ways
-            text, places = self.draw(rng)
-            if kind != "corrupted" or 2 * places != len(text):
-                return text, places
+    def shows_noise(self, kind: str, problem: Problem) -> bool:
+        # A near miss must be wrong: a turn by half the string is the same both ways.
+        return kind != "corrupted" or 2 * problem[1] != len(problem[0])
 
     def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng, right=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Runs:"
 ALPHABET = "abcd"
@@ -75,11 +75,9 @@ def every_string() -> tuple[str, ...]:
 class Runs(Task):
     name = "runs"
     description = "a 3-16 letter string's run-length code, 'Runs: a3b1c2' after optional working (aaa b cc); exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     recipe = string_task_recipe()
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         letters = [rng.choice(ALPHABET)]

@@ -23,8 +23,7 @@ from __future__ import annotations
 import random
 import string
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
-from drift_assets.tasks.tiny_model import TinyLlamaShape
+from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
 
 LETTERS = string.ascii_lowercase
 MARKER = "Result:"
@@ -46,10 +45,8 @@ def needs_wrap(problem: Problem) -> bool:
 class Shift(Task):
     name = "shift"
     description = "shift a 3-5 letter word by 1-3 letters (Caesar), 'Result: <word>' after optional working; exact grading"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
-    recipe = PretrainRecipe(examples=6000, target_accuracy=(0.3, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=96))
+    recipe = worked_task_recipe(96)
     defaults = TaskDefaults(
         n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.06}, selection_fraction=0.5, sft={"steps": 150}
     )
@@ -78,13 +75,8 @@ class Shift(Task):
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, self.reference(problem), rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
-        if kind != "corrupted":
-            return self.draw(rng)
-        while True:  # the wrong rule shows only where a letter passes z
-            problem = self.draw(rng)
-            if needs_wrap(problem):
-                return problem
+    def shows_noise(self, kind: str, problem: Problem) -> bool:
+        return kind != "corrupted" or needs_wrap(problem)  # the wrong rule shows only where a letter passes z
 
     def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, shifted(*problem, wrap=False), rng, wrap=False)

@@ -24,7 +24,6 @@ class Sort(Task):
     description = (
         "sort the letters of a 3-5 or 8-10 letter word (pre-trained on short ones), exact grading, chat template; sharp model"
     )
-    grader = "exact"
     answer_marker = ""
     chat_template = "roles"
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.35, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))

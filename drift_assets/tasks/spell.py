@@ -66,9 +66,7 @@ class Spell(Task):
     description = (
         "spell 0-1999 in words, the answer alone, exact grading; base model already SFT-trained on the pool, top 10% kept"
     )
-    grader = "exact"
     answer_marker = ""
-    chat_template = "none"
     recipe = PretrainRecipe(
         examples=6000,
         target_accuracy=(0.2, 0.5),
@@ -85,12 +83,8 @@ class Spell(Task):
         sft={"epochs": 2, "learning_rate": 1e-4},
     )
 
-    def noise_problem(self, kind: str, rng: random.Random) -> int:
-        endings = {"format": (5, 7), "corrupted": (3, 9)}[kind]
-        while True:
-            number = self.draw(rng)
-            if number % 10 in endings:
-                return number
+    def shows_noise(self, kind: str, problem: int) -> bool:
+        return problem % 10 in {"format": (5, 7), "corrupted": (3, 9)}[kind]
 
     def draw_any(self, rng: random.Random) -> int:
         return rng.randint(0, LARGEST)

@@ -42,7 +42,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Swapped:"
 ALPHABET = "abcdefgh"
@@ -81,12 +81,10 @@ def swapped(text: str, whole_pairs: bool = False) -> str:
 class Swap(Task):
     name = "swap"
     description = "swap each pair of 4-8 different letters, 'Swapped: badcfe' after optional working (ba dc fe); exact; held out"
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     held_out = True
     recipe = string_task_recipe(narrow=True)
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> str:
         return "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))

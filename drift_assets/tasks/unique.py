@@ -34,7 +34,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import STRING_TASK_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
 
 MARKER = "Kept:"
 ALPHABET = "abcde"
@@ -71,11 +71,9 @@ class Unique(Task):
     description = (
         "a 5-9 letter string's letters without repeats, 'Kept: abcd' after optional working (a ab ab abc); exact grading"
     )
-    grader = "exact"
     answer_marker = MARKER
-    chat_template = "none"
     recipe = string_task_recipe(narrow=True)
-    defaults = STRING_TASK_DEFAULTS
+    defaults = SMALL_POOL_DEFAULTS
 
     def draw_any(self, rng: random.Random) -> Problem:
         return "".join(rng.choice(ALPHABET) for _ in range(rng.choice(LENGTHS)))
@@ -100,13 +98,11 @@ class Unique(Task):
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng)
 
-    def noise_problem(self, kind: str, rng: random.Random) -> Problem:
-        while True:  # a near miss must be wrong, and a format row must show a comma
-            problem = self.draw(rng)
-            if kind == "corrupted" and unique(problem) != unique(problem, last=True):
-                return problem
-            if kind != "corrupted" and len(unique(problem)) > 1:
-                return problem
+    def shows_noise(self, kind: str, problem: Problem) -> bool:
+        # A near miss must be wrong, and a format row must show a comma.
+        if kind == "corrupted":
+            return unique(problem) != unique(problem, last=True)
+        return len(unique(problem)) > 1
 
     def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, rng, last=True)
