@@ -97,21 +97,18 @@ def progress_logger(context: AssetExecutionContext, what: str, unit: str):
 
 
 def build_gradient_assets(given: GradientsGiven) -> list:
+    return [_projection_basis_asset(given), _validation_gradients_asset(given), _training_gradients_asset(given)]
+
+
+def _projection_basis_asset(given: GradientsGiven):
+    """The per-checkpoint projection basis (hashed: the projection)."""
     options = given.projection.options(given.gradient_checkpointing)
-    batch_size, n_shards, answer_marker = given.layout.batch_size, given.layout.shards, given.span.marker
-    checkpoints = checkpoint_partitions(given.checkpoints)
-    sft = given.cost.sft  # the cost's reference SFT recipe: a metadata figure, no table changes with it
-    basis_given, validation_given, training_given = (
-        (given.projection,),
-        (given.projection, given.span),
-        (given.projection, given.layout),
-    )
 
     @asset(
         group_name="attribution",
-        code_version=code_version(GRADIENTS_VERSION, *basis_given),
-        metadata={"partition_expr": "checkpoint", **read_metadata(*basis_given)},
-        partitions_def=checkpoints,
+        code_version=code_version(GRADIENTS_VERSION, given.projection),
+        metadata={"partition_expr": "checkpoint", **read_metadata(given.projection)},
+        partitions_def=checkpoint_partitions(given.checkpoints),
         deps=model_deps(given.checkpoints),
         kinds={"pytorch", "delta"},
         **GPU_STEP,
@@ -125,7 +122,7 @@ def build_gradient_assets(given: GradientsGiven) -> list:
         started = time.perf_counter()
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
-        basis = reference_basis(network, options, tokenizer, validation_queries, batch_size, log=context.log.info)
+        basis = reference_basis(network, options, tokenizer, validation_queries, given.layout.batch_size, log=context.log.info)
         _require_finite(basis, checkpoint, model.dtype)
         fingerprint = at_checkpoint.fingerprint()
         table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
@@ -139,21 +136,22 @@ def build_gradient_assets(given: GradientsGiven) -> list:
             data_version=DataVersion(f"{fingerprint}-{basis.fingerprint()}"),
             metadata={
                 **basis.metadata(validation_queries.height, fingerprint),
-                **cost.metadata(stored_reference(sft, warehouse)),
+                **cost.metadata(stored_reference(given.cost.sft, warehouse)),
             },
         )
 
-    def load_basis(frame: pl.DataFrame, fingerprint: str) -> ProjectionBasis:
-        fitted_for = set(frame["model_fingerprint"].unique())
-        if fitted_for != {fingerprint}:
-            raise ValueError(f"projection_basis was fitted on model {sorted(fitted_for)}, not {fingerprint}: re-materialize it")
-        return ProjectionBasis.from_frame(frame, options)
+    return projection_basis
+
+
+def _validation_gradients_asset(given: GradientsGiven):
+    """The rollouts' and references' gradients (hashed: the projection and the validation span)."""
+    options = given.projection.options(given.gradient_checkpointing)
 
     @asset(
         group_name="attribution",
-        code_version=code_version(VALIDATION_GRADIENTS_VERSION, *validation_given),
-        metadata={"partition_expr": "checkpoint", **read_metadata(*validation_given)},
-        partitions_def=checkpoints,
+        code_version=code_version(VALIDATION_GRADIENTS_VERSION, given.projection, given.span),
+        metadata={"partition_expr": "checkpoint", **read_metadata(given.projection, given.span)},
+        partitions_def=checkpoint_partitions(given.checkpoints),
         kinds={"pytorch", "delta"},
         **GPU_STEP,
         check_specs=[
@@ -181,21 +179,39 @@ def build_gradient_assets(given: GradientsGiven) -> list:
         tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
         fingerprint = at_checkpoint.fingerprint()
         _require_sampled_from(rollouts, fingerprint, checkpoint)
-        projector = LinearGradientProjector(network, options, load_basis(projection_basis, fingerprint))
+        projector = LinearGradientProjector(network, options, _load_basis(projection_basis, fingerprint, options))
         table, tokens = _validation_gradients(
-            context, checkpoint, projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint, answer_marker
+            context,
+            checkpoint,
+            projector,
+            tokenizer,
+            rollouts,
+            validation_queries,
+            given.layout.batch_size,
+            fingerprint,
+            given.span.marker,
         )
         cost = gradient_pass_cost("gradients", [tokens], time.perf_counter() - started, checkpoint)
         preview = table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"])
         shape = {"dimension": projector.dimension, "layers": len(projector.layers)}
-        yield Output(table, metadata={**preview, **shape, **cost.metadata(stored_reference(sft, warehouse))})
+        yield Output(table, metadata={**preview, **shape, **cost.metadata(stored_reference(given.cost.sft, warehouse))})
         yield vectors_result("validation_gradients_vectors_finite", table)
+
+    return validation_gradients
+
+
+def _training_gradients_asset(given: GradientsGiven):
+    """The pool's gradients by checkpoint × shard (hashed: the projection and the passes' layout)."""
+    options = given.projection.options(given.gradient_checkpointing)
 
     @asset(
         group_name="attribution",
-        code_version=code_version(GRADIENTS_VERSION, *training_given),
-        partitions_def=checkpoint_shard_partitions(given.checkpoints, n_shards),
-        metadata={"partition_expr": {"checkpoint": "checkpoint", "shard": "shard"}, **read_metadata(*training_given)},
+        code_version=code_version(GRADIENTS_VERSION, given.projection, given.layout),
+        partitions_def=checkpoint_shard_partitions(given.checkpoints, given.layout.shards),
+        metadata={
+            "partition_expr": {"checkpoint": "checkpoint", "shard": "shard"},
+            **read_metadata(given.projection, given.layout),
+        },
         kinds={"pytorch", "delta"},
         **GPU_STEP,
         check_specs=[
@@ -219,23 +235,30 @@ def build_gradient_assets(given: GradientsGiven) -> list:
         keys = context.partition_key.keys_by_dimension
         checkpoint, shard = keys["checkpoint"], keys["shard"]
         where, started = f"checkpoint {checkpoint}, shard {shard}", time.perf_counter()
-        examples = _shard_rows(training_pool, shard, n_shards)
+        examples = _shard_rows(training_pool, shard, given.layout.shards)
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         fingerprint = at_checkpoint.fingerprint()
-        basis = load_basis(projection_basis, fingerprint)
+        basis = _load_basis(projection_basis, fingerprint, options)
         reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
         log_reuse(context.log, where, examples.height, reused.height)
         label = f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else "")
         tick = functools.partial(progress_logger, context, label, "examples")  # started once the model is loaded
         compute = functools.partial(
-            _pool_gradients, at_checkpoint, options, basis, batch_size, fingerprint, tick, context.log.debug
+            _pool_gradients, at_checkpoint, options, basis, given.layout.batch_size, fingerprint, tick, context.log.debug
         )
         table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
-        seconds, reference = time.perf_counter() - started, full_sft_reference(sft, training_pool)
+        seconds, reference = time.perf_counter() - started, full_sft_reference(given.cost.sft, training_pool)
         yield Output(table, metadata=_shard_metadata(table, checkpoint, examples, todo, reused, seconds, reference, model))
         yield vectors_result("vectors_finite", table)
 
-    return [projection_basis, validation_gradients, training_gradient_projections]
+    return training_gradient_projections
+
+
+def _load_basis(frame: pl.DataFrame, fingerprint: str, options: ProjectionOptions) -> ProjectionBasis:
+    fitted_for = set(frame["model_fingerprint"].unique())
+    if fitted_for != {fingerprint}:
+        raise ValueError(f"projection_basis was fitted on model {sorted(fitted_for)}, not {fingerprint}: re-materialize it")
+    return ProjectionBasis.from_frame(frame, options)
 
 
 def _require_finite(basis: ProjectionBasis, checkpoint: str, dtype: str) -> None:

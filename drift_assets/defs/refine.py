@@ -85,17 +85,24 @@ class RefineGiven:
 
 
 def build_refine_assets(given: RefineGiven) -> list:
-    selection, chooses, export_dir, inputs = given.selection, given.choosing is not None, given.export_dir, given.inputs
-    refine_given, export_given = (selection, given.choosing), (given.export,)
-    versions = {
-        "refined_dataset": code_version(REFINE_VERSION, *refine_given),
-        "refined_dataset_export": code_version(EXPORT_VERSION, *export_given),
+    refined_dataset = _refined_dataset_asset(given)
+    return [refined_dataset, *_selection_checks(given.selection, refined_dataset), _export_asset(given)]
+
+
+def _versions(given: RefineGiven) -> dict[str, str]:
+    return {
+        "refined_dataset": code_version(REFINE_VERSION, given.selection, given.choosing),
+        "refined_dataset_export": code_version(EXPORT_VERSION, given.export),
     }
+
+
+def _refined_dataset_asset(given: RefineGiven):
+    selection, chooses = given.selection, given.choosing is not None
 
     @asset(
         group_name="refinement",
-        code_version=versions["refined_dataset"],
-        metadata=read_metadata(*refine_given),
+        code_version=_versions(given)["refined_dataset"],
+        metadata=read_metadata(selection, given.choosing),
         kinds={"polars", "delta"},
         # Where it chooses, the validation queries and what fine-tunes and decodes: the default graph is unchanged.
         ins={"validation_queries": AssetIn(dagster_type=pl.DataFrame)} if chooses else None,
@@ -126,6 +133,12 @@ def build_refine_assets(given: RefineGiven) -> list:
         metadata.update(_refinement_cost(context, given.cost, training_pool, choice))
         context.add_output_metadata(metadata)
         return table
+
+    return refined_dataset
+
+
+def _selection_checks(selection: Selection, refined_dataset) -> list:
+    """The selection's blocking check (its size and rows) and its warning check (its agreement with a loss filter)."""
 
     @asset_check(
         asset=refined_dataset,
@@ -161,10 +174,14 @@ def build_refine_assets(given: RefineGiven) -> list:
             context.log.warning(message)
         return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message})
 
+    return [refined_dataset_selection, refined_dataset_agrees_with_likelihood]
+
+
+def _export_asset(given: RefineGiven):
     @asset(
         group_name="refinement",
-        code_version=versions["refined_dataset_export"],
-        metadata=read_metadata(*export_given),
+        code_version=_versions(given)["refined_dataset_export"],
+        metadata=read_metadata(given.export),
         kinds={"polars", "delta"},
         description="The export folder as a Hugging Face dataset (selection.export_dir): the selection (train split) and "
         "the rows left out with their reason (unselected split), in TRL's prompt/completion format, and a README.md "
@@ -174,30 +191,30 @@ def build_refine_assets(given: RefineGiven) -> list:
     def refined_dataset_export(
         context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
     ) -> pl.DataFrame:
-        facts = card_facts(given, versions, warehouse, context.run_id)
+        facts = card_facts(given, _versions(given), warehouse, context.run_id)
         paths = export_dataset(
             refined_dataset,
-            export_dir,
+            given.export_dir,
             facts,
             evaluation_only=given.export.evaluation_columns,
-            inputs=inputs,
+            inputs=given.inputs,
             previously_exported=_previous_export(warehouse),
         )
         table = exported_files(paths, refined_dataset)
         n_selected = int(refined_dataset["selected"].sum())
         context.log.info(
-            f"exported {n_selected} selected and {refined_dataset.height - n_selected} unselected examples with a dataset card to {export_dir}"
+            f"exported {n_selected} selected and {refined_dataset.height - n_selected} unselected examples with a dataset card to {given.export_dir}"
         )
         context.add_output_metadata(
             {
                 **table_metadata(table),
-                "export_dir": MetadataValue.path(export_dir),
+                "export_dir": MetadataValue.path(given.export_dir),
                 "dataset_card": MetadataValue.md(Path(paths[CARD_NAME]).read_text().split("---\n", 2)[-1]),
             }
         )
         return table
 
-    return [refined_dataset, refined_dataset_selection, refined_dataset_agrees_with_likelihood, refined_dataset_export]
+    return refined_dataset_export
 
 
 def _refinement_cost(

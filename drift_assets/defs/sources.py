@@ -78,7 +78,6 @@ def build_source_assets(given: SourcesGiven) -> list:
     pool_path, validation_path, model_path = (
         resolved[key] for key in ("data.training_pool", "data.validation_queries", "model.path")
     )
-    pool_limit = given.limit.max_example_tokens
 
     @_source(f"The training pool input: {given.pool_input}")
     def training_pool_source() -> DataVersion:
@@ -94,6 +93,35 @@ def build_source_assets(given: SourcesGiven) -> list:
             raise FileNotFoundError(f"model.path: {model_path} does not exist")
         check_model_directory(model_path)
         return DataVersion(model_fingerprint(model_path))
+
+    training_pool = _training_pool_asset(given, training_pool_source, base_model)
+    validation_queries = _queries_asset(
+        given,
+        "validation_queries",
+        validation_queries_source,
+        base_model,
+        "Validation queries: query_id, prompt, reference (answer), reference_response, grader.",
+        references=True,
+    )
+    assets = [training_pool_source, validation_queries_source, base_model, training_pool, validation_queries]
+    if given.test_input:
+        test_path = resolved["data.test_queries"]
+
+        @_source(f"Held-out test queries input: {given.test_input}")
+        def test_queries_source() -> DataVersion:
+            return _observe(test_path, "data.test_queries")
+
+        description = "Held-out test queries for evaluating fine-tuned models."
+        assets += [
+            test_queries_source,
+            _queries_asset(given, "test_queries", test_queries_source, base_model, description, False),
+        ]
+    return assets
+
+
+def _training_pool_asset(given: SourcesGiven, source, base_model):
+    """The pool normalized from ``source``'s file, and the rows it quarantined."""
+    pool_path = given.inputs["data.training_pool"]
 
     @multi_asset(
         outs={
@@ -113,10 +141,10 @@ def build_source_assets(given: SourcesGiven) -> list:
                 description="Quarantined pool rows: row number, raw text, and the reason.",
             ),
         },
-        deps=[training_pool_source, base_model],  # token counts use the model's tokenizer
+        deps=[source, base_model],  # token counts use the model's tokenizer
     )
     def training_pool(context: AssetExecutionContext, model: ModelResource):
-        max_tokens = resolve_max_model_len(pool_limit, model.path, "data.max_example_tokens")
+        max_tokens = resolve_max_model_len(given.limit.max_example_tokens, model.path, "data.max_example_tokens")
         tokenizer = model.load_tokenizer()
         bos = bos_warning(tokenizer, model_config(model.path).get("bos_token_id"))
         if bos:
@@ -134,82 +162,49 @@ def build_source_assets(given: SourcesGiven) -> list:
         require_examples(examples, rejects, pool_path)
         yield Output(examples, output_name="training_pool", metadata=_pool_metadata(normalized, bos, turns))
 
-    def _queries_asset(name: str, input_key: str, deps: list, description: str, references: bool):
-        """``references``: the queries' reference answers are differentiated (validation), so one
-        longer than data.max_example_tokens is quarantined, as a pool example is."""
-        path = resolved[input_key]
-        parts = (given.graders, given.limit) if references else (given.graders,)
-        default_grader, allowed_graders, grading = given.graders.default_grader, given.graders.allowed(), given.grading.options()
+    return training_pool
 
-        @multi_asset(
-            name=name,
-            outs={
-                name: AssetOut(
-                    group_name="inputs",
-                    kinds={"delta"},
-                    description=description,
-                    metadata=read_metadata(*parts),
-                    code_version=code_version(QUERIES_VERSION, *parts),
-                )
-            },
-            deps=[*deps, base_model] if references else deps,  # the references' lengths are in the model's tokens
-            required_resource_keys={"model"} if references else set(),
-        )
-        def _queries(context: AssetExecutionContext) -> pl.DataFrame:
-            limit = {}
-            if references:
-                model = context.resources.model
-                max_tokens = resolve_max_model_len(pool_limit, model.path, "data.max_example_tokens")
-                limit = {"tokenizer": model.load_tokenizer(), "max_tokens": max_tokens}
-            queries, rejects = load_queries(path, default_grader, allowed_graders, **limit)
-            for row in rejects.iter_rows(named=True):
-                context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
-            for grader in queries["grader"].unique().to_list():
-                # A pre-flight check (it changes no row): fail here, not after an hour of rollouts.
-                validate_grader(grader, grading)
-            if queries.is_empty():
-                raise ValueError(f"{path}: no usable queries ({rejects.height} rejected)")
-            context.add_output_metadata({**table_metadata(queries), "rejected_rows": rejects.height})
-            return queries
 
-        return _queries
+def _queries_asset(given: SourcesGiven, name: str, source, base_model, description: str, references: bool):
+    """The table of queries normalized from ``source``'s file. ``references``: the queries' reference
+    answers are differentiated (validation), so one longer than data.max_example_tokens is
+    quarantined, as a pool example is."""
+    path = given.inputs[f"data.{name}"]
+    parts = (given.graders, given.limit) if references else (given.graders,)
+    default_grader, allowed_graders, grading = given.graders.default_grader, given.graders.allowed(), given.grading.options()
 
-    assets = [
-        training_pool_source,
-        validation_queries_source,
-        base_model,
-        training_pool,
-        _queries_asset(
-            "validation_queries",
-            "data.validation_queries",
-            [validation_queries_source],
-            "Validation queries: query_id, prompt, reference (answer), reference_response, grader.",
-            references=True,
-        ),
-    ]
-    if given.test_input:
-        test_path = resolved["data.test_queries"]
+    @multi_asset(
+        name=name,
+        outs={
+            name: AssetOut(
+                group_name="inputs",
+                kinds={"delta"},
+                description=description,
+                metadata=read_metadata(*parts),
+                code_version=code_version(QUERIES_VERSION, *parts),
+            )
+        },
+        deps=[source, base_model] if references else [source],  # the references' lengths are in the model's tokens
+        required_resource_keys={"model"} if references else set(),
+    )
+    def _queries(context: AssetExecutionContext) -> pl.DataFrame:
+        limit = {}
+        if references:
+            model = context.resources.model
+            max_tokens = resolve_max_model_len(given.limit.max_example_tokens, model.path, "data.max_example_tokens")
+            limit = {"tokenizer": model.load_tokenizer(), "max_tokens": max_tokens}
+        queries, rejects = load_queries(path, default_grader, allowed_graders, **limit)
+        for row in rejects.iter_rows(named=True):
+            context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
+        for grader in queries["grader"].unique().to_list():
+            # A pre-flight check (it changes no row): fail here, not after an hour of rollouts.
+            validate_grader(grader, grading)
+        if queries.is_empty():
+            raise ValueError(f"{path}: no usable queries ({rejects.height} rejected)")
+        context.add_output_metadata({**table_metadata(queries), "rejected_rows": rejects.height})
+        return queries
 
-        @observable_source_asset(
-            group_name="sources",
-            automation_condition=observe_condition(),
-            required_resource_keys=OBSERVER_RESOURCES,
-            description=f"Held-out test queries input: {given.test_input}",
-        )
-        def test_queries_source() -> DataVersion:
-            return _observe(test_path, "data.test_queries")
-
-        assets += [
-            test_queries_source,
-            _queries_asset(
-                "test_queries",
-                "data.test_queries",
-                [test_queries_source],
-                "Held-out test queries for evaluating fine-tuned models.",
-                references=False,
-            ),
-        ]
-    return assets
+    return _queries
 
 
 def _pool_metadata(normalized: NormalizedPool, bos: str | None, turns: str | None) -> dict:
