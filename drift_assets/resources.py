@@ -183,18 +183,8 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
 
         with tempfile.TemporaryDirectory() as directory:
             save_model(network, tokenizer, directory)
-            engine = VllmEngine(
-                directory,
-                dtype=dtype,
-                gpu_memory_utilization=self.gpu_memory_utilization,
-                max_model_len=resolve_max_model_len(self.max_model_len, directory),
-                tensor_parallel_size=self.tensor_parallel_size,
-                engine_process=self.engine_process,
-            )
-            try:
+            with self._vllm_engine(directory, dtype) as engine:
                 yield engine
-            finally:
-                engine.close()
 
     @contextlib.contextmanager
     def open_engine(
@@ -207,16 +197,23 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
         if backend == "transformers":
             yield TransformersEngine(model.load_model(), model.load_tokenizer(), device=model.resolved_device)
             return
+        lora = (
+            {"adapter": model.adapter, "max_lora_rank": vllm_max_lora_rank(adapter_rank(model.adapter))} if model.adapter else {}
+        )
+        with self._vllm_engine(model.path, model.dtype, seed=self.seed, **lora) as engine:
+            yield engine
+
+    @contextlib.contextmanager
+    def _vllm_engine(self, path: str, dtype: str, **options) -> Iterator[VllmEngine]:
+        """A vLLM engine over the model directory ``path`` with this resource's placement and length settings."""
         engine = VllmEngine(
-            model.path,
-            dtype=model.dtype,
+            path,
+            dtype=dtype,
             tensor_parallel_size=self.tensor_parallel_size,
             gpu_memory_utilization=self.gpu_memory_utilization,
-            max_model_len=resolve_max_model_len(self.max_model_len, model.path),
-            seed=self.seed,
-            adapter=model.adapter,
-            max_lora_rank=vllm_max_lora_rank(adapter_rank(model.adapter)) if model.adapter else None,
+            max_model_len=resolve_max_model_len(self.max_model_len, path),
             engine_process=self.engine_process,
+            **options,
         )
         try:
             yield engine
