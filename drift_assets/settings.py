@@ -29,8 +29,10 @@ from drift_assets.core.data.sequences import LossReduction
 from drift_assets.core.gradients.projection import Basis, ProjectionOptions
 from drift_assets.core.grading.weighting import Weighting
 from drift_assets.core.runtime.devices import check_device_pool
+from drift_assets.core.study.benchmark import LESS_METHODS, METHODS
 from drift_assets.core.training.adapters import VLLM_LORA_RANKS, LoraOptions
 from drift_assets.core.training.sft import Schedule
+from drift_assets.tasks import TASKS
 
 _SCORING = ScoringSettings()  # the influence defaults, defined once in the core
 
@@ -182,26 +184,7 @@ class WarehouseSettings(_Group):
         return self
 
 
-DEMO_TASKS = (
-    "arithmetic",
-    "sort",
-    "spell",
-    "count",
-    "choice",
-    "shift",
-    "digits",
-    "brackets",
-    "roman",
-    "binary",
-    "runs",
-    "interleave",
-    "unique",
-    "position",
-    "rotate",
-    "reverse",
-    "remove",
-    "swap",
-)  # drift_assets.tasks.TASKS; a test keeps them equal
+DEMO_TASKS = tuple(TASKS)
 
 
 class DemoSettings(_Group):
@@ -628,40 +611,7 @@ class SftSettings(_Group):
         return SftOptions(**self.model_dump(), seed=seed)
 
 
-BENCHMARK_METHODS = (  # drift_assets.core.study.benchmark.METHODS; a test keeps them equal
-    "full",
-    "random",
-    "oracle",
-    "self_distill",
-    "loss",
-    "rds",
-    "bm25",
-    "dsir",
-    "grape",
-    "dynamics",
-    "less",
-    "less_round_robin",
-    "offpolicy",
-    "influence",
-    "drift",
-    "drift_signed",
-    "drift_positive",
-    "drift_reference",
-    "drift_skip",
-    "drift_nodebias",
-    "drift_unit",
-    "drift_log_orthogonal",
-    "drift_by_score",
-    "drift_round_robin",
-    "drift_base",
-    "drift_fisher",
-    "drift_last",
-    "drift_unblended",
-    "drift_or_loss_acc",
-    "drift_loss_or_full",
-)
-# The methods that precondition with the warm-up's optimizer state (core.study.benchmark.LESS_METHODS).
-OPTIMIZER_STATE_METHODS = ("less", "less_round_robin")
+BENCHMARK_METHODS = METHODS
 # Ablations the benchmark runs only when asked: the suite measured them once (benchmarks/README.md).
 ABLATIONS_ON_REQUEST = (
     "drift_skip",
@@ -831,7 +781,7 @@ class Settings(_Group):
     def warmup_saves_optimizer_state(self) -> bool:
         """Whether the warm-up saves AdamW's moments at each checkpoint (``warmup.optimizer_state``)."""
         if self.warmup.optimizer_state == "auto":
-            return any(method in OPTIMIZER_STATE_METHODS for method in self.benchmark.methods)
+            return any(method in LESS_METHODS for method in self.benchmark.methods)
         return bool(self.warmup.optimizer_state)
 
     @property

@@ -105,7 +105,7 @@ R = TypeVar("R")
 
 UNSCORED = ("full", "random", "oracle", "self_distill")  # choose without scores
 SIMILARITY = ("loss", "rds", "bm25", "dsir", "grape", "dynamics")  # scored without gradients
-LESS_METHODS = ("less", "less_round_robin")  # need the warm-up's optimizer state (settings.OPTIMIZER_STATE_METHODS)
+LESS_METHODS = ("less", "less_round_robin")  # need the warm-up's optimizer state
 INFLUENCE_BASELINES = ("offpolicy", "influence")
 ABLATIONS = {
     "drift_signed": {"weighting": "signed"},
