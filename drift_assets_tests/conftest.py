@@ -147,15 +147,21 @@ def private_materialized(materialized, tmp_path) -> Path:
     return copy
 
 
-# Seconds each file that needs the demo model took on one of make test's workers (2 cores, 2026-12-03):
+# Seconds each file that needs the demo model took on one of make test's workers (2 cores, 2026-12-07):
 # the order only, so a stale figure costs time, never a result.
 LONGEST_DEMO_FILES = {
-    "assets/test_operations.py": 150,
+    "assets/test_operations.py": 149,
     "assets/test_instance_and_signals.py": 105,
-    "assets/test_trajectory.py": 97,
-    "assets/test_rollouts.py": 71,
-    "assets/test_pipeline.py": 34,
-    "assets/test_object_storage.py": 32,
+    "assets/test_partition_changes.py": 94,
+    "assets/test_trajectory.py": 78,
+    "assets/test_rollouts.py": 46,
+    "assets/test_pipeline.py": 38,
+    "assets/test_outputs_and_models.py": 37,
+    "drift_assets_tests/test_lds_script.py": 26,
+    "assets/test_object_storage.py": 21,
+    "assets/test_own_model.py": 17,
+    "assets/test_run_cost.py": 15,
+    "drift_assets_tests/test_ux_42.py": 13,
 }
 
 
