@@ -1064,6 +1064,13 @@ def code_version(implementation_version: str, *parts: Any) -> str:
     return version
 
 
+def versioned(implementation_version: str, *parts: Any, **metadata: Any) -> dict[str, Any]:
+    """An asset definition's ``code_version`` and ``metadata`` (``metadata`` first, then
+    :func:`read_metadata`) from the same ``parts``, so that what the UI says the version hashes is
+    what it hashes."""
+    return {"code_version": code_version(implementation_version, *parts), "metadata": {**metadata, **read_metadata(*parts)}}
+
+
 def read_metadata(*parts: Any) -> dict[str, Any]:
     """What the code version hashes, key → value, for the asset's definition (shown in the UI, read
     by the settings reference; each materialization records the values it used as ``settings``,

@@ -38,10 +38,9 @@ from drift_assets.settings import (
     SETTINGS_USED_KEY,
     BenchmarkSettings,
     InfluenceSettings,
-    code_version,
-    read_metadata,
     setting,
     unhashed,
+    versioned,
 )
 from drift_assets.staleness import CODE_VERSION_KEY, INPUTS_KEY, JOB_KEY, input_versions
 
@@ -78,13 +77,13 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
     """The ``method_benchmark`` asset (external: reported, not materialized) and the job that writes it;
     ``asset_graph``: the graph of the definitions they are part of (a run started from Python sets
     no repository on its op's context)."""
-    version = code_version(EVALUATE_VERSION, given)
+    spec_version = versioned(EVALUATE_VERSION, given, **{JOB_KEY: MetadataValue.url(job_path(BENCHMARK))})
+    version = spec_version["code_version"]
     spec = AssetSpec(
         BENCHMARK,
         group_name="benchmark",
-        code_version=version,
-        # The job's page, where it is launched (an external asset has no "Materialize" button).
-        metadata={**read_metadata(given), JOB_KEY: MetadataValue.url(job_path(BENCHMARK))},
+        # The job's page, where it is launched (an external asset has no "Materialize" button), in its metadata.
+        **spec_version,
         # The warm-up's checkpoints, where there are any: LESS loads them with their optimizer state.
         deps=["base_model", *TABLES_READ, *([WARMUP] if given.checkpoints[1:] else [])],
         kinds={"pytorch", "delta"},

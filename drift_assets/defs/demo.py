@@ -14,7 +14,7 @@ from dagster import AssetExecutionContext, asset
 
 from drift_assets.defs.metadata import loss_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
-from drift_assets.settings import DemoSettings, code_version, read_metadata, setting, unhashed
+from drift_assets.settings import DemoSettings, setting, unhashed, versioned
 from drift_assets.tasks import base_model_record, saved_base_model
 from drift_assets.tasks.demo_outputs import check_model_directory, write_demo_files
 
@@ -60,8 +60,7 @@ def build_demo_assets(given: DemoGiven) -> list:
 
     @asset(
         group_name="demo",
-        code_version=code_version(DEMO_VERSION, given.task),
-        metadata=read_metadata(given.task),
+        **versioned(DEMO_VERSION, given.task),
         kinds={"python", "delta"},
         description=f"Writes the {task.name} task's training pool, validation and test queries (JSONL) from a seed: {task.description}.",
     )
@@ -87,8 +86,7 @@ def build_demo_assets(given: DemoGiven) -> list:
 
     @asset(
         group_name="demo",
-        code_version=code_version(DEMO_VERSION, given),
-        metadata=read_metadata(given),
+        **versioned(DEMO_VERSION, given),
         kinds={"pytorch", "delta"},
         **GPU_STEP,
         description="Trains the demo task's tiny Llama from scratch (in the paper's regime, then fine-tunes it on the pool) "

@@ -14,7 +14,7 @@ from drift_assets.defs.cost import full_sft_reference
 from drift_assets.defs.metadata import accuracy_picture, loss_picture, rounded, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource
-from drift_assets.settings import GradingSettings, SftSettings, code_version, read_metadata, setting
+from drift_assets.settings import GradingSettings, SftSettings, setting, versioned
 
 EVALUATE_VERSION = "5"  # 5: a bf16/fp16 model fine-tunes float32 master weights
 
@@ -84,8 +84,7 @@ def build_evaluation_assets(tuning: FineTuning) -> list:
 
     @asset(
         group_name="evaluation",
-        code_version=code_version(EVALUATE_VERSION, tuning),
-        metadata=read_metadata(tuning),
+        **versioned(EVALUATE_VERSION, tuning),
         deps=["base_model"],
         kinds={"pytorch", "delta"},
         **GPU_STEP,

@@ -16,7 +16,7 @@ from drift_assets.core.runtime.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.defs.checkpoints import checkpoint_partitions
 from drift_assets.defs.checks import grades_enough_contrast_result, grades_have_mixed_queries_result
 from drift_assets.defs.metadata import table_metadata
-from drift_assets.settings import GradingSettings, code_version, read_metadata, setting, unhashed
+from drift_assets.settings import GradingSettings, setting, unhashed, versioned
 
 GRADES_VERSION = "2"  # 2: a checkpoint column, one partition per checkpoint
 
@@ -38,8 +38,7 @@ def build_grade_assets(given: GradesGiven) -> list:
 
     @asset(
         group_name="rollouts",
-        code_version=code_version(GRADES_VERSION, given),
-        metadata={"partition_expr": "checkpoint", **read_metadata(given)},
+        **versioned(GRADES_VERSION, given, partition_expr="checkpoint"),
         partitions_def=checkpoint_partitions(given.checkpoints),
         kinds={"python", "delta"},
         check_specs=[

@@ -26,7 +26,7 @@ from drift_assets.defs.cost import CostPlan, full_sft_reference, stored_referenc
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import code_version, read_metadata, setting, setting_keys, span_start, unhashed
+from drift_assets.settings import setting, setting_keys, span_start, unhashed, versioned
 
 GRADIENTS_VERSION = "3"  # 3: partitioned by checkpoint (the training gradients by checkpoint × shard)
 # 3: a rollout is differentiated through the token ids it was sampled as, and an answer span is split
@@ -106,8 +106,7 @@ def _projection_basis_asset(given: GradientsGiven):
 
     @asset(
         group_name="attribution",
-        code_version=code_version(GRADIENTS_VERSION, given.projection),
-        metadata={"partition_expr": "checkpoint", **read_metadata(given.projection)},
+        **versioned(GRADIENTS_VERSION, given.projection, partition_expr="checkpoint"),
         partitions_def=checkpoint_partitions(given.checkpoints),
         deps=model_deps(given.checkpoints),
         kinds={"pytorch", "delta"},
@@ -149,8 +148,7 @@ def _validation_gradients_asset(given: GradientsGiven):
 
     @asset(
         group_name="attribution",
-        code_version=code_version(VALIDATION_GRADIENTS_VERSION, given.projection, given.span),
-        metadata={"partition_expr": "checkpoint", **read_metadata(given.projection, given.span)},
+        **versioned(VALIDATION_GRADIENTS_VERSION, given.projection, given.span, partition_expr="checkpoint"),
         partitions_def=checkpoint_partitions(given.checkpoints),
         kinds={"pytorch", "delta"},
         **GPU_STEP,
@@ -206,12 +204,10 @@ def _training_gradients_asset(given: GradientsGiven):
 
     @asset(
         group_name="attribution",
-        code_version=code_version(GRADIENTS_VERSION, given.projection, given.layout),
+        **versioned(
+            GRADIENTS_VERSION, given.projection, given.layout, partition_expr={"checkpoint": "checkpoint", "shard": "shard"}
+        ),
         partitions_def=checkpoint_shard_partitions(given.checkpoints, given.layout.shards),
-        metadata={
-            "partition_expr": {"checkpoint": "checkpoint", "shard": "shard"},
-            **read_metadata(given.projection, given.layout),
-        },
         kinds={"pytorch", "delta"},
         **GPU_STEP,
         check_specs=[

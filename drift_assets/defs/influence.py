@@ -25,7 +25,7 @@ from drift_assets.defs.checks import influence_complete_result
 from drift_assets.defs.gradients import progress_logger
 from drift_assets.defs.metadata import markdown_table, rounded, score_picture, table_metadata
 from drift_assets.resources import Warehouse
-from drift_assets.settings import InfluenceSettings, code_version, read_metadata, setting, unhashed
+from drift_assets.settings import InfluenceSettings, setting, unhashed, versioned
 
 INFLUENCE_VERSION = "3"  # 3: no likely column (the likelihood guard and the noise gates it marked are gone)
 
@@ -45,8 +45,7 @@ def build_influence_assets(given: InfluenceGiven) -> list:
 
     @asset(
         group_name="attribution",
-        code_version=code_version(INFLUENCE_VERSION, given),
-        metadata=read_metadata(given),
+        **versioned(INFLUENCE_VERSION, given),
         # Every partition of these, read checkpoint by checkpoint from the warehouse (streaming the shards).
         deps=["validation_gradients", "grades", "training_gradient_projections"],
         kinds={"numpy", "delta"},

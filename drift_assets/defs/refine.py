@@ -40,7 +40,7 @@ from drift_assets.defs.gradients import PROJECTION_KEYS
 from drift_assets.defs.metadata import rounded, score_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse
-from drift_assets.settings import REPO_ROOT, code_version, read_metadata, setting, setting_values, unhashed
+from drift_assets.settings import REPO_ROOT, setting, setting_values, unhashed, versioned
 
 REFINE_VERSION = "2"
 # 3: a Hugging Face dataset: prompt/completion, rank, the unselected rows with their reason, a card
@@ -89,10 +89,11 @@ def build_refine_assets(given: RefineGiven) -> list:
     return [refined_dataset, *_selection_checks(given.selection, refined_dataset), _export_asset(given)]
 
 
-def _versions(given: RefineGiven) -> dict[str, str]:
+def _versioned(given: RefineGiven) -> dict[str, dict[str, Any]]:
+    """Each asset's code version and metadata (:func:`~drift_assets.settings.versioned`): the export's card names both versions."""
     return {
-        "refined_dataset": code_version(REFINE_VERSION, given.selection, given.choosing),
-        "refined_dataset_export": code_version(EXPORT_VERSION, given.export),
+        "refined_dataset": versioned(REFINE_VERSION, given.selection, given.choosing),
+        "refined_dataset_export": versioned(EXPORT_VERSION, given.export),
     }
 
 
@@ -101,8 +102,7 @@ def _refined_dataset_asset(given: RefineGiven):
 
     @asset(
         group_name="refinement",
-        code_version=_versions(given)["refined_dataset"],
-        metadata=read_metadata(selection, given.choosing),
+        **_versioned(given)["refined_dataset"],
         kinds={"polars", "delta"},
         # Where it chooses, the validation queries and what fine-tunes and decodes: the default graph is unchanged.
         ins={"validation_queries": AssetIn(dagster_type=pl.DataFrame)} if chooses else None,
@@ -180,8 +180,7 @@ def _selection_checks(selection: Selection, refined_dataset) -> list:
 def _export_asset(given: RefineGiven):
     @asset(
         group_name="refinement",
-        code_version=_versions(given)["refined_dataset_export"],
-        metadata=read_metadata(given.export),
+        **_versioned(given)["refined_dataset_export"],
         kinds={"polars", "delta"},
         description="The export folder as a Hugging Face dataset (selection.export_dir): the selection (train split) and "
         "the rows left out with their reason (unselected split), in TRL's prompt/completion format, and a README.md "
@@ -191,7 +190,9 @@ def _export_asset(given: RefineGiven):
     def refined_dataset_export(
         context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
     ) -> pl.DataFrame:
-        facts = card_facts(given, _versions(given), warehouse, context.run_id)
+        facts = card_facts(
+            given, {name: spec["code_version"] for name, spec in _versioned(given).items()}, warehouse, context.run_id
+        )
         paths = export_dataset(
             refined_dataset,
             given.export_dir,

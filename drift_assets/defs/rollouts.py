@@ -15,7 +15,7 @@ from drift_assets.defs.cost import CostPlan, stored_reference
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, RolloutEngineResource, Warehouse, engine_kind
-from drift_assets.settings import RolloutSettings, code_version, read_metadata, setting, unhashed
+from drift_assets.settings import RolloutSettings, setting, unhashed, versioned
 
 ROLLOUTS_VERSION = "3"  # 2: the sampled token_ids are kept; 3: a checkpoint column, one partition per checkpoint
 ROLLOUT_COLUMNS = {"checkpoint": pl.String, "rollout_id": pl.String, "query_id": pl.String, "logprob_sum": pl.Float64}
@@ -38,8 +38,7 @@ def build_rollout_assets(given: RolloutsGiven) -> list:
 
     @asset(
         group_name="rollouts",
-        code_version=code_version(ROLLOUTS_VERSION, given),
-        metadata={"partition_expr": "checkpoint", **read_metadata(given)},
+        **versioned(ROLLOUTS_VERSION, given, partition_expr="checkpoint"),
         partitions_def=checkpoint_partitions(given.checkpoints),
         deps=model_deps(given.checkpoints),
         kinds={engine_kind(given.rollout.backend), "delta"},

@@ -18,7 +18,7 @@ from drift_assets.core.grading.graders import allowed_graders, validate_grader
 from drift_assets.defs.automation import observe_condition
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.resources import ModelResource
-from drift_assets.settings import GradingSettings, code_version, read_metadata, setting, unhashed
+from drift_assets.settings import GradingSettings, setting, unhashed, versioned
 
 POOL_VERSION = "2"  # 2: text in NFC, ids from it (an NFD twin is a duplicate)
 QUERIES_VERSION = "2"  # 2: ids with control characters and references beyond data.max_example_tokens quarantined
@@ -129,15 +129,13 @@ def _training_pool_asset(given: SourcesGiven, source, base_model):
                 group_name="inputs",
                 kinds={"delta"},
                 # Extra input columns are carried through, so the table's schema follows the input's.
-                metadata={"overwrite_schema": True, **read_metadata(given.limit)},
-                code_version=code_version(POOL_VERSION, given.limit),
+                **versioned(POOL_VERSION, given.limit, overwrite_schema=True),
                 description="The SFT pool, one row per usable example, with stable example_id and token counts.",
             ),
             "training_pool_rejects": AssetOut(
                 group_name="inputs",
                 kinds={"delta"},
-                metadata=read_metadata(given.limit),
-                code_version=code_version(POOL_VERSION, given.limit),
+                **versioned(POOL_VERSION, given.limit),
                 description="Quarantined pool rows: row number, raw text, and the reason.",
             ),
         },
@@ -180,8 +178,7 @@ def _queries_asset(given: SourcesGiven, name: str, source, base_model, descripti
                 group_name="inputs",
                 kinds={"delta"},
                 description=description,
-                metadata=read_metadata(*parts),
-                code_version=code_version(QUERIES_VERSION, *parts),
+                **versioned(QUERIES_VERSION, *parts),
             )
         },
         deps=[source, base_model] if references else [source],  # the references' lengths are in the model's tokens

@@ -29,7 +29,7 @@ from drift_assets.defs.cost import CostPlan, full_sft_reference, stored_referenc
 from drift_assets.defs.metadata import loss_picture, table_metadata
 from drift_assets.defs.placement import GPU_STEP
 from drift_assets.resources import ModelResource, Warehouse
-from drift_assets.settings import LoraSettings, code_version, read_metadata, setting, unhashed, warmup_options
+from drift_assets.settings import LoraSettings, setting, unhashed, versioned, warmup_options
 
 # 2: a bf16/fp16 model fine-tunes float32 master weights; 3: one partition per checkpoint; 4: LoRA adapters (warmup.lora);
 # 5: AdamW's moments beside each checkpoint (warmup.optimizer_state)
@@ -76,8 +76,7 @@ def _warmup_asset(given: WarmupGiven, version: str, description: str, **placemen
     return asset(
         name=WARMUP,
         group_name="attribution",
-        code_version=code_version(version, given.run or given.listed),
-        metadata={"partition_expr": "checkpoint", **read_metadata(given.run or given.listed)},
+        **versioned(version, given.run or given.listed, partition_expr="checkpoint"),
         partitions_def=warmup_partitions(given.checkpoints),
         backfill_policy=BackfillPolicy.single_run(),
         deps=["base_model"],
