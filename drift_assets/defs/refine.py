@@ -98,6 +98,7 @@ def _versioned(given: RefineGiven) -> dict[str, dict[str, Any]]:
 
 
 def _refined_dataset_asset(given: RefineGiven):
+    """The pool with its scores and the selection (hashed: the selection, and how choosing fine-tunes)."""
     selection, chooses = given.selection, given.choosing is not None
 
     @asset(
@@ -178,6 +179,8 @@ def _selection_checks(selection: Selection, refined_dataset) -> list:
 
 
 def _export_asset(given: RefineGiven):
+    """The selection written out as a Hugging Face dataset with its card (hashed: the export's settings)."""
+
     @asset(
         group_name="refinement",
         **_versioned(given)["refined_dataset_export"],
