@@ -59,7 +59,7 @@ import polars as pl
 
 from drift_assets.core.attribution.influence import Curvature, fit_curvature
 from drift_assets.core.attribution.scores import ScoringSettings, noise_auc
-from drift_assets.core.attribution.selection import round_robin_ranks, select
+from drift_assets.core.attribution.selection import best_selection, round_robin_ranks, select
 from drift_assets.core.attribution.trajectory import (
     CheckpointGradients,
     ScoredAlong,
@@ -572,9 +572,10 @@ def with_validated_choices(table: pl.DataFrame, methods: Sequence[str]) -> pl.Da
             raise ValueError(f"benchmark method {method!r} chooses by validation accuracy, and a fine-tune has none")
         named = [f"{method}@{order}" for order in CHOSEN_AMONG[method]]
         for seed in tried["seed"].unique(maintain_order=True):
-            rows = sorted(tried.filter(pl.col("seed") == seed).to_dicts(), key=lambda row: named.index(row["method"]))
-            best = max(rows, key=lambda row: row["validation_accuracy"])  # the first of equals: the first named
-            chosen.append({**best, "method": method, "wall_seconds": sum(row["wall_seconds"] for row in rows)})
+            rows = {row["method"]: row for row in tried.filter(pl.col("seed") == seed).to_dicts()}
+            rows = {label: rows[label] for label in named if label in rows}  # ties: the first named, as the pipeline
+            best = rows[best_selection({label: row["validation_accuracy"] for label, row in rows.items()})]
+            chosen.append({**best, "method": method, "wall_seconds": sum(row["wall_seconds"] for row in rows.values())})
     if not chosen:
         return table
     order = {label: index for index, label in enumerate(_table_order(methods, table))}
