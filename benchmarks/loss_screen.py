@@ -14,22 +14,21 @@ import polars as pl
 
 from benchmarks.demo_warehouse import ground_truth_pool
 from benchmarks.suite import workspace
+from drift_assets.core.attribution.trajectory import BASE
+from drift_assets.core.data.stored import ConfiguredTables, losses_along
 from drift_assets.core.study.stats import roc_auc
 from drift_assets.resources import Warehouse
 from drift_assets.settings import load_settings
 
 
-def draw_aucs(warehouse: Warehouse) -> dict[tuple[str, str], float]:
-    """(kind of noise or ``all``, ``base`` or ``warm-up``) -> the noise AUC of that loss on one draw."""
-    losses = (
-        warehouse.scan("training_gradient_projections")
-        .select("checkpoint", "example_id", loss=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
-        .collect()
-    )
-    last = max(checkpoint for checkpoint in losses["checkpoint"].unique() if checkpoint != "base")
-    rows = ground_truth_pool(warehouse).select("example_id", "is_corrupted", "category")
-    for name, checkpoint in (("base", "base"), ("warm-up", last)):
-        at = losses.filter(pl.col("checkpoint") == checkpoint).select("example_id", pl.col("loss").alias(name))
+def draw_aucs(tables: ConfiguredTables, pool: pl.DataFrame) -> dict[tuple[str, str], float]:
+    """(kind of noise or ``all``, ``base`` or ``warm-up``) -> the noise AUC of that loss on one draw:
+    the stored losses of ``pool`` (with its hidden ``is_corrupted`` and ``category``) at the base model
+    and at the last configured checkpoint."""
+    losses = losses_along(tables, pool)
+    rows = pool.select("example_id", "is_corrupted", "category")
+    for name, checkpoint in (("base", BASE), ("warm-up", tables.checkpoints[-1])):
+        at = losses.filter(pl.col("checkpoint") == checkpoint).select("example_id", pl.col("loss_per_token").alias(name))
         rows = rows.join(at, on="example_id")
     aucs = {}
     kinds = ["all", *sorted(set(rows.filter(pl.col("is_corrupted"))["category"]))]
@@ -46,10 +45,11 @@ def main() -> None:
     parser.add_argument("--draws", default="0,1,2,3", help="comma-separated draws the suite ran")
     args = parser.parse_args()
     for task in args.tasks.split(","):
-        per_draw = [
-            draw_aucs(Warehouse.from_settings(load_settings(workspace(task, draw) / "settings.yaml")))
-            for draw in map(int, args.draws.split(","))
-        ]
+        per_draw = []
+        for draw in map(int, args.draws.split(",")):
+            settings = load_settings(workspace(task, draw) / "settings.yaml")
+            warehouse = Warehouse.from_settings(settings)
+            per_draw.append(draw_aucs(ConfiguredTables.configured_by(settings, warehouse), ground_truth_pool(warehouse)))
         cells = [
             f"{kind} {statistics.mean(d[(kind, 'base')] for d in per_draw):.2f}→{statistics.mean(d[(kind, 'warm-up')] for d in per_draw):.2f}"
             for kind in dict.fromkeys(kind for kind, _ in per_draw[0])
