@@ -85,8 +85,9 @@ class RefineGiven:
 
 
 def build_refine_assets(given: RefineGiven) -> list:
-    refined_dataset = _refined_dataset_asset(given)
-    return [refined_dataset, *_selection_checks(given.selection, refined_dataset), _export_asset(given)]
+    specs = _versioned(given)
+    refined_dataset = _refined_dataset_asset(given, specs["refined_dataset"])
+    return [refined_dataset, *_selection_checks(given.selection, refined_dataset), _export_asset(given, specs)]
 
 
 def _versioned(given: RefineGiven) -> dict[str, dict[str, Any]]:
@@ -97,13 +98,13 @@ def _versioned(given: RefineGiven) -> dict[str, dict[str, Any]]:
     }
 
 
-def _refined_dataset_asset(given: RefineGiven):
+def _refined_dataset_asset(given: RefineGiven, spec: dict[str, Any]):
     """The pool with its scores and the selection (hashed: the selection, and how choosing fine-tunes)."""
     selection, chooses = given.selection, given.choosing is not None
 
     @asset(
         group_name="refinement",
-        **_versioned(given)["refined_dataset"],
+        **spec,
         kinds={"polars", "delta"},
         # Where it chooses, the validation queries and what fine-tunes and decodes: the default graph is unchanged.
         ins={"validation_queries": AssetIn(dagster_type=pl.DataFrame)} if chooses else None,
@@ -178,12 +179,12 @@ def _selection_checks(selection: Selection, refined_dataset) -> list:
     return [refined_dataset_selection, refined_dataset_agrees_with_likelihood]
 
 
-def _export_asset(given: RefineGiven):
+def _export_asset(given: RefineGiven, specs: dict[str, dict[str, Any]]):
     """The selection written out as a Hugging Face dataset with its card (hashed: the export's settings)."""
 
     @asset(
         group_name="refinement",
-        **_versioned(given)["refined_dataset_export"],
+        **specs["refined_dataset_export"],
         kinds={"polars", "delta"},
         description="The export folder as a Hugging Face dataset (selection.export_dir): the selection (train split) and "
         "the rows left out with their reason (unselected split), in TRL's prompt/completion format, and a README.md "
@@ -193,9 +194,7 @@ def _export_asset(given: RefineGiven):
     def refined_dataset_export(
         context: AssetExecutionContext, refined_dataset: pl.DataFrame, warehouse: Warehouse
     ) -> pl.DataFrame:
-        facts = card_facts(
-            given, {name: spec["code_version"] for name, spec in _versioned(given).items()}, warehouse, context.run_id
-        )
+        facts = card_facts(given, {name: spec["code_version"] for name, spec in specs.items()}, warehouse, context.run_id)
         paths = export_dataset(
             refined_dataset,
             given.export_dir,
