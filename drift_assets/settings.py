@@ -261,10 +261,8 @@ class DemoSettings(_Group):
             "target_accuracy": self.target_accuracy,
             "max_steps": self.max_pretrain_steps,
         }
-        if self.hidden_size is not None:
-            width = self.hidden_size
-            overrides["shape"] = replace(recipe.shape, hidden_size=width, num_heads=width // 64, intermediate_size=3 * width)
-        return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
+        recipe = replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
+        return recipe if self.hidden_size is None else recipe.with_width(self.hidden_size)
 
     @model_validator(mode="after")
     def _noise_the_task_has_and_room_for_clean_examples(self) -> DemoSettings:

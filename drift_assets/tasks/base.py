@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 from drift_assets.core.grading.graders import GradingOptions
@@ -42,6 +42,10 @@ class PretrainRecipe:
     shape: TinyLlamaShape = field(default_factory=TinyLlamaShape)
     continued_sft_steps: int = 0
     continued_sft_learning_rate: float = 1e-3
+
+    def with_width(self, width: int) -> PretrainRecipe:
+        """This recipe at hidden size ``width`` (``demo.hidden_size``): heads of 64, an MLP three times as wide."""
+        return replace(self, shape=replace(self.shape, hidden_size=width, num_heads=width // 64, intermediate_size=3 * width))
 
 
 def worked_task_recipe(max_positions: int, max_steps: int = 3000) -> PretrainRecipe:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from drift_assets.tasks import CALIBRATION_QUERIES, PretrainRecipe, Task, get_task, pretrained_model, tiny_model
+from drift_assets.tasks import CALIBRATION_QUERIES, TASKS, PretrainRecipe, Task, get_task, pretrained_model, tiny_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,34 +48,14 @@ class Pin:
         if self.target_accuracy is not None:
             recipe = replace(recipe, target_accuracy=self.target_accuracy)
         if self.hidden_size is not None:
-            width = self.hidden_size
-            recipe = replace(
-                recipe, shape=replace(recipe.shape, hidden_size=width, num_heads=width // 64, intermediate_size=3 * width)
-            )
+            recipe = recipe.with_width(self.hidden_size)
         return recipe
 
 
 # Every task's model at seed 0 (the demo's, the suite's), and the tests' narrower demo model
 # (drift_assets_tests/conftest.py SMALL_DEMO: a test keeps the two in step).
 PINS = (
-    Pin("arithmetic", "arithmetic"),
-    Pin("sort", "sort"),
-    Pin("spell", "spell"),
-    Pin("count", "count"),
-    Pin("choice", "choice"),
-    Pin("shift", "shift"),
-    Pin("digits", "digits"),
-    Pin("brackets", "brackets"),
-    Pin("roman", "roman"),
-    Pin("binary", "binary"),
-    Pin("runs", "runs"),
-    Pin("interleave", "interleave"),
-    Pin("unique", "unique"),
-    Pin("position", "position"),
-    Pin("rotate", "rotate"),
-    Pin("reverse", "reverse"),
-    Pin("remove", "remove"),
-    Pin("swap", "swap"),
+    *(Pin(name, name) for name in TASKS),
     Pin("arithmetic-tests", "arithmetic", target_accuracy=(0.2, 0.5), hidden_size=64),
 )
 
