@@ -47,41 +47,27 @@ def schema_and_ids_result(
     )
 
 
-def vector_problems(vectors: pl.Series, expected_dimension: int | None) -> tuple[list[str], int]:
-    """Problems with a list<float32> column: wrong or ragged length, non-finite values."""
-    if vectors.is_empty():
-        return ["no vectors"], 0
-    lengths = vectors.list.len().unique().to_list()
-    if len(lengths) != 1:
-        return [f"ragged vectors: lengths {sorted(lengths)[:5]}"], 0
-    dimension = lengths[0]
-    problems = []
-    if expected_dimension is not None and dimension != expected_dimension:
-        problems.append(f"dimension {dimension}, expected {expected_dimension}")
-    matrix = vectors.list.to_array(dimension).to_numpy()
-    non_finite = int((~np.isfinite(matrix)).any(axis=1).sum())
-    if non_finite:
-        problems.append(f"{non_finite} vectors with NaN or inf")
-    return problems, dimension
-
-
-def vectors_result(check_name: str, table: pl.DataFrame, column: str = "grad") -> AssetCheckResult:
-    """Every vector of ``column`` finite and of one dimension (an empty table passes: a shard can be empty)."""
-    problems, dimension = vector_problems(table[column], None) if not table.is_empty() else ([], 0)
-    message = "; ".join(problems)
-    if "NaN or inf" in message:
-        message += (
-            ": the model's weights are not finite, or the gradient pass overflows at model.dtype (float32 is the safe choice)"
-        )
+def vectors_result(check_name: str, table: pl.DataFrame) -> AssetCheckResult:
+    """Every vector of ``grad`` finite and of one dimension (an empty table passes: a shard can be empty)."""
+    problem = message = None
+    dimension = 0
+    if not table.is_empty():
+        lengths = table["grad"].list.len().unique().to_list()
+        if len(lengths) != 1:
+            problem = message = f"ragged vectors: lengths {sorted(lengths)[:5]}"
+        else:
+            dimension = lengths[0]
+            non_finite = int((~np.isfinite(table["grad"].list.to_array(dimension).to_numpy())).any(axis=1).sum())
+            if non_finite:
+                problem = f"{non_finite} vectors with NaN or inf"
+                message = (
+                    f"{problem}: the model's weights are not finite, or the gradient pass overflows at model.dtype "
+                    "(float32 is the safe choice)"
+                )
     return AssetCheckResult(
         check_name=check_name,
-        passed=not problems,
-        metadata={
-            "dimension": dimension,
-            "rows": table.height,
-            "problems": "; ".join(problems) or "none",
-            "message": message or OK,
-        },
+        passed=problem is None,
+        metadata={"dimension": dimension, "rows": table.height, "problems": problem or "none", "message": message or OK},
     )
 
 
