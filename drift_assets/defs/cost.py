@@ -22,6 +22,7 @@ from drift_assets.core.runtime.cost import (
     pipeline_cost,
     training_cost,
 )
+from drift_assets.defs.figures import pyplot
 from drift_assets.defs.metadata import png_markdown
 from drift_assets.settings import SftSettings, unhashed
 
@@ -107,16 +108,11 @@ def recorded_pipeline_cost(
 def cost_plot(cost: PipelineCost) -> MetadataValue:
     """Each stage's token passes as a multiple of one full-pool SFT run (the evaluation apart, in
     grey), with that run marked: a PNG the UI opens from its "[Show Markdown]" button."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a worker
-    import matplotlib.pyplot as plt
-
     rows = [row for row in cost.rows() if row["stage"] != "pipeline"]
     labels = [f"{row['stage']} ({row['wall_seconds'] or 0:.0f} s)" for row in rows]
     ratios = [row["vs_full_sft"] or 0.0 for row in rows]
     colours = ["#bdbdbd" if row["stage"] == EVALUATION else "#3182bd" for row in rows]
-    figure, axes = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.4))
+    figure, axes = pyplot().subplots(figsize=(6.5, 0.45 * len(rows) + 1.4))
     positions = range(len(rows))[::-1]
     axes.barh(list(positions), ratios, color=colours)
     axes.set_yticks(list(positions), labels)
@@ -127,9 +123,7 @@ def cost_plot(cost: PipelineCost) -> MetadataValue:
     )
     axes.set_xlabel("token passes, × one full-pool SFT run (evaluation apart, grey)")
     axes.legend(loc="lower right", fontsize=8)
-    plot = png_markdown(figure, "the pipeline's cost by stage")
-    plt.close(figure)
-    return plot
+    return png_markdown(figure, "the pipeline's cost by stage")  # closes the figure
 
 
 def cost_metadata(cost: PipelineCost) -> dict[str, object]:

@@ -25,10 +25,11 @@ UNSELECTED_COLOR = "#7f7f7f"
 CUTOFF_COLOR = "#000000"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on a backend that needs no display (a worker has none)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display on a worker
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -38,15 +39,14 @@ def png_bytes(figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (closed afterwards)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
 
 
 def interval_figure(rows: Sequence[tuple[str, float, float, float]], what: str = "test accuracy"):
     """Each (label, value, low, high) on its own line, top to bottom in the order given: the value as a
     marker, [low, high] as a line with caps, on one shared x axis."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6.4, 0.55 * len(rows) + 1.2))
+    figure, axes = pyplot().subplots(figsize=(6.4, 0.55 * len(rows) + 1.2))
     positions = np.arange(len(rows))[::-1]  # the first row on top
     for y, (_, value, low, high) in zip(positions, rows, strict=True):
         axes.plot([low, high], [y, y], color=INTERVAL_COLOR, linewidth=2.5, solid_capstyle="butt", zorder=2)
@@ -61,8 +61,7 @@ def interval_figure(rows: Sequence[tuple[str, float, float, float]], what: str =
     axes.set_xlabel(f"{what} (95% interval)")
     axes.grid(axis="x", color="#dddddd", linewidth=0.8)
     axes.set_axisbelow(True)
-    for side in ("top", "right"):
-        axes.spines[side].set_visible(False)
+    axes.spines[["top", "right"]].set_visible(False)
     return figure
 
 
@@ -81,10 +80,9 @@ def score_figure(
     """Left: the score histogram of the selected and unselected rows (hatched: the noisy ones, where
     ``noisy`` is known), a line at ``cutoff`` where the selection is every row above a score. Right:
     the scores in rank order, the selected ones coloured, a line at the rank the selection stops at."""
-    plt = _pyplot()
     scores, selected, ranks = np.asarray(scores, float), np.asarray(selected, bool), np.asarray(ranks)
     finite = np.isfinite(scores)
-    figure, (histogram, by_rank) = plt.subplots(1, 2, figsize=(11, 3.6))
+    figure, (histogram, by_rank) = pyplot().subplots(1, 2, figsize=(11, 3.6))
     edges = np.histogram_bin_edges(scores[finite], 30) if finite.any() else np.linspace(0, 1, 31)
     groups = [("selected", selected, SELECTED_COLOR), ("unselected", ~selected, UNSELECTED_COLOR)]
     bottom = np.zeros(len(edges) - 1)
@@ -120,22 +118,19 @@ def score_figure(
     by_rank.set_ylabel("score")
     by_rank.legend(fontsize=8, frameon=False, markerscale=2)
     for axes in (histogram, by_rank):
-        for side in ("top", "right"):
-            axes.spines[side].set_visible(False)
+        axes.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()
     return figure
 
 
 def loss_figure(curves: Mapping[str, Sequence[float]], what: str = "training loss"):
     """One line per curve: its value at each step."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6.4, 3.2))
+    figure, axes = pyplot().subplots(figsize=(6.4, 3.2))
     for name, values in curves.items():
         if len(values):
             axes.plot(np.arange(1, len(values) + 1), values, linewidth=1.2, label=f"{name}: {values[0]:.3f} → {values[-1]:.3f}")
     axes.set_xlabel("step")
     axes.set_ylabel(what)
     axes.legend(fontsize=8, frameon=False)
-    for side in ("top", "right"):
-        axes.spines[side].set_visible(False)
+    axes.spines[["top", "right"]].set_visible(False)
     return figure

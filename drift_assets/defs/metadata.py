@@ -52,11 +52,6 @@ def table_metadata(frame: pl.DataFrame, preview_rows: int = 5, preview_columns: 
     }
 
 
-def finite_or_none(value: float) -> float | None:
-    """Dagster metadata rejects NaN; report it as missing instead."""
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def score_picture(table: pl.DataFrame) -> MetadataValue:
     """The score distribution (:func:`~drift_assets.defs.figures.score_figure`) of a table with
     ``score`` and ``rank`` (and ``selected``, ``is_corrupted`` where it has them): the selected rows
@@ -97,9 +92,8 @@ def loss_picture(curves: dict[str, list[float]]) -> MetadataValue:
 
 
 def rounded(value: float | None, digits: int = 3) -> float | None:
-    """A figure rounded to what it means (NaN reported as missing)."""
-    value = finite_or_none(value)
-    return None if value is None else round(value, digits)
+    """A figure rounded to what it means (NaN reported as missing: Dagster metadata rejects it)."""
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
 def png_markdown(figure, alt: str) -> MetadataValue:
