@@ -17,25 +17,31 @@ The method benchmark, an external asset its own job writes, is never refreshed a
 it is stale and why, kept current by a sensor that is on by default (it launches nothing).
 """
 
-import logging
+import json
 from collections.abc import Callable
 
 from dagster import (
+    AssetCheckResult,
     AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetKey,
     AssetsDefinition,
     AssetSelection,
     AutomationCondition,
     AutomationConditionSensorDefinition,
     AutomationResult,
+    DefaultSensorStatus,
     PartitionsDefinition,
     SensorDefinition,
+    SensorResult,
+    asset_check,
     define_asset_job,
+    sensor,
 )
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 
 from drift_assets.defs.checkpoints import partitioned
-
-logger = logging.getLogger(__name__)
+from drift_assets.staleness import current_check_name, current_evaluation, job_name, settings_cause
 
 REFRESH_CRON = "0 3 * * *"  # nightly; change here or override per deployment
 
@@ -58,8 +64,6 @@ class Unsynced(AutomationCondition):
         return "Unsynced: its code, settings or an input changed since it was materialized"
 
     def evaluate(self, context) -> AutomationResult:
-        from drift_assets.staleness import settings_cause
-
         view = context.asset_graph_view
         resolver = CachingStaleStatusResolver(view.instance, context.asset_graph, view)
         stale = {
@@ -175,8 +179,7 @@ def with_automation(definition):
     """Pipeline assets refresh; demo and benchmark stay manual (sources carry their observe condition)."""
     if isinstance(definition, AssetChecksDefinition) or not isinstance(definition, AssetsDefinition):
         return definition
-    groups = set(definition.group_names_by_key.values())
-    if groups <= set(PIPELINE_GROUPS):
+    if set(definition.group_names_by_key.values()) <= set(PIPELINE_GROUPS):
         return definition.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=refresh_condition()))
     return definition
 
@@ -190,19 +193,6 @@ def current_checks(assets: list[str], asset_graph: Callable[[], object]) -> tupl
     badge leaves external assets out), and the sensor that judges them every minute and reports
     each verdict that changed, so the check is current without anyone launching the job or the check.
     ``asset_graph``: the graph of the definitions they are part of."""
-    import json
-
-    from dagster import (
-        AssetCheckResult,
-        AssetCheckSeverity,
-        AssetKey,
-        DefaultSensorStatus,
-        SensorResult,
-        asset_check,
-        sensor,
-    )
-
-    from drift_assets.staleness import current_check_name, current_evaluation, job_name
 
     def check_of(asset: str):
         key = AssetKey(asset)
