@@ -45,8 +45,7 @@ def write_instance(home: Path, gpu_slots: int, overrides: dict | None = None) ->
     (the device pool's size: each of those runs leases one device)."""
     instance = yaml.safe_load(INSTANCE_TEMPLATE.read_text())
     instance["concurrency"]["pools"]["default_limit"] = gpu_slots
-    for key, value in (overrides or {}).items():
-        instance[key] = value
+    instance.update(overrides or {})
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
     path.write_text(yaml.safe_dump(instance, sort_keys=False))

@@ -63,14 +63,6 @@ from drift_assets.settings import (
 
 logger = logging.getLogger(__name__)
 WAREHOUSE_SCHEMA = "drift"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def pick_device(requested: str) -> str:
-    """``auto`` → CUDA when present, else CPU; anything else is used as given."""
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def _resource_config(name: str, group: type[BaseModel]) -> type[ConfigurableResource]:
@@ -113,7 +105,9 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
             if self._lease is None:
                 self._lease = lease_device(self.device_pool, log=(self._log or logger).info)
             return self._lease.device
-        return pick_device(self.device)
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     def fingerprint(self) -> str:
         if self.adapter is None:
@@ -137,7 +131,7 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
         them, else merged into the weights."""
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype]).to(self.resolved_device)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, self.dtype)).to(self.resolved_device)
         if self.adapter is not None:
             model = with_adapter(model, self.adapter, target_modules)
         check_finite_weights(model, f"model.path {self.path}" + (f" with adapter {self.adapter}" if self.adapter else ""))
@@ -147,8 +141,8 @@ class ModelResource(_resource_config("ModelConfig", ModelSettings)):
 class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSettings)):
     """Samples completions with vLLM (default where it imports) or transformers (fallback)."""
 
-    def sampling(self, **overrides) -> SamplingSettings:
-        values = dict(
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(
             n=self.samples_per_query,
             temperature=self.temperature,
             top_p=self.top_p,
@@ -156,19 +150,12 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
             stop=tuple(self.stop),
             seed=self.seed,
         )
-        values.update(overrides)
-        return SamplingSettings(**values)
-
-    def chosen_backend(self, requested: str | None = None, setting: str = "rollout.backend") -> tuple[str, str]:
-        """(backend, why) for the log line that says which engine runs: that ``requested`` (by default
-        rollout.backend, named ``setting``) picks, where a 'vllm' that does not import fails here."""
-        return engine_backend(requested or self.backend, setting=setting)
 
     def evaluation_backend(self, eval_backend: str) -> str:
         """The engine an evaluation decodes with: benchmark.eval_backend, whose 'auto' is the rollouts' engine."""
         if eval_backend == "auto":
-            return self.chosen_backend()[0]
-        return self.chosen_backend(eval_backend, "benchmark.eval_backend")[0]
+            return engine_backend(self.backend)[0]
+        return engine_backend(eval_backend, setting="benchmark.eval_backend")[0]
 
     @contextlib.contextmanager
     def open_evaluation_engine(self, network, tokenizer, eval_backend: str, dtype: str):
@@ -191,7 +178,7 @@ class RolloutEngineResource(_resource_config("RolloutEngineConfig", RolloutSetti
         self, model: ModelResource, log=logger, what: str = "rollout engine:"
     ) -> Iterator[TransformersEngine | VllmEngine]:
         """The engine the backend setting picks, logged after ``what`` (with why and where it runs)."""
-        backend, why = self.chosen_backend()
+        backend, why = engine_backend(self.backend)
         adapter = f" with the LoRA adapter {model.adapter}" if model.adapter else ""
         log.info(f"{what} {backend} ({why}); model {model.path}{adapter} on {model.resolved_device}")
         if backend == "transformers":
@@ -361,9 +348,7 @@ def _written_stats(table: DeltaTable, partitions: dict[str, list[str]]) -> dict:
             pc.and_, (pc.is_in(actions[f"partition.{column}"], pa.array(values)) for column, values in partitions.items())
         )
         actions = actions.filter(keep)
-    if not actions.num_rows:
-        return {"size_bytes": MetadataValue.int(0), "num_rows": MetadataValue.int(0)}
-    return {
+    return {  # a sum over no files is null
         "size_bytes": MetadataValue.int(pc.sum(actions["size_bytes"]).as_py() or 0),
         "num_rows": MetadataValue.int(pc.sum(actions["num_records"]).as_py() or 0),
     }
@@ -482,7 +467,7 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
         if "://" not in self.root:
             return
         try:
-            DeltaTable.is_deltatable(self.table_uri("training_pool"), storage_options=self.storage_options or None)
+            self.exists("training_pool")
         except Exception as error:
             detail = " ".join(re.sub(r"\x1b\[[0-9;]*m|↳", "", line).strip() for line in str(error).splitlines()[:4])
             keys = ", ".join(sorted(self.storage_options)) or "none"
@@ -504,8 +489,7 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
         if "://" in self.root:
             yield
             return
-        handle = self._open_lock()
-        try:
+        with self._open_lock() as handle:  # closing releases the lock
             self._take(handle, fcntl.LOCK_EX, "wait for that run to finish (or point warehouse.root elsewhere)")
             handle.seek(0)
             handle.truncate()
@@ -516,8 +500,6 @@ class Warehouse(_resource_config("WarehouseConfig", WarehouseSettings)):
                 yield
             finally:
                 _HELD_EXCLUSIVELY.discard(os.path.realpath(self._lock_path))
-        finally:
-            handle.close()  # closing releases the lock
 
     @contextlib.contextmanager
     def shared_lock(self) -> Iterator[None]:
