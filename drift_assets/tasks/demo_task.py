@@ -84,11 +84,6 @@ def _draw_any(rng: random.Random) -> Problem:
     return Problem(left, right, operator)
 
 
-def problem_split(problem: Problem) -> str:
-    """ "train", "test" or "validation" (which calibration shares), fixed by the problem's hash."""
-    return split_of_key(f"{problem.left}{problem.operator}{problem.right}")
-
-
 def split_of_key(key: str) -> str:
     """The split of a problem whose canonical text is ``key``: where its hash falls in SPLIT_BOUNDS."""
     digest = hashlib.sha256(key.encode()).digest()
@@ -109,17 +104,7 @@ def problems_in(split: str) -> int:
     every = {Problem(a, b, "+") for a in range(low, high + 1) for b in range(low, high + 1)}
     every |= {Problem(a, b, "-") for a in range(low, high + 1) for b in range(low, a + 1)}
     target = "validation" if split == "calibration" else split
-    return sum(problem_split(p) == target for p in every)
-
-
-def draw_problem(rng: random.Random, split: str = "train") -> Problem:
-    """A problem of ``split`` (rejection sampling over the whole space)."""
-    problems_in(split)  # an unknown split is an error, not an endless loop
-    target = "validation" if split == "calibration" else split
-    while True:
-        problem = _draw_any(rng)
-        if problem_split(problem) == target:
-            return problem
+    return sum(split_of_key(f"{p.left}{p.operator}{p.right}") == target for p in every)
 
 
 def format_response(problem: Problem, answer: int, style: int) -> str:
@@ -160,61 +145,26 @@ def off_task_example(rng: random.Random) -> tuple[str, str]:
     return f"Join with a dash: {word} {second}\n", f"{word}-{second}"
 
 
+# The generators are the arithmetic task's (drift_assets.tasks.arithmetic), under the signatures the
+# tests and benchmarks call them with: the pool without its reference_answer column.
 def pretraining_corpus(n_examples: int, seed: int) -> list[tuple[str, str]]:
     """Correct (prompt, response) pairs for training the base model."""
-    rng = random.Random(f"pretrain-{seed}")
-    corpus = []
-    for _ in range(n_examples):
-        problem = draw_problem(rng)
-        corpus.append((problem.prompt, format_response(problem, problem.answer, rng.randrange(3))))
-    return corpus
+    return _arithmetic().pretraining_corpus(n_examples, seed)
 
 
 def training_pool_rows(n_examples: int, corrupted_fraction: float, off_task_fraction: float, seed: int) -> list[dict]:
     """SFT pool rows: ``prompt``, ``response``, ``category`` (correct/corrupted/off_task), ``is_corrupted``."""
-    rng = random.Random(f"pool-{seed}")
-    n_corrupted = round(n_examples * corrupted_fraction)
-    n_off_task = round(n_examples * off_task_fraction)
-    categories = ["corrupted"] * n_corrupted + ["off_task"] * n_off_task
-    categories += ["correct"] * (n_examples - len(categories))
-    rng.shuffle(categories)
-    rows, seen = [], set()
-    for category in categories:
-        while True:  # distinct examples: exact duplicates would only be quarantined downstream
-            if category == "off_task":
-                prompt, response = off_task_example(rng)
-            else:
-                problem = draw_problem(rng)
-                answer = problem.answer if category == "correct" else plausible_wrong_answer(problem, rng)
-                prompt, response = problem.prompt, format_response(problem, answer, rng.randrange(3))
-            if (prompt, response) not in seen:
-                break
-        seen.add((prompt, response))
-        rows.append({"prompt": prompt, "response": response, "category": category, "is_corrupted": category != "correct"})
-    return rows
+    noise = {"corrupted": corrupted_fraction, "off_task": off_task_fraction}
+    rows = _arithmetic().training_pool_rows(n_examples, noise, seed)
+    return [{key: value for key, value in row.items() if key != "reference_answer"} for row in rows]
 
 
 def query_rows(n_queries: int, seed: int, split: str) -> list[dict]:
     """Distinct queries: ``query_id``, ``prompt``, ``reference`` (answer), ``reference_response``, ``grader``."""
-    available = problems_in(split)
-    if n_queries > available:
-        raise ValueError(f"the demo's {split} split has {available} distinct problems; cannot draw {n_queries} queries")
-    rng = random.Random(f"{split}-{seed}")
-    seen: set[Problem] = set()
-    rows = []
-    while len(rows) < n_queries:
-        problem = draw_problem(rng, split)
-        if problem in seen:
-            continue
-        seen.add(problem)
-        rows.append(
-            {
-                "query_id": f"{split}-{len(rows):04d}",
-                "prompt": problem.prompt,
-                "reference": str(problem.answer),
-                # A worked reference response: the off-policy (LESS-style) target.
-                "reference_response": format_response(problem, problem.answer, 0),
-                "grader": "numeric",
-            }
-        )
-    return rows
+    return _arithmetic().query_rows(n_queries, seed, split)
+
+
+def _arithmetic():
+    from drift_assets.tasks.arithmetic import Arithmetic
+
+    return Arithmetic()
