@@ -12,14 +12,15 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
 
+from drift_assets import staleness
 from drift_assets.code_location import execute_run
 from drift_assets.core.runtime.processes import is_alive
 from drift_assets.defs.automation import PIPELINE_GROUPS
@@ -36,8 +37,16 @@ class InstanceError(RuntimeError):
     """$DAGSTER_HOME names no usable Dagster instance."""
 
 
-def _instance_at_home() -> DagsterInstance:
-    home = os.environ["DAGSTER_HOME"]
+@contextmanager
+def instance_for_runs() -> Iterator[DagsterInstance]:
+    """The instance under $DAGSTER_HOME; without it, one in a temporary directory whose run history
+    goes with it (an in-memory instance cannot answer the GraphQL staleness queries). Raises
+    :class:`InstanceError`, naming the variable, where $DAGSTER_HOME is unusable."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        with tempfile.TemporaryDirectory(prefix="drift-dagster-") as home, DagsterInstance.local_temp(home) as instance:
+            yield instance
+        return
     if not os.path.isabs(home):
         raise InstanceError(f"DAGSTER_HOME={home} is a relative path: set it to the absolute path of a directory")
     if not os.path.isdir(home):
@@ -46,28 +55,12 @@ def _instance_at_home() -> DagsterInstance:
             "this run's history in a temporary instance"
         )
     try:
-        return DagsterInstance.get()
+        instance = DagsterInstance.get()
     except Exception as error:  # a dagster.yaml that does not parse or validate
         first = " ".join(str(error).split())
         raise InstanceError(f"DAGSTER_HOME={home}: its Dagster instance cannot be opened: {first}") from None
-
-
-@contextmanager
-def instance_for_runs() -> Iterator[DagsterInstance]:
-    """The instance under $DAGSTER_HOME; without it, one in a temporary directory whose run history
-    goes with it (an in-memory instance cannot answer the GraphQL staleness queries). Raises
-    :class:`InstanceError`, naming the variable, where $DAGSTER_HOME is unusable."""
-    if os.environ.get("DAGSTER_HOME"):
-        with _instance_at_home() as instance:
-            yield instance
-        return
-    with tempfile.TemporaryDirectory(prefix="drift-dagster-") as home, DagsterInstance.local_temp(home) as instance:
+    with instance:
         yield instance
-
-
-def _existing(defs: Definitions, names: Iterable[str]) -> list[AssetKey]:
-    known = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    return [AssetKey(name) for name in names if name in known]
 
 
 @dataclass(frozen=True)
@@ -122,14 +115,10 @@ def _whole(defs: Definitions, names: list[str]) -> list[str]:
 PROCESS_TAG = "drift_assets/process"
 
 
-def _process_label(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}"
-
-
 def _run(job, instance: DagsterInstance, verbose: bool, tags: dict[str, str] | None = None, **selection):
     """One run of ``job`` started from this process: tagged with it (``fail_abandoned_runs``), logged
     to the terminal (``verbose``: Dagster's DEBUG events and stack traces)."""
-    tags = {PROCESS_TAG: _process_label(os.getpid()), **(tags or {})}
+    tags = {PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}", **(tags or {})}
     return execute_run(job, instance, run_config=terminal_run_config(verbose), tags=tags, **selection)
 
 
@@ -164,10 +153,8 @@ def run_method_benchmark(defs: Definitions, instance: DagsterInstance, verbose: 
 def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     """Mark as failed the runs this machine started from Python whose process is gone (killed);
     returns their ids."""
-    from dagster import DagsterRunStatus, RunsFilter
-
     abandoned = []
-    prefix = _process_label(0).rsplit(":", 1)[0] + ":"
+    prefix = f"{socket.gethostname()}:"
     for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
         label = run.tags.get(PROCESS_TAG, "")
         if not label.startswith(prefix) or is_alive(int(label.rsplit(":", 1)[1])):
@@ -184,7 +171,7 @@ def observe_sources(defs: Definitions, instance: DagsterInstance, verbose: bool 
 
 def partition_keys(defs: Definitions, asset_name: str) -> list[str]:
     """The partitions of ``asset_name``; none where the definitions do not have it."""
-    if not _existing(defs, [asset_name]):
+    if not defs.resolve_asset_graph().has(AssetKey(asset_name)):
         return []
     return list(defs.resolve_assets_def(asset_name).partitions_def.get_partition_keys())
 
@@ -194,26 +181,18 @@ def repair_damaged_tables(defs: Definitions, instance: DagsterInstance, warehous
     out by an earlier release (other partition columns); move those aside and return their names: they
     are materialized again with what lies downstream of them. So are the partitions whose rows are gone
     and the models that a table names but that are gone from disk ("name[partition]" names)."""
-    from drift_assets.staleness import damaged_tables, relaid_tables, vanished_partitions
-
-    damaged = damaged_tables(defs, instance, warehouse)
+    damaged = staleness.damaged_tables(defs, instance, warehouse)
     for name, problem in damaged.items():
         if warehouse.exists(name):
             problem += f"; moved to {warehouse.set_aside(name)}"
         logger.warning(f"{name}: {problem}; materializing it again")
-    relaid = relaid_tables(defs, warehouse)
+    relaid = staleness.relaid_tables(defs, warehouse)
     for name, problem in relaid.items():
         logger.warning(f"{name}: {problem}; moved to {warehouse.set_aside(name, 'previous-layout')}, materializing it again")
-    vanished = vanished_partitions(defs, instance, warehouse)
+    vanished = staleness.vanished_partitions(defs, instance, warehouse)
     for name, problem in vanished.items():
         logger.warning(f"{name}: {problem}; materializing it again")
-    return (
-        set(damaged)
-        | set(relaid)
-        | set(vanished)
-        | missing_demo_model(defs, warehouse)
-        | missing_warmup_checkpoints(defs, warehouse)
-    )
+    return set(damaged) | set(relaid) | set(vanished) | missing_models(defs, warehouse)
 
 
 def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int]:
@@ -223,17 +202,13 @@ def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int
     deleted per table. The model directories of removed warm-up steps are reported, not deleted:
     another warehouse may use the same ``warmup.checkpoint_dir``."""
     from drift_assets.core.data.stored import outside
-    from drift_assets.staleness import configured_partitions
 
     deleted = {}
-    for name, partitions in configured_partitions(defs).items():
-        columns = warehouse.partition_columns(name)
-        if columns is None or set(columns) != set(partitions):
-            continue  # no table, or one laid out otherwise (repair_damaged_tables sets that aside)
+    for name, partitions in staleness.configured_partitions(defs, warehouse).items():
         gone = sorted(
             values
             for values in warehouse.partitions_held(name)
-            if any(value not in partitions[column] for column, value in zip(columns, values, strict=True))
+            if any(value not in configured for configured, value in zip(partitions.values(), values, strict=True))
         )
         if not gone:
             continue
@@ -251,18 +226,6 @@ def prune_unconfigured_partitions(defs: Definitions, warehouse) -> dict[str, int
     return deleted
 
 
-def missing_demo_model(defs: Definitions, warehouse) -> set[str]:
-    """{"demo_base_model"} where its table names a model directory that is gone (deleted to retrain
-    it, say): Dagster would call it up to date, and everything downstream would fail to load it."""
-    if not _existing(defs, ["demo_base_model"]) or not warehouse.exists("demo_base_model"):
-        return set()
-    path = warehouse.scan("demo_base_model").select("path").collect()["path"][0]
-    if Path(path).exists():
-        return set()
-    logger.warning(f"demo_base_model: {path} is gone; training the demo model again")
-    return {"demo_base_model"}
-
-
 def _saved_paths(warehouse, where: pl.Expr) -> dict[str, str]:
     """checkpoint → model directory of the warm-up table's rows ``where`` holds (none from a table
     without paths, such as an earlier release's)."""
@@ -272,18 +235,22 @@ def _saved_paths(warehouse, where: pl.Expr) -> dict[str, str]:
     return dict(table.filter(where).select("checkpoint", "path").collect().iter_rows())
 
 
-def missing_warmup_checkpoints(defs: Definitions, warehouse) -> set[str]:
-    """The configured warm-up checkpoints ("warmup_checkpoints[key]") whose table row names a model
-    directory that is gone (deleted to free the space, say): Dagster would call them up to date, and
-    every step at that checkpoint would fail to load it."""
-    keys = partition_keys(defs, WARMUP)
-    if not keys or not warehouse.exists(WARMUP):
-        return set()
+def missing_models(defs: Definitions, warehouse) -> set[str]:
+    """The saved models whose table row names a directory that is gone (deleted to retrain or to free
+    the space, say): "demo_base_model" and the configured warm-up checkpoints ("warmup_checkpoints[key]").
+    Dagster would call them up to date, and every step that loads one would fail."""
     missing = set()
-    for checkpoint, path in _saved_paths(warehouse, pl.col("checkpoint").is_in(keys)).items():
+    if defs.resolve_asset_graph().has(AssetKey("demo_base_model")) and warehouse.exists("demo_base_model"):
+        path = warehouse.scan("demo_base_model").select("path").collect()["path"][0]
         if not Path(path).exists():
-            logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; training the warm-up run again")
-            missing.add(f"{WARMUP}[{checkpoint}]")
+            logger.warning(f"demo_base_model: {path} is gone; training the demo model again")
+            missing.add("demo_base_model")
+    keys = partition_keys(defs, WARMUP)
+    if keys and warehouse.exists(WARMUP):
+        for checkpoint, path in _saved_paths(warehouse, pl.col("checkpoint").is_in(keys)).items():
+            if not Path(path).exists():
+                logger.warning(f"{WARMUP}[{checkpoint}]: {path} is gone; training the warm-up run again")
+                missing.add(f"{WARMUP}[{checkpoint}]")
     return missing
 
 
@@ -302,20 +269,18 @@ def materialize_pipeline(
     ``only_stale`` materializes only what is stale or missing (and what lies downstream of it), as
     Dagster's stale-status resolver sees it, so that re-running with nothing changed costs nothing.
     Given the ``warehouse``, a table (or partition, or saved model) that was deleted or damaged since
-    it was written counts as missing, and the rows of partitions no longer configured are deleted. ``verbose``: Dagster's DEBUG events and stack traces in the terminal. Returns what was
+    it was written counts as missing, and the rows of partitions no longer configured are deleted.
+    ``verbose``: Dagster's DEBUG events and stack traces in the terminal. Returns what was
     materialized ("name", or "name[partition]" as Dagster writes partition keys).
     """
-    from drift_assets.staleness import needs_materialization
-
     done: list[str] = []
 
     def wanted(names: list[str]) -> list[str]:
         return [n for n in names if not only_stale or n in pending]
 
-    def run(names: list[str], what: str | None, **partition) -> None:
+    def run(names: list[str], what: str, **partition) -> None:
         if names:
-            if what:
-                logger.info(f"materializing {what}")
+            logger.info(f"materializing {what}")
             materialize_assets(defs, instance, [AssetKey(n.split("[")[0]) for n in names], verbose=verbose, **partition)
             done.extend(names)
 
@@ -323,25 +288,23 @@ def materialize_pipeline(
     if warehouse is not None:
         damaged = repair_damaged_tables(defs, instance, warehouse)
         prune_unconfigured_partitions(defs, warehouse)
-    pending: set[str] = needs_materialization(defs, instance, damaged) if only_stale else set()
+    pending: set[str] = staleness.needs_materialization(defs, instance, damaged) if only_stale else set()
     order = run_order(defs)
     demo = wanted(order.demo)
     if include_demo:
         run(demo, f"{demo}")
     observe_sources(defs, instance, verbose)
     if only_stale:
-        pending = needs_materialization(defs, instance, damaged)
-        from drift_assets.staleness import job_name, job_written, stale_causes
-
+        pending = staleness.needs_materialization(defs, instance, damaged)
         # Why each is refreshed: a settings change named with its old and new values. Only told: a
         # question Dagster cannot answer here leaves the run as it is.
         try:
-            causes = stale_causes(defs, instance)
+            causes = staleness.stale_causes(defs, instance)
         except Exception as error:
             logger.warning(f"why the stale assets are stale could not be read ({type(error).__name__}: {error})")
             causes = {}
         graph = defs.resolve_asset_graph()
-        jobs = {key.to_user_string(): job_name(graph, key) for key in job_written(graph)}
+        jobs = {key.to_user_string(): staleness.job_name(graph, key) for key in staleness.job_written(graph)}
         for name, told in causes.items():
             # An external asset's job is launched on purpose, never by this refresh.
             launch = f" (not refreshed here: launch the {jobs[name]} job to bring it up to date)" if name in jobs else ""
@@ -359,8 +322,7 @@ def materialize_pipeline(
         run(wanted([f"{name}[{checkpoint}]" for name in chain]), f"checkpoint {checkpoint}", partition_key=checkpoint)
         for sharded in order.partitioned.sharded:  # MultiPartitionKeys, "checkpoint|shard": one run per shard
             shards = [key for key in partition_keys(defs, sharded) if key.keys_by_dimension["checkpoint"] == checkpoint]
-            stale = set(wanted([f"{sharded}[{key}]" for key in shards]))
-            keys = [key for key in shards if f"{sharded}[{key}]" in stale]
+            keys = [key for key in shards if not only_stale or f"{sharded}[{key}]" in pending]
             done.extend(materialize_shards(defs, instance, sharded, checkpoint, keys, verbose))
     run(wanted(order.downstream), "scores onward")
     return done
@@ -372,8 +334,6 @@ def materialize_shards(
     """One run per shard of ``sharded`` (the training gradients) at ``checkpoint`` (``keys``: their partition keys), and
     after each one line for the whole pass (:class:`~drift_assets.core.runtime.progress.PassProgress`): a
     shard done within 10 s logs its own progress at debug level only. Returns what was materialized."""
-    from dagster import AssetRecordsFilter
-
     from drift_assets.core.runtime.progress import PassProgress
 
     names = [f"{sharded}[{key}]" for key in keys]
@@ -384,10 +344,7 @@ def materialize_shards(
     )
     for key in keys:
         materialize_assets(defs, instance, [AssetKey(sharded)], verbose=verbose, partition_key=key)
-        [record] = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey(sharded), asset_partitions=[str(key)]), limit=1
-        ).records
-        metadata = record.asset_materialization.metadata
+        metadata = staleness.latest_record(instance, AssetKey(sharded), str(key)).asset_materialization.metadata
         computed, reused = (int(metadata[name].value) if name in metadata else 0 for name in ("rows_computed", "rows_reused"))
         progress.part_done(key.keys_by_dimension["shard"], computed, reused)
     return names

@@ -9,7 +9,7 @@ its fine-tunes out, is judged here by the same rules from what its job records
 
 from __future__ import annotations
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 
 from drift_assets.code_location import graphql
 
@@ -29,12 +29,6 @@ query Causes($plain: [AssetKeyInput!], $partitioned: [AssetKeyInput!]) {
 """
 
 
-def _graph(defs: Definitions):
-    # The resolved graph, not one built from ``defs.assets``: that list also holds the external
-    # ``AssetSpec`` of the method benchmark, which only the resolver turns into a node.
-    return defs.resolve_asset_graph()
-
-
 # What an external asset's job records (the method benchmark's, kept out of "Materialize all"):
 # Dagster calls an external asset always up to date, so its staleness is read from these here.
 JOB_KEY = "job"  # the definition's link to the job that writes it (the UI's page, where it is launched)
@@ -44,16 +38,16 @@ DATA_VERSION_TAG = "dagster/data_version"  # where Dagster keeps a materializati
 
 
 def job_written(graph) -> list[AssetKey]:
-    """External assets that a job of this location writes (their definition links the job)."""
+    """External assets that a job of this location writes (their definition links the job). ``graph``:
+    the resolved one, where the method benchmark's external ``AssetSpec`` is a node."""
     return sorted(
         (key for key in graph.get_all_asset_keys() if not graph.get(key).is_executable and JOB_KEY in graph.get(key).metadata),
         key=AssetKey.to_user_string,
     )
 
 
-def _latest_record(instance: DagsterInstance, key: AssetKey, partition: str | None = None, observed: bool = False):
-    from dagster import AssetRecordsFilter
-
+def latest_record(instance: DagsterInstance, key: AssetKey, partition: str | None = None, observed: bool = False):
+    """The latest materialization (``observed``: observation) record of ``key`` (``partition``); None: none."""
     fetch = instance.fetch_observations if observed else instance.fetch_materializations
     records = fetch(AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
     return records[0] if records else None
@@ -79,7 +73,7 @@ def input_versions(graph, instance: DagsterInstance, key: AssetKey) -> dict[str,
     writing an external asset records these (:data:`INPUTS_KEY`) before it reads its inputs."""
     versions = {}
     for name, parent, partition in _input_partitions(graph, key):
-        record = _latest_record(instance, parent, partition, observed=graph.get(parent).is_observable)
+        record = latest_record(instance, parent, partition, observed=graph.get(parent).is_observable)
         version = (record.asset_event.tags or {}).get(DATA_VERSION_TAG) if record is not None else None
         if version is not None:
             versions[name] = version
@@ -90,7 +84,7 @@ def job_written_staleness(graph, instance: DagsterInstance, key: AssetKey) -> tu
     """("MISSING" | "FRESH" | "STALE", causes) of an external asset a job writes, as Dagster decides it
     for the assets it materializes: a new code version (told as the settings that changed, with
     their old and new values), or an input partition with another data version than the one read."""
-    record = _latest_record(instance, key)
+    record = latest_record(instance, key)
     if record is None:
         return "MISSING", []
     metadata = record.asset_materialization.metadata
@@ -108,7 +102,7 @@ def job_written_staleness(graph, instance: DagsterInstance, key: AssetKey) -> tu
     else:  # recorded before the inputs' versions were: a table materialized since is newer than what was read
         for name, parent, partition in _input_partitions(graph, key):
             if graph.get(parent).is_materializable:
-                latest = _latest_record(instance, parent, partition)
+                latest = latest_record(instance, parent, partition)
                 if latest is not None and latest.timestamp > record.timestamp:
                     causes.append(f"has a new dependency materialization ({name})")
     return ("STALE" if causes else "FRESH"), causes
@@ -138,7 +132,7 @@ def current_evaluation(graph, instance: DagsterInstance, key: AssetKey):
     )
 
     # Read before the judgement: a materialization written meanwhile is judged again (by its storage id).
-    record = _latest_record(instance, key)
+    record = latest_record(instance, key)
     if record is None:
         return None
     status, causes = job_written_staleness(graph, instance, key)
@@ -169,32 +163,28 @@ def current_evaluation(graph, instance: DagsterInstance, key: AssetKey):
 def asset_statuses(defs: Definitions, instance: DagsterInstance) -> dict[str, str]:
     """``{"rollouts": "FRESH", "training_gradient_projections[001]": "STALE", …}`` for every materializable
     asset, and every external asset a job writes (:func:`job_written_staleness`)."""
-    graph = _graph(defs)
-    statuses = _materializable_statuses(defs, instance, graph)
+    graph = defs.resolve_asset_graph()
+    statuses = _per_partition(defs, instance, graph, STATUSES, "staleStatus")
     for key in job_written(graph):
         statuses[key.to_user_string()] = job_written_staleness(graph, instance, key)[0]
     return dict(sorted(statuses.items()))
 
 
-def _materializable_statuses(defs: Definitions, instance: DagsterInstance, graph) -> dict[str, str]:
-    """The UI's stale status of every materializable asset (and partition)."""
+def _per_partition(defs: Definitions, instance: DagsterInstance, graph, query: str, field: str) -> dict:
+    """The UI's ``field`` of every materializable asset, and its ``field``ByPartition of each partition of a
+    partitioned one, by "name" and "name[partition]"."""
     keys = {"plain": [], "partitioned": []}
     for key in graph.materializable_asset_keys:
         keys["plain" if graph.get(key).partitions_def is None else "partitioned"].append({"path": key.path})
-    answer = graphql(defs, instance, STATUSES, keys)
-    statuses = {AssetKey(node["assetKey"]["path"]).to_user_string(): node["staleStatus"] for node in answer["plain"]}
+    answer = graphql(defs, instance, query, keys)
+    found = {AssetKey(node["assetKey"]["path"]).to_user_string(): node[field] for node in answer["plain"]}
     for node in answer["partitioned"]:
         name = AssetKey(node["assetKey"]["path"]).to_user_string()
-        statuses.update(
-            (f"{name}[{partition}]", status)
-            for partition, status in zip(node["partitionKeys"], node["staleStatusByPartition"], strict=True)
+        found.update(
+            (f"{name}[{partition}]", value)
+            for partition, value in zip(node["partitionKeys"], node[f"{field}ByPartition"], strict=True)
         )
-    return statuses
-
-
-def stale_or_missing(defs: Definitions, instance: DagsterInstance, include_missing: bool = True) -> set[str]:
-    wanted = {"STALE", "MISSING"} if include_missing else {"STALE"}
-    return {name for name, status in asset_statuses(defs, instance).items() if status in wanted}
+    return found
 
 
 def _value(entry):
@@ -205,17 +195,13 @@ def settings_cause(graph, instance: DagsterInstance, key: AssetKey, partition: s
     """The settings that changed since ``key`` (``partition``) was last materialized, with their old and
     new values: ``"settings changed: selection.fraction: 0.5 → 0.3"``; None where none did (or its
     materialization, from before the settings were recorded, does not say)."""
-    from dagster import AssetRecordsFilter
-
     from drift_assets.settings import SETTINGS_READ_KEY, SETTINGS_USED_KEY, settings_changes
 
     now = graph.get(key).metadata.get(SETTINGS_READ_KEY)
     if now is None:
         return None
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
-    ).records
-    before = records[0].asset_materialization.metadata.get(SETTINGS_USED_KEY) if records else None
+    record = latest_record(instance, key, partition)
+    before = record.asset_materialization.metadata.get(SETTINGS_USED_KEY) if record is not None else None
     if before is None:
         return None
     changes = settings_changes(_value(before), _value(now))
@@ -225,19 +211,10 @@ def settings_cause(graph, instance: DagsterInstance, key: AssetKey, partition: s
 def stale_causes(defs: Definitions, instance: DagsterInstance) -> dict[str, list[str]]:
     """Why each stale asset (and partition) is stale, as the UI's "Unsynced" popover says it, a new code
     version told as the settings that changed (:func:`settings_cause`)."""
-    graph = _graph(defs)
-    stale = {name for name, status in _materializable_statuses(defs, instance, graph).items() if status == "STALE"}
-    keys = {"plain": [], "partitioned": []}
-    for key in graph.materializable_asset_keys:
-        keys["plain" if graph.get(key).partitions_def is None else "partitioned"].append({"path": key.path})
-    answer = graphql(defs, instance, CAUSES, keys)
-    found: dict[str, list] = {}
-    for node in answer["plain"]:
-        found[AssetKey(node["assetKey"]["path"]).to_user_string()] = node["staleCauses"]
-    for node in answer["partitioned"]:
-        name = AssetKey(node["assetKey"]["path"]).to_user_string()
-        for partition, causes in zip(node["partitionKeys"], node["staleCausesByPartition"], strict=True):
-            found[f"{name}[{partition}]"] = causes
+    graph = defs.resolve_asset_graph()
+    statuses = _per_partition(defs, instance, graph, STATUSES, "staleStatus")
+    stale = {name for name, status in statuses.items() if status == "STALE"}
+    found = _per_partition(defs, instance, graph, CAUSES, "staleCauses")
     told = {}
     for key in job_written(graph):  # judged here once each, not by the UI's API
         status, causes = job_written_staleness(graph, instance, key)
@@ -264,19 +241,25 @@ def split_partition(name: str) -> tuple[AssetKey, str | None]:
     return AssetKey(name), None
 
 
+def _delta_nodes(defs: Definitions) -> dict:
+    """The materializable assets stored as Delta tables, by name, in order."""
+    graph = defs.resolve_asset_graph()
+    nodes = (graph.get(key) for key in graph.materializable_asset_keys)
+    return dict(sorted((node.key.to_user_string(), node) for node in nodes if "dagster/kind/delta" in node.tags))
+
+
 def damaged_tables(defs: Definitions, instance: DagsterInstance, warehouse) -> dict[str, str]:
     """Assets recorded as materialized whose Delta table is gone or unreadable, and what is wrong.
 
     Dagster's event log would still call them up to date: its staleness is about versions, not storage.
     """
-    graph = _graph(defs)
     damaged = {}
-    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
-        if "dagster/kind/delta" not in graph.get(key).tags or instance.get_latest_materialization_event(key) is None:
+    for name, node in _delta_nodes(defs).items():
+        if instance.get_latest_materialization_event(node.key) is None:
             continue
-        problem = warehouse.table_problem(key.to_user_string())
+        problem = warehouse.table_problem(name)
         if problem:
-            damaged[key.to_user_string()] = problem
+            damaged[name] = problem
     return damaged
 
 
@@ -289,36 +272,35 @@ def _partition_columns(partition_expr) -> set[str]:
 def relaid_tables(defs: Definitions, warehouse) -> dict[str, str]:
     """Tables partitioned by other columns than their asset now is (written by a release that laid
     the asset out otherwise): Delta cannot write such a table in place, so it has to be rebuilt."""
-    graph = _graph(defs)
     relaid = {}
-    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
-        node = graph.get(key)
-        if "dagster/kind/delta" not in node.tags:
-            continue
-        actual = warehouse.partition_columns(key.to_user_string())
+    for name, node in _delta_nodes(defs).items():
+        actual = warehouse.partition_columns(name)
         expected = _partition_columns(node.metadata.get("partition_expr"))
         if actual is not None and set(actual) != expected:
-            relaid[key.to_user_string()] = f"its table is partitioned by {sorted(actual)}, the asset now by {sorted(expected)}"
+            relaid[name] = f"its table is partitioned by {sorted(actual)}, the asset now by {sorted(expected)}"
     return relaid
 
 
-def configured_partitions(defs: Definitions) -> dict[str, dict[str, list[str]]]:
-    """For each partitioned Delta asset: its table's partition columns → the values configured now
-    (a multi-partitioned asset's dimensions each name a column of their own)."""
-    graph = _graph(defs)
+def configured_partitions(defs: Definitions, warehouse) -> dict[str, dict[str, list[str]]]:
+    """For each partitioned Delta table laid out as its asset now is: its partition columns, in the
+    table's order → the values configured now (a multi-partitioned asset's dimensions each name a
+    column of their own). A table missing, damaged or laid out otherwise is left out: damaged_tables
+    and relaid_tables tell those."""
     configured = {}
-    for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
-        node = graph.get(key)
+    for name, node in _delta_nodes(defs).items():
         expression = node.metadata.get("partition_expr")
-        if "dagster/kind/delta" not in node.tags or node.partitions_def is None or expression is None:
+        if node.partitions_def is None or expression is None:
             continue
         if isinstance(expression, dict):
-            dimensions = {dimension.name: dimension.partitions_def for dimension in node.partitions_def.partitions_defs}
-            configured[key.to_user_string()] = {
-                column: list(dimensions[dimension].get_partition_keys()) for dimension, column in expression.items()
+            values = {
+                column: list(node.partitions_def.get_partitions_def_for_dimension(dimension).get_partition_keys())
+                for dimension, column in expression.items()
             }
         else:
-            configured[key.to_user_string()] = {expression: list(node.partitions_def.get_partition_keys())}
+            values = {expression: list(node.partitions_def.get_partition_keys())}
+        columns = warehouse.partition_columns(name)
+        if columns is not None and set(columns) == set(values):
+            configured[name] = {column: values[column] for column in columns}
     return configured
 
 
@@ -333,14 +315,9 @@ def vanished_partitions(defs: Definitions, instance: DagsterInstance, warehouse)
     """Configured partitions that Dagster records as materialized with rows but whose table holds none
     of them now, and what is wrong: their rows were deleted while the partition was not configured (a
     warm-up step removed, then added again), or by hand. Dagster would call them up to date."""
-    from dagster import AssetRecordsFilter
-
-    graph = _graph(defs)
+    graph = defs.resolve_asset_graph()
     vanished = {}
-    for name, partitions in configured_partitions(defs).items():
-        columns = warehouse.partition_columns(name)
-        if columns is None or set(columns) != set(partitions):
-            continue  # missing, damaged or laid out otherwise: damaged_tables and relaid_tables say so
+    for name, partitions in configured_partitions(defs, warehouse).items():
         held = warehouse.partitions_held(name)
         key = AssetKey(name)
         node = graph.get(key)
@@ -349,14 +326,12 @@ def vanished_partitions(defs: Definitions, instance: DagsterInstance, warehouse)
             if str(partition_key) not in recorded:
                 continue
             values = _column_values(partition_key, node.metadata["partition_expr"])
-            if tuple(values[column] for column in columns) in held:
+            if tuple(values[column] for column in partitions) in held:
                 continue
-            records = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=key, asset_partitions=[str(partition_key)]), limit=1
-            ).records
-            if not records:
+            record = latest_record(instance, key, str(partition_key))
+            if record is None:
                 continue
-            metadata = records[0].asset_materialization.metadata
+            metadata = record.asset_materialization.metadata
             rows = metadata.get("num_rows", metadata.get("dagster/row_count"))
             if rows is None or rows.value:
                 vanished[f"{name}[{partition_key}]"] = (
@@ -372,8 +347,8 @@ def needs_materialization(defs: Definitions, instance: DagsterInstance, also: se
     this closes the set over the graph, which is what "refresh what is stale" has to run. The walk
     follows the partition mappings: a new warm-up checkpoint reaches its own chain, not ``base``'s.
     """
-    graph = _graph(defs)
-    roots = stale_or_missing(defs, instance)
+    graph = defs.resolve_asset_graph()
+    roots = {name for name, status in asset_statuses(defs, instance).items() if status in ("STALE", "MISSING")}
     for name in also:
         key, partition = split_partition(name)
         node = graph.get(key)
