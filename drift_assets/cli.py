@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Dagster's DEBUG events, the stack traces of a failure, and vLLM's and the other libraries' logs",
     )
     args = parser.parse_args(argv)
-    from drift_assets.terminal import TIME_FORMAT, hide_beta_warnings, quiet_libraries
+    from drift_assets.terminal import TIME_FORMAT, hide_beta_warnings, quiet_libraries, without_rust_panics
 
     if not args.verbose:
         quiet_libraries()
@@ -270,16 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "materialize":
-        from drift_assets.terminal import without_rust_panics
-
         with _Signals() as signals, contextlib.nullcontext() if args.verbose else without_rust_panics():
             try:
-                code = _materialize(settings, args, signals)
+                return _materialize(settings, args, signals)
             except KeyboardInterrupt as error:  # before or after the runs, outside their handling
                 received = signals.received()
                 print(f"\n{failure_paragraph(error, None, received)}", file=sys.stderr)
                 return INTERRUPTED_EXIT.get(received or "", 130)
-        return code
     if args.command == "push":
         return _push(settings, args)
     from drift_assets.runner import InstanceError, instance_for_runs
@@ -359,7 +356,3 @@ def _materialize(settings, args, signals: _Signals) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

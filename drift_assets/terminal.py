@@ -58,9 +58,6 @@ class _Compact(logging.Formatter):
     """``12:00:01 rollouts: message``: the run id, job name and logger name that Dagster's format
     repeats on every line say nothing to someone watching one command."""
 
-    def __init__(self):
-        super().__init__(datefmt=TIME_FORMAT)
-
     def format(self, record: logging.LogRecord) -> str:
         meta = getattr(record, "dagster_meta", None) or {}
         message = meta.get("orig_message") or record.getMessage()
@@ -78,7 +75,7 @@ def terminal_logger(init_context) -> logging.Logger:
     console = create_console_logger("dagster", init_context.logger_config["log_level"])
     if not init_context.logger_config["tracebacks"]:
         for handler in console.handlers:
-            handler.setFormatter(_Compact())
+            handler.setFormatter(_Compact(datefmt=TIME_FORMAT))
     return console
 
 
