@@ -96,9 +96,8 @@ def build_demo_assets(given: DemoGiven) -> list:
         check_model_directory(model_path)  # before minutes of training, not after
         recipe, log = demo.recipe(), context.log
         build = base_model_build_key(recipe)
-        path = model_path
-        summary = saved_base_model(task, demo.base_model_seed, recipe, pool_rows, path, build, log.info, log.warning)
-        table = pl.DataFrame([base_model_record(path, summary)])
+        summary = saved_base_model(task, demo.base_model_seed, recipe, pool_rows, model_path, build, log.info, log.warning)
+        table = pl.DataFrame([base_model_record(model_path, summary)])
         context.add_output_metadata(
             {
                 **table_metadata(table),

@@ -1,6 +1,5 @@
 """Projected log-prob gradients at each checkpoint: one row per rollout/reference, and per pool example in shards."""
 
-import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -15,7 +14,6 @@ from drift_assets.core.gradients.tables import (
     sequence_tokens,
     shard_gradients,
     shard_of,
-    validation_gradient_frame,
     validation_token_pairs,
 )
 from drift_assets.core.runtime.cost import gradient_pass_cost
@@ -46,9 +44,8 @@ class Projection:
     dtype: str = setting("model.dtype")
 
     def options(self, gradient_checkpointing: bool) -> ProjectionOptions:
-        chosen = {
-            name: value for name, value in asdict(self).items() if name != "dtype"
-        }  # dtype: the model resource loads with it
+        # dtype: the model resource loads with it
+        chosen = {name: value for name, value in asdict(self).items() if name != "dtype"}
         return ProjectionOptions(**chosen, gradient_checkpointing=gradient_checkpointing)
 
 
@@ -125,7 +122,8 @@ def _projection_basis_asset(given: GradientsGiven):
         _require_finite(basis, checkpoint, model.dtype)
         fingerprint = at_checkpoint.fingerprint()
         table = basis.to_frame().select(pl.lit(checkpoint).alias("checkpoint"), pl.all(), model_fingerprint=pl.lit(fingerprint))
-        context.log.debug(f"checkpoint {checkpoint}: {basis.description()}")
+        description = f"({options.basis}, rank {options.rank}) over {len(basis.matrices)} layers: {basis.fingerprint()}"
+        context.log.debug(f"checkpoint {checkpoint}: projection basis {description}")
         # The PCA fit's passes over the references (none for a random basis).
         cost = gradient_pass_cost("gradients", [basis.fit_tokens], time.perf_counter() - started, checkpoint)
         # The data version is the model and the matrices: refitting to the same matrices for the same
@@ -178,17 +176,12 @@ def _validation_gradients_asset(given: GradientsGiven):
         fingerprint = at_checkpoint.fingerprint()
         _require_sampled_from(rollouts, fingerprint, checkpoint)
         projector = LinearGradientProjector(network, options, _load_basis(projection_basis, fingerprint, options))
-        table, tokens = _validation_gradients(
-            context,
-            checkpoint,
-            projector,
-            tokenizer,
-            rollouts,
-            validation_queries,
-            given.layout.batch_size,
-            fingerprint,
-            given.span.marker,
-        )
+        ids, prompt_ids, response_ids = validation_token_pairs(tokenizer, rollouts, validation_queries, given.span.marker)
+        tick = progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences")
+        table = gradient_frame(
+            ids, projector, tokenizer, prompt_ids, response_ids, given.layout.batch_size, fingerprint, tick, context.log.debug
+        ).select(pl.lit(checkpoint).alias("checkpoint"), pl.all())
+        tokens = sequence_tokens(prompt_ids, response_ids)
         cost = gradient_pass_cost("gradients", [tokens], time.perf_counter() - started, checkpoint)
         preview = table_metadata(table, preview_columns=["rollout_id", "target", "grad_norm", "loss", "n_tokens"])
         shape = {"dimension": projector.dimension, "layers": len(projector.layers)}
@@ -231,17 +224,30 @@ def _training_gradients_asset(given: GradientsGiven):
         keys = context.partition_key.keys_by_dimension
         checkpoint, shard = keys["checkpoint"], keys["shard"]
         where, started = f"checkpoint {checkpoint}, shard {shard}", time.perf_counter()
-        examples = _shard_rows(training_pool, shard, given.layout.shards)
+        examples = training_pool.filter(
+            pl.col("example_id").map_elements(lambda i: shard_of(i, given.layout.shards), return_dtype=pl.String) == shard
+        )
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         fingerprint = at_checkpoint.fingerprint()
         basis = _load_basis(projection_basis, fingerprint, options)
         reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
-        log_reuse(context.log, where, examples.height, reused.height)
-        label = f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else "")
-        tick = functools.partial(progress_logger, context, label, "examples")  # started once the model is loaded
-        compute = functools.partial(
-            _pool_gradients, at_checkpoint, options, basis, given.layout.batch_size, fingerprint, tick, context.log.debug
-        )
+        n_examples, n_reused = examples.height, reused.height
+        context.log.debug(f"{where}: {n_examples} examples, reusing {n_reused}, computing {n_examples - n_reused}")
+        if n_reused == n_examples:
+            context.log.info(f"{where}: all {n_examples} examples' gradients reused from the stored table")
+        label = f"{where} gradients" + (f" ({n_reused} reused)" if n_reused else "")
+
+        def compute(todo: pl.DataFrame) -> pl.DataFrame:
+            """The pool examples ``todo``'s gradients (their progress logged from when the model is loaded)."""
+            tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
+            projector = LinearGradientProjector(network, options, basis)
+            prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
+            ids = {"example_id": todo["example_id"].to_list()}
+            tick = progress_logger(context, label, "examples")
+            return gradient_frame(
+                ids, projector, tokenizer, prompt_ids, response_ids, given.layout.batch_size, fingerprint, tick, context.log.debug
+            )
+
         table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
         seconds, reference = time.perf_counter() - started, full_sft_reference(given.cost.sft, training_pool)
         yield Output(table, metadata=_shard_metadata(table, checkpoint, examples, todo, reused, seconds, reference, model))
@@ -275,48 +281,6 @@ def _require_sampled_from(rollouts: pl.DataFrame, fingerprint: str, checkpoint: 
         raise ValueError(
             f"rollouts[{checkpoint}] were sampled from model {sorted(stale)}, not {fingerprint}: re-materialize them"
         )
-
-
-def _shard_rows(training_pool: pl.DataFrame, shard: str, n_shards: int) -> pl.DataFrame:
-    return training_pool.filter(
-        pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
-    )
-
-
-def log_reuse(log, where: str, examples: int, reused: int) -> None:
-    log.debug(f"{where}: {examples} examples, reusing {reused}, computing {examples - reused}")
-    if reused == examples:
-        log.info(f"{where}: all {examples} examples' gradients reused from the stored table")
-
-
-def _pool_gradients(at_checkpoint: ModelResource, options, basis, batch_size, fingerprint, progress, log, todo):
-    """The projected gradients of the pool examples ``todo`` under the model at a checkpoint
-    (``progress()``: the pass's progress callback, made once the model is loaded)."""
-    tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
-    projector = LinearGradientProjector(network, options, basis)
-    prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
-    ids = {"example_id": todo["example_id"].to_list()}
-    return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, fingerprint, progress(), log)
-
-
-def _validation_gradients(
-    context: AssetExecutionContext,
-    checkpoint: str,
-    projector: LinearGradientProjector,
-    tokenizer,
-    rollouts: pl.DataFrame,
-    validation_queries: pl.DataFrame,
-    batch_size: int,
-    fingerprint: str,
-    answer_marker: str | None,
-) -> tuple[pl.DataFrame, int]:
-    """The ``validation_gradients`` table at ``checkpoint`` (its column first), and the tokens its pass processed."""
-    pairs = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
-    tick = progress_logger(context, f"checkpoint {checkpoint} validation gradients", "sequences")
-    table = validation_gradient_frame(
-        projector, tokenizer, rollouts, validation_queries, batch_size, fingerprint, tick, answer_marker, context.log.debug, pairs
-    )
-    return table.select(pl.lit(checkpoint).alias("checkpoint"), pl.all()), sequence_tokens(*pairs[1:])
 
 
 def _shard_metadata(table, checkpoint: str, examples, todo, reused, seconds: float, reference, model: ModelResource) -> dict:

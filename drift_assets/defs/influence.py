@@ -135,23 +135,21 @@ def influence_metadata(influence, scored: StoredInfluence) -> dict:
 def guard_results(scored: StoredInfluence, warn) -> Iterator[AssetCheckResult]:
     """The two guards' results (warnings), each with its figures and limit as numbers, which the
     check's Plots tab draws run after run; a guard that fails is also logged (``warn``)."""
-    figures, share = scored.figures, scored.along.reference_share
-    guard_figures = {
-        "influence_target_on_policy": {"reference_share_of_target": rounded(share), "limit": MAX_REFERENCE_SHARE},
-        "influence_not_gradient_hacking": {
-            "spearman_score_vs_grad_norm": rounded(figures["spearman_score_vs_grad_norm"]),
-            "spearman_score_vs_loss": rounded(figures.get("spearman_score_vs_loss")),
-            "limit": MAX_SPEARMAN,
-        },
-    }
-    for name, (passed, message) in {
-        "influence_target_on_policy": target_guard(share),
-        "influence_not_gradient_hacking": hacking_guard(
-            figures["spearman_score_vs_grad_norm"], figures.get("spearman_score_vs_loss")
+    share = scored.along.reference_share
+    by_norm, by_loss = scored.figures["spearman_score_vs_grad_norm"], scored.figures.get("spearman_score_vs_loss")
+    guards = {
+        "influence_target_on_policy": (
+            target_guard(share),
+            {"reference_share_of_target": rounded(share), "limit": MAX_REFERENCE_SHARE},
         ),
-    }.items():
+        "influence_not_gradient_hacking": (
+            hacking_guard(by_norm, by_loss),
+            {"spearman_score_vs_grad_norm": rounded(by_norm), "spearman_score_vs_loss": rounded(by_loss), "limit": MAX_SPEARMAN},
+        ),
+    }
+    for name, ((passed, message), figures) in guards.items():
         if not passed:
             warn(message)
         yield AssetCheckResult(
-            check_name=name, passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message, **guard_figures[name]}
+            check_name=name, passed=passed, severity=AssetCheckSeverity.WARN, metadata={"message": message, **figures}
         )

@@ -9,6 +9,5 @@ every other executor ignores it.
 import json
 
 GPU_POOL = "gpu"
-GPU_STEP_K8S_CONFIG = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
-GPU_OP_TAGS = {"dagster-k8s/config": json.dumps(GPU_STEP_K8S_CONFIG)}
+GPU_OP_TAGS = {"dagster-k8s/config": json.dumps({"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}})}
 GPU_STEP = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}  # an @asset's arguments

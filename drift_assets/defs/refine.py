@@ -85,17 +85,13 @@ class RefineGiven:
 
 
 def build_refine_assets(given: RefineGiven) -> list:
-    specs = _versioned(given)
-    refined_dataset = _refined_dataset_asset(given, specs["refined_dataset"])
-    return [refined_dataset, *_selection_checks(given.selection, refined_dataset), _export_asset(given, specs)]
-
-
-def _versioned(given: RefineGiven) -> dict[str, dict[str, Any]]:
-    """Each asset's code version and metadata (:func:`~drift_assets.settings.versioned`): the export's card names both versions."""
-    return {
+    # Each asset's code version and metadata: the export's card names both versions.
+    specs = {
         "refined_dataset": versioned(REFINE_VERSION, given.selection, given.choosing),
         "refined_dataset_export": versioned(EXPORT_VERSION, given.export),
     }
+    refined_dataset = _refined_dataset_asset(given, specs["refined_dataset"])
+    return [refined_dataset, *_selection_checks(given.selection, refined_dataset), _export_asset(given, specs)]
 
 
 def _refined_dataset_asset(given: RefineGiven, spec: dict[str, Any]):
@@ -132,8 +128,14 @@ def _refined_dataset_asset(given: RefineGiven, spec: dict[str, Any]):
         if warning:
             context.log.warning(warning)
             metadata["warning"] = warning
-        metadata.update(_refinement_cost(context, given.cost, training_pool, choice))
-        context.add_output_metadata(metadata)
+        # What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run),
+        # with this step's own fine-tunes where it chose among selections (and their cost apart).
+        cost = recorded_pipeline_cost(context.instance, given.cost, training_pool, before="refined_dataset")
+        if choice is not None:
+            cost = cost.with_part(choice.cost)
+            metadata.update(choice.cost.metadata(cost.reference))
+        context.log.info("cost: " + "; ".join(cost.lines()))
+        context.add_output_metadata(metadata | cost_metadata(cost))
         return table
 
     return refined_dataset
@@ -218,20 +220,6 @@ def _export_asset(given: RefineGiven, specs: dict[str, dict[str, Any]]):
         return table
 
     return refined_dataset_export
-
-
-def _refinement_cost(
-    context: AssetExecutionContext, plan: CostPlan, training_pool: pl.DataFrame, choice: "ValidatedChoice | None"
-) -> dict:
-    """What the refinement cost, as its steps recorded it (the evaluation, downstream, is not yet run),
-    with this step's own fine-tunes where it chose among selections (and their cost apart)."""
-    cost = recorded_pipeline_cost(context.instance, plan, training_pool, before="refined_dataset")
-    own = {}
-    if choice is not None:
-        cost = cost.with_part(choice.cost)
-        own = choice.cost.metadata(cost.reference)
-    context.log.info("cost: " + "; ".join(cost.lines()))
-    return own | cost_metadata(cost)
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,6 @@ class QueryGraders:
     default_grader: str = setting("grading.default_grader")
     custom_graders: list[str] = setting("grading.custom_graders")
 
-    def allowed(self) -> tuple[str, ...]:
-        """What a query's 'grader' field may name, from the two settings hashed."""
-        return allowed_graders(self.default_grader, self.custom_graders)
-
 
 @dataclass(frozen=True)
 class SourcesGiven:
@@ -169,7 +165,8 @@ def _queries_asset(given: SourcesGiven, name: str, source, base_model, descripti
     quarantined, as a pool example is."""
     path = given.inputs[f"data.{name}"]
     parts = (given.graders, given.limit) if references else (given.graders,)
-    default_grader, allowed_graders, grading = given.graders.default_grader, given.graders.allowed(), given.grading.options()
+    default_grader, grading = given.graders.default_grader, given.grading.options()
+    allowed = allowed_graders(default_grader, given.graders.custom_graders)  # what a query's 'grader' field may name
 
     @multi_asset(
         name=name,
@@ -190,7 +187,7 @@ def _queries_asset(given: SourcesGiven, name: str, source, base_model, descripti
             model = context.resources.model
             max_tokens = resolve_max_model_len(given.limit.max_example_tokens, model.path, "data.max_example_tokens")
             limit = {"tokenizer": model.load_tokenizer(), "max_tokens": max_tokens}
-        queries, rejects = load_queries(path, default_grader, allowed_graders, **limit)
+        queries, rejects = load_queries(path, default_grader, allowed, **limit)
         for row in rejects.iter_rows(named=True):
             context.log.warning(f"{path} row {row['row_number']}: {row['reason']}")
         for grader in queries["grader"].unique().to_list():

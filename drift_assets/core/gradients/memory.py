@@ -120,9 +120,7 @@ def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int, checkpoin
     return int(tokens * ((layers + outside) * value_bytes + LOGITS_V * shape.vocab * 4))
 
 
-def training_plan(
-    shape: ModelShape, batch_size: int, max_tokens: int, checkpointing: bool = False, step: str = "SFT step"
-) -> MemoryPlan:
+def training_plan(shape: ModelShape, batch_size: int, max_tokens: int, checkpointing: bool = False) -> MemoryPlan:
     """One optimizer step at ``batch_size`` sequences of ``max_tokens`` (the longest, padded to)."""
     activations = activation_bytes(shape, batch_size * max_tokens, shape.weight_bytes, checkpointing)
     backward = activations + 4 * shape.trainable
@@ -135,7 +133,7 @@ def training_plan(
         parts |= {"activations": activations, "gradients": 4 * shape.trainable}
     else:
         parts |= {"gradients and AdamW state": optimizer}
-    return MemoryPlan(step, parts)
+    return MemoryPlan("SFT step", parts)
 
 
 def gradient_pass_plan(
@@ -145,13 +143,12 @@ def gradient_pass_plan(
     hooked_values: int,
     dimension: int,
     checkpointing: bool = False,
-    step: str = "gradient pass",
 ) -> MemoryPlan:
     """One projected gradient pass: ``hooked_values`` per token kept by the hooks (both sides of
     every hooked layer), ``dimension`` = k, the projected gradient's length."""
     tokens = batch_size * max_tokens
     return MemoryPlan(
-        step,
+        "gradient pass",
         {
             "weights": shape.parameters * shape.weight_bytes,
             "activations": activation_bytes(shape, tokens, shape.weight_bytes, checkpointing, frozen=True),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -111,13 +111,6 @@ class ProjectionBasis:
             for matrix in self.matrices[name]:
                 digest.update(matrix.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
-
-    def description(self) -> str:
-        """The basis in a line: how it is made, its rank, its layers and its fingerprint."""
-        return (
-            f"projection basis ({self.options.basis}, rank {self.options.rank}) over {len(self.matrices)} layers: "
-            f"{self.fingerprint()}"
-        )
 
     def metadata(self, references: int, model_fingerprint: str) -> dict[str, str | int]:
         """What ``projection_basis`` records of the basis fitted for the model ``model_fingerprint``: a
@@ -322,15 +315,12 @@ def fit_basis(
         return random_basis(model, options)
     if not prompt_ids:
         raise ValueError("the PCA projection basis needs at least one (prompt, response) pair to fit on")
-    return fit_pca_basis(model, options, _batches(model, tokenizer, prompt_ids, response_ids, batch_size), budget_bytes, log)
-
-
-def _batches(model, tokenizer, prompt_ids, response_ids, batch_size) -> Iterator[ResponseBatch]:
     device = next(model.parameters()).device
-    for start in range(0, len(prompt_ids), batch_size):
-        yield collate_pairs(tokenizer, prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]).to(
-            device
-        )
+    batches = (
+        collate_pairs(tokenizer, prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]).to(device)
+        for start in range(0, len(prompt_ids), batch_size)
+    )
+    return fit_pca_basis(model, options, batches, budget_bytes, log)
 
 
 @contextmanager

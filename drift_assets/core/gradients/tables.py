@@ -24,8 +24,6 @@ from drift_assets.core.gradients.projection import (
     project_in_batches,
 )
 
-GRADIENT_COLUMNS = ("grad", "grad_norm", "loss", "n_tokens", "model_fingerprint", "projection_fingerprint")
-
 
 def shard_keys(n_shards: int) -> list[str]:
     """String partition keys "000", "001", … (Delta partition values must be strings here)."""
@@ -200,14 +198,10 @@ def shard_gradients(
     (:func:`gradient_frame` with an example_id column), each row labelled with checkpoint and shard."""
     todo = examples.filter(~pl.col("example_id").is_in(reused["example_id"].implode())) if reused.height else examples
     frames = [reused] if reused.height else []
-    if not todo.is_empty():
-        frames.append(compute(todo).select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all()))
-    if frames:
-        return pl.concat(frames, how="vertical_relaxed").sort("example_id"), todo
-    # A small pool can leave a shard without examples.
-    return empty_gradient_frame({"example_id": pl.String}).select(
-        pl.lit(checkpoint, dtype=pl.String).alias("checkpoint"), pl.lit(shard, dtype=pl.String).alias("shard"), pl.all()
-    ), todo
+    if todo.height or not frames:  # a small pool can leave a shard without examples: an empty table
+        computed = compute(todo) if todo.height else empty_gradient_frame({"example_id": pl.String})
+        frames.append(computed.select(pl.lit(checkpoint).alias("checkpoint"), pl.lit(shard).alias("shard"), pl.all()))
+    return pl.concat(frames, how="vertical_relaxed").sort("example_id"), todo
 
 
 def validation_token_pairs(
@@ -241,16 +235,14 @@ def validation_gradient_frame(
     progress: Callable[[int, int], None] | None = None,
     answer_marker: str | None = None,
     log: Callable[[str], None] | None = None,
-    pairs: tuple[dict[str, list[str]], list[list[int]], list[list[int]]] | None = None,
 ) -> pl.DataFrame:
     """The ``validation_gradients`` table: every rollout (target=rollout) and reference answer (target=reference).
 
     A rollout's gradient is of the tokens the engine sampled (:func:`response_token_pairs`), a
     reference's of its encoded text. With ``answer_marker`` each gradient is ∇ log π(answer span |
-    query, text before it). Without it, ∇ log π(whole completion | query). ``pairs``: what
-    :func:`validation_token_pairs` gives for these rollouts and queries, where the caller has it.
+    query, text before it). Without it, ∇ log π(whole completion | query).
     """
-    ids, prompt_ids, response_ids = pairs or validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
+    ids, prompt_ids, response_ids = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
     return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, model_fingerprint, progress, log)
 
 
