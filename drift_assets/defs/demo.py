@@ -79,7 +79,7 @@ def build_demo_assets(given: DemoGiven) -> list:
         context.add_output_metadata(
             {
                 **table_metadata(table),
-                "pool_category_counts": {k: int(v) for k, v in zip(*pool["category"].value_counts(sort=True).to_dict().values())},
+                "pool_category_counts": dict(pool["category"].value_counts(sort=True).iter_rows()),
             }
         )
         return table

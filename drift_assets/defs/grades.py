@@ -12,9 +12,9 @@ from dagster import (
 )
 
 from drift_assets.core.grading.graders import grade_rollouts, grade_summary
+from drift_assets.core.runtime.progress import PROGRESS_EVERY_S, Progress
 from drift_assets.defs.checkpoints import checkpoint_partitions
 from drift_assets.defs.checks import grades_enough_contrast_result, grades_have_mixed_queries_result
-from drift_assets.defs.gradients import progress_logger
 from drift_assets.defs.metadata import table_metadata
 from drift_assets.settings import GradingSettings, setting, unhashed, versioned
 
@@ -61,8 +61,9 @@ def build_grade_assets(given: GradesGiven) -> list:
     )
     def grades(context: AssetExecutionContext, rollouts: pl.DataFrame, validation_queries: pl.DataFrame):
         checkpoint = context.partition_key
-        progress = progress_logger(context, f"checkpoint {checkpoint} grading", "rollouts")
-        table = grade_rollouts(rollouts, validation_queries, options, progress).select(
+        what, log = f"checkpoint {checkpoint} grading", context.log
+        progress = Progress(what, rollouts.height, log.info, unit="rollouts", every_s=PROGRESS_EVERY_S, short_log=log.debug)
+        table = grade_rollouts(rollouts, validation_queries, options, progress.update).select(
             pl.lit(checkpoint).alias("checkpoint"), pl.all()
         )
         summary = grade_summary(table)

@@ -111,9 +111,8 @@ def build_warmup_assets(given: WarmupGiven) -> list:
         base = model.fingerprint()
         run_directory = warmup_run_directory(directory, base, lora is not None)
         messages = training_pool["messages"].to_list()
-        saves_optimizer = run_given.saves_optimizer_state
         losses, run = warm_up_into(
-            run_directory, network, tokenizer, messages, options, steps, context.log.info, lora, saves_optimizer
+            run_directory, network, tokenizer, messages, options, steps, context.log.info, lora, run_given.saves_optimizer_state
         )
         paths = [run_directory / key for key in keys]
         table = _checkpoints_table(model, keys, paths, base, steps, [losses[step] for step in steps])

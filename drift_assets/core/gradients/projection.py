@@ -70,12 +70,9 @@ class ProjectionOptions:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _layer_seed(seed: int, layer_name: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{layer_name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
-
-
 def gaussian_projector(rows: int, columns: int, seed: int, layer_name: str, which: str) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(_layer_seed(seed, f"{layer_name}/{which}"))
+    digest = hashlib.sha256(f"{seed}:{layer_name}/{which}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return torch.randn(rows, columns, generator=generator) / rows**0.5
 
 
