@@ -91,26 +91,18 @@ def file_sha256(path: str | Path) -> str:
         _IN_MEMORY[key] = cached
         return cached
     started = time.time_ns()
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    after = path.stat()
-    if _cache_key(after) == key and before.st_ctime_ns < started - _RACY_NANOSECONDS:
-        _IN_MEMORY[key] = digest.hexdigest()
-        _store(key, digest.hexdigest())
-    return digest.hexdigest()
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if _cache_key(path.stat()) == key and before.st_ctime_ns < started - _RACY_NANOSECONDS:
+        _IN_MEMORY[key] = digest
+        _store(key, digest)
+    return digest
 
 
 def _hash_file_into(digest, path: Path) -> None:
     size = path.stat().st_size
     digest.update(f"{path.name}:{size}:".encode())
-    if size >= CACHED_HASH_MIN_BYTES:
-        digest.update(f"sha256={file_sha256(path)}".encode())
-        return
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    digest.update(f"sha256={file_sha256(path)}".encode() if size >= CACHED_HASH_MIN_BYTES else path.read_bytes())
 
 
 def content_hash(path: str | Path) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from drift_assets.core.data.fingerprint import content_hash, file_sha256
 
 MANIFEST_NAME = ".drift-export.json"
+SETTING = "selection.export_dir"  # the setting every refusal names
 _WRITTEN_BY = "drift_assets refined_dataset_export"
 
 
@@ -28,22 +29,19 @@ class ExportPathError(ValueError):
     """An export would write over an input, or over a file the export did not write."""
 
 
-def _input_paths(inputs: Mapping[str, str | None]) -> dict[str, Path]:
-    return {setting: Path(path) for setting, path in inputs.items() if path and "://" not in str(path)}
-
-
-def export_conflicts(
-    directory: str | Path, names: Sequence[str], inputs: Mapping[str, str | None], setting: str = "selection.export_dir"
-) -> list[str]:
+def export_conflicts(directory: str | Path, names: Sequence[str], inputs: Mapping[str, str | None]) -> list[str]:
     """Each way the files ``names`` (and the manifest) written into ``directory`` would land on an
     input: the same path once symlinks are resolved, a path inside an input directory, or the same
     file under another name (a hard link). ``inputs``: setting → path (None: not set)."""
     directory = Path(directory)
     problems = []
-    for input_setting, given in _input_paths(inputs).items():
+    for input_setting, path in inputs.items():
+        if not path or "://" in str(path):  # unset, or not a local path
+            continue
+        given = Path(path)
         source = given.resolve()
         if directory.resolve() == source:
-            problems.append(f"{setting}: {directory} is {input_setting} ({given}): the export would write into an input")
+            problems.append(f"{SETTING}: {directory} is {input_setting} ({given}): the export would write into an input")
             continue
         for name in (*names, MANIFEST_NAME):
             target = directory / name
@@ -57,26 +55,26 @@ def export_conflicts(
             else:
                 continue
             problems.append(
-                f"{setting}: the export would write {target}, which {relation} {input_setting} ({given}) and would "
-                f"overwrite that input; set {setting} to a folder apart from the inputs"
+                f"{SETTING}: the export would write {target}, which {relation} {input_setting} ({given}) and would "
+                f"overwrite that input; set {SETTING} to a folder apart from the inputs"
             )
     return problems
 
 
-def check_export_dir(directory: str | Path, setting: str = "selection.export_dir") -> None:
-    """Refuse a ``setting`` that names an existing file (or a path under one) instead of a folder."""
+def check_export_dir(directory: str | Path) -> None:
+    """Refuse a ``selection.export_dir`` that names an existing file (or a path under one) instead of a folder."""
     directory = Path(directory)
     for path in (directory, *directory.parents):
         if path.exists() or path.is_symlink():
             if not path.is_dir():
                 raise ExportPathError(
-                    f"{setting}: {path} exists and is not a folder; the export writes its files into a folder "
-                    f"there. Set {setting} to a folder (the file is left as it is)"
+                    f"{SETTING}: {path} exists and is not a folder; the export writes its files into a folder "
+                    f"there. Set {SETTING} to a folder (the file is left as it is)"
                 )
             return
 
 
-def _read_manifest(directory: Path, setting: str) -> dict[str, list[str]]:
+def _read_manifest(directory: Path) -> dict[str, list[str]]:
     path = directory / MANIFEST_NAME
     if not path.exists() and not path.is_symlink():
         return {}
@@ -87,7 +85,7 @@ def _read_manifest(directory: Path, setting: str) -> dict[str, list[str]]:
     files = manifest.get("files") if isinstance(manifest, dict) and manifest.get("written_by") == _WRITTEN_BY else None
     if not isinstance(files, dict):
         raise ExportPathError(
-            f"{setting}: {path} is not the manifest the export writes (it records what the export wrote); "
+            f"{SETTING}: {path} is not the manifest the export writes (it records what the export wrote); "
             "refusing to replace it or anything beside it: move it away"
         )
     return {name: [h for h in hashes if isinstance(h, str)] for name, hashes in files.items() if isinstance(hashes, list)}
@@ -103,28 +101,27 @@ def write_export(
     directory: str | Path,
     writers: Mapping[str, Callable[[Path], None]],
     inputs: Mapping[str, str | None] | None = None,
-    setting: str = "selection.export_dir",
     previously_exported: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Write each file ``name`` of ``writers`` into ``directory`` (``writer(path)`` writes it at a
     temporary path, then all are renamed into place); returns name → path.
 
-    Refused (:class:`ExportPathError`, naming the path and ``setting``) before anything is written
+    Refused (:class:`ExportPathError`, naming the path and the setting) before anything is written
     where a target would land on one of ``inputs`` (setting → path), or where a file exists at a
     target that the manifest does not record with its present content. ``previously_exported``
     (path → :func:`content_hash`, what the export's table recorded) also counts as written by the
     export: the files of exports made before the manifest existed.
     """
     directory = Path(directory)
-    check_export_dir(directory, setting)
-    problems = export_conflicts(directory, list(writers), inputs or {}, setting)
+    check_export_dir(directory)
+    problems = export_conflicts(directory, list(writers), inputs or {})
     if problems:
         raise ExportPathError("\n".join(problems))
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ExportPathError(f"{setting}: cannot create the folder {directory} ({error.strerror})") from None
-    manifest = _read_manifest(directory, setting)
+        raise ExportPathError(f"{SETTING}: cannot create the folder {directory} ({error.strerror})") from None
+    manifest = _read_manifest(directory)
     for name in writers:
         target = directory / name
         if not target.exists() and not target.is_symlink():
@@ -139,8 +136,8 @@ def write_export(
         )
         if not owned:
             raise ExportPathError(
-                f"{setting}: {target} exists and was not written by the export (or was changed since it was); "
-                f"refusing to replace it: move it away, or set {setting} to another folder"
+                f"{SETTING}: {target} exists and was not written by the export (or was changed since it was); "
+                f"refusing to replace it: move it away, or set {SETTING} to another folder"
             )
     staged: dict[str, Path] = {}
     try:

@@ -22,10 +22,6 @@ class Identity:
     root: str
 
 
-def new_identity(root: str) -> Identity:
-    return Identity(uuid.uuid4().hex, root)
-
-
 @dataclass(frozen=True)
 class Verdict:
     """What to write before the run goes on: ``warehouse``, a new identity for the warehouse, and
@@ -38,7 +34,7 @@ class Verdict:
 
 
 def _fresh(root: str) -> Verdict:
-    identity = new_identity(root)
+    identity = Identity(uuid.uuid4().hex, root)
     return Verdict(warehouse=identity, instance=identity)
 
 

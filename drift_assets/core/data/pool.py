@@ -25,7 +25,17 @@ import polars as pl
 
 from drift_assets.core.data.sequences import encode_prompt, encode_response, render_messages_prompt, render_prompt
 
-CORE_COLUMNS = ("example_id", "row_number", "prompt", "response", "messages", "n_prompt_tokens", "n_response_tokens", "source")
+POOL_SCHEMA = {
+    "example_id": pl.String,
+    "row_number": pl.Int64,
+    "prompt": pl.String,
+    "response": pl.String,
+    "messages": pl.String,
+    "n_prompt_tokens": pl.Int64,
+    "n_response_tokens": pl.Int64,
+    "source": pl.String,
+}
+CORE_COLUMNS = tuple(POOL_SCHEMA)
 INPUT_TEXT_COLUMNS = ("prompt", "response", "messages")
 # Columns the refined dataset adds to the pool's: an input column of one of these names would be
 # confused with the pipeline's own (a 1-5 rating named "score" exported as the influence score).
@@ -47,6 +57,10 @@ class RawRow:
     record: dict[str, Any] | None
     raw_text: str
     parse_error: str | None = None
+
+    def rejected(self, reason: str) -> dict[str, Any]:
+        """This row as a row of the rejects table."""
+        return {"row_number": self.row_number, "raw": self.raw_text[:2000], "reason": reason}
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
@@ -206,29 +220,29 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
     first_row_of: dict[str, int] = {}
     extras_of_kept: list[dict[str, Any]] = []
     for row in rows:
-
-        def reject(reason: str, row: RawRow = row) -> None:
-            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": reason})
-
         if row.parse_error:
-            reject(row.parse_error)
+            rejects.append(row.rejected(row.parse_error))
             continue
         messages, problem = _messages_from_record(row.record)
         if problem:
-            reject(problem)
+            rejects.append(row.rejected(problem))
             continue
         response = messages[-1]["content"]
         if not response.strip():
-            reject("empty response")
+            rejects.append(row.rejected("empty response"))
             continue
         example_id = example_id_for(messages)
         if example_id in first_row_of:
-            reject(f"duplicate of row {first_row_of[example_id]}")
+            rejects.append(row.rejected(f"duplicate of row {first_row_of[example_id]}"))
             continue
         n_prompt = len(encode_prompt(tokenizer, render_messages_prompt(tokenizer, messages[:-1])))
         n_response = len(encode_response(tokenizer, response))
         if n_prompt + n_response > max_example_tokens:
-            reject(f"over the maximum length ({n_prompt + n_response} tokens > data.max_example_tokens={max_example_tokens})")
+            rejects.append(
+                row.rejected(
+                    f"over the maximum length ({n_prompt + n_response} tokens > data.max_example_tokens={max_example_tokens})"
+                )
+            )
             continue
         first_row_of[example_id] = row.row_number
         extras_of_kept.append({k: v for k, v in row.record.items() if k not in INPUT_TEXT_COLUMNS and k != "source"})
@@ -256,7 +270,7 @@ def normalize_pool(rows: Iterator[RawRow], tokenizer, max_example_tokens: int, s
                 for column, value in extras.items()
             }
         )
-    examples = pl.DataFrame(kept, infer_schema_length=None) if kept else pl.DataFrame(schema=_empty_pool_schema())
+    examples = pl.DataFrame(kept, infer_schema_length=None) if kept else pl.DataFrame(schema=POOL_SCHEMA)
     examples = examples.with_columns(
         pl.col("n_prompt_tokens").cast(pl.Int64),
         pl.col("n_response_tokens").cast(pl.Int64),
@@ -283,19 +297,6 @@ def require_examples(examples: pl.DataFrame, rejects: pl.DataFrame, path: str | 
             f"{path}: no usable examples ({rejects.height} rows quarantined{': ' + why if why else ''}); "
             "see the training_pool_rejects table"
         )
-
-
-def _empty_pool_schema() -> dict[str, pl.DataType]:
-    return {
-        "example_id": pl.String,
-        "row_number": pl.Int64,
-        "prompt": pl.String,
-        "response": pl.String,
-        "messages": pl.String,
-        "n_prompt_tokens": pl.Int64,
-        "n_response_tokens": pl.Int64,
-        "source": pl.String,
-    }
 
 
 def control_characters(text: str) -> list[str]:
@@ -328,38 +329,36 @@ def load_queries(
     """
     kept, rejects, seen = [], [], {}
     for row in read_rows(path):
-
-        def reject(reason: str, row: RawRow = row) -> None:
-            rejects.append({"row_number": row.row_number, "raw": row.raw_text[:2000], "reason": reason})
-
         if row.parse_error:
-            reject(row.parse_error)
+            rejects.append(row.rejected(row.parse_error))
             continue
         record = row.record
         prompt, reference = record.get("prompt"), record.get("reference")
         if not isinstance(prompt, str) or not prompt.strip() or reference is None or str(reference).strip() == "":
-            reject("needs a non-empty 'prompt' and 'reference'")
+            rejects.append(row.rejected("needs a non-empty 'prompt' and 'reference'"))
             continue
         query_id = str(record.get("query_id") or hashlib.sha256(prompt.encode()).hexdigest()[:16])
         controls = control_characters(query_id)
         if controls:
-            reject(f"query_id has control characters ({', '.join(repr(c) for c in controls)})")
+            rejects.append(row.rejected(f"query_id has control characters ({', '.join(repr(c) for c in controls)})"))
             continue
         if query_id in seen:
-            reject(f"duplicate query_id of row {seen[query_id]}")
+            rejects.append(row.rejected(f"duplicate query_id of row {seen[query_id]}"))
             continue
         grader = str(record.get("grader") or default_grader)
         if allowed_graders is not None and grader not in allowed_graders:
-            reject(f"grader {grader!r} is not allowed (list it in grading.custom_graders)")
+            rejects.append(row.rejected(f"grader {grader!r} is not allowed (list it in grading.custom_graders)"))
             continue
         reference_response = str(record.get("reference_response") or reference)
         if tokenizer is not None and max_tokens is not None:
             n_tokens = reference_tokens(tokenizer, prompt, reference_response)
             if n_tokens > max_tokens:
                 what = "reference_response" if record.get("reference_response") else "reference (its reference_response)"
-                reject(
-                    f"query {query_id!r}: {what} over the maximum length ({n_tokens} tokens with its prompt > "
-                    f"data.max_example_tokens={max_tokens})"
+                rejects.append(
+                    row.rejected(
+                        f"query {query_id!r}: {what} over the maximum length ({n_tokens} tokens with its prompt > "
+                        f"data.max_example_tokens={max_tokens})"
+                    )
                 )
                 continue
         seen[query_id] = row.row_number

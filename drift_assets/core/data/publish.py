@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +31,8 @@ import numpy as np
 import polars as pl
 import yaml
 
-from drift_assets.core.data.fingerprint import content_hash
-from drift_assets.core.data.outputs import write_export
+from drift_assets.core.data.fingerprint import content_hash, file_sha256
+from drift_assets.core.data.outputs import MANIFEST_NAME, write_export
 from drift_assets.core.data.pool import CORE_COLUMNS, OUTPUT_COLUMNS
 from drift_assets.core.study.stats import roc_auc
 
@@ -56,9 +56,9 @@ EXPORTED_FIRST = ("example_id", "rank", "score", "source")
 _TURNS = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
-def export_file_names(name: str = EXPORT_NAME) -> tuple[str, ...]:
+def export_file_names() -> tuple[str, ...]:
     """Every file an export writes into its folder (the manifest aside)."""
-    return (f"{name}.jsonl", f"{name}.parquet", f"{UNSELECTED_NAME}.jsonl", f"{UNSELECTED_NAME}.parquet", CARD_NAME)
+    return (f"{EXPORT_NAME}.jsonl", f"{EXPORT_NAME}.parquet", f"{UNSELECTED_NAME}.jsonl", f"{UNSELECTED_NAME}.parquet", CARD_NAME)
 
 
 def export_columns(table: pl.DataFrame, evaluation_only: Sequence[str] = EVALUATION_ONLY_COLUMNS) -> list[str]:
@@ -88,15 +88,8 @@ def conversational_rows(table: pl.DataFrame, evaluation_only: Sequence[str] = EV
     return pl.DataFrame([prompts, completions]).hstack(ordered.select(export_columns(ordered, evaluation_only)))
 
 
-def _write_jsonl(frame: pl.DataFrame):
-    def write(path: Path) -> None:
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in frame.to_dicts()))
-
-    return write
-
-
-def _write_parquet(frame: pl.DataFrame):
-    return lambda path: frame.write_parquet(path)
+def _write_jsonl(frame: pl.DataFrame) -> Callable[[Path], None]:
+    return lambda path: path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in frame.to_dicts()))
 
 
 @dataclass
@@ -114,22 +107,6 @@ class CardFacts:
     checkpoints: Sequence[str] = field(default_factory=lambda: ["base"])
 
 
-def card_yaml_header(name: str = EXPORT_NAME) -> dict:
-    """The card's metadata: one config whose splits are the export's Parquet files."""
-    return {
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [
-                    {"split": split, "path": f"{stem if split != 'train' else name}.parquet"} for split, stem in SPLITS.items()
-                ],
-            }
-        ],
-        "task_categories": ["text-generation"],
-        "tags": ["sft", "data-selection", "drift", "influence-functions"],
-    }
-
-
 def _figure(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -141,11 +118,18 @@ def _score_line(scores: pl.Series) -> str:
     return f"min {_figure(values.min())}, median {_figure(float(np.median(values)))}, max {_figure(values.max())}"
 
 
-def dataset_card(table: pl.DataFrame, reasons: pl.Series, facts: CardFacts, name: str = EXPORT_NAME) -> str:
+def dataset_card(table: pl.DataFrame, reasons: pl.Series, facts: CardFacts) -> str:
     """The README.md of the export folder (the refined ``table``, each row's ``reason``)."""
     chosen, left = table.filter(pl.col("selected")), table.filter(~pl.col("selected"))
     counts = reasons.drop_nulls().value_counts(sort=True)
-    header = yaml.safe_dump(card_yaml_header(name), sort_keys=False, allow_unicode=True)
+    # The card's metadata: one config whose splits are the export's Parquet files.
+    splits = [{"split": split, "path": f"{stem}.parquet"} for split, stem in SPLITS.items()]
+    metadata = {
+        "configs": [{"config_name": "default", "data_files": splits}],
+        "task_categories": ["text-generation"],
+        "tags": ["sft", "data-selection", "drift", "influence-functions"],
+    }
+    header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
     settings_yaml = yaml.safe_dump(_nested(facts.settings), sort_keys=True, allow_unicode=True).rstrip()
     lines = [
         f"---\n{header}---",
@@ -169,7 +153,7 @@ def dataset_card(table: pl.DataFrame, reasons: pl.Series, facts: CardFacts, name
         "",
         "| split | rows | file | what |",
         "|---|---|---|---|",
-        f"| train | {chosen.height} | {name}.parquet ({name}.jsonl) | the selection, best first |",
+        f"| train | {chosen.height} | {EXPORT_NAME}.parquet ({EXPORT_NAME}.jsonl) | the selection, best first |",
         f"| unselected | {left.height} | {UNSELECTED_NAME}.parquet ({UNSELECTED_NAME}.jsonl) | the rest, with `reason` |",
         "",
         "Columns: `prompt` (the turns before the response), `completion` (the response), `example_id` (a hash of "
@@ -242,7 +226,6 @@ def export_dataset(
     directory: str | Path,
     facts: CardFacts,
     evaluation_only: Sequence[str] = EVALUATION_ONLY_COLUMNS,
-    name: str = EXPORT_NAME,
     inputs: Mapping[str, str | None] | None = None,
     previously_exported: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
@@ -251,16 +234,16 @@ def export_dataset(
     together; none replaces an input or a file the export did not write (:func:`write_export`)."""
     reasons = unselected_reasons(table, facts.selection_method)
     # One config, one schema: the train split's reason is null (its rows were not left out).
-    rows = conversational_rows(table, evaluation_only).with_columns(table.with_columns(reasons).sort("rank")["reason"])
-    selected = table.sort("rank")["selected"]
-    train, unselected = rows.filter(selected), rows.filter(~selected)
-    card = dataset_card(table, reasons, facts, name)
-    jsonl, parquet, left_jsonl, left_parquet, readme = export_file_names(name)
+    ordered = table.with_columns(reasons).sort("rank")
+    rows = conversational_rows(table, evaluation_only).with_columns(ordered["reason"])
+    train, unselected = rows.filter(ordered["selected"]), rows.filter(~ordered["selected"])
+    card = dataset_card(table, reasons, facts)
+    jsonl, parquet, left_jsonl, left_parquet, readme = export_file_names()
     writers = {
         jsonl: _write_jsonl(train),
-        parquet: _write_parquet(train),
+        parquet: train.write_parquet,
         left_jsonl: _write_jsonl(unselected),
-        left_parquet: _write_parquet(unselected),
+        left_parquet: unselected.write_parquet,
         readme: lambda path: path.write_text(card),
     }
     return write_export(directory, writers, inputs, previously_exported=previously_exported)
@@ -273,13 +256,10 @@ class PushError(Exception):
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
-def check_pushable(directory: str | Path, name: str = EXPORT_NAME) -> list[str]:
+def check_pushable(directory: str | Path) -> list[str]:
     """The files of a complete export in ``directory`` that a push uploads (the manifest aside), after
     checking that each is there as the export wrote it: a missing file, one edited since, or an export
     stopped half-way (the manifest then accepts two contents) is refused (:class:`PushError`)."""
-    from drift_assets.core.data.fingerprint import file_sha256
-    from drift_assets.core.data.outputs import MANIFEST_NAME
-
     directory = Path(directory)
     manifest_path = directory / MANIFEST_NAME
     try:
@@ -288,7 +268,7 @@ def check_pushable(directory: str | Path, name: str = EXPORT_NAME) -> list[str]:
         raise PushError(
             f"{directory} holds no export (no readable {MANIFEST_NAME}): materialize refined_dataset_export first"
         ) from None
-    names = list(export_file_names(name))
+    names = list(export_file_names())
     for file_name in names:
         path = directory / file_name
         recorded = files.get(file_name) if isinstance(files, dict) else None

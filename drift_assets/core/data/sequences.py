@@ -26,10 +26,8 @@ class ChatTemplateError(ValueError):
 def chat_template_file(model_dir: str | Path) -> Path:
     """The file of a model directory that holds its chat template (transformers reads the first there is)."""
     model_dir = Path(model_dir)
-    for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
-        if (model_dir / name).exists():
-            return model_dir / name
-    return model_dir
+    names = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json")
+    return next((model_dir / name for name in names if (model_dir / name).exists()), model_dir)
 
 
 def render_messages_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
@@ -133,18 +131,11 @@ def collate_pairs(
     return ResponseBatch(input_ids, attention_mask, response_mask)
 
 
-def response_token_logprobs(logits: torch.Tensor, batch: ResponseBatch) -> torch.Tensor:
-    """(B, T-1) log-probabilities of each next token, zero outside the response."""
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = batch.input_ids[:, 1:]
-    token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return token_log_probs * batch.response_mask[:, :-1]
-
-
 def sequence_logprobs(logits: torch.Tensor, batch: ResponseBatch, reduction: LossReduction = "sum") -> torch.Tensor:
     """(B,) log π(response | prompt): summed over response tokens, or their mean (``reduction``)."""
-    per_token = response_token_logprobs(logits, batch)
-    total = per_token.sum(dim=1)
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_log_probs = log_probs.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    total = (token_log_probs * batch.response_mask[:, :-1]).sum(dim=1)  # zero outside the response
     if reduction == "sum":
         return total
     if reduction == "mean":

@@ -16,8 +16,6 @@ import numpy as np
 import polars as pl
 
 from drift_assets.core.attribution.scores import ScoringSettings, diagnostics, noise_auc, scores_frame
-from drift_assets.core.study.benchmark import MethodScorer, loss_scores, per_token_loss
-from drift_assets.core.gradients.tables import shard_keys, vectors
 from drift_assets.core.attribution.trajectory import (
     BASE,
     Batches,
@@ -26,6 +24,8 @@ from drift_assets.core.attribution.trajectory import (
     ranked_scores,
     score_along,
 )
+from drift_assets.core.gradients.tables import shard_keys, vectors
+from drift_assets.core.study.benchmark import MethodScorer, loss_scores
 
 # What to run where one table holds an example more than once: every table rewritten from the
 # configured partitions only (the runner deletes the others first).
@@ -102,38 +102,31 @@ def rows_at(tables: TableReader, asset_name: str, checkpoint: str = BASE) -> pl.
     return frame
 
 
-def checkpoint_gradients(tables: ConfiguredTables, checkpoint: str) -> CheckpointGradients:
-    """One checkpoint's stored gradients and grades; the training gradients stay on disk, streamed by shard."""
-    fingerprints = (
-        tables.scan("training_gradient_projections")
-        .filter(pl.col("checkpoint") == checkpoint)
-        .select("model_fingerprint", "projection_fingerprint")
-        .unique()
-        .collect()
-    )
-    if fingerprints.is_empty():
-        raise ValueError(f"training_gradient_projections has no rows for checkpoint {checkpoint}: materialize its partitions")
-    return CheckpointGradients(
-        checkpoint,
-        shard_batches(tables, checkpoint),
-        rows_at(tables, "validation_gradients", checkpoint),
-        rows_at(tables, "grades", checkpoint),
-        set(fingerprints.iter_rows()),
-    )
-
-
 def gradients_along(tables: ConfiguredTables) -> Iterator[CheckpointGradients]:
-    """The configured checkpoints' stored gradients in order, the base model's first."""
+    """The configured checkpoints' stored gradients and grades in order, the base model's first; the
+    training gradients stay on disk, streamed by shard."""
     for checkpoint in tables.checkpoints:
-        yield checkpoint_gradients(tables, checkpoint)
+        fingerprints = (
+            tables.scan("training_gradient_projections")
+            .filter(pl.col("checkpoint") == checkpoint)
+            .select("model_fingerprint", "projection_fingerprint")
+            .unique()
+            .collect()
+        )
+        if fingerprints.is_empty():
+            raise ValueError(f"training_gradient_projections has no rows for checkpoint {checkpoint}: materialize its partitions")
+        yield CheckpointGradients(
+            checkpoint,
+            shard_batches(tables, checkpoint),
+            rows_at(tables, "validation_gradients", checkpoint),
+            rows_at(tables, "grades", checkpoint),
+            set(fingerprints.iter_rows()),
+        )
 
 
 def base_losses(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.DataFrame:
     """example_id, loss_per_token: each pool example's loss per response token under the base model."""
-    losses = (
-        tables.scan("training_gradient_projections").filter(pl.col("checkpoint") == BASE).select("example_id", "loss", "n_tokens")
-    )
-    return per_token_loss(losses.filter(pl.col("example_id").is_in(training_pool["example_id"].implode())).collect())
+    return losses_along(tables, training_pool, BASE).drop("checkpoint")
 
 
 def stored_scorer(tables: ConfiguredTables, training_pool: pl.DataFrame) -> MethodScorer:
@@ -170,16 +163,15 @@ def one_row_per_example(table: pl.DataFrame, example_ids: Iterable[str], name: s
     return f"{name} should hold one row per pool example ({len(expected)}), but holds {'; '.join(problems)}: {REPAIR_DUPLICATES}"
 
 
-def losses_along(tables: ConfiguredTables, training_pool: pl.DataFrame) -> pl.DataFrame:
-    """example_id, checkpoint, loss_per_token: each pool example's loss per response token at every checkpoint."""
-    ids = training_pool["example_id"].implode()
-    frame = (
-        tables.scan("training_gradient_projections")
-        .filter(pl.col("example_id").is_in(ids))
-        .select("example_id", "checkpoint", "loss", "n_tokens")
-        .collect()
-    )
-    return frame.select("example_id", "checkpoint", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
+def losses_along(tables: ConfiguredTables, training_pool: pl.DataFrame, checkpoint: str | None = None) -> pl.DataFrame:
+    """example_id, checkpoint, loss_per_token: each pool example's loss per response token at every
+    checkpoint (at ``checkpoint`` alone, where given; an empty response counts one token)."""
+    frame = tables.scan("training_gradient_projections").filter(pl.col("example_id").is_in(training_pool["example_id"].implode()))
+    if checkpoint is not None:
+        frame = frame.filter(pl.col("checkpoint") == checkpoint)
+    return frame.select(
+        "example_id", "checkpoint", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1)
+    ).collect()
 
 
 @dataclass(frozen=True)
