@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from drift_assets.core.runtime.processes import guard_new_children
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,8 +111,7 @@ class TransformersEngine:
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         generated: list[list[int]] = [[] for _ in prompts]
         logprob_sums = [0.0] * len(prompts)
-        finished = [False] * len(prompts)
-        finish_reason = ["length"] * len(prompts)
+        finished = [False] * len(prompts)  # on EOS or a stop string; else at max_tokens
         ended_with_eos = [False] * len(prompts)
         texts = [""] * len(prompts)
         past = None
@@ -147,15 +145,14 @@ class TransformersEngine:
                 generated[row].append(token)
                 logprob_sums[row] += float(raw_log_probs[row, token])
                 if token == eos:
-                    finished[row], finish_reason[row], ended_with_eos[row] = True, "stop", True
-                    generated[row].pop()  # the text excludes EOS, the log-prob includes it
-                    texts[row] = self.tokenizer.decode(generated[row], skip_special_tokens=True)
-                    generated[row].append(token)
+                    finished[row] = ended_with_eos[row] = True
+                    # the text excludes EOS, the log-prob includes it
+                    texts[row] = self.tokenizer.decode(generated[row][:-1], skip_special_tokens=True)
                     continue
                 if settings.stop:
                     text, hit = _truncate_at_stop(self.tokenizer.decode(generated[row], skip_special_tokens=True), settings.stop)
                     if hit:
-                        finished[row], finish_reason[row], texts[row] = True, "stop", text
+                        finished[row], texts[row] = True, text
             if all(finished):
                 break
             step_ids = next_ids.unsqueeze(-1)
@@ -164,7 +161,7 @@ class TransformersEngine:
             if not finished[row]:
                 texts[row] = self.tokenizer.decode(generated[row], skip_special_tokens=True)
         return [
-            Completion(texts[row], generated[row], logprob_sums[row], finish_reason[row], ended_with_eos[row])
+            Completion(texts[row], generated[row], logprob_sums[row], "stop" if finished[row] else "length", ended_with_eos[row])
             for row in range(len(prompts))
         ]
 
@@ -373,9 +370,6 @@ def cpu_kv_cache_bytes(
 
 def model_config(model_dir: str) -> dict:
     """A Hugging Face model directory's config.json (a multimodal model's text_config merged in)."""
-    import json
-    from pathlib import Path
-
     config = json.loads((Path(model_dir) / "config.json").read_text())
     return {**config.get("text_config", {}), **config}
 

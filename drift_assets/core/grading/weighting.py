@@ -71,7 +71,7 @@ def rollout_weights(grades: pl.DataFrame, scheme: str) -> tuple[pl.DataFrame, We
         queries_used=queries_used,
         queries_all_correct=per_query.filter(pl.col("n_correct") == pl.col("n")).height,
         queries_all_wrong=per_query.filter(pl.col("n_correct") == 0).height,
-        queries_mixed=per_query.filter((pl.col("n_correct") > 0) & (pl.col("n_correct") < pl.col("n"))).height,
+        queries_mixed=per_query.filter(mixed).height,
         rollouts_weighted=frame.filter(pl.col("weight") != 0).height,
     )
     if queries_used == 0:

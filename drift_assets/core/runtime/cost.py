@@ -398,10 +398,7 @@ EXAMPLE_TOKENS = 512  # the field's unit: examples of 512 tokens
 
 def peak_bf16_flops(device_name: str) -> float | None:
     """The device's dense bfloat16 peak in FLOP/s from :data:`PEAK_BF16_TFLOPS` (None: not listed)."""
-    for pattern, tflops in PEAK_BF16_TFLOPS:
-        if re.search(pattern, device_name):
-            return tflops * 1e12
-    return None
+    return next((tflops * 1e12 for pattern, tflops in PEAK_BF16_TFLOPS if re.search(pattern, device_name)), None)
 
 
 def examples_per_hour(tokens_per_second: float, example_tokens: int = EXAMPLE_TOKENS) -> float:

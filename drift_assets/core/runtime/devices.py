@@ -44,11 +44,6 @@ def cpu_threads() -> int:
     return os.cpu_count() or 1
 
 
-def default_lock_dir() -> Path:
-    """Where the pool's lock files live: one directory per machine, shared by its runs."""
-    return Path(os.environ.get(LOCK_DIR_ENV_VAR) or Path(tempfile.gettempdir()) / "drift_assets-device-locks")
-
-
 @dataclass
 class DeviceLease:
     """One device of the pool, held by this process until :meth:`release` or exit."""
@@ -117,7 +112,8 @@ def lease_device(
         check_device_pool(pool)
     except ValueError as error:
         raise ValueError(f"model.device_pool: {error}") from None
-    lock_dir = lock_dir or default_lock_dir()
+    # One directory of lock files per machine, shared by its runs.
+    lock_dir = lock_dir or Path(os.environ.get(LOCK_DIR_ENV_VAR) or Path(tempfile.gettempdir()) / "drift_assets-device-locks")
     lock_dir.mkdir(parents=True, exist_ok=True)
     started, waited = time.monotonic(), False
     while True:

@@ -58,21 +58,15 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat after the command name (whose parentheses may hold spaces)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def descendants(pid: int) -> dict[int, str]:
     """Every living descendant of ``pid``, with its start time (clock ticks since boot); {} off Linux."""
     parents = {}
     for entry in Path("/proc").glob("[0-9]*"):
-        fields = _stat_fields(int(entry.name))
-        if fields is not None:
-            parents[int(entry.name)] = (int(fields[1]), fields[19])
+        try:  # the fields after the command name (whose parentheses may hold spaces)
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = (int(fields[1]), fields[19])
     found, frontier = {}, [pid]
     while frontier:
         parent = frontier.pop()
