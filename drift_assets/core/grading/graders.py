@@ -30,7 +30,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -393,17 +393,7 @@ def grade_rollouts(
             grade = grade_answer(row["completion"], row["reference"], row["grader"], options, waiting)
         except GraderError as error:
             raise type(error)(f"query {row['query_id']}, rollout {row['rollout_id']}: {error}") from None
-        rows.append(
-            {
-                "rollout_id": row["rollout_id"],
-                "query_id": row["query_id"],
-                "correct": grade.correct,
-                "reward": grade.reward,
-                "extracted_answer": grade.extracted_answer,
-                "grader": row["grader"],
-                "model_fingerprint": row["model_fingerprint"],
-            }
-        )
+        rows.append({column: row[column] for column in ("rollout_id", "query_id", "grader", "model_fingerprint")} | asdict(grade))
         if progress is not None:
             progress(done + 1, joined.height, "")
     return pl.DataFrame(rows, schema=GRADE_SCHEMA)
