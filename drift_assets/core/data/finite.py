@@ -25,7 +25,12 @@ def _non_finite(tensor: torch.Tensor) -> int:
     flat = tensor.detach().reshape(-1)
     if not flat.is_floating_point():
         return 0
-    return sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(_CHUNK))
+    bad = 0
+    for chunk in flat.split(_CHUNK):
+        finite = torch.isfinite(chunk)
+        if not bool(finite.all()):
+            bad += int((~finite).sum())
+    return bad
 
 
 def non_finite_counts(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, int, int]]:
