@@ -25,7 +25,6 @@ import functools
 import hashlib
 import inspect
 import json
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -36,8 +35,8 @@ import polars as pl
 
 from drift_assets.core.attribution.scores import weighted_rollouts
 from drift_assets.core.data.sequences import teacher_forced_logprobs
-from drift_assets.core.gradients.tables import query_token_pairs, response_token_pairs
-from drift_assets.core.study.stats import average_ranks
+from drift_assets.core.gradients.tables import validation_token_pairs
+from drift_assets.core.study.stats import mean_and_standard_error, spearman
 from drift_assets.core.training.evaluation import load_base_model
 from drift_assets.core.training.sft import SftOptions, fine_tune
 
@@ -60,24 +59,19 @@ def half_pools(example_ids: Sequence[str], m: int, seed: int = 0, fraction: floa
     return [sorted(random.Random(f"lds-subset-{seed}-{index}").sample(ids, size)) for index in range(m)]
 
 
-def membership(example_ids: Sequence[str], subsets: Sequence[Sequence[str]]) -> np.ndarray:
-    """(subsets, examples) 0/1 matrix: row s marks the examples of subset s, columns in ``example_ids`` order."""
-    column = {example_id: index for index, example_id in enumerate(example_ids)}
-    matrix = np.zeros((len(subsets), len(example_ids)))
-    for row, subset in enumerate(subsets):
-        missing = [example_id for example_id in subset if example_id not in column]
-        if missing:
-            raise ValueError(f"subset {row} has {len(missing)} examples without a score (e.g. {missing[:3]})")
-        matrix[row, [column[example_id] for example_id in subset]] = 1.0
-    return matrix
-
-
 def predicted_effects(scores: np.ndarray, example_ids: Sequence[str], subsets: Sequence[Sequence[str]]) -> np.ndarray:
     """(subsets, queries): Σ_{i∈S} τ_ij for ``scores`` τ (examples, queries) in ``example_ids`` order."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] != len(example_ids):
         raise ValueError(f"scores must be (examples, queries) with {len(example_ids)} rows (got {scores.shape})")
-    return membership(example_ids, subsets) @ scores
+    column = {example_id: index for index, example_id in enumerate(example_ids)}
+    membership = np.zeros((len(subsets), len(example_ids)))  # row s marks the examples of subset s
+    for row, subset in enumerate(subsets):
+        missing = [example_id for example_id in subset if example_id not in column]
+        if missing:
+            raise ValueError(f"subset {row} has {len(missing)} examples without a score (e.g. {missing[:3]})")
+        membership[row, [column[example_id] for example_id in subset]] = 1.0
+    return membership @ scores
 
 
 def is_constant(values: np.ndarray) -> bool:
@@ -93,11 +87,8 @@ def column_spearman(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
         raise ValueError(f"predicted {predicted.shape} and measured {measured.shape} must both be (subsets, queries)")
     result = np.full(predicted.shape[1], np.nan)
     for j in range(predicted.shape[1]):
-        if is_constant(measured[:, j]) or is_constant(predicted[:, j]):
-            continue
-        a, b = average_ranks(predicted[:, j]), average_ranks(measured[:, j])
-        a, b = a - a.mean(), b - b.mean()
-        result[j] = float(a @ b) / math.sqrt(float(a @ a) * float(b @ b))
+        if not (is_constant(measured[:, j]) or is_constant(predicted[:, j])):
+            result[j] = spearman(predicted[:, j], measured[:, j])
     return result
 
 
@@ -112,10 +103,8 @@ class LdsSummary:
 def summarize(per_query: np.ndarray) -> LdsSummary:
     values = np.asarray(per_query, dtype=np.float64)
     kept = values[~np.isnan(values)]
-    if kept.size == 0:
-        return LdsSummary(float("nan"), float("nan"), 0, int(values.size))
-    se = float(kept.std(ddof=1) / math.sqrt(kept.size)) if kept.size >= 2 else float("nan")
-    return LdsSummary(float(kept.mean()), se, int(kept.size), int(values.size - kept.size))
+    mean, se = mean_and_standard_error(kept)
+    return LdsSummary(mean, float("nan") if se is None else se, int(kept.size), int(values.size - kept.size))
 
 
 def lds(
@@ -167,19 +156,10 @@ def reference_id(query_id: str) -> str:
 def measured_sequences(
     tokenizer, rollouts: pl.DataFrame, validation_queries: pl.DataFrame, answer_marker: str | None
 ) -> MeasuredSequences:
-    """The rollouts' sampled token ids and the references' encoded text, with the same split between
-    context and measured span as :func:`~drift_assets.core.gradients.tables.validation_gradient_frame`."""
-    rollout_prompts, rollout_responses = response_token_pairs(
-        tokenizer, rollouts["prompt"], rollouts["completion"], rollouts["token_ids"], answer_marker
-    )
-    reference_prompts, reference_responses = query_token_pairs(
-        tokenizer, validation_queries["prompt"], validation_queries["reference_response"], answer_marker=answer_marker
-    )
-    return MeasuredSequences(
-        rollouts["rollout_id"].to_list() + [reference_id(q) for q in validation_queries["query_id"]],
-        rollout_prompts + reference_prompts,
-        rollout_responses + reference_responses,
-    )
+    """The rollouts' sampled token ids and the references' encoded text, split as
+    :func:`~drift_assets.core.gradients.tables.validation_gradient_frame` splits them (its own pairs)."""
+    ids, prompt_ids, response_ids = validation_token_pairs(tokenizer, rollouts, validation_queries, answer_marker)
+    return MeasuredSequences(ids["rollout_id"], prompt_ids, response_ids)
 
 
 def sequence_logprobs(model, tokenizer, sequences: MeasuredSequences, batch_size: int = 64) -> dict[str, float]:
