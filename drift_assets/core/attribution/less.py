@@ -197,48 +197,6 @@ def less_features(
     return np.concatenate(rows) if rows else np.zeros((0, width))
 
 
-@dataclass
-class LessCheckpoint:
-    """One checkpoint's contribution: its weight η and the (examples × queries) cosines."""
-
-    checkpoint: str
-    learning_rate: float
-    cosines: np.ndarray
-
-
-def less_matrix(checkpoints: Sequence[LessCheckpoint]) -> np.ndarray:
-    """(examples, queries) Σ_c η_c cos_c with the η_c normalized to sum to 1 (matching.py)."""
-    if not checkpoints:
-        raise ValueError("LESS scores along a warm-up run's checkpoints, and there are none (warmup.steps is empty)")
-    total = sum(checkpoint.learning_rate for checkpoint in checkpoints)
-    if total <= 0:
-        raise ValueError("LESS weighs checkpoints by their learning rate, and every checkpoint's is 0")
-    return sum(checkpoint.learning_rate / total * checkpoint.cosines for checkpoint in checkpoints)
-
-
-def score_checkpoint(
-    model,
-    tokenizer,
-    moments: AdamMoments,
-    training: tuple[Sequence[list[int]], Sequence[list[int]]],
-    validation: tuple[Sequence[list[int]], Sequence[list[int]]],
-    projector: RademacherProjector | None,
-    checkpoint: str = "",
-) -> LessCheckpoint:
-    """One checkpoint's cosines of the training examples' Adam steps with the validation references' gradients."""
-    train = less_features(model, tokenizer, *training, moments.names, projector, moments)
-    queries = less_features(model, tokenizer, *validation, moments.names, projector)
-    return LessCheckpoint(checkpoint, moments.learning_rate, train @ queries.T)
-
-
-def projector_for(model, names: Sequence[str], projected: int | None = PROJECTION_DIMENSION) -> RademacherProjector | None:
-    """The one projector of a run (None: no projection), sized to the trained parameters."""
-    if projected is None:
-        return None
-    dimension = sum(parameter.numel() for parameter in trained_parameters(model, names))
-    return RademacherProjector(dimension, projected)
-
-
 def less_along(
     checkpoints: Iterable[tuple[str, object, AdamMoments]],
     tokenizer,
@@ -246,9 +204,20 @@ def less_along(
     validation: tuple[Sequence[list[int]], Sequence[list[int]]],
     projected: int | None = PROJECTION_DIMENSION,
 ) -> np.ndarray:
-    """(examples, queries) LESS scores along (checkpoint, model, moments) triples, one model in memory at a time."""
-    scored, projector = [], None
-    for checkpoint, model, moments in checkpoints:
-        projector = projector or projector_for(model, moments.names, projected)
-        scored.append(score_checkpoint(model, tokenizer, moments, training, validation, projector, checkpoint))
-    return less_matrix(scored)
+    """(examples, queries) LESS scores along (checkpoint, model, moments) triples, one model in memory at a
+    time: Σ_c η_c cos_c, each checkpoint's cosines of the training examples' Adam steps with the validation
+    references' gradients, the η_c normalized to sum to 1 (matching.py). One projector (None: no
+    projection) serves every checkpoint, sized to the trained parameters."""
+    weighted, projector = [], None
+    for _, model, moments in checkpoints:
+        if projector is None and projected is not None:
+            projector = RademacherProjector(sum(p.numel() for p in trained_parameters(model, moments.names)), projected)
+        train = less_features(model, tokenizer, *training, moments.names, projector, moments)
+        queries = less_features(model, tokenizer, *validation, moments.names, projector)
+        weighted.append((moments.learning_rate, train @ queries.T))
+    if not weighted:
+        raise ValueError("LESS scores along a warm-up run's checkpoints, and there are none (warmup.steps is empty)")
+    total = sum(learning_rate for learning_rate, _ in weighted)
+    if total <= 0:
+        raise ValueError("LESS weighs checkpoints by their learning rate, and every checkpoint's is 0")
+    return sum(learning_rate / total * cosines for learning_rate, cosines in weighted)
