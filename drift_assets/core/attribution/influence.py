@@ -126,19 +126,15 @@ def debias(raw: np.ndarray, grad_norm: np.ndarray, self_influence: np.ndarray, m
         return raw / np.sqrt(np.maximum(self_influence, _TINY))
     log_norm = np.log(np.maximum(grad_norm, _TINY))
     if method == "log_orthogonal":
-        return sign_preserving_log_orthogonal(raw, log_norm, strength)
+        # sign(raw)·exp(log|raw| − β·b·(log‖ĥ‖ − mean)), b the OLS slope of log|raw| on log‖ĥ‖.
+        log_magnitude = np.log(np.maximum(np.abs(raw), _TINY))
+        centered = log_norm - log_norm.mean()
+        spread = float(centered @ centered)
+        slope = float(centered @ (log_magnitude - log_magnitude.mean())) / spread if spread > 0 else 0.0
+        return np.sign(raw) * np.exp(log_magnitude - strength * slope * centered)
     design = np.column_stack([np.ones_like(log_norm), log_norm])
     coefficients, *_ = np.linalg.lstsq(design, raw, rcond=None)
     return raw - design @ coefficients
-
-
-def sign_preserving_log_orthogonal(raw: np.ndarray, log_norm: np.ndarray, strength: float) -> np.ndarray:
-    """sign(raw)·exp(log|raw| − β·b·(log‖ĥ‖ − mean)), b the OLS slope of log|raw| on log‖ĥ‖."""
-    log_magnitude = np.log(np.maximum(np.abs(raw), _TINY))
-    centered = log_norm - log_norm.mean()
-    spread = float(centered @ centered)
-    slope = float(centered @ (log_magnitude - log_magnitude.mean())) / spread if spread > 0 else 0.0
-    return np.sign(raw) * np.exp(log_magnitude - strength * slope * centered)
 
 
 def score_pool(

@@ -162,10 +162,15 @@ def scores_frame(scores: PoolScores, training_pool: pl.DataFrame) -> pl.DataFram
     frame = frame.filter(pl.col("example_id").is_in(training_pool["example_id"].implode()))
     lengths = training_pool.select("example_id", n_tokens=pl.col("n_prompt_tokens") + pl.col("n_response_tokens"))
     frame = frame.join(lengths, on="example_id", how="left")
+    return ranked(frame).select("example_id", "score_raw", "score", "rank", "grad_norm", "self_influence", "n_tokens")
+
+
+def ranked(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (example_id, score, …) sorted best first with its ``rank`` (1 = best; ties by example_id)."""
     return (
         frame.sort(["score", "example_id"], descending=[True, False])
         .with_row_index("rank", offset=1)
-        .select("example_id", "score_raw", "score", pl.col("rank").cast(pl.Int64), "grad_norm", "self_influence", "n_tokens")
+        .with_columns(pl.col("rank").cast(pl.Int64))
     )
 
 

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from drift_assets.core.attribution.selection import ranks_by
 from drift_assets.core.data.sequences import collate_pairs
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -148,10 +149,7 @@ def gumbel_order(log_weights: np.ndarray, seed: int) -> np.ndarray:
     """Ranks (1 = first) of the Gumbel top-k of ``log_weights``: the first k of this order are a sample
     of k without replacement, each draw in proportion to the weights (DSIR's resampling)."""
     noise = np.random.default_rng(seed).gumbel(size=len(log_weights))
-    order = np.argsort(-(log_weights + noise), kind="stable")
-    ranks = np.empty(len(order), dtype=np.int64)
-    ranks[order] = np.arange(1, len(order) + 1)
-    return ranks
+    return ranks_by(-(log_weights + noise), np.arange(len(log_weights)))
 
 
 def likeliest_per_prompt(prompts: Sequence[str], likelihood: np.ndarray) -> np.ndarray:
@@ -165,10 +163,7 @@ def likeliest_per_prompt(prompts: Sequence[str], likelihood: np.ndarray) -> np.n
     for members in by_prompt.values():
         for position, index in enumerate(sorted(members, key=lambda at: (-likelihood[at], at))):
             place[index] = position
-    order = np.lexsort((np.arange(len(prompts)), -likelihood, place))
-    ranks = np.empty(len(order), dtype=np.int64)
-    ranks[order] = np.arange(1, len(order) + 1)
-    return ranks
+    return ranks_by(place, -likelihood)
 
 
 def mean_confidence(loss_per_token: np.ndarray) -> np.ndarray:
