@@ -18,9 +18,10 @@ from dagster import AssetKey, AssetMaterialization, AssetSpec, Failure, Metadata
 from drift_assets.code_location import job_path
 from drift_assets.core.attribution.less import AdamMoments, less_along
 from drift_assets.core.data.stored import ConfiguredTables, stored_scorer
-from drift_assets.core.gradients.tables import pool_token_pairs, query_token_pairs
+from drift_assets.core.gradients.tables import pool_token_pairs
 from drift_assets.core.study.benchmark import (
     MethodBenchmark,
+    reference_pairs,
     self_distilled,
     summary_markdown,
     summary_table,
@@ -118,7 +119,13 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
         in_process = evaluation_run(given.decoding, model, rollout_engine, context.log.debug)
         run_one = fine_tune_and_evaluate if benchmark.workers > 1 else in_process
         table = study.run(plan, job_for, run_one, benchmark.workers, context.log.info)
-        table = with_costs(context.instance, given.cost, table, training_pool, validation_queries, tokenizer)
+        # Beside each method's accuracy, what choosing its examples cost (the influence methods: the pipeline's
+        # steps, as their latest materializations recorded them, from scratch: rows a materialization reused
+        # cost the method as much as the run that first computed them).
+        pipeline = recorded_pipeline_cost(
+            context.instance, given.cost, training_pool, before="refined_model_evaluation", whole=True
+        )
+        table = with_method_costs(table, pipeline, sum(pool_sequence_tokens(training_pool)), validation_queries, tokenizer)
         warehouse.write(BENCHMARK, table)
         context.log_event(benchmark_materialization(table, version, spec.metadata[SETTINGS_READ_KEY], inputs))
 
@@ -132,15 +139,6 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
         fine_tune_each_method()
 
     return spec, method_benchmark_job
-
-
-def with_costs(instance, plan: CostPlan, table: pl.DataFrame, training_pool, validation_queries, tokenizer) -> pl.DataFrame:
-    """Beside each method's accuracy, what choosing its examples cost (the influence methods: the
-    pipeline's steps, as their latest materializations recorded them, from scratch: rows a
-    materialization reused cost the method as much as the run that first computed them)."""
-    pipeline = recorded_pipeline_cost(instance, plan, training_pool, before="refined_model_evaluation", whole=True)
-    pool_tokens = sum(pool_sequence_tokens(training_pool))
-    return with_method_costs(table, pipeline, pool_tokens, validation_queries, tokenizer)
 
 
 def require_tables(warehouse: Warehouse) -> None:
@@ -195,10 +193,7 @@ def less_matrix_of(
             yield checkpoint, network, AdamMoments.load(directory)
 
     training = pool_token_pairs(tokenizer, training_pool["messages"])
-    validation = query_token_pairs(
-        tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
-    )
-    return less_along(checkpoints(), tokenizer, training, validation)
+    return less_along(checkpoints(), tokenizer, training, reference_pairs(tokenizer, validation_queries))
 
 
 def distill(

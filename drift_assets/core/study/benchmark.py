@@ -58,7 +58,7 @@ import numpy as np
 import polars as pl
 
 from drift_assets.core.attribution.influence import Curvature, fit_curvature
-from drift_assets.core.attribution.scores import ScoringSettings, noise_auc
+from drift_assets.core.attribution.scores import ScoringSettings, noise_auc, ranked
 from drift_assets.core.attribution.selection import best_selection, round_robin_ranks, select
 from drift_assets.core.attribution.trajectory import (
     CheckpointGradients,
@@ -83,23 +83,9 @@ from drift_assets.core.study.baselines import (
     position_weighted_hidden_states,
     words,
 )
-from drift_assets.core.study.stats import roc_auc
 from drift_assets.core.training.evaluation import FineTuneJob
 from drift_assets.core.training.sft import Evaluation
 
-__all__ = [
-    "METHODS",
-    "pipeline_default",
-    "MethodScorer",
-    "ScoringSettings",
-    "loss_scores",
-    "paired_differences",
-    "ranked",
-    "run_fine_tunes",
-    "scoring_for",
-    "selected_ids",
-    "similarity_scores",
-]
 J = TypeVar("J")
 R = TypeVar("R")
 
@@ -205,21 +191,18 @@ class MethodScorer:
             self._curvatures[key] = fit_curvature(hessian, [training], training.shape[1], damping)
         return self._curvatures[key]
 
-    def along(self, scoring: ScoringSettings, base_only: bool = False, at: Sequence[int] | None = None) -> ScoredAlong:
-        """The pool scored along every checkpoint (``base_only``: at the first, the base model, alone;
-        ``at``: at those checkpoints' indices)."""
-        used = [0] if base_only else list(range(len(self.checkpoints))) if at is None else list(at)
+    def along(self, scoring: ScoringSettings, at: Sequence[int] | None = None) -> ScoredAlong:
+        """The pool scored along every checkpoint (``at``: at those checkpoints' indices)."""
+        used = list(range(len(self.checkpoints))) if at is None else list(at)
         return score_along(
             [self.checkpoints[index] for index in used],
             scoring,
             lambda position, _: self._curvature(used[position], scoring.hessian, scoring.damping),
         )
 
-    def scores(
-        self, scoring: ScoringSettings, training_pool: pl.DataFrame, base_only: bool = False, at: Sequence[int] | None = None
-    ) -> pl.DataFrame:
+    def scores(self, scoring: ScoringSettings, training_pool: pl.DataFrame, at: Sequence[int] | None = None) -> pl.DataFrame:
         """The pool's scores table along every checkpoint (see :meth:`along`)."""
-        return ranked_scores(self.along(scoring, base_only, at), training_pool, self.loss_per_token, scoring.likelihood_blend)
+        return ranked_scores(self.along(scoring, at), training_pool, self.loss_per_token, scoring.likelihood_blend)
 
     def method_scores(self, method: str, drift: ScoringSettings, training_pool: pl.DataFrame) -> pl.DataFrame:
         """An influence method's scores (see :func:`scoring_for`)."""
@@ -257,15 +240,6 @@ def selected_ids(
     return scores.filter(chosen)["example_id"].to_list()
 
 
-def ranked(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` (example_id, score) sorted best first with its ``rank`` (1 = best; ties by example_id)."""
-    return (
-        frame.sort(["score", "example_id"], descending=[True, False])
-        .with_row_index("rank", offset=1)
-        .with_columns(pl.col("rank").cast(pl.Int64))
-    )
-
-
 def per_token_loss(losses: pl.DataFrame) -> pl.DataFrame:
     """example_id, loss_per_token from summed ``loss`` and ``n_tokens`` (an empty response counts one token)."""
     return losses.select("example_id", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1))
@@ -282,8 +256,11 @@ def with_ranks(example_ids: Sequence[str], score: np.ndarray, ranks: np.ndarray)
     return frame.with_columns(rank=pl.Series(np.asarray(ranks, dtype=np.int64))).sort("rank")
 
 
-def query_texts(validation_queries: pl.DataFrame) -> list[tuple[str, str]]:
-    return list(zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True))
+def reference_pairs(tokenizer, validation_queries: pl.DataFrame) -> tuple[list[list[int]], list[list[int]]]:
+    """The validation queries' (prompt, reference answer) token pairs: what RDS+ and LESS compare the pool with."""
+    return query_token_pairs(
+        tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
+    )
 
 
 def similarity_scores(
@@ -291,29 +268,18 @@ def similarity_scores(
 ) -> pl.DataFrame:
     """The ``rds``, ``bm25`` or ``dsir`` scores of the pool against the validation queries (example_id, score, rank)."""
     ids = training_pool["example_id"]
+    texts = [f"{prompt} {response}" for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)]
     if method == "bm25":
-        documents = [
-            words(f"{prompt} {response}")
-            for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)
-        ]
-        similarity = bm25_scores(documents, [words(prompt) for prompt in validation_queries["prompt"]])
+        similarity = bm25_scores([words(text) for text in texts], [words(prompt) for prompt in validation_queries["prompt"]])
     elif method == "rds":
         pool = position_weighted_hidden_states(model, tokenizer, *pool_token_pairs(tokenizer, training_pool["messages"]))
-        queries = position_weighted_hidden_states(
-            model,
-            tokenizer,
-            *query_token_pairs(
-                tokenizer, validation_queries["prompt"].to_list(), validation_queries["reference_response"].to_list()
-            ),
-        )
+        queries = position_weighted_hidden_states(model, tokenizer, *reference_pairs(tokenizer, validation_queries))
         similarity = cosine_similarity(queries, pool)
         # RDS+'s selection: the queries take turns, each taking its most similar example not yet taken.
         return with_ranks(ids, best_match(similarity), round_robin_ranks(similarity.T))
     elif method == "dsir":
-        raw = [
-            f"{prompt} {response}" for prompt, response in zip(training_pool["prompt"], training_pool["response"], strict=True)
-        ]
-        log_weights = dsir_log_weights(raw, [f"{prompt} {response}" for prompt, response in query_texts(validation_queries)])
+        queries = zip(validation_queries["prompt"], validation_queries["reference_response"], strict=True)
+        log_weights = dsir_log_weights(texts, [f"{prompt} {response}" for prompt, response in queries])
         return with_ranks(ids, log_weights, gumbel_order(log_weights, DSIR_SEED))
     else:
         raise ValueError(f"{method!r} is not a similarity method (rds, bm25, dsir)")
@@ -414,10 +380,9 @@ def noisy_share(selection: Selection | None, training_pool: pl.DataFrame) -> flo
 
 def order_auc(scores: pl.DataFrame | None, training_pool: pl.DataFrame) -> float | None:
     """ROC-AUC of the selection order (−rank) for clean against corrupted rows, where the pool has ``is_corrupted``."""
-    if scores is None or "is_corrupted" not in training_pool.columns:
-        return None
-    joined = scores.join(training_pool.select("example_id", "is_corrupted"), on="example_id")
-    return roc_auc(-joined["rank"].to_numpy().astype(np.float64), ~joined["is_corrupted"].to_numpy().astype(bool))
+    return (
+        None if scores is None else noise_auc(scores.select("example_id", score=-pl.col("rank").cast(pl.Float64)), training_pool)
+    )
 
 
 @dataclass
@@ -498,10 +463,8 @@ class MethodBenchmark:
 
     def fine_tuned(self) -> list[str]:
         """What is fine-tuned, in table order: each method, a validated one as each of its variants."""
-        return [label for method in self.methods for label in ([method] if method not in CHOSEN_AMONG else self.sizes_of(method))]
-
-    def sizes_of(self, method: str) -> list[str]:
-        return size_labels(method, self.sizes)
+        validated = {method: size_labels(method, self.sizes) for method in self.methods if method in CHOSEN_AMONG}
+        return [label for method in self.methods for label in validated.get(method, [method])]
 
     def run(
         self,

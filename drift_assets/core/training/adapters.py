@@ -74,11 +74,6 @@ def vllm_max_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} is above what vLLM serves ({VLLM_LORA_RANKS[-1]})")
 
 
-def names_adapter_modules(model: nn.Module, target_modules: str) -> bool:
-    """Whether ``target_modules`` full-matches a linear layer of ``model``'s LoRA adapters."""
-    return any(".lora_" in name for name, _ in matching_layers(model, target_modules))
-
-
 def with_adapter(model: nn.Module, directory: str | Path, target_modules: str | None = None) -> nn.Module:
     """``model`` with the adapter saved in ``directory``: kept as adapter modules where
     ``target_modules`` names them (the gradients are of the adapters), otherwise merged into the
@@ -86,6 +81,6 @@ def with_adapter(model: nn.Module, directory: str | Path, target_modules: str | 
     from peft import PeftModel
 
     adapted = PeftModel.from_pretrained(model, str(directory))
-    if target_modules is not None and names_adapter_modules(adapted, target_modules):
+    if target_modules is not None and any(".lora_" in name for name, _ in matching_layers(adapted, target_modules)):
         return adapted.eval()
     return adapted.merge_and_unload().eval()

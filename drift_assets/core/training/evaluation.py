@@ -48,15 +48,11 @@ def load_base_model(path: str, dtype: str, device: str):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def _silent(_: str) -> None:
-    pass
-
-
 def fine_tune_and_evaluate(
     job: FineTuneJob,
     load: Callable[[], tuple] | None = None,
     open_engine: Callable[..., contextlib.AbstractContextManager] | None = None,
-    log: Callable[[str], None] = _silent,
+    log: Callable[[str], None] = lambda _: None,
 ) -> tuple[Evaluation, float]:
     """Fine-tune the base model on the job's selection (none: the base model itself), evaluate it;
     (the evaluation with its train losses and tokens, the seconds from loading to graded).
@@ -69,20 +65,17 @@ def fine_tune_and_evaluate(
     started = time.perf_counter()
     model, tokenizer = load() if load is not None else load_base_model(job.model_path, job.dtype, job.device)
     run = fine_tune(model, tokenizer, job.messages, job.options, log=log) if job.messages else None
-    with (open_engine or _transformers_engine(job.device))(model, tokenizer) as engine:
+    opened = (
+        open_engine(model, tokenizer)
+        if open_engine is not None
+        else contextlib.nullcontext(TransformersEngine(model, tokenizer, device=job.device))
+    )
+    with opened as engine:
         result = evaluate(engine, tokenizer, job.queries, job.max_tokens, job.grading)
         if job.validation_queries:
             result.validation = evaluate(engine, tokenizer, job.validation_queries, job.max_tokens, job.grading)
     result.train_losses, result.train_tokens = (run.losses, run.tokens) if run is not None else ([], 0)
     return result, time.perf_counter() - started
-
-
-def _transformers_engine(device: str):
-    @contextlib.contextmanager
-    def opened(model, tokenizer):
-        yield TransformersEngine(model, tokenizer, device=device)
-
-    return opened
 
 
 @dataclass
