@@ -283,38 +283,9 @@ class CheckpointGradients:
         return float(self.grades["correct"].mean())
 
 
-def checkpoint_target(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> TargetGradient:
-    """The weighted validation gradient g at one checkpoint."""
-    return target_gradient(
-        checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved
-    )
-
-
-def score_checkpoint(
-    checkpoint: CheckpointGradients,
-    scoring: ScoringSettings,
-    curvature: Curvature | None = None,
-    target: TargetGradient | None = None,
-) -> PoolScores:
-    """The pool's influence scores at one checkpoint (``curvature``: a Hessian already fitted on its
-    training gradients; ``target``: its :func:`checkpoint_target`, if already computed)."""
-    target = target or checkpoint_target(checkpoint, scoring)
-    check_same_checkpoint(checkpoint.training_fingerprints, target)
-    curvature = curvature or fitted_curvature(checkpoint, scoring, target.vector.shape[0])
-    per_query = query_targets(checkpoint, scoring) if scoring.ranking == "round_robin" else None
-    return score_pool(checkpoint.batches, target.vector, curvature, scoring.debias, scoring.debias_strength, per_query)
-
-
-def fitted_curvature(
-    checkpoint: CheckpointGradients, scoring: ScoringSettings, k: int, log: Callable[[str], None] = lambda _: None
-) -> Curvature:
-    """The Hessian fitted on one checkpoint's (k-dimensional) training gradients, streamed."""
-    if scoring.hessian == "fisher":
-        log(
-            f"fitting the fisher Hessian: a {k}×{k} float64 matrix and its Cholesky factor, "
-            f"{2 * k**2 * 8 / 2**30:.2f} GiB, at checkpoint {checkpoint.checkpoint}"
-        )
-    return fit_curvature(scoring.hessian, (matrix for _, matrix in checkpoint.batches()), k, scoring.damping)
+def score_checkpoint(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> PoolScores:
+    """The pool's influence scores at one checkpoint (its Hessian fitted on its own training gradients)."""
+    return score_along([checkpoint], scoring).checkpoints[0].scores
 
 
 @dataclass
@@ -355,9 +326,21 @@ def score_along(
     """
     along = []
     for index, checkpoint in enumerate(checkpoints):
-        target = checkpoint_target(checkpoint, scoring)
-        fitted = curvature(index, checkpoint) or fitted_curvature(checkpoint, scoring, target.vector.shape[0], log)
-        scores = score_checkpoint(checkpoint, scoring, fitted, target)
+        target = target_gradient(
+            checkpoint.validation_gradients, checkpoint.grades, scoring.targets, scoring.weighting, scoring.unsolved
+        )
+        check_same_checkpoint(checkpoint.training_fingerprints, target)
+        fitted = curvature(index, checkpoint)
+        if fitted is None:
+            k = target.vector.shape[0]
+            if scoring.hessian == "fisher":
+                log(
+                    f"fitting the fisher Hessian: a {k}×{k} float64 matrix and its Cholesky factor, "
+                    f"{2 * k**2 * 8 / 2**30:.2f} GiB, at checkpoint {checkpoint.checkpoint}"
+                )
+            fitted = fit_curvature(scoring.hessian, (matrix for _, matrix in checkpoint.batches()), k, scoring.damping)
+        per_query = query_targets(checkpoint, scoring) if scoring.ranking == "round_robin" else None
+        scores = score_pool(checkpoint.batches, target.vector, fitted, scoring.debias, scoring.debias_strength, per_query)
         along.append(CheckpointScores(checkpoint.checkpoint, target, fitted, scores, checkpoint.pass_at_1))
         progress(index + 1)
     if not along:
