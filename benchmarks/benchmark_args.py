@@ -30,10 +30,10 @@ def warn_if_cpus_busy(load_average: float, torch_threads: int, operations: str) 
         )
 
 
-def comma_list(parser: argparse.ArgumentParser, flag: str, value: str, known: tuple[str, ...]) -> list[str]:
-    """``value`` split on commas; an unknown item is a usage error naming ``flag``."""
+def comma_list(parser: argparse.ArgumentParser, flag: str, value: str, known: tuple[str, ...], kind: str = "value") -> list[str]:
+    """``value`` split on commas; an unknown item is a usage error naming ``flag`` (and the item's ``kind``)."""
     items = [item.strip() for item in value.split(",") if item.strip()]
     for item in items:
         if item not in known:
-            parser.error(f"{flag}: unknown value {item!r} (known: {', '.join(known)})")
+            parser.error(f"{flag}: unknown {kind} {item!r} (known: {', '.join(known)})")
     return items

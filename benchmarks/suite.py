@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -46,12 +45,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "data" / "suite"
-
-
-def warmup_steps(sft: dict, n_train: int) -> list[int]:
-    """The checkpoint at the end of a full-data run of the benchmark's SFT recipe (``warmup.steps: auto``)."""
-    total = math.ceil(sft["epochs"] * n_train / sft.get("batch_size", 16)) if sft.get("epochs") else sft.get("steps", 300)
-    return [total]
 
 
 def workspace(task_name: str, draw: int) -> Path:
@@ -74,7 +67,7 @@ def task_settings(
     """Write ``data/suite/<task>/settings.yaml`` (``<task>-draw<n>/`` for ``demo.seed`` n > 0) and return its path."""
     import yaml
 
-    from drift_assets.settings import DEFAULT_SETTINGS_PATH
+    from drift_assets.settings import DEFAULT_SETTINGS_PATH, SftSettings
     from drift_assets.tasks import get_task
 
     task = get_task(task_name)
@@ -105,7 +98,8 @@ def task_settings(
             "projection": {**raw.get("projection", {}), "shards": 1},
             "warmup": {
                 **raw.get("warmup", {}),
-                "steps": warmup_steps(sft, task.defaults.n_train) if warmup else [],
+                # One checkpoint, at the end of a full-data run of the task's SFT recipe.
+                "steps": [SftSettings(**sft).options(0).steps_for(task.defaults.n_train)] if warmup else [],
                 "learning_rate": sft.get("learning_rate", 1e-3),
             },
             "selection": {**raw.get("selection", {}), "fraction": task.defaults.selection_fraction, "export_dir": "exports"},
@@ -221,24 +215,15 @@ def cell(value: tuple[float, float | None] | None) -> str:
 def task_report(result: dict) -> str:
     import polars as pl
 
-    from drift_assets.core.study.benchmark import figure
+    from drift_assets.core.study.benchmark import figure, summary_table
     from drift_assets.tasks import get_task
 
     table = pl.DataFrame(result["table"])
-    for column in ("order_auc", "noisy_share"):  # figures written before these columns existed
+    for column in ("order_auc", "noisy_share", "wall_seconds"):  # figures written before these columns existed
         if column not in table.columns:
             table = table.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
     task = get_task(result["task"])
     versus_full, versus_random = paired(table, "full"), paired(table, "random")
-    summary = table.group_by("method", maintain_order=True).agg(
-        n=pl.col("n_selected").first(),
-        mean=pl.col("accuracy").mean(),
-        std=pl.col("accuracy").std(),
-        auc=pl.col("noise_auc").first(),
-        order_auc=pl.col("order_auc").first(),
-        noisy=pl.col("noisy_share").mean(),
-        cost=pl.col("cost_vs_full_sft").first() if "cost_vs_full_sft" in table.columns else pl.lit(None),
-    )
     diagnostics = result["drift_diagnostics"]
     lines = [
         f"#### {result_label(result)}{' (held out)' if task.held_out else ''}: {task.description}",
@@ -255,13 +240,13 @@ def task_report(result: dict) -> str:
         "noise AUC (score) | noise AUC (selection order) | cost × full SFT |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in summary.iter_rows(named=True):
+    for row in summary_table(table).iter_rows(named=True):
         method = row["method"]
         lines.append(
-            f"| {method} | {row['n']} | {100 * row['mean']:.1f} ± {100 * (row['std'] or 0):.1f} | "
+            f"| {method} | {row['n_selected']} | {100 * row['accuracy_mean']:.1f} ± {100 * (row['accuracy_std'] or 0):.1f} | "
             f"{cell(None if method == 'full' else versus_full.get(method))} | "
-            f"{cell(None if method == 'random' else versus_random.get(method))} | "
-            f"{figure(row['noisy'], '.0%')} | {figure(row['auc'])} | {figure(row['order_auc'])} | {cost_cell([row['cost']])} |"
+            f"{cell(None if method == 'random' else versus_random.get(method))} | {figure(row['noisy_share'], '.0%')} | "
+            f"{figure(row['noise_auc'])} | {figure(row['order_auc'])} | {cost_cell([row['cost_vs_full_sft']])} |"
         )
     return "\n".join(lines)
 
@@ -326,40 +311,34 @@ def overall_report(results: list[dict]) -> str:
         "| " + " | ".join(header) + " |",
         "|---|" + "---|" * (len(header) - 1),
     ]
+    # method -> its differences on every development task draw (full's own, all 0, count in the power line)
+    pooled = {method: [value for task in development for value in differences[task].get(method, [])] for method in methods}
+    errors = {method: mean_and_standard_error(values)[1] for method, values in pooled.items()}
     for method in methods:
         if method == "full":
             continue
-        pooled = [value for task in development for value in differences[task].get(method, [])]
-        mean, error = mean_and_standard_error(pooled) if pooled else (None, None)
-        detectable = "–" if error is None else f"{minimum_detectable_difference(error):.1f}"
+        detectable = "–" if errors[method] is None else f"{minimum_detectable_difference(errors[method]):.1f}"
         cells = [method, *(summary_cell(differences[task].get(method)) for task in development)]
-        cells += [summary_cell(pooled) if pooled else "–", detectable]
+        cells += [summary_cell(pooled[method]), detectable]
         cells += [summary_cell(differences[task].get(method)) for task in held_out]
         cells.append(method_cost(results, method))
         lines.append("| " + " | ".join(cells) + " |")
-    if sum(draws[task] for task in development) >= 2:
-        lines += ["", power_line(results, development)]
+    development_draws = sum(draws[task] for task in development)
+    if development_draws >= 2:
+        lines += ["", power_line([error for error in errors.values() if error is not None], development_draws)]
     return "\n".join(lines)
 
 
-def power_line(results: list[dict], development: list[str]) -> str:
+def power_line(errors: list[float], draws: int) -> str:
     """How small a difference between two methods the development draws can resolve: the spread of
     a paired difference across draws, taken from the methods measured (their median standard error)."""
     import statistics
 
-    from drift_assets.core.study.stats import mean_and_standard_error, minimum_detectable_difference
+    from drift_assets.core.study.stats import minimum_detectable_difference
 
-    differences = draw_differences(results)
-    errors = []
-    for method in {method for task in development for method in differences[task]}:
-        pooled = [value for task in development for value in differences[task].get(method, [])]
-        _, error = mean_and_standard_error(pooled)
-        if error is not None:
-            errors.append(error)
     if not errors:
         return ""
     typical = statistics.median(errors)
-    draws = sum(1 for result in results if result["task"] in development)
     return (
         f"Power: {draws} development draws; a method's difference from full-data SFT has a median standard error of "
         f"{typical:.2f} points across them, so the suite detects differences of about {minimum_detectable_difference(typical):.1f} "
@@ -422,14 +401,13 @@ def print_report(results: list[dict], default: str = "drift") -> None:
     for result in results:
         print("\n" + task_report(result))
     print("\n" + overall_report(results))
-    versus_default = (
-        versus_default_report(results, default) if any(row["method"] == default for r in results for row in r["table"]) else ""
-    )
+    versus_default = versus_default_report(results, default)  # "" where no result has the default
     if versus_default:
         print("\n" + versus_default)
 
 
 def main() -> None:
+    from benchmarks.benchmark_args import comma_list
     from drift_assets.core.study.benchmark import pipeline_default
     from drift_assets.settings import BENCHMARK_METHODS, DEMO_TASKS, BenchmarkSettings, SelectionSettings
     from drift_assets.terminal import hide_beta_warnings
@@ -497,14 +475,8 @@ def main() -> None:
         return
     import yaml
 
-    tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    for name in tasks:
-        if name not in DEMO_TASKS:
-            parser.error(f"--tasks: unknown task {name!r} (known: {', '.join(DEMO_TASKS)})")
-    for name in methods:
-        if name not in BENCHMARK_METHODS:
-            parser.error(f"--methods: unknown method {name!r} (known: {', '.join(BENCHMARK_METHODS)})")
+    tasks = comma_list(parser, "--tasks", args.tasks, DEMO_TASKS, "task")
+    methods = comma_list(parser, "--methods", args.methods, BENCHMARK_METHODS, "method")
     along_the_run = [name for name in methods if name in ("less", "less_round_robin", "dynamics")]
     if args.warmup == "off" and along_the_run:
         parser.error(f"--warmup off: {', '.join(along_the_run)} read the warm-up run's checkpoints; leave them out")
