@@ -32,6 +32,7 @@ the reference implementations' scores: a rerun fine-tunes nothing and computes o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -41,7 +42,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "data" / "suite"
 DEVELOPMENT = ("arithmetic", "sort", "spell", "count", "choice")
-MEASUREMENTS = ("onpolicy", "offpolicy")  # J_j over the rollouts; log π(reference_j)
 
 
 @dataclass
@@ -80,16 +80,14 @@ class TaskContext:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
 def timed(context: TaskContext, stage: str):
-    class Stage:
-        def __enter__(self):
-            self.started = time.perf_counter()
-
-        def __exit__(self, *_):
-            context.seconds[stage] = context.seconds.get(stage, 0.0) + time.perf_counter() - self.started
-            print(f"  {context.name}: {stage} {context.seconds[stage]:.0f} s", flush=True)
-
-    return Stage()
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        context.seconds[stage] = context.seconds.get(stage, 0.0) + time.perf_counter() - started
+        print(f"  {context.name}: {stage} {context.seconds[stage]:.0f} s", flush=True)
 
 
 def our_rows(context: TaskContext) -> list[Row]:
@@ -101,15 +99,16 @@ def our_rows(context: TaskContext) -> list[Row]:
     """
     configured = context.settings.influence.scoring()
     rows = []
-    for targets in ("onpolicy", "offpolicy"):
-        for hessian in ("identity", "fisher"):
-            scoring = replace(configured, targets=targets, hessian=hessian, debias="none", ranking="round_robin")
-            rows += _rows_along(context, scoring, f"ours {targets} {hessian}", (True, False))
-    # The paper's signed weighting (benchmarks/README.md, 2026-12-06).
-    scoring = replace(
-        configured, targets="onpolicy", hessian="identity", debias="none", ranking="round_robin", weighting="signed"
-    )
-    rows += _rows_along(context, scoring, "ours onpolicy signed identity", (False,))
+    with timed(context, "our scores"):
+        for targets in ("onpolicy", "offpolicy"):
+            for hessian in ("identity", "fisher"):
+                scoring = replace(configured, targets=targets, hessian=hessian, debias="none", ranking="round_robin")
+                rows += _rows_along(context, scoring, f"ours {targets} {hessian}", (True, False))
+        # The paper's signed weighting (benchmarks/README.md, 2026-12-06).
+        scoring = replace(
+            configured, targets="onpolicy", hessian="identity", debias="none", ranking="round_robin", weighting="signed"
+        )
+        rows += _rows_along(context, scoring, "ours onpolicy signed identity", (False,))
     return rows
 
 
@@ -252,10 +251,8 @@ def less_rows(context: TaskContext) -> list[Row]:
         print(f"  {context.name}: LESS rows skipped: no warm-up checkpoints (warmup.steps)", flush=True)
         return []
     warehouse = Warehouse.from_settings(settings)
-    directories = []
-    for checkpoint in steps:
-        at_checkpoint = checkpoint_model(checkpoint, context.model, warehouse)
-        directories.append(Path(at_checkpoint.adapter or at_checkpoint.path))
+    at_checkpoints = [checkpoint_model(checkpoint, context.model, warehouse) for checkpoint in steps]
+    directories = [Path(at_checkpoint.adapter or at_checkpoint.path) for at_checkpoint in at_checkpoints]
     unsaved = [str(directory) for directory in directories if not (directory / OPTIMIZER_STATE_FILE).is_file()]
     if unsaved:
         print(
@@ -270,7 +267,7 @@ def less_rows(context: TaskContext) -> list[Row]:
         {
             "less": hashlib.sha256(inspect.getsource(less_module).encode()).hexdigest(),
             "state": [hashlib.sha256((d / OPTIMIZER_STATE_FILE).read_bytes()).hexdigest() for d in directories],
-            "models": [checkpoint_model(c, context.model, warehouse).fingerprint() for c in steps],
+            "models": [at_checkpoint.fingerprint() for at_checkpoint in at_checkpoints],
             "pool": hashlib.sha256("\n".join(context.pool["messages"]).encode()).hexdigest(),
             "queries": hashlib.sha256(queries.write_json().encode()).hexdigest(),
         }
@@ -359,13 +356,12 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
     fine_tune_seconds = []
     with timed(context, "fine-tunes"):
         for done, (job, result) in enumerate(run_fine_tunes(todo, fine_tune_and_measure, args.workers), 1):
-            payload = {"logprobs": result.logprobs, "seconds": result.seconds, "final_loss": result.final_loss}
-            (cache / f"{job.key}.json").write_text(json.dumps(payload))
+            (cache / f"{job.key}.json").write_text(json.dumps(asdict(result)))
             fine_tune_seconds.append(result.seconds)
             if done % 8 == 0 or done == len(todo):
                 print(f"  {name}: {done}/{len(todo)} fine-tunes", flush=True)
     logprobs = [json.loads((cache / f"{key}.json").read_text())["logprobs"] for key in keys]
-    measured = {
+    measured = {  # J_j over the rollouts; log π(reference_j)
         "onpolicy": (objectives.onpolicy_query_ids, np.array([objectives.onpolicy(one) for one in logprobs])),
         "offpolicy": (objectives.offpolicy_query_ids, np.array([objectives.offpolicy(one) for one in logprobs])),
     }
@@ -376,25 +372,12 @@ def measure_task(name: str, args: argparse.Namespace) -> dict:
         "offpolicy": float(np.mean(measured["offpolicy"][1] - objectives.offpolicy(at_base))),
     }
 
-    rows: list[Row] = []
-    with timed(context, "our scores"):
-        rows += our_rows(context)
-    for source in ROW_SOURCES:
-        if source is not our_rows:
-            rows += source(context)
     results = []
-    for row in rows:
+    for row in [row for source in ROW_SOURCES for row in source(context)]:
         entry = {"row": row.name, "target": row.target}
-        for measurement in MEASUREMENTS:
-            query_ids, values = measured[measurement]
+        for measurement, (query_ids, values) in measured.items():
             summary, per_query = lds(row.matrix, row.example_ids, row.query_ids, subsets, values, query_ids)
-            entry[measurement] = {
-                "mean": summary.mean,
-                "se": summary.se,
-                "queries": summary.queries,
-                "constant": summary.constant,
-                "per_query": per_query,
-            }
+            entry[measurement] = {**asdict(summary), "per_query": per_query}
         results.append(entry)
     context.seconds["total"] = time.perf_counter() - started
     return {
