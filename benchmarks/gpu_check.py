@@ -44,7 +44,7 @@ from drift_assets.core.gradients.tables import sequence_tokens
 from drift_assets.core.runtime.cost import EXAMPLE_TOKENS, bound_share, examples_per_hour, peak_bf16_flops, scaled_to
 from drift_assets.core.training.adapters import LoraOptions, add_adapter
 from drift_assets.core.training.sft import SftOptions, fine_tune
-from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama
+from drift_assets.tasks.tiny_model import TinyLlamaShape, build_char_tokenizer, build_tiny_llama, save_model
 
 GiB = 2**30
 SEVEN_B = 7e9
@@ -98,8 +98,7 @@ def build_model(directory: Path, scale: Scale, dtype: torch.dtype):
         vocab_size=scale.vocab_size,
     )
     model = build_tiny_llama(tokenizer, shape, seed=0).to(dtype)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    save_model(model, tokenizer, directory)
     return model, tokenizer
 
 

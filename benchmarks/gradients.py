@@ -148,12 +148,11 @@ def timed(function, items) -> float:
 def measure(label: str, model, tokenizer, args) -> Measurement:
     batches, pairs = pool_batches(tokenizer, args.batch_size * args.batches, args.batch_size, args.seed)
     warm_up = collate_pairs(tokenizer, [p for p, _ in pairs[:8]], [r for _, r in pairs[:8]])
-    timed_batches = batches
-    timed_examples = sum(b.input_ids.shape[0] for b in timed_batches)
-    tokens = sum(int(b.attention_mask.sum()) for b in timed_batches)
-    width = sum(b.input_ids.numel() for b in timed_batches)
+    timed_examples = sum(b.input_ids.shape[0] for b in batches)
+    tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    width = sum(b.input_ids.numel() for b in batches)
     print(
-        f"  {label}: {len(timed_batches)} timed batches, {timed_examples} examples, {tokens} tokens ({width} with padding)",
+        f"  {label}: {len(batches)} timed batches, {timed_examples} examples, {tokens} tokens ({width} with padding)",
         flush=True,
     )
 
@@ -165,7 +164,7 @@ def measure(label: str, model, tokenizer, args) -> Measurement:
     print(f"    {args.basis} basis fitted in {time.perf_counter() - started:.2f} s (once per model and settings)", flush=True)
     projector = LinearGradientProjector(model, options, basis)
     projector.project(warm_up)
-    seconds = timed(projector.project, timed_batches)
+    seconds = timed(projector.project, batches)
     projected = timed_examples / seconds
     print(f"    projected: {seconds:.2f} s, {projected:.1f} examples/s (k = {projector.dimension})", flush=True)
 
@@ -174,7 +173,7 @@ def measure(label: str, model, tokenizer, args) -> Measurement:
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     plain_step(model, warm_up)
-    seconds = timed(lambda batch: plain_step(model, batch), timed_batches)
+    seconds = timed(lambda batch: plain_step(model, batch), batches)
     plain = timed_examples / seconds
     model.zero_grad(set_to_none=True)
     print(f"    plain forward/backward: {seconds:.2f} s, {plain:.1f} examples/s", flush=True)

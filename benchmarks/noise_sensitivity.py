@@ -96,11 +96,8 @@ def main(argv=None) -> None:
     def evaluated(selection: list[str], seed: int) -> Evaluation:
         return evaluated_after_sft(settings, resource, tokenizer, [messages[i] for i in sorted(selection)], queries, seed)
 
-    def accuracy(selection: list[str], seed: int) -> float:
-        return evaluated(selection, seed).accuracy
-
     def mean_std(selection_for_seed) -> tuple[float, float]:
-        values = [100 * accuracy(selection_for_seed(seed), seed) for seed in seeds]
+        values = [100 * evaluated(selection_for_seed(seed), seed).accuracy for seed in seeds]
         return float(np.mean(values)), float(np.std(values))
 
     print(
@@ -166,15 +163,6 @@ def answer_offset(prompt: str, response: str, marker: str) -> int | None:
     return round(float(number)) - (left + right if operator == "+" else left - right)
 
 
-def answer_differences(answers: list[str], queries: list[dict], marker: str) -> list[float | None]:
-    """Each answer's final number − its query's reference (None where the answer has no number)."""
-    numbers = [extract_number(answer, marker) for answer in answers]
-    return [
-        float(number) - float(query["reference"]) if number is not None else None
-        for number, query in zip(numbers, queries, strict=True)
-    ]
-
-
 def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated) -> None:
     """Part 3: ``n_rows`` rows one too high, one too low, or half each, in a random clean selection of ``size``."""
     marker = settings.grading.answer_marker
@@ -192,8 +180,13 @@ def one_off_rows(n_rows, pool, clean, size, seeds, settings, queries, evaluated)
         )
 
     def leaning(answers: list[str]) -> tuple[float, float]:
-        """Shares of the test queries answered too high and too low."""
-        differences = [d for d in answer_differences(answers, queries, marker) if d is not None]
+        """Shares of the test queries answered too high and too low (an answer's final number against its reference)."""
+        numbers = [extract_number(answer, marker) for answer in answers]
+        differences = [
+            float(number) - float(query["reference"])
+            for number, query in zip(numbers, queries, strict=True)
+            if number is not None
+        ]
         return sum(d > 0 for d in differences) / len(queries), sum(d < 0 for d in differences) / len(queries)
 
     def draw(kind: str, seed: int) -> list[str]:

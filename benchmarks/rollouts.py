@@ -87,25 +87,18 @@ class Measurement:
         return self.tokens / self.generate_seconds if self.generate_seconds > 0 else float("nan")
 
 
-def open_engine(backend: str, directory: Path, max_model_len: int):
-    from drift_assets.core.generation.engines import TransformersEngine, VllmEngine
-
-    if backend == "transformers":
-        from benchmarks.benchmark_models import load
-
-        model, tokenizer = load(directory)
-        return TransformersEngine(model, tokenizer)
-    engine_process = "separate" if backend == "vllm-separate" else "same"
-    return VllmEngine(
-        str(directory), dtype="float32", gpu_memory_utilization=0.2, max_model_len=max_model_len, engine_process=engine_process
-    )
-
-
 def measure(backend: str, label: str, parameters: str, directory: Path, prompt_ids, settings) -> Measurement:
-    from drift_assets.core.generation.engines import SamplingSettings
+    from benchmarks.benchmark_models import load
+    from drift_assets.core.generation.engines import SamplingSettings, TransformersEngine, VllmEngine
 
     started = time.perf_counter()
-    engine = open_engine(backend, directory, max_model_len=256)
+    if backend == "transformers":
+        engine = TransformersEngine(*load(directory))
+    else:
+        engine_process = "separate" if backend == "vllm-separate" else "same"
+        engine = VllmEngine(
+            str(directory), dtype="float32", gpu_memory_utilization=0.2, max_model_len=256, engine_process=engine_process
+        )
     try:
         # One short request so that first-call costs (allocations, kernel selection) count as start-up.
         engine.generate(prompt_ids[:1], SamplingSettings(n=1, temperature=1.0, max_tokens=4, seed=settings.seed))

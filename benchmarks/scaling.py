@@ -130,17 +130,21 @@ class Workspace:
         with self.instance() as instance:
             materialize_pipeline(build_definitions(self.settings), instance, include_demo=include_demo, only_stale=True)
 
-    def run(self, select: str, partition: str | None = None) -> tuple[subprocess.Popen, float]:
-        """One Dagster run of ``select`` (and ``partition``) in a process of its own."""
+    def dagster(self, log_name: str, *arguments: str) -> subprocess.Popen:
+        """Dagster's command line with ``arguments`` in a process of its own, logged to ``logs/<log_name>.log``."""
         self.logs.mkdir(exist_ok=True)
-        log = self.logs / f"{self.settings_path.stem}-{select}-{(partition or 'all').replace('|', '-')}.log"
-        command = [sys.executable, "-c", PEAK_RECORDING, str(log.with_suffix(".peak"))]
-        command += ["asset", "materialize", "-m", "drift_assets.definitions", "--select", select]
-        command += ["--partition", partition] if partition else []
+        log = self.logs / f"{log_name}.log"
+        command = [sys.executable, "-c", PEAK_RECORDING, str(log.with_suffix(".peak")), *arguments]
         with log.open("wb") as out:  # a file, not a pipe: Dagster's log lines would fill a pipe and stall the run
             process = subprocess.Popen(command, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         process.log = log
-        return process, time.perf_counter()
+        return process
+
+    def run(self, select: str, partition: str | None = None) -> tuple[subprocess.Popen, float]:
+        """One Dagster run of ``select`` (and ``partition``) in a process of its own."""
+        log_name = f"{self.settings_path.stem}-{select}-{(partition or 'all').replace('|', '-')}"
+        arguments = ["asset", "materialize", "-m", "drift_assets.definitions", "--select", select]
+        return self.dagster(log_name, *arguments, *(["--partition", partition] if partition else [])), time.perf_counter()
 
     def metadata(self, asset: str, partition: str | None = None) -> dict:
         from dagster import AssetKey, AssetRecordsFilter
@@ -198,14 +202,7 @@ def gradient_pass(workspace: Workspace, workers: int) -> dict:
 
 def import_baseline_rss(workspace: Workspace) -> int:
     """Peak resident memory (KiB) of Dagster's command line that loads the pipeline and runs nothing."""
-    workspace.logs.mkdir(exist_ok=True)
-    log = workspace.logs / "imports-only.log"
-    command = [sys.executable, "-c", PEAK_RECORDING, str(log.with_suffix(".peak")), "asset", "list"]
-    command += ["-m", "drift_assets.definitions"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=workspace.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    process.log = log
-    return wait(process, "loading the pipeline")
+    return wait(workspace.dagster("imports-only", "asset", "list", "-m", "drift_assets.definitions"), "loading the pipeline")
 
 
 def scoring_at(workspace: Workspace, factor: int, scratch: Path) -> dict:
