@@ -119,13 +119,7 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
         in_process = evaluation_run(given.decoding, model, rollout_engine, context.log.debug)
         run_one = fine_tune_and_evaluate if benchmark.workers > 1 else in_process
         table = study.run(plan, job_for, run_one, benchmark.workers, context.log.info)
-        # Beside each method's accuracy, what choosing its examples cost (the influence methods: the pipeline's
-        # steps, as their latest materializations recorded them, from scratch: rows a materialization reused
-        # cost the method as much as the run that first computed them).
-        pipeline = recorded_pipeline_cost(
-            context.instance, given.cost, training_pool, before="refined_model_evaluation", whole=True
-        )
-        table = with_method_costs(table, pipeline, sum(pool_sequence_tokens(training_pool)), validation_queries, tokenizer)
+        table = with_costs(context.instance, given.cost, table, training_pool, validation_queries, tokenizer)
         warehouse.write(BENCHMARK, table)
         context.log_event(benchmark_materialization(table, version, spec.metadata[SETTINGS_READ_KEY], inputs))
 
@@ -139,6 +133,15 @@ def build_benchmark(given: BenchmarkGiven, asset_graph: Callable[[], object]) ->
         fine_tune_each_method()
 
     return spec, method_benchmark_job
+
+
+def with_costs(instance, plan: CostPlan, table: pl.DataFrame, training_pool, validation_queries, tokenizer) -> pl.DataFrame:
+    """Beside each method's accuracy, what choosing its examples cost (the influence methods: the
+    pipeline's steps, as their latest materializations recorded them, from scratch: rows a
+    materialization reused cost the method as much as the run that first computed them)."""
+    pipeline = recorded_pipeline_cost(instance, plan, training_pool, before="refined_model_evaluation", whole=True)
+    pool_tokens = sum(pool_sequence_tokens(training_pool))
+    return with_method_costs(table, pipeline, pool_tokens, validation_queries, tokenizer)
 
 
 def require_tables(warehouse: Warehouse) -> None:

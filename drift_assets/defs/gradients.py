@@ -1,5 +1,6 @@
 """Projected log-prob gradients at each checkpoint: one row per rollout/reference, and per pool example in shards."""
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -224,36 +225,45 @@ def _training_gradients_asset(given: GradientsGiven):
         keys = context.partition_key.keys_by_dimension
         checkpoint, shard = keys["checkpoint"], keys["shard"]
         where, started = f"checkpoint {checkpoint}, shard {shard}", time.perf_counter()
-        examples = training_pool.filter(
-            pl.col("example_id").map_elements(lambda i: shard_of(i, given.layout.shards), return_dtype=pl.String) == shard
-        )
+        examples = _shard_rows(training_pool, shard, given.layout.shards)
         at_checkpoint = checkpoint_model(checkpoint, model, warehouse)
         fingerprint = at_checkpoint.fingerprint()
         basis = _load_basis(projection_basis, fingerprint, options)
         reused = _reusable_rows(warehouse, checkpoint, shard, fingerprint, basis.fingerprint(), examples["example_id"])
-        n_examples, n_reused = examples.height, reused.height
-        context.log.debug(f"{where}: {n_examples} examples, reusing {n_reused}, computing {n_examples - n_reused}")
-        if n_reused == n_examples:
-            context.log.info(f"{where}: all {n_examples} examples' gradients reused from the stored table")
-        label = f"{where} gradients" + (f" ({n_reused} reused)" if n_reused else "")
-
-        def compute(todo: pl.DataFrame) -> pl.DataFrame:
-            """The pool examples ``todo``'s gradients (their progress logged from when the model is loaded)."""
-            tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
-            projector = LinearGradientProjector(network, options, basis)
-            prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
-            ids = {"example_id": todo["example_id"].to_list()}
-            tick = progress_logger(context, label, "examples")
-            return gradient_frame(
-                ids, projector, tokenizer, prompt_ids, response_ids, given.layout.batch_size, fingerprint, tick, context.log.debug
-            )
-
+        log_reuse(context.log, where, examples.height, reused.height)
+        label = f"{where} gradients" + (f" ({reused.height} reused)" if reused.height else "")
+        tick = functools.partial(progress_logger, context, label, "examples")  # started once the model is loaded
+        compute = functools.partial(
+            _pool_gradients, at_checkpoint, options, basis, given.layout.batch_size, fingerprint, tick, context.log.debug
+        )
         table, todo = shard_gradients(checkpoint, shard, examples, reused, compute)
         seconds, reference = time.perf_counter() - started, full_sft_reference(given.cost.sft, training_pool)
         yield Output(table, metadata=_shard_metadata(table, checkpoint, examples, todo, reused, seconds, reference, model))
         yield vectors_result("vectors_finite", table)
 
     return training_gradient_projections
+
+
+def _shard_rows(training_pool: pl.DataFrame, shard: str, n_shards: int) -> pl.DataFrame:
+    return training_pool.filter(
+        pl.col("example_id").map_elements(lambda i: shard_of(i, n_shards), return_dtype=pl.String) == shard
+    )
+
+
+def log_reuse(log, where: str, examples: int, reused: int) -> None:
+    log.debug(f"{where}: {examples} examples, reusing {reused}, computing {examples - reused}")
+    if reused == examples:
+        log.info(f"{where}: all {examples} examples' gradients reused from the stored table")
+
+
+def _pool_gradients(at_checkpoint: ModelResource, options, basis, batch_size, fingerprint, progress, log, todo):
+    """The projected gradients of the pool examples ``todo`` under the model at a checkpoint
+    (``progress()``: the pass's progress callback, made once the model is loaded)."""
+    tokenizer, network = at_checkpoint.load_tokenizer(), at_checkpoint.load_model(options.target_modules)
+    projector = LinearGradientProjector(network, options, basis)
+    prompt_ids, response_ids = pool_token_pairs(tokenizer, todo["messages"])
+    ids = {"example_id": todo["example_id"].to_list()}
+    return gradient_frame(ids, projector, tokenizer, prompt_ids, response_ids, batch_size, fingerprint, progress(), log)
 
 
 def _load_basis(frame: pl.DataFrame, fingerprint: str, options: ProjectionOptions) -> ProjectionBasis:
