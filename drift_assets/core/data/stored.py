@@ -24,7 +24,7 @@ from drift_assets.core.attribution.trajectory import (
     ranked_scores,
     score_along,
 )
-from drift_assets.core.gradients.tables import shard_keys, vectors
+from drift_assets.core.gradients.tables import LOSS_PER_TOKEN, shard_keys, vectors
 from drift_assets.core.study.benchmark import MethodScorer, loss_scores
 
 # What to run where one table holds an example more than once: every table rewritten from the
@@ -169,9 +169,7 @@ def losses_along(tables: ConfiguredTables, training_pool: pl.DataFrame, checkpoi
     frame = tables.scan("training_gradient_projections").filter(pl.col("example_id").is_in(training_pool["example_id"].implode()))
     if checkpoint is not None:
         frame = frame.filter(pl.col("checkpoint") == checkpoint)
-    return frame.select(
-        "example_id", "checkpoint", loss_per_token=pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1)
-    ).collect()
+    return frame.select("example_id", "checkpoint", LOSS_PER_TOKEN).collect()
 
 
 @dataclass(frozen=True)

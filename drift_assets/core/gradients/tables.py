@@ -181,6 +181,10 @@ GRADIENT_SCHEMA = {
 }
 
 
+# A gradient table row's loss per response token (its summed −log π over n_tokens; an empty response counts one).
+LOSS_PER_TOKEN = (pl.col("loss") / pl.col("n_tokens").clip(lower_bound=1)).alias("loss_per_token")
+
+
 def empty_gradient_frame(id_columns: dict[str, pl.DataType]) -> pl.DataFrame:
     """:func:`gradient_frame`'s table with no rows (a shard that no example hashes to)."""
     return pl.DataFrame(schema={**id_columns, **GRADIENT_SCHEMA})
