@@ -29,7 +29,7 @@ class Arithmetic(Task):
         return demo_task._draw_any(rng)
 
     def problem_key(self, problem: Problem) -> str:
-        return f"{problem.left}{problem.operator}{problem.right}"
+        return problem.key
 
     def prompt(self, problem: Problem) -> str:
         return problem.prompt

@@ -75,6 +75,11 @@ class Problem:
     def prompt(self) -> str:
         return f"What is {self.left} {self.operator} {self.right}?\n"
 
+    @property
+    def key(self) -> str:
+        """The text its split is the hash of."""
+        return f"{self.left}{self.operator}{self.right}"
+
 
 def _draw_any(rng: random.Random) -> Problem:
     operator = rng.choice("+-")
@@ -104,7 +109,7 @@ def problems_in(split: str) -> int:
     every = {Problem(a, b, "+") for a in range(low, high + 1) for b in range(low, high + 1)}
     every |= {Problem(a, b, "-") for a in range(low, high + 1) for b in range(low, a + 1)}
     target = "validation" if split == "calibration" else split
-    return sum(split_of_key(f"{p.left}{p.operator}{p.right}") == target for p in every)
+    return sum(split_of_key(p.key) == target for p in every)
 
 
 def format_response(problem: Problem, answer: int, style: int) -> str:
