@@ -61,10 +61,6 @@ class StageCost:
     def token_passes(self) -> int:
         return FORWARD * self.forward_tokens + BACKWARD * self.backward_tokens
 
-    def flops(self, n_parameters: int) -> float:
-        """2N FLOPs per token pass."""
-        return 2.0 * n_parameters * self.token_passes
-
     def ratio(self, reference: StageCost) -> float | None:
         """Token passes per token pass of ``reference`` (None where it has none)."""
         return self.token_passes / reference.token_passes if reference.token_passes else None
