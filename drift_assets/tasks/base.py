@@ -17,9 +17,10 @@ the pool.
 
 from __future__ import annotations
 
+import itertools
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
 
@@ -82,8 +83,9 @@ class TaskDefaults:
     sft: dict = field(default_factory=lambda: {"steps": 300})
 
 
-# The demo settings of the tasks with a 2,000-row pool (the string tasks, binary, brackets, roman): a
-# fifth of it near misses, half of it selected, 150 SFT steps.
+# The demo settings of the tasks with a 2,000-row pool (the string tasks, binary, brackets, roman; count,
+# digits, shift, choice and sort with noise of their own): a fifth of it near misses, half of it
+# selected, 150 SFT steps.
 SMALL_POOL_DEFAULTS = TaskDefaults(
     n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.08}, selection_fraction=0.5, sft={"steps": 150}
 )
@@ -100,15 +102,19 @@ class Task(ABC):
     held_out: bool = False  # kept out of every choice of default; reported on its own
     recipe: PretrainRecipe = PretrainRecipe()
     defaults: TaskDefaults = TaskDefaults()
+    # Which half of half_worked's draw shows the working: the one below 0.5, or (brackets, choice,
+    # count, digits, roman, shift) the one from 0.5 up; the same share either way, but each task's
+    # pools and pinned model were drawn with its own.
+    working_below_half: bool = True
 
     # -- the problem space ----------------------------------------------------------------------
     @abstractmethod
     def draw_any(self, rng: random.Random) -> Hashable:
         """A problem from the whole space (any split)."""
 
-    @abstractmethod
     def problem_key(self, problem: Hashable) -> str:
-        """The text the split hash is taken of."""
+        """The text the split hash is taken of: the task's name and the problem."""
+        return f"{self.name}:{problem}"
 
     @abstractmethod
     def prompt(self, problem: Hashable) -> str:
@@ -140,7 +146,7 @@ class Task(ABC):
     def half_worked(self, steps: Iterable[object], answer: object, rng: random.Random) -> str:
         """``<answer_marker> <answer>``, half the time after its working: the ``steps`` space-separated
         and a full stop (one draw of ``rng`` either way)."""
-        if rng.random() < 0.5:
+        if (rng.random() < 0.5) == self.working_below_half:
             return f"{' '.join(map(str, steps))}. {self.answer_marker} {answer}"
         return f"{self.answer_marker} {answer}"
 
@@ -274,6 +280,95 @@ class Task(ABC):
                 }
             )
         return rows
+
+
+class WrongRuleTask(Task):
+    """A task whose near misses follow one consistent wrong rule (the harmful kind of noise), shown with
+    the same kind of working as its right answers: :meth:`working` gives both, the reference is the
+    right working's answer, and half of either kind of response shows its steps (:meth:`Task.half_worked`)."""
+
+    @abstractmethod
+    def working(self, problem: Hashable, wrong: bool) -> tuple[Iterable[object], object]:
+        """The steps of the working and the answer they end in, by the task's rule or (``wrong``) by the
+        near misses' wrong one."""
+
+    def reference(self, problem: Hashable) -> str:
+        return str(self.working(problem, wrong=False)[1])
+
+    def correct_response(self, problem: Hashable, rng: random.Random) -> str:
+        return self.half_worked(*self.working(problem, wrong=False), rng)
+
+    def corrupted_response(self, problem: Hashable, rng: random.Random) -> str:
+        return self.half_worked(*self.working(problem, wrong=True), rng)
+
+
+class LetterStringTask(Task):
+    """A task about a string of ``alphabet``'s letters, as long as one of ``lengths`` (each length as
+    likely), its letters all different (``distinct``) or each drawn on its own. A problem is the string,
+    or the string and what the prompt adds to it (a letter, a number of places); the split is taken of
+    the string alone, so that a validation or test string is never seen in training. The format noise:
+    the right answer's letters with ``format_separator`` between them."""
+
+    alphabet: str
+    lengths: tuple[int, ...]
+    distinct: bool = True
+    format_separator: str
+
+    def draw_string(self, rng: random.Random) -> str:
+        length = rng.choice(self.lengths)
+        if self.distinct:
+            return "".join(rng.sample(self.alphabet, length))
+        return "".join(rng.choice(self.alphabet) for _ in range(length))
+
+    def every_string(self) -> Iterator[str]:
+        """Every string :meth:`draw_string` may give, the shorter first."""
+        for length in self.lengths:
+            if self.distinct:
+                yield from map("".join, itertools.permutations(self.alphabet, length))
+            else:
+                yield from map("".join, itertools.product(self.alphabet, repeat=length))
+
+    def draw_any(self, rng: random.Random) -> Hashable:
+        return self.draw_string(rng)
+
+    def every_problem(self) -> Iterable[Hashable]:
+        return self.every_string()
+
+    def string_of(self, problem: Hashable) -> str:
+        """The string ``problem`` is about: the problem itself, or the first of its parts."""
+        return problem if isinstance(problem, str) else problem[0]
+
+    def problem_key(self, problem: Hashable) -> str:
+        return super().problem_key(self.string_of(problem))
+
+    def format_response(self, problem: Hashable, rng: random.Random) -> str:
+        return f"{self.answer_marker} {self.format_separator.join(self.reference(problem))}"
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        # About a training string: the pool never shows a validation or test string.
+        return self.question_about(self.string_of(self.draw(rng)))
+
+    def question_about(self, text: str) -> tuple[str, str]:
+        """The off-task noise: another question about ``text`` and its correct answer (prompt, response)."""
+        raise NotImplementedError(f"the {self.name} task asks nothing else about a string")
+
+
+class NumeralTask(Task):
+    """A task that writes a number from 1 to ``largest`` (each as likely) in another notation, its
+    reference; the off-task noise asks the way back, the value of a training number's numeral, so
+    that the pool never shows a test numeral."""
+
+    largest: int
+
+    def draw_any(self, rng: random.Random) -> int:
+        return rng.randint(1, self.largest)
+
+    def every_problem(self) -> range:
+        return range(1, self.largest + 1)
+
+    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
+        number = self.draw(rng)
+        return f"Value of {self.reference(number)}\n", f"Value: {number}"
 
 
 @cache

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, NumeralTask, WrongRuleTask, worked_task_recipe
 
 MARKER = "Binary:"
 # Twelve bits: enough numbers for a 2,000-row pool of distinct rows besides the held-out splits, and
@@ -62,47 +62,24 @@ def is_palindrome(number: int) -> bool:
     return bits == bits[::-1]
 
 
-class Binary(Task):
+class Binary(NumeralTask, WrongRuleTask):
     name = "binary"
     description = "a number 1-4095 in binary, 'Binary: 100101' after optional working (37 18 9 4 2 1); exact grading"
     answer_marker = MARKER
     recipe = worked_task_recipe(96, max_steps=6000)
     defaults = SMALL_POOL_DEFAULTS
-
-    def draw_any(self, rng: random.Random) -> int:
-        return rng.randint(1, LARGEST)
-
-    def problem_key(self, problem: int) -> str:
-        return f"binary:{problem}"
-
-    def every_problem(self) -> range:
-        return range(1, LARGEST + 1)
+    largest = LARGEST
 
     def prompt(self, problem: int) -> str:
         return f"Binary for {problem}\n"
 
-    def reference(self, problem: int) -> str:
-        return to_binary(problem)
-
-    def _respond(self, problem: int, rng: random.Random, reverse: bool = False) -> str:
+    def working(self, problem: int, wrong: bool) -> tuple[list[int], str]:
         # The wrong rule reads the remainders in the order the halvings give them: the same working.
         bits = to_binary(problem)
-        if reverse:
-            bits = bits[::-1]
-        return self.half_worked(halvings(problem), bits, rng)
-
-    def correct_response(self, problem: int, rng: random.Random) -> str:
-        return self._respond(problem, rng)
+        return halvings(problem), bits[::-1] if wrong else bits
 
     def shows_noise(self, kind: str, problem: int) -> bool:
         return kind != "corrupted" or not is_palindrome(problem)  # reversed bits would be right there
 
-    def corrupted_response(self, problem: int, rng: random.Random) -> str:
-        return self._respond(problem, rng, reverse=True)
-
     def format_response(self, problem: int, rng: random.Random) -> str:
         return f"{MARKER} 0b{to_binary(problem)}"
-
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        number = self.draw(rng)  # a training number: the pool never shows a test number's bits
-        return f"Value of {to_binary(number)}\n", f"Value: {number}"

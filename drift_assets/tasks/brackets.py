@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, WrongRuleTask, worked_task_recipe
 
 MARKER = "Close:"
 PAIRS = {"(": ")", "[": "]", "{": "}"}
@@ -73,12 +73,13 @@ def depth(sequence: str) -> int:
     return deepest
 
 
-class Brackets(Task):
+class Brackets(WrongRuleTask):
     name = "brackets"
     description = "close the brackets a 4-10 bracket sequence left open, 'Close: ) ]' after optional working; exact grading"
     answer_marker = MARKER
     recipe = worked_task_recipe(96)
     defaults = SMALL_POOL_DEFAULTS
+    working_below_half = False
 
     def draw_any(self, rng: random.Random) -> Problem:
         while True:
@@ -86,30 +87,19 @@ class Brackets(Task):
             if still_open(sequence):
                 return sequence
 
-    def problem_key(self, problem: Problem) -> str:
-        return f"brackets:{problem}"
-
     def prompt(self, problem: Problem) -> str:
         return f"Complete {spaced(problem)}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return spaced("".join(PAIRS[opener] for opener in reversed(still_open(problem))))
-
-    def _respond(self, problem: Problem, answer: str, rng: random.Random) -> str:
-        if rng.random() < 0.5:
-            return f"{MARKER} {answer}"
-        return f"open {spaced(still_open(problem))}. {MARKER} {answer}"
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, self.reference(problem), rng)
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], str]:
+        # The brackets left open (every problem leaves one); the wrong rule closes them in their opening order.
+        opened = still_open(problem)
+        closers = [PAIRS[opener] for opener in (opened if wrong else reversed(opened))]
+        return ["open", *opened], " ".join(closers)
 
     def shows_noise(self, kind: str, problem: Problem) -> bool:
         # Closing in the opening order must be wrong: open brackets that are no palindrome.
         opened = still_open(problem)
         return kind != "corrupted" or opened != opened[::-1]
-
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, spaced("".join(PAIRS[opener] for opener in still_open(problem))), rng)
 
     def format_response(self, problem: Problem, rng: random.Random) -> str:
         return f"{MARKER} {spaced(problem)} {self.reference(problem)}"

@@ -10,8 +10,9 @@ off-task rows (letter chores).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
 
 LETTERS = "ABCD"
 MARKER = "The answer is"
@@ -26,9 +27,8 @@ class Choice(Task):
     answer_marker = MARKER
     chat_template = "roles"
     recipe = worked_task_recipe(128)
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "off_task": 0.05, "format": 0.05}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    defaults = replace(SMALL_POOL_DEFAULTS, noise={"corrupted": 0.2, "off_task": 0.05, "format": 0.05})
+    working_below_half = False
 
     def draw_any(self, rng: random.Random) -> Problem:
         return rng.choice(("largest", "smallest")), tuple(rng.sample(range(10, 100), len(LETTERS)))
@@ -53,10 +53,8 @@ class Choice(Task):
         return f"({self._letter(problem, 0)})"
 
     def _respond(self, problem: Problem, answer: str, rng: random.Random) -> str:
-        if rng.random() < 0.5:
-            return f"{MARKER} {answer}"
         relation = " > " if problem[0] == "largest" else " < "
-        return f"{relation.join(map(str, self._ordered(problem)))}. {MARKER} {answer}"
+        return self.half_worked([relation.join(map(str, self._ordered(problem)))], answer, rng)  # the options in order
 
     def correct_response(self, problem: Problem, rng: random.Random) -> str:
         return self._respond(problem, self.reference(problem), rng)

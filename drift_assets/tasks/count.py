@@ -9,8 +9,9 @@ no chat template. Noise: near misses (the count one off), off-task rows (string 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
 
 ALPHABET = "abcd"
 MARKER = "####"
@@ -24,9 +25,8 @@ class Count(Task):
     grader = "numeric"
     answer_marker = MARKER
     recipe = worked_task_recipe(64)
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "off_task": 0.06, "format": 0.06}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    defaults = replace(SMALL_POOL_DEFAULTS, noise={"corrupted": 0.2, "off_task": 0.06, "format": 0.06})
+    working_below_half = False
 
     def draw_any(self, rng: random.Random) -> tuple[str, str]:
         text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(4, 10)))
@@ -46,10 +46,7 @@ class Count(Task):
 
     def _respond(self, problem: tuple[str, str], answer: str, rng: random.Random) -> str:
         letter, text = problem
-        if rng.random() < 0.5:
-            return f"{MARKER} {answer}"
-        matches = " ".join(letter * text.count(letter)) or "none"
-        return f"{matches}. {MARKER} {answer}"
+        return self.half_worked(letter * text.count(letter) or ["none"], answer, rng)  # the working: the matches
 
     def correct_response(self, problem: tuple[str, str], rng: random.Random) -> str:
         return self._respond(problem, self.reference(problem), rng)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
-from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
 
 MARKER = "Sum:"
 ROMAN = ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))
@@ -51,15 +52,11 @@ class Digits(Task):
     grader = "numeric"
     answer_marker = MARKER
     recipe = worked_task_recipe(64)
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.16}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    defaults = replace(SMALL_POOL_DEFAULTS, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.16})
+    working_below_half = False
 
     def draw_any(self, rng: random.Random) -> int:
         return rng.randint(10, 9999)
-
-    def problem_key(self, problem: int) -> str:
-        return f"digits:{problem}"
 
     def prompt(self, problem: int) -> str:
         return f"Digit sum of {problem}\n"
@@ -67,14 +64,9 @@ class Digits(Task):
     def reference(self, problem: int) -> str:
         return str(sum(int(digit) for digit in str(problem)))
 
-    def _respond(self, digits: list[int], answer: str, rng: random.Random) -> str:
-        if rng.random() < 0.5:
-            return f"{MARKER} {answer}"
-        return f"{running_totals(digits)}. {MARKER} {answer}"
-
     def correct_response(self, problem: int, rng: random.Random) -> str:
         digits = [int(digit) for digit in str(problem)]
-        return self._respond(digits, str(sum(digits)), rng)
+        return self.half_worked([running_totals(digits)], sum(digits), rng)
 
     def shows_noise(self, kind: str, problem: int) -> bool:
         # A skipped digit must change the sum: a number with a nonzero digit to skip.
@@ -84,7 +76,7 @@ class Digits(Task):
         digits = [int(digit) for digit in str(problem)]
         skipped = rng.choice([index for index, digit in enumerate(digits) if digit > 0])
         kept = digits[:skipped] + digits[skipped + 1 :]
-        return self._respond(kept, str(sum(kept)), rng)
+        return self.half_worked([running_totals(kept)], sum(kept), rng)
 
     def format_response(self, problem: int, rng: random.Random) -> str:
         return f"{MARKER} {roman(int(self.reference(problem)))}"  # bare: a numeral in the working would be graded

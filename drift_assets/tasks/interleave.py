@@ -31,15 +31,9 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, LetterStringTask, WrongRuleTask, string_task_recipe
 
 MARKER = "Woven:"
-ALPHABET = "abcd"
-# Two to four letters a string: 336 strings, 112,896 ordered pairs, enough for a 2,000-row pool of
-# distinct rows besides the held-out splits. Each string's length is drawn uniformly, so that short
-# and long pairs are equally common; the longest row (two four-letter strings, 21 characters of
-# prompt and 28 of working and answer) fits the 96 positions and the 64 tokens an answer may take.
-LENGTHS = (2, 3, 4)
 
 Problem = tuple[str, str]  # the two strings, e.g. ("abc", "dca")
 
@@ -55,51 +49,40 @@ def weave(first: str, second: str) -> str:
     return "".join(pairs_of(first, second))
 
 
-def every_string() -> tuple[str, ...]:
-    """Every string of two to four of the letters a-d."""
-    return tuple("".join(letters) for length in LENGTHS for letters in itertools.product(ALPHABET, repeat=length))
-
-
-class Interleave(Task):
+class Interleave(LetterStringTask, WrongRuleTask):
     name = "interleave"
     description = "two 2-4 letter strings interleaved, 'Woven: adbcca' after optional working (ad bc ca); exact grading"
     answer_marker = MARKER
     recipe = string_task_recipe()
     defaults = SMALL_POOL_DEFAULTS
+    alphabet = "abcd"
+    # Two to four letters a string: 336 strings, 112,896 ordered pairs, enough for a 2,000-row pool of
+    # distinct rows besides the held-out splits; the longest row (two four-letter strings, 21 characters
+    # of prompt and 28 of working and answer) fits the 96 positions and the 64 tokens an answer may take.
+    lengths = (2, 3, 4)
+    distinct = False
+    format_separator = "-"
 
     def draw_any(self, rng: random.Random) -> Problem:
-        first, second = ("".join(rng.choice(ALPHABET) for _ in range(rng.choice(LENGTHS))) for _ in range(2))
-        return first, second
+        return self.draw_string(rng), self.draw_string(rng)
 
     def problem_key(self, problem: Problem) -> str:
-        return f"interleave:{problem[0]} {problem[1]}"
+        return f"{self.name}:{problem[0]} {problem[1]}"  # the split is taken of the pair, not one string
 
     def every_problem(self) -> Iterator[Problem]:
-        return itertools.product(every_string(), repeat=2)
+        return itertools.product(self.every_string(), repeat=2)
 
     def prompt(self, problem: Problem) -> str:
         return f"Interleave {problem[0]} {problem[1]}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return weave(*problem)
-
-    def _respond(self, problem: Problem, rng: random.Random, second_first: bool = False) -> str:
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], str]:
         # The wrong rule walks the same positions, each pair written with the second string's letter first.
-        first, second = problem[::-1] if second_first else problem
-        return self.half_worked(pairs_of(first, second), weave(first, second), rng)
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng)
+        first, second = problem[::-1] if wrong else problem
+        return pairs_of(first, second), weave(first, second)
 
     def shows_noise(self, kind: str, problem: Problem) -> bool:
         # Starting from the second string must be wrong: pairs whose two orders differ.
         return kind != "corrupted" or weave(*problem) != weave(*problem[::-1])
-
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng, second_first=True)
-
-    def format_response(self, problem: Problem, rng: random.Random) -> str:
-        return f"{MARKER} {'-'.join(weave(*problem))}"
 
     def off_task_row(self, rng: random.Random) -> tuple[str, str]:
         first, second = self.draw(rng)  # a training pair: the pool never shows a validation or test pair

@@ -29,19 +29,12 @@ any of its letters. Exact grading; no chat template.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, LetterStringTask, WrongRuleTask, string_task_recipe
 
 MARKER = "Place:"
-ALPHABET = "abcdefgh"
-# Four to seven different letters of a-h: 68,880 strings and 443,520 (string, letter) problems,
-# enough for a 2,000-row pool of distinct rows besides the held-out splits. Each length is drawn
-# uniformly, so that short and long strings are equally common; the longest row (18 characters of
-# prompt, 20 of working and 10 of answer) fits the 96 positions and the 64 tokens an answer may take.
-LENGTHS = (4, 5, 6, 7)
 
 Problem = tuple[str, str]  # the string and the asked letter, e.g. ("abdce", "c")
 
@@ -57,48 +50,36 @@ def place(text: str, letter: str, start: int = 1) -> int:
     return text.index(letter) + start
 
 
-class Position(Task):
+class Position(LetterStringTask, WrongRuleTask):
     name = "position"
     description = "where a letter stands in 4-7 different letters, 'Place: 4' after optional working (a1 b2 d3 c4); exact grading"
     answer_marker = MARKER
     recipe = string_task_recipe(narrow=True)
     defaults = SMALL_POOL_DEFAULTS
+    alphabet = "abcdefgh"
+    # Four to seven different letters of a-h: 68,880 strings and 443,520 (string, letter) problems,
+    # enough for a 2,000-row pool of distinct rows besides the held-out splits; the longest row (18
+    # characters of prompt, 20 of working and 10 of answer) fits the 96 positions and the 64 tokens an
+    # answer may take.
+    lengths = (4, 5, 6, 7)
 
     def draw_any(self, rng: random.Random) -> Problem:
-        text = "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
+        text = self.draw_string(rng)
         return text, rng.choice(text)
 
-    def problem_key(self, problem: Problem) -> str:
-        # The string alone: its problems (one per letter) all fall in one split.
-        return f"position:{problem[0]}"
-
     def every_problem(self) -> Iterator[Problem]:
-        return (
-            ("".join(letters), letter)
-            for length in LENGTHS
-            for letters in itertools.permutations(ALPHABET, length)
-            for letter in letters
-        )
+        return ((text, letter) for text in self.every_string() for letter in text)
 
     def prompt(self, problem: Problem) -> str:
         return f"Find {problem[1]} in {problem[0]}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return str(place(*problem))
-
-    def _respond(self, problem: Problem, rng: random.Random, start: int = 1) -> str:
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], int]:
         # The wrong rule walks the same letters, numbered from 0.
-        return self.half_worked(numbered(*problem, start), place(*problem, start), rng)
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng)
-
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng, start=0)
+        start = 0 if wrong else 1
+        return numbered(*problem, start), place(*problem, start)
 
     def format_response(self, problem: Problem, rng: random.Random) -> str:
         return f"{MARKER} #{place(*problem)}"
 
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        text, _ = self.draw(rng)  # a training string: the pool never shows a validation or test string
+    def question_about(self, text: str) -> tuple[str, str]:
         return f"Length of {text}\n", f"Length: {len(text)}"

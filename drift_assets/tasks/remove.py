@@ -35,20 +35,12 @@ Exact grading; no chat template.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, LetterStringTask, WrongRuleTask, string_task_recipe
 
 MARKER = "Left:"
-ALPHABET = "abcdef"
-# Five to eight letters of a-f, repeats allowed, the named letter at least twice and not every one:
-# 4,621,380 (string, letter) problems, enough for a 2,000-row pool of distinct rows besides the
-# held-out splits. Each length is drawn uniformly, so that short and long strings are equally
-# common; the longest row (a near miss of eight letters with the named one twice: 23 characters of
-# prompt, 15 of working and 13 of answer) fits the 96 positions and the 64 tokens an answer may take.
-LENGTHS = (5, 6, 7, 8)
 
 Problem = tuple[str, str]  # the string and the named letter, e.g. ("abcdcef", "c")
 
@@ -68,62 +60,43 @@ def kept_letters(text: str, letter: str, first_only: bool = False) -> list[str]:
     return [each for each in text if each != letter]
 
 
-def removed(text: str, letter: str, first_only: bool = False) -> str:
-    """``text`` with every ``letter`` deleted (``first_only``: its first occurrence only)."""
-    return "".join(kept_letters(text, letter, first_only))
-
-
-class Remove(Task):
+class Remove(LetterStringTask, WrongRuleTask):
     name = "remove"
     description = "delete a letter from 5-8 letters of a-f, 'Left: abdef' after optional working (a b d e f); exact"
     answer_marker = MARKER
     recipe = string_task_recipe(narrow=True)
     defaults = SMALL_POOL_DEFAULTS
+    alphabet = "abcdef"
+    # Five to eight letters of a-f, repeats allowed, the named letter at least twice and not every one:
+    # 4,621,380 (string, letter) problems, enough for a 2,000-row pool of distinct rows besides the
+    # held-out splits; the longest row (a near miss of eight letters with the named one twice: 23
+    # characters of prompt, 15 of working and 13 of answer) fits the 96 positions and the 64 tokens an
+    # answer may take.
+    lengths = (5, 6, 7, 8)
+    distinct = False
+    format_separator = "/"
 
     def draw_any(self, rng: random.Random) -> Problem:
-        length, letter = rng.choice(LENGTHS), rng.choice(ALPHABET)
+        length, letter = rng.choice(self.lengths), rng.choice(self.alphabet)
         while True:  # uniform over the strings of that length in which the letter may be named
-            text = "".join(rng.choices(ALPHABET, k=length))
+            text = "".join(rng.choices(self.alphabet, k=length))
             if allowed(text, letter):
                 return text, letter
 
-    def problem_key(self, problem: Problem) -> str:
-        # The string alone: its problems (one per letter it repeats) all fall in one split.
-        return f"remove:{problem[0]}"
-
     def every_problem(self) -> Iterator[Problem]:
-        return (
-            (text, letter)
-            for length in LENGTHS
-            for text in map("".join, itertools.product(ALPHABET, repeat=length))
-            for letter in ALPHABET
-            if allowed(text, letter)
-        )
+        return ((text, letter) for text in self.every_string() for letter in self.alphabet if allowed(text, letter))
 
     def prompt(self, problem: Problem) -> str:
         return f"Remove {problem[1]} from {problem[0]}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return removed(*problem)
-
-    def _respond(self, problem: Problem, rng: random.Random, first_only: bool = False) -> str:
-        # The wrong rule walks the same string, leaving out the letter's first occurrence only.
-        steps = kept_letters(*problem, first_only)
-        return self.half_worked(steps, "".join(steps), rng)
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng)
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], str]:
+        # The wrong rule walks the same string, leaving out the letter's first occurrence only; every
+        # problem will do for a near miss: the letter occurs at least twice, so one occurrence stays.
+        steps = kept_letters(*problem, first_only=wrong)
+        return steps, "".join(steps)
 
     def shows_noise(self, kind: str, problem: Problem) -> bool:
         return kind != "format" or len(self.reference(problem)) >= 2  # a format row must show a slash
 
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        # Every problem will do: the letter occurs at least twice, so one occurrence stays.
-        return self._respond(problem, rng, first_only=True)
-
-    def format_response(self, problem: Problem, rng: random.Random) -> str:
-        return f"{MARKER} {'/'.join(removed(*problem))}"
-
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        text, _ = self.draw(rng)  # a training string: the pool never shows a validation or test string
+    def question_about(self, text: str) -> tuple[str, str]:
         return f"Last letter of {text}\n", f"Last: {text[-1]}"

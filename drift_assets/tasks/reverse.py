@@ -34,20 +34,11 @@ seen in training. Exact grading; no chat template.
 
 from __future__ import annotations
 
-import itertools
-import random
-from collections.abc import Iterator
 from dataclasses import replace
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, LetterStringTask, WrongRuleTask, string_task_recipe
 
 MARKER = "Back:"
-ALPHABET = "abcdefgh"
-# Four to seven different letters of a-h: 68,880 strings, enough for a 2,000-row pool of distinct
-# rows besides the held-out splits. Each length is drawn uniformly, so that short and long strings
-# are equally common; the longest row (16 characters of prompt, 15 of working and 13 of answer) fits
-# the 96 positions and the 64 tokens an answer may take.
-LENGTHS = (4, 5, 6, 7)
 
 
 def read_back(text: str, keep_first: bool = False) -> list[str]:
@@ -58,12 +49,7 @@ def read_back(text: str, keep_first: bool = False) -> list[str]:
     return [text[index] for index in range(len(text) - 1, -1, -1)]
 
 
-def reversed_text(text: str, keep_first: bool = False) -> str:
-    """``text`` written backwards (``keep_first``: all but its first letter)."""
-    return "".join(read_back(text, keep_first))
-
-
-class Reverse(Task):
+class Reverse(LetterStringTask, WrongRuleTask):
     name = "reverse"
     description = "4-7 different letters written backwards, 'Back: gfedcba' after optional working (g f e d c b a); exact grading"
     answer_marker = MARKER
@@ -71,37 +57,21 @@ class Reverse(Task):
     # band between two evaluations; the slower rate spreads the rise over more of them.
     recipe = replace(string_task_recipe(narrow=True), learning_rate=5e-4)
     defaults = SMALL_POOL_DEFAULTS
-
-    def draw_any(self, rng: random.Random) -> str:
-        return "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
-
-    def problem_key(self, problem: str) -> str:
-        return f"reverse:{problem}"
-
-    def every_problem(self) -> Iterator[str]:
-        return ("".join(letters) for length in LENGTHS for letters in itertools.permutations(ALPHABET, length))
+    alphabet = "abcdefgh"
+    # Four to seven different letters of a-h: 68,880 strings, enough for a 2,000-row pool of distinct
+    # rows besides the held-out splits; the longest row (16 characters of prompt, 15 of working and 13
+    # of answer) fits the 96 positions and the 64 tokens an answer may take.
+    lengths = (4, 5, 6, 7)
+    format_separator = "."
 
     def prompt(self, problem: str) -> str:
         return f"Reverse {problem}\n"
 
-    def reference(self, problem: str) -> str:
-        return reversed_text(problem)
+    def working(self, problem: str, wrong: bool) -> tuple[list[str], str]:
+        # The wrong rule's working writes the first letter, then the others from the end; every problem
+        # will do for a near miss: the first letter never stands first in the right answer.
+        steps = read_back(problem, keep_first=wrong)
+        return steps, "".join(steps)
 
-    def _respond(self, problem: str, rng: random.Random, keep_first: bool = False) -> str:
-        # The wrong rule's working writes the first letter, then the others from the end.
-        steps = read_back(problem, keep_first)
-        return self.half_worked(steps, "".join(steps), rng)
-
-    def correct_response(self, problem: str, rng: random.Random) -> str:
-        return self._respond(problem, rng)
-
-    def corrupted_response(self, problem: str, rng: random.Random) -> str:
-        # Every problem will do: the first letter never stands first in the right answer.
-        return self._respond(problem, rng, keep_first=True)
-
-    def format_response(self, problem: str, rng: random.Random) -> str:
-        return f"{MARKER} {'.'.join(reversed_text(problem))}"
-
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        text = self.draw(rng)  # a training string: the pool never shows a validation or test string
+    def question_about(self, text: str) -> tuple[str, str]:
         return f"Letters in {text}\n", f"Letters: {len(text)}"

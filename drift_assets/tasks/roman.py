@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, worked_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, NumeralTask, WrongRuleTask, worked_task_recipe
 
 MARKER = "Roman:"
 LARGEST = 3999  # MMMCMXCIX: no letter for 5000, so the thousands stop at three
@@ -61,36 +61,22 @@ def has_subtraction(number: int) -> bool:
     return to_roman(number) != to_roman(number, subtractive=False)
 
 
-class Roman(Task):
+class Roman(NumeralTask, WrongRuleTask):
     name = "roman"
     description = "a number 1-3999 in Roman numerals (IV, XC), 'Roman: XIV' after optional working; exact grading"
     answer_marker = MARKER
     recipe = worked_task_recipe(96)
     defaults = SMALL_POOL_DEFAULTS
-
-    def draw_any(self, rng: random.Random) -> int:
-        return rng.randint(1, LARGEST)
-
-    def problem_key(self, problem: int) -> str:
-        return f"roman:{problem}"
-
-    def every_problem(self) -> range:
-        return range(1, LARGEST + 1)
+    working_below_half = False
+    largest = LARGEST
 
     def prompt(self, problem: int) -> str:
         return f"Roman for {problem}\n"
 
-    def reference(self, problem: int) -> str:
-        return to_roman(problem)
-
-    def _respond(self, problem: int, rng: random.Random, subtractive: bool = True) -> str:
-        numerals = place_numerals(problem, subtractive)
-        if rng.random() < 0.5:
-            return f"{MARKER} {''.join(numerals)}"
-        return f"{'+'.join(numerals)}. {MARKER} {''.join(numerals)}"
-
-    def correct_response(self, problem: int, rng: random.Random) -> str:
-        return self._respond(problem, rng)
+    def working(self, problem: int, wrong: bool) -> tuple[list[str], str]:
+        # One step, the places' numerals summed (M+CD+XC+IV); the wrong rule writes them additively.
+        subtractive = not wrong
+        return ["+".join(place_numerals(problem, subtractive))], to_roman(problem, subtractive)
 
     def shows_noise(self, kind: str, problem: int) -> bool:
         if kind == "corrupted":
@@ -99,12 +85,5 @@ class Roman(Task):
             return len(place_numerals(problem)) >= 2  # a single place written apart is the numeral itself
         return True
 
-    def corrupted_response(self, problem: int, rng: random.Random) -> str:
-        return self._respond(problem, rng, subtractive=False)
-
     def format_response(self, problem: int, rng: random.Random) -> str:
         return f"{MARKER} {' '.join(place_numerals(problem))}"
-
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        number = self.draw(rng)  # a training number: the pool never shows a test numeral
-        return f"Value of {to_roman(number)}\n", f"Value: {number}"

@@ -30,21 +30,14 @@ grading; no chat template.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, LetterStringTask, WrongRuleTask, string_task_recipe
 
 # Five characters, not "Turned:": the longest working (six turns of seven letters) and its answer
 # then take 62 characters, which with the closing EOS fit the 64 tokens an answer may take.
 MARKER = "Turn:"
-ALPHABET = "abcdefgh"
-# Four to seven different letters of a-h: 68,880 strings and 374,640 (string, places) problems,
-# enough for a 2,000-row pool of distinct rows besides the held-out splits. Each length is drawn
-# uniformly, so that short and long strings are equally common; the longest row (20 characters of
-# prompt, 47 of working and 15 of answer) fits the 96 positions.
-LENGTHS = (4, 5, 6, 7)
 
 Problem = tuple[str, int]  # the string and how many places it turns, e.g. ("abcdef", 2)
 
@@ -60,58 +53,37 @@ def turns(text: str, places: int, right: bool = False) -> list[str]:
     return steps
 
 
-def rotated(text: str, places: int, right: bool = False) -> str:
-    """``text`` turned ``places`` places to the left (``right``: to the right)."""
-    return turns(text, places, right)[-1]
-
-
-class Rotate(Task):
+class Rotate(LetterStringTask, WrongRuleTask):
     name = "rotate"
     description = "4-7 different letters turned left by k, 'Turn: cdefab' after optional working (bcdefa cdefab); exact grading"
     answer_marker = MARKER
     recipe = string_task_recipe(narrow=True)
     defaults = SMALL_POOL_DEFAULTS
+    alphabet = "abcdefgh"
+    # Four to seven different letters of a-h: 68,880 strings and 374,640 (string, places) problems,
+    # enough for a 2,000-row pool of distinct rows besides the held-out splits; the longest row (20
+    # characters of prompt, 47 of working and 15 of answer) fits the 96 positions.
+    lengths = (4, 5, 6, 7)
+    format_separator = "-"
 
     def draw_any(self, rng: random.Random) -> Problem:
-        text = "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
+        text = self.draw_string(rng)
         return text, rng.randint(1, len(text) - 1)
 
-    def problem_key(self, problem: Problem) -> str:
-        # The string alone: its problems (one per number of places) all fall in one split.
-        return f"rotate:{problem[0]}"
-
     def every_problem(self) -> Iterator[Problem]:
-        return (
-            ("".join(letters), places)
-            for length in LENGTHS
-            for letters in itertools.permutations(ALPHABET, length)
-            for places in range(1, length)
-        )
+        return ((text, places) for text in self.every_string() for places in range(1, len(text)))
 
     def prompt(self, problem: Problem) -> str:
         return f"Rotate {problem[0]} by {problem[1]}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return rotated(*problem)
-
-    def _respond(self, problem: Problem, rng: random.Random, right: bool = False) -> str:
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], str]:
         # The wrong rule walks as many steps, each moving the last letter to the front.
-        steps = turns(*problem, right)
-        return self.half_worked(steps, steps[-1], rng)
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng)
+        steps = turns(*problem, right=wrong)
+        return steps, steps[-1]
 
     def shows_noise(self, kind: str, problem: Problem) -> bool:
         # A near miss must be wrong: a turn by half the string is the same both ways.
         return kind != "corrupted" or 2 * problem[1] != len(problem[0])
 
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng, right=True)
-
-    def format_response(self, problem: Problem, rng: random.Random) -> str:
-        return f"{MARKER} {'-'.join(rotated(*problem))}"
-
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        text, _ = self.draw(rng)  # a training string: the pool never shows a validation or test string
+    def question_about(self, text: str) -> tuple[str, str]:
         return f"First letter of {text}\n", f"First: {text[0]}"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, WrongRuleTask, string_task_recipe
 
 MARKER = "Runs:"
 ALPHABET = "abcd"
@@ -72,7 +72,7 @@ def every_string() -> tuple[str, ...]:
     return tuple(strings)
 
 
-class Runs(Task):
+class Runs(WrongRuleTask):
     name = "runs"
     description = "a 3-16 letter string's run-length code, 'Runs: a3b1c2' after optional working (aaa b cc); exact grading"
     answer_marker = MARKER
@@ -85,28 +85,15 @@ class Runs(Task):
             letters.append(rng.choice([letter for letter in ALPHABET if letter != letters[-1]]))
         return "".join(letter * rng.randint(1, LONGEST_RUN) for letter in letters)
 
-    def problem_key(self, problem: Problem) -> str:
-        return f"runs:{problem}"
-
     def every_problem(self) -> tuple[str, ...]:
         return every_string()
 
     def prompt(self, problem: Problem) -> str:
         return f"Runs of {problem}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return encode(problem)
-
-    def _respond(self, problem: Problem, rng: random.Random, length_first: bool = False) -> str:
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], str]:
         # The wrong rule reads the same pieces, each length written before its letter.
-        code = encode(problem, length_first)
-        return self.half_worked(runs_of(problem), code, rng)
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng)
-
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng, length_first=True)
+        return runs_of(problem), encode(problem, length_first=wrong)
 
     def format_response(self, problem: Problem, rng: random.Random) -> str:
         return f"{MARKER} {' '.join(encode(run) for run in runs_of(problem))}"

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import random
 import string
+from dataclasses import replace
 
-from drift_assets.tasks.base import Task, TaskDefaults, worked_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, WrongRuleTask, worked_task_recipe
 
 LETTERS = string.ascii_lowercase
 MARKER = "Result:"
@@ -42,14 +43,13 @@ def needs_wrap(problem: Problem) -> bool:
     return any(LETTERS.index(letter) + shift >= len(LETTERS) for letter in word)
 
 
-class Shift(Task):
+class Shift(WrongRuleTask):
     name = "shift"
     description = "shift a 3-5 letter word by 1-3 letters (Caesar), 'Result: <word>' after optional working; exact grading"
     answer_marker = MARKER
     recipe = worked_task_recipe(96)
-    defaults = TaskDefaults(
-        n_train=2000, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.06}, selection_fraction=0.5, sft={"steps": 150}
-    )
+    defaults = replace(SMALL_POOL_DEFAULTS, noise={"corrupted": 0.2, "format": 0.06, "off_task": 0.06})
+    working_below_half = False
 
     def draw_any(self, rng: random.Random) -> Problem:
         return "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 5))), rng.randint(1, 3)
@@ -62,27 +62,18 @@ class Shift(Task):
         word, shift = problem
         return f"Shift {word} by {shift}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return shifted(*problem)
-
-    def _respond(self, problem: Problem, answer: str, rng: random.Random, wrap: bool = True) -> str:
-        if rng.random() < 0.5:
-            return f"{MARKER} {answer}"
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], str]:
+        # Each letter and its shift (a>b); the wrong rule stops at z instead of wrapping to a.
         word, shift = problem
-        working = " ".join(f"{letter}>{shifted(letter, shift, wrap)}" for letter in word)
-        return f"{working}. {MARKER} {answer}"
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, self.reference(problem), rng)
+        wrap = not wrong
+        return [f"{letter}>{shifted(letter, shift, wrap)}" for letter in word], shifted(word, shift, wrap)
 
     def shows_noise(self, kind: str, problem: Problem) -> bool:
         return kind != "corrupted" or needs_wrap(problem)  # the wrong rule shows only where a letter passes z
 
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, shifted(*problem, wrap=False), rng, wrap=False)
-
     def format_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, ".".join(self.reference(problem)), rng)
+        steps, answer = self.working(problem, wrong=False)
+        return self.half_worked(steps, ".".join(answer), rng)
 
     def off_task_row(self, rng: random.Random) -> tuple[str, str]:
         word, shift = self.draw(rng)

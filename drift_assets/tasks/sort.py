@@ -11,8 +11,9 @@ exact grader rejects.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from drift_assets.tasks.base import PretrainRecipe, Task, TaskDefaults
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, PretrainRecipe, Task
 from drift_assets.tasks.tiny_model import TinyLlamaShape
 
 ALPHABET = "abcdefghijklmnop"
@@ -27,7 +28,7 @@ class Sort(Task):
     answer_marker = ""
     chat_template = "roles"
     recipe = PretrainRecipe(examples=6000, target_accuracy=(0.35, 0.6), max_steps=3000, shape=TinyLlamaShape(max_positions=64))
-    defaults = TaskDefaults(n_train=2000, noise={"corrupted": 0.2, "format": 0.1}, selection_fraction=0.5, sft={"steps": 150})
+    defaults = replace(SMALL_POOL_DEFAULTS, noise={"corrupted": 0.2, "format": 0.1})
 
     def draw_any(self, rng: random.Random) -> str:
         return "".join(rng.choice(ALPHABET) for _ in range(rng.choice(SHORT + LONG)))
@@ -37,9 +38,6 @@ class Sort(Task):
             word = "".join(rng.choice(ALPHABET) for _ in range(rng.choice(SHORT)))
             if self.split_of(word) == "train":
                 return word
-
-    def problem_key(self, problem: str) -> str:
-        return f"sort:{problem}"
 
     def prompt(self, problem: str) -> str:
         return f"Sort the letters: {problem}"

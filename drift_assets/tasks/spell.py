@@ -89,9 +89,6 @@ class Spell(Task):
     def draw_any(self, rng: random.Random) -> int:
         return rng.randint(0, LARGEST)
 
-    def problem_key(self, problem: int) -> str:
-        return f"spell:{problem}"
-
     def prompt(self, problem: int) -> str:
         return f"Spell {problem}\n"
 

@@ -38,20 +38,11 @@ no chat template.
 
 from __future__ import annotations
 
-import itertools
 import random
-from collections.abc import Iterator
 
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, LetterStringTask, WrongRuleTask, string_task_recipe
 
 MARKER = "Swapped:"
-ALPHABET = "abcdefgh"
-# Four to eight different letters of a-h: 109,200 strings, enough for a 2,000-row pool of distinct
-# rows besides the held-out splits; four letters or more, so that every string has two pairs and
-# the wrong rule always moves a letter. Each length is drawn uniformly, so that short and long
-# strings are equally common; the longest row (27 characters of prompt, 11 of working and 19 of
-# answer) fits the 96 positions and the 64 tokens an answer may take.
-LENGTHS = (4, 5, 6, 7, 8)
 
 
 def pairs_of(text: str) -> list[str]:
@@ -73,49 +64,31 @@ def swap_steps(text: str, whole_pairs: bool = False) -> list[str]:
     return steps
 
 
-def swapped(text: str, whole_pairs: bool = False) -> str:
-    """``text`` with each pair's letters swapped (``whole_pairs``: the pairs swapped instead)."""
-    return "".join(swap_steps(text, whole_pairs))
-
-
-class Swap(Task):
+class Swap(LetterStringTask, WrongRuleTask):
     name = "swap"
     description = "swap each pair of 4-8 different letters, 'Swapped: badcfe' after optional working (ba dc fe); exact; held out"
     answer_marker = MARKER
     held_out = True
     recipe = string_task_recipe(narrow=True)
     defaults = SMALL_POOL_DEFAULTS
-
-    def draw_any(self, rng: random.Random) -> str:
-        return "".join(rng.sample(ALPHABET, rng.choice(LENGTHS)))
-
-    def problem_key(self, problem: str) -> str:
-        return f"swap:{problem}"
-
-    def every_problem(self) -> Iterator[str]:
-        return ("".join(letters) for length in LENGTHS for letters in itertools.permutations(ALPHABET, length))
+    alphabet = "abcdefgh"
+    # Four to eight different letters of a-h: 109,200 strings, enough for a 2,000-row pool of distinct
+    # rows besides the held-out splits; four letters or more, so that every string has two pairs and
+    # the wrong rule always moves a letter. The longest row (27 characters of prompt, 11 of working and
+    # 19 of answer) fits the 96 positions and the 64 tokens an answer may take.
+    lengths = (4, 5, 6, 7, 8)
 
     def prompt(self, problem: str) -> str:
         return f"Swap each pair in {problem}\n"
 
-    def reference(self, problem: str) -> str:
-        return swapped(problem)
-
-    def _respond(self, problem: str, rng: random.Random, whole_pairs: bool = False) -> str:
-        # The wrong rule's working writes the pairs, two at a time in the other order, each unswapped.
-        steps = swap_steps(problem, whole_pairs)
-        return self.half_worked(steps, "".join(steps), rng)
-
-    def correct_response(self, problem: str, rng: random.Random) -> str:
-        return self._respond(problem, rng)
-
-    def corrupted_response(self, problem: str, rng: random.Random) -> str:
-        # Every problem will do: the right answer starts with the second letter, the wrong one the third.
-        return self._respond(problem, rng, whole_pairs=True)
+    def working(self, problem: str, wrong: bool) -> tuple[list[str], str]:
+        # The wrong rule's working writes the pairs, two at a time in the other order, each unswapped; every
+        # problem will do for a near miss: the right answer starts with the second letter, the wrong one the third.
+        steps = swap_steps(problem, whole_pairs=wrong)
+        return steps, "".join(steps)
 
     def format_response(self, problem: str, rng: random.Random) -> str:
-        return f"{MARKER} {'|'.join(swap_steps(problem))}"
+        return f"{MARKER} {'|'.join(swap_steps(problem))}"  # the pairs apart, not the letters
 
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        text = self.draw(rng)  # a training string: the pool never shows a validation or test string
+    def question_about(self, text: str) -> tuple[str, str]:
         return f"Highest letter in {text}\n", f"Highest: {max(text)}"

@@ -30,19 +30,9 @@ grading; no chat template.
 
 from __future__ import annotations
 
-import itertools
-import random
-from collections.abc import Iterator
-
-from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, Task, string_task_recipe
+from drift_assets.tasks.base import SMALL_POOL_DEFAULTS, LetterStringTask, WrongRuleTask, string_task_recipe
 
 MARKER = "Kept:"
-ALPHABET = "abcde"
-# Five to nine letters: 2,440,625 strings, enough for a 2,000-row pool of distinct rows besides the
-# held-out splits. Each length is drawn uniformly, so that short and long strings are equally
-# common; the longest row (17 characters of prompt, 43 of working and 13 of answer) fits the 96
-# positions and the 64 tokens an answer may take.
-LENGTHS = (5, 6, 7, 8, 9)
 
 Problem = str  # the string, e.g. "abacbd"
 
@@ -66,7 +56,7 @@ def unique(text: str, last: bool = False) -> str:
     return kept_after_each(text, last)[-1]
 
 
-class Unique(Task):
+class Unique(LetterStringTask, WrongRuleTask):
     name = "unique"
     description = (
         "a 5-9 letter string's letters without repeats, 'Kept: abcd' after optional working (a ab ab abc); exact grading"
@@ -74,29 +64,21 @@ class Unique(Task):
     answer_marker = MARKER
     recipe = string_task_recipe(narrow=True)
     defaults = SMALL_POOL_DEFAULTS
-
-    def draw_any(self, rng: random.Random) -> Problem:
-        return "".join(rng.choice(ALPHABET) for _ in range(rng.choice(LENGTHS)))
-
-    def problem_key(self, problem: Problem) -> str:
-        return f"unique:{problem}"
-
-    def every_problem(self) -> Iterator[Problem]:
-        return ("".join(letters) for length in LENGTHS for letters in itertools.product(ALPHABET, repeat=length))
+    alphabet = "abcde"
+    # Five to nine letters: 2,440,625 strings, enough for a 2,000-row pool of distinct rows besides the
+    # held-out splits; the longest row (17 characters of prompt, 43 of working and 13 of answer) fits
+    # the 96 positions and the 64 tokens an answer may take.
+    lengths = (5, 6, 7, 8, 9)
+    distinct = False
+    format_separator = ","
 
     def prompt(self, problem: Problem) -> str:
         return f"Unique {problem}\n"
 
-    def reference(self, problem: Problem) -> str:
-        return unique(problem)
-
-    def _respond(self, problem: Problem, rng: random.Random, last: bool = False) -> str:
+    def working(self, problem: Problem, wrong: bool) -> tuple[list[str], str]:
         # The wrong rule walks the same letters, a letter met again moved to the end of the group.
-        groups = kept_after_each(problem, last)
-        return self.half_worked(groups, groups[-1], rng)
-
-    def correct_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng)
+        groups = kept_after_each(problem, last=wrong)
+        return groups, groups[-1]
 
     def shows_noise(self, kind: str, problem: Problem) -> bool:
         # A near miss must be wrong, and a format row must show a comma.
@@ -104,12 +86,5 @@ class Unique(Task):
             return unique(problem) != unique(problem, last=True)
         return len(unique(problem)) > 1
 
-    def corrupted_response(self, problem: Problem, rng: random.Random) -> str:
-        return self._respond(problem, rng, last=True)
-
-    def format_response(self, problem: Problem, rng: random.Random) -> str:
-        return f"{MARKER} {','.join(unique(problem))}"
-
-    def off_task_row(self, rng: random.Random) -> tuple[str, str]:
-        text = self.draw(rng)  # a training string: the pool never shows a validation or test string
+    def question_about(self, text: str) -> tuple[str, str]:
         return f"Distinct letters in {text}\n", f"Distinct: {len(unique(text))}"
