@@ -4,11 +4,11 @@ import polars as pl
 import pytest
 
 from drift_assets.core.attribution.scores import noise_auc
+from drift_assets.core.gradients.tables import LOSS_PER_TOKEN
 from drift_assets.core.study.benchmark import (
     ScoringSettings,
     loss_scores,
     paired_differences,
-    per_token_loss,
     scoring_for,
     selected_ids,
     shared_fine_tunes,
@@ -45,7 +45,7 @@ def test_loss_selection_keeps_the_lowest_loss_per_token():
             "n_tokens": [3, 1, 8, 1, 0],  # per token: 3, 2, 0.5, 1, 0 (an empty response counts one token)
         }
     )
-    scores = loss_scores(per_token_loss(losses))
+    scores = loss_scores(losses.select("example_id", LOSS_PER_TOKEN))
     assert scores["example_id"].to_list() == ["ex4", "ex2", "ex3", "ex1", "ex0"]
     assert scores["rank"].to_list() == [1, 2, 3, 4, 5]
     assert scores["score"].to_list() == pytest.approx([0.0, -0.5, -1.0, -2.0, -3.0])

@@ -12,7 +12,6 @@ from drift_assets.core.attribution.trajectory import (
     checkpoint_key,
     combine_checkpoints,
     score_along,
-    score_checkpoint,
     warm_up,
 )
 from drift_assets.core.gradients.tables import vectors
@@ -20,6 +19,11 @@ from drift_assets.core.training.sft import SftOptions, fine_tune
 from drift_assets.settings import SettingsError, parse_settings, warmup_options
 from drift_assets.tasks.tiny_model import build_char_tokenizer, build_tiny_llama
 from drift_assets_tests.helpers.sft import SHAPE
+
+
+def score_checkpoint(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> PoolScores:
+    """The pool's influence scores at one checkpoint (its Hessian fitted on its own training gradients)."""
+    return score_along([checkpoint], scoring).checkpoints[0].scores
 
 
 def test_a_warm_up_checkpoint_is_the_model_a_shorter_run_gives(examples):  # noqa: F811
@@ -156,7 +160,7 @@ def test_warmup_steps_must_increase():
 
 def test_each_query_scores_the_pool_against_its_own_part_of_the_target():
     from drift_assets.core.attribution.selection import round_robin_ranks
-    from drift_assets.core.attribution.trajectory import ranked_scores, score_along, score_checkpoint, standardized
+    from drift_assets.core.attribution.trajectory import ranked_scores, score_along, standardized
 
     rng = np.random.default_rng(1)
     training, validation = rng.normal(size=(5, 4)), rng.normal(size=(9, 4))

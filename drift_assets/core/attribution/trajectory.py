@@ -283,11 +283,6 @@ class CheckpointGradients:
         return float(self.grades["correct"].mean())
 
 
-def score_checkpoint(checkpoint: CheckpointGradients, scoring: ScoringSettings) -> PoolScores:
-    """The pool's influence scores at one checkpoint (its Hessian fitted on its own training gradients)."""
-    return score_along([checkpoint], scoring).checkpoints[0].scores
-
-
 @dataclass
 class CheckpointScores:
     checkpoint: str

@@ -68,7 +68,7 @@ from drift_assets.core.attribution.trajectory import (
 )
 from drift_assets.core.data.pool import reference_tokens
 from drift_assets.core.generation.engines import SamplingSettings
-from drift_assets.core.gradients.tables import LOSS_PER_TOKEN, pool_token_pairs, query_token_pairs
+from drift_assets.core.gradients.tables import pool_token_pairs, query_token_pairs
 from drift_assets.core.grading.graders import GradingOptions, grade_answer
 from drift_assets.core.runtime.cost import CHECKPOINTS_USED, PipelineCost, method_costs
 from drift_assets.core.runtime.progress import SizedProgress
@@ -238,11 +238,6 @@ def selected_ids(
         return random.Random(f"self-distill-selection-{seed}").sample(right, min(selection_size, len(right)))
     chosen = select(scores, selection_method, fraction, k)
     return scores.filter(chosen)["example_id"].to_list()
-
-
-def per_token_loss(losses: pl.DataFrame) -> pl.DataFrame:
-    """example_id, loss_per_token from summed ``loss`` and ``n_tokens`` (an empty response counts one token)."""
-    return losses.select("example_id", LOSS_PER_TOKEN)
 
 
 def loss_scores(losses: pl.DataFrame) -> pl.DataFrame:
